@@ -1,0 +1,397 @@
+//! The message bus as services use it: MQTT 5 to the node's broker (embedded by default, or an
+//! external mosquitto/EMQX), EdgeX topics and envelopes, JSON or CBOR.
+//!
+//! Delivery guarantees:
+//! - [`Bus::publish`] uses QoS 1 and returns once the broker acknowledged the message.
+//! - [`Bus::subscribe_acked`] delivers QoS 1 messages with an acknowledgement the consumer
+//!   resolves only after it durably processed the message (deferred PUBACK). The session is
+//!   persistent: if the consumer crashes, the broker redelivers every unacknowledged message
+//!   and queues new ones until it is back. Delivery is at-least-once; consumers deduplicate.
+//! - Oversized and undecodable messages are counted (`..._bus_messages_invalid_total`),
+//!   logged at a limited rate, and acknowledged so they do not come back.
+//!
+//! Credentials: a configured `bus.username`/`bus.password_file`, or else the node's internal
+//! credential (user `outpost`, password from `<data>/secrets/bus.token`), which the embedded
+//! broker also reads.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mqtt5::{AckToken, ConnectOptions, MqttClient, PublishOptions, QoS, SubscribeOptions};
+use outpost_contracts::envelope::{Encoding, Envelope, EnvelopeError};
+use outpost_kit::backoff::Backoff;
+use outpost_kit::config::BusConfig;
+use outpost_kit::ratelog::RateLimitedLog;
+use outpost_kit::{Shutdown, request_id, telemetry};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+/// The internal bus user of the node's own services.
+pub const INTERNAL_USER: &str = "outpost";
+/// Name of the internal bus password under `<data>/secrets/` (`bus.token`).
+pub const INTERNAL_SECRET: &str = "bus";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus connection to {url} failed: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("bus credentials: {0}")]
+    Credentials(String),
+    #[error("publish to {topic} failed: {reason}")]
+    Publish { topic: String, reason: String },
+    #[error("subscribe to {filter} failed: {reason}")]
+    Subscribe { filter: String, reason: String },
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error("shut down before the bus connected")]
+    ShutDown,
+}
+
+/// How a connection behaves.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// MQTT client ID; stable per consumer so its persistent session survives restarts.
+    pub client_id: String,
+    /// Keep a persistent session and acknowledge messages only when told to.
+    pub deferred_ack: bool,
+    /// Most unacknowledged messages in flight to this client (MQTT 5 receive maximum).
+    pub receive_maximum: u16,
+    /// How long the broker keeps the session while the client is away, seconds.
+    pub session_expiry_s: u32,
+}
+
+impl Options {
+    /// A plain connection: clean session, automatic acknowledgements.
+    pub fn plain(client_id: impl Into<String>) -> Self {
+        Self {
+            client_id: client_id.into(),
+            deferred_ack: false,
+            receive_maximum: 1024,
+            session_expiry_s: 0,
+        }
+    }
+
+    /// A durable consumer: persistent session, deferred acknowledgements.
+    pub fn durable(client_id: impl Into<String>, receive_maximum: u16) -> Self {
+        Self {
+            client_id: client_id.into(),
+            deferred_ack: true,
+            receive_maximum: receive_maximum.max(1),
+            session_expiry_s: 7 * 24 * 3600,
+        }
+    }
+}
+
+struct Metrics {
+    received: String,
+    invalid: String,
+    published: String,
+    publish_errors: String,
+}
+
+/// A connection to the bus; cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    client: Arc<MqttClient>,
+    encoding: Encoding,
+    base_topic: String,
+    max_payload: usize,
+    metrics: Arc<Metrics>,
+    bad_input_log: Arc<RateLimitedLog>,
+    url: String,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus").field("url", &self.url).finish()
+    }
+}
+
+/// The username and password this node's services use.
+pub fn credentials(cfg: &BusConfig, data_dir: &Path) -> Result<(String, String), BusError> {
+    if !cfg.username.is_empty() {
+        let path = cfg
+            .password_file
+            .as_ref()
+            .ok_or_else(|| BusError::Credentials("bus.username needs bus.password_file".into()))?;
+        let pw = std::fs::read_to_string(path)
+            .map_err(|e| BusError::Credentials(format!("{}: {e}", path.display())))?;
+        return Ok((cfg.username.clone(), pw.trim_end().to_string()));
+    }
+    let token = outpost_storage::load_or_create_token(&data_dir.join("secrets"), INTERNAL_SECRET)
+        .map_err(|e| BusError::Credentials(e.to_string()))?;
+    Ok((INTERNAL_USER.to_string(), token))
+}
+
+impl Bus {
+    /// Connects, retrying with backoff until the broker answers or shutdown starts.
+    ///
+    /// `service` names the metrics (`outpost_<service>_bus_...`).
+    pub async fn connect(
+        cfg: &BusConfig,
+        data_dir: &Path,
+        service: &str,
+        opts: Options,
+        shutdown: &Shutdown,
+    ) -> Result<Self, BusError> {
+        let (user, password) = credentials(cfg, data_dir)?;
+        let mut co = ConnectOptions::new(opts.client_id.clone())
+            .with_credentials(user, password.as_bytes())
+            .with_keep_alive(Duration::from_secs(u64::from(cfg.keep_alive_s.max(5))))
+            .with_automatic_reconnect(true)
+            .with_reconnect_delay(Duration::from_millis(100), Duration::from_secs(5))
+            .with_receive_maximum(opts.receive_maximum);
+        if opts.deferred_ack {
+            co = co
+                .with_clean_start(false)
+                .with_resume_existing_session(true)
+                .with_session_expiry_interval(opts.session_expiry_s.max(1))
+                .with_deferred_ack(true);
+        } else {
+            co = co.with_clean_start(true);
+        }
+        let client = MqttClient::with_options(co);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let mut warned = false;
+        loop {
+            match client.connect(&cfg.url).await {
+                Ok(()) => break,
+                Err(e) => {
+                    if !warned && backoff.attempts() >= 3 {
+                        tracing::warn!(url = %cfg.url, error = %e, "bus not reachable yet; retrying");
+                        warned = true;
+                    }
+                    tokio::select! {
+                        () = shutdown.wait() => return Err(BusError::ShutDown),
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
+            }
+        }
+        tracing::info!(url = %cfg.url, client_id = %opts.client_id, "connected to the bus");
+        Ok(Self {
+            client: Arc::new(client),
+            encoding: cfg.encoding,
+            base_topic: cfg.base_topic.clone(),
+            max_payload: cfg.max_payload_bytes,
+            metrics: Arc::new(Metrics {
+                received: telemetry::metric_name(service, "bus_messages_received_total"),
+                invalid: telemetry::metric_name(service, "bus_messages_invalid_total"),
+                published: telemetry::metric_name(service, "bus_messages_published_total"),
+                publish_errors: telemetry::metric_name(service, "bus_publish_errors_total"),
+            }),
+            bad_input_log: Arc::new(RateLimitedLog::default()),
+            url: cfg.url.clone(),
+        })
+    }
+
+    pub fn base_topic(&self) -> &str {
+        &self.base_topic
+    }
+
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    pub async fn is_connected(&self) -> bool {
+        self.client.is_connected().await
+    }
+
+    /// Publishes `payload` in an envelope carrying the current correlation ID, QoS 1.
+    pub async fn publish<T: Serialize>(&self, topic: &str, payload: T) -> Result<(), BusError> {
+        let correlation = request_id::current_or_mint();
+        let mut env = Envelope::new(payload, correlation.as_ref(), self.encoding);
+        env.received_topic = topic.to_string();
+        let bytes = env.encode(self.encoding)?;
+        self.publish_raw(topic, bytes).await
+    }
+
+    /// Publishes already encoded bytes, QoS 1.
+    pub async fn publish_raw(&self, topic: &str, bytes: Vec<u8>) -> Result<(), BusError> {
+        let opts = PublishOptions {
+            qos: QoS::AtLeastOnce,
+            ..Default::default()
+        };
+        match self.client.publish_with_options(topic, bytes, opts).await {
+            Ok(_) => {
+                metrics::counter!(self.metrics.published.clone()).increment(1);
+                Ok(())
+            }
+            Err(e) => {
+                metrics::counter!(self.metrics.publish_errors.clone()).increment(1);
+                Err(BusError::Publish {
+                    topic: topic.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Subscribes with deferred acknowledgement (the connection must be
+    /// [`Options::durable`]). Each delivery must be [`Delivery::ack`]ed once processed.
+    pub async fn subscribe_acked(
+        &self,
+        filter: &str,
+    ) -> Result<mpsc::UnboundedReceiver<Delivery>, BusError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let me = self.clone();
+        let opts = SubscribeOptions {
+            qos: QoS::AtLeastOnce,
+            ..Default::default()
+        };
+        self.client
+            .subscribe_with_ack(filter, opts, move |publish, token| {
+                if let Some(payload) = me.admit(&publish.topic_name, &publish.payload) {
+                    let delivery = Delivery {
+                        topic: publish.topic_name,
+                        payload,
+                        token: Some(token),
+                    };
+                    // Consumers keep the receiver open until they have disconnected, so a
+                    // message is never dropped here while the connection could ack it.
+                    let _ = tx.send(delivery);
+                } else {
+                    token.ack();
+                }
+            })
+            .await
+            .map_err(|e| BusError::Subscribe {
+                filter: filter.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(rx)
+    }
+
+    /// Subscribes with automatic acknowledgement.
+    pub async fn subscribe(
+        &self,
+        filter: &str,
+    ) -> Result<mpsc::UnboundedReceiver<Delivery>, BusError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let me = self.clone();
+        let opts = SubscribeOptions {
+            qos: QoS::AtLeastOnce,
+            ..Default::default()
+        };
+        self.client
+            .subscribe_with_options(filter, opts, move |msg| {
+                let payload = Bytes::from(msg.payload);
+                if let Some(payload) = me.admit(&msg.topic, &payload) {
+                    let _ = tx.send(Delivery {
+                        topic: msg.topic,
+                        payload,
+                        token: None,
+                    });
+                }
+            })
+            .await
+            .map_err(|e| BusError::Subscribe {
+                filter: filter.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(rx)
+    }
+
+    /// Counts a message and refuses oversized ones.
+    fn admit(&self, topic: &str, payload: &Bytes) -> Option<Bytes> {
+        metrics::counter!(self.metrics.received.clone()).increment(1);
+        if payload.len() > self.max_payload {
+            self.invalid(
+                "oversized",
+                topic,
+                &format!(
+                    "{} bytes exceed the {} byte limit",
+                    payload.len(),
+                    self.max_payload
+                ),
+            );
+            return None;
+        }
+        Some(payload.clone())
+    }
+
+    /// Records an invalid message: a metric by reason and a rate-limited warning.
+    pub fn invalid(&self, reason: &'static str, topic: &str, detail: &str) {
+        metrics::counter!(self.metrics.invalid.clone(), "reason" => reason).increment(1);
+        if let Some(suppressed) = self.bad_input_log.check(reason) {
+            tracing::warn!(
+                reason,
+                topic,
+                detail,
+                suppressed,
+                "dropped an invalid bus message"
+            );
+        }
+    }
+
+    /// Decodes a delivery's envelope, recording it as invalid on failure.
+    pub fn decode<T: DeserializeOwned>(&self, d: &Delivery) -> Option<Envelope<T>> {
+        match Envelope::<T>::decode(&d.payload) {
+            Ok(env) => Some(env),
+            Err(e) => {
+                self.invalid("malformed", &d.topic, &e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Disconnects cleanly (the broker keeps a durable session for the next start).
+    pub async fn disconnect(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.disconnect()).await;
+    }
+}
+
+/// One received message.
+pub struct Delivery {
+    pub topic: String,
+    pub payload: Bytes,
+    token: Option<AckToken>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("topic", &self.topic)
+            .field("bytes", &self.payload.len())
+            .finish()
+    }
+}
+
+impl Delivery {
+    /// Acknowledges the message: the broker will not deliver it again.
+    pub fn ack(mut self) {
+        if let Some(t) = self.token.take() {
+            t.ack();
+        }
+    }
+
+    /// Splits off the acknowledgement, to resolve after the payload has been handled.
+    pub fn into_parts(mut self) -> (String, Bytes, Ack) {
+        let token = self.token.take();
+        (
+            std::mem::take(&mut self.topic),
+            std::mem::take(&mut self.payload),
+            Ack(token),
+        )
+    }
+}
+
+/// A pending acknowledgement.
+pub struct Ack(Option<AckToken>);
+
+impl Ack {
+    pub fn ack(mut self) {
+        if let Some(t) = self.0.take() {
+            t.ack();
+        }
+    }
+}
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ack")
+    }
+}

@@ -1,0 +1,216 @@
+//! The request and response envelopes shared by every EdgeX v3 endpoint.
+
+use serde::{Deserialize, Serialize};
+
+use crate::API_VERSION;
+
+fn is_empty(s: &str) -> bool {
+    s.is_empty()
+}
+
+/// Fields every EdgeX request DTO carries.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BaseRequest {
+    #[serde(skip_serializing_if = "is_empty")]
+    pub request_id: String,
+    pub api_version: String,
+}
+
+impl BaseRequest {
+    pub fn new() -> Self {
+        Self {
+            request_id: String::new(),
+            api_version: API_VERSION.to_string(),
+        }
+    }
+
+    /// EdgeX rejects requests whose `apiVersion` is not `v3`.
+    pub fn check(&self) -> Result<(), String> {
+        if self.api_version != API_VERSION {
+            return Err(format!(
+                "apiVersion must be '{API_VERSION}', got '{}'",
+                self.api_version
+            ));
+        }
+        if !self.request_id.is_empty() && uuid::Uuid::parse_str(&self.request_id).is_err() {
+            return Err(format!("requestId '{}' is not a UUID", self.request_id));
+        }
+        Ok(())
+    }
+}
+
+/// Fields every EdgeX response carries; errors put their text in `message`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BaseResponse {
+    pub api_version: String,
+    #[serde(skip_serializing_if = "is_empty")]
+    pub request_id: String,
+    #[serde(skip_serializing_if = "is_empty")]
+    pub message: String,
+    pub status_code: u16,
+}
+
+impl BaseResponse {
+    pub fn new(status_code: u16) -> Self {
+        Self {
+            api_version: API_VERSION.to_string(),
+            request_id: String::new(),
+            message: String::new(),
+            status_code,
+        }
+    }
+
+    pub fn with_message(status_code: u16, message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            ..Self::new(status_code)
+        }
+    }
+
+    pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
+        self.request_id = request_id.into();
+        self
+    }
+}
+
+/// EdgeX's error body: a [`BaseResponse`] with a message.
+pub type ErrorResponse = BaseResponse;
+
+/// One entry of a multi-status (207) answer, or the answer to a create.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BaseWithIdResponse {
+    #[serde(flatten)]
+    pub base: BaseResponse,
+    #[serde(skip_serializing_if = "is_empty")]
+    pub id: String,
+}
+
+/// A count, as `/event/count` and friends return it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CountResponse {
+    #[serde(flatten)]
+    pub base: BaseResponse,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PingResponse {
+    pub api_version: String,
+    pub timestamp: String,
+    pub service_name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct VersionResponse {
+    pub api_version: String,
+    pub version: String,
+    pub service_name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ConfigResponse {
+    pub api_version: String,
+    pub service_name: String,
+    pub config: serde_json::Value,
+}
+
+/// A paged list: `totalCount` plus the named list field of the concrete response.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BaseWithTotalCountResponse {
+    #[serde(flatten)]
+    pub base: BaseResponse,
+    pub total_count: u64,
+}
+
+/// The `offset`/`limit` query parameters of EdgeX list endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Paging {
+    /// Items to skip; `-1` (core-data only) skips computing the total count.
+    pub offset: i64,
+    /// Items to return; `-1` means every remaining item up to the service's maximum.
+    pub limit: i64,
+}
+
+impl Default for Paging {
+    fn default() -> Self {
+        Self {
+            offset: 0,
+            limit: 20,
+        }
+    }
+}
+
+impl Paging {
+    /// Validates and resolves the page against the service's maximum result count:
+    /// `(offset, limit)` as plain numbers.
+    pub fn resolve(self, max_result_count: u64) -> Result<(u64, u64), String> {
+        if self.offset < -1 {
+            return Err(format!("offset must be >= 0, got {}", self.offset));
+        }
+        if self.limit < -1 {
+            return Err(format!("limit must be >= -1, got {}", self.limit));
+        }
+        let offset = u64::try_from(self.offset.max(0)).unwrap_or(0);
+        let limit = if self.limit == -1 {
+            max_result_count
+        } else {
+            u64::try_from(self.limit).unwrap_or(0).min(max_result_count)
+        };
+        Ok((offset, limit))
+    }
+
+    /// EdgeX answers 416 when the offset lies beyond the stored items.
+    pub fn out_of_range(offset: u64, total: u64) -> bool {
+        offset > total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_matches_edgex() {
+        let body = serde_json::to_value(BaseResponse::with_message(404, "not found")).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"apiVersion":"v3","message":"not found","statusCode":404})
+        );
+    }
+
+    #[test]
+    fn paging_resolves_minus_one_to_max() {
+        let p = Paging {
+            offset: 0,
+            limit: -1,
+        };
+        assert_eq!(p.resolve(1000).unwrap(), (0, 1000));
+        assert!(
+            Paging {
+                offset: -2,
+                limit: 1
+            }
+            .resolve(10)
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn base_request_rejects_wrong_version() {
+        let r = BaseRequest {
+            request_id: String::new(),
+            api_version: "v2".into(),
+        };
+        assert!(r.check().is_err());
+        assert!(BaseRequest::new().check().is_ok());
+    }
+}

@@ -1,0 +1,400 @@
+//! Events and readings (EdgeX `dtos.Event`, `dtos.BaseReading`).
+
+use base64::Engine as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::common::{BaseRequest, BaseResponse, BaseWithTotalCountResponse};
+use crate::names;
+use crate::value::{ValueError, ValueType};
+
+/// Free-form tags attached to events and readings.
+pub type Tags = serde_json::Map<String, serde_json::Value>;
+
+fn is_empty(s: &str) -> bool {
+    s.is_empty()
+}
+
+fn tags_empty(t: &Option<Tags>) -> bool {
+    t.as_ref().is_none_or(serde_json::Map::is_empty)
+}
+
+/// A discrete event from one device source with one or more readings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Event {
+    #[serde(skip_serializing_if = "is_empty")]
+    pub api_version: String,
+    pub id: String,
+    pub device_name: String,
+    pub profile_name: String,
+    pub source_name: String,
+    pub origin: i64,
+    pub readings: Vec<Reading>,
+    #[serde(skip_serializing_if = "tags_empty")]
+    pub tags: Option<Tags>,
+}
+
+/// The value of a reading: a simple value in string form, binary bytes, an object, or null.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum ReadingValue {
+    Simple(String),
+    Binary {
+        data: Vec<u8>,
+        media_type: String,
+    },
+    Object(serde_json::Value),
+    #[default]
+    Null,
+}
+
+/// One reading: a typed value of one device resource.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reading {
+    pub id: String,
+    pub origin: i64,
+    pub device_name: String,
+    pub resource_name: String,
+    pub profile_name: String,
+    pub value_type: ValueType,
+    pub units: String,
+    pub tags: Option<Tags>,
+    pub value: ReadingValue,
+}
+
+/// How a reading's simple value is rendered: EdgeX strings by default, JSON numbers with
+/// `?numeric=true`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NumericMode {
+    #[default]
+    Strings,
+    Numbers,
+}
+
+/// The wire shape of a reading (EdgeX inlines simple/binary/object readings in one object).
+#[derive(Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct WireReading {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    id: String,
+    origin: i64,
+    device_name: String,
+    resource_name: String,
+    profile_name: String,
+    value_type: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    units: String,
+    #[serde(skip_serializing_if = "tags_empty")]
+    tags: Option<Tags>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    binary_value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    media_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    object_value: Option<serde_json::Value>,
+}
+
+impl Serialize for Reading {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_wire(NumericMode::Strings).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Reading {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = WireReading::deserialize(d)?;
+        let value_type: ValueType = w.value_type.parse().map_err(serde::de::Error::custom)?;
+        let value = if let Some(b64) = w.binary_value {
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|e| serde::de::Error::custom(format!("binaryValue: {e}")))?;
+            ReadingValue::Binary {
+                data,
+                media_type: w.media_type.unwrap_or_default(),
+            }
+        } else if let Some(obj) = w.object_value {
+            ReadingValue::Object(obj)
+        } else {
+            match w.value {
+                None | Some(serde_json::Value::Null) => ReadingValue::Null,
+                Some(serde_json::Value::String(s)) => ReadingValue::Simple(s),
+                // Numbers and booleans are accepted in their natural JSON form too.
+                Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                    ReadingValue::Simple(v.to_string())
+                }
+                Some(v) if value_type == ValueType::Object => ReadingValue::Object(v),
+                Some(v) => ReadingValue::Simple(v.to_string()),
+            }
+        };
+        Ok(Reading {
+            id: w.id,
+            origin: w.origin,
+            device_name: w.device_name,
+            resource_name: w.resource_name,
+            profile_name: w.profile_name,
+            value_type,
+            units: w.units,
+            tags: w.tags,
+            value,
+        })
+    }
+}
+
+impl Reading {
+    fn to_wire(&self, mode: NumericMode) -> WireReading {
+        let mut w = WireReading {
+            id: self.id.clone(),
+            origin: self.origin,
+            device_name: self.device_name.clone(),
+            resource_name: self.resource_name.clone(),
+            profile_name: self.profile_name.clone(),
+            value_type: self.value_type.as_str().to_string(),
+            units: self.units.clone(),
+            tags: self.tags.clone(),
+            ..WireReading::default()
+        };
+        match &self.value {
+            ReadingValue::Simple(s) => {
+                let numeric = (mode == NumericMode::Numbers && self.value_type.is_numeric())
+                    .then(|| s.trim().parse::<serde_json::Number>().ok())
+                    .flatten();
+                w.value = Some(match numeric {
+                    Some(n) => serde_json::Value::Number(n),
+                    None => serde_json::Value::String(s.clone()),
+                });
+            }
+            ReadingValue::Binary { data, media_type } => {
+                w.binary_value = Some(base64::engine::general_purpose::STANDARD.encode(data));
+                w.media_type = Some(media_type.clone());
+            }
+            ReadingValue::Object(v) => w.object_value = Some(v.clone()),
+            ReadingValue::Null => w.value = Some(serde_json::Value::Null),
+        }
+        w
+    }
+
+    /// The reading as JSON, with numbers rendered per `mode`.
+    pub fn to_json(&self, mode: NumericMode) -> serde_json::Value {
+        serde_json::to_value(self.to_wire(mode)).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Checks the reading on its own (EdgeX's DTO validation) and returns its numeric view.
+    pub fn validate(&self) -> Result<Option<f64>, String> {
+        names::check("resourceName", &self.resource_name)?;
+        if self.origin == 0 {
+            return Err(format!("reading '{}' has no origin", self.resource_name));
+        }
+        match (&self.value, self.value_type) {
+            (ReadingValue::Simple(s), t) => t.parse(s).map_err(|e: ValueError| e.to_string()),
+            (ReadingValue::Binary { data, .. }, ValueType::Binary) => {
+                if data.is_empty() {
+                    return Err("binary reading has no data".into());
+                }
+                Ok(None)
+            }
+            (ReadingValue::Object(_), ValueType::Object | ValueType::ObjectArray) => Ok(None),
+            (ReadingValue::Null, _) => Ok(None),
+            (_, t) => Err(format!(
+                "reading '{}' carries a value that does not match its valueType {t}",
+                self.resource_name
+            )),
+        }
+    }
+}
+
+impl Event {
+    /// The event as JSON, with reading numbers rendered per `mode`.
+    pub fn to_json(&self, mode: NumericMode) -> serde_json::Value {
+        let mut v = serde_json::to_value(EventHead {
+            api_version: if self.api_version.is_empty() {
+                crate::API_VERSION
+            } else {
+                &self.api_version
+            },
+            id: &self.id,
+            device_name: &self.device_name,
+            profile_name: &self.profile_name,
+            source_name: &self.source_name,
+            origin: self.origin,
+            tags: &self.tags,
+        })
+        .unwrap_or(serde_json::Value::Null);
+        if let Some(map) = v.as_object_mut() {
+            map.insert(
+                "readings".into(),
+                serde_json::Value::Array(self.readings.iter().map(|r| r.to_json(mode)).collect()),
+            );
+        }
+        v
+    }
+
+    /// EdgeX's DTO validation: identifying fields present, a UUID id, at least one reading,
+    /// readings that belong to this event's device and profile.
+    pub fn validate(&self) -> Result<(), String> {
+        if uuid::Uuid::parse_str(&self.id).is_err() {
+            return Err(format!("event id '{}' is not a UUID", self.id));
+        }
+        names::check("deviceName", &self.device_name)?;
+        names::check("profileName", &self.profile_name)?;
+        names::check("sourceName", &self.source_name)?;
+        if self.origin == 0 {
+            return Err("event has no origin".into());
+        }
+        if self.readings.is_empty() {
+            return Err("event has no readings".into());
+        }
+        for r in &self.readings {
+            if r.device_name != self.device_name || r.profile_name != self.profile_name {
+                return Err(format!(
+                    "reading '{}' belongs to device '{}'/profile '{}', not the event's '{}'/'{}'",
+                    r.resource_name,
+                    r.device_name,
+                    r.profile_name,
+                    self.device_name,
+                    self.profile_name
+                ));
+            }
+            r.validate()?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventHead<'a> {
+    api_version: &'a str,
+    id: &'a str,
+    device_name: &'a str,
+    profile_name: &'a str,
+    source_name: &'a str,
+    origin: i64,
+    #[serde(skip_serializing_if = "tags_empty")]
+    tags: &'a Option<Tags>,
+}
+
+/// `POST /api/v3/event/{service}/{profile}/{device}/{source}` and the bus payload of an event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AddEventRequest {
+    #[serde(flatten)]
+    pub base: BaseRequest,
+    pub event: Event,
+}
+
+impl AddEventRequest {
+    pub fn new(event: Event) -> Self {
+        Self {
+            base: BaseRequest::new(),
+            event,
+        }
+    }
+}
+
+/// `GET /event/id/{id}`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventResponse {
+    #[serde(flatten)]
+    pub base: BaseResponse,
+    pub event: serde_json::Value,
+}
+
+/// Event lists.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MultiEventsResponse {
+    #[serde(flatten)]
+    pub page: BaseWithTotalCountResponse,
+    pub events: Vec<serde_json::Value>,
+}
+
+/// Reading lists (and aggregates, which add `aggregateFunc`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MultiReadingsResponse {
+    #[serde(flatten)]
+    pub page: BaseWithTotalCountResponse,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate_func: Option<String>,
+    pub readings: Vec<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "v3",
+            "event": {
+                "apiVersion": "v3",
+                "id": "563513b3-f020-46fa-ae44-0fdd1d129185",
+                "deviceName": "Random-Boolean-Device",
+                "profileName": "Random-Boolean-Device",
+                "sourceName": "Bool",
+                "origin": 1692721935934211905i64,
+                "tags": {"Gateway": "HoustonStore-000123"},
+                "readings": [
+                    {"deviceName": "Random-Boolean-Device", "resourceName": "Bool",
+                     "profileName": "Random-Boolean-Device", "origin": 1692721935934211905i64,
+                     "valueType": "Bool", "value": "false"},
+                    {"deviceName": "Random-Boolean-Device", "resourceName": "Img",
+                     "profileName": "Random-Boolean-Device", "origin": 1692721935934211905i64,
+                     "valueType": "Binary", "binaryValue": "AQID", "mediaType": "image/png"},
+                    {"deviceName": "Random-Boolean-Device", "resourceName": "Obj",
+                     "profileName": "Random-Boolean-Device", "origin": 1692721935934211905i64,
+                     "valueType": "Object", "objectValue": {"a": 1}}
+                ]
+            }
+        })
+    }
+
+    #[test]
+    fn edgex_event_round_trips() {
+        let req: AddEventRequest = serde_json::from_value(sample()).unwrap();
+        req.event.validate().unwrap();
+        assert_eq!(req.event.readings.len(), 3);
+        assert_eq!(
+            req.event.readings[1].value,
+            ReadingValue::Binary {
+                data: vec![1, 2, 3],
+                media_type: "image/png".into()
+            }
+        );
+        let again: AddEventRequest =
+            serde_json::from_value(serde_json::to_value(&req).unwrap()).unwrap();
+        assert_eq!(again, req);
+    }
+
+    #[test]
+    fn numeric_mode_renders_numbers() {
+        let mut req: AddEventRequest = serde_json::from_value(sample()).unwrap();
+        req.event.readings[0].value_type = ValueType::Float64;
+        req.event.readings[0].value = ReadingValue::Simple("21.5".into());
+        let v = req.event.readings[0].to_json(NumericMode::Numbers);
+        assert_eq!(v["value"], serde_json::json!(21.5));
+        let v = req.event.readings[0].to_json(NumericMode::Strings);
+        assert_eq!(v["value"], serde_json::json!("21.5"));
+    }
+
+    #[test]
+    fn validation_catches_bad_events() {
+        let base: AddEventRequest = serde_json::from_value(sample()).unwrap();
+        let mut e = base.event.clone();
+        e.id = "nope".into();
+        assert!(e.validate().is_err());
+        let mut e = base.event.clone();
+        e.readings.clear();
+        assert!(e.validate().is_err());
+        let mut e = base.event.clone();
+        e.readings[0].value = ReadingValue::Simple("maybe".into());
+        assert!(e.validate().is_err());
+        let mut e = base.event.clone();
+        e.readings[0].device_name = "other".into();
+        assert!(e.validate().is_err());
+        let bad_type = serde_json::json!({"resourceName":"x","valueType":"Float99","value":"1"});
+        assert!(serde_json::from_value::<Reading>(bad_type).is_err());
+    }
+}

@@ -1,0 +1,143 @@
+//! Service registry DTOs (EdgeX core-keeper v3) and Outpost's additions: push heartbeats and
+//! change notifications.
+
+use serde::{Deserialize, Serialize};
+
+use crate::common::{BaseRequest, BaseResponse, BaseWithTotalCountResponse};
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+/// Health of a registered service instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ServiceStatus {
+    Up,
+    Down,
+    #[default]
+    Unknown,
+    /// Deregistered (kept for `?deregistered=true` as core-keeper does).
+    Halt,
+}
+
+impl ServiceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "UP",
+            Self::Down => "DOWN",
+            Self::Unknown => "UNKNOWN",
+            Self::Halt => "HALT",
+        }
+    }
+}
+
+/// How the registry learns that an instance is alive.
+///
+/// `type` is `"http"` (the registry polls `path` every `interval`, EdgeX's way) or
+/// `"heartbeat"` (the instance calls `PUT /registry/serviceId/{id}/heartbeat` at least every
+/// `interval`; Outpost's services use this).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HealthCheck {
+    pub interval: String,
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+pub const HEALTH_HTTP: &str = "http";
+pub const HEALTH_HEARTBEAT: &str = "heartbeat";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Registration {
+    #[serde(skip_serializing_if = "is_zero")]
+    pub created: i64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub modified: i64,
+    pub service_id: String,
+    pub status: ServiceStatus,
+    pub host: String,
+    pub port: u16,
+    pub health_check: HealthCheck,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub last_connected: i64,
+}
+
+impl Registration {
+    /// `http://host:port`.
+    pub fn base_url(&self) -> String {
+        let host = if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("http://{host}:{}", self.port)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AddRegistrationRequest {
+    #[serde(flatten)]
+    pub base: BaseRequest,
+    pub registration: Registration,
+}
+
+pub type UpdateRegistrationRequest = AddRegistrationRequest;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrationResponse {
+    #[serde(flatten)]
+    pub base: BaseResponse,
+    pub registration: Registration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MultiRegistrationsResponse {
+    #[serde(flatten)]
+    pub page: BaseWithTotalCountResponse,
+    pub registrations: Vec<Registration>,
+    /// Outpost: the registry's change index, for long-polling with `?waitIndex=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u64>,
+}
+
+/// One change in the registry, as streamed by `GET /registry/watch` (server-sent events).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryChange {
+    pub index: u64,
+    pub service_id: String,
+    /// `registered`, `updated`, `status`, `deregistered` or `removed`.
+    pub action: String,
+    pub status: ServiceStatus,
+}
+
+/// A stored key/value (`GET /kvs/key/{key}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyValue {
+    pub created: i64,
+    pub modified: i64,
+    pub key: String,
+    pub value: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct KvRequest {
+    pub value: serde_json::Value,
+}
+
+/// `{..., "response": [...]}`, core-keeper's answer for key lists and key/value lists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KvResponse<T> {
+    #[serde(flatten)]
+    pub base: BaseResponse,
+    pub response: Vec<T>,
+}

@@ -1,0 +1,388 @@
+//! Configuration shared by every service, and the loading rules for the node's TOML file.
+//!
+//! Precedence: built-in defaults < the TOML file (`--config`) < `OUTPOST_<SECTION>__<KEY>`
+//! environment variables < command-line flags. Every section denies unknown keys, and
+//! validation collects every problem before reporting, so one run shows all mistakes.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use outpost_contracts::envelope::Encoding;
+use serde::{Deserialize, Serialize};
+
+/// Sections every service reads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CommonConfig {
+    pub node: NodeConfig,
+    pub log: LogConfig,
+    pub registry: RegistryConfig,
+    pub bus: BusConfig,
+    pub storage: StorageConfig,
+}
+
+/// `[node]`: where services listen and how they are reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Address every service binds its HTTP API to. Loopback keeps services private; the
+    /// gateway is the entry point from outside.
+    pub bind: IpAddr,
+    /// Host name or address other services use to reach this node's services (what is
+    /// registered in the registry).
+    pub advertise_host: String,
+    /// Largest request body any service accepts, bytes.
+    pub max_body_bytes: usize,
+    /// Largest number of items a list endpoint returns (EdgeX `MaxResultCount`).
+    pub max_result_count: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::from([127, 0, 0, 1]),
+            advertise_host: "127.0.0.1".into(),
+            max_body_bytes: 4 * 1024 * 1024,
+            max_result_count: 1024,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Level or filter (`info`, `debug`, `info,outpost_core_data=debug`); `RUST_LOG` wins.
+    pub level: String,
+    /// `text` for people, `json` for log collectors.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[registry]`: how services find and report to core-keeper.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Base URL of core-keeper; empty means this node's core-keeper.
+    pub url: String,
+    /// How often each service heartbeats; the registry marks it DOWN after three misses.
+    pub heartbeat_interval_ms: u64,
+    /// Timeout of one call to the registry.
+    pub request_timeout_ms: u64,
+    /// How long a registry watch request waits for a change before returning.
+    pub watch_wait_ms: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            heartbeat_interval_ms: 1000,
+            request_timeout_ms: 2000,
+            watch_wait_ms: 30_000,
+        }
+    }
+}
+
+/// `[bus]`: the MQTT message bus every service uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// Broker URL (`mqtt://host:port`); empty means this node's embedded broker.
+    pub url: String,
+    /// Payload encoding of messages this node publishes (`json` or `cbor`); both are read.
+    pub encoding: Encoding,
+    /// Topic prefix of the EdgeX topic scheme.
+    pub base_topic: String,
+    /// Username for an external broker; empty uses the node's internal credential.
+    pub username: String,
+    /// File holding the password for `username`.
+    pub password_file: Option<PathBuf>,
+    /// Largest message accepted from the bus, bytes; larger ones are counted and dropped.
+    pub max_payload_bytes: usize,
+    /// Keep-alive interval, seconds.
+    pub keep_alive_s: u16,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            encoding: Encoding::Json,
+            base_topic: "edgex".into(),
+            username: String::new(),
+            password_file: None,
+            max_payload_bytes: 1024 * 1024,
+            keep_alive_s: 30,
+        }
+    }
+}
+
+/// `[storage]`: how services' embedded databases commit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `full`: fsync every commit (survives power loss). `normal`: fsync at checkpoints.
+    pub sync: outpost_storage::SyncMode,
+    /// Page cache per database connection, KiB.
+    pub cache_kib: u32,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            sync: outpost_storage::SyncMode::Full,
+            cache_kib: 2048,
+        }
+    }
+}
+
+impl StorageConfig {
+    pub fn open_options(&self) -> outpost_storage::OpenOptions {
+        outpost_storage::OpenOptions {
+            sync: self.sync,
+            cache_kib: self.cache_kib,
+        }
+    }
+}
+
+/// Collects validation errors of a configuration.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<String>);
+
+impl Problems {
+    pub fn push(&mut self, section: &str, msg: impl std::fmt::Display) {
+        self.0.push(format!("[{section}] {msg}"));
+    }
+
+    pub fn check(&mut self, ok: bool, section: &str, msg: impl std::fmt::Display) {
+        if !ok {
+            self.push(section, msg);
+        }
+    }
+
+    pub fn into_result(self) -> Result<(), ConfigError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(self.0))
+        }
+    }
+}
+
+/// A section that can check itself.
+pub trait Validate {
+    fn validate(&self, problems: &mut Problems);
+}
+
+impl Validate for CommonConfig {
+    fn validate(&self, p: &mut Problems) {
+        p.check(
+            !self.node.advertise_host.is_empty(),
+            "node",
+            "advertise_host must not be empty",
+        );
+        p.check(
+            self.node.max_body_bytes >= 1024,
+            "node",
+            "max_body_bytes must be at least 1024",
+        );
+        p.check(
+            self.node.max_result_count >= 1,
+            "node",
+            "max_result_count must be at least 1",
+        );
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            p.push(
+                "log",
+                format!("level '{}' is not a valid filter: {e}", self.log.level),
+            );
+        }
+        p.check(
+            self.registry.heartbeat_interval_ms >= 50,
+            "registry",
+            "heartbeat_interval_ms must be at least 50",
+        );
+        p.check(
+            self.registry.request_timeout_ms >= 10,
+            "registry",
+            "request_timeout_ms must be at least 10",
+        );
+        p.check(
+            self.registry.url.is_empty() || self.registry.url.starts_with("http"),
+            "registry",
+            format!("url '{}' must be an http(s) URL", self.registry.url),
+        );
+        p.check(
+            self.bus.url.is_empty()
+                || self.bus.url.starts_with("mqtt://")
+                || self.bus.url.starts_with("mqtts://"),
+            "bus",
+            format!(
+                "url '{}' must be mqtt://host:port or mqtts://host:port",
+                self.bus.url
+            ),
+        );
+        p.check(
+            !self.bus.base_topic.is_empty()
+                && !self.bus.base_topic.contains(['#', '+'])
+                && !self.bus.base_topic.ends_with('/'),
+            "bus",
+            "base_topic must be non-empty, without wildcards or a trailing '/'",
+        );
+        p.check(
+            self.bus.username.is_empty() || self.bus.password_file.is_some(),
+            "bus",
+            "username needs password_file",
+        );
+        p.check(
+            self.bus.max_payload_bytes >= 1024,
+            "bus",
+            "max_payload_bytes must be at least 1024",
+        );
+        p.check(
+            self.storage.cache_kib >= 64,
+            "storage",
+            "cache_kib must be at least 64",
+        );
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// Applies `OUTPOST_<SECTION>__<KEY>[__<SUBKEY>]=value` variables onto a TOML tree.
+///
+/// Section and key names are lowercased and `-` is not needed (`CORE_DATA` is `core_data`).
+/// A value that parses as a TOML value (number, boolean, array, quoted string) is used as
+/// such; anything else is taken as a string.
+pub fn apply_env_overrides(
+    root: &mut toml::Table,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<String>, ConfigError> {
+    let mut applied = Vec::new();
+    for (name, raw) in vars {
+        let Some(rest) = name.strip_prefix("OUTPOST_") else {
+            continue;
+        };
+        if !rest.contains("__") {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::Parse(format!("{name}: empty path segment")));
+        }
+        let value = parse_env_value(&raw);
+        let mut table = &mut *root;
+        for seg in &path[..path.len() - 1] {
+            let entry = table
+                .entry(seg.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry
+                .as_table_mut()
+                .ok_or_else(|| ConfigError::Parse(format!("{name}: '{seg}' is not a section")))?;
+        }
+        if let Some(last) = path.last() {
+            table.insert(last.clone(), value);
+        }
+        applied.push(name);
+    }
+    Ok(applied)
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+/// Parses a TOML document into a table, naming the file in errors.
+pub fn parse_toml(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigError::Parse(format!("{origin}: {e}")))
+}
+
+/// Deserializes a typed config from a TOML tree.
+pub fn from_table<T: serde::de::DeserializeOwned>(
+    table: toml::Table,
+    origin: &str,
+) -> Result<T, ConfigError> {
+    T::deserialize(toml::Value::Table(table))
+        .map_err(|e| ConfigError::Parse(format!("{origin}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_nest_and_type() {
+        let mut t = parse_toml("[core_data]\nport = 1\n", "test").unwrap();
+        let applied = apply_env_overrides(
+            &mut t,
+            [
+                ("OUTPOST_CORE_DATA__PORT".to_string(), "59999".to_string()),
+                ("OUTPOST_LOG__FORMAT".to_string(), "json".to_string()),
+                ("OUTPOST_BUS__ENCODING".to_string(), "\"cbor\"".to_string()),
+                ("OUTPOST_DATA_DIR".to_string(), "/ignored".to_string()),
+                ("PATH".to_string(), "/bin".to_string()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(applied.len(), 3);
+        assert_eq!(t["core_data"]["port"].as_integer(), Some(59999));
+        assert_eq!(t["log"]["format"].as_str(), Some("json"));
+        assert_eq!(t["bus"]["encoding"].as_str(), Some("cbor"));
+    }
+
+    #[test]
+    fn validation_collects_every_problem() {
+        let mut c = CommonConfig::default();
+        c.node.advertise_host.clear();
+        c.log.level = "[[[".into();
+        c.bus.url = "http://nope".into();
+        let mut p = Problems::default();
+        c.validate(&mut p);
+        match p.into_result() {
+            Err(ConfigError::Invalid(v)) => assert_eq!(v.len(), 3, "{v:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let t = parse_toml("bind = \"127.0.0.1\"\nbnid = 1\n", "test").unwrap();
+        assert!(from_table::<NodeConfig>(t, "test").is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! The service kit: what every Outpost service is built from, so a service is only its own
+//! routes and logic.
+//!
+//! - [`config`]: shared configuration sections, TOML loading with environment overrides,
+//!   validation that reports every problem at once.
+//! - [`telemetry`]: structured logs (text or JSON) and the Prometheus recorder.
+//! - [`request_id`]: `X-Correlation-ID` accepted or minted, returned, carried through the
+//!   request's task into downstream calls and bus messages, and on every log line.
+//! - [`routes`]: `ping`, `version`, `config`, `health` and `/metrics`.
+//! - [`error`]: EdgeX-shaped errors and extractors.
+//! - [`registry`]: registry client with a last-known view, and the registration agent.
+//! - [`Context`]: everything a running service is handed, and [`Context::serve`], which
+//!   binds, registers, serves until shutdown and deregisters.
+
+pub mod backoff;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod ratelog;
+pub mod registry;
+pub mod request_id;
+pub mod routes;
+pub mod shutdown;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::PrometheusHandle;
+use outpost_contracts::registry::{HEALTH_HEARTBEAT, HealthCheck, Registration, ServiceStatus};
+
+pub use config::CommonConfig;
+pub use error::{ApiError, ApiResult};
+pub use registry::Registry;
+pub use routes::{Check, HealthProbe};
+pub use shutdown::Shutdown;
+
+/// The version every service reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Everything a running service is handed by the process that starts it.
+#[derive(Clone)]
+pub struct Context {
+    /// The service's registry ID and log name (`core-data`).
+    pub name: String,
+    pub common: Arc<CommonConfig>,
+    pub data_dir: PathBuf,
+    pub shutdown: Shutdown,
+    pub registry: Registry,
+    /// The service's effective configuration, for `GET /api/v3/config`.
+    pub config_json: serde_json::Value,
+    pub metrics: PrometheusHandle,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+impl Context {
+    /// Where this service's encrypted database and key live.
+    pub fn storage_location(&self) -> outpost_storage::Location {
+        outpost_storage::Location::new(&self.data_dir, &self.name)
+    }
+
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.data_dir.join("secrets")
+    }
+
+    /// A metric name in this service's namespace.
+    pub fn metric(&self, name: &str) -> String {
+        telemetry::metric_name(&self.name, name)
+    }
+
+    /// The complete HTTP stack of a service around its API routes.
+    ///
+    /// Order matters, outermost first: the request ID is established before anything else
+    /// so every later log line carries it; the body limit applies to every route; metrics
+    /// are recorded per matched route (bounded label cardinality); unknown routes get an
+    /// EdgeX-shaped 404.
+    pub fn router(&self, api: Router, health: HealthProbe) -> Router {
+        let info = routes::ServiceInfo {
+            name: self.name.clone(),
+            version: VERSION.to_string(),
+            config: self.config_json.clone(),
+            metrics: self.metrics.clone(),
+            health,
+        };
+        let names = Arc::new(HttpMetricNames {
+            requests: self.metric("http_requests_total"),
+            duration: self.metric("http_request_duration_seconds"),
+        });
+        api.merge(routes::router(info))
+            .route_layer(axum::middleware::from_fn_with_state(names, http_metrics))
+            .fallback(error::not_found_fallback)
+            .method_not_allowed_fallback(error::method_not_allowed_fallback)
+            .layer(DefaultBodyLimit::max(self.common.node.max_body_bytes))
+            .layer(axum::middleware::from_fn(request_id::layer))
+    }
+
+    /// The registration this service announces: heartbeat-checked, at the advertised host.
+    pub fn registration(&self, port: u16) -> Registration {
+        Registration {
+            service_id: self.name.clone(),
+            status: ServiceStatus::Up,
+            host: self.common.node.advertise_host.clone(),
+            port,
+            health_check: HealthCheck {
+                interval: format!("{}ms", self.common.registry.heartbeat_interval_ms),
+                path: "/api/v3/ping".into(),
+                kind: HEALTH_HEARTBEAT.into(),
+            },
+            ..Registration::default()
+        }
+    }
+
+    /// Binds `port`, registers with the registry, serves `router` until shutdown, then
+    /// stops accepting, finishes in-flight requests and deregisters.
+    pub async fn serve(&self, router: Router, port: u16) -> Result<(), ServeError> {
+        let listener = self.bind(port).await?;
+        self.serve_on(listener, router).await
+    }
+
+    /// Binds the service's HTTP port.
+    pub async fn bind(&self, port: u16) -> Result<tokio::net::TcpListener, ServeError> {
+        let addr = SocketAddr::new(self.common.node.bind, port);
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })
+    }
+
+    /// Like [`serve`](Self::serve) on an already bound listener.
+    pub async fn serve_on(
+        &self,
+        listener: tokio::net::TcpListener,
+        router: Router,
+    ) -> Result<(), ServeError> {
+        let local = listener.local_addr().map_err(ServeError::Serve)?;
+        tracing::info!(service = %self.name, addr = %local, "listening");
+        let agent = registry::spawn_agent(
+            self.registry.clone(),
+            self.registration(local.port()),
+            Duration::from_millis(self.common.registry.heartbeat_interval_ms),
+            self.shutdown.clone(),
+        );
+        let shutdown = self.shutdown.clone();
+        let served = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await;
+        // The agent deregisters once shutdown started; wait for it so the registry hears
+        // of a clean stop before the process exits.
+        self.shutdown.trigger();
+        let _ = agent.await;
+        served.map_err(ServeError::Serve)
+    }
+}
+
+struct HttpMetricNames {
+    requests: String,
+    duration: String,
+}
+
+async fn http_metrics(
+    State(names): State<Arc<HttpMetricNames>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let elapsed = start.elapsed();
+    let class = match resp.status().as_u16() / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!(names.requests.clone(), "route" => route.clone(), "method" => method, "status" => class)
+        .increment(1);
+    metrics::histogram!(names.duration.clone(), "route" => route).record(elapsed.as_secs_f64());
+    tracing::debug!(
+        status = resp.status().as_u16(),
+        elapsed_us = elapsed.as_micros() as u64,
+        "served"
+    );
+    resp
+}
+
+/// A health probe from an async closure.
+pub fn health_probe<F, Fut>(f: F) -> HealthProbe
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Vec<Check>> + Send + 'static,
+{
+    Arc::new(move || Box::pin(f()))
+}

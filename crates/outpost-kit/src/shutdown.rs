@@ -1,0 +1,72 @@
+//! Graceful shutdown: one token every task watches.
+//!
+//! A service stops on SIGTERM or SIGINT, and, when it runs under `outpost up`, also when its
+//! standard input reaches end of file: the supervisor holds the other end of that pipe, so a
+//! supervisor that stops (or dies) takes its children down with it without signals.
+
+use tokio::io::AsyncReadExt as _;
+use tokio_util::sync::CancellationToken;
+
+/// A cloneable shutdown signal.
+#[derive(Clone, Debug, Default)]
+pub struct Shutdown(CancellationToken);
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts shutting down.
+    pub fn trigger(&self) {
+        self.0.cancel();
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// Resolves when shutdown starts.
+    pub async fn wait(&self) {
+        self.0.cancelled().await;
+    }
+
+    /// A child signal that fires with this one but can also be triggered alone.
+    pub fn child(&self) -> Self {
+        Self(self.0.child_token())
+    }
+
+    /// Triggers on SIGTERM/SIGINT, and on end of standard input when `watch_stdin`.
+    pub fn listen_for_signals(&self, watch_stdin: bool) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                tracing::error!("cannot install signal handlers; stop with SIGKILL");
+                return;
+            };
+            let stdin_closed = async {
+                if !watch_stdin {
+                    return std::future::pending::<()>().await;
+                }
+                let mut stdin = tokio::io::stdin();
+                let mut buf = [0u8; 64];
+                loop {
+                    match stdin.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+                () = stdin_closed => tracing::info!("supervisor gone: shutting down"),
+                () = me.wait() => return,
+            }
+            me.trigger();
+        });
+    }
+}

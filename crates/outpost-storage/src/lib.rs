@@ -1,0 +1,534 @@
+//! Encrypted embedded storage for Outpost services.
+//!
+//! Every service keeps its state in its own SQLite database encrypted with SQLCipher
+//! (AES-256 page encryption with per-page HMAC): `<data>/db/<service>.db`, keyed by a random
+//! 256-bit key in `<data>/secrets/<service>.key` (mode 0600) that the service creates on first
+//! start. The raw key is handed to SQLCipher directly, so opening costs no key derivation. WAL
+//! and rollback journals are encrypted too, and temporary tables stay in memory, so no
+//! plaintext of a stored value is ever written under the data dir.
+//!
+//! This crate is the SQLite plumbing only: key files, opening and checking a database,
+//! versioned migrations, and [`Db`], which runs blocking SQLite work off the async runtime.
+//! Each service defines its own store trait over it, so another backend (PostgreSQL for
+//! scale-out) is a second implementation of that trait, not a change to the service.
+
+use std::fmt;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub use rusqlite;
+use rusqlite::Connection;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("key file {path}: {why}")]
+    Key { path: PathBuf, why: String },
+    #[error(
+        "cannot open {path}: wrong key or not an Outpost database (the key in secrets/ must be the one it was created with)"
+    )]
+    WrongKey { path: PathBuf },
+    #[error("database {path} has schema version {found}, newer than this build knows ({known})")]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+impl StorageError {
+    fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// A 256-bit database key. Never printed.
+#[derive(Clone)]
+pub struct Key([u8; 32]);
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key(<redacted>)")
+    }
+}
+
+impl Key {
+    pub fn generate() -> Result<Self, StorageError> {
+        let mut k = [0u8; 32];
+        getrandom::fill(&mut k).map_err(|e| StorageError::Key {
+            path: PathBuf::new(),
+            why: format!("no randomness: {e}"),
+        })?;
+        Ok(Self(k))
+    }
+
+    fn pragma(&self) -> String {
+        format!("x'{}'", hex::encode(self.0))
+    }
+}
+
+/// Creates `dir` (and parents) with mode 0700 if missing.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), StorageError> {
+    fs::create_dir_all(dir)
+        .map_err(|e| StorageError::io(format!("create {}", dir.display()), e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| StorageError::io(format!("chmod {}", dir.display()), e))
+}
+
+/// Writes `contents` to a new file `path` with mode 0600, failing if it exists; the file and
+/// its directory are synced so the secret survives power loss.
+pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), StorageError> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| StorageError::io(format!("create {}", tmp.display()), e))?;
+    f.write_all(contents)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| StorageError::io(format!("write {}", tmp.display()), e))?;
+    // `link` fails if the target exists, so a concurrent creator cannot be overwritten.
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    linked.map_err(|e| StorageError::io(format!("create {}", path.display()), e))?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StorageError::io(format!("sync {}", dir.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Loads the key `<secrets>/<name>.key`, creating it on first use.
+///
+/// A key file that is readable by group or others is refused: the key is the only thing
+/// protecting the data at rest.
+pub fn load_or_create_key(secrets: &Path, name: &str) -> Result<Key, StorageError> {
+    let path = secrets.join(format!("{name}.key"));
+    load_or_create_secret(&path).map(Key)
+}
+
+/// Loads the random token `<secrets>/<name>.token` (hex), creating it on first use; used for
+/// internal credentials such as the bus password.
+pub fn load_or_create_token(secrets: &Path, name: &str) -> Result<String, StorageError> {
+    let path = secrets.join(format!("{name}.token"));
+    load_or_create_secret(&path).map(hex::encode)
+}
+
+/// Reads a 256-bit hex secret from `path`, creating it (mode 0600, race-free) if missing.
+pub fn load_or_create_secret(path: &Path) -> Result<[u8; 32], StorageError> {
+    if let Some(dir) = path.parent() {
+        ensure_private_dir(dir)?;
+    }
+    if !path.exists() {
+        let key = Key::generate()?;
+        match write_secret_file(path, hex::encode(key.0).as_bytes()) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "created secret");
+                return Ok(key.0);
+            }
+            // Lost a creation race: read the winner's secret below.
+            Err(StorageError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    read_secret(path)
+}
+
+/// Reads an existing 256-bit hex secret, refusing files others can read.
+pub fn read_secret(path: &Path) -> Result<[u8; 32], StorageError> {
+    let meta =
+        fs::metadata(path).map_err(|e| StorageError::io(format!("stat {}", path.display()), e))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(StorageError::Key {
+            path: path.to_path_buf(),
+            why: format!(
+                "mode {:o} lets others read it; chmod 600 it",
+                meta.permissions().mode() & 0o777
+            ),
+        });
+    }
+    let text = fs::read_to_string(path)
+        .map_err(|e| StorageError::io(format!("read {}", path.display()), e))?;
+    let bytes = hex::decode(text.trim()).map_err(|_| StorageError::Key {
+        path: path.to_path_buf(),
+        why: "not a hex secret".into(),
+    })?;
+    bytes.try_into().map_err(|_| StorageError::Key {
+        path: path.to_path_buf(),
+        why: "not a 256-bit secret".into(),
+    })
+}
+
+/// Durability of commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// fsync on every commit: a committed transaction survives power loss.
+    #[default]
+    Full,
+    /// fsync at checkpoints only: survives a process crash; the last commits may be lost on
+    /// power loss (never corrupted).
+    Normal,
+}
+
+/// How a database is opened.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    pub sync: SyncMode,
+    /// Page cache per connection, KiB.
+    pub cache_kib: u32,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            sync: SyncMode::Full,
+            cache_kib: 2048,
+        }
+    }
+}
+
+/// Opens (creating if needed) the encrypted database at `path`.
+pub fn open(path: &Path, key: &Key, opts: &OpenOptions) -> Result<Connection, StorageError> {
+    if let Some(dir) = path.parent() {
+        ensure_private_dir(dir)?;
+    }
+    let conn = Connection::open(path)?;
+    // The key must be the first statement on the connection.
+    conn.execute_batch(&format!("PRAGMA key = \"{}\";", key.pragma()))?;
+    conn.execute_batch("PRAGMA cipher_memory_security = OFF;")?;
+    if conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .is_err()
+    {
+        return Err(StorageError::WrongKey {
+            path: path.to_path_buf(),
+        });
+    }
+    let sync = match opts.sync {
+        SyncMode::Full => "FULL",
+        SyncMode::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = {sync};
+         PRAGMA temp_store = MEMORY;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;
+         PRAGMA cache_size = -{};",
+        opts.cache_kib
+    ))?;
+    if let Ok(f) = fs::File::open(path) {
+        let _ = f.set_permissions(fs::Permissions::from_mode(0o600));
+    }
+    Ok(conn)
+}
+
+/// One schema step. Versions start at 1 and increase by one.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: u32,
+    pub description: &'static str,
+    pub sql: &'static str,
+}
+
+/// Applies the migrations newer than the database's `user_version`, each in its own
+/// transaction. A database newer than the code is refused rather than misread.
+pub fn migrate(
+    conn: &mut Connection,
+    path: &Path,
+    migrations: &[Migration],
+) -> Result<u32, StorageError> {
+    let current: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = migrations.last().map_or(0, |m| m.version);
+    if current > known {
+        return Err(StorageError::TooNew {
+            path: path.to_path_buf(),
+            found: current,
+            known,
+        });
+    }
+    for m in migrations.iter().filter(|m| m.version > current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(m.sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {};", m.version))?;
+        tx.commit()?;
+        tracing::info!(path = %path.display(), version = m.version, description = m.description, "applied migration");
+    }
+    Ok(known.max(current))
+}
+
+/// Where a service's database and key live under the data dir.
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub db: PathBuf,
+    pub secrets: PathBuf,
+    pub name: String,
+}
+
+impl Location {
+    pub fn new(data_dir: &Path, service: &str) -> Self {
+        Self {
+            db: data_dir.join("db").join(format!("{service}.db")),
+            secrets: data_dir.join("secrets"),
+            name: service.to_string(),
+        }
+    }
+}
+
+/// A database shared by async code: one writer connection and a few reader connections
+/// (WAL lets readers proceed while a write commits), each used on the blocking pool.
+#[derive(Clone)]
+pub struct Db {
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<Vec<Mutex<Connection>>>,
+    next_reader: Arc<std::sync::atomic::AtomicUsize>,
+    path: PathBuf,
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Db").field("path", &self.path).finish()
+    }
+}
+
+impl Db {
+    /// Opens the service database at `loc`, creating key and file on first start, and
+    /// migrates it.
+    pub fn open(
+        loc: &Location,
+        opts: &OpenOptions,
+        migrations: &[Migration],
+        readers: usize,
+    ) -> Result<Self, StorageError> {
+        let key = load_or_create_key(&loc.secrets, &loc.name)?;
+        let mut writer = open(&loc.db, &key, opts)?;
+        migrate(&mut writer, &loc.db, migrations)?;
+        let readers = (0..readers.max(1))
+            .map(|_| open(&loc.db, &key, opts).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            writer: Arc::new(Mutex::new(writer)),
+            readers: Arc::new(readers),
+            next_reader: Arc::default(),
+            path: loc.db.clone(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with the writer connection on the blocking pool.
+    pub async fn write<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&mut Connection) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StorageError> + Send + 'static,
+    {
+        let writer = Arc::clone(&self.writer);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = writer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| E::from(StorageError::Task(e.to_string())))?
+    }
+
+    /// Runs `f` with a reader connection on the blocking pool.
+    pub async fn read<R, E, F>(&self, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&Connection) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StorageError> + Send + 'static,
+    {
+        let readers = Arc::clone(&self.readers);
+        let i = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % readers.len();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers[i]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&conn)
+        })
+        .await
+        .map_err(|e| E::from(StorageError::Task(e.to_string())))?
+    }
+
+    /// Runs `f` with the writer connection on the calling thread (for dedicated writer
+    /// threads that must not hop through the blocking pool).
+    pub fn write_blocking<R>(&self, f: impl FnOnce(&mut Connection) -> R) -> R {
+        let mut conn = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut conn)
+    }
+
+    /// Checks that the database answers (for health endpoints).
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        self.read(|c| {
+            c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map(|_| ())
+                .map_err(StorageError::from)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIGRATIONS: &[Migration] = &[
+        Migration {
+            version: 1,
+            description: "things",
+            sql: "CREATE TABLE things (id INTEGER PRIMARY KEY, v TEXT NOT NULL);",
+        },
+        Migration {
+            version: 2,
+            description: "things.n",
+            sql: "ALTER TABLE things ADD COLUMN n INTEGER NOT NULL DEFAULT 0;",
+        },
+    ];
+
+    #[test]
+    fn encrypted_round_trip_and_wrong_key_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = Location::new(dir.path(), "svc");
+        let key = load_or_create_key(&loc.secrets, "svc").unwrap();
+        {
+            let mut c = open(&loc.db, &key, &OpenOptions::default()).unwrap();
+            assert_eq!(migrate(&mut c, &loc.db, MIGRATIONS).unwrap(), 2);
+            c.execute(
+                "INSERT INTO things (v, n) VALUES ('plaintext-canary-123', 7)",
+                [],
+            )
+            .unwrap();
+        }
+        // Same key again: the data is there.
+        let key2 = load_or_create_key(&loc.secrets, "svc").unwrap();
+        let c = open(&loc.db, &key2, &OpenOptions::default()).unwrap();
+        let v: String = c
+            .query_row("SELECT v FROM things", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, "plaintext-canary-123");
+        drop(c);
+        // No file under the dir holds the plaintext.
+        for entry in walk(dir.path()) {
+            let bytes = fs::read(&entry).unwrap();
+            assert!(
+                !bytes.windows(20).any(|w| w == b"plaintext-canary-123"),
+                "{} holds plaintext",
+                entry.display()
+            );
+        }
+        // Another key cannot open it.
+        let other = Key::generate().unwrap();
+        assert!(matches!(
+            open(&loc.db, &other, &OpenOptions::default()),
+            Err(StorageError::WrongKey { .. })
+        ));
+    }
+
+    #[test]
+    fn key_file_is_private_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = dir.path().join("secrets");
+        let a = load_or_create_key(&secrets, "k").unwrap();
+        let b = load_or_create_key(&secrets, "k").unwrap();
+        assert_eq!(a.0, b.0);
+        let mode = fs::metadata(secrets.join("k.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        fs::set_permissions(secrets.join("k.key"), fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(load_or_create_key(&secrets, "k").is_err());
+        assert_eq!(format!("{a:?}"), "Key(<redacted>)");
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = Location::new(dir.path(), "svc");
+        let key = load_or_create_key(&loc.secrets, "svc").unwrap();
+        let mut c = open(&loc.db, &key, &OpenOptions::default()).unwrap();
+        migrate(&mut c, &loc.db, MIGRATIONS).unwrap();
+        assert!(matches!(
+            migrate(&mut c, &loc.db, &MIGRATIONS[..1]),
+            Err(StorageError::TooNew {
+                found: 2,
+                known: 1,
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn db_runs_work_off_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(
+            &Location::new(dir.path(), "svc"),
+            &OpenOptions::default(),
+            MIGRATIONS,
+            2,
+        )
+        .unwrap();
+        db.write(|c| {
+            c.execute("INSERT INTO things (v) VALUES ('a')", [])
+                .map_err(StorageError::from)
+        })
+        .await
+        .unwrap();
+        let n: i64 = db
+            .read(|c| {
+                c.query_row("SELECT count(*) FROM things", [], |r| r.get(0))
+                    .map_err(StorageError::from)
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        db.ping().await.unwrap();
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+}

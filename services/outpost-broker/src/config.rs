@@ -1,0 +1,69 @@
+//! `[broker]`: the embedded MQTT broker.
+
+use std::net::SocketAddr;
+
+use outpost_kit::config::{Problems, Validate};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Run the embedded broker under `outpost up`. Turn off when `bus.url` names an
+    /// external broker (mosquitto, EMQX).
+    pub enabled: bool,
+    /// MQTT listener (MQTT 3.1.1 and 5). Clients that do not connect from loopback must
+    /// authenticate.
+    pub listen: SocketAddr,
+    /// HTTP port of the broker service (health, metrics, registration).
+    pub port: u16,
+    /// Let clients on loopback connect without credentials (local tools such as
+    /// mosquitto_pub). Clients from other hosts always need credentials.
+    pub allow_anonymous_loopback: bool,
+    /// Most simultaneous clients.
+    pub max_clients: usize,
+    /// Largest MQTT packet accepted, bytes.
+    pub max_packet_bytes: usize,
+    /// Messages the broker holds for a disconnected persistent session (for example
+    /// core-data while it restarts).
+    pub max_queued_messages_per_client: usize,
+    /// Bytes the broker holds for a disconnected persistent session.
+    pub max_queued_bytes_per_client: usize,
+    /// Publish `$SYS` statistics topics.
+    pub sys_topics: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            port: 59898,
+            allow_anonymous_loopback: true,
+            max_clients: 10_000,
+            max_packet_bytes: 1024 * 1024 + 4096,
+            max_queued_messages_per_client: 200_000,
+            max_queued_bytes_per_client: 256 * 1024 * 1024,
+            sys_topics: false,
+        }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self, p: &mut Problems) {
+        p.check(
+            self.max_clients >= 1,
+            "broker",
+            "max_clients must be at least 1",
+        );
+        p.check(
+            self.max_packet_bytes >= 1024,
+            "broker",
+            "max_packet_bytes must be at least 1024",
+        );
+        p.check(
+            self.max_queued_messages_per_client >= 1,
+            "broker",
+            "max_queued_messages_per_client must be at least 1",
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! The embedded MQTT broker (service `mqtt-broker`): the node's message bus.
+//!
+//! A real MQTT 3.1.1/5 broker (the `mqtt5` crate's broker) run as one supervised service:
+//! QoS 0/1/2, persistent sessions with queued messages for offline consumers, retained
+//! messages, shared subscriptions. Sessions and queues live in memory only, so no message
+//! payload ever reaches the disk unencrypted; a consumer that needs durability (core-data)
+//! acknowledges each message only after committing it, and the broker redelivers what was not
+//! acknowledged.
+//!
+//! Authentication: see [`auth`]. The HTTP side serves the common routes, registers with the
+//! registry, and exports the broker's statistics as metrics.
+
+pub mod auth;
+pub mod config;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use mqtt5::broker::config::{StorageBackend, StorageConfig};
+use mqtt5::broker::{BrokerConfig, MqttBroker};
+use outpost_kit::{Check, Context, health_probe};
+
+pub use config::Config;
+
+/// The service's registry ID.
+pub const SERVICE: &str = "mqtt-broker";
+
+/// Runs the broker until shutdown.
+pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
+    let token =
+        outpost_storage::load_or_create_token(&ctx.secrets_dir(), outpost_bus::INTERNAL_SECRET)?;
+    let mut bc = BrokerConfig::default().with_bind_addresses(vec![cfg.listen]);
+    bc.max_clients = cfg.max_clients;
+    bc.max_packet_size = cfg.max_packet_bytes;
+    bc.sys_topics_enabled = cfg.sys_topics;
+    bc.storage_config = StorageConfig {
+        backend: StorageBackend::Memory,
+        enable_persistence: true,
+        max_queued_messages_per_client: cfg.max_queued_messages_per_client,
+        max_queued_bytes_per_client: cfg.max_queued_bytes_per_client,
+        ..StorageConfig::default()
+    };
+    let auth = auth::NodeAuth::new(
+        outpost_bus::INTERNAL_USER.to_string(),
+        token,
+        cfg.allow_anonymous_loopback,
+        ctx.metric("auth_failures_total"),
+    );
+    let mut broker = MqttBroker::with_config(bc)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the MQTT broker on {}: {e}", cfg.listen))?
+        .with_auth_provider(Arc::new(auth));
+    let stop = broker.shutdown_handle();
+    let stats = broker.stats();
+    tracing::info!(listen = %cfg.listen, "MQTT broker listening");
+    let broker_task = tokio::spawn(async move { broker.run().await });
+
+    let exporter = {
+        let ctx = ctx.clone();
+        let stats = Arc::clone(&stats);
+        tokio::spawn(async move {
+            let connected = ctx.metric("clients_connected");
+            let received = ctx.metric("publish_received_total");
+            let sent = ctx.metric("publish_sent_total");
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    () = ctx.shutdown.wait() => return,
+                    _ = tick.tick() => {}
+                }
+                metrics::gauge!(connected.clone())
+                    .set(stats.clients_connected.load(Ordering::Relaxed) as f64);
+                metrics::counter!(received.clone())
+                    .absolute(stats.publish_received.load(Ordering::Relaxed));
+                metrics::counter!(sent.clone())
+                    .absolute(stats.publish_sent.load(Ordering::Relaxed));
+            }
+        })
+    };
+
+    let listen = cfg.listen;
+    let health = health_probe(move || async move {
+        match tokio::net::TcpStream::connect(listen).await {
+            Ok(_) => vec![Check::ok("mqtt-listener")],
+            Err(e) => vec![Check::failed("mqtt-listener", e.to_string())],
+        }
+    });
+    let router = ctx.router(Router::new(), health);
+    let served = ctx.serve(router, cfg.port).await;
+
+    // Services are stopped before the broker, so its queues are already drained.
+    stop.shutdown();
+    exporter.abort();
+    match tokio::time::timeout(Duration::from_secs(5), broker_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "broker stopped with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "broker task failed"),
+        Err(_) => tracing::warn!("broker did not stop within 5 s"),
+    }
+    served?;
+    Ok(())
+}

@@ -1,0 +1,316 @@
+//! HTTP API: EdgeX core-keeper v3 (`/registry`, `/kvs`) plus heartbeats and watches.
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | POST | `/api/v3/registry` | 201; 400 invalid; 409 already registered |
+//! | PUT | `/api/v3/registry` | 204; 400; 404 |
+//! | GET | `/api/v3/registry/all?deregistered=&waitIndex=&waitMs=` | 200, long-polls when `waitIndex` is given |
+//! | GET/DELETE | `/api/v3/registry/serviceId/{id}` | 200 / 204; 404 |
+//! | PUT | `/api/v3/registry/serviceId/{id}/heartbeat` | 200; 404 (register again) |
+//! | GET | `/api/v3/registry/watch` | server-sent events, one per change |
+//! | GET/PUT/DELETE | `/api/v3/kvs/key/{key}` | EdgeX key/value API |
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use base64::Engine as _;
+use outpost_contracts::common::{BaseResponse, BaseWithTotalCountResponse};
+use outpost_contracts::now_millis;
+use outpost_contracts::registry::{
+    AddRegistrationRequest, KeyValue, KvRequest, KvResponse, MultiRegistrationsResponse,
+    RegistrationResponse,
+};
+use outpost_kit::error::{ApiError, Json, Path, Query};
+use serde::Deserialize;
+
+use crate::registry::{Registry, RegistryError};
+use crate::store::Store;
+
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub store: Arc<dyn Store>,
+    pub max_wait_ms: u64,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            "/api/v3/registry",
+            axum::routing::post(register).put(update),
+        )
+        .route("/api/v3/registry/all", get(all))
+        .route("/api/v3/registry/watch", get(watch))
+        .route(
+            "/api/v3/registry/serviceId/{id}",
+            get(get_one).delete(deregister),
+        )
+        .route("/api/v3/registry/serviceId/{id}/heartbeat", put(heartbeat))
+        .route(
+            "/api/v3/kvs/key/{*key}",
+            get(kv_get).put(kv_put).delete(kv_delete),
+        )
+        .with_state(state)
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Invalid(m) => ApiError::bad_request(m),
+            RegistryError::Conflict(_) => ApiError::conflict(e.to_string()),
+            RegistryError::NotFound(_) => ApiError::not_found(e.to_string()),
+            RegistryError::Storage(s) => ApiError::internal(s),
+        }
+    }
+}
+
+fn check_request(req: &AddRegistrationRequest) -> Result<(), ApiError> {
+    req.base.check().map_err(ApiError::bad_request)
+}
+
+async fn register(
+    State(st): State<Arc<AppState>>,
+    Json(req): Json<AddRegistrationRequest>,
+) -> Result<Response, ApiError> {
+    check_request(&req)?;
+    st.registry.register(req.registration).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(BaseResponse::new(201).with_request_id(req.base.request_id)),
+    )
+        .into_response())
+}
+
+async fn update(
+    State(st): State<Arc<AppState>>,
+    Json(req): Json<AddRegistrationRequest>,
+) -> Result<StatusCode, ApiError> {
+    check_request(&req)?;
+    st.registry.update(req.registration).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct AllParams {
+    deregistered: bool,
+    wait_index: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+async fn all(
+    State(st): State<Arc<AppState>>,
+    Query(p): Query<AllParams>,
+) -> axum::Json<MultiRegistrationsResponse> {
+    if let Some(seen) = p.wait_index {
+        let wait = Duration::from_millis(p.wait_ms.unwrap_or(30_000).min(st.max_wait_ms));
+        let mut rx = st.registry.subscribe_index();
+        let _ = tokio::time::timeout(wait, rx.wait_for(|i| *i > seen)).await;
+    }
+    let (index, regs) = st.registry.list(p.deregistered);
+    axum::Json(MultiRegistrationsResponse {
+        page: BaseWithTotalCountResponse {
+            base: BaseResponse::new(200),
+            total_count: regs.len() as u64,
+        },
+        registrations: regs,
+        index: Some(index),
+    })
+}
+
+async fn watch(
+    State(st): State<Arc<AppState>>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let rx = st.registry.subscribe_changes();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(change) => {
+                    let event = Event::default()
+                        .event("change")
+                        .id(change.index.to_string())
+                        .json_data(&change)
+                        .unwrap_or_else(|_| Event::default().comment("unencodable change"));
+                    return Some((Ok(event), rx));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    // The watcher fell behind: tell it to resync with a full listing.
+                    let event = Event::default().event("resync").data(n.to_string());
+                    return Some((Ok(event), rx));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn get_one(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<RegistrationResponse>, ApiError> {
+    let reg = st
+        .registry
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("service '{id}' is not registered")))?;
+    Ok(axum::Json(RegistrationResponse {
+        base: BaseResponse::new(200),
+        registration: reg,
+    }))
+}
+
+async fn deregister(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    st.registry.deregister(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn heartbeat(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<BaseResponse>, ApiError> {
+    st.registry.heartbeat(&id).await?;
+    Ok(axum::Json(BaseResponse::new(200)))
+}
+
+// ---- key/value ----
+
+const MAX_KEY_LEN: usize = 512;
+
+fn check_key(key: &str) -> Result<&str, ApiError> {
+    let key = key.trim_end_matches('/');
+    let bad = key.is_empty()
+        || key.len() > MAX_KEY_LEN
+        || key.starts_with('/')
+        || key.split('/').any(str::is_empty)
+        || key.chars().any(char::is_control);
+    if bad {
+        return Err(ApiError::bad_request(format!(
+            "key '{key}' must be 1..={MAX_KEY_LEN} characters of non-empty '/'-separated segments"
+        )));
+    }
+    Ok(key)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct GetParams {
+    plaintext: bool,
+    key_only: bool,
+}
+
+/// EdgeX returns stored values base64-encoded unless `plaintext=true`.
+fn render_value(v: &serde_json::Value, plaintext: bool) -> serde_json::Value {
+    if plaintext {
+        return v.clone();
+    }
+    let text = match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(text))
+}
+
+async fn kv_get(
+    State(st): State<Arc<AppState>>,
+    Path(key): Path<String>,
+    Query(p): Query<GetParams>,
+) -> Result<Response, ApiError> {
+    let key = check_key(&key)?;
+    let found = st.store.kv_get(key.to_string()).await?;
+    if found.is_empty() {
+        return Err(ApiError::not_found(format!("key '{key}' does not exist")));
+    }
+    if p.key_only {
+        return Ok(axum::Json(KvResponse {
+            base: BaseResponse::new(200),
+            response: found.into_iter().map(|kv| kv.key).collect::<Vec<_>>(),
+        })
+        .into_response());
+    }
+    let list = found
+        .into_iter()
+        .map(|kv| KeyValue {
+            created: kv.created,
+            modified: kv.modified,
+            value: render_value(&kv.value, p.plaintext),
+            key: kv.key,
+        })
+        .collect::<Vec<_>>();
+    Ok(axum::Json(KvResponse {
+        base: BaseResponse::new(200),
+        response: list,
+    })
+    .into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct PutParams {
+    flatten: bool,
+}
+
+/// Flattens nested objects into `key/sub/leaf` pairs.
+pub fn flatten(key: &str, value: serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+    match value {
+        serde_json::Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                flatten(&format!("{key}/{k}"), v, out);
+            }
+        }
+        leaf => out.push((key.to_string(), leaf)),
+    }
+}
+
+async fn kv_put(
+    State(st): State<Arc<AppState>>,
+    Path(key): Path<String>,
+    Query(p): Query<PutParams>,
+    Json(req): Json<KvRequest>,
+) -> Result<axum::Json<KvResponse<String>>, ApiError> {
+    let key = check_key(&key)?;
+    let mut pairs = Vec::new();
+    if p.flatten {
+        flatten(key, req.value, &mut pairs);
+    } else {
+        pairs.push((key.to_string(), req.value));
+    }
+    for (k, _) in &pairs {
+        check_key(k)?;
+    }
+    let keys = st.store.kv_put(pairs, now_millis()).await?;
+    Ok(axum::Json(KvResponse {
+        base: BaseResponse::new(200),
+        response: keys,
+    }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct DeleteParams {
+    prefix_match: bool,
+}
+
+async fn kv_delete(
+    State(st): State<Arc<AppState>>,
+    Path(key): Path<String>,
+    Query(p): Query<DeleteParams>,
+) -> Result<axum::Json<KvResponse<String>>, ApiError> {
+    let key = check_key(&key)?;
+    let deleted = st.store.kv_delete(key.to_string(), p.prefix_match).await?;
+    if deleted.is_empty() {
+        return Err(ApiError::not_found(format!("key '{key}' does not exist")));
+    }
+    Ok(axum::Json(KvResponse {
+        base: BaseResponse::new(200),
+        response: deleted,
+    }))
+}
