@@ -1,0 +1,881 @@
+//! HTTP API: the EdgeX core-metadata v3 endpoints (see `core-metadata.yaml`).
+//!
+//! Batch endpoints (`POST /device`, `PATCH /deviceservice`, ...) take a JSON array and answer
+//! 207 with one status per item, as EdgeX does: a bad item never affects the others, and a
+//! body that is not a JSON array of requests is a 400 for the whole call.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Multipart, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use outpost_contracts::common::{
+    BaseRequest, BaseResponse, BaseWithIdResponse, BaseWithTotalCountResponse, Paging,
+};
+use outpost_contracts::metadata::{
+    AddDeviceProfileRequest, AddDeviceRequest, AddDeviceServiceRequest, AddProvisionWatcherRequest,
+    Device, DeviceCommandRequest, DeviceProfile, DeviceProfileBasicInfoRequest,
+    DeviceProfileResponse, DeviceProfileTagsRequest, DeviceResourceRequest, DeviceResourceResponse,
+    DeviceResponse, DeviceService, DeviceServiceResponse, MultiDeviceProfileBasicInfosResponse,
+    MultiDeviceProfilesResponse, MultiDeviceServicesResponse, MultiDevicesResponse,
+    MultiProvisionWatchersResponse, ProvisionWatcher, ProvisionWatcherResponse,
+    UnitsOfMeasureResponse, UpdateDeviceCommandRequest, UpdateDeviceProfileRequest,
+    UpdateDeviceRequest, UpdateDeviceResourceRequest, UpdateDeviceServiceRequest,
+    UpdateProvisionWatcherRequest,
+};
+use outpost_kit::error::{ApiError, Body, Path, Query, parse_json};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::service::Metadata;
+use crate::store::Filter;
+
+pub struct App {
+    pub md: Metadata,
+    pub max_result_count: u64,
+}
+
+type St = State<Arc<App>>;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        // devices
+        .route("/api/v3/device", post(add_devices).patch(update_devices))
+        .route("/api/v3/device/all", get(all_devices))
+        .route("/api/v3/device/check/name/{name}", get(check_device))
+        .route(
+            "/api/v3/device/name/{name}",
+            get(device_by_name).delete(delete_device),
+        )
+        .route("/api/v3/device/id/{id}", get(device_by_id))
+        .route(
+            "/api/v3/device/profile/name/{name}",
+            get(devices_by_profile),
+        )
+        .route(
+            "/api/v3/device/service/name/{name}",
+            get(devices_by_service),
+        )
+        // device profiles
+        .route(
+            "/api/v3/deviceprofile",
+            post(add_profiles).put(update_profiles),
+        )
+        .route(
+            "/api/v3/deviceprofile/uploadfile",
+            post(upload_profile).put(upload_profile_update),
+        )
+        .route("/api/v3/deviceprofile/all", get(all_profiles))
+        .route(
+            "/api/v3/deviceprofile/name/{name}",
+            get(profile_by_name).delete(delete_profile),
+        )
+        .route(
+            "/api/v3/deviceprofile/name/{name}/tags",
+            patch(profile_tags),
+        )
+        .route("/api/v3/deviceprofile/basicinfo", patch(update_basic_infos))
+        .route("/api/v3/deviceprofile/basicinfo/all", get(all_basic_infos))
+        .route(
+            "/api/v3/deviceprofile/deviceCommand",
+            post(add_commands).patch(update_commands),
+        )
+        .route(
+            "/api/v3/deviceprofile/name/{name}/deviceCommand/{command}",
+            axum::routing::delete(delete_command),
+        )
+        .route(
+            "/api/v3/deviceprofile/resource",
+            post(add_resources).patch(update_resources),
+        )
+        .route(
+            "/api/v3/deviceprofile/name/{name}/resource/{resource}",
+            axum::routing::delete(delete_resource),
+        )
+        .route(
+            "/api/v3/deviceprofile/manufacturer/{manufacturer}",
+            get(profiles_by_manufacturer),
+        )
+        .route(
+            "/api/v3/deviceprofile/manufacturer/{manufacturer}/model/{model}",
+            get(profiles_by_manufacturer_model),
+        )
+        .route(
+            "/api/v3/deviceprofile/model/{model}",
+            get(profiles_by_model),
+        )
+        .route(
+            "/api/v3/deviceresource/profile/{profile}/resource/{resource}",
+            get(resource),
+        )
+        // device services
+        .route(
+            "/api/v3/deviceservice",
+            post(add_services).patch(update_services),
+        )
+        .route("/api/v3/deviceservice/all", get(all_services))
+        .route(
+            "/api/v3/deviceservice/name/{name}",
+            get(service_by_name).delete(delete_service),
+        )
+        // provision watchers
+        .route(
+            "/api/v3/provisionwatcher",
+            post(add_watchers).patch(update_watchers),
+        )
+        .route("/api/v3/provisionwatcher/all", get(all_watchers))
+        .route(
+            "/api/v3/provisionwatcher/name/{name}",
+            get(watcher_by_name).delete(delete_watcher),
+        )
+        .route(
+            "/api/v3/provisionwatcher/service/name/{name}",
+            get(watchers_by_service),
+        )
+        .route(
+            "/api/v3/provisionwatcher/profile/name/{name}",
+            get(watchers_by_profile),
+        )
+        // units of measure
+        .route("/api/v3/uom", get(uom))
+        .with_state(app)
+}
+
+// ---- helpers ----
+
+/// A body that is a single request or an array of them (EdgeX documents PATCH bodies both ways).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    Many(Vec<T>),
+    One(T),
+}
+
+fn batch<T: DeserializeOwned>(body: &[u8]) -> Result<Vec<T>, ApiError> {
+    let items = match parse_json::<OneOrMany<T>>(body) {
+        Ok(OneOrMany::Many(v)) => v,
+        Ok(OneOrMany::One(one)) => vec![one],
+        Err(_) => {
+            // Re-parse as an array for the precise error message.
+            parse_json::<Vec<T>>(body)?
+        }
+    };
+    if items.is_empty() {
+        return Err(ApiError::bad_request("request array must not be empty"));
+    }
+    Ok(items)
+}
+
+/// One 207 entry.
+fn entry(base: &BaseRequest, result: Result<(StatusCode, String), ApiError>) -> BaseWithIdResponse {
+    let (status, id, message) = match result {
+        Ok((s, id)) => (s, id, String::new()),
+        Err(e) => (e.status, String::new(), e.message),
+    };
+    BaseWithIdResponse {
+        base: BaseResponse {
+            message,
+            ..BaseResponse::new(status.as_u16()).with_request_id(base.request_id.clone())
+        },
+        id,
+    }
+}
+
+fn multi_status(entries: Vec<BaseWithIdResponse>) -> Response {
+    (StatusCode::MULTI_STATUS, axum::Json(entries)).into_response()
+}
+
+fn ok() -> axum::Json<BaseResponse> {
+    axum::Json(BaseResponse::new(200))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct ListParams {
+    offset: Option<i64>,
+    limit: Option<i64>,
+    labels: Option<String>,
+    descendants_of: Option<String>,
+    max_levels: Option<u32>,
+}
+
+impl ListParams {
+    fn page(&self, max: u64) -> Result<(u64, u64), ApiError> {
+        let offset = self.offset.unwrap_or(0);
+        if offset < 0 {
+            return Err(ApiError::bad_request(format!(
+                "offset must be >= 0, got {offset}"
+            )));
+        }
+        Paging {
+            offset,
+            limit: self.limit.unwrap_or(20),
+        }
+        .resolve(max)
+        .map_err(ApiError::bad_request)
+    }
+
+    fn filter(&self) -> Filter {
+        Filter {
+            labels: self
+                .labels
+                .as_deref()
+                .map(|l| {
+                    l.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            descendants_of: self
+                .descendants_of
+                .clone()
+                .filter(|s| !s.is_empty())
+                .map(|d| (d, self.max_levels.unwrap_or(0))),
+            ..Filter::default()
+        }
+    }
+}
+
+fn page_base(total: u64) -> BaseWithTotalCountResponse {
+    BaseWithTotalCountResponse {
+        base: BaseResponse::new(200),
+        total_count: total,
+    }
+}
+
+// ---- devices ----
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct DeviceWriteParams {
+    bypass_validation: bool,
+    force: bool,
+}
+
+async fn add_devices(
+    State(app): St,
+    Query(p): Query<DeviceWriteParams>,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    let reqs: Vec<AddDeviceRequest> = batch(&body)?;
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let result = match r.base.check() {
+            Err(e) => Err(ApiError::bad_request(e)),
+            Ok(()) => app
+                .md
+                .add_device(r.device, p.force, p.bypass_validation)
+                .await
+                .map(|id| (StatusCode::CREATED, id)),
+        };
+        out.push(entry(&r.base, result));
+    }
+    Ok(multi_status(out))
+}
+
+async fn update_devices(
+    State(app): St,
+    Query(p): Query<DeviceWriteParams>,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    let reqs: Vec<UpdateDeviceRequest> = batch(&body)?;
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let result = match r.base.check() {
+            Err(e) => Err(ApiError::bad_request(e)),
+            Ok(()) => app
+                .md
+                .update_device(r.device, p.bypass_validation)
+                .await
+                .map(|()| (StatusCode::OK, String::new())),
+        };
+        out.push(entry(&r.base, result));
+    }
+    Ok(multi_status(out))
+}
+
+async fn devices(
+    app: &App,
+    p: &ListParams,
+    filter: Filter,
+) -> Result<axum::Json<MultiDevicesResponse>, ApiError> {
+    let (offset, limit) = p.page(app.max_result_count)?;
+    if let Some((root, _)) = &filter.descendants_of
+        && !app.md.device_exists(root).await?
+    {
+        return Err(ApiError::not_found(format!(
+            "device '{root}' does not exist"
+        )));
+    }
+    let (total, devices) = app.md.list::<Device>(filter, offset, limit).await?;
+    Ok(axum::Json(MultiDevicesResponse {
+        page: page_base(total),
+        devices,
+    }))
+}
+
+async fn all_devices(
+    State(app): St,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiDevicesResponse>, ApiError> {
+    let filter = p.filter();
+    devices(&app, &p, filter).await
+}
+
+async fn devices_by_profile(
+    State(app): St,
+    Path(name): Path<String>,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiDevicesResponse>, ApiError> {
+    let filter = Filter {
+        profile: Some(name),
+        ..Filter::default()
+    };
+    devices(&app, &p, filter).await
+}
+
+async fn devices_by_service(
+    State(app): St,
+    Path(name): Path<String>,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiDevicesResponse>, ApiError> {
+    let filter = Filter {
+        service: Some(name),
+        ..Filter::default()
+    };
+    devices(&app, &p, filter).await
+}
+
+async fn check_device(
+    State(app): St,
+    Path(name): Path<String>,
+) -> Result<axum::Json<BaseResponse>, ApiError> {
+    if app.md.device_exists(&name).await? {
+        Ok(ok())
+    } else {
+        Err(ApiError::not_found(format!(
+            "device '{name}' does not exist"
+        )))
+    }
+}
+
+async fn device_by_name(
+    State(app): St,
+    Path(name): Path<String>,
+) -> Result<axum::Json<DeviceResponse>, ApiError> {
+    let device = app.md.get::<Device>(&name).await?;
+    Ok(axum::Json(DeviceResponse {
+        base: BaseResponse::new(200),
+        device,
+    }))
+}
+
+async fn device_by_id(
+    State(app): St,
+    Path(id): Path<String>,
+) -> Result<axum::Json<DeviceResponse>, ApiError> {
+    let device = app.md.get_by_id::<Device>(&id).await?;
+    Ok(axum::Json(DeviceResponse {
+        base: BaseResponse::new(200),
+        device,
+    }))
+}
+
+async fn delete_device(
+    State(app): St,
+    Path(name): Path<String>,
+) -> Result<axum::Json<BaseResponse>, ApiError> {
+    app.md.delete_device(&name).await?;
+    Ok(ok())
+}
+
+// ---- device profiles ----
+
+async fn add_profiles(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
+    let reqs: Vec<AddDeviceProfileRequest> = batch(&body)?;
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let result = match r.base.check() {
+            Err(e) => Err(ApiError::bad_request(e)),
+            Ok(()) => app
+                .md
+                .add_profile(r.profile)
+                .await
+                .map(|id| (StatusCode::CREATED, id)),
+        };
+        out.push(entry(&r.base, result));
+    }
+    Ok(multi_status(out))
+}
+
+async fn update_profiles(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
+    let reqs: Vec<UpdateDeviceProfileRequest> = batch(&body)?;
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let result = match r.base.check() {
+            Err(e) => Err(ApiError::bad_request(e)),
+            Ok(()) => app
+                .md
+                .update_profile(r.profile)
+                .await
+                .map(|()| (StatusCode::OK, String::new())),
+        };
+        out.push(entry(&r.base, result));
+    }
+    Ok(multi_status(out))
+}
+
+/// The profile document from a multipart upload's `file` field (YAML or JSON).
+async fn uploaded_profile(mut form: Multipart) -> Result<DeviceProfile, ApiError> {
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("invalid multipart body: {e}")))?
+    {
+        if field.name() == Some("file") {
+            let bytes = field.bytes().await.map_err(|e| {
+                ApiError::bad_request(format!("cannot read the uploaded file: {e}"))
+            })?;
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| ApiError::bad_request("the uploaded file is not UTF-8 text"))?;
+            return DeviceProfile::from_yaml(text).map_err(ApiError::bad_request);
+        }
+    }
+    Err(ApiError::bad_request("multipart body has no 'file' field"))
+}
+
+async fn upload_profile(State(app): St, form: Multipart) -> Result<Response, ApiError> {
+    let profile = uploaded_profile(form).await?;
+    let id = app.md.add_profile(profile).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(BaseWithIdResponse {
+            base: BaseResponse::new(201),
+            id,
+        }),
+    )
+        .into_response())
+}
+
+async fn upload_profile_update(
+    State(app): St,
+    form: Multipart,
+) -> Result<axum::Json<BaseResponse>, ApiError> {
+    let profile = uploaded_profile(form).await?;
+    app.md.update_profile(profile).await?;
+    Ok(ok())
+}
+
+async fn profiles(
+    app: &App,
+    p: &ListParams,
+    filter: Filter,
+) -> Result<axum::Json<MultiDeviceProfilesResponse>, ApiError> {
+    let (offset, limit) = p.page(app.max_result_count)?;
+    let (total, profiles) = app.md.profiles(filter, offset, limit).await?;
+    Ok(axum::Json(MultiDeviceProfilesResponse {
+        page: page_base(total),
+        profiles,
+    }))
+}
+
+async fn all_profiles(
+    State(app): St,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiDeviceProfilesResponse>, ApiError> {
+    let filter = p.filter();
+    profiles(&app, &p, filter).await
+}
+
+async fn profiles_by_manufacturer(
+    State(app): St,
+    Path(manufacturer): Path<String>,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiDeviceProfilesResponse>, ApiError> {
+    let filter = Filter {
+        manufacturer: Some(manufacturer),
+        ..Filter::default()
+    };
+    profiles(&app, &p, filter).await
+}
+
+async fn profiles_by_manufacturer_model(
+    State(app): St,
+    Path((manufacturer, model)): Path<(String, String)>,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiDeviceProfilesResponse>, ApiError> {
+    let filter = Filter {
+        manufacturer: Some(manufacturer),
+        model: Some(model),
+        ..Filter::default()
+    };
+    profiles(&app, &p, filter).await
+}
+
+async fn profiles_by_model(
+    State(app): St,
+    Path(model): Path<String>,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiDeviceProfilesResponse>, ApiError> {
+    let filter = Filter {
+        model: Some(model),
+        ..Filter::default()
+    };
+    profiles(&app, &p, filter).await
+}
+
+async fn profile_by_name(
+    State(app): St,
+    Path(name): Path<String>,
+) -> Result<axum::Json<DeviceProfileResponse>, ApiError> {
+    let profile = app.md.profile(&name).await?;
+    Ok(axum::Json(DeviceProfileResponse {
+        base: BaseResponse::new(200),
+        profile,
+    }))
+}
+
+async fn delete_profile(
+    State(app): St,
+    Path(name): Path<String>,
+) -> Result<axum::Json<BaseResponse>, ApiError> {
+    app.md.delete_profile(&name).await?;
+    Ok(ok())
+}
+
+async fn profile_tags(
+    State(app): St,
+    Path(name): Path<String>,
+    Body(body): Body,
+) -> Result<axum::Json<BaseResponse>, ApiError> {
+    let req: DeviceProfileTagsRequest = parse_json(&body)?;
+    req.base.check().map_err(ApiError::bad_request)?;
+    app.md
+        .update_tags(&name, req.device_resources, req.device_commands)
+        .await?;
+    Ok(ok())
+}
+
+async fn update_basic_infos(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
+    let reqs: Vec<DeviceProfileBasicInfoRequest> = batch(&body)?;
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let result = match r.base.check() {
+            Err(e) => Err(ApiError::bad_request(e)),
+            Ok(()) => app
+                .md
+                .update_basic_info(r.basicinfo)
+                .await
+                .map(|()| (StatusCode::OK, String::new())),
+        };
+        out.push(entry(&r.base, result));
+    }
+    Ok(multi_status(out))
+}
+
+async fn all_basic_infos(
+    State(app): St,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiDeviceProfileBasicInfosResponse>, ApiError> {
+    let (offset, limit) = p.page(app.max_result_count)?;
+    let (total, list) = app.md.profiles(p.filter(), offset, limit).await?;
+    Ok(axum::Json(MultiDeviceProfileBasicInfosResponse {
+        page: page_base(total),
+        profiles: list.iter().map(DeviceProfile::basic_info).collect(),
+    }))
+}
+
+async fn add_resources(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
+    let reqs: Vec<DeviceResourceRequest> = batch(&body)?;
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let result = match r.base.check() {
+            Err(e) => Err(ApiError::bad_request(e)),
+            Ok(()) => app
+                .md
+                .add_resource(&r.profile_name, r.resource)
+                .await
+                .map(|()| (StatusCode::CREATED, String::new())),
+        };
+        out.push(entry(&r.base, result));
+    }
+    Ok(multi_status(out))
+}
+
+async fn update_resources(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
+    let reqs: Vec<UpdateDeviceResourceRequest> = batch(&body)?;
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let result = match r.base.check() {
+            Err(e) => Err(ApiError::bad_request(e)),
+            Ok(()) => app
+                .md
+                .update_resource(&r.profile_name, r.resource)
+                .await
+                .map(|()| (StatusCode::OK, String::new())),
+        };
+        out.push(entry(&r.base, result));
+    }
+    Ok(multi_status(out))
+}
+
+async fn delete_resource(
+    State(app): St,
+    Path((name, resource)): Path<(String, String)>,
+) -> Result<axum::Json<BaseResponse>, ApiError> {
+    app.md.delete_resource(&name, &resource).await?;
+    Ok(ok())
+}
+
+async fn add_commands(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
+    let reqs: Vec<DeviceCommandRequest> = batch(&body)?;
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let result = match r.base.check() {
+            Err(e) => Err(ApiError::bad_request(e)),
+            Ok(()) => app
+                .md
+                .add_command(&r.profile_name, r.device_command)
+                .await
+                .map(|()| (StatusCode::CREATED, String::new())),
+        };
+        out.push(entry(&r.base, result));
+    }
+    Ok(multi_status(out))
+}
+
+async fn update_commands(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
+    let reqs: Vec<UpdateDeviceCommandRequest> = batch(&body)?;
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let result = match r.base.check() {
+            Err(e) => Err(ApiError::bad_request(e)),
+            Ok(()) => app
+                .md
+                .update_command(&r.profile_name, r.device_command)
+                .await
+                .map(|()| (StatusCode::OK, String::new())),
+        };
+        out.push(entry(&r.base, result));
+    }
+    Ok(multi_status(out))
+}
+
+async fn delete_command(
+    State(app): St,
+    Path((name, command)): Path<(String, String)>,
+) -> Result<axum::Json<BaseResponse>, ApiError> {
+    app.md.delete_command(&name, &command).await?;
+    Ok(ok())
+}
+
+async fn resource(
+    State(app): St,
+    Path((profile, resource)): Path<(String, String)>,
+) -> Result<axum::Json<DeviceResourceResponse>, ApiError> {
+    let resource = app.md.resource(&profile, &resource).await?;
+    Ok(axum::Json(DeviceResourceResponse {
+        base: BaseResponse::new(200),
+        resource,
+    }))
+}
+
+// ---- device services ----
+
+async fn add_services(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
+    let reqs: Vec<AddDeviceServiceRequest> = batch(&body)?;
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let result = match r.base.check() {
+            Err(e) => Err(ApiError::bad_request(e)),
+            Ok(()) => app
+                .md
+                .add_service(r.service)
+                .await
+                .map(|id| (StatusCode::CREATED, id)),
+        };
+        out.push(entry(&r.base, result));
+    }
+    Ok(multi_status(out))
+}
+
+async fn update_services(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
+    let reqs: Vec<UpdateDeviceServiceRequest> = batch(&body)?;
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let result = match r.base.check() {
+            Err(e) => Err(ApiError::bad_request(e)),
+            Ok(()) => app
+                .md
+                .update_service(r.service)
+                .await
+                .map(|()| (StatusCode::OK, String::new())),
+        };
+        out.push(entry(&r.base, result));
+    }
+    Ok(multi_status(out))
+}
+
+async fn all_services(
+    State(app): St,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiDeviceServicesResponse>, ApiError> {
+    let (offset, limit) = p.page(app.max_result_count)?;
+    let (total, services) = app
+        .md
+        .list::<DeviceService>(p.filter(), offset, limit)
+        .await?;
+    Ok(axum::Json(MultiDeviceServicesResponse {
+        page: page_base(total),
+        services,
+    }))
+}
+
+async fn service_by_name(
+    State(app): St,
+    Path(name): Path<String>,
+) -> Result<axum::Json<DeviceServiceResponse>, ApiError> {
+    let service = app.md.get::<DeviceService>(&name).await?;
+    Ok(axum::Json(DeviceServiceResponse {
+        base: BaseResponse::new(200),
+        service,
+    }))
+}
+
+async fn delete_service(
+    State(app): St,
+    Path(name): Path<String>,
+) -> Result<axum::Json<BaseResponse>, ApiError> {
+    app.md.delete_service(&name).await?;
+    Ok(ok())
+}
+
+// ---- provision watchers ----
+
+async fn add_watchers(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
+    let reqs: Vec<AddProvisionWatcherRequest> = batch(&body)?;
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let result = match r.base.check() {
+            Err(e) => Err(ApiError::bad_request(e)),
+            Ok(()) => app
+                .md
+                .add_watcher(r.provisionwatcher)
+                .await
+                .map(|id| (StatusCode::CREATED, id)),
+        };
+        out.push(entry(&r.base, result));
+    }
+    Ok(multi_status(out))
+}
+
+async fn update_watchers(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
+    let reqs: Vec<UpdateProvisionWatcherRequest> = batch(&body)?;
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let result = match r.base.check() {
+            Err(e) => Err(ApiError::bad_request(e)),
+            Ok(()) => app
+                .md
+                .update_watcher(r.provisionwatcher)
+                .await
+                .map(|()| (StatusCode::OK, String::new())),
+        };
+        out.push(entry(&r.base, result));
+    }
+    Ok(multi_status(out))
+}
+
+async fn watchers(
+    app: &App,
+    p: &ListParams,
+    filter: Filter,
+) -> Result<axum::Json<MultiProvisionWatchersResponse>, ApiError> {
+    let (offset, limit) = p.page(app.max_result_count)?;
+    let (total, provision_watchers) = app
+        .md
+        .list::<ProvisionWatcher>(filter, offset, limit)
+        .await?;
+    Ok(axum::Json(MultiProvisionWatchersResponse {
+        page: page_base(total),
+        provision_watchers,
+    }))
+}
+
+async fn all_watchers(
+    State(app): St,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiProvisionWatchersResponse>, ApiError> {
+    let filter = p.filter();
+    watchers(&app, &p, filter).await
+}
+
+async fn watchers_by_service(
+    State(app): St,
+    Path(name): Path<String>,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiProvisionWatchersResponse>, ApiError> {
+    let filter = Filter {
+        service: Some(name),
+        ..Filter::default()
+    };
+    watchers(&app, &p, filter).await
+}
+
+async fn watchers_by_profile(
+    State(app): St,
+    Path(name): Path<String>,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiProvisionWatchersResponse>, ApiError> {
+    let filter = Filter {
+        profile: Some(name),
+        ..Filter::default()
+    };
+    watchers(&app, &p, filter).await
+}
+
+async fn watcher_by_name(
+    State(app): St,
+    Path(name): Path<String>,
+) -> Result<axum::Json<ProvisionWatcherResponse>, ApiError> {
+    let provision_watcher = app.md.get::<ProvisionWatcher>(&name).await?;
+    Ok(axum::Json(ProvisionWatcherResponse {
+        base: BaseResponse::new(200),
+        provision_watcher,
+    }))
+}
+
+async fn delete_watcher(
+    State(app): St,
+    Path(name): Path<String>,
+) -> Result<axum::Json<BaseResponse>, ApiError> {
+    app.md.delete_watcher(&name).await?;
+    Ok(ok())
+}
+
+// ---- units of measure ----
+
+async fn uom(State(app): St, headers: HeaderMap) -> Result<Response, ApiError> {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let uom = app.md.uom().clone();
+    if accept.contains("toml") {
+        let text = toml::to_string(&uom).map_err(ApiError::internal)?;
+        return Ok(([(header::CONTENT_TYPE, "application/toml")], text).into_response());
+    }
+    if accept.contains("yaml") {
+        let text = serde_norway::to_string(&uom).map_err(ApiError::internal)?;
+        return Ok(([(header::CONTENT_TYPE, "application/yaml")], text).into_response());
+    }
+    Ok(axum::Json(UnitsOfMeasureResponse {
+        base: BaseResponse::new(200),
+        uom,
+    })
+    .into_response())
+}

@@ -1,0 +1,379 @@
+//! Persistence of metadata objects.
+//!
+//! Every object (profile, device, device service, provision watcher) is a document: its
+//! EdgeX JSON body plus the fields queries filter on (service, profile, parent,
+//! manufacturer, model, labels). [`Store`] is that document store; [`SqliteStore`] keeps it
+//! in one table of the service's encrypted database. A PostgreSQL store would map the same
+//! operations onto a `jsonb` table.
+
+use outpost_storage::rusqlite::types::Value as SqlValue;
+use outpost_storage::rusqlite::{self, OptionalExtension as _, params, params_from_iter};
+use outpost_storage::{Db, Migration, StorageError};
+
+/// The kinds of object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Profile,
+    Device,
+    Service,
+    Watcher,
+}
+
+impl Kind {
+    fn code(self) -> i64 {
+        match self {
+            Self::Profile => 1,
+            Self::Device => 2,
+            Self::Service => 3,
+            Self::Watcher => 4,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Profile => "device profile",
+            Self::Device => "device",
+            Self::Service => "device service",
+            Self::Watcher => "provision watcher",
+        }
+    }
+}
+
+/// Fields of an object that queries filter on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Refs {
+    pub service: String,
+    pub profile: String,
+    pub parent: String,
+    pub manufacturer: String,
+    pub model: String,
+    pub labels: Vec<String>,
+}
+
+/// A stored object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Doc {
+    pub id: String,
+    pub name: String,
+    pub modified: i64,
+    pub refs: Refs,
+    /// The object's JSON.
+    pub body: String,
+}
+
+/// Which objects a list or count selects; unset fields do not filter.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub service: Option<String>,
+    pub profile: Option<String>,
+    pub manufacturer: Option<String>,
+    pub model: Option<String>,
+    /// Objects carrying any of these labels.
+    pub labels: Vec<String>,
+    /// Devices below this one in the parent hierarchy, up to `levels` deep (0 = all).
+    pub descendants_of: Option<(String, u32)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} '{name}' already exists", kind = .0.label(), name = .1)]
+    Duplicate(Kind, String),
+    #[error("{kind} '{name}' does not exist", kind = .0.label(), name = .1)]
+    Missing(Kind, String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Storage(StorageError::Sqlite(e))
+    }
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Adds a new object; a name or id already in use is [`StoreError::Duplicate`].
+    async fn insert(&self, kind: Kind, doc: Doc) -> Result<(), StoreError>;
+    /// Replaces the object with `doc.id` (its name may change, to one not in use).
+    async fn replace(&self, kind: Kind, doc: Doc) -> Result<(), StoreError>;
+    async fn by_name(&self, kind: Kind, name: &str) -> Result<Option<Doc>, StoreError>;
+    async fn by_id(&self, kind: Kind, id: &str) -> Result<Option<Doc>, StoreError>;
+    /// A page of objects, most recently modified first, and the total count.
+    async fn list(
+        &self,
+        kind: Kind,
+        filter: Filter,
+        offset: u64,
+        limit: u64,
+    ) -> Result<(u64, Vec<Doc>), StoreError>;
+    async fn count(&self, kind: Kind, filter: Filter) -> Result<u64, StoreError>;
+    /// Number of devices per profile name, for `linkedDeviceCount`.
+    async fn devices_per_profile(
+        &self,
+        profiles: Vec<String>,
+    ) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Deletes by name; false if there was nothing to delete.
+    async fn delete(&self, kind: Kind, name: &str) -> Result<bool, StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "metadata objects",
+    sql: "CREATE TABLE objects (
+              kind INTEGER NOT NULL,
+              id TEXT NOT NULL,
+              name TEXT NOT NULL,
+              modified INTEGER NOT NULL,
+              service TEXT NOT NULL DEFAULT '',
+              profile TEXT NOT NULL DEFAULT '',
+              parent TEXT NOT NULL DEFAULT '',
+              manufacturer TEXT NOT NULL DEFAULT '',
+              model TEXT NOT NULL DEFAULT '',
+              labels TEXT NOT NULL DEFAULT '[]',
+              body TEXT NOT NULL,
+              PRIMARY KEY (kind, id),
+              UNIQUE (kind, name)
+          );
+          CREATE INDEX objects_service ON objects (kind, service);
+          CREATE INDEX objects_profile ON objects (kind, profile);
+          CREATE INDEX objects_parent ON objects (kind, parent);
+          CREATE INDEX objects_modified ON objects (kind, modified);",
+}];
+
+pub struct SqliteStore {
+    db: Db,
+}
+
+impl SqliteStore {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+}
+
+const COLUMNS: &str =
+    "id, name, modified, service, profile, parent, manufacturer, model, labels, body";
+
+fn row_to_doc(r: &rusqlite::Row<'_>) -> rusqlite::Result<Doc> {
+    let labels: String = r.get(8)?;
+    Ok(Doc {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        modified: r.get(2)?,
+        refs: Refs {
+            service: r.get(3)?,
+            profile: r.get(4)?,
+            parent: r.get(5)?,
+            manufacturer: r.get(6)?,
+            model: r.get(7)?,
+            labels: serde_json::from_str(&labels).unwrap_or_default(),
+        },
+        body: r.get(9)?,
+    })
+}
+
+/// `WHERE` clause and parameters for a filter (parameter 1 is always the kind).
+fn where_clause(kind: Kind, f: &Filter) -> (String, Vec<SqlValue>) {
+    let mut sql = String::from("kind = ?1");
+    let mut params = vec![SqlValue::Integer(kind.code())];
+    let add = |col: &str, v: &Option<String>, sql: &mut String, params: &mut Vec<SqlValue>| {
+        if let Some(v) = v {
+            params.push(SqlValue::Text(v.clone()));
+            sql.push_str(&format!(" AND {col} = ?{}", params.len()));
+        }
+    };
+    add("service", &f.service, &mut sql, &mut params);
+    add("profile", &f.profile, &mut sql, &mut params);
+    add("manufacturer", &f.manufacturer, &mut sql, &mut params);
+    add("model", &f.model, &mut sql, &mut params);
+    if !f.labels.is_empty() {
+        let mut slots = Vec::new();
+        for l in &f.labels {
+            params.push(SqlValue::Text(l.clone()));
+            slots.push(format!("?{}", params.len()));
+        }
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM json_each(objects.labels) WHERE json_each.value IN ({}))",
+            slots.join(", ")
+        ));
+    }
+    if let Some((root, levels)) = &f.descendants_of {
+        params.push(SqlValue::Text(root.clone()));
+        let root_slot = params.len();
+        params.push(SqlValue::Integer(i64::from(*levels)));
+        let levels_slot = params.len();
+        sql.push_str(&format!(
+            " AND name IN (
+                WITH RECURSIVE tree(name, lvl) AS (
+                    SELECT name, 1 FROM objects WHERE kind = ?1 AND parent = ?{root_slot}
+                    UNION ALL
+                    SELECT o.name, t.lvl + 1 FROM objects o JOIN tree t ON o.parent = t.name
+                    WHERE o.kind = ?1 AND (?{levels_slot} = 0 OR t.lvl < ?{levels_slot})
+                ) SELECT name FROM tree)"
+        ));
+    }
+    (sql, params)
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation
+    )
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn insert(&self, kind: Kind, doc: Doc) -> Result<(), StoreError> {
+        self.db
+            .write(move |c| {
+                let labels = serde_json::to_string(&doc.refs.labels).unwrap_or_else(|_| "[]".into());
+                let r = c.execute(
+                    &format!("INSERT INTO objects (kind, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                    params![
+                        kind.code(), doc.id, doc.name, doc.modified, doc.refs.service, doc.refs.profile,
+                        doc.refs.parent, doc.refs.manufacturer, doc.refs.model, labels, doc.body
+                    ],
+                );
+                match r {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate(kind, doc.name)),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await
+    }
+
+    async fn replace(&self, kind: Kind, doc: Doc) -> Result<(), StoreError> {
+        self.db
+            .write(move |c| {
+                let labels = serde_json::to_string(&doc.refs.labels).unwrap_or_else(|_| "[]".into());
+                let r = c.execute(
+                    "UPDATE objects SET name = ?3, modified = ?4, service = ?5, profile = ?6, parent = ?7,
+                         manufacturer = ?8, model = ?9, labels = ?10, body = ?11
+                     WHERE kind = ?1 AND id = ?2",
+                    params![
+                        kind.code(), doc.id, doc.name, doc.modified, doc.refs.service, doc.refs.profile,
+                        doc.refs.parent, doc.refs.manufacturer, doc.refs.model, labels, doc.body
+                    ],
+                );
+                match r {
+                    Ok(0) => Err(StoreError::Missing(kind, doc.name)),
+                    Ok(_) => Ok(()),
+                    Err(e) if is_unique_violation(&e) => Err(StoreError::Duplicate(kind, doc.name)),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await
+    }
+
+    async fn by_name(&self, kind: Kind, name: &str) -> Result<Option<Doc>, StoreError> {
+        let name = name.to_string();
+        self.db
+            .read(move |c| {
+                c.query_row(
+                    &format!("SELECT {COLUMNS} FROM objects WHERE kind = ?1 AND name = ?2"),
+                    params![kind.code(), name],
+                    row_to_doc,
+                )
+                .optional()
+                .map_err(StoreError::from)
+            })
+            .await
+    }
+
+    async fn by_id(&self, kind: Kind, id: &str) -> Result<Option<Doc>, StoreError> {
+        let id = id.to_string();
+        self.db
+            .read(move |c| {
+                c.query_row(
+                    &format!("SELECT {COLUMNS} FROM objects WHERE kind = ?1 AND id = ?2"),
+                    params![kind.code(), id],
+                    row_to_doc,
+                )
+                .optional()
+                .map_err(StoreError::from)
+            })
+            .await
+    }
+
+    async fn list(
+        &self,
+        kind: Kind,
+        filter: Filter,
+        offset: u64,
+        limit: u64,
+    ) -> Result<(u64, Vec<Doc>), StoreError> {
+        self.db
+            .read(move |c| {
+                let (clause, mut params) = where_clause(kind, &filter);
+                let total: i64 = c.query_row(
+                    &format!("SELECT count(*) FROM objects WHERE {clause}"),
+                    params_from_iter(params.iter()),
+                    |r| r.get(0),
+                )?;
+                params.push(SqlValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+                params.push(SqlValue::Integer(i64::try_from(offset).unwrap_or(i64::MAX)));
+                let n = params.len();
+                let mut st = c.prepare(&format!(
+                    "SELECT {COLUMNS} FROM objects WHERE {clause}
+                     ORDER BY modified DESC, name LIMIT ?{} OFFSET ?{n}",
+                    n - 1
+                ))?;
+                let docs = st
+                    .query_map(params_from_iter(params.iter()), row_to_doc)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((u64::try_from(total).unwrap_or(0), docs))
+            })
+            .await
+    }
+
+    async fn count(&self, kind: Kind, filter: Filter) -> Result<u64, StoreError> {
+        self.db
+            .read(move |c| {
+                let (clause, params) = where_clause(kind, &filter);
+                let n: i64 = c.query_row(
+                    &format!("SELECT count(*) FROM objects WHERE {clause}"),
+                    params_from_iter(params.iter()),
+                    |r| r.get(0),
+                )?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            })
+            .await
+    }
+
+    async fn devices_per_profile(
+        &self,
+        profiles: Vec<String>,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.db
+            .read(move |c| {
+                let mut st =
+                    c.prepare("SELECT count(*) FROM objects WHERE kind = ?1 AND profile = ?2")?;
+                let mut out = Vec::with_capacity(profiles.len());
+                for p in profiles {
+                    let n: i64 = st.query_row(params![Kind::Device.code(), p], |r| r.get(0))?;
+                    out.push((p, u64::try_from(n).unwrap_or(0)));
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn delete(&self, kind: Kind, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.db
+            .write(move |c| {
+                let n = c.execute(
+                    "DELETE FROM objects WHERE kind = ?1 AND name = ?2",
+                    params![kind.code(), name],
+                )?;
+                Ok(n > 0)
+            })
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.db.ping().await.map_err(StoreError::from)
+    }
+}
