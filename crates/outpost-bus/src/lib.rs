@@ -137,42 +137,57 @@ impl Bus {
         opts: Options,
         shutdown: &Shutdown,
     ) -> Result<Self, BusError> {
-        let (user, password) = credentials(cfg, data_dir)?;
-        let mut co = ConnectOptions::new(opts.client_id.clone())
-            .with_credentials(user, password.as_bytes())
-            .with_keep_alive(Duration::from_secs(u64::from(cfg.keep_alive_s.max(5))))
-            .with_automatic_reconnect(true)
-            .with_reconnect_delay(Duration::from_millis(100), Duration::from_secs(5))
-            .with_receive_maximum(opts.receive_maximum);
-        if opts.deferred_ack {
-            co = co
-                .with_clean_start(false)
-                .with_resume_existing_session(true)
-                .with_session_expiry_interval(opts.session_expiry_s.max(1))
-                .with_deferred_ack(true);
-        } else {
-            co = co.with_clean_start(true);
+        let client = build_client(cfg, data_dir, &opts)?;
+        connect_loop(&client, cfg, &opts, shutdown).await?;
+        Ok(Self::wrap(client, cfg, service))
+    }
+
+    /// Connects a durable consumer of `filter`: a persistent session with deferred
+    /// acknowledgement. The delivery callback is registered before the connection opens,
+    /// so messages the broker held for this consumer while it was away are delivered, not
+    /// lost, when the session resumes.
+    pub async fn durable_subscriber(
+        cfg: &BusConfig,
+        data_dir: &Path,
+        service: &str,
+        opts: Options,
+        filter: &str,
+        shutdown: &Shutdown,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<Delivery>), BusError> {
+        if !opts.deferred_ack {
+            return Err(BusError::Subscribe {
+                filter: filter.to_string(),
+                reason: "a durable subscriber needs Options::durable".into(),
+            });
         }
-        let client = MqttClient::with_options(co);
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        let mut warned = false;
-        loop {
-            match client.connect(&cfg.url).await {
-                Ok(()) => break,
-                Err(e) => {
-                    if !warned && backoff.attempts() >= 3 {
-                        tracing::warn!(url = %cfg.url, error = %e, "bus not reachable yet; retrying");
-                        warned = true;
-                    }
-                    tokio::select! {
-                        () = shutdown.wait() => return Err(BusError::ShutDown),
-                        () = tokio::time::sleep(backoff.next_delay()) => {}
-                    }
-                }
-            }
-        }
-        tracing::info!(url = %cfg.url, client_id = %opts.client_id, "connected to the bus");
-        Ok(Self {
+        let client = build_client(cfg, data_dir, &opts)?;
+        let bus = Self::wrap(client, cfg, service);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let callback = bus.ack_callback(tx);
+        bus.client
+            .register_ack_callback(filter, callback.clone())
+            .await
+            .map_err(|e| BusError::Subscribe {
+                filter: filter.to_string(),
+                reason: e.to_string(),
+            })?;
+        connect_loop(&bus.client, cfg, &opts, shutdown).await?;
+        let sub = SubscribeOptions {
+            qos: QoS::AtLeastOnce,
+            ..Default::default()
+        };
+        bus.client
+            .subscribe_with_ack(filter, sub, callback)
+            .await
+            .map_err(|e| BusError::Subscribe {
+                filter: filter.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok((bus, rx))
+    }
+
+    fn wrap(client: MqttClient, cfg: &BusConfig, service: &str) -> Self {
+        Self {
             client: Arc::new(client),
             encoding: cfg.encoding,
             base_topic: cfg.base_topic.clone(),
@@ -185,7 +200,30 @@ impl Bus {
             }),
             bad_input_log: Arc::new(RateLimitedLog::default()),
             url: cfg.url.clone(),
-        })
+        }
+    }
+
+    /// The deferred-ack callback: admitted messages go to `tx` with their token;
+    /// refused ones are acknowledged at once.
+    fn ack_callback(
+        &self,
+        tx: mpsc::UnboundedSender<Delivery>,
+    ) -> impl Fn(mqtt5::packet::publish::PublishPacket, AckToken) + Send + Sync + Clone + 'static
+    {
+        let me = self.clone();
+        move |publish, token| {
+            if let Some(payload) = me.admit(&publish.topic_name, &publish.payload) {
+                // Consumers keep the receiver open until they have disconnected, so a
+                // message is never dropped here while the connection could ack it.
+                let _ = tx.send(Delivery {
+                    topic: publish.topic_name,
+                    payload,
+                    token: Some(token),
+                });
+            } else {
+                token.ack();
+            }
+        }
     }
 
     pub fn base_topic(&self) -> &str {
@@ -228,41 +266,6 @@ impl Bus {
                 })
             }
         }
-    }
-
-    /// Subscribes with deferred acknowledgement (the connection must be
-    /// [`Options::durable`]). Each delivery must be [`Delivery::ack`]ed once processed.
-    pub async fn subscribe_acked(
-        &self,
-        filter: &str,
-    ) -> Result<mpsc::UnboundedReceiver<Delivery>, BusError> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let me = self.clone();
-        let opts = SubscribeOptions {
-            qos: QoS::AtLeastOnce,
-            ..Default::default()
-        };
-        self.client
-            .subscribe_with_ack(filter, opts, move |publish, token| {
-                if let Some(payload) = me.admit(&publish.topic_name, &publish.payload) {
-                    let delivery = Delivery {
-                        topic: publish.topic_name,
-                        payload,
-                        token: Some(token),
-                    };
-                    // Consumers keep the receiver open until they have disconnected, so a
-                    // message is never dropped here while the connection could ack it.
-                    let _ = tx.send(delivery);
-                } else {
-                    token.ack();
-                }
-            })
-            .await
-            .map_err(|e| BusError::Subscribe {
-                filter: filter.to_string(),
-                reason: e.to_string(),
-            })?;
-        Ok(rx)
     }
 
     /// Subscribes with automatic acknowledgement.
@@ -341,6 +344,54 @@ impl Bus {
     /// Disconnects cleanly (the broker keeps a durable session for the next start).
     pub async fn disconnect(&self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.disconnect()).await;
+    }
+}
+
+fn build_client(cfg: &BusConfig, data_dir: &Path, opts: &Options) -> Result<MqttClient, BusError> {
+    let (user, password) = credentials(cfg, data_dir)?;
+    let mut co = ConnectOptions::new(opts.client_id.clone())
+        .with_credentials(user, password.as_bytes())
+        .with_keep_alive(Duration::from_secs(u64::from(cfg.keep_alive_s.max(5))))
+        .with_automatic_reconnect(true)
+        .with_reconnect_delay(Duration::from_millis(100), Duration::from_secs(5))
+        .with_receive_maximum(opts.receive_maximum);
+    if opts.deferred_ack {
+        co = co
+            .with_clean_start(false)
+            .with_resume_existing_session(true)
+            .with_session_expiry_interval(opts.session_expiry_s.max(1))
+            .with_deferred_ack(true);
+    } else {
+        co = co.with_clean_start(true);
+    }
+    Ok(MqttClient::with_options(co))
+}
+
+async fn connect_loop(
+    client: &MqttClient,
+    cfg: &BusConfig,
+    opts: &Options,
+    shutdown: &Shutdown,
+) -> Result<(), BusError> {
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let mut warned = false;
+    loop {
+        match client.connect(&cfg.url).await {
+            Ok(()) => {
+                tracing::info!(url = %cfg.url, client_id = %opts.client_id, "connected to the bus");
+                return Ok(());
+            }
+            Err(e) => {
+                if !warned && backoff.attempts() >= 3 {
+                    tracing::warn!(url = %cfg.url, error = %e, "bus not reachable yet; retrying");
+                    warned = true;
+                }
+                tokio::select! {
+                    () = shutdown.wait() => return Err(BusError::ShutDown),
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        }
     }
 }
 

@@ -182,6 +182,9 @@ impl Reading {
     /// Checks the reading on its own (EdgeX's DTO validation) and returns its numeric view.
     pub fn validate(&self) -> Result<Option<f64>, String> {
         names::check("resourceName", &self.resource_name)?;
+        if !self.id.is_empty() && uuid::Uuid::parse_str(&self.id).is_err() {
+            return Err(format!("reading id '{}' is not a UUID", self.id));
+        }
         if self.origin == 0 {
             return Err(format!("reading '{}' has no origin", self.resource_name));
         }
@@ -230,8 +233,9 @@ impl Event {
     }
 
     /// EdgeX's DTO validation: identifying fields present, a UUID id, at least one reading,
-    /// readings that belong to this event's device and profile.
-    pub fn validate(&self) -> Result<(), String> {
+    /// readings that belong to this event's device and profile, values that parse as their
+    /// declared type. Returns each reading's numeric view.
+    pub fn validate(&self) -> Result<Vec<Option<f64>>, String> {
         if uuid::Uuid::parse_str(&self.id).is_err() {
             return Err(format!("event id '{}' is not a UUID", self.id));
         }
@@ -244,6 +248,7 @@ impl Event {
         if self.readings.is_empty() {
             return Err("event has no readings".into());
         }
+        let mut nums = Vec::with_capacity(self.readings.len());
         for r in &self.readings {
             if r.device_name != self.device_name || r.profile_name != self.profile_name {
                 return Err(format!(
@@ -255,9 +260,9 @@ impl Event {
                     self.profile_name
                 ));
             }
-            r.validate()?;
+            nums.push(r.validate()?);
         }
-        Ok(())
+        Ok(nums)
     }
 }
 

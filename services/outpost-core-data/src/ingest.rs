@@ -1,0 +1,217 @@
+//! Ingest from the bus: decode, validate, batch, commit, then acknowledge.
+//!
+//! ```text
+//! broker ──QoS 1──▶ decode + validate ──batch──▶ committer ──commit──▶ ack (PUBACK)
+//! ```
+//!
+//! Decoding and validation run on the async runtime while the previous batch commits on
+//! the writer thread, so both cores work. A message is acknowledged only after the
+//! transaction holding its event committed (or after it was found to be a duplicate or
+//! invalid, which are counted). If the store cannot take writes, the batch is retried with
+//! backoff and nothing is acknowledged meanwhile: the broker's in-flight window fills, and
+//! the broker holds further events for core-data instead of losing them.
+//!
+//! On shutdown, everything already received is committed and acknowledged, the connection
+//! is closed, and only then are the remaining deliveries dropped, so no acknowledgement
+//! for an uncommitted event can reach the broker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_bus::{Ack, Bus, Delivery};
+use outpost_contracts::event::AddEventRequest;
+use outpost_kit::Shutdown;
+use outpost_kit::backoff::Backoff;
+use outpost_kit::ratelog::RateLimitedLog;
+use tokio::sync::mpsc;
+
+use crate::store::{EventStore, IngestEvent, Outcome};
+use crate::validate::{Rejection, Validator};
+
+/// Metric names of the ingest path.
+#[derive(Debug, Clone)]
+pub struct IngestMetrics {
+    pub events: String,
+    pub readings: String,
+    pub duplicates: String,
+    pub rejected: String,
+}
+
+/// What ingest shares with the REST path.
+pub struct Ingest {
+    pub store: Arc<dyn EventStore>,
+    pub validator: Arc<Validator>,
+    pub metrics: IngestMetrics,
+    log: RateLimitedLog,
+}
+
+impl Ingest {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        validator: Arc<Validator>,
+        metrics: IngestMetrics,
+    ) -> Self {
+        Self {
+            store,
+            validator,
+            metrics,
+            log: RateLimitedLog::default(),
+        }
+    }
+
+    /// Counts and logs (rate-limited) a refused event.
+    pub fn rejected(&self, rej: &Rejection, origin: &str) {
+        metrics::counter!(self.metrics.rejected.clone(), "reason" => rej.reason).increment(1);
+        if let Some(suppressed) = self.log.check(rej.reason) {
+            tracing::warn!(
+                reason = rej.reason,
+                origin,
+                suppressed,
+                "refused an event: {}",
+                rej.message
+            );
+        }
+    }
+
+    /// Counts what a commit did.
+    pub fn record(&self, events: &[IngestEvent], outcomes: &[Outcome]) {
+        let mut stored = 0u64;
+        let mut readings = 0u64;
+        let mut dups = 0u64;
+        for (ie, o) in events.iter().zip(outcomes) {
+            match o {
+                Outcome::Stored => {
+                    stored += 1;
+                    readings += ie.event.readings.len() as u64;
+                }
+                Outcome::Duplicate => dups += 1,
+                Outcome::Refused(why) => {
+                    let rej = Rejection {
+                        status: axum::http::StatusCode::BAD_REQUEST,
+                        reason: "unstorable",
+                        message: why.clone(),
+                    };
+                    self.rejected(&rej, "store");
+                }
+            }
+        }
+        metrics::counter!(self.metrics.events.clone()).increment(stored);
+        metrics::counter!(self.metrics.readings.clone()).increment(readings);
+        if dups > 0 {
+            metrics::counter!(self.metrics.duplicates.clone()).increment(dups);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    events: Vec<IngestEvent>,
+    acks: Vec<Ack>,
+}
+
+/// Consumes deliveries until shutdown. Returns the receiver so the caller can keep it
+/// open until the connection is closed.
+pub async fn run(
+    ingest: Arc<Ingest>,
+    bus: Bus,
+    mut rx: mpsc::UnboundedReceiver<Delivery>,
+    max_batch: usize,
+    shutdown: Shutdown,
+) -> mpsc::UnboundedReceiver<Delivery> {
+    let (commit_tx, commit_rx) = mpsc::channel::<Batch>(2);
+    let committer = tokio::spawn(commit_loop(
+        Arc::clone(&ingest),
+        commit_rx,
+        shutdown.clone(),
+    ));
+    loop {
+        let first = tokio::select! {
+            d = rx.recv() => d,
+            () = shutdown.wait() => None,
+        };
+        let Some(first) = first else {
+            break;
+        };
+        let mut batch = Batch::default();
+        take(&ingest, &bus, first, &mut batch).await;
+        while batch.events.len() < max_batch {
+            match rx.try_recv() {
+                Ok(d) => take(&ingest, &bus, d, &mut batch).await,
+                Err(_) => break,
+            }
+        }
+        if !batch.events.is_empty() && commit_tx.send(batch).await.is_err() {
+            break;
+        }
+    }
+    // Commit what has already arrived.
+    let mut batch = Batch::default();
+    while let Ok(d) = rx.try_recv() {
+        take(&ingest, &bus, d, &mut batch).await;
+        if batch.events.len() >= max_batch {
+            let _ = commit_tx.send(std::mem::take(&mut batch)).await;
+        }
+    }
+    if !batch.events.is_empty() {
+        let _ = commit_tx.send(batch).await;
+    }
+    drop(commit_tx);
+    let _ = committer.await;
+    rx
+}
+
+/// Decodes and validates one delivery into the batch; refused messages are acknowledged
+/// at once (they would only be refused again).
+async fn take(ingest: &Ingest, bus: &Bus, d: Delivery, batch: &mut Batch) {
+    let Some(env) = bus.decode::<AddEventRequest>(&d) else {
+        d.ack();
+        return;
+    };
+    let (topic, _, ack) = d.into_parts();
+    match ingest.validator.prepare(env.payload.event).await {
+        Ok(ie) => {
+            batch.events.push(ie);
+            batch.acks.push(ack);
+        }
+        Err(rej) => {
+            ingest.rejected(&rej, &topic);
+            ack.ack();
+        }
+    }
+}
+
+async fn commit_loop(ingest: Arc<Ingest>, mut rx: mpsc::Receiver<Batch>, shutdown: Shutdown) {
+    while let Some(batch) = rx.recv().await {
+        let events: Arc<[IngestEvent]> = batch.events.into();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        loop {
+            match ingest.store.append(Arc::clone(&events)).await {
+                Ok(outcomes) => {
+                    ingest.record(&events, &outcomes);
+                    for ack in batch.acks {
+                        ack.ack();
+                    }
+                    break;
+                }
+                Err(e) => {
+                    if backoff.attempts() == 0 {
+                        tracing::error!(error = %e, events = events.len(), "cannot commit events; holding them unacknowledged and retrying");
+                    }
+                    if shutdown.is_triggered() && backoff.attempts() >= 3 {
+                        // Leave them to the broker: they are redelivered after restart.
+                        // Dropping an unresolved token would send a failure acknowledgement,
+                        // which makes the broker discard the message; the process is
+                        // exiting, so leaking the tokens keeps that acknowledgement unsent.
+                        tracing::warn!(
+                            events = events.len(),
+                            "stopping with uncommitted events; the broker keeps them"
+                        );
+                        std::mem::forget(batch.acks);
+                        return;
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,562 @@
+//! HTTP API: the EdgeX core-data v3 event and reading endpoints (see `core-data.yaml`).
+//!
+//! Lists are newest origin first with `offset`/`limit` (`offset=-1` skips the total count);
+//! `numeric=true` renders numeric values as JSON numbers; `aggregateFunc` (MIN, MAX, COUNT,
+//! SUM, AVG) on reading endpoints returns one aggregate per device and resource.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use outpost_bus::Bus;
+use outpost_contracts::common::{
+    BaseResponse, BaseWithIdResponse, BaseWithTotalCountResponse, CountResponse,
+};
+use outpost_contracts::envelope::CONTENT_TYPE_CBOR;
+use outpost_contracts::event::{
+    AddEventRequest, EventResponse, MultiEventsResponse, MultiReadingsResponse, NumericMode,
+};
+use outpost_kit::error::{ApiError, Body, Path, Query, parse_json};
+use serde::Deserialize;
+
+use crate::ingest::Ingest;
+use crate::store::{Aggregate, Outcome, Query as StoreQuery, StoreError};
+
+pub struct App {
+    pub ingest: Arc<Ingest>,
+    pub max_result_count: u64,
+    /// Where REST-added events are republished (when configured and connected).
+    pub bus: Arc<tokio::sync::OnceCell<Bus>>,
+    pub publish_rest_events: bool,
+}
+
+type St = State<Arc<App>>;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route(
+            "/api/v3/event/{service}/{profile}/{device}/{source}",
+            post(add_event),
+        )
+        .route("/api/v3/event/all", get(all_events))
+        .route(
+            "/api/v3/event/id/{id}",
+            get(event_by_id).delete(delete_event),
+        )
+        .route("/api/v3/event/count", get(count_events))
+        .route(
+            "/api/v3/event/count/device/name/{name}",
+            get(count_device_events),
+        )
+        .route(
+            "/api/v3/event/device/name/{name}",
+            get(device_events).delete(delete_device_events),
+        )
+        .route(
+            "/api/v3/event/start/{start}/end/{end}",
+            get(events_in_range),
+        )
+        .route("/api/v3/event/age/{age}", delete(delete_old_events))
+        .route("/api/v3/reading/all", get(all_readings))
+        .route("/api/v3/reading/count", get(count_readings))
+        .route(
+            "/api/v3/reading/count/device/name/{name}",
+            get(count_device_readings),
+        )
+        .route("/api/v3/reading/device/name/{name}", get(device_readings))
+        .route(
+            "/api/v3/reading/resourceName/{resource}",
+            get(resource_readings),
+        )
+        .route(
+            "/api/v3/reading/device/name/{device}/resourceName/{resource}",
+            get(device_resource_readings),
+        )
+        .route(
+            "/api/v3/reading/start/{start}/end/{end}",
+            get(readings_in_range),
+        )
+        .route(
+            "/api/v3/reading/resourceName/{resource}/start/{start}/end/{end}",
+            get(resource_readings_in_range),
+        )
+        .route(
+            "/api/v3/reading/device/name/{device}/resourceName/{resource}/start/{start}/end/{end}",
+            get(device_resource_readings_in_range),
+        )
+        .route(
+            "/api/v3/reading/device/name/{device}/start/{start}/end/{end}",
+            get(device_readings_in_range),
+        )
+        .with_state(app)
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => {
+                tracing::error!(error = %m, "storage unavailable");
+                ApiError::unavailable("storage is temporarily unavailable; retry later")
+            }
+            StoreError::Storage(s) => ApiError::internal(s),
+        }
+    }
+}
+
+// ---- ingest ----
+
+async fn add_event(
+    State(app): St,
+    Path((service, profile, device, source)): Path<(String, String, String, String)>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    let cbor = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with(CONTENT_TYPE_CBOR));
+    let req: AddEventRequest = if cbor {
+        ciborium::from_reader(body.as_ref())
+            .map_err(|e| ApiError::bad_request(format!("invalid CBOR body: {e}")))?
+    } else {
+        parse_json(&body)?
+    };
+    req.base.check().map_err(ApiError::bad_request)?;
+    let ev = &req.event;
+    if ev.profile_name != profile || ev.device_name != device || ev.source_name != source {
+        return Err(ApiError::bad_request(format!(
+            "event is for {}/{}/{}, the path says {profile}/{device}/{source}",
+            ev.profile_name, ev.device_name, ev.source_name
+        )));
+    }
+    let ie = match app.ingest.validator.prepare(req.event).await {
+        Ok(ie) => ie,
+        Err(rej) => {
+            app.ingest.rejected(&rej, "rest");
+            return Err(ApiError::new(rej.status, rej.message));
+        }
+    };
+    let id = ie.event.id.clone();
+    let events: Arc<[_]> = Arc::from(vec![ie]);
+    let outcomes = app.ingest.store.append(Arc::clone(&events)).await?;
+    app.ingest.record(&events, &outcomes);
+    match outcomes.first() {
+        Some(Outcome::Stored) => {}
+        Some(Outcome::Duplicate) => {
+            return Err(ApiError::conflict(format!("event '{id}' already exists")));
+        }
+        Some(Outcome::Refused(why)) => return Err(ApiError::bad_request(why.clone())),
+        None => return Err(ApiError::internal("no outcome for a stored event")),
+    }
+    if app.publish_rest_events
+        && let Some(bus) = app.bus.get()
+    {
+        let bus = bus.clone();
+        let event = events[0].event.clone();
+        let correlation = outpost_kit::request_id::current_or_mint();
+        tokio::spawn(outpost_kit::request_id::scope(correlation, async move {
+            // Under events/core, not events/device: core-data's own subscription must not
+            // receive (and store) it a second time.
+            let topic = format!(
+                "{}/events/core/{service}/{}/{}/{}",
+                bus.base_topic(),
+                event.profile_name,
+                event.device_name,
+                event.source_name
+            );
+            if let Err(e) = bus.publish(&topic, AddEventRequest::new(event)).await {
+                tracing::warn!(error = %e, "cannot publish a REST-added event on the bus");
+            }
+        }));
+    }
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(BaseWithIdResponse {
+            base: BaseResponse::new(201).with_request_id(req.base.request_id),
+            id,
+        }),
+    )
+        .into_response())
+}
+
+// ---- query parameters ----
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct ListParams {
+    offset: Option<i64>,
+    limit: Option<i64>,
+    numeric: Option<bool>,
+    aggregate_func: Option<String>,
+}
+
+impl ListParams {
+    /// `(offset, limit, count_total)`.
+    fn page(&self, max: u64) -> Result<(u64, u64, bool), ApiError> {
+        let offset = self.offset.unwrap_or(0);
+        let limit = self.limit.unwrap_or(20);
+        if offset < -1 {
+            return Err(ApiError::bad_request(format!(
+                "offset must be >= -1, got {offset}"
+            )));
+        }
+        if limit < -1 {
+            return Err(ApiError::bad_request(format!(
+                "limit must be >= -1, got {limit}"
+            )));
+        }
+        let limit = if limit == -1 {
+            max
+        } else {
+            u64::try_from(limit).unwrap_or(0).min(max)
+        };
+        Ok((
+            u64::try_from(offset.max(0)).unwrap_or(0),
+            limit,
+            offset != -1,
+        ))
+    }
+
+    fn mode(&self) -> NumericMode {
+        if self.numeric == Some(true) {
+            NumericMode::Numbers
+        } else {
+            NumericMode::Strings
+        }
+    }
+
+    fn aggregate(&self) -> Result<Option<Aggregate>, ApiError> {
+        match &self.aggregate_func {
+            None => Ok(None),
+            Some(s) => Aggregate::parse(s).map(Some).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "aggregateFunc must be MIN, MAX, COUNT, SUM or AVG, got '{s}'"
+                ))
+            }),
+        }
+    }
+}
+
+fn range(start: &str, end: &str) -> Result<(i64, i64), ApiError> {
+    let s: i64 = start.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "start '{start}' is not a Unix timestamp in nanoseconds"
+        ))
+    })?;
+    let e: i64 = end.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "end '{end}' is not a Unix timestamp in nanoseconds"
+        ))
+    })?;
+    if e < s {
+        return Err(ApiError::bad_request("end must not be before start"));
+    }
+    Ok((s, e))
+}
+
+fn page_base(total: u64) -> BaseWithTotalCountResponse {
+    BaseWithTotalCountResponse {
+        base: BaseResponse::new(200),
+        total_count: total,
+    }
+}
+
+// ---- events ----
+
+async fn events(
+    app: &App,
+    p: &ListParams,
+    mut q: StoreQuery,
+) -> Result<axum::Json<MultiEventsResponse>, ApiError> {
+    let (offset, limit, count_total) = p.page(app.max_result_count)?;
+    q.offset = offset;
+    q.limit = limit;
+    q.count_total = count_total;
+    let (total, events) = app.ingest.store.events(q).await?;
+    if count_total && offset > total {
+        return Err(ApiError::range_not_satisfiable(offset, total));
+    }
+    let mode = p.mode();
+    Ok(axum::Json(MultiEventsResponse {
+        page: page_base(total),
+        events: events.iter().map(|e| e.to_json(mode)).collect(),
+    }))
+}
+
+async fn all_events(
+    State(app): St,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiEventsResponse>, ApiError> {
+    events(&app, &p, StoreQuery::default()).await
+}
+
+async fn device_events(
+    State(app): St,
+    Path(name): Path<String>,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiEventsResponse>, ApiError> {
+    let q = StoreQuery {
+        device: Some(name),
+        ..StoreQuery::default()
+    };
+    events(&app, &p, q).await
+}
+
+async fn events_in_range(
+    State(app): St,
+    Path((start, end)): Path<(String, String)>,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiEventsResponse>, ApiError> {
+    let (s, e) = range(&start, &end)?;
+    let q = StoreQuery {
+        start: Some(s),
+        end: Some(e),
+        ..StoreQuery::default()
+    };
+    events(&app, &p, q).await
+}
+
+fn parse_id(id: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(id).map_err(|_| ApiError::bad_request(format!("id '{id}' is not a UUID")))
+}
+
+async fn event_by_id(
+    State(app): St,
+    Path(id): Path<String>,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<EventResponse>, ApiError> {
+    let uuid = parse_id(&id)?;
+    let ev = app
+        .ingest
+        .store
+        .event(uuid)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("event '{id}' does not exist")))?;
+    Ok(axum::Json(EventResponse {
+        base: BaseResponse::new(200),
+        event: ev.to_json(p.mode()),
+    }))
+}
+
+async fn delete_event(
+    State(app): St,
+    Path(id): Path<String>,
+) -> Result<axum::Json<BaseResponse>, ApiError> {
+    let uuid = parse_id(&id)?;
+    if app.ingest.store.delete_event(uuid).await? {
+        Ok(axum::Json(BaseResponse::new(200)))
+    } else {
+        Err(ApiError::not_found(format!("event '{id}' does not exist")))
+    }
+}
+
+async fn count_events(State(app): St) -> Result<axum::Json<CountResponse>, ApiError> {
+    let t = app.ingest.store.totals(None).await?;
+    Ok(axum::Json(CountResponse {
+        base: BaseResponse::new(200),
+        count: t.events,
+    }))
+}
+
+async fn count_device_events(
+    State(app): St,
+    Path(name): Path<String>,
+) -> Result<axum::Json<CountResponse>, ApiError> {
+    let t = app.ingest.store.totals(Some(name)).await?;
+    Ok(axum::Json(CountResponse {
+        base: BaseResponse::new(200),
+        count: t.events,
+    }))
+}
+
+/// Answers 202 and runs the deletion in the background, as EdgeX does.
+fn accepted(
+    what: &'static str,
+    job: impl std::future::Future<Output = Result<u64, StoreError>> + Send + 'static,
+) -> Response {
+    tokio::spawn(async move {
+        match job.await {
+            Ok(n) => tracing::info!(readings = n, what, "deleted"),
+            Err(e) => tracing::warn!(error = %e, what, "deletion failed"),
+        }
+    });
+    (StatusCode::ACCEPTED, axum::Json(BaseResponse::new(202))).into_response()
+}
+
+async fn delete_device_events(State(app): St, Path(name): Path<String>) -> Response {
+    let store = Arc::clone(&app.ingest.store);
+    accepted(
+        "device events",
+        async move { store.delete_device(name).await },
+    )
+}
+
+async fn delete_old_events(State(app): St, Path(age): Path<String>) -> Result<Response, ApiError> {
+    let age: i64 = age.parse().ok().filter(|a| *a >= 0).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "age '{age}' must be a non-negative number of nanoseconds"
+        ))
+    })?;
+    let cutoff = outpost_contracts::now_nanos().saturating_sub(age);
+    let store = Arc::clone(&app.ingest.store);
+    Ok(accepted("old events", async move {
+        store.delete_before(cutoff, 50_000).await
+    }))
+}
+
+// ---- readings ----
+
+async fn readings(
+    app: &App,
+    p: &ListParams,
+    mut q: StoreQuery,
+) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
+    let mode = p.mode();
+    if let Some(f) = p.aggregate()? {
+        let list = app.ingest.store.aggregate(q, f).await?;
+        return Ok(axum::Json(MultiReadingsResponse {
+            page: page_base(list.len() as u64),
+            aggregate_func: Some(f.as_str().to_string()),
+            readings: list.iter().map(|r| r.to_json(mode)).collect(),
+        }));
+    }
+    let (offset, limit, count_total) = p.page(app.max_result_count)?;
+    q.offset = offset;
+    q.limit = limit;
+    q.count_total = count_total;
+    let (total, list) = app.ingest.store.readings(q).await?;
+    if count_total && offset > total {
+        return Err(ApiError::range_not_satisfiable(offset, total));
+    }
+    Ok(axum::Json(MultiReadingsResponse {
+        page: page_base(total),
+        aggregate_func: None,
+        readings: list.iter().map(|r| r.to_json(mode)).collect(),
+    }))
+}
+
+async fn all_readings(
+    State(app): St,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
+    readings(&app, &p, StoreQuery::default()).await
+}
+
+async fn count_readings(State(app): St) -> Result<axum::Json<CountResponse>, ApiError> {
+    let t = app.ingest.store.totals(None).await?;
+    Ok(axum::Json(CountResponse {
+        base: BaseResponse::new(200),
+        count: t.readings,
+    }))
+}
+
+async fn count_device_readings(
+    State(app): St,
+    Path(name): Path<String>,
+) -> Result<axum::Json<CountResponse>, ApiError> {
+    let t = app.ingest.store.totals(Some(name)).await?;
+    Ok(axum::Json(CountResponse {
+        base: BaseResponse::new(200),
+        count: t.readings,
+    }))
+}
+
+async fn device_readings(
+    State(app): St,
+    Path(name): Path<String>,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
+    let q = StoreQuery {
+        device: Some(name),
+        ..StoreQuery::default()
+    };
+    readings(&app, &p, q).await
+}
+
+async fn resource_readings(
+    State(app): St,
+    Path(resource): Path<String>,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
+    let q = StoreQuery {
+        resource: Some(resource),
+        ..StoreQuery::default()
+    };
+    readings(&app, &p, q).await
+}
+
+async fn device_resource_readings(
+    State(app): St,
+    Path((device, resource)): Path<(String, String)>,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
+    let q = StoreQuery {
+        device: Some(device),
+        resource: Some(resource),
+        ..StoreQuery::default()
+    };
+    readings(&app, &p, q).await
+}
+
+async fn readings_in_range(
+    State(app): St,
+    Path((start, end)): Path<(String, String)>,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
+    let (s, e) = range(&start, &end)?;
+    let q = StoreQuery {
+        start: Some(s),
+        end: Some(e),
+        ..StoreQuery::default()
+    };
+    readings(&app, &p, q).await
+}
+
+async fn resource_readings_in_range(
+    State(app): St,
+    Path((resource, start, end)): Path<(String, String, String)>,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
+    let (s, e) = range(&start, &end)?;
+    let q = StoreQuery {
+        resource: Some(resource),
+        start: Some(s),
+        end: Some(e),
+        ..StoreQuery::default()
+    };
+    readings(&app, &p, q).await
+}
+
+async fn device_resource_readings_in_range(
+    State(app): St,
+    Path((device, resource, start, end)): Path<(String, String, String, String)>,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
+    let (s, e) = range(&start, &end)?;
+    let q = StoreQuery {
+        device: Some(device),
+        resource: Some(resource),
+        start: Some(s),
+        end: Some(e),
+        ..StoreQuery::default()
+    };
+    readings(&app, &p, q).await
+}
+
+async fn device_readings_in_range(
+    State(app): St,
+    Path((device, start, end)): Path<(String, String, String)>,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
+    let (s, e) = range(&start, &end)?;
+    let q = StoreQuery {
+        device: Some(device),
+        start: Some(s),
+        end: Some(e),
+        ..StoreQuery::default()
+    };
+    readings(&app, &p, q).await
+}

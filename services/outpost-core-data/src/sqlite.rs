@@ -1,0 +1,940 @@
+//! The SQLite (SQLCipher) event store.
+//!
+//! Layout:
+//! - `names(id, name)`: device, profile, source, resource and unit names, stored once.
+//! - `events(seq, id, device, profile, source, origin, tags, first_reading, readings)`: one
+//!   row per event; its readings are the contiguous range `first_reading ..
+//!   first_reading + readings` of `readings.seq`.
+//! - `readings(seq, id, origin, device, resource, profile, value_type, units, value, num,
+//!   blob, media_type, object, tags)`: `num` is the numeric view used by aggregates.
+//! - `device_stats(device, events, readings)`: counts kept in the same transactions as the
+//!   rows, so totals never need a table scan.
+//!
+//! One writer thread owns all writes. It merges queued appends into one transaction (one
+//! fsync for many events), and runs deletions in bounded chunks between appends, so ingest
+//! never waits long behind retention. Readers use their own connections (WAL).
+//!
+//! Invariants: reading sequence numbers only grow (a rolled-back transaction leaves a gap,
+//! never a reuse); an event and its readings are written and deleted in one transaction; a
+//! name id is cached only after the transaction that created it committed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use outpost_contracts::event::{Event, Reading, ReadingValue, Tags};
+use outpost_contracts::value::ValueType;
+use outpost_storage::rusqlite::{
+    self, Connection, ErrorCode, OptionalExtension as _, Transaction, params,
+};
+use outpost_storage::{Db, Migration};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{Aggregate, EventStore, IngestEvent, Outcome, Query, StoreError, Totals};
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "events and readings",
+    sql: "CREATE TABLE names (
+              id INTEGER PRIMARY KEY,
+              name TEXT NOT NULL UNIQUE
+          );
+          CREATE TABLE events (
+              seq INTEGER PRIMARY KEY,
+              id BLOB NOT NULL UNIQUE,
+              device INTEGER NOT NULL,
+              profile INTEGER NOT NULL,
+              source INTEGER NOT NULL,
+              origin INTEGER NOT NULL,
+              tags TEXT,
+              first_reading INTEGER NOT NULL,
+              readings INTEGER NOT NULL
+          );
+          CREATE INDEX events_device_origin ON events (device, origin);
+          CREATE INDEX events_origin ON events (origin);
+          CREATE TABLE readings (
+              seq INTEGER PRIMARY KEY,
+              id BLOB NOT NULL,
+              origin INTEGER NOT NULL,
+              device INTEGER NOT NULL,
+              resource INTEGER NOT NULL,
+              profile INTEGER NOT NULL,
+              value_type INTEGER NOT NULL,
+              units INTEGER,
+              value TEXT,
+              num REAL,
+              blob BLOB,
+              media_type TEXT,
+              object TEXT,
+              tags TEXT
+          );
+          CREATE INDEX readings_device_origin ON readings (device, origin);
+          CREATE INDEX readings_resource_origin ON readings (resource, origin);
+          CREATE INDEX readings_origin ON readings (origin);
+          CREATE TABLE device_stats (
+              device INTEGER PRIMARY KEY,
+              events INTEGER NOT NULL,
+              readings INTEGER NOT NULL
+          );",
+}];
+
+/// Appends merged into one transaction at most.
+const MAX_MERGED_EVENTS: usize = 4_000;
+
+enum Job {
+    Append {
+        events: Arc<[IngestEvent]>,
+        reply: oneshot::Sender<Result<Vec<Outcome>, StoreError>>,
+    },
+    Delete {
+        what: Delete,
+        reply: oneshot::Sender<Result<Deleted, StoreError>>,
+    },
+}
+
+/// What one deletion job removed.
+#[derive(Debug, Clone, Copy, Default)]
+struct Deleted {
+    events: u64,
+    readings: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Delete {
+    Event(uuid::Uuid),
+    DeviceChunk { device: String, chunk: u64 },
+    BeforeChunk { cutoff: i64, chunk: u64 },
+    TrimChunk { keep: u64, chunk: u64 },
+}
+
+pub struct SqliteEventStore {
+    db: Db,
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Metric names the writer records.
+#[derive(Debug, Clone)]
+pub struct WriterMetrics {
+    pub batch_events: String,
+    pub commit_seconds: String,
+}
+
+impl SqliteEventStore {
+    /// Starts the writer thread over `db`.
+    pub fn start(db: Db, metrics: WriterMetrics) -> Result<Self, StoreError> {
+        let next_seq = db.write_blocking(|c| {
+            c.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM readings", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        })?;
+        let (tx, rx) = mpsc::channel(256);
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("core-data-writer".into())
+            .spawn(move || {
+                let mut w = Writer {
+                    names: HashMap::new(),
+                    pending_names: Vec::new(),
+                    next_seq,
+                    metrics,
+                };
+                w.run(&writer_db, rx);
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self { db, jobs: tx })
+    }
+
+    async fn delete(&self, what: Delete) -> Result<Deleted, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Delete { what, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+    }
+
+    /// Repeats a chunked deletion until it removes nothing; returns readings deleted.
+    async fn delete_all(&self, make: impl Fn() -> Delete) -> Result<u64, StoreError> {
+        let mut readings = 0;
+        loop {
+            let d = self.delete(make()).await?;
+            if d.events == 0 {
+                return Ok(readings);
+            }
+            readings += d.readings;
+        }
+    }
+}
+
+/// Errors that say the database cannot take writes now, as opposed to this data being bad.
+fn is_systemic(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _) if matches!(
+            f.code,
+            ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::ReadOnly
+                | ErrorCode::CannotOpen
+                | ErrorCode::OutOfMemory
+                | ErrorCode::DatabaseCorrupt
+                | ErrorCode::NotADatabase
+                | ErrorCode::FileLockingProtocolFailed
+        )
+    )
+}
+
+fn unavailable(e: &rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+struct Writer {
+    names: HashMap<String, i64>,
+    /// Names inserted by the open transaction: cached only once it commits.
+    pending_names: Vec<(String, i64)>,
+    next_seq: i64,
+    metrics: WriterMetrics,
+}
+
+type Pending = (
+    Arc<[IngestEvent]>,
+    oneshot::Sender<Result<Vec<Outcome>, StoreError>>,
+);
+
+impl Writer {
+    fn run(&mut self, db: &Db, mut rx: mpsc::Receiver<Job>) {
+        while let Some(job) = rx.blocking_recv() {
+            match job {
+                Job::Append { events, reply } => {
+                    let mut merged = events.len();
+                    let mut batch = vec![(events, reply)];
+                    let mut other = None;
+                    while merged < MAX_MERGED_EVENTS {
+                        match rx.try_recv() {
+                            Ok(Job::Append { events, reply }) => {
+                                merged += events.len();
+                                batch.push((events, reply));
+                            }
+                            Ok(job) => {
+                                other = Some(job);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    db.write_blocking(|c| self.append(c, batch));
+                    if let Some(Job::Delete { what, reply }) = other {
+                        let r = db.write_blocking(|c| self.delete(c, &what));
+                        let _ = reply.send(r);
+                    }
+                }
+                Job::Delete { what, reply } => {
+                    let r = db.write_blocking(|c| self.delete(c, &what));
+                    let _ = reply.send(r);
+                }
+            }
+        }
+        tracing::debug!("core-data writer stopped");
+    }
+
+    fn name_id(&mut self, tx: &Transaction<'_>, name: &str) -> rusqlite::Result<i64> {
+        if let Some(id) = self.names.get(name) {
+            return Ok(*id);
+        }
+        if let Some((_, id)) = self.pending_names.iter().find(|(n, _)| n == name) {
+            return Ok(*id);
+        }
+        let existing: Option<i64> = tx
+            .prepare_cached("SELECT id FROM names WHERE name = ?1")?
+            .query_row([name], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = existing {
+            self.names.insert(name.to_string(), id);
+            return Ok(id);
+        }
+        tx.prepare_cached("INSERT INTO names (name) VALUES (?1)")?
+            .execute([name])?;
+        let id = tx.last_insert_rowid();
+        self.pending_names.push((name.to_string(), id));
+        Ok(id)
+    }
+
+    fn committed(&mut self) {
+        for (n, id) in self.pending_names.drain(..) {
+            self.names.insert(n, id);
+        }
+        // Bound the cache: names are few in practice, but a flood of distinct names must
+        // not grow memory without limit.
+        if self.names.len() > 100_000 {
+            self.names.clear();
+        }
+    }
+
+    fn rolled_back(&mut self) {
+        self.pending_names.clear();
+    }
+
+    fn append(&mut self, c: &mut Connection, batch: Vec<Pending>) {
+        let started = Instant::now();
+        let total: usize = batch.iter().map(|(e, _)| e.len()).sum();
+        match self.append_all(c, &batch) {
+            Ok(outcomes) => {
+                self.committed();
+                metrics::histogram!(self.metrics.batch_events.clone()).record(total as f64);
+                metrics::histogram!(self.metrics.commit_seconds.clone())
+                    .record(started.elapsed().as_secs_f64());
+                for ((_, reply), out) in batch.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(out));
+                }
+            }
+            Err(e) if is_systemic(&e) => {
+                self.rolled_back();
+                tracing::error!(error = %e, events = total, "cannot store events; they will be retried");
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(unavailable(&e)));
+                }
+            }
+            Err(e) => {
+                // Something in the batch is unstorable: store event by event so one bad
+                // event cannot hold back the others.
+                self.rolled_back();
+                tracing::warn!(error = %e, "a batch failed; storing its events one by one");
+                for (events, reply) in batch {
+                    let mut outs = Vec::with_capacity(events.len());
+                    let mut failed = None;
+                    for ie in events.iter() {
+                        match self.append_one(c, ie) {
+                            Ok(o) => {
+                                self.committed();
+                                outs.push(o);
+                            }
+                            Err(e) if is_systemic(&e) => {
+                                self.rolled_back();
+                                failed = Some(unavailable(&e));
+                                break;
+                            }
+                            Err(e) => {
+                                self.rolled_back();
+                                outs.push(Outcome::Refused(e.to_string()));
+                            }
+                        }
+                    }
+                    let _ = reply.send(match failed {
+                        Some(err) if outs.is_empty() => Err(err),
+                        // Part stored: report what happened; the rest is refused as
+                        // retryable by the caller's own retry of refused events.
+                        Some(err) => {
+                            outs.resize(events.len(), Outcome::Refused(err.to_string()));
+                            Ok(outs)
+                        }
+                        None => Ok(outs),
+                    });
+                }
+            }
+        }
+    }
+
+    fn append_all(
+        &mut self,
+        c: &mut Connection,
+        batch: &[Pending],
+    ) -> rusqlite::Result<Vec<Vec<Outcome>>> {
+        let tx = c.transaction()?;
+        let mut stats: HashMap<i64, (i64, i64)> = HashMap::new();
+        let mut all = Vec::with_capacity(batch.len());
+        for (events, _) in batch {
+            let mut outs = Vec::with_capacity(events.len());
+            for ie in events.iter() {
+                outs.push(self.insert(&tx, ie, &mut stats)?);
+            }
+            all.push(outs);
+        }
+        write_stats(&tx, &stats)?;
+        tx.commit()?;
+        Ok(all)
+    }
+
+    fn append_one(&mut self, c: &mut Connection, ie: &IngestEvent) -> rusqlite::Result<Outcome> {
+        let tx = c.transaction()?;
+        let mut stats = HashMap::new();
+        let out = self.insert(&tx, ie, &mut stats)?;
+        write_stats(&tx, &stats)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn insert(
+        &mut self,
+        tx: &Transaction<'_>,
+        ie: &IngestEvent,
+        stats: &mut HashMap<i64, (i64, i64)>,
+    ) -> rusqlite::Result<Outcome> {
+        let ev = &ie.event;
+        let Ok(id) = uuid::Uuid::parse_str(&ev.id) else {
+            return Ok(Outcome::Refused(format!(
+                "event id '{}' is not a UUID",
+                ev.id
+            )));
+        };
+        let device = self.name_id(tx, &ev.device_name)?;
+        let profile = self.name_id(tx, &ev.profile_name)?;
+        let source = self.name_id(tx, &ev.source_name)?;
+        let first = self.next_seq;
+        let n = i64::try_from(ev.readings.len()).unwrap_or(i64::MAX);
+        let inserted = tx
+            .prepare_cached(
+                "INSERT INTO events (id, device, profile, source, origin, tags, first_reading, readings)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) DO NOTHING",
+            )?
+            .execute(params![id.as_bytes().as_slice(), device, profile, source, ev.origin, tags_json(&ev.tags), first, n])?;
+        if inserted == 0 {
+            return Ok(Outcome::Duplicate);
+        }
+        let mut st = tx.prepare_cached(
+            "INSERT INTO readings (seq, id, origin, device, resource, profile, value_type, units,
+                                   value, num, blob, media_type, object, tags)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )?;
+        for (i, r) in ev.readings.iter().enumerate() {
+            let rid = uuid::Uuid::parse_str(&r.id).unwrap_or_else(|_| uuid::Uuid::new_v4());
+            let resource = self.name_id(tx, &r.resource_name)?;
+            let units = if r.units.is_empty() {
+                None
+            } else {
+                Some(self.name_id(tx, &r.units)?)
+            };
+            let num = ie.nums.get(i).copied().flatten();
+            let (value, blob, media, object): (
+                Option<&str>,
+                Option<&[u8]>,
+                Option<&str>,
+                Option<String>,
+            ) = match &r.value {
+                ReadingValue::Simple(s) => (Some(s), None, None, None),
+                ReadingValue::Binary { data, media_type } => {
+                    (None, Some(data), Some(media_type), None)
+                }
+                ReadingValue::Object(v) => (None, None, None, Some(v.to_string())),
+                ReadingValue::Null => (None, None, None, None),
+            };
+            st.execute(params![
+                self.next_seq,
+                rid.as_bytes().as_slice(),
+                r.origin,
+                device,
+                resource,
+                profile,
+                i64::from(r.value_type.code()),
+                units,
+                value,
+                num,
+                blob,
+                media,
+                object,
+                tags_json(&r.tags),
+            ])?;
+            self.next_seq += 1;
+        }
+        let e = stats.entry(device).or_default();
+        e.0 += 1;
+        e.1 += n;
+        Ok(Outcome::Stored)
+    }
+
+    fn delete(&mut self, c: &mut Connection, what: &Delete) -> Result<Deleted, StoreError> {
+        let tx = c.transaction()?;
+        let deleted = match what {
+            Delete::Event(id) => {
+                let row: Option<(i64, i64, i64, i64)> = tx
+                    .query_row(
+                        "SELECT seq, device, first_reading, readings FROM events WHERE id = ?1",
+                        [id.as_bytes().as_slice()],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    )
+                    .optional()?;
+                match row {
+                    None => Deleted::default(),
+                    Some(ev) => delete_events(&tx, &[ev])?,
+                }
+            }
+            Delete::DeviceChunk { device, chunk } => {
+                let dev: Option<i64> = tx
+                    .query_row("SELECT id FROM names WHERE name = ?1", [device], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
+                match dev {
+                    None => Deleted::default(),
+                    Some(dev) => {
+                        let evs = select_events(
+                            &tx,
+                            "SELECT seq, device, first_reading, readings FROM events WHERE device = ?1 ORDER BY seq LIMIT 1000",
+                            params![dev],
+                            *chunk,
+                        )?;
+                        delete_events(&tx, &evs)?
+                    }
+                }
+            }
+            Delete::BeforeChunk { cutoff, chunk } => {
+                let evs = select_events(
+                    &tx,
+                    "SELECT seq, device, first_reading, readings FROM events WHERE origin < ?1 ORDER BY origin LIMIT 1000",
+                    params![cutoff],
+                    *chunk,
+                )?;
+                delete_events(&tx, &evs)?
+            }
+            Delete::TrimChunk { keep, chunk } => {
+                let total: i64 = tx.query_row(
+                    "SELECT COALESCE(SUM(readings), 0) FROM device_stats",
+                    [],
+                    |r| r.get(0),
+                )?;
+                let total = u64::try_from(total).unwrap_or(0);
+                if total <= *keep {
+                    Deleted::default()
+                } else {
+                    let excess = (total - keep).min(*chunk);
+                    let evs = select_events(
+                        &tx,
+                        "SELECT seq, device, first_reading, readings FROM events ORDER BY seq LIMIT 1000",
+                        params![],
+                        excess,
+                    )?;
+                    delete_events(&tx, &evs)?
+                }
+            }
+        };
+        tx.commit()?;
+        Ok(deleted)
+    }
+}
+
+/// Events from `sql` until their readings reach `budget` (at least one event).
+fn select_events(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&dyn rusqlite::ToSql],
+    budget: u64,
+) -> rusqlite::Result<Vec<(i64, i64, i64, i64)>> {
+    let mut st = tx.prepare_cached(sql)?;
+    let rows = st.query_map(params, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    let mut out = Vec::new();
+    let mut sum = 0u64;
+    for row in rows {
+        let ev: (i64, i64, i64, i64) = row?;
+        if !out.is_empty() && sum + u64::try_from(ev.3).unwrap_or(0) > budget {
+            break;
+        }
+        sum += u64::try_from(ev.3).unwrap_or(0);
+        out.push(ev);
+    }
+    Ok(out)
+}
+
+/// Deletes events `(seq, device, first_reading, readings)` with their readings and keeps
+/// the per-device counts right.
+fn delete_events(tx: &Transaction<'_>, evs: &[(i64, i64, i64, i64)]) -> rusqlite::Result<Deleted> {
+    let mut stats: HashMap<i64, (i64, i64)> = HashMap::new();
+    let mut deleted = Deleted::default();
+    {
+        let mut del_r = tx.prepare_cached("DELETE FROM readings WHERE seq >= ?1 AND seq < ?2")?;
+        let mut del_e = tx.prepare_cached("DELETE FROM events WHERE seq = ?1")?;
+        for &(seq, device, first, n) in evs {
+            let gone = del_r.execute(params![first, first + n])?;
+            del_e.execute([seq])?;
+            let e = stats.entry(device).or_default();
+            e.0 -= 1;
+            e.1 -= i64::try_from(gone).unwrap_or(0);
+            deleted.events += 1;
+            deleted.readings += gone as u64;
+        }
+    }
+    write_stats(tx, &stats)?;
+    tx.execute("DELETE FROM device_stats WHERE events <= 0", [])?;
+    Ok(deleted)
+}
+
+fn write_stats(tx: &Transaction<'_>, stats: &HashMap<i64, (i64, i64)>) -> rusqlite::Result<()> {
+    let mut st = tx.prepare_cached(
+        "INSERT INTO device_stats (device, events, readings) VALUES (?1, ?2, ?3)
+         ON CONFLICT(device) DO UPDATE SET events = events + excluded.events,
+                                           readings = readings + excluded.readings",
+    )?;
+    for (device, (e, r)) in stats {
+        st.execute(params![device, e, r])?;
+    }
+    Ok(())
+}
+
+fn tags_json(tags: &Option<Tags>) -> Option<String> {
+    tags.as_ref()
+        .filter(|t| !t.is_empty())
+        .and_then(|t| serde_json::to_string(t).ok())
+}
+
+fn parse_tags(s: Option<String>) -> Option<Tags> {
+    s.and_then(|s| serde_json::from_str(&s).ok())
+}
+
+fn uuid_text(bytes: &[u8]) -> String {
+    uuid::Uuid::from_slice(bytes)
+        .map(|u| u.to_string())
+        .unwrap_or_default()
+}
+
+// ---- reads ----
+
+const READING_COLUMNS: &str = "r.id, r.origin, dn.name, rn.name, pn.name, r.value_type, un.name,
+     r.value, r.blob, r.media_type, r.object, r.tags";
+const READING_JOINS: &str = "JOIN names dn ON dn.id = r.device JOIN names rn ON rn.id = r.resource
+     JOIN names pn ON pn.id = r.profile LEFT JOIN names un ON un.id = r.units";
+
+fn row_to_reading(r: &rusqlite::Row<'_>) -> rusqlite::Result<Reading> {
+    let id: Vec<u8> = r.get(0)?;
+    let code: i64 = r.get(5)?;
+    let value_type = u8::try_from(code)
+        .ok()
+        .and_then(ValueType::from_code)
+        .unwrap_or(ValueType::String);
+    let value: Option<String> = r.get(7)?;
+    let blob: Option<Vec<u8>> = r.get(8)?;
+    let media: Option<String> = r.get(9)?;
+    let object: Option<String> = r.get(10)?;
+    let value = match (value, blob, object) {
+        (Some(v), _, _) => ReadingValue::Simple(v),
+        (_, Some(data), _) => ReadingValue::Binary {
+            data,
+            media_type: media.unwrap_or_default(),
+        },
+        (_, _, Some(o)) => {
+            ReadingValue::Object(serde_json::from_str(&o).unwrap_or(serde_json::Value::Null))
+        }
+        _ => ReadingValue::Null,
+    };
+    Ok(Reading {
+        id: uuid_text(&id),
+        origin: r.get(1)?,
+        device_name: r.get(2)?,
+        resource_name: r.get(3)?,
+        profile_name: r.get(4)?,
+        value_type,
+        units: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+        tags: parse_tags(r.get(11)?),
+        value,
+    })
+}
+
+fn name_id(c: &Connection, name: &str) -> rusqlite::Result<Option<i64>> {
+    c.prepare_cached("SELECT id FROM names WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()
+}
+
+/// `WHERE` conditions for `q` over table alias `t`, with positional parameters.
+/// `None` when a named device or resource does not exist (the result is empty).
+fn conditions(
+    c: &Connection,
+    q: &Query,
+    t: &str,
+    with_resource: bool,
+) -> rusqlite::Result<Option<(String, Vec<i64>)>> {
+    let mut conds = Vec::new();
+    let mut params = Vec::new();
+    if let Some(d) = &q.device {
+        let Some(id) = name_id(c, d)? else {
+            return Ok(None);
+        };
+        params.push(id);
+        conds.push(format!("{t}.device = ?{}", params.len()));
+    }
+    if with_resource && let Some(res) = &q.resource {
+        let Some(id) = name_id(c, res)? else {
+            return Ok(None);
+        };
+        params.push(id);
+        conds.push(format!("{t}.resource = ?{}", params.len()));
+    }
+    if let Some(s) = q.start {
+        params.push(s);
+        conds.push(format!("{t}.origin >= ?{}", params.len()));
+    }
+    if let Some(e) = q.end {
+        params.push(e);
+        conds.push(format!("{t}.origin <= ?{}", params.len()));
+    }
+    let clause = if conds.is_empty() {
+        "1 = 1".to_string()
+    } else {
+        conds.join(" AND ")
+    };
+    Ok(Some((clause, params)))
+}
+
+fn limit_params(params: &[i64], limit: u64, offset: u64) -> Vec<i64> {
+    let mut p = params.to_vec();
+    p.push(i64::try_from(limit).unwrap_or(i64::MAX));
+    p.push(i64::try_from(offset).unwrap_or(i64::MAX));
+    p
+}
+
+fn totals_of(c: &Connection, device: Option<&str>) -> rusqlite::Result<Totals> {
+    let (e, r): (i64, i64) = match device {
+        None => c.query_row(
+            "SELECT COALESCE(SUM(events), 0), COALESCE(SUM(readings), 0) FROM device_stats",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?,
+        Some(d) => match name_id(c, d)? {
+            None => (0, 0),
+            Some(id) => c
+                .query_row(
+                    "SELECT events, readings FROM device_stats WHERE device = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?
+                .unwrap_or((0, 0)),
+        },
+    };
+    Ok(Totals {
+        events: u64::try_from(e).unwrap_or(0),
+        readings: u64::try_from(r).unwrap_or(0),
+    })
+}
+
+fn event_readings(c: &Connection, first: i64, n: i64) -> rusqlite::Result<Vec<Reading>> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {READING_COLUMNS} FROM readings r {READING_JOINS} WHERE r.seq >= ?1 AND r.seq < ?2 ORDER BY r.seq"
+    ))?;
+    st.query_map(params![first, first + n], row_to_reading)?
+        .collect()
+}
+
+const EVENT_SELECT: &str =
+    "SELECT e.id, dn.name, pn.name, sn.name, e.origin, e.tags, e.first_reading, e.readings
+     FROM events e JOIN names dn ON dn.id = e.device JOIN names pn ON pn.id = e.profile
+     JOIN names sn ON sn.id = e.source";
+
+fn row_to_event(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    let id: Vec<u8> = r.get(0)?;
+    let first: i64 = r.get(6)?;
+    let n: i64 = r.get(7)?;
+    Ok(Event {
+        api_version: outpost_contracts::API_VERSION.to_string(),
+        id: uuid_text(&id),
+        device_name: r.get(1)?,
+        profile_name: r.get(2)?,
+        source_name: r.get(3)?,
+        origin: r.get(4)?,
+        tags: parse_tags(r.get(5)?),
+        readings: event_readings(c, first, n)?,
+    })
+}
+
+fn is_integer_type(code: i64) -> bool {
+    u8::try_from(code)
+        .ok()
+        .and_then(ValueType::from_code)
+        .is_some_and(|t| {
+            matches!(
+                t,
+                ValueType::Uint8
+                    | ValueType::Uint16
+                    | ValueType::Uint32
+                    | ValueType::Uint64
+                    | ValueType::Int8
+                    | ValueType::Int16
+                    | ValueType::Int32
+                    | ValueType::Int64
+            )
+        })
+}
+
+#[async_trait::async_trait]
+impl EventStore for SqliteEventStore {
+    async fn append(&self, events: Arc<[IngestEvent]>) -> Result<Vec<Outcome>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Append { events, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+    }
+
+    async fn event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError> {
+        self.db
+            .read(move |c| {
+                let mut st = c.prepare_cached(&format!("{EVENT_SELECT} WHERE e.id = ?1"))?;
+                st.query_row([id.as_bytes().as_slice()], |r| row_to_event(c, r))
+                    .optional()
+                    .map_err(StoreError::from)
+            })
+            .await
+    }
+
+    async fn events(&self, q: Query) -> Result<(u64, Vec<Event>), StoreError> {
+        self.db
+            .read(move |c| {
+                let Some((clause, params)) = conditions(c, &q, "e", false)? else {
+                    return Ok((0, Vec::new()));
+                };
+                let total = if !q.count_total {
+                    0
+                } else if q.start.is_none() && q.end.is_none() {
+                    totals_of(c, q.device.as_deref())?.events
+                } else {
+                    let n: i64 = c.query_row(
+                        &format!("SELECT count(*) FROM events e WHERE {clause}"),
+                        rusqlite::params_from_iter(params.iter()),
+                        |r| r.get(0),
+                    )?;
+                    u64::try_from(n).unwrap_or(0)
+                };
+                let p = limit_params(&params, q.limit, q.offset);
+                let n = p.len();
+                let mut st = c.prepare(&format!(
+                    "{EVENT_SELECT} WHERE {clause} ORDER BY e.origin DESC, e.seq DESC LIMIT ?{} OFFSET ?{n}",
+                    n - 1
+                ))?;
+                let events = st
+                    .query_map(rusqlite::params_from_iter(p.iter()), |r| row_to_event(c, r))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((total, events))
+            })
+            .await
+    }
+
+    async fn readings(&self, q: Query) -> Result<(u64, Vec<Reading>), StoreError> {
+        self.db
+            .read(move |c| {
+                let Some((clause, params)) = conditions(c, &q, "r", true)? else {
+                    return Ok((0, Vec::new()));
+                };
+                let total = if !q.count_total {
+                    0
+                } else if q.start.is_none() && q.end.is_none() && q.resource.is_none() {
+                    totals_of(c, q.device.as_deref())?.readings
+                } else {
+                    let n: i64 = c.query_row(
+                        &format!("SELECT count(*) FROM readings r WHERE {clause}"),
+                        rusqlite::params_from_iter(params.iter()),
+                        |r| r.get(0),
+                    )?;
+                    u64::try_from(n).unwrap_or(0)
+                };
+                let p = limit_params(&params, q.limit, q.offset);
+                let n = p.len();
+                let mut st = c.prepare(&format!(
+                    "SELECT {READING_COLUMNS} FROM readings r {READING_JOINS} WHERE {clause}
+                     ORDER BY r.origin DESC, r.seq DESC LIMIT ?{} OFFSET ?{n}",
+                    n - 1
+                ))?;
+                let readings = st
+                    .query_map(rusqlite::params_from_iter(p.iter()), row_to_reading)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((total, readings))
+            })
+            .await
+    }
+
+    async fn aggregate(&self, q: Query, f: Aggregate) -> Result<Vec<Reading>, StoreError> {
+        self.db
+            .read(move |c| {
+                let Some((clause, params)) = conditions(c, &q, "r", true)? else {
+                    return Ok(Vec::new());
+                };
+                let expr = match f {
+                    Aggregate::Min => "MIN(r.num)",
+                    Aggregate::Max => "MAX(r.num)",
+                    Aggregate::Count => "COUNT(*)",
+                    Aggregate::Sum => "SUM(r.num)",
+                    Aggregate::Avg => "AVG(r.num)",
+                };
+                let mut st = c.prepare(&format!(
+                    "SELECT dn.name, rn.name, pn.name, {expr}, MIN(r.value_type), MAX(r.value_type),
+                            COUNT(r.num), MAX(r.origin)
+                     FROM readings r {READING_JOINS} WHERE {clause}
+                     GROUP BY r.device, r.resource ORDER BY dn.name, rn.name"
+                ))?;
+                let rows = st.query_map(rusqlite::params_from_iter(params.iter()), |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<f64>>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, i64>(6)?,
+                        r.get::<_, i64>(7)?,
+                    ))
+                })?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (device, resource, profile, v, tmin, tmax, numeric, origin) = row?;
+                    let integral = is_integer_type(tmin) && is_integer_type(tmax);
+                    let (value_type, value) = match (f, v) {
+                        (Aggregate::Count, Some(v)) => (ValueType::Int64, format!("{}", v as i64)),
+                        (_, Some(v)) if numeric > 0 => {
+                            if integral && f != Aggregate::Avg {
+                                (ValueType::Int64, format!("{}", v as i64))
+                            } else {
+                                (ValueType::Float64, format!("{v}"))
+                            }
+                        }
+                        _ => (ValueType::String, String::new()),
+                    };
+                    out.push(Reading {
+                        origin,
+                        device_name: device,
+                        resource_name: resource,
+                        profile_name: profile,
+                        value_type,
+                        value: ReadingValue::Simple(value),
+                        ..Reading::default()
+                    });
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn totals(&self, device: Option<String>) -> Result<Totals, StoreError> {
+        self.db
+            .read(move |c| totals_of(c, device.as_deref()).map_err(StoreError::from))
+            .await
+    }
+
+    async fn delete_event(&self, id: uuid::Uuid) -> Result<bool, StoreError> {
+        Ok(self.delete(Delete::Event(id)).await?.events > 0)
+    }
+
+    async fn delete_device(&self, device: String) -> Result<u64, StoreError> {
+        self.delete_all(|| Delete::DeviceChunk {
+            device: device.clone(),
+            chunk: 50_000,
+        })
+        .await
+    }
+
+    async fn delete_before(&self, cutoff: i64, chunk: u64) -> Result<u64, StoreError> {
+        self.delete_all(|| Delete::BeforeChunk { cutoff, chunk })
+            .await
+    }
+
+    async fn trim(&self, keep: u64, chunk: u64) -> Result<u64, StoreError> {
+        self.delete_all(|| Delete::TrimChunk { keep, chunk }).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.db.ping().await.map_err(StoreError::from)
+    }
+}

@@ -1,0 +1,122 @@
+//! What core-data needs from storage.
+//!
+//! [`EventStore`] is the contract; [`crate::sqlite::SqliteEventStore`] implements it on the
+//! service's encrypted SQLite database. A PostgreSQL implementation would implement the same
+//! trait; nothing above this module knows which one runs.
+
+use std::sync::Arc;
+
+use outpost_contracts::event::{Event, Reading};
+use outpost_storage::StorageError;
+
+/// An event ready to store: validated, with each reading's numeric view.
+#[derive(Debug, Clone)]
+pub struct IngestEvent {
+    pub event: Event,
+    pub nums: Vec<Option<f64>>,
+}
+
+/// What happened to one appended event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Stored,
+    /// An event with this id is already stored (a redelivery or a client retry).
+    Duplicate,
+    /// The database refused this event alone (the others of the batch were stored).
+    Refused(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot take writes now (disk full, I/O error); retrying later can help.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<outpost_storage::rusqlite::Error> for StoreError {
+    fn from(e: outpost_storage::rusqlite::Error) -> Self {
+        Self::Storage(StorageError::Sqlite(e))
+    }
+}
+
+/// Which readings or events a query selects.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub device: Option<String>,
+    pub resource: Option<String>,
+    /// Origin range, nanoseconds, inclusive.
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+    pub offset: u64,
+    pub limit: u64,
+    /// Compute the total count (EdgeX's `offset=-1` skips it).
+    pub count_total: bool,
+}
+
+/// SQL-side aggregation of reading values (EdgeX `aggregateFunc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    Min,
+    Max,
+    Count,
+    Sum,
+    Avg,
+}
+
+impl Aggregate {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_uppercase().as_str() {
+            "MIN" => Self::Min,
+            "MAX" => Self::Max,
+            "COUNT" => Self::Count,
+            "SUM" => Self::Sum,
+            "AVG" => Self::Avg,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Min => "MIN",
+            Self::Max => "MAX",
+            Self::Count => "COUNT",
+            Self::Sum => "SUM",
+            Self::Avg => "AVG",
+        }
+    }
+}
+
+/// Counts kept by the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub events: u64,
+    pub readings: u64,
+}
+
+#[async_trait::async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Stores events atomically per event; outcomes are in input order. An `Err` means
+    /// nothing of the call was stored and the caller may retry it.
+    async fn append(&self, events: Arc<[IngestEvent]>) -> Result<Vec<Outcome>, StoreError>;
+    async fn event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError>;
+    /// Events matching `q` (device and origin range), newest origin first.
+    async fn events(&self, q: Query) -> Result<(u64, Vec<Event>), StoreError>;
+    /// Readings matching `q`, newest origin first.
+    async fn readings(&self, q: Query) -> Result<(u64, Vec<Reading>), StoreError>;
+    /// One aggregated reading per device and resource matching `q`.
+    async fn aggregate(&self, q: Query, f: Aggregate) -> Result<Vec<Reading>, StoreError>;
+    /// Totals over everything, or one device's.
+    async fn totals(&self, device: Option<String>) -> Result<Totals, StoreError>;
+    async fn delete_event(&self, id: uuid::Uuid) -> Result<bool, StoreError>;
+    /// Deletes a device's events and readings; returns readings deleted.
+    async fn delete_device(&self, device: String) -> Result<u64, StoreError>;
+    /// Deletes events whose origin is before `cutoff` (at most `chunk` readings per
+    /// transaction); returns readings deleted.
+    async fn delete_before(&self, cutoff: i64, chunk: u64) -> Result<u64, StoreError>;
+    /// Deletes the oldest events until at most `keep` readings remain; returns readings
+    /// deleted.
+    async fn trim(&self, keep: u64, chunk: u64) -> Result<u64, StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+}

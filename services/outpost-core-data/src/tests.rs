@@ -1,0 +1,511 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+use crate::config::RetentionConfig;
+use crate::ingest::{Ingest, IngestMetrics};
+use crate::routes::App;
+use crate::sqlite::{MIGRATIONS, SqliteEventStore, WriterMetrics};
+use crate::store::{IngestEvent, Outcome};
+use crate::validate::Validator;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    app: Arc<App>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let db = outpost_storage::Db::open(
+        &outpost_storage::Location::new(dir.path(), "core-data"),
+        &outpost_storage::OpenOptions::default(),
+        MIGRATIONS,
+        2,
+    )
+    .unwrap();
+    let store = SqliteEventStore::start(
+        db,
+        WriterMetrics {
+            batch_events: "b".into(),
+            commit_seconds: "c".into(),
+        },
+    )
+    .unwrap();
+    let registry = outpost_kit::Registry::new(
+        "http://127.0.0.1:9",
+        Duration::from_secs(1),
+        1000,
+        HashMap::new(),
+    );
+    let ingest = Ingest::new(
+        Arc::new(store),
+        Arc::new(Validator::new(false, registry, "s".into())),
+        IngestMetrics {
+            events: "e".into(),
+            readings: "r".into(),
+            duplicates: "d".into(),
+            rejected: "x".into(),
+        },
+    );
+    let app = Arc::new(App {
+        ingest: Arc::new(ingest),
+        max_result_count: 1000,
+        bus: Arc::default(),
+        publish_rest_events: false,
+    });
+    Fixture { _dir: dir, app }
+}
+
+async fn send(f: &Fixture, req: Request<Body>) -> (StatusCode, Value) {
+    let resp = crate::routes::router(Arc::clone(&f.app))
+        .oneshot(req)
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn call(f: &Fixture, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .unwrap();
+    send(f, req).await
+}
+
+fn event(device: &str, origin: i64, readings: &[(&str, &str, &str)]) -> Value {
+    let rs: Vec<Value> = readings
+        .iter()
+        .map(|(res, vt, v)| {
+            json!({"deviceName": device, "profileName": "p", "resourceName": res, "origin": origin,
+                   "valueType": vt, "value": v, "id": uuid::Uuid::new_v4().to_string()})
+        })
+        .collect();
+    json!({"apiVersion": "v3", "event": {"apiVersion": "v3", "id": uuid::Uuid::new_v4().to_string(),
+        "deviceName": device, "profileName": "p", "sourceName": "s", "origin": origin, "readings": rs,
+        "tags": {"site": "north"}}})
+}
+
+async fn post(f: &Fixture, ev: &Value) -> (StatusCode, Value) {
+    let d = ev["event"]["deviceName"].as_str().unwrap().to_string();
+    call(
+        f,
+        "POST",
+        &format!("/api/v3/event/svc/p/{d}/s"),
+        Some(ev.clone()),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn add_get_duplicate_and_bad_events() {
+    let f = fixture();
+    let ev = event(
+        "d1",
+        1_000,
+        &[("temp", "Float64", "21.5"), ("on", "Bool", "true")],
+    );
+    let (s, body) = post(&f, &ev).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    assert_eq!(body["id"], ev["event"]["id"]);
+    let (s, _) = post(&f, &ev).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+
+    let id = ev["event"]["id"].as_str().unwrap();
+    let (s, got) = call(&f, "GET", &format!("/api/v3/event/id/{id}"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(got["event"]["readings"].as_array().unwrap().len(), 2);
+    assert_eq!(got["event"]["readings"][0]["value"], "21.5");
+    assert_eq!(
+        got["event"]["readings"][0]["id"],
+        ev["event"]["readings"][0]["id"]
+    );
+    assert_eq!(got["event"]["tags"]["site"], "north");
+    let (_, got) = call(
+        &f,
+        "GET",
+        &format!("/api/v3/event/id/{id}?numeric=true"),
+        None,
+    )
+    .await;
+    assert_eq!(got["event"]["readings"][0]["value"], 21.5);
+
+    // Bad input: each is refused and nothing changes.
+    let mut wrong_path = event("d1", 2_000, &[("temp", "Float64", "1")]);
+    wrong_path["event"]["profileName"] = json!("other");
+    for (uri, body) in [
+        ("/api/v3/event/svc/p/d1/s", json!("{not json")),
+        (
+            "/api/v3/event/svc/p/d1/s",
+            event("d1", 3_000, &[("temp", "Float64", "warm")]),
+        ),
+        (
+            "/api/v3/event/svc/p/d1/s",
+            event("d1", 3_000, &[("small", "Int8", "300")]),
+        ),
+        (
+            "/api/v3/event/svc/p/d1/s",
+            event("d1", 0, &[("temp", "Float64", "1")]),
+        ),
+        (
+            "/api/v3/event/svc/p/d1/s",
+            json!({"apiVersion": "v3", "event": {"id": "nope"}}),
+        ),
+        ("/api/v3/event/svc/p/d1/s", wrong_path),
+        (
+            "/api/v3/event/svc/p/d2/s",
+            event("d1", 3_000, &[("temp", "Float64", "1")]),
+        ),
+    ] {
+        let req = Request::builder()
+            .method("POST")
+            .uri(uri)
+            .body(Body::from(if body.is_string() {
+                body.as_str().unwrap().to_string()
+            } else {
+                body.to_string()
+            }))
+            .unwrap();
+        let (s, resp) = send(&f, req).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {resp}");
+        assert_eq!(resp["statusCode"], 400);
+    }
+    let (_, c) = call(&f, "GET", "/api/v3/event/count", None).await;
+    assert_eq!(c["count"], 1);
+    let (_, c) = call(&f, "GET", "/api/v3/reading/count", None).await;
+    assert_eq!(c["count"], 2);
+    let (s, _) = call(&f, "GET", "/api/v3/event/id/not-a-uuid", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = call(
+        &f,
+        "GET",
+        &format!("/api/v3/event/id/{}", uuid::Uuid::new_v4()),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn cbor_events_are_accepted() {
+    let f = fixture();
+    let ev = event("d1", 5, &[("temp", "Float64", "1.25")]);
+    let req: outpost_contracts::event::AddEventRequest =
+        serde_json::from_value(ev.clone()).unwrap();
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&req, &mut bytes).unwrap();
+    let r = Request::builder()
+        .method("POST")
+        .uri("/api/v3/event/svc/p/d1/s")
+        .header("content-type", "application/cbor")
+        .body(Body::from(bytes))
+        .unwrap();
+    let (s, body) = send(&f, r).await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let r = Request::builder()
+        .method("POST")
+        .uri("/api/v3/event/svc/p/d1/s")
+        .header("content-type", "application/cbor")
+        .body(Body::from(vec![0xa1, 0xff]))
+        .unwrap();
+    let (s, _) = send(&f, r).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+async fn seed(f: &Fixture) {
+    for i in 0..10i64 {
+        post(
+            f,
+            &event(
+                "d1",
+                1_000 + i,
+                &[
+                    ("temp", "Float64", &format!("{}.5", i)),
+                    ("count", "Int32", &i.to_string()),
+                ],
+            ),
+        )
+        .await;
+        post(
+            f,
+            &event(
+                "d2",
+                2_000 + i,
+                &[("temp", "Float64", "100"), ("label", "String", "x")],
+            ),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn reading_queries_paging_and_aggregates() {
+    let f = fixture();
+    seed(&f).await;
+    let (_, r) = call(&f, "GET", "/api/v3/reading/all?limit=3", None).await;
+    assert_eq!(r["totalCount"], 40);
+    let rs = r["readings"].as_array().unwrap();
+    assert_eq!(rs.len(), 3);
+    assert_eq!(rs[0]["deviceName"], "d2", "newest first");
+    let (_, r) = call(&f, "GET", "/api/v3/reading/device/name/d1?limit=-1", None).await;
+    assert_eq!(r["totalCount"], 20);
+    assert_eq!(r["readings"].as_array().unwrap().len(), 20);
+    let (_, r) = call(&f, "GET", "/api/v3/reading/resourceName/temp", None).await;
+    assert_eq!(r["totalCount"], 20);
+    let (_, r) = call(
+        &f,
+        "GET",
+        "/api/v3/reading/device/name/d1/resourceName/count?limit=2&numeric=true",
+        None,
+    )
+    .await;
+    assert_eq!(r["totalCount"], 10);
+    assert_eq!(r["readings"][0]["value"], 9);
+    let (_, r) = call(
+        &f,
+        "GET",
+        "/api/v3/reading/device/name/d1/start/1002/end/1004",
+        None,
+    )
+    .await;
+    assert_eq!(r["totalCount"], 6);
+    let (_, r) = call(
+        &f,
+        "GET",
+        "/api/v3/reading/resourceName/temp/start/1000/end/1004",
+        None,
+    )
+    .await;
+    assert_eq!(r["totalCount"], 5);
+    let (_, r) = call(
+        &f,
+        "GET",
+        "/api/v3/reading/device/name/d1/resourceName/temp/start/1000/end/1001",
+        None,
+    )
+    .await;
+    assert_eq!(r["totalCount"], 2);
+    let (_, r) = call(&f, "GET", "/api/v3/reading/start/2005/end/3000", None).await;
+    assert_eq!(r["totalCount"], 10);
+    let (s, _) = call(&f, "GET", "/api/v3/reading/start/10/end/5", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = call(&f, "GET", "/api/v3/reading/start/abc/end/5", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, r) = call(&f, "GET", "/api/v3/reading/all?offset=41", None).await;
+    assert_eq!(s, StatusCode::RANGE_NOT_SATISFIABLE, "{r}");
+    let (s, r) = call(&f, "GET", "/api/v3/reading/all?offset=-1&limit=5", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(r["readings"].as_array().unwrap().len(), 5);
+    let (_, r) = call(&f, "GET", "/api/v3/reading/device/name/nobody", None).await;
+    assert_eq!(r["totalCount"], 0);
+
+    // Aggregates, one per device and resource.
+    let (_, r) = call(
+        &f,
+        "GET",
+        "/api/v3/reading/device/name/d1?aggregateFunc=SUM",
+        None,
+    )
+    .await;
+    assert_eq!(r["aggregateFunc"], "SUM");
+    let by: HashMap<String, Value> = r["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["resourceName"].as_str().unwrap().to_string(), x.clone()))
+        .collect();
+    assert_eq!(by["count"]["value"], "45");
+    assert_eq!(by["count"]["valueType"], "Int64");
+    assert_eq!(by["temp"]["value"], "50");
+    assert_eq!(by["temp"]["valueType"], "Float64");
+    let (_, r) = call(
+        &f,
+        "GET",
+        "/api/v3/reading/resourceName/temp?aggregateFunc=avg&numeric=true",
+        None,
+    )
+    .await;
+    let avgs: Vec<f64> = r["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(avgs, [5.0, 100.0]);
+    let (_, r) = call(
+        &f,
+        "GET",
+        "/api/v3/reading/device/name/d2/resourceName/label?aggregateFunc=MAX",
+        None,
+    )
+    .await;
+    assert_eq!(
+        r["readings"][0]["value"], "",
+        "no numeric value to aggregate"
+    );
+    let (_, r) = call(&f, "GET", "/api/v3/reading/all?aggregateFunc=COUNT", None).await;
+    assert_eq!(r["readings"].as_array().unwrap().len(), 4);
+    let (s, _) = call(&f, "GET", "/api/v3/reading/all?aggregateFunc=MEDIAN", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // Events.
+    let (_, r) = call(&f, "GET", "/api/v3/event/device/name/d2?limit=2", None).await;
+    assert_eq!(r["totalCount"], 10);
+    assert_eq!(r["events"][0]["origin"], 2_009);
+    assert_eq!(r["events"][0]["readings"].as_array().unwrap().len(), 2);
+    let (_, r) = call(&f, "GET", "/api/v3/event/start/1005/end/2001", None).await;
+    assert_eq!(r["totalCount"], 7);
+    let (_, r) = call(&f, "GET", "/api/v3/event/count/device/name/d1", None).await;
+    assert_eq!(r["count"], 10);
+    let (_, r) = call(&f, "GET", "/api/v3/reading/count/device/name/d2", None).await;
+    assert_eq!(r["count"], 20);
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+#[tokio::test]
+async fn deletions_keep_counts_right() {
+    let f = fixture();
+    seed(&f).await;
+    let (_, r) = call(&f, "GET", "/api/v3/event/device/name/d1?limit=1", None).await;
+    let id = r["events"][0]["id"].as_str().unwrap().to_string();
+    let (s, _) = call(&f, "DELETE", &format!("/api/v3/event/id/{id}"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(&f, "DELETE", &format!("/api/v3/event/id/{id}"), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, c) = call(&f, "GET", "/api/v3/reading/count/device/name/d1", None).await;
+    assert_eq!(c["count"], 18);
+
+    let (s, _) = call(&f, "DELETE", "/api/v3/event/device/name/d2", None).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    eventually("device deletion", || async {
+        call(&f, "GET", "/api/v3/event/count/device/name/d2", None)
+            .await
+            .1["count"]
+            == 0
+    })
+    .await;
+    let (_, c) = call(&f, "GET", "/api/v3/reading/count", None).await;
+    assert_eq!(c["count"], 18);
+
+    // Every stored origin is ancient, so an age of one second deletes them all.
+    let (s, _) = call(&f, "DELETE", "/api/v3/event/age/1000000000", None).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    eventually("age deletion", || async {
+        call(&f, "GET", "/api/v3/event/count", None).await.1["count"] == 0
+    })
+    .await;
+    let (_, c) = call(&f, "GET", "/api/v3/reading/count", None).await;
+    assert_eq!(c["count"], 0);
+    let (s, _) = call(&f, "DELETE", "/api/v3/event/age/-5", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+fn ingest_event(device: &str, origin: i64, n: usize) -> IngestEvent {
+    let v: Value = event(device, origin, &vec![("r", "Float64", "1.0"); n]);
+    let req: outpost_contracts::event::AddEventRequest = serde_json::from_value(v).unwrap();
+    let nums = req.event.validate().unwrap();
+    IngestEvent {
+        event: req.event,
+        nums,
+    }
+}
+
+#[tokio::test]
+async fn retention_by_count_keeps_the_newest() {
+    let f = fixture();
+    let store = Arc::clone(&f.app.ingest.store);
+    let batch: Vec<IngestEvent> = (0..100)
+        .map(|i| ingest_event("d1", 1_000 + i, 10))
+        .collect();
+    let outcomes = store.append(batch.into()).await.unwrap();
+    assert!(outcomes.iter().all(|o| *o == Outcome::Stored));
+    let cfg = RetentionConfig {
+        max_cap: 500,
+        min_cap: 300,
+        chunk_readings: 100,
+        ..RetentionConfig::default()
+    };
+    // Under the cap nothing happens.
+    let under = RetentionConfig {
+        max_cap: 2_000,
+        ..cfg.clone()
+    };
+    assert_eq!(
+        crate::retention::run_once(store.as_ref(), &under)
+            .await
+            .unwrap(),
+        0
+    );
+    let removed = crate::retention::run_once(store.as_ref(), &cfg)
+        .await
+        .unwrap();
+    assert_eq!(removed, 700);
+    let t = store.totals(None).await.unwrap();
+    assert_eq!((t.events, t.readings), (30, 300));
+    let (_, r) = call(&f, "GET", "/api/v3/event/all?limit=-1", None).await;
+    let origins: Vec<i64> = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["origin"].as_i64().unwrap())
+        .collect();
+    assert_eq!(origins.iter().min(), Some(&1_070), "the oldest went first");
+    // By age: everything here is ancient.
+    let aged = RetentionConfig {
+        max_age_s: 60,
+        ..cfg
+    };
+    assert_eq!(
+        crate::retention::run_once(store.as_ref(), &aged)
+            .await
+            .unwrap(),
+        300
+    );
+    assert_eq!(store.totals(None).await.unwrap().readings, 0);
+}
+
+#[tokio::test]
+async fn duplicates_inside_one_batch_and_across_batches() {
+    let f = fixture();
+    let store = Arc::clone(&f.app.ingest.store);
+    let a = ingest_event("d1", 1, 2);
+    let b = ingest_event("d1", 2, 2);
+    let out = store
+        .append(vec![a.clone(), b.clone(), a.clone()].into())
+        .await
+        .unwrap();
+    assert_eq!(out, [Outcome::Stored, Outcome::Stored, Outcome::Duplicate]);
+    let out = store
+        .append(vec![b, ingest_event("d2", 3, 1)].into())
+        .await
+        .unwrap();
+    assert_eq!(out, [Outcome::Duplicate, Outcome::Stored]);
+    let t = store.totals(None).await.unwrap();
+    assert_eq!((t.events, t.readings), (3, 5));
+}
