@@ -1,1 +1,293 @@
-fn main() {}
+//! `outpost`: the Outpost edge node and its command-line client in one binary.
+//!
+//! - `outpost up` runs the whole node (see [`supervisor`]);
+//! - `outpost run <service>` runs one service (see [`runner`]);
+//! - `outpost config default|check` prints or checks the configuration;
+//! - the other commands are the client (see [`cli`]).
+
+mod cli;
+mod config;
+mod runner;
+mod supervisor;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{NodeConfig, Service};
+
+#[derive(Parser)]
+#[command(
+    name = "outpost",
+    version,
+    about = "Outpost: an IoT edge node",
+    propagate_version = true
+)]
+struct Args {
+    /// Configuration file (TOML); see `outpost config default`.
+    #[arg(long, global = true, env = "OUTPOST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the node keeps its state.
+    #[arg(long, global = true, env = "OUTPOST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole edge node in the foreground (every service, supervised).
+    Up,
+    /// Run one service in the foreground: mqtt-broker, core-keeper, core-metadata, core-data.
+    Run { service: String },
+    /// Print or check the configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// The registry's view of the node's services.
+    Services {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Device profiles.
+    #[command(subcommand)]
+    Profile(ProfileCmd),
+    /// Devices.
+    #[command(subcommand)]
+    Device(DeviceCmd),
+    /// Device services.
+    #[command(subcommand, name = "device-service")]
+    DeviceService(DeviceServiceCmd),
+    /// Stored readings of a device.
+    Readings {
+        #[arg(long)]
+        device: String,
+        #[arg(long)]
+        resource: Option<String>,
+        /// Only readings newer than this (e.g. 10m, 2h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// Most readings to show (-1: the service's maximum).
+        #[arg(long, default_value_t = 20, allow_negative_numbers = true)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Events on the bus.
+    #[command(subcommand)]
+    Events(EventsCmd),
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the documented default configuration.
+    Default,
+    /// Check the configuration (file, environment) and report every problem.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum ProfileCmd {
+    /// Create or update a device profile from an EdgeX YAML or JSON file.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List device profiles.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCmd {
+    /// Add a device from flags, or devices from a YAML/JSON file (-f).
+    Add {
+        #[arg(short = 'f', long = "file", conflicts_with_all = ["name", "profile", "service"])]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        profile: Option<String>,
+        /// The device service that owns the device.
+        #[arg(long)]
+        service: Option<String>,
+        /// Protocol property: protocol.key=value (repeatable), e.g. modbus-tcp.Address=10.0.0.5.
+        #[arg(long = "protocol")]
+        protocols: Vec<String>,
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Periodic read: interval:source[:onchange] (repeatable), e.g. 10s:Temperature:onchange.
+        #[arg(long = "auto-event")]
+        auto_events: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List devices.
+    List {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        profile: Option<String>,
+        #[arg(long)]
+        label: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one device.
+    Show { name: String },
+    /// Remove a device.
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
+enum DeviceServiceCmd {
+    /// Register a device service with core-metadata.
+    Add {
+        name: String,
+        #[arg(long)]
+        base_address: String,
+    },
+    /// List device services.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCmd {
+    /// Follow device events on the bus.
+    Tail {
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Command::Config(ConfigCmd::Default) = args.command {
+        print!("{}", config::DEFAULT_TOML);
+        return ExitCode::SUCCESS;
+    }
+    let cfg = match NodeConfig::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("outpost: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let data_dir = args.data_dir.unwrap_or_else(config::default_data_dir);
+    match args.command {
+        Command::Config(ConfigCmd::Check) => {
+            println!("configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Command::Config(ConfigCmd::Default) => ExitCode::SUCCESS,
+        Command::Run { service } => match Service::from_name(&service) {
+            Some(svc) => runner::run(svc, cfg, data_dir),
+            None => {
+                let names: Vec<_> = Service::ALL.iter().map(|s| s.name()).collect();
+                eprintln!(
+                    "outpost: unknown service '{service}'; one of: {}",
+                    names.join(", ")
+                );
+                ExitCode::from(2)
+            }
+        },
+        Command::Up => {
+            outpost_kit::telemetry::init_logs(&cfg.log);
+            block_on(supervisor::up(cfg, data_dir, args.config))
+        }
+        command => block_on(client(command, cfg, data_dir)),
+    }
+}
+
+fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("outpost: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outpost: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn client(command: Command, cfg: NodeConfig, data_dir: PathBuf) -> anyhow::Result<()> {
+    let c = cli::Client::new(cfg.clone());
+    match command {
+        Command::Services { json } => cli::services(&c, json).await,
+        Command::Profile(ProfileCmd::Apply { file }) => cli::profile_apply(&c, &file).await,
+        Command::Profile(ProfileCmd::List { json }) => cli::profile_list(&c, json).await,
+        Command::Device(DeviceCmd::Add {
+            file,
+            name,
+            profile,
+            service,
+            protocols,
+            labels,
+            auto_events,
+            description,
+        }) => {
+            let d = cli::NewDevice {
+                file,
+                name,
+                profile,
+                service,
+                protocols,
+                labels,
+                auto_events,
+                description,
+            };
+            cli::device_add(&c, d).await
+        }
+        Command::Device(DeviceCmd::List {
+            service,
+            profile,
+            label,
+            json,
+        }) => {
+            cli::device_list(
+                &c,
+                service.as_deref(),
+                profile.as_deref(),
+                label.as_deref(),
+                json,
+            )
+            .await
+        }
+        Command::Device(DeviceCmd::Show { name }) => cli::device_show(&c, &name).await,
+        Command::Device(DeviceCmd::Rm { name }) => cli::device_rm(&c, &name).await,
+        Command::DeviceService(DeviceServiceCmd::Add { name, base_address }) => {
+            cli::device_service_add(&c, &name, &base_address).await
+        }
+        Command::DeviceService(DeviceServiceCmd::List { json }) => {
+            cli::device_service_list(&c, json).await
+        }
+        Command::Readings {
+            device,
+            resource,
+            since,
+            limit,
+            json,
+        } => cli::readings(&c, &device, resource.as_deref(), since, limit, json).await,
+        Command::Events(EventsCmd::Tail { device, json }) => {
+            cli::events_tail(&cfg, &data_dir, device.as_deref(), json).await
+        }
+        Command::Up | Command::Run { .. } | Command::Config(_) => Ok(()),
+    }
+}

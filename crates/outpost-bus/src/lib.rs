@@ -16,10 +16,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use mqtt5::{AckToken, ConnectOptions, MqttClient, PublishOptions, QoS, SubscribeOptions};
+use mqtt5::{
+    AckToken, ConnectOptions, ConnectionEvent, MqttClient, PublishOptions, QoS, SubscribeOptions,
+};
 use outpost_contracts::envelope::{Encoding, Envelope, EnvelopeError};
 use outpost_kit::backoff::Backoff;
 use outpost_kit::config::BusConfig;
@@ -102,6 +105,8 @@ pub struct Bus {
     metrics: Arc<Metrics>,
     bad_input_log: Arc<RateLimitedLog>,
     url: String,
+    /// Set once this side disconnects, so the close is not reported as a loss.
+    closing: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -138,8 +143,10 @@ impl Bus {
         shutdown: &Shutdown,
     ) -> Result<Self, BusError> {
         let client = build_client(cfg, data_dir, &opts)?;
-        connect_loop(&client, cfg, &opts, shutdown).await?;
-        Ok(Self::wrap(client, cfg, service))
+        let bus = Self::wrap(client, cfg, service);
+        bus.watch_connection().await;
+        connect_loop(&bus.client, cfg, &opts, shutdown).await?;
+        Ok(bus)
     }
 
     /// Connects a durable consumer of `filter`: a persistent session with deferred
@@ -162,6 +169,7 @@ impl Bus {
         }
         let client = build_client(cfg, data_dir, &opts)?;
         let bus = Self::wrap(client, cfg, service);
+        bus.watch_connection().await;
         let (tx, rx) = mpsc::unbounded_channel();
         let callback = bus.ack_callback(tx);
         bus.client
@@ -186,6 +194,26 @@ impl Bus {
         Ok((bus, rx))
     }
 
+    /// Logs connection losses and recoveries (not the ones this side asked for).
+    async fn watch_connection(&self) {
+        let closing = Arc::clone(&self.closing);
+        let url = self.url.clone();
+        let _ = self
+            .client
+            .on_connection_event(move |ev| match ev {
+                ConnectionEvent::Disconnected { reason } if !closing.load(Ordering::Relaxed) => {
+                    tracing::warn!(url = %url, ?reason, "lost the bus connection; reconnecting");
+                }
+                ConnectionEvent::Connected {
+                    session_present, ..
+                } if !closing.load(Ordering::Relaxed) => {
+                    tracing::debug!(url = %url, session_present, "bus connection established");
+                }
+                _ => {}
+            })
+            .await;
+    }
+
     fn wrap(client: MqttClient, cfg: &BusConfig, service: &str) -> Self {
         Self {
             client: Arc::new(client),
@@ -200,6 +228,7 @@ impl Bus {
             }),
             bad_input_log: Arc::new(RateLimitedLog::default()),
             url: cfg.url.clone(),
+            closing: Arc::default(),
         }
     }
 
@@ -343,6 +372,7 @@ impl Bus {
 
     /// Disconnects cleanly (the broker keeps a durable session for the next start).
     pub async fn disconnect(&self) {
+        self.closing.store(true, Ordering::Relaxed);
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.disconnect()).await;
     }
 }

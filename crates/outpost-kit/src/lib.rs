@@ -156,17 +156,20 @@ impl Context {
             Duration::from_millis(self.common.registry.heartbeat_interval_ms),
             self.shutdown.clone(),
         );
+        // On shutdown the service first deregisters, then stops serving: a clean stop
+        // leaves the registry at once, and the registry itself can still answer its own
+        // deregistration.
         let shutdown = self.shutdown.clone();
         let served = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .with_graceful_shutdown(async move {
+            shutdown.wait().await;
+            let _ = agent.await;
+        })
         .await;
-        // The agent deregisters once shutdown started; wait for it so the registry hears
-        // of a clean stop before the process exits.
         self.shutdown.trigger();
-        let _ = agent.await;
         served.map_err(ServeError::Serve)
     }
 }

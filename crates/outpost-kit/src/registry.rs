@@ -302,7 +302,8 @@ pub fn spawn_agent(
                     Duration::ZERO
                 }
                 Err(e) => {
-                    if !warned {
+                    // The registry may simply not be up yet when the node starts.
+                    if !warned && backoff.attempts() >= 5 {
                         tracing::warn!(service = %id, error = %e, "registry call failed; retrying");
                         warned = true;
                     }

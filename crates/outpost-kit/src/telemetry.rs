@@ -14,8 +14,16 @@ use crate::config::{LogConfig, LogFormat};
 
 /// Installs the global log subscriber (once per process).
 pub fn init_logs(cfg: &LogConfig) {
+    // The MQTT library narrates every connection at INFO and reports even a requested
+    // disconnect as an error; keep it to warnings and report connection changes ourselves
+    // (outpost-bus), unless asked otherwise.
+    let configured = if cfg.level.contains("mqtt5") {
+        cfg.level.clone()
+    } else {
+        format!("{},mqtt5=warn,mqtt5::client::direct::reader=off", cfg.level)
+    };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.level))
+        .or_else(|_| EnvFilter::try_new(&configured))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

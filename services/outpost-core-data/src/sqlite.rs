@@ -407,19 +407,7 @@ impl Writer {
                 Some(self.name_id(tx, &r.units)?)
             };
             let num = ie.nums.get(i).copied().flatten();
-            let (value, blob, media, object): (
-                Option<&str>,
-                Option<&[u8]>,
-                Option<&str>,
-                Option<String>,
-            ) = match &r.value {
-                ReadingValue::Simple(s) => (Some(s), None, None, None),
-                ReadingValue::Binary { data, media_type } => {
-                    (None, Some(data), Some(media_type), None)
-                }
-                ReadingValue::Object(v) => (None, None, None, Some(v.to_string())),
-                ReadingValue::Null => (None, None, None, None),
-            };
+            let cols = Columns::of(&r.value);
             st.execute(params![
                 self.next_seq,
                 rid.as_bytes().as_slice(),
@@ -429,11 +417,11 @@ impl Writer {
                 profile,
                 i64::from(r.value_type.code()),
                 units,
-                value,
+                cols.value,
                 num,
-                blob,
-                media,
-                object,
+                cols.blob,
+                cols.media_type,
+                cols.object,
                 tags_json(&r.tags),
             ])?;
             self.next_seq += 1;
@@ -511,6 +499,41 @@ impl Writer {
         };
         tx.commit()?;
         Ok(deleted)
+    }
+}
+
+/// The value columns of a reading row.
+struct Columns<'a> {
+    value: Option<&'a str>,
+    blob: Option<&'a [u8]>,
+    media_type: Option<&'a str>,
+    object: Option<String>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(v: &'a ReadingValue) -> Self {
+        let none = Self {
+            value: None,
+            blob: None,
+            media_type: None,
+            object: None,
+        };
+        match v {
+            ReadingValue::Simple(s) => Self {
+                value: Some(s),
+                ..none
+            },
+            ReadingValue::Binary { data, media_type } => Self {
+                blob: Some(data),
+                media_type: Some(media_type),
+                ..none
+            },
+            ReadingValue::Object(o) => Self {
+                object: Some(o.to_string()),
+                ..none
+            },
+            ReadingValue::Null => none,
+        }
     }
 }
 

@@ -129,24 +129,19 @@ async fn watch(
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     let rx = st.registry.subscribe_changes();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(change) => {
-                    let event = Event::default()
-                        .event("change")
-                        .id(change.index.to_string())
-                        .json_data(&change)
-                        .unwrap_or_else(|_| Event::default().comment("unencodable change"));
-                    return Some((Ok(event), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    // The watcher fell behind: tell it to resync with a full listing.
-                    let event = Event::default().event("resync").data(n.to_string());
-                    return Some((Ok(event), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        let event = match rx.recv().await {
+            Ok(change) => Event::default()
+                .event("change")
+                .id(change.index.to_string())
+                .json_data(&change)
+                .unwrap_or_else(|_| Event::default().comment("unencodable change")),
+            // The watcher fell behind: tell it to resync with a full listing.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                Event::default().event("resync").data(n.to_string())
             }
-        }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(event), rx))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

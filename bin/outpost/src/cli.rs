@@ -1,0 +1,632 @@
+//! The command-line client: talks HTTP to the node's services (and the bus for `events
+//! tail`), prints tables for people and JSON for scripts.
+
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use outpost_contracts::common::BaseRequest;
+use outpost_contracts::event::{AddEventRequest, NumericMode};
+use outpost_contracts::metadata::{
+    AddDeviceRequest, AddDeviceServiceRequest, AutoEvent, Device, DeviceProfile, DeviceService,
+};
+use serde_json::Value;
+
+use crate::config::{NodeConfig, Service};
+
+/// HTTP access to the node's services.
+pub struct Client {
+    http: reqwest::Client,
+    cfg: NodeConfig,
+}
+
+impl Client {
+    pub fn new(cfg: NodeConfig) -> Self {
+        Self {
+            http: outpost_kit::http::client(Duration::from_secs(10)),
+            cfg,
+        }
+    }
+
+    fn url(&self, svc: Service, path: &str) -> String {
+        format!("{}/api/v3{path}", self.cfg.url(svc))
+    }
+
+    async fn send(
+        &self,
+        svc: Service,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+        let resp = outpost_kit::http::correlated(req)
+            .send()
+            .await
+            .with_context(|| {
+                format!(
+                    "{} is not reachable; is the node up (outpost up)?",
+                    svc.name()
+                )
+            })?;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        Ok((status, json))
+    }
+
+    pub async fn get(&self, svc: Service, path: &str) -> anyhow::Result<Value> {
+        let (status, body) = self.send(svc, self.http.get(self.url(svc, path))).await?;
+        ok_or_message(status, body)
+    }
+
+    async fn post(
+        &self,
+        svc: Service,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+        self.send(svc, self.http.post(self.url(svc, path)).json(body))
+            .await
+    }
+
+    async fn put(
+        &self,
+        svc: Service,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+        self.send(svc, self.http.put(self.url(svc, path)).json(body))
+            .await
+    }
+
+    async fn delete(&self, svc: Service, path: &str) -> anyhow::Result<Value> {
+        let (status, body) = self
+            .send(svc, self.http.delete(self.url(svc, path)))
+            .await?;
+        ok_or_message(status, body)
+    }
+}
+
+fn ok_or_message(status: reqwest::StatusCode, body: Value) -> anyhow::Result<Value> {
+    if status.is_success() {
+        return Ok(body);
+    }
+    let msg = body
+        .get("message")
+        .and_then(Value::as_str)
+        .map_or_else(|| body.to_string(), str::to_string);
+    bail!("{} {msg}", status.as_u16())
+}
+
+/// The single entry of a 207 answer, as a result.
+fn multi_status_entry(status: reqwest::StatusCode, body: &Value) -> Result<Value, (u64, String)> {
+    if status != reqwest::StatusCode::MULTI_STATUS {
+        let msg = body
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        return Err((u64::from(status.as_u16()), msg));
+    }
+    let entry = body.get(0).cloned().unwrap_or(Value::Null);
+    let code = entry.get("statusCode").and_then(Value::as_u64).unwrap_or(0);
+    if (200..300).contains(&code) {
+        Ok(entry)
+    } else {
+        Err((
+            code,
+            entry
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        ))
+    }
+}
+
+/// Percent-encodes a path segment or query value.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Prints rows as an aligned table.
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(headers.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+fn s(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn ago(millis: i64) -> String {
+    if millis <= 0 {
+        return "-".into();
+    }
+    let now = outpost_contracts::now_millis();
+    let secs = (now - millis).max(0) / 1000;
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3599 => format!("{}m ago", secs / 60),
+        _ => format!("{}h ago", secs / 3600),
+    }
+}
+
+fn time_of(nanos: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+// ---- commands ----
+
+pub async fn services(c: &Client, json: bool) -> anyhow::Result<()> {
+    let v = c.get(Service::CoreKeeper, "/registry/all").await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v["registrations"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            vec![
+                s(r, "serviceId"),
+                s(r, "status"),
+                format!("{}:{}", s(r, "host"), s(r, "port")),
+                r["healthCheck"]["type"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                ago(r["lastConnected"].as_i64().unwrap_or(0)),
+            ]
+        })
+        .collect();
+    table(
+        &["SERVICE", "STATUS", "ADDRESS", "CHECK", "LAST SEEN"],
+        &rows,
+    );
+    Ok(())
+}
+
+fn read_document(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+pub async fn profile_apply(c: &Client, file: &Path) -> anyhow::Result<()> {
+    let text = read_document(file)?;
+    let profile = DeviceProfile::from_yaml(&text).map_err(anyhow::Error::msg)?;
+    let name = profile.name.clone();
+    let body = serde_json::json!([{ "apiVersion": "v3", "profile": profile }]);
+    let (status, resp) = c
+        .post(Service::CoreMetadata, "/deviceprofile", &body)
+        .await?;
+    match multi_status_entry(status, &resp) {
+        Ok(_) => println!("created device profile {name}"),
+        Err((409, _)) => {
+            let (status, resp) = c
+                .put(Service::CoreMetadata, "/deviceprofile", &body)
+                .await?;
+            match multi_status_entry(status, &resp) {
+                Ok(_) => println!("updated device profile {name}"),
+                Err((code, msg)) => bail!("cannot update device profile {name}: {code} {msg}"),
+            }
+        }
+        Err((code, msg)) => bail!("cannot create device profile {name}: {code} {msg}"),
+    }
+    Ok(())
+}
+
+pub async fn profile_list(c: &Client, json: bool) -> anyhow::Result<()> {
+    let v = c
+        .get(Service::CoreMetadata, "/deviceprofile/all?limit=-1")
+        .await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v["profiles"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            vec![
+                s(p, "name"),
+                s(p, "manufacturer"),
+                s(p, "model"),
+                p["deviceResources"]
+                    .as_array()
+                    .map_or(0, Vec::len)
+                    .to_string(),
+                s(p, "linkedDeviceCount"),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "MANUFACTURER", "MODEL", "RESOURCES", "DEVICES"],
+        &rows,
+    );
+    Ok(())
+}
+
+/// What `outpost device add` was given.
+pub struct NewDevice {
+    pub file: Option<std::path::PathBuf>,
+    pub name: Option<String>,
+    pub profile: Option<String>,
+    pub service: Option<String>,
+    pub protocols: Vec<String>,
+    pub labels: Vec<String>,
+    pub auto_events: Vec<String>,
+    pub description: Option<String>,
+}
+
+/// `protocol.key=value` pairs into EdgeX protocol properties.
+fn parse_protocols(pairs: &[String]) -> anyhow::Result<outpost_contracts::metadata::Protocols> {
+    let mut out = outpost_contracts::metadata::Protocols::new();
+    for p in pairs {
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("--protocol '{p}' must be protocol.key=value"))?;
+        let (proto, key) = k
+            .split_once('.')
+            .with_context(|| format!("--protocol '{p}' must be protocol.key=value"))?;
+        out.entry(proto.to_string())
+            .or_default()
+            .insert(key.to_string(), Value::String(v.to_string()));
+    }
+    Ok(out)
+}
+
+/// `interval:source[:onchange]` into an auto event.
+fn parse_auto_event(s: &str) -> anyhow::Result<AutoEvent> {
+    let mut parts = s.split(':');
+    let (Some(interval), Some(source)) = (parts.next(), parts.next()) else {
+        bail!("--auto-event '{s}' must be interval:source[:onchange]");
+    };
+    let on_change = match parts.next() {
+        None => false,
+        Some("onchange") => true,
+        Some(other) => bail!("--auto-event '{s}': unknown flag '{other}'"),
+    };
+    Ok(AutoEvent {
+        interval: interval.to_string(),
+        source_name: source.to_string(),
+        on_change,
+        ..AutoEvent::default()
+    })
+}
+
+pub async fn device_add(c: &Client, d: NewDevice) -> anyhow::Result<()> {
+    let devices: Vec<Device> = match &d.file {
+        Some(f) => {
+            let text = read_document(f)?;
+            match serde_norway::from_str::<Vec<Device>>(&text) {
+                Ok(v) => v,
+                Err(_) => vec![
+                    serde_norway::from_str::<Device>(&text)
+                        .with_context(|| format!("{} is not a device document", f.display()))?,
+                ],
+            }
+        }
+        None => {
+            let name = d.name.context("--name is required (or -f FILE)")?;
+            let service = d.service.context("--service is required (or -f FILE)")?;
+            let mut protocols = parse_protocols(&d.protocols)?;
+            if protocols.is_empty() {
+                protocols.insert("other".into(), serde_json::Map::new());
+            }
+            vec![Device {
+                name,
+                profile_name: d.profile.unwrap_or_default(),
+                service_name: service,
+                labels: d.labels,
+                protocols,
+                auto_events: d
+                    .auto_events
+                    .iter()
+                    .map(|a| parse_auto_event(a))
+                    .collect::<anyhow::Result<_>>()?,
+                description: d.description.unwrap_or_default(),
+                operating_state: outpost_contracts::metadata::OperatingState::Up,
+                ..Device::default()
+            }]
+        }
+    };
+    let body: Vec<AddDeviceRequest> = devices
+        .into_iter()
+        .map(|device| AddDeviceRequest {
+            base: BaseRequest::new(),
+            device,
+        })
+        .collect();
+    let names: Vec<String> = body.iter().map(|r| r.device.name.clone()).collect();
+    let (status, resp) = c
+        .post(
+            Service::CoreMetadata,
+            "/device",
+            &serde_json::to_value(&body)?,
+        )
+        .await?;
+    if status != reqwest::StatusCode::MULTI_STATUS {
+        return ok_or_message(status, resp).map(|_| ());
+    }
+    let mut failed = 0;
+    for (name, entry) in names
+        .iter()
+        .zip(resp.as_array().map(Vec::as_slice).unwrap_or_default())
+    {
+        let code = entry["statusCode"].as_u64().unwrap_or(0);
+        if (200..300).contains(&code) {
+            println!("added device {name} ({})", s(entry, "id"));
+        } else {
+            failed += 1;
+            eprintln!("cannot add device {name}: {code} {}", s(entry, "message"));
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} device(s) not added");
+    }
+    Ok(())
+}
+
+pub async fn device_list(
+    c: &Client,
+    service: Option<&str>,
+    profile: Option<&str>,
+    label: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let path = match (service, profile) {
+        (Some(s), _) => format!("/device/service/name/{}?limit=-1", enc(s)),
+        (None, Some(p)) => format!("/device/profile/name/{}?limit=-1", enc(p)),
+        (None, None) => match label {
+            Some(l) => format!("/device/all?limit=-1&labels={}", enc(l)),
+            None => "/device/all?limit=-1".to_string(),
+        },
+    };
+    let v = c.get(Service::CoreMetadata, &path).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v["devices"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|d| {
+            let labels = d["labels"]
+                .as_array()
+                .map(|l| {
+                    l.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            vec![
+                s(d, "name"),
+                s(d, "profileName"),
+                s(d, "serviceName"),
+                s(d, "adminState"),
+                s(d, "operatingState"),
+                labels,
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "PROFILE", "SERVICE", "ADMIN", "STATE", "LABELS"],
+        &rows,
+    );
+    Ok(())
+}
+
+pub async fn device_show(c: &Client, name: &str) -> anyhow::Result<()> {
+    let v = c
+        .get(
+            Service::CoreMetadata,
+            &format!("/device/name/{}", enc(name)),
+        )
+        .await?;
+    print_json(&v["device"]);
+    Ok(())
+}
+
+pub async fn device_rm(c: &Client, name: &str) -> anyhow::Result<()> {
+    c.delete(
+        Service::CoreMetadata,
+        &format!("/device/name/{}", enc(name)),
+    )
+    .await?;
+    println!("removed device {name}");
+    Ok(())
+}
+
+pub async fn device_service_add(c: &Client, name: &str, base_address: &str) -> anyhow::Result<()> {
+    let body = vec![AddDeviceServiceRequest {
+        base: BaseRequest::new(),
+        service: DeviceService {
+            name: name.to_string(),
+            base_address: base_address.to_string(),
+            ..DeviceService::default()
+        },
+    }];
+    let (status, resp) = c
+        .post(
+            Service::CoreMetadata,
+            "/deviceservice",
+            &serde_json::to_value(&body)?,
+        )
+        .await?;
+    match multi_status_entry(status, &resp) {
+        Ok(e) => println!("added device service {name} ({})", s(&e, "id")),
+        Err((code, msg)) => bail!("cannot add device service {name}: {code} {msg}"),
+    }
+    Ok(())
+}
+
+pub async fn device_service_list(c: &Client, json: bool) -> anyhow::Result<()> {
+    let v = c
+        .get(Service::CoreMetadata, "/deviceservice/all?limit=-1")
+        .await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v["services"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|d| vec![s(d, "name"), s(d, "baseAddress"), s(d, "adminState")])
+        .collect();
+    table(&["NAME", "BASE ADDRESS", "ADMIN"], &rows);
+    Ok(())
+}
+
+pub async fn readings(
+    c: &Client,
+    device: &str,
+    resource: Option<&str>,
+    since: Option<Duration>,
+    limit: i64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut path = format!("/reading/device/name/{}", enc(device));
+    if let Some(r) = resource {
+        path.push_str(&format!("/resourceName/{}", enc(r)));
+    }
+    if let Some(since) = since {
+        let now = outpost_contracts::now_nanos();
+        let start = now.saturating_sub(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX));
+        path.push_str(&format!("/start/{start}/end/{now}"));
+    }
+    path.push_str(&format!("?limit={limit}"));
+    let v = c.get(Service::CoreData, &path).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let list = v["readings"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|r| {
+            let value = if r.get("binaryValue").is_some() {
+                format!("<{} binary>", s(r, "mediaType"))
+            } else if let Some(o) = r.get("objectValue") {
+                o.to_string()
+            } else {
+                s(r, "value")
+            };
+            vec![
+                time_of(r["origin"].as_i64().unwrap_or(0)),
+                s(r, "resourceName"),
+                s(r, "valueType"),
+                value,
+                s(r, "units"),
+            ]
+        })
+        .collect();
+    table(&["ORIGIN", "RESOURCE", "TYPE", "VALUE", "UNITS"], &rows);
+    let total = v["totalCount"].as_u64().unwrap_or(0);
+    if total as usize > list.len() {
+        eprintln!("({} of {total} readings; use --limit)", list.len());
+    }
+    Ok(())
+}
+
+pub async fn events_tail(
+    cfg: &NodeConfig,
+    data_dir: &Path,
+    device: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let shutdown = outpost_kit::Shutdown::new();
+    shutdown.listen_for_signals(false);
+    let opts = outpost_bus::Options::plain(format!("outpost-cli-{}", std::process::id()));
+    let bus = outpost_bus::Bus::connect(&cfg.bus, data_dir, "cli", opts, &shutdown).await?;
+    let filter = format!("{}/events/#", cfg.bus.base_topic);
+    let mut rx = bus.subscribe(&filter).await?;
+    eprintln!("following {filter} on {} (Ctrl-C to stop)", cfg.bus.url);
+    loop {
+        let d = tokio::select! {
+            () = shutdown.wait() => break,
+            d = rx.recv() => d,
+        };
+        let Some(d) = d else { break };
+        let Some(env) = bus.decode::<AddEventRequest>(&d) else {
+            eprintln!(
+                "{}: undecodable message ({} bytes)",
+                d.topic,
+                d.payload.len()
+            );
+            continue;
+        };
+        let ev = env.payload.event;
+        if device.is_some_and(|want| want != ev.device_name) {
+            continue;
+        }
+        if json {
+            println!("{}", ev.to_json(NumericMode::Strings));
+            continue;
+        }
+        let values: Vec<String> = ev
+            .readings
+            .iter()
+            .map(|r| match r.to_json(NumericMode::Strings).get("value") {
+                Some(Value::String(v)) => format!("{}={v}", r.resource_name),
+                _ => format!("{}=<{}>", r.resource_name, r.value_type),
+            })
+            .collect();
+        println!(
+            "{} {} {} {}",
+            time_of(ev.origin),
+            ev.device_name,
+            ev.source_name,
+            values.join(" ")
+        );
+    }
+    bus.disconnect().await;
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! The node's configuration: every service's section composed into one TOML document.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use outpost_kit::config::{
+    BusConfig, CommonConfig, ConfigError, LogConfig, NodeConfig as NodeSection, Problems,
+    RegistryConfig, StorageConfig, Validate, apply_env_overrides, from_table, parse_toml,
+};
+use serde::{Deserialize, Serialize};
+
+/// The documented default configuration, printed by `outpost config default`.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// `[supervisor]`: how `outpost up` runs its children.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    /// How long a service may take to stop gracefully before it is killed.
+    pub stop_timeout_ms: u64,
+    /// How long `outpost up` waits for every service to answer.
+    pub ready_timeout_ms: u64,
+    /// Longest delay between restarts of a crashing service.
+    pub restart_backoff_max_ms: u64,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            stop_timeout_ms: 20_000,
+            ready_timeout_ms: 30_000,
+            restart_backoff_max_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    pub log: LogConfig,
+    pub registry: RegistryConfig,
+    pub bus: BusConfig,
+    pub storage: StorageConfig,
+    pub supervisor: SupervisorConfig,
+    pub broker: outpost_broker::Config,
+    pub core_keeper: outpost_core_keeper::Config,
+    pub core_metadata: outpost_core_metadata::Config,
+    pub core_data: outpost_core_data::Config,
+}
+
+/// A service the node can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Broker,
+    CoreKeeper,
+    CoreMetadata,
+    CoreData,
+}
+
+impl Service {
+    pub const ALL: [Service; 4] = [
+        Self::Broker,
+        Self::CoreKeeper,
+        Self::CoreMetadata,
+        Self::CoreData,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Broker => outpost_broker::SERVICE,
+            Self::CoreKeeper => outpost_core_keeper::SERVICE,
+            Self::CoreMetadata => outpost_core_metadata::SERVICE,
+            Self::CoreData => outpost_core_data::SERVICE,
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+impl NodeConfig {
+    /// Loads defaults, then `file`, then `OUTPOST_*` variables; fills derived values and
+    /// validates everything.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                parse_toml(&text, &path.display().to_string())?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env_overrides(&mut table, std::env::vars())?;
+        let origin = file.map_or_else(|| "environment".to_string(), |p| p.display().to_string());
+        let mut cfg: NodeConfig = from_table(table, &origin)?;
+        cfg.derive();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Fills the values that default to this node's own services.
+    pub fn derive(&mut self) {
+        if self.registry.url.is_empty() {
+            self.registry.url = format!(
+                "http://{}:{}",
+                host(&self.node.advertise_host),
+                self.core_keeper.port
+            );
+        }
+        if self.bus.url.is_empty() {
+            self.bus.url = format!("mqtt://{}", connect_addr(self.broker.listen));
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut p = Problems::default();
+        self.common().validate(&mut p);
+        self.broker.validate(&mut p);
+        self.core_keeper.validate(&mut p);
+        self.core_metadata.validate(&mut p);
+        self.core_data.validate(&mut p);
+        let s = &self.supervisor;
+        p.check(
+            s.stop_timeout_ms >= 100,
+            "supervisor",
+            "stop_timeout_ms must be at least 100",
+        );
+        p.check(
+            s.ready_timeout_ms >= 100,
+            "supervisor",
+            "ready_timeout_ms must be at least 100",
+        );
+        p.check(
+            s.restart_backoff_max_ms >= 100,
+            "supervisor",
+            "restart_backoff_max_ms must be at least 100",
+        );
+        let mut ports: HashMap<u16, &str> = HashMap::new();
+        for svc in Service::ALL {
+            if svc == Service::Broker && !self.broker.enabled {
+                continue;
+            }
+            let port = self.port(svc);
+            if port == 0 {
+                p.push(svc.name(), "port must not be 0");
+            } else if let Some(other) = ports.insert(port, svc.name()) {
+                p.push(svc.name(), format!("port {port} is also used by {other}"));
+            }
+        }
+        if self.broker.enabled
+            && self.broker.listen.port() == self.broker.port
+            && self.broker.listen.ip() == self.node.bind
+        {
+            p.push("broker", "the MQTT listener and the HTTP port must differ");
+        }
+        p.into_result()
+    }
+
+    pub fn common(&self) -> CommonConfig {
+        CommonConfig {
+            node: self.node.clone(),
+            log: self.log.clone(),
+            registry: self.registry.clone(),
+            bus: self.bus.clone(),
+            storage: self.storage.clone(),
+        }
+    }
+
+    pub fn port(&self, svc: Service) -> u16 {
+        match svc {
+            Service::Broker => self.broker.port,
+            Service::CoreKeeper => self.core_keeper.port,
+            Service::CoreMetadata => self.core_metadata.port,
+            Service::CoreData => self.core_data.port,
+        }
+    }
+
+    /// `http://host:port` of a service of this node.
+    pub fn url(&self, svc: Service) -> String {
+        format!(
+            "http://{}:{}",
+            host(&self.node.advertise_host),
+            self.port(svc)
+        )
+    }
+
+    /// The services `outpost up` runs, in start order (stop order is the reverse).
+    pub fn services(&self) -> Vec<Service> {
+        let mut v = Vec::new();
+        v.push(Service::CoreKeeper);
+        if self.broker.enabled {
+            v.push(Service::Broker);
+        }
+        v.push(Service::CoreMetadata);
+        v.push(Service::CoreData);
+        v
+    }
+
+    /// Addresses used until the registry answers.
+    pub fn fallback_addresses(&self) -> HashMap<String, String> {
+        Service::ALL
+            .into_iter()
+            .map(|s| (s.name().to_string(), self.url(s)))
+            .collect()
+    }
+
+    /// A service's effective configuration, for its `/api/v3/config`.
+    pub fn service_json(&self, svc: Service) -> serde_json::Value {
+        let section = match svc {
+            Service::Broker => serde_json::to_value(&self.broker),
+            Service::CoreKeeper => serde_json::to_value(&self.core_keeper),
+            Service::CoreMetadata => serde_json::to_value(&self.core_metadata),
+            Service::CoreData => serde_json::to_value(&self.core_data),
+        }
+        .unwrap_or_default();
+        serde_json::json!({
+            "node": self.node, "log": self.log, "registry": self.registry, "bus": self.bus,
+            "storage": self.storage, "service": section,
+        })
+    }
+}
+
+fn host(h: &str) -> String {
+    if h.contains(':') && !h.starts_with('[') {
+        format!("[{h}]")
+    } else {
+        h.to_string()
+    }
+}
+
+/// Where to connect to a listener (a wildcard listener is reached on loopback).
+fn connect_addr(listen: SocketAddr) -> String {
+    let ip = if listen.ip().is_unspecified() {
+        if listen.is_ipv4() {
+            "127.0.0.1".to_string()
+        } else {
+            "[::1]".to_string()
+        }
+    } else if listen.is_ipv6() {
+        format!("[{}]", listen.ip())
+    } else {
+        listen.ip().to_string()
+    };
+    format!("{ip}:{}", listen.port())
+}
+
+/// The data dir: the flag or `OUTPOST_DATA_DIR`, else the user's data directory.
+pub fn default_data_dir() -> PathBuf {
+    let is_root = std::env::var("USER").is_ok_and(|u| u == "root")
+        || std::env::var("HOME").is_ok_and(|h| h == "/root");
+    if is_root {
+        return PathBuf::from("/var/lib/outpost");
+    }
+    match std::env::var_os("XDG_DATA_HOME") {
+        Some(d) => PathBuf::from(d).join("outpost"),
+        None => std::env::var_os("HOME").map_or_else(
+            || PathBuf::from("outpost-data"),
+            |h| PathBuf::from(h).join(".local/share/outpost"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_default_is_the_default() {
+        let table = parse_toml(DEFAULT_TOML, "default.toml").unwrap();
+        let parsed: NodeConfig = from_table(table, "default.toml").unwrap();
+        assert_eq!(parsed, NodeConfig::default());
+        let mut cfg = parsed;
+        cfg.derive();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.registry.url, "http://127.0.0.1:59890");
+        assert_eq!(cfg.bus.url, "mqtt://127.0.0.1:1883");
+    }
+
+    #[test]
+    fn port_clashes_and_bad_values_are_all_reported() {
+        let mut cfg = NodeConfig::default();
+        cfg.core_data.port = cfg.core_metadata.port;
+        cfg.core_data.retention.min_cap = cfg.core_data.retention.max_cap + 1;
+        cfg.log.format = outpost_kit::config::LogFormat::Json;
+        cfg.supervisor.stop_timeout_ms = 1;
+        cfg.derive();
+        match cfg.validate() {
+            Err(ConfigError::Invalid(v)) => assert_eq!(v.len(), 3, "{v:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn wildcard_listener_is_reached_on_loopback() {
+        assert_eq!(
+            connect_addr("0.0.0.0:1883".parse().unwrap()),
+            "127.0.0.1:1883"
+        );
+        assert_eq!(connect_addr("[::]:1883".parse().unwrap()), "[::1]:1883");
+        assert_eq!(
+            connect_addr("10.0.0.2:1883".parse().unwrap()),
+            "10.0.0.2:1883"
+        );
+    }
+}

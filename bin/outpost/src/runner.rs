@@ -1,0 +1,95 @@
+//! `outpost run <service>`: one service in the foreground, as `outpost up` starts each child
+//! and as a container runs it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_kit::{Context, Registry, Shutdown, telemetry};
+
+use crate::config::{NodeConfig, Service};
+
+/// Set by the supervisor on its children: stop when standard input closes.
+pub const SUPERVISED_ENV: &str = "OUTPOST_SUPERVISED";
+
+/// Runs `svc` until it is told to stop; the exit code says whether it stopped cleanly.
+pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::ExitCode {
+    telemetry::init_logs(&cfg.log);
+    if let Err(e) = outpost_storage::ensure_private_dir(&data_dir) {
+        tracing::error!(error = %e, "cannot use the data dir");
+        return std::process::ExitCode::FAILURE;
+    }
+    // The busy services get two worker threads, the others one: a node idles in a few MB.
+    let workers = match svc {
+        Service::CoreData | Service::Broker => 2,
+        Service::CoreKeeper | Service::CoreMetadata => 1,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .max_blocking_threads(8)
+        .thread_keep_alive(Duration::from_secs(10))
+        .enable_all()
+        .build();
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let supervised = std::env::var_os(SUPERVISED_ENV).is_some();
+    let result = rt.block_on(async move {
+        let shutdown = Shutdown::new();
+        shutdown.listen_for_signals(supervised);
+        let registry = Registry::new(
+            cfg.registry.url.clone(),
+            Duration::from_millis(cfg.registry.request_timeout_ms),
+            cfg.registry.watch_wait_ms,
+            cfg.fallback_addresses(),
+        );
+        let watch = match svc {
+            Service::CoreMetadata | Service::CoreData => {
+                Some(registry.spawn_watch(shutdown.clone()))
+            }
+            Service::CoreKeeper | Service::Broker => None,
+        };
+        let ctx = Context {
+            name: svc.name().to_string(),
+            common: Arc::new(cfg.common()),
+            data_dir,
+            shutdown: shutdown.clone(),
+            registry,
+            config_json: cfg.service_json(svc),
+            metrics: telemetry::metrics_handle(),
+        };
+        tracing::info!(
+            service = svc.name(),
+            version = outpost_kit::VERSION,
+            "starting"
+        );
+        let result = match svc {
+            Service::Broker => outpost_broker::run(ctx, cfg.broker.clone()).await,
+            Service::CoreKeeper => outpost_core_keeper::run(ctx, cfg.core_keeper.clone()).await,
+            Service::CoreMetadata => {
+                outpost_core_metadata::run(ctx, cfg.core_metadata.clone()).await
+            }
+            Service::CoreData => outpost_core_data::run(ctx, cfg.core_data.clone()).await,
+        };
+        shutdown.trigger();
+        if let Some(w) = watch {
+            w.abort();
+        }
+        result
+    });
+    // Blocking tasks (SQLite work) get a moment to finish before the runtime is dropped.
+    match result {
+        Ok(()) => {
+            tracing::info!(service = svc.name(), "stopped");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(service = svc.name(), error = format!("{e:#}"), "failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
