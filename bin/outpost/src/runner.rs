@@ -81,7 +81,9 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
         }
         result
     });
-    // Blocking tasks (SQLite work) get a moment to finish before the runtime is dropped.
+    // Blocking tasks (SQLite work) get a moment to finish; a blocked read of standard input
+    // must not keep the process alive, so the runtime is not simply dropped.
+    rt.shutdown_timeout(Duration::from_secs(2));
     match result {
         Ok(()) => {
             tracing::info!(service = svc.name(), "stopped");

@@ -60,13 +60,15 @@ impl Shutdown {
                     }
                 }
             };
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-                () = stdin_closed => tracing::info!("supervisor gone: shutting down"),
+            // Trigger first, then log: logging can fail when the supervisor is gone.
+            let why = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+                () = stdin_closed => "supervisor gone",
                 () = me.wait() => return,
-            }
+            };
             me.trigger();
+            tracing::info!("{why}: shutting down");
         });
     }
 }

@@ -25,8 +25,11 @@ pub fn init_logs(cfg: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&configured))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // A write error (a supervisor that died and took the read end of our stderr with it)
+    // must not become a panic on whatever task was logging.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     let _ = match cfg.format {
         LogFormat::Json => builder

@@ -11,9 +11,9 @@
 //! backoff and nothing is acknowledged meanwhile: the broker's in-flight window fills, and
 //! the broker holds further events for core-data instead of losing them.
 //!
-//! On shutdown, everything already received is committed and acknowledged, the connection
-//! is closed, and only then are the remaining deliveries dropped, so no acknowledgement
-//! for an uncommitted event can reach the broker.
+//! On shutdown, core-data keeps consuming until the broker has nothing more for it (a quiet
+//! period), commits and acknowledges all of it, closes the connection, and only then drops
+//! any late deliveries, so no acknowledgement for an uncommitted event can reach the broker.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +27,12 @@ use tokio::sync::mpsc;
 
 use crate::store::{EventStore, IngestEvent, Outcome};
 use crate::validate::{Rejection, Validator};
+
+/// A stopping consumer waits this long without a message before it considers the broker
+/// drained.
+const DRAIN_QUIET: Duration = Duration::from_millis(300);
+/// Longest drain when messages keep coming.
+const DRAIN_MAX: Duration = Duration::from_secs(10);
 
 /// Metric names of the ingest path.
 #[derive(Debug, Clone)]
@@ -144,12 +150,25 @@ pub async fn run(
             break;
         }
     }
-    // Commit what has already arrived.
+    // Keep consuming until the broker has delivered everything it held for core-data:
+    // the stream stays quiet for DRAIN_QUIET (or DRAIN_MAX passes). Everything received
+    // is committed and acknowledged before the connection closes.
+    let deadline = tokio::time::Instant::now() + DRAIN_MAX;
     let mut batch = Batch::default();
-    while let Ok(d) = rx.try_recv() {
-        take(&ingest, &bus, d, &mut batch).await;
-        if batch.events.len() >= max_batch {
-            let _ = commit_tx.send(std::mem::take(&mut batch)).await;
+    loop {
+        let next = tokio::time::timeout(DRAIN_QUIET, rx.recv()).await;
+        match next {
+            Ok(Some(d)) => {
+                take(&ingest, &bus, d, &mut batch).await;
+                if batch.events.len() >= max_batch {
+                    let _ = commit_tx.send(std::mem::take(&mut batch)).await;
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+        if tokio::time::Instant::now() > deadline {
+            tracing::warn!("events kept arriving while stopping; the rest stays with the broker");
+            break;
         }
     }
     if !batch.events.is_empty() {

@@ -1,0 +1,173 @@
+//! Supervision and durability: a killed service comes back and re-registers while the
+//! others keep serving; nothing acknowledged is lost across a service crash or a node
+//! restart.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn events(device: &str, n: i64, base: i64) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            event_message(
+                device,
+                base + i,
+                &[
+                    ("Temperature", "Float64", "21.5"),
+                    ("Humidity", "Uint8", "41"),
+                ],
+            )
+            .1
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn killed_service_restarts_and_loses_nothing() {
+    let node = Node::start("").await;
+    provision(&node, &["t1"]);
+    let data = node.data();
+    let metadata = node.metadata();
+
+    // Publish continuously from a real client (in chunks, so the stream lasts) while
+    // core-data is killed mid-stream.
+    let base = now_nanos();
+    let port = node.ports.mqtt;
+    let publisher = std::thread::spawn(move || {
+        let mut outputs = Vec::new();
+        for chunk in 0..15 {
+            let lines = events("t1", 200, base + chunk * 200);
+            outputs.push(mosquitto_pub_lines(port, &event_topic("t1"), &lines, &[]));
+            std::thread::sleep(Duration::from_millis(60));
+        }
+        outputs
+    });
+    eventually("ingest to be under way", WAIT, || async {
+        node.get(&format!("{data}/api/v3/event/count")).await.1["count"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 400
+    })
+    .await;
+    let old = node.pid("core-data");
+    signal(old, "KILL");
+
+    // The rest of the node keeps answering while core-data is down.
+    let (s, _) = node.get(&format!("{metadata}/api/v3/device/name/t1")).await;
+    assert_eq!(s, 200, "core-metadata must keep serving");
+
+    for out in publisher.join().expect("publisher thread") {
+        assert!(
+            out.status.success(),
+            "every event was acknowledged by the broker: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    eventually("core-data to be restarted", WAIT, || async {
+        node.pid("core-data") != old
+    })
+    .await;
+    eventually("core-data to answer again", WAIT, || async {
+        node.get(&format!("{data}/api/v3/ping")).await.0 == 200
+    })
+    .await;
+    eventually("core-data to be registered and UP", WAIT, || async {
+        node.status_of("core-data").await.as_deref() == Some("UP")
+    })
+    .await;
+    // Every event is stored exactly once: redeliveries of what the killed process had not
+    // acknowledged are recognised as duplicates.
+    eventually("all 3000 events", WAIT, || async {
+        node.get(&format!("{data}/api/v3/event/count")).await.1["count"] == 3000
+    })
+    .await;
+    let (_, c) = node.get(&format!("{data}/api/v3/reading/count")).await;
+    assert_eq!(c["count"], 6000);
+    let log = node.log();
+    assert!(
+        log.contains("exited unexpectedly"),
+        "the supervisor reports the crash"
+    );
+    assert!(
+        log.matches("persisting device events from the bus").count() >= 2,
+        "core-data started twice"
+    );
+}
+
+#[tokio::test]
+async fn node_restart_keeps_every_acknowledged_event() {
+    let mut node = Node::start("").await;
+    provision(&node, &["t1", "t2"]);
+    let base = now_nanos();
+    for dev in ["t1", "t2"] {
+        let out = mosquitto_pub_lines(
+            node.ports.mqtt,
+            &event_topic(dev),
+            &events(dev, 500, base),
+            &[],
+        );
+        assert!(out.status.success());
+    }
+    // Stop at once: every event the broker acknowledged must be stored by the time the
+    // node has stopped, whether or not core-data had caught up.
+    node.stop();
+    assert!(node.log().contains("Stopped."), "{}", node.log());
+    node.launch().await;
+    let data = node.data();
+    let (_, c) = node.get(&format!("{data}/api/v3/event/count")).await;
+    assert_eq!(c["count"], 1000, "{}", node.log());
+    let (_, c) = node
+        .get(&format!("{data}/api/v3/reading/count/device/name/t2"))
+        .await;
+    assert_eq!(c["count"], 1000);
+    // Metadata and the registry survived too.
+    let (s, d) = node
+        .get(&format!("{}/api/v3/device/name/t1", node.metadata()))
+        .await;
+    assert_eq!(
+        (s, d["device"]["profileName"].as_str()),
+        (200, Some("Thermostat"))
+    );
+    node.stop();
+}
+
+#[tokio::test]
+async fn sigterm_to_the_node_stops_every_service() {
+    let mut node = Node::start("").await;
+    let pids: Vec<u32> = ["core-keeper", "mqtt-broker", "core-metadata", "core-data"]
+        .iter()
+        .map(|s| node.pid(s))
+        .collect();
+    node.stop();
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "child {pid} still running after the node stopped"
+        );
+    }
+    // Nothing is left listening.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", node.ports.data)).is_err());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", node.ports.mqtt)).is_err());
+}
+
+#[tokio::test]
+async fn killing_the_supervisor_takes_the_children_down() {
+    let node = Node::start("").await;
+    let child = node.pid("core-data");
+    signal(node.supervisor_pid(), "KILL");
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::path::Path::new(&format!("/proc/{child}/status")).exists()
+        && !std::fs::read_to_string(format!("/proc/{child}/status"))
+            .unwrap_or_default()
+            .contains("State:\tZ")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "core-data outlived its supervisor"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

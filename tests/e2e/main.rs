@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `outpost` binary, a temporary data dir, free loopback ports,
+//! real peers (mosquitto clients), and nothing but the node's network interfaces.
+
+mod support;
+
+mod encryption;
+mod ingest;
+mod lifecycle;
+mod registry;

@@ -1,0 +1,166 @@
+//! The registry: heartbeats stop -> DOWN -> removed; a clean stop deregisters at once;
+//! the registry's changes can be watched.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn silent_service_goes_down_then_is_removed_then_comes_back() {
+    let node = Node::start("").await;
+    let pid = node.pid("core-metadata");
+    // Freeze the process: it stops heartbeating but its socket stays open.
+    signal(pid, "STOP");
+    eventually("core-metadata to be DOWN", WAIT, || async {
+        node.status_of("core-metadata").await.as_deref() == Some("DOWN")
+    })
+    .await;
+    eventually("core-metadata to be removed", WAIT, || async {
+        node.status_of("core-metadata").await.is_none()
+    })
+    .await;
+    let (_, all) = node
+        .get(&format!(
+            "{}/api/v3/registry/all?deregistered=true",
+            node.keeper()
+        ))
+        .await;
+    assert!(
+        !all["registrations"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|r| r["serviceId"] == "core-metadata"),
+        "removed means gone, not halted: {all}"
+    );
+    // Thawed, it heartbeats, learns it was forgotten, and registers again.
+    signal(pid, "CONT");
+    eventually("core-metadata to be UP again", WAIT, || async {
+        node.status_of("core-metadata").await.as_deref() == Some("UP")
+    })
+    .await;
+    assert_eq!(
+        node.pid("core-metadata"),
+        pid,
+        "the same process came back, no restart"
+    );
+}
+
+/// Reads server-sent events from the registry's watch until `want` matches one.
+async fn watch_for(node: &Node, timeout: Duration, want: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut resp = node
+        .http
+        .get(format!("{}/api/v3/registry/watch", node.keeper()))
+        .timeout(timeout)
+        .send()
+        .await
+        .expect("watch");
+    let mut seen = Vec::new();
+    let mut buf = String::new();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let Ok(Some(chunk)) = resp.chunk().await else {
+            break;
+        };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            for line in block.lines() {
+                if let Some(data) = line.strip_prefix("data:")
+                    && let Ok(v) = serde_json::from_str::<Value>(data.trim())
+                {
+                    let done = want(&v);
+                    seen.push(v);
+                    if done {
+                        return seen;
+                    }
+                }
+            }
+        }
+    }
+    panic!("watch ended without the expected change; saw {seen:?}");
+}
+
+#[tokio::test]
+async fn clean_stop_deregisters_at_once() {
+    // Slow heartbeats: a deregistration seen within a second cannot be an expiry.
+    let node = Node::start("[registry]\nheartbeat_interval_ms = 10000\n").await;
+    let pid = node.pid("core-data");
+    let watcher = {
+        let started = Instant::now();
+        let fut = watch_for(&node, Duration::from_secs(15), |c| {
+            c["serviceId"] == "core-data" && c["action"] == "deregistered"
+        });
+        // Give the watch a moment to attach before the service stops.
+        let stop = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            signal(pid, "TERM");
+        };
+        let (seen, ()) = tokio::join!(fut, stop);
+        (seen, started.elapsed())
+    };
+    let (seen, elapsed) = watcher;
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "deregistration took {elapsed:?}"
+    );
+    assert_eq!(seen.last().expect("a change")["status"], "HALT");
+    // The supervisor brings it back, and it registers again.
+    eventually("core-data to be UP again", WAIT, || async {
+        node.status_of("core-data").await.as_deref() == Some("UP")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn registry_long_poll_and_restart_survival() {
+    let mut node = Node::start("").await;
+    let keeper = node.keeper();
+    let (_, first) = node.get(&format!("{keeper}/api/v3/registry/all")).await;
+    let index = first["index"].as_u64().expect("index");
+    let url = format!("{keeper}/api/v3/registry/all?waitIndex={index}&waitMs=20000");
+    let http = node.http.clone();
+    let poll = tokio::spawn(async move {
+        http.get(url)
+            .send()
+            .await
+            .expect("poll")
+            .json::<Value>()
+            .await
+            .expect("json")
+    });
+    // Any change answers the poll: stop core-metadata cleanly.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(node.pid("core-metadata"), "TERM");
+    let changed = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("long-poll answered on change")
+        .expect("poll task");
+    assert!(changed["index"].as_u64().expect("index") > index);
+    // A key/value written before a node restart is there after it.
+    let (s, _) = {
+        let r = node
+            .http
+            .put(format!("{keeper}/api/v3/kvs/key/outpost/e2e/setting"))
+            .json(&serde_json::json!({"value": "kept"}))
+            .send()
+            .await
+            .expect("PUT");
+        (r.status().as_u16(), ())
+    };
+    assert_eq!(s, 200);
+    node.stop();
+    node.launch().await;
+    let (_, kv) = node
+        .get(&format!(
+            "{}/api/v3/kvs/key/outpost/e2e/setting?plaintext=true",
+            node.keeper()
+        ))
+        .await;
+    assert_eq!(kv["response"][0]["value"], "kept");
+    node.stop();
+}

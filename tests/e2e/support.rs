@@ -1,0 +1,520 @@
+//! Test fixtures: a real `outpost up` on free loopback ports with a temporary data dir,
+//! reached only through its network interfaces, and real peers (mosquitto clients).
+
+#![allow(dead_code)]
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
+
+/// A free TCP port on loopback (bound and released; a small race is accepted).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// Polls `check` until it holds or `timeout` passes; panics with `what` on timeout.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Ports of one node.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub keeper: u16,
+    pub metadata: u16,
+    pub data: u16,
+    pub broker_http: u16,
+    pub mqtt: u16,
+}
+
+impl Ports {
+    pub fn free() -> Self {
+        Self {
+            keeper: free_port(),
+            metadata: free_port(),
+            data: free_port(),
+            broker_http: free_port(),
+            mqtt: free_port(),
+        }
+    }
+}
+
+/// A running edge node.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub ports: Ports,
+    pub config: PathBuf,
+    child: Option<Child>,
+    pub http: reqwest::Client,
+}
+
+/// Test-friendly settings on top of the defaults (fast heartbeats and expiry), with
+/// `extra` TOML merged over them.
+pub fn config_text(p: &Ports, extra: &str) -> String {
+    let mut base: toml::Table = base_config(p).parse().expect("base config");
+    let extra: toml::Table = extra.parse().expect("extra config");
+    merge(&mut base, extra);
+    toml::to_string(&base).expect("config")
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+fn base_config(p: &Ports) -> String {
+    format!(
+        r#"
+[registry]
+heartbeat_interval_ms = 200
+[supervisor]
+stop_timeout_ms = 10000
+restart_backoff_max_ms = 1000
+[broker]
+listen = "127.0.0.1:{mqtt}"
+port = {broker_http}
+[core_keeper]
+port = {keeper}
+remove_after_ms = 2000
+sweep_interval_ms = 50
+[core_metadata]
+port = {metadata}
+[core_data]
+port = {data}
+"#,
+        mqtt = p.mqtt,
+        broker_http = p.broker_http,
+        keeper = p.keeper,
+        metadata = p.metadata,
+        data = p.data,
+    )
+}
+
+impl Node {
+    /// Starts a node with test settings plus `extra` TOML.
+    pub async fn start(extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports = Ports::free();
+        let config = dir.path().join("outpost.toml");
+        std::fs::write(&config, config_text(&ports, extra)).expect("write config");
+        let mut node = Self {
+            dir,
+            ports,
+            config,
+            child: None,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .no_proxy()
+                .build()
+                .expect("http client"),
+        };
+        node.launch().await;
+        node
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("node.log")
+    }
+
+    /// Starts `outpost up` and waits until every service answers.
+    pub async fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("up")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn outpost up");
+        self.child = Some(child);
+        let urls = [self.keeper(), self.metadata(), self.data(), self.broker()];
+        let http = self.http.clone();
+        let log = self.log_path();
+        eventually("the node to start", Duration::from_secs(30), || {
+            let (http, urls) = (http.clone(), urls.clone());
+            async move {
+                for u in &urls {
+                    match http.get(format!("{u}/api/v3/ping")).send().await {
+                        Ok(r) if r.status().is_success() => {}
+                        _ => return false,
+                    }
+                }
+                true
+            }
+        })
+        .await;
+        // Every service must have registered, too.
+        let me = &*self;
+        eventually(
+            "all services to register",
+            Duration::from_secs(10),
+            || async {
+                me.registrations()
+                    .await
+                    .iter()
+                    .filter(|r| r["status"] == "UP")
+                    .count()
+                    == 4
+            },
+        )
+        .await;
+        let _ = log;
+    }
+
+    pub fn keeper(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.keeper)
+    }
+    pub fn metadata(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.metadata)
+    }
+    pub fn data(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.data)
+    }
+    pub fn broker(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.broker_http)
+    }
+
+    /// The pid of a supervised service.
+    pub fn pid(&self, service: &str) -> u32 {
+        std::fs::read_to_string(self.data_dir().join("run").join(format!("{service}.pid")))
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("pid")
+    }
+
+    pub fn supervisor_pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("running node")
+    }
+
+    /// GET; a service that cannot be reached answers status 0.
+    pub async fn get(&self, url: &str) -> (u16, Value) {
+        match self.http.get(url).send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (status, r.json().await.unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    pub async fn post(&self, url: &str, body: &Value) -> (u16, Value) {
+        let r = self.http.post(url).json(body).send().await.expect("POST");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn registrations(&self) -> Vec<Value> {
+        match self
+            .http
+            .get(format!("{}/api/v3/registry/all", self.keeper()))
+            .send()
+            .await
+        {
+            Ok(r) => r
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|v| v["registrations"].as_array().cloned())
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    pub async fn status_of(&self, service: &str) -> Option<String> {
+        self.registrations()
+            .await
+            .into_iter()
+            .find(|r| r["serviceId"] == service)
+            .and_then(|r| r["status"].as_str().map(str::to_string))
+    }
+
+    /// Runs the CLI against this node; returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(args)
+            .output()
+            .expect("run outpost CLI");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// A metric's value from a service's `/metrics` (0 when absent).
+    pub async fn metric(&self, base_url: &str, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{base_url}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Stops the node with SIGTERM and checks it exits cleanly.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        signal(child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match child.try_wait().expect("wait") {
+                Some(status) => {
+                    assert!(
+                        status.success(),
+                        "outpost up exited with {status}; log:\n{}",
+                        self.log()
+                    );
+                    return;
+                }
+                None if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    panic!("outpost up did not stop within 30 s; log:\n{}", self.log());
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Every file under the data dir.
+    pub fn data_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    let p = e.path();
+                    if p.is_dir() {
+                        walk(&p, out);
+                    } else {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.data_dir(), &mut out);
+        out
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // The children notice the supervisor is gone (their stdin closes) and stop.
+            let _ = child.kill();
+            let _ = child.wait();
+            if std::thread::panicking() {
+                eprintln!("---- node log ----\n{}", self.log());
+            }
+        }
+    }
+}
+
+/// Sends a signal with kill(1).
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+/// A real MQTT publisher: mosquitto_pub, one message per line of `lines`, QoS 1.
+pub fn mosquitto_pub_lines(
+    port: u16,
+    topic: &str,
+    lines: &[String],
+    extra: &[&str],
+) -> std::process::Output {
+    let mut child = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-l",
+        ])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub must be installed (Debian package mosquitto-clients)");
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        for l in lines {
+            writeln!(stdin, "{l}").expect("write to mosquitto_pub");
+        }
+    }
+    child.wait_with_output().expect("mosquitto_pub")
+}
+
+/// One message with mosquitto_pub.
+pub fn mosquitto_pub(
+    port: u16,
+    topic: &str,
+    message: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            message,
+        ])
+        .args(extra)
+        .output()
+        .expect("mosquitto_pub must be installed (Debian package mosquitto-clients)")
+}
+
+pub const PROFILE_YAML: &str = r#"name: "Thermostat"
+manufacturer: "Acme"
+model: "T-1000"
+labels: ["hvac"]
+deviceResources:
+  - name: "Temperature"
+    properties: { valueType: "Float64", readWrite: "R", units: "C", minimum: -40, maximum: 125 }
+  - name: "Humidity"
+    properties: { valueType: "Uint8", readWrite: "R", units: "%" }
+  - name: "Label"
+    properties: { valueType: "String", readWrite: "R" }
+"#;
+
+/// Sets up a device service, the Thermostat profile and devices through the CLI.
+pub fn provision(node: &Node, devices: &[&str]) {
+    let profile = node.dir.path().join("thermostat.yaml");
+    std::fs::write(&profile, PROFILE_YAML).expect("profile file");
+    let (ok, out, err) = node.cli(&[
+        "device-service",
+        "add",
+        "device-mqtt",
+        "--base-address",
+        "http://127.0.0.1:1",
+    ]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = node.cli(&["profile", "apply", "-f", profile.to_str().expect("path")]);
+    assert!(
+        ok && out.contains("created device profile Thermostat"),
+        "{out}{err}"
+    );
+    for d in devices {
+        let (ok, out, err) = node.cli(&[
+            "device",
+            "add",
+            "--name",
+            d,
+            "--profile",
+            "Thermostat",
+            "--service",
+            "device-mqtt",
+            "--label",
+            "e2e",
+        ]);
+        assert!(ok, "{out}{err}");
+    }
+}
+
+/// An EdgeX bus message (envelope + AddEventRequest) for `device`.
+pub fn event_message(
+    device: &str,
+    origin: i64,
+    readings: &[(&str, &str, &str)],
+) -> (String, String) {
+    let id = uuid::Uuid::new_v4().to_string();
+    let rs: Vec<Value> = readings
+        .iter()
+        .map(|(res, vt, v)| {
+            json!({"id": uuid::Uuid::new_v4().to_string(), "deviceName": device, "profileName": "Thermostat",
+                   "resourceName": res, "origin": origin, "valueType": vt, "value": v})
+        })
+        .collect();
+    let msg = json!({"apiVersion": "v3", "receivedTopic": "", "correlationID": uuid::Uuid::new_v4().to_string(),
+        "requestID": "", "errorCode": 0, "contentType": "application/json",
+        "payload": {"apiVersion": "v3", "event": {"apiVersion": "v3", "id": id, "deviceName": device,
+            "profileName": "Thermostat", "sourceName": "Temperature", "origin": origin, "readings": rs}}});
+    (id, msg.to_string())
+}
+
+pub fn event_topic(device: &str) -> String {
+    format!("edgex/events/device/device-mqtt/Thermostat/{device}/Temperature")
+}
+
+/// Origin timestamps near now, so time-range queries find them.
+pub fn now_nanos() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos(),
+    )
+    .expect("nanos")
+}
