@@ -3,6 +3,7 @@
 
 mod support;
 
+mod cli;
 mod encryption;
 mod ingest;
 mod lifecycle;

@@ -114,12 +114,12 @@ enum DeviceCmd {
         /// The device service that owns the device.
         #[arg(long)]
         service: Option<String>,
-        /// Protocol property: protocol.key=value (repeatable), e.g. modbus-tcp.Address=10.0.0.5.
+        /// Protocol property: `protocol.key=value` (repeatable), e.g. `modbus-tcp.Address=10.0.0.5`.
         #[arg(long = "protocol")]
         protocols: Vec<String>,
         #[arg(long = "label")]
         labels: Vec<String>,
-        /// Periodic read: interval:source[:onchange] (repeatable), e.g. 10s:Temperature:onchange.
+        /// Periodic read: `interval:source[:onchange]` (repeatable), e.g. `10s:Temperature:onchange`.
         #[arg(long = "auto-event")]
         auto_events: Vec<String>,
         #[arg(long)]

@@ -3,7 +3,7 @@
 //!
 //! Delivery guarantees:
 //! - [`Bus::publish`] uses QoS 1 and returns once the broker acknowledged the message.
-//! - [`Bus::subscribe_acked`] delivers QoS 1 messages with an acknowledgement the consumer
+//! - [`Bus::durable_subscriber`] delivers QoS 1 messages with an acknowledgement the consumer
 //!   resolves only after it durably processed the message (deferred PUBACK). The session is
 //!   persistent: if the consumer crashes, the broker redelivers every unacknowledged message
 //!   and queues new ones until it is back. Delivery is at-least-once; consumers deduplicate.

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs every check CI runs: formatting, lints, the whole
+# test suite (unit, service and end-to-end tests against real peers), and the docs build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --test
+
+echo "== cargo fmt"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "== cargo nextest"
+cargo nextest run --locked --workspace --no-fail-fast
+echo "== cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet
+echo "All checks passed."
