@@ -8,13 +8,25 @@ use crate::support::*;
 
 #[test]
 fn config_default_is_valid_and_bad_config_reports_every_problem() {
-    let out = Command::new(BIN).args(["config", "default"]).output().expect("run");
+    let out = Command::new(BIN)
+        .args(["config", "default"])
+        .output()
+        .expect("run");
     assert!(out.status.success());
     let dir = tempfile::tempdir().expect("tempdir");
     let good = dir.path().join("good.toml");
     std::fs::write(&good, &out.stdout).expect("write");
-    let out = Command::new(BIN).arg("--config").arg(&good).args(["config", "check"]).output().expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&good)
+        .args(["config", "check"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(
@@ -22,7 +34,12 @@ fn config_default_is_valid_and_bad_config_reports_every_problem() {
         "[core_data]\nport = 59881\n[core_data.retention]\nmin_cap = 10\nmax_cap = 5\n[log]\nlevel = \"[[[\"\n",
     )
     .expect("write");
-    let out = Command::new(BIN).arg("--config").arg(&bad).args(["config", "check"]).output().expect("run");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&bad)
+        .args(["config", "check"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     for expected in ["port 59881", "min_cap", "level"] {
@@ -30,7 +47,12 @@ fn config_default_is_valid_and_bad_config_reports_every_problem() {
     }
     // Unknown keys are refused, with their name.
     std::fs::write(&bad, "[core_data]\nprot = 1\n").expect("write");
-    let out = Command::new(BIN).arg("--config").arg(&bad).args(["config", "check"]).output().expect("run");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&bad)
+        .args(["config", "check"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("prot"));
     // The environment overrides the file, and is validated too.
@@ -41,7 +63,12 @@ fn config_default_is_valid_and_bad_config_reports_every_problem() {
         .args(["config", "check"])
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -61,7 +88,10 @@ async fn events_tail_follows_the_bus() {
     let stdout = tail.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = tx.send(line);
         }
     });
@@ -69,11 +99,18 @@ async fn events_tail_follows_the_bus() {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let line = loop {
         let (_, msg) = event_message("t1", now_nanos(), &[("Temperature", "Float64", "23.75")]);
-        assert!(mosquitto_pub(node.ports.mqtt, &event_topic("t1"), &msg, &[]).status.success());
+        assert!(
+            mosquitto_pub(node.ports.mqtt, &event_topic("t1"), &msg, &[])
+                .status
+                .success()
+        );
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
             break line;
         }
-        assert!(std::time::Instant::now() < deadline, "events tail printed nothing");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events tail printed nothing"
+        );
     };
     let _ = tail.kill();
     let _ = tail.wait();

@@ -1,12 +1,27 @@
-//! Prototype load generator.
+//! The benchmark driver behind `bench/run.sh`.
+//!
+//! - `ingest`: persisted readings per second through the bus into core-data, against the raw
+//!   pub/sub rate of mosquitto for the same messages, measured in the same run.
+//! - `footprint`: time from start to every service registered and healthy, and the idle
+//!   memory of all `outpost up` processes.
+//! - `encoding`: bytes per reading on the bus, JSON against CBOR.
+//! - `pub` / `sub`: the load generator and the reference consumer (used by `ingest`).
+//!
+//! Every command prints a human summary and a JSON line (prefixed `RESULT `) for scripts.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use mqtt5::{ConnectOptions, MqttClient, PublishOptions, QoS, SubscribeOptions};
+use serde_json::{Value, json};
 
 #[derive(Parser)]
+#[command(about = "Outpost benchmark driver")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -14,149 +29,742 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    Broker {
-        #[arg(long)]
-        port: u16,
-    },
-    Pub {
-        #[arg(long)]
-        url: String,
-        #[arg(long)]
-        count: u64,
-        #[arg(long, default_value_t = 10)]
-        readings: usize,
-        #[arg(long, default_value_t = 256)]
-        window: usize,
-    },
+    /// Publish EdgeX events (QoS 1) as fast as the broker acknowledges them.
+    Pub(PubArgs),
+    /// Count messages on a filter until `count` arrived; print the arrival times.
     Sub {
         #[arg(long)]
         url: String,
         #[arg(long)]
         count: u64,
+        #[arg(long, default_value = "edgex/events/#")]
+        filter: String,
+    },
+    /// Readings/s into core-data vs mosquitto's raw pub/sub rate for the same messages.
+    Ingest {
         #[arg(long)]
-        deferred: bool,
+        outpost: PathBuf,
+        #[arg(long, default_value_t = 20_000)]
+        events: u64,
+        #[arg(long, default_value_t = 10)]
+        readings: usize,
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        #[arg(long, default_value_t = 1024)]
+        window: usize,
+        /// Bus encoding of the published messages: json or cbor.
+        #[arg(long, default_value = "json")]
+        encoding: String,
+    },
+    /// Start-to-healthy time and idle memory of `outpost up`.
+    Footprint {
+        #[arg(long)]
+        outpost: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Seconds to let the node idle before reading its memory.
+        #[arg(long, default_value_t = 15)]
+        idle_s: u64,
+    },
+    /// Bytes per reading on the bus, JSON vs CBOR.
+    Encoding,
+    /// Raw store throughput: batches appended straight to core-data's encrypted store.
+    Store {
+        #[arg(long, default_value_t = 20_000)]
+        events: u64,
+        #[arg(long, default_value_t = 10)]
+        readings: usize,
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// full or normal
+        #[arg(long, default_value = "full")]
+        sync: String,
     },
 }
 
-fn payload(i: u64, readings: usize) -> Vec<u8> {
-    let rs: Vec<_> = (0..readings)
-        .map(|r| {
-            serde_json::json!({"id":"7a1b2c3d-0000-4000-8000-000000000000","origin":1700000000000000000u64 + i,"deviceName":"dev-1","resourceName":format!("r{r}"),"profileName":"p","valueType":"Float64","value":format!("{}.5", i % 1000)})
-        })
-        .collect();
-    let ev = serde_json::json!({"apiVersion":"v3","event":{"apiVersion":"v3","id":"7a1b2c3d-0000-4000-8000-000000000001","deviceName":"dev-1","profileName":"p","sourceName":"s","origin":1700000000000000000u64 + i,"readings":rs}});
-    let env = serde_json::json!({"apiVersion":"v3","receivedTopic":"","correlationID":"x","requestID":"y","errorCode":0,"payload":ev,"contentType":"application/json"});
-    serde_json::to_vec(&env).unwrap()
+#[derive(clap::Args, Clone)]
+struct PubArgs {
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    count: u64,
+    #[arg(long, default_value_t = 10)]
+    readings: usize,
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Publishes in flight (awaiting their PUBACK) at once.
+    #[arg(long, default_value_t = 1024)]
+    window: usize,
+    #[arg(long, default_value = "json")]
+    encoding: String,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.cmd {
-        Cmd::Broker { port } => {
-            let mut b = mqtt5::broker::MqttBroker::bind(format!("127.0.0.1:{port}")).await?;
-            b.run().await?;
+fn unix_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+const PROFILE: &str = "BenchSensor";
+const SERVICE: &str = "bench-service";
+
+fn device_name(i: usize) -> String {
+    format!("bench-device-{i:04}")
+}
+
+fn resource_name(i: usize) -> String {
+    format!("Value{i:02}")
+}
+
+/// An EdgeX event of `readings` Float64 readings, in an envelope, encoded.
+fn event_message(
+    device: &str,
+    origin: i64,
+    readings: usize,
+    seq: u64,
+    encoding: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let rs: Vec<Value> = (0..readings)
+        .map(|r| {
+            json!({"id": uuid::Uuid::new_v4().to_string(), "origin": origin, "deviceName": device,
+                   "resourceName": resource_name(r), "profileName": PROFILE, "valueType": "Float64",
+                   "value": format!("{}.{}", 20 + (seq % 10), r)})
+        })
+        .collect();
+    let payload = json!({"apiVersion": "v3", "event": {"apiVersion": "v3", "id": uuid::Uuid::new_v4().to_string(),
+        "deviceName": device, "profileName": PROFILE, "sourceName": resource_name(0), "origin": origin, "readings": rs}});
+    let req: outpost_contracts::event::AddEventRequest = serde_json::from_value(payload)?;
+    let enc = match encoding {
+        "cbor" => outpost_contracts::envelope::Encoding::Cbor,
+        _ => outpost_contracts::envelope::Encoding::Json,
+    };
+    let correlation = uuid::Uuid::new_v4().to_string();
+    Ok(outpost_contracts::envelope::encode_event(
+        &req,
+        &correlation,
+        enc,
+    )?)
+}
+
+fn topic(device: &str) -> String {
+    format!(
+        "edgex/events/device/{SERVICE}/{PROFILE}/{device}/{}",
+        resource_name(0)
+    )
+}
+
+/// Publishes `count` events; returns (start unix ns, seconds, acknowledged).
+async fn publish(a: &PubArgs) -> anyhow::Result<(i64, f64, u64)> {
+    // Build every message first: generation must not count as broker time.
+    let base = unix_nanos();
+    let mut msgs = Vec::with_capacity(usize::try_from(a.count)?);
+    for i in 0..a.count {
+        let dev = device_name(usize::try_from(i)? % a.devices.max(1));
+        let origin = base + i64::try_from(i)?;
+        msgs.push((
+            topic(&dev),
+            event_message(&dev, origin, a.readings, i, &a.encoding)?,
+        ));
+    }
+    let client = Arc::new(MqttClient::with_options(ConnectOptions::new(format!(
+        "bench-pub-{}",
+        std::process::id()
+    ))));
+    client.connect(&a.url).await.context("connect")?;
+    let sem = Arc::new(tokio::sync::Semaphore::new(a.window));
+    let acked = Arc::new(AtomicU64::new(0));
+    let start_unix = unix_nanos();
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(msgs.len());
+    for (t, m) in msgs {
+        let permit = Arc::clone(&sem).acquire_owned().await?;
+        let (c, acked) = (Arc::clone(&client), Arc::clone(&acked));
+        tasks.push(tokio::spawn(async move {
+            let opts = PublishOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            };
+            if c.publish_with_options(t, m, opts).await.is_ok() {
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let _ = client.disconnect().await;
+    Ok((start_unix, secs, acked.load(Ordering::Relaxed)))
+}
+
+/// Counts messages; returns (first arrival, last arrival) as unix ns.
+async fn subscribe(
+    url: &str,
+    count: u64,
+    filter: &str,
+    ready: impl FnOnce(),
+) -> anyhow::Result<(i64, i64)> {
+    let client = MqttClient::with_options(ConnectOptions::new(format!(
+        "bench-sub-{}",
+        std::process::id()
+    )));
+    client.connect(url).await.context("connect")?;
+    let n = Arc::new(AtomicU64::new(0));
+    let first = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let last = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let (n2, f2, l2) = (Arc::clone(&n), Arc::clone(&first), Arc::clone(&last));
+    let opts = SubscribeOptions {
+        qos: QoS::AtLeastOnce,
+        ..Default::default()
+    };
+    client
+        .subscribe_with_options(filter, opts, move |_m| {
+            let now = unix_nanos();
+            let _ = f2.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+            l2.store(now, Ordering::Relaxed);
+            n2.fetch_add(1, Ordering::Relaxed);
+        })
+        .await?;
+    ready();
+    while n.load(Ordering::Relaxed) < count {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let _ = client.disconnect().await;
+    Ok((first.load(Ordering::Relaxed), last.load(Ordering::Relaxed)))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A child process that is killed when dropped.
+struct Proc(tokio::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.start_kill();
+    }
+}
+
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
         }
-        Cmd::Pub {
-            url,
-            count,
-            readings,
-            window,
-        } => {
-            let client = MqttClient::with_options(ConnectOptions::new("pub"));
-            client.connect(&url).await?;
-            let client = Arc::new(client);
-            let sem = Arc::new(tokio::sync::Semaphore::new(window));
-            let start = Instant::now();
-            let mut tasks = Vec::new();
-            let pl = payload(0, readings);
-            for _i in 0..count {
-                let p = pl.clone();
-                let permit = sem.clone().acquire_owned().await?;
-                let c = client.clone();
-                tasks.push(tokio::spawn(async move {
-                    let r = c
-                        .publish_with_options(
-                            "edgex/events/device/svc/p/dev-1/s",
-                            p,
-                            PublishOptions {
-                                qos: QoS::AtLeastOnce,
-                                ..Default::default()
-                            },
-                        )
-                        .await;
-                    drop(permit);
-                    r.is_ok()
-                }));
-            }
-            let mut ok = 0;
-            for t in tasks {
-                if t.await? {
-                    ok += 1;
-                }
-            }
-            let el = start.elapsed();
-            println!(
-                "pub {ok}/{count} in {el:?}: {:.0} msg/s",
-                count as f64 / el.as_secs_f64()
-            );
-        }
-        Cmd::Sub {
-            url,
-            count,
-            deferred,
-        } => {
-            let opts = ConnectOptions::new("sub")
-                .with_deferred_ack(deferred)
-                .with_clean_start(false)
-                .with_resume_existing_session(true)
-                .with_session_expiry_interval(3600)
-                .with_receive_maximum(4096);
-            let client = MqttClient::with_options(opts);
-            client.connect(&url).await?;
-            let n = Arc::new(AtomicU64::new(0));
-            let first = Arc::new(std::sync::Mutex::new(None::<Instant>));
-            let (n2, f2) = (n.clone(), first.clone());
-            if deferred {
-                client
-                    .subscribe_with_ack(
-                        "edgex/events/#",
-                        SubscribeOptions {
-                            qos: QoS::AtLeastOnce,
-                            ..Default::default()
-                        },
-                        move |_p, tok| {
-                            f2.lock().unwrap().get_or_insert_with(Instant::now);
-                            n2.fetch_add(1, Ordering::Relaxed);
-                            tok.ack();
-                        },
-                    )
-                    .await?;
-            } else {
-                client
-                    .subscribe_with_options(
-                        "edgex/events/#",
-                        SubscribeOptions {
-                            qos: QoS::AtLeastOnce,
-                            ..Default::default()
-                        },
-                        move |_p| {
-                            f2.lock().unwrap().get_or_insert_with(Instant::now);
-                            n2.fetch_add(1, Ordering::Relaxed);
-                        },
-                    )
-                    .await?;
-            }
-            println!("ready");
-            while n.load(Ordering::Relaxed) < count {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            let el = first.lock().unwrap().unwrap().elapsed();
-            println!(
-                "sub {count} in {el:?}: {:.0} msg/s",
-                count as f64 / el.as_secs_f64()
-            );
-        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     Ok(())
+}
+
+struct Node {
+    _dir: TempDir,
+    proc: Option<Proc>,
+    keeper: u16,
+    data: u16,
+    metadata: u16,
+    mqtt: u16,
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> anyhow::Result<Self> {
+        let p = std::env::temp_dir().join(format!(
+            "outpost-bench-{tag}-{}-{}",
+            std::process::id(),
+            unix_nanos()
+        ));
+        std::fs::create_dir_all(&p)?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Node {
+    fn spawn(outpost: &Path, extra: &str) -> anyhow::Result<Self> {
+        let dir = TempDir::new("node")?;
+        let (keeper, metadata, data, broker, mqtt) = (
+            free_port()?,
+            free_port()?,
+            free_port()?,
+            free_port()?,
+            free_port()?,
+        );
+        let cfg = format!(
+            "[broker]\nlisten = \"127.0.0.1:{mqtt}\"\nport = {broker}\n[core_keeper]\nport = {keeper}\n\
+             [core_metadata]\nport = {metadata}\n[core_data]\nport = {data}\n{extra}"
+        );
+        let cfg_path = dir.0.join("outpost.toml");
+        std::fs::write(&cfg_path, cfg)?;
+        let child = tokio::process::Command::new(outpost)
+            .arg("--config")
+            .arg(&cfg_path)
+            .arg("--data-dir")
+            .arg(dir.0.join("data"))
+            .arg("up")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn outpost up")?;
+        Ok(Self {
+            _dir: dir,
+            proc: Some(Proc(child)),
+            keeper,
+            data,
+            metadata,
+            mqtt,
+        })
+    }
+
+    async fn healthy(&self, http: &reqwest::Client) -> bool {
+        let Ok(r) = http
+            .get(format!(
+                "http://127.0.0.1:{}/api/v3/registry/all",
+                self.keeper
+            ))
+            .send()
+            .await
+        else {
+            return false;
+        };
+        let Ok(v) = r.json::<Value>().await else {
+            return false;
+        };
+        let up = v["registrations"]
+            .as_array()
+            .map(|a| a.iter().filter(|r| r["status"] == "UP").count())
+            .unwrap_or(0);
+        if up < 4 {
+            return false;
+        }
+        for port in [self.data, self.metadata] {
+            match http
+                .get(format!("http://127.0.0.1:{port}/api/v3/health"))
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        let Some(root) = self.proc.as_ref().and_then(|p| p.0.id()) else {
+            return Vec::new();
+        };
+        let mut pids = vec![root];
+        if let Ok(children) = std::fs::read_to_string(format!("/proc/{root}/task/{root}/children"))
+        {
+            pids.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+        pids
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            if let Some(pid) = p.0.id() {
+                let _ = std::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status();
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(30), p.0.wait()).await;
+        }
+    }
+}
+
+/// kB values of `Rss` and `Pss` from `/proc/<pid>/smaps_rollup`.
+fn memory_of(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("Rss:"), field("Pss:"))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+async fn provision(
+    http: &reqwest::Client,
+    node: &Node,
+    readings: usize,
+    devices: usize,
+) -> anyhow::Result<()> {
+    let md = format!("http://127.0.0.1:{}/api/v3", node.metadata);
+    let svc = json!([{"apiVersion": "v3", "service": {"name": SERVICE, "baseAddress": "http://127.0.0.1:1", "adminState": "UNLOCKED"}}]);
+    http.post(format!("{md}/deviceservice"))
+        .json(&svc)
+        .send()
+        .await?
+        .error_for_status()?;
+    let resources: Vec<Value> = (0..readings)
+        .map(|r| json!({"name": resource_name(r), "properties": {"valueType": "Float64", "readWrite": "R"}}))
+        .collect();
+    let profile =
+        json!([{"apiVersion": "v3", "profile": {"name": PROFILE, "deviceResources": resources}}]);
+    http.post(format!("{md}/deviceprofile"))
+        .json(&profile)
+        .send()
+        .await?
+        .error_for_status()?;
+    for chunk in (0..devices).collect::<Vec<_>>().chunks(100) {
+        let reqs: Vec<Value> = chunk
+            .iter()
+            .map(|d| {
+                json!({"apiVersion": "v3", "device": {"name": device_name(*d), "serviceName": SERVICE, "profileName": PROFILE,
+                    "adminState": "UNLOCKED", "operatingState": "UP", "protocols": {"other": {"Address": "bench"}}}})
+            })
+            .collect();
+        http.post(format!("{md}/device?bypassValidation=true"))
+            .json(&reqs)
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    Ok(())
+}
+
+async fn ingest(
+    outpost: &Path,
+    events: u64,
+    readings: usize,
+    devices: usize,
+    window: usize,
+    encoding: &str,
+) -> anyhow::Result<()> {
+    let total_readings = events * readings as u64;
+    let http = reqwest::Client::new();
+    let args = |url: String| PubArgs {
+        url,
+        count: events,
+        readings,
+        devices,
+        window,
+        encoding: encoding.to_string(),
+    };
+
+    // Reference: mosquitto, a subscriber process, the same publisher.
+    let mport = free_port()?;
+    let _mosq = Proc(
+        tokio::process::Command::new("mosquitto")
+            .args(["-p", &mport.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("mosquitto must be installed (Debian package mosquitto)")?,
+    );
+    wait_until("mosquitto", Duration::from_secs(10), || async {
+        std::net::TcpStream::connect(("127.0.0.1", mport)).is_ok()
+    })
+    .await?;
+    let exe = std::env::current_exe()?;
+    let mut sub = tokio::process::Command::new(&exe)
+        .args([
+            "sub",
+            "--url",
+            &format!("mqtt://127.0.0.1:{mport}"),
+            "--count",
+            &events.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut sub_out = tokio::io::BufReader::new(sub.stdout.take().context("sub stdout")?);
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut sub_out, &mut line).await?; // "ready"
+    let (start, pub_secs, acked) = publish(&args(format!("mqtt://127.0.0.1:{mport}"))).await?;
+    line.clear();
+    tokio::io::AsyncBufReadExt::read_line(&mut sub_out, &mut line).await?;
+    let times: Value = serde_json::from_str(line.trim()).context("sub result")?;
+    let last = times["last"].as_i64().unwrap_or(0);
+    let raw_secs = (last - start) as f64 / 1e9;
+    let raw_readings_s = total_readings as f64 / raw_secs;
+    println!(
+        "mosquitto: {events} events ({acked} acknowledged) pub {pub_secs:.2}s, delivered in {raw_secs:.2}s: {:.0} msgs/s = {raw_readings_s:.0} readings/s",
+        events as f64 / raw_secs
+    );
+
+    // Outpost: the embedded broker into core-data, validation on, fsync per commit.
+    let mut node = Node::spawn(outpost, &format!("[bus]\nencoding = \"{encoding}\"\n"))?;
+    wait_until("the node", Duration::from_secs(60), || node.healthy(&http)).await?;
+    provision(&http, &node, readings, devices).await?;
+    let count_url = format!("http://127.0.0.1:{}/api/v3/reading/count", node.data);
+    let (start, pub_secs, acked) =
+        publish(&args(format!("mqtt://127.0.0.1:{}", node.mqtt))).await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let done = loop {
+        let n = match http.get(&count_url).send().await {
+            Ok(r) => r
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|v| v["count"].as_u64())
+                .unwrap_or(0),
+            Err(_) => 0,
+        };
+        if n >= total_readings {
+            break unix_nanos();
+        }
+        if Instant::now() > deadline {
+            bail!("only {n} of {total_readings} readings persisted after 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let secs = (done - start) as f64 / 1e9;
+    let readings_s = total_readings as f64 / secs;
+    if let Ok(r) = http
+        .get(format!("http://127.0.0.1:{}/metrics", node.data))
+        .send()
+        .await
+    {
+        let text = r.text().await.unwrap_or_default();
+        let get = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let commits = get("outpost_core_data_commit_batch_events_count");
+        println!(
+            "core-data: {commits:.0} commits, {:.0} events per commit, {:.1} ms per commit",
+            get("outpost_core_data_commit_batch_events_sum") / commits.max(1.0),
+            1000.0 * get("outpost_core_data_commit_duration_seconds_sum") / commits.max(1.0)
+        );
+    }
+    node.stop().await;
+    println!(
+        "outpost:   {events} events ({acked} acknowledged) pub {pub_secs:.2}s, persisted in {secs:.2}s: {:.0} events/s = {readings_s:.0} readings/s",
+        events as f64 / secs
+    );
+    let ratio = readings_s / raw_readings_s;
+    println!("ratio outpost/mosquitto: {ratio:.2}");
+    println!(
+        "RESULT {}",
+        json!({"bench": "ingest", "events": events, "readings_per_event": readings, "devices": devices, "encoding": encoding,
+               "mosquitto_readings_per_s": raw_readings_s.round(), "outpost_readings_per_s": readings_s.round(),
+               "ratio": (ratio * 100.0).round() / 100.0})
+    );
+    Ok(())
+}
+
+async fn footprint(outpost: &Path, runs: usize, idle_s: u64) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()?;
+    let mut cold = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let mut node = Node::spawn(outpost, "")?;
+        wait_until("the node", Duration::from_secs(60), || node.healthy(&http)).await?;
+        cold.push(t.elapsed().as_secs_f64() * 1000.0);
+        node.stop().await;
+    }
+    let cold_ms = median(&mut cold);
+    println!(
+        "start to all services registered and healthy (first start, fresh data dir): median {cold_ms:.0} ms over {runs} runs {cold:.0?}"
+    );
+
+    let node = Node::spawn(outpost, "")?;
+    wait_until("the node", Duration::from_secs(60), || node.healthy(&http)).await?;
+    tokio::time::sleep(Duration::from_secs(idle_s)).await;
+    let mut rss = 0;
+    let mut pss = 0;
+    let mut per = Vec::new();
+    for pid in node.pids() {
+        let (r, p) = memory_of(pid);
+        let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .unwrap_or_default()
+            .replace('\0', " ");
+        let name = cmd
+            .split_whitespace()
+            .skip_while(|w| *w != "run" && *w != "up")
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        per.push(format!("{name}: RSS {r} kB, PSS {p} kB"));
+        rss += r;
+        pss += p;
+    }
+    for p in &per {
+        println!("  {p}");
+    }
+    println!(
+        "idle memory of all {} processes after {idle_s}s: RSS {:.1} MB (sum), PSS {:.1} MB (shared pages counted once)",
+        per.len(),
+        rss as f64 / 1024.0,
+        pss as f64 / 1024.0
+    );
+    println!(
+        "RESULT {}",
+        json!({"bench": "footprint", "startup_ms_median": cold_ms.round(), "runs": runs, "processes": per.len(),
+               "idle_rss_mb": (rss as f64 / 102.4).round() / 10.0, "idle_pss_mb": (pss as f64 / 102.4).round() / 10.0})
+    );
+    Ok(())
+}
+
+fn encoding_sizes() -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for readings in [1usize, 10] {
+        let json = event_message(
+            &device_name(42),
+            1_763_763_000_000_000_000,
+            readings,
+            7,
+            "json",
+        )?;
+        let cbor = event_message(
+            &device_name(42),
+            1_763_763_000_000_000_000,
+            readings,
+            7,
+            "cbor",
+        )?;
+        let per = |b: &[u8]| b.len() as f64 / readings as f64;
+        println!(
+            "{readings:>2} reading(s) per event: JSON {} B ({:.0} B/reading), CBOR {} B ({:.0} B/reading), CBOR/JSON {:.2}",
+            json.len(),
+            per(&json),
+            cbor.len(),
+            per(&cbor),
+            cbor.len() as f64 / json.len() as f64
+        );
+        rows.push(json!({"readings_per_event": readings, "json_bytes_per_reading": per(&json).round(),
+                         "cbor_bytes_per_reading": per(&cbor).round(),
+                         "cbor_over_json": (cbor.len() as f64 / json.len() as f64 * 100.0).round() / 100.0}));
+    }
+    println!("RESULT {}", json!({"bench": "encoding", "rows": rows}));
+    Ok(())
+}
+
+async fn store(
+    events: u64,
+    readings: usize,
+    devices: usize,
+    batch: usize,
+    sync: &str,
+) -> anyhow::Result<()> {
+    use outpost_core_data::store::{EventStore as _, IngestEvent};
+    let dir = TempDir::new("store")?;
+    let opts = outpost_storage::OpenOptions {
+        sync: if sync == "normal" {
+            outpost_storage::SyncMode::Normal
+        } else {
+            outpost_storage::SyncMode::Full
+        },
+        cache_kib: 8192,
+    };
+    let loc = outpost_storage::Location::new(&dir.0, "core-data");
+    let db = outpost_storage::Db::open(&loc, &opts, outpost_core_data::sqlite::MIGRATIONS, 1)?;
+    db.checkpoint_in_background(&loc, &opts, Duration::from_millis(250))?;
+    let st = outpost_core_data::sqlite::SqliteEventStore::start(
+        db,
+        outpost_core_data::sqlite::WriterMetrics {
+            batch_events: "b".into(),
+            commit_seconds: "c".into(),
+        },
+    )?;
+    let base = unix_nanos();
+    let mut all = Vec::new();
+    for i in 0..events {
+        let dev = device_name(usize::try_from(i)? % devices.max(1));
+        let bytes = event_message(&dev, base + i64::try_from(i)?, readings, i, "json")?;
+        let env = outpost_contracts::envelope::decode_event(&bytes)?;
+        let nums = env.payload.event.validate().map_err(anyhow::Error::msg)?;
+        all.push(IngestEvent {
+            event: env.payload.event,
+            nums,
+        });
+    }
+    let t = Instant::now();
+    for chunk in all.chunks(batch) {
+        st.append(chunk.to_vec().into()).await?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let total = events * readings as u64;
+    println!(
+        "store: {events} events x {readings} readings in batches of {batch} (sync {sync}): {secs:.2}s, {:.0} readings/s, {:.1} ms per batch",
+        total as f64 / secs,
+        1000.0 * secs / (events as f64 / batch as f64)
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Pub(a) => {
+                let (_, secs, acked) = publish(&a).await?;
+                println!(
+                    "{}",
+                    json!({"published": a.count, "acknowledged": acked, "seconds": secs})
+                );
+                Ok(())
+            }
+            Cmd::Sub { url, count, filter } => {
+                let (first, last) = subscribe(&url, count, &filter, || println!("ready")).await?;
+                println!("{}", json!({"first": first, "last": last}));
+                Ok(())
+            }
+            Cmd::Ingest {
+                outpost,
+                events,
+                readings,
+                devices,
+                window,
+                encoding,
+            } => ingest(&outpost, events, readings, devices, window, &encoding).await,
+            Cmd::Footprint {
+                outpost,
+                runs,
+                idle_s,
+            } => footprint(&outpost, runs, idle_s).await,
+            Cmd::Encoding => encoding_sizes(),
+            Cmd::Store {
+                events,
+                readings,
+                devices,
+                batch,
+                sync,
+            } => store(events, readings, devices, batch, &sync).await,
+        }
+    })
 }

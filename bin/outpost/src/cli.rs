@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use outpost_contracts::common::BaseRequest;
-use outpost_contracts::event::{AddEventRequest, NumericMode};
+use outpost_contracts::event::NumericMode;
 use outpost_contracts::metadata::{
     AddDeviceRequest, AddDeviceServiceRequest, AutoEvent, Device, DeviceProfile, DeviceService,
 };
@@ -595,7 +595,7 @@ pub async fn events_tail(
             d = rx.recv() => d,
         };
         let Some(d) = d else { break };
-        let Some(env) = bus.decode::<AddEventRequest>(&d) else {
+        let Some(env) = bus.decode_event(&d) else {
             eprintln!(
                 "{}: undecodable message ({} bytes)",
                 d.topic,

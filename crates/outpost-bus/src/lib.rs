@@ -23,7 +23,8 @@ use bytes::Bytes;
 use mqtt5::{
     AckToken, ConnectOptions, ConnectionEvent, MqttClient, PublishOptions, QoS, SubscribeOptions,
 };
-use outpost_contracts::envelope::{Encoding, Envelope, EnvelopeError};
+use outpost_contracts::envelope::{self, Encoding, Envelope, EnvelopeError};
+use outpost_contracts::event::AddEventRequest;
 use outpost_kit::backoff::Backoff;
 use outpost_kit::config::BusConfig;
 use outpost_kit::ratelog::RateLimitedLog;
@@ -270,9 +271,15 @@ impl Bus {
     /// Publishes `payload` in an envelope carrying the current correlation ID, QoS 1.
     pub async fn publish<T: Serialize>(&self, topic: &str, payload: T) -> Result<(), BusError> {
         let correlation = request_id::current_or_mint();
-        let mut env = Envelope::new(payload, correlation.as_ref(), self.encoding);
-        env.received_topic = topic.to_string();
-        let bytes = env.encode(self.encoding)?;
+        let bytes =
+            Envelope::new(payload, correlation.as_ref(), self.encoding).encode(self.encoding)?;
+        self.publish_raw(topic, bytes).await
+    }
+
+    /// Publishes an event: EdgeX JSON, or compact CBOR when the bus encoding is CBOR.
+    pub async fn publish_event(&self, topic: &str, req: &AddEventRequest) -> Result<(), BusError> {
+        let correlation = request_id::current_or_mint();
+        let bytes = envelope::encode_event(req, &correlation, self.encoding)?;
         self.publish_raw(topic, bytes).await
     }
 
@@ -362,6 +369,17 @@ impl Bus {
     /// Decodes a delivery's envelope, recording it as invalid on failure.
     pub fn decode<T: DeserializeOwned>(&self, d: &Delivery) -> Option<Envelope<T>> {
         match Envelope::<T>::decode(&d.payload) {
+            Ok(env) => Some(env),
+            Err(e) => {
+                self.invalid("malformed", &d.topic, &e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Decodes an event message in any encoding, recording it as invalid on failure.
+    pub fn decode_event(&self, d: &Delivery) -> Option<Envelope<AddEventRequest>> {
+        match envelope::decode_event(&d.payload) {
             Ok(env) => Some(env),
             Err(e) => {
                 self.invalid("malformed", &d.topic, &e.to_string());

@@ -12,6 +12,9 @@ use base64::Engine as _;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::compact::CompactEvent;
+use crate::event::AddEventRequest;
+
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 pub const CONTENT_TYPE_CBOR: &str = "application/cbor";
 
@@ -155,10 +158,45 @@ impl<T: DeserializeOwned> Envelope<T> {
     }
 }
 
+/// Encodes an event message: an EdgeX JSON envelope, or in CBOR the compact event form
+/// ([`crate::compact`]). Like EdgeX publishers, it leaves `receivedTopic` to the receiver.
+pub fn encode_event(
+    req: &AddEventRequest,
+    correlation_id: &str,
+    encoding: Encoding,
+) -> Result<Vec<u8>, EnvelopeError> {
+    if encoding == Encoding::Cbor
+        && let Some(compact) = CompactEvent::from_event(&req.event)
+    {
+        return Envelope::new(compact, correlation_id, encoding).encode(encoding);
+    }
+    Envelope::new(req, correlation_id, encoding).encode(encoding)
+}
+
+/// Decodes an event message in any form Outpost or EdgeX sends: JSON (raw or base64
+/// payload), compact CBOR, or a CBOR image of the JSON shape.
+pub fn decode_event(bytes: &[u8]) -> Result<Envelope<AddEventRequest>, EnvelopeError> {
+    if Encoding::detect(bytes) == Some(Encoding::Cbor)
+        && let Ok(env) = ciborium::from_reader::<Envelope<CompactEvent>, _>(bytes)
+    {
+        let payload = env.payload.into_request().map_err(EnvelopeError::Cbor)?;
+        return Ok(Envelope {
+            api_version: env.api_version,
+            received_topic: env.received_topic,
+            correlation_id: env.correlation_id,
+            request_id: env.request_id,
+            error_code: env.error_code,
+            payload,
+            content_type: env.content_type,
+            query_params: env.query_params,
+        });
+    }
+    Envelope::<AddEventRequest>::decode(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::AddEventRequest;
 
     fn event_json() -> serde_json::Value {
         serde_json::json!({
@@ -197,6 +235,42 @@ mod tests {
         });
         let env = Envelope::<AddEventRequest>::decode(&serde_json::to_vec(&msg).unwrap()).unwrap();
         assert_eq!(env.payload.event.device_name, "d1");
+    }
+
+    #[test]
+    fn compact_cbor_events_round_trip_and_are_small() {
+        let mut req: AddEventRequest = serde_json::from_value(event_json()).unwrap();
+        req.event.readings[0].units = "C".into();
+        let mut second = req.event.readings[0].clone();
+        second.resource_name = "Img".into();
+        second.value_type = crate::value::ValueType::Binary;
+        second.value = crate::event::ReadingValue::Binary {
+            data: vec![0, 1, 2, 255],
+            media_type: "image/png".into(),
+        };
+        second.origin += 5;
+        second.id = "b3f2f8a0-0000-4000-8000-000000000001".into();
+        req.event.readings.push(second);
+        let json = encode_event(&req, "c", Encoding::Json).unwrap();
+        let cbor = encode_event(&req, "c", Encoding::Cbor).unwrap();
+        assert!(
+            cbor.len() * 2 < json.len(),
+            "compact {} vs json {}",
+            cbor.len(),
+            json.len()
+        );
+        for bytes in [&json, &cbor] {
+            let back = decode_event(bytes).unwrap();
+            assert_eq!(back.payload.event, req.event);
+            assert_eq!(back.correlation_id, "c");
+        }
+        // A CBOR image of the JSON shape is read too.
+        let full = Envelope::new(req.clone(), "c", Encoding::Cbor)
+            .encode(Encoding::Cbor)
+            .unwrap();
+        assert_eq!(decode_event(&full).unwrap().payload.event, req.event);
+        // Corrupt compact messages are errors.
+        assert!(decode_event(&cbor[..cbor.len() / 2]).is_err());
     }
 
     #[test]

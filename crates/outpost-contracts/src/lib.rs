@@ -10,6 +10,7 @@
 //! This crate has no I/O and no async: services, the bus and the CLI all build on it.
 
 pub mod common;
+pub mod compact;
 pub mod envelope;
 pub mod event;
 pub mod metadata;

@@ -26,6 +26,18 @@ pub fn check(field: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a provision-watcher identifier pattern (a regular expression, as in EdgeX).
+pub fn check_pattern(pattern: &str) -> Result<(), String> {
+    if pattern.is_empty() {
+        return Err("pattern must not be empty".into());
+    }
+    regex::RegexBuilder::new(pattern)
+        .size_limit(1 << 20)
+        .build()
+        .map(|_| ())
+        .map_err(|e| format!("invalid regular expression: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::check;
@@ -42,16 +54,4 @@ mod tests {
         assert!(check("name", "a\nb").is_err());
         assert!(check("name", &"x".repeat(300)).is_err());
     }
-}
-
-/// Checks a provision-watcher identifier pattern (a regular expression, as in EdgeX).
-pub fn check_pattern(pattern: &str) -> Result<(), String> {
-    if pattern.is_empty() {
-        return Err("pattern must not be empty".into());
-    }
-    regex::RegexBuilder::new(pattern)
-        .size_limit(1 << 20)
-        .build()
-        .map(|_| ())
-        .map_err(|e| format!("invalid regular expression: {e}"))
 }

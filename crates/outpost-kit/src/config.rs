@@ -148,7 +148,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             sync: outpost_storage::SyncMode::Full,
-            cache_kib: 2048,
+            cache_kib: 8192,
         }
     }
 }

@@ -203,7 +203,7 @@ impl Default for OpenOptions {
     fn default() -> Self {
         Self {
             sync: SyncMode::Full,
-            cache_kib: 2048,
+            cache_kib: 8192,
         }
     }
 }
@@ -339,6 +339,36 @@ impl Db {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Moves WAL checkpoints off the writer: the writer stops checkpointing on commit, and a
+    /// background thread with its own connection copies the WAL back into the database every
+    /// `every` (passively: it never blocks the writer). For write-heavy databases, so commit
+    /// latency does not include checkpoint work.
+    pub fn checkpoint_in_background(
+        &self,
+        loc: &Location,
+        opts: &OpenOptions,
+        every: std::time::Duration,
+    ) -> Result<(), StorageError> {
+        let key = load_or_create_key(&loc.secrets, &loc.name)?;
+        let conn = open(&loc.db, &key, opts)?;
+        self.write_blocking(|c| c.execute_batch("PRAGMA wal_autocheckpoint = 0;"))?;
+        let weak = Arc::downgrade(&self.writer);
+        std::thread::Builder::new()
+            .name(format!("{}-checkpoint", loc.name))
+            .spawn(move || {
+                // Stops when the database is dropped.
+                while weak.strong_count() > 0 {
+                    std::thread::sleep(every);
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "background checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| StorageError::Task(e.to_string()))?;
+        Ok(())
     }
 
     /// Runs `f` with the writer connection on the blocking pool.

@@ -23,6 +23,10 @@ pub struct Config {
     pub max_clients: usize,
     /// Largest MQTT packet accepted, bytes.
     pub max_packet_bytes: usize,
+    /// QoS 1/2 messages sent to one client and not yet acknowledged (further capped by the
+    /// client's receive maximum). Durable consumers acknowledge after committing, so this
+    /// window is what lets them batch commits.
+    pub max_inflight_per_client: u16,
     /// Messages the broker holds for a disconnected persistent session (for example
     /// core-data while it restarts).
     pub max_queued_messages_per_client: usize,
@@ -41,6 +45,7 @@ impl Default for Config {
             allow_anonymous_loopback: true,
             max_clients: 10_000,
             max_packet_bytes: 1024 * 1024 + 4096,
+            max_inflight_per_client: 8192,
             max_queued_messages_per_client: 200_000,
             max_queued_bytes_per_client: 256 * 1024 * 1024,
             sys_topics: false,
@@ -59,6 +64,11 @@ impl Validate for Config {
             self.max_packet_bytes >= 1024,
             "broker",
             "max_packet_bytes must be at least 1024",
+        );
+        p.check(
+            self.max_inflight_per_client >= 1,
+            "broker",
+            "max_inflight_per_client must be at least 1",
         );
         p.check(
             self.max_queued_messages_per_client >= 1,

@@ -34,6 +34,7 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
     let mut bc = BrokerConfig::default().with_bind_addresses(vec![cfg.listen]);
     bc.max_clients = cfg.max_clients;
     bc.max_packet_size = cfg.max_packet_bytes;
+    bc.max_outbound_inflight = cfg.max_inflight_per_client;
     bc.sys_topics_enabled = cfg.sys_topics;
     bc.storage_config = StorageConfig {
         backend: StorageBackend::Memory,

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outpost_bus::{Ack, Bus, Delivery};
-use outpost_contracts::event::AddEventRequest;
 use outpost_kit::Shutdown;
 use outpost_kit::backoff::Backoff;
 use outpost_kit::ratelog::RateLimitedLog;
@@ -182,7 +181,7 @@ pub async fn run(
 /// Decodes and validates one delivery into the batch; refused messages are acknowledged
 /// at once (they would only be refused again).
 async fn take(ingest: &Ingest, bus: &Bus, d: Delivery, batch: &mut Batch) {
-    let Some(env) = bus.decode::<AddEventRequest>(&d) else {
+    let Some(env) = bus.decode_event(&d) else {
         d.ack();
         return;
     };

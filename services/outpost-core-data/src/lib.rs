@@ -32,11 +32,12 @@ pub const SERVICE: &str = "core-data";
 
 /// Opens the store and the ingest path over the service's database.
 pub fn open(ctx: &Context, cfg: &Config) -> anyhow::Result<Arc<ingest::Ingest>> {
-    let db = outpost_storage::Db::open(
+    let opts = ctx.common.storage.open_options();
+    let db = outpost_storage::Db::open(&ctx.storage_location(), &opts, sqlite::MIGRATIONS, 2)?;
+    db.checkpoint_in_background(
         &ctx.storage_location(),
-        &ctx.common.storage.open_options(),
-        sqlite::MIGRATIONS,
-        2,
+        &opts,
+        std::time::Duration::from_millis(250),
     )?;
     let store = sqlite::SqliteEventStore::start(
         db,

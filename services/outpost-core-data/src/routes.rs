@@ -167,7 +167,10 @@ async fn add_event(
                 event.device_name,
                 event.source_name
             );
-            if let Err(e) = bus.publish(&topic, AddEventRequest::new(event)).await {
+            if let Err(e) = bus
+                .publish_event(&topic, &AddEventRequest::new(event))
+                .await
+            {
                 tracing::warn!(error = %e, "cannot publish a REST-added event on the bus");
             }
         }));

@@ -4,19 +4,33 @@
 //! - `names(id, name)`: device, profile, source, resource and unit names, stored once.
 //! - `events(seq, id, device, profile, source, origin, tags, first_reading, readings)`: one
 //!   row per event; its readings are the contiguous range `first_reading ..
-//!   first_reading + readings` of `readings.seq`.
+//!   first_reading + readings` of `readings.seq`. Indexed by `(device, origin)` and, unique,
+//!   by `(origin, id)`: a redelivered or retried event carries the same id and origin, so
+//!   that index is the duplicate check.
+//! - `event_ids(bucket, id, seq)`: finds an event by id alone. Keys are grouped in buckets of
+//!   consecutive events (`seq >> 13`), so new ids land in one small, cached part of the
+//!   index; a lookup probes the buckets newest first.
 //! - `readings(seq, id, origin, device, resource, profile, value_type, units, value, num,
-//!   blob, media_type, object, tags)`: `num` is the numeric view used by aggregates.
-//! - `device_stats(device, events, readings)`: counts kept in the same transactions as the
-//!   rows, so totals never need a table scan.
+//!   blob, media_type, object, tags)`: `num` is the numeric view used by aggregates. Indexed
+//!   by `(resource, origin)` only; queries by device or time go through the events.
+//! - `device_stats(device, events, readings)`, `series_stats(device, resource, readings)`:
+//!   counts kept in the same transactions as the rows, so totals never need a table scan.
+//!
+//! Why so few indexes: every index adds a B-tree insert per row, and, worse for an
+//! encrypted database, every index page a commit touches is encrypted and written again.
+//! Indexes whose new keys arrive in order (origins, sequence numbers) touch few pages; a
+//! random key (a UUID) touches a page per row once the index outgrows the cache, which is
+//! why ids are bucketed.
 //!
 //! One writer thread owns all writes. It merges queued appends into one transaction (one
 //! fsync for many events), and runs deletions in bounded chunks between appends, so ingest
-//! never waits long behind retention. Readers use their own connections (WAL).
+//! never waits long behind retention. Readers use their own connections (WAL), and a
+//! background thread checkpoints the WAL so commits do not.
 //!
 //! Invariants: reading sequence numbers only grow (a rolled-back transaction leaves a gap,
-//! never a reuse); an event and its readings are written and deleted in one transaction; a
-//! name id is cached only after the transaction that created it committed.
+//! never a reuse); an event, its readings, its id entry and its counts are written and
+//! deleted in one transaction; a name id is cached only after the transaction that created
+//! it committed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,7 +55,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
           );
           CREATE TABLE events (
               seq INTEGER PRIMARY KEY,
-              id BLOB NOT NULL UNIQUE,
+              id BLOB NOT NULL,
               device INTEGER NOT NULL,
               profile INTEGER NOT NULL,
               source INTEGER NOT NULL,
@@ -50,8 +64,14 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
               first_reading INTEGER NOT NULL,
               readings INTEGER NOT NULL
           );
+          CREATE UNIQUE INDEX events_origin_id ON events (origin, id);
           CREATE INDEX events_device_origin ON events (device, origin);
-          CREATE INDEX events_origin ON events (origin);
+          CREATE TABLE event_ids (
+              bucket INTEGER NOT NULL,
+              id BLOB NOT NULL,
+              seq INTEGER NOT NULL,
+              PRIMARY KEY (bucket, id)
+          ) WITHOUT ROWID;
           CREATE TABLE readings (
               seq INTEGER PRIMARY KEY,
               id BLOB NOT NULL,
@@ -68,15 +88,22 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
               object TEXT,
               tags TEXT
           );
-          CREATE INDEX readings_device_origin ON readings (device, origin);
           CREATE INDEX readings_resource_origin ON readings (resource, origin);
-          CREATE INDEX readings_origin ON readings (origin);
           CREATE TABLE device_stats (
               device INTEGER PRIMARY KEY,
               events INTEGER NOT NULL,
               readings INTEGER NOT NULL
-          );",
+          );
+          CREATE TABLE series_stats (
+              device INTEGER NOT NULL,
+              resource INTEGER NOT NULL,
+              readings INTEGER NOT NULL,
+              PRIMARY KEY (device, resource)
+          ) WITHOUT ROWID;",
 }];
+
+/// Events per `event_ids` bucket (as a shift of the event sequence number).
+const BUCKET_SHIFT: i64 = 13;
 
 /// Appends merged into one transaction at most.
 const MAX_MERGED_EVENTS: usize = 4_000;
@@ -343,7 +370,7 @@ impl Writer {
         batch: &[Pending],
     ) -> rusqlite::Result<Vec<Vec<Outcome>>> {
         let tx = c.transaction()?;
-        let mut stats: HashMap<i64, (i64, i64)> = HashMap::new();
+        let mut stats = Stats::default();
         let mut all = Vec::with_capacity(batch.len());
         for (events, _) in batch {
             let mut outs = Vec::with_capacity(events.len());
@@ -359,7 +386,7 @@ impl Writer {
 
     fn append_one(&mut self, c: &mut Connection, ie: &IngestEvent) -> rusqlite::Result<Outcome> {
         let tx = c.transaction()?;
-        let mut stats = HashMap::new();
+        let mut stats = Stats::default();
         let out = self.insert(&tx, ie, &mut stats)?;
         write_stats(&tx, &stats)?;
         tx.commit()?;
@@ -370,7 +397,7 @@ impl Writer {
         &mut self,
         tx: &Transaction<'_>,
         ie: &IngestEvent,
-        stats: &mut HashMap<i64, (i64, i64)>,
+        stats: &mut Stats,
     ) -> rusqlite::Result<Outcome> {
         let ev = &ie.event;
         let Ok(id) = uuid::Uuid::parse_str(&ev.id) else {
@@ -387,12 +414,17 @@ impl Writer {
         let inserted = tx
             .prepare_cached(
                 "INSERT INTO events (id, device, profile, source, origin, tags, first_reading, readings)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) DO NOTHING",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(origin, id) DO NOTHING",
             )?
             .execute(params![id.as_bytes().as_slice(), device, profile, source, ev.origin, tags_json(&ev.tags), first, n])?;
         if inserted == 0 {
             return Ok(Outcome::Duplicate);
         }
+        let seq = tx.last_insert_rowid();
+        tx.prepare_cached(
+            "INSERT INTO event_ids (bucket, id, seq) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![seq >> BUCKET_SHIFT, id.as_bytes().as_slice(), seq])?;
         let mut st = tx.prepare_cached(
             "INSERT INTO readings (seq, id, origin, device, resource, profile, value_type, units,
                                    value, num, blob, media_type, object, tags)
@@ -425,8 +457,9 @@ impl Writer {
                 tags_json(&r.tags),
             ])?;
             self.next_seq += 1;
+            *stats.series.entry((device, resource)).or_default() += 1;
         }
-        let e = stats.entry(device).or_default();
+        let e = stats.devices.entry(device).or_default();
         e.0 += 1;
         e.1 += n;
         Ok(Outcome::Stored)
@@ -435,19 +468,17 @@ impl Writer {
     fn delete(&mut self, c: &mut Connection, what: &Delete) -> Result<Deleted, StoreError> {
         let tx = c.transaction()?;
         let deleted = match what {
-            Delete::Event(id) => {
-                let row: Option<(i64, i64, i64, i64)> = tx
-                    .query_row(
-                        "SELECT seq, device, first_reading, readings FROM events WHERE id = ?1",
-                        [id.as_bytes().as_slice()],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                    )
-                    .optional()?;
-                match row {
-                    None => Deleted::default(),
-                    Some(ev) => delete_events(&tx, &[ev])?,
+            Delete::Event(id) => match find_event(&tx, id)? {
+                None => Deleted::default(),
+                Some(seq) => {
+                    let ev: (i64, i64, i64, i64, Vec<u8>) = tx.query_row(
+                        "SELECT seq, device, first_reading, readings, id FROM events WHERE seq = ?1",
+                        [seq],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                    )?;
+                    delete_events(&tx, &[ev])?
                 }
-            }
+            },
             Delete::DeviceChunk { device, chunk } => {
                 let dev: Option<i64> = tx
                     .query_row("SELECT id FROM names WHERE name = ?1", [device], |r| {
@@ -459,7 +490,7 @@ impl Writer {
                     Some(dev) => {
                         let evs = select_events(
                             &tx,
-                            "SELECT seq, device, first_reading, readings FROM events WHERE device = ?1 ORDER BY seq LIMIT 1000",
+                            "SELECT seq, device, first_reading, readings, id FROM events WHERE device = ?1 ORDER BY seq LIMIT 1000",
                             params![dev],
                             *chunk,
                         )?;
@@ -470,7 +501,7 @@ impl Writer {
             Delete::BeforeChunk { cutoff, chunk } => {
                 let evs = select_events(
                     &tx,
-                    "SELECT seq, device, first_reading, readings FROM events WHERE origin < ?1 ORDER BY origin LIMIT 1000",
+                    "SELECT seq, device, first_reading, readings, id FROM events WHERE origin < ?1 ORDER BY origin LIMIT 1000",
                     params![cutoff],
                     *chunk,
                 )?;
@@ -489,7 +520,7 @@ impl Writer {
                     let excess = (total - keep).min(*chunk);
                     let evs = select_events(
                         &tx,
-                        "SELECT seq, device, first_reading, readings FROM events ORDER BY seq LIMIT 1000",
+                        "SELECT seq, device, first_reading, readings, id FROM events ORDER BY seq LIMIT 1000",
                         params![],
                         excess,
                     )?;
@@ -537,40 +568,82 @@ impl<'a> Columns<'a> {
     }
 }
 
+/// A stored event as deletions see it: `(seq, device, first_reading, readings, id)`.
+type EventRow = (i64, i64, i64, i64, Vec<u8>);
+
 /// Events from `sql` until their readings reach `budget` (at least one event).
 fn select_events(
     tx: &Transaction<'_>,
     sql: &str,
     params: &[&dyn rusqlite::ToSql],
     budget: u64,
-) -> rusqlite::Result<Vec<(i64, i64, i64, i64)>> {
+) -> rusqlite::Result<Vec<EventRow>> {
     let mut st = tx.prepare_cached(sql)?;
-    let rows = st.query_map(params, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    let rows = st.query_map(params, |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    })?;
     let mut out = Vec::new();
     let mut sum = 0u64;
     for row in rows {
-        let ev: (i64, i64, i64, i64) = row?;
-        if !out.is_empty() && sum + u64::try_from(ev.3).unwrap_or(0) > budget {
+        let ev: EventRow = row?;
+        let n = u64::try_from(ev.3).unwrap_or(0);
+        if !out.is_empty() && sum + n > budget {
             break;
         }
-        sum += u64::try_from(ev.3).unwrap_or(0);
+        sum += n;
         out.push(ev);
     }
     Ok(out)
 }
 
-/// Deletes events `(seq, device, first_reading, readings)` with their readings and keeps
-/// the per-device counts right.
-fn delete_events(tx: &Transaction<'_>, evs: &[(i64, i64, i64, i64)]) -> rusqlite::Result<Deleted> {
-    let mut stats: HashMap<i64, (i64, i64)> = HashMap::new();
+/// The sequence number of the event with `id`: its id entry, newest bucket first.
+fn find_event(c: &Connection, id: &uuid::Uuid) -> rusqlite::Result<Option<i64>> {
+    let (lo, hi): (Option<i64>, Option<i64>) =
+        c.query_row("SELECT MIN(seq), MAX(seq) FROM events", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(lo), Some(hi)) = (lo, hi) else {
+        return Ok(None);
+    };
+    let mut st = c.prepare_cached("SELECT seq FROM event_ids WHERE bucket = ?1 AND id = ?2")?;
+    let mut bucket = hi >> BUCKET_SHIFT;
+    while bucket >= lo >> BUCKET_SHIFT {
+        if let Some(seq) = st
+            .query_row(params![bucket, id.as_bytes().as_slice()], |r| r.get(0))
+            .optional()?
+        {
+            return Ok(Some(seq));
+        }
+        bucket -= 1;
+    }
+    Ok(None)
+}
+
+/// Deletes events with their readings and id entries, and keeps the counts right.
+fn delete_events(tx: &Transaction<'_>, evs: &[EventRow]) -> rusqlite::Result<Deleted> {
+    let mut stats = Stats::default();
     let mut deleted = Deleted::default();
     {
+        let mut per_resource = tx.prepare_cached(
+            "SELECT resource, count(*) FROM readings WHERE seq >= ?1 AND seq < ?2 GROUP BY resource",
+        )?;
         let mut del_r = tx.prepare_cached("DELETE FROM readings WHERE seq >= ?1 AND seq < ?2")?;
         let mut del_e = tx.prepare_cached("DELETE FROM events WHERE seq = ?1")?;
-        for &(seq, device, first, n) in evs {
+        let mut del_id =
+            tx.prepare_cached("DELETE FROM event_ids WHERE bucket = ?1 AND id = ?2 AND seq = ?3")?;
+        for (seq, device, first, n, id) in evs {
+            let counts = per_resource
+                .query_map(params![first, first + n], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            for (resource, count) in counts {
+                *stats.series.entry((*device, resource)).or_default() -= count;
+            }
             let gone = del_r.execute(params![first, first + n])?;
             del_e.execute([seq])?;
-            let e = stats.entry(device).or_default();
+            del_id.execute(params![seq >> BUCKET_SHIFT, id, seq])?;
+            let e = stats.devices.entry(*device).or_default();
             e.0 -= 1;
             e.1 -= i64::try_from(gone).unwrap_or(0);
             deleted.events += 1;
@@ -579,17 +652,34 @@ fn delete_events(tx: &Transaction<'_>, evs: &[(i64, i64, i64, i64)]) -> rusqlite
     }
     write_stats(tx, &stats)?;
     tx.execute("DELETE FROM device_stats WHERE events <= 0", [])?;
+    tx.execute("DELETE FROM series_stats WHERE readings <= 0", [])?;
     Ok(deleted)
 }
 
-fn write_stats(tx: &Transaction<'_>, stats: &HashMap<i64, (i64, i64)>) -> rusqlite::Result<()> {
+/// Count changes of one transaction.
+#[derive(Debug, Default)]
+struct Stats {
+    /// Device to (events, readings).
+    devices: HashMap<i64, (i64, i64)>,
+    /// (device, resource) to readings.
+    series: HashMap<(i64, i64), i64>,
+}
+
+fn write_stats(tx: &Transaction<'_>, stats: &Stats) -> rusqlite::Result<()> {
     let mut st = tx.prepare_cached(
         "INSERT INTO device_stats (device, events, readings) VALUES (?1, ?2, ?3)
          ON CONFLICT(device) DO UPDATE SET events = events + excluded.events,
                                            readings = readings + excluded.readings",
     )?;
-    for (device, (e, r)) in stats {
+    for (device, (e, r)) in &stats.devices {
         st.execute(params![device, e, r])?;
+    }
+    let mut st = tx.prepare_cached(
+        "INSERT INTO series_stats (device, resource, readings) VALUES (?1, ?2, ?3)
+         ON CONFLICT(device, resource) DO UPDATE SET readings = readings + excluded.readings",
+    )?;
+    for ((device, resource), r) in &stats.series {
+        st.execute(params![device, resource, r])?;
     }
     Ok(())
 }
@@ -658,29 +748,55 @@ fn name_id(c: &Connection, name: &str) -> rusqlite::Result<Option<i64>> {
         .optional()
 }
 
-/// `WHERE` conditions for `q` over table alias `t`, with positional parameters.
-/// `None` when a named device or resource does not exist (the result is empty).
-fn conditions(
-    c: &Connection,
-    q: &Query,
-    t: &str,
-    with_resource: bool,
-) -> rusqlite::Result<Option<(String, Vec<i64>)>> {
-    let mut conds = Vec::new();
+/// How a query reaches its rows.
+enum Plan {
+    /// Nothing can match (a named device or resource does not exist).
+    Empty,
+    /// Through the readings' `(resource, origin)` index: a resource without a device.
+    ByResource { clause: String, params: Vec<i64> },
+    /// Through the events (by device and/or origin), expanding each event's readings.
+    ByEvents {
+        clause: String,
+        params: Vec<i64>,
+        by_device: bool,
+    },
+}
+
+/// Plans `q`: resolves names to ids and builds the `WHERE` clause (events alias `e`,
+/// readings alias `r`) with positional parameters.
+fn plan(c: &Connection, q: &Query, readings: bool) -> rusqlite::Result<Plan> {
     let mut params = Vec::new();
-    if let Some(d) = &q.device {
-        let Some(id) = name_id(c, d)? else {
-            return Ok(None);
-        };
-        params.push(id);
-        conds.push(format!("{t}.device = ?{}", params.len()));
+    let mut conds = Vec::new();
+    let device = match &q.device {
+        Some(d) => match name_id(c, d)? {
+            Some(id) => Some(id),
+            None => return Ok(Plan::Empty),
+        },
+        None => None,
+    };
+    let resource = match (&q.resource, readings) {
+        (Some(r), true) => match name_id(c, r)? {
+            Some(id) => Some(id),
+            None => return Ok(Plan::Empty),
+        },
+        _ => None,
+    };
+    let by_resource = readings && device.is_none() && resource.is_some();
+    let t = if by_resource { "r" } else { "e" };
+    if let Some(d) = device {
+        params.push(d);
+        conds.push(format!("e.device = ?{}", params.len()));
     }
-    if with_resource && let Some(res) = &q.resource {
-        let Some(id) = name_id(c, res)? else {
-            return Ok(None);
+    if let Some(res) = resource {
+        params.push(res);
+        // Through the events, each event's readings are a rowid range; `+` keeps SQLite
+        // from searching the resource index (all of that resource's readings) instead.
+        let col = if by_resource {
+            "r.resource"
+        } else {
+            "+r.resource"
         };
-        params.push(id);
-        conds.push(format!("{t}.resource = ?{}", params.len()));
+        conds.push(format!("{col} = ?{}", params.len()));
     }
     if let Some(s) = q.start {
         params.push(s);
@@ -695,14 +811,41 @@ fn conditions(
     } else {
         conds.join(" AND ")
     };
-    Ok(Some((clause, params)))
+    Ok(if by_resource {
+        Plan::ByResource { clause, params }
+    } else {
+        Plan::ByEvents {
+            clause,
+            params,
+            by_device: device.is_some(),
+        }
+    })
 }
+
+/// Readings of the selected events, in event order (the outer loop is forced to the
+/// events, so their index gives the order and nothing is sorted).
+const EVENT_READINGS: &str = "events e CROSS JOIN readings r
+     ON r.seq >= e.first_reading AND r.seq < e.first_reading + e.readings";
 
 fn limit_params(params: &[i64], limit: u64, offset: u64) -> Vec<i64> {
     let mut p = params.to_vec();
     p.push(i64::try_from(limit).unwrap_or(i64::MAX));
     p.push(i64::try_from(offset).unwrap_or(i64::MAX));
     p
+}
+
+/// Newest first: the order the events' indexes deliver, so no sort is needed.
+fn event_order(by_device: bool) -> &'static str {
+    if by_device {
+        "e.origin DESC, e.seq DESC"
+    } else {
+        "e.origin DESC, e.id DESC"
+    }
+}
+
+fn count(c: &Connection, sql: &str, params: &[i64]) -> rusqlite::Result<u64> {
+    let n: i64 = c.query_row(sql, rusqlite::params_from_iter(params.iter()), |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 fn totals_of(c: &Connection, device: Option<&str>) -> rusqlite::Result<Totals> {
@@ -730,6 +873,40 @@ fn totals_of(c: &Connection, device: Option<&str>) -> rusqlite::Result<Totals> {
     })
 }
 
+/// Readings matching `q` without a time range, from the kept counts.
+fn reading_total(c: &Connection, q: &Query) -> rusqlite::Result<Option<u64>> {
+    if q.start.is_some() || q.end.is_some() {
+        return Ok(None);
+    }
+    let sum = |sql: &str, params: &[i64]| -> rusqlite::Result<u64> { count(c, sql, params) };
+    let device = match &q.device {
+        Some(d) => match name_id(c, d)? {
+            Some(id) => Some(id),
+            None => return Ok(Some(0)),
+        },
+        None => None,
+    };
+    let resource = match &q.resource {
+        Some(r) => match name_id(c, r)? {
+            Some(id) => Some(id),
+            None => return Ok(Some(0)),
+        },
+        None => None,
+    };
+    Ok(Some(match (device, resource) {
+        (None, None) => totals_of(c, None)?.readings,
+        (Some(_), None) => totals_of(c, q.device.as_deref())?.readings,
+        (Some(d), Some(r)) => sum(
+            "SELECT COALESCE(SUM(readings), 0) FROM series_stats WHERE device = ?1 AND resource = ?2",
+            &[d, r],
+        )?,
+        (None, Some(r)) => sum(
+            "SELECT COALESCE(SUM(readings), 0) FROM series_stats WHERE resource = ?1",
+            &[r],
+        )?,
+    }))
+}
+
 fn event_readings(c: &Connection, first: i64, n: i64) -> rusqlite::Result<Vec<Reading>> {
     let mut st = c.prepare_cached(&format!(
         "SELECT {READING_COLUMNS} FROM readings r {READING_JOINS} WHERE r.seq >= ?1 AND r.seq < ?2 ORDER BY r.seq"
@@ -738,9 +915,9 @@ fn event_readings(c: &Connection, first: i64, n: i64) -> rusqlite::Result<Vec<Re
         .collect()
 }
 
-const EVENT_SELECT: &str =
-    "SELECT e.id, dn.name, pn.name, sn.name, e.origin, e.tags, e.first_reading, e.readings
-     FROM events e JOIN names dn ON dn.id = e.device JOIN names pn ON pn.id = e.profile
+const EVENT_COLUMNS: &str =
+    "e.id, dn.name, pn.name, sn.name, e.origin, e.tags, e.first_reading, e.readings";
+const EVENT_JOINS: &str = "JOIN names dn ON dn.id = e.device JOIN names pn ON pn.id = e.profile
      JOIN names sn ON sn.id = e.source";
 
 fn row_to_event(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
@@ -778,6 +955,144 @@ fn is_integer_type(code: i64) -> bool {
         })
 }
 
+fn read_events(c: &Connection, q: &Query) -> rusqlite::Result<(u64, Vec<Event>)> {
+    let (clause, params, by_device) = match plan(c, q, false)? {
+        Plan::Empty => return Ok((0, Vec::new())),
+        Plan::ByEvents {
+            clause,
+            params,
+            by_device,
+        } => (clause, params, by_device),
+        Plan::ByResource { .. } => return Ok((0, Vec::new())),
+    };
+    let total = if !q.count_total {
+        0
+    } else if q.start.is_none() && q.end.is_none() {
+        totals_of(c, q.device.as_deref())?.events
+    } else {
+        count(
+            c,
+            &format!("SELECT count(*) FROM events e WHERE {clause}"),
+            &params,
+        )?
+    };
+    let p = limit_params(&params, q.limit, q.offset);
+    let n = p.len();
+    let mut st = c.prepare(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events e {EVENT_JOINS} WHERE {clause}
+         ORDER BY {} LIMIT ?{} OFFSET ?{n}",
+        event_order(by_device),
+        n - 1
+    ))?;
+    let events = st
+        .query_map(rusqlite::params_from_iter(p.iter()), |r| row_to_event(c, r))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((total, events))
+}
+
+fn read_readings(c: &Connection, q: &Query) -> rusqlite::Result<(u64, Vec<Reading>)> {
+    let (from, order, clause, params) = match plan(c, q, true)? {
+        Plan::Empty => return Ok((0, Vec::new())),
+        Plan::ByResource { clause, params } => (
+            "readings r".to_string(),
+            "r.origin DESC, r.seq DESC",
+            clause,
+            params,
+        ),
+        Plan::ByEvents {
+            clause,
+            params,
+            by_device,
+        } => (
+            EVENT_READINGS.to_string(),
+            event_order(by_device),
+            clause,
+            params,
+        ),
+    };
+    let total = if !q.count_total {
+        0
+    } else if let Some(t) = reading_total(c, q)? {
+        t
+    } else {
+        count(
+            c,
+            &format!("SELECT count(*) FROM {from} WHERE {clause}"),
+            &params,
+        )?
+    };
+    let p = limit_params(&params, q.limit, q.offset);
+    let n = p.len();
+    let mut st = c.prepare(&format!(
+        "SELECT {READING_COLUMNS} FROM {from} {READING_JOINS} WHERE {clause}
+         ORDER BY {order} LIMIT ?{} OFFSET ?{n}",
+        n - 1
+    ))?;
+    let readings = st
+        .query_map(rusqlite::params_from_iter(p.iter()), row_to_reading)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((total, readings))
+}
+
+fn read_aggregate(c: &Connection, q: &Query, f: Aggregate) -> rusqlite::Result<Vec<Reading>> {
+    let (from, clause, params) = match plan(c, q, true)? {
+        Plan::Empty => return Ok(Vec::new()),
+        Plan::ByResource { clause, params } => ("readings r".to_string(), clause, params),
+        Plan::ByEvents { clause, params, .. } => (EVENT_READINGS.to_string(), clause, params),
+    };
+    let expr = match f {
+        Aggregate::Min => "MIN(r.num)",
+        Aggregate::Max => "MAX(r.num)",
+        Aggregate::Count => "COUNT(*)",
+        Aggregate::Sum => "SUM(r.num)",
+        Aggregate::Avg => "AVG(r.num)",
+    };
+    let mut st = c.prepare(&format!(
+        "SELECT dn.name, rn.name, pn.name, {expr}, MIN(r.value_type), MAX(r.value_type),
+                COUNT(r.num), MAX(r.origin)
+         FROM {from} {READING_JOINS} WHERE {clause}
+         GROUP BY r.device, r.resource ORDER BY dn.name, rn.name"
+    ))?;
+    let rows = st.query_map(rusqlite::params_from_iter(params.iter()), |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<f64>>(3)?,
+            r.get::<_, i64>(4)?,
+            r.get::<_, i64>(5)?,
+            r.get::<_, i64>(6)?,
+            r.get::<_, i64>(7)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (device, resource, profile, v, tmin, tmax, numeric, origin) = row?;
+        let integral = is_integer_type(tmin) && is_integer_type(tmax);
+        let (value_type, value) = match (f, v) {
+            (Aggregate::Count, Some(v)) => (ValueType::Int64, format!("{}", v as i64)),
+            (_, Some(v)) if numeric > 0 => {
+                if integral && f != Aggregate::Avg {
+                    (ValueType::Int64, format!("{}", v as i64))
+                } else {
+                    (ValueType::Float64, format!("{v}"))
+                }
+            }
+            _ => (ValueType::String, String::new()),
+        };
+        out.push(Reading {
+            origin,
+            device_name: device,
+            resource_name: resource,
+            profile_name: profile,
+            value_type,
+            value: ReadingValue::Simple(value),
+            ..Reading::default()
+        });
+    }
+    Ok(out)
+}
+
 #[async_trait::async_trait]
 impl EventStore for SqliteEventStore {
     async fn append(&self, events: Arc<[IngestEvent]>) -> Result<Vec<Outcome>, StoreError> {
@@ -796,8 +1111,13 @@ impl EventStore for SqliteEventStore {
     async fn event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError> {
         self.db
             .read(move |c| {
-                let mut st = c.prepare_cached(&format!("{EVENT_SELECT} WHERE e.id = ?1"))?;
-                st.query_row([id.as_bytes().as_slice()], |r| row_to_event(c, r))
+                let Some(seq) = find_event(c, &id)? else {
+                    return Ok(None);
+                };
+                let mut st = c.prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events e {EVENT_JOINS} WHERE e.seq = ?1"
+                ))?;
+                st.query_row([seq], |r| row_to_event(c, r))
                     .optional()
                     .map_err(StoreError::from)
             })
@@ -806,127 +1126,19 @@ impl EventStore for SqliteEventStore {
 
     async fn events(&self, q: Query) -> Result<(u64, Vec<Event>), StoreError> {
         self.db
-            .read(move |c| {
-                let Some((clause, params)) = conditions(c, &q, "e", false)? else {
-                    return Ok((0, Vec::new()));
-                };
-                let total = if !q.count_total {
-                    0
-                } else if q.start.is_none() && q.end.is_none() {
-                    totals_of(c, q.device.as_deref())?.events
-                } else {
-                    let n: i64 = c.query_row(
-                        &format!("SELECT count(*) FROM events e WHERE {clause}"),
-                        rusqlite::params_from_iter(params.iter()),
-                        |r| r.get(0),
-                    )?;
-                    u64::try_from(n).unwrap_or(0)
-                };
-                let p = limit_params(&params, q.limit, q.offset);
-                let n = p.len();
-                let mut st = c.prepare(&format!(
-                    "{EVENT_SELECT} WHERE {clause} ORDER BY e.origin DESC, e.seq DESC LIMIT ?{} OFFSET ?{n}",
-                    n - 1
-                ))?;
-                let events = st
-                    .query_map(rusqlite::params_from_iter(p.iter()), |r| row_to_event(c, r))?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((total, events))
-            })
+            .read(move |c| read_events(c, &q).map_err(StoreError::from))
             .await
     }
 
     async fn readings(&self, q: Query) -> Result<(u64, Vec<Reading>), StoreError> {
         self.db
-            .read(move |c| {
-                let Some((clause, params)) = conditions(c, &q, "r", true)? else {
-                    return Ok((0, Vec::new()));
-                };
-                let total = if !q.count_total {
-                    0
-                } else if q.start.is_none() && q.end.is_none() && q.resource.is_none() {
-                    totals_of(c, q.device.as_deref())?.readings
-                } else {
-                    let n: i64 = c.query_row(
-                        &format!("SELECT count(*) FROM readings r WHERE {clause}"),
-                        rusqlite::params_from_iter(params.iter()),
-                        |r| r.get(0),
-                    )?;
-                    u64::try_from(n).unwrap_or(0)
-                };
-                let p = limit_params(&params, q.limit, q.offset);
-                let n = p.len();
-                let mut st = c.prepare(&format!(
-                    "SELECT {READING_COLUMNS} FROM readings r {READING_JOINS} WHERE {clause}
-                     ORDER BY r.origin DESC, r.seq DESC LIMIT ?{} OFFSET ?{n}",
-                    n - 1
-                ))?;
-                let readings = st
-                    .query_map(rusqlite::params_from_iter(p.iter()), row_to_reading)?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((total, readings))
-            })
+            .read(move |c| read_readings(c, &q).map_err(StoreError::from))
             .await
     }
 
     async fn aggregate(&self, q: Query, f: Aggregate) -> Result<Vec<Reading>, StoreError> {
         self.db
-            .read(move |c| {
-                let Some((clause, params)) = conditions(c, &q, "r", true)? else {
-                    return Ok(Vec::new());
-                };
-                let expr = match f {
-                    Aggregate::Min => "MIN(r.num)",
-                    Aggregate::Max => "MAX(r.num)",
-                    Aggregate::Count => "COUNT(*)",
-                    Aggregate::Sum => "SUM(r.num)",
-                    Aggregate::Avg => "AVG(r.num)",
-                };
-                let mut st = c.prepare(&format!(
-                    "SELECT dn.name, rn.name, pn.name, {expr}, MIN(r.value_type), MAX(r.value_type),
-                            COUNT(r.num), MAX(r.origin)
-                     FROM readings r {READING_JOINS} WHERE {clause}
-                     GROUP BY r.device, r.resource ORDER BY dn.name, rn.name"
-                ))?;
-                let rows = st.query_map(rusqlite::params_from_iter(params.iter()), |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Option<f64>>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, i64>(5)?,
-                        r.get::<_, i64>(6)?,
-                        r.get::<_, i64>(7)?,
-                    ))
-                })?;
-                let mut out = Vec::new();
-                for row in rows {
-                    let (device, resource, profile, v, tmin, tmax, numeric, origin) = row?;
-                    let integral = is_integer_type(tmin) && is_integer_type(tmax);
-                    let (value_type, value) = match (f, v) {
-                        (Aggregate::Count, Some(v)) => (ValueType::Int64, format!("{}", v as i64)),
-                        (_, Some(v)) if numeric > 0 => {
-                            if integral && f != Aggregate::Avg {
-                                (ValueType::Int64, format!("{}", v as i64))
-                            } else {
-                                (ValueType::Float64, format!("{v}"))
-                            }
-                        }
-                        _ => (ValueType::String, String::new()),
-                    };
-                    out.push(Reading {
-                        origin,
-                        device_name: device,
-                        resource_name: resource,
-                        profile_name: profile,
-                        value_type,
-                        value: ReadingValue::Simple(value),
-                        ..Reading::default()
-                    });
-                }
-                Ok(out)
-            })
+            .read(move |c| read_aggregate(c, &q, f).map_err(StoreError::from))
             .await
     }
 
@@ -959,5 +1171,89 @@ impl EventStore for SqliteEventStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.db.ping().await.map_err(StoreError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The queries ingest and the API depend on must use the indexes in their natural order:
+    /// no full scans of the big tables and no sorting of whole result sets.
+    #[test]
+    fn query_plans_use_indexes_without_sorting() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = outpost_storage::Location::new(dir.path(), "core-data");
+        let db = Db::open(
+            &loc,
+            &outpost_storage::OpenOptions::default(),
+            MIGRATIONS,
+            1,
+        )
+        .unwrap();
+        db.write_blocking(|c| {
+            c.execute_batch("INSERT INTO names (id, name) VALUES (1, 'd'), (2, 'r'), (3, 'p');")
+                .unwrap();
+            let plan_of = |q: &Query, readings: bool| -> String {
+                let (from, order, clause, params) = match plan(c, q, readings).unwrap() {
+                    Plan::ByResource { clause, params } => {
+                        ("readings r".to_string(), "r.origin DESC, r.seq DESC", clause, params)
+                    }
+                    Plan::ByEvents {
+                        clause,
+                        params,
+                        by_device,
+                    } => {
+                        let from = if readings { EVENT_READINGS } else { "events e" };
+                        (from.to_string(), event_order(by_device), clause, params)
+                    }
+                    Plan::Empty => panic!("names exist"),
+                };
+                let sql = format!(
+                    "EXPLAIN QUERY PLAN SELECT * FROM {from} WHERE {clause} ORDER BY {order} LIMIT 20"
+                );
+                let mut st = c.prepare(&sql).unwrap();
+                let rows = st
+                    .query_map(rusqlite::params_from_iter(params.iter()), |r| r.get::<_, String>(3))
+                    .unwrap();
+                rows.map(Result::unwrap).collect::<Vec<_>>().join(" | ")
+            };
+            let device = Query {
+                device: Some("d".into()),
+                ..Query::default()
+            };
+            let device_resource = Query {
+                device: Some("d".into()),
+                resource: Some("r".into()),
+                ..Query::default()
+            };
+            let resource = Query {
+                resource: Some("r".into()),
+                start: Some(1),
+                end: Some(2),
+                ..Query::default()
+            };
+            let range = Query {
+                start: Some(1),
+                end: Some(2),
+                ..Query::default()
+            };
+            for (q, readings) in [
+                (&device, true),
+                (&device, false),
+                (&device_resource, true),
+                (&resource, true),
+                (&range, true),
+                (&range, false),
+                (&Query::default(), true),
+            ] {
+                let p = plan_of(q, readings);
+                assert!(!p.contains("TEMP B-TREE"), "sorts: {p}");
+                assert!(!p.contains("SCAN r"), "scans the readings: {p}");
+                if q.device.is_some() && readings {
+                    assert!(p.contains("SEARCH r USING INTEGER PRIMARY KEY"), "not by event ranges: {p}");
+                }
+            }
+        });
     }
 }
