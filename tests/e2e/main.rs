@@ -3,6 +3,7 @@
 
 mod support;
 
+mod bus;
 mod cli;
 mod encryption;
 mod ingest;

@@ -66,6 +66,8 @@ pub struct Node {
     pub dir: tempfile::TempDir,
     pub ports: Ports,
     pub config: PathBuf,
+    /// Services that register (the broker only when embedded).
+    services: usize,
     child: Option<Child>,
     pub http: reqwest::Client,
 }
@@ -124,11 +126,18 @@ impl Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports = Ports::free();
         let config = dir.path().join("outpost.toml");
-        std::fs::write(&config, config_text(&ports, extra)).expect("write config");
+        let text = config_text(&ports, extra);
+        let embedded = text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get("broker")?.get("enabled")?.as_bool())
+            .unwrap_or(true);
+        std::fs::write(&config, text).expect("write config");
         let mut node = Self {
             dir,
             ports,
             config,
+            services: if embedded { 4 } else { 3 },
             child: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -167,9 +176,11 @@ impl Node {
             .spawn()
             .expect("spawn outpost up");
         self.child = Some(child);
-        let urls = [self.keeper(), self.metadata(), self.data(), self.broker()];
+        let mut urls = vec![self.keeper(), self.metadata(), self.data()];
+        if self.services == 4 {
+            urls.push(self.broker());
+        }
         let http = self.http.clone();
-        let log = self.log_path();
         eventually("the node to start", Duration::from_secs(30), || {
             let (http, urls) = (http.clone(), urls.clone());
             async move {
@@ -194,11 +205,10 @@ impl Node {
                     .iter()
                     .filter(|r| r["status"] == "UP")
                     .count()
-                    == 4
+                    == me.services
             },
         )
         .await;
-        let _ = log;
     }
 
     pub fn keeper(&self) -> String {
@@ -409,6 +419,112 @@ pub fn mosquitto_pub_lines(
         }
     }
     child.wait_with_output().expect("mosquitto_pub")
+}
+
+/// A real MQTT subscriber: mosquitto_sub printing `topic payload` lines, stopped on drop.
+pub struct MosquittoSub {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl MosquittoSub {
+    pub fn start(port: u16, filter: &str) -> Self {
+        let mut child = Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-q",
+                "1",
+                "-v",
+                "-t",
+                filter,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub must be installed (Debian package mosquitto-clients)");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Repeats `act` until the subscriber prints a line (it subscribes asynchronously, so
+    /// the first actions may happen before it listens); returns `(topic, payload)`.
+    pub fn first_after(&self, timeout: Duration, mut act: impl FnMut()) -> (String, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            act();
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(300)) {
+                let (topic, payload) = line.split_once(' ').unwrap_or((&line, ""));
+                return (topic.to_string(), payload.to_string());
+            }
+            assert!(Instant::now() < deadline, "mosquitto_sub received nothing");
+        }
+    }
+}
+
+impl Drop for MosquittoSub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real mosquitto broker on a free loopback port, stopped on drop.
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 1000\npersistence false\n"),
+        )
+        .expect("mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (Debian package mosquitto)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// One message with mosquitto_pub.

@@ -94,8 +94,13 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), StorageError> {
 /// Writes `contents` to a new file `path` with mode 0600, failing if it exists; the file and
 /// its directory are synced so the secret survives power loss.
 pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), StorageError> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
+    // A name no other writer (process or thread) uses.
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(|e| StorageError::Key {
+        path: path.to_path_buf(),
+        why: format!("no randomness: {e}"),
+    })?;
+    let tmp = path.with_extension(format!("tmp-{}", hex::encode(nonce)));
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -503,6 +508,26 @@ mod tests {
         fs::set_permissions(secrets.join("k.key"), fs::Permissions::from_mode(0o644)).unwrap();
         assert!(load_or_create_key(&secrets, "k").is_err());
         assert_eq!(format!("{a:?}"), "Key(<redacted>)");
+    }
+
+    #[test]
+    fn concurrent_creators_agree_on_one_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = dir.path().join("secrets");
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let s = secrets.clone();
+                std::thread::spawn(move || load_or_create_token(&s, "shared").unwrap())
+            })
+            .collect();
+        let tokens: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert!(tokens.windows(2).all(|w| w[0] == w[1]), "{tokens:?}");
+        let leftovers: Vec<_> = fs::read_dir(&secrets)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
     }
 
     #[test]

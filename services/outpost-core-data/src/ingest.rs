@@ -186,16 +186,23 @@ async fn take(ingest: &Ingest, bus: &Bus, d: Delivery, batch: &mut Batch) {
         return;
     };
     let (topic, _, ack) = d.into_parts();
-    match ingest.validator.prepare(env.payload.event).await {
-        Ok(ie) => {
-            batch.events.push(ie);
-            batch.acks.push(ack);
+    // The message's correlation ID goes with everything done for it (metadata lookups,
+    // log lines).
+    let correlation = outpost_kit::request_id::accept(&env.correlation_id)
+        .map_or_else(outpost_kit::request_id::current_or_mint, Into::into);
+    outpost_kit::request_id::scope(correlation, async {
+        match ingest.validator.prepare(env.payload.event).await {
+            Ok(ie) => {
+                batch.events.push(ie);
+                batch.acks.push(ack);
+            }
+            Err(rej) => {
+                ingest.rejected(&rej, &topic);
+                ack.ack();
+            }
         }
-        Err(rej) => {
-            ingest.rejected(&rej, &topic);
-            ack.ack();
-        }
-    }
+    })
+    .await;
 }
 
 async fn commit_loop(ingest: Arc<Ingest>, mut rx: mpsc::Receiver<Batch>, shutdown: Shutdown) {

@@ -345,3 +345,39 @@ async fn key_values() {
     let (s, _) = call(&f, "PUT", "/api/v3/kvs/key/a//b", Some(json!({"value": 1}))).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn http_checked_services_are_probed() {
+    let f = fixture(Config::default()).await;
+    // A real service on a real socket that answers its health check.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route("/api/v3/ping", axum::routing::get(|| async { "pong" }));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut r = reg("edgex-service", "http", "100ms");
+    r["registration"]["port"] = json!(port);
+    let (s, _) = call(&f, "POST", "/api/v3/registry", Some(r)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let reg = Arc::clone(&f.state.registry);
+    assert_eq!(reg.get("edgex-service").unwrap().status.as_str(), "UNKNOWN");
+    let status = |want: &'static str| {
+        let reg = Arc::clone(&reg);
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    reg.sweep().await;
+                    if reg.get("edgex-service").unwrap().status.as_str() == want {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("never became {want}"));
+        }
+    };
+    status("UP").await;
+    server.abort();
+    let _ = server.await;
+    status("DOWN").await;
+}

@@ -1,0 +1,244 @@
+//! The bus: an external mosquitto instead of the embedded broker, system events, correlation
+//! IDs on messages, authentication of remote clients, and traffic during a registry outage.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn an_external_mosquitto_carries_the_bus() {
+    let mosquitto = Mosquitto::start();
+    let node = Node::start(&format!(
+        "[broker]\nenabled = false\n[bus]\nurl = \"mqtt://127.0.0.1:{}\"\n",
+        mosquitto.port
+    ))
+    .await;
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", node.ports.mqtt)).is_err(),
+        "no embedded broker runs"
+    );
+    provision(&node, &["t1"]);
+    let lines: Vec<String> = (0..50)
+        .map(|i| event_message("t1", now_nanos() + i, &[("Temperature", "Float64", "19.5")]).1)
+        .collect();
+    let out = mosquitto_pub_lines(mosquitto.port, &event_topic("t1"), &lines, &[]);
+    assert!(out.status.success());
+    let data = node.data();
+    eventually("50 events through mosquitto", WAIT, || async {
+        node.get(&format!("{data}/api/v3/event/count")).await.1["count"] == 50
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn metadata_changes_are_announced_as_pithy_system_events() {
+    let node = Node::start("").await;
+    provision(&node, &[]);
+    let sub = MosquittoSub::start(node.ports.mqtt, "edgex/system-events/#");
+    let mut n = 0;
+    let (topic, payload) = sub.first_after(WAIT, || {
+        n += 1;
+        let name = format!("announced-{n}");
+        let (ok, out, err) = node.cli(&[
+            "device",
+            "add",
+            "--name",
+            &name,
+            "--profile",
+            "Thermostat",
+            "--service",
+            "device-mqtt",
+        ]);
+        assert!(ok, "{out}{err}");
+    });
+    assert!(
+        topic.starts_with("edgex/system-events/core-metadata/device/add/device-mqtt/Thermostat"),
+        "{topic}"
+    );
+    let env: Value = serde_json::from_str(&payload).expect("JSON envelope");
+    let ev = &env["payload"];
+    assert_eq!(ev["type"], "device");
+    assert_eq!(ev["action"], "add");
+    assert_eq!(ev["source"], "core-metadata");
+    assert!(
+        ev["details"]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("announced-"))
+    );
+    assert!(
+        ev["details"].get("protocols").is_none(),
+        "details are pithy: {ev}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn correlation_ids_travel_from_rest_onto_the_bus() {
+    let node = Node::start("").await;
+    provision(&node, &["t1"]);
+    let sub = MosquittoSub::start(node.ports.mqtt, "edgex/events/core/#");
+    let url = format!(
+        "{}/api/v3/event/device-mqtt/Thermostat/t1/Temperature",
+        node.data()
+    );
+    let http = node.http.clone();
+    let rt = tokio::runtime::Handle::current();
+    let (topic, payload) = tokio::task::block_in_place(|| {
+        sub.first_after(WAIT, || {
+            let (_, m) = event_message("t1", now_nanos(), &[("Temperature", "Float64", "18.5")]);
+            let body: Value = serde_json::from_str(&m).expect("json");
+            let r = rt
+                .block_on(
+                    http.post(&url)
+                        .header("X-Correlation-ID", "trace-e2e-42")
+                        .json(&body["payload"])
+                        .send(),
+                )
+                .expect("POST");
+            assert_eq!(r.status().as_u16(), 201);
+            assert_eq!(r.headers()["x-correlation-id"], "trace-e2e-42");
+        })
+    });
+    assert_eq!(
+        topic,
+        "edgex/events/core/device-mqtt/Thermostat/t1/Temperature"
+    );
+    let env: Value = serde_json::from_str(&payload).expect("JSON envelope");
+    assert_eq!(env["correlationID"], "trace-e2e-42");
+    assert_eq!(env["payload"]["event"]["deviceName"], "t1");
+}
+
+/// This host's first non-loopback IPv4 address.
+fn global_ipv4() -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .expect("ip (iproute2) is needed to find a non-loopback address");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .map(str::to_string)
+        .expect("this test needs a non-loopback IPv4 address")
+}
+
+#[tokio::test]
+async fn clients_not_on_loopback_must_authenticate() {
+    let ip = global_ipv4();
+    let node = Node::start(&format!("[broker]\nlisten = \"0.0.0.0:{}\"\n", free_port())).await;
+    let port: u16 = {
+        let cfg: toml::Table = std::fs::read_to_string(&node.config)
+            .expect("config")
+            .parse()
+            .expect("toml");
+        let listen = cfg["broker"]["listen"]
+            .as_str()
+            .expect("listen")
+            .to_string();
+        listen
+            .rsplit(':')
+            .next()
+            .expect("port")
+            .parse()
+            .expect("port")
+    };
+    let pub_to = |host: &str, extra: &[&str]| {
+        std::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                host,
+                "-p",
+                &port.to_string(),
+                "-q",
+                "1",
+                "-t",
+                "edgex/test",
+                "-m",
+                "x",
+            ])
+            .args(extra)
+            .output()
+            .expect("mosquitto_pub")
+    };
+    let anon_remote = pub_to(&ip, &[]);
+    assert!(
+        !anon_remote.status.success(),
+        "an anonymous client from {ip} must be refused"
+    );
+    let wrong = pub_to(&ip, &["-u", "outpost", "-P", "wrong"]);
+    assert!(!wrong.status.success(), "a wrong password must be refused");
+    let token =
+        std::fs::read_to_string(node.data_dir().join("secrets/bus.token")).expect("bus token");
+    let good = pub_to(&ip, &["-u", "outpost", "-P", token.trim()]);
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(
+        pub_to("127.0.0.1", &[]).status.success(),
+        "loopback may stay anonymous"
+    );
+    let failures = node
+        .metric(&node.broker(), "outpost_mqtt_broker_auth_failures_total")
+        .await;
+    assert!(failures >= 2.0, "refusals are counted: {failures}");
+}
+
+#[tokio::test]
+async fn a_registry_outage_does_not_stop_traffic() {
+    let node = Node::start("").await;
+    provision(&node, &["t1"]);
+    let keeper = node.pid("core-keeper");
+    signal(keeper, "STOP");
+    // A device added during the outage is validated by core-data, which reaches
+    // core-metadata through its last view of the registry.
+    let (s, body) = node
+        .post(
+            &format!("{}/api/v3/device", node.metadata()),
+            &json!([{"apiVersion": "v3", "device": {"name": "t2", "serviceName": "device-mqtt", "profileName": "Thermostat",
+                "adminState": "UNLOCKED", "operatingState": "UP", "protocols": {"other": {"Address": "x"}}}}]),
+        )
+        .await;
+    assert_eq!(
+        (s, body[0]["statusCode"].as_u64()),
+        (207, Some(201)),
+        "{body}"
+    );
+    let lines: Vec<String> = (0..20)
+        .map(|i| event_message("t2", now_nanos() + i, &[("Temperature", "Float64", "17.5")]).1)
+        .collect();
+    assert!(
+        mosquitto_pub_lines(node.ports.mqtt, &event_topic("t2"), &lines, &[])
+            .status
+            .success()
+    );
+    let data = node.data();
+    let stored = async {
+        eventually("events stored during the outage", WAIT, || async {
+            node.get(&format!("{data}/api/v3/event/count/device/name/t2"))
+                .await
+                .1["count"]
+                == 20
+        })
+        .await;
+    };
+    stored.await;
+    let (_, c) = node.get(&format!("{data}/api/v3/reading/count")).await;
+    signal(keeper, "CONT");
+    assert_eq!(c["count"], 20);
+    // Once the registry answers again, every service is UP in it.
+    eventually("all services UP again", WAIT, || async {
+        node.registrations()
+            .await
+            .iter()
+            .filter(|r| r["status"] == "UP")
+            .count()
+            == 4
+    })
+    .await;
+}
