@@ -1,0 +1,108 @@
+//! Properties of the bus codecs: any event survives both encodings unchanged, and no byte
+//! string makes a decoder panic.
+
+use outpost_contracts::envelope::{Encoding, decode_event, encode_event};
+use outpost_contracts::event::{AddEventRequest, Event, Reading, ReadingValue};
+use outpost_contracts::value::ValueType;
+use proptest::prelude::*;
+
+fn value_type() -> impl Strategy<Value = ValueType> {
+    prop::sample::select(vec![
+        ValueType::Bool,
+        ValueType::String,
+        ValueType::Int8,
+        ValueType::Uint64,
+        ValueType::Float32,
+        ValueType::Float64,
+        ValueType::Binary,
+        ValueType::Object,
+        ValueType::Int16Array,
+    ])
+}
+
+fn reading(device: String, profile: String, origin: i64) -> impl Strategy<Value = Reading> {
+    (
+        "[A-Za-z][A-Za-z0-9_-]{0,12}",
+        value_type(),
+        any::<[u8; 16]>(),
+        -5i64..5,
+        "[ -~]{0,16}",
+        prop::collection::vec(any::<u8>(), 1..32),
+        prop::option::of("[a-z%]{1,4}"),
+    )
+        .prop_map(move |(resource, vt, id, delta, text, bytes, units)| {
+            let value = match vt {
+                ValueType::Binary => ReadingValue::Binary {
+                    data: bytes,
+                    media_type: "application/octet-stream".into(),
+                },
+                ValueType::Object => ReadingValue::Object(serde_json::json!({"k": text})),
+                _ => ReadingValue::Simple(text),
+            };
+            Reading {
+                id: uuid::Uuid::from_bytes(id).to_string(),
+                origin: origin + delta,
+                device_name: device.clone(),
+                resource_name: resource,
+                profile_name: profile.clone(),
+                value_type: vt,
+                units: units.unwrap_or_default(),
+                tags: None,
+                value,
+            }
+        })
+}
+
+fn event() -> impl Strategy<Value = AddEventRequest> {
+    (
+        "[a-z][a-z0-9-]{0,10}",
+        "[A-Z][A-Za-z]{0,10}",
+        1i64..i64::MAX / 2,
+        any::<[u8; 16]>(),
+    )
+        .prop_flat_map(|(device, profile, origin, id)| {
+            let readings =
+                prop::collection::vec(reading(device.clone(), profile.clone(), origin), 1..6);
+            (Just((device, profile, origin, id)), readings)
+        })
+        .prop_map(|((device, profile, origin, id), readings)| {
+            AddEventRequest::new(Event {
+                api_version: "v3".into(),
+                id: uuid::Uuid::from_bytes(id).to_string(),
+                device_name: device,
+                profile_name: profile,
+                source_name: "src".into(),
+                origin,
+                readings,
+                tags: None,
+            })
+        })
+}
+
+proptest! {
+    #[test]
+    fn events_round_trip_in_both_encodings(req in event()) {
+        for enc in [Encoding::Json, Encoding::Cbor] {
+            let bytes = encode_event(&req, "corr", enc).unwrap();
+            let back = decode_event(&bytes).unwrap();
+            prop_assert_eq!(&back.payload.event, &req.event);
+            prop_assert_eq!(back.correlation_id.as_str(), "corr");
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode_event(&bytes);
+    }
+
+    #[test]
+    fn corrupted_messages_never_panic(req in event(), cut in any::<prop::sample::Index>(), flip in any::<u8>()) {
+        for enc in [Encoding::Json, Encoding::Cbor] {
+            let mut bytes = encode_event(&req, "c", enc).unwrap();
+            let i = cut.index(bytes.len());
+            bytes[i] ^= flip;
+            let _ = decode_event(&bytes);
+            let _ = decode_event(&bytes[..i]);
+        }
+    }
+}
