@@ -96,15 +96,55 @@ struct Metrics {
     publish_errors: String,
 }
 
+/// What every received message passes before it reaches a consumer: the size limit and the
+/// accounting of invalid messages. Shared with the client's delivery callbacks, which must
+/// not hold the client itself (that would keep it alive forever).
+struct Admission {
+    max_payload: usize,
+    metrics: Metrics,
+    bad_input_log: RateLimitedLog,
+}
+
+impl Admission {
+    /// Counts a message and refuses oversized ones.
+    fn admit(&self, topic: &str, payload: &Bytes) -> Option<Bytes> {
+        metrics::counter!(self.metrics.received.clone()).increment(1);
+        if payload.len() > self.max_payload {
+            self.invalid(
+                "oversized",
+                topic,
+                &format!(
+                    "{} bytes exceed the {} byte limit",
+                    payload.len(),
+                    self.max_payload
+                ),
+            );
+            return None;
+        }
+        Some(payload.clone())
+    }
+
+    fn invalid(&self, reason: &'static str, topic: &str, detail: &str) {
+        metrics::counter!(self.metrics.invalid.clone(), "reason" => reason).increment(1);
+        if let Some(suppressed) = self.bad_input_log.check(reason) {
+            tracing::warn!(
+                reason,
+                topic,
+                detail,
+                suppressed,
+                "dropped an invalid bus message"
+            );
+        }
+    }
+}
+
 /// A connection to the bus; cheap to clone.
 #[derive(Clone)]
 pub struct Bus {
     client: Arc<MqttClient>,
     encoding: Encoding,
     base_topic: String,
-    max_payload: usize,
-    metrics: Arc<Metrics>,
-    bad_input_log: Arc<RateLimitedLog>,
+    admission: Arc<Admission>,
     url: String,
     /// Set once this side disconnects, so the close is not reported as a loss.
     closing: Arc<AtomicBool>,
@@ -185,14 +225,33 @@ impl Bus {
             qos: QoS::AtLeastOnce,
             ..Default::default()
         };
-        bus.client
-            .subscribe_with_ack(filter, sub, callback)
-            .await
-            .map_err(|e| BusError::Subscribe {
-                filter: filter.to_string(),
-                reason: e.to_string(),
-            })?;
-        Ok((bus, rx))
+        // Without the subscription nothing new arrives, so keep trying; the session's
+        // queued messages reach the callback meanwhile and wait in `rx`.
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            match bus
+                .client
+                .subscribe_with_ack(filter, sub.clone(), callback.clone())
+                .await
+            {
+                Ok(_) => return Ok((bus, rx)),
+                Err(e) => {
+                    if backoff.attempts() == 0 {
+                        tracing::warn!(filter, error = %e, "cannot subscribe yet; retrying");
+                    }
+                    tokio::select! {
+                        () = shutdown.wait() => {
+                            // Close the connection before `rx` goes, so nothing queued is
+                            // answered with a failure acknowledgement.
+                            bus.disconnect().await;
+                            std::mem::forget(rx);
+                            return Err(BusError::ShutDown);
+                        }
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
+            }
+        }
     }
 
     /// Logs connection losses and recoveries (not the ones this side asked for).
@@ -220,14 +279,16 @@ impl Bus {
             client: Arc::new(client),
             encoding: cfg.encoding,
             base_topic: cfg.base_topic.clone(),
-            max_payload: cfg.max_payload_bytes,
-            metrics: Arc::new(Metrics {
-                received: telemetry::metric_name(service, "bus_messages_received_total"),
-                invalid: telemetry::metric_name(service, "bus_messages_invalid_total"),
-                published: telemetry::metric_name(service, "bus_messages_published_total"),
-                publish_errors: telemetry::metric_name(service, "bus_publish_errors_total"),
+            admission: Arc::new(Admission {
+                max_payload: cfg.max_payload_bytes,
+                metrics: Metrics {
+                    received: telemetry::metric_name(service, "bus_messages_received_total"),
+                    invalid: telemetry::metric_name(service, "bus_messages_invalid_total"),
+                    published: telemetry::metric_name(service, "bus_messages_published_total"),
+                    publish_errors: telemetry::metric_name(service, "bus_publish_errors_total"),
+                },
+                bad_input_log: RateLimitedLog::default(),
             }),
-            bad_input_log: Arc::new(RateLimitedLog::default()),
             url: cfg.url.clone(),
             closing: Arc::default(),
         }
@@ -240,9 +301,9 @@ impl Bus {
         tx: mpsc::UnboundedSender<Delivery>,
     ) -> impl Fn(mqtt5::packet::publish::PublishPacket, AckToken) + Send + Sync + Clone + 'static
     {
-        let me = self.clone();
+        let admission = Arc::clone(&self.admission);
         move |publish, token| {
-            if let Some(payload) = me.admit(&publish.topic_name, &publish.payload) {
+            if let Some(payload) = admission.admit(&publish.topic_name, &publish.payload) {
                 // Consumers keep the receiver open until they have disconnected, so a
                 // message is never dropped here while the connection could ack it.
                 let _ = tx.send(Delivery {
@@ -291,11 +352,11 @@ impl Bus {
         };
         match self.client.publish_with_options(topic, bytes, opts).await {
             Ok(_) => {
-                metrics::counter!(self.metrics.published.clone()).increment(1);
+                metrics::counter!(self.admission.metrics.published.clone()).increment(1);
                 Ok(())
             }
             Err(e) => {
-                metrics::counter!(self.metrics.publish_errors.clone()).increment(1);
+                metrics::counter!(self.admission.metrics.publish_errors.clone()).increment(1);
                 Err(BusError::Publish {
                     topic: topic.to_string(),
                     reason: e.to_string(),
@@ -310,7 +371,7 @@ impl Bus {
         filter: &str,
     ) -> Result<mpsc::UnboundedReceiver<Delivery>, BusError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let me = self.clone();
+        let admission = Arc::clone(&self.admission);
         let opts = SubscribeOptions {
             qos: QoS::AtLeastOnce,
             ..Default::default()
@@ -318,7 +379,7 @@ impl Bus {
         self.client
             .subscribe_with_options(filter, opts, move |msg| {
                 let payload = Bytes::from(msg.payload);
-                if let Some(payload) = me.admit(&msg.topic, &payload) {
+                if let Some(payload) = admission.admit(&msg.topic, &payload) {
                     let _ = tx.send(Delivery {
                         topic: msg.topic,
                         payload,
@@ -334,36 +395,9 @@ impl Bus {
         Ok(rx)
     }
 
-    /// Counts a message and refuses oversized ones.
-    fn admit(&self, topic: &str, payload: &Bytes) -> Option<Bytes> {
-        metrics::counter!(self.metrics.received.clone()).increment(1);
-        if payload.len() > self.max_payload {
-            self.invalid(
-                "oversized",
-                topic,
-                &format!(
-                    "{} bytes exceed the {} byte limit",
-                    payload.len(),
-                    self.max_payload
-                ),
-            );
-            return None;
-        }
-        Some(payload.clone())
-    }
-
     /// Records an invalid message: a metric by reason and a rate-limited warning.
     pub fn invalid(&self, reason: &'static str, topic: &str, detail: &str) {
-        metrics::counter!(self.metrics.invalid.clone(), "reason" => reason).increment(1);
-        if let Some(suppressed) = self.bad_input_log.check(reason) {
-            tracing::warn!(
-                reason,
-                topic,
-                detail,
-                suppressed,
-                "dropped an invalid bus message"
-            );
-        }
+        self.admission.invalid(reason, topic, detail);
     }
 
     /// Decodes a delivery's envelope, recording it as invalid on failure.
@@ -388,10 +422,14 @@ impl Bus {
         }
     }
 
-    /// Disconnects cleanly (the broker keeps a durable session for the next start).
-    pub async fn disconnect(&self) {
+    /// Disconnects cleanly (the broker keeps a durable session for the next start);
+    /// false if the broker could not be told in time.
+    pub async fn disconnect(&self) -> bool {
         self.closing.store(true, Ordering::Relaxed);
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.disconnect()).await;
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), self.client.disconnect()).await,
+            Ok(Ok(()))
+        )
     }
 }
 

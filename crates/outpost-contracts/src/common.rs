@@ -168,9 +168,10 @@ impl Paging {
         Ok((offset, limit))
     }
 
-    /// EdgeX answers 416 when the offset lies beyond the stored items.
+    /// EdgeX answers 416 when the offset lies beyond the stored items (an empty
+    /// collection answers an empty page at any offset).
     pub fn out_of_range(offset: u64, total: u64) -> bool {
-        offset > total
+        total > 0 && offset > total
     }
 }
 

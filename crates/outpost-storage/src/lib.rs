@@ -242,6 +242,7 @@ pub fn open(path: &Path, key: &Key, opts: &OpenOptions) -> Result<Connection, St
          PRAGMA temp_store = MEMORY;
          PRAGMA foreign_keys = ON;
          PRAGMA busy_timeout = 5000;
+         PRAGMA journal_size_limit = 67108864;
          PRAGMA cache_size = -{};",
         opts.cache_kib
     ))?;

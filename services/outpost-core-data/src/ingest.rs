@@ -124,11 +124,27 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> mpsc::UnboundedReceiver<Delivery> {
     let (commit_tx, commit_rx) = mpsc::channel::<Batch>(2);
+    let pending = Arc::new(Pending::default());
     let committer = tokio::spawn(commit_loop(
         Arc::clone(&ingest),
         commit_rx,
+        Arc::clone(&pending),
         shutdown.clone(),
     ));
+    let send = |batch: Batch| {
+        let (tx, pending) = (commit_tx.clone(), Arc::clone(&pending));
+        async move {
+            pending.add();
+            if let Err(refused) = tx.send(batch).await {
+                // The committer is gone (it gave up while stopping): leave these to the
+                // broker too.
+                pending.done();
+                leave_unacknowledged(refused.0.acks);
+                return false;
+            }
+            true
+        }
+    };
     loop {
         let first = tokio::select! {
             d = rx.recv() => d,
@@ -145,37 +161,95 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        if !batch.events.is_empty() && commit_tx.send(batch).await.is_err() {
+        if !batch.events.is_empty() && !send(batch).await {
             break;
         }
     }
-    // Keep consuming until the broker has delivered everything it held for core-data:
-    // the stream stays quiet for DRAIN_QUIET (or DRAIN_MAX passes). Everything received
-    // is committed and acknowledged before the connection closes.
+    // Keep consuming until the broker has delivered everything it held for core-data. A
+    // quiet stream alone does not prove that: the broker also goes quiet while it waits for
+    // acknowledgements. So the drain ends only when nothing arrived for DRAIN_QUIET *and*
+    // every batch received has been committed and acknowledged (or DRAIN_MAX passed).
     let deadline = tokio::time::Instant::now() + DRAIN_MAX;
     let mut batch = Batch::default();
     loop {
-        let next = tokio::time::timeout(DRAIN_QUIET, rx.recv()).await;
-        match next {
-            Ok(Some(d)) => {
-                take(&ingest, &bus, d, &mut batch).await;
-                if batch.events.len() >= max_batch {
-                    let _ = commit_tx.send(std::mem::take(&mut batch)).await;
-                }
-            }
-            Ok(None) | Err(_) => break,
-        }
         if tokio::time::Instant::now() > deadline {
             tracing::warn!("events kept arriving while stopping; the rest stays with the broker");
             break;
         }
+        match tokio::time::timeout(DRAIN_QUIET, rx.recv()).await {
+            Ok(Some(d)) => {
+                take(&ingest, &bus, d, &mut batch).await;
+                if batch.events.len() >= max_batch && !send(std::mem::take(&mut batch)).await {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(_quiet) => {
+                let in_flight = !batch.events.is_empty() || pending.count() > 0;
+                if !batch.events.is_empty() && !send(std::mem::take(&mut batch)).await {
+                    break;
+                }
+                if !pending.wait_idle(deadline).await {
+                    break;
+                }
+                if !in_flight {
+                    // Quiet with nothing awaiting acknowledgement: the broker has no more.
+                    break;
+                }
+                // Acknowledgements just went out: give the broker another quiet window to
+                // send what it was holding back.
+            }
+        }
     }
     if !batch.events.is_empty() {
-        let _ = commit_tx.send(batch).await;
+        send(batch).await;
     }
     drop(commit_tx);
     let _ = committer.await;
     rx
+}
+
+/// Batches handed to the committer and not yet acknowledged.
+#[derive(Default)]
+struct Pending {
+    count: std::sync::atomic::AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+impl Pending {
+    fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn add(&self) {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn done(&self) {
+        self.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until no batch is pending; false if `deadline` passed first.
+    async fn wait_idle(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let changed = self.changed.notified();
+            if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+/// Gives up on messages without acknowledging them, so the broker delivers them again
+/// after a restart. Only for a process that is about to exit: dropping an unresolved token
+/// would send a *failure* acknowledgement, which makes the broker discard the message, so
+/// the tokens are leaked instead and the connection closes with them unanswered.
+fn leave_unacknowledged(acks: Vec<Ack>) {
+    std::mem::forget(acks);
 }
 
 /// Decodes and validates one delivery into the batch; refused messages are acknowledged
@@ -205,7 +279,12 @@ async fn take(ingest: &Ingest, bus: &Bus, d: Delivery, batch: &mut Batch) {
     .await;
 }
 
-async fn commit_loop(ingest: Arc<Ingest>, mut rx: mpsc::Receiver<Batch>, shutdown: Shutdown) {
+async fn commit_loop(
+    ingest: Arc<Ingest>,
+    mut rx: mpsc::Receiver<Batch>,
+    pending: Arc<Pending>,
+    shutdown: Shutdown,
+) {
     while let Some(batch) = rx.recv().await {
         let events: Arc<[IngestEvent]> = batch.events.into();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
@@ -216,6 +295,7 @@ async fn commit_loop(ingest: Arc<Ingest>, mut rx: mpsc::Receiver<Batch>, shutdow
                     for ack in batch.acks {
                         ack.ack();
                     }
+                    pending.done();
                     break;
                 }
                 Err(e) => {
@@ -223,15 +303,17 @@ async fn commit_loop(ingest: Arc<Ingest>, mut rx: mpsc::Receiver<Batch>, shutdow
                         tracing::error!(error = %e, events = events.len(), "cannot commit events; holding them unacknowledged and retrying");
                     }
                     if shutdown.is_triggered() && backoff.attempts() >= 3 {
-                        // Leave them to the broker: they are redelivered after restart.
-                        // Dropping an unresolved token would send a failure acknowledgement,
-                        // which makes the broker discard the message; the process is
-                        // exiting, so leaking the tokens keeps that acknowledgement unsent.
                         tracing::warn!(
                             events = events.len(),
                             "stopping with uncommitted events; the broker keeps them"
                         );
-                        std::mem::forget(batch.acks);
+                        leave_unacknowledged(batch.acks);
+                        pending.done();
+                        rx.close();
+                        while let Some(rest) = rx.recv().await {
+                            leave_unacknowledged(rest.acks);
+                            pending.done();
+                        }
                         return;
                     }
                     tokio::time::sleep(backoff.next_delay()).await;

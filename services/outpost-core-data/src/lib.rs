@@ -95,8 +95,11 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
             let _ = slot.set(bus.clone());
             tracing::info!(filter, "persisting device events from the bus");
             let rx = ingest::run(ingest, bus.clone(), rx, max_batch, ctx.shutdown.clone()).await;
-            bus.disconnect().await;
-            drop(rx);
+            if !bus.disconnect().await {
+                // Still connected: late deliveries must not be answered with failure
+                // acknowledgements as `rx` goes; the process is about to exit.
+                std::mem::forget(rx);
+            }
         })
     };
 
@@ -123,6 +126,10 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
                     Ok(()) => Check::ok("storage"),
                     Err(e) => Check::failed("storage", e.to_string()),
                 }];
+                checks.push(match ingest.store.writer_health() {
+                    Ok(()) => Check::ok("writes"),
+                    Err(e) => Check::failed("writes", e),
+                });
                 checks.push(match slot.get() {
                     Some(bus) if bus.is_connected().await => Check::ok("bus"),
                     _ => Check::failed("bus", "not connected"),

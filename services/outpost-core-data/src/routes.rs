@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use outpost_bus::Bus;
 use outpost_contracts::common::{
-    BaseResponse, BaseWithIdResponse, BaseWithTotalCountResponse, CountResponse,
+    BaseResponse, BaseWithIdResponse, BaseWithTotalCountResponse, CountResponse, Paging,
 };
 use outpost_contracts::envelope::CONTENT_TYPE_CBOR;
 use outpost_contracts::event::{
@@ -279,7 +279,7 @@ async fn events(
     q.limit = limit;
     q.count_total = count_total;
     let (total, events) = app.ingest.store.events(q).await?;
-    if count_total && offset > total {
+    if count_total && Paging::out_of_range(offset, total) {
         return Err(ApiError::range_not_satisfiable(offset, total));
     }
     let mode = p.mode();
@@ -419,11 +419,15 @@ async fn readings(
 ) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
     let mode = p.mode();
     if let Some(f) = p.aggregate()? {
+        // EdgeX renders aggregates as JSON numbers whatever `numeric` says.
         let list = app.ingest.store.aggregate(q, f).await?;
         return Ok(axum::Json(MultiReadingsResponse {
             page: page_base(list.len() as u64),
             aggregate_func: Some(f.as_str().to_string()),
-            readings: list.iter().map(|r| r.to_json(mode)).collect(),
+            readings: list
+                .iter()
+                .map(|r| r.to_json(NumericMode::Numbers))
+                .collect(),
         }));
     }
     let (offset, limit, count_total) = p.page(app.max_result_count)?;
@@ -431,7 +435,7 @@ async fn readings(
     q.limit = limit;
     q.count_total = count_total;
     let (total, list) = app.ingest.store.readings(q).await?;
-    if count_total && offset > total {
+    if count_total && Paging::out_of_range(offset, total) {
         return Err(ApiError::range_not_satisfiable(offset, total));
     }
     Ok(axum::Json(MultiReadingsResponse {
@@ -549,14 +553,29 @@ async fn device_resource_readings_in_range(
     readings(&app, &p, q).await
 }
 
+/// The optional body of `GET /reading/device/name/{d}/start/{s}/end/{e}` (EdgeX's
+/// multi-resource query).
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct ResourceNames {
+    resource_names: Vec<String>,
+}
+
 async fn device_readings_in_range(
     State(app): St,
     Path((device, start, end)): Path<(String, String, String)>,
     Query(p): Query<ListParams>,
+    Body(body): Body,
 ) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
     let (s, e) = range(&start, &end)?;
+    let names: ResourceNames = if body.iter().all(u8::is_ascii_whitespace) {
+        ResourceNames::default()
+    } else {
+        parse_json(&body)?
+    };
     let q = StoreQuery {
         device: Some(device),
+        resources: names.resource_names,
         start: Some(s),
         end: Some(e),
         ..StoreQuery::default()

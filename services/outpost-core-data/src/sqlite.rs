@@ -27,10 +27,13 @@
 //! never waits long behind retention. Readers use their own connections (WAL), and a
 //! background thread checkpoints the WAL so commits do not.
 //!
-//! Invariants: reading sequence numbers only grow (a rolled-back transaction leaves a gap,
-//! never a reuse); an event, its readings, its id entry and its counts are written and
-//! deleted in one transaction; a name id is cached only after the transaction that created
-//! it committed.
+//! Invariants: within a run, reading sequence numbers only grow (a rolled-back transaction
+//! leaves a gap); after a restart numbering continues after the highest stored one, so numbers
+//! of deleted newest events may come back, which is harmless because nothing outside the store
+//! uses them. An event, its readings, its id entry and its counts are written and deleted in
+//! one transaction; a name id is cached only after the transaction that created it committed.
+//! Event ids are unique per origin (`(origin, id)`) and, for events stored close together,
+//! per id alone (the same id in one `event_ids` bucket is a duplicate).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -137,6 +140,8 @@ enum Delete {
 pub struct SqliteEventStore {
     db: Db,
     jobs: mpsc::Sender<Job>,
+    /// The last write failure, cleared by the next successful commit.
+    failing: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Metric names the writer records.
@@ -156,6 +161,8 @@ impl SqliteEventStore {
         })?;
         let (tx, rx) = mpsc::channel(256);
         let writer_db = db.clone();
+        let failing: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let writer_failing = Arc::clone(&failing);
         std::thread::Builder::new()
             .name("core-data-writer".into())
             .spawn(move || {
@@ -164,11 +171,16 @@ impl SqliteEventStore {
                     pending_names: Vec::new(),
                     next_seq,
                     metrics,
+                    failing: writer_failing,
                 };
                 w.run(&writer_db, rx);
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
-        Ok(Self { db, jobs: tx })
+        Ok(Self {
+            db,
+            jobs: tx,
+            failing,
+        })
     }
 
     async fn delete(&self, what: Delete) -> Result<Deleted, StoreError> {
@@ -194,24 +206,21 @@ impl SqliteEventStore {
     }
 }
 
-/// Errors that say the database cannot take writes now, as opposed to this data being bad.
-fn is_systemic(e: &rusqlite::Error) -> bool {
-    matches!(
-        e,
-        rusqlite::Error::SqliteFailure(f, _) if matches!(
+/// Errors caused by the data of one event (it can never be stored), as opposed to the
+/// database being unable to take writes now. Anything not known to be about the data is
+/// treated as the database's problem: the events are held and retried, never refused.
+fn is_data_error(e: &rusqlite::Error) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => matches!(
             f.code,
-            ErrorCode::DiskFull
-                | ErrorCode::SystemIoFailure
-                | ErrorCode::DatabaseBusy
-                | ErrorCode::DatabaseLocked
-                | ErrorCode::ReadOnly
-                | ErrorCode::CannotOpen
-                | ErrorCode::OutOfMemory
-                | ErrorCode::DatabaseCorrupt
-                | ErrorCode::NotADatabase
-                | ErrorCode::FileLockingProtocolFailed
-        )
-    )
+            ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch
+        ),
+        rusqlite::Error::ToSqlConversionFailure(_)
+        | rusqlite::Error::IntegralValueOutOfRange(..)
+        | rusqlite::Error::Utf8Error(..)
+        | rusqlite::Error::NulError(_) => true,
+        _ => false,
+    }
 }
 
 fn unavailable(e: &rusqlite::Error) -> StoreError {
@@ -224,6 +233,7 @@ struct Writer {
     pending_names: Vec<(String, i64)>,
     next_seq: i64,
     metrics: WriterMetrics,
+    failing: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 type Pending = (
@@ -289,6 +299,13 @@ impl Writer {
         Ok(id)
     }
 
+    fn set_failing(&self, why: Option<String>) {
+        *self
+            .failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = why;
+    }
+
     fn committed(&mut self) {
         for (n, id) in self.pending_names.drain(..) {
             self.names.insert(n, id);
@@ -310,6 +327,7 @@ impl Writer {
         match self.append_all(c, &batch) {
             Ok(outcomes) => {
                 self.committed();
+                self.set_failing(None);
                 metrics::histogram!(self.metrics.batch_events.clone()).record(total as f64);
                 metrics::histogram!(self.metrics.commit_seconds.clone())
                     .record(started.elapsed().as_secs_f64());
@@ -317,16 +335,19 @@ impl Writer {
                     let _ = reply.send(Ok(out));
                 }
             }
-            Err(e) if is_systemic(&e) => {
+            Err(e) if !is_data_error(&e) => {
                 self.rolled_back();
+                self.set_failing(Some(e.to_string()));
                 tracing::error!(error = %e, events = total, "cannot store events; they will be retried");
                 for (_, reply) in batch {
                     let _ = reply.send(Err(unavailable(&e)));
                 }
             }
             Err(e) => {
-                // Something in the batch is unstorable: store event by event so one bad
-                // event cannot hold back the others.
+                // Something in the batch cannot be stored: store event by event so one bad
+                // event cannot hold back the others. If the database fails meanwhile, the
+                // whole call fails and is retried; events stored by then come back as
+                // duplicates, which is safe.
                 self.rolled_back();
                 tracing::warn!(error = %e, "a batch failed; storing its events one by one");
                 for (events, reply) in batch {
@@ -338,25 +359,19 @@ impl Writer {
                                 self.committed();
                                 outs.push(o);
                             }
-                            Err(e) if is_systemic(&e) => {
+                            Err(e) if is_data_error(&e) => {
+                                self.rolled_back();
+                                outs.push(Outcome::Refused(e.to_string()));
+                            }
+                            Err(e) => {
                                 self.rolled_back();
                                 failed = Some(unavailable(&e));
                                 break;
                             }
-                            Err(e) => {
-                                self.rolled_back();
-                                outs.push(Outcome::Refused(e.to_string()));
-                            }
                         }
                     }
                     let _ = reply.send(match failed {
-                        Some(err) if outs.is_empty() => Err(err),
-                        // Part stored: report what happened; the rest is refused as
-                        // retryable by the caller's own retry of refused events.
-                        Some(err) => {
-                            outs.resize(events.len(), Outcome::Refused(err.to_string()));
-                            Ok(outs)
-                        }
+                        Some(err) => Err(err),
                         None => Ok(outs),
                     });
                 }
@@ -421,10 +436,17 @@ impl Writer {
             return Ok(Outcome::Duplicate);
         }
         let seq = tx.last_insert_rowid();
-        tx.prepare_cached(
-            "INSERT INTO event_ids (bucket, id, seq) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-        )?
-        .execute(params![seq >> BUCKET_SHIFT, id.as_bytes().as_slice(), seq])?;
+        let indexed = tx
+            .prepare_cached(
+                "INSERT INTO event_ids (bucket, id, seq) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![seq >> BUCKET_SHIFT, id.as_bytes().as_slice(), seq])?;
+        if indexed == 0 {
+            // The same id was stored recently with another origin: still a duplicate.
+            tx.prepare_cached("DELETE FROM events WHERE seq = ?1")?
+                .execute([seq])?;
+            return Ok(Outcome::Duplicate);
+        }
         let mut st = tx.prepare_cached(
             "INSERT INTO readings (seq, id, origin, device, resource, profile, value_type, units,
                                    value, num, blob, media_type, object, tags)
@@ -490,7 +512,7 @@ impl Writer {
                     Some(dev) => {
                         let evs = select_events(
                             &tx,
-                            "SELECT seq, device, first_reading, readings, id FROM events WHERE device = ?1 ORDER BY seq LIMIT 1000",
+                            "SELECT seq, device, first_reading, readings, id FROM events WHERE device = ?1 ORDER BY origin LIMIT 1000",
                             params![dev],
                             *chunk,
                         )?;
@@ -598,10 +620,12 @@ fn select_events(
 
 /// The sequence number of the event with `id`: its id entry, newest bucket first.
 fn find_event(c: &Connection, id: &uuid::Uuid) -> rusqlite::Result<Option<i64>> {
-    let (lo, hi): (Option<i64>, Option<i64>) =
-        c.query_row("SELECT MIN(seq), MAX(seq) FROM events", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+    // Two subqueries: SQLite answers each MIN/MAX from the rowid alone, not by a scan.
+    let (lo, hi): (Option<i64>, Option<i64>) = c.query_row(
+        "SELECT (SELECT MIN(seq) FROM events), (SELECT MAX(seq) FROM events)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let (Some(lo), Some(hi)) = (lo, hi) else {
         return Ok(None);
     };
@@ -781,7 +805,18 @@ fn plan(c: &Connection, q: &Query, readings: bool) -> rusqlite::Result<Plan> {
         },
         _ => None,
     };
-    let by_resource = readings && device.is_none() && resource.is_some();
+    let mut any_of = Vec::new();
+    if readings {
+        for name in &q.resources {
+            if let Some(id) = name_id(c, name)? {
+                any_of.push(id);
+            }
+        }
+        if !q.resources.is_empty() && any_of.is_empty() {
+            return Ok(Plan::Empty);
+        }
+    }
+    let by_resource = readings && device.is_none() && resource.is_some() && any_of.is_empty();
     let t = if by_resource { "r" } else { "e" };
     if let Some(d) = device {
         params.push(d);
@@ -797,6 +832,14 @@ fn plan(c: &Connection, q: &Query, readings: bool) -> rusqlite::Result<Plan> {
             "+r.resource"
         };
         conds.push(format!("{col} = ?{}", params.len()));
+    }
+    if !any_of.is_empty() {
+        let mut slots = Vec::with_capacity(any_of.len());
+        for id in any_of {
+            params.push(id);
+            slots.push(format!("?{}", params.len()));
+        }
+        conds.push(format!("+r.resource IN ({})", slots.join(", ")));
     }
     if let Some(s) = q.start {
         params.push(s);
@@ -875,7 +918,7 @@ fn totals_of(c: &Connection, device: Option<&str>) -> rusqlite::Result<Totals> {
 
 /// Readings matching `q` without a time range, from the kept counts.
 fn reading_total(c: &Connection, q: &Query) -> rusqlite::Result<Option<u64>> {
-    if q.start.is_some() || q.end.is_some() {
+    if q.start.is_some() || q.end.is_some() || !q.resources.is_empty() {
         return Ok(None);
     }
     let sum = |sql: &str, params: &[i64]| -> rusqlite::Result<u64> { count(c, sql, params) };
@@ -1171,6 +1214,20 @@ impl EventStore for SqliteEventStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.db.ping().await.map_err(StoreError::from)
+    }
+
+    fn writer_health(&self) -> Result<(), String> {
+        if self.jobs.is_closed() {
+            return Err("the writer stopped".into());
+        }
+        match &*self
+            .failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            Some(why) => Err(format!("the last commit failed: {why}")),
+            None => Ok(()),
+        }
     }
 }
 

@@ -46,6 +46,8 @@ impl From<outpost_storage::rusqlite::Error> for StoreError {
 pub struct Query {
     pub device: Option<String>,
     pub resource: Option<String>,
+    /// Any of these resources (EdgeX's multi-resource query); with `resource`, either.
+    pub resources: Vec<String>,
     /// Origin range, nanoseconds, inclusive.
     pub start: Option<i64>,
     pub end: Option<i64>,
@@ -119,4 +121,6 @@ pub trait EventStore: Send + Sync + 'static {
     /// deleted.
     async fn trim(&self, keep: u64, chunk: u64) -> Result<u64, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Whether writes currently succeed (the last commit did, and the writer runs).
+    fn writer_health(&self) -> Result<(), String>;
 }

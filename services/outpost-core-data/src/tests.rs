@@ -327,9 +327,10 @@ async fn reading_queries_paging_and_aggregates() {
         .iter()
         .map(|x| (x["resourceName"].as_str().unwrap().to_string(), x.clone()))
         .collect();
-    assert_eq!(by["count"]["value"], "45");
+    // Aggregates are JSON numbers, as EdgeX renders them.
+    assert_eq!(by["count"]["value"], 45);
     assert_eq!(by["count"]["valueType"], "Int64");
-    assert_eq!(by["temp"]["value"], "50");
+    assert_eq!(by["temp"]["value"], 50);
     assert_eq!(by["temp"]["valueType"], "Float64");
     let (_, r) = call(
         &f,
@@ -360,6 +361,41 @@ async fn reading_queries_paging_and_aggregates() {
     assert_eq!(r["readings"].as_array().unwrap().len(), 4);
     let (s, _) = call(&f, "GET", "/api/v3/reading/all?aggregateFunc=MEDIAN", None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // EdgeX's multi-resource query: resource names in the body of a GET.
+    let (s, r) = call(
+        &f,
+        "GET",
+        "/api/v3/reading/device/name/d1/start/0/end/5000",
+        Some(json!({"resourceNames": ["count", "nope"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["totalCount"], 10);
+    assert!(
+        r["readings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["resourceName"] == "count")
+    );
+    let (_, r) = call(
+        &f,
+        "GET",
+        "/api/v3/reading/device/name/d1/start/0/end/5000",
+        None,
+    )
+    .await;
+    assert_eq!(r["totalCount"], 20);
+    // An empty collection answers an empty page at any offset.
+    let (s, r) = call(
+        &f,
+        "GET",
+        "/api/v3/reading/device/name/nobody?offset=50",
+        None,
+    )
+    .await;
+    assert_eq!((s, r["totalCount"].as_u64()), (StatusCode::OK, Some(0)));
 
     // Events.
     let (_, r) = call(&f, "GET", "/api/v3/event/device/name/d2?limit=2", None).await;

@@ -272,7 +272,7 @@ impl Metadata {
         limit: u64,
     ) -> Result<(u64, Vec<T>), ApiError> {
         let (total, docs) = self.store.list(T::KIND, filter, offset, limit).await?;
-        if offset > total {
+        if outpost_contracts::common::Paging::out_of_range(offset, total) {
             return Err(ApiError::range_not_satisfiable(offset, total));
         }
         let items = docs
