@@ -171,3 +171,29 @@ async fn killing_the_supervisor_takes_the_children_down() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_second_process_on_the_same_data_dir_is_refused() {
+    let mut node = Node::start("").await;
+    let data = node.pid("core-data");
+    // Another core-data on the same data dir would share its database: it must refuse
+    // to start and leave the running one alone.
+    let (ok, _, stderr) = node.cli(&["run", "core-data"]);
+    assert!(!ok, "a second core-data started");
+    assert!(stderr.contains("already runs"), "stderr: {stderr}");
+    // A second node is refused the same way, before it starts anything.
+    let (ok, _, stderr) = node.cli(&["up"]);
+    assert!(!ok, "a second node started");
+    assert!(
+        stderr.contains("another Outpost node is running"),
+        "stderr: {stderr}"
+    );
+    assert_eq!(
+        node.pid("core-data"),
+        data,
+        "the running core-data was disturbed"
+    );
+    let (s, _) = node.get(&format!("{}/api/v3/ping", node.data())).await;
+    assert_eq!(s, 200);
+    node.stop();
+}

@@ -584,8 +584,17 @@ pub async fn events_tail(
 ) -> anyhow::Result<()> {
     let shutdown = outpost_kit::Shutdown::new();
     shutdown.listen_for_signals(false);
-    let opts = outpost_bus::Options::plain(format!("outpost-cli-{}", std::process::id()));
-    let bus = outpost_bus::Bus::connect(&cfg.bus, data_dir, "cli", opts, &shutdown).await?;
+    let mut opts = outpost_bus::Options::plain(format!("cli-{}", std::process::id()));
+    opts.create_credentials = false;
+    let connect = outpost_bus::Bus::connect(&cfg.bus, data_dir, "cli", opts, &shutdown);
+    let bus = tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "cannot connect to the bus at {} (is the node up? run on the node, or pass its --data-dir)",
+                cfg.bus.url
+            )
+        })??;
     let filter = format!("{}/events/#", cfg.bus.base_topic);
     let mut rx = bus.subscribe(&filter).await?;
     eprintln!("following {filter} on {} (Ctrl-C to stop)", cfg.bus.url);

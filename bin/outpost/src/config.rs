@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use outpost_kit::config::{
     BusConfig, CommonConfig, ConfigError, LogConfig, NodeConfig as NodeSection, Problems,
-    RegistryConfig, StorageConfig, Validate, apply_env_overrides, from_table, parse_toml,
+    RegistryConfig, StorageConfig, Validate, apply_env_overrides, apply_overrides, from_table,
+    parse_toml,
 };
 use serde::{Deserialize, Serialize};
 
@@ -82,9 +83,9 @@ impl Service {
 }
 
 impl NodeConfig {
-    /// Loads defaults, then `file`, then `OUTPOST_*` variables; fills derived values and
-    /// validates everything.
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+    /// Loads defaults, then `file`, then `OUTPOST_*` variables, then `--set` overrides;
+    /// fills derived values and validates everything.
+    pub fn load(file: Option<&Path>, sets: &[String]) -> Result<Self, ConfigError> {
         let mut table = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -95,8 +96,12 @@ impl NodeConfig {
             }
             None => toml::Table::new(),
         };
-        apply_env_overrides(&mut table, std::env::vars())?;
-        let origin = file.map_or_else(|| "environment".to_string(), |p| p.display().to_string());
+        apply_env_overrides(&mut table, std::env::vars_os())?;
+        apply_overrides(&mut table, sets)?;
+        let origin = match file {
+            Some(p) => format!("{} (with environment and --set overrides)", p.display()),
+            None => "configuration (environment and --set overrides)".to_string(),
+        };
         let mut cfg: NodeConfig = from_table(table, &origin)?;
         cfg.derive();
         cfg.validate()?;
@@ -112,7 +117,7 @@ impl NodeConfig {
                 self.core_keeper.port
             );
         }
-        if self.bus.url.is_empty() {
+        if self.bus.url.is_empty() && self.broker.enabled {
             self.bus.url = format!("mqtt://{}", connect_addr(self.broker.listen));
         }
     }
@@ -152,12 +157,43 @@ impl NodeConfig {
                 p.push(svc.name(), format!("port {port} is also used by {other}"));
             }
         }
-        if self.broker.enabled
-            && self.broker.listen.port() == self.broker.port
-            && self.broker.listen.ip() == self.node.bind
-        {
-            p.push("broker", "the MQTT listener and the HTTP port must differ");
+        if self.broker.enabled {
+            let listen = self.broker.listen;
+            p.check(
+                listen.port() != 0,
+                "broker",
+                "listen needs a port other than 0",
+            );
+            let overlaps = listen.ip() == self.node.bind
+                || listen.ip().is_unspecified()
+                || self.node.bind.is_unspecified();
+            if let Some(other) = ports.get(&listen.port()).filter(|_| overlaps) {
+                p.push(
+                    "broker",
+                    format!("listen port {} is also {other}'s HTTP port", listen.port()),
+                );
+            }
         }
+        p.check(
+            !self.bus.url.is_empty(),
+            "bus",
+            "url is required when broker.enabled = false (the external broker to use)",
+        );
+        let bind = self.node.bind;
+        let advertised_loopback = self.node.advertise_host == "localhost"
+            || self
+                .node
+                .advertise_host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|a| a.is_loopback());
+        p.check(
+            bind.is_loopback() || bind.is_unspecified() || !advertised_loopback,
+            "node",
+            format!(
+                "services bind {bind} but advertise {}: other services could not reach them; set advertise_host",
+                self.node.advertise_host
+            ),
+        );
         p.into_result()
     }
 
@@ -251,8 +287,9 @@ fn connect_addr(listen: SocketAddr) -> String {
 
 /// The data dir: the flag or `OUTPOST_DATA_DIR`, else the user's data directory.
 pub fn default_data_dir() -> PathBuf {
-    let is_root = std::env::var("USER").is_ok_and(|u| u == "root")
-        || std::env::var("HOME").is_ok_and(|h| h == "/root");
+    // The owner of /proc/self is the process's effective user.
+    use std::os::unix::fs::MetadataExt as _;
+    let is_root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
     if is_root {
         return PathBuf::from("/var/lib/outpost");
     }

@@ -32,6 +32,10 @@ struct Args {
     /// Where the node keeps its state.
     #[arg(long, global = true, env = "OUTPOST_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Override one configuration key (repeatable), e.g. `--set core_data.port=59880`;
+    /// wins over the file and the environment.
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    set: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -174,11 +178,11 @@ fn main() -> ExitCode {
         print!("{}", config::DEFAULT_TOML);
         return ExitCode::SUCCESS;
     }
-    let cfg = match NodeConfig::load(args.config.as_deref()) {
+    let cfg = match NodeConfig::load(args.config.as_deref(), &args.set) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("outpost: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(runner::EXIT_CONFIG as u8);
         }
     };
     let data_dir = args.data_dir.unwrap_or_else(config::default_data_dir);
@@ -196,12 +200,12 @@ fn main() -> ExitCode {
                     "outpost: unknown service '{service}'; one of: {}",
                     names.join(", ")
                 );
-                ExitCode::from(2)
+                ExitCode::from(runner::EXIT_CONFIG as u8)
             }
         },
         Command::Up => {
             outpost_kit::telemetry::init_logs(&cfg.log);
-            block_on(supervisor::up(cfg, data_dir, args.config))
+            block_on(supervisor::up(cfg, data_dir))
         }
         command => block_on(client(command, cfg, data_dir)),
     }

@@ -12,13 +12,37 @@ use crate::config::{NodeConfig, Service};
 /// Set by the supervisor on its children: stop when standard input closes.
 pub const SUPERVISED_ENV: &str = "OUTPOST_SUPERVISED";
 
+/// Exit code for an invalid configuration: restarting cannot help.
+pub const EXIT_CONFIG: i32 = 2;
+
 /// Runs `svc` until it is told to stop; the exit code says whether it stopped cleanly.
 pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::ExitCode {
     telemetry::init_logs(&cfg.log);
+    // A panic anywhere (even in a spawned task) ends the process, so the supervisor
+    // restarts it instead of leaving a service running with a dead part.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        tracing::error!(service = svc.name(), "panicked: {info}");
+        std::process::exit(70);
+    }));
     if let Err(e) = outpost_storage::ensure_private_dir(&data_dir) {
         tracing::error!(error = %e, "cannot use the data dir");
         return std::process::ExitCode::FAILURE;
     }
+    // One process per service and data dir: a second one (or a previous one still
+    // stopping) would share its database and ports.
+    let _lock = match lock_service(&data_dir, svc) {
+        Ok(lock) => lock,
+        Err(e) => {
+            tracing::error!(
+                service = svc.name(),
+                error = format!("{e:#}"),
+                "cannot start"
+            );
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     // The busy services get two worker threads, the others one: a node idles in a few MB.
     let workers = match svc {
         Service::CoreData | Service::Broker => 2,
@@ -93,5 +117,25 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
             tracing::error!(service = svc.name(), error = format!("{e:#}"), "failed");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Holds `<data>/run/<service>.lock` for the life of the process.
+fn lock_service(data_dir: &std::path::Path, svc: Service) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context as _;
+    let run_dir = data_dir.join("run");
+    outpost_storage::ensure_private_dir(&run_dir)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(run_dir.join(format!("{}.lock", svc.name())))
+        .context("cannot open the service lock")?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            anyhow::bail!("{} already runs on {}", svc.name(), data_dir.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).context("cannot lock the service"),
     }
 }

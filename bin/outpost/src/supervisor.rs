@@ -2,18 +2,28 @@
 //!
 //! Every service runs as a child process of this binary (`outpost run <service>`):
 //! - a crashed or killed child is restarted with exponential backoff (reset after a minute
-//!   of good behaviour); the others keep serving, and the restarted one registers again;
+//!   of good behaviour); the others keep serving, and the restarted one registers again. A
+//!   child that exits with the configuration-error code is not restarted;
+//! - children get a snapshot of the resolved configuration (`<data>/run/config.toml`), so a
+//!   restarted child runs exactly what the supervisor announced, even if the file was
+//!   edited meanwhile;
 //! - children live in their own process group, so a terminal's Ctrl-C reaches only the
 //!   supervisor, which then stops them in reverse start order: it closes each child's
 //!   standard input (the child's signal to shut down gracefully: deregister, flush, exit),
-//!   waits up to `stop_timeout_ms`, and kills a child that does not stop;
+//!   waits up to `stop_timeout_ms`, and kills a child that does not stop. Once stopping has
+//!   begun nothing is restarted; a second signal kills whatever still runs;
 //! - if the supervisor itself dies, its children see their standard input close and stop;
-//! - children's log lines are forwarded with the service's name;
-//! - `<data>/run/outpost.lock` keeps a second node off the same data dir, and
-//!   `<data>/run/<service>.pid` says which process runs each service.
+//! - children's log lines are forwarded with the service's name through a bounded queue: if
+//!   the supervisor's own output stalls, lines are dropped (and counted), never the node;
+//! - `<data>/run/outpost.lock` keeps a second node off the same data dir, each service
+//!   holds `<data>/run/<service>.lock` while it runs, and `<data>/run/<service>.pid` says
+//!   which process runs each service.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -24,42 +34,64 @@ use tokio::io::AsyncBufReadExt as _;
 use tokio::process::{Child, Command};
 
 use crate::config::{NodeConfig, Service};
-use crate::runner::SUPERVISED_ENV;
+use crate::runner::{EXIT_CONFIG, SUPERVISED_ENV};
 
 /// A child that ran this long is considered healthy again: its backoff resets.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// Longest forwarded log line; longer ones are cut.
+const MAX_LINE: usize = 16 * 1024;
+/// Log lines waiting for the supervisor's standard error.
+const LOG_QUEUE: usize = 4096;
+
+/// Prints to standard output, ignoring a closed or failing output (a status line must not
+/// take the node down).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 struct Spec {
     exe: PathBuf,
-    config_file: Option<PathBuf>,
+    config_file: PathBuf,
     data_dir: PathBuf,
     log_format: LogFormat,
     stop_timeout: Duration,
     backoff_max: Duration,
+    logs: LogSink,
 }
 
 impl Spec {
     fn spawn(&self, svc: Service) -> std::io::Result<Child> {
-        let mut cmd = Command::new(&self.exe);
-        cmd.arg("--data-dir").arg(&self.data_dir);
-        if let Some(f) = &self.config_file {
-            cmd.arg("--config").arg(f);
-        }
-        cmd.arg("run")
+        let mut child = Command::new(&self.exe)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--config")
+            .arg(&self.config_file)
+            .arg("run")
             .arg(svc.name())
             .env(SUPERVISED_ENV, "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped())
             .process_group(0)
-            .kill_on_drop(true);
-        let mut child = cmd.spawn()?;
+            .kill_on_drop(true)
+            .spawn()?;
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(forward_logs(svc.name(), stderr, self.log_format));
+            tokio::spawn(forward_logs(
+                svc.name(),
+                stderr,
+                self.log_format,
+                self.logs.clone(),
+            ));
         }
-        let _ = std::fs::write(
-            pid_file(&self.data_dir, svc),
-            child.id().map(|p| p.to_string()).unwrap_or_default(),
+        write_atomically(
+            &pid_file(&self.data_dir, svc),
+            child
+                .id()
+                .map(|p| p.to_string())
+                .unwrap_or_default()
+                .as_bytes(),
         );
         Ok(child)
     }
@@ -69,30 +101,105 @@ fn pid_file(data_dir: &Path, svc: Service) -> PathBuf {
     data_dir.join("run").join(format!("{}.pid", svc.name()))
 }
 
-/// Copies a child's log lines to our standard error, tagged with the service.
-async fn forward_logs(name: &'static str, stderr: tokio::process::ChildStderr, format: LogFormat) {
-    let mut lines = tokio::io::BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let out = match format {
-            LogFormat::Json if line.starts_with('{') => {
-                format!("{{\"service\":\"{name}\",{}", &line[1..])
-            }
-            _ => format!("{name:>13} | {line}"),
-        };
-        eprintln!("{out}");
+/// Writes a small file so readers see the old or the new content, never a partial one.
+fn write_atomically(path: &Path, contents: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, contents).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
     }
 }
 
-/// Keeps one service running until `stop` fires, then stops it gracefully.
-async fn supervise(svc: Service, spec: std::sync::Arc<Spec>, stop: Shutdown, first: Child) {
+/// The bounded queue between children's log pipes and the supervisor's standard error.
+#[derive(Clone)]
+struct LogSink {
+    tx: std::sync::mpsc::SyncSender<String>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl LogSink {
+    /// Starts the writer thread: blocking writes happen there, never on the runtime.
+    fn start() -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(LOG_QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&dropped);
+        let _ = std::thread::Builder::new()
+            .name("log-forwarder".into())
+            .spawn(move || {
+                let mut err = std::io::stderr();
+                while let Ok(line) = rx.recv() {
+                    let lost = counter.swap(0, Ordering::Relaxed);
+                    if lost > 0 {
+                        let _ = writeln!(
+                            err,
+                            "(supervisor: {lost} log lines dropped: output too slow)"
+                        );
+                    }
+                    let _ = err.write_all(line.as_bytes());
+                }
+            });
+        Self { tx, dropped }
+    }
+
+    fn send(&self, line: String) {
+        if self.tx.try_send(line).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Copies a child's log lines to the sink, tagged with the service. Reading never waits
+/// for the output: the child can always write its logs.
+async fn forward_logs(
+    name: &'static str,
+    stderr: tokio::process::ChildStderr,
+    format: LogFormat,
+    sink: LogSink,
+) {
+    let mut reader = tokio::io::BufReader::new(stderr);
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+        }
+        buf.truncate(MAX_LINE);
+        let line = String::from_utf8_lossy(&buf);
+        let out = match format {
+            LogFormat::Json if line.starts_with('{') => {
+                format!("{{\"process\":\"{name}\",{}\n", &line[1..])
+            }
+            _ => format!("{name:>13} | {line}\n"),
+        };
+        sink.send(out);
+    }
+}
+
+/// Keeps one service running until `stop` fires, then stops it gracefully. Once the node
+/// is stopping (`node`), an exiting child is not restarted.
+async fn supervise(
+    svc: Service,
+    spec: Arc<Spec>,
+    stop: Shutdown,
+    node: Shutdown,
+    force: Shutdown,
+    first: Child,
+) {
     let mut child = Some(first);
     let mut backoff = Backoff::new(Duration::from_millis(100), spec.backoff_max);
     loop {
         let Some(mut running) = child.take() else {
-            // Restart after a delay, unless told to stop meanwhile.
             let delay = backoff.next_delay();
             tokio::select! {
-                () = stop.wait() => return,
+                biased;
+                () = stop.wait() => break,
+                () = node.wait() => {
+                    stop.wait().await;
+                    break;
+                }
                 () = tokio::time::sleep(delay) => {}
             }
             match spec.spawn(svc) {
@@ -109,28 +216,49 @@ async fn supervise(svc: Service, spec: std::sync::Arc<Spec>, stop: Shutdown, fir
         // closes it.
         let stdin = running.stdin.take();
         tokio::select! {
+            biased;
+            () = stop.wait() => {
+                drop(stdin);
+                stop_child(svc, running, spec.stop_timeout, &force).await;
+                break;
+            }
             status = running.wait() => {
                 drop(stdin);
+                if node.is_triggered() {
+                    // Stopping anyway (a signal reached the whole group, say).
+                    stop.wait().await;
+                    break;
+                }
                 if started.elapsed() >= STABLE_AFTER {
                     backoff.reset();
                 }
-                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                tracing::warn!(service = svc.name(), %status, "exited unexpectedly; restarting");
-            }
-            () = stop.wait() => {
-                drop(stdin);
-                stop_child(svc, running, spec.stop_timeout).await;
-                let _ = std::fs::remove_file(pid_file(&spec.data_dir, svc));
-                return;
+                match status {
+                    Ok(s) if s.code() == Some(EXIT_CONFIG) => {
+                        tracing::error!(service = svc.name(), "cannot start with this configuration; not restarting it");
+                        stop.wait().await;
+                        break;
+                    }
+                    Ok(s) => tracing::warn!(service = svc.name(), status = %s, "exited unexpectedly; restarting"),
+                    Err(e) => tracing::warn!(service = svc.name(), error = %e, "lost track of the process; restarting"),
+                }
             }
         }
     }
+    let _ = std::fs::remove_file(pid_file(&spec.data_dir, svc));
 }
 
 /// Waits for a child whose standard input was closed (its signal to stop), and kills it
-/// if it does not stop in time.
-async fn stop_child(svc: Service, mut child: Child, timeout: Duration) {
-    match tokio::time::timeout(timeout, child.wait()).await {
+/// if it does not stop in time or the stop is forced.
+async fn stop_child(svc: Service, mut child: Child, timeout: Duration, force: &Shutdown) {
+    let waited = tokio::select! {
+        r = tokio::time::timeout(timeout, child.wait()) => r,
+        () = force.wait() => {
+            tracing::warn!(service = svc.name(), "forced stop: killing it");
+            let _ = child.kill().await;
+            return;
+        }
+    };
+    match waited {
         Ok(Ok(status)) if status.success() => tracing::debug!(service = svc.name(), "stopped"),
         Ok(Ok(status)) => tracing::warn!(service = svc.name(), %status, "stopped with an error"),
         Ok(Err(e)) => {
@@ -147,24 +275,57 @@ async fn stop_child(svc: Service, mut child: Child, timeout: Duration) {
     }
 }
 
-/// Waits until `url`'s ping answers or `deadline` passes.
-async fn wait_ready(http: &reqwest::Client, url: String, deadline: Instant) -> bool {
+/// Waits until `url`'s ping answers or `deadline` passes (probing at least once).
+async fn wait_ready(http: reqwest::Client, url: String, deadline: Instant) -> bool {
     let ping = format!("{url}/api/v3/ping");
-    while Instant::now() < deadline {
+    loop {
         if matches!(http.get(&ping).send().await, Ok(r) if r.status().is_success()) {
             return true;
         }
+        if Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    false
 }
 
-/// Runs the node until SIGINT/SIGTERM.
-pub async fn up(
-    cfg: NodeConfig,
-    data_dir: PathBuf,
-    config_file: Option<PathBuf>,
-) -> anyhow::Result<()> {
+/// The first SIGINT/SIGTERM/SIGHUP starts an orderly stop; a second one forces it.
+fn listen_for_signals(node: Shutdown, force: Shutdown) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        for stage in 0..2 {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+                _ = hup.recv() => {}
+            }
+            if stage == 0 {
+                node.trigger();
+            } else {
+                force.trigger();
+            }
+        }
+    });
+}
+
+/// A running service under supervision.
+struct Supervised {
+    svc: Service,
+    pid: u32,
+    stop: Shutdown,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Runs the node until SIGINT/SIGTERM/SIGHUP.
+pub async fn up(cfg: NodeConfig, data_dir: PathBuf) -> anyhow::Result<()> {
     let started = Instant::now();
     outpost_storage::ensure_private_dir(&data_dir)?;
     let data_dir = data_dir.canonicalize().context("data dir")?;
@@ -176,105 +337,148 @@ pub async fn up(
         .write(true)
         .open(run_dir.join("outpost.lock"))
         .context("cannot open the node lock")?;
-    if lock.try_lock().is_err() {
-        anyhow::bail!("another Outpost node is running on {}", data_dir.display());
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            anyhow::bail!("another Outpost node is running on {}", data_dir.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).context("cannot lock the data dir");
+        }
     }
-    std::fs::write(run_dir.join("outpost.pid"), std::process::id().to_string())?;
+    // Leftovers of a previous run that did not stop cleanly.
+    for svc in Service::ALL {
+        let _ = std::fs::remove_file(pid_file(&data_dir, svc));
+    }
+    write_atomically(
+        &run_dir.join("outpost.pid"),
+        std::process::id().to_string().as_bytes(),
+    );
+    let config_file = run_dir.join("config.toml");
+    write_atomically(
+        &config_file,
+        toml::to_string(&cfg)
+            .context("cannot write the configuration snapshot")?
+            .as_bytes(),
+    );
 
-    let config_file = match config_file {
-        Some(f) => Some(
-            f.canonicalize()
-                .with_context(|| format!("config file {}", f.display()))?,
-        ),
-        None => None,
+    // The running executable, even if its file was replaced since (a rebuild).
+    let self_exe = PathBuf::from("/proc/self/exe");
+    let exe = if self_exe.exists() {
+        self_exe
+    } else {
+        std::env::current_exe().context("cannot find the outpost binary")?
     };
-    let spec = std::sync::Arc::new(Spec {
-        exe: std::env::current_exe().context("cannot find the outpost binary")?,
+    let spec = Arc::new(Spec {
+        exe,
         config_file,
         data_dir: data_dir.clone(),
         log_format: cfg.log.format,
         stop_timeout: Duration::from_millis(cfg.supervisor.stop_timeout_ms),
         backoff_max: Duration::from_millis(cfg.supervisor.restart_backoff_max_ms),
+        logs: LogSink::start(),
     });
-    let shutdown = Shutdown::new();
-    shutdown.listen_for_signals(false);
+    let node = Shutdown::new();
+    let force = Shutdown::new();
+    listen_for_signals(node.clone(), force.clone());
 
     let http = outpost_kit::http::client(Duration::from_millis(500));
-    let services = cfg.services();
-    let mut running = Vec::new();
-    for svc in &services {
-        if *svc != Service::CoreKeeper && *svc != Service::Broker && cfg.broker.enabled {
+    let mut running: Vec<Supervised> = Vec::new();
+    let mut failure = None;
+    for svc in cfg.services() {
+        if node.is_triggered() {
+            break;
+        }
+        if svc != Service::CoreKeeper && svc != Service::Broker && cfg.broker.enabled {
             // Bus users start once the broker serves (its MQTT listener is bound before its
             // HTTP side), so their first connect succeeds instead of retrying.
             let deadline = Instant::now() + Duration::from_secs(5);
-            wait_ready(&http, cfg.url(Service::Broker), deadline).await;
+            wait_ready(http.clone(), cfg.url(Service::Broker), deadline).await;
         }
-        let child = spec
-            .spawn(*svc)
-            .with_context(|| format!("cannot start {}", svc.name()))?;
-        let pid = child.id().unwrap_or_default();
-        let stop = Shutdown::new();
-        let task = tokio::spawn(supervise(
-            *svc,
-            std::sync::Arc::clone(&spec),
-            stop.clone(),
-            child,
-        ));
-        running.push((*svc, pid, stop, task));
+        match spec.spawn(svc) {
+            Ok(child) => {
+                let pid = child.id().unwrap_or_default();
+                let stop = Shutdown::new();
+                let task = tokio::spawn(supervise(
+                    svc,
+                    Arc::clone(&spec),
+                    stop.clone(),
+                    node.clone(),
+                    force.clone(),
+                    child,
+                ));
+                running.push(Supervised {
+                    svc,
+                    pid,
+                    stop,
+                    task,
+                });
+            }
+            Err(e) => {
+                failure =
+                    Some(anyhow::Error::new(e).context(format!("cannot start {}", svc.name())));
+                break;
+            }
+        }
     }
 
-    let deadline = Instant::now() + Duration::from_millis(cfg.supervisor.ready_timeout_ms);
-    let checks = services
-        .iter()
-        .map(|s| wait_ready(&http, cfg.url(*s), deadline));
-    let ready = tokio::select! {
-        r = all_ready(checks) => Some(r),
-        () = shutdown.wait() => None,
-    };
-    if let Some(ready) = ready {
-        println!(
-            "Outpost edge node up in {} ms (data dir {})",
-            started.elapsed().as_millis(),
-            data_dir.display()
-        );
-        for ((svc, pid, _, _), ok) in running.iter().zip(&ready) {
-            let addr = match svc {
-                Service::Broker => format!("mqtt://{} (http {})", cfg.broker.listen, cfg.url(*svc)),
-                _ => cfg.url(*svc),
+    if failure.is_none() && !node.is_triggered() {
+        let deadline = Instant::now() + Duration::from_millis(cfg.supervisor.ready_timeout_ms);
+        let checks: Vec<_> = running
+            .iter()
+            .map(|s| tokio::spawn(wait_ready(http.clone(), cfg.url(s.svc), deadline)))
+            .collect();
+        let mut ready = Vec::with_capacity(checks.len());
+        for c in checks {
+            ready.push(c.await.unwrap_or(false));
+        }
+        let all = ready.iter().all(|r| *r);
+        if all {
+            say!(
+                "Outpost edge node up in {} ms (data dir {})",
+                started.elapsed().as_millis(),
+                data_dir.display()
+            );
+        } else {
+            say!(
+                "Outpost edge node started with services NOT READY (data dir {})",
+                data_dir.display()
+            );
+        }
+        for (s, ok) in running.iter().zip(&ready) {
+            let addr = match s.svc {
+                Service::Broker => {
+                    format!("mqtt://{} (http {})", cfg.broker.listen, cfg.url(s.svc))
+                }
+                _ => cfg.url(s.svc),
             };
             let state = if *ok {
                 ""
             } else {
                 "  NOT READY (still trying)"
             };
-            println!("  {:<14} {addr:<48} pid {pid}{state}", svc.name());
+            say!("  {:<14} {addr:<48} pid {}{state}", s.svc.name(), s.pid);
         }
-        println!("Stop with Ctrl-C.");
-        shutdown.wait().await;
+        say!("Stop with Ctrl-C.");
+        node.wait().await;
     }
 
-    println!("Stopping the edge node...");
+    say!("Stopping the edge node...");
+    node.trigger();
     // Reverse start order: data consumers first, the registry last so the others can
     // deregister.
-    for (svc, _, stop, task) in running.into_iter().rev() {
-        stop.trigger();
-        if task.await.is_err() {
-            tracing::warn!(service = svc.name(), "supervisor task failed");
+    for s in running.into_iter().rev() {
+        s.stop.trigger();
+        if s.task.await.is_err() {
+            tracing::warn!(service = s.svc.name(), "supervisor task failed");
         }
     }
     let _ = std::fs::remove_file(run_dir.join("outpost.pid"));
-    println!("Stopped.");
-    Ok(())
-}
-
-/// Awaits readiness checks that share one deadline; results in order.
-async fn all_ready<F: std::future::Future<Output = bool>>(
-    futs: impl Iterator<Item = F>,
-) -> Vec<bool> {
-    let handles: Vec<_> = futs.map(Box::pin).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await);
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            say!("Stopped.");
+            Ok(())
+        }
     }
-    out
 }

@@ -65,6 +65,8 @@ pub struct Options {
     pub receive_maximum: u16,
     /// How long the broker keeps the session while the client is away, seconds.
     pub session_expiry_s: u32,
+    /// Create the internal credential if missing (services do; the CLI only reads it).
+    pub create_credentials: bool,
 }
 
 impl Options {
@@ -75,6 +77,7 @@ impl Options {
             deferred_ack: false,
             receive_maximum: 1024,
             session_expiry_s: 0,
+            create_credentials: true,
         }
     }
 
@@ -85,6 +88,7 @@ impl Options {
             deferred_ack: true,
             receive_maximum: receive_maximum.max(1),
             session_expiry_s: 7 * 24 * 3600,
+            create_credentials: true,
         }
     }
 }
@@ -157,7 +161,15 @@ impl std::fmt::Debug for Bus {
 }
 
 /// The username and password this node's services use.
-pub fn credentials(cfg: &BusConfig, data_dir: &Path) -> Result<(String, String), BusError> {
+///
+/// `create` makes the internal credential on first use (services); without it (the CLI),
+/// a missing credential means connecting anonymously, which the embedded broker allows on
+/// loopback.
+pub fn credentials(
+    cfg: &BusConfig,
+    data_dir: &Path,
+    create: bool,
+) -> Result<Option<(String, String)>, BusError> {
     if !cfg.username.is_empty() {
         let path = cfg
             .password_file
@@ -165,11 +177,24 @@ pub fn credentials(cfg: &BusConfig, data_dir: &Path) -> Result<(String, String),
             .ok_or_else(|| BusError::Credentials("bus.username needs bus.password_file".into()))?;
         let pw = std::fs::read_to_string(path)
             .map_err(|e| BusError::Credentials(format!("{}: {e}", path.display())))?;
-        return Ok((cfg.username.clone(), pw.trim_end().to_string()));
+        return Ok(Some((cfg.username.clone(), pw.trim_end().to_string())));
     }
-    let token = outpost_storage::load_or_create_token(&data_dir.join("secrets"), INTERNAL_SECRET)
-        .map_err(|e| BusError::Credentials(e.to_string()))?;
-    Ok((INTERNAL_USER.to_string(), token))
+    let secrets = data_dir.join("secrets");
+    let token = if create {
+        outpost_storage::load_or_create_token(&secrets, INTERNAL_SECRET)
+    } else {
+        let path = secrets.join(format!("{INTERNAL_SECRET}.token"));
+        if !path.exists() {
+            return Ok(None);
+        }
+        outpost_storage::read_secret(&path).map(hex_encode)
+    }
+    .map_err(|e| BusError::Credentials(e.to_string()))?;
+    Ok(Some((INTERNAL_USER.to_string(), token)))
+}
+
+fn hex_encode(bytes: [u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Bus {
@@ -434,9 +459,11 @@ impl Bus {
 }
 
 fn build_client(cfg: &BusConfig, data_dir: &Path, opts: &Options) -> Result<MqttClient, BusError> {
-    let (user, password) = credentials(cfg, data_dir)?;
-    let mut co = ConnectOptions::new(opts.client_id.clone())
-        .with_credentials(user, password.as_bytes())
+    let mut co = ConnectOptions::new(opts.client_id.clone());
+    if let Some((user, password)) = credentials(cfg, data_dir, opts.create_credentials)? {
+        co = co.with_credentials(user, password.as_bytes());
+    }
+    let mut co = co
         .with_keep_alive(Duration::from_secs(u64::from(cfg.keep_alive_s.max(5))))
         .with_automatic_reconnect(true)
         .with_reconnect_delay(Duration::from_millis(100), Duration::from_secs(5))

@@ -225,17 +225,18 @@ impl Validate for CommonConfig {
             "request_timeout_ms must be at least 10",
         );
         p.check(
-            self.registry.url.is_empty() || self.registry.url.starts_with("http"),
+            self.registry.url.is_empty() || self.registry.url.starts_with("http://"),
             "registry",
-            format!("url '{}' must be an http(s) URL", self.registry.url),
+            format!(
+                "url '{}' must be an http:// URL (TLS between services is not supported yet)",
+                self.registry.url
+            ),
         );
         p.check(
-            self.bus.url.is_empty()
-                || self.bus.url.starts_with("mqtt://")
-                || self.bus.url.starts_with("mqtts://"),
+            self.bus.url.is_empty() || self.bus.url.starts_with("mqtt://"),
             "bus",
             format!(
-                "url '{}' must be mqtt://host:port or mqtts://host:port",
+                "url '{}' must be mqtt://host:port (TLS to the broker is not supported yet)",
                 self.bus.url
             ),
         );
@@ -280,15 +281,20 @@ pub enum ConfigError {
 
 /// Applies `OUTPOST_<SECTION>__<KEY>[__<SUBKEY>]=value` variables onto a TOML tree.
 ///
-/// Section and key names are lowercased and `-` is not needed (`CORE_DATA` is `core_data`).
-/// A value that parses as a TOML value (number, boolean, array, quoted string) is used as
-/// such; anything else is taken as a string.
+/// Section and key names are lowercased (`CORE_DATA` is `core_data`). A value that parses as
+/// a TOML value (number, boolean, array, quoted string) is used as such; anything else is
+/// taken as a string, so a string that looks like a number must be quoted (`'"1234"'`).
+/// Variables that are not valid UTF-8 are ignored; every bad variable is reported.
 pub fn apply_env_overrides(
     root: &mut toml::Table,
-    vars: impl IntoIterator<Item = (String, String)>,
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
 ) -> Result<Vec<String>, ConfigError> {
     let mut applied = Vec::new();
+    let mut errors = Vec::new();
     for (name, raw) in vars {
+        let (Some(name), Some(raw)) = (name.to_str(), raw.to_str()) else {
+            continue;
+        };
         let Some(rest) = name.strip_prefix("OUTPOST_") else {
             continue;
         };
@@ -296,25 +302,56 @@ pub fn apply_env_overrides(
             continue;
         }
         let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-        if path.iter().any(String::is_empty) {
-            return Err(ConfigError::Parse(format!("{name}: empty path segment")));
+        match set_path(root, &path, raw) {
+            Ok(()) => applied.push(name.to_string()),
+            Err(e) => errors.push(format!("{name}: {e}")),
         }
-        let value = parse_env_value(&raw);
-        let mut table = &mut *root;
-        for seg in &path[..path.len() - 1] {
-            let entry = table
-                .entry(seg.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            table = entry
-                .as_table_mut()
-                .ok_or_else(|| ConfigError::Parse(format!("{name}: '{seg}' is not a section")))?;
-        }
-        if let Some(last) = path.last() {
-            table.insert(last.clone(), value);
-        }
-        applied.push(name);
     }
-    Ok(applied)
+    if errors.is_empty() {
+        Ok(applied)
+    } else {
+        Err(ConfigError::Invalid(errors))
+    }
+}
+
+/// Applies `section.key=value` overrides (the `--set` flag); every bad one is reported.
+pub fn apply_overrides(root: &mut toml::Table, sets: &[String]) -> Result<(), ConfigError> {
+    let mut errors = Vec::new();
+    for set in sets {
+        let Some((key, raw)) = set.split_once('=') else {
+            errors.push(format!("--set {set}: expected section.key=value"));
+            continue;
+        };
+        let path: Vec<String> = key.trim().split('.').map(str::to_string).collect();
+        if let Err(e) = set_path(root, &path, raw.trim()) {
+            errors.push(format!("--set {set}: {e}"));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(errors))
+    }
+}
+
+fn set_path(root: &mut toml::Table, path: &[String], raw: &str) -> Result<(), String> {
+    if path.len() < 2 || path.iter().any(String::is_empty) {
+        return Err("expected a section and a key".into());
+    }
+    let value = parse_env_value(raw);
+    let mut table = &mut *root;
+    for seg in &path[..path.len() - 1] {
+        let entry = table
+            .entry(seg.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("'{seg}' is not a section"))?;
+    }
+    if let Some(last) = path.last() {
+        table.insert(last.clone(), value);
+    }
+    Ok(())
 }
 
 fn parse_env_value(raw: &str) -> toml::Value {
@@ -349,21 +386,30 @@ mod tests {
     #[test]
     fn env_overrides_nest_and_type() {
         let mut t = parse_toml("[core_data]\nport = 1\n", "test").unwrap();
-        let applied = apply_env_overrides(
-            &mut t,
-            [
-                ("OUTPOST_CORE_DATA__PORT".to_string(), "59999".to_string()),
-                ("OUTPOST_LOG__FORMAT".to_string(), "json".to_string()),
-                ("OUTPOST_BUS__ENCODING".to_string(), "\"cbor\"".to_string()),
-                ("OUTPOST_DATA_DIR".to_string(), "/ignored".to_string()),
-                ("PATH".to_string(), "/bin".to_string()),
-            ],
-        )
-        .unwrap();
+        let vars = [
+            ("OUTPOST_CORE_DATA__PORT", "59999"),
+            ("OUTPOST_LOG__FORMAT", "json"),
+            ("OUTPOST_BUS__ENCODING", "\"cbor\""),
+            ("OUTPOST_DATA_DIR", "/ignored"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (k.into(), v.into()));
+        let applied = apply_env_overrides(&mut t, vars).unwrap();
         assert_eq!(applied.len(), 3);
         assert_eq!(t["core_data"]["port"].as_integer(), Some(59999));
         assert_eq!(t["log"]["format"].as_str(), Some("json"));
         assert_eq!(t["bus"]["encoding"].as_str(), Some("cbor"));
+        apply_overrides(
+            &mut t,
+            &["core_data.port=1".into(), "log.level = \"debug\"".into()],
+        )
+        .unwrap();
+        assert_eq!(t["core_data"]["port"].as_integer(), Some(1));
+        assert_eq!(t["log"]["level"].as_str(), Some("debug"));
+        match apply_overrides(&mut t, &["nonsense".into(), "log=1".into()]) {
+            Err(ConfigError::Invalid(v)) => assert_eq!(v.len(), 2, "{v:?}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

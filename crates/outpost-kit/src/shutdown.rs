@@ -35,14 +35,15 @@ impl Shutdown {
         Self(self.0.child_token())
     }
 
-    /// Triggers on SIGTERM/SIGINT, and on end of standard input when `watch_stdin`.
+    /// Triggers on SIGTERM/SIGINT/SIGHUP, and on end of standard input when `watch_stdin`.
     pub fn listen_for_signals(&self, watch_stdin: bool) {
         let me = self.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (
+            let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
                 signal(SignalKind::terminate()),
                 signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
             ) else {
                 tracing::error!("cannot install signal handlers; stop with SIGKILL");
                 return;
@@ -64,6 +65,7 @@ impl Shutdown {
             let why = tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
+                _ = hup.recv() => "SIGHUP",
                 () = stdin_closed => "supervisor gone",
                 () = me.wait() => return,
             };

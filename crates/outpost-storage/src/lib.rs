@@ -83,12 +83,35 @@ impl Key {
     }
 }
 
-/// Creates `dir` (and parents) with mode 0700 if missing.
+/// Creates `dir` (and parents) with mode 0700 if missing. An existing directory keeps its
+/// mode, but one that anyone may write to (`/tmp`, say) is refused: others could replace
+/// the node's files there.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), StorageError> {
-    fs::create_dir_all(dir)
-        .map_err(|e| StorageError::io(format!("create {}", dir.display()), e))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .map_err(|e| StorageError::io(format!("chmod {}", dir.display()), e))
+    match fs::metadata(dir) {
+        Ok(meta) => {
+            if !meta.is_dir() {
+                return Err(StorageError::io(
+                    format!("use {}", dir.display()),
+                    std::io::Error::other("not a directory"),
+                ));
+            }
+            if meta.permissions().mode() & 0o002 != 0 {
+                return Err(StorageError::io(
+                    format!("use {}", dir.display()),
+                    std::io::Error::other(
+                        "anyone may write to it; give the node a directory of its own",
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Err(_) => {
+            fs::create_dir_all(dir)
+                .map_err(|e| StorageError::io(format!("create {}", dir.display()), e))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .map_err(|e| StorageError::io(format!("chmod {}", dir.display()), e))
+        }
+    }
 }
 
 /// Writes `contents` to a new file `path` with mode 0600, failing if it exists; the file and
@@ -529,6 +552,29 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    }
+
+    #[test]
+    fn world_writable_dirs_are_refused_and_existing_modes_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(ensure_private_dir(&shared).is_err());
+        let mine = dir.path().join("mine");
+        fs::create_dir(&mine).unwrap();
+        fs::set_permissions(&mine, fs::Permissions::from_mode(0o750)).unwrap();
+        ensure_private_dir(&mine).unwrap();
+        assert_eq!(
+            fs::metadata(&mine).unwrap().permissions().mode() & 0o777,
+            0o750
+        );
+        let new = dir.path().join("a/b");
+        ensure_private_dir(&new).unwrap();
+        assert_eq!(
+            fs::metadata(&new).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct Config {
     pub max_queued_bytes_per_client: usize,
     /// Publish `$SYS` statistics topics.
     pub sys_topics: bool,
+    /// Longest a client's session is kept while it is away, seconds (clients may ask less).
+    pub max_session_expiry_s: u64,
+    /// Most retained messages the broker keeps.
+    pub max_retained_messages: usize,
 }
 
 impl Default for Config {
@@ -49,6 +53,8 @@ impl Default for Config {
             max_queued_messages_per_client: 200_000,
             max_queued_bytes_per_client: 256 * 1024 * 1024,
             sys_topics: false,
+            max_session_expiry_s: 7 * 24 * 3600,
+            max_retained_messages: 10_000,
         }
     }
 }

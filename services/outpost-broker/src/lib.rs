@@ -33,6 +33,11 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
         outpost_storage::load_or_create_token(&ctx.secrets_dir(), outpost_bus::INTERNAL_SECRET)?;
     let mut bc = BrokerConfig::default().with_bind_addresses(vec![cfg.listen]);
     bc.max_clients = cfg.max_clients;
+    // Bounds on what clients can make the broker hold: sessions of absent clients expire
+    // after a week, retained messages are limited in number and size.
+    bc.session_expiry_interval = Duration::from_secs(cfg.max_session_expiry_s);
+    bc.max_retained_messages = cfg.max_retained_messages;
+    bc.max_retained_message_size = cfg.max_packet_bytes;
     bc.max_packet_size = cfg.max_packet_bytes;
     bc.max_outbound_inflight = cfg.max_inflight_per_client;
     bc.sys_topics_enabled = cfg.sys_topics;
@@ -56,7 +61,19 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
     let stop = broker.shutdown_handle();
     let stats = broker.stats();
     tracing::info!(listen = %cfg.listen, "MQTT broker listening");
-    let broker_task = tokio::spawn(async move { broker.run().await });
+    let broker_task = {
+        // If the broker itself stops, the service must stop too (and be restarted), not
+        // keep heartbeating an HTTP side with no bus behind it.
+        let shutdown = ctx.shutdown.clone();
+        tokio::spawn(async move {
+            let r = broker.run().await;
+            if !shutdown.is_triggered() {
+                tracing::error!(result = ?r.as_ref().map(|_| ()), "the MQTT broker stopped");
+                shutdown.trigger();
+            }
+            r
+        })
+    };
 
     let exporter = {
         let ctx = ctx.clone();
