@@ -2,9 +2,11 @@
 # Installs what building and running Outpost needs on Debian/Ubuntu.
 #   scripts/setup.sh          build and run dependencies
 #   scripts/setup.sh --test   plus the real peers the tests talk to (mosquitto)
+# Installing Debian packages needs root; as another user the script uses sudo.
 set -euo pipefail
 
-packages=(pkg-config libssl-dev)
+# A C compiler and OpenSSL headers build the bundled SQLCipher.
+packages=(gcc libc6-dev pkg-config libssl-dev)
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(mosquitto mosquitto-clients)
 fi
@@ -13,19 +15,45 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+sudo=""
+if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
 if ((${#missing[@]})); then
-  sudo=""
-  if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
   echo "Installing: ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts a system-wide mosquitto on 1883, the node's MQTT port. The tests start
+  # their own brokers on free ports; the system one would only be in the way.
+  if [[ " ${missing[*]} " == *" mosquitto "* ]] && command -v systemctl >/dev/null 2>&1 &&
+    systemctl is-active --quiet mosquitto 2>/dev/null; then
+    echo "Stopping and disabling the system mosquitto service (it holds port 1883)"
+    $sudo systemctl disable --now mosquitto >/dev/null 2>&1 || true
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "cargo is not installed: install Rust (https://rustup.rs) first" >&2
+  echo "cargo is not installed: install Rust 1.95 or newer (https://rustup.rs) first" >&2
   exit 1
 fi
-if [[ "${1:-}" == "--test" ]] && ! cargo nextest --version >/dev/null 2>&1; then
-  echo "Installing cargo-nextest"
-  cargo install --locked cargo-nextest >/dev/null
+need="1.95"
+have=$(rustc --version | awk '{print $2}')
+if [[ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -n1)" != "$need" ]]; then
+  echo "Rust $have is too old: Outpost needs $need or newer (rustup update stable)" >&2
+  exit 1
+fi
+if [[ "${1:-}" == "--test" ]]; then
+  for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+      if command -v rustup >/dev/null 2>&1; then
+        echo "Installing the $component component"
+        rustup component add "$component" >/dev/null
+      else
+        echo "cargo $component is missing and rustup is not there to add it" >&2
+        exit 1
+      fi
+    fi
+  done
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "Installing cargo-nextest"
+    cargo install --locked cargo-nextest >/dev/null
+  fi
 fi

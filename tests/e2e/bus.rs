@@ -75,6 +75,38 @@ async fn metadata_changes_are_announced_as_pithy_system_events() {
     );
 }
 
+#[tokio::test]
+async fn profile_updates_reach_every_device_service_using_the_profile() {
+    let node = Node::start("").await;
+    provision(&node, &["t1"]);
+    let sub = MosquittoSub::start(node.ports.mqtt, "edgex/system-events/+/deviceprofile/#");
+    let file = node.dir.path().join("thermostat.yaml");
+    let mut n = 0;
+    let first = sub.first_after(WAIT, || {
+        n += 1;
+        // Re-applying the profile with a new description updates it in place.
+        let yaml = PROFILE_YAML.replace(
+            "name: \"Thermostat\"",
+            &format!("name: \"Thermostat\"\ndescription: \"revision {n}\""),
+        );
+        std::fs::write(&file, yaml).expect("profile file");
+        let (ok, out, err) = node.cli(&["profile", "apply", "-f", file.to_str().expect("path")]);
+        assert!(ok, "{out}{err}");
+    });
+    let mut topics = vec![first.0];
+    while let Some((topic, _)) = sub.next_line(Duration::from_secs(2)) {
+        topics.push(topic);
+    }
+    // One announcement for everyone, owned by core-metadata, and one for the device
+    // service whose devices use the profile (it caches profiles and listens under its name).
+    for want in [
+        "edgex/system-events/core-metadata/deviceprofile/update/core-metadata/Thermostat",
+        "edgex/system-events/core-metadata/deviceprofile/update/device-mqtt/Thermostat",
+    ] {
+        assert!(topics.iter().any(|t| t == want), "{want} not in {topics:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn correlation_ids_travel_from_rest_onto_the_bus() {
     let node = Node::start("").await;

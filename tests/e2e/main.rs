@@ -5,6 +5,7 @@ mod support;
 
 mod bus;
 mod cli;
+mod compat;
 mod encryption;
 mod ingest;
 mod lifecycle;

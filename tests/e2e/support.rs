@@ -476,6 +476,15 @@ impl MosquittoSub {
     }
 }
 
+impl MosquittoSub {
+    /// The next `(topic, payload)` line, if one comes within `timeout`.
+    pub fn next_line(&self, timeout: Duration) -> Option<(String, String)> {
+        let line = self.lines.recv_timeout(timeout).ok()?;
+        let (topic, payload) = line.split_once(' ').unwrap_or((&line, ""));
+        Some((topic.to_string(), payload.to_string()))
+    }
+}
+
 impl Drop for MosquittoSub {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -88,11 +88,51 @@ struct WireReading {
     #[serde(skip_serializing_if = "Option::is_none")]
     value: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    binary_value: Option<String>,
+    binary_value: Option<BinaryValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     media_type: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     object_value: Option<serde_json::Value>,
+}
+
+/// `binaryValue`: Go's `[]byte`, so base64 text in JSON and a byte string in CBOR. Either
+/// form is read from either encoding.
+#[derive(Debug, Clone, PartialEq)]
+struct BinaryValue(Vec<u8>);
+
+impl Serialize for BinaryValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+        } else {
+            s.serialize_bytes(&self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BinaryValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = BinaryValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("base64 text or a byte string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BinaryValue, E> {
+                base64::engine::general_purpose::STANDARD
+                    .decode(v.as_bytes())
+                    .map(BinaryValue)
+                    .map_err(|e| E::custom(format!("binaryValue: {e}")))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<BinaryValue, E> {
+                Ok(BinaryValue(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<BinaryValue, E> {
+                Ok(BinaryValue(v))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 impl Serialize for Reading {
@@ -105,10 +145,7 @@ impl<'de> Deserialize<'de> for Reading {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let w = WireReading::deserialize(d)?;
         let value_type: ValueType = w.value_type.parse().map_err(serde::de::Error::custom)?;
-        let value = if let Some(b64) = w.binary_value {
-            let data = base64::engine::general_purpose::STANDARD
-                .decode(b64.as_bytes())
-                .map_err(|e| serde::de::Error::custom(format!("binaryValue: {e}")))?;
+        let value = if let Some(BinaryValue(data)) = w.binary_value {
             ReadingValue::Binary {
                 data,
                 media_type: w.media_type.unwrap_or_default(),
@@ -165,7 +202,7 @@ impl Reading {
                 });
             }
             ReadingValue::Binary { data, media_type } => {
-                w.binary_value = Some(base64::engine::general_purpose::STANDARD.encode(data));
+                w.binary_value = Some(BinaryValue(data.clone()));
                 w.media_type = Some(media_type.clone());
             }
             ReadingValue::Object(v) => w.object_value = Some(v.clone()),
@@ -371,6 +408,40 @@ mod tests {
         let again: AddEventRequest =
             serde_json::from_value(serde_json::to_value(&req).unwrap()).unwrap();
         assert_eq!(again, req);
+    }
+
+    #[test]
+    fn cbor_binary_values_are_byte_strings() {
+        let req: AddEventRequest = serde_json::from_value(sample()).unwrap();
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&req, &mut cbor).unwrap();
+        // Written as a CBOR byte string, the way EdgeX's Go services encode `[]byte`...
+        let tree: ciborium::Value = ciborium::from_reader(&cbor[..]).unwrap();
+        let readings = tree
+            .as_map()
+            .and_then(|m| m.iter().find(|(k, _)| k.as_text() == Some("event")))
+            .and_then(|(_, e)| e.as_map())
+            .and_then(|m| m.iter().find(|(k, _)| k.as_text() == Some("readings")))
+            .and_then(|(_, r)| r.as_array())
+            .unwrap();
+        let binary = readings[1]
+            .as_map()
+            .and_then(|m| m.iter().find(|(k, _)| k.as_text() == Some("binaryValue")))
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        assert_eq!(binary, ciborium::Value::Bytes(vec![1, 2, 3]));
+        let back: AddEventRequest = ciborium::from_reader(&cbor[..]).unwrap();
+        assert_eq!(back, req);
+        // ...and base64 text in CBOR is read too.
+        let mut text = sample();
+        text["event"]["readings"][1]["binaryValue"] = "AQID".into();
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&text, &mut cbor).unwrap();
+        let back: AddEventRequest = ciborium::from_reader(&cbor[..]).unwrap();
+        assert_eq!(back, req);
+        let mut bad = sample();
+        bad["event"]["readings"][1]["binaryValue"] = "not base64!".into();
+        assert!(serde_json::from_value::<AddEventRequest>(bad).is_err());
     }
 
     #[test]

@@ -10,7 +10,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// The value types a reading or device resource can declare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+///
+/// Names are read case-insensitively (`float64` is `Float64`), as EdgeX normalises them,
+/// and always written in their canonical spelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 pub enum ValueType {
     Bool,
     #[default]
@@ -206,17 +209,35 @@ impl ValueType {
             }
             t => {
                 let elem = t.element().ok_or_else(|| bad("unsupported type"))?;
-                let items: Vec<serde_json::Value> =
-                    serde_json::from_str(raw).map_err(|_| bad("not a JSON array"))?;
-                for item in items {
-                    let s = match &item {
-                        serde_json::Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    if elem == Self::Object {
-                        continue;
+                if let Ok(items) = serde_json::from_str::<Vec<serde_json::Value>>(raw) {
+                    for item in items {
+                        let s = match &item {
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        if elem != Self::Object {
+                            elem.parse(&s)?;
+                        }
                     }
-                    elem.parse(&s)?;
+                    return Ok(None);
+                }
+                // Go's formatting of a slice, as EdgeX device services send it: `[1 2 3]`,
+                // `[a b]`, or comma-separated `[a, b]`.
+                let inner = raw
+                    .trim()
+                    .strip_prefix('[')
+                    .and_then(|r| r.strip_suffix(']'))
+                    .ok_or_else(|| bad("not an array"))?;
+                if elem == Self::Object {
+                    return Err(bad("not a JSON array"));
+                }
+                let items: Vec<&str> = if inner.contains(',') {
+                    inner.split(',').map(str::trim).collect()
+                } else {
+                    inner.split_whitespace().collect()
+                };
+                for item in items {
+                    elem.parse(item)?;
                 }
                 Ok(None)
             }
@@ -238,6 +259,22 @@ impl FromStr for ValueType {
             .find(|v| v.as_str().eq_ignore_ascii_case(s))
             .copied()
             .ok_or_else(|| ValueError::UnknownType(truncate(s)))
+    }
+}
+
+impl<'de> Deserialize<'de> for ValueType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ValueType;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an EdgeX value type name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ValueType, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visitor)
     }
 }
 
@@ -313,6 +350,11 @@ mod tests {
             assert_eq!(ValueType::from_code(v.code()), Some(v));
         }
         assert!("Float128".parse::<ValueType>().is_err());
+        let v: ValueType = serde_json::from_str("\"float64\"").unwrap();
+        assert_eq!(v, ValueType::Float64);
+        assert_eq!(serde_json::to_string(&v).unwrap(), "\"Float64\"");
+        assert!(serde_json::from_str::<ValueType>("\"Float128\"").is_err());
+        assert!(serde_json::from_str::<ValueType>("3").is_err());
     }
 
     #[test]
@@ -328,6 +370,17 @@ mod tests {
         assert_eq!(ValueType::String.parse("anything").unwrap(), None);
         assert!(ValueType::Int16Array.parse("[1, 2, -3]").is_ok());
         assert!(ValueType::Int16Array.parse("[1, 99999]").is_err());
+        // Go's slice formatting, as EdgeX device services send arrays.
+        assert!(ValueType::Int16Array.parse("[1 2 -3]").is_ok());
+        assert!(ValueType::Int16Array.parse("[1 99999]").is_err());
+        assert!(ValueType::StringArray.parse("[a b]").is_ok());
+        assert!(ValueType::StringArray.parse("[a, b c]").is_ok());
+        assert!(ValueType::BoolArray.parse("[true false]").is_ok());
+        assert!(ValueType::BoolArray.parse("[true, maybe]").is_err());
+        assert!(ValueType::Float64Array.parse("[1.5e+00 2]").is_ok());
+        assert!(ValueType::Int8Array.parse("1 2").is_err());
+        assert!(ValueType::ObjectArray.parse("[a b]").is_err());
+        assert!(ValueType::Int8Array.parse("[]").is_ok());
         assert!(ValueType::BoolArray.parse("[true,false]").is_ok());
         assert!(ValueType::Float64Array.parse("nope").is_err());
         assert!(ValueType::Float32.parse("1e300").is_err());

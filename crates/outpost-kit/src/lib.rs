@@ -103,10 +103,15 @@ impl Context {
             requests: self.metric("http_requests_total"),
             duration: self.metric("http_request_duration_seconds"),
         });
-        api.merge(routes::router(info))
+        let routed = api
+            .merge(routes::router(info))
             .route_layer(axum::middleware::from_fn_with_state(names, http_metrics))
             .fallback(error::not_found_fallback)
-            .method_not_allowed_fallback(error::method_not_allowed_fallback)
+            .method_not_allowed_fallback(error::method_not_allowed_fallback);
+        // The path is rewritten before routing, so this wraps the routed service whole.
+        let routed = tower::Layer::layer(&axum::middleware::map_request(plus_as_space), routed);
+        Router::new()
+            .fallback_service(routed)
             .layer(DefaultBodyLimit::max(self.common.node.max_body_bytes))
             .layer(axum::middleware::from_fn(request_id::layer))
     }
@@ -217,4 +222,43 @@ where
     Fut: std::future::Future<Output = Vec<Check>> + Send + 'static,
 {
     Arc::new(move || Box::pin(f()))
+}
+
+/// EdgeX clients escape names in paths the way Go's `url.QueryEscape` does, so a space
+/// arrives as `+`. Names cannot contain `+`, so it always means a space in a path.
+async fn plus_as_space(mut req: Request) -> Request {
+    let uri = req.uri();
+    if uri.path().contains('+') {
+        let path = uri.path().replace('+', "%20");
+        let rewritten = match uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let mut parts = uri.clone().into_parts();
+        if let Ok(pq) = ::http::uri::PathAndQuery::try_from(rewritten) {
+            parts.path_and_query = Some(pq);
+            if let Ok(new) = ::http::Uri::from_parts(parts) {
+                *req.uri_mut() = new;
+            }
+        }
+    }
+    req
+}
+
+#[cfg(test)]
+mod plus_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn plus_in_a_path_is_a_space() {
+        let req = Request::builder()
+            .uri("/api/v3/device/name/my+device?labels=a+b")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let req = plus_as_space(req).await;
+        assert_eq!(
+            req.uri().to_string(),
+            "/api/v3/device/name/my%20device?labels=a+b"
+        );
+    }
 }

@@ -121,12 +121,13 @@ impl Registry {
 
     /// Reports that `service_id` is alive.
     pub async fn heartbeat(&self, service_id: &str) -> Result<(), RegistryError> {
-        let resp = self
-            .inner
-            .http
-            .put(self.api(&format!("/registry/serviceId/{service_id}/heartbeat")))
-            .send()
-            .await?;
+        let resp = http::correlated(
+            self.inner
+                .http
+                .put(self.api(&format!("/registry/serviceId/{service_id}/heartbeat"))),
+        )
+        .send()
+        .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Err(RegistryError::NotRegistered(service_id.to_string()));
         }
@@ -217,7 +218,7 @@ impl Registry {
             let client = http::client(Duration::from_millis(me.inner.watch_wait_ms + 5_000));
             loop {
                 let index = me.inner.view.read().map(|v| v.index).unwrap_or_default();
-                let req = client.get(me.api("/registry/all")).query(&[
+                let req = http::correlated(client.get(me.api("/registry/all"))).query(&[
                     ("waitIndex", index.to_string()),
                     ("waitMs", me.inner.watch_wait_ms.to_string()),
                 ]);

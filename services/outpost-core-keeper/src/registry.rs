@@ -226,8 +226,12 @@ impl Registry {
         Ok(())
     }
 
-    /// Replaces a registration's address and health check.
+    /// Replaces a registration's address and health check; an update to status HALT
+    /// deregisters the instance.
     pub async fn update(&self, mut reg: Registration) -> Result<(), RegistryError> {
+        if reg.status == ServiceStatus::Halt {
+            return self.deregister(&reg.service_id).await;
+        }
         Self::validate(&reg)?;
         let status = {
             let mut entries = self.entries();

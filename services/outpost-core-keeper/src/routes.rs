@@ -31,7 +31,7 @@ use outpost_kit::error::{ApiError, Json, Path, Query};
 use serde::Deserialize;
 
 use crate::registry::{Registry, RegistryError};
-use crate::store::Store;
+use crate::store::{Deleted, Store};
 
 pub struct AppState {
     pub registry: Arc<Registry>,
@@ -202,15 +202,22 @@ struct GetParams {
     key_only: bool,
 }
 
+/// A value in the text form the store keeps: strings as they are, everything else as JSON
+/// (`25000`, `true`, `[1,2]`), the way EdgeX's configuration clients read them back.
+fn kv_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
 /// EdgeX returns stored values base64-encoded unless `plaintext=true`.
 fn render_value(v: &serde_json::Value, plaintext: bool) -> serde_json::Value {
+    let text = kv_text(v);
     if plaintext {
-        return v.clone();
+        return serde_json::Value::String(text);
     }
-    let text = match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
     serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(text))
 }
 
@@ -253,14 +260,16 @@ struct PutParams {
     flatten: bool,
 }
 
-/// Flattens nested objects into `key/sub/leaf` pairs.
+/// Flattens nested objects into `key/sub/leaf` pairs; nulls and empty objects hold no
+/// setting and are left out.
 pub fn flatten(key: &str, value: serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
     match value {
-        serde_json::Value::Object(map) if !map.is_empty() => {
+        serde_json::Value::Object(map) => {
             for (k, v) in map {
                 flatten(&format!("{key}/{k}"), v, out);
             }
         }
+        serde_json::Value::Null => {}
         leaf => out.push((key.to_string(), leaf)),
     }
 }
@@ -278,9 +287,18 @@ async fn kv_put(
     } else {
         pairs.push((key.to_string(), req.value));
     }
+    if pairs.is_empty() {
+        return Err(ApiError::bad_request(
+            "the value holds no settings to store",
+        ));
+    }
     for (k, _) in &pairs {
         check_key(k)?;
     }
+    let pairs = pairs
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::Value::String(kv_text(&v))))
+        .collect();
     let keys = st.store.kv_put(pairs, now_millis()).await?;
     Ok(axum::Json(KvResponse {
         base: BaseResponse::new(200),
@@ -300,7 +318,14 @@ async fn kv_delete(
     Query(p): Query<DeleteParams>,
 ) -> Result<axum::Json<KvResponse<String>>, ApiError> {
     let key = check_key(&key)?;
-    let deleted = st.store.kv_delete(key.to_string(), p.prefix_match).await?;
+    let deleted = match st.store.kv_delete(key.to_string(), p.prefix_match).await? {
+        Deleted::Keys(keys) => keys,
+        Deleted::HasChildren => {
+            return Err(ApiError::conflict(format!(
+                "key '{key}' has keys below it; delete them with prefixMatch=true"
+            )));
+        }
+    };
     if deleted.is_empty() {
         return Err(ApiError::not_found(format!("key '{key}' does not exist")));
     }

@@ -9,6 +9,15 @@ use outpost_contracts::registry::Registration;
 use outpost_storage::rusqlite::{OptionalExtension as _, params};
 use outpost_storage::{Db, Migration, StorageError};
 
+/// What [`Store::kv_delete`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Deleted {
+    /// The keys deleted (none if the key did not exist).
+    Keys(Vec<String>),
+    /// Nothing: the key has keys below it and no prefix match was asked for.
+    HasChildren,
+}
+
 /// A stored key/value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredKv {
@@ -31,8 +40,9 @@ pub trait Store: Send + Sync + 'static {
         pairs: Vec<(String, serde_json::Value)>,
         now: i64,
     ) -> Result<Vec<String>, StorageError>;
-    /// Deletes `key`, or every key below it too when `prefix`; returns the keys deleted.
-    async fn kv_delete(&self, key: String, prefix: bool) -> Result<Vec<String>, StorageError>;
+    /// Deletes `key` and, when `prefix`, every key below it. Without `prefix`, a key with
+    /// keys below it is left alone.
+    async fn kv_delete(&self, key: String, prefix: bool) -> Result<Deleted, StorageError>;
     async fn ping(&self) -> Result<(), StorageError>;
 }
 
@@ -174,25 +184,33 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn kv_delete(&self, key: String, prefix: bool) -> Result<Vec<String>, StorageError> {
+    async fn kv_delete(&self, key: String, prefix: bool) -> Result<Deleted, StorageError> {
         self.db
             .write(move |c| {
                 let tx = c.transaction()?;
                 let like = format!("{}/%", escape_like(&key));
+                if !prefix {
+                    let children: i64 = tx.query_row(
+                        "SELECT count(*) FROM kv WHERE key LIKE ?1 ESCAPE '\\'",
+                        params![like],
+                        |r| r.get(0),
+                    )?;
+                    if children > 0 {
+                        return Ok(Deleted::HasChildren);
+                    }
+                }
                 let keys: Vec<String> = {
-                    let mut st = if prefix {
-                        tx.prepare("SELECT key FROM kv WHERE key = ?1 OR key LIKE ?2 ESCAPE '\\'")?
-                    } else {
-                        tx.prepare("SELECT key FROM kv WHERE key = ?1 AND ?2 = ?2")?
-                    };
-                    st.query_map(params![key, like], |r| r.get(0))?
+                    let mut st = tx.prepare(
+                        "SELECT key FROM kv WHERE key = ?1 OR (?3 AND key LIKE ?2 ESCAPE '\\')",
+                    )?;
+                    st.query_map(params![key, like, prefix], |r| r.get(0))?
                         .collect::<Result<_, _>>()?
                 };
                 for k in &keys {
                     tx.execute("DELETE FROM kv WHERE key = ?1", params![k])?;
                 }
                 tx.commit()?;
-                Ok(keys)
+                Ok(Deleted::Keys(keys))
             })
             .await
     }

@@ -127,6 +127,13 @@ async fn register_conflict_update_and_deregister() {
     )
     .await;
     assert_eq!(s, StatusCode::CREATED);
+    // An update to status HALT deregisters, too.
+    let mut halt = reg("core-data", "heartbeat", "1s");
+    halt["registration"]["status"] = "HALT".into();
+    let (s, _) = call(&f, "PUT", "/api/v3/registry", Some(halt)).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = call(&f, "GET", "/api/v3/registry/serviceId/core-data", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -302,7 +309,8 @@ async fn key_values() {
     assert_eq!(kvs.len(), 2);
     assert_eq!(kvs[0]["key"], "edgex/v4/core-data/Writable/LogLevel");
     assert_eq!(kvs[0]["value"], "INFO");
-    assert_eq!(kvs[1]["value"], true);
+    // Values are kept as text, as EdgeX's configuration clients read them.
+    assert_eq!(kvs[1]["value"], "true");
     let (_, body) = call(
         &f,
         "GET",
@@ -330,7 +338,13 @@ async fn key_values() {
     .await;
     assert_eq!(body["response"].as_array().unwrap().len(), 3);
     let (s, _) = call(&f, "DELETE", "/api/v3/kvs/key/edgex/v4/core-data", None).await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "exact delete of a non-leaf key");
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "exact delete of a key with keys below it"
+    );
+    let (s, _) = call(&f, "DELETE", "/api/v3/kvs/key/edgex/v4/nothing", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, body) = call(
         &f,
         "DELETE",
@@ -344,6 +358,32 @@ async fn key_values() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _) = call(&f, "PUT", "/api/v3/kvs/key/a//b", Some(json!({"value": 1}))).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+    // Flattening leaves out nulls and empty objects; nothing left to store is an error.
+    let (s, body) = call(
+        &f,
+        "PUT",
+        "/api/v3/kvs/key/app?flatten=true",
+        Some(json!({"value": {"a": null, "b": {}, "c": {"d": 2.5}}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body["response"], json!(["app/c/d"]));
+    let (_, body) = call(&f, "GET", "/api/v3/kvs/key/app/c/d?plaintext=true", None).await;
+    assert_eq!(body["response"][0]["value"], "2.5");
+    let (s, _) = call(
+        &f,
+        "PUT",
+        "/api/v3/kvs/key/app?flatten=true",
+        Some(json!({"value": {"a": null}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // A leaf delete removes only that key.
+    let (s, body) = call(&f, "DELETE", "/api/v3/kvs/key/app/c/d", None).await;
+    assert_eq!(
+        (s, &body["response"]),
+        (StatusCode::OK, &json!(["app/c/d"]))
+    );
 }
 
 #[tokio::test]

@@ -108,7 +108,7 @@ impl Object for DeviceProfile {
         }
     }
     fn topic(&self) -> (String, Option<String>) {
-        (self.name.clone(), None)
+        (crate::SERVICE.to_string(), Some(self.name.clone()))
     }
     fn brief(&self) -> serde_json::Value {
         json!({"id": self.id, "name": self.name})
@@ -295,19 +295,33 @@ impl Metadata {
         obj.stamp(old.id().to_string(), old.created(), now_millis());
         self.store.replace(T::KIND, to_doc(&obj)?).await?;
         self.announce(ACTION_UPDATE, &obj);
+        if T::KIND == Kind::Profile {
+            // Device services cache the profiles of their devices and listen under their
+            // own name: each one using this profile hears of the change there too.
+            match self.store.services_using_profile(obj.name()).await {
+                Ok(services) => {
+                    for service in services {
+                        self.announce_to(ACTION_UPDATE, &obj, &service, Some(obj.name()));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(profile = obj.name(), error = %e, "cannot tell device services of a profile update");
+                }
+            }
+        }
         Ok(obj)
     }
 
     fn announce<T: Object>(&self, action: &str, obj: &T) {
         let (owner, profile) = obj.topic();
-        self.announcer.announce(
-            T::EVENT_TYPE,
-            action,
-            &owner,
-            profile.as_deref(),
-            obj.brief(),
-            || serde_json::to_value(obj).unwrap_or_default(),
-        );
+        self.announce_to(action, obj, &owner, profile.as_deref());
+    }
+
+    fn announce_to<T: Object>(&self, action: &str, obj: &T, owner: &str, profile: Option<&str>) {
+        self.announcer
+            .announce(T::EVENT_TYPE, action, owner, profile, obj.brief(), || {
+                serde_json::to_value(obj).unwrap_or_default()
+            });
     }
 
     async fn count(&self, kind: Kind, filter: Filter) -> Result<u64, ApiError> {
@@ -758,8 +772,9 @@ impl Metadata {
     }
 
     /// Asks the device service to validate the device's protocol properties (EdgeX's
-    /// callback). A service that does not answer does not block provisioning: devices
-    /// may be added before their service starts.
+    /// callback). A service that cannot answer (not reachable, 503, or without the
+    /// endpoint: 404/405) does not block provisioning, since devices may be added before
+    /// their service starts; any other refusal rejects the device with the service's reason.
     async fn validate_with_service(
         &self,
         service: &DeviceService,
@@ -773,38 +788,43 @@ impl Metadata {
             base: BaseRequest::new(),
             device: d.clone(),
         };
-        match outpost_kit::http::correlated(self.http.post(&url))
+        let resp = match outpost_kit::http::correlated(self.http.post(&url))
             .json(&body)
             .send()
             .await
         {
-            Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r)
-                if r.status().is_client_error()
-                    && r.status().as_u16() != 404
-                    && r.status().as_u16() != 405 =>
-            {
-                let msg = r
-                    .json::<serde_json::Value>()
-                    .await
-                    .ok()
-                    .and_then(|v| {
-                        v.get("message")
-                            .and_then(|m| m.as_str())
-                            .map(str::to_string)
-                    })
-                    .unwrap_or_default();
-                Err(ApiError::bad_request(format!(
-                    "device service '{}' rejected device '{}': {msg}",
-                    service.name, d.name
-                )))
-            }
-            Ok(r) => {
-                tracing::debug!(service = %service.name, status = r.status().as_u16(), "device validation not available");
-                Ok(())
-            }
+            Ok(r) => r,
             Err(e) => {
-                tracing::debug!(service = %service.name, error = %e, "device service unreachable; device not validated");
+                tracing::warn!(service = %service.name, device = %d.name, error = %e, "device service unreachable; device not validated");
+                return Ok(());
+            }
+        };
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        if matches!(status.as_u16(), 404 | 405 | 503) {
+            tracing::warn!(service = %service.name, device = %d.name, status = status.as_u16(), "device validation not available; device not validated");
+            return Ok(());
+        }
+        // EdgeX device services answer a failed validation with an error body; a 5xx
+        // without one is a broken service, not a verdict on the device.
+        let message = resp
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|v| v.get("message")?.as_str().map(str::to_string));
+        match message {
+            Some(msg) => Err(ApiError::bad_request(format!(
+                "device service '{}' rejected device '{}': {msg}",
+                service.name, d.name
+            ))),
+            None if status.is_client_error() => Err(ApiError::bad_request(format!(
+                "device service '{}' rejected device '{}' ({status})",
+                service.name, d.name
+            ))),
+            None => {
+                tracing::warn!(service = %service.name, device = %d.name, status = status.as_u16(), "device service failed to validate; device not validated");
                 Ok(())
             }
         }

@@ -112,6 +112,8 @@ pub trait Store: Send + Sync + 'static {
         &self,
         profiles: Vec<String>,
     ) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Names of the device services owning devices of `profile`, sorted.
+    async fn services_using_profile(&self, profile: &str) -> Result<Vec<String>, StoreError>;
     /// Deletes by name; false if there was nothing to delete.
     async fn delete(&self, kind: Kind, name: &str) -> Result<bool, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
@@ -356,6 +358,20 @@ impl Store for SqliteStore {
                     out.push((p, u64::try_from(n).unwrap_or(0)));
                 }
                 Ok(out)
+            })
+            .await
+    }
+
+    async fn services_using_profile(&self, profile: &str) -> Result<Vec<String>, StoreError> {
+        let profile = profile.to_string();
+        self.db
+            .read(move |c| {
+                let mut st = c.prepare(
+                    "SELECT DISTINCT service FROM objects WHERE kind = ?1 AND profile = ?2
+                     ORDER BY service",
+                )?;
+                let rows = st.query_map(params![Kind::Device.code(), profile], |r| r.get(0))?;
+                Ok(rows.collect::<Result<Vec<String>, _>>()?)
             })
             .await
     }

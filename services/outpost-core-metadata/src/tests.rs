@@ -567,3 +567,111 @@ async fn provision_watchers() {
     let (s, _) = call(&f, "DELETE", "/api/v3/provisionwatcher/name/w1", None).await;
     assert_eq!(s, StatusCode::OK);
 }
+
+/// A device service's validation endpoint, on a real socket: it accepts devices whose
+/// `Address` is `ok`, refuses `bad` the way EdgeX device services do (an error body), and
+/// fails without a body for `crash`.
+async fn validating_service() -> (String, tokio::task::JoinHandle<()>) {
+    use axum::response::IntoResponse as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/api/v3/validate/device",
+        axum::routing::post(|axum::Json(body): axum::Json<Value>| async move {
+            match body["device"]["protocols"]["other"]["Address"].as_str() {
+                Some("ok") => StatusCode::OK.into_response(),
+                Some("crash") => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                _ => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    axum::Json(json!({"apiVersion": "v3", "statusCode": 500,
+                        "message": "Address must be ok"})),
+                )
+                    .into_response(),
+            }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}"), task)
+}
+
+#[tokio::test]
+async fn device_services_validate_devices() {
+    let f = fixture(Config::default());
+    seed(&f).await;
+    let (base, server) = validating_service().await;
+    let mut svc = service_req("device-checked");
+    svc["service"]["baseAddress"] = json!(base);
+    let (_, body) = call(&f, "POST", "/api/v3/deviceservice", Some(json!([svc]))).await;
+    assert_eq!(body[0]["statusCode"], 201, "{body}");
+    let dev = |name: &str, address: &str| {
+        device_req(
+            name,
+            "Thermostat",
+            json!({"serviceName": "device-checked", "protocols": {"other": {"Address": address}}}),
+        )
+    };
+    let (_, body) = call(
+        &f,
+        "POST",
+        "/api/v3/device",
+        Some(json!([dev("good", "ok")])),
+    )
+    .await;
+    assert_eq!(body[0]["statusCode"], 201, "{body}");
+    let (_, body) = call(
+        &f,
+        "POST",
+        "/api/v3/device",
+        Some(json!([dev("bad", "nope")])),
+    )
+    .await;
+    assert_eq!(body[0]["statusCode"], 400, "{body}");
+    assert!(
+        body[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Address must be ok")),
+        "{body}"
+    );
+    let (s, _) = call(&f, "GET", "/api/v3/device/name/bad", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a refused device is not stored");
+    // The service's verdict can be bypassed on purpose.
+    let (_, body) = call(
+        &f,
+        "POST",
+        "/api/v3/device?bypassValidation=true",
+        Some(json!([dev("bad", "nope")])),
+    )
+    .await;
+    assert_eq!(body[0]["statusCode"], 201, "{body}");
+    // A broken service (500 without a verdict) or one that is gone does not block
+    // provisioning.
+    let (_, body) = call(
+        &f,
+        "POST",
+        "/api/v3/device",
+        Some(json!([dev("c1", "crash")])),
+    )
+    .await;
+    assert_eq!(body[0]["statusCode"], 201, "{body}");
+    // Updates are validated too, and a refused one changes nothing.
+    let patch = |address: &str| {
+        json!([{"apiVersion": "v3", "device": {"name": "good",
+            "protocols": {"other": {"Address": address}}}}])
+    };
+    let (_, body) = call(&f, "PATCH", "/api/v3/device", Some(patch("nope"))).await;
+    assert_eq!(body[0]["statusCode"], 400, "{body}");
+    let (_, body) = call(&f, "GET", "/api/v3/device/name/good", None).await;
+    assert_eq!(body["device"]["protocols"]["other"]["Address"], "ok");
+    server.abort();
+    let _ = server.await;
+    let (_, body) = call(
+        &f,
+        "POST",
+        "/api/v3/device",
+        Some(json!([dev("c2", "nope")])),
+    )
+    .await;
+    assert_eq!(body[0]["statusCode"], 201, "{body}");
+}
