@@ -168,6 +168,72 @@ fn batch<T: DeserializeOwned>(body: &[u8]) -> Result<Vec<T>, ApiError> {
     Ok(items)
 }
 
+/// Runs `op` on each request of a batch body whose `apiVersion` is right, and answers 207
+/// with one entry per request, in order.
+async fn each_request<R, F, Fut>(body: &[u8], op: F) -> Result<Response, ApiError>
+where
+    R: DeserializeOwned + Batched,
+    F: Fn(R) -> Fut,
+    Fut: std::future::Future<Output = Result<(StatusCode, String), ApiError>>,
+{
+    let reqs: Vec<R> = batch(body)?;
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let base = r.base().clone();
+        let result = match base.check() {
+            Err(e) => Err(ApiError::bad_request(e)),
+            Ok(()) => op(r).await,
+        };
+        out.push(entry(&base, result));
+    }
+    Ok(multi_status(out))
+}
+
+/// A request that can arrive in a batch.
+trait Batched {
+    fn base(&self) -> &BaseRequest;
+}
+
+macro_rules! batched {
+    ($($t:ty),* $(,)?) => {
+        $(impl Batched for $t {
+            fn base(&self) -> &BaseRequest {
+                &self.base
+            }
+        })*
+    };
+}
+
+batched!(
+    AddDeviceRequest,
+    UpdateDeviceRequest,
+    AddDeviceProfileRequest,
+    UpdateDeviceProfileRequest,
+    DeviceProfileBasicInfoRequest,
+    DeviceResourceRequest,
+    UpdateDeviceResourceRequest,
+    DeviceCommandRequest,
+    UpdateDeviceCommandRequest,
+    AddDeviceServiceRequest,
+    UpdateDeviceServiceRequest,
+    AddProvisionWatcherRequest,
+    UpdateProvisionWatcherRequest
+);
+
+/// A created object's 207 entry.
+fn created(id: String) -> (StatusCode, String) {
+    (StatusCode::CREATED, id)
+}
+
+/// A 207 entry for a part added to an object (no id of its own).
+fn added((): ()) -> (StatusCode, String) {
+    (StatusCode::CREATED, String::new())
+}
+
+fn updated((): ()) -> (StatusCode, String) {
+    (StatusCode::OK, String::new())
+}
+
 /// One 207 entry.
 fn entry(base: &BaseRequest, result: Result<(StatusCode, String), ApiError>) -> BaseWithIdResponse {
     let (status, id, message) = match result {
@@ -261,20 +327,14 @@ async fn add_devices(
     Query(p): Query<DeviceWriteParams>,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    let reqs: Vec<AddDeviceRequest> = batch(&body)?;
-    let mut out = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let result = match r.base.check() {
-            Err(e) => Err(ApiError::bad_request(e)),
-            Ok(()) => app
-                .md
-                .add_device(r.device, p.force, p.bypass_validation)
-                .await
-                .map(|id| (StatusCode::CREATED, id)),
-        };
-        out.push(entry(&r.base, result));
-    }
-    Ok(multi_status(out))
+    let app = &app;
+    each_request(&body, |r: AddDeviceRequest| async move {
+        app.md
+            .add_device(r.device, p.force, p.bypass_validation)
+            .await
+            .map(created)
+    })
+    .await
 }
 
 async fn update_devices(
@@ -282,20 +342,14 @@ async fn update_devices(
     Query(p): Query<DeviceWriteParams>,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    let reqs: Vec<UpdateDeviceRequest> = batch(&body)?;
-    let mut out = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let result = match r.base.check() {
-            Err(e) => Err(ApiError::bad_request(e)),
-            Ok(()) => app
-                .md
-                .update_device(r.device, p.bypass_validation)
-                .await
-                .map(|()| (StatusCode::OK, String::new())),
-        };
-        out.push(entry(&r.base, result));
-    }
-    Ok(multi_status(out))
+    let app = &app;
+    each_request(&body, |r: UpdateDeviceRequest| async move {
+        app.md
+            .update_device(r.device, p.bypass_validation)
+            .await
+            .map(updated)
+    })
+    .await
 }
 
 async fn devices(
@@ -396,37 +450,19 @@ async fn delete_device(
 // ---- device profiles ----
 
 async fn add_profiles(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
-    let reqs: Vec<AddDeviceProfileRequest> = batch(&body)?;
-    let mut out = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let result = match r.base.check() {
-            Err(e) => Err(ApiError::bad_request(e)),
-            Ok(()) => app
-                .md
-                .add_profile(r.profile)
-                .await
-                .map(|id| (StatusCode::CREATED, id)),
-        };
-        out.push(entry(&r.base, result));
-    }
-    Ok(multi_status(out))
+    let app = &app;
+    each_request(&body, |r: AddDeviceProfileRequest| async move {
+        app.md.add_profile(r.profile).await.map(created)
+    })
+    .await
 }
 
 async fn update_profiles(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
-    let reqs: Vec<UpdateDeviceProfileRequest> = batch(&body)?;
-    let mut out = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let result = match r.base.check() {
-            Err(e) => Err(ApiError::bad_request(e)),
-            Ok(()) => app
-                .md
-                .update_profile(r.profile)
-                .await
-                .map(|()| (StatusCode::OK, String::new())),
-        };
-        out.push(entry(&r.base, result));
-    }
-    Ok(multi_status(out))
+    let app = &app;
+    each_request(&body, |r: UpdateDeviceProfileRequest| async move {
+        app.md.update_profile(r.profile).await.map(updated)
+    })
+    .await
 }
 
 /// The profile document from a multipart upload's `file` field (YAML or JSON).
@@ -561,20 +597,11 @@ async fn profile_tags(
 }
 
 async fn update_basic_infos(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
-    let reqs: Vec<DeviceProfileBasicInfoRequest> = batch(&body)?;
-    let mut out = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let result = match r.base.check() {
-            Err(e) => Err(ApiError::bad_request(e)),
-            Ok(()) => app
-                .md
-                .update_basic_info(r.basicinfo)
-                .await
-                .map(|()| (StatusCode::OK, String::new())),
-        };
-        out.push(entry(&r.base, result));
-    }
-    Ok(multi_status(out))
+    let app = &app;
+    each_request(&body, |r: DeviceProfileBasicInfoRequest| async move {
+        app.md.update_basic_info(r.basicinfo).await.map(updated)
+    })
+    .await
 }
 
 async fn all_basic_infos(
@@ -590,37 +617,25 @@ async fn all_basic_infos(
 }
 
 async fn add_resources(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
-    let reqs: Vec<DeviceResourceRequest> = batch(&body)?;
-    let mut out = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let result = match r.base.check() {
-            Err(e) => Err(ApiError::bad_request(e)),
-            Ok(()) => app
-                .md
-                .add_resource(&r.profile_name, r.resource)
-                .await
-                .map(|()| (StatusCode::CREATED, String::new())),
-        };
-        out.push(entry(&r.base, result));
-    }
-    Ok(multi_status(out))
+    let app = &app;
+    each_request(&body, |r: DeviceResourceRequest| async move {
+        app.md
+            .add_resource(&r.profile_name, r.resource)
+            .await
+            .map(added)
+    })
+    .await
 }
 
 async fn update_resources(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
-    let reqs: Vec<UpdateDeviceResourceRequest> = batch(&body)?;
-    let mut out = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let result = match r.base.check() {
-            Err(e) => Err(ApiError::bad_request(e)),
-            Ok(()) => app
-                .md
-                .update_resource(&r.profile_name, r.resource)
-                .await
-                .map(|()| (StatusCode::OK, String::new())),
-        };
-        out.push(entry(&r.base, result));
-    }
-    Ok(multi_status(out))
+    let app = &app;
+    each_request(&body, |r: UpdateDeviceResourceRequest| async move {
+        app.md
+            .update_resource(&r.profile_name, r.resource)
+            .await
+            .map(updated)
+    })
+    .await
 }
 
 async fn delete_resource(
@@ -632,37 +647,25 @@ async fn delete_resource(
 }
 
 async fn add_commands(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
-    let reqs: Vec<DeviceCommandRequest> = batch(&body)?;
-    let mut out = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let result = match r.base.check() {
-            Err(e) => Err(ApiError::bad_request(e)),
-            Ok(()) => app
-                .md
-                .add_command(&r.profile_name, r.device_command)
-                .await
-                .map(|()| (StatusCode::CREATED, String::new())),
-        };
-        out.push(entry(&r.base, result));
-    }
-    Ok(multi_status(out))
+    let app = &app;
+    each_request(&body, |r: DeviceCommandRequest| async move {
+        app.md
+            .add_command(&r.profile_name, r.device_command)
+            .await
+            .map(added)
+    })
+    .await
 }
 
 async fn update_commands(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
-    let reqs: Vec<UpdateDeviceCommandRequest> = batch(&body)?;
-    let mut out = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let result = match r.base.check() {
-            Err(e) => Err(ApiError::bad_request(e)),
-            Ok(()) => app
-                .md
-                .update_command(&r.profile_name, r.device_command)
-                .await
-                .map(|()| (StatusCode::OK, String::new())),
-        };
-        out.push(entry(&r.base, result));
-    }
-    Ok(multi_status(out))
+    let app = &app;
+    each_request(&body, |r: UpdateDeviceCommandRequest| async move {
+        app.md
+            .update_command(&r.profile_name, r.device_command)
+            .await
+            .map(updated)
+    })
+    .await
 }
 
 async fn delete_command(
@@ -687,37 +690,19 @@ async fn resource(
 // ---- device services ----
 
 async fn add_services(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
-    let reqs: Vec<AddDeviceServiceRequest> = batch(&body)?;
-    let mut out = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let result = match r.base.check() {
-            Err(e) => Err(ApiError::bad_request(e)),
-            Ok(()) => app
-                .md
-                .add_service(r.service)
-                .await
-                .map(|id| (StatusCode::CREATED, id)),
-        };
-        out.push(entry(&r.base, result));
-    }
-    Ok(multi_status(out))
+    let app = &app;
+    each_request(&body, |r: AddDeviceServiceRequest| async move {
+        app.md.add_service(r.service).await.map(created)
+    })
+    .await
 }
 
 async fn update_services(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
-    let reqs: Vec<UpdateDeviceServiceRequest> = batch(&body)?;
-    let mut out = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let result = match r.base.check() {
-            Err(e) => Err(ApiError::bad_request(e)),
-            Ok(()) => app
-                .md
-                .update_service(r.service)
-                .await
-                .map(|()| (StatusCode::OK, String::new())),
-        };
-        out.push(entry(&r.base, result));
-    }
-    Ok(multi_status(out))
+    let app = &app;
+    each_request(&body, |r: UpdateDeviceServiceRequest| async move {
+        app.md.update_service(r.service).await.map(updated)
+    })
+    .await
 }
 
 async fn all_services(
@@ -757,37 +742,19 @@ async fn delete_service(
 // ---- provision watchers ----
 
 async fn add_watchers(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
-    let reqs: Vec<AddProvisionWatcherRequest> = batch(&body)?;
-    let mut out = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let result = match r.base.check() {
-            Err(e) => Err(ApiError::bad_request(e)),
-            Ok(()) => app
-                .md
-                .add_watcher(r.provisionwatcher)
-                .await
-                .map(|id| (StatusCode::CREATED, id)),
-        };
-        out.push(entry(&r.base, result));
-    }
-    Ok(multi_status(out))
+    let app = &app;
+    each_request(&body, |r: AddProvisionWatcherRequest| async move {
+        app.md.add_watcher(r.provisionwatcher).await.map(created)
+    })
+    .await
 }
 
 async fn update_watchers(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
-    let reqs: Vec<UpdateProvisionWatcherRequest> = batch(&body)?;
-    let mut out = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let result = match r.base.check() {
-            Err(e) => Err(ApiError::bad_request(e)),
-            Ok(()) => app
-                .md
-                .update_watcher(r.provisionwatcher)
-                .await
-                .map(|()| (StatusCode::OK, String::new())),
-        };
-        out.push(entry(&r.base, result));
-    }
-    Ok(multi_status(out))
+    let app = &app;
+    each_request(&body, |r: UpdateProvisionWatcherRequest| async move {
+        app.md.update_watcher(r.provisionwatcher).await.map(updated)
+    })
+    .await
 }
 
 async fn watchers(

@@ -151,6 +151,27 @@ impl SqliteStore {
     pub fn new(db: Db) -> Self {
         Self { db }
     }
+
+    /// The object of `kind` whose `column` (a unique one: `id` or `name`) is `value`.
+    async fn one_by(
+        &self,
+        kind: Kind,
+        column: &'static str,
+        value: &str,
+    ) -> Result<Option<Doc>, StoreError> {
+        let value = value.to_string();
+        self.db
+            .read(move |c| {
+                c.query_row(
+                    &format!("SELECT {COLUMNS} FROM objects WHERE kind = ?1 AND {column} = ?2"),
+                    params![kind.code(), value],
+                    row_to_doc,
+                )
+                .optional()
+                .map_err(StoreError::from)
+            })
+            .await
+    }
 }
 
 const COLUMNS: &str =
@@ -270,33 +291,11 @@ impl Store for SqliteStore {
     }
 
     async fn by_name(&self, kind: Kind, name: &str) -> Result<Option<Doc>, StoreError> {
-        let name = name.to_string();
-        self.db
-            .read(move |c| {
-                c.query_row(
-                    &format!("SELECT {COLUMNS} FROM objects WHERE kind = ?1 AND name = ?2"),
-                    params![kind.code(), name],
-                    row_to_doc,
-                )
-                .optional()
-                .map_err(StoreError::from)
-            })
-            .await
+        self.one_by(kind, "name", name).await
     }
 
     async fn by_id(&self, kind: Kind, id: &str) -> Result<Option<Doc>, StoreError> {
-        let id = id.to_string();
-        self.db
-            .read(move |c| {
-                c.query_row(
-                    &format!("SELECT {COLUMNS} FROM objects WHERE kind = ?1 AND id = ?2"),
-                    params![kind.code(), id],
-                    row_to_doc,
-                )
-                .optional()
-                .map_err(StoreError::from)
-            })
-            .await
+        self.one_by(kind, "id", id).await
     }
 
     async fn list(
