@@ -335,6 +335,37 @@ pub struct Db {
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: Arc<std::sync::atomic::AtomicUsize>,
     path: PathBuf,
+    /// The background checkpoint thread, if any; stopped and joined with the last clone.
+    checkpointer: Arc<std::sync::OnceLock<Checkpointer>>,
+}
+
+/// A background thread that is stopped by dropping `stop` and joined before the owner is
+/// gone. Fields drop in order: the stop signal first, then the join.
+struct Checkpointer {
+    _stop: std::sync::mpsc::Sender<()>,
+    _thread: JoinOnDrop,
+}
+
+/// Joins a thread when dropped, so no thread of ours is still inside SQLite (or the crypto
+/// library under it) when the process exits and tears those libraries down.
+#[derive(Debug)]
+pub struct JoinOnDrop(Option<std::thread::JoinHandle<()>>);
+
+impl JoinOnDrop {
+    pub fn new(handle: std::thread::JoinHandle<()>) -> Self {
+        Self(Some(handle))
+    }
+}
+
+impl Drop for JoinOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            // A thread dropping its own handle must not wait for itself.
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Db {
@@ -363,6 +394,7 @@ impl Db {
             readers: Arc::new(readers),
             next_reader: Arc::default(),
             path: loc.db.clone(),
+            checkpointer: Arc::default(),
         })
     }
 
@@ -382,14 +414,18 @@ impl Db {
     ) -> Result<(), StorageError> {
         let key = load_or_create_key(&loc.secrets, &loc.name)?;
         let conn = open(&loc.db, &key, opts)?;
+        if self.checkpointer.get().is_some() {
+            return Ok(());
+        }
         self.write_blocking(|c| c.execute_batch("PRAGMA wal_autocheckpoint = 0;"))?;
-        let weak = Arc::downgrade(&self.writer);
-        std::thread::Builder::new()
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
             .name(format!("{}-checkpoint", loc.name))
             .spawn(move || {
-                // Stops when the database is dropped.
-                while weak.strong_count() > 0 {
-                    std::thread::sleep(every);
+                // Runs until the last clone of the database drops the sender.
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(every)
+                {
                     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                     {
                         tracing::warn!(error = %e, "background checkpoint failed");
@@ -397,6 +433,10 @@ impl Db {
                 }
             })
             .map_err(|e| StorageError::Task(e.to_string()))?;
+        let _ = self.checkpointer.set(Checkpointer {
+            _stop: stop,
+            _thread: JoinOnDrop::new(thread),
+        });
         Ok(())
     }
 

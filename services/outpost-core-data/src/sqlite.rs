@@ -44,7 +44,7 @@ use outpost_contracts::value::ValueType;
 use outpost_storage::rusqlite::{
     self, Connection, ErrorCode, OptionalExtension as _, Transaction, params,
 };
-use outpost_storage::{Db, Migration};
+use outpost_storage::{Db, JoinOnDrop, Migration};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{Aggregate, EventStore, IngestEvent, Outcome, Query, StoreError, Totals};
@@ -142,6 +142,9 @@ pub struct SqliteEventStore {
     jobs: mpsc::Sender<Job>,
     /// The last write failure, cleared by the next successful commit.
     failing: Arc<std::sync::Mutex<Option<String>>>,
+    /// Declared after `jobs`, so dropping the store first closes the job queue (the writer
+    /// finishes what it holds and returns) and then waits for the writer thread.
+    _writer: JoinOnDrop,
 }
 
 /// Metric names the writer records.
@@ -163,7 +166,7 @@ impl SqliteEventStore {
         let writer_db = db.clone();
         let failing: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
         let writer_failing = Arc::clone(&failing);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("core-data-writer".into())
             .spawn(move || {
                 let mut w = Writer {
@@ -180,6 +183,7 @@ impl SqliteEventStore {
             db,
             jobs: tx,
             failing,
+            _writer: JoinOnDrop::new(writer),
         })
     }
 
