@@ -94,7 +94,7 @@ async fn mqtt_events_are_persisted_and_queryable() {
     let (ok, out, _) = node.cli(&["services", "--json"]);
     assert!(ok);
     let v: Value = serde_json::from_str(&out).expect("CLI JSON");
-    assert_eq!(v["totalCount"], 4);
+    assert_eq!(v["totalCount"], 5);
 }
 
 #[tokio::test]

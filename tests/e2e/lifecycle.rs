@@ -137,10 +137,16 @@ async fn node_restart_keeps_every_acknowledged_event() {
 #[tokio::test]
 async fn sigterm_to_the_node_stops_every_service() {
     let mut node = Node::start("").await;
-    let pids: Vec<u32> = ["core-keeper", "mqtt-broker", "core-metadata", "core-data"]
-        .iter()
-        .map(|s| node.pid(s))
-        .collect();
+    let pids: Vec<u32> = [
+        "core-keeper",
+        "mqtt-broker",
+        "core-metadata",
+        "core-data",
+        "core-command",
+    ]
+    .iter()
+    .map(|s| node.pid(s))
+    .collect();
     node.stop();
     for pid in pids {
         assert!(

@@ -6,6 +6,7 @@ mod support;
 mod bus;
 mod cli;
 mod compat;
+mod devices;
 mod encryption;
 mod ingest;
 mod lifecycle;

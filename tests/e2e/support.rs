@@ -57,6 +57,8 @@ pub struct Ports {
     pub data: u16,
     pub broker_http: u16,
     pub mqtt: u16,
+    pub command: u16,
+    pub virtual_: u16,
 }
 
 impl Ports {
@@ -67,6 +69,8 @@ impl Ports {
             data: free_port(),
             broker_http: free_port(),
             mqtt: free_port(),
+            command: free_port(),
+            virtual_: free_port(),
         }
     }
 }
@@ -76,8 +80,8 @@ pub struct Node {
     pub dir: tempfile::TempDir,
     pub ports: Ports,
     pub config: PathBuf,
-    /// Services that register (the broker only when embedded).
-    services: usize,
+    /// URLs of the services that register (the broker only when embedded).
+    services: Vec<String>,
     child: Option<Child>,
     pub http: reqwest::Client,
 }
@@ -121,7 +125,14 @@ sweep_interval_ms = 50
 port = {metadata}
 [core_data]
 port = {data}
+[core_command]
+port = {command}
+[device_virtual]
+port = {virtual_}
+down_probe_interval_ms = 300
 "#,
+        command = p.command,
+        virtual_ = p.virtual_,
         mqtt = p.mqtt,
         broker_http = p.broker_http,
         keeper = p.keeper,
@@ -137,17 +148,32 @@ impl Node {
         let ports = Ports::free();
         let config = dir.path().join("outpost.toml");
         let text = config_text(&ports, extra);
-        let embedded = text
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|t| t.get("broker")?.get("enabled")?.as_bool())
-            .unwrap_or(true);
+        let table = text.parse::<toml::Table>().ok();
+        let enabled = |section: &str, default: bool| {
+            table
+                .as_ref()
+                .and_then(|t| t.get(section)?.get("enabled")?.as_bool())
+                .unwrap_or(default)
+        };
+        let url = |port: u16| format!("http://127.0.0.1:{port}");
+        let mut services = vec![
+            url(ports.keeper),
+            url(ports.metadata),
+            url(ports.data),
+            url(ports.command),
+        ];
+        if enabled("broker", true) {
+            services.push(url(ports.broker_http));
+        }
+        if enabled("device_virtual", false) {
+            services.push(url(ports.virtual_));
+        }
         std::fs::write(&config, text).expect("write config");
         let mut node = Self {
             dir,
             ports,
             config,
-            services: if embedded { 4 } else { 3 },
+            services,
             child: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -186,10 +212,7 @@ impl Node {
             .spawn()
             .expect("spawn outpost up");
         self.child = Some(child);
-        let mut urls = vec![self.keeper(), self.metadata(), self.data()];
-        if self.services == 4 {
-            urls.push(self.broker());
-        }
+        let urls = self.services.clone();
         let http = self.http.clone();
         eventually("the node to start", Duration::from_secs(30), || {
             let (http, urls) = (http.clone(), urls.clone());
@@ -215,7 +238,7 @@ impl Node {
                     .iter()
                     .filter(|r| r["status"] == "UP")
                     .count()
-                    == me.services
+                    == me.services.len()
             },
         )
         .await;
@@ -229,6 +252,12 @@ impl Node {
     }
     pub fn data(&self) -> String {
         format!("http://127.0.0.1:{}", self.ports.data)
+    }
+    pub fn command(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.command)
+    }
+    pub fn virtual_(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.virtual_)
     }
     pub fn broker(&self) -> String {
         format!("http://127.0.0.1:{}", self.ports.broker_http)

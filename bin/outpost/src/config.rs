@@ -49,6 +49,8 @@ pub struct NodeConfig {
     pub core_keeper: outpost_core_keeper::Config,
     pub core_metadata: outpost_core_metadata::Config,
     pub core_data: outpost_core_data::Config,
+    pub core_command: outpost_core_command::Config,
+    pub device_virtual: outpost_device_virtual::Config,
 }
 
 /// A service the node can run.
@@ -58,14 +60,18 @@ pub enum Service {
     CoreKeeper,
     CoreMetadata,
     CoreData,
+    CoreCommand,
+    DeviceVirtual,
 }
 
 impl Service {
-    pub const ALL: [Service; 4] = [
+    pub const ALL: [Service; 6] = [
         Self::Broker,
         Self::CoreKeeper,
         Self::CoreMetadata,
         Self::CoreData,
+        Self::CoreCommand,
+        Self::DeviceVirtual,
     ];
 
     pub fn name(self) -> &'static str {
@@ -74,6 +80,8 @@ impl Service {
             Self::CoreKeeper => outpost_core_keeper::SERVICE,
             Self::CoreMetadata => outpost_core_metadata::SERVICE,
             Self::CoreData => outpost_core_data::SERVICE,
+            Self::CoreCommand => outpost_core_command::SERVICE,
+            Self::DeviceVirtual => outpost_device_virtual::SERVICE,
         }
     }
 
@@ -129,6 +137,8 @@ impl NodeConfig {
         self.core_keeper.validate(&mut p);
         self.core_metadata.validate(&mut p);
         self.core_data.validate(&mut p);
+        self.core_command.validate(&mut p);
+        self.device_virtual.validate(&mut p);
         let s = &self.supervisor;
         p.check(
             s.stop_timeout_ms >= 100,
@@ -147,7 +157,7 @@ impl NodeConfig {
         );
         let mut ports: HashMap<u16, &str> = HashMap::new();
         for svc in Service::ALL {
-            if svc == Service::Broker && !self.broker.enabled {
+            if !self.enabled(svc) {
                 continue;
             }
             let port = self.port(svc);
@@ -213,6 +223,20 @@ impl NodeConfig {
             Service::CoreKeeper => self.core_keeper.port,
             Service::CoreMetadata => self.core_metadata.port,
             Service::CoreData => self.core_data.port,
+            Service::CoreCommand => self.core_command.port,
+            Service::DeviceVirtual => self.device_virtual.port,
+        }
+    }
+
+    /// Whether `outpost up` runs `svc`.
+    pub fn enabled(&self, svc: Service) -> bool {
+        match svc {
+            Service::Broker => self.broker.enabled,
+            Service::DeviceVirtual => self.device_virtual.enabled,
+            Service::CoreKeeper
+            | Service::CoreMetadata
+            | Service::CoreData
+            | Service::CoreCommand => true,
         }
     }
 
@@ -227,14 +251,17 @@ impl NodeConfig {
 
     /// The services `outpost up` runs, in start order (stop order is the reverse).
     pub fn services(&self) -> Vec<Service> {
-        let mut v = Vec::new();
-        v.push(Service::CoreKeeper);
-        if self.broker.enabled {
-            v.push(Service::Broker);
-        }
-        v.push(Service::CoreMetadata);
-        v.push(Service::CoreData);
-        v
+        [
+            Service::CoreKeeper,
+            Service::Broker,
+            Service::CoreMetadata,
+            Service::CoreData,
+            Service::CoreCommand,
+            Service::DeviceVirtual,
+        ]
+        .into_iter()
+        .filter(|s| self.enabled(*s))
+        .collect()
     }
 
     /// Addresses used until the registry answers.
@@ -252,6 +279,8 @@ impl NodeConfig {
             Service::CoreKeeper => serde_json::to_value(&self.core_keeper),
             Service::CoreMetadata => serde_json::to_value(&self.core_metadata),
             Service::CoreData => serde_json::to_value(&self.core_data),
+            Service::CoreCommand => serde_json::to_value(&self.core_command),
+            Service::DeviceVirtual => serde_json::to_value(&self.device_virtual),
         }
         .unwrap_or_default();
         serde_json::json!({

@@ -46,7 +46,10 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
     // The busy services get two worker threads, the others one: a node idles in a few MB.
     let workers = match svc {
         Service::CoreData | Service::Broker => 2,
-        Service::CoreKeeper | Service::CoreMetadata => 1,
+        Service::CoreKeeper
+        | Service::CoreMetadata
+        | Service::CoreCommand
+        | Service::DeviceVirtual => 1,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -72,9 +75,10 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
             cfg.fallback_addresses(),
         );
         let watch = match svc {
-            Service::CoreMetadata | Service::CoreData => {
-                Some(registry.spawn_watch(shutdown.clone()))
-            }
+            Service::CoreMetadata
+            | Service::CoreData
+            | Service::CoreCommand
+            | Service::DeviceVirtual => Some(registry.spawn_watch(shutdown.clone())),
             Service::CoreKeeper | Service::Broker => None,
         };
         let ctx = Context {
@@ -98,6 +102,10 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
                 outpost_core_metadata::run(ctx, cfg.core_metadata.clone()).await
             }
             Service::CoreData => outpost_core_data::run(ctx, cfg.core_data.clone()).await,
+            Service::CoreCommand => outpost_core_command::run(ctx, cfg.core_command.clone()).await,
+            Service::DeviceVirtual => {
+                outpost_device_virtual::run(ctx, cfg.device_virtual.clone()).await
+            }
         };
         shutdown.trigger();
         if let Some(w) = watch {

@@ -12,7 +12,7 @@ use crate::common::{BaseRequest, BaseResponse, BaseWithTotalCountResponse};
 use crate::names;
 use crate::value::ValueType;
 
-type Map = serde_json::Map<String, serde_json::Value>;
+pub type Map = serde_json::Map<String, serde_json::Value>;
 
 fn is_empty(s: &str) -> bool {
     s.is_empty()
@@ -1010,5 +1010,91 @@ deviceCommands:
         let back = serde_json::to_value(&d).unwrap();
         assert_eq!(back["autoEvents"][0]["onChange"], true);
         assert!(back.get("id").is_none());
+    }
+}
+
+// ---- core-command ----
+
+/// A parameter of a core command: a reading a GET returns, or a value a SET takes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CoreCommandParameter {
+    pub resource_name: String,
+    pub value_type: ValueType,
+}
+
+/// A command of a device as core-command lists it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CoreCommand {
+    pub name: String,
+    #[serde(skip_serializing_if = "is_false")]
+    pub get: bool,
+    #[serde(skip_serializing_if = "is_false")]
+    pub set: bool,
+    pub path: String,
+    pub url: String,
+    pub parameters: Vec<CoreCommandParameter>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DeviceCoreCommand {
+    pub device_name: String,
+    pub profile_name: String,
+    pub core_commands: Vec<CoreCommand>,
+}
+
+single_response!(DeviceCoreCommandResponse {
+    device_core_command: DeviceCoreCommand
+});
+multi_response!(MultiDeviceCoreCommandsResponse {
+    device_core_commands: DeviceCoreCommand
+});
+
+impl DeviceProfile {
+    /// The commands of a device of this profile, as core-command lists them: every device
+    /// command that is not hidden, then every visible resource without a command of its
+    /// name.
+    pub fn core_commands(&self, device: &str, url: &str) -> Vec<CoreCommand> {
+        let path = |c: &str| format!("/api/v3/device/name/{device}/{c}");
+        let mut out = Vec::new();
+        for c in self.device_commands.iter().filter(|c| !c.is_hidden) {
+            out.push(CoreCommand {
+                name: c.name.clone(),
+                get: c.read_write.readable(),
+                set: c.read_write.writable(),
+                path: path(&c.name),
+                url: url.to_string(),
+                parameters: c
+                    .resource_operations
+                    .iter()
+                    .map(|op| CoreCommandParameter {
+                        resource_name: op.device_resource.clone(),
+                        value_type: self
+                            .resource(&op.device_resource)
+                            .map(|r| r.properties.value_type)
+                            .unwrap_or_default(),
+                    })
+                    .collect(),
+            });
+        }
+        for r in self.device_resources.iter().filter(|r| !r.is_hidden) {
+            if self.command(&r.name).is_some() {
+                continue;
+            }
+            out.push(CoreCommand {
+                name: r.name.clone(),
+                get: r.properties.read_write.readable(),
+                set: r.properties.read_write.writable(),
+                path: path(&r.name),
+                url: url.to_string(),
+                parameters: vec![CoreCommandParameter {
+                    resource_name: r.name.clone(),
+                    value_type: r.properties.value_type,
+                }],
+            });
+        }
+        out
     }
 }

@@ -13,6 +13,7 @@
 //!   binds, registers, serves until shutdown and deregisters.
 
 pub mod backoff;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod http;

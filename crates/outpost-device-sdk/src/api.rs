@@ -1,0 +1,99 @@
+//! The EdgeX device-service REST API.
+//!
+//! | route | |
+//! |---|---|
+//! | `GET /api/v3/device/name/{name}/{command}` | read; `ds-pushevent`, `ds-returnevent` |
+//! | `PUT /api/v3/device/name/{name}/{command}` | write; body: resource → value |
+//! | `POST /api/v3/discovery` | start discovery (202) |
+//! | `POST /api/v3/validate/device` | core-metadata asks whether a device is acceptable |
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use outpost_contracts::common::BaseResponse;
+use outpost_contracts::event::{EventResponse, NumericMode};
+use outpost_contracts::metadata::AddDeviceRequest;
+use outpost_kit::ApiError;
+use outpost_kit::error::{Json, Path, Query};
+
+use crate::command::{self, GetOptions, parse_flag};
+use crate::service::Sdk;
+
+pub fn router(sdk: Sdk) -> Router {
+    Router::new()
+        .route(
+            "/api/v3/device/name/{name}/{command}",
+            get(get_command).put(set_command),
+        )
+        .route("/api/v3/discovery", post(discovery))
+        .route("/api/v3/validate/device", post(validate_device))
+        .with_state(sdk)
+}
+
+/// `ds-pushevent` / `ds-returnevent` from query parameters.
+pub fn get_options(q: &HashMap<String, String>) -> Result<GetOptions, ApiError> {
+    let mut o = GetOptions::default();
+    if let Some(v) = q.get("ds-pushevent") {
+        o.push_event = parse_flag("ds-pushevent", v)?;
+    }
+    if let Some(v) = q.get("ds-returnevent") {
+        o.return_event = parse_flag("ds-returnevent", v)?;
+    }
+    Ok(o)
+}
+
+async fn get_command(
+    State(sdk): State<Sdk>,
+    Path((name, cmd)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let opts = get_options(&q)?;
+    let event = command::get(&sdk, &name, &cmd, opts).await?;
+    if !opts.return_event {
+        // EdgeX answers an empty body.
+        return Ok(StatusCode::OK.into_response());
+    }
+    Ok(axum::Json(EventResponse {
+        base: BaseResponse::new(200),
+        event: event.to_json(NumericMode::Strings),
+    })
+    .into_response())
+}
+
+async fn set_command(
+    State(sdk): State<Sdk>,
+    Path((name, cmd)): Path<(String, String)>,
+    Json(settings): Json<serde_json::Map<String, serde_json::Value>>,
+) -> Result<Response, ApiError> {
+    command::set(&sdk, &name, &cmd, &settings).await?;
+    Ok(axum::Json(BaseResponse::new(200)).into_response())
+}
+
+async fn discovery(State(sdk): State<Sdk>) -> Result<Response, ApiError> {
+    if sdk.catalog().service_locked {
+        return Err(ApiError::locked(format!(
+            "device service '{}' is locked",
+            sdk.name()
+        )));
+    }
+    let request_id = outpost_kit::request_id::current_or_mint().to_string();
+    crate::discovery::start(&sdk, request_id.clone());
+    let mut body = BaseResponse::with_message(202, "Device Discovery is triggered.");
+    body.request_id = request_id;
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}
+
+async fn validate_device(
+    State(sdk): State<Sdk>,
+    Json(req): Json<AddDeviceRequest>,
+) -> Result<Response, ApiError> {
+    sdk.inner
+        .driver
+        .validate(&req.device)
+        .map_err(|why| ApiError::bad_request(format!("device '{}': {why}", req.device.name)))?;
+    Ok(axum::Json(BaseResponse::new(200)).into_response())
+}

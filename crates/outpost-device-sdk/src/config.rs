@@ -1,0 +1,81 @@
+//! The configuration every device service shares, around its driver's own section.
+
+use outpost_kit::config::{Problems, Validate};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// What a driver's configuration section provides besides its fields.
+pub trait DriverConfig:
+    Default + Clone + PartialEq + std::fmt::Debug + Serialize + DeserializeOwned + Send + Sync
+{
+    /// The service's name in the registry and in metadata (`device-modbus`).
+    const SERVICE: &'static str;
+    /// EdgeX's default port for the service.
+    const PORT: u16;
+    /// Whether `outpost up` runs the service without being asked.
+    const ENABLED: bool;
+
+    fn validate(&self, p: &mut Problems) {
+        let _ = p;
+    }
+}
+
+/// `[device_<protocol>]`: one device service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, bound = "D: DriverConfig")]
+pub struct Config<D: DriverConfig> {
+    /// Whether `outpost up` runs this service.
+    pub enabled: bool,
+    /// HTTP port (EdgeX's default for the service).
+    pub port: u16,
+    /// Consecutive failed reads or writes (device unreachable) before the device is marked
+    /// DOWN in metadata. It comes back UP on the first answer.
+    pub allowed_fails: u32,
+    /// How often a DOWN device without autoEvents is tried again.
+    pub down_probe_interval_ms: u64,
+    /// Longest time a driver may take for one read or write.
+    pub driver_timeout_ms: u64,
+    /// Labels of the device service in metadata.
+    pub labels: Vec<String>,
+    /// Run discovery this often (0: only when asked, `POST /api/v3/discovery`).
+    pub discovery_interval_s: u64,
+    /// The protocol's own settings.
+    pub driver: D,
+}
+
+impl<D: DriverConfig> Default for Config<D> {
+    fn default() -> Self {
+        Self {
+            enabled: D::ENABLED,
+            port: D::PORT,
+            allowed_fails: 3,
+            down_probe_interval_ms: 5_000,
+            driver_timeout_ms: 5_000,
+            labels: Vec::new(),
+            discovery_interval_s: 0,
+            driver: D::default(),
+        }
+    }
+}
+
+impl<D: DriverConfig> Validate for Config<D> {
+    fn validate(&self, p: &mut Problems) {
+        let section = D::SERVICE.replace('-', "_");
+        p.check(
+            self.allowed_fails >= 1,
+            &section,
+            "allowed_fails must be at least 1",
+        );
+        p.check(
+            self.down_probe_interval_ms >= 100,
+            &section,
+            "down_probe_interval_ms must be at least 100",
+        );
+        p.check(
+            self.driver_timeout_ms >= 10,
+            &section,
+            "driver_timeout_ms must be at least 10",
+        );
+        self.driver.validate(p);
+    }
+}
