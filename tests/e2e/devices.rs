@@ -261,6 +261,19 @@ async fn bad_commands_get_edgex_status_codes() {
         .await;
     assert_eq!(v["event"]["readings"][0]["value"], "7e+00");
 
+    // The CLI writes and reads through core-command; a bad value is refused with the reason.
+    let (ok, out, err) = node.cli(&["command", "sim2", "Level", "--set", "Level=12"]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = node.cli(&["command", "sim2", "Level"]);
+    assert!(
+        ok && out.contains("1.2e+01") && out.contains('%'),
+        "{out}{err}"
+    );
+    let (ok, _, err) = node.cli(&["command", "sim2", "Level", "--set", "Level=500"]);
+    assert!(!ok && err.contains("400"), "{err}");
+    let (ok, _, err) = node.cli(&["command", "nope", "Level"]);
+    assert!(!ok && err.contains("404"), "{err}");
+
     // A locked device answers 423, through core-command and at the device service.
     let md = node.metadata();
     let r = node

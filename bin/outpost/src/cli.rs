@@ -639,3 +639,68 @@ pub async fn events_tail(
     bus.disconnect().await;
     Ok(())
 }
+
+/// `outpost command DEVICE COMMAND [--set R=V ...]`: a read, or a write when values are
+/// given, through core-command.
+pub async fn command(
+    c: &Client,
+    device: &str,
+    command: &str,
+    settings: &[String],
+    push: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let path = format!("/device/name/{}/{}", enc(device), enc(command));
+    if settings.is_empty() {
+        let v = c
+            .get(
+                Service::CoreCommand,
+                &format!("{path}?ds-pushevent={push}&ds-returnevent=true"),
+            )
+            .await?;
+        if json {
+            print_json(&v);
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = v["event"]["readings"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                let value = if r.get("binaryValue").is_some() {
+                    format!("<{} binary>", s(r, "mediaType"))
+                } else if let Some(o) = r.get("objectValue") {
+                    o.to_string()
+                } else {
+                    s(r, "value")
+                };
+                vec![
+                    s(r, "resourceName"),
+                    s(r, "valueType"),
+                    value,
+                    s(r, "units"),
+                ]
+            })
+            .collect();
+        table(&["RESOURCE", "TYPE", "VALUE", "UNITS"], &rows);
+        return Ok(());
+    }
+    let mut body = serde_json::Map::new();
+    for kv in settings {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--set takes RESOURCE=VALUE, got '{kv}'");
+        };
+        body.insert(k.to_string(), Value::String(v.to_string()));
+    }
+    let (status, v) = c
+        .put(Service::CoreCommand, &path, &Value::Object(body))
+        .await?;
+    let v = ok_or_message(status, v)?;
+    if json {
+        print_json(&v);
+    } else {
+        println!("set {command} on {device}");
+    }
+    Ok(())
+}

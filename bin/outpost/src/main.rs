@@ -81,6 +81,18 @@ enum Command {
     /// Events on the bus.
     #[command(subcommand)]
     Events(EventsCmd),
+    /// Read a device (GET) or, with `--set RESOURCE=VALUE`, write it (SET), through
+    /// core-command. Here `--set` gives the values to write, not configuration.
+    #[command(name = "command")]
+    Actuate {
+        device: String,
+        command: String,
+        /// Also publish the event a read produces (ds-pushevent).
+        #[arg(long)]
+        push: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -178,7 +190,12 @@ fn main() -> ExitCode {
         print!("{}", config::DEFAULT_TOML);
         return ExitCode::SUCCESS;
     }
-    let cfg = match NodeConfig::load(args.config.as_deref(), &args.set) {
+    // `outpost command ... --set RESOURCE=VALUE` gives values to write, not configuration.
+    let (overrides, settings): (&[String], Vec<String>) = match args.command {
+        Command::Actuate { .. } => (&[], args.set.clone()),
+        _ => (&args.set, Vec::new()),
+    };
+    let cfg = match NodeConfig::load(args.config.as_deref(), overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("outpost: {e}");
@@ -207,7 +224,7 @@ fn main() -> ExitCode {
             outpost_kit::telemetry::init_logs(&cfg.log);
             block_on(supervisor::up(cfg, data_dir))
         }
-        command => block_on(client(command, cfg, data_dir)),
+        command => block_on(client(command, cfg, data_dir, settings)),
     }
 }
 
@@ -231,7 +248,12 @@ fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitC
     }
 }
 
-async fn client(command: Command, cfg: NodeConfig, data_dir: PathBuf) -> anyhow::Result<()> {
+async fn client(
+    command: Command,
+    cfg: NodeConfig,
+    data_dir: PathBuf,
+    settings: Vec<String>,
+) -> anyhow::Result<()> {
     let c = cli::Client::new(cfg.clone());
     match command {
         Command::Services { json } => cli::services(&c, json).await,
@@ -289,6 +311,12 @@ async fn client(command: Command, cfg: NodeConfig, data_dir: PathBuf) -> anyhow:
             limit,
             json,
         } => cli::readings(&c, &device, resource.as_deref(), since, limit, json).await,
+        Command::Actuate {
+            device,
+            command,
+            push,
+            json,
+        } => cli::command(&c, &device, &command, &settings, push, json).await,
         Command::Events(EventsCmd::Tail { device, json }) => {
             cli::events_tail(&cfg, &data_dir, device.as_deref(), json).await
         }
