@@ -552,13 +552,7 @@ pub async fn readings(
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|r| {
-            let value = if r.get("binaryValue").is_some() {
-                format!("<{} binary>", s(r, "mediaType"))
-            } else if let Some(o) = r.get("objectValue") {
-                o.to_string()
-            } else {
-                s(r, "value")
-            };
+            let value = reading_value(r);
             vec![
                 time_of(r["origin"].as_i64().unwrap_or(0)),
                 s(r, "resourceName"),
@@ -668,13 +662,7 @@ pub async fn command(
             .unwrap_or_default()
             .iter()
             .map(|r| {
-                let value = if r.get("binaryValue").is_some() {
-                    format!("<{} binary>", s(r, "mediaType"))
-                } else if let Some(o) = r.get("objectValue") {
-                    o.to_string()
-                } else {
-                    s(r, "value")
-                };
+                let value = reading_value(r);
                 vec![
                     s(r, "resourceName"),
                     s(r, "valueType"),
@@ -703,4 +691,15 @@ pub async fn command(
         println!("set {command} on {device}");
     }
     Ok(())
+}
+
+/// A reading's value for a table: the simple value, the object, or a binary marker.
+fn reading_value(r: &Value) -> String {
+    if r.get("binaryValue").is_some() {
+        format!("<{} binary>", s(r, "mediaType"))
+    } else if let Some(o) = r.get("objectValue") {
+        o.to_string()
+    } else {
+        s(r, "value")
+    }
 }

@@ -253,6 +253,25 @@ impl Metadata {
             .await
     }
 
+    /// Sends a one-item batch request and checks its verdict.
+    async fn send(
+        &self,
+        method: Method,
+        collection: &str,
+        req: &(dyn erased::Body + '_),
+    ) -> Result<(), CallError> {
+        self.client
+            .call_raw(
+                CORE_METADATA,
+                method,
+                &["api", "v3", collection],
+                &[],
+                Some(req),
+            )
+            .await
+            .map(drop)
+    }
+
     /// A device by name; `None` when metadata says it does not exist.
     pub async fn device(&self, name: &str) -> Result<Option<Device>, CallError> {
         let r = self
@@ -343,16 +362,7 @@ impl Metadata {
             base: BaseRequest::new(),
             service,
         });
-        self.client
-            .call_raw(
-                CORE_METADATA,
-                Method::POST,
-                &["api", "v3", "deviceservice"],
-                &[],
-                Some(&req),
-            )
-            .await
-            .map(drop)
+        self.send(Method::POST, "deviceservice", &req).await
     }
 
     pub async fn update_device_service(
@@ -363,16 +373,7 @@ impl Metadata {
             base: BaseRequest::new(),
             service: update,
         });
-        self.client
-            .call_raw(
-                CORE_METADATA,
-                Method::PATCH,
-                &["api", "v3", "deviceservice"],
-                &[],
-                Some(&req),
-            )
-            .await
-            .map(drop)
+        self.send(Method::PATCH, "deviceservice", &req).await
     }
 
     pub async fn add_profile(&self, profile: DeviceProfile) -> Result<(), CallError> {
@@ -380,16 +381,7 @@ impl Metadata {
             base: BaseRequest::new(),
             profile,
         });
-        self.client
-            .call_raw(
-                CORE_METADATA,
-                Method::POST,
-                &["api", "v3", "deviceprofile"],
-                &[],
-                Some(&req),
-            )
-            .await
-            .map(drop)
+        self.send(Method::POST, "deviceprofile", &req).await
     }
 
     pub async fn add_device(&self, device: Device) -> Result<(), CallError> {
@@ -397,16 +389,7 @@ impl Metadata {
             base: BaseRequest::new(),
             device,
         });
-        self.client
-            .call_raw(
-                CORE_METADATA,
-                Method::POST,
-                &["api", "v3", "device"],
-                &[],
-                Some(&req),
-            )
-            .await
-            .map(drop)
+        self.send(Method::POST, "device", &req).await
     }
 
     pub async fn update_device(&self, update: UpdateDevice) -> Result<(), CallError> {
@@ -414,16 +397,7 @@ impl Metadata {
             base: BaseRequest::new(),
             device: update,
         });
-        self.client
-            .call_raw(
-                CORE_METADATA,
-                Method::PATCH,
-                &["api", "v3", "device"],
-                &[],
-                Some(&req),
-            )
-            .await
-            .map(drop)
+        self.send(Method::PATCH, "device", &req).await
     }
 }
 
