@@ -59,6 +59,9 @@ pub struct Ports {
     pub mqtt: u16,
     pub command: u16,
     pub virtual_: u16,
+    pub modbus: u16,
+    pub device_mqtt: u16,
+    pub rest: u16,
 }
 
 impl Ports {
@@ -71,6 +74,9 @@ impl Ports {
             mqtt: free_port(),
             command: free_port(),
             virtual_: free_port(),
+            modbus: free_port(),
+            device_mqtt: free_port(),
+            rest: free_port(),
         }
     }
 }
@@ -130,7 +136,17 @@ port = {command}
 [device_virtual]
 port = {virtual_}
 down_probe_interval_ms = 300
+[device_modbus]
+port = {modbus}
+down_probe_interval_ms = 300
+[device_mqtt]
+port = {device_mqtt}
+[device_rest]
+port = {rest}
 "#,
+        modbus = p.modbus,
+        device_mqtt = p.device_mqtt,
+        rest = p.rest,
         command = p.command,
         virtual_ = p.virtual_,
         mqtt = p.mqtt,
@@ -165,8 +181,15 @@ impl Node {
         if enabled("broker", true) {
             services.push(url(ports.broker_http));
         }
-        if enabled("device_virtual", false) {
-            services.push(url(ports.virtual_));
+        for (section, port) in [
+            ("device_virtual", ports.virtual_),
+            ("device_modbus", ports.modbus),
+            ("device_mqtt", ports.device_mqtt),
+            ("device_rest", ports.rest),
+        ] {
+            if enabled(section, false) {
+                services.push(url(port));
+            }
         }
         std::fs::write(&config, text).expect("write config");
         let mut node = Self {

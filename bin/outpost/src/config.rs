@@ -51,6 +51,9 @@ pub struct NodeConfig {
     pub core_data: outpost_core_data::Config,
     pub core_command: outpost_core_command::Config,
     pub device_virtual: outpost_device_virtual::Config,
+    pub device_modbus: outpost_device_modbus::Config,
+    pub device_mqtt: outpost_device_mqtt::Config,
+    pub device_rest: outpost_device_rest::Config,
 }
 
 /// A service the node can run.
@@ -62,16 +65,22 @@ pub enum Service {
     CoreData,
     CoreCommand,
     DeviceVirtual,
+    DeviceModbus,
+    DeviceMqtt,
+    DeviceRest,
 }
 
 impl Service {
-    pub const ALL: [Service; 6] = [
+    pub const ALL: [Service; 9] = [
         Self::Broker,
         Self::CoreKeeper,
         Self::CoreMetadata,
         Self::CoreData,
         Self::CoreCommand,
         Self::DeviceVirtual,
+        Self::DeviceModbus,
+        Self::DeviceMqtt,
+        Self::DeviceRest,
     ];
 
     pub fn name(self) -> &'static str {
@@ -82,6 +91,9 @@ impl Service {
             Self::CoreData => outpost_core_data::SERVICE,
             Self::CoreCommand => outpost_core_command::SERVICE,
             Self::DeviceVirtual => outpost_device_virtual::SERVICE,
+            Self::DeviceModbus => outpost_device_modbus::SERVICE,
+            Self::DeviceMqtt => outpost_device_mqtt::SERVICE,
+            Self::DeviceRest => outpost_device_rest::SERVICE,
         }
     }
 
@@ -139,6 +151,9 @@ impl NodeConfig {
         self.core_data.validate(&mut p);
         self.core_command.validate(&mut p);
         self.device_virtual.validate(&mut p);
+        self.device_modbus.validate(&mut p);
+        self.device_mqtt.validate(&mut p);
+        self.device_rest.validate(&mut p);
         let s = &self.supervisor;
         p.check(
             s.stop_timeout_ms >= 100,
@@ -225,6 +240,9 @@ impl NodeConfig {
             Service::CoreData => self.core_data.port,
             Service::CoreCommand => self.core_command.port,
             Service::DeviceVirtual => self.device_virtual.port,
+            Service::DeviceModbus => self.device_modbus.port,
+            Service::DeviceMqtt => self.device_mqtt.port,
+            Service::DeviceRest => self.device_rest.port,
         }
     }
 
@@ -233,6 +251,9 @@ impl NodeConfig {
         match svc {
             Service::Broker => self.broker.enabled,
             Service::DeviceVirtual => self.device_virtual.enabled,
+            Service::DeviceModbus => self.device_modbus.enabled,
+            Service::DeviceMqtt => self.device_mqtt.enabled,
+            Service::DeviceRest => self.device_rest.enabled,
             Service::CoreKeeper
             | Service::CoreMetadata
             | Service::CoreData
@@ -258,6 +279,9 @@ impl NodeConfig {
             Service::CoreData,
             Service::CoreCommand,
             Service::DeviceVirtual,
+            Service::DeviceModbus,
+            Service::DeviceMqtt,
+            Service::DeviceRest,
         ]
         .into_iter()
         .filter(|s| self.enabled(*s))
@@ -281,6 +305,9 @@ impl NodeConfig {
             Service::CoreData => serde_json::to_value(&self.core_data),
             Service::CoreCommand => serde_json::to_value(&self.core_command),
             Service::DeviceVirtual => serde_json::to_value(&self.device_virtual),
+            Service::DeviceModbus => serde_json::to_value(&self.device_modbus),
+            Service::DeviceMqtt => serde_json::to_value(&self.device_mqtt),
+            Service::DeviceRest => serde_json::to_value(&self.device_rest),
         }
         .unwrap_or_default();
         serde_json::json!({

@@ -49,7 +49,10 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
         Service::CoreKeeper
         | Service::CoreMetadata
         | Service::CoreCommand
-        | Service::DeviceVirtual => 1,
+        | Service::DeviceVirtual
+        | Service::DeviceModbus
+        | Service::DeviceMqtt
+        | Service::DeviceRest => 1,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -78,7 +81,10 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
             Service::CoreMetadata
             | Service::CoreData
             | Service::CoreCommand
-            | Service::DeviceVirtual => Some(registry.spawn_watch(shutdown.clone())),
+            | Service::DeviceVirtual
+            | Service::DeviceModbus
+            | Service::DeviceMqtt
+            | Service::DeviceRest => Some(registry.spawn_watch(shutdown.clone())),
             Service::CoreKeeper | Service::Broker => None,
         };
         let ctx = Context {
@@ -106,6 +112,11 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
             Service::DeviceVirtual => {
                 outpost_device_virtual::run(ctx, cfg.device_virtual.clone()).await
             }
+            Service::DeviceModbus => {
+                outpost_device_modbus::run(ctx, cfg.device_modbus.clone()).await
+            }
+            Service::DeviceMqtt => outpost_device_mqtt::run(ctx, cfg.device_mqtt.clone()).await,
+            Service::DeviceRest => outpost_device_rest::run(ctx, cfg.device_rest.clone()).await,
         };
         shutdown.trigger();
         if let Some(w) = watch {
