@@ -5,6 +5,11 @@
 #   bench/run.sh footprint    start-to-healthy time and idle memory of `outpost up`
 #   bench/run.sh encoding     bytes per reading on the bus, JSON vs compact CBOR
 #   bench/run.sh store        raw append rate of core-data's encrypted store
+#   bench/run.sh modbus       polled values/s through device-modbus against pymodbus, batching
+#                             on and off, vs pymodbus's own client on the same registers
+#   bench/run.sh mqtt-devices readings/s from 1,000 MQTT devices (own credentials) into
+#                             core-data vs mosquitto's raw rate for the same messages
+#   bench/run.sh command      command round trip p50/p99 through core-command
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test >/dev/null
@@ -32,4 +37,15 @@ if [[ $what == all || $what == encoding ]]; then
 fi
 if [[ $what == all || $what == store ]]; then
   run "$B" store --events 200000 --readings 10 --devices 100 --batch 1000
+fi
+if [[ $what == all || $what == modbus ]]; then
+  # 10 devices x 100 values (150 contiguous registers) against one pymodbus server; two runs.
+  for i in 1 2; do run "$B" modbus --outpost "$O" --devices 10 --resources 100 --seconds 5; done
+fi
+if [[ $what == all || $what == mqtt-devices ]]; then
+  # 1,000 devices x 20 messages x 10 values = 200,000 readings per run; three runs.
+  for i in 1 2 3; do run "$B" mqtt-devices --outpost "$O" --devices 1000 --per-device 20 --readings 10; done
+fi
+if [[ $what == all || $what == command ]]; then
+  run "$B" command --outpost "$O" --requests 5000
 fi

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building and running Outpost needs on Debian/Ubuntu.
 #   scripts/setup.sh          build and run dependencies
-#   scripts/setup.sh --test   plus the real peers the tests talk to (mosquitto)
+#   scripts/setup.sh --test   plus the real peers the tests talk to (mosquitto, and pymodbus
+#                             in a virtualenv under target/peers/)
 # Installing Debian packages needs root; as another user the script uses sudo.
 set -euo pipefail
 
 # A C compiler and OpenSSL headers build the bundled SQLCipher.
 packages=(gcc libc6-dev pkg-config libssl-dev)
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(mosquitto mosquitto-clients)
+  packages+=(mosquitto mosquitto-clients python3 python3-venv curl)
 fi
 
 missing=()
@@ -56,4 +57,24 @@ if [[ "${1:-}" == "--test" ]]; then
     echo "Installing cargo-nextest"
     cargo install --locked cargo-nextest >/dev/null
   fi
+fi
+
+if [[ "${1:-}" == "--test" ]]; then
+  # The Modbus peer: pymodbus (and pyserial), pinned, in a virtualenv. The tests and the benchmark
+  # (tests/e2e/modbus.rs, bench/loadgen/src/modbus.rs) run target/peers/pymodbus/bin/python.
+  # Quick when already installed.
+  pymodbus_version="3.16.1"
+  peers="$(cd "$(dirname "$0")/.." && pwd)/target/peers"
+  venv="$peers/pymodbus-$pymodbus_version"
+  if ! "$venv/bin/python" -c "import pymodbus, serial, sys; sys.exit(pymodbus.__version__ != '$pymodbus_version')" 2>/dev/null; then
+    echo "Installing pymodbus $pymodbus_version into $venv"
+    # Debian's interpreter, whose venv module python3-venv provides.
+    python=/usr/bin/python3
+    [[ -x $python ]] || python=python3
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    # pyserial: the RTU test serves over a pseudo-terminal.
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "pymodbus==$pymodbus_version" "pyserial==3.5"
+  fi
+  ln -sfn "pymodbus-$pymodbus_version" "$peers/pymodbus"
 fi

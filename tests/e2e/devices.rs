@@ -354,3 +354,49 @@ async fn commands_over_the_bus_are_answered() {
         "{v}"
     );
 }
+
+/// `outpost device discover`: device-virtual "finds" virtual-1..3; a provision watcher takes
+/// the ones its identifiers match and its blocking identifiers do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_adds_what_provision_watchers_accept() {
+    let node = Node::start(&format!("{VIRTUAL}discoverable = 3\n")).await;
+    setup(&node).await;
+    let md = node.metadata();
+    let watcher = json!([{"apiVersion": "v3", "provisionwatcher": {
+        "name": "virtuals", "serviceName": "device-virtual", "adminState": "UNLOCKED",
+        "identifiers": {"Address": "virtual-[12]$"},
+        "blockingIdentifiers": {"Address": ["virtual-2"]},
+        "discoveredDevice": {"profileName": "Sim", "adminState": "UNLOCKED"}
+    }}]);
+    let (s, v) = node
+        .post(&format!("{md}/api/v3/provisionwatcher"), &watcher)
+        .await;
+    assert!(s == 207 && v[0]["statusCode"] == 201, "{v}");
+
+    let (ok, out, err) = node.cli(&["device", "discover", "device-virtual", "--wait", "2s"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.trim(), "added virtual-1", "{out}{err}");
+    let (s, v) = node
+        .get(&format!("{md}/api/v3/device/name/virtual-1"))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["device"]["profileName"], "Sim");
+    assert!(
+        v["device"]["labels"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("virtual")),
+        "{v}"
+    );
+    for blocked in ["virtual-2", "virtual-3"] {
+        let (s, _) = node
+            .get(&format!("{md}/api/v3/device/name/{blocked}"))
+            .await;
+        assert_eq!(s, 404, "{blocked} must not be added");
+    }
+    // A second run finds nothing new; an unknown service is an error.
+    let (ok, out, err) = node.cli(&["device", "discover", "device-virtual", "--wait", "1s"]);
+    assert!(ok && out.contains("no new devices"), "{out}{err}");
+    let (ok, _, err) = node.cli(&["device", "discover", "device-nothing"]);
+    assert!(!ok && err.contains("not a device service"), "{err}");
+}

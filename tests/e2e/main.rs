@@ -10,4 +10,7 @@ mod devices;
 mod encryption;
 mod ingest;
 mod lifecycle;
+mod modbus;
+mod mqtt_devices;
 mod registry;
+mod rest_devices;

@@ -316,6 +316,12 @@ impl Node {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn patch(&self, url: &str, body: &Value) -> (u16, Value) {
+        let r = self.http.patch(url).json(body).send().await.expect("PATCH");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn registrations(&self) -> Vec<Value> {
         match self
             .http

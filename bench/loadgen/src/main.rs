@@ -5,6 +5,8 @@
 //! - `footprint`: time from start to every service registered and healthy, and the idle
 //!   memory of all `outpost up` processes.
 //! - `encoding`: bytes per reading on the bus, JSON against CBOR.
+//! - `modbus`: polled values per second through device-modbus against a pymodbus server,
+//!   batching on and off, against pymodbus's own client ([`modbus`]).
 //! - `pub` / `sub`: the load generator and the reference consumer (used by `ingest`).
 //!
 //! Every command prints a human summary and a JSON line (prefixed `RESULT `) for scripts.
@@ -19,6 +21,9 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use mqtt5::{ConnectOptions, MqttClient, PublishOptions, QoS, SubscribeOptions};
 use serde_json::{Value, json};
+
+mod devices;
+mod modbus;
 
 #[derive(Parser)]
 #[command(about = "Outpost benchmark driver")]
@@ -81,6 +86,29 @@ enum Cmd {
         /// full or normal
         #[arg(long, default_value = "full")]
         sync: String,
+    },
+    /// Polled values/s through device-modbus against pymodbus, batching on and off.
+    Modbus(modbus::ModbusArgs),
+    /// Readings/s from many MQTT devices (own credentials) into core-data, vs mosquitto.
+    MqttDevices {
+        #[arg(long)]
+        outpost: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        #[arg(long, default_value_t = 20)]
+        per_device: u64,
+        #[arg(long, default_value_t = 10)]
+        readings: usize,
+        /// Publishes in flight per device.
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+    },
+    /// Command round trip: REST -> core-command -> device service -> device -> back.
+    Command {
+        #[arg(long)]
+        outpost: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
     },
 }
 
@@ -765,6 +793,15 @@ fn main() -> anyhow::Result<()> {
                 batch,
                 sync,
             } => store(events, readings, devices, batch, &sync).await,
+            Cmd::Modbus(a) => modbus::run(&a).await,
+            Cmd::MqttDevices {
+                outpost,
+                devices,
+                per_device,
+                readings,
+                window,
+            } => devices::mqtt_devices(&outpost, devices, per_device, readings, window).await,
+            Cmd::Command { outpost, requests } => devices::command_rtt(&outpost, requests).await,
         }
     })
 }

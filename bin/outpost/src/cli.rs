@@ -480,6 +480,70 @@ pub async fn device_rm(c: &Client, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn device_secret(
+    c: &Client,
+    name: &str,
+    secret: Option<String>,
+    remove: bool,
+) -> anyhow::Result<()> {
+    let path = format!("/device/name/{}/secret", enc(name));
+    if remove {
+        c.delete(Service::CoreMetadata, &path).await?;
+        println!("removed the secret of {name}: it can no longer connect");
+        return Ok(());
+    }
+    let body = serde_json::json!({"apiVersion": "v3", "secret": secret});
+    let (status, resp) = c.put(Service::CoreMetadata, &path, &body).await?;
+    let resp = ok_or_message(status, resp)?;
+    match resp.get("secret").and_then(Value::as_str) {
+        Some(s) => {
+            eprintln!("secret of {name} (shown only now; the node keeps only a hash):");
+            println!("{s}");
+        }
+        None => println!("set the secret of {name}"),
+    }
+    Ok(())
+}
+
+pub async fn device_discover(c: &Client, service: &str, wait: Duration) -> anyhow::Result<()> {
+    let svc = Service::from_name(service)
+        .filter(|s| service.starts_with("device-") && c.cfg.enabled(*s))
+        .with_context(|| {
+            format!(
+                "'{service}' is not a device service this node runs (enable [{}] first)",
+                service.replace('-', "_")
+            )
+        })?;
+    let names = |v: &Value| -> std::collections::BTreeSet<String> {
+        v["devices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let list_path = format!("/device/service/name/{}?limit=-1", enc(service));
+    let before = names(&c.get(Service::CoreMetadata, &list_path).await?);
+    let (status, resp) = c.post(svc, "/discovery", &Value::Null).await?;
+    ok_or_message(status, resp)?;
+    eprintln!(
+        "discovery started on {service}; waiting {}",
+        humantime::format_duration(wait)
+    );
+    // Discovery runs in the background; what it adds shows up in metadata.
+    tokio::time::sleep(wait).await;
+    let now = names(&c.get(Service::CoreMetadata, &list_path).await?);
+    let found: Vec<&String> = now.difference(&before).collect();
+    if found.is_empty() {
+        println!("no new devices (a provision watcher must match what is found)");
+    } else {
+        for n in &found {
+            println!("added {n}");
+        }
+    }
+    Ok(())
+}
+
 pub async fn device_service_add(c: &Client, name: &str, base_address: &str) -> anyhow::Result<()> {
     let body = vec![AddDeviceServiceRequest {
         base: BaseRequest::new(),

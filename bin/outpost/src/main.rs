@@ -156,6 +156,25 @@ enum DeviceCmd {
     Show { name: String },
     /// Remove a device.
     Rm { name: String },
+    /// Set the secret a device authenticates with (its MQTT password, its device-rest
+    /// token); without --secret one is generated and printed once.
+    Secret {
+        name: String,
+        /// Use this secret (16 to 256 printable characters) instead of a generated one.
+        #[arg(long, conflicts_with = "remove")]
+        secret: Option<String>,
+        /// Remove the secret: the device can no longer connect.
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Run discovery on a device service and list the devices it added.
+    Discover {
+        /// The device service (device-modbus, device-virtual, ...).
+        service: String,
+        /// How long to wait for new devices to appear.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -298,6 +317,14 @@ async fn client(
         }
         Command::Device(DeviceCmd::Show { name }) => cli::device_show(&c, &name).await,
         Command::Device(DeviceCmd::Rm { name }) => cli::device_rm(&c, &name).await,
+        Command::Device(DeviceCmd::Secret {
+            name,
+            secret,
+            remove,
+        }) => cli::device_secret(&c, &name, secret, remove).await,
+        Command::Device(DeviceCmd::Discover { service, wait }) => {
+            cli::device_discover(&c, &service, wait).await
+        }
         Command::DeviceService(DeviceServiceCmd::Add { name, base_address }) => {
             cli::device_service_add(&c, &name, &base_address).await
         }

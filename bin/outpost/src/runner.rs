@@ -78,14 +78,15 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
             cfg.fallback_addresses(),
         );
         let watch = match svc {
-            Service::CoreMetadata
+            Service::Broker
+            | Service::CoreMetadata
             | Service::CoreData
             | Service::CoreCommand
             | Service::DeviceVirtual
             | Service::DeviceModbus
             | Service::DeviceMqtt
             | Service::DeviceRest => Some(registry.spawn_watch(shutdown.clone())),
-            Service::CoreKeeper | Service::Broker => None,
+            Service::CoreKeeper => None,
         };
         let ctx = Context {
             name: svc.name().to_string(),

@@ -390,6 +390,38 @@ impl Bus {
         }
     }
 
+    /// Adds a subscription to a durable consumer's connection: its messages reach `tx`
+    /// with deferred acknowledgement, like those of the first filter.
+    pub async fn subscribe_deferred(
+        &self,
+        filter: &str,
+        tx: mpsc::UnboundedSender<Delivery>,
+    ) -> Result<(), BusError> {
+        let sub = SubscribeOptions {
+            qos: QoS::AtLeastOnce,
+            ..Default::default()
+        };
+        self.client
+            .subscribe_with_ack(filter, sub, self.ack_callback(tx))
+            .await
+            .map(drop)
+            .map_err(|e| BusError::Subscribe {
+                filter: filter.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Ends a subscription.
+    pub async fn unsubscribe(&self, filter: &str) -> Result<(), BusError> {
+        self.client
+            .unsubscribe(filter)
+            .await
+            .map_err(|e| BusError::Subscribe {
+                filter: filter.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
     /// Subscribes with automatic acknowledgement.
     pub async fn subscribe(
         &self,

@@ -1098,3 +1098,36 @@ impl DeviceProfile {
         out
     }
 }
+
+// ---- device credentials (an Outpost extension of core-metadata) ----
+
+/// `PUT /api/v3/device/name/{name}/secret`: sets a device's secret, or has one generated
+/// when `secret` is absent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DeviceSecretRequest {
+    #[serde(flatten)]
+    pub base: BaseRequest,
+    pub secret: Option<String>,
+}
+
+/// The answer to [`DeviceSecretRequest`]: the generated secret, shown this once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceSecretResponse {
+    #[serde(flatten)]
+    pub base: BaseResponse,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// `POST /api/v3/device/auth`: checks a device's credential (the broker and device-rest
+/// ask); 200 with the device, or 401.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DeviceAuthRequest {
+    #[serde(flatten)]
+    pub base: BaseRequest,
+    pub name: String,
+    pub secret: String,
+}

@@ -102,3 +102,157 @@ mod tests {
         );
     }
 }
+
+/// Where devices of device-mqtt publish and subscribe, and what each may do.
+///
+/// The defaults are EdgeX device-mqtt's: telemetry on `incoming/data/<device>/<source>`
+/// (or `incoming/data/<device>`), command requests on `<CommandTopic>/<name>/<get|set>/<id>`
+/// with `CommandTopic` = `command/<device>`, replies on `command/response/<id>`. A device's
+/// `mqtt` protocol block may set `CommandTopic` and an extra `TelemetryTopic`.
+pub mod device {
+    use crate::metadata::Device;
+
+    /// Prefix of the default telemetry topics.
+    pub const TELEMETRY_PREFIX: &str = "incoming/data";
+    /// Prefix of command replies; the level after it is the request ID.
+    pub const RESPONSE_PREFIX: &str = "command/response";
+    /// The device's protocol block.
+    pub const PROTOCOL: &str = "mqtt";
+
+    /// The topics one device owns.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct DeviceTopics {
+        pub name: String,
+        /// Requests go to `<command>/<name>/<get|set>/<id>`.
+        pub command: String,
+        /// An extra topic the device publishes telemetry on.
+        pub telemetry: Option<String>,
+    }
+
+    impl DeviceTopics {
+        pub fn of(d: &Device) -> Self {
+            let prop = |k: &str| {
+                d.protocols
+                    .get(PROTOCOL)
+                    .and_then(|p| p.get(k))
+                    .and_then(|v| v.as_str())
+                    .map(|s| s.trim().trim_end_matches('/').to_string())
+                    .filter(|s| !s.is_empty())
+            };
+            Self {
+                name: d.name.clone(),
+                command: prop("CommandTopic").unwrap_or_else(|| format!("command/{}", d.name)),
+                telemetry: prop("TelemetryTopic"),
+            }
+        }
+
+        /// Whether the device may publish on `topic`: its own telemetry topics, and replies
+        /// (request IDs are random and only the addressed device sees its requests).
+        pub fn may_publish(&self, topic: &str) -> bool {
+            let own = format!("{TELEMETRY_PREFIX}/{}", self.name);
+            topic == own
+                || topic
+                    .strip_prefix(own.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+                || self.telemetry.as_deref() == Some(topic)
+                || topic
+                    .strip_prefix(RESPONSE_PREFIX)
+                    .and_then(|r| r.strip_prefix('/'))
+                    .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+        }
+
+        /// Whether the device may subscribe to `filter`: only below its command topic.
+        pub fn may_subscribe(&self, filter: &str) -> bool {
+            filter
+                .strip_prefix(self.command.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+        }
+    }
+
+    /// Whether `topic` is one only devices publish on (others must not speak for them).
+    pub fn is_device_topic(topic: &str) -> bool {
+        [TELEMETRY_PREFIX, RESPONSE_PREFIX].iter().any(|p| {
+            topic
+                .strip_prefix(p)
+                .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+        })
+    }
+
+    /// Whether a topic names only itself (no wildcards, no empty levels at the ends).
+    pub fn is_plain_topic(t: &str) -> bool {
+        !t.is_empty() && !t.contains(['+', '#', '\0']) && !t.starts_with('/') && !t.ends_with('/')
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn topics(cmd: Option<&str>, tel: Option<&str>) -> DeviceTopics {
+            let mut d = Device {
+                name: "press-7".into(),
+                ..Device::default()
+            };
+            let mut p = crate::metadata::Map::new();
+            if let Some(c) = cmd {
+                p.insert("CommandTopic".into(), c.into());
+            }
+            if let Some(t) = tel {
+                p.insert("TelemetryTopic".into(), t.into());
+            }
+            d.protocols.insert(PROTOCOL.into(), p);
+            DeviceTopics::of(&d)
+        }
+
+        #[test]
+        fn publish_acl() {
+            let t = topics(None, Some("plant/line1/press7"));
+            assert_eq!(t.command, "command/press-7");
+            for ok in [
+                "incoming/data/press-7",
+                "incoming/data/press-7/Pressure",
+                "plant/line1/press7",
+                "command/response/8b1c",
+            ] {
+                assert!(t.may_publish(ok), "{ok}");
+            }
+            for no in [
+                "incoming/data/press-77",
+                "incoming/data/press-8/Pressure",
+                "incoming/data",
+                "plant/line1/press8",
+                "command/response",
+                "command/response/",
+                "command/response/a/b",
+                "edgex/events/device/x",
+                "command/press-8/Pressure/get/1",
+            ] {
+                assert!(!t.may_publish(no), "{no}");
+            }
+        }
+
+        #[test]
+        fn subscribe_acl() {
+            let t = topics(Some("devices/press-7/cmd/"), None);
+            assert_eq!(t.command, "devices/press-7/cmd");
+            assert!(t.may_subscribe("devices/press-7/cmd/#"));
+            assert!(t.may_subscribe("devices/press-7/cmd/+/get/+"));
+            for no in [
+                "#",
+                "devices/#",
+                "devices/press-7/cmd",
+                "devices/press-7/cmdx/#",
+                "command/press-8/#",
+            ] {
+                assert!(!t.may_subscribe(no), "{no}");
+            }
+        }
+
+        #[test]
+        fn device_topics() {
+            assert!(is_device_topic("incoming/data/x/y"));
+            assert!(is_device_topic("command/response/1"));
+            assert!(!is_device_topic("incoming/database"));
+            assert!(!is_device_topic("edgex/events/x"));
+        }
+    }
+}

@@ -39,6 +39,12 @@ pub struct Config<D: DriverConfig> {
     pub labels: Vec<String>,
     /// Run discovery this often (0: only when asked, `POST /api/v3/discovery`).
     pub discovery_interval_s: u64,
+    /// Messages per second one device may push on average (MQTT telemetry, REST POSTs);
+    /// more are dropped and counted, so a flooding device cannot starve the others.
+    /// 0 turns the limit off.
+    pub device_messages_per_s: f64,
+    /// Messages a device may push at once above that rate.
+    pub device_messages_burst: u32,
     /// The protocol's own settings.
     pub driver: D,
 }
@@ -53,6 +59,8 @@ impl<D: DriverConfig> Default for Config<D> {
             driver_timeout_ms: 5_000,
             labels: Vec::new(),
             discovery_interval_s: 0,
+            device_messages_per_s: 1000.0,
+            device_messages_burst: 2000,
             driver: D::default(),
         }
     }
@@ -75,6 +83,16 @@ impl<D: DriverConfig> Validate for Config<D> {
             self.driver_timeout_ms >= 10,
             &section,
             "driver_timeout_ms must be at least 10",
+        );
+        p.check(
+            self.device_messages_per_s >= 0.0 && self.device_messages_per_s.is_finite(),
+            &section,
+            "device_messages_per_s must be 0 (no limit) or more",
+        );
+        p.check(
+            self.device_messages_burst >= 1,
+            &section,
+            "device_messages_burst must be at least 1",
         );
         self.driver.validate(p);
     }

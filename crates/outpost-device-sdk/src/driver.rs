@@ -131,4 +131,11 @@ pub trait Driver: Send + Sync + 'static {
 
     /// The service stops.
     async fn stop(&self) {}
+
+    /// HTTP routes of the protocol itself (device-rest's `/api/v3/resource/...`), served
+    /// beside the device-service API.
+    fn routes(&self, sdk: &crate::Sdk) -> Option<axum::Router> {
+        let _ = sdk;
+        None
+    }
 }

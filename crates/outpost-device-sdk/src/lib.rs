@@ -20,7 +20,9 @@ pub mod config;
 pub mod discovery;
 pub mod driver;
 pub mod messaging;
+pub mod payload;
 pub mod service;
+pub mod throttle;
 pub mod value;
 
 pub use config::{Config, DriverConfig};

@@ -35,11 +35,26 @@ pub enum PushError {
     BadValue(#[from] ValueError),
     #[error("no values")]
     Empty,
+    #[error("device '{0}' sends faster than allowed; message dropped")]
+    Throttled(String),
     #[error("cannot publish: {0}")]
     Bus(String),
 }
 
 impl PushError {
+    /// The HTTP status for a device that pushed this over HTTP.
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            Self::UnknownDevice(_) | Self::UnknownResource { .. } => S::NOT_FOUND,
+            Self::Locked(_) => S::LOCKED,
+            Self::NotReadable { .. } => S::METHOD_NOT_ALLOWED,
+            Self::BadValue(_) | Self::Empty => S::BAD_REQUEST,
+            Self::Throttled(_) => S::TOO_MANY_REQUESTS,
+            Self::Bus(_) => S::SERVICE_UNAVAILABLE,
+        }
+    }
+
     /// Metric label.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -49,6 +64,7 @@ impl PushError {
             Self::NotReadable { .. } => "not_readable",
             Self::BadValue(_) => "bad_value",
             Self::Empty => "empty",
+            Self::Throttled(_) => "throttled",
             Self::Bus(_) => "bus",
         }
     }
@@ -80,6 +96,7 @@ pub(crate) struct Inner {
     health: Mutex<HashMap<String, Health>>,
     pub log: RateLimitedLog,
     pub metrics: Metrics,
+    pub throttle: crate::throttle::Throttle,
     pub autoevents: crate::autoevent::AutoEvents,
     /// Set once the devices were loaded from metadata.
     pub loaded: std::sync::atomic::AtomicBool,
@@ -162,6 +179,9 @@ impl Sdk {
         let d = self
             .device(device)
             .ok_or_else(|| PushError::UnknownDevice(device.to_string()))?;
+        if !self.inner.throttle.admit(device) {
+            return Err(PushError::Throttled(device.to_string()));
+        }
         if self.is_locked(&d) {
             return Err(PushError::Locked(device.to_string()));
         }
@@ -354,6 +374,7 @@ impl Sdk {
             tracing::info!(device = name, "device removed");
             self.inner.autoevents.stop(name);
             self.health().remove(name);
+            self.inner.throttle.forget(name);
             self.inner
                 .driver
                 .device_changed(DeviceChange::Removed(d.device))
@@ -477,6 +498,10 @@ pub async fn run<D: DriverConfig>(
                 driver_errors: m("driver_errors_total"),
                 suppressed: m("autoevent_unchanged_total"),
             },
+            throttle: crate::throttle::Throttle::new(
+                cfg.device_messages_per_s,
+                cfg.device_messages_burst,
+            ),
             autoevents: crate::autoevent::AutoEvents::default(),
             loaded: std::sync::atomic::AtomicBool::new(false),
             provisioned: std::sync::atomic::AtomicBool::new(false),
@@ -533,7 +558,11 @@ pub async fn run<D: DriverConfig>(
             }
         })
     };
-    let router = ctx.router(crate::api::router(sdk.clone()), health);
+    let mut api = crate::api::router(sdk.clone());
+    if let Some(own) = driver.routes(&sdk) {
+        api = api.merge(own);
+    }
+    let router = ctx.router(api, health);
     let served = ctx.serve_on(listener, router).await;
     startup.abort();
     sdk.inner.autoevents.stop_all();

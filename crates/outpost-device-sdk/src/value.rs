@@ -47,6 +47,27 @@ fn invalid(resource: &str, why: impl Into<String>) -> ValueError {
 }
 
 impl CommandValue {
+    /// A value as a device sent it in JSON (or CBOR decoded to JSON): numbers stay
+    /// integers where they are, objects stay objects.
+    pub fn from_json(v: &serde_json::Value) -> Self {
+        use serde_json::Value as J;
+        match v {
+            J::Bool(b) => Self::Bool(*b),
+            J::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                (Some(i), _, _) => Self::Int(i),
+                (None, Some(u), _) => Self::Uint(u),
+                (_, _, Some(f)) => Self::Float(f),
+                _ => Self::String(n.to_string()),
+            },
+            J::String(s) => Self::String(s.clone()),
+            J::Array(items) if items.iter().all(|i| !i.is_object() && !i.is_array()) => {
+                Self::Array(items.iter().map(Self::from_json).collect())
+            }
+            J::Null => Self::String(String::new()),
+            other => Self::Object(other.clone()),
+        }
+    }
+
     /// The numeric view of a scalar.
     pub fn as_f64(&self) -> Option<f64> {
         match self {

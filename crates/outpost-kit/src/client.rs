@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use outpost_contracts::common::{BaseRequest, BaseResponse, BaseWithIdResponse};
 use outpost_contracts::metadata::{
-    AddDeviceProfileRequest, AddDeviceRequest, AddDeviceServiceRequest, Device, DeviceProfile,
-    DeviceProfileResponse, DeviceResponse, DeviceService, DeviceServiceResponse,
-    MultiDevicesResponse, MultiProvisionWatchersResponse, ProvisionWatcher, UpdateDevice,
-    UpdateDeviceRequest, UpdateDeviceService, UpdateDeviceServiceRequest,
+    AddDeviceProfileRequest, AddDeviceRequest, AddDeviceServiceRequest, Device, DeviceAuthRequest,
+    DeviceProfile, DeviceProfileResponse, DeviceResponse, DeviceSecretRequest,
+    DeviceSecretResponse, DeviceService, DeviceServiceResponse, MultiDevicesResponse,
+    MultiProvisionWatchersResponse, ProvisionWatcher, UpdateDevice, UpdateDeviceRequest,
+    UpdateDeviceService, UpdateDeviceServiceRequest,
 };
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -278,6 +279,58 @@ impl Metadata {
             .get::<DeviceResponse>(&["api", "v3", "device", "name", name], &[])
             .await;
         not_found_as_none(r.map(|r| r.device))
+    }
+
+    /// The device `name` if `secret` is its credential; `None` when metadata refuses it.
+    pub async fn authenticate_device(
+        &self,
+        name: &str,
+        secret: &str,
+    ) -> Result<Option<Device>, CallError> {
+        let req = DeviceAuthRequest {
+            base: BaseRequest::new(),
+            name: name.to_string(),
+            secret: secret.to_string(),
+        };
+        let r = self
+            .client
+            .call::<DeviceResponse>(
+                CORE_METADATA,
+                Method::POST,
+                &["api", "v3", "device", "auth"],
+                &[],
+                Some(&req),
+            )
+            .await;
+        match r {
+            Ok(r) => Ok(Some(r.device)),
+            Err(e) if e.status() == Some(StatusCode::UNAUTHORIZED) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets the secret of device `name` (generated when `secret` is `None`); returns the
+    /// generated secret.
+    pub async fn set_device_secret(
+        &self,
+        name: &str,
+        secret: Option<String>,
+    ) -> Result<Option<String>, CallError> {
+        let req = DeviceSecretRequest {
+            base: BaseRequest::new(),
+            secret,
+        };
+        let r = self
+            .client
+            .call::<DeviceSecretResponse>(
+                CORE_METADATA,
+                Method::PUT,
+                &["api", "v3", "device", "name", name, "secret"],
+                &[],
+                Some(&req),
+            )
+            .await?;
+        Ok(r.secret)
     }
 
     /// A device profile by name; `None` when it does not exist.

@@ -1,21 +1,35 @@
 //! Who may connect to the broker, and what they may do.
 //!
-//! - The node's own services authenticate as the internal user with the node's bus token.
-//! - Clients on loopback may connect anonymously when `allow_anonymous_loopback` is set.
-//! - Everyone else must present valid credentials; today that is only the internal user
-//!   (per-device credentials come with device provisioning).
+//! - The node's own services authenticate as the internal user with the node's bus token,
+//!   and may do anything.
+//! - Devices authenticate with user name = device name and password = the device's secret,
+//!   which core-metadata checks (it keeps only a salted hash). A device may publish only
+//!   its own telemetry and command replies and subscribe only below its own command topic
+//!   ([`DeviceTopics`]), so it can never speak for another device. A verified credential
+//!   is trusted for `device_auth_cache_s`, then checked again on the device's next
+//!   publish: a removed secret or device stops working within that time.
+//! - Clients on loopback may connect anonymously when `allow_anonymous_loopback` is set;
+//!   they may not publish on device topics.
 //!
 //! Failed attempts are counted and logged at a limited rate; the reason given to the
 //! client is the MQTT "bad user name or password" / "not authorized" code, nothing more.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use mqtt5::broker::auth::{AuthProvider, AuthResult};
 use mqtt5::packet::connect::ConnectPacket;
 use mqtt5::protocol::v5::reason_codes::ReasonCode;
+use outpost_contracts::topics::device::{DeviceTopics, is_device_topic};
+use outpost_kit::client::Metadata;
 use outpost_kit::ratelog::RateLimitedLog;
+
+/// User IDs of devices carry this prefix, so no device name can pass for the internal user.
+pub const DEVICE_USER_PREFIX: &str = "device:";
 
 pub struct NodeAuth {
     internal_user: String,
@@ -23,6 +37,18 @@ pub struct NodeAuth {
     allow_anonymous_loopback: bool,
     failures_metric: String,
     log: RateLimitedLog,
+    devices: Option<DeviceAuth>,
+}
+
+/// What a CONNECT is, before any credential store is asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The node's own services.
+    Internal(String),
+    /// An anonymous client on loopback.
+    Anonymous,
+    /// A device whose secret must be checked.
+    Device { name: String, secret: String },
 }
 
 impl NodeAuth {
@@ -38,37 +64,166 @@ impl NodeAuth {
             allow_anonymous_loopback,
             failures_metric,
             log: RateLimitedLog::default(),
+            devices: None,
         }
     }
 
-    /// Decides a CONNECT; pure so it can be tested without sockets.
-    pub fn decide(&self, c: &Connect<'_>) -> Result<Option<String>, ReasonCode> {
+    /// Lets devices connect with the credentials core-metadata keeps.
+    pub fn with_devices(mut self, metadata: Metadata, cache_for: Duration) -> Self {
+        self.devices = Some(DeviceAuth {
+            metadata,
+            cache_for,
+            grants: Mutex::default(),
+        });
+        self
+    }
+
+    /// Decides what a CONNECT is; pure so it can be tested without sockets.
+    pub fn decide(&self, c: &Connect<'_>) -> Result<Decision, ReasonCode> {
         let loopback = c.addr.ip().to_canonical().is_loopback();
-        let user = match (c.username, c.password) {
-            // A wrong password for the internal user falls through to the last arm.
-            (Some(u), Some(p))
-                if u == self.internal_user
-                    && constant_time_eq(p, self.internal_password.as_bytes()) =>
-            {
-                Some(u.to_string())
+        let decision = match (c.username, c.password) {
+            (Some(u), Some(p)) if u == self.internal_user => {
+                if !constant_time_eq(p, self.internal_password.as_bytes()) {
+                    return Err(ReasonCode::BadUsernameOrPassword);
+                }
+                return Ok(Decision::Internal(u.to_string()));
             }
-            (None, None) if loopback && self.allow_anonymous_loopback => None,
+            (Some(u), Some(p)) if self.devices.is_some() && !u.is_empty() => {
+                let secret = std::str::from_utf8(p)
+                    .map_err(|_| ReasonCode::BadUsernameOrPassword)?
+                    .to_string();
+                Decision::Device {
+                    name: u.to_string(),
+                    secret,
+                }
+            }
+            (None, None) if loopback && self.allow_anonymous_loopback => Decision::Anonymous,
             (None, _) => return Err(ReasonCode::NotAuthorized),
             _ => return Err(ReasonCode::BadUsernameOrPassword),
         };
-        if user.is_none() {
-            // The node's own clients' IDs are reserved: an anonymous client taking one over
-            // would cut a service off the bus and discard its queued messages.
-            if c.client_id.starts_with(RESERVED_CLIENT_PREFIX) {
-                return Err(ReasonCode::ClientIdentifierNotValid);
-            }
-            // Sessions the broker keeps while a client is away cost memory; only clients
-            // with credentials may have them.
-            if c.persistent {
-                return Err(ReasonCode::NotAuthorized);
-            }
+        // The node's own clients' IDs are reserved: another client taking one over would
+        // cut a service off the bus and discard its queued messages.
+        if c.client_id.starts_with(RESERVED_CLIENT_PREFIX) {
+            return Err(ReasonCode::ClientIdentifierNotValid);
         }
-        Ok(user)
+        // Sessions the broker keeps while a client is away cost memory; only clients with
+        // credentials may have them.
+        if decision == Decision::Anonymous && c.persistent {
+            return Err(ReasonCode::NotAuthorized);
+        }
+        Ok(decision)
+    }
+
+    fn refuse(
+        &self,
+        code: ReasonCode,
+        addr: SocketAddr,
+        client_id: &str,
+        user: &str,
+    ) -> AuthResult {
+        metrics::counter!(self.failures_metric.clone()).increment(1);
+        if let Some(suppressed) = self.log.check("auth") {
+            tracing::warn!(
+                peer = %addr,
+                client_id,
+                user,
+                reason = ?code,
+                suppressed,
+                "refused an MQTT connection"
+            );
+        }
+        AuthResult::fail(code)
+    }
+
+    fn denied(&self, what: &'static str, user: Option<&str>, topic: &str) {
+        metrics::counter!(self.failures_metric.clone(), "what" => what).increment(1);
+        let user = user.unwrap_or("anonymous");
+        if let Some(suppressed) = self.log.check(&format!("{what}\u{0}{user}")) {
+            tracing::warn!(user, topic, suppressed, "refused an MQTT {what}");
+        }
+    }
+}
+
+/// Device credentials, checked by core-metadata and remembered for a while.
+struct DeviceAuth {
+    metadata: Metadata,
+    cache_for: Duration,
+    grants: Mutex<HashMap<String, Grant>>,
+}
+
+#[derive(Clone)]
+struct Grant {
+    secret: String,
+    topics: DeviceTopics,
+    checked: Instant,
+}
+
+/// What checking a device's credential gave.
+enum Verdict {
+    Granted(DeviceTopics),
+    Refused,
+    /// core-metadata could not be asked.
+    Unknown(String),
+}
+
+impl DeviceAuth {
+    fn grants(&self) -> std::sync::MutexGuard<'_, HashMap<String, Grant>> {
+        self.grants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Checks `secret` for device `name`, from the cache while it is fresh. When metadata
+    /// cannot be asked, a credential verified before is still accepted: a restarting
+    /// core-metadata must not cut every device off.
+    async fn verify(&self, name: &str, secret: &str) -> Verdict {
+        let cached = self
+            .grants()
+            .get(name)
+            .filter(|g| constant_time_eq(g.secret.as_bytes(), secret.as_bytes()))
+            .cloned();
+        if let Some(g) = &cached
+            && g.checked.elapsed() < self.cache_for
+        {
+            return Verdict::Granted(g.topics.clone());
+        }
+        match self.metadata.authenticate_device(name, secret).await {
+            Ok(Some(device)) => {
+                let topics = DeviceTopics::of(&device);
+                self.grants().insert(
+                    name.to_string(),
+                    Grant {
+                        secret: secret.to_string(),
+                        topics: topics.clone(),
+                        checked: Instant::now(),
+                    },
+                );
+                Verdict::Granted(topics)
+            }
+            Ok(None) => {
+                // Forget a credential that no longer works (rotated or removed).
+                if cached.is_some() {
+                    self.grants().remove(name);
+                }
+                Verdict::Refused
+            }
+            Err(e) => match cached {
+                Some(g) => Verdict::Granted(g.topics),
+                None => Verdict::Unknown(e.to_string()),
+            },
+        }
+    }
+
+    /// The topics of a connected device, checked again once the cache time has passed.
+    async fn topics(&self, name: &str) -> Option<DeviceTopics> {
+        let grant = self.grants().get(name).cloned()?;
+        if grant.checked.elapsed() < self.cache_for {
+            return Some(grant.topics);
+        }
+        match self.verify(name, &grant.secret).await {
+            Verdict::Granted(t) => Some(t),
+            Verdict::Refused | Verdict::Unknown(_) => None,
+        }
     }
 }
 
@@ -109,6 +264,7 @@ impl AuthProvider for NodeAuth {
             } else {
                 !connect.clean_start
             };
+            let user = connect.username.as_deref().unwrap_or("");
             let decision = self.decide(&Connect {
                 username: connect.username.as_deref(),
                 password: connect.password.as_deref(),
@@ -117,21 +273,44 @@ impl AuthProvider for NodeAuth {
                 addr: client_addr,
             });
             Ok(match decision {
-                Ok(Some(user)) => AuthResult::success_with_user(user),
-                Ok(None) => AuthResult::success(),
-                Err(code) => {
-                    metrics::counter!(self.failures_metric.clone()).increment(1);
-                    if let Some(suppressed) = self.log.check("auth") {
-                        tracing::warn!(
-                            peer = %client_addr,
-                            client_id = ?connect.client_id,
-                            user = connect.username.as_deref().unwrap_or(""),
-                            suppressed,
-                            "refused an MQTT connection"
-                        );
+                Ok(Decision::Internal(user)) => AuthResult::success_with_user(user),
+                Ok(Decision::Anonymous) => AuthResult::success(),
+                Ok(Decision::Device { name, secret }) => {
+                    let Some(devices) = &self.devices else {
+                        return Ok(self.refuse(
+                            ReasonCode::BadUsernameOrPassword,
+                            client_addr,
+                            &connect.client_id,
+                            user,
+                        ));
+                    };
+                    match devices.verify(&name, &secret).await {
+                        Verdict::Granted(_) => {
+                            tracing::debug!(device = name, peer = %client_addr, "device connected");
+                            AuthResult::success_with_user(format!("{DEVICE_USER_PREFIX}{name}"))
+                        }
+                        Verdict::Refused => self.refuse(
+                            ReasonCode::BadUsernameOrPassword,
+                            client_addr,
+                            &connect.client_id,
+                            user,
+                        ),
+                        Verdict::Unknown(why) => {
+                            tracing::warn!(
+                                device = name,
+                                error = why,
+                                "cannot check a device credential"
+                            );
+                            self.refuse(
+                                ReasonCode::ServerUnavailable,
+                                client_addr,
+                                &connect.client_id,
+                                user,
+                            )
+                        }
                     }
-                    AuthResult::fail(code)
                 }
+                Err(code) => self.refuse(code, client_addr, &connect.client_id, user),
             })
         })
     }
@@ -139,20 +318,51 @@ impl AuthProvider for NodeAuth {
     fn authorize_publish<'a>(
         &'a self,
         _client_id: &str,
-        _user_id: Option<&'a str>,
-        _topic: &'a str,
+        user_id: Option<&'a str>,
+        topic: &'a str,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
-        // Only the internal user and trusted loopback clients can be connected.
-        Box::pin(async { true })
+        Box::pin(async move {
+            let ok = match user_id {
+                Some(u) if u == self.internal_user => true,
+                None => !is_device_topic(topic),
+                Some(u) => match (u.strip_prefix(DEVICE_USER_PREFIX), &self.devices) {
+                    (Some(name), Some(devices)) => devices
+                        .topics(name)
+                        .await
+                        .is_some_and(|t| t.may_publish(topic)),
+                    _ => false,
+                },
+            };
+            if !ok {
+                self.denied("publish", user_id, topic);
+            }
+            ok
+        })
     }
 
     fn authorize_subscribe<'a>(
         &'a self,
         _client_id: &str,
-        _user_id: Option<&'a str>,
-        _topic_filter: &'a str,
+        user_id: Option<&'a str>,
+        topic_filter: &'a str,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
-        Box::pin(async { true })
+        Box::pin(async move {
+            let ok = match user_id {
+                Some(u) if u == self.internal_user => true,
+                None => true,
+                Some(u) => match (u.strip_prefix(DEVICE_USER_PREFIX), &self.devices) {
+                    (Some(name), Some(devices)) => devices
+                        .topics(name)
+                        .await
+                        .is_some_and(|t| t.may_subscribe(topic_filter)),
+                    _ => false,
+                },
+            };
+            if !ok {
+                self.denied("subscribe", user_id, topic_filter);
+            }
+            ok
+        })
     }
 }
 
@@ -181,8 +391,14 @@ mod tests {
             addr,
         };
         let a = auth();
-        assert_eq!(a.decide(&c(None, None, "tool", false, lo)), Ok(None));
-        assert_eq!(a.decide(&c(None, None, "tool", false, lo6)), Ok(None));
+        assert_eq!(
+            a.decide(&c(None, None, "tool", false, lo)),
+            Ok(Decision::Anonymous)
+        );
+        assert_eq!(
+            a.decide(&c(None, None, "tool", false, lo6)),
+            Ok(Decision::Anonymous)
+        );
         assert_eq!(
             a.decide(&c(None, None, "tool", false, remote)),
             Err(ReasonCode::NotAuthorized)
@@ -195,7 +411,7 @@ mod tests {
                 true,
                 remote
             )),
-            Ok(Some("outpost".into()))
+            Ok(Decision::Internal("outpost".into()))
         );
         assert_eq!(
             a.decide(&c(Some("outpost"), Some(b"wrong"), "x", false, lo)),
@@ -213,6 +429,69 @@ mod tests {
         assert_eq!(
             a.decide(&c(None, None, "tool", true, lo)),
             Err(ReasonCode::NotAuthorized)
+        );
+        // Without device authentication, other users are refused outright.
+        assert_eq!(
+            a.decide(&c(
+                Some("press-7"),
+                Some(b"0123456789abcdef"),
+                "p7",
+                true,
+                remote
+            )),
+            Err(ReasonCode::BadUsernameOrPassword)
+        );
+        let registry = outpost_kit::registry::Registry::new(
+            "http://127.0.0.1:1",
+            Duration::from_millis(100),
+            0,
+            HashMap::new(),
+        );
+        let d = auth().with_devices(
+            Metadata::new(outpost_kit::client::ServiceClient::new(
+                registry,
+                Duration::from_millis(100),
+            )),
+            Duration::from_secs(1),
+        );
+        // A device's credential is for metadata to check; devices may keep sessions but
+        // not take the node's client IDs.
+        assert_eq!(
+            d.decide(&c(
+                Some("press-7"),
+                Some(b"0123456789abcdef"),
+                "p7",
+                true,
+                remote
+            )),
+            Ok(Decision::Device {
+                name: "press-7".into(),
+                secret: "0123456789abcdef".into()
+            })
+        );
+        assert_eq!(
+            d.decide(&c(
+                Some("press-7"),
+                Some(b"0123456789abcdef"),
+                "outpost-core-data",
+                false,
+                lo
+            )),
+            Err(ReasonCode::ClientIdentifierNotValid)
+        );
+        assert_eq!(
+            d.decide(&c(
+                Some("outpost"),
+                Some(b"0123456789abcdef"),
+                "x",
+                false,
+                lo
+            )),
+            Err(ReasonCode::BadUsernameOrPassword)
+        );
+        assert_eq!(
+            d.decide(&c(Some("press-7"), Some(&[0xff, 0xfe]), "p7", false, lo)),
+            Err(ReasonCode::BadUsernameOrPassword)
         );
         let strict = NodeAuth::new("outpost".into(), "s3cret".into(), false, "m".into());
         assert_eq!(

@@ -38,6 +38,12 @@ pub struct Config {
     pub max_session_expiry_s: u64,
     /// Most retained messages the broker keeps.
     pub max_retained_messages: usize,
+    /// Let devices connect with their own credentials (user name = device name, password =
+    /// the device secret kept by core-metadata); each may then only use its own topics.
+    pub device_auth: bool,
+    /// How long a device's verified credential and topics are trusted before metadata is
+    /// asked again (so a removed or rotated secret stops working within this time).
+    pub device_auth_cache_s: u64,
 }
 
 impl Default for Config {
@@ -55,6 +61,8 @@ impl Default for Config {
             sys_topics: false,
             max_session_expiry_s: 7 * 24 * 3600,
             max_retained_messages: 10_000,
+            device_auth: true,
+            device_auth_cache_s: 10,
         }
     }
 }
@@ -80,6 +88,11 @@ impl Validate for Config {
             self.max_queued_messages_per_client >= 1,
             "broker",
             "max_queued_messages_per_client must be at least 1",
+        );
+        p.check(
+            self.device_auth_cache_s <= 3600,
+            "broker",
+            "device_auth_cache_s must be at most 3600",
         );
     }
 }

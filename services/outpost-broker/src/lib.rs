@@ -20,6 +20,7 @@ use std::time::Duration;
 use axum::Router;
 use mqtt5::broker::config::{StorageBackend, StorageConfig};
 use mqtt5::broker::{BrokerConfig, MqttBroker};
+use outpost_kit::client::{Metadata, ServiceClient};
 use outpost_kit::{Check, Context, health_probe};
 
 pub use config::Config;
@@ -48,12 +49,19 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
         max_queued_bytes_per_client: cfg.max_queued_bytes_per_client,
         ..StorageConfig::default()
     };
-    let auth = auth::NodeAuth::new(
+    let mut auth = auth::NodeAuth::new(
         outpost_bus::INTERNAL_USER.to_string(),
         token,
         cfg.allow_anonymous_loopback,
         ctx.metric("auth_failures_total"),
     );
+    if cfg.device_auth {
+        let client = ServiceClient::new(ctx.registry.clone(), Duration::from_secs(3));
+        auth = auth.with_devices(
+            Metadata::new(client),
+            Duration::from_secs(cfg.device_auth_cache_s),
+        );
+    }
     let mut broker = MqttBroker::with_config(bc)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the MQTT broker on {}: {e}", cfg.listen))?

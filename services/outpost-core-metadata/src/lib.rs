@@ -9,6 +9,7 @@
 pub mod config;
 pub mod events;
 pub mod routes;
+pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod uom;

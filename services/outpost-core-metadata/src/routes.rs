@@ -16,14 +16,14 @@ use outpost_contracts::common::{
 };
 use outpost_contracts::metadata::{
     AddDeviceProfileRequest, AddDeviceRequest, AddDeviceServiceRequest, AddProvisionWatcherRequest,
-    Device, DeviceCommandRequest, DeviceProfile, DeviceProfileBasicInfoRequest,
+    Device, DeviceAuthRequest, DeviceCommandRequest, DeviceProfile, DeviceProfileBasicInfoRequest,
     DeviceProfileResponse, DeviceProfileTagsRequest, DeviceResourceRequest, DeviceResourceResponse,
-    DeviceResponse, DeviceService, DeviceServiceResponse, MultiDeviceProfileBasicInfosResponse,
-    MultiDeviceProfilesResponse, MultiDeviceServicesResponse, MultiDevicesResponse,
-    MultiProvisionWatchersResponse, ProvisionWatcher, ProvisionWatcherResponse,
-    UnitsOfMeasureResponse, UpdateDeviceCommandRequest, UpdateDeviceProfileRequest,
-    UpdateDeviceRequest, UpdateDeviceResourceRequest, UpdateDeviceServiceRequest,
-    UpdateProvisionWatcherRequest,
+    DeviceResponse, DeviceSecretRequest, DeviceSecretResponse, DeviceService,
+    DeviceServiceResponse, MultiDeviceProfileBasicInfosResponse, MultiDeviceProfilesResponse,
+    MultiDeviceServicesResponse, MultiDevicesResponse, MultiProvisionWatchersResponse,
+    ProvisionWatcher, ProvisionWatcherResponse, UnitsOfMeasureResponse, UpdateDeviceCommandRequest,
+    UpdateDeviceProfileRequest, UpdateDeviceRequest, UpdateDeviceResourceRequest,
+    UpdateDeviceServiceRequest, UpdateProvisionWatcherRequest,
 };
 use outpost_kit::error::{ApiError, Body, Path, Query, parse_json};
 use serde::Deserialize;
@@ -49,6 +49,11 @@ pub fn router(app: Arc<App>) -> Router {
             "/api/v3/device/name/{name}",
             get(device_by_name).delete(delete_device),
         )
+        .route(
+            "/api/v3/device/name/{name}/secret",
+            axum::routing::put(set_secret).delete(delete_secret),
+        )
+        .route("/api/v3/device/auth", post(authenticate))
         .route("/api/v3/device/id/{id}", get(device_by_id))
         .route(
             "/api/v3/device/profile/name/{name}",
@@ -437,6 +442,48 @@ async fn device_by_id(
         base: BaseResponse::new(200),
         device,
     }))
+}
+
+async fn set_secret(
+    State(app): St,
+    Path(name): Path<String>,
+    Body(body): Body,
+) -> Result<axum::Json<DeviceSecretResponse>, ApiError> {
+    let req: DeviceSecretRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DeviceSecretRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    let secret = app.md.set_secret(&name, req.secret).await?;
+    Ok(axum::Json(DeviceSecretResponse {
+        base: BaseResponse::new(200),
+        secret,
+    }))
+}
+
+async fn delete_secret(
+    State(app): St,
+    Path(name): Path<String>,
+) -> Result<axum::Json<BaseResponse>, ApiError> {
+    app.md.delete_secret(&name).await?;
+    Ok(ok())
+}
+
+async fn authenticate(
+    State(app): St,
+    Body(body): Body,
+) -> Result<axum::Json<DeviceResponse>, ApiError> {
+    let req: DeviceAuthRequest = parse_json(&body)?;
+    match app.md.authenticate(&req.name, &req.secret).await? {
+        Some(device) => Ok(axum::Json(DeviceResponse {
+            base: BaseResponse::new(200),
+            device,
+        })),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unknown device or wrong secret",
+        )),
+    }
 }
 
 async fn delete_device(

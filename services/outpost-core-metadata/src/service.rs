@@ -905,6 +905,52 @@ impl Metadata {
         Ok(())
     }
 
+    /// Sets the secret of device `name`, generating one when `secret` is `None`; returns
+    /// the generated secret.
+    pub async fn set_secret(
+        &self,
+        name: &str,
+        secret: Option<String>,
+    ) -> Result<Option<String>, ApiError> {
+        let (secret, generated) = match secret {
+            Some(s) => {
+                crate::secrets::check(&s).map_err(ApiError::bad_request)?;
+                (s, false)
+            }
+            None => (
+                crate::secrets::generate().map_err(ApiError::internal)?,
+                true,
+            ),
+        };
+        let sealed = crate::secrets::seal(&secret).map_err(ApiError::internal)?;
+        let _w = self.lock.lock().await;
+        let device: Device = self.get(name).await?;
+        self.store.set_secret(&device.id, Some(sealed)).await?;
+        tracing::info!(device = name, "device secret set");
+        Ok(generated.then_some(secret))
+    }
+
+    /// Removes the secret of device `name`: it can no longer connect.
+    pub async fn delete_secret(&self, name: &str) -> Result<(), ApiError> {
+        let _w = self.lock.lock().await;
+        let device: Device = self.get(name).await?;
+        self.store.set_secret(&device.id, None).await?;
+        tracing::info!(device = name, "device secret removed");
+        Ok(())
+    }
+
+    /// The device `name` if `secret` is its secret. Unknown devices, devices without a
+    /// secret and wrong secrets are all the same `None`.
+    pub async fn authenticate(&self, name: &str, secret: &str) -> Result<Option<Device>, ApiError> {
+        let Some(device) = self.find::<Device>(name).await? else {
+            return Ok(None);
+        };
+        let stored = self.store.secret(&device.id).await?;
+        Ok(stored
+            .filter(|s| crate::secrets::matches(s, secret))
+            .map(|_| device))
+    }
+
     pub async fn device_exists(&self, name: &str) -> Result<bool, ApiError> {
         Ok(self.store.by_name(Kind::Device, name).await?.is_some())
     }

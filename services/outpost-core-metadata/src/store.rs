@@ -117,12 +117,28 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes by name; false if there was nothing to delete.
     async fn delete(&self, kind: Kind, name: &str) -> Result<bool, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Sets (or with `None` removes) the credential of the device with `device_id`.
+    async fn set_secret(
+        &self,
+        device_id: &str,
+        secret: Option<StoredSecret>,
+    ) -> Result<(), StoreError>;
+    /// The credential of the device with `device_id`.
+    async fn secret(&self, device_id: &str) -> Result<Option<StoredSecret>, StoreError>;
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "metadata objects",
-    sql: "CREATE TABLE objects (
+/// A device credential as stored: a random salt and the SHA-256 of salt and secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSecret {
+    pub salt: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "metadata objects",
+        sql: "CREATE TABLE objects (
               kind INTEGER NOT NULL,
               id TEXT NOT NULL,
               name TEXT NOT NULL,
@@ -141,7 +157,22 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
           CREATE INDEX objects_profile ON objects (kind, profile);
           CREATE INDEX objects_parent ON objects (kind, parent);
           CREATE INDEX objects_modified ON objects (kind, modified);",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "device credentials",
+        // A device's credential goes with the device.
+        sql: "CREATE TABLE device_secrets (
+                  device_id TEXT PRIMARY KEY,
+                  salt BLOB NOT NULL,
+                  hash BLOB NOT NULL
+              );
+              CREATE TRIGGER device_secrets_gone AFTER DELETE ON objects WHEN old.kind = 2
+              BEGIN
+                  DELETE FROM device_secrets WHERE device_id = old.id;
+              END;",
+    },
+];
 
 pub struct SqliteStore {
     db: Db,
@@ -390,5 +421,49 @@ impl Store for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.db.ping().await.map_err(StoreError::from)
+    }
+
+    async fn set_secret(
+        &self,
+        device_id: &str,
+        secret: Option<StoredSecret>,
+    ) -> Result<(), StoreError> {
+        let id = device_id.to_string();
+        self.db
+            .write(move |c| {
+                match secret {
+                    Some(s) => c.execute(
+                        "INSERT INTO device_secrets (device_id, salt, hash) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (device_id) DO UPDATE SET salt = ?2, hash = ?3",
+                        params![id, s.salt, s.hash],
+                    )?,
+                    None => c.execute(
+                        "DELETE FROM device_secrets WHERE device_id = ?1",
+                        params![id],
+                    )?,
+                };
+                Ok(())
+            })
+            .await
+    }
+
+    async fn secret(&self, device_id: &str) -> Result<Option<StoredSecret>, StoreError> {
+        let id = device_id.to_string();
+        self.db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT salt, hash FROM device_secrets WHERE device_id = ?1",
+                    params![id],
+                    |r| {
+                        Ok(StoredSecret {
+                            salt: r.get(0)?,
+                            hash: r.get(1)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(StoreError::from)
+            })
+            .await
     }
 }

@@ -675,3 +675,175 @@ async fn device_services_validate_devices() {
     .await;
     assert_eq!(body[0]["statusCode"], 201, "{body}");
 }
+
+#[tokio::test]
+async fn device_secrets() {
+    let f = fixture(Config::default());
+    seed(&f).await;
+    let (_, body) = call(
+        &f,
+        "POST",
+        "/api/v3/device",
+        Some(json!([device_req("press-7", "Thermostat", json!({}))])),
+    )
+    .await;
+    assert_eq!(body[0]["statusCode"], 201, "{body}");
+    let auth =
+        |name: &str, secret: &str| json!({"apiVersion": "v3", "name": name, "secret": secret});
+
+    // No secret yet: nobody gets in.
+    let (s, _) = call(
+        &f,
+        "POST",
+        "/api/v3/device/auth",
+        Some(auth("press-7", "0123456789abcdef")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    // A generated secret is returned once and works; a wrong one does not.
+    let (s, body) = call(&f, "PUT", "/api/v3/device/name/press-7/secret", None).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let secret = body["secret"].as_str().unwrap().to_string();
+    let (s, body) = call(
+        &f,
+        "POST",
+        "/api/v3/device/auth",
+        Some(auth("press-7", &secret)),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["device"]["name"], "press-7");
+    let (s, body) = call(
+        &f,
+        "POST",
+        "/api/v3/device/auth",
+        Some(auth("press-7", "0123456789abcdef")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(body["message"].as_str().unwrap().contains("wrong secret"));
+    let (s, _) = call(
+        &f,
+        "POST",
+        "/api/v3/device/auth",
+        Some(auth("nobody", &secret)),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // The device document never carries the secret.
+    let (_, body) = call(&f, "GET", "/api/v3/device/name/press-7", None).await;
+    assert!(!body.to_string().contains(&secret));
+
+    // A chosen secret replaces it; the old one stops working.
+    let chosen = json!({"apiVersion": "v3", "secret": "chosen-secret-0001"});
+    let (s, body) = call(
+        &f,
+        "PUT",
+        "/api/v3/device/name/press-7/secret",
+        Some(chosen),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert!(
+        body.get("secret").is_none(),
+        "a chosen secret is not echoed: {body}"
+    );
+    let (s, _) = call(
+        &f,
+        "POST",
+        "/api/v3/device/auth",
+        Some(auth("press-7", &secret)),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = call(
+        &f,
+        "POST",
+        "/api/v3/device/auth",
+        Some(auth("press-7", "chosen-secret-0001")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Bad input.
+    for (uri, body, want) in [
+        (
+            "/api/v3/device/name/nobody/secret",
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/api/v3/device/name/press-7/secret",
+            Some(json!({"apiVersion": "v3", "secret": "short"})),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v3/device/name/press-7/secret",
+            Some(json!({"apiVersion": "v3", "secret": 42})),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (s, b) = call(&f, "PUT", uri, body).await;
+        assert_eq!(s, want, "{uri}: {b}");
+    }
+    let (s, _) = call(
+        &f,
+        "POST",
+        "/api/v3/device/auth",
+        Some(json!(["not", "an", "object"])),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // The failed attempts changed nothing.
+    let (s, _) = call(
+        &f,
+        "POST",
+        "/api/v3/device/auth",
+        Some(auth("press-7", "chosen-secret-0001")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Removing the secret, or the device, locks it out.
+    let (s, _) = call(&f, "DELETE", "/api/v3/device/name/press-7/secret", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(
+        &f,
+        "POST",
+        "/api/v3/device/auth",
+        Some(auth("press-7", "chosen-secret-0001")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = call(
+        &f,
+        "PUT",
+        "/api/v3/device/name/press-7/secret",
+        Some(json!({"apiVersion": "v3", "secret": "chosen-secret-0002"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(&f, "DELETE", "/api/v3/device/name/press-7", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, body) = call(
+        &f,
+        "POST",
+        "/api/v3/device",
+        Some(json!([device_req("press-7", "Thermostat", json!({}))])),
+    )
+    .await;
+    assert_eq!(body[0]["statusCode"], 201, "{body}");
+    let (s, _) = call(
+        &f,
+        "POST",
+        "/api/v3/device/auth",
+        Some(auth("press-7", "chosen-secret-0002")),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "a new device of the same name has no secret"
+    );
+}

@@ -47,6 +47,9 @@ pub struct VirtualConfig {
     pub binary_bytes: usize,
     /// Elements of a generated array.
     pub array_len: usize,
+    /// Devices discovery "finds": `virtual-1` ... `virtual-<n>`, each with the protocol
+    /// `other: {Address: virtual-<i>}` for provision watchers to match.
+    pub discoverable: usize,
 }
 
 impl Default for VirtualConfig {
@@ -55,6 +58,7 @@ impl Default for VirtualConfig {
             provision_examples: true,
             binary_bytes: 1024,
             array_len: 5,
+            discoverable: 0,
         }
     }
 }
@@ -74,6 +78,11 @@ impl DriverConfig for VirtualConfig {
             self.array_len >= 1 && self.array_len <= 10_000,
             "device_virtual.driver",
             "array_len must be between 1 and 10000",
+        );
+        p.check(
+            self.discoverable <= 10_000,
+            "device_virtual.driver",
+            "discoverable must be at most 10000",
         );
     }
 }
@@ -248,6 +257,23 @@ fn readable(r: &DeviceResource) -> bool {
 
 #[async_trait]
 impl Driver for Virtual {
+    async fn discover(&self) -> Result<Vec<outpost_device_sdk::Discovered>, DriverError> {
+        Ok((1..=self.cfg.discoverable)
+            .map(|i| {
+                let name = format!("virtual-{i}");
+                let mut props = outpost_contracts::metadata::Map::new();
+                props.insert("Address".into(), name.clone().into());
+                outpost_device_sdk::Discovered {
+                    description: format!("simulated device {i}"),
+                    protocols: [("other".to_string(), props)].into_iter().collect(),
+                    labels: vec!["virtual".into()],
+                    name,
+                    properties: None,
+                }
+            })
+            .collect())
+    }
+
     async fn provision(&self, sdk: &Sdk) {
         if self.cfg.provision_examples {
             examples::provision(sdk).await;

@@ -1,0 +1,268 @@
+//! What devices send: a JSON or CBOR object of resource → value (with an optional
+//! timestamp), or one bare value on a topic that names the resource.
+
+use crate::CommandValue;
+use serde_json::Value;
+
+/// A decoded telemetry message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// resource → value, and the origin in nanoseconds when the device gave one.
+    Object {
+        values: Vec<(String, CommandValue)>,
+        origin: Option<i64>,
+    },
+    /// One value, for the resource the topic names.
+    Value(CommandValue),
+}
+
+/// Why a message cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("empty payload")]
+    Empty,
+    #[error("payload is neither JSON, CBOR nor text: {0}")]
+    Undecodable(String),
+    #[error("timestamp field '{0}' is not a number of (milli/micro/nano)seconds or RFC 3339 text")]
+    BadTimestamp(String),
+}
+
+/// Decodes a payload: JSON when it looks like JSON, else CBOR, else UTF-8 text (one value).
+pub fn decode(bytes: &[u8], timestamp_field: &str) -> Result<Payload, PayloadError> {
+    let first = bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .ok_or(PayloadError::Empty)?;
+    let json_like = matches!(
+        first,
+        b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
+    );
+    let value = if json_like {
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(v) => v,
+            // Text such as `on` or `fault` is a bare value.
+            Err(e) if *first != b'{' && *first != b'[' => {
+                text(bytes).ok_or_else(|| PayloadError::Undecodable(e.to_string()))?
+            }
+            Err(e) => return Err(PayloadError::Undecodable(e.to_string())),
+        }
+    } else if let Some(t) = text(bytes) {
+        // Printable text is a bare value; CBOR objects and binary scalars are not printable.
+        t
+    } else {
+        let mut rest = bytes;
+        match ciborium::from_reader::<ciborium::Value, _>(&mut rest) {
+            Ok(v) if rest.is_empty() => cbor_to_json(v),
+            Ok(_) => {
+                return Err(PayloadError::Undecodable(
+                    "bytes after the CBOR value".into(),
+                ));
+            }
+            Err(e) => return Err(PayloadError::Undecodable(e.to_string())),
+        }
+    };
+    Ok(match value {
+        Value::Object(map) => {
+            let mut origin = None;
+            let mut values = Vec::with_capacity(map.len());
+            for (k, v) in map {
+                if k == timestamp_field {
+                    origin =
+                        Some(timestamp(&v).ok_or_else(|| PayloadError::BadTimestamp(k.clone()))?);
+                } else {
+                    values.push((k, CommandValue::from_json(&v)));
+                }
+            }
+            Payload::Object { values, origin }
+        }
+        other => Payload::Value(CommandValue::from_json(&other)),
+    })
+}
+
+fn text(bytes: &[u8]) -> Option<Value> {
+    let s = std::str::from_utf8(bytes).ok()?.trim();
+    (!s.is_empty() && !s.chars().any(char::is_control)).then(|| Value::String(s.to_string()))
+}
+
+/// Seconds, milliseconds, microseconds or nanoseconds since the epoch (told apart by
+/// magnitude), or RFC 3339 text; in nanoseconds.
+fn timestamp(v: &Value) -> Option<i64> {
+    if let Some(s) = v.as_str() {
+        let t = humantime::parse_rfc3339_weak(s).ok()?;
+        let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+        return i64::try_from(d.as_nanos()).ok();
+    }
+    if let Some(i) = v.as_i64() {
+        let scale = match i {
+            ..=0 => return None,
+            1..100_000_000_000 => 1_000_000_000,
+            100_000_000_000..100_000_000_000_000 => 1_000_000,
+            100_000_000_000_000..100_000_000_000_000_000 => 1_000,
+            _ => 1,
+        };
+        return i.checked_mul(scale);
+    }
+    let n = v.as_f64()?;
+    if !n.is_finite() || n <= 0.0 {
+        return None;
+    }
+    let ns = if n < 1e11 {
+        n * 1e9
+    } else if n < 1e14 {
+        n * 1e6
+    } else if n < 1e17 {
+        n * 1e3
+    } else {
+        n
+    };
+    (ns < 9.2e18).then_some(ns as i64)
+}
+
+/// CBOR as JSON; byte strings become base64 text (a Binary resource's form).
+fn cbor_to_json(v: ciborium::Value) -> Value {
+    use base64::Engine as _;
+    use ciborium::Value as C;
+    match v {
+        C::Integer(i) => {
+            let i = i128::from(i);
+            if let Ok(n) = i64::try_from(i) {
+                Value::from(n)
+            } else if let Ok(n) = u64::try_from(i) {
+                Value::from(n)
+            } else {
+                Value::String(i.to_string())
+            }
+        }
+        C::Float(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+        C::Bool(b) => Value::Bool(b),
+        C::Text(s) => Value::String(s),
+        C::Bytes(b) => Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
+        C::Array(items) => Value::Array(items.into_iter().map(cbor_to_json).collect()),
+        C::Map(entries) => Value::Object(
+            entries
+                .into_iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        C::Text(s) => s,
+                        other => cbor_to_json(other).to_string(),
+                    };
+                    (key, cbor_to_json(v))
+                })
+                .collect(),
+        ),
+        C::Tag(_, inner) => cbor_to_json(*inner),
+        _ => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_objects_values_and_timestamps() {
+        let p = decode(
+            br#"{"Temperature": 21.5, "Count": 7, "On": true, "timestamp": 1700000000123}"#,
+            "timestamp",
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            Payload::Object {
+                values: vec![
+                    ("Count".into(), CommandValue::Int(7)),
+                    ("On".into(), CommandValue::Bool(true)),
+                    ("Temperature".into(), CommandValue::Float(21.5)),
+                ],
+                origin: Some(1_700_000_000_123_000_000),
+            }
+        );
+        assert_eq!(
+            decode(b"21.5", "timestamp").unwrap(),
+            Payload::Value(CommandValue::Float(21.5))
+        );
+        assert_eq!(
+            decode(b" on ", "timestamp").unwrap(),
+            Payload::Value(CommandValue::String("on".into()))
+        );
+        assert_eq!(
+            decode(b"\"x\"", "timestamp").unwrap(),
+            Payload::Value(CommandValue::String("x".into()))
+        );
+        let rfc = decode(br#"{"a": 1, "ts": "2026-11-22T10:00:00Z"}"#, "ts").unwrap();
+        assert!(
+            matches!(rfc, Payload::Object { origin: Some(o), .. } if o == 1_795_341_600_000_000_000)
+        );
+        for s in [
+            1_700_000_000i64,
+            1_700_000_000_000,
+            1_700_000_000_000_000,
+            1_700_000_000_000_000_000,
+        ] {
+            let p = decode(
+                format!(r#"{{"a":1,"timestamp":{s}}}"#).as_bytes(),
+                "timestamp",
+            )
+            .unwrap();
+            assert!(
+                matches!(
+                    p,
+                    Payload::Object {
+                        origin: Some(1_700_000_000_000_000_000),
+                        ..
+                    }
+                ),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn cbor() {
+        let mut buf = Vec::new();
+        let v = ciborium::Value::Map(vec![
+            (
+                ciborium::Value::Text("Temperature".into()),
+                ciborium::Value::Float(-3.25),
+            ),
+            (
+                ciborium::Value::Text("Raw".into()),
+                ciborium::Value::Bytes(vec![1, 2, 3]),
+            ),
+        ]);
+        ciborium::into_writer(&v, &mut buf).unwrap();
+        let p = decode(&buf, "timestamp").unwrap();
+        assert_eq!(
+            p,
+            Payload::Object {
+                values: vec![
+                    ("Raw".into(), CommandValue::String("AQID".into())),
+                    ("Temperature".into(), CommandValue::Float(-3.25)),
+                ],
+                origin: None,
+            }
+        );
+    }
+
+    #[test]
+    fn garbage() {
+        assert_eq!(decode(b"", "t"), Err(PayloadError::Empty));
+        assert_eq!(decode(b"   ", "t"), Err(PayloadError::Empty));
+        assert!(matches!(
+            decode(b"{not json", "t"),
+            Err(PayloadError::Undecodable(_))
+        ));
+        assert!(matches!(
+            decode(&[0xff, 0x00, 0xfe], "t"),
+            Err(PayloadError::Undecodable(_))
+        ));
+        assert!(matches!(
+            decode(br#"{"a":1,"timestamp":"yesterday"}"#, "timestamp"),
+            Err(PayloadError::BadTimestamp(_))
+        ));
+        assert!(matches!(
+            decode(br#"{"a":1,"timestamp":-5}"#, "timestamp"),
+            Err(PayloadError::BadTimestamp(_))
+        ));
+    }
+}

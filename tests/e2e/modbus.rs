@@ -1,0 +1,564 @@
+//! device-modbus against a real Modbus TCP server (pymodbus, `tests/peers/modbus_server.py`,
+//! its own process on a free port): readings of every kind of value reach core-data through
+//! autoEvents, SET commands through core-command change the server's registers, reads are
+//! batched, a Modbus exception is a clear error that leaves the other devices alone, and a
+//! server that goes away takes its device DOWN and back UP when it returns.
+
+use std::io::BufRead as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The interpreter with pymodbus that `scripts/setup.sh --test` installs.
+fn python() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = root.join("target/peers/pymodbus/bin/python");
+    assert!(
+        python.exists(),
+        "pymodbus is not installed ({} is missing): run scripts/setup.sh --test",
+        python.display()
+    );
+    python
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/modbus_server.py")
+}
+
+/// A pymodbus TCP server with the register map of `modbus_server.py`, killed on drop.
+struct ModbusServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl ModbusServer {
+    fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// Starts the server and waits until it listens (it prints "ready").
+    fn start_on(port: u16) -> Self {
+        let (child, _) = spawn(&["serve", "--port", &port.to_string()]);
+        Self {
+            child: Some(child),
+            port,
+        }
+    }
+
+    /// An RTU server on a serial line of two linked pseudo-terminals; returns the path of
+    /// the client's end.
+    fn start_rtu() -> (Self, String) {
+        let (child, path) = spawn(&["serve-rtu"]);
+        let server = Self {
+            child: Some(child),
+            port: 0,
+        };
+        (server, path)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Reads the server's own table as an independent Modbus client: `{"values": [...]}`.
+    fn read(&self, table: &str, address: u16, count: u16) -> Value {
+        let out = Command::new(python())
+            .arg(script())
+            .args(["read", "--port", &self.port.to_string(), "--table", table])
+            .args([
+                "--address",
+                &address.to_string(),
+                "--count",
+                &count.to_string(),
+            ])
+            .output()
+            .expect("run the pymodbus client");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("client output")
+    }
+}
+
+/// Runs the peer script with `args` until it prints "ready ..."; returns what follows.
+fn spawn(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(python())
+        .arg(script())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the pymodbus server");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(l) => {
+                if let Some(rest) = l.strip_prefix("ready") {
+                    return (child, rest.trim().to_string());
+                }
+            }
+            Err(_) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("the pymodbus server exited with {status}");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the pymodbus server did not start"
+                );
+            }
+        }
+    }
+}
+
+impl Drop for ModbusServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn node_config() -> String {
+    // Quick reconnects, so the device is seen UP soon after its server returns.
+    "[device_modbus]\nenabled = true\n[device_modbus.driver]\nreconnect_backoff_max_ms = 300\n"
+        .to_string()
+}
+
+fn res(name: &str, vt: &str, rw: &str, attrs: Value) -> Value {
+    json!({"name": name, "properties": {"valueType": vt, "readWrite": rw}, "attributes": attrs})
+}
+
+fn hr(address: Value) -> Value {
+    json!({"primaryTable": "HOLDING_REGISTERS", "startingAddress": address})
+}
+
+/// A PLC profile with EdgeX device-modbus attributes over the server's register map.
+fn plc_profile() -> Value {
+    let mut scaled = res(
+        "ScaledTemp",
+        "Float32",
+        "R",
+        json!({"primaryTable": "HOLDING_REGISTERS", "startingAddress": "5", "rawType": "Int16"}),
+    );
+    scaled["properties"]["scale"] = json!("0.1");
+    scaled["properties"]["units"] = json!("C");
+    let ops = |names: &[&str]| -> Value {
+        names
+            .iter()
+            .map(|n| json!({"deviceResource": n}))
+            .collect::<Vec<_>>()
+            .into()
+    };
+    json!([{"apiVersion": "v3", "profile": {
+        "name": "ModbusPLC", "manufacturer": "Outpost", "model": "pymodbus",
+        "deviceResources": [
+            res("Int16Value", "Int16", "R", hr(json!(0))),
+            res("Uint32Swapped", "Uint32", "R", json!({"primaryTable": "HOLDING_REGISTERS", "startingAddress": 1, "isWordSwap": true})),
+            res("Float32Value", "Float32", "R", hr(json!(3))),
+            scaled,
+            res("Int64Value", "Int64", "R", hr(json!("6"))),
+            res("Float64Value", "Float64", "R", hr(json!(10))),
+            res("Name", "String", "R", json!({"primaryTable": "HOLDING_REGISTERS", "startingAddress": 20, "stringRegisterSize": 4})),
+            res("Setpoint", "Uint16", "RW", hr(json!(30))),
+            res("Level", "Float32", "RW", hr(json!(31))),
+            res("Alarm", "Bool", "RW", hr(json!("40.3"))),
+            res("InputCount", "Uint16", "R", json!({"primaryTable": "INPUT_REGISTERS", "startingAddress": 0})),
+            res("Running", "Bool", "RW", json!({"primaryTable": "COILS", "startingAddress": 0})),
+            res("DoorOpen", "Bool", "R", json!({"primaryTable": "DISCRETES_INPUT", "startingAddress": 0}))
+        ],
+        "deviceCommands": [
+            {"name": "Block", "readWrite": "R", "resourceOperations":
+                ops(&["Int16Value", "Uint32Swapped", "Float32Value", "ScaledTemp", "Int64Value", "Float64Value"])},
+            {"name": "Telemetry", "readWrite": "R", "resourceOperations":
+                ops(&["Int16Value", "Uint32Swapped", "Float32Value", "ScaledTemp", "Int64Value",
+                      "Float64Value", "Name", "Alarm", "InputCount", "Running", "DoorOpen"])},
+            {"name": "Settings", "readWrite": "RW", "resourceOperations": ops(&["Setpoint", "Level"])}
+        ]
+    }}])
+}
+
+/// A profile whose only resource is at an address the server does not have.
+fn broken_profile() -> Value {
+    json!([{"apiVersion": "v3", "profile": {
+        "name": "ModbusBroken",
+        "deviceResources": [res("Missing", "Int16", "R", hr(json!(9000)))]
+    }}])
+}
+
+fn device(name: &str, profile: &str, port: u16, auto_events: Value) -> Value {
+    json!([{"apiVersion": "v3", "device": {
+        "name": name, "profileName": profile, "serviceName": "device-modbus",
+        "adminState": "UNLOCKED", "operatingState": "UP",
+        "protocols": {"modbus-tcp": {"Address": "127.0.0.1", "Port": port.to_string(), "UnitID": "1", "Timeout": "2", "IdleTimeout": "30"}},
+        "autoEvents": auto_events
+    }}])
+}
+
+async fn add(node: &Node, path: &str, body: &Value) {
+    let (s, v) = node
+        .post(&format!("{}/api/v3/{path}", node.metadata()), body)
+        .await;
+    assert!(s == 207 && v[0]["statusCode"] == 201, "{path}: {v}");
+}
+
+/// Waits for device-modbus in metadata, then adds the profiles.
+async fn setup(node: &Node) {
+    eventually("device-modbus in metadata", WAIT, || async {
+        node.get(&format!(
+            "{}/api/v3/deviceservice/name/device-modbus",
+            node.metadata()
+        ))
+        .await
+        .0 == 200
+    })
+    .await;
+    add(node, "deviceprofile", &plc_profile()).await;
+    add(node, "deviceprofile", &broken_profile()).await;
+}
+
+async fn latest(node: &Node, device: &str, resource: &str) -> Option<Value> {
+    let (_, v) = node
+        .get(&format!(
+            "{}/api/v3/reading/device/name/{device}/resourceName/{resource}?limit=1",
+            node.data()
+        ))
+        .await;
+    v["readings"].get(0).cloned()
+}
+
+async fn reading_count(node: &Node, device: &str) -> u64 {
+    let (_, v) = node
+        .get(&format!(
+            "{}/api/v3/reading/count/device/name/{device}",
+            node.data()
+        ))
+        .await;
+    v["count"].as_u64().unwrap_or(0)
+}
+
+fn modbus_url(node: &Node) -> String {
+    format!("http://127.0.0.1:{}", node.ports.modbus)
+}
+
+async fn put(node: &Node, device: &str, command: &str, body: Value) -> (u16, Value) {
+    let r = node
+        .http
+        .put(format!(
+            "{}/api/v3/device/name/{device}/{command}",
+            node.command()
+        ))
+        .json(&body)
+        .send()
+        .await
+        .expect("PUT");
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn modbus_values_commands_batching_and_exceptions() {
+    let server = ModbusServer::start();
+    let node = Node::start(&node_config()).await;
+    setup(&node).await;
+    let ds = modbus_url(&node);
+
+    // A device's protocol properties are checked when it is added.
+    let mut bad = device("bad", "ModbusPLC", server.port, json!([]));
+    bad[0]["device"]["protocols"]["modbus-tcp"]["Port"] = json!("abc");
+    bad[0]["device"]["protocols"]["modbus-tcp"]["UnitID"] = json!(300);
+    let (s, v) = node
+        .post(&format!("{}/api/v3/device", node.metadata()), &bad)
+        .await;
+    assert_eq!(s, 207, "{v}");
+    let msg = v[0]["message"].as_str().unwrap_or("");
+    assert!(
+        v[0]["statusCode"] == 400 && msg.contains("Port 'abc'") && msg.contains("UnitID '300'"),
+        "{v}"
+    );
+
+    // Batching: the six values of `Block` (14 contiguous registers) are one request.
+    add(
+        &node,
+        "device",
+        &device("probe", "ModbusPLC", server.port, json!([])),
+    )
+    .await;
+    let requests = || node.metric(&ds, "outpost_device_modbus_requests_total");
+    let block_url = format!("{ds}/api/v3/device/name/probe/Block");
+    let get_block = || node.get(&block_url);
+    eventually("device-modbus to load the probe", WAIT, || async {
+        get_block().await.0 == 200
+    })
+    .await;
+    let before = requests().await;
+    let (s, v) = get_block().await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(requests().await - before, 1.0, "one request for six values");
+    let values: Vec<&str> = v["event"]["readings"]
+        .as_array()
+        .expect("readings")
+        .iter()
+        .filter_map(|r| r["value"].as_str())
+        .collect();
+    assert_eq!(
+        values,
+        [
+            "-1234",
+            "305419896",
+            "2.15e+01",
+            "2.35e+01",
+            "-5000000000",
+            "-5e-01"
+        ]
+    );
+
+    // AutoEvents of a command over every table and type; the values reach core-data.
+    let ae = json!([{"interval": "200ms", "sourceName": "Telemetry"}]);
+    add(
+        &node,
+        "device",
+        &device("plc", "ModbusPLC", server.port, ae),
+    )
+    .await;
+    let expect = [
+        ("Int16Value", "Int16", "-1234"),
+        ("Uint32Swapped", "Uint32", "305419896"),
+        ("Float32Value", "Float32", "2.15e+01"),
+        ("ScaledTemp", "Float32", "2.35e+01"),
+        ("Int64Value", "Int64", "-5000000000"),
+        ("Float64Value", "Float64", "-5e-01"),
+        ("Name", "String", "OUTPOST"),
+        ("Alarm", "Bool", "true"),
+        ("InputCount", "Uint16", "4242"),
+        ("Running", "Bool", "true"),
+        ("DoorOpen", "Bool", "true"),
+    ];
+    eventually("the plc's readings in core-data", WAIT, || async {
+        latest(&node, "plc", "DoorOpen").await.is_some()
+    })
+    .await;
+    for (resource, vt, value) in expect {
+        let r = latest(&node, "plc", resource).await.expect(resource);
+        assert_eq!(
+            (r["valueType"].as_str(), r["value"].as_str()),
+            (Some(vt), Some(value)),
+            "{resource}: {r}"
+        );
+    }
+    let r = latest(&node, "plc", "ScaledTemp")
+        .await
+        .expect("ScaledTemp");
+    assert_eq!(r["units"], "C");
+
+    // SET through core-command: a command of two adjacent values, a coil, a register bit.
+    let (s, v) = put(
+        &node,
+        "plc",
+        "Settings",
+        json!({"Setpoint": "1234", "Level": "42.5"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    // 42.5 as a Float32 is 0x422A0000.
+    assert_eq!(
+        server.read("holding", 30, 3)["values"],
+        json!([1234, 0x422A, 0])
+    );
+    let (s, v) = put(&node, "plc", "Running", json!({"Running": "false"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        server.read("coils", 0, 3)["values"],
+        json!([false, false, true])
+    );
+    let (s, v) = put(&node, "plc", "Alarm", json!({"Alarm": false})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(server.read("holding", 40, 1)["values"], json!([0]));
+    // Read back through core-command, and a value that does not fit is refused unwritten.
+    let (s, v) = node
+        .get(&format!(
+            "{}/api/v3/device/name/plc/Settings",
+            node.command()
+        ))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["event"]["readings"][0]["value"], "1234");
+    assert_eq!(v["event"]["readings"][1]["value"], "4.25e+01");
+    let (s, _) = put(&node, "plc", "Setpoint", json!({"Setpoint": "70000"})).await;
+    assert_eq!(s, 400);
+    assert_eq!(server.read("holding", 30, 1)["values"], json!([1234]));
+    // Read-only tables cannot be written.
+    let (s, v) = put(&node, "plc", "InputCount", json!({"InputCount": "1"})).await;
+    assert_eq!(s, 405, "{v}");
+
+    // A Modbus exception: a clear error, the device stays UP, the other device keeps going.
+    add(
+        &node,
+        "device",
+        &device(
+            "broken",
+            "ModbusBroken",
+            server.port,
+            json!([{"interval": "100ms", "sourceName": "Missing"}]),
+        ),
+    )
+    .await;
+    let missing = format!("{}/api/v3/device/name/broken/Missing", node.command());
+    eventually("device-modbus to load the broken device", WAIT, || async {
+        node.get(&missing).await.0 != 404
+    })
+    .await;
+    let (s, v) = node.get(&missing).await;
+    let msg = v["message"].as_str().unwrap_or("");
+    assert!(
+        s == 500
+            && msg.contains("'Missing'")
+            && msg.contains("HOLDING_REGISTERS 9000")
+            && msg.contains("illegal data address"),
+        "{s} {v}"
+    );
+    let before = reading_count(&node, "plc").await;
+    eventually("the plc's readings to go on", WAIT, || async {
+        reading_count(&node, "plc").await >= before + 3 * 11
+    })
+    .await;
+    let (_, v) = node
+        .get(&format!("{}/api/v3/device/name/broken", node.metadata()))
+        .await;
+    assert_eq!(
+        v["device"]["operatingState"], "UP",
+        "an exception is an answer"
+    );
+    assert!(
+        node.metric(
+            &ds,
+            "outpost_device_modbus_request_errors_total{reason=\"exception\"}"
+        )
+        .await
+            >= 3.0
+    );
+    // One connection served every device.
+    assert_eq!(
+        node.metric(&ds, "outpost_device_modbus_connections_opened_total")
+            .await,
+        1.0
+    );
+}
+
+async fn operating_state(node: &Node, device: &str) -> String {
+    let (_, v) = node
+        .get(&format!("{}/api/v3/device/name/{device}", node.metadata()))
+        .await;
+    v["device"]["operatingState"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn modbus_device_goes_down_with_its_server_and_comes_back() {
+    let mut server = ModbusServer::start();
+    let port = server.port;
+    let node = Node::start(&node_config()).await;
+    setup(&node).await;
+    let ae = json!([{"interval": "100ms", "sourceName": "Int16Value"}]);
+    add(&node, "device", &device("plc", "ModbusPLC", port, ae)).await;
+    eventually("readings from the plc", WAIT, || async {
+        latest(&node, "plc", "Int16Value").await.is_some()
+    })
+    .await;
+
+    server.stop();
+    eventually("the plc to go DOWN", WAIT, || async {
+        operating_state(&node, "plc").await == "DOWN"
+    })
+    .await;
+    let (s, v) = node
+        .get(&format!(
+            "{}/api/v3/device/name/plc/Int16Value",
+            node.command()
+        ))
+        .await;
+    assert_eq!(s, 423, "a DOWN device is not read on demand: {v}");
+
+    let _server = ModbusServer::start_on(port);
+    eventually("the plc to come back UP", WAIT, || async {
+        operating_state(&node, "plc").await == "UP"
+    })
+    .await;
+    let before = reading_count(&node, "plc").await;
+    eventually("readings again", WAIT, || async {
+        reading_count(&node, "plc").await > before
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn modbus_rtu_over_a_serial_line() {
+    let (_server, path) = ModbusServer::start_rtu();
+    let node = Node::start(&node_config()).await;
+    setup(&node).await;
+    let dev = json!([{"apiVersion": "v3", "device": {
+        "name": "rtu1", "profileName": "ModbusPLC", "serviceName": "device-modbus",
+        "adminState": "UNLOCKED", "operatingState": "UP",
+        "protocols": {"modbus-rtu": {"Address": path, "BaudRate": "19200", "DataBits": "8",
+            "StopBits": "1", "Parity": "N", "UnitID": "1", "Timeout": "2"}}
+    }}]);
+    add(&node, "device", &dev).await;
+    let cmd = node.command();
+    let block = format!("{cmd}/api/v3/device/name/rtu1/Block");
+    eventually("a read over the serial line", WAIT, || async {
+        node.get(&block).await.0 == 200
+    })
+    .await;
+    let (s, v) = node.get(&block).await;
+    assert_eq!(s, 200, "{v}");
+    let values: Vec<&str> = v["event"]["readings"]
+        .as_array()
+        .expect("readings")
+        .iter()
+        .filter_map(|r| r["value"].as_str())
+        .collect();
+    assert_eq!(
+        values,
+        [
+            "-1234",
+            "305419896",
+            "2.15e+01",
+            "2.35e+01",
+            "-5000000000",
+            "-5e-01"
+        ]
+    );
+    let (s, v) = put(&node, "rtu1", "Setpoint", json!({"Setpoint": "77"})).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = node
+        .get(&format!("{cmd}/api/v3/device/name/rtu1/Setpoint"))
+        .await;
+    assert_eq!(
+        (s, &v["event"]["readings"][0]["value"]),
+        (200, &json!("77")),
+        "{v}"
+    );
+}

@@ -1,0 +1,514 @@
+//! device-mqtt with real MQTT clients as devices (mosquitto_pub/sub): per-device
+//! credentials in the node's broker, telemetry in JSON, CBOR and bare values becoming typed
+//! readings, a command answered by a device, and every kind of bad input: wrong
+//! credentials, publishing or subscribing as another device, garbage, unknown resources,
+//! wrong types and a flooding device that is throttled while the others are served.
+
+use std::io::Write as _;
+use std::os::unix::process::CommandExt as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+const MQTT: &str = "[device_mqtt]\nenabled = true\ndevice_messages_per_s = 20.0\ndevice_messages_burst = 50\n[broker]\ndevice_auth_cache_s = 1\n";
+
+fn profile() -> Value {
+    json!([{"apiVersion": "v3", "profile": {
+        "name": "Press", "manufacturer": "Acme", "model": "P-7",
+        "deviceResources": [
+            {"name": "Pressure", "properties": {"valueType": "Float32", "readWrite": "R", "units": "bar"}},
+            {"name": "Cycles", "properties": {"valueType": "Uint32", "readWrite": "R"}},
+            {"name": "Running", "properties": {"valueType": "Bool", "readWrite": "R"}},
+            {"name": "Setpoint", "properties": {"valueType": "Float64", "readWrite": "RW",
+                "minimum": 0, "maximum": 100}}
+        ]
+    }}])
+}
+
+fn device(name: &str, mqtt: Value) -> Value {
+    json!({"apiVersion": "v3", "device": {
+        "name": name, "profileName": "Press", "serviceName": "device-mqtt",
+        "adminState": "UNLOCKED", "operatingState": "UP",
+        "protocols": {"mqtt": mqtt}
+    }})
+}
+
+async fn readings(node: &Node, device: &str, resource: &str) -> Vec<Value> {
+    let (_, v) = node
+        .get(&format!(
+            "{}/api/v3/reading/device/name/{device}/resourceName/{resource}?limit=10000",
+            node.data()
+        ))
+        .await;
+    v["readings"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until `device` has a `resource` reading with `value`.
+async fn wait_value(node: &Node, device: &str, resource: &str, value: &str) {
+    eventually(&format!("{device}/{resource} = {value}"), WAIT, || async {
+        readings(node, device, resource)
+            .await
+            .iter()
+            .any(|r| r["value"] == value)
+    })
+    .await;
+}
+
+/// mosquitto_pub as a device (v5, so refusals are reported).
+fn publish(node: &Node, user: &str, secret: &str, topic: &str, msg: &[u8]) -> std::process::Output {
+    let mut child = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &node.ports.mqtt.to_string(),
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+        ])
+        .args([
+            "-u",
+            user,
+            "-P",
+            secret,
+            "-i",
+            &format!("{user}-pub"),
+            "-t",
+            topic,
+            "-s",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub must be installed (Debian package mosquitto-clients)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(msg)
+        .expect("write to mosquitto_pub");
+    child.wait_with_output().expect("mosquitto_pub")
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A device made of mosquitto clients: answers `get` of Setpoint with the last value set,
+/// and acknowledges `set`.
+fn responder(node: &Node, name: &str, secret: &str) -> Responder {
+    let script = format!(
+        r#"
+value=12.5
+mosquitto_sub -h 127.0.0.1 -p {port} -V mqttv5 -q 1 -u {name} -P {secret} -i {name}-cmd -t 'command/{name}/#' -v |
+while read -r topic payload; do
+  id=${{topic##*/}}
+  rest=${{topic%/*}}; method=${{rest##*/}}; rest=${{rest%/*}}; resource=${{rest##*/}}
+  if [ "$method" = set ]; then
+    value=$(printf '%s' "$payload" | sed -E 's/.*:[[:space:]]*"?([^"}}]*)"?[[:space:]]*}}.*/\1/')
+    reply='{{}}'
+  elif [ "$resource" = Setpoint ]; then
+    reply="{{\"Setpoint\": $value}}"
+  else
+    reply='{{"error": "no such sensor"}}'
+  fi
+  mosquitto_pub -h 127.0.0.1 -p {port} -V mqttv5 -q 1 -u {name} -P {secret} -i {name}-reply -t "command/response/$id" -m "$reply"
+done
+"#,
+        port = node.ports.mqtt,
+    );
+    Command::new("bash")
+        .args(["-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map(Responder)
+        .expect("bash")
+}
+
+/// The responder's process group, killed when dropped (also when a test fails).
+struct Responder(std::process::Child);
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("--")
+            .arg(format!("-{}", self.0.id()))
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_devices_with_their_own_credentials() {
+    let node = Node::start(MQTT).await;
+    let md = node.metadata();
+    let (s, v) = node
+        .post(&format!("{md}/api/v3/deviceprofile"), &profile())
+        .await;
+    assert!(s == 207 && v[0]["statusCode"] == 201, "{v}");
+    eventually("device-mqtt in metadata", WAIT, || async {
+        node.get(&format!("{md}/api/v3/deviceservice/name/device-mqtt"))
+            .await
+            .0
+            == 200
+    })
+    .await;
+    let custom = json!({"TelemetryTopic": "plant/line1/press3", "Resource": "Pressure"});
+    let (s, v) = node
+        .post(
+            &format!("{md}/api/v3/device"),
+            &json!([
+                device("press-1", json!({})),
+                device("press-2", json!({})),
+                device("press-3", custom)
+            ]),
+        )
+        .await;
+    assert!(
+        s == 207 && v.as_array().unwrap().iter().all(|r| r["statusCode"] == 201),
+        "{v}"
+    );
+    // A TelemetryTopic in another device's tree is refused by device-mqtt's validation.
+    let (_, v) = node
+        .post(
+            &format!("{md}/api/v3/device"),
+            &json!([device(
+                "press-9",
+                json!({"TelemetryTopic": "incoming/data/press-1"})
+            )]),
+        )
+        .await;
+    assert_eq!(v[0]["statusCode"], 400, "{v}");
+
+    // Secrets: one generated by the CLI (printed once), one chosen.
+    let (ok, out, err) = node.cli(&["device", "secret", "press-1"]);
+    assert!(ok, "{out}{err}");
+    let s1 = out.trim().to_string();
+    assert_eq!(s1.len(), 32, "{out}");
+    let s2 = "press-2-secret-000";
+    let (ok, out, err) = node.cli(&["device", "secret", "press-2", "--secret", s2]);
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = node.cli(&["device", "secret", "press-2", "--secret", "short"]);
+    assert!(!ok && err.contains("16"), "{err}");
+    let s3 = "press-3-secret-000";
+    node.cli(&["device", "secret", "press-3", "--secret", s3]);
+
+    // JSON object with a timestamp, on EdgeX's topic. device-mqtt loads devices
+    // asynchronously, so the first messages may come before it knows press-1.
+    let ts = 1_795_341_600_000i64; // ms
+    let msg = json!({"Pressure": 3.5, "Cycles": 42, "Running": true, "timestamp": ts}).to_string();
+    eventually("press-1's first reading", WAIT, || async {
+        let o = publish(
+            &node,
+            "press-1",
+            &s1,
+            "incoming/data/press-1/status",
+            msg.as_bytes(),
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        !readings(&node, "press-1", "Cycles").await.is_empty()
+    })
+    .await;
+    let r = &readings(&node, "press-1", "Pressure").await[0];
+    assert_eq!(r["value"], "3.5e+00");
+    assert_eq!(r["valueType"], "Float32");
+    assert_eq!(r["origin"], ts * 1_000_000);
+    assert_eq!(
+        readings(&node, "press-1", "Running").await[0]["value"],
+        "true"
+    );
+    let (_, ev) = node
+        .get(&format!("{}/api/v3/event/device/name/press-1", node.data()))
+        .await;
+    assert_eq!(ev["events"][0]["sourceName"], "status", "{ev}");
+
+    // CBOR: {"Cycles": 43}; a bare value on a resource topic; a custom topic.
+    let cbor = [&[0xa1u8, 0x66][..], b"Cycles", &[0x18, 43]].concat();
+    assert!(
+        publish(&node, "press-1", &s1, "incoming/data/press-1", &cbor)
+            .status
+            .success()
+    );
+    wait_value(&node, "press-1", "Cycles", "43").await;
+    assert!(
+        publish(
+            &node,
+            "press-1",
+            &s1,
+            "incoming/data/press-1/Pressure",
+            b"4.25"
+        )
+        .status
+        .success()
+    );
+    wait_value(&node, "press-1", "Pressure", "4.25e+00").await;
+    eventually("press-3 on its own topic", WAIT, || async {
+        publish(&node, "press-3", s3, "plant/line1/press3", b"7.5");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        readings(&node, "press-3", "Pressure")
+            .await
+            .iter()
+            .any(|r| r["value"] == "7.5e+00")
+    })
+    .await;
+
+    // Wrong credentials are refused at connect.
+    for (user, secret) in [
+        ("press-1", "wrong-secret-0000"),
+        ("press-1", s2),
+        ("ghost", s2),
+    ] {
+        let o = publish(
+            &node,
+            user,
+            secret,
+            "incoming/data/press-1",
+            b"{\"Cycles\": 1}",
+        );
+        assert!(!o.status.success(), "{user} got in: {}", text(&o));
+        assert!(
+            text(&o)
+                .to_lowercase()
+                .contains("bad user name or password"),
+            "{}",
+            text(&o)
+        );
+    }
+    // No device can speak for another: not press-1 with its own credentials, not an
+    // anonymous local client, not on another device's custom topic.
+    let o = publish(
+        &node,
+        "press-1",
+        &s1,
+        "incoming/data/press-2/status",
+        b"{\"Cycles\": 999}",
+    );
+    assert!(
+        text(&o).to_lowercase().contains("not authorized"),
+        "{}",
+        text(&o)
+    );
+    let o = publish(&node, "press-1", &s1, "plant/line1/press3", b"999");
+    assert!(
+        text(&o).to_lowercase().contains("not authorized"),
+        "{}",
+        text(&o)
+    );
+    let anon = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &node.ports.mqtt.to_string(),
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+        ])
+        .args([
+            "-t",
+            "incoming/data/press-2/status",
+            "-m",
+            "{\"Cycles\": 999}",
+        ])
+        .output()
+        .expect("mosquitto_pub");
+    assert!(
+        text(&anon).to_lowercase().contains("not authorized"),
+        "{}",
+        text(&anon)
+    );
+    // Nor may it listen to another device's commands.
+    let sub = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &node.ports.mqtt.to_string(),
+            "-V",
+            "mqttv5",
+        ])
+        .args([
+            "-u",
+            "press-1",
+            "-P",
+            &s1,
+            "-t",
+            "command/press-2/#",
+            "-W",
+            "3",
+        ])
+        .output()
+        .expect("mosquitto_sub");
+    assert!(
+        text(&sub).to_lowercase().contains("denied"),
+        "{}",
+        text(&sub)
+    );
+    // press-2's own message arrives, and none of the forged ones did.
+    publish(
+        &node,
+        "press-2",
+        s2,
+        "incoming/data/press-2",
+        b"{\"Cycles\": 5}",
+    );
+    wait_value(&node, "press-2", "Cycles", "5").await;
+    let forged = readings(&node, "press-2", "Cycles").await;
+    assert!(forged.iter().all(|r| r["value"] != "999"), "{forged:?}");
+    assert!(
+        readings(&node, "press-3", "Pressure")
+            .await
+            .iter()
+            .all(|r| r["value"] != "9.99e+02")
+    );
+
+    // Garbage, unknown resources and wrong types are counted, and the device keeps working.
+    let dm = format!("http://127.0.0.1:{}", node.ports.device_mqtt);
+    let rejected = |n: &'static str| {
+        let node = &node;
+        let dm = dm.clone();
+        async move {
+            node.metric(
+                &dm,
+                &format!("outpost_device_mqtt_device_messages_rejected_total{{reason=\"{n}\"}}"),
+            )
+            .await
+        }
+    };
+    for (payload, _) in [
+        (&b"{not json"[..], "bad_payload"),
+        (b"{\"Nope\": 1}", "unknown_resource"),
+        (b"{\"Cycles\": \"many\"}", "bad_value"),
+        (b"{\"Cycles\": -1}", "bad_value"),
+    ] {
+        assert!(
+            publish(&node, "press-1", &s1, "incoming/data/press-1", payload)
+                .status
+                .success()
+        );
+    }
+    publish(
+        &node,
+        "press-1",
+        &s1,
+        "incoming/data/press-1",
+        b"{\"Cycles\": 44}",
+    );
+    wait_value(&node, "press-1", "Cycles", "44").await;
+    assert!(rejected("bad_payload").await >= 1.0);
+    assert!(rejected("unknown_resource").await >= 1.0);
+    assert!(rejected("bad_value").await >= 2.0);
+    let cycles = readings(&node, "press-1", "Cycles").await;
+    assert!(
+        cycles
+            .iter()
+            .all(|r| r["value"] != "-1" && r["value"] != "many")
+    );
+
+    // A command through core-command, answered by a device made of mosquitto clients.
+    let dev = responder(&node, "press-2", s2);
+    let url = format!("{}/api/v3/device/name/press-2/Setpoint", node.command());
+    eventually("the device answers a GET", WAIT, || async {
+        let (s, v) = node.get(&url).await;
+        s == 200 && v["event"]["readings"][0]["value"] == "1.25e+01"
+    })
+    .await;
+    let resp = node
+        .http
+        .put(&url)
+        .json(&json!({"Setpoint": "55.5"}))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    let (s, v) = node.get(&url).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["event"]["readings"][0]["value"], "5.55e+01");
+    // Out of range: refused before it reaches the device.
+    let resp = node
+        .http
+        .put(&url)
+        .json(&json!({"Setpoint": "500"}))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(resp.status(), 400);
+    // A device-side error is reported as such.
+    let (s, v) = node
+        .get(&format!(
+            "{}/api/v3/device/name/press-2/Pressure",
+            node.command()
+        ))
+        .await;
+    assert!(s >= 500, "{s} {v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no such sensor"),
+        "{v}"
+    );
+    // A device that does not answer times out.
+    let (s, _) = node
+        .get(&format!(
+            "{}/api/v3/device/name/press-1/Setpoint",
+            node.command()
+        ))
+        .await;
+    assert!(s >= 500, "{s}");
+    drop(dev);
+
+    // A flooding device is throttled; the others are still served.
+    let lines: Vec<String> = (0..2000)
+        .map(|i| format!("{{\"Cycles\": {}}}", 10_000 + i))
+        .collect();
+    let flood = mosquitto_pub_lines(
+        node.ports.mqtt,
+        "incoming/data/press-2",
+        &lines,
+        &["-u", "press-2", "-P", s2, "-i", "press-2-flood"],
+    );
+    assert!(flood.status.success(), "{}", text(&flood));
+    publish(
+        &node,
+        "press-1",
+        &s1,
+        "incoming/data/press-1",
+        b"{\"Cycles\": 45}",
+    );
+    wait_value(&node, "press-1", "Cycles", "45").await;
+    eventually("throttled messages counted", WAIT, || async {
+        rejected("throttled").await >= 1.0
+    })
+    .await;
+    let flooded = readings(&node, "press-2", "Cycles").await.len();
+    assert!(
+        flooded < 2000,
+        "{flooded} of 2000 flood messages were stored"
+    );
+
+    // A removed secret locks the device out (after the broker's cache time).
+    let (ok, _, err) = node.cli(&["device", "secret", "press-3", "--remove"]);
+    assert!(ok, "{err}");
+    eventually("press-3 locked out", WAIT, || async {
+        !publish(&node, "press-3", s3, "plant/line1/press3", b"1")
+            .status
+            .success()
+    })
+    .await;
+}
