@@ -502,6 +502,74 @@ async fn mqtt_devices_with_their_own_credentials() {
         "{flooded} of 2000 flood messages were stored"
     );
 
+    // A rotated secret ends what an open connection made with the old one may do.
+    let mut held = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &node.ports.mqtt.to_string(),
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+        ])
+        .args([
+            "-u",
+            "press-1",
+            "-P",
+            &s1,
+            "-i",
+            "press-1-held",
+            "-t",
+            "incoming/data/press-1",
+            "-l",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_pub");
+    let mut held_in = held.stdin.take().expect("stdin");
+    writeln!(held_in, "{{\"Cycles\": 46}}").expect("write");
+    wait_value(&node, "press-1", "Cycles", "46").await;
+    let rotated = "press-1-rotated-000";
+    let (ok, _, err) = node.cli(&["device", "secret", "press-1", "--secret", rotated]);
+    assert!(ok, "{err}");
+    // The device reconnects with its new secret, and the old connection, still open, is
+    // refused from then on (also past the broker's cache time, 1 s here).
+    publish(
+        &node,
+        "press-1",
+        rotated,
+        "incoming/data/press-1",
+        b"{\"Cycles\": 47}",
+    );
+    wait_value(&node, "press-1", "Cycles", "47").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    writeln!(held_in, "{{\"Cycles\": 777}}").expect("write");
+    drop(held_in);
+    let _ = held.wait();
+    assert!(
+        publish(&node, "press-1", &s1, "incoming/data/press-1", b"{}")
+            .status
+            .code()
+            != Some(0)
+    );
+    publish(
+        &node,
+        "press-1",
+        rotated,
+        "incoming/data/press-1",
+        b"{\"Cycles\": 48}",
+    );
+    wait_value(&node, "press-1", "Cycles", "48").await;
+    let cycles = readings(&node, "press-1", "Cycles").await;
+    assert!(
+        cycles.iter().all(|r| r["value"] != "777"),
+        "the old secret still worked: {cycles:?}"
+    );
+
     // A removed secret locks the device out (after the broker's cache time).
     let (ok, _, err) = node.cli(&["device", "secret", "press-3", "--remove"]);
     assert!(ok, "{err}");

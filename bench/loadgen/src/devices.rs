@@ -150,11 +150,24 @@ pub async fn mqtt_devices(
     let total_readings = total_msgs * readings as u64;
     let http = reqwest::Client::new();
 
-    // Reference: mosquitto, one connection per device, a subscriber counting.
+    // Reference: mosquitto, one connection per device, a subscriber counting. Its queue
+    // limits are lifted so it delivers every message (by default it drops beyond 1,000
+    // queued for a slow subscriber), as the node's broker does.
     let mport = free_port()?;
+    let conf = std::env::temp_dir().join(format!(
+        "outpost-bench-mosquitto-{}.conf",
+        std::process::id()
+    ));
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {mport} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 1000\npersistence false\n"
+        ),
+    )?;
     let _mosq = Proc(
         tokio::process::Command::new("mosquitto")
-            .args(["-p", &mport.to_string()])
+            .arg("-c")
+            .arg(&conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -188,10 +201,12 @@ pub async fn mqtt_devices(
         format!("incoming/data/{}", device(i))
     })
     .await?;
-    wait_until("mosquitto delivery", Duration::from_secs(300), || async {
+    wait_until("mosquitto delivery", Duration::from_secs(120), || async {
         got.load(Ordering::Relaxed) >= total_msgs
     })
-    .await?;
+    .await
+    .with_context(|| format!("{} of {total_msgs} delivered", got.load(Ordering::Relaxed)))?;
+    let _ = std::fs::remove_file(&conf);
     let raw_secs = (last.load(Ordering::Relaxed) - start) as f64 / 1e9;
     let raw_rate = total_readings as f64 / raw_secs;
     println!(

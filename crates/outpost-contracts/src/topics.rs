@@ -146,14 +146,55 @@ pub mod device {
             }
         }
 
-        /// Whether the device may publish on `topic`: its own telemetry topics, and replies
-        /// (request IDs are random and only the addressed device sees its requests).
+        /// Why these topics cannot be granted: a device name or topic with wildcards, a
+        /// topic in a tree that is not the device's (the bus under `base`, other devices'
+        /// telemetry and replies, `$` topics), or a `CommandTopic` whose last level is not
+        /// the device's name (so it cannot reach into another device's commands).
+        pub fn check(&self, base: &str) -> Result<(), String> {
+            let n = &self.name;
+            if n.is_empty() || n.contains(['/', '+', '#', '\0']) || n.starts_with('$') {
+                return Err(format!(
+                    "device name '{n}' cannot be used in MQTT topics ('/', '+', '#' or a leading '$')"
+                ));
+            }
+            let reserved = |t: &str| {
+                t.starts_with('$')
+                    || is_device_topic(t)
+                    || t.strip_prefix(base)
+                        .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+            };
+            if !is_plain_topic(&self.command) {
+                return Err(format!(
+                    "CommandTopic '{}' must be a topic without wildcards",
+                    self.command
+                ));
+            }
+            if reserved(&self.command) || self.command.rsplit('/').next() != Some(n.as_str()) {
+                return Err(format!(
+                    "CommandTopic '{}' must end with the device's name and lie outside incoming/data, command/response, {base} and $ topics",
+                    self.command
+                ));
+            }
+            if let Some(t) = &self.telemetry
+                && (!is_plain_topic(t) || reserved(t))
+            {
+                return Err(format!(
+                    "TelemetryTopic '{t}' must be a topic without wildcards outside incoming/data, command/response, {base} and $ topics"
+                ));
+            }
+            Ok(())
+        }
+
+        /// Whether the device may publish on `topic`: its own telemetry topics (one level
+        /// below its name at most), and replies (request IDs are random and only the
+        /// addressed device sees its requests).
         pub fn may_publish(&self, topic: &str) -> bool {
             let own = format!("{TELEMETRY_PREFIX}/{}", self.name);
             topic == own
                 || topic
                     .strip_prefix(own.as_str())
-                    .is_some_and(|rest| rest.starts_with('/'))
+                    .and_then(|rest| rest.strip_prefix('/'))
+                    .is_some_and(|source| !source.is_empty() && !source.contains('/'))
                 || self.telemetry.as_deref() == Some(topic)
                 || topic
                     .strip_prefix(RESPONSE_PREFIX)
@@ -210,6 +251,7 @@ pub mod device {
             for ok in [
                 "incoming/data/press-7",
                 "incoming/data/press-7/Pressure",
+                "incoming/data/press-7/Pressure",
                 "plant/line1/press7",
                 "command/response/8b1c",
             ] {
@@ -217,6 +259,8 @@ pub mod device {
             }
             for no in [
                 "incoming/data/press-77",
+                "incoming/data/press-7/a/b",
+                "incoming/data/press-7/",
                 "incoming/data/press-8/Pressure",
                 "incoming/data",
                 "plant/line1/press8",
@@ -245,6 +289,38 @@ pub mod device {
             ] {
                 assert!(!t.may_subscribe(no), "{no}");
             }
+        }
+
+        #[test]
+        fn checks() {
+            assert!(topics(None, None).check("edgex").is_ok());
+            assert!(
+                topics(Some("plant/cmd/press-7"), Some("plant/line1/press7"))
+                    .check("edgex")
+                    .is_ok()
+            );
+            for (cmd, tel) in [
+                (Some("+"), None),
+                (Some("command/response/press-7"), None),
+                (Some("command/press-8"), None),
+                (Some("edgex/press-7"), None),
+                (Some("$SYS/press-7"), None),
+                (None, Some("incoming/data/press-8")),
+                (None, Some("edgex/events/device/x")),
+                (None, Some("plant/#")),
+            ] {
+                assert!(topics(cmd, tel).check("edgex").is_err(), "{cmd:?} {tel:?}");
+            }
+            let mut bad = topics(None, None);
+            for name in ["a/b", "a+", "#", "$x"] {
+                bad.name = name.into();
+                assert!(bad.check("edgex").is_err(), "{name}");
+            }
+            // A device named `response` would otherwise get command/response.
+            let mut r = topics(None, None);
+            r.name = "response".into();
+            r.command = "command/response".into();
+            assert!(r.check("edgex").is_err());
         }
 
         #[test]

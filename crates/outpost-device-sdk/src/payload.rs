@@ -46,9 +46,10 @@ pub fn decode(bytes: &[u8], timestamp_field: &str) -> Result<Payload, PayloadErr
             }
             Err(e) => return Err(PayloadError::Undecodable(e.to_string())),
         }
-    } else if let Some(t) = text(bytes) {
-        // Printable text is a bare value; CBOR objects and binary scalars are not printable.
-        t
+    } else if !matches!(first, 0xa0..=0xbf) {
+        // A bare value is text (CBOR is accepted for objects, whose first byte is a map's).
+        text(bytes)
+            .ok_or_else(|| PayloadError::Undecodable("not UTF-8 text, JSON or a CBOR map".into()))?
     } else {
         let mut rest = bytes;
         match ciborium::from_reader::<ciborium::Value, _>(&mut rest) {

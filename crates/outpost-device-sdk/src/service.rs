@@ -154,6 +154,21 @@ impl Sdk {
         self.catalog().devices()
     }
 
+    /// Waits until the devices were loaded from metadata (or shutdown starts): push-style
+    /// drivers hold what arrives before that, so nothing is refused as "unknown device"
+    /// just because it came early.
+    pub async fn wait_loaded(&self) {
+        let shutdown = &self.inner.ctx.shutdown;
+        while !self.inner.loaded.load(std::sync::atomic::Ordering::Acquire)
+            && !shutdown.is_triggered()
+        {
+            tokio::select! {
+                () = shutdown.wait() => return,
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    }
+
     pub fn is_locked(&self, d: &DeviceRef) -> bool {
         self.catalog().is_locked(d)
     }

@@ -69,10 +69,16 @@ impl NodeAuth {
     }
 
     /// Lets devices connect with the credentials core-metadata keeps.
-    pub fn with_devices(mut self, metadata: Metadata, cache_for: Duration) -> Self {
+    pub fn with_devices(
+        mut self,
+        metadata: Metadata,
+        cache_for: Duration,
+        base_topic: &str,
+    ) -> Self {
         self.devices = Some(DeviceAuth {
             metadata,
             cache_for,
+            base_topic: base_topic.to_string(),
             grants: Mutex::default(),
         });
         self
@@ -145,17 +151,34 @@ impl NodeAuth {
 }
 
 /// Device credentials, checked by core-metadata and remembered for a while.
+///
+/// A connected device's user ID is `device:<name>:<fingerprint of the secret it used>`, so
+/// every later check is about the secret of that very connection: once the secret is
+/// rotated or removed, connections made with the old one fail their next check.
 struct DeviceAuth {
     metadata: Metadata,
     cache_for: Duration,
+    /// The bus's base topic: devices may not publish or subscribe under it.
+    base_topic: String,
+    /// Device name → the last secret checked for it.
     grants: Mutex<HashMap<String, Grant>>,
 }
 
+/// The service whose devices may use the broker.
+const MQTT_SERVICE: &str = "device-mqtt";
+
+/// Longest a credential verified before is honoured while core-metadata cannot be asked.
+const MAX_UNVERIFIED: Duration = Duration::from_secs(3600);
+
 #[derive(Clone)]
 struct Grant {
+    fingerprint: String,
     secret: String,
     topics: DeviceTopics,
+    /// When metadata was last asked (or an attempt failed).
     checked: Instant,
+    /// When metadata last confirmed the secret.
+    verified: Instant,
 }
 
 /// What checking a device's credential gave.
@@ -166,6 +189,16 @@ enum Verdict {
     Unknown(String),
 }
 
+/// A short, non-reversible name for a secret (the first 8 bytes of its SHA-256, hex).
+fn fingerprint(secret: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(secret.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 impl DeviceAuth {
     fn grants(&self) -> std::sync::MutexGuard<'_, HashMap<String, Grant>> {
         self.grants
@@ -174,8 +207,9 @@ impl DeviceAuth {
     }
 
     /// Checks `secret` for device `name`, from the cache while it is fresh. When metadata
-    /// cannot be asked, a credential verified before is still accepted: a restarting
-    /// core-metadata must not cut every device off.
+    /// cannot be asked, a credential verified within [`MAX_UNVERIFIED`] is still accepted
+    /// (a restarting core-metadata must not cut every device off), and metadata is asked
+    /// again after a second rather than on every message.
     async fn verify(&self, name: &str, secret: &str) -> Verdict {
         let cached = self
             .grants()
@@ -189,13 +223,28 @@ impl DeviceAuth {
         }
         match self.metadata.authenticate_device(name, secret).await {
             Ok(Some(device)) => {
+                if device.service_name != MQTT_SERVICE {
+                    tracing::debug!(device = name, service = %device.service_name, "not an MQTT device");
+                    return Verdict::Refused;
+                }
                 let topics = DeviceTopics::of(&device);
+                if let Err(why) = topics.check(&self.base_topic) {
+                    tracing::warn!(
+                        device = name,
+                        why,
+                        "device refused: its topics cannot be granted"
+                    );
+                    return Verdict::Refused;
+                }
+                let now = Instant::now();
                 self.grants().insert(
                     name.to_string(),
                     Grant {
+                        fingerprint: fingerprint(secret),
                         secret: secret.to_string(),
                         topics: topics.clone(),
-                        checked: Instant::now(),
+                        checked: now,
+                        verified: now,
                     },
                 );
                 Verdict::Granted(topics)
@@ -208,15 +257,29 @@ impl DeviceAuth {
                 Verdict::Refused
             }
             Err(e) => match cached {
-                Some(g) => Verdict::Granted(g.topics),
-                None => Verdict::Unknown(e.to_string()),
+                Some(g) if g.verified.elapsed() < MAX_UNVERIFIED => {
+                    let retry = Instant::now()
+                        .checked_sub(self.cache_for.saturating_sub(Duration::from_secs(1)))
+                        .unwrap_or_else(Instant::now);
+                    if let Some(c) = self.grants().get_mut(name) {
+                        c.checked = retry;
+                    }
+                    Verdict::Granted(g.topics)
+                }
+                _ => Verdict::Unknown(e.to_string()),
             },
         }
     }
 
-    /// The topics of a connected device, checked again once the cache time has passed.
-    async fn topics(&self, name: &str) -> Option<DeviceTopics> {
+    /// The topics of the connection whose user ID is `user`, checked again once the cache
+    /// time has passed; `None` when its secret is no longer the device's.
+    async fn topics(&self, user: &str) -> Option<DeviceTopics> {
+        let (name, fp) = user.strip_prefix(DEVICE_USER_PREFIX)?.rsplit_once(':')?;
         let grant = self.grants().get(name).cloned()?;
+        // A newer secret was checked since this connection was made: its own is stale.
+        if grant.fingerprint != fp {
+            return None;
+        }
         if grant.checked.elapsed() < self.cache_for {
             return Some(grant.topics);
         }
@@ -287,7 +350,10 @@ impl AuthProvider for NodeAuth {
                     match devices.verify(&name, &secret).await {
                         Verdict::Granted(_) => {
                             tracing::debug!(device = name, peer = %client_addr, "device connected");
-                            AuthResult::success_with_user(format!("{DEVICE_USER_PREFIX}{name}"))
+                            AuthResult::success_with_user(format!(
+                                "{DEVICE_USER_PREFIX}{name}:{}",
+                                fingerprint(&secret)
+                            ))
                         }
                         Verdict::Refused => self.refuse(
                             ReasonCode::BadUsernameOrPassword,
@@ -325,12 +391,12 @@ impl AuthProvider for NodeAuth {
             let ok = match user_id {
                 Some(u) if u == self.internal_user => true,
                 None => !is_device_topic(topic),
-                Some(u) => match (u.strip_prefix(DEVICE_USER_PREFIX), &self.devices) {
-                    (Some(name), Some(devices)) => devices
-                        .topics(name)
+                Some(u) => match &self.devices {
+                    Some(devices) => devices
+                        .topics(u)
                         .await
                         .is_some_and(|t| t.may_publish(topic)),
-                    _ => false,
+                    None => false,
                 },
             };
             if !ok {
@@ -350,12 +416,12 @@ impl AuthProvider for NodeAuth {
             let ok = match user_id {
                 Some(u) if u == self.internal_user => true,
                 None => true,
-                Some(u) => match (u.strip_prefix(DEVICE_USER_PREFIX), &self.devices) {
-                    (Some(name), Some(devices)) => devices
-                        .topics(name)
+                Some(u) => match &self.devices {
+                    Some(devices) => devices
+                        .topics(u)
                         .await
                         .is_some_and(|t| t.may_subscribe(topic_filter)),
-                    _ => false,
+                    None => false,
                 },
             };
             if !ok {
@@ -453,6 +519,7 @@ mod tests {
                 Duration::from_millis(100),
             )),
             Duration::from_secs(1),
+            "edgex",
         );
         // A device's credential is for metadata to check; devices may keep sessions but
         // not take the node's client IDs.

@@ -60,6 +60,7 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
         auth = auth.with_devices(
             Metadata::new(client),
             Duration::from_secs(cfg.device_auth_cache_s),
+            &ctx.common.bus.base_topic,
         );
     }
     let mut broker = MqttBroker::with_config(bc)

@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use outpost_bus::{Bus, Delivery, Options};
 use outpost_contracts::metadata::Device;
 use outpost_contracts::topics::device::{
-    DeviceTopics, PROTOCOL, RESPONSE_PREFIX, TELEMETRY_PREFIX, is_device_topic, is_plain_topic,
+    DeviceTopics, PROTOCOL, RESPONSE_PREFIX, TELEMETRY_PREFIX,
 };
 use outpost_device_sdk::{
     CommandValue, DeviceChange, DeviceRef, Driver, DriverConfig, DriverError, PushError,
@@ -361,27 +361,34 @@ impl Driver for Mqtt {
     }
 
     fn validate(&self, device: &Device) -> Result<(), String> {
-        let Some(p) = device.protocols.get(PROTOCOL) else {
-            return Ok(());
-        };
-        for key in ["CommandTopic", "TelemetryTopic"] {
-            let Some(v) = p.get(key) else { continue };
-            let Some(t) = v.as_str() else {
-                return Err(format!("mqtt.{key} must be text"));
-            };
-            if !is_plain_topic(t.trim().trim_end_matches('/')) {
-                return Err(format!(
-                    "mqtt.{key} '{t}' must be a topic without wildcards or empty ends"
-                ));
+        if let Some(p) = device.protocols.get(PROTOCOL) {
+            for key in [
+                "CommandTopic",
+                "TelemetryTopic",
+                "Resource",
+                "TimestampField",
+            ] {
+                if p.get(key).is_some_and(|v| !v.is_string()) {
+                    return Err(format!("mqtt.{key} must be text"));
+                }
             }
         }
-        if let Some(t) = p.get("TelemetryTopic").and_then(|v| v.as_str()) {
-            let t = t.trim();
-            if is_device_topic(t) || t.starts_with("edgex/") || t.starts_with('$') {
-                return Err(format!(
-                    "mqtt.TelemetryTopic '{t}' lies in a reserved topic tree (incoming/data, command/response, edgex, $)"
-                ));
-            }
+        let topics = DeviceTopics::of(device);
+        let base = self.state.get().map_or_else(
+            || "edgex".to_string(),
+            |s| s.sdk.context().common.bus.base_topic.clone(),
+        );
+        topics.check(&base).map_err(|why| format!("mqtt: {why}"))?;
+        // Two devices on one telemetry topic could speak for each other.
+        if let (Some(t), Some(st)) = (&topics.telemetry, self.state.get())
+            && let Some(other) = st.sdk.devices().into_iter().find(|d| {
+                d.name() != device.name && DeviceTopics::of(&d.device).telemetry.as_ref() == Some(t)
+            })
+        {
+            return Err(format!(
+                "mqtt.TelemetryTopic '{t}' is already device '{}''s",
+                other.name()
+            ));
         }
         Ok(())
     }
@@ -491,6 +498,9 @@ fn device_of(st: &State, topic: &str) -> Option<String> {
 }
 
 async fn work(st: Arc<State>, mut rx: mpsc::UnboundedReceiver<Delivery>) {
+    // Messages the broker kept for this service while it was away arrive at once; the
+    // devices they are for must be known first.
+    st.sdk.wait_loaded().await;
     while let Some(d) = rx.recv().await {
         let (topic, payload, ack) = d.into_parts();
         handle(&st, &topic, &payload).await;
@@ -526,6 +536,14 @@ async fn handle(st: &State, topic: &str, payload: &[u8]) {
         .and_then(|r| r.split_once('/'))
         .map(|(_, s)| s.to_string())
         .filter(|s| !s.is_empty());
+    if source_level.as_deref().is_some_and(|s| s.contains('/')) {
+        sdk.reject(
+            &name,
+            "unknown_topic",
+            &format!("{topic}: one level after the device name at most"),
+        );
+        return;
+    }
     let decoded = match decode(payload, &tel.timestamp_field) {
         Ok(p) => p,
         Err(e) => {
@@ -571,12 +589,25 @@ async fn handle(st: &State, topic: &str, payload: &[u8]) {
     if known.is_empty() {
         return;
     }
-    if let Err(e) = sdk.push(&name, &source, known, origin).await {
-        let reason = e.reason();
-        if matches!(e, PushError::Bus(_)) {
-            tracing::warn!(device = name, error = %e, "cannot publish telemetry");
+    // The message is acknowledged only once its event is on the bus: a bus failure is
+    // retried (with backoff, until shutdown) rather than dropped.
+    let mut delay = std::time::Duration::from_millis(50);
+    loop {
+        match sdk.push(&name, &source, known.clone(), origin).await {
+            Ok(_) => return,
+            Err(e @ PushError::Bus(_)) => {
+                tracing::warn!(device = name, error = %e, "cannot publish telemetry; retrying");
+                if sdk.context().shutdown.is_triggered() {
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => {
+                sdk.reject(&name, e.reason(), &format!("{topic}: {e}"));
+                return;
+            }
         }
-        sdk.reject(&name, reason, &format!("{topic}: {e}"));
     }
 }
 

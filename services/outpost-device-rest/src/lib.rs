@@ -144,7 +144,6 @@ impl Rest {
                 Ok(())
             }
             Ok(None) => {
-                self.tokens().remove(device);
                 sdk.reject(device, "bad_token", "a request with a wrong device token");
                 Err(unauthorized("wrong token for this device"))
             }
@@ -196,12 +195,24 @@ fn value_text(v: &CommandValue) -> Vec<u8> {
         CommandValue::String(s) => s.clone().into_bytes(),
         CommandValue::Binary(b) => b.clone(),
         CommandValue::Object(o) => o.to_string().into_bytes(),
-        CommandValue::Array(a) => serde_json::to_vec(
-            &a.iter()
-                .map(|v| String::from_utf8_lossy(&value_text(v)).into_owned())
-                .collect::<Vec<_>>(),
-        )
-        .unwrap_or_default(),
+        CommandValue::Array(a) => {
+            serde_json::to_vec(&a.iter().map(json_of).collect::<Vec<_>>()).unwrap_or_default()
+        }
+    }
+}
+
+/// An array element as JSON (numbers stay numbers).
+fn json_of(v: &CommandValue) -> serde_json::Value {
+    match v {
+        CommandValue::Bool(b) => (*b).into(),
+        CommandValue::Int(i) => (*i).into(),
+        CommandValue::Uint(u) => (*u).into(),
+        CommandValue::Float(f) => (*f).into(),
+        CommandValue::Object(o) => o.clone(),
+        CommandValue::Array(a) => a.iter().map(json_of).collect(),
+        other => String::from_utf8_lossy(&value_text(other))
+            .into_owned()
+            .into(),
     }
 }
 
