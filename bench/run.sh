@@ -45,6 +45,7 @@ fi
 if [[ $what == all || $what == mqtt-devices ]]; then
   # 1,000 devices x 20 messages x 10 values = 200,000 readings per run; three runs.
   for i in 1 2 3; do run "$B" mqtt-devices --outpost "$O" --devices 1000 --per-device 20 --readings 10; done
+  run "$B" mqtt-devices --outpost "$O" --devices 1000 --per-device 20 --readings 10 --encoding cbor
 fi
 if [[ $what == all || $what == command ]]; then
   run "$B" command --outpost "$O" --requests 5000

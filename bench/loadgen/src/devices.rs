@@ -145,6 +145,7 @@ pub async fn mqtt_devices(
     per_device: u64,
     readings: usize,
     window: usize,
+    encoding: &str,
 ) -> anyhow::Result<()> {
     let total_msgs = devices as u64 * per_device;
     let total_readings = total_msgs * readings as u64;
@@ -223,7 +224,7 @@ pub async fn mqtt_devices(
     let mut node = Node::spawn(
         outpost,
         &format!(
-            "[core_command]\nport = {cmd_port}\n[device_mqtt]\nenabled = true\nport = {dm_port}\ndevice_messages_per_s = 0.0\n"
+            "[bus]\nencoding = \"{encoding}\"\n[core_command]\nport = {cmd_port}\n[device_mqtt]\nenabled = true\nport = {dm_port}\ndevice_messages_per_s = 0.0\n"
         ),
     )?;
     wait_until("the node", Duration::from_secs(60), || node.healthy(&http)).await?;
@@ -320,7 +321,7 @@ pub async fn mqtt_devices(
     println!("ratio outpost/mosquitto: {ratio:.2}");
     println!(
         "RESULT {}",
-        json!({"bench": "mqtt-devices", "devices": devices, "messages_per_device": per_device, "readings_per_message": readings,
+        json!({"bench": "mqtt-devices", "encoding": encoding, "devices": devices, "messages_per_device": per_device, "readings_per_message": readings,
                "mosquitto_readings_per_s": raw_rate.round(), "outpost_readings_per_s": rate.round(),
                "ratio": (ratio * 100.0).round() / 100.0})
     );

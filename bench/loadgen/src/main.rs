@@ -102,6 +102,9 @@ enum Cmd {
         /// Publishes in flight per device.
         #[arg(long, default_value_t = 8)]
         window: usize,
+        /// The node's bus encoding: json or cbor.
+        #[arg(long, default_value = "json")]
+        encoding: String,
     },
     /// Command round trip: REST -> core-command -> device service -> device -> back.
     Command {
@@ -800,7 +803,11 @@ fn main() -> anyhow::Result<()> {
                 per_device,
                 readings,
                 window,
-            } => devices::mqtt_devices(&outpost, devices, per_device, readings, window).await,
+                encoding,
+            } => {
+                devices::mqtt_devices(&outpost, devices, per_device, readings, window, &encoding)
+                    .await
+            }
             Cmd::Command { outpost, requests } => devices::command_rtt(&outpost, requests).await,
         }
     })
