@@ -189,13 +189,16 @@ pub mod device {
         /// below its name at most), and replies (request IDs are random and only the
         /// addressed device sees its requests).
         pub fn may_publish(&self, topic: &str) -> bool {
-            let own = format!("{TELEMETRY_PREFIX}/{}", self.name);
-            topic == own
-                || topic
-                    .strip_prefix(own.as_str())
-                    .and_then(|rest| rest.strip_prefix('/'))
-                    .is_some_and(|source| !source.is_empty() && !source.contains('/'))
-                || self.telemetry.as_deref() == Some(topic)
+            let own = topic
+                .strip_prefix(TELEMETRY_PREFIX)
+                .and_then(|r| r.strip_prefix('/'))
+                .and_then(|r| r.strip_prefix(self.name.as_str()));
+            own.is_some_and(|rest| {
+                rest.is_empty()
+                    || rest
+                        .strip_prefix('/')
+                        .is_some_and(|source| !source.is_empty() && !source.contains('/'))
+            }) || self.telemetry.as_deref() == Some(topic)
                 || topic
                     .strip_prefix(RESPONSE_PREFIX)
                     .and_then(|r| r.strip_prefix('/'))

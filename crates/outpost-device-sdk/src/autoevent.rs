@@ -126,8 +126,8 @@ async fn run_one(sdk: Sdk, device: String, ae: AutoEvent, every: std::time::Dura
             metrics::counter!(sdk.inner.metrics.suppressed.clone()).increment(1);
             continue;
         }
-        match sdk.publish(&d, &event).await {
-            Ok(()) => last = Some(values),
+        match sdk.publish(&d, event).await {
+            Ok(_) => last = Some(values),
             Err(e) => {
                 tracing::warn!(device, source = %ae.source_name, error = %e, "cannot publish an autoEvent")
             }

@@ -137,9 +137,10 @@ pub async fn get(
     }
     let (event, _) = read_targets(sdk, &d, command, &targets).await?;
     if opts.push_event {
-        sdk.publish(&d, &event)
+        return sdk
+            .publish(&d, event)
             .await
-            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            .map_err(|e| ApiError::unavailable(e.to_string()));
     }
     Ok(event)
 }
@@ -267,7 +268,7 @@ pub async fn set(
             .collect::<Vec<_>>();
         if !readings.is_empty() {
             let event = make_event(&d, command, readings, origin);
-            if let Err(e) = sdk.publish(&d, &event).await {
+            if let Err(e) = sdk.publish(&d, event).await {
                 tracing::warn!(device, error = %e, "cannot publish the event of a SET");
             }
         }

@@ -288,6 +288,25 @@ impl DeviceAuth {
             Verdict::Refused | Verdict::Unknown(_) => None,
         }
     }
+
+    /// Whether the connection `user` may do what `allowed` says: decided under the lock
+    /// while the grant is fresh (every message of a device passes here), checked again
+    /// with metadata otherwise.
+    async fn allows(&self, user: &str, allowed: impl Fn(&DeviceTopics) -> bool) -> bool {
+        let fresh = user
+            .strip_prefix(DEVICE_USER_PREFIX)
+            .and_then(|u| u.rsplit_once(':'))
+            .and_then(|(name, fp)| {
+                let grants = self.grants();
+                let g = grants.get(name)?;
+                (g.fingerprint == fp && g.checked.elapsed() < self.cache_for)
+                    .then(|| allowed(&g.topics))
+            });
+        match fresh {
+            Some(ok) => ok,
+            None => self.topics(user).await.is_some_and(|t| allowed(&t)),
+        }
+    }
 }
 
 /// Client IDs only the node's own services may use.
@@ -392,10 +411,7 @@ impl AuthProvider for NodeAuth {
                 Some(u) if u == self.internal_user => true,
                 None => !is_device_topic(topic),
                 Some(u) => match &self.devices {
-                    Some(devices) => devices
-                        .topics(u)
-                        .await
-                        .is_some_and(|t| t.may_publish(topic)),
+                    Some(devices) => devices.allows(u, |t| t.may_publish(topic)).await,
                     None => false,
                 },
             };
@@ -417,10 +433,7 @@ impl AuthProvider for NodeAuth {
                 Some(u) if u == self.internal_user => true,
                 None => true,
                 Some(u) => match &self.devices {
-                    Some(devices) => devices
-                        .topics(u)
-                        .await
-                        .is_some_and(|t| t.may_subscribe(topic_filter)),
+                    Some(devices) => devices.allows(u, |t| t.may_subscribe(topic_filter)).await,
                     None => false,
                 },
             };
