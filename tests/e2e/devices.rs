@@ -42,16 +42,6 @@ fn device(name: &str, auto_events: Value) -> Value {
     }}])
 }
 
-async fn readings_of(node: &Node, device: &str, resource: &str) -> Vec<Value> {
-    let (_, v) = node
-        .get(&format!(
-            "{}/api/v3/reading/device/name/{device}/resourceName/{resource}?limit=1000",
-            node.data()
-        ))
-        .await;
-    v["readings"].as_array().cloned().unwrap_or_default()
-}
-
 async fn setup(node: &Node) {
     let md = node.metadata();
     let (s, v) = node
@@ -59,13 +49,7 @@ async fn setup(node: &Node) {
         .await;
     assert!(s == 207 && v[0]["statusCode"] == 201, "{v}");
     // device-virtual registers itself in metadata; devices can refer to it once it has.
-    eventually("device-virtual in metadata", WAIT, || async {
-        node.get(&format!("{md}/api/v3/deviceservice/name/device-virtual"))
-            .await
-            .0
-            == 200
-    })
-    .await;
+    node.wait_device_service("device-virtual").await;
     let ae = json!([{"interval": "150ms", "sourceName": "Counter"}]);
     let (s, v) = node
         .post(&format!("{md}/api/v3/device"), &device("sim1", ae))
@@ -86,10 +70,10 @@ async fn virtual_readings_flow_and_commands_round_trip() {
 
     // AutoEvents: the counter's readings reach core-data, typed and increasing.
     eventually("counter readings in core-data", WAIT, || async {
-        readings_of(&node, "sim1", "Counter").await.len() >= 3
+        node.readings("sim1", "Counter").await.len() >= 3
     })
     .await;
-    let rs = readings_of(&node, "sim1", "Counter").await;
+    let rs = node.readings("sim1", "Counter").await;
     let mut values: Vec<i64> = rs
         .iter()
         .map(|r| {
@@ -160,22 +144,22 @@ async fn virtual_readings_flow_and_commands_round_trip() {
     assert_eq!(r.status().as_u16(), 200);
     assert!(r.bytes().await.expect("body").is_empty());
     eventually("the pushed Serial reading", WAIT, || async {
-        !readings_of(&node, "sim1", "Serial").await.is_empty()
+        !node.readings("sim1", "Serial").await.is_empty()
     })
     .await;
 
     // onChange: the pinned level is published once, then not again while unchanged.
     eventually("the pinned level in core-data", WAIT, || async {
-        readings_of(&node, "sim2", "Level")
+        node.readings("sim2", "Level")
             .await
             .iter()
             .any(|r| r["value"] == "4.25e+01")
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = readings_of(&node, "sim2", "Level").await.len();
+    let before = node.readings("sim2", "Level").await.len();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = readings_of(&node, "sim2", "Level").await.len();
+    let after = node.readings("sim2", "Level").await.len();
     assert_eq!(before, after, "an unchanged value was sent again");
     assert!(
         node.metric(

@@ -225,15 +225,7 @@ async fn add(node: &Node, path: &str, body: &Value) {
 
 /// Waits for device-modbus in metadata, then adds the profiles.
 async fn setup(node: &Node) {
-    eventually("device-modbus in metadata", WAIT, || async {
-        node.get(&format!(
-            "{}/api/v3/deviceservice/name/device-modbus",
-            node.metadata()
-        ))
-        .await
-        .0 == 200
-    })
-    .await;
+    node.wait_device_service("device-modbus").await;
     add(node, "deviceprofile", &plc_profile()).await;
     add(node, "deviceprofile", &broken_profile()).await;
 }

@@ -38,20 +38,10 @@ fn device(name: &str, mqtt: Value) -> Value {
     }})
 }
 
-async fn readings(node: &Node, device: &str, resource: &str) -> Vec<Value> {
-    let (_, v) = node
-        .get(&format!(
-            "{}/api/v3/reading/device/name/{device}/resourceName/{resource}?limit=10000",
-            node.data()
-        ))
-        .await;
-    v["readings"].as_array().cloned().unwrap_or_default()
-}
-
 /// Waits until `device` has a `resource` reading with `value`.
 async fn wait_value(node: &Node, device: &str, resource: &str, value: &str) {
     eventually(&format!("{device}/{resource} = {value}"), WAIT, || async {
-        readings(node, device, resource)
+        node.readings(device, resource)
             .await
             .iter()
             .any(|r| r["value"] == value)
@@ -159,13 +149,7 @@ async fn mqtt_devices_with_their_own_credentials() {
         .post(&format!("{md}/api/v3/deviceprofile"), &profile())
         .await;
     assert!(s == 207 && v[0]["statusCode"] == 201, "{v}");
-    eventually("device-mqtt in metadata", WAIT, || async {
-        node.get(&format!("{md}/api/v3/deviceservice/name/device-mqtt"))
-            .await
-            .0
-            == 200
-    })
-    .await;
+    node.wait_device_service("device-mqtt").await;
     let custom = json!({"TelemetryTopic": "plant/line1/press3", "Resource": "Pressure"});
     let (s, v) = node
         .post(
@@ -220,15 +204,15 @@ async fn mqtt_devices_with_their_own_credentials() {
         );
         assert!(o.status.success(), "{}", text(&o));
         tokio::time::sleep(Duration::from_millis(200)).await;
-        !readings(&node, "press-1", "Cycles").await.is_empty()
+        !node.readings("press-1", "Cycles").await.is_empty()
     })
     .await;
-    let r = &readings(&node, "press-1", "Pressure").await[0];
+    let r = &node.readings("press-1", "Pressure").await[0];
     assert_eq!(r["value"], "3.5e+00");
     assert_eq!(r["valueType"], "Float32");
     assert_eq!(r["origin"], ts * 1_000_000);
     assert_eq!(
-        readings(&node, "press-1", "Running").await[0]["value"],
+        node.readings("press-1", "Running").await[0]["value"],
         "true"
     );
     let (_, ev) = node
@@ -259,7 +243,7 @@ async fn mqtt_devices_with_their_own_credentials() {
     eventually("press-3 on its own topic", WAIT, || async {
         publish(&node, "press-3", s3, "plant/line1/press3", b"7.5");
         tokio::time::sleep(Duration::from_millis(200)).await;
-        readings(&node, "press-3", "Pressure")
+        node.readings("press-3", "Pressure")
             .await
             .iter()
             .any(|r| r["value"] == "7.5e+00")
@@ -368,10 +352,10 @@ async fn mqtt_devices_with_their_own_credentials() {
         b"{\"Cycles\": 5}",
     );
     wait_value(&node, "press-2", "Cycles", "5").await;
-    let forged = readings(&node, "press-2", "Cycles").await;
+    let forged = node.readings("press-2", "Cycles").await;
     assert!(forged.iter().all(|r| r["value"] != "999"), "{forged:?}");
     assert!(
-        readings(&node, "press-3", "Pressure")
+        node.readings("press-3", "Pressure")
             .await
             .iter()
             .all(|r| r["value"] != "9.99e+02")
@@ -413,7 +397,7 @@ async fn mqtt_devices_with_their_own_credentials() {
     assert!(rejected("bad_payload").await >= 1.0);
     assert!(rejected("unknown_resource").await >= 1.0);
     assert!(rejected("bad_value").await >= 2.0);
-    let cycles = readings(&node, "press-1", "Cycles").await;
+    let cycles = node.readings("press-1", "Cycles").await;
     assert!(
         cycles
             .iter()
@@ -496,7 +480,7 @@ async fn mqtt_devices_with_their_own_credentials() {
         rejected("throttled").await >= 1.0
     })
     .await;
-    let flooded = readings(&node, "press-2", "Cycles").await.len();
+    let flooded = node.readings("press-2", "Cycles").await.len();
     assert!(
         flooded < 2000,
         "{flooded} of 2000 flood messages were stored"
@@ -564,7 +548,7 @@ async fn mqtt_devices_with_their_own_credentials() {
         b"{\"Cycles\": 48}",
     );
     wait_value(&node, "press-1", "Cycles", "48").await;
-    let cycles = readings(&node, "press-1", "Cycles").await;
+    let cycles = node.readings("press-1", "Cycles").await;
     assert!(
         cycles.iter().all(|r| r["value"] != "777"),
         "the old secret still worked: {cycles:?}"

@@ -84,16 +84,6 @@ fn curl(url: &str, token: Option<&str>, args: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
-async fn readings(node: &Node, device: &str, resource: &str) -> Vec<Value> {
-    let (_, v) = node
-        .get(&format!(
-            "{}/api/v3/reading/device/name/{device}/resourceName/{resource}?limit=1000",
-            node.data()
-        ))
-        .await;
-    v["readings"].as_array().cloned().unwrap_or_default()
-}
-
 /// Waits for a reading of `resource` that `pred` accepts; core-data stores asynchronously.
 async fn wait_reading(
     node: &Node,
@@ -103,7 +93,8 @@ async fn wait_reading(
 ) -> Value {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        if let Some(r) = readings(node, device, resource)
+        if let Some(r) = node
+            .readings(device, resource)
             .await
             .into_iter()
             .find(|r| pred(r))
@@ -128,13 +119,7 @@ async fn rest_devices_push_with_tokens_and_take_commands() {
         .post(&format!("{md}/api/v3/deviceprofile"), &profile())
         .await;
     assert!(s == 207 && v[0]["statusCode"] == 201, "{v}");
-    eventually("device-rest in metadata", WAIT, || async {
-        node.get(&format!("{md}/api/v3/deviceservice/name/device-rest"))
-            .await
-            .0
-            == 200
-    })
-    .await;
+    node.wait_device_service("device-rest").await;
     let dev = |name: &str, protocols: Value| {
         json!({"apiVersion": "v3", "device": {"name": name, "profileName": "Meter",
             "serviceName": "device-rest", "adminState": "UNLOCKED", "operatingState": "UP",
@@ -226,7 +211,7 @@ async fn rest_devices_push_with_tokens_and_take_commands() {
     wait_reading(&node, "meter-1", "Count", |r| r["value"] == "8").await;
 
     // Bad requests: the right status, and nothing stored.
-    let before = readings(&node, "meter-1", "Count").await.len();
+    let before = node.readings("meter-1", "Count").await.len();
     let big = "9".repeat(5000);
     for (what, u, token, args, want) in [
         (
@@ -331,9 +316,9 @@ async fn rest_devices_push_with_tokens_and_take_commands() {
             );
         }
     }
-    assert_eq!(readings(&node, "meter-1", "Count").await.len(), before);
+    assert_eq!(node.readings("meter-1", "Count").await.len(), before);
     assert!(
-        readings(&node, "meter-1", "Power")
+        node.readings("meter-1", "Power")
             .await
             .iter()
             .all(|r| r["value"] != "-5e+00")

@@ -322,6 +322,29 @@ impl Node {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Up to 10,000 readings of one resource of a device, newest first.
+    pub async fn readings(&self, device: &str, resource: &str) -> Vec<Value> {
+        let (_, v) = self
+            .get(&format!(
+                "{}/api/v3/reading/device/name/{device}/resourceName/{resource}?limit=10000",
+                self.data()
+            ))
+            .await;
+        v["readings"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until device service `name` has registered itself in core-metadata (devices
+    /// can refer to it from then on).
+    pub async fn wait_device_service(&self, name: &str) {
+        let url = format!("{}/api/v3/deviceservice/name/{name}", self.metadata());
+        eventually(
+            &format!("{name} in metadata"),
+            Duration::from_secs(20),
+            || async { self.get(&url).await.0 == 200 },
+        )
+        .await;
+    }
+
     pub async fn registrations(&self) -> Vec<Value> {
         match self
             .http
