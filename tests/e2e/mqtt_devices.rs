@@ -49,19 +49,25 @@ async fn wait_value(node: &Node, device: &str, resource: &str, value: &str) {
     .await;
 }
 
+/// mosquitto_pub to the node's broker, MQTT 5 (so refusals are reported), QoS 1.
+fn mosquitto_pub_v5(node: &Node) -> Command {
+    let mut c = Command::new("mosquitto_pub");
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &node.ports.mqtt.to_string(),
+        "-V",
+        "mqttv5",
+        "-q",
+        "1",
+    ]);
+    c
+}
+
 /// mosquitto_pub as a device (v5, so refusals are reported).
 fn publish(node: &Node, user: &str, secret: &str, topic: &str, msg: &[u8]) -> std::process::Output {
-    let mut child = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &node.ports.mqtt.to_string(),
-            "-V",
-            "mqttv5",
-            "-q",
-            "1",
-        ])
+    let mut child = mosquitto_pub_v5(node)
         .args([
             "-u",
             user,
@@ -292,17 +298,7 @@ async fn mqtt_devices_with_their_own_credentials() {
         "{}",
         text(&o)
     );
-    let anon = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &node.ports.mqtt.to_string(),
-            "-V",
-            "mqttv5",
-            "-q",
-            "1",
-        ])
+    let anon = mosquitto_pub_v5(&node)
         .args([
             "-t",
             "incoming/data/press-2/status",
@@ -487,17 +483,7 @@ async fn mqtt_devices_with_their_own_credentials() {
     );
 
     // A rotated secret ends what an open connection made with the old one may do.
-    let mut held = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &node.ports.mqtt.to_string(),
-            "-V",
-            "mqttv5",
-            "-q",
-            "1",
-        ])
+    let mut held = mosquitto_pub_v5(&node)
         .args([
             "-u",
             "press-1",
