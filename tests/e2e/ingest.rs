@@ -94,7 +94,8 @@ async fn mqtt_events_are_persisted_and_queryable() {
     let (ok, out, _) = node.cli(&["services", "--json"]);
     assert!(ok);
     let v: Value = serde_json::from_str(&out).expect("CLI JSON");
-    assert_eq!(v["totalCount"], 5);
+    // keeper, broker, metadata, data, command, gateway
+    assert_eq!(v["totalCount"], 6);
 }
 
 #[tokio::test]
@@ -195,6 +196,7 @@ async fn rest_ingest_status_codes() {
     assert_eq!(r.status().as_u16(), 400);
     // The server closes a connection whose oversized body it refused, so use a client of
     // its own for it.
+    outpost_kit::http::install_tls_provider();
     let r = reqwest::Client::new()
         .post(&url)
         .body(vec![b'x'; 5 * 1024 * 1024])

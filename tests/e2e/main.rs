@@ -8,6 +8,7 @@ mod cli;
 mod compat;
 mod devices;
 mod encryption;
+mod gateway;
 mod ingest;
 mod lifecycle;
 mod modbus;

@@ -62,6 +62,9 @@ pub struct Ports {
     pub modbus: u16,
     pub device_mqtt: u16,
     pub rest: u16,
+    /// The gateway's TLS listener and its plain HTTP side.
+    pub gateway: u16,
+    pub gateway_http: u16,
 }
 
 impl Ports {
@@ -77,6 +80,8 @@ impl Ports {
             modbus: free_port(),
             device_mqtt: free_port(),
             rest: free_port(),
+            gateway: free_port(),
+            gateway_http: free_port(),
         }
     }
 }
@@ -143,7 +148,12 @@ down_probe_interval_ms = 300
 port = {device_mqtt}
 [device_rest]
 port = {rest}
+[gateway]
+listen = "127.0.0.1:{gateway}"
+port = {gateway_http}
 "#,
+        gateway = p.gateway,
+        gateway_http = p.gateway_http,
         modbus = p.modbus,
         device_mqtt = p.device_mqtt,
         rest = p.rest,
@@ -160,6 +170,7 @@ port = {rest}
 impl Node {
     /// Starts a node with test settings plus `extra` TOML.
     pub async fn start(extra: &str) -> Self {
+        outpost_kit::http::install_tls_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let ports = Ports::free();
         let config = dir.path().join("outpost.toml");
@@ -180,6 +191,9 @@ impl Node {
         ];
         if enabled("broker", true) {
             services.push(url(ports.broker_http));
+        }
+        if enabled("gateway", true) {
+            services.push(url(ports.gateway_http));
         }
         for (section, port) in [
             ("device_virtual", ports.virtual_),

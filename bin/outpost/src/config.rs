@@ -54,6 +54,7 @@ pub struct NodeConfig {
     pub device_modbus: outpost_device_modbus::Config,
     pub device_mqtt: outpost_device_mqtt::Config,
     pub device_rest: outpost_device_rest::Config,
+    pub gateway: outpost_gateway::Config,
 }
 
 /// A service the node can run.
@@ -68,10 +69,11 @@ pub enum Service {
     DeviceModbus,
     DeviceMqtt,
     DeviceRest,
+    Gateway,
 }
 
 impl Service {
-    pub const ALL: [Service; 9] = [
+    pub const ALL: [Service; 10] = [
         Self::Broker,
         Self::CoreKeeper,
         Self::CoreMetadata,
@@ -81,6 +83,7 @@ impl Service {
         Self::DeviceModbus,
         Self::DeviceMqtt,
         Self::DeviceRest,
+        Self::Gateway,
     ];
 
     pub fn name(self) -> &'static str {
@@ -94,6 +97,7 @@ impl Service {
             Self::DeviceModbus => outpost_device_modbus::SERVICE,
             Self::DeviceMqtt => outpost_device_mqtt::SERVICE,
             Self::DeviceRest => outpost_device_rest::SERVICE,
+            Self::Gateway => outpost_gateway::SERVICE,
         }
     }
 
@@ -154,6 +158,7 @@ impl NodeConfig {
         self.device_modbus.validate(&mut p);
         self.device_mqtt.validate(&mut p);
         self.device_rest.validate(&mut p);
+        self.gateway.validate(&mut p);
         let s = &self.supervisor;
         p.check(
             s.stop_timeout_ms >= 100,
@@ -195,6 +200,18 @@ impl NodeConfig {
             if let Some(other) = ports.get(&listen.port()).filter(|_| overlaps) {
                 p.push(
                     "broker",
+                    format!("listen port {} is also {other}'s HTTP port", listen.port()),
+                );
+            }
+        }
+        if self.gateway.enabled {
+            let listen = self.gateway.listen;
+            let overlaps = listen.ip() == self.node.bind
+                || listen.ip().is_unspecified()
+                || self.node.bind.is_unspecified();
+            if let Some(other) = ports.get(&listen.port()).filter(|_| overlaps) {
+                p.push(
+                    "gateway",
                     format!("listen port {} is also {other}'s HTTP port", listen.port()),
                 );
             }
@@ -243,6 +260,7 @@ impl NodeConfig {
             Service::DeviceModbus => self.device_modbus.port,
             Service::DeviceMqtt => self.device_mqtt.port,
             Service::DeviceRest => self.device_rest.port,
+            Service::Gateway => self.gateway.port,
         }
     }
 
@@ -254,6 +272,7 @@ impl NodeConfig {
             Service::DeviceModbus => self.device_modbus.enabled,
             Service::DeviceMqtt => self.device_mqtt.enabled,
             Service::DeviceRest => self.device_rest.enabled,
+            Service::Gateway => self.gateway.enabled,
             Service::CoreKeeper
             | Service::CoreMetadata
             | Service::CoreData
@@ -282,6 +301,7 @@ impl NodeConfig {
             Service::DeviceModbus,
             Service::DeviceMqtt,
             Service::DeviceRest,
+            Service::Gateway,
         ]
         .into_iter()
         .filter(|s| self.enabled(*s))
@@ -308,6 +328,7 @@ impl NodeConfig {
             Service::DeviceModbus => serde_json::to_value(&self.device_modbus),
             Service::DeviceMqtt => serde_json::to_value(&self.device_mqtt),
             Service::DeviceRest => serde_json::to_value(&self.device_rest),
+            Service::Gateway => serde_json::to_value(&self.gateway),
         }
         .unwrap_or_default();
         serde_json::json!({

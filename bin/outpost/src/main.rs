@@ -204,6 +204,7 @@ enum EventsCmd {
 }
 
 fn main() -> ExitCode {
+    outpost_kit::http::install_tls_provider();
     let args = Args::parse();
     if let Command::Config(ConfigCmd::Default) = args.command {
         print!("{}", config::DEFAULT_TOML);

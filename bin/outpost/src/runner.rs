@@ -32,7 +32,8 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
     }
     // One process per service and data dir: a second one (or a previous one still
     // stopping) would share its database and ports.
-    let _lock = match lock_service(&data_dir, svc) {
+    let id = outpost_kit::registry::instance_id(svc.name(), &cfg.node.instance);
+    let _lock = match lock_service(&data_dir, &id) {
         Ok(lock) => lock,
         Err(e) => {
             tracing::error!(
@@ -45,7 +46,7 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
     };
     // The busy services get two worker threads, the others one: a node idles in a few MB.
     let workers = match svc {
-        Service::CoreData | Service::Broker => 2,
+        Service::CoreData | Service::Broker | Service::Gateway => 2,
         Service::CoreKeeper
         | Service::CoreMetadata
         | Service::CoreCommand
@@ -85,7 +86,8 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
             | Service::DeviceVirtual
             | Service::DeviceModbus
             | Service::DeviceMqtt
-            | Service::DeviceRest => Some(registry.spawn_watch(shutdown.clone())),
+            | Service::DeviceRest
+            | Service::Gateway => Some(registry.spawn_watch(shutdown.clone())),
             Service::CoreKeeper => None,
         };
         let ctx = Context {
@@ -118,6 +120,7 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
             }
             Service::DeviceMqtt => outpost_device_mqtt::run(ctx, cfg.device_mqtt.clone()).await,
             Service::DeviceRest => outpost_device_rest::run(ctx, cfg.device_rest.clone()).await,
+            Service::Gateway => outpost_gateway::run(ctx, cfg.gateway.clone()).await,
         };
         shutdown.trigger();
         if let Some(w) = watch {
@@ -141,7 +144,7 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
 }
 
 /// Holds `<data>/run/<service>.lock` for the life of the process.
-fn lock_service(data_dir: &std::path::Path, svc: Service) -> anyhow::Result<std::fs::File> {
+fn lock_service(data_dir: &std::path::Path, id: &str) -> anyhow::Result<std::fs::File> {
     use anyhow::Context as _;
     let run_dir = data_dir.join("run");
     outpost_storage::ensure_private_dir(&run_dir)?;
@@ -149,12 +152,12 @@ fn lock_service(data_dir: &std::path::Path, svc: Service) -> anyhow::Result<std:
         .create(true)
         .truncate(false)
         .write(true)
-        .open(run_dir.join(format!("{}.lock", svc.name())))
+        .open(run_dir.join(format!("{id}.lock")))
         .context("cannot open the service lock")?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => {
-            anyhow::bail!("{} already runs on {}", svc.name(), data_dir.display())
+            anyhow::bail!("{id} already runs on {}", data_dir.display())
         }
         Err(std::fs::TryLockError::Error(e)) => Err(e).context("cannot lock the service"),
     }

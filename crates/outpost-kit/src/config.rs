@@ -34,6 +34,10 @@ pub struct NodeConfig {
     pub max_body_bytes: usize,
     /// Largest number of items a list endpoint returns (EdgeX `MaxResultCount`).
     pub max_result_count: u64,
+    /// Instance name when several instances of one service run (e.g. `b`): the service
+    /// registers as `<service>@<instance>`, and the gateway and service-to-service calls
+    /// spread requests over every instance of `<service>`. Empty for the only instance.
+    pub instance: String,
 }
 
 impl Default for NodeConfig {
@@ -43,6 +47,7 @@ impl Default for NodeConfig {
             advertise_host: "127.0.0.1".into(),
             max_body_bytes: 4 * 1024 * 1024,
             max_result_count: 1024,
+            instance: String::new(),
         }
     }
 }
@@ -207,6 +212,17 @@ impl Validate for CommonConfig {
             self.node.max_result_count >= 1,
             "node",
             "max_result_count must be at least 1",
+        );
+        p.check(
+            self.node.instance.is_empty()
+                || (self.node.instance.len() <= 32
+                    && self
+                        .node
+                        .instance
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')),
+            "node",
+            "instance must be at most 32 letters, digits, '-' or '_'",
         );
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             p.push(

@@ -4,8 +4,16 @@ use std::time::Duration;
 
 use crate::request_id;
 
+/// Makes ring the process's TLS provider (idempotent). HTTPS clients (the CLI to the
+/// gateway, tests) need one, and every HTTP client built by `reqwest` looks it up, so
+/// anything that builds a client calls this first.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// An HTTP client with a total timeout per request and no proxy lookup.
 pub fn client(timeout: Duration) -> reqwest::Client {
+    install_tls_provider();
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(2)))

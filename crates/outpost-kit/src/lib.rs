@@ -86,6 +86,12 @@ impl Context {
         telemetry::metric_name(&self.name, name)
     }
 
+    /// The ID this process registers as: the service name, or `<service>@<instance>` when
+    /// `node.instance` is set.
+    pub fn service_id(&self) -> String {
+        registry::instance_id(&self.name, &self.common.node.instance)
+    }
+
     /// The complete HTTP stack of a service around its API routes.
     ///
     /// Order matters, outermost first: the request ID is established before anything else
@@ -120,7 +126,7 @@ impl Context {
     /// The registration this service announces: heartbeat-checked, at the advertised host.
     pub fn registration(&self, port: u16) -> Registration {
         Registration {
-            service_id: self.name.clone(),
+            service_id: self.service_id(),
             status: ServiceStatus::Up,
             host: self.common.node.advertise_host.clone(),
             port,

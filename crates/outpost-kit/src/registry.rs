@@ -178,15 +178,25 @@ impl Registry {
     }
 
     /// Base URL of `service_id` from the last view: a registered instance that is not
-    /// DOWN, else the configured fallback.
+    /// DOWN (the exact ID first, then any other instance `service_id@...`), else the
+    /// configured fallback.
     pub fn resolve(&self, service_id: &str) -> Option<String> {
         let v = self
             .inner
             .view
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let usable =
+            |r: &Registration| matches!(r.status, ServiceStatus::Up | ServiceStatus::Unknown);
         if let Some(r) = v.services.get(service_id)
-            && matches!(r.status, ServiceStatus::Up | ServiceStatus::Unknown)
+            && usable(r)
+        {
+            return Some(r.base_url());
+        }
+        if let Some(r) = v
+            .services
+            .values()
+            .find(|r| service_of(&r.service_id) == service_id && usable(r))
         {
             return Some(r.base_url());
         }
@@ -195,6 +205,42 @@ impl Registry {
             return v.services.get(service_id).map(Registration::base_url);
         }
         self.inner.fallback.get(service_id).cloned()
+    }
+
+    /// Every registered instance of `service` (`service` itself and `service@...`) that is
+    /// not DOWN, from the last view; the fallback address before the first view.
+    pub fn instances(&self, service: &str) -> Vec<Registration> {
+        let v = self
+            .inner
+            .view
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !v.loaded {
+            return Vec::new();
+        }
+        let mut out: Vec<Registration> = v
+            .services
+            .values()
+            .filter(|r| service_of(&r.service_id) == service)
+            .filter(|r| matches!(r.status, ServiceStatus::Up | ServiceStatus::Unknown))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.service_id.cmp(&b.service_id));
+        out
+    }
+
+    /// The fallback base URL of `service` (from the node's configuration), if any.
+    pub fn fallback(&self, service: &str) -> Option<&str> {
+        self.inner.fallback.get(service).map(String::as_str)
+    }
+
+    /// Whether a view of the registry has been loaded.
+    pub fn loaded(&self) -> bool {
+        self.inner
+            .view
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .loaded
     }
 
     /// The last view of every registration.
@@ -322,4 +368,18 @@ pub fn spawn_agent(
             Err(_) => tracing::warn!(service = %id, "deregistration timed out"),
         }
     })
+}
+
+/// The registry ID of an instance: `service`, or `service@instance`.
+pub fn instance_id(service: &str, instance: &str) -> String {
+    if instance.is_empty() {
+        service.to_string()
+    } else {
+        format!("{service}@{instance}")
+    }
+}
+
+/// The service an instance ID belongs to (`core-data@b` → `core-data`).
+pub fn service_of(service_id: &str) -> &str {
+    service_id.split_once('@').map_or(service_id, |(s, _)| s)
 }

@@ -145,6 +145,35 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), StorageErro
     Ok(())
 }
 
+/// Writes `contents` to `path` with mode 0600, replacing the file atomically if it exists
+/// (for secrets that are rotated: certificate keys, generated passwords); synced like
+/// [`write_secret_file`].
+pub fn replace_secret_file(path: &Path, contents: &[u8]) -> Result<(), StorageError> {
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(|e| StorageError::Key {
+        path: path.to_path_buf(),
+        why: format!("no randomness: {e}"),
+    })?;
+    let tmp = path.with_extension(format!("tmp-{}", hex::encode(nonce)));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| StorageError::io(format!("create {}", tmp.display()), e))?;
+    let written = f.write_all(contents).and_then(|()| f.sync_all());
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
+        let _ = fs::remove_file(&tmp);
+        return Err(StorageError::io(format!("write {}", path.display()), e));
+    }
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StorageError::io(format!("sync {}", dir.display()), e))?;
+    }
+    Ok(())
+}
+
 /// Loads the key `<secrets>/<name>.key`, creating it on first use.
 ///
 /// A key file that is readable by group or others is refused: the key is the only thing

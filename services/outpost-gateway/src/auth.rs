@@ -1,0 +1,110 @@
+//! Who may call what.
+//!
+//! Every route needs a token except the public ones: login, refresh, the gateway's own
+//! ping and health, the CA certificate, and the static files of the web dashboard (which hold
+//! no data; the page logs in through the API). A token is either an access token (JWT from
+//! login) or an API key, sent as `Authorization: Bearer <token>` or `X-API-Key: <key>`.
+//!
+//! Roles, per method and route:
+//! - viewer: reads (GET, HEAD) of every service and the gateway's overview;
+//! - operator: also writes to every service (commands, devices, profiles, data), except the
+//!   registry's (core-keeper), which changes how the node routes;
+//! - admin: everything, including users, API keys and the gateway's configuration.
+
+use http::Method;
+
+use crate::users::Role;
+
+/// What a route requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    Public,
+    Role(Role),
+}
+
+/// The requirement of `method` on `path`.
+pub fn need(method: &Method, path: &str) -> Need {
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    if let Some(own) = path.strip_prefix("/api/v3/") {
+        return match (method, own) {
+            (&Method::POST, "auth/login" | "auth/refresh") => Need::Public,
+            (&Method::GET, "ping" | "health" | "ca.pem") => Need::Public,
+            (_, "auth/logout" | "auth/whoami" | "auth/password") => Need::Role(Role::Viewer),
+            (_, p) if p.starts_with("auth/") => Need::Role(Role::Admin),
+            (_, "config") => Need::Role(Role::Admin),
+            (_, "metrics") => Need::Role(Role::Operator),
+            _ if read => Need::Role(Role::Viewer),
+            _ => Need::Role(Role::Admin),
+        };
+    }
+    if path == "/metrics" {
+        return Need::Role(Role::Operator);
+    }
+    if path == "/ui" || path.starts_with("/ui/") {
+        return if read {
+            Need::Public
+        } else {
+            Need::Role(Role::Admin)
+        };
+    }
+    let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    match service {
+        _ if read || *method == Method::OPTIONS => Need::Role(Role::Viewer),
+        "core-keeper" => Need::Role(Role::Admin),
+        _ => Need::Role(Role::Operator),
+    }
+}
+
+/// The credential a request carries, if any.
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        let (scheme, token) = v.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_per_method_and_route() {
+        let v = Need::Role(Role::Viewer);
+        let o = Need::Role(Role::Operator);
+        let a = Need::Role(Role::Admin);
+        assert_eq!(need(&Method::POST, "/api/v3/auth/login"), Need::Public);
+        assert_eq!(need(&Method::GET, "/api/v3/ca.pem"), Need::Public);
+        assert_eq!(need(&Method::GET, "/api/v3/health"), Need::Public);
+        assert_eq!(need(&Method::GET, "/ui/index.html"), Need::Public);
+        assert_eq!(need(&Method::GET, "/api/v3/auth/login"), a);
+        assert_eq!(need(&Method::GET, "/api/v3/auth/user"), a);
+        assert_eq!(need(&Method::POST, "/api/v3/auth/apikey"), a);
+        assert_eq!(need(&Method::POST, "/api/v3/auth/logout"), v);
+        assert_eq!(need(&Method::GET, "/api/v3/overview/device/d1"), v);
+        assert_eq!(need(&Method::GET, "/core-data/api/v3/event/all"), v);
+        assert_eq!(need(&Method::DELETE, "/core-data/api/v3/event/id/x"), o);
+        assert_eq!(
+            need(&Method::PUT, "/core-command/api/v3/device/name/d/c"),
+            o
+        );
+        assert_eq!(need(&Method::POST, "/core-keeper/api/v3/registry"), a);
+        assert_eq!(need(&Method::GET, "/core-keeper/api/v3/registry/all"), v);
+    }
+
+    #[test]
+    fn credentials_from_headers() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert("x-api-key", "opk_a_b".parse().unwrap());
+        assert_eq!(bearer(&h), Some("opk_a_b"));
+        h.insert(http::header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(http::header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+}

@@ -1,0 +1,294 @@
+//! The TLS listener: handshake, HTTP/1.1 or HTTP/2 by ALPN, limits on slow clients, and a
+//! graceful stop.
+//!
+//! Slow clients (slowloris): on HTTP/1.1 a request head must arrive complete within
+//! `header_timeout_ms` of its first byte, or the client gets `408 Request Timeout` and the
+//! connection is closed; a connection with nothing to do is closed after `idle_timeout_ms`;
+//! a TLS handshake must finish within `header_timeout_ms`. Bodies have their own limit in
+//! the proxy. Heads larger than `max_header_bytes` get 431 (hyper's own check).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+use tower::ServiceExt as _;
+
+const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: 86\r\n\r\n{\"apiVersion\":\"v3\",\"message\":\"the request head was not sent in time\",\"statusCode\":408}";
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+enum Phase {
+    /// Waiting for a request head; `started` once its first byte arrived.
+    Head {
+        started: Option<Instant>,
+        tail: [u8; 3],
+    },
+    /// The head is complete; body and response are the handler's business.
+    Past,
+    /// Writing the 408 answer; then the connection ends.
+    TimingOut { written: usize },
+}
+
+/// Wraps a connection to enforce the head deadline on HTTP/1.1.
+pub struct Guarded<S> {
+    inner: S,
+    phase: Phase,
+    active: bool,
+    idle_since: Instant,
+    sleep: Pin<Box<Sleep>>,
+    limits: Limits,
+}
+
+impl<S> Guarded<S> {
+    pub fn new(inner: S, limits: Limits, active: bool) -> Self {
+        let now = Instant::now();
+        Self {
+            inner,
+            phase: Phase::Head {
+                started: None,
+                tail: [0; 3],
+            },
+            active,
+            idle_since: now,
+            sleep: Box::pin(tokio::time::sleep_until(now + limits.idle_timeout)),
+            limits,
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Head {
+                started: Some(t), ..
+            } => Some(t + self.limits.header_timeout),
+            Phase::Head { started: None, .. } => Some(self.idle_since + self.limits.idle_timeout),
+            Phase::Past | Phase::TimingOut { .. } => None,
+        }
+    }
+}
+
+/// Whether `bytes`, following `tail`, complete a request head (`\r\n\r\n`); updates `tail`.
+fn scan_head_end(tail: &mut [u8; 3], bytes: &[u8]) -> bool {
+    let mut window = [0, tail[0], tail[1], tail[2]];
+    for &b in bytes {
+        window = [window[1], window[2], window[3], b];
+        if window == *b"\r\n\r\n" {
+            return true;
+        }
+    }
+    tail.copy_from_slice(&window[1..]);
+    false
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.active {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        loop {
+            if let Phase::TimingOut { written } = &mut this.phase {
+                while *written < TIMEOUT_RESPONSE.len() {
+                    let n = ready!(
+                        Pin::new(&mut this.inner).poll_write(cx, &TIMEOUT_RESPONSE[*written..])
+                    )?;
+                    if n == 0 {
+                        break;
+                    }
+                    *written += n;
+                }
+                ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request head not sent in time",
+                )));
+            }
+            let before = buf.filled().len();
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) => {
+                    let new = &buf.filled()[before..];
+                    if let Phase::Head { started, tail } = &mut this.phase
+                        && !new.is_empty()
+                    {
+                        if started.is_none() {
+                            *started = Some(Instant::now());
+                        }
+                        if scan_head_end(tail, new) {
+                            this.phase = Phase::Past;
+                        }
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+            let Some(deadline) = this.deadline() else {
+                return Poll::Pending;
+            };
+            if this.sleep.deadline() != deadline {
+                this.sleep.as_mut().reset(deadline);
+            }
+            ready!(this.sleep.as_mut().poll(cx));
+            match this.phase {
+                Phase::Head {
+                    started: Some(_), ..
+                } => {
+                    tracing::info!("client too slow sending a request head; 408");
+                    this.phase = Phase::TimingOut { written: 0 };
+                }
+                // Idle keep-alive connection: end it quietly.
+                _ => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.active {
+            // A response is going out: what is read next starts a new request head.
+            this.idle_since = Instant::now();
+            if matches!(this.phase, Phase::Past) {
+                this.phase = Phase::Head {
+                    started: None,
+                    tail: [0; 3],
+                };
+            }
+        }
+        Pin::new(&mut this.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Accepts TLS connections until `shutdown`, then lets open ones finish (up to 10 s).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    limits: Limits,
+    shutdown: outpost_kit::Shutdown,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let builder = Arc::new(builder);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = shutdown.wait() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, router, builder) = (acceptor.clone(), router.clone(), Arc::clone(&builder));
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = TokioIo::new(Guarded::new(tls, limits, !h2));
+            let svc =
+                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    router.clone().oneshot(req.map(axum::body::Body::new))
+                });
+            let conn = builder.serve_connection_with_upgrades(io, svc);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 10 s; closing them");
+    }
+}
+
+/// The peer address of the connection that carried `SocketAddr`.
+pub type Peer = ConnectInfo<SocketAddr>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_end_across_reads() {
+        let mut tail = [0; 3];
+        assert!(!scan_head_end(
+            &mut tail,
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r"
+        ));
+        assert!(scan_head_end(&mut tail, b"\n"));
+        let mut tail = [0; 3];
+        assert!(scan_head_end(&mut tail, b"GET / HTTP/1.1\r\n\r\n"));
+        let mut tail = [0; 3];
+        assert!(!scan_head_end(&mut tail, b"GET / HTTP/1.1\r\n"));
+        assert_eq!(
+            TIMEOUT_RESPONSE.len()
+                - TIMEOUT_RESPONSE
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .unwrap()
+                - 4,
+            86
+        );
+    }
+}

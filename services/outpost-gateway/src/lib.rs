@@ -1,0 +1,477 @@
+//! The API gateway (service `gateway`): the node's one entry point from outside.
+//!
+//! - [`conn`]: the TLS listener (HTTP/1.1 and HTTP/2, slow-client limits).
+//! - [`tls`]: the node CA, the gateway certificate, reloading.
+//! - [`auth`], [`token`], [`users`]: who may call what; JWTs, API keys, refresh tokens.
+//! - [`proxy`], [`upstream`], [`cache`]: routing by registry, balancing, retries, caching.
+//! - [`limit`]: rate limits per client identity and route.
+//! - [`routes`]: the gateway's own API (login, users, keys, overview, CA, static files).
+//!
+//! Every request passes, outermost first: request ID (accepted or minted, returned, passed
+//! upstream) → access log and metrics → authentication, role and rate limit → the gateway's
+//! own routes or the proxy.
+
+pub mod auth;
+pub mod cache;
+pub mod config;
+pub mod conn;
+pub mod limit;
+pub mod proxy;
+pub mod routes;
+pub mod tls;
+pub mod token;
+pub mod upstream;
+pub mod users;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse as _, Response};
+use http::{HeaderValue, StatusCode};
+use outpost_kit::{ApiError, Check, Context, health_probe};
+
+pub use config::Config;
+
+use crate::auth::Need;
+use crate::limit::Limiter;
+use crate::users::{Identity, Users};
+
+/// The service's registry ID.
+pub const SERVICE: &str = "gateway";
+
+/// Metric names.
+pub struct Metrics {
+    requests: String,
+    duration: String,
+    upstream_requests: String,
+    upstream_duration: String,
+    cache: String,
+    rate_limited: String,
+    retries: String,
+    auth_failures: String,
+}
+
+pub struct App {
+    pub cfg: Config,
+    pub users: Users,
+    pub signer: token::Signer,
+    pub upstreams: upstream::Upstreams,
+    pub cache: cache::Cache,
+    limiter: Limiter,
+    route_limiters: Vec<(String, Limiter)>,
+    pub login_by_user: Limiter,
+    pub login_by_addr: Limiter,
+    pub m: Metrics,
+    pub max_body: usize,
+    pub ca_pem: PathBuf,
+    /// Calls to services for composed answers.
+    pub metadata: outpost_kit::client::ServiceClient,
+}
+
+impl App {
+    fn timeout_for(&self, path: &str) -> Duration {
+        let ms = self
+            .cfg
+            .route_timeouts
+            .iter()
+            .filter(|t| path.starts_with(&t.prefix))
+            .max_by_key(|t| t.prefix.len())
+            .map_or(self.cfg.upstream_timeout_ms, |t| t.timeout_ms);
+        Duration::from_millis(ms)
+    }
+}
+
+/// A status class label.
+pub fn class(s: StatusCode) -> &'static str {
+    match s.as_u16() / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// What inner layers tell the access log about a request.
+#[derive(Debug, Clone, Default)]
+pub struct LogSlot(Arc<Mutex<LogInfo>>);
+
+#[derive(Debug, Default)]
+struct LogInfo {
+    identity: Option<String>,
+    route: Option<String>,
+    upstream: Option<String>,
+    cache: Option<&'static str>,
+}
+
+impl LogSlot {
+    fn with(&self, f: impl FnOnce(&mut LogInfo)) {
+        f(&mut self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner));
+    }
+    pub fn set_identity(&self, id: &str) {
+        self.with(|i| i.identity = Some(id.to_string()));
+    }
+    /// The route label: the service name when it is known, else `unknown` (bounded).
+    pub fn set_route(&self, service: &str, known: bool) {
+        let r = if known { service } else { "unknown" };
+        self.with(|i| i.route = Some(r.to_string()));
+    }
+    pub fn set_upstream(&self, id: &str) {
+        self.with(|i| i.upstream = Some(id.to_string()));
+    }
+    pub fn set_cache(&self, c: &'static str) {
+        self.with(|i| i.cache = Some(c));
+    }
+}
+
+/// Access log line and metrics per request.
+async fn observe(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let slot = LogSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let peer = req
+        .extensions()
+        .get::<conn::Peer>()
+        .map(|p| p.0.to_string())
+        .unwrap_or_default();
+    let version = format!("{:?}", req.version());
+    if path.starts_with("/api/v3/") || path.starts_with("/ui") || path == "/metrics" {
+        slot.set_route("gateway", true);
+    }
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let elapsed = start.elapsed();
+    let info = std::mem::take(
+        &mut *slot
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    let route = info.route.unwrap_or_else(|| "unknown".into());
+    let status = resp.status();
+    metrics::counter!(app.m.requests.clone(), "route" => route.clone(), "method" => method.to_string(), "status" => class(status))
+        .increment(1);
+    metrics::histogram!(app.m.duration.clone(), "route" => route.clone())
+        .record(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "access",
+        peer = %peer,
+        method = %method,
+        path = %path,
+        version = %version,
+        status = status.as_u16(),
+        elapsed_us = elapsed.as_micros() as u64,
+        identity = info.identity.as_deref().unwrap_or("-"),
+        route = %route,
+        upstream = info.upstream.as_deref().unwrap_or("-"),
+        cache = info.cache.unwrap_or("-"),
+        "request"
+    );
+    resp
+}
+
+fn unauthorized(msg: &str) -> Response {
+    let mut r = ApiError::new(StatusCode::UNAUTHORIZED, msg).into_response();
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"outpost\""),
+    );
+    r
+}
+
+/// 429 with `Retry-After`.
+pub fn too_many(wait: Duration, what: &str) -> Response {
+    let secs = limit::retry_after_secs(wait);
+    let mut r = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("{what}; retry in {secs} s"),
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(http::header::RETRY_AFTER, v);
+    }
+    r
+}
+
+/// Establishes who calls, checks the role the route needs, and applies rate limits.
+async fn gate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let need = auth::need(req.method(), req.uri().path());
+    let slot = req
+        .extensions()
+        .get::<LogSlot>()
+        .cloned()
+        .unwrap_or_default();
+    let identity = match auth::bearer(req.headers()) {
+        Some(t) => match identify(&app, t) {
+            Some(i) => Some(i),
+            None => {
+                metrics::counter!(app.m.auth_failures.clone(), "reason" => "invalid_token")
+                    .increment(1);
+                if need != Need::Public {
+                    return unauthorized("invalid or expired token");
+                }
+                None
+            }
+        },
+        None => None,
+    };
+    if let Need::Role(role) = need {
+        let Some(id) = &identity else {
+            metrics::counter!(app.m.auth_failures.clone(), "reason" => "no_token").increment(1);
+            return unauthorized("this route needs a token: log in at POST /api/v3/auth/login");
+        };
+        if id.role < role {
+            metrics::counter!(app.m.auth_failures.clone(), "reason" => "role").increment(1);
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} on {} needs the {} role; {} has {}",
+                    req.method(),
+                    req.uri().path(),
+                    role.as_str(),
+                    id.name,
+                    id.role.as_str()
+                ),
+            )
+            .into_response();
+        }
+    }
+    let key = match &identity {
+        Some(i) => i.id.clone(),
+        None => req
+            .extensions()
+            .get::<conn::Peer>()
+            .map_or_else(|| "addr:?".to_string(), |p| format!("addr:{}", p.0.ip())),
+    };
+    if let Some(i) = &identity {
+        slot.set_identity(&i.id);
+    }
+    if let Err(wait) = app.limiter.take(&key) {
+        metrics::counter!(app.m.rate_limited.clone(), "limit" => "client").increment(1);
+        return too_many(wait, "too many requests");
+    }
+    let path = req.uri().path();
+    if let Some((prefix, l)) = app
+        .route_limiters
+        .iter()
+        .filter(|(p, _)| path.starts_with(p.as_str()))
+        .max_by_key(|(p, _)| p.len())
+        && let Err(wait) = l.take(&format!("{key} {prefix}"))
+    {
+        metrics::counter!(app.m.rate_limited.clone(), "limit" => prefix.clone()).increment(1);
+        return too_many(wait, "too many requests on this route");
+    }
+    if let Some(i) = identity {
+        req.extensions_mut().insert(i);
+    }
+    next.run(req).await
+}
+
+fn identify(app: &App, token: &str) -> Option<Identity> {
+    if token.starts_with("opk_") {
+        return app.users.check_key(token);
+    }
+    let claims = app.signer.verify(token, users::now_s()).ok()?;
+    // The user's current role counts (a demoted or removed user loses access at once).
+    let role = app.users.token_role(&claims.sub, claims.iat)?;
+    Some(Identity {
+        id: format!("user:{}", claims.sub),
+        name: claims.sub,
+        role,
+    })
+}
+
+/// Runs the gateway until shutdown.
+pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
+    let loc = ctx.storage_location();
+    let db = outpost_storage::Db::open(
+        &loc,
+        &ctx.common.storage.open_options(),
+        users::MIGRATIONS,
+        2,
+    )?;
+    let users = Users::open(db.clone()).await?;
+    users
+        .ensure_admin(&ctx.secrets_dir().join("admin-password"))
+        .await?;
+    let jwt_key =
+        outpost_storage::load_or_create_secret(&ctx.secrets_dir().join("gateway-jwt.key"))?;
+
+    // Certificates: the operator's, or the node's own.
+    let paths = tls::Paths::new(&ctx.data_dir);
+    let (cert, key) = match (&cfg.cert_file, &cfg.key_file) {
+        (Some(c), Some(k)) => {
+            // The CA still exists for clients that fetch it, and for later uses.
+            tls::ensure_ca(&paths)?;
+            (c.clone(), k.clone())
+        }
+        _ => {
+            let names = tls::default_names(&ctx.common.node.advertise_host, &cfg.tls_names);
+            tls::ensure_server_cert(&paths, &names)?;
+            (paths.cert.clone(), paths.key.clone())
+        }
+    };
+    let mut reloader = tls::Reloader::new(cert, key)?;
+    let server_config = Arc::new(tls::server_config(Arc::clone(&reloader.resolver))?);
+    {
+        let shutdown = ctx.shutdown.clone();
+        let every = Duration::from_secs(cfg.cert_reload_s);
+        let own = cfg.cert_file.is_none();
+        let (paths, names) = (
+            paths.clone(),
+            tls::default_names(&ctx.common.node.advertise_host, &cfg.tls_names),
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            let mut checks: u64 = 0;
+            loop {
+                tokio::select! {
+                    () = shutdown.wait() => return,
+                    _ = tick.tick() => {}
+                }
+                checks += 1;
+                // Renewal of the node-issued certificate, checked about hourly.
+                if own && checks.is_multiple_of((3600 / every.as_secs().max(1)).max(1)) {
+                    let (p, n) = (paths.clone(), names.clone());
+                    let r =
+                        tokio::task::spawn_blocking(move || tls::ensure_server_cert(&p, &n)).await;
+                    if let Ok(Err(e)) = r {
+                        tracing::warn!(
+                            error = format!("{e:#}"),
+                            "cannot renew the gateway certificate"
+                        );
+                    }
+                }
+                reloader.check();
+            }
+        });
+    }
+
+    let m = Metrics {
+        requests: ctx.metric("requests_total"),
+        duration: ctx.metric("request_duration_seconds"),
+        upstream_requests: ctx.metric("upstream_requests_total"),
+        upstream_duration: ctx.metric("upstream_duration_seconds"),
+        cache: ctx.metric("cache_total"),
+        rate_limited: ctx.metric("rate_limited_total"),
+        retries: ctx.metric("retries_total"),
+        auth_failures: ctx.metric("auth_failures_total"),
+    };
+    let login_refill = 1.0 / cfg.login_refill_s as f64;
+    let app = Arc::new(App {
+        users,
+        signer: token::Signer::new(&jwt_key),
+        upstreams: upstream::Upstreams::new(
+            ctx.registry.clone(),
+            Duration::from_millis(cfg.eject_ms),
+            cfg.retry_ratio,
+            cfg.retry_min_per_s,
+        ),
+        cache: cache::Cache::new(
+            Duration::from_secs(cfg.cache_ttl_s),
+            Duration::from_secs(cfg.cache_stale_s),
+            cfg.cache_entries,
+        ),
+        limiter: Limiter::new(cfg.rate_per_s, cfg.rate_burst),
+        route_limiters: cfg
+            .route_limits
+            .iter()
+            .map(|l| (l.prefix.clone(), Limiter::new(l.rate_per_s, l.burst)))
+            .collect(),
+        login_by_user: Limiter::new(login_refill, f64::from(cfg.login_burst)),
+        login_by_addr: Limiter::new(login_refill * 4.0, f64::from(cfg.login_burst) * 4.0),
+        m,
+        max_body: ctx.common.node.max_body_bytes,
+        ca_pem: paths.ca_cert.clone(),
+        metadata: outpost_kit::client::ServiceClient::new(
+            ctx.registry.clone(),
+            Duration::from_millis(cfg.upstream_timeout_ms),
+        ),
+        cfg: cfg.clone(),
+    });
+
+    // Metadata changes empty the cache.
+    {
+        let (ctx, app) = (ctx.clone(), Arc::clone(&app));
+        tokio::spawn(async move { follow_metadata(ctx, app).await });
+    }
+
+    let health = {
+        let db = db.clone();
+        health_probe(move || {
+            let db = db.clone();
+            async move {
+                match db.ping().await {
+                    Ok(()) => vec![Check::ok("storage")],
+                    Err(e) => vec![Check::failed("storage", e.to_string())],
+                }
+            }
+        })
+    };
+    let info = outpost_kit::routes::ServiceInfo {
+        name: ctx.name.clone(),
+        version: outpost_kit::VERSION.to_string(),
+        config: ctx.config_json.clone(),
+        metrics: ctx.metrics.clone(),
+        health: Arc::clone(&health),
+    };
+    let public = routes::router(Arc::clone(&app), info, ctx.common.node.max_body_bytes);
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    tracing::info!(listen = %cfg.listen, "gateway listening (TLS)");
+    let limits = conn::Limits {
+        header_timeout: Duration::from_millis(cfg.header_timeout_ms),
+        idle_timeout: Duration::from_millis(cfg.idle_timeout_ms),
+        max_header_bytes: cfg.max_header_bytes,
+    };
+    let tls_task = tokio::spawn(conn::serve(
+        listener,
+        server_config,
+        public,
+        limits,
+        ctx.shutdown.clone(),
+    ));
+
+    // The plain side on loopback: health, metrics, registration.
+    let router = ctx.router(Router::new(), health);
+    let served = ctx.serve(router, cfg.port).await;
+    let _ = tls_task.await;
+    served?;
+    Ok(())
+}
+
+async fn follow_metadata(ctx: Context, app: Arc<App>) {
+    let opts = outpost_bus::Options::plain(format!("outpost-{SERVICE}-{}", ctx.service_id()));
+    let Ok(bus) =
+        outpost_bus::Bus::connect(&ctx.common.bus, &ctx.data_dir, SERVICE, opts, &ctx.shutdown)
+            .await
+    else {
+        return;
+    };
+    let filter = format!("{}/system-events/core-metadata/#", bus.base_topic());
+    let mut rx = match bus.subscribe(&filter).await {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot follow metadata changes; cached responses expire by TTL only");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = ctx.shutdown.wait() => return,
+            d = rx.recv() => match d {
+                Some(_) => app.cache.invalidate(),
+                None => return,
+            },
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! `/{service}/{path}` → `{path}` on an instance of `service`, the way EdgeX's gateway
+//! routes (`/core-data/api/v3/...`), with the cache, retries and timeouts around it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse as _, Response};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use http_body_util::BodyExt as _;
+use outpost_kit::ApiError;
+
+use crate::cache::{self, Entry};
+use crate::{App, LogSlot};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and the caller's credentials: never forwarded.
+const DROPPED: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "authorization",
+    "x-api-key",
+];
+
+fn strip(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for h in DROPPED {
+        headers.remove(h);
+    }
+    for h in listed {
+        headers.remove(h);
+    }
+}
+
+/// Splits `/core-data/api/v3/x?y` into (`core-data`, `/api/v3/x?y`).
+fn split(uri: &http::Uri) -> Option<(&str, String)> {
+    let path = uri.path().strip_prefix('/')?;
+    let (service, rest) = match path.split_once('/') {
+        Some((s, r)) => (s, format!("/{r}")),
+        None => (path, "/".to_string()),
+    };
+    if service.is_empty() || rest.split('/').any(|seg| seg == ".." || seg == ".") {
+        return None;
+    }
+    let rest = match uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest,
+    };
+    Some((service, rest))
+}
+
+enum Failure {
+    /// No instance registered or none left to try.
+    NoInstance,
+    Connect(String),
+    Timeout,
+}
+
+fn from_entry(e: &Entry, stale: bool, slot: &LogSlot) -> Response {
+    let mut resp = Response::new(Body::from(e.body.clone()));
+    *resp.status_mut() = e.status;
+    *resp.headers_mut() = e.headers.clone();
+    let age = e.stored.elapsed().as_secs();
+    if let Ok(v) = HeaderValue::from_str(&age.to_string()) {
+        resp.headers_mut().insert(header::AGE, v);
+    }
+    let mark = if stale { "STALE" } else { "HIT" };
+    resp.headers_mut()
+        .insert("x-cache", HeaderValue::from_static(mark));
+    if stale {
+        resp.headers_mut().insert(
+            header::WARNING,
+            HeaderValue::from_static("110 - \"Response is Stale\""),
+        );
+    }
+    slot.set_cache(mark);
+    resp
+}
+
+/// The proxy: every request that is not one of the gateway's own routes.
+pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
+    let slot = req
+        .extensions()
+        .get::<LogSlot>()
+        .cloned()
+        .unwrap_or_default();
+    let Some((service, rest)) = split(req.uri()).map(|(s, r)| (s.to_string(), r)) else {
+        return ApiError::not_found(format!("no route for {}", req.uri().path())).into_response();
+    };
+    slot.set_route(&service, app.upstreams.known(&service));
+    if !app.upstreams.known(&service) {
+        return ApiError::not_found(format!("no service '{service}' behind this gateway"))
+            .into_response();
+    }
+    let (parts, body) = req.into_parts();
+    // Bodies are read whole (bounded in size and time), so a request can be retried and a
+    // slow sender never holds a backend connection.
+    let body = match read_body(body, app.cfg.body_timeout_ms, app.max_body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let cache_key =
+        (parts.method == Method::GET && app.cache.enabled() && cache::cacheable(&service, &rest))
+            .then(|| format!("{service}{rest}"));
+    if let Some(key) = &cache_key
+        && let Some(e) = app.cache.fresh(key)
+    {
+        metrics::counter!(app.m.cache.clone(), "result" => "hit").increment(1);
+        return from_entry(&e, false, &slot);
+    }
+    let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let timeout = app.timeout_for(parts.uri.path());
+    let mut headers = parts.headers.clone();
+    strip(&mut headers);
+    if let Some(id) = outpost_kit::request_id::current()
+        && let Ok(v) = HeaderValue::from_str(&id)
+    {
+        headers.insert(outpost_kit::request_id::HEADER, v);
+    }
+    let peer = parts
+        .extensions
+        .get::<crate::conn::Peer>()
+        .map(|p| p.0.ip().to_string());
+    if let Some(ip) = peer
+        && let Ok(v) = HeaderValue::from_str(&ip)
+    {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+
+    app.upstreams.count_request();
+    let mut tried: Vec<String> = Vec::new();
+    let result = loop {
+        let Some(lease) = app.upstreams.pick(&service, &tried) else {
+            break Err(Failure::NoInstance);
+        };
+        tried.push(lease.service_id.clone());
+        slot.set_upstream(&lease.service_id);
+        let mut out = http::Request::new(Body::from(body.clone()));
+        *out.method_mut() = parts.method.clone();
+        *out.headers_mut() = headers.clone();
+        *out.uri_mut() = match format!("{}{rest}", lease.base).parse() {
+            Ok(u) => u,
+            Err(_) => {
+                return ApiError::bad_request("invalid request path").into_response();
+            }
+        };
+        let started = Instant::now();
+        let attempt = tokio::time::timeout(timeout, app.upstreams.client.request(out)).await;
+        metrics::histogram!(app.m.upstream_duration.clone(), "upstream" => lease.service_id.clone())
+            .record(started.elapsed().as_secs_f64());
+        let failure = match attempt {
+            Ok(Ok(resp)) => {
+                app.upstreams.healthy(&lease);
+                metrics::counter!(app.m.upstream_requests.clone(), "upstream" => lease.service_id.clone(), "status" => crate::class(resp.status()))
+                    .increment(1);
+                break Ok((resp, lease));
+            }
+            Ok(Err(e)) => {
+                metrics::counter!(app.m.upstream_requests.clone(), "upstream" => lease.service_id.clone(), "status" => "error")
+                    .increment(1);
+                Failure::Connect(e.to_string())
+            }
+            Err(_) => {
+                metrics::counter!(app.m.upstream_requests.clone(), "upstream" => lease.service_id.clone(), "status" => "timeout")
+                    .increment(1);
+                Failure::Timeout
+            }
+        };
+        app.upstreams.eject(&lease);
+        // A request that may have reached the backend is retried only when repeating it
+        // is harmless, and only within the retry budget.
+        if !idempotent || !app.upstreams.allow_retry() {
+            break Err(failure);
+        }
+        metrics::counter!(app.m.retries.clone(), "service" => service.clone()).increment(1);
+    };
+
+    match result {
+        Ok((resp, lease)) => {
+            let (rparts, rbody) = resp.into_parts();
+            let mut rheaders = rparts.headers;
+            strip(&mut rheaders);
+            if let Some(key) = cache_key {
+                // Buffered (bounded) so it can be stored; on a 5xx a stale copy wins.
+                let limited = http_body_util::Limited::new(rbody, cache::MAX_BODY);
+                let bytes = match tokio::time::timeout(timeout, limited.collect()).await {
+                    Ok(Ok(c)) => c.to_bytes(),
+                    _ => {
+                        drop(lease);
+                        return stale_or(&app, &key, &slot, Failure::Timeout, &service);
+                    }
+                };
+                drop(lease);
+                if rparts.status.is_server_error()
+                    && let Some(e) = app.cache.stale(&key)
+                {
+                    metrics::counter!(app.m.cache.clone(), "result" => "stale").increment(1);
+                    return from_entry(&e, true, &slot);
+                }
+                if rparts.status == StatusCode::OK {
+                    app.cache
+                        .put(key, rparts.status, rheaders.clone(), bytes.clone());
+                }
+                metrics::counter!(app.m.cache.clone(), "result" => "miss").increment(1);
+                slot.set_cache("MISS");
+                let mut out = Response::new(Body::from(bytes));
+                *out.status_mut() = rparts.status;
+                *out.headers_mut() = rheaders;
+                out.headers_mut()
+                    .insert("x-cache", HeaderValue::from_static("MISS"));
+                return out;
+            }
+            // Streamed through; the lease (outstanding count) ends with the body.
+            let body = Body::new(rbody.map_frame(move |f| {
+                let _ = &lease;
+                f
+            }));
+            let mut out = Response::new(body);
+            *out.status_mut() = rparts.status;
+            *out.headers_mut() = rheaders;
+            out
+        }
+        Err(f) => match cache_key {
+            Some(key) => stale_or(&app, &key, &slot, f, &service),
+            None => failure_response(f, &service),
+        },
+    }
+}
+
+fn stale_or(app: &App, key: &str, slot: &LogSlot, f: Failure, service: &str) -> Response {
+    if let Some(e) = app.cache.stale(key) {
+        metrics::counter!(app.m.cache.clone(), "result" => "stale").increment(1);
+        return from_entry(&e, true, slot);
+    }
+    failure_response(f, service)
+}
+
+fn failure_response(f: Failure, service: &str) -> Response {
+    match f {
+        Failure::NoInstance => {
+            ApiError::unavailable(format!("no instance of {service} is available")).into_response()
+        }
+        Failure::Connect(e) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("{service} did not answer: {e}"),
+        )
+        .into_response(),
+        Failure::Timeout => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("{service} did not answer in time"),
+        )
+        .into_response(),
+    }
+}
+
+/// Reads a request body whole, within `max` bytes and `timeout_ms`.
+pub async fn read_body(body: Body, timeout_ms: u64, max: usize) -> Result<Bytes, ApiError> {
+    let limited = http_body_util::Limited::new(body, max);
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), limited.collect()).await {
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body is larger than {max} bytes"),
+                ))
+            } else {
+                Err(ApiError::bad_request(format!(
+                    "cannot read the request body: {e}"
+                )))
+            }
+        }
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body was not sent in time",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_service_and_path() {
+        let u: http::Uri = "/core-data/api/v3/event/all?limit=5".parse().unwrap();
+        assert_eq!(
+            split(&u),
+            Some(("core-data", "/api/v3/event/all?limit=5".to_string()))
+        );
+        let u: http::Uri = "/core-data/api/../../etc".parse().unwrap();
+        assert_eq!(split(&u), None);
+        let u: http::Uri = "/".parse().unwrap();
+        assert_eq!(split(&u), None);
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_credentials() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "close, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("authorization", "Bearer t".parse().unwrap());
+        h.insert("accept", "application/json".parse().unwrap());
+        strip(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("accept"));
+    }
+}

@@ -1,0 +1,342 @@
+//! TLS for the entry point: the node's own CA, the gateway's certificate, and reloading.
+//!
+//! On first start the node creates a CA (`<data>/tls/ca.pem`, key in
+//! `<data>/secrets/node-ca.key`, mode 0600) and issues the gateway a certificate for localhost,
+//! the host name, `node.advertise_host` and `gateway.tls_names`. Clients trust `ca.pem`; it
+//! is also served at `GET /api/v3/ca.pem`. The certificate is reissued when its names change
+//! or it is within 30 days of expiry. An operator may configure their own certificate and
+//! key instead. Either way the files are watched and a changed pair takes effect for new
+//! connections without a restart; a broken pair is logged and the previous one kept.
+//!
+//! Only TLS 1.2 and 1.3 with AEAD cipher suites (what rustls offers), ALPN `h2` and
+//! `http/1.1`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, bail};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use serde::{Deserialize, Serialize};
+
+/// Where the node's TLS files live.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    meta: PathBuf,
+}
+
+impl Paths {
+    pub fn new(data_dir: &Path) -> Self {
+        let tls = data_dir.join("tls");
+        let secrets = data_dir.join("secrets");
+        Self {
+            ca_cert: tls.join("ca.pem"),
+            ca_key: secrets.join("node-ca.key"),
+            cert: tls.join("gateway.pem"),
+            key: secrets.join("gateway-tls.key"),
+            meta: tls.join("gateway.json"),
+        }
+    }
+}
+
+/// What the node-issued certificate was issued for.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct IssuedMeta {
+    names: Vec<String>,
+    /// Seconds since the Unix epoch.
+    not_after: i64,
+}
+
+const CA_DAYS: i64 = 3650;
+const CERT_DAYS: i64 = 397;
+const RENEW_DAYS: i64 = 30;
+
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Outpost");
+    dn.push(DnType::CommonName, "Outpost node CA");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn validity(p: &mut CertificateParams, days: i64) -> anyhow::Result<i64> {
+    let now = now_unix();
+    let not_after = now + days * 86_400;
+    p.not_before =
+        rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs((now - 3600).max(0) as u64);
+    p.not_after = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(not_after as u64);
+    let mut serial = [0u8; 16];
+    getrandom(&mut serial)?;
+    serial[0] &= 0x7f;
+    p.serial_number = Some(SerialNumber::from_slice(&serial));
+    Ok(not_after)
+}
+
+fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {
+    use ring::rand::SecureRandom as _;
+    ring::rand::SystemRandom::new()
+        .fill(buf)
+        .map_err(|_| anyhow::anyhow!("no randomness from the operating system"))
+}
+
+fn write_public(path: &Path, contents: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Creates the node CA if there is none; returns its issuer.
+pub fn ensure_ca(paths: &Paths) -> anyhow::Result<Issuer<'static, KeyPair>> {
+    if paths.ca_key.exists() && paths.ca_cert.exists() {
+        let pem = std::fs::read_to_string(&paths.ca_key)
+            .with_context(|| format!("cannot read {}", paths.ca_key.display()))?;
+        let key = KeyPair::from_pem(&pem).context("the CA key is not a valid key")?;
+        return Ok(Issuer::new(ca_params(), key));
+    }
+    if let Some(dir) = paths.ca_key.parent() {
+        outpost_storage::ensure_private_dir(dir)?;
+    }
+    let key = KeyPair::generate().context("cannot create the CA key")?;
+    let mut params = ca_params();
+    validity(&mut params, CA_DAYS)?;
+    let cert = params.self_signed(&key).context("cannot create the CA")?;
+    outpost_storage::replace_secret_file(&paths.ca_key, key.serialize_pem().as_bytes())?;
+    write_public(&paths.ca_cert, &cert.pem())?;
+    tracing::info!(ca = %paths.ca_cert.display(), "created the node CA");
+    Ok(Issuer::new(ca_params(), key))
+}
+
+/// Issues (or keeps) the gateway's certificate for `names`.
+pub fn ensure_server_cert(paths: &Paths, names: &[String]) -> anyhow::Result<()> {
+    let meta: Option<IssuedMeta> = std::fs::read(&paths.meta)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let fresh = meta
+        .as_ref()
+        .is_some_and(|m| m.names == names && m.not_after - now_unix() > RENEW_DAYS * 86_400);
+    if fresh && paths.cert.exists() && paths.key.exists() {
+        return Ok(());
+    }
+    let issuer = ensure_ca(paths)?;
+    if let Some(dir) = paths.key.parent() {
+        outpost_storage::ensure_private_dir(dir)?;
+    }
+    let mut params = CertificateParams::new(names.to_vec()).context("invalid certificate name")?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Outpost");
+    dn.push(DnType::CommonName, "Outpost gateway");
+    params.distinguished_name = dn;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    let not_after = validity(&mut params, CERT_DAYS)?;
+    let key = KeyPair::generate().context("cannot create the gateway key")?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .context("cannot issue the gateway certificate")?;
+    let ca = std::fs::read_to_string(&paths.ca_cert).unwrap_or_default();
+    // Key first: a reload between the two writes sees a new key with the old certificate,
+    // which fails to load and keeps the previous pair until the certificate follows.
+    outpost_storage::replace_secret_file(&paths.key, key.serialize_pem().as_bytes())?;
+    write_public(&paths.cert, &format!("{}{ca}", cert.pem()))?;
+    let meta = IssuedMeta {
+        names: names.to_vec(),
+        not_after,
+    };
+    write_public(&paths.meta, &serde_json::to_string(&meta)?)?;
+    tracing::info!(names = ?names, "issued the gateway certificate");
+    Ok(())
+}
+
+/// Loads a certificate chain and key from PEM files.
+pub fn load_pair(cert: &Path, key: &Path) -> anyhow::Result<Arc<CertifiedKey>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("cannot read {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{} is not a PEM certificate chain", cert.display()))?;
+    if certs.is_empty() {
+        bail!("{} holds no certificate", cert.display());
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read a private key from {}", key.display()))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key_der)
+        .map_err(|e| anyhow::anyhow!("unsupported key in {}: {e}", key.display()))?;
+    let ck = CertifiedKey::new(certs, signer);
+    ck.keys_match().map_err(|e| {
+        anyhow::anyhow!("{} and {} do not match: {e}", cert.display(), key.display())
+    })?;
+    Ok(Arc::new(ck))
+}
+
+/// Serves the current certificate; [`Reloader::check`] swaps in changed files.
+#[derive(Debug)]
+pub struct Resolver {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ))
+    }
+}
+
+/// Watches the certificate and key files.
+pub struct Reloader {
+    pub resolver: Arc<Resolver>,
+    cert: PathBuf,
+    key: PathBuf,
+    stamp: Option<(SystemTime, SystemTime)>,
+}
+
+fn mtimes(cert: &Path, key: &Path) -> Option<(SystemTime, SystemTime)> {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((m(cert)?, m(key)?))
+}
+
+impl Reloader {
+    pub fn new(cert: PathBuf, key: PathBuf) -> anyhow::Result<Self> {
+        let stamp = mtimes(&cert, &key);
+        let pair = load_pair(&cert, &key)?;
+        Ok(Self {
+            resolver: Arc::new(Resolver {
+                current: RwLock::new(pair),
+            }),
+            cert,
+            key,
+            stamp,
+        })
+    }
+
+    /// Reloads the pair if either file changed; returns whether a new pair is in use.
+    pub fn check(&mut self) -> bool {
+        let stamp = mtimes(&self.cert, &self.key);
+        if stamp.is_none() || stamp == self.stamp {
+            return false;
+        }
+        match load_pair(&self.cert, &self.key) {
+            Ok(pair) => {
+                self.stamp = stamp;
+                *self
+                    .resolver
+                    .current
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = pair;
+                tracing::info!(cert = %self.cert.display(), "reloaded the TLS certificate");
+                true
+            }
+            Err(e) => {
+                // Keep serving the previous pair; try again when the files change again
+                // (a half-written pair usually is complete at the next check).
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "cannot reload the TLS certificate; keeping the previous one"
+                );
+                false
+            }
+        }
+    }
+}
+
+/// The server configuration: TLS 1.2+, ALPN h2 and http/1.1.
+pub fn server_config(resolver: Arc<Resolver>) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// The names the node-issued certificate covers.
+pub fn default_names(advertise_host: &str, extra: &[String]) -> Vec<String> {
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        names.push(h.trim().to_string());
+    }
+    names.push(advertise_host.to_string());
+    names.extend(extra.iter().cloned());
+    names.retain(|n| !n.is_empty());
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issues_a_chain_that_loads_and_keeps_it_while_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path());
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        ensure_server_cert(&paths, &names).unwrap();
+        let first = std::fs::read(&paths.cert).unwrap();
+        load_pair(&paths.cert, &paths.key).unwrap();
+        ensure_server_cert(&paths, &names).unwrap();
+        assert_eq!(
+            std::fs::read(&paths.cert).unwrap(),
+            first,
+            "kept while fresh"
+        );
+        // New names: reissued by the same CA.
+        let ca = std::fs::read(&paths.ca_cert).unwrap();
+        ensure_server_cert(&paths, &["example.test".to_string()]).unwrap();
+        assert_ne!(std::fs::read(&paths.cert).unwrap(), first);
+        assert_eq!(std::fs::read(&paths.ca_cert).unwrap(), ca);
+    }
+
+    #[test]
+    fn a_mismatched_pair_is_refused_and_the_old_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path());
+        ensure_server_cert(&paths, &["localhost".to_string()]).unwrap();
+        let mut r = Reloader::new(paths.cert.clone(), paths.key.clone()).unwrap();
+        let other = KeyPair::generate().unwrap();
+        std::fs::write(&paths.key, other.serialize_pem()).unwrap();
+        // The mtime may not change within the filesystem's resolution; force a check.
+        r.stamp = None;
+        assert!(!r.check());
+    }
+}

@@ -1,0 +1,617 @@
+//! The API gateway over real TLS: the node's CA, login, tokens, roles, API keys, refresh,
+//! request IDs, limits, load balancing over two instances, stale cache, composition, and
+//! slow clients.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::support::{Node, eventually, free_port, signal};
+
+/// An HTTPS client that trusts only the node's CA (as the CLI does).
+fn tls_client(ca: &Path) -> reqwest::Client {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(c.expect("CA cert")).expect("add CA");
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut cfg = cfg;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(cfg)
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+struct Gw {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Gw {
+    fn new(node: &Node) -> Self {
+        Self {
+            base: format!("https://localhost:{}", node.ports.gateway),
+            http: tls_client(&node.data_dir().join("tls/ca.pem")),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> reqwest::Response {
+        let mut rb = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        rb.send().await.expect("request through the gateway")
+    }
+
+    async fn status(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> u16 {
+        self.call(method, path, token, body).await.status().as_u16()
+    }
+
+    async fn login(&self, user: &str, password: &str) -> Value {
+        let r = self
+            .call(
+                Method::POST,
+                "/api/v3/auth/login",
+                None,
+                Some(&json!({"username": user, "password": password})),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "login of {user}");
+        r.json().await.expect("token JSON")
+    }
+}
+
+fn admin_password(node: &Node) -> String {
+    let p = node.data_dir().join("secrets/admin-password");
+    let meta = std::fs::metadata(&p).expect("admin credential");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "credential is private"
+    );
+    std::fs::read_to_string(p).expect("read").trim().to_string()
+}
+
+#[tokio::test]
+async fn tls_login_tokens_roles_keys_and_request_ids() {
+    let mut node = Node::start("[log]\nlevel = \"info,outpost_kit=debug\"\n").await;
+    let gw = Gw::new(&node);
+
+    // Public: ping, health, the CA (which is the file clients trust).
+    assert_eq!(
+        gw.status(Method::GET, "/api/v3/ping", None, None).await,
+        200
+    );
+    let ca = gw.call(Method::GET, "/api/v3/ca.pem", None, None).await;
+    assert_eq!(ca.status(), 200);
+    assert_eq!(
+        ca.text().await.unwrap(),
+        std::fs::read_to_string(node.data_dir().join("tls/ca.pem")).unwrap()
+    );
+    // HTTP/2 by ALPN.
+    let r = gw.call(Method::GET, "/api/v3/ping", None, None).await;
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    // Plain HTTP on the TLS port is not answered as HTTP.
+    let plain = node
+        .http
+        .get(format!(
+            "http://127.0.0.1:{}/api/v3/ping",
+            node.ports.gateway
+        ))
+        .send()
+        .await;
+    assert!(plain.is_err() || plain.is_ok_and(|r| !r.status().is_success()));
+
+    // Anonymous: refused on every non-public route, with a Bearer challenge; nothing is
+    // proxied.
+    for (m, p) in [
+        (Method::GET, "/core-metadata/api/v3/deviceprofile/all"),
+        (Method::GET, "/core-data/api/v3/event/all"),
+        (
+            Method::DELETE,
+            "/core-data/api/v3/event/id/5a1e9c2b-0c1d-4b8a-9f43-0d5c9e6a3f11",
+        ),
+        (Method::GET, "/api/v3/auth/user"),
+        (Method::GET, "/no-such-service/api/v3/ping"),
+        (Method::GET, "/metrics"),
+    ] {
+        let r = gw.call(m.clone(), p, None, None).await;
+        assert_eq!(r.status(), 401, "{m} {p}");
+        assert!(r.headers().contains_key("www-authenticate"));
+    }
+
+    // Login: wrong password 401, the generated admin credential works.
+    assert_eq!(
+        gw.status(
+            Method::POST,
+            "/api/v3/auth/login",
+            None,
+            Some(&json!({"username": "admin", "password": "not the password"}))
+        )
+        .await,
+        401
+    );
+    let admin = gw.login("admin", &admin_password(&node)).await;
+    let at = admin["accessToken"].as_str().unwrap().to_string();
+    assert_eq!(admin["role"], "admin");
+
+    // A proxied read with the token, and the request ID end to end.
+    let id = "gw-e2e-7d0c1f5a";
+    let r = gw
+        .http
+        .get(format!(
+            "{}/core-metadata/api/v3/deviceprofile/all",
+            gw.base
+        ))
+        .bearer_auth(&at)
+        .header("X-Correlation-ID", id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-correlation-id"], id);
+    let minted = gw
+        .call(Method::GET, "/core-data/api/v3/ping", Some(&at), None)
+        .await;
+    assert_eq!(minted.status(), 200);
+    assert!(!minted.headers()["x-correlation-id"].is_empty());
+    eventually(
+        "the request ID in the gateway's and the backend's log",
+        Duration::from_secs(5),
+        || async {
+            let log = node.log();
+            log.lines()
+                .any(|l| l.contains("gateway |") && l.contains(id) && l.contains("status=200"))
+                && log
+                    .lines()
+                    .any(|l| l.contains("core-metadata |") && l.contains(id))
+        },
+    )
+    .await;
+
+    // Users and roles.
+    let (s, _) = (
+        gw.status(
+            Method::POST,
+            "/api/v3/auth/user",
+            Some(&at),
+            Some(&json!({"username": "vic", "password": "viewer password 1", "role": "viewer"})),
+        )
+        .await,
+        (),
+    );
+    assert_eq!(s, 201);
+    let viewer = gw.login("vic", "viewer password 1").await;
+    let vt = viewer["accessToken"].as_str().unwrap().to_string();
+    assert_eq!(
+        gw.status(
+            Method::GET,
+            "/core-data/api/v3/event/count",
+            Some(&vt),
+            None
+        )
+        .await,
+        200
+    );
+    for (m, p) in [
+        (Method::PUT, "/core-command/api/v3/device/name/x/y"),
+        (
+            Method::DELETE,
+            "/core-data/api/v3/event/id/5a1e9c2b-0c1d-4b8a-9f43-0d5c9e6a3f11",
+        ),
+        (Method::POST, "/core-metadata/api/v3/device"),
+        (Method::GET, "/api/v3/auth/user"),
+        (Method::POST, "/core-keeper/api/v3/registry"),
+    ] {
+        assert_eq!(
+            gw.status(m.clone(), p, Some(&vt), Some(&json!({}))).await,
+            403,
+            "viewer {m} {p}"
+        );
+    }
+    // Forged and garbage tokens.
+    let mut parts: Vec<String> = vt.split('.').map(str::to_string).collect();
+    parts[1] = parts[1].chars().rev().collect();
+    assert_eq!(
+        gw.status(
+            Method::GET,
+            "/core-data/api/v3/event/count",
+            Some(&parts.join(".")),
+            None
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        gw.status(
+            Method::GET,
+            "/core-data/api/v3/event/count",
+            Some("nonsense"),
+            None
+        )
+        .await,
+        401
+    );
+
+    // API keys: an operator key writes; revoked, it is refused.
+    let r = gw
+        .call(
+            Method::POST,
+            "/api/v3/auth/apikey",
+            Some(&at),
+            Some(&json!({"name": "script", "role": "operator"})),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let k: Value = r.json().await.unwrap();
+    let key = k["key"].as_str().unwrap().to_string();
+    let del = "/core-data/api/v3/event/id/5a1e9c2b-0c1d-4b8a-9f43-0d5c9e6a3f11";
+    let by_key = gw
+        .http
+        .delete(format!("{}{del}", gw.base))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        by_key.status(),
+        404,
+        "passed the gateway, unknown to core-data"
+    );
+    let kid = k["id"].as_str().unwrap();
+    assert_eq!(
+        gw.status(
+            Method::DELETE,
+            &format!("/api/v3/auth/apikey/{kid}"),
+            Some(&at),
+            None
+        )
+        .await,
+        204
+    );
+    assert_eq!(gw.status(Method::DELETE, del, Some(&key), None).await, 401);
+
+    // Refresh: a new pair; the used refresh token is refused afterwards.
+    let rt = viewer["refreshToken"].as_str().unwrap();
+    let r = gw
+        .call(
+            Method::POST,
+            "/api/v3/auth/refresh",
+            None,
+            Some(&json!({"refreshToken": rt})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let again = gw
+        .call(
+            Method::POST,
+            "/api/v3/auth/refresh",
+            None,
+            Some(&json!({"refreshToken": rt})),
+        )
+        .await;
+    assert_eq!(again.status(), 401);
+
+    // Bad input at the door.
+    assert_eq!(
+        gw.status(Method::GET, "/no-such-service/api/v3/ping", Some(&at), None)
+            .await,
+        404
+    );
+    let big = vec![b'x'; 5 * 1024 * 1024];
+    let r = gw
+        .http
+        .post(format!("{}/core-metadata/api/v3/device", gw.base))
+        .bearer_auth(&at)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = gw
+        .http
+        .get(format!("{}/core-data/api/v3/ping", gw.base))
+        .bearer_auth(&at)
+        .header("x-filler", "y".repeat(20_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+
+    // Tokens survive a restart of the node; removing a user ends their token at once.
+    node.stop();
+    node.launch().await;
+    assert_eq!(
+        gw.status(
+            Method::GET,
+            "/core-data/api/v3/event/count",
+            Some(&at),
+            None
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        gw.status(Method::DELETE, "/api/v3/auth/user/vic", Some(&at), None)
+            .await,
+        204
+    );
+    assert_eq!(
+        gw.status(
+            Method::GET,
+            "/core-data/api/v3/event/count",
+            Some(&vt),
+            None
+        )
+        .await,
+        401
+    );
+}
+
+#[tokio::test]
+async fn balancing_failover_stale_cache_limits_and_overview() {
+    let node = Node::start(
+        r#"
+[device_virtual]
+enabled = true
+[gateway]
+upstream_timeout_ms = 1500
+cache_ttl_s = 1
+eject_ms = 30000
+route_limits = [{ prefix = "/core-keeper", rate_per_s = 1.0, burst = 3.0 }]
+"#,
+    )
+    .await;
+    let gw = Gw::new(&node);
+    let admin = gw.login("admin", &admin_password(&node)).await;
+    let at = admin["accessToken"].as_str().unwrap().to_string();
+
+    // A second instance of core-command, registered as core-command@b.
+    let port_b = free_port();
+    let mut b = std::process::Command::new(crate::support::BIN)
+        .arg("--config")
+        .arg(&node.config)
+        .arg("--data-dir")
+        .arg(node.data_dir())
+        .args([
+            "--set",
+            &format!("core_command.port={port_b}"),
+            "--set",
+            "node.instance=\"b\"",
+        ])
+        .args(["run", "core-command"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("second core-command");
+    eventually(
+        "core-command@b registered",
+        Duration::from_secs(15),
+        || async {
+            node.registrations()
+                .await
+                .iter()
+                .any(|r| r["serviceId"] == "core-command@b" && r["status"] == "UP")
+        },
+    )
+    .await;
+    let gw_metrics = format!("http://127.0.0.1:{}", node.ports.gateway_http);
+    eventually(
+        "requests spread over both instances",
+        Duration::from_secs(15),
+        || async {
+            for _ in 0..20 {
+                assert_eq!(
+                    gw.status(
+                        Method::GET,
+                        "/core-command/api/v3/device/all",
+                        Some(&at),
+                        None
+                    )
+                    .await,
+                    200
+                );
+            }
+            let text = node
+                .http
+                .get(format!("{gw_metrics}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.contains("upstream=\"core-command@b\"")
+                && text.contains("upstream=\"core-command\"")
+        },
+    )
+    .await;
+    // Instance b dies: idempotent GETs keep succeeding (retried on the other instance).
+    let _ = b.kill();
+    let _ = b.wait();
+    for i in 0..30 {
+        assert_eq!(
+            gw.status(
+                Method::GET,
+                "/core-command/api/v3/device/all",
+                Some(&at),
+                None
+            )
+            .await,
+            200,
+            "request {i} after the instance died"
+        );
+    }
+
+    // Cache: MISS, then HIT; metadata hangs → the cached profile is served, marked stale.
+    let p = "/core-metadata/api/v3/deviceprofile/name/Random-Integer-Device";
+    let r = gw.call(Method::GET, p, Some(&at), None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    let fresh: Value = r.json().await.unwrap();
+    let r = gw.call(Method::GET, p, Some(&at), None).await;
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let metadata = node.pid("core-metadata");
+    signal(metadata, "STOP");
+    let r = gw.call(Method::GET, p, Some(&at), None).await;
+    let (status, headers) = (r.status(), r.headers().clone());
+    let stale: Value = r.json().await.unwrap_or_default();
+    // Overview with metadata hanging is an error (the device itself is unknown); with
+    // core-data hanging it is partial. Checked after metadata is back.
+    signal(metadata, "CONT");
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-cache"], "STALE");
+    assert!(headers["warning"].to_str().unwrap().starts_with("110"));
+    assert!(headers.contains_key("age"));
+    assert_eq!(stale["profile"]["name"], fresh["profile"]["name"]);
+
+    // Composition: one round trip, then partial when core-data hangs.
+    let dev = "Random-Integer-Device";
+    let ov: Value = gw
+        .call(
+            Method::GET,
+            &format!("/api/v3/overview/device/{dev}"),
+            Some(&at),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ov["device"]["name"], dev);
+    assert_eq!(ov["profile"]["name"], ov["device"]["profileName"]);
+    assert!(ov["commands"].is_array(), "{ov}");
+    assert_eq!(ov["partial"], false, "{ov}");
+    let data = node.pid("core-data");
+    signal(data, "STOP");
+    let r = gw
+        .call(
+            Method::GET,
+            &format!("/api/v3/overview/device/{dev}"),
+            Some(&at),
+            None,
+        )
+        .await;
+    signal(data, "CONT");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-outpost-partial"], "true");
+    let ov: Value = r.json().await.unwrap();
+    assert!(
+        ov["readings"].is_null() && ov["errors"]["readings"].is_string(),
+        "{ov}"
+    );
+    assert_eq!(ov["device"]["name"], dev);
+
+    // Rate limit on a route: burst of 3, then 429 with Retry-After, then recovery.
+    let reg = "/core-keeper/api/v3/ping";
+    for _ in 0..3 {
+        assert_eq!(gw.status(Method::GET, reg, Some(&at), None).await, 200);
+    }
+    let r = gw.call(Method::GET, reg, Some(&at), None).await;
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait));
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    assert_eq!(gw.status(Method::GET, reg, Some(&at), None).await, 200);
+    // Other routes were not limited meanwhile.
+    assert_eq!(
+        gw.status(Method::GET, "/core-data/api/v3/ping", Some(&at), None)
+            .await,
+        200
+    );
+}
+
+#[tokio::test]
+async fn slow_clients_and_failed_logins() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let node = Node::start("[gateway]\nheader_timeout_ms = 500\nlogin_burst = 2\n").await;
+    // A client that sends half a request head and stalls gets 408 and is disconnected.
+    let ca = node.data_dir().join("tls/ca.pem");
+    let mut roots = rustls::RootCertStore::empty();
+    {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+        for c in CertificateDer::pem_file_iter(&ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", node.ports.gateway))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /api/v3/ping HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was closed by the gateway");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+
+    // Failed logins: after the burst, 429 with Retry-After, even with the right password.
+    let gw = Gw::new(&node);
+    let bad = json!({"username": "admin", "password": "wrong wrong wrong"});
+    for _ in 0..2 {
+        assert_eq!(
+            gw.status(Method::POST, "/api/v3/auth/login", None, Some(&bad))
+                .await,
+            401
+        );
+    }
+    let r = gw
+        .call(Method::POST, "/api/v3/auth/login", None, Some(&bad))
+        .await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let good = json!({"username": "admin", "password": admin_password(&node)});
+    assert_eq!(
+        gw.status(Method::POST, "/api/v3/auth/login", None, Some(&good))
+            .await,
+        429
+    );
+}
