@@ -11,22 +11,24 @@ use serde_json::{Value, json};
 
 use crate::support::{Node, eventually, free_port, signal};
 
-/// An HTTPS client that trusts only the node's CA (as the CLI does).
-fn tls_client(ca: &Path) -> reqwest::Client {
+/// A TLS client configuration that trusts only the node's CA (as the CLI does).
+fn trusting(ca: &Path) -> rustls::ClientConfig {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca).expect("CA file") {
         roots.add(c.expect("CA cert")).expect("add CA");
     }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let mut cfg = cfg;
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// An HTTPS client that trusts only the node's CA, offering HTTP/2.
+fn tls_client(ca: &Path) -> reqwest::Client {
+    let mut cfg = trusting(ca);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     reqwest::Client::builder()
         .tls_backend_preconfigured(cfg)
@@ -562,22 +564,7 @@ async fn slow_clients_and_failed_logins() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let node = Node::start("[gateway]\nheader_timeout_ms = 500\nlogin_burst = 2\n").await;
     // A client that sends half a request head and stalls gets 408 and is disconnected.
-    let ca = node.data_dir().join("tls/ca.pem");
-    let mut roots = rustls::RootCertStore::empty();
-    {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject as _;
-        for c in CertificateDer::pem_file_iter(&ca).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let cfg = trusting(&node.data_dir().join("tls/ca.pem"));
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", node.ports.gateway))
         .await

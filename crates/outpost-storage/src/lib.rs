@@ -117,7 +117,17 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), StorageError> {
 /// Writes `contents` to a new file `path` with mode 0600, failing if it exists; the file and
 /// its directory are synced so the secret survives power loss.
 pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), StorageError> {
-    // A name no other writer (process or thread) uses.
+    let tmp = synced_temp(path, contents)?;
+    // `link` fails if the target exists, so a concurrent creator cannot be overwritten.
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    linked.map_err(|e| StorageError::io(format!("create {}", path.display()), e))?;
+    sync_parent(path)
+}
+
+/// Writes `contents` to a new 0600 temporary file next to `path` (a name no other writer,
+/// process or thread, uses) and syncs it; returns its path.
+fn synced_temp(path: &Path, contents: &[u8]) -> Result<PathBuf, StorageError> {
     let mut nonce = [0u8; 8];
     getrandom::fill(&mut nonce).map_err(|e| StorageError::Key {
         path: path.to_path_buf(),
@@ -130,13 +140,14 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), StorageErro
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| StorageError::io(format!("create {}", tmp.display()), e))?;
-    f.write_all(contents)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| StorageError::io(format!("write {}", tmp.display()), e))?;
-    // `link` fails if the target exists, so a concurrent creator cannot be overwritten.
-    let linked = fs::hard_link(&tmp, path);
-    let _ = fs::remove_file(&tmp);
-    linked.map_err(|e| StorageError::io(format!("create {}", path.display()), e))?;
+    if let Err(e) = f.write_all(contents).and_then(|()| f.sync_all()) {
+        let _ = fs::remove_file(&tmp);
+        return Err(StorageError::io(format!("write {}", tmp.display()), e));
+    }
+    Ok(tmp)
+}
+
+fn sync_parent(path: &Path) -> Result<(), StorageError> {
     if let Some(dir) = path.parent() {
         fs::File::open(dir)
             .and_then(|d| d.sync_all())
@@ -149,29 +160,12 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> Result<(), StorageErro
 /// (for secrets that are rotated: certificate keys, generated passwords); synced like
 /// [`write_secret_file`].
 pub fn replace_secret_file(path: &Path, contents: &[u8]) -> Result<(), StorageError> {
-    let mut nonce = [0u8; 8];
-    getrandom::fill(&mut nonce).map_err(|e| StorageError::Key {
-        path: path.to_path_buf(),
-        why: format!("no randomness: {e}"),
-    })?;
-    let tmp = path.with_extension(format!("tmp-{}", hex::encode(nonce)));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| StorageError::io(format!("create {}", tmp.display()), e))?;
-    let written = f.write_all(contents).and_then(|()| f.sync_all());
-    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
+    let tmp = synced_temp(path, contents)?;
+    if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
         return Err(StorageError::io(format!("write {}", path.display()), e));
     }
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StorageError::io(format!("sync {}", dir.display()), e))?;
-    }
-    Ok(())
+    sync_parent(path)
 }
 
 /// Loads the key `<secrets>/<name>.key`, creating it on first use.
