@@ -10,9 +10,12 @@
 #   bench/run.sh mqtt-devices readings/s from 1,000 MQTT devices (own credentials) into
 #                             core-data vs mosquitto's raw rate for the same messages
 #   bench/run.sh command      command round trip p50/p99 through core-command
+#   bench/run.sh gateway      requests/s and p50/p99 through the gateway (TLS + JWT) vs nginx
+#                             as a TLS reverse proxy to the same route, wrk as the client;
+#                             latency added over calling the service directly
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --test >/dev/null
+scripts/setup.sh --bench >/dev/null
 cargo build --release --locked -p outpost -p outpost-bench
 B=target/release/outpost-bench
 O=target/release/outpost
@@ -49,4 +52,7 @@ if [[ $what == all || $what == mqtt-devices ]]; then
 fi
 if [[ $what == all || $what == command ]]; then
   run "$B" command --outpost "$O" --requests 5000
+fi
+if [[ $what == all || $what == gateway ]]; then
+  run "$B" gateway --outpost "$O" --seconds 10 --connections 50 --rounds 3
 fi

@@ -3,13 +3,18 @@
 #   scripts/setup.sh          build and run dependencies
 #   scripts/setup.sh --test   plus the real peers the tests talk to (mosquitto, and pymodbus
 #                             in a virtualenv under target/peers/)
+#   scripts/setup.sh --bench  plus the benchmarks' peers (nginx, wrk)
 # Installing Debian packages needs root; as another user the script uses sudo.
 set -euo pipefail
 
 # A C compiler and OpenSSL headers build the bundled SQLCipher.
 packages=(gcc libc6-dev pkg-config libssl-dev)
-if [[ "${1:-}" == "--test" ]]; then
+if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
   packages+=(mosquitto mosquitto-clients python3 python3-venv curl)
+fi
+# The benchmarks' peers: nginx (the gateway's reference) and wrk (the HTTP load generator).
+if [[ "${1:-}" == "--bench" ]]; then
+  packages+=(nginx wrk)
 fi
 
 missing=()
@@ -29,6 +34,11 @@ if ((${#missing[@]})); then
     echo "Stopping and disabling the system mosquitto service (it holds port 1883)"
     $sudo systemctl disable --now mosquitto >/dev/null 2>&1 || true
   fi
+  # Likewise nginx: the benchmark starts its own, on a free port.
+  if [[ " ${missing[*]} " == *" nginx "* ]] && command -v systemctl >/dev/null 2>&1 &&
+    systemctl is-active --quiet nginx 2>/dev/null; then
+    $sudo systemctl disable --now nginx >/dev/null 2>&1 || true
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -41,7 +51,7 @@ if [[ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -n1)" != "$need" ]];
   echo "Rust $have is too old: Outpost needs $need or newer (rustup update stable)" >&2
   exit 1
 fi
-if [[ "${1:-}" == "--test" ]]; then
+if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
   for component in rustfmt clippy; do
     if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
       if command -v rustup >/dev/null 2>&1; then
@@ -59,7 +69,7 @@ if [[ "${1:-}" == "--test" ]]; then
   fi
 fi
 
-if [[ "${1:-}" == "--test" ]]; then
+if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
   # The Modbus peer: pymodbus (and pyserial), pinned, in a virtualenv. The tests and the benchmark
   # (tests/e2e/modbus.rs, bench/loadgen/src/modbus.rs) run target/peers/pymodbus/bin/python.
   # Quick when already installed.

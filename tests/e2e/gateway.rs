@@ -187,13 +187,24 @@ async fn tls_login_tokens_roles_keys_and_request_ids() {
         .await;
     assert_eq!(minted.status(), 200);
     assert!(!minted.headers()["x-correlation-id"].is_empty());
+    // The gateway's access log (JSON lines, written off the request path) and the
+    // backend's log line show the same ID.
+    let access = node.data_dir().join("log/access.log");
     eventually(
-        "the request ID in the gateway's and the backend's log",
+        "the request ID in the gateway's access log and the backend's log",
         Duration::from_secs(5),
         || async {
             let log = node.log();
-            log.lines()
-                .any(|l| l.contains("gateway |") && l.contains(id) && l.contains("status=200"))
+            std::fs::read_to_string(&access)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|l| {
+                    l["requestId"] == id
+                        && l["status"] == 200
+                        && l["identity"] == "user:admin"
+                        && l["upstream"] == "core-metadata"
+                })
                 && log
                     .lines()
                     .any(|l| l.contains("core-metadata |") && l.contains(id))
@@ -584,4 +595,467 @@ async fn slow_clients_and_failed_logins() {
             .await,
         429
     );
+}
+
+/// The role a route of a proxied service needs (auth.rs; the README's table): reads for
+/// viewers, writes for operators, registry writes for admins.
+fn proxied_role(service: &str, method: &Method) -> &'static str {
+    match (service, method) {
+        (_, &Method::GET | &Method::HEAD) => "viewer",
+        ("core-keeper", _) => "admin",
+        _ => "operator",
+    }
+}
+
+fn rank(role: &str) -> u8 {
+    match role {
+        "viewer" => 1,
+        "operator" => 2,
+        _ => 3,
+    }
+}
+
+/// A concrete path for a templated one: every `{param}` becomes a harmless value.
+fn concrete(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            if seg.starts_with('{') {
+                "x0-not-there"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+async fn upstream_requests(node: &Node) -> f64 {
+    let text = node
+        .http
+        .get(format!(
+            "http://127.0.0.1:{}/metrics",
+            node.ports.gateway_http
+        ))
+        .send()
+        .await
+        .expect("gateway metrics")
+        .text()
+        .await
+        .expect("gateway metrics text");
+    text.lines()
+        .filter(|l| l.starts_with("outpost_gateway_upstream_requests_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn every_documented_route_is_guarded_and_tokens_expire() {
+    let node = Node::start("[gateway]\naccess_token_ttl_s = 10\n").await;
+    let gw = Gw::new(&node);
+    let admin = gw.login("admin", &admin_password(&node)).await;
+    let at = admin["accessToken"].as_str().unwrap().to_string();
+    let logged_in = std::time::Instant::now();
+    for (user, role) in [("vera", "viewer"), ("otto", "operator")] {
+        let body =
+            json!({"username": user, "password": format!("{user} password 1"), "role": role});
+        assert_eq!(
+            gw.status(Method::POST, "/api/v3/auth/user", Some(&at), Some(&body))
+                .await,
+            201
+        );
+    }
+    let vt = gw.login("vera", "vera password 1").await["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ot = gw.login("otto", "otto password 1").await["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The documents the gateway serves: every core service's, the device services' and
+    // its own, each pointing at its gateway route.
+    let index: Value = gw
+        .call(Method::GET, "/api/v3/openapi", Some(&at), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = index["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .collect();
+    for expected in [
+        "gateway.yaml",
+        "core-data.yaml",
+        "core-metadata.yaml",
+        "core-command.yaml",
+        "core-keeper.yaml",
+        "support-notifications.yaml",
+        "support-scheduler.yaml",
+        "device-service.yaml",
+    ] {
+        assert!(names.contains(&expected), "{expected} in {names:?}");
+    }
+    assert_eq!(
+        gw.status(Method::GET, "/api/v3/openapi/core-data.yaml", None, None)
+            .await,
+        401
+    );
+    assert_eq!(
+        gw.status(Method::GET, "/api/v3/openapi/nope.yaml", Some(&at), None)
+            .await,
+        404
+    );
+
+    // Every operation of every document: (method, path, service, public, role).
+    let mut routes = Vec::new();
+    for name in &names {
+        let r = gw
+            .call(
+                Method::GET,
+                &format!("/api/v3/openapi/{name}"),
+                Some(&at),
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{name}");
+        assert_eq!(r.headers()["content-type"], "application/yaml");
+        let doc: Value = serde_norway::from_str(&r.text().await.unwrap()).expect("YAML");
+        let servers: Vec<String> = doc["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["url"].as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            servers.iter().all(|s| s.ends_with("/api/v3")),
+            "{servers:?}"
+        );
+        for server in &servers {
+            let service = server.trim_start_matches('/').split('/').next().unwrap();
+            let own = server == "/api/v3";
+            for (path, ops) in doc["paths"].as_object().unwrap() {
+                for (m, op) in ops.as_object().unwrap() {
+                    let Ok(method) = m.to_uppercase().parse::<Method>() else {
+                        continue;
+                    };
+                    if !["GET", "PUT", "POST", "DELETE", "PATCH"].contains(&method.as_str()) {
+                        continue;
+                    }
+                    let public = op.get("security").is_some_and(|s| s == &json!([]));
+                    let role = if public {
+                        "none".to_string()
+                    } else if own {
+                        op.get("x-outpost-role")
+                            .and_then(Value::as_str)
+                            .unwrap_or_else(|| panic!("{m} {path}: x-outpost-role"))
+                            .to_string()
+                    } else {
+                        proxied_role(service, &method).to_string()
+                    };
+                    routes.push((method, format!("{server}{}", concrete(path)), public, role));
+                }
+            }
+        }
+    }
+    assert!(routes.len() > 150, "{} routes", routes.len());
+    assert!(routes.iter().any(|r| r.2), "public routes are documented");
+
+    // Anonymous: every non-public route is refused with a Bearer challenge, and none of
+    // those requests reaches a backend.
+    let before = upstream_requests(&node).await;
+    for (method, path, public, _) in &routes {
+        let r = gw.call(method.clone(), path, None, Some(&json!({}))).await;
+        if *public {
+            assert_ne!(r.status(), 401, "public {method} {path}");
+        } else {
+            assert_eq!(r.status(), 401, "anonymous {method} {path}");
+            assert!(
+                r.headers().contains_key("www-authenticate"),
+                "{method} {path}"
+            );
+        }
+    }
+    // Viewer and operator: refused (403) exactly where their role is not enough.
+    for (token, who) in [(&vt, "viewer"), (&ot, "operator")] {
+        for (method, path, public, role) in &routes {
+            if *public || rank(who) >= rank(role) {
+                continue;
+            }
+            let s = gw
+                .status(method.clone(), path, Some(token), Some(&json!({})))
+                .await;
+            assert_eq!(s, 403, "{who} {method} {path} needs {role}");
+        }
+    }
+    assert_eq!(
+        upstream_requests(&node).await,
+        before,
+        "refused requests never reach a backend"
+    );
+    // Where the role is enough, the request passes the gateway (whatever the service
+    // makes of the placeholder values).
+    for (token, who) in [(&vt, "viewer"), (&ot, "operator")] {
+        for (method, path, public, role) in &routes {
+            if *public || rank(who) < rank(role) || path.contains("/auth/") {
+                continue;
+            }
+            let s = gw
+                .status(method.clone(), path, Some(token), Some(&json!({})))
+                .await;
+            assert!(
+                s != 401 && s != 403 && s != 429,
+                "{who} {method} {path}: {s}"
+            );
+        }
+    }
+
+    // curl, as the README shows it: log in, then a first request with the token.
+    let ca = node.data_dir().join("tls/ca.pem");
+    let base = format!("https://localhost:{}", node.ports.gateway);
+    let login = std::process::Command::new("curl")
+        .args(["-sS", "--fail-with-body", "--cacert"])
+        .arg(&ca)
+        .args(["-H", "Content-Type: application/json", "-d"])
+        .arg(json!({"username": "vera", "password": "vera password 1"}).to_string())
+        .arg(format!("{base}/api/v3/auth/login"))
+        .output()
+        .expect("curl");
+    assert!(
+        login.status.success(),
+        "{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    let t: Value = serde_json::from_slice(&login.stdout).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail-with-body", "--cacert"])
+        .arg(&ca)
+        .arg("-H")
+        .arg(format!(
+            "Authorization: Bearer {}",
+            t["accessToken"].as_str().unwrap()
+        ))
+        .arg(format!("{base}/core-metadata/api/v3/deviceprofile/all"))
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["statusCode"], 200);
+    // curl without the CA refuses the node's certificate.
+    let untrusted = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null"])
+        .arg(format!("{base}/api/v3/ping"))
+        .output()
+        .expect("curl");
+    assert!(!untrusted.status.success());
+
+    // Expiry: an access token stops working after access_token_ttl_s; the refresh token
+    // still yields a new one.
+    let wait = Duration::from_secs(11).saturating_sub(logged_in.elapsed());
+    tokio::time::sleep(wait).await;
+    assert_eq!(
+        gw.status(Method::GET, "/api/v3/auth/whoami", Some(&at), None)
+            .await,
+        401
+    );
+    let fresh: Value = gw
+        .call(
+            Method::POST,
+            "/api/v3/auth/refresh",
+            None,
+            Some(&json!({"refreshToken": admin["refreshToken"]})),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let nt = fresh["accessToken"].as_str().unwrap();
+    assert_eq!(
+        gw.status(Method::GET, "/api/v3/auth/whoami", Some(nt), None)
+            .await,
+        200
+    );
+}
+
+/// The CLI as on another machine: no node data dir, its own session store.
+fn remote_cli(home: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write as _;
+    let empty = home.join("no-node-here");
+    let mut child = std::process::Command::new(crate::support::BIN)
+        .arg("--data-dir")
+        .arg(&empty)
+        .args(args)
+        .env("XDG_CONFIG_HOME", home)
+        .env_remove("OUTPOST_GATEWAY")
+        .env_remove("OUTPOST_CA")
+        .env_remove("OUTPOST_TOKEN")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run outpost");
+    if let Some(mut i) = child.stdin.take() {
+        let _ = i.write_all(stdin.as_bytes());
+    }
+    let out = child.wait_with_output().expect("run outpost");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn cli_logs_in_manages_users_and_keys_and_works_remotely() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let node = Node::start("").await;
+    // On the node, the CLI goes through the gateway with the generated admin credential,
+    // and keeps the session private.
+    let (ok, out, err) = node.cli(&["whoami"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("admin (admin)"), "{out}");
+    let sessions: Vec<_> = std::fs::read_dir(node.cli_home().join("outpost/sessions"))
+        .expect("session dir")
+        .filter_map(Result::ok)
+        .collect();
+    assert_eq!(sessions.len(), 1);
+    let mode = sessions[0].metadata().unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let (ok, out, err) = node.cli(&["services"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("core-data"), "{out}");
+
+    // Users and API keys.
+    let (ok, _, err) = node.cli_with(
+        &["user", "add", "vic", "--role", "viewer", "--password-stdin"],
+        &[],
+        Some("viewer password 1\n"),
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = node.cli_with(
+        &[
+            "user",
+            "add",
+            "short",
+            "--role",
+            "viewer",
+            "--password-stdin",
+        ],
+        &[],
+        Some("short\n"),
+    );
+    assert!(
+        !ok && err.contains("12"),
+        "a too short password is refused: {err}"
+    );
+    let (ok, out, _) = node.cli(&["user", "list"]);
+    assert!(ok);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("vic") && l.contains("viewer")),
+        "{out}"
+    );
+    let (ok, out, err) = node.cli(&["apikey", "create", "ci", "--role", "operator"]);
+    assert!(ok, "{err}");
+    let key = out
+        .split_whitespace()
+        .find(|w| w.starts_with("opk_"))
+        .expect("the key is printed")
+        .to_string();
+    let key_id = out
+        .split_whitespace()
+        .nth(2)
+        .expect("the key's id")
+        .to_string();
+    let (ok, out, _) = node.cli(&["apikey", "list"]);
+    assert!(ok);
+    assert!(out.contains(&key_id) && out.contains("active"), "{out}");
+    assert!(!out.contains(&key), "keys are never listed");
+
+    // Another machine: the CA must be given once; the session keeps it.
+    let home = tempfile::tempdir().unwrap();
+    let gw = format!("https://127.0.0.1:{}", node.ports.gateway);
+    let ca = node.data_dir().join("tls/ca.pem");
+    let ca = ca.to_str().unwrap();
+    let (ok, _, err) = remote_cli(home.path(), &["--gateway", &gw, "profile", "list"], "");
+    assert!(!ok && err.contains("--ca"), "{err}");
+    let (ok, _, err) = remote_cli(
+        home.path(),
+        &[
+            "--gateway",
+            &gw,
+            "--ca",
+            ca,
+            "login",
+            "--user",
+            "vic",
+            "--password-stdin",
+        ],
+        "wrong password 12\n",
+    );
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, out, err) = remote_cli(
+        home.path(),
+        &[
+            "--gateway",
+            &gw,
+            "--ca",
+            ca,
+            "login",
+            "-u",
+            "vic",
+            "--password-stdin",
+        ],
+        "viewer password 1\n",
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("as vic (viewer)"), "{out}");
+    let (ok, _, err) = remote_cli(home.path(), &["--gateway", &gw, "profile", "list"], "");
+    assert!(ok, "reads work with the stored session and CA: {err}");
+    let (ok, _, err) = remote_cli(
+        home.path(),
+        &["--gateway", &gw, "device", "rm", "nothing"],
+        "",
+    );
+    assert!(!ok && err.contains("403"), "a viewer cannot write: {err}");
+    // An API key instead of a session.
+    let (ok, _, err) = remote_cli(
+        home.path(),
+        &["--gateway", &gw, "--token", &key, "device", "list"],
+        "",
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = node.cli(&["apikey", "revoke", &key_id]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = remote_cli(
+        home.path(),
+        &["--gateway", &gw, "--token", &key, "device", "list"],
+        "",
+    );
+    assert!(!ok && err.contains("refused"), "{err}");
+
+    // Removing the user ends the remote session.
+    let (ok, _, err) = node.cli(&["user", "rm", "vic"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = remote_cli(home.path(), &["--gateway", &gw, "profile", "list"], "");
+    assert!(!ok && err.contains("outpost login"), "{err}");
+
+    // Logout on the node: the session file goes; the next command logs in again.
+    let (ok, out, _) = node.cli(&["logout"]);
+    assert!(ok && out.contains("logged out"), "{out}");
+    assert_eq!(
+        std::fs::read_dir(node.cli_home().join("outpost/sessions"))
+            .unwrap()
+            .count(),
+        0
+    );
+    let (ok, out, _) = node.cli(&["whoami"]);
+    assert!(ok && out.contains("admin"), "{out}");
 }

@@ -384,16 +384,43 @@ impl Node {
             .and_then(|r| r["status"].as_str().map(str::to_string))
     }
 
+    /// Where the CLI keeps its gateway sessions in tests (one home per node).
+    pub fn cli_home(&self) -> PathBuf {
+        self.dir.path().join("cli-home")
+    }
+
     /// Runs the CLI against this node; returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(BIN)
-            .arg("--config")
+        self.cli_with(args, &[], None)
+    }
+
+    /// Runs the CLI with extra environment variables and, optionally, stdin.
+    pub fn cli_with(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stdin: Option<&str>,
+    ) -> (bool, String, String) {
+        use std::io::Write as _;
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
             .arg(&self.config)
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(args)
-            .output()
-            .expect("run outpost CLI");
+            .env("XDG_CONFIG_HOME", self.cli_home())
+            .env_remove("OUTPOST_GATEWAY")
+            .env_remove("OUTPOST_CA")
+            .env_remove("OUTPOST_TOKEN")
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("run outpost CLI");
+        if let Some(mut input) = child.stdin.take() {
+            let _ = input.write_all(stdin.unwrap_or("").as_bytes());
+        }
+        let out = child.wait_with_output().expect("run outpost CLI");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

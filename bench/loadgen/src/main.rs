@@ -23,6 +23,7 @@ use mqtt5::{ConnectOptions, MqttClient, PublishOptions, QoS, SubscribeOptions};
 use serde_json::{Value, json};
 
 mod devices;
+mod gateway;
 mod modbus;
 
 #[derive(Parser)]
@@ -106,6 +107,9 @@ enum Cmd {
         #[arg(long, default_value = "json")]
         encoding: String,
     },
+    /// Requests/s and latency through the gateway (TLS + JWT) vs nginx as a TLS reverse
+    /// proxy to the same backend route, with wrk.
+    Gateway(gateway::GatewayArgs),
     /// Command round trip: REST -> core-command -> device service -> device -> back.
     Command {
         #[arg(long)]
@@ -364,6 +368,10 @@ impl Node {
             metadata,
             mqtt,
         })
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self._dir.0.join("data")
     }
 
     async fn healthy(&self, http: &reqwest::Client) -> bool {
@@ -810,6 +818,7 @@ fn main() -> anyhow::Result<()> {
                     .await
             }
             Cmd::Command { outpost, requests } => devices::command_rtt(&outpost, requests).await,
+            Cmd::Gateway(a) => gateway::run(&a).await,
         }
     })
 }

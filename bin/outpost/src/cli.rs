@@ -13,23 +13,85 @@ use outpost_contracts::metadata::{
 use serde_json::Value;
 
 use crate::config::{NodeConfig, Service};
+use crate::session::Gateway;
 
-/// HTTP access to the node's services.
+/// HTTP access to the node's services: through the gateway (see [`crate::session`]), or
+/// directly when the node runs without one.
 pub struct Client {
     http: reqwest::Client,
     cfg: NodeConfig,
+    gateway: Option<Gateway>,
 }
 
 impl Client {
-    pub fn new(cfg: NodeConfig) -> Self {
+    pub fn new(cfg: NodeConfig, gateway: Option<Gateway>) -> Self {
         Self {
             http: outpost_kit::http::client(Duration::from_secs(10)),
             cfg,
+            gateway,
         }
     }
 
     fn url(&self, svc: Service, path: &str) -> String {
-        format!("{}/api/v3{path}", self.cfg.url(svc))
+        match &self.gateway {
+            Some(g) => format!("{}/{}/api/v3{path}", g.base, svc.name()),
+            None => format!("{}/api/v3{path}", self.cfg.url(svc)),
+        }
+    }
+
+    fn request(
+        &self,
+        method: reqwest::Method,
+        svc: Service,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let http = self.gateway.as_ref().map_or(&self.http, |g| &g.http);
+        http.request(method, self.url(svc, path))
+    }
+
+    /// The gateway, for the commands that only it serves (users, API keys).
+    pub fn gateway(&self) -> anyhow::Result<&Gateway> {
+        self.gateway.as_ref().context(
+            "users and API keys live in the gateway, which this node's configuration disables \
+             (gateway.enabled); use --gateway URL for a node that has one",
+        )
+    }
+
+    async fn exec(
+        &self,
+        svc: &str,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+        let resp = outpost_kit::http::correlated(req).send().await;
+        let resp = match (resp, &self.gateway) {
+            (Ok(r), _) => r,
+            (Err(e), Some(g)) => return Err(crate::session::unreachable(&g.base, &e)),
+            (Err(_), None) => bail!("{svc} is not reachable; is the node up (outpost up)?"),
+        };
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        Ok((status, json))
+    }
+
+    /// Sends with the gateway's token; a refused token is renewed once.
+    async fn send_as(
+        &self,
+        svc: &str,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+        let Some(g) = &self.gateway else {
+            return self.exec(svc, req).await;
+        };
+        let retry = req.try_clone();
+        let (status, body) = self.exec(svc, req.bearer_auth(g.token().await?)).await?;
+        if status == reqwest::StatusCode::UNAUTHORIZED
+            && let Some(again) = retry
+        {
+            let token = g.renew().await?;
+            return self.exec(svc, again.bearer_auth(token)).await;
+        }
+        Ok((status, body))
     }
 
     async fn send(
@@ -37,23 +99,29 @@ impl Client {
         svc: Service,
         req: reqwest::RequestBuilder,
     ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
-        let resp = outpost_kit::http::correlated(req)
-            .send()
-            .await
-            .with_context(|| {
-                format!(
-                    "{} is not reachable; is the node up (outpost up)?",
-                    svc.name()
-                )
-            })?;
-        let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
-        Ok((status, json))
+        self.send_as(svc.name(), req).await
+    }
+
+    /// A call to the gateway's own API (`/api/v3/...`).
+    pub async fn own(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let g = self.gateway()?;
+        let mut req = g.http.request(method, format!("{}/api/v3{path}", g.base));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let (status, body) = self.send_as("gateway", req).await?;
+        ok_or_message(status, body)
     }
 
     pub async fn get(&self, svc: Service, path: &str) -> anyhow::Result<Value> {
-        let (status, body) = self.send(svc, self.http.get(self.url(svc, path))).await?;
+        let (status, body) = self
+            .send(svc, self.request(reqwest::Method::GET, svc, path))
+            .await?;
         ok_or_message(status, body)
     }
 
@@ -63,8 +131,11 @@ impl Client {
         path: &str,
         body: &Value,
     ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
-        self.send(svc, self.http.post(self.url(svc, path)).json(body))
-            .await
+        self.send(
+            svc,
+            self.request(reqwest::Method::POST, svc, path).json(body),
+        )
+        .await
     }
 
     async fn put(
@@ -73,13 +144,16 @@ impl Client {
         path: &str,
         body: &Value,
     ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
-        self.send(svc, self.http.put(self.url(svc, path)).json(body))
-            .await
+        self.send(
+            svc,
+            self.request(reqwest::Method::PUT, svc, path).json(body),
+        )
+        .await
     }
 
     async fn delete(&self, svc: Service, path: &str) -> anyhow::Result<Value> {
         let (status, body) = self
-            .send(svc, self.http.delete(self.url(svc, path)))
+            .send(svc, self.request(reqwest::Method::DELETE, svc, path))
             .await?;
         ok_or_message(status, body)
     }
@@ -766,4 +840,159 @@ fn reading_value(r: &Value) -> String {
     } else {
         s(r, "value")
     }
+}
+
+// ---- users, API keys, sessions (the gateway) ----
+
+pub async fn login(c: &Client, user: &str, password_stdin: bool) -> anyhow::Result<()> {
+    let g = c.gateway()?;
+    let password =
+        crate::session::read_password(password_stdin, &format!("Password for {user}: "), false)?;
+    let s = g.login(user, &password).await?;
+    println!("logged in to {} as {} ({})", g.base, s.username, s.role);
+    Ok(())
+}
+
+pub async fn logout(c: &Client) -> anyhow::Result<()> {
+    let g = c.gateway()?;
+    if g.logout().await? {
+        println!("logged out of {}", g.base);
+    } else {
+        println!("not logged in to {}", g.base);
+    }
+    Ok(())
+}
+
+pub async fn whoami(c: &Client) -> anyhow::Result<()> {
+    let v = c.own(reqwest::Method::GET, "/auth/whoami", None).await?;
+    println!(
+        "{} ({}) at {}",
+        s(&v, "name"),
+        s(&v, "role"),
+        c.gateway()?.base
+    );
+    Ok(())
+}
+
+pub async fn user_add(
+    c: &Client,
+    name: &str,
+    role: &str,
+    password_stdin: bool,
+    generate: bool,
+) -> anyhow::Result<()> {
+    let password = if generate {
+        crate::session::generate_password()?
+    } else {
+        crate::session::read_password(password_stdin, &format!("Password for {name}: "), true)?
+    };
+    let body = serde_json::json!({"username": name, "password": password, "role": role});
+    c.own(reqwest::Method::POST, "/auth/user", Some(&body))
+        .await?;
+    println!("added user {name} ({role})");
+    if generate {
+        println!("password: {password}");
+        eprintln!("(shown once; the user changes it with PUT /api/v3/auth/password)");
+    }
+    Ok(())
+}
+
+pub async fn user_list(c: &Client, json: bool) -> anyhow::Result<()> {
+    let v = c.own(reqwest::Method::GET, "/auth/user", None).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v["users"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|u| {
+            vec![
+                s(u, "username"),
+                s(u, "role"),
+                ago(u["created"].as_i64().unwrap_or(0) * 1000),
+            ]
+        })
+        .collect();
+    table(&["USER", "ROLE", "CREATED"], &rows);
+    Ok(())
+}
+
+pub async fn user_rm(c: &Client, name: &str) -> anyhow::Result<()> {
+    c.own(
+        reqwest::Method::DELETE,
+        &format!("/auth/user/{}", enc(name)),
+        None,
+    )
+    .await?;
+    println!("removed user {name}; their tokens no longer work");
+    Ok(())
+}
+
+pub async fn user_password(c: &Client, name: &str, password_stdin: bool) -> anyhow::Result<()> {
+    let password =
+        crate::session::read_password(password_stdin, &format!("New password for {name}: "), true)?;
+    let body = serde_json::json!({"password": password});
+    c.own(
+        reqwest::Method::PUT,
+        &format!("/auth/user/{}/password", enc(name)),
+        Some(&body),
+    )
+    .await?;
+    println!("password of {name} set; their earlier tokens no longer work");
+    Ok(())
+}
+
+pub async fn apikey_create(c: &Client, name: &str, role: &str) -> anyhow::Result<()> {
+    let body = serde_json::json!({"name": name, "role": role});
+    let v = c
+        .own(reqwest::Method::POST, "/auth/apikey", Some(&body))
+        .await?;
+    println!("API key {} ({name}, {role}):", s(&v, "id"));
+    println!("{}", s(&v, "key"));
+    eprintln!("(shown once; send it as X-API-Key or Authorization: Bearer)");
+    Ok(())
+}
+
+pub async fn apikey_list(c: &Client, json: bool) -> anyhow::Result<()> {
+    let v = c.own(reqwest::Method::GET, "/auth/apikey", None).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v["apiKeys"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|k| {
+            vec![
+                s(k, "id"),
+                s(k, "name"),
+                s(k, "role"),
+                s(k, "owner"),
+                ago(k["created"].as_i64().unwrap_or(0) * 1000),
+                if k.get("revoked").is_some_and(|r| !r.is_null()) {
+                    "revoked".into()
+                } else {
+                    "active".into()
+                },
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "ROLE", "OWNER", "CREATED", "STATE"], &rows);
+    Ok(())
+}
+
+pub async fn apikey_revoke(c: &Client, id: &str) -> anyhow::Result<()> {
+    c.own(
+        reqwest::Method::DELETE,
+        &format!("/auth/apikey/{}", enc(id)),
+        None,
+    )
+    .await?;
+    println!("revoked API key {id}");
+    Ok(())
 }

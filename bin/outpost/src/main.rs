@@ -8,6 +8,7 @@
 mod cli;
 mod config;
 mod runner;
+mod session;
 mod supervisor;
 
 use std::path::PathBuf;
@@ -17,6 +18,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::config::{NodeConfig, Service};
+
+/// mimalloc rather than the C library's allocator: request handling allocates and frees
+/// many small objects across threads, where glibc's malloc costs the gateway about a
+/// quarter of its CPU per request (bench/RESULTS.md, gateway).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +43,16 @@ struct Args {
     /// wins over the file and the environment.
     #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
     set: Vec<String>,
+    /// The gateway of a remote node (https://HOST:8443); default: this node's own.
+    #[arg(long, global = true, env = "OUTPOST_GATEWAY", value_name = "URL")]
+    gateway: Option<String>,
+    /// The CA certificate (PEM) to trust for the gateway; default: the one stored by
+    /// `outpost login`, else this node's <data>/tls/ca.pem.
+    #[arg(long, global = true, env = "OUTPOST_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// An API key or access token for the gateway, instead of the `outpost login` session.
+    #[arg(long, global = true, env = "OUTPOST_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -81,6 +98,25 @@ enum Command {
     /// Events on the bus.
     #[command(subcommand)]
     Events(EventsCmd),
+    /// Log in to the gateway; the session is kept for the next commands.
+    Login {
+        /// The user name.
+        #[arg(long, short = 'u', default_value = "admin")]
+        user: String,
+        /// Read the password from the first line of stdin instead of the terminal.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// End the gateway session (its refresh token is revoked).
+    Logout,
+    /// Who the CLI is logged in as.
+    Whoami,
+    /// Users of the gateway (admin).
+    #[command(subcommand)]
+    User(UserCmd),
+    /// API keys for scripts and services (admin).
+    #[command(subcommand)]
+    Apikey(ApikeyCmd),
     /// Read a device (GET) or, with `--set RESOURCE=VALUE`, write it (SET), through
     /// core-command. Here `--set` gives the values to write, not configuration.
     #[command(name = "command")]
@@ -93,6 +129,68 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl RoleArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Operator => "operator",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add a user; the password is asked for, read from stdin, or generated.
+    Add {
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        #[arg(long, conflicts_with = "generate_password")]
+        password_stdin: bool,
+        /// Generate a password and print it once.
+        #[arg(long)]
+        generate_password: bool,
+    },
+    /// List users.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a user; their tokens stop working at once.
+    Rm { name: String },
+    /// Set a user's password.
+    Password {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApikeyCmd {
+    /// Create an API key; it is printed once.
+    Create {
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+    /// List API keys (never the keys themselves).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API key.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -244,7 +342,14 @@ fn main() -> ExitCode {
             outpost_kit::telemetry::init_logs(&cfg.log);
             block_on(supervisor::up(cfg, data_dir))
         }
-        command => block_on(client(command, cfg, data_dir, settings)),
+        command => {
+            let remote = session::Remote {
+                gateway: args.gateway,
+                ca: args.ca,
+                token: args.token,
+            };
+            block_on(client(command, cfg, data_dir, settings, remote))
+        }
     }
 }
 
@@ -273,8 +378,10 @@ async fn client(
     cfg: NodeConfig,
     data_dir: PathBuf,
     settings: Vec<String>,
+    remote: session::Remote,
 ) -> anyhow::Result<()> {
-    let c = cli::Client::new(cfg.clone());
+    let gateway = session::Gateway::resolve(&cfg, &data_dir, &remote)?;
+    let c = cli::Client::new(cfg.clone(), gateway);
     match command {
         Command::Services { json } => cli::services(&c, json).await,
         Command::Profile(ProfileCmd::Apply { file }) => cli::profile_apply(&c, &file).await,
@@ -348,6 +455,29 @@ async fn client(
         Command::Events(EventsCmd::Tail { device, json }) => {
             cli::events_tail(&cfg, &data_dir, device.as_deref(), json).await
         }
+        Command::Login {
+            user,
+            password_stdin,
+        } => cli::login(&c, &user, password_stdin).await,
+        Command::Logout => cli::logout(&c).await,
+        Command::Whoami => cli::whoami(&c).await,
+        Command::User(UserCmd::Add {
+            name,
+            role,
+            password_stdin,
+            generate_password,
+        }) => cli::user_add(&c, &name, role.as_str(), password_stdin, generate_password).await,
+        Command::User(UserCmd::List { json }) => cli::user_list(&c, json).await,
+        Command::User(UserCmd::Rm { name }) => cli::user_rm(&c, &name).await,
+        Command::User(UserCmd::Password {
+            name,
+            password_stdin,
+        }) => cli::user_password(&c, &name, password_stdin).await,
+        Command::Apikey(ApikeyCmd::Create { name, role }) => {
+            cli::apikey_create(&c, &name, role.as_str()).await
+        }
+        Command::Apikey(ApikeyCmd::List { json }) => cli::apikey_list(&c, json).await,
+        Command::Apikey(ApikeyCmd::Revoke { id }) => cli::apikey_revoke(&c, &id).await,
         Command::Up | Command::Run { .. } | Command::Config(_) => Ok(()),
     }
 }

@@ -45,9 +45,11 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
         }
     };
     // The busy services get two worker threads, the others one: a node idles in a few MB.
+    // The gateway serves its traffic on event loops of its own (gateway.threads).
     let workers = match svc {
-        Service::CoreData | Service::Broker | Service::Gateway => 2,
-        Service::CoreKeeper
+        Service::CoreData | Service::Broker => 2,
+        Service::Gateway
+        | Service::CoreKeeper
         | Service::CoreMetadata
         | Service::CoreCommand
         | Service::DeviceVirtual

@@ -64,6 +64,15 @@ pub struct Config {
     pub cache_entries: usize,
     /// Directory of static files served under `/ui/` (the web dashboard); none by default.
     pub static_dir: Option<PathBuf>,
+    /// Event loops serving the TLS listener, each on its own thread; 0 = one per CPU core
+    /// (at most 8).
+    pub threads: usize,
+    /// The access log (one JSON line per request): a file (relative paths are under the
+    /// data dir), `-` for the node log, or empty for none.
+    pub access_log: String,
+    /// The access log file is rotated past this size, keeping this many old files.
+    pub access_log_max_bytes: u64,
+    pub access_log_keep: usize,
 }
 
 /// A rate limit for requests whose path starts with `prefix`.
@@ -113,6 +122,20 @@ impl Default for Config {
             cache_stale_s: 24 * 3600,
             cache_entries: 10_000,
             static_dir: None,
+            threads: 0,
+            access_log: "log/access.log".into(),
+            access_log_max_bytes: 16 * 1024 * 1024,
+            access_log_keep: 3,
+        }
+    }
+}
+
+impl Config {
+    /// The number of event loops `threads` asks for.
+    pub fn event_loops(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+            n => n,
         }
     }
 }
@@ -202,6 +225,12 @@ impl Validate for Config {
             self.max_header_bytes >= 8192,
             S,
             "max_header_bytes must be at least 8192",
+        );
+        p.check(self.threads <= 64, S, "threads must be at most 64");
+        p.check(
+            self.access_log_max_bytes >= 64 * 1024,
+            S,
+            "access_log_max_bytes must be at least 65536",
         );
         p.check(
             self.cache_entries >= 1,

@@ -262,6 +262,77 @@ pub async fn serve(
     }
 }
 
+/// Binds `addr` once per event loop (`SO_REUSEPORT`, so the kernel spreads connections
+/// over the loops) and runs each loop on its own thread with its own single-threaded
+/// runtime, the way nginx runs a worker per core: a connection, its requests and its
+/// upstream connections stay on one thread, with no hand-offs or wake-ups between threads.
+/// Returns once every loop listens (or the first bind error); the handles end after
+/// `shutdown`.
+pub fn spawn_loops(
+    addr: SocketAddr,
+    loops: usize,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    limits: Limits,
+    shutdown: outpost_kit::Shutdown,
+) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut handles = Vec::with_capacity(loops);
+    for i in 0..loops {
+        let (tx, rx) = std::sync::mpsc::channel::<io::Result<()>>();
+        let (tls, router, shutdown) = (Arc::clone(&tls), router.clone(), shutdown.clone());
+        let h = std::thread::Builder::new()
+            .name(format!("gateway-{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .max_blocking_threads(4)
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match listen(addr) {
+                        Ok(l) => {
+                            let _ = tx.send(Ok(()));
+                            l
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    serve(listener, tls, router, limits, shutdown).await;
+                });
+            })?;
+        match rx.recv() {
+            Ok(Ok(())) => handles.push(h),
+            Ok(Err(e)) => {
+                let _ = h.join();
+                return Err(e);
+            }
+            Err(_) => return Err(io::Error::other("the gateway event loop did not start")),
+        }
+    }
+    Ok(handles)
+}
+
+fn listen(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// The peer address of the connection that carried `SocketAddr`.
 pub type Peer = ConnectInfo<SocketAddr>;
 

@@ -5,17 +5,21 @@
 //! - [`auth`], [`token`], [`users`]: who may call what; JWTs, API keys, refresh tokens.
 //! - [`proxy`], [`upstream`], [`cache`]: routing by registry, balancing, retries, caching.
 //! - [`limit`]: rate limits per client identity and route.
+//! - [`access`]: the access log, buffered off the request path.
+//! - [`openapi`]: the API documents served under `/api/v3/openapi`.
 //! - [`routes`]: the gateway's own API (login, users, keys, overview, CA, static files).
 //!
 //! Every request passes, outermost first: request ID (accepted or minted, returned, passed
 //! upstream) → access log and metrics → authentication, role and rate limit → the gateway's
 //! own routes or the proxy.
 
+pub mod access;
 pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod conn;
 pub mod limit;
+pub mod openapi;
 pub mod proxy;
 pub mod routes;
 pub mod tls;
@@ -53,6 +57,7 @@ pub struct Metrics {
     rate_limited: String,
     retries: String,
     auth_failures: String,
+    access_log_dropped: String,
 }
 
 pub struct App {
@@ -70,6 +75,7 @@ pub struct App {
     pub ca_pem: PathBuf,
     /// Calls to services for composed answers.
     pub metadata: outpost_kit::client::ServiceClient,
+    pub access: access::AccessLog,
 }
 
 impl App {
@@ -142,7 +148,7 @@ async fn observe(State(app): State<Arc<App>>, mut req: Request, next: Next) -> R
         .get::<conn::Peer>()
         .map(|p| p.0.to_string())
         .unwrap_or_default();
-    let version = format!("{:?}", req.version());
+    let version = req.version();
     if path.starts_with("/api/v3/") || path.starts_with("/ui") || path == "/metrics" {
         slot.set_route("gateway", true);
     }
@@ -161,21 +167,33 @@ async fn observe(State(app): State<Arc<App>>, mut req: Request, next: Next) -> R
         .increment(1);
     metrics::histogram!(app.m.duration.clone(), "route" => route.clone())
         .record(elapsed.as_secs_f64());
-    tracing::info!(
-        target: "access",
-        peer = %peer,
-        method = %method,
-        path = %path,
-        version = %version,
-        status = status.as_u16(),
-        elapsed_us = elapsed.as_micros() as u64,
-        identity = info.identity.as_deref().unwrap_or("-"),
-        route = %route,
-        upstream = info.upstream.as_deref().unwrap_or("-"),
-        cache = info.cache.unwrap_or("-"),
-        "request"
-    );
+    let id = outpost_kit::request_id::current();
+    app.access.record(&access::Line {
+        time: access::Line::now(),
+        request_id: id.as_deref().unwrap_or("-"),
+        peer: &peer,
+        method: method.as_str(),
+        path: &path,
+        version: version_str(version),
+        status: status.as_u16(),
+        elapsed_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        identity: info.identity.as_deref().unwrap_or("-"),
+        route: &route,
+        upstream: info.upstream.as_deref().unwrap_or("-"),
+        cache: info.cache.unwrap_or("-"),
+    });
     resp
+}
+
+fn version_str(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "?",
+    }
 }
 
 fn unauthorized(msg: &str) -> Response {
@@ -364,6 +382,23 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
         rate_limited: ctx.metric("rate_limited_total"),
         retries: ctx.metric("retries_total"),
         auth_failures: ctx.metric("auth_failures_total"),
+        access_log_dropped: ctx.metric("access_log_dropped_total"),
+    };
+    let access = match cfg.access_log.as_str() {
+        "" => access::AccessLog::off(),
+        "-" => access::AccessLog::node_log(),
+        file => {
+            let path = ctx.data_dir.join(file);
+            access::AccessLog::file(
+                path.clone(),
+                access::Rotation {
+                    max_bytes: cfg.access_log_max_bytes,
+                    keep: cfg.access_log_keep,
+                },
+                metrics::counter!(m.access_log_dropped.clone()),
+            )
+            .map_err(|e| anyhow::anyhow!("cannot open the access log {}: {e}", path.display()))?
+        }
     };
     let login_refill = 1.0 / cfg.login_refill_s as f64;
     let app = Arc::new(App {
@@ -395,6 +430,7 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
             ctx.registry.clone(),
             Duration::from_millis(cfg.upstream_timeout_ms),
         ),
+        access,
         cfg: cfg.clone(),
     });
 
@@ -424,27 +460,33 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
         health: Arc::clone(&health),
     };
     let public = routes::router(Arc::clone(&app), info, ctx.common.node.max_body_bytes);
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
-    tracing::info!(listen = %cfg.listen, "gateway listening (TLS)");
     let limits = conn::Limits {
         header_timeout: Duration::from_millis(cfg.header_timeout_ms),
         idle_timeout: Duration::from_millis(cfg.idle_timeout_ms),
         max_header_bytes: cfg.max_header_bytes,
     };
-    let tls_task = tokio::spawn(conn::serve(
-        listener,
+    let loops = cfg.event_loops();
+    let handles = conn::spawn_loops(
+        cfg.listen,
+        loops,
         server_config,
         public,
         limits,
         ctx.shutdown.clone(),
-    ));
+    )
+    .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    tracing::info!(listen = %cfg.listen, event_loops = loops, "gateway listening (TLS)");
 
     // The plain side on loopback: health, metrics, registration.
     let router = ctx.router(Router::new(), health);
     let served = ctx.serve(router, cfg.port).await;
-    let _ = tls_task.await;
+    let _ = tokio::task::spawn_blocking(move || {
+        for h in handles {
+            let _ = h.join();
+        }
+    })
+    .await;
+    app.access.close();
     served?;
     Ok(())
 }

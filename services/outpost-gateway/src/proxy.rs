@@ -63,6 +63,9 @@ fn split(uri: &http::Uri) -> Option<(&str, String)> {
     Some((service, rest))
 }
 
+/// Answers up to this size (by `Content-Length`) are buffered; larger ones stream.
+const SMALL_BODY: usize = 64 * 1024;
+
 enum Failure {
     /// No instance registered or none left to try.
     NoInstance,
@@ -160,7 +163,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
             }
         };
         let started = Instant::now();
-        let attempt = tokio::time::timeout(timeout, app.upstreams.client.request(out)).await;
+        let attempt = tokio::time::timeout(timeout, crate::upstream::client().request(out)).await;
         metrics::histogram!(app.m.upstream_duration.clone(), "upstream" => lease.service_id.clone())
             .record(started.elapsed().as_secs_f64());
         let failure = match attempt {
@@ -223,6 +226,26 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
                 *out.headers_mut() = rheaders;
                 out.headers_mut()
                     .insert("x-cache", HeaderValue::from_static("MISS"));
+                return out;
+            }
+            // A small answer of known length is read whole first: the upstream connection
+            // goes back to the pool at once and the client gets head and body in one write.
+            let small = rheaders
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+                .is_some_and(|n| n <= SMALL_BODY);
+            if small {
+                let bytes = match tokio::time::timeout(timeout, rbody.collect()).await {
+                    Ok(Ok(c)) => c.to_bytes(),
+                    Ok(Err(e)) => {
+                        return failure_response(Failure::Connect(e.to_string()), &service);
+                    }
+                    Err(_) => return failure_response(Failure::Timeout, &service),
+                };
+                drop(lease);
+                let mut out = Response::new(Body::from(bytes));
+                *out.status_mut() = rparts.status;
+                *out.headers_mut() = rheaders;
                 return out;
             }
             // Streamed through; the lease (outstanding count) ends with the body.

@@ -62,6 +62,8 @@ pub fn router(app: Arc<App>, info: outpost_kit::routes::ServiceInfo, max_body: u
         .route("/api/v3/auth/apikey/{id}", delete(revoke_key))
         .route("/api/v3/overview/device/{name}", get(overview))
         .route("/api/v3/ca.pem", get(ca_pem))
+        .route("/api/v3/openapi", get(openapi_index))
+        .route("/api/v3/openapi/{document}", get(openapi_document))
         .route("/ui", get(static_file))
         .route("/ui/", get(static_file))
         .route("/ui/{*path}", get(static_file))
@@ -301,6 +303,24 @@ async fn revoke_key(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiR
     app.users.revoke_key(&id).await?;
     tracing::info!(key = %id, "API key revoked");
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn openapi_index() -> axum::Json<Value> {
+    let docs: Vec<Value> = crate::openapi::DOCS
+        .iter()
+        .map(|d| json!({"name": d.name, "services": d.services, "url": format!("/api/v3/openapi/{}", d.name)}))
+        .collect();
+    axum::Json(json!({"apiVersion": "v3", "statusCode": 200, "documents": docs}))
+}
+
+async fn openapi_document(Path(name): Path<String>) -> ApiResult<Response> {
+    let doc = crate::openapi::find(&name)
+        .ok_or_else(|| ApiError::not_found(format!("no API document {name}")))?;
+    Ok((
+        [(http::header::CONTENT_TYPE, "application/yaml")],
+        doc.served(),
+    )
+        .into_response())
 }
 
 async fn ca_pem(State(app): State<Arc<App>>) -> ApiResult<Response> {

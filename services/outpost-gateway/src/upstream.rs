@@ -62,9 +62,28 @@ impl Budget {
     }
 }
 
+/// An HTTP client for upstreams, one per thread: the gateway's event loops each keep
+/// their own pool of upstream connections, driven by their own runtime (no hand-offs
+/// between threads on the request path).
+pub fn client() -> Client<HttpConnector, Body> {
+    thread_local! {
+        static CLIENT: Client<HttpConnector, Body> = {
+            let mut http = HttpConnector::new();
+            http.set_nodelay(true);
+            // A dead instance on loopback refuses at once; a lost host must not take the
+            // whole request timeout before the next instance is tried.
+            http.set_connect_timeout(Some(Duration::from_secs(1)));
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(64)
+                .build(http)
+        };
+    }
+    CLIENT.with(Client::clone)
+}
+
 pub struct Upstreams {
     registry: Registry,
-    pub client: Client<HttpConnector, Body>,
     states: Mutex<HashMap<String, Arc<InstanceState>>>,
     eject: Duration,
     budget: Mutex<Budget>,
@@ -77,18 +96,8 @@ impl Upstreams {
         retry_ratio: f64,
         retry_min_per_s: f64,
     ) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        // A dead instance on loopback refuses at once; a lost host must not take the whole
-        // request timeout before the next instance is tried.
-        http.set_connect_timeout(Some(Duration::from_secs(1)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
-            .build(http);
         Self {
             registry,
-            client,
             states: Mutex::default(),
             eject,
             budget: Mutex::new(Budget {

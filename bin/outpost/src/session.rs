@@ -1,0 +1,380 @@
+//! How the CLI reaches a node through its gateway: over TLS trusting the node's CA, with a
+//! token.
+//!
+//! - The gateway: `--gateway URL` (or `OUTPOST_GATEWAY`) for a remote node, else this
+//!   node's own gateway (`gateway.listen`) when it is enabled. With the gateway disabled
+//!   the CLI calls the services directly, as a process on the node may.
+//! - The CA: `--ca FILE` (or `OUTPOST_CA`), else the one stored with the session by
+//!   `outpost login`, else this node's `<data>/tls/ca.pem`. No other certificate is
+//!   trusted.
+//! - The token: `--token` (or `OUTPOST_TOKEN`: an API key or access token), else the
+//!   session of `outpost login` for that gateway (its access token, renewed with the
+//!   refresh token when it expires), else, on the node, the generated admin credential in
+//!   `<data>/secrets/admin-password` (which needs read access to the node's secrets).
+//!
+//! Sessions live in `$XDG_CONFIG_HOME/outpost/sessions/` (or `~/.config/...`), one file
+//! per gateway, mode 0600.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::config::NodeConfig;
+
+/// What the command line says about the gateway.
+#[derive(Debug, Clone, Default)]
+pub struct Remote {
+    pub gateway: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub token: Option<String>,
+}
+
+/// A stored login.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+    pub gateway: String,
+    pub username: String,
+    pub role: String,
+    pub access_token: String,
+    /// Unix seconds after which the access token is renewed.
+    pub renew_at: i64,
+    pub refresh_token: String,
+    /// The CA trusted for this gateway (PEM), when it came from `--ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+}
+
+/// A gateway the CLI talks to.
+pub struct Gateway {
+    pub base: String,
+    pub http: reqwest::Client,
+    ca_pem: String,
+    ca_given: bool,
+    fixed_token: Option<String>,
+    admin_password: PathBuf,
+    session_file: Option<PathBuf>,
+    session: tokio::sync::Mutex<Option<Session>>,
+}
+
+fn now_s() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+    .unwrap_or(i64::MAX)
+}
+
+/// `~/.config/outpost/sessions/<host>_<port>.json`.
+fn session_file(base: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    let name: String = base
+        .trim_start_matches("https://")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Some(dir.join("outpost/sessions").join(format!("{name}.json")))
+}
+
+fn read_session(path: &Path) -> Option<Session> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// An HTTPS client that trusts only `ca_pem`.
+fn trusting(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(c.context("the CA file holds an unreadable certificate")?)
+            .context("the CA certificate is not usable")?;
+    }
+    if roots.is_empty() {
+        bail!("the CA file holds no certificate");
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()?)
+}
+
+impl Gateway {
+    /// The gateway to use, or `None` to call the services directly (gateway disabled and
+    /// no `--gateway`).
+    pub fn resolve(cfg: &NodeConfig, data_dir: &Path, r: &Remote) -> anyhow::Result<Option<Self>> {
+        let base = match &r.gateway {
+            Some(url) => {
+                let url = url.trim_end_matches('/').to_string();
+                if !url.starts_with("https://") {
+                    bail!("--gateway must be an https:// URL, got {url}");
+                }
+                url
+            }
+            None if cfg.gateway.enabled => {
+                let l = cfg.gateway.listen;
+                let host = if l.ip().is_unspecified() || l.ip().is_loopback() {
+                    "localhost".to_string()
+                } else if l.is_ipv6() {
+                    format!("[{}]", l.ip())
+                } else {
+                    l.ip().to_string()
+                };
+                format!("https://{host}:{}", l.port())
+            }
+            None => return Ok(None),
+        };
+        let session_file = session_file(&base);
+        let stored = session_file.as_deref().and_then(read_session);
+        let node_ca = data_dir.join("tls/ca.pem");
+        let (ca_pem, ca_given) = if let Some(path) = &r.ca {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the CA file {}", path.display()))?;
+            (pem, true)
+        } else if let Some(pem) = stored.as_ref().and_then(|s| s.ca.clone()) {
+            (pem, false)
+        } else if let Ok(pem) = std::fs::read_to_string(&node_ca) {
+            (pem, false)
+        } else {
+            bail!(
+                "the CA of {base} is not known: pass --ca FILE (the node's {} , also served at \
+                 {base}/api/v3/ca.pem, to be checked out of band)",
+                node_ca.display()
+            );
+        };
+        Ok(Some(Self {
+            http: trusting(&ca_pem)?,
+            base,
+            ca_pem,
+            ca_given,
+            fixed_token: r.token.clone().filter(|t| !t.is_empty()),
+            admin_password: data_dir.join("secrets/admin-password"),
+            session_file,
+            session: tokio::sync::Mutex::new(stored),
+        }))
+    }
+
+    fn store(&self, s: &Session) -> anyhow::Result<()> {
+        let Some(path) = &self.session_file else {
+            bail!("cannot store the session: neither XDG_CONFIG_HOME nor HOME is set");
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        outpost_storage::replace_secret_file(path, &serde_json::to_vec_pretty(s)?)
+            .with_context(|| format!("cannot store the session in {}", path.display()))?;
+        Ok(())
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| unreachable(&self.base, &e))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
+    fn session_of(&self, v: &Value, ca: Option<String>) -> anyhow::Result<Session> {
+        let s = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .with_context(|| format!("the gateway's answer has no {k}"))
+        };
+        let expires_in = v.get("expiresIn").and_then(Value::as_i64).unwrap_or(60);
+        Ok(Session {
+            gateway: self.base.clone(),
+            username: s("username")?,
+            role: s("role")?,
+            access_token: s("accessToken")?,
+            // Renewed a little before it expires.
+            renew_at: now_s() + expires_in - expires_in.min(30),
+            refresh_token: s("refreshToken")?,
+            ca,
+        })
+    }
+
+    /// Logs in and stores the session.
+    pub async fn login(&self, username: &str, password: &str) -> anyhow::Result<Session> {
+        let (status, body) = self
+            .post(
+                "/api/v3/auth/login",
+                &json!({"username": username, "password": password}),
+            )
+            .await?;
+        if status != 200 {
+            bail!("login refused: {status} {}", message(&body));
+        }
+        let ca = self.ca_given.then(|| self.ca_pem.clone());
+        let session = self.session_of(&body, ca)?;
+        self.store(&session)?;
+        *self.session.lock().await = Some(session.clone());
+        Ok(session)
+    }
+
+    /// Ends the stored session: its refresh token is revoked and the file removed.
+    pub async fn logout(&self) -> anyhow::Result<bool> {
+        let Some(s) = self.session.lock().await.take() else {
+            return Ok(false);
+        };
+        let _ = self
+            .http
+            .post(format!("{}/api/v3/auth/logout", self.base))
+            .bearer_auth(&s.access_token)
+            .json(&json!({"refreshToken": s.refresh_token}))
+            .send()
+            .await;
+        if let Some(path) = &self.session_file {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(true)
+    }
+
+    /// The token for the next request.
+    pub async fn token(&self) -> anyhow::Result<String> {
+        if let Some(t) = &self.fixed_token {
+            return Ok(t.clone());
+        }
+        if let Some(s) = self.session.lock().await.as_ref()
+            && s.renew_at > now_s()
+        {
+            return Ok(s.access_token.clone());
+        }
+        self.renew().await
+    }
+
+    /// A new access token: by the session's refresh token, else the node's admin
+    /// credential.
+    pub async fn renew(&self) -> anyhow::Result<String> {
+        if self.fixed_token.is_some() {
+            bail!("the token given with --token / OUTPOST_TOKEN was refused");
+        }
+        let current = self.session.lock().await.clone();
+        if let Some(s) = current {
+            let (status, body) = self
+                .post(
+                    "/api/v3/auth/refresh",
+                    &json!({"refreshToken": s.refresh_token}),
+                )
+                .await?;
+            if status == 200 {
+                let fresh = self.session_of(&body, s.ca.clone())?;
+                self.store(&fresh)?;
+                let token = fresh.access_token.clone();
+                *self.session.lock().await = Some(fresh);
+                return Ok(token);
+            }
+        }
+        match std::fs::read_to_string(&self.admin_password) {
+            Ok(p) => Ok(self.login("admin", p.trim()).await?.access_token),
+            Err(_) => bail!(
+                "not logged in to {}: run `outpost login` (or pass an API key with --token)",
+                self.base
+            ),
+        }
+    }
+}
+
+pub fn unreachable(base: &str, e: &reqwest::Error) -> anyhow::Error {
+    let mut msg = format!("{base} is not reachable: {e}");
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    anyhow::anyhow!("{msg}; is the node up (outpost up)?")
+}
+
+pub fn message(body: &Value) -> String {
+    body.get("message")
+        .and_then(Value::as_str)
+        .map_or_else(|| body.to_string(), str::to_string)
+}
+
+/// A password: the first line of stdin with `--password-stdin`, else asked for on the
+/// terminal (twice when `confirm`).
+pub fn read_password(from_stdin: bool, prompt: &str, confirm: bool) -> anyhow::Result<String> {
+    use std::io::{BufRead as _, IsTerminal as _};
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        let p = line.trim_end_matches(['\r', '\n']).to_string();
+        if p.is_empty() {
+            bail!("no password on stdin");
+        }
+        return Ok(p);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no terminal to ask for the password: use --password-stdin");
+    }
+    let p = rpassword::prompt_password(prompt)?;
+    if confirm && rpassword::prompt_password("Again: ")? != p {
+        bail!("the passwords differ");
+    }
+    Ok(p)
+}
+
+/// A random password for a new user: 24 characters from the system's random source.
+pub fn generate_password() -> anyhow::Result<String> {
+    use std::io::Read as _;
+    // 56 symbols: 4 bytes of randomness per character, reduced without noticeable bias.
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut b = [0u8; 96];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("cannot read /dev/urandom")?;
+    Ok(b.chunks_exact(4)
+        .map(|c| {
+            let n = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize;
+            char::from(ALPHABET[n % ALPHABET.len()])
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_files_are_named_by_gateway() {
+        let p = session_file("https://edge-7.local:8443");
+        if let Some(p) = p {
+            assert!(p.ends_with("outpost/sessions/edge-7.local_8443.json"));
+        }
+        let pw = generate_password().unwrap();
+        assert_eq!(pw.chars().count(), 24);
+        assert!(pw.chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+}
