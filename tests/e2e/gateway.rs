@@ -819,7 +819,7 @@ async fn every_documented_route_is_guarded_and_tokens_expire() {
     let login = std::process::Command::new("curl")
         .args(["-sS", "--fail-with-body", "--cacert"])
         .arg(&ca)
-        .args(["-H", "Content-Type: application/json", "-d"])
+        .arg("-d")
         .arg(json!({"username": "vera", "password": "vera password 1"}).to_string())
         .arg(format!("{base}/api/v3/auth/login"))
         .output()

@@ -82,14 +82,34 @@ impl<S> Guarded<S> {
 
 /// Whether `bytes`, following `tail`, complete a request head (`\r\n\r\n`); updates `tail`.
 fn scan_head_end(tail: &mut [u8; 3], bytes: &[u8]) -> bool {
-    let mut window = [0, tail[0], tail[1], tail[2]];
-    for &b in bytes {
-        window = [window[1], window[2], window[3], b];
-        if window == *b"\r\n\r\n" {
+    // The byte `back` places before position `i` of `bytes`, reaching into `tail`.
+    let before = |i: usize, back: usize| -> u8 {
+        if i >= back {
+            bytes[i - back]
+        } else {
+            tail[3 - (back - i)]
+        }
+    };
+    // Only a `\n` can end a head: check the three bytes before each one.
+    let mut from = 0;
+    while let Some(off) = bytes[from..].iter().position(|&b| b == b'\n') {
+        let i = from + off;
+        if before(i, 1) == b'\r' && before(i, 2) == b'\n' && before(i, 3) == b'\r' {
             return true;
         }
+        from = i + 1;
     }
-    tail.copy_from_slice(&window[1..]);
+    let mut next = [0; 3];
+    for (k, slot) in next.iter_mut().enumerate() {
+        // The last three bytes seen, oldest first.
+        let back = 3 - k;
+        *slot = if bytes.len() >= back {
+            bytes[bytes.len() - back]
+        } else {
+            tail[3 - (back - bytes.len())]
+        };
+    }
+    *tail = next;
     false
 }
 
@@ -142,10 +162,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             let Some(deadline) = this.deadline() else {
                 return Poll::Pending;
             };
-            if this.sleep.deadline() != deadline {
+            // The timer is moved only when the deadline comes earlier; one that fires early
+            // (the idle deadline moves later with every response) is set again then. That
+            // keeps timer updates off the per-request path.
+            if this.sleep.deadline() > deadline {
                 this.sleep.as_mut().reset(deadline);
             }
             ready!(this.sleep.as_mut().poll(cx));
+            if Instant::now() < deadline {
+                this.sleep.as_mut().reset(deadline);
+                continue;
+            }
             match this.phase {
                 Phase::Head {
                     started: Some(_), ..
@@ -193,6 +220,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    app: Arc<crate::App>,
     router: Router,
     limits: Limits,
     shutdown: outpost_kit::Shutdown,
@@ -225,7 +253,12 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, router, builder) = (acceptor.clone(), router.clone(), Arc::clone(&builder));
+        let (acceptor, router, builder, app) = (
+            acceptor.clone(),
+            router.clone(),
+            Arc::clone(&builder),
+            Arc::clone(&app),
+        );
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await
@@ -242,10 +275,20 @@ pub async fn serve(
             };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let io = TokioIo::new(Guarded::new(tls, limits, !h2));
+            // Proxied requests go straight to the proxy; the gateway's own routes through
+            // its router.
             let svc =
                 hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ConnectInfo(peer));
-                    router.clone().oneshot(req.map(axum::body::Body::new))
+                    let req = req.map(axum::body::Body::new);
+                    let (app, router) = (Arc::clone(&app), router.clone());
+                    async move {
+                        if crate::is_own(req.uri().path()) {
+                            router.oneshot(req).await
+                        } else {
+                            Ok(crate::proxied(app, req).await)
+                        }
+                    }
                 });
             let conn = builder.serve_connection_with_upgrades(io, svc);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
@@ -272,6 +315,7 @@ pub fn spawn_loops(
     addr: SocketAddr,
     loops: usize,
     tls: Arc<rustls::ServerConfig>,
+    app: Arc<crate::App>,
     router: Router,
     limits: Limits,
     shutdown: outpost_kit::Shutdown,
@@ -279,7 +323,12 @@ pub fn spawn_loops(
     let mut handles = Vec::with_capacity(loops);
     for i in 0..loops {
         let (tx, rx) = std::sync::mpsc::channel::<io::Result<()>>();
-        let (tls, router, shutdown) = (Arc::clone(&tls), router.clone(), shutdown.clone());
+        let (tls, app, router, shutdown) = (
+            Arc::clone(&tls),
+            Arc::clone(&app),
+            router.clone(),
+            shutdown.clone(),
+        );
         let h = std::thread::Builder::new()
             .name(format!("gateway-{i}"))
             .spawn(move || {
@@ -305,7 +354,7 @@ pub fn spawn_loops(
                             return;
                         }
                     };
-                    serve(listener, tls, router, limits, shutdown).await;
+                    serve(listener, tls, app, router, limits, shutdown).await;
                 });
             })?;
         match rx.recv() {
@@ -352,6 +401,25 @@ mod tests {
         assert!(scan_head_end(&mut tail, b"GET / HTTP/1.1\r\n\r\n"));
         let mut tail = [0; 3];
         assert!(!scan_head_end(&mut tail, b"GET / HTTP/1.1\r\n"));
+        // The end split at every point, and byte by byte.
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        for cut in 0..head.len() {
+            let mut tail = [0; 3];
+            let first = scan_head_end(&mut tail, &head[..cut]);
+            assert!(
+                first || scan_head_end(&mut tail, &head[cut..]),
+                "cut at {cut}"
+            );
+        }
+        let mut tail = [0; 3];
+        let ends: Vec<bool> = head
+            .iter()
+            .map(|b| scan_head_end(&mut tail, std::slice::from_ref(b)))
+            .collect();
+        assert_eq!(ends.iter().filter(|e| **e).count(), 1);
+        assert!(ends[head.len() - 1]);
+        let mut tail = [0; 3];
+        assert!(!scan_head_end(&mut tail, b"\r\n\n\r"));
         assert_eq!(
             TIMEOUT_RESPONSE.len()
                 - TIMEOUT_RESPONSE

@@ -47,17 +47,18 @@ use crate::users::{Identity, Users};
 /// The service's registry ID.
 pub const SERVICE: &str = "gateway";
 
-/// Metric names.
+/// Metric names, made once at start and kept for the life of the process (a metric
+/// macro given a `&'static str` name does not allocate per request).
 pub struct Metrics {
-    requests: String,
-    duration: String,
-    upstream_requests: String,
-    upstream_duration: String,
-    cache: String,
-    rate_limited: String,
-    retries: String,
-    auth_failures: String,
-    access_log_dropped: String,
+    requests: &'static str,
+    duration: &'static str,
+    upstream_requests: &'static str,
+    upstream_duration: &'static str,
+    cache: &'static str,
+    rate_limited: &'static str,
+    retries: &'static str,
+    auth_failures: &'static str,
+    access_log_dropped: &'static str,
 }
 
 pub struct App {
@@ -137,24 +138,35 @@ impl LogSlot {
     }
 }
 
-/// Access log line and metrics per request.
-async fn observe(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    let slot = LogSlot::default();
-    req.extensions_mut().insert(slot.clone());
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let peer = req
-        .extensions()
-        .get::<conn::Peer>()
-        .map(|p| p.0.to_string())
-        .unwrap_or_default();
-    let version = req.version();
-    if path.starts_with("/api/v3/") || path.starts_with("/ui") || path == "/metrics" {
-        slot.set_route("gateway", true);
+/// What the access log and metrics need to know about a request, taken before it is
+/// handled.
+struct Seen {
+    method: http::Method,
+    path: String,
+    peer: String,
+    version: http::Version,
+    start: Instant,
+}
+
+impl Seen {
+    fn of(req: &Request) -> Self {
+        Self {
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            peer: req
+                .extensions()
+                .get::<conn::Peer>()
+                .map(|p| p.0.to_string())
+                .unwrap_or_default(),
+            version: req.version(),
+            start: Instant::now(),
+        }
     }
-    let start = Instant::now();
-    let resp = next.run(req).await;
-    let elapsed = start.elapsed();
+}
+
+/// The access log line and metrics of a handled request.
+fn record(app: &App, seen: &Seen, slot: &LogSlot, status: StatusCode) {
+    let elapsed = seen.start.elapsed();
     let info = std::mem::take(
         &mut *slot
             .0
@@ -162,19 +174,17 @@ async fn observe(State(app): State<Arc<App>>, mut req: Request, next: Next) -> R
             .unwrap_or_else(std::sync::PoisonError::into_inner),
     );
     let route = info.route.unwrap_or_else(|| "unknown".into());
-    let status = resp.status();
-    metrics::counter!(app.m.requests.clone(), "route" => route.clone(), "method" => method.to_string(), "status" => class(status))
+    metrics::counter!(app.m.requests, "route" => route.clone(), "method" => seen.method.to_string(), "status" => class(status))
         .increment(1);
-    metrics::histogram!(app.m.duration.clone(), "route" => route.clone())
-        .record(elapsed.as_secs_f64());
+    metrics::histogram!(app.m.duration, "route" => route.clone()).record(elapsed.as_secs_f64());
     let id = outpost_kit::request_id::current();
     app.access.record(&access::Line {
         time: access::Line::now(),
         request_id: id.as_deref().unwrap_or("-"),
-        peer: &peer,
-        method: method.as_str(),
-        path: &path,
-        version: version_str(version),
+        peer: &seen.peer,
+        method: seen.method.as_str(),
+        path: &seen.path,
+        version: version_str(seen.version),
         status: status.as_u16(),
         elapsed_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         identity: info.identity.as_deref().unwrap_or("-"),
@@ -182,6 +192,64 @@ async fn observe(State(app): State<Arc<App>>, mut req: Request, next: Next) -> R
         upstream: info.upstream.as_deref().unwrap_or("-"),
         cache: info.cache.unwrap_or("-"),
     });
+}
+
+/// Access log line and metrics per request (the gateway's own routes).
+async fn observe(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let slot = LogSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let seen = Seen::of(&req);
+    let path = &seen.path;
+    if path.starts_with("/api/v3/") || path.starts_with("/ui") || path == "/metrics" {
+        slot.set_route("gateway", true);
+    }
+    let resp = next.run(req).await;
+    record(&app, &seen, &slot, resp.status());
+    resp
+}
+
+/// Whether a path is one of the gateway's own routes (served by its router) rather than
+/// proxied to a service.
+pub fn is_own(path: &str) -> bool {
+    path.starts_with("/api/") || path == "/ui" || path.starts_with("/ui/") || path == "/metrics"
+}
+
+/// A proxied request, start to end: request ID, admission, proxy, access log and metrics;
+/// the same steps as the middleware around the gateway's own routes, in one function on
+/// the hot path.
+pub async fn proxied(app: Arc<App>, mut req: Request) -> Response {
+    use outpost_kit::request_id;
+    let id: Arc<str> = request_id::from_headers(req.headers())
+        .unwrap_or_else(request_id::mint)
+        .into();
+    let mut resp = request_id::scope(Arc::clone(&id), async move {
+        let slot = LogSlot::default();
+        req.extensions_mut().insert(slot.clone());
+        let seen = Seen::of(&req);
+        let peer = req.extensions().get::<conn::Peer>().map(|p| p.0);
+        let resp = match admit(
+            &app,
+            req.method(),
+            req.uri().path(),
+            req.headers(),
+            peer,
+            &slot,
+        ) {
+            Err(refused) => *refused,
+            Ok(identity) => {
+                if let Some(i) = identity {
+                    req.extensions_mut().insert(i);
+                }
+                proxy::handle(State(Arc::clone(&app)), req).await
+            }
+        };
+        record(&app, &seen, &slot, resp.status());
+        resp
+    })
+    .await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(request_id::HEADER, v);
+    }
     resp
 }
 
@@ -219,22 +287,24 @@ pub fn too_many(wait: Duration, what: &str) -> Response {
     r
 }
 
-/// Establishes who calls, checks the role the route needs, and applies rate limits.
-async fn gate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    let need = auth::need(req.method(), req.uri().path());
-    let slot = req
-        .extensions()
-        .get::<LogSlot>()
-        .cloned()
-        .unwrap_or_default();
-    let identity = match auth::bearer(req.headers()) {
-        Some(t) => match identify(&app, t) {
+/// Establishes who calls, checks the role the route needs, and applies rate limits:
+/// the caller's identity (none on public routes without a token), or the refusal.
+fn admit(
+    app: &App,
+    method: &http::Method,
+    path: &str,
+    headers: &http::HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+    slot: &LogSlot,
+) -> Result<Option<Identity>, Box<Response>> {
+    let need = auth::need(method, path);
+    let identity = match auth::bearer(headers) {
+        Some(t) => match identify(app, t) {
             Some(i) => Some(i),
             None => {
-                metrics::counter!(app.m.auth_failures.clone(), "reason" => "invalid_token")
-                    .increment(1);
+                metrics::counter!(app.m.auth_failures, "reason" => "invalid_token").increment(1);
                 if need != Need::Public {
-                    return unauthorized("invalid or expired token");
+                    return Err(Box::new(unauthorized("invalid or expired token")));
                 }
                 None
             }
@@ -243,40 +313,38 @@ async fn gate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Resp
     };
     if let Need::Role(role) = need {
         let Some(id) = &identity else {
-            metrics::counter!(app.m.auth_failures.clone(), "reason" => "no_token").increment(1);
-            return unauthorized("this route needs a token: log in at POST /api/v3/auth/login");
+            metrics::counter!(app.m.auth_failures, "reason" => "no_token").increment(1);
+            return Err(Box::new(unauthorized(
+                "this route needs a token: log in at POST /api/v3/auth/login",
+            )));
         };
         if id.role < role {
-            metrics::counter!(app.m.auth_failures.clone(), "reason" => "role").increment(1);
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "{} on {} needs the {} role; {} has {}",
-                    req.method(),
-                    req.uri().path(),
-                    role.as_str(),
-                    id.name,
-                    id.role.as_str()
-                ),
-            )
-            .into_response();
+            metrics::counter!(app.m.auth_failures, "reason" => "role").increment(1);
+            return Err(Box::new(
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "{method} on {path} needs the {} role; {} has {}",
+                        role.as_str(),
+                        id.name,
+                        id.role.as_str()
+                    ),
+                )
+                .into_response(),
+            ));
         }
     }
     let key = match &identity {
         Some(i) => i.id.clone(),
-        None => req
-            .extensions()
-            .get::<conn::Peer>()
-            .map_or_else(|| "addr:?".to_string(), |p| format!("addr:{}", p.0.ip())),
+        None => peer.map_or_else(|| "addr:?".to_string(), |p| format!("addr:{}", p.ip())),
     };
     if let Some(i) = &identity {
         slot.set_identity(&i.id);
     }
     if let Err(wait) = app.limiter.take(&key) {
-        metrics::counter!(app.m.rate_limited.clone(), "limit" => "client").increment(1);
-        return too_many(wait, "too many requests");
+        metrics::counter!(app.m.rate_limited, "limit" => "client").increment(1);
+        return Err(Box::new(too_many(wait, "too many requests")));
     }
-    let path = req.uri().path();
     if let Some((prefix, l)) = app
         .route_limiters
         .iter()
@@ -284,20 +352,43 @@ async fn gate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Resp
         .max_by_key(|(p, _)| p.len())
         && let Err(wait) = l.take(&format!("{key} {prefix}"))
     {
-        metrics::counter!(app.m.rate_limited.clone(), "limit" => prefix.clone()).increment(1);
-        return too_many(wait, "too many requests on this route");
+        metrics::counter!(app.m.rate_limited, "limit" => prefix.clone()).increment(1);
+        return Err(Box::new(too_many(wait, "too many requests on this route")));
     }
-    if let Some(i) = identity {
-        req.extensions_mut().insert(i);
+    Ok(identity)
+}
+
+/// [`admit`] as middleware (the gateway's own routes).
+async fn gate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let slot = req
+        .extensions()
+        .get::<LogSlot>()
+        .cloned()
+        .unwrap_or_default();
+    let peer = req.extensions().get::<conn::Peer>().map(|p| p.0);
+    match admit(
+        &app,
+        req.method(),
+        req.uri().path(),
+        req.headers(),
+        peer,
+        &slot,
+    ) {
+        Err(refused) => *refused,
+        Ok(identity) => {
+            if let Some(i) = identity {
+                req.extensions_mut().insert(i);
+            }
+            next.run(req).await
+        }
     }
-    next.run(req).await
 }
 
 fn identify(app: &App, token: &str) -> Option<Identity> {
     if token.starts_with("opk_") {
         return app.users.check_key(token);
     }
-    let claims = app.signer.verify(token, users::now_s()).ok()?;
+    let claims = verified(app, token)?;
     // The user's current role counts (a demoted or removed user loses access at once).
     let role = app.users.token_role(&claims.sub, claims.iat)?;
     Some(Identity {
@@ -305,6 +396,35 @@ fn identify(app: &App, token: &str) -> Option<Identity> {
         name: claims.sub,
         role,
     })
+}
+
+/// The claims of a valid, unexpired access token. Signatures already checked are
+/// remembered per thread (a token is sent with every request of a session), so the
+/// common case is a map lookup; expiry is checked every time, and revocation by
+/// [`Users::token_role`] at the caller.
+fn verified(app: &App, token: &str) -> Option<token::Claims> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    const MAX: usize = 4096;
+    thread_local! {
+        static SEEN: RefCell<HashMap<Box<str>, token::Claims>> = RefCell::new(HashMap::new());
+    }
+    let now = users::now_s();
+    if let Some(c) = SEEN.with(|m| m.borrow().get(token).cloned()) {
+        return (c.exp > now).then_some(c);
+    }
+    let claims = app.signer.verify(token, now).ok()?;
+    SEEN.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() >= MAX {
+            m.retain(|_, c| c.exp > now);
+            if m.len() >= MAX {
+                m.clear();
+            }
+        }
+        m.insert(token.into(), claims.clone());
+    });
+    Some(claims)
 }
 
 /// Runs the gateway until shutdown.
@@ -373,16 +493,17 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
         });
     }
 
+    let name = |n: String| -> &'static str { Box::leak(n.into_boxed_str()) };
     let m = Metrics {
-        requests: ctx.metric("requests_total"),
-        duration: ctx.metric("request_duration_seconds"),
-        upstream_requests: ctx.metric("upstream_requests_total"),
-        upstream_duration: ctx.metric("upstream_duration_seconds"),
-        cache: ctx.metric("cache_total"),
-        rate_limited: ctx.metric("rate_limited_total"),
-        retries: ctx.metric("retries_total"),
-        auth_failures: ctx.metric("auth_failures_total"),
-        access_log_dropped: ctx.metric("access_log_dropped_total"),
+        requests: name(ctx.metric("requests_total")),
+        duration: name(ctx.metric("request_duration_seconds")),
+        upstream_requests: name(ctx.metric("upstream_requests_total")),
+        upstream_duration: name(ctx.metric("upstream_duration_seconds")),
+        cache: name(ctx.metric("cache_total")),
+        rate_limited: name(ctx.metric("rate_limited_total")),
+        retries: name(ctx.metric("retries_total")),
+        auth_failures: name(ctx.metric("auth_failures_total")),
+        access_log_dropped: name(ctx.metric("access_log_dropped_total")),
     };
     let access = match cfg.access_log.as_str() {
         "" => access::AccessLog::off(),
@@ -395,7 +516,7 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
                     max_bytes: cfg.access_log_max_bytes,
                     keep: cfg.access_log_keep,
                 },
-                metrics::counter!(m.access_log_dropped.clone()),
+                metrics::counter!(m.access_log_dropped),
             )
             .map_err(|e| anyhow::anyhow!("cannot open the access log {}: {e}", path.display()))?
         }
@@ -470,6 +591,7 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
         cfg.listen,
         loops,
         server_config,
+        Arc::clone(&app),
         public,
         limits,
         ctx.shutdown.clone(),

@@ -122,7 +122,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     if let Some(key) = &cache_key
         && let Some(e) = app.cache.fresh(key)
     {
-        metrics::counter!(app.m.cache.clone(), "result" => "hit").increment(1);
+        metrics::counter!(app.m.cache, "result" => "hit").increment(1);
         return from_entry(&e, false, &slot);
     }
     let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
@@ -164,22 +164,22 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         };
         let started = Instant::now();
         let attempt = tokio::time::timeout(timeout, crate::upstream::client().request(out)).await;
-        metrics::histogram!(app.m.upstream_duration.clone(), "upstream" => lease.service_id.clone())
+        metrics::histogram!(app.m.upstream_duration, "upstream" => lease.service_id.clone())
             .record(started.elapsed().as_secs_f64());
         let failure = match attempt {
             Ok(Ok(resp)) => {
                 app.upstreams.healthy(&lease);
-                metrics::counter!(app.m.upstream_requests.clone(), "upstream" => lease.service_id.clone(), "status" => crate::class(resp.status()))
+                metrics::counter!(app.m.upstream_requests, "upstream" => lease.service_id.clone(), "status" => crate::class(resp.status()))
                     .increment(1);
                 break Ok((resp, lease));
             }
             Ok(Err(e)) => {
-                metrics::counter!(app.m.upstream_requests.clone(), "upstream" => lease.service_id.clone(), "status" => "error")
+                metrics::counter!(app.m.upstream_requests, "upstream" => lease.service_id.clone(), "status" => "error")
                     .increment(1);
                 Failure::Connect(e.to_string())
             }
             Err(_) => {
-                metrics::counter!(app.m.upstream_requests.clone(), "upstream" => lease.service_id.clone(), "status" => "timeout")
+                metrics::counter!(app.m.upstream_requests, "upstream" => lease.service_id.clone(), "status" => "timeout")
                     .increment(1);
                 Failure::Timeout
             }
@@ -190,7 +190,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         if !idempotent || !app.upstreams.allow_retry() {
             break Err(failure);
         }
-        metrics::counter!(app.m.retries.clone(), "service" => service.clone()).increment(1);
+        metrics::counter!(app.m.retries, "service" => service.clone()).increment(1);
     };
 
     match result {
@@ -212,14 +212,14 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
                 if rparts.status.is_server_error()
                     && let Some(e) = app.cache.stale(&key)
                 {
-                    metrics::counter!(app.m.cache.clone(), "result" => "stale").increment(1);
+                    metrics::counter!(app.m.cache, "result" => "stale").increment(1);
                     return from_entry(&e, true, &slot);
                 }
                 if rparts.status == StatusCode::OK {
                     app.cache
                         .put(key, rparts.status, rheaders.clone(), bytes.clone());
                 }
-                metrics::counter!(app.m.cache.clone(), "result" => "miss").increment(1);
+                metrics::counter!(app.m.cache, "result" => "miss").increment(1);
                 slot.set_cache("MISS");
                 let mut out = Response::new(Body::from(bytes));
                 *out.status_mut() = rparts.status;
@@ -267,7 +267,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
 
 fn stale_or(app: &App, key: &str, slot: &LogSlot, f: Failure, service: &str) -> Response {
     if let Some(e) = app.cache.stale(key) {
-        metrics::counter!(app.m.cache.clone(), "result" => "stale").increment(1);
+        metrics::counter!(app.m.cache, "result" => "stale").increment(1);
         return from_entry(&e, true, slot);
     }
     failure_response(f, service)

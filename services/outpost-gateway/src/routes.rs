@@ -142,7 +142,7 @@ async fn login(
         (&app.login_by_addr, &addr_key),
     ] {
         if let Err(wait) = l.check(k) {
-            metrics::counter!(app.m.rate_limited.clone(), "limit" => "login").increment(1);
+            metrics::counter!(app.m.rate_limited, "limit" => "login").increment(1);
             return crate::too_many(wait, "too many failed logins");
         }
     }
@@ -157,7 +157,7 @@ async fn login(
         Err(UserError::BadCredentials) => {
             let _ = app.login_by_user.take(&user_key);
             let _ = app.login_by_addr.take(&addr_key);
-            metrics::counter!(app.m.auth_failures.clone(), "reason" => "login").increment(1);
+            metrics::counter!(app.m.auth_failures, "reason" => "login").increment(1);
             tracing::warn!(user = %req.username, peer = %peer.ip(), "failed login");
             ApiError::new(StatusCode::UNAUTHORIZED, "invalid user name or password").into_response()
         }
