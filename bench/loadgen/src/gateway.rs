@@ -35,6 +35,7 @@ pub struct GatewayArgs {
 #[derive(Debug, Clone, Copy)]
 struct Wrk {
     rps: f64,
+    requests: u64,
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
@@ -57,6 +58,7 @@ fn wrk_ms(s: &str) -> Option<f64> {
 fn parse_wrk(out: &str) -> anyhow::Result<Wrk> {
     let mut w = Wrk {
         rps: 0.0,
+        requests: 0,
         p50_ms: 0.0,
         p99_ms: 0.0,
         errors: 0,
@@ -65,6 +67,7 @@ fn parse_wrk(out: &str) -> anyhow::Result<Wrk> {
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.as_slice() {
             ["Requests/sec:", v] => w.rps = v.parse().context("wrk requests/s")?,
+            [n, "requests", "in", ..] => w.requests = n.parse().context("wrk requests")?,
             ["50%", v] => w.p50_ms = wrk_ms(v).context("wrk p50")?,
             ["99%", v] => w.p99_ms = wrk_ms(v).context("wrk p99")?,
             ["Non-2xx", "or", "3xx", "responses:", n] => w.errors += n.parse::<u64>()?,
@@ -113,6 +116,42 @@ async fn wrk(
         bail!("{url}: {} failed requests", w.errors);
     }
     Ok(w)
+}
+
+/// CPU time (user + system, clock ticks of 10 ms) used so far by processes.
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may hold spaces) start after ") ".
+            let rest = stat.rsplit_once(") ")?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+/// The direct children of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// A wrk run and the CPU microseconds per request the proxy processes spent in it.
+async fn wrk_cpu(
+    url: &str,
+    token: Option<&str>,
+    a: &GatewayArgs,
+    proxy: &[u32],
+) -> anyhow::Result<(Wrk, f64)> {
+    let before = cpu_ticks(proxy);
+    let w = wrk(url, token, a.threads, a.connections, a.seconds).await?;
+    let ticks = cpu_ticks(proxy).saturating_sub(before);
+    let us = ticks as f64 * 10_000.0 / w.requests.max(1) as f64;
+    Ok((w, us))
 }
 
 /// An HTTPS client that trusts only the node's CA.
@@ -270,6 +309,18 @@ pub async fn run(a: &GatewayArgs) -> anyhow::Result<()> {
             .is_ok_and(|r| r.status().is_success())
     })
     .await?;
+    let gateway_pid: Vec<u32> = node
+        .pids()
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"gateway"))
+        })
+        .collect();
+    let nginx_pids = nginx.0.id().map(children).unwrap_or_default();
+    if gateway_pid.is_empty() || nginx_pids.is_empty() {
+        bail!("cannot find the gateway's or nginx's worker processes");
+    }
     let direct = format!("http://127.0.0.1:{}/api/v3/ping", node.data);
     let via_gw = format!("{base}/core-data/api/v3/ping");
     let nginx_version = std::process::Command::new("nginx")
@@ -293,18 +344,22 @@ pub async fn run(a: &GatewayArgs) -> anyhow::Result<()> {
 
     // Throughput: alternating rounds so drift on the machine hits both alike.
     let (mut ng, mut og, mut dir) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ncpu, mut gcpu) = (Vec::new(), Vec::new());
     for round in 1..=a.rounds {
         let d = wrk(&direct, None, a.threads, a.connections, a.seconds).await?;
-        let n = wrk(&via_nginx, None, a.threads, a.connections, a.seconds).await?;
-        let g = wrk(&via_gw, Some(&token), a.threads, a.connections, a.seconds).await?;
+        let (n, nc) = wrk_cpu(&via_nginx, None, a, &nginx_pids).await?;
+        let (g, gc) = wrk_cpu(&via_gw, Some(&token), a, &gateway_pid).await?;
         println!(
-            "round {round}: direct {:.0}/s | nginx {:.0}/s p50 {:.2} ms p99 {:.2} ms | gateway {:.0}/s p50 {:.2} ms p99 {:.2} ms",
+            "round {round}: direct {:.0}/s | nginx {:.0}/s p50 {:.2} ms p99 {:.2} ms, {nc:.1} us CPU/request | gateway {:.0}/s p50 {:.2} ms p99 {:.2} ms, {gc:.1} us CPU/request",
             d.rps, n.rps, n.p50_ms, n.p99_ms, g.rps, g.p50_ms, g.p99_ms
         );
         dir.push(d);
         ng.push(n);
         og.push(g);
+        ncpu.push(nc);
+        gcpu.push(gc);
     }
+    let (ncpu, gcpu) = (crate::median(&mut ncpu), crate::median(&mut gcpu));
     // Added latency: one connection, one request at a time.
     let d1 = wrk(&direct, None, 1, 1, a.seconds).await?;
     let n1 = wrk(&via_nginx, None, 1, 1, a.seconds).await?;
@@ -332,6 +387,10 @@ pub async fn run(a: &GatewayArgs) -> anyhow::Result<()> {
         gs["p99_ms"]
     );
     println!(
+        "CPU per request (median): nginx workers {ncpu:.1} us, gateway {gcpu:.1} us = {:.2}x",
+        gcpu / ncpu.max(0.001)
+    );
+    println!(
         "one request at a time (p50 / p99): direct {:.3} / {:.3} ms, nginx {:.3} / {:.3} ms (+{:.3}), gateway {:.3} / {:.3} ms (+{:.3})",
         d1.p50_ms,
         d1.p99_ms,
@@ -352,6 +411,7 @@ pub async fn run(a: &GatewayArgs) -> anyhow::Result<()> {
             "direct_rps": median_by(&dir, |w| w.rps).round(),
             "nginx": ns, "gateway": gs,
             "throughput_vs_nginx": tput, "p99_vs_nginx": p99,
+            "cpu_us_per_request": {"nginx": (ncpu * 10.0).round() / 10.0, "gateway": (gcpu * 10.0).round() / 10.0},
             "serial_p50_ms": {"direct": r3(d1.p50_ms), "nginx": r3(n1.p50_ms), "gateway": r3(g1.p50_ms)},
             "added_p50_ms": {"nginx": r3(n1.p50_ms - d1.p50_ms), "gateway": r3(g1.p50_ms - d1.p50_ms)},
         })
@@ -374,6 +434,7 @@ mod tests {
         assert!((w.p50_ms - 0.79).abs() < 1e-9);
         assert!((w.p99_ms - 1.8).abs() < 1e-9);
         assert_eq!(w.errors, 3);
+        assert_eq!(w.requests, 24000);
         assert_eq!(wrk_ms("2.5s"), Some(2500.0));
         assert!(parse_wrk("garbage").is_err());
     }

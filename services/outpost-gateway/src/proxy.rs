@@ -293,6 +293,11 @@ fn failure_response(f: Failure, service: &str) -> Response {
 
 /// Reads a request body whole, within `max` bytes and `timeout_ms`.
 pub async fn read_body(body: Body, timeout_ms: u64, max: usize) -> Result<Bytes, ApiError> {
+    use hyper::body::Body as _;
+    // Most requests (GETs) have no body: no timer, no collecting.
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
     let limited = http_body_util::Limited::new(body, max);
     match tokio::time::timeout(Duration::from_millis(timeout_ms), limited.collect()).await {
         Ok(Ok(c)) => Ok(c.to_bytes()),
