@@ -44,8 +44,27 @@ pub struct Line<'a> {
 }
 
 impl Line<'_> {
+    /// The current time as RFC 3339 with milliseconds; the part up to the second is
+    /// formatted once per second and thread.
     pub fn now() -> String {
-        humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+        use std::cell::RefCell;
+        thread_local! {
+            static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+        }
+        let d = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let (secs, ms) = (d.as_secs(), d.subsec_millis());
+        SECOND.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.0 != secs {
+                let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+                let full = humantime::format_rfc3339_seconds(t).to_string();
+                c.1 = full.trim_end_matches('Z').to_string();
+                c.0 = secs;
+            }
+            format!("{}.{ms:03}Z", c.1)
+        })
     }
 }
 
@@ -282,6 +301,16 @@ mod tests {
             upstream: "core-data",
             cache: "-",
         });
+    }
+
+    #[test]
+    fn times_are_rfc3339_with_milliseconds() {
+        let t = Line::now();
+        let parsed = humantime::parse_rfc3339(&t).expect("RFC 3339");
+        let now = SystemTime::now();
+        let diff = now.duration_since(parsed).unwrap_or_default();
+        assert!(diff < Duration::from_secs(2), "{t}");
+        assert_eq!(t.len(), "2026-11-22T05:20:20.123Z".len(), "{t}");
     }
 
     #[test]

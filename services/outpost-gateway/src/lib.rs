@@ -174,9 +174,7 @@ fn record(app: &App, seen: &Seen, slot: &LogSlot, status: StatusCode) {
             .unwrap_or_else(std::sync::PoisonError::into_inner),
     );
     let route = info.route.unwrap_or_else(|| "unknown".into());
-    metrics::counter!(app.m.requests, "route" => route.clone(), "method" => seen.method.to_string(), "status" => class(status))
-        .increment(1);
-    metrics::histogram!(app.m.duration, "route" => route.clone()).record(elapsed.as_secs_f64());
+    count_request(app, &route, &seen.method, status, elapsed.as_secs_f64());
     let id = outpost_kit::request_id::current();
     app.access.record(&access::Line {
         time: access::Line::now(),
@@ -191,6 +189,51 @@ fn record(app: &App, seen: &Seen, slot: &LogSlot, status: StatusCode) {
         route: &route,
         upstream: info.upstream.as_deref().unwrap_or("-"),
         cache: info.cache.unwrap_or("-"),
+    });
+}
+
+/// Request count and latency by route: the metric handles are kept per thread (routes
+/// are service names, a bounded set), so a request costs no registry lookup.
+fn count_request(app: &App, route: &str, method: &http::Method, status: StatusCode, secs: f64) {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    struct Handles {
+        duration: metrics::Histogram,
+        requests: Vec<(http::Method, &'static str, metrics::Counter)>,
+    }
+    thread_local! {
+        static HANDLES: RefCell<HashMap<String, Handles>> = RefCell::new(HashMap::new());
+    }
+    let class = class(status);
+    HANDLES.with(|h| {
+        let mut h = h.borrow_mut();
+        if !h.contains_key(route) {
+            h.insert(
+                route.to_string(),
+                Handles {
+                    duration: metrics::histogram!(app.m.duration, "route" => route.to_string()),
+                    requests: Vec::new(),
+                },
+            );
+        }
+        let Some(r) = h.get_mut(route) else {
+            return;
+        };
+        r.duration.record(secs);
+        if let Some((_, _, c)) = r
+            .requests
+            .iter()
+            .find(|(m, k, _)| m == method && *k == class)
+        {
+            c.increment(1);
+            return;
+        }
+        let c = metrics::counter!(app.m.requests, "route" => route.to_string(), "method" => method.to_string(), "status" => class);
+        c.increment(1);
+        // Methods are client input: only a few combinations are kept.
+        if r.requests.len() < 32 {
+            r.requests.push((method.clone(), class, c));
+        }
     });
 }
 

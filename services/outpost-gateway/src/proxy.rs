@@ -109,7 +109,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         return ApiError::not_found(format!("no service '{service}' behind this gateway"))
             .into_response();
     }
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     // Bodies are read whole (bounded in size and time), so a request can be retried and a
     // slow sender never holds a backend connection.
     let body = match read_body(body, app.cfg.body_timeout_ms, app.max_body).await {
@@ -127,7 +127,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     }
     let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
     let timeout = app.timeout_for(parts.uri.path());
-    let mut headers = parts.headers.clone();
+    let mut headers = std::mem::take(&mut parts.headers);
     strip(&mut headers);
     if let Some(id) = outpost_kit::request_id::current()
         && let Ok(v) = HeaderValue::from_str(&id)
@@ -155,7 +155,12 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         slot.set_upstream(&lease.service_id);
         let mut out = http::Request::new(Body::from(body.clone()));
         *out.method_mut() = parts.method.clone();
-        *out.headers_mut() = headers.clone();
+        // Only a request that may be retried needs its headers again.
+        *out.headers_mut() = if idempotent {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
         *out.uri_mut() = match format!("{}{rest}", lease.base).parse() {
             Ok(u) => u,
             Err(_) => {
@@ -164,23 +169,19 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         };
         let started = Instant::now();
         let attempt = tokio::time::timeout(timeout, crate::upstream::client().request(out)).await;
-        metrics::histogram!(app.m.upstream_duration, "upstream" => lease.service_id.clone())
-            .record(started.elapsed().as_secs_f64());
+        let secs = started.elapsed().as_secs_f64();
         let failure = match attempt {
             Ok(Ok(resp)) => {
                 app.upstreams.healthy(&lease);
-                metrics::counter!(app.m.upstream_requests, "upstream" => lease.service_id.clone(), "status" => crate::class(resp.status()))
-                    .increment(1);
+                upstream_metrics(&app, &lease.service_id, secs, crate::class(resp.status()));
                 break Ok((resp, lease));
             }
             Ok(Err(e)) => {
-                metrics::counter!(app.m.upstream_requests, "upstream" => lease.service_id.clone(), "status" => "error")
-                    .increment(1);
+                upstream_metrics(&app, &lease.service_id, secs, "error");
                 Failure::Connect(e.to_string())
             }
             Err(_) => {
-                metrics::counter!(app.m.upstream_requests, "upstream" => lease.service_id.clone(), "status" => "timeout")
-                    .increment(1);
+                upstream_metrics(&app, &lease.service_id, secs, "timeout");
                 Failure::Timeout
             }
         };
@@ -235,7 +236,13 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
                 .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
                 .is_some_and(|n| n <= SMALL_BODY);
             if small {
-                let bytes = match tokio::time::timeout(timeout, rbody.collect()).await {
+                // Usually the body came with the head: no timer then.
+                let mut collect = std::pin::pin!(rbody.collect());
+                let collected = match futures_util::FutureExt::now_or_never(&mut collect) {
+                    Some(r) => Ok(r),
+                    None => tokio::time::timeout(timeout, collect).await,
+                };
+                let bytes = match collected {
                     Ok(Ok(c)) => c.to_bytes(),
                     Ok(Err(e)) => {
                         return failure_response(Failure::Connect(e.to_string()), &service);
@@ -263,6 +270,35 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
             None => failure_response(f, &service),
         },
     }
+}
+
+/// Upstream request count and latency by instance; handles kept per thread (instances are
+/// the registry's, a bounded set).
+fn upstream_metrics(app: &App, upstream: &str, secs: f64, status: &'static str) {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    type Handles = (metrics::Histogram, Vec<(&'static str, metrics::Counter)>);
+    thread_local! {
+        static HANDLES: RefCell<HashMap<String, Handles>> = RefCell::new(HashMap::new());
+    }
+    HANDLES.with(|h| {
+        let mut h = h.borrow_mut();
+        if !h.contains_key(upstream) {
+            let hist = metrics::histogram!(app.m.upstream_duration, "upstream" => upstream.to_string());
+            h.insert(upstream.to_string(), (hist, Vec::new()));
+        }
+        let Some((hist, counters)) = h.get_mut(upstream) else {
+            return;
+        };
+        hist.record(secs);
+        if let Some((_, c)) = counters.iter().find(|(k, _)| *k == status) {
+            c.increment(1);
+            return;
+        }
+        let c = metrics::counter!(app.m.upstream_requests, "upstream" => upstream.to_string(), "status" => status);
+        c.increment(1);
+        counters.push((status, c));
+    });
 }
 
 fn stale_or(app: &App, key: &str, slot: &LogSlot, f: Failure, service: &str) -> Response {
