@@ -71,6 +71,13 @@ impl Spec {
             .arg("run")
             .arg(svc.name())
             .env(SUPERVISED_ENV, "1")
+            // The allocator gives freed memory back at once rather than after a delay that
+            // an idle service never reaches (a login's Argon2 buffer would stay resident);
+            // the operator's own setting wins.
+            .env(
+                "MIMALLOC_PURGE_DELAY",
+                std::env::var_os("MIMALLOC_PURGE_DELAY").unwrap_or_else(|| "0".into()),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped())
