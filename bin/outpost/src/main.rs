@@ -49,7 +49,7 @@ struct Args {
     #[arg(long, global = true, env = "OUTPOST_GATEWAY", value_name = "URL")]
     gateway: Option<String>,
     /// The CA certificate (PEM) to trust for the gateway; default: the one stored by
-    /// `outpost login`, else this node's `<data>/tls/ca.pem`.
+    /// `outpost login`, else (for this node's own gateway) `<data>/tls/ca.pem`.
     #[arg(long, global = true, env = "OUTPOST_CA", value_name = "FILE")]
     ca: Option<PathBuf>,
     /// An API key or access token for the gateway, instead of the `outpost login` session.

@@ -5,12 +5,13 @@
 //!   node's own gateway (`gateway.listen`) when it is enabled. With the gateway disabled
 //!   the CLI calls the services directly, as a process on the node may.
 //! - The CA: `--ca FILE` (or `OUTPOST_CA`), else the one stored with the session by
-//!   `outpost login`, else this node's `<data>/tls/ca.pem`. No other certificate is
-//!   trusted.
+//!   `outpost login`, else (for this node's own gateway) `<data>/tls/ca.pem`. No other
+//!   certificate is trusted.
 //! - The token: `--token` (or `OUTPOST_TOKEN`: an API key or access token), else the
 //!   session of `outpost login` for that gateway (its access token, renewed with the
-//!   refresh token when it expires), else, on the node, the generated admin credential in
-//!   `<data>/secrets/admin-password` (which needs read access to the node's secrets).
+//!   refresh token when it expires), else, for this node's own gateway, the generated admin
+//!   credential in `<data>/secrets/admin-password` (which needs read access to the node's
+//!   secrets).
 //!
 //! Sessions live in `$XDG_CONFIG_HOME/outpost/sessions/` (or `~/.config/...`), one file
 //! per gateway, mode 0600.
@@ -56,7 +57,8 @@ pub struct Gateway {
     ca_pem: String,
     ca_given: bool,
     fixed_token: Option<String>,
-    admin_password: PathBuf,
+    /// This node's generated admin credential, when the gateway is this node's.
+    admin_password: Option<PathBuf>,
     session_file: Option<PathBuf>,
     session: tokio::sync::Mutex<Option<Session>>,
 }
@@ -147,16 +149,23 @@ impl Gateway {
             }
             None => return Ok(None),
         };
+        // This node's own files (CA, admin credential) count only for this node's gateway.
+        let own_node = r.gateway.is_none();
         let session_file = session_file(&base);
         let stored = session_file.as_deref().and_then(read_session);
         let node_ca = data_dir.join("tls/ca.pem");
+        let local_ca = || {
+            own_node
+                .then(|| std::fs::read_to_string(&node_ca).ok())
+                .flatten()
+        };
         let (ca_pem, ca_given) = if let Some(path) = &r.ca {
             let pem = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the CA file {}", path.display()))?;
             (pem, true)
         } else if let Some(pem) = stored.as_ref().and_then(|s| s.ca.clone()) {
             (pem, false)
-        } else if let Ok(pem) = std::fs::read_to_string(&node_ca) {
+        } else if let Some(pem) = local_ca() {
             (pem, false)
         } else {
             bail!(
@@ -171,7 +180,7 @@ impl Gateway {
             ca_pem,
             ca_given,
             fixed_token: r.token.clone().filter(|t| !t.is_empty()),
-            admin_password: data_dir.join("secrets/admin-password"),
+            admin_password: own_node.then(|| data_dir.join("secrets/admin-password")),
             session_file,
             session: tokio::sync::Mutex::new(stored),
         }))
@@ -297,9 +306,13 @@ impl Gateway {
                 return Ok(token);
             }
         }
-        match std::fs::read_to_string(&self.admin_password) {
-            Ok(p) => Ok(self.login("admin", p.trim()).await?.access_token),
-            Err(_) => bail!(
+        match self
+            .admin_password
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+        {
+            Some(p) => Ok(self.login("admin", p.trim()).await?.access_token),
+            None => bail!(
                 "not logged in to {}: run `outpost login` (or pass an API key with --token)",
                 self.base
             ),
