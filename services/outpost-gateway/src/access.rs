@@ -326,8 +326,22 @@ mod tests {
             metrics::Counter::noop(),
         )
         .unwrap();
-        for i in 0..1000 {
-            record(&log, &line(i));
+        // In batches, each waited for until it is on disk, so the file has content when
+        // the next batch arrives and must rotate.
+        let written = |l: &str| {
+            ["log/access.log", "log/access.log.1", "log/access.log.2"]
+                .iter()
+                .any(|f| std::fs::read_to_string(dir.path().join(f)).is_ok_and(|t| t.contains(l)))
+        };
+        for batch in 0..4 {
+            for i in batch * 250..(batch + 1) * 250 {
+                record(&log, &line(i));
+            }
+            let last = line((batch + 1) * 250 - 1);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !written(&last) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         log.close();
         drop(log);
