@@ -816,37 +816,31 @@ async fn every_documented_route_is_guarded_and_tokens_expire() {
     // curl, as the README shows it: log in, then a first request with the token.
     let ca = node.data_dir().join("tls/ca.pem");
     let base = format!("https://localhost:{}", node.ports.gateway);
-    let login = std::process::Command::new("curl")
-        .args(["-sS", "--fail-with-body", "--cacert"])
-        .arg(&ca)
-        .arg("-d")
-        .arg(json!({"username": "vera", "password": "vera password 1"}).to_string())
-        .arg(format!("{base}/api/v3/auth/login"))
-        .output()
-        .expect("curl");
-    assert!(
-        login.status.success(),
-        "{}",
-        String::from_utf8_lossy(&login.stderr)
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--cacert"])
+            .arg(&ca)
+            .args(args)
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).expect("JSON answer")
+    };
+    let login = json!({"username": "vera", "password": "vera password 1"}).to_string();
+    let t = curl(&["-d", &login, &format!("{base}/api/v3/auth/login")]);
+    let bearer = format!(
+        "Authorization: Bearer {}",
+        t["accessToken"].as_str().unwrap()
     );
-    let t: Value = serde_json::from_slice(&login.stdout).unwrap();
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--fail-with-body", "--cacert"])
-        .arg(&ca)
-        .arg("-H")
-        .arg(format!(
-            "Authorization: Bearer {}",
-            t["accessToken"].as_str().unwrap()
-        ))
-        .arg(format!("{base}/core-metadata/api/v3/deviceprofile/all"))
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = curl(&[
+        "-H",
+        &bearer,
+        &format!("{base}/core-metadata/api/v3/deviceprofile/all"),
+    ]);
     assert_eq!(v["statusCode"], 200);
     // curl without the CA refuses the node's certificate.
     let untrusted = std::process::Command::new("curl")
@@ -886,30 +880,12 @@ async fn every_documented_route_is_guarded_and_tokens_expire() {
 
 /// The CLI as on another machine: no node data dir, its own session store.
 fn remote_cli(home: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
-    use std::io::Write as _;
-    let empty = home.join("no-node-here");
-    let mut child = std::process::Command::new(crate::support::BIN)
-        .arg("--data-dir")
-        .arg(&empty)
+    let mut cmd = std::process::Command::new(crate::support::BIN);
+    cmd.arg("--data-dir")
+        .arg(home.join("no-node-here"))
         .args(args)
-        .env("XDG_CONFIG_HOME", home)
-        .env_remove("OUTPOST_GATEWAY")
-        .env_remove("OUTPOST_CA")
-        .env_remove("OUTPOST_TOKEN")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run outpost");
-    if let Some(mut i) = child.stdin.take() {
-        let _ = i.write_all(stdin.as_bytes());
-    }
-    let out = child.wait_with_output().expect("run outpost");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .env("XDG_CONFIG_HOME", home);
+    crate::support::run_cli(cmd, Some(stdin))
 }
 
 #[tokio::test]

@@ -401,7 +401,6 @@ impl Node {
         env: &[(&str, &str)],
         stdin: Option<&str>,
     ) -> (bool, String, String) {
-        use std::io::Write as _;
         let mut cmd = Command::new(BIN);
         cmd.arg("--config")
             .arg(&self.config)
@@ -409,23 +408,8 @@ impl Node {
             .arg(self.data_dir())
             .args(args)
             .env("XDG_CONFIG_HOME", self.cli_home())
-            .env_remove("OUTPOST_GATEWAY")
-            .env_remove("OUTPOST_CA")
-            .env_remove("OUTPOST_TOKEN")
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("run outpost CLI");
-        if let Some(mut input) = child.stdin.take() {
-            let _ = input.write_all(stdin.unwrap_or("").as_bytes());
-        }
-        let out = child.wait_with_output().expect("run outpost CLI");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+            .envs(env.iter().copied());
+        run_cli(cmd, stdin)
     }
 
     /// A metric's value from a service's `/metrics` (0 when absent).
@@ -774,4 +758,30 @@ pub fn now_nanos() -> i64 {
             .as_nanos(),
     )
     .expect("nanos")
+}
+
+/// Runs a prepared CLI command without the environment's gateway settings (unless the
+/// command sets them), feeding `stdin`;
+/// returns (success, stdout, stderr).
+pub fn run_cli(mut cmd: Command, stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write as _;
+    for var in ["OUTPOST_GATEWAY", "OUTPOST_CA", "OUTPOST_TOKEN"] {
+        // Unless the test set it on purpose.
+        if !cmd.get_envs().any(|(k, _)| k == var) {
+            cmd.env_remove(var);
+        }
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run outpost CLI");
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(stdin.unwrap_or("").as_bytes());
+    }
+    let out = child.wait_with_output().expect("run outpost CLI");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

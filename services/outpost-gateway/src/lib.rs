@@ -269,22 +269,9 @@ pub async fn proxied(app: Arc<App>, mut req: Request) -> Response {
         let slot = LogSlot::default();
         req.extensions_mut().insert(slot.clone());
         let seen = Seen::of(&req);
-        let peer = req.extensions().get::<conn::Peer>().map(|p| p.0);
-        let resp = match admit(
-            &app,
-            req.method(),
-            req.uri().path(),
-            req.headers(),
-            peer,
-            &slot,
-        ) {
+        let resp = match admit_request(&app, &mut req, &slot) {
             Err(refused) => *refused,
-            Ok(identity) => {
-                if let Some(i) = identity {
-                    req.extensions_mut().insert(i);
-                }
-                proxy::handle(State(Arc::clone(&app)), req).await
-            }
+            Ok(()) => proxy::handle(State(Arc::clone(&app)), req).await,
         };
         record(&app, &seen, &slot, resp.status());
         resp
@@ -408,23 +395,27 @@ async fn gate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Resp
         .get::<LogSlot>()
         .cloned()
         .unwrap_or_default();
+    match admit_request(&app, &mut req, &slot) {
+        Err(refused) => *refused,
+        Ok(()) => next.run(req).await,
+    }
+}
+
+/// [`admit`] for a request: the admitted identity goes into its extensions.
+fn admit_request(app: &App, req: &mut Request, slot: &LogSlot) -> Result<(), Box<Response>> {
     let peer = req.extensions().get::<conn::Peer>().map(|p| p.0);
-    match admit(
-        &app,
+    let identity = admit(
+        app,
         req.method(),
         req.uri().path(),
         req.headers(),
         peer,
-        &slot,
-    ) {
-        Err(refused) => *refused,
-        Ok(identity) => {
-            if let Some(i) = identity {
-                req.extensions_mut().insert(i);
-            }
-            next.run(req).await
-        }
+        slot,
+    )?;
+    if let Some(i) = identity {
+        req.extensions_mut().insert(i);
     }
+    Ok(())
 }
 
 fn identify(app: &App, token: &str) -> Option<Identity> {
