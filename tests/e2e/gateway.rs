@@ -960,67 +960,41 @@ async fn cli_logs_in_manages_users_and_keys_and_works_remotely() {
     let gw = format!("https://127.0.0.1:{}", node.ports.gateway);
     let ca = node.data_dir().join("tls/ca.pem");
     let ca = ca.to_str().unwrap();
-    let (ok, _, err) = remote_cli(home.path(), &["--gateway", &gw, "profile", "list"], "");
+    // The CLI on that machine, pointed at this node's gateway.
+    let remote = |args: &[&str], stdin: &str| {
+        let mut all = vec!["--gateway", gw.as_str()];
+        all.extend_from_slice(args);
+        remote_cli(home.path(), &all, stdin)
+    };
+    let (ok, _, err) = remote(&["profile", "list"], "");
     assert!(!ok && err.contains("--ca"), "{err}");
-    let (ok, _, err) = remote_cli(
-        home.path(),
-        &[
-            "--gateway",
-            &gw,
-            "--ca",
-            ca,
-            "login",
-            "--user",
-            "vic",
-            "--password-stdin",
-        ],
+    let (ok, _, err) = remote(
+        &["--ca", ca, "login", "--user", "vic", "--password-stdin"],
         "wrong password 12\n",
     );
     assert!(!ok && err.contains("401"), "{err}");
-    let (ok, out, err) = remote_cli(
-        home.path(),
-        &[
-            "--gateway",
-            &gw,
-            "--ca",
-            ca,
-            "login",
-            "-u",
-            "vic",
-            "--password-stdin",
-        ],
+    let (ok, out, err) = remote(
+        &["--ca", ca, "login", "-u", "vic", "--password-stdin"],
         "viewer password 1\n",
     );
     assert!(ok, "{err}");
     assert!(out.contains("as vic (viewer)"), "{out}");
-    let (ok, _, err) = remote_cli(home.path(), &["--gateway", &gw, "profile", "list"], "");
+    let (ok, _, err) = remote(&["profile", "list"], "");
     assert!(ok, "reads work with the stored session and CA: {err}");
-    let (ok, _, err) = remote_cli(
-        home.path(),
-        &["--gateway", &gw, "device", "rm", "nothing"],
-        "",
-    );
+    let (ok, _, err) = remote(&["device", "rm", "nothing"], "");
     assert!(!ok && err.contains("403"), "a viewer cannot write: {err}");
     // An API key instead of a session.
-    let (ok, _, err) = remote_cli(
-        home.path(),
-        &["--gateway", &gw, "--token", &key, "device", "list"],
-        "",
-    );
+    let (ok, _, err) = remote(&["--token", &key, "device", "list"], "");
     assert!(ok, "{err}");
     let (ok, _, err) = node.cli(&["apikey", "revoke", &key_id]);
     assert!(ok, "{err}");
-    let (ok, _, err) = remote_cli(
-        home.path(),
-        &["--gateway", &gw, "--token", &key, "device", "list"],
-        "",
-    );
+    let (ok, _, err) = remote(&["--token", &key, "device", "list"], "");
     assert!(!ok && err.contains("refused"), "{err}");
 
     // Removing the user ends the remote session.
     let (ok, _, err) = node.cli(&["user", "rm", "vic"]);
     assert!(ok, "{err}");
-    let (ok, _, err) = remote_cli(home.path(), &["--gateway", &gw, "profile", "list"], "");
+    let (ok, _, err) = remote(&["profile", "list"], "");
     assert!(!ok && err.contains("outpost login"), "{err}");
 
     // Logout on the node: the session file goes; the next command logs in again.
