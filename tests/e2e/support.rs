@@ -65,6 +65,7 @@ pub struct Ports {
     /// The gateway's TLS listener and its plain HTTP side.
     pub gateway: u16,
     pub gateway_http: u16,
+    pub export: u16,
 }
 
 impl Ports {
@@ -82,6 +83,7 @@ impl Ports {
             rest: free_port(),
             gateway: free_port(),
             gateway_http: free_port(),
+            export: free_port(),
         }
     }
 }
@@ -151,7 +153,10 @@ port = {rest}
 [gateway]
 listen = "127.0.0.1:{gateway}"
 port = {gateway_http}
+[export]
+port = {export}
 "#,
+        export = p.export,
         gateway = p.gateway,
         gateway_http = p.gateway_http,
         modbus = p.modbus,
@@ -200,6 +205,7 @@ impl Node {
             ("device_modbus", ports.modbus),
             ("device_mqtt", ports.device_mqtt),
             ("device_rest", ports.rest),
+            ("export", ports.export),
         ] {
             if enabled(section, false) {
                 services.push(url(port));
@@ -427,6 +433,46 @@ impl Node {
             .filter(|l| l.starts_with(name) && !l.starts_with('#'))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// Kills the supervisor and every service with SIGKILL at once, the way a power cut
+    /// or an OOM kill of the whole node would, and waits until they are gone.
+    pub fn kill_all(&mut self) {
+        let run = self.data_dir().join("run");
+        let pids: Vec<u32> = std::fs::read_dir(&run)
+            .map(|d| {
+                d.filter_map(|e| {
+                    let p = e.ok()?.path();
+                    if p.extension()? != "pid" {
+                        return None;
+                    }
+                    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        // One kill(1) for all of them, the supervisor too, so none outlives the others.
+        let mut child = self.child.take();
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .args(pids.iter().map(u32::to_string))
+            .args(child.as_ref().map(|c| c.id().to_string()))
+            .stderr(Stdio::null())
+            .status();
+        if let Some(c) = child.as_mut() {
+            let _ = c.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pids
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "services still alive after SIGKILL"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Stops the node with SIGTERM and checks it exits cleanly.
@@ -784,4 +830,15 @@ pub fn run_cli(mut cmd: Command, stdin: Option<&str>) -> (bool, String, String) 
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
 }

@@ -159,7 +159,7 @@ impl Client {
     }
 }
 
-fn ok_or_message(status: reqwest::StatusCode, body: Value) -> anyhow::Result<Value> {
+pub(crate) fn ok_or_message(status: reqwest::StatusCode, body: Value) -> anyhow::Result<Value> {
     if status.is_success() {
         return Ok(body);
     }
@@ -197,7 +197,7 @@ fn multi_status_entry(status: reqwest::StatusCode, body: &Value) -> Result<Value
 }
 
 /// Percent-encodes a path segment or query value.
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -209,12 +209,12 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 /// Prints rows as an aligned table.
-fn table(headers: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -240,7 +240,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn s(v: &Value, key: &str) -> String {
+pub(crate) fn s(v: &Value, key: &str) -> String {
     match v.get(key) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => String::new(),
@@ -248,7 +248,7 @@ fn s(v: &Value, key: &str) -> String {
     }
 }
 
-fn ago(millis: i64) -> String {
+pub(crate) fn ago(millis: i64) -> String {
     if millis <= 0 {
         return "-".into();
     }
@@ -261,7 +261,7 @@ fn ago(millis: i64) -> String {
     }
 }
 
-fn time_of(nanos: i64) -> String {
+pub(crate) fn time_of(nanos: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap_or(0));
     humantime::format_rfc3339_millis(t).to_string()
 }

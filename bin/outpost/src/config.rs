@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub device_mqtt: outpost_device_mqtt::Config,
     pub device_rest: outpost_device_rest::Config,
     pub gateway: outpost_gateway::Config,
+    pub export: outpost_export::Config,
+    pub cloud: outpost_cloud::Config,
 }
 
 /// A service the node can run.
@@ -70,10 +72,12 @@ pub enum Service {
     DeviceMqtt,
     DeviceRest,
     Gateway,
+    Export,
+    Cloud,
 }
 
 impl Service {
-    pub const ALL: [Service; 10] = [
+    pub const ALL: [Service; 12] = [
         Self::Broker,
         Self::CoreKeeper,
         Self::CoreMetadata,
@@ -84,6 +88,8 @@ impl Service {
         Self::DeviceMqtt,
         Self::DeviceRest,
         Self::Gateway,
+        Self::Export,
+        Self::Cloud,
     ];
 
     pub fn name(self) -> &'static str {
@@ -98,6 +104,8 @@ impl Service {
             Self::DeviceMqtt => outpost_device_mqtt::SERVICE,
             Self::DeviceRest => outpost_device_rest::SERVICE,
             Self::Gateway => outpost_gateway::SERVICE,
+            Self::Export => outpost_export::SERVICE,
+            Self::Cloud => outpost_cloud::SERVICE,
         }
     }
 
@@ -159,6 +167,8 @@ impl NodeConfig {
         self.device_mqtt.validate(&mut p);
         self.device_rest.validate(&mut p);
         self.gateway.validate(&mut p);
+        self.export.validate(&mut p);
+        self.cloud.validate(&mut p);
         let s = &self.supervisor;
         p.check(
             s.stop_timeout_ms >= 100,
@@ -261,6 +271,8 @@ impl NodeConfig {
             Service::DeviceMqtt => self.device_mqtt.port,
             Service::DeviceRest => self.device_rest.port,
             Service::Gateway => self.gateway.port,
+            Service::Export => self.export.port,
+            Service::Cloud => self.cloud.port,
         }
     }
 
@@ -273,6 +285,9 @@ impl NodeConfig {
             Service::DeviceMqtt => self.device_mqtt.enabled,
             Service::DeviceRest => self.device_rest.enabled,
             Service::Gateway => self.gateway.enabled,
+            Service::Export => self.export.enabled,
+            // The cloud node runs on its own (`outpost cloud`), never in an edge's `up`.
+            Service::Cloud => false,
             Service::CoreKeeper
             | Service::CoreMetadata
             | Service::CoreData
@@ -301,6 +316,7 @@ impl NodeConfig {
             Service::DeviceModbus,
             Service::DeviceMqtt,
             Service::DeviceRest,
+            Service::Export,
             Service::Gateway,
         ]
         .into_iter()
@@ -329,6 +345,8 @@ impl NodeConfig {
             Service::DeviceMqtt => serde_json::to_value(&self.device_mqtt),
             Service::DeviceRest => serde_json::to_value(&self.device_rest),
             Service::Gateway => serde_json::to_value(&self.gateway),
+            Service::Export => serde_json::to_value(&self.export),
+            Service::Cloud => serde_json::to_value(&self.cloud),
         }
         .unwrap_or_default();
         serde_json::json!({

@@ -6,6 +6,7 @@
 //! - the other commands are the client (see [`cli`]).
 
 mod cli;
+mod cloud_cli;
 mod config;
 mod runner;
 mod session;
@@ -119,6 +120,14 @@ enum Command {
     /// API keys for scripts and services (admin).
     #[command(subcommand)]
     Apikey(ApikeyCmd),
+    /// The export service: destinations, queues, senders.
+    #[command(subcommand)]
+    Export(ExportCmd),
+    /// The cloud node: `outpost cloud` runs it; the subcommands manage it.
+    Cloud {
+        #[command(subcommand)]
+        cmd: Option<CloudCmd>,
+    },
     /// Read a device (GET) or, with `--set RESOURCE=VALUE`, write it (SET), through
     /// core-command. Here `--set` gives the values to write, not configuration.
     #[command(name = "command")]
@@ -130,6 +139,74 @@ enum Command {
         push: bool,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExportCmd {
+    /// Each destination: queue depth and age, sent, dropped, dead letters, sender state.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where the cloud commands reach the cloud node.
+#[derive(clap::Args)]
+struct CloudTarget {
+    /// The cloud node (default: this machine's, `https://127.0.0.1:<cloud.port>`).
+    #[arg(long, env = "OUTPOST_CLOUD", value_name = "URL")]
+    url: Option<String>,
+    /// Its admin token (default: `<data>/secrets/cloud-admin.token`).
+    #[arg(
+        long = "admin-token",
+        env = "OUTPOST_CLOUD_TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum CloudCmd {
+    /// Run the cloud node in the foreground (what `outpost cloud` alone does).
+    Up,
+    /// Enroll an edge: writes its identity (client certificate, key, CA, URL) to a file
+    /// for the edge's `export.destinations[].identity`.
+    Enroll {
+        name: String,
+        /// Where to write the identity (default: NAME.identity.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        target: CloudTarget,
+    },
+    /// The fleet: every enrolled edge, when it was last seen and its reported backlog.
+    Edges {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: CloudTarget,
+    },
+    /// Revoke an edge's identity (its data stays).
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        target: CloudTarget,
+    },
+    /// Readings the cloud node received from an edge, newest first.
+    Readings {
+        #[arg(long)]
+        edge: String,
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        resource: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: CloudTarget,
     },
 }
 
@@ -344,6 +421,10 @@ fn main() -> ExitCode {
             outpost_kit::telemetry::init_logs(&cfg.log);
             block_on(supervisor::up(cfg, data_dir))
         }
+        Command::Cloud {
+            cmd: None | Some(CloudCmd::Up),
+        } => runner::run(Service::Cloud, cfg, data_dir),
+        Command::Cloud { cmd: Some(cmd) } => block_on(cloud(cmd, cfg, data_dir, args.ca)),
         command => {
             let remote = session::Remote {
                 gateway: args.gateway,
@@ -351,6 +432,45 @@ fn main() -> ExitCode {
                 token: args.token,
             };
             block_on(client(command, cfg, data_dir, settings, remote))
+        }
+    }
+}
+
+async fn cloud(
+    cmd: CloudCmd,
+    cfg: NodeConfig,
+    data_dir: PathBuf,
+    ca: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let target = |t: CloudTarget| {
+        cloud_cli::Cloud::resolve(&cfg, &data_dir, t.url, ca.clone(), t.admin_token)
+    };
+    match cmd {
+        CloudCmd::Up => Ok(()),
+        CloudCmd::Enroll {
+            name,
+            out,
+            target: t,
+        } => cloud_cli::enroll(&target(t)?, &name, out).await,
+        CloudCmd::Edges { json, target: t } => cloud_cli::edges(&target(t)?, json).await,
+        CloudCmd::Revoke { name, target: t } => cloud_cli::revoke(&target(t)?, &name).await,
+        CloudCmd::Readings {
+            edge,
+            device,
+            resource,
+            limit,
+            json,
+            target: t,
+        } => {
+            cloud_cli::readings(
+                &target(t)?,
+                &edge,
+                device.as_deref(),
+                resource.as_deref(),
+                limit,
+                json,
+            )
+            .await
         }
     }
 }
@@ -454,6 +574,7 @@ async fn client(
             push,
             json,
         } => cli::command(&c, &device, &command, &settings, push, json).await,
+        Command::Export(ExportCmd::Status { json }) => cloud_cli::export_status(&c, json).await,
         Command::Events(EventsCmd::Tail { device, json }) => {
             cli::events_tail(&cfg, &data_dir, device.as_deref(), json).await
         }
@@ -480,6 +601,6 @@ async fn client(
         }
         Command::Apikey(ApikeyCmd::List { json }) => cli::apikey_list(&c, json).await,
         Command::Apikey(ApikeyCmd::Revoke { id }) => cli::apikey_revoke(&c, &id).await,
-        Command::Up | Command::Run { .. } | Command::Config(_) => Ok(()),
+        Command::Up | Command::Run { .. } | Command::Config(_) | Command::Cloud { .. } => Ok(()),
     }
 }

@@ -47,7 +47,7 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
     // The busy services get two worker threads, the others one: a node idles in a few MB.
     // The gateway serves its traffic on event loops of its own (gateway.threads).
     let workers = match svc {
-        Service::CoreData | Service::Broker => 2,
+        Service::CoreData | Service::Broker | Service::Cloud => 2,
         Service::Gateway
         | Service::CoreKeeper
         | Service::CoreMetadata
@@ -55,7 +55,8 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
         | Service::DeviceVirtual
         | Service::DeviceModbus
         | Service::DeviceMqtt
-        | Service::DeviceRest => 1,
+        | Service::DeviceRest
+        | Service::Export => 1,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -89,8 +90,9 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
             | Service::DeviceModbus
             | Service::DeviceMqtt
             | Service::DeviceRest
-            | Service::Gateway => Some(registry.spawn_watch(shutdown.clone())),
-            Service::CoreKeeper => None,
+            | Service::Gateway
+            | Service::Export => Some(registry.spawn_watch(shutdown.clone())),
+            Service::CoreKeeper | Service::Cloud => None,
         };
         let ctx = Context {
             name: svc.name().to_string(),
@@ -123,6 +125,8 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
             Service::DeviceMqtt => outpost_device_mqtt::run(ctx, cfg.device_mqtt.clone()).await,
             Service::DeviceRest => outpost_device_rest::run(ctx, cfg.device_rest.clone()).await,
             Service::Gateway => outpost_gateway::run(ctx, cfg.gateway.clone()).await,
+            Service::Export => outpost_export::run(ctx, cfg.export.clone()).await,
+            Service::Cloud => outpost_cloud::run(ctx, cfg.cloud.clone()).await,
         };
         shutdown.trigger();
         if let Some(w) = watch {

@@ -227,9 +227,29 @@ impl Bus {
         filter: &str,
         shutdown: &Shutdown,
     ) -> Result<(Self, mpsc::UnboundedReceiver<Delivery>), BusError> {
+        Self::durable_subscriber_of(
+            cfg,
+            data_dir,
+            service,
+            opts,
+            &[filter.to_string()],
+            shutdown,
+        )
+        .await
+    }
+
+    /// Like [`Bus::durable_subscriber`] for several filters on one session.
+    pub async fn durable_subscriber_of(
+        cfg: &BusConfig,
+        data_dir: &Path,
+        service: &str,
+        opts: Options,
+        filters: &[String],
+        shutdown: &Shutdown,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<Delivery>), BusError> {
         if !opts.deferred_ack {
             return Err(BusError::Subscribe {
-                filter: filter.to_string(),
+                filter: filters.join(", "),
                 reason: "a durable subscriber needs Options::durable".into(),
             });
         }
@@ -238,13 +258,15 @@ impl Bus {
         bus.watch_connection().await;
         let (tx, rx) = mpsc::unbounded_channel();
         let callback = bus.ack_callback(tx);
-        bus.client
-            .register_ack_callback(filter, callback.clone())
-            .await
-            .map_err(|e| BusError::Subscribe {
-                filter: filter.to_string(),
-                reason: e.to_string(),
-            })?;
+        for filter in filters {
+            bus.client
+                .register_ack_callback(filter, callback.clone())
+                .await
+                .map_err(|e| BusError::Subscribe {
+                    filter: filter.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
         connect_loop(&bus.client, cfg, &opts, shutdown).await?;
         let sub = SubscribeOptions {
             qos: QoS::AtLeastOnce,
@@ -253,16 +275,19 @@ impl Bus {
         // Without the subscription nothing new arrives, so keep trying; the session's
         // queued messages reach the callback meanwhile and wait in `rx`.
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
+        let mut pending: Vec<&String> = filters.iter().collect();
+        while let Some(filter) = pending.last() {
             match bus
                 .client
-                .subscribe_with_ack(filter, sub.clone(), callback.clone())
+                .subscribe_with_ack(filter.as_str(), sub.clone(), callback.clone())
                 .await
             {
-                Ok(_) => return Ok((bus, rx)),
+                Ok(_) => {
+                    pending.pop();
+                }
                 Err(e) => {
                     if backoff.attempts() == 0 {
-                        tracing::warn!(filter, error = %e, "cannot subscribe yet; retrying");
+                        tracing::warn!(filter = %filter, error = %e, "cannot subscribe yet; retrying");
                     }
                     tokio::select! {
                         () = shutdown.wait() => {
@@ -277,6 +302,7 @@ impl Bus {
                 }
             }
         }
+        Ok((bus, rx))
     }
 
     /// Logs connection losses and recoveries (not the ones this side asked for).

@@ -13,6 +13,7 @@ pub mod common;
 pub mod compact;
 pub mod envelope;
 pub mod event;
+pub mod export;
 pub mod metadata;
 pub mod names;
 pub mod registry;

@@ -22,7 +22,6 @@ pub mod limit;
 pub mod openapi;
 pub mod proxy;
 pub mod routes;
-pub mod tls;
 pub mod token;
 pub mod upstream;
 pub mod users;
@@ -37,6 +36,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 use http::{HeaderValue, StatusCode};
 use outpost_kit::{ApiError, Check, Context, health_probe};
+use outpost_pki as tls;
 
 pub use config::Config;
 

@@ -1,12 +1,16 @@
-//! TLS for the entry point: the node's own CA, the gateway's certificate, and reloading.
+//! Certificates of an Outpost node: its CA, the certificates it issues (servers, edges,
+//! devices), TLS configurations, and reloading changed files.
 //!
-//! On first start the node creates a CA (`<data>/tls/ca.pem`, key in
+//! On first start a node creates a CA (`<data>/tls/ca.pem`, key in
 //! `<data>/secrets/node-ca.key`, mode 0600) and issues the gateway a certificate for localhost,
-//! the host name, `node.advertise_host` and `gateway.tls_names`. Clients trust `ca.pem`; it
-//! is also served at `GET /api/v3/ca.pem`. The certificate is reissued when its names change
-//! or it is within 30 days of expiry. An operator may configure their own certificate and
-//! key instead. Either way the files are watched and a changed pair takes effect for new
+//! the host name, `node.advertise_host` and `gateway.tls_names`. Clients trust `ca.pem`; the
+//! gateway also serves it at `GET /api/v3/ca.pem`. A certificate is reissued when its names
+//! change or it is within 30 days of expiry. An operator may configure their own certificate
+//! and key instead. Either way the files are watched and a changed pair takes effect for new
 //! connections without a restart; a broken pair is logged and the previous one kept.
+//!
+//! A cloud node has a CA of its own (`<data>/tls/cloud-ca.pem`) that issues its server
+//! certificate and the client certificates of the edges it enrolls.
 //!
 //! Only TLS 1.2 and 1.3 with AEAD cipher suites (what rustls offers), ALPN `h2` and
 //! `http/1.1`.
@@ -26,7 +30,9 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 
-/// Where the node's TLS files live.
+pub use rustls;
+
+/// Where a CA and one server certificate it issued live.
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub ca_cert: PathBuf,
@@ -34,9 +40,12 @@ pub struct Paths {
     pub cert: PathBuf,
     pub key: PathBuf,
     meta: PathBuf,
+    ca_name: &'static str,
+    subject: &'static str,
 }
 
 impl Paths {
+    /// The node CA and the gateway's certificate.
     pub fn new(data_dir: &Path) -> Self {
         let tls = data_dir.join("tls");
         let secrets = data_dir.join("secrets");
@@ -46,6 +55,23 @@ impl Paths {
             cert: tls.join("gateway.pem"),
             key: secrets.join("gateway-tls.key"),
             meta: tls.join("gateway.json"),
+            ca_name: "Outpost node CA",
+            subject: "Outpost gateway",
+        }
+    }
+
+    /// A cloud node's CA and its server certificate.
+    pub fn cloud(data_dir: &Path) -> Self {
+        let tls = data_dir.join("tls");
+        let secrets = data_dir.join("secrets");
+        Self {
+            ca_cert: tls.join("cloud-ca.pem"),
+            ca_key: secrets.join("cloud-ca.key"),
+            cert: tls.join("cloud.pem"),
+            key: secrets.join("cloud-tls.key"),
+            meta: tls.join("cloud.json"),
+            ca_name: "Outpost cloud CA",
+            subject: "Outpost cloud node",
         }
     }
 }
@@ -62,11 +88,11 @@ const CA_DAYS: i64 = 3650;
 const CERT_DAYS: i64 = 397;
 const RENEW_DAYS: i64 = 30;
 
-fn ca_params() -> CertificateParams {
+fn ca_params(name: &str) -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Outpost");
-    dn.push(DnType::CommonName, "Outpost node CA");
+    dn.push(DnType::CommonName, name);
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
     p.key_usages = vec![
@@ -112,28 +138,28 @@ fn write_public(path: &Path, contents: &str) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Creates the node CA if there is none; returns its issuer.
+/// Creates the CA if there is none; returns its issuer.
 pub fn ensure_ca(paths: &Paths) -> anyhow::Result<Issuer<'static, KeyPair>> {
     if paths.ca_key.exists() && paths.ca_cert.exists() {
         let pem = std::fs::read_to_string(&paths.ca_key)
             .with_context(|| format!("cannot read {}", paths.ca_key.display()))?;
         let key = KeyPair::from_pem(&pem).context("the CA key is not a valid key")?;
-        return Ok(Issuer::new(ca_params(), key));
+        return Ok(Issuer::new(ca_params(paths.ca_name), key));
     }
     if let Some(dir) = paths.ca_key.parent() {
         outpost_storage::ensure_private_dir(dir)?;
     }
     let key = KeyPair::generate().context("cannot create the CA key")?;
-    let mut params = ca_params();
+    let mut params = ca_params(paths.ca_name);
     validity(&mut params, CA_DAYS)?;
     let cert = params.self_signed(&key).context("cannot create the CA")?;
     outpost_storage::replace_secret_file(&paths.ca_key, key.serialize_pem().as_bytes())?;
     write_public(&paths.ca_cert, &cert.pem())?;
-    tracing::info!(ca = %paths.ca_cert.display(), "created the node CA");
-    Ok(Issuer::new(ca_params(), key))
+    tracing::info!(ca = %paths.ca_cert.display(), name = paths.ca_name, "created a CA");
+    Ok(Issuer::new(ca_params(paths.ca_name), key))
 }
 
-/// Issues (or keeps) the gateway's certificate for `names`.
+/// Issues (or keeps) the server certificate for `names`.
 pub fn ensure_server_cert(paths: &Paths, names: &[String]) -> anyhow::Result<()> {
     let meta: Option<IssuedMeta> = std::fs::read(&paths.meta)
         .ok()
@@ -151,7 +177,7 @@ pub fn ensure_server_cert(paths: &Paths, names: &[String]) -> anyhow::Result<()>
     let mut params = CertificateParams::new(names.to_vec()).context("invalid certificate name")?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Outpost");
-    dn.push(DnType::CommonName, "Outpost gateway");
+    dn.push(DnType::CommonName, paths.subject);
     params.distinguished_name = dn;
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
@@ -160,10 +186,10 @@ pub fn ensure_server_cert(paths: &Paths, names: &[String]) -> anyhow::Result<()>
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
     let not_after = validity(&mut params, CERT_DAYS)?;
-    let key = KeyPair::generate().context("cannot create the gateway key")?;
+    let key = KeyPair::generate().context("cannot create the server key")?;
     let cert = params
         .signed_by(&key, &issuer)
-        .context("cannot issue the gateway certificate")?;
+        .context("cannot issue the server certificate")?;
     let ca = std::fs::read_to_string(&paths.ca_cert).unwrap_or_default();
     // Key first: a reload between the two writes sees a new key with the old certificate,
     // which fails to load and keeps the previous pair until the certificate follows.
@@ -174,7 +200,7 @@ pub fn ensure_server_cert(paths: &Paths, names: &[String]) -> anyhow::Result<()>
         not_after,
     };
     write_public(&paths.meta, &serde_json::to_string(&meta)?)?;
-    tracing::info!(names = ?names, "issued the gateway certificate");
+    tracing::info!(names = ?names, subject = paths.subject, "issued a server certificate");
     Ok(())
 }
 
@@ -280,6 +306,114 @@ pub fn server_config(resolver: Arc<Resolver>) -> anyhow::Result<rustls::ServerCo
         .context("TLS versions")?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// A client certificate and its key, in PEM.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    /// The certificate followed by the CA's.
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// SHA-256 of the certificate (DER), hex: how a server recognises it.
+    pub fingerprint: String,
+}
+
+/// Issues a client certificate for `name` (its common name), valid for `days`.
+pub fn issue_client_cert(paths: &Paths, name: &str, days: i64) -> anyhow::Result<ClientIdentity> {
+    let issuer = ensure_ca(paths)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Outpost");
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, days)?;
+    let key = KeyPair::generate().context("cannot create the client key")?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .context("cannot issue the client certificate")?;
+    let ca = std::fs::read_to_string(&paths.ca_cert).unwrap_or_default();
+    Ok(ClientIdentity {
+        cert_pem: format!("{}{ca}", cert.pem()),
+        key_pem: key.serialize_pem(),
+        fingerprint: fingerprint(cert.der()),
+    })
+}
+
+/// SHA-256 of a certificate's DER, hex.
+pub fn fingerprint(der: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, der);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn roots(ca_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(c.context("the CA file holds an unreadable certificate")?)
+            .context("the CA certificate is not usable")?;
+    }
+    if roots.is_empty() {
+        bail!("the CA file holds no certificate");
+    }
+    Ok(roots)
+}
+
+/// A server configuration that asks for a client certificate issued by `client_ca_pem`.
+/// Clients without one may still connect (the routes that need an identity check for it);
+/// a certificate from another CA fails the handshake.
+pub fn server_config_with_clients(
+    resolver: Arc<Resolver>,
+    client_ca_pem: &str,
+) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(client_ca_pem)?),
+        Arc::clone(&provider),
+    )
+    .allow_unauthenticated()
+    .build()
+    .context("client certificate verifier")?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS versions")?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// A client configuration that trusts only `ca_pem` and, if given, presents `identity`
+/// (certificate chain and key, PEM).
+pub fn client_config(
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> anyhow::Result<rustls::ClientConfig> {
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots(ca_pem)?);
+    let mut cfg = match identity {
+        Some((cert_pem, key_pem)) => {
+            let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .context("the client certificate is not PEM")?;
+            if certs.is_empty() {
+                bail!("no client certificate given");
+            }
+            let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+                .context("the client key is not a PEM private key")?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .context("the client certificate and key do not match")?
+        }
+        None => builder.with_no_client_auth(),
+    };
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }

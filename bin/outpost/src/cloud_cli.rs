@@ -1,0 +1,287 @@
+//! `outpost export ...` (through the gateway) and `outpost cloud ...` (against a cloud
+//! node, with its admin token and CA).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::cli::{Client, ago, enc, ok_or_message, print_json, s, table, time_of};
+use crate::config::{NodeConfig, Service};
+
+pub async fn export_status(c: &Client, json: bool) -> anyhow::Result<()> {
+    let v = c.get(Service::Export, "/export/status").await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let now = outpost_contracts::now_millis();
+    let rows: Vec<Vec<String>> = v["destinations"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|d| {
+            let q = &d["queue"];
+            let snd = &d["sender"];
+            let state = if snd["consecutiveFailures"].as_u64().unwrap_or(0) > 0 {
+                let retry = snd["nextRetryMs"]
+                    .as_i64()
+                    .map(|t| format!(", retry in {}s", ((t - now).max(0) + 999) / 1000))
+                    .unwrap_or_default();
+                format!("failing ({}{retry})", s(snd, "lastError"))
+            } else if snd["lastSuccessMs"].is_null() {
+                "idle".into()
+            } else {
+                "ok".into()
+            };
+            let oldest = q["oldestAgeMs"]
+                .as_u64()
+                .map_or_else(|| "-".into(), |ms| format!("{}s", ms / 1000));
+            vec![
+                s(d, "name"),
+                s(d, "kind"),
+                q["items"].to_string(),
+                format!(
+                    "{} / {} KiB",
+                    q["bytes"].as_u64().unwrap_or(0) / 1024,
+                    q["maxBytes"].as_u64().unwrap_or(0) / 1024
+                ),
+                oldest,
+                snd["sentItems"].to_string(),
+                format!(
+                    "{}",
+                    q["droppedOverflow"].as_u64().unwrap_or(0) + q["expired"].as_u64().unwrap_or(0)
+                ),
+                snd["deadLettered"].to_string(),
+                state,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "DESTINATION",
+            "KIND",
+            "QUEUED",
+            "SIZE",
+            "OLDEST",
+            "SENT",
+            "DROPPED",
+            "DEAD",
+            "STATE",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+/// A cloud node as its operator reaches it.
+pub struct Cloud {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Cloud {
+    /// The cloud node at `url` (default: this machine's, on `cloud.port`), trusting `ca`
+    /// (default `<data>/tls/cloud-ca.pem`), with `token` (default
+    /// `<data>/secrets/cloud-admin.token`).
+    pub fn resolve(
+        cfg: &NodeConfig,
+        data_dir: &Path,
+        url: Option<String>,
+        ca: Option<PathBuf>,
+        token: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let base = url
+            .unwrap_or_else(|| format!("https://127.0.0.1:{}", cfg.cloud.port))
+            .trim_end_matches('/')
+            .to_string();
+        let ca = ca.unwrap_or_else(|| data_dir.join("tls").join("cloud-ca.pem"));
+        let ca_pem = std::fs::read_to_string(&ca).with_context(|| {
+            format!(
+                "cannot read the cloud CA {} (use --ca, or run on the cloud node)",
+                ca.display()
+            )
+        })?;
+        let token = match token {
+            Some(t) => t,
+            None => {
+                let path = data_dir.join("secrets").join("cloud-admin.token");
+                std::fs::read_to_string(&path)
+                    .with_context(|| {
+                        format!("cannot read the admin token {} (use --token, or run on the cloud node)", path.display())
+                    })?
+                    .trim()
+                    .to_string()
+            }
+        };
+        let tls = outpost_pki::client_config(&ca_pem, None)?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(Duration::from_secs(30))
+            .no_proxy()
+            .build()?;
+        Ok(Self { base, token, http })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}/api/v3{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the cloud node at {}", self.base))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        ok_or_message(status, body)
+    }
+}
+
+pub async fn enroll(cloud: &Cloud, name: &str, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let bundle = cloud
+        .call(
+            reqwest::Method::POST,
+            "/edge",
+            Some(serde_json::json!({"name": name})),
+        )
+        .await?;
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}.identity.json")));
+    if out.exists() {
+        bail!(
+            "{} exists; remove it or choose another --out",
+            out.display()
+        );
+    }
+    outpost_storage::write_secret_file(&out, &serde_json::to_vec_pretty(&bundle)?)?;
+    println!(
+        "enrolled edge {name}; its identity (keep it secret) is in {}",
+        out.display()
+    );
+    println!();
+    println!("On the edge, copy the file and add to its configuration:");
+    println!();
+    println!("  [export]");
+    println!("  enabled = true");
+    println!("  [[export.destinations]]");
+    println!("  name = \"cloud\"");
+    println!("  kind = \"cloud\"");
+    println!(
+        "  identity = \"/path/to/{}\"",
+        out.file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+pub async fn edges(cloud: &Cloud, json: bool) -> anyhow::Result<()> {
+    let v = cloud.call(reqwest::Method::GET, "/edge/all", None).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v["edges"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            let b = &e["backlog"];
+            vec![
+                s(e, "name"),
+                if e["revokedMs"].is_null() {
+                    "enrolled".into()
+                } else {
+                    "revoked".into()
+                },
+                ago(e["lastSeenMs"].as_i64().unwrap_or(0)),
+                format!(
+                    "{} items, {} KiB",
+                    b["items"],
+                    b["bytes"].as_i64().unwrap_or(0) / 1024
+                ),
+                e["received"].to_string(),
+                e["duplicates"].to_string(),
+                e["rejected"].to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "EDGE",
+            "STATE",
+            "LAST SEEN",
+            "BACKLOG",
+            "RECEIVED",
+            "DUPLICATES",
+            "REJECTED",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+pub async fn revoke(cloud: &Cloud, name: &str) -> anyhow::Result<()> {
+    cloud
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/edge/name/{}", enc(name)),
+            None,
+        )
+        .await?;
+    println!("revoked edge {name}: its certificate no longer works; its data stays");
+    Ok(())
+}
+
+pub async fn readings(
+    cloud: &Cloud,
+    edge: &str,
+    device: Option<&str>,
+    resource: Option<&str>,
+    limit: u64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut path = format!("/reading/edge/{}?limit={limit}", enc(edge));
+    if let Some(d) = device {
+        path.push_str(&format!("&device={}", enc(d)));
+    }
+    if let Some(r) = resource {
+        path.push_str(&format!("&resource={}", enc(r)));
+    }
+    let v = cloud.call(reqwest::Method::GET, &path, None).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v["readings"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            vec![
+                time_of(r["origin"].as_i64().unwrap_or(0)),
+                s(r, "deviceName"),
+                s(r, "resourceName"),
+                format!("{} {}", s(r, "value"), s(r, "units"))
+                    .trim()
+                    .to_string(),
+            ]
+        })
+        .collect();
+    table(&["TIME", "DEVICE", "RESOURCE", "VALUE"], &rows);
+    println!("({} of {})", rows.len(), v["totalCount"]);
+    Ok(())
+}

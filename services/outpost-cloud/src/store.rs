@@ -1,0 +1,473 @@
+//! The cloud node's encrypted database: enrolled edges, what each sent (deduplicated), and
+//! the data itself.
+
+use outpost_contracts::event::{Event, ReadingValue};
+use outpost_contracts::export::{Alert, Backlog, ExportItem, Rejected, WireItem};
+use outpost_storage::rusqlite::{self, OptionalExtension as _, params};
+use outpost_storage::{Db, Migration, StorageError};
+use serde::Serialize;
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "edges, streams, events, readings, alerts",
+    sql: "CREATE TABLE edges (
+              name TEXT PRIMARY KEY,
+              fingerprint TEXT NOT NULL UNIQUE,
+              enrolled_ms INTEGER NOT NULL,
+              revoked_ms INTEGER,
+              last_seen_ms INTEGER,
+              last_address TEXT,
+              backlog_items INTEGER NOT NULL DEFAULT 0,
+              backlog_bytes INTEGER NOT NULL DEFAULT 0,
+              backlog_oldest_ms INTEGER,
+              received INTEGER NOT NULL DEFAULT 0,
+              duplicates INTEGER NOT NULL DEFAULT 0,
+              rejected INTEGER NOT NULL DEFAULT 0
+          );
+          CREATE TABLE streams (
+              edge TEXT NOT NULL,
+              incarnation INTEGER NOT NULL,
+              priority INTEGER NOT NULL,
+              hwm INTEGER NOT NULL,
+              PRIMARY KEY (edge, incarnation, priority)
+          ) WITHOUT ROWID;
+          CREATE TABLE events (
+              seq INTEGER PRIMARY KEY,
+              edge TEXT NOT NULL,
+              id TEXT NOT NULL,
+              device TEXT NOT NULL,
+              profile TEXT NOT NULL,
+              source TEXT NOT NULL,
+              origin INTEGER NOT NULL,
+              received_ms INTEGER NOT NULL,
+              UNIQUE (edge, id)
+          );
+          CREATE TABLE readings (
+              seq INTEGER PRIMARY KEY,
+              event INTEGER NOT NULL,
+              edge TEXT NOT NULL,
+              device TEXT NOT NULL,
+              resource TEXT NOT NULL,
+              profile TEXT NOT NULL,
+              origin INTEGER NOT NULL,
+              value_type TEXT NOT NULL,
+              units TEXT NOT NULL,
+              value TEXT NOT NULL
+          );
+          CREATE INDEX readings_by_device ON readings (edge, device, resource, origin);
+          CREATE INDEX readings_by_origin ON readings (edge, origin);
+          CREATE TABLE alerts (
+              seq INTEGER PRIMARY KEY,
+              edge TEXT NOT NULL,
+              id TEXT NOT NULL,
+              origin INTEGER NOT NULL,
+              body TEXT NOT NULL,
+              UNIQUE (edge, id)
+          );",
+}];
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeRow {
+    pub name: String,
+    pub fingerprint: String,
+    pub enrolled_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_ms: Option<i64>,
+    pub last_seen_ms: Option<i64>,
+    pub last_address: Option<String>,
+    pub backlog: BacklogRow,
+    pub received: i64,
+    pub duplicates: i64,
+    pub rejected: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BacklogRow {
+    pub items: i64,
+    pub bytes: i64,
+    pub oldest_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadingRow {
+    pub edge: String,
+    pub device_name: String,
+    pub resource_name: String,
+    pub profile_name: String,
+    pub origin: i64,
+    pub value_type: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub units: String,
+    pub value: String,
+}
+
+/// What storing one batch did.
+#[derive(Debug, Default)]
+pub struct Stored {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: Vec<Rejected>,
+    pub hwm: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReadingQuery {
+    pub edge: String,
+    pub device: Option<String>,
+    pub resource: Option<String>,
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+    pub offset: u64,
+    pub limit: u64,
+}
+
+fn edge_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EdgeRow> {
+    Ok(EdgeRow {
+        name: r.get(0)?,
+        fingerprint: r.get(1)?,
+        enrolled_ms: r.get(2)?,
+        revoked_ms: r.get(3)?,
+        last_seen_ms: r.get(4)?,
+        last_address: r.get(5)?,
+        backlog: BacklogRow {
+            items: r.get(6)?,
+            bytes: r.get(7)?,
+            oldest_ms: r.get(8)?,
+        },
+        received: r.get(9)?,
+        duplicates: r.get(10)?,
+        rejected: r.get(11)?,
+    })
+}
+
+const EDGE_COLUMNS: &str = "name, fingerprint, enrolled_ms, revoked_ms, last_seen_ms, last_address, backlog_items, backlog_bytes, backlog_oldest_ms, received, duplicates, rejected";
+
+fn text_value(v: &ReadingValue) -> String {
+    match v {
+        ReadingValue::Simple(s) => s.clone(),
+        ReadingValue::Object(o) => o.to_string(),
+        ReadingValue::Binary { data, .. } => format!("<{} bytes>", data.len()),
+        ReadingValue::Null => String::new(),
+    }
+}
+
+fn check_event(e: &Event) -> Result<(), String> {
+    if e.id.is_empty() {
+        return Err("event without an id".into());
+    }
+    if e.device_name.is_empty() {
+        return Err("event without a deviceName".into());
+    }
+    if e.readings.is_empty() {
+        return Err("event without readings".into());
+    }
+    if e.readings.len() > 10_000 {
+        return Err("event with more than 10000 readings".into());
+    }
+    Ok(())
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Db,
+}
+
+impl Store {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        self.db.ping().await
+    }
+
+    pub async fn enroll(
+        &self,
+        name: String,
+        fingerprint: String,
+        now_ms: i64,
+    ) -> Result<bool, StorageError> {
+        self.db
+            .write(move |c| {
+                let tx = c.transaction()?;
+                let existing: Option<Option<i64>> = tx
+                    .query_row("SELECT revoked_ms FROM edges WHERE name = ?1", [&name], |r| r.get(0))
+                    .optional()?;
+                if matches!(existing, Some(None)) {
+                    return Ok(false);
+                }
+                tx.execute(
+                    "INSERT INTO edges (name, fingerprint, enrolled_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (name) DO UPDATE SET fingerprint = ?2, enrolled_ms = ?3, revoked_ms = NULL",
+                    params![name, fingerprint, now_ms],
+                )?;
+                tx.commit()?;
+                Ok(true)
+            })
+            .await
+    }
+
+    /// Revokes an edge; `false` if there is no such edge.
+    pub async fn revoke(&self, name: String, now_ms: i64) -> Result<bool, StorageError> {
+        self.db
+            .write(move |c| {
+                let n = c.execute(
+                    "UPDATE edges SET revoked_ms = COALESCE(revoked_ms, ?2) WHERE name = ?1",
+                    params![name, now_ms],
+                )?;
+                Ok(n > 0)
+            })
+            .await
+    }
+
+    pub async fn edges(&self) -> Result<Vec<EdgeRow>, StorageError> {
+        self.db
+            .read(|c| {
+                let mut st =
+                    c.prepare(&format!("SELECT {EDGE_COLUMNS} FROM edges ORDER BY name"))?;
+                let rows = st.query_map([], edge_row)?.collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await
+    }
+
+    pub async fn edge(&self, name: String) -> Result<Option<EdgeRow>, StorageError> {
+        self.db
+            .read(move |c| {
+                Ok(c.query_row(
+                    &format!("SELECT {EDGE_COLUMNS} FROM edges WHERE name = ?1"),
+                    [name],
+                    edge_row,
+                )
+                .optional()?)
+            })
+            .await
+    }
+
+    /// The edge a certificate belongs to, if it is enrolled and not revoked.
+    pub async fn edge_by_fingerprint(
+        &self,
+        fingerprint: String,
+    ) -> Result<Option<String>, StorageError> {
+        self.db
+            .read(move |c| {
+                Ok(c.query_row(
+                    "SELECT name FROM edges WHERE fingerprint = ?1 AND revoked_ms IS NULL",
+                    [fingerprint],
+                    |r| r.get(0),
+                )
+                .optional()?)
+            })
+            .await
+    }
+
+    /// Stores a batch in one transaction: items at or below the stream's high-water mark
+    /// and events already stored (by id) are duplicates; items that can never be stored are
+    /// rejected with the reason.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn ingest(
+        &self,
+        edge: String,
+        address: String,
+        incarnation: u64,
+        priority: u8,
+        items: Vec<WireItem<serde_json::Value>>,
+        backlog: Backlog,
+        now_ms: i64,
+    ) -> Result<Stored, StorageError> {
+        self.db
+            .write(move |c| {
+                let tx = c.transaction()?;
+                let mut out = Stored::default();
+                let hwm: Option<i64> = tx
+                    .query_row(
+                        "SELECT hwm FROM streams WHERE edge = ?1 AND incarnation = ?2 AND priority = ?3",
+                        params![edge, incarnation as i64, priority],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let mut hwm = hwm.map(|h| h as u64);
+                {
+                    let mut add_event = tx.prepare_cached(
+                        "INSERT OR IGNORE INTO events (edge, id, device, profile, source, origin, received_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?;
+                    let mut add_reading = tx.prepare_cached(
+                        "INSERT INTO readings (event, edge, device, resource, profile, origin, value_type, units, value)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    )?;
+                    let mut add_alert = tx.prepare_cached(
+                        "INSERT OR IGNORE INTO alerts (edge, id, origin, body) VALUES (?1, ?2, ?3, ?4)",
+                    )?;
+                    for item in items {
+                        if hwm.is_some_and(|h| item.seq <= h) {
+                            out.duplicates += 1;
+                            continue;
+                        }
+                        hwm = Some(item.seq);
+                        let parsed: Result<ExportItem, String> =
+                            serde_json::from_value(item.data).map_err(|e| format!("not an export item: {e}"));
+                        match parsed {
+                            Ok(ExportItem::Event { event }) => {
+                                if let Err(reason) = check_event(&event) {
+                                    out.rejected.push(Rejected { seq: item.seq, reason });
+                                    continue;
+                                }
+                                let n = add_event.execute(params![
+                                    edge,
+                                    event.id,
+                                    event.device_name,
+                                    event.profile_name,
+                                    event.source_name,
+                                    event.origin,
+                                    now_ms
+                                ])?;
+                                if n == 0 {
+                                    out.duplicates += 1;
+                                    continue;
+                                }
+                                let event_seq = tx.last_insert_rowid();
+                                for r in &event.readings {
+                                    add_reading.execute(params![
+                                        event_seq,
+                                        edge,
+                                        r.device_name,
+                                        r.resource_name,
+                                        r.profile_name,
+                                        r.origin,
+                                        r.value_type.as_str(),
+                                        r.units,
+                                        text_value(&r.value)
+                                    ])?;
+                                }
+                                out.accepted += 1;
+                            }
+                            Ok(ExportItem::Alert { alert }) => {
+                                if alert.id.is_empty() {
+                                    out.rejected.push(Rejected { seq: item.seq, reason: "alert without an id".into() });
+                                    continue;
+                                }
+                                let body = serde_json::to_string(&alert).unwrap_or_default();
+                                let n = add_alert.execute(params![edge, alert.id, alert.origin, body])?;
+                                if n == 0 {
+                                    out.duplicates += 1;
+                                } else {
+                                    out.accepted += 1;
+                                }
+                            }
+                            Err(reason) => out.rejected.push(Rejected { seq: item.seq, reason }),
+                        }
+                    }
+                }
+                if let Some(h) = hwm {
+                    tx.execute(
+                        "INSERT INTO streams (edge, incarnation, priority, hwm) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (edge, incarnation, priority) DO UPDATE SET hwm = MAX(hwm, ?4)",
+                        params![edge, incarnation as i64, priority, h as i64],
+                    )?;
+                }
+                tx.execute(
+                    "UPDATE edges SET last_seen_ms = ?2, last_address = ?3, backlog_items = ?4, backlog_bytes = ?5,
+                         backlog_oldest_ms = ?6, received = received + ?7, duplicates = duplicates + ?8,
+                         rejected = rejected + ?9
+                     WHERE name = ?1",
+                    params![
+                        edge,
+                        now_ms,
+                        address,
+                        backlog.items as i64,
+                        backlog.bytes as i64,
+                        backlog.oldest_ms.map(|m| m as i64),
+                        out.accepted as i64,
+                        out.duplicates as i64,
+                        out.rejected.len() as i64
+                    ],
+                )?;
+                tx.commit()?;
+                out.hwm = hwm;
+                Ok(out)
+            })
+            .await
+    }
+
+    pub async fn readings(&self, q: ReadingQuery) -> Result<(Vec<ReadingRow>, u64), StorageError> {
+        self.db
+            .read(move |c| {
+                let mut filter = String::from("edge = ?1");
+                let mut args: Vec<rusqlite::types::Value> = vec![q.edge.clone().into()];
+                if let Some(d) = &q.device {
+                    args.push(d.clone().into());
+                    filter.push_str(&format!(" AND device = ?{}", args.len()));
+                }
+                if let Some(r) = &q.resource {
+                    args.push(r.clone().into());
+                    filter.push_str(&format!(" AND resource = ?{}", args.len()));
+                }
+                if let Some(s) = q.start {
+                    args.push(s.into());
+                    filter.push_str(&format!(" AND origin >= ?{}", args.len()));
+                }
+                if let Some(e) = q.end {
+                    args.push(e.into());
+                    filter.push_str(&format!(" AND origin <= ?{}", args.len()));
+                }
+                let total: i64 = c.query_row(
+                    &format!("SELECT COUNT(*) FROM readings WHERE {filter}"),
+                    rusqlite::params_from_iter(args.iter()),
+                    |r| r.get(0),
+                )?;
+                let mut st = c.prepare(&format!(
+                    "SELECT edge, device, resource, profile, origin, value_type, units, value FROM readings
+                     WHERE {filter} ORDER BY origin DESC, seq DESC LIMIT {} OFFSET {}",
+                    q.limit, q.offset
+                ))?;
+                let rows = st
+                    .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                        Ok(ReadingRow {
+                            edge: r.get(0)?,
+                            device_name: r.get(1)?,
+                            resource_name: r.get(2)?,
+                            profile_name: r.get(3)?,
+                            origin: r.get(4)?,
+                            value_type: r.get(5)?,
+                            units: r.get(6)?,
+                            value: r.get(7)?,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((rows, total as u64))
+            })
+            .await
+    }
+
+    pub async fn alerts(&self, edge: String, limit: u64) -> Result<Vec<Alert>, StorageError> {
+        self.db
+            .read(move |c| {
+                let mut st = c.prepare(
+                    "SELECT body FROM alerts WHERE edge = ?1 ORDER BY origin DESC, seq DESC LIMIT ?2",
+                )?;
+                let rows = st
+                    .query_map(params![edge, limit as i64], |r| r.get::<_, String>(0))?
+                    .filter_map(|b| b.ok().and_then(|b| serde_json::from_str(&b).ok()))
+                    .collect();
+                Ok(rows)
+            })
+            .await
+    }
+
+    /// Events stored per edge.
+    pub async fn event_count(&self, edge: String) -> Result<u64, StorageError> {
+        self.db
+            .read(move |c| {
+                let n: i64 =
+                    c.query_row("SELECT COUNT(*) FROM events WHERE edge = ?1", [edge], |r| {
+                        r.get(0)
+                    })?;
+                Ok(n as u64)
+            })
+            .await
+    }
+}

@@ -1,0 +1,238 @@
+//! Where batches go: an Outpost cloud node (mutual TLS) or any HTTPS webhook.
+
+use std::time::Duration;
+
+use outpost_contracts::export::{Backlog, IngestResponse, Rejected};
+use outpost_queue::Batch;
+use reqwest::StatusCode;
+
+use crate::config::{Destination, Kind};
+
+/// Why a batch was not delivered.
+#[derive(Debug)]
+pub enum SendError {
+    /// Retrying later can help: the receiver is unreachable, slow, overloaded or refused
+    /// our identity (which an operator can fix).
+    Transient(String),
+    /// The receiver will never take this batch as it is.
+    Permanent(String),
+}
+
+/// What a delivered batch came back with.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// Items the receiver will never take, with its reasons.
+    pub rejected: Vec<Rejected>,
+    pub duplicates: u64,
+    /// Bytes on the wire (the body as sent).
+    pub wire_bytes: usize,
+}
+
+/// The identity bundle from `outpost cloud enroll`.
+#[derive(Debug, serde::Deserialize)]
+struct Bundle {
+    edge: String,
+    url: String,
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+pub struct Sink {
+    kind: Kind,
+    url: String,
+    http: reqwest::Client,
+    headers: Vec<(String, String)>,
+    zstd_level: i32,
+    /// The edge name the cloud knows this node by.
+    pub edge: Option<String>,
+}
+
+impl Sink {
+    pub fn new(d: &Destination) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let timeout = Duration::from_millis(d.timeout_ms);
+        let builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .no_proxy();
+        let (url, http, edge) = match d.kind {
+            Kind::Cloud => {
+                let path = d
+                    .identity
+                    .as_ref()
+                    .context("a cloud destination needs an identity bundle")?;
+                let text = std::fs::read(path).with_context(|| {
+                    format!("cannot read the identity bundle {}", path.display())
+                })?;
+                let b: Bundle = serde_json::from_slice(&text).with_context(|| {
+                    format!(
+                        "{} is not an identity bundle from `outpost cloud enroll`",
+                        path.display()
+                    )
+                })?;
+                let tls = outpost_pki::client_config(&b.ca, Some((&b.cert, &b.key))).with_context(
+                    || format!("the identity bundle {} is not usable", path.display()),
+                )?;
+                let url = if d.url.is_empty() {
+                    b.url
+                } else {
+                    d.url.clone()
+                };
+                (
+                    format!("{}/api/v3/ingest", url.trim_end_matches('/')),
+                    builder.tls_backend_preconfigured(tls).build()?,
+                    Some(b.edge),
+                )
+            }
+            Kind::Webhook => {
+                let http = match &d.ca_file {
+                    Some(ca) => {
+                        let pem = std::fs::read_to_string(ca)
+                            .with_context(|| format!("cannot read {}", ca.display()))?;
+                        let tls = outpost_pki::client_config(&pem, None)?;
+                        builder.tls_backend_preconfigured(tls).build()?
+                    }
+                    None => builder.build()?,
+                };
+                (d.url.clone(), http, None)
+            }
+        };
+        Ok(Self {
+            kind: d.kind,
+            url,
+            http,
+            headers: d
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            zstd_level: d.zstd_level,
+            edge,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The batch as JSON: items are stored as JSON already, so they are spliced in as
+    /// they are.
+    fn body(batch: &Batch, incarnation: u64, backlog: Backlog) -> Vec<u8> {
+        let data: usize = batch.items.iter().map(|i| i.data.len() + 48).sum();
+        let mut out = Vec::with_capacity(data + 160);
+        out.extend_from_slice(
+            format!(
+                "{{\"incarnation\":{incarnation},\"priority\":\"{}\",\"backlog\":{},\"items\":[",
+                batch.priority.as_str(),
+                serde_json::to_string(&backlog).unwrap_or_else(|_| "{}".into())
+            )
+            .as_bytes(),
+        );
+        for (i, item) in batch.items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(
+                format!(
+                    "{{\"seq\":{},\"enqueuedMs\":{},\"data\":",
+                    item.seq, item.enqueued_ms
+                )
+                .as_bytes(),
+            );
+            out.extend_from_slice(&item.data);
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+        out
+    }
+
+    pub async fn send(
+        &self,
+        batch: &Batch,
+        incarnation: u64,
+        backlog: Backlog,
+    ) -> Result<Delivered, SendError> {
+        let json = Self::body(batch, incarnation, backlog);
+        let (body, encoding) = if self.zstd_level > 0 {
+            let level = self.zstd_level;
+            let compressed =
+                tokio::task::spawn_blocking(move || zstd::bulk::compress(&json, level))
+                    .await
+                    .map_err(|e| SendError::Transient(format!("compression task: {e}")))?
+                    .map_err(|e| SendError::Transient(format!("compression: {e}")))?;
+            (compressed, Some("zstd"))
+        } else {
+            (json, None)
+        };
+        let wire_bytes = body.len();
+        let mut req = self
+            .http
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(enc) = encoding {
+            req = req.header(reqwest::header::CONTENT_ENCODING, enc);
+        }
+        for (k, v) in &self.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let resp = req.body(body).send().await.map_err(|e| {
+            let what = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "cannot connect"
+            } else {
+                "request failed"
+            };
+            SendError::Transient(format!("{what}: {}", error_chain(&e)))
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if status.is_success() {
+            let mut delivered = Delivered {
+                wire_bytes,
+                ..Delivered::default()
+            };
+            if self.kind == Kind::Cloud {
+                let answer: IngestResponse = serde_json::from_str(&text).map_err(|e| {
+                    SendError::Transient(format!(
+                        "the cloud answered {status} with an unreadable body: {e}"
+                    ))
+                })?;
+                delivered.rejected = answer.rejected;
+                delivered.duplicates = answer.duplicates;
+            }
+            return Ok(delivered);
+        }
+        let detail = format!("{status}: {}", text.chars().take(300).collect::<String>());
+        if status.is_client_error() && !transient_client_error(status) {
+            Err(SendError::Permanent(detail))
+        } else {
+            Err(SendError::Transient(detail))
+        }
+    }
+}
+
+/// 4xx answers that are about us (identity, rate, time), not about the batch.
+fn transient_client_error(s: StatusCode) -> bool {
+    matches!(
+        s,
+        StatusCode::UNAUTHORIZED
+            | StatusCode::FORBIDDEN
+            | StatusCode::NOT_FOUND
+            | StatusCode::REQUEST_TIMEOUT
+            | StatusCode::TOO_MANY_REQUESTS
+    )
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

@@ -1,0 +1,679 @@
+//! Edge to cloud: the export service's queue and senders against a real cloud node
+//! (`outpost cloud`, mutual TLS), through crashes, outages, overflow and refusals.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{BIN, Node, eventually, free_port, now_nanos, run_cli, signal};
+
+/// A cloud node in its own data dir.
+pub struct Cloud {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Cloud {
+    pub async fn start() -> Self {
+        outpost_kit::http::install_tls_provider();
+        let mut cloud = Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            port: free_port(),
+            child: None,
+        };
+        cloud.launch().await;
+        cloud
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--set")
+            .arg(format!("cloud.port={}", self.port));
+        cmd
+    }
+
+    pub async fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("cloud.log"))
+            .expect("log");
+        let child = self
+            .command()
+            .arg("cloud")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn outpost cloud");
+        self.child = Some(child);
+        let me = &*self;
+        eventually(
+            "the cloud node to answer",
+            Duration::from_secs(20),
+            || async { me.get("/ping").await.0 == 200 },
+        )
+        .await;
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "TERM");
+            let status = child.wait().expect("wait");
+            assert!(
+                status.success(),
+                "cloud exited with {status}:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("cloud.log")).unwrap_or_default()
+    }
+
+    /// Runs `outpost cloud ARGS` on the cloud's machine.
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let mut cmd = self.command();
+        cmd.arg("cloud").args(args).arg("--url").arg(self.url());
+        run_cli(cmd, None)
+    }
+
+    /// Enrolls `edge`; returns its identity file.
+    pub fn enroll(&self, edge: &str) -> PathBuf {
+        let out = self.dir.path().join(format!("{edge}.identity.json"));
+        let (ok, stdout, stderr) =
+            self.cli(&["enroll", edge, "--out", out.to_str().expect("path")]);
+        assert!(ok, "enroll failed: {stdout}{stderr}");
+        out
+    }
+
+    fn http(&self, identity: Option<&PathBuf>) -> reqwest::Client {
+        let ca =
+            std::fs::read_to_string(self.data_dir().join("tls/cloud-ca.pem")).unwrap_or_default();
+        let id: Option<Value> = identity
+            .map(|p| serde_json::from_slice(&std::fs::read(p).expect("identity")).expect("json"));
+        let pair = id.as_ref().map(|v| {
+            (
+                v["cert"].as_str().expect("cert").to_string(),
+                v["key"].as_str().expect("key").to_string(),
+            )
+        });
+        let tls = match outpost_pki::client_config(
+            &ca,
+            pair.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+        ) {
+            Ok(t) => t,
+            // No CA yet (still starting): a client that fails every request.
+            Err(_) => return reqwest::Client::new(),
+        };
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(Duration::from_secs(10))
+            .no_proxy()
+            .build()
+            .expect("client")
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("secrets/cloud-admin.token"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// GET with the admin token; status 0 when unreachable.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http(None)
+            .get(format!("{}/api/v3{path}", self.url()))
+            .bearer_auth(self.token())
+            .send()
+            .await;
+        match r {
+            Ok(r) => {
+                let s = r.status().as_u16();
+                (s, r.json().await.unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    /// Every reading value of `device` from `edge`, with how often each arrived.
+    pub async fn values(&self, edge: &str, device: &str) -> HashMap<String, u32> {
+        let mut out = HashMap::new();
+        let mut offset = 0;
+        loop {
+            let (status, v) = self
+                .get(&format!(
+                    "/reading/edge/{edge}?device={device}&limit=5000&offset={offset}"
+                ))
+                .await;
+            assert_eq!(status, 200, "{v}");
+            let page = v["readings"].as_array().cloned().unwrap_or_default();
+            for r in &page {
+                *out.entry(r["value"].as_str().unwrap_or_default().to_string())
+                    .or_insert(0) += 1;
+            }
+            if page.len() < 5000 {
+                return out;
+            }
+            offset += 5000;
+        }
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn export_config(identity: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"
+[export]
+enabled = true
+[[export.destinations]]
+name = "cloud"
+kind = "cloud"
+identity = "{}"
+retry_initial_ms = 50
+retry_max_ms = 500
+{extra}
+"#,
+        identity.display()
+    )
+}
+
+fn event(device: &str, value: &str) -> Value {
+    let now = now_nanos();
+    json!({
+        "apiVersion": "v3",
+        "event": {
+            "apiVersion": "v3", "id": uuid(), "deviceName": device, "profileName": "meter",
+            "sourceName": "level", "origin": now,
+            "readings": [{
+                "id": uuid(), "origin": now, "deviceName": device, "resourceName": "level",
+                "profileName": "meter", "valueType": "Int64", "value": value
+            }]
+        }
+    })
+}
+
+fn uuid() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .expect("uuid")
+        .trim()
+        .to_string()
+}
+
+fn ingest_url(node: &Node, device: &str) -> String {
+    format!(
+        "http://127.0.0.1:{}/api/v3/event/export-test/meter/{device}/level",
+        node.ports.export
+    )
+}
+
+async fn status(node: &Node) -> Value {
+    let (code, v) = node
+        .get(&format!(
+            "http://127.0.0.1:{}/api/v3/export/status",
+            node.ports.export
+        ))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    v["destinations"][0].clone()
+}
+
+/// Posts events with values from `next` on until `stop`; returns the values answered 201.
+fn ingest_until(
+    node: &Node,
+    device: &str,
+    stop: Arc<AtomicBool>,
+    next: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<Vec<u64>> {
+    let url = ingest_url(node, device);
+    let device = device.to_string();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .expect("client");
+    tokio::spawn(async move {
+        let mut acked = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            match http
+                .post(&url)
+                .json(&event(&device, &n.to_string()))
+                .send()
+                .await
+            {
+                Ok(r) if r.status().as_u16() == 201 => acked.push(n),
+                // The export service is down or restarting: not acknowledged.
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        acked
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_reading_reaches_the_cloud_exactly_once_through_kill_9() {
+    let cloud = Cloud::start().await;
+    let identity = cloud.enroll("edge-1");
+    let mut node = Node::start(&export_config(&identity, "")).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(0));
+    let ingest = ingest_until(&node, "tank", Arc::clone(&stop), Arc::clone(&next));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // kill -9 the export service, three times; the supervisor restarts it.
+    for _ in 0..3 {
+        let pid = node.pid("export");
+        signal(pid, "KILL");
+        let me = &node;
+        eventually("export to come back", Duration::from_secs(20), || async {
+            me.pid("export") != pid
+                && me
+                    .get(&format!("http://127.0.0.1:{}/api/v3/ping", me.ports.export))
+                    .await
+                    .0
+                    == 200
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // kill -9 the whole node, twice, and start it again.
+    for _ in 0..2 {
+        node.kill_all();
+        node.launch().await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let acked = ingest.await.expect("ingest");
+    assert!(
+        acked.len() > 100,
+        "only {} events acknowledged",
+        acked.len()
+    );
+
+    let cloud = &cloud;
+    let acked_ref = &acked;
+    eventually(
+        "every acknowledged reading in the cloud",
+        Duration::from_secs(30),
+        || async move {
+            let got = cloud.values("edge-1", "tank").await;
+            acked_ref.iter().all(|n| got.contains_key(&n.to_string()))
+        },
+    )
+    .await;
+    let got = cloud.values("edge-1", "tank").await;
+    let twice: Vec<_> = got.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "stored more than once: {twice:?}");
+    // Anything beyond the acknowledged ones was sent by a client that saw no answer.
+    assert!(got.len() as u64 <= next.load(Ordering::Relaxed));
+    let s = status(&node).await;
+    eventually("the queue to drain", Duration::from_secs(10), || async {
+        status(&node).await["queue"]["items"] == 0
+    })
+    .await;
+    assert_eq!(s["queue"]["corruptRecords"], 0, "{s}");
+    let (_, edges) = cloud.get("/edge/all").await;
+    assert!(
+        edges["edges"][0]["duplicates"].as_u64().is_some(),
+        "{edges}"
+    );
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_ridden_out_and_the_backlog_drains_in_order_when_the_cloud_returns() {
+    let mut cloud = Cloud::start().await;
+    let identity = cloud.enroll("edge-2");
+    let node = Node::start(&export_config(&identity, "")).await;
+    let http = node.http.clone();
+    let post = |n: u64| {
+        let (http, url) = (http.clone(), ingest_url(&node, "pump"));
+        async move {
+            let r = http
+                .post(url)
+                .json(&event("pump", &n.to_string()))
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(r.status().as_u16(), 201);
+        }
+    };
+    post(0).await;
+    eventually(
+        "the first reading in the cloud",
+        Duration::from_secs(10),
+        || async { cloud.values("edge-2", "pump").await.contains_key("0") },
+    )
+    .await;
+
+    cloud.stop();
+    for n in 1..=300 {
+        post(n).await;
+    }
+    eventually(
+        "the sender to notice the outage",
+        Duration::from_secs(10),
+        || async {
+            let s = status(&node).await;
+            s["sender"]["consecutiveFailures"].as_u64().unwrap_or(0) > 0
+                && s["queue"]["items"].as_u64() == Some(300)
+        },
+    )
+    .await;
+    let (ok, out, err) = node.cli(&["export", "status"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("failing") && out.contains("300"), "{out}");
+
+    cloud.launch().await;
+    eventually("the backlog to drain", Duration::from_secs(20), || async {
+        status(&node).await["queue"]["items"] == 0
+    })
+    .await;
+    let got = cloud.values("edge-2", "pump").await;
+    assert_eq!(got.len(), 301);
+    assert!(got.values().all(|c| *c == 1));
+    let (_, v) = cloud
+        .get("/reading/edge/edge-2?device=pump&limit=301")
+        .await;
+    let origins: Vec<i64> = v["readings"]
+        .as_array()
+        .expect("readings")
+        .iter()
+        .map(|r| r["origin"].as_i64().expect("origin"))
+        .collect();
+    assert!(origins.windows(2).all(|w| w[0] >= w[1]));
+    let (_, edges) = cloud.get("/edge/all").await;
+    let e = &edges["edges"][0];
+    assert_eq!(e["name"], "edge-2");
+    assert!(e["lastSeenMs"].as_i64().unwrap_or(0) > 0);
+    assert_eq!(e["received"], 301);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_the_oldest_and_counts_every_drop() {
+    let cloud = Cloud::start().await;
+    let identity = cloud.enroll("edge-3");
+    // The cloud is stopped from the start: everything stays queued.
+    let mut cloud = cloud;
+    cloud.stop();
+    let node = Node::start(&export_config(
+        &identity,
+        "max_bytes = 65536\nzstd_level = 1",
+    ))
+    .await;
+    let total = 1200u64;
+    for n in 0..total {
+        let r = node
+            .http
+            .post(ingest_url(&node, "meter"))
+            .json(&event("meter", &n.to_string()))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status().as_u16(), 201);
+    }
+    let s = status(&node).await;
+    let q = &s["queue"];
+    let dropped = q["droppedOverflow"].as_u64().expect("dropped");
+    assert!(dropped > 0, "{s}");
+    assert!(q["bytes"].as_u64().expect("bytes") <= 65536, "{s}");
+    assert_eq!(q["items"].as_u64().expect("items") + dropped, total, "{s}");
+    let export = format!("http://127.0.0.1:{}", node.ports.export);
+    eventually("the drop metric", Duration::from_secs(5), || async {
+        node.metric(&export, "outpost_export_items_dropped_total")
+            .await as u64
+            == dropped
+    })
+    .await;
+    assert!(node.log().contains("dropped the oldest items"));
+
+    cloud.launch().await;
+    eventually("the rest to drain", Duration::from_secs(20), || async {
+        status(&node).await["queue"]["items"] == 0
+    })
+    .await;
+    let got = cloud.values("edge-3", "meter").await;
+    assert_eq!(got.len() as u64 + dropped, total);
+    // What was dropped is the oldest: the newest reading made it.
+    assert!(got.contains_key(&(total - 1).to_string()));
+    assert!(!got.contains_key("0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_go_to_dead_letters_and_bad_input_gets_clear_errors() {
+    // A receiver that refuses every batch for good (400).
+    let port = free_port();
+    let script = format!(
+        r#"
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get('content-length', 0)))
+        body = b'{{"message":"schema mismatch"}}'
+        self.send_response(400)
+        self.send_header('content-length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()
+"#
+    );
+    let mut receiver = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .spawn()
+        .expect("python3");
+    let node = Node::start(&format!(
+        r#"
+[export]
+enabled = true
+[[export.destinations]]
+name = "hook"
+kind = "webhook"
+url = "http://127.0.0.1:{port}/ingest"
+zstd_level = 0
+retry_initial_ms = 50
+"#
+    ))
+    .await;
+    let export = format!("http://127.0.0.1:{}", node.ports.export);
+    for n in 0..5 {
+        let r = node
+            .http
+            .post(ingest_url(&node, "valve"))
+            .json(&event("valve", &n.to_string()))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status().as_u16(), 201);
+    }
+    eventually("dead letters", Duration::from_secs(15), || async {
+        node.get(&format!("{export}/api/v3/export/deadletter/hook"))
+            .await
+            .1["totalCount"]
+            == 5
+    })
+    .await;
+    let (_, v) = node
+        .get(&format!("{export}/api/v3/export/deadletter/hook"))
+        .await;
+    let letter = &v["deadLetters"][0];
+    assert!(
+        letter["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("400"),
+        "{v}"
+    );
+    assert_eq!(letter["data"]["event"]["deviceName"], "valve");
+    let s = status(&node).await;
+    assert_eq!(s["queue"]["items"], 0);
+    assert_eq!(s["sender"]["deadLettered"], 5);
+
+    // Bad input on the ingest API: nothing is queued.
+    let bad = [
+        ("not json", "{", 400),
+        ("wrong path", &event("other", "1").to_string(), 400),
+        ("no readings", &json!({"apiVersion":"v3","event":{"apiVersion":"v3","id":"x","deviceName":"valve","profileName":"meter","sourceName":"level","origin":1,"readings":[]}}).to_string(), 400),
+    ];
+    for (what, body, code) in bad {
+        let r = node
+            .http
+            .post(ingest_url(&node, "valve"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status().as_u16(), code, "{what}");
+    }
+    let (code, _) = node
+        .get(&format!("{export}/api/v3/export/deadletter/nope"))
+        .await;
+    assert_eq!(code, 404);
+    assert_eq!(status(&node).await["queue"]["appended"], 5);
+
+    // Requeued after the receiver is fixed (here: it still refuses, so they come back).
+    let (code, v) = node
+        .post(
+            &format!("{export}/api/v3/export/deadletter/hook/requeue"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["requeued"], 5);
+    eventually(
+        "requeued letters refused again",
+        Duration::from_secs(15),
+        || async {
+            node.get(&format!("{export}/api/v3/export/deadletter/hook"))
+                .await
+                .1["totalCount"]
+                == 5
+        },
+    )
+    .await;
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cloud_takes_only_enrolled_edges_and_admins() {
+    let cloud = Cloud::start().await;
+    let identity = cloud.enroll("edge-4");
+    let url = format!("{}/api/v3/ingest", cloud.url());
+    let batch = json!({"incarnation": 7, "priority": "normal", "items": [
+        {"seq": 1, "enqueuedMs": 1, "data": {"kind": "event", "event": event("d", "1")["event"]}},
+        {"seq": 2, "enqueuedMs": 1, "data": {"kind": "nonsense"}}
+    ]});
+    // Without a client certificate: 401; admin routes without the token: 401, wrong: 403.
+    let anon = cloud.http(None);
+    let r = anon.post(&url).json(&batch).send().await.expect("post");
+    assert_eq!(r.status().as_u16(), 401);
+    let r = anon
+        .get(format!("{}/api/v3/edge/all", cloud.url()))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 401);
+    let r = anon
+        .get(format!("{}/api/v3/edge/all", cloud.url()))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 403);
+
+    // With the edge's certificate: stored once, the bad item rejected with a reason.
+    let edge = cloud.http(Some(&identity));
+    let r = edge.post(&url).json(&batch).send().await.expect("post");
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["accepted"], 1, "{v}");
+    assert_eq!(v["rejected"][0]["seq"], 2, "{v}");
+    let r = edge.post(&url).json(&batch).send().await.expect("again");
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(
+        (v["accepted"].as_u64(), v["duplicates"].as_u64()),
+        (Some(0), Some(2)),
+        "{v}"
+    );
+    // Garbage bodies: 400 and 415, nothing stored.
+    for (body, enc, code) in [
+        (b"not zstd".to_vec(), "zstd", 400),
+        (b"{}".to_vec(), "gzip", 415),
+        (b"{\"incarnation\":1}".to_vec(), "identity", 400),
+    ] {
+        let r = edge
+            .post(&url)
+            .header("content-encoding", enc)
+            .body(body)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status().as_u16(), code);
+    }
+    let (_, v) = cloud.get("/event/count/edge/edge-4").await;
+    assert_eq!(v["Count"], 1);
+
+    // Revoked: the certificate stops working at once.
+    let (ok, _, err) = cloud.cli(&["revoke", "edge-4"]);
+    assert!(ok, "{err}");
+    let r = edge.post(&url).json(&batch).send().await.expect("post");
+    assert_eq!(r.status().as_u16(), 403);
+    let (ok, out, _) = cloud.cli(&["edges"]);
+    assert!(
+        ok && out.contains("edge-4") && out.contains("revoked"),
+        "{out}"
+    );
+
+    // A certificate from another CA does not even complete the handshake.
+    let other = Cloud::start().await;
+    let foreign = other.enroll("edge-4");
+    let v: Value = serde_json::from_slice(&std::fs::read(&foreign).expect("read")).expect("json");
+    let ca = std::fs::read_to_string(cloud.data_dir().join("tls/cloud-ca.pem")).expect("ca");
+    let tls = outpost_pki::client_config(
+        &ca,
+        Some((
+            v["cert"].as_str().expect("cert"),
+            v["key"].as_str().expect("key"),
+        )),
+    )
+    .expect("tls");
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .no_proxy()
+        .build()
+        .expect("client");
+    let r = client.post(&url).json(&batch).send().await;
+    assert!(r.is_err(), "a foreign certificate was accepted");
+}
