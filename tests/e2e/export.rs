@@ -677,3 +677,139 @@ async fn the_cloud_takes_only_enrolled_edges_and_admins() {
     let r = client.post(&url).json(&batch).send().await;
     assert!(r.is_err(), "a foreign certificate was accepted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_shrink_one_hertz_readings_to_minute_aggregates_and_alerts_that_reach_the_cloud() {
+    use crate::support::{event_message, event_topic, mosquitto_pub_lines};
+    let cloud = Cloud::start().await;
+    let identity = cloud.enroll("edge-5");
+    let node = Node::start(&format!(
+        r#"
+[rules]
+enabled = true
+lateness_ms = 0
+[[rules.pipelines]]
+name = "tank-1m"
+devices = ["tank-*"]
+resources = ["Temperature"]
+steps = [{{ type = "tumbling", size_ms = 60000, functions = ["min", "max", "mean", "count"] }}]
+alerts = [{{ above = 80.0, severity = "critical", message = "too hot" }}]
+{}
+sources = ["edgex/events/rules/#", "edgex/alerts/#"]
+"#,
+        export_config(&identity, "")
+    ))
+    .await;
+    let rules = format!("http://127.0.0.1:{}", node.ports.rules);
+    // Three minutes of 1 Hz readings, an hour ago, with one excursion above 80.
+    let minute = 60_000_000_000i64;
+    let start = (now_nanos() - 60 * minute) / minute * minute;
+    let lines: Vec<String> = (0..180i64)
+        .map(|i| {
+            let v = match i {
+                100 => 90.0,
+                101 => 95.0,
+                _ => 20.0 + (i % 60) as f64 / 10.0,
+            };
+            event_message(
+                "tank-1",
+                start + i * 1_000_000_000,
+                &[("Temperature", "Float64", &v.to_string())],
+            )
+            .1
+        })
+        .collect();
+    let out = mosquitto_pub_lines(node.ports.mqtt, &event_topic("tank-1"), &lines, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    eventually(
+        "the aggregates in the cloud",
+        Duration::from_secs(20),
+        || async { cloud.values("edge-5", "tank-1").await.values().sum::<u32>() == 12 },
+    )
+    .await;
+    let (_, v) = cloud
+        .get("/reading/edge/edge-5?device=tank-1&resource=Temperature_max&limit=10")
+        .await;
+    let maxes: Vec<&str> = v["readings"]
+        .as_array()
+        .expect("readings")
+        .iter()
+        .map(|r| r["value"].as_str().unwrap_or_default())
+        .collect();
+    // Newest first: the third minute, the second (with 95), the first.
+    assert_eq!(maxes, vec!["25.9", "95.0", "25.9"], "{v}");
+    let (_, v) = cloud
+        .get("/reading/edge/edge-5?device=tank-1&resource=Temperature_count&limit=10")
+        .await;
+    assert!(
+        v["readings"]
+            .as_array()
+            .expect("readings")
+            .iter()
+            .all(|r| r["value"] == "60.0"),
+        "{v}"
+    );
+    eventually(
+        "the alert in the cloud",
+        Duration::from_secs(10),
+        || async {
+            cloud.get("/alert/edge/edge-5").await.1["alerts"]
+                .as_array()
+                .map(Vec::len)
+                == Some(1)
+        },
+    )
+    .await;
+    let (_, v) = cloud.get("/alert/edge/edge-5").await;
+    let alert = &v["alerts"][0];
+    assert_eq!(alert["severity"], "critical");
+    assert_eq!(alert["value"], "90.0");
+    assert_eq!(alert["pipeline"], "tank-1m");
+
+    let (_, v) = node
+        .get(&format!("{rules}/api/v3/pipeline/name/tank-1m"))
+        .await;
+    assert_eq!(v["readingsIn"], 180, "{v}");
+    assert_eq!(v["readingsOut"], 12, "{v}");
+    assert_eq!(v["alerts"], 1, "{v}");
+    assert_eq!(v["reduction"], 15.0, "{v}");
+
+    // Pipelines over the API: added, refused when broken or taken, removed.
+    let spec = json!({"name": "dedup", "steps": [{"type": "deadband", "delta": 0.5}]});
+    let (code, v) = node.post(&format!("{rules}/api/v3/pipeline"), &spec).await;
+    assert_eq!(code, 201, "{v}");
+    let (code, _) = node.post(&format!("{rules}/api/v3/pipeline"), &spec).await;
+    assert_eq!(code, 409);
+    for bad in [
+        json!({"name": "x", "steps": []}),
+        json!({"name": "x", "steps": [{"type": "downsample", "every_ms": 0}]}),
+        json!({"name": "x", "steps": [{"type": "tumbling", "size_ms": 1000}, {"type": "deadband", "delta": 1}]}),
+        json!({"name": "bad name", "steps": [{"type": "deadband", "delta": 1}]}),
+        json!({"name": "x", "steps": [{"type": "nonsense"}]}),
+    ] {
+        let (code, v) = node.post(&format!("{rules}/api/v3/pipeline"), &bad).await;
+        assert_eq!(code, 400, "{bad}: {v}");
+    }
+    let del = |name: &str| {
+        let url = format!("{rules}/api/v3/pipeline/name/{name}");
+        let http = node.http.clone();
+        async move {
+            http.delete(url)
+                .send()
+                .await
+                .expect("delete")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(del("tank-1m").await, 409);
+    assert_eq!(del("dedup").await, 200);
+    assert_eq!(del("dedup").await, 404);
+    let (_, v) = node.get(&format!("{rules}/api/v3/pipeline/all")).await;
+    assert_eq!(v["totalCount"], 1);
+}

@@ -66,6 +66,7 @@ pub struct Ports {
     pub gateway: u16,
     pub gateway_http: u16,
     pub export: u16,
+    pub rules: u16,
 }
 
 impl Ports {
@@ -84,6 +85,7 @@ impl Ports {
             gateway: free_port(),
             gateway_http: free_port(),
             export: free_port(),
+            rules: free_port(),
         }
     }
 }
@@ -155,8 +157,11 @@ listen = "127.0.0.1:{gateway}"
 port = {gateway_http}
 [export]
 port = {export}
+[rules]
+port = {rules}
 "#,
         export = p.export,
+        rules = p.rules,
         gateway = p.gateway,
         gateway_http = p.gateway_http,
         modbus = p.modbus,
@@ -206,6 +211,7 @@ impl Node {
             ("device_mqtt", ports.device_mqtt),
             ("device_rest", ports.rest),
             ("export", ports.export),
+            ("rules", ports.rules),
         ] {
             if enabled(section, false) {
                 services.push(url(port));

@@ -55,6 +55,7 @@ pub struct NodeConfig {
     pub device_mqtt: outpost_device_mqtt::Config,
     pub device_rest: outpost_device_rest::Config,
     pub gateway: outpost_gateway::Config,
+    pub rules: outpost_rules::Config,
     pub export: outpost_export::Config,
     pub cloud: outpost_cloud::Config,
 }
@@ -72,12 +73,13 @@ pub enum Service {
     DeviceMqtt,
     DeviceRest,
     Gateway,
+    Rules,
     Export,
     Cloud,
 }
 
 impl Service {
-    pub const ALL: [Service; 12] = [
+    pub const ALL: [Service; 13] = [
         Self::Broker,
         Self::CoreKeeper,
         Self::CoreMetadata,
@@ -88,6 +90,7 @@ impl Service {
         Self::DeviceMqtt,
         Self::DeviceRest,
         Self::Gateway,
+        Self::Rules,
         Self::Export,
         Self::Cloud,
     ];
@@ -104,6 +107,7 @@ impl Service {
             Self::DeviceMqtt => outpost_device_mqtt::SERVICE,
             Self::DeviceRest => outpost_device_rest::SERVICE,
             Self::Gateway => outpost_gateway::SERVICE,
+            Self::Rules => outpost_rules::SERVICE,
             Self::Export => outpost_export::SERVICE,
             Self::Cloud => outpost_cloud::SERVICE,
         }
@@ -167,6 +171,7 @@ impl NodeConfig {
         self.device_mqtt.validate(&mut p);
         self.device_rest.validate(&mut p);
         self.gateway.validate(&mut p);
+        self.rules.validate(&mut p);
         self.export.validate(&mut p);
         self.cloud.validate(&mut p);
         let s = &self.supervisor;
@@ -271,6 +276,7 @@ impl NodeConfig {
             Service::DeviceMqtt => self.device_mqtt.port,
             Service::DeviceRest => self.device_rest.port,
             Service::Gateway => self.gateway.port,
+            Service::Rules => self.rules.port,
             Service::Export => self.export.port,
             Service::Cloud => self.cloud.port,
         }
@@ -285,6 +291,7 @@ impl NodeConfig {
             Service::DeviceMqtt => self.device_mqtt.enabled,
             Service::DeviceRest => self.device_rest.enabled,
             Service::Gateway => self.gateway.enabled,
+            Service::Rules => self.rules.enabled,
             Service::Export => self.export.enabled,
             // The cloud node runs on its own (`outpost cloud`), never in an edge's `up`.
             Service::Cloud => false,
@@ -316,6 +323,7 @@ impl NodeConfig {
             Service::DeviceModbus,
             Service::DeviceMqtt,
             Service::DeviceRest,
+            Service::Rules,
             Service::Export,
             Service::Gateway,
         ]
@@ -345,6 +353,7 @@ impl NodeConfig {
             Service::DeviceMqtt => serde_json::to_value(&self.device_mqtt),
             Service::DeviceRest => serde_json::to_value(&self.device_rest),
             Service::Gateway => serde_json::to_value(&self.gateway),
+            Service::Rules => serde_json::to_value(&self.rules),
             Service::Export => serde_json::to_value(&self.export),
             Service::Cloud => serde_json::to_value(&self.cloud),
         }

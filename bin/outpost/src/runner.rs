@@ -56,6 +56,7 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
         | Service::DeviceModbus
         | Service::DeviceMqtt
         | Service::DeviceRest
+        | Service::Rules
         | Service::Export => 1,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -91,6 +92,7 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
             | Service::DeviceMqtt
             | Service::DeviceRest
             | Service::Gateway
+            | Service::Rules
             | Service::Export => Some(registry.spawn_watch(shutdown.clone())),
             Service::CoreKeeper | Service::Cloud => None,
         };
@@ -125,6 +127,7 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
             Service::DeviceMqtt => outpost_device_mqtt::run(ctx, cfg.device_mqtt.clone()).await,
             Service::DeviceRest => outpost_device_rest::run(ctx, cfg.device_rest.clone()).await,
             Service::Gateway => outpost_gateway::run(ctx, cfg.gateway.clone()).await,
+            Service::Rules => outpost_rules::run(ctx, cfg.rules.clone()).await,
             Service::Export => outpost_export::run(ctx, cfg.export.clone()).await,
             Service::Cloud => outpost_cloud::run(ctx, cfg.cloud.clone()).await,
         };
