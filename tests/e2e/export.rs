@@ -205,7 +205,7 @@ retry_max_ms = 500
     )
 }
 
-fn event(device: &str, value: &str) -> Value {
+pub(crate) fn event(device: &str, value: &str) -> Value {
     let now = now_nanos();
     json!({
         "apiVersion": "v3",
@@ -227,14 +227,14 @@ fn uuid() -> String {
         .to_string()
 }
 
-fn ingest_url(node: &Node, device: &str) -> String {
+pub(crate) fn ingest_url(node: &Node, device: &str) -> String {
     format!(
         "http://127.0.0.1:{}/api/v3/event/export-test/meter/{device}/level",
         node.ports.export
     )
 }
 
-async fn status(node: &Node) -> Value {
+pub(crate) async fn status(node: &Node) -> Value {
     let (code, v) = node
         .get(&format!(
             "http://127.0.0.1:{}/api/v3/export/status",

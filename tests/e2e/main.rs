@@ -13,6 +13,7 @@ mod gateway;
 mod ingest;
 mod lifecycle;
 mod modbus;
+mod outage;
 mod mqtt_devices;
 mod registry;
 mod rest_devices;

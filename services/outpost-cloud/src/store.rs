@@ -102,6 +102,8 @@ pub struct ReadingRow {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub units: String,
     pub value: String,
+    /// When the cloud node stored it, milliseconds since the Unix epoch.
+    pub received_ms: i64,
 }
 
 /// What storing one batch did.
@@ -281,6 +283,11 @@ impl Store {
         self.db
             .write(move |c| {
                 let tx = c.transaction()?;
+                let now_ms = now_ms.max(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64),
+                );
                 let mut out = Stored::default();
                 let hwm: Option<i64> = tx
                     .query_row(
@@ -396,32 +403,34 @@ impl Store {
     pub async fn readings(&self, q: ReadingQuery) -> Result<(Vec<ReadingRow>, u64), StorageError> {
         self.db
             .read(move |c| {
-                let mut filter = String::from("edge = ?1");
+                let mut filter = String::from("r.edge = ?1");
                 let mut args: Vec<rusqlite::types::Value> = vec![q.edge.clone().into()];
                 if let Some(d) = &q.device {
                     args.push(d.clone().into());
-                    filter.push_str(&format!(" AND device = ?{}", args.len()));
+                    filter.push_str(&format!(" AND r.device = ?{}", args.len()));
                 }
                 if let Some(r) = &q.resource {
                     args.push(r.clone().into());
-                    filter.push_str(&format!(" AND resource = ?{}", args.len()));
+                    filter.push_str(&format!(" AND r.resource = ?{}", args.len()));
                 }
                 if let Some(s) = q.start {
                     args.push(s.into());
-                    filter.push_str(&format!(" AND origin >= ?{}", args.len()));
+                    filter.push_str(&format!(" AND r.origin >= ?{}", args.len()));
                 }
                 if let Some(e) = q.end {
                     args.push(e.into());
-                    filter.push_str(&format!(" AND origin <= ?{}", args.len()));
+                    filter.push_str(&format!(" AND r.origin <= ?{}", args.len()));
                 }
                 let total: i64 = c.query_row(
-                    &format!("SELECT COUNT(*) FROM readings WHERE {filter}"),
+                    &format!("SELECT COUNT(*) FROM readings r WHERE {filter}"),
                     rusqlite::params_from_iter(args.iter()),
                     |r| r.get(0),
                 )?;
                 let mut st = c.prepare(&format!(
-                    "SELECT edge, device, resource, profile, origin, value_type, units, value FROM readings
-                     WHERE {filter} ORDER BY origin DESC, seq DESC LIMIT {} OFFSET {}",
+                    "SELECT r.edge, r.device, r.resource, r.profile, r.origin, r.value_type, r.units, r.value,
+                         e.received_ms
+                     FROM readings r JOIN events e ON e.seq = r.event
+                     WHERE {filter} ORDER BY r.origin DESC, r.seq DESC LIMIT {} OFFSET {}",
                     q.limit, q.offset
                 ))?;
                 let rows = st
@@ -435,6 +444,7 @@ impl Store {
                             value_type: r.get(5)?,
                             units: r.get(6)?,
                             value: r.get(7)?,
+                            received_ms: r.get(8)?,
                         })
                     })?
                     .collect::<Result<Vec<_>, _>>()?;

@@ -1,0 +1,247 @@
+//! A real network outage: the cloud node in its own network namespace, reached over a veth
+//! link that is cut for two minutes while the edge keeps ingesting. Needs root (CI has it).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::export::{event, ingest_url, status};
+use crate::support::{BIN, Node, eventually, free_port, run_cli};
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A namespace joined to this one by a veth pair; removed (with what runs in it) on drop.
+struct Netns {
+    name: String,
+    host_if: String,
+    host_ip: String,
+    ns_ip: String,
+}
+
+impl Netns {
+    fn new() -> Self {
+        let id = std::process::id() % 60_000;
+        let (a, b) = (10 + id / 250, id % 250);
+        let name = format!("op-cloud-{id}");
+        let host_if = format!("opc{id}h");
+        let ns_if = format!("opc{id}n");
+        let host_ip = format!("10.{a}.{b}.1");
+        let ns_ip = format!("10.{a}.{b}.2");
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let ns = Self {
+            name,
+            host_if,
+            host_ip,
+            ns_ip,
+        };
+        ip(&["link", "add", &ns.host_if, "type", "veth", "peer", "name", &ns_if]);
+        ip(&["link", "set", &ns_if, "netns", &ns.name]);
+        ip(&["addr", "add", &format!("{}/30", ns.host_ip), "dev", &ns.host_if]);
+        ip(&["link", "set", &ns.host_if, "up"]);
+        ip(&["-n", &ns.name, "addr", "add", &format!("{}/30", ns.ns_ip), "dev", &ns_if]);
+        ip(&["-n", &ns.name, "link", "set", &ns_if, "up"]);
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn exec(&self) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]);
+        cmd
+    }
+
+    fn link(&self, up: bool) {
+        ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_minute_link_outage_loses_nothing_holds_the_bound_and_drains() {
+    if !is_root() {
+        eprintln!("skipped: network namespaces need root (CI runs this test as root)");
+        return;
+    }
+    outpost_kit::http::install_tls_provider();
+    let ns = Netns::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cloud_data = dir.path().join("cloud");
+    let port = free_port();
+    let cloud_args = |cmd: &mut Command| {
+        cmd.arg(BIN)
+            .arg("--data-dir")
+            .arg(&cloud_data)
+            .args(["--set", &format!("cloud.port={port}")])
+            .args(["--set", "node.bind=0.0.0.0"])
+            .args(["--set", &format!("node.advertise_host={}", ns.ns_ip)]);
+    };
+    let log = std::fs::File::create(dir.path().join("cloud.log")).expect("log");
+    let mut cmd = ns.exec();
+    cloud_args(&mut cmd);
+    let mut cloud: Child = cmd
+        .arg("cloud")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("cloud");
+    let identity = dir.path().join("edge.identity.json");
+    let mut enrolled = false;
+    for _ in 0..100 {
+        let mut cmd = ns.exec();
+        cloud_args(&mut cmd);
+        cmd.args(["cloud", "enroll", "edge-ns", "--out"])
+            .arg(&identity)
+            .args(["--url", &format!("https://127.0.0.1:{port}")]);
+        if run_cli(cmd, None).0 {
+            enrolled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(enrolled, "could not enroll with the cloud node in {}", ns.name);
+
+    let max_bytes = 4 * 1024 * 1024u64;
+    let node = Node::start(&format!(
+        r#"
+[export]
+enabled = true
+[[export.destinations]]
+name = "cloud"
+kind = "cloud"
+identity = "{}"
+max_bytes = {max_bytes}
+retry_initial_ms = 100
+retry_max_ms = 2000
+timeout_ms = 3000
+"#,
+        identity.display()
+    ))
+    .await;
+
+    // Ingest at about 40 events/s for the whole test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(0));
+    let ingest = {
+        let (stop, next, url, http) = (
+            Arc::clone(&stop),
+            Arc::clone(&next),
+            ingest_url(&node, "well"),
+            node.http.clone(),
+        );
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if let Ok(r) = http.post(&url).json(&event("well", &n.to_string())).send().await
+                    && r.status().as_u16() == 201
+                {
+                    acked.push(n);
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            acked
+        })
+    };
+    eventually("data flowing to the cloud", Duration::from_secs(20), || async {
+        status(&node).await["sender"]["sentItems"].as_u64().unwrap_or(0) > 20
+    })
+    .await;
+
+    ns.link(false);
+    let outage = Instant::now();
+    let mut peak_items = 0;
+    while outage.elapsed() < Duration::from_secs(120) {
+        let s = status(&node).await;
+        let bytes = s["queue"]["bytes"].as_u64().expect("bytes");
+        assert!(bytes <= max_bytes, "queue {bytes} bytes > bound {max_bytes}");
+        peak_items = peak_items.max(s["queue"]["items"].as_u64().unwrap_or(0));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let s = status(&node).await;
+    assert!(s["sender"]["consecutiveFailures"].as_u64().unwrap_or(0) > 0, "{s}");
+    assert!(peak_items > 2000, "only {peak_items} items queued during the outage: {s}");
+    assert_eq!(s["queue"]["droppedOverflow"], 0, "{s}");
+
+    ns.link(true);
+    let restored = Instant::now();
+    eventually("the backlog to drain", Duration::from_secs(90), || async {
+        status(&node).await["queue"]["items"].as_u64().unwrap_or(1) < 50
+    })
+    .await;
+    let drained_in = restored.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let acked = ingest.await.expect("ingest");
+    eventually("the last items", Duration::from_secs(30), || async {
+        status(&node).await["queue"]["items"] == 0
+    })
+    .await;
+
+    // Every acknowledged reading is in the cloud, once.
+    let mut cmd = ns.exec();
+    cloud_args(&mut cmd);
+    cmd.args([
+        "cloud",
+        "readings",
+        "--edge",
+        "edge-ns",
+        "--device",
+        "well",
+        "--limit",
+        "100000",
+        "--json",
+        "--url",
+        &format!("https://127.0.0.1:{port}"),
+    ]);
+    let (ok, out, err) = run_cli(cmd, None);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    let mut seen = std::collections::HashMap::<String, u32>::new();
+    for r in v["readings"].as_array().expect("readings") {
+        *seen.entry(r["value"].as_str().unwrap_or_default().to_string()).or_insert(0) += 1;
+    }
+    let missing: Vec<_> = acked.iter().filter(|n| !seen.contains_key(&n.to_string())).collect();
+    assert!(missing.is_empty(), "{} acknowledged readings missing", missing.len());
+    assert!(seen.values().all(|c| *c == 1), "a reading was stored twice");
+    eprintln!(
+        "outage: {} readings acknowledged, {peak_items} queued at the peak, backlog drained in {:.1} s",
+        acked.len(),
+        drained_in.as_secs_f64()
+    );
+    let _ = cloud.kill();
+    let _ = cloud.wait();
+}
