@@ -13,6 +13,10 @@
 #   bench/run.sh gateway      requests/s and p50/p99 through the gateway (TLS + JWT) vs nginx
 #                             as a TLS reverse proxy to the same route, wrk as the client;
 #                             latency added over calling the service directly
+#   bench/run.sh queue        the store-and-forward queue alone: appends with an fsync each,
+#                             reopen, drain
+#   bench/run.sh export       edge to cloud: enqueue rate (cloud down), drain rate, bytes on
+#                             the wire per reading, device-to-cloud latency, data reduction
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --bench >/dev/null
@@ -55,4 +59,10 @@ if [[ $what == all || $what == command ]]; then
 fi
 if [[ $what == all || $what == gateway ]]; then
   run "$B" gateway --outpost "$O" --seconds 10 --connections 50 --rounds 3
+fi
+if [[ $what == all || $what == queue ]]; then
+  run "$B" queue --items 200000 --batch 100 --item-bytes 2300
+fi
+if [[ $what == all || $what == export ]]; then
+  for i in 1 2; do run "$B" export --outpost "$O" --events 50000 --readings 10; done
 fi

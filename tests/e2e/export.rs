@@ -813,3 +813,162 @@ sources = ["edgex/events/rules/#", "edgex/alerts/#"]
     let (_, v) = node.get(&format!("{rules}/api/v3/pipeline/all")).await;
     assert_eq!(v["totalCount"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_reach_an_external_mqtt_broker_over_tls_and_an_untrusted_one_gets_nothing() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // A real mosquitto with a TLS listener, its certificate from a CA of the test's own.
+    let pki_dir = tempfile::tempdir().expect("tempdir");
+    let paths = outpost_pki::Paths::cloud(pki_dir.path());
+    outpost_pki::ensure_server_cert(&paths, &["localhost".into(), "127.0.0.1".into()])
+        .expect("cert");
+    let broker_dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(broker_dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let (ca, cert, key) = (
+        broker_dir.path().join("ca.pem"),
+        broker_dir.path().join("server.pem"),
+        broker_dir.path().join("server.key"),
+    );
+    for (from, to) in [
+        (&paths.ca_cert, &ca),
+        (&paths.cert, &cert),
+        (&paths.key, &key),
+    ] {
+        std::fs::copy(from, to).expect("copy");
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let port = free_port();
+    let conf = broker_dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nallow_anonymous true\npersistence false\n",
+            ca.display(),
+            cert.display(),
+            key.display()
+        ),
+    )
+    .expect("conf");
+    let mut broker = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mosquitto did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut sub = Command::new("mosquitto_sub")
+        .args(["-h", "localhost", "-p", &port.to_string(), "--cafile"])
+        .arg(&ca)
+        .args(["-q", "1", "-v", "-t", "site/7/#"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub");
+    let stdout = sub.stdout.take().expect("stdout");
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    // Give the subscriber a moment to subscribe (it prints nothing until a message comes).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let node = Node::start(&format!(
+        r#"
+[export]
+enabled = true
+[[export.destinations]]
+name = "broker"
+kind = "mqtt"
+url = "mqtts://localhost:{port}"
+ca_file = "{}"
+topic = "site/7"
+zstd_level = 0
+[[export.destinations]]
+name = "untrusted"
+kind = "mqtt"
+url = "mqtts://localhost:{port}"
+topic = "site/7"
+retry_initial_ms = 50
+"#,
+        ca.display()
+    ))
+    .await;
+    for n in 0..3 {
+        let r = node
+            .http
+            .post(ingest_url(&node, "gauge"))
+            .json(&event("gauge", &format!("{n}")))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status().as_u16(), 201);
+    }
+    let mut values = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while values.len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {values:?} arrived"
+        );
+        let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) else {
+            continue;
+        };
+        let (topic, payload) = line.split_once(' ').expect("topic and payload");
+        assert_eq!(topic, "site/7/normal");
+        let batch: Value = serde_json::from_str(payload).expect("a JSON batch");
+        for item in batch["items"].as_array().expect("items") {
+            assert!(item["seq"].as_u64().is_some());
+            values.push(
+                item["data"]["event"]["readings"][0]["value"]
+                    .as_str()
+                    .expect("value")
+                    .to_string(),
+            );
+        }
+    }
+    assert_eq!(values, vec!["0", "1", "2"]);
+    // The destination without the CA never gets a TLS session: its items stay queued.
+    let (_, v) = node
+        .get(&format!(
+            "http://127.0.0.1:{}/api/v3/export/status",
+            node.ports.export
+        ))
+        .await;
+    let untrusted = v["destinations"]
+        .as_array()
+        .expect("destinations")
+        .iter()
+        .find(|d| d["name"] == "untrusted")
+        .cloned()
+        .expect("untrusted");
+    assert_eq!(untrusted["sender"]["sentItems"], 0, "{untrusted}");
+    assert_eq!(untrusted["queue"]["items"], 3, "{untrusted}");
+    assert!(
+        untrusted["sender"]["consecutiveFailures"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{untrusted}"
+    );
+    let _ = sub.kill();
+    let _ = sub.wait();
+    let _ = broker.kill();
+    let _ = broker.wait();
+}

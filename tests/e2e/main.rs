@@ -13,7 +13,7 @@ mod gateway;
 mod ingest;
 mod lifecycle;
 mod modbus;
-mod outage;
 mod mqtt_devices;
+mod outage;
 mod registry;
 mod rest_devices;

@@ -23,7 +23,10 @@ fn is_root() -> bool {
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip (iproute2)");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2)");
     assert!(
         out.status.success(),
         "ip {}: {}",
@@ -57,11 +60,34 @@ impl Netns {
             host_ip,
             ns_ip,
         };
-        ip(&["link", "add", &ns.host_if, "type", "veth", "peer", "name", &ns_if]);
+        ip(&[
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &ns_if,
+        ]);
         ip(&["link", "set", &ns_if, "netns", &ns.name]);
-        ip(&["addr", "add", &format!("{}/30", ns.host_ip), "dev", &ns.host_if]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", ns.host_ip),
+            "dev",
+            &ns.host_if,
+        ]);
         ip(&["link", "set", &ns.host_if, "up"]);
-        ip(&["-n", &ns.name, "addr", "add", &format!("{}/30", ns.ns_ip), "dev", &ns_if]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{}/30", ns.ns_ip),
+            "dev",
+            &ns_if,
+        ]);
         ip(&["-n", &ns.name, "link", "set", &ns_if, "up"]);
         ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
         ns
@@ -80,13 +106,20 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 let _ = Command::new("kill").args(["-KILL", pid]).status();
             }
         }
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -133,7 +166,11 @@ async fn a_two_minute_link_outage_loses_nothing_holds_the_bound_and_drains() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(enrolled, "could not enroll with the cloud node in {}", ns.name);
+    assert!(
+        enrolled,
+        "could not enroll with the cloud node in {}",
+        ns.name
+    );
 
     let max_bytes = 4 * 1024 * 1024u64;
     let node = Node::start(&format!(
@@ -167,7 +204,11 @@ timeout_ms = 3000
             let mut acked = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                if let Ok(r) = http.post(&url).json(&event("well", &n.to_string())).send().await
+                if let Ok(r) = http
+                    .post(&url)
+                    .json(&event("well", &n.to_string()))
+                    .send()
+                    .await
                     && r.status().as_u16() == 201
                 {
                     acked.push(n);
@@ -177,9 +218,16 @@ timeout_ms = 3000
             acked
         })
     };
-    eventually("data flowing to the cloud", Duration::from_secs(20), || async {
-        status(&node).await["sender"]["sentItems"].as_u64().unwrap_or(0) > 20
-    })
+    eventually(
+        "data flowing to the cloud",
+        Duration::from_secs(20),
+        || async {
+            status(&node).await["sender"]["sentItems"]
+                .as_u64()
+                .unwrap_or(0)
+                > 20
+        },
+    )
     .await;
 
     ns.link(false);
@@ -188,13 +236,22 @@ timeout_ms = 3000
     while outage.elapsed() < Duration::from_secs(120) {
         let s = status(&node).await;
         let bytes = s["queue"]["bytes"].as_u64().expect("bytes");
-        assert!(bytes <= max_bytes, "queue {bytes} bytes > bound {max_bytes}");
+        assert!(
+            bytes <= max_bytes,
+            "queue {bytes} bytes > bound {max_bytes}"
+        );
         peak_items = peak_items.max(s["queue"]["items"].as_u64().unwrap_or(0));
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let s = status(&node).await;
-    assert!(s["sender"]["consecutiveFailures"].as_u64().unwrap_or(0) > 0, "{s}");
-    assert!(peak_items > 2000, "only {peak_items} items queued during the outage: {s}");
+    assert!(
+        s["sender"]["consecutiveFailures"].as_u64().unwrap_or(0) > 0,
+        "{s}"
+    );
+    assert!(
+        peak_items > 2000,
+        "only {peak_items} items queued during the outage: {s}"
+    );
     assert_eq!(s["queue"]["droppedOverflow"], 0, "{s}");
 
     ns.link(true);
@@ -232,10 +289,19 @@ timeout_ms = 3000
     let v: Value = serde_json::from_str(&out).expect("json");
     let mut seen = std::collections::HashMap::<String, u32>::new();
     for r in v["readings"].as_array().expect("readings") {
-        *seen.entry(r["value"].as_str().unwrap_or_default().to_string()).or_insert(0) += 1;
+        *seen
+            .entry(r["value"].as_str().unwrap_or_default().to_string())
+            .or_insert(0) += 1;
     }
-    let missing: Vec<_> = acked.iter().filter(|n| !seen.contains_key(&n.to_string())).collect();
-    assert!(missing.is_empty(), "{} acknowledged readings missing", missing.len());
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|n| !seen.contains_key(&n.to_string()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged readings missing",
+        missing.len()
+    );
     assert!(seen.values().all(|c| *c == 1), "a reading was stored twice");
     eprintln!(
         "outage: {} readings acknowledged, {peak_items} queued at the peak, backlog drained in {:.1} s",
@@ -244,4 +310,126 @@ timeout_ms = 3000
     );
     let _ = cloud.kill();
     let _ = cloud.wait();
+}
+
+/// A tmpfs mounted for the life of the value.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_new_data_clearly_and_keeps_what_it_has() {
+    if !is_root() {
+        eprintln!("skipped: mounting a small filesystem needs root (CI runs this test as root)");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut cloud = crate::export::Cloud::start().await;
+    let identity = cloud.enroll("edge-full");
+    cloud.stop();
+    let mut node = Node::create(&format!(
+        r#"
+[export]
+enabled = true
+[[export.destinations]]
+name = "cloud"
+kind = "cloud"
+identity = "{}"
+overflow = "refuse-new"
+retry_initial_ms = 50
+retry_max_ms = 300
+"#,
+        identity.display()
+    ));
+    // The queue lives on a 256 KiB filesystem; its own bound (256 MiB) is far away.
+    let queue = node.data_dir().join("queue");
+    std::fs::create_dir_all(&queue).expect("mkdir");
+    std::fs::set_permissions(node.data_dir(), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod");
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs"])
+        .arg(&queue)
+        .status()
+        .expect("mount");
+    assert!(st.success(), "mount tmpfs failed");
+    let _mounted = Tmpfs(queue.clone());
+    node.launch().await;
+
+    let mut accepted = Vec::new();
+    let mut refusal = None;
+    for n in 0..5000u64 {
+        let r = node
+            .http
+            .post(ingest_url(&node, "silo"))
+            .json(&event("silo", &n.to_string()))
+            .send()
+            .await
+            .expect("post");
+        match r.status().as_u16() {
+            201 => accepted.push(n),
+            507 => {
+                refusal = Some(r.json::<Value>().await.expect("json"));
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let refusal = refusal.expect("the disk never filled");
+    assert!(
+        refusal["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("disk is full"),
+        "{refusal}"
+    );
+    assert!(accepted.len() > 100, "{}", accepted.len());
+    // Still refused, and still alive.
+    let r = node
+        .http
+        .post(ingest_url(&node, "silo"))
+        .json(&event("silo", "x"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 507);
+    let s = status(&node).await;
+    assert!(s["queue"]["diskFull"].as_u64().unwrap_or(0) >= 2, "{s}");
+
+    // The cloud comes back: everything accepted arrives, the space is freed, new data is
+    // taken again.
+    cloud.launch().await;
+    eventually("the queue to drain", Duration::from_secs(30), || async {
+        status(&node).await["queue"]["items"] == 0
+    })
+    .await;
+    let got = cloud.values("edge-full", "silo").await;
+    let missing: Vec<_> = accepted
+        .iter()
+        .filter(|n| !got.contains_key(&n.to_string()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} accepted readings missing",
+        missing.len()
+    );
+    assert_eq!(status(&node).await["queue"]["corruptRecords"], 0);
+    let me = &node;
+    eventually(
+        "new data accepted again",
+        Duration::from_secs(10),
+        || async {
+            me.http
+                .post(ingest_url(me, "silo"))
+                .json(&event("silo", "after"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 201)
+        },
+    )
+    .await;
+    node.stop();
 }

@@ -180,6 +180,13 @@ port = {rules}
 impl Node {
     /// Starts a node with test settings plus `extra` TOML.
     pub async fn start(extra: &str) -> Self {
+        let mut node = Self::create(extra);
+        node.launch().await;
+        node
+    }
+
+    /// Prepares a node (config written, nothing started yet).
+    pub fn create(extra: &str) -> Self {
         outpost_kit::http::install_tls_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let ports = Ports::free();
@@ -218,7 +225,7 @@ impl Node {
             }
         }
         std::fs::write(&config, text).expect("write config");
-        let mut node = Self {
+        Self {
             dir,
             ports,
             config,
@@ -229,9 +236,7 @@ impl Node {
                 .no_proxy()
                 .build()
                 .expect("http client"),
-        };
-        node.launch().await;
-        node
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {

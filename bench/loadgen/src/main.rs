@@ -7,6 +7,8 @@
 //! - `encoding`: bytes per reading on the bus, JSON against CBOR.
 //! - `modbus`: polled values per second through device-modbus against a pymodbus server,
 //!   batching on and off, against pymodbus's own client ([`modbus`]).
+//! - `queue` / `export`: the store-and-forward queue alone, and edge to cloud end to end
+//!   ([`export`]).
 //! - `pub` / `sub`: the load generator and the reference consumer (used by `ingest`).
 //!
 //! Every command prints a human summary and a JSON line (prefixed `RESULT `) for scripts.
@@ -23,6 +25,7 @@ use mqtt5::{ConnectOptions, MqttClient, PublishOptions, QoS, SubscribeOptions};
 use serde_json::{Value, json};
 
 mod devices;
+mod export;
 mod gateway;
 mod modbus;
 
@@ -110,6 +113,10 @@ enum Cmd {
     /// Requests/s and latency through the gateway (TLS + JWT) vs nginx as a TLS reverse
     /// proxy to the same backend route, with wrk.
     Gateway(gateway::GatewayArgs),
+    /// The store-and-forward queue alone: appends with fsync, reopen, drain.
+    Queue(export::QueueArgs),
+    /// Edge to cloud: enqueue and drain rates, bytes on the wire, latency, data reduction.
+    Export(export::ExportArgs),
     /// Command round trip: REST -> core-command -> device service -> device -> back.
     Command {
         #[arg(long)]
@@ -819,6 +826,8 @@ fn main() -> anyhow::Result<()> {
             }
             Cmd::Command { outpost, requests } => devices::command_rtt(&outpost, requests).await,
             Cmd::Gateway(a) => gateway::run(&a).await,
+            Cmd::Queue(a) => export::queue(&a),
+            Cmd::Export(a) => export::export(&a).await,
         }
     })
 }

@@ -137,7 +137,9 @@ pub enum QueueError {
 impl QueueError {
     /// Whether the disk (not the queue's own bound) ran out of space.
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, QueueError::Io { source, .. } if source.raw_os_error() == Some(28))
+        matches!(self, QueueError::Io { source, .. }
+            if source.raw_os_error() == Some(28)
+                || matches!(source.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded))
     }
 }
 
@@ -183,6 +185,8 @@ pub struct Counters {
     pub corrupt_bytes: u64,
     /// Bytes of appends cut short by a crash, cut when the queue was opened.
     pub truncated_bytes: u64,
+    /// Appends that failed because the disk was full.
+    pub disk_full: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -351,6 +355,9 @@ impl Queue {
                             tracing::warn!(dir = %self.dir.display(), dropped = freed, "disk full: dropped the oldest queued items");
                             continue;
                         }
+                    }
+                    if e.is_disk_full() {
+                        self.counters.disk_full += 1;
                     }
                     return Err(e);
                 }

@@ -347,6 +347,21 @@ impl Stream {
 
     /// Starts a new segment for appends, with a new key.
     pub fn rotate(&mut self) -> io::Result<()> {
+        // A newest segment without records (a write to it failed, say on a full disk) is
+        // replaced, not kept: retries must not pile up empty files.
+        if self.segments.back().is_some_and(|s| s.records == 0)
+            && let Some(empty) = self.segments.pop_back()
+        {
+            fs::remove_file(&empty.path)
+                .map_err(|e| io_ctx(format!("remove {}", empty.path.display()), e))?;
+            if self.buf_segment == empty.id {
+                self.buf_segment = u64::MAX;
+            }
+            if self.segments.is_empty() {
+                self.head_offset = SEGMENT_HEADER as u64;
+                self.head_consumed = 0;
+            }
+        }
         let first_seq = self.next_seq;
         let path = self.dir.join(segment_name(first_seq));
         // An empty segment may carry this name from before (opened twice without an
@@ -544,12 +559,12 @@ impl Stream {
         self.head_offset = to.offset;
         self.head_consumed = to.consumed;
         self.head_seq = self.head_seq.max(to.seq);
-        // A fully consumed segment that takes no more appends is not needed.
-        if self.segments.len() > 1
-            && self
-                .segments
-                .front()
-                .is_some_and(|s| self.head_offset >= s.len)
+        // A fully consumed segment that takes no more appends is not needed (the next
+        // append starts a new one; sequence numbers go on from the reservation).
+        if self
+            .segments
+            .front()
+            .is_some_and(|s| self.head_offset >= s.len && (self.segments.len() > 1 || !s.writable))
         {
             self.pop_front()?;
         }

@@ -108,6 +108,7 @@ fn add(total: &mut Counters, c: Counters) {
     total.corrupt_records += c.corrupt_records;
     total.corrupt_bytes += c.corrupt_bytes;
     total.truncated_bytes += c.truncated_bytes;
+    total.disk_full += c.disk_full;
 }
 
 struct Model {

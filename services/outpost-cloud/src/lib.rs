@@ -62,6 +62,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Largest batch after decompression.
     pub max_batch_bytes: usize,
+    /// Page cache of the cloud's database, KiB (a cloud node has more memory than an edge).
+    pub cache_kib: u32,
 }
 
 impl Default for Config {
@@ -73,6 +75,7 @@ impl Default for Config {
             client_cert_days: 825,
             max_body_bytes: 16 * 1024 * 1024,
             max_batch_bytes: 64 * 1024 * 1024,
+            cache_kib: 65536,
         }
     }
 }
@@ -140,17 +143,10 @@ fn now_ms() -> i64 {
 
 /// Runs the cloud node until shutdown.
 pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
-    let db = outpost_storage::Db::open(
-        &ctx.storage_location(),
-        &ctx.common.storage.open_options(),
-        store::MIGRATIONS,
-        2,
-    )?;
-    db.checkpoint_in_background(
-        &ctx.storage_location(),
-        &ctx.common.storage.open_options(),
-        Duration::from_secs(30),
-    )?;
+    let mut opts = ctx.common.storage.open_options();
+    opts.cache_kib = opts.cache_kib.max(cfg.cache_kib);
+    let db = outpost_storage::Db::open(&ctx.storage_location(), &opts, store::MIGRATIONS, 2)?;
+    db.checkpoint_in_background(&ctx.storage_location(), &opts, Duration::from_secs(30))?;
     let store = Store::new(db);
     let admin_token = outpost_storage::load_or_create_token(&ctx.secrets_dir(), "cloud-admin")?;
     let pki = outpost_pki::Paths::cloud(&ctx.data_dir);

@@ -6,6 +6,8 @@ use outpost_contracts::export::{Alert, Backlog, ExportItem, Rejected, WireItem};
 use outpost_storage::rusqlite::{self, OptionalExtension as _, params};
 use outpost_storage::{Db, Migration, StorageError};
 use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
@@ -42,20 +44,24 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
               received_ms INTEGER NOT NULL,
               UNIQUE (edge, id)
           );
-          CREATE TABLE readings (
-              seq INTEGER PRIMARY KEY,
-              event INTEGER NOT NULL,
+          CREATE TABLE series (
+              id INTEGER PRIMARY KEY,
               edge TEXT NOT NULL,
               device TEXT NOT NULL,
               resource TEXT NOT NULL,
               profile TEXT NOT NULL,
-              origin INTEGER NOT NULL,
               value_type TEXT NOT NULL,
               units TEXT NOT NULL,
+              UNIQUE (edge, device, resource, profile, value_type, units)
+          );
+          CREATE TABLE readings (
+              seq INTEGER PRIMARY KEY,
+              series INTEGER NOT NULL,
+              origin INTEGER NOT NULL,
+              event INTEGER NOT NULL,
               value TEXT NOT NULL
           );
-          CREATE INDEX readings_by_device ON readings (edge, device, resource, origin);
-          CREATE INDEX readings_by_origin ON readings (edge, origin);
+          CREATE INDEX readings_by_series ON readings (series, origin);
           CREATE TABLE alerts (
               seq INTEGER PRIMARY KEY,
               edge TEXT NOT NULL,
@@ -172,14 +178,45 @@ fn check_event(e: &Event) -> Result<(), String> {
     Ok(())
 }
 
+/// What identifies a series of readings: one resource of one device of one edge.
+type SeriesKey = (String, String, String, String, &'static str, String);
+
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Db,
+    /// Series ids already in the database, so a reading costs no lookup.
+    series: Arc<Mutex<HashMap<SeriesKey, i64>>>,
+}
+
+fn series_id(
+    tx: &rusqlite::Transaction<'_>,
+    cache: &mut HashMap<SeriesKey, i64>,
+    key: SeriesKey,
+) -> rusqlite::Result<i64> {
+    if let Some(id) = cache.get(&key) {
+        return Ok(*id);
+    }
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO series (edge, device, resource, profile, value_type, units)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![key.0, key.1, key.2, key.3, key.4, key.5])?;
+    let id: i64 = tx
+        .prepare_cached(
+            "SELECT id FROM series WHERE edge = ?1 AND device = ?2 AND resource = ?3 AND profile = ?4
+             AND value_type = ?5 AND units = ?6",
+        )?
+        .query_row(params![key.0, key.1, key.2, key.3, key.4, key.5], |r| r.get(0))?;
+    cache.insert(key, id);
+    Ok(id)
 }
 
 impl Store {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self {
+            db,
+            series: Arc::default(),
+        }
     }
 
     pub async fn ping(&self) -> Result<(), StorageError> {
@@ -280,8 +317,46 @@ impl Store {
         backlog: Backlog,
         now_ms: i64,
     ) -> Result<Stored, StorageError> {
+        let series = Arc::clone(&self.series);
         self.db
             .write(move |c| {
+                let mut cache = series
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let result = Self::ingest_tx(
+                    c,
+                    &mut cache,
+                    edge,
+                    address,
+                    incarnation,
+                    priority,
+                    items,
+                    backlog,
+                    now_ms,
+                );
+                if result.is_err() {
+                    // Series created in a transaction that rolled back do not exist.
+                    cache.clear();
+                }
+                result
+            })
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ingest_tx(
+        c: &mut rusqlite::Connection,
+        cache: &mut HashMap<SeriesKey, i64>,
+        edge: String,
+        address: String,
+        incarnation: u64,
+        priority: u8,
+        items: Vec<WireItem<serde_json::Value>>,
+        backlog: Backlog,
+        now_ms: i64,
+    ) -> Result<Stored, StorageError> {
+        {
+            {
                 let tx = c.transaction()?;
                 let now_ms = now_ms.max(
                     std::time::SystemTime::now()
@@ -303,8 +378,7 @@ impl Store {
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )?;
                     let mut add_reading = tx.prepare_cached(
-                        "INSERT INTO readings (event, edge, device, resource, profile, origin, value_type, units, value)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        "INSERT INTO readings (series, origin, event, value) VALUES (?1, ?2, ?3, ?4)",
                     )?;
                     let mut add_alert = tx.prepare_cached(
                         "INSERT OR IGNORE INTO alerts (edge, id, origin, body) VALUES (?1, ?2, ?3, ?4)",
@@ -315,12 +389,15 @@ impl Store {
                             continue;
                         }
                         hwm = Some(item.seq);
-                        let parsed: Result<ExportItem, String> =
-                            serde_json::from_value(item.data).map_err(|e| format!("not an export item: {e}"));
+                        let parsed: Result<ExportItem, String> = serde_json::from_value(item.data)
+                            .map_err(|e| format!("not an export item: {e}"));
                         match parsed {
                             Ok(ExportItem::Event { event }) => {
                                 if let Err(reason) = check_event(&event) {
-                                    out.rejected.push(Rejected { seq: item.seq, reason });
+                                    out.rejected.push(Rejected {
+                                        seq: item.seq,
+                                        reason,
+                                    });
                                     continue;
                                 }
                                 let n = add_event.execute(params![
@@ -338,15 +415,22 @@ impl Store {
                                 }
                                 let event_seq = tx.last_insert_rowid();
                                 for r in &event.readings {
+                                    let series = series_id(
+                                        &tx,
+                                        cache,
+                                        (
+                                            edge.clone(),
+                                            r.device_name.clone(),
+                                            r.resource_name.clone(),
+                                            r.profile_name.clone(),
+                                            r.value_type.as_str(),
+                                            r.units.clone(),
+                                        ),
+                                    )?;
                                     add_reading.execute(params![
-                                        event_seq,
-                                        edge,
-                                        r.device_name,
-                                        r.resource_name,
-                                        r.profile_name,
+                                        series,
                                         r.origin,
-                                        r.value_type.as_str(),
-                                        r.units,
+                                        event_seq,
                                         text_value(&r.value)
                                     ])?;
                                 }
@@ -354,18 +438,29 @@ impl Store {
                             }
                             Ok(ExportItem::Alert { alert }) => {
                                 if alert.id.is_empty() {
-                                    out.rejected.push(Rejected { seq: item.seq, reason: "alert without an id".into() });
+                                    out.rejected.push(Rejected {
+                                        seq: item.seq,
+                                        reason: "alert without an id".into(),
+                                    });
                                     continue;
                                 }
                                 let body = serde_json::to_string(&alert).unwrap_or_default();
-                                let n = add_alert.execute(params![edge, alert.id, alert.origin, body])?;
+                                let n = add_alert.execute(params![
+                                    edge,
+                                    alert.id,
+                                    alert.origin,
+                                    body
+                                ])?;
                                 if n == 0 {
                                     out.duplicates += 1;
                                 } else {
                                     out.accepted += 1;
                                 }
                             }
-                            Err(reason) => out.rejected.push(Rejected { seq: item.seq, reason }),
+                            Err(reason) => out.rejected.push(Rejected {
+                                seq: item.seq,
+                                reason,
+                            }),
                         }
                     }
                 }
@@ -396,22 +491,22 @@ impl Store {
                 tx.commit()?;
                 out.hwm = hwm;
                 Ok(out)
-            })
-            .await
+            }
+        }
     }
 
     pub async fn readings(&self, q: ReadingQuery) -> Result<(Vec<ReadingRow>, u64), StorageError> {
         self.db
             .read(move |c| {
-                let mut filter = String::from("r.edge = ?1");
+                let mut filter = String::from("s.edge = ?1");
                 let mut args: Vec<rusqlite::types::Value> = vec![q.edge.clone().into()];
                 if let Some(d) = &q.device {
                     args.push(d.clone().into());
-                    filter.push_str(&format!(" AND r.device = ?{}", args.len()));
+                    filter.push_str(&format!(" AND s.device = ?{}", args.len()));
                 }
                 if let Some(r) = &q.resource {
                     args.push(r.clone().into());
-                    filter.push_str(&format!(" AND r.resource = ?{}", args.len()));
+                    filter.push_str(&format!(" AND s.resource = ?{}", args.len()));
                 }
                 if let Some(s) = q.start {
                     args.push(s.into());
@@ -422,14 +517,14 @@ impl Store {
                     filter.push_str(&format!(" AND r.origin <= ?{}", args.len()));
                 }
                 let total: i64 = c.query_row(
-                    &format!("SELECT COUNT(*) FROM readings r WHERE {filter}"),
+                    &format!("SELECT COUNT(*) FROM readings r JOIN series s ON s.id = r.series WHERE {filter}"),
                     rusqlite::params_from_iter(args.iter()),
                     |r| r.get(0),
                 )?;
                 let mut st = c.prepare(&format!(
-                    "SELECT r.edge, r.device, r.resource, r.profile, r.origin, r.value_type, r.units, r.value,
+                    "SELECT s.edge, s.device, s.resource, s.profile, r.origin, s.value_type, s.units, r.value,
                          e.received_ms
-                     FROM readings r JOIN events e ON e.seq = r.event
+                     FROM readings r JOIN series s ON s.id = r.series JOIN events e ON e.seq = r.event
                      WHERE {filter} ORDER BY r.origin DESC, r.seq DESC LIMIT {} OFFSET {}",
                     q.limit, q.offset
                 ))?;

@@ -41,6 +41,9 @@ pub enum Kind {
     Cloud,
     /// Any HTTPS endpoint that takes a JSON batch.
     Webhook,
+    /// An external MQTT broker (`mqtts://` for TLS): each batch is one QoS 1 message on
+    /// `<topic>/<priority>`.
+    Mqtt,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -70,8 +73,13 @@ pub struct Destination {
     pub url: String,
     /// `cloud`: the identity bundle written by `outpost cloud enroll`.
     pub identity: Option<PathBuf>,
-    /// `webhook`: a CA file to trust instead of the system's roots (PEM).
+    /// `webhook`, `mqtt`: a CA file to trust instead of the system's roots (PEM).
     pub ca_file: Option<PathBuf>,
+    /// `mqtt`: topic prefix; batches go to `<topic>/high` and `<topic>/normal`.
+    pub topic: String,
+    /// `mqtt`: credentials (the password read from a file).
+    pub username: String,
+    pub password_file: Option<PathBuf>,
     /// `webhook`: headers sent with every batch (e.g. `Authorization`).
     pub headers: BTreeMap<String, String>,
     /// Bus topic filters whose messages this destination takes.
@@ -108,6 +116,9 @@ impl Default for Destination {
             url: String::new(),
             identity: None,
             ca_file: None,
+            topic: "outpost/export".into(),
+            username: String::new(),
+            password_file: None,
             headers: BTreeMap::new(),
             sources: vec!["edgex/events/#".into(), "edgex/alerts/#".into()],
             high_priority: vec!["edgex/alerts/#".into()],
@@ -165,6 +176,18 @@ impl outpost_kit::config::Validate for Config {
                     &at,
                     "kind webhook needs an http(s):// url",
                 ),
+                Kind::Mqtt => {
+                    p.check(
+                        d.url.starts_with("mqtts://") || d.url.starts_with("mqtt://"),
+                        &at,
+                        "kind mqtt needs an mqtts:// (or mqtt://) url",
+                    );
+                    p.check(
+                        !d.topic.is_empty() && !d.topic.contains(['+', '#']),
+                        &at,
+                        "topic must be a topic name without wildcards",
+                    );
+                }
             }
             p.check(!d.sources.is_empty(), &at, "sources must not be empty");
             p.check(

@@ -748,6 +748,7 @@ struct QueueStatus {
     dropped_overflow: u64,
     expired: u64,
     refused: u64,
+    disk_full: u64,
     corrupt_records: u64,
 }
 
@@ -779,6 +780,7 @@ async fn status(State(app): State<Arc<App>>) -> Response {
                 dropped_overflow: c.dropped_overflow,
                 expired: c.expired,
                 refused: c.refused,
+                disk_full: c.disk_full,
                 corrupt_records: c.corrupt_records,
             };
             serde_json::json!({

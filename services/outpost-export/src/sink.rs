@@ -1,4 +1,5 @@
-//! Where batches go: an Outpost cloud node (mutual TLS) or any HTTPS webhook.
+//! Where batches go: an Outpost cloud node (mutual TLS), any HTTPS webhook, or an external
+//! MQTT broker (TLS).
 
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ struct Bundle {
 
 pub struct Sink {
     kind: Kind,
+    mqtt: Option<mqtt::MqttSink>,
     url: String,
     http: reqwest::Client,
     headers: Vec<(String, String)>,
@@ -86,6 +88,7 @@ impl Sink {
                     Some(b.edge),
                 )
             }
+            Kind::Mqtt => (d.url.clone(), builder.build()?, None),
             Kind::Webhook => {
                 let http = match &d.ca_file {
                     Some(ca) => {
@@ -99,7 +102,12 @@ impl Sink {
                 (d.url.clone(), http, None)
             }
         };
+        let mqtt = match d.kind {
+            Kind::Mqtt => Some(mqtt::MqttSink::new(d)?),
+            _ => None,
+        };
         Ok(Self {
+            mqtt,
             kind: d.kind,
             url,
             http,
@@ -167,6 +175,14 @@ impl Sink {
             (json, None)
         };
         let wire_bytes = body.len();
+        if let Some(m) = &self.mqtt {
+            m.publish(batch.priority.as_str(), body, encoding.is_some())
+                .await?;
+            return Ok(Delivered {
+                wire_bytes,
+                ..Delivered::default()
+            });
+        }
         let mut req = self
             .http
             .post(&self.url)
@@ -235,4 +251,174 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+mod mqtt {
+    //! The MQTT sink: one QoS 1 message per batch; delivered when the broker acknowledged it.
+
+    use std::time::Duration;
+
+    use anyhow::Context as _;
+    use mqtt5::{ConnectOptions, MqttClient, PublishOptions, QoS};
+
+    use super::SendError;
+    use crate::config::Destination;
+
+    pub struct MqttSink {
+        host: String,
+        port: u16,
+        tls: bool,
+        ca_pem: Option<Vec<u8>>,
+        topic: String,
+        client_id: String,
+        credentials: Option<(String, String)>,
+        timeout: Duration,
+        client: tokio::sync::Mutex<Option<MqttClient>>,
+    }
+
+    impl MqttSink {
+        pub fn new(d: &Destination) -> anyhow::Result<Self> {
+            let (tls, rest) = match d.url.split_once("://") {
+                Some(("mqtts", rest)) => (true, rest),
+                Some(("mqtt", rest)) => (false, rest),
+                _ => anyhow::bail!("{} is not an mqtt:// or mqtts:// URL", d.url),
+            };
+            let rest = rest.trim_end_matches('/');
+            let (host, port) = match rest.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.trim_matches(['[', ']']).to_string(),
+                    p.parse().context("invalid port")?,
+                ),
+                None => (rest.to_string(), if tls { 8883 } else { 1883 }),
+            };
+            let ca_pem = match &d.ca_file {
+                Some(p) => {
+                    Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?)
+                }
+                None => None,
+            };
+            let credentials = match (&d.username, &d.password_file) {
+                (u, Some(f)) if !u.is_empty() => Some((
+                    u.clone(),
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("cannot read {}", f.display()))?
+                        .trim()
+                        .to_string(),
+                )),
+                (u, None) if !u.is_empty() => Some((u.clone(), String::new())),
+                _ => None,
+            };
+            if !tls {
+                tracing::warn!(
+                    destination = d.name,
+                    url = d.url,
+                    "MQTT destination without TLS: data crosses the network in the clear"
+                );
+            }
+            Ok(Self {
+                host,
+                port,
+                tls,
+                ca_pem,
+                topic: d.topic.trim_end_matches('/').to_string(),
+                client_id: format!("outpost-export-{}", d.name),
+                credentials,
+                timeout: Duration::from_millis(d.timeout_ms),
+                client: tokio::sync::Mutex::new(None),
+            })
+        }
+
+        async fn connect(&self) -> Result<MqttClient, String> {
+            let mut opts = ConnectOptions::new(self.client_id.clone())
+                .with_clean_start(true)
+                .with_keep_alive(Duration::from_secs(30))
+                .with_automatic_reconnect(false);
+            if let Some((u, p)) = &self.credentials {
+                opts = opts.with_credentials(u.clone(), p.as_bytes());
+            }
+            let client = MqttClient::with_options(opts.clone());
+            if self.tls {
+                let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
+                    .await
+                    .map_err(|e| format!("cannot resolve {}: {e}", self.host))?
+                    .next()
+                    .ok_or_else(|| format!("{} has no address", self.host))?;
+                let mut tls = mqtt5::transport::tls::TlsConfig::new(addr, self.host.clone())
+                    .with_connect_timeout(self.timeout);
+                if let Some(ca) = &self.ca_pem {
+                    tls.load_ca_cert_pem_bytes(ca)
+                        .map_err(|e| format!("CA file: {e}"))?;
+                    tls = tls.with_system_roots(false);
+                }
+                client
+                    .connect_with_tls_and_options(tls, opts)
+                    .await
+                    .map_err(|e| {
+                        format!("cannot connect to mqtts://{}:{}: {e}", self.host, self.port)
+                    })?;
+            } else {
+                client
+                    .connect(&format!("mqtt://{}:{}", self.host, self.port))
+                    .await
+                    .map_err(|e| {
+                        format!("cannot connect to mqtt://{}:{}: {e}", self.host, self.port)
+                    })?;
+            }
+            Ok(client)
+        }
+
+        pub async fn publish(
+            &self,
+            priority: &str,
+            body: Vec<u8>,
+            zstd: bool,
+        ) -> Result<(), SendError> {
+            let mut guard = self.client.lock().await;
+            let connected = match guard.as_ref() {
+                Some(c) => c.is_connected().await,
+                None => false,
+            };
+            if !connected {
+                let c = tokio::time::timeout(self.timeout, self.connect())
+                    .await
+                    .map_err(|_| SendError::Transient("timed out connecting to the broker".into()))?
+                    .map_err(SendError::Transient)?;
+                *guard = Some(c);
+            }
+            let Some(client) = guard.as_ref() else {
+                return Err(SendError::Transient("not connected".into()));
+            };
+            let mut opts = PublishOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            };
+            opts.properties.content_type = Some("application/json".into());
+            if zstd {
+                opts.properties
+                    .user_properties
+                    .push(("content-encoding".into(), "zstd".into()));
+            }
+            let topic = format!("{}/{priority}", self.topic);
+            match tokio::time::timeout(
+                self.timeout,
+                client.publish_with_options(&topic, body, opts),
+            )
+            .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => {
+                    *guard = None;
+                    Err(SendError::Transient(format!(
+                        "publish to {topic} failed: {e}"
+                    )))
+                }
+                Err(_) => {
+                    *guard = None;
+                    Err(SendError::Transient(format!(
+                        "no acknowledgement for {topic} in time"
+                    )))
+                }
+            }
+        }
+    }
 }

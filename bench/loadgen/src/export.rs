@@ -1,0 +1,527 @@
+//! Edge to cloud: the export service's queue and the cloud node.
+//!
+//! - `queue`: the raw queue: batches appended with an fsync each, then drained.
+//! - `export`: through a real edge node and a real cloud node on loopback: the sustained
+//!   enqueue rate from the bus with the cloud down (every append synced), the drain rate
+//!   when the cloud comes back, bytes on the wire per reading, device-to-cloud latency with
+//!   the link up, and the data reduction of a typical rules pipeline (1 Hz readings to
+//!   one-minute aggregates plus a threshold alert).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use mqtt5::{ConnectOptions, MqttClient, PublishOptions, QoS};
+use serde_json::{Value, json};
+
+use crate::{
+    Node, Proc, PubArgs, TempDir, event_message, free_port, median, publish, topic, unix_nanos,
+    wait_until,
+};
+
+#[derive(clap::Args, Clone)]
+pub struct QueueArgs {
+    /// Items appended in all.
+    #[arg(long, default_value_t = 200_000)]
+    pub items: u64,
+    /// Items per append (each append is synced).
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Bytes per item (an EdgeX event of 10 readings as JSON is about 2.3 KB).
+    #[arg(long, default_value_t = 2300)]
+    pub item_bytes: usize,
+}
+
+/// Raw queue throughput: appends with fsync, then peek + ack until empty.
+pub fn queue(a: &QueueArgs) -> anyhow::Result<()> {
+    use outpost_queue::{Config, Priority, Queue};
+    let dir = TempDir::new("queue")?;
+    let cfg = Config {
+        max_bytes: (a.items * (a.item_bytes as u64 + 64)).max(1 << 20) * 2,
+        ..Config::default()
+    };
+    let mut q = Queue::open(&dir.0.join("q"), &[7; 32], cfg)?;
+    let item: Vec<u8> = (0..a.item_bytes).map(|i| b'a' + (i % 26) as u8).collect();
+    let batch: Vec<&[u8]> = vec![&item; a.batch];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while n < a.items {
+        q.append(Priority::Normal, &batch, 1)?;
+        n += a.batch as u64;
+    }
+    let append_s = start.elapsed().as_secs_f64();
+    drop(q);
+    // Reopen: what a restarted node does before sending.
+    let start = Instant::now();
+    let mut q = Queue::open(
+        &dir.0.join("q"),
+        &[7; 32],
+        Config {
+            max_bytes: u64::MAX / 4,
+            ..Config::default()
+        },
+    )?;
+    let open_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let mut drained = 0u64;
+    while let Some(b) = q.peek(1000, 1 << 20, 1)? {
+        drained += b.items.len() as u64;
+        q.ack(&b)?;
+    }
+    let drain_s = start.elapsed().as_secs_f64();
+    if drained != n {
+        bail!("drained {drained} of {n} items");
+    }
+    let mb = (n * a.item_bytes as u64) as f64 / 1e6;
+    println!(
+        "queue: {n} items of {} B in appends of {} (fsync each): {:.0} items/s ({:.0} MB/s); reopen {:.2} s; drain {:.0} items/s ({:.0} MB/s)",
+        a.item_bytes,
+        a.batch,
+        n as f64 / append_s,
+        mb / append_s,
+        open_s,
+        n as f64 / drain_s,
+        mb / drain_s
+    );
+    println!(
+        "RESULT {}",
+        json!({"bench": "queue", "items": n, "item_bytes": a.item_bytes, "batch": a.batch,
+               "append_items_per_s": n as f64 / append_s, "append_mb_per_s": mb / append_s,
+               "reopen_s": open_s, "drain_items_per_s": n as f64 / drain_s})
+    );
+    Ok(())
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ExportArgs {
+    #[arg(long)]
+    pub outpost: PathBuf,
+    /// Events published for the enqueue and drain phases.
+    #[arg(long, default_value_t = 50_000)]
+    pub events: u64,
+    #[arg(long, default_value_t = 10)]
+    pub readings: usize,
+    /// Events for the latency phase, published at `latency_rate` per second.
+    #[arg(long, default_value_t = 2000)]
+    pub latency_events: u64,
+    #[arg(long, default_value_t = 200)]
+    pub latency_rate: u64,
+    /// Devices and simulated hours of 1 Hz readings for the reduction phase.
+    #[arg(long, default_value_t = 20)]
+    pub reduction_devices: usize,
+    #[arg(long, default_value_t = 1)]
+    pub reduction_hours: u64,
+}
+
+/// A cloud node for the benchmark.
+struct Cloud {
+    dir: TempDir,
+    port: u16,
+    proc: Option<Proc>,
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Cloud {
+    async fn start(outpost: &Path) -> anyhow::Result<Self> {
+        let dir = TempDir::new("cloud")?;
+        let port = free_port()?;
+        let mut c = Self {
+            dir,
+            port,
+            proc: None,
+            http: reqwest::Client::new(),
+            token: String::new(),
+        };
+        c.launch(outpost).await?;
+        Ok(c)
+    }
+
+    async fn launch(&mut self, outpost: &Path) -> anyhow::Result<()> {
+        let child = tokio::process::Command::new(outpost)
+            .arg("--data-dir")
+            .arg(self.dir.0.join("data"))
+            .args(["--set", &format!("cloud.port={}", self.port)])
+            .arg("cloud")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn outpost cloud")?;
+        self.proc = Some(Proc(child));
+        let ca = self.dir.0.join("data/tls/cloud-ca.pem");
+        wait_until("the cloud CA", Duration::from_secs(20), || {
+            let ca = ca.clone();
+            async move { ca.exists() }
+        })
+        .await?;
+        let pem = std::fs::read_to_string(&ca)?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes()) {
+            roots.add(c?)?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        self.http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .no_proxy()
+            .build()?;
+        self.token = std::fs::read_to_string(self.dir.0.join("data/secrets/cloud-admin.token"))?
+            .trim()
+            .to_string();
+        let (http, url) = (
+            self.http.clone(),
+            format!("https://127.0.0.1:{}/api/v3/ping", self.port),
+        );
+        wait_until("the cloud node", Duration::from_secs(20), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                http.get(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            if let Some(pid) = p.0.id() {
+                let _ = std::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status();
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(20), p.0.wait()).await;
+        }
+    }
+
+    fn enroll(&self, outpost: &Path, edge: &str) -> anyhow::Result<PathBuf> {
+        let out = self.dir.0.join(format!("{edge}.json"));
+        let st = std::process::Command::new(outpost)
+            .arg("--data-dir")
+            .arg(self.dir.0.join("data"))
+            .args(["cloud", "enroll", edge, "--out"])
+            .arg(&out)
+            .args(["--url", &format!("https://127.0.0.1:{}", self.port)])
+            .stdout(Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("enroll failed");
+        }
+        Ok(out)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .get(format!("https://127.0.0.1:{}/api/v3{path}", self.port))
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+}
+
+async fn export_status(http: &reqwest::Client, port: u16) -> anyhow::Result<Value> {
+    let v: Value = http
+        .get(format!("http://127.0.0.1:{port}/api/v3/export/status"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(v["destinations"][0].clone())
+}
+
+async fn edge(outpost: &Path, identity: &Path, extra: &str) -> anyhow::Result<(Node, u16)> {
+    let port = free_port()?;
+    let node = Node::spawn(
+        outpost,
+        &format!(
+            "[export]\nenabled = true\nport = {port}\n[[export.destinations]]\nname = \"cloud\"\nkind = \"cloud\"\n\
+             identity = \"{}\"\nmax_bytes = 4294967296\nretry_initial_ms = 100\nretry_max_ms = 1000\n{extra}",
+            identity.display()
+        ),
+    )?;
+    let http = reqwest::Client::new();
+    wait_until("the edge node", Duration::from_secs(30), || {
+        let http = http.clone();
+        let node = &node;
+        async move {
+            node.healthy(&http).await
+                && http
+                    .get(format!("http://127.0.0.1:{port}/api/v3/ping"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await?;
+    Ok((node, port))
+}
+
+pub async fn export(a: &ExportArgs) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let mut cloud = Cloud::start(&a.outpost).await?;
+    let identity = cloud.enroll(&a.outpost, "bench-edge")?;
+
+    // 1. Enqueue with the cloud down: every append synced before the bus message is acked.
+    cloud.stop().await;
+    let (mut node, port) = edge(&a.outpost, &identity, "").await?;
+    let url = format!("mqtt://127.0.0.1:{}", node.mqtt);
+    let args = PubArgs {
+        url: url.clone(),
+        count: a.events,
+        readings: a.readings,
+        devices: 100,
+        window: 1024,
+        encoding: "json".into(),
+    };
+    let start = Instant::now();
+    let (_, pub_s, acked) = publish(&args).await?;
+    let want = acked;
+    wait_until("everything queued", Duration::from_secs(600), || {
+        let http = http.clone();
+        async move {
+            export_status(&http, port)
+                .await
+                .is_ok_and(|s| s["queue"]["appended"].as_u64().unwrap_or(0) >= want)
+        }
+    })
+    .await?;
+    let enqueue_s = start.elapsed().as_secs_f64();
+    let s = export_status(&http, port).await?;
+    let queued_bytes = s["queue"]["bytes"].as_u64().unwrap_or(0);
+    let readings = want * a.readings as u64;
+    let enqueue_rate = readings as f64 / enqueue_s;
+    println!(
+        "enqueue (cloud down, fsync per batch): {want} events x {} readings in {enqueue_s:.2} s = {enqueue_rate:.0} readings/s (publisher done after {pub_s:.2} s); queue {:.1} MB",
+        a.readings,
+        queued_bytes as f64 / 1e6
+    );
+
+    // 2. Drain when the cloud comes back.
+    cloud.launch(&a.outpost).await?;
+    let start = Instant::now();
+    wait_until("the backlog to drain", Duration::from_secs(600), || {
+        let http = http.clone();
+        async move {
+            export_status(&http, port)
+                .await
+                .is_ok_and(|s| s["queue"]["items"].as_u64() == Some(0))
+        }
+    })
+    .await?;
+    let drain_s = start.elapsed().as_secs_f64();
+    let drain_rate = readings as f64 / drain_s;
+    let s = export_status(&http, port).await?;
+    let wire = s["sender"]["wireBytes"].as_u64().unwrap_or(0);
+    let sent = s["sender"]["sentItems"].as_u64().unwrap_or(0);
+    let wire_per_reading = wire as f64 / (sent.max(1) * a.readings as u64) as f64;
+    let stored = cloud.get("/event/count/edge/bench-edge").await?["Count"]
+        .as_u64()
+        .unwrap_or(0);
+    println!(
+        "drain: {want} events in {drain_s:.2} s = {drain_rate:.0} readings/s ({:.1}x the enqueue rate); {wire_per_reading:.1} bytes/reading on the wire (zstd, batches of up to 1000); cloud stored {stored} events",
+        drain_rate / enqueue_rate
+    );
+
+    // 3. Latency, device to cloud, with the link up.
+    let client = MqttClient::with_options(ConnectOptions::new(format!(
+        "bench-lat-{}",
+        std::process::id()
+    )));
+    client.connect(&url).await.context("connect")?;
+    let every = Duration::from_secs_f64(1.0 / a.latency_rate.max(1) as f64);
+    let mut tick = tokio::time::interval(every);
+    let dev = "latency-device";
+    for i in 0..a.latency_events {
+        tick.tick().await;
+        let msg = event_message(dev, unix_nanos(), 1, i, "json")?;
+        let opts = PublishOptions {
+            qos: QoS::AtLeastOnce,
+            ..Default::default()
+        };
+        client.publish_with_options(topic(dev), msg, opts).await?;
+    }
+    let _ = client.disconnect().await;
+    let n = a.latency_events;
+    let cloud_ref = &cloud;
+    wait_until(
+        "the latency events in the cloud",
+        Duration::from_secs(60),
+        || async move {
+            cloud_ref
+                .get(&format!("/reading/edge/bench-edge?device={dev}&limit=1"))
+                .await
+                .is_ok_and(|v| v["totalCount"].as_u64() == Some(n))
+        },
+    )
+    .await?;
+    let v = cloud
+        .get(&format!("/reading/edge/bench-edge?device={dev}&limit={n}"))
+        .await?;
+    let mut lat: Vec<f64> = v["readings"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| Some(r["receivedMs"].as_f64()? - r["origin"].as_f64()? / 1e6))
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let (p50, p99, max) = (pct(0.50), pct(0.99), lat.last().copied().unwrap_or(0.0));
+    println!(
+        "latency device -> cloud ({n} events at {}/s, link up): p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms",
+        a.latency_rate
+    );
+    node.stop().await;
+
+    // 4. Data reduction of a typical pipeline.
+    let (mut node, port) = edge(
+        &a.outpost,
+        &identity,
+        "sources = [\"edgex/events/rules/#\", \"edgex/alerts/#\"]\n\
+         [rules]\nenabled = true\nlateness_ms = 0\n[[rules.pipelines]]\nname = \"minute\"\n\
+         steps = [{ type = \"tumbling\", size_ms = 60000, functions = [\"min\", \"max\", \"mean\", \"count\"] }]\n\
+         alerts = [{ above = 95.0, severity = \"critical\" }]\n",
+    )
+    .await?;
+    let rules_port = {
+        // The rules service registers; find its port in the registry.
+        let v: Value = http
+            .get(format!(
+                "http://127.0.0.1:{}/api/v3/registry/all",
+                node.keeper
+            ))
+            .send()
+            .await?
+            .json()
+            .await?;
+        v["registrations"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["serviceId"] == "rules"))
+            .and_then(|r| r["port"].as_u64())
+            .context("rules is not registered")?
+    };
+    let secs = a.reduction_hours * 3600;
+    let minute = 60_000_000_000i64;
+    let base = (unix_nanos() - (secs as i64 + 3600) * 1_000_000_000) / minute * minute;
+    let client = MqttClient::with_options(ConnectOptions::new(format!(
+        "bench-red-{}",
+        std::process::id()
+    )));
+    client.connect(&url).await.context("connect")?;
+    let mut published = 0u64;
+    let mut value = vec![50.0f64; a.reduction_devices];
+    for t in 0..secs {
+        for (d, v) in value.iter_mut().enumerate() {
+            // A bounded random walk with rare excursions above the alert threshold.
+            *v = (*v + fastrand_step(t, d)).clamp(0.0, 100.0);
+            let dev = format!("reduce-{d:03}");
+            let origin = base + (t as i64) * 1_000_000_000;
+            let msg = reduction_message(&dev, origin, *v)?;
+            let opts = PublishOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            };
+            client.publish_with_options(topic(&dev), msg, opts).await?;
+            published += 1;
+        }
+    }
+    let _ = client.disconnect().await;
+    let rules = format!("http://127.0.0.1:{rules_port}/api/v3/pipeline/name/minute");
+    let expect_out = a.reduction_devices as u64 * (secs / 60) * 4;
+    wait_until("the pipeline to finish", Duration::from_secs(120), || {
+        let (http, rules) = (http.clone(), rules.clone());
+        async move {
+            let Ok(r) = http.get(rules).send().await else {
+                return false;
+            };
+            let Ok(v) = r.json::<Value>().await else {
+                return false;
+            };
+            v["readingsIn"].as_u64() == Some(published)
+                && v["readingsOut"].as_u64() >= Some(expect_out)
+        }
+    })
+    .await?;
+    let v: Value = http.get(&rules).send().await?.json().await?;
+    let (r_in, r_out, alerts) = (
+        v["readingsIn"].as_u64().unwrap_or(0),
+        v["readingsOut"].as_u64().unwrap_or(0),
+        v["alerts"].as_u64().unwrap_or(0),
+    );
+    wait_until("the reduced data sent", Duration::from_secs(60), || {
+        let http = http.clone();
+        async move {
+            export_status(&http, port).await.is_ok_and(|s| {
+                s["queue"]["items"].as_u64() == Some(0)
+                    && s["sender"]["sentItems"].as_u64().unwrap_or(0) > 0
+            })
+        }
+    })
+    .await?;
+    let s = export_status(&http, port).await?;
+    let red_wire = s["sender"]["wireBytes"].as_u64().unwrap_or(0);
+    println!(
+        "reduction (1 Hz, {} devices x {} h -> 1-minute min/max/mean/count + alert above 95): {r_in} readings in, {r_out} out + {alerts} alerts = {:.1}x fewer; {:.0} KB on the wire ({:.1} bytes per input reading)",
+        a.reduction_devices,
+        a.reduction_hours,
+        r_in as f64 / (r_out + alerts).max(1) as f64,
+        red_wire as f64 / 1e3,
+        red_wire as f64 / r_in.max(1) as f64
+    );
+    node.stop().await;
+    cloud.stop().await;
+    let mut l = lat.clone();
+    println!(
+        "RESULT {}",
+        json!({"bench": "export", "events": want, "readings_per_event": a.readings,
+               "enqueue_readings_per_s": enqueue_rate, "drain_readings_per_s": drain_rate,
+               "drain_over_enqueue": drain_rate / enqueue_rate,
+               "wire_bytes_per_reading": wire_per_reading,
+               "latency_ms": {"p50": p50, "p99": p99, "max": max, "median": median(&mut l)},
+               "reduction": {"in": r_in, "out": r_out, "alerts": alerts, "wire_bytes": red_wire}})
+    );
+    Ok(())
+}
+
+/// A deterministic pseudo-random step in [-1, 1], with a rare jump.
+fn fastrand_step(t: u64, d: usize) -> f64 {
+    let mut x =
+        t.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (d as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 29;
+    let u = (x % 2001) as f64 / 1000.0 - 1.0;
+    if x % 5000 == 0 { 40.0 } else { u }
+}
+
+fn reduction_message(device: &str, origin: i64, value: f64) -> anyhow::Result<Vec<u8>> {
+    let payload = json!({"apiVersion": "v3", "event": {"apiVersion": "v3", "id": uuid::Uuid::new_v4().to_string(),
+        "deviceName": device, "profileName": crate::PROFILE, "sourceName": "level", "origin": origin,
+        "readings": [{"id": uuid::Uuid::new_v4().to_string(), "origin": origin, "deviceName": device,
+            "resourceName": "level", "profileName": crate::PROFILE, "valueType": "Float64",
+            "value": format!("{value:.2}")}]}});
+    let req: outpost_contracts::event::AddEventRequest = serde_json::from_value(payload)?;
+    Ok(outpost_contracts::envelope::encode_event(
+        &req,
+        &uuid::Uuid::new_v4().to_string(),
+        outpost_contracts::envelope::Encoding::Json,
+    )?)
+}
