@@ -103,6 +103,12 @@ pub struct ExportArgs {
     pub events: u64,
     #[arg(long, default_value_t = 10)]
     pub readings: usize,
+    /// The outage phase: events/s published throughout (the ingest rate), and how long the
+    /// cloud is down.
+    #[arg(long, default_value_t = 1000)]
+    pub outage_rate: u64,
+    #[arg(long, default_value_t = 20)]
+    pub outage_s: u64,
     /// Events for the latency phase, published at `latency_rate` per second.
     #[arg(long, default_value_t = 2000)]
     pub latency_events: u64,
@@ -332,11 +338,88 @@ pub async fn export(a: &ExportArgs) -> anyhow::Result<()> {
         .as_u64()
         .unwrap_or(0);
     println!(
-        "drain: {want} events in {drain_s:.2} s = {drain_rate:.0} readings/s ({:.1}x the enqueue rate); {wire_per_reading:.1} bytes/reading on the wire (zstd, batches of up to 1000); cloud stored {stored} events",
+        "drain: {want} events in {drain_s:.2} s = {drain_rate:.0} readings/s ({:.1}x the enqueue rate); {wire_per_reading:.1} bytes/reading on the wire (zstd, batches of up to 5000 items or 4 MiB); cloud stored {stored} events",
         drain_rate / enqueue_rate
     );
 
-    // 3. Latency, device to cloud, with the link up.
+    // 3. An outage under steady ingest: the cloud goes away for `outage_s` while events keep
+    //    coming at `outage_rate`; when it is back, how fast the backlog drains while they
+    //    still come.
+    let (outage_rate, outage_backlog, outage_drain_s, gross_drain) = {
+        cloud.stop().await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pacer = {
+            let (stop, url, rate, readings) =
+                (Arc::clone(&stop), url.clone(), a.outage_rate, a.readings);
+            tokio::spawn(async move {
+                let client = MqttClient::with_options(ConnectOptions::new(format!(
+                    "bench-steady-{}",
+                    std::process::id()
+                )));
+                client.connect(&url).await.context("connect")?;
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                let per_tick = (rate / 100).max(1);
+                let mut sent = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tick.tick().await;
+                    for _ in 0..per_tick {
+                        let dev = format!("steady-{:03}", sent % 100);
+                        let msg = event_message(&dev, unix_nanos(), readings, sent, "json")?;
+                        let opts = PublishOptions {
+                            qos: QoS::AtLeastOnce,
+                            ..Default::default()
+                        };
+                        client.publish_with_options(topic(&dev), msg, opts).await?;
+                        sent += 1;
+                    }
+                }
+                let _ = client.disconnect().await;
+                anyhow::Ok(sent)
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(a.outage_s)).await;
+        let backlog = export_status(&http, port).await?["queue"]["items"]
+            .as_u64()
+            .unwrap_or(0);
+        let sent_before = export_status(&http, port).await?["sender"]["sentItems"]
+            .as_u64()
+            .unwrap_or(0);
+        cloud.launch(&a.outpost).await?;
+        let start = Instant::now();
+        let small = (a.outage_rate / 10).max(10);
+        wait_until(
+            "the outage backlog to drain",
+            Duration::from_secs(600),
+            || {
+                let http = http.clone();
+                async move {
+                    export_status(&http, port)
+                        .await
+                        .is_ok_and(|s| s["queue"]["items"].as_u64().unwrap_or(u64::MAX) < small)
+                }
+            },
+        )
+        .await?;
+        let drain_s = start.elapsed().as_secs_f64();
+        let sent_after = export_status(&http, port).await?["sender"]["sentItems"]
+            .as_u64()
+            .unwrap_or(0);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let published = pacer.await??;
+        let measured_rate = published as f64 / (a.outage_s as f64 + drain_s);
+        let gross = (sent_after - sent_before) as f64 / drain_s;
+        println!(
+            "outage under steady ingest ({:.0} events/s = {:.0} readings/s, cloud down {} s): backlog {backlog} events drained in {drain_s:.1} s while ingest went on; sending ran at {:.0} readings/s = {:.1}x the ingest rate",
+            measured_rate,
+            measured_rate * a.readings as f64,
+            a.outage_s,
+            gross * a.readings as f64,
+            gross / measured_rate
+        );
+        (measured_rate, backlog, drain_s, gross)
+    };
+
+    // 4. Latency, device to cloud, with the link up.
     let client = MqttClient::with_options(ConnectOptions::new(format!(
         "bench-lat-{}",
         std::process::id()
@@ -391,7 +474,7 @@ pub async fn export(a: &ExportArgs) -> anyhow::Result<()> {
     );
     node.stop().await;
 
-    // 4. Data reduction of a typical pipeline.
+    // 5. Data reduction of a typical pipeline.
     let (mut node, port) = edge(
         &a.outpost,
         &identity,
@@ -400,6 +483,25 @@ pub async fn export(a: &ExportArgs) -> anyhow::Result<()> {
          steps = [{ type = \"tumbling\", size_ms = 60000, functions = [\"min\", \"max\", \"mean\", \"count\"] }]\n\
          alerts = [{ above = 95.0, severity = \"critical\" }]\n",
     )
+    .await?;
+    wait_until("rules to register", Duration::from_secs(20), || {
+        let http = http.clone();
+        let keeper = node.keeper;
+        async move {
+            let Ok(r) = http
+                .get(format!("http://127.0.0.1:{keeper}/api/v3/registry/all"))
+                .send()
+                .await
+            else {
+                return false;
+            };
+            r.json::<Value>().await.is_ok_and(|v| {
+                v["registrations"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|r| r["serviceId"] == "rules"))
+            })
+        }
+    })
     .await?;
     let rules_port = {
         // The rules service registers; find its port in the registry.
@@ -425,13 +527,16 @@ pub async fn export(a: &ExportArgs) -> anyhow::Result<()> {
         "bench-red-{}",
         std::process::id()
     )));
-    client.connect(&url).await.context("connect")?;
+    client
+        .connect(&format!("mqtt://127.0.0.1:{}", node.mqtt))
+        .await
+        .context("connect")?;
     let mut published = 0u64;
     let mut value = vec![50.0f64; a.reduction_devices];
     for t in 0..secs {
         for (d, v) in value.iter_mut().enumerate() {
-            // A bounded random walk with rare excursions above the alert threshold.
-            *v = (*v + fastrand_step(t, d)).clamp(0.0, 100.0);
+            // A mean-reverting random walk with rare jumps above the alert threshold.
+            *v = (*v + fastrand_step(t, d) + 0.02 * (50.0 - *v)).clamp(0.0, 100.0);
             let dev = format!("reduce-{d:03}");
             let origin = base + (t as i64) * 1_000_000_000;
             let msg = reduction_message(&dev, origin, *v)?;
@@ -494,6 +599,9 @@ pub async fn export(a: &ExportArgs) -> anyhow::Result<()> {
         json!({"bench": "export", "events": want, "readings_per_event": a.readings,
                "enqueue_readings_per_s": enqueue_rate, "drain_readings_per_s": drain_rate,
                "drain_over_enqueue": drain_rate / enqueue_rate,
+               "outage": {"ingest_events_per_s": outage_rate, "backlog_events": outage_backlog,
+                          "drain_s": outage_drain_s, "send_events_per_s": gross_drain,
+                          "send_over_ingest": gross_drain / outage_rate},
                "wire_bytes_per_reading": wire_per_reading,
                "latency_ms": {"p50": p50, "p99": p99, "max": max, "median": median(&mut l)},
                "reduction": {"in": r_in, "out": r_out, "alerts": alerts, "wire_bytes": red_wire}})
@@ -509,7 +617,7 @@ fn fastrand_step(t: u64, d: usize) -> f64 {
     x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x ^= x >> 29;
     let u = (x % 2001) as f64 / 1000.0 - 1.0;
-    if x % 5000 == 0 { 40.0 } else { u }
+    if x.is_multiple_of(5000) { 40.0 } else { u }
 }
 
 fn reduction_message(device: &str, origin: i64, value: f64) -> anyhow::Result<Vec<u8>> {

@@ -349,7 +349,9 @@ async fn ingest(
             ));
         }
     };
-    let batch: IngestBatch<serde_json::Value> = outpost_kit::error::parse_json(&plain)?;
+    // Items stay raw text until each is parsed on its own: one bad item is rejected alone.
+    let batch: IngestBatch<Box<serde_json::value::RawValue>> =
+        outpost_kit::error::parse_json(&plain)?;
     let priority = match batch.priority.as_str() {
         "high" => 0,
         "normal" => 1,

@@ -313,7 +313,7 @@ impl Store {
         address: String,
         incarnation: u64,
         priority: u8,
-        items: Vec<WireItem<serde_json::Value>>,
+        items: Vec<WireItem<Box<serde_json::value::RawValue>>>,
         backlog: Backlog,
         now_ms: i64,
     ) -> Result<Stored, StorageError> {
@@ -351,7 +351,7 @@ impl Store {
         address: String,
         incarnation: u64,
         priority: u8,
-        items: Vec<WireItem<serde_json::Value>>,
+        items: Vec<WireItem<Box<serde_json::value::RawValue>>>,
         backlog: Backlog,
         now_ms: i64,
     ) -> Result<Stored, StorageError> {
@@ -389,7 +389,7 @@ impl Store {
                             continue;
                         }
                         hwm = Some(item.seq);
-                        let parsed: Result<ExportItem, String> = serde_json::from_value(item.data)
+                        let parsed: Result<ExportItem, String> = serde_json::from_str(item.data.get())
                             .map_err(|e| format!("not an export item: {e}"));
                         match parsed {
                             Ok(ExportItem::Event { event }) => {

@@ -471,8 +471,14 @@ async fn sender(app: Arc<App>, d: Arc<Dest>, shutdown: outpost_kit::Shutdown) {
             continue;
         };
         idle = false;
+        // What waits besides this batch.
         let backlog = Backlog {
-            items: stats.priorities.iter().map(|p| p.items).sum(),
+            items: stats
+                .priorities
+                .iter()
+                .map(|p| p.items)
+                .sum::<u64>()
+                .saturating_sub(batch.items.len() as u64),
             bytes: stats.bytes,
             oldest_ms: stats.priorities.iter().filter_map(|p| p.oldest_ms).min(),
         };
