@@ -389,8 +389,9 @@ impl Store {
                             continue;
                         }
                         hwm = Some(item.seq);
-                        let parsed: Result<ExportItem, String> = serde_json::from_str(item.data.get())
-                            .map_err(|e| format!("not an export item: {e}"));
+                        let parsed: Result<ExportItem, String> =
+                            serde_json::from_str(item.data.get())
+                                .map_err(|e| format!("not an export item: {e}"));
                         match parsed {
                             Ok(ExportItem::Event { event }) => {
                                 if let Err(reason) = check_event(&event) {

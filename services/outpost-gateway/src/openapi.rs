@@ -50,6 +50,18 @@ pub const DOCS: &[Doc] = &[
         text: include_str!("../../../docs/openapi/device-service.yaml"),
         published_server: None,
     },
+    Doc {
+        name: "rules.yaml",
+        services: &["rules"],
+        text: include_str!("../../../docs/openapi/rules.yaml"),
+        published_server: None,
+    },
+    Doc {
+        name: "export.yaml",
+        services: &["export"],
+        text: include_str!("../../../docs/openapi/export.yaml"),
+        published_server: None,
+    },
 ];
 
 impl Doc {
