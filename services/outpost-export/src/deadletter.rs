@@ -127,30 +127,47 @@ impl DeadLetters {
             .await
     }
 
-    /// Every dead letter of `dest`, grouped by priority, oldest first.
+    /// Every dead letter of `dest`, grouped by priority, oldest first, and the highest id
+    /// among them (for [`DeadLetters::purge_upto`]).
     pub async fn take_all(
         &self,
         dest: &str,
-    ) -> Result<Vec<(Priority, Vec<Vec<u8>>)>, StorageError> {
+    ) -> Result<(Vec<(Priority, Vec<Vec<u8>>)>, i64), StorageError> {
         let dest = dest.to_string();
         self.db
             .read(move |c| {
                 let mut st = c.prepare(
-                    "SELECT priority, data FROM dead_letters WHERE destination = ?1 ORDER BY id",
+                    "SELECT id, priority, data FROM dead_letters WHERE destination = ?1 ORDER BY id",
                 )?;
                 let mut high = Vec::new();
                 let mut normal = Vec::new();
+                let mut max_id = 0;
                 for row in st.query_map([&dest], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?))
                 })? {
-                    let (p, data) = row?;
+                    let (id, p, data) = row?;
+                    max_id = max_id.max(id);
                     if p == 0 {
                         high.push(data)
                     } else {
                         normal.push(data)
                     }
                 }
-                Ok(vec![(Priority::High, high), (Priority::Normal, normal)])
+                Ok((vec![(Priority::High, high), (Priority::Normal, normal)], max_id))
+            })
+            .await
+    }
+
+    /// Removes the dead letters of `dest` up to id `max_id` (those taken for a requeue; any
+    /// that arrived since stay).
+    pub async fn purge_upto(&self, dest: &str, max_id: i64) -> Result<u64, StorageError> {
+        let dest = dest.to_string();
+        self.db
+            .write(move |c| {
+                Ok(c.execute(
+                    "DELETE FROM dead_letters WHERE destination = ?1 AND id <= ?2",
+                    params![dest, max_id],
+                )? as u64)
             })
             .await
     }

@@ -162,6 +162,21 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
     let key = outpost_storage::load_or_create_secret(&ctx.secrets_dir().join("export.key"))?;
     let queue_root = ctx.data_dir.join("queue");
     outpost_storage::ensure_private_dir(&queue_root)?;
+    // A destination taken out of the configuration keeps its queue: nothing is dropped
+    // because a configuration changed. Say so, with what it holds.
+    if let Ok(entries) = std::fs::read_dir(&queue_root) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().is_dir() && !cfg.destinations.iter().any(|d| d.name == name) {
+                let bytes = dir_bytes(&e.path());
+                tracing::warn!(
+                    destination = name,
+                    bytes,
+                    "a queue of a destination no longer configured is kept; configure the destination again to send it, or remove the directory"
+                );
+            }
+        }
+    }
     let mut dests = Vec::new();
     for d in &cfg.destinations {
         let dir = queue_root.join(&d.name);
@@ -269,6 +284,25 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
     }
     served?;
     Ok(())
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        dir_bytes(&p)
+                    } else {
+                        e.metadata().map_or(0, |m| m.len())
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// Appends items to one destination's queue, off the runtime.
@@ -849,7 +883,7 @@ async fn requeue_dead_letters(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let d = dest(&app, &name)?;
-    let letters = app.dead.take_all(&name).await.map_err(ApiError::internal)?;
+    let (letters, max_id) = app.dead.take_all(&name).await.map_err(ApiError::internal)?;
     let mut requeued = 0u64;
     for (priority, items) in letters {
         let n = items.len() as u64;
@@ -858,7 +892,10 @@ async fn requeue_dead_letters(
         }
         requeued += n;
     }
-    app.dead.purge(&name).await.map_err(ApiError::internal)?;
+    app.dead
+        .purge_upto(&name, max_id)
+        .await
+        .map_err(ApiError::internal)?;
     tracing::info!(
         destination = name,
         items = requeued,
