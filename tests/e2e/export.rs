@@ -227,6 +227,16 @@ fn uuid() -> String {
         .to_string()
 }
 
+/// POSTs an event of one reading to the export service's ingest API.
+pub(crate) async fn post_event(node: &Node, device: &str, value: &str) -> reqwest::Response {
+    node.http
+        .post(ingest_url(node, device))
+        .json(&event(device, value))
+        .send()
+        .await
+        .expect("post")
+}
+
 pub(crate) fn ingest_url(node: &Node, device: &str) -> String {
     format!(
         "http://127.0.0.1:{}/api/v3/event/export-test/meter/{device}/level",
@@ -245,12 +255,14 @@ pub(crate) async fn status(node: &Node) -> Value {
     v["destinations"][0].clone()
 }
 
-/// Posts events with values from `next` on until `stop`; returns the values answered 201.
-fn ingest_until(
+/// Posts events with values from `next` on until `stop`, `pause` apart (0: as fast as they
+/// are answered); returns the values answered 201.
+pub(crate) fn ingest_until(
     node: &Node,
     device: &str,
     stop: Arc<AtomicBool>,
     next: Arc<AtomicU64>,
+    pause: Duration,
 ) -> tokio::task::JoinHandle<Vec<u64>> {
     let url = ingest_url(node, device);
     let device = device.to_string();
@@ -270,8 +282,11 @@ fn ingest_until(
                 .await
             {
                 Ok(r) if r.status().as_u16() == 201 => acked.push(n),
-                // The export service is down or restarting: not acknowledged.
+                // Down, restarting or unreachable: not acknowledged.
                 _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
             }
         }
         acked
@@ -286,7 +301,13 @@ async fn every_acknowledged_reading_reaches_the_cloud_exactly_once_through_kill_
 
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicU64::new(0));
-    let ingest = ingest_until(&node, "tank", Arc::clone(&stop), Arc::clone(&next));
+    let ingest = ingest_until(
+        &node,
+        "tank",
+        Arc::clone(&stop),
+        Arc::clone(&next),
+        Duration::ZERO,
+    );
     tokio::time::sleep(Duration::from_millis(800)).await;
     // kill -9 the export service, three times; the supervisor restarts it.
     for _ in 0..3 {
@@ -431,13 +452,7 @@ async fn a_full_queue_drops_the_oldest_and_counts_every_drop() {
     .await;
     let total = 1200u64;
     for n in 0..total {
-        let r = node
-            .http
-            .post(ingest_url(&node, "meter"))
-            .json(&event("meter", &n.to_string()))
-            .send()
-            .await
-            .expect("post");
+        let r = post_event(&node, "meter", &n.to_string()).await;
         assert_eq!(r.status().as_u16(), 201);
     }
     let s = status(&node).await;
@@ -507,13 +522,7 @@ retry_initial_ms = 50
     .await;
     let export = format!("http://127.0.0.1:{}", node.ports.export);
     for n in 0..5 {
-        let r = node
-            .http
-            .post(ingest_url(&node, "valve"))
-            .json(&event("valve", &n.to_string()))
-            .send()
-            .await
-            .expect("post");
+        let r = post_event(&node, "valve", &n.to_string()).await;
         assert_eq!(r.status().as_u16(), 201);
     }
     eventually("dead letters", Duration::from_secs(15), || async {
@@ -911,13 +920,7 @@ retry_initial_ms = 50
     ))
     .await;
     for n in 0..3 {
-        let r = node
-            .http
-            .post(ingest_url(&node, "gauge"))
-            .json(&event("gauge", &format!("{n}")))
-            .send()
-            .await
-            .expect("post");
+        let r = post_event(&node, "gauge", &format!("{n}")).await;
         assert_eq!(r.status().as_u16(), 201);
     }
     let mut values = Vec::new();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::export::{event, ingest_url, status};
+use crate::export::{event, ingest_until, ingest_url, post_event, status};
 use crate::support::{BIN, Node, eventually, free_port, run_cli};
 
 fn is_root() -> bool {
@@ -193,31 +193,13 @@ timeout_ms = 3000
     // Ingest at about 40 events/s for the whole test.
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicU64::new(0));
-    let ingest = {
-        let (stop, next, url, http) = (
-            Arc::clone(&stop),
-            Arc::clone(&next),
-            ingest_url(&node, "well"),
-            node.http.clone(),
-        );
-        tokio::spawn(async move {
-            let mut acked = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if let Ok(r) = http
-                    .post(&url)
-                    .json(&event("well", &n.to_string()))
-                    .send()
-                    .await
-                    && r.status().as_u16() == 201
-                {
-                    acked.push(n);
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            acked
-        })
-    };
+    let ingest = ingest_until(
+        &node,
+        "well",
+        Arc::clone(&stop),
+        Arc::clone(&next),
+        Duration::from_millis(25),
+    );
     eventually(
         "data flowing to the cloud",
         Duration::from_secs(20),
@@ -362,13 +344,7 @@ retry_max_ms = 300
     let mut accepted = Vec::new();
     let mut refusal = None;
     for n in 0..5000u64 {
-        let r = node
-            .http
-            .post(ingest_url(&node, "silo"))
-            .json(&event("silo", &n.to_string()))
-            .send()
-            .await
-            .expect("post");
+        let r = post_event(&node, "silo", &n.to_string()).await;
         match r.status().as_u16() {
             201 => accepted.push(n),
             507 => {
@@ -388,13 +364,7 @@ retry_max_ms = 300
     );
     assert!(accepted.len() > 100, "{}", accepted.len());
     // Still refused, and still alive.
-    let r = node
-        .http
-        .post(ingest_url(&node, "silo"))
-        .json(&event("silo", "x"))
-        .send()
-        .await
-        .expect("post");
+    let r = post_event(&node, "silo", "x").await;
     assert_eq!(r.status().as_u16(), 507);
     let s = status(&node).await;
     assert!(s["queue"]["diskFull"].as_u64().unwrap_or(0) >= 2, "{s}");

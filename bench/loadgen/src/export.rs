@@ -164,17 +164,7 @@ impl Cloud {
             async move { ca.exists() }
         })
         .await?;
-        let pem = std::fs::read_to_string(&ca)?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes()) {
-            roots.add(c?)?;
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let tls = outpost_pki::client_config(&std::fs::read_to_string(&ca)?, None)?;
         self.http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .no_proxy()
@@ -199,14 +189,8 @@ impl Cloud {
     }
 
     async fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            if let Some(pid) = p.0.id() {
-                let _ = std::process::Command::new("kill")
-                    .arg("-TERM")
-                    .arg(pid.to_string())
-                    .status();
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(20), p.0.wait()).await;
+        if let Some(p) = self.proc.take() {
+            p.stop(Duration::from_secs(20)).await;
         }
     }
 

@@ -288,6 +288,19 @@ fn free_port() -> anyhow::Result<u16> {
 /// A child process that is killed when dropped.
 struct Proc(tokio::process::Child);
 
+impl Proc {
+    /// SIGTERM, then waits up to `timeout` for the process to exit.
+    async fn stop(mut self, timeout: Duration) {
+        if let Some(pid) = self.0.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+        let _ = tokio::time::timeout(timeout, self.0.wait()).await;
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.start_kill();
@@ -432,14 +445,8 @@ impl Node {
     }
 
     async fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            if let Some(pid) = p.0.id() {
-                let _ = std::process::Command::new("kill")
-                    .arg("-TERM")
-                    .arg(pid.to_string())
-                    .status();
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(30), p.0.wait()).await;
+        if let Some(p) = self.proc.take() {
+            p.stop(Duration::from_secs(30)).await;
         }
     }
 }

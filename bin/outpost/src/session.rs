@@ -17,7 +17,6 @@
 //! per gateway, mode 0600.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -98,24 +97,7 @@ fn read_session(path: &Path) -> Option<Session> {
 
 /// An HTTPS client that trusts only `ca_pem`.
 fn trusting(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots
-            .add(c.context("the CA file holds an unreadable certificate")?)
-            .context("the CA certificate is not usable")?;
-    }
-    if roots.is_empty() {
-        bail!("the CA file holds no certificate");
-    }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tls = outpost_pki::client_config(ca_pem, None)?;
     Ok(reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .timeout(Duration::from_secs(30))

@@ -369,15 +369,14 @@ async fn ingest(
     let items = batch.items.len();
     let stored = app
         .store
-        .ingest(
-            edge.clone(),
-            peer.addr.to_string(),
-            batch.incarnation,
+        .ingest(store::Incoming {
+            edge: edge.clone(),
+            address: peer.addr.to_string(),
+            incarnation: batch.incarnation,
             priority,
-            batch.items,
-            batch.backlog,
-            now_ms(),
-        )
+            items: batch.items,
+            backlog: batch.backlog,
+        })
         .await
         .map_err(|e| ApiError::unavailable(format!("storage: {e}")))?;
     metrics::counter!(app.metrics.batches, "edge" => edge.clone()).increment(1);

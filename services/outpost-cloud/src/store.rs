@@ -112,6 +112,19 @@ pub struct ReadingRow {
     pub received_ms: i64,
 }
 
+/// A batch from an edge, as the ingest route hands it over.
+#[derive(Debug)]
+pub struct Incoming {
+    pub edge: String,
+    /// The peer address it came from.
+    pub address: String,
+    pub incarnation: u64,
+    /// 0 = high, 1 = normal.
+    pub priority: u8,
+    pub items: Vec<WireItem<Box<serde_json::value::RawValue>>>,
+    pub backlog: Backlog,
+}
+
 /// What storing one batch did.
 #[derive(Debug, Default)]
 pub struct Stored {
@@ -306,34 +319,14 @@ impl Store {
     /// Stores a batch in one transaction: items at or below the stream's high-water mark
     /// and events already stored (by id) are duplicates; items that can never be stored are
     /// rejected with the reason.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn ingest(
-        &self,
-        edge: String,
-        address: String,
-        incarnation: u64,
-        priority: u8,
-        items: Vec<WireItem<Box<serde_json::value::RawValue>>>,
-        backlog: Backlog,
-        now_ms: i64,
-    ) -> Result<Stored, StorageError> {
+    pub async fn ingest(&self, batch: Incoming) -> Result<Stored, StorageError> {
         let series = Arc::clone(&self.series);
         self.db
             .write(move |c| {
                 let mut cache = series
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let result = Self::ingest_tx(
-                    c,
-                    &mut cache,
-                    edge,
-                    address,
-                    incarnation,
-                    priority,
-                    items,
-                    backlog,
-                    now_ms,
-                );
+                let result = Self::ingest_tx(c, &mut cache, batch);
                 if result.is_err() {
                     // Series created in a transaction that rolled back do not exist.
                     cache.clear();
@@ -343,157 +336,147 @@ impl Store {
             .await
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn ingest_tx(
         c: &mut rusqlite::Connection,
         cache: &mut HashMap<SeriesKey, i64>,
-        edge: String,
-        address: String,
-        incarnation: u64,
-        priority: u8,
-        items: Vec<WireItem<Box<serde_json::value::RawValue>>>,
-        backlog: Backlog,
-        now_ms: i64,
+        batch: Incoming,
     ) -> Result<Stored, StorageError> {
+        let Incoming {
+            edge,
+            address,
+            incarnation,
+            priority,
+            items,
+            backlog,
+        } = batch;
+        let tx = c.transaction()?;
+        // Received when the transaction that stores it runs.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut out = Stored::default();
+        let hwm: Option<i64> = tx
+            .query_row(
+                "SELECT hwm FROM streams WHERE edge = ?1 AND incarnation = ?2 AND priority = ?3",
+                params![edge, incarnation as i64, priority],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let mut hwm = hwm.map(|h| h as u64);
         {
-            {
-                let tx = c.transaction()?;
-                let now_ms = now_ms.max(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as i64),
-                );
-                let mut out = Stored::default();
-                let hwm: Option<i64> = tx
-                    .query_row(
-                        "SELECT hwm FROM streams WHERE edge = ?1 AND incarnation = ?2 AND priority = ?3",
-                        params![edge, incarnation as i64, priority],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                let mut hwm = hwm.map(|h| h as u64);
-                {
-                    let mut add_event = tx.prepare_cached(
-                        "INSERT OR IGNORE INTO events (edge, id, device, profile, source, origin, received_ms)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )?;
-                    let mut add_reading = tx.prepare_cached(
-                        "INSERT INTO readings (series, origin, event, value) VALUES (?1, ?2, ?3, ?4)",
-                    )?;
-                    let mut add_alert = tx.prepare_cached(
-                        "INSERT OR IGNORE INTO alerts (edge, id, origin, body) VALUES (?1, ?2, ?3, ?4)",
-                    )?;
-                    for item in items {
-                        if hwm.is_some_and(|h| item.seq <= h) {
+            let mut add_event = tx.prepare_cached(
+                "INSERT OR IGNORE INTO events (edge, id, device, profile, source, origin, received_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            let mut add_reading = tx.prepare_cached(
+                "INSERT INTO readings (series, origin, event, value) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut add_alert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO alerts (edge, id, origin, body) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for item in items {
+                if hwm.is_some_and(|h| item.seq <= h) {
+                    out.duplicates += 1;
+                    continue;
+                }
+                hwm = Some(item.seq);
+                let parsed: Result<ExportItem, String> = serde_json::from_str(item.data.get())
+                    .map_err(|e| format!("not an export item: {e}"));
+                match parsed {
+                    Ok(ExportItem::Event { event }) => {
+                        if let Err(reason) = check_event(&event) {
+                            out.rejected.push(Rejected {
+                                seq: item.seq,
+                                reason,
+                            });
+                            continue;
+                        }
+                        let n = add_event.execute(params![
+                            edge,
+                            event.id,
+                            event.device_name,
+                            event.profile_name,
+                            event.source_name,
+                            event.origin,
+                            now_ms
+                        ])?;
+                        if n == 0 {
                             out.duplicates += 1;
                             continue;
                         }
-                        hwm = Some(item.seq);
-                        let parsed: Result<ExportItem, String> =
-                            serde_json::from_str(item.data.get())
-                                .map_err(|e| format!("not an export item: {e}"));
-                        match parsed {
-                            Ok(ExportItem::Event { event }) => {
-                                if let Err(reason) = check_event(&event) {
-                                    out.rejected.push(Rejected {
-                                        seq: item.seq,
-                                        reason,
-                                    });
-                                    continue;
-                                }
-                                let n = add_event.execute(params![
-                                    edge,
-                                    event.id,
-                                    event.device_name,
-                                    event.profile_name,
-                                    event.source_name,
-                                    event.origin,
-                                    now_ms
-                                ])?;
-                                if n == 0 {
-                                    out.duplicates += 1;
-                                    continue;
-                                }
-                                let event_seq = tx.last_insert_rowid();
-                                for r in &event.readings {
-                                    let series = series_id(
-                                        &tx,
-                                        cache,
-                                        (
-                                            edge.clone(),
-                                            r.device_name.clone(),
-                                            r.resource_name.clone(),
-                                            r.profile_name.clone(),
-                                            r.value_type.as_str(),
-                                            r.units.clone(),
-                                        ),
-                                    )?;
-                                    add_reading.execute(params![
-                                        series,
-                                        r.origin,
-                                        event_seq,
-                                        text_value(&r.value)
-                                    ])?;
-                                }
-                                out.accepted += 1;
-                            }
-                            Ok(ExportItem::Alert { alert }) => {
-                                if alert.id.is_empty() {
-                                    out.rejected.push(Rejected {
-                                        seq: item.seq,
-                                        reason: "alert without an id".into(),
-                                    });
-                                    continue;
-                                }
-                                let body = serde_json::to_string(&alert).unwrap_or_default();
-                                let n = add_alert.execute(params![
-                                    edge,
-                                    alert.id,
-                                    alert.origin,
-                                    body
-                                ])?;
-                                if n == 0 {
-                                    out.duplicates += 1;
-                                } else {
-                                    out.accepted += 1;
-                                }
-                            }
-                            Err(reason) => out.rejected.push(Rejected {
+                        let event_seq = tx.last_insert_rowid();
+                        for r in &event.readings {
+                            let series = series_id(
+                                &tx,
+                                cache,
+                                (
+                                    edge.clone(),
+                                    r.device_name.clone(),
+                                    r.resource_name.clone(),
+                                    r.profile_name.clone(),
+                                    r.value_type.as_str(),
+                                    r.units.clone(),
+                                ),
+                            )?;
+                            add_reading.execute(params![
+                                series,
+                                r.origin,
+                                event_seq,
+                                text_value(&r.value)
+                            ])?;
+                        }
+                        out.accepted += 1;
+                    }
+                    Ok(ExportItem::Alert { alert }) => {
+                        if alert.id.is_empty() {
+                            out.rejected.push(Rejected {
                                 seq: item.seq,
-                                reason,
-                            }),
+                                reason: "alert without an id".into(),
+                            });
+                            continue;
+                        }
+                        let body = serde_json::to_string(&alert).unwrap_or_default();
+                        let n = add_alert.execute(params![edge, alert.id, alert.origin, body])?;
+                        if n == 0 {
+                            out.duplicates += 1;
+                        } else {
+                            out.accepted += 1;
                         }
                     }
+                    Err(reason) => out.rejected.push(Rejected {
+                        seq: item.seq,
+                        reason,
+                    }),
                 }
-                if let Some(h) = hwm {
-                    tx.execute(
-                        "INSERT INTO streams (edge, incarnation, priority, hwm) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (edge, incarnation, priority) DO UPDATE SET hwm = MAX(hwm, ?4)",
-                        params![edge, incarnation as i64, priority, h as i64],
-                    )?;
-                }
-                tx.execute(
-                    "UPDATE edges SET last_seen_ms = ?2, last_address = ?3, backlog_items = ?4, backlog_bytes = ?5,
-                         backlog_oldest_ms = ?6, received = received + ?7, duplicates = duplicates + ?8,
-                         rejected = rejected + ?9
-                     WHERE name = ?1",
-                    params![
-                        edge,
-                        now_ms,
-                        address,
-                        backlog.items as i64,
-                        backlog.bytes as i64,
-                        backlog.oldest_ms.map(|m| m as i64),
-                        out.accepted as i64,
-                        out.duplicates as i64,
-                        out.rejected.len() as i64
-                    ],
-                )?;
-                tx.commit()?;
-                out.hwm = hwm;
-                Ok(out)
             }
         }
+        if let Some(h) = hwm {
+            tx.execute(
+                "INSERT INTO streams (edge, incarnation, priority, hwm) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (edge, incarnation, priority) DO UPDATE SET hwm = MAX(hwm, ?4)",
+                params![edge, incarnation as i64, priority, h as i64],
+            )?;
+        }
+        tx.execute(
+            "UPDATE edges SET last_seen_ms = ?2, last_address = ?3, backlog_items = ?4, backlog_bytes = ?5,
+                 backlog_oldest_ms = ?6, received = received + ?7, duplicates = duplicates + ?8,
+                 rejected = rejected + ?9
+             WHERE name = ?1",
+            params![
+                edge,
+                now_ms,
+                address,
+                backlog.items as i64,
+                backlog.bytes as i64,
+                backlog.oldest_ms.map(|m| m as i64),
+                out.accepted as i64,
+                out.duplicates as i64,
+                out.rejected.len() as i64
+            ],
+        )?;
+        tx.commit()?;
+        out.hwm = hwm;
+        Ok(out)
     }
 
     pub async fn readings(&self, q: ReadingQuery) -> Result<(Vec<ReadingRow>, u64), StorageError> {
