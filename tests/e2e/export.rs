@@ -821,6 +821,48 @@ sources = ["edgex/events/rules/#", "edgex/alerts/#"]
     assert_eq!(del("dedup").await, 404);
     let (_, v) = node.get(&format!("{rules}/api/v3/pipeline/all")).await;
     assert_eq!(v["totalCount"], 1);
+
+    // Readings published while rules is down are not lost: its session is durable. The
+    // publisher is connected before the kill and done within milliseconds, well before the
+    // supervisor's restart (100 ms backoff, then start-up and subscription).
+    let bus_cfg = outpost_kit::config::BusConfig {
+        url: format!("mqtt://127.0.0.1:{}", node.ports.mqtt),
+        ..Default::default()
+    };
+    let publisher = outpost_bus::Bus::connect(
+        &bus_cfg,
+        &node.data_dir(),
+        "e2e",
+        outpost_bus::Options::plain("e2e-rules-publisher"),
+        &outpost_kit::Shutdown::new(),
+    )
+    .await
+    .expect("bus");
+    let pid = node.pid("rules");
+    crate::support::signal(pid, "KILL");
+    for i in 0..120i64 {
+        let (_, msg) = event_message(
+            "tank-2",
+            start + i * 1_000_000_000,
+            &[("Temperature", "Float64", "30.5")],
+        );
+        publisher
+            .publish_raw(&event_topic("tank-2"), msg.into_bytes())
+            .await
+            .expect("publish");
+    }
+    assert!(
+        std::fs::read_to_string(node.data_dir().join("run/rules.pid"))
+            .is_ok_and(|p| p.trim() == pid.to_string()),
+        "rules came back before the readings were published; the test proves nothing"
+    );
+    eventually(
+        "the aggregates of tank-2 in the cloud",
+        Duration::from_secs(30),
+        || async { cloud.values("edge-5", "tank-2").await.values().sum::<u32>() == 8 },
+    )
+    .await;
+    assert_ne!(node.pid("rules"), pid, "rules was restarted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

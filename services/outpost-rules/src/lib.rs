@@ -6,6 +6,10 @@
 //! (the export service sends those first). Each pipeline counts readings in and out, so the
 //! reduction is visible (`GET /api/v3/pipeline/all`, `outpost_rules_readings_*_total`).
 //!
+//! The subscription is durable: readings published while rules is down are delivered when
+//! it is back. Windows in progress live in memory, so a restart loses what they had
+//! gathered.
+//!
 //! Windows follow the readings' origin time: a window closes when a later reading arrives,
 //! or `lateness_ms` after its end by the clock. A reading for a window already closed is
 //! counted as late and not used.
@@ -420,28 +424,25 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
     let consumer = {
         let (ctx, app) = (ctx.clone(), Arc::clone(&app));
         tokio::spawn(async move {
-            let bus = match Bus::connect(
+            // A durable session: readings published while rules is down (a restart, an
+            // upgrade) are delivered when it is back, and each is acknowledged once its
+            // outputs are published.
+            let filter = format!("{}/events/device/#", ctx.common.bus.base_topic);
+            let (bus, mut rx) = match Bus::durable_subscriber(
                 &ctx.common.bus,
                 &ctx.data_dir,
                 SERVICE,
-                Options::plain(format!("outpost-{SERVICE}")),
+                Options::durable(format!("outpost-{SERVICE}"), 1024),
+                &filter,
                 &ctx.shutdown,
             )
             .await
             {
-                Ok(b) => b,
+                Ok(pair) => pair,
                 Err(e) => {
                     if !ctx.shutdown.is_triggered() {
-                        tracing::error!(error = %e, "cannot connect to the bus");
+                        tracing::error!(error = %e, "cannot subscribe to device events");
                     }
-                    return;
-                }
-            };
-            let filter = format!("{}/events/device/#", ctx.common.bus.base_topic);
-            let mut rx = match bus.subscribe(&filter).await {
-                Ok(rx) => rx,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot subscribe to device events");
                     return;
                 }
             };
@@ -458,13 +459,19 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
                     }
                     d = rx.recv() => {
                         let Some(d) = d else { break };
-                        let Some(env) = bus.decode_event(&d) else { continue };
-                        let outputs = app.process(&env.payload.event);
-                        app.publish(outputs).await;
+                        if let Some(env) = bus.decode_event(&d) {
+                            let outputs = app.process(&env.payload.event);
+                            app.publish(outputs).await;
+                        }
+                        d.ack();
                     }
                 }
             }
-            bus.disconnect().await;
+            if !bus.disconnect().await {
+                // Still connected: what is left in `rx` must not be answered with failure
+                // acknowledgements as it goes; the process is about to exit.
+                std::mem::forget(rx);
+            }
         })
     };
 
