@@ -303,16 +303,10 @@ impl Drop for Tmpfs {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_refuses_new_data_clearly_and_keeps_what_it_has() {
-    if !is_root() {
-        eprintln!("skipped: mounting a small filesystem needs root (CI runs this test as root)");
-        return;
-    }
+/// An edge node whose queue lives on a 256 KiB filesystem (its own bound, 256 MiB, is far
+/// away), with a cloud destination and overflow policy `overflow`.
+async fn node_on_a_small_disk(identity: &std::path::Path, overflow: &str) -> (Node, Tmpfs) {
     use std::os::unix::fs::PermissionsExt as _;
-    let mut cloud = crate::export::Cloud::start().await;
-    let identity = cloud.enroll("edge-full");
-    cloud.stop();
     let mut node = Node::create(&format!(
         r#"
 [export]
@@ -321,13 +315,12 @@ enabled = true
 name = "cloud"
 kind = "cloud"
 identity = "{}"
-overflow = "refuse-new"
+overflow = "{overflow}"
 retry_initial_ms = 50
 retry_max_ms = 300
 "#,
         identity.display()
     ));
-    // The queue lives on a 256 KiB filesystem; its own bound (256 MiB) is far away.
     let queue = node.data_dir().join("queue");
     std::fs::create_dir_all(&queue).expect("mkdir");
     std::fs::set_permissions(node.data_dir(), std::fs::Permissions::from_mode(0o700))
@@ -338,8 +331,21 @@ retry_max_ms = 300
         .status()
         .expect("mount");
     assert!(st.success(), "mount tmpfs failed");
-    let _mounted = Tmpfs(queue.clone());
+    let mounted = Tmpfs(queue);
     node.launch().await;
+    (node, mounted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_new_data_clearly_and_keeps_what_it_has() {
+    if !is_root() {
+        eprintln!("skipped: mounting a small filesystem needs root (CI runs this test as root)");
+        return;
+    }
+    let mut cloud = crate::export::Cloud::start().await;
+    let identity = cloud.enroll("edge-full");
+    cloud.stop();
+    let (mut node, _mounted) = node_on_a_small_disk(&identity, "refuse-new").await;
 
     let mut accepted = Vec::new();
     let mut refusal = None;
@@ -401,5 +407,45 @@ retry_max_ms = 300
         },
     )
     .await;
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_drop_oldest_keeps_taking_data_and_counts_what_it_dropped() {
+    if !is_root() {
+        eprintln!("skipped: mounting a small filesystem needs root (CI runs this test as root)");
+        return;
+    }
+    let mut cloud = crate::export::Cloud::start().await;
+    let identity = cloud.enroll("edge-full-2");
+    cloud.stop();
+    let (mut node, _mounted) = node_on_a_small_disk(&identity, "drop-oldest").await;
+    let total = 3000u64;
+    for n in 0..total {
+        let r = post_event(&node, "silo", &n.to_string()).await;
+        assert_eq!(r.status().as_u16(), 201, "event {n}");
+    }
+    let s = status(&node).await;
+    let dropped = s["queue"]["droppedOverflow"].as_u64().expect("dropped");
+    assert!(dropped > 0, "the disk never filled: {s}");
+    assert!(
+        node.log()
+            .contains("disk full: dropped the oldest queued items")
+    );
+    cloud.launch().await;
+    eventually("the queue to drain", Duration::from_secs(30), || async {
+        status(&node).await["queue"]["items"] == 0
+    })
+    .await;
+    let got = cloud.values("edge-full-2", "silo").await;
+    assert_eq!(
+        got.len() as u64 + dropped,
+        total,
+        "delivered + dropped = accepted"
+    );
+    assert!(
+        got.contains_key(&(total - 1).to_string()),
+        "the newest survived"
+    );
     node.stop();
 }

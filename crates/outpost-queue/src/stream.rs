@@ -498,17 +498,18 @@ impl Stream {
         self.segments.len() > 1 || self.segments.front().is_some_and(|s| s.records > 0)
     }
 
-    /// Removes the oldest segment, rotating first when it is the one taking appends;
-    /// returns how many unconsumed items it held.
+    /// Removes the oldest segment (even the one taking appends: the next append starts a
+    /// new one, so space is freed before anything is written); returns how many unconsumed
+    /// items it held.
     pub fn drop_front(&mut self) -> io::Result<u64> {
-        if self.segments.len() == 1 {
-            self.rotate()?;
-        }
         let live = self
             .segments
             .front()
             .map_or(0, |s| s.records - self.head_consumed);
         self.pop_front()?;
+        if self.segments.is_empty() {
+            self.head_seq = self.next_seq;
+        }
         self.headfile_set_head()?;
         Ok(live)
     }
