@@ -14,6 +14,7 @@ mod ingest;
 mod lifecycle;
 mod modbus;
 mod mqtt_devices;
+mod ota;
 mod outage;
 mod registry;
 mod rest_devices;

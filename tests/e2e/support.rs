@@ -67,6 +67,7 @@ pub struct Ports {
     pub gateway_http: u16,
     pub export: u16,
     pub rules: u16,
+    pub ota: u16,
 }
 
 impl Ports {
@@ -86,6 +87,7 @@ impl Ports {
             gateway_http: free_port(),
             export: free_port(),
             rules: free_port(),
+            ota: free_port(),
         }
     }
 }
@@ -159,7 +161,10 @@ port = {gateway_http}
 port = {export}
 [rules]
 port = {rules}
+[ota]
+port = {ota}
 "#,
+        ota = p.ota,
         export = p.export,
         rules = p.rules,
         gateway = p.gateway,
@@ -219,6 +224,7 @@ impl Node {
             ("device_rest", ports.rest),
             ("export", ports.export),
             ("rules", ports.rules),
+            ("ota", ports.ota),
         ] {
             if enabled(section, false) {
                 services.push(url(port));

@@ -118,6 +118,28 @@ impl Client {
         ok_or_message(status, body)
     }
 
+    /// POSTs a streamed body of `len` bytes with extra headers (artifact uploads); no
+    /// overall timeout, since a large upload takes as long as the link needs.
+    pub async fn upload(
+        &self,
+        svc: Service,
+        path: &str,
+        headers: &[(&str, String)],
+        body: reqwest::Body,
+        len: u64,
+    ) -> anyhow::Result<Value> {
+        let mut req = self
+            .request(reqwest::Method::POST, svc, path)
+            .timeout(Duration::from_secs(24 * 3600))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, len);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let (status, body) = self.send(svc, req.body(body)).await?;
+        ok_or_message(status, body)
+    }
+
     pub async fn get(&self, svc: Service, path: &str) -> anyhow::Result<Value> {
         let (status, body) = self
             .send(svc, self.request(reqwest::Method::GET, svc, path))

@@ -56,6 +56,7 @@ pub struct NodeConfig {
     pub device_rest: outpost_device_rest::Config,
     pub gateway: outpost_gateway::Config,
     pub rules: outpost_rules::Config,
+    pub ota: outpost_ota::Config,
     pub export: outpost_export::Config,
     pub cloud: outpost_cloud::Config,
 }
@@ -75,11 +76,12 @@ pub enum Service {
     Gateway,
     Rules,
     Export,
+    Ota,
     Cloud,
 }
 
 impl Service {
-    pub const ALL: [Service; 13] = [
+    pub const ALL: [Service; 14] = [
         Self::Broker,
         Self::CoreKeeper,
         Self::CoreMetadata,
@@ -92,6 +94,7 @@ impl Service {
         Self::Gateway,
         Self::Rules,
         Self::Export,
+        Self::Ota,
         Self::Cloud,
     ];
 
@@ -109,6 +112,7 @@ impl Service {
             Self::Gateway => outpost_gateway::SERVICE,
             Self::Rules => outpost_rules::SERVICE,
             Self::Export => outpost_export::SERVICE,
+            Self::Ota => outpost_ota::SERVICE,
             Self::Cloud => outpost_cloud::SERVICE,
         }
     }
@@ -173,6 +177,7 @@ impl NodeConfig {
         self.gateway.validate(&mut p);
         self.rules.validate(&mut p);
         self.export.validate(&mut p);
+        self.ota.validate(&mut p);
         self.cloud.validate(&mut p);
         let s = &self.supervisor;
         p.check(
@@ -278,6 +283,7 @@ impl NodeConfig {
             Service::Gateway => self.gateway.port,
             Service::Rules => self.rules.port,
             Service::Export => self.export.port,
+            Service::Ota => self.ota.port,
             Service::Cloud => self.cloud.port,
         }
     }
@@ -293,6 +299,7 @@ impl NodeConfig {
             Service::Gateway => self.gateway.enabled,
             Service::Rules => self.rules.enabled,
             Service::Export => self.export.enabled,
+            Service::Ota => self.ota.enabled,
             // The cloud node runs on its own (`outpost cloud`), never in an edge's `up`.
             Service::Cloud => false,
             Service::CoreKeeper
@@ -325,6 +332,7 @@ impl NodeConfig {
             Service::DeviceRest,
             Service::Rules,
             Service::Export,
+            Service::Ota,
             Service::Gateway,
         ]
         .into_iter()
@@ -355,6 +363,7 @@ impl NodeConfig {
             Service::Gateway => serde_json::to_value(&self.gateway),
             Service::Rules => serde_json::to_value(&self.rules),
             Service::Export => serde_json::to_value(&self.export),
+            Service::Ota => serde_json::to_value(&self.ota),
             Service::Cloud => serde_json::to_value(&self.cloud),
         }
         .unwrap_or_default();

@@ -8,6 +8,7 @@
 mod cli;
 mod cloud_cli;
 mod config;
+mod ota_cli;
 mod runner;
 mod session;
 mod supervisor;
@@ -123,6 +124,9 @@ enum Command {
     /// The export service: destinations, queues, senders.
     #[command(subcommand)]
     Export(ExportCmd),
+    /// Firmware artifacts: signing keys, uploads, listing.
+    #[command(subcommand)]
+    Ota(OtaCmd),
     /// The cloud node: `outpost cloud` runs it; the subcommands manage it.
     Cloud {
         #[command(subcommand)]
@@ -137,6 +141,38 @@ enum Command {
         /// Also publish the event a read produces (ds-pushevent).
         #[arg(long)]
         push: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum OtaCmd {
+    /// Make an Ed25519 signing key pair (the private key stays off the node).
+    Keygen {
+        /// Directory for ota-signing.key and ota-signing.pub.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Sign a manifest for FILE and upload it, streamed, with a progress bar.
+    #[command(disable_version_flag = true)]
+    Upload {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: String,
+        /// The signing key (ota-signing.key from `outpost ota keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Device types (profile names) that may install it (repeatable).
+        #[arg(long = "compatible", required = true)]
+        compatible: Vec<String>,
+        #[arg(long, default_value = "file")]
+        payload_type: String,
+    },
+    /// The stored artifacts.
+    List {
         #[arg(long)]
         json: bool,
     },
@@ -424,6 +460,14 @@ fn main() -> ExitCode {
         Command::Cloud {
             cmd: None | Some(CloudCmd::Up),
         } => runner::run(Service::Cloud, cfg, data_dir),
+        // Needs no node: signing keys are made where artifacts are built.
+        Command::Ota(OtaCmd::Keygen { out }) => match ota_cli::keygen(&out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("outpost: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Cloud { cmd: Some(cmd) } => block_on(cloud(cmd, cfg, data_dir, args.ca)),
         command => {
             let remote = session::Remote {
@@ -575,6 +619,28 @@ async fn client(
             json,
         } => cli::command(&c, &device, &command, &settings, push, json).await,
         Command::Export(ExportCmd::Status { json }) => cloud_cli::export_status(&c, json).await,
+        Command::Ota(OtaCmd::Upload {
+            file,
+            name,
+            version,
+            key,
+            compatible,
+            payload_type,
+        }) => {
+            ota_cli::upload(
+                &c,
+                ota_cli::Upload {
+                    file,
+                    name,
+                    version,
+                    key,
+                    compatible,
+                    payload_type,
+                },
+            )
+            .await
+        }
+        Command::Ota(OtaCmd::List { json }) => ota_cli::list(&c, json).await,
         Command::Events(EventsCmd::Tail { device, json }) => {
             cli::events_tail(&cfg, &data_dir, device.as_deref(), json).await
         }
@@ -601,6 +667,10 @@ async fn client(
         }
         Command::Apikey(ApikeyCmd::List { json }) => cli::apikey_list(&c, json).await,
         Command::Apikey(ApikeyCmd::Revoke { id }) => cli::apikey_revoke(&c, &id).await,
-        Command::Up | Command::Run { .. } | Command::Config(_) | Command::Cloud { .. } => Ok(()),
+        Command::Up
+        | Command::Run { .. }
+        | Command::Config(_)
+        | Command::Cloud { .. }
+        | Command::Ota(OtaCmd::Keygen { .. }) => Ok(()),
     }
 }

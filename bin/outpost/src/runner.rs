@@ -57,7 +57,8 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
         | Service::DeviceMqtt
         | Service::DeviceRest
         | Service::Rules
-        | Service::Export => 1,
+        | Service::Export
+        | Service::Ota => 1,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -93,7 +94,8 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
             | Service::DeviceRest
             | Service::Gateway
             | Service::Rules
-            | Service::Export => Some(registry.spawn_watch(shutdown.clone())),
+            | Service::Export
+            | Service::Ota => Some(registry.spawn_watch(shutdown.clone())),
             Service::CoreKeeper | Service::Cloud => None,
         };
         let ctx = Context {
@@ -129,6 +131,7 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
             Service::Gateway => outpost_gateway::run(ctx, cfg.gateway.clone()).await,
             Service::Rules => outpost_rules::run(ctx, cfg.rules.clone()).await,
             Service::Export => outpost_export::run(ctx, cfg.export.clone()).await,
+            Service::Ota => outpost_ota::run(ctx, cfg.ota.clone()).await,
             Service::Cloud => outpost_cloud::run(ctx, cfg.cloud.clone()).await,
         };
         shutdown.trigger();

@@ -62,6 +62,12 @@ pub const DOCS: &[Doc] = &[
         text: include_str!("../../../docs/openapi/export.yaml"),
         published_server: None,
     },
+    Doc {
+        name: "ota.yaml",
+        services: &["ota"],
+        text: include_str!("../../../docs/openapi/ota.yaml"),
+        published_server: None,
+    },
 ];
 
 impl Doc {

@@ -1,0 +1,235 @@
+//! `outpost ota ...`: signing keys, artifact uploads (streamed, with progress) and listing.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use outpost_ota::manifest::{Manifest, SigningKey};
+use serde_json::Value;
+use tokio::io::AsyncReadExt as _;
+
+use crate::cli::{Client, print_json, s, table};
+use crate::config::Service;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Writes a new Ed25519 key pair: `<dir>/ota-signing.key` (PKCS#8, base64, mode 0600) and
+/// `<dir>/ota-signing.pub` (the `ed25519:...` line for `ota.trusted_keys`).
+pub fn keygen(dir: &Path) -> anyhow::Result<()> {
+    let (key, pkcs8) = SigningKey::generate().map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let private = dir.join("ota-signing.key");
+    let public = dir.join("ota-signing.pub");
+    if private.exists() {
+        bail!("{} exists; choose another --out", private.display());
+    }
+    outpost_storage::write_secret_file(&private, B64.encode(&pkcs8).as_bytes())?;
+    let line = key.public().encoded();
+    std::fs::write(&public, format!("{line}\n"))
+        .with_context(|| format!("cannot write {}", public.display()))?;
+    println!(
+        "signing key: {} (keep it secret, off the node)",
+        private.display()
+    );
+    println!(
+        "public key:  {} (key id {})",
+        public.display(),
+        key.public().id()
+    );
+    println!();
+    println!("Trust it on the node (keep the old key listed while rotating):");
+    println!();
+    println!("  [ota]");
+    println!("  enabled = true");
+    println!("  trusted_keys = [\"{line}\"]");
+    Ok(())
+}
+
+fn read_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the signing key {}", path.display()))?;
+    let der = B64
+        .decode(text.trim())
+        .with_context(|| format!("{} is not a key from `outpost ota keygen`", path.display()))?;
+    SigningKey::from_pkcs8(&der).map_err(anyhow::Error::msg)
+}
+
+/// SHA-256 and size of a file, read once.
+async fn digest(path: &Path) -> anyhow::Result<(String, u64)> {
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(ctx.finish().as_ref()), size))
+}
+
+pub struct Upload {
+    pub file: PathBuf,
+    pub name: String,
+    pub version: String,
+    pub key: PathBuf,
+    pub compatible: Vec<String>,
+    pub payload_type: String,
+}
+
+/// Builds and signs the manifest, then streams the file to the OTA service.
+pub async fn upload(c: &Client, u: Upload) -> anyhow::Result<()> {
+    let key = read_key(&u.key)?;
+    let (sha256, size) = digest(&u.file).await?;
+    let manifest = serde_json::json!({
+        "name": u.name, "version": u.version, "compatible": u.compatible, "size": size,
+        "sha256": sha256, "payloadType": u.payload_type,
+    });
+    let bytes = serde_json::to_vec(&manifest)?;
+    Manifest::parse(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let signature = key.sign(&bytes);
+
+    let file = tokio::fs::File::open(&u.file)
+        .await
+        .with_context(|| format!("cannot open {}", u.file.display()))?;
+    let progress = Progress::new(size);
+    let stream = futures_util::stream::unfold((file, progress), |(mut f, mut p)| async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => {
+                p.done();
+                None
+            }
+            Ok(n) => {
+                buf.truncate(n);
+                p.add(n as u64);
+                Some((Ok::<_, std::io::Error>(buf), (f, p)))
+            }
+            Err(e) => Some((Err(e), (f, p))),
+        }
+    });
+    let v = c
+        .upload(
+            Service::Ota,
+            "/artifact",
+            &[
+                ("x-outpost-manifest", B64.encode(&bytes)),
+                ("x-outpost-signature", signature),
+            ],
+            reqwest::Body::wrap_stream(stream),
+            size,
+        )
+        .await?;
+    println!(
+        "uploaded {} {} ({} bytes, sha256 {}), signed by key {}",
+        s(&v, "name"),
+        s(&v, "version"),
+        v["size"],
+        s(&v, "sha256"),
+        s(&v, "keyId")
+    );
+    Ok(())
+}
+
+/// A progress line on standard error, when it is a terminal.
+struct Progress {
+    total: u64,
+    sent: u64,
+    started: Instant,
+    shown: Instant,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        let now = Instant::now();
+        Self {
+            total,
+            sent: 0,
+            started: now,
+            shown: now,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.sent += n;
+        if self.tty && self.shown.elapsed().as_millis() >= 100 {
+            self.shown = Instant::now();
+            self.draw();
+        }
+    }
+
+    fn draw(&self) {
+        let frac = if self.total == 0 {
+            1.0
+        } else {
+            self.sent as f64 / self.total as f64
+        };
+        let width = 30;
+        let full = (frac * width as f64) as usize;
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let _ = write!(
+            std::io::stderr(),
+            "\r[{}{}] {:>5.1}% {:.1}/{:.1} MB {:.1} MB/s",
+            "#".repeat(full),
+            " ".repeat(width - full.min(width)),
+            frac * 100.0,
+            self.sent as f64 / 1e6,
+            self.total as f64 / 1e6,
+            self.sent as f64 / 1e6 / secs
+        );
+    }
+
+    fn done(&mut self) {
+        if self.tty {
+            self.draw();
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+pub async fn list(c: &Client, json: bool) -> anyhow::Result<()> {
+    let v = c.get(Service::Ota, "/artifact/all").await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v["artifacts"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|a| {
+            let m = &a["manifest"];
+            vec![
+                s(m, "name"),
+                s(m, "version"),
+                m["size"].to_string(),
+                m["compatible"]
+                    .as_array()
+                    .map(|c| {
+                        c.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default(),
+                s(m, "sha256").chars().take(12).collect(),
+                s(a, "keyId"),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "VERSION", "SIZE", "COMPATIBLE", "SHA256", "KEY"],
+        &rows,
+    );
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! Firmware artifacts: signing keys, signed uploads through the gateway, refusals of
+//! tampered and untrusted artifacts, and downloads that resume with HTTP ranges.
+
+use std::process::Command;
+
+use base64::Engine as _;
+use outpost_ota::manifest::SigningKey;
+use serde_json::{Value, json};
+
+use crate::support::{BIN, Node, run_cli};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+fn payload(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| ((i * 31) as u8).wrapping_add(seed))
+        .collect()
+}
+
+fn sha256(b: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, b))
+}
+
+fn manifest(name: &str, version: &str, data: &[u8]) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "name": name, "version": version, "compatible": ["Thermostat"], "size": data.len(),
+        "sha256": sha256(data), "payloadType": "file"
+    }))
+    .expect("json")
+}
+
+async fn post_artifact(
+    node: &Node,
+    manifest: &[u8],
+    signature: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let r = node
+        .http
+        .post(format!(
+            "http://127.0.0.1:{}/api/v3/artifact",
+            node.ports.ota
+        ))
+        .header("x-outpost-manifest", B64.encode(manifest))
+        .header("x-outpost-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_artifacts_are_stored_once_and_download_resumably_and_bad_ones_are_refused() {
+    // A signing key made off the node, as an operator would.
+    let keys = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["ota", "keygen", "--out"]).arg(keys.path());
+    let (ok, out, err) = run_cli(cmd, None);
+    assert!(ok, "{err}");
+    let public = std::fs::read_to_string(keys.path().join("ota-signing.pub")).expect("pub");
+    assert!(out.contains(public.trim()), "{out}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(keys.path().join("ota-signing.key"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let node = Node::start(&format!(
+        "[ota]\nenabled = true\ntrusted_keys = [\"{}\"]\n",
+        public.trim()
+    ))
+    .await;
+    let ota = format!("http://127.0.0.1:{}/api/v3", node.ports.ota);
+
+    // Upload through the gateway with the CLI.
+    let data = payload(300_000, 1);
+    let file = node.dir.path().join("fw-1.0.0.bin");
+    std::fs::write(&file, &data).expect("write");
+    let key = keys.path().join("ota-signing.key");
+    let (ok, out, err) = node.cli(&[
+        "ota",
+        "upload",
+        file.to_str().expect("path"),
+        "--name",
+        "fw",
+        "--version",
+        "1.0.0",
+        "--key",
+        key.to_str().expect("path"),
+        "--compatible",
+        "Thermostat",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains(&sha256(&data)), "{out}");
+    let (ok, out, _) = node.cli(&["ota", "list"]);
+    assert!(
+        ok && out.contains("fw") && out.contains("1.0.0") && out.contains("Thermostat"),
+        "{out}"
+    );
+
+    // The manifest as stored verifies with the public key, byte for byte.
+    let (code, v) = node
+        .get(&format!("{ota}/artifact/name/fw/version/1.0.0"))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let signed = B64
+        .decode(v["artifact"]["manifestBase64"].as_str().expect("b64"))
+        .expect("b64");
+    let pk = outpost_ota::manifest::PublicKey::parse(public.trim()).expect("key");
+    outpost_ota::manifest::verify(
+        &signed,
+        v["artifact"]["signature"].as_str().expect("sig"),
+        &[pk],
+    )
+    .expect("the stored manifest verifies");
+
+    // Downloads: whole, a range, a resume from the middle, a stale If-Range, a bad range.
+    let url = format!("{ota}/artifact/name/fw/version/1.0.0/payload");
+    let r = node.http.get(&url).send().await.expect("get");
+    assert_eq!(r.status().as_u16(), 200);
+    let etag = r.headers()["etag"].to_str().expect("etag").to_string();
+    assert_eq!(etag, format!("\"{}\"", sha256(&data)));
+    assert_eq!(r.bytes().await.expect("body").as_ref(), &data[..]);
+    let r = node
+        .http
+        .get(&url)
+        .header("range", "bytes=1000-2999")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 1000-2999/300000");
+    assert_eq!(r.bytes().await.expect("body").as_ref(), &data[1000..3000]);
+    let r = node
+        .http
+        .get(&url)
+        .header("range", "bytes=150001-")
+        .header("if-range", &etag)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(r.bytes().await.expect("body").as_ref(), &data[150_001..]);
+    let r = node
+        .http
+        .get(&url)
+        .header("range", "bytes=150001-")
+        .header("if-range", "\"stale\"")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "a stale If-Range gets the whole payload"
+    );
+    assert_eq!(r.bytes().await.expect("body").len(), data.len());
+    let r = node
+        .http
+        .get(&url)
+        .header("range", "bytes=300000-")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 416);
+
+    // Refusals; none of them leaves anything behind.
+    let signer = SigningKey::from_pkcs8(
+        &B64.decode(std::fs::read_to_string(&key).expect("key").trim())
+            .expect("b64"),
+    )
+    .expect("key");
+    let (stranger, _) = SigningKey::generate().expect("key");
+    let other = payload(300_000, 2);
+    let m = manifest("fw", "2.0.0", &data);
+    // Bytes changed after signing: the payload does not match the manifest.
+    let (code, v) = post_artifact(&node, &m, &signer.sign(&m), other.clone()).await;
+    assert_eq!(code, 422, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("tampered"),
+        "{v}"
+    );
+    // The manifest changed after signing.
+    let mut forged = m.clone();
+    let at = forged.len() - 10;
+    forged[at] = b'x';
+    let (code, _) = post_artifact(&node, &forged, &signer.sign(&m), data.clone()).await;
+    assert!(code == 403 || code == 400, "{code}");
+    // An unknown key: refused before the payload is read.
+    let (code, v) = post_artifact(&node, &m, &stranger.sign(&m), data.clone()).await;
+    assert_eq!(code, 403, "{v}");
+    // Truncated: fewer bytes than the manifest says.
+    let (code, _) = post_artifact(&node, &m, &signer.sign(&m), data[..1000].to_vec()).await;
+    assert_eq!(code, 400);
+    // Too large, missing headers, a name that exists.
+    let huge = serde_json::to_vec(&json!({"name": "big", "version": "1", "compatible": ["x"],
+        "size": 1u64 << 50, "sha256": sha256(b""), "payloadType": "file"}))
+    .expect("json");
+    let (code, _) = post_artifact(&node, &huge, &signer.sign(&huge), Vec::new()).await;
+    assert_eq!(code, 413);
+    let (code, _) = post_artifact(&node, b"{}", "x", Vec::new()).await;
+    assert_eq!(code, 400);
+    let m1 = manifest("fw", "1.0.0", &data);
+    let (code, _) = post_artifact(&node, &m1, &signer.sign(&m1), data.clone()).await;
+    assert_eq!(code, 409);
+    // The same payload under another version is stored once.
+    let (code, v) = post_artifact(&node, &m, &signer.sign(&m), data.clone()).await;
+    assert_eq!(code, 201, "{v}");
+    let blobs: Vec<_> = std::fs::read_dir(node.data_dir().join("ota/blobs"))
+        .expect("blobs")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(blobs, vec![sha256(&data)], "one blob, no leftovers");
+    // Stored encrypted: the payload's bytes are nowhere on disk.
+    let blob = std::fs::read(node.data_dir().join("ota/blobs").join(sha256(&data))).expect("blob");
+    assert!(!blob.windows(64).any(|w| w == &data[5000..5064]));
+    let (_, v) = node.get(&format!("{ota}/artifact/all")).await;
+    assert_eq!(v["totalCount"], 2);
+}
