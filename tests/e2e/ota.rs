@@ -95,6 +95,38 @@ async fn signed_artifacts_are_stored_once_and_download_resumably_and_bad_ones_ar
     ]);
     assert!(ok, "{out}{err}");
     assert!(out.contains(&sha256(&data)), "{out}");
+    // Larger than the gateway's body limit (node.max_body_bytes, 4 MiB): streamed through.
+    let big = payload(6 * 1024 * 1024 + 123, 9);
+    let big_file = node.dir.path().join("fw-big.bin");
+    std::fs::write(&big_file, &big).expect("write");
+    let (ok, out, err) = node.cli(&[
+        "ota",
+        "upload",
+        big_file.to_str().expect("path"),
+        "--name",
+        "fw-big",
+        "--version",
+        "1",
+        "--key",
+        key.to_str().expect("path"),
+        "--compatible",
+        "Thermostat",
+    ]);
+    assert!(ok, "{out}{err}");
+    let r = node
+        .http
+        .get(format!("{ota}/artifact/name/fw-big/version/1/payload"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(sha256(&r.bytes().await.expect("body")), sha256(&big));
+    let r = node
+        .http
+        .delete(format!("{ota}/artifact/name/fw-big/version/1"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status().as_u16(), 200);
     let (ok, out, _) = node.cli(&["ota", "list"]);
     assert!(
         ok && out.contains("fw") && out.contains("1.0.0") && out.contains("Thermostat"),

@@ -94,6 +94,13 @@ fn from_entry(e: &Entry, stale: bool, slot: &LogSlot) -> Response {
     resp
 }
 
+/// Requests whose body streams to the backend instead of being read first: artifact
+/// uploads, which may be far larger than `node.max_body_bytes`. They are POSTs, so they are
+/// never retried, and the backend applies its own size limit.
+fn streams_body(method: &Method, service: &str, rest: &str) -> bool {
+    method == Method::POST && service == "ota" && rest.split('?').next() == Some("/api/v3/artifact")
+}
+
 /// The proxy: every request that is not one of the gateway's own routes.
 pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     let slot = req
@@ -111,10 +118,14 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     }
     let (mut parts, body) = req.into_parts();
     // Bodies are read whole (bounded in size and time), so a request can be retried and a
-    // slow sender never holds a backend connection.
-    let body = match read_body(body, app.cfg.body_timeout_ms, app.max_body).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
+    // slow sender never holds a backend connection; uploads of any size stream through.
+    let (body, mut streamed) = if streams_body(&parts.method, &service, &rest) {
+        (Bytes::new(), Some(body))
+    } else {
+        match read_body(body, app.cfg.body_timeout_ms, app.max_body).await {
+            Ok(b) => (b, None),
+            Err(e) => return e.into_response(),
+        }
     };
     let cache_key =
         (parts.method == Method::GET && app.cache.enabled() && cache::cacheable(&service, &rest))
@@ -153,7 +164,8 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         };
         tried.push(lease.service_id.clone());
         slot.set_upstream(&lease.service_id);
-        let mut out = http::Request::new(Body::from(body.clone()));
+        let out_body = streamed.take().unwrap_or_else(|| Body::from(body.clone()));
+        let mut out = http::Request::new(out_body);
         *out.method_mut() = parts.method.clone();
         // Only a request that may be retried needs its headers again.
         *out.headers_mut() = if idempotent {
