@@ -17,6 +17,7 @@
 
 pub mod blob;
 pub mod manifest;
+pub mod rollout;
 
 use std::path::PathBuf;
 use std::sync::Arc;
