@@ -255,3 +255,231 @@ async fn signed_artifacts_are_stored_once_and_download_resumably_and_bad_ones_ar
     let (_, v) = node.get(&format!("{ota}/artifact/all")).await;
     assert_eq!(v["totalCount"], 2);
 }
+
+/// Makes a signing key with the CLI; returns (key file, public key line).
+fn keygen(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["ota", "keygen", "--out"]).arg(dir);
+    let (ok, _, err) = run_cli(cmd, None);
+    assert!(ok, "{err}");
+    let public = std::fs::read_to_string(dir.join("ota-signing.pub")).expect("pub");
+    (dir.join("ota-signing.key"), public.trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_offers_by_phase_pauses_on_failures_and_devices_use_their_own_credential() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (key, public) = keygen(keys.path());
+    let node = Node::start(&format!(
+        "[ota]\nenabled = true\ntrusted_keys = [\"{public}\"]\n"
+    ))
+    .await;
+    let ota = format!("http://127.0.0.1:{}/api/v3", node.ports.ota);
+    let names = ["ota-0", "ota-1", "ota-2", "ota-3"];
+    crate::support::provision(&node, &names);
+    for d in names {
+        let (ok, _, err) = node.cli(&[
+            "device",
+            "secret",
+            d,
+            "--secret",
+            &format!("{d}-secret-000"),
+        ]);
+        assert!(ok, "{err}");
+    }
+    let data = payload(200_000, 3);
+    let file = node.dir.path().join("fw.bin");
+    std::fs::write(&file, &data).expect("write");
+    let (ok, out, err) = node.cli(&[
+        "ota",
+        "upload",
+        file.to_str().expect("path"),
+        "--name",
+        "fw",
+        "--version",
+        "2.0",
+        "--key",
+        key.to_str().expect("path"),
+        "--compatible",
+        "Thermostat",
+    ]);
+    assert!(ok, "{out}{err}");
+
+    // Rollouts that cannot be: unknown artifact, nothing compatible, bad policy.
+    let rollout = |name: &str, version: &str, policy: Value| {
+        json!({"name": name, "artifact": {"name": "fw", "version": version},
+               "target": {"devices": names}, "policy": policy})
+    };
+    let (code, _) = node
+        .post(&format!("{ota}/rollout"), &rollout("x", "9.9", json!({})))
+        .await;
+    assert_eq!(code, 404);
+    let (code, _) = node
+        .post(
+            &format!("{ota}/rollout"),
+            &rollout("x", "2.0", json!({"phases": [50.0, 40.0]})),
+        )
+        .await;
+    assert_eq!(code, 400);
+    let (code, v) = node
+        .post(
+            &format!("{ota}/rollout"),
+            &rollout(
+                "r1",
+                "2.0",
+                json!({"phases": [50.0, 100.0], "failureCount": 1}),
+            ),
+        )
+        .await;
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["phases"][0]["devices"], 2);
+
+    let poll = |device: &str, token: Option<String>, etag: Option<String>| {
+        let mut req = node.http.get(format!("{ota}/ddi/{device}"));
+        if let Some(t) = token {
+            req = req.header("x-outpost-device-token", t);
+        }
+        if let Some(e) = etag {
+            req = req.header("if-none-match", e);
+        }
+        req.send()
+    };
+    let token = |d: &str| Some(format!("{d}-secret-000"));
+    // Credentials: none, wrong, right.
+    assert_eq!(
+        poll("ota-0", None, None)
+            .await
+            .expect("poll")
+            .status()
+            .as_u16(),
+        401
+    );
+    assert_eq!(
+        poll("ota-0", Some("wrong-secret-000".into()), None)
+            .await
+            .expect("poll")
+            .status()
+            .as_u16(),
+        401
+    );
+    let r = poll("ota-0", token("ota-0"), None).await.expect("poll");
+    assert_eq!(r.status().as_u16(), 200);
+    let etag = r.headers()["etag"].to_str().expect("etag").to_string();
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["action"]["id"], "r1", "{v}");
+    assert_eq!(v["action"]["artifact"]["sha256"], sha256(&data));
+    // An unchanged poll is cheap.
+    let r = poll("ota-0", token("ota-0"), Some(etag))
+        .await
+        .expect("poll");
+    assert_eq!(r.status().as_u16(), 304);
+    // Phase 2 is not open: nothing for ota-2, and its download is refused.
+    let v: Value = poll("ota-2", token("ota-2"), None)
+        .await
+        .expect("poll")
+        .json()
+        .await
+        .expect("json");
+    assert!(v["action"].is_null(), "{v}");
+    let dl = |device: &str| {
+        node.http
+            .get(format!("{ota}/ddi/{device}/action/r1/payload"))
+            .header("x-outpost-device-token", format!("{device}-secret-000"))
+    };
+    assert_eq!(
+        dl("ota-2").send().await.expect("get").status().as_u16(),
+        403
+    );
+    // ota-0 downloads in two parts, the second resuming where the first stopped.
+    let first = dl("ota-0")
+        .header("range", "bytes=0-99999")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(first.status().as_u16(), 206);
+    let mut got = first.bytes().await.expect("body").to_vec();
+    let rest = dl("ota-0")
+        .header("range", format!("bytes={}-", got.len()))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(rest.status().as_u16(), 206);
+    got.extend_from_slice(&rest.bytes().await.expect("body"));
+    assert_eq!(sha256(&got), sha256(&data));
+
+    let report = |device: &str, status: &str| {
+        node.http
+            .post(format!("{ota}/ddi/{device}/action/r1/feedback"))
+            .header("x-outpost-device-token", format!("{device}-secret-000"))
+            .json(&json!({"status": status, "details": format!("{device} {status}")}))
+            .send()
+    };
+    for s in ["downloading", "installing", "succeeded"] {
+        assert_eq!(
+            report("ota-0", s).await.expect("report").status().as_u16(),
+            200,
+            "{s}"
+        );
+    }
+    assert_eq!(
+        report("ota-0", "downloading")
+            .await
+            .expect("report")
+            .status()
+            .as_u16(),
+        409
+    );
+    assert_eq!(
+        report("ota-2", "downloading")
+            .await
+            .expect("report")
+            .status()
+            .as_u16(),
+        404
+    );
+    // One failure pauses it (failureCount 1) before phase 2 opens.
+    assert_eq!(
+        report("ota-1", "rolledBack")
+            .await
+            .expect("report")
+            .status()
+            .as_u16(),
+        200
+    );
+    let (_, v) = node.get(&format!("{ota}/rollout/name/r1")).await;
+    assert_eq!(v["status"]["state"], "paused", "{v}");
+    assert_eq!(v["status"]["automatic"], true);
+    assert_eq!(v["counts"]["succeeded"], 1);
+    assert_eq!(v["counts"]["rolledBack"], 1);
+    assert_eq!(v["counts"]["waiting"], 2);
+    assert_eq!(v["openPhase"], 0);
+    let (_, h) = node
+        .get(&format!("{ota}/rollout/name/r1/device/ota-1"))
+        .await;
+    assert_eq!(h["history"].as_array().map(Vec::len), Some(1), "{h}");
+    assert_eq!(h["state"], "rolledBack");
+
+    // Resume (phase 1 still short of 100 % successes), then cancel.
+    let (code, v) = node
+        .post(&format!("{ota}/rollout/name/r1/resume"), &json!({}))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["status"]["state"], "running");
+    let (code, _) = node
+        .post(&format!("{ota}/rollout/name/r1/resume"), &json!({}))
+        .await;
+    assert_eq!(code, 409);
+    let (code, v) = node
+        .post(&format!("{ota}/rollout/name/r1/cancel"), &json!({}))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["counts"]["canceled"], 2);
+    assert_eq!(v["counts"]["succeeded"], 1);
+    let v: Value = poll("ota-2", token("ota-2"), None)
+        .await
+        .expect("poll")
+        .json()
+        .await
+        .expect("json");
+    assert!(v["action"].is_null());
+}

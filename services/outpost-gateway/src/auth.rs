@@ -10,6 +10,9 @@
 //! - operator: also writes to every service (commands, devices, profiles, data), except the
 //!   registry's (core-keeper), which changes how the node routes;
 //! - admin: everything, including users, API keys and the gateway's configuration.
+//!
+//! Devices fetching updates (`/ota/api/v3/ddi/...`) carry their own device credential,
+//! which the OTA service checks; for the gateway those routes are public.
 
 use http::Method;
 
@@ -46,6 +49,11 @@ pub fn need(method: &Method, path: &str) -> Need {
         } else {
             Need::Role(Role::Admin)
         };
+    }
+    // The OTA device protocol: devices authenticate with their own credential, which the
+    // OTA service checks; the gateway only routes (and rate-limits) them.
+    if path.starts_with("/ota/api/v3/ddi/") {
+        return Need::Public;
     }
     let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
     match service {
@@ -94,6 +102,15 @@ mod tests {
         );
         assert_eq!(need(&Method::POST, "/core-keeper/api/v3/registry"), a);
         assert_eq!(need(&Method::GET, "/core-keeper/api/v3/registry/all"), v);
+        // Devices fetching updates authenticate with the OTA service, not the gateway;
+        // rollouts are an operator's business.
+        assert_eq!(need(&Method::GET, "/ota/api/v3/ddi/dev-1"), Need::Public);
+        assert_eq!(
+            need(&Method::POST, "/ota/api/v3/ddi/dev-1/action/r/feedback"),
+            Need::Public
+        );
+        assert_eq!(need(&Method::POST, "/ota/api/v3/rollout"), o);
+        assert_eq!(need(&Method::POST, "/ota/api/v3/artifact"), o);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! The manifest format and the signature are documented in docs/ota.md.
 
 pub mod blob;
+pub mod fleet;
 pub mod manifest;
 pub mod rollout;
 
@@ -83,7 +84,9 @@ impl outpost_kit::config::Validate for Config {
     }
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
+const MIGRATIONS: &[Migration] = &[ARTIFACTS, fleet::MIGRATION];
+
+const ARTIFACTS: Migration = Migration {
     version: 1,
     description: "artifacts",
     sql: "CREATE TABLE artifacts (
@@ -98,10 +101,12 @@ const MIGRATIONS: &[Migration] = &[Migration {
               PRIMARY KEY (name, version)
           );
           CREATE INDEX artifacts_by_sha ON artifacts (sha256);",
-}];
+};
 
 pub struct App {
     db: Db,
+    metadata: outpost_kit::client::Metadata,
+    fleet: fleet::Fleet,
     keys: Vec<PublicKey>,
     blobs: PathBuf,
     master: [u8; 32],
@@ -166,8 +171,15 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
         2,
     )?;
     tracing::info!(keys = ?keys.iter().map(PublicKey::id).collect::<Vec<_>>(), "trusted signing keys");
+    let fleet = fleet::Fleet::default();
+    *fleet.rollouts.lock().await = fleet::load(&db).await?;
     let app = Arc::new(App {
         db: db.clone(),
+        metadata: outpost_kit::client::Metadata::new(outpost_kit::client::ServiceClient::new(
+            ctx.registry.clone(),
+            std::time::Duration::from_secs(5),
+        )),
+        fleet,
         keys,
         blobs,
         master,
@@ -202,6 +214,23 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/api/v3/artifact/name/{name}/version/{version}/payload",
             get(payload),
+        )
+        .route("/api/v3/rollout", post(fleet::create))
+        .route("/api/v3/rollout/all", get(fleet::all))
+        .route("/api/v3/rollout/name/{name}", get(fleet::one))
+        .route("/api/v3/rollout/name/{name}/{action}", post(fleet::control))
+        .route(
+            "/api/v3/rollout/name/{name}/device/{device}",
+            get(fleet::device_history),
+        )
+        .route("/api/v3/ddi/{device}", get(fleet::poll))
+        .route(
+            "/api/v3/ddi/{device}/action/{rollout}/feedback",
+            post(fleet::feedback),
+        )
+        .route(
+            "/api/v3/ddi/{device}/action/{rollout}/payload",
+            get(fleet::payload),
         )
         .with_state(app)
 }
@@ -480,12 +509,22 @@ async fn payload(
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let a = find(&app, name, version).await?;
+    serve_payload(&app, name, version, &headers).await
+}
+
+/// The payload of an artifact, whole or the range asked for.
+async fn serve_payload(
+    app: &App,
+    name: String,
+    version: String,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let a = find(app, name, version).await?;
     let size = a.manifest.size;
     let etag = format!("\"{}\"", a.manifest.sha256);
     // A range only applies to the payload it was asked for (If-Range with the ETag).
-    let if_range_ok = header_str(&headers, "if-range").is_none_or(|v| v.trim() == etag);
-    let range = header_str(&headers, "range").filter(|_| if_range_ok);
+    let if_range_ok = header_str(headers, "if-range").is_none_or(|v| v.trim() == etag);
+    let range = header_str(headers, "range").filter(|_| if_range_ok);
     let (start, end, status) = match range {
         Some(r) => match parse_range(r, size) {
             Some((s, e)) => (s, e, StatusCode::PARTIAL_CONTENT),
