@@ -483,3 +483,208 @@ async fn a_rollout_offers_by_phase_pauses_on_failures_and_devices_use_their_own_
         .expect("json");
     assert!(v["action"].is_null());
 }
+
+/// The reference agent, built with the workspace next to `outpost`.
+fn agent_bin() -> std::path::PathBuf {
+    std::path::Path::new(BIN)
+        .parent()
+        .expect("target dir")
+        .join("outpost-agent")
+}
+
+struct Agents(Vec<std::process::Child>);
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts the agent for `device` with its state in `dir`.
+fn start_agent(
+    node: &Node,
+    dir: &std::path::Path,
+    device: &str,
+    public: &str,
+    health: &str,
+    extra: &[&str],
+) -> std::process::Child {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let token = dir.join("token");
+    std::fs::write(&token, format!("{device}-secret-000")).expect("token");
+    Command::new(agent_bin())
+        .args(["--server", &format!("http://127.0.0.1:{}", node.ports.ota)])
+        .args([
+            "--device",
+            device,
+            "--trusted-key",
+            public,
+            "--health-cmd",
+            health,
+        ])
+        .arg("--token-file")
+        .arg(&token)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(["--poll-s", "1"])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("outpost-agent (built with the workspace)")
+}
+
+fn agent_state(dir: &std::path::Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("state/state.json")).unwrap_or_default())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_agents_roll_out_in_phases_and_failures_pause_and_roll_back() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (key, public) = keygen(keys.path());
+    let node = Node::start(&format!(
+        "[ota]\nenabled = true\ntrusted_keys = [\"{public}\"]\n"
+    ))
+    .await;
+    let ota = format!("http://127.0.0.1:{}/api/v3", node.ports.ota);
+    let names: Vec<String> = (0..20).map(|i| format!("agent-{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    crate::support::provision(&node, &refs);
+    for d in &names {
+        let (ok, _, err) = node.cli(&[
+            "device",
+            "secret",
+            d,
+            "--secret",
+            &format!("{d}-secret-000"),
+        ]);
+        assert!(ok, "{err}");
+    }
+    let data = payload(100_000, 7);
+    let file = node.dir.path().join("fw.bin");
+    std::fs::write(&file, &data).expect("write");
+    let (ok, out, err) = node.cli(&[
+        "ota",
+        "upload",
+        file.to_str().expect("path"),
+        "--name",
+        "fw",
+        "--version",
+        "3.0",
+        "--key",
+        key.to_str().expect("path"),
+        "--compatible",
+        "Thermostat",
+    ]);
+    assert!(ok, "{out}{err}");
+    let (code, v) = node
+        .post(
+            &format!("{ota}/rollout"),
+            &json!({"name": "wave", "artifact": {"name": "fw", "version": "3.0"},
+                    "target": {"devices": names},
+                    "policy": {"phases": [25.0, 50.0, 100.0], "failureCount": 3, "failurePercent": 100.0}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{v}");
+
+    // Agents 00-02 (in the first phase of 5) fail their health check.
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut agents = Agents(Vec::new());
+    for (i, d) in names.iter().enumerate() {
+        let health = if i < 3 {
+            "echo broken >&2; exit 1"
+        } else {
+            "test -s \"$OUTPOST_SLOT/payload\""
+        };
+        agents.0.push(start_agent(
+            &node,
+            &root.path().join(d),
+            d,
+            &public,
+            health,
+            &[],
+        ));
+    }
+    let status = || async { node.get(&format!("{ota}/rollout/name/wave")).await.1 };
+    eventually_v("the rollout to pause", &status, |v| {
+        v["status"]["state"] == "paused"
+            && v["counts"]["rolledBack"] == 3
+            && v["counts"]["succeeded"] == 2
+    })
+    .await;
+    let v = status().await;
+    assert_eq!(v["status"]["automatic"], true, "{v}");
+    assert_eq!(v["openPhase"], 0, "later phases never started: {v}");
+    assert_eq!(v["counts"]["waiting"], 15, "{v}");
+    for d in &names[..3] {
+        let s = agent_state(&root.path().join(d));
+        assert_eq!(s["active"], "a", "{d} rolled back: {s}");
+        assert!(s["installed"].is_null());
+        let (_, h) = node
+            .get(&format!("{ota}/rollout/name/wave/device/{d}"))
+            .await;
+        let last = h["history"]
+            .as_array()
+            .and_then(|a| a.last())
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(last["status"], "rolledBack", "{h}");
+        assert!(
+            last["details"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("broken"),
+            "{h}"
+        );
+    }
+    for d in &names[3..5] {
+        let s = agent_state(&root.path().join(d));
+        assert_eq!(s["active"], "b", "{d}: {s}");
+        assert_eq!(s["installed"][1], "3.0");
+        assert_eq!(
+            std::fs::read(root.path().join(d).join("state/slot-b/payload")).expect("payload"),
+            data
+        );
+    }
+    // Resume: earlier failures no longer count, but the first phase is short of 100 %
+    // successes, so nothing more opens; cancel ends it.
+    let (code, v) = node
+        .post(&format!("{ota}/rollout/name/wave/resume"), &json!({}))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let v = status().await;
+    assert_eq!(v["status"]["state"], "running", "{v}");
+    assert_eq!(v["counts"]["waiting"], 15, "{v}");
+    let (code, v) = node
+        .post(&format!("{ota}/rollout/name/wave/cancel"), &json!({}))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["counts"]["canceled"], 15, "{v}");
+    assert_eq!(v["counts"]["succeeded"], 2);
+    assert_eq!(v["counts"]["rolledBack"], 3);
+    drop(agents);
+}
+
+async fn eventually_v<F, Fut>(what: &str, get: &F, ok: impl Fn(&Value) -> bool)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Value>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let v = get().await;
+        if ok(&v) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

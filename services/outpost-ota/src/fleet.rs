@@ -691,5 +691,10 @@ pub async fn payload(
         }
         e.artifact.clone()
     };
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info!(device, rollout, range, "device download");
     crate::serve_payload(&app, artifact.0, artifact.1, &headers).await
 }

@@ -17,7 +17,7 @@
 
 pub mod blob;
 pub mod fleet;
-pub mod manifest;
+pub use outpost_manifest as manifest;
 pub mod rollout;
 
 use std::path::PathBuf;

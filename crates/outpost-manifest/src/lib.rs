@@ -1,4 +1,5 @@
-//! Artifact manifests and their Ed25519 signatures.
+//! Artifact manifests and their Ed25519 signatures (docs/ota.md): what the OTA service
+//! checks at upload and what a device agent checks before installing.
 //!
 //! A manifest is a JSON object (see [`Manifest`]); what is signed is the exact bytes of the
 //! manifest as sent, so no canonical form is needed: the server and the agents verify the

@@ -1,0 +1,539 @@
+//! `outpost-agent`: the reference device agent for Outpost OTA (docs/ota.md).
+//!
+//! It polls the OTA service for the device, downloads an offered artifact with HTTP ranges
+//! (an interrupted download resumes where it stopped, also across restarts), verifies the
+//! manifest's Ed25519 signature against the keys it trusts and the payload's size and
+//! SHA-256, installs it into the inactive one of two slots (`slot-a`, `slot-b`), switches,
+//! runs a health check, and commits on success or switches back on failure, reporting each
+//! step. Its state (`state.json`, written atomically) records the step it is at, so a
+//! restart at any point carries on from there. Reports that cannot be delivered are kept
+//! and sent later.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use clap::Parser;
+use futures_util::StreamExt as _;
+use outpost_manifest::{Manifest, PublicKey};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt as _;
+
+#[derive(Parser, Debug)]
+#[command(name = "outpost-agent", version, about = "Outpost OTA device agent")]
+struct Args {
+    /// The OTA service: `http://HOST:59750`, or through the gateway `https://HOST:8443/ota`.
+    #[arg(long, env = "OUTPOST_AGENT_SERVER")]
+    server: String,
+    /// This device's name.
+    #[arg(long, env = "OUTPOST_AGENT_DEVICE")]
+    device: String,
+    /// A file holding this device's secret.
+    #[arg(long)]
+    token_file: PathBuf,
+    /// Keys whose signatures are accepted (`ed25519:<base64>`, repeatable).
+    #[arg(long = "trusted-key", required = true)]
+    trusted_keys: Vec<String>,
+    /// Where the agent keeps its state and the two slots.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Run (with `sh -c`) after switching to a new version; exit status 0 commits it.
+    /// `OUTPOST_SLOT`, `OUTPOST_ARTIFACT_NAME` and `OUTPOST_ARTIFACT_VERSION` are set.
+    #[arg(long)]
+    health_cmd: String,
+    /// A CA certificate (PEM) to trust for `https://` servers.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Seconds between polls (default: what the server suggests).
+    #[arg(long)]
+    poll_s: Option<u64>,
+    /// Download at most this many bytes per second.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Stop after the first poll that offers nothing (with nothing left to do).
+    #[arg(long)]
+    once: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Artifact {
+    name: String,
+    version: String,
+    size: u64,
+    sha256: String,
+    manifest_base64: String,
+    signature: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum Step {
+    Downloading,
+    Installed,
+    Switched,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Pending {
+    action: String,
+    artifact: Artifact,
+    download: String,
+    feedback: String,
+    step: Step,
+    /// The slot to go back to.
+    previous: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Report {
+    feedback: String,
+    status: String,
+    details: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct State {
+    active: String,
+    /// What the active slot holds (name, version, sha256).
+    installed: Option<(String, String, String)>,
+    pending: Option<Pending>,
+    unsent: Vec<Report>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            active: "a".into(),
+            installed: None,
+            pending: None,
+            unsent: Vec::new(),
+        }
+    }
+}
+
+struct Agent {
+    args: Args,
+    http: reqwest::Client,
+    token: String,
+    keys: Vec<PublicKey>,
+    state: State,
+    etag: Option<String>,
+}
+
+fn other(slot: &str) -> &'static str {
+    if slot == "a" { "b" } else { "a" }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+impl Agent {
+    fn state_path(&self) -> PathBuf {
+        self.args.state_dir.join("state.json")
+    }
+
+    fn slot(&self, name: &str) -> PathBuf {
+        self.args.state_dir.join(format!("slot-{name}"))
+    }
+
+    /// Writes the state atomically (temp file, fsync, rename, fsync of the directory).
+    fn save(&self) -> anyhow::Result<()> {
+        let tmp = self.args.state_dir.join("state.json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, &serde_json::to_vec_pretty(&self.state)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.state_path())?;
+        sync_dir(&self.args.state_dir);
+        Ok(())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.args.server.trim_end_matches('/'))
+    }
+
+    fn report(
+        &mut self,
+        feedback: &str,
+        status: &str,
+        details: impl Into<String>,
+    ) -> anyhow::Result<()> {
+        let details = details.into();
+        println!("{}: {status} {details}", self.args.device);
+        self.state.unsent.push(Report {
+            feedback: feedback.to_string(),
+            status: status.to_string(),
+            details,
+        });
+        self.save()
+    }
+
+    /// Sends the kept reports in order; stops at the first that cannot be delivered now.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        while let Some(r) = self.state.unsent.first().cloned() {
+            let sent = self
+                .http
+                .post(self.url(&r.feedback))
+                .header("x-outpost-device-token", &self.token)
+                .json(&serde_json::json!({"status": r.status, "details": r.details}))
+                .send()
+                .await;
+            match sent {
+                Ok(resp) if resp.status().is_success() || resp.status().is_client_error() => {
+                    if resp.status().is_client_error() {
+                        eprintln!(
+                            "{}: the server refused a report ({}); dropping it",
+                            self.args.device,
+                            resp.status()
+                        );
+                    }
+                    self.state.unsent.remove(0);
+                    self.save()?;
+                }
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls; returns the suggested interval and starts an offered action.
+    async fn poll(&mut self) -> anyhow::Result<u64> {
+        let mut req = self
+            .http
+            .get(self.url(&format!("/api/v3/ddi/{}", self.args.device)))
+            .header("x-outpost-device-token", &self.token);
+        if let Some(e) = &self.etag {
+            req = req.header("if-none-match", e);
+        }
+        let resp = req.send().await.context("poll")?;
+        if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(30);
+        }
+        if !resp.status().is_success() {
+            bail!("poll answered {}", resp.status());
+        }
+        let etag = resp
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let v: serde_json::Value = resp.json().await?;
+        let interval = v["pollSeconds"].as_u64().unwrap_or(30);
+        let action = &v["action"];
+        if action.is_null() {
+            self.etag = etag;
+            return Ok(interval);
+        }
+        let artifact: Artifact = serde_json::from_value(action["artifact"].clone())?;
+        let id = action["id"].as_str().unwrap_or_default().to_string();
+        if self
+            .state
+            .installed
+            .as_ref()
+            .is_some_and(|(_, _, sha)| *sha == artifact.sha256)
+        {
+            // Already running this payload (a report got lost): say so.
+            let feedback = action["feedback"].as_str().unwrap_or_default().to_string();
+            self.report(&feedback, "succeeded", "already installed")?;
+            self.etag = etag;
+            return Ok(interval);
+        }
+        self.state.pending = Some(Pending {
+            action: id,
+            download: action["download"].as_str().unwrap_or_default().to_string(),
+            feedback: action["feedback"].as_str().unwrap_or_default().to_string(),
+            artifact,
+            step: Step::Downloading,
+            previous: self.state.active.clone(),
+        });
+        self.save()?;
+        Ok(interval)
+    }
+
+    /// Downloads the payload into `download.part`, resuming a partial one; retries with
+    /// backoff until it is complete.
+    async fn download(&mut self, p: &Pending) -> anyhow::Result<PathBuf> {
+        let part = self.args.state_dir.join("download.part");
+        let owner = self.args.state_dir.join("download.sha256");
+        if std::fs::read_to_string(&owner).ok().as_deref() != Some(p.artifact.sha256.as_str()) {
+            let _ = std::fs::remove_file(&part);
+            std::fs::write(&owner, &p.artifact.sha256)?;
+        }
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let have = std::fs::metadata(&part).map_or(0, |m| m.len());
+            if have >= p.artifact.size {
+                return Ok(part);
+            }
+            match self.fetch(p, &part, have).await {
+                Ok(()) => delay = Duration::from_millis(200),
+                Err(e) => {
+                    eprintln!(
+                        "{}: download interrupted at {have} bytes: {e:#}; retrying",
+                        self.args.device
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    async fn fetch(&self, p: &Pending, part: &Path, have: u64) -> anyhow::Result<()> {
+        let mut req = self
+            .http
+            .get(self.url(&p.download))
+            .header("x-outpost-device-token", &self.token);
+        if have > 0 {
+            req = req
+                .header("range", format!("bytes={have}-"))
+                .header("if-range", format!("\"{}\"", p.artifact.sha256));
+        }
+        let resp = req.send().await?;
+        let mut file = match resp.status().as_u16() {
+            206 => {
+                tokio::fs::OpenOptions::new()
+                    .append(true)
+                    .open(part)
+                    .await?
+            }
+            200 => tokio::fs::File::create(part).await?,
+            s => bail!("download answered {s}"),
+        };
+        let started = Instant::now();
+        let mut got = 0u64;
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            file.write_all(&chunk).await?;
+            got += chunk.len() as u64;
+            if let Some(rate) = self.args.rate.filter(|r| *r > 0) {
+                let due = Duration::from_secs_f64(got as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    file.flush().await?;
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        file.sync_all().await?;
+        Ok(())
+    }
+
+    /// Checks the signature, the manifest and the payload; the reason if any fails.
+    fn verify(&self, p: &Pending, part: &Path) -> Result<(), String> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&p.artifact.manifest_base64)
+            .map_err(|_| "the manifest is not base64".to_string())?;
+        let key = outpost_manifest::verify(&bytes, &p.artifact.signature, &self.keys)
+            .map_err(|e| e.to_string())?;
+        let m = Manifest::parse(&bytes).map_err(|e| e.to_string())?;
+        if m.sha256 != p.artifact.sha256 || m.size != p.artifact.size {
+            return Err("the offered artifact differs from its signed manifest".into());
+        }
+        let data = std::fs::read(part).map_err(|e| format!("cannot read the download: {e}"))?;
+        if data.len() as u64 != m.size {
+            return Err(format!(
+                "the payload has {} bytes, the manifest says {}",
+                data.len(),
+                m.size
+            ));
+        }
+        let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, &data));
+        if sha != m.sha256 {
+            return Err(format!(
+                "the payload's SHA-256 is {sha}, the signed manifest says {}: not installed",
+                m.sha256
+            ));
+        }
+        println!(
+            "{}: verified {} {} (key {key})",
+            self.args.device, m.name, m.version
+        );
+        Ok(())
+    }
+
+    /// Carries the pending action on from its step to the end.
+    async fn run_action(&mut self, mut p: Pending) -> anyhow::Result<()> {
+        if p.step == Step::Downloading {
+            if self.state.unsent.is_empty() {
+                self.report(&p.feedback.clone(), "downloading", "")?;
+            }
+            let part = self.download(&p).await?;
+            if let Err(why) = self.verify(&p, &part) {
+                let _ = std::fs::remove_file(&part);
+                self.state.pending = None;
+                return self.report(&p.feedback, "failed", why);
+            }
+            // Into the inactive slot, synced, before anything points at it.
+            let target = other(&self.state.active);
+            let slot = self.slot(target);
+            let _ = std::fs::remove_dir_all(&slot);
+            std::fs::create_dir_all(&slot)?;
+            std::fs::rename(&part, slot.join("payload"))?;
+            let manifest = base64::engine::general_purpose::STANDARD
+                .decode(&p.artifact.manifest_base64)
+                .unwrap_or_default();
+            std::fs::write(slot.join("manifest.json"), manifest)?;
+            std::fs::write(slot.join("manifest.sig"), &p.artifact.signature)?;
+            if let Ok(f) = std::fs::File::open(slot.join("payload")) {
+                let _ = f.sync_all();
+            }
+            sync_dir(&slot);
+            p.step = Step::Installed;
+            self.state.pending = Some(p.clone());
+            self.report(&p.feedback, "installing", format!("into slot {target}"))?;
+        }
+        if p.step == Step::Installed {
+            p.previous = self.state.active.clone();
+            self.state.active = other(&p.previous).to_string();
+            p.step = Step::Switched;
+            self.state.pending = Some(p.clone());
+            self.save()?;
+        }
+        // Switched: the health check decides.
+        let slot = self.slot(&self.state.active);
+        let out = tokio::time::timeout(
+            Duration::from_secs(120),
+            tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(&self.args.health_cmd)
+                .env("OUTPOST_SLOT", &slot)
+                .env("OUTPOST_ARTIFACT_NAME", &p.artifact.name)
+                .env("OUTPOST_ARTIFACT_VERSION", &p.artifact.version)
+                .output(),
+        )
+        .await;
+        let healthy = match &out {
+            Ok(Ok(o)) if o.status.success() => Ok(()),
+            Ok(Ok(o)) => Err(format!(
+                "health check exited with {}: {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+                    .trim()
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
+            )),
+            Ok(Err(e)) => Err(format!("health check could not run: {e}")),
+            Err(_) => Err("health check timed out".into()),
+        };
+        self.state.pending = None;
+        match healthy {
+            Ok(()) => {
+                self.state.installed = Some((
+                    p.artifact.name.clone(),
+                    p.artifact.version.clone(),
+                    p.artifact.sha256.clone(),
+                ));
+                self.report(
+                    &p.feedback,
+                    "succeeded",
+                    format!(
+                        "running {} from slot {}",
+                        p.artifact.version, self.state.active
+                    ),
+                )
+            }
+            Err(why) => {
+                self.state.active = p.previous.clone();
+                self.report(
+                    &p.feedback,
+                    "rolledBack",
+                    format!("{why}; back on slot {}", p.previous),
+                )
+            }
+        }
+    }
+}
+
+fn client(ca: Option<&Path>) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+        .no_proxy();
+    if let Some(ca) = ca {
+        let pem =
+            std::fs::read_to_string(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        b = b.tls_backend_preconfigured(outpost_pki::client_config(&pem, None)?);
+    }
+    Ok(b.build()?)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.state_dir)?;
+    let token = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("cannot read {}", args.token_file.display()))?
+        .trim()
+        .to_string();
+    let keys = args
+        .trusted_keys
+        .iter()
+        .map(|k| PublicKey::parse(k).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let state = match std::fs::read(args.state_dir.join("state.json")) {
+        Ok(b) => serde_json::from_slice(&b).context("state.json is not readable")?,
+        Err(_) => State::default(),
+    };
+    let mut agent = Agent {
+        http: client(args.ca.as_deref())?,
+        token,
+        keys,
+        state,
+        etag: None,
+        args,
+    };
+    loop {
+        let _ = agent.flush().await;
+        if let Some(p) = agent.state.pending.clone() {
+            agent.run_action(p).await?;
+            let _ = agent.flush().await;
+            continue;
+        }
+        let interval = match agent.poll().await {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("{}: {e:#}", agent.args.device);
+                5
+            }
+        };
+        if agent.state.pending.is_some() {
+            continue;
+        }
+        if agent.args.once && agent.state.unsent.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(
+            agent.args.poll_s.unwrap_or(interval).max(1),
+        ))
+        .await;
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("outpost-agent: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outpost-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
