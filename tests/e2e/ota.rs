@@ -688,3 +688,213 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_resumes_its_download_where_it_stopped() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (key, public) = keygen(keys.path());
+    let node = Node::start(&format!(
+        "[ota]\nenabled = true\ntrusted_keys = [\"{public}\"]\n"
+    ))
+    .await;
+    let ota = format!("http://127.0.0.1:{}/api/v3", node.ports.ota);
+    crate::support::provision(&node, &["slow-1"]);
+    let (ok, _, err) = node.cli(&[
+        "device",
+        "secret",
+        "slow-1",
+        "--secret",
+        "slow-1-secret-000",
+    ]);
+    assert!(ok, "{err}");
+    let data = payload(3_000_000, 5);
+    let file = node.dir.path().join("fw.bin");
+    std::fs::write(&file, &data).expect("write");
+    let (ok, out, err) = node.cli(&[
+        "ota",
+        "upload",
+        file.to_str().expect("path"),
+        "--name",
+        "fw",
+        "--version",
+        "4.0",
+        "--key",
+        key.to_str().expect("path"),
+        "--compatible",
+        "Thermostat",
+    ]);
+    assert!(ok, "{out}{err}");
+    let (code, v) = node
+        .post(
+            &format!("{ota}/rollout"),
+            &json!({"name": "slow", "artifact": {"name": "fw", "version": "4.0"},
+                    "target": {"devices": ["slow-1"]}, "policy": {"phases": [100.0]}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{v}");
+    // 500 KB/s: six seconds for the whole payload; killed after about one.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let health = "test -s \"$OUTPOST_SLOT/payload\"";
+    let mut agent = Agents(vec![start_agent(
+        &node,
+        dir.path(),
+        "slow-1",
+        &public,
+        health,
+        &["--rate", "500000"],
+    )]);
+    let part = dir.path().join("state/download.part");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::metadata(&part).map_or(0, |m| m.len()) < 400_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    agent.0[0].kill().expect("kill");
+    agent.0[0].wait().expect("wait");
+    let kept = std::fs::metadata(&part).expect("part").len();
+    assert!(kept > 0 && kept < data.len() as u64, "{kept}");
+    // Started again without a rate limit: it asks for the rest only, and finishes.
+    agent.0.push(start_agent(
+        &node,
+        dir.path(),
+        "slow-1",
+        &public,
+        health,
+        &[],
+    ));
+    eventually_v(
+        "the install",
+        &|| async { node.get(&format!("{ota}/rollout/name/slow")).await.1 },
+        |v| v["counts"]["succeeded"] == 1,
+    )
+    .await;
+    let log = node.log();
+    let resumed = log
+        .lines()
+        .filter(|l| l.contains("device download") && l.contains("slow-1"))
+        .filter_map(|l| l.split("range=\"bytes=").nth(1))
+        .filter_map(|r| r.split('-').next()?.parse::<u64>().ok())
+        .collect::<Vec<_>>();
+    assert!(
+        resumed.iter().any(|start| *start >= kept),
+        "no download resumed from {kept} or later: {resumed:?}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("state/slot-b/payload")).expect("payload"),
+        data
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_refuses_a_tampered_artifact_from_a_rogue_server() {
+    // A rogue server offers a correctly signed manifest with other bytes as the payload.
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (key, public) = keygen(keys.path());
+    let signer = SigningKey::from_pkcs8(
+        &B64.decode(std::fs::read_to_string(&key).expect("key").trim())
+            .expect("b64"),
+    )
+    .expect("key");
+    let good = payload(10_000, 1);
+    let evil = payload(10_000, 2);
+    let m = manifest("fw", "6.6", &good);
+    let port = crate::support::free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let action = json!({"pollSeconds": 1, "action": {
+        "id": "rogue", "state": "offered",
+        "artifact": {"name": "fw", "version": "6.6", "size": good.len(), "sha256": sha256(&good),
+                     "payloadType": "file", "manifestBase64": B64.encode(&m), "signature": signer.sign(&m), "keyId": "x"},
+        "download": "/api/v3/ddi/dev/action/rogue/payload",
+        "feedback": "/api/v3/ddi/dev/action/rogue/feedback"}});
+    std::fs::write(dir.path().join("poll.json"), action.to_string()).expect("poll");
+    std::fs::write(dir.path().join("payload"), &evil).expect("payload");
+    let script = format!(
+        r#"
+import http.server, os
+D = {dir:?}
+class H(http.server.BaseHTTPRequestHandler):
+    def send(self, code, body, ctype="application/json"):
+        self.send_response(code)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        if self.path.endswith("/payload"):
+            self.send(200, open(os.path.join(D, "payload"), "rb").read(), "application/octet-stream")
+        else:
+            self.send(200, open(os.path.join(D, "poll.json"), "rb").read())
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        open(os.path.join(D, "feedback.log"), "ab").write(body + b"\n")
+        self.send(200, b"{{}}")
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
+"#,
+        dir = dir.path().display().to_string()
+    );
+    let mut server = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .spawn()
+        .expect("python3");
+    let state = dir.path().join("agent");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    std::fs::write(state.join("token"), "anything").expect("token");
+    let mut agent = Command::new(agent_bin())
+        .args([
+            "--server",
+            &format!("http://127.0.0.1:{port}"),
+            "--device",
+            "dev",
+        ])
+        .args([
+            "--trusted-key",
+            &public,
+            "--health-cmd",
+            "true",
+            "--poll-s",
+            "1",
+        ])
+        .arg("--token-file")
+        .arg(state.join("token"))
+        .arg("--state-dir")
+        .arg(state.join("state"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("agent");
+    let feedback = dir.path().join("feedback.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(&feedback)
+        .unwrap_or_default()
+        .contains("failed")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never reported the refusal"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(&feedback).expect("feedback");
+    assert!(log.contains("SHA-256"), "{log}");
+    assert!(
+        !log.contains("installing") && !log.contains("succeeded"),
+        "{log}"
+    );
+    let s = agent_state(&state);
+    assert_eq!(s["active"], "a");
+    assert!(s["installed"].is_null());
+    assert!(
+        !state.join("state/slot-b/payload").exists(),
+        "a tampered payload reached a slot"
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let _ = server.kill();
+    let _ = server.wait();
+}
