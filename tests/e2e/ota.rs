@@ -484,12 +484,9 @@ async fn a_rollout_offers_by_phase_pauses_on_failures_and_devices_use_their_own_
     assert!(v["action"].is_null());
 }
 
-/// The reference agent, built with the workspace next to `outpost`.
-fn agent_bin() -> std::path::PathBuf {
-    std::path::Path::new(BIN)
-        .parent()
-        .expect("target dir")
-        .join("outpost-agent")
+/// The reference agent, the package's second binary.
+fn agent_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_outpost-agent")
 }
 
 struct Agents(Vec<std::process::Child>);
@@ -534,7 +531,7 @@ fn start_agent(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("outpost-agent (built with the workspace)")
+        .expect("outpost-agent")
 }
 
 fn agent_state(dir: &std::path::Path) -> Value {
@@ -581,15 +578,29 @@ async fn twenty_agents_roll_out_in_phases_and_failures_pause_and_roll_back() {
         "Thermostat",
     ]);
     assert!(ok, "{out}{err}");
-    let (code, v) = node
-        .post(
-            &format!("{ota}/rollout"),
-            &json!({"name": "wave", "artifact": {"name": "fw", "version": "3.0"},
-                    "target": {"devices": names},
-                    "policy": {"phases": [25.0, 50.0, 100.0], "failureCount": 3, "failurePercent": 100.0}}),
-        )
-        .await;
-    assert_eq!(code, 201, "{v}");
+    // Through the gateway with the CLI.
+    let mut args = vec![
+        "ota",
+        "rollout",
+        "create",
+        "wave",
+        "--artifact",
+        "fw",
+        "--version",
+        "3.0",
+        "--phases",
+        "25,50,100",
+        "--failure-count",
+        "3",
+        "--failure-percent",
+        "100",
+    ];
+    for d in &names {
+        args.extend(["--device", d.as_str()]);
+    }
+    let (ok, out, err) = node.cli(&args);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("to 20 devices"), "{out}");
 
     // Agents 00-02 (in the first phase of 5) fail their health check.
     let root = tempfile::tempdir().expect("tempdir");
@@ -650,20 +661,24 @@ async fn twenty_agents_roll_out_in_phases_and_failures_pause_and_roll_back() {
             data
         );
     }
+    let (ok, out, _) = node.cli(&["ota", "rollout", "status", "wave"]);
+    assert!(
+        ok && out.contains("paused") && out.contains("0 (open)"),
+        "{out}"
+    );
     // Resume: earlier failures no longer count, but the first phase is short of 100 %
     // successes, so nothing more opens; cancel ends it.
-    let (code, v) = node
-        .post(&format!("{ota}/rollout/name/wave/resume"), &json!({}))
-        .await;
-    assert_eq!(code, 200, "{v}");
+    let (ok, out, err) = node.cli(&["ota", "rollout", "resume", "wave"]);
+    assert!(ok && out.contains("running"), "{out}{err}");
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let v = status().await;
     assert_eq!(v["status"]["state"], "running", "{v}");
     assert_eq!(v["counts"]["waiting"], 15, "{v}");
-    let (code, v) = node
-        .post(&format!("{ota}/rollout/name/wave/cancel"), &json!({}))
-        .await;
-    assert_eq!(code, 200, "{v}");
+    let (ok, out, err) = node.cli(&["ota", "rollout", "cancel", "wave"]);
+    assert!(ok && out.contains("canceled"), "{out}{err}");
+    let (ok, _, _) = node.cli(&["ota", "rollout", "cancel", "wave"]);
+    assert!(!ok, "a canceled rollout cannot be canceled again");
+    let v = status().await;
     assert_eq!(v["counts"]["canceled"], 15, "{v}");
     assert_eq!(v["counts"]["succeeded"], 2);
     assert_eq!(v["counts"]["rolledBack"], 3);

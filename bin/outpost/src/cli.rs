@@ -147,7 +147,7 @@ impl Client {
         ok_or_message(status, body)
     }
 
-    async fn post(
+    pub(crate) async fn post(
         &self,
         svc: Service,
         path: &str,

@@ -176,6 +176,55 @@ enum OtaCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Rollouts of artifacts to devices.
+    #[command(subcommand)]
+    Rollout(RolloutCmd),
+}
+
+#[derive(Subcommand)]
+enum RolloutCmd {
+    /// Roll an artifact out to devices (by name or labels), in phases.
+    #[command(disable_version_flag = true)]
+    Create {
+        name: String,
+        /// The artifact's name and version.
+        #[arg(long)]
+        artifact: String,
+        #[arg(long)]
+        version: String,
+        /// Target devices by name (repeatable)...
+        #[arg(long = "device")]
+        devices: Vec<String>,
+        /// ...or those carrying all these labels (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Cumulative percentages, e.g. --phases 1,10,100.
+        #[arg(long, value_delimiter = ',')]
+        phases: Vec<f64>,
+        #[arg(long)]
+        success_percent: Option<f64>,
+        #[arg(long)]
+        failure_count: Option<u32>,
+        #[arg(long)]
+        failure_percent: Option<f64>,
+        #[arg(long)]
+        min_sample: Option<u32>,
+    },
+    /// Phases and per-state counts of one rollout, or of all.
+    Status {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    Cancel {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -641,6 +690,47 @@ async fn client(
             .await
         }
         Command::Ota(OtaCmd::List { json }) => ota_cli::list(&c, json).await,
+        Command::Ota(OtaCmd::Rollout(RolloutCmd::Create {
+            name,
+            artifact,
+            version,
+            devices,
+            labels,
+            phases,
+            success_percent,
+            failure_count,
+            failure_percent,
+            min_sample,
+        })) => {
+            ota_cli::rollout_create(
+                &c,
+                ota_cli::NewRollout {
+                    name,
+                    artifact,
+                    version,
+                    devices,
+                    labels,
+                    phases,
+                    success_percent,
+                    failure_count,
+                    failure_percent,
+                    min_sample,
+                },
+            )
+            .await
+        }
+        Command::Ota(OtaCmd::Rollout(RolloutCmd::Status { name, json })) => {
+            ota_cli::rollout_status(&c, name.as_deref(), json).await
+        }
+        Command::Ota(OtaCmd::Rollout(RolloutCmd::Pause { name })) => {
+            ota_cli::rollout_control(&c, &name, "pause").await
+        }
+        Command::Ota(OtaCmd::Rollout(RolloutCmd::Resume { name })) => {
+            ota_cli::rollout_control(&c, &name, "resume").await
+        }
+        Command::Ota(OtaCmd::Rollout(RolloutCmd::Cancel { name })) => {
+            ota_cli::rollout_control(&c, &name, "cancel").await
+        }
         Command::Events(EventsCmd::Tail { device, json }) => {
             cli::events_tail(&cfg, &data_dir, device.as_deref(), json).await
         }

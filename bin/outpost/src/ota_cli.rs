@@ -10,7 +10,7 @@ use outpost_ota::manifest::{Manifest, SigningKey};
 use serde_json::Value;
 use tokio::io::AsyncReadExt as _;
 
-use crate::cli::{Client, print_json, s, table};
+use crate::cli::{Client, enc, ok_or_message, print_json, s, table};
 use crate::config::Service;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -231,5 +231,136 @@ pub async fn list(c: &Client, json: bool) -> anyhow::Result<()> {
         &["NAME", "VERSION", "SIZE", "COMPATIBLE", "SHA256", "KEY"],
         &rows,
     );
+    Ok(())
+}
+
+pub struct NewRollout {
+    pub name: String,
+    pub artifact: String,
+    pub version: String,
+    pub devices: Vec<String>,
+    pub labels: Vec<String>,
+    pub phases: Vec<f64>,
+    pub success_percent: Option<f64>,
+    pub failure_count: Option<u32>,
+    pub failure_percent: Option<f64>,
+    pub min_sample: Option<u32>,
+}
+
+pub async fn rollout_create(c: &Client, r: NewRollout) -> anyhow::Result<()> {
+    let mut policy = serde_json::Map::new();
+    if !r.phases.is_empty() {
+        policy.insert("phases".into(), serde_json::json!(r.phases));
+    }
+    if let Some(v) = r.success_percent {
+        policy.insert("successPercent".into(), v.into());
+    }
+    if let Some(v) = r.failure_count {
+        policy.insert("failureCount".into(), v.into());
+    }
+    if let Some(v) = r.failure_percent {
+        policy.insert("failurePercent".into(), v.into());
+    }
+    if let Some(v) = r.min_sample {
+        policy.insert("minSample".into(), v.into());
+    }
+    let body = serde_json::json!({
+        "name": r.name, "artifact": {"name": r.artifact, "version": r.version},
+        "target": {"devices": r.devices, "labels": r.labels}, "policy": policy,
+    });
+    let (status, v) = c.post(Service::Ota, "/rollout", &body).await?;
+    let v = ok_or_message(status, v)?;
+    println!(
+        "created rollout {} to {} devices",
+        s(&v, "name"),
+        v["devices"]
+    );
+    print_rollout(&v);
+    Ok(())
+}
+
+fn print_rollout(v: &Value) {
+    let state = s(&v["status"], "state");
+    let reason = s(&v["status"], "reason");
+    println!(
+        "{} {} {}: {state}{}",
+        s(v, "name"),
+        s(&v["artifact"], "name"),
+        s(&v["artifact"], "version"),
+        if reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({reason})")
+        }
+    );
+    let states = [
+        "waiting",
+        "offered",
+        "downloading",
+        "installing",
+        "succeeded",
+        "failed",
+        "rolledBack",
+        "canceled",
+    ];
+    let mut headers = vec!["PHASE", "PERCENT", "DEVICES"];
+    headers.extend(states.iter().copied());
+    let rows: Vec<Vec<String>> = v["phases"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            let open = p["phase"].as_u64() <= v["openPhase"].as_u64();
+            let mut row = vec![
+                format!("{}{}", p["phase"], if open { " (open)" } else { "" }),
+                p["percent"].to_string(),
+                p["devices"].to_string(),
+            ];
+            row.extend(states.iter().map(|st| p["counts"][*st].to_string()));
+            row
+        })
+        .collect();
+    table(&headers, &rows);
+}
+
+pub async fn rollout_status(c: &Client, name: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let v = match name {
+        Some(n) => {
+            c.get(Service::Ota, &format!("/rollout/name/{}", enc(n)))
+                .await?
+        }
+        None => c.get(Service::Ota, "/rollout/all").await?,
+    };
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    match name {
+        Some(_) => print_rollout(&v),
+        None => {
+            for r in v["rollouts"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                print_rollout(r);
+                println!();
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn rollout_control(c: &Client, name: &str, action: &str) -> anyhow::Result<()> {
+    let (status, v) = c
+        .post(
+            Service::Ota,
+            &format!("/rollout/name/{}/{action}", enc(name)),
+            &serde_json::json!({}),
+        )
+        .await?;
+    let v = ok_or_message(status, v)?;
+    print_rollout(&v);
     Ok(())
 }
