@@ -256,6 +256,54 @@ async fn signed_artifacts_are_stored_once_and_download_resumably_and_bad_ones_ar
     assert_eq!(v["totalCount"], 2);
 }
 
+/// A node with OTA on and a new signing key trusted: (node, the key's directory, the key
+/// file, the public key line).
+async fn ota_node() -> (Node, tempfile::TempDir, std::path::PathBuf, String) {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (key, public) = keygen(keys.path());
+    let node = Node::start(&format!(
+        "[ota]\nenabled = true\ntrusted_keys = [\"{public}\"]\n"
+    ))
+    .await;
+    (node, keys, key, public)
+}
+
+/// Gives each device the secret `<name>-secret-000`, with the CLI.
+fn with_secrets<S: AsRef<str>>(node: &Node, devices: &[S]) {
+    for d in devices {
+        let d = d.as_ref();
+        let (ok, _, err) = node.cli(&[
+            "device",
+            "secret",
+            d,
+            "--secret",
+            &format!("{d}-secret-000"),
+        ]);
+        assert!(ok, "{err}");
+    }
+}
+
+/// Uploads `data` as `name` `version` with the CLI (through the gateway); returns its output.
+fn upload(node: &Node, key: &std::path::Path, name: &str, version: &str, data: &[u8]) -> String {
+    let file = node.dir.path().join(format!("{name}-{version}.bin"));
+    std::fs::write(&file, data).expect("write");
+    let (ok, out, err) = node.cli(&[
+        "ota",
+        "upload",
+        file.to_str().expect("path"),
+        "--name",
+        name,
+        "--version",
+        version,
+        "--key",
+        key.to_str().expect("path"),
+        "--compatible",
+        "Thermostat",
+    ]);
+    assert!(ok, "{out}{err}");
+    out
+}
+
 /// Makes a signing key with the CLI; returns (key file, public key line).
 fn keygen(dir: &std::path::Path) -> (std::path::PathBuf, String) {
     let mut cmd = Command::new(BIN);
@@ -268,42 +316,13 @@ fn keygen(dir: &std::path::Path) -> (std::path::PathBuf, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_offers_by_phase_pauses_on_failures_and_devices_use_their_own_credential() {
-    let keys = tempfile::tempdir().expect("tempdir");
-    let (key, public) = keygen(keys.path());
-    let node = Node::start(&format!(
-        "[ota]\nenabled = true\ntrusted_keys = [\"{public}\"]\n"
-    ))
-    .await;
+    let (node, _keys, key, _) = ota_node().await;
     let ota = format!("http://127.0.0.1:{}/api/v3", node.ports.ota);
     let names = ["ota-0", "ota-1", "ota-2", "ota-3"];
     crate::support::provision(&node, &names);
-    for d in names {
-        let (ok, _, err) = node.cli(&[
-            "device",
-            "secret",
-            d,
-            "--secret",
-            &format!("{d}-secret-000"),
-        ]);
-        assert!(ok, "{err}");
-    }
+    with_secrets(&node, &names);
     let data = payload(200_000, 3);
-    let file = node.dir.path().join("fw.bin");
-    std::fs::write(&file, &data).expect("write");
-    let (ok, out, err) = node.cli(&[
-        "ota",
-        "upload",
-        file.to_str().expect("path"),
-        "--name",
-        "fw",
-        "--version",
-        "2.0",
-        "--key",
-        key.to_str().expect("path"),
-        "--compatible",
-        "Thermostat",
-    ]);
-    assert!(ok, "{out}{err}");
+    upload(&node, &key, "fw", "2.0", &data);
 
     // Rollouts that cannot be: unknown artifact, nothing compatible, bad policy.
     let rollout = |name: &str, version: &str, policy: Value| {
@@ -541,43 +560,14 @@ fn agent_state(dir: &std::path::Path) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_agents_roll_out_in_phases_and_failures_pause_and_roll_back() {
-    let keys = tempfile::tempdir().expect("tempdir");
-    let (key, public) = keygen(keys.path());
-    let node = Node::start(&format!(
-        "[ota]\nenabled = true\ntrusted_keys = [\"{public}\"]\n"
-    ))
-    .await;
+    let (node, _keys, key, public) = ota_node().await;
     let ota = format!("http://127.0.0.1:{}/api/v3", node.ports.ota);
     let names: Vec<String> = (0..20).map(|i| format!("agent-{i:02}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     crate::support::provision(&node, &refs);
-    for d in &names {
-        let (ok, _, err) = node.cli(&[
-            "device",
-            "secret",
-            d,
-            "--secret",
-            &format!("{d}-secret-000"),
-        ]);
-        assert!(ok, "{err}");
-    }
+    with_secrets(&node, &names);
     let data = payload(100_000, 7);
-    let file = node.dir.path().join("fw.bin");
-    std::fs::write(&file, &data).expect("write");
-    let (ok, out, err) = node.cli(&[
-        "ota",
-        "upload",
-        file.to_str().expect("path"),
-        "--name",
-        "fw",
-        "--version",
-        "3.0",
-        "--key",
-        key.to_str().expect("path"),
-        "--compatible",
-        "Thermostat",
-    ]);
-    assert!(ok, "{out}{err}");
+    upload(&node, &key, "fw", "3.0", &data);
     // Through the gateway with the CLI.
     let mut args = vec![
         "ota",
@@ -706,39 +696,12 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_resumes_its_download_where_it_stopped() {
-    let keys = tempfile::tempdir().expect("tempdir");
-    let (key, public) = keygen(keys.path());
-    let node = Node::start(&format!(
-        "[ota]\nenabled = true\ntrusted_keys = [\"{public}\"]\n"
-    ))
-    .await;
+    let (node, _keys, key, public) = ota_node().await;
     let ota = format!("http://127.0.0.1:{}/api/v3", node.ports.ota);
     crate::support::provision(&node, &["slow-1"]);
-    let (ok, _, err) = node.cli(&[
-        "device",
-        "secret",
-        "slow-1",
-        "--secret",
-        "slow-1-secret-000",
-    ]);
-    assert!(ok, "{err}");
+    with_secrets(&node, &["slow-1"]);
     let data = payload(3_000_000, 5);
-    let file = node.dir.path().join("fw.bin");
-    std::fs::write(&file, &data).expect("write");
-    let (ok, out, err) = node.cli(&[
-        "ota",
-        "upload",
-        file.to_str().expect("path"),
-        "--name",
-        "fw",
-        "--version",
-        "4.0",
-        "--key",
-        key.to_str().expect("path"),
-        "--compatible",
-        "Thermostat",
-    ]);
-    assert!(ok, "{out}{err}");
+    upload(&node, &key, "fw", "4.0", &data);
     let (code, v) = node
         .post(
             &format!("{ota}/rollout"),
