@@ -22,7 +22,7 @@ mod serve;
 pub mod store;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -34,6 +34,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json};
 use outpost_contracts::common::BaseResponse;
 use outpost_contracts::export::{IngestBatch, IngestResponse};
+use outpost_contracts::now_millis as now_ms;
 use outpost_kit::error::{Path, Query};
 use outpost_kit::{ApiError, Check, Context, health_probe};
 use serde::{Deserialize, Serialize};
@@ -133,12 +134,6 @@ struct Metrics {
 
 fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Runs the cloud node until shutdown.

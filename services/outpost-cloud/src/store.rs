@@ -351,9 +351,7 @@ impl Store {
         } = batch;
         let tx = c.transaction()?;
         // Received when the transaction that stores it runs.
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now_ms = outpost_contracts::now_millis();
         let mut out = Stored::default();
         let hwm: Option<i64> = tx
             .query_row(

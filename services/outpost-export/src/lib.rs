@@ -20,7 +20,7 @@ mod deadletter;
 pub mod sink;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -46,9 +46,7 @@ use sink::{SendError, Sink};
 pub const SERVICE: &str = "export";
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    u64::try_from(outpost_contracts::now_millis()).unwrap_or(0)
 }
 
 fn leak(s: String) -> &'static str {

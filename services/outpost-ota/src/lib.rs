@@ -22,7 +22,6 @@ pub mod rollout;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use axum::Json;
 use axum::Router;
@@ -33,6 +32,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use futures_util::StreamExt as _;
+use outpost_contracts::now_millis as now_ms;
 use outpost_kit::error::Path;
 use outpost_kit::{ApiError, Check, Context, health_probe};
 use outpost_storage::rusqlite::{OptionalExtension as _, params};
@@ -122,12 +122,6 @@ struct ArtifactView {
     signature: String,
     key_id: String,
     uploaded_ms: i64,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn row_view(

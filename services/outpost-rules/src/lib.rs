@@ -19,7 +19,7 @@ pub mod pipeline;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -32,6 +32,7 @@ use outpost_bus::{Bus, Options};
 use outpost_contracts::common::BaseRequest;
 use outpost_contracts::event::{AddEventRequest, Event, Reading, ReadingValue};
 use outpost_contracts::export::Alert;
+use outpost_contracts::now_nanos;
 use outpost_contracts::value::ValueType;
 use outpost_kit::error::Path;
 use outpost_kit::{ApiError, Check, Context, health_probe};
@@ -136,12 +137,6 @@ pub struct App {
 
 fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
-}
-
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 /// What leaves a pipeline for one device after one input.
