@@ -8,6 +8,7 @@ mod cli;
 mod compat;
 mod devices;
 mod encryption;
+mod enroll;
 mod export;
 mod gateway;
 mod ingest;

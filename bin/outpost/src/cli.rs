@@ -39,7 +39,7 @@ impl Client {
         }
     }
 
-    fn request(
+    pub(crate) fn request(
         &self,
         method: reqwest::Method,
         svc: Service,
@@ -94,7 +94,7 @@ impl Client {
         Ok((status, body))
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         svc: Service,
         req: reqwest::RequestBuilder,
@@ -160,7 +160,7 @@ impl Client {
         .await
     }
 
-    async fn put(
+    pub(crate) async fn put(
         &self,
         svc: Service,
         path: &str,

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use outpost_kit::config::{
-    BusConfig, CommonConfig, ConfigError, LogConfig, NodeConfig as NodeSection, Problems,
-    RegistryConfig, StorageConfig, Validate, apply_env_overrides, apply_overrides, from_table,
-    parse_toml,
+    BusConfig, CommonConfig, ConfigError, EnrollmentConfig, LogConfig, NodeConfig as NodeSection,
+    Problems, RegistryConfig, StorageConfig, Validate, apply_env_overrides, apply_overrides,
+    from_table, parse_toml,
 };
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +44,7 @@ pub struct NodeConfig {
     pub registry: RegistryConfig,
     pub bus: BusConfig,
     pub storage: StorageConfig,
+    pub enrollment: EnrollmentConfig,
     pub supervisor: SupervisorConfig,
     pub broker: outpost_broker::Config,
     pub core_keeper: outpost_core_keeper::Config,
@@ -266,6 +267,7 @@ impl NodeConfig {
             registry: self.registry.clone(),
             bus: self.bus.clone(),
             storage: self.storage.clone(),
+            enrollment: self.enrollment.clone(),
         }
     }
 

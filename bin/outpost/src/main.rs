@@ -8,6 +8,7 @@
 mod cli;
 mod cloud_cli;
 mod config;
+mod enroll_cli;
 mod ota_cli;
 mod runner;
 mod session;
@@ -429,6 +430,43 @@ enum DeviceCmd {
         #[arg(long)]
         remove: bool,
     },
+    /// Enroll a device with its own credential: a new secret and, with --cert, a client
+    /// certificate from the node CA (its key made here, never sent). Creates the device
+    /// when --profile and --service are given and it does not exist.
+    Enroll {
+        name: String,
+        #[arg(long)]
+        profile: Option<String>,
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Also issue a client certificate (needs --out).
+        #[arg(long)]
+        cert: bool,
+        /// Write device.secret (and device.pem, device.key, ca.pem) into this directory
+        /// instead of printing the secret.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Replace a device's credentials: a new secret, and a new certificate if it has one;
+    /// the old ones stop working at once.
+    Rotate {
+        name: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Decommission a device: its credentials stop working and it is locked; its history
+    /// is kept, and it can be enrolled again.
+    Revoke { name: String },
+    /// Let in a device that enrolled itself with a manufacturer certificate.
+    Approve { name: String },
+    /// A device's credentials: secret set or not, certificates and their status.
+    Credentials {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run discovery on a device service and list the devices it added.
     Discover {
         /// The device service (device-modbus, device-virtual, ...).
@@ -645,6 +683,35 @@ async fn client(
             secret,
             remove,
         }) => cli::device_secret(&c, &name, secret, remove).await,
+        Command::Device(DeviceCmd::Enroll {
+            name,
+            profile,
+            service,
+            labels,
+            cert,
+            out,
+        }) => {
+            enroll_cli::enroll(
+                &c,
+                enroll_cli::Enroll {
+                    name,
+                    profile,
+                    service,
+                    labels,
+                    cert,
+                    out,
+                },
+            )
+            .await
+        }
+        Command::Device(DeviceCmd::Rotate { name, out }) => {
+            enroll_cli::rotate(&c, &name, out.as_deref()).await
+        }
+        Command::Device(DeviceCmd::Revoke { name }) => enroll_cli::revoke(&c, &name).await,
+        Command::Device(DeviceCmd::Approve { name }) => enroll_cli::approve(&c, &name).await,
+        Command::Device(DeviceCmd::Credentials { name, json }) => {
+            enroll_cli::credentials(&c, &name, json).await
+        }
         Command::Device(DeviceCmd::Discover { service, wait }) => {
             cli::device_discover(&c, &service, wait).await
         }

@@ -1121,13 +1121,40 @@ pub struct DeviceSecretResponse {
     pub secret: Option<String>,
 }
 
-/// `POST /api/v3/device/auth`: checks a device's credential (the broker and device-rest
-/// ask); 200 with the device, or 401.
+/// `POST /api/v3/device/auth`: checks a device's credential (the broker, device-rest and
+/// ota ask): its secret, or the client certificate it presented to the gateway (DER,
+/// base64); 200 with the device, 401, or 403 while a zero-touch device awaits approval.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct DeviceAuthRequest {
     #[serde(flatten)]
     pub base: BaseRequest,
     pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub secret: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+}
+
+/// `POST /api/v3/device/name/{name}/certificate`: a PKCS#10 signing request (PEM) for a
+/// client certificate from the node CA; `replace` revokes the device's other certificates.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DeviceCertificateRequest {
+    #[serde(flatten)]
+    pub base: BaseRequest,
+    pub csr: String,
+    pub replace: bool,
+}
+
+/// The issued certificate (PEM, followed by the node CA's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceCertificateResponse {
+    #[serde(flatten)]
+    pub base: BaseResponse,
+    pub certificate: String,
+    pub fingerprint: String,
+    /// Seconds since the Unix epoch.
+    pub not_after: i64,
 }

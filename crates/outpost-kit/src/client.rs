@@ -222,6 +222,16 @@ pub mod erased {
     }
 }
 
+/// What core-metadata says of a device certificate.
+#[derive(Debug)]
+pub enum CertAuth {
+    Device(Box<Device>),
+    /// Unknown, revoked, or not the device's.
+    Refused,
+    /// A zero-touch device waiting for approval.
+    Pending,
+}
+
 /// The core-metadata API, as other services use it.
 #[derive(Clone, Debug)]
 pub struct Metadata {
@@ -291,6 +301,7 @@ impl Metadata {
             base: BaseRequest::new(),
             name: name.to_string(),
             secret: secret.to_string(),
+            certificate: None,
         };
         let r = self
             .client
@@ -305,6 +316,36 @@ impl Metadata {
         match r {
             Ok(r) => Ok(Some(r.device)),
             Err(e) if e.status() == Some(StatusCode::UNAUTHORIZED) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Checks the client certificate (DER, base64) device `name` presented to the gateway.
+    pub async fn authenticate_device_cert(
+        &self,
+        name: &str,
+        certificate: &str,
+    ) -> Result<CertAuth, CallError> {
+        let req = DeviceAuthRequest {
+            base: BaseRequest::new(),
+            name: name.to_string(),
+            secret: String::new(),
+            certificate: Some(certificate.to_string()),
+        };
+        let r = self
+            .client
+            .call::<DeviceResponse>(
+                CORE_METADATA,
+                Method::POST,
+                &["api", "v3", "device", "auth"],
+                &[],
+                Some(&req),
+            )
+            .await;
+        match r {
+            Ok(r) => Ok(CertAuth::Device(Box::new(r.device))),
+            Err(e) if e.status() == Some(StatusCode::UNAUTHORIZED) => Ok(CertAuth::Refused),
+            Err(e) if e.status() == Some(StatusCode::FORBIDDEN) => Ok(CertAuth::Pending),
             Err(e) => Err(e),
         }
     }

@@ -18,6 +18,41 @@ pub struct CommonConfig {
     pub registry: RegistryConfig,
     pub bus: BusConfig,
     pub storage: StorageConfig,
+    pub enrollment: EnrollmentConfig,
+}
+
+/// `[enrollment]`: how devices get their identity. Every device can be enrolled by an
+/// operator (`outpost device enroll`: a secret, and a client certificate from the node CA).
+/// With `manufacturer_ca` set, a device presenting a certificate issued by one of those CAs
+/// (its common name being the device name) is registered the first time it calls the
+/// gateway (zero-touch), pending an operator's approval when `approval` is on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollmentConfig {
+    /// PEM files of the CAs whose device certificates are trusted for zero-touch enrollment.
+    pub manufacturer_ca: Vec<PathBuf>,
+    /// Whether a zero-touch device waits for `outpost device approve` before it may connect.
+    pub approval: bool,
+    /// The profile and device service a zero-touch device is registered with.
+    pub profile: String,
+    pub service: String,
+    /// Labels a zero-touch device gets.
+    pub labels: Vec<String>,
+    /// Validity of the client certificates the node CA issues to devices, days.
+    pub cert_days: u32,
+}
+
+impl Default for EnrollmentConfig {
+    fn default() -> Self {
+        Self {
+            manufacturer_ca: Vec::new(),
+            approval: true,
+            profile: String::new(),
+            service: String::new(),
+            labels: Vec::new(),
+            cert_days: 397,
+        }
+    }
 }
 
 /// `[node]`: where services listen and how they are reached.
@@ -198,6 +233,24 @@ pub trait Validate {
 
 impl Validate for CommonConfig {
     fn validate(&self, p: &mut Problems) {
+        let e = &self.enrollment;
+        for f in &e.manufacturer_ca {
+            p.check(
+                f.is_file(),
+                "enrollment",
+                format!("manufacturer_ca {} does not exist", f.display()),
+            );
+        }
+        p.check(
+            e.manufacturer_ca.is_empty() || (!e.profile.is_empty() && !e.service.is_empty()),
+            "enrollment",
+            "zero-touch enrollment (manufacturer_ca) needs the profile and service new devices get",
+        );
+        p.check(
+            (1..=3650).contains(&e.cert_days),
+            "enrollment",
+            "cert_days must be 1 to 3650",
+        );
         p.check(
             !self.node.advertise_host.is_empty(),
             "node",

@@ -159,6 +159,15 @@ pub fn ensure_ca(paths: &Paths) -> anyhow::Result<Issuer<'static, KeyPair>> {
     Ok(Issuer::new(ca_params(paths.ca_name), key))
 }
 
+/// The CA if it exists. Services other than the one owning it sign with it but leave its
+/// creation to that one (the gateway, for the node CA), so two never race to create it.
+pub fn load_ca(paths: &Paths) -> anyhow::Result<Option<Issuer<'static, KeyPair>>> {
+    if !(paths.ca_key.exists() && paths.ca_cert.exists()) {
+        return Ok(None);
+    }
+    ensure_ca(paths).map(Some)
+}
+
 /// Issues (or keeps) the server certificate for `names`.
 pub fn ensure_server_cert(paths: &Paths, names: &[String]) -> anyhow::Result<()> {
     let meta: Option<IssuedMeta> = std::fs::read(&paths.meta)
@@ -344,6 +353,111 @@ pub fn issue_client_cert(paths: &Paths, name: &str, days: i64) -> anyhow::Result
     })
 }
 
+/// A certificate the CA issued from a signing request.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The certificate followed by the CA's.
+    pub cert_pem: String,
+    pub fingerprint: String,
+    /// Seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+/// Issues a client certificate for `name` from a PKCS#10 signing request (PEM) whose
+/// signature proves the requester holds the key: the key never leaves the device. Only the
+/// request's public key is used; the subject is `name`, the usage client authentication.
+pub fn sign_client_csr(
+    issuer: &Issuer<'_, KeyPair>,
+    ca_pem: &str,
+    csr_pem: &str,
+    name: &str,
+    days: i64,
+) -> anyhow::Result<Issued> {
+    let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| anyhow::anyhow!("not a valid certificate signing request: {e}"))?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Outpost");
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let not_after = validity(&mut params, days)?;
+    csr.params = params;
+    let cert = csr
+        .signed_by(issuer)
+        .context("cannot issue the client certificate")?;
+    Ok(Issued {
+        cert_pem: format!("{}{ca_pem}", cert.pem()),
+        fingerprint: fingerprint(cert.der()),
+        not_after,
+    })
+}
+
+/// A new key and a signing request for `name`, both PEM: what a device (or the CLI on its
+/// behalf) sends to be enrolled with a certificate.
+pub fn new_csr(name: &str) -> anyhow::Result<(String, String)> {
+    let key = KeyPair::generate().context("cannot create a key")?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    let csr = params
+        .serialize_request(&key)
+        .context("cannot create the signing request")?;
+    Ok((
+        csr.pem().context("cannot encode the signing request")?,
+        key.serialize_pem(),
+    ))
+}
+
+/// What a presented certificate says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub fingerprint: String,
+    pub common_name: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+/// Reads a certificate (DER).
+pub fn inspect(der: &[u8]) -> anyhow::Result<CertInfo> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| anyhow::anyhow!("not a readable certificate: {e}"))?;
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string);
+    Ok(CertInfo {
+        fingerprint: fingerprint(der),
+        common_name,
+        not_after: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// Checks that `der` is a valid client certificate issued by one of the CAs in `roots_pem`
+/// (signature, validity, usage), as a TLS server would.
+pub fn verify_client(der: &[u8], roots_pem: &str) -> anyhow::Result<()> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(roots_pem)?),
+        provider,
+    )
+    .build()
+    .context("client certificate verifier")?;
+    verifier
+        .verify_client_cert(
+            &CertificateDer::from(der.to_vec()),
+            &[],
+            rustls::pki_types::UnixTime::now(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
 /// SHA-256 of a certificate's DER, hex.
 pub fn fingerprint(der: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, der);
@@ -439,6 +553,52 @@ pub fn default_names(advertise_host: &str, extra: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn der_of(pem: &str) -> Vec<u8> {
+        CertificateDer::pem_slice_iter(pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn a_signing_request_becomes_a_client_certificate_of_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path());
+        assert!(load_ca(&paths).unwrap().is_none(), "load_ca never creates");
+        let issuer = ensure_ca(&paths).unwrap();
+        let ca = std::fs::read_to_string(&paths.ca_cert).unwrap();
+        let (csr, key) = new_csr("asked-for-another-name").unwrap();
+        let issued = sign_client_csr(&issuer, &ca, &csr, "dev-1", 30).unwrap();
+        let der = der_of(&issued.cert_pem);
+        let info = inspect(&der).unwrap();
+        assert_eq!(
+            info.common_name.as_deref(),
+            Some("dev-1"),
+            "the CA names it"
+        );
+        assert_eq!(info.fingerprint, issued.fingerprint);
+        assert!(info.not_after > now_unix() + 29 * 86_400);
+        verify_client(&der, &ca).unwrap();
+        // The key made with the request is the certificate's.
+        client_config(&ca, Some((&issued.cert_pem, &key))).unwrap();
+        // Another CA does not vouch for it; a broken request is refused.
+        let other = tempfile::tempdir().unwrap();
+        let other = Paths::new(other.path());
+        ensure_ca(&other).unwrap();
+        let other_ca = std::fs::read_to_string(&other.ca_cert).unwrap();
+        assert!(verify_client(&der, &other_ca).is_err());
+        // A request whose signed part was changed (another key) does not verify.
+        let mut lines: Vec<String> = csr.lines().map(str::to_string).collect();
+        let l = &mut lines[2];
+        let flipped = if l.as_bytes()[10] == b'A' { "B" } else { "A" };
+        l.replace_range(10..11, flipped);
+        let broken = lines.join("\n");
+        assert!(sign_client_csr(&issuer, &ca, &broken, "dev-1", 30).is_err());
+        assert!(sign_client_csr(&issuer, &ca, "garbage", "dev-1", 30).is_err());
+        assert!(inspect(b"not a certificate").is_err());
+    }
 
     #[test]
     fn issues_a_chain_that_loads_and_keeps_it_while_fresh() {

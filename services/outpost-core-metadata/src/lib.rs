@@ -26,6 +26,23 @@ pub use config::Config;
 /// The service's registry ID (EdgeX's name).
 pub const SERVICE: &str = "core-metadata";
 
+/// The node CA and the zero-touch policy.
+fn enrollment(ctx: &Context) -> anyhow::Result<service::Enrollment> {
+    let cfg = ctx.common.enrollment.clone();
+    let mut manufacturer_pem = String::new();
+    for f in &cfg.manufacturer_ca {
+        let pem = std::fs::read_to_string(f)
+            .map_err(|e| anyhow::anyhow!("cannot read manufacturer CA {}: {e}", f.display()))?;
+        manufacturer_pem.push_str(&pem);
+        manufacturer_pem.push('\n');
+    }
+    Ok(service::Enrollment {
+        cfg,
+        ca: Some(outpost_pki::Paths::new(&ctx.data_dir)),
+        manufacturer_pem,
+    })
+}
+
 /// Runs core-metadata until shutdown.
 pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
     let db = outpost_storage::Db::open(
@@ -60,7 +77,8 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
         )
     };
     let app = Arc::new(routes::App {
-        md: service::Metadata::new(Arc::clone(&store), cfg.clone(), uom, announcer),
+        md: service::Metadata::new(Arc::clone(&store), cfg.clone(), uom, announcer)
+            .with_enrollment(enrollment(&ctx)?),
         max_result_count: ctx.common.node.max_result_count,
     });
     let health = {

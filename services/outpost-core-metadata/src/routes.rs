@@ -16,12 +16,13 @@ use outpost_contracts::common::{
 };
 use outpost_contracts::metadata::{
     AddDeviceProfileRequest, AddDeviceRequest, AddDeviceServiceRequest, AddProvisionWatcherRequest,
-    Device, DeviceAuthRequest, DeviceCommandRequest, DeviceProfile, DeviceProfileBasicInfoRequest,
-    DeviceProfileResponse, DeviceProfileTagsRequest, DeviceResourceRequest, DeviceResourceResponse,
-    DeviceResponse, DeviceSecretRequest, DeviceSecretResponse, DeviceService,
-    DeviceServiceResponse, MultiDeviceProfileBasicInfosResponse, MultiDeviceProfilesResponse,
-    MultiDeviceServicesResponse, MultiDevicesResponse, MultiProvisionWatchersResponse,
-    ProvisionWatcher, ProvisionWatcherResponse, UnitsOfMeasureResponse, UpdateDeviceCommandRequest,
+    Device, DeviceAuthRequest, DeviceCertificateRequest, DeviceCertificateResponse,
+    DeviceCommandRequest, DeviceProfile, DeviceProfileBasicInfoRequest, DeviceProfileResponse,
+    DeviceProfileTagsRequest, DeviceResourceRequest, DeviceResourceResponse, DeviceResponse,
+    DeviceSecretRequest, DeviceSecretResponse, DeviceService, DeviceServiceResponse,
+    MultiDeviceProfileBasicInfosResponse, MultiDeviceProfilesResponse, MultiDeviceServicesResponse,
+    MultiDevicesResponse, MultiProvisionWatchersResponse, ProvisionWatcher,
+    ProvisionWatcherResponse, UnitsOfMeasureResponse, UpdateDeviceCommandRequest,
     UpdateDeviceProfileRequest, UpdateDeviceRequest, UpdateDeviceResourceRequest,
     UpdateDeviceServiceRequest, UpdateProvisionWatcherRequest,
 };
@@ -54,6 +55,13 @@ pub fn router(app: Arc<App>) -> Router {
             axum::routing::put(set_secret).delete(delete_secret),
         )
         .route("/api/v3/device/auth", post(authenticate))
+        .route(
+            "/api/v3/device/name/{name}/certificate",
+            post(issue_certificate),
+        )
+        .route("/api/v3/device/name/{name}/credential", get(credentials))
+        .route("/api/v3/device/name/{name}/revoke", post(revoke))
+        .route("/api/v3/device/name/{name}/approve", post(approve))
         .route("/api/v3/device/id/{id}", get(device_by_id))
         .route(
             "/api/v3/device/profile/name/{name}",
@@ -474,6 +482,29 @@ async fn authenticate(
     Body(body): Body,
 ) -> Result<axum::Json<DeviceResponse>, ApiError> {
     let req: DeviceAuthRequest = parse_json(&body)?;
+    if let Some(cert) = &req.certificate {
+        use base64::Engine as _;
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(cert.trim())
+            .map_err(|_| ApiError::bad_request("certificate is not base64 (DER)"))?;
+        return match app.md.authenticate_cert(&req.name, &der).await? {
+            crate::service::CertCheck::Device(device) => Ok(axum::Json(DeviceResponse {
+                base: BaseResponse::new(200),
+                device: *device,
+            })),
+            crate::service::CertCheck::Pending => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("device {} is waiting for an operator's approval", req.name),
+            )),
+            crate::service::CertCheck::Refused(why) => {
+                tracing::warn!(device = %req.name, reason = %why, "a device certificate was refused");
+                Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unknown device or certificate not valid for it",
+                ))
+            }
+        };
+    }
     match app.md.authenticate(&req.name, &req.secret).await? {
         Some(device) => Ok(axum::Json(DeviceResponse {
             base: BaseResponse::new(200),
@@ -484,6 +515,53 @@ async fn authenticate(
             "unknown device or wrong secret",
         )),
     }
+}
+
+async fn issue_certificate(
+    State(app): St,
+    Path(name): Path<String>,
+    Body(body): Body,
+) -> Result<axum::Json<DeviceCertificateResponse>, ApiError> {
+    let req: DeviceCertificateRequest = parse_json(&body)?;
+    if req.csr.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "csr (a PKCS#10 signing request, PEM) is required",
+        ));
+    }
+    let issued = app
+        .md
+        .issue_certificate(&name, &req.csr, req.replace)
+        .await?;
+    Ok(axum::Json(DeviceCertificateResponse {
+        base: BaseResponse::new(200),
+        certificate: issued.cert_pem,
+        fingerprint: issued.fingerprint,
+        not_after: issued.not_after,
+    }))
+}
+
+async fn credentials(State(app): St, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let c = app.md.credentials(&name).await?;
+    let mut v = serde_json::to_value(&c).map_err(ApiError::internal)?;
+    v["apiVersion"] = "v3".into();
+    v["statusCode"] = 200.into();
+    Ok(axum::Json(v).into_response())
+}
+
+async fn revoke(
+    State(app): St,
+    Path(name): Path<String>,
+) -> Result<axum::Json<BaseResponse>, ApiError> {
+    app.md.revoke(&name).await?;
+    Ok(ok())
+}
+
+async fn approve(
+    State(app): St,
+    Path(name): Path<String>,
+) -> Result<axum::Json<BaseResponse>, ApiError> {
+    app.md.approve(&name).await?;
+    Ok(ok())
 }
 
 async fn delete_device(

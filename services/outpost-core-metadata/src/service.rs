@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use outpost_contracts::common::BaseRequest;
 use outpost_contracts::metadata::{
-    AddDeviceRequest, Device, DeviceCommand, DeviceProfile, DeviceResource, DeviceService,
-    ProvisionWatcher, UnitsOfMeasure, UpdateDevice, UpdateDeviceCommand,
+    AddDeviceRequest, AdminState, Device, DeviceCommand, DeviceProfile, DeviceResource,
+    DeviceService, ProvisionWatcher, UnitsOfMeasure, UpdateDevice, UpdateDeviceCommand,
     UpdateDeviceProfileBasicInfo, UpdateDeviceResource, UpdateDeviceService,
     UpdateProvisionWatcher, UpdateTags,
 };
@@ -27,7 +27,9 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::events::Announcer;
-use crate::store::{Doc, Filter, Kind, Refs, Store, StoreError};
+use crate::store::{
+    CertIssuer, CertRecord, CertStatus, Doc, Filter, Kind, Refs, Store, StoreError,
+};
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
@@ -191,6 +193,38 @@ pub struct Metadata {
     announcer: Announcer,
     lock: tokio::sync::Mutex<()>,
     http: reqwest::Client,
+    enrollment: Enrollment,
+}
+
+/// What enrolling devices needs: the node CA (to issue certificates) and the zero-touch
+/// policy.
+#[derive(Debug, Default)]
+pub struct Enrollment {
+    pub cfg: outpost_kit::config::EnrollmentConfig,
+    /// Where the node CA lives; `None`: no certificates are issued.
+    pub ca: Option<outpost_pki::Paths>,
+    /// The manufacturer CAs, PEM, concatenated; empty: no zero-touch enrollment.
+    pub manufacturer_pem: String,
+}
+
+/// A device's credentials, as an operator sees them.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Credentials {
+    pub name: String,
+    /// `active` (some credential lets it in), `pending` (a zero-touch device awaiting
+    /// approval), `revoked` (decommissioned: locked, no credential) or `none`.
+    pub status: &'static str,
+    pub secret: bool,
+    pub certificates: Vec<CertRecord>,
+}
+
+/// What a presented certificate is worth.
+#[derive(Debug)]
+pub enum CertCheck {
+    Device(Box<Device>),
+    Refused(String),
+    Pending,
 }
 
 impl Metadata {
@@ -209,7 +243,14 @@ impl Metadata {
             announcer,
             lock: tokio::sync::Mutex::new(()),
             http,
+            enrollment: Enrollment::default(),
         }
+    }
+
+    /// Enables certificates and zero-touch enrollment.
+    pub fn with_enrollment(mut self, e: Enrollment) -> Self {
+        self.enrollment = e;
+        self
     }
 
     pub fn uom(&self) -> &UnitsOfMeasure {
@@ -926,6 +967,8 @@ impl Metadata {
         let _w = self.lock.lock().await;
         let device: Device = self.get(name).await?;
         self.store.set_secret(&device.id, Some(sealed)).await?;
+        // Services caching credentials hear of the change.
+        self.announce(ACTION_UPDATE, &device);
         tracing::info!(device = name, "device secret set");
         Ok(generated.then_some(secret))
     }
@@ -935,6 +978,7 @@ impl Metadata {
         let _w = self.lock.lock().await;
         let device: Device = self.get(name).await?;
         self.store.set_secret(&device.id, None).await?;
+        self.announce(ACTION_UPDATE, &device);
         tracing::info!(device = name, "device secret removed");
         Ok(())
     }
@@ -949,6 +993,205 @@ impl Metadata {
         Ok(stored
             .filter(|s| crate::secrets::matches(s, secret))
             .map(|_| device))
+    }
+
+    /// Issues device `name` a client certificate from the node CA for the key in `csr`;
+    /// with `replace`, its other certificates are revoked (rotation).
+    pub async fn issue_certificate(
+        &self,
+        name: &str,
+        csr: &str,
+        replace: bool,
+    ) -> Result<outpost_pki::Issued, ApiError> {
+        let Some(paths) = &self.enrollment.ca else {
+            return Err(ApiError::unavailable(
+                "this node issues no device certificates",
+            ));
+        };
+        let issuer = outpost_pki::load_ca(paths)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| {
+                ApiError::unavailable(
+                    "the node CA does not exist yet (the gateway creates it when it first starts)",
+                )
+            })?;
+        let ca_pem = std::fs::read_to_string(&paths.ca_cert).map_err(ApiError::internal)?;
+        let _w = self.lock.lock().await;
+        let device: Device = self.get(name).await?;
+        let days = i64::from(self.enrollment.cfg.cert_days);
+        let issued = outpost_pki::sign_client_csr(&issuer, &ca_pem, csr, name, days)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if replace {
+            self.store
+                .set_cert_status(&device.id, None, CertStatus::Revoked)
+                .await?;
+        }
+        self.store
+            .put_cert(
+                &device.id,
+                CertRecord {
+                    fingerprint: issued.fingerprint.clone(),
+                    issuer: CertIssuer::Node,
+                    status: CertStatus::Active,
+                    not_after: issued.not_after,
+                    created: now_millis(),
+                },
+            )
+            .await?;
+        self.announce(ACTION_UPDATE, &device);
+        tracing::info!(device = name, fingerprint = %issued.fingerprint, replace, "device certificate issued");
+        Ok(issued)
+    }
+
+    /// Device `name`'s credentials.
+    pub async fn credentials(&self, name: &str) -> Result<Credentials, ApiError> {
+        let device: Device = self.get(name).await?;
+        let secret = self.store.secret(&device.id).await?.is_some();
+        let certificates = self.store.certs(&device.id).await?;
+        let status = if secret || certificates.iter().any(|c| c.status == CertStatus::Active) {
+            "active"
+        } else if certificates.iter().any(|c| c.status == CertStatus::Pending) {
+            "pending"
+        } else if device.admin_state == AdminState::Locked {
+            "revoked"
+        } else {
+            "none"
+        };
+        Ok(Credentials {
+            name: device.name,
+            status,
+            secret,
+            certificates,
+        })
+    }
+
+    /// Decommissions device `name`: its secret is removed, its certificates revoked and it
+    /// is locked. It keeps its history (readings, events, OTA history) and can be enrolled
+    /// again.
+    pub async fn revoke(&self, name: &str) -> Result<(), ApiError> {
+        let _w = self.lock.lock().await;
+        let device: Device = self.get(name).await?;
+        self.store.set_secret(&device.id, None).await?;
+        let n = self
+            .store
+            .set_cert_status(&device.id, None, CertStatus::Revoked)
+            .await?;
+        let mut locked = device.clone();
+        locked.admin_state = AdminState::Locked;
+        self.replace(&device, locked).await?;
+        tracing::warn!(device = name, certificates = n, "device revoked");
+        Ok(())
+    }
+
+    /// Lets in a zero-touch device waiting for approval (and unlocks it).
+    pub async fn approve(&self, name: &str) -> Result<(), ApiError> {
+        let _w = self.lock.lock().await;
+        let device: Device = self.get(name).await?;
+        let n = self
+            .store
+            .set_cert_status(&device.id, Some(CertStatus::Pending), CertStatus::Active)
+            .await?;
+        if n == 0 {
+            return Err(ApiError::conflict(format!(
+                "device '{name}' has no certificate waiting for approval"
+            )));
+        }
+        let mut open = device.clone();
+        open.admin_state = AdminState::Unlocked;
+        self.replace(&device, open).await?;
+        tracing::info!(device = name, "device approved");
+        Ok(())
+    }
+
+    /// Checks the client certificate (DER) device `name` presented. A certificate recorded
+    /// for the device counts by its status. An unrecorded one issued by a manufacturer CA
+    /// for a device of its common name enrolls that device (zero-touch): a new device is
+    /// registered with the configured profile, service and labels; it is pending until
+    /// approved when approval is on. A locked (revoked) device never enrolls itself again.
+    pub async fn authenticate_cert(&self, name: &str, der: &[u8]) -> Result<CertCheck, ApiError> {
+        let info = match outpost_pki::inspect(der) {
+            Ok(i) => i,
+            Err(e) => return Ok(CertCheck::Refused(e.to_string())),
+        };
+        if info.common_name.as_deref() != Some(name) {
+            return Ok(CertCheck::Refused(format!(
+                "the certificate is not device {name}'s"
+            )));
+        }
+        let existing: Option<Device> = self.find(name).await?;
+        if let Some(device) = &existing {
+            let certs = self.store.certs(&device.id).await?;
+            if let Some(c) = certs.iter().find(|c| c.fingerprint == info.fingerprint) {
+                return Ok(match c.status {
+                    CertStatus::Active if c.not_after > now_millis() / 1000 => {
+                        CertCheck::Device(Box::new(device.clone()))
+                    }
+                    CertStatus::Active => CertCheck::Refused("the certificate expired".into()),
+                    CertStatus::Pending => CertCheck::Pending,
+                    CertStatus::Revoked => CertCheck::Refused("the certificate is revoked".into()),
+                });
+            }
+        }
+        // Zero-touch.
+        let e = &self.enrollment;
+        if e.manufacturer_pem.is_empty()
+            || outpost_pki::verify_client(der, &e.manufacturer_pem).is_err()
+        {
+            return Ok(CertCheck::Refused("unknown certificate".into()));
+        }
+        let pending = e.cfg.approval;
+        let device = match existing {
+            Some(d) if d.admin_state == AdminState::Locked => {
+                return Ok(CertCheck::Refused(format!(
+                    "device {name} is locked (revoked); enroll it again"
+                )));
+            }
+            Some(d) => d,
+            None => {
+                let d = Device {
+                    name: name.to_string(),
+                    description: "enrolled by its manufacturer certificate".into(),
+                    profile_name: e.cfg.profile.clone(),
+                    service_name: e.cfg.service.clone(),
+                    labels: e.cfg.labels.clone(),
+                    protocols: [("other".to_string(), serde_json::Map::new())]
+                        .into_iter()
+                        .collect(),
+                    operating_state: outpost_contracts::metadata::OperatingState::Up,
+                    admin_state: if pending {
+                        AdminState::Locked
+                    } else {
+                        AdminState::Unlocked
+                    },
+                    ..Device::default()
+                };
+                self.add_device(d, false, true).await?;
+                self.get(name).await?
+            }
+        };
+        let status = if pending {
+            CertStatus::Pending
+        } else {
+            CertStatus::Active
+        };
+        self.store
+            .put_cert(
+                &device.id,
+                CertRecord {
+                    fingerprint: info.fingerprint.clone(),
+                    issuer: CertIssuer::Manufacturer,
+                    status,
+                    not_after: info.not_after,
+                    created: now_millis(),
+                },
+            )
+            .await?;
+        tracing::warn!(device = name, fingerprint = %info.fingerprint, pending, "device enrolled by its manufacturer certificate");
+        Ok(if pending {
+            CertCheck::Pending
+        } else {
+            CertCheck::Device(Box::new(device))
+        })
     }
 
     pub async fn device_exists(&self, name: &str) -> Result<bool, ApiError> {

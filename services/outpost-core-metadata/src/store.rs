@@ -125,6 +125,71 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// The credential of the device with `device_id`.
     async fn secret(&self, device_id: &str) -> Result<Option<StoredSecret>, StoreError>;
+    /// Records a certificate of the device with `device_id` (replacing one with the same
+    /// fingerprint).
+    async fn put_cert(&self, device_id: &str, cert: CertRecord) -> Result<(), StoreError>;
+    /// The certificates of the device with `device_id`, oldest first.
+    async fn certs(&self, device_id: &str) -> Result<Vec<CertRecord>, StoreError>;
+    /// Moves the device's certificates in status `from` (any status when `None`) to `to`;
+    /// how many moved.
+    async fn set_cert_status(
+        &self,
+        device_id: &str,
+        from: Option<CertStatus>,
+        to: CertStatus,
+    ) -> Result<u64, StoreError>;
+}
+
+/// Where a device certificate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertIssuer {
+    /// The node CA, through `outpost device enroll --cert`.
+    Node,
+    /// A configured manufacturer CA (zero-touch).
+    Manufacturer,
+}
+
+/// Whether a device certificate lets the device in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertStatus {
+    Active,
+    /// Zero-touch, waiting for an operator's approval.
+    Pending,
+    Revoked,
+}
+
+impl CertStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Pending => "pending",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "active" => Self::Active,
+            "pending" => Self::Pending,
+            _ => Self::Revoked,
+        }
+    }
+}
+
+/// A device certificate as recorded (the certificate itself is not kept: its SHA-256 is
+/// what recognises it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertRecord {
+    pub fingerprint: String,
+    pub issuer: CertIssuer,
+    pub status: CertStatus,
+    /// Seconds since the Unix epoch.
+    pub not_after: i64,
+    /// Milliseconds since the Unix epoch.
+    pub created: i64,
 }
 
 /// A device credential as stored: a random salt and the SHA-256 of salt and secret.
@@ -170,6 +235,23 @@ pub const MIGRATIONS: &[Migration] = &[
               CREATE TRIGGER device_secrets_gone AFTER DELETE ON objects WHEN old.kind = 2
               BEGIN
                   DELETE FROM device_secrets WHERE device_id = old.id;
+              END;",
+    },
+    Migration {
+        version: 3,
+        description: "device certificates",
+        sql: "CREATE TABLE device_certs (
+                  fingerprint TEXT PRIMARY KEY,
+                  device_id TEXT NOT NULL,
+                  issuer TEXT NOT NULL,
+                  status TEXT NOT NULL,
+                  not_after INTEGER NOT NULL,
+                  created INTEGER NOT NULL
+              );
+              CREATE INDEX device_certs_device ON device_certs (device_id);
+              CREATE TRIGGER device_certs_gone AFTER DELETE ON objects WHEN old.kind = 2
+              BEGIN
+                  DELETE FROM device_certs WHERE device_id = old.id;
               END;",
     },
 ];
@@ -463,6 +545,78 @@ impl Store for SqliteStore {
                 )
                 .optional()
                 .map_err(StoreError::from)
+            })
+            .await
+    }
+
+    async fn put_cert(&self, device_id: &str, cert: CertRecord) -> Result<(), StoreError> {
+        let id = device_id.to_string();
+        self.db
+            .write(move |c| {
+                let issuer = match cert.issuer {
+                    CertIssuer::Node => "node",
+                    CertIssuer::Manufacturer => "manufacturer",
+                };
+                c.execute(
+                    "INSERT INTO device_certs (fingerprint, device_id, issuer, status, not_after, created)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (fingerprint) DO UPDATE SET device_id = ?2, issuer = ?3, status = ?4,
+                         not_after = ?5, created = ?6",
+                    params![cert.fingerprint, id, issuer, cert.status.as_str(), cert.not_after, cert.created],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn certs(&self, device_id: &str) -> Result<Vec<CertRecord>, StoreError> {
+        let id = device_id.to_string();
+        self.db
+            .read(move |c| {
+                let mut st = c.prepare_cached(
+                    "SELECT fingerprint, issuer, status, not_after, created FROM device_certs
+                     WHERE device_id = ?1 ORDER BY created, fingerprint",
+                )?;
+                let rows = st
+                    .query_map(params![id], |r| {
+                        Ok(CertRecord {
+                            fingerprint: r.get(0)?,
+                            issuer: if r.get::<_, String>(1)? == "node" {
+                                CertIssuer::Node
+                            } else {
+                                CertIssuer::Manufacturer
+                            },
+                            status: CertStatus::parse(&r.get::<_, String>(2)?),
+                            not_after: r.get(3)?,
+                            created: r.get(4)?,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await
+    }
+
+    async fn set_cert_status(
+        &self,
+        device_id: &str,
+        from: Option<CertStatus>,
+        to: CertStatus,
+    ) -> Result<u64, StoreError> {
+        let id = device_id.to_string();
+        self.db
+            .write(move |c| {
+                let n = match from {
+                    Some(f) => c.execute(
+                        "UPDATE device_certs SET status = ?3 WHERE device_id = ?1 AND status = ?2",
+                        params![id, f.as_str(), to.as_str()],
+                    )?,
+                    None => c.execute(
+                        "UPDATE device_certs SET status = ?2 WHERE device_id = ?1",
+                        params![id, to.as_str()],
+                    )?,
+                };
+                Ok(n as u64)
             })
             .await
     }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use base64::Engine as _;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -274,12 +275,21 @@ pub async fn serve(
                 }
             };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let client_cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| ClientCert(base64::engine::general_purpose::STANDARD.encode(c).into()));
             let io = TokioIo::new(Guarded::new(tls, limits, !h2));
             // Proxied requests go straight to the proxy; the gateway's own routes through
             // its router.
             let svc =
                 hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ConnectInfo(peer));
+                    if let Some(c) = &client_cert {
+                        req.extensions_mut().insert(c.clone());
+                    }
                     let req = req.map(axum::body::Body::new);
                     let (app, router) = (Arc::clone(&app), router.clone());
                     async move {
@@ -384,6 +394,12 @@ fn listen(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
 
 /// The peer address of the connection that carried `SocketAddr`.
 pub type Peer = ConnectInfo<SocketAddr>;
+
+/// The client certificate the connection presented (DER, base64), verified against the node
+/// CA and the manufacturer CAs: passed upstream as `X-Outpost-Client-Cert`, for the service
+/// to ask core-metadata whose it is.
+#[derive(Debug, Clone)]
+pub struct ClientCert(pub Arc<str>);
 
 #[cfg(test)]
 mod tests {

@@ -492,7 +492,22 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
         }
     };
     let mut reloader = tls::Reloader::new(cert, key)?;
-    let server_config = Arc::new(tls::server_config(Arc::clone(&reloader.resolver))?);
+    // Devices may present a client certificate: one from the node CA (`outpost device
+    // enroll --cert`) or from a manufacturer CA (zero-touch). The gateway checks the chain;
+    // whether the certificate is a device's, and which one's, core-metadata decides.
+    let mut device_cas = std::fs::read_to_string(&paths.ca_cert)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", paths.ca_cert.display()))?;
+    for f in &ctx.common.enrollment.manufacturer_ca {
+        device_cas.push('\n');
+        device_cas
+            .push_str(&std::fs::read_to_string(f).map_err(|e| {
+                anyhow::anyhow!("cannot read manufacturer CA {}: {e}", f.display())
+            })?);
+    }
+    let server_config = Arc::new(tls::server_config_with_clients(
+        Arc::clone(&reloader.resolver),
+        &device_cas,
+    )?);
     {
         let shutdown = ctx.shutdown.clone();
         let every = Duration::from_secs(cfg.cert_reload_s);

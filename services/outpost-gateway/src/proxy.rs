@@ -16,8 +16,9 @@ use outpost_kit::ApiError;
 use crate::cache::{self, Entry};
 use crate::{App, LogSlot};
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) and the caller's credentials: never forwarded.
-const DROPPED: [&str; 10] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1), the caller's credentials and any client certificate
+/// the caller claims in a header: never forwarded.
+const DROPPED: [&str; 11] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -28,7 +29,11 @@ const DROPPED: [&str; 10] = [
     "upgrade",
     "authorization",
     "x-api-key",
+    CLIENT_CERT,
 ];
+
+/// The header carrying the client certificate the connection presented.
+pub const CLIENT_CERT: &str = "x-outpost-client-cert";
 
 fn strip(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
@@ -155,6 +160,11 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         headers.insert("x-forwarded-for", v);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    if let Some(c) = parts.extensions.get::<crate::conn::ClientCert>()
+        && let Ok(v) = HeaderValue::from_str(&c.0)
+    {
+        headers.insert(CLIENT_CERT, v);
+    }
 
     app.upstreams.count_request();
     let mut tried: Vec<String> = Vec::new();

@@ -20,6 +20,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use outpost_kit::ApiError;
+use outpost_kit::client::CertAuth;
 use outpost_kit::error::Path;
 use outpost_storage::StorageError;
 use outpost_storage::rusqlite::{self, params};
@@ -492,21 +493,39 @@ pub async fn device_history(
 
 // ---- the device protocol ----
 
-/// Checks the device's credential (`X-Outpost-Device-Token`), with a short cache.
-async fn authenticate(app: &App, device: &str, headers: &HeaderMap) -> Result<(), ApiError> {
-    let token = headers
-        .get("x-outpost-device-token")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            ApiError::new(
+/// Checks the device's credential, with a short cache (emptied whenever core-metadata
+/// announces a device change, such as a rotation or revocation): its secret as
+/// `X-Outpost-Device-Token`, or the client certificate it presented to the gateway, which
+/// the gateway passes as `X-Outpost-Client-Cert`.
+pub(crate) async fn authenticate(
+    app: &App,
+    device: &str,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+    };
+    let (credential, is_cert) = match (
+        header("x-outpost-device-token"),
+        header("x-outpost-client-cert"),
+    ) {
+        (Some(t), _) => (t, false),
+        (None, Some(c)) => (c, true),
+        (None, None) => {
+            return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "the device's credential is missing (X-Outpost-Device-Token)",
-            )
-        })?;
+                "the device's credential is missing (X-Outpost-Device-Token, or a client certificate)",
+            ));
+        }
+    };
     let mut digest = [0u8; 32];
-    digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
+    digest.copy_from_slice(
+        ring::digest::digest(&ring::digest::SHA256, credential.as_bytes()).as_ref(),
+    );
     let key = (device.to_string(), digest);
     {
         let cache = app
@@ -518,8 +537,23 @@ async fn authenticate(app: &App, device: &str, headers: &HeaderMap) -> Result<()
             return Ok(());
         }
     }
-    match app.metadata.authenticate_device(device, token).await {
-        Ok(Some(_)) => {
+    let verdict = if is_cert {
+        app.metadata
+            .authenticate_device_cert(device, credential)
+            .await
+            .map(|r| match r {
+                CertAuth::Device(_) => Ok(()),
+                CertAuth::Refused => Err(false),
+                CertAuth::Pending => Err(true),
+            })
+    } else {
+        app.metadata
+            .authenticate_device(device, credential)
+            .await
+            .map(|r| r.map(|_| ()).ok_or(false))
+    };
+    match verdict {
+        Ok(Ok(())) => {
             let mut cache = app
                 .fleet
                 .auth
@@ -531,8 +565,16 @@ async fn authenticate(app: &App, device: &str, headers: &HeaderMap) -> Result<()
             cache.insert(key, Instant::now());
             Ok(())
         }
-        Ok(None) => {
-            tracing::warn!(device, "a device credential was refused");
+        Ok(Err(true)) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("device {device} is waiting for an operator's approval"),
+        )),
+        Ok(Err(false)) => {
+            tracing::warn!(
+                device,
+                certificate = is_cert,
+                "a device credential was refused"
+            );
             Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "the device's credential is not valid",
@@ -541,6 +583,45 @@ async fn authenticate(app: &App, device: &str, headers: &HeaderMap) -> Result<()
         Err(e) => Err(ApiError::unavailable(format!(
             "cannot check the device's credential: {e}"
         ))),
+    }
+}
+
+/// Empties the credential cache whenever core-metadata announces a device change.
+pub async fn follow_devices(ctx: outpost_kit::Context, app: Arc<App>) {
+    let opts =
+        outpost_bus::Options::plain(format!("outpost-{}-{}", crate::SERVICE, ctx.service_id()));
+    let Ok(bus) = outpost_bus::Bus::connect(
+        &ctx.common.bus,
+        &ctx.data_dir,
+        crate::SERVICE,
+        opts,
+        &ctx.shutdown,
+    )
+    .await
+    else {
+        return;
+    };
+    let filter = format!("{}/system-events/core-metadata/device/#", bus.base_topic());
+    let mut rx = match bus.subscribe(&filter).await {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot follow device changes; cached credentials expire by age only");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = ctx.shutdown.wait() => return,
+            d = rx.recv() => match d {
+                Some(_) => app
+                    .fleet
+                    .auth
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clear(),
+                None => return,
+            },
+        }
     }
 }
 

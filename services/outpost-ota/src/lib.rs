@@ -188,6 +188,7 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
             }
         }
     });
+    tokio::spawn(fleet::follow_devices(ctx.clone(), Arc::clone(&app)));
     let router = ctx.router(router(app), health);
     ctx.serve(router, cfg.port).await?;
     Ok(())

@@ -30,8 +30,15 @@ struct Args {
     #[arg(long, env = "OUTPOST_AGENT_DEVICE")]
     device: String,
     /// A file holding this device's secret.
-    #[arg(long)]
-    token_file: PathBuf,
+    #[arg(long, required_unless_present = "cert")]
+    token_file: Option<PathBuf>,
+    /// This device's client certificate (PEM, as `outpost device enroll --cert` writes it,
+    /// or one from its manufacturer), presented to the gateway instead of a secret.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// The key of `--cert` (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
     /// Keys whose signatures are accepted (`ed25519:<base64>`, repeatable).
     #[arg(long = "trusted-key", required = true)]
     trusted_keys: Vec<String>,
@@ -119,7 +126,7 @@ impl Default for State {
 struct Agent {
     args: Args,
     http: reqwest::Client,
-    token: String,
+    token: Option<String>,
     keys: Vec<PublicKey>,
     state: State,
     etag: Option<String>,
@@ -136,6 +143,18 @@ fn sync_dir(dir: &Path) {
 }
 
 impl Agent {
+    /// The device's secret as a header, when it authenticates with one (a certificate is
+    /// presented in the TLS handshake instead).
+    fn auth(&self) -> reqwest::header::HeaderMap {
+        let mut h = reqwest::header::HeaderMap::new();
+        if let Some(t) = &self.token
+            && let Ok(v) = reqwest::header::HeaderValue::from_str(t)
+        {
+            h.insert("x-outpost-device-token", v);
+        }
+        h
+    }
+
     fn state_path(&self) -> PathBuf {
         self.args.state_dir.join("state.json")
     }
@@ -181,7 +200,7 @@ impl Agent {
             let sent = self
                 .http
                 .post(self.url(&r.feedback))
-                .header("x-outpost-device-token", &self.token)
+                .headers(self.auth())
                 .json(&serde_json::json!({"status": r.status, "details": r.details}))
                 .send()
                 .await;
@@ -208,7 +227,7 @@ impl Agent {
         let mut req = self
             .http
             .get(self.url(&format!("/api/v3/ddi/{}", self.args.device)))
-            .header("x-outpost-device-token", &self.token);
+            .headers(self.auth());
         if let Some(e) = &self.etag {
             req = req.header("if-none-match", e);
         }
@@ -287,10 +306,7 @@ impl Agent {
     }
 
     async fn fetch(&self, p: &Pending, part: &Path, have: u64) -> anyhow::Result<()> {
-        let mut req = self
-            .http
-            .get(self.url(&p.download))
-            .header("x-outpost-device-token", &self.token);
+        let mut req = self.http.get(self.url(&p.download)).headers(self.auth());
         if have > 0 {
             req = req
                 .header("range", format!("bytes={have}-"))
@@ -453,25 +469,42 @@ impl Agent {
     }
 }
 
-fn client(ca: Option<&Path>) -> anyhow::Result<reqwest::Client> {
+fn client(args: &Args) -> anyhow::Result<reqwest::Client> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
     let mut b = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(60))
         .no_proxy();
-    if let Some(ca) = ca {
-        let pem =
-            std::fs::read_to_string(ca).with_context(|| format!("cannot read {}", ca.display()))?;
-        b = b.tls_backend_preconfigured(outpost_pki::client_config(&pem, None)?);
+    if let Some(ca) = &args.ca {
+        let pem = read(ca)?;
+        let identity = match (&args.cert, &args.key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => None,
+        };
+        let cfg = outpost_pki::client_config(
+            &pem,
+            identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+        )?;
+        b = b.tls_backend_preconfigured(cfg);
+    } else if args.cert.is_some() {
+        bail!("--cert needs --ca (the gateway's CA): a certificate is presented over TLS only");
     }
     Ok(b.build()?)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.state_dir)?;
-    let token = std::fs::read_to_string(&args.token_file)
-        .with_context(|| format!("cannot read {}", args.token_file.display()))?
-        .trim()
-        .to_string();
+    let token = match &args.token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
     let keys = args
         .trusted_keys
         .iter()
@@ -482,7 +515,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Err(_) => State::default(),
     };
     let mut agent = Agent {
-        http: client(args.ca.as_deref())?,
+        http: client(&args)?,
         token,
         keys,
         state,

@@ -1,0 +1,243 @@
+//! `outpost device enroll|rotate|revoke|approve|credentials`: device identities.
+//!
+//! Enrolling gives a device its own credential: a secret (its MQTT password, its device-rest
+//! and OTA token) and, with `--cert`, a client certificate from the node CA. The key of the
+//! certificate is made here and never sent: the node signs a request for it. What the device
+//! needs is written to one directory (`--out`), secrets with mode 0600.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::cli::{Client, NewDevice, enc, ok_or_message, print_json, table};
+use crate::config::Service;
+
+/// What `outpost device enroll` was given.
+pub struct Enroll {
+    pub name: String,
+    pub profile: Option<String>,
+    pub service: Option<String>,
+    pub labels: Vec<String>,
+    pub cert: bool,
+    pub out: Option<PathBuf>,
+}
+
+async fn exists(c: &Client, name: &str) -> anyhow::Result<bool> {
+    let (status, body) = c
+        .send(
+            Service::CoreMetadata,
+            c.request(
+                reqwest::Method::GET,
+                Service::CoreMetadata,
+                &format!("/device/name/{}", enc(name)),
+            ),
+        )
+        .await?;
+    match status.as_u16() {
+        200 => Ok(true),
+        404 => Ok(false),
+        _ => ok_or_message(status, body).map(|_| false),
+    }
+}
+
+/// A new secret for `name` (the old one stops working).
+async fn new_secret(c: &Client, name: &str) -> anyhow::Result<String> {
+    let path = format!("/device/name/{}/secret", enc(name));
+    let body = serde_json::json!({"apiVersion": "v3"});
+    let (status, resp) = c.put(Service::CoreMetadata, &path, &body).await?;
+    let resp = ok_or_message(status, resp)?;
+    resp.get("secret")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .context("the node returned no secret")
+}
+
+/// A certificate for a key made here; with `replace` the device's others are revoked.
+async fn new_cert(c: &Client, name: &str, replace: bool) -> anyhow::Result<(String, String)> {
+    let (csr, key) = outpost_pki::new_csr(name)?;
+    let path = format!("/device/name/{}/certificate", enc(name));
+    let body = serde_json::json!({"apiVersion": "v3", "csr": csr, "replace": replace});
+    let (status, resp) = c.post(Service::CoreMetadata, &path, &body).await?;
+    let resp = ok_or_message(status, resp)?;
+    let cert = resp
+        .get("certificate")
+        .and_then(Value::as_str)
+        .context("the node returned no certificate")?;
+    Ok((cert.to_string(), key))
+}
+
+/// Writes what the device needs into `dir`.
+fn write_bundle(dir: &Path, secret: &str, cert: Option<&(String, String)>) -> anyhow::Result<()> {
+    outpost_storage::ensure_private_dir(dir)?;
+    outpost_storage::replace_secret_file(&dir.join("device.secret"), secret.as_bytes())?;
+    if let Some((chain, key)) = cert {
+        outpost_storage::replace_secret_file(&dir.join("device.key"), key.as_bytes())?;
+        std::fs::write(dir.join("device.pem"), chain)
+            .with_context(|| format!("cannot write {}", dir.join("device.pem").display()))?;
+        // The chain ends with the node CA, which the device trusts for the gateway.
+        if let Some(at) = chain.find("-----END CERTIFICATE-----") {
+            let ca = chain[at + "-----END CERTIFICATE-----".len()..].trim_start();
+            if !ca.is_empty() {
+                std::fs::write(dir.join("ca.pem"), ca)
+                    .with_context(|| format!("cannot write {}", dir.join("ca.pem").display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn report(name: &str, secret: &str, cert: bool, out: Option<&Path>) {
+    match out {
+        Some(dir) => {
+            let what = if cert {
+                "device.secret, device.pem, device.key, ca.pem"
+            } else {
+                "device.secret"
+            };
+            println!(
+                "credentials of {name} written to {} ({what})",
+                dir.display()
+            );
+        }
+        None => {
+            eprintln!("secret of {name} (shown only now; the node keeps only a hash):");
+            println!("{secret}");
+        }
+    }
+}
+
+pub async fn enroll(c: &Client, e: Enroll) -> anyhow::Result<()> {
+    if e.cert && e.out.is_none() {
+        bail!("--cert needs --out DIR: the device's key is written there, never sent");
+    }
+    if !exists(c, &e.name).await? {
+        let (Some(profile), Some(service)) = (&e.profile, &e.service) else {
+            bail!(
+                "device {} does not exist: give --profile and --service to create it",
+                e.name
+            );
+        };
+        crate::cli::device_add(
+            c,
+            NewDevice {
+                file: None,
+                name: Some(e.name.clone()),
+                profile: Some(profile.clone()),
+                service: Some(service.clone()),
+                protocols: Vec::new(),
+                labels: e.labels.clone(),
+                auto_events: Vec::new(),
+                description: None,
+            },
+        )
+        .await?;
+    }
+    let secret = new_secret(c, &e.name).await?;
+    let cert = if e.cert {
+        Some(new_cert(c, &e.name, false).await?)
+    } else {
+        None
+    };
+    if let Some(dir) = &e.out {
+        write_bundle(dir, &secret, cert.as_ref())?;
+    }
+    report(&e.name, &secret, e.cert, e.out.as_deref());
+    Ok(())
+}
+
+/// A new secret, and a new certificate if the device has one; the old ones stop working.
+pub async fn rotate(c: &Client, name: &str, out: Option<&Path>) -> anyhow::Result<()> {
+    let creds = c
+        .get(
+            Service::CoreMetadata,
+            &format!("/device/name/{}/credential", enc(name)),
+        )
+        .await?;
+    let had_cert = creds["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["status"] == "active" && c["issuer"] == "node");
+    if had_cert && out.is_none() {
+        bail!("{name} has a certificate: give --out DIR for the new key");
+    }
+    let secret = new_secret(c, name).await?;
+    let cert = if had_cert {
+        Some(new_cert(c, name, true).await?)
+    } else {
+        None
+    };
+    if let Some(dir) = out {
+        write_bundle(dir, &secret, cert.as_ref())?;
+    }
+    report(name, &secret, had_cert, out);
+    Ok(())
+}
+
+pub async fn revoke(c: &Client, name: &str) -> anyhow::Result<()> {
+    let (status, body) = c
+        .post(
+            Service::CoreMetadata,
+            &format!("/device/name/{}/revoke", enc(name)),
+            &serde_json::json!({}),
+        )
+        .await?;
+    ok_or_message(status, body)?;
+    println!("revoked {name}: its credentials no longer work; its history is kept");
+    Ok(())
+}
+
+pub async fn approve(c: &Client, name: &str) -> anyhow::Result<()> {
+    let (status, body) = c
+        .post(
+            Service::CoreMetadata,
+            &format!("/device/name/{}/approve", enc(name)),
+            &serde_json::json!({}),
+        )
+        .await?;
+    ok_or_message(status, body)?;
+    println!("approved {name}");
+    Ok(())
+}
+
+pub async fn credentials(c: &Client, name: &str, json: bool) -> anyhow::Result<()> {
+    let v = c
+        .get(
+            Service::CoreMetadata,
+            &format!("/device/name/{}/credential", enc(name)),
+        )
+        .await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    println!(
+        "{name}: {} (secret: {})",
+        v["status"].as_str().unwrap_or("?"),
+        if v["secret"] == true { "set" } else { "none" }
+    );
+    let rows: Vec<Vec<String>> = v["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            vec![
+                s("fingerprint").chars().take(16).collect(),
+                s("issuer"),
+                s("status"),
+                c["notAfter"].as_i64().map_or_else(String::new, |t| {
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64),
+                    )
+                    .to_string()
+                }),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        table(&["CERTIFICATE", "ISSUER", "STATUS", "NOT AFTER"], &rows);
+    }
+    Ok(())
+}
