@@ -108,13 +108,23 @@ fn leaf_b64(pem: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(der)
 }
 
-async fn ota_node(extra: &str) -> Node {
-    let (key, _) = outpost_ota::manifest::SigningKey::generate().expect("key");
-    Node::start(&format!(
-        "[ota]\nenabled = true\ntrusted_keys = [\"{}\"]\n{extra}",
-        key.public().encoded()
+/// A node with OTA on (`ota_extra` added to its `[ota]`, `extra` after) and a signing key
+/// it trusts: (node, the key's directory, the key file).
+async fn ota_node_with(
+    ota_extra: &str,
+    extra: &str,
+) -> (Node, tempfile::TempDir, std::path::PathBuf) {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (key, public) = crate::ota::keygen(keys.path());
+    let node = Node::start(&format!(
+        "[ota]\nenabled = true\ntrusted_keys = [\"{public}\"]\n{ota_extra}{extra}"
     ))
-    .await
+    .await;
+    (node, keys, key)
+}
+
+async fn ota_node(extra: &str) -> Node {
+    ota_node_with("", extra).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,4 +358,187 @@ async fn a_device_with_a_manufacturer_certificate_enrolls_itself_pending_approva
     poll_until(&node, &zt, "zt-1", None, 401).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(poll(&node, &zt, "zt-1", None).await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inventory_shows_what_devices_report_and_groups_pick_up_new_devices() {
+    let (node, _keys, key) = ota_node_with("poll_seconds = 1\noverdue_after_s = 2\n", "").await;
+    crate::support::provision(&node, &["inv-1", "inv-2"]);
+    for d in ["inv-1", "inv-2"] {
+        let (ok, _, err) = node.cli(&[
+            "device",
+            "secret",
+            d,
+            "--secret",
+            &format!("{d}-secret-000"),
+        ]);
+        assert!(ok, "{err}");
+    }
+    // A group by label, then a device added later with that label is in it.
+    let (ok, out, err) = node.cli(&["device", "group", "add", "site-a", "--label", "e2e"]);
+    assert!(ok && out.contains("2 devices now"), "{out}{err}");
+    let (ok, _, err) = node.cli(&["device", "group", "add", "site-a", "--label", "x"]);
+    assert!(!ok && err.contains("exists"), "{err}");
+    let (ok, _, err) = node.cli(&["device", "group", "add", "nothing"]);
+    assert!(!ok && err.contains("selects by"), "{err}");
+    let (ok, out, err) = node.cli(&[
+        "device",
+        "add",
+        "--name",
+        "inv-3",
+        "--profile",
+        "Thermostat",
+        "--service",
+        "device-mqtt",
+        "--label",
+        "e2e",
+    ]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, _) = node.cli(&["device", "group", "show", "site-a"]);
+    assert!(
+        ok && out.lines().collect::<Vec<_>>() == ["inv-1", "inv-2", "inv-3"],
+        "{out}"
+    );
+
+    // inv-1 checks in through the gateway with the agent and reports attributes.
+    let dir = node.dir.path().join("agent-inv-1");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("token"), "inv-1-secret-000").expect("token");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost-agent"))
+        .args([
+            "--server",
+            &format!("https://127.0.0.1:{}/ota", node.ports.gateway),
+            "--device",
+            "inv-1",
+            "--trusted-key",
+            "ed25519:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            "--health-cmd",
+            "true",
+            "--attr",
+            "hardware=rev3",
+            "--once",
+        ])
+        .arg("--ca")
+        .arg(node.data_dir().join("tls/ca.pem"))
+        .arg("--token-file")
+        .arg(dir.join("token"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .output()
+        .expect("outpost-agent");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, out, _) = node.cli(&["device", "inventory", "--group", "site-a", "--json"]);
+    assert!(ok, "{out}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    let by = |name: &str| {
+        v["devices"]
+            .as_array()
+            .and_then(|a| a.iter().find(|d| d["name"] == name))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(v["totalCount"], 3, "{v}");
+    let d1 = by("inv-1");
+    assert_eq!(d1["attributes"]["hardware"], "rev3", "{d1}");
+    assert_eq!(d1["attributes"]["agent.slot"], "a", "{d1}");
+    assert_eq!(d1["labels"][0], "e2e", "operator-owned labels beside: {d1}");
+    assert_eq!(d1["checkIn"], "ok", "{d1}");
+    assert_eq!(by("inv-2")["checkIn"], "never");
+    // A device may not report a nonsense inventory, nor for another device.
+    let anon = client(&node, None);
+    let put = |device: &str, token: &str, body: Value| {
+        anon.put(format!(
+            "https://127.0.0.1:{}/ota/api/v3/ddi/{device}/attributes",
+            node.ports.gateway
+        ))
+        .header("x-outpost-device-token", token.to_string())
+        .json(&body)
+        .send()
+    };
+    let r = put(
+        "inv-2",
+        "inv-1-secret-000",
+        serde_json::json!({"attributes": {"a": "b"}}),
+    )
+    .await
+    .expect("put");
+    assert_eq!(r.status().as_u16(), 401);
+    let r = put(
+        "inv-2",
+        "inv-2-secret-000",
+        serde_json::json!({"attributes": {"a": 1}}),
+    )
+    .await
+    .expect("put");
+    assert_eq!(r.status().as_u16(), 400);
+    // Silent for longer than the expected check-in interval: overdue.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, out, _) = node.cli(&["device", "inventory", "--label", "e2e"]);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("inv-1"))
+        .unwrap_or_default();
+    assert!(
+        row.contains("overdue") && row.contains("hardware=rev3"),
+        "{out}"
+    );
+
+    // A rollout to the group, in a maintenance window that is not now: the devices are in
+    // it, and nothing is offered until the window opens.
+    crate::ota::upload(&node, &key, "fw", "1.0", b"firmware bytes");
+    let hour = (outpost_contracts::now_millis() / 3_600_000) % 24;
+    let window = format!("{:02}:00-{:02}:00", (hour + 2) % 24, (hour + 3) % 24);
+    let (ok, out, err) = node.cli(&[
+        "ota",
+        "rollout",
+        "create",
+        "night",
+        "--artifact",
+        "fw",
+        "--version",
+        "1.0",
+        "--group",
+        "site-a",
+        "--window",
+        &window,
+        "--phases",
+        "100",
+    ]);
+    assert!(ok && out.contains("to 3 devices"), "{out}{err}");
+    let (code, body) = poll_with(&node, &anon, "inv-2", Some("inv-2-secret-000"), &[]).await;
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert!(v["action"].is_null(), "outside the window: {v}");
+    let (ok, _, err) = node.cli(&[
+        "ota",
+        "rollout",
+        "create",
+        "bad",
+        "--artifact",
+        "fw",
+        "--version",
+        "1.0",
+        "--group",
+        "site-a",
+        "--window",
+        "25:00-26:00",
+    ]);
+    assert!(!ok && err.contains("window"), "{err}");
+    let (ok, _, err) = node.cli(&[
+        "ota",
+        "rollout",
+        "create",
+        "none",
+        "--artifact",
+        "fw",
+        "--version",
+        "1.0",
+        "--group",
+        "no-such-group",
+    ]);
+    assert!(!ok && err.contains("no group"), "{err}");
 }

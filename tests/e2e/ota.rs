@@ -284,7 +284,13 @@ fn with_secrets<S: AsRef<str>>(node: &Node, devices: &[S]) {
 }
 
 /// Uploads `data` as `name` `version` with the CLI (through the gateway); returns its output.
-fn upload(node: &Node, key: &std::path::Path, name: &str, version: &str, data: &[u8]) -> String {
+pub(crate) fn upload(
+    node: &Node,
+    key: &std::path::Path,
+    name: &str,
+    version: &str,
+    data: &[u8],
+) -> String {
     let file = node.dir.path().join(format!("{name}-{version}.bin"));
     std::fs::write(&file, data).expect("write");
     let (ok, out, err) = node.cli(&[
@@ -305,7 +311,7 @@ fn upload(node: &Node, key: &std::path::Path, name: &str, version: &str, data: &
 }
 
 /// Makes a signing key with the CLI; returns (key file, public key line).
-fn keygen(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+pub(crate) fn keygen(dir: &std::path::Path) -> (std::path::PathBuf, String) {
     let mut cmd = Command::new(BIN);
     cmd.args(["ota", "keygen", "--out"]).arg(dir);
     let (ok, _, err) = run_cli(cmd, None);

@@ -173,7 +173,7 @@ impl Client {
         .await
     }
 
-    async fn delete(&self, svc: Service, path: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn delete(&self, svc: Service, path: &str) -> anyhow::Result<Value> {
         let (status, body) = self
             .send(svc, self.request(reqwest::Method::DELETE, svc, path))
             .await?;

@@ -241,3 +241,149 @@ pub async fn credentials(c: &Client, name: &str, json: bool) -> anyhow::Result<(
     }
     Ok(())
 }
+
+fn ago(ms: Option<i64>) -> String {
+    match ms {
+        None => "never".into(),
+        Some(t) => {
+            let now = outpost_contracts::now_millis();
+            format!("{}s ago", ((now - t).max(0)) / 1000)
+        }
+    }
+}
+
+pub async fn inventory(
+    c: &Client,
+    group: Option<&str>,
+    labels: &[String],
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut q = Vec::new();
+    if let Some(g) = group {
+        q.push(format!("group={}", enc(g)));
+    }
+    if !labels.is_empty() {
+        q.push(format!("labels={}", enc(&labels.join(","))));
+    }
+    let path = if q.is_empty() {
+        "/inventory/all".to_string()
+    } else {
+        format!("/inventory/all?{}", q.join("&"))
+    };
+    let v = c.get(Service::Ota, &path).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let attrs = d["attributes"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            let labels = d["labels"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            vec![
+                d["name"].as_str().unwrap_or_default().to_string(),
+                d["profileName"].as_str().unwrap_or_default().to_string(),
+                labels,
+                attrs,
+                ago(d["lastSeenMs"].as_i64()),
+                d["checkIn"].as_str().unwrap_or_default().to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "DEVICE",
+            "PROFILE",
+            "LABELS",
+            "ATTRIBUTES",
+            "LAST SEEN",
+            "CHECK-IN",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+pub async fn group_add(
+    c: &Client,
+    name: &str,
+    labels: &[String],
+    profile: Option<&str>,
+) -> anyhow::Result<()> {
+    let body =
+        serde_json::json!({"name": name, "labels": labels, "profile": profile.unwrap_or_default()});
+    let (status, v) = c.post(Service::Ota, "/group", &body).await?;
+    ok_or_message(status, v)?;
+    let g = c
+        .get(Service::Ota, &format!("/group/name/{}", enc(name)))
+        .await?;
+    let n = g["members"].as_array().map_or(0, Vec::len);
+    println!("created group {name} ({n} devices now)");
+    Ok(())
+}
+
+pub async fn group_list(c: &Client, json: bool) -> anyhow::Result<()> {
+    let v = c.get(Service::Ota, "/group/all").await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            vec![
+                g["name"].as_str().unwrap_or_default().to_string(),
+                g["labels"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default(),
+                g["profile"].as_str().unwrap_or_default().to_string(),
+                g["members"].to_string(),
+            ]
+        })
+        .collect();
+    table(&["GROUP", "LABELS", "PROFILE", "DEVICES"], &rows);
+    Ok(())
+}
+
+pub async fn group_show(c: &Client, name: &str) -> anyhow::Result<()> {
+    let v = c
+        .get(Service::Ota, &format!("/group/name/{}", enc(name)))
+        .await?;
+    for m in v["members"].as_array().into_iter().flatten() {
+        println!("{}", m.as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+pub async fn group_rm(c: &Client, name: &str) -> anyhow::Result<()> {
+    c.delete(Service::Ota, &format!("/group/name/{}", enc(name)))
+        .await?;
+    println!("removed group {name}");
+    Ok(())
+}

@@ -183,6 +183,8 @@ enum OtaCmd {
 }
 
 #[derive(Subcommand)]
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum RolloutCmd {
     /// Roll an artifact out to devices (by name or labels), in phases.
     #[command(disable_version_flag = true)]
@@ -196,9 +198,16 @@ enum RolloutCmd {
         /// Target devices by name (repeatable)...
         #[arg(long = "device")]
         devices: Vec<String>,
-        /// ...or those carrying all these labels (repeatable).
+        /// ...or those carrying all these labels (repeatable)...
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// ...or the members of a group (`outpost device group add`).
+        #[arg(long)]
+        group: Option<String>,
+        /// Maintenance window, daily in UTC, e.g. --window 22:00-04:00: devices start the
+        /// update only inside it.
+        #[arg(long)]
+        window: Option<String>,
         /// Cumulative percentages, e.g. --phases 1,10,100.
         #[arg(long, value_delimiter = ',')]
         phases: Vec<f64>,
@@ -461,6 +470,21 @@ enum DeviceCmd {
     Revoke { name: String },
     /// Let in a device that enrolled itself with a manufacturer certificate.
     Approve { name: String },
+    /// What devices report about themselves (firmware, hardware, ...), their labels, when
+    /// they last checked in with the OTA service and whether they are overdue.
+    Inventory {
+        /// Only the members of this group...
+        #[arg(long)]
+        group: Option<String>,
+        /// ...or devices carrying all these labels.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Groups of devices by label selector; a new device with the labels joins at once.
+    #[command(subcommand)]
+    Group(GroupCmd),
     /// A device's credentials: secret set or not, certificates and their status.
     Credentials {
         name: String,
@@ -474,6 +498,30 @@ enum DeviceCmd {
         /// How long to wait for new devices to appear.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupCmd {
+    /// Define a group: the devices carrying all the labels (and of the profile, if given).
+    Add {
+        name: String,
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// Groups and how many devices each has now.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A group's members now.
+    Show {
+        name: String,
+    },
+    Rm {
+        name: String,
     },
 }
 
@@ -709,6 +757,25 @@ async fn client(
         }
         Command::Device(DeviceCmd::Revoke { name }) => enroll_cli::revoke(&c, &name).await,
         Command::Device(DeviceCmd::Approve { name }) => enroll_cli::approve(&c, &name).await,
+        Command::Device(DeviceCmd::Inventory {
+            group,
+            labels,
+            json,
+        }) => enroll_cli::inventory(&c, group.as_deref(), &labels, json).await,
+        Command::Device(DeviceCmd::Group(GroupCmd::Add {
+            name,
+            labels,
+            profile,
+        })) => enroll_cli::group_add(&c, &name, &labels, profile.as_deref()).await,
+        Command::Device(DeviceCmd::Group(GroupCmd::List { json })) => {
+            enroll_cli::group_list(&c, json).await
+        }
+        Command::Device(DeviceCmd::Group(GroupCmd::Show { name })) => {
+            enroll_cli::group_show(&c, &name).await
+        }
+        Command::Device(DeviceCmd::Group(GroupCmd::Rm { name })) => {
+            enroll_cli::group_rm(&c, &name).await
+        }
         Command::Device(DeviceCmd::Credentials { name, json }) => {
             enroll_cli::credentials(&c, &name, json).await
         }
@@ -763,6 +830,8 @@ async fn client(
             version,
             devices,
             labels,
+            group,
+            window,
             phases,
             success_percent,
             failure_count,
@@ -777,6 +846,8 @@ async fn client(
                     version,
                     devices,
                     labels,
+                    group,
+                    window,
                     phases,
                     success_percent,
                     failure_count,

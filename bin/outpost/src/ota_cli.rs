@@ -240,6 +240,8 @@ pub struct NewRollout {
     pub version: String,
     pub devices: Vec<String>,
     pub labels: Vec<String>,
+    pub group: Option<String>,
+    pub window: Option<String>,
     pub phases: Vec<f64>,
     pub success_percent: Option<f64>,
     pub failure_count: Option<u32>,
@@ -264,9 +266,18 @@ pub async fn rollout_create(c: &Client, r: NewRollout) -> anyhow::Result<()> {
     if let Some(v) = r.min_sample {
         policy.insert("minSample".into(), v.into());
     }
+    if let Some(w) = &r.window {
+        let (start, end) = w
+            .split_once('-')
+            .with_context(|| format!("--window '{w}' must be HH:MM-HH:MM (UTC)"))?;
+        policy.insert(
+            "window".into(),
+            serde_json::json!({"start": start, "end": end}),
+        );
+    }
     let body = serde_json::json!({
         "name": r.name, "artifact": {"name": r.artifact, "version": r.version},
-        "target": {"devices": r.devices, "labels": r.labels}, "policy": policy,
+        "target": {"devices": r.devices, "labels": r.labels, "group": r.group}, "policy": policy,
     });
     let (status, v) = c.post(Service::Ota, "/rollout", &body).await?;
     let v = ok_or_message(status, v)?;

@@ -65,8 +65,6 @@ pub const MIGRATION: outpost_storage::Migration = outpost_storage::Migration {
 
 /// Entries kept per device and rollout.
 const HISTORY: i64 = 20;
-/// What devices are told about how often to poll.
-const POLL_SECONDS: u64 = 30;
 /// How long a checked device credential is trusted without asking core-metadata again.
 const AUTH_TTL: Duration = Duration::from_secs(60);
 
@@ -227,6 +225,18 @@ struct Target {
     /// Devices carrying every one of these labels.
     #[serde(default)]
     labels: Vec<String>,
+    /// The members of a group (its label selector, worked out now).
+    #[serde(default)]
+    group: Option<String>,
+}
+
+/// 1 to 128 letters, digits, '-', '_' or '.'.
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 #[derive(Debug, Deserialize)]
@@ -276,20 +286,16 @@ fn view(name: &str, e: &Entry) -> serde_json::Value {
 
 pub async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
     let req: NewRollout = outpost_kit::error::parse_json(&body)?;
-    if req.name.is_empty()
-        || req.name.len() > 128
-        || !req
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
+    if !valid_name(&req.name) {
         return Err(ApiError::bad_request(
             "a rollout name is 1 to 128 letters, digits, '-', '_' or '.'",
         ));
     }
     req.policy.check().map_err(ApiError::bad_request)?;
-    if req.target.devices.is_empty() && req.target.labels.is_empty() {
-        return Err(ApiError::bad_request("target needs devices or labels"));
+    if req.target.devices.is_empty() && req.target.labels.is_empty() && req.target.group.is_none() {
+        return Err(ApiError::bad_request(
+            "target needs devices, labels or a group",
+        ));
     }
     let artifact = crate::find(
         &app,
@@ -299,7 +305,7 @@ pub async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<Response
     .await?;
     // The devices: named ones, or all that carry the labels; only compatible ones.
     let mut candidates = Vec::new();
-    if req.target.labels.is_empty() {
+    if req.target.labels.is_empty() && req.target.group.is_none() {
         for d in &req.target.devices {
             match app.metadata.device(d).await.map_err(|e| e.to_api_error())? {
                 Some(dev) => candidates.push(dev),
@@ -307,23 +313,18 @@ pub async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<Response
             }
         }
     } else {
-        let mut offset = 0;
-        loop {
-            let (page, total) = app
-                .metadata
-                .devices_page(offset, 1000)
-                .await
-                .map_err(|e| e.to_api_error())?;
-            let n = page.len() as u64;
-            candidates.extend(page.into_iter().filter(|d| {
-                req.target.labels.iter().all(|l| d.labels.contains(l))
-                    && (req.target.devices.is_empty() || req.target.devices.contains(&d.name))
-            }));
-            offset += n;
-            if n == 0 || offset >= total {
-                break;
-            }
+        let (mut labels, mut profile) = (req.target.labels.clone(), String::new());
+        if let Some(g) = &req.target.group {
+            let (l, p) = crate::inventory::group_selector(&app, g).await?;
+            labels.extend(l);
+            profile = p;
         }
+        candidates.extend(
+            crate::inventory::select(&app, &labels, &profile)
+                .await?
+                .into_iter()
+                .filter(|d| req.target.devices.is_empty() || req.target.devices.contains(&d.name)),
+        );
     }
     let compatible = &artifact.manifest.compatible;
     let (fit, misfit): (Vec<_>, Vec<_>) = candidates
@@ -534,6 +535,8 @@ pub(crate) async fn authenticate(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if cache.get(&key).is_some_and(|t| t.elapsed() < AUTH_TTL) {
+            drop(cache);
+            app.inventory.seen(device);
             return Ok(());
         }
     }
@@ -563,6 +566,8 @@ pub(crate) async fn authenticate(
                 cache.clear();
             }
             cache.insert(key, Instant::now());
+            drop(cache);
+            app.inventory.seen(device);
             Ok(())
         }
         Ok(Err(true)) => Err(ApiError::new(
@@ -661,7 +666,7 @@ pub async fn poll(
         }
         None => None,
     };
-    let body = serde_json::json!({"pollSeconds": POLL_SECONDS, "action": action});
+    let body = serde_json::json!({"pollSeconds": app.poll_seconds, "action": action});
     let text = serde_json::to_vec(&body).map_err(ApiError::internal)?;
     let etag = format!(
         "\"{}\"",

@@ -17,6 +17,7 @@
 
 pub mod blob;
 pub mod fleet;
+pub mod inventory;
 pub use outpost_manifest as manifest;
 pub mod rollout;
 
@@ -56,6 +57,10 @@ pub struct Config {
     pub trusted_keys: Vec<String>,
     /// Largest artifact payload.
     pub max_artifact_bytes: u64,
+    /// How often devices are told to poll, seconds.
+    pub poll_seconds: u64,
+    /// A device not seen for this long is overdue, seconds (0: three poll intervals).
+    pub overdue_after_s: u64,
 }
 
 impl Default for Config {
@@ -65,6 +70,8 @@ impl Default for Config {
             port: 59750,
             trusted_keys: Vec::new(),
             max_artifact_bytes: 4 * 1024 * 1024 * 1024,
+            poll_seconds: 30,
+            overdue_after_s: 0,
         }
     }
 }
@@ -77,6 +84,11 @@ impl outpost_kit::config::Validate for Config {
             }
         }
         p.check(
+            (1..=86_400).contains(&self.poll_seconds),
+            "ota",
+            "poll_seconds must be 1 to 86400",
+        );
+        p.check(
             !self.enabled || !self.trusted_keys.is_empty(),
             "ota",
             "trusted_keys must name at least one key (see `outpost ota keygen`)",
@@ -84,7 +96,7 @@ impl outpost_kit::config::Validate for Config {
     }
 }
 
-const MIGRATIONS: &[Migration] = &[ARTIFACTS, fleet::MIGRATION];
+const MIGRATIONS: &[Migration] = &[ARTIFACTS, fleet::MIGRATION, inventory::MIGRATION];
 
 const ARTIFACTS: Migration = Migration {
     version: 1,
@@ -107,6 +119,9 @@ pub struct App {
     db: Db,
     metadata: outpost_kit::client::Metadata,
     fleet: fleet::Fleet,
+    inventory: inventory::Inventory,
+    poll_seconds: u64,
+    overdue_ms: i64,
     keys: Vec<PublicKey>,
     blobs: PathBuf,
     master: [u8; 32],
@@ -167,6 +182,12 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
     tracing::info!(keys = ?keys.iter().map(PublicKey::id).collect::<Vec<_>>(), "trusted signing keys");
     let fleet = fleet::Fleet::default();
     *fleet.rollouts.lock().await = fleet::load(&db).await?;
+    let inventory = inventory::Inventory::load(&db).await?;
+    let overdue_s = if cfg.overdue_after_s == 0 {
+        3 * cfg.poll_seconds
+    } else {
+        cfg.overdue_after_s
+    };
     let app = Arc::new(App {
         db: db.clone(),
         metadata: outpost_kit::client::Metadata::new(outpost_kit::client::ServiceClient::new(
@@ -174,6 +195,9 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
             std::time::Duration::from_secs(5),
         )),
         fleet,
+        inventory,
+        poll_seconds: cfg.poll_seconds,
+        overdue_ms: i64::try_from(overdue_s.saturating_mul(1000)).unwrap_or(i64::MAX),
         keys,
         blobs,
         master,
@@ -189,8 +213,14 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
         }
     });
     tokio::spawn(fleet::follow_devices(ctx.clone(), Arc::clone(&app)));
+    let saver = tokio::spawn(inventory::keep_saving(
+        Arc::clone(&app),
+        ctx.shutdown.clone(),
+    ));
     let router = ctx.router(router(app), health);
-    ctx.serve(router, cfg.port).await?;
+    let served = ctx.serve(router, cfg.port).await;
+    let _ = saver.await;
+    served?;
     Ok(())
 }
 
@@ -219,6 +249,18 @@ pub fn router(app: Arc<App>) -> Router {
             get(fleet::device_history),
         )
         .route("/api/v3/ddi/{device}", get(fleet::poll))
+        .route(
+            "/api/v3/ddi/{device}/attributes",
+            axum::routing::put(inventory::put_attributes),
+        )
+        .route("/api/v3/inventory/all", get(inventory::all))
+        .route("/api/v3/inventory/name/{device}", get(inventory::one))
+        .route("/api/v3/group", post(inventory::group_create))
+        .route("/api/v3/group/all", get(inventory::group_all))
+        .route(
+            "/api/v3/group/name/{name}",
+            get(inventory::group_one).delete(inventory::group_delete),
+        )
         .route(
             "/api/v3/ddi/{device}/action/{rollout}/feedback",
             post(fleet::feedback),

@@ -36,6 +36,47 @@ pub struct Policy {
     /// ...once at least this many started.
     #[serde(default = "default_min_sample")]
     pub min_sample: u32,
+    /// When devices may start the update (daily, UTC); any time when absent. A device that
+    /// has started finishes outside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+}
+
+/// A daily maintenance window, `HH:MM` to `HH:MM` UTC; it may span midnight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    pub start: String,
+    pub end: String,
+}
+
+fn minute_of_day(hhmm: &str) -> Option<u32> {
+    let (h, m) = hhmm.split_once(':')?;
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60 && hhmm.len() == 5).then_some(h * 60 + m)
+}
+
+impl Window {
+    fn check(&self) -> Result<(), String> {
+        match (minute_of_day(&self.start), minute_of_day(&self.end)) {
+            (Some(a), Some(b)) if a != b => Ok(()),
+            (Some(_), Some(_)) => Err("a window's start and end differ".into()),
+            _ => Err("a window is start and end as HH:MM (UTC)".into()),
+        }
+    }
+
+    /// Whether the instant `now_ms` (Unix milliseconds) falls in the window.
+    pub fn contains(&self, now_ms: i64) -> bool {
+        let (Some(a), Some(b)) = (minute_of_day(&self.start), minute_of_day(&self.end)) else {
+            return true;
+        };
+        let m = (now_ms.rem_euclid(86_400_000) / 60_000) as u32;
+        if a < b {
+            a <= m && m < b
+        } else {
+            m >= a || m < b
+        }
+    }
 }
 
 fn default_phases() -> Vec<f64> {
@@ -62,6 +103,7 @@ impl Default for Policy {
             failure_count: default_failure_count(),
             failure_percent: default_failure_percent(),
             min_sample: default_min_sample(),
+            window: None,
         }
     }
 }
@@ -82,6 +124,9 @@ impl Policy {
         }
         if self.failure_count == 0 {
             return Err("failureCount must be at least 1".into());
+        }
+        if let Some(w) = &self.window {
+            w.check()?;
         }
         Ok(())
     }
@@ -272,8 +317,21 @@ impl Rollout {
 
     /// Whether `device` should be told to install now.
     pub fn offers(&self, device: &str) -> bool {
+        self.offers_at(device, outpost_contracts::now_millis())
+    }
+
+    /// Whether `device` is offered the update at `now_ms`: a device yet to start only inside
+    /// the maintenance window.
+    pub fn offers_at(&self, device: &str, now_ms: i64) -> bool {
         match self.state_of(device) {
-            Some(DeviceState::Offered) => self.state == RolloutState::Running,
+            Some(DeviceState::Offered) => {
+                self.state == RolloutState::Running
+                    && self
+                        .policy
+                        .window
+                        .as_ref()
+                        .is_none_or(|w| w.contains(now_ms))
+            }
             // Already under way: keep telling it, even when paused, so it can finish.
             Some(DeviceState::Downloading | DeviceState::Installing) => {
                 !matches!(self.state, RolloutState::Canceled | RolloutState::Finished)
@@ -435,6 +493,50 @@ impl Rollout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_maintenance_window_holds_back_devices_that_have_not_started() {
+        let at = |h: i64, m: i64| 20_000 * 86_400_000 + (h * 60 + m) * 60_000;
+        let night = Window {
+            start: "22:00".into(),
+            end: "04:30".into(),
+        };
+        assert!(night.contains(at(23, 0)) && night.contains(at(0, 0)) && night.contains(at(4, 29)));
+        assert!(
+            !night.contains(at(4, 30)) && !night.contains(at(12, 0)) && !night.contains(at(21, 59))
+        );
+        let day = Window {
+            start: "09:00".into(),
+            end: "17:00".into(),
+        };
+        assert!(day.contains(at(9, 0)) && !day.contains(at(17, 0)) && !day.contains(at(3, 0)));
+        for (a, b) in [
+            ("25:00", "01:00"),
+            ("9:00", "10:00"),
+            ("10:00", "10:00"),
+            ("x", "y"),
+        ] {
+            let p = Policy {
+                window: Some(Window {
+                    start: a.into(),
+                    end: b.into(),
+                }),
+                ..Policy::default()
+            };
+            assert!(p.check().is_err(), "{a}-{b}");
+        }
+        let policy = Policy {
+            phases: vec![100.0],
+            window: Some(day),
+            ..Policy::default()
+        };
+        let mut r = Rollout::new(policy, vec!["d0".into(), "d1".into()]).unwrap();
+        assert!(!r.offers_at("d0", at(3, 0)), "outside the window");
+        assert!(r.offers_at("d0", at(10, 0)));
+        r.report("d0", DeviceState::Downloading).unwrap();
+        assert!(r.offers_at("d0", at(20, 0)), "a started device finishes");
+        assert!(!r.offers_at("d1", at(20, 0)));
+    }
     use DeviceState as S;
 
     fn devices(n: usize) -> Vec<String> {

@@ -61,6 +61,10 @@ struct Args {
     /// Stop after the first poll that offers nothing (with nothing left to do).
     #[arg(long)]
     once: bool,
+    /// An attribute this device reports for the inventory, `key=value` (repeatable), e.g.
+    /// `--attr hardware=rev3`; the firmware name, version and active slot are added.
+    #[arg(long = "attr")]
+    attrs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -153,6 +157,34 @@ impl Agent {
             h.insert("x-outpost-device-token", v);
         }
         h
+    }
+
+    /// Reports the inventory attributes: the given ones, the installed firmware, the slot.
+    async fn report_attributes(&self) {
+        let mut attrs: std::collections::BTreeMap<String, String> = self
+            .args
+            .attrs
+            .iter()
+            .filter_map(|a| a.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        if let Some((name, version, _)) = &self.state.installed {
+            attrs.insert("firmware.name".into(), name.clone());
+            attrs.insert("firmware.version".into(), version.clone());
+        }
+        attrs.insert("agent.slot".into(), self.state.active.clone());
+        let sent = self
+            .http
+            .put(self.url(&format!("/api/v3/ddi/{}/attributes", self.args.device)))
+            .headers(self.auth())
+            .json(&serde_json::json!({ "attributes": attrs }))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => eprintln!("{}: attributes refused: {}", self.args.device, r.status()),
+            Err(e) => eprintln!("{}: cannot report attributes: {e}", self.args.device),
+        }
     }
 
     fn state_path(&self) -> PathBuf {
@@ -495,6 +527,9 @@ fn client(args: &Args) -> anyhow::Result<reqwest::Client> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(bad) = args.attrs.iter().find(|a| !a.contains('=')) {
+        bail!("--attr '{bad}' must be key=value");
+    }
     std::fs::create_dir_all(&args.state_dir)?;
     let token = match &args.token_file {
         Some(f) => Some(
@@ -522,11 +557,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         etag: None,
         args,
     };
+    agent.report_attributes().await;
     loop {
         let _ = agent.flush().await;
         if let Some(p) = agent.state.pending.clone() {
             agent.run_action(p).await?;
             let _ = agent.flush().await;
+            agent.report_attributes().await;
             continue;
         }
         let interval = match agent.poll().await {
