@@ -882,3 +882,67 @@ http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_agent_is_told_over_mqtt_to_poll_now() {
+    let (node, _keys, key, public) = ota_node().await;
+    let ota = format!("http://127.0.0.1:{}/api/v3", node.ports.ota);
+    crate::support::provision(&node, &["live-1"]);
+    with_secrets(&node, &["live-1"]);
+    let data = payload(50_000, 5);
+    upload(&node, &key, "fw", "4.0", &data);
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("live-1");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("token"), "live-1-secret-000").expect("token");
+    // It polls once an hour: only the message can make it fetch the update soon.
+    let agents = Agents(vec![
+        Command::new(agent_bin())
+            .args(["--server", &format!("http://127.0.0.1:{}", node.ports.ota)])
+            .args(["--device", "live-1", "--trusted-key", &public])
+            .args(["--health-cmd", "true", "--poll-s", "3600"])
+            .args(["--mqtt", &format!("mqtt://127.0.0.1:{}", node.ports.mqtt)])
+            .arg("--token-file")
+            .arg(dir.join("token"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("outpost-agent"),
+    ]);
+    // Its first poll (at start) found nothing.
+    let inventory = || async { node.get(&format!("{ota}/inventory/name/live-1")).await.1 };
+    eventually_v("the agent's first check-in", &inventory, |v| {
+        v["checkIn"] == "ok"
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (code, v) = node
+        .post(
+            &format!("{ota}/rollout"),
+            &json!({"name": "now", "artifact": {"name": "fw", "version": "4.0"},
+                    "target": {"devices": ["live-1"]}, "policy": {"phases": [100.0]}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{v}");
+    let started = std::time::Instant::now();
+    let status = || async { node.get(&format!("{ota}/rollout/name/now")).await.1 };
+    eventually_v("the update to be installed", &status, |v| {
+        v["counts"]["succeeded"] == 1
+    })
+    .await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "installed long before the next hourly poll"
+    );
+
+    let s = agent_state(&dir);
+    assert_eq!(s["installed"][1], "4.0", "{s}");
+    // The inventory shows the firmware the agent now runs.
+    eventually_v("the new firmware in the inventory", &inventory, |v| {
+        v["attributes"]["firmware.version"] == "4.0"
+    })
+    .await;
+    drop(agents);
+}

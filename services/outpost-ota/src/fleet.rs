@@ -379,6 +379,7 @@ pub async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<Response
             .await
             .map_err(ApiError::internal)?;
     }
+    tell(&app, &name, newly_offered(&HashMap::new(), &entry.rollout));
     rollouts.push((name.clone(), entry));
     tracing::info!(rollout = name, misfits = misfit.len(), "rollout created");
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -447,6 +448,9 @@ pub async fn control(
     {
         e.rollout = saved;
         return Err(ApiError::internal(err));
+    }
+    if verb == "resume" {
+        tell(&app, &name, newly_offered(&HashMap::new(), &e.rollout));
     }
     tracing::info!(rollout = name, action = verb, "rollout {verb}");
     let mut v = view(&name, e);
@@ -606,6 +610,7 @@ pub async fn follow_devices(ctx: outpost_kit::Context, app: Arc<App>) {
     else {
         return;
     };
+    let _ = app.bus.set(bus.clone());
     let filter = format!("{}/system-events/core-metadata/device/#", bus.base_topic());
     let mut rx = match bus.subscribe(&filter).await {
         Ok(rx) => rx,
@@ -628,6 +633,43 @@ pub async fn follow_devices(ctx: outpost_kit::Context, app: Arc<App>) {
             },
         }
     }
+}
+
+/// Devices offered the update now that were not in `before`.
+fn newly_offered(before: &HashMap<String, DeviceState>, r: &Rollout) -> Vec<String> {
+    r.devices()
+        .filter(|(d, _, s)| {
+            *s == DeviceState::Offered && before.get(*d) != Some(&DeviceState::Offered)
+        })
+        .map(|(d, _, _)| d.to_string())
+        .collect()
+}
+
+/// Tells online devices to poll now: a message on `<their command topic>/ota` on the
+/// node's broker (QoS 1, not retained), which a device subscribed with its own credential
+/// receives. Best effort: a device that misses it finds the update at its next poll.
+fn tell(app: &Arc<App>, rollout: &str, devices: Vec<String>) {
+    if devices.is_empty() {
+        return;
+    }
+    let Some(bus) = app.bus.get().cloned() else {
+        return;
+    };
+    let (app, rollout) = (Arc::clone(app), rollout.to_string());
+    tokio::spawn(async move {
+        let body = serde_json::json!({"poll": true, "rollout": rollout}).to_string();
+        for name in devices {
+            let topic = match app.metadata.device(&name).await {
+                Ok(Some(d)) => {
+                    outpost_contracts::topics::device::DeviceTopics::of(&d).command + "/ota"
+                }
+                _ => continue,
+            };
+            if let Err(e) = bus.publish_raw(&topic, body.clone().into_bytes()).await {
+                tracing::debug!(device = name, error = %e, "cannot tell the device to poll");
+            }
+        }
+    });
 }
 
 /// The action offered to `device`, newest rollout first.
@@ -737,6 +779,7 @@ pub async fn feedback(
         created_ms: e.created_ms,
     };
     let history = vec![(device.clone(), state_name(fb.status), details)];
+    let opened = newly_offered(&before, &e.rollout);
     let n = rollout.clone();
     if let Err(err) = app
         .db
@@ -754,6 +797,7 @@ pub async fn feedback(
     {
         tracing::warn!(rollout, reason, "rollout paused by itself");
     }
+    tell(&app, &rollout, opened);
     Ok(Json(serde_json::json!({"apiVersion": "v3", "statusCode": 200})).into_response())
 }
 

@@ -120,6 +120,8 @@ pub struct App {
     metadata: outpost_kit::client::Metadata,
     fleet: fleet::Fleet,
     inventory: inventory::Inventory,
+    /// The node's bus, once connected: devices are told to poll over it.
+    bus: tokio::sync::OnceCell<outpost_bus::Bus>,
     poll_seconds: u64,
     overdue_ms: i64,
     keys: Vec<PublicKey>,
@@ -196,6 +198,7 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
         )),
         fleet,
         inventory,
+        bus: tokio::sync::OnceCell::new(),
         poll_seconds: cfg.poll_seconds,
         overdue_ms: i64::try_from(overdue_s.saturating_mul(1000)).unwrap_or(i64::MAX),
         keys,

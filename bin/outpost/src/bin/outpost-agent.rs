@@ -10,6 +10,7 @@
 //! and sent later.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -65,6 +66,13 @@ struct Args {
     /// `--attr hardware=rev3`; the firmware name, version and active slot are added.
     #[arg(long = "attr")]
     attrs: Vec<String>,
+    /// The node's MQTT broker (`mqtt://HOST:1883`): the agent connects with its name and
+    /// secret and polls at once when the server says so, instead of at the next interval.
+    #[arg(long, requires = "token_file")]
+    mqtt: Option<String>,
+    /// The topic the server uses to say "poll now" (default `command/<device>/ota`).
+    #[arg(long)]
+    mqtt_topic: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -526,6 +534,40 @@ fn client(args: &Args) -> anyhow::Result<reqwest::Client> {
     Ok(b.build()?)
 }
 
+/// Subscribes to the "poll now" topic; every message there wakes the poll loop. The client
+/// reconnects by itself; a broker that cannot be reached only means polling at intervals.
+async fn listen(
+    args: &Args,
+    token: &str,
+    url: &str,
+    wake: &Arc<tokio::sync::Notify>,
+) -> mqtt5::MqttClient {
+    // Client IDs starting with "outpost-" are the node's own.
+    let opts = mqtt5::ConnectOptions::new(format!("{}-ota-agent", args.device))
+        .with_credentials(args.device.clone(), token.as_bytes())
+        .with_keep_alive(Duration::from_secs(30))
+        .with_automatic_reconnect(true)
+        .with_reconnect_delay(Duration::from_millis(200), Duration::from_secs(10));
+    let client = mqtt5::MqttClient::with_options(opts);
+    let topic = args
+        .mqtt_topic
+        .clone()
+        .unwrap_or_else(|| format!("command/{}/ota", args.device));
+    match client.connect(url).await {
+        Ok(()) => {
+            let w = Arc::clone(wake);
+            if let Err(e) = client
+                .subscribe(topic.clone(), move |_| w.notify_one())
+                .await
+            {
+                eprintln!("{}: cannot subscribe to {topic}: {e}", args.device);
+            }
+        }
+        Err(e) => eprintln!("{}: cannot reach the broker at {url}: {e}", args.device),
+    }
+    client
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(bad) = args.attrs.iter().find(|a| !a.contains('=')) {
         bail!("--attr '{bad}' must be key=value");
@@ -557,6 +599,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         etag: None,
         args,
     };
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let _mqtt = match &agent.args.mqtt {
+        Some(url) => Some(
+            listen(
+                &agent.args,
+                agent.token.as_deref().unwrap_or(""),
+                url,
+                &wake,
+            )
+            .await,
+        ),
+        None => None,
+    };
     agent.report_attributes().await;
     loop {
         let _ = agent.flush().await;
@@ -579,10 +634,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         if agent.args.once && agent.state.unsent.is_empty() {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_secs(
-            agent.args.poll_s.unwrap_or(interval).max(1),
-        ))
-        .await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(
+                agent.args.poll_s.unwrap_or(interval).max(1),
+            )) => {}
+            () = wake.notified() => {
+                agent.etag = None;
+            }
+        }
     }
 }
 
