@@ -17,6 +17,9 @@
 #                             reopen, drain
 #   bench/run.sh export       edge to cloud: enqueue rate (cloud down), drain rate, bytes on
 #                             the wire per reading, device-to-cloud latency, data reduction
+#   bench/run.sh ota          200 devices downloading a 50 MiB artifact at once (through the
+#                             gateway and direct): throughput, server CPU and RSS; polls/s
+#                             of a 10,000-device fleet
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --bench >/dev/null
@@ -65,4 +68,7 @@ if [[ $what == all || $what == queue ]]; then
 fi
 if [[ $what == all || $what == export ]]; then
   for i in 1 2; do run "$B" export --outpost "$O" --events 50000 --readings 10; done
+fi
+if [[ $what == all || $what == ota ]]; then
+  run "$B" ota --outpost "$O" --agents 200 --mib 50 --fleet 10000 --pollers 64 --seconds 10
 fi

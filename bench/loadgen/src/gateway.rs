@@ -119,7 +119,7 @@ async fn wrk(
 }
 
 /// CPU time (user + system, clock ticks of 10 ms) used so far by processes.
-fn cpu_ticks(pids: &[u32]) -> u64 {
+pub(crate) fn cpu_ticks(pids: &[u32]) -> u64 {
     pids.iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
         .filter_map(|stat| {
@@ -155,7 +155,7 @@ async fn wrk_cpu(
 }
 
 /// An HTTPS client that trusts only the node's CA.
-fn trusting_client(ca: &Path) -> anyhow::Result<reqwest::Client> {
+pub(crate) fn trusting_client(ca: &Path) -> anyhow::Result<reqwest::Client> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();

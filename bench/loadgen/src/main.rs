@@ -9,6 +9,7 @@
 //!   batching on and off, against pymodbus's own client ([`modbus`]).
 //! - `queue` / `export`: the store-and-forward queue alone, and edge to cloud end to end
 //!   ([`export`]).
+//! - `ota`: concurrent artifact downloads and device polls per second ([`ota`]).
 //! - `pub` / `sub`: the load generator and the reference consumer (used by `ingest`).
 //!
 //! Every command prints a human summary and a JSON line (prefixed `RESULT `) for scripts.
@@ -28,6 +29,7 @@ mod devices;
 mod export;
 mod gateway;
 mod modbus;
+mod ota;
 
 #[derive(Parser)]
 #[command(about = "Outpost benchmark driver")]
@@ -117,6 +119,8 @@ enum Cmd {
     Queue(export::QueueArgs),
     /// Edge to cloud: enqueue and drain rates, bytes on the wire, latency, data reduction.
     Export(export::ExportArgs),
+    /// OTA: concurrent downloads (throughput, server CPU and memory) and fleet polls/s.
+    Ota(ota::OtaArgs),
     /// Command round trip: REST -> core-command -> device service -> device -> back.
     Command {
         #[arg(long)]
@@ -835,6 +839,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Gateway(a) => gateway::run(&a).await,
             Cmd::Queue(a) => export::queue(&a),
             Cmd::Export(a) => export::export(&a).await,
+            Cmd::Ota(a) => ota::run(&a).await,
         }
     })
 }
