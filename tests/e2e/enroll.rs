@@ -358,6 +358,15 @@ async fn a_device_with_a_manufacturer_certificate_enrolls_itself_pending_approva
     poll_until(&node, &zt, "zt-1", None, 401).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(poll(&node, &zt, "zt-1", None).await, 401);
+    // Nor once the device is deleted: its revoked certificate stays on record.
+    let (ok, _, err) = node.cli(&["device", "rm", "zt-1"]);
+    assert!(ok, "{err}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(poll(&node, &zt, "zt-1", None).await, 401);
+    assert!(
+        !node.cli(&["device", "show", "zt-1"]).0,
+        "the deleted device was not registered again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

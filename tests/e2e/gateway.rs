@@ -650,7 +650,12 @@ async fn upstream_requests(node: &Node) -> f64 {
 
 #[tokio::test]
 async fn every_documented_route_is_guarded_and_tokens_expire() {
-    let node = Node::start("[gateway]\naccess_token_ttl_s = 10\n").await;
+    let (key, _) = outpost_ota::manifest::SigningKey::generate().expect("key");
+    let node = Node::start(&format!(
+        "[gateway]\naccess_token_ttl_s = 10\n[ota]\nenabled = true\ntrusted_keys = [\"{}\"]\n",
+        key.public().encoded()
+    ))
+    .await;
     let gw = Gw::new(&node);
     let admin = gw.login("admin", &admin_password(&node)).await;
     let at = admin["accessToken"].as_str().unwrap().to_string();
@@ -712,6 +717,7 @@ async fn every_documented_route_is_guarded_and_tokens_expire() {
 
     // Every operation of every document: (method, path, service, public, role).
     let mut routes = Vec::new();
+    let mut device_routes = Vec::new();
     for name in &names {
         let r = gw
             .call(
@@ -743,6 +749,12 @@ async fn every_documented_route_is_guarded_and_tokens_expire() {
                         continue;
                     };
                     if !["GET", "PUT", "POST", "DELETE", "PATCH"].contains(&method.as_str()) {
+                        continue;
+                    }
+                    // The device protocol: devices carry their own credential, which the
+                    // service checks; checked below.
+                    if op.get("x-outpost-auth").is_some_and(|a| a == "device") {
+                        device_routes.push((method, format!("{server}{}", concrete(path))));
                         continue;
                     }
                     let public = op.get("security").is_some_and(|s| s == &json!([]));
@@ -796,6 +808,17 @@ async fn every_documented_route_is_guarded_and_tokens_expire() {
         before,
         "refused requests never reach a backend"
     );
+    // Device routes: without the device's own credential the service refuses them, also
+    // for a user's token (which is no device credential and is not passed on).
+    assert!(device_routes.len() >= 4, "{device_routes:?}");
+    for (method, path) in &device_routes {
+        for token in [None, Some(at.as_str())] {
+            let s = gw
+                .status(method.clone(), path, token, Some(&json!({})))
+                .await;
+            assert_eq!(s, 401, "{method} {path} with {token:?}");
+        }
+    }
     // Where the role is enough, the request passes the gateway (whatever the service
     // makes of the placeholder values).
     for (token, who) in [(&vt, "viewer"), (&ot, "operator")] {

@@ -53,9 +53,14 @@ async fn new_secret(c: &Client, name: &str) -> anyhow::Result<String> {
         .context("the node returned no secret")
 }
 
-/// A certificate for a key made here; with `replace` the device's others are revoked.
-async fn new_cert(c: &Client, name: &str, replace: bool) -> anyhow::Result<(String, String)> {
-    let (csr, key) = outpost_pki::new_csr(name)?;
+/// A certificate for the key of `csr`; with `replace` the device's others are revoked.
+/// Returns the chain and `key`.
+async fn new_cert(
+    c: &Client,
+    name: &str,
+    (csr, key): (String, String),
+    replace: bool,
+) -> anyhow::Result<(String, String)> {
     let path = format!("/device/name/{}/certificate", enc(name));
     let body = serde_json::json!({"apiVersion": "v3", "csr": csr, "replace": replace});
     let (status, resp) = c.post(Service::CoreMetadata, &path, &body).await?;
@@ -107,10 +112,34 @@ fn report(name: &str, secret: &str, cert: bool, out: Option<&Path>) {
     }
 }
 
+/// Everything that can fail before the node is asked, done first: the old credentials are
+/// only replaced once the new ones have somewhere to go.
+fn prepare(name: &str, out: Option<&Path>, cert: bool) -> anyhow::Result<Option<(String, String)>> {
+    if let Some(dir) = out {
+        outpost_storage::ensure_private_dir(dir)?;
+    }
+    cert.then(|| outpost_pki::new_csr(name)).transpose()
+}
+
+/// Writes or prints what was issued, even when a later step failed.
+fn deliver(
+    name: &str,
+    secret: &str,
+    cert: Option<&(String, String)>,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    if let Some(dir) = out {
+        write_bundle(dir, secret, cert)?;
+    }
+    report(name, secret, cert.is_some(), out);
+    Ok(())
+}
+
 pub async fn enroll(c: &Client, e: Enroll) -> anyhow::Result<()> {
     if e.cert && e.out.is_none() {
         bail!("--cert needs --out DIR: the device's key is written there, never sent");
     }
+    let request = prepare(&e.name, e.out.as_deref(), e.cert)?;
     if !exists(c, &e.name).await? {
         let (Some(profile), Some(service)) = (&e.profile, &e.service) else {
             bail!(
@@ -134,16 +163,17 @@ pub async fn enroll(c: &Client, e: Enroll) -> anyhow::Result<()> {
         .await?;
     }
     let secret = new_secret(c, &e.name).await?;
-    let cert = if e.cert {
-        Some(new_cert(c, &e.name, false).await?)
-    } else {
-        None
+    let cert = match request {
+        Some(r) => match new_cert(c, &e.name, r, false).await {
+            Ok(cert) => Some(cert),
+            Err(err) => {
+                deliver(&e.name, &secret, None, e.out.as_deref())?;
+                return Err(err.context("the secret is set, but no certificate was issued"));
+            }
+        },
+        None => None,
     };
-    if let Some(dir) = &e.out {
-        write_bundle(dir, &secret, cert.as_ref())?;
-    }
-    report(&e.name, &secret, e.cert, e.out.as_deref());
-    Ok(())
+    deliver(&e.name, &secret, cert.as_ref(), e.out.as_deref())
 }
 
 /// A new secret, and a new certificate if the device has one; the old ones stop working.
@@ -162,17 +192,21 @@ pub async fn rotate(c: &Client, name: &str, out: Option<&Path>) -> anyhow::Resul
     if had_cert && out.is_none() {
         bail!("{name} has a certificate: give --out DIR for the new key");
     }
+    let request = prepare(name, out, had_cert)?;
     let secret = new_secret(c, name).await?;
-    let cert = if had_cert {
-        Some(new_cert(c, name, true).await?)
-    } else {
-        None
+    let cert = match request {
+        Some(r) => match new_cert(c, name, r, true).await {
+            Ok(cert) => Some(cert),
+            Err(err) => {
+                deliver(name, &secret, None, out)?;
+                return Err(err.context(
+                    "the new secret is set, but no new certificate was issued (the old one still works)",
+                ));
+            }
+        },
+        None => None,
     };
-    if let Some(dir) = out {
-        write_bundle(dir, &secret, cert.as_ref())?;
-    }
-    report(name, &secret, had_cert, out);
-    Ok(())
+    deliver(name, &secret, cert.as_ref(), out)
 }
 
 pub async fn revoke(c: &Client, name: &str) -> anyhow::Result<()> {

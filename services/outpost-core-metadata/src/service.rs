@@ -1118,19 +1118,11 @@ impl Metadata {
                 "the certificate is not device {name}'s"
             )));
         }
-        let existing: Option<Device> = self.find(name).await?;
-        if let Some(device) = &existing {
-            let certs = self.store.certs(&device.id).await?;
-            if let Some(c) = certs.iter().find(|c| c.fingerprint == info.fingerprint) {
-                return Ok(match c.status {
-                    CertStatus::Active if c.not_after > now_millis() / 1000 => {
-                        CertCheck::Device(Box::new(device.clone()))
-                    }
-                    CertStatus::Active => CertCheck::Refused("the certificate expired".into()),
-                    CertStatus::Pending => CertCheck::Pending,
-                    CertStatus::Revoked => CertCheck::Refused("the certificate is revoked".into()),
-                });
-            }
+        // A certificate on record decides by its status, for its own device only (a revoked
+        // one stays on record after its device is deleted).
+        let fp = info.fingerprint.clone();
+        if let Some(v) = self.recorded(name, &fp).await? {
+            return Ok(v);
         }
         // Zero-touch.
         let e = &self.enrollment;
@@ -1139,7 +1131,16 @@ impl Metadata {
         {
             return Ok(CertCheck::Refused("unknown certificate".into()));
         }
-        let pending = e.cfg.approval;
+        // Under the write lock, so a concurrent first contact, revocation or approval is
+        // either wholly before or wholly after this.
+        let _w = self.lock.lock().await;
+        if let Some(v) = self.recorded(name, &fp).await? {
+            return Ok(v);
+        }
+        let existing: Option<Device> = self.find(name).await?;
+        // A device an operator created is bound to a manufacturer certificate only with an
+        // operator's approval, whatever `approval` says.
+        let pending = e.cfg.approval || existing.is_some();
         let device = match existing {
             Some(d) if d.admin_state == AdminState::Locked => {
                 return Ok(CertCheck::Refused(format!(
@@ -1165,8 +1166,13 @@ impl Metadata {
                     },
                     ..Device::default()
                 };
-                self.add_device(d, false, true).await?;
-                self.get(name).await?
+                if let Err(err) = self.check_device_refs(&d).await {
+                    tracing::error!(device = name, error = %err, "cannot register a zero-touch device: check [enrollment] profile and service");
+                    return Ok(CertCheck::Refused(
+                        "zero-touch enrollment is misconfigured".into(),
+                    ));
+                }
+                self.insert(d).await?
             }
         };
         let status = if pending {
@@ -1178,7 +1184,7 @@ impl Metadata {
             .put_cert(
                 &device.id,
                 CertRecord {
-                    fingerprint: info.fingerprint.clone(),
+                    fingerprint: fp.clone(),
                     issuer: CertIssuer::Manufacturer,
                     status,
                     not_after: info.not_after,
@@ -1186,12 +1192,40 @@ impl Metadata {
                 },
             )
             .await?;
-        tracing::warn!(device = name, fingerprint = %info.fingerprint, pending, "device enrolled by its manufacturer certificate");
+        self.announce(ACTION_UPDATE, &device);
+        tracing::warn!(device = name, fingerprint = %fp, pending, "device enrolled by its manufacturer certificate");
         Ok(if pending {
             CertCheck::Pending
         } else {
             CertCheck::Device(Box::new(device))
         })
+    }
+
+    /// What a certificate on record means for device `name`; `None` when it is not on
+    /// record at all.
+    async fn recorded(&self, name: &str, fingerprint: &str) -> Result<Option<CertCheck>, ApiError> {
+        let Some((owner, c)) = self.store.cert_by_fingerprint(fingerprint).await? else {
+            return Ok(None);
+        };
+        if c.status == CertStatus::Revoked {
+            return Ok(Some(CertCheck::Refused(
+                "the certificate is revoked".into(),
+            )));
+        }
+        let device: Option<Device> = self.find(name).await?;
+        let Some(device) = device.filter(|d| d.id == owner) else {
+            return Ok(Some(CertCheck::Refused(
+                "the certificate is another device's".into(),
+            )));
+        };
+        Ok(Some(match c.status {
+            CertStatus::Active if c.not_after > now_millis() / 1000 => {
+                CertCheck::Device(Box::new(device))
+            }
+            CertStatus::Active => CertCheck::Refused("the certificate expired".into()),
+            CertStatus::Pending => CertCheck::Pending,
+            CertStatus::Revoked => CertCheck::Refused("the certificate is revoked".into()),
+        }))
     }
 
     pub async fn device_exists(&self, name: &str) -> Result<bool, ApiError> {

@@ -130,6 +130,12 @@ pub trait Store: Send + Sync + 'static {
     async fn put_cert(&self, device_id: &str, cert: CertRecord) -> Result<(), StoreError>;
     /// The certificates of the device with `device_id`, oldest first.
     async fn certs(&self, device_id: &str) -> Result<Vec<CertRecord>, StoreError>;
+    /// The certificate with `fingerprint` and the id of the device it was recorded for
+    /// (which may no longer exist: revoked certificates outlive their device).
+    async fn cert_by_fingerprint(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<(String, CertRecord)>, StoreError>;
     /// Moves the device's certificates in status `from` (any status when `None`) to `to`;
     /// how many moved.
     async fn set_cert_status(
@@ -249,9 +255,11 @@ pub const MIGRATIONS: &[Migration] = &[
                   created INTEGER NOT NULL
               );
               CREATE INDEX device_certs_device ON device_certs (device_id);
+              -- Revoked certificates stay on record: a deleted device's revoked
+              -- certificate must not enroll it again.
               CREATE TRIGGER device_certs_gone AFTER DELETE ON objects WHEN old.kind = 2
               BEGIN
-                  DELETE FROM device_certs WHERE device_id = old.id;
+                  DELETE FROM device_certs WHERE device_id = old.id AND status <> 'revoked';
               END;",
     },
 ];
@@ -593,6 +601,40 @@ impl Store for SqliteStore {
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(rows)
+            })
+            .await
+    }
+
+    async fn cert_by_fingerprint(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<(String, CertRecord)>, StoreError> {
+        let fp = fingerprint.to_string();
+        self.db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT device_id, issuer, status, not_after, created FROM device_certs
+                     WHERE fingerprint = ?1",
+                    params![fp],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            CertRecord {
+                                fingerprint: fp.clone(),
+                                issuer: if r.get::<_, String>(1)? == "node" {
+                                    CertIssuer::Node
+                                } else {
+                                    CertIssuer::Manufacturer
+                                },
+                                status: CertStatus::parse(&r.get::<_, String>(2)?),
+                                not_after: r.get(3)?,
+                                created: r.get(4)?,
+                            },
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(StoreError::from)
             })
             .await
     }

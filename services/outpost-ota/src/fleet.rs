@@ -80,6 +80,9 @@ pub struct Entry {
 pub struct Fleet {
     pub rollouts: tokio::sync::Mutex<Vec<(String, Entry)>>,
     auth: std::sync::Mutex<HashMap<(String, [u8; 32]), Instant>>,
+    /// Bumped whenever the cache is emptied: an answer asked for before a change is not
+    /// cached after it.
+    auth_generation: std::sync::atomic::AtomicU64,
 }
 
 fn state_name(s: DeviceState) -> String {
@@ -544,6 +547,10 @@ pub(crate) async fn authenticate(
             return Ok(());
         }
     }
+    let generation = app
+        .fleet
+        .auth_generation
+        .load(std::sync::atomic::Ordering::Acquire);
     let verdict = if is_cert {
         app.metadata
             .authenticate_device_cert(device, credential)
@@ -569,7 +576,15 @@ pub(crate) async fn authenticate(
             if cache.len() > 100_000 {
                 cache.clear();
             }
-            cache.insert(key, Instant::now());
+            // Checked under the cache's lock, which the emptying also holds.
+            if app
+                .fleet
+                .auth_generation
+                .load(std::sync::atomic::Ordering::Acquire)
+                == generation
+            {
+                cache.insert(key, Instant::now());
+            }
             drop(cache);
             app.inventory.seen(device);
             Ok(())
@@ -623,12 +638,17 @@ pub async fn follow_devices(ctx: outpost_kit::Context, app: Arc<App>) {
         tokio::select! {
             () = ctx.shutdown.wait() => return,
             d = rx.recv() => match d {
-                Some(_) => app
-                    .fleet
-                    .auth
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clear(),
+                Some(_) => {
+                    let mut cache = app
+                        .fleet
+                        .auth
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    app.fleet
+                        .auth_generation
+                        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    cache.clear();
+                }
                 None => return,
             },
         }
