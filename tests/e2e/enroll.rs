@@ -192,10 +192,26 @@ async fn devices_are_enrolled_rotated_and_revoked_over_the_gateway() {
         &anon,
         "dev-a",
         None,
-        &[("x-outpost-client-cert", claimed)],
+        &[("x-outpost-client-cert", claimed.clone())],
     )
     .await;
     assert_eq!(code, 401, "{body}");
+    // Nor can a caller reaching the service without the gateway claim it: the gateway's MAC
+    // is missing or wrong.
+    for mac in [None, Some("00".repeat(32))] {
+        let mut req = node
+            .http
+            .get(format!(
+                "http://127.0.0.1:{}/api/v3/ddi/dev-a",
+                node.ports.ota
+            ))
+            .header("x-outpost-client-cert", &claimed);
+        if let Some(m) = &mac {
+            req = req.header("x-outpost-client-cert-mac", m);
+        }
+        let r = req.send().await.expect("direct poll");
+        assert_eq!(r.status().as_u16(), 401, "MAC {mac:?}");
+    }
 
     // The reference agent authenticates with the certificate too.
     let state = node.dir.path().join("agent-a");

@@ -458,6 +458,45 @@ pub fn verify_client(der: &[u8], roots_pem: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the gateway vouches for a client certificate it verified in a TLS handshake when it
+/// passes it to a service: the certificate (DER, base64) in [`vouch::HEADER`] and an
+/// HMAC-SHA256 of it in [`vouch::MAC_HEADER`], keyed with a secret only the node's services
+/// can read ([`vouch::KEY_FILE`] in the secrets directory, created by the gateway). A
+/// service ignores a certificate header without a valid MAC, so a caller reaching it without
+/// the gateway cannot claim a device's (public) certificate.
+pub mod vouch {
+    pub const HEADER: &str = "x-outpost-client-cert";
+    pub const MAC_HEADER: &str = "x-outpost-client-cert-mac";
+    pub const KEY_FILE: &str = "client-cert-mac.key";
+
+    /// The MAC of `cert_b64`, hex.
+    pub fn mac(key: &[u8; 32], cert_b64: &str) -> String {
+        let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+        ring::hmac::sign(&k, cert_b64.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Whether `mac_hex` is `cert_b64`'s MAC (compared in constant time).
+    pub fn verify(key: &[u8; 32], cert_b64: &str, mac_hex: &str) -> bool {
+        let Some(tag) = (0..mac_hex.len())
+            .step_by(2)
+            .map(|i| {
+                mac_hex
+                    .get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+        else {
+            return false;
+        };
+        let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+        ring::hmac::verify(&k, cert_b64.as_bytes(), &tag).is_ok()
+    }
+}
+
 /// SHA-256 of a certificate's DER, hex.
 pub fn fingerprint(der: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, der);
@@ -560,6 +599,17 @@ mod tests {
             .unwrap()
             .unwrap()
             .to_vec()
+    }
+
+    #[test]
+    fn a_vouched_certificate_verifies_and_a_changed_one_does_not() {
+        let key = [7u8; 32];
+        let m = vouch::mac(&key, "Y2VydA==");
+        assert!(vouch::verify(&key, "Y2VydA==", &m));
+        assert!(!vouch::verify(&key, "Y2VydB==", &m));
+        assert!(!vouch::verify(&[8u8; 32], "Y2VydA==", &m));
+        assert!(!vouch::verify(&key, "Y2VydA==", "zz"));
+        assert!(!vouch::verify(&key, "Y2VydA==", ""));
     }
 
     #[test]

@@ -280,7 +280,11 @@ pub async fn serve(
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .map(|c| ClientCert(base64::engine::general_purpose::STANDARD.encode(c).into()));
+                .map(|c| {
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(c);
+                    let mac = outpost_pki::vouch::mac(&app.cert_mac_key, &b64);
+                    ClientCert(b64.into(), mac.into())
+                });
             let io = TokioIo::new(Guarded::new(tls, limits, !h2));
             // Proxied requests go straight to the proxy; the gateway's own routes through
             // its router.
@@ -396,10 +400,10 @@ fn listen(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
 pub type Peer = ConnectInfo<SocketAddr>;
 
 /// The client certificate the connection presented (DER, base64), verified against the node
-/// CA and the manufacturer CAs: passed upstream as `X-Outpost-Client-Cert`, for the service
-/// to ask core-metadata whose it is.
+/// CA and the manufacturer CAs, and the gateway's MAC of it: passed upstream
+/// (`outpost_pki::vouch`), for the service to ask core-metadata whose it is.
 #[derive(Debug, Clone)]
-pub struct ClientCert(pub Arc<str>);
+pub struct ClientCert(pub Arc<str>, pub Arc<str>);
 
 #[cfg(test)]
 mod tests {

@@ -74,6 +74,8 @@ pub struct App {
     pub m: Metrics,
     pub max_body: usize,
     pub ca_pem: PathBuf,
+    /// Keys the MAC with which the gateway vouches for client certificates.
+    pub cert_mac_key: [u8; 32],
     /// Calls to services for composed answers.
     pub metadata: outpost_kit::client::ServiceClient,
     pub access: access::AccessLog,
@@ -596,6 +598,9 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
         m,
         max_body: ctx.common.node.max_body_bytes,
         ca_pem: paths.ca_cert.clone(),
+        cert_mac_key: outpost_storage::load_or_create_secret(
+            &ctx.secrets_dir().join(tls::vouch::KEY_FILE),
+        )?,
         metadata: outpost_kit::client::ServiceClient::new(
             ctx.registry.clone(),
             Duration::from_millis(cfg.upstream_timeout_ms),

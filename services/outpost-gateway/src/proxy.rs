@@ -18,7 +18,7 @@ use crate::{App, LogSlot};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), the caller's credentials and any client certificate
 /// the caller claims in a header: never forwarded.
-const DROPPED: [&str; 11] = [
+const DROPPED: [&str; 12] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -29,11 +29,9 @@ const DROPPED: [&str; 11] = [
     "upgrade",
     "authorization",
     "x-api-key",
-    CLIENT_CERT,
+    outpost_pki::vouch::HEADER,
+    outpost_pki::vouch::MAC_HEADER,
 ];
-
-/// The header carrying the client certificate the connection presented.
-pub const CLIENT_CERT: &str = "x-outpost-client-cert";
 
 fn strip(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
@@ -161,9 +159,10 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
     if let Some(c) = parts.extensions.get::<crate::conn::ClientCert>()
-        && let Ok(v) = HeaderValue::from_str(&c.0)
+        && let (Ok(v), Ok(m)) = (HeaderValue::from_str(&c.0), HeaderValue::from_str(&c.1))
     {
-        headers.insert(CLIENT_CERT, v);
+        headers.insert(outpost_pki::vouch::HEADER, v);
+        headers.insert(outpost_pki::vouch::MAC_HEADER, m);
     }
 
     app.upstreams.count_request();

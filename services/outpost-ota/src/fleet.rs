@@ -517,10 +517,7 @@ pub(crate) async fn authenticate(
             .map(str::trim)
             .filter(|t| !t.is_empty())
     };
-    let (credential, is_cert) = match (
-        header("x-outpost-device-token"),
-        header("x-outpost-client-cert"),
-    ) {
+    let (credential, is_cert) = match (header("x-outpost-device-token"), app.vouched(headers)) {
         (Some(t), _) => (t, false),
         (None, Some(c)) => (c, true),
         (None, None) => {

@@ -120,6 +120,9 @@ pub struct App {
     metadata: outpost_kit::client::Metadata,
     fleet: fleet::Fleet,
     inventory: inventory::Inventory,
+    /// Where the gateway's key for vouching client certificates lives, and the key once read.
+    cert_mac_file: PathBuf,
+    cert_mac_key: std::sync::OnceLock<[u8; 32]>,
     /// The node's bus, once connected: devices are told to poll over it.
     bus: tokio::sync::OnceCell<outpost_bus::Bus>,
     poll_seconds: u64,
@@ -199,6 +202,8 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
         fleet,
         inventory,
         bus: tokio::sync::OnceCell::new(),
+        cert_mac_file: ctx.secrets_dir().join(outpost_pki::vouch::KEY_FILE),
+        cert_mac_key: std::sync::OnceLock::new(),
         poll_seconds: cfg.poll_seconds,
         overdue_ms: i64::try_from(overdue_s.saturating_mul(1000)).unwrap_or(i64::MAX),
         keys,
@@ -273,6 +278,23 @@ pub fn router(app: Arc<App>) -> Router {
             get(fleet::payload),
         )
         .with_state(app)
+}
+
+impl App {
+    /// A client certificate the gateway vouches for: the certificate header when its MAC is
+    /// valid (the key is the gateway's; read once it exists).
+    fn vouched<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+        let cert = header_str(headers, outpost_pki::vouch::HEADER)?.trim();
+        let mac = header_str(headers, outpost_pki::vouch::MAC_HEADER)?.trim();
+        let key = match self.cert_mac_key.get() {
+            Some(k) => k,
+            None => {
+                let k = outpost_storage::read_secret(&self.cert_mac_file).ok()?;
+                self.cert_mac_key.get_or_init(|| k)
+            }
+        };
+        outpost_pki::vouch::verify(key, cert, mac).then_some(cert)
+    }
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
