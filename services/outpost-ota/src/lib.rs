@@ -301,19 +301,20 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn upload(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+/// Everything that refuses an upload before its payload is read: the manifest, its
+/// signature, the size, a name and version already taken.
+/// The manifest, its bytes, the signature and the signing key's id.
+type Checked = (Manifest, Vec<u8>, String, String);
+
+async fn check_upload(app: &App, headers: &HeaderMap) -> Result<Checked, ApiError> {
     let b64 = base64::engine::general_purpose::STANDARD;
-    let manifest_bytes = header_str(&headers, "x-outpost-manifest")
+    let manifest_bytes = header_str(headers, "x-outpost-manifest")
         .ok_or_else(|| ApiError::bad_request("the manifest is missing (X-Outpost-Manifest)"))
         .and_then(|m| {
             b64.decode(m.trim())
                 .map_err(|_| ApiError::bad_request("X-Outpost-Manifest is not base64"))
         })?;
-    let signature = header_str(&headers, "x-outpost-signature")
+    let signature = header_str(headers, "x-outpost-signature")
         .ok_or_else(|| ApiError::bad_request("the signature is missing (X-Outpost-Signature)"))?
         .to_string();
     let manifest =
@@ -336,7 +337,7 @@ async fn upload(
             format!("the artifact is larger than {} bytes", app.max_bytes),
         ));
     }
-    if let Some(len) = header_str(&headers, "content-length").and_then(|v| v.parse::<u64>().ok())
+    if let Some(len) = header_str(headers, "content-length").and_then(|v| v.parse::<u64>().ok())
         && len != manifest.size
     {
         return Err(ApiError::bad_request(format!(
@@ -366,6 +367,38 @@ async fn upload(
             manifest.name, manifest.version
         )));
     }
+    Ok((manifest, manifest_bytes, signature, key_id))
+}
+
+/// Reads and discards what a client sends of a refused upload (up to 16 MiB, for up to
+/// 5 s), so that one that sends the body before reading the answer gets the answer instead
+/// of a reset connection; beyond that the connection is closed.
+async fn drain(body: Body) {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > 16 * 1024 * 1024 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+async fn upload(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (manifest, manifest_bytes, signature, key_id) = match check_upload(&app, &headers).await {
+        Ok(v) => v,
+        Err(e) => {
+            drain(body).await;
+            return Err(e);
+        }
+    };
 
     // Stream the payload to an encrypted blob, off the runtime.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
