@@ -209,28 +209,26 @@ pub async fn rotate(c: &Client, name: &str, out: Option<&Path>) -> anyhow::Resul
     deliver(name, &secret, cert.as_ref(), out)
 }
 
-pub async fn revoke(c: &Client, name: &str) -> anyhow::Result<()> {
+/// `POST /device/name/{name}/{action}` on core-metadata.
+async fn device_action(c: &Client, name: &str, action: &str) -> anyhow::Result<()> {
     let (status, body) = c
         .post(
             Service::CoreMetadata,
-            &format!("/device/name/{}/revoke", enc(name)),
+            &format!("/device/name/{}/{action}", enc(name)),
             &serde_json::json!({}),
         )
         .await?;
-    ok_or_message(status, body)?;
+    ok_or_message(status, body).map(|_| ())
+}
+
+pub async fn revoke(c: &Client, name: &str) -> anyhow::Result<()> {
+    device_action(c, name, "revoke").await?;
     println!("revoked {name}: its credentials no longer work; its history is kept");
     Ok(())
 }
 
 pub async fn approve(c: &Client, name: &str) -> anyhow::Result<()> {
-    let (status, body) = c
-        .post(
-            Service::CoreMetadata,
-            &format!("/device/name/{}/approve", enc(name)),
-            &serde_json::json!({}),
-        )
-        .await?;
-    ok_or_message(status, body)?;
+    device_action(c, name, "approve").await?;
     println!("approved {name}");
     Ok(())
 }
@@ -274,6 +272,18 @@ pub async fn credentials(c: &Client, name: &str, json: bool) -> anyhow::Result<(
         table(&["CERTIFICATE", "ISSUER", "STATUS", "NOT AFTER"], &rows);
     }
     Ok(())
+}
+
+/// The strings of a JSON array, comma-separated.
+fn joined(v: &Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
 }
 
 fn ago(ms: Option<i64>) -> String {
@@ -323,15 +333,7 @@ pub async fn inventory(
                         .join(" ")
                 })
                 .unwrap_or_default();
-            let labels = d["labels"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default();
+            let labels = joined(&d["labels"]);
             vec![
                 d["name"].as_str().unwrap_or_default().to_string(),
                 d["profileName"].as_str().unwrap_or_default().to_string(),
@@ -387,15 +389,7 @@ pub async fn group_list(c: &Client, json: bool) -> anyhow::Result<()> {
         .map(|g| {
             vec![
                 g["name"].as_str().unwrap_or_default().to_string(),
-                g["labels"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default(),
+                joined(&g["labels"]),
                 g["profile"].as_str().unwrap_or_default().to_string(),
                 g["members"].to_string(),
             ]

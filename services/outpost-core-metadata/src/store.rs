@@ -264,6 +264,21 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// A `device_certs` row selected as fingerprint, issuer, status, not_after, created.
+fn cert_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
+    Ok(CertRecord {
+        fingerprint: r.get(0)?,
+        issuer: if r.get::<_, String>(1)? == "node" {
+            CertIssuer::Node
+        } else {
+            CertIssuer::Manufacturer
+        },
+        status: CertStatus::parse(&r.get::<_, String>(2)?),
+        not_after: r.get(3)?,
+        created: r.get(4)?,
+    })
+}
+
 pub struct SqliteStore {
     db: Db,
 }
@@ -586,19 +601,7 @@ impl Store for SqliteStore {
                      WHERE device_id = ?1 ORDER BY created, fingerprint",
                 )?;
                 let rows = st
-                    .query_map(params![id], |r| {
-                        Ok(CertRecord {
-                            fingerprint: r.get(0)?,
-                            issuer: if r.get::<_, String>(1)? == "node" {
-                                CertIssuer::Node
-                            } else {
-                                CertIssuer::Manufacturer
-                            },
-                            status: CertStatus::parse(&r.get::<_, String>(2)?),
-                            not_after: r.get(3)?,
-                            created: r.get(4)?,
-                        })
-                    })?
+                    .query_map(params![id], cert_row)?
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(rows)
             })
@@ -613,25 +616,10 @@ impl Store for SqliteStore {
         self.db
             .read(move |c| {
                 c.query_row(
-                    "SELECT device_id, issuer, status, not_after, created FROM device_certs
-                     WHERE fingerprint = ?1",
+                    "SELECT fingerprint, issuer, status, not_after, created, device_id
+                     FROM device_certs WHERE fingerprint = ?1",
                     params![fp],
-                    |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            CertRecord {
-                                fingerprint: fp.clone(),
-                                issuer: if r.get::<_, String>(1)? == "node" {
-                                    CertIssuer::Node
-                                } else {
-                                    CertIssuer::Manufacturer
-                                },
-                                status: CertStatus::parse(&r.get::<_, String>(2)?),
-                                not_after: r.get(3)?,
-                                created: r.get(4)?,
-                            },
-                        ))
-                    },
+                    |r| Ok((r.get::<_, String>(5)?, cert_row(r)?)),
                 )
                 .optional()
                 .map_err(StoreError::from)

@@ -92,7 +92,16 @@ impl Inventory {
 
     /// Notes that `device` checked in now.
     pub fn seen(&self, device: &str) {
-        lock(&self.seen).insert(device.to_string(), now_ms());
+        let now = now_ms();
+        {
+            let mut seen = lock(&self.seen);
+            match seen.get_mut(device) {
+                Some(t) => *t = now,
+                None => {
+                    seen.insert(device.to_string(), now);
+                }
+            }
+        }
         let mut unsaved = lock(&self.unsaved);
         if !unsaved.contains(device) {
             unsaved.insert(device.to_string());
