@@ -82,6 +82,33 @@ async fn poll_until(
     }
 }
 
+/// Runs the reference agent for `device` once through the gateway (`extra`: its credential
+/// and CA); it must poll successfully and exit.
+fn agent_once(node: &Node, device: &str, extra: &[&std::ffi::OsStr]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost-agent"))
+        .args([
+            "--server",
+            &format!("https://127.0.0.1:{}/ota", node.ports.gateway),
+            "--device",
+            device,
+            "--trusted-key",
+            "ed25519:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            "--health-cmd",
+            "true",
+            "--once",
+        ])
+        .args(extra)
+        .arg("--state-dir")
+        .arg(node.dir.path().join(format!("agent-{device}")))
+        .output()
+        .expect("outpost-agent");
+    assert!(
+        out.status.success(),
+        "{device}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p)
         .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -214,33 +241,17 @@ async fn devices_are_enrolled_rotated_and_revoked_over_the_gateway() {
     }
 
     // The reference agent authenticates with the certificate too.
-    let state = node.dir.path().join("agent-a");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_outpost-agent"))
-        .args([
-            "--server",
-            &format!("https://127.0.0.1:{}/ota", node.ports.gateway),
-            "--device",
-            "dev-a",
-            "--trusted-key",
-            "ed25519:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-            "--health-cmd",
-            "true",
-            "--once",
-        ])
-        .arg("--ca")
-        .arg(a1.join("ca.pem"))
-        .arg("--cert")
-        .arg(a1.join("device.pem"))
-        .arg("--key")
-        .arg(a1.join("device.key"))
-        .arg("--state-dir")
-        .arg(&state)
-        .output()
-        .expect("outpost-agent");
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
+    agent_once(
+        &node,
+        "dev-a",
+        &[
+            "--ca".as_ref(),
+            a1.join("ca.pem").as_os_str(),
+            "--cert".as_ref(),
+            a1.join("device.pem").as_os_str(),
+            "--key".as_ref(),
+            a1.join("device.key").as_os_str(),
+        ],
     );
 
     // Rotation: new secret and certificate work, the old ones stop.
@@ -389,16 +400,7 @@ async fn a_device_with_a_manufacturer_certificate_enrolls_itself_pending_approva
 async fn the_inventory_shows_what_devices_report_and_groups_pick_up_new_devices() {
     let (node, _keys, key) = ota_node_with("poll_seconds = 1\noverdue_after_s = 2\n", "").await;
     crate::support::provision(&node, &["inv-1", "inv-2"]);
-    for d in ["inv-1", "inv-2"] {
-        let (ok, _, err) = node.cli(&[
-            "device",
-            "secret",
-            d,
-            "--secret",
-            &format!("{d}-secret-000"),
-        ]);
-        assert!(ok, "{err}");
-    }
+    crate::ota::with_secrets(&node, &["inv-1", "inv-2"]);
     // A group by label, then a device added later with that label is in it.
     let (ok, out, err) = node.cli(&["device", "group", "add", "site-a", "--label", "e2e"]);
     assert!(ok && out.contains("2 devices now"), "{out}{err}");
@@ -426,35 +428,19 @@ async fn the_inventory_shows_what_devices_report_and_groups_pick_up_new_devices(
     );
 
     // inv-1 checks in through the gateway with the agent and reports attributes.
-    let dir = node.dir.path().join("agent-inv-1");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    std::fs::write(dir.join("token"), "inv-1-secret-000").expect("token");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost-agent"))
-        .args([
-            "--server",
-            &format!("https://127.0.0.1:{}/ota", node.ports.gateway),
-            "--device",
-            "inv-1",
-            "--trusted-key",
-            "ed25519:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-            "--health-cmd",
-            "true",
-            "--attr",
-            "hardware=rev3",
-            "--once",
-        ])
-        .arg("--ca")
-        .arg(node.data_dir().join("tls/ca.pem"))
-        .arg("--token-file")
-        .arg(dir.join("token"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .output()
-        .expect("outpost-agent");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let token = node.dir.path().join("inv-1.token");
+    std::fs::write(&token, "inv-1-secret-000").expect("token");
+    agent_once(
+        &node,
+        "inv-1",
+        &[
+            "--ca".as_ref(),
+            node.data_dir().join("tls/ca.pem").as_os_str(),
+            "--token-file".as_ref(),
+            token.as_os_str(),
+            "--attr".as_ref(),
+            "hardware=rev3".as_ref(),
+        ],
     );
     let (ok, out, _) = node.cli(&["device", "inventory", "--group", "site-a", "--json"]);
     assert!(ok, "{out}");

@@ -269,7 +269,7 @@ async fn ota_node() -> (Node, tempfile::TempDir, std::path::PathBuf, String) {
 }
 
 /// Gives each device the secret `<name>-secret-000`, with the CLI.
-fn with_secrets<S: AsRef<str>>(node: &Node, devices: &[S]) {
+pub(crate) fn with_secrets<S: AsRef<str>>(node: &Node, devices: &[S]) {
     for d in devices {
         let d = d.as_ref();
         let (ok, _, err) = node.cli(&[

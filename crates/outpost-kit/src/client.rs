@@ -303,21 +303,24 @@ impl Metadata {
             secret: secret.to_string(),
             certificate: None,
         };
-        let r = self
-            .client
-            .call::<DeviceResponse>(
-                CORE_METADATA,
-                Method::POST,
-                &["api", "v3", "device", "auth"],
-                &[],
-                Some(&req),
-            )
-            .await;
+        let r = self.device_auth(&req).await;
         match r {
             Ok(r) => Ok(Some(r.device)),
             Err(e) if e.status() == Some(StatusCode::UNAUTHORIZED) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    async fn device_auth(&self, req: &DeviceAuthRequest) -> Result<DeviceResponse, CallError> {
+        self.client
+            .call::<DeviceResponse>(
+                CORE_METADATA,
+                Method::POST,
+                &["api", "v3", "device", "auth"],
+                &[],
+                Some(req),
+            )
+            .await
     }
 
     /// Checks the client certificate (DER, base64) device `name` presented to the gateway.
@@ -332,16 +335,7 @@ impl Metadata {
             secret: String::new(),
             certificate: Some(certificate.to_string()),
         };
-        let r = self
-            .client
-            .call::<DeviceResponse>(
-                CORE_METADATA,
-                Method::POST,
-                &["api", "v3", "device", "auth"],
-                &[],
-                Some(&req),
-            )
-            .await;
+        let r = self.device_auth(&req).await;
         match r {
             Ok(r) => Ok(CertAuth::Device(Box::new(r.device))),
             Err(e) if e.status() == Some(StatusCode::UNAUTHORIZED) => Ok(CertAuth::Refused),
