@@ -50,6 +50,9 @@ struct Inner {
     url: String,
     http: reqwest::Client,
     view: RwLock<View>,
+    /// Bumped every time the view is replaced: lets callers keep what they derive from it
+    /// until it changes.
+    generation: std::sync::atomic::AtomicU64,
     fallback: HashMap<String, String>,
     watch_wait_ms: u64,
 }
@@ -82,6 +85,7 @@ impl Registry {
                 url: url.into().trim_end_matches('/').to_string(),
                 http: http::client(request_timeout),
                 view: RwLock::default(),
+                generation: std::sync::atomic::AtomicU64::new(0),
                 fallback,
                 watch_wait_ms,
             }),
@@ -175,6 +179,16 @@ impl Registry {
             .map(|r| (r.service_id.clone(), r.clone()))
             .collect();
         v.loaded = true;
+        self.inner
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Changes whenever the view does (0 before the first view).
+    pub fn generation(&self) -> u64 {
+        self.inner
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Base URL of `service_id` from the last view: a registered instance that is not

@@ -232,6 +232,9 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
+        // `Guarded` enforces the head deadline (and answers 408): no second timer per
+        // request in hyper.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes);
     builder
         .http2()
@@ -285,12 +288,14 @@ pub async fn serve(
                     let mac = outpost_pki::vouch::mac(&app.cert_mac_key, &b64);
                     ClientCert(b64.into(), mac.into())
                 });
+            let peer_text = PeerText::of(peer);
             let io = TokioIo::new(Guarded::new(tls, limits, !h2));
             // Proxied requests go straight to the proxy; the gateway's own routes through
             // its router.
             let svc =
                 hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ConnectInfo(peer));
+                    req.extensions_mut().insert(peer_text.clone());
                     if let Some(c) = &client_cert {
                         req.extensions_mut().insert(c.clone());
                     }
@@ -368,6 +373,7 @@ pub fn spawn_loops(
                             return;
                         }
                     };
+                    tokio::spawn(return_freed_memory());
                     serve(listener, tls, app, router, limits, shutdown).await;
                 });
             })?;
@@ -381,6 +387,24 @@ pub fn spawn_loops(
         }
     }
     Ok(handles)
+}
+
+/// Gives memory this event loop freed back to the system, every second. The supervisor
+/// starts the gateway with a short allocator purge delay (`MIMALLOC_PURGE_DELAY`), so pages
+/// freed and reused between requests are not returned and faulted in again each time; an
+/// idle loop makes no allocator calls that would act on the delay, hence this tick.
+#[allow(unsafe_code)]
+async fn return_freed_memory() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any
+        // time; with `force = false` it only frees what the allocator already holds unused
+        // (and purges what has passed its delay). Under a different global allocator it acts
+        // on mimalloc's own, then empty, heap.
+        unsafe { libmimalloc_sys::mi_collect(false) };
+    }
 }
 
 fn listen(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
@@ -398,6 +422,25 @@ fn listen(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
 
 /// The peer address of the connection that carried `SocketAddr`.
 pub type Peer = ConnectInfo<SocketAddr>;
+
+/// The peer address as the access log writes it and as `X-Forwarded-For` carries it,
+/// formatted once per connection.
+#[derive(Debug, Clone)]
+pub struct PeerText {
+    pub addr: Arc<str>,
+    pub ip: http::HeaderValue,
+}
+
+impl PeerText {
+    fn of(peer: SocketAddr) -> Self {
+        let ip = peer.ip().to_string();
+        Self {
+            addr: peer.to_string().into(),
+            ip: http::HeaderValue::from_str(&ip)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
+        }
+    }
+}
 
 /// The client certificate the connection presented (DER, base64), verified against the node
 /// CA and the manufacturer CAs, and the gateway's MAC of it: passed upstream

@@ -145,7 +145,7 @@ impl LogSlot {
 struct Seen {
     method: http::Method,
     path: String,
-    peer: String,
+    peer: Arc<str>,
     version: http::Version,
     start: Instant,
 }
@@ -155,11 +155,15 @@ impl Seen {
         Self {
             method: req.method().clone(),
             path: req.uri().path().to_string(),
-            peer: req
-                .extensions()
-                .get::<conn::Peer>()
-                .map(|p| p.0.to_string())
-                .unwrap_or_default(),
+            peer: match req.extensions().get::<conn::PeerText>() {
+                Some(p) => Arc::clone(&p.addr),
+                None => req
+                    .extensions()
+                    .get::<conn::Peer>()
+                    .map(|p| p.0.to_string())
+                    .unwrap_or_default()
+                    .into(),
+            },
             version: req.version(),
             start: Instant::now(),
         }
@@ -442,23 +446,31 @@ fn verified(app: &App, token: &str) -> Option<token::Claims> {
     use std::cell::RefCell;
     use std::collections::HashMap;
     const MAX: usize = 4096;
+    // Keyed by the signature (the last segment: short, and unique per token) rather than
+    // the whole token, which is hashed on every request; the whole token must match too.
     thread_local! {
-        static SEEN: RefCell<HashMap<Box<str>, token::Claims>> = RefCell::new(HashMap::new());
+        static SEEN: RefCell<HashMap<Box<str>, (Box<str>, token::Claims)>> = RefCell::new(HashMap::new());
     }
+    let key = token.rsplit('.').next().unwrap_or(token);
     let now = users::now_s();
-    if let Some(c) = SEEN.with(|m| m.borrow().get(token).cloned()) {
+    if let Some(c) = SEEN.with(|m| {
+        m.borrow()
+            .get(key)
+            .filter(|(t, _)| &**t == token)
+            .map(|(_, c)| c.clone())
+    }) {
         return (c.exp > now).then_some(c);
     }
     let claims = app.signer.verify(token, now).ok()?;
     SEEN.with(|m| {
         let mut m = m.borrow_mut();
         if m.len() >= MAX {
-            m.retain(|_, c| c.exp > now);
+            m.retain(|_, (_, c)| c.exp > now);
             if m.len() >= MAX {
                 m.clear();
             }
         }
-        m.insert(token.into(), claims.clone());
+        m.insert(key.into(), (token.into(), claims.clone()));
     });
     Some(claims)
 }

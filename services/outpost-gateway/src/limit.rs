@@ -50,10 +50,19 @@ impl Limiter {
                 b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < burst
             });
         }
-        let b = buckets.entry(key.to_string()).or_insert(Bucket {
-            tokens: self.burst,
-            last: now,
-        });
+        // A known client (the common case) costs no allocation.
+        if !buckets.contains_key(key) {
+            buckets.insert(
+                key.to_string(),
+                Bucket {
+                    tokens: self.burst,
+                    last: now,
+                },
+            );
+        }
+        let Some(b) = buckets.get_mut(key) else {
+            return Ok(());
+        };
         b.tokens = (b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * self.rate)
             .min(self.burst);
         b.last = now;

@@ -34,17 +34,24 @@ const DROPPED: [&str; 12] = [
 ];
 
 fn strip(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for h in DROPPED {
-        headers.remove(h);
+    // One pass over the names (a request carries a handful); the map is searched only for
+    // names that are there.
+    let mut gone: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers.iter() {
+        if DROPPED.contains(&name.as_str()) {
+            gone.push(name.clone());
+        }
+        if name == header::CONNECTION {
+            gone.extend(
+                value
+                    .to_str()
+                    .into_iter()
+                    .flat_map(|v| v.split(','))
+                    .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+            );
+        }
     }
-    for h in listed {
+    for h in gone {
         headers.remove(h);
     }
 }
@@ -114,8 +121,9 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     let Some((service, rest)) = split(req.uri()).map(|(s, r)| (s.to_string(), r)) else {
         return ApiError::not_found(format!("no route for {}", req.uri().path())).into_response();
     };
-    slot.set_route(&service, app.upstreams.known(&service));
-    if !app.upstreams.known(&service) {
+    let known = app.upstreams.known(&service);
+    slot.set_route(&service, known);
+    if !known {
         return ApiError::not_found(format!("no service '{service}' behind this gateway"))
             .into_response();
     }
@@ -148,14 +156,8 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     {
         headers.insert(outpost_kit::request_id::HEADER, v);
     }
-    let peer = parts
-        .extensions
-        .get::<crate::conn::Peer>()
-        .map(|p| p.0.ip().to_string());
-    if let Some(ip) = peer
-        && let Ok(v) = HeaderValue::from_str(&ip)
-    {
-        headers.insert("x-forwarded-for", v);
+    if let Some(p) = parts.extensions.get::<crate::conn::PeerText>() {
+        headers.insert("x-forwarded-for", p.ip.clone());
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
     if let Some(c) = parts.extensions.get::<crate::conn::ClientCert>()
@@ -166,12 +168,12 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     }
 
     app.upstreams.count_request();
-    let mut tried: Vec<String> = Vec::new();
+    let mut tried: Vec<Arc<str>> = Vec::new();
     let result = loop {
         let Some(lease) = app.upstreams.pick(&service, &tried) else {
             break Err(Failure::NoInstance);
         };
-        tried.push(lease.service_id.clone());
+        tried.push(Arc::clone(&lease.service_id));
         slot.set_upstream(&lease.service_id);
         let out_body = streamed.take().unwrap_or_else(|| Body::from(body.clone()));
         let mut out = http::Request::new(out_body);

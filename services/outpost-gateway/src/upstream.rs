@@ -3,15 +3,16 @@
 //! refuses connections or times out is left out for `eject_ms`), the registry's DOWN state
 //! honoured, and a retry budget for idempotent requests.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use outpost_contracts::registry::ServiceStatus;
 use outpost_kit::Registry;
 
 /// One instance as the balancer sees it.
@@ -23,8 +24,8 @@ struct InstanceState {
 
 /// A chosen instance; dropping it ends the outstanding request.
 pub struct Lease {
-    pub service_id: String,
-    pub base: String,
+    pub service_id: Arc<str>,
+    pub base: Arc<str>,
     state: Arc<InstanceState>,
 }
 
@@ -34,6 +35,23 @@ impl Drop for Lease {
     }
 }
 
+/// An instance a request may go to.
+struct Instance {
+    id: Arc<str>,
+    base: Arc<str>,
+    state: Arc<InstanceState>,
+}
+
+/// What routing needs from one registry view, made once per view (not per request).
+#[derive(Default)]
+struct Table {
+    generation: u64,
+    /// Services with at least one registration, in any state.
+    known: HashSet<String>,
+    /// Usable instances (UP or not yet checked) by service, sorted by ID.
+    usable: HashMap<String, Vec<Instance>>,
+}
+
 /// Retries may add at most `ratio` of requests, plus `min_per_s`, over a ten-second window
 /// (as linkerd's retry budget): a failing service is not hit with a retry storm.
 #[derive(Debug)]
@@ -41,6 +59,8 @@ struct Budget {
     ratio: f64,
     min_per_s: f64,
     window_start: Instant,
+    /// Requests in the window before the last check ([`Upstreams::count_request`] counts
+    /// new ones without a lock).
     requests: f64,
     retries: f64,
 }
@@ -84,9 +104,13 @@ pub fn client() -> Client<HttpConnector, Body> {
 
 pub struct Upstreams {
     registry: Registry,
+    /// Balancing state by instance ID; outlives registry views.
     states: Mutex<HashMap<String, Arc<InstanceState>>>,
+    table: RwLock<Arc<Table>>,
     eject: Duration,
     budget: Mutex<Budget>,
+    /// Requests since the budget last looked.
+    requests: AtomicU64,
 }
 
 impl Upstreams {
@@ -99,6 +123,7 @@ impl Upstreams {
         Self {
             registry,
             states: Mutex::default(),
+            table: RwLock::default(),
             eject,
             budget: Mutex::new(Budget {
                 ratio: retry_ratio,
@@ -107,15 +132,54 @@ impl Upstreams {
                 requests: 0.0,
                 retries: 0.0,
             }),
+            requests: AtomicU64::new(0),
         }
+    }
+
+    /// The routing table of the current registry view, rebuilt when the view changed.
+    fn table(&self) -> Arc<Table> {
+        let generation = self.registry.generation();
+        {
+            let t = self
+                .table
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if t.generation == generation && generation != 0 {
+                return Arc::clone(&t);
+            }
+        }
+        let mut known = HashSet::new();
+        let mut usable: HashMap<String, Vec<Instance>> = HashMap::new();
+        for r in self.registry.snapshot() {
+            let service = outpost_kit::registry::service_of(&r.service_id).to_string();
+            if matches!(r.status, ServiceStatus::Up | ServiceStatus::Unknown) {
+                let base: Arc<str> = r.base_url().into();
+                usable.entry(service.clone()).or_default().push(Instance {
+                    state: self.state(&r.service_id),
+                    id: r.service_id.into(),
+                    base,
+                });
+            }
+            known.insert(service);
+        }
+        // `snapshot` is sorted by ID, so each service's list is too.
+        let t = Arc::new(Table {
+            generation,
+            known,
+            usable,
+        });
+        if generation != 0 {
+            *self
+                .table
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::clone(&t);
+        }
+        t
     }
 
     /// Whether any instance of `service` is registered (in any state).
     pub fn known(&self, service: &str) -> bool {
-        self.registry
-            .snapshot()
-            .iter()
-            .any(|r| outpost_kit::registry::service_of(&r.service_id) == service)
+        self.table().known.contains(service)
             || (!self.registry.loaded() && self.registry.fallback(service).is_some())
     }
 
@@ -129,77 +193,74 @@ impl Upstreams {
 
     /// Counts a request for the retry budget.
     pub fn count_request(&self) {
-        self.budget
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .requests += 1.0;
+        self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn allow_retry(&self) -> bool {
-        self.budget
+        let mut b = self
+            .budget
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .allow_retry(Instant::now())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        b.requests += self.requests.swap(0, Ordering::Relaxed) as f64;
+        b.allow_retry(Instant::now())
     }
 
     /// Picks an instance of `service` not in `tried`: two at random, the one with fewer
     /// outstanding requests; ejected instances only when nothing else is left.
-    pub fn pick(&self, service: &str, tried: &[String]) -> Option<Lease> {
-        let mut candidates: Vec<(String, String)> = self
-            .registry
-            .instances(service)
-            .into_iter()
-            .map(|r| (r.service_id.clone(), r.base_url()))
-            .collect();
-        if candidates.is_empty() && !self.registry.loaded() {
-            // Before the first registry view: the node's configured address.
-            if let Some(url) = self.registry.fallback(service) {
-                candidates.push((service.to_string(), url.to_string()));
-            }
-        }
-        candidates.retain(|(id, _)| !tried.contains(id));
-        if candidates.is_empty() {
-            return None;
-        }
-        let now = Instant::now();
-        let with_state: Vec<_> = candidates
-            .into_iter()
-            .map(|(id, base)| {
-                let st = self.state(&id);
-                (id, base, st)
-            })
-            .collect();
-        let healthy: Vec<&(String, String, Arc<InstanceState>)> = with_state
-            .iter()
-            .filter(|(_, _, st)| {
-                st.ejected_until
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .is_none_or(|t| t <= now)
-            })
-            .collect();
-        let pool: Vec<&(String, String, Arc<InstanceState>)> = if healthy.is_empty() {
-            with_state.iter().collect()
-        } else {
-            healthy
-        };
-        let chosen = match pool.len() {
-            1 => pool[0],
-            n => {
-                let a = fastrand::usize(..n);
-                let mut b = fastrand::usize(..n - 1);
-                if b >= a {
-                    b += 1;
+    pub fn pick(&self, service: &str, tried: &[Arc<str>]) -> Option<Lease> {
+        let table = self.table();
+        let Some(all) = table.usable.get(service) else {
+            if !self.registry.loaded() {
+                // Before the first registry view: the node's configured address.
+                let url = self.registry.fallback(service)?;
+                if tried.iter().any(|t| &**t == service) {
+                    return None;
                 }
-                let load = |i: usize| pool[i].2.outstanding.load(Ordering::Relaxed);
-                if load(b) < load(a) { pool[b] } else { pool[a] }
+                let state = self.state(service);
+                state.outstanding.fetch_add(1, Ordering::Relaxed);
+                return Some(Lease {
+                    service_id: service.into(),
+                    base: url.into(),
+                    state,
+                });
+            }
+            return None;
+        };
+        let now = Instant::now();
+        let open = |i: &&Instance| !tried.contains(&i.id);
+        let healthy = |i: &&Instance| {
+            i.state
+                .ejected_until
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_none_or(|t| t <= now)
+        };
+        // The common case, one instance, allocates nothing.
+        let chosen = if let [only] = all.as_slice() {
+            Some(only).filter(open)?
+        } else {
+            let untried: Vec<&Instance> = all.iter().filter(open).collect();
+            let up: Vec<&Instance> = untried.iter().copied().filter(healthy).collect();
+            let pool = if up.is_empty() { untried } else { up };
+            match pool.len() {
+                0 => return None,
+                1 => pool[0],
+                n => {
+                    let a = fastrand::usize(..n);
+                    let mut b = fastrand::usize(..n - 1);
+                    if b >= a {
+                        b += 1;
+                    }
+                    let load = |i: usize| pool[i].state.outstanding.load(Ordering::Relaxed);
+                    if load(b) < load(a) { pool[b] } else { pool[a] }
+                }
             }
         };
-        chosen.2.outstanding.fetch_add(1, Ordering::Relaxed);
+        chosen.state.outstanding.fetch_add(1, Ordering::Relaxed);
         Some(Lease {
-            service_id: chosen.0.clone(),
-            base: chosen.1.clone(),
-            state: Arc::clone(&chosen.2),
+            service_id: Arc::clone(&chosen.id),
+            base: Arc::clone(&chosen.base),
+            state: Arc::clone(&chosen.state),
         })
     }
 
