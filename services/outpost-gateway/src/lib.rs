@@ -448,8 +448,10 @@ fn verified(app: &App, token: &str) -> Option<token::Claims> {
     const MAX: usize = 4096;
     // Keyed by the signature (the last segment: short, and unique per token) rather than
     // the whole token, which is hashed on every request; the whole token must match too.
+    /// Signature → (whole token, its claims).
+    type Verified = HashMap<Box<str>, (Box<str>, token::Claims)>;
     thread_local! {
-        static SEEN: RefCell<HashMap<Box<str>, (Box<str>, token::Claims)>> = RefCell::new(HashMap::new());
+        static SEEN: RefCell<Verified> = RefCell::new(HashMap::new());
     }
     let key = token.rsplit('.').next().unwrap_or(token);
     let now = users::now_s();
