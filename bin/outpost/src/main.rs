@@ -26,7 +26,8 @@ use crate::config::{NodeConfig, Service};
 /// many small objects across threads, where glibc's malloc cost the gateway 17 % more CPU
 /// per request (bench/RESULTS.md, gateway). Built without transparent huge pages, and the
 /// supervisor starts services with freed memory returned to the system at once
-/// (`MIMALLOC_PURGE_DELAY=0`), so an idle node stays small.
+/// (`MIMALLOC_PURGE_DELAY=0`), so an idle node stays small; the gateway gets a short delay
+/// and its event loops return freed memory every second instead.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -14,7 +14,8 @@ pub struct Config {
     pub validate_events: bool,
     /// Most events committed in one transaction.
     pub max_batch_events: usize,
-    /// Unacknowledged bus messages the broker may have in flight to core-data.
+    /// Unacknowledged bus messages the broker may have in flight to core-data: enough for
+    /// large commits; larger windows cost the broker time on every acknowledgement.
     pub max_inflight: u16,
     /// Publish events added over REST on the bus (`<base>/events/core/...`), as EdgeX does.
     pub publish_rest_events: bool,
@@ -29,7 +30,7 @@ impl Default for Config {
             port: 59880,
             validate_events: true,
             max_batch_events: 2_000,
-            max_inflight: 8_192,
+            max_inflight: 2_048,
             publish_rest_events: true,
             purge_on_device_delete: false,
             retention: RetentionConfig::default(),

@@ -65,7 +65,7 @@ impl Default for MqttConfig {
             username: String::new(),
             password_file: None,
             workers: 32,
-            receive_maximum: 4096,
+            receive_maximum: 1024,
         }
     }
 }
