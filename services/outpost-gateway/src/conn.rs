@@ -373,7 +373,7 @@ pub fn spawn_loops(
                             return;
                         }
                     };
-                    tokio::spawn(return_freed_memory());
+                    tokio::spawn(housekeeping());
                     serve(listener, tls, app, router, limits, shutdown).await;
                 });
             })?;
@@ -389,16 +389,18 @@ pub fn spawn_loops(
     Ok(handles)
 }
 
-/// Gives memory this event loop freed back to the system, every second. The supervisor
-/// starts the gateway with a short allocator purge delay (`MIMALLOC_PURGE_DELAY`), so pages
-/// freed and reused between requests are not returned and faulted in again each time; an
-/// idle loop makes no allocator calls that would act on the delay, hence this tick.
+/// Every second: closes this event loop's idle upstream connections past their time, and
+/// gives memory it freed back to the system. The supervisor starts the gateway with a short
+/// allocator purge delay (`MIMALLOC_PURGE_DELAY`), so pages freed and reused between
+/// requests are not returned and faulted in again each time; an idle loop makes no allocator
+/// calls that would act on the delay, hence this tick.
 #[allow(unsafe_code)]
-async fn return_freed_memory() {
+async fn housekeeping() {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        crate::pool::sweep();
         // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any
         // time; with `force = false` it only frees what the allocator already holds unused
         // (and purges what has passed its delay). Under a different global allocator it acts

@@ -3,7 +3,8 @@
 //! - [`conn`]: the TLS listener (HTTP/1.1 and HTTP/2, slow-client limits).
 //! - [`tls`]: the node CA, the gateway certificate, reloading.
 //! - [`auth`], [`token`], [`users`]: who may call what; JWTs, API keys, refresh tokens.
-//! - [`proxy`], [`upstream`], [`cache`]: routing by registry, balancing, retries, caching.
+//! - [`proxy`], [`upstream`], [`pool`], [`cache`]: routing by registry, balancing, retries,
+//!   upstream connections per event loop, caching.
 //! - [`limit`]: rate limits per client identity and route.
 //! - [`access`]: the access log, buffered off the request path.
 //! - [`openapi`]: the API documents served under `/api/v3/openapi`.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod conn;
 pub mod limit;
 pub mod openapi;
+pub mod pool;
 pub mod proxy;
 pub mod routes;
 pub mod token;

@@ -167,6 +167,10 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         headers.insert(outpost_pki::vouch::MAC_HEADER, m);
     }
 
+    // Upstream requests are in origin form; the Host header is the client's.
+    let Ok(uri) = rest.parse::<http::Uri>() else {
+        return ApiError::bad_request("invalid request path").into_response();
+    };
     app.upstreams.count_request();
     let mut tried: Vec<Arc<str>> = Vec::new();
     let result = loop {
@@ -184,24 +188,19 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         } else {
             std::mem::take(&mut headers)
         };
-        *out.uri_mut() = match format!("{}{rest}", lease.base).parse() {
-            Ok(u) => u,
-            Err(_) => {
-                return ApiError::bad_request("invalid request path").into_response();
-            }
-        };
+        *out.uri_mut() = uri.clone();
         let started = Instant::now();
-        let attempt = tokio::time::timeout(timeout, crate::upstream::client().request(out)).await;
+        let attempt = tokio::time::timeout(timeout, crate::pool::send(&lease.authority, out)).await;
         let secs = started.elapsed().as_secs_f64();
         let failure = match attempt {
-            Ok(Ok(resp)) => {
+            Ok(Ok((resp, conn))) => {
                 app.upstreams.healthy(&lease);
                 upstream_metrics(&app, &lease.service_id, secs, crate::class(resp.status()));
-                break Ok((resp, lease));
+                break Ok((resp, lease, conn));
             }
             Ok(Err(e)) => {
                 upstream_metrics(&app, &lease.service_id, secs, "error");
-                Failure::Connect(e.to_string())
+                Failure::Connect(e)
             }
             Err(_) => {
                 upstream_metrics(&app, &lease.service_id, secs, "timeout");
@@ -218,7 +217,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     };
 
     match result {
-        Ok((resp, lease)) => {
+        Ok((resp, lease, conn)) => {
             let (rparts, rbody) = resp.into_parts();
             let mut rheaders = rparts.headers;
             strip(&mut rheaders);
@@ -232,7 +231,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
                         return stale_or(&app, &key, &slot, Failure::Timeout, &service);
                     }
                 };
-                drop(lease);
+                drop((conn, lease));
                 if rparts.status.is_server_error()
                     && let Some(e) = app.cache.stale(&key)
                 {
@@ -260,10 +259,12 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
                 .is_some_and(|n| n <= SMALL_BODY);
             if small {
                 // Usually the body came with the head: no timer then.
-                let mut collect = std::pin::pin!(rbody.collect());
-                let collected = match futures_util::FutureExt::now_or_never(&mut collect) {
-                    Some(r) => Ok(r),
-                    None => tokio::time::timeout(timeout, collect).await,
+                let collected = {
+                    let mut collect = std::pin::pin!(rbody.collect());
+                    match futures_util::FutureExt::now_or_never(&mut collect) {
+                        Some(r) => Ok(r),
+                        None => tokio::time::timeout(timeout, collect).await,
+                    }
                 };
                 let bytes = match collected {
                     Ok(Ok(c)) => c.to_bytes(),
@@ -272,15 +273,17 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
                     }
                     Err(_) => return failure_response(Failure::Timeout, &service),
                 };
-                drop(lease);
+                // The connection is free again: back to the pool.
+                drop((conn, lease));
                 let mut out = Response::new(Body::from(bytes));
                 *out.status_mut() = rparts.status;
                 *out.headers_mut() = rheaders;
                 return out;
             }
-            // Streamed through; the lease (outstanding count) ends with the body.
+            // Streamed through; the lease (outstanding count) and the connection end with
+            // the body.
             let body = Body::new(rbody.map_frame(move |f| {
-                let _ = &lease;
+                let _ = (&lease, &conn);
                 f
             }));
             let mut out = Response::new(body);

@@ -8,10 +8,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use outpost_contracts::registry::ServiceStatus;
 use outpost_kit::Registry;
 
@@ -25,7 +21,8 @@ struct InstanceState {
 /// A chosen instance; dropping it ends the outstanding request.
 pub struct Lease {
     pub service_id: Arc<str>,
-    pub base: Arc<str>,
+    /// `host:port`.
+    pub authority: Arc<str>,
     state: Arc<InstanceState>,
 }
 
@@ -38,7 +35,7 @@ impl Drop for Lease {
 /// An instance a request may go to.
 struct Instance {
     id: Arc<str>,
-    base: Arc<str>,
+    authority: Arc<str>,
     state: Arc<InstanceState>,
 }
 
@@ -80,26 +77,6 @@ impl Budget {
             false
         }
     }
-}
-
-/// An HTTP client for upstreams, one per thread: the gateway's event loops each keep
-/// their own pool of upstream connections, driven by their own runtime (no hand-offs
-/// between threads on the request path).
-pub fn client() -> Client<HttpConnector, Body> {
-    thread_local! {
-        static CLIENT: Client<HttpConnector, Body> = {
-            let mut http = HttpConnector::new();
-            http.set_nodelay(true);
-            // A dead instance on loopback refuses at once; a lost host must not take the
-            // whole request timeout before the next instance is tried.
-            http.set_connect_timeout(Some(Duration::from_secs(1)));
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .pool_max_idle_per_host(64)
-                .build(http)
-        };
-    }
-    CLIENT.with(Client::clone)
 }
 
 pub struct Upstreams {
@@ -153,11 +130,11 @@ impl Upstreams {
         for r in self.registry.snapshot() {
             let service = outpost_kit::registry::service_of(&r.service_id).to_string();
             if matches!(r.status, ServiceStatus::Up | ServiceStatus::Unknown) {
-                let base: Arc<str> = r.base_url().into();
+                let authority: Arc<str> = crate::pool::authority(&r.base_url()).into();
                 usable.entry(service.clone()).or_default().push(Instance {
                     state: self.state(&r.service_id),
                     id: r.service_id.into(),
-                    base,
+                    authority,
                 });
             }
             known.insert(service);
@@ -220,27 +197,32 @@ impl Upstreams {
                 state.outstanding.fetch_add(1, Ordering::Relaxed);
                 return Some(Lease {
                     service_id: service.into(),
-                    base: url.into(),
+                    authority: crate::pool::authority(url).into(),
                     state,
                 });
             }
             return None;
         };
-        let now = Instant::now();
         let open = |i: &&Instance| !tried.contains(&i.id);
-        let healthy = |i: &&Instance| {
-            i.state
-                .ejected_until
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .is_none_or(|t| t <= now)
+        let healthy = |now: Instant| {
+            move |i: &&Instance| {
+                i.state
+                    .ejected_until
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .is_none_or(|t| t <= now)
+            }
         };
         // The common case, one instance, allocates nothing.
         let chosen = if let [only] = all.as_slice() {
             Some(only).filter(open)?
         } else {
             let untried: Vec<&Instance> = all.iter().filter(open).collect();
-            let up: Vec<&Instance> = untried.iter().copied().filter(healthy).collect();
+            let up: Vec<&Instance> = untried
+                .iter()
+                .copied()
+                .filter(healthy(Instant::now()))
+                .collect();
             let pool = if up.is_empty() { untried } else { up };
             match pool.len() {
                 0 => return None,
@@ -259,7 +241,7 @@ impl Upstreams {
         chosen.state.outstanding.fetch_add(1, Ordering::Relaxed);
         Some(Lease {
             service_id: Arc::clone(&chosen.id),
-            base: Arc::clone(&chosen.base),
+            authority: Arc::clone(&chosen.authority),
             state: Arc::clone(&chosen.state),
         })
     }
