@@ -629,7 +629,21 @@ fn concrete(path: &str) -> String {
         .join("/")
 }
 
+/// The gateway's count of requests sent to backends, once it no longer changes: each event
+/// loop hands its counts to the metrics endpoint once a second.
 async fn upstream_requests(node: &Node) -> f64 {
+    let mut last = upstream_requests_now(node).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let now = upstream_requests_now(node).await;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+async fn upstream_requests_now(node: &Node) -> f64 {
     let text = node
         .http
         .get(format!(
@@ -808,6 +822,18 @@ async fn every_documented_route_is_guarded_and_tokens_expire() {
         before,
         "refused requests never reach a backend"
     );
+    // ... while one that is let through is counted.
+    assert_eq!(
+        gw.status(Method::GET, "/core-data/api/v3/ping", Some(&at), None)
+            .await,
+        200
+    );
+    eventually(
+        "the admitted request in the upstream count",
+        Duration::from_secs(5),
+        || async { upstream_requests_now(&node).await > before },
+    )
+    .await;
     // Device routes: without the device's own credential the service refuses them, also
     // for a user's token (which is no device credential and is not passed on).
     assert!(device_routes.len() >= 4, "{device_routes:?}");

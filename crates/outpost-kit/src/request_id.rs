@@ -43,6 +43,13 @@ pub fn mint() -> String {
         .to_string()
 }
 
+/// [`mint`] straight into shared form: one allocation.
+pub fn mint_shared() -> Arc<str> {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+    Arc::from(&*id.hyphenated().encode_lower(&mut buf))
+}
+
 /// Accepts a client-supplied ID if it is reasonable: 1..=128 visible ASCII characters.
 pub fn accept(value: &str) -> Option<&str> {
     let ok = !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
@@ -51,12 +58,16 @@ pub fn accept(value: &str) -> Option<&str> {
 
 /// The ID a request carries, if acceptable.
 pub fn from_headers(headers: &HeaderMap) -> Option<String> {
+    carried(headers).map(str::to_string)
+}
+
+/// [`from_headers`], borrowed.
+pub fn carried(headers: &HeaderMap) -> Option<&str> {
     [HEADER, ALT_HEADER]
         .iter()
         .filter_map(|h| headers.get(*h))
         .filter_map(|v| v.to_str().ok())
         .find_map(accept)
-        .map(str::to_string)
 }
 
 /// Middleware: establishes the request's correlation ID, span and response header.
@@ -88,6 +99,14 @@ mod tests {
         assert_eq!(accept(""), None);
         assert_eq!(accept("has space"), None);
         assert_eq!(accept(&"x".repeat(129)), None);
+    }
+
+    #[test]
+    fn minted_ids_are_uuids() {
+        let (a, b) = (mint_shared(), mint_shared());
+        assert!(uuid::Uuid::parse_str(&a).is_ok(), "{a}");
+        assert_eq!(a.len(), 36);
+        assert_ne!(a, b);
     }
 
     #[tokio::test]

@@ -1,16 +1,19 @@
 //! The access log: one JSON line per request, written to its own file off the request path.
 //!
-//! Request handlers append the line to a shared in-memory buffer (a short, uncontended
-//! lock); a writer thread moves the buffer to the file every `FLUSH_EVERY`, or at once when it
-//! passes `FLUSH_AT` bytes, and rotates the file by size. That keeps per-request cost to a
-//! formatted line and makes the log's write pattern a few large appends instead of one
-//! write per request, as nginx's and Envoy's buffered access logs do. Lines are dropped only
-//! if the disk cannot keep up and the buffer reaches `MAX_BUFFER`; drops are counted
-//! (`gateway_access_log_dropped_total`) and reported in the node log, never silent.
+//! Each event loop formats its lines into a buffer of its own and hands it to a shared
+//! buffer once it holds [`LOCAL_AT`] bytes, every second (the loop's housekeeping tick) and
+//! when the loop stops; a writer thread moves the shared buffer to the file every
+//! `FLUSH_EVERY`, or at once when it passes `FLUSH_AT` bytes, and rotates the file by size.
+//! That keeps per-request cost to a formatted line, with no lock or memory shared between
+//! the loops per request, and makes the log's write pattern a few large appends instead of
+//! one write per request, as nginx's and Envoy's buffered access logs do. Lines are dropped
+//! only if the disk cannot keep up and the shared buffer reaches `MAX_BUFFER`; drops are
+//! counted (`gateway_access_log_dropped_total`) and reported in the node log, never silent.
 //!
 //! `gateway.access_log = "-"` sends the lines to the node log instead (as `access` events),
 //! `""` turns the access log off.
 
+use std::cell::RefCell;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,12 +25,14 @@ use serde::Serialize;
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
 const FLUSH_AT: usize = 64 * 1024;
 const MAX_BUFFER: usize = 8 * 1024 * 1024;
+/// A loop hands its lines over once it holds this much.
+const LOCAL_AT: usize = 16 * 1024;
 
 /// One request, as logged.
 #[derive(Debug, Serialize)]
 pub struct Line<'a> {
     /// RFC 3339, milliseconds, UTC.
-    pub time: String,
+    pub time: Stamp,
     #[serde(rename = "requestId")]
     pub request_id: &'a str,
     pub peer: &'a str,
@@ -43,13 +48,34 @@ pub struct Line<'a> {
     pub cache: &'a str,
 }
 
+/// A time as RFC 3339 with milliseconds (`2026-11-22T05:20:20.123Z`), formatted on the
+/// stack.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl Stamp {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("-")
+    }
+}
+
+impl Serialize for Stamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl Line<'_> {
-    /// The current time as RFC 3339 with milliseconds; the part up to the second is
-    /// formatted once per second and thread.
-    pub fn now() -> String {
-        use std::cell::RefCell;
+    /// The current time; the part up to the second is formatted once per second and
+    /// thread.
+    pub fn now() -> Stamp {
         thread_local! {
-            static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+            static SECOND: RefCell<(u64, Stamp)> = const {
+                RefCell::new((u64::MAX, Stamp { buf: [0; 32], len: 0 }))
+            };
         }
         let d = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -60,10 +86,24 @@ impl Line<'_> {
             if c.0 != secs {
                 let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
                 let full = humantime::format_rfc3339_seconds(t).to_string();
-                c.1 = full.trim_end_matches('Z').to_string();
+                let head = full.trim_end_matches('Z').as_bytes();
+                // Room for `.mmmZ` after it.
+                let len = head.len().min(32 - 5);
+                c.1.buf[..len].copy_from_slice(&head[..len]);
+                c.1.len = len;
                 c.0 = secs;
             }
-            format!("{}.{ms:03}Z", c.1)
+            let mut stamp = c.1;
+            let tail = [
+                b'.',
+                b'0' + (ms / 100) as u8,
+                b'0' + (ms / 10 % 10) as u8,
+                b'0' + (ms % 10) as u8,
+                b'Z',
+            ];
+            stamp.buf[stamp.len..stamp.len + 5].copy_from_slice(&tail);
+            stamp.len += 5;
+            stamp
         })
     }
 }
@@ -149,30 +189,27 @@ impl AccessLog {
                 cache = line.cache,
                 "request"
             ),
-            Sink::File(s) => {
-                let mut buf = s
-                    .buf
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if buf.len() >= MAX_BUFFER {
-                    drop(buf);
-                    s.dropped.fetch_add(1, Ordering::Relaxed);
-                    s.dropped_metric.increment(1);
-                    return;
+            Sink::File(s) => LOCAL.with(|l| {
+                let mut l = l.borrow_mut();
+                if !l.to.as_ref().is_some_and(|to| Arc::ptr_eq(to, s)) {
+                    l.hand_over();
+                    l.to = Some(Arc::clone(s));
                 }
-                if serde_json::to_writer(&mut *buf, line).is_ok() {
-                    buf.push(b'\n');
+                if serde_json::to_writer(&mut l.buf, line).is_ok() {
+                    l.buf.push(b'\n');
                 }
-                if buf.len() >= FLUSH_AT {
-                    s.wake.notify_one();
+                if l.buf.len() >= LOCAL_AT {
+                    l.hand_over();
                 }
-            }
+            }),
         }
     }
 
-    /// Writes what is buffered and stops the writer (at shutdown).
+    /// Writes what is buffered and stops the writer (at shutdown, once the event loops,
+    /// which hand their lines over as they end, have stopped).
     pub fn close(&self) {
         if let Sink::File(s) = &self.sink {
+            flush_thread();
             s.closed.store(true, Ordering::Release);
             s.wake.notify_one();
         }
@@ -183,6 +220,66 @@ impl Drop for AccessLog {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// An event loop's lines not yet handed over, and where they go.
+struct Local {
+    to: Option<Arc<Shared>>,
+    buf: Vec<u8>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = const {
+        RefCell::new(Local {
+            to: None,
+            buf: Vec::new(),
+        })
+    };
+}
+
+impl Local {
+    fn hand_over(&mut self) {
+        let Some(s) = &self.to else {
+            self.buf.clear();
+            return;
+        };
+        if self.buf.is_empty() {
+            return;
+        }
+        let mut shared = s
+            .buf
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if shared.len() >= MAX_BUFFER {
+            drop(shared);
+            let lines = self.buf.iter().filter(|&&b| b == b'\n').count() as u64;
+            s.dropped.fetch_add(lines, Ordering::Relaxed);
+            s.dropped_metric.increment(lines);
+        } else {
+            shared.extend_from_slice(&self.buf);
+            if shared.len() >= FLUSH_AT {
+                s.wake.notify_one();
+            }
+        }
+        self.buf.clear();
+        // A buffer that once grew large is not kept at that size.
+        self.buf.shrink_to(LOCAL_AT * 2);
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        self.hand_over();
+    }
+}
+
+/// Hands this thread's lines to the writer.
+pub fn flush_thread() {
+    let _ = LOCAL.try_with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut() {
+            l.hand_over();
+        }
+    });
 }
 
 fn open(path: &Path) -> std::io::Result<std::fs::File> {
@@ -306,7 +403,8 @@ mod tests {
     #[test]
     fn times_are_rfc3339_with_milliseconds() {
         let t = Line::now();
-        let parsed = humantime::parse_rfc3339(&t).expect("RFC 3339");
+        let t = t.as_str();
+        let parsed = humantime::parse_rfc3339(t).expect("RFC 3339");
         let now = SystemTime::now();
         let diff = now.duration_since(parsed).unwrap_or_default();
         assert!(diff < Duration::from_secs(2), "{t}");
@@ -337,6 +435,8 @@ mod tests {
             for i in batch * 250..(batch + 1) * 250 {
                 record(&log, &line(i));
             }
+            // What an event loop's tick does.
+            flush_thread();
             let last = line((batch + 1) * 250 - 1);
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             while !written(&last) && std::time::Instant::now() < deadline {

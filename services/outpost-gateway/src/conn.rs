@@ -278,34 +278,37 @@ pub async fn serve(
                 }
             };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let client_cert = tls
+            let cert = tls
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .map(|c| {
+                .and_then(|c| {
                     let b64 = base64::engine::general_purpose::STANDARD.encode(c);
                     let mac = outpost_pki::vouch::mac(&app.cert_mac_key, &b64);
-                    ClientCert(b64.into(), mac.into())
+                    Some((
+                        http::HeaderValue::from_str(&b64).ok()?,
+                        http::HeaderValue::from_str(&mac).ok()?,
+                    ))
                 });
-            let peer_text = PeerText::of(peer);
+            let client = Arc::new(Client::of(peer, cert));
             let io = TokioIo::new(Guarded::new(tls, limits, !h2));
             // Proxied requests go straight to the proxy; the gateway's own routes through
-            // its router.
+            // its router, which finds the connection in the request's extensions.
             let svc =
                 hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    req.extensions_mut().insert(peer_text.clone());
-                    if let Some(c) = &client_cert {
-                        req.extensions_mut().insert(c.clone());
+                    let (app, client) = (Arc::clone(&app), Arc::clone(&client));
+                    let own = crate::is_own(req.uri().path());
+                    let router = own.then(|| router.clone());
+                    if own {
+                        req.extensions_mut().insert(ConnectInfo(peer));
+                        req.extensions_mut().insert(Arc::clone(&client));
                     }
                     let req = req.map(axum::body::Body::new);
-                    let (app, router) = (Arc::clone(&app), router.clone());
                     async move {
-                        if crate::is_own(req.uri().path()) {
-                            router.oneshot(req).await
-                        } else {
-                            Ok(crate::proxied(app, req).await)
+                        match router {
+                            Some(router) => router.oneshot(req).await,
+                            None => Ok(crate::proxied(app, req, client).await),
                         }
                     }
                 });
@@ -375,6 +378,7 @@ pub fn spawn_loops(
                     };
                     tokio::spawn(housekeeping());
                     serve(listener, tls, app, router, limits, shutdown).await;
+                    crate::tally::flush_thread();
                 });
             })?;
         match rx.recv() {
@@ -389,8 +393,8 @@ pub fn spawn_loops(
     Ok(handles)
 }
 
-/// Every second: closes this event loop's idle upstream connections past their time, and
-/// gives memory it freed back to the system. The supervisor starts the gateway with a short
+/// Every second: hands this event loop's metrics and access log lines over, closes its
+/// idle upstream connections past their time, and gives memory it freed back to the system. The supervisor starts the gateway with a short
 /// allocator purge delay (`MIMALLOC_PURGE_DELAY`), so pages freed and reused between
 /// requests are not returned and faulted in again each time; an idle loop makes no allocator
 /// calls that would act on the delay, hence this tick.
@@ -400,6 +404,7 @@ async fn housekeeping() {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        crate::tally::flush_thread();
         crate::pool::sweep();
         // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any
         // time; with `force = false` it only frees what the allocator already holds unused
@@ -425,30 +430,32 @@ fn listen(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
 /// The peer address of the connection that carried `SocketAddr`.
 pub type Peer = ConnectInfo<SocketAddr>;
 
-/// The peer address as the access log writes it and as `X-Forwarded-For` carries it,
-/// formatted once per connection.
-#[derive(Debug, Clone)]
-pub struct PeerText {
-    pub addr: Arc<str>,
+/// What the gateway knows of a connection, made once per connection and shared by its
+/// requests: the peer address as the access log writes it and as `X-Forwarded-For`
+/// carries it, and the client certificate the connection presented, if any.
+#[derive(Debug)]
+pub struct Client {
+    pub addr: SocketAddr,
+    pub text: Arc<str>,
     pub ip: http::HeaderValue,
+    /// The certificate (DER, base64), verified against the node CA and the manufacturer
+    /// CAs, and the gateway's MAC of it, as the headers that pass them upstream
+    /// (`outpost_pki::vouch`), for the service to ask core-metadata whose it is.
+    pub cert: Option<(http::HeaderValue, http::HeaderValue)>,
 }
 
-impl PeerText {
-    fn of(peer: SocketAddr) -> Self {
-        let ip = peer.ip().to_string();
+impl Client {
+    fn of(addr: SocketAddr, cert: Option<(http::HeaderValue, http::HeaderValue)>) -> Self {
+        let ip = addr.ip().to_string();
         Self {
-            addr: peer.to_string().into(),
+            addr,
+            text: addr.to_string().into(),
             ip: http::HeaderValue::from_str(&ip)
                 .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
+            cert,
         }
     }
 }
-
-/// The client certificate the connection presented (DER, base64), verified against the node
-/// CA and the manufacturer CAs, and the gateway's MAC of it: passed upstream
-/// (`outpost_pki::vouch`), for the service to ask core-metadata whose it is.
-#[derive(Debug, Clone)]
-pub struct ClientCert(pub Arc<str>, pub Arc<str>);
 
 #[cfg(test)]
 mod tests {

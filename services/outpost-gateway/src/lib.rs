@@ -24,6 +24,7 @@ pub mod openapi;
 pub mod pool;
 pub mod proxy;
 pub mod routes;
+pub mod tally;
 pub mod token;
 pub mod upstream;
 pub mod users;
@@ -113,9 +114,9 @@ pub struct LogSlot(Arc<Mutex<LogInfo>>);
 
 #[derive(Debug, Default)]
 struct LogInfo {
-    identity: Option<String>,
-    route: Option<String>,
-    upstream: Option<String>,
+    identity: Option<Arc<str>>,
+    route: Option<Arc<str>>,
+    upstream: Option<Arc<str>>,
     cache: Option<&'static str>,
 }
 
@@ -126,16 +127,16 @@ impl LogSlot {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner));
     }
-    pub fn set_identity(&self, id: &str) {
-        self.with(|i| i.identity = Some(id.to_string()));
+    pub fn set_identity(&self, id: &Arc<str>) {
+        self.with(|i| i.identity = Some(Arc::clone(id)));
     }
     /// The route label: the service name when it is known, else `unknown` (bounded).
-    pub fn set_route(&self, service: &str, known: bool) {
-        let r = if known { service } else { "unknown" };
-        self.with(|i| i.route = Some(r.to_string()));
+    pub fn set_route(&self, service: Option<&Arc<str>>) {
+        let r = service.map_or_else(|| Arc::from("unknown"), Arc::clone);
+        self.with(|i| i.route = Some(r));
     }
-    pub fn set_upstream(&self, id: &str) {
-        self.with(|i| i.upstream = Some(id.to_string()));
+    pub fn set_upstream(&self, id: &Arc<str>) {
+        self.with(|i| i.upstream = Some(Arc::clone(id)));
     }
     pub fn set_cache(&self, c: &'static str) {
         self.with(|i| i.cache = Some(c));
@@ -146,19 +147,20 @@ impl LogSlot {
 /// handled.
 struct Seen {
     method: http::Method,
-    path: String,
+    /// The request's URI (shares the request's memory): the log shows its path.
+    uri: http::Uri,
     peer: Arc<str>,
     version: http::Version,
     start: Instant,
 }
 
 impl Seen {
-    fn of(req: &Request) -> Self {
+    fn of(req: &Request, client: Option<&conn::Client>) -> Self {
         Self {
             method: req.method().clone(),
-            path: req.uri().path().to_string(),
-            peer: match req.extensions().get::<conn::PeerText>() {
-                Some(p) => Arc::clone(&p.addr),
+            uri: req.uri().clone(),
+            peer: match client {
+                Some(c) => Arc::clone(&c.text),
                 None => req
                     .extensions()
                     .get::<conn::Peer>()
@@ -189,7 +191,7 @@ fn record(app: &App, seen: &Seen, slot: &LogSlot, status: StatusCode) {
         request_id: id.as_deref().unwrap_or("-"),
         peer: &seen.peer,
         method: seen.method.as_str(),
-        path: &seen.path,
+        path: seen.uri.path(),
         version: version_str(seen.version),
         status: status.as_u16(),
         elapsed_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
@@ -200,26 +202,29 @@ fn record(app: &App, seen: &Seen, slot: &LogSlot, status: StatusCode) {
     });
 }
 
-/// Request count and latency by route: the metric handles are kept per thread (routes
-/// are service names, a bounded set), so a request costs no registry lookup.
+/// Request count and latency by route, kept per thread (routes are service names, a
+/// bounded set) and handed over by [`tally::flush_thread`].
+struct RouteHandles {
+    duration: tally::Histogram,
+    requests: Vec<(http::Method, &'static str, tally::Counter)>,
+}
+
+thread_local! {
+    static ROUTES: std::cell::RefCell<std::collections::HashMap<String, RouteHandles>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 fn count_request(app: &App, route: &str, method: &http::Method, status: StatusCode, secs: f64) {
-    use std::cell::RefCell;
-    use std::collections::HashMap;
-    struct Handles {
-        duration: metrics::Histogram,
-        requests: Vec<(http::Method, &'static str, metrics::Counter)>,
-    }
-    thread_local! {
-        static HANDLES: RefCell<HashMap<String, Handles>> = RefCell::new(HashMap::new());
-    }
     let class = class(status);
-    HANDLES.with(|h| {
+    ROUTES.with(|h| {
         let mut h = h.borrow_mut();
         if !h.contains_key(route) {
             h.insert(
                 route.to_string(),
-                Handles {
-                    duration: metrics::histogram!(app.m.duration, "route" => route.to_string()),
+                RouteHandles {
+                    duration: tally::Histogram::new(
+                        metrics::histogram!(app.m.duration, "route" => route.to_string()),
+                    ),
                     requests: Vec::new(),
                 },
             );
@@ -230,17 +235,32 @@ fn count_request(app: &App, route: &str, method: &http::Method, status: StatusCo
         r.duration.record(secs);
         if let Some((_, _, c)) = r
             .requests
-            .iter()
+            .iter_mut()
             .find(|(m, k, _)| m == method && *k == class)
         {
-            c.increment(1);
+            c.increment();
             return;
         }
         let c = metrics::counter!(app.m.requests, "route" => route.to_string(), "method" => method.to_string(), "status" => class);
-        c.increment(1);
         // Methods are client input: only a few combinations are kept.
         if r.requests.len() < 32 {
+            let mut c = tally::Counter::new(c);
+            c.increment();
             r.requests.push((method.clone(), class, c));
+        } else {
+            c.increment(1);
+        }
+    });
+}
+
+/// Hands this thread's request counts and latencies to the recorder.
+fn flush_request_metrics() {
+    ROUTES.with(|h| {
+        for r in h.borrow_mut().values_mut() {
+            r.duration.flush();
+            for (_, _, c) in &mut r.requests {
+                c.flush();
+            }
         }
     });
 }
@@ -249,10 +269,11 @@ fn count_request(app: &App, route: &str, method: &http::Method, status: StatusCo
 async fn observe(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     let slot = LogSlot::default();
     req.extensions_mut().insert(slot.clone());
-    let seen = Seen::of(&req);
-    let path = &seen.path;
+    let client = req.extensions().get::<Arc<conn::Client>>().cloned();
+    let seen = Seen::of(&req, client.as_deref());
+    let path = seen.uri.path();
     if path.starts_with("/api/v3/") || path.starts_with("/ui") || path == "/metrics" {
-        slot.set_route("gateway", true);
+        slot.set_route(Some(&Arc::from("gateway")));
     }
     let resp = next.run(req).await;
     record(&app, &seen, &slot, resp.status());
@@ -268,24 +289,38 @@ pub fn is_own(path: &str) -> bool {
 /// A proxied request, start to end: request ID, admission, proxy, access log and metrics;
 /// the same steps as the middleware around the gateway's own routes, in one function on
 /// the hot path.
-pub async fn proxied(app: Arc<App>, mut req: Request) -> Response {
+pub async fn proxied(app: Arc<App>, mut req: Request, client: Arc<conn::Client>) -> Response {
     use outpost_kit::request_id;
-    let id: Arc<str> = request_id::from_headers(req.headers())
-        .unwrap_or_else(request_id::mint)
-        .into();
+    let id: Arc<str> = match request_id::carried(req.headers()) {
+        Some(id) => id.into(),
+        None => request_id::mint_shared(),
+    };
+    // One copy of the ID for the header upstream and the one on the answer.
+    let id_header =
+        HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(id.as_bytes())).ok();
+    if let Some(v) = &id_header {
+        req.headers_mut().insert(request_id::HEADER, v.clone());
+    }
     let mut resp = request_id::scope(Arc::clone(&id), async move {
         let slot = LogSlot::default();
-        req.extensions_mut().insert(slot.clone());
-        let seen = Seen::of(&req);
-        let resp = match admit_request(&app, &mut req, &slot) {
+        let seen = Seen::of(&req, Some(&client));
+        let admitted = admit(
+            &app,
+            req.method(),
+            req.uri().path(),
+            req.headers(),
+            Some(client.addr),
+            &slot,
+        );
+        let resp = match admitted {
             Err(refused) => *refused,
-            Ok(()) => proxy::handle(State(Arc::clone(&app)), req).await,
+            Ok(_) => proxy::forward(&app, req, &slot, Some(&client)).await,
         };
         record(&app, &seen, &slot, resp.status());
         resp
     })
     .await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    if let Some(v) = id_header {
         resp.headers_mut().insert(request_id::HEADER, v);
     }
     resp
@@ -372,14 +407,18 @@ fn admit(
             ));
         }
     }
-    let key = match &identity {
-        Some(i) => i.id.clone(),
-        None => peer.map_or_else(|| "addr:?".to_string(), |p| format!("addr:{}", p.ip())),
+    let anonymous;
+    let key: &str = match &identity {
+        Some(i) => &i.id,
+        None => {
+            anonymous = peer.map_or_else(|| "addr:?".to_string(), |p| format!("addr:{}", p.ip()));
+            &anonymous
+        }
     };
     if let Some(i) = &identity {
         slot.set_identity(&i.id);
     }
-    if let Err(wait) = app.limiter.take(&key) {
+    if let Err(wait) = app.limiter.take(key) {
         metrics::counter!(app.m.rate_limited, "limit" => "client").increment(1);
         return Err(Box::new(too_many(wait, "too many requests")));
     }
@@ -430,53 +469,69 @@ fn identify(app: &App, token: &str) -> Option<Identity> {
     if token.starts_with("opk_") {
         return app.users.check_key(token);
     }
-    let claims = verified(app, token)?;
+    let v = verified(app, token)?;
     // The user's current role counts (a demoted or removed user loses access at once).
-    let role = app.users.token_role(&claims.sub, claims.iat)?;
+    let role = app.users.token_role(&v.name, v.iat)?;
     Some(Identity {
-        id: format!("user:{}", claims.sub),
-        name: claims.sub,
+        id: v.id,
+        name: v.name,
         role,
     })
 }
 
-/// The claims of a valid, unexpired access token. Signatures already checked are
-/// remembered per thread (a token is sent with every request of a session), so the
-/// common case is a map lookup; expiry is checked every time, and revocation by
-/// [`Users::token_role`] at the caller.
-fn verified(app: &App, token: &str) -> Option<token::Claims> {
+/// What a valid access token says, as a request needs it.
+#[derive(Clone)]
+struct Verified {
+    /// `user:<name>`.
+    id: Arc<str>,
+    name: Arc<str>,
+    iat: i64,
+    exp: i64,
+}
+
+/// Who a valid, unexpired access token is for. Signatures already checked are remembered
+/// per thread (a token is sent with every request of a session), so the common case is a
+/// map lookup; expiry is checked every time, and revocation by [`Users::token_role`] at the
+/// caller.
+fn verified(app: &App, token: &str) -> Option<Verified> {
     use std::cell::RefCell;
     use std::collections::HashMap;
     const MAX: usize = 4096;
     // Keyed by the signature (the last segment: short, and unique per token) rather than
     // the whole token, which is hashed on every request; the whole token must match too.
-    /// Signature → (whole token, its claims).
-    type Verified = HashMap<Box<str>, (Box<str>, token::Claims)>;
+    /// Signature → (whole token, what it says).
+    type Seen = HashMap<Box<str>, (Box<str>, Verified)>;
     thread_local! {
-        static SEEN: RefCell<Verified> = RefCell::new(HashMap::new());
+        static SEEN: RefCell<Seen> = RefCell::new(HashMap::new());
     }
     let key = token.rsplit('.').next().unwrap_or(token);
     let now = users::now_s();
-    if let Some(c) = SEEN.with(|m| {
+    if let Some(v) = SEEN.with(|m| {
         m.borrow()
             .get(key)
             .filter(|(t, _)| &**t == token)
-            .map(|(_, c)| c.clone())
+            .map(|(_, v)| v.clone())
     }) {
-        return (c.exp > now).then_some(c);
+        return (v.exp > now).then_some(v);
     }
     let claims = app.signer.verify(token, now).ok()?;
+    let v = Verified {
+        id: format!("user:{}", claims.sub).into(),
+        name: claims.sub.into(),
+        iat: claims.iat,
+        exp: claims.exp,
+    };
     SEEN.with(|m| {
         let mut m = m.borrow_mut();
         if m.len() >= MAX {
-            m.retain(|_, (_, c)| c.exp > now);
+            m.retain(|_, (_, v)| v.exp > now);
             if m.len() >= MAX {
                 m.clear();
             }
         }
-        m.insert(key.into(), (token.into(), claims.clone()));
+        m.insert(key.into(), (token.into(), v.clone()));
     });
-    Some(claims)
+    Some(v)
 }
 
 /// Runs the gateway until shutdown.

@@ -1,6 +1,7 @@
 //! `/{service}/{path}` → `{path}` on an instance of `service`, the way EdgeX's gateway
 //! routes (`/core-data/api/v3/...`), with the cache, retries and timeouts around it.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,19 +57,27 @@ fn strip(headers: &mut HeaderMap) {
     }
 }
 
-/// Splits `/core-data/api/v3/x?y` into (`core-data`, `/api/v3/x?y`).
-fn split(uri: &http::Uri) -> Option<(&str, String)> {
+/// Splits `/core-data/api/v3/x?y` into (`core-data`, `/api/v3/x?y`), borrowed.
+fn split(uri: &http::Uri) -> Option<(&str, Cow<'_, str>)> {
+    let whole = uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
     let path = uri.path().strip_prefix('/')?;
-    let (service, rest) = match path.split_once('/') {
-        Some((s, r)) => (s, format!("/{r}")),
-        None => (path, "/".to_string()),
-    };
-    if service.is_empty() || rest.split('/').any(|seg| seg == ".." || seg == ".") {
+    let service = path.split_once('/').map_or(path, |(s, _)| s);
+    if service.is_empty() {
         return None;
     }
-    let rest = match uri.query() {
-        Some(q) => format!("{rest}?{q}"),
-        None => rest,
+    // What follows the service: the path's rest and the query. `/core-data` alone and
+    // `/core-data?x` leave nothing or the query, which start the backend path at `/`.
+    let rest = whole.get(1 + service.len()..).unwrap_or_default();
+    let rest_path = rest.split_once('?').map_or(rest, |(p, _)| p);
+    if rest_path.split('/').any(|seg| seg == ".." || seg == ".") {
+        return None;
+    }
+    let rest = if rest.starts_with('/') {
+        Cow::Borrowed(rest)
+    } else {
+        Cow::Owned(format!("/{rest}"))
     };
     Some((service, rest))
 }
@@ -111,26 +120,38 @@ fn streams_body(method: &Method, service: &str, rest: &str) -> bool {
     method == Method::POST && service == "ota" && rest.split('?').next() == Some("/api/v3/artifact")
 }
 
-/// The proxy: every request that is not one of the gateway's own routes.
+/// The proxy as a handler: what the gateway's own router does not serve.
 pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     let slot = req
         .extensions()
         .get::<LogSlot>()
         .cloned()
         .unwrap_or_default();
-    let Some((service, rest)) = split(req.uri()).map(|(s, r)| (s.to_string(), r)) else {
-        return ApiError::not_found(format!("no route for {}", req.uri().path())).into_response();
+    let client = req.extensions().get::<Arc<crate::conn::Client>>().cloned();
+    forward(&app, req, &slot, client.as_deref()).await
+}
+
+/// Every request that is not one of the gateway's own routes, to an instance of its service.
+pub async fn forward(
+    app: &App,
+    req: Request,
+    slot: &LogSlot,
+    client: Option<&crate::conn::Client>,
+) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let Some((service, rest)) = split(&parts.uri) else {
+        return ApiError::not_found(format!("no route for {}", parts.uri.path())).into_response();
     };
-    let known = app.upstreams.known(&service);
-    slot.set_route(&service, known);
-    if !known {
+    let known = app.upstreams.known(service);
+    slot.set_route(known.as_ref());
+    if known.is_none() {
         return ApiError::not_found(format!("no service '{service}' behind this gateway"))
             .into_response();
     }
-    let (mut parts, body) = req.into_parts();
     // Bodies are read whole (bounded in size and time), so a request can be retried and a
     // slow sender never holds a backend connection; uploads of any size stream through.
-    let (body, mut streamed) = if streams_body(&parts.method, &service, &rest) {
+    let rest = &*rest;
+    let (body, mut streamed) = if streams_body(&parts.method, service, rest) {
         (Bytes::new(), Some(body))
     } else {
         match read_body(body, app.cfg.body_timeout_ms, app.max_body).await {
@@ -139,32 +160,31 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         }
     };
     let cache_key =
-        (parts.method == Method::GET && app.cache.enabled() && cache::cacheable(&service, &rest))
+        (parts.method == Method::GET && app.cache.enabled() && cache::cacheable(service, rest))
             .then(|| format!("{service}{rest}"));
     if let Some(key) = &cache_key
         && let Some(e) = app.cache.fresh(key)
     {
         metrics::counter!(app.m.cache, "result" => "hit").increment(1);
-        return from_entry(&e, false, &slot);
+        return from_entry(&e, false, slot);
     }
     let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
     let timeout = app.timeout_for(parts.uri.path());
     let mut headers = std::mem::take(&mut parts.headers);
     strip(&mut headers);
-    if let Some(id) = outpost_kit::request_id::current()
+    if !headers.contains_key(outpost_kit::request_id::HEADER)
+        && let Some(id) = outpost_kit::request_id::current()
         && let Ok(v) = HeaderValue::from_str(&id)
     {
         headers.insert(outpost_kit::request_id::HEADER, v);
     }
-    if let Some(p) = parts.extensions.get::<crate::conn::PeerText>() {
-        headers.insert("x-forwarded-for", p.ip.clone());
+    if let Some(c) = client {
+        headers.insert("x-forwarded-for", c.ip.clone());
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-    if let Some(c) = parts.extensions.get::<crate::conn::ClientCert>()
-        && let (Ok(v), Ok(m)) = (HeaderValue::from_str(&c.0), HeaderValue::from_str(&c.1))
-    {
-        headers.insert(outpost_pki::vouch::HEADER, v);
-        headers.insert(outpost_pki::vouch::MAC_HEADER, m);
+    if let Some((v, m)) = client.and_then(|c| c.cert.as_ref()) {
+        headers.insert(outpost_pki::vouch::HEADER, v.clone());
+        headers.insert(outpost_pki::vouch::MAC_HEADER, m.clone());
     }
 
     // Upstream requests are in origin form; the Host header is the client's.
@@ -172,18 +192,24 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         return ApiError::bad_request("invalid request path").into_response();
     };
     app.upstreams.count_request();
+    // Another instance may be tried only for a request that may be repeated, and only
+    // when there is one.
+    let retry = idempotent && app.upstreams.choices(service) > 1;
     let mut tried: Vec<Arc<str>> = Vec::new();
     let result = loop {
-        let Some(lease) = app.upstreams.pick(&service, &tried) else {
+        let Some(lease) = app.upstreams.pick(service, &tried) else {
             break Err(Failure::NoInstance);
         };
-        tried.push(Arc::clone(&lease.service_id));
         slot.set_upstream(&lease.service_id);
-        let out_body = streamed.take().unwrap_or_else(|| Body::from(body.clone()));
+        let out_body = match streamed.take() {
+            Some(b) => b,
+            None if body.is_empty() => Body::empty(),
+            None => Body::from(body.clone()),
+        };
         let mut out = http::Request::new(out_body);
         *out.method_mut() = parts.method.clone();
         // Only a request that may be retried needs its headers again.
-        *out.headers_mut() = if idempotent {
+        *out.headers_mut() = if retry {
             headers.clone()
         } else {
             std::mem::take(&mut headers)
@@ -195,25 +221,26 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         let failure = match attempt {
             Ok(Ok((resp, conn))) => {
                 app.upstreams.healthy(&lease);
-                upstream_metrics(&app, &lease.service_id, secs, crate::class(resp.status()));
+                upstream_metrics(app, &lease.service_id, secs, crate::class(resp.status()));
                 break Ok((resp, lease, conn));
             }
             Ok(Err(e)) => {
-                upstream_metrics(&app, &lease.service_id, secs, "error");
+                upstream_metrics(app, &lease.service_id, secs, "error");
                 Failure::Connect(e)
             }
             Err(_) => {
-                upstream_metrics(&app, &lease.service_id, secs, "timeout");
+                upstream_metrics(app, &lease.service_id, secs, "timeout");
                 Failure::Timeout
             }
         };
         app.upstreams.eject(&lease);
         // A request that may have reached the backend is retried only when repeating it
         // is harmless, and only within the retry budget.
-        if !idempotent || !app.upstreams.allow_retry() {
+        if !retry || !app.upstreams.allow_retry() {
             break Err(failure);
         }
-        metrics::counter!(app.m.retries, "service" => service.clone()).increment(1);
+        tried.push(Arc::clone(&lease.service_id));
+        metrics::counter!(app.m.retries, "service" => service.to_string()).increment(1);
     };
 
     match result {
@@ -228,7 +255,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
                     Ok(Ok(c)) => c.to_bytes(),
                     _ => {
                         drop(lease);
-                        return stale_or(&app, &key, &slot, Failure::Timeout, &service);
+                        return stale_or(app, &key, slot, Failure::Timeout, service);
                     }
                 };
                 drop((conn, lease));
@@ -236,7 +263,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
                     && let Some(e) = app.cache.stale(&key)
                 {
                     metrics::counter!(app.m.cache, "result" => "stale").increment(1);
-                    return from_entry(&e, true, &slot);
+                    return from_entry(&e, true, slot);
                 }
                 if rparts.status == StatusCode::OK {
                     app.cache
@@ -269,9 +296,9 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
                 let bytes = match collected {
                     Ok(Ok(c)) => c.to_bytes(),
                     Ok(Err(e)) => {
-                        return failure_response(Failure::Connect(e.to_string()), &service);
+                        return failure_response(Failure::Connect(e.to_string()), service);
                     }
-                    Err(_) => return failure_response(Failure::Timeout, &service),
+                    Err(_) => return failure_response(Failure::Timeout, service),
                 };
                 // The connection is free again: back to the pool.
                 drop((conn, lease));
@@ -292,38 +319,55 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
             out
         }
         Err(f) => match cache_key {
-            Some(key) => stale_or(&app, &key, &slot, f, &service),
-            None => failure_response(f, &service),
+            Some(key) => stale_or(app, &key, slot, f, service),
+            None => failure_response(f, service),
         },
     }
 }
 
-/// Upstream request count and latency by instance; handles kept per thread (instances are
-/// the registry's, a bounded set).
+/// Upstream request count and latency by instance, kept per thread (instances are the
+/// registry's, a bounded set) and handed over by [`crate::tally::flush_thread`].
+type UpstreamHandles = (
+    crate::tally::Histogram,
+    Vec<(&'static str, crate::tally::Counter)>,
+);
+
+thread_local! {
+    static UPSTREAMS: std::cell::RefCell<std::collections::HashMap<String, UpstreamHandles>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 fn upstream_metrics(app: &App, upstream: &str, secs: f64, status: &'static str) {
-    use std::cell::RefCell;
-    use std::collections::HashMap;
-    type Handles = (metrics::Histogram, Vec<(&'static str, metrics::Counter)>);
-    thread_local! {
-        static HANDLES: RefCell<HashMap<String, Handles>> = RefCell::new(HashMap::new());
-    }
-    HANDLES.with(|h| {
+    use crate::tally::{Counter, Histogram};
+    UPSTREAMS.with(|h| {
         let mut h = h.borrow_mut();
         if !h.contains_key(upstream) {
             let hist = metrics::histogram!(app.m.upstream_duration, "upstream" => upstream.to_string());
-            h.insert(upstream.to_string(), (hist, Vec::new()));
+            h.insert(upstream.to_string(), (Histogram::new(hist), Vec::new()));
         }
         let Some((hist, counters)) = h.get_mut(upstream) else {
             return;
         };
         hist.record(secs);
-        if let Some((_, c)) = counters.iter().find(|(k, _)| *k == status) {
-            c.increment(1);
+        if let Some((_, c)) = counters.iter_mut().find(|(k, _)| *k == status) {
+            c.increment();
             return;
         }
-        let c = metrics::counter!(app.m.upstream_requests, "upstream" => upstream.to_string(), "status" => status);
-        c.increment(1);
+        let mut c = Counter::new(metrics::counter!(app.m.upstream_requests, "upstream" => upstream.to_string(), "status" => status));
+        c.increment();
         counters.push((status, c));
+    });
+}
+
+/// Hands this thread's upstream counts and latencies to the recorder.
+pub fn flush_upstream_metrics() {
+    UPSTREAMS.with(|h| {
+        for (hist, counters) in h.borrow_mut().values_mut() {
+            hist.flush();
+            for (_, c) in counters {
+                c.flush();
+            }
+        }
     });
 }
 
@@ -393,9 +437,20 @@ mod tests {
         let u: http::Uri = "/core-data/api/v3/event/all?limit=5".parse().unwrap();
         assert_eq!(
             split(&u),
-            Some(("core-data", "/api/v3/event/all?limit=5".to_string()))
+            Some(("core-data", "/api/v3/event/all?limit=5".into()))
         );
+        for (path, rest) in [
+            ("/core-data", "/"),
+            ("/core-data/", "/"),
+            ("/core-data?x=1", "/?x=1"),
+            ("/core-data/a?b=../c", "/a?b=../c"),
+        ] {
+            let u: http::Uri = path.parse().unwrap();
+            assert_eq!(split(&u), Some(("core-data", rest.into())), "{path}");
+        }
         let u: http::Uri = "/core-data/api/../../etc".parse().unwrap();
+        assert_eq!(split(&u), None);
+        let u: http::Uri = "/core-data/./x?y".parse().unwrap();
         assert_eq!(split(&u), None);
         let u: http::Uri = "/".parse().unwrap();
         assert_eq!(split(&u), None);

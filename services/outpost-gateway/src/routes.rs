@@ -200,7 +200,7 @@ async fn logout(
 async fn whoami(Extension(id): Extension<Identity>) -> axum::Json<Value> {
     axum::Json(json!({
         "apiVersion": "v3", "statusCode": 200,
-        "id": id.id, "name": id.name, "role": id.role,
+        "id": &*id.id, "name": &*id.name, "role": id.role,
     }))
 }
 

@@ -2,20 +2,52 @@
 //! address), power-of-two-choices on outstanding requests, passive health (an instance that
 //! refuses connections or times out is left out for `eject_ms`), the registry's DOWN state
 //! honoured, and a retry budget for idempotent requests.
+//!
+//! The request path shares as little memory between event loops as nginx's workers do:
+//! each loop builds its own copy of the routing table per registry view, the retry budget's
+//! request count is handed over every [`COUNT_BATCH`] requests, an instance's outstanding
+//! count is kept only where there is a choice to make, and its ejection mark is read
+//! without a lock. Memory that two cores write in turn costs a cache transfer per access.
 
-use std::collections::{HashMap, HashSet};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use outpost_contracts::registry::ServiceStatus;
 use outpost_kit::Registry;
 
+/// Requests a loop counts before it adds them to the retry budget's shared count.
+const COUNT_BATCH: u64 = 64;
+
 /// One instance as the balancer sees it.
 #[derive(Debug, Default)]
 struct InstanceState {
     outstanding: AtomicUsize,
-    ejected_until: Mutex<Option<Instant>>,
+    /// Nanoseconds after [`epoch`] until which the instance is left out; 0: it is not.
+    ejected_until: AtomicU64,
+}
+
+impl InstanceState {
+    fn ejected_at(&self, now: Instant) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && until > since_epoch(now)
+    }
+}
+
+/// The instant ejection marks count from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// `t` as nanoseconds after [`epoch`], at least 1 (0 means "not ejected").
+fn since_epoch(t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(epoch()).as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// A chosen instance; dropping it ends the outstanding request.
@@ -23,12 +55,16 @@ pub struct Lease {
     pub service_id: Arc<str>,
     /// `host:port`.
     pub authority: Arc<str>,
-    state: Arc<InstanceState>,
+    /// Set when the instance was chosen among several: its outstanding count includes
+    /// this request.
+    counted: Option<Arc<InstanceState>>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.state.outstanding.fetch_sub(1, Ordering::Relaxed);
+        if let Some(state) = &self.counted {
+            state.outstanding.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -39,12 +75,13 @@ struct Instance {
     state: Arc<InstanceState>,
 }
 
-/// What routing needs from one registry view, made once per view (not per request).
+/// What routing needs from one registry view, made once per view and event loop (not per
+/// request).
 #[derive(Default)]
 struct Table {
     generation: u64,
-    /// Services with at least one registration, in any state.
-    known: HashSet<String>,
+    /// Services with at least one registration, in any state: name → name, shared.
+    known: HashMap<String, Arc<str>>,
     /// Usable instances (UP or not yet checked) by service, sorted by ID.
     usable: HashMap<String, Vec<Instance>>,
 }
@@ -83,11 +120,19 @@ pub struct Upstreams {
     registry: Registry,
     /// Balancing state by instance ID; outlives registry views.
     states: Mutex<HashMap<String, Arc<InstanceState>>>,
-    table: RwLock<Arc<Table>>,
+    /// Tells this set's routing tables apart from others' in a thread's [`TABLES`].
+    id: u64,
     eject: Duration,
     budget: Mutex<Budget>,
     /// Requests since the budget last looked.
     requests: AtomicU64,
+}
+
+thread_local! {
+    /// This thread's routing tables, by [`Upstreams::id`] (one in a running node).
+    static TABLES: RefCell<Vec<(u64, Rc<Table>)>> = const { RefCell::new(Vec::new()) };
+    /// Requests this thread counted and has not yet added to the budget.
+    static PENDING: Cell<u64> = const { Cell::new(0) };
 }
 
 impl Upstreams {
@@ -97,10 +142,11 @@ impl Upstreams {
         retry_ratio: f64,
         retry_min_per_s: f64,
     ) -> Self {
+        static IDS: AtomicU64 = AtomicU64::new(0);
         Self {
             registry,
             states: Mutex::default(),
-            table: RwLock::default(),
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             eject,
             budget: Mutex::new(Budget {
                 ratio: retry_ratio,
@@ -113,19 +159,34 @@ impl Upstreams {
         }
     }
 
-    /// The routing table of the current registry view, rebuilt when the view changed.
-    fn table(&self) -> Arc<Table> {
+    /// Runs `f` on this thread's routing table of the current registry view, rebuilt when
+    /// the view changed.
+    fn with_table<R>(&self, f: impl FnOnce(&Table) -> R) -> R {
         let generation = self.registry.generation();
-        {
-            let t = self
-                .table
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if t.generation == generation && generation != 0 {
-                return Arc::clone(&t);
-            }
+        if generation == 0 {
+            // No registry view yet: nothing worth keeping.
+            return f(&self.build(0));
         }
-        let mut known = HashSet::new();
+        let table = TABLES.with(|t| {
+            let mut t = t.borrow_mut();
+            if let Some((_, table)) = t.iter().find(|(id, _)| *id == self.id)
+                && table.generation == generation
+            {
+                return Rc::clone(table);
+            }
+            let table = Rc::new(self.build(generation));
+            t.retain(|(id, _)| *id != self.id);
+            if t.len() >= 8 {
+                t.remove(0);
+            }
+            t.push((self.id, Rc::clone(&table)));
+            table
+        });
+        f(&table)
+    }
+
+    fn build(&self, generation: u64) -> Table {
+        let mut known = HashMap::new();
         let mut usable: HashMap<String, Vec<Instance>> = HashMap::new();
         for r in self.registry.snapshot() {
             let service = outpost_kit::registry::service_of(&r.service_id).to_string();
@@ -137,27 +198,31 @@ impl Upstreams {
                     authority,
                 });
             }
-            known.insert(service);
+            let name: Arc<str> = service.as_str().into();
+            known.insert(service, name);
         }
         // `snapshot` is sorted by ID, so each service's list is too.
-        let t = Arc::new(Table {
+        Table {
             generation,
             known,
             usable,
-        });
-        if generation != 0 {
-            *self
-                .table
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::clone(&t);
         }
-        t
     }
 
     /// Whether any instance of `service` is registered (in any state).
-    pub fn known(&self, service: &str) -> bool {
-        self.table().known.contains(service)
-            || (!self.registry.loaded() && self.registry.fallback(service).is_some())
+    /// The service's name as the routing table holds it, if any instance of it is
+    /// registered (in any state).
+    pub fn known(&self, service: &str) -> Option<Arc<str>> {
+        if let Some(name) = self.with_table(|t| t.known.get(service).cloned()) {
+            return Some(name);
+        }
+        (!self.registry.loaded() && self.registry.fallback(service).is_some())
+            .then(|| service.into())
+    }
+
+    /// How many instances of `service` requests may go to now.
+    pub fn choices(&self, service: &str) -> usize {
+        self.with_table(|t| t.usable.get(service).map_or(0, Vec::len))
     }
 
     fn state(&self, id: &str) -> Arc<InstanceState> {
@@ -168,9 +233,15 @@ impl Upstreams {
         Arc::clone(m.entry(id.to_string()).or_default())
     }
 
-    /// Counts a request for the retry budget.
+    /// Counts a request for the retry budget (added to the shared count in batches).
     pub fn count_request(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        let n = PENDING.get() + 1;
+        if n >= COUNT_BATCH {
+            self.requests.fetch_add(n, Ordering::Relaxed);
+            PENDING.set(0);
+        } else {
+            PENDING.set(n);
+        }
     }
 
     pub fn allow_retry(&self) -> bool {
@@ -178,94 +249,93 @@ impl Upstreams {
             .budget
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        b.requests += self.requests.swap(0, Ordering::Relaxed) as f64;
+        b.requests += (self.requests.swap(0, Ordering::Relaxed) + PENDING.take()) as f64;
         b.allow_retry(Instant::now())
     }
 
     /// Picks an instance of `service` not in `tried`: two at random, the one with fewer
     /// outstanding requests; ejected instances only when nothing else is left.
     pub fn pick(&self, service: &str, tried: &[Arc<str>]) -> Option<Lease> {
-        let table = self.table();
-        let Some(all) = table.usable.get(service) else {
-            if !self.registry.loaded() {
-                // Before the first registry view: the node's configured address.
-                let url = self.registry.fallback(service)?;
-                if tried.iter().any(|t| &**t == service) {
-                    return None;
-                }
-                let state = self.state(service);
-                state.outstanding.fetch_add(1, Ordering::Relaxed);
-                return Some(Lease {
-                    service_id: service.into(),
-                    authority: crate::pool::authority(url).into(),
-                    state,
-                });
-            }
+        if let Some(picked) =
+            self.with_table(|t| t.usable.get(service).map(|all| Self::choose(all, tried)))
+        {
+            return picked;
+        }
+        if self.registry.loaded() {
             return None;
-        };
+        }
+        // Before the first registry view: the node's configured address.
+        let url = self.registry.fallback(service)?;
+        if tried.iter().any(|t| &**t == service) {
+            return None;
+        }
+        Some(Lease {
+            service_id: service.into(),
+            authority: crate::pool::authority(url).into(),
+            counted: None,
+        })
+    }
+
+    fn choose(all: &[Instance], tried: &[Arc<str>]) -> Option<Lease> {
         let open = |i: &&Instance| !tried.contains(&i.id);
-        let healthy = |now: Instant| {
-            move |i: &&Instance| {
-                i.state
-                    .ejected_until
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .is_none_or(|t| t <= now)
-            }
-        };
-        // The common case, one instance, allocates nothing.
-        let chosen = if let [only] = all.as_slice() {
-            Some(only).filter(open)?
-        } else {
-            let untried: Vec<&Instance> = all.iter().filter(open).collect();
-            let up: Vec<&Instance> = untried
-                .iter()
-                .copied()
-                .filter(healthy(Instant::now()))
-                .collect();
-            let pool = if up.is_empty() { untried } else { up };
-            match pool.len() {
-                0 => return None,
-                1 => pool[0],
-                n => {
-                    let a = fastrand::usize(..n);
-                    let mut b = fastrand::usize(..n - 1);
-                    if b >= a {
-                        b += 1;
-                    }
-                    let load = |i: usize| pool[i].state.outstanding.load(Ordering::Relaxed);
-                    if load(b) < load(a) { pool[b] } else { pool[a] }
+        // The common case, one instance, allocates nothing and writes no shared memory.
+        if let [only] = all {
+            let only = Some(only).filter(open)?;
+            return Some(Lease {
+                service_id: Arc::clone(&only.id),
+                authority: Arc::clone(&only.authority),
+                counted: None,
+            });
+        }
+        let now = Instant::now();
+        let untried: Vec<&Instance> = all.iter().filter(open).collect();
+        let up: Vec<&Instance> = untried
+            .iter()
+            .copied()
+            .filter(|i| !i.state.ejected_at(now))
+            .collect();
+        let pool = if up.is_empty() { untried } else { up };
+        let chosen = match pool.len() {
+            0 => return None,
+            1 => pool[0],
+            n => {
+                let a = fastrand::usize(..n);
+                let mut b = fastrand::usize(..n - 1);
+                if b >= a {
+                    b += 1;
                 }
+                let load = |i: usize| pool[i].state.outstanding.load(Ordering::Relaxed);
+                if load(b) < load(a) { pool[b] } else { pool[a] }
             }
         };
         chosen.state.outstanding.fetch_add(1, Ordering::Relaxed);
         Some(Lease {
             service_id: Arc::clone(&chosen.id),
             authority: Arc::clone(&chosen.authority),
-            state: Arc::clone(&chosen.state),
+            counted: Some(Arc::clone(&chosen.state)),
         })
     }
 
     /// Leaves an instance out of balancing for a while after a connection failure or
     /// timeout.
     pub fn eject(&self, lease: &Lease) {
-        *lease
-            .state
+        let state = match &lease.counted {
+            Some(s) => Arc::clone(s),
+            None => self.state(&lease.service_id),
+        };
+        state
             .ejected_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now() + self.eject);
+            .store(since_epoch(Instant::now() + self.eject), Ordering::Relaxed);
         tracing::warn!(instance = %lease.service_id, eject_ms = self.eject.as_millis() as u64, "upstream failed; ejected");
     }
 
-    /// An instance answered: it is back in balancing at once.
+    /// An instance answered: it is back in balancing at once. (An instance that was the
+    /// only choice was not balanced: its mark simply runs out.)
     pub fn healthy(&self, lease: &Lease) {
-        let mut e = lease
-            .state
-            .ejected_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if e.is_some() {
-            *e = None;
+        if let Some(state) = &lease.counted
+            && state.ejected_until.load(Ordering::Relaxed) != 0
+        {
+            state.ejected_until.store(0, Ordering::Relaxed);
         }
     }
 }

@@ -135,8 +135,8 @@ pub struct UserInfo {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
     /// `user:<name>` or `key:<id>`: the rate-limit and log identity.
-    pub id: String,
-    pub name: String,
+    pub id: Arc<str>,
+    pub name: Arc<str>,
     pub role: Role,
 }
 
@@ -642,8 +642,8 @@ impl Users {
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0;
         (same && k.revoked.is_none()).then(|| Identity {
-            id: format!("key:{}", k.id),
-            name: k.name.clone(),
+            id: format!("key:{}", k.id).into(),
+            name: k.name.as_str().into(),
             role: k.role,
         })
     }
@@ -715,7 +715,7 @@ mod tests {
         assert!(u.check_key(&format!("{key}x")).is_none());
         drop(u);
         let u = users(dir.path()).await;
-        assert_eq!(u.check_key(&key).unwrap().id, format!("key:{}", info.id));
+        assert_eq!(&*u.check_key(&key).unwrap().id, format!("key:{}", info.id));
         u.revoke_key(&info.id).await.unwrap();
         assert!(u.check_key(&key).is_none());
 
