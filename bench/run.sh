@@ -61,7 +61,7 @@ if [[ $what == all || $what == command ]]; then
   run "$B" command --outpost "$O" --requests 5000
 fi
 if [[ $what == all || $what == gateway ]]; then
-  run "$B" gateway --outpost "$O" --seconds 10 --connections 50 --rounds 3
+  run "$B" gateway --outpost "$O" --seconds 10 --connections 50 --rounds 5
 fi
 if [[ $what == all || $what == queue ]]; then
   run "$B" queue --items 200000 --batch 100 --item-bytes 2300

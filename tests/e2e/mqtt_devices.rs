@@ -15,7 +15,7 @@ use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-const MQTT: &str = "[device_mqtt]\nenabled = true\ndevice_messages_per_s = 20.0\ndevice_messages_burst = 50\n[broker]\ndevice_auth_cache_s = 1\n";
+const MQTT: &str = "[device_mqtt]\nenabled = true\ndevice_messages_per_s = 20.0\ndevice_messages_burst = 50\n[broker]\ndevice_auth_cache_s = 1\nauth_failure_burst = 3\nauth_failure_refill_s = 2\n";
 
 fn profile() -> Value {
     json!([{"apiVersion": "v3", "profile": {
@@ -67,18 +67,19 @@ fn mosquitto_pub_v5(node: &Node) -> Command {
 
 /// mosquitto_pub as a device (v5, so refusals are reported).
 fn publish(node: &Node, user: &str, secret: &str, topic: &str, msg: &[u8]) -> std::process::Output {
+    publish_as(
+        node,
+        &["-u", user, "-P", secret, "-i", &format!("{user}-pub")],
+        topic,
+        msg,
+    )
+}
+
+/// mosquitto_pub with these login arguments.
+fn publish_as(node: &Node, login: &[&str], topic: &str, msg: &[u8]) -> std::process::Output {
     let mut child = mosquitto_pub_v5(node)
-        .args([
-            "-u",
-            user,
-            "-P",
-            secret,
-            "-i",
-            &format!("{user}-pub"),
-            "-t",
-            topic,
-            "-s",
-        ])
+        .args(login)
+        .args(["-t", topic, "-s"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -539,6 +540,99 @@ async fn mqtt_devices_with_their_own_credentials() {
         cycles.iter().all(|r| r["value"] != "777"),
         "the old secret still worked: {cycles:?}"
     );
+
+    // A client ID is its device's: another device, even with its own valid credentials,
+    // or an anonymous client asking for it is refused, and the device's connection goes on
+    // (the broker would otherwise end it and hand its session over).
+    let mut held2 = mosquitto_pub_v5(&node)
+        .args([
+            "-u",
+            "press-2",
+            "-P",
+            s2,
+            "-i",
+            "press-2-held",
+            "-t",
+            "incoming/data/press-2",
+            "-l",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_pub");
+    let mut held2_in = held2.stdin.take().expect("stdin");
+    writeln!(held2_in, "{{\"Cycles\": 60}}").expect("write");
+    wait_value(&node, "press-2", "Cycles", "60").await;
+    for login in [
+        &["-u", "press-1", "-P", rotated, "-i", "press-2-held"][..],
+        &["-i", "press-2-held"][..],
+    ] {
+        let o = publish_as(&node, login, "incoming/data/press-1", b"{\"Cycles\": 61}");
+        assert!(!o.status.success(), "{login:?} took the client ID");
+        assert!(
+            text(&o)
+                .to_lowercase()
+                .contains("client identifier not valid"),
+            "{login:?}: {}",
+            text(&o)
+        );
+    }
+    writeln!(held2_in, "{{\"Cycles\": 62}}").expect("write");
+    wait_value(&node, "press-2", "Cycles", "62").await;
+    drop(held2_in);
+    let _ = held2.wait();
+
+    // Guessing a secret is throttled: after three failures from this address the right
+    // secret is refused unchecked too, other devices still get in, and after the refill
+    // time (2 s here) the device does again.
+    for i in 0..3 {
+        let o = publish(
+            &node,
+            "press-2",
+            &format!("guess-{i}-000000000"),
+            "incoming/data/press-2",
+            b"{}",
+        );
+        assert!(
+            text(&o)
+                .to_lowercase()
+                .contains("bad user name or password"),
+            "{}",
+            text(&o)
+        );
+    }
+    let o = publish(
+        &node,
+        "press-2",
+        s2,
+        "incoming/data/press-2",
+        b"{\"Cycles\": 63}",
+    );
+    assert!(
+        text(&o).to_lowercase().contains("connection rate exceeded"),
+        "{}",
+        text(&o)
+    );
+    let o = publish(
+        &node,
+        "press-1",
+        rotated,
+        "incoming/data/press-1",
+        b"{\"Cycles\": 49}",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    wait_value(&node, "press-1", "Cycles", "49").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let o = publish(
+        &node,
+        "press-2",
+        s2,
+        "incoming/data/press-2",
+        b"{\"Cycles\": 64}",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    wait_value(&node, "press-2", "Cycles", "64").await;
 
     // A removed secret locks the device out (after the broker's cache time).
     let (ok, _, err) = node.cli(&["device", "secret", "press-3", "--remove"]);

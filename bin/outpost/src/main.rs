@@ -158,21 +158,7 @@ enum OtaCmd {
     },
     /// Sign a manifest for FILE and upload it, streamed, with a progress bar.
     #[command(disable_version_flag = true)]
-    Upload {
-        file: PathBuf,
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        version: String,
-        /// The signing key (ota-signing.key from `outpost ota keygen`).
-        #[arg(long)]
-        key: PathBuf,
-        /// Device types (profile names) that may install it (repeatable).
-        #[arg(long = "compatible", required = true)]
-        compatible: Vec<String>,
-        #[arg(long, default_value = "file")]
-        payload_type: String,
-    },
+    Upload(ota_cli::Upload),
     /// The stored artifacts.
     List {
         #[arg(long)]
@@ -189,38 +175,7 @@ enum OtaCmd {
 enum RolloutCmd {
     /// Roll an artifact out to devices (by name or labels), in phases.
     #[command(disable_version_flag = true)]
-    Create {
-        name: String,
-        /// The artifact's name and version.
-        #[arg(long)]
-        artifact: String,
-        #[arg(long)]
-        version: String,
-        /// Target devices by name (repeatable)...
-        #[arg(long = "device")]
-        devices: Vec<String>,
-        /// ...or those carrying all these labels (repeatable)...
-        #[arg(long = "label")]
-        labels: Vec<String>,
-        /// ...or the members of a group (`outpost device group add`).
-        #[arg(long)]
-        group: Option<String>,
-        /// Maintenance window, daily in UTC, e.g. --window 22:00-04:00: devices start the
-        /// update only inside it.
-        #[arg(long)]
-        window: Option<String>,
-        /// Cumulative percentages, e.g. --phases 1,10,100.
-        #[arg(long, value_delimiter = ',')]
-        phases: Vec<f64>,
-        #[arg(long)]
-        success_percent: Option<f64>,
-        #[arg(long)]
-        failure_count: Option<u32>,
-        #[arg(long)]
-        failure_percent: Option<f64>,
-        #[arg(long)]
-        min_sample: Option<u32>,
-    },
+    Create(ota_cli::NewRollout),
     /// Phases and per-state counts of one rollout, or of all.
     Status {
         name: Option<String>,
@@ -803,60 +758,10 @@ async fn client(
             json,
         } => cli::command(&c, &device, &command, &settings, push, json).await,
         Command::Export(ExportCmd::Status { json }) => cloud_cli::export_status(&c, json).await,
-        Command::Ota(OtaCmd::Upload {
-            file,
-            name,
-            version,
-            key,
-            compatible,
-            payload_type,
-        }) => {
-            ota_cli::upload(
-                &c,
-                ota_cli::Upload {
-                    file,
-                    name,
-                    version,
-                    key,
-                    compatible,
-                    payload_type,
-                },
-            )
-            .await
-        }
+        Command::Ota(OtaCmd::Upload(u)) => ota_cli::upload(&c, u).await,
         Command::Ota(OtaCmd::List { json }) => ota_cli::list(&c, json).await,
-        Command::Ota(OtaCmd::Rollout(RolloutCmd::Create {
-            name,
-            artifact,
-            version,
-            devices,
-            labels,
-            group,
-            window,
-            phases,
-            success_percent,
-            failure_count,
-            failure_percent,
-            min_sample,
-        })) => {
-            ota_cli::rollout_create(
-                &c,
-                ota_cli::NewRollout {
-                    name,
-                    artifact,
-                    version,
-                    devices,
-                    labels,
-                    group,
-                    window,
-                    phases,
-                    success_percent,
-                    failure_count,
-                    failure_percent,
-                    min_sample,
-                },
-            )
-            .await
+        Command::Ota(OtaCmd::Rollout(RolloutCmd::Create(r))) => {
+            ota_cli::rollout_create(&c, r).await
         }
         Command::Ota(OtaCmd::Rollout(RolloutCmd::Status { name, json })) => {
             ota_cli::rollout_status(&c, name.as_deref(), json).await

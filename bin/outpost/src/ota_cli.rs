@@ -75,12 +75,21 @@ async fn digest(path: &Path) -> anyhow::Result<(String, u64)> {
     Ok((hex::encode(ctx.finish().as_ref()), size))
 }
 
+/// `outpost ota upload`.
+#[derive(clap::Args)]
 pub struct Upload {
     pub file: PathBuf,
+    #[arg(long)]
     pub name: String,
+    #[arg(long)]
     pub version: String,
+    /// The signing key (ota-signing.key from `outpost ota keygen`).
+    #[arg(long)]
     pub key: PathBuf,
+    /// Device types (profile names) that may install it (repeatable).
+    #[arg(long = "compatible", required = true)]
     pub compatible: Vec<String>,
+    #[arg(long, default_value = "file")]
     pub payload_type: String,
 }
 
@@ -234,18 +243,38 @@ pub async fn list(c: &Client, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `outpost ota rollout create`.
+#[derive(clap::Args)]
 pub struct NewRollout {
     pub name: String,
+    /// The artifact's name and version.
+    #[arg(long)]
     pub artifact: String,
+    #[arg(long)]
     pub version: String,
+    /// Target devices by name (repeatable)...
+    #[arg(long = "device")]
     pub devices: Vec<String>,
+    /// ...or those carrying all these labels (repeatable)...
+    #[arg(long = "label")]
     pub labels: Vec<String>,
+    /// ...or the members of a group (`outpost device group add`).
+    #[arg(long)]
     pub group: Option<String>,
+    /// Maintenance window, daily in UTC, e.g. --window 22:00-04:00: devices start the
+    /// update only inside it.
+    #[arg(long)]
     pub window: Option<String>,
+    /// Cumulative percentages, e.g. --phases 1,10,100.
+    #[arg(long, value_delimiter = ',')]
     pub phases: Vec<f64>,
+    #[arg(long)]
     pub success_percent: Option<f64>,
+    #[arg(long)]
     pub failure_count: Option<u32>,
+    #[arg(long)]
     pub failure_percent: Option<f64>,
+    #[arg(long)]
     pub min_sample: Option<u32>,
 }
 

@@ -17,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod limit;
 pub mod ratelog;
 pub mod registry;
 pub mod request_id;

@@ -11,8 +11,19 @@
 //! - Clients on loopback may connect anonymously when `allow_anonymous_loopback` is set;
 //!   they may not publish on device topics.
 //!
+//!
 //! Failed attempts are counted and logged at a limited rate; the reason given to the
 //! client is the MQTT "bad user name or password" / "not authorized" code, nothing more.
+//! Guessing is throttled: after `auth_failure_burst` failed logins of one device from one
+//! address (ten times as many from one address for any device), further attempts are
+//! refused with "connection rate exceeded" before any credential is checked, until the
+//! bucket refills (one attempt per `auth_failure_refill_s`). A device keeps working from
+//! other addresses while someone guesses its secret from one.
+//!
+//! A client ID a device connected with is that device's ([`Claims`]): another device or an
+//! anonymous client asking for it is refused ("client identifier not valid"). Otherwise the
+//! broker would hand the newcomer the session — ending the device's connection and, with a
+//! persistent session, passing on its subscriptions and the commands queued for it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,6 +37,7 @@ use mqtt5::packet::connect::ConnectPacket;
 use mqtt5::protocol::v5::reason_codes::ReasonCode;
 use outpost_contracts::topics::device::{DeviceTopics, is_device_topic};
 use outpost_kit::client::Metadata;
+use outpost_kit::limit::Limiter;
 use outpost_kit::ratelog::RateLimitedLog;
 
 /// User IDs of devices carry this prefix, so no device name can pass for the internal user.
@@ -38,6 +50,52 @@ pub struct NodeAuth {
     failures_metric: String,
     log: RateLimitedLog,
     devices: Option<DeviceAuth>,
+    /// Failed logins by device and address.
+    failed_by_device: Limiter,
+    /// Failed logins by address.
+    failed_by_addr: Limiter,
+    claims: Mutex<Claims>,
+}
+
+/// Client IDs devices connected with, and whose they are; the most recently used 100,000
+/// are kept.
+pub struct Claims {
+    owner: HashMap<String, (String, u64)>,
+    seq: u64,
+    max: usize,
+}
+
+impl Default for Claims {
+    fn default() -> Self {
+        Self {
+            owner: HashMap::new(),
+            seq: 0,
+            max: 100_000,
+        }
+    }
+}
+
+impl Claims {
+    /// Whether `client_id` may be used by `device` (`None`: an anonymous client).
+    fn allows(&self, client_id: &str, device: Option<&str>) -> bool {
+        self.owner
+            .get(client_id)
+            .is_none_or(|(o, _)| Some(o.as_str()) == device)
+    }
+
+    fn claim(&mut self, client_id: &str, device: &str) {
+        self.seq += 1;
+        if self.owner.len() >= self.max && !self.owner.contains_key(client_id) {
+            // The least recently used tenth goes.
+            let mut seqs: Vec<u64> = self.owner.values().map(|(_, s)| *s).collect();
+            let cut = seqs.len() / 10;
+            let (_, oldest, _) = seqs.select_nth_unstable(cut);
+            let oldest = *oldest;
+            self.owner.retain(|_, (_, s)| *s > oldest);
+        }
+        self.owner
+            .insert(client_id.to_string(), (device.to_string(), self.seq));
+    }
 }
 
 /// What a CONNECT is, before any credential store is asked.
@@ -65,7 +123,45 @@ impl NodeAuth {
             failures_metric,
             log: RateLimitedLog::default(),
             devices: None,
+            failed_by_device: Limiter::new(0.1, 5.0),
+            failed_by_addr: Limiter::new(1.0, 50.0),
+            claims: Mutex::default(),
         }
+    }
+
+    /// After `burst` failed logins of one device from one address, one more attempt per
+    /// `refill` (from one address, for any device: ten times as many).
+    pub fn with_failure_limits(mut self, burst: u32, refill: Duration) -> Self {
+        let rate = 1.0 / refill.as_secs_f64().max(0.001);
+        self.failed_by_device = Limiter::new(rate, f64::from(burst));
+        self.failed_by_addr = Limiter::new(rate * 10.0, f64::from(burst) * 10.0);
+        self
+    }
+
+    fn claims(&self) -> std::sync::MutexGuard<'_, Claims> {
+        self.claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts a failed login of `device` (if known) from `addr`.
+    fn failed(&self, device: Option<&str>, addr: SocketAddr) {
+        let ip = addr.ip().to_canonical();
+        let _ = self.failed_by_addr.take(&ip.to_string());
+        if let Some(d) = device {
+            let _ = self.failed_by_device.take(&format!("{d}\u{0}{ip}"));
+        }
+    }
+
+    /// Whether logins of `device` (if known) from `addr` are held back after failures.
+    fn throttled(&self, device: Option<&str>, addr: SocketAddr) -> bool {
+        let ip = addr.ip().to_canonical();
+        self.failed_by_addr.check(&ip.to_string()).is_err()
+            || device.is_some_and(|d| {
+                self.failed_by_device
+                    .check(&format!("{d}\u{0}{ip}"))
+                    .is_err()
+            })
     }
 
     /// Lets devices connect with the credentials core-metadata keeps.
@@ -347,6 +443,14 @@ impl AuthProvider for NodeAuth {
                 !connect.clean_start
             };
             let user = connect.username.as_deref().unwrap_or("");
+            if connect.password.is_some() && self.throttled(None, client_addr) {
+                return Ok(self.refuse(
+                    ReasonCode::ConnectionRateExceeded,
+                    client_addr,
+                    &connect.client_id,
+                    user,
+                ));
+            }
             let decision = self.decide(&Connect {
                 username: connect.username.as_deref(),
                 password: connect.password.as_deref(),
@@ -356,8 +460,27 @@ impl AuthProvider for NodeAuth {
             });
             Ok(match decision {
                 Ok(Decision::Internal(user)) => AuthResult::success_with_user(user),
-                Ok(Decision::Anonymous) => AuthResult::success(),
+                Ok(Decision::Anonymous) => {
+                    if self.claims().allows(&connect.client_id, None) {
+                        AuthResult::success()
+                    } else {
+                        self.refuse(
+                            ReasonCode::ClientIdentifierNotValid,
+                            client_addr,
+                            &connect.client_id,
+                            user,
+                        )
+                    }
+                }
                 Ok(Decision::Device { name, secret }) => {
+                    if self.throttled(Some(&name), client_addr) {
+                        return Ok(self.refuse(
+                            ReasonCode::ConnectionRateExceeded,
+                            client_addr,
+                            &connect.client_id,
+                            user,
+                        ));
+                    }
                     let Some(devices) = &self.devices else {
                         return Ok(self.refuse(
                             ReasonCode::BadUsernameOrPassword,
@@ -368,18 +491,34 @@ impl AuthProvider for NodeAuth {
                     };
                     match devices.verify(&name, &secret).await {
                         Verdict::Granted(_) => {
+                            {
+                                let mut claims = self.claims();
+                                if !claims.allows(&connect.client_id, Some(&name)) {
+                                    drop(claims);
+                                    return Ok(self.refuse(
+                                        ReasonCode::ClientIdentifierNotValid,
+                                        client_addr,
+                                        &connect.client_id,
+                                        user,
+                                    ));
+                                }
+                                claims.claim(&connect.client_id, &name);
+                            }
                             tracing::debug!(device = name, peer = %client_addr, "device connected");
                             AuthResult::success_with_user(format!(
                                 "{DEVICE_USER_PREFIX}{name}:{}",
                                 fingerprint(&secret)
                             ))
                         }
-                        Verdict::Refused => self.refuse(
-                            ReasonCode::BadUsernameOrPassword,
-                            client_addr,
-                            &connect.client_id,
-                            user,
-                        ),
+                        Verdict::Refused => {
+                            self.failed(Some(&name), client_addr);
+                            self.refuse(
+                                ReasonCode::BadUsernameOrPassword,
+                                client_addr,
+                                &connect.client_id,
+                                user,
+                            )
+                        }
                         Verdict::Unknown(why) => {
                             tracing::warn!(
                                 device = name,
@@ -395,7 +534,12 @@ impl AuthProvider for NodeAuth {
                         }
                     }
                 }
-                Err(code) => self.refuse(code, client_addr, &connect.client_id, user),
+                Err(code) => {
+                    if code == ReasonCode::BadUsernameOrPassword {
+                        self.failed(None, client_addr);
+                    }
+                    self.refuse(code, client_addr, &connect.client_id, user)
+                }
             })
         })
     }
@@ -451,6 +595,49 @@ mod tests {
 
     fn auth() -> NodeAuth {
         NodeAuth::new("outpost".into(), "s3cret".into(), true, "m".into())
+    }
+
+    #[test]
+    fn client_ids_belong_to_the_device_that_used_them() {
+        let mut c = Claims::default();
+        assert!(c.allows("p1", None) && c.allows("p1", Some("press-1")));
+        c.claim("p1", "press-1");
+        assert!(c.allows("p1", Some("press-1")));
+        assert!(!c.allows("p1", Some("press-2")));
+        assert!(!c.allows("p1", None), "nor an anonymous client");
+        assert!(c.allows("p2", Some("press-2")));
+        // Bounded: the least recently used go first.
+        let mut c = Claims {
+            max: 20,
+            ..Claims::default()
+        };
+        for i in 0..100 {
+            c.claim(&format!("id-{i}"), "press-1");
+            c.claim("kept", "press-9");
+        }
+        assert!(c.owner.len() <= 20, "{}", c.owner.len());
+        assert!(!c.allows("kept", Some("press-1")));
+        assert!(!c.allows("id-99", Some("press-2")));
+    }
+
+    #[test]
+    fn guessing_is_throttled_per_device_and_address() {
+        let a = auth().with_failure_limits(2, Duration::from_secs(3600));
+        let x: SocketAddr = "10.0.0.1:1000".parse().unwrap();
+        let y: SocketAddr = "10.0.0.2:1000".parse().unwrap();
+        assert!(!a.throttled(Some("press-1"), x));
+        a.failed(Some("press-1"), x);
+        assert!(!a.throttled(Some("press-1"), x));
+        a.failed(Some("press-1"), x);
+        assert!(a.throttled(Some("press-1"), x));
+        assert!(!a.throttled(Some("press-1"), y), "other addresses");
+        assert!(!a.throttled(Some("press-2"), x), "other devices");
+        for _ in 0..20 {
+            a.failed(None, x);
+        }
+        assert!(a.throttled(Some("press-2"), x), "one address, any device");
+        assert!(a.throttled(None, x));
+        assert!(!a.throttled(None, y));
     }
 
     #[test]

@@ -44,6 +44,11 @@ pub struct Config {
     /// How long a device's verified credential and topics are trusted before metadata is
     /// asked again (so a removed or rotated secret stops working within this time).
     pub device_auth_cache_s: u64,
+    /// Failed logins of one device from one address before further attempts are refused
+    /// unchecked (from one address for any device: ten times as many).
+    pub auth_failure_burst: u32,
+    /// Seconds until one more attempt is allowed after that.
+    pub auth_failure_refill_s: u64,
 }
 
 impl Default for Config {
@@ -63,6 +68,8 @@ impl Default for Config {
             max_retained_messages: 10_000,
             device_auth: true,
             device_auth_cache_s: 10,
+            auth_failure_burst: 5,
+            auth_failure_refill_s: 10,
         }
     }
 }
@@ -88,6 +95,11 @@ impl Validate for Config {
             self.max_queued_messages_per_client >= 1,
             "broker",
             "max_queued_messages_per_client must be at least 1",
+        );
+        p.check(
+            self.auth_failure_burst >= 1 && self.auth_failure_refill_s >= 1,
+            "broker",
+            "auth_failure_burst and auth_failure_refill_s must be at least 1",
         );
         p.check(
             self.device_auth_cache_s <= 3600,

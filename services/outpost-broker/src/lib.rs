@@ -54,6 +54,10 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
         token,
         cfg.allow_anonymous_loopback,
         ctx.metric("auth_failures_total"),
+    )
+    .with_failure_limits(
+        cfg.auth_failure_burst,
+        Duration::from_secs(cfg.auth_failure_refill_s),
     );
     if cfg.device_auth {
         let client = ServiceClient::new(ctx.registry.clone(), Duration::from_secs(3));

@@ -1,7 +1,7 @@
 //! The access log: one JSON line per request, written to its own file off the request path.
 //!
 //! Each event loop formats its lines into a buffer of its own and hands it to a shared
-//! buffer once it holds [`LOCAL_AT`] bytes, every second (the loop's housekeeping tick) and
+//! buffer once it holds `LOCAL_AT` bytes, every second (the loop's housekeeping tick) and
 //! when the loop stops; a writer thread moves the shared buffer to the file every
 //! `FLUSH_EVERY`, or at once when it passes `FLUSH_AT` bytes, and rotates the file by size.
 //! That keeps per-request cost to a formatted line, with no lock or memory shared between

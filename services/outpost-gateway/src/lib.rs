@@ -5,7 +5,7 @@
 //! - [`auth`], [`token`], [`users`]: who may call what; JWTs, API keys, refresh tokens.
 //! - [`proxy`], [`upstream`], [`pool`], [`cache`]: routing by registry, balancing, retries,
 //!   upstream connections per event loop, caching.
-//! - [`limit`]: rate limits per client identity and route.
+//! - [`limit`] (outpost-kit's): rate limits per client identity and route.
 //! - [`access`]: the access log, buffered off the request path.
 //! - [`openapi`]: the API documents served under `/api/v3/openapi`.
 //! - [`routes`]: the gateway's own API (login, users, keys, overview, CA, static files).
@@ -19,7 +19,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod conn;
-pub mod limit;
+pub use outpost_kit::limit;
 pub mod openapi;
 pub mod pool;
 pub mod proxy;

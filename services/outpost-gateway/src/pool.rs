@@ -1,8 +1,8 @@
 //! Upstream connections: each event loop keeps its own HTTP/1.1 keep-alive connections per
 //! instance address and drives them on its own runtime, so a proxied request never hands
 //! off to another thread. A connection is lent to one request at a time and comes back
-//! once its response has been read; idle ones are closed after [`IDLE_TICKS`] housekeeping
-//! ticks (one a second), at most [`MAX_IDLE`] are kept per instance.
+//! once its response has been read; idle ones are closed after `IDLE_TICKS` housekeeping
+//! ticks (one a second), at most `MAX_IDLE` are kept per instance.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -91,7 +91,7 @@ fn take(authority: &str) -> Option<SendRequest<Body>> {
     })
 }
 
-/// Closes connections idle for longer than [`IDLE_TICKS`] and forgets closed ones; called
+/// Closes connections idle for longer than `IDLE_TICKS` and forgets closed ones; called
 /// once a second by each event loop.
 pub fn sweep() {
     let tick = TICK.get() + 1;

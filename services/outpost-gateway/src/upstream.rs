@@ -5,7 +5,7 @@
 //!
 //! The request path shares as little memory between event loops as nginx's workers do:
 //! each loop builds its own copy of the routing table per registry view, the retry budget's
-//! request count is handed over every [`COUNT_BATCH`] requests, an instance's outstanding
+//! request count is handed over every `COUNT_BATCH` requests, an instance's outstanding
 //! count is kept only where there is a choice to make, and its ejection mark is read
 //! without a lock. Memory that two cores write in turn costs a cache transfer per access.
 

@@ -1,6 +1,7 @@
-//! Token buckets keyed by client identity (and route), answering how long to wait when
-//! empty. Memory is bounded: when the table grows past its bound, buckets that have refilled
-//! completely (clients that went quiet) are dropped, since a new bucket starts full anyway.
+//! Token buckets keyed by client identity (the gateway's per client and route, login and
+//! MQTT credential failures), answering how long to wait when empty. Memory is bounded: when
+//! the table grows past its bound, buckets that have refilled completely (clients that went
+//! quiet) are dropped, since a new bucket starts full anyway.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
