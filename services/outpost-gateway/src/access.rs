@@ -48,6 +48,52 @@ pub struct Line<'a> {
     pub cache: &'a str,
 }
 
+impl Line<'_> {
+    /// Appends the line as JSON and a newline: the same document `serde_json` makes of
+    /// it, written field by field without the serializer's indirections.
+    pub fn encode(&self, buf: &mut Vec<u8>) {
+        let mut n = itoa::Buffer::new();
+        buf.extend_from_slice(b"{\"time\":");
+        json_str(buf, self.time.as_str());
+        for (key, value) in [
+            (&b",\"requestId\":"[..], self.request_id),
+            (b",\"peer\":", self.peer),
+            (b",\"method\":", self.method),
+            (b",\"path\":", self.path),
+            (b",\"version\":", self.version),
+        ] {
+            buf.extend_from_slice(key);
+            json_str(buf, value);
+        }
+        buf.extend_from_slice(b",\"status\":");
+        buf.extend_from_slice(n.format(self.status).as_bytes());
+        buf.extend_from_slice(b",\"elapsedUs\":");
+        buf.extend_from_slice(n.format(self.elapsed_us).as_bytes());
+        for (key, value) in [
+            (&b",\"identity\":"[..], self.identity),
+            (b",\"route\":", self.route),
+            (b",\"upstream\":", self.upstream),
+            (b",\"cache\":", self.cache),
+        ] {
+            buf.extend_from_slice(key);
+            json_str(buf, value);
+        }
+        buf.extend_from_slice(b"}\n");
+    }
+}
+
+/// `s` as a JSON string: copied as is when nothing in it needs escaping (the usual case),
+/// else escaped by `serde_json`.
+fn json_str(buf: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+    } else if serde_json::to_writer(&mut *buf, s).is_err() {
+        buf.extend_from_slice(b"\"\"");
+    }
+}
+
 /// A time as RFC 3339 with milliseconds (`2026-11-22T05:20:20.123Z`), formatted on the
 /// stack.
 #[derive(Debug, Clone, Copy)]
@@ -195,9 +241,7 @@ impl AccessLog {
                     l.hand_over();
                     l.to = Some(Arc::clone(s));
                 }
-                if serde_json::to_writer(&mut l.buf, line).is_ok() {
-                    l.buf.push(b'\n');
-                }
+                line.encode(&mut l.buf);
                 if l.buf.len() >= LOCAL_AT {
                     l.hand_over();
                 }
@@ -398,6 +442,40 @@ mod tests {
             upstream: "core-data",
             cache: "-",
         });
+    }
+
+    #[test]
+    fn lines_are_the_json_serde_makes() {
+        for odd in [
+            "plain",
+            "",
+            "quote \" and backslash \\",
+            "control \u{1} \n \t",
+            "unicode é ✓ \u{7f}",
+        ] {
+            let line = Line {
+                time: Line::now(),
+                request_id: odd,
+                peer: "[::1]:5000",
+                method: "GET",
+                path: odd,
+                version: "HTTP/2",
+                status: 503,
+                elapsed_us: u64::MAX,
+                identity: odd,
+                route: "core-data",
+                upstream: "-",
+                cache: odd,
+            };
+            let mut ours = Vec::new();
+            line.encode(&mut ours);
+            let mut serde = serde_json::to_vec(&line).unwrap();
+            serde.push(b'\n');
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                String::from_utf8(serde).unwrap()
+            );
+        }
     }
 
     #[test]

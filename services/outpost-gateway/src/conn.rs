@@ -188,24 +188,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
     }
 }
 
+impl<S> Guarded<S> {
+    /// A response is going out: what is read next starts a new request head.
+    fn responding(&mut self) {
+        if self.active {
+            self.idle_since = Instant::now();
+            if matches!(self.phase, Phase::Past) {
+                self.phase = Phase::Head {
+                    started: None,
+                    tail: [0; 3],
+                };
+            }
+        }
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        if this.active {
-            // A response is going out: what is read next starts a new request head.
-            this.idle_since = Instant::now();
-            if matches!(this.phase, Phase::Past) {
-                this.phase = Phase::Head {
-                    started: None,
-                    tail: [0; 3],
-                };
-            }
-        }
-        Pin::new(&mut this.inner).poll_write(cx, data)
+        self.responding();
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    // Passed through, so hyper hands head and body over as they are instead of first
+    // copying them into one buffer.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.responding();
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
