@@ -94,6 +94,28 @@ fn publish_as(node: &Node, login: &[&str], topic: &str, msg: &[u8]) -> std::proc
     child.wait_with_output().expect("mosquitto_pub")
 }
 
+/// mosquitto_pub as `device` (client ID `<device>-held`) that stays connected and publishes
+/// each line written to its stdin as telemetry.
+fn held_publisher(node: &Node, device: &str, secret: &str) -> std::process::Child {
+    mosquitto_pub_v5(node)
+        .args([
+            "-u",
+            device,
+            "-P",
+            secret,
+            "-i",
+            &format!("{device}-held"),
+            "-t",
+            &format!("incoming/data/{device}"),
+            "-l",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_pub")
+}
+
 fn text(o: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -484,23 +506,7 @@ async fn mqtt_devices_with_their_own_credentials() {
     );
 
     // A rotated secret ends what an open connection made with the old one may do.
-    let mut held = mosquitto_pub_v5(&node)
-        .args([
-            "-u",
-            "press-1",
-            "-P",
-            &s1,
-            "-i",
-            "press-1-held",
-            "-t",
-            "incoming/data/press-1",
-            "-l",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto_pub");
+    let mut held = held_publisher(&node, "press-1", &s1);
     let mut held_in = held.stdin.take().expect("stdin");
     writeln!(held_in, "{{\"Cycles\": 46}}").expect("write");
     wait_value(&node, "press-1", "Cycles", "46").await;
@@ -544,23 +550,7 @@ async fn mqtt_devices_with_their_own_credentials() {
     // A client ID is its device's: another device, even with its own valid credentials,
     // or an anonymous client asking for it is refused, and the device's connection goes on
     // (the broker would otherwise end it and hand its session over).
-    let mut held2 = mosquitto_pub_v5(&node)
-        .args([
-            "-u",
-            "press-2",
-            "-P",
-            s2,
-            "-i",
-            "press-2-held",
-            "-t",
-            "incoming/data/press-2",
-            "-l",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto_pub");
+    let mut held2 = held_publisher(&node, "press-2", s2);
     let mut held2_in = held2.stdin.take().expect("stdin");
     writeln!(held2_in, "{{\"Cycles\": 60}}").expect("write");
     wait_value(&node, "press-2", "Cycles", "60").await;
@@ -634,7 +624,52 @@ async fn mqtt_devices_with_their_own_credentials() {
     assert!(o.status.success(), "{}", text(&o));
     wait_value(&node, "press-2", "Cycles", "64").await;
 
-    // A removed secret locks the device out (after the broker's cache time).
+    // A removed secret locks the device out (after the broker's cache time), and a
+    // subscription it made gets nothing more: commands for it no longer reach it.
+    let seen = node.data_dir().join("press-3-commands.txt");
+    let mut sub = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &node.ports.mqtt.to_string(),
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-u",
+            "press-3",
+            "-P",
+            s3,
+            "-i",
+            "press-3-cmd",
+            "-t",
+            "command/press-3/#",
+            "-v",
+        ])
+        .stdout(std::fs::File::create(&seen).expect("capture file"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub");
+    let command = |id: &str| {
+        publish_as(
+            &node,
+            &[],
+            &format!("command/press-3/Setpoint/get/{id}"),
+            b"{}",
+        )
+    };
+    let received = |id: &str| {
+        std::fs::read_to_string(&seen)
+            .unwrap_or_default()
+            .contains(id)
+    };
+    eventually("press-3 receives its commands", WAIT, || async {
+        command("before");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        received("get/before")
+    })
+    .await;
     let (ok, _, err) = node.cli(&["device", "secret", "press-3", "--remove"]);
     assert!(ok, "{err}");
     eventually("press-3 locked out", WAIT, || async {
@@ -643,4 +678,13 @@ async fn mqtt_devices_with_their_own_credentials() {
             .success()
     })
     .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(command("after").status.success());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = sub.kill();
+    let _ = sub.wait();
+    assert!(
+        !received("get/after"),
+        "a command reached the device after its secret was removed"
+    );
 }

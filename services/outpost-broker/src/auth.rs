@@ -7,7 +7,10 @@
 //!   its own telemetry and command replies and subscribe only below its own command topic
 //!   ([`DeviceTopics`]), so it can never speak for another device. A verified credential
 //!   is trusted for `device_auth_cache_s`, then checked again on the device's next
-//!   publish: a removed secret or device stops working within that time.
+//!   publish: a removed secret or device stops working within that time. The broker also
+//!   follows core-metadata's device events, and drops connections made with a secret that is
+//!   no longer the device's from routing, with their subscriptions, at once
+//!   ([`NodeAuth::revoked`]): commands meant for the device no longer reach them.
 //! - Clients on loopback may connect anonymously when `allow_anonymous_loopback` is set;
 //!   they may not publish on device topics.
 //!
@@ -60,7 +63,8 @@ pub struct NodeAuth {
 /// Client IDs devices connected with, and whose they are; the most recently used 100,000
 /// are kept.
 pub struct Claims {
-    owner: HashMap<String, (String, u64)>,
+    /// Client ID → (device, fingerprint of the secret it connected with, last use).
+    owner: HashMap<String, (String, String, u64)>,
     seq: u64,
     max: usize,
 }
@@ -80,21 +84,33 @@ impl Claims {
     fn allows(&self, client_id: &str, device: Option<&str>) -> bool {
         self.owner
             .get(client_id)
-            .is_none_or(|(o, _)| Some(o.as_str()) == device)
+            .is_none_or(|(o, _, _)| Some(o.as_str()) == device)
     }
 
-    fn claim(&mut self, client_id: &str, device: &str) {
+    fn claim(&mut self, client_id: &str, device: &str, fingerprint: &str) {
         self.seq += 1;
         if self.owner.len() >= self.max && !self.owner.contains_key(client_id) {
             // The least recently used tenth goes.
-            let mut seqs: Vec<u64> = self.owner.values().map(|(_, s)| *s).collect();
+            let mut seqs: Vec<u64> = self.owner.values().map(|(_, _, s)| *s).collect();
             let cut = seqs.len() / 10;
             let (_, oldest, _) = seqs.select_nth_unstable(cut);
             let oldest = *oldest;
-            self.owner.retain(|_, (_, s)| *s > oldest);
+            self.owner.retain(|_, (_, _, s)| *s > oldest);
         }
+        self.owner.insert(
+            client_id.to_string(),
+            (device.to_string(), fingerprint.to_string(), self.seq),
+        );
+    }
+
+    /// The client IDs `device` connected with using a secret other than the one with
+    /// fingerprint `valid` (any secret when `None`).
+    fn stale(&self, device: &str, valid: Option<&str>) -> Vec<String> {
         self.owner
-            .insert(client_id.to_string(), (device.to_string(), self.seq));
+            .iter()
+            .filter(|(_, (d, fp, _))| d == device && Some(fp.as_str()) != valid)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 }
 
@@ -142,6 +158,32 @@ impl NodeAuth {
         self.claims
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// After core-metadata changed or removed `device`: the client IDs whose connections
+    /// may no longer receive anything, because the secret they connected with is no longer
+    /// the device's (or the device is gone). Asks core-metadata again about the secret last
+    /// seen; while it cannot be asked, nothing is cut off (publishing is still checked).
+    pub async fn revoked(&self, device: &str, deleted: bool) -> Vec<String> {
+        let Some(devices) = &self.devices else {
+            return Vec::new();
+        };
+        let valid = if deleted {
+            devices.grants().remove(device);
+            None
+        } else {
+            let Some(grant) = devices.grants().get(device).cloned() else {
+                // Not seen since the broker started: no connection of it to cut off.
+                return self.claims().stale(device, None);
+            };
+            devices.expire(device);
+            match devices.verify(device, &grant.secret).await {
+                Verdict::Granted(_) => Some(grant.fingerprint),
+                Verdict::Refused => None,
+                Verdict::Unknown(_) => return Vec::new(),
+            }
+        };
+        self.claims().stale(device, valid.as_deref())
     }
 
     /// Counts a failed login of `device` (if known) from `addr`.
@@ -367,6 +409,15 @@ impl DeviceAuth {
         }
     }
 
+    /// Makes the next check of `name`'s credential ask core-metadata.
+    fn expire(&self, name: &str) {
+        if let Some(g) = self.grants().get_mut(name) {
+            g.checked = Instant::now()
+                .checked_sub(self.cache_for)
+                .unwrap_or(g.checked);
+        }
+    }
+
     /// The topics of the connection whose user ID is `user`, checked again once the cache
     /// time has passed; `None` when its secret is no longer the device's.
     async fn topics(&self, user: &str) -> Option<DeviceTopics> {
@@ -502,7 +553,7 @@ impl AuthProvider for NodeAuth {
                                         user,
                                     ));
                                 }
-                                claims.claim(&connect.client_id, &name);
+                                claims.claim(&connect.client_id, &name, &fingerprint(&secret));
                             }
                             tracing::debug!(device = name, peer = %client_addr, "device connected");
                             AuthResult::success_with_user(format!(
@@ -601,19 +652,26 @@ mod tests {
     fn client_ids_belong_to_the_device_that_used_them() {
         let mut c = Claims::default();
         assert!(c.allows("p1", None) && c.allows("p1", Some("press-1")));
-        c.claim("p1", "press-1");
+        c.claim("p1", "press-1", "fp-a");
         assert!(c.allows("p1", Some("press-1")));
         assert!(!c.allows("p1", Some("press-2")));
         assert!(!c.allows("p1", None), "nor an anonymous client");
         assert!(c.allows("p2", Some("press-2")));
+        // Connections made with a secret that is no longer the device's.
+        c.claim("p1-b", "press-1", "fp-b");
+        c.claim("p3", "press-3", "fp-a");
+        assert_eq!(c.stale("press-1", Some("fp-b")), ["p1"]);
+        let mut all = c.stale("press-1", None);
+        all.sort();
+        assert_eq!(all, ["p1", "p1-b"]);
         // Bounded: the least recently used go first.
         let mut c = Claims {
             max: 20,
             ..Claims::default()
         };
         for i in 0..100 {
-            c.claim(&format!("id-{i}"), "press-1");
-            c.claim("kept", "press-9");
+            c.claim(&format!("id-{i}"), "press-1", "fp");
+            c.claim("kept", "press-9", "fp");
         }
         assert!(c.owner.len() <= 20, "{}", c.owner.len());
         assert!(!c.allows("kept", Some("press-1")));

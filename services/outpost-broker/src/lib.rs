@@ -67,10 +67,12 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
             &ctx.common.bus.base_topic,
         );
     }
+    let auth = Arc::new(auth);
     let mut broker = MqttBroker::with_config(bc)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the MQTT broker on {}: {e}", cfg.listen))?
-        .with_auth_provider(Arc::new(auth));
+        .with_auth_provider(Arc::clone(&auth) as Arc<dyn mqtt5::broker::auth::AuthProvider>);
+    let router = broker.router();
     let stop = broker.shutdown_handle();
     let stats = broker.stats();
     tracing::info!(listen = %cfg.listen, "MQTT broker listening");
@@ -87,6 +89,11 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
             r
         })
     };
+
+    if cfg.device_auth {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { follow_devices(ctx, auth, router).await });
+    }
 
     let exporter = {
         let ctx = ctx.clone();
@@ -132,4 +139,60 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
     }
     served?;
     Ok(())
+}
+
+/// Follows core-metadata's device events: when a device's secret changed or was removed,
+/// or the device was deleted, connections made with a secret that is no longer its own are
+/// dropped from routing with their subscriptions, so they receive nothing more (publishing
+/// is refused by the credential check already).
+async fn follow_devices(
+    ctx: Context,
+    auth: Arc<auth::NodeAuth>,
+    router: Arc<mqtt5::broker::router::MessageRouter>,
+) {
+    use outpost_contracts::system_event::{ACTION_DELETE, SystemEvent, TYPE_DEVICE};
+    let opts = outpost_bus::Options::plain(format!("outpost-{SERVICE}-{}", ctx.service_id()));
+    let Ok(bus) =
+        outpost_bus::Bus::connect(&ctx.common.bus, &ctx.data_dir, SERVICE, opts, &ctx.shutdown)
+            .await
+    else {
+        return;
+    };
+    let filter = format!("{}/system-events/core-metadata/#", bus.base_topic());
+    let mut rx = match bus.subscribe(&filter).await {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot follow device changes; connections made with a removed secret keep their subscriptions");
+            return;
+        }
+    };
+    loop {
+        let d = tokio::select! {
+            () = ctx.shutdown.wait() => return,
+            d = rx.recv() => match d {
+                Some(d) => d,
+                None => return,
+            },
+        };
+        let Some(env) = bus.decode::<SystemEvent>(&d) else {
+            continue;
+        };
+        let ev = env.payload;
+        if ev.kind != TYPE_DEVICE {
+            continue;
+        }
+        let Some(name) = ev.object_name() else {
+            continue;
+        };
+        for client_id in auth.revoked(name, ev.action == ACTION_DELETE).await {
+            if router.is_connected(&client_id).await {
+                tracing::info!(
+                    device = name,
+                    client_id,
+                    "device credential no longer valid; its connection gets nothing more"
+                );
+            }
+            router.unregister_client(&client_id).await;
+        }
+    }
 }
