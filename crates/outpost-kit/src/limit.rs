@@ -75,6 +75,21 @@ impl Limiter {
         }
     }
 
+    /// Returns a token taken from `key`'s bucket (up to the burst): for callers that take
+    /// one before they know whether it should count.
+    pub fn give_back(&self, key: &str) {
+        if self.rate == 0.0 {
+            return;
+        }
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(b) = buckets.get_mut(key) {
+            b.tokens = (b.tokens + 1.0).min(self.burst);
+        }
+    }
+
     /// Only looks: whether `key` has a token now (the login limiter spends tokens on
     /// failures only).
     pub fn check(&self, key: &str) -> Result<(), Duration> {

@@ -18,13 +18,17 @@
 //! Failed attempts are counted and logged at a limited rate; the reason given to the
 //! client is the MQTT "bad user name or password" / "not authorized" code, nothing more.
 //! Guessing is throttled: after `auth_failure_burst` failed logins of one device from one
-//! address (ten times as many from one address for any device), further attempts are
-//! refused with "connection rate exceeded" before any credential is checked, until the
-//! bucket refills (one attempt per `auth_failure_refill_s`). A device keeps working from
-//! other addresses while someone guesses its secret from one.
+//! address (ten times as many from one address for any device; an IPv6 address counts by
+//! its /64), further attempts are refused with "connection rate exceeded" before any
+//! credential is checked, until the bucket refills (one attempt per
+//! `auth_failure_refill_s`). An attempt is counted before the check, so parallel attempts
+//! cannot slip through, and given back when it succeeds. A device keeps working from other
+//! addresses while someone guesses its secret from one; the node's own services are never
+//! held back.
 //!
-//! A client ID a device connected with is that device's ([`Claims`]): another device or an
-//! anonymous client asking for it is refused ("client identifier not valid"). Otherwise the
+//! A client ID a device connected with is that device's while the device exists
+//! ([`Claims`]; up to 256 bytes, its 16 most recent): another device or an anonymous client
+//! asking for it is refused ("client identifier not valid"). Otherwise the
 //! broker would hand the newcomer the session — ending the device's connection and, with a
 //! persistent session, passing on its subscriptions and the commands queued for it.
 
@@ -60,42 +64,57 @@ pub struct NodeAuth {
     claims: Mutex<Claims>,
 }
 
-/// Client IDs devices connected with, and whose they are; the most recently used 100,000
-/// are kept.
+/// Client IDs devices connected with, and whose they are. Each device keeps its
+/// [`Claims::PER_DEVICE`] most recently used, so what one device does never evicts another's,
+/// and memory is bounded by the devices core-metadata knows (a deleted device's claims go
+/// with it).
+#[derive(Default)]
 pub struct Claims {
     /// Client ID → (device, fingerprint of the secret it connected with, last use).
     owner: HashMap<String, (String, String, u64)>,
+    /// Device → its client IDs.
+    by_device: HashMap<String, Vec<String>>,
     seq: u64,
-    max: usize,
-}
-
-impl Default for Claims {
-    fn default() -> Self {
-        Self {
-            owner: HashMap::new(),
-            seq: 0,
-            max: 100_000,
-        }
-    }
 }
 
 impl Claims {
-    /// Whether `client_id` may be used by `device` (`None`: an anonymous client).
-    fn allows(&self, client_id: &str, device: Option<&str>) -> bool {
+    const PER_DEVICE: usize = 16;
+
+    /// The device holding `client_id`, if another than `device` (`None`: an anonymous
+    /// client).
+    fn holder(&self, client_id: &str, device: Option<&str>) -> Option<&str> {
         self.owner
             .get(client_id)
-            .is_none_or(|(o, _, _)| Some(o.as_str()) == device)
+            .map(|(o, _, _)| o.as_str())
+            .filter(|o| Some(*o) != device)
     }
 
     fn claim(&mut self, client_id: &str, device: &str, fingerprint: &str) {
         self.seq += 1;
-        if self.owner.len() >= self.max && !self.owner.contains_key(client_id) {
-            // The least recently used tenth goes.
-            let mut seqs: Vec<u64> = self.owner.values().map(|(_, _, s)| *s).collect();
-            let cut = seqs.len() / 10;
-            let (_, oldest, _) = seqs.select_nth_unstable(cut);
-            let oldest = *oldest;
-            self.owner.retain(|_, (_, _, s)| *s > oldest);
+        if let Some((previous, _, _)) = self.owner.get(client_id)
+            && previous != device
+        {
+            // Taken over from a device that no longer exists (checked by the caller).
+            let previous = previous.clone();
+            if let Some(ids) = self.by_device.get_mut(&previous) {
+                ids.retain(|i| i != client_id);
+            }
+        }
+        let ids = self.by_device.entry(device.to_string()).or_default();
+        if !ids.iter().any(|i| i == client_id) {
+            if ids.len() >= Self::PER_DEVICE {
+                // This device's least recently used ID goes.
+                let owner = &self.owner;
+                if let Some((pos, _)) = ids
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, i)| owner.get(*i).map_or(0, |(_, _, s)| *s))
+                {
+                    let gone = ids.swap_remove(pos);
+                    self.owner.remove(&gone);
+                }
+            }
+            ids.push(client_id.to_string());
         }
         self.owner.insert(
             client_id.to_string(),
@@ -103,14 +122,32 @@ impl Claims {
         );
     }
 
-    /// The client IDs `device` connected with using a secret other than the one with
-    /// fingerprint `valid` (any secret when `None`).
-    fn stale(&self, device: &str, valid: Option<&str>) -> Vec<String> {
-        self.owner
-            .iter()
-            .filter(|(_, (d, fp, _))| d == device && Some(fp.as_str()) != valid)
-            .map(|(id, _)| id.clone())
+    /// The client IDs `device` connected with using the secret with fingerprint
+    /// `refused` (any secret when `None`).
+    fn made_with(&self, device: &str, refused: Option<&str>) -> Vec<(String, String)> {
+        self.by_device
+            .get(device)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| {
+                let (_, fp, _) = self.owner.get(id)?;
+                refused
+                    .is_none_or(|r| r == fp)
+                    .then(|| (id.clone(), fp.clone()))
+            })
             .collect()
+    }
+
+    /// The fingerprint `client_id` last connected with.
+    pub fn fingerprint(&self, client_id: &str) -> Option<&str> {
+        self.owner.get(client_id).map(|(_, fp, _)| fp.as_str())
+    }
+
+    /// Forgets `device`'s claims (it was deleted).
+    fn release(&mut self, device: &str) {
+        for id in self.by_device.remove(device).unwrap_or_default() {
+            self.owner.remove(&id);
+        }
     }
 }
 
@@ -160,50 +197,111 @@ impl NodeAuth {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// After core-metadata changed or removed `device`: the client IDs whose connections
-    /// may no longer receive anything, because the secret they connected with is no longer
-    /// the device's (or the device is gone). Asks core-metadata again about the secret last
-    /// seen; while it cannot be asked, nothing is cut off (publishing is still checked).
-    pub async fn revoked(&self, device: &str, deleted: bool) -> Vec<String> {
+    /// After core-metadata changed or removed `device`: the client IDs (with the
+    /// fingerprint they connected with) whose connections may no longer receive anything,
+    /// because the secret they connected with is no longer the device's, or the device is
+    /// gone. The secret last seen is checked with core-metadata again; while it cannot be
+    /// asked, nothing is cut off (publishing is still checked). The caller cuts a client ID
+    /// off only if it still carries that fingerprint ([`NodeAuth::still_made_with`]): the
+    /// device may have reconnected with its new secret meanwhile.
+    pub async fn revoked(&self, device: &str, deleted: bool) -> Vec<(String, String)> {
         let Some(devices) = &self.devices else {
             return Vec::new();
         };
-        let valid = if deleted {
+        if deleted {
             devices.grants().remove(device);
-            None
-        } else {
-            let Some(grant) = devices.grants().get(device).cloned() else {
-                // Not seen since the broker started: no connection of it to cut off.
-                return self.claims().stale(device, None);
-            };
-            devices.expire(device);
-            match devices.verify(device, &grant.secret).await {
-                Verdict::Granted(_) => Some(grant.fingerprint),
-                Verdict::Refused => None,
-                Verdict::Unknown(_) => return Vec::new(),
-            }
+            let cut = self.claims().made_with(device, None);
+            self.claims().release(device);
+            return cut;
+        }
+        let Some(grant) = devices.grants().get(device).cloned() else {
+            // No connection of it since the broker started, or its credential was refused
+            // already (connections made with it are cut off then too).
+            return Vec::new();
         };
-        self.claims().stale(device, valid.as_deref())
-    }
-
-    /// Counts a failed login of `device` (if known) from `addr`.
-    fn failed(&self, device: Option<&str>, addr: SocketAddr) {
-        let ip = addr.ip().to_canonical();
-        let _ = self.failed_by_addr.take(&ip.to_string());
-        if let Some(d) = device {
-            let _ = self.failed_by_device.take(&format!("{d}\u{0}{ip}"));
+        devices.expire(device);
+        match devices.verify(device, &grant.secret).await {
+            Verdict::Refused => self.claims().made_with(device, Some(&grant.fingerprint)),
+            Verdict::Granted(_) | Verdict::Unknown(_) => Vec::new(),
         }
     }
 
-    /// Whether logins of `device` (if known) from `addr` are held back after failures.
-    fn throttled(&self, device: Option<&str>, addr: SocketAddr) -> bool {
-        let ip = addr.ip().to_canonical();
-        self.failed_by_addr.check(&ip.to_string()).is_err()
-            || device.is_some_and(|d| {
-                self.failed_by_device
-                    .check(&format!("{d}\u{0}{ip}"))
-                    .is_err()
-            })
+    /// Whether `client_id`'s last connection was made with the secret `fingerprint` names.
+    pub fn still_made_with(&self, client_id: &str, fingerprint: &str) -> bool {
+        self.claims().fingerprint(client_id) == Some(fingerprint)
+    }
+
+    /// Spends an attempt of `device` from `addr` before its credential is checked (so
+    /// parallel attempts cannot all pass), or refuses it while the buckets are empty; a
+    /// login that succeeds gets its attempt back ([`NodeAuth::succeeded`]).
+    fn attempt(&self, device: &str, addr: SocketAddr) -> bool {
+        let (by_device, by_addr) = attempt_keys(device, addr);
+        if self.failed_by_addr.check(&by_addr).is_err()
+            || self.failed_by_device.take(&by_device).is_err()
+        {
+            return false;
+        }
+        let _ = self.failed_by_addr.take(&by_addr);
+        true
+    }
+
+    fn succeeded(&self, device: &str, addr: SocketAddr) {
+        let (by_device, by_addr) = attempt_keys(device, addr);
+        self.failed_by_device.give_back(&by_device);
+        self.failed_by_addr.give_back(&by_addr);
+    }
+
+    /// A device's CONNECT: throttled after failures, its secret checked with
+    /// core-metadata, its client ID its own.
+    async fn authenticate_device(
+        &self,
+        name: &str,
+        secret: &str,
+        client_id: &str,
+        addr: SocketAddr,
+    ) -> Result<AuthResult, ReasonCode> {
+        let Some(devices) = &self.devices else {
+            return Err(ReasonCode::BadUsernameOrPassword);
+        };
+        if client_id.len() > MAX_DEVICE_CLIENT_ID {
+            return Err(ReasonCode::ClientIdentifierNotValid);
+        }
+        if !self.attempt(name, addr) {
+            return Err(ReasonCode::ConnectionRateExceeded);
+        }
+        match devices.verify(name, secret).await {
+            Verdict::Granted(_) => self.succeeded(name, addr),
+            Verdict::Refused => return Err(ReasonCode::BadUsernameOrPassword),
+            Verdict::Unknown(why) => {
+                // Not the client's failure.
+                self.succeeded(name, addr);
+                tracing::warn!(
+                    device = name,
+                    error = why,
+                    "cannot check a device credential"
+                );
+                return Err(ReasonCode::ServerUnavailable);
+            }
+        }
+        let holder = self
+            .claims()
+            .holder(client_id, Some(name))
+            .map(str::to_string);
+        if let Some(holder) = holder {
+            // Another device's, unless that device is gone (deleted while the broker was
+            // away, or renamed).
+            match devices.metadata.device(&holder).await {
+                Ok(None) => {}
+                Ok(Some(_)) => return Err(ReasonCode::ClientIdentifierNotValid),
+                Err(_) => return Err(ReasonCode::ServerUnavailable),
+            }
+        }
+        let fp = fingerprint(secret);
+        self.claims().claim(client_id, name, &fp);
+        tracing::debug!(device = name, peer = %addr, "device connected");
+        Ok(AuthResult::success_with_user(format!(
+            "{DEVICE_USER_PREFIX}{name}:{fp}"
+        )))
     }
 
     /// Lets devices connect with the credentials core-metadata keeps.
@@ -302,6 +400,22 @@ struct DeviceAuth {
     grants: Mutex<HashMap<String, Grant>>,
 }
 
+/// Where attempts are counted: the device from the address, and the address. An IPv6
+/// client is counted by its /64 (one host usually has all of it).
+fn attempt_keys(device: &str, addr: SocketAddr) -> (String, String) {
+    let by_addr = match addr.ip().to_canonical() {
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        v4 => v4.to_string(),
+    };
+    (format!("{device}\u{0}{by_addr}"), by_addr)
+}
+
+/// The longest client ID a device may use (the broker remembers whose each one is).
+const MAX_DEVICE_CLIENT_ID: usize = 256;
+
 /// The service whose devices may use the broker.
 const MQTT_SERVICE: &str = "device-mqtt";
 
@@ -388,9 +502,14 @@ impl DeviceAuth {
                 Verdict::Granted(topics)
             }
             Ok(None) => {
-                // Forget a credential that no longer works (rotated or removed).
-                if cached.is_some() {
-                    self.grants().remove(name);
+                // Forget a credential that no longer works (rotated or removed), unless a
+                // newer one was checked meanwhile.
+                let mut grants = self.grants();
+                if grants
+                    .get(name)
+                    .is_some_and(|g| constant_time_eq(g.secret.as_bytes(), secret.as_bytes()))
+                {
+                    grants.remove(name);
                 }
                 Verdict::Refused
             }
@@ -494,14 +613,6 @@ impl AuthProvider for NodeAuth {
                 !connect.clean_start
             };
             let user = connect.username.as_deref().unwrap_or("");
-            if connect.password.is_some() && self.throttled(None, client_addr) {
-                return Ok(self.refuse(
-                    ReasonCode::ConnectionRateExceeded,
-                    client_addr,
-                    &connect.client_id,
-                    user,
-                ));
-            }
             let decision = self.decide(&Connect {
                 username: connect.username.as_deref(),
                 password: connect.password.as_deref(),
@@ -509,87 +620,28 @@ impl AuthProvider for NodeAuth {
                 persistent,
                 addr: client_addr,
             });
+            let refuse = |code| self.refuse(code, client_addr, &connect.client_id, user);
             Ok(match decision {
                 Ok(Decision::Internal(user)) => AuthResult::success_with_user(user),
                 Ok(Decision::Anonymous) => {
-                    if self.claims().allows(&connect.client_id, None) {
+                    if self.claims().holder(&connect.client_id, None).is_none() {
                         AuthResult::success()
                     } else {
-                        self.refuse(
-                            ReasonCode::ClientIdentifierNotValid,
-                            client_addr,
-                            &connect.client_id,
-                            user,
-                        )
+                        refuse(ReasonCode::ClientIdentifierNotValid)
                     }
                 }
-                Ok(Decision::Device { name, secret }) => {
-                    if self.throttled(Some(&name), client_addr) {
-                        return Ok(self.refuse(
-                            ReasonCode::ConnectionRateExceeded,
-                            client_addr,
-                            &connect.client_id,
-                            user,
-                        ));
-                    }
-                    let Some(devices) = &self.devices else {
-                        return Ok(self.refuse(
-                            ReasonCode::BadUsernameOrPassword,
-                            client_addr,
-                            &connect.client_id,
-                            user,
-                        ));
-                    };
-                    match devices.verify(&name, &secret).await {
-                        Verdict::Granted(_) => {
-                            {
-                                let mut claims = self.claims();
-                                if !claims.allows(&connect.client_id, Some(&name)) {
-                                    drop(claims);
-                                    return Ok(self.refuse(
-                                        ReasonCode::ClientIdentifierNotValid,
-                                        client_addr,
-                                        &connect.client_id,
-                                        user,
-                                    ));
-                                }
-                                claims.claim(&connect.client_id, &name, &fingerprint(&secret));
-                            }
-                            tracing::debug!(device = name, peer = %client_addr, "device connected");
-                            AuthResult::success_with_user(format!(
-                                "{DEVICE_USER_PREFIX}{name}:{}",
-                                fingerprint(&secret)
-                            ))
-                        }
-                        Verdict::Refused => {
-                            self.failed(Some(&name), client_addr);
-                            self.refuse(
-                                ReasonCode::BadUsernameOrPassword,
-                                client_addr,
-                                &connect.client_id,
-                                user,
-                            )
-                        }
-                        Verdict::Unknown(why) => {
-                            tracing::warn!(
-                                device = name,
-                                error = why,
-                                "cannot check a device credential"
-                            );
-                            self.refuse(
-                                ReasonCode::ServerUnavailable,
-                                client_addr,
-                                &connect.client_id,
-                                user,
-                            )
-                        }
-                    }
-                }
+                Ok(Decision::Device { name, secret }) => self
+                    .authenticate_device(&name, &secret, &connect.client_id, client_addr)
+                    .await
+                    .unwrap_or_else(refuse),
                 Err(code) => {
                     if code == ReasonCode::BadUsernameOrPassword {
-                        self.failed(None, client_addr);
+                        // Counted by address only: the node's own services, which may
+                        // share it, are never held back.
+                        let (_, by_addr) = attempt_keys("", client_addr);
+                        let _ = self.failed_by_addr.take(&by_addr);
                     }
-                    self.refuse(code, client_addr, &connect.client_id, user)
+                    refuse(code)
                 }
             })
         })
@@ -651,31 +703,37 @@ mod tests {
     #[test]
     fn client_ids_belong_to_the_device_that_used_them() {
         let mut c = Claims::default();
-        assert!(c.allows("p1", None) && c.allows("p1", Some("press-1")));
+        assert_eq!(c.holder("p1", None), None);
         c.claim("p1", "press-1", "fp-a");
-        assert!(c.allows("p1", Some("press-1")));
-        assert!(!c.allows("p1", Some("press-2")));
-        assert!(!c.allows("p1", None), "nor an anonymous client");
-        assert!(c.allows("p2", Some("press-2")));
+        assert_eq!(c.holder("p1", Some("press-1")), None);
+        assert_eq!(c.holder("p1", Some("press-2")), Some("press-1"));
+        assert_eq!(
+            c.holder("p1", None),
+            Some("press-1"),
+            "nor an anonymous client"
+        );
+        assert_eq!(c.holder("p2", Some("press-2")), None);
         // Connections made with a secret that is no longer the device's.
         c.claim("p1-b", "press-1", "fp-b");
         c.claim("p3", "press-3", "fp-a");
-        assert_eq!(c.stale("press-1", Some("fp-b")), ["p1"]);
-        let mut all = c.stale("press-1", None);
-        all.sort();
-        assert_eq!(all, ["p1", "p1-b"]);
-        // Bounded: the least recently used go first.
-        let mut c = Claims {
-            max: 20,
-            ..Claims::default()
-        };
+        assert_eq!(
+            c.made_with("press-1", Some("fp-a")),
+            [("p1".to_string(), "fp-a".to_string())]
+        );
+        assert_eq!(c.made_with("press-1", None).len(), 2);
+        assert_eq!(c.fingerprint("p1-b"), Some("fp-b"));
+        // Taken over from a device that is gone; a deleted device's claims go with it.
+        c.claim("p3", "press-4", "fp-c");
+        assert!(c.made_with("press-3", None).is_empty());
+        c.release("press-1");
+        assert_eq!(c.holder("p1", Some("press-2")), None);
+        // Bounded per device: one device's IDs never push out another's.
         for i in 0..100 {
-            c.claim(&format!("id-{i}"), "press-1", "fp");
-            c.claim("kept", "press-9", "fp");
+            c.claim(&format!("id-{i}"), "press-5", "fp");
         }
-        assert!(c.owner.len() <= 20, "{}", c.owner.len());
-        assert!(!c.allows("kept", Some("press-1")));
-        assert!(!c.allows("id-99", Some("press-2")));
+        assert_eq!(c.made_with("press-5", None).len(), Claims::PER_DEVICE);
+        assert_eq!(c.holder("id-99", Some("press-6")), Some("press-5"));
+        assert_eq!(c.holder("p3", Some("press-6")), Some("press-4"));
     }
 
     #[test]
@@ -683,19 +741,28 @@ mod tests {
         let a = auth().with_failure_limits(2, Duration::from_secs(3600));
         let x: SocketAddr = "10.0.0.1:1000".parse().unwrap();
         let y: SocketAddr = "10.0.0.2:1000".parse().unwrap();
-        assert!(!a.throttled(Some("press-1"), x));
-        a.failed(Some("press-1"), x);
-        assert!(!a.throttled(Some("press-1"), x));
-        a.failed(Some("press-1"), x);
-        assert!(a.throttled(Some("press-1"), x));
-        assert!(!a.throttled(Some("press-1"), y), "other addresses");
-        assert!(!a.throttled(Some("press-2"), x), "other devices");
-        for _ in 0..20 {
-            a.failed(None, x);
+        // Two failed attempts (nothing given back), then no more from there.
+        assert!(a.attempt("press-1", x));
+        assert!(a.attempt("press-1", x));
+        assert!(!a.attempt("press-1", x));
+        assert!(a.attempt("press-1", y), "other addresses");
+        // Logins that succeed never run the bucket dry.
+        for _ in 0..10 {
+            assert!(a.attempt("press-2", x));
+            a.succeeded("press-2", x);
         }
-        assert!(a.throttled(Some("press-2"), x), "one address, any device");
-        assert!(a.throttled(None, x));
-        assert!(!a.throttled(None, y));
+        // IPv6 clients count by their /64.
+        let v6 = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(a.attempt("press-3", v6("[2001:db8::1]:1")));
+        assert!(a.attempt("press-3", v6("[2001:db8::2]:1")));
+        assert!(!a.attempt("press-3", v6("[2001:db8::3]:1")));
+        assert!(a.attempt("press-3", v6("[2001:db8:0:1::1]:1")));
+        // One address, any device: ten times the burst.
+        let z: SocketAddr = "10.0.0.3:1000".parse().unwrap();
+        for i in 0..20 {
+            assert!(a.attempt(&format!("d{i}"), z));
+        }
+        assert!(!a.attempt("press-9", z));
     }
 
     #[test]

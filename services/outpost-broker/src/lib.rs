@@ -152,11 +152,22 @@ async fn follow_devices(
 ) {
     use outpost_contracts::system_event::{ACTION_DELETE, SystemEvent, TYPE_DEVICE};
     let opts = outpost_bus::Options::plain(format!("outpost-{SERVICE}-{}", ctx.service_id()));
-    let Ok(bus) =
-        outpost_bus::Bus::connect(&ctx.common.bus, &ctx.data_dir, SERVICE, opts, &ctx.shutdown)
-            .await
-    else {
-        return;
+    let bus = match outpost_bus::Bus::connect(
+        &ctx.common.bus,
+        &ctx.data_dir,
+        SERVICE,
+        opts,
+        &ctx.shutdown,
+    )
+    .await
+    {
+        Ok(bus) => bus,
+        Err(e) => {
+            if !ctx.shutdown.is_triggered() {
+                tracing::error!(error = %e, "cannot follow device changes; connections made with a removed secret keep their subscriptions");
+            }
+            return;
+        }
     };
     let filter = format!("{}/system-events/core-metadata/#", bus.base_topic());
     let mut rx = match bus.subscribe(&filter).await {
@@ -171,7 +182,10 @@ async fn follow_devices(
             () = ctx.shutdown.wait() => return,
             d = rx.recv() => match d {
                 Some(d) => d,
-                None => return,
+                None => {
+                    tracing::error!("stopped following device changes: the subscription ended");
+                    return;
+                }
             },
         };
         let Some(env) = bus.decode::<SystemEvent>(&d) else {
@@ -184,7 +198,11 @@ async fn follow_devices(
         let Some(name) = ev.object_name() else {
             continue;
         };
-        for client_id in auth.revoked(name, ev.action == ACTION_DELETE).await {
+        for (client_id, fp) in auth.revoked(name, ev.action == ACTION_DELETE).await {
+            // Reconnected with a valid secret meanwhile: that connection stays.
+            if ev.action != ACTION_DELETE && !auth.still_made_with(&client_id, &fp) {
+                continue;
+            }
             if router.is_connected(&client_id).await {
                 tracing::info!(
                     device = name,
