@@ -65,7 +65,7 @@ pub struct NodeAuth {
 }
 
 /// Client IDs devices connected with, and whose they are. Each device keeps its
-/// [`Claims::PER_DEVICE`] most recently used, so what one device does never evicts another's,
+/// `PER_DEVICE` most recently used, so what one device does never evicts another's,
 /// and memory is bounded by the devices core-metadata knows (a deleted device's claims go
 /// with it).
 #[derive(Default)]
