@@ -1,32 +1,22 @@
 //! Per-device flood control: a token bucket per device, so a device that floods is slowed
 //! down (its excess messages are refused and counted) while every other device is served.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Instant;
+
+use outpost_kit::limit::Limiter;
 
 /// Token buckets keyed by device name.
 #[derive(Debug)]
 pub struct Throttle {
-    /// Messages per second each device may send on average; 0 turns throttling off.
-    rate: f64,
-    /// Messages a device may send in a burst above the rate.
-    burst: f64,
-    buckets: Mutex<HashMap<String, Bucket>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
+    buckets: Limiter,
 }
 
 impl Throttle {
+    /// `rate` messages per second on average and `burst` above it per device; a rate of 0
+    /// turns throttling off.
     pub fn new(rate: f64, burst: u32) -> Self {
         Self {
-            rate: rate.max(0.0),
-            burst: f64::from(burst.max(1)),
-            buckets: Mutex::default(),
+            buckets: Limiter::new(rate, f64::from(burst)),
         }
     }
 
@@ -36,34 +26,12 @@ impl Throttle {
     }
 
     fn admit_at(&self, device: &str, now: Instant) -> bool {
-        if self.rate == 0.0 {
-            return true;
-        }
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let b = buckets.entry(device.to_string()).or_insert(Bucket {
-            tokens: self.burst,
-            last: now,
-        });
-        let refill = now.saturating_duration_since(b.last).as_secs_f64() * self.rate;
-        b.tokens = (b.tokens + refill).min(self.burst);
-        b.last = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.buckets.take_at(device, now).is_ok()
     }
 
     /// Forgets a removed device.
     pub fn forget(&self, device: &str) {
-        self.buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(device);
+        self.buckets.forget(device);
     }
 }
 

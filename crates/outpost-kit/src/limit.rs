@@ -1,5 +1,5 @@
 //! Token buckets keyed by client identity (the gateway's per client and route, login and
-//! MQTT credential failures), answering how long to wait when empty. Memory is bounded: when
+//! MQTT credential failures, device-service flood control), answering how long to wait when empty. Memory is bounded: when
 //! the table grows past its bound, buckets that have refilled completely (clients that went
 //! quiet) are dropped, since a new bucket starts full anyway.
 
@@ -37,7 +37,8 @@ impl Limiter {
         self.take_at(key, Instant::now())
     }
 
-    fn take_at(&self, key: &str, now: Instant) -> Result<(), Duration> {
+    /// [`Limiter::take`] at `now`.
+    pub fn take_at(&self, key: &str, now: Instant) -> Result<(), Duration> {
         if self.rate == 0.0 {
             return Ok(());
         }
@@ -73,6 +74,14 @@ impl Limiter {
         } else {
             Err(Duration::from_secs_f64((1.0 - b.tokens) / self.rate))
         }
+    }
+
+    /// Forgets `key`'s bucket (a removed client starts afresh).
+    pub fn forget(&self, key: &str) {
+        self.buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
     }
 
     /// Returns a token taken from `key`'s bucket (up to the burst): for callers that take
