@@ -116,6 +116,11 @@ fn held_publisher(node: &Node, device: &str, secret: &str) -> std::process::Chil
         .expect("mosquitto_pub")
 }
 
+/// Asserts that mosquitto reported `why` (lower case) for a refusal.
+fn refused_with(o: &std::process::Output, why: &str) {
+    assert!(text(o).to_lowercase().contains(why), "{}", text(o));
+}
+
 fn text(o: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -293,13 +298,7 @@ async fn mqtt_devices_with_their_own_credentials() {
             b"{\"Cycles\": 1}",
         );
         assert!(!o.status.success(), "{user} got in: {}", text(&o));
-        assert!(
-            text(&o)
-                .to_lowercase()
-                .contains("bad user name or password"),
-            "{}",
-            text(&o)
-        );
+        refused_with(&o, "bad user name or password");
     }
     // No device can speak for another: not press-1 with its own credentials, not an
     // anonymous local client, not on another device's custom topic.
@@ -310,17 +309,9 @@ async fn mqtt_devices_with_their_own_credentials() {
         "incoming/data/press-2/status",
         b"{\"Cycles\": 999}",
     );
-    assert!(
-        text(&o).to_lowercase().contains("not authorized"),
-        "{}",
-        text(&o)
-    );
+    refused_with(&o, "not authorized");
     let o = publish(&node, "press-1", &s1, "plant/line1/press3", b"999");
-    assert!(
-        text(&o).to_lowercase().contains("not authorized"),
-        "{}",
-        text(&o)
-    );
+    refused_with(&o, "not authorized");
     let anon = mosquitto_pub_v5(&node)
         .args([
             "-t",
@@ -584,13 +575,7 @@ async fn mqtt_devices_with_their_own_credentials() {
             "incoming/data/press-2",
             b"{}",
         );
-        assert!(
-            text(&o)
-                .to_lowercase()
-                .contains("bad user name or password"),
-            "{}",
-            text(&o)
-        );
+        refused_with(&o, "bad user name or password");
     }
     let o = publish(
         &node,
@@ -599,11 +584,7 @@ async fn mqtt_devices_with_their_own_credentials() {
         "incoming/data/press-2",
         b"{\"Cycles\": 63}",
     );
-    assert!(
-        text(&o).to_lowercase().contains("connection rate exceeded"),
-        "{}",
-        text(&o)
-    );
+    refused_with(&o, "connection rate exceeded");
     let o = publish(
         &node,
         "press-1",

@@ -197,6 +197,36 @@ fn hex_encode(bytes: [u8; 32]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Connects as the node's own service `service` and subscribes to core-metadata's system
+/// events: what a service that keeps something derived from metadata (a response cache,
+/// credentials) follows. `None` when it cannot (logged, with `lost`: what goes without
+/// it), or when shutdown started meanwhile.
+pub async fn metadata_events(
+    ctx: &outpost_kit::Context,
+    service: &str,
+    lost: &str,
+) -> Option<(Bus, mpsc::UnboundedReceiver<Delivery>)> {
+    let opts = Options::plain(format!("outpost-{service}-{}", ctx.service_id()));
+    let bus = match Bus::connect(&ctx.common.bus, &ctx.data_dir, service, opts, &ctx.shutdown).await
+    {
+        Ok(bus) => bus,
+        Err(e) => {
+            if !ctx.shutdown.is_triggered() {
+                tracing::error!(error = %e, "cannot follow metadata changes; {lost}");
+            }
+            return None;
+        }
+    };
+    let filter = format!("{}/system-events/core-metadata/#", bus.base_topic());
+    match bus.subscribe(&filter).await {
+        Ok(rx) => Some((bus, rx)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot follow metadata changes; {lost}");
+            None
+        }
+    }
+}
+
 impl Bus {
     /// Connects, retrying with backoff until the broker answers or shutdown starts.
     ///

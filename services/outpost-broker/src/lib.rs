@@ -151,31 +151,14 @@ async fn follow_devices(
     router: Arc<mqtt5::broker::router::MessageRouter>,
 ) {
     use outpost_contracts::system_event::{ACTION_DELETE, SystemEvent, TYPE_DEVICE};
-    let opts = outpost_bus::Options::plain(format!("outpost-{SERVICE}-{}", ctx.service_id()));
-    let bus = match outpost_bus::Bus::connect(
-        &ctx.common.bus,
-        &ctx.data_dir,
+    let Some((bus, mut rx)) = outpost_bus::metadata_events(
+        &ctx,
         SERVICE,
-        opts,
-        &ctx.shutdown,
+        "connections made with a removed secret keep their subscriptions",
     )
     .await
-    {
-        Ok(bus) => bus,
-        Err(e) => {
-            if !ctx.shutdown.is_triggered() {
-                tracing::error!(error = %e, "cannot follow device changes; connections made with a removed secret keep their subscriptions");
-            }
-            return;
-        }
-    };
-    let filter = format!("{}/system-events/core-metadata/#", bus.base_topic());
-    let mut rx = match bus.subscribe(&filter).await {
-        Ok(rx) => rx,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot follow device changes; connections made with a removed secret keep their subscriptions");
-            return;
-        }
+    else {
+        return;
     };
     loop {
         let d = tokio::select! {

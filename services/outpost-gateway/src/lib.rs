@@ -739,20 +739,10 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
 }
 
 async fn follow_metadata(ctx: Context, app: Arc<App>) {
-    let opts = outpost_bus::Options::plain(format!("outpost-{SERVICE}-{}", ctx.service_id()));
-    let Ok(bus) =
-        outpost_bus::Bus::connect(&ctx.common.bus, &ctx.data_dir, SERVICE, opts, &ctx.shutdown)
-            .await
+    let Some((_bus, mut rx)) =
+        outpost_bus::metadata_events(&ctx, SERVICE, "cached responses expire by TTL only").await
     else {
         return;
-    };
-    let filter = format!("{}/system-events/core-metadata/#", bus.base_topic());
-    let mut rx = match bus.subscribe(&filter).await {
-        Ok(rx) => rx,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot follow metadata changes; cached responses expire by TTL only");
-            return;
-        }
     };
     loop {
         tokio::select! {
