@@ -21,8 +21,9 @@
 //! address (ten times as many from one address for any device; an IPv6 address counts by
 //! its /64), further attempts are refused with "connection rate exceeded" before any
 //! credential is checked, until the bucket refills (one attempt per
-//! `auth_failure_refill_s`). An attempt is counted before the check, so parallel attempts
-//! cannot slip through, and given back when it succeeds. A device keeps working from other
+//! `auth_failure_refill_s`). A device's attempt is counted before the check, so parallel
+//! guesses cannot slip through, and given back when it succeeds; the address's bucket
+//! counts failures only, so many devices behind one address may reconnect at once. A device keeps working from other
 //! addresses while someone guesses its secret from one; the node's own services are never
 //! held back.
 //!
@@ -232,23 +233,25 @@ impl NodeAuth {
     }
 
     /// Spends an attempt of `device` from `addr` before its credential is checked (so
-    /// parallel attempts cannot all pass), or refuses it while the buckets are empty; a
-    /// login that succeeds gets its attempt back ([`NodeAuth::succeeded`]).
+    /// parallel guesses at one device cannot all pass), or refuses it while that bucket or
+    /// the address's is empty; a login that succeeds gets its attempt back
+    /// ([`NodeAuth::succeeded`]), one that fails also counts against the address
+    /// ([`NodeAuth::failed`]). The address is only looked at here: a thousand devices
+    /// behind one address reconnecting at once must not use up its bucket.
     fn attempt(&self, device: &str, addr: SocketAddr) -> bool {
         let (by_device, by_addr) = attempt_keys(device, addr);
-        if self.failed_by_addr.check(&by_addr).is_err()
-            || self.failed_by_device.take(&by_device).is_err()
-        {
-            return false;
-        }
-        let _ = self.failed_by_addr.take(&by_addr);
-        true
+        self.failed_by_addr.check(&by_addr).is_ok()
+            && self.failed_by_device.take(&by_device).is_ok()
     }
 
     fn succeeded(&self, device: &str, addr: SocketAddr) {
-        let (by_device, by_addr) = attempt_keys(device, addr);
+        let (by_device, _) = attempt_keys(device, addr);
         self.failed_by_device.give_back(&by_device);
-        self.failed_by_addr.give_back(&by_addr);
+    }
+
+    fn failed(&self, addr: SocketAddr) {
+        let (_, by_addr) = attempt_keys("", addr);
+        let _ = self.failed_by_addr.take(&by_addr);
     }
 
     /// A device's CONNECT: throttled after failures, its secret checked with
@@ -271,7 +274,10 @@ impl NodeAuth {
         }
         match devices.verify(name, secret).await {
             Verdict::Granted(_) => self.succeeded(name, addr),
-            Verdict::Refused => return Err(ReasonCode::BadUsernameOrPassword),
+            Verdict::Refused => {
+                self.failed(addr);
+                return Err(ReasonCode::BadUsernameOrPassword);
+            }
             Verdict::Unknown(why) => {
                 // Not the client's failure.
                 self.succeeded(name, addr);
@@ -638,8 +644,7 @@ impl AuthProvider for NodeAuth {
                     if code == ReasonCode::BadUsernameOrPassword {
                         // Counted by address only: the node's own services, which may
                         // share it, are never held back.
-                        let (_, by_addr) = attempt_keys("", client_addr);
-                        let _ = self.failed_by_addr.take(&by_addr);
+                        self.failed(client_addr);
                     }
                     refuse(code)
                 }
@@ -757,10 +762,14 @@ mod tests {
         assert!(a.attempt("press-3", v6("[2001:db8::2]:1")));
         assert!(!a.attempt("press-3", v6("[2001:db8::3]:1")));
         assert!(a.attempt("press-3", v6("[2001:db8:0:1::1]:1")));
-        // One address, any device: ten times the burst.
+        // Many devices behind one address logging in at once are not held back...
         let z: SocketAddr = "10.0.0.3:1000".parse().unwrap();
-        for i in 0..20 {
+        for i in 0..1000 {
             assert!(a.attempt(&format!("d{i}"), z));
+        }
+        // ... but failures from one address, for any device, are: ten times the burst.
+        for _ in 0..20 {
+            a.failed(z);
         }
         assert!(!a.attempt("press-9", z));
     }
