@@ -51,7 +51,12 @@ async fn wait_value(node: &Node, device: &str, resource: &str, value: &str) {
 
 /// mosquitto_pub to the node's broker, MQTT 5 (so refusals are reported), QoS 1.
 fn mosquitto_pub_v5(node: &Node) -> Command {
-    let mut c = Command::new("mosquitto_pub");
+    mosquitto_v5(node, "mosquitto_pub")
+}
+
+/// A mosquitto client (`program`) for the node's broker, MQTT 5, QoS 1.
+fn mosquitto_v5(node: &Node, program: &str) -> Command {
+    let mut c = Command::new(program);
     c.args([
         "-h",
         "127.0.0.1",
@@ -327,15 +332,7 @@ async fn mqtt_devices_with_their_own_credentials() {
         text(&anon)
     );
     // Nor may it listen to another device's commands.
-    let sub = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &node.ports.mqtt.to_string(),
-            "-V",
-            "mqttv5",
-        ])
+    let sub = mosquitto_v5(&node, "mosquitto_sub")
         .args([
             "-u",
             "press-1",
@@ -608,16 +605,8 @@ async fn mqtt_devices_with_their_own_credentials() {
     // A removed secret locks the device out (after the broker's cache time), and a
     // subscription it made gets nothing more: commands for it no longer reach it.
     let seen = node.data_dir().join("press-3-commands.txt");
-    let mut sub = Command::new("mosquitto_sub")
+    let mut sub = mosquitto_v5(&node, "mosquitto_sub")
         .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &node.ports.mqtt.to_string(),
-            "-V",
-            "mqttv5",
-            "-q",
-            "1",
             "-u",
             "press-3",
             "-P",
