@@ -8,7 +8,8 @@
 #   bench/run.sh modbus       polled values/s through device-modbus against pymodbus, batching
 #                             on and off, vs pymodbus's own client on the same registers
 #   bench/run.sh mqtt-devices readings/s from 1,000 MQTT devices (own credentials) into
-#                             core-data vs mosquitto's raw rate for the same messages
+#                             core-data vs mosquitto's raw rate for the same messages, and
+#                             the CPU each process spent per reading
 #   bench/run.sh command      command round trip p50/p99 through core-command
 #   bench/run.sh gateway      requests/s and p50/p99 through the gateway (TLS + JWT) vs nginx
 #                             as a TLS reverse proxy to the same route, wrk as the client;

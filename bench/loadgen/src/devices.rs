@@ -12,6 +12,7 @@ use anyhow::{Context as _, bail};
 use mqtt5::{ConnectOptions, MqttClient, PublishOptions, QoS, SubscribeOptions};
 use serde_json::{Value, json};
 
+use super::gateway::cpu_ticks;
 use super::{Node, Proc, free_port, unix_nanos, wait_until};
 
 const PROFILE: &str = "BenchMeter";
@@ -198,6 +199,9 @@ pub async fn mqtt_devices(
     )
     .await?;
     let clients = connect_all(&murl, devices, false).await?;
+    let me = std::process::id();
+    let mosq_pid = _mosq.0.id().context("mosquitto exited")?;
+    let cpu_before = (cpu_ticks(&[mosq_pid]), cpu_ticks(&[me]));
     let (start, acked) = publish_all(&clients, per_device, readings, window, |i| {
         format!("incoming/data/{}", device(i))
     })
@@ -207,6 +211,16 @@ pub async fn mqtt_devices(
     })
     .await
     .with_context(|| format!("{} of {total_msgs} delivered", got.load(Ordering::Relaxed)))?;
+    let mosq_cpu = [
+        (
+            "mosquitto",
+            cpu_ticks(&[mosq_pid]).saturating_sub(cpu_before.0),
+        ),
+        (
+            "load generator",
+            cpu_ticks(&[me]).saturating_sub(cpu_before.1),
+        ),
+    ];
     let _ = std::fs::remove_file(&conf);
     let raw_secs = (last.load(Ordering::Relaxed) - start) as f64 / 1e9;
     let raw_rate = total_readings as f64 / raw_secs;
@@ -291,6 +305,9 @@ pub async fn mqtt_devices(
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base = count(&http, &count_url).await;
+    let services = node.services();
+    let node_before: Vec<u64> = services.iter().map(|(_, p)| cpu_ticks(&[*p])).collect();
+    let me_before = cpu_ticks(&[me]);
     let (start, acked) = publish_all(&clients, per_device, readings, window, |i| {
         format!("incoming/data/{}", device(i))
     })
@@ -307,6 +324,14 @@ pub async fn mqtt_devices(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
+    let mut node_cpu: Vec<(String, u64)> = services
+        .iter()
+        .zip(&node_before)
+        .map(|((name, pid), before)| (name.clone(), cpu_ticks(&[*pid]).saturating_sub(*before)))
+        .filter(|(_, t)| *t > 0)
+        .collect();
+    node_cpu.sort_by_key(|b| std::cmp::Reverse(b.1));
+    let gen_ticks = cpu_ticks(&[me]).saturating_sub(me_before);
     for c in clients {
         let _ = c.disconnect().await;
     }
@@ -319,11 +344,35 @@ pub async fn mqtt_devices(
         (pub_done - start) as f64 / 1e9
     );
     println!("ratio outpost/mosquitto: {ratio:.2}");
+    // CPU time per reading (clock ticks of 10 ms, from the first publish to the last
+    // reading delivered or persisted): where the two cores went in each run.
+    let per_reading = |ticks: u64| ticks as f64 * 10_000.0 / total_readings as f64;
+    let show = |parts: &[(String, u64)]| {
+        parts
+            .iter()
+            .map(|(n, t)| format!("{n} {:.2}", per_reading(*t)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mosq_parts: Vec<(String, u64)> =
+        mosq_cpu.iter().map(|(n, t)| (n.to_string(), *t)).collect();
+    let node_ticks: u64 = node_cpu.iter().map(|(_, t)| t).sum();
+    let mosq_ticks = mosq_cpu[0].1;
+    println!("CPU µs per reading, mosquitto run: {}", show(&mosq_parts));
+    println!(
+        "CPU µs per reading, outpost run: node {:.2} ({}), load generator {:.2}",
+        per_reading(node_ticks),
+        show(&node_cpu),
+        per_reading(gen_ticks)
+    );
     println!(
         "RESULT {}",
         json!({"bench": "mqtt-devices", "encoding": encoding, "devices": devices, "messages_per_device": per_device, "readings_per_message": readings,
                "mosquitto_readings_per_s": raw_rate.round(), "outpost_readings_per_s": rate.round(),
-               "ratio": (ratio * 100.0).round() / 100.0})
+               "ratio": (ratio * 100.0).round() / 100.0,
+               "cpu_us_per_reading": {"mosquitto": per_reading(mosq_ticks), "mosquitto_load_generator": per_reading(mosq_cpu[1].1),
+                   "node": per_reading(node_ticks), "node_load_generator": per_reading(gen_ticks),
+                   "services": node_cpu.iter().map(|(n, t)| (n.clone(), json!(per_reading(*t)))).collect::<serde_json::Map<_, _>>()}})
     );
     Ok(())
 }

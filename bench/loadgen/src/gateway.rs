@@ -310,12 +310,9 @@ pub async fn run(a: &GatewayArgs) -> anyhow::Result<()> {
     })
     .await?;
     let gateway_pid: Vec<u32> = node
-        .pids()
+        .services()
         .into_iter()
-        .filter(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline"))
-                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"gateway"))
-        })
+        .filter_map(|(name, pid)| (name == "gateway").then_some(pid))
         .collect();
     let nginx_pids = nginx.0.id().map(children).unwrap_or_default();
     if gateway_pid.is_empty() || nginx_pids.is_empty() {

@@ -5,6 +5,11 @@
 //! - `footprint`: time from start to every service registered and healthy, and the idle
 //!   memory of all `outpost up` processes.
 //! - `encoding`: bytes per reading on the bus, JSON against CBOR.
+//! - `store`: core-data's encrypted store alone: appends per second and CPU per reading.
+//! - `mqtt-devices` / `command`: readings from many MQTT devices into core-data against
+//!   mosquitto's raw rate, with the CPU each process spent per reading; the command round
+//!   trip ([`devices`]).
+//! - `gateway`: the gateway against nginx ([`gateway`]).
 //! - `modbus`: polled values per second through device-modbus against a pymodbus server,
 //!   batching on and off, against pymodbus's own client ([`modbus`]).
 //! - `queue` / `export`: the store-and-forward queue alone, and edge to cloud end to end
@@ -448,6 +453,27 @@ impl Node {
         pids
     }
 
+    /// Each process of the node by name (`up` for the supervisor, else the service name).
+    fn services(&self) -> Vec<(String, u32)> {
+        self.pids()
+            .into_iter()
+            .map(|pid| {
+                let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .unwrap_or_default()
+                    .replace('\0', " ");
+                let mut words = cmd
+                    .split_whitespace()
+                    .skip_while(|w| *w != "run" && *w != "up");
+                let name = match words.next() {
+                    Some("run") => words.next().unwrap_or("?").to_string(),
+                    Some(w) => w.to_string(),
+                    None => "?".to_string(),
+                };
+                (name, pid)
+            })
+            .collect()
+    }
+
     async fn stop(&mut self) {
         if let Some(p) = self.proc.take() {
             p.stop(Duration::from_secs(30)).await;
@@ -661,17 +687,13 @@ async fn footprint(outpost: &Path, runs: usize, idle_s: u64) -> anyhow::Result<(
     let mut rss = 0;
     let mut pss = 0;
     let mut per = Vec::new();
-    for pid in node.pids() {
+    for (name, pid) in node.services() {
         let (r, p) = memory_of(pid);
-        let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-            .unwrap_or_default()
-            .replace('\0', " ");
-        let name = cmd
-            .split_whitespace()
-            .skip_while(|w| *w != "run" && *w != "up")
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" ");
+        let name = if name == "up" {
+            name
+        } else {
+            format!("run {name}")
+        };
         per.push(format!("{name}: RSS {r} kB, PSS {p} kB"));
         rss += r;
         pss += p;
@@ -766,16 +788,20 @@ async fn store(
             nums,
         });
     }
+    let me = std::process::id();
+    let cpu_before = gateway::cpu_ticks(&[me]);
     let t = Instant::now();
     for chunk in all.chunks(batch) {
         st.append(chunk.to_vec().into()).await?;
     }
     let secs = t.elapsed().as_secs_f64();
+    let cpu = gateway::cpu_ticks(&[me]).saturating_sub(cpu_before);
     let total = events * readings as u64;
     println!(
-        "store: {events} events x {readings} readings in batches of {batch} (sync {sync}): {secs:.2}s, {:.0} readings/s, {:.1} ms per batch",
+        "store: {events} events x {readings} readings in batches of {batch} (sync {sync}): {secs:.2}s, {:.0} readings/s, {:.1} ms per batch, {:.2} µs CPU per reading",
         total as f64 / secs,
-        1000.0 * secs / (events as f64 / batch as f64)
+        1000.0 * secs / (events as f64 / batch as f64),
+        cpu as f64 * 10_000.0 / total as f64
     );
     Ok(())
 }
