@@ -16,15 +16,22 @@ use crate::support::{BIN, Node, eventually, free_port, now_nanos, run_cli, signa
 pub struct Cloud {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    settings: Vec<String>,
     child: Option<Child>,
 }
 
 impl Cloud {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// A cloud node with `settings` (`key=value`, as `--set` takes them).
+    pub async fn start_with(settings: &[&str]) -> Self {
         outpost_kit::http::install_tls_provider();
         let mut cloud = Self {
             dir: tempfile::tempdir().expect("tempdir"),
             port: free_port(),
+            settings: settings.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         cloud.launch().await;
@@ -45,6 +52,9 @@ impl Cloud {
             .arg(self.data_dir())
             .arg("--set")
             .arg(format!("cloud.port={}", self.port));
+        for s in &self.settings {
+            cmd.arg("--set").arg(s);
+        }
         cmd
     }
 
@@ -206,7 +216,10 @@ retry_max_ms = 500
 }
 
 pub(crate) fn event(device: &str, value: &str) -> Value {
-    let now = now_nanos();
+    event_at(device, value, now_nanos())
+}
+
+fn event_at(device: &str, value: &str, now: i64) -> Value {
     json!({
         "apiVersion": "v3",
         "event": {
@@ -593,6 +606,52 @@ retry_initial_ms = 50
     .await;
     let _ = receiver.kill();
     let _ = receiver.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cloud_keeps_only_what_its_retention_allows() {
+    // Data older than an hour goes; of the rest, at most 5 readings stay (the newest),
+    // removed 2 events per step.
+    let cloud = Cloud::start_with(&[
+        "cloud.retention.max_age_s=3600",
+        "cloud.retention.max_readings=5",
+        "cloud.retention.interval_s=1",
+        "cloud.retention.chunk_events=2",
+    ])
+    .await;
+    let identity = cloud.enroll("edge-r");
+    let node = Node::start(&export_config(&identity, "")).await;
+    let two_hours_ago = now_nanos() - 2 * 3600 * 1_000_000_000;
+    let r = node
+        .http
+        .post(ingest_url(&node, "m-r"))
+        .json(&event_at("m-r", "old", two_hours_ago))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 201);
+    for v in 0..8 {
+        let r = post_event(&node, "m-r", &v.to_string()).await;
+        assert_eq!(r.status().as_u16(), 201);
+    }
+    // Everything arrived (the cloud counts what it accepted), and retention left the five
+    // newest readings: nothing of age, nothing beyond the bound.
+    let newest: HashMap<String, u32> = (3..8).map(|v| (v.to_string(), 1)).collect();
+    eventually(
+        "all 9 events accepted and only the 5 newest readings kept",
+        Duration::from_secs(30),
+        || async {
+            let (_, e) = cloud.get("/edge/name/edge-r").await;
+            e["edge"]["received"] == 9 && cloud.values("edge-r", "m-r").await == newest
+        },
+    )
+    .await;
+    let (status, v) = cloud.get("/event/count/edge/edge-r").await;
+    assert_eq!((status, v["Count"].as_u64()), (200, Some(5)), "{v}");
+    // A pass later, the bound still holds and nothing more went.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(cloud.values("edge-r", "m-r").await, newest);
+    drop(node);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

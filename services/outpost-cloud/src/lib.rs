@@ -17,6 +17,12 @@
 //!
 //! Everything except ingest, ping, health, version and the CA certificate needs the cloud's
 //! admin token (`<data>/secrets/cloud-admin.token`) as a bearer token.
+//!
+//! Retention (`[cloud.retention]`): events older than `max_age_s` go with their readings,
+//! alerts too, and the oldest events go while more than `max_readings` readings are stored;
+//! a pass every `interval_s`, in transactions of `chunk_events` events. An edge that sends
+//! data older than `max_age_s` gets it acknowledged (so it is not sent again) and removed by
+//! the next pass.
 
 mod serve;
 pub mod store;
@@ -65,6 +71,36 @@ pub struct Config {
     pub max_batch_bytes: usize,
     /// Page cache of the cloud's database, KiB (a cloud node has more memory than an edge).
     pub cache_kib: u32,
+    /// How long data is kept, and how much.
+    pub retention: Retention,
+}
+
+/// `[cloud.retention]`: what the cloud node keeps. Events older than `max_age_s` (by their
+/// origin) go with their readings, and so do alerts; while more than `max_readings`
+/// readings are stored, the oldest events go. Removal runs in steps of `chunk_events`
+/// events, each its own transaction, so ingest is never held up for long.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// 0 keeps data of any age.
+    pub max_age_s: u64,
+    /// 0 sets no bound on the number of readings.
+    pub max_readings: u64,
+    /// Seconds between retention passes.
+    pub interval_s: u64,
+    /// Events removed per transaction.
+    pub chunk_events: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_age_s: 90 * 24 * 3600,
+            max_readings: 0,
+            interval_s: 60,
+            chunk_events: 1_000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -77,6 +113,7 @@ impl Default for Config {
             max_body_bytes: 16 * 1024 * 1024,
             max_batch_bytes: 64 * 1024 * 1024,
             cache_kib: 65536,
+            retention: Retention::default(),
         }
     }
 }
@@ -98,6 +135,11 @@ impl outpost_kit::config::Validate for Config {
             self.public_url.is_empty() || self.public_url.starts_with("https://"),
             "cloud",
             "public_url must be an https:// URL",
+        );
+        p.check(
+            self.retention.interval_s >= 1 && self.retention.chunk_events >= 1,
+            "cloud.retention",
+            "interval_s and chunk_events must be at least 1",
         );
     }
 }
@@ -212,8 +254,79 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
             }
         });
     }
+    let retention = tokio::spawn(retain(
+        app.store.clone(),
+        cfg.retention.clone(),
+        RetentionMetrics {
+            removed: ctx.metric("retention_removed_readings_total"),
+            stored: ctx.metric("readings_stored"),
+        },
+        ctx.shutdown.clone(),
+    ));
     serve::serve(listener, tls, router, ctx.shutdown.clone()).await;
+    retention.abort();
     Ok(())
+}
+
+struct RetentionMetrics {
+    removed: String,
+    stored: String,
+}
+
+/// Keeps the store within `[cloud.retention]`: a pass every `interval_s`, each step of it
+/// its own transaction.
+async fn retain(
+    store: Store,
+    cfg: Retention,
+    metrics: RetentionMetrics,
+    shutdown: outpost_kit::Shutdown,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(cfg.interval_s.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => return,
+            _ = tick.tick() => {}
+        }
+        let mut pass = store::Removed::default();
+        loop {
+            let cutoff = (cfg.max_age_s > 0).then(|| {
+                let age =
+                    i64::try_from(cfg.max_age_s.saturating_mul(1_000_000_000)).unwrap_or(i64::MAX);
+                outpost_contracts::now_nanos().saturating_sub(age)
+            });
+            match store
+                .remove_old(cutoff, cfg.max_readings, cfg.chunk_events)
+                .await
+            {
+                Ok(r) if r == store::Removed::default() => break,
+                Ok(r) => {
+                    pass.events += r.events;
+                    pass.readings += r.readings;
+                    pass.alerts += r.alerts;
+                    metrics::counter!(metrics.removed.clone()).increment(r.readings);
+                    if shutdown.is_triggered() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention step failed; the next pass retries");
+                    break;
+                }
+            }
+        }
+        if pass != store::Removed::default() {
+            tracing::info!(
+                events = pass.events,
+                readings = pass.readings,
+                alerts = pass.alerts,
+                "retention removed old data"
+            );
+        }
+        if let Ok(n) = store.reading_total().await {
+            metrics::gauge!(metrics.stored.clone()).set(n as f64);
+        }
+    }
 }
 
 pub fn router(app: Arc<App>) -> Router {

@@ -9,10 +9,11 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "edges, streams, events, readings, alerts",
-    sql: "CREATE TABLE edges (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "edges, streams, events, readings, alerts",
+        sql: "CREATE TABLE edges (
               name TEXT PRIMARY KEY,
               fingerprint TEXT NOT NULL UNIQUE,
               enrolled_ms INTEGER NOT NULL,
@@ -70,7 +71,20 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
               body TEXT NOT NULL,
               UNIQUE (edge, id)
           );",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "retention: indexes by age and by event, a running reading count",
+        sql: "CREATE INDEX events_origin ON events (origin);
+          CREATE INDEX readings_event ON readings (event);
+          CREATE INDEX alerts_origin ON alerts (origin);
+          CREATE TABLE totals (
+              id INTEGER PRIMARY KEY CHECK (id = 0),
+              readings INTEGER NOT NULL
+          );
+          INSERT INTO totals (id, readings) SELECT 0, COUNT(*) FROM readings;",
+    },
+];
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -112,6 +126,14 @@ pub struct ReadingRow {
     pub received_ms: i64,
 }
 
+/// What one retention step removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    pub events: u64,
+    pub readings: u64,
+    pub alerts: u64,
+}
+
 /// A batch from an edge, as the ingest route hands it over.
 #[derive(Debug)]
 pub struct Incoming {
@@ -143,6 +165,16 @@ pub struct ReadingQuery {
     pub end: Option<i64>,
     pub offset: u64,
     pub limit: u64,
+}
+
+/// Deletes one event and its readings; returns the readings deleted.
+fn remove_event(tx: &rusqlite::Transaction<'_>, seq: i64) -> rusqlite::Result<u64> {
+    let n = tx
+        .prepare_cached("DELETE FROM readings WHERE event = ?1")?
+        .execute([seq])?;
+    tx.prepare_cached("DELETE FROM events WHERE seq = ?1")?
+        .execute([seq])?;
+    Ok(n as u64)
 }
 
 fn edge_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EdgeRow> {
@@ -361,6 +393,7 @@ impl Store {
             )
             .optional()?;
         let mut hwm = hwm.map(|h| h as u64);
+        let mut readings_stored: i64 = 0;
         {
             let mut add_event = tx.prepare_cached(
                 "INSERT OR IGNORE INTO events (edge, id, device, profile, source, origin, received_ms)
@@ -422,6 +455,7 @@ impl Store {
                                 event_seq,
                                 text_value(&r.value)
                             ])?;
+                            readings_stored += 1;
                         }
                         out.accepted += 1;
                     }
@@ -453,6 +487,12 @@ impl Store {
                 "INSERT INTO streams (edge, incarnation, priority, hwm) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (edge, incarnation, priority) DO UPDATE SET hwm = MAX(hwm, ?4)",
                 params![edge, incarnation as i64, priority, h as i64],
+            )?;
+        }
+        if readings_stored > 0 {
+            tx.execute(
+                "UPDATE totals SET readings = readings + ?1 WHERE id = 0",
+                [readings_stored],
             )?;
         }
         tx.execute(
@@ -541,6 +581,83 @@ impl Store {
                     .filter_map(|b| b.ok().and_then(|b| serde_json::from_str(&b).ok()))
                     .collect();
                 Ok(rows)
+            })
+            .await
+    }
+
+    /// Readings stored, from every edge.
+    pub async fn reading_total(&self) -> Result<u64, StorageError> {
+        self.db
+            .read(|c| {
+                let n: i64 =
+                    c.query_row("SELECT readings FROM totals WHERE id = 0", [], |r| r.get(0))?;
+                Ok(n.max(0) as u64)
+            })
+            .await
+    }
+
+    /// One bounded retention step, in one transaction: removes up to `chunk` events (with
+    /// their readings) whose origin is before `cutoff` (nanoseconds), oldest first, and
+    /// alerts older than it; then, while more than `max_readings` readings are stored
+    /// (0: no bound), the oldest events. Returns what it removed; callers repeat it until
+    /// it removes nothing, so ingest gets the database between steps.
+    pub async fn remove_old(
+        &self,
+        cutoff: Option<i64>,
+        max_readings: u64,
+        chunk: u64,
+    ) -> Result<Removed, StorageError> {
+        self.db
+            .write(move |c| {
+                let tx = c.transaction()?;
+                let mut removed = Removed::default();
+                let limit = i64::try_from(chunk.max(1)).unwrap_or(i64::MAX);
+                if let Some(cutoff) = cutoff {
+                    let old: Vec<i64> = tx
+                        .prepare_cached(
+                            "SELECT seq FROM events WHERE origin < ?1 ORDER BY origin LIMIT ?2",
+                        )?
+                        .query_map(params![cutoff, limit], |r| r.get(0))?
+                        .collect::<Result<_, _>>()?;
+                    for seq in old {
+                        removed.readings += remove_event(&tx, seq)?;
+                        removed.events += 1;
+                    }
+                    removed.alerts = tx.execute(
+                        "DELETE FROM alerts WHERE seq IN
+                             (SELECT seq FROM alerts WHERE origin < ?1 ORDER BY origin LIMIT ?2)",
+                        params![cutoff, limit],
+                    )? as u64;
+                }
+                let total: i64 =
+                    tx.query_row("SELECT readings FROM totals WHERE id = 0", [], |r| r.get(0))?;
+                let total = u64::try_from(total).unwrap_or(0);
+                let stored = total.saturating_sub(removed.readings);
+                if max_readings > 0 && stored > max_readings && removed.events < chunk.max(1) {
+                    let mut excess = stored - max_readings;
+                    let room = i64::try_from(chunk.max(1) - removed.events).unwrap_or(i64::MAX);
+                    let oldest: Vec<i64> = tx
+                        .prepare_cached("SELECT seq FROM events ORDER BY origin LIMIT ?1")?
+                        .query_map([room], |r| r.get(0))?
+                        .collect::<Result<_, _>>()?;
+                    for seq in oldest {
+                        if excess == 0 {
+                            break;
+                        }
+                        let n = remove_event(&tx, seq)?;
+                        removed.readings += n;
+                        removed.events += 1;
+                        excess = excess.saturating_sub(n);
+                    }
+                }
+                if removed.readings > 0 {
+                    tx.execute(
+                        "UPDATE totals SET readings = MAX(readings - ?1, 0) WHERE id = 0",
+                        [i64::try_from(removed.readings).unwrap_or(i64::MAX)],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(removed)
             })
             .await
     }
