@@ -274,3 +274,62 @@ async fn a_registry_outage_does_not_stop_traffic() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_broker_crash_events_are_queued_for_core_data_before_it_is_back() {
+    let node = Node::start("").await;
+    provision(&node, &["t1"]);
+    let send = |from: i64| {
+        let lines: Vec<String> = (0..5)
+            .map(|i| {
+                event_message(
+                    "t1",
+                    now_nanos() + from + i,
+                    &[("Temperature", "Float64", "17.5")],
+                )
+                .1
+            })
+            .collect();
+        mosquitto_pub_lines(node.ports.mqtt, &event_topic("t1"), &lines, &[])
+            .status
+            .success()
+    };
+    let data = node.data();
+    let count = || async {
+        node.get(&format!("{data}/api/v3/event/count/device/name/t1"))
+            .await
+            .1["count"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(send(0));
+    eventually("first events stored", WAIT, || async { count().await == 5 }).await;
+    // core-data's persistent session is in the broker's database.
+    eventually("sessions saved", WAIT, || async {
+        node.metric(
+            &node.broker(),
+            "outpost_mqtt_broker_persistent_sessions_saved",
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    // core-data is held (SIGSTOP) through the crash, so it cannot reconnect before the
+    // events below are published: without its restored session the broker would route
+    // them to nobody.
+    let core_data = node.pid("core-data");
+    signal(core_data, "STOP");
+    let broker = node.pid("mqtt-broker");
+    signal(broker, "KILL");
+    eventually("the broker back", WAIT, || async {
+        node.pid("mqtt-broker") != broker && send(1_000)
+    })
+    .await;
+    signal(core_data, "CONT");
+    eventually(
+        "events sent right after the restart stored",
+        WAIT,
+        || async { count().await == 10 },
+    )
+    .await;
+}

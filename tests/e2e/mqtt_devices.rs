@@ -657,4 +657,32 @@ async fn mqtt_devices_with_their_own_credentials() {
         !received("get/after"),
         "a command reached the device after its secret was removed"
     );
+
+    // Client IDs stay their devices' across a crash of the broker: before press-2 is back,
+    // press-1 (valid credentials of its own) still cannot take press-2's ID.
+    let broker = node.pid("mqtt-broker");
+    signal(broker, "KILL");
+    let me = &node;
+    eventually("the broker to come back", WAIT, || async {
+        me.pid("mqtt-broker") != broker
+            && publish(me, "press-1", rotated, "incoming/data/press-1", b"{}")
+                .status
+                .success()
+    })
+    .await;
+    let o = publish_as(
+        &node,
+        &["-u", "press-1", "-P", rotated, "-i", "press-2-held"],
+        "incoming/data/press-1",
+        b"{\"Cycles\": 90}",
+    );
+    refused_with(&o, "client identifier not valid");
+    let o = publish_as(
+        &node,
+        &["-u", "press-2", "-P", s2, "-i", "press-2-held"],
+        "incoming/data/press-2",
+        b"{\"Cycles\": 91}",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    wait_value(&node, "press-2", "Cycles", "91").await;
 }

@@ -27,8 +27,9 @@
 //! addresses while someone guesses its secret from one; the node's own services are never
 //! held back.
 //!
-//! A client ID a device connected with is that device's while the device exists
-//! ([`Claims`]; up to 256 bytes, its 16 most recent): another device or an anonymous client
+//! A client ID a device connected with is that device's while the device exists, also
+//! across restarts of the broker ([`Claims`], stored by [`crate::store`]; up to 256 bytes,
+//! its 16 most recent): another device or an anonymous client
 //! asking for it is refused ("client identifier not valid"). Otherwise the
 //! broker would hand the newcomer the session — ending the device's connection and, with a
 //! persistent session, passing on its subscriptions and the commands queued for it.
@@ -63,6 +64,8 @@ pub struct NodeAuth {
     /// Failed logins by address.
     failed_by_addr: Limiter,
     claims: Mutex<Claims>,
+    /// Where changes to the claims go to be stored (`None`: kept in memory only).
+    claims_log: Option<tokio::sync::mpsc::Sender<ClaimChange>>,
 }
 
 /// Client IDs devices connected with, and whose they are. Each device keeps its
@@ -90,15 +93,21 @@ impl Claims {
             .filter(|o| Some(*o) != device)
     }
 
-    fn claim(&mut self, client_id: &str, device: &str, fingerprint: &str) {
+    /// Gives `client_id` to `device`; returns what must reach the disk (nothing when the
+    /// device reconnects with an ID it holds already).
+    fn claim(&mut self, client_id: &str, device: &str, fingerprint: &str) -> Vec<ClaimChange> {
         self.seq += 1;
-        if let Some((previous, _, _)) = self.owner.get(client_id)
-            && previous != device
-        {
-            // Taken over from a device that no longer exists (checked by the caller).
-            let previous = previous.clone();
-            if let Some(ids) = self.by_device.get_mut(&previous) {
-                ids.retain(|i| i != client_id);
+        let mut changes = Vec::new();
+        let mut held = false;
+        if let Some((previous, _, _)) = self.owner.get(client_id) {
+            if previous == device {
+                held = true;
+            } else {
+                // Taken over from a device that no longer exists (checked by the caller).
+                let previous = previous.clone();
+                if let Some(ids) = self.by_device.get_mut(&previous) {
+                    ids.retain(|i| i != client_id);
+                }
             }
         }
         let ids = self.by_device.entry(device.to_string()).or_default();
@@ -113,6 +122,7 @@ impl Claims {
                 {
                     let gone = ids.swap_remove(pos);
                     self.owner.remove(&gone);
+                    changes.push(ClaimChange::Released(vec![gone]));
                 }
             }
             ids.push(client_id.to_string());
@@ -121,6 +131,30 @@ impl Claims {
             client_id.to_string(),
             (device.to_string(), fingerprint.to_string(), self.seq),
         );
+        if !held {
+            changes.push(ClaimChange::Claimed {
+                client_id: client_id.to_string(),
+                device: device.to_string(),
+                used: self.seq,
+            });
+        }
+        changes
+    }
+
+    /// Claims as stored: (client ID, device, last use), any order. Connections made before
+    /// are gone, so the secret they were made with is unknown (and not needed).
+    pub fn load(rows: impl IntoIterator<Item = (String, String, u64)>) -> Self {
+        let mut rows: Vec<_> = rows.into_iter().collect();
+        rows.sort_by_key(|(_, _, used)| *used);
+        let mut c = Self::default();
+        for (client_id, device, used) in rows {
+            c.claim(&client_id, &device, "");
+            if let Some(o) = c.owner.get_mut(&client_id) {
+                o.2 = used;
+            }
+            c.seq = c.seq.max(used);
+        }
+        c
     }
 
     /// The client IDs `device` connected with using the secret with fingerprint
@@ -144,12 +178,25 @@ impl Claims {
         self.owner.get(client_id).map(|(_, fp, _)| fp.as_str())
     }
 
-    /// Forgets `device`'s claims (it was deleted).
-    fn release(&mut self, device: &str) {
-        for id in self.by_device.remove(device).unwrap_or_default() {
-            self.owner.remove(&id);
+    /// Forgets `device`'s claims (it was deleted); returns them.
+    fn release(&mut self, device: &str) -> Vec<String> {
+        let ids = self.by_device.remove(device).unwrap_or_default();
+        for id in &ids {
+            self.owner.remove(id);
         }
+        ids
     }
+}
+
+/// A change to the claims, for the broker's database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimChange {
+    Claimed {
+        client_id: String,
+        device: String,
+        used: u64,
+    },
+    Released(Vec<String>),
 }
 
 /// What a CONNECT is, before any credential store is asked.
@@ -180,6 +227,36 @@ impl NodeAuth {
             failed_by_device: Limiter::new(0.1, 5.0),
             failed_by_addr: Limiter::new(1.0, 50.0),
             claims: Mutex::default(),
+            claims_log: None,
+        }
+    }
+
+    /// Starts from `claims` (as stored) and sends every change to them to `log`, so they
+    /// survive a restart of the broker: otherwise, until a device reconnected, any other
+    /// device could take its client ID first.
+    pub fn with_claims(
+        mut self,
+        claims: Claims,
+        log: tokio::sync::mpsc::Sender<ClaimChange>,
+    ) -> Self {
+        self.claims = Mutex::new(claims);
+        self.claims_log = Some(log);
+        self
+    }
+
+    fn record(&self, changes: Vec<ClaimChange>) {
+        let Some(log) = &self.claims_log else {
+            return;
+        };
+        for c in changes {
+            if log.try_send(c).is_err()
+                && let Some(suppressed) = self.log.check("claims")
+            {
+                tracing::warn!(
+                    suppressed,
+                    "cannot store a client ID claim (the store is behind or stopped); it holds until the broker restarts"
+                );
+            }
         }
     }
 
@@ -212,7 +289,10 @@ impl NodeAuth {
         if deleted {
             devices.grants().remove(device);
             let cut = self.claims().made_with(device, None);
-            self.claims().release(device);
+            let released = self.claims().release(device);
+            if !released.is_empty() {
+                self.record(vec![ClaimChange::Released(released)]);
+            }
             return cut;
         }
         let Some(grant) = devices.grants().get(device).cloned() else {
@@ -303,7 +383,8 @@ impl NodeAuth {
             }
         }
         let fp = fingerprint(secret);
-        self.claims().claim(client_id, name, &fp);
+        let changes = self.claims().claim(client_id, name, &fp);
+        self.record(changes);
         tracing::debug!(device = name, peer = %addr, "device connected");
         Ok(AuthResult::success_with_user(format!(
             "{DEVICE_USER_PREFIX}{name}:{fp}"
@@ -739,6 +820,51 @@ mod tests {
         assert_eq!(c.made_with("press-5", None).len(), Claims::PER_DEVICE);
         assert_eq!(c.holder("id-99", Some("press-6")), Some("press-5"));
         assert_eq!(c.holder("p3", Some("press-6")), Some("press-4"));
+    }
+
+    #[test]
+    fn claims_report_what_must_be_stored_and_load_back() {
+        let mut c = Claims::default();
+        let claimed = |id: &str, dev: &str, used| ClaimChange::Claimed {
+            client_id: id.into(),
+            device: dev.into(),
+            used,
+        };
+        assert_eq!(c.claim("a", "d1", "fp"), [claimed("a", "d1", 1)]);
+        // Reconnecting with an ID it holds stores nothing.
+        assert!(c.claim("a", "d1", "fp2").is_empty());
+        // A takeover, and the least recently used ID going when the device is at its bound.
+        assert_eq!(c.claim("a", "d2", "fp"), [claimed("a", "d2", 3)]);
+        for i in 0..Claims::PER_DEVICE {
+            c.claim(&format!("x{i}"), "d3", "fp");
+        }
+        assert_eq!(
+            c.claim("y", "d3", "fp"),
+            [
+                ClaimChange::Released(vec!["x0".into()]),
+                claimed("y", "d3", 4 + Claims::PER_DEVICE as u64)
+            ]
+        );
+        assert_eq!(c.release("d2"), ["a".to_string()]);
+        // Loaded in any order, the last use decides which ID goes first.
+        let mut loaded = Claims::load([
+            ("new".to_string(), "d4".to_string(), 9),
+            ("old".to_string(), "d4".to_string(), 2),
+            ("b".to_string(), "d5".to_string(), 5),
+        ]);
+        assert_eq!(loaded.holder("b", Some("d4")), Some("d5"));
+        assert_eq!(loaded.holder("old", None), Some("d4"));
+        for i in 0..Claims::PER_DEVICE - 1 {
+            loaded.claim(&format!("z{i}"), "d4", "fp");
+        }
+        assert_eq!(
+            loaded.holder("old", None),
+            None,
+            "the least recently used went"
+        );
+        assert_eq!(loaded.holder("new", None), Some("d4"));
+        // Nothing loaded was connected with a known secret.
+        assert!(loaded.made_with("d5", Some("fp")).is_empty());
     }
 
     #[test]

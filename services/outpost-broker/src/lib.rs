@@ -2,16 +2,20 @@
 //!
 //! A real MQTT 3.1.1/5 broker (the `mqtt5` crate's broker) run as one supervised service:
 //! QoS 0/1/2, persistent sessions with queued messages for offline consumers, retained
-//! messages, shared subscriptions. Sessions and queues live in memory only, so no message
+//! messages, shared subscriptions. Queued messages live in memory only, so no message
 //! payload ever reaches the disk unencrypted; a consumer that needs durability (core-data)
 //! acknowledges each message only after committing it, and the broker redelivers what was not
-//! acknowledged.
+//! acknowledged. Persistent sessions themselves (without messages) survive a crash: see
+//! [`store`].
 //!
-//! Authentication: see [`auth`]. The HTTP side serves the common routes, registers with the
+//! Authentication: see [`auth`]. The client IDs devices hold and the persistent sessions
+//! (without their messages) are kept in the broker's encrypted database ([`store`]). The
+//! HTTP side serves the common routes, registers with the
 //! registry, and exports the broker's statistics as metrics.
 
 pub mod auth;
 pub mod config;
+pub mod store;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -59,13 +63,28 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
         cfg.auth_failure_burst,
         Duration::from_secs(cfg.auth_failure_refill_s),
     );
+    let db = outpost_storage::Db::open(
+        &ctx.storage_location(),
+        &ctx.common.storage.open_options(),
+        store::MIGRATIONS,
+        1,
+    )?;
+    let mut claims_writer = None;
     if cfg.device_auth {
         let client = ServiceClient::new(ctx.registry.clone(), Duration::from_secs(3));
-        auth = auth.with_devices(
-            Metadata::new(client),
-            Duration::from_secs(cfg.device_auth_cache_s),
-            &ctx.common.bus.base_topic,
-        );
+        let (log, rx) = tokio::sync::mpsc::channel(store::QUEUE);
+        auth = auth
+            .with_devices(
+                Metadata::new(client),
+                Duration::from_secs(cfg.device_auth_cache_s),
+                &ctx.common.bus.base_topic,
+            )
+            .with_claims(store::load_claims(&db)?, log);
+        claims_writer = Some(tokio::spawn(store::write_claims(
+            db.clone(),
+            rx,
+            ctx.shutdown.clone(),
+        )));
     }
     let auth = Arc::new(auth);
     let mut broker = MqttBroker::with_config(bc)
@@ -73,6 +92,20 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot start the MQTT broker on {}: {e}", cfg.listen))?
         .with_auth_provider(Arc::clone(&auth) as Arc<dyn mqtt5::broker::auth::AuthProvider>);
     let router = broker.router();
+    // Before the broker runs: it recovers what is in its storage at start.
+    let sessions_saver = match broker.storage() {
+        Some(storage) => {
+            let saved = store::restore_sessions(&db, &storage).await?;
+            Some(tokio::spawn(store::save_sessions(
+                db.clone(),
+                storage,
+                saved,
+                ctx.metric("persistent_sessions_saved"),
+                ctx.shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let stop = broker.shutdown_handle();
     let stats = broker.stats();
     tracing::info!(listen = %cfg.listen, "MQTT broker listening");
@@ -136,6 +169,14 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "broker stopped with an error"),
         Ok(Err(e)) => tracing::warn!(error = %e, "broker task failed"),
         Err(_) => tracing::warn!("broker did not stop within 5 s"),
+    }
+    for w in [claims_writer, sessions_saver].into_iter().flatten() {
+        if tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the broker's database not written within 5 s");
+        }
     }
     served?;
     Ok(())
