@@ -304,7 +304,8 @@ async fn after_a_broker_crash_events_are_queued_for_core_data_before_it_is_back(
     };
     assert!(send(0));
     eventually("first events stored", WAIT, || async { count().await == 5 }).await;
-    // core-data's persistent session is in the broker's database.
+    // core-data's persistent session is in the broker's database (in this node the only
+    // persistent session: core-command and the others start clean).
     eventually("sessions saved", WAIT, || async {
         node.metric(
             &node.broker(),
@@ -322,9 +323,11 @@ async fn after_a_broker_crash_events_are_queued_for_core_data_before_it_is_back(
     let broker = node.pid("mqtt-broker");
     signal(broker, "KILL");
     eventually("the broker back", WAIT, || async {
-        node.pid("mqtt-broker") != broker && send(1_000)
+        node.pid("mqtt-broker") != broker
+            && std::net::TcpStream::connect(("127.0.0.1", node.ports.mqtt)).is_ok()
     })
     .await;
+    assert!(send(1_000), "publish to the restarted broker");
     signal(core_data, "CONT");
     eventually(
         "events sent right after the restart stored",

@@ -82,6 +82,13 @@ impl Cloud {
         .await;
     }
 
+    /// Stops the cloud node and starts it again with `setting` added.
+    pub async fn restart_with(&mut self, setting: &str) {
+        self.stop();
+        self.settings.push(setting.to_string());
+        self.launch().await;
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             signal(child.id(), "TERM");
@@ -610,11 +617,9 @@ retry_initial_ms = 50
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cloud_keeps_only_what_its_retention_allows() {
-    // Data older than an hour goes; of the rest, at most 5 readings stay (the newest),
-    // removed 2 events per step.
-    let cloud = Cloud::start_with(&[
+    // First by age alone: data older than an hour goes, removed 2 events per step.
+    let mut cloud = Cloud::start_with(&[
         "cloud.retention.max_age_s=3600",
-        "cloud.retention.max_readings=5",
         "cloud.retention.interval_s=1",
         "cloud.retention.chunk_events=2",
     ])
@@ -634,16 +639,24 @@ async fn the_cloud_keeps_only_what_its_retention_allows() {
         let r = post_event(&node, "m-r", &v.to_string()).await;
         assert_eq!(r.status().as_u16(), 201);
     }
-    // Everything arrived (the cloud counts what it accepted), and retention left the five
-    // newest readings: nothing of age, nothing beyond the bound.
-    let newest: HashMap<String, u32> = (3..8).map(|v| (v.to_string(), 1)).collect();
+    // Everything arrived (the cloud counts what it accepted), and only the old one went.
+    let fresh: HashMap<String, u32> = (0..8).map(|v| (v.to_string(), 1)).collect();
     eventually(
-        "all 9 events accepted and only the 5 newest readings kept",
+        "all 9 events accepted and the old one removed",
         Duration::from_secs(30),
         || async {
             let (_, e) = cloud.get("/edge/name/edge-r").await;
-            e["edge"]["received"] == 9 && cloud.values("edge-r", "m-r").await == newest
+            e["edge"]["received"] == 9 && cloud.values("edge-r", "m-r").await == fresh
         },
+    )
+    .await;
+    // Then with a bound of 5 readings: the five newest stay.
+    cloud.restart_with("cloud.retention.max_readings=5").await;
+    let newest: HashMap<String, u32> = (3..8).map(|v| (v.to_string(), 1)).collect();
+    eventually(
+        "only the 5 newest readings kept",
+        Duration::from_secs(30),
+        || async { cloud.values("edge-r", "m-r").await == newest },
     )
     .await;
     let (status, v) = cloud.get("/event/count/edge/edge-r").await;
@@ -922,6 +935,63 @@ sources = ["edgex/events/rules/#", "edgex/alerts/#"]
     )
     .await;
     assert_ne!(node.pid("rules"), pid, "rules was restarted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_that_closes_while_the_broker_is_down_is_published_when_it_is_back() {
+    use crate::support::{event_message, event_topic, mosquitto_pub_lines};
+    let node = Node::start(
+        r#"
+[rules]
+enabled = true
+lateness_ms = 0
+[[rules.pipelines]]
+name = "t-1s"
+devices = ["tank-9"]
+steps = [{ type = "tumbling", size_ms = 1000, functions = ["count"] }]
+"#,
+    )
+    .await;
+    let rules = format!(
+        "http://127.0.0.1:{}/api/v3/pipeline/name/t-1s",
+        node.ports.rules
+    );
+    // Readings 1.5 s ahead: their window ends 1.5 to 2.5 s from now, after the broker has
+    // gone below, and closes by the clock within the following second.
+    let ahead = now_nanos() + 1_500_000_000;
+    let lines: Vec<String> = (0..3)
+        .map(|i| event_message("tank-9", ahead + i, &[("Temperature", "Float64", "20.5")]).1)
+        .collect();
+    assert!(
+        mosquitto_pub_lines(node.ports.mqtt, &event_topic("tank-9"), &lines, &[])
+            .status
+            .success()
+    );
+    eventually(
+        "the readings in the open window",
+        Duration::from_secs(20),
+        || async { node.get(&rules).await.1["readingsIn"] == 3 },
+    )
+    .await;
+    assert!(
+        now_nanos() < ahead,
+        "the window may have closed already; the test proves nothing"
+    );
+    // The broker goes and stays away (its supervisor held) for longer than the window and
+    // rules' once-a-second flush: the window closes while there is no bus.
+    let supervisor = node.supervisor_pid();
+    signal(supervisor, "STOP");
+    signal(node.pid("mqtt-broker"), "KILL");
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    let (_, v) = node.get(&rules).await;
+    assert_eq!(v["readingsOut"], 0, "published without a broker? {v}");
+    signal(supervisor, "CONT");
+    eventually(
+        "the window's output published once the broker is back",
+        Duration::from_secs(20),
+        || async { node.get(&rules).await.1["readingsOut"] == 1 },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,8 +21,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mqtt5::{
-    AckToken, ConnectOptions, ConnectionEvent, MqttClient, PublishOptions, QoS, SubscribeOptions,
+    AckToken, ConnectOptions, ConnectionEvent, IndeterminateReason, MqttClient, PublishOptions,
+    PublishOutcome, PublishResult, QoS, SubscribeOptions,
 };
+
+/// Times a message that may have been lost with a connection is sent again.
+pub const REPUBLISH_ATTEMPTS: u32 = 5;
 use outpost_contracts::envelope::{self, Encoding, Envelope, EnvelopeError};
 use outpost_contracts::event::AddEventRequest;
 use outpost_kit::backoff::Backoff;
@@ -425,22 +429,55 @@ impl Bus {
         self.publish_raw(topic, bytes).await
     }
 
-    /// Publishes already encoded bytes, QoS 1.
+    /// Publishes already encoded bytes, QoS 1, and returns once the broker has
+    /// acknowledged them.
+    ///
+    /// While the connection is down the client queues the message and this waits for the
+    /// reconnect, so "published" always means "the broker has it", never "it is in this
+    /// process's memory": callers acknowledge what they were given only after this. A
+    /// message that may have been lost with the connection (sent, unacknowledged, and the
+    /// session not resumed) is sent again, up to [`REPUBLISH_ATTEMPTS`] times; consumers
+    /// drop the duplicates by event id.
     pub async fn publish_raw(&self, topic: &str, bytes: Vec<u8>) -> Result<(), BusError> {
-        let opts = PublishOptions {
-            qos: QoS::AtLeastOnce,
-            ..Default::default()
+        let bytes = Bytes::from(bytes);
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            let opts = PublishOptions {
+                qos: QoS::AtLeastOnce,
+                ..Default::default()
+            };
+            let outcome = match self
+                .client
+                .publish_with_options(topic, bytes.clone(), opts)
+                .await
+            {
+                Ok(PublishResult::Sent(_)) => break Ok(()),
+                Ok(PublishResult::Queued(handle)) => handle.outcome().await,
+                Err(e) => break Err(e.to_string()),
+            };
+            match outcome {
+                PublishOutcome::Delivered(_) => break Ok(()),
+                PublishOutcome::Rejected(r) => break Err(format!("refused: {r:?}")),
+                PublishOutcome::Indeterminate(IndeterminateReason::Abandoned) => {
+                    break Err("the client stopped".into());
+                }
+                PublishOutcome::Indeterminate(why) if attempts >= REPUBLISH_ATTEMPTS => {
+                    break Err(format!("maybe lost with the connection ({why:?})"));
+                }
+                PublishOutcome::Indeterminate(_) => {}
+            }
         };
-        match self.client.publish_with_options(topic, bytes, opts).await {
-            Ok(_) => {
+        match result {
+            Ok(()) => {
                 metrics::counter!(self.admission.metrics.published.clone()).increment(1);
                 Ok(())
             }
-            Err(e) => {
+            Err(reason) => {
                 metrics::counter!(self.admission.metrics.publish_errors.clone()).increment(1);
                 Err(BusError::Publish {
                     topic: topic.to_string(),
-                    reason: e.to_string(),
+                    reason,
                 })
             }
         }

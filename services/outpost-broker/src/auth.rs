@@ -38,10 +38,11 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mqtt5::broker::auth::{AuthProvider, AuthResult};
+use mqtt5::broker::storage::{DynamicStorage, StorageBackend as _};
 use mqtt5::packet::connect::ConnectPacket;
 use mqtt5::protocol::v5::reason_codes::ReasonCode;
 use outpost_contracts::topics::device::{DeviceTopics, is_device_topic};
@@ -66,6 +67,8 @@ pub struct NodeAuth {
     claims: Mutex<Claims>,
     /// Where changes to the claims go to be stored (`None`: kept in memory only).
     claims_log: Option<tokio::sync::mpsc::Sender<ClaimChange>>,
+    /// The broker's session storage.
+    sessions: std::sync::OnceLock<Arc<DynamicStorage>>,
 }
 
 /// Client IDs devices connected with, and whose they are. Each device keeps its
@@ -228,6 +231,7 @@ impl NodeAuth {
             failed_by_addr: Limiter::new(1.0, 50.0),
             claims: Mutex::default(),
             claims_log: None,
+            sessions: std::sync::OnceLock::new(),
         }
     }
 
@@ -242,6 +246,29 @@ impl NodeAuth {
         self.claims = Mutex::new(claims);
         self.claims_log = Some(log);
         self
+    }
+
+    /// Lets the device's connections see the broker's session storage (set once the
+    /// broker exists, before it runs).
+    pub fn set_sessions(&self, storage: Arc<DynamicStorage>) {
+        let _ = self.sessions.set(storage);
+    }
+
+    /// A stored session of `client_id` made with another credential (a secret since
+    /// rotated, perhaps while the broker was down) is removed before the device resumes:
+    /// the broker would refuse to resume it for a different user, locking the device out
+    /// until the session expired.
+    async fn forget_stale_session(&self, client_id: &str, user: &str) {
+        let Some(storage) = self.sessions.get() else {
+            return;
+        };
+        let stale = matches!(
+            storage.get_session(client_id).await,
+            Ok(Some(s)) if s.user_id.as_deref().is_some_and(|u| u != user)
+        );
+        if stale && let Err(e) = storage.remove_session(client_id).await {
+            tracing::warn!(client_id, error = %e, "cannot drop a session made with an old credential");
+        }
     }
 
     fn record(&self, changes: Vec<ClaimChange>) {
@@ -288,8 +315,11 @@ impl NodeAuth {
         };
         if deleted {
             devices.grants().remove(device);
-            let cut = self.claims().made_with(device, None);
-            let released = self.claims().release(device);
+            // Changes are queued under the lock, so they reach the database in the order
+            // they were made.
+            let mut claims = self.claims();
+            let cut = claims.made_with(device, None);
+            let released = claims.release(device);
             if !released.is_empty() {
                 self.record(vec![ClaimChange::Released(released)]);
             }
@@ -383,12 +413,15 @@ impl NodeAuth {
             }
         }
         let fp = fingerprint(secret);
-        let changes = self.claims().claim(client_id, name, &fp);
-        self.record(changes);
+        {
+            let mut claims = self.claims();
+            let changes = claims.claim(client_id, name, &fp);
+            self.record(changes);
+        }
+        let user = format!("{DEVICE_USER_PREFIX}{name}:{fp}");
+        self.forget_stale_session(client_id, &user).await;
         tracing::debug!(device = name, peer = %addr, "device connected");
-        Ok(AuthResult::success_with_user(format!(
-            "{DEVICE_USER_PREFIX}{name}:{fp}"
-        )))
+        Ok(AuthResult::success_with_user(user))
     }
 
     /// Lets devices connect with the credentials core-metadata keeps.

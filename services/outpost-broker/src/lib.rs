@@ -93,8 +93,10 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
         .with_auth_provider(Arc::clone(&auth) as Arc<dyn mqtt5::broker::auth::AuthProvider>);
     let router = broker.router();
     // Before the broker runs: it recovers what is in its storage at start.
-    let sessions_saver = match broker.storage() {
+    let storage = broker.storage();
+    let sessions_saver = match storage.clone() {
         Some(storage) => {
+            auth.set_sessions(Arc::clone(&storage));
             let saved = store::restore_sessions(&db, &storage).await?;
             Some(tokio::spawn(store::save_sessions(
                 db.clone(),
@@ -125,7 +127,7 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
 
     if cfg.device_auth {
         let ctx = ctx.clone();
-        tokio::spawn(async move { follow_devices(ctx, auth, router).await });
+        tokio::spawn(async move { follow_devices(ctx, auth, router, storage).await });
     }
 
     let exporter = {
@@ -190,7 +192,9 @@ async fn follow_devices(
     ctx: Context,
     auth: Arc<auth::NodeAuth>,
     router: Arc<mqtt5::broker::router::MessageRouter>,
+    storage: Option<Arc<mqtt5::broker::storage::DynamicStorage>>,
 ) {
+    use mqtt5::broker::storage::StorageBackend as _;
     use outpost_contracts::system_event::{ACTION_DELETE, SystemEvent, TYPE_DEVICE};
     let Some((bus, mut rx)) = outpost_bus::metadata_events(
         &ctx,
@@ -235,6 +239,13 @@ async fn follow_devices(
                 );
             }
             router.unregister_client(&client_id).await;
+            // Its stored session goes too, or a restart of the broker would restore the
+            // subscriptions just cut off.
+            if let Some(storage) = &storage
+                && let Err(e) = storage.remove_session(&client_id).await
+            {
+                tracing::warn!(client_id, error = %e, "cannot remove a revoked session");
+            }
         }
     }
 }

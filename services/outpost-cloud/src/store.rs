@@ -126,6 +126,10 @@ pub struct ReadingRow {
     pub received_ms: i64,
 }
 
+/// Readings one retention step removes at most (besides its bound in events), so a step
+/// holds the writer only briefly however large the events are.
+pub const STEP_READINGS: u64 = 50_000;
+
 /// What one retention step removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Removed {
@@ -597,7 +601,7 @@ impl Store {
     }
 
     /// One bounded retention step, in one transaction: removes up to `chunk` events (with
-    /// their readings) whose origin is before `cutoff` (nanoseconds), oldest first, and
+    /// their readings, and no more events once [`STEP_READINGS`] readings went) whose origin is before `cutoff` (nanoseconds), oldest first, and
     /// alerts older than it; then, while more than `max_readings` readings are stored
     /// (0: no bound), the oldest events. Returns what it removed; callers repeat it until
     /// it removes nothing, so ingest gets the database between steps.
@@ -620,6 +624,9 @@ impl Store {
                         .query_map(params![cutoff, limit], |r| r.get(0))?
                         .collect::<Result<_, _>>()?;
                     for seq in old {
+                        if removed.readings >= STEP_READINGS {
+                            break;
+                        }
                         removed.readings += remove_event(&tx, seq)?;
                         removed.events += 1;
                     }
@@ -633,7 +640,11 @@ impl Store {
                     tx.query_row("SELECT readings FROM totals WHERE id = 0", [], |r| r.get(0))?;
                 let total = u64::try_from(total).unwrap_or(0);
                 let stored = total.saturating_sub(removed.readings);
-                if max_readings > 0 && stored > max_readings && removed.events < chunk.max(1) {
+                if max_readings > 0
+                    && stored > max_readings
+                    && removed.events < chunk.max(1)
+                    && removed.readings < STEP_READINGS
+                {
                     let mut excess = stored - max_readings;
                     let room = i64::try_from(chunk.max(1) - removed.events).unwrap_or(i64::MAX);
                     let oldest: Vec<i64> = tx
@@ -641,7 +652,7 @@ impl Store {
                         .query_map([room], |r| r.get(0))?
                         .collect::<Result<_, _>>()?;
                     for seq in oldest {
-                        if excess == 0 {
+                        if excess == 0 || removed.readings >= STEP_READINGS {
                             break;
                         }
                         let n = remove_event(&tx, seq)?;

@@ -356,6 +356,26 @@ fn push_failed(sdk: &Sdk, device: &str, e: &PushError) -> Response {
     resp
 }
 
+/// How long a POST waits for the bus to take its event (while the broker is away, a
+/// publish waits for it to come back) before answering 503, so the device retries.
+const PUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn push_bounded(
+    sdk: &Sdk,
+    device: &str,
+    source: &str,
+    values: Vec<(String, outpost_device_sdk::CommandValue)>,
+    origin: Option<i64>,
+) -> Result<(), PushError> {
+    match tokio::time::timeout(PUSH_WAIT, sdk.push(device, source, values, origin)).await {
+        Ok(r) => r.map(|_| ()),
+        Err(_) => Err(PushError::Bus(format!(
+            "the bus did not take the event within {} s",
+            PUSH_WAIT.as_secs()
+        ))),
+    }
+}
+
 async fn push_one(
     State(s): State<Shared>,
     Path((device, resource)): Path<(String, String)>,
@@ -394,10 +414,14 @@ async fn push_one(
         s.sdk.reject(&device, "bad_value", &why);
         ApiError::bad_request(format!("resource '{resource}': {why}"))
     })?;
-    match s
-        .sdk
-        .push(&device, &resource, vec![(resource.clone(), value)], None)
-        .await
+    match push_bounded(
+        &s.sdk,
+        &device,
+        &resource,
+        vec![(resource.clone(), value)],
+        None,
+    )
+    .await
     {
         Ok(_) => Ok(StatusCode::OK.into_response()),
         Err(e) => Ok(push_failed(&s.sdk, &device, &e)),
@@ -423,7 +447,7 @@ async fn push_many(
             return Err(ApiError::bad_request(e.to_string()));
         }
     };
-    match s.sdk.push(&device, "telemetry", values, origin).await {
+    match push_bounded(&s.sdk, &device, "telemetry", values, origin).await {
         Ok(_) => Ok(StatusCode::OK.into_response()),
         Err(e) => Ok(push_failed(&s.sdk, &device, &e)),
     }

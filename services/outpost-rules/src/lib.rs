@@ -7,8 +7,10 @@
 //! reduction is visible (`GET /api/v3/pipeline/all`, `outpost_rules_readings_*_total`).
 //!
 //! The subscription is durable: readings published while rules is down are delivered when
-//! it is back. Windows in progress live in memory, so a restart loses what they had
-//! gathered.
+//! it is back. A reading is acknowledged only after what it caused (outputs, alerts) was
+//! taken by the bus; while the bus is away (a broker restart) publishing is retried, and
+//! nothing further is consumed meanwhile. Windows in progress live in memory, so a restart
+//! of rules loses what they had gathered.
 //!
 //! Windows follow the readings' origin time: a window closes when a later reading arrives,
 //! or `lateness_ms` after its end by the clock. A reading for a window already closed is
@@ -133,6 +135,7 @@ pub struct App {
     bus: tokio::sync::OnceCell<Bus>,
     base: String,
     names: Names,
+    shutdown: outpost_kit::Shutdown,
 }
 
 fn leak(s: String) -> &'static str {
@@ -258,8 +261,37 @@ impl App {
         outputs
     }
 
-    async fn publish(&self, outputs: Vec<Output>) {
-        let Some(bus) = self.bus.get() else { return };
+    /// Publishes until the bus takes it; `false` only when the service is stopping. An
+    /// output is never dropped because the broker was restarting, and the reading it came
+    /// from is acknowledged only after it went out (the caller waits here meanwhile).
+    async fn until_sent<F, Fut>(&self, what: &str, mut send: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), outpost_bus::BusError>>,
+    {
+        let mut backoff =
+            outpost_kit::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        loop {
+            match send().await {
+                Ok(()) => return true,
+                Err(e) => {
+                    if backoff.attempts() == 0 {
+                        tracing::warn!(error = %e, "cannot publish {what}; retrying until the bus takes it");
+                    }
+                    tokio::select! {
+                        () = self.shutdown.wait() => return false,
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes `outputs`; `false` if the service began stopping before all went out.
+    async fn publish(&self, outputs: Vec<Output>) -> bool {
+        let Some(bus) = self.bus.get() else {
+            return true;
+        };
         for o in outputs {
             let p = self
                 .pipelines()
@@ -278,8 +310,11 @@ impl App {
                     "alert"
                 );
                 let topic = format!("{}/alerts/{}/{}", self.base, o.pipeline, o.device);
-                if let Err(e) = bus.publish(&topic, alert).await {
-                    tracing::warn!(error = %e, "cannot publish an alert");
+                if !self
+                    .until_sent("an alert", || bus.publish(&topic, alert))
+                    .await
+                {
+                    return false;
                 }
             }
             if o.samples.is_empty() {
@@ -326,18 +361,21 @@ impl App {
                     base: BaseRequest::default(),
                     event,
                 };
-                match bus.publish_event(&topic, &req).await {
-                    Ok(()) => {
-                        if let Some(p) = &p {
-                            p.counts.readings_out.fetch_add(n, Ordering::Relaxed);
-                            p.counts.events_out.fetch_add(1, Ordering::Relaxed);
-                        }
-                        metrics::counter!(self.names.readings_out, "pipeline" => o.pipeline.clone()).increment(n);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot publish a pipeline's output"),
+                if !self
+                    .until_sent("a pipeline's output", || bus.publish_event(&topic, &req))
+                    .await
+                {
+                    return false;
                 }
+                if let Some(p) = &p {
+                    p.counts.readings_out.fetch_add(n, Ordering::Relaxed);
+                    p.counts.events_out.fetch_add(1, Ordering::Relaxed);
+                }
+                metrics::counter!(self.names.readings_out, "pipeline" => o.pipeline.clone())
+                    .increment(n);
             }
         }
+        true
     }
 }
 
@@ -407,6 +445,7 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
         db,
         bus: tokio::sync::OnceCell::new(),
         base: ctx.common.bus.base_topic.clone(),
+        shutdown: ctx.shutdown.clone(),
         names: Names {
             readings_in: leak(ctx.metric("readings_in_total")),
             readings_out: leak(ctx.metric("readings_out_total")),
@@ -450,13 +489,20 @@ pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
                     () = ctx.shutdown.wait() => break,
                     _ = tick.tick() => {
                         let outputs = app.flush(now_nanos() - lateness.as_nanos() as i64);
-                        app.publish(outputs).await;
+                        if !app.publish(outputs).await {
+                            break;
+                        }
                     }
                     d = rx.recv() => {
                         let Some(d) = d else { break };
-                        if let Some(env) = bus.decode_event(&d) {
-                            let outputs = app.process(&env.payload.event);
-                            app.publish(outputs).await;
+                        if let Some(env) = bus.decode_event(&d)
+                            && !app.publish(app.process(&env.payload.event)).await
+                        {
+                            // Stopping with outputs not sent: not acknowledged (a dropped
+                            // token would answer with a failure acknowledgement), so the
+                            // reading is delivered again after the restart.
+                            std::mem::forget(d);
+                            break;
                         }
                         d.ack();
                     }
