@@ -617,9 +617,10 @@ retry_initial_ms = 50
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cloud_keeps_only_what_its_retention_allows() {
-    // First by age alone: data older than an hour goes, removed 2 events per step.
+    // First by age alone: data older than 2 s (by origin, and 2 s after it arrived) goes,
+    // removed 2 events per step.
     let mut cloud = Cloud::start_with(&[
-        "cloud.retention.max_age_s=3600",
+        "cloud.retention.max_age_s=2",
         "cloud.retention.interval_s=1",
         "cloud.retention.chunk_events=2",
     ])
@@ -635,8 +636,16 @@ async fn the_cloud_keeps_only_what_its_retention_allows() {
         .await
         .expect("post");
     assert_eq!(r.status().as_u16(), 201);
-    for v in 0..8 {
-        let r = post_event(&node, "m-r", &v.to_string()).await;
+    // The others are dated an hour ahead, so age never takes them here.
+    let ahead = now_nanos() + 3600 * 1_000_000_000;
+    for v in 0..8i64 {
+        let r = node
+            .http
+            .post(ingest_url(&node, "m-r"))
+            .json(&event_at("m-r", &v.to_string(), ahead + v * 1_000_000))
+            .send()
+            .await
+            .expect("post");
         assert_eq!(r.status().as_u16(), 201);
     }
     // Everything arrived (the cloud counts what it accepted), and only the old one went.

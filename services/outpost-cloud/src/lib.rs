@@ -18,11 +18,11 @@
 //! Everything except ingest, ping, health, version and the CA certificate needs the cloud's
 //! admin token (`<data>/secrets/cloud-admin.token`) as a bearer token.
 //!
-//! Retention (`[cloud.retention]`): events older than `max_age_s` go with their readings,
-//! alerts too, and the oldest events go while more than `max_readings` readings are stored;
-//! a pass every `interval_s`, in transactions of `chunk_events` events. An edge that sends
-//! data older than `max_age_s` gets it acknowledged (so it is not sent again) and removed by
-//! the next pass.
+//! Retention (`[cloud.retention]`): events older than `max_age_s` (by origin, and at least
+//! that long after they arrived) go with their readings, alerts too (by origin), and the
+//! oldest events go while more than `max_readings` readings are stored; a pass every
+//! `interval_s`, in transactions of `chunk_events` events. Data an edge sends late, or with
+//! an origin in milliseconds or 0, is kept `max_age_s` after it arrived.
 
 mod serve;
 pub mod store;
@@ -76,7 +76,8 @@ pub struct Config {
 }
 
 /// `[cloud.retention]`: what the cloud node keeps. Events older than `max_age_s` (by their
-/// origin) go with their readings, and so do alerts; while more than `max_readings`
+/// origin, and at least that long after they arrived) go with their readings, and so do
+/// alerts; while more than `max_readings`
 /// readings are stored, the oldest events go. Removal runs in steps of `chunk_events`
 /// events, each its own transaction, so ingest is never held up for long.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -601,10 +601,13 @@ impl Store {
     }
 
     /// One bounded retention step, in one transaction: removes up to `chunk` events (with
-    /// their readings, and no more events once [`STEP_READINGS`] readings went) whose origin is before `cutoff` (nanoseconds), oldest first, and
-    /// alerts older than it; then, while more than `max_readings` readings are stored
-    /// (0: no bound), the oldest events. Returns what it removed; callers repeat it until
-    /// it removes nothing, so ingest gets the database between steps.
+    /// their readings; no more events once [`STEP_READINGS`] readings went) whose origin is
+    /// before `cutoff` (nanoseconds) and which arrived before it too, oldest first, and
+    /// alerts whose origin is before it; then, while more than `max_readings` readings are
+    /// stored (0: no bound), the oldest events. Nothing goes by age sooner than the age
+    /// after it arrived: data an edge sends late, or with an origin in milliseconds or 0, is
+    /// not removed as it lands. Returns what it removed; callers repeat it until it removes
+    /// nothing, so ingest gets the database between steps.
     pub async fn remove_old(
         &self,
         cutoff: Option<i64>,
@@ -617,11 +620,13 @@ impl Store {
                 let mut removed = Removed::default();
                 let limit = i64::try_from(chunk.max(1)).unwrap_or(i64::MAX);
                 if let Some(cutoff) = cutoff {
+                    let cutoff_ms = cutoff.div_euclid(1_000_000);
                     let old: Vec<i64> = tx
                         .prepare_cached(
-                            "SELECT seq FROM events WHERE origin < ?1 ORDER BY origin LIMIT ?2",
+                            "SELECT seq FROM events WHERE origin < ?1 AND received_ms < ?2
+                             ORDER BY origin LIMIT ?3",
                         )?
-                        .query_map(params![cutoff, limit], |r| r.get(0))?
+                        .query_map(params![cutoff, cutoff_ms, limit], |r| r.get(0))?
                         .collect::<Result<_, _>>()?;
                     for seq in old {
                         if removed.readings >= STEP_READINGS {
@@ -684,5 +689,95 @@ impl Store {
                 Ok(n as u64)
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_contracts::export::Backlog;
+
+    type Item = WireItem<Box<serde_json::value::RawValue>>;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = outpost_storage::Location::new(dir.path(), "cloud");
+        let db = Db::open(
+            &loc,
+            &outpost_storage::OpenOptions::default(),
+            MIGRATIONS,
+            1,
+        )
+        .unwrap();
+        (dir, Store::new(db))
+    }
+
+    fn item(seq: u64, id: &str, origin: i64, readings: usize) -> Item {
+        let readings: Vec<serde_json::Value> = (0..readings)
+            .map(|i| {
+                serde_json::json!({"id": format!("{id}-{i}"), "origin": origin, "deviceName": "d",
+                "resourceName": format!("r{i}"), "profileName": "p", "valueType": "Int64", "value": "1"})
+            })
+            .collect();
+        let data = serde_json::json!({"kind": "event", "event": {"apiVersion": "v3", "id": id,
+            "deviceName": "d", "profileName": "p", "sourceName": "s", "origin": origin,
+            "readings": readings}});
+        WireItem {
+            seq,
+            enqueued_ms: 0,
+            data: serde_json::value::to_raw_value(&data).unwrap(),
+        }
+    }
+
+    async fn ingest(st: &Store, items: Vec<Item>) {
+        st.enroll("e".into(), "fp".into(), 0).await.unwrap();
+        let out = st
+            .ingest(Incoming {
+                edge: "e".into(),
+                address: "a".into(),
+                incarnation: 1,
+                priority: 1,
+                items,
+                backlog: Backlog::default(),
+            })
+            .await
+            .unwrap();
+        assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    }
+
+    #[tokio::test]
+    async fn age_counts_from_arrival_too_and_the_bound_takes_the_oldest() {
+        let (_dir, st) = store();
+        let now = outpost_contracts::now_nanos();
+        let hour = 3_600_000_000_000i64;
+        // Origins two hours ago, in milliseconds, and an hour ahead; three readings each.
+        ingest(
+            &st,
+            vec![
+                item(1, "old", now - 2 * hour, 3),
+                item(2, "millis", now / 1_000_000, 3),
+                item(3, "new", now + hour, 3),
+            ],
+        )
+        .await;
+        assert_eq!(st.reading_total().await.unwrap(), 9);
+        // An hour's age: everything arrived just now, so nothing goes yet.
+        let none = st.remove_old(Some(now - hour), 0, 10).await.unwrap();
+        assert_eq!(none, Removed::default());
+        // A minute later (a cutoff past their arrival): the old origins go, the new one
+        // stays.
+        let later = st.remove_old(Some(now + hour / 60), 0, 10).await.unwrap();
+        assert_eq!((later.events, later.readings), (2, 6));
+        assert_eq!(st.event_count("e".into()).await.unwrap(), 1);
+        assert_eq!(st.reading_total().await.unwrap(), 3);
+        // A bound below what is stored removes whole events, oldest first.
+        ingest(&st, vec![item(4, "newer", now + 2 * hour, 3)]).await;
+        let trimmed = st.remove_old(None, 4, 10).await.unwrap();
+        assert_eq!((trimmed.events, trimmed.readings), (1, 3));
+        assert_eq!(st.reading_total().await.unwrap(), 3);
+        assert_eq!(
+            st.remove_old(None, 4, 10).await.unwrap(),
+            Removed::default()
+        );
     }
 }
