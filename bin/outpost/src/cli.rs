@@ -12,7 +12,7 @@ use outpost_contracts::metadata::{
 };
 use serde_json::Value;
 
-use crate::config::{NodeConfig, Service};
+use crate::config::NodeConfig;
 use crate::session::Gateway;
 
 /// HTTP access to the node's services: through the gateway (see [`crate::session`]), or
@@ -32,17 +32,18 @@ impl Client {
         }
     }
 
-    fn url(&self, svc: Service, path: &str) -> String {
+    /// The URL of `path` of the service named `svc`.
+    fn url(&self, svc: &str, path: &str) -> String {
         match &self.gateway {
-            Some(g) => format!("{}/{}/api/v3{path}", g.base, svc.name()),
-            None => format!("{}/api/v3{path}", self.cfg.url(svc)),
+            Some(g) => format!("{}/{svc}/api/v3{path}", g.base),
+            None => format!("{}/api/v3{path}", self.cfg.url_of(svc).unwrap_or_default()),
         }
     }
 
     pub(crate) fn request(
         &self,
         method: reqwest::Method,
-        svc: Service,
+        svc: &str,
         path: &str,
     ) -> reqwest::RequestBuilder {
         let http = self.gateway.as_ref().map_or(&self.http, |g| &g.http);
@@ -96,10 +97,10 @@ impl Client {
 
     pub(crate) async fn send(
         &self,
-        svc: Service,
+        svc: &str,
         req: reqwest::RequestBuilder,
     ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
-        self.send_as(svc.name(), req).await
+        self.send_as(svc, req).await
     }
 
     /// A call to the gateway's own API (`/api/v3/...`).
@@ -122,7 +123,7 @@ impl Client {
     /// overall timeout, since a large upload takes as long as the link needs.
     pub async fn upload(
         &self,
-        svc: Service,
+        svc: &str,
         path: &str,
         headers: &[(&str, String)],
         body: reqwest::Body,
@@ -140,7 +141,7 @@ impl Client {
         ok_or_message(status, body)
     }
 
-    pub async fn get(&self, svc: Service, path: &str) -> anyhow::Result<Value> {
+    pub async fn get(&self, svc: &str, path: &str) -> anyhow::Result<Value> {
         let (status, body) = self
             .send(svc, self.request(reqwest::Method::GET, svc, path))
             .await?;
@@ -149,7 +150,7 @@ impl Client {
 
     pub(crate) async fn post(
         &self,
-        svc: Service,
+        svc: &str,
         path: &str,
         body: &Value,
     ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
@@ -162,7 +163,7 @@ impl Client {
 
     pub(crate) async fn put(
         &self,
-        svc: Service,
+        svc: &str,
         path: &str,
         body: &Value,
     ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
@@ -173,7 +174,7 @@ impl Client {
         .await
     }
 
-    pub(crate) async fn delete(&self, svc: Service, path: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn delete(&self, svc: &str, path: &str) -> anyhow::Result<Value> {
         let (status, body) = self
             .send(svc, self.request(reqwest::Method::DELETE, svc, path))
             .await?;
@@ -291,7 +292,7 @@ pub(crate) fn time_of(nanos: i64) -> String {
 // ---- commands ----
 
 pub async fn services(c: &Client, json: bool) -> anyhow::Result<()> {
-    let v = c.get(Service::CoreKeeper, "/registry/all").await?;
+    let v = c.get(outpost_core_keeper::SERVICE, "/registry/all").await?;
     if json {
         print_json(&v);
         return Ok(());
@@ -331,13 +332,13 @@ pub async fn profile_apply(c: &Client, file: &Path) -> anyhow::Result<()> {
     let name = profile.name.clone();
     let body = serde_json::json!([{ "apiVersion": "v3", "profile": profile }]);
     let (status, resp) = c
-        .post(Service::CoreMetadata, "/deviceprofile", &body)
+        .post(outpost_core_metadata::SERVICE, "/deviceprofile", &body)
         .await?;
     match multi_status_entry(status, &resp) {
         Ok(_) => println!("created device profile {name}"),
         Err((409, _)) => {
             let (status, resp) = c
-                .put(Service::CoreMetadata, "/deviceprofile", &body)
+                .put(outpost_core_metadata::SERVICE, "/deviceprofile", &body)
                 .await?;
             match multi_status_entry(status, &resp) {
                 Ok(_) => println!("updated device profile {name}"),
@@ -351,7 +352,10 @@ pub async fn profile_apply(c: &Client, file: &Path) -> anyhow::Result<()> {
 
 pub async fn profile_list(c: &Client, json: bool) -> anyhow::Result<()> {
     let v = c
-        .get(Service::CoreMetadata, "/deviceprofile/all?limit=-1")
+        .get(
+            outpost_core_metadata::SERVICE,
+            "/deviceprofile/all?limit=-1",
+        )
         .await?;
     if json {
         print_json(&v);
@@ -476,7 +480,7 @@ pub async fn device_add(c: &Client, d: NewDevice) -> anyhow::Result<()> {
     let names: Vec<String> = body.iter().map(|r| r.device.name.clone()).collect();
     let (status, resp) = c
         .post(
-            Service::CoreMetadata,
+            outpost_core_metadata::SERVICE,
             "/device",
             &serde_json::to_value(&body)?,
         )
@@ -518,7 +522,7 @@ pub async fn device_list(
             None => "/device/all?limit=-1".to_string(),
         },
     };
-    let v = c.get(Service::CoreMetadata, &path).await?;
+    let v = c.get(outpost_core_metadata::SERVICE, &path).await?;
     if json {
         print_json(&v);
         return Ok(());
@@ -558,7 +562,7 @@ pub async fn device_list(
 pub async fn device_show(c: &Client, name: &str) -> anyhow::Result<()> {
     let v = c
         .get(
-            Service::CoreMetadata,
+            outpost_core_metadata::SERVICE,
             &format!("/device/name/{}", enc(name)),
         )
         .await?;
@@ -568,7 +572,7 @@ pub async fn device_show(c: &Client, name: &str) -> anyhow::Result<()> {
 
 pub async fn device_rm(c: &Client, name: &str) -> anyhow::Result<()> {
     c.delete(
-        Service::CoreMetadata,
+        outpost_core_metadata::SERVICE,
         &format!("/device/name/{}", enc(name)),
     )
     .await?;
@@ -584,12 +588,12 @@ pub async fn device_secret(
 ) -> anyhow::Result<()> {
     let path = format!("/device/name/{}/secret", enc(name));
     if remove {
-        c.delete(Service::CoreMetadata, &path).await?;
+        c.delete(outpost_core_metadata::SERVICE, &path).await?;
         println!("removed the secret of {name}: it can no longer connect");
         return Ok(());
     }
     let body = serde_json::json!({"apiVersion": "v3", "secret": secret});
-    let (status, resp) = c.put(Service::CoreMetadata, &path, &body).await?;
+    let (status, resp) = c.put(outpost_core_metadata::SERVICE, &path, &body).await?;
     let resp = ok_or_message(status, resp)?;
     match resp.get("secret").and_then(Value::as_str) {
         Some(s) => {
@@ -602,8 +606,9 @@ pub async fn device_secret(
 }
 
 pub async fn device_discover(c: &Client, service: &str, wait: Duration) -> anyhow::Result<()> {
-    let svc = Service::from_name(service)
-        .filter(|s| service.starts_with("device-") && c.cfg.enabled(*s))
+    let svc = crate::services::by_name(service)
+        .filter(|s| service.starts_with("device-") && c.cfg.enabled(s))
+        .map(|s| s.name())
         .with_context(|| {
             format!(
                 "'{service}' is not a device service this node runs (enable [{}] first)",
@@ -619,7 +624,7 @@ pub async fn device_discover(c: &Client, service: &str, wait: Duration) -> anyho
             .collect()
     };
     let list_path = format!("/device/service/name/{}?limit=-1", enc(service));
-    let before = names(&c.get(Service::CoreMetadata, &list_path).await?);
+    let before = names(&c.get(outpost_core_metadata::SERVICE, &list_path).await?);
     let (status, resp) = c.post(svc, "/discovery", &Value::Null).await?;
     ok_or_message(status, resp)?;
     eprintln!(
@@ -628,7 +633,7 @@ pub async fn device_discover(c: &Client, service: &str, wait: Duration) -> anyho
     );
     // Discovery runs in the background; what it adds shows up in metadata.
     tokio::time::sleep(wait).await;
-    let now = names(&c.get(Service::CoreMetadata, &list_path).await?);
+    let now = names(&c.get(outpost_core_metadata::SERVICE, &list_path).await?);
     let found: Vec<&String> = now.difference(&before).collect();
     if found.is_empty() {
         println!("no new devices (a provision watcher must match what is found)");
@@ -651,7 +656,7 @@ pub async fn device_service_add(c: &Client, name: &str, base_address: &str) -> a
     }];
     let (status, resp) = c
         .post(
-            Service::CoreMetadata,
+            outpost_core_metadata::SERVICE,
             "/deviceservice",
             &serde_json::to_value(&body)?,
         )
@@ -665,7 +670,10 @@ pub async fn device_service_add(c: &Client, name: &str, base_address: &str) -> a
 
 pub async fn device_service_list(c: &Client, json: bool) -> anyhow::Result<()> {
     let v = c
-        .get(Service::CoreMetadata, "/deviceservice/all?limit=-1")
+        .get(
+            outpost_core_metadata::SERVICE,
+            "/deviceservice/all?limit=-1",
+        )
         .await?;
     if json {
         print_json(&v);
@@ -700,7 +708,7 @@ pub async fn readings(
         path.push_str(&format!("/start/{start}/end/{now}"));
     }
     path.push_str(&format!("?limit={limit}"));
-    let v = c.get(Service::CoreData, &path).await?;
+    let v = c.get(outpost_core_data::SERVICE, &path).await?;
     if json {
         print_json(&v);
         return Ok(());
@@ -808,7 +816,7 @@ pub async fn command(
     if settings.is_empty() {
         let v = c
             .get(
-                Service::CoreCommand,
+                outpost_core_command::SERVICE,
                 &format!("{path}?ds-pushevent={push}&ds-returnevent=true"),
             )
             .await?;
@@ -842,7 +850,7 @@ pub async fn command(
         body.insert(k.to_string(), Value::String(v.to_string()));
     }
     let (status, v) = c
-        .put(Service::CoreCommand, &path, &Value::Object(body))
+        .put(outpost_core_command::SERVICE, &path, &Value::Object(body))
         .await?;
     let v = ok_or_message(status, v)?;
     if json {

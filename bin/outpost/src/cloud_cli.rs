@@ -8,10 +8,10 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 use crate::cli::{Client, ago, enc, ok_or_message, print_json, s, table, time_of};
-use crate::config::{NodeConfig, Service};
+use crate::config::NodeConfig;
 
 pub async fn export_status(c: &Client, json: bool) -> anyhow::Result<()> {
-    let v = c.get(Service::Export, "/export/status").await?;
+    let v = c.get(outpost_export::SERVICE, "/export/status").await?;
     if json {
         print_json(&v);
         return Ok(());

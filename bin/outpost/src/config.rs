@@ -5,8 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use outpost_kit::config::{
-    BusConfig, CommonConfig, ConfigError, EnrollmentConfig, LogConfig, NodeConfig as NodeSection,
-    Problems, RegistryConfig, StorageConfig, Validate, apply_env_overrides, apply_overrides,
+    CommonConfig, ConfigError, Problems, Validate, apply_env_overrides, apply_overrides,
     from_table, parse_toml,
 };
 use serde::{Deserialize, Serialize};
@@ -36,92 +35,7 @@ impl Default for SupervisorConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NodeConfig {
-    pub node: NodeSection,
-    pub log: LogConfig,
-    pub registry: RegistryConfig,
-    pub bus: BusConfig,
-    pub storage: StorageConfig,
-    pub enrollment: EnrollmentConfig,
-    pub supervisor: SupervisorConfig,
-    pub broker: outpost_broker::Config,
-    pub core_keeper: outpost_core_keeper::Config,
-    pub core_metadata: outpost_core_metadata::Config,
-    pub core_data: outpost_core_data::Config,
-    pub core_command: outpost_core_command::Config,
-    pub device_virtual: outpost_device_virtual::Config,
-    pub device_modbus: outpost_device_modbus::Config,
-    pub device_mqtt: outpost_device_mqtt::Config,
-    pub device_rest: outpost_device_rest::Config,
-    pub gateway: outpost_gateway::Config,
-    pub rules: outpost_rules::Config,
-    pub ota: outpost_ota::Config,
-    pub export: outpost_export::Config,
-    pub cloud: outpost_cloud::Config,
-}
-
-/// A service the node can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
-    Broker,
-    CoreKeeper,
-    CoreMetadata,
-    CoreData,
-    CoreCommand,
-    DeviceVirtual,
-    DeviceModbus,
-    DeviceMqtt,
-    DeviceRest,
-    Gateway,
-    Rules,
-    Export,
-    Ota,
-    Cloud,
-}
-
-impl Service {
-    pub const ALL: [Service; 14] = [
-        Self::Broker,
-        Self::CoreKeeper,
-        Self::CoreMetadata,
-        Self::CoreData,
-        Self::CoreCommand,
-        Self::DeviceVirtual,
-        Self::DeviceModbus,
-        Self::DeviceMqtt,
-        Self::DeviceRest,
-        Self::Gateway,
-        Self::Rules,
-        Self::Export,
-        Self::Ota,
-        Self::Cloud,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Broker => outpost_broker::SERVICE,
-            Self::CoreKeeper => outpost_core_keeper::SERVICE,
-            Self::CoreMetadata => outpost_core_metadata::SERVICE,
-            Self::CoreData => outpost_core_data::SERVICE,
-            Self::CoreCommand => outpost_core_command::SERVICE,
-            Self::DeviceVirtual => outpost_device_virtual::SERVICE,
-            Self::DeviceModbus => outpost_device_modbus::SERVICE,
-            Self::DeviceMqtt => outpost_device_mqtt::SERVICE,
-            Self::DeviceRest => outpost_device_rest::SERVICE,
-            Self::Gateway => outpost_gateway::SERVICE,
-            Self::Rules => outpost_rules::SERVICE,
-            Self::Export => outpost_export::SERVICE,
-            Self::Ota => outpost_ota::SERVICE,
-            Self::Cloud => outpost_cloud::SERVICE,
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.name() == name)
-    }
-}
+pub use crate::services::{NodeConfig, SERVICES, Service};
 
 impl NodeConfig {
     /// Loads defaults, then `file`, then `OUTPOST_*` variables, then `--set` overrides;
@@ -166,20 +80,9 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut p = Problems::default();
         self.common().validate(&mut p);
-        self.broker.validate(&mut p);
-        self.core_keeper.validate(&mut p);
-        self.core_metadata.validate(&mut p);
-        self.core_data.validate(&mut p);
-        self.core_command.validate(&mut p);
-        self.device_virtual.validate(&mut p);
-        self.device_modbus.validate(&mut p);
-        self.device_mqtt.validate(&mut p);
-        self.device_rest.validate(&mut p);
-        self.gateway.validate(&mut p);
-        self.rules.validate(&mut p);
-        self.export.validate(&mut p);
-        self.ota.validate(&mut p);
-        self.cloud.validate(&mut p);
+        for svc in SERVICES {
+            svc.section(self).validate(&mut p);
+        }
         let s = &self.supervisor;
         p.check(
             s.stop_timeout_ms >= 100,
@@ -196,11 +99,11 @@ impl NodeConfig {
             "supervisor",
             "restart_backoff_max_ms must be at least 100",
         );
+        // No two enabled services may listen on one port: HTTP ports among themselves, and
+        // other listeners (MQTT, HTTPS) against those and each other where their addresses
+        // overlap.
         let mut ports: HashMap<u16, &str> = HashMap::new();
-        for svc in Service::ALL {
-            if !self.enabled(svc) {
-                continue;
-            }
+        for svc in self.services() {
             let port = self.port(svc);
             if port == 0 {
                 p.push(svc.name(), "port must not be 0");
@@ -208,33 +111,36 @@ impl NodeConfig {
                 p.push(svc.name(), format!("port {port} is also used by {other}"));
             }
         }
-        if self.broker.enabled {
-            let listen = self.broker.listen;
-            p.check(
-                listen.port() != 0,
-                "broker",
-                "listen needs a port other than 0",
-            );
-            let overlaps = listen.ip() == self.node.bind
-                || listen.ip().is_unspecified()
-                || self.node.bind.is_unspecified();
-            if let Some(other) = ports.get(&listen.port()).filter(|_| overlaps) {
-                p.push(
-                    "broker",
-                    format!("listen port {} is also {other}'s HTTP port", listen.port()),
-                );
-            }
-        }
-        if self.gateway.enabled {
-            let listen = self.gateway.listen;
-            let overlaps = listen.ip() == self.node.bind
-                || listen.ip().is_unspecified()
-                || self.node.bind.is_unspecified();
-            if let Some(other) = ports.get(&listen.port()).filter(|_| overlaps) {
-                p.push(
-                    "gateway",
-                    format!("listen port {} is also {other}'s HTTP port", listen.port()),
-                );
+        let mut listeners: Vec<(std::net::SocketAddr, &str)> = Vec::new();
+        for svc in self.services() {
+            for l in svc.section(self).listeners() {
+                let section = svc.info.section;
+                if l.addr.port() == 0 {
+                    p.push(section, "listen needs a port other than 0");
+                    continue;
+                }
+                let overlaps = |ip: std::net::IpAddr| {
+                    ip == l.addr.ip() || ip.is_unspecified() || l.addr.ip().is_unspecified()
+                };
+                if let Some(other) = ports
+                    .get(&l.addr.port())
+                    .filter(|_| overlaps(self.node.bind))
+                {
+                    p.push(
+                        section,
+                        format!("listen port {} is also {other}'s HTTP port", l.addr.port()),
+                    );
+                }
+                if let Some((_, other)) = listeners
+                    .iter()
+                    .find(|(a, _)| a.port() == l.addr.port() && overlaps(a.ip()))
+                {
+                    p.push(
+                        section,
+                        format!("listen port {} is also {other}'s", l.addr.port()),
+                    );
+                }
+                listeners.push((l.addr, svc.name()));
             }
         }
         p.check(
@@ -272,43 +178,12 @@ impl NodeConfig {
     }
 
     pub fn port(&self, svc: Service) -> u16 {
-        match svc {
-            Service::Broker => self.broker.port,
-            Service::CoreKeeper => self.core_keeper.port,
-            Service::CoreMetadata => self.core_metadata.port,
-            Service::CoreData => self.core_data.port,
-            Service::CoreCommand => self.core_command.port,
-            Service::DeviceVirtual => self.device_virtual.port,
-            Service::DeviceModbus => self.device_modbus.port,
-            Service::DeviceMqtt => self.device_mqtt.port,
-            Service::DeviceRest => self.device_rest.port,
-            Service::Gateway => self.gateway.port,
-            Service::Rules => self.rules.port,
-            Service::Export => self.export.port,
-            Service::Ota => self.ota.port,
-            Service::Cloud => self.cloud.port,
-        }
+        svc.section(self).port()
     }
 
     /// Whether `outpost up` runs `svc`.
     pub fn enabled(&self, svc: Service) -> bool {
-        match svc {
-            Service::Broker => self.broker.enabled,
-            Service::DeviceVirtual => self.device_virtual.enabled,
-            Service::DeviceModbus => self.device_modbus.enabled,
-            Service::DeviceMqtt => self.device_mqtt.enabled,
-            Service::DeviceRest => self.device_rest.enabled,
-            Service::Gateway => self.gateway.enabled,
-            Service::Rules => self.rules.enabled,
-            Service::Export => self.export.enabled,
-            Service::Ota => self.ota.enabled,
-            // The cloud node runs on its own (`outpost cloud`), never in an edge's `up`.
-            Service::Cloud => false,
-            Service::CoreKeeper
-            | Service::CoreMetadata
-            | Service::CoreData
-            | Service::CoreCommand => true,
-        }
+        svc.info.on_edge && svc.section(self).enabled()
     }
 
     /// `http://host:port` of a service of this node.
@@ -322,56 +197,27 @@ impl NodeConfig {
 
     /// The services `outpost up` runs, in start order (stop order is the reverse).
     pub fn services(&self) -> Vec<Service> {
-        [
-            Service::CoreKeeper,
-            Service::Broker,
-            Service::CoreMetadata,
-            Service::CoreData,
-            Service::CoreCommand,
-            Service::DeviceVirtual,
-            Service::DeviceModbus,
-            Service::DeviceMqtt,
-            Service::DeviceRest,
-            Service::Rules,
-            Service::Export,
-            Service::Ota,
-            Service::Gateway,
-        ]
-        .into_iter()
-        .filter(|s| self.enabled(*s))
-        .collect()
+        SERVICES.iter().filter(|s| self.enabled(s)).collect()
+    }
+
+    /// `http://host:port` of the service named `name` (one of the table's).
+    pub fn url_of(&self, name: &str) -> Option<String> {
+        crate::services::by_name(name).map(|s| self.url(s))
     }
 
     /// Addresses used until the registry answers.
     pub fn fallback_addresses(&self) -> HashMap<String, String> {
-        Service::ALL
-            .into_iter()
+        SERVICES
+            .iter()
             .map(|s| (s.name().to_string(), self.url(s)))
             .collect()
     }
 
     /// A service's effective configuration, for its `/api/v3/config`.
     pub fn service_json(&self, svc: Service) -> serde_json::Value {
-        let section = match svc {
-            Service::Broker => serde_json::to_value(&self.broker),
-            Service::CoreKeeper => serde_json::to_value(&self.core_keeper),
-            Service::CoreMetadata => serde_json::to_value(&self.core_metadata),
-            Service::CoreData => serde_json::to_value(&self.core_data),
-            Service::CoreCommand => serde_json::to_value(&self.core_command),
-            Service::DeviceVirtual => serde_json::to_value(&self.device_virtual),
-            Service::DeviceModbus => serde_json::to_value(&self.device_modbus),
-            Service::DeviceMqtt => serde_json::to_value(&self.device_mqtt),
-            Service::DeviceRest => serde_json::to_value(&self.device_rest),
-            Service::Gateway => serde_json::to_value(&self.gateway),
-            Service::Rules => serde_json::to_value(&self.rules),
-            Service::Export => serde_json::to_value(&self.export),
-            Service::Ota => serde_json::to_value(&self.ota),
-            Service::Cloud => serde_json::to_value(&self.cloud),
-        }
-        .unwrap_or_default();
         serde_json::json!({
             "node": self.node, "log": self.log, "registry": self.registry, "bus": self.bus,
-            "storage": self.storage, "service": section,
+            "storage": self.storage, "service": svc.section(self).to_json(),
         })
     }
 }

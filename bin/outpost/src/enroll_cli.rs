@@ -11,7 +11,6 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 use crate::cli::{Client, NewDevice, enc, ok_or_message, print_json, table};
-use crate::config::Service;
 
 /// What `outpost device enroll` was given.
 pub struct Enroll {
@@ -26,10 +25,10 @@ pub struct Enroll {
 async fn exists(c: &Client, name: &str) -> anyhow::Result<bool> {
     let (status, body) = c
         .send(
-            Service::CoreMetadata,
+            outpost_core_metadata::SERVICE,
             c.request(
                 reqwest::Method::GET,
-                Service::CoreMetadata,
+                outpost_core_metadata::SERVICE,
                 &format!("/device/name/{}", enc(name)),
             ),
         )
@@ -45,7 +44,7 @@ async fn exists(c: &Client, name: &str) -> anyhow::Result<bool> {
 async fn new_secret(c: &Client, name: &str) -> anyhow::Result<String> {
     let path = format!("/device/name/{}/secret", enc(name));
     let body = serde_json::json!({"apiVersion": "v3"});
-    let (status, resp) = c.put(Service::CoreMetadata, &path, &body).await?;
+    let (status, resp) = c.put(outpost_core_metadata::SERVICE, &path, &body).await?;
     let resp = ok_or_message(status, resp)?;
     resp.get("secret")
         .and_then(Value::as_str)
@@ -63,7 +62,7 @@ async fn new_cert(
 ) -> anyhow::Result<(String, String)> {
     let path = format!("/device/name/{}/certificate", enc(name));
     let body = serde_json::json!({"apiVersion": "v3", "csr": csr, "replace": replace});
-    let (status, resp) = c.post(Service::CoreMetadata, &path, &body).await?;
+    let (status, resp) = c.post(outpost_core_metadata::SERVICE, &path, &body).await?;
     let resp = ok_or_message(status, resp)?;
     let cert = resp
         .get("certificate")
@@ -180,7 +179,7 @@ pub async fn enroll(c: &Client, e: Enroll) -> anyhow::Result<()> {
 pub async fn rotate(c: &Client, name: &str, out: Option<&Path>) -> anyhow::Result<()> {
     let creds = c
         .get(
-            Service::CoreMetadata,
+            outpost_core_metadata::SERVICE,
             &format!("/device/name/{}/credential", enc(name)),
         )
         .await?;
@@ -213,7 +212,7 @@ pub async fn rotate(c: &Client, name: &str, out: Option<&Path>) -> anyhow::Resul
 async fn device_action(c: &Client, name: &str, action: &str) -> anyhow::Result<()> {
     let (status, body) = c
         .post(
-            Service::CoreMetadata,
+            outpost_core_metadata::SERVICE,
             &format!("/device/name/{}/{action}", enc(name)),
             &serde_json::json!({}),
         )
@@ -236,7 +235,7 @@ pub async fn approve(c: &Client, name: &str) -> anyhow::Result<()> {
 pub async fn credentials(c: &Client, name: &str, json: bool) -> anyhow::Result<()> {
     let v = c
         .get(
-            Service::CoreMetadata,
+            outpost_core_metadata::SERVICE,
             &format!("/device/name/{}/credential", enc(name)),
         )
         .await?;
@@ -314,7 +313,7 @@ pub async fn inventory(
     } else {
         format!("/inventory/all?{}", q.join("&"))
     };
-    let v = c.get(Service::Ota, &path).await?;
+    let v = c.get(outpost_ota::SERVICE, &path).await?;
     if json {
         print_json(&v);
         return Ok(());
@@ -366,10 +365,10 @@ pub async fn group_add(
 ) -> anyhow::Result<()> {
     let body =
         serde_json::json!({"name": name, "labels": labels, "profile": profile.unwrap_or_default()});
-    let (status, v) = c.post(Service::Ota, "/group", &body).await?;
+    let (status, v) = c.post(outpost_ota::SERVICE, "/group", &body).await?;
     ok_or_message(status, v)?;
     let g = c
-        .get(Service::Ota, &format!("/group/name/{}", enc(name)))
+        .get(outpost_ota::SERVICE, &format!("/group/name/{}", enc(name)))
         .await?;
     let n = g["members"].as_array().map_or(0, Vec::len);
     println!("created group {name} ({n} devices now)");
@@ -377,7 +376,7 @@ pub async fn group_add(
 }
 
 pub async fn group_list(c: &Client, json: bool) -> anyhow::Result<()> {
-    let v = c.get(Service::Ota, "/group/all").await?;
+    let v = c.get(outpost_ota::SERVICE, "/group/all").await?;
     if json {
         print_json(&v);
         return Ok(());
@@ -401,7 +400,7 @@ pub async fn group_list(c: &Client, json: bool) -> anyhow::Result<()> {
 
 pub async fn group_show(c: &Client, name: &str) -> anyhow::Result<()> {
     let v = c
-        .get(Service::Ota, &format!("/group/name/{}", enc(name)))
+        .get(outpost_ota::SERVICE, &format!("/group/name/{}", enc(name)))
         .await?;
     for m in v["members"].as_array().into_iter().flatten() {
         println!("{}", m.as_str().unwrap_or_default());
@@ -410,7 +409,7 @@ pub async fn group_show(c: &Client, name: &str) -> anyhow::Result<()> {
 }
 
 pub async fn group_rm(c: &Client, name: &str) -> anyhow::Result<()> {
-    c.delete(Service::Ota, &format!("/group/name/{}", enc(name)))
+    c.delete(outpost_ota::SERVICE, &format!("/group/name/{}", enc(name)))
         .await?;
     println!("removed group {name}");
     Ok(())

@@ -11,6 +11,7 @@ mod config;
 mod enroll_cli;
 mod ota_cli;
 mod runner;
+mod services;
 mod session;
 mod supervisor;
 
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{NodeConfig, Service};
+use crate::config::{NodeConfig, SERVICES};
 
 /// mimalloc rather than the C library's allocator: request handling allocates and frees
 /// many small objects across threads, where glibc's malloc cost the gateway 17 % more CPU
@@ -533,10 +534,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Config(ConfigCmd::Default) => ExitCode::SUCCESS,
-        Command::Run { service } => match Service::from_name(&service) {
+        Command::Run { service } => match services::by_name(&service) {
             Some(svc) => runner::run(svc, cfg, data_dir),
             None => {
-                let names: Vec<_> = Service::ALL.iter().map(|s| s.name()).collect();
+                let names: Vec<_> = SERVICES.iter().map(|s| s.name()).collect();
                 eprintln!(
                     "outpost: unknown service '{service}'; one of: {}",
                     names.join(", ")
@@ -550,7 +551,10 @@ fn main() -> ExitCode {
         }
         Command::Cloud {
             cmd: None | Some(CloudCmd::Up),
-        } => runner::run(Service::Cloud, cfg, data_dir),
+        } => match services::by_name(outpost_cloud::SERVICE) {
+            Some(cloud) => runner::run(cloud, cfg, data_dir),
+            None => ExitCode::FAILURE,
+        },
         // Needs no node: signing keys are made where artifacts are built.
         Command::Ota(OtaCmd::Keygen { out }) => match ota_cli::keygen(&out) {
             Ok(()) => ExitCode::SUCCESS,

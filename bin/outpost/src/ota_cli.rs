@@ -11,7 +11,6 @@ use serde_json::Value;
 use tokio::io::AsyncReadExt as _;
 
 use crate::cli::{Client, enc, ok_or_message, print_json, s, table};
-use crate::config::Service;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -126,7 +125,7 @@ pub async fn upload(c: &Client, u: Upload) -> anyhow::Result<()> {
     });
     let v = c
         .upload(
-            Service::Ota,
+            outpost_ota::SERVICE,
             "/artifact",
             &[
                 ("x-outpost-manifest", B64.encode(&bytes)),
@@ -206,7 +205,7 @@ impl Progress {
 }
 
 pub async fn list(c: &Client, json: bool) -> anyhow::Result<()> {
-    let v = c.get(Service::Ota, "/artifact/all").await?;
+    let v = c.get(outpost_ota::SERVICE, "/artifact/all").await?;
     if json {
         print_json(&v);
         return Ok(());
@@ -308,7 +307,7 @@ pub async fn rollout_create(c: &Client, r: NewRollout) -> anyhow::Result<()> {
         "name": r.name, "artifact": {"name": r.artifact, "version": r.version},
         "target": {"devices": r.devices, "labels": r.labels, "group": r.group}, "policy": policy,
     });
-    let (status, v) = c.post(Service::Ota, "/rollout", &body).await?;
+    let (status, v) = c.post(outpost_ota::SERVICE, "/rollout", &body).await?;
     let v = ok_or_message(status, v)?;
     println!(
         "created rollout {} to {} devices",
@@ -367,10 +366,10 @@ fn print_rollout(v: &Value) {
 pub async fn rollout_status(c: &Client, name: Option<&str>, json: bool) -> anyhow::Result<()> {
     let v = match name {
         Some(n) => {
-            c.get(Service::Ota, &format!("/rollout/name/{}", enc(n)))
+            c.get(outpost_ota::SERVICE, &format!("/rollout/name/{}", enc(n)))
                 .await?
         }
-        None => c.get(Service::Ota, "/rollout/all").await?,
+        None => c.get(outpost_ota::SERVICE, "/rollout/all").await?,
     };
     if json {
         print_json(&v);
@@ -395,7 +394,7 @@ pub async fn rollout_status(c: &Client, name: Option<&str>, json: bool) -> anyho
 pub async fn rollout_control(c: &Client, name: &str, action: &str) -> anyhow::Result<()> {
     let (status, v) = c
         .post(
-            Service::Ota,
+            outpost_ota::SERVICE,
             &format!("/rollout/name/{}/{action}", enc(name)),
             &serde_json::json!({}),
         )

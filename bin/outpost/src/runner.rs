@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_kit::{Context, Registry, Shutdown, telemetry};
+use outpost_kit::{Context, Registry, Shutdown, Tasks, telemetry};
 
 use crate::config::{NodeConfig, Service};
 
@@ -46,20 +46,7 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
     };
     // The busy services get two worker threads, the others one: a node idles in a few MB.
     // The gateway serves its traffic on event loops of its own (gateway.threads).
-    let workers = match svc {
-        Service::CoreData | Service::Broker | Service::Cloud => 2,
-        Service::Gateway
-        | Service::CoreKeeper
-        | Service::CoreMetadata
-        | Service::CoreCommand
-        | Service::DeviceVirtual
-        | Service::DeviceModbus
-        | Service::DeviceMqtt
-        | Service::DeviceRest
-        | Service::Rules
-        | Service::Export
-        | Service::Ota => 1,
-    };
+    let workers = svc.info.worker_threads;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .max_blocking_threads(8)
@@ -83,21 +70,6 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
             cfg.registry.watch_wait_ms,
             cfg.fallback_addresses(),
         );
-        let watch = match svc {
-            Service::Broker
-            | Service::CoreMetadata
-            | Service::CoreData
-            | Service::CoreCommand
-            | Service::DeviceVirtual
-            | Service::DeviceModbus
-            | Service::DeviceMqtt
-            | Service::DeviceRest
-            | Service::Gateway
-            | Service::Rules
-            | Service::Export
-            | Service::Ota => Some(registry.spawn_watch(shutdown.clone())),
-            Service::CoreKeeper | Service::Cloud => None,
-        };
         let ctx = Context {
             name: svc.name().to_string(),
             common: Arc::new(cfg.common()),
@@ -106,38 +78,15 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
             registry,
             config_json: cfg.service_json(svc),
             metrics: telemetry::metrics_handle(),
+            tasks: Tasks::new(shutdown.clone()),
         };
         tracing::info!(
             service = svc.name(),
             version = outpost_kit::VERSION,
             "starting"
         );
-        let result = match svc {
-            Service::Broker => outpost_broker::run(ctx, cfg.broker.clone()).await,
-            Service::CoreKeeper => outpost_core_keeper::run(ctx, cfg.core_keeper.clone()).await,
-            Service::CoreMetadata => {
-                outpost_core_metadata::run(ctx, cfg.core_metadata.clone()).await
-            }
-            Service::CoreData => outpost_core_data::run(ctx, cfg.core_data.clone()).await,
-            Service::CoreCommand => outpost_core_command::run(ctx, cfg.core_command.clone()).await,
-            Service::DeviceVirtual => {
-                outpost_device_virtual::run(ctx, cfg.device_virtual.clone()).await
-            }
-            Service::DeviceModbus => {
-                outpost_device_modbus::run(ctx, cfg.device_modbus.clone()).await
-            }
-            Service::DeviceMqtt => outpost_device_mqtt::run(ctx, cfg.device_mqtt.clone()).await,
-            Service::DeviceRest => outpost_device_rest::run(ctx, cfg.device_rest.clone()).await,
-            Service::Gateway => outpost_gateway::run(ctx, cfg.gateway.clone()).await,
-            Service::Rules => outpost_rules::run(ctx, cfg.rules.clone()).await,
-            Service::Export => outpost_export::run(ctx, cfg.export.clone()).await,
-            Service::Ota => outpost_ota::run(ctx, cfg.ota.clone()).await,
-            Service::Cloud => outpost_cloud::run(ctx, cfg.cloud.clone()).await,
-        };
+        let result = svc.run(ctx, &cfg).await;
         shutdown.trigger();
-        if let Some(w) = watch {
-            w.abort();
-        }
         result
     });
     // Blocking tasks (SQLite work) get a moment to finish; a blocked read of standard input
@@ -149,7 +98,11 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
-            tracing::error!(service = svc.name(), error = format!("{e:#}"), "failed");
+            tracing::error!(
+                service = svc.name(),
+                error = outpost_kit::service::describe(&e),
+                "failed"
+            );
             std::process::ExitCode::FAILURE
         }
     }

@@ -33,7 +33,7 @@ use outpost_kit::config::LogFormat;
 use tokio::io::AsyncBufReadExt as _;
 use tokio::process::{Child, Command};
 
-use crate::config::{NodeConfig, Service};
+use crate::config::{NodeConfig, SERVICES, Service};
 use crate::runner::{EXIT_CONFIG, SUPERVISED_ENV};
 
 /// A child that ran this long is considered healthy again: its backoff resets.
@@ -78,8 +78,14 @@ impl Spec {
             // its CPU. The operator's own setting wins.
             .env(
                 "MIMALLOC_PURGE_DELAY",
-                std::env::var_os("MIMALLOC_PURGE_DELAY")
-                    .unwrap_or_else(|| if svc == Service::Gateway { "10" } else { "0" }.into()),
+                std::env::var_os("MIMALLOC_PURGE_DELAY").unwrap_or_else(|| {
+                    if svc.info.manages_allocator {
+                        "10"
+                    } else {
+                        "0"
+                    }
+                    .into()
+                }),
             )
             .stdin(Stdio::piped())
             .stdout(Stdio::inherit())
@@ -357,7 +363,7 @@ pub async fn up(cfg: NodeConfig, data_dir: PathBuf) -> anyhow::Result<()> {
         }
     }
     // Leftovers of a previous run that did not stop cleanly.
-    for svc in Service::ALL {
+    for svc in SERVICES {
         let _ = std::fs::remove_file(pid_file(&data_dir, svc));
     }
     write_atomically(
@@ -395,15 +401,16 @@ pub async fn up(cfg: NodeConfig, data_dir: PathBuf) -> anyhow::Result<()> {
     let http = outpost_kit::http::client(Duration::from_millis(500));
     let mut running: Vec<Supervised> = Vec::new();
     let mut failure = None;
+    let bus = cfg.services().into_iter().find(|s| s.info.is_bus);
     for svc in cfg.services() {
         if node.is_triggered() {
             break;
         }
-        if svc != Service::CoreKeeper && svc != Service::Broker && cfg.broker.enabled {
+        if let Some(bus) = bus.filter(|_| svc.info.uses_bus) {
             // Bus users start once the broker serves (its MQTT listener is bound before its
             // HTTP side), so their first connect succeeds instead of retrying.
             let deadline = Instant::now() + Duration::from_secs(5);
-            wait_ready(http.clone(), cfg.url(Service::Broker), deadline).await;
+            wait_ready(http.clone(), cfg.url(bus), deadline).await;
         }
         match spec.spawn(svc) {
             Ok(child) => {
@@ -456,11 +463,17 @@ pub async fn up(cfg: NodeConfig, data_dir: PathBuf) -> anyhow::Result<()> {
             );
         }
         for (s, ok) in running.iter().zip(&ready) {
-            let addr = match s.svc {
-                Service::Broker => {
-                    format!("mqtt://{} (http {})", cfg.broker.listen, cfg.url(s.svc))
-                }
-                _ => cfg.url(s.svc),
+            let others: Vec<String> = s
+                .svc
+                .section(&cfg)
+                .listeners()
+                .iter()
+                .map(|l| format!("{}://{}", l.scheme, l.addr))
+                .collect();
+            let addr = if others.is_empty() {
+                cfg.url(s.svc)
+            } else {
+                format!("{} (http {})", others.join(" "), cfg.url(s.svc))
             };
             let state = if *ok {
                 ""

@@ -3,10 +3,12 @@
 //!
 //! Delivery guarantees:
 //! - [`Bus::publish`] uses QoS 1 and returns once the broker acknowledged the message.
-//! - [`Bus::durable_subscriber`] delivers QoS 1 messages with an acknowledgement the consumer
-//!   resolves only after it durably processed the message (deferred PUBACK). The session is
+//! - A [`Consumer`] receives QoS 1 messages with an acknowledgement it resolves only after
+//!   it durably handled the message (deferred PUBACK, see [`delivery`]). The session is
 //!   persistent: if the consumer crashes, the broker redelivers every unacknowledged message
 //!   and queues new ones until it is back. Delivery is at-least-once; consumers deduplicate.
+//! - A [`Link`] is a service's plain connection, opened in the background and closed after
+//!   the service stopped serving, for routes that publish.
 //! - Oversized and undecodable messages are counted (`..._bus_messages_invalid_total`),
 //!   logged at a limited rate, and acknowledged so they do not come back.
 //!
@@ -24,6 +26,14 @@ use mqtt5::{
     AckToken, ConnectOptions, ConnectionEvent, IndeterminateReason, MqttClient, PublishOptions,
     PublishOutcome, PublishResult, QoS, SubscribeOptions,
 };
+
+mod consumer;
+pub mod delivery;
+mod link;
+
+pub use consumer::{Consumer, Received, Subscriber};
+pub use delivery::{Ack, Delivery};
+pub use link::Link;
 
 /// Times a message that may have been lost with a connection is sent again.
 pub const REPUBLISH_ATTEMPTS: u32 = 5;
@@ -249,96 +259,6 @@ impl Bus {
         Ok(bus)
     }
 
-    /// Connects a durable consumer of `filter`: a persistent session with deferred
-    /// acknowledgement. The delivery callback is registered before the connection opens,
-    /// so messages the broker held for this consumer while it was away are delivered, not
-    /// lost, when the session resumes.
-    pub async fn durable_subscriber(
-        cfg: &BusConfig,
-        data_dir: &Path,
-        service: &str,
-        opts: Options,
-        filter: &str,
-        shutdown: &Shutdown,
-    ) -> Result<(Self, mpsc::UnboundedReceiver<Delivery>), BusError> {
-        Self::durable_subscriber_of(
-            cfg,
-            data_dir,
-            service,
-            opts,
-            &[filter.to_string()],
-            shutdown,
-        )
-        .await
-    }
-
-    /// Like [`Bus::durable_subscriber`] for several filters on one session.
-    pub async fn durable_subscriber_of(
-        cfg: &BusConfig,
-        data_dir: &Path,
-        service: &str,
-        opts: Options,
-        filters: &[String],
-        shutdown: &Shutdown,
-    ) -> Result<(Self, mpsc::UnboundedReceiver<Delivery>), BusError> {
-        if !opts.deferred_ack {
-            return Err(BusError::Subscribe {
-                filter: filters.join(", "),
-                reason: "a durable subscriber needs Options::durable".into(),
-            });
-        }
-        let client = build_client(cfg, data_dir, &opts)?;
-        let bus = Self::wrap(client, cfg, service);
-        bus.watch_connection().await;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let callback = bus.ack_callback(tx);
-        for filter in filters {
-            bus.client
-                .register_ack_callback(filter, callback.clone())
-                .await
-                .map_err(|e| BusError::Subscribe {
-                    filter: filter.clone(),
-                    reason: e.to_string(),
-                })?;
-        }
-        connect_loop(&bus.client, cfg, &opts, shutdown).await?;
-        let sub = SubscribeOptions {
-            qos: QoS::AtLeastOnce,
-            ..Default::default()
-        };
-        // Without the subscription nothing new arrives, so keep trying; the session's
-        // queued messages reach the callback meanwhile and wait in `rx`.
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let mut pending: Vec<&String> = filters.iter().collect();
-        while let Some(filter) = pending.last() {
-            match bus
-                .client
-                .subscribe_with_ack(filter.as_str(), sub.clone(), callback.clone())
-                .await
-            {
-                Ok(_) => {
-                    pending.pop();
-                }
-                Err(e) => {
-                    if backoff.attempts() == 0 {
-                        tracing::warn!(filter = %filter, error = %e, "cannot subscribe yet; retrying");
-                    }
-                    tokio::select! {
-                        () = shutdown.wait() => {
-                            // Close the connection before `rx` goes, so nothing queued is
-                            // answered with a failure acknowledgement.
-                            bus.disconnect().await;
-                            std::mem::forget(rx);
-                            return Err(BusError::ShutDown);
-                        }
-                        () = tokio::time::sleep(backoff.next_delay()) => {}
-                    }
-                }
-            }
-        }
-        Ok((bus, rx))
-    }
-
     /// Logs connection losses and recoveries (not the ones this side asked for).
     async fn watch_connection(&self) {
         let closing = Arc::clone(&self.closing);
@@ -391,11 +311,7 @@ impl Bus {
             if let Some(payload) = admission.admit(&publish.topic_name, &publish.payload) {
                 // Consumers keep the receiver open until they have disconnected, so a
                 // message is never dropped here while the connection could ack it.
-                let _ = tx.send(Delivery {
-                    topic: publish.topic_name,
-                    payload,
-                    token: Some(token),
-                });
+                let _ = tx.send(Delivery::new(publish.topic_name, payload, Some(token)));
             } else {
                 token.ack();
             }
@@ -432,17 +348,19 @@ impl Bus {
     /// Publishes already encoded bytes, QoS 1, and returns once the broker has
     /// acknowledged them.
     ///
-    /// While the connection is down the client queues the message and this waits for the
-    /// reconnect, so "published" always means "the broker has it", never "it is in this
-    /// process's memory": callers acknowledge what they were given only after this. A
-    /// message that may have been lost with the connection (sent, unacknowledged, and the
-    /// session not resumed) is sent again, up to [`REPUBLISH_ATTEMPTS`] times; consumers
-    /// drop the duplicates by event id.
+    /// While the connection is down this waits for the reconnect (a persistent session's
+    /// client queues the message meanwhile; a clean one sends it once it is back), so
+    /// "published" always means "the broker has it", never "it is in this process's
+    /// memory": callers acknowledge what they were given only after this. Callers that
+    /// must answer within a time bound it themselves. A message that may have been lost
+    /// with the connection (sent, unacknowledged, and the session not resumed) is sent
+    /// again, up to [`REPUBLISH_ATTEMPTS`] times; consumers drop the duplicates by event
+    /// id. Once this side disconnected, a publish fails at once.
     pub async fn publish_raw(&self, topic: &str, bytes: Vec<u8>) -> Result<(), BusError> {
         let bytes = Bytes::from(bytes);
         let mut attempts = 0;
+        let mut waiting = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         let result = loop {
-            attempts += 1;
             let opts = PublishOptions {
                 qos: QoS::AtLeastOnce,
                 ..Default::default()
@@ -454,8 +372,16 @@ impl Bus {
             {
                 Ok(PublishResult::Sent(_)) => break Ok(()),
                 Ok(PublishResult::Queued(handle)) => handle.outcome().await,
+                Err(mqtt5::error::MqttError::NotConnected)
+                    if !self.closing.load(Ordering::Relaxed) =>
+                {
+                    // Reconnecting: nothing was sent; try again once it may be back.
+                    tokio::time::sleep(waiting.next_delay()).await;
+                    continue;
+                }
                 Err(e) => break Err(e.to_string()),
             };
+            attempts += 1;
             match outcome {
                 PublishOutcome::Delivered(_) => break Ok(()),
                 PublishOutcome::Rejected(r) => break Err(format!("refused: {r:?}")),
@@ -485,7 +411,7 @@ impl Bus {
 
     /// Adds a subscription to a durable consumer's connection: its messages reach `tx`
     /// with deferred acknowledgement, like those of the first filter.
-    pub async fn subscribe_deferred(
+    pub(crate) async fn subscribe_deferred(
         &self,
         filter: &str,
         tx: mpsc::UnboundedSender<Delivery>,
@@ -530,11 +456,7 @@ impl Bus {
             .subscribe_with_options(filter, opts, move |msg| {
                 let payload = Bytes::from(msg.payload);
                 if let Some(payload) = admission.admit(&msg.topic, &payload) {
-                    let _ = tx.send(Delivery {
-                        topic: msg.topic,
-                        payload,
-                        token: None,
-                    });
+                    let _ = tx.send(Delivery::new(msg.topic, payload, None));
                 }
             })
             .await
@@ -630,57 +552,5 @@ async fn connect_loop(
                 }
             }
         }
-    }
-}
-
-/// One received message.
-pub struct Delivery {
-    pub topic: String,
-    pub payload: Bytes,
-    token: Option<AckToken>,
-}
-
-impl std::fmt::Debug for Delivery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Delivery")
-            .field("topic", &self.topic)
-            .field("bytes", &self.payload.len())
-            .finish()
-    }
-}
-
-impl Delivery {
-    /// Acknowledges the message: the broker will not deliver it again.
-    pub fn ack(mut self) {
-        if let Some(t) = self.token.take() {
-            t.ack();
-        }
-    }
-
-    /// Splits off the acknowledgement, to resolve after the payload has been handled.
-    pub fn into_parts(mut self) -> (String, Bytes, Ack) {
-        let token = self.token.take();
-        (
-            std::mem::take(&mut self.topic),
-            std::mem::take(&mut self.payload),
-            Ack(token),
-        )
-    }
-}
-
-/// A pending acknowledgement.
-pub struct Ack(Option<AckToken>);
-
-impl Ack {
-    pub fn ack(mut self) {
-        if let Some(t) = self.0.take() {
-            t.ack();
-        }
-    }
-}
-
-impl std::fmt::Debug for Ack {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Ack")
     }
 }

@@ -1,20 +1,52 @@
 //! The EdgeX topic scheme on the message bus, under a configurable base (`edgex`).
 //!
+//! Every topic a service of the node publishes or subscribes is made here.
+//!
 //! | topic | publisher |
 //! |---|---|
-//! | `<base>/events/device/<service>/<profile>/<device>/<source>` | device services, core-data (REST ingest) |
+//! | `<base>/events/device/<service>/<profile>/<device>/<source>` | device services, export (REST ingest) |
+//! | `<base>/events/core/<service>/<profile>/<device>/<source>` | core-data (events added over REST) |
+//! | `<base>/events/rules/<pipeline>/<profile>/<device>` | rules |
+//! | `<base>/alerts/<pipeline>/<device>` | rules |
 //! | `<base>/system-events/<source>/<type>/<action>/<owner>[/<profile>]` | core-metadata |
+//! | `<base>/core/command/request/<device>/<command>/<method>` | clients of core-command |
 //! | `<base>/device/command/request/<service>/<device>/<command>/<method>` | core-command |
-//! | `<base>/response/<service>/<requestId>` | device services |
+//! | `<base>/response/<service>/<requestId>` | device services, core-command |
 
 /// Topic of an event from `device` of `profile` via `service`, for `source`.
 pub fn event(base: &str, service: &str, profile: &str, device: &str, source: &str) -> String {
     format!("{base}/events/device/{service}/{profile}/{device}/{source}")
 }
 
-/// Subscription filter for every device event.
+/// Subscription filter for every event (device, core and rules events).
 pub fn all_events(base: &str) -> String {
     format!("{base}/events/#")
+}
+
+/// Subscription filter for every device event.
+pub fn device_events(base: &str) -> String {
+    format!("{base}/events/device/#")
+}
+
+/// Topic of an event core-data republishes after it was added over REST: under
+/// `events/core`, so core-data's own subscription to device events does not store it twice.
+pub fn core_event(base: &str, service: &str, profile: &str, device: &str, source: &str) -> String {
+    format!("{base}/events/core/{service}/{profile}/{device}/{source}")
+}
+
+/// Topic of what a rules pipeline emits for a device.
+pub fn rules_event(base: &str, pipeline: &str, profile: &str, device: &str) -> String {
+    format!("{base}/events/rules/{pipeline}/{profile}/{device}")
+}
+
+/// Topic of an alert a rules pipeline raises for a device.
+pub fn alert(base: &str, pipeline: &str, device: &str) -> String {
+    format!("{base}/alerts/{pipeline}/{device}")
+}
+
+/// What every alert topic starts with.
+pub fn alerts_prefix(base: &str) -> String {
+    format!("{base}/alerts/")
 }
 
 /// Topic of a system event.
@@ -39,6 +71,32 @@ pub fn all_system_events(base: &str) -> String {
     format!("{base}/system-events/#")
 }
 
+/// Subscription filter for core-metadata's system events.
+pub fn metadata_events(base: &str) -> String {
+    format!("{base}/system-events/core-metadata/#")
+}
+
+/// Subscription filter for core-metadata's device events.
+pub fn device_metadata_events(base: &str) -> String {
+    format!("{base}/system-events/core-metadata/device/#")
+}
+
+/// What the topic of a command request to core-command starts with:
+/// `<base>/core/command/request/<device>/<command>/<method>`.
+pub fn core_command_requests_prefix(base: &str) -> String {
+    format!("{base}/core/command/request/")
+}
+
+/// Subscription filter for command requests to core-command.
+pub fn core_command_requests(base: &str) -> String {
+    format!("{base}/core/command/request/#")
+}
+
+/// Subscription filter for command requests to the device service `service`.
+pub fn device_command_requests(base: &str, service: &str) -> String {
+    format!("{base}/device/command/request/{service}/#")
+}
+
 /// Topic of a command request to a device service.
 pub fn command_request(
     base: &str,
@@ -53,6 +111,16 @@ pub fn command_request(
 /// Topic of a response to request `request_id` sent to `service`.
 pub fn response(base: &str, service: &str, request_id: &str) -> String {
     format!("{base}/response/{service}/{request_id}")
+}
+
+/// What the topics of responses to `service` start with.
+pub fn responses_prefix(base: &str, service: &str) -> String {
+    format!("{base}/response/{service}/")
+}
+
+/// Subscription filter for every response.
+pub fn all_responses(base: &str) -> String {
+    format!("{base}/response/#")
 }
 
 /// The parts of an event topic: `(service, profile, device, source)`.

@@ -4,16 +4,26 @@ use outpost_kit::config::{Problems, Validate};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// What a driver's configuration section provides besides its fields.
+/// What a driver's configuration section provides besides its fields: the facts of its
+/// device service, and how its driver is made. A device service is then
+/// [`Adapter<ItsConfig>`](crate::Adapter).
 pub trait DriverConfig:
-    Default + Clone + PartialEq + std::fmt::Debug + Serialize + DeserializeOwned + Send + Sync
+    Default + Clone + PartialEq + std::fmt::Debug + Serialize + DeserializeOwned + Send + Sync + 'static
 {
     /// The service's name in the registry and in metadata (`device-modbus`).
     const SERVICE: &'static str;
+    /// Its section of the node configuration (`device_modbus`).
+    const SECTION: &'static str;
     /// EdgeX's default port for the service.
     const PORT: u16;
     /// Whether `outpost up` runs the service without being asked.
     const ENABLED: bool;
+
+    /// Makes the driver; anything it runs in the background is started on
+    /// `start.ctx.tasks`.
+    fn driver(
+        start: &outpost_kit::Start<Config<Self>>,
+    ) -> Result<std::sync::Arc<dyn crate::Driver>, outpost_kit::StartError>;
 
     fn validate(&self, p: &mut Problems) {
         let _ = p;
@@ -95,5 +105,15 @@ impl<D: DriverConfig> Validate for Config<D> {
             "device_messages_burst must be at least 1",
         );
         self.driver.validate(p);
+    }
+}
+
+impl<D: DriverConfig> outpost_kit::ServiceConfig for Config<D> {
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn enabled(&self) -> bool {
+        self.enabled
     }
 }

@@ -24,9 +24,10 @@ pub fn start(sdk: &Sdk, id: String) {
         tracing::info!(request_id = %id, "discovery already running");
         return;
     }
-    let sdk = sdk.clone();
+    let sdk2 = sdk.clone();
     let rid = id.clone();
-    tokio::spawn(async move {
+    sdk.context().tasks.spawn_child(async move {
+        let sdk = sdk2;
         match run(&sdk).await {
             Ok(added) => tracing::info!(request_id = %rid, added, "discovery finished"),
             Err(e) => tracing::warn!(request_id = %rid, error = %e, "discovery failed"),
@@ -35,20 +36,17 @@ pub fn start(sdk: &Sdk, id: String) {
     });
 }
 
-pub(crate) fn spawn_periodic(sdk: &Sdk, every: Duration) {
-    let sdk = sdk.clone();
-    tokio::spawn(async move {
-        let shutdown = sdk.context().shutdown.clone();
-        loop {
-            tokio::select! {
-                () = shutdown.wait() => return,
-                () = tokio::time::sleep(every) => {}
-            }
-            if !sdk.catalog().service_locked {
-                start(&sdk, uuid::Uuid::new_v4().to_string());
-            }
+/// Starts a discovery run every `every` until `stop` (not while the service is locked).
+pub(crate) async fn periodic(sdk: Sdk, every: Duration, stop: outpost_kit::Shutdown) {
+    loop {
+        tokio::select! {
+            () = stop.wait() => return,
+            () = tokio::time::sleep(every) => {}
         }
-    });
+        if !sdk.catalog().service_locked {
+            start(&sdk, uuid::Uuid::new_v4().to_string());
+        }
+    }
 }
 
 /// One discovery run; returns how many devices were added.

@@ -1,9 +1,10 @@
 //! The device-service SDK: everything a protocol adapter shares, so an adapter is only its
 //! protocol code (a [`Driver`]).
 //!
-//! - [`run`] registers the device service with the registry and core-metadata, loads the
-//!   devices and profiles assigned to it, follows metadata's system events, serves the
-//!   EdgeX device-service API and answers command requests from the bus.
+//! - [`build`] is what a device service's `build` returns: it registers the device service
+//!   in core-metadata, loads the devices and profiles assigned to it, follows metadata's
+//!   system events, serves the EdgeX device-service API and answers command requests from
+//!   the bus, all as tasks of the service.
 //! - [`value`] turns what a driver reads into typed EdgeX readings per the profile (value
 //!   type, `mask`/`shift`/`base`/`scale`/`offset`, units, `minimum`/`maximum`), and SET
 //!   values back into what the driver writes.
@@ -27,5 +28,5 @@ pub mod value;
 
 pub use config::{Config, DriverConfig};
 pub use driver::{DeviceChange, DeviceRef, Discovered, Driver, DriverError, ResourceRef};
-pub use service::{PushError, Sdk, run};
+pub use service::{Adapter, PushError, Sdk, build};
 pub use value::CommandValue;

@@ -20,26 +20,35 @@ use outpost_contracts::system_event::{
     TYPE_PROVISION_WATCHER,
 };
 use outpost_contracts::topics;
-use outpost_kit::ApiError;
+use outpost_kit::{ApiError, Shutdown, Stage};
 
 use crate::api::get_options;
 use crate::command;
 use crate::service::Sdk;
 
-/// Subscribes to command requests and system events and spawns their handlers.
-pub(crate) async fn spawn_followers(sdk: &Sdk, bus: &Bus) {
+/// Subscribes to command requests and system events, and follows them in tasks of the
+/// service.
+pub(crate) async fn follow(sdk: &Sdk, bus: &Bus) {
     let base = bus.base_topic().to_string();
-    let requests = format!("{base}/device/command/request/{}/#", sdk.name());
-    match bus.subscribe(&requests).await {
+    let tasks = &sdk.context().tasks;
+    match bus
+        .subscribe(&topics::device_command_requests(&base, sdk.name()))
+        .await
+    {
         Ok(rx) => {
-            tokio::spawn(serve_commands(sdk.clone(), bus.clone(), rx));
+            let (sdk, bus) = (sdk.clone(), bus.clone());
+            tasks.spawn("bus-commands", Stage::Background, move |stop| {
+                serve_commands(sdk, bus, rx, stop)
+            });
         }
         Err(e) => tracing::error!(error = %e, "cannot receive command requests from the bus"),
     }
-    let events = format!("{base}/system-events/core-metadata/#");
-    match bus.subscribe(&events).await {
+    match bus.subscribe(&topics::metadata_events(&base)).await {
         Ok(rx) => {
-            tokio::spawn(follow_metadata(sdk.clone(), bus.clone(), rx));
+            let (sdk, bus) = (sdk.clone(), bus.clone());
+            tasks.spawn("metadata-changes", Stage::Background, move |stop| {
+                follow_metadata(sdk, bus, rx, stop)
+            });
         }
         Err(e) => tracing::error!(error = %e, "cannot follow metadata changes"),
     }
@@ -49,27 +58,27 @@ async fn serve_commands(
     sdk: Sdk,
     bus: Bus,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Delivery>,
+    stop: Shutdown,
 ) {
-    let shutdown = sdk.context().shutdown.clone();
     loop {
         let d = tokio::select! {
-            () = shutdown.wait() => return,
+            () = stop.wait() => return,
             d = rx.recv() => d,
         };
         let Some(d) = d else { return };
         let Some(env) = bus.decode::<serde_json::Value>(&d) else {
             continue;
         };
-        let (sdk, bus) = (sdk.clone(), bus.clone());
+        let (sdk2, bus) = (sdk.clone(), bus.clone());
         // Each request runs on its own, so a slow device does not hold up the others.
-        tokio::spawn(async move {
+        sdk.context().tasks.spawn_child(async move {
             let correlation = if env.correlation_id.is_empty() {
                 env.request_id.clone()
             } else {
                 env.correlation_id.clone()
             };
             outpost_kit::request_id::scope(correlation.as_str().into(), async move {
-                answer(&sdk, &bus, &d.topic, env, &correlation).await;
+                answer(&sdk2, &bus, &d.topic, env, &correlation).await;
             })
             .await;
         });
@@ -192,11 +201,11 @@ async fn follow_metadata(
     sdk: Sdk,
     bus: Bus,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Delivery>,
+    stop: Shutdown,
 ) {
-    let shutdown = sdk.context().shutdown.clone();
     loop {
         let d = tokio::select! {
-            () = shutdown.wait() => return,
+            () = stop.wait() => return,
             d = rx.recv() => d,
         };
         let Some(d) = d else { return };
@@ -206,8 +215,10 @@ async fn follow_metadata(
         if let Err(e) = apply(&sdk, &env.payload).await {
             // Metadata was not reachable: reload everything once it is.
             tracing::warn!(error = %e, "cannot follow a metadata change; reloading devices");
-            let sdk = sdk.clone();
-            tokio::spawn(async move { reload_until_done(&sdk).await });
+            let sdk2 = sdk.clone();
+            sdk.context()
+                .tasks
+                .spawn_child(async move { reload_until_done(&sdk2).await });
         }
     }
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use outpost_bus::{Bus, Options};
+use outpost_bus::Link;
 use outpost_contracts::event::{AddEventRequest, Event, Reading};
 use outpost_contracts::metadata::{
     AdminState, Device, DeviceService, OperatingState, UpdateDevice, UpdateDeviceService,
@@ -13,7 +13,7 @@ use outpost_contracts::{now_nanos, topics};
 use outpost_kit::backoff::Backoff;
 use outpost_kit::client::{CallError, Metadata, ServiceClient};
 use outpost_kit::ratelog::RateLimitedLog;
-use outpost_kit::{Check, Context, health_probe};
+use outpost_kit::{Check, Context, Parts, Stage, Start, StartError, health_probe};
 
 use crate::catalog::{Catalog, Put};
 use crate::config::{Config, DriverConfig};
@@ -83,6 +83,9 @@ struct Health {
     fails: u32,
 }
 
+/// How long an event may wait for the bus before its publisher is told it failed.
+pub const PUBLISH_WAIT: Duration = Duration::from_secs(10);
+
 pub(crate) struct Inner {
     pub ctx: Context,
     pub name: String,
@@ -91,7 +94,7 @@ pub(crate) struct Inner {
     pub driver_timeout: Duration,
     pub driver: Arc<dyn Driver>,
     pub metadata: Metadata,
-    pub bus: tokio::sync::OnceCell<Bus>,
+    pub bus: Link,
     pub catalog: RwLock<Catalog>,
     health: Mutex<HashMap<String, Health>>,
     pub log: RateLimitedLog,
@@ -227,8 +230,8 @@ impl Sdk {
         Ok(event)
     }
 
-    /// Publishes an event of `d` on the bus.
-    /// Publishes an event of `d` on the bus and hands it back.
+    /// Publishes an event of `d` on the bus and hands it back; an error if the bus has not
+    /// taken it within [`PUBLISH_WAIT`] (the broker is away), so callers answer in time.
     pub(crate) async fn publish(&self, d: &DeviceRef, event: Event) -> Result<Event, PushError> {
         let bus = self
             .inner
@@ -243,9 +246,15 @@ impl Sdk {
             &event.source_name,
         );
         let req = AddEventRequest::new(event);
-        bus.publish_event(&topic, &req)
-            .await
-            .map_err(|e| PushError::Bus(e.to_string()))?;
+        match tokio::time::timeout(PUBLISH_WAIT, bus.publish_event(&topic, &req)).await {
+            Ok(r) => r.map_err(|e| PushError::Bus(e.to_string()))?,
+            Err(_) => {
+                return Err(PushError::Bus(format!(
+                    "the bus did not take the event within {} s",
+                    PUBLISH_WAIT.as_secs()
+                )));
+            }
+        }
         metrics::counter!(self.inner.metrics.events.clone()).increment(1);
         metrics::counter!(self.inner.metrics.readings.clone())
             .increment(req.event.readings.len() as u64);
@@ -493,14 +502,32 @@ pub(crate) fn make_event(
     }
 }
 
-/// Runs a device service with `driver` until shutdown.
-pub async fn run<D: DriverConfig>(
-    ctx: Context,
-    cfg: Config<D>,
+/// A device service: the SDK around the driver its configuration makes.
+pub struct Adapter<D>(std::marker::PhantomData<D>);
+
+impl<D: DriverConfig> outpost_kit::Service for Adapter<D> {
+    type Config = Config<D>;
+
+    const INFO: outpost_kit::Info = outpost_kit::Info::new(D::SERVICE, D::SECTION);
+
+    async fn build(start: Start<Config<D>>) -> Result<Parts, StartError> {
+        let driver = D::driver(&start)?;
+        build(start, driver).await
+    }
+}
+
+/// Builds a device service around `driver`: the SDK's API and the driver's own routes,
+/// and its tasks: startup (bus, driver, followers, registration in metadata, first load),
+/// periodic discovery, and on the way out the driver's stop before the bus closes.
+pub async fn build<D: DriverConfig>(
+    start: Start<Config<D>>,
     driver: Arc<dyn Driver>,
-) -> anyhow::Result<()> {
+) -> Result<Parts, StartError> {
+    let Start { ctx, cfg, .. } = &start;
     let name = ctx.name.clone();
     let m = |n: &str| ctx.metric(n);
+    // Declared first, so it closes last: the driver stops before it.
+    let link = Link::start(ctx);
     let sdk = Sdk {
         inner: Arc::new(Inner {
             ctx: ctx.clone(),
@@ -513,7 +540,7 @@ pub async fn run<D: DriverConfig>(
                 ctx.registry.clone(),
                 Duration::from_secs(5),
             )),
-            bus: tokio::sync::OnceCell::new(),
+            bus: link.clone(),
             catalog: RwLock::default(),
             health: Mutex::default(),
             log: RateLimitedLog::new(Duration::from_secs(1)),
@@ -533,46 +560,47 @@ pub async fn run<D: DriverConfig>(
             provisioned: std::sync::atomic::AtomicBool::new(false),
         }),
     };
+    let base_address = start.own_url();
 
-    let listener = ctx.bind(cfg.port).await?;
-    let port = listener.local_addr()?.port();
-    let base_address = ctx.registration(port).base_url();
-
-    let bus = Bus::connect(
-        &ctx.common.bus,
-        &ctx.data_dir,
-        &name,
-        Options::plain(format!("outpost-{name}")),
-        &ctx.shutdown,
-    )
-    .await?;
-    let _ = sdk.inner.bus.set(bus.clone());
-    driver.start(sdk.clone()).await;
-
-    let startup = {
+    {
         let sdk = sdk.clone();
         let labels = cfg.labels.clone();
-        let discovery_every = cfg.discovery_interval_s;
-        tokio::spawn(async move {
-            // System events are followed from before the first load, so no change made
-            // while loading is missed.
-            crate::messaging::spawn_followers(&sdk, &bus).await;
-            register_and_load(&sdk, &base_address, labels).await;
-            if discovery_every > 0 {
-                crate::discovery::spawn_periodic(&sdk, Duration::from_secs(discovery_every));
-            }
-        })
-    };
+        ctx.tasks
+            .spawn("startup", Stage::Background, move |stop| async move {
+                let bus = tokio::select! {
+                    bus = sdk.inner.bus.connected() => bus,
+                    () = stop.wait() => return,
+                };
+                sdk.inner.driver.start(sdk.clone()).await;
+                // System events are followed from before the first load, so no change made
+                // while loading is missed.
+                crate::messaging::follow(&sdk, &bus).await;
+                register_and_load(&sdk, &base_address, labels).await;
+            });
+    }
+    if cfg.discovery_interval_s > 0 {
+        let (sdk, every) = (sdk.clone(), Duration::from_secs(cfg.discovery_interval_s));
+        ctx.tasks
+            .spawn("discovery", Stage::Background, move |stop| {
+                crate::discovery::periodic(sdk, every, stop)
+            });
+    }
+    {
+        let sdk = sdk.clone();
+        ctx.tasks
+            .spawn("driver", Stage::AfterServing, move |stop| async move {
+                stop.wait().await;
+                sdk.inner.autoevents.stop_all();
+                sdk.inner.driver.stop().await;
+            });
+    }
 
     let health = {
         let sdk = sdk.clone();
         health_probe(move || {
             let sdk = sdk.clone();
             async move {
-                let mut checks = vec![match sdk.inner.bus.get() {
-                    Some(b) if b.is_connected().await => Check::ok("bus"),
-                    _ => Check::failed("bus", "not connected"),
-                }];
+                let mut checks = vec![sdk.inner.bus.check().await];
                 checks.push(
                     if sdk.inner.loaded.load(std::sync::atomic::Ordering::Acquire) {
                         Check::ok("devices")
@@ -588,16 +616,7 @@ pub async fn run<D: DriverConfig>(
     if let Some(own) = driver.routes(&sdk) {
         api = api.merge(own);
     }
-    let router = ctx.router(api, health);
-    let served = ctx.serve_on(listener, router).await;
-    startup.abort();
-    sdk.inner.autoevents.stop_all();
-    driver.stop().await;
-    if let Some(bus) = sdk.inner.bus.get() {
-        bus.disconnect().await;
-    }
-    served?;
-    Ok(())
+    Ok(Parts::new(api).health(health))
 }
 
 /// Registers the device service in metadata (or updates its address) and loads its

@@ -9,8 +9,11 @@
 //! - [`routes`]: `ping`, `version`, `config`, `health` and `/metrics`.
 //! - [`error`]: EdgeX-shaped errors and extractors.
 //! - [`registry`]: registry client with a last-known view, and the registration agent.
-//! - [`Context`]: everything a running service is handed, and [`Context::serve`], which
-//!   binds, registers, serves until shutdown and deregisters.
+//! - [`service`]: the service lifecycle: a service declares what it is and what it runs,
+//!   and [`service::run`] binds, opens storage, builds, registers, serves and stops it in
+//!   order. [`tasks`] owns every task a service starts.
+//! - [`tls`]: an API served over TLS with client certificates.
+//! - [`Context`]: everything a running service is handed.
 
 pub mod backoff;
 pub mod client;
@@ -19,16 +22,20 @@ pub mod error;
 pub mod http;
 pub mod limit;
 pub mod ratelog;
+pub mod refused;
 pub mod registry;
 pub mod request_id;
 pub mod routes;
+pub mod service;
 pub mod shutdown;
+pub mod tasks;
 pub mod telemetry;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -41,7 +48,9 @@ pub use config::CommonConfig;
 pub use error::{ApiError, ApiResult};
 pub use registry::Registry;
 pub use routes::{Check, HealthProbe};
+pub use service::{Info, Parts, Service, ServiceConfig, Start, StartError, Storage};
 pub use shutdown::Shutdown;
+pub use tasks::{BoxError, Stage, Tasks};
 
 /// The version every service reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -58,6 +67,8 @@ pub struct Context {
     /// The service's effective configuration, for `GET /api/v3/config`.
     pub config_json: serde_json::Value,
     pub metrics: PrometheusHandle,
+    /// The owner of every task the service starts.
+    pub tasks: Tasks,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +98,22 @@ impl Context {
         telemetry::metric_name(&self.name, name)
     }
 
+    /// A metric name in this service's namespace, kept for the life of the process: for
+    /// metrics recorded with labels on hot paths, without an allocation per record.
+    pub fn metric_static(&self, name: &str) -> &'static str {
+        telemetry::intern(telemetry::metric_name(&self.name, name))
+    }
+
+    /// A counter in this service's namespace, to keep and increment.
+    pub fn counter(&self, name: &str) -> metrics::Counter {
+        metrics::counter!(self.metric(name))
+    }
+
+    /// A gauge in this service's namespace, to keep and set.
+    pub fn gauge(&self, name: &str) -> metrics::Gauge {
+        metrics::gauge!(self.metric(name))
+    }
+
     /// The ID this process registers as: the service name, or `<service>@<instance>` when
     /// `node.instance` is set.
     pub fn service_id(&self) -> String {
@@ -96,7 +123,8 @@ impl Context {
     /// The complete HTTP stack of a service around its API routes.
     ///
     /// Order matters, outermost first: the request ID is established before anything else
-    /// so every later log line carries it; the body limit applies to every route; metrics
+    /// so every later log line carries it; a refused request's unread body is read before
+    /// the answer ([`refused`]); the body limit applies to every route; metrics
     /// are recorded per matched route (bounded label cardinality); unknown routes get an
     /// EdgeX-shaped 404.
     pub fn router(&self, api: Router, health: HealthProbe) -> Router {
@@ -121,6 +149,7 @@ impl Context {
         Router::new()
             .fallback_service(routed)
             .layer(DefaultBodyLimit::max(self.common.node.max_body_bytes))
+            .layer(axum::middleware::from_fn(refused::finish_refused_bodies))
             .layer(axum::middleware::from_fn(request_id::layer))
     }
 
@@ -140,50 +169,12 @@ impl Context {
         }
     }
 
-    /// Binds `port`, registers with the registry, serves `router` until shutdown, then
-    /// stops accepting, finishes in-flight requests and deregisters.
-    pub async fn serve(&self, router: Router, port: u16) -> Result<(), ServeError> {
-        let listener = self.bind(port).await?;
-        self.serve_on(listener, router).await
-    }
-
     /// Binds the service's HTTP port.
     pub async fn bind(&self, port: u16) -> Result<tokio::net::TcpListener, ServeError> {
         let addr = SocketAddr::new(self.common.node.bind, port);
         tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })
-    }
-
-    /// Like [`serve`](Self::serve) on an already bound listener.
-    pub async fn serve_on(
-        &self,
-        listener: tokio::net::TcpListener,
-        router: Router,
-    ) -> Result<(), ServeError> {
-        let local = listener.local_addr().map_err(ServeError::Serve)?;
-        tracing::info!(service = %self.name, addr = %local, "listening");
-        let agent = registry::spawn_agent(
-            self.registry.clone(),
-            self.registration(local.port()),
-            Duration::from_millis(self.common.registry.heartbeat_interval_ms),
-            self.shutdown.clone(),
-        );
-        // On shutdown the service first deregisters, then stops serving: a clean stop
-        // leaves the registry at once, and the registry itself can still answer its own
-        // deregistration.
-        let shutdown = self.shutdown.clone();
-        let served = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            shutdown.wait().await;
-            let _ = agent.await;
-        })
-        .await;
-        self.shutdown.trigger();
-        served.map_err(ServeError::Serve)
     }
 }
 

@@ -270,9 +270,9 @@ impl Registry {
     }
 
     /// Keeps the view fresh with long-polls until shutdown.
-    pub fn spawn_watch(&self, shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
-        tokio::spawn(async move {
+    pub async fn watch(self, shutdown: Shutdown) {
+        let me = self;
+        {
             let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
             // The long-poll outlives the normal request timeout.
             let client = http::client(Duration::from_millis(me.inner.watch_wait_ms + 5_000));
@@ -309,7 +309,7 @@ impl Registry {
                     }
                 }
             }
-        })
+        }
     }
 }
 

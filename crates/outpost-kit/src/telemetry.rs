@@ -84,3 +84,32 @@ pub fn metrics_handle() -> PrometheusHandle {
 pub fn metric_name(service: &str, name: &str) -> String {
     format!("outpost_{}_{name}", service.replace('-', "_"))
 }
+
+/// Keeps `name` for the life of the process, once per distinct name: metric names are
+/// few and fixed, so this is bounded, and a name recorded on a hot path costs no
+/// allocation.
+pub fn intern(name: String) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(known) = names.get(name.as_str()) {
+        return known;
+    }
+    let kept: &'static str = Box::leak(name.into_boxed_str());
+    names.insert(kept);
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_name_is_kept_once() {
+        let a = super::intern("outpost_x_total".to_string());
+        let b = super::intern("outpost_x_total".to_string());
+        assert!(std::ptr::eq(a, b));
+    }
+}

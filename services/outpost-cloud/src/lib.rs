@@ -24,7 +24,6 @@
 //! `interval_s`, in transactions of `chunk_events` events. Data an edge sends late, or with
 //! an origin in milliseconds or 0, is kept `max_age_s` after it arrived.
 
-mod serve;
 pub mod store;
 
 use std::sync::Arc;
@@ -42,10 +41,10 @@ use outpost_contracts::common::BaseResponse;
 use outpost_contracts::export::{IngestBatch, IngestResponse};
 use outpost_contracts::now_millis as now_ms;
 use outpost_kit::error::{Path, Query};
-use outpost_kit::{ApiError, Check, Context, health_probe};
+use outpost_kit::{ApiError, Info, Parts, Stage, Start, StartError, Storage};
 use serde::{Deserialize, Serialize};
 
-pub use serve::Peer;
+pub use outpost_kit::tls::Peer;
 use store::{ReadingQuery, Store};
 
 /// The service's name.
@@ -119,6 +118,17 @@ impl Default for Config {
     }
 }
 
+impl outpost_kit::ServiceConfig for Config {
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn enabled(&self) -> bool {
+        // Not part of an edge node: `outpost cloud` runs it.
+        false
+    }
+}
+
 impl outpost_kit::config::Validate for Config {
     fn validate(&self, p: &mut outpost_kit::config::Problems) {
         p.check(self.port != 0, "cloud", "port must not be 0");
@@ -175,98 +185,103 @@ struct Metrics {
     refused: &'static str,
 }
 
-fn leak(s: String) -> &'static str {
-    Box::leak(s.into_boxed_str())
-}
+/// The service, as `outpost cloud` runs it.
+pub struct Cloud;
 
-/// Runs the cloud node until shutdown.
-pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
-    let mut opts = ctx.common.storage.open_options();
-    opts.cache_kib = opts.cache_kib.max(cfg.cache_kib);
-    let db = outpost_storage::Db::open(&ctx.storage_location(), &opts, store::MIGRATIONS, 2)?;
-    db.checkpoint_in_background(&ctx.storage_location(), &opts, Duration::from_secs(30))?;
-    let store = Store::new(db);
-    let admin_token = outpost_storage::load_or_create_token(&ctx.secrets_dir(), "cloud-admin")?;
-    let pki = outpost_pki::Paths::cloud(&ctx.data_dir);
-    let names = outpost_pki::default_names(&ctx.common.node.advertise_host, &cfg.tls_names);
-    {
-        let (p, n) = (pki.clone(), names.clone());
-        tokio::task::spawn_blocking(move || outpost_pki::ensure_server_cert(&p, &n)).await??;
+impl outpost_kit::Service for Cloud {
+    type Config = Config;
+
+    const INFO: Info = Info::new(SERVICE, "cloud").worker_threads(2).standalone();
+
+    fn storage(cfg: &Config) -> Option<Storage> {
+        Some(
+            Storage::new(store::MIGRATIONS, 2)
+                .min_cache_kib(cfg.cache_kib)
+                .checkpoint_every(Duration::from_secs(30)),
+        )
     }
-    let reloader = outpost_pki::Reloader::new(pki.cert.clone(), pki.key.clone())?;
-    let ca_pem = std::fs::read_to_string(&pki.ca_cert)?;
-    let tls = Arc::new(outpost_pki::server_config_with_clients(
-        Arc::clone(&reloader.resolver),
-        &ca_pem,
-    )?);
-    let public_url = if cfg.public_url.is_empty() {
-        let host = &ctx.common.node.advertise_host;
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host.clone()
-        };
-        format!("https://{host}:{}", cfg.port)
-    } else {
-        cfg.public_url.trim_end_matches('/').to_string()
-    };
-    let app = Arc::new(App {
-        store: store.clone(),
-        pki,
-        admin_token,
-        public_url,
-        metrics: Metrics {
-            batches: leak(ctx.metric("batches_total")),
-            accepted: leak(ctx.metric("items_accepted_total")),
-            duplicates: leak(ctx.metric("items_duplicate_total")),
-            rejected: leak(ctx.metric("items_rejected_total")),
-            refused: leak(ctx.metric("batches_refused_total")),
-        },
-        cfg: cfg.clone(),
-    });
-    let health = health_probe(move || {
-        let store = store.clone();
-        async move {
-            match store.ping().await {
-                Ok(()) => vec![Check::ok("storage")],
-                Err(e) => vec![Check::failed("storage", e.to_string())],
-            }
+
+    async fn build(start: Start<Config>) -> Result<Parts, StartError> {
+        let Start { ctx, cfg, .. } = &start;
+        let store = Store::new(start.db()?);
+        let admin_token = outpost_storage::load_or_create_token(&ctx.secrets_dir(), "cloud-admin")
+            .map_err(StartError::other)?;
+        let pki = outpost_pki::Paths::cloud(&ctx.data_dir);
+        let names = outpost_pki::default_names(&ctx.common.node.advertise_host, &cfg.tls_names);
+        {
+            let (p, n) = (pki.clone(), names.clone());
+            tokio::task::spawn_blocking(move || outpost_pki::ensure_server_cert(&p, &n))
+                .await
+                .map_err(StartError::other)?
+                .map_err(StartError::other)?;
         }
-    });
-    let router =
-        ctx.router(router(Arc::clone(&app)), health)
-            .layer(axum::middleware::from_fn_with_state(
-                Arc::clone(&app),
-                admin_only,
-            ));
-    let listener = ctx.bind(cfg.port).await?;
-    tracing::info!(addr = %listener.local_addr()?, url = %app.public_url, "cloud node listening");
-    // Reload a changed certificate pair without a restart.
-    {
-        let shutdown = ctx.shutdown.clone();
-        let mut reloader = reloader;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
-            loop {
-                tokio::select! {
-                    () = shutdown.wait() => return,
-                    _ = tick.tick() => { reloader.check(); }
-                }
-            }
+        let reloader = outpost_pki::Reloader::new(pki.cert.clone(), pki.key.clone())
+            .map_err(StartError::other)?;
+        let ca_pem = std::fs::read_to_string(&pki.ca_cert).map_err(StartError::other)?;
+        let tls = Arc::new(
+            outpost_pki::server_config_with_clients(Arc::clone(&reloader.resolver), &ca_pem)
+                .map_err(StartError::other)?,
+        );
+        let public_url = if cfg.public_url.is_empty() {
+            let host = &ctx.common.node.advertise_host;
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.clone()
+            };
+            format!("https://{host}:{}", cfg.port)
+        } else {
+            cfg.public_url.trim_end_matches('/').to_string()
+        };
+        tracing::info!(url = %public_url, "cloud node");
+        let app = Arc::new(App {
+            store: store.clone(),
+            pki,
+            admin_token,
+            public_url,
+            metrics: Metrics {
+                batches: ctx.metric_static("batches_total"),
+                accepted: ctx.metric_static("items_accepted_total"),
+                duplicates: ctx.metric_static("items_duplicate_total"),
+                rejected: ctx.metric_static("items_rejected_total"),
+                refused: ctx.metric_static("batches_refused_total"),
+            },
+            cfg: cfg.clone(),
         });
+        // Reload a changed certificate pair without a restart.
+        ctx.tasks.spawn(
+            "certificate-reload",
+            Stage::Background,
+            move |stop| async move {
+                let mut reloader = reloader;
+                let mut tick = tokio::time::interval(Duration::from_secs(10));
+                loop {
+                    tokio::select! {
+                        () = stop.wait() => return,
+                        _ = tick.tick() => { reloader.check(); }
+                    }
+                }
+            },
+        );
+        {
+            let (store, retention, metrics) = (
+                store,
+                cfg.retention.clone(),
+                RetentionMetrics {
+                    removed: ctx.metric("retention_removed_readings_total"),
+                    stored: ctx.metric("readings_stored"),
+                },
+            );
+            ctx.tasks
+                .spawn("retention", Stage::Background, move |stop| {
+                    retain(store, retention, metrics, stop)
+                });
+        }
+        let guard = Arc::clone(&app);
+        Ok(Parts::new(router(app))
+            .tls(tls)
+            .wrap(move |r| r.layer(axum::middleware::from_fn_with_state(guard, admin_only))))
     }
-    let retention = tokio::spawn(retain(
-        app.store.clone(),
-        cfg.retention.clone(),
-        RetentionMetrics {
-            removed: ctx.metric("retention_removed_readings_total"),
-            stored: ctx.metric("readings_stored"),
-        },
-        ctx.shutdown.clone(),
-    ));
-    serve::serve(listener, tls, router, ctx.shutdown.clone()).await;
-    retention.abort();
-    Ok(())
 }
 
 struct RetentionMetrics {

@@ -14,58 +14,55 @@ use outpost_contracts::envelope::Envelope;
 use outpost_contracts::metadata::AdminState;
 use outpost_contracts::topics;
 use outpost_kit::client::Metadata;
-use outpost_kit::{ApiError, Context};
+use outpost_kit::{ApiError, Context, Shutdown};
 use tokio::sync::oneshot;
 
 use crate::SERVICE;
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Bytes>>>>;
 
-pub fn spawn(ctx: &Context, metadata: Metadata, timeout: Duration) -> tokio::task::JoinHandle<()> {
-    let ctx = ctx.clone();
-    tokio::spawn(async move {
-        let opts = Options::plain(format!("outpost-{SERVICE}"));
-        let Ok(bus) =
-            Bus::connect(&ctx.common.bus, &ctx.data_dir, SERVICE, opts, &ctx.shutdown).await
-        else {
+/// Forwards command requests from the bus until `stop`; requests in progress are answered
+/// or end with it.
+pub async fn run(ctx: Context, metadata: Metadata, timeout: Duration, stop: Shutdown) {
+    let opts = Options::plain(format!("outpost-{}", ctx.service_id()));
+    let Ok(bus) = Bus::connect(&ctx.common.bus, &ctx.data_dir, SERVICE, opts, &stop).await else {
+        return;
+    };
+    let base = bus.base_topic().to_string();
+    let pending: Pending = Arc::default();
+    let responses = match bus.subscribe(&topics::all_responses(&base)).await {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot receive device service responses");
             return;
-        };
-        let base = bus.base_topic().to_string();
-        let pending: Pending = Arc::default();
-        let responses = match bus.subscribe(&format!("{base}/response/#")).await {
-            Ok(rx) => rx,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot receive device service responses");
-                return;
-            }
-        };
-        tokio::spawn(route_responses(
-            bus.clone(),
-            Arc::clone(&pending),
-            responses,
-        ));
-        let mut requests = match bus
-            .subscribe(&format!("{base}/core/command/request/#"))
-            .await
-        {
-            Ok(rx) => rx,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot receive command requests from the bus");
-                return;
-            }
-        };
-        tracing::info!("forwarding command requests from the bus");
-        loop {
-            let d = tokio::select! {
-                () = ctx.shutdown.wait() => break,
-                d = requests.recv() => d,
-            };
-            let Some(d) = d else { break };
-            let (bus, md, pending) = (bus.clone(), metadata.clone(), Arc::clone(&pending));
-            tokio::spawn(async move { handle(&bus, &md, &pending, d, timeout).await });
         }
-        bus.disconnect().await;
-    })
+    };
+    // Everything this task starts is owned here and ends with it.
+    let mut running = tokio::task::JoinSet::new();
+    running.spawn(route_responses(
+        bus.clone(),
+        Arc::clone(&pending),
+        responses,
+    ));
+    let mut requests = match bus.subscribe(&topics::core_command_requests(&base)).await {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot receive command requests from the bus");
+            return;
+        }
+    };
+    tracing::info!("forwarding command requests from the bus");
+    loop {
+        let d = tokio::select! {
+            () = stop.wait() => break,
+            d = requests.recv() => d,
+        };
+        let Some(d) = d else { break };
+        while running.try_join_next().is_some() {}
+        let (bus, md, pending) = (bus.clone(), metadata.clone(), Arc::clone(&pending));
+        running.spawn(async move { handle(&bus, &md, &pending, d, timeout).await });
+    }
+    bus.disconnect().await;
 }
 
 async fn route_responses(
@@ -73,7 +70,7 @@ async fn route_responses(
     pending: Pending,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Delivery>,
 ) {
-    let own = format!("{}/response/{SERVICE}/", bus.base_topic());
+    let own = topics::responses_prefix(bus.base_topic(), SERVICE);
     while let Some(d) = rx.recv().await {
         if d.topic.starts_with(&own) {
             continue;
@@ -86,7 +83,7 @@ async fn route_responses(
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(rid);
         if let Some(tx) = waiter {
-            let _ = tx.send(d.payload);
+            let _ = tx.send(d.payload.clone());
         }
     }
 }
@@ -136,7 +133,7 @@ async fn forward(
     env: &Envelope<serde_json::Value>,
     timeout: Duration,
 ) -> Result<Bytes, ApiError> {
-    let prefix = format!("{}/core/command/request/", bus.base_topic());
+    let prefix = topics::core_command_requests_prefix(bus.base_topic());
     let parts: Vec<&str> = topic
         .strip_prefix(&prefix)
         .map(|r| r.split('/').collect())

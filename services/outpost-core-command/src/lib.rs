@@ -32,7 +32,7 @@ use outpost_contracts::metadata::{
 };
 use outpost_kit::client::{CallError, Metadata, ServiceClient};
 use outpost_kit::error::{Path, Query};
-use outpost_kit::{ApiError, Context, health_probe};
+use outpost_kit::{ApiError, Info, Parts, Stage, Start, StartError};
 use serde::{Deserialize, Serialize};
 
 /// The service's registry ID (EdgeX's name).
@@ -57,6 +57,12 @@ impl Default for Config {
     }
 }
 
+impl outpost_kit::ServiceConfig for Config {
+    fn port(&self) -> u16 {
+        self.port
+    }
+}
+
 impl outpost_kit::config::Validate for Config {
     fn validate(&self, p: &mut outpost_kit::config::Problems) {
         p.check(
@@ -75,28 +81,34 @@ pub struct App {
     max_result_count: u64,
 }
 
-/// Runs core-command until shutdown.
-pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
-    let timeout = Duration::from_millis(cfg.request_timeout_ms);
-    let listener = ctx.bind(cfg.port).await?;
-    let port = listener.local_addr()?.port();
-    let metadata = Metadata::new(ServiceClient::new(
-        ctx.registry.clone(),
-        Duration::from_secs(5),
-    ));
-    let app = Arc::new(App {
-        metadata: metadata.clone(),
-        http: outpost_kit::http::client(timeout),
-        own_url: ctx.registration(port).base_url(),
-        max_result_count: ctx.common.node.max_result_count,
-    });
-    let forwarder = bus::spawn(&ctx, metadata, timeout);
-    let health = health_probe(|| async { vec![outpost_kit::Check::ok("forwarding")] });
-    let router = ctx.router(router(app), health);
-    let served = ctx.serve_on(listener, router).await;
-    forwarder.abort();
-    served?;
-    Ok(())
+/// The service, as the node runs it.
+pub struct CoreCommand;
+
+impl outpost_kit::Service for CoreCommand {
+    type Config = Config;
+
+    const INFO: Info = Info::new(SERVICE, "core_command");
+
+    async fn build(start: Start<Config>) -> Result<Parts, StartError> {
+        let Start { ctx, cfg, .. } = &start;
+        let timeout = Duration::from_millis(cfg.request_timeout_ms);
+        let metadata = Metadata::new(ServiceClient::new(
+            ctx.registry.clone(),
+            Duration::from_secs(5),
+        ));
+        let app = Arc::new(App {
+            metadata: metadata.clone(),
+            http: outpost_kit::http::client(timeout),
+            own_url: start.own_url(),
+            max_result_count: ctx.common.node.max_result_count,
+        });
+        let task_ctx = ctx.clone();
+        ctx.tasks
+            .spawn("bus-commands", Stage::Background, move |stop| {
+                bus::run(task_ctx, metadata, timeout, stop)
+            });
+        Ok(Parts::new(router(app)))
+    }
 }
 
 pub fn router(app: Arc<App>) -> Router {

@@ -110,3 +110,9 @@ impl Validate for Config {
         );
     }
 }
+
+impl outpost_kit::ServiceConfig for Config {
+    fn port(&self) -> u16 {
+        self.port
+    }
+}

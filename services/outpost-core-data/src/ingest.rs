@@ -12,13 +12,14 @@
 //! the broker holds further events for core-data instead of losing them.
 //!
 //! On shutdown, core-data keeps consuming until the broker has nothing more for it (a quiet
-//! period), commits and acknowledges all of it, closes the connection, and only then drops
-//! any late deliveries, so no acknowledgement for an uncommitted event can reach the broker.
+//! period), commits and acknowledges all of it, and closes the connection. Anything not
+//! committed by then is left unacknowledged ([`outpost_bus::delivery`]), so the broker
+//! delivers it again; no acknowledgement for an uncommitted event can reach the broker.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_bus::{Ack, Bus, Delivery};
+use outpost_bus::{Ack, Bus, Consumer, Delivery, Received};
 use outpost_kit::Shutdown;
 use outpost_kit::backoff::Backoff;
 use outpost_kit::ratelog::RateLimitedLog;
@@ -114,52 +115,38 @@ struct Batch {
     acks: Vec<Ack>,
 }
 
-/// Consumes deliveries until shutdown. Returns the receiver so the caller can keep it
-/// open until the connection is closed.
-pub async fn run(
-    ingest: Arc<Ingest>,
-    bus: Bus,
-    mut rx: mpsc::UnboundedReceiver<Delivery>,
-    max_batch: usize,
-    shutdown: Shutdown,
-) -> mpsc::UnboundedReceiver<Delivery> {
+/// Consumes deliveries until `stop`, then drains what the broker still holds for
+/// core-data (see the module documentation).
+pub async fn run(ingest: Arc<Ingest>, consumer: &mut Consumer, max_batch: usize, stop: Shutdown) {
+    let bus = consumer.bus().clone();
     let (commit_tx, commit_rx) = mpsc::channel::<Batch>(2);
     let pending = Arc::new(Pending::default());
-    let committer = tokio::spawn(commit_loop(
+    // Owned here: if this task is aborted, so is the committer.
+    let mut committer = tokio::task::JoinSet::new();
+    committer.spawn(commit_loop(
         Arc::clone(&ingest),
         commit_rx,
         Arc::clone(&pending),
-        shutdown.clone(),
+        stop.clone(),
     ));
     let send = |batch: Batch| {
         let (tx, pending) = (commit_tx.clone(), Arc::clone(&pending));
         async move {
             pending.add();
             if let Err(refused) = tx.send(batch).await {
-                // The committer is gone (it gave up while stopping): leave these to the
-                // broker too.
+                // The committer is gone (it gave up while stopping): these stay with the
+                // broker too (their acknowledgements go unanswered).
                 pending.done();
-                leave_unacknowledged(refused.0.acks);
+                drop(refused.0.acks);
                 return false;
             }
             true
         }
     };
-    loop {
-        let first = tokio::select! {
-            d = rx.recv() => d,
-            () = shutdown.wait() => None,
-        };
-        let Some(first) = first else {
-            break;
-        };
+    while let Some(deliveries) = consumer.batch(max_batch, &stop).await {
         let mut batch = Batch::default();
-        take(&ingest, &bus, first, &mut batch).await;
-        while batch.events.len() < max_batch {
-            match rx.try_recv() {
-                Ok(d) => take(&ingest, &bus, d, &mut batch).await,
-                Err(_) => break,
-            }
+        for d in deliveries {
+            take(&ingest, &bus, d, &mut batch).await;
         }
         if !batch.events.is_empty() && !send(batch).await {
             break;
@@ -176,15 +163,15 @@ pub async fn run(
             tracing::warn!("events kept arriving while stopping; the rest stays with the broker");
             break;
         }
-        match tokio::time::timeout(DRAIN_QUIET, rx.recv()).await {
-            Ok(Some(d)) => {
+        match consumer.recv_within(DRAIN_QUIET).await {
+            Received::Message(d) => {
                 take(&ingest, &bus, d, &mut batch).await;
                 if batch.events.len() >= max_batch && !send(std::mem::take(&mut batch)).await {
                     break;
                 }
             }
-            Ok(None) => break,
-            Err(_quiet) => {
+            Received::Closed => break,
+            Received::Quiet => {
                 let in_flight = !batch.events.is_empty() || pending.count() > 0;
                 if !batch.events.is_empty() && !send(std::mem::take(&mut batch)).await {
                     break;
@@ -205,8 +192,7 @@ pub async fn run(
         send(batch).await;
     }
     drop(commit_tx);
-    let _ = committer.await;
-    rx
+    while committer.join_next().await.is_some() {}
 }
 
 /// Batches handed to the committer and not yet acknowledged.
@@ -242,14 +228,6 @@ impl Pending {
             }
         }
     }
-}
-
-/// Gives up on messages without acknowledging them, so the broker delivers them again
-/// after a restart. Only for a process that is about to exit: dropping an unresolved token
-/// would send a *failure* acknowledgement, which makes the broker discard the message, so
-/// the tokens are leaked instead and the connection closes with them unanswered.
-fn leave_unacknowledged(acks: Vec<Ack>) {
-    std::mem::forget(acks);
 }
 
 /// Decodes and validates one delivery into the batch; refused messages are acknowledged
@@ -307,11 +285,12 @@ async fn commit_loop(
                             events = events.len(),
                             "stopping with uncommitted events; the broker keeps them"
                         );
-                        leave_unacknowledged(batch.acks);
+                        // Dropped unanswered: the broker keeps these for the next session.
+                        drop(batch.acks);
                         pending.done();
                         rx.close();
                         while let Some(rest) = rx.recv().await {
-                            leave_unacknowledged(rest.acks);
+                            drop(rest.acks);
                             pending.done();
                         }
                         return;

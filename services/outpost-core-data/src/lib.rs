@@ -19,26 +19,26 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_bus::{Bus, Options};
+use outpost_bus::{Consumer, Link, Options};
 use outpost_contracts::system_event::{
     ACTION_DELETE, SystemEvent, TYPE_DEVICE, TYPE_DEVICE_PROFILE,
 };
-use outpost_kit::{Check, Context, health_probe};
+use outpost_contracts::topics;
+use outpost_kit::{
+    Check, Context, Info, Parts, Shutdown, Stage, Start, StartError, Storage, health_probe,
+};
 
 pub use config::Config;
 
 /// The service's registry ID (EdgeX's name).
 pub const SERVICE: &str = "core-data";
 
-/// Opens the store and the ingest path over the service's database.
-pub fn open(ctx: &Context, cfg: &Config) -> anyhow::Result<Arc<ingest::Ingest>> {
-    let opts = ctx.common.storage.open_options();
-    let db = outpost_storage::Db::open(&ctx.storage_location(), &opts, sqlite::MIGRATIONS, 2)?;
-    db.checkpoint_in_background(
-        &ctx.storage_location(),
-        &opts,
-        std::time::Duration::from_millis(250),
-    )?;
+/// The ingest path over the service's database.
+pub fn open(
+    ctx: &Context,
+    cfg: &Config,
+    db: outpost_storage::Db,
+) -> Result<Arc<ingest::Ingest>, store::StoreError> {
     let store = sqlite::SqliteEventStore::start(
         db,
         sqlite::WriterMetrics {
@@ -63,161 +63,153 @@ pub fn open(ctx: &Context, cfg: &Config) -> anyhow::Result<Arc<ingest::Ingest>> 
     )))
 }
 
-/// Runs core-data until shutdown.
-pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
-    let ingest = open(&ctx, &cfg)?;
-    let bus_slot: Arc<tokio::sync::OnceCell<Bus>> = Arc::default();
+/// The service, as the node runs it.
+pub struct CoreData;
 
-    let consumer = {
-        let (ctx, ingest, slot) = (ctx.clone(), Arc::clone(&ingest), Arc::clone(&bus_slot));
-        let (max_inflight, max_batch) = (cfg.max_inflight, cfg.max_batch_events);
-        tokio::spawn(async move {
-            let filter = format!("{}/events/device/#", ctx.common.bus.base_topic);
-            let opts = Options::durable(format!("outpost-{SERVICE}"), max_inflight);
-            let (bus, rx) = match Bus::durable_subscriber(
-                &ctx.common.bus,
-                &ctx.data_dir,
-                SERVICE,
-                opts,
-                &filter,
-                &ctx.shutdown,
-            )
-            .await
-            {
-                Ok(pair) => pair,
-                Err(e) => {
-                    if !ctx.shutdown.is_triggered() {
-                        tracing::error!(error = %e, "cannot subscribe to device events");
-                    }
-                    return;
-                }
-            };
-            let _ = slot.set(bus.clone());
-            tracing::info!(filter, "persisting device events from the bus");
-            let rx = ingest::run(ingest, bus.clone(), rx, max_batch, ctx.shutdown.clone()).await;
-            if !bus.disconnect().await {
-                // Still connected: late deliveries must not be answered with failure
-                // acknowledgements as `rx` goes; the process is about to exit.
-                std::mem::forget(rx);
-            }
-        })
-    };
+impl outpost_kit::Service for CoreData {
+    type Config = Config;
 
-    let watcher = spawn_metadata_watcher(&ctx, &cfg, Arc::clone(&ingest));
-    let retention = retention::spawn(
-        Arc::clone(&ingest.store),
-        cfg.retention.clone(),
-        ctx.metric("retention_deleted_readings_total"),
-        ctx.shutdown.clone(),
-    );
+    const INFO: Info = Info::new(SERVICE, "core_data").worker_threads(2);
 
-    let app = Arc::new(routes::App {
-        ingest: Arc::clone(&ingest),
-        max_result_count: ctx.common.node.max_result_count,
-        bus: Arc::clone(&bus_slot),
-        publish_rest_events: cfg.publish_rest_events,
-    });
-    let health = {
-        let (ingest, slot) = (Arc::clone(&ingest), Arc::clone(&bus_slot));
-        health_probe(move || {
-            let (ingest, slot) = (Arc::clone(&ingest), Arc::clone(&slot));
+    fn storage(_: &Config) -> Option<Storage> {
+        // Commits stay short: checkpoints run beside the writer.
+        Some(Storage::new(sqlite::MIGRATIONS, 2).checkpoint_every(Duration::from_millis(250)))
+    }
+
+    async fn build(start: Start<Config>) -> Result<Parts, StartError> {
+        let Start { ctx, cfg, .. } = &start;
+        let ingest = open(ctx, cfg, start.db()?).map_err(StartError::other)?;
+        // REST-added events are republished through the service's own connection, which
+        // closes after the last request was served.
+        let link = Link::start(ctx);
+        let consumer = Arc::new(ConsumerState::default());
+        {
+            let (ctx, ingest, state) = (ctx.clone(), Arc::clone(&ingest), Arc::clone(&consumer));
+            let (max_inflight, max_batch) = (cfg.max_inflight, cfg.max_batch_events);
+            ctx.clone()
+                .tasks
+                .spawn("ingest", Stage::AfterServing, move |stop| async move {
+                    consume(ctx, ingest, state, max_inflight, max_batch, stop).await;
+                });
+        }
+        {
+            let (ctx, ingest, purge) =
+                (ctx.clone(), Arc::clone(&ingest), cfg.purge_on_device_delete);
+            ctx.clone()
+                .tasks
+                .spawn("metadata-changes", Stage::Background, move |stop| {
+                    follow_metadata(ctx, ingest, purge, stop)
+                });
+        }
+        {
+            let (store, retention, metric) = (
+                Arc::clone(&ingest.store),
+                cfg.retention.clone(),
+                ctx.metric("retention_deleted_readings_total"),
+            );
+            ctx.tasks
+                .spawn("retention", Stage::Background, move |stop| {
+                    retention::keep(store, retention, metric, stop)
+                });
+        }
+        let app = Arc::new(routes::App {
+            ingest: Arc::clone(&ingest),
+            max_result_count: ctx.common.node.max_result_count,
+            bus: link.clone(),
+            tasks: ctx.tasks.clone(),
+            publish_rest_events: cfg.publish_rest_events,
+        });
+        let health = health_probe(move || {
+            let (ingest, consumer, link) =
+                (Arc::clone(&ingest), Arc::clone(&consumer), link.clone());
             async move {
-                let mut checks = vec![match ingest.store.ping().await {
-                    Ok(()) => Check::ok("storage"),
-                    Err(e) => Check::failed("storage", e.to_string()),
-                }];
-                checks.push(match ingest.store.writer_health() {
+                let writes = match ingest.store.writer_health() {
                     Ok(()) => Check::ok("writes"),
                     Err(e) => Check::failed("writes", e),
-                });
-                checks.push(match slot.get() {
-                    Some(bus) if bus.is_connected().await => Check::ok("bus"),
-                    _ => Check::failed("bus", "not connected"),
-                });
-                checks
+                };
+                let bus = match consumer.bus.get() {
+                    Some(bus) if bus.is_connected().await => Check::ok("ingest"),
+                    _ => Check::failed("ingest", "not subscribed to device events"),
+                };
+                let link = link.check().await;
+                vec![writes, bus, link]
             }
-        })
-    };
-    let router = ctx.router(routes::router(app), health);
-    let served = ctx.serve(router, cfg.port).await;
-
-    // Finish ingesting what arrived, acknowledge it, then close the connection.
-    if tokio::time::timeout(Duration::from_secs(15), consumer)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "ingest did not finish within 15 s; unacknowledged events stay with the broker"
-        );
+        });
+        Ok(Parts::new(routes::router(app)).health(health))
     }
-    watcher.abort();
-    retention.abort();
-    served?;
-    Ok(())
+}
+
+/// The ingest connection, once subscribed (for health).
+#[derive(Default)]
+struct ConsumerState {
+    bus: std::sync::OnceLock<outpost_bus::Bus>,
+}
+
+/// Persists device events from the bus until `stop`, then drains and closes.
+async fn consume(
+    ctx: Context,
+    ingest: Arc<ingest::Ingest>,
+    state: Arc<ConsumerState>,
+    max_inflight: u16,
+    max_batch: usize,
+    stop: Shutdown,
+) {
+    let filter = topics::device_events(&ctx.common.bus.base_topic);
+    let opts = Options::durable(format!("outpost-{SERVICE}"), max_inflight);
+    let Some(mut consumer) = Consumer::start(&ctx, opts, &[filter], &stop).await else {
+        return;
+    };
+    tracing::info!("persisting device events from the bus");
+    let _ = state.bus.set(consumer.bus().clone());
+    ingest::run(ingest, &mut consumer, max_batch, stop).await;
+    consumer.close().await;
 }
 
 /// Follows core-metadata's system events: evicts changed devices and profiles from the
 /// validation cache, and purges a deleted device's events when configured to.
-fn spawn_metadata_watcher(
-    ctx: &Context,
-    cfg: &Config,
-    ingest: Arc<ingest::Ingest>,
-) -> tokio::task::JoinHandle<()> {
-    let ctx = ctx.clone();
-    let purge = cfg.purge_on_device_delete;
-    tokio::spawn(async move {
-        let opts = Options::plain(format!("outpost-{SERVICE}-metadata"));
-        let Ok(bus) =
-            Bus::connect(&ctx.common.bus, &ctx.data_dir, SERVICE, opts, &ctx.shutdown).await
-        else {
-            return;
+async fn follow_metadata(ctx: Context, ingest: Arc<ingest::Ingest>, purge: bool, stop: Shutdown) {
+    let Some((bus, mut rx)) =
+        outpost_bus::metadata_events(&ctx, SERVICE, "validation may use stale profiles").await
+    else {
+        return;
+    };
+    // Purges run one at a time, owned here.
+    let mut purges = tokio::task::JoinSet::new();
+    loop {
+        let d = tokio::select! {
+            () = stop.wait() => break,
+            d = rx.recv() => d,
         };
-        let filter = format!(
-            "{}/system-events/core-metadata/#",
-            ctx.common.bus.base_topic
-        );
-        let mut rx = match bus.subscribe(&filter).await {
-            Ok(rx) => rx,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot follow metadata changes");
-                return;
-            }
+        let Some(d) = d else { break };
+        while purges.try_join_next().is_some() {}
+        let Some(env) = bus.decode::<SystemEvent>(&d) else {
+            continue;
         };
-        loop {
-            let d = tokio::select! {
-                () = ctx.shutdown.wait() => break,
-                d = rx.recv() => d,
-            };
-            let Some(d) = d else { break };
-            let Some(env) = bus.decode::<SystemEvent>(&d) else {
-                continue;
-            };
-            let ev = env.payload;
-            let Some(name) = ev.object_name() else {
-                continue;
-            };
-            match ev.kind.as_str() {
-                TYPE_DEVICE => {
-                    ingest.validator.forget_device(name);
-                    if purge && ev.action == ACTION_DELETE {
-                        let store = Arc::clone(&ingest.store);
-                        let name = name.to_string();
-                        tokio::spawn(async move {
-                            match store.delete_device(name.clone()).await {
-                                Ok(n) => {
-                                    tracing::info!(device = %name, readings = n, "purged a deleted device's events")
-                                }
-                                Err(e) => {
-                                    tracing::warn!(device = %name, error = %e, "cannot purge a deleted device's events")
-                                }
+        let ev = env.payload;
+        let Some(name) = ev.object_name() else {
+            continue;
+        };
+        match ev.kind.as_str() {
+            TYPE_DEVICE => {
+                ingest.validator.forget_device(name);
+                if purge && ev.action == ACTION_DELETE {
+                    let store = Arc::clone(&ingest.store);
+                    let name = name.to_string();
+                    purges.spawn(async move {
+                        match store.delete_device(name.clone()).await {
+                            Ok(n) => {
+                                tracing::info!(device = %name, readings = n, "purged a deleted device's events")
                             }
-                        });
-                    }
+                            Err(e) => {
+                                tracing::warn!(device = %name, error = %e, "cannot purge a deleted device's events")
+                            }
+                        }
+                    });
                 }
-                TYPE_DEVICE_PROFILE => ingest.validator.forget_profile(name),
-                _ => {}
             }
+            TYPE_DEVICE_PROFILE => ingest.validator.forget_profile(name),
+            _ => {}
         }
-        bus.disconnect().await;
-    })
+    }
+    bus.disconnect().await;
 }

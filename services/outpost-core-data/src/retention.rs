@@ -13,33 +13,32 @@ use outpost_kit::Shutdown;
 use crate::config::RetentionConfig;
 use crate::store::EventStore;
 
-pub fn spawn(
+/// Runs a retention pass every `interval_ms` until `stop`.
+pub async fn keep(
     store: Arc<dyn EventStore>,
     cfg: RetentionConfig,
     deleted_metric: String,
-    shutdown: Shutdown,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        if !cfg.enabled {
-            return;
+    stop: Shutdown,
+) {
+    if !cfg.enabled {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(cfg.interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.wait() => return,
+            _ = tick.tick() => {}
         }
-        let mut tick = tokio::time::interval(Duration::from_millis(cfg.interval_ms));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.wait() => return,
-                _ = tick.tick() => {}
+        match run_once(store.as_ref(), &cfg).await {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics::counter!(deleted_metric.clone()).increment(n);
+                tracing::info!(readings = n, "retention removed old readings");
             }
-            match run_once(store.as_ref(), &cfg).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    metrics::counter!(deleted_metric.clone()).increment(n);
-                    tracing::info!(readings = n, "retention removed old readings");
-                }
-                Err(e) => tracing::warn!(error = %e, "retention pass failed; will retry"),
-            }
+            Err(e) => tracing::warn!(error = %e, "retention pass failed; will retry"),
         }
-    })
+    }
 }
 
 /// One retention pass; returns readings removed.

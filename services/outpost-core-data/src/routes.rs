@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use outpost_bus::Bus;
+use outpost_bus::Link;
 use outpost_contracts::common::{
     BaseResponse, BaseWithIdResponse, BaseWithTotalCountResponse, CountResponse, Paging,
 };
@@ -29,7 +29,9 @@ pub struct App {
     pub ingest: Arc<Ingest>,
     pub max_result_count: u64,
     /// Where REST-added events are republished (when configured and connected).
-    pub bus: Arc<tokio::sync::OnceCell<Bus>>,
+    pub bus: Link,
+    /// Deletions and republishing run as tasks of the service.
+    pub tasks: outpost_kit::Tasks,
     pub publish_rest_events: bool,
 }
 
@@ -157,23 +159,22 @@ async fn add_event(
         let bus = bus.clone();
         let event = events[0].event.clone();
         let correlation = outpost_kit::request_id::current_or_mint();
-        tokio::spawn(outpost_kit::request_id::scope(correlation, async move {
-            // Under events/core, not events/device: core-data's own subscription must not
-            // receive (and store) it a second time.
-            let topic = format!(
-                "{}/events/core/{service}/{}/{}/{}",
-                bus.base_topic(),
-                event.profile_name,
-                event.device_name,
-                event.source_name
-            );
-            if let Err(e) = bus
-                .publish_event(&topic, &AddEventRequest::new(event))
-                .await
-            {
-                tracing::warn!(error = %e, "cannot publish a REST-added event on the bus");
-            }
-        }));
+        app.tasks
+            .spawn_child(outpost_kit::request_id::scope(correlation, async move {
+                let topic = outpost_contracts::topics::core_event(
+                    bus.base_topic(),
+                    &service,
+                    &event.profile_name,
+                    &event.device_name,
+                    &event.source_name,
+                );
+                if let Err(e) = bus
+                    .publish_event(&topic, &AddEventRequest::new(event))
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot publish a REST-added event on the bus");
+                }
+            }));
     }
     Ok((
         StatusCode::CREATED,
@@ -377,10 +378,11 @@ async fn count_device_events(
 
 /// Answers 202 and runs the deletion in the background, as EdgeX does.
 fn accepted(
+    app: &App,
     what: &'static str,
     job: impl std::future::Future<Output = Result<u64, StoreError>> + Send + 'static,
 ) -> Response {
-    tokio::spawn(async move {
+    app.tasks.spawn_child(async move {
         match job.await {
             Ok(n) => tracing::info!(readings = n, what, "deleted"),
             Err(e) => tracing::warn!(error = %e, what, "deletion failed"),
@@ -391,10 +393,9 @@ fn accepted(
 
 async fn delete_device_events(State(app): St, Path(name): Path<String>) -> Response {
     let store = Arc::clone(&app.ingest.store);
-    accepted(
-        "device events",
-        async move { store.delete_device(name).await },
-    )
+    accepted(&app, "device events", async move {
+        store.delete_device(name).await
+    })
 }
 
 async fn delete_old_events(State(app): St, Path(age): Path<String>) -> Result<Response, ApiError> {
@@ -405,7 +406,7 @@ async fn delete_old_events(State(app): St, Path(age): Path<String>) -> Result<Re
     })?;
     let cutoff = outpost_contracts::now_nanos().saturating_sub(age);
     let store = Arc::clone(&app.ingest.store);
-    Ok(accepted("old events", async move {
+    Ok(accepted(&app, "old events", async move {
         store.delete_before(cutoff, 50_000).await
     }))
 }

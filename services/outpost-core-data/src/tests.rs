@@ -55,7 +55,8 @@ fn fixture() -> Fixture {
     let app = Arc::new(App {
         ingest: Arc::new(ingest),
         max_result_count: 1000,
-        bus: Arc::default(),
+        bus: outpost_bus::Link::default(),
+        tasks: outpost_kit::Tasks::new(outpost_kit::Shutdown::new()),
         publish_rest_events: false,
     });
     Fixture { _dir: dir, app }

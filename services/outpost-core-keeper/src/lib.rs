@@ -16,18 +16,18 @@ mod tests;
 
 use std::sync::Arc;
 
-use outpost_kit::{Check, Context, health_probe};
+use outpost_kit::{Info, Parts, Stage, Start, StartError, Storage};
 
 pub use config::Config;
 
 /// The service's registry ID (EdgeX's name).
 pub const SERVICE: &str = "core-keeper";
 
-/// Builds the API router over a store (used by [`run`] and by tests).
+/// Builds the API router over a store (used by [`CoreKeeper`] and by tests).
 pub async fn app(
     cfg: &Config,
     store: Arc<dyn store::Store>,
-) -> anyhow::Result<Arc<routes::AppState>> {
+) -> Result<Arc<routes::AppState>, outpost_storage::StorageError> {
     let registry = registry::Registry::load(cfg.clone(), Arc::clone(&store)).await?;
     Ok(Arc::new(routes::AppState {
         registry,
@@ -36,30 +36,30 @@ pub async fn app(
     }))
 }
 
-/// Runs core-keeper until shutdown.
-pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
-    let db = outpost_storage::Db::open(
-        &ctx.storage_location(),
-        &ctx.common.storage.open_options(),
-        store::MIGRATIONS,
-        2,
-    )?;
-    let store: Arc<dyn store::Store> = Arc::new(store::SqliteStore::new(db));
-    let state = app(&cfg, store).await?;
-    let sweeper = state.registry.spawn_sweeper(ctx.shutdown.clone());
-    let reg = Arc::clone(&state.registry);
-    let health = health_probe(move || {
-        let reg = Arc::clone(&reg);
-        async move {
-            match reg.ping_store().await {
-                Ok(()) => vec![Check::ok("storage")],
-                Err(e) => vec![Check::failed("storage", e.to_string())],
-            }
-        }
-    });
-    let router = ctx.router(routes::router(state), health);
-    let served = ctx.serve(router, cfg.port).await;
-    sweeper.abort();
-    served?;
-    Ok(())
+/// The service, as the node runs it.
+pub struct CoreKeeper;
+
+impl outpost_kit::Service for CoreKeeper {
+    type Config = Config;
+
+    const INFO: Info = Info::new(SERVICE, "core_keeper")
+        .no_registry_view()
+        .no_bus();
+
+    fn storage(_: &Config) -> Option<Storage> {
+        Some(Storage::new(store::MIGRATIONS, 2))
+    }
+
+    async fn build(start: Start<Config>) -> Result<Parts, StartError> {
+        let store: Arc<dyn store::Store> = Arc::new(store::SqliteStore::new(start.db()?));
+        let state = app(&start.cfg, store).await.map_err(StartError::other)?;
+        let registry = Arc::clone(&state.registry);
+        start
+            .ctx
+            .tasks
+            .spawn("expiry", Stage::Background, move |stop| {
+                registry.keep_sweeping(stop)
+            });
+        Ok(Parts::new(routes::router(state)))
+    }
 }

@@ -330,7 +330,9 @@ impl Registry {
     }
 
     /// One pass of expiry and active checks; called periodically.
-    pub async fn sweep(self: &Arc<Self>) {
+    /// Applies expiry and starts the active checks that are due (on `probes`, which the
+    /// caller owns).
+    pub async fn sweep(self: &Arc<Self>, probes_running: &mut tokio::task::JoinSet<()>) {
         let now = Instant::now();
         let remove_after =
             (self.cfg.remove_after_ms > 0).then(|| Duration::from_millis(self.cfg.remove_after_ms));
@@ -384,7 +386,7 @@ impl Registry {
         }
         for (id, url) in probes {
             let me = Arc::clone(self);
-            tokio::spawn(async move { me.probe(id, url).await });
+            probes_running.spawn(async move { me.probe(id, url).await });
         }
     }
 
@@ -425,27 +427,19 @@ impl Registry {
         }
     }
 
-    /// Runs [`sweep`](Self::sweep) until shutdown.
-    pub fn spawn_sweeper(
-        self: &Arc<Self>,
-        shutdown: outpost_kit::Shutdown,
-    ) -> tokio::task::JoinHandle<()> {
-        let me = Arc::clone(self);
-        let every = Duration::from_millis(me.cfg.sweep_interval_ms);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = shutdown.wait() => return,
-                    _ = tick.tick() => me.sweep().await,
-                }
+    /// Runs [`sweep`](Self::sweep) until `stop`; active checks in progress end with it.
+    pub async fn keep_sweeping(self: Arc<Self>, stop: outpost_kit::Shutdown) {
+        let every = Duration::from_millis(self.cfg.sweep_interval_ms);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probes = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                () = stop.wait() => return,
+                _ = tick.tick() => self.sweep(&mut probes).await,
             }
-        })
-    }
-
-    pub async fn ping_store(&self) -> Result<(), StorageError> {
-        self.store.ping().await
+            while probes.try_join_next().is_some() {}
+        }
     }
 }
 

@@ -181,8 +181,9 @@ async fn missed_heartbeats_mark_down_then_remove() {
     )
     .await;
     let reg = &f.state.registry;
+    let mut probes = tokio::task::JoinSet::new();
     tokio::time::advance(Duration::from_millis(250)).await;
-    reg.sweep().await;
+    reg.sweep(&mut probes).await;
     assert_eq!(reg.get("core-data").unwrap().status.as_str(), "UP");
     // A heartbeat keeps it alive.
     call(
@@ -193,11 +194,11 @@ async fn missed_heartbeats_mark_down_then_remove() {
     )
     .await;
     tokio::time::advance(Duration::from_millis(250)).await;
-    reg.sweep().await;
+    reg.sweep(&mut probes).await;
     assert_eq!(reg.get("core-data").unwrap().status.as_str(), "UP");
     // Silence beyond three intervals: DOWN.
     tokio::time::advance(Duration::from_millis(100)).await;
-    reg.sweep().await;
+    reg.sweep(&mut probes).await;
     assert_eq!(reg.get("core-data").unwrap().status.as_str(), "DOWN");
     // A late heartbeat brings it back.
     call(
@@ -210,10 +211,10 @@ async fn missed_heartbeats_mark_down_then_remove() {
     assert_eq!(reg.get("core-data").unwrap().status.as_str(), "UP");
     // Silence again, past the grace period: removed, also from storage.
     tokio::time::advance(Duration::from_millis(400)).await;
-    reg.sweep().await;
+    reg.sweep(&mut probes).await;
     assert_eq!(reg.get("core-data").unwrap().status.as_str(), "DOWN");
     tokio::time::advance(Duration::from_millis(2_100)).await;
-    reg.sweep().await;
+    reg.sweep(&mut probes).await;
     assert!(reg.get("core-data").is_none());
     assert!(f.store.load_registrations().await.unwrap().is_empty());
     let (s, _) = call(
@@ -403,9 +404,10 @@ async fn http_checked_services_are_probed() {
     let status = |want: &'static str| {
         let reg = Arc::clone(&reg);
         async move {
+            let mut probes = tokio::task::JoinSet::new();
             tokio::time::timeout(Duration::from_secs(10), async {
                 loop {
-                    reg.sweep().await;
+                    reg.sweep(&mut probes).await;
                     if reg.get("edgex-service").unwrap().status.as_str() == want {
                         return;
                     }

@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use outpost_bus::Bus;
+use outpost_bus::Link;
 use outpost_contracts::system_event::SystemEvent;
 use outpost_contracts::topics;
-use outpost_kit::request_id;
+use outpost_kit::{Shutdown, Stage, Tasks, request_id};
 use tokio::sync::mpsc;
 
 const QUEUE: usize = 10_000;
@@ -30,54 +30,18 @@ pub struct Announcer {
 }
 
 impl Announcer {
-    /// An announcer that publishes through the bus returned by `connect`.
-    pub fn spawn<F>(
-        connect: F,
+    /// An announcer that publishes through `link`, in a task of the service that, when
+    /// the service stops, publishes what is still queued before the link closes.
+    pub fn start(
+        tasks: &Tasks,
+        link: Link,
         full_details: bool,
         dropped_metric: String,
         published_metric: String,
-    ) -> Self
-    where
-        F: std::future::Future<Output = Option<Bus>> + Send + 'static,
-    {
-        let (tx, mut rx) = mpsc::channel::<Pending>(QUEUE);
-        tokio::spawn(async move {
-            let Some(bus) = connect.await else {
-                return;
-            };
-            while let Some(p) = rx.recv().await {
-                let topic = topics::system_event(
-                    bus.base_topic(),
-                    &p.event.source,
-                    &p.event.kind,
-                    &p.event.action,
-                    &p.topic_owner,
-                    p.profile.as_deref(),
-                );
-                let mut backoff = outpost_kit::backoff::Backoff::new(
-                    std::time::Duration::from_millis(100),
-                    std::time::Duration::from_secs(5),
-                );
-                loop {
-                    let sent = request_id::scope(
-                        Arc::clone(&p.correlation),
-                        bus.publish(&topic, &p.event),
-                    )
-                    .await;
-                    match sent {
-                        Ok(()) => {
-                            metrics::counter!(published_metric.clone()).increment(1);
-                            break;
-                        }
-                        Err(e) => {
-                            if backoff.attempts() == 0 {
-                                tracing::warn!(topic, error = %e, "cannot announce a metadata change yet; retrying");
-                            }
-                            tokio::time::sleep(backoff.next_delay()).await;
-                        }
-                    }
-                }
-            }
+    ) -> Self {
+        let (tx, rx) = mpsc::channel::<Pending>(QUEUE);
+        tasks.spawn("system-events", Stage::AfterServing, move |stop| {
+            publish_all(link, rx, published_metric, stop)
         });
         Self {
             tx: Some(tx),
@@ -124,6 +88,64 @@ impl Announcer {
                 owner,
                 "system event queue is full; announcement dropped"
             );
+        }
+    }
+}
+
+/// Publishes announcements in order until `stop`, then what is still queued (the stop
+/// budget bounds that).
+async fn publish_all(
+    link: Link,
+    mut rx: mpsc::Receiver<Pending>,
+    published_metric: String,
+    stop: Shutdown,
+) {
+    let bus = tokio::select! {
+        bus = link.connected() => bus,
+        () = stop.wait() => return,
+    };
+    loop {
+        let p = if stop.is_triggered() {
+            match rx.try_recv() {
+                Ok(p) => p,
+                Err(_) => return,
+            }
+        } else {
+            tokio::select! {
+                p = rx.recv() => match p {
+                    Some(p) => p,
+                    None => return,
+                },
+                () = stop.wait() => continue,
+            }
+        };
+        let topic = topics::system_event(
+            bus.base_topic(),
+            &p.event.source,
+            &p.event.kind,
+            &p.event.action,
+            &p.topic_owner,
+            p.profile.as_deref(),
+        );
+        let mut backoff = outpost_kit::backoff::Backoff::new(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(5),
+        );
+        loop {
+            let sent =
+                request_id::scope(Arc::clone(&p.correlation), bus.publish(&topic, &p.event)).await;
+            match sent {
+                Ok(()) => {
+                    metrics::counter!(published_metric.clone()).increment(1);
+                    break;
+                }
+                Err(e) => {
+                    if backoff.attempts() == 0 {
+                        tracing::warn!(topic, error = %e, "cannot announce a metadata change yet; retrying");
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
         }
     }
 }

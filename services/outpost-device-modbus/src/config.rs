@@ -74,8 +74,15 @@ impl ModbusConfig {
 
 impl DriverConfig for ModbusConfig {
     const SERVICE: &'static str = crate::SERVICE;
+    const SECTION: &'static str = "device_modbus";
     const PORT: u16 = 59901;
     const ENABLED: bool = false;
+
+    fn driver(
+        start: &outpost_kit::Start<crate::Config>,
+    ) -> Result<std::sync::Arc<dyn outpost_device_sdk::Driver>, outpost_kit::StartError> {
+        Ok(crate::driver(start))
+    }
 
     fn validate(&self, p: &mut Problems) {
         let s = "device_modbus.driver";

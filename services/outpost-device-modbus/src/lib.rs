@@ -57,7 +57,6 @@ pub struct Modbus {
     values_read: String,
     /// Devices whose batched reads must not bridge gaps (a gap held an address they lack).
     no_gaps: Mutex<HashSet<String>>,
-    sweeper: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// What one read request returned.
@@ -217,7 +216,6 @@ impl Modbus {
             pool,
             values_read: ctx.metric("values_read_total"),
             no_gaps: Mutex::default(),
-            sweeper: Mutex::default(),
         }
     }
 
@@ -410,40 +408,37 @@ impl Driver for Modbus {
     }
 
     async fn stop(&self) {
-        if let Some(h) = self
-            .sweeper
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-        {
-            h.abort();
-        }
         self.pool.close_all();
     }
 }
 
-/// Runs device-modbus until shutdown.
-pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
-    let driver = Arc::new(Modbus::new(cfg.driver.clone(), &ctx));
-    // Idle connections are closed in the background; the task ends with the driver.
+/// The service, as the node runs it.
+pub type DeviceModbus = outpost_device_sdk::Adapter<ModbusConfig>;
+
+/// The Modbus driver, with its connections' idle sweep running while the service runs.
+fn driver(start: &outpost_kit::Start<Config>) -> Arc<dyn Driver> {
+    let driver = Arc::new(Modbus::new(start.cfg.driver.clone(), &start.ctx));
     let weak = Arc::downgrade(&driver);
-    let period = cfg.driver.idle_timeout().min(Duration::from_secs(1));
-    let sweeper = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            match weak.upgrade() {
-                Some(d) => d.pool.close_idle(),
-                None => return,
+    let period = start.cfg.driver.idle_timeout().min(Duration::from_secs(1));
+    start.ctx.tasks.spawn(
+        "idle-connections",
+        outpost_kit::Stage::Background,
+        move |stop| async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.wait() => return,
+                    _ = tick.tick() => {}
+                }
+                match weak.upgrade() {
+                    Some(d) => d.pool.close_idle(),
+                    None => return,
+                }
             }
-        }
-    });
-    *driver
-        .sweeper
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sweeper.abort_handle());
-    outpost_device_sdk::run(ctx, cfg, driver).await
+        },
+    );
+    driver
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use outpost_bus::{Bus, Delivery, Options};
+use outpost_bus::{Bus, Consumer, Delivery, Options, Subscriber};
 use outpost_contracts::metadata::Device;
 use outpost_contracts::topics::device::{
     DeviceTopics, PROTOCOL, RESPONSE_PREFIX, TELEMETRY_PREFIX,
@@ -33,8 +33,8 @@ use outpost_device_sdk::{
     CommandValue, DeviceChange, DeviceRef, Driver, DriverConfig, DriverError, PushError,
     ResourceRef, Sdk,
 };
-use outpost_kit::Context;
 use outpost_kit::config::BusConfig;
+use outpost_kit::{Shutdown, Stage};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -72,8 +72,15 @@ impl Default for MqttConfig {
 
 impl DriverConfig for MqttConfig {
     const SERVICE: &'static str = SERVICE;
+    const SECTION: &'static str = "device_mqtt";
     const PORT: u16 = 59982;
     const ENABLED: bool = false;
+
+    fn driver(
+        start: &outpost_kit::Start<Config>,
+    ) -> Result<std::sync::Arc<dyn outpost_device_sdk::Driver>, outpost_kit::StartError> {
+        Ok(Arc::new(Mqtt::new(start.cfg.driver.clone())))
+    }
 
     fn validate(&self, p: &mut outpost_kit::config::Problems) {
         let s = "device_mqtt.driver";
@@ -137,9 +144,8 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<bytes::Bytes>>>>;
 struct State {
     sdk: Sdk,
     commands: Bus,
-    telemetry: Bus,
-    /// Sender of the telemetry stream, for subscriptions added later.
-    deliveries: mpsc::UnboundedSender<Delivery>,
+    /// Adds and removes custom telemetry topics on the telemetry session.
+    telemetry: Subscriber,
     /// Custom telemetry topic → device.
     custom: Mutex<HashMap<String, String>>,
     pending: Pending,
@@ -266,12 +272,12 @@ impl Driver for Mqtt {
         let ctx = sdk.context().clone();
         let broker = self.broker(&ctx.common.bus);
         let connected = async {
-            let (telemetry, rx) = Bus::durable_subscriber(
+            let telemetry = Consumer::connect(
                 &broker,
                 &ctx.data_dir,
                 SERVICE,
                 Options::durable("outpost-device-mqtt-telemetry", self.cfg.receive_maximum),
-                &format!("{TELEMETRY_PREFIX}/#"),
+                &[format!("{TELEMETRY_PREFIX}/#")],
                 &ctx.shutdown,
             )
             .await?;
@@ -283,21 +289,21 @@ impl Driver for Mqtt {
                 &ctx.shutdown,
             )
             .await?;
-            Ok::<_, outpost_bus::BusError>((telemetry, rx, commands))
+            Ok::<_, outpost_bus::BusError>((telemetry, commands))
         };
-        let (telemetry, rx, commands) = match connected.await {
+        let (telemetry, commands) = match connected.await {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(error = %e, "cannot connect to the device broker");
+                if !ctx.shutdown.is_triggered() {
+                    tracing::error!(error = %e, "cannot connect to the device broker");
+                }
                 return;
             }
         };
-        let (deliveries, extra) = mpsc::unbounded_channel();
         let state = Arc::new(State {
             sdk,
             commands,
-            telemetry,
-            deliveries,
+            telemetry: telemetry.subscriber(),
             custom: Mutex::default(),
             pending: Pending::default(),
         });
@@ -307,16 +313,21 @@ impl Driver for Mqtt {
             .await
         {
             Ok(replies) => {
-                tokio::spawn(route_replies(Arc::clone(&state.pending), replies));
+                let pending = Arc::clone(&state.pending);
+                ctx.tasks
+                    .spawn("command-replies", Stage::Background, move |stop| {
+                        route_replies(pending, replies, stop)
+                    });
             }
             Err(e) => tracing::error!(error = %e, "cannot subscribe to command replies"),
         }
-        tokio::spawn(route_telemetry(
-            Arc::clone(&state),
-            rx,
-            extra,
-            self.cfg.workers,
-        ));
+        let (st, workers) = (Arc::clone(&state), self.cfg.workers);
+        // Declared after the SDK's own tasks: it stops (and closes the telemetry session)
+        // before the driver does and before the bus the events go out on.
+        ctx.tasks
+            .spawn("telemetry", Stage::AfterServing, move |stop| {
+                route_telemetry(st, telemetry, workers, stop)
+            });
         let _ = self.state.set(state);
     }
 
@@ -415,12 +426,7 @@ impl Driver for Mqtt {
         }
         if let Some(t) = wanted {
             let new = lock(&st.custom).insert(t.clone(), name.clone()).is_none();
-            if new
-                && let Err(e) = st
-                    .telemetry
-                    .subscribe_deferred(&t, st.deliveries.clone())
-                    .await
-            {
+            if new && let Err(e) = st.telemetry.subscribe(&t).await {
                 tracing::warn!(topic = t, device = name, error = %e, "cannot subscribe to the device's telemetry topic");
             }
         }
@@ -428,15 +434,25 @@ impl Driver for Mqtt {
 
     async fn stop(&self) {
         if let Some(st) = self.state.get() {
-            st.telemetry.disconnect().await;
             st.commands.disconnect().await;
         }
     }
 }
 
 /// Hands each reply to the request waiting for it.
-async fn route_replies(pending: Pending, mut replies: mpsc::UnboundedReceiver<Delivery>) {
-    while let Some(d) = replies.recv().await {
+async fn route_replies(
+    pending: Pending,
+    mut replies: mpsc::UnboundedReceiver<Delivery>,
+    stop: Shutdown,
+) {
+    loop {
+        let d = tokio::select! {
+            () = stop.wait() => return,
+            d = replies.recv() => match d {
+                Some(d) => d,
+                None => return,
+            },
+        };
         let id = d.topic.rsplit('/').next().unwrap_or_default().to_string();
         let waiter = lock(&pending).remove(&id);
         match waiter {
@@ -450,34 +466,31 @@ async fn route_replies(pending: Pending, mut replies: mpsc::UnboundedReceiver<De
 }
 
 /// Spreads telemetry over `workers` queues by device, so one device's messages stay in
-/// order while many devices are handled at once.
-async fn route_telemetry(
-    st: Arc<State>,
-    mut main: mpsc::UnboundedReceiver<Delivery>,
-    mut extra: mpsc::UnboundedReceiver<Delivery>,
-    workers: usize,
-) {
+/// order while many devices are handled at once. On `stop`, the workers finish what they
+/// were given (bounded by the session's receive maximum) and the session is closed; what
+/// could not be turned into an event by then stays with the broker.
+async fn route_telemetry(st: Arc<State>, mut consumer: Consumer, workers: usize, stop: Shutdown) {
+    let mut running = tokio::task::JoinSet::new();
     let queues: Vec<mpsc::UnboundedSender<Delivery>> = (0..workers.max(1))
         .map(|_| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(work(Arc::clone(&st), rx));
+            running.spawn(work(Arc::clone(&st), rx, stop.clone()));
             tx
         })
         .collect();
-    loop {
-        let d = tokio::select! {
-            Some(d) = main.recv() => d,
-            Some(d) = extra.recv() => d,
-            else => return,
-        };
+    while let Some(d) = consumer.recv(&stop).await {
         let key = device_of(&st, &d.topic).unwrap_or_default();
         let i = (fxhash(&key) % queues.len() as u64) as usize;
         if let Some(q) = queues.get(i)
             && let Err(mpsc::error::SendError(d)) = q.send(d)
         {
-            d.ack();
+            // The worker is gone: leave the message with the broker.
+            d.abandon();
         }
     }
+    drop(queues);
+    while running.join_next().await.is_some() {}
+    consumer.close().await;
 }
 
 fn fxhash(s: &str) -> u64 {
@@ -497,20 +510,33 @@ fn device_of(st: &State, topic: &str) -> Option<String> {
     lock(&st.custom).get(topic).cloned()
 }
 
-async fn work(st: Arc<State>, mut rx: mpsc::UnboundedReceiver<Delivery>) {
+async fn work(st: Arc<State>, mut rx: mpsc::UnboundedReceiver<Delivery>, stop: Shutdown) {
     // Messages the broker kept for this service while it was away arrive at once; the
     // devices they are for must be known first.
-    st.sdk.wait_loaded().await;
+    tokio::select! {
+        () = st.sdk.wait_loaded() => {}
+        () = stop.wait() => return,
+    }
     while let Some(d) = rx.recv().await {
         let (topic, payload, ack) = d.into_parts();
-        handle(&st, &topic, &payload).await;
-        // Unusable messages are acknowledged too: redelivering them cannot help.
-        ack.ack();
+        match handle(&st, &topic, &payload, &stop).await {
+            // Unusable messages are acknowledged too: redelivering them cannot help.
+            Handled::Done => ack.ack(),
+            Handled::NotYet => ack.abandon(),
+        }
     }
 }
 
+/// What became of a telemetry message.
+enum Handled {
+    /// Its event is on the bus, or it was refused for good.
+    Done,
+    /// Its event could not be published before the service stopped.
+    NotYet,
+}
+
 /// Turns one telemetry message into an event on the bus.
-async fn handle(st: &State, topic: &str, payload: &[u8]) {
+async fn handle(st: &State, topic: &str, payload: &[u8], stop: &Shutdown) -> Handled {
     let sdk = &st.sdk;
     let Some(name) = device_of(st, topic) else {
         sdk.reject(
@@ -518,7 +544,7 @@ async fn handle(st: &State, topic: &str, payload: &[u8]) {
             "unknown_topic",
             &format!("telemetry on unknown topic {topic}"),
         );
-        return;
+        return Handled::Done;
     };
     let Some(device) = sdk.device(&name) else {
         sdk.reject(
@@ -526,7 +552,7 @@ async fn handle(st: &State, topic: &str, payload: &[u8]) {
             "unknown_device",
             &format!("telemetry for '{name}', which is not a device of {SERVICE}"),
         );
-        return;
+        return Handled::Done;
     };
     let tel = Telemetry::of(&device.device);
     // incoming/data/<device>/<source>: the source names a command or a resource.
@@ -542,13 +568,13 @@ async fn handle(st: &State, topic: &str, payload: &[u8]) {
             "unknown_topic",
             &format!("{topic}: one level after the device name at most"),
         );
-        return;
+        return Handled::Done;
     }
     let decoded = match decode(payload, &tel.timestamp_field) {
         Ok(p) => p,
         Err(e) => {
             sdk.reject(&name, "bad_payload", &format!("{topic}: {e}"));
-            return;
+            return Handled::Done;
         }
     };
     let (source, values, origin) = match decoded {
@@ -568,7 +594,7 @@ async fn handle(st: &State, topic: &str, payload: &[u8]) {
                     "bad_payload",
                     &format!("{topic}: a bare value needs a topic that names the resource (or mqtt.Resource)"),
                 );
-                return;
+                return Handled::Done;
             };
             (resource.clone(), vec![(resource, v)], None)
         }
@@ -587,31 +613,29 @@ async fn handle(st: &State, topic: &str, payload: &[u8]) {
         }
     }
     if known.is_empty() {
-        return;
+        return Handled::Done;
     }
     // The message is acknowledged only once its event is on the bus: a bus failure is
     // retried (with backoff, until shutdown) rather than dropped.
     let mut delay = std::time::Duration::from_millis(50);
     loop {
         match sdk.push(&name, &source, known.clone(), origin).await {
-            Ok(_) => return,
+            Ok(_) => return Handled::Done,
             Err(e @ PushError::Bus(_)) => {
                 tracing::warn!(device = name, error = %e, "cannot publish telemetry; retrying");
-                if sdk.context().shutdown.is_triggered() {
-                    return;
+                tokio::select! {
+                    () = stop.wait() => return Handled::NotYet,
+                    () = tokio::time::sleep(delay) => {}
                 }
-                tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(5));
             }
             Err(e) => {
                 sdk.reject(&name, e.reason(), &format!("{topic}: {e}"));
-                return;
+                return Handled::Done;
             }
         }
     }
 }
 
-pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
-    let driver = Arc::new(Mqtt::new(cfg.driver.clone()));
-    outpost_device_sdk::run(ctx, cfg, driver).await
-}
+/// The service, as the node runs it.
+pub type DeviceMqtt = outpost_device_sdk::Adapter<MqttConfig>;

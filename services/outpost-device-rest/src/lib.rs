@@ -33,7 +33,6 @@ use outpost_device_sdk::payload::{Payload, decode};
 use outpost_device_sdk::{
     CommandValue, DeviceRef, Driver, DriverConfig, DriverError, PushError, ResourceRef, Sdk,
 };
-use outpost_kit::Context;
 use outpost_kit::error::{ApiError, Path};
 use serde::{Deserialize, Serialize};
 
@@ -67,8 +66,15 @@ impl Default for RestConfig {
 
 impl DriverConfig for RestConfig {
     const SERVICE: &'static str = SERVICE;
+    const SECTION: &'static str = "device_rest";
     const PORT: u16 = 59986;
     const ENABLED: bool = false;
+
+    fn driver(
+        start: &outpost_kit::Start<Config>,
+    ) -> Result<std::sync::Arc<dyn outpost_device_sdk::Driver>, outpost_kit::StartError> {
+        Ok(Arc::new(Rest::new(start.cfg.driver.clone())))
+    }
 
     fn validate(&self, p: &mut outpost_kit::config::Problems) {
         let s = "device_rest.driver";
@@ -356,26 +362,6 @@ fn push_failed(sdk: &Sdk, device: &str, e: &PushError) -> Response {
     resp
 }
 
-/// How long a POST waits for the bus to take its event (while the broker is away, a
-/// publish waits for it to come back) before answering 503, so the device retries.
-const PUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-async fn push_bounded(
-    sdk: &Sdk,
-    device: &str,
-    source: &str,
-    values: Vec<(String, outpost_device_sdk::CommandValue)>,
-    origin: Option<i64>,
-) -> Result<(), PushError> {
-    match tokio::time::timeout(PUSH_WAIT, sdk.push(device, source, values, origin)).await {
-        Ok(r) => r.map(|_| ()),
-        Err(_) => Err(PushError::Bus(format!(
-            "the bus did not take the event within {} s",
-            PUSH_WAIT.as_secs()
-        ))),
-    }
-}
-
 async fn push_one(
     State(s): State<Shared>,
     Path((device, resource)): Path<(String, String)>,
@@ -414,14 +400,11 @@ async fn push_one(
         s.sdk.reject(&device, "bad_value", &why);
         ApiError::bad_request(format!("resource '{resource}': {why}"))
     })?;
-    match push_bounded(
-        &s.sdk,
-        &device,
-        &resource,
-        vec![(resource.clone(), value)],
-        None,
-    )
-    .await
+    // The SDK bounds the wait for the bus (503 then, so the device retries).
+    match s
+        .sdk
+        .push(&device, &resource, vec![(resource.clone(), value)], None)
+        .await
     {
         Ok(_) => Ok(StatusCode::OK.into_response()),
         Err(e) => Ok(push_failed(&s.sdk, &device, &e)),
@@ -447,13 +430,11 @@ async fn push_many(
             return Err(ApiError::bad_request(e.to_string()));
         }
     };
-    match push_bounded(&s.sdk, &device, "telemetry", values, origin).await {
+    match s.sdk.push(&device, "telemetry", values, origin).await {
         Ok(_) => Ok(StatusCode::OK.into_response()),
         Err(e) => Ok(push_failed(&s.sdk, &device, &e)),
     }
 }
 
-pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
-    let driver = Arc::new(Rest::new(cfg.driver.clone()));
-    outpost_device_sdk::run(ctx, cfg, driver).await
-}
+/// The service, as the node runs it.
+pub type DeviceRest = outpost_device_sdk::Adapter<RestConfig>;

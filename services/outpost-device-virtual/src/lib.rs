@@ -28,7 +28,6 @@ use outpost_contracts::value::ValueType;
 use outpost_device_sdk::{
     CommandValue, DeviceChange, DeviceRef, Driver, DriverConfig, DriverError, ResourceRef, Sdk,
 };
-use outpost_kit::Context;
 use serde::{Deserialize, Serialize};
 
 /// The service's registry ID (EdgeX's name).
@@ -65,8 +64,15 @@ impl Default for VirtualConfig {
 
 impl DriverConfig for VirtualConfig {
     const SERVICE: &'static str = SERVICE;
+    const SECTION: &'static str = "device_virtual";
     const PORT: u16 = 59900;
     const ENABLED: bool = false;
+
+    fn driver(
+        start: &outpost_kit::Start<Config>,
+    ) -> Result<std::sync::Arc<dyn outpost_device_sdk::Driver>, outpost_kit::StartError> {
+        Ok(std::sync::Arc::new(Virtual::new(start.cfg.driver.clone())))
+    }
 
     fn validate(&self, p: &mut outpost_kit::config::Problems) {
         p.check(
@@ -339,8 +345,5 @@ impl Driver for Virtual {
     }
 }
 
-/// Runs device-virtual until shutdown.
-pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
-    let driver = std::sync::Arc::new(Virtual::new(cfg.driver.clone()));
-    outpost_device_sdk::run(ctx, cfg, driver).await
-}
+/// The service, as the node runs it.
+pub type DeviceVirtual = outpost_device_sdk::Adapter<VirtualConfig>;

@@ -29,11 +29,15 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use outpost_bus::{Bus, Delivery, Options};
+use outpost_bus::{Consumer, Options};
 use outpost_contracts::event::AddEventRequest;
 use outpost_contracts::export::{Alert, Backlog, ExportItem};
+use outpost_contracts::topics;
 use outpost_kit::error::{Path, Query};
-use outpost_kit::{ApiError, Check, Context, health_probe};
+use outpost_kit::{
+    ApiError, Check, Context, Info, Parts, Shutdown, Stage, Start, StartError, Storage,
+    health_probe,
+};
 use outpost_queue::{Priority, Queue, QueueError};
 use serde::{Deserialize, Serialize};
 
@@ -47,10 +51,6 @@ pub const SERVICE: &str = "export";
 
 fn now_ms() -> u64 {
     u64::try_from(outpost_contracts::now_millis()).unwrap_or(0)
-}
-
-fn leak(s: String) -> &'static str {
-    Box::leak(s.into_boxed_str())
 }
 
 /// How a destination's sender is doing.
@@ -155,133 +155,138 @@ fn queue_config(d: &Destination) -> outpost_queue::Config {
     }
 }
 
-/// Runs export until shutdown.
-pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
-    let key = outpost_storage::load_or_create_secret(&ctx.secrets_dir().join("export.key"))?;
-    let queue_root = ctx.data_dir.join("queue");
-    outpost_storage::ensure_private_dir(&queue_root)?;
-    // A destination taken out of the configuration keeps its queue: nothing is dropped
-    // because a configuration changed. Say so, with what it holds.
-    if let Ok(entries) = std::fs::read_dir(&queue_root) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if e.path().is_dir() && !cfg.destinations.iter().any(|d| d.name == name) {
-                let bytes = dir_bytes(&e.path());
+/// The service, as the node runs it.
+pub struct Export;
+
+impl outpost_kit::Service for Export {
+    type Config = Config;
+
+    const INFO: Info = Info::new(SERVICE, "export").no_registry_view();
+
+    fn storage(_: &Config) -> Option<Storage> {
+        Some(Storage::new(deadletter::MIGRATIONS, 1))
+    }
+
+    async fn build(start: Start<Config>) -> Result<Parts, StartError> {
+        let Start { ctx, cfg, .. } = &start;
+        let key = outpost_storage::load_or_create_secret(&ctx.secrets_dir().join("export.key"))
+            .map_err(StartError::other)?;
+        let queue_root = ctx.data_dir.join("queue");
+        outpost_storage::ensure_private_dir(&queue_root).map_err(StartError::other)?;
+        // A destination taken out of the configuration keeps its queue: nothing is dropped
+        // because a configuration changed. Say so, with what it holds.
+        if let Ok(entries) = std::fs::read_dir(&queue_root) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if e.path().is_dir() && !cfg.destinations.iter().any(|d| d.name == name) {
+                    let bytes = dir_bytes(&e.path());
+                    tracing::warn!(
+                        destination = name,
+                        bytes,
+                        "a queue of a destination no longer configured is kept; configure the destination again to send it, or remove the directory"
+                    );
+                }
+            }
+        }
+        let mut dests = Vec::new();
+        for d in &cfg.destinations {
+            let dir = queue_root.join(&d.name);
+            let qc = queue_config(d);
+            let queue = tokio::task::spawn_blocking(move || Queue::open(&dir, &key, qc))
+                .await
+                .map_err(StartError::other)?
+                .map_err(StartError::other)?;
+            let c = queue.counters();
+            if c.corrupt_records > 0 || c.truncated_bytes > 0 {
                 tracing::warn!(
-                    destination = name,
-                    bytes,
-                    "a queue of a destination no longer configured is kept; configure the destination again to send it, or remove the directory"
+                    destination = d.name,
+                    corrupt_records = c.corrupt_records,
+                    corrupt_bytes = c.corrupt_bytes,
+                    truncated_bytes = c.truncated_bytes,
+                    "queue opened with damage skipped"
                 );
             }
-        }
-    }
-    let mut dests = Vec::new();
-    for d in &cfg.destinations {
-        let dir = queue_root.join(&d.name);
-        let qc = queue_config(d);
-        let queue = tokio::task::spawn_blocking(move || Queue::open(&dir, &key, qc)).await??;
-        let c = queue.counters();
-        if c.corrupt_records > 0 || c.truncated_bytes > 0 {
-            tracing::warn!(
+            let sink = Sink::new(d).map_err(StartError::other)?;
+            tracing::info!(
                 destination = d.name,
-                corrupt_records = c.corrupt_records,
-                corrupt_bytes = c.corrupt_bytes,
-                truncated_bytes = c.truncated_bytes,
-                "queue opened with damage skipped"
+                url = sink.url(),
+                items = queue.len(),
+                bytes = queue.bytes(),
+                "destination ready"
             );
+            dests.push(Arc::new(Dest {
+                incarnation: queue.incarnation(),
+                queue: Mutex::new(queue),
+                cfg: d.clone(),
+                wake: tokio::sync::Notify::new(),
+                sink,
+                state: Mutex::new(SendState::default()),
+                reported: Mutex::new(outpost_queue::Counters::default()),
+            }));
         }
-        let sink = Sink::new(d)?;
-        tracing::info!(
-            destination = d.name,
-            url = sink.url(),
-            items = queue.len(),
-            bytes = queue.bytes(),
-            "destination ready"
-        );
-        dests.push(Arc::new(Dest {
-            incarnation: queue.incarnation(),
-            queue: Mutex::new(queue),
-            cfg: d.clone(),
-            wake: tokio::sync::Notify::new(),
-            sink,
-            state: Mutex::new(SendState::default()),
-            reported: Mutex::new(outpost_queue::Counters::default()),
-        }));
-    }
-    let db = outpost_storage::Db::open(
-        &ctx.storage_location(),
-        &ctx.common.storage.open_options(),
-        deadletter::MIGRATIONS,
-        1,
-    )?;
-    let app = Arc::new(App {
-        dests,
-        dead: DeadLetters::new(db),
-        base_topic: ctx.common.bus.base_topic.clone(),
-        metrics: Metrics {
-            items: leak(ctx.metric("queue_items")),
-            bytes: leak(ctx.metric("queue_bytes")),
-            oldest: leak(ctx.metric("queue_oldest_age_seconds")),
-            appended: leak(ctx.metric("items_queued_total")),
-            sent: leak(ctx.metric("items_sent_total")),
-            wire: leak(ctx.metric("wire_bytes_total")),
-            failures: leak(ctx.metric("send_failures_total")),
-            dropped: leak(ctx.metric("items_dropped_total")),
-            dead: leak(ctx.metric("items_dead_lettered_total")),
-        },
-    });
-    let mut tasks = Vec::new();
-    for d in &app.dests {
-        tasks.push(tokio::spawn(sender(
-            Arc::clone(&app),
-            Arc::clone(d),
-            ctx.shutdown.clone(),
-        )));
-    }
-    if !app.dests.is_empty() {
-        tasks.push(tokio::spawn(consume(
-            ctx.clone(),
-            Arc::clone(&app),
-            cfg.clone(),
-        )));
-    }
-    tasks.push(tokio::spawn(gauges(Arc::clone(&app), ctx.shutdown.clone())));
-    let health = {
-        let app = Arc::clone(&app);
-        health_probe(move || {
+        let app = Arc::new(App {
+            dests,
+            dead: DeadLetters::new(start.db()?),
+            base_topic: ctx.common.bus.base_topic.clone(),
+            metrics: Metrics {
+                items: ctx.metric_static("queue_items"),
+                bytes: ctx.metric_static("queue_bytes"),
+                oldest: ctx.metric_static("queue_oldest_age_seconds"),
+                appended: ctx.metric_static("items_queued_total"),
+                sent: ctx.metric_static("items_sent_total"),
+                wire: ctx.metric_static("wire_bytes_total"),
+                failures: ctx.metric_static("send_failures_total"),
+                dropped: ctx.metric_static("items_dropped_total"),
+                dead: ctx.metric_static("items_dead_lettered_total"),
+            },
+        });
+        for d in &app.dests {
+            let (app, d) = (Arc::clone(&app), Arc::clone(d));
+            ctx.tasks.spawn("sender", Stage::Background, move |stop| {
+                sender(app, d, stop)
+            });
+        }
+        if !app.dests.is_empty() {
+            let (ctx, app, cfg) = (ctx.clone(), Arc::clone(&app), cfg.clone());
+            ctx.clone()
+                .tasks
+                .spawn("consumer", Stage::AfterServing, move |stop| {
+                    consume(ctx, app, cfg, stop)
+                });
+        }
+        {
             let app = Arc::clone(&app);
-            async move {
-                app.dests
-                    .iter()
-                    .map(|d| {
-                        let s = d.state();
-                        if s.consecutive_failures > 0 {
-                            Check::failed(
-                                "destination",
-                                format!(
-                                    "{}: {}",
-                                    d.cfg.name,
-                                    s.last_error.clone().unwrap_or_default()
-                                ),
-                            )
-                        } else {
-                            Check::ok("destination")
-                        }
-                    })
-                    .collect()
-            }
-        })
-    };
-    let router = ctx.router(router(Arc::clone(&app)), health);
-    let served = ctx.serve(router, cfg.port).await;
-    for d in &app.dests {
-        d.wake.notify_one();
+            ctx.tasks
+                .spawn("gauges", Stage::Background, move |stop| gauges(app, stop));
+        }
+        let health = {
+            let app = Arc::clone(&app);
+            health_probe(move || {
+                let app = Arc::clone(&app);
+                async move {
+                    app.dests
+                        .iter()
+                        .map(|d| {
+                            let s = d.state();
+                            if s.consecutive_failures > 0 {
+                                Check::failed(
+                                    "destination",
+                                    format!(
+                                        "{}: {}",
+                                        d.cfg.name,
+                                        s.last_error.clone().unwrap_or_default()
+                                    ),
+                                )
+                            } else {
+                                Check::ok("destination")
+                            }
+                        })
+                        .collect()
+                }
+            })
+        };
+        Ok(Parts::new(router(app)).health(health))
     }
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-    }
-    served?;
-    Ok(())
 }
 
 /// Bytes of the files under `dir`.
@@ -319,7 +324,7 @@ async fn append(d: &Arc<Dest>, priority: Priority, items: Vec<Vec<u8>>) -> Resul
 
 /// The bus side: appends each batch of messages to the queues that take them, then
 /// acknowledges them.
-async fn consume(ctx: Context, app: Arc<App>, cfg: Config) {
+async fn consume(ctx: Context, app: Arc<App>, cfg: Config, stop: Shutdown) {
     let mut filters: Vec<String> = app
         .dests
         .iter()
@@ -328,41 +333,12 @@ async fn consume(ctx: Context, app: Arc<App>, cfg: Config) {
     filters.sort();
     filters.dedup();
     let opts = Options::durable(format!("outpost-{SERVICE}"), cfg.max_inflight);
-    let (bus, mut rx) = match Bus::durable_subscriber_of(
-        &ctx.common.bus,
-        &ctx.data_dir,
-        SERVICE,
-        opts,
-        &filters,
-        &ctx.shutdown,
-    )
-    .await
-    {
-        Ok(pair) => pair,
-        Err(e) => {
-            if !ctx.shutdown.is_triggered() {
-                tracing::error!(error = %e, "cannot subscribe to the bus");
-            }
-            return;
-        }
+    let Some(mut consumer) = Consumer::start(&ctx, opts, &filters, &stop).await else {
+        return;
     };
-    tracing::info!(?filters, "exporting from the bus");
-    let alerts_prefix = format!("{}/alerts/", app.base_topic);
-    let mut batch: Vec<Delivery> = Vec::new();
-    loop {
-        tokio::select! {
-            () = ctx.shutdown.wait() => break,
-            d = rx.recv() => match d {
-                Some(d) => batch.push(d),
-                None => break,
-            },
-        }
-        while batch.len() < cfg.max_append_batch {
-            match rx.try_recv() {
-                Ok(d) => batch.push(d),
-                Err(_) => break,
-            }
-        }
+    let bus = consumer.bus().clone();
+    let alerts_prefix = topics::alerts_prefix(&app.base_topic);
+    while let Some(batch) = consumer.batch(cfg.max_append_batch, &stop).await {
         // Per destination and priority, the items of this batch in arrival order.
         let mut groups: Vec<(usize, Priority, Vec<Vec<u8>>)> = Vec::new();
         for d in &batch {
@@ -389,25 +365,19 @@ async fn consume(ctx: Context, app: Arc<App>, cfg: Config) {
                 }
             }
         }
-        let mut stopped = false;
         for (i, p, items) in groups {
-            if !append_until_done(&app, &app.dests[i], p, items, &ctx.shutdown).await {
-                stopped = true;
-                break;
+            if !append_until_done(&app, &app.dests[i], p, items, &stop).await {
+                // Not acknowledged: the broker delivers these again after the restart.
+                drop(batch);
+                consumer.close().await;
+                return;
             }
         }
-        if stopped {
-            // Not acknowledged: the broker delivers these again after the restart.
-            std::mem::forget(std::mem::take(&mut batch));
-            break;
-        }
-        for d in batch.drain(..) {
+        for d in batch {
             d.ack();
         }
     }
-    if !bus.disconnect().await {
-        std::mem::forget(rx);
-    }
+    consumer.close().await;
 }
 
 /// Appends, retrying while the queue is full (refuse-new) or the disk fails; `false` if

@@ -38,7 +38,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 use http::{HeaderValue, StatusCode};
-use outpost_kit::{ApiError, Check, Context, health_probe};
+use outpost_kit::{ApiError, Context, Info, Parts, Shutdown, Stage, Start, StartError, Storage};
 use outpost_pki as tls;
 
 pub use config::Config;
@@ -534,211 +534,250 @@ fn verified(app: &App, token: &str) -> Option<Verified> {
     Some(v)
 }
 
-/// Runs the gateway until shutdown.
-pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
-    let loc = ctx.storage_location();
-    let db = outpost_storage::Db::open(
-        &loc,
-        &ctx.common.storage.open_options(),
-        users::MIGRATIONS,
-        2,
-    )?;
-    let users = Users::open(db.clone()).await?;
-    users
-        .ensure_admin(&ctx.secrets_dir().join("admin-password"))
-        .await?;
-    let jwt_key =
-        outpost_storage::load_or_create_secret(&ctx.secrets_dir().join("gateway-jwt.key"))?;
-
-    // Certificates: the operator's, or the node's own.
-    let paths = tls::Paths::new(&ctx.data_dir);
-    let (cert, key) = match (&cfg.cert_file, &cfg.key_file) {
-        (Some(c), Some(k)) => {
-            // The CA still exists for clients that fetch it, and for later uses.
-            tls::ensure_ca(&paths)?;
-            (c.clone(), k.clone())
-        }
-        _ => {
-            let names = tls::default_names(&ctx.common.node.advertise_host, &cfg.tls_names);
-            tls::ensure_server_cert(&paths, &names)?;
-            (paths.cert.clone(), paths.key.clone())
-        }
-    };
-    let mut reloader = tls::Reloader::new(cert, key)?;
-    // Devices may present a client certificate: one from the node CA (`outpost device
-    // enroll --cert`) or from a manufacturer CA (zero-touch). The gateway checks the chain;
-    // whether the certificate is a device's, and which one's, core-metadata decides.
-    let mut device_cas = std::fs::read_to_string(&paths.ca_cert)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", paths.ca_cert.display()))?;
-    for f in &ctx.common.enrollment.manufacturer_ca {
-        device_cas.push('\n');
-        device_cas
-            .push_str(&std::fs::read_to_string(f).map_err(|e| {
-                anyhow::anyhow!("cannot read manufacturer CA {}: {e}", f.display())
-            })?);
-    }
-    let server_config = Arc::new(tls::server_config_with_clients(
-        Arc::clone(&reloader.resolver),
-        &device_cas,
-    )?);
-    {
-        let shutdown = ctx.shutdown.clone();
-        let every = Duration::from_secs(cfg.cert_reload_s);
-        let own = cfg.cert_file.is_none();
-        let (paths, names) = (
-            paths.clone(),
-            tls::default_names(&ctx.common.node.advertise_host, &cfg.tls_names),
-        );
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            let mut checks: u64 = 0;
-            loop {
-                tokio::select! {
-                    () = shutdown.wait() => return,
-                    _ = tick.tick() => {}
-                }
-                checks += 1;
-                // Renewal of the node-issued certificate, checked about hourly.
-                if own && checks.is_multiple_of((3600 / every.as_secs().max(1)).max(1)) {
-                    let (p, n) = (paths.clone(), names.clone());
-                    let r =
-                        tokio::task::spawn_blocking(move || tls::ensure_server_cert(&p, &n)).await;
-                    if let Ok(Err(e)) = r {
-                        tracing::warn!(
-                            error = format!("{e:#}"),
-                            "cannot renew the gateway certificate"
-                        );
-                    }
-                }
-                reloader.check();
-            }
-        });
-    }
-
-    let name = |n: String| -> &'static str { Box::leak(n.into_boxed_str()) };
-    let m = Metrics {
-        requests: name(ctx.metric("requests_total")),
-        duration: name(ctx.metric("request_duration_seconds")),
-        upstream_requests: name(ctx.metric("upstream_requests_total")),
-        upstream_duration: name(ctx.metric("upstream_duration_seconds")),
-        cache: name(ctx.metric("cache_total")),
-        rate_limited: name(ctx.metric("rate_limited_total")),
-        retries: name(ctx.metric("retries_total")),
-        auth_failures: name(ctx.metric("auth_failures_total")),
-        access_log_dropped: name(ctx.metric("access_log_dropped_total")),
-    };
-    let access = match cfg.access_log.as_str() {
-        "" => access::AccessLog::off(),
-        "-" => access::AccessLog::node_log(),
-        file => {
-            let path = ctx.data_dir.join(file);
-            access::AccessLog::file(
-                path.clone(),
-                access::Rotation {
-                    max_bytes: cfg.access_log_max_bytes,
-                    keep: cfg.access_log_keep,
-                },
-                metrics::counter!(m.access_log_dropped),
-            )
-            .map_err(|e| anyhow::anyhow!("cannot open the access log {}: {e}", path.display()))?
-        }
-    };
-    let login_refill = 1.0 / cfg.login_refill_s as f64;
-    let app = Arc::new(App {
-        users,
-        signer: token::Signer::new(&jwt_key),
-        upstreams: upstream::Upstreams::new(
-            ctx.registry.clone(),
-            Duration::from_millis(cfg.eject_ms),
-            cfg.retry_ratio,
-            cfg.retry_min_per_s,
-        ),
-        cache: cache::Cache::new(
-            Duration::from_secs(cfg.cache_ttl_s),
-            Duration::from_secs(cfg.cache_stale_s),
-            cfg.cache_entries,
-        ),
-        limiter: Limiter::new(cfg.rate_per_s, cfg.rate_burst),
-        route_limiters: cfg
-            .route_limits
-            .iter()
-            .map(|l| (l.prefix.clone(), Limiter::new(l.rate_per_s, l.burst)))
-            .collect(),
-        login_by_user: Limiter::new(login_refill, f64::from(cfg.login_burst)),
-        login_by_addr: Limiter::new(login_refill * 4.0, f64::from(cfg.login_burst) * 4.0),
-        m,
-        max_body: ctx.common.node.max_body_bytes,
-        ca_pem: paths.ca_cert.clone(),
-        cert_mac_key: outpost_storage::load_or_create_secret(
-            &ctx.secrets_dir().join(tls::vouch::KEY_FILE),
-        )?,
-        metadata: outpost_kit::client::ServiceClient::new(
-            ctx.registry.clone(),
-            Duration::from_millis(cfg.upstream_timeout_ms),
-        ),
-        access,
-        cfg: cfg.clone(),
-    });
-
-    // Metadata changes empty the cache.
-    {
-        let (ctx, app) = (ctx.clone(), Arc::clone(&app));
-        tokio::spawn(async move { follow_metadata(ctx, app).await });
-    }
-
-    let health = {
-        let db = db.clone();
-        health_probe(move || {
-            let db = db.clone();
-            async move {
-                match db.ping().await {
-                    Ok(()) => vec![Check::ok("storage")],
-                    Err(e) => vec![Check::failed("storage", e.to_string())],
-                }
-            }
-        })
-    };
-    let info = outpost_kit::routes::ServiceInfo {
-        name: ctx.name.clone(),
-        version: outpost_kit::VERSION.to_string(),
-        config: ctx.config_json.clone(),
-        metrics: ctx.metrics.clone(),
-        health: Arc::clone(&health),
-    };
-    let public = routes::router(Arc::clone(&app), info, ctx.common.node.max_body_bytes);
-    let limits = conn::Limits {
-        header_timeout: Duration::from_millis(cfg.header_timeout_ms),
-        idle_timeout: Duration::from_millis(cfg.idle_timeout_ms),
-        max_header_bytes: cfg.max_header_bytes,
-    };
-    let loops = cfg.event_loops();
-    let handles = conn::spawn_loops(
-        cfg.listen,
-        loops,
-        server_config,
-        Arc::clone(&app),
-        public,
-        limits,
-        ctx.shutdown.clone(),
-    )
-    .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
-    tracing::info!(listen = %cfg.listen, event_loops = loops, "gateway listening (TLS)");
-
-    // The plain side on loopback: health, metrics, registration.
-    let router = ctx.router(Router::new(), health);
-    let served = ctx.serve(router, cfg.port).await;
-    let _ = tokio::task::spawn_blocking(move || {
-        for h in handles {
-            let _ = h.join();
-        }
-    })
-    .await;
-    app.access.close();
-    served?;
-    Ok(())
+/// Why the gateway cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the access log {path}")]
+    AccessLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-async fn follow_metadata(ctx: Context, app: Arc<App>) {
+fn read(path: &std::path::Path) -> Result<String, StartError> {
+    std::fs::read_to_string(path).map_err(|source| {
+        StartError::other(Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    })
+}
+
+/// The service, as the node runs it.
+pub struct Gateway;
+
+impl outpost_kit::Service for Gateway {
+    type Config = Config;
+
+    const INFO: Info = Info::new(SERVICE, "gateway").manages_allocator();
+
+    fn storage(_: &Config) -> Option<Storage> {
+        Some(Storage::new(users::MIGRATIONS, 2))
+    }
+
+    async fn build(start: Start<Config>) -> Result<Parts, StartError> {
+        let Start { ctx, cfg, .. } = &start;
+        let db = start.db()?;
+        let users = Users::open(db.clone()).await.map_err(StartError::other)?;
+        users
+            .ensure_admin(&ctx.secrets_dir().join("admin-password"))
+            .await
+            .map_err(StartError::other)?;
+        let jwt_key =
+            outpost_storage::load_or_create_secret(&ctx.secrets_dir().join("gateway-jwt.key"))
+                .map_err(StartError::other)?;
+
+        // Certificates: the operator's, or the node's own.
+        let paths = tls::Paths::new(&ctx.data_dir);
+        let (cert, key) = match (&cfg.cert_file, &cfg.key_file) {
+            (Some(c), Some(k)) => {
+                // The CA still exists for clients that fetch it, and for later uses.
+                tls::ensure_ca(&paths).map_err(StartError::other)?;
+                (c.clone(), k.clone())
+            }
+            _ => {
+                let names = tls::default_names(&ctx.common.node.advertise_host, &cfg.tls_names);
+                tls::ensure_server_cert(&paths, &names).map_err(StartError::other)?;
+                (paths.cert.clone(), paths.key.clone())
+            }
+        };
+        let mut reloader = tls::Reloader::new(cert, key).map_err(StartError::other)?;
+        // Devices may present a client certificate: one from the node CA (`outpost device
+        // enroll --cert`) or from a manufacturer CA (zero-touch). The gateway checks the
+        // chain; whether the certificate is a device's, and which one's, core-metadata
+        // decides.
+        let mut device_cas = read(&paths.ca_cert)?;
+        for f in &ctx.common.enrollment.manufacturer_ca {
+            device_cas.push('\n');
+            device_cas.push_str(&read(f)?);
+        }
+        let server_config = Arc::new(
+            tls::server_config_with_clients(Arc::clone(&reloader.resolver), &device_cas)
+                .map_err(StartError::other)?,
+        );
+        {
+            let every = Duration::from_secs(cfg.cert_reload_s);
+            let own = cfg.cert_file.is_none();
+            let (paths, names) = (
+                paths.clone(),
+                tls::default_names(&ctx.common.node.advertise_host, &cfg.tls_names),
+            );
+            ctx.tasks
+                .spawn("certificates", Stage::Background, move |stop| async move {
+                    let mut tick = tokio::time::interval(every);
+                    let mut checks: u64 = 0;
+                    loop {
+                        tokio::select! {
+                            () = stop.wait() => return,
+                            _ = tick.tick() => {}
+                        }
+                        checks += 1;
+                        // Renewal of the node-issued certificate, checked about hourly.
+                        if own && checks.is_multiple_of((3600 / every.as_secs().max(1)).max(1)) {
+                            let (p, n) = (paths.clone(), names.clone());
+                            let r = tokio::task::spawn_blocking(move || {
+                                tls::ensure_server_cert(&p, &n)
+                            })
+                            .await;
+                            if let Ok(Err(e)) = r {
+                                tracing::warn!(
+                                    error = format!("{e:#}"),
+                                    "cannot renew the gateway certificate"
+                                );
+                            }
+                        }
+                        reloader.check();
+                    }
+                });
+        }
+
+        let m = Metrics {
+            requests: ctx.metric_static("requests_total"),
+            duration: ctx.metric_static("request_duration_seconds"),
+            upstream_requests: ctx.metric_static("upstream_requests_total"),
+            upstream_duration: ctx.metric_static("upstream_duration_seconds"),
+            cache: ctx.metric_static("cache_total"),
+            rate_limited: ctx.metric_static("rate_limited_total"),
+            retries: ctx.metric_static("retries_total"),
+            auth_failures: ctx.metric_static("auth_failures_total"),
+            access_log_dropped: ctx.metric_static("access_log_dropped_total"),
+        };
+        let access = match cfg.access_log.as_str() {
+            "" => access::AccessLog::off(),
+            "-" => access::AccessLog::node_log(),
+            file => {
+                let path = ctx.data_dir.join(file);
+                access::AccessLog::file(
+                    path.clone(),
+                    access::Rotation {
+                        max_bytes: cfg.access_log_max_bytes,
+                        keep: cfg.access_log_keep,
+                    },
+                    metrics::counter!(m.access_log_dropped),
+                )
+                .map_err(|source| StartError::other(Error::AccessLog { path, source }))?
+            }
+        };
+        let login_refill = 1.0 / cfg.login_refill_s as f64;
+        let app = Arc::new(App {
+            users,
+            signer: token::Signer::new(&jwt_key),
+            upstreams: upstream::Upstreams::new(
+                ctx.registry.clone(),
+                Duration::from_millis(cfg.eject_ms),
+                cfg.retry_ratio,
+                cfg.retry_min_per_s,
+            ),
+            cache: cache::Cache::new(
+                Duration::from_secs(cfg.cache_ttl_s),
+                Duration::from_secs(cfg.cache_stale_s),
+                cfg.cache_entries,
+            ),
+            limiter: Limiter::new(cfg.rate_per_s, cfg.rate_burst),
+            route_limiters: cfg
+                .route_limits
+                .iter()
+                .map(|l| (l.prefix.clone(), Limiter::new(l.rate_per_s, l.burst)))
+                .collect(),
+            login_by_user: Limiter::new(login_refill, f64::from(cfg.login_burst)),
+            login_by_addr: Limiter::new(login_refill * 4.0, f64::from(cfg.login_burst) * 4.0),
+            m,
+            max_body: ctx.common.node.max_body_bytes,
+            ca_pem: paths.ca_cert.clone(),
+            cert_mac_key: outpost_storage::load_or_create_secret(
+                &ctx.secrets_dir().join(tls::vouch::KEY_FILE),
+            )
+            .map_err(StartError::other)?,
+            metadata: outpost_kit::client::ServiceClient::new(
+                ctx.registry.clone(),
+                Duration::from_millis(cfg.upstream_timeout_ms),
+            ),
+            access,
+            cfg: cfg.clone(),
+        });
+
+        // Metadata changes empty the cache.
+        {
+            let (ctx, app) = (ctx.clone(), Arc::clone(&app));
+            ctx.clone()
+                .tasks
+                .spawn("metadata-changes", Stage::Background, move |stop| {
+                    follow_metadata(ctx, app, stop)
+                });
+        }
+
+        let info = outpost_kit::routes::ServiceInfo {
+            name: ctx.name.clone(),
+            version: outpost_kit::VERSION.to_string(),
+            config: ctx.config_json.clone(),
+            metrics: ctx.metrics.clone(),
+            health: outpost_kit::service::storage_probe(db),
+        };
+        let public = routes::router(Arc::clone(&app), info, ctx.common.node.max_body_bytes);
+        let limits = conn::Limits {
+            header_timeout: Duration::from_millis(cfg.header_timeout_ms),
+            idle_timeout: Duration::from_millis(cfg.idle_timeout_ms),
+            max_header_bytes: cfg.max_header_bytes,
+        };
+        let loops = cfg.event_loops();
+        let handles = conn::spawn_loops(
+            cfg.listen,
+            loops,
+            server_config,
+            Arc::clone(&app),
+            public,
+            limits,
+            ctx.shutdown.clone(),
+        )
+        .map_err(|source| {
+            StartError::other(Error::Listen {
+                addr: cfg.listen,
+                source,
+            })
+        })?;
+        tracing::info!(listen = %cfg.listen, event_loops = loops, "gateway listening (TLS)");
+        // The event loops stop accepting when the service starts stopping, finish their
+        // connections (up to 10 s) and end; then the access log is flushed.
+        ctx.tasks
+            .spawn("event-loops", Stage::AfterServing, move |stop| async move {
+                stop.wait().await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    for h in handles {
+                        let _ = h.join();
+                    }
+                })
+                .await;
+                app.access.close();
+            });
+        // The plain side on loopback: health, metrics, registration.
+        Ok(Parts::new(Router::new()))
+    }
+}
+
+async fn follow_metadata(ctx: Context, app: Arc<App>, stop: Shutdown) {
     let Some((_bus, mut rx)) =
         outpost_bus::metadata_events(&ctx, SERVICE, "cached responses expire by TTL only").await
     else {
@@ -746,7 +785,7 @@ async fn follow_metadata(ctx: Context, app: Arc<App>) {
     };
     loop {
         tokio::select! {
-            () = ctx.shutdown.wait() => return,
+            () = stop.wait() => return,
             d = rx.recv() => match d {
                 Some(_) => app.cache.invalidate(),
                 None => return,

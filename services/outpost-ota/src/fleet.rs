@@ -608,22 +608,12 @@ pub(crate) async fn authenticate(
 }
 
 /// Empties the credential cache whenever core-metadata announces a device change.
-pub async fn follow_devices(ctx: outpost_kit::Context, app: Arc<App>) {
-    let opts =
-        outpost_bus::Options::plain(format!("outpost-{}-{}", crate::SERVICE, ctx.service_id()));
-    let Ok(bus) = outpost_bus::Bus::connect(
-        &ctx.common.bus,
-        &ctx.data_dir,
-        crate::SERVICE,
-        opts,
-        &ctx.shutdown,
-    )
-    .await
-    else {
-        return;
+pub async fn follow_devices(app: Arc<App>, stop: outpost_kit::Shutdown) {
+    let bus = tokio::select! {
+        bus = app.bus.connected() => bus,
+        () = stop.wait() => return,
     };
-    let _ = app.bus.set(bus.clone());
-    let filter = format!("{}/system-events/core-metadata/device/#", bus.base_topic());
+    let filter = outpost_contracts::topics::device_metadata_events(bus.base_topic());
     let mut rx = match bus.subscribe(&filter).await {
         Ok(rx) => rx,
         Err(e) => {
@@ -633,7 +623,7 @@ pub async fn follow_devices(ctx: outpost_kit::Context, app: Arc<App>) {
     };
     loop {
         tokio::select! {
-            () = ctx.shutdown.wait() => return,
+            () = stop.wait() => return,
             d = rx.recv() => match d {
                 Some(_) => {
                     let mut cache = app
@@ -672,8 +662,9 @@ fn tell(app: &Arc<App>, rollout: &str, devices: Vec<String>) {
     let Some(bus) = app.bus.get().cloned() else {
         return;
     };
-    let (app, rollout) = (Arc::clone(app), rollout.to_string());
-    tokio::spawn(async move {
+    let (app2, rollout) = (Arc::clone(app), rollout.to_string());
+    app.tasks.spawn_child(async move {
+        let app = app2;
         let body = serde_json::json!({"poll": true, "rollout": rollout}).to_string();
         for name in devices {
             let topic = match app.metadata.device(&name).await {

@@ -159,11 +159,11 @@ impl Inventory {
 }
 
 /// Writes check-in times every few seconds until shutdown (and once more then).
-pub async fn keep_saving(app: Arc<App>, shutdown: outpost_kit::Shutdown) {
+pub async fn keep_saving(app: Arc<App>, stopping: outpost_kit::Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         let stop = tokio::select! {
-            () = shutdown.wait() => true,
+            () = stopping.wait() => true,
             _ = tick.tick() => false,
         };
         if let Err(e) = app.inventory.save(&app.db).await {

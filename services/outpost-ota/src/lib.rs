@@ -35,7 +35,7 @@ use base64::Engine as _;
 use futures_util::StreamExt as _;
 use outpost_contracts::now_millis as now_ms;
 use outpost_kit::error::Path;
-use outpost_kit::{ApiError, Check, Context, health_probe};
+use outpost_kit::{ApiError, Info, Parts, Stage, Start, StartError, Storage};
 use outpost_storage::rusqlite::{OptionalExtension as _, params};
 use outpost_storage::{Db, Migration, StorageError};
 use serde::{Deserialize, Serialize};
@@ -73,6 +73,16 @@ impl Default for Config {
             poll_seconds: 30,
             overdue_after_s: 0,
         }
+    }
+}
+
+impl outpost_kit::ServiceConfig for Config {
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn enabled(&self) -> bool {
+        self.enabled
     }
 }
 
@@ -123,8 +133,10 @@ pub struct App {
     /// Where the gateway's key for vouching client certificates lives, and the key once read.
     cert_mac_file: PathBuf,
     cert_mac_key: std::sync::OnceLock<[u8; 32]>,
-    /// The node's bus, once connected: devices are told to poll over it.
-    bus: tokio::sync::OnceCell<outpost_bus::Bus>,
+    /// The node's bus: devices are told to poll over it.
+    bus: outpost_bus::Link,
+    /// Messages to devices go out as tasks of the service.
+    tasks: outpost_kit::Tasks,
     poll_seconds: u64,
     overdue_ms: i64,
     keys: Vec<PublicKey>,
@@ -162,74 +174,103 @@ fn view(
     })
 }
 
-/// Runs ota until shutdown.
-pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
-    let keys = cfg
-        .trusted_keys
-        .iter()
-        .map(|k| PublicKey::parse(k).map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let blobs = ctx.data_dir.join("ota").join("blobs");
-    outpost_storage::ensure_private_dir(&blobs)?;
-    // Uploads that never finished (a crash) leave temporary files.
-    for e in std::fs::read_dir(&blobs)?.flatten() {
-        if e.file_name().to_string_lossy().ends_with(".tmp") {
-            let _ = std::fs::remove_file(e.path());
-        }
+/// The service, as the node runs it.
+pub struct Ota;
+
+/// Why ota cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("a trusted key is not valid: {0}")]
+    TrustedKey(String),
+    #[error("cannot prepare {path}")]
+    Blobs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl outpost_kit::Service for Ota {
+    type Config = Config;
+
+    const INFO: Info = Info::new(SERVICE, "ota");
+
+    fn storage(_: &Config) -> Option<Storage> {
+        Some(Storage::new(MIGRATIONS, 2))
     }
-    let master = outpost_storage::load_or_create_secret(&ctx.secrets_dir().join("ota.key"))?;
-    let db = Db::open(
-        &ctx.storage_location(),
-        &ctx.common.storage.open_options(),
-        MIGRATIONS,
-        2,
-    )?;
-    tracing::info!(keys = ?keys.iter().map(PublicKey::id).collect::<Vec<_>>(), "trusted signing keys");
-    let fleet = fleet::Fleet::default();
-    *fleet.rollouts.lock().await = fleet::load(&db).await?;
-    let inventory = inventory::Inventory::load(&db).await?;
-    let overdue_s = if cfg.overdue_after_s == 0 {
-        3 * cfg.poll_seconds
-    } else {
-        cfg.overdue_after_s
-    };
-    let app = Arc::new(App {
-        db: db.clone(),
-        metadata: outpost_kit::client::Metadata::new(outpost_kit::client::ServiceClient::new(
-            ctx.registry.clone(),
-            std::time::Duration::from_secs(5),
-        )),
-        fleet,
-        inventory,
-        bus: tokio::sync::OnceCell::new(),
-        cert_mac_file: ctx.secrets_dir().join(outpost_pki::vouch::KEY_FILE),
-        cert_mac_key: std::sync::OnceLock::new(),
-        poll_seconds: cfg.poll_seconds,
-        overdue_ms: i64::try_from(overdue_s.saturating_mul(1000)).unwrap_or(i64::MAX),
-        keys,
-        blobs,
-        master,
-        max_bytes: cfg.max_artifact_bytes,
-    });
-    let health = health_probe(move || {
-        let db = db.clone();
-        async move {
-            match db.ping().await {
-                Ok(()) => vec![Check::ok("storage")],
-                Err(e) => vec![Check::failed("storage", e.to_string())],
+
+    async fn build(start: Start<Config>) -> Result<Parts, StartError> {
+        let Start { ctx, cfg, .. } = &start;
+        let keys = cfg
+            .trusted_keys
+            .iter()
+            .map(|k| PublicKey::parse(k).map_err(|e| StartError::other(Error::TrustedKey(e))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let blobs = ctx.data_dir.join("ota").join("blobs");
+        outpost_storage::ensure_private_dir(&blobs).map_err(StartError::other)?;
+        // Uploads that never finished (a crash) leave temporary files.
+        let entries = std::fs::read_dir(&blobs).map_err(|source| {
+            StartError::other(Error::Blobs {
+                path: blobs.clone(),
+                source,
+            })
+        })?;
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
             }
         }
-    });
-    tokio::spawn(fleet::follow_devices(ctx.clone(), Arc::clone(&app)));
-    let saver = tokio::spawn(inventory::keep_saving(
-        Arc::clone(&app),
-        ctx.shutdown.clone(),
-    ));
-    let router = ctx.router(router(app), health);
-    let served = ctx.serve(router, cfg.port).await;
-    let _ = saver.await;
-    served?;
-    Ok(())
+        let master = outpost_storage::load_or_create_secret(&ctx.secrets_dir().join("ota.key"))
+            .map_err(StartError::other)?;
+        let db = start.db()?;
+        tracing::info!(keys = ?keys.iter().map(PublicKey::id).collect::<Vec<_>>(), "trusted signing keys");
+        let fleet = fleet::Fleet::default();
+        *fleet.rollouts.lock().await = fleet::load(&db).await.map_err(StartError::other)?;
+        let inventory = inventory::Inventory::load(&db)
+            .await
+            .map_err(StartError::other)?;
+        let overdue_s = if cfg.overdue_after_s == 0 {
+            3 * cfg.poll_seconds
+        } else {
+            cfg.overdue_after_s
+        };
+        let link = outpost_bus::Link::start(ctx);
+        let app = Arc::new(App {
+            db,
+            metadata: outpost_kit::client::Metadata::new(outpost_kit::client::ServiceClient::new(
+                ctx.registry.clone(),
+                std::time::Duration::from_secs(5),
+            )),
+            fleet,
+            inventory,
+            bus: link,
+            tasks: ctx.tasks.clone(),
+            cert_mac_file: ctx.secrets_dir().join(outpost_pki::vouch::KEY_FILE),
+            cert_mac_key: std::sync::OnceLock::new(),
+            poll_seconds: cfg.poll_seconds,
+            overdue_ms: i64::try_from(overdue_s.saturating_mul(1000)).unwrap_or(i64::MAX),
+            keys,
+            blobs,
+            master,
+            max_bytes: cfg.max_artifact_bytes,
+        });
+        {
+            let app = Arc::clone(&app);
+            ctx.tasks
+                .spawn("device-changes", Stage::Background, move |stop| {
+                    fleet::follow_devices(app, stop)
+                });
+        }
+        {
+            let app = Arc::clone(&app);
+            // Check-in times are written once more after the last request.
+            ctx.tasks
+                .spawn("inventory", Stage::AfterServing, move |stop| {
+                    inventory::keep_saving(app, stop)
+                });
+        }
+        Ok(Parts::new(router(app)))
+    }
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -370,35 +411,13 @@ async fn check_upload(app: &App, headers: &HeaderMap) -> Result<Checked, ApiErro
     Ok((manifest, manifest_bytes, signature, key_id))
 }
 
-/// Reads and discards what a client sends of a refused upload (up to 16 MiB, for up to
-/// 5 s), so that one that sends the body before reading the answer gets the answer instead
-/// of a reset connection; beyond that the connection is closed.
-async fn drain(body: Body) {
-    let mut stream = body.into_data_stream();
-    let mut seen = 0usize;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while let Some(Ok(chunk)) = stream.next().await {
-            seen += chunk.len();
-            if seen > 16 * 1024 * 1024 {
-                break;
-            }
-        }
-    })
-    .await;
-}
-
 async fn upload(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (manifest, manifest_bytes, signature, key_id) = match check_upload(&app, &headers).await {
-        Ok(v) => v,
-        Err(e) => {
-            drain(body).await;
-            return Err(e);
-        }
-    };
+    // A refused upload's body is read before the answer by the kit (`refused`).
+    let (manifest, manifest_bytes, signature, key_id) = check_upload(&app, &headers).await?;
 
     // Stream the payload to an encrypted blob, off the runtime.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);

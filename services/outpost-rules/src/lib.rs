@@ -30,14 +30,18 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use outpost_bus::{Bus, Options};
+use outpost_bus::{Bus, Consumer, Options};
 use outpost_contracts::common::BaseRequest;
 use outpost_contracts::event::{AddEventRequest, Event, Reading, ReadingValue};
 use outpost_contracts::export::Alert;
 use outpost_contracts::now_nanos;
+use outpost_contracts::topics;
 use outpost_contracts::value::ValueType;
 use outpost_kit::error::Path;
-use outpost_kit::{ApiError, Check, Context, health_probe};
+use outpost_kit::{
+    ApiError, Check, Context, Info, Parts, Shutdown, Stage, Start, StartError, Storage,
+    health_probe,
+};
 use outpost_storage::rusqlite::params;
 use outpost_storage::{Db, Migration};
 use serde::{Deserialize, Serialize};
@@ -67,6 +71,16 @@ impl Default for Config {
             lateness_ms: 2000,
             pipelines: Vec::new(),
         }
+    }
+}
+
+impl outpost_kit::ServiceConfig for Config {
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn enabled(&self) -> bool {
+        self.enabled
     }
 }
 
@@ -132,14 +146,10 @@ struct Names {
 pub struct App {
     pipelines: RwLock<Vec<Arc<Pipeline>>>,
     db: Db,
-    bus: tokio::sync::OnceCell<Bus>,
+    /// Set once the pipelines' consumer is subscribed.
+    subscribed: std::sync::atomic::AtomicBool,
     base: String,
     names: Names,
-    shutdown: outpost_kit::Shutdown,
-}
-
-fn leak(s: String) -> &'static str {
-    Box::leak(s.into_boxed_str())
 }
 
 /// What leaves a pipeline for one device after one input.
@@ -264,7 +274,7 @@ impl App {
     /// Publishes until the bus takes it; `false` only when the service is stopping. An
     /// output is never dropped because the broker was restarting, and the reading it came
     /// from is acknowledged only after it went out (the caller waits here meanwhile).
-    async fn until_sent<F, Fut>(&self, what: &str, mut send: F) -> bool
+    async fn until_sent<F, Fut>(&self, what: &str, stop: &Shutdown, mut send: F) -> bool
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(), outpost_bus::BusError>>,
@@ -279,7 +289,7 @@ impl App {
                         tracing::warn!(error = %e, "cannot publish {what}; retrying until the bus takes it");
                     }
                     tokio::select! {
-                        () = self.shutdown.wait() => return false,
+                        () = stop.wait() => return false,
                         () = tokio::time::sleep(backoff.next_delay()) => {}
                     }
                 }
@@ -287,11 +297,8 @@ impl App {
         }
     }
 
-    /// Publishes `outputs`; `false` if the service began stopping before all went out.
-    async fn publish(&self, outputs: Vec<Output>) -> bool {
-        let Some(bus) = self.bus.get() else {
-            return true;
-        };
+    /// Publishes `outputs` on `bus`; `false` if `stop` fired before all went out.
+    async fn publish(&self, bus: &Bus, outputs: Vec<Output>, stop: &Shutdown) -> bool {
         for o in outputs {
             let p = self
                 .pipelines()
@@ -309,9 +316,9 @@ impl App {
                     severity = alert.severity,
                     "alert"
                 );
-                let topic = format!("{}/alerts/{}/{}", self.base, o.pipeline, o.device);
+                let topic = topics::alert(&self.base, &o.pipeline, &o.device);
                 if !self
-                    .until_sent("an alert", || bus.publish(&topic, alert))
+                    .until_sent("an alert", stop, || bus.publish(&topic, alert))
                     .await
                 {
                     return false;
@@ -353,16 +360,15 @@ impl App {
                         .collect(),
                     tags: None,
                 };
-                let topic = format!(
-                    "{}/events/rules/{}/{}/{}",
-                    self.base, o.pipeline, o.profile, o.device
-                );
+                let topic = topics::rules_event(&self.base, &o.pipeline, &o.profile, &o.device);
                 let req = AddEventRequest {
                     base: BaseRequest::default(),
                     event,
                 };
                 if !self
-                    .until_sent("a pipeline's output", || bus.publish_event(&topic, &req))
+                    .until_sent("a pipeline's output", stop, || {
+                        bus.publish_event(&topic, &req)
+                    })
                     .await
                 {
                     return false;
@@ -404,136 +410,126 @@ fn numeric(r: &Reading) -> Option<f64> {
     }
 }
 
-/// Runs rules until shutdown.
-pub async fn run(ctx: Context, cfg: Config) -> anyhow::Result<()> {
-    let db = Db::open(
-        &ctx.storage_location(),
-        &ctx.common.storage.open_options(),
-        MIGRATIONS,
-        1,
-    )?;
-    let stored: Vec<PipelineSpec> = db
-        .read(|c| {
-            let mut st = c.prepare("SELECT spec FROM pipelines ORDER BY name")?;
-            let rows = st
-                .query_map([], |r| r.get::<_, String>(0))?
-                .filter_map(|r| r.ok())
-                .filter_map(|s| serde_json::from_str(&s).ok())
-                .collect();
-            Ok::<_, outpost_storage::StorageError>(rows)
-        })
-        .await?;
-    let mut pipelines: Vec<Arc<Pipeline>> = cfg
-        .pipelines
-        .iter()
-        .cloned()
-        .map(|s| Arc::new(Pipeline::new(s, "config")))
-        .collect();
-    for spec in stored {
-        if pipelines.iter().any(|p| p.spec.name == spec.name) {
-            tracing::warn!(
-                pipeline = spec.name,
-                "a pipeline added over the API has the name of a configured one; the configured one is used"
-            );
-            continue;
-        }
-        pipelines.push(Arc::new(Pipeline::new(spec, "api")));
+/// The service, as the node runs it.
+pub struct Rules;
+
+impl outpost_kit::Service for Rules {
+    type Config = Config;
+
+    const INFO: Info = Info::new(SERVICE, "rules").no_registry_view();
+
+    fn storage(_: &Config) -> Option<Storage> {
+        Some(Storage::new(MIGRATIONS, 1))
     }
-    tracing::info!(pipelines = pipelines.len(), "rules loaded");
-    let app = Arc::new(App {
-        pipelines: RwLock::new(pipelines),
-        db,
-        bus: tokio::sync::OnceCell::new(),
-        base: ctx.common.bus.base_topic.clone(),
-        shutdown: ctx.shutdown.clone(),
-        names: Names {
-            readings_in: leak(ctx.metric("readings_in_total")),
-            readings_out: leak(ctx.metric("readings_out_total")),
-            alerts: leak(ctx.metric("alerts_total")),
-            late: leak(ctx.metric("readings_late_total")),
-            skipped: leak(ctx.metric("readings_not_numeric_total")),
-        },
-    });
 
-    let consumer = {
-        let (ctx, app) = (ctx.clone(), Arc::clone(&app));
-        tokio::spawn(async move {
-            // A durable session: readings published while rules is down (a restart, an
-            // upgrade) are delivered when it is back, and each is acknowledged once its
-            // outputs are published.
-            let filter = format!("{}/events/device/#", ctx.common.bus.base_topic);
-            let (bus, mut rx) = match Bus::durable_subscriber(
-                &ctx.common.bus,
-                &ctx.data_dir,
-                SERVICE,
-                Options::durable(format!("outpost-{SERVICE}"), 1024),
-                &filter,
-                &ctx.shutdown,
-            )
+    async fn build(start: Start<Config>) -> Result<Parts, StartError> {
+        let Start { ctx, cfg, .. } = &start;
+        let db = start.db()?;
+        let stored: Vec<PipelineSpec> = db
+            .read(|c| {
+                let mut st = c.prepare("SELECT spec FROM pipelines ORDER BY name")?;
+                let rows = st
+                    .query_map([], |r| r.get::<_, String>(0))?
+                    .filter_map(|r| r.ok())
+                    .filter_map(|s| serde_json::from_str(&s).ok())
+                    .collect();
+                Ok::<_, outpost_storage::StorageError>(rows)
+            })
             .await
-            {
-                Ok(pair) => pair,
-                Err(e) => {
-                    if !ctx.shutdown.is_triggered() {
-                        tracing::error!(error = %e, "cannot subscribe to device events");
-                    }
-                    return;
-                }
-            };
-            let _ = app.bus.set(bus.clone());
-            tracing::info!(filter, "running pipelines on device events");
+            .map_err(StartError::other)?;
+        let mut pipelines: Vec<Arc<Pipeline>> = cfg
+            .pipelines
+            .iter()
+            .cloned()
+            .map(|s| Arc::new(Pipeline::new(s, "config")))
+            .collect();
+        for spec in stored {
+            if pipelines.iter().any(|p| p.spec.name == spec.name) {
+                tracing::warn!(
+                    pipeline = spec.name,
+                    "a pipeline added over the API has the name of a configured one; the configured one is used"
+                );
+                continue;
+            }
+            pipelines.push(Arc::new(Pipeline::new(spec, "api")));
+        }
+        tracing::info!(pipelines = pipelines.len(), "rules loaded");
+        let app = Arc::new(App {
+            pipelines: RwLock::new(pipelines),
+            db,
+            subscribed: std::sync::atomic::AtomicBool::new(false),
+            base: ctx.common.bus.base_topic.clone(),
+            names: Names {
+                readings_in: ctx.metric_static("readings_in_total"),
+                readings_out: ctx.metric_static("readings_out_total"),
+                alerts: ctx.metric_static("alerts_total"),
+                late: ctx.metric_static("readings_late_total"),
+                skipped: ctx.metric_static("readings_not_numeric_total"),
+            },
+        });
+        {
+            let (ctx, app) = (ctx.clone(), Arc::clone(&app));
             let lateness = Duration::from_millis(cfg.lateness_ms);
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    () = ctx.shutdown.wait() => break,
-                    _ = tick.tick() => {
-                        let outputs = app.flush(now_nanos() - lateness.as_nanos() as i64);
-                        if !app.publish(outputs).await {
-                            break;
-                        }
-                    }
-                    d = rx.recv() => {
-                        let Some(d) = d else { break };
-                        if let Some(env) = bus.decode_event(&d)
-                            && !app.publish(app.process(&env.payload.event)).await
-                        {
-                            // Stopping with outputs not sent: not acknowledged (a dropped
-                            // token would answer with a failure acknowledgement), so the
-                            // reading is delivered again after the restart.
-                            std::mem::forget(d);
-                            break;
-                        }
-                        d.ack();
+            ctx.clone()
+                .tasks
+                .spawn("pipelines", Stage::AfterServing, move |stop| {
+                    consume(ctx, app, lateness, stop)
+                });
+        }
+        let health = {
+            let app = Arc::clone(&app);
+            health_probe(move || {
+                let subscribed = app.subscribed.load(Ordering::Acquire);
+                async move {
+                    if subscribed {
+                        vec![Check::ok("bus")]
+                    } else {
+                        vec![Check::failed("bus", "not subscribed yet")]
                     }
                 }
-            }
-            if !bus.disconnect().await {
-                // Still connected: what is left in `rx` must not be answered with failure
-                // acknowledgements as it goes; the process is about to exit.
-                std::mem::forget(rx);
-            }
-        })
-    };
+            })
+        };
+        Ok(Parts::new(router(app)).health(health))
+    }
+}
 
-    let health = {
-        let app = Arc::clone(&app);
-        health_probe(move || {
-            let connected = app.bus.get().is_some();
-            async move {
-                if connected {
-                    vec![Check::ok("bus")]
-                } else {
-                    vec![Check::failed("bus", "not subscribed yet")]
+/// Runs the pipelines on device events until `stop`. A durable session: readings published
+/// while rules is down (a restart, an upgrade) are delivered when it is back, and each is
+/// acknowledged once its outputs are published.
+async fn consume(ctx: Context, app: Arc<App>, lateness: Duration, stop: Shutdown) {
+    let filter = topics::device_events(&ctx.common.bus.base_topic);
+    let opts = Options::durable(format!("outpost-{SERVICE}"), 1024);
+    let Some(mut consumer) = Consumer::start(&ctx, opts, &[filter], &stop).await else {
+        return;
+    };
+    tracing::info!("running pipelines on device events");
+    app.subscribed.store(true, Ordering::Release);
+    let bus = consumer.bus().clone();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = stop.wait() => break,
+            _ = tick.tick() => {
+                let outputs = app.flush(now_nanos() - lateness.as_nanos() as i64);
+                if !app.publish(&bus, outputs, &stop).await {
+                    break;
                 }
             }
-        })
-    };
-    let router = ctx.router(router(Arc::clone(&app)), health);
-    let served = ctx.serve(router, cfg.port).await;
-    consumer.abort();
-    served?;
-    Ok(())
+            d = consumer.recv(&stop) => {
+                let Some(d) = d else { break };
+                if let Some(env) = bus.decode_event(&d)
+                    && !app.publish(&bus, app.process(&env.payload.event), &stop).await
+                {
+                    // Stopping with outputs not sent: left unacknowledged, so the reading
+                    // is delivered again after the restart.
+                    d.abandon();
+                    break;
+                }
+                d.ack();
+            }
+        }
+    }
+    consumer.close().await;
 }
 
 pub fn router(app: Arc<App>) -> Router {

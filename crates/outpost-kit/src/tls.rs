@@ -1,5 +1,8 @@
-//! The cloud node's TLS listener: HTTP/1.1 or HTTP/2 by ALPN, the client certificate of
-//! each connection handed to the routes, and a graceful stop.
+//! A service's HTTP API over TLS: HTTP/1.1 or HTTP/2 by ALPN, the client certificate of
+//! each connection handed to the routes as a [`Peer`], and a graceful stop. The kit serves a
+//! service this way when its build returns a TLS configuration
+//! ([`Parts::tls`](crate::service::Parts::tls)); the gateway has its own listener, tuned
+//! for its traffic.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,13 +22,14 @@ pub struct Peer {
     pub fingerprint: Option<String>,
 }
 
-/// Accepts connections until `shutdown`, then lets open ones finish (up to 10 s).
+/// Accepts connections until `stop` resolves, then lets open ones finish (up to 10 s).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tls: Arc<outpost_pki::rustls::ServerConfig>,
+    tls: Arc<rustls::ServerConfig>,
     router: Router,
-    shutdown: outpost_kit::Shutdown,
+    stop: impl std::future::Future + Send,
 ) {
+    tokio::pin!(stop);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -41,7 +45,7 @@ pub async fn serve(
     let builder = Arc::new(builder);
     loop {
         let (tcp, addr) = tokio::select! {
-            () = shutdown.wait() => break,
+            _ = &mut stop => break,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {

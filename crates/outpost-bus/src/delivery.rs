@@ -1,0 +1,115 @@
+//! A received message and its acknowledgement.
+//!
+//! For a durable consumer, a message carries a pending acknowledgement (the MQTT PUBACK the
+//! broker waits for). It is resolved in one of two ways:
+//! - [`Delivery::ack`] / [`Ack::ack`]: the message is handled (committed, forwarded, or
+//!   refused for good); the broker forgets it.
+//! - [`Delivery::abandon`] / [`Ack::abandon`], and dropping either: the message is left
+//!   with the broker, which delivers it again on the consumer's next session (after a
+//!   restart or a reconnect). Nothing is ever answered with a failure acknowledgement,
+//!   which would make the broker discard the message.
+//!
+//! PUBACKs leave the client in arrival order, so an abandoned message also holds back the
+//! acknowledgements of every later message on that connection until it reconnects:
+//! abandoning is for a consumer that stops (or cannot go on), not for skipping one message
+//! while it runs. A message that can never be handled (malformed, invalid) is acknowledged,
+//! and counted by the consumer.
+
+use bytes::Bytes;
+use mqtt5::AckToken;
+
+/// One received message.
+pub struct Delivery {
+    pub topic: String,
+    pub payload: Bytes,
+    token: Option<AckToken>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("topic", &self.topic)
+            .field("bytes", &self.payload.len())
+            .field("pending_ack", &self.token.is_some())
+            .finish()
+    }
+}
+
+impl Delivery {
+    pub(crate) fn new(topic: String, payload: Bytes, token: Option<AckToken>) -> Self {
+        Self {
+            topic,
+            payload,
+            token,
+        }
+    }
+
+    /// Acknowledges the message: the broker will not deliver it again.
+    pub fn ack(mut self) {
+        if let Some(t) = self.token.take() {
+            t.ack();
+        }
+    }
+
+    /// Leaves the message with the broker, to be delivered again on the next session.
+    pub fn abandon(self) {
+        drop(self);
+    }
+
+    /// Splits off the acknowledgement, to resolve after the payload has been handled.
+    pub fn into_parts(mut self) -> (String, Bytes, Ack) {
+        let token = self.token.take();
+        (
+            std::mem::take(&mut self.topic),
+            std::mem::take(&mut self.payload),
+            Ack(token),
+        )
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        leave_with_broker(self.token.take());
+    }
+}
+
+/// A pending acknowledgement.
+pub struct Ack(Option<AckToken>);
+
+impl Ack {
+    /// Acknowledges the message: the broker will not deliver it again.
+    pub fn ack(mut self) {
+        if let Some(t) = self.0.take() {
+            t.ack();
+        }
+    }
+
+    /// Leaves the message with the broker, to be delivered again on the next session.
+    pub fn abandon(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        leave_with_broker(self.0.take());
+    }
+}
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ack")
+    }
+}
+
+/// The one place an acknowledgement is left unanswered. The MQTT client answers a token
+/// dropped unresolved with a failure acknowledgement, and a broker that receives one
+/// discards the message (MQTT 5, 4.3.3), which would lose data the consumer never handled.
+/// Forgetting the token instead leaves the message in flight: the broker keeps it and
+/// delivers it again when the session resumes. What is forgotten is a sender handle (a
+/// few bytes, once per abandoned message); no memory safety is involved.
+fn leave_with_broker(token: Option<AckToken>) {
+    if let Some(t) = token {
+        std::mem::forget(t);
+    }
+}

@@ -1,0 +1,246 @@
+//! The bus's promises, against a real broker (mosquitto): what a durable consumer has not
+//! acknowledged comes back, whether it stopped, abandoned it or crashed; acknowledgements
+//! reach the broker; a publish waits out a broker restart; one topic keeps its order.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use outpost_bus::{Bus, Consumer, Delivery, Options, Received};
+use outpost_kit::Shutdown;
+use outpost_kit::config::BusConfig;
+use outpost_testkit::Mosquitto;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Fixture {
+    broker: Mosquitto,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Self {
+            broker: Mosquitto::start(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn cfg(&self) -> BusConfig {
+        BusConfig {
+            url: self.broker.url(),
+            ..BusConfig::default()
+        }
+    }
+
+    async fn consumer(&self, session: &str, window: u16) -> Consumer {
+        let opts = Options::durable(session, window);
+        tokio::time::timeout(
+            WAIT,
+            Consumer::connect(
+                &self.cfg(),
+                self.dir.path(),
+                "test",
+                opts,
+                &["t/#".to_string()],
+                &Shutdown::new(),
+            ),
+        )
+        .await
+        .expect("subscribed in time")
+        .expect("subscribed")
+    }
+
+    async fn publisher(&self) -> Bus {
+        let opts = Options::plain(format!("publisher-{}", uuid()));
+        tokio::time::timeout(
+            WAIT,
+            Bus::connect(&self.cfg(), self.dir.path(), "test", opts, &Shutdown::new()),
+        )
+        .await
+        .expect("connected in time")
+        .expect("connected")
+    }
+}
+
+fn uuid() -> u64 {
+    fastrand::u64(..)
+}
+
+async fn publish(bus: &Bus, topic: &str, n: u32) {
+    tokio::time::timeout(WAIT, bus.publish_raw(topic, n.to_string().into_bytes()))
+        .await
+        .expect("published in time")
+        .expect("published");
+}
+
+fn number(d: &Delivery) -> u32 {
+    std::str::from_utf8(&d.payload)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .expect("a number")
+}
+
+async fn next(c: &mut Consumer) -> Delivery {
+    match c.recv_within(WAIT).await {
+        Received::Message(d) => d,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_free_the_window_and_unacknowledged_messages_come_back() {
+    let f = Fixture::new();
+    let mut c = f.consumer("window", 5).await;
+    let p = f.publisher().await;
+    for n in 0..12 {
+        publish(&p, "t/w", n).await;
+    }
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(next(&mut c).await);
+    }
+    // Five unacknowledged messages fill the window: the broker sends nothing more.
+    assert!(
+        matches!(
+            c.recv_within(Duration::from_millis(500)).await,
+            Received::Quiet
+        ),
+        "the broker sent beyond the receive maximum"
+    );
+    // Acknowledging two lets two more through: acknowledgements reach the broker.
+    let mut held = held.into_iter();
+    for d in held.by_ref().take(2) {
+        assert!(number(&d) < 2);
+        d.ack();
+    }
+    let more = [next(&mut c).await, next(&mut c).await];
+    // The rest is abandoned, and the session closed.
+    for d in held.chain(more) {
+        d.abandon();
+    }
+    c.close().await;
+
+    let mut c = f.consumer("window", 100).await;
+    let mut seen = BTreeSet::new();
+    while !(2..12).all(|n| seen.contains(&n)) {
+        let d = next(&mut c).await;
+        seen.insert(number(&d));
+        d.ack();
+    }
+    assert!(seen.iter().all(|n| *n < 12), "{seen:?}");
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_consumer_gets_back_everything_it_had_not_acknowledged() {
+    let f = Fixture::new();
+    let cfg = f.cfg();
+    let dir = f.dir.path().to_path_buf();
+    let p = f.publisher().await;
+    // The consumer runs on a runtime of its own, which then dies with its connection
+    // (no DISCONNECT, deliveries dropped unanswered), as a killed process would.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let (got_tx, got_rx) = std::sync::mpsc::channel::<u32>();
+    let crashed = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let mut c = Consumer::connect(
+                &cfg,
+                &dir,
+                "test",
+                Options::durable("crash", 100),
+                &["t/#".to_string()],
+                &Shutdown::new(),
+            )
+            .await
+            .expect("subscribed");
+            ready_tx.send(()).expect("ready");
+            let mut kept = Vec::new();
+            for _ in 0..5 {
+                let d = next(&mut c).await;
+                got_tx.send(number(&d)).expect("report");
+                kept.push(d);
+            }
+            // Dies here holding every delivery.
+            std::mem::forget(c);
+            kept
+        });
+        drop(rt);
+    });
+    ready_rx
+        .recv_timeout(WAIT)
+        .expect("the consumer subscribed");
+    for n in 0..5 {
+        publish(&p, "t/c", n).await;
+    }
+    for _ in 0..5 {
+        got_rx.recv_timeout(WAIT).expect("the consumer received");
+    }
+    crashed.join().expect("the consumer's thread");
+    // Published while it is gone: queued in its session.
+    for n in 5..10 {
+        publish(&p, "t/c", n).await;
+    }
+    let mut c = f.consumer("crash", 100).await;
+    let mut seen = BTreeSet::new();
+    while seen.len() < 10 {
+        let d = next(&mut c).await;
+        seen.insert(number(&d));
+        d.ack();
+    }
+    assert_eq!(seen, (0..10).collect::<BTreeSet<_>>());
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_waits_out_a_broker_restart_and_is_delivered() {
+    let mut f = Fixture::new();
+    // A durable session that exists on the broker while its consumer is away.
+    f.consumer("restart", 100).await.close().await;
+    let p = f.publisher().await;
+    f.broker.stop();
+    let publishing =
+        tokio::spawn(async move { p.publish_raw("t/r", b"42".to_vec()).await.map(|()| p) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if publishing.is_finished() {
+        panic!(
+            "a publish with no broker must not count as published: {:?}",
+            publishing.await.map(|r| r.map(drop))
+        );
+    }
+    f.broker.start_again();
+    let p = tokio::time::timeout(WAIT, publishing)
+        .await
+        .expect("published once the broker was back")
+        .expect("the publishing task")
+        .expect("published");
+    let mut c = f.consumer("restart", 100).await;
+    let d = next(&mut c).await;
+    assert_eq!((d.topic.as_str(), number(&d)), ("t/r", 42));
+    d.ack();
+    c.close().await;
+    p.disconnect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_topic_keeps_its_order() {
+    let f = Fixture::new();
+    let mut c = f.consumer("order", 1000).await;
+    let p = f.publisher().await;
+    let sending = tokio::spawn(async move {
+        for n in 0..500 {
+            publish(&p, "t/o", n).await;
+        }
+    });
+    for want in 0..500 {
+        let d = next(&mut c).await;
+        assert_eq!(number(&d), want);
+        d.ack();
+    }
+    sending.await.expect("publisher");
+    c.close().await;
+}
