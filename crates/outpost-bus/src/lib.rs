@@ -30,6 +30,7 @@ use mqtt5::{
 mod consumer;
 pub mod delivery;
 mod link;
+pub mod metadata;
 
 pub use consumer::{Consumer, Received, Subscriber};
 pub use delivery::{Ack, Delivery};
@@ -166,6 +167,8 @@ pub struct Bus {
     url: String,
     /// Set once this side disconnects, so the close is not reported as a loss.
     closing: Arc<AtomicBool>,
+    /// How many times the connection was (re)established.
+    connections: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -211,36 +214,6 @@ fn hex_encode(bytes: [u8; 32]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Connects as the node's own service `service` and subscribes to core-metadata's system
-/// events: what a service that keeps something derived from metadata (a response cache,
-/// credentials) follows. `None` when it cannot (logged, with `lost`: what goes without
-/// it), or when shutdown started meanwhile.
-pub async fn metadata_events(
-    ctx: &outpost_kit::Context,
-    service: &str,
-    lost: &str,
-) -> Option<(Bus, mpsc::UnboundedReceiver<Delivery>)> {
-    let opts = Options::plain(format!("outpost-{service}-{}", ctx.service_id()));
-    let bus = match Bus::connect(&ctx.common.bus, &ctx.data_dir, service, opts, &ctx.shutdown).await
-    {
-        Ok(bus) => bus,
-        Err(e) => {
-            if !ctx.shutdown.is_triggered() {
-                tracing::error!(error = %e, "cannot follow metadata changes; {lost}");
-            }
-            return None;
-        }
-    };
-    let filter = format!("{}/system-events/core-metadata/#", bus.base_topic());
-    match bus.subscribe(&filter).await {
-        Ok(rx) => Some((bus, rx)),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot follow metadata changes; {lost}");
-            None
-        }
-    }
-}
-
 impl Bus {
     /// Connects, retrying with backoff until the broker answers or shutdown starts.
     ///
@@ -262,6 +235,7 @@ impl Bus {
     /// Logs connection losses and recoveries (not the ones this side asked for).
     async fn watch_connection(&self) {
         let closing = Arc::clone(&self.closing);
+        let connections = Arc::clone(&self.connections);
         let url = self.url.clone();
         let _ = self
             .client
@@ -271,12 +245,21 @@ impl Bus {
                 }
                 ConnectionEvent::Connected {
                     session_present, ..
-                } if !closing.load(Ordering::Relaxed) => {
-                    tracing::debug!(url = %url, session_present, "bus connection established");
+                } => {
+                    connections.send_modify(|n| *n += 1);
+                    if !closing.load(Ordering::Relaxed) {
+                        tracing::debug!(url = %url, session_present, "bus connection established");
+                    }
                 }
                 _ => {}
             })
             .await;
+    }
+
+    /// Changes each time the connection is (re)established: what a subscriber that may
+    /// have missed messages while it was away (a clean session gets none of them) follows.
+    pub fn connections(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.connections.subscribe()
     }
 
     fn wrap(client: MqttClient, cfg: &BusConfig, service: &str) -> Self {
@@ -296,6 +279,7 @@ impl Bus {
             }),
             url: cfg.url.clone(),
             closing: Arc::default(),
+            connections: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 

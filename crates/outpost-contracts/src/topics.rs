@@ -76,11 +76,6 @@ pub fn metadata_events(base: &str) -> String {
     format!("{base}/system-events/core-metadata/#")
 }
 
-/// Subscription filter for core-metadata's device events.
-pub fn device_metadata_events(base: &str) -> String {
-    format!("{base}/system-events/core-metadata/device/#")
-}
-
 /// What the topic of a command request to core-command starts with:
 /// `<base>/core/command/request/<device>/<command>/<method>`.
 pub fn core_command_requests_prefix(base: &str) -> String {

@@ -28,6 +28,11 @@ pub trait DriverConfig:
     fn validate(&self, p: &mut Problems) {
         let _ = p;
     }
+
+    /// How long a device credential core-metadata accepted is used without asking again.
+    fn credentials_for(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(60)
+    }
 }
 
 /// `[device_<protocol>]`: one device service.

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 
 use base64::Engine as _;
+use outpost_bus::metadata::Change;
 use outpost_bus::{Bus, Delivery};
 use outpost_contracts::common::BaseResponse;
 use outpost_contracts::envelope::Envelope;
@@ -21,6 +22,7 @@ use outpost_contracts::system_event::{
 };
 use outpost_contracts::topics;
 use outpost_kit::{ApiError, Shutdown, Stage};
+use tokio::sync::broadcast;
 
 use crate::api::get_options;
 use crate::command;
@@ -43,15 +45,10 @@ pub(crate) async fn follow(sdk: &Sdk, bus: &Bus) {
         }
         Err(e) => tracing::error!(error = %e, "cannot receive command requests from the bus"),
     }
-    match bus.subscribe(&topics::metadata_events(&base)).await {
-        Ok(rx) => {
-            let (sdk, bus) = (sdk.clone(), bus.clone());
-            tasks.spawn("metadata-changes", Stage::Background, move |stop| {
-                follow_metadata(sdk, bus, rx, stop)
-            });
-        }
-        Err(e) => tracing::error!(error = %e, "cannot follow metadata changes"),
-    }
+    let (sdk, changes) = (sdk.clone(), sdk.view().changes());
+    tasks.spawn("metadata-changes", Stage::Background, move |stop| {
+        follow_metadata(sdk, changes, stop)
+    });
 }
 
 async fn serve_commands(
@@ -197,28 +194,31 @@ fn settings_of(
     }
 }
 
-async fn follow_metadata(
-    sdk: Sdk,
-    bus: Bus,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Delivery>,
-    stop: Shutdown,
-) {
+/// Applies metadata's changes to the catalog. One that cannot be applied now (metadata
+/// unreachable), or changes that may have been missed, make the devices be loaded again
+/// (one reload at a time).
+async fn follow_metadata(sdk: Sdk, mut changes: broadcast::Receiver<Change>, stop: Shutdown) {
+    let mut reload = tokio::task::JoinSet::new();
     loop {
-        let d = tokio::select! {
+        let change = tokio::select! {
             () = stop.wait() => return,
-            d = rx.recv() => d,
+            c = changes.recv() => c,
         };
-        let Some(d) = d else { return };
-        let Some(env) = bus.decode::<SystemEvent>(&d) else {
-            continue;
+        while reload.try_join_next().is_some() {}
+        let again = match change {
+            Ok(Change::Event(ev)) => match apply(&sdk, &ev).await {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot follow a metadata change; reloading devices");
+                    true
+                }
+            },
+            Ok(Change::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => true,
+            Err(broadcast::error::RecvError::Closed) => return,
         };
-        if let Err(e) = apply(&sdk, &env.payload).await {
-            // Metadata was not reachable: reload everything once it is.
-            tracing::warn!(error = %e, "cannot follow a metadata change; reloading devices");
-            let sdk2 = sdk.clone();
-            sdk.context()
-                .tasks
-                .spawn_child(async move { reload_until_done(&sdk2).await });
+        if again && reload.is_empty() {
+            let sdk = sdk.clone();
+            reload.spawn(async move { reload_until_done(&sdk).await });
         }
     }
 }
@@ -262,8 +262,8 @@ async fn apply(sdk: &Sdk, ev: &SystemEvent) -> Result<(), outpost_kit::client::C
             if !ours {
                 return Ok(());
             }
-            match sdk.metadata().device(name).await? {
-                Some(device) => sdk.load_device(device).await?,
+            match sdk.view().device(name).await.current()? {
+                Some(device) => sdk.load_device((*device).clone()).await?,
                 None => sdk.drop_device(name).await,
             }
         }

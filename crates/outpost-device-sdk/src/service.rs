@@ -5,13 +5,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use outpost_bus::Link;
+use outpost_bus::metadata::{MetadataView, ViewConfig};
 use outpost_contracts::event::{AddEventRequest, Event, Reading};
 use outpost_contracts::metadata::{
     AdminState, Device, DeviceService, OperatingState, UpdateDevice, UpdateDeviceService,
 };
 use outpost_contracts::{now_nanos, topics};
 use outpost_kit::backoff::Backoff;
-use outpost_kit::client::{CallError, Metadata, ServiceClient};
+use outpost_kit::client::{CallError, Metadata};
 use outpost_kit::ratelog::RateLimitedLog;
 use outpost_kit::{Check, Context, Parts, Stage, Start, StartError, health_probe};
 
@@ -93,7 +94,8 @@ pub(crate) struct Inner {
     pub down_probe_interval: Duration,
     pub driver_timeout: Duration,
     pub driver: Arc<dyn Driver>,
-    pub metadata: Metadata,
+    /// core-metadata: devices and profiles, credentials, and its changes.
+    pub view: MetadataView,
     pub bus: Link,
     pub catalog: RwLock<Catalog>,
     health: Mutex<HashMap<String, Health>>,
@@ -129,8 +131,14 @@ impl Sdk {
         &self.inner.ctx
     }
 
+    /// core-metadata's client, for writes and lists.
     pub fn metadata(&self) -> &Metadata {
-        &self.inner.metadata
+        self.inner.view.client()
+    }
+
+    /// The process's view of core-metadata (cached reads, credentials, changes).
+    pub fn view(&self) -> &MetadataView {
+        &self.inner.view
     }
 
     pub(crate) fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
@@ -340,7 +348,7 @@ impl Sdk {
             operating_state: Some(state),
             ..UpdateDevice::default()
         };
-        if let Err(e) = self.inner.metadata.update_device(update).await {
+        if let Err(e) = self.inner.view.client().update_device(update).await {
             tracing::warn!(device = name, error = %e, "cannot record the operating state in metadata");
         }
         if state == OperatingState::Down
@@ -360,8 +368,14 @@ impl Sdk {
         let cached = self.catalog().profile(&device.profile_name);
         let profile = match cached {
             Some(p) => p,
-            None => match self.inner.metadata.profile(&device.profile_name).await? {
-                Some(p) => self.catalog_mut().put_profile(p),
+            None => match self
+                .inner
+                .view
+                .profile(&device.profile_name)
+                .await
+                .current()?
+            {
+                Some(p) => self.catalog_mut().put_profile((*p).clone()),
                 None => {
                     tracing::warn!(device = %device.name, profile = %device.profile_name, "the device's profile does not exist; device ignored");
                     return Ok(());
@@ -413,10 +427,10 @@ impl Sdk {
         if self.catalog().profile(name).is_none() {
             return Ok(());
         }
-        let Some(p) = self.inner.metadata.profile(name).await? else {
+        let Some(p) = self.inner.view.profile(name).await.current()? else {
             return Ok(());
         };
-        let changed = self.catalog_mut().refresh_profile(p);
+        let changed = self.catalog_mut().refresh_profile((*p).clone());
         for d in changed {
             self.inner
                 .driver
@@ -431,7 +445,8 @@ impl Sdk {
     pub(crate) async fn load_all(&self) -> Result<(), CallError> {
         let devices = self
             .inner
-            .metadata
+            .view
+            .client()
             .devices_of_service(&self.inner.name)
             .await?;
         let names: std::collections::HashSet<String> =
@@ -528,6 +543,13 @@ pub async fn build<D: DriverConfig>(
     let m = |n: &str| ctx.metric(n);
     // Declared first, so it closes last: the driver stops before it.
     let link = Link::start(ctx);
+    let view = MetadataView::start(
+        ctx,
+        ViewConfig {
+            credentials_for: cfg.driver.credentials_for(),
+            ..ViewConfig::default()
+        },
+    );
     let sdk = Sdk {
         inner: Arc::new(Inner {
             ctx: ctx.clone(),
@@ -536,10 +558,7 @@ pub async fn build<D: DriverConfig>(
             down_probe_interval: Duration::from_millis(cfg.down_probe_interval_ms),
             driver_timeout: Duration::from_millis(cfg.driver_timeout_ms),
             driver: Arc::clone(&driver),
-            metadata: Metadata::new(ServiceClient::new(
-                ctx.registry.clone(),
-                Duration::from_secs(5),
-            )),
+            view: view.clone(),
             bus: link.clone(),
             catalog: RwLock::default(),
             health: Mutex::default(),
@@ -654,7 +673,7 @@ async fn provision_then_load(sdk: &Sdk) -> Result<(), CallError> {
 }
 
 async fn register(sdk: &Sdk, base_address: &str, labels: &[String]) -> Result<(), CallError> {
-    let md = &sdk.inner.metadata;
+    let md = sdk.inner.view.client();
     let name = &sdk.inner.name;
     match md.device_service(name).await? {
         None => {

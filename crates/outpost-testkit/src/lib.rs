@@ -72,6 +72,14 @@ pub struct TestContext {
     pub dir: tempfile::TempDir,
 }
 
+impl TestContext {
+    /// The same context, on the bus at `url` (a [`Mosquitto`]'s).
+    pub fn with_bus(mut self, url: &str) -> Self {
+        Arc::make_mut(&mut self.ctx.common).bus.url = url.to_string();
+        self
+    }
+}
+
 impl Drop for TestContext {
     fn drop(&mut self) {
         // The service's tasks end with the test.
@@ -145,6 +153,28 @@ impl Service {
         call(&self.router, method, uri, body).await
     }
 
+    /// Serves the router on `addr` (port 0: a free one), for clients that reach the
+    /// service over the network.
+    pub async fn serve_at(&self, addr: SocketAddr) -> Served {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind the test server");
+        let addr = listener.local_addr().expect("local address");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = self
+            .router
+            .clone()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Served { addr, stop, task }
+    }
+
     /// Stops the service's tasks in order, as the node does when it stops.
     pub async fn stop(self) -> TestContext {
         self.test.ctx.shutdown.trigger();
@@ -188,4 +218,24 @@ pub async fn request(router: &Router, req: Request<Body>) -> (StatusCode, Header
         .await
         .expect("the body can be read");
     (parts.status, parts.headers, bytes)
+}
+
+/// A service served on a socket by [`Service::serve_at`].
+pub struct Served {
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving and closes every connection: the service is gone for its clients.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
 }

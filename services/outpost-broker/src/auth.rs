@@ -45,8 +45,8 @@ use mqtt5::broker::auth::{AuthProvider, AuthResult};
 use mqtt5::broker::storage::{DynamicStorage, StorageBackend as _};
 use mqtt5::packet::connect::ConnectPacket;
 use mqtt5::protocol::v5::reason_codes::ReasonCode;
+use outpost_bus::metadata::{self, CREDENTIAL_GRACE, Credential, Lookup, MetadataView};
 use outpost_contracts::topics::device::{DeviceTopics, is_device_topic};
-use outpost_kit::client::Metadata;
 use outpost_kit::limit::Limiter;
 use outpost_kit::ratelog::RateLimitedLog;
 
@@ -337,6 +337,14 @@ impl NodeAuth {
         }
     }
 
+    /// The devices with a credential granted since the broker started.
+    pub fn granted_devices(&self) -> Vec<String> {
+        self.devices
+            .as_ref()
+            .map(|d| d.grants().keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Whether `client_id`'s last connection was made with the secret `fingerprint` names.
     pub fn still_made_with(&self, client_id: &str, fingerprint: &str) -> bool {
         self.claims().fingerprint(client_id) == Some(fingerprint)
@@ -406,10 +414,12 @@ impl NodeAuth {
         if let Some(holder) = holder {
             // Another device's, unless that device is gone (deleted while the broker was
             // away, or renamed).
-            match devices.metadata.device(&holder).await {
-                Ok(None) => {}
-                Ok(Some(_)) => return Err(ReasonCode::ClientIdentifierNotValid),
-                Err(_) => return Err(ReasonCode::ServerUnavailable),
+            match devices.view.device(&holder).await {
+                Lookup::Missing => {}
+                Lookup::Found(_) | Lookup::Stale { .. } => {
+                    return Err(ReasonCode::ClientIdentifierNotValid);
+                }
+                Lookup::Unavailable(_) => return Err(ReasonCode::ServerUnavailable),
             }
         }
         let fp = fingerprint(secret);
@@ -427,12 +437,12 @@ impl NodeAuth {
     /// Lets devices connect with the credentials core-metadata keeps.
     pub fn with_devices(
         mut self,
-        metadata: Metadata,
+        view: MetadataView,
         cache_for: Duration,
         base_topic: &str,
     ) -> Self {
         self.devices = Some(DeviceAuth {
-            metadata,
+            view,
             cache_for,
             base_topic: base_topic.to_string(),
             grants: Mutex::default(),
@@ -506,13 +516,14 @@ impl NodeAuth {
     }
 }
 
-/// Device credentials, checked by core-metadata and remembered for a while.
+/// Device credentials, checked through the metadata view, and what the broker derived
+/// from them for each device (its topics, the secret its connections used).
 ///
 /// A connected device's user ID is `device:<name>:<fingerprint of the secret it used>`, so
 /// every later check is about the secret of that very connection: once the secret is
 /// rotated or removed, connections made with the old one fail their next check.
 struct DeviceAuth {
-    metadata: Metadata,
+    view: MetadataView,
     cache_for: Duration,
     /// The bus's base topic: devices may not publish or subscribe under it.
     base_topic: String,
@@ -539,9 +550,6 @@ const MAX_DEVICE_CLIENT_ID: usize = 256;
 /// The service whose devices may use the broker.
 const MQTT_SERVICE: &str = "device-mqtt";
 
-/// Longest a credential verified before is honoured while core-metadata cannot be asked.
-const MAX_UNVERIFIED: Duration = Duration::from_secs(3600);
-
 #[derive(Clone)]
 struct Grant {
     fingerprint: String,
@@ -549,8 +557,6 @@ struct Grant {
     topics: DeviceTopics,
     /// When metadata was last asked (or an attempt failed).
     checked: Instant,
-    /// When metadata last confirmed the secret.
-    verified: Instant,
 }
 
 /// What checking a device's credential gave.
@@ -578,9 +584,9 @@ impl DeviceAuth {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Checks `secret` for device `name`, from the cache while it is fresh. When metadata
-    /// cannot be asked, a credential verified within [`MAX_UNVERIFIED`] is still accepted
-    /// (a restarting core-metadata must not cut every device off), and metadata is asked
+    /// Checks `secret` for device `name`, from the grant while it is fresh, else through
+    /// the view. When core-metadata cannot be asked, a credential verified within
+    /// [`CREDENTIAL_GRACE`] is still accepted (the view's policy), and the view is asked
     /// again after a second rather than on every message.
     async fn verify(&self, name: &str, secret: &str) -> Verdict {
         let cached = self
@@ -593,35 +599,13 @@ impl DeviceAuth {
         {
             return Verdict::Granted(g.topics.clone());
         }
-        match self.metadata.authenticate_device(name, secret).await {
-            Ok(Some(device)) => {
-                if device.service_name != MQTT_SERVICE {
-                    tracing::debug!(device = name, service = %device.service_name, "not an MQTT device");
-                    return Verdict::Refused;
-                }
-                let topics = DeviceTopics::of(&device);
-                if let Err(why) = topics.check(&self.base_topic) {
-                    tracing::warn!(
-                        device = name,
-                        why,
-                        "device refused: its topics cannot be granted"
-                    );
-                    return Verdict::Refused;
-                }
-                let now = Instant::now();
-                self.grants().insert(
-                    name.to_string(),
-                    Grant {
-                        fingerprint: fingerprint(secret),
-                        secret: secret.to_string(),
-                        topics: topics.clone(),
-                        checked: now,
-                        verified: now,
-                    },
-                );
-                Verdict::Granted(topics)
-            }
-            Ok(None) => {
+        let (device, fresh) = match self.view.verify(name, Credential::Secret(secret)).await {
+            Lookup::Found(metadata::Verdict::Granted(device)) => (device, true),
+            Lookup::Stale {
+                value: metadata::Verdict::Granted(device),
+                age,
+            } if age <= CREDENTIAL_GRACE => (device, false),
+            Lookup::Found(metadata::Verdict::Pending) | Lookup::Missing => {
                 // Forget a credential that no longer works (rotated or removed), unless a
                 // newer one was checked meanwhile.
                 let mut grants = self.grants();
@@ -631,21 +615,47 @@ impl DeviceAuth {
                 {
                     grants.remove(name);
                 }
-                Verdict::Refused
+                return Verdict::Refused;
             }
-            Err(e) => match cached {
-                Some(g) if g.verified.elapsed() < MAX_UNVERIFIED => {
-                    let retry = Instant::now()
-                        .checked_sub(self.cache_for.saturating_sub(Duration::from_secs(1)))
-                        .unwrap_or_else(Instant::now);
-                    if let Some(c) = self.grants().get_mut(name) {
-                        c.checked = retry;
-                    }
-                    Verdict::Granted(g.topics)
-                }
-                _ => Verdict::Unknown(e.to_string()),
-            },
+            Lookup::Stale { age, .. } => {
+                return Verdict::Unknown(format!(
+                    "core-metadata has not answered for {} s",
+                    age.as_secs()
+                ));
+            }
+            Lookup::Unavailable(e) => return Verdict::Unknown(e.to_string()),
+        };
+        if device.service_name != MQTT_SERVICE {
+            tracing::debug!(device = name, service = %device.service_name, "not an MQTT device");
+            return Verdict::Refused;
         }
+        let topics = DeviceTopics::of(&device);
+        if let Err(why) = topics.check(&self.base_topic) {
+            tracing::warn!(
+                device = name,
+                why,
+                "device refused: its topics cannot be granted"
+            );
+            return Verdict::Refused;
+        }
+        // From the last view: asked again after a second, not on every message.
+        let checked = if fresh {
+            Instant::now()
+        } else {
+            Instant::now()
+                .checked_sub(self.cache_for.saturating_sub(Duration::from_secs(1)))
+                .unwrap_or_else(Instant::now)
+        };
+        self.grants().insert(
+            name.to_string(),
+            Grant {
+                fingerprint: fingerprint(secret),
+                secret: secret.to_string(),
+                topics: topics.clone(),
+                checked,
+            },
+        );
+        Verdict::Granted(topics)
     }
 
     /// Makes the next check of `name`'s credential ask core-metadata.
@@ -1000,20 +1010,15 @@ mod tests {
             )),
             Err(ReasonCode::BadUsernameOrPassword)
         );
-        let registry = outpost_kit::registry::Registry::new(
-            "http://127.0.0.1:1",
-            Duration::from_millis(100),
-            0,
-            HashMap::new(),
+        let test = outpost_testkit::context("mqtt-broker", &[]);
+        let view = MetadataView::without_events(
+            &test.ctx,
+            metadata::ViewConfig {
+                timeout: Duration::from_millis(100),
+                ..metadata::ViewConfig::default()
+            },
         );
-        let d = auth().with_devices(
-            Metadata::new(outpost_kit::client::ServiceClient::new(
-                registry,
-                Duration::from_millis(100),
-            )),
-            Duration::from_secs(1),
-            "edgex",
-        );
+        let d = auth().with_devices(view, Duration::from_secs(1), "edgex");
         // A device's credential is for metadata to check; devices may keep sessions but
         // not take the node's client IDs.
         assert_eq!(

@@ -24,10 +24,9 @@ use std::time::Duration;
 use axum::Router;
 use mqtt5::broker::config::{StorageBackend, StorageConfig};
 use mqtt5::broker::{BrokerConfig, MqttBroker};
-use outpost_kit::client::{Metadata, ServiceClient};
-use outpost_kit::{
-    Check, Context, Info, Parts, Shutdown, Stage, Start, StartError, Storage, health_probe,
-};
+use outpost_bus::metadata::{Change, MetadataView, ViewConfig};
+use outpost_kit::{Check, Info, Parts, Shutdown, Stage, Start, StartError, Storage, health_probe};
+use tokio::sync::broadcast;
 
 pub use config::Config;
 
@@ -94,12 +93,21 @@ impl outpost_kit::Service for Broker {
             cfg.auth_failure_burst,
             Duration::from_secs(cfg.auth_failure_refill_s),
         );
-        if cfg.device_auth {
-            let client = ServiceClient::new(ctx.registry.clone(), Duration::from_secs(3));
+        let view = cfg.device_auth.then(|| {
+            MetadataView::start(
+                ctx,
+                ViewConfig {
+                    credentials_for: Duration::from_secs(cfg.device_auth_cache_s),
+                    timeout: Duration::from_secs(3),
+                    ..ViewConfig::default()
+                },
+            )
+        });
+        if let Some(view) = &view {
             let (log, rx) = tokio::sync::mpsc::channel(store::QUEUE);
             auth = auth
                 .with_devices(
-                    Metadata::new(client),
+                    view.clone(),
                     Duration::from_secs(cfg.device_auth_cache_s),
                     &ctx.common.bus.base_topic,
                 )
@@ -155,13 +163,13 @@ impl outpost_kit::Service for Broker {
                 stop_broker.shutdown();
                 run.await.map_err(Error::Stopped)
             });
-        if cfg.device_auth {
-            let ctx = ctx.clone();
+        let mut health = vec![];
+        if let Some(view) = view {
             let auth = Arc::clone(&auth);
-            ctx.clone()
-                .tasks
+            health.push(view.probe());
+            ctx.tasks
                 .spawn("device-changes", Stage::Background, move |stop| {
-                    follow_devices(ctx, auth, router, storage, stop)
+                    follow_devices(view, auth, router, storage, stop)
                 });
         }
         {
@@ -185,13 +193,15 @@ impl outpost_kit::Service for Broker {
                 });
         }
         let listen = cfg.listen;
-        let health = health_probe(move || async move {
+        let listener = health_probe(move || async move {
             match tokio::net::TcpStream::connect(listen).await {
                 Ok(_) => vec![Check::ok("mqtt-listener")],
                 Err(e) => vec![Check::failed("mqtt-listener", e.to_string())],
             }
         });
-        Ok(Parts::new(Router::new()).health(health))
+        Ok(health
+            .into_iter()
+            .fold(Parts::new(Router::new()).health(listener), Parts::health))
     }
 }
 
@@ -200,64 +210,69 @@ impl outpost_kit::Service for Broker {
 /// dropped from routing with their subscriptions, so they receive nothing more (publishing
 /// is refused by the credential check already).
 async fn follow_devices(
-    ctx: Context,
+    view: MetadataView,
     auth: Arc<auth::NodeAuth>,
     router: Arc<mqtt5::broker::router::MessageRouter>,
     storage: Option<Arc<mqtt5::broker::storage::DynamicStorage>>,
     stop: Shutdown,
 ) {
-    use mqtt5::broker::storage::StorageBackend as _;
-    use outpost_contracts::system_event::{ACTION_DELETE, SystemEvent, TYPE_DEVICE};
-    let Some((bus, mut rx)) = outpost_bus::metadata_events(
-        &ctx,
-        SERVICE,
-        "connections made with a removed secret keep their subscriptions",
-    )
-    .await
-    else {
-        return;
-    };
+    use outpost_contracts::system_event::{ACTION_DELETE, TYPE_DEVICE};
+    let mut changes = view.changes();
     loop {
-        let d = tokio::select! {
+        let change = tokio::select! {
             () = stop.wait() => return,
-            d = rx.recv() => match d {
-                Some(d) => d,
-                None => {
-                    tracing::error!("stopped following device changes: the subscription ended");
-                    return;
-                }
+            c = changes.recv() => c,
+        };
+        // Which devices to check again, and whether they were deleted.
+        let checks: Vec<(String, bool)> = match change {
+            Ok(Change::Event(ev)) if ev.kind == TYPE_DEVICE => match ev.object_name() {
+                Some(name) => vec![(name.to_string(), ev.action == ACTION_DELETE)],
+                None => continue,
             },
+            Ok(Change::Event(_)) => continue,
+            // Changes may have been missed: every device with a connection is checked.
+            Ok(Change::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => auth
+                .granted_devices()
+                .into_iter()
+                .map(|d| (d, false))
+                .collect(),
+            Err(broadcast::error::RecvError::Closed) => return,
         };
-        let Some(env) = bus.decode::<SystemEvent>(&d) else {
-            continue;
-        };
-        let ev = env.payload;
-        if ev.kind != TYPE_DEVICE {
+        for (name, deleted) in checks {
+            cut_off(&auth, &router, storage.as_deref(), &name, deleted).await;
+        }
+    }
+}
+
+/// Drops the connections of `name` made with a secret that is no longer its own (all of
+/// them when it was deleted) from routing, with their stored sessions.
+async fn cut_off(
+    auth: &auth::NodeAuth,
+    router: &mqtt5::broker::router::MessageRouter,
+    storage: Option<&mqtt5::broker::storage::DynamicStorage>,
+    name: &str,
+    deleted: bool,
+) {
+    use mqtt5::broker::storage::StorageBackend as _;
+    for (client_id, fp) in auth.revoked(name, deleted).await {
+        // Reconnected with a valid secret meanwhile: that connection stays.
+        if !deleted && !auth.still_made_with(&client_id, &fp) {
             continue;
         }
-        let Some(name) = ev.object_name() else {
-            continue;
-        };
-        for (client_id, fp) in auth.revoked(name, ev.action == ACTION_DELETE).await {
-            // Reconnected with a valid secret meanwhile: that connection stays.
-            if ev.action != ACTION_DELETE && !auth.still_made_with(&client_id, &fp) {
-                continue;
-            }
-            if router.is_connected(&client_id).await {
-                tracing::info!(
-                    device = name,
-                    client_id,
-                    "device credential no longer valid; its connection gets nothing more"
-                );
-            }
-            router.unregister_client(&client_id).await;
-            // Its stored session goes too, or a restart of the broker would restore the
-            // subscriptions just cut off.
-            if let Some(storage) = &storage
-                && let Err(e) = storage.remove_session(&client_id).await
-            {
-                tracing::warn!(client_id, error = %e, "cannot remove a revoked session");
-            }
+        if router.is_connected(&client_id).await {
+            tracing::info!(
+                device = name,
+                client_id,
+                "device credential no longer valid; its connection gets nothing more"
+            );
+        }
+        router.unregister_client(&client_id).await;
+        // Its stored session goes too, or a restart of the broker would restore the
+        // subscriptions just cut off.
+        if let Some(storage) = &storage
+            && let Err(e) = storage.remove_session(&client_id).await
+        {
+            tracing::warn!(client_id, error = %e, "cannot remove a revoked session");
         }
     }
 }

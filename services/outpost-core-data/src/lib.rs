@@ -19,25 +19,26 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
+use outpost_bus::metadata::{Change, MetadataView, ViewConfig};
 use outpost_bus::{Consumer, Link, Options};
-use outpost_contracts::system_event::{
-    ACTION_DELETE, SystemEvent, TYPE_DEVICE, TYPE_DEVICE_PROFILE,
-};
+use outpost_contracts::system_event::{ACTION_DELETE, TYPE_DEVICE};
 use outpost_contracts::topics;
 use outpost_kit::{
     Check, Context, Info, Parts, Shutdown, Stage, Start, StartError, Storage, health_probe,
 };
+use tokio::sync::broadcast;
 
 pub use config::Config;
 
 /// The service's registry ID (EdgeX's name).
 pub const SERVICE: &str = "core-data";
 
-/// The ingest path over the service's database.
+/// The ingest path over the service's database, checking events against `view`.
 pub fn open(
     ctx: &Context,
     cfg: &Config,
     db: outpost_storage::Db,
+    view: MetadataView,
 ) -> Result<Arc<ingest::Ingest>, store::StoreError> {
     let store = sqlite::SqliteEventStore::start(
         db,
@@ -48,7 +49,7 @@ pub fn open(
     )?;
     let validator = validate::Validator::new(
         cfg.validate_events,
-        ctx.registry.clone(),
+        view,
         ctx.metric("validation_skipped_total"),
     );
     Ok(Arc::new(ingest::Ingest::new(
@@ -78,7 +79,8 @@ impl outpost_kit::Service for CoreData {
 
     async fn build(start: Start<Config>) -> Result<Parts, StartError> {
         let Start { ctx, cfg, .. } = &start;
-        let ingest = open(ctx, cfg, start.db()?).map_err(StartError::other)?;
+        let view = MetadataView::start(ctx, ViewConfig::default());
+        let ingest = open(ctx, cfg, start.db()?, view.clone()).map_err(StartError::other)?;
         // REST-added events are republished through the service's own connection, which
         // closes after the last request was served.
         let link = Link::start(ctx);
@@ -92,13 +94,11 @@ impl outpost_kit::Service for CoreData {
                     consume(ctx, ingest, state, max_inflight, max_batch, stop).await;
                 });
         }
-        {
-            let (ctx, ingest, purge) =
-                (ctx.clone(), Arc::clone(&ingest), cfg.purge_on_device_delete);
-            ctx.clone()
-                .tasks
-                .spawn("metadata-changes", Stage::Background, move |stop| {
-                    follow_metadata(ctx, ingest, purge, stop)
+        if cfg.purge_on_device_delete {
+            let (view, ingest) = (view.clone(), Arc::clone(&ingest));
+            ctx.tasks
+                .spawn("purge-deleted", Stage::Background, move |stop| {
+                    purge_deleted(view, ingest, stop)
                 });
         }
         {
@@ -122,6 +122,7 @@ impl outpost_kit::Service for CoreData {
         let health = health_probe(move || {
             let (ingest, consumer, link) =
                 (Arc::clone(&ingest), Arc::clone(&consumer), link.clone());
+            let metadata = view.check();
             async move {
                 let writes = match ingest.store.writer_health() {
                     Ok(()) => Check::ok("writes"),
@@ -132,7 +133,7 @@ impl outpost_kit::Service for CoreData {
                     _ => Check::failed("ingest", "not subscribed to device events"),
                 };
                 let link = link.check().await;
-                vec![writes, bus, link]
+                vec![writes, bus, link, metadata]
             }
         });
         Ok(Parts::new(routes::router(app)).health(health))
@@ -165,51 +166,45 @@ async fn consume(
     consumer.close().await;
 }
 
-/// Follows core-metadata's system events: evicts changed devices and profiles from the
-/// validation cache, and purges a deleted device's events when configured to.
-async fn follow_metadata(ctx: Context, ingest: Arc<ingest::Ingest>, purge: bool, stop: Shutdown) {
-    let Some((bus, mut rx)) =
-        outpost_bus::metadata_events(&ctx, SERVICE, "validation may use stale profiles").await
-    else {
-        return;
-    };
+/// Purges the events of devices core-metadata deletes (`purge_on_device_delete`).
+async fn purge_deleted(view: MetadataView, ingest: Arc<ingest::Ingest>, stop: Shutdown) {
+    let mut changes = view.changes();
     // Purges run one at a time, owned here.
     let mut purges = tokio::task::JoinSet::new();
     loop {
-        let d = tokio::select! {
-            () = stop.wait() => break,
-            d = rx.recv() => d,
+        let change = tokio::select! {
+            () = stop.wait() => return,
+            c = changes.recv() => c,
         };
-        let Some(d) = d else { break };
         while purges.try_join_next().is_some() {}
-        let Some(env) = bus.decode::<SystemEvent>(&d) else {
+        let ev = match change {
+            Ok(Change::Event(ev)) => ev,
+            Ok(Change::Resync) => continue,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "metadata changes came faster than they were read"
+                );
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if ev.kind != TYPE_DEVICE || ev.action != ACTION_DELETE {
+            continue;
+        }
+        let Some(name) = ev.object_name().map(str::to_string) else {
             continue;
         };
-        let ev = env.payload;
-        let Some(name) = ev.object_name() else {
-            continue;
-        };
-        match ev.kind.as_str() {
-            TYPE_DEVICE => {
-                ingest.validator.forget_device(name);
-                if purge && ev.action == ACTION_DELETE {
-                    let store = Arc::clone(&ingest.store);
-                    let name = name.to_string();
-                    purges.spawn(async move {
-                        match store.delete_device(name.clone()).await {
-                            Ok(n) => {
-                                tracing::info!(device = %name, readings = n, "purged a deleted device's events")
-                            }
-                            Err(e) => {
-                                tracing::warn!(device = %name, error = %e, "cannot purge a deleted device's events")
-                            }
-                        }
-                    });
+        let store = Arc::clone(&ingest.store);
+        purges.spawn(async move {
+            match store.delete_device(name.clone()).await {
+                Ok(n) => {
+                    tracing::info!(device = %name, readings = n, "purged a deleted device's events")
+                }
+                Err(e) => {
+                    tracing::warn!(device = %name, error = %e, "cannot purge a deleted device's events")
                 }
             }
-            TYPE_DEVICE_PROFILE => ingest.validator.forget_profile(name),
-            _ => {}
-        }
+        });
     }
-    bus.disconnect().await;
 }

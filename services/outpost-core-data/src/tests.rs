@@ -5,7 +5,6 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
-use tower::ServiceExt as _;
 
 use crate::config::RetentionConfig;
 use crate::ingest::{Ingest, IngestMetrics};
@@ -13,38 +12,29 @@ use crate::routes::App;
 use crate::sqlite::{MIGRATIONS, SqliteEventStore, WriterMetrics};
 use crate::store::{IngestEvent, Outcome};
 use crate::validate::Validator;
+use outpost_bus::metadata::{MetadataView, ViewConfig};
 
 struct Fixture {
-    _dir: tempfile::TempDir,
+    _db: outpost_testkit::TempDb,
+    _ctx: outpost_testkit::TestContext,
     app: Arc<App>,
 }
 
 fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let db = outpost_storage::Db::open(
-        &outpost_storage::Location::new(dir.path(), "core-data"),
-        &outpost_storage::OpenOptions::default(),
-        MIGRATIONS,
-        2,
-    )
-    .unwrap();
+    let db = outpost_testkit::temp_db("core-data", MIGRATIONS, 2);
+    let test = outpost_testkit::context("core-data", &[]);
     let store = SqliteEventStore::start(
-        db,
+        db.db.clone(),
         WriterMetrics {
             batch_events: "b".into(),
             commit_seconds: "c".into(),
         },
     )
     .unwrap();
-    let registry = outpost_kit::Registry::new(
-        "http://127.0.0.1:9",
-        Duration::from_secs(1),
-        1000,
-        HashMap::new(),
-    );
+    let view = MetadataView::without_events(&test.ctx, ViewConfig::default());
     let ingest = Ingest::new(
         Arc::new(store),
-        Arc::new(Validator::new(false, registry, "s".into())),
+        Arc::new(Validator::new(false, view, "s".into())),
         IngestMetrics {
             events: "e".into(),
             readings: "r".into(),
@@ -56,35 +46,33 @@ fn fixture() -> Fixture {
         ingest: Arc::new(ingest),
         max_result_count: 1000,
         bus: outpost_bus::Link::default(),
-        tasks: outpost_kit::Tasks::new(outpost_kit::Shutdown::new()),
+        tasks: test.ctx.tasks.clone(),
         publish_rest_events: false,
     });
-    Fixture { _dir: dir, app }
+    Fixture {
+        _db: db,
+        _ctx: test,
+        app,
+    }
+}
+
+async fn call(f: &Fixture, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+    outpost_testkit::call(
+        &crate::routes::router(Arc::clone(&f.app)),
+        method,
+        uri,
+        body,
+    )
+    .await
 }
 
 async fn send(f: &Fixture, req: Request<Body>) -> (StatusCode, Value) {
-    let resp = crate::routes::router(Arc::clone(&f.app))
-        .oneshot(req)
-        .await
-        .unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22)
-        .await
-        .unwrap();
+    let (status, _, bytes) =
+        outpost_testkit::request(&crate::routes::router(Arc::clone(&f.app)), req).await;
     (
         status,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     )
-}
-
-async fn call(f: &Fixture, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("content-type", "application/json")
-        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-        .unwrap();
-    send(f, req).await
 }
 
 fn event(device: &str, origin: i64, readings: &[(&str, &str, &str)]) -> Value {

@@ -1,26 +1,22 @@
 //! Checking events against metadata.
 //!
-//! Devices and profiles are fetched from core-metadata on first use and cached; metadata's
-//! system events evict changed entries, so the cache follows edits without polling. An
-//! unknown device is remembered for a short while, so a flood of events for it does not
-//! become a flood of metadata lookups. When core-metadata cannot be reached, events are
-//! stored unchecked (and counted) rather than lost: losing data is worse than storing a
-//! reading that a later metadata check would have refused.
+//! Devices and profiles come from the process's metadata view
+//! ([`outpost_bus::metadata`]): fetched on first use, kept current by metadata's system
+//! events, an unknown device remembered as unknown for a short while. While core-metadata
+//! cannot be asked, events are checked against the last view; with no view of their device
+//! or profile at all, they are stored unchecked (and counted) rather than lost: losing data
+//! is worse than storing a reading that a later metadata check would have refused.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
+use outpost_bus::metadata::{Lookup, MetadataView};
 use outpost_contracts::event::Event;
-use outpost_contracts::metadata::{DeviceProfileResponse, DeviceResponse};
+use outpost_contracts::metadata::DeviceProfile;
 use outpost_contracts::value::{ValueType, check_bounds};
-use outpost_kit::Registry;
 
 use crate::store::IngestEvent;
-
-/// How long an unknown device is remembered as unknown.
-const MISSING_TTL: Duration = Duration::from_secs(2);
 
 /// Why an event was refused.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,62 +43,46 @@ struct ResourceInfo {
     maximum: Option<f64>,
 }
 
-#[derive(Default)]
-struct Cache {
-    /// Device name to its profile name.
-    devices: HashMap<String, String>,
-    profiles: HashMap<String, Arc<HashMap<String, ResourceInfo>>>,
-    missing: HashMap<String, Instant>,
+/// A profile's resources by name, made once per profile the view hands out.
+struct Resources {
+    of: Arc<DeviceProfile>,
+    by_name: Arc<HashMap<String, ResourceInfo>>,
 }
 
-enum Lookup<T> {
+/// What a lookup gave, for validation.
+enum Known<T> {
     Found(T),
     Missing,
-    /// Metadata could not be asked.
+    /// Metadata cannot be asked and nothing is known.
     Unknown,
+}
+
+impl<T> From<Lookup<T>> for Known<T> {
+    fn from(l: Lookup<T>) -> Self {
+        match l {
+            // The last view is better than none.
+            Lookup::Found(v) | Lookup::Stale { value: v, .. } => Known::Found(v),
+            Lookup::Missing => Known::Missing,
+            Lookup::Unavailable(_) => Known::Unknown,
+        }
+    }
 }
 
 pub struct Validator {
     enabled: bool,
-    registry: Registry,
-    http: reqwest::Client,
-    cache: RwLock<Cache>,
+    view: MetadataView,
+    resources: RwLock<HashMap<String, Resources>>,
     skipped_metric: String,
 }
 
 impl Validator {
-    pub fn new(enabled: bool, registry: Registry, skipped_metric: String) -> Self {
+    pub fn new(enabled: bool, view: MetadataView, skipped_metric: String) -> Self {
         Self {
             enabled,
-            registry,
-            http: outpost_kit::http::client(Duration::from_secs(2)),
-            cache: RwLock::default(),
+            view,
+            resources: RwLock::default(),
             skipped_metric,
         }
-    }
-
-    fn cache(&self) -> std::sync::RwLockReadGuard<'_, Cache> {
-        self.cache
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn cache_mut(&self) -> std::sync::RwLockWriteGuard<'_, Cache> {
-        self.cache
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Forgets a device (after metadata changed it).
-    pub fn forget_device(&self, name: &str) {
-        let mut c = self.cache_mut();
-        c.devices.remove(name);
-        c.missing.remove(name);
-    }
-
-    /// Forgets a profile (after metadata changed it).
-    pub fn forget_profile(&self, name: &str) {
-        self.cache_mut().profiles.remove(name);
     }
 
     /// Validates `event` and returns it ready to store.
@@ -117,16 +97,16 @@ impl Validator {
     }
 
     async fn check_metadata(&self, event: &Event, nums: &[Option<f64>]) -> Result<(), Rejection> {
-        let profile_name = match self.device_profile(&event.device_name).await {
-            Lookup::Found(p) => p,
-            Lookup::Missing => {
+        let profile_name = match Known::from(self.view.device(&event.device_name).await) {
+            Known::Found(d) => d.profile_name.clone(),
+            Known::Missing => {
                 return Err(Rejection::new(
                     StatusCode::NOT_FOUND,
                     "unknown_device",
                     format!("device '{}' does not exist", event.device_name),
                 ));
             }
-            Lookup::Unknown => {
+            Known::Unknown => {
                 metrics::counter!(self.skipped_metric.clone()).increment(1);
                 return Ok(());
             }
@@ -141,16 +121,16 @@ impl Validator {
                 ),
             ));
         }
-        let resources = match self.profile(&profile_name).await {
-            Lookup::Found(r) => r,
-            Lookup::Missing => {
+        let resources = match Known::from(self.view.profile(&profile_name).await) {
+            Known::Found(p) => self.resources_of(p),
+            Known::Missing => {
                 return Err(Rejection::new(
                     StatusCode::NOT_FOUND,
                     "unknown_profile",
                     format!("device profile '{profile_name}' does not exist"),
                 ));
             }
-            Lookup::Unknown => {
+            Known::Unknown => {
                 metrics::counter!(self.skipped_metric.clone()).increment(1);
                 return Ok(());
             }
@@ -185,93 +165,48 @@ impl Validator {
         Ok(())
     }
 
-    fn metadata_url(&self, segments: &[&str]) -> Option<reqwest::Url> {
-        let base = self.registry.resolve("core-metadata")?;
-        let mut url = reqwest::Url::parse(&base).ok()?;
-        url.path_segments_mut().ok()?.extend(segments);
-        Some(url)
-    }
-
-    async fn device_profile(&self, device: &str) -> Lookup<String> {
+    /// The resources of `profile` by name, made again only when the view hands out
+    /// another version of it.
+    fn resources_of(&self, profile: Arc<DeviceProfile>) -> Arc<HashMap<String, ResourceInfo>> {
+        if let Some(r) = self
+            .resources
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&profile.name)
+            .filter(|r| Arc::ptr_eq(&r.of, &profile))
         {
-            let c = self.cache();
-            if let Some(p) = c.devices.get(device) {
-                return Lookup::Found(p.clone());
-            }
-            if c.missing
-                .get(device)
-                .is_some_and(|t| t.elapsed() < MISSING_TTL)
-            {
-                return Lookup::Missing;
-            }
+            return Arc::clone(&r.by_name);
         }
-        let Some(url) = self.metadata_url(&["api", "v3", "device", "name", device]) else {
-            return Lookup::Unknown;
-        };
-        match outpost_kit::http::correlated(self.http.get(url))
-            .send()
-            .await
-        {
-            Ok(r) if r.status() == StatusCode::NOT_FOUND => {
-                let mut c = self.cache_mut();
-                if c.missing.len() > 10_000 {
-                    c.missing.clear();
-                }
-                c.missing.insert(device.to_string(), Instant::now());
-                Lookup::Missing
-            }
-            Ok(r) if r.status().is_success() => match r.json::<DeviceResponse>().await {
-                Ok(d) => {
-                    let profile = d.device.profile_name;
-                    let mut c = self.cache_mut();
-                    c.missing.remove(device);
-                    c.devices.insert(device.to_string(), profile.clone());
-                    Lookup::Found(profile)
-                }
-                Err(_) => Lookup::Unknown,
+        let by_name: Arc<HashMap<_, _>> = Arc::new(
+            profile
+                .device_resources
+                .iter()
+                .map(|r| {
+                    (
+                        r.name.clone(),
+                        ResourceInfo {
+                            value_type: r.properties.value_type,
+                            minimum: r.properties.minimum,
+                            maximum: r.properties.maximum,
+                        },
+                    )
+                })
+                .collect(),
+        );
+        let mut all = self
+            .resources
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if all.len() > 10_000 {
+            all.clear();
+        }
+        all.insert(
+            profile.name.clone(),
+            Resources {
+                of: profile,
+                by_name: Arc::clone(&by_name),
             },
-            _ => Lookup::Unknown,
-        }
-    }
-
-    async fn profile(&self, name: &str) -> Lookup<Arc<HashMap<String, ResourceInfo>>> {
-        if let Some(p) = self.cache().profiles.get(name) {
-            return Lookup::Found(Arc::clone(p));
-        }
-        let Some(url) = self.metadata_url(&["api", "v3", "deviceprofile", "name", name]) else {
-            return Lookup::Unknown;
-        };
-        match outpost_kit::http::correlated(self.http.get(url))
-            .send()
-            .await
-        {
-            Ok(r) if r.status() == StatusCode::NOT_FOUND => Lookup::Missing,
-            Ok(r) if r.status().is_success() => match r.json::<DeviceProfileResponse>().await {
-                Ok(p) => {
-                    let map: HashMap<_, _> = p
-                        .profile
-                        .device_resources
-                        .into_iter()
-                        .map(|r| {
-                            (
-                                r.name,
-                                ResourceInfo {
-                                    value_type: r.properties.value_type,
-                                    minimum: r.properties.minimum,
-                                    maximum: r.properties.maximum,
-                                },
-                            )
-                        })
-                        .collect();
-                    let map = Arc::new(map);
-                    self.cache_mut()
-                        .profiles
-                        .insert(name.to_string(), Arc::clone(&map));
-                    Lookup::Found(map)
-                }
-                Err(_) => Lookup::Unknown,
-            },
-            _ => Lookup::Unknown,
-        }
+        );
+        by_name
     }
 }

@@ -16,9 +16,8 @@
 //!   400 a value of the wrong type or out of range; 405 a resource that is not readable; 413
 //!   too large; 423 a locked device; 429 a device over its rate (`Retry-After`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::Router;
@@ -27,6 +26,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use outpost_bus::metadata::{CREDENTIAL_GRACE, Credential, Lookup, Verdict};
 use outpost_contracts::metadata::Device;
 use outpost_contracts::value::ValueType;
 use outpost_device_sdk::payload::{Payload, decode};
@@ -76,6 +76,10 @@ impl DriverConfig for RestConfig {
         Ok(Arc::new(Rest::new(start.cfg.driver.clone())))
     }
 
+    fn credentials_for(&self) -> Duration {
+        Duration::from_secs(self.token_cache_s)
+    }
+
     fn validate(&self, p: &mut outpost_kit::config::Problems) {
         let s = "device_rest.driver";
         p.check(
@@ -97,8 +101,6 @@ pub type Config = outpost_device_sdk::Config<RestConfig>;
 pub struct Rest {
     cfg: RestConfig,
     http: reqwest::Client,
-    /// device → (token, when metadata last confirmed it).
-    tokens: Arc<Mutex<HashMap<String, (String, Instant)>>>,
 }
 
 impl Rest {
@@ -106,14 +108,7 @@ impl Rest {
         Self {
             cfg,
             http: outpost_kit::http::client(Duration::from_secs(60)),
-            tokens: Arc::default(),
         }
-    }
-
-    fn tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
-        self.tokens
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Checks the bearer token of a request for `device`.
@@ -136,29 +131,25 @@ impl Rest {
             .ok_or_else(|| {
                 unauthorized("a device token is required: Authorization: Bearer <device secret>")
             })?;
-        let fresh = self.tokens().get(device).is_some_and(|(t, at)| {
-            constant_time_eq(t.as_bytes(), token.as_bytes())
-                && at.elapsed() < Duration::from_secs(self.cfg.token_cache_s)
-        });
-        if fresh {
-            return Ok(());
-        }
-        match sdk.metadata().authenticate_device(device, token).await {
-            Ok(Some(_)) => {
-                self.tokens()
-                    .insert(device.to_string(), (token.to_string(), Instant::now()));
-                Ok(())
-            }
-            Ok(None) => {
+        // The view remembers a verified token for `token_cache_s`, forgets it when the
+        // device changes, and honours it a while when core-metadata cannot be asked.
+        match sdk.view().verify(device, Credential::Secret(token)).await {
+            Lookup::Missing | Lookup::Found(Verdict::Pending) => {
                 sdk.reject(device, "bad_token", "a request with a wrong device token");
                 Err(unauthorized("wrong token for this device"))
             }
-            Err(e) => {
-                tracing::warn!(device, error = %e, "cannot check a device token");
-                Err(ApiError::unavailable(
-                    "cannot check the device token now; retry",
-                ))
-            }
+            found => match found.within(CREDENTIAL_GRACE) {
+                Some(_) => Ok(()),
+                None => {
+                    tracing::warn!(
+                        device,
+                        "cannot check a device token: core-metadata unreachable"
+                    );
+                    Err(ApiError::unavailable(
+                        "cannot check the device token now; retry",
+                    ))
+                }
+            },
         }
     }
 
@@ -186,10 +177,6 @@ impl Rest {
             format!("http://{host}:{port}/{path}")
         })
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn value_text(v: &CommandValue) -> Vec<u8> {
@@ -320,12 +307,11 @@ impl Driver for Rest {
 }
 
 impl Rest {
-    /// A handle for the HTTP handlers, sharing the token cache.
+    /// A handle for the HTTP handlers.
     fn handle(&self) -> Arc<Rest> {
         Arc::new(Rest {
             cfg: self.cfg.clone(),
             http: self.http.clone(),
-            tokens: Arc::clone(&self.tokens),
         })
     }
 }

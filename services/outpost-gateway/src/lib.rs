@@ -38,8 +38,10 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 use http::{HeaderValue, StatusCode};
-use outpost_kit::{ApiError, Context, Info, Parts, Shutdown, Stage, Start, StartError, Storage};
+use outpost_bus::metadata::{MetadataView, ViewConfig};
+use outpost_kit::{ApiError, Info, Parts, Shutdown, Stage, Start, StartError, Storage};
 use outpost_pki as tls;
+use tokio::sync::broadcast;
 
 pub use config::Config;
 
@@ -720,12 +722,12 @@ impl outpost_kit::Service for Gateway {
         });
 
         // Metadata changes empty the cache.
+        let view = MetadataView::start(ctx, ViewConfig::default());
         {
-            let (ctx, app) = (ctx.clone(), Arc::clone(&app));
-            ctx.clone()
-                .tasks
+            let (view, app) = (view.clone(), Arc::clone(&app));
+            ctx.tasks
                 .spawn("metadata-changes", Stage::Background, move |stop| {
-                    follow_metadata(ctx, app, stop)
+                    follow_metadata(view, app, stop)
                 });
         }
 
@@ -773,22 +775,20 @@ impl outpost_kit::Service for Gateway {
                 app.access.close();
             });
         // The plain side on loopback: health, metrics, registration.
-        Ok(Parts::new(Router::new()))
+        Ok(Parts::new(Router::new()).health(view.probe()))
     }
 }
 
-async fn follow_metadata(ctx: Context, app: Arc<App>, stop: Shutdown) {
-    let Some((_bus, mut rx)) =
-        outpost_bus::metadata_events(&ctx, SERVICE, "cached responses expire by TTL only").await
-    else {
-        return;
-    };
+/// Empties the response cache whenever metadata changes (or may have changed while the
+/// view was away).
+async fn follow_metadata(view: MetadataView, app: Arc<App>, stop: Shutdown) {
+    let mut changes = view.changes();
     loop {
         tokio::select! {
             () = stop.wait() => return,
-            d = rx.recv() => match d {
-                Some(_) => app.cache.invalidate(),
-                None => return,
+            change = changes.recv() => match change {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => app.cache.invalidate(),
+                Err(broadcast::error::RecvError::Closed) => return,
             },
         }
     }

@@ -12,15 +12,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use outpost_bus::metadata::{CREDENTIAL_GRACE, Credential, Lookup, Verdict};
 use outpost_kit::ApiError;
-use outpost_kit::client::CertAuth;
 use outpost_kit::error::Path;
 use outpost_storage::StorageError;
 use outpost_storage::rusqlite::{self, params};
@@ -65,8 +64,6 @@ pub const MIGRATION: outpost_storage::Migration = outpost_storage::Migration {
 
 /// Entries kept per device and rollout.
 const HISTORY: i64 = 20;
-/// How long a checked device credential is trusted without asking core-metadata again.
-const AUTH_TTL: Duration = Duration::from_secs(60);
 
 /// A rollout and what it rolls out.
 pub struct Entry {
@@ -75,14 +72,10 @@ pub struct Entry {
     pub created_ms: i64,
 }
 
-/// Rollouts in memory (persisted on every change) and checked device credentials.
+/// Rollouts in memory (persisted on every change).
 #[derive(Default)]
 pub struct Fleet {
     pub rollouts: tokio::sync::Mutex<Vec<(String, Entry)>>,
-    auth: std::sync::Mutex<HashMap<(String, [u8; 32]), Instant>>,
-    /// Bumped whenever the cache is emptied: an answer asked for before a change is not
-    /// cached after it.
-    auth_generation: std::sync::atomic::AtomicU64,
 }
 
 fn state_name(s: DeviceState) -> String {
@@ -310,7 +303,13 @@ pub async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<Response
     let mut candidates = Vec::new();
     if req.target.labels.is_empty() && req.target.group.is_none() {
         for d in &req.target.devices {
-            match app.metadata.device(d).await.map_err(|e| e.to_api_error())? {
+            match app
+                .view
+                .client()
+                .device(d)
+                .await
+                .map_err(|e| e.to_api_error())?
+            {
                 Some(dev) => candidates.push(dev),
                 None => return Err(ApiError::not_found(format!("no device {d}"))),
             }
@@ -501,8 +500,9 @@ pub async fn device_history(
 
 // ---- the device protocol ----
 
-/// Checks the device's credential, with a short cache (emptied whenever core-metadata
-/// announces a device change, such as a rotation or revocation): its secret as
+/// Checks the device's credential through the metadata view (which forgets what it knows
+/// of a device whenever core-metadata announces a change to it, such as a rotation or
+/// revocation): its secret as
 /// `X-Outpost-Device-Token`, or the client certificate it presented to the gateway, which
 /// the gateway passes as `X-Outpost-Client-Cert`.
 pub(crate) async fn authenticate(
@@ -527,70 +527,19 @@ pub(crate) async fn authenticate(
             ));
         }
     };
-    let mut digest = [0u8; 32];
-    digest.copy_from_slice(
-        ring::digest::digest(&ring::digest::SHA256, credential.as_bytes()).as_ref(),
-    );
-    let key = (device.to_string(), digest);
-    {
-        let cache = app
-            .fleet
-            .auth
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.get(&key).is_some_and(|t| t.elapsed() < AUTH_TTL) {
-            drop(cache);
-            app.inventory.seen(device);
-            return Ok(());
-        }
-    }
-    let generation = app
-        .fleet
-        .auth_generation
-        .load(std::sync::atomic::Ordering::Acquire);
-    let verdict = if is_cert {
-        app.metadata
-            .authenticate_device_cert(device, credential)
-            .await
-            .map(|r| match r {
-                CertAuth::Device(_) => Ok(()),
-                CertAuth::Refused => Err(false),
-                CertAuth::Pending => Err(true),
-            })
+    let credential = if is_cert {
+        Credential::Certificate(credential)
     } else {
-        app.metadata
-            .authenticate_device(device, credential)
-            .await
-            .map(|r| r.map(|_| ()).ok_or(false))
+        Credential::Secret(credential)
     };
-    match verdict {
-        Ok(Ok(())) => {
-            let mut cache = app
-                .fleet
-                .auth
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if cache.len() > 100_000 {
-                cache.clear();
-            }
-            // Checked under the cache's lock, which the emptying also holds.
-            if app
-                .fleet
-                .auth_generation
-                .load(std::sync::atomic::Ordering::Acquire)
-                == generation
-            {
-                cache.insert(key, Instant::now());
-            }
-            drop(cache);
-            app.inventory.seen(device);
-            Ok(())
-        }
-        Ok(Err(true)) => Err(ApiError::new(
+    // The view's policy: a credential verified before is honoured for a while when
+    // core-metadata cannot be asked.
+    match app.view.verify(device, credential).await {
+        Lookup::Found(Verdict::Pending) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("device {device} is waiting for an operator's approval"),
         )),
-        Ok(Err(false)) => {
+        Lookup::Missing => {
             tracing::warn!(
                 device,
                 certificate = is_cert,
@@ -601,44 +550,18 @@ pub(crate) async fn authenticate(
                 "the device's credential is not valid",
             ))
         }
-        Err(e) => Err(ApiError::unavailable(format!(
+        found @ (Lookup::Found(_) | Lookup::Stale { .. }) => match found.within(CREDENTIAL_GRACE) {
+            Some(_) => {
+                app.inventory.seen(device);
+                Ok(())
+            }
+            None => Err(ApiError::unavailable(
+                "cannot check the device's credential: core-metadata has been unreachable too long",
+            )),
+        },
+        Lookup::Unavailable(e) => Err(ApiError::unavailable(format!(
             "cannot check the device's credential: {e}"
         ))),
-    }
-}
-
-/// Empties the credential cache whenever core-metadata announces a device change.
-pub async fn follow_devices(app: Arc<App>, stop: outpost_kit::Shutdown) {
-    let bus = tokio::select! {
-        bus = app.bus.connected() => bus,
-        () = stop.wait() => return,
-    };
-    let filter = outpost_contracts::topics::device_metadata_events(bus.base_topic());
-    let mut rx = match bus.subscribe(&filter).await {
-        Ok(rx) => rx,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot follow device changes; cached credentials expire by age only");
-            return;
-        }
-    };
-    loop {
-        tokio::select! {
-            () = stop.wait() => return,
-            d = rx.recv() => match d {
-                Some(_) => {
-                    let mut cache = app
-                        .fleet
-                        .auth
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    app.fleet
-                        .auth_generation
-                        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                    cache.clear();
-                }
-                None => return,
-            },
-        }
     }
 }
 
@@ -667,10 +590,8 @@ fn tell(app: &Arc<App>, rollout: &str, devices: Vec<String>) {
         let app = app2;
         let body = serde_json::json!({"poll": true, "rollout": rollout}).to_string();
         for name in devices {
-            let topic = match app.metadata.device(&name).await {
-                Ok(Some(d)) => {
-                    outpost_contracts::topics::device::DeviceTopics::of(&d).command + "/ota"
-                }
+            let topic = match app.view.device(&name).await.within(CREDENTIAL_GRACE) {
+                Some(d) => outpost_contracts::topics::device::DeviceTopics::of(&d).command + "/ota",
                 _ => continue,
             };
             if let Err(e) = bus.publish_raw(&topic, body.clone().into_bytes()).await {

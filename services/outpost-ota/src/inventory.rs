@@ -181,7 +181,8 @@ pub async fn select(app: &App, labels: &[String], profile: &str) -> Result<Vec<D
     let mut offset = 0;
     loop {
         let (page, total) = app
-            .metadata
+            .view
+            .client()
             .devices_page(offset, 1000)
             .await
             .map_err(|e| e.to_api_error())?;
@@ -294,7 +295,8 @@ pub async fn one(
     Path(device): Path<String>,
 ) -> Result<Response, ApiError> {
     let d = app
-        .metadata
+        .view
+        .client()
         .device(&device)
         .await
         .map_err(|e| e.to_api_error())?

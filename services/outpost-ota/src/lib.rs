@@ -33,6 +33,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use futures_util::StreamExt as _;
+use outpost_bus::metadata::{MetadataView, ViewConfig};
 use outpost_contracts::now_millis as now_ms;
 use outpost_kit::error::Path;
 use outpost_kit::{ApiError, Info, Parts, Stage, Start, StartError, Storage};
@@ -127,7 +128,8 @@ const ARTIFACTS: Migration = Migration {
 
 pub struct App {
     db: Db,
-    metadata: outpost_kit::client::Metadata,
+    /// core-metadata: devices, credentials.
+    view: MetadataView,
     fleet: fleet::Fleet,
     inventory: inventory::Inventory,
     /// Where the gateway's key for vouching client certificates lives, and the key once read.
@@ -235,12 +237,18 @@ impl outpost_kit::Service for Ota {
             cfg.overdue_after_s
         };
         let link = outpost_bus::Link::start(ctx);
+        // Credentials are checked often (every poll): remembered for a minute, and
+        // forgotten at once when their device changes.
+        let view = MetadataView::start(
+            ctx,
+            ViewConfig {
+                credentials_for: std::time::Duration::from_secs(60),
+                ..ViewConfig::default()
+            },
+        );
         let app = Arc::new(App {
             db,
-            metadata: outpost_kit::client::Metadata::new(outpost_kit::client::ServiceClient::new(
-                ctx.registry.clone(),
-                std::time::Duration::from_secs(5),
-            )),
+            view: view.clone(),
             fleet,
             inventory,
             bus: link,
@@ -256,20 +264,13 @@ impl outpost_kit::Service for Ota {
         });
         {
             let app = Arc::clone(&app);
-            ctx.tasks
-                .spawn("device-changes", Stage::Background, move |stop| {
-                    fleet::follow_devices(app, stop)
-                });
-        }
-        {
-            let app = Arc::clone(&app);
             // Check-in times are written once more after the last request.
             ctx.tasks
                 .spawn("inventory", Stage::AfterServing, move |stop| {
                     inventory::keep_saving(app, stop)
                 });
         }
-        Ok(Parts::new(router(app)))
+        Ok(Parts::new(router(app)).health(view.probe()))
     }
 }
 
