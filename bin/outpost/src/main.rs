@@ -6,10 +6,7 @@
 //! - the other commands are the client (see [`cli`]).
 
 mod cli;
-mod cloud_cli;
 mod config;
-mod enroll_cli;
-mod ota_cli;
 mod runner;
 mod services;
 mod session;
@@ -159,7 +156,7 @@ enum OtaCmd {
     },
     /// Sign a manifest for FILE and upload it, streamed, with a progress bar.
     #[command(disable_version_flag = true)]
-    Upload(ota_cli::Upload),
+    Upload(cli::ota::Upload),
     /// The stored artifacts.
     List {
         #[arg(long)]
@@ -176,7 +173,7 @@ enum OtaCmd {
 enum RolloutCmd {
     /// Roll an artifact out to devices (by name or labels), in phases.
     #[command(disable_version_flag = true)]
-    Create(ota_cli::NewRollout),
+    Create(cli::ota::NewRollout),
     /// Phases and per-state counts of one rollout, or of all.
     Status {
         name: Option<String>,
@@ -556,7 +553,7 @@ fn main() -> ExitCode {
             None => ExitCode::FAILURE,
         },
         // Needs no node: signing keys are made where artifacts are built.
-        Command::Ota(OtaCmd::Keygen { out }) => match ota_cli::keygen(&out) {
+        Command::Ota(OtaCmd::Keygen { out }) => match cli::ota::keygen(&out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("outpost: {e:#}");
@@ -582,7 +579,7 @@ async fn cloud(
     ca: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let target = |t: CloudTarget| {
-        cloud_cli::Cloud::resolve(&cfg, &data_dir, t.url, ca.clone(), t.admin_token)
+        cli::cloud::Cloud::resolve(&cfg, &data_dir, t.url, ca.clone(), t.admin_token)
     };
     match cmd {
         CloudCmd::Up => Ok(()),
@@ -590,9 +587,9 @@ async fn cloud(
             name,
             out,
             target: t,
-        } => cloud_cli::enroll(&target(t)?, &name, out).await,
-        CloudCmd::Edges { json, target: t } => cloud_cli::edges(&target(t)?, json).await,
-        CloudCmd::Revoke { name, target: t } => cloud_cli::revoke(&target(t)?, &name).await,
+        } => cli::cloud::enroll(&target(t)?, &name, out).await,
+        CloudCmd::Edges { json, target: t } => cli::cloud::edges(&target(t)?, json).await,
+        CloudCmd::Revoke { name, target: t } => cli::cloud::revoke(&target(t)?, &name).await,
         CloudCmd::Readings {
             edge,
             device,
@@ -601,7 +598,7 @@ async fn cloud(
             json,
             target: t,
         } => {
-            cloud_cli::readings(
+            cli::cloud::readings(
                 &target(t)?,
                 &edge,
                 device.as_deref(),
@@ -644,9 +641,11 @@ async fn client(
     let gateway = session::Gateway::resolve(&cfg, &data_dir, &remote)?;
     let c = cli::Client::new(cfg.clone(), gateway);
     match command {
-        Command::Services { json } => cli::services(&c, json).await,
-        Command::Profile(ProfileCmd::Apply { file }) => cli::profile_apply(&c, &file).await,
-        Command::Profile(ProfileCmd::List { json }) => cli::profile_list(&c, json).await,
+        Command::Services { json } => cli::node::services(&c, json).await,
+        Command::Profile(ProfileCmd::Apply { file }) => {
+            cli::devices::profile_apply(&c, &file).await
+        }
+        Command::Profile(ProfileCmd::List { json }) => cli::devices::profile_list(&c, json).await,
         Command::Device(DeviceCmd::Add {
             file,
             name,
@@ -667,7 +666,7 @@ async fn client(
                 auto_events,
                 description,
             };
-            cli::device_add(&c, d).await
+            cli::devices::device_add(&c, d).await
         }
         Command::Device(DeviceCmd::List {
             service,
@@ -675,7 +674,7 @@ async fn client(
             label,
             json,
         }) => {
-            cli::device_list(
+            cli::devices::device_list(
                 &c,
                 service.as_deref(),
                 profile.as_deref(),
@@ -684,13 +683,13 @@ async fn client(
             )
             .await
         }
-        Command::Device(DeviceCmd::Show { name }) => cli::device_show(&c, &name).await,
-        Command::Device(DeviceCmd::Rm { name }) => cli::device_rm(&c, &name).await,
+        Command::Device(DeviceCmd::Show { name }) => cli::devices::device_show(&c, &name).await,
+        Command::Device(DeviceCmd::Rm { name }) => cli::devices::device_rm(&c, &name).await,
         Command::Device(DeviceCmd::Secret {
             name,
             secret,
             remove,
-        }) => cli::device_secret(&c, &name, secret, remove).await,
+        }) => cli::devices::device_secret(&c, &name, secret, remove).await,
         Command::Device(DeviceCmd::Enroll {
             name,
             profile,
@@ -699,9 +698,9 @@ async fn client(
             cert,
             out,
         }) => {
-            enroll_cli::enroll(
+            cli::enroll::enroll(
                 &c,
-                enroll_cli::Enroll {
+                cli::enroll::Enroll {
                     name,
                     profile,
                     service,
@@ -713,40 +712,40 @@ async fn client(
             .await
         }
         Command::Device(DeviceCmd::Rotate { name, out }) => {
-            enroll_cli::rotate(&c, &name, out.as_deref()).await
+            cli::enroll::rotate(&c, &name, out.as_deref()).await
         }
-        Command::Device(DeviceCmd::Revoke { name }) => enroll_cli::revoke(&c, &name).await,
-        Command::Device(DeviceCmd::Approve { name }) => enroll_cli::approve(&c, &name).await,
+        Command::Device(DeviceCmd::Revoke { name }) => cli::enroll::revoke(&c, &name).await,
+        Command::Device(DeviceCmd::Approve { name }) => cli::enroll::approve(&c, &name).await,
         Command::Device(DeviceCmd::Inventory {
             group,
             labels,
             json,
-        }) => enroll_cli::inventory(&c, group.as_deref(), &labels, json).await,
+        }) => cli::enroll::inventory(&c, group.as_deref(), &labels, json).await,
         Command::Device(DeviceCmd::Group(GroupCmd::Add {
             name,
             labels,
             profile,
-        })) => enroll_cli::group_add(&c, &name, &labels, profile.as_deref()).await,
+        })) => cli::enroll::group_add(&c, &name, &labels, profile.as_deref()).await,
         Command::Device(DeviceCmd::Group(GroupCmd::List { json })) => {
-            enroll_cli::group_list(&c, json).await
+            cli::enroll::group_list(&c, json).await
         }
         Command::Device(DeviceCmd::Group(GroupCmd::Show { name })) => {
-            enroll_cli::group_show(&c, &name).await
+            cli::enroll::group_show(&c, &name).await
         }
         Command::Device(DeviceCmd::Group(GroupCmd::Rm { name })) => {
-            enroll_cli::group_rm(&c, &name).await
+            cli::enroll::group_rm(&c, &name).await
         }
         Command::Device(DeviceCmd::Credentials { name, json }) => {
-            enroll_cli::credentials(&c, &name, json).await
+            cli::enroll::credentials(&c, &name, json).await
         }
         Command::Device(DeviceCmd::Discover { service, wait }) => {
-            cli::device_discover(&c, &service, wait).await
+            cli::devices::device_discover(&c, &service, wait).await
         }
         Command::DeviceService(DeviceServiceCmd::Add { name, base_address }) => {
-            cli::device_service_add(&c, &name, &base_address).await
+            cli::devices::device_service_add(&c, &name, &base_address).await
         }
         Command::DeviceService(DeviceServiceCmd::List { json }) => {
-            cli::device_service_list(&c, json).await
+            cli::devices::device_service_list(&c, json).await
         }
         Command::Readings {
             device,
@@ -754,57 +753,59 @@ async fn client(
             since,
             limit,
             json,
-        } => cli::readings(&c, &device, resource.as_deref(), since, limit, json).await,
+        } => cli::data::readings(&c, &device, resource.as_deref(), since, limit, json).await,
         Command::Actuate {
             device,
             command,
             push,
             json,
-        } => cli::command(&c, &device, &command, &settings, push, json).await,
-        Command::Export(ExportCmd::Status { json }) => cloud_cli::export_status(&c, json).await,
-        Command::Ota(OtaCmd::Upload(u)) => ota_cli::upload(&c, u).await,
-        Command::Ota(OtaCmd::List { json }) => ota_cli::list(&c, json).await,
+        } => cli::devices::command(&c, &device, &command, &settings, push, json).await,
+        Command::Export(ExportCmd::Status { json }) => cli::cloud::export_status(&c, json).await,
+        Command::Ota(OtaCmd::Upload(u)) => cli::ota::upload(&c, u).await,
+        Command::Ota(OtaCmd::List { json }) => cli::ota::list(&c, json).await,
         Command::Ota(OtaCmd::Rollout(RolloutCmd::Create(r))) => {
-            ota_cli::rollout_create(&c, r).await
+            cli::ota::rollout_create(&c, r).await
         }
         Command::Ota(OtaCmd::Rollout(RolloutCmd::Status { name, json })) => {
-            ota_cli::rollout_status(&c, name.as_deref(), json).await
+            cli::ota::rollout_status(&c, name.as_deref(), json).await
         }
         Command::Ota(OtaCmd::Rollout(RolloutCmd::Pause { name })) => {
-            ota_cli::rollout_control(&c, &name, "pause").await
+            cli::ota::rollout_control(&c, &name, "pause").await
         }
         Command::Ota(OtaCmd::Rollout(RolloutCmd::Resume { name })) => {
-            ota_cli::rollout_control(&c, &name, "resume").await
+            cli::ota::rollout_control(&c, &name, "resume").await
         }
         Command::Ota(OtaCmd::Rollout(RolloutCmd::Cancel { name })) => {
-            ota_cli::rollout_control(&c, &name, "cancel").await
+            cli::ota::rollout_control(&c, &name, "cancel").await
         }
         Command::Events(EventsCmd::Tail { device, json }) => {
-            cli::events_tail(&cfg, &data_dir, device.as_deref(), json).await
+            cli::data::events_tail(&cfg, &data_dir, device.as_deref(), json).await
         }
         Command::Login {
             user,
             password_stdin,
-        } => cli::login(&c, &user, password_stdin).await,
-        Command::Logout => cli::logout(&c).await,
-        Command::Whoami => cli::whoami(&c).await,
+        } => cli::users::login(&c, &user, password_stdin).await,
+        Command::Logout => cli::users::logout(&c).await,
+        Command::Whoami => cli::users::whoami(&c).await,
         Command::User(UserCmd::Add {
             name,
             role,
             password_stdin,
             generate_password,
-        }) => cli::user_add(&c, &name, role.as_str(), password_stdin, generate_password).await,
-        Command::User(UserCmd::List { json }) => cli::user_list(&c, json).await,
-        Command::User(UserCmd::Rm { name }) => cli::user_rm(&c, &name).await,
+        }) => {
+            cli::users::user_add(&c, &name, role.as_str(), password_stdin, generate_password).await
+        }
+        Command::User(UserCmd::List { json }) => cli::users::user_list(&c, json).await,
+        Command::User(UserCmd::Rm { name }) => cli::users::user_rm(&c, &name).await,
         Command::User(UserCmd::Password {
             name,
             password_stdin,
-        }) => cli::user_password(&c, &name, password_stdin).await,
+        }) => cli::users::user_password(&c, &name, password_stdin).await,
         Command::Apikey(ApikeyCmd::Create { name, role }) => {
-            cli::apikey_create(&c, &name, role.as_str()).await
+            cli::users::apikey_create(&c, &name, role.as_str()).await
         }
-        Command::Apikey(ApikeyCmd::List { json }) => cli::apikey_list(&c, json).await,
-        Command::Apikey(ApikeyCmd::Revoke { id }) => cli::apikey_revoke(&c, &id).await,
+        Command::Apikey(ApikeyCmd::List { json }) => cli::users::apikey_list(&c, json).await,
+        Command::Apikey(ApikeyCmd::Revoke { id }) => cli::users::apikey_revoke(&c, &id).await,
         Command::Up
         | Command::Run { .. }
         | Command::Config(_)

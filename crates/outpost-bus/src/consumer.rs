@@ -106,9 +106,8 @@ impl Consumer {
         stop: &Shutdown,
     ) -> Result<Self, BusError> {
         if !opts.deferred_ack {
-            return Err(BusError::Subscribe {
-                filter: filters.join(", "),
-                reason: "a durable consumer needs Options::durable".into(),
+            return Err(BusError::NotDurable {
+                filters: filters.join(", "),
             });
         }
         let client = build_client(cfg, data_dir, &opts)?;
@@ -122,9 +121,9 @@ impl Consumer {
             bus.client
                 .register_ack_callback(filter, callback.clone())
                 .await
-                .map_err(|e| BusError::Subscribe {
+                .map_err(|source| BusError::Subscribe {
                     filter: filter.clone(),
-                    reason: e.to_string(),
+                    source,
                 })?;
         }
         connect_loop(&bus.client, cfg, &opts, stop).await?;

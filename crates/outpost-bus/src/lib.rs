@@ -55,14 +55,28 @@ pub const INTERNAL_SECRET: &str = "bus";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    #[error("bus connection to {url} failed: {reason}")]
-    Connect { url: String, reason: String },
-    #[error("bus credentials: {0}")]
-    Credentials(String),
+    #[error("bus.username needs bus.password_file")]
+    NoPasswordFile,
+    #[error("cannot read the bus password {path}: {source}")]
+    PasswordFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the node's bus credential: {0}")]
+    Credential(#[source] outpost_storage::StorageError),
+    /// The broker did not take the message; the reason is its answer or what happened to
+    /// the connection.
     #[error("publish to {topic} failed: {reason}")]
     Publish { topic: String, reason: String },
-    #[error("subscribe to {filter} failed: {reason}")]
-    Subscribe { filter: String, reason: String },
+    #[error("subscribe to {filter} failed: {source}")]
+    Subscribe {
+        filter: String,
+        #[source]
+        source: mqtt5::error::MqttError,
+    },
+    #[error("a durable consumer of {filters} needs Options::durable")]
+    NotDurable { filters: String },
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
     #[error("shut down before the bus connected")]
@@ -188,12 +202,11 @@ pub fn credentials(
     create: bool,
 ) -> Result<Option<(String, String)>, BusError> {
     if !cfg.username.is_empty() {
-        let path = cfg
-            .password_file
-            .as_ref()
-            .ok_or_else(|| BusError::Credentials("bus.username needs bus.password_file".into()))?;
-        let pw = std::fs::read_to_string(path)
-            .map_err(|e| BusError::Credentials(format!("{}: {e}", path.display())))?;
+        let path = cfg.password_file.as_ref().ok_or(BusError::NoPasswordFile)?;
+        let pw = std::fs::read_to_string(path).map_err(|source| BusError::PasswordFile {
+            path: path.clone(),
+            source,
+        })?;
         return Ok(Some((cfg.username.clone(), pw.trim_end().to_string())));
     }
     let secrets = data_dir.join("secrets");
@@ -206,7 +219,7 @@ pub fn credentials(
         }
         outpost_storage::read_secret(&path).map(hex_encode)
     }
-    .map_err(|e| BusError::Credentials(e.to_string()))?;
+    .map_err(BusError::Credential)?;
     Ok(Some((INTERNAL_USER.to_string(), token)))
 }
 
@@ -408,9 +421,9 @@ impl Bus {
             .subscribe_with_ack(filter, sub, self.ack_callback(tx))
             .await
             .map(drop)
-            .map_err(|e| BusError::Subscribe {
+            .map_err(|source| BusError::Subscribe {
                 filter: filter.to_string(),
-                reason: e.to_string(),
+                source,
             })
     }
 
@@ -419,9 +432,9 @@ impl Bus {
         self.client
             .unsubscribe(filter)
             .await
-            .map_err(|e| BusError::Subscribe {
+            .map_err(|source| BusError::Subscribe {
                 filter: filter.to_string(),
-                reason: e.to_string(),
+                source,
             })
     }
 
@@ -444,9 +457,9 @@ impl Bus {
                 }
             })
             .await
-            .map_err(|e| BusError::Subscribe {
+            .map_err(|source| BusError::Subscribe {
                 filter: filter.to_string(),
-                reason: e.to_string(),
+                source,
             })?;
         Ok(rx)
     }

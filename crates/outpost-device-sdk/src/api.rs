@@ -20,8 +20,8 @@ use outpost_contracts::metadata::AddDeviceRequest;
 use outpost_kit::ApiError;
 use outpost_kit::error::{Json, Path, Query};
 
-use crate::command::{self, GetOptions, parse_flag};
-use crate::service::Sdk;
+use crate::command::{self, get_options};
+use crate::sdk::Sdk;
 
 pub fn router(sdk: Sdk) -> Router {
     Router::new()
@@ -32,18 +32,6 @@ pub fn router(sdk: Sdk) -> Router {
         .route("/api/v3/discovery", post(discovery))
         .route("/api/v3/validate/device", post(validate_device))
         .with_state(sdk)
-}
-
-/// `ds-pushevent` / `ds-returnevent` from query parameters.
-pub fn get_options(q: &HashMap<String, String>) -> Result<GetOptions, ApiError> {
-    let mut o = GetOptions::default();
-    if let Some(v) = q.get("ds-pushevent") {
-        o.push_event = parse_flag("ds-pushevent", v)?;
-    }
-    if let Some(v) = q.get("ds-returnevent") {
-        o.return_event = parse_flag("ds-returnevent", v)?;
-    }
-    Ok(o)
 }
 
 async fn get_command(

@@ -6,81 +6,33 @@
 //! is skipped; a DOWN device is still read, which is how it comes back UP. A DOWN device
 //! with no autoEvents is probed every `down_probe_interval_ms` instead.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use outpost_contracts::metadata::{AutoEvent, OperatingState, parse_interval};
-use tokio::task::AbortHandle;
 
 use crate::command::{read_targets, resolve};
 use crate::driver::DeviceRef;
-use crate::service::Sdk;
+use crate::sdk::Sdk;
 
-#[derive(Default)]
-pub struct AutoEvents {
-    tasks: Mutex<HashMap<String, Vec<AbortHandle>>>,
-    probes: Mutex<HashMap<String, AbortHandle>>,
-}
-
-impl AutoEvents {
-    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<AbortHandle>>> {
-        self.tasks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn probes(&self) -> std::sync::MutexGuard<'_, HashMap<String, AbortHandle>> {
-        self.probes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// (Re)starts the autoEvents of `d`.
-    pub(crate) fn restart(&self, sdk: &Sdk, d: &DeviceRef) {
-        self.stop(&d.device.name);
-        let mut handles = Vec::new();
-        for ae in &d.device.auto_events {
-            match parse_interval(&ae.interval) {
-                Ok(every) if !every.is_zero() => {
-                    let task = tokio::spawn(run_one(
-                        sdk.clone(),
-                        d.device.name.clone(),
-                        ae.clone(),
-                        every,
-                    ));
-                    handles.push(task.abort_handle());
-                }
-                _ => {
-                    tracing::warn!(device = %d.device.name, source = %ae.source_name, interval = %ae.interval, "autoEvent with an unusable interval ignored")
-                }
+/// (Re)starts the autoEvents of `d`; the tasks are kept in the service's
+/// [`AutoEvents`](crate::sdk::AutoEvents), which stops them with the device or the service.
+pub(crate) fn restart(sdk: &Sdk, d: &DeviceRef) {
+    let mut handles = Vec::new();
+    for ae in &d.device.auto_events {
+        match parse_interval(&ae.interval) {
+            Ok(every) if !every.is_zero() => {
+                let task = tokio::spawn(run_one(
+                    sdk.clone(),
+                    d.device.name.clone(),
+                    ae.clone(),
+                    every,
+                ));
+                handles.push(task.abort_handle());
+            }
+            _ => {
+                tracing::warn!(device = %d.device.name, source = %ae.source_name, interval = %ae.interval, "autoEvent with an unusable interval ignored")
             }
         }
-        if !handles.is_empty() {
-            self.tasks().insert(d.device.name.clone(), handles);
-        }
     }
-
-    pub(crate) fn stop(&self, device: &str) {
-        if let Some(hs) = self.tasks().remove(device) {
-            for h in hs {
-                h.abort();
-            }
-        }
-        if let Some(p) = self.probes().remove(device) {
-            p.abort();
-        }
-    }
-
-    pub(crate) fn stop_all(&self) {
-        for (_, hs) in self.tasks().drain() {
-            for h in hs {
-                h.abort();
-            }
-        }
-        for (_, p) in self.probes().drain() {
-            p.abort();
-        }
-    }
+    sdk.inner.autoevents.replace(&d.device.name, handles);
 }
 
 async fn run_one(sdk: Sdk, device: String, ae: AutoEvent, every: std::time::Duration) {
@@ -135,42 +87,34 @@ async fn run_one(sdk: Sdk, device: String, ae: AutoEvent, every: std::time::Dura
     }
 }
 
-/// While `d` is DOWN and has no autoEvents to notice its return, reads its first readable
-/// resource now and then; the first answer brings it back UP.
-pub(crate) fn spawn_down_probe(sdk: &Sdk, d: DeviceRef) {
-    if !d.device.auto_events.is_empty() {
-        return;
-    }
-    let name = d.device.name.clone();
-    let mut probes = sdk.inner.autoevents.probes();
-    if probes.get(&name).is_some_and(|h| !h.is_finished()) {
-        return;
-    }
-    let sdk2 = sdk.clone();
-    let task = tokio::spawn(async move {
-        let sdk = sdk2;
-        let shutdown = sdk.context().shutdown.clone();
-        loop {
-            tokio::select! {
-                () = shutdown.wait() => return,
-                () = tokio::time::sleep(sdk.inner.down_probe_interval) => {}
-            }
-            let Some(d) = sdk.device(&name) else { return };
-            if d.device.operating_state != OperatingState::Down {
-                return;
-            }
-            let Some(r) = d
+/// Every `down_probe_interval_ms` until `stop`: each DOWN device without autoEvents (which
+/// would notice its return) has its first readable resource read; the first answer brings it
+/// back UP. The devices are probed at once, so a silent one does not hold up the others.
+pub(crate) async fn probe_down_devices(sdk: Sdk, stop: outpost_kit::Shutdown) {
+    loop {
+        tokio::select! {
+            () = stop.wait() => return,
+            () = tokio::time::sleep(sdk.inner.down_probe_interval) => {}
+        }
+        let down: Vec<DeviceRef> = sdk
+            .devices()
+            .into_iter()
+            .filter(|d| {
+                d.device.operating_state == OperatingState::Down && d.device.auto_events.is_empty()
+            })
+            .collect();
+        let probes = down.iter().filter_map(|d| {
+            let r = d
                 .profile
                 .device_resources
                 .iter()
-                .find(|r| r.properties.read_write.readable())
-            else {
-                return;
-            };
-            if let Some((targets, _)) = resolve(&d, &r.name.clone()) {
-                let _ = read_targets(&sdk, &d, "probe", &targets).await;
-            }
-        }
-    });
-    probes.insert(d.device.name.clone(), task.abort_handle());
+                .find(|r| r.properties.read_write.readable())?;
+            let (targets, _) = resolve(d, &r.name)?;
+            let sdk = &sdk;
+            Some(async move {
+                let _ = read_targets(sdk, d, "probe", &targets).await;
+            })
+        });
+        futures_util::future::join_all(probes).await;
+    }
 }

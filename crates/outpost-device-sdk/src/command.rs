@@ -15,7 +15,7 @@ use outpost_contracts::now_nanos;
 use outpost_kit::ApiError;
 
 use crate::driver::{DeviceRef, DriverError, ResourceRef};
-use crate::service::{Sdk, make_event, reading};
+use crate::sdk::{Sdk, make_event, reading};
 use crate::value::{CommandValue, from_setting, to_reading};
 
 /// Query options of a GET (`ds-pushevent`, `ds-returnevent`).
@@ -274,4 +274,16 @@ pub async fn set(
         }
     }
     Ok(())
+}
+
+/// `ds-pushevent` / `ds-returnevent` from query parameters.
+pub fn get_options(q: &std::collections::HashMap<String, String>) -> Result<GetOptions, ApiError> {
+    let mut o = GetOptions::default();
+    if let Some(v) = q.get("ds-pushevent") {
+        o.push_event = parse_flag("ds-pushevent", v)?;
+    }
+    if let Some(v) = q.get("ds-returnevent") {
+        o.return_event = parse_flag("ds-returnevent", v)?;
+    }
+    Ok(o)
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use outpost_contracts::metadata::{AdminState, Device, OperatingState, ProvisionWatcher};
 
 use crate::driver::Discovered;
-use crate::service::Sdk;
+use crate::sdk::Sdk;
 
 static RUNNING: AtomicBool = AtomicBool::new(false);
 
@@ -30,7 +30,7 @@ pub fn start(sdk: &Sdk, id: String) {
         let sdk = sdk2;
         match run(&sdk).await {
             Ok(added) => tracing::info!(request_id = %rid, added, "discovery finished"),
-            Err(e) => tracing::warn!(request_id = %rid, error = %e, "discovery failed"),
+            Err(e) => tracing::warn!(request_id = %rid, error = %outpost_kit::tasks::chain(&e), "discovery failed"),
         }
         RUNNING.store(false, Ordering::Release);
     });
@@ -49,8 +49,17 @@ pub(crate) async fn periodic(sdk: Sdk, every: Duration, stop: outpost_kit::Shutd
     }
 }
 
+/// Why a discovery run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("the driver cannot discover")]
+    Driver(#[from] crate::driver::DriverError),
+    #[error("core-metadata cannot be asked")]
+    Metadata(#[from] outpost_kit::client::CallError),
+}
+
 /// One discovery run; returns how many devices were added.
-async fn run(sdk: &Sdk) -> anyhow::Result<usize> {
+async fn run(sdk: &Sdk) -> Result<usize, DiscoveryError> {
     let found = sdk.inner.driver.discover().await?;
     if found.is_empty() {
         return Ok(0);

@@ -1,12 +1,11 @@
-//! What a protocol adapter implements: reading and writing resources of its devices, and
-//! optionally discovery and push-style input (through [`crate::Sdk`]).
+//! What drivers deal with: a device with its profile ([`DeviceRef`]), the resources a
+//! command reads or writes ([`ResourceRef`]), changes to the devices, what discovery finds,
+//! and why a read or write failed. The `Driver` trait itself is beside the
+//! handle it is given, in the `sdk` module.
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use outpost_contracts::metadata::{Device, DeviceResource, Map};
-
-use crate::value::CommandValue;
 
 /// A device together with its profile, as the SDK hands it to a driver.
 #[derive(Debug, Clone)]
@@ -81,61 +80,4 @@ pub enum DeviceChange {
     Added(DeviceRef),
     Updated(DeviceRef),
     Removed(Arc<Device>),
-}
-
-/// A protocol adapter.
-#[async_trait]
-pub trait Driver: Send + Sync + 'static {
-    /// Called once the SDK is connected, before devices are loaded; push-style drivers
-    /// keep the handle to publish what devices send.
-    async fn start(&self, sdk: crate::Sdk) {
-        let _ = sdk;
-    }
-
-    /// Called once the device service is registered in metadata and before its devices are
-    /// loaded: the place to create the profiles and devices the adapter ships with.
-    async fn provision(&self, sdk: &crate::Sdk) {
-        let _ = sdk;
-    }
-
-    /// Reads `resources` of `device`; one value per resource, in order.
-    async fn read(
-        &self,
-        device: &DeviceRef,
-        resources: &[ResourceRef],
-    ) -> Result<Vec<CommandValue>, DriverError>;
-
-    /// Writes `values` to `device` in one go where the protocol allows.
-    async fn write(
-        &self,
-        device: &DeviceRef,
-        values: &[(ResourceRef, CommandValue)],
-    ) -> Result<(), DriverError>;
-
-    /// Checks a device's protocol properties before metadata accepts it
-    /// (`POST /api/v3/validate/device`).
-    fn validate(&self, device: &Device) -> Result<(), String> {
-        let _ = device;
-        Ok(())
-    }
-
-    /// Looks for devices on the network.
-    async fn discover(&self) -> Result<Vec<Discovered>, DriverError> {
-        Err(DriverError::Unsupported)
-    }
-
-    /// A device was added, changed or removed.
-    async fn device_changed(&self, change: DeviceChange) {
-        let _ = change;
-    }
-
-    /// The service stops.
-    async fn stop(&self) {}
-
-    /// HTTP routes of the protocol itself (device-rest's `/api/v3/resource/...`), served
-    /// beside the device-service API.
-    fn routes(&self, sdk: &crate::Sdk) -> Option<axum::Router> {
-        let _ = sdk;
-        None
-    }
 }

@@ -24,9 +24,9 @@ use outpost_contracts::topics;
 use outpost_kit::{ApiError, Shutdown, Stage};
 use tokio::sync::broadcast;
 
-use crate::api::get_options;
 use crate::command;
-use crate::service::Sdk;
+use crate::command::get_options;
+use crate::sdk::Sdk;
 
 /// Subscribes to command requests and system events, and follows them in tasks of the
 /// service.

@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context as _, bail};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
@@ -31,6 +30,82 @@ use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 
 pub use rustls;
+
+/// Why a certificate, key or TLS configuration could not be made or used.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Storage(#[from] outpost_storage::StorageError),
+    #[error("{what}")]
+    Issue {
+        what: &'static str,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("{what}")]
+    Tls {
+        what: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{what}")]
+    Pem {
+        what: String,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{what}")]
+    Unreadable {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no randomness from the operating system")]
+    Random,
+    #[error("cannot record what was issued")]
+    Record(#[from] serde_json::Error),
+}
+
+fn issue(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
+    move |source| PkiError::Issue { what, source }
+}
+
+fn tls(what: impl Into<String>) -> impl FnOnce(rustls::Error) -> PkiError {
+    move |source| PkiError::Tls {
+        what: what.into(),
+        source,
+    }
+}
+
+fn pem(what: impl Into<String>) -> impl FnOnce(rustls::pki_types::pem::Error) -> PkiError {
+    move |source| PkiError::Pem {
+        what: what.into(),
+        source,
+    }
+}
+
+fn unreadable<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+) -> impl FnOnce(E) -> PkiError {
+    move |e| PkiError::Unreadable {
+        what,
+        source: Box::new(e),
+    }
+}
 
 /// Where a CA and one server certificate it issued live.
 #[derive(Debug, Clone)]
@@ -109,7 +184,7 @@ fn now_unix() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn validity(p: &mut CertificateParams, days: i64) -> anyhow::Result<i64> {
+fn validity(p: &mut CertificateParams, days: i64) -> Result<i64, PkiError> {
     let now = now_unix();
     let not_after = now + days * 86_400;
     p.not_before =
@@ -122,37 +197,50 @@ fn validity(p: &mut CertificateParams, days: i64) -> anyhow::Result<i64> {
     Ok(not_after)
 }
 
-fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {
+fn getrandom(buf: &mut [u8]) -> Result<(), PkiError> {
     use ring::rand::SecureRandom as _;
     ring::rand::SystemRandom::new()
         .fill(buf)
-        .map_err(|_| anyhow::anyhow!("no randomness from the operating system"))
+        .map_err(|_| PkiError::Random)
 }
 
-fn write_public(path: &Path, contents: &str) -> anyhow::Result<()> {
+fn write_public(path: &Path, contents: &str) -> Result<(), PkiError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| PkiError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
     }
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(&tmp, contents).map_err(|source| PkiError::Write {
+        path: tmp.clone(),
+        source,
+    })?;
+    std::fs::rename(&tmp, path).map_err(|source| PkiError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Creates the CA if there is none; returns its issuer.
-pub fn ensure_ca(paths: &Paths) -> anyhow::Result<Issuer<'static, KeyPair>> {
+pub fn ensure_ca(paths: &Paths) -> Result<Issuer<'static, KeyPair>, PkiError> {
     if paths.ca_key.exists() && paths.ca_cert.exists() {
-        let pem = std::fs::read_to_string(&paths.ca_key)
-            .with_context(|| format!("cannot read {}", paths.ca_key.display()))?;
-        let key = KeyPair::from_pem(&pem).context("the CA key is not a valid key")?;
+        let pem = std::fs::read_to_string(&paths.ca_key).map_err(|source| PkiError::Read {
+            path: paths.ca_key.clone(),
+            source,
+        })?;
+        let key = KeyPair::from_pem(&pem).map_err(issue("the CA key is not a valid key"))?;
         return Ok(Issuer::new(ca_params(paths.ca_name), key));
     }
     if let Some(dir) = paths.ca_key.parent() {
         outpost_storage::ensure_private_dir(dir)?;
     }
-    let key = KeyPair::generate().context("cannot create the CA key")?;
+    let key = KeyPair::generate().map_err(issue("cannot create the CA key"))?;
     let mut params = ca_params(paths.ca_name);
     validity(&mut params, CA_DAYS)?;
-    let cert = params.self_signed(&key).context("cannot create the CA")?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(issue("cannot create the CA"))?;
     outpost_storage::replace_secret_file(&paths.ca_key, key.serialize_pem().as_bytes())?;
     write_public(&paths.ca_cert, &cert.pem())?;
     tracing::info!(ca = %paths.ca_cert.display(), name = paths.ca_name, "created a CA");
@@ -161,7 +249,7 @@ pub fn ensure_ca(paths: &Paths) -> anyhow::Result<Issuer<'static, KeyPair>> {
 
 /// The CA if it exists. Services other than the one owning it sign with it but leave its
 /// creation to that one (the gateway, for the node CA), so two never race to create it.
-pub fn load_ca(paths: &Paths) -> anyhow::Result<Option<Issuer<'static, KeyPair>>> {
+pub fn load_ca(paths: &Paths) -> Result<Option<Issuer<'static, KeyPair>>, PkiError> {
     if !(paths.ca_key.exists() && paths.ca_cert.exists()) {
         return Ok(None);
     }
@@ -169,7 +257,7 @@ pub fn load_ca(paths: &Paths) -> anyhow::Result<Option<Issuer<'static, KeyPair>>
 }
 
 /// Issues (or keeps) the server certificate for `names`.
-pub fn ensure_server_cert(paths: &Paths, names: &[String]) -> anyhow::Result<()> {
+pub fn ensure_server_cert(paths: &Paths, names: &[String]) -> Result<(), PkiError> {
     let meta: Option<IssuedMeta> = std::fs::read(&paths.meta)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
@@ -183,7 +271,8 @@ pub fn ensure_server_cert(paths: &Paths, names: &[String]) -> anyhow::Result<()>
     if let Some(dir) = paths.key.parent() {
         outpost_storage::ensure_private_dir(dir)?;
     }
-    let mut params = CertificateParams::new(names.to_vec()).context("invalid certificate name")?;
+    let mut params =
+        CertificateParams::new(names.to_vec()).map_err(issue("invalid certificate name"))?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Outpost");
     dn.push(DnType::CommonName, paths.subject);
@@ -195,10 +284,10 @@ pub fn ensure_server_cert(paths: &Paths, names: &[String]) -> anyhow::Result<()>
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
     let not_after = validity(&mut params, CERT_DAYS)?;
-    let key = KeyPair::generate().context("cannot create the server key")?;
+    let key = KeyPair::generate().map_err(issue("cannot create the server key"))?;
     let cert = params
         .signed_by(&key, &issuer)
-        .context("cannot issue the server certificate")?;
+        .map_err(issue("cannot issue the server certificate"))?;
     let ca = std::fs::read_to_string(&paths.ca_cert).unwrap_or_default();
     // Key first: a reload between the two writes sees a new key with the old certificate,
     // which fails to load and keeps the previous pair until the certificate follows.
@@ -214,22 +303,32 @@ pub fn ensure_server_cert(paths: &Paths, names: &[String]) -> anyhow::Result<()>
 }
 
 /// Loads a certificate chain and key from PEM files.
-pub fn load_pair(cert: &Path, key: &Path) -> anyhow::Result<Arc<CertifiedKey>> {
+pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, PkiError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("cannot read {}", cert.display()))?
+        .map_err(pem(format!("cannot read {}", cert.display())))?
         .collect::<Result<_, _>>()
-        .with_context(|| format!("{} is not a PEM certificate chain", cert.display()))?;
+        .map_err(pem(format!(
+            "{} is not a PEM certificate chain",
+            cert.display()
+        )))?;
     if certs.is_empty() {
-        bail!("{} holds no certificate", cert.display());
+        return Err(PkiError::Invalid(format!(
+            "{} holds no certificate",
+            cert.display()
+        )));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("cannot read a private key from {}", key.display()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(pem(format!(
+        "cannot read a private key from {}",
+        key.display()
+    )))?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&key_der)
-        .map_err(|e| anyhow::anyhow!("unsupported key in {}: {e}", key.display()))?;
+        .map_err(tls(format!("unsupported key in {}", key.display())))?;
     let ck = CertifiedKey::new(certs, signer);
-    ck.keys_match().map_err(|e| {
-        anyhow::anyhow!("{} and {} do not match: {e}", cert.display(), key.display())
-    })?;
+    ck.keys_match().map_err(tls(format!(
+        "{} and {} do not match",
+        cert.display(),
+        key.display()
+    )))?;
     Ok(Arc::new(ck))
 }
 
@@ -264,7 +363,7 @@ fn mtimes(cert: &Path, key: &Path) -> Option<(SystemTime, SystemTime)> {
 }
 
 impl Reloader {
-    pub fn new(cert: PathBuf, key: PathBuf) -> anyhow::Result<Self> {
+    pub fn new(cert: PathBuf, key: PathBuf) -> Result<Self, PkiError> {
         let stamp = mtimes(&cert, &key);
         let pair = load_pair(&cert, &key)?;
         Ok(Self {
@@ -308,11 +407,11 @@ impl Reloader {
 }
 
 /// The server configuration: TLS 1.2+, ALPN h2 and http/1.1.
-pub fn server_config(resolver: Arc<Resolver>) -> anyhow::Result<rustls::ServerConfig> {
+pub fn server_config(resolver: Arc<Resolver>) -> Result<rustls::ServerConfig, PkiError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .context("TLS versions")?
+        .map_err(tls("TLS versions"))?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -330,7 +429,7 @@ pub struct ClientIdentity {
 }
 
 /// Issues a client certificate for `name` (its common name), valid for `days`.
-pub fn issue_client_cert(paths: &Paths, name: &str, days: i64) -> anyhow::Result<ClientIdentity> {
+pub fn issue_client_cert(paths: &Paths, name: &str, days: i64) -> Result<ClientIdentity, PkiError> {
     let issuer = ensure_ca(paths)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -341,10 +440,10 @@ pub fn issue_client_cert(paths: &Paths, name: &str, days: i64) -> anyhow::Result
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
     validity(&mut params, days)?;
-    let key = KeyPair::generate().context("cannot create the client key")?;
+    let key = KeyPair::generate().map_err(issue("cannot create the client key"))?;
     let cert = params
         .signed_by(&key, &issuer)
-        .context("cannot issue the client certificate")?;
+        .map_err(issue("cannot issue the client certificate"))?;
     let ca = std::fs::read_to_string(&paths.ca_cert).unwrap_or_default();
     Ok(ClientIdentity {
         cert_pem: format!("{}{ca}", cert.pem()),
@@ -372,9 +471,9 @@ pub fn sign_client_csr(
     csr_pem: &str,
     name: &str,
     days: i64,
-) -> anyhow::Result<Issued> {
+) -> Result<Issued, PkiError> {
     let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
-        .map_err(|e| anyhow::anyhow!("not a valid certificate signing request: {e}"))?;
+        .map_err(issue("not a valid certificate signing request"))?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Outpost");
@@ -387,7 +486,7 @@ pub fn sign_client_csr(
     csr.params = params;
     let cert = csr
         .signed_by(issuer)
-        .context("cannot issue the client certificate")?;
+        .map_err(issue("cannot issue the client certificate"))?;
     Ok(Issued {
         cert_pem: format!("{}{ca_pem}", cert.pem()),
         fingerprint: fingerprint(cert.der()),
@@ -397,17 +496,18 @@ pub fn sign_client_csr(
 
 /// A new key and a signing request for `name`, both PEM: what a device (or the CLI on its
 /// behalf) sends to be enrolled with a certificate.
-pub fn new_csr(name: &str) -> anyhow::Result<(String, String)> {
-    let key = KeyPair::generate().context("cannot create a key")?;
+pub fn new_csr(name: &str) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate().map_err(issue("cannot create a key"))?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
     params.distinguished_name = dn;
     let csr = params
         .serialize_request(&key)
-        .context("cannot create the signing request")?;
+        .map_err(issue("cannot create the signing request"))?;
     Ok((
-        csr.pem().context("cannot encode the signing request")?,
+        csr.pem()
+            .map_err(issue("cannot encode the signing request"))?,
         key.serialize_pem(),
     ))
 }
@@ -422,9 +522,9 @@ pub struct CertInfo {
 }
 
 /// Reads a certificate (DER).
-pub fn inspect(der: &[u8]) -> anyhow::Result<CertInfo> {
+pub fn inspect(der: &[u8]) -> Result<CertInfo, PkiError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| anyhow::anyhow!("not a readable certificate: {e}"))?;
+        .map_err(unreadable("not a readable certificate"))?;
     let common_name = cert
         .subject()
         .iter_common_name()
@@ -440,21 +540,21 @@ pub fn inspect(der: &[u8]) -> anyhow::Result<CertInfo> {
 
 /// Checks that `der` is a valid client certificate issued by one of the CAs in `roots_pem`
 /// (signature, validity, usage), as a TLS server would.
-pub fn verify_client(der: &[u8], roots_pem: &str) -> anyhow::Result<()> {
+pub fn verify_client(der: &[u8], roots_pem: &str) -> Result<(), PkiError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots(roots_pem)?),
         provider,
     )
     .build()
-    .context("client certificate verifier")?;
+    .map_err(unreadable("client certificate verifier"))?;
     verifier
         .verify_client_cert(
             &CertificateDer::from(der.to_vec()),
             &[],
             rustls::pki_types::UnixTime::now(),
         )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(tls("the client certificate is not valid"))?;
     Ok(())
 }
 
@@ -503,15 +603,15 @@ pub fn fingerprint(der: &[u8]) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn roots(ca_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
+fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, PkiError> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots
-            .add(c.context("the CA file holds an unreadable certificate")?)
-            .context("the CA certificate is not usable")?;
+            .add(c.map_err(pem("the CA file holds an unreadable certificate"))?)
+            .map_err(tls("the CA certificate is not usable"))?;
     }
     if roots.is_empty() {
-        bail!("the CA file holds no certificate");
+        return Err(PkiError::Invalid("the CA file holds no certificate".into()));
     }
     Ok(roots)
 }
@@ -522,7 +622,7 @@ fn roots(ca_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
 pub fn server_config_with_clients(
     resolver: Arc<Resolver>,
     client_ca_pem: &str,
-) -> anyhow::Result<rustls::ServerConfig> {
+) -> Result<rustls::ServerConfig, PkiError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots(client_ca_pem)?),
@@ -530,10 +630,10 @@ pub fn server_config_with_clients(
     )
     .allow_unauthenticated()
     .build()
-    .context("client certificate verifier")?;
+    .map_err(unreadable("client certificate verifier"))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .context("TLS versions")?
+        .map_err(tls("TLS versions"))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -545,25 +645,26 @@ pub fn server_config_with_clients(
 pub fn client_config(
     ca_pem: &str,
     identity: Option<(&str, &str)>,
-) -> anyhow::Result<rustls::ClientConfig> {
+) -> Result<rustls::ClientConfig, PkiError> {
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()?
+    .with_safe_default_protocol_versions()
+    .map_err(tls("TLS versions"))?
     .with_root_certificates(roots(ca_pem)?);
     let mut cfg = match identity {
         Some((cert_pem, key_pem)) => {
             let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
-                .context("the client certificate is not PEM")?;
+                .map_err(pem("the client certificate is not PEM"))?;
             if certs.is_empty() {
-                bail!("no client certificate given");
+                return Err(PkiError::Invalid("no client certificate given".into()));
             }
             let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-                .context("the client key is not a PEM private key")?;
+                .map_err(pem("the client key is not a PEM private key"))?;
             builder
                 .with_client_auth_cert(certs, key)
-                .context("the client certificate and key do not match")?
+                .map_err(tls("the client certificate and key do not match"))?
         }
         None => builder.with_no_client_auth(),
     };

@@ -308,15 +308,4 @@ async fn forward(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags_are_true_or_false() {
-        let q = |k: &str, v: &str| HashMap::from([(k.to_string(), v.to_string())]);
-        assert!(check_flags(&q("ds-pushevent", "true")).is_ok());
-        assert!(check_flags(&q("ds-returnevent", "false")).is_ok());
-        assert!(check_flags(&q("ds-returnevent", "yes")).is_err());
-        assert!(check_flags(&q("other", "x")).is_ok());
-    }
-}
+mod tests;

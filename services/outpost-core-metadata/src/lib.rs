@@ -7,7 +7,9 @@
 //! [`service`]; every change is announced on the bus as an EdgeX system event ([`events`]).
 
 pub mod config;
+pub mod enrollment;
 pub mod events;
+pub mod identity;
 pub mod routes;
 pub mod secrets;
 pub mod service;
@@ -40,7 +42,7 @@ pub enum Error {
 }
 
 /// The node CA and the zero-touch policy.
-fn enrollment(ctx: &Context) -> Result<service::Enrollment, Error> {
+fn enrollment(ctx: &Context) -> Result<enrollment::Enrollment, Error> {
     let cfg = ctx.common.enrollment.clone();
     let mut manufacturer_pem = String::new();
     for f in &cfg.manufacturer_ca {
@@ -51,7 +53,7 @@ fn enrollment(ctx: &Context) -> Result<service::Enrollment, Error> {
         manufacturer_pem.push_str(&pem);
         manufacturer_pem.push('\n');
     }
-    Ok(service::Enrollment {
+    Ok(enrollment::Enrollment {
         cfg,
         ca: Some(outpost_pki::Paths::new(&ctx.data_dir)),
         manufacturer_pem,

@@ -488,15 +488,15 @@ async fn authenticate(
             .decode(cert.trim())
             .map_err(|_| ApiError::bad_request("certificate is not base64 (DER)"))?;
         return match app.md.authenticate_cert(&req.name, &der).await? {
-            crate::service::CertCheck::Device(device) => Ok(axum::Json(DeviceResponse {
+            crate::enrollment::CertCheck::Device(device) => Ok(axum::Json(DeviceResponse {
                 base: BaseResponse::new(200),
                 device: *device,
             })),
-            crate::service::CertCheck::Pending => Err(ApiError::new(
+            crate::enrollment::CertCheck::Pending => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!("device {} is waiting for an operator's approval", req.name),
             )),
-            crate::service::CertCheck::Refused(why) => {
+            crate::enrollment::CertCheck::Refused(why) => {
                 tracing::warn!(device = %req.name, reason = %why, "a device certificate was refused");
                 Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,

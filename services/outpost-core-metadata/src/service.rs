@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use outpost_contracts::common::BaseRequest;
 use outpost_contracts::metadata::{
-    AddDeviceRequest, AdminState, Device, DeviceCommand, DeviceProfile, DeviceResource,
-    DeviceService, ProvisionWatcher, UnitsOfMeasure, UpdateDevice, UpdateDeviceCommand,
+    AddDeviceRequest, Device, DeviceCommand, DeviceProfile, DeviceResource, DeviceService,
+    ProvisionWatcher, UnitsOfMeasure, UpdateDevice, UpdateDeviceCommand,
     UpdateDeviceProfileBasicInfo, UpdateDeviceResource, UpdateDeviceService,
     UpdateProvisionWatcher, UpdateTags,
 };
@@ -26,10 +26,9 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::config::Config;
+use crate::enrollment::Enrollment;
 use crate::events::Announcer;
-use crate::store::{
-    CertIssuer, CertRecord, CertStatus, Doc, Filter, Kind, Refs, Store, StoreError,
-};
+use crate::store::{Doc, Filter, Kind, Refs, Store, StoreError};
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
@@ -187,44 +186,14 @@ fn identify(
 }
 
 pub struct Metadata {
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     cfg: Config,
     uom: UnitsOfMeasure,
     announcer: Announcer,
-    lock: tokio::sync::Mutex<()>,
+    /// Serializes writes (see the module documentation).
+    pub(crate) lock: tokio::sync::Mutex<()>,
     http: reqwest::Client,
-    enrollment: Enrollment,
-}
-
-/// What enrolling devices needs: the node CA (to issue certificates) and the zero-touch
-/// policy.
-#[derive(Debug, Default)]
-pub struct Enrollment {
-    pub cfg: outpost_kit::config::EnrollmentConfig,
-    /// Where the node CA lives; `None`: no certificates are issued.
-    pub ca: Option<outpost_pki::Paths>,
-    /// The manufacturer CAs, PEM, concatenated; empty: no zero-touch enrollment.
-    pub manufacturer_pem: String,
-}
-
-/// A device's credentials, as an operator sees them.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Credentials {
-    pub name: String,
-    /// `active` (some credential lets it in), `pending` (a zero-touch device awaiting
-    /// approval), `revoked` (decommissioned: locked, no credential) or `none`.
-    pub status: &'static str,
-    pub secret: bool,
-    pub certificates: Vec<CertRecord>,
-}
-
-/// What a presented certificate is worth.
-#[derive(Debug)]
-pub enum CertCheck {
-    Device(Box<Device>),
-    Refused(String),
-    Pending,
+    pub(crate) enrollment: Enrollment,
 }
 
 impl Metadata {
@@ -273,7 +242,7 @@ impl Metadata {
         }
     }
 
-    async fn find<T: Object>(&self, name: &str) -> Result<Option<T>, ApiError> {
+    pub(crate) async fn find<T: Object>(&self, name: &str) -> Result<Option<T>, ApiError> {
         match self.store.by_name(T::KIND, name).await? {
             Some(doc) => from_doc(doc).map(Some),
             None => Ok(None),
@@ -293,7 +262,7 @@ impl Metadata {
         }
     }
 
-    async fn get_for_update<T: Object>(
+    pub(crate) async fn get_for_update<T: Object>(
         &self,
         id: &Option<String>,
         name: &Option<String>,
@@ -323,7 +292,7 @@ impl Metadata {
         Ok((total, items))
     }
 
-    async fn insert<T: Object>(&self, mut obj: T) -> Result<T, ApiError> {
+    pub(crate) async fn insert<T: Object>(&self, mut obj: T) -> Result<T, ApiError> {
         let now = now_millis();
         obj.stamp(uuid::Uuid::new_v4().to_string(), now, now);
         self.store.insert(T::KIND, to_doc(&obj)?).await?;
@@ -332,7 +301,7 @@ impl Metadata {
     }
 
     /// Stores `obj` over `old` (same id and creation time).
-    async fn replace<T: Object>(&self, old: &T, mut obj: T) -> Result<T, ApiError> {
+    pub(crate) async fn replace<T: Object>(&self, old: &T, mut obj: T) -> Result<T, ApiError> {
         obj.stamp(old.id().to_string(), old.created(), now_millis());
         self.store.replace(T::KIND, to_doc(&obj)?).await?;
         self.announce(ACTION_UPDATE, &obj);
@@ -353,7 +322,7 @@ impl Metadata {
         Ok(obj)
     }
 
-    fn announce<T: Object>(&self, action: &str, obj: &T) {
+    pub(crate) fn announce<T: Object>(&self, action: &str, obj: &T) {
         let (owner, profile) = obj.topic();
         self.announce_to(action, obj, &owner, profile.as_deref());
     }
@@ -757,7 +726,10 @@ impl Metadata {
     // ---- devices ----
 
     /// Checks a device's references: its service, profile, auto event sources and parent.
-    async fn check_device_refs(&self, d: &Device) -> Result<Option<DeviceService>, ApiError> {
+    pub(crate) async fn check_device_refs(
+        &self,
+        d: &Device,
+    ) -> Result<Option<DeviceService>, ApiError> {
         d.validate().map_err(ApiError::bad_request)?;
         let service: Option<DeviceService> = self.find(&d.service_name).await?;
         let Some(service) = service else {
@@ -944,292 +916,6 @@ impl Metadata {
         self.store.delete(Kind::Device, name).await?;
         self.announce(ACTION_DELETE, &old);
         Ok(())
-    }
-
-    /// Sets the secret of device `name`, generating one when `secret` is `None`; returns
-    /// the generated secret.
-    pub async fn set_secret(
-        &self,
-        name: &str,
-        secret: Option<String>,
-    ) -> Result<Option<String>, ApiError> {
-        let (secret, generated) = match secret {
-            Some(s) => {
-                crate::secrets::check(&s).map_err(ApiError::bad_request)?;
-                (s, false)
-            }
-            None => (
-                crate::secrets::generate().map_err(ApiError::internal)?,
-                true,
-            ),
-        };
-        let sealed = crate::secrets::seal(&secret).map_err(ApiError::internal)?;
-        let _w = self.lock.lock().await;
-        let device: Device = self.get(name).await?;
-        self.store.set_secret(&device.id, Some(sealed)).await?;
-        // Services caching credentials hear of the change.
-        self.announce(ACTION_UPDATE, &device);
-        tracing::info!(device = name, "device secret set");
-        Ok(generated.then_some(secret))
-    }
-
-    /// Removes the secret of device `name`: it can no longer connect.
-    pub async fn delete_secret(&self, name: &str) -> Result<(), ApiError> {
-        let _w = self.lock.lock().await;
-        let device: Device = self.get(name).await?;
-        self.store.set_secret(&device.id, None).await?;
-        self.announce(ACTION_UPDATE, &device);
-        tracing::info!(device = name, "device secret removed");
-        Ok(())
-    }
-
-    /// The device `name` if `secret` is its secret. Unknown devices, devices without a
-    /// secret and wrong secrets are all the same `None`.
-    pub async fn authenticate(&self, name: &str, secret: &str) -> Result<Option<Device>, ApiError> {
-        let Some(device) = self.find::<Device>(name).await? else {
-            return Ok(None);
-        };
-        let stored = self.store.secret(&device.id).await?;
-        Ok(stored
-            .filter(|s| crate::secrets::matches(s, secret))
-            .map(|_| device))
-    }
-
-    /// Issues device `name` a client certificate from the node CA for the key in `csr`;
-    /// with `replace`, its other certificates are revoked (rotation).
-    pub async fn issue_certificate(
-        &self,
-        name: &str,
-        csr: &str,
-        replace: bool,
-    ) -> Result<outpost_pki::Issued, ApiError> {
-        let Some(paths) = &self.enrollment.ca else {
-            return Err(ApiError::unavailable(
-                "this node issues no device certificates",
-            ));
-        };
-        let issuer = outpost_pki::load_ca(paths)
-            .map_err(ApiError::internal)?
-            .ok_or_else(|| {
-                ApiError::unavailable(
-                    "the node CA does not exist yet (the gateway creates it when it first starts)",
-                )
-            })?;
-        let ca_pem = std::fs::read_to_string(&paths.ca_cert).map_err(ApiError::internal)?;
-        let _w = self.lock.lock().await;
-        let device: Device = self.get(name).await?;
-        let days = i64::from(self.enrollment.cfg.cert_days);
-        let issued = outpost_pki::sign_client_csr(&issuer, &ca_pem, csr, name, days)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        if replace {
-            self.store
-                .set_cert_status(&device.id, None, CertStatus::Revoked)
-                .await?;
-        }
-        self.store
-            .put_cert(
-                &device.id,
-                CertRecord {
-                    fingerprint: issued.fingerprint.clone(),
-                    issuer: CertIssuer::Node,
-                    status: CertStatus::Active,
-                    not_after: issued.not_after,
-                    created: now_millis(),
-                },
-            )
-            .await?;
-        self.announce(ACTION_UPDATE, &device);
-        tracing::info!(device = name, fingerprint = %issued.fingerprint, replace, "device certificate issued");
-        Ok(issued)
-    }
-
-    /// Device `name`'s credentials.
-    pub async fn credentials(&self, name: &str) -> Result<Credentials, ApiError> {
-        let device: Device = self.get(name).await?;
-        let secret = self.store.secret(&device.id).await?.is_some();
-        let certificates = self.store.certs(&device.id).await?;
-        let status = if secret || certificates.iter().any(|c| c.status == CertStatus::Active) {
-            "active"
-        } else if certificates.iter().any(|c| c.status == CertStatus::Pending) {
-            "pending"
-        } else if device.admin_state == AdminState::Locked {
-            "revoked"
-        } else {
-            "none"
-        };
-        Ok(Credentials {
-            name: device.name,
-            status,
-            secret,
-            certificates,
-        })
-    }
-
-    /// Decommissions device `name`: its secret is removed, its certificates revoked and it
-    /// is locked. It keeps its history (readings, events, OTA history) and can be enrolled
-    /// again.
-    pub async fn revoke(&self, name: &str) -> Result<(), ApiError> {
-        let _w = self.lock.lock().await;
-        let device: Device = self.get(name).await?;
-        self.store.set_secret(&device.id, None).await?;
-        let n = self
-            .store
-            .set_cert_status(&device.id, None, CertStatus::Revoked)
-            .await?;
-        let mut locked = device.clone();
-        locked.admin_state = AdminState::Locked;
-        self.replace(&device, locked).await?;
-        tracing::warn!(device = name, certificates = n, "device revoked");
-        Ok(())
-    }
-
-    /// Lets in a zero-touch device waiting for approval (and unlocks it).
-    pub async fn approve(&self, name: &str) -> Result<(), ApiError> {
-        let _w = self.lock.lock().await;
-        let device: Device = self.get(name).await?;
-        let n = self
-            .store
-            .set_cert_status(&device.id, Some(CertStatus::Pending), CertStatus::Active)
-            .await?;
-        if n == 0 {
-            return Err(ApiError::conflict(format!(
-                "device '{name}' has no certificate waiting for approval"
-            )));
-        }
-        let mut open = device.clone();
-        open.admin_state = AdminState::Unlocked;
-        self.replace(&device, open).await?;
-        tracing::info!(device = name, "device approved");
-        Ok(())
-    }
-
-    /// Checks the client certificate (DER) device `name` presented. A certificate recorded
-    /// for the device counts by its status. An unrecorded one issued by a manufacturer CA
-    /// for a device of its common name enrolls that device (zero-touch): a new device is
-    /// registered with the configured profile, service and labels; it is pending until
-    /// approved when approval is on. A locked (revoked) device never enrolls itself again.
-    pub async fn authenticate_cert(&self, name: &str, der: &[u8]) -> Result<CertCheck, ApiError> {
-        let info = match outpost_pki::inspect(der) {
-            Ok(i) => i,
-            Err(e) => return Ok(CertCheck::Refused(e.to_string())),
-        };
-        if info.common_name.as_deref() != Some(name) {
-            return Ok(CertCheck::Refused(format!(
-                "the certificate is not device {name}'s"
-            )));
-        }
-        // A certificate on record decides by its status, for its own device only (a revoked
-        // one stays on record after its device is deleted).
-        let fp = info.fingerprint.clone();
-        if let Some(v) = self.recorded(name, &fp).await? {
-            return Ok(v);
-        }
-        // Zero-touch.
-        let e = &self.enrollment;
-        if e.manufacturer_pem.is_empty()
-            || outpost_pki::verify_client(der, &e.manufacturer_pem).is_err()
-        {
-            return Ok(CertCheck::Refused("unknown certificate".into()));
-        }
-        // Under the write lock, so a concurrent first contact, revocation or approval is
-        // either wholly before or wholly after this.
-        let _w = self.lock.lock().await;
-        if let Some(v) = self.recorded(name, &fp).await? {
-            return Ok(v);
-        }
-        let existing: Option<Device> = self.find(name).await?;
-        // A device an operator created is bound to a manufacturer certificate only with an
-        // operator's approval, whatever `approval` says.
-        let pending = e.cfg.approval || existing.is_some();
-        let device = match existing {
-            Some(d) if d.admin_state == AdminState::Locked => {
-                return Ok(CertCheck::Refused(format!(
-                    "device {name} is locked (revoked); enroll it again"
-                )));
-            }
-            Some(d) => d,
-            None => {
-                let d = Device {
-                    name: name.to_string(),
-                    description: "enrolled by its manufacturer certificate".into(),
-                    profile_name: e.cfg.profile.clone(),
-                    service_name: e.cfg.service.clone(),
-                    labels: e.cfg.labels.clone(),
-                    protocols: [("other".to_string(), serde_json::Map::new())]
-                        .into_iter()
-                        .collect(),
-                    operating_state: outpost_contracts::metadata::OperatingState::Up,
-                    admin_state: if pending {
-                        AdminState::Locked
-                    } else {
-                        AdminState::Unlocked
-                    },
-                    ..Device::default()
-                };
-                if let Err(err) = self.check_device_refs(&d).await {
-                    tracing::error!(device = name, error = %err, "cannot register a zero-touch device: check [enrollment] profile and service");
-                    return Ok(CertCheck::Refused(
-                        "zero-touch enrollment is misconfigured".into(),
-                    ));
-                }
-                self.insert(d).await?
-            }
-        };
-        let status = if pending {
-            CertStatus::Pending
-        } else {
-            CertStatus::Active
-        };
-        self.store
-            .put_cert(
-                &device.id,
-                CertRecord {
-                    fingerprint: fp.clone(),
-                    issuer: CertIssuer::Manufacturer,
-                    status,
-                    not_after: info.not_after,
-                    created: now_millis(),
-                },
-            )
-            .await?;
-        self.announce(ACTION_UPDATE, &device);
-        tracing::warn!(device = name, fingerprint = %fp, pending, "device enrolled by its manufacturer certificate");
-        Ok(if pending {
-            CertCheck::Pending
-        } else {
-            CertCheck::Device(Box::new(device))
-        })
-    }
-
-    /// What a certificate on record means for device `name`; `None` when it is not on
-    /// record at all.
-    async fn recorded(&self, name: &str, fingerprint: &str) -> Result<Option<CertCheck>, ApiError> {
-        let Some((owner, c)) = self.store.cert_by_fingerprint(fingerprint).await? else {
-            return Ok(None);
-        };
-        if c.status == CertStatus::Revoked {
-            return Ok(Some(CertCheck::Refused(
-                "the certificate is revoked".into(),
-            )));
-        }
-        let device: Option<Device> = self.find(name).await?;
-        let Some(device) = device.filter(|d| d.id == owner) else {
-            return Ok(Some(CertCheck::Refused(
-                "the certificate is another device's".into(),
-            )));
-        };
-        Ok(Some(match c.status {
-            CertStatus::Active if c.not_after > now_millis() / 1000 => {
-                CertCheck::Device(Box::new(device))
-            }
-            CertStatus::Active => CertCheck::Refused("the certificate expired".into()),
-            CertStatus::Pending => CertCheck::Pending,
-            CertStatus::Revoked => CertCheck::Refused("the certificate is revoked".into()),
-        }))
-    }
-
-    pub async fn device_exists(&self, name: &str) -> Result<bool, ApiError> {
-        Ok(self.store.by_name(Kind::Device, name).await?.is_some())
     }
 
     // ---- provision watchers ----

@@ -639,3 +639,6 @@ async fn handle(st: &State, topic: &str, payload: &[u8], stop: &Shutdown) -> Han
 
 /// The service, as the node runs it.
 pub type DeviceMqtt = outpost_device_sdk::Adapter<MqttConfig>;
+
+#[cfg(test)]
+mod tests;

@@ -424,3 +424,6 @@ async fn push_many(
 
 /// The service, as the node runs it.
 pub type DeviceRest = outpost_device_sdk::Adapter<RestConfig>;
+
+#[cfg(test)]
+mod tests;

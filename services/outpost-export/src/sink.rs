@@ -1,22 +1,75 @@
 //! Where batches go: an Outpost cloud node (mutual TLS), any HTTPS webhook, or an external
 //! MQTT broker (TLS).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use outpost_contracts::export::{Backlog, IngestResponse, Rejected};
+use outpost_kit::BoxError;
 use outpost_queue::Batch;
 use reqwest::StatusCode;
 
 use crate::config::{Destination, Kind};
 
-/// Why a batch was not delivered.
-#[derive(Debug)]
+/// Why a batch was not delivered. The reason is what the sender reports (`lastError`) and
+/// keeps with dead letters.
+#[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// Retrying later can help: the receiver is unreachable, slow, overloaded or refused
     /// our identity (which an operator can fix).
+    #[error("{0}")]
     Transient(String),
     /// The receiver will never take this batch as it is.
+    #[error("{0}")]
     Permanent(String),
+}
+
+/// Why a destination's sink cannot be made from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("a cloud destination needs an identity bundle")]
+    NoIdentity,
+    #[error("cannot read the identity bundle {}", path.display())]
+    ReadIdentity {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not an identity bundle from `outpost cloud enroll`", path.display())]
+    NotABundle {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the identity bundle {} is not usable", path.display())]
+    UnusableIdentity {
+        path: PathBuf,
+        #[source]
+        source: BoxError,
+    },
+    /// A CA or password file.
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the CA file {} is not usable", path.display())]
+    UnusableCa {
+        path: PathBuf,
+        #[source]
+        source: BoxError,
+    },
+    #[error("cannot make the HTTP client")]
+    Client(#[source] reqwest::Error),
+    #[error("{0} is not an mqtt:// or mqtts:// URL")]
+    NotMqttUrl(String),
+    #[error("invalid port in {url}")]
+    InvalidPort {
+        url: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
 }
 
 /// What a delivered batch came back with.
@@ -51,8 +104,7 @@ pub struct Sink {
 }
 
 impl Sink {
-    pub fn new(d: &Destination) -> anyhow::Result<Self> {
-        use anyhow::Context as _;
+    pub fn new(d: &Destination) -> Result<Self, SinkError> {
         let timeout = Duration::from_millis(d.timeout_ms);
         let builder = reqwest::Client::builder()
             .timeout(timeout)
@@ -61,22 +113,23 @@ impl Sink {
             .no_proxy();
         let (url, http, edge) = match d.kind {
             Kind::Cloud => {
-                let path = d
-                    .identity
-                    .as_ref()
-                    .context("a cloud destination needs an identity bundle")?;
-                let text = std::fs::read(path).with_context(|| {
-                    format!("cannot read the identity bundle {}", path.display())
+                let path = d.identity.as_ref().ok_or(SinkError::NoIdentity)?;
+                let text = std::fs::read(path).map_err(|source| SinkError::ReadIdentity {
+                    path: path.clone(),
+                    source,
                 })?;
-                let b: Bundle = serde_json::from_slice(&text).with_context(|| {
-                    format!(
-                        "{} is not an identity bundle from `outpost cloud enroll`",
-                        path.display()
-                    )
-                })?;
-                let tls = outpost_pki::client_config(&b.ca, Some((&b.cert, &b.key))).with_context(
-                    || format!("the identity bundle {} is not usable", path.display()),
-                )?;
+                let b: Bundle =
+                    serde_json::from_slice(&text).map_err(|source| SinkError::NotABundle {
+                        path: path.clone(),
+                        source,
+                    })?;
+                let tls =
+                    outpost_pki::client_config(&b.ca, Some((&b.cert, &b.key))).map_err(|e| {
+                        SinkError::UnusableIdentity {
+                            path: path.clone(),
+                            source: e.into(),
+                        }
+                    })?;
                 let url = if d.url.is_empty() {
                     b.url
                 } else {
@@ -84,20 +137,38 @@ impl Sink {
                 };
                 (
                     format!("{}/api/v3/ingest", url.trim_end_matches('/')),
-                    builder.tls_backend_preconfigured(tls).build()?,
+                    builder
+                        .tls_backend_preconfigured(tls)
+                        .build()
+                        .map_err(SinkError::Client)?,
                     Some(b.edge),
                 )
             }
-            Kind::Mqtt => (d.url.clone(), builder.build()?, None),
+            Kind::Mqtt => (
+                d.url.clone(),
+                builder.build().map_err(SinkError::Client)?,
+                None,
+            ),
             Kind::Webhook => {
                 let http = match &d.ca_file {
                     Some(ca) => {
-                        let pem = std::fs::read_to_string(ca)
-                            .with_context(|| format!("cannot read {}", ca.display()))?;
-                        let tls = outpost_pki::client_config(&pem, None)?;
-                        builder.tls_backend_preconfigured(tls).build()?
+                        let pem =
+                            std::fs::read_to_string(ca).map_err(|source| SinkError::Read {
+                                path: ca.clone(),
+                                source,
+                            })?;
+                        let tls = outpost_pki::client_config(&pem, None).map_err(|e| {
+                            SinkError::UnusableCa {
+                                path: ca.clone(),
+                                source: e.into(),
+                            }
+                        })?;
+                        builder
+                            .tls_backend_preconfigured(tls)
+                            .build()
+                            .map_err(SinkError::Client)?
                     }
-                    None => builder.build()?,
+                    None => builder.build().map_err(SinkError::Client)?,
                 };
                 (d.url.clone(), http, None)
             }
@@ -258,10 +329,9 @@ mod mqtt {
 
     use std::time::Duration;
 
-    use anyhow::Context as _;
     use mqtt5::{ConnectOptions, MqttClient, PublishOptions, QoS};
 
-    use super::SendError;
+    use super::{SendError, SinkError};
     use crate::config::Destination;
 
     pub struct MqttSink {
@@ -277,31 +347,38 @@ mod mqtt {
     }
 
     impl MqttSink {
-        pub fn new(d: &Destination) -> anyhow::Result<Self> {
+        pub fn new(d: &Destination) -> Result<Self, SinkError> {
             let (tls, rest) = match d.url.split_once("://") {
                 Some(("mqtts", rest)) => (true, rest),
                 Some(("mqtt", rest)) => (false, rest),
-                _ => anyhow::bail!("{} is not an mqtt:// or mqtts:// URL", d.url),
+                _ => return Err(SinkError::NotMqttUrl(d.url.clone())),
             };
             let rest = rest.trim_end_matches('/');
             let (host, port) = match rest.rsplit_once(':') {
                 Some((h, p)) => (
                     h.trim_matches(['[', ']']).to_string(),
-                    p.parse().context("invalid port")?,
+                    p.parse().map_err(|source| SinkError::InvalidPort {
+                        url: d.url.clone(),
+                        source,
+                    })?,
                 ),
                 None => (rest.to_string(), if tls { 8883 } else { 1883 }),
             };
             let ca_pem = match &d.ca_file {
-                Some(p) => {
-                    Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?)
-                }
+                Some(p) => Some(std::fs::read(p).map_err(|source| SinkError::Read {
+                    path: p.clone(),
+                    source,
+                })?),
                 None => None,
             };
             let credentials = match (&d.username, &d.password_file) {
                 (u, Some(f)) if !u.is_empty() => Some((
                     u.clone(),
                     std::fs::read_to_string(f)
-                        .with_context(|| format!("cannot read {}", f.display()))?
+                        .map_err(|source| SinkError::Read {
+                            path: f.clone(),
+                            source,
+                        })?
                         .trim()
                         .to_string(),
                 )),

@@ -23,6 +23,27 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt as _;
 
+/// What the listener hands requests to: the gateway's front (implemented above this
+/// module, so the listener knows nothing of routes, the proxy or metrics).
+pub trait Dispatch: Clone + Send + Sync + 'static {
+    /// The router for `path` when it is one of the gateway's own routes; `None` proxies it.
+    fn own(&self, path: &str) -> Option<Router>;
+
+    /// Proxies a request of `client`.
+    fn proxy(
+        &self,
+        req: axum::extract::Request,
+        client: Arc<Client>,
+    ) -> impl Future<Output = axum::response::Response> + Send;
+
+    /// The MAC with which the gateway vouches for a client certificate (DER, base64).
+    fn vouch(&self, certificate_b64: &str) -> String;
+
+    /// Once a second on each event loop, and when a loop stops: hand metrics over, close
+    /// idle upstream connections.
+    fn housekeeping(&self);
+}
+
 const TIMEOUT_RESPONSE: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: 86\r\n\r\n{\"apiVersion\":\"v3\",\"message\":\"the request head was not sent in time\",\"statusCode\":408}";
 
 #[derive(Debug, Clone, Copy)]
@@ -238,11 +259,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
 }
 
 /// Accepts TLS connections until `shutdown`, then lets open ones finish (up to 10 s).
-pub async fn serve(
+pub async fn serve<D: Dispatch>(
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    app: Arc<crate::App>,
-    router: Router,
+    front: D,
     limits: Limits,
     shutdown: outpost_kit::Shutdown,
 ) {
@@ -277,12 +297,7 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, router, builder, app) = (
-            acceptor.clone(),
-            router.clone(),
-            Arc::clone(&builder),
-            Arc::clone(&app),
-        );
+        let (acceptor, builder, front) = (acceptor.clone(), Arc::clone(&builder), front.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await
@@ -305,7 +320,7 @@ pub async fn serve(
                 .and_then(|c| c.first())
                 .and_then(|c| {
                     let b64 = base64::engine::general_purpose::STANDARD.encode(c);
-                    let mac = outpost_pki::vouch::mac(&app.cert_mac_key, &b64);
+                    let mac = front.vouch(&b64);
                     Some((
                         http::HeaderValue::from_str(&b64).ok()?,
                         http::HeaderValue::from_str(&mac).ok()?,
@@ -317,10 +332,9 @@ pub async fn serve(
             // its router, which finds the connection in the request's extensions.
             let svc =
                 hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                    let (app, client) = (Arc::clone(&app), Arc::clone(&client));
-                    let own = crate::is_own(req.uri().path());
-                    let router = own.then(|| router.clone());
-                    if own {
+                    let (front, client) = (front.clone(), Arc::clone(&client));
+                    let router = front.own(req.uri().path());
+                    if router.is_some() {
                         req.extensions_mut().insert(ConnectInfo(peer));
                         req.extensions_mut().insert(Arc::clone(&client));
                     }
@@ -328,7 +342,7 @@ pub async fn serve(
                     async move {
                         match router {
                             Some(router) => router.oneshot(req).await,
-                            None => Ok(crate::proxied(app, req, client).await),
+                            None => Ok(front.proxy(req, client).await),
                         }
                     }
                 });
@@ -353,24 +367,18 @@ pub async fn serve(
 /// upstream connections stay on one thread, with no hand-offs or wake-ups between threads.
 /// Returns once every loop listens (or the first bind error); the handles end after
 /// `shutdown`.
-pub fn spawn_loops(
+pub fn spawn_loops<D: Dispatch>(
     addr: SocketAddr,
     loops: usize,
     tls: Arc<rustls::ServerConfig>,
-    app: Arc<crate::App>,
-    router: Router,
+    front: D,
     limits: Limits,
     shutdown: outpost_kit::Shutdown,
 ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
     let mut handles = Vec::with_capacity(loops);
     for i in 0..loops {
         let (tx, rx) = std::sync::mpsc::channel::<io::Result<()>>();
-        let (tls, app, router, shutdown) = (
-            Arc::clone(&tls),
-            Arc::clone(&app),
-            router.clone(),
-            shutdown.clone(),
-        );
+        let (tls, front, shutdown) = (Arc::clone(&tls), front.clone(), shutdown.clone());
         let h = std::thread::Builder::new()
             .name(format!("gateway-{i}"))
             .spawn(move || {
@@ -396,9 +404,10 @@ pub fn spawn_loops(
                             return;
                         }
                     };
-                    tokio::spawn(housekeeping());
-                    serve(listener, tls, app, router, limits, shutdown).await;
-                    crate::tally::flush_thread();
+                    // Ends with this loop's runtime.
+                    tokio::spawn(housekeeping(front.clone()));
+                    serve(listener, tls, front.clone(), limits, shutdown).await;
+                    front.housekeeping();
                 });
             })?;
         match rx.recv() {
@@ -419,13 +428,12 @@ pub fn spawn_loops(
 /// requests are not returned and faulted in again each time; an idle loop makes no allocator
 /// calls that would act on the delay, hence this tick.
 #[allow(unsafe_code)]
-async fn housekeeping() {
+async fn housekeeping<D: Dispatch>(front: D) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        crate::tally::flush_thread();
-        crate::pool::sweep();
+        front.housekeeping();
         // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any
         // time; with `force = false` it only frees what the allocator already holds unused
         // (and purges what has passed its delay). Under a different global allocator it acts

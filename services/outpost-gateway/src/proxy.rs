@@ -14,8 +14,10 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt as _;
 use outpost_kit::ApiError;
 
+use crate::app::App;
 use crate::cache::{self, Entry};
-use crate::{App, LogSlot};
+use crate::observe::LogSlot;
+use crate::stats::{class, upstream_metrics};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), the caller's credentials and any client certificate
 /// the caller claims in a header: never forwarded.
@@ -221,15 +223,15 @@ pub async fn forward(
         let failure = match attempt {
             Ok(Ok((resp, conn))) => {
                 app.upstreams.healthy(&lease);
-                upstream_metrics(app, &lease.service_id, secs, crate::class(resp.status()));
+                upstream_metrics(&app.m, &lease.service_id, secs, class(resp.status()));
                 break Ok((resp, lease, conn));
             }
             Ok(Err(e)) => {
-                upstream_metrics(app, &lease.service_id, secs, "error");
+                upstream_metrics(&app.m, &lease.service_id, secs, "error");
                 Failure::Connect(e)
             }
             Err(_) => {
-                upstream_metrics(app, &lease.service_id, secs, "timeout");
+                upstream_metrics(&app.m, &lease.service_id, secs, "timeout");
                 Failure::Timeout
             }
         };
@@ -323,52 +325,6 @@ pub async fn forward(
             None => failure_response(f, service),
         },
     }
-}
-
-/// Upstream request count and latency by instance, kept per thread (instances are the
-/// registry's, a bounded set) and handed over by [`crate::tally::flush_thread`].
-type UpstreamHandles = (
-    crate::tally::Histogram,
-    Vec<(&'static str, crate::tally::Counter)>,
-);
-
-thread_local! {
-    static UPSTREAMS: std::cell::RefCell<std::collections::HashMap<String, UpstreamHandles>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
-}
-
-fn upstream_metrics(app: &App, upstream: &str, secs: f64, status: &'static str) {
-    use crate::tally::{Counter, Histogram};
-    UPSTREAMS.with(|h| {
-        let mut h = h.borrow_mut();
-        if !h.contains_key(upstream) {
-            let hist = metrics::histogram!(app.m.upstream_duration, "upstream" => upstream.to_string());
-            h.insert(upstream.to_string(), (Histogram::new(hist), Vec::new()));
-        }
-        let Some((hist, counters)) = h.get_mut(upstream) else {
-            return;
-        };
-        hist.record(secs);
-        if let Some((_, c)) = counters.iter_mut().find(|(k, _)| *k == status) {
-            c.increment();
-            return;
-        }
-        let mut c = Counter::new(metrics::counter!(app.m.upstream_requests, "upstream" => upstream.to_string(), "status" => status));
-        c.increment();
-        counters.push((status, c));
-    });
-}
-
-/// Hands this thread's upstream counts and latencies to the recorder.
-pub fn flush_upstream_metrics() {
-    UPSTREAMS.with(|h| {
-        for (hist, counters) in h.borrow_mut().values_mut() {
-            hist.flush();
-            for (_, c) in counters {
-                c.flush();
-            }
-        }
-    });
 }
 
 fn stale_or(app: &App, key: &str, slot: &LogSlot, f: Failure, service: &str) -> Response {

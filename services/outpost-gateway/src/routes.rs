@@ -29,7 +29,8 @@ use outpost_kit::{ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::App;
+use crate::admission::too_many;
+use crate::app::App;
 use crate::token::Claims;
 use crate::users::{Identity, Role, UserError};
 
@@ -72,12 +73,12 @@ pub fn router(app: Arc<App>, info: outpost_kit::routes::ServiceInfo, max_body: u
         .merge(outpost_kit::routes::router(info));
     own.layer(axum::middleware::from_fn_with_state(
         Arc::clone(&app),
-        crate::gate,
+        crate::admission::gate,
     ))
     .layer(axum::extract::DefaultBodyLimit::max(max_body))
     .layer(axum::middleware::from_fn_with_state(
         Arc::clone(&app),
-        crate::observe,
+        crate::observe::observe,
     ))
     .layer(axum::middleware::from_fn(outpost_kit::request_id::layer))
 }
@@ -143,7 +144,7 @@ async fn login(
     ] {
         if let Err(wait) = l.check(k) {
             metrics::counter!(app.m.rate_limited, "limit" => "login").increment(1);
-            return crate::too_many(wait, "too many failed logins");
+            return too_many(wait, "too many failed logins");
         }
     }
     match app.users.login(&req.username, &req.password).await {

@@ -53,10 +53,3 @@ impl Histogram {
         }
     }
 }
-
-/// Hands this thread's metrics and access log lines over.
-pub fn flush_thread() {
-    crate::flush_request_metrics();
-    crate::proxy::flush_upstream_metrics();
-    crate::access::flush_thread();
-}

@@ -9,6 +9,9 @@
 //! (checked with core-metadata): `GET /api/v3/ddi/{device}` (poll, with `ETag` and
 //! `If-None-Match`), `POST /api/v3/ddi/{device}/action/{rollout}/feedback`,
 //! `GET /api/v3/ddi/{device}/action/{rollout}/payload` (ranges as for any payload).
+//!
+//! Rollouts are held in memory and written through the store on every change; a change
+//! the store refuses is undone in memory too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,195 +21,145 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use outpost_bus::metadata::{CREDENTIAL_GRACE, Credential, Lookup, Verdict};
-use outpost_kit::ApiError;
+use outpost_bus::metadata::CREDENTIAL_GRACE;
+use outpost_contracts::now_millis as now_ms;
 use outpost_kit::error::Path;
-use outpost_storage::StorageError;
-use outpost_storage::rusqlite::{self, params};
+use outpost_kit::{ApiError, Tasks};
 use serde::Deserialize;
 
-use crate::rollout::{DeviceState, Policy, Rollout, RolloutState};
-use crate::{App, now_ms};
-
-pub const MIGRATION: outpost_storage::Migration = outpost_storage::Migration {
-    version: 2,
-    description: "rollouts, their devices and the devices' histories",
-    sql: "CREATE TABLE rollouts (
-              name TEXT PRIMARY KEY,
-              artifact_name TEXT NOT NULL,
-              artifact_version TEXT NOT NULL,
-              policy TEXT NOT NULL,
-              state TEXT NOT NULL,
-              open_phase INTEGER NOT NULL,
-              failures_before INTEGER NOT NULL,
-              started_before INTEGER NOT NULL,
-              created_ms INTEGER NOT NULL
-          );
-          CREATE TABLE rollout_devices (
-              rollout TEXT NOT NULL,
-              device TEXT NOT NULL,
-              position INTEGER NOT NULL,
-              phase INTEGER NOT NULL,
-              state TEXT NOT NULL,
-              updated_ms INTEGER NOT NULL,
-              PRIMARY KEY (rollout, device)
-          ) WITHOUT ROWID;
-          CREATE TABLE action_history (
-              id INTEGER PRIMARY KEY,
-              rollout TEXT NOT NULL,
-              device TEXT NOT NULL,
-              at_ms INTEGER NOT NULL,
-              status TEXT NOT NULL,
-              details TEXT NOT NULL
-          );
-          CREATE INDEX action_history_by_device ON action_history (rollout, device, id);",
-};
-
-/// Entries kept per device and rollout.
-const HISTORY: i64 = 20;
+use crate::artifacts::Artifacts;
+use crate::devices::{Devices, valid_name};
+use crate::rollout::{DeviceState, Policy, ReportError, Rollout, RolloutState};
+use crate::store::{Report, RolloutDevice, RolloutHead, Store, StoredRollout};
 
 /// A rollout and what it rolls out.
 pub struct Entry {
     pub rollout: Rollout,
+    /// The artifact's name and version.
     pub artifact: (String, String),
     pub created_ms: i64,
 }
 
-/// Rollouts in memory (persisted on every change).
-#[derive(Default)]
-pub struct Fleet {
-    pub rollouts: tokio::sync::Mutex<Vec<(String, Entry)>>,
-}
+impl Entry {
+    fn restore(s: StoredRollout) -> (String, Self) {
+        let h = s.head;
+        let devices = s
+            .devices
+            .into_iter()
+            .map(|d| (d.device, d.phase, d.state))
+            .collect();
+        let rollout = Rollout::restore(
+            h.policy,
+            devices,
+            h.open_phase,
+            h.state,
+            h.failures_before,
+            h.started_before,
+        );
+        (
+            h.name,
+            Self {
+                rollout,
+                artifact: h.artifact,
+                created_ms: h.created_ms,
+            },
+        )
+    }
 
-fn state_name(s: DeviceState) -> String {
-    serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-fn parse_state(s: &str) -> DeviceState {
-    serde_json::from_value(serde_json::Value::String(s.to_string())).unwrap_or(DeviceState::Waiting)
-}
-
-/// Loads every rollout.
-pub async fn load(db: &outpost_storage::Db) -> Result<Vec<(String, Entry)>, StorageError> {
-    db.read(|c| {
-        let mut st = c.prepare(
-            "SELECT name, artifact_name, artifact_version, policy, state, open_phase, failures_before,
-                    started_before, created_ms FROM rollouts ORDER BY created_ms",
-        )?;
-        type Row = (String, String, String, String, String, i64, i64, i64, i64);
-        let heads: Vec<Row> = st
-            .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                ))
-            })?
-            .collect::<Result<_, _>>()?;
-        let mut out = Vec::new();
-        for (name, an, av, policy, state, open, fb, sb, created) in heads {
-            let mut st = c.prepare_cached(
-                "SELECT device, phase, state FROM rollout_devices WHERE rollout = ?1 ORDER BY position",
-            )?;
-            let devices = st
-                .query_map([&name], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize, r.get::<_, String>(2)?))
-                })?
-                .map(|r| r.map(|(d, p, s)| (d, p, parse_state(&s))))
-                .collect::<Result<Vec<_>, _>>()?;
-            let (Ok(policy), Ok(state)) = (
-                serde_json::from_str::<Policy>(&policy),
-                serde_json::from_str::<RolloutState>(&state),
-            ) else {
-                tracing::error!(rollout = name, "unreadable rollout in the database; skipped");
-                continue;
-            };
-            let rollout =
-                Rollout::restore(policy, devices, open as usize, state, fb as u32, sb as u32);
-            out.push((
-                name,
-                Entry {
-                    rollout,
-                    artifact: (an, av),
-                    created_ms: created,
-                },
-            ));
+    fn head(&self, name: &str) -> RolloutHead {
+        let (failures_before, started_before) = self.rollout.baseline();
+        RolloutHead {
+            name: name.to_string(),
+            artifact: self.artifact.clone(),
+            policy: self.rollout.policy.clone(),
+            state: self.rollout.state.clone(),
+            open_phase: self.rollout.open_phase(),
+            failures_before,
+            started_before,
+            created_ms: self.created_ms,
         }
-        Ok(out)
-    })
-    .await
-}
+    }
 
-/// Writes a rollout's head and the devices whose state changed since `before`.
-fn persist(
-    c: &mut rusqlite::Connection,
-    name: &str,
-    e: &Entry,
-    before: &HashMap<String, DeviceState>,
-    history: &[(String, String, String)],
-    create: bool,
-) -> Result<(), StorageError> {
-    let tx = c.transaction()?;
-    let (fb, sb) = e.rollout.baseline();
-    let state = serde_json::to_string(&e.rollout.state).unwrap_or_default();
-    if create {
-        tx.execute(
-            "INSERT INTO rollouts (name, artifact_name, artifact_version, policy, state, open_phase,
-                 failures_before, started_before, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                name,
-                e.artifact.0,
-                e.artifact.1,
-                serde_json::to_string(&e.rollout.policy).unwrap_or_default(),
+    /// The devices whose state is not what it was in `before`.
+    fn changed(&self, before: &HashMap<String, DeviceState>) -> Vec<RolloutDevice> {
+        self.rollout
+            .devices()
+            .enumerate()
+            .filter(|(_, (d, _, s))| before.get(*d) != Some(s))
+            .map(|(position, (d, phase, state))| RolloutDevice {
+                device: d.to_string(),
+                position,
+                phase,
                 state,
-                e.rollout.open_phase() as i64,
-                fb,
-                sb,
-                e.created_ms
-            ],
-        )?;
-    } else {
-        tx.execute(
-            "UPDATE rollouts SET state = ?2, open_phase = ?3, failures_before = ?4, started_before = ?5
-             WHERE name = ?1",
-            params![name, state, e.rollout.open_phase() as i64, fb, sb],
-        )?;
+            })
+            .collect()
     }
-    let now = now_ms();
-    {
-        let mut up = tx.prepare_cached(
-            "INSERT INTO rollout_devices (rollout, device, position, phase, state, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (rollout, device) DO UPDATE SET state = ?5, updated_ms = ?6",
-        )?;
-        for (i, (d, phase, s)) in e.rollout.devices().enumerate() {
-            if before.get(d) != Some(&s) {
-                up.execute(params![name, d, i as i64, phase as i64, state_name(s), now])?;
+}
+
+/// Rollouts and the devices' side of them.
+pub struct Fleet {
+    store: Arc<dyn Store>,
+    artifacts: Arc<Artifacts>,
+    devices: Arc<Devices>,
+    /// The node's bus: devices are told to poll over it.
+    bus: outpost_bus::Link,
+    /// Messages to devices go out as tasks of the service.
+    tasks: Tasks,
+    /// How often devices are told to poll, seconds.
+    poll_seconds: u64,
+    /// Every rollout, oldest first (persisted on every change).
+    rollouts: tokio::sync::Mutex<Vec<(String, Entry)>>,
+}
+
+impl Fleet {
+    /// The fleet, with the rollouts the store held (`stored`).
+    pub fn new(
+        store: Arc<dyn Store>,
+        artifacts: Arc<Artifacts>,
+        devices: Arc<Devices>,
+        bus: outpost_bus::Link,
+        tasks: Tasks,
+        poll_seconds: u64,
+        stored: Vec<StoredRollout>,
+    ) -> Self {
+        Self {
+            store,
+            artifacts,
+            devices,
+            bus,
+            tasks,
+            poll_seconds,
+            rollouts: tokio::sync::Mutex::new(stored.into_iter().map(Entry::restore).collect()),
+        }
+    }
+
+    /// Tells online devices to poll now: a message on `<their command topic>/ota` on the
+    /// node's broker (QoS 1, not retained), which a device subscribed with its own
+    /// credential receives. Best effort: a device that misses it finds the update at its
+    /// next poll.
+    fn tell(&self, rollout: &str, devices: Vec<String>) {
+        if devices.is_empty() {
+            return;
+        }
+        let Some(bus) = self.bus.get().cloned() else {
+            return;
+        };
+        let (view, rollout) = (self.devices.view().clone(), rollout.to_string());
+        self.tasks.spawn_child(async move {
+            let body = serde_json::json!({"poll": true, "rollout": rollout}).to_string();
+            for name in devices {
+                let topic = match view.device(&name).await.within(CREDENTIAL_GRACE) {
+                    Some(d) => {
+                        outpost_contracts::topics::device::DeviceTopics::of(&d).command + "/ota"
+                    }
+                    _ => continue,
+                };
+                if let Err(e) = bus.publish_raw(&topic, body.clone().into_bytes()).await {
+                    tracing::debug!(device = name, error = %e, "cannot tell the device to poll");
+                }
             }
-        }
-        let mut h = tx.prepare_cached(
-            "INSERT INTO action_history (rollout, device, at_ms, status, details) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        let mut trim = tx.prepare_cached(
-            "DELETE FROM action_history WHERE rollout = ?1 AND device = ?2 AND id NOT IN
-                 (SELECT id FROM action_history WHERE rollout = ?1 AND device = ?2 ORDER BY id DESC LIMIT ?3)",
-        )?;
-        for (device, status, details) in history {
-            h.execute(params![name, device, now, status, details])?;
-            trim.execute(params![name, device, HISTORY])?;
-        }
+        });
     }
-    tx.commit()?;
-    Ok(())
 }
 
 fn snapshot(r: &Rollout) -> HashMap<String, DeviceState> {
@@ -224,15 +177,6 @@ struct Target {
     /// The members of a group (its label selector, worked out now).
     #[serde(default)]
     group: Option<String>,
-}
-
-/// 1 to 128 letters, digits, '-', '_' or '.'.
-pub(crate) fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 #[derive(Debug, Deserialize)]
@@ -259,7 +203,7 @@ fn view(name: &str, e: &Entry) -> serde_json::Value {
             .iter()
             .map(|s| {
                 (
-                    state_name(*s),
+                    s.name(),
                     serde_json::Value::from(m.get(s).copied().unwrap_or(0)),
                 )
             })
@@ -280,7 +224,7 @@ fn view(name: &str, e: &Entry) -> serde_json::Value {
     })
 }
 
-pub async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create(State(app): State<Arc<Fleet>>, body: Bytes) -> Result<Response, ApiError> {
     let req: NewRollout = outpost_kit::error::parse_json(&body)?;
     if !valid_name(&req.name) {
         return Err(ApiError::bad_request(
@@ -293,23 +237,15 @@ pub async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<Response
             "target needs devices, labels or a group",
         ));
     }
-    let artifact = crate::find(
-        &app,
-        req.artifact.name.clone(),
-        req.artifact.version.clone(),
-    )
-    .await?;
+    let artifact = app
+        .artifacts
+        .find(req.artifact.name.clone(), req.artifact.version.clone())
+        .await?;
     // The devices: named ones, or all that carry the labels; only compatible ones.
     let mut candidates = Vec::new();
     if req.target.labels.is_empty() && req.target.group.is_none() {
         for d in &req.target.devices {
-            match app
-                .view
-                .client()
-                .device(d)
-                .await
-                .map_err(|e| e.to_api_error())?
-            {
+            match app.devices.device(d).await.map_err(|e| e.to_api_error())? {
                 Some(dev) => candidates.push(dev),
                 None => return Err(ApiError::not_found(format!("no device {d}"))),
             }
@@ -317,12 +253,13 @@ pub async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<Response
     } else {
         let (mut labels, mut profile) = (req.target.labels.clone(), String::new());
         if let Some(g) = &req.target.group {
-            let (l, p) = crate::inventory::group_selector(&app, g).await?;
-            labels.extend(l);
-            profile = p;
+            let group = app.devices.group(g).await?;
+            labels.extend(group.labels);
+            profile = group.profile;
         }
         candidates.extend(
-            crate::inventory::select(&app, &labels, &profile)
+            app.devices
+                .select(&labels, &profile)
                 .await?
                 .into_iter()
                 .filter(|d| req.target.devices.is_empty() || req.target.devices.contains(&d.name)),
@@ -356,49 +293,37 @@ pub async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<Response
         ),
         created_ms: now_ms(),
     };
-    let mut rollouts = app.fleet.rollouts.lock().await;
+    let mut rollouts = app.rollouts.lock().await;
     if rollouts.iter().any(|(n, _)| *n == req.name) {
         return Err(ApiError::conflict(format!("rollout {} exists", req.name)));
     }
     let name = req.name.clone();
-    let before = HashMap::new();
     let body = view(&name, &entry);
-    {
-        let e = &entry;
-        let (n, snapshot_entry) = (
-            name.clone(),
-            (e.rollout.clone(), e.artifact.clone(), e.created_ms),
-        );
-        app.db
-            .write(move |c| {
-                let e = Entry {
-                    rollout: snapshot_entry.0,
-                    artifact: snapshot_entry.1,
-                    created_ms: snapshot_entry.2,
-                };
-                persist(c, &n, &e, &before, &[], true)
-            })
-            .await
-            .map_err(ApiError::internal)?;
-    }
-    tell(&app, &name, newly_offered(&HashMap::new(), &entry.rollout));
+    app.store
+        .add_rollout(StoredRollout {
+            head: entry.head(&name),
+            devices: entry.changed(&HashMap::new()),
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    app.tell(&name, newly_offered(&HashMap::new(), &entry.rollout));
     rollouts.push((name.clone(), entry));
     tracing::info!(rollout = name, misfits = misfit.len(), "rollout created");
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-pub async fn all(State(app): State<Arc<App>>) -> Response {
-    let rollouts = app.fleet.rollouts.lock().await;
+pub async fn all(State(app): State<Arc<Fleet>>) -> Response {
+    let rollouts = app.rollouts.lock().await;
     let list: Vec<_> = rollouts.iter().map(|(n, e)| view(n, e)).collect();
     Json(serde_json::json!({"apiVersion": "v3", "statusCode": 200, "totalCount": list.len(), "rollouts": list}))
         .into_response()
 }
 
 pub async fn one(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Fleet>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let rollouts = app.fleet.rollouts.lock().await;
+    let rollouts = app.rollouts.lock().await;
     let (n, e) = rollouts
         .iter()
         .find(|(n, _)| *n == name)
@@ -411,10 +336,10 @@ pub async fn one(
 
 /// pause, resume or cancel.
 pub async fn control(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Fleet>>,
     Path((name, verb)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let mut rollouts = app.fleet.rollouts.lock().await;
+    let mut rollouts = app.rollouts.lock().await;
     let (_, e) = rollouts
         .iter_mut()
         .find(|(n, _)| *n == name)
@@ -437,22 +362,16 @@ pub async fn control(
             e.rollout.state
         )));
     }
-    let copy = Entry {
-        rollout: e.rollout.clone(),
-        artifact: e.artifact.clone(),
-        created_ms: e.created_ms,
-    };
-    let n = name.clone();
     if let Err(err) = app
-        .db
-        .write(move |c| persist(c, &n, &copy, &before, &[], false))
+        .store
+        .update_rollout(e.head(&name), e.changed(&before), Vec::new())
         .await
     {
         e.rollout = saved;
         return Err(ApiError::internal(err));
     }
     if verb == "resume" {
-        tell(&app, &name, newly_offered(&HashMap::new(), &e.rollout));
+        app.tell(&name, newly_offered(&HashMap::new(), &e.rollout));
     }
     tracing::info!(rollout = name, action = verb, "rollout {verb}");
     let mut v = view(&name, e);
@@ -462,11 +381,11 @@ pub async fn control(
 }
 
 pub async fn device_history(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Fleet>>,
     Path((name, device)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let state = {
-        let rollouts = app.fleet.rollouts.lock().await;
+        let rollouts = app.rollouts.lock().await;
         let (_, e) = rollouts
             .iter()
             .find(|(n, _)| *n == name)
@@ -475,95 +394,22 @@ pub async fn device_history(
             ApiError::not_found(format!("device {device} is not in rollout {name}"))
         })?
     };
-    let (n, d) = (name.clone(), device.clone());
-    let history = app
-        .db
-        .read(move |c| {
-            let mut st = c.prepare(
-                "SELECT at_ms, status, details FROM action_history WHERE rollout = ?1 AND device = ?2 ORDER BY id",
-            )?;
-            let rows = st
-                .query_map(params![n, d], |r| {
-                    Ok(serde_json::json!({"atMs": r.get::<_, i64>(0)?, "status": r.get::<_, String>(1)?, "details": r.get::<_, String>(2)?}))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok::<_, StorageError>(rows)
-        })
+    let history: Vec<_> = app
+        .store
+        .history(name.clone(), device.clone())
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .map(|h| serde_json::json!({"atMs": h.at_ms, "status": h.status, "details": h.details}))
+        .collect();
     Ok(Json(serde_json::json!({
         "apiVersion": "v3", "statusCode": 200, "rollout": name, "device": device,
-        "state": state_name(state), "history": history
+        "state": state.name(), "history": history
     }))
     .into_response())
 }
 
 // ---- the device protocol ----
-
-/// Checks the device's credential through the metadata view (which forgets what it knows
-/// of a device whenever core-metadata announces a change to it, such as a rotation or
-/// revocation): its secret as
-/// `X-Outpost-Device-Token`, or the client certificate it presented to the gateway, which
-/// the gateway passes as `X-Outpost-Client-Cert`.
-pub(crate) async fn authenticate(
-    app: &App,
-    device: &str,
-    headers: &HeaderMap,
-) -> Result<(), ApiError> {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-    };
-    let (credential, is_cert) = match (header("x-outpost-device-token"), app.vouched(headers)) {
-        (Some(t), _) => (t, false),
-        (None, Some(c)) => (c, true),
-        (None, None) => {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "the device's credential is missing (X-Outpost-Device-Token, or a client certificate)",
-            ));
-        }
-    };
-    let credential = if is_cert {
-        Credential::Certificate(credential)
-    } else {
-        Credential::Secret(credential)
-    };
-    // The view's policy: a credential verified before is honoured for a while when
-    // core-metadata cannot be asked.
-    match app.view.verify(device, credential).await {
-        Lookup::Found(Verdict::Pending) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("device {device} is waiting for an operator's approval"),
-        )),
-        Lookup::Missing => {
-            tracing::warn!(
-                device,
-                certificate = is_cert,
-                "a device credential was refused"
-            );
-            Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "the device's credential is not valid",
-            ))
-        }
-        found @ (Lookup::Found(_) | Lookup::Stale { .. }) => match found.within(CREDENTIAL_GRACE) {
-            Some(_) => {
-                app.inventory.seen(device);
-                Ok(())
-            }
-            None => Err(ApiError::unavailable(
-                "cannot check the device's credential: core-metadata has been unreachable too long",
-            )),
-        },
-        Lookup::Unavailable(e) => Err(ApiError::unavailable(format!(
-            "cannot check the device's credential: {e}"
-        ))),
-    }
-}
 
 /// Devices offered the update now that were not in `before`.
 fn newly_offered(before: &HashMap<String, DeviceState>, r: &Rollout) -> Vec<String> {
@@ -575,32 +421,6 @@ fn newly_offered(before: &HashMap<String, DeviceState>, r: &Rollout) -> Vec<Stri
         .collect()
 }
 
-/// Tells online devices to poll now: a message on `<their command topic>/ota` on the
-/// node's broker (QoS 1, not retained), which a device subscribed with its own credential
-/// receives. Best effort: a device that misses it finds the update at its next poll.
-fn tell(app: &Arc<App>, rollout: &str, devices: Vec<String>) {
-    if devices.is_empty() {
-        return;
-    }
-    let Some(bus) = app.bus.get().cloned() else {
-        return;
-    };
-    let (app2, rollout) = (Arc::clone(app), rollout.to_string());
-    app.tasks.spawn_child(async move {
-        let app = app2;
-        let body = serde_json::json!({"poll": true, "rollout": rollout}).to_string();
-        for name in devices {
-            let topic = match app.view.device(&name).await.within(CREDENTIAL_GRACE) {
-                Some(d) => outpost_contracts::topics::device::DeviceTopics::of(&d).command + "/ota",
-                _ => continue,
-            };
-            if let Err(e) = bus.publish_raw(&topic, body.clone().into_bytes()).await {
-                tracing::debug!(device = name, error = %e, "cannot tell the device to poll");
-            }
-        }
-    });
-}
-
 /// The action offered to `device`, newest rollout first.
 fn action_for<'a>(rollouts: &'a [(String, Entry)], device: &str) -> Option<&'a (String, Entry)> {
     rollouts
@@ -610,22 +430,22 @@ fn action_for<'a>(rollouts: &'a [(String, Entry)], device: &str) -> Option<&'a (
 }
 
 pub async fn poll(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Fleet>>,
     Path(device): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authenticate(&app, &device, &headers).await?;
+    app.devices.authenticate(&device, &headers).await?;
     let action = {
-        let rollouts = app.fleet.rollouts.lock().await;
+        let rollouts = app.rollouts.lock().await;
         action_for(&rollouts, &device)
             .map(|(n, e)| (n.clone(), e.artifact.clone(), e.rollout.state_of(&device)))
     };
     let action = match action {
         Some((rollout, (name, version), state)) => {
-            let a = crate::find(&app, name.clone(), version.clone()).await?;
+            let a = app.artifacts.find(name.clone(), version.clone()).await?;
             Some(serde_json::json!({
                 "id": rollout,
-                "state": state.map(state_name),
+                "state": state.map(DeviceState::name),
                 "artifact": {
                     "name": name, "version": version, "size": a.manifest.size, "sha256": a.manifest.sha256,
                     "payloadType": a.manifest.payload_type,
@@ -677,15 +497,15 @@ struct Feedback {
 }
 
 pub async fn feedback(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Fleet>>,
     Path((device, rollout)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authenticate(&app, &device, &headers).await?;
+    app.devices.authenticate(&device, &headers).await?;
     let fb: Feedback = outpost_kit::error::parse_json(&body)?;
     let details: String = fb.details.chars().take(1000).collect();
-    let mut rollouts = app.fleet.rollouts.lock().await;
+    let mut rollouts = app.rollouts.lock().await;
     let (_, e) = rollouts
         .iter_mut()
         .find(|(n, _)| *n == rollout)
@@ -695,24 +515,21 @@ pub async fn feedback(
     e.rollout
         .report(&device, fb.status)
         .map_err(|err| match err {
-            crate::rollout::ReportError::UnknownDevice(_)
-            | crate::rollout::ReportError::NotOffered(_) => {
+            ReportError::UnknownDevice(_) | ReportError::NotOffered(_) => {
                 ApiError::not_found(format!("device {device} has no action {rollout}"))
             }
             other => ApiError::conflict(other.to_string()),
         })?;
     let was = e.rollout.state.clone();
-    let copy = Entry {
-        rollout: e.rollout.clone(),
-        artifact: e.artifact.clone(),
-        created_ms: e.created_ms,
-    };
-    let history = vec![(device.clone(), state_name(fb.status), details)];
+    let reports = vec![Report {
+        device: device.clone(),
+        status: fb.status.name(),
+        details,
+    }];
     let opened = newly_offered(&before, &e.rollout);
-    let n = rollout.clone();
     if let Err(err) = app
-        .db
-        .write(move |c| persist(c, &n, &copy, &before, &history, false))
+        .store
+        .update_rollout(e.head(&rollout), e.changed(&before), reports)
         .await
     {
         e.rollout = saved;
@@ -726,18 +543,18 @@ pub async fn feedback(
     {
         tracing::warn!(rollout, reason, "rollout paused by itself");
     }
-    tell(&app, &rollout, opened);
+    app.tell(&rollout, opened);
     Ok(Json(serde_json::json!({"apiVersion": "v3", "statusCode": 200})).into_response())
 }
 
 pub async fn payload(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Fleet>>,
     Path((device, rollout)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authenticate(&app, &device, &headers).await?;
+    app.devices.authenticate(&device, &headers).await?;
     let artifact = {
-        let rollouts = app.fleet.rollouts.lock().await;
+        let rollouts = app.rollouts.lock().await;
         let (_, e) = rollouts
             .iter()
             .find(|(n, _)| *n == rollout)
@@ -755,5 +572,7 @@ pub async fn payload(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     tracing::info!(device, rollout, range, "device download");
-    crate::serve_payload(&app, artifact.0, artifact.1, &headers).await
+    app.artifacts
+        .serve_payload(artifact.0, artifact.1, &headers)
+        .await
 }

@@ -10,12 +10,10 @@
 //! - `POST /api/v3/group` `{"name", "labels": [...], "profile"?}`, `GET /api/v3/group/all`,
 //!   `GET /api/v3/group/name/{name}` (with its members), `DELETE /api/v3/group/name/{name}`.
 //!
-//! Last-seen times are kept in memory and written every few seconds (a poll costs no
-//! write); attributes are written when reported.
+//! Attributes are written when reported; check-in times are kept by [`Devices`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -23,126 +21,51 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use outpost_contracts::metadata::Device;
+use outpost_contracts::now_millis as now_ms;
 use outpost_kit::ApiError;
 use outpost_kit::error::Path;
-use outpost_storage::rusqlite::params;
-use outpost_storage::{Db, Migration, StorageError};
 use serde::Deserialize;
 
-use crate::{App, now_ms};
+use crate::devices::{Devices, valid_name};
+use crate::store::{Attributes, Group, Store};
 
-pub const MIGRATION: Migration = Migration {
-    version: 3,
-    description: "inventory and groups",
-    sql: "CREATE TABLE inventory (
-              device TEXT PRIMARY KEY,
-              attributes TEXT NOT NULL DEFAULT '{}',
-              last_seen_ms INTEGER
-          );
-          CREATE TABLE groups (
-              name TEXT PRIMARY KEY,
-              labels TEXT NOT NULL,
-              profile TEXT NOT NULL DEFAULT '',
-              created_ms INTEGER NOT NULL
-          );",
-};
-
-type Attributes = BTreeMap<String, String>;
-
-/// What the service knows of devices between writes.
-#[derive(Default)]
+/// The inventory and groups.
 pub struct Inventory {
-    seen: Mutex<HashMap<String, i64>>,
-    unsaved: Mutex<HashSet<String>>,
+    store: Arc<dyn Store>,
+    devices: Arc<Devices>,
+    /// What each device reported last (a copy of what is stored).
     attributes: Mutex<HashMap<String, Attributes>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    /// A device not seen for this long is overdue.
+    overdue_ms: i64,
 }
 
 impl Inventory {
-    /// Loads what was saved.
-    pub async fn load(db: &Db) -> Result<Self, StorageError> {
-        let rows = db
-            .read(|c| {
-                let mut st = c.prepare("SELECT device, attributes, last_seen_ms FROM inventory")?;
-                let rows = st
-                    .query_map([], |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, Option<i64>>(2)?,
-                        ))
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok::<_, StorageError>(rows)
-            })
-            .await?;
-        let inv = Self::default();
-        for (device, attrs, seen) in rows {
-            if let Some(t) = seen {
-                lock(&inv.seen).insert(device.clone(), t);
-            }
-            let attrs: Attributes = serde_json::from_str(&attrs).unwrap_or_default();
-            lock(&inv.attributes).insert(device, attrs);
-        }
-        Ok(inv)
-    }
-
-    /// Notes that `device` checked in now.
-    pub fn seen(&self, device: &str) {
-        let now = now_ms();
-        {
-            let mut seen = lock(&self.seen);
-            match seen.get_mut(device) {
-                Some(t) => *t = now,
-                None => {
-                    seen.insert(device.to_string(), now);
-                }
-            }
-        }
-        let mut unsaved = lock(&self.unsaved);
-        if !unsaved.contains(device) {
-            unsaved.insert(device.to_string());
+    /// `attributes`: what devices reported before, as stored.
+    pub fn new(
+        store: Arc<dyn Store>,
+        devices: Arc<Devices>,
+        attributes: HashMap<String, Attributes>,
+        overdue_ms: i64,
+    ) -> Self {
+        Self {
+            store,
+            devices,
+            attributes: Mutex::new(attributes),
+            overdue_ms,
         }
     }
 
-    /// Writes the check-in times noted since the last write.
-    pub async fn save(&self, db: &Db) -> Result<(), StorageError> {
-        let batch: Vec<(String, i64)> = {
-            let names: Vec<String> = lock(&self.unsaved).drain().collect();
-            let seen = lock(&self.seen);
-            names
-                .into_iter()
-                .filter_map(|n| seen.get(&n).map(|t| (n, *t)))
-                .collect()
-        };
-        if batch.is_empty() {
-            return Ok(());
-        }
-        db.write(move |c| {
-            let tx = c.transaction()?;
-            {
-                let mut st = tx.prepare_cached(
-                    "INSERT INTO inventory (device, last_seen_ms) VALUES (?1, ?2)
-                     ON CONFLICT (device) DO UPDATE SET last_seen_ms = ?2",
-                )?;
-                for (d, t) in &batch {
-                    st.execute(params![d, t])?;
-                }
-            }
-            tx.commit()?;
-            Ok::<_, StorageError>(())
-        })
-        .await
+    fn attributes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Attributes>> {
+        self.attributes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn view(&self, d: &Device, overdue_ms: i64) -> serde_json::Value {
-        let seen = lock(&self.seen).get(&d.name).copied();
+    fn view(&self, d: &Device) -> serde_json::Value {
+        let seen = self.devices.last_seen(&d.name);
         let check_in = match seen {
             None => "never",
-            Some(t) if now_ms() - t > overdue_ms => "overdue",
+            Some(t) if now_ms() - t > self.overdue_ms => "overdue",
             Some(_) => "ok",
         };
         serde_json::json!({
@@ -150,75 +73,12 @@ impl Inventory {
             "profileName": d.profile_name,
             "labels": d.labels,
             "adminState": d.admin_state,
-            "attributes": lock(&self.attributes).get(&d.name).cloned().unwrap_or_default(),
+            "attributes": self.attributes().get(&d.name).cloned().unwrap_or_default(),
             "lastSeenMs": seen,
             "checkIn": check_in,
             "overdue": check_in == "overdue",
         })
     }
-}
-
-/// Writes check-in times every few seconds until shutdown (and once more then).
-pub async fn keep_saving(app: Arc<App>, stopping: outpost_kit::Shutdown) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        let stop = tokio::select! {
-            () = stopping.wait() => true,
-            _ = tick.tick() => false,
-        };
-        if let Err(e) = app.inventory.save(&app.db).await {
-            tracing::warn!(error = %e, "cannot save check-in times");
-        }
-        if stop {
-            return;
-        }
-    }
-}
-
-/// Every device carrying all of `labels` (and of `profile`, if not empty).
-pub async fn select(app: &App, labels: &[String], profile: &str) -> Result<Vec<Device>, ApiError> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    loop {
-        let (page, total) = app
-            .view
-            .client()
-            .devices_page(offset, 1000)
-            .await
-            .map_err(|e| e.to_api_error())?;
-        let n = page.len() as u64;
-        out.extend(page.into_iter().filter(|d| {
-            labels.iter().all(|l| d.labels.contains(l))
-                && (profile.is_empty() || d.profile_name == profile)
-        }));
-        offset += n;
-        if n == 0 || offset >= total {
-            break;
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
-}
-
-/// A group's selector.
-pub async fn group_selector(app: &App, name: &str) -> Result<(Vec<String>, String), ApiError> {
-    let n = name.to_string();
-    let row = app
-        .db
-        .read(move |c| {
-            use outpost_storage::rusqlite::OptionalExtension as _;
-            c.query_row(
-                "SELECT labels, profile FROM groups WHERE name = ?1",
-                params![n],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
-            )
-            .optional()
-            .map_err(StorageError::from)
-        })
-        .await
-        .map_err(ApiError::internal)?;
-    let (labels, profile) = row.ok_or_else(|| ApiError::not_found(format!("no group {name}")))?;
-    Ok((serde_json::from_str(&labels).unwrap_or_default(), profile))
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,12 +89,12 @@ struct Reported {
 
 /// The device reports its attributes.
 pub async fn put_attributes(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Inventory>>,
     Path(device): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    crate::fleet::authenticate(&app, &device, &headers).await?;
+    app.devices.authenticate(&device, &headers).await?;
     let r: Reported = outpost_kit::error::parse_json(&body)?;
     if r.attributes.len() > 64
         || r.attributes
@@ -245,20 +105,11 @@ pub async fn put_attributes(
             "attributes: at most 64, keys of 1 to 64 characters, values up to 256",
         ));
     }
-    let text = serde_json::to_string(&r.attributes).map_err(ApiError::internal)?;
-    let d = device.clone();
-    app.db
-        .write(move |c| {
-            c.execute(
-                "INSERT INTO inventory (device, attributes) VALUES (?1, ?2)
-                 ON CONFLICT (device) DO UPDATE SET attributes = ?2",
-                params![d, text],
-            )?;
-            Ok::<_, StorageError>(())
-        })
+    app.store
+        .set_attributes(device.clone(), r.attributes.clone())
         .await
         .map_err(ApiError::internal)?;
-    lock(&app.inventory.attributes).insert(device, r.attributes);
+    app.attributes().insert(device, r.attributes);
     Ok(Json(serde_json::json!({"apiVersion": "v3", "statusCode": 200})).into_response())
 }
 
@@ -269,21 +120,19 @@ pub struct Filter {
 }
 
 pub async fn all(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Inventory>>,
     Query(f): Query<Filter>,
 ) -> Result<Response, ApiError> {
     let (mut labels, mut profile) = (Vec::new(), String::new());
     if let Some(g) = &f.group {
-        (labels, profile) = group_selector(&app, g).await?;
+        let group = app.devices.group(g).await?;
+        (labels, profile) = (group.labels, group.profile);
     }
     if let Some(l) = &f.labels {
         labels.extend(l.split(',').filter(|s| !s.is_empty()).map(str::to_string));
     }
-    let devices = select(&app, &labels, &profile).await?;
-    let list: Vec<_> = devices
-        .iter()
-        .map(|d| app.inventory.view(d, app.overdue_ms))
-        .collect();
+    let devices = app.devices.select(&labels, &profile).await?;
+    let list: Vec<_> = devices.iter().map(|d| app.view(d)).collect();
     Ok(Json(serde_json::json!({
         "apiVersion": "v3", "statusCode": 200, "totalCount": list.len(), "devices": list,
     }))
@@ -291,17 +140,16 @@ pub async fn all(
 }
 
 pub async fn one(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Inventory>>,
     Path(device): Path<String>,
 ) -> Result<Response, ApiError> {
     let d = app
-        .view
-        .client()
+        .devices
         .device(&device)
         .await
         .map_err(|e| e.to_api_error())?
         .ok_or_else(|| ApiError::not_found(format!("no device {device}")))?;
-    let mut v = app.inventory.view(&d, app.overdue_ms);
+    let mut v = app.view(&d);
     v["apiVersion"] = "v3".into();
     v["statusCode"] = 200.into();
     Ok(Json(v).into_response())
@@ -317,9 +165,12 @@ struct NewGroup {
     profile: String,
 }
 
-pub async fn group_create(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn group_create(
+    State(app): State<Arc<Inventory>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let g: NewGroup = outpost_kit::error::parse_json(&body)?;
-    if !crate::fleet::valid_name(&g.name) {
+    if !valid_name(&g.name) {
         return Err(ApiError::bad_request(
             "a group name is 1 to 128 letters, digits, '-', '_' or '.'",
         ));
@@ -329,18 +180,14 @@ pub async fn group_create(State(app): State<Arc<App>>, body: Bytes) -> Result<Re
             "a group selects by labels, a profile, or both",
         ));
     }
-    let labels = serde_json::to_string(&g.labels).map_err(ApiError::internal)?;
-    let (name, profile) = (g.name.clone(), g.profile.clone());
+    let group = Group {
+        name: g.name.clone(),
+        labels: g.labels,
+        profile: g.profile,
+    };
     let added = app
-        .db
-        .write(move |c| {
-            let n = c.execute(
-                "INSERT INTO groups (name, labels, profile, created_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (name) DO NOTHING",
-                params![name, labels, profile, now_ms()],
-            )?;
-            Ok::<_, StorageError>(n == 1)
-        })
+        .store
+        .add_group(group, now_ms())
         .await
         .map_err(ApiError::internal)?;
     if !added {
@@ -353,30 +200,13 @@ pub async fn group_create(State(app): State<Arc<App>>, body: Bytes) -> Result<Re
         .into_response())
 }
 
-pub async fn group_all(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
-    let rows = app
-        .db
-        .read(|c| {
-            let mut st = c.prepare("SELECT name, labels, profile FROM groups ORDER BY name")?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok::<_, StorageError>(rows)
-        })
-        .await
-        .map_err(ApiError::internal)?;
+pub async fn group_all(State(app): State<Arc<Inventory>>) -> Result<Response, ApiError> {
+    let rows = app.store.groups().await.map_err(ApiError::internal)?;
     let mut groups = Vec::new();
-    for (name, labels, profile) in rows {
-        let labels: Vec<String> = serde_json::from_str(&labels).unwrap_or_default();
-        let members = select(&app, &labels, &profile).await?.len();
+    for g in rows {
+        let members = app.devices.select(&g.labels, &g.profile).await?.len();
         groups.push(serde_json::json!({
-            "name": name, "labels": labels, "profile": profile, "members": members,
+            "name": g.name, "labels": g.labels, "profile": g.profile, "members": members,
         }));
     }
     Ok(Json(serde_json::json!({
@@ -386,11 +216,15 @@ pub async fn group_all(State(app): State<Arc<App>>) -> Result<Response, ApiError
 }
 
 pub async fn group_one(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Inventory>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (labels, profile) = group_selector(&app, &name).await?;
-    let members: Vec<String> = select(&app, &labels, &profile)
+    let Group {
+        labels, profile, ..
+    } = app.devices.group(&name).await?;
+    let members: Vec<String> = app
+        .devices
+        .select(&labels, &profile)
         .await?
         .into_iter()
         .map(|d| d.name)
@@ -403,15 +237,12 @@ pub async fn group_one(
 }
 
 pub async fn group_delete(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Inventory>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let n = name.clone();
     let gone = app
-        .db
-        .write(move |c| {
-            Ok::<_, StorageError>(c.execute("DELETE FROM groups WHERE name = ?1", params![n])? == 1)
-        })
+        .store
+        .delete_group(name.clone())
         .await
         .map_err(ApiError::internal)?;
     if !gone {

@@ -161,6 +161,19 @@ impl DeviceState {
         Self::Canceled,
     ];
 
+    /// Its name in the API and in storage (`offered`, `rolledBack`, ...).
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    /// The state named `name` (see [`DeviceState::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
+    }
+
     pub fn terminal(self) -> bool {
         matches!(
             self,
@@ -666,6 +679,28 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn device_states_have_their_api_names_both_ways() {
+        let names: Vec<String> = DeviceState::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "waiting",
+                "offered",
+                "downloading",
+                "installing",
+                "succeeded",
+                "failed",
+                "rolledBack",
+                "canceled"
+            ]
+        );
+        for s in DeviceState::ALL {
+            assert_eq!(DeviceState::from_name(&s.name()), Some(s));
+        }
+        assert_eq!(DeviceState::from_name("exploded"), None);
     }
 
     #[test]

@@ -1,11 +1,10 @@
-//! Items a destination refused for good, with the reason: kept (encrypted) for an operator
-//! to inspect, requeue or remove; at most `MAX_PER_DESTINATION` per destination, the
-//! oldest going first (logged).
+//! [`DeadLetterStore`] in the service's encrypted SQLite database.
 
 use outpost_queue::{Item, Priority};
 use outpost_storage::rusqlite::params;
 use outpost_storage::{Db, Migration, StorageError};
-use serde::Serialize;
+
+use crate::store::{DeadLetter, DeadLetterStore, MAX_PER_DESTINATION, Taken};
 
 pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
@@ -23,37 +22,28 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
           CREATE INDEX dead_letters_by_destination ON dead_letters (destination, id);",
 }];
 
-const MAX_PER_DESTINATION: i64 = 100_000;
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeadLetter {
-    pub priority: &'static str,
-    pub seq: u64,
-    pub enqueued_ms: u64,
-    pub failed_ms: u64,
-    pub reason: String,
-    pub data: serde_json::Value,
-}
-
 #[derive(Clone)]
-pub struct DeadLetters {
+pub struct SqliteDeadLetters {
     db: Db,
 }
 
-impl DeadLetters {
+impl SqliteDeadLetters {
     pub fn new(db: Db) -> Self {
         Self { db }
     }
+}
 
-    pub async fn put(
+#[async_trait::async_trait]
+impl DeadLetterStore for SqliteDeadLetters {
+    async fn put(
         &self,
         dest: &str,
         priority: Priority,
         items: Vec<(Item, String)>,
+        failed_ms: u64,
     ) -> Result<(), StorageError> {
         let dest = dest.to_string();
-        let now = super::now_ms() as i64;
+        let now = failed_ms as i64;
         self.db
             .write(move |c| {
                 let tx = c.transaction()?;
@@ -84,11 +74,7 @@ impl DeadLetters {
             .await
     }
 
-    pub async fn list(
-        &self,
-        dest: &str,
-        limit: u64,
-    ) -> Result<(u64, Vec<DeadLetter>), StorageError> {
+    async fn list(&self, dest: &str, limit: u64) -> Result<(u64, Vec<DeadLetter>), StorageError> {
         let dest = dest.to_string();
         self.db
             .read(move |c| {
@@ -127,12 +113,7 @@ impl DeadLetters {
             .await
     }
 
-    /// Every dead letter of `dest`, grouped by priority, oldest first, and the highest id
-    /// among them (for [`DeadLetters::purge_upto`]).
-    pub async fn take_all(
-        &self,
-        dest: &str,
-    ) -> Result<(Vec<(Priority, Vec<Vec<u8>>)>, i64), StorageError> {
+    async fn take_all(&self, dest: &str) -> Result<Taken, StorageError> {
         let dest = dest.to_string();
         self.db
             .read(move |c| {
@@ -158,9 +139,7 @@ impl DeadLetters {
             .await
     }
 
-    /// Removes the dead letters of `dest` up to id `max_id` (those taken for a requeue; any
-    /// that arrived since stay).
-    pub async fn purge_upto(&self, dest: &str, max_id: i64) -> Result<u64, StorageError> {
+    async fn purge_upto(&self, dest: &str, max_id: i64) -> Result<u64, StorageError> {
         let dest = dest.to_string();
         self.db
             .write(move |c| {
@@ -172,7 +151,7 @@ impl DeadLetters {
             .await
     }
 
-    pub async fn purge(&self, dest: &str) -> Result<u64, StorageError> {
+    async fn purge(&self, dest: &str) -> Result<u64, StorageError> {
         let dest = dest.to_string();
         self.db
             .write(move |c| {

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::cli::{Client, ago, enc, ok_or_message, print_json, s, table, time_of};
+use super::client::{Client, enc, ok_or_message};
+use super::table::{ago, print_json, s, table, time_of};
 use crate::config::NodeConfig;
 
 pub async fn export_status(c: &Client, json: bool) -> anyhow::Result<()> {

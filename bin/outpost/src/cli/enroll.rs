@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::cli::{Client, NewDevice, enc, ok_or_message, print_json, table};
+use super::client::{Client, enc, ok_or_message};
+use super::devices::NewDevice;
+use super::table::{print_json, table};
 
 /// What `outpost device enroll` was given.
 pub struct Enroll {
@@ -117,7 +119,7 @@ fn prepare(name: &str, out: Option<&Path>, cert: bool) -> anyhow::Result<Option<
     if let Some(dir) = out {
         outpost_storage::ensure_private_dir(dir)?;
     }
-    cert.then(|| outpost_pki::new_csr(name)).transpose()
+    Ok(cert.then(|| outpost_pki::new_csr(name)).transpose()?)
 }
 
 /// Writes or prints what was issued, even when a later step failed.
@@ -146,7 +148,7 @@ pub async fn enroll(c: &Client, e: Enroll) -> anyhow::Result<()> {
                 e.name
             );
         };
-        crate::cli::device_add(
+        super::devices::device_add(
             c,
             NewDevice {
                 file: None,

@@ -10,7 +10,8 @@ use outpost_ota::manifest::{Manifest, SigningKey};
 use serde_json::Value;
 use tokio::io::AsyncReadExt as _;
 
-use crate::cli::{Client, enc, ok_or_message, print_json, s, table};
+use super::client::{Client, enc, ok_or_message};
+use super::table::{print_json, s, table};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 

@@ -1,0 +1,230 @@
+//! HTTP access to the node's services for the CLI: through the gateway (with the session's
+//! token, renewed once when refused) or, when the node runs without one, directly.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::config::NodeConfig;
+use crate::session::Gateway;
+
+/// HTTP access to the node's services: through the gateway (see [`crate::session`]), or
+/// directly when the node runs without one.
+pub struct Client {
+    http: reqwest::Client,
+    pub(crate) cfg: NodeConfig,
+    gateway: Option<Gateway>,
+}
+
+impl Client {
+    pub fn new(cfg: NodeConfig, gateway: Option<Gateway>) -> Self {
+        Self {
+            http: outpost_kit::http::client(Duration::from_secs(10)),
+            cfg,
+            gateway,
+        }
+    }
+
+    /// The URL of `path` of the service named `svc`.
+    fn url(&self, svc: &str, path: &str) -> String {
+        match &self.gateway {
+            Some(g) => format!("{}/{svc}/api/v3{path}", g.base),
+            None => format!("{}/api/v3{path}", self.cfg.url_of(svc).unwrap_or_default()),
+        }
+    }
+
+    pub(crate) fn request(
+        &self,
+        method: reqwest::Method,
+        svc: &str,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let http = self.gateway.as_ref().map_or(&self.http, |g| &g.http);
+        http.request(method, self.url(svc, path))
+    }
+
+    /// The gateway, for the commands that only it serves (users, API keys).
+    pub fn gateway(&self) -> anyhow::Result<&Gateway> {
+        self.gateway.as_ref().context(
+            "users and API keys live in the gateway, which this node's configuration disables \
+             (gateway.enabled); use --gateway URL for a node that has one",
+        )
+    }
+
+    async fn exec(
+        &self,
+        svc: &str,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+        let resp = outpost_kit::http::correlated(req).send().await;
+        let resp = match (resp, &self.gateway) {
+            (Ok(r), _) => r,
+            (Err(e), Some(g)) => return Err(crate::session::unreachable(&g.base, &e)),
+            (Err(_), None) => bail!("{svc} is not reachable; is the node up (outpost up)?"),
+        };
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        Ok((status, json))
+    }
+
+    /// Sends with the gateway's token; a refused token is renewed once.
+    async fn send_as(
+        &self,
+        svc: &str,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+        let Some(g) = &self.gateway else {
+            return self.exec(svc, req).await;
+        };
+        let retry = req.try_clone();
+        let (status, body) = self.exec(svc, req.bearer_auth(g.token().await?)).await?;
+        if status == reqwest::StatusCode::UNAUTHORIZED
+            && let Some(again) = retry
+        {
+            let token = g.renew().await?;
+            return self.exec(svc, again.bearer_auth(token)).await;
+        }
+        Ok((status, body))
+    }
+
+    pub(crate) async fn send(
+        &self,
+        svc: &str,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+        self.send_as(svc, req).await
+    }
+
+    /// A call to the gateway's own API (`/api/v3/...`).
+    pub async fn own(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let g = self.gateway()?;
+        let mut req = g.http.request(method, format!("{}/api/v3{path}", g.base));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let (status, body) = self.send_as("gateway", req).await?;
+        ok_or_message(status, body)
+    }
+
+    /// POSTs a streamed body of `len` bytes with extra headers (artifact uploads); no
+    /// overall timeout, since a large upload takes as long as the link needs.
+    pub async fn upload(
+        &self,
+        svc: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: reqwest::Body,
+        len: u64,
+    ) -> anyhow::Result<Value> {
+        let mut req = self
+            .request(reqwest::Method::POST, svc, path)
+            .timeout(Duration::from_secs(24 * 3600))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, len);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let (status, body) = self.send(svc, req.body(body)).await?;
+        ok_or_message(status, body)
+    }
+
+    pub async fn get(&self, svc: &str, path: &str) -> anyhow::Result<Value> {
+        let (status, body) = self
+            .send(svc, self.request(reqwest::Method::GET, svc, path))
+            .await?;
+        ok_or_message(status, body)
+    }
+
+    pub(crate) async fn post(
+        &self,
+        svc: &str,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+        self.send(
+            svc,
+            self.request(reqwest::Method::POST, svc, path).json(body),
+        )
+        .await
+    }
+
+    pub(crate) async fn put(
+        &self,
+        svc: &str,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+        self.send(
+            svc,
+            self.request(reqwest::Method::PUT, svc, path).json(body),
+        )
+        .await
+    }
+
+    pub(crate) async fn delete(&self, svc: &str, path: &str) -> anyhow::Result<Value> {
+        let (status, body) = self
+            .send(svc, self.request(reqwest::Method::DELETE, svc, path))
+            .await?;
+        ok_or_message(status, body)
+    }
+}
+
+pub(crate) fn ok_or_message(status: reqwest::StatusCode, body: Value) -> anyhow::Result<Value> {
+    if status.is_success() {
+        return Ok(body);
+    }
+    let msg = body
+        .get("message")
+        .and_then(Value::as_str)
+        .map_or_else(|| body.to_string(), str::to_string);
+    bail!("{} {msg}", status.as_u16())
+}
+
+/// The single entry of a 207 answer, as a result.
+pub(crate) fn multi_status_entry(
+    status: reqwest::StatusCode,
+    body: &Value,
+) -> Result<Value, (u64, String)> {
+    if status != reqwest::StatusCode::MULTI_STATUS {
+        let msg = body
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        return Err((u64::from(status.as_u16()), msg));
+    }
+    let entry = body.get(0).cloned().unwrap_or(Value::Null);
+    let code = entry.get("statusCode").and_then(Value::as_u64).unwrap_or(0);
+    if (200..300).contains(&code) {
+        Ok(entry)
+    } else {
+        Err((
+            code,
+            entry
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        ))
+    }
+}
+
+/// Percent-encodes a path segment or query value.
+pub(crate) fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,135 @@
+//! `outpost readings` and `outpost events tail`: what devices sent, from core-data and live
+//! from the bus.
+
+use std::path::Path;
+use std::time::Duration;
+
+use outpost_contracts::event::NumericMode;
+use serde_json::Value;
+
+use super::client::{Client, enc};
+use super::table::{print_json, s, table, time_of};
+use crate::config::NodeConfig;
+
+pub async fn readings(
+    c: &Client,
+    device: &str,
+    resource: Option<&str>,
+    since: Option<Duration>,
+    limit: i64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut path = format!("/reading/device/name/{}", enc(device));
+    if let Some(r) = resource {
+        path.push_str(&format!("/resourceName/{}", enc(r)));
+    }
+    if let Some(since) = since {
+        let now = outpost_contracts::now_nanos();
+        let start = now.saturating_sub(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX));
+        path.push_str(&format!("/start/{start}/end/{now}"));
+    }
+    path.push_str(&format!("?limit={limit}"));
+    let v = c.get(outpost_core_data::SERVICE, &path).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let list = v["readings"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|r| {
+            let value = reading_value(r);
+            vec![
+                time_of(r["origin"].as_i64().unwrap_or(0)),
+                s(r, "resourceName"),
+                s(r, "valueType"),
+                value,
+                s(r, "units"),
+            ]
+        })
+        .collect();
+    table(&["ORIGIN", "RESOURCE", "TYPE", "VALUE", "UNITS"], &rows);
+    let total = v["totalCount"].as_u64().unwrap_or(0);
+    if total as usize > list.len() {
+        eprintln!("({} of {total} readings; use --limit)", list.len());
+    }
+    Ok(())
+}
+
+pub async fn events_tail(
+    cfg: &NodeConfig,
+    data_dir: &Path,
+    device: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let shutdown = outpost_kit::Shutdown::new();
+    shutdown.listen_for_signals(false);
+    let mut opts = outpost_bus::Options::plain(format!("cli-{}", std::process::id()));
+    opts.create_credentials = false;
+    let connect = outpost_bus::Bus::connect(&cfg.bus, data_dir, "cli", opts, &shutdown);
+    let bus = tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "cannot connect to the bus at {} (is the node up? run on the node, or pass its --data-dir)",
+                cfg.bus.url
+            )
+        })??;
+    let filter = format!("{}/events/#", cfg.bus.base_topic);
+    let mut rx = bus.subscribe(&filter).await?;
+    eprintln!("following {filter} on {} (Ctrl-C to stop)", cfg.bus.url);
+    loop {
+        let d = tokio::select! {
+            () = shutdown.wait() => break,
+            d = rx.recv() => d,
+        };
+        let Some(d) = d else { break };
+        let Some(env) = bus.decode_event(&d) else {
+            eprintln!(
+                "{}: undecodable message ({} bytes)",
+                d.topic,
+                d.payload.len()
+            );
+            continue;
+        };
+        let ev = env.payload.event;
+        if device.is_some_and(|want| want != ev.device_name) {
+            continue;
+        }
+        if json {
+            println!("{}", ev.to_json(NumericMode::Strings));
+            continue;
+        }
+        let values: Vec<String> = ev
+            .readings
+            .iter()
+            .map(|r| match r.to_json(NumericMode::Strings).get("value") {
+                Some(Value::String(v)) => format!("{}={v}", r.resource_name),
+                _ => format!("{}=<{}>", r.resource_name, r.value_type),
+            })
+            .collect();
+        println!(
+            "{} {} {} {}",
+            time_of(ev.origin),
+            ev.device_name,
+            ev.source_name,
+            values.join(" ")
+        );
+    }
+    bus.disconnect().await;
+    Ok(())
+}
+
+/// A reading's value for a table: the simple value, the object, or a binary marker.
+pub(crate) fn reading_value(r: &Value) -> String {
+    if r.get("binaryValue").is_some() {
+        format!("<{} binary>", s(r, "mediaType"))
+    } else if let Some(o) = r.get("objectValue") {
+        o.to_string()
+    } else {
+        s(r, "value")
+    }
+}

@@ -1,0 +1,442 @@
+//! `outpost profile|device|device-service ...` and `outpost command`: device profiles,
+//! devices, device services, discovery, and reading and writing devices.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use outpost_contracts::common::BaseRequest;
+use outpost_contracts::metadata::{
+    AddDeviceRequest, AddDeviceServiceRequest, AutoEvent, Device, DeviceProfile, DeviceService,
+};
+use serde_json::Value;
+
+use super::client::{Client, enc, multi_status_entry, ok_or_message};
+use super::table::{print_json, s, table};
+
+fn read_document(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+pub async fn profile_apply(c: &Client, file: &Path) -> anyhow::Result<()> {
+    let text = read_document(file)?;
+    let profile = DeviceProfile::from_yaml(&text).map_err(anyhow::Error::msg)?;
+    let name = profile.name.clone();
+    let body = serde_json::json!([{ "apiVersion": "v3", "profile": profile }]);
+    let (status, resp) = c
+        .post(outpost_core_metadata::SERVICE, "/deviceprofile", &body)
+        .await?;
+    match multi_status_entry(status, &resp) {
+        Ok(_) => println!("created device profile {name}"),
+        Err((409, _)) => {
+            let (status, resp) = c
+                .put(outpost_core_metadata::SERVICE, "/deviceprofile", &body)
+                .await?;
+            match multi_status_entry(status, &resp) {
+                Ok(_) => println!("updated device profile {name}"),
+                Err((code, msg)) => bail!("cannot update device profile {name}: {code} {msg}"),
+            }
+        }
+        Err((code, msg)) => bail!("cannot create device profile {name}: {code} {msg}"),
+    }
+    Ok(())
+}
+
+pub async fn profile_list(c: &Client, json: bool) -> anyhow::Result<()> {
+    let v = c
+        .get(
+            outpost_core_metadata::SERVICE,
+            "/deviceprofile/all?limit=-1",
+        )
+        .await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v["profiles"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            vec![
+                s(p, "name"),
+                s(p, "manufacturer"),
+                s(p, "model"),
+                p["deviceResources"]
+                    .as_array()
+                    .map_or(0, Vec::len)
+                    .to_string(),
+                s(p, "linkedDeviceCount"),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "MANUFACTURER", "MODEL", "RESOURCES", "DEVICES"],
+        &rows,
+    );
+    Ok(())
+}
+
+/// What `outpost device add` was given.
+pub struct NewDevice {
+    pub file: Option<std::path::PathBuf>,
+    pub name: Option<String>,
+    pub profile: Option<String>,
+    pub service: Option<String>,
+    pub protocols: Vec<String>,
+    pub labels: Vec<String>,
+    pub auto_events: Vec<String>,
+    pub description: Option<String>,
+}
+
+/// `protocol.key=value` pairs into EdgeX protocol properties.
+fn parse_protocols(pairs: &[String]) -> anyhow::Result<outpost_contracts::metadata::Protocols> {
+    let mut out = outpost_contracts::metadata::Protocols::new();
+    for p in pairs {
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("--protocol '{p}' must be protocol.key=value"))?;
+        let (proto, key) = k
+            .split_once('.')
+            .with_context(|| format!("--protocol '{p}' must be protocol.key=value"))?;
+        out.entry(proto.to_string())
+            .or_default()
+            .insert(key.to_string(), Value::String(v.to_string()));
+    }
+    Ok(out)
+}
+
+/// `interval:source[:onchange]` into an auto event.
+fn parse_auto_event(s: &str) -> anyhow::Result<AutoEvent> {
+    let mut parts = s.split(':');
+    let (Some(interval), Some(source)) = (parts.next(), parts.next()) else {
+        bail!("--auto-event '{s}' must be interval:source[:onchange]");
+    };
+    let on_change = match parts.next() {
+        None => false,
+        Some("onchange") => true,
+        Some(other) => bail!("--auto-event '{s}': unknown flag '{other}'"),
+    };
+    Ok(AutoEvent {
+        interval: interval.to_string(),
+        source_name: source.to_string(),
+        on_change,
+        ..AutoEvent::default()
+    })
+}
+
+pub async fn device_add(c: &Client, d: NewDevice) -> anyhow::Result<()> {
+    let devices: Vec<Device> = match &d.file {
+        Some(f) => {
+            let text = read_document(f)?;
+            match serde_norway::from_str::<Vec<Device>>(&text) {
+                Ok(v) => v,
+                Err(_) => vec![
+                    serde_norway::from_str::<Device>(&text)
+                        .with_context(|| format!("{} is not a device document", f.display()))?,
+                ],
+            }
+        }
+        None => {
+            let name = d.name.context("--name is required (or -f FILE)")?;
+            let service = d.service.context("--service is required (or -f FILE)")?;
+            let mut protocols = parse_protocols(&d.protocols)?;
+            if protocols.is_empty() {
+                protocols.insert("other".into(), serde_json::Map::new());
+            }
+            vec![Device {
+                name,
+                profile_name: d.profile.unwrap_or_default(),
+                service_name: service,
+                labels: d.labels,
+                protocols,
+                auto_events: d
+                    .auto_events
+                    .iter()
+                    .map(|a| parse_auto_event(a))
+                    .collect::<anyhow::Result<_>>()?,
+                description: d.description.unwrap_or_default(),
+                operating_state: outpost_contracts::metadata::OperatingState::Up,
+                ..Device::default()
+            }]
+        }
+    };
+    let body: Vec<AddDeviceRequest> = devices
+        .into_iter()
+        .map(|device| AddDeviceRequest {
+            base: BaseRequest::new(),
+            device,
+        })
+        .collect();
+    let names: Vec<String> = body.iter().map(|r| r.device.name.clone()).collect();
+    let (status, resp) = c
+        .post(
+            outpost_core_metadata::SERVICE,
+            "/device",
+            &serde_json::to_value(&body)?,
+        )
+        .await?;
+    if status != reqwest::StatusCode::MULTI_STATUS {
+        return ok_or_message(status, resp).map(|_| ());
+    }
+    let mut failed = 0;
+    for (name, entry) in names
+        .iter()
+        .zip(resp.as_array().map(Vec::as_slice).unwrap_or_default())
+    {
+        let code = entry["statusCode"].as_u64().unwrap_or(0);
+        if (200..300).contains(&code) {
+            println!("added device {name} ({})", s(entry, "id"));
+        } else {
+            failed += 1;
+            eprintln!("cannot add device {name}: {code} {}", s(entry, "message"));
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} device(s) not added");
+    }
+    Ok(())
+}
+
+pub async fn device_list(
+    c: &Client,
+    service: Option<&str>,
+    profile: Option<&str>,
+    label: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let path = match (service, profile) {
+        (Some(s), _) => format!("/device/service/name/{}?limit=-1", enc(s)),
+        (None, Some(p)) => format!("/device/profile/name/{}?limit=-1", enc(p)),
+        (None, None) => match label {
+            Some(l) => format!("/device/all?limit=-1&labels={}", enc(l)),
+            None => "/device/all?limit=-1".to_string(),
+        },
+    };
+    let v = c.get(outpost_core_metadata::SERVICE, &path).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v["devices"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|d| {
+            let labels = d["labels"]
+                .as_array()
+                .map(|l| {
+                    l.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            vec![
+                s(d, "name"),
+                s(d, "profileName"),
+                s(d, "serviceName"),
+                s(d, "adminState"),
+                s(d, "operatingState"),
+                labels,
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "PROFILE", "SERVICE", "ADMIN", "STATE", "LABELS"],
+        &rows,
+    );
+    Ok(())
+}
+
+pub async fn device_show(c: &Client, name: &str) -> anyhow::Result<()> {
+    let v = c
+        .get(
+            outpost_core_metadata::SERVICE,
+            &format!("/device/name/{}", enc(name)),
+        )
+        .await?;
+    print_json(&v["device"]);
+    Ok(())
+}
+
+pub async fn device_rm(c: &Client, name: &str) -> anyhow::Result<()> {
+    c.delete(
+        outpost_core_metadata::SERVICE,
+        &format!("/device/name/{}", enc(name)),
+    )
+    .await?;
+    println!("removed device {name}");
+    Ok(())
+}
+
+pub async fn device_secret(
+    c: &Client,
+    name: &str,
+    secret: Option<String>,
+    remove: bool,
+) -> anyhow::Result<()> {
+    let path = format!("/device/name/{}/secret", enc(name));
+    if remove {
+        c.delete(outpost_core_metadata::SERVICE, &path).await?;
+        println!("removed the secret of {name}: it can no longer connect");
+        return Ok(());
+    }
+    let body = serde_json::json!({"apiVersion": "v3", "secret": secret});
+    let (status, resp) = c.put(outpost_core_metadata::SERVICE, &path, &body).await?;
+    let resp = ok_or_message(status, resp)?;
+    match resp.get("secret").and_then(Value::as_str) {
+        Some(s) => {
+            eprintln!("secret of {name} (shown only now; the node keeps only a hash):");
+            println!("{s}");
+        }
+        None => println!("set the secret of {name}"),
+    }
+    Ok(())
+}
+
+pub async fn device_discover(c: &Client, service: &str, wait: Duration) -> anyhow::Result<()> {
+    let svc = crate::services::by_name(service)
+        .filter(|s| service.starts_with("device-") && c.cfg.enabled(s))
+        .map(|s| s.name())
+        .with_context(|| {
+            format!(
+                "'{service}' is not a device service this node runs (enable [{}] first)",
+                service.replace('-', "_")
+            )
+        })?;
+    let names = |v: &Value| -> std::collections::BTreeSet<String> {
+        v["devices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let list_path = format!("/device/service/name/{}?limit=-1", enc(service));
+    let before = names(&c.get(outpost_core_metadata::SERVICE, &list_path).await?);
+    let (status, resp) = c.post(svc, "/discovery", &Value::Null).await?;
+    ok_or_message(status, resp)?;
+    eprintln!(
+        "discovery started on {service}; waiting {}",
+        humantime::format_duration(wait)
+    );
+    // Discovery runs in the background; what it adds shows up in metadata.
+    tokio::time::sleep(wait).await;
+    let now = names(&c.get(outpost_core_metadata::SERVICE, &list_path).await?);
+    let found: Vec<&String> = now.difference(&before).collect();
+    if found.is_empty() {
+        println!("no new devices (a provision watcher must match what is found)");
+    } else {
+        for n in &found {
+            println!("added {n}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn device_service_add(c: &Client, name: &str, base_address: &str) -> anyhow::Result<()> {
+    let body = vec![AddDeviceServiceRequest {
+        base: BaseRequest::new(),
+        service: DeviceService {
+            name: name.to_string(),
+            base_address: base_address.to_string(),
+            ..DeviceService::default()
+        },
+    }];
+    let (status, resp) = c
+        .post(
+            outpost_core_metadata::SERVICE,
+            "/deviceservice",
+            &serde_json::to_value(&body)?,
+        )
+        .await?;
+    match multi_status_entry(status, &resp) {
+        Ok(e) => println!("added device service {name} ({})", s(&e, "id")),
+        Err((code, msg)) => bail!("cannot add device service {name}: {code} {msg}"),
+    }
+    Ok(())
+}
+
+pub async fn device_service_list(c: &Client, json: bool) -> anyhow::Result<()> {
+    let v = c
+        .get(
+            outpost_core_metadata::SERVICE,
+            "/deviceservice/all?limit=-1",
+        )
+        .await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v["services"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|d| vec![s(d, "name"), s(d, "baseAddress"), s(d, "adminState")])
+        .collect();
+    table(&["NAME", "BASE ADDRESS", "ADMIN"], &rows);
+    Ok(())
+}
+
+/// `outpost command DEVICE COMMAND [--set R=V ...]`: a read, or a write when values are
+/// given, through core-command.
+pub async fn command(
+    c: &Client,
+    device: &str,
+    command: &str,
+    settings: &[String],
+    push: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let path = format!("/device/name/{}/{}", enc(device), enc(command));
+    if settings.is_empty() {
+        let v = c
+            .get(
+                outpost_core_command::SERVICE,
+                &format!("{path}?ds-pushevent={push}&ds-returnevent=true"),
+            )
+            .await?;
+        if json {
+            print_json(&v);
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = v["event"]["readings"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                let value = super::data::reading_value(r);
+                vec![
+                    s(r, "resourceName"),
+                    s(r, "valueType"),
+                    value,
+                    s(r, "units"),
+                ]
+            })
+            .collect();
+        table(&["RESOURCE", "TYPE", "VALUE", "UNITS"], &rows);
+        return Ok(());
+    }
+    let mut body = serde_json::Map::new();
+    for kv in settings {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--set takes RESOURCE=VALUE, got '{kv}'");
+        };
+        body.insert(k.to_string(), Value::String(v.to_string()));
+    }
+    let (status, v) = c
+        .put(outpost_core_command::SERVICE, &path, &Value::Object(body))
+        .await?;
+    let v = ok_or_message(status, v)?;
+    if json {
+        print_json(&v);
+    } else {
+        println!("set {command} on {device}");
+    }
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! Retention: keeps the store within `[cloud.retention]`.
+//!
+//! A pass every `interval_s`: bounded steps ([`Store::remove_old`]), each its own
+//! transaction, repeated until one removes nothing, so ingest gets the database between
+//! them. After a pass, the `readings_stored` gauge shows what is kept.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_kit::Shutdown;
+
+use crate::config::Retention;
+use crate::store::{Removed, Store};
+
+/// The names of retention's metrics.
+pub struct Metrics {
+    pub removed: String,
+    pub stored: String,
+}
+
+/// Runs a pass every `interval_s` until `stop`.
+pub async fn keep(store: Arc<dyn Store>, cfg: Retention, metrics: Metrics, stop: Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(cfg.interval_s.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.wait() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(pass) = pass(store.as_ref(), &cfg, &metrics, &stop).await else {
+            return;
+        };
+        if pass != Removed::default() {
+            tracing::info!(
+                events = pass.events,
+                readings = pass.readings,
+                alerts = pass.alerts,
+                "retention removed old data"
+            );
+        }
+        if let Ok(n) = store.reading_total().await {
+            metrics::gauge!(metrics.stored.clone()).set(n as f64);
+        }
+    }
+}
+
+/// One pass: steps until one removes nothing or fails (the next pass retries). `None`
+/// when `stop` fired meanwhile.
+async fn pass(
+    store: &dyn Store,
+    cfg: &Retention,
+    metrics: &Metrics,
+    stop: &Shutdown,
+) -> Option<Removed> {
+    let mut pass = Removed::default();
+    loop {
+        let cutoff = (cfg.max_age_s > 0).then(|| {
+            let age =
+                i64::try_from(cfg.max_age_s.saturating_mul(1_000_000_000)).unwrap_or(i64::MAX);
+            outpost_contracts::now_nanos().saturating_sub(age)
+        });
+        match store
+            .remove_old(cutoff, cfg.max_readings, cfg.chunk_events)
+            .await
+        {
+            Ok(r) if r == Removed::default() => return Some(pass),
+            Ok(r) => {
+                pass.events += r.events;
+                pass.readings += r.readings;
+                pass.alerts += r.alerts;
+                metrics::counter!(metrics.removed.clone()).increment(r.readings);
+                if stop.is_triggered() {
+                    return None;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retention step failed; the next pass retries");
+                return Some(pass);
+            }
+        }
+    }
+}
