@@ -43,7 +43,7 @@ async fn metadata_changes_are_announced_as_pithy_system_events() {
     let (topic, payload) = sub.first_after(WAIT, || {
         n += 1;
         let name = format!("announced-{n}");
-        let (ok, out, err) = node.cli(&[
+        node.cli_ok(&[
             "device",
             "add",
             "--name",
@@ -53,7 +53,6 @@ async fn metadata_changes_are_announced_as_pithy_system_events() {
             "--service",
             "device-mqtt",
         ]);
-        assert!(ok, "{out}{err}");
     });
     assert!(
         topic.starts_with("edgex/system-events/core-metadata/device/add/device-mqtt/Thermostat"),
@@ -90,8 +89,7 @@ async fn profile_updates_reach_every_device_service_using_the_profile() {
             &format!("name: \"Thermostat\"\ndescription: \"revision {n}\""),
         );
         std::fs::write(&file, yaml).expect("profile file");
-        let (ok, out, err) = node.cli(&["profile", "apply", "-f", file.to_str().expect("path")]);
-        assert!(ok, "{out}{err}");
+        node.cli_ok(&["profile", "apply", "-f", file.to_str().expect("path")]);
     });
     let mut topics = vec![first.0];
     while let Some((topic, _)) = sub.next_line(Duration::from_secs(2)) {
@@ -216,7 +214,10 @@ async fn clients_not_on_loopback_must_authenticate() {
         "loopback may stay anonymous"
     );
     let failures = node
-        .metric(&node.broker(), "outpost_mqtt_broker_auth_failures_total")
+        .metric(
+            &node.url(node.ports.broker_http),
+            "outpost_mqtt_broker_auth_failures_total",
+        )
         .await;
     assert!(failures >= 2.0, "refusals are counted: {failures}");
 }
@@ -308,7 +309,7 @@ async fn after_a_broker_crash_events_are_queued_for_core_data_before_it_is_back(
     // persistent session: core-command and the others start clean).
     eventually("sessions saved", WAIT, || async {
         node.metric(
-            &node.broker(),
+            &node.url(node.ports.broker_http),
             "outpost_mqtt_broker_persistent_sessions_saved",
         )
         .await

@@ -1,32 +1,36 @@
 //! The command line: configuration handling and following the bus.
 
-use std::io::BufRead as _;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::*;
 
+/// `outpost --config <config> config check`, with `env` set.
+fn check(config: &Path, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config")
+        .arg(config)
+        .envs(env.iter().copied())
+        .args(["config", "check"]);
+    cmd
+}
+
+/// Runs `cmd`, which must fail as a bad configuration does (exit code 2); its stderr.
+fn refused(mut cmd: Command) -> String {
+    let out = cmd.output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    err
+}
+
 #[test]
 fn config_default_is_valid_and_bad_config_reports_every_problem() {
-    let out = Command::new(BIN)
-        .args(["config", "default"])
-        .output()
-        .expect("run");
-    assert!(out.status.success());
+    let out = run_ok(Command::new(BIN).args(["config", "default"]), "run");
     let dir = tempfile::tempdir().expect("tempdir");
     let good = dir.path().join("good.toml");
     std::fs::write(&good, &out.stdout).expect("write");
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&good)
-        .args(["config", "check"])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&mut check(&good, &[]), "config check");
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(
@@ -34,41 +38,15 @@ fn config_default_is_valid_and_bad_config_reports_every_problem() {
         "[core_data]\nport = 59881\n[core_data.retention]\nmin_cap = 10\nmax_cap = 5\n[log]\nlevel = \"[[[\"\n",
     )
     .expect("write");
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&bad)
-        .args(["config", "check"])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(check(&bad, &[]));
     for expected in ["port 59881", "min_cap", "level"] {
         assert!(err.contains(expected), "'{expected}' missing from: {err}");
     }
     // Unknown keys are refused, with their name.
     std::fs::write(&bad, "[core_data]\nprot = 1\n").expect("write");
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&bad)
-        .args(["config", "check"])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("prot"));
+    assert!(refused(check(&bad, &[])).contains("prot"));
     // The environment overrides the file, and is validated too.
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&good)
-        .env("OUTPOST_CORE_DATA__PORT", "0")
-        .args(["config", "check"])
-        .output()
-        .expect("run");
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    refused(check(&good, &[("OUTPOST_CORE_DATA__PORT", "0")]));
 }
 
 #[tokio::test]
@@ -85,16 +63,7 @@ async fn events_tail_follows_the_bus() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("events tail");
-    let stdout = tail.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = lines_of(&mut tail);
     // Publish until the subscriber (which connects asynchronously) has seen one.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let line = loop {

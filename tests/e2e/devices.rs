@@ -44,10 +44,7 @@ fn device(name: &str, auto_events: Value) -> Value {
 
 async fn setup(node: &Node) {
     let md = node.metadata();
-    let (s, v) = node
-        .post(&format!("{md}/api/v3/deviceprofile"), &sim_profile())
-        .await;
-    assert!(s == 207 && v[0]["statusCode"] == 201, "{v}");
+    node.add_profiles(&sim_profile()).await;
     // device-virtual registers itself in metadata; devices can refer to it once it has.
     node.wait_device_service("device-virtual").await;
     let ae = json!([{"interval": "150ms", "sourceName": "Counter"}]);
@@ -107,25 +104,18 @@ async fn virtual_readings_flow_and_commands_round_trip() {
     assert_eq!((s, v["totalCount"].as_u64()), (200, Some(2)), "{v}");
 
     // GET through core-command reads the device.
-    let (s, v) = node
-        .get(&format!("{cmd}/api/v3/device/name/sim1/Counter"))
-        .await;
+    let (s, v) = node.get(&node.device_command("sim1", "Counter")).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["event"]["deviceName"], "sim1");
     assert_eq!(v["event"]["readings"][0]["valueType"], "Int32");
 
     // SET a device command, then read the values back.
-    let r = node
-        .http
-        .put(format!("{cmd}/api/v3/device/name/sim2/Settings"))
-        .json(&json!({"Level": "42.5", "Switch": "true"}))
-        .send()
-        .await
-        .expect("PUT");
-    assert_eq!(r.status().as_u16(), 200);
+    let settings = json!({"Level": "42.5", "Switch": "true"});
     let (s, v) = node
-        .get(&format!("{cmd}/api/v3/device/name/sim2/Settings"))
+        .put(&node.device_command("sim2", "Settings"), &settings)
         .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = node.get(&node.device_command("sim2", "Settings")).await;
     assert_eq!(s, 200, "{v}");
     let rs = &v["event"]["readings"];
     assert_eq!(rs[0]["resourceName"], "Level");
@@ -163,7 +153,7 @@ async fn virtual_readings_flow_and_commands_round_trip() {
     assert_eq!(before, after, "an unchanged value was sent again");
     assert!(
         node.metric(
-            &node.virtual_(),
+            &node.url(node.ports.virtual_),
             "outpost_device_virtual_autoevent_unchanged_total"
         )
         .await
@@ -176,32 +166,21 @@ async fn bad_commands_get_edgex_status_codes() {
     let node = Node::start(VIRTUAL).await;
     setup(&node).await;
     let cmd = node.command();
-    let put = |path: String, body: Value| {
-        let http = node.http.clone();
-        async move {
-            let r = http.put(path).json(&body).send().await.expect("PUT");
-            let s = r.status().as_u16();
-            (s, r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
+    let put = async |path: String, body: Value| node.put(&path, &body).await;
     // Unknown device and command: 404 with EdgeX's error body.
-    let (s, v) = node
-        .get(&format!("{cmd}/api/v3/device/name/nope/Counter"))
-        .await;
+    let (s, v) = node.get(&node.device_command("nope", "Counter")).await;
     assert_eq!((s, v["statusCode"].as_u64()), (404, Some(404)), "{v}");
-    let (s, _) = node
-        .get(&format!("{cmd}/api/v3/device/name/sim1/Nope"))
-        .await;
+    let (s, _) = node.get(&node.device_command("sim1", "Nope")).await;
     assert_eq!(s, 404);
     // Read-only resource, out of range, wrong type, not an object: refused, nothing written.
     let (s, v) = put(
-        format!("{cmd}/api/v3/device/name/sim1/Serial"),
+        node.device_command("sim1", "Serial"),
         json!({"Serial": "x"}),
     )
     .await;
     assert_eq!(s, 405, "{v}");
     let (s, v) = put(
-        format!("{cmd}/api/v3/device/name/sim2/Level"),
+        node.device_command("sim2", "Level"),
         json!({"Level": "150"}),
     )
     .await;
@@ -211,15 +190,15 @@ async fn bad_commands_get_edgex_status_codes() {
         "{v}"
     );
     let (s, _) = put(
-        format!("{cmd}/api/v3/device/name/sim2/Level"),
+        node.device_command("sim2", "Level"),
         json!({"Level": "warm"}),
     )
     .await;
     assert_eq!(s, 400);
-    let (s, _) = put(format!("{cmd}/api/v3/device/name/sim2/Level"), json!([1])).await;
+    let (s, _) = put(node.device_command("sim2", "Level"), json!([1])).await;
     assert_eq!(s, 400);
     let (s, _) = put(
-        format!("{cmd}/api/v3/device/name/sim2/Settings"),
+        node.device_command("sim2", "Settings"),
         json!({"Level": "5"}),
     )
     .await;
@@ -234,20 +213,13 @@ async fn bad_commands_get_edgex_status_codes() {
         .await;
     assert_eq!(s, 400);
     // A good write still works after all that, and its value is what was set.
-    let (s, _) = put(
-        format!("{cmd}/api/v3/device/name/sim2/Level"),
-        json!({"Level": 7}),
-    )
-    .await;
+    let (s, _) = put(node.device_command("sim2", "Level"), json!({"Level": 7})).await;
     assert_eq!(s, 200);
-    let (_, v) = node
-        .get(&format!("{cmd}/api/v3/device/name/sim2/Level"))
-        .await;
+    let (_, v) = node.get(&node.device_command("sim2", "Level")).await;
     assert_eq!(v["event"]["readings"][0]["value"], "7e+00");
 
     // The CLI writes and reads through core-command; a bad value is refused with the reason.
-    let (ok, out, err) = node.cli(&["command", "sim2", "Level", "--set", "Level=12"]);
-    assert!(ok, "{out}{err}");
+    node.cli_ok(&["command", "sim2", "Level", "--set", "Level=12"]);
     let (ok, out, err) = node.cli(&["command", "sim2", "Level"]);
     assert!(
         ok && out.contains("1.2e+01") && out.contains('%'),
@@ -268,14 +240,12 @@ async fn bad_commands_get_edgex_status_codes() {
         .await
         .expect("PATCH");
     assert_eq!(r.status().as_u16(), 207);
-    let (s, _) = node
-        .get(&format!("{cmd}/api/v3/device/name/sim1/Counter"))
-        .await;
+    let (s, _) = node.get(&node.device_command("sim1", "Counter")).await;
     assert_eq!(s, 423);
     eventually("device-virtual to see the lock", WAIT, || async {
         node.get(&format!(
             "{}/api/v3/device/name/sim1/Counter",
-            node.virtual_()
+            node.url(node.ports.virtual_)
         ))
         .await
         .0 == 423
@@ -357,9 +327,8 @@ async fn discovery_adds_what_provision_watchers_accept() {
         .await;
     assert!(s == 207 && v[0]["statusCode"] == 201, "{v}");
 
-    let (ok, out, err) = node.cli(&["device", "discover", "device-virtual", "--wait", "2s"]);
-    assert!(ok, "{out}{err}");
-    assert_eq!(out.trim(), "added virtual-1", "{out}{err}");
+    let out = node.cli_ok(&["device", "discover", "device-virtual", "--wait", "2s"]);
+    assert_eq!(out.trim(), "added virtual-1", "{out}");
     let (s, v) = node
         .get(&format!("{md}/api/v3/device/name/virtual-1"))
         .await;

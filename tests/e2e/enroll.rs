@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::Value;
 
-use crate::support::Node;
+use crate::support::{A_THERMOSTAT, Node, https_client, run_ok};
 
 /// A client of the gateway trusting the node CA, presenting `identity` (chain, key) if given.
 fn client(node: &Node, identity: Option<(&Path, &Path)>) -> reqwest::Client {
@@ -24,12 +24,7 @@ fn client(node: &Node, identity: Option<(&Path, &Path)>) -> reqwest::Client {
         identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
     )
     .expect("tls config");
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(cfg)
-        .timeout(Duration::from_secs(10))
-        .no_proxy()
-        .build()
-        .expect("client")
+    https_client(cfg)
 }
 
 /// A device's poll through the gateway: its status code.
@@ -85,7 +80,8 @@ async fn poll_until(
 /// Runs the reference agent for `device` once through the gateway (`extra`: its credential
 /// and CA); it must poll successfully and exit.
 fn agent_once(node: &Node, device: &str, extra: &[&std::ffi::OsStr]) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost-agent"))
+    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_outpost-agent"));
+    agent
         .args([
             "--server",
             &format!("https://127.0.0.1:{}/ota", node.ports.gateway),
@@ -99,14 +95,8 @@ fn agent_once(node: &Node, device: &str, extra: &[&std::ffi::OsStr]) {
         ])
         .args(extra)
         .arg("--state-dir")
-        .arg(node.dir.path().join(format!("agent-{device}")))
-        .output()
-        .expect("outpost-agent");
-    assert!(
-        out.status.success(),
-        "{device}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(node.dir.path().join(format!("agent-{device}")));
+    run_ok(&mut agent, &format!("outpost-agent for {device}"));
 }
 
 fn read(p: &Path) -> String {
@@ -180,18 +170,7 @@ async fn devices_are_enrolled_rotated_and_revoked_over_the_gateway() {
         "the bundle carries the node CA"
     );
     // A new device, created by enrolling it; the secret printed once.
-    let (ok, out, err) = node.cli(&[
-        "device",
-        "enroll",
-        "dev-b",
-        "--profile",
-        "Thermostat",
-        "--service",
-        "device-mqtt",
-        "--label",
-        "e2e",
-    ]);
-    assert!(ok, "{out}{err}");
+    let out = node.cli_ok(&[&["device", "enroll", "dev-b"][..], &A_THERMOSTAT].concat());
     let b_secret = out.lines().last().unwrap_or_default().trim().to_string();
     assert!(b_secret.len() >= 16, "{out}");
     // Enrolling an unknown device without a profile says what is missing.
@@ -256,14 +235,13 @@ async fn devices_are_enrolled_rotated_and_revoked_over_the_gateway() {
 
     // Rotation: new secret and certificate work, the old ones stop.
     let a2 = node.dir.path().join("dev-a-2");
-    let (ok, out, err) = node.cli(&[
+    node.cli_ok(&[
         "device",
         "rotate",
         "dev-a",
         "--out",
         a2.to_str().expect("path"),
     ]);
-    assert!(ok, "{out}{err}");
     let a2_cert = client(
         &node,
         Some((&a2.join("device.pem"), &a2.join("device.key"))),
@@ -295,8 +273,7 @@ async fn devices_are_enrolled_rotated_and_revoked_over_the_gateway() {
     // The other device is untouched.
     assert_eq!(poll(&node, &anon, "dev-b", Some(&b_secret)).await, 200);
     // Re-enrolling brings a decommissioned device back with new credentials.
-    let (ok, out, err) = node.cli(&["device", "enroll", "dev-a"]);
-    assert!(ok, "{out}{err}");
+    let out = node.cli_ok(&["device", "enroll", "dev-a"]);
     let again = out.lines().last().unwrap_or_default().trim().to_string();
     poll_until(&node, &anon, "dev-a", Some(&again), 200).await;
 }
@@ -373,21 +350,18 @@ async fn a_device_with_a_manufacturer_certificate_enrolls_itself_pending_approva
     );
 
     // Approved, it gets in.
-    let (ok, out, err) = node.cli(&["device", "approve", "zt-1"]);
-    assert!(ok, "{out}{err}");
+    node.cli_ok(&["device", "approve", "zt-1"]);
     poll_until(&node, &zt, "zt-1", None, 200).await;
     let (ok, _, err) = node.cli(&["device", "approve", "zt-1"]);
     assert!(!ok && err.contains("no certificate waiting"), "{err}");
 
     // Revoked, it stays out: its manufacturer certificate does not enroll it again.
-    let (ok, _, err) = node.cli(&["device", "revoke", "zt-1"]);
-    assert!(ok, "{err}");
+    node.cli_ok(&["device", "revoke", "zt-1"]);
     poll_until(&node, &zt, "zt-1", None, 401).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(poll(&node, &zt, "zt-1", None).await, 401);
     // Nor once the device is deleted: its revoked certificate stays on record.
-    let (ok, _, err) = node.cli(&["device", "rm", "zt-1"]);
-    assert!(ok, "{err}");
+    node.cli_ok(&["device", "rm", "zt-1"]);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(poll(&node, &zt, "zt-1", None).await, 401);
     assert!(
@@ -408,19 +382,7 @@ async fn the_inventory_shows_what_devices_report_and_groups_pick_up_new_devices(
     assert!(!ok && err.contains("exists"), "{err}");
     let (ok, _, err) = node.cli(&["device", "group", "add", "nothing"]);
     assert!(!ok && err.contains("selects by"), "{err}");
-    let (ok, out, err) = node.cli(&[
-        "device",
-        "add",
-        "--name",
-        "inv-3",
-        "--profile",
-        "Thermostat",
-        "--service",
-        "device-mqtt",
-        "--label",
-        "e2e",
-    ]);
-    assert!(ok, "{out}{err}");
+    node.cli_ok(&[&["device", "add", "--name", "inv-3"][..], &A_THERMOSTAT].concat());
     let (ok, out, _) = node.cli(&["device", "group", "show", "site-a"]);
     assert!(
         ok && out.lines().collect::<Vec<_>>() == ["inv-1", "inv-2", "inv-3"],
@@ -503,53 +465,19 @@ async fn the_inventory_shows_what_devices_report_and_groups_pick_up_new_devices(
     crate::ota::upload(&node, &key, "fw", "1.0", b"firmware bytes");
     let hour = (outpost_contracts::now_millis() / 3_600_000) % 24;
     let window = format!("{:02}:00-{:02}:00", (hour + 2) % 24, (hour + 3) % 24);
-    let (ok, out, err) = node.cli(&[
-        "ota",
-        "rollout",
-        "create",
-        "night",
-        "--artifact",
-        "fw",
-        "--version",
-        "1.0",
-        "--group",
-        "site-a",
-        "--window",
-        &window,
-        "--phases",
-        "100",
-    ]);
+    // `ota rollout create <name>` of fw 1.0 to a group, with `more` arguments.
+    let create = |name: &str, group: &str, more: &[&str]| {
+        let of_fw = ["--artifact", "fw", "--version", "1.0", "--group", group];
+        node.cli(&[&["ota", "rollout", "create", name][..], &of_fw, more].concat())
+    };
+    let (ok, out, err) = create("night", "site-a", &["--window", &window, "--phases", "100"]);
     assert!(ok && out.contains("to 3 devices"), "{out}{err}");
     let (code, body) = poll_with(&node, &anon, "inv-2", Some("inv-2-secret-000"), &[]).await;
     assert_eq!(code, 200, "{body}");
     let v: Value = serde_json::from_str(&body).expect("json");
     assert!(v["action"].is_null(), "outside the window: {v}");
-    let (ok, _, err) = node.cli(&[
-        "ota",
-        "rollout",
-        "create",
-        "bad",
-        "--artifact",
-        "fw",
-        "--version",
-        "1.0",
-        "--group",
-        "site-a",
-        "--window",
-        "25:00-26:00",
-    ]);
+    let (ok, _, err) = create("bad", "site-a", &["--window", "25:00-26:00"]);
     assert!(!ok && err.contains("window"), "{err}");
-    let (ok, _, err) = node.cli(&[
-        "ota",
-        "rollout",
-        "create",
-        "none",
-        "--artifact",
-        "fw",
-        "--version",
-        "1.0",
-        "--group",
-        "no-such-group",
-    ]);
+    let (ok, _, err) = create("none", "no-such-group", &[]);
     assert!(!ok && err.contains("no group"), "{err}");
 }

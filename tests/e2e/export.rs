@@ -10,7 +10,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{BIN, Node, eventually, free_port, now_nanos, run_cli, signal};
+use crate::support::{
+    BIN, Node, cloud_export, event_message, event_topic, eventually, export_config, free_port,
+    https_client, lines_of, mosquitto_pub_lines, now_nanos, rules_config, run_cli, signal,
+    spawn_logged,
+};
 
 /// A cloud node in its own data dir.
 pub struct Cloud {
@@ -59,19 +63,8 @@ impl Cloud {
     }
 
     pub async fn launch(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("cloud.log"))
-            .expect("log");
-        let child = self
-            .command()
-            .arg("cloud")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn outpost cloud");
+        let log = self.dir.path().join("cloud.log");
+        let child = spawn_logged(self.command().arg("cloud"), &log, "outpost cloud");
         self.child = Some(child);
         let me = &*self;
         eventually(
@@ -140,12 +133,7 @@ impl Cloud {
             // No CA yet (still starting): a client that fails every request.
             Err(_) => return reqwest::Client::new(),
         };
-        reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(Duration::from_secs(10))
-            .no_proxy()
-            .build()
-            .expect("client")
+        https_client(tls)
     }
 
     fn token(&self) -> String {
@@ -205,20 +193,12 @@ impl Drop for Cloud {
     }
 }
 
-fn export_config(identity: &std::path::Path, extra: &str) -> String {
-    format!(
-        r#"
-[export]
-enabled = true
-[[export.destinations]]
-name = "cloud"
-kind = "cloud"
-identity = "{}"
-retry_initial_ms = 50
-retry_max_ms = 500
-{extra}
-"#,
-        identity.display()
+/// A node's config that exports to the cloud quickly retrying, with `extra` keys for the
+/// destination.
+fn to_cloud(identity: &std::path::Path, extra: &str) -> String {
+    cloud_export(
+        identity,
+        &format!("retry_initial_ms = 50\nretry_max_ms = 500\n{extra}"),
     )
 }
 
@@ -277,57 +257,68 @@ pub(crate) async fn status(node: &Node) -> Value {
 
 /// Posts events with values from `next` on until `stop`, `pause` apart (0: as fast as they
 /// are answered); returns the values answered 201.
-pub(crate) fn ingest_until(
-    node: &Node,
-    device: &str,
+/// Events of one device posted one after the other (values 0, 1, 2, ...) until stopped.
+pub(crate) struct Ingest {
     stop: Arc<AtomicBool>,
     next: Arc<AtomicU64>,
-    pause: Duration,
-) -> tokio::task::JoinHandle<Vec<u64>> {
-    let url = ingest_url(node, device);
-    let device = device.to_string();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .no_proxy()
-        .build()
-        .expect("client");
-    tokio::spawn(async move {
-        let mut acked = Vec::new();
-        while !stop.load(Ordering::Relaxed) {
-            let n = next.fetch_add(1, Ordering::Relaxed);
-            match http
-                .post(&url)
-                .json(&event(&device, &n.to_string()))
-                .send()
-                .await
-            {
-                Ok(r) if r.status().as_u16() == 201 => acked.push(n),
-                // Down, restarting or unreachable: not acknowledged.
-                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+    task: tokio::task::JoinHandle<Vec<u64>>,
+}
+
+impl Ingest {
+    /// Starts posting events of `device` to `node`, waiting `pause` after each.
+    pub(crate) fn start(node: &Node, device: &str, pause: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let next = Arc::new(AtomicU64::new(0));
+        let url = ingest_url(node, device);
+        let device = device.to_string();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            .expect("client");
+        let (stopped, counter) = (Arc::clone(&stop), Arc::clone(&next));
+        let task = tokio::spawn(async move {
+            let mut acked = Vec::new();
+            while !stopped.load(Ordering::Relaxed) {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                match http
+                    .post(&url)
+                    .json(&event(&device, &n.to_string()))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().as_u16() == 201 => acked.push(n),
+                    // Down, restarting or unreachable: not acknowledged.
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
             }
-            if !pause.is_zero() {
-                tokio::time::sleep(pause).await;
-            }
-        }
-        acked
-    })
+            acked
+        });
+        Self { stop, next, task }
+    }
+
+    /// How many events were posted (acknowledged or not) so far.
+    pub(crate) fn sent(&self) -> u64 {
+        self.next.load(Ordering::Relaxed)
+    }
+
+    /// Stops posting; the values of the events that were acknowledged.
+    pub(crate) async fn stop(&mut self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        (&mut self.task).await.expect("ingest")
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_reading_reaches_the_cloud_exactly_once_through_kill_9() {
     let cloud = Cloud::start().await;
     let identity = cloud.enroll("edge-1");
-    let mut node = Node::start(&export_config(&identity, "")).await;
+    let mut node = Node::start(&to_cloud(&identity, "")).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicU64::new(0));
-    let ingest = ingest_until(
-        &node,
-        "tank",
-        Arc::clone(&stop),
-        Arc::clone(&next),
-        Duration::ZERO,
-    );
+    let mut ingest = Ingest::start(&node, "tank", Duration::ZERO);
     tokio::time::sleep(Duration::from_millis(800)).await;
     // kill -9 the export service, three times; the supervisor restarts it.
     for _ in 0..3 {
@@ -351,8 +342,7 @@ async fn every_acknowledged_reading_reaches_the_cloud_exactly_once_through_kill_
         node.launch().await;
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let acked = ingest.await.expect("ingest");
+    let acked = ingest.stop().await;
     assert!(
         acked.len() > 100,
         "only {} events acknowledged",
@@ -374,7 +364,7 @@ async fn every_acknowledged_reading_reaches_the_cloud_exactly_once_through_kill_
     let twice: Vec<_> = got.iter().filter(|(_, c)| **c > 1).collect();
     assert!(twice.is_empty(), "stored more than once: {twice:?}");
     // Anything beyond the acknowledged ones was sent by a client that saw no answer.
-    assert!(got.len() as u64 <= next.load(Ordering::Relaxed));
+    assert!(got.len() as u64 <= ingest.sent());
     let s = status(&node).await;
     eventually("the queue to drain", Duration::from_secs(10), || async {
         status(&node).await["queue"]["items"] == 0
@@ -393,7 +383,7 @@ async fn every_acknowledged_reading_reaches_the_cloud_exactly_once_through_kill_
 async fn an_outage_is_ridden_out_and_the_backlog_drains_in_order_when_the_cloud_returns() {
     let mut cloud = Cloud::start().await;
     let identity = cloud.enroll("edge-2");
-    let node = Node::start(&export_config(&identity, "")).await;
+    let node = Node::start(&to_cloud(&identity, "")).await;
     let http = node.http.clone();
     let post = |n: u64| {
         let (http, url) = (http.clone(), ingest_url(&node, "pump"));
@@ -429,8 +419,7 @@ async fn an_outage_is_ridden_out_and_the_backlog_drains_in_order_when_the_cloud_
         },
     )
     .await;
-    let (ok, out, err) = node.cli(&["export", "status"]);
-    assert!(ok, "{err}");
+    let out = node.cli_ok(&["export", "status"]);
     assert!(out.contains("failing") && out.contains("300"), "{out}");
 
     cloud.launch().await;
@@ -465,11 +454,7 @@ async fn a_full_queue_drops_the_oldest_and_counts_every_drop() {
     // The cloud is stopped from the start: everything stays queued.
     let mut cloud = cloud;
     cloud.stop();
-    let node = Node::start(&export_config(
-        &identity,
-        "max_bytes = 65536\nzstd_level = 1",
-    ))
-    .await;
+    let node = Node::start(&to_cloud(&identity, "max_bytes = 65536\nzstd_level = 1")).await;
     let total = 1200u64;
     for n in 0..total {
         let r = post_event(&node, "meter", &n.to_string()).await;
@@ -527,19 +512,9 @@ http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()
         .arg(script)
         .spawn()
         .expect("python3");
-    let node = Node::start(&format!(
-        r#"
-[export]
-enabled = true
-[[export.destinations]]
-name = "hook"
-kind = "webhook"
-url = "http://127.0.0.1:{port}/ingest"
-zstd_level = 0
-retry_initial_ms = 50
-"#
-    ))
-    .await;
+    let hook =
+        format!("url = \"http://127.0.0.1:{port}/ingest\"\nzstd_level = 0\nretry_initial_ms = 50");
+    let node = Node::start(&export_config(&[("hook", "webhook", hook)])).await;
     let export = format!("http://127.0.0.1:{}", node.ports.export);
     for n in 0..5 {
         let r = post_event(&node, "valve", &n.to_string()).await;
@@ -626,7 +601,7 @@ async fn the_cloud_keeps_only_what_its_retention_allows() {
     ])
     .await;
     let identity = cloud.enroll("edge-r");
-    let node = Node::start(&export_config(&identity, "")).await;
+    let node = Node::start(&to_cloud(&identity, "")).await;
     let two_hours_ago = now_nanos() - 2 * 3600 * 1_000_000_000;
     let r = node
         .http
@@ -770,26 +745,21 @@ async fn the_cloud_takes_only_enrolled_edges_and_admins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_shrink_one_hertz_readings_to_minute_aggregates_and_alerts_that_reach_the_cloud() {
-    use crate::support::{event_message, event_topic, mosquitto_pub_lines};
     let cloud = Cloud::start().await;
     let identity = cloud.enroll("edge-5");
-    let node = Node::start(&format!(
-        r#"
-[rules]
-enabled = true
-lateness_ms = 0
-[[rules.pipelines]]
-name = "tank-1m"
+    let pipeline = rules_config(
+        r#"name = "tank-1m"
 devices = ["tank-*"]
 resources = ["Temperature"]
-steps = [{{ type = "tumbling", size_ms = 60000, functions = ["min", "max", "mean", "count"] }}]
-alerts = [{{ above = 80.0, severity = "critical", message = "too hot" }}]
-{}
-sources = ["edgex/events/rules/#", "edgex/alerts/#"]
-"#,
-        export_config(&identity, "")
-    ))
-    .await;
+steps = [{ type = "tumbling", size_ms = 60000, functions = ["min", "max", "mean", "count"] }]
+alerts = [{ above = 80.0, severity = "critical", message = "too hot" }]"#,
+    );
+    // Only what the rules make goes to the cloud.
+    let export = to_cloud(
+        &identity,
+        r#"sources = ["edgex/events/rules/#", "edgex/alerts/#"]"#,
+    );
+    let node = Node::start(&format!("{pipeline}{export}")).await;
     let rules = format!("http://127.0.0.1:{}", node.ports.rules);
     // Three minutes of 1 Hz readings, an hour ago, with one excursion above 80.
     let minute = 60_000_000_000i64;
@@ -948,18 +918,11 @@ sources = ["edgex/events/rules/#", "edgex/alerts/#"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_that_closes_while_the_broker_is_down_is_published_when_it_is_back() {
-    use crate::support::{event_message, event_topic, mosquitto_pub_lines};
-    let node = Node::start(
-        r#"
-[rules]
-enabled = true
-lateness_ms = 0
-[[rules.pipelines]]
-name = "t-1s"
+    let node = Node::start(&rules_config(
+        r#"name = "t-1s"
 devices = ["tank-9"]
-steps = [{ type = "tumbling", size_ms = 1000, functions = ["count"] }]
-"#,
-    )
+steps = [{ type = "tumbling", size_ms = 1000, functions = ["count"] }]"#,
+    ))
     .await;
     let rules = format!(
         "http://127.0.0.1:{}/api/v3/pipeline/name/t-1s",
@@ -1062,42 +1025,17 @@ async fn batches_reach_an_external_mqtt_broker_over_tls_and_an_untrusted_one_get
         .stderr(Stdio::null())
         .spawn()
         .expect("mosquitto_sub");
-    let stdout = sub.stdout.take().expect("stdout");
-    let (tx, lines) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for l in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let lines = lines_of(&mut sub);
     // Give the subscriber a moment to subscribe (it prints nothing until a message comes).
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let node = Node::start(&format!(
-        r#"
-[export]
-enabled = true
-[[export.destinations]]
-name = "broker"
-kind = "mqtt"
-url = "mqtts://localhost:{port}"
-ca_file = "{}"
-topic = "site/7"
-zstd_level = 0
-[[export.destinations]]
-name = "untrusted"
-kind = "mqtt"
-url = "mqtts://localhost:{port}"
-topic = "site/7"
-retry_initial_ms = 50
-"#,
-        ca.display()
-    ))
+    let url = format!("url = \"mqtts://localhost:{port}\"\ntopic = \"site/7\"");
+    let trusted = format!("{url}\nca_file = \"{}\"\nzstd_level = 0", ca.display());
+    let untrusted = format!("{url}\nretry_initial_ms = 50");
+    let node = Node::start(&export_config(&[
+        ("broker", "mqtt", trusted),
+        ("untrusted", "mqtt", untrusted),
+    ]))
     .await;
     for n in 0..3 {
         let r = post_event(&node, "gauge", &format!("{n}")).await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::{Node, eventually, free_port, signal};
+use crate::support::{Node, eventually, free_port, https_client, run_ok, signal};
 
 /// A TLS client configuration that trusts only the node's CA (as the CLI does).
 fn trusting(ca: &Path) -> rustls::ClientConfig {
@@ -26,16 +26,14 @@ fn trusting(ca: &Path) -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
+/// An event of core-data (one that does not exist).
+const AN_EVENT: &str = "/core-data/api/v3/event/id/5a1e9c2b-0c1d-4b8a-9f43-0d5c9e6a3f11";
+
 /// An HTTPS client that trusts only the node's CA, offering HTTP/2.
 fn tls_client(ca: &Path) -> reqwest::Client {
     let mut cfg = trusting(ca);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(cfg)
-        .timeout(Duration::from_secs(10))
-        .no_proxy()
-        .build()
-        .expect("client")
+    https_client(cfg)
 }
 
 struct Gw {
@@ -68,14 +66,9 @@ impl Gw {
         rb.send().await.expect("request through the gateway")
     }
 
-    async fn status(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> u16 {
-        self.call(method, path, token, body).await.status().as_u16()
+    /// A GET with `token`, if any: its status.
+    async fn get(&self, path: &str, token: Option<&str>) -> StatusCode {
+        self.call(Method::GET, path, token, None).await.status()
     }
 
     async fn login(&self, user: &str, password: &str) -> Value {
@@ -110,10 +103,7 @@ async fn tls_login_tokens_roles_keys_and_request_ids() {
     let gw = Gw::new(&node);
 
     // Public: ping, health, the CA (which is the file clients trust).
-    assert_eq!(
-        gw.status(Method::GET, "/api/v3/ping", None, None).await,
-        200
-    );
+    assert_eq!(gw.get("/api/v3/ping", None).await, 200);
     let ca = gw.call(Method::GET, "/api/v3/ca.pem", None, None).await;
     assert_eq!(ca.status(), 200);
     assert_eq!(
@@ -139,10 +129,7 @@ async fn tls_login_tokens_roles_keys_and_request_ids() {
     for (m, p) in [
         (Method::GET, "/core-metadata/api/v3/deviceprofile/all"),
         (Method::GET, "/core-data/api/v3/event/all"),
-        (
-            Method::DELETE,
-            "/core-data/api/v3/event/id/5a1e9c2b-0c1d-4b8a-9f43-0d5c9e6a3f11",
-        ),
+        (Method::DELETE, AN_EVENT),
         (Method::GET, "/api/v3/auth/user"),
         (Method::GET, "/no-such-service/api/v3/ping"),
         (Method::GET, "/metrics"),
@@ -154,13 +141,14 @@ async fn tls_login_tokens_roles_keys_and_request_ids() {
 
     // Login: wrong password 401, the generated admin credential works.
     assert_eq!(
-        gw.status(
+        gw.call(
             Method::POST,
             "/api/v3/auth/login",
             None,
             Some(&json!({"username": "admin", "password": "not the password"}))
         )
-        .await,
+        .await
+        .status(),
         401
     );
     let admin = gw.login("admin", &admin_password(&node)).await;
@@ -215,33 +203,27 @@ async fn tls_login_tokens_roles_keys_and_request_ids() {
     // Users and roles.
     let vic = json!({"username": "vic", "password": "viewer password 1", "role": "viewer"});
     let s = gw
-        .status(Method::POST, "/api/v3/auth/user", Some(&at), Some(&vic))
-        .await;
+        .call(Method::POST, "/api/v3/auth/user", Some(&at), Some(&vic))
+        .await
+        .status();
     assert_eq!(s, 201);
     let viewer = gw.login("vic", "viewer password 1").await;
     let vt = viewer["accessToken"].as_str().unwrap().to_string();
     assert_eq!(
-        gw.status(
-            Method::GET,
-            "/core-data/api/v3/event/count",
-            Some(&vt),
-            None
-        )
-        .await,
+        gw.get("/core-data/api/v3/event/count", Some(&vt)).await,
         200
     );
     for (m, p) in [
         (Method::PUT, "/core-command/api/v3/device/name/x/y"),
-        (
-            Method::DELETE,
-            "/core-data/api/v3/event/id/5a1e9c2b-0c1d-4b8a-9f43-0d5c9e6a3f11",
-        ),
+        (Method::DELETE, AN_EVENT),
         (Method::POST, "/core-metadata/api/v3/device"),
         (Method::GET, "/api/v3/auth/user"),
         (Method::POST, "/core-keeper/api/v3/registry"),
     ] {
         assert_eq!(
-            gw.status(m.clone(), p, Some(&vt), Some(&json!({}))).await,
+            gw.call(m.clone(), p, Some(&vt), Some(&json!({})))
+                .await
+                .status(),
             403,
             "viewer {m} {p}"
         );
@@ -250,23 +232,25 @@ async fn tls_login_tokens_roles_keys_and_request_ids() {
     let mut parts: Vec<String> = vt.split('.').map(str::to_string).collect();
     parts[1] = parts[1].chars().rev().collect();
     assert_eq!(
-        gw.status(
+        gw.call(
             Method::GET,
             "/core-data/api/v3/event/count",
             Some(&parts.join(".")),
             None
         )
-        .await,
+        .await
+        .status(),
         401
     );
     assert_eq!(
-        gw.status(
+        gw.call(
             Method::GET,
             "/core-data/api/v3/event/count",
             Some("nonsense"),
             None
         )
-        .await,
+        .await
+        .status(),
         401
     );
 
@@ -282,7 +266,7 @@ async fn tls_login_tokens_roles_keys_and_request_ids() {
     assert_eq!(r.status(), 201);
     let k: Value = r.json().await.unwrap();
     let key = k["key"].as_str().unwrap().to_string();
-    let del = "/core-data/api/v3/event/id/5a1e9c2b-0c1d-4b8a-9f43-0d5c9e6a3f11";
+    let del = AN_EVENT;
     let by_key = gw
         .http
         .delete(format!("{}{del}", gw.base))
@@ -297,33 +281,36 @@ async fn tls_login_tokens_roles_keys_and_request_ids() {
     );
     let kid = k["id"].as_str().unwrap();
     assert_eq!(
-        gw.status(
+        gw.call(
             Method::DELETE,
             &format!("/api/v3/auth/apikey/{kid}"),
             Some(&at),
             None
         )
-        .await,
+        .await
+        .status(),
         204
     );
-    assert_eq!(gw.status(Method::DELETE, del, Some(&key), None).await, 401);
+    assert_eq!(
+        gw.call(Method::DELETE, del, Some(&key), None)
+            .await
+            .status(),
+        401
+    );
 
     // Refresh: a new pair; the used refresh token is refused afterwards.
     let rt = viewer["refreshToken"].as_str().unwrap();
     let body = json!({"refreshToken": rt});
     for expected in [200, 401] {
         let s = gw
-            .status(Method::POST, "/api/v3/auth/refresh", None, Some(&body))
-            .await;
+            .call(Method::POST, "/api/v3/auth/refresh", None, Some(&body))
+            .await
+            .status();
         assert_eq!(s, expected);
     }
 
     // Bad input at the door.
-    assert_eq!(
-        gw.status(Method::GET, "/no-such-service/api/v3/ping", Some(&at), None)
-            .await,
-        404
-    );
+    assert_eq!(gw.get("/no-such-service/api/v3/ping", Some(&at)).await, 404);
     let big = vec![b'x'; 5 * 1024 * 1024];
     let r = gw
         .http
@@ -348,28 +335,17 @@ async fn tls_login_tokens_roles_keys_and_request_ids() {
     node.stop();
     node.launch().await;
     assert_eq!(
-        gw.status(
-            Method::GET,
-            "/core-data/api/v3/event/count",
-            Some(&at),
-            None
-        )
-        .await,
+        gw.get("/core-data/api/v3/event/count", Some(&at)).await,
         200
     );
     assert_eq!(
-        gw.status(Method::DELETE, "/api/v3/auth/user/vic", Some(&at), None)
-            .await,
+        gw.call(Method::DELETE, "/api/v3/auth/user/vic", Some(&at), None)
+            .await
+            .status(),
         204
     );
     assert_eq!(
-        gw.status(
-            Method::GET,
-            "/core-data/api/v3/event/count",
-            Some(&vt),
-            None
-        )
-        .await,
+        gw.get("/core-data/api/v3/event/count", Some(&vt)).await,
         401
     );
 }
@@ -414,12 +390,7 @@ route_limits = [{ prefix = "/core-keeper", rate_per_s = 1.0, burst = 3.0 }]
     eventually(
         "core-command@b registered",
         Duration::from_secs(15),
-        || async {
-            node.registrations()
-                .await
-                .iter()
-                .any(|r| r["serviceId"] == "core-command@b" && r["status"] == "UP")
-        },
+        || async { node.status_of("core-command@b").await.as_deref() == Some("UP") },
     )
     .await;
     let gw_metrics = format!("http://127.0.0.1:{}", node.ports.gateway_http);
@@ -429,13 +400,7 @@ route_limits = [{ prefix = "/core-keeper", rate_per_s = 1.0, burst = 3.0 }]
         || async {
             for _ in 0..20 {
                 assert_eq!(
-                    gw.status(
-                        Method::GET,
-                        "/core-command/api/v3/device/all",
-                        Some(&at),
-                        None
-                    )
-                    .await,
+                    gw.get("/core-command/api/v3/device/all", Some(&at)).await,
                     200
                 );
             }
@@ -458,13 +423,7 @@ route_limits = [{ prefix = "/core-keeper", rate_per_s = 1.0, burst = 3.0 }]
     let _ = b.wait();
     for i in 0..30 {
         assert_eq!(
-            gw.status(
-                Method::GET,
-                "/core-command/api/v3/device/all",
-                Some(&at),
-                None
-            )
-            .await,
+            gw.get("/core-command/api/v3/device/all", Some(&at)).await,
             200,
             "request {i} after the instance died"
         );
@@ -533,7 +492,7 @@ route_limits = [{ prefix = "/core-keeper", rate_per_s = 1.0, burst = 3.0 }]
     // Rate limit on a route: burst of 3, then 429 with Retry-After, then recovery.
     let reg = "/core-keeper/api/v3/ping";
     for _ in 0..3 {
-        assert_eq!(gw.status(Method::GET, reg, Some(&at), None).await, 200);
+        assert_eq!(gw.get(reg, Some(&at)).await, 200);
     }
     let r = gw.call(Method::GET, reg, Some(&at), None).await;
     assert_eq!(r.status(), 429);
@@ -544,13 +503,9 @@ route_limits = [{ prefix = "/core-keeper", rate_per_s = 1.0, burst = 3.0 }]
         .unwrap();
     assert!((1..=2).contains(&wait));
     tokio::time::sleep(Duration::from_secs(wait)).await;
-    assert_eq!(gw.status(Method::GET, reg, Some(&at), None).await, 200);
+    assert_eq!(gw.get(reg, Some(&at)).await, 200);
     // Other routes were not limited meanwhile.
-    assert_eq!(
-        gw.status(Method::GET, "/core-data/api/v3/ping", Some(&at), None)
-            .await,
-        200
-    );
+    assert_eq!(gw.get("/core-data/api/v3/ping", Some(&at)).await, 200);
 }
 
 #[tokio::test]
@@ -579,8 +534,9 @@ async fn slow_clients_and_failed_logins() {
     let bad = json!({"username": "admin", "password": "wrong wrong wrong"});
     for _ in 0..2 {
         assert_eq!(
-            gw.status(Method::POST, "/api/v3/auth/login", None, Some(&bad))
-                .await,
+            gw.call(Method::POST, "/api/v3/auth/login", None, Some(&bad))
+                .await
+                .status(),
             401
         );
     }
@@ -591,8 +547,9 @@ async fn slow_clients_and_failed_logins() {
     assert!(r.headers().contains_key("retry-after"));
     let good = json!({"username": "admin", "password": admin_password(&node)});
     assert_eq!(
-        gw.status(Method::POST, "/api/v3/auth/login", None, Some(&good))
-            .await,
+        gw.call(Method::POST, "/api/v3/auth/login", None, Some(&good))
+            .await
+            .status(),
         429
     );
 }
@@ -678,8 +635,9 @@ async fn every_documented_route_is_guarded_and_tokens_expire() {
         let body =
             json!({"username": user, "password": format!("{user} password 1"), "role": role});
         assert_eq!(
-            gw.status(Method::POST, "/api/v3/auth/user", Some(&at), Some(&body))
-                .await,
+            gw.call(Method::POST, "/api/v3/auth/user", Some(&at), Some(&body))
+                .await
+                .status(),
             201
         );
     }
@@ -718,16 +676,8 @@ async fn every_documented_route_is_guarded_and_tokens_expire() {
     ] {
         assert!(names.contains(&expected), "{expected} in {names:?}");
     }
-    assert_eq!(
-        gw.status(Method::GET, "/api/v3/openapi/core-data.yaml", None, None)
-            .await,
-        401
-    );
-    assert_eq!(
-        gw.status(Method::GET, "/api/v3/openapi/nope.yaml", Some(&at), None)
-            .await,
-        404
-    );
+    assert_eq!(gw.get("/api/v3/openapi/core-data.yaml", None).await, 401);
+    assert_eq!(gw.get("/api/v3/openapi/nope.yaml", Some(&at)).await, 404);
 
     // Every operation of every document: (method, path, service, public, role).
     let mut routes = Vec::new();
@@ -812,8 +762,9 @@ async fn every_documented_route_is_guarded_and_tokens_expire() {
                 continue;
             }
             let s = gw
-                .status(method.clone(), path, Some(token), Some(&json!({})))
-                .await;
+                .call(method.clone(), path, Some(token), Some(&json!({})))
+                .await
+                .status();
             assert_eq!(s, 403, "{who} {method} {path} needs {role}");
         }
     }
@@ -823,11 +774,7 @@ async fn every_documented_route_is_guarded_and_tokens_expire() {
         "refused requests never reach a backend"
     );
     // ... while one that is let through is counted.
-    assert_eq!(
-        gw.status(Method::GET, "/core-data/api/v3/ping", Some(&at), None)
-            .await,
-        200
-    );
+    assert_eq!(gw.get("/core-data/api/v3/ping", Some(&at)).await, 200);
     eventually(
         "the admitted request in the upstream count",
         Duration::from_secs(5),
@@ -840,8 +787,9 @@ async fn every_documented_route_is_guarded_and_tokens_expire() {
     for (method, path) in &device_routes {
         for token in [None, Some(at.as_str())] {
             let s = gw
-                .status(method.clone(), path, token, Some(&json!({})))
-                .await;
+                .call(method.clone(), path, token, Some(&json!({})))
+                .await
+                .status();
             assert_eq!(s, 401, "{method} {path} with {token:?}");
         }
     }
@@ -853,8 +801,9 @@ async fn every_documented_route_is_guarded_and_tokens_expire() {
                 continue;
             }
             let s = gw
-                .status(method.clone(), path, Some(token), Some(&json!({})))
-                .await;
+                .call(method.clone(), path, Some(token), Some(&json!({})))
+                .await
+                .status();
             assert!(
                 s != 401 && s != 403 && s != 429,
                 "{who} {method} {path}: {s}"
@@ -866,17 +815,11 @@ async fn every_documented_route_is_guarded_and_tokens_expire() {
     let ca = node.data_dir().join("tls/ca.pem");
     let base = format!("https://localhost:{}", node.ports.gateway);
     let curl = |args: &[&str]| {
-        let out = std::process::Command::new("curl")
-            .args(["-sS", "--fail-with-body", "--cacert"])
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-sS", "--fail-with-body", "--cacert"])
             .arg(&ca)
-            .args(args)
-            .output()
-            .expect("curl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .args(args);
+        let out = run_ok(&mut curl, "curl");
         serde_json::from_slice::<Value>(&out.stdout).expect("JSON answer")
     };
     let login = json!({"username": "vera", "password": "vera password 1"}).to_string();
@@ -903,11 +846,7 @@ async fn every_documented_route_is_guarded_and_tokens_expire() {
     // still yields a new one.
     let wait = Duration::from_secs(11).saturating_sub(logged_in.elapsed());
     tokio::time::sleep(wait).await;
-    assert_eq!(
-        gw.status(Method::GET, "/api/v3/auth/whoami", Some(&at), None)
-            .await,
-        401
-    );
+    assert_eq!(gw.get("/api/v3/auth/whoami", Some(&at)).await, 401);
     let fresh: Value = gw
         .call(
             Method::POST,
@@ -920,11 +859,7 @@ async fn every_documented_route_is_guarded_and_tokens_expire() {
         .await
         .unwrap();
     let nt = fresh["accessToken"].as_str().unwrap();
-    assert_eq!(
-        gw.status(Method::GET, "/api/v3/auth/whoami", Some(nt), None)
-            .await,
-        200
-    );
+    assert_eq!(gw.get("/api/v3/auth/whoami", Some(nt)).await, 200);
 }
 
 /// The CLI as on another machine: no node data dir, its own session store.
@@ -943,8 +878,7 @@ async fn cli_logs_in_manages_users_and_keys_and_works_remotely() {
     let node = Node::start("").await;
     // On the node, the CLI goes through the gateway with the generated admin credential,
     // and keeps the session private.
-    let (ok, out, err) = node.cli(&["whoami"]);
-    assert!(ok, "{err}");
+    let out = node.cli_ok(&["whoami"]);
     assert!(out.contains("admin (admin)"), "{out}");
     let sessions: Vec<_> = std::fs::read_dir(node.cli_home().join("outpost/sessions"))
         .expect("session dir")
@@ -953,8 +887,7 @@ async fn cli_logs_in_manages_users_and_keys_and_works_remotely() {
     assert_eq!(sessions.len(), 1);
     let mode = sessions[0].metadata().unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    let (ok, out, err) = node.cli(&["services"]);
-    assert!(ok, "{err}");
+    let out = node.cli_ok(&["services"]);
     assert!(out.contains("core-data"), "{out}");
 
     // Users and API keys.
@@ -987,8 +920,7 @@ async fn cli_logs_in_manages_users_and_keys_and_works_remotely() {
             .any(|l| l.starts_with("vic") && l.contains("viewer")),
         "{out}"
     );
-    let (ok, out, err) = node.cli(&["apikey", "create", "ci", "--role", "operator"]);
-    assert!(ok, "{err}");
+    let out = node.cli_ok(&["apikey", "create", "ci", "--role", "operator"]);
     let key = out
         .split_whitespace()
         .find(|w| w.starts_with("opk_"))
@@ -1035,14 +967,12 @@ async fn cli_logs_in_manages_users_and_keys_and_works_remotely() {
     // An API key instead of a session.
     let (ok, _, err) = remote(&["--token", &key, "device", "list"], "");
     assert!(ok, "{err}");
-    let (ok, _, err) = node.cli(&["apikey", "revoke", &key_id]);
-    assert!(ok, "{err}");
+    node.cli_ok(&["apikey", "revoke", &key_id]);
     let (ok, _, err) = remote(&["--token", &key, "device", "list"], "");
     assert!(!ok && err.contains("refused"), "{err}");
 
     // Removing the user ends the remote session.
-    let (ok, _, err) = node.cli(&["user", "rm", "vic"]);
-    assert!(ok, "{err}");
+    node.cli_ok(&["user", "rm", "vic"]);
     let (ok, _, err) = remote(&["profile", "list"], "");
     assert!(!ok && err.contains("outpost login"), "{err}");
 

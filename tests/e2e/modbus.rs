@@ -4,7 +4,6 @@
 //! batched, a Modbus exception is a clear error that leaves the other devices alone, and a
 //! server that goes away takes its device DOWN and back UP when it returns.
 
-use std::io::BufRead as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,6 +28,26 @@ fn python() -> PathBuf {
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/modbus_server.py")
+}
+
+/// What the device command Block reads from the server's register map, in order.
+const BLOCK: [&str; 6] = [
+    "-1234",
+    "305419896",
+    "2.15e+01",
+    "2.35e+01",
+    "-5000000000",
+    "-5e-01",
+];
+
+/// The values of a command's event, in order.
+fn values(answer: &Value) -> Vec<&str> {
+    answer["event"]["readings"]
+        .as_array()
+        .expect("readings")
+        .iter()
+        .filter_map(|r| r["value"].as_str())
+        .collect()
 }
 
 /// A pymodbus TCP server with the register map of `modbus_server.py`, killed on drop.
@@ -71,22 +90,17 @@ impl ModbusServer {
 
     /// Reads the server's own table as an independent Modbus client: `{"values": [...]}`.
     fn read(&self, table: &str, address: u16, count: u16) -> Value {
-        let out = Command::new(python())
-            .arg(script())
-            .args(["read", "--port", &self.port.to_string(), "--table", table])
-            .args([
-                "--address",
-                &address.to_string(),
-                "--count",
-                &count.to_string(),
-            ])
-            .output()
-            .expect("run the pymodbus client");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let (port, address, count) = (
+            self.port.to_string(),
+            address.to_string(),
+            count.to_string(),
         );
+        let mut client = Command::new(python());
+        client
+            .arg(script())
+            .args(["read", "--port", &port, "--table", table]);
+        client.args(["--address", &address, "--count", &count]);
+        let out = run_ok(&mut client, "the pymodbus client");
         serde_json::from_slice(&out.stdout).expect("client output")
     }
 }
@@ -98,21 +112,9 @@ fn spawn(args: &[&str]) -> (Child, String) {
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .spawn()
         .expect("start the pymodbus server");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(&mut child);
     let deadline = Instant::now() + WAIT;
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
@@ -255,18 +257,7 @@ fn modbus_url(node: &Node) -> String {
 }
 
 async fn put(node: &Node, device: &str, command: &str, body: Value) -> (u16, Value) {
-    let r = node
-        .http
-        .put(format!(
-            "{}/api/v3/device/name/{device}/{command}",
-            node.command()
-        ))
-        .json(&body)
-        .send()
-        .await
-        .expect("PUT");
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
+    node.put(&node.device_command(device, command), &body).await
 }
 
 #[tokio::test]
@@ -308,23 +299,7 @@ async fn modbus_values_commands_batching_and_exceptions() {
     let (s, v) = get_block().await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(requests().await - before, 1.0, "one request for six values");
-    let values: Vec<&str> = v["event"]["readings"]
-        .as_array()
-        .expect("readings")
-        .iter()
-        .filter_map(|r| r["value"].as_str())
-        .collect();
-    assert_eq!(
-        values,
-        [
-            "-1234",
-            "305419896",
-            "2.15e+01",
-            "2.35e+01",
-            "-5000000000",
-            "-5e-01"
-        ]
-    );
+    assert_eq!(values(&v), BLOCK);
 
     // AutoEvents of a command over every table and type; the values reach core-data.
     let ae = json!([{"interval": "200ms", "sourceName": "Telemetry"}]);
@@ -388,12 +363,7 @@ async fn modbus_values_commands_batching_and_exceptions() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(server.read("holding", 40, 1)["values"], json!([0]));
     // Read back through core-command, and a value that does not fit is refused unwritten.
-    let (s, v) = node
-        .get(&format!(
-            "{}/api/v3/device/name/plc/Settings",
-            node.command()
-        ))
-        .await;
+    let (s, v) = node.get(&node.device_command("plc", "Settings")).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["event"]["readings"][0]["value"], "1234");
     assert_eq!(v["event"]["readings"][1]["value"], "4.25e+01");
@@ -416,7 +386,7 @@ async fn modbus_values_commands_batching_and_exceptions() {
         ),
     )
     .await;
-    let missing = format!("{}/api/v3/device/name/broken/Missing", node.command());
+    let missing = node.device_command("broken", "Missing");
     eventually("device-modbus to load the broken device", WAIT, || async {
         node.get(&missing).await.0 != 404
     })
@@ -486,12 +456,7 @@ async fn modbus_device_goes_down_with_its_server_and_comes_back() {
         operating_state(&node, "plc").await == "DOWN"
     })
     .await;
-    let (s, v) = node
-        .get(&format!(
-            "{}/api/v3/device/name/plc/Int16Value",
-            node.command()
-        ))
-        .await;
+    let (s, v) = node.get(&node.device_command("plc", "Int16Value")).await;
     assert_eq!(s, 423, "a DOWN device is not read on demand: {v}");
 
     let _server = ModbusServer::start_on(port);
@@ -518,36 +483,17 @@ async fn modbus_rtu_over_a_serial_line() {
             "StopBits": "1", "Parity": "N", "UnitID": "1", "Timeout": "2"}}
     }}]);
     add(&node, "device", &dev).await;
-    let cmd = node.command();
-    let block = format!("{cmd}/api/v3/device/name/rtu1/Block");
+    let block = node.device_command("rtu1", "Block");
     eventually("a read over the serial line", WAIT, || async {
         node.get(&block).await.0 == 200
     })
     .await;
     let (s, v) = node.get(&block).await;
     assert_eq!(s, 200, "{v}");
-    let values: Vec<&str> = v["event"]["readings"]
-        .as_array()
-        .expect("readings")
-        .iter()
-        .filter_map(|r| r["value"].as_str())
-        .collect();
-    assert_eq!(
-        values,
-        [
-            "-1234",
-            "305419896",
-            "2.15e+01",
-            "2.35e+01",
-            "-5000000000",
-            "-5e-01"
-        ]
-    );
+    assert_eq!(values(&v), BLOCK);
     let (s, v) = put(&node, "rtu1", "Setpoint", json!({"Setpoint": "77"})).await;
     assert_eq!(s, 200, "{v}");
-    let (s, v) = node
-        .get(&format!("{cmd}/api/v3/device/name/rtu1/Setpoint"))
-        .await;
+    let (s, v) = node.get(&node.device_command("rtu1", "Setpoint")).await;
     assert_eq!(
         (s, &v["event"]["readings"][0]["value"]),
         (200, &json!("77")),

@@ -5,29 +5,12 @@ use std::process::Command;
 
 use base64::Engine as _;
 use outpost_ota::manifest::SigningKey;
+use outpost_testkit::firmware::{manifest, payload, sha256};
 use serde_json::{Value, json};
 
-use crate::support::{BIN, Node, run_cli};
+use crate::support::{BIN, Node, message_has, run_cli};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-fn payload(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| ((i * 31) as u8).wrapping_add(seed))
-        .collect()
-}
-
-fn sha256(b: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, b))
-}
-
-fn manifest(name: &str, version: &str, data: &[u8]) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "name": name, "version": version, "compatible": ["Thermostat"], "size": data.len(),
-        "sha256": sha256(data), "payloadType": "file"
-    }))
-    .expect("json")
-}
 
 async fn post_artifact(
     node: &Node,
@@ -77,55 +60,16 @@ async fn signed_artifacts_are_stored_once_and_download_resumably_and_bad_ones_ar
 
     // Upload through the gateway with the CLI.
     let data = payload(300_000, 1);
-    let file = node.dir.path().join("fw-1.0.0.bin");
-    std::fs::write(&file, &data).expect("write");
     let key = keys.path().join("ota-signing.key");
-    let (ok, out, err) = node.cli(&[
-        "ota",
-        "upload",
-        file.to_str().expect("path"),
-        "--name",
-        "fw",
-        "--version",
-        "1.0.0",
-        "--key",
-        key.to_str().expect("path"),
-        "--compatible",
-        "Thermostat",
-    ]);
-    assert!(ok, "{out}{err}");
+    let out = upload(&node, &key, "fw", "1.0.0", &data);
     assert!(out.contains(&sha256(&data)), "{out}");
     // Larger than the gateway's body limit (node.max_body_bytes, 4 MiB): streamed through.
     let big = payload(6 * 1024 * 1024 + 123, 9);
-    let big_file = node.dir.path().join("fw-big.bin");
-    std::fs::write(&big_file, &big).expect("write");
-    let (ok, out, err) = node.cli(&[
-        "ota",
-        "upload",
-        big_file.to_str().expect("path"),
-        "--name",
-        "fw-big",
-        "--version",
-        "1",
-        "--key",
-        key.to_str().expect("path"),
-        "--compatible",
-        "Thermostat",
-    ]);
-    assert!(ok, "{out}{err}");
-    let r = node
-        .http
-        .get(format!("{ota}/artifact/name/fw-big/version/1/payload"))
-        .send()
-        .await
-        .expect("get");
+    upload(&node, &key, "fw-big", "1", &big);
+    let big_url = format!("{ota}/artifact/name/fw-big/version/1");
+    let r = node.get_with(&format!("{big_url}/payload"), &[]).await;
     assert_eq!(sha256(&r.bytes().await.expect("body")), sha256(&big));
-    let r = node
-        .http
-        .delete(format!("{ota}/artifact/name/fw-big/version/1"))
-        .send()
-        .await
-        .expect("delete");
+    let r = node.http.delete(big_url).send().await.expect("delete");
     assert_eq!(r.status().as_u16(), 200);
     let (ok, out, _) = node.cli(&["ota", "list"]);
     assert!(
@@ -151,52 +95,33 @@ async fn signed_artifacts_are_stored_once_and_download_resumably_and_bad_ones_ar
 
     // Downloads: whole, a range, a resume from the middle, a stale If-Range, a bad range.
     let url = format!("{ota}/artifact/name/fw/version/1.0.0/payload");
-    let r = node.http.get(&url).send().await.expect("get");
+    let r = node.get_with(&url, &[]).await;
     assert_eq!(r.status().as_u16(), 200);
     let etag = r.headers()["etag"].to_str().expect("etag").to_string();
     assert_eq!(etag, format!("\"{}\"", sha256(&data)));
     assert_eq!(r.bytes().await.expect("body").as_ref(), &data[..]);
-    let r = node
-        .http
-        .get(&url)
-        .header("range", "bytes=1000-2999")
-        .send()
-        .await
-        .expect("get");
+    let r = node.get_with(&url, &[("range", "bytes=1000-2999")]).await;
     assert_eq!(r.status().as_u16(), 206);
     assert_eq!(r.headers()["content-range"], "bytes 1000-2999/300000");
     assert_eq!(r.bytes().await.expect("body").as_ref(), &data[1000..3000]);
     let r = node
-        .http
-        .get(&url)
-        .header("range", "bytes=150001-")
-        .header("if-range", &etag)
-        .send()
-        .await
-        .expect("get");
+        .get_with(&url, &[("range", "bytes=150001-"), ("if-range", &etag)])
+        .await;
     assert_eq!(r.status().as_u16(), 206);
     assert_eq!(r.bytes().await.expect("body").as_ref(), &data[150_001..]);
     let r = node
-        .http
-        .get(&url)
-        .header("range", "bytes=150001-")
-        .header("if-range", "\"stale\"")
-        .send()
-        .await
-        .expect("get");
+        .get_with(
+            &url,
+            &[("range", "bytes=150001-"), ("if-range", "\"stale\"")],
+        )
+        .await;
     assert_eq!(
         r.status().as_u16(),
         200,
         "a stale If-Range gets the whole payload"
     );
     assert_eq!(r.bytes().await.expect("body").len(), data.len());
-    let r = node
-        .http
-        .get(&url)
-        .header("range", "bytes=300000-")
-        .send()
-        .await
-        .expect("get");
+    let r = node.get_with(&url, &[("range", "bytes=300000-")]).await;
     assert_eq!(r.status().as_u16(), 416);
 
     // Refusals; none of them leaves anything behind.
@@ -211,13 +136,7 @@ async fn signed_artifacts_are_stored_once_and_download_resumably_and_bad_ones_ar
     // Bytes changed after signing: the payload does not match the manifest.
     let (code, v) = post_artifact(&node, &m, &signer.sign(&m), other.clone()).await;
     assert_eq!(code, 422, "{v}");
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("tampered"),
-        "{v}"
-    );
+    assert!(message_has(&v, "tampered"), "{v}");
     // The manifest changed after signing.
     let mut forged = m.clone();
     let at = forged.len() - 10;
@@ -256,30 +175,67 @@ async fn signed_artifacts_are_stored_once_and_download_resumably_and_bad_ones_ar
     assert_eq!(v["totalCount"], 2);
 }
 
-/// A node with OTA on and a new signing key trusted: (node, the key's directory, the key
-/// file, the public key line).
-async fn ota_node() -> (Node, tempfile::TempDir, std::path::PathBuf, String) {
+/// A node with OTA on and a new signing key trusted, and devices provisioned with their
+/// secrets (`<name>-secret-000`).
+struct OtaNode {
+    node: Node,
+    /// The signing key's file, and its public key line.
+    key: std::path::PathBuf,
+    public: String,
+    /// OTA's API: `http://127.0.0.1:<port>/api/v3`.
+    api: String,
+    _keys: tempfile::TempDir,
+}
+
+impl std::ops::Deref for OtaNode {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
+async fn ota_node<S: AsRef<str>>(devices: &[S]) -> OtaNode {
     let keys = tempfile::tempdir().expect("tempdir");
     let (key, public) = keygen(keys.path());
     let node = Node::start(&format!(
         "[ota]\nenabled = true\ntrusted_keys = [\"{public}\"]\n"
     ))
     .await;
-    (node, keys, key, public)
+    let names: Vec<&str> = devices.iter().map(AsRef::as_ref).collect();
+    crate::support::provision(&node, &names);
+    with_secrets(&node, devices);
+    let api = format!("http://127.0.0.1:{}/api/v3", node.ports.ota);
+    OtaNode {
+        node,
+        key,
+        public,
+        api,
+        _keys: keys,
+    }
+}
+
+impl OtaNode {
+    /// Creates rollout `name` of `fw` `version` to `devices` in one phase.
+    async fn roll_out(&self, name: &str, version: &str, devices: &[&str]) {
+        let rollout = json!({"name": name, "artifact": {"name": "fw", "version": version},
+            "target": {"devices": devices}, "policy": {"phases": [100.0]}});
+        let (code, v) = self.post(&format!("{}/rollout", self.api), &rollout).await;
+        assert_eq!(code, 201, "{v}");
+    }
 }
 
 /// Gives each device the secret `<name>-secret-000`, with the CLI.
 pub(crate) fn with_secrets<S: AsRef<str>>(node: &Node, devices: &[S]) {
     for d in devices {
         let d = d.as_ref();
-        let (ok, _, err) = node.cli(&[
+        node.cli_ok(&[
             "device",
             "secret",
             d,
             "--secret",
             &format!("{d}-secret-000"),
         ]);
-        assert!(ok, "{err}");
     }
 }
 
@@ -293,7 +249,7 @@ pub(crate) fn upload(
 ) -> String {
     let file = node.dir.path().join(format!("{name}-{version}.bin"));
     std::fs::write(&file, data).expect("write");
-    let (ok, out, err) = node.cli(&[
+    node.cli_ok(&[
         "ota",
         "upload",
         file.to_str().expect("path"),
@@ -305,9 +261,7 @@ pub(crate) fn upload(
         key.to_str().expect("path"),
         "--compatible",
         "Thermostat",
-    ]);
-    assert!(ok, "{out}{err}");
-    out
+    ])
 }
 
 /// Makes a signing key with the CLI; returns (key file, public key line).
@@ -322,13 +276,11 @@ pub(crate) fn keygen(dir: &std::path::Path) -> (std::path::PathBuf, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_offers_by_phase_pauses_on_failures_and_devices_use_their_own_credential() {
-    let (node, _keys, key, _) = ota_node().await;
-    let ota = format!("http://127.0.0.1:{}/api/v3", node.ports.ota);
     let names = ["ota-0", "ota-1", "ota-2", "ota-3"];
-    crate::support::provision(&node, &names);
-    with_secrets(&node, &names);
+    let node = ota_node(&names).await;
+    let ota = &node.api;
     let data = payload(200_000, 3);
-    upload(&node, &key, "fw", "2.0", &data);
+    upload(&node, &node.key, "fw", "2.0", &data);
 
     // Rollouts that cannot be: unknown artifact, nothing compatible, bad policy.
     let rollout = |name: &str, version: &str, policy: Value| {
@@ -370,6 +322,11 @@ async fn a_rollout_offers_by_phase_pauses_on_failures_and_devices_use_their_own_
         req.send()
     };
     let token = |d: &str| Some(format!("{d}-secret-000"));
+    // What a device's poll offers it.
+    let action = async |device: &str| {
+        let r = poll(device, token(device), None).await.expect("poll");
+        r.json::<Value>().await.expect("json")["action"].clone()
+    };
     // Credentials: none, wrong, right.
     assert_eq!(
         poll("ota-0", None, None)
@@ -399,13 +356,8 @@ async fn a_rollout_offers_by_phase_pauses_on_failures_and_devices_use_their_own_
         .expect("poll");
     assert_eq!(r.status().as_u16(), 304);
     // Phase 2 is not open: nothing for ota-2, and its download is refused.
-    let v: Value = poll("ota-2", token("ota-2"), None)
-        .await
-        .expect("poll")
-        .json()
-        .await
-        .expect("json");
-    assert!(v["action"].is_null(), "{v}");
+    let v = action("ota-2").await;
+    assert!(v.is_null(), "{v}");
     let dl = |device: &str| {
         node.http
             .get(format!("{ota}/ddi/{device}/action/r1/payload"))
@@ -500,13 +452,7 @@ async fn a_rollout_offers_by_phase_pauses_on_failures_and_devices_use_their_own_
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["counts"]["canceled"], 2);
     assert_eq!(v["counts"]["succeeded"], 1);
-    let v: Value = poll("ota-2", token("ota-2"), None)
-        .await
-        .expect("poll")
-        .json()
-        .await
-        .expect("json");
-    assert!(v["action"].is_null());
+    assert!(action("ota-2").await.is_null());
 }
 
 /// The reference agent, the package's second binary.
@@ -525,36 +471,35 @@ impl Drop for Agents {
     }
 }
 
-/// Starts the agent for `device` with its state in `dir`.
+/// The agent for `device` of the OTA server at `server`, with `token` (written to its token
+/// file) and its state in `dir`; the caller adds the key, health check and poll interval.
+fn agent(server: &str, dir: &std::path::Path, device: &str, token: &str) -> Command {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::write(dir.join("token"), token).expect("token");
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["--server", server, "--device", device])
+        .arg("--token-file")
+        .arg(dir.join("token"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    cmd
+}
+
+/// Starts the agent for `device` of `node`, polling every second, with its state in `dir`.
 fn start_agent(
-    node: &Node,
+    node: &OtaNode,
     dir: &std::path::Path,
     device: &str,
-    public: &str,
     health: &str,
     extra: &[&str],
 ) -> std::process::Child {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    let token = dir.join("token");
-    std::fs::write(&token, format!("{device}-secret-000")).expect("token");
-    Command::new(agent_bin())
-        .args(["--server", &format!("http://127.0.0.1:{}", node.ports.ota)])
-        .args([
-            "--device",
-            device,
-            "--trusted-key",
-            public,
-            "--health-cmd",
-            health,
-        ])
-        .arg("--token-file")
-        .arg(&token)
-        .arg("--state-dir")
-        .arg(dir.join("state"))
+    let server = format!("http://127.0.0.1:{}", node.ports.ota);
+    agent(&server, dir, device, &format!("{device}-secret-000"))
+        .args(["--trusted-key", &node.public, "--health-cmd", health])
         .args(["--poll-s", "1"])
         .args(extra)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("outpost-agent")
 }
@@ -566,14 +511,11 @@ fn agent_state(dir: &std::path::Path) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_agents_roll_out_in_phases_and_failures_pause_and_roll_back() {
-    let (node, _keys, key, public) = ota_node().await;
-    let ota = format!("http://127.0.0.1:{}/api/v3", node.ports.ota);
     let names: Vec<String> = (0..20).map(|i| format!("agent-{i:02}")).collect();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    crate::support::provision(&node, &refs);
-    with_secrets(&node, &names);
+    let node = ota_node(&names).await;
+    let ota = &node.api;
     let data = payload(100_000, 7);
-    upload(&node, &key, "fw", "3.0", &data);
+    upload(&node, &node.key, "fw", "3.0", &data);
     // Through the gateway with the CLI.
     let mut args = vec![
         "ota",
@@ -594,8 +536,7 @@ async fn twenty_agents_roll_out_in_phases_and_failures_pause_and_roll_back() {
     for d in &names {
         args.extend(["--device", d.as_str()]);
     }
-    let (ok, out, err) = node.cli(&args);
-    assert!(ok, "{out}{err}");
+    let out = node.cli_ok(&args);
     assert!(out.contains("to 20 devices"), "{out}");
 
     // Agents 00-02 (in the first phase of 5) fail their health check.
@@ -607,14 +548,9 @@ async fn twenty_agents_roll_out_in_phases_and_failures_pause_and_roll_back() {
         } else {
             "test -s \"$OUTPOST_SLOT/payload\""
         };
-        agents.0.push(start_agent(
-            &node,
-            &root.path().join(d),
-            d,
-            &public,
-            health,
-            &[],
-        ));
+        agents
+            .0
+            .push(start_agent(&node, &root.path().join(d), d, health, &[]));
     }
     let status = || async { node.get(&format!("{ota}/rollout/name/wave")).await.1 };
     eventually_v("the rollout to pause", &status, |v| {
@@ -702,30 +638,21 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_resumes_its_download_where_it_stopped() {
-    let (node, _keys, key, public) = ota_node().await;
-    let ota = format!("http://127.0.0.1:{}/api/v3", node.ports.ota);
-    crate::support::provision(&node, &["slow-1"]);
-    with_secrets(&node, &["slow-1"]);
+    let node = ota_node(&["slow-1"]).await;
+    let ota = &node.api;
     let data = payload(3_000_000, 5);
-    upload(&node, &key, "fw", "4.0", &data);
-    let (code, v) = node
-        .post(
-            &format!("{ota}/rollout"),
-            &json!({"name": "slow", "artifact": {"name": "fw", "version": "4.0"},
-                    "target": {"devices": ["slow-1"]}, "policy": {"phases": [100.0]}}),
-        )
-        .await;
-    assert_eq!(code, 201, "{v}");
+    upload(&node, &node.key, "fw", "4.0", &data);
+    node.roll_out("slow", "4.0", &["slow-1"]).await;
     // 500 KB/s: six seconds for the whole payload; killed after about one.
     let dir = tempfile::tempdir().expect("tempdir");
     let health = "test -s \"$OUTPOST_SLOT/payload\"";
+    let rated = ["--rate", "500000"];
     let mut agent = Agents(vec![start_agent(
         &node,
         dir.path(),
         "slow-1",
-        &public,
         health,
-        &["--rate", "500000"],
+        &rated,
     )]);
     let part = dir.path().join("state/download.part");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -741,14 +668,9 @@ async fn a_killed_agent_resumes_its_download_where_it_stopped() {
     let kept = std::fs::metadata(&part).expect("part").len();
     assert!(kept > 0 && kept < data.len() as u64, "{kept}");
     // Started again without a rate limit: it asks for the rest only, and finishes.
-    agent.0.push(start_agent(
-        &node,
-        dir.path(),
-        "slow-1",
-        &public,
-        health,
-        &[],
-    ));
+    agent
+        .0
+        .push(start_agent(&node, dir.path(), "slow-1", health, &[]));
     eventually_v(
         "the install",
         &|| async { node.get(&format!("{ota}/rollout/name/slow")).await.1 },
@@ -827,29 +749,10 @@ http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
         .spawn()
         .expect("python3");
     let state = dir.path().join("agent");
-    std::fs::create_dir_all(&state).expect("mkdir");
-    std::fs::write(state.join("token"), "anything").expect("token");
-    let mut agent = Command::new(agent_bin())
-        .args([
-            "--server",
-            &format!("http://127.0.0.1:{port}"),
-            "--device",
-            "dev",
-        ])
-        .args([
-            "--trusted-key",
-            &public,
-            "--health-cmd",
-            "true",
-            "--poll-s",
-            "1",
-        ])
-        .arg("--token-file")
-        .arg(state.join("token"))
-        .arg("--state-dir")
-        .arg(state.join("state"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+    let rogue = format!("http://127.0.0.1:{port}");
+    let mut agent = agent(&rogue, &state, "dev", "anything")
+        .args(["--trusted-key", &public, "--health-cmd", "true"])
+        .args(["--poll-s", "1"])
         .spawn()
         .expect("agent");
     let feedback = dir.path().join("feedback.log");
@@ -885,32 +788,22 @@ http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_online_agent_is_told_over_mqtt_to_poll_now() {
-    let (node, _keys, key, public) = ota_node().await;
-    let ota = format!("http://127.0.0.1:{}/api/v3", node.ports.ota);
-    crate::support::provision(&node, &["live-1"]);
-    with_secrets(&node, &["live-1"]);
-    let data = payload(50_000, 5);
-    upload(&node, &key, "fw", "4.0", &data);
+    let node = ota_node(&["live-1"]).await;
+    let ota = &node.api;
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("live-1");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    std::fs::write(dir.join("token"), "live-1-secret-000").expect("token");
     // It polls once an hour: only the message can make it fetch the update soon.
+    let server = format!("http://127.0.0.1:{}", node.ports.ota);
+    let mqtt = format!("mqtt://127.0.0.1:{}", node.ports.mqtt);
     let agents = Agents(vec![
-        Command::new(agent_bin())
-            .args(["--server", &format!("http://127.0.0.1:{}", node.ports.ota)])
-            .args(["--device", "live-1", "--trusted-key", &public])
-            .args(["--health-cmd", "true", "--poll-s", "3600"])
-            .args(["--mqtt", &format!("mqtt://127.0.0.1:{}", node.ports.mqtt)])
-            .arg("--token-file")
-            .arg(dir.join("token"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+        agent(&server, &dir, "live-1", "live-1-secret-000")
+            .args(["--trusted-key", &node.public, "--health-cmd", "true"])
+            .args(["--poll-s", "3600", "--mqtt", &mqtt])
             .spawn()
             .expect("outpost-agent"),
     ]);
+    let data = payload(50_000, 5);
+    upload(&node, &node.key, "fw", "4.0", &data);
     // Its first poll (at start) found nothing.
     let inventory = || async { node.get(&format!("{ota}/inventory/name/live-1")).await.1 };
     eventually_v("the agent's first check-in", &inventory, |v| {
@@ -918,14 +811,7 @@ async fn an_online_agent_is_told_over_mqtt_to_poll_now() {
     })
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let (code, v) = node
-        .post(
-            &format!("{ota}/rollout"),
-            &json!({"name": "now", "artifact": {"name": "fw", "version": "4.0"},
-                    "target": {"devices": ["live-1"]}, "policy": {"phases": [100.0]}}),
-        )
-        .await;
-    assert_eq!(code, 201, "{v}");
+    node.roll_out("now", "4.0", &["live-1"]).await;
     let started = std::time::Instant::now();
     let status = || async { node.get(&format!("{ota}/rollout/name/now")).await.1 };
     eventually_v("the update to be installed", &status, |v| {

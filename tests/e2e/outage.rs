@@ -1,15 +1,15 @@
 //! A real network outage: the cloud node in its own network namespace, reached over a veth
 //! link that is cut for two minutes while the edge keeps ingesting. Needs root (CI has it).
 
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::export::{event, ingest_until, ingest_url, post_event, status};
-use crate::support::{BIN, Node, eventually, free_port, run_cli};
+use crate::export::{Cloud, Ingest, event, ingest_url, post_event, status};
+use crate::support::{
+    BIN, Node, cloud_export, eventually, free_port, message_has, run_cli, run_ok, spawn_logged,
+};
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -23,15 +23,9 @@ fn is_root() -> bool {
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("ip (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("ip").args(args),
+        &format!("ip (iproute2) {}", args.join(" ")),
     );
 }
 
@@ -142,16 +136,10 @@ async fn a_two_minute_link_outage_loses_nothing_holds_the_bound_and_drains() {
             .args(["--set", "node.bind=0.0.0.0"])
             .args(["--set", &format!("node.advertise_host={}", ns.ns_ip)]);
     };
-    let log = std::fs::File::create(dir.path().join("cloud.log")).expect("log");
     let mut cmd = ns.exec();
     cloud_args(&mut cmd);
-    let mut cloud: Child = cmd
-        .arg("cloud")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("cloud");
+    let log = dir.path().join("cloud.log");
+    let mut cloud: Child = spawn_logged(cmd.arg("cloud"), &log, "cloud");
     let identity = dir.path().join("edge.identity.json");
     let mut enrolled = false;
     for _ in 0..100 {
@@ -173,33 +161,13 @@ async fn a_two_minute_link_outage_loses_nothing_holds_the_bound_and_drains() {
     );
 
     let max_bytes = 4 * 1024 * 1024u64;
-    let node = Node::start(&format!(
-        r#"
-[export]
-enabled = true
-[[export.destinations]]
-name = "cloud"
-kind = "cloud"
-identity = "{}"
-max_bytes = {max_bytes}
-retry_initial_ms = 100
-retry_max_ms = 2000
-timeout_ms = 3000
-"#,
-        identity.display()
-    ))
-    .await;
+    let settings = format!(
+        "max_bytes = {max_bytes}\nretry_initial_ms = 100\nretry_max_ms = 2000\ntimeout_ms = 3000"
+    );
+    let node = Node::start(&cloud_export(&identity, &settings)).await;
 
     // Ingest at about 40 events/s for the whole test.
-    let stop = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicU64::new(0));
-    let ingest = ingest_until(
-        &node,
-        "well",
-        Arc::clone(&stop),
-        Arc::clone(&next),
-        Duration::from_millis(25),
-    );
+    let mut ingest = Ingest::start(&node, "well", Duration::from_millis(25));
     eventually(
         "data flowing to the cloud",
         Duration::from_secs(20),
@@ -243,8 +211,7 @@ timeout_ms = 3000
     })
     .await;
     let drained_in = restored.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let acked = ingest.await.expect("ingest");
+    let acked = ingest.stop().await;
     eventually("the last items", Duration::from_secs(30), || async {
         status(&node).await["queue"]["items"] == 0
     })
@@ -275,15 +242,7 @@ timeout_ms = 3000
             .entry(r["value"].as_str().unwrap_or_default().to_string())
             .or_insert(0) += 1;
     }
-    let missing: Vec<_> = acked
-        .iter()
-        .filter(|n| !seen.contains_key(&n.to_string()))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged readings missing",
-        missing.len()
-    );
+    assert_eq!(missing(&acked, &seen), 0, "acknowledged readings missing");
     assert!(seen.values().all(|c| *c == 1), "a reading was stored twice");
     eprintln!(
         "outage: {} readings acknowledged, {peak_items} queued at the peak, backlog drained in {:.1} s",
@@ -303,24 +262,16 @@ impl Drop for Tmpfs {
     }
 }
 
-/// An edge node whose queue lives on a 256 KiB filesystem (its own bound, 256 MiB, is far
-/// away), with a cloud destination and overflow policy `overflow`.
-async fn node_on_a_small_disk(identity: &std::path::Path, overflow: &str) -> (Node, Tmpfs) {
+/// A cloud (stopped) with `edge` enrolled, and that edge node, its queue on a 256 KiB
+/// filesystem (its own bound, 256 MiB, is far away), exporting to the cloud with overflow
+/// policy `overflow`. Only root can mount it (see [`can_mount`]).
+async fn node_on_a_small_disk(edge: &str, overflow: &str) -> (Cloud, Node, Tmpfs) {
     use std::os::unix::fs::PermissionsExt as _;
-    let mut node = Node::create(&format!(
-        r#"
-[export]
-enabled = true
-[[export.destinations]]
-name = "cloud"
-kind = "cloud"
-identity = "{}"
-overflow = "{overflow}"
-retry_initial_ms = 50
-retry_max_ms = 300
-"#,
-        identity.display()
-    ));
+    let mut cloud = Cloud::start().await;
+    let identity = cloud.enroll(edge);
+    cloud.stop();
+    let settings = format!("overflow = \"{overflow}\"\nretry_initial_ms = 50\nretry_max_ms = 300");
+    let mut node = Node::create(&cloud_export(&identity, &settings));
     let queue = node.data_dir().join("queue");
     std::fs::create_dir_all(&queue).expect("mkdir");
     std::fs::set_permissions(node.data_dir(), std::fs::Permissions::from_mode(0o700))
@@ -333,19 +284,31 @@ retry_max_ms = 300
     assert!(st.success(), "mount tmpfs failed");
     let mounted = Tmpfs(queue);
     node.launch().await;
-    (node, mounted)
+    (cloud, node, mounted)
+}
+
+/// Whether this test can mount a small filesystem (it must run as root); says so when not.
+fn can_mount() -> bool {
+    let root = is_root();
+    if !root {
+        eprintln!("skipped: mounting a small filesystem needs root (CI runs this test as root)");
+    }
+    root
+}
+
+/// How many of `sent` (event values) are not among the values the cloud has, `got`.
+fn missing<V>(sent: &[u64], got: &std::collections::HashMap<String, V>) -> usize {
+    sent.iter()
+        .filter(|n| !got.contains_key(&n.to_string()))
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_new_data_clearly_and_keeps_what_it_has() {
-    if !is_root() {
-        eprintln!("skipped: mounting a small filesystem needs root (CI runs this test as root)");
+    if !can_mount() {
         return;
     }
-    let mut cloud = crate::export::Cloud::start().await;
-    let identity = cloud.enroll("edge-full");
-    cloud.stop();
-    let (mut node, _mounted) = node_on_a_small_disk(&identity, "refuse-new").await;
+    let (mut cloud, mut node, _mounted) = node_on_a_small_disk("edge-full", "refuse-new").await;
 
     let mut accepted = Vec::new();
     let mut refusal = None;
@@ -361,13 +324,7 @@ async fn a_full_disk_refuses_new_data_clearly_and_keeps_what_it_has() {
         }
     }
     let refusal = refusal.expect("the disk never filled");
-    assert!(
-        refusal["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("disk is full"),
-        "{refusal}"
-    );
+    assert!(message_has(&refusal, "disk is full"), "{refusal}");
     assert!(accepted.len() > 100, "{}", accepted.len());
     // Still refused, and still alive.
     let r = post_event(&node, "silo", "x").await;
@@ -383,15 +340,7 @@ async fn a_full_disk_refuses_new_data_clearly_and_keeps_what_it_has() {
     })
     .await;
     let got = cloud.values("edge-full", "silo").await;
-    let missing: Vec<_> = accepted
-        .iter()
-        .filter(|n| !got.contains_key(&n.to_string()))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} accepted readings missing",
-        missing.len()
-    );
+    assert_eq!(missing(&accepted, &got), 0, "accepted readings missing");
     assert_eq!(status(&node).await["queue"]["corruptRecords"], 0);
     let me = &node;
     eventually(
@@ -412,14 +361,10 @@ async fn a_full_disk_refuses_new_data_clearly_and_keeps_what_it_has() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_under_drop_oldest_keeps_taking_data_and_counts_what_it_dropped() {
-    if !is_root() {
-        eprintln!("skipped: mounting a small filesystem needs root (CI runs this test as root)");
+    if !can_mount() {
         return;
     }
-    let mut cloud = crate::export::Cloud::start().await;
-    let identity = cloud.enroll("edge-full-2");
-    cloud.stop();
-    let (mut node, _mounted) = node_on_a_small_disk(&identity, "drop-oldest").await;
+    let (mut cloud, mut node, _mounted) = node_on_a_small_disk("edge-full-2", "drop-oldest").await;
     let total = 3000u64;
     for n in 0..total {
         let r = post_event(&node, "silo", &n.to_string()).await;

@@ -13,20 +13,18 @@ const WAIT: Duration = Duration::from_secs(20);
 
 const REST: &str = "[device_rest]\nenabled = true\ndevice_messages_per_s = 5.0\ndevice_messages_burst = 40\n[device_rest.driver]\nmax_body_bytes = 4096\n";
 
-fn profile() -> Value {
-    json!([{"apiVersion": "v3", "profile": {
-        "name": "Meter", "manufacturer": "Acme", "model": "M-2",
-        "deviceResources": [
-            {"name": "Power", "properties": {"valueType": "Float64", "readWrite": "R", "units": "W",
-                "minimum": 0, "maximum": 10000}},
-            {"name": "Count", "properties": {"valueType": "Int16", "readWrite": "R"}},
-            {"name": "Label", "properties": {"valueType": "String", "readWrite": "R"}},
-            {"name": "Snapshot", "properties": {"valueType": "Binary", "readWrite": "R", "mediaType": "image/png"}},
-            {"name": "Config", "properties": {"valueType": "Object", "readWrite": "R"}},
-            {"name": "Limit", "properties": {"valueType": "Float64", "readWrite": "RW"}},
-            {"name": "Reset", "properties": {"valueType": "Bool", "readWrite": "W"}}
-        ]
-    }}])
+/// The resources of the Meter profile: one of each kind of value.
+fn meter_resources() -> Value {
+    json!([
+        {"name": "Power", "properties": {"valueType": "Float64", "readWrite": "R", "units": "W",
+            "minimum": 0, "maximum": 10000}},
+        {"name": "Count", "properties": {"valueType": "Int16", "readWrite": "R"}},
+        {"name": "Label", "properties": {"valueType": "String", "readWrite": "R"}},
+        {"name": "Snapshot", "properties": {"valueType": "Binary", "readWrite": "R", "mediaType": "image/png"}},
+        {"name": "Config", "properties": {"valueType": "Object", "readWrite": "R"}},
+        {"name": "Limit", "properties": {"valueType": "Float64", "readWrite": "RW"}},
+        {"name": "Reset", "properties": {"valueType": "Bool", "readWrite": "W"}}
+    ])
 }
 
 /// A child process killed when dropped, also when a test fails.
@@ -115,10 +113,8 @@ async fn rest_devices_push_with_tokens_and_take_commands() {
     let md = node.metadata();
     let dev_port = free_port();
     let _device = http_device(dev_port);
-    let (s, v) = node
-        .post(&format!("{md}/api/v3/deviceprofile"), &profile())
-        .await;
-    assert!(s == 207 && v[0]["statusCode"] == 201, "{v}");
+    let meter = profile_request("Meter", "M-2", meter_resources());
+    node.add_profiles(&meter).await;
     node.wait_device_service("device-rest").await;
     let dev = |name: &str, protocols: Value| {
         json!({"apiVersion": "v3", "device": {"name": name, "profileName": "Meter",
@@ -148,8 +144,7 @@ async fn rest_devices_push_with_tokens_and_take_commands() {
     let t1 = "meter-1-token-0000";
     let t2 = "meter-2-token-0000";
     for (d, t) in [("meter-1", t1), ("meter-2", t2)] {
-        let (ok, _, err) = node.cli(&["device", "secret", d, "--secret", t]);
-        assert!(ok, "{err}");
+        node.cli_ok(&["device", "secret", d, "--secret", t]);
     }
 
     let base = format!("http://127.0.0.1:{}/api/v3/resource", node.ports.rest);
@@ -213,101 +208,10 @@ async fn rest_devices_push_with_tokens_and_take_commands() {
     // Bad requests: the right status, and nothing stored.
     let before = node.readings("meter-1", "Count").await.len();
     let big = "9".repeat(5000);
-    for (what, u, token, args, want) in [
-        (
-            "no token",
-            url("meter-1", "Count"),
-            None,
-            vec!["--data", "1"],
-            401,
-        ),
-        (
-            "wrong token",
-            url("meter-1", "Count"),
-            Some("not-the-right-token"),
-            vec!["--data", "1"],
-            401,
-        ),
-        (
-            "another device's token",
-            url("meter-1", "Count"),
-            Some(t2),
-            vec!["--data", "1"],
-            401,
-        ),
-        (
-            "unknown device",
-            url("ghost", "Count"),
-            Some(t1),
-            vec!["--data", "1"],
-            401,
-        ),
-        (
-            "unknown resource",
-            url("meter-1", "Nope"),
-            Some(t1),
-            vec!["--data", "1"],
-            404,
-        ),
-        (
-            "wrong type",
-            url("meter-1", "Count"),
-            Some(t1),
-            vec!["--data", "many"],
-            400,
-        ),
-        (
-            "out of the type's range",
-            url("meter-1", "Count"),
-            Some(t1),
-            vec!["--data", "70000"],
-            400,
-        ),
-        (
-            "below minimum",
-            url("meter-1", "Power"),
-            Some(t1),
-            vec!["--data", "-5"],
-            400,
-        ),
-        (
-            "not JSON",
-            url("meter-1", "Config"),
-            Some(t1),
-            vec!["--data", "{oops"],
-            400,
-        ),
-        (
-            "wrong media type",
-            url("meter-1", "Snapshot"),
-            Some(t1),
-            vec!["-H", "Content-Type: text/plain", "--data", "x"],
-            415,
-        ),
-        (
-            "write-only",
-            url("meter-1", "Reset"),
-            Some(t1),
-            vec!["--data", "true"],
-            405,
-        ),
-        (
-            "too large",
-            url("meter-1", "Label"),
-            Some(t1),
-            vec!["--data", big.as_str()],
-            413,
-        ),
-        (
-            "garbage object",
-            format!("{base}/meter-1"),
-            Some(t1),
-            vec!["--data", "\u{1}\u{2}garbage"],
-            400,
-        ),
-    ] {
-        let (s, b) = curl(&u, token, &args);
+    let refused = |what: &str, url: &str, token: Option<&str>, args: &[&str], want: u16| {
+        let (s, b) = curl(url, token, args);
         assert_eq!(s, want, "{what}: {b}");
+        // Every refusal but the one of a body over the limit says why.
         if s != 413 {
             let msg: Value = serde_json::from_str(&b).unwrap_or_default();
             assert!(
@@ -315,7 +219,43 @@ async fn rest_devices_push_with_tokens_and_take_commands() {
                 "{what}: no message in {b}"
             );
         }
+    };
+    // Whose token: a device proves it is itself.
+    for (what, device, token) in [
+        ("no token", "meter-1", None),
+        ("wrong token", "meter-1", Some("not-the-right-token")),
+        ("another device's token", "meter-1", Some(t2)),
+        ("unknown device", "ghost", Some(t1)),
+    ] {
+        refused(what, &url(device, "Count"), token, &["--data", "1"], 401);
     }
+    // What it sends: each resource takes only what fits it.
+    let as_text = ["-H", "Content-Type: text/plain", "--data", "x"];
+    for (what, resource, args, want) in [
+        ("unknown resource", "Nope", &["--data", "1"][..], 404),
+        ("wrong type", "Count", &["--data", "many"], 400),
+        (
+            "out of the type's range",
+            "Count",
+            &["--data", "70000"],
+            400,
+        ),
+        ("below minimum", "Power", &["--data", "-5"], 400),
+        ("not JSON", "Config", &["--data", "{oops"], 400),
+        ("wrong media type", "Snapshot", &as_text, 415),
+        ("write-only", "Reset", &["--data", "true"], 405),
+        ("too large", "Label", &["--data", big.as_str()], 413),
+    ] {
+        refused(what, &url("meter-1", resource), Some(t1), args, want);
+    }
+    let garbage = ["--data", "\u{1}\u{2}garbage"];
+    refused(
+        "garbage object",
+        &format!("{base}/meter-1"),
+        Some(t1),
+        &garbage,
+        400,
+    );
     assert_eq!(node.readings("meter-1", "Count").await.len(), before);
     assert!(
         node.readings("meter-1", "Power")
@@ -338,27 +278,16 @@ async fn rest_devices_push_with_tokens_and_take_commands() {
     .await;
 
     // Commands out to the HTTP device through core-command.
-    let cmd = format!("{}/api/v3/device/name/meter-1/Limit", node.command());
+    let cmd = node.device_command("meter-1", "Limit");
     let (s, v) = node.get(&cmd).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["event"]["readings"][0]["value"], "4.25e+01");
-    let resp = node
-        .http
-        .put(&cmd)
-        .json(&json!({"Limit": "60"}))
-        .send()
-        .await
-        .expect("PUT");
-    assert_eq!(resp.status(), 200);
+    let (s, v) = node.put(&cmd, &json!({"Limit": "60"})).await;
+    assert_eq!(s, 200, "{v}");
     let (_, v) = node.get(&cmd).await;
     assert_eq!(v["event"]["readings"][0]["value"], "6e+01");
     // A device without a REST block cannot be commanded; its error says why.
-    let (s, v) = node
-        .get(&format!(
-            "{}/api/v3/device/name/meter-2/Limit",
-            node.command()
-        ))
-        .await;
+    let (s, v) = node.get(&node.device_command("meter-2", "Limit")).await;
     assert!(s >= 400, "{s} {v}");
 
     // A flooding device gets 429 (with Retry-After).

@@ -107,61 +107,42 @@ fn merge(into: &mut toml::Table, from: toml::Table) {
 }
 
 fn base_config(p: &Ports) -> String {
+    let Ports {
+        keeper,
+        metadata,
+        data,
+        broker_http,
+        mqtt,
+        command,
+        virtual_,
+        modbus,
+        device_mqtt,
+        rest,
+        gateway,
+        gateway_http,
+        export,
+        rules,
+        ota,
+    } = *p;
+    // One line a section: every service on its port, with what makes a test node quick.
     format!(
         r#"
-[registry]
-heartbeat_interval_ms = 200
-[supervisor]
-stop_timeout_ms = 10000
-restart_backoff_max_ms = 1000
-[broker]
-listen = "127.0.0.1:{mqtt}"
-port = {broker_http}
-[core_keeper]
-port = {keeper}
-remove_after_ms = 2000
-sweep_interval_ms = 50
-[core_metadata]
-port = {metadata}
-[core_data]
-port = {data}
-[core_command]
-port = {command}
-[device_virtual]
-port = {virtual_}
-down_probe_interval_ms = 300
-[device_modbus]
-port = {modbus}
-down_probe_interval_ms = 300
-[device_mqtt]
-port = {device_mqtt}
-[device_rest]
-port = {rest}
-[gateway]
-listen = "127.0.0.1:{gateway}"
-port = {gateway_http}
-[export]
-port = {export}
-[rules]
-port = {rules}
-[ota]
-port = {ota}
-"#,
-        ota = p.ota,
-        export = p.export,
-        rules = p.rules,
-        gateway = p.gateway,
-        gateway_http = p.gateway_http,
-        modbus = p.modbus,
-        device_mqtt = p.device_mqtt,
-        rest = p.rest,
-        command = p.command,
-        virtual_ = p.virtual_,
-        mqtt = p.mqtt,
-        broker_http = p.broker_http,
-        keeper = p.keeper,
-        metadata = p.metadata,
-        data = p.data,
+registry = {{ heartbeat_interval_ms = 200 }}
+core_keeper = {{ port = {keeper}, remove_after_ms = 2000, sweep_interval_ms = 50 }}
+core_metadata = {{ port = {metadata} }}
+core_data = {{ port = {data} }}
+core_command = {{ port = {command} }}
+broker = {{ listen = "127.0.0.1:{mqtt}", port = {broker_http} }}
+device_virtual = {{ port = {virtual_}, down_probe_interval_ms = 300 }}
+device_modbus = {{ port = {modbus}, down_probe_interval_ms = 300 }}
+device_mqtt = {{ port = {device_mqtt} }}
+device_rest = {{ port = {rest} }}
+export = {{ port = {export} }}
+gateway = {{ listen = "127.0.0.1:{gateway}", port = {gateway_http} }}
+rules = {{ port = {rules} }}
+ota = {{ port = {ota} }}
+supervisor = {{ stop_timeout_ms = 10000, restart_backoff_max_ms = 1000 }}
+"#
     )
 }
 
@@ -238,23 +219,13 @@ impl Node {
 
     /// Starts `outpost up` and waits until every service answers.
     pub async fn launch(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("log file");
-        let child = Command::new(BIN)
-            .arg("--config")
+        let mut up = Command::new(BIN);
+        up.arg("--config")
             .arg(&self.config)
             .arg("--data-dir")
             .arg(self.data_dir())
-            .arg("up")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn outpost up");
-        self.child = Some(child);
+            .arg("up");
+        self.child = Some(spawn_logged(&mut up, &self.log_path(), "outpost up"));
         let urls = self.services.clone();
         let http = self.http.clone();
         eventually("the node to start", Duration::from_secs(30), || {
@@ -287,23 +258,21 @@ impl Node {
         .await;
     }
 
+    /// `http://127.0.0.1:<port>`: a service of this node.
+    pub fn url(&self, port: u16) -> String {
+        format!("http://127.0.0.1:{port}")
+    }
     pub fn keeper(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports.keeper)
+        self.url(self.ports.keeper)
     }
     pub fn metadata(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports.metadata)
+        self.url(self.ports.metadata)
     }
     pub fn data(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports.data)
+        self.url(self.ports.data)
     }
     pub fn command(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports.command)
-    }
-    pub fn virtual_(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports.virtual_)
-    }
-    pub fn broker(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports.broker_http)
+        self.url(self.ports.command)
     }
 
     /// The pid of a supervised service.
@@ -330,8 +299,23 @@ impl Node {
         }
     }
 
+    /// GET with `headers`; the whole response.
+    pub async fn get_with(&self, url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = self.http.get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("GET")
+    }
+
     pub async fn post(&self, url: &str, body: &Value) -> (u16, Value) {
         let r = self.http.post(url).json(body).send().await.expect("POST");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn put(&self, url: &str, body: &Value) -> (u16, Value) {
+        let r = self.http.put(url).json(body).send().await.expect("PUT");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -340,6 +324,23 @@ impl Node {
         let r = self.http.patch(url).json(body).send().await.expect("PATCH");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The URL of `device`'s `command` at core-command.
+    pub fn device_command(&self, device: &str, command: &str) -> String {
+        format!("{}/api/v3/device/name/{device}/{command}", self.command())
+    }
+
+    /// Adds the profiles of `request` in core-metadata; each must be created.
+    pub async fn add_profiles(&self, request: &Value) {
+        let url = format!("{}/api/v3/deviceprofile", self.metadata());
+        let (s, v) = self.post(&url, request).await;
+        assert!(
+            s == 207
+                && v.as_array()
+                    .is_some_and(|a| a.iter().all(|p| p["statusCode"] == 201)),
+            "{v}"
+        );
     }
 
     /// Up to 10,000 readings of one resource of a device, newest first.
@@ -398,6 +399,13 @@ impl Node {
     /// Runs the CLI against this node; returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
         self.cli_with(args, &[], None)
+    }
+
+    /// Runs the CLI against this node, which must succeed; its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.cli(args);
+        assert!(ok, "outpost {}: {out}{err}", args.join(" "));
+        out
     }
 
     /// Runs the CLI with extra environment variables and, optionally, stdin.
@@ -549,6 +557,67 @@ pub fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill -{sig} {pid} failed");
 }
 
+/// `program` (mosquitto_pub or mosquitto_sub) on the broker at `port` with QoS 1.
+fn mosquitto_client(program: &str, port: u16) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"]);
+    cmd
+}
+
+/// The lines `child` prints on its stdout (which must be piped), read by a thread, until
+/// it closes them or the receiver is dropped.
+pub fn lines_of(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
+/// Starts `cmd` (`what` names it) without stdin, its output appended to the file `log`.
+pub fn spawn_logged(cmd: &mut Command, log: &Path, what: &str) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"))
+}
+
+/// Runs `cmd` (`what` names it), which must succeed; its output.
+pub fn run_ok(cmd: &mut Command, what: &str) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// An HTTP client (10 s timeout, no proxy) over `tls`.
+pub fn https_client(tls: rustls::ClientConfig) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
 /// A real MQTT publisher: mosquitto_pub, one message per line of `lines`, QoS 1.
 pub fn mosquitto_pub_lines(
     port: u16,
@@ -556,18 +625,8 @@ pub fn mosquitto_pub_lines(
     lines: &[String],
     extra: &[&str],
 ) -> std::process::Output {
-    let mut child = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-l",
-        ])
+    let mut child = mosquitto_client("mosquitto_pub", port)
+        .args(["-t", topic, "-l"])
         .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -591,35 +650,13 @@ pub struct MosquittoSub {
 
 impl MosquittoSub {
     pub fn start(port: u16, filter: &str) -> Self {
-        let mut child = Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-q",
-                "1",
-                "-v",
-                "-t",
-                filter,
-            ])
+        let mut child = mosquitto_client("mosquitto_sub", port)
+            .args(["-v", "-t", filter])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto_sub must be installed (Debian package mosquitto-clients)");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead as _;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines_of(&mut child);
         Self { child, lines }
     }
 
@@ -661,19 +698,8 @@ pub fn mosquitto_pub(
     message: &str,
     extra: &[&str],
 ) -> std::process::Output {
-    Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-m",
-            message,
-        ])
+    mosquitto_client("mosquitto_pub", port)
+        .args(["-t", topic, "-m", message])
         .args(extra)
         .output()
         .expect("mosquitto_pub must be installed (Debian package mosquitto-clients)")
@@ -692,39 +718,70 @@ deviceResources:
     properties: { valueType: "String", readWrite: "R" }
 "#;
 
+/// A node's config with export on and `destinations`, each a `[[export.destinations]]`
+/// table: its name, its kind, and the rest of its keys as TOML lines.
+pub fn export_config(destinations: &[(&str, &str, String)]) -> String {
+    let mut text = String::from("[export]\nenabled = true\n");
+    for (name, kind, rest) in destinations {
+        text += &format!("[[export.destinations]]\nname = \"{name}\"\nkind = \"{kind}\"\n{rest}\n");
+    }
+    text
+}
+
+/// A node's config that exports to the cloud destination `cloud`, enrolled with `identity`,
+/// with the other keys of the destination in `settings` (TOML lines).
+pub fn cloud_export(identity: &Path, settings: &str) -> String {
+    let keys = format!("identity = \"{}\"\n{settings}", identity.display());
+    export_config(&[("cloud", "cloud", keys)])
+}
+
+/// A node's config with the rules engine on (no lateness) and one pipeline, its keys in
+/// `pipeline` (TOML lines).
+pub fn rules_config(pipeline: &str) -> String {
+    format!("[rules]\nenabled = true\nlateness_ms = 0\n[[rules.pipelines]]\n{pipeline}\n")
+}
+
+/// Whether the error message of the EdgeX answer `v` contains `what`.
+pub fn message_has(v: &Value, what: &str) -> bool {
+    v["message"].as_str().unwrap_or_default().contains(what)
+}
+
+/// A request adding profile `name` (by Acme, model `model`) with `resources`.
+pub fn profile_request(name: &str, model: &str, resources: Value) -> Value {
+    json!([{"apiVersion": "v3", "profile": {"name": name, "manufacturer": "Acme",
+        "model": model, "deviceResources": resources}}])
+}
+
 /// Sets up a device service, the Thermostat profile and devices through the CLI.
 pub fn provision(node: &Node, devices: &[&str]) {
     let profile = node.dir.path().join("thermostat.yaml");
     std::fs::write(&profile, PROFILE_YAML).expect("profile file");
-    let (ok, out, err) = node.cli(&[
+    node.cli_ok(&[
         "device-service",
         "add",
         "device-mqtt",
         "--base-address",
         "http://127.0.0.1:1",
     ]);
-    assert!(ok, "{out}{err}");
     let (ok, out, err) = node.cli(&["profile", "apply", "-f", profile.to_str().expect("path")]);
     assert!(
         ok && out.contains("created device profile Thermostat"),
         "{out}{err}"
     );
     for d in devices {
-        let (ok, out, err) = node.cli(&[
-            "device",
-            "add",
-            "--name",
-            d,
-            "--profile",
-            "Thermostat",
-            "--service",
-            "device-mqtt",
-            "--label",
-            "e2e",
-        ]);
-        assert!(ok, "{out}{err}");
+        node.cli_ok(&[&["device", "add", "--name", d][..], &A_THERMOSTAT].concat());
     }
 }
+
+/// The CLI's arguments that make a device a Thermostat of device-mqtt labeled `e2e`.
+pub const A_THERMOSTAT: [&str; 6] = [
+    "--profile",
+    "Thermostat",
+    "--service",
+    "device-mqtt",
+    "--label",
+    "e2e",
+];
 
 /// An EdgeX bus message (envelope + AddEventRequest) for `device`.
 pub fn event_message(

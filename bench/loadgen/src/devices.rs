@@ -3,17 +3,16 @@
 //! core-command.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use mqtt5::{ConnectOptions, MqttClient, PublishOptions, QoS, SubscribeOptions};
+use mqtt5::{ConnectOptions, MqttClient, QoS, SubscribeOptions};
 use serde_json::{Value, json};
 
 use super::gateway::cpu_ticks;
-use super::{Node, Proc, free_port, unix_nanos, wait_until};
+use super::{Node, count, free_port, mosquitto, publish_counted, unix_nanos, wait_until};
 
 const PROFILE: &str = "BenchMeter";
 
@@ -92,14 +91,7 @@ async fn publish_all(
                 };
                 let (c, acked, t) = (Arc::clone(&c), Arc::clone(&acked), t.clone());
                 inner.push(tokio::spawn(async move {
-                    let o = PublishOptions {
-                        qos: QoS::AtLeastOnce,
-                        ..Default::default()
-                    };
-                    if c.publish_with_options(t, m, o).await.is_ok() {
-                        acked.fetch_add(1, Ordering::Relaxed);
-                    }
-                    drop(permit);
+                    publish_counted(&c, (t, m), &acked, permit).await;
                 }));
             }
             for t in inner {
@@ -111,18 +103,6 @@ async fn publish_all(
         t.await?;
     }
     Ok((start, acked.load(Ordering::Relaxed)))
-}
-
-async fn count(http: &reqwest::Client, url: &str) -> u64 {
-    match http.get(url).send().await {
-        Ok(r) => r
-            .json::<Value>()
-            .await
-            .ok()
-            .and_then(|v| v["count"].as_u64())
-            .unwrap_or(0),
-        Err(_) => 0,
-    }
 }
 
 async fn post_ok(http: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result<()> {
@@ -166,20 +146,7 @@ pub async fn mqtt_devices(
             "listener {mport} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 1000\npersistence false\n"
         ),
     )?;
-    let _mosq = Proc(
-        tokio::process::Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("mosquitto must be installed (Debian package mosquitto)")?,
-    );
-    wait_until("mosquitto", Duration::from_secs(10), || async {
-        std::net::TcpStream::connect(("127.0.0.1", mport)).is_ok()
-    })
-    .await?;
+    let _mosq = mosquitto(&["-c".as_ref(), conf.as_os_str()], mport).await?;
     let murl = format!("mqtt://127.0.0.1:{mport}");
     let sub = MqttClient::with_options(ConnectOptions::new("bench-sub"));
     sub.connect(&murl).await?;

@@ -13,12 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use mqtt5::{ConnectOptions, MqttClient, PublishOptions, QoS};
+use mqtt5::{ConnectOptions, MqttClient};
 use serde_json::{Value, json};
 
 use crate::{
-    Node, Proc, PubArgs, TempDir, event_message, free_port, median, publish, topic, unix_nanos,
-    wait_until,
+    Node, Proc, PubArgs, TempDir, event_message, free_port, median, publish, publish_qos1,
+    spawn_quiet, topic, unix_nanos, wait_until,
 };
 
 #[derive(clap::Args, Clone)]
@@ -146,18 +146,13 @@ impl Cloud {
     }
 
     async fn launch(&mut self, outpost: &Path) -> anyhow::Result<()> {
-        let child = tokio::process::Command::new(outpost)
+        let mut cloud = tokio::process::Command::new(outpost);
+        cloud
             .arg("--data-dir")
             .arg(self.dir.0.join("data"))
             .args(["--set", &format!("cloud.port={}", self.port)])
-            .arg("cloud")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawn outpost cloud")?;
-        self.proc = Some(Proc(child));
+            .arg("cloud");
+        self.proc = Some(spawn_quiet(&mut cloud, "outpost cloud")?);
         let ca = self.dir.0.join("data/tls/cloud-ca.pem");
         wait_until("the cloud CA", Duration::from_secs(20), || {
             let ca = ca.clone();
@@ -245,16 +240,7 @@ async fn edge(outpost: &Path, identity: &Path, extra: &str) -> anyhow::Result<(N
     )?;
     let http = reqwest::Client::new();
     wait_until("the edge node", Duration::from_secs(30), || {
-        let http = http.clone();
-        let node = &node;
-        async move {
-            node.healthy(&http).await
-                && http
-                    .get(format!("http://127.0.0.1:{port}/api/v3/ping"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-        }
+        node.serving(&http, port)
     })
     .await?;
     Ok((node, port))
@@ -349,11 +335,7 @@ pub async fn export(a: &ExportArgs) -> anyhow::Result<()> {
                     for _ in 0..per_tick {
                         let dev = format!("steady-{:03}", sent % 100);
                         let msg = event_message(&dev, unix_nanos(), readings, sent, "json")?;
-                        let opts = PublishOptions {
-                            qos: QoS::AtLeastOnce,
-                            ..Default::default()
-                        };
-                        client.publish_with_options(topic(&dev), msg, opts).await?;
+                        publish_qos1(&client, topic(&dev), msg).await?;
                         sent += 1;
                     }
                 }
@@ -415,11 +397,7 @@ pub async fn export(a: &ExportArgs) -> anyhow::Result<()> {
     for i in 0..a.latency_events {
         tick.tick().await;
         let msg = event_message(dev, unix_nanos(), 1, i, "json")?;
-        let opts = PublishOptions {
-            qos: QoS::AtLeastOnce,
-            ..Default::default()
-        };
-        client.publish_with_options(topic(dev), msg, opts).await?;
+        publish_qos1(&client, topic(dev), msg).await?;
     }
     let _ = client.disconnect().await;
     let n = a.latency_events;
@@ -524,11 +502,7 @@ pub async fn export(a: &ExportArgs) -> anyhow::Result<()> {
             let dev = format!("reduce-{d:03}");
             let origin = base + (t as i64) * 1_000_000_000;
             let msg = reduction_message(&dev, origin, *v)?;
-            let opts = PublishOptions {
-                qos: QoS::AtLeastOnce,
-                ..Default::default()
-            };
-            client.publish_with_options(topic(&dev), msg, opts).await?;
+            publish_qos1(&client, topic(&dev), msg).await?;
             published += 1;
         }
     }

@@ -60,12 +60,8 @@ enum Cmd {
     Ingest {
         #[arg(long)]
         outpost: PathBuf,
-        #[arg(long, default_value_t = 20_000)]
-        events: u64,
-        #[arg(long, default_value_t = 10)]
-        readings: usize,
-        #[arg(long, default_value_t = 100)]
-        devices: usize,
+        #[command(flatten)]
+        load: Load,
         #[arg(long, default_value_t = 1024)]
         window: usize,
         /// Bus encoding of the published messages: json or cbor.
@@ -86,12 +82,8 @@ enum Cmd {
     Encoding,
     /// Raw store throughput: batches appended straight to core-data's encrypted store.
     Store {
-        #[arg(long, default_value_t = 20_000)]
-        events: u64,
-        #[arg(long, default_value_t = 10)]
-        readings: usize,
-        #[arg(long, default_value_t = 100)]
-        devices: usize,
+        #[command(flatten)]
+        load: Load,
         #[arg(long, default_value_t = 1000)]
         batch: usize,
         /// full or normal
@@ -135,6 +127,17 @@ enum Cmd {
     },
 }
 
+/// How many events, of how many readings, from how many devices.
+#[derive(clap::Args, Clone, Copy)]
+struct Load {
+    #[arg(long, default_value_t = 20_000)]
+    events: u64,
+    #[arg(long, default_value_t = 10)]
+    readings: usize,
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+}
+
 #[derive(clap::Args, Clone)]
 struct PubArgs {
     #[arg(long)]
@@ -150,6 +153,80 @@ struct PubArgs {
     window: usize,
     #[arg(long, default_value = "json")]
     encoding: String,
+}
+
+/// Publishes `msg` on `topic` with QoS 1: done once the broker acknowledged it.
+async fn publish_qos1(client: &MqttClient, topic: String, msg: Vec<u8>) -> mqtt5::Result<()> {
+    let opts = PublishOptions {
+        qos: QoS::AtLeastOnce,
+        ..Default::default()
+    };
+    client
+        .publish_with_options(topic, msg, opts)
+        .await
+        .map(drop)
+}
+
+/// Publishes `msg` on `topic` with QoS 1 and counts it in `acked` if the broker acknowledged
+/// it; then gives back `permit`.
+async fn publish_counted(
+    client: &MqttClient,
+    (topic, msg): (String, Vec<u8>),
+    acked: &AtomicU64,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    if publish_qos1(client, topic, msg).await.is_ok() {
+        acked.fetch_add(1, Ordering::Relaxed);
+    }
+    drop(permit);
+}
+
+/// Starts `cmd` (`what` names it) with no stdin and its output discarded, killed when the
+/// returned process is dropped.
+fn spawn_quiet(cmd: &mut tokio::process::Command, what: &str) -> anyhow::Result<Proc> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("spawn {what}"))?;
+    Ok(Proc(child))
+}
+
+/// A reference mosquitto started with `args`, once it listens on `port`.
+async fn mosquitto(args: &[&std::ffi::OsStr], port: u16) -> anyhow::Result<Proc> {
+    let mosq = spawn_quiet(
+        tokio::process::Command::new("mosquitto").args(args),
+        "mosquitto (Debian package mosquitto)",
+    )?;
+    wait_until("mosquitto", Duration::from_secs(10), || async {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await?;
+    Ok(mosq)
+}
+
+/// POSTs `body` as JSON; the answer as JSON.
+async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    body: &impl serde::Serialize,
+) -> anyhow::Result<Value> {
+    Ok(http.post(url).json(body).send().await?.json().await?)
+}
+
+/// The `count` a URL of core-data answers; 0 when it does not answer.
+async fn count(http: &reqwest::Client, url: &str) -> u64 {
+    match http.get(url).send().await {
+        Ok(r) => r
+            .json::<Value>()
+            .await
+            .ok()
+            .and_then(|v| v["count"].as_u64())
+            .unwrap_or(0),
+        Err(_) => 0,
+    }
 }
 
 fn unix_nanos() -> i64 {
@@ -234,14 +311,7 @@ async fn publish(a: &PubArgs) -> anyhow::Result<(i64, f64, u64)> {
         let permit = Arc::clone(&sem).acquire_owned().await?;
         let (c, acked) = (Arc::clone(&client), Arc::clone(&acked));
         tasks.push(tokio::spawn(async move {
-            let opts = PublishOptions {
-                qos: QoS::AtLeastOnce,
-                ..Default::default()
-            };
-            if c.publish_with_options(t, m, opts).await.is_ok() {
-                acked.fetch_add(1, Ordering::Relaxed);
-            }
-            drop(permit);
+            publish_counted(&c, (t, m), &acked, permit).await;
         }));
     }
     for t in tasks {
@@ -377,21 +447,16 @@ impl Node {
         );
         let cfg_path = dir.0.join("outpost.toml");
         std::fs::write(&cfg_path, cfg)?;
-        let child = tokio::process::Command::new(outpost)
-            .arg("--config")
+        let mut up = tokio::process::Command::new(outpost);
+        up.arg("--config")
             .arg(&cfg_path)
             .arg("--data-dir")
             .arg(dir.0.join("data"))
-            .arg("up")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawn outpost up")?;
+            .arg("up");
+        let proc = spawn_quiet(&mut up, "outpost up")?;
         Ok(Self {
             _dir: dir,
-            proc: Some(Proc(child)),
+            proc: Some(proc),
             keeper,
             data,
             metadata,
@@ -401,6 +466,16 @@ impl Node {
 
     fn data_dir(&self) -> PathBuf {
         self._dir.0.join("data")
+    }
+
+    /// Healthy (see [`Node::healthy`]), and the service on `port` answers its ping.
+    async fn serving(&self, http: &reqwest::Client, port: u16) -> bool {
+        self.healthy(http).await
+            && http
+                .get(format!("http://127.0.0.1:{port}/api/v3/ping"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
     }
 
     async fn healthy(&self, http: &reqwest::Client) -> bool {
@@ -539,14 +614,12 @@ async fn provision(
     Ok(())
 }
 
-async fn ingest(
-    outpost: &Path,
-    events: u64,
-    readings: usize,
-    devices: usize,
-    window: usize,
-    encoding: &str,
-) -> anyhow::Result<()> {
+async fn ingest(outpost: &Path, load: Load, window: usize, encoding: &str) -> anyhow::Result<()> {
+    let Load {
+        events,
+        readings,
+        devices,
+    } = load;
     let total_readings = events * readings as u64;
     let http = reqwest::Client::new();
     let args = |url: String| PubArgs {
@@ -560,19 +633,8 @@ async fn ingest(
 
     // Reference: mosquitto, a subscriber process, the same publisher.
     let mport = free_port()?;
-    let _mosq = Proc(
-        tokio::process::Command::new("mosquitto")
-            .args(["-p", &mport.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("mosquitto must be installed (Debian package mosquitto)")?,
-    );
-    wait_until("mosquitto", Duration::from_secs(10), || async {
-        std::net::TcpStream::connect(("127.0.0.1", mport)).is_ok()
-    })
-    .await?;
+    let port_arg = mport.to_string();
+    let _mosq = mosquitto(&["-p".as_ref(), port_arg.as_ref()], mport).await?;
     let exe = std::env::current_exe()?;
     let mut sub = tokio::process::Command::new(&exe)
         .args([
@@ -609,15 +671,7 @@ async fn ingest(
         publish(&args(format!("mqtt://127.0.0.1:{}", node.mqtt))).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     let done = loop {
-        let n = match http.get(&count_url).send().await {
-            Ok(r) => r
-                .json::<Value>()
-                .await
-                .ok()
-                .and_then(|v| v["count"].as_u64())
-                .unwrap_or(0),
-            Err(_) => 0,
-        };
+        let n = count(&http, &count_url).await;
         if n >= total_readings {
             break unix_nanos();
         }
@@ -749,13 +803,12 @@ fn encoding_sizes() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn store(
-    events: u64,
-    readings: usize,
-    devices: usize,
-    batch: usize,
-    sync: &str,
-) -> anyhow::Result<()> {
+async fn store(load: Load, batch: usize, sync: &str) -> anyhow::Result<()> {
+    let Load {
+        events,
+        readings,
+        devices,
+    } = load;
     use outpost_core_data::store::{EventStore as _, IngestEvent};
     let dir = TempDir::new("store")?;
     let opts = outpost_storage::OpenOptions {
@@ -830,25 +883,17 @@ fn main() -> anyhow::Result<()> {
             }
             Cmd::Ingest {
                 outpost,
-                events,
-                readings,
-                devices,
+                load,
                 window,
                 encoding,
-            } => ingest(&outpost, events, readings, devices, window, &encoding).await,
+            } => ingest(&outpost, load, window, &encoding).await,
             Cmd::Footprint {
                 outpost,
                 runs,
                 idle_s,
             } => footprint(&outpost, runs, idle_s).await,
             Cmd::Encoding => encoding_sizes(),
-            Cmd::Store {
-                events,
-                readings,
-                devices,
-                batch,
-                sync,
-            } => store(events, readings, devices, batch, &sync).await,
+            Cmd::Store { load, batch, sync } => store(load, batch, &sync).await,
             Cmd::Modbus(a) => modbus::run(&a).await,
             Cmd::MqttDevices {
                 outpost,

@@ -20,7 +20,7 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt as _;
 
-use super::{Node, Proc, free_port, wait_until};
+use super::{Node, Proc, free_port, post_json, wait_until};
 
 #[derive(clap::Args, Clone)]
 pub struct ModbusArgs {
@@ -81,13 +81,7 @@ async fn provision(
         .collect();
     let profile = json!([{"apiVersion": "v3", "profile": {"name": "BenchPLC", "deviceResources": resources,
         "deviceCommands": [{"name": "All", "readWrite": "R", "resourceOperations": ops}]}}]);
-    let v: Value = http
-        .post(format!("{md}/deviceprofile"))
-        .json(&profile)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let v = post_json(http, &format!("{md}/deviceprofile"), &profile).await?;
     if v[0]["statusCode"] != 201 {
         bail!("profile not created: {v}");
     }
@@ -98,13 +92,7 @@ async fn provision(
                 "protocols": {"modbus-tcp": {"Address": "127.0.0.1", "Port": server_port.to_string(), "UnitID": "1"}}}})
         })
         .collect();
-    let v: Value = http
-        .post(format!("{md}/device"))
-        .json(&devices)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let v = post_json(http, &format!("{md}/device"), &devices).await?;
     if v.as_array()
         .is_none_or(|a| a.iter().any(|r| r["statusCode"] != 201))
     {

@@ -260,12 +260,7 @@ pub async fn run(a: &OtaArgs) -> anyhow::Result<()> {
     wait_until("the node", Duration::from_secs(30), || {
         let (http, node) = (http.clone(), &node);
         async move {
-            node.healthy(&http).await
-                && http
-                    .get(format!("http://127.0.0.1:{ota}/api/v3/ping"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
+            node.serving(&http, ota).await
                 && std::fs::metadata(node.data_dir().join("tls/ca.pem")).is_ok()
         }
     })

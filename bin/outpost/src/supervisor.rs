@@ -308,21 +308,12 @@ async fn wait_ready(http: reqwest::Client, url: String, deadline: Instant) -> bo
 /// The first SIGINT/SIGTERM/SIGHUP starts an orderly stop; a second one forces it.
 fn listen_for_signals(node: Shutdown, force: Shutdown) {
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
+        let Ok(mut signals) = outpost_kit::shutdown::StopSignals::install() else {
             tracing::error!("cannot install signal handlers");
             return;
         };
         for stage in 0..2 {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-                _ = hup.recv() => {}
-            }
+            signals.next().await;
             if stage == 0 {
                 node.trigger();
             } else {

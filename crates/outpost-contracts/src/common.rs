@@ -1,6 +1,6 @@
 //! The request and response envelopes shared by every EdgeX v3 endpoint.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::API_VERSION;
 
@@ -130,6 +130,33 @@ pub struct BaseWithTotalCountResponse {
     pub total_count: u64,
 }
 
+impl BaseWithTotalCountResponse {
+    /// A successful (200) page of `total_count` items in all.
+    pub fn new(total_count: u64) -> Self {
+        Self {
+            base: BaseResponse::new(200),
+            total_count,
+        }
+    }
+}
+
+/// A body written with the keys of every object in sorted order, nested objects included.
+///
+/// Many answers of Outpost's own APIs (ota, cloud, export, ...) have always gone out with
+/// sorted keys, since they were assembled as JSON values (serde_json's map orders its keys).
+/// Their typed forms are written through this wrapper so the bytes on the wire stay the same:
+/// clients compare and cache bodies, and an ETag is a digest of one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SortedKeys<T>(pub T);
+
+impl<T: Serialize> Serialize for SortedKeys<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde_json::to_value(&self.0)
+            .map_err(serde::ser::Error::custom)?
+            .serialize(s)
+    }
+}
+
 /// The `offset`/`limit` query parameters of EdgeX list endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default)]
@@ -185,6 +212,28 @@ mod tests {
         assert_eq!(
             body,
             serde_json::json!({"apiVersion":"v3","message":"not found","statusCode":404})
+        );
+    }
+
+    #[test]
+    fn sorted_keys_sorts_nested_objects_too() {
+        #[derive(Serialize)]
+        struct Inner {
+            z: u8,
+            a: u8,
+        }
+        #[derive(Serialize)]
+        struct Outer {
+            b: Inner,
+            a: Vec<Inner>,
+        }
+        let v = Outer {
+            b: Inner { z: 1, a: 2 },
+            a: vec![Inner { z: 3, a: 4 }],
+        };
+        assert_eq!(
+            serde_json::to_string(&SortedKeys(&v)).unwrap(),
+            r#"{"a":[{"a":4,"z":3}],"b":{"a":2,"z":1}}"#
         );
     }
 

@@ -98,6 +98,21 @@ impl<T> Envelope<T> {
             query_params: BTreeMap::new(),
         }
     }
+
+    /// The same envelope around its payload turned by `f` into another form (decoded,
+    /// expanded).
+    fn try_map<U, E>(self, f: impl FnOnce(T) -> Result<U, E>) -> Result<Envelope<U>, E> {
+        Ok(Envelope {
+            payload: f(self.payload)?,
+            api_version: self.api_version,
+            received_topic: self.received_topic,
+            correlation_id: self.correlation_id,
+            request_id: self.request_id,
+            error_code: self.error_code,
+            content_type: self.content_type,
+            query_params: self.query_params,
+        })
+    }
 }
 
 impl<T: Serialize> Envelope<T> {
@@ -137,24 +152,18 @@ impl<T: DeserializeOwned> Envelope<T> {
 
     fn decode_base64_payload(bytes: &[u8]) -> Option<Self> {
         let env: Envelope<String> = serde_json::from_slice(bytes).ok()?;
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(env.payload.as_bytes())
-            .ok()?;
-        let payload: T = if env.content_type == CONTENT_TYPE_CBOR {
-            ciborium::from_reader(raw.as_slice()).ok()?
-        } else {
-            serde_json::from_slice(&raw).ok()?
-        };
-        Some(Envelope {
-            api_version: env.api_version,
-            received_topic: env.received_topic,
-            correlation_id: env.correlation_id,
-            request_id: env.request_id,
-            error_code: env.error_code,
-            payload,
-            content_type: env.content_type,
-            query_params: env.query_params,
+        let cbor = env.content_type == CONTENT_TYPE_CBOR;
+        env.try_map(|payload| {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(payload.as_bytes())
+                .map_err(drop)?;
+            if cbor {
+                ciborium::from_reader(raw.as_slice()).map_err(drop)
+            } else {
+                serde_json::from_slice(&raw).map_err(drop)
+            }
         })
+        .ok()
     }
 }
 
@@ -179,17 +188,7 @@ pub fn decode_event(bytes: &[u8]) -> Result<Envelope<AddEventRequest>, EnvelopeE
     if Encoding::detect(bytes) == Some(Encoding::Cbor)
         && let Ok(env) = ciborium::from_reader::<Envelope<CompactEvent>, _>(bytes)
     {
-        let payload = env.payload.into_request().map_err(EnvelopeError::Cbor)?;
-        return Ok(Envelope {
-            api_version: env.api_version,
-            received_topic: env.received_topic,
-            correlation_id: env.correlation_id,
-            request_id: env.request_id,
-            error_code: env.error_code,
-            payload,
-            content_type: env.content_type,
-            query_params: env.query_params,
-        });
+        return env.try_map(|compact| compact.into_request().map_err(EnvelopeError::Cbor));
     }
     Envelope::<AddEventRequest>::decode(bytes)
 }

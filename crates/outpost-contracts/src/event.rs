@@ -334,8 +334,8 @@ impl AddEventRequest {
     }
 }
 
-/// `GET /event/id/{id}`.
-#[derive(Debug, Clone, Serialize)]
+/// `GET /event/id/{id}`, and a device service's answer to a read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EventResponse {
     #[serde(flatten)]

@@ -6,9 +6,12 @@
 //! - The message bus: EdgeX topic scheme ([`topics`]) and message envelope ([`envelope`]), in
 //!   JSON (EdgeX-compatible, the default) or CBOR (compact).
 //! - Value types and the checks a reading value must pass ([`value`]).
+//! - Outpost's own APIs, as the CLI and scripts use them: ota ([`ota`]), the cloud node
+//!   ([`cloud`]) and export ([`export`], with what an edge sends a cloud node).
 //!
 //! This crate has no I/O and no async: services, the bus and the CLI all build on it.
 
+pub mod cloud;
 pub mod common;
 pub mod compact;
 pub mod envelope;
@@ -16,6 +19,7 @@ pub mod event;
 pub mod export;
 pub mod metadata;
 pub mod names;
+pub mod ota;
 pub mod registry;
 pub mod system_event;
 pub mod topics;

@@ -386,14 +386,10 @@ impl Metadata {
 
     /// Every device of a device service (all pages).
     pub async fn devices_of_service(&self, service: &str) -> Result<Vec<Device>, CallError> {
-        self.all_pages(|offset, limit| async move {
-            self.get::<MultiDevicesResponse>(
-                &["api", "v3", "device", "service", "name", service],
-                &[("offset", &offset), ("limit", &limit)],
-            )
-            .await
-            .map(|r| (r.devices, r.page.total_count))
-        })
+        self.all_pages(
+            &["api", "v3", "device", "service", "name", service],
+            |r: MultiDevicesResponse| (r.devices, r.page.total_count),
+        )
         .await
     }
 
@@ -417,26 +413,32 @@ impl Metadata {
         &self,
         service: &str,
     ) -> Result<Vec<ProvisionWatcher>, CallError> {
-        self.all_pages(|offset, limit| async move {
-            self.get::<MultiProvisionWatchersResponse>(
-                &["api", "v3", "provisionwatcher", "service", "name", service],
-                &[("offset", &offset), ("limit", &limit)],
-            )
-            .await
-            .map(|r| (r.provision_watchers, r.page.total_count))
-        })
+        self.all_pages(
+            &["api", "v3", "provisionwatcher", "service", "name", service],
+            |r: MultiProvisionWatchersResponse| (r.provision_watchers, r.page.total_count),
+        )
         .await
     }
 
-    async fn all_pages<T, F, Fut>(&self, page: F) -> Result<Vec<T>, CallError>
+    /// Every item of a paged list at `segments`: `items` takes a page's items and the
+    /// total count out of its answer.
+    async fn all_pages<T, R>(
+        &self,
+        segments: &[&str],
+        items: impl Fn(R) -> (Vec<T>, u64),
+    ) -> Result<Vec<T>, CallError>
     where
-        F: Fn(String, String) -> Fut,
-        Fut: std::future::Future<Output = Result<(Vec<T>, u64), CallError>>,
+        R: DeserializeOwned,
     {
         const PAGE: usize = 500;
+        let limit = PAGE.to_string();
         let mut out = Vec::new();
         loop {
-            let (items, total) = page(out.len().to_string(), PAGE.to_string()).await?;
+            let offset = out.len().to_string();
+            let page = self
+                .get::<R>(segments, &[("offset", &offset), ("limit", &limit)])
+                .await?;
+            let (items, total) = items(page);
             let got = items.len();
             out.extend(items);
             if got == 0 || out.len() as u64 >= total {

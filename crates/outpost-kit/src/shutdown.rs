@@ -39,12 +39,7 @@ impl Shutdown {
     pub fn listen_for_signals(&self, watch_stdin: bool) {
         let me = self.clone();
         tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::hangup()),
-            ) else {
+            let Ok(mut signals) = StopSignals::install() else {
                 tracing::error!("cannot install signal handlers; stop with SIGKILL");
                 return;
             };
@@ -63,14 +58,40 @@ impl Shutdown {
             };
             // Trigger first, then log: logging can fail when the supervisor is gone.
             let why = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-                _ = hup.recv() => "SIGHUP",
+                why = signals.next() => why,
                 () = stdin_closed => "supervisor gone",
                 () = me.wait() => return,
             };
             me.trigger();
             tracing::info!("{why}: shutting down");
         });
+    }
+}
+
+/// The signals that ask a process to stop: SIGTERM, SIGINT and SIGHUP.
+pub struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Takes over the three signals (their default action no longer ends the process).
+    pub fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next one to arrive, by name.
+    pub async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
+        }
     }
 }

@@ -22,29 +22,31 @@ pub struct Peer {
     pub fingerprint: Option<String>,
 }
 
-/// Accepts connections until `stop` resolves, then lets open ones finish (up to 10 s).
-pub async fn serve(
+/// A TLS connection a listener accepted, for its handler.
+pub type Stream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// Accepts TCP connections on `listener` until `stop` resolves; each one completes its TLS
+/// handshake within `handshake` on a task of its own and goes to `handle` with its peer
+/// address and the watcher of the graceful stop (which the handler's connection future is
+/// put under). Then lets open connections finish, up to 10 s. Handshake failures are
+/// logged, never fatal; an accept error (out of descriptors) backs off briefly.
+pub async fn accept_loop<H, Fut>(
     listener: tokio::net::TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    router: Router,
+    acceptor: tokio_rustls::TlsAcceptor,
+    handshake: Duration,
     stop: impl std::future::Future + Send,
-) {
+    handle: H,
+) where
+    H: Fn(Stream, SocketAddr, hyper_util::server::graceful::Watcher) -> Fut
+        + Clone
+        + Send
+        + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     tokio::pin!(stop);
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(64)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    let builder = Arc::new(builder);
     loop {
-        let (tcp, addr) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = &mut stop => break,
             r = listener.accept() => match r {
                 Ok(c) => c,
@@ -56,37 +58,12 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, router, builder) = (acceptor.clone(), router.clone(), Arc::clone(&builder));
-        let watcher = graceful.watcher();
+        let (acceptor, handle, watcher) = (acceptor.clone(), handle.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::info!(peer = %addr, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(peer = %addr, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            let fingerprint = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| outpost_pki::fingerprint(c.as_ref()));
-            let peer = Peer { addr, fingerprint };
-            let svc =
-                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(addr));
-                    req.extensions_mut().insert(peer.clone());
-                    router.clone().oneshot(req.map(axum::body::Body::new))
-                });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+            match tokio::time::timeout(handshake, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => handle(tls, peer, watcher).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         });
     }
@@ -97,4 +74,55 @@ pub async fn serve(
     {
         tracing::warn!("connections still open after 10 s; closing them");
     }
+}
+
+/// Serves `router` on `listener` over TLS until `stop` resolves (see [`accept_loop`]).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    stop: impl std::future::Future + Send,
+) {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(64)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let builder = Arc::new(builder);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    accept_loop(
+        listener,
+        acceptor,
+        Duration::from_secs(10),
+        stop,
+        move |tls: Stream, addr: SocketAddr, watcher| {
+            let (router, builder) = (router.clone(), Arc::clone(&builder));
+            async move {
+                let fingerprint = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| outpost_pki::fingerprint(c.as_ref()));
+                let peer = Peer { addr, fingerprint };
+                let svc = hyper::service::service_fn(
+                    move |mut req: http::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(ConnectInfo(addr));
+                        req.extensions_mut().insert(peer.clone());
+                        router.clone().oneshot(req.map(axum::body::Body::new))
+                    },
+                );
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+                }
+            }
+        },
+    )
+    .await;
 }

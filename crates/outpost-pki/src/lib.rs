@@ -428,9 +428,9 @@ pub struct ClientIdentity {
     pub fingerprint: String,
 }
 
-/// Issues a client certificate for `name` (its common name), valid for `days`.
-pub fn issue_client_cert(paths: &Paths, name: &str, days: i64) -> Result<ClientIdentity, PkiError> {
-    let issuer = ensure_ca(paths)?;
+/// What a client certificate for `name` (its common name) says: issued to Outpost's `name`,
+/// for client authentication only.
+fn client_params(name: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Outpost");
@@ -439,6 +439,13 @@ pub fn issue_client_cert(paths: &Paths, name: &str, days: i64) -> Result<ClientI
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
+    params
+}
+
+/// Issues a client certificate for `name` (its common name), valid for `days`.
+pub fn issue_client_cert(paths: &Paths, name: &str, days: i64) -> Result<ClientIdentity, PkiError> {
+    let issuer = ensure_ca(paths)?;
+    let mut params = client_params(name);
     validity(&mut params, days)?;
     let key = KeyPair::generate().map_err(issue("cannot create the client key"))?;
     let cert = params
@@ -474,14 +481,7 @@ pub fn sign_client_csr(
 ) -> Result<Issued, PkiError> {
     let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
         .map_err(issue("not a valid certificate signing request"))?;
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, "Outpost");
-    dn.push(DnType::CommonName, name);
-    params.distinguished_name = dn;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.use_authority_key_identifier_extension = true;
+    let mut params = client_params(name);
     let not_after = validity(&mut params, days)?;
     csr.params = params;
     let cert = csr

@@ -32,6 +32,18 @@ fn item(n: u32) -> Vec<u8> {
     format!("reading-{n:06}-temperature=21.5").into_bytes()
 }
 
+/// A queue at `<dir>/q` with items 0 to 9 appended one at a time; the dir, the path and the
+/// queue.
+fn ten_items() -> (tempfile::TempDir, PathBuf, Queue) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("q");
+    let mut q = Queue::open(&path, &KEY, Config::default()).expect("open");
+    for n in 0..10 {
+        q.append(Priority::Normal, &[item(n)], 1).expect("append");
+    }
+    (dir, path, q)
+}
+
 #[test]
 fn data_on_disk_is_encrypted_and_survives_reopening() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -57,12 +69,7 @@ fn data_on_disk_is_encrypted_and_survives_reopening() {
 
 #[test]
 fn a_corrupt_record_is_skipped_and_counted_and_the_rest_delivered() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("q");
-    let mut q = Queue::open(&path, &KEY, Config::default()).expect("open");
-    for n in 0..10 {
-        q.append(Priority::Normal, &[item(n)], 1).expect("append");
-    }
+    let (_dir, path, q) = ten_items();
     drop(q);
     // Flip one byte inside the fourth record.
     let seg = &segments(&path, "p1")[0];
@@ -80,12 +87,7 @@ fn a_corrupt_record_is_skipped_and_counted_and_the_rest_delivered() {
 
 #[test]
 fn damage_after_opening_is_skipped_when_read() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("q");
-    let mut q = Queue::open(&path, &KEY, Config::default()).expect("open");
-    for n in 0..10 {
-        q.append(Priority::Normal, &[item(n)], 1).expect("append");
-    }
+    let (_dir, path, mut q) = ten_items();
     let seg = &segments(&path, "p1")[0];
     let mut bytes = std::fs::read(seg).expect("read");
     let record = 24 + item(0).len() + 16;

@@ -3,16 +3,28 @@
 //!
 //! - [`Service`]: a service built exactly as the node builds it ([`outpost_kit::service::assemble`]:
 //!   its storage opened in a temporary data dir, its tasks started), with its whole router
-//!   (API, common routes, health) driven without sockets ([`Service::call`]).
+//!   (API, common routes, health) driven without sockets ([`Drive::call`]).
 //! - [`context`]: a service context over a temporary data dir, with a registry that knows
 //!   only the addresses a test gives it.
 //! - [`temp_db`]: an encrypted database with a service's migrations, in a temporary dir.
 //! - [`call`] / [`request`]: one request through any router, answered as status and JSON.
+//! - [`expect`]: one request whose status is asserted, answered as JSON.
+//! - [`Drive`]: those requests through a [`Service`], or a router a test builds itself.
+//! - [`each`]: the items of a JSON array, mapped.
+//! - [`within`] / [`until`]: a future, or a condition polled, given a deadline.
 //! - [`Mosquitto`]: a real MQTT broker on a free port, restartable, stopped on drop.
+//! - [`bus`]: plain bus clients on a broker, as devices and watchers are.
+//! - [`metadata`]: the real core-metadata, served on a socket, and what tests put in it.
+//! - [`device`]: a device service next to core-metadata on a broker, and an HTTP device.
+//! - [`firmware`]: payloads and manifests of firmware artifacts.
 //!
 //! A test dependency only: nothing here is built into the node.
 
 mod broker;
+pub mod bus;
+pub mod device;
+pub mod firmware;
+pub mod metadata;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,6 +40,29 @@ use serde_json::Value;
 use tower::ServiceExt as _;
 
 pub use broker::Mosquitto;
+
+/// How long a test waits for what it waits for.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// `f`, which must be done within [`WAIT`]; `what` names it when it is not.
+pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within {WAIT:?}"))
+}
+
+/// Asks `f` every 20 ms until it answers `Some`, and fails with `what` when it has not
+/// within `deadline`.
+pub async fn until<T>(what: &str, deadline: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// A free TCP port on loopback (bound and released; a small race with other processes is
 /// accepted). Ports already handed out in this process are never handed out again, so the
@@ -77,6 +112,12 @@ impl TestContext {
     pub fn with_bus(mut self, url: &str) -> Self {
         Arc::make_mut(&mut self.ctx.common).bus.url = url.to_string();
         self
+    }
+
+    /// The same context, on a bus nowhere (a free port nothing listens on): no broker of
+    /// anyone else's is ever joined.
+    pub fn off_bus(self) -> Self {
+        self.with_bus(&format!("mqtt://127.0.0.1:{}", free_port()))
     }
 }
 
@@ -148,11 +189,6 @@ impl Service {
         }
     }
 
-    /// One request, answered as status and JSON (`Null` when the body is not JSON).
-    pub async fn call(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-        call(&self.router, method, uri, body).await
-    }
-
     /// Serves the router on `addr` (port 0: a free one), for clients that reach the
     /// service over the network.
     pub async fn serve_at(&self, addr: SocketAddr) -> Served {
@@ -187,6 +223,64 @@ impl Service {
     }
 }
 
+/// The items of the JSON array `list`, each mapped by `f`; `list` must be an array.
+pub fn each<T>(list: &Value, f: impl FnMut(&Value) -> T) -> Vec<T> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not an array: {list}"))
+        .iter()
+        .map(f)
+        .collect()
+}
+
+/// A fixture that gives a router: tests that build a service's router themselves (from its
+/// app state) drive it with the same requests as a [`Service`].
+// The tests await these where they call them: no `Send` bound on the futures is needed.
+#[allow(async_fn_in_trait)]
+pub trait Drive {
+    /// The router, as the service serves it.
+    fn router(&self) -> Router;
+
+    /// One request, answered as status and JSON (`Null` when the body is not JSON).
+    async fn call(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        call(&self.router(), method, uri, body).await
+    }
+
+    /// One request that must be answered with `want`; its JSON body.
+    async fn expect(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<Value>,
+        want: StatusCode,
+    ) -> Value {
+        expect(&self.router(), method, uri, body, want).await
+    }
+
+    /// The value of the series `series` (name and labels, as exposed) on `/metrics`; 0
+    /// when it is not there yet.
+    async fn metric(&self, series: &str) -> u64 {
+        let req = Request::get("/metrics")
+            .body(Body::empty())
+            .expect("request");
+        let (status, _, body) = request(&self.router(), req).await;
+        assert_eq!(status, StatusCode::OK, "GET /metrics");
+        let text = String::from_utf8(body.to_vec()).expect("metrics are text");
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |v| v.trim().parse().expect("a whole number"))
+    }
+
+    /// Any request, answered as status and JSON (`Null` when the body is not JSON).
+    async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
+        let (status, _, bytes) = request(&self.router(), req).await;
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+}
+
 /// One request through `router` with a JSON body, answered as status and JSON.
 pub async fn call(
     router: &Router,
@@ -207,6 +301,19 @@ pub async fn call(
     )
 }
 
+/// One request through `router` that must be answered with `want`; its JSON body.
+pub async fn expect(
+    router: &Router,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+    want: StatusCode,
+) -> Value {
+    let (status, body) = call(router, method, uri, body).await;
+    assert_eq!(status, want, "{method} {uri}: {body}");
+    body
+}
+
 /// Any request through `router`, answered as status, headers and body.
 pub async fn request(router: &Router, req: Request<Body>) -> (StatusCode, HeaderMap, bytes::Bytes) {
     let resp = tokio::time::timeout(Duration::from_secs(30), router.clone().oneshot(req))
@@ -218,6 +325,12 @@ pub async fn request(router: &Router, req: Request<Body>) -> (StatusCode, Header
         .await
         .expect("the body can be read");
     (parts.status, parts.headers, bytes)
+}
+
+impl Drive for Service {
+    fn router(&self) -> Router {
+        self.router.clone()
+    }
 }
 
 /// A service served on a socket by [`Service::serve_at`].

@@ -719,11 +719,9 @@ pub struct Connect<'a> {
     pub addr: SocketAddr,
 }
 
+/// Compares secrets in time that does not depend on where they differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 impl AuthProvider for NodeAuth {

@@ -8,25 +8,12 @@
 
 use std::sync::Arc;
 
+use outpost_contracts::cloud::EdgeBundle;
 use outpost_contracts::now_millis;
-use serde::{Deserialize, Serialize};
 
 use crate::store::{Store, StoreError};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The identity an edge gets at enrollment: everything it needs to send to this node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EdgeBundle {
-    pub edge: String,
-    pub url: String,
-    /// The CA that issued the cloud's certificate (and the edge's).
-    pub ca: String,
-    pub cert: String,
-    pub key: String,
-    pub fingerprint: String,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {

@@ -45,7 +45,7 @@ use std::time::Duration;
 use outpost_kit::{Info, Parts, Stage, Start, StartError, Storage};
 
 pub use config::Config;
-pub use enroll::EdgeBundle;
+pub use outpost_contracts::cloud::EdgeBundle;
 pub use outpost_kit::tls::Peer;
 
 /// The service's name.

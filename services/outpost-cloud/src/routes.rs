@@ -14,16 +14,20 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use outpost_contracts::common::BaseResponse;
+use outpost_contracts::cloud::{
+    EdgeAlertsResponse, EdgeEventCountResponse, EdgeReadingsResponse, EdgeResponse, EdgesResponse,
+    EnrollEdgeRequest,
+};
+use outpost_contracts::common::{BaseResponse, BaseWithTotalCountResponse, SortedKeys};
 use outpost_kit::ApiError;
 use outpost_kit::error::{Path, Query, parse_json};
 use outpost_kit::tls::Peer;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use subtle::ConstantTimeEq as _;
 
 use crate::enroll::{EnrollError, Enroller};
 use crate::ingest::Ingest;
-use crate::store::{EdgeRow, ReadingQuery, Store};
+use crate::store::{ReadingQuery, Store};
 
 pub struct App {
     pub store: Arc<dyn Store>,
@@ -111,28 +115,14 @@ async fn ingest(
     Ok(Json(answer).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-struct EnrollRequest {
-    name: String,
-}
-
 async fn enroll(State(app): St, body: Bytes) -> Result<Response, ApiError> {
-    let req: EnrollRequest = parse_json(&body)?;
+    let req: EnrollEdgeRequest = parse_json(&body)?;
     match app.enroller.enroll(&req.name).await {
         Ok(bundle) => Ok((StatusCode::CREATED, Json(bundle)).into_response()),
         Err(e @ EnrollError::InvalidName) => Err(ApiError::bad_request(e.to_string())),
         Err(e @ EnrollError::Enrolled(_)) => Err(ApiError::conflict(e.to_string())),
         Err(e) => Err(ApiError::internal(outpost_kit::tasks::chain(&e))),
     }
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct EdgesResponse {
-    #[serde(flatten)]
-    base: BaseResponse,
-    total_count: usize,
-    edges: Vec<EdgeRow>,
 }
 
 async fn edges(State(app): St) -> Result<Response, ApiError> {
@@ -152,10 +142,11 @@ async fn edge(State(app): St, Path(name): Path<String>) -> Result<Response, ApiE
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found(format!("no edge {name}")))?;
-    Ok(
-        Json(serde_json::json!({"apiVersion": "v3", "statusCode": 200, "edge": edge}))
-            .into_response(),
-    )
+    Ok(Json(SortedKeys(EdgeResponse {
+        base: BaseResponse::new(200),
+        edge,
+    }))
+    .into_response())
 }
 
 async fn revoke(State(app): St, Path(name): Path<String>) -> Result<Response, ApiError> {
@@ -200,8 +191,9 @@ async fn readings(
         })
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(serde_json::json!({
-        "apiVersion": "v3", "statusCode": 200, "totalCount": total, "readings": readings
+    Ok(Json(SortedKeys(EdgeReadingsResponse {
+        page: BaseWithTotalCountResponse::new(total),
+        readings,
     }))
     .into_response())
 }
@@ -212,10 +204,11 @@ async fn event_count(State(app): St, Path(edge): Path<String>) -> Result<Respons
         .event_count(edge)
         .await
         .map_err(ApiError::internal)?;
-    Ok(
-        Json(serde_json::json!({"apiVersion": "v3", "statusCode": 200, "Count": count}))
-            .into_response(),
-    )
+    Ok(Json(SortedKeys(EdgeEventCountResponse {
+        base: BaseResponse::new(200),
+        count,
+    }))
+    .into_response())
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -234,8 +227,9 @@ async fn alerts(
         .alerts(edge, q.limit.unwrap_or(100).min(10_000))
         .await
         .map_err(ApiError::internal)?;
-    Ok(
-        Json(serde_json::json!({"apiVersion": "v3", "statusCode": 200, "alerts": alerts}))
-            .into_response(),
-    )
+    Ok(Json(SortedKeys(EdgeAlertsResponse {
+        base: BaseResponse::new(200),
+        alerts,
+    }))
+    .into_response())
 }

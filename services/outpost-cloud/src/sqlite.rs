@@ -21,15 +21,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use outpost_contracts::cloud::{Edge, EdgeBacklog, EdgeReading};
 use outpost_contracts::event::ReadingValue;
 use outpost_contracts::export::{Alert, ExportItem, Rejected};
 use outpost_storage::rusqlite::{self, OptionalExtension as _, params};
 use outpost_storage::{Db, Migration};
 
-use crate::store::{
-    BacklogRow, EdgeRow, Incoming, ReadingQuery, ReadingRow, Removed, Store, StoreError, Stored,
-    admit,
-};
+use crate::store::{Incoming, ReadingQuery, Removed, Store, StoreError, Stored, admit};
 
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -122,15 +120,15 @@ fn remove_event(tx: &rusqlite::Transaction<'_>, seq: i64) -> rusqlite::Result<u6
     Ok(n as u64)
 }
 
-fn edge_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EdgeRow> {
-    Ok(EdgeRow {
+fn edge_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Edge> {
+    Ok(Edge {
         name: r.get(0)?,
         fingerprint: r.get(1)?,
         enrolled_ms: r.get(2)?,
         revoked_ms: r.get(3)?,
         last_seen_ms: r.get(4)?,
         last_address: r.get(5)?,
-        backlog: BacklogRow {
+        backlog: EdgeBacklog {
             items: r.get(6)?,
             bytes: r.get(7)?,
             oldest_ms: r.get(8)?,
@@ -371,7 +369,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn edges(&self) -> Result<Vec<EdgeRow>, StoreError> {
+    async fn edges(&self) -> Result<Vec<Edge>, StoreError> {
         self.db
             .read(|c| {
                 let mut st =
@@ -382,7 +380,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn edge(&self, name: String) -> Result<Option<EdgeRow>, StoreError> {
+    async fn edge(&self, name: String) -> Result<Option<Edge>, StoreError> {
         self.db
             .read(move |c| {
                 Ok(c.query_row(
@@ -429,7 +427,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn readings(&self, q: ReadingQuery) -> Result<(Vec<ReadingRow>, u64), StoreError> {
+    async fn readings(&self, q: ReadingQuery) -> Result<(Vec<EdgeReading>, u64), StoreError> {
         self.db
             .read(move |c| {
                 let mut filter = String::from("s.edge = ?1");
@@ -464,7 +462,7 @@ impl Store for SqliteStore {
                 ))?;
                 let rows = st
                     .query_map(rusqlite::params_from_iter(args.iter()), |r| {
-                        Ok(ReadingRow {
+                        Ok(EdgeReading {
                             edge: r.get(0)?,
                             device_name: r.get(1)?,
                             resource_name: r.get(2)?,

@@ -6,10 +6,10 @@
 //! PostgreSQL implementation would implement the same trait. What an item must be to be
 //! stored is decided here ([`admit`]), the same for every implementation.
 
+use outpost_contracts::cloud::{Edge, EdgeReading};
 use outpost_contracts::event::Event;
 use outpost_contracts::export::{Alert, Backlog, ExportItem, Rejected, WireItem};
 use outpost_storage::StorageError;
-use serde::Serialize;
 use serde_json::value::RawValue;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,48 +22,6 @@ impl From<outpost_storage::rusqlite::Error> for StoreError {
     fn from(e: outpost_storage::rusqlite::Error) -> Self {
         Self::Storage(StorageError::Sqlite(e))
     }
-}
-
-/// An enrolled (or revoked) edge, as the fleet view shows it.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EdgeRow {
-    pub name: String,
-    pub fingerprint: String,
-    pub enrolled_ms: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub revoked_ms: Option<i64>,
-    pub last_seen_ms: Option<i64>,
-    pub last_address: Option<String>,
-    pub backlog: BacklogRow,
-    pub received: i64,
-    pub duplicates: i64,
-    pub rejected: i64,
-}
-
-/// The backlog an edge reported with its last batch.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BacklogRow {
-    pub items: i64,
-    pub bytes: i64,
-    pub oldest_ms: Option<i64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ReadingRow {
-    pub edge: String,
-    pub device_name: String,
-    pub resource_name: String,
-    pub profile_name: String,
-    pub origin: i64,
-    pub value_type: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub units: String,
-    pub value: String,
-    /// When the cloud node stored it, milliseconds since the Unix epoch.
-    pub received_ms: i64,
 }
 
 /// What one retention step removed.
@@ -123,8 +81,8 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes an edge (its data stays); `false` if there is no such edge.
     async fn revoke(&self, name: String, now_ms: i64) -> Result<bool, StoreError>;
     /// Every edge, by name.
-    async fn edges(&self) -> Result<Vec<EdgeRow>, StoreError>;
-    async fn edge(&self, name: String) -> Result<Option<EdgeRow>, StoreError>;
+    async fn edges(&self) -> Result<Vec<Edge>, StoreError>;
+    async fn edge(&self, name: String) -> Result<Option<Edge>, StoreError>;
     /// The edge a certificate belongs to, if it is enrolled and not revoked.
     async fn edge_by_fingerprint(&self, fingerprint: String) -> Result<Option<String>, StoreError>;
     /// Stores a batch atomically: items at or below the stream's high-water mark and
@@ -132,7 +90,7 @@ pub trait Store: Send + Sync + 'static {
     /// with the reason. Updates the edge's last seen, backlog and counts.
     async fn ingest(&self, batch: Incoming) -> Result<Stored, StoreError>;
     /// Readings of an edge matching `q`, newest origin first, and how many match.
-    async fn readings(&self, q: ReadingQuery) -> Result<(Vec<ReadingRow>, u64), StoreError>;
+    async fn readings(&self, q: ReadingQuery) -> Result<(Vec<EdgeReading>, u64), StoreError>;
     /// An edge's alerts, newest origin first.
     async fn alerts(&self, edge: String, limit: u64) -> Result<Vec<Alert>, StoreError>;
     /// Events stored for an edge.

@@ -119,18 +119,29 @@ fn batch(priority: &str, items: Vec<Value>) -> Vec<u8> {
 
 const T0: i64 = 1_700_000_000_000_000_000;
 
+/// What only the admin may read.
+const ADMIN_ONLY: [&str; 7] = [
+    "/api/v3/edge/all",
+    "/api/v3/edge/name/edge-1",
+    "/api/v3/reading/edge/edge-1",
+    "/api/v3/event/count/edge/edge-1",
+    "/api/v3/alert/edge/edge-1",
+    "/api/v3/config",
+    "/metrics",
+];
+
+/// What anyone may read.
+const PUBLIC: [&str; 4] = [
+    "/api/v3/ping",
+    "/api/v3/health",
+    "/api/v3/version",
+    "/api/v3/ca.pem",
+];
+
 #[tokio::test]
 async fn admin_routes_need_the_admin_token_and_public_ones_do_not() {
     let n = node().await;
-    for uri in [
-        "/api/v3/edge/all",
-        "/api/v3/edge/name/edge-1",
-        "/api/v3/reading/edge/edge-1",
-        "/api/v3/event/count/edge/edge-1",
-        "/api/v3/alert/edge/edge-1",
-        "/api/v3/config",
-        "/metrics",
-    ] {
+    for uri in ADMIN_ONLY {
         let (s, headers, _) = n.send("GET", uri, None, None).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{uri} without a token");
         assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer", "{uri}");
@@ -162,12 +173,7 @@ async fn admin_routes_need_the_admin_token_and_public_ones_do_not() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["totalCount"], 0);
 
-    for uri in [
-        "/api/v3/ping",
-        "/api/v3/health",
-        "/api/v3/version",
-        "/api/v3/ca.pem",
-    ] {
+    for uri in PUBLIC {
         let (s, _, _) = n.send("GET", uri, None, None).await;
         assert_eq!(s, StatusCode::OK, "{uri} is public");
     }

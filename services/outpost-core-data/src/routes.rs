@@ -4,6 +4,7 @@
 //! `numeric=true` renders numeric values as JSON numbers; `aggregateFunc` (MIN, MAX, COUNT,
 //! SUM, AVG) on reading endpoints returns one aggregate per device and resource.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -55,11 +56,11 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route(
             "/api/v3/event/device/name/{name}",
-            get(device_events).delete(delete_device_events),
+            get(selected_events).delete(delete_device_events),
         )
         .route(
             "/api/v3/event/start/{start}/end/{end}",
-            get(events_in_range),
+            get(selected_events),
         )
         .route("/api/v3/event/age/{age}", delete(delete_old_events))
         .route("/api/v3/reading/all", get(all_readings))
@@ -68,26 +69,26 @@ pub fn router(app: Arc<App>) -> Router {
             "/api/v3/reading/count/device/name/{name}",
             get(count_device_readings),
         )
-        .route("/api/v3/reading/device/name/{name}", get(device_readings))
+        .route("/api/v3/reading/device/name/{name}", get(selected_readings))
         .route(
             "/api/v3/reading/resourceName/{resource}",
-            get(resource_readings),
+            get(selected_readings),
         )
         .route(
             "/api/v3/reading/device/name/{device}/resourceName/{resource}",
-            get(device_resource_readings),
+            get(selected_readings),
         )
         .route(
             "/api/v3/reading/start/{start}/end/{end}",
-            get(readings_in_range),
+            get(selected_readings),
         )
         .route(
             "/api/v3/reading/resourceName/{resource}/start/{start}/end/{end}",
-            get(resource_readings_in_range),
+            get(selected_readings),
         )
         .route(
             "/api/v3/reading/device/name/{device}/resourceName/{resource}/start/{start}/end/{end}",
-            get(device_resource_readings_in_range),
+            get(selected_readings),
         )
         .route(
             "/api/v3/reading/device/name/{device}/start/{start}/end/{end}",
@@ -261,6 +262,26 @@ fn range(start: &str, end: &str) -> Result<(i64, i64), ApiError> {
     Ok((s, e))
 }
 
+/// A route's path parameters by name.
+type Params = HashMap<String, String>;
+
+/// What a route's path selects, as a query: a device (`name` or `device`), a resource, a
+/// time range (`start` and `end`), or any of them together. One handler per kind of list
+/// serves every route of that kind.
+fn selection(params: &Params) -> Result<StoreQuery, ApiError> {
+    let mut q = StoreQuery {
+        device: params.get("device").or_else(|| params.get("name")).cloned(),
+        resource: params.get("resource").cloned(),
+        ..StoreQuery::default()
+    };
+    if let (Some(start), Some(end)) = (params.get("start"), params.get("end")) {
+        let (s, e) = range(start, end)?;
+        q.start = Some(s);
+        q.end = Some(e);
+    }
+    Ok(q)
+}
+
 fn page_base(total: u64) -> BaseWithTotalCountResponse {
     BaseWithTotalCountResponse {
         base: BaseResponse::new(200),
@@ -297,30 +318,13 @@ async fn all_events(
     events(&app, &p, StoreQuery::default()).await
 }
 
-async fn device_events(
+/// Events of a device, or in a time range.
+async fn selected_events(
     State(app): St,
-    Path(name): Path<String>,
+    Path(params): Path<Params>,
     Query(p): Query<ListParams>,
 ) -> Result<axum::Json<MultiEventsResponse>, ApiError> {
-    let q = StoreQuery {
-        device: Some(name),
-        ..StoreQuery::default()
-    };
-    events(&app, &p, q).await
-}
-
-async fn events_in_range(
-    State(app): St,
-    Path((start, end)): Path<(String, String)>,
-    Query(p): Query<ListParams>,
-) -> Result<axum::Json<MultiEventsResponse>, ApiError> {
-    let (s, e) = range(&start, &end)?;
-    let q = StoreQuery {
-        start: Some(s),
-        end: Some(e),
-        ..StoreQuery::default()
-    };
-    events(&app, &p, q).await
+    events(&app, &p, selection(&params)?).await
 }
 
 fn parse_id(id: &str) -> Result<uuid::Uuid, ApiError> {
@@ -453,6 +457,15 @@ async fn all_readings(
     readings(&app, &p, StoreQuery::default()).await
 }
 
+/// Readings of a device, a resource, both, in a time range or not.
+async fn selected_readings(
+    State(app): St,
+    Path(params): Path<Params>,
+    Query(p): Query<ListParams>,
+) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
+    readings(&app, &p, selection(&params)?).await
+}
+
 async fn count_readings(State(app): St) -> Result<axum::Json<CountResponse>, ApiError> {
     let t = app.ingest.store.totals(None).await?;
     Ok(axum::Json(CountResponse {
@@ -472,88 +485,6 @@ async fn count_device_readings(
     }))
 }
 
-async fn device_readings(
-    State(app): St,
-    Path(name): Path<String>,
-    Query(p): Query<ListParams>,
-) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
-    let q = StoreQuery {
-        device: Some(name),
-        ..StoreQuery::default()
-    };
-    readings(&app, &p, q).await
-}
-
-async fn resource_readings(
-    State(app): St,
-    Path(resource): Path<String>,
-    Query(p): Query<ListParams>,
-) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
-    let q = StoreQuery {
-        resource: Some(resource),
-        ..StoreQuery::default()
-    };
-    readings(&app, &p, q).await
-}
-
-async fn device_resource_readings(
-    State(app): St,
-    Path((device, resource)): Path<(String, String)>,
-    Query(p): Query<ListParams>,
-) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
-    let q = StoreQuery {
-        device: Some(device),
-        resource: Some(resource),
-        ..StoreQuery::default()
-    };
-    readings(&app, &p, q).await
-}
-
-async fn readings_in_range(
-    State(app): St,
-    Path((start, end)): Path<(String, String)>,
-    Query(p): Query<ListParams>,
-) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
-    let (s, e) = range(&start, &end)?;
-    let q = StoreQuery {
-        start: Some(s),
-        end: Some(e),
-        ..StoreQuery::default()
-    };
-    readings(&app, &p, q).await
-}
-
-async fn resource_readings_in_range(
-    State(app): St,
-    Path((resource, start, end)): Path<(String, String, String)>,
-    Query(p): Query<ListParams>,
-) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
-    let (s, e) = range(&start, &end)?;
-    let q = StoreQuery {
-        resource: Some(resource),
-        start: Some(s),
-        end: Some(e),
-        ..StoreQuery::default()
-    };
-    readings(&app, &p, q).await
-}
-
-async fn device_resource_readings_in_range(
-    State(app): St,
-    Path((device, resource, start, end)): Path<(String, String, String, String)>,
-    Query(p): Query<ListParams>,
-) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
-    let (s, e) = range(&start, &end)?;
-    let q = StoreQuery {
-        device: Some(device),
-        resource: Some(resource),
-        start: Some(s),
-        end: Some(e),
-        ..StoreQuery::default()
-    };
-    readings(&app, &p, q).await
-}
-
 /// The optional body of `GET /reading/device/name/{d}/start/{s}/end/{e}` (EdgeX's
 /// multi-resource query).
 #[derive(Deserialize, Default)]
@@ -564,22 +495,18 @@ struct ResourceNames {
 
 async fn device_readings_in_range(
     State(app): St,
-    Path((device, start, end)): Path<(String, String, String)>,
+    Path(params): Path<Params>,
     Query(p): Query<ListParams>,
     Body(body): Body,
 ) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
-    let (s, e) = range(&start, &end)?;
     let names: ResourceNames = if body.iter().all(u8::is_ascii_whitespace) {
         ResourceNames::default()
     } else {
         parse_json(&body)?
     };
     let q = StoreQuery {
-        device: Some(device),
         resources: names.resource_names,
-        start: Some(s),
-        end: Some(e),
-        ..StoreQuery::default()
+        ..selection(&params)?
     };
     readings(&app, &p, q).await
 }

@@ -3,53 +3,33 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use outpost_testkit::Drive;
 use serde_json::{Value, json};
-use tower::ServiceExt as _;
 
 use crate::config::Config;
 use crate::store::{MIGRATIONS, SqliteStore, Store};
 
 struct Fixture {
-    _dir: tempfile::TempDir,
+    _db: outpost_testkit::TempDb,
     store: Arc<dyn Store>,
     state: Arc<crate::routes::AppState>,
 }
 
 async fn fixture(cfg: Config) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let db = outpost_storage::Db::open(
-        &outpost_storage::Location::new(dir.path(), "core-keeper"),
-        &outpost_storage::OpenOptions::default(),
-        MIGRATIONS,
-        1,
-    )
-    .unwrap();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::new(db));
+    let db = outpost_testkit::temp_db("core-keeper", MIGRATIONS, 1);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::new(db.db.clone()));
     let state = crate::app(&cfg, Arc::clone(&store)).await.unwrap();
     Fixture {
-        _dir: dir,
+        _db: db,
         store,
         state,
     }
 }
 
-async fn call(f: &Fixture, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("content-type", "application/json")
-        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-        .unwrap();
-    let resp = crate::routes::router(Arc::clone(&f.state))
-        .oneshot(req)
-        .await
-        .unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    (status, v)
+impl Drive for Fixture {
+    fn router(&self) -> axum::Router {
+        crate::routes::router(Arc::clone(&self.state))
+    }
 }
 
 fn reg(id: &str, kind: &str, interval: &str) -> Value {
@@ -59,81 +39,60 @@ fn reg(id: &str, kind: &str, interval: &str) -> Value {
     }})
 }
 
+const REGISTRY: &str = "/api/v3/registry";
+const CORE_DATA: &str = "/api/v3/registry/serviceId/core-data";
+
 #[tokio::test]
 async fn register_conflict_update_and_deregister() {
     let f = fixture(Config::default()).await;
-    let (s, _) = call(
-        &f,
-        "POST",
-        "/api/v3/registry",
-        Some(reg("core-data", "heartbeat", "1s")),
-    )
-    .await;
-    assert_eq!(s, StatusCode::CREATED);
-    let (s, body) = call(
-        &f,
-        "POST",
-        "/api/v3/registry",
-        Some(reg("core-data", "heartbeat", "1s")),
-    )
-    .await;
-    assert_eq!(s, StatusCode::CONFLICT);
+    let beats = |id: &str, interval: &str| Some(reg(id, "heartbeat", interval));
+    let first = || beats("core-data", "1s");
+    f.expect("POST", REGISTRY, first(), StatusCode::CREATED)
+        .await;
+    let body = f
+        .expect(
+            "POST",
+            REGISTRY,
+            beats("core-data", "1s"),
+            StatusCode::CONFLICT,
+        )
+        .await;
     assert_eq!(body["statusCode"], 409);
-    let (s, _) = call(
-        &f,
-        "PUT",
-        "/api/v3/registry",
-        Some(reg("core-data", "heartbeat", "2s")),
-    )
-    .await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, _) = call(
-        &f,
-        "PUT",
-        "/api/v3/registry",
-        Some(reg("nobody", "heartbeat", "2s")),
-    )
-    .await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
+    for (id, want) in [
+        ("core-data", StatusCode::NO_CONTENT),
+        ("nobody", StatusCode::NOT_FOUND),
+    ] {
+        f.expect("PUT", REGISTRY, beats(id, "2s"), want).await;
+    }
 
-    let (s, body) = call(&f, "GET", "/api/v3/registry/serviceId/core-data", None).await;
-    assert_eq!(s, StatusCode::OK);
+    let body = f.expect("GET", CORE_DATA, None, StatusCode::OK).await;
     assert_eq!(body["registration"]["status"], "UP");
     assert_eq!(body["registration"]["healthCheck"]["interval"], "2s");
 
-    let (s, _) = call(&f, "DELETE", "/api/v3/registry/serviceId/core-data", None).await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, _) = call(&f, "GET", "/api/v3/registry/serviceId/core-data", None).await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
-    let (_, body) = call(&f, "GET", "/api/v3/registry/all", None).await;
+    f.expect("DELETE", CORE_DATA, None, StatusCode::NO_CONTENT)
+        .await;
+    f.expect("GET", CORE_DATA, None, StatusCode::NOT_FOUND)
+        .await;
+    let (_, body) = f.call("GET", "/api/v3/registry/all", None).await;
     assert_eq!(body["totalCount"], 0);
-    let (_, body) = call(&f, "GET", "/api/v3/registry/all?deregistered=true", None).await;
+    let (_, body) = f
+        .call("GET", "/api/v3/registry/all?deregistered=true", None)
+        .await;
     assert_eq!(body["registrations"][0]["status"], "HALT");
-    // A heartbeat from a deregistered instance asks it to register again.
-    let (s, _) = call(
-        &f,
-        "PUT",
-        "/api/v3/registry/serviceId/core-data/heartbeat",
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
+    // A heartbeat from a deregistered instance asks it to register again ...
+    let heartbeat = format!("{CORE_DATA}/heartbeat");
+    f.expect("PUT", &heartbeat, None, StatusCode::NOT_FOUND)
+        .await;
     // ... which it may.
-    let (s, _) = call(
-        &f,
-        "POST",
-        "/api/v3/registry",
-        Some(reg("core-data", "heartbeat", "1s")),
-    )
-    .await;
-    assert_eq!(s, StatusCode::CREATED);
+    f.expect("POST", REGISTRY, first(), StatusCode::CREATED)
+        .await;
     // An update to status HALT deregisters, too.
     let mut halt = reg("core-data", "heartbeat", "1s");
     halt["registration"]["status"] = "HALT".into();
-    let (s, _) = call(&f, "PUT", "/api/v3/registry", Some(halt)).await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, _) = call(&f, "GET", "/api/v3/registry/serviceId/core-data", None).await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
+    f.expect("PUT", REGISTRY, Some(halt), StatusCode::NO_CONTENT)
+        .await;
+    f.expect("GET", CORE_DATA, None, StatusCode::NOT_FOUND)
+        .await;
 }
 
 #[tokio::test]
@@ -148,22 +107,32 @@ async fn bad_registrations_are_refused() {
         json!({"apiVersion": "v2", "registration": {"serviceId": "a", "port": 1, "healthCheck": {"type": "heartbeat"}}}),
         json!({"apiVersion": "v3", "registration": {"serviceId": "a", "port": 70000, "healthCheck": {"type": "heartbeat"}}}),
     ] {
-        let (s, body) = call(&f, "POST", "/api/v3/registry", Some(bad.clone())).await;
-        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+        let body = f
+            .expect("POST", REGISTRY, Some(bad.clone()), StatusCode::BAD_REQUEST)
+            .await;
         assert_eq!(body["statusCode"], 400);
     }
     let req = Request::builder()
         .method("POST")
-        .uri("/api/v3/registry")
+        .uri(REGISTRY)
         .body(Body::from("{not json"))
         .unwrap();
-    let resp = crate::routes::router(Arc::clone(&f.state))
-        .oneshot(req)
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    let (_, body) = call(&f, "GET", "/api/v3/registry/all", None).await;
+    let (status, _, _) = outpost_testkit::request(&f.router(), req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (_, body) = f.call("GET", "/api/v3/registry/all", None).await;
     assert_eq!(body["totalCount"], 0);
+}
+
+/// The status of `id` after `ms` of (paused) time and a sweep; `None` once it is removed.
+async fn status_after(
+    reg: &Arc<crate::registry::Registry>,
+    probes: &mut tokio::task::JoinSet<()>,
+    id: &str,
+    ms: u64,
+) -> Option<String> {
+    tokio::time::advance(Duration::from_millis(ms)).await;
+    reg.sweep(probes).await;
+    reg.get(id).map(|r| r.status.as_str().to_string())
 }
 
 #[tokio::test(start_paused = true)]
@@ -173,77 +142,47 @@ async fn missed_heartbeats_mark_down_then_remove() {
         ..Config::default()
     };
     let f = fixture(cfg).await;
-    call(
-        &f,
+    f.call(
         "POST",
-        "/api/v3/registry",
+        REGISTRY,
         Some(reg("core-data", "heartbeat", "100ms")),
     )
     .await;
+    let heartbeat = format!("{CORE_DATA}/heartbeat");
     let reg = &f.state.registry;
     let mut probes = tokio::task::JoinSet::new();
-    tokio::time::advance(Duration::from_millis(250)).await;
-    reg.sweep(&mut probes).await;
-    assert_eq!(reg.get("core-data").unwrap().status.as_str(), "UP");
+    let up = Some("UP".to_string());
+    let down = Some("DOWN".to_string());
+    assert_eq!(status_after(reg, &mut probes, "core-data", 250).await, up);
     // A heartbeat keeps it alive.
-    call(
-        &f,
-        "PUT",
-        "/api/v3/registry/serviceId/core-data/heartbeat",
-        None,
-    )
-    .await;
-    tokio::time::advance(Duration::from_millis(250)).await;
-    reg.sweep(&mut probes).await;
-    assert_eq!(reg.get("core-data").unwrap().status.as_str(), "UP");
+    f.call("PUT", &heartbeat, None).await;
+    assert_eq!(status_after(reg, &mut probes, "core-data", 250).await, up);
     // Silence beyond three intervals: DOWN.
-    tokio::time::advance(Duration::from_millis(100)).await;
-    reg.sweep(&mut probes).await;
-    assert_eq!(reg.get("core-data").unwrap().status.as_str(), "DOWN");
+    assert_eq!(status_after(reg, &mut probes, "core-data", 100).await, down);
     // A late heartbeat brings it back.
-    call(
-        &f,
-        "PUT",
-        "/api/v3/registry/serviceId/core-data/heartbeat",
-        None,
-    )
-    .await;
+    f.call("PUT", &heartbeat, None).await;
     assert_eq!(reg.get("core-data").unwrap().status.as_str(), "UP");
     // Silence again, past the grace period: removed, also from storage.
-    tokio::time::advance(Duration::from_millis(400)).await;
-    reg.sweep(&mut probes).await;
-    assert_eq!(reg.get("core-data").unwrap().status.as_str(), "DOWN");
-    tokio::time::advance(Duration::from_millis(2_100)).await;
-    reg.sweep(&mut probes).await;
-    assert!(reg.get("core-data").is_none());
+    assert_eq!(status_after(reg, &mut probes, "core-data", 400).await, down);
+    assert_eq!(
+        status_after(reg, &mut probes, "core-data", 2_100).await,
+        None
+    );
     assert!(f.store.load_registrations().await.unwrap().is_empty());
-    let (s, _) = call(
-        &f,
-        "PUT",
-        "/api/v3/registry/serviceId/core-data/heartbeat",
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
+    f.expect("PUT", &heartbeat, None, StatusCode::NOT_FOUND)
+        .await;
 }
 
 #[tokio::test]
 async fn registrations_survive_a_restart() {
     let f = fixture(Config::default()).await;
-    call(
-        &f,
-        "POST",
-        "/api/v3/registry",
-        Some(reg("core-data", "heartbeat", "1s")),
-    )
-    .await;
-    call(
-        &f,
-        "POST",
-        "/api/v3/registry",
-        Some(reg("core-metadata", "http", "10s")),
-    )
-    .await;
+    for (id, check, interval) in [
+        ("core-data", "heartbeat", "1s"),
+        ("core-metadata", "http", "10s"),
+    ] {
+        f.call("POST", REGISTRY, Some(reg(id, check, interval)))
+            .await;
+    }
     let again = crate::app(&Config::default(), Arc::clone(&f.store))
         .await
         .unwrap();
@@ -255,29 +194,15 @@ async fn registrations_survive_a_restart() {
 #[tokio::test]
 async fn long_poll_returns_on_change() {
     let f = fixture(Config::default()).await;
-    let (_, body) = call(&f, "GET", "/api/v3/registry/all", None).await;
+    let (_, body) = f.call("GET", "/api/v3/registry/all", None).await;
     let index = body["index"].as_u64().unwrap();
-    let state = Arc::clone(&f.state);
+    let router = f.router();
     let waiter = tokio::spawn(async move {
-        let req = Request::builder()
-            .uri(format!(
-                "/api/v3/registry/all?waitIndex={index}&waitMs=10000"
-            ))
-            .body(Body::empty())
-            .unwrap();
-        let resp = crate::routes::router(state).oneshot(req).await.unwrap();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        serde_json::from_slice::<Value>(&bytes).unwrap()
+        let uri = format!("/api/v3/registry/all?waitIndex={index}&waitMs=10000");
+        outpost_testkit::call(&router, "GET", &uri, None).await.1
     });
-    call(
-        &f,
-        "POST",
-        "/api/v3/registry",
-        Some(reg("core-data", "heartbeat", "1s")),
-    )
-    .await;
+    f.call("POST", REGISTRY, Some(reg("core-data", "heartbeat", "1s")))
+        .await;
     let body = tokio::time::timeout(Duration::from_secs(5), waiter)
         .await
         .expect("long-poll did not return on change")
@@ -286,105 +211,67 @@ async fn long_poll_returns_on_change() {
     assert_eq!(body["registrations"][0]["serviceId"], "core-data");
 }
 
+const KVS: &str = "/api/v3/kvs/key";
+
 #[tokio::test]
 async fn key_values() {
     let f = fixture(Config::default()).await;
-    let (s, body) = call(
-        &f,
-        "PUT",
-        "/api/v3/kvs/key/edgex/v4/core-data?flatten=true",
-        Some(json!({"value": {"MaxEventSize": 25000, "Writable": {"LogLevel": "INFO", "PersistData": true}}})),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
+    let config = json!({"value": {"MaxEventSize": 25000,
+        "Writable": {"LogLevel": "INFO", "PersistData": true}}});
+    let flatten = format!("{KVS}/edgex/v4/core-data?flatten=true");
+    let body = f
+        .expect("PUT", &flatten, Some(config), StatusCode::OK)
+        .await;
     assert_eq!(body["response"].as_array().unwrap().len(), 3);
-    let (s, body) = call(
-        &f,
-        "GET",
-        "/api/v3/kvs/key/edgex/v4/core-data/Writable?plaintext=true",
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
+    let writable = format!("{KVS}/edgex/v4/core-data/Writable?plaintext=true");
+    let body = f.expect("GET", &writable, None, StatusCode::OK).await;
     let kvs = body["response"].as_array().unwrap();
     assert_eq!(kvs.len(), 2);
     assert_eq!(kvs[0]["key"], "edgex/v4/core-data/Writable/LogLevel");
     assert_eq!(kvs[0]["value"], "INFO");
     // Values are kept as text, as EdgeX's configuration clients read them.
     assert_eq!(kvs[1]["value"], "true");
-    let (_, body) = call(
-        &f,
-        "GET",
-        "/api/v3/kvs/key/edgex/v4/core-data/Writable/LogLevel",
-        None,
-    )
-    .await;
+    let log_level = format!("{KVS}/edgex/v4/core-data/Writable/LogLevel");
+    let (_, body) = f.call("GET", &log_level, None).await;
     assert_eq!(body["response"][0]["value"], "SU5GTw==");
-    let (_, body) = call(&f, "GET", "/api/v3/kvs/key/edgex?keyOnly=true", None).await;
+    let keys = format!("{KVS}/edgex?keyOnly=true");
+    let (_, body) = f.call("GET", &keys, None).await;
     assert_eq!(body["response"].as_array().unwrap().len(), 3);
     // A key that merely shares a prefix string is not below it.
-    call(
-        &f,
-        "PUT",
-        "/api/v3/kvs/key/edgex/v4/core-database",
-        Some(json!({"value": "x"})),
-    )
-    .await;
-    let (_, body) = call(
-        &f,
-        "GET",
-        "/api/v3/kvs/key/edgex/v4/core-data?keyOnly=true",
-        None,
-    )
-    .await;
+    let database = format!("{KVS}/edgex/v4/core-database");
+    f.call("PUT", &database, Some(json!({"value": "x"}))).await;
+    let keys = format!("{KVS}/edgex/v4/core-data?keyOnly=true");
+    let (_, body) = f.call("GET", &keys, None).await;
     assert_eq!(body["response"].as_array().unwrap().len(), 3);
-    let (s, _) = call(&f, "DELETE", "/api/v3/kvs/key/edgex/v4/core-data", None).await;
-    assert_eq!(
-        s,
-        StatusCode::CONFLICT,
-        "exact delete of a key with keys below it"
-    );
-    let (s, _) = call(&f, "DELETE", "/api/v3/kvs/key/edgex/v4/nothing", None).await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, body) = call(
-        &f,
-        "DELETE",
-        "/api/v3/kvs/key/edgex/v4/core-data?prefixMatch=true",
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
+    let core_data = format!("{KVS}/edgex/v4/core-data");
+    // An exact delete of a key with keys below it.
+    f.expect("DELETE", &core_data, None, StatusCode::CONFLICT)
+        .await;
+    let nothing = format!("{KVS}/edgex/v4/nothing");
+    f.expect("DELETE", &nothing, None, StatusCode::NOT_FOUND)
+        .await;
+    let below = format!("{core_data}?prefixMatch=true");
+    let body = f.expect("DELETE", &below, None, StatusCode::OK).await;
     assert_eq!(body["response"].as_array().unwrap().len(), 3);
-    let (s, _) = call(&f, "GET", "/api/v3/kvs/key/edgex/v4/core-data", None).await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, _) = call(&f, "PUT", "/api/v3/kvs/key/a//b", Some(json!({"value": 1}))).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
+    f.expect("GET", &core_data, None, StatusCode::NOT_FOUND)
+        .await;
+    let empty_segment = format!("{KVS}/a//b");
+    let one = Some(json!({"value": 1}));
+    f.expect("PUT", &empty_segment, one, StatusCode::BAD_REQUEST)
+        .await;
     // Flattening leaves out nulls and empty objects; nothing left to store is an error.
-    let (s, body) = call(
-        &f,
-        "PUT",
-        "/api/v3/kvs/key/app?flatten=true",
-        Some(json!({"value": {"a": null, "b": {}, "c": {"d": 2.5}}})),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
+    let app = format!("{KVS}/app?flatten=true");
+    let sparse = json!({"value": {"a": null, "b": {}, "c": {"d": 2.5}}});
+    let body = f.expect("PUT", &app, Some(sparse), StatusCode::OK).await;
     assert_eq!(body["response"], json!(["app/c/d"]));
-    let (_, body) = call(&f, "GET", "/api/v3/kvs/key/app/c/d?plaintext=true", None).await;
+    let leaf = format!("{KVS}/app/c/d");
+    let (_, body) = f.call("GET", &format!("{leaf}?plaintext=true"), None).await;
     assert_eq!(body["response"][0]["value"], "2.5");
-    let (s, _) = call(
-        &f,
-        "PUT",
-        "/api/v3/kvs/key/app?flatten=true",
-        Some(json!({"value": {"a": null}})),
-    )
-    .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let nulls = Some(json!({"value": {"a": null}}));
+    f.expect("PUT", &app, nulls, StatusCode::BAD_REQUEST).await;
     // A leaf delete removes only that key.
-    let (s, body) = call(&f, "DELETE", "/api/v3/kvs/key/app/c/d", None).await;
-    assert_eq!(
-        (s, &body["response"]),
-        (StatusCode::OK, &json!(["app/c/d"]))
-    );
+    let body = f.expect("DELETE", &leaf, None, StatusCode::OK).await;
+    assert_eq!(body["response"], json!(["app/c/d"]));
 }
 
 #[tokio::test]
@@ -397,8 +284,8 @@ async fn http_checked_services_are_probed() {
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let mut r = reg("edgex-service", "http", "100ms");
     r["registration"]["port"] = json!(port);
-    let (s, _) = call(&f, "POST", "/api/v3/registry", Some(r)).await;
-    assert_eq!(s, StatusCode::CREATED);
+    f.expect("POST", REGISTRY, Some(r), StatusCode::CREATED)
+        .await;
     let reg = Arc::clone(&f.state.registry);
     assert_eq!(reg.get("edgex-service").unwrap().status.as_str(), "UNKNOWN");
     let status = |want: &'static str| {

@@ -2,8 +2,8 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use outpost_testkit::Drive;
 use serde_json::{Value, json};
-use tower::ServiceExt as _;
 
 use crate::config::Config;
 use crate::events::Announcer;
@@ -12,58 +12,79 @@ use crate::service::Metadata;
 use crate::store::{MIGRATIONS, SqliteStore, Store};
 
 struct Fixture {
-    _dir: tempfile::TempDir,
+    _db: outpost_testkit::TempDb,
     app: Arc<App>,
 }
 
 fn fixture(cfg: Config) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let db = outpost_storage::Db::open(
-        &outpost_storage::Location::new(dir.path(), "core-metadata"),
-        &outpost_storage::OpenOptions::default(),
-        MIGRATIONS,
-        1,
-    )
-    .unwrap();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::new(db));
+    let db = outpost_testkit::temp_db("core-metadata", MIGRATIONS, 1);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::new(db.db.clone()));
     let uom = crate::uom::load(None).unwrap();
     let app = Arc::new(App {
         md: Metadata::new(store, cfg, uom, Announcer::disabled()),
         max_result_count: 100,
     });
-    Fixture { _dir: dir, app }
+    Fixture { _db: db, app }
 }
 
-async fn send(f: &Fixture, req: Request<Body>) -> (StatusCode, Value) {
-    let resp = crate::routes::router(Arc::clone(&f.app))
-        .oneshot(req)
-        .await
-        .unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+impl Drive for Fixture {
+    fn router(&self) -> axum::Router {
+        crate::routes::router(Arc::clone(&self.app))
+    }
 }
 
-async fn call(f: &Fixture, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("content-type", "application/json")
-        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-        .unwrap();
-    send(f, req).await
+const DEVICES: &str = "/api/v3/device";
+const AUTH: &str = "/api/v3/device/auth";
+
+impl Fixture {
+    /// Adds `devices` in one request; the multi-status answer.
+    async fn add_devices(&self, devices: &[Value]) -> Value {
+        let body = Some(Value::Array(devices.to_vec()));
+        self.expect("POST", DEVICES, body, StatusCode::MULTI_STATUS)
+            .await
+    }
+
+    /// Whether `secret` lets device `name` in: the status of its authentication.
+    async fn auth(&self, name: &str, secret: &str) -> (StatusCode, Value) {
+        let body = json!({"apiVersion": "v3", "name": name, "secret": secret});
+        self.call("POST", AUTH, Some(body)).await
+    }
+
+    /// Uploads `content` as a profile file (multipart, with the file's own content type
+    /// when given).
+    async fn upload(&self, content_type: Option<&str>, content: &str) -> (StatusCode, Value) {
+        let boundary = "XBOUNDARYX";
+        let part_type = content_type.map_or(String::new(), |t| format!("Content-Type: {t}\r\n"));
+        let body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"p.yaml\"\r\n{part_type}\r\n{content}\r\n--{boundary}--\r\n"
+        );
+        let req = Request::builder()
+            .method("POST")
+            .uri("/api/v3/deviceprofile/uploadfile")
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(Body::from(body))
+            .unwrap();
+        self.send(req).await
+    }
+}
+
+/// The status of each item of a multi-status answer, in order.
+fn statuses(body: &Value) -> Vec<u64> {
+    body.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["statusCode"].as_u64().unwrap())
+        .collect()
 }
 
 const PROFILE_YAML: &str = r#"
+labels: ["hvac"]
 name: "Thermostat"
 manufacturer: "Acme"
 model: "T-1000"
-labels: ["hvac"]
 deviceResources:
   - name: "Temperature"
     properties: { valueType: "Float64", readWrite: "R", units: "C", minimum: -40, maximum: 125 }
@@ -99,23 +120,26 @@ fn device_req(name: &str, profile: &str, extra: Value) -> Value {
     json!({"apiVersion": "v3", "device": d})
 }
 
+/// A Thermostat of device-virtual with nothing else.
+fn thermostat(name: &str) -> Value {
+    device_req(name, "Thermostat", json!({}))
+}
+
 async fn seed(f: &Fixture) {
-    let (s, body) = call(
-        f,
-        "POST",
-        "/api/v3/deviceservice",
-        Some(json!([service_req("device-virtual")])),
-    )
-    .await;
-    assert_eq!(s, StatusCode::MULTI_STATUS);
+    let services = Some(json!([service_req("device-virtual")]));
+    let body = f
+        .expect(
+            "POST",
+            "/api/v3/deviceservice",
+            services,
+            StatusCode::MULTI_STATUS,
+        )
+        .await;
     assert_eq!(body[0]["statusCode"], 201, "{body}");
-    let (_, body) = call(
-        f,
-        "POST",
-        "/api/v3/deviceprofile",
-        Some(json!([{"apiVersion": "v3", "profile": profile_json("Thermostat")}])),
-    )
-    .await;
+    let profiles = json!([{"apiVersion": "v3", "profile": profile_json("Thermostat")}]);
+    let (_, body) = f
+        .call("POST", "/api/v3/deviceprofile", Some(profiles))
+        .await;
     assert_eq!(body[0]["statusCode"], 201, "{body}");
 }
 
@@ -123,28 +147,17 @@ async fn seed(f: &Fixture) {
 async fn multi_status_reports_each_item() {
     let f = fixture(Config::default());
     seed(&f).await;
-    let (s, body) = call(
-        &f,
-        "POST",
-        "/api/v3/device",
-        Some(json!([
+    let body = f
+        .add_devices(&[
             device_req("t1", "Thermostat", json!({"labels": ["floor1"]})),
-            device_req("t1", "Thermostat", json!({})),
+            thermostat("t1"),
             device_req("t2", "NoSuchProfile", json!({})),
             device_req("t3", "Thermostat", json!({"autoEvents": [{"interval": "10s", "sourceName": "Nope"}]})),
-            device_req("bad/name", "Thermostat", json!({})),
-            {"apiVersion": "v2", "requestId": "8b9b1c5e-4a55-4b7e-9a3a-000000000001", "device": {"name": "t4"}},
-        ])),
-    )
-    .await;
-    assert_eq!(s, StatusCode::MULTI_STATUS);
-    let codes: Vec<_> = body
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["statusCode"].as_u64().unwrap())
-        .collect();
-    assert_eq!(codes, [201, 409, 404, 400, 400, 400]);
+            thermostat("bad/name"),
+            json!({"apiVersion": "v2", "requestId": "8b9b1c5e-4a55-4b7e-9a3a-000000000001", "device": {"name": "t4"}}),
+        ])
+        .await;
+    assert_eq!(statuses(&body), [201, 409, 404, 400, 400, 400]);
     assert!(uuid::Uuid::parse_str(body[0]["id"].as_str().unwrap()).is_ok());
     assert_eq!(body[5]["requestId"], "8b9b1c5e-4a55-4b7e-9a3a-000000000001");
     assert!(
@@ -154,7 +167,7 @@ async fn multi_status_reports_each_item() {
             .contains("NoSuchProfile")
     );
     // Only the good one was stored.
-    let (_, all) = call(&f, "GET", "/api/v3/device/all", None).await;
+    let (_, all) = f.call("GET", "/api/v3/device/all", None).await;
     assert_eq!(all["totalCount"], 1);
     assert_eq!(all["devices"][0]["name"], "t1");
 }
@@ -171,15 +184,15 @@ async fn malformed_bodies_are_400_and_change_nothing() {
     ] {
         let req = Request::builder()
             .method("POST")
-            .uri("/api/v3/device")
+            .uri(DEVICES)
             .body(Body::from(body))
             .unwrap();
-        let (s, resp) = send(&f, req).await;
+        let (s, resp) = f.send(req).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(resp["statusCode"], 400);
         assert_eq!(resp["apiVersion"], "v3");
     }
-    let (_, all) = call(&f, "GET", "/api/v3/deviceprofile/all", None).await;
+    let (_, all) = f.call("GET", "/api/v3/deviceprofile/all", None).await;
     assert_eq!(all["totalCount"], 1);
 }
 
@@ -188,193 +201,99 @@ async fn profiles_yaml_upload_queries_and_in_use_protection() {
     let f = fixture(Config::default());
     seed(&f).await;
     // YAML upload of a second profile.
-    let boundary = "XBOUNDARYX";
     let yaml = PROFILE_YAML
         .replace("Thermostat", "Thermostat2")
         .replace("T-1000", "T-2000");
-    let body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"p.yaml\"\r\nContent-Type: application/x-yaml\r\n\r\n{yaml}\r\n--{boundary}--\r\n"
-    );
-    let req = Request::builder()
-        .method("POST")
-        .uri("/api/v3/deviceprofile/uploadfile")
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(Body::from(body.clone()))
-        .unwrap();
-    let (s, resp) = send(&f, req).await;
+    let (s, resp) = f.upload(Some("application/x-yaml"), &yaml).await;
     assert_eq!(s, StatusCode::CREATED, "{resp}");
-    let req = Request::builder()
-        .method("POST")
-        .uri("/api/v3/deviceprofile/uploadfile")
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(Body::from(body))
-        .unwrap();
-    let (s, _) = send(&f, req).await;
+    let (s, _) = f.upload(Some("application/x-yaml"), &yaml).await;
     assert_eq!(s, StatusCode::CONFLICT);
-    let bad = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"p.yaml\"\r\n\r\nname: [unclosed\r\n--{boundary}--\r\n"
-    );
-    let req = Request::builder()
-        .method("POST")
-        .uri("/api/v3/deviceprofile/uploadfile")
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(Body::from(bad))
-        .unwrap();
-    let (s, _) = send(&f, req).await;
+    let (s, _) = f.upload(None, "name: [unclosed").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 
-    let (_, r) = call(
-        &f,
-        "GET",
-        "/api/v3/deviceprofile/manufacturer/Acme/model/T-2000",
-        None,
-    )
-    .await;
+    let by_model = "/api/v3/deviceprofile/manufacturer/Acme/model/T-2000";
+    let (_, r) = f.call("GET", by_model, None).await;
     assert_eq!(r["totalCount"], 1);
     assert_eq!(r["profiles"][0]["name"], "Thermostat2");
-    let (_, r) = call(&f, "GET", "/api/v3/deviceprofile/manufacturer/Acme", None).await;
+    let by_maker = "/api/v3/deviceprofile/manufacturer/Acme";
+    let (_, r) = f.call("GET", by_maker, None).await;
     assert_eq!(r["totalCount"], 2);
-    let (_, r) = call(
-        &f,
-        "GET",
-        "/api/v3/deviceprofile/basicinfo/all?labels=hvac",
-        None,
-    )
-    .await;
+    let basic = "/api/v3/deviceprofile/basicinfo/all?labels=hvac";
+    let (_, r) = f.call("GET", basic, None).await;
     assert_eq!(r["totalCount"], 2);
     assert!(r["profiles"][0].get("deviceResources").is_none());
-    let (s, r) = call(
-        &f,
-        "GET",
-        "/api/v3/deviceresource/profile/Thermostat/resource/Setpoint",
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
+    let setpoint = "/api/v3/deviceresource/profile/Thermostat/resource/Setpoint";
+    let r = f.expect("GET", setpoint, None, StatusCode::OK).await;
     assert_eq!(r["resource"]["properties"]["maximum"], 35.0);
 
-    call(
-        &f,
-        "POST",
-        "/api/v3/device",
-        Some(json!([device_req("t1", "Thermostat", json!({}))])),
-    )
-    .await;
-    let (_, r) = call(&f, "GET", "/api/v3/deviceprofile/name/Thermostat", None).await;
+    f.add_devices(&[thermostat("t1")]).await;
+    let profile = "/api/v3/deviceprofile/name/Thermostat";
+    let (_, r) = f.call("GET", profile, None).await;
     assert_eq!(r["profile"]["linkedDeviceCount"], 1);
-    let (s, _) = call(&f, "DELETE", "/api/v3/deviceprofile/name/Thermostat", None).await;
-    assert_eq!(s, StatusCode::CONFLICT);
-    let (s, _) = call(
-        &f,
-        "DELETE",
-        "/api/v3/deviceservice/name/device-virtual",
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::CONFLICT);
-    let (s, _) = call(&f, "DELETE", "/api/v3/deviceprofile/name/Thermostat2", None).await;
-    assert_eq!(s, StatusCode::OK);
-    let (s, _) = call(&f, "DELETE", "/api/v3/deviceprofile/name/Thermostat2", None).await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
+    let thermostat2 = "/api/v3/deviceprofile/name/Thermostat2";
+    for (uri, want) in [
+        (profile, StatusCode::CONFLICT),
+        (
+            "/api/v3/deviceservice/name/device-virtual",
+            StatusCode::CONFLICT,
+        ),
+        (thermostat2, StatusCode::OK),
+        (thermostat2, StatusCode::NOT_FOUND),
+    ] {
+        f.expect("DELETE", uri, None, want).await;
+    }
 }
 
 #[tokio::test]
 async fn profile_resources_and_commands() {
     let f = fixture(Config::default());
     seed(&f).await;
-    call(
-        &f,
-        "POST",
-        "/api/v3/device",
-        Some(json!([device_req(
-            "t1",
-            "Thermostat",
-            json!({"autoEvents": [{"interval": "10s", "sourceName": "Temperature"}]})
-        )])),
-    )
-    .await;
-    let (_, r) = call(
-        &f,
-        "POST",
-        "/api/v3/deviceprofile/resource",
-        Some(json!([
-            {"apiVersion": "v3", "profileName": "Thermostat", "resource": {"name": "Humidity", "properties": {"valueType": "Uint8", "readWrite": "R", "units": "%"}}},
-            {"apiVersion": "v3", "profileName": "Thermostat", "resource": {"name": "Humidity", "properties": {"valueType": "Uint8", "readWrite": "R"}}},
-            {"apiVersion": "v3", "profileName": "Nope", "resource": {"name": "X", "properties": {"valueType": "Uint8", "readWrite": "R"}}},
-        ])),
-    )
-    .await;
-    let codes: Vec<_> = r
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["statusCode"].as_u64().unwrap())
-        .collect();
-    assert_eq!(codes, [201, 409, 404]);
-    // A resource a command uses, or a device reads, cannot be deleted.
-    let (s, _) = call(
-        &f,
-        "DELETE",
-        "/api/v3/deviceprofile/name/Thermostat/resource/Setpoint",
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::CONFLICT);
-    let (s, _) = call(
-        &f,
-        "DELETE",
-        "/api/v3/deviceprofile/name/Thermostat/deviceCommand/Climate",
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
-    let (s, _) = call(
-        &f,
-        "DELETE",
-        "/api/v3/deviceprofile/name/Thermostat/resource/Temperature",
-        None,
-    )
-    .await;
-    assert_eq!(
-        s,
-        StatusCode::CONFLICT,
-        "device t1 reads it in an autoEvent"
-    );
-    let (s, _) = call(
-        &f,
-        "DELETE",
-        "/api/v3/deviceprofile/name/Thermostat/resource/Humidity",
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
-    let (_, r) = call(
-        &f,
-        "POST",
-        "/api/v3/deviceprofile/deviceCommand",
-        Some(json!([{"apiVersion": "v3", "profileName": "Thermostat", "deviceCommand":
-            {"name": "Both", "readWrite": "RW", "resourceOperations": [{"deviceResource": "Temperature"}]}}])),
-    )
-    .await;
+    let reads_temperature =
+        json!({"autoEvents": [{"interval": "10s", "sourceName": "Temperature"}]});
+    f.add_devices(&[device_req("t1", "Thermostat", reads_temperature)])
+        .await;
+    let (_, r) = f
+        .call(
+            "POST",
+            "/api/v3/deviceprofile/resource",
+            Some(json!([
+                {"apiVersion": "v3", "profileName": "Thermostat", "resource": {"name": "Humidity", "properties": {"valueType": "Uint8", "readWrite": "R", "units": "%"}}},
+                {"apiVersion": "v3", "profileName": "Thermostat", "resource": {"name": "Humidity", "properties": {"valueType": "Uint8", "readWrite": "R"}}},
+                {"apiVersion": "v3", "profileName": "Nope", "resource": {"name": "X", "properties": {"valueType": "Uint8", "readWrite": "R"}}},
+            ])),
+        )
+        .await;
+    assert_eq!(statuses(&r), [201, 409, 404]);
+    // A resource a command uses, or a device reads (t1 in an autoEvent), cannot be
+    // deleted.
+    let profile = "/api/v3/deviceprofile/name/Thermostat";
+    for (part, want) in [
+        ("resource/Setpoint", StatusCode::CONFLICT),
+        ("deviceCommand/Climate", StatusCode::OK),
+        ("resource/Temperature", StatusCode::CONFLICT),
+        ("resource/Humidity", StatusCode::OK),
+    ] {
+        f.expect("DELETE", &format!("{profile}/{part}"), None, want)
+            .await;
+    }
+    let (_, r) = f
+        .call(
+            "POST",
+            "/api/v3/deviceprofile/deviceCommand",
+            Some(json!([{"apiVersion": "v3", "profileName": "Thermostat", "deviceCommand":
+                {"name": "Both", "readWrite": "RW", "resourceOperations": [{"deviceResource": "Temperature"}]}}])),
+        )
+        .await;
     assert_eq!(r[0]["statusCode"], 400, "Temperature is read-only: {r}");
-    let (_, r) = call(
-        &f,
-        "PATCH",
-        "/api/v3/deviceprofile/resource",
-        Some(json!([{"apiVersion": "v3", "profileName": "Thermostat", "resource": {"name": "Setpoint", "isHidden": true, "description": "target"}}])),
-    )
-    .await;
+    let (_, r) = f
+        .call(
+            "PATCH",
+            "/api/v3/deviceprofile/resource",
+            Some(json!([{"apiVersion": "v3", "profileName": "Thermostat", "resource": {"name": "Setpoint", "isHidden": true, "description": "target"}}])),
+        )
+        .await;
     assert_eq!(r[0]["statusCode"], 200);
-    let (_, r) = call(&f, "GET", "/api/v3/deviceprofile/name/Thermostat", None).await;
+    let (_, r) = f.call("GET", profile, None).await;
     let sp = r["profile"]["deviceResources"]
         .as_array()
         .unwrap()
@@ -390,94 +309,71 @@ async fn profile_resources_and_commands() {
 async fn device_updates_queries_and_hierarchy() {
     let f = fixture(Config::default());
     seed(&f).await;
-    call(
-        &f,
-        "POST",
-        "/api/v3/device",
-        Some(json!([
-            device_req("gw", "Thermostat", json!({"labels": ["gateway"]})),
-            device_req(
-                "child",
-                "Thermostat",
-                json!({"parent": "gw", "labels": ["floor1"]})
-            ),
-            device_req("grandchild", "Thermostat", json!({"parent": "child"})),
-        ])),
-    )
+    f.add_devices(&[
+        device_req("gw", "Thermostat", json!({"labels": ["gateway"]})),
+        device_req(
+            "child",
+            "Thermostat",
+            json!({"parent": "gw", "labels": ["floor1"]}),
+        ),
+        device_req("grandchild", "Thermostat", json!({"parent": "child"})),
+    ])
     .await;
-    let (_, r) = call(&f, "GET", "/api/v3/device/all?descendantsOf=gw", None).await;
-    assert_eq!(r["totalCount"], 2);
-    let (_, r) = call(
-        &f,
-        "GET",
-        "/api/v3/device/all?descendantsOf=gw&maxLevels=1",
-        None,
-    )
-    .await;
+    let listed = async |query: &str| {
+        let uri = format!("/api/v3/device/all?{query}");
+        f.call("GET", &uri, None).await.1
+    };
+    assert_eq!(listed("descendantsOf=gw").await["totalCount"], 2);
+    let r = listed("descendantsOf=gw&maxLevels=1").await;
     assert_eq!(r["totalCount"], 1);
     assert_eq!(r["devices"][0]["name"], "child");
-    let (_, r) = call(&f, "GET", "/api/v3/device/all?labels=floor1,gateway", None).await;
-    assert_eq!(r["totalCount"], 2);
-    let (s, _) = call(&f, "DELETE", "/api/v3/device/name/gw", None).await;
-    assert_eq!(s, StatusCode::CONFLICT);
-    // A cycle is refused.
-    let (_, r) = call(
-        &f,
-        "PATCH",
-        "/api/v3/device",
-        Some(json!([{"apiVersion": "v3", "device": {"name": "gw", "parent": "grandchild"}}])),
-    )
-    .await;
-    assert_eq!(r[0]["statusCode"], 400, "{r}");
-    // A valid update.
-    let (_, r) = call(
-        &f,
-        "PATCH",
-        "/api/v3/device",
-        Some(json!([{"apiVersion": "v3", "device": {"name": "grandchild", "adminState": "LOCKED", "description": "x"}}])),
-    )
-    .await;
-    assert_eq!(r[0]["statusCode"], 200, "{r}");
-    let (_, r) = call(&f, "GET", "/api/v3/device/name/grandchild", None).await;
+    assert_eq!(listed("labels=floor1,gateway").await["totalCount"], 2);
+    let gw = "/api/v3/device/name/gw";
+    f.expect("DELETE", gw, None, StatusCode::CONFLICT).await;
+    // A cycle is refused; a valid update is not.
+    for (device, want) in [
+        (json!({"name": "gw", "parent": "grandchild"}), 400),
+        (
+            json!({"name": "grandchild", "adminState": "LOCKED", "description": "x"}),
+            200,
+        ),
+    ] {
+        let update = json!([{"apiVersion": "v3", "device": device}]);
+        let (_, r) = f.call("PATCH", DEVICES, Some(update)).await;
+        assert_eq!(r[0]["statusCode"], want, "{r}");
+    }
+    let (_, r) = f.call("GET", "/api/v3/device/name/grandchild", None).await;
     assert_eq!(r["device"]["adminState"], "LOCKED");
     let id = r["device"]["id"].as_str().unwrap().to_string();
-    let (s, r) = call(&f, "GET", &format!("/api/v3/device/id/{id}"), None).await;
-    assert_eq!(s, StatusCode::OK);
+    let by_id = format!("/api/v3/device/id/{id}");
+    let r = f.expect("GET", &by_id, None, StatusCode::OK).await;
     assert_eq!(r["device"]["name"], "grandchild");
-    let (s, _) = call(&f, "GET", "/api/v3/device/id/not-a-uuid", None).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
-    let (s, _) = call(&f, "GET", "/api/v3/device/check/name/gw", None).await;
-    assert_eq!(s, StatusCode::OK);
-    let (s, _) = call(&f, "GET", "/api/v3/device/check/name/nope", None).await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
-    let (_, r) = call(
-        &f,
-        "GET",
-        "/api/v3/device/service/name/device-virtual?limit=2",
-        None,
-    )
-    .await;
+    for (uri, want) in [
+        ("/api/v3/device/id/not-a-uuid", StatusCode::BAD_REQUEST),
+        ("/api/v3/device/check/name/gw", StatusCode::OK),
+        ("/api/v3/device/check/name/nope", StatusCode::NOT_FOUND),
+    ] {
+        f.expect("GET", uri, None, want).await;
+    }
+    let of_service = "/api/v3/device/service/name/device-virtual?limit=2";
+    let (_, r) = f.call("GET", of_service, None).await;
     assert_eq!(r["totalCount"], 3);
     assert_eq!(r["devices"].as_array().unwrap().len(), 2);
-    let (s, r) = call(&f, "GET", "/api/v3/device/all?offset=10", None).await;
-    assert_eq!(s, StatusCode::RANGE_NOT_SATISFIABLE);
+    let past = "/api/v3/device/all?offset=10";
+    let r = f
+        .expect("GET", past, None, StatusCode::RANGE_NOT_SATISFIABLE)
+        .await;
     assert_eq!(r["statusCode"], 416);
-    let (s, _) = call(&f, "GET", "/api/v3/device/all?limit=abc", None).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let bad_limit = "/api/v3/device/all?limit=abc";
+    f.expect("GET", bad_limit, None, StatusCode::BAD_REQUEST)
+        .await;
     // Force replaces an existing device.
-    let (_, r) = call(
-        &f,
-        "POST",
-        "/api/v3/device?force=true",
-        Some(json!([device_req(
-            "gw",
-            "Thermostat",
-            json!({"description": "forced"})
-        )])),
-    )
-    .await;
+    let forced = device_req("gw", "Thermostat", json!({"description": "forced"}));
+    let (_, r) = f
+        .call("POST", "/api/v3/device?force=true", Some(json!([forced])))
+        .await;
     assert_eq!(r[0]["statusCode"], 201);
-    let (_, r) = call(&f, "GET", "/api/v3/device/name/gw", None).await;
+    let (_, r) = f.call("GET", gw, None).await;
     assert_eq!(r["device"]["description"], "forced");
 }
 
@@ -487,27 +383,20 @@ async fn units_of_measure_validation() {
         uom_validation: true,
         ..Config::default()
     });
-    let mut p = profile_json("Odd");
-    p["deviceResources"][0]["properties"]["units"] = json!("furlongs");
-    let (_, r) = call(
-        &f,
-        "POST",
-        "/api/v3/deviceprofile",
-        Some(json!([{"apiVersion": "v3", "profile": p}])),
-    )
-    .await;
+    let mut odd = profile_json("Odd");
+    odd["deviceResources"][0]["properties"]["units"] = json!("furlongs");
+    let add = async |profile: Value| {
+        let profiles = json!([{"apiVersion": "v3", "profile": profile}]);
+        f.call("POST", "/api/v3/deviceprofile", Some(profiles))
+            .await
+            .1
+    };
+    let r = add(odd).await;
     assert_eq!(r[0]["statusCode"], 400);
     assert!(r[0]["message"].as_str().unwrap().contains("furlongs"));
-    let (_, r) = call(
-        &f,
-        "POST",
-        "/api/v3/deviceprofile",
-        Some(json!([{"apiVersion": "v3", "profile": profile_json("Fine")}])),
-    )
-    .await;
+    let r = add(profile_json("Fine")).await;
     assert_eq!(r[0]["statusCode"], 201);
-    let (s, r) = call(&f, "GET", "/api/v3/uom", None).await;
-    assert_eq!(s, StatusCode::OK);
+    let r = f.expect("GET", "/api/v3/uom", None, StatusCode::OK).await;
     assert!(
         r["uom"]["units"]["temperature"]["values"]
             .as_array()
@@ -520,52 +409,39 @@ async fn units_of_measure_validation() {
 async fn provision_watchers() {
     let f = fixture(Config::default());
     seed(&f).await;
-    let (_, r) = call(
-        &f,
-        "POST",
-        "/api/v3/provisionwatcher",
-        Some(json!([
-            {"apiVersion": "v3", "provisionwatcher": {"name": "w1", "serviceName": "device-virtual",
-              "identifiers": {"Address": "10\\.0\\..*"}, "adminState": "UNLOCKED",
-              "discoveredDevice": {"profileName": "Thermostat", "adminState": "UNLOCKED"}}},
-            {"apiVersion": "v3", "provisionwatcher": {"name": "w2", "serviceName": "device-virtual",
-              "identifiers": {"Address": "(unclosed"}, "discoveredDevice": {"profileName": "Thermostat"}}},
-            {"apiVersion": "v3", "provisionwatcher": {"name": "w3", "serviceName": "nope",
-              "identifiers": {"Address": ".*"}, "discoveredDevice": {"profileName": "Thermostat"}}},
-        ])),
-    )
-    .await;
-    let codes: Vec<_> = r
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["statusCode"].as_u64().unwrap())
-        .collect();
-    assert_eq!(codes, [201, 400, 404]);
-    let (_, r) = call(
-        &f,
-        "GET",
-        "/api/v3/provisionwatcher/profile/name/Thermostat",
-        None,
-    )
-    .await;
+    let (_, r) = f
+        .call(
+            "POST",
+            "/api/v3/provisionwatcher",
+            Some(json!([
+                {"apiVersion": "v3", "provisionwatcher": {"name": "w1", "serviceName": "device-virtual",
+                  "identifiers": {"Address": "10\\.0\\..*"}, "adminState": "UNLOCKED",
+                  "discoveredDevice": {"profileName": "Thermostat", "adminState": "UNLOCKED"}}},
+                {"apiVersion": "v3", "provisionwatcher": {"name": "w2", "serviceName": "device-virtual",
+                  "identifiers": {"Address": "(unclosed"}, "discoveredDevice": {"profileName": "Thermostat"}}},
+                {"apiVersion": "v3", "provisionwatcher": {"name": "w3", "serviceName": "nope",
+                  "identifiers": {"Address": ".*"}, "discoveredDevice": {"profileName": "Thermostat"}}},
+            ])),
+        )
+        .await;
+    assert_eq!(statuses(&r), [201, 400, 404]);
+    let of_profile = "/api/v3/provisionwatcher/profile/name/Thermostat";
+    let (_, r) = f.call("GET", of_profile, None).await;
     assert_eq!(r["totalCount"], 1);
-    let (_, r) = call(
-        &f,
-        "PATCH",
-        "/api/v3/provisionwatcher",
-        Some(
-            json!({"apiVersion": "v3", "provisionwatcher": {"name": "w1", "adminState": "LOCKED"}}),
-        ),
-    )
-    .await;
+    let lock =
+        json!({"apiVersion": "v3", "provisionwatcher": {"name": "w1", "adminState": "LOCKED"}});
+    let (_, r) = f
+        .call("PATCH", "/api/v3/provisionwatcher", Some(lock))
+        .await;
     assert_eq!(r[0]["statusCode"], 200);
-    let (_, r) = call(&f, "GET", "/api/v3/provisionwatcher/name/w1", None).await;
+    let w1 = "/api/v3/provisionwatcher/name/w1";
+    let (_, r) = f.call("GET", w1, None).await;
     assert_eq!(r["provisionWatcher"]["adminState"], "LOCKED");
-    let (s, _) = call(&f, "DELETE", "/api/v3/deviceprofile/name/Thermostat", None).await;
-    assert_eq!(s, StatusCode::CONFLICT, "a watcher uses it");
-    let (s, _) = call(&f, "DELETE", "/api/v3/provisionwatcher/name/w1", None).await;
-    assert_eq!(s, StatusCode::OK);
+    // A watcher uses the profile.
+    let profile = "/api/v3/deviceprofile/name/Thermostat";
+    f.expect("DELETE", profile, None, StatusCode::CONFLICT)
+        .await;
+    f.expect("DELETE", w1, None, StatusCode::OK).await;
 }
 
 /// A device service's validation endpoint, on a real socket: it accepts devices whose
@@ -603,7 +479,9 @@ async fn device_services_validate_devices() {
     let (base, server) = validating_service().await;
     let mut svc = service_req("device-checked");
     svc["service"]["baseAddress"] = json!(base);
-    let (_, body) = call(&f, "POST", "/api/v3/deviceservice", Some(json!([svc]))).await;
+    let (_, body) = f
+        .call("POST", "/api/v3/deviceservice", Some(json!([svc])))
+        .await;
     assert_eq!(body[0]["statusCode"], 201, "{body}");
     let dev = |name: &str, address: &str| {
         device_req(
@@ -612,21 +490,9 @@ async fn device_services_validate_devices() {
             json!({"serviceName": "device-checked", "protocols": {"other": {"Address": address}}}),
         )
     };
-    let (_, body) = call(
-        &f,
-        "POST",
-        "/api/v3/device",
-        Some(json!([dev("good", "ok")])),
-    )
-    .await;
+    let body = f.add_devices(&[dev("good", "ok")]).await;
     assert_eq!(body[0]["statusCode"], 201, "{body}");
-    let (_, body) = call(
-        &f,
-        "POST",
-        "/api/v3/device",
-        Some(json!([dev("bad", "nope")])),
-    )
-    .await;
+    let body = f.add_devices(&[dev("bad", "nope")]).await;
     assert_eq!(body[0]["statusCode"], 400, "{body}");
     assert!(
         body[0]["message"]
@@ -634,45 +500,29 @@ async fn device_services_validate_devices() {
             .is_some_and(|m| m.contains("Address must be ok")),
         "{body}"
     );
-    let (s, _) = call(&f, "GET", "/api/v3/device/name/bad", None).await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "a refused device is not stored");
+    // A refused device is not stored.
+    let bad = "/api/v3/device/name/bad";
+    f.expect("GET", bad, None, StatusCode::NOT_FOUND).await;
     // The service's verdict can be bypassed on purpose.
-    let (_, body) = call(
-        &f,
-        "POST",
-        "/api/v3/device?bypassValidation=true",
-        Some(json!([dev("bad", "nope")])),
-    )
-    .await;
+    let bypass = "/api/v3/device?bypassValidation=true";
+    let (_, body) = f
+        .call("POST", bypass, Some(json!([dev("bad", "nope")])))
+        .await;
     assert_eq!(body[0]["statusCode"], 201, "{body}");
     // A broken service (500 without a verdict) or one that is gone does not block
     // provisioning.
-    let (_, body) = call(
-        &f,
-        "POST",
-        "/api/v3/device",
-        Some(json!([dev("c1", "crash")])),
-    )
-    .await;
+    let body = f.add_devices(&[dev("c1", "crash")]).await;
     assert_eq!(body[0]["statusCode"], 201, "{body}");
     // Updates are validated too, and a refused one changes nothing.
-    let patch = |address: &str| {
-        json!([{"apiVersion": "v3", "device": {"name": "good",
-            "protocols": {"other": {"Address": address}}}}])
-    };
-    let (_, body) = call(&f, "PATCH", "/api/v3/device", Some(patch("nope"))).await;
+    let patch = json!([{"apiVersion": "v3", "device": {"name": "good",
+        "protocols": {"other": {"Address": "nope"}}}}]);
+    let (_, body) = f.call("PATCH", DEVICES, Some(patch)).await;
     assert_eq!(body[0]["statusCode"], 400, "{body}");
-    let (_, body) = call(&f, "GET", "/api/v3/device/name/good", None).await;
+    let (_, body) = f.call("GET", "/api/v3/device/name/good", None).await;
     assert_eq!(body["device"]["protocols"]["other"]["Address"], "ok");
     server.abort();
     let _ = server.await;
-    let (_, body) = call(
-        &f,
-        "POST",
-        "/api/v3/device",
-        Some(json!([dev("c2", "nope")])),
-    )
-    .await;
+    let body = f.add_devices(&[dev("c2", "nope")]).await;
     assert_eq!(body[0]["statusCode"], 201, "{body}");
 }
 
@@ -680,91 +530,41 @@ async fn device_services_validate_devices() {
 async fn device_secrets() {
     let f = fixture(Config::default());
     seed(&f).await;
-    let (_, body) = call(
-        &f,
-        "POST",
-        "/api/v3/device",
-        Some(json!([device_req("press-7", "Thermostat", json!({}))])),
-    )
-    .await;
+    let body = f.add_devices(&[thermostat("press-7")]).await;
     assert_eq!(body[0]["statusCode"], 201, "{body}");
-    let auth =
-        |name: &str, secret: &str| json!({"apiVersion": "v3", "name": name, "secret": secret});
+    let secret_of = "/api/v3/device/name/press-7/secret";
+    let chosen = "chosen-secret-0001";
 
     // No secret yet: nobody gets in.
-    let (s, _) = call(
-        &f,
-        "POST",
-        "/api/v3/device/auth",
-        Some(auth("press-7", "0123456789abcdef")),
-    )
-    .await;
+    let (s, _) = f.auth("press-7", "0123456789abcdef").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
     // A generated secret is returned once and works; a wrong one does not.
-    let (s, body) = call(&f, "PUT", "/api/v3/device/name/press-7/secret", None).await;
-    assert_eq!(s, StatusCode::OK, "{body}");
+    let body = f.expect("PUT", secret_of, None, StatusCode::OK).await;
     let secret = body["secret"].as_str().unwrap().to_string();
-    let (s, body) = call(
-        &f,
-        "POST",
-        "/api/v3/device/auth",
-        Some(auth("press-7", &secret)),
-    )
-    .await;
+    let (s, body) = f.auth("press-7", &secret).await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(body["device"]["name"], "press-7");
-    let (s, body) = call(
-        &f,
-        "POST",
-        "/api/v3/device/auth",
-        Some(auth("press-7", "0123456789abcdef")),
-    )
-    .await;
+    let (s, body) = f.auth("press-7", "0123456789abcdef").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert!(body["message"].as_str().unwrap().contains("wrong secret"));
-    let (s, _) = call(
-        &f,
-        "POST",
-        "/api/v3/device/auth",
-        Some(auth("nobody", &secret)),
-    )
-    .await;
+    let (s, _) = f.auth("nobody", &secret).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     // The device document never carries the secret.
-    let (_, body) = call(&f, "GET", "/api/v3/device/name/press-7", None).await;
+    let (_, body) = f.call("GET", "/api/v3/device/name/press-7", None).await;
     assert!(!body.to_string().contains(&secret));
 
     // A chosen secret replaces it; the old one stops working.
-    let chosen = json!({"apiVersion": "v3", "secret": "chosen-secret-0001"});
-    let (s, body) = call(
-        &f,
-        "PUT",
-        "/api/v3/device/name/press-7/secret",
-        Some(chosen),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{body}");
+    let choose = |secret: &str| Some(json!({"apiVersion": "v3", "secret": secret}));
+    let body = f
+        .expect("PUT", secret_of, choose(chosen), StatusCode::OK)
+        .await;
     assert!(
         body.get("secret").is_none(),
         "a chosen secret is not echoed: {body}"
     );
-    let (s, _) = call(
-        &f,
-        "POST",
-        "/api/v3/device/auth",
-        Some(auth("press-7", &secret)),
-    )
-    .await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, _) = call(
-        &f,
-        "POST",
-        "/api/v3/device/auth",
-        Some(auth("press-7", "chosen-secret-0001")),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
+    assert_eq!(f.auth("press-7", &secret).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(f.auth("press-7", chosen).await.0, StatusCode::OK);
 
     // Bad input.
     for (uri, body, want) in [
@@ -773,77 +573,31 @@ async fn device_secrets() {
             None,
             StatusCode::NOT_FOUND,
         ),
+        (secret_of, choose("short"), StatusCode::BAD_REQUEST),
         (
-            "/api/v3/device/name/press-7/secret",
-            Some(json!({"apiVersion": "v3", "secret": "short"})),
-            StatusCode::BAD_REQUEST,
-        ),
-        (
-            "/api/v3/device/name/press-7/secret",
+            secret_of,
             Some(json!({"apiVersion": "v3", "secret": 42})),
             StatusCode::BAD_REQUEST,
         ),
     ] {
-        let (s, b) = call(&f, "PUT", uri, body).await;
-        assert_eq!(s, want, "{uri}: {b}");
+        f.expect("PUT", uri, body, want).await;
     }
-    let (s, _) = call(
-        &f,
-        "POST",
-        "/api/v3/device/auth",
-        Some(json!(["not", "an", "object"])),
-    )
-    .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let not_an_object = Some(json!(["not", "an", "object"]));
+    f.expect("POST", AUTH, not_an_object, StatusCode::BAD_REQUEST)
+        .await;
     // The failed attempts changed nothing.
-    let (s, _) = call(
-        &f,
-        "POST",
-        "/api/v3/device/auth",
-        Some(auth("press-7", "chosen-secret-0001")),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
+    assert_eq!(f.auth("press-7", chosen).await.0, StatusCode::OK);
 
     // Removing the secret, or the device, locks it out.
-    let (s, _) = call(&f, "DELETE", "/api/v3/device/name/press-7/secret", None).await;
-    assert_eq!(s, StatusCode::OK);
-    let (s, _) = call(
-        &f,
-        "POST",
-        "/api/v3/device/auth",
-        Some(auth("press-7", "chosen-secret-0001")),
-    )
-    .await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, _) = call(
-        &f,
-        "PUT",
-        "/api/v3/device/name/press-7/secret",
-        Some(json!({"apiVersion": "v3", "secret": "chosen-secret-0002"})),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
-    let (s, _) = call(&f, "DELETE", "/api/v3/device/name/press-7", None).await;
-    assert_eq!(s, StatusCode::OK);
-    let (_, body) = call(
-        &f,
-        "POST",
-        "/api/v3/device",
-        Some(json!([device_req("press-7", "Thermostat", json!({}))])),
-    )
-    .await;
+    f.expect("DELETE", secret_of, None, StatusCode::OK).await;
+    assert_eq!(f.auth("press-7", chosen).await.0, StatusCode::UNAUTHORIZED);
+    let next = "chosen-secret-0002";
+    f.expect("PUT", secret_of, choose(next), StatusCode::OK)
+        .await;
+    let device = "/api/v3/device/name/press-7";
+    f.expect("DELETE", device, None, StatusCode::OK).await;
+    let body = f.add_devices(&[thermostat("press-7")]).await;
     assert_eq!(body[0]["statusCode"], 201, "{body}");
-    let (s, _) = call(
-        &f,
-        "POST",
-        "/api/v3/device/auth",
-        Some(auth("press-7", "chosen-secret-0002")),
-    )
-    .await;
-    assert_eq!(
-        s,
-        StatusCode::UNAUTHORIZED,
-        "a new device of the same name has no secret"
-    );
+    // A new device of the same name has no secret.
+    assert_eq!(f.auth("press-7", next).await.0, StatusCode::UNAUTHORIZED);
 }

@@ -6,30 +6,10 @@
 use std::time::Duration;
 
 use outpost_bus::metadata::{Change, Credential, Lookup, MetadataView, Verdict, ViewConfig};
-use outpost_core_metadata::{Config, CoreMetadata};
-use outpost_testkit::{Mosquitto, Service, context};
-use serde_json::{Value, json};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-const PROFILE: &str = include_str!("../../../examples/thermostat.yaml");
-
-async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn device(labels: &[&str]) -> Value {
-    json!([{"apiVersion": "v3", "device": {"name": "t1", "serviceName": "device-mqtt",
-        "profileName": "Thermostat", "adminState": "UNLOCKED", "operatingState": "UP",
-        "labels": labels, "protocols": {"mqtt": {}}}}])
-}
+use outpost_testkit::Drive;
+use outpost_testkit::metadata::{self, THERMOSTAT};
+use outpost_testkit::{Mosquitto, WAIT, context, until};
+use serde_json::json;
 
 /// The next update of device t1, as the view tells it.
 async fn updated(
@@ -55,12 +35,7 @@ async fn updated(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_view_follows_changes_and_serves_the_last_view_while_core_metadata_is_away() {
     let broker = Mosquitto::start();
-    let md = Service::build_in::<CoreMetadata>(
-        context("core-metadata", &[]).with_bus(&broker.url()),
-        Config::default(),
-    )
-    .await;
-    let served = md.serve_at(([127, 0, 0, 1], 0).into()).await;
+    let (md, served) = metadata::serve(Some(&broker.url())).await;
     let addr = served.addr;
 
     // A service's view: every lookup asks core-metadata (nothing is fresh), so what it
@@ -75,38 +50,23 @@ async fn the_view_follows_changes_and_serves_the_last_view_while_core_metadata_i
             ..ViewConfig::default()
         },
     );
-    until("the view follows metadata changes", async || {
+    until("the view follows metadata changes", WAIT, async || {
         view.check().ok.then_some(())
     })
     .await;
     let mut changes = view.changes();
 
     assert!(matches!(view.device("t1").await, Lookup::Missing));
-    let service = json!([{"apiVersion": "v3", "service": {"name": "device-mqtt",
-        "baseAddress": "http://127.0.0.1:1", "adminState": "UNLOCKED"}}]);
-    let (s, b) = md
-        .call("POST", "/api/v3/deviceservice", Some(service))
-        .await;
-    assert_eq!(
-        (s.as_u16(), b[0]["statusCode"].as_u64()),
-        (207, Some(201)),
-        "{b}"
-    );
-    let profile: Value = serde_json::to_value(
-        outpost_contracts::metadata::DeviceProfile::from_yaml(PROFILE).expect("profile"),
-    )
-    .expect("json");
-    let body = json!([{"apiVersion": "v3", "profile": profile}]);
-    let (_, b) = md.call("POST", "/api/v3/deviceprofile", Some(body)).await;
-    assert_eq!(b[0]["statusCode"], 201, "{b}");
-    let (_, b) = md
-        .call("POST", "/api/v3/device", Some(device(&["a"])))
-        .await;
-    assert_eq!(b[0]["statusCode"], 201, "{b}");
+    metadata::add_device_service(&md, "device-mqtt", "http://127.0.0.1:1").await;
+    metadata::add_profile_yaml(&md, THERMOSTAT, None).await;
+    let t1 = metadata::device("t1", "device-mqtt").labels(&["a"]);
+    metadata::add_device(&md, &t1.protocols(json!({"mqtt": {}}))).await;
 
-    let found = until("the new device", async || match view.device("t1").await {
-        Lookup::Found(d) => Some(d),
-        _ => None,
+    let found = until("the new device", WAIT, async || {
+        match view.device("t1").await {
+            Lookup::Found(d) => Some(d),
+            _ => None,
+        }
     })
     .await;
     assert_eq!(found.labels, ["a"]);
@@ -124,14 +84,7 @@ async fn the_view_follows_changes_and_serves_the_last_view_while_core_metadata_i
     assert!(matches!(view.device("t1").await, Lookup::Found(d) if d.labels == ["b"]));
 
     // A secret set on the device is granted; a wrong one is refused.
-    let (s, b) = md
-        .call(
-            "PUT",
-            "/api/v3/device/name/t1/secret",
-            Some(json!({"apiVersion": "v3", "secret": "0123456789abcdef0123"})),
-        )
-        .await;
-    assert!(s.is_success(), "{b}");
+    metadata::set_secret(&md, "t1", "0123456789abcdef0123").await;
     // Setting a secret is a change of the device: its credentials are forgotten.
     updated(&mut changes).await;
     assert!(matches!(
@@ -171,7 +124,7 @@ async fn the_view_follows_changes_and_serves_the_last_view_while_core_metadata_i
 
     // Back on the same address: fresh answers again, and healthy.
     let back = md.serve_at(addr).await;
-    until("core-metadata answers again", async || {
+    until("core-metadata answers again", WAIT, async || {
         matches!(view.device("t1").await, Lookup::Found(_)).then_some(())
     })
     .await;

@@ -4,218 +4,42 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use outpost_bus::{Bus, Delivery, Options};
-use outpost_contracts::event::{Event, ReadingValue};
-use outpost_contracts::metadata::DeviceProfile;
+use axum::http::StatusCode;
+use outpost_contracts::event::ReadingValue;
 use outpost_contracts::value::ValueType;
-use outpost_core_metadata::CoreMetadata;
-use outpost_kit::Shutdown;
-use outpost_kit::config::BusConfig;
-use outpost_testkit::{Mosquitto, Served, Service, context, free_port};
+use outpost_testkit::Drive;
+use outpost_testkit::device::{DeviceNode, float, json_numbers};
+use outpost_testkit::{WAIT, bus, metadata, until};
 use serde_json::{Value, json};
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{Config, DeviceMqtt};
 
-const WAIT: Duration = Duration::from_secs(20);
-
-const PROFILE: &str = include_str!("../../../examples/thermostat.yaml");
-
 const REJECTED: &str = "outpost_device_mqtt_device_messages_rejected_total";
 
-async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not within {WAIT:?}"))
-}
-
-async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn add(md: &Service, path: &str, key: &str, item: Value) {
-    let (s, b) = md
-        .call("POST", path, Some(json!([{"apiVersion": "v3", key: item}])))
-        .await;
-    assert_eq!(
-        (s.as_u16(), b[0]["statusCode"].as_u64()),
-        (207, Some(201)),
-        "POST {path}: {b}"
-    );
-}
-
-/// A broker, core-metadata on it with the Thermostat profile and the devices, device-mqtt
+/// A broker, core-metadata on it with the Thermostat profile and `devices`, device-mqtt
 /// (served on the address it registers) with them loaded, and a watcher of device events.
-struct Node {
-    broker: Mosquitto,
-    md_at: Served,
-    ds: Service,
-    ds_at: Served,
-    events: UnboundedReceiver<Delivery>,
-    /// Kept for the clients' credentials.
-    dir: tempfile::TempDir,
-    _watcher: Bus,
-    _md: Service,
+async fn start(devices: &[&str]) -> DeviceNode {
+    let node = DeviceNode::start::<DeviceMqtt>(|port| Config {
+        port,
+        // A device that does not answer is given up on in time for the test.
+        driver_timeout_ms: 2_000,
+        ..Config::default()
+    })
+    .await;
+    for name in devices {
+        let device = metadata::device(name, "device-mqtt").protocols(json!({"mqtt": {}}));
+        metadata::add_device(&node.md, &device).await;
+    }
+    for name in devices {
+        node.known(name).await;
+    }
+    node
 }
 
-impl Node {
-    async fn start(devices: &[&str]) -> Self {
-        let broker = Mosquitto::start();
-        let md = within(
-            "core-metadata builds",
-            Service::build_in::<CoreMetadata>(
-                context("core-metadata", &[]).with_bus(&broker.url()),
-                outpost_core_metadata::Config::default(),
-            ),
-        )
-        .await;
-        let md_at = within(
-            "core-metadata serves",
-            md.serve_at(([127, 0, 0, 1], 0).into()),
-        )
-        .await;
-        let port = free_port();
-        let ds = within(
-            "device-mqtt builds",
-            Service::build_in::<DeviceMqtt>(
-                context("device-mqtt", &[("core-metadata", md_at.url())]).with_bus(&broker.url()),
-                Config {
-                    port,
-                    // A device that does not answer is given up on in time for the test.
-                    driver_timeout_ms: 2_000,
-                    ..Config::default()
-                },
-            ),
-        )
-        .await;
-        let ds_at = within(
-            "device-mqtt serves",
-            ds.serve_at(([127, 0, 0, 1], port).into()),
-        )
-        .await;
-        let dir = tempfile::tempdir().unwrap();
-        let watcher = client(&broker, &dir, "events-watcher").await;
-        let events = within(
-            "the watcher subscribes",
-            watcher.subscribe("edgex/events/device/#"),
-        )
-        .await
-        .unwrap();
-        until("device-mqtt registers in core-metadata", async || {
-            let (s, b) = md
-                .call("GET", "/api/v3/deviceservice/name/device-mqtt", None)
-                .await;
-            (s == StatusCode::OK && b["service"]["baseAddress"] == ds_at.url()).then_some(())
-        })
-        .await;
-        let profile = serde_json::to_value(DeviceProfile::from_yaml(PROFILE).expect("profile"))
-            .expect("json");
-        add(&md, "/api/v3/deviceprofile", "profile", profile).await;
-        for name in devices {
-            let device = json!({"name": name, "serviceName": "device-mqtt",
-                "profileName": "Thermostat", "adminState": "UNLOCKED", "operatingState": "UP",
-                "protocols": {"mqtt": {}}});
-            add(&md, "/api/v3/device", "device", device).await;
-        }
-        let node = Self {
-            broker,
-            md_at,
-            ds,
-            ds_at,
-            events,
-            dir,
-            _watcher: watcher,
-            _md: md,
-        };
-        for name in devices {
-            node.known(name).await;
-        }
-        node
-    }
-
-    /// Waits until device-mqtt has device `name` (it then tells an unknown command from an
-    /// unknown device).
-    async fn known(&self, name: &str) {
-        until(&format!("device-mqtt knows {name}"), async || {
-            let (s, b) = self
-                .ds
-                .call(
-                    "GET",
-                    &format!("/api/v3/device/name/{name}/NoSuchCommand"),
-                    None,
-                )
-                .await;
-            (s == StatusCode::NOT_FOUND && b["message"].as_str()?.contains("NoSuchCommand"))
-                .then_some(())
-        })
-        .await;
-    }
-
-    /// A plain MQTT client on the broker, as a device would be.
-    async fn device(&self, client_id: &str) -> Bus {
-        client(&self.broker, &self.dir, client_id).await
-    }
-
-    /// The next device event on the bus, with its topic.
-    async fn next_event(&mut self) -> (String, Event) {
-        let d = within("a device event", self.events.recv())
-            .await
-            .expect("the watcher is subscribed");
-        let env = outpost_contracts::envelope::decode_event(&d.payload).unwrap();
-        (d.topic.clone(), env.payload.event)
-    }
-
-    async fn metric(&self, name: &str, reason: &str) -> u64 {
-        let req = Request::get("/metrics").body(Body::empty()).unwrap();
-        let (s, _, body) = outpost_testkit::request(&self.ds.router, req).await;
-        assert_eq!(s, StatusCode::OK);
-        let text = String::from_utf8(body.to_vec()).unwrap();
-        let series = format!("{name}{{reason=\"{reason}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&series))
-            .map_or(0, |v| v.trim().parse().unwrap())
-    }
-
-    async fn stop(self) {
-        self.ds_at.stop().await;
-        self.md_at.stop().await;
-    }
-}
-
-async fn client(broker: &Mosquitto, dir: &tempfile::TempDir, client_id: &str) -> Bus {
-    let cfg = BusConfig {
-        url: broker.url(),
-        ..BusConfig::default()
-    };
-    within(
-        "a client connects",
-        Bus::connect(
-            &cfg,
-            dir.path(),
-            "test",
-            Options::plain(client_id),
-            &Shutdown::new(),
-        ),
-    )
-    .await
-    .unwrap()
-}
-
-async fn publish(bus: &Bus, topic: &str, payload: &[u8]) {
-    within("a publish", bus.publish_raw(topic, payload.to_vec()))
-        .await
-        .unwrap();
+/// A plain MQTT client on the broker, as a device would be.
+async fn device(node: &DeviceNode, client_id: &str) -> bus::Client {
+    bus::Client::connect(&node.broker.url(), client_id).await
 }
 
 /// A device answering the commands of device-mqtt on `command/<name>/<resource>/<method>/<id>`
@@ -228,13 +52,8 @@ struct FakeDevice {
 }
 
 impl FakeDevice {
-    async fn start(bus: Bus, name: &str, answers: HashMap<&str, Value>) -> Self {
-        let mut rx = within(
-            "the device subscribes",
-            bus.subscribe(&format!("command/{name}/#")),
-        )
-        .await
-        .unwrap();
+    async fn start(dev: bus::Client, name: &str, answers: HashMap<&str, Value>) -> Self {
+        let mut rx = dev.subscribe(&format!("command/{name}/#")).await;
         let prefix = format!("command/{name}/");
         let answers: HashMap<String, Value> = answers
             .into_iter()
@@ -262,7 +81,7 @@ impl FakeDevice {
                 let topic = format!("command/response/{id}");
                 let sent = tokio::time::timeout(
                     WAIT,
-                    bus.publish_raw(&topic, reply.to_string().into_bytes()),
+                    dev.bus.publish_raw(&topic, reply.to_string().into_bytes()),
                 )
                 .await;
                 if !matches!(sent, Ok(Ok(()))) {
@@ -284,23 +103,20 @@ impl Drop for FakeDevice {
     }
 }
 
-fn float(v: &ReadingValue) -> f64 {
-    match v {
-        ReadingValue::Simple(s) => s.parse().unwrap(),
-        other => panic!("not a simple value: {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_answers_ping_health_and_validates_mqtt_devices() {
-    let node = Node::start(&["t1"]).await;
-    let (s, b) = node.ds.call("GET", "/api/v3/ping", None).await;
-    assert_eq!(s, StatusCode::OK, "{b}");
+    let node = start(&["t1"]).await;
+    let b = node
+        .ds
+        .expect("GET", "/api/v3/ping", None, StatusCode::OK)
+        .await;
     assert_eq!(b["serviceName"], "device-mqtt");
     assert_eq!(b["apiVersion"], "v3");
     // Healthy once on the bus with its devices loaded (they are: t1 is known).
-    let (s, b) = node.ds.call("GET", "/api/v3/health", None).await;
-    assert_eq!(s, StatusCode::OK, "{b}");
+    let b = node
+        .ds
+        .expect("GET", "/api/v3/health", None, StatusCode::OK)
+        .await;
     assert_eq!(b["status"], "UP", "{b}");
 
     let device = |mqtt: Value| {
@@ -342,9 +158,9 @@ async fn the_service_answers_ping_health_and_validates_mqtt_devices() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_go_out_on_the_device_s_command_topic_and_its_reply_comes_back() {
-    let node = Node::start(&["t1", "t2", "t3"]).await;
+    let node = start(&["t1", "t2", "t3"]).await;
     let t1 = FakeDevice::start(
-        node.device("device-t1").await,
+        device(&node, "device-t1").await,
         "t1",
         HashMap::from([
             ("Temperature", json!({"Temperature": 19.25})),
@@ -354,53 +170,28 @@ async fn commands_go_out_on_the_device_s_command_topic_and_its_reply_comes_back(
     )
     .await;
     let t2 = FakeDevice::start(
-        node.device("device-t2").await,
+        device(&node, "device-t2").await,
         "t2",
         HashMap::from([("Setpoint", json!({"error": "sensor fault"}))]),
     )
     .await;
     // t3 has no device behind it.
+    let ds = &node.ds;
+    let setpoint = "/api/v3/device/name/t1/Setpoint";
 
-    let (s, b) = node
-        .ds
-        .call("GET", "/api/v3/device/name/t1/Setpoint", None)
-        .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    let r = &b["event"]["readings"][0];
-    assert_eq!(
-        (&r["resourceName"], &r["valueType"]),
-        (&json!("Setpoint"), &json!("Float64"))
-    );
-    assert_eq!(
-        r["value"].as_str().unwrap().parse::<f64>().unwrap(),
-        22.5,
-        "{b}"
-    );
+    let b = ds.expect("GET", setpoint, None, StatusCode::OK).await;
+    let want = [("Setpoint".into(), "Float64".into(), 22.5)];
+    assert_eq!(json_numbers(&b["event"]), want, "{b}");
     assert_eq!(
         t1.requests(),
         [("get".to_string(), "Setpoint".to_string(), json!({}))]
     );
 
     // A device command asks for each resource.
-    let (s, b) = node
-        .ds
-        .call("GET", "/api/v3/device/name/t1/Climate", None)
-        .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    let got: Vec<_> = b["event"]["readings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["resourceName"].as_str().unwrap().to_string(),
-                r["valueType"].as_str().unwrap().to_string(),
-                r["value"].as_str().unwrap().parse::<f64>().unwrap(),
-            )
-        })
-        .collect();
+    let climate = "/api/v3/device/name/t1/Climate";
+    let b = ds.expect("GET", climate, None, StatusCode::OK).await;
     assert_eq!(
-        got,
+        json_numbers(&b["event"]),
         [
             ("Temperature".into(), "Float64".into(), 19.25),
             ("Humidity".into(), "Uint8".into(), 41.0)
@@ -408,15 +199,8 @@ async fn commands_go_out_on_the_device_s_command_topic_and_its_reply_comes_back(
     );
 
     // A write carries the value under the resource's name.
-    let (s, b) = node
-        .ds
-        .call(
-            "PUT",
-            "/api/v3/device/name/t1/Setpoint",
-            Some(json!({"Setpoint": "23.5"})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
+    let write = Some(json!({"Setpoint": "23.5"}));
+    ds.expect("PUT", setpoint, write, StatusCode::OK).await;
     let last = t1.requests().pop().unwrap();
     assert_eq!(
         (last.0.as_str(), last.1.as_str()),
@@ -426,71 +210,44 @@ async fn commands_go_out_on_the_device_s_command_topic_and_its_reply_comes_back(
     assert_eq!(last.2["Setpoint"].as_f64(), Some(23.5), "{last:?}");
 
     // The device's own error, and no answer at all.
-    let (s, b) = node
-        .ds
-        .call("GET", "/api/v3/device/name/t2/Setpoint", None)
+    let faulty = "/api/v3/device/name/t2/Setpoint";
+    let b = ds
+        .expect("GET", faulty, None, StatusCode::INTERNAL_SERVER_ERROR)
         .await;
-    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{b}");
     assert!(
         b["message"].as_str().unwrap().contains("sensor fault"),
         "{b}"
     );
     assert_eq!(t2.requests().len(), 1);
-    let (s, b) = node
-        .ds
-        .call("GET", "/api/v3/device/name/t3/Setpoint", None)
+    let absent = "/api/v3/device/name/t3/Setpoint";
+    ds.expect("GET", absent, None, StatusCode::SERVICE_UNAVAILABLE)
         .await;
-    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
 
     // Refusals that never reach a device.
-    let (s, b) = node
-        .ds
-        .call("GET", "/api/v3/device/name/ghost/Setpoint", None)
+    let ghost = "/api/v3/device/name/ghost/Setpoint";
+    ds.expect("GET", ghost, None, StatusCode::NOT_FOUND).await;
+    let read_only = Some(json!({"Temperature": "20"}));
+    ds.expect("PUT", climate, read_only, StatusCode::METHOD_NOT_ALLOWED)
         .await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
-    let (s, b) = node
-        .ds
-        .call(
-            "PUT",
-            "/api/v3/device/name/t1/Climate",
-            Some(json!({"Temperature": "20"})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{b}");
     assert_eq!(t1.requests().len(), 4);
     node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telemetry_from_a_device_becomes_an_event_of_the_resource_type() {
-    let mut node = Node::start(&["t1"]).await;
-    let dev = node.device("device-t1").await;
+    let mut node = start(&["t1"]).await;
+    let dev = device(&node, "device-t1").await;
 
-    publish(
-        &dev,
-        "incoming/data/t1/Temperature",
-        br#"{"Temperature": 21.5}"#,
-    )
-    .await;
-    let (topic, ev) = node.next_event().await;
-    assert_eq!(
-        topic,
-        "edgex/events/device/device-mqtt/Thermostat/t1/Temperature"
-    );
-    assert_eq!(
-        (
-            ev.device_name.as_str(),
-            ev.profile_name.as_str(),
-            ev.source_name.as_str()
-        ),
-        ("t1", "Thermostat", "Temperature")
-    );
+    dev.publish("incoming/data/t1/Temperature", br#"{"Temperature": 21.5}"#)
+        .await;
+    let ev = node.next_event_from("t1", "Temperature").await;
+    assert_eq!(ev.source_name, "Temperature");
     assert_eq!(ev.readings.len(), 1);
     assert_eq!(ev.readings[0].value_type, ValueType::Float64);
     assert_eq!(float(&ev.readings[0].value), 21.5);
 
     // A bare value on a topic that names the resource.
-    publish(&dev, "incoming/data/t1/Humidity", b"42").await;
+    dev.publish("incoming/data/t1/Humidity", b"42").await;
     let (_, ev) = node.next_event().await;
     assert_eq!(ev.source_name, "Humidity");
     assert_eq!(ev.readings[0].resource_name, "Humidity");
@@ -498,38 +255,17 @@ async fn telemetry_from_a_device_becomes_an_event_of_the_resource_type() {
     assert_eq!(ev.readings[0].value, ReadingValue::Simple("42".into()));
 
     // Several resources with the device's timestamp (seconds), on the device's topic.
-    publish(
-        &dev,
-        "incoming/data/t1",
-        br#"{"Temperature": 20.25, "Humidity": 40, "timestamp": 1700000000}"#,
-    )
-    .await;
-    let (topic, ev) = node.next_event().await;
-    assert_eq!(
-        topic,
-        "edgex/events/device/device-mqtt/Thermostat/t1/telemetry"
-    );
-    assert_eq!(ev.origin, 1_700_000_000_000_000_000);
-    let mut got: Vec<_> = ev
-        .readings
-        .iter()
-        .map(|r| (r.resource_name.as_str(), r.value_type, float(&r.value)))
-        .collect();
-    got.sort_by(|a, b| a.0.cmp(b.0));
-    assert_eq!(
-        got,
-        [
-            ("Humidity", ValueType::Uint8, 40.0),
-            ("Temperature", ValueType::Float64, 20.25)
-        ]
-    );
+    let several = br#"{"Temperature": 20.25, "Humidity": 40, "timestamp": 1700000000}"#;
+    dev.publish("incoming/data/t1", several).await;
+    node.expect_climate_telemetry("t1", 1_700_000_000_000_000_000)
+        .await;
     node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_or_misaddressed_telemetry_is_counted_and_makes_no_event() {
-    let mut node = Node::start(&["t1"]).await;
-    let dev = node.device("device-t1").await;
+    let mut node = start(&["t1"]).await;
+    let dev = device(&node, "device-t1").await;
     let before: HashMap<&str, u64> = {
         let mut m = HashMap::new();
         for reason in [
@@ -559,10 +295,12 @@ async fn malformed_or_misaddressed_telemetry_is_counted_and_makes_no_event() {
         ("incoming/data/t1/Temperature", b"warm", "bad_value"),
     ] {
         let was = node.metric(REJECTED, reason).await;
-        publish(&dev, topic, payload).await;
-        until(&format!("{topic} is counted as {reason}"), async || {
-            (node.metric(REJECTED, reason).await == was + 1).then_some(())
-        })
+        dev.publish(topic, payload).await;
+        until(
+            &format!("{topic} is counted as {reason}"),
+            WAIT,
+            async || (node.metric(REJECTED, reason).await == was + 1).then_some(()),
+        )
         .await;
     }
     for (reason, n) in [
@@ -579,7 +317,8 @@ async fn malformed_or_misaddressed_telemetry_is_counted_and_makes_no_event() {
     }
 
     // None of them made an event: the next one is from the next good message.
-    publish(&dev, "incoming/data/t1", br#"{"Humidity": 55}"#).await;
+    dev.publish("incoming/data/t1", br#"{"Humidity": 55}"#)
+        .await;
     let (_, ev) = node.next_event().await;
     assert_eq!(ev.device_name, "t1");
     assert_eq!(ev.readings.len(), 1);

@@ -33,18 +33,8 @@ impl Default for Config {
     }
 }
 
-/// Where a destination sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    /// An Outpost cloud node, over HTTPS with the client certificate from its enrollment.
-    Cloud,
-    /// Any HTTPS endpoint that takes a JSON batch.
-    Webhook,
-    /// An external MQTT broker (`mqtts://` for TLS): each batch is one QoS 1 message on
-    /// `<topic>/<priority>`.
-    Mqtt,
-}
+/// Where a destination sends; its status shows it too.
+pub use outpost_contracts::export::DestinationKind as Kind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+pub use outpost_contracts::export::SendState;
 use outpost_kit::{Check, Context};
 use outpost_queue::{Counters, Priority, Queue, QueueError};
-use serde::Serialize;
 
 use crate::config::{self, Destination, topic_matches};
 use crate::sink::{Sink, SinkError};
@@ -15,29 +15,6 @@ use crate::sink::{Sink, SinkError};
 /// Milliseconds since the Unix epoch (0 before it).
 pub fn now_ms() -> u64 {
     u64::try_from(outpost_contracts::now_millis()).unwrap_or(0)
-}
-
-/// How a destination's sender is doing.
-#[derive(Debug, Default, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SendState {
-    /// Whether the last attempt succeeded.
-    pub connected: bool,
-    pub last_success_ms: Option<u64>,
-    pub last_error: Option<String>,
-    pub last_error_ms: Option<u64>,
-    pub consecutive_failures: u32,
-    /// When the next retry goes, if it is backing off.
-    pub next_retry_ms: Option<u64>,
-    pub sent_items: u64,
-    pub sent_batches: u64,
-    pub wire_bytes: u64,
-    pub duplicates: u64,
-    pub dead_lettered: u64,
-    pub transient_failures: u64,
-    pub permanent_failures: u64,
-    /// Items refused because they can never fit in the queue.
-    pub too_large: u64,
 }
 
 /// The service's metric names (`outpost_export_*`).

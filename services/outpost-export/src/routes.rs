@@ -12,12 +12,16 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use outpost_contracts::common::{BaseResponse, BaseWithTotalCountResponse, SortedKeys};
 use outpost_contracts::event::AddEventRequest;
-use outpost_contracts::export::ExportItem;
+use outpost_contracts::export::{
+    DeadLettersRemoved, DeadLettersRequeued, DeadLettersResponse, DestinationStatus, EventQueued,
+    ExportItem, ExportStatus, PriorityStatus, QueueStatus,
+};
 use outpost_kit::ApiError;
 use outpost_kit::error::{Path, Query};
 use outpost_queue::QueueError;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::dest::{Dest, Metrics, append, now_ms};
 use crate::store::DeadLetterStore;
@@ -92,11 +96,12 @@ async fn add_event(
         )
         .into());
     }
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({"apiVersion": "v3", "statusCode": 201, "id": id, "destinations": taken})),
-    )
-        .into_response())
+    let queued = EventQueued {
+        base: BaseResponse::new(201),
+        id,
+        destinations: taken,
+    };
+    Ok((StatusCode::CREATED, Json(SortedKeys(queued))).into_response())
 }
 
 /// A refused request; a full queue (refuse-new) answers with `Retry-After`, as sending
@@ -146,23 +151,6 @@ fn queue_error(dest: &str, e: &QueueError) -> Refused {
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct QueueStatus {
-    incarnation: u64,
-    items: u64,
-    bytes: u64,
-    max_bytes: u64,
-    oldest_age_ms: Option<u64>,
-    priorities: Vec<serde_json::Value>,
-    appended: u64,
-    dropped_overflow: u64,
-    expired: u64,
-    refused: u64,
-    disk_full: u64,
-    corrupt_records: u64,
-}
-
 /// Every destination: its queue and how its sender is doing.
 async fn status(State(app): State<Arc<App>>) -> Response {
     let now = now_ms();
@@ -186,7 +174,12 @@ async fn status(State(app): State<Arc<App>>) -> Response {
                 priorities: stats
                     .priorities
                     .iter()
-                    .map(|p| serde_json::json!({"priority": p.priority.as_str(), "items": p.items, "bytes": p.bytes, "nextSeq": p.next_seq}))
+                    .map(|p| PriorityStatus {
+                        priority: p.priority.as_str().to_string(),
+                        items: p.items,
+                        bytes: p.bytes,
+                        next_seq: p.next_seq,
+                    })
                     .collect(),
                 appended: c.appended,
                 dropped_overflow: c.dropped_overflow,
@@ -195,18 +188,21 @@ async fn status(State(app): State<Arc<App>>) -> Response {
                 disk_full: c.disk_full,
                 corrupt_records: c.corrupt_records,
             };
-            serde_json::json!({
-                "name": d.cfg.name,
-                "kind": d.cfg.kind,
-                "url": d.sink.url(),
-                "edge": d.sink.edge,
-                "queue": queue,
-                "sender": *d.state(),
-            })
+            DestinationStatus {
+                name: d.cfg.name.clone(),
+                kind: d.cfg.kind,
+                url: d.sink.url().to_string(),
+                edge: d.sink.edge.clone(),
+                queue,
+                sender: d.state().clone(),
+            }
         })
         .collect();
-    Json(serde_json::json!({"apiVersion": "v3", "statusCode": 200, "destinations": dests}))
-        .into_response()
+    Json(SortedKeys(ExportStatus {
+        base: BaseResponse::new(200),
+        destinations: dests,
+    }))
+    .into_response()
 }
 
 fn dest<'a>(app: &'a App, name: &str) -> Result<&'a Arc<Dest>, ApiError> {
@@ -233,7 +229,11 @@ async fn dead_letters(
         .list(&name, q.limit.unwrap_or(100).min(10_000))
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(serde_json::json!({"apiVersion": "v3", "statusCode": 200, "totalCount": total, "deadLetters": items})).into_response())
+    Ok(Json(SortedKeys(DeadLettersResponse {
+        page: BaseWithTotalCountResponse::new(total),
+        dead_letters: items,
+    }))
+    .into_response())
 }
 
 async fn purge_dead_letters(
@@ -243,10 +243,11 @@ async fn purge_dead_letters(
     dest(&app, &name)?;
     let n = app.dead.purge(&name).await.map_err(ApiError::internal)?;
     tracing::info!(destination = name, items = n, "dead letters removed");
-    Ok(
-        Json(serde_json::json!({"apiVersion": "v3", "statusCode": 200, "removed": n}))
-            .into_response(),
-    )
+    Ok(Json(SortedKeys(DeadLettersRemoved {
+        base: BaseResponse::new(200),
+        removed: n,
+    }))
+    .into_response())
 }
 
 /// Puts dead letters back in the queue (after the receiver was fixed).
@@ -273,9 +274,11 @@ async fn requeue_dead_letters(
         items = requeued,
         "dead letters queued again"
     );
-    let mut resp =
-        Json(serde_json::json!({"apiVersion": "v3", "statusCode": 200, "requeued": requeued}))
-            .into_response();
+    let mut resp = Json(SortedKeys(DeadLettersRequeued {
+        base: BaseResponse::new(200),
+        requeued,
+    }))
+    .into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)

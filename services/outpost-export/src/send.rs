@@ -98,19 +98,12 @@ pub async fn run(
                         })
                         .collect();
                     dead = items.len() as u64;
-                    if let Err(e) = letters.put(&name, batch.priority, items, now_ms()).await {
-                        tracing::error!(destination = name, error = %e, "cannot store dead letters; retrying the batch");
+                    if !keep_dead(letters.as_ref(), &name, batch.priority, items).await {
                         tokio::time::sleep(backoff.next_delay()).await;
                         continue;
                     }
                 }
-                let acked = {
-                    let d = Arc::clone(&d);
-                    tokio::task::spawn_blocking(move || d.queue().ack(&batch)).await
-                };
-                if let Ok(Err(e)) = acked {
-                    tracing::error!(destination = name, error = %e, "cannot record the sent batch; it may be sent again");
-                }
+                consume(&d, batch, "the sent batch; it may be sent again").await;
                 backoff.reset();
                 let mut s = d.state();
                 if !s.connected && s.consecutive_failures > 0 {
@@ -148,18 +141,11 @@ pub async fn run(
                     .iter()
                     .map(|i| (i.clone(), reason.clone()))
                     .collect();
-                if let Err(e) = letters.put(&name, batch.priority, items, now_ms()).await {
-                    tracing::error!(destination = name, error = %e, "cannot store dead letters; retrying the batch");
+                if !keep_dead(letters.as_ref(), &name, batch.priority, items).await {
                     tokio::time::sleep(backoff.next_delay()).await;
                     continue;
                 }
-                let acked = {
-                    let d = Arc::clone(&d);
-                    tokio::task::spawn_blocking(move || d.queue().ack(&batch)).await
-                };
-                if let Ok(Err(e)) = acked {
-                    tracing::error!(destination = name, error = %e, "cannot record the dead-lettered batch");
-                }
+                consume(&d, batch, "the dead-lettered batch").await;
                 tracing::error!(
                     destination = name,
                     items = n,
@@ -207,5 +193,34 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// Keeps `items` as dead letters of `dest`; `false` when they could not be stored (the
+/// batch then stays in the queue and is tried again).
+async fn keep_dead(
+    letters: &dyn DeadLetterStore,
+    dest: &str,
+    priority: outpost_queue::Priority,
+    items: Vec<(outpost_queue::Item, String)>,
+) -> bool {
+    match letters.put(dest, priority, items, now_ms()).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(destination = dest, error = %e, "cannot store dead letters; retrying the batch");
+            false
+        }
+    }
+}
+
+/// Consumes `batch` from the destination's queue (off the runtime); `what` names it in the
+/// log if that fails.
+async fn consume(d: &Arc<Dest>, batch: outpost_queue::Batch, what: &str) {
+    let acked = {
+        let d = Arc::clone(d);
+        tokio::task::spawn_blocking(move || d.queue().ack(&batch)).await
+    };
+    if let Ok(Err(e)) = acked {
+        tracing::error!(destination = %d.cfg.name, error = %e, "cannot record {what}");
     }
 }

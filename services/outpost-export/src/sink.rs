@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use outpost_contracts::cloud::EdgeBundle;
 use outpost_contracts::export::{Backlog, IngestResponse, Rejected};
 use outpost_kit::BoxError;
 use outpost_queue::Batch;
@@ -82,16 +83,6 @@ pub struct Delivered {
     pub wire_bytes: usize,
 }
 
-/// The identity bundle from `outpost cloud enroll`.
-#[derive(Debug, serde::Deserialize)]
-struct Bundle {
-    edge: String,
-    url: String,
-    ca: String,
-    cert: String,
-    key: String,
-}
-
 pub struct Sink {
     kind: Kind,
     mqtt: Option<mqtt::MqttSink>,
@@ -118,7 +109,7 @@ impl Sink {
                     path: path.clone(),
                     source,
                 })?;
-                let b: Bundle =
+                let b: EdgeBundle =
                     serde_json::from_slice(&text).map_err(|source| SinkError::NotABundle {
                         path: path.clone(),
                         source,

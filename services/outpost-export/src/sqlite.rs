@@ -92,10 +92,12 @@ impl DeadLetterStore for SqliteDeadLetters {
                         let data: Vec<u8> = r.get(5)?;
                         Ok(DeadLetter {
                             priority: if r.get::<_, i64>(0)? == 0 {
-                                "high"
+                                Priority::High
                             } else {
-                                "normal"
-                            },
+                                Priority::Normal
+                            }
+                            .as_str()
+                            .to_string(),
                             seq: r.get::<_, i64>(1)? as u64,
                             enqueued_ms: r.get::<_, i64>(2)? as u64,
                             failed_ms: r.get::<_, i64>(3)? as u64,

@@ -7,25 +7,12 @@
 //! database. Another backend would implement the same trait; nothing above this module
 //! knows which one runs.
 
+pub use outpost_contracts::export::DeadLetter;
 use outpost_queue::{Item, Priority};
 use outpost_storage::StorageError;
-use serde::Serialize;
 
 /// Most dead letters kept per destination; past it the oldest are removed.
 pub const MAX_PER_DESTINATION: i64 = 100_000;
-
-/// One dead letter, as the API shows it.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeadLetter {
-    pub priority: &'static str,
-    pub seq: u64,
-    pub enqueued_ms: u64,
-    pub failed_ms: u64,
-    pub reason: String,
-    /// The item as it was queued (JSON), or its bytes as text when it is not JSON.
-    pub data: serde_json::Value,
-}
 
 /// Dead letters taken to be queued again: per priority (high first), oldest first, and the
 /// highest id among them (for [`DeadLetterStore::purge_upto`]).

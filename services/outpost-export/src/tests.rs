@@ -2,7 +2,6 @@
 //! receiver is a real HTTP server in the test that records every batch it is sent.
 
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,6 +9,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, Request, StatusCode};
+use outpost_testkit::{Drive, until};
 use serde_json::{Value, json};
 
 use crate::Export;
@@ -120,9 +120,16 @@ fn config(url: &str, f: impl FnOnce(&mut Destination)) -> Config {
     }
 }
 
-async fn build(cfg: Config) -> outpost_testkit::Service {
+/// A receiver answering `answer`, and export with one webhook destination to it, which `f`
+/// sets up.
+async fn start(
+    answer: u16,
+    f: impl FnOnce(&mut Destination),
+) -> (Receiver, outpost_testkit::Service) {
+    let rx = Receiver::start(answer).await;
     outpost_kit::http::install_tls_provider();
-    outpost_testkit::Service::build::<Export>(cfg, &[]).await
+    let svc = outpost_testkit::Service::build::<Export>(config(&rx.url, f), &[]).await;
+    (rx, svc)
 }
 
 fn event(id: &str, device: &str) -> Value {
@@ -165,27 +172,26 @@ async fn raw(
     )
 }
 
+/// Adds event `id` of `device` over REST, which must be answered with `want`.
+async fn add_event(
+    svc: &outpost_testkit::Service,
+    id: &str,
+    device: &str,
+    want: StatusCode,
+) -> Value {
+    let event = Some(event(id, device));
+    svc.expect("POST", &ingest_path(device), event, want).await
+}
+
 async fn status(svc: &outpost_testkit::Service) -> Value {
-    let (code, v) = svc.call("GET", "/api/v3/export/status", None).await;
-    assert_eq!(code, StatusCode::OK, "{v}");
+    let v = svc
+        .expect("GET", "/api/v3/export/status", None, StatusCode::OK)
+        .await;
     v["destinations"][0].clone()
 }
 
-/// Polls `check` until it holds; fails the test after 15 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// How long a delivery, a drain or a count may take to show.
+const SETTLE: Duration = Duration::from_secs(15);
 
 fn keys(v: &Value) -> BTreeSet<String> {
     v.as_object()
@@ -201,10 +207,10 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn status_shows_each_destination_with_its_queue_and_sender() {
-    let rx = Receiver::start(200).await;
-    let svc = build(config(&rx.url, |d| d.max_bytes = 300_000)).await;
-    let (code, v) = svc.call("GET", "/api/v3/export/status", None).await;
-    assert_eq!(code, StatusCode::OK);
+    let (rx, svc) = start(200, |d| d.max_bytes = 300_000).await;
+    let v = svc
+        .expect("GET", "/api/v3/export/status", None, StatusCode::OK)
+        .await;
     assert_eq!(v["apiVersion"], "v3");
     assert_eq!(v["statusCode"], 200);
     let dests = v["destinations"].as_array().expect("destinations");
@@ -278,24 +284,20 @@ async fn status_shows_each_destination_with_its_queue_and_sender() {
 
 #[tokio::test]
 async fn an_event_added_over_rest_is_queued_and_reaches_the_receiver() {
-    let rx = Receiver::start(200).await;
-    let svc = build(config(&rx.url, |d| {
+    let (rx, svc) = start(200, |d| {
         d.zstd_level = 3;
         d.headers
             .insert("Authorization".into(), "Bearer test-token".into());
-    }))
+    })
     .await;
     let id = "8f0c7a52-4a7e-4f43-9f0e-1d2c3b4a5e6f";
-    let (code, v) = svc
-        .call("POST", &ingest_path("tank"), Some(event(id, "tank")))
-        .await;
-    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let v = add_event(&svc, id, "tank", StatusCode::CREATED).await;
     assert_eq!(v["statusCode"], 201);
     assert_eq!(v["id"], id);
     assert_eq!(v["destinations"], json!(["hook"]));
 
-    eventually("the batch at the receiver", || async {
-        !rx.batches().is_empty()
+    until("the batch at the receiver", SETTLE, async || {
+        (!rx.batches().is_empty()).then_some(())
     })
     .await;
     let batches = rx.batches();
@@ -313,8 +315,8 @@ async fn an_event_added_over_rest_is_queued_and_reaches_the_receiver() {
     assert_eq!(items[0]["data"]["event"]["readings"][0]["value"], "7");
     assert_eq!(b.body["backlog"]["items"], 0);
 
-    eventually("the sender to count the delivery", || async {
-        status(&svc).await["sender"]["sentItems"] == 1
+    until("the sender to count the delivery", SETTLE, async || {
+        (status(&svc).await["sender"]["sentItems"] == 1).then_some(())
     })
     .await;
     let s = status(&svc).await;
@@ -329,21 +331,14 @@ async fn an_event_added_over_rest_is_queued_and_reaches_the_receiver() {
 
 #[tokio::test]
 async fn events_on_high_priority_sources_go_in_high_priority_batches() {
-    let rx = Receiver::start(200).await;
-    let svc = build(config(&rx.url, |d| {
+    let (rx, svc) = start(200, |d| {
         d.high_priority = vec!["edgex/events/device/export-test/meter/alarm/#".into()];
-    }))
+    })
     .await;
-    let (code, _) = svc
-        .call("POST", &ingest_path("alarm"), Some(event("a-1", "alarm")))
-        .await;
-    assert_eq!(code, StatusCode::CREATED);
-    let (code, _) = svc
-        .call("POST", &ingest_path("tank"), Some(event("n-1", "tank")))
-        .await;
-    assert_eq!(code, StatusCode::CREATED);
-    eventually("both batches at the receiver", || async {
-        rx.ids_answered(200).len() == 2
+    add_event(&svc, "a-1", "alarm", StatusCode::CREATED).await;
+    add_event(&svc, "n-1", "tank", StatusCode::CREATED).await;
+    until("both batches at the receiver", SETTLE, async || {
+        (rx.ids_answered(200).len() == 2).then_some(())
     })
     .await;
     let by_id: HashMap<String, Value> = rx
@@ -370,8 +365,7 @@ async fn events_on_high_priority_sources_go_in_high_priority_batches() {
 
 #[tokio::test]
 async fn a_malformed_event_is_refused_with_400_and_nothing_is_queued() {
-    let rx = Receiver::start(200).await;
-    let svc = build(config(&rx.url, |_| {})).await;
+    let (rx, svc) = start(200, |_| {}).await;
     let no_readings = json!({"apiVersion": "v3", "event": {
         "apiVersion": "v3", "id": "x", "deviceName": "valve", "profileName": "meter",
         "sourceName": "level", "origin": 1, "readings": []
@@ -410,12 +404,9 @@ async fn a_malformed_event_is_refused_with_400_and_nothing_is_queued() {
     assert_eq!(s["queue"]["appended"], 0, "{s}");
     assert_eq!(s["queue"]["items"], 0, "{s}");
     // A good event after them is the first and only one the receiver gets.
-    let (code, _) = svc
-        .call("POST", &ingest_path("valve"), Some(event("good", "valve")))
-        .await;
-    assert_eq!(code, StatusCode::CREATED);
-    eventually("the good event at the receiver", || async {
-        !rx.ids_answered(200).is_empty()
+    add_event(&svc, "good", "valve", StatusCode::CREATED).await;
+    until("the good event at the receiver", SETTLE, async || {
+        (!rx.ids_answered(200).is_empty()).then_some(())
     })
     .await;
     assert_eq!(rx.ids_answered(200), vec!["good".to_string()]);
@@ -423,15 +414,13 @@ async fn a_malformed_event_is_refused_with_400_and_nothing_is_queued() {
 
 #[tokio::test]
 async fn unknown_destinations_and_routes_are_404() {
-    let rx = Receiver::start(200).await;
-    let svc = build(config(&rx.url, |_| {})).await;
+    let (_rx, svc) = start(200, |_| {}).await;
     for (method, uri) in [
         ("GET", "/api/v3/export/deadletter/nope"),
         ("DELETE", "/api/v3/export/deadletter/nope"),
         ("POST", "/api/v3/export/deadletter/nope/requeue"),
     ] {
-        let (code, v) = svc.call(method, uri, None).await;
-        assert_eq!(code, StatusCode::NOT_FOUND, "{method} {uri}: {v}");
+        let v = svc.expect(method, uri, None, StatusCode::NOT_FOUND).await;
         assert_eq!(v["statusCode"], 404, "{method} {uri}: {v}");
         assert!(
             v["message"]
@@ -450,25 +439,19 @@ async fn unknown_destinations_and_routes_are_404() {
         assert_eq!(code, StatusCode::NOT_FOUND, "{method} {uri}");
     }
     // The known destination answers on the same routes.
-    let (code, v) = svc
-        .call("GET", "/api/v3/export/deadletter/hook", None)
-        .await;
-    assert_eq!(code, StatusCode::OK, "{v}");
+    let letters = "/api/v3/export/deadletter/hook";
+    let v = svc.expect("GET", letters, None, StatusCode::OK).await;
     assert_eq!(v["totalCount"], 0);
     assert_eq!(status(&svc).await["queue"]["appended"], 0);
 }
 
 #[tokio::test]
 async fn an_event_no_destination_takes_is_422() {
-    let rx = Receiver::start(200).await;
-    let svc = build(config(&rx.url, |d| {
+    let (_rx, svc) = start(200, |d| {
         d.sources = vec!["edgex/events/device/other-service/#".into()];
-    }))
+    })
     .await;
-    let (code, v) = svc
-        .call("POST", &ingest_path("valve"), Some(event("e-1", "valve")))
-        .await;
-    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let v = add_event(&svc, "e-1", "valve", StatusCode::UNPROCESSABLE_ENTITY).await;
     assert!(
         v["message"].as_str().unwrap_or_default().contains(
             "no destination takes events on edgex/events/device/export-test/meter/valve/level"
@@ -480,22 +463,17 @@ async fn an_event_no_destination_takes_is_422() {
 
 #[tokio::test]
 async fn a_batch_refused_for_good_becomes_dead_letters_that_can_be_requeued_or_removed() {
-    let rx = Receiver::start(400).await;
-    let svc = build(config(&rx.url, |_| {})).await;
+    let (rx, svc) = start(400, |_| {}).await;
     let ids = ["d-1", "d-2", "d-3"];
     for id in ids {
-        let (code, v) = svc
-            .call("POST", &ingest_path("valve"), Some(event(id, "valve")))
-            .await;
-        assert_eq!(code, StatusCode::CREATED, "{v}");
+        add_event(&svc, id, "valve", StatusCode::CREATED).await;
     }
     let letters_uri = "/api/v3/export/deadletter/hook";
-    eventually("three dead letters", || async {
-        svc.call("GET", letters_uri, None).await.1["totalCount"] == 3
+    until("three dead letters", SETTLE, async || {
+        (svc.call("GET", letters_uri, None).await.1["totalCount"] == 3).then_some(())
     })
     .await;
-    let (code, v) = svc.call("GET", letters_uri, None).await;
-    assert_eq!(code, StatusCode::OK);
+    let v = svc.expect("GET", letters_uri, None, StatusCode::OK).await;
     assert_eq!(v["statusCode"], 200);
     let letters = v["deadLetters"].as_array().expect("deadLetters");
     assert_eq!(letters.len(), 3, "{v}");
@@ -553,8 +531,8 @@ async fn a_batch_refused_for_good_becomes_dead_letters_that_can_be_requeued_or_r
     assert_eq!(v["requeued"], 3);
     assert_eq!(headers["cache-control"], "no-store");
     assert_eq!(svc.call("GET", letters_uri, None).await.1["totalCount"], 0);
-    eventually("the requeued letters at the receiver", || async {
-        rx.ids_answered(200).len() == 3
+    until("the requeued letters at the receiver", SETTLE, async || {
+        (rx.ids_answered(200).len() == 3).then_some(())
     })
     .await;
     let mut delivered = rx.ids_answered(200);
@@ -563,16 +541,14 @@ async fn a_batch_refused_for_good_becomes_dead_letters_that_can_be_requeued_or_r
 
     // Refused again, then removed.
     rx.answer(400);
-    let (code, _) = svc
-        .call("POST", &ingest_path("valve"), Some(event("d-4", "valve")))
-        .await;
-    assert_eq!(code, StatusCode::CREATED);
-    eventually("one dead letter", || async {
-        svc.call("GET", letters_uri, None).await.1["totalCount"] == 1
+    add_event(&svc, "d-4", "valve", StatusCode::CREATED).await;
+    until("one dead letter", SETTLE, async || {
+        (svc.call("GET", letters_uri, None).await.1["totalCount"] == 1).then_some(())
     })
     .await;
-    let (code, v) = svc.call("DELETE", letters_uri, None).await;
-    assert_eq!(code, StatusCode::OK, "{v}");
+    let v = svc
+        .expect("DELETE", letters_uri, None, StatusCode::OK)
+        .await;
     assert_eq!(v["removed"], 1);
     assert_eq!(svc.call("GET", letters_uri, None).await.1["totalCount"], 0);
 }
@@ -580,11 +556,10 @@ async fn a_batch_refused_for_good_becomes_dead_letters_that_can_be_requeued_or_r
 #[tokio::test]
 async fn a_full_queue_under_refuse_new_answers_503_with_retry_after() {
     // The receiver is down for now (503): nothing leaves the queue.
-    let rx = Receiver::start(503).await;
-    let svc = build(config(&rx.url, |d| {
+    let (rx, svc) = start(503, |d| {
         d.max_bytes = 65_536;
         d.overflow = Overflow::RefuseNew;
-    }))
+    })
     .await;
     let mut accepted = 0u64;
     let mut refusal = None;
@@ -628,13 +603,10 @@ async fn a_full_queue_under_refuse_new_answers_503_with_retry_after() {
 
     // The receiver comes back: the queue drains and new events are taken again.
     rx.answer(200);
-    eventually("the queue to drain", || async {
-        status(&svc).await["queue"]["items"] == 0
+    until("the queue to drain", SETTLE, async || {
+        (status(&svc).await["queue"]["items"] == 0).then_some(())
     })
     .await;
     assert_eq!(rx.ids_answered(200).len() as u64, accepted);
-    let (code, v) = svc
-        .call("POST", &ingest_path("silo"), Some(event("after", "silo")))
-        .await;
-    assert_eq!(code, StatusCode::CREATED, "{v}");
+    add_event(&svc, "after", "silo", StatusCode::CREATED).await;
 }

@@ -266,8 +266,6 @@ pub async fn serve<D: Dispatch>(
     limits: Limits,
     shutdown: outpost_kit::Shutdown,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -283,82 +281,58 @@ pub async fn serve<D: Dispatch>(
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = shutdown.wait() => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off briefly.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, builder, front) = (acceptor.clone(), Arc::clone(&builder), front.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let cert = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| {
-                    let b64 = base64::engine::general_purpose::STANDARD.encode(c);
-                    let mac = front.vouch(&b64);
-                    Some((
-                        http::HeaderValue::from_str(&b64).ok()?,
-                        http::HeaderValue::from_str(&mac).ok()?,
-                    ))
-                });
-            let client = Arc::new(Client::of(peer, cert));
-            let io = TokioIo::new(Guarded::new(tls, limits, !h2));
-            // Proxied requests go straight to the proxy; the gateway's own routes through
-            // its router, which finds the connection in the request's extensions.
-            let svc =
-                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                    let (front, client) = (front.clone(), Arc::clone(&client));
-                    let router = front.own(req.uri().path());
-                    if router.is_some() {
-                        req.extensions_mut().insert(ConnectInfo(peer));
-                        req.extensions_mut().insert(Arc::clone(&client));
-                    }
-                    let req = req.map(axum::body::Body::new);
-                    async move {
-                        match router {
-                            Some(router) => router.oneshot(req).await,
-                            None => Ok(front.proxy(req, client).await),
+    outpost_kit::tls::accept_loop(
+        listener,
+        tokio_rustls::TlsAcceptor::from(tls),
+        limits.header_timeout,
+        shutdown.wait(),
+        move |tls: outpost_kit::tls::Stream, peer: SocketAddr, watcher| {
+            let (builder, front) = (Arc::clone(&builder), front.clone());
+            async move {
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let cert = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| {
+                        let b64 = base64::engine::general_purpose::STANDARD.encode(c);
+                        let mac = front.vouch(&b64);
+                        Some((
+                            http::HeaderValue::from_str(&b64).ok()?,
+                            http::HeaderValue::from_str(&mac).ok()?,
+                        ))
+                    });
+                let client = Arc::new(Client::of(peer, cert));
+                let io = TokioIo::new(Guarded::new(tls, limits, !h2));
+                // Proxied requests go straight to the proxy; the gateway's own routes
+                // through its router, which finds the connection in the request's
+                // extensions.
+                let svc = hyper::service::service_fn(
+                    move |mut req: http::Request<hyper::body::Incoming>| {
+                        let (front, client) = (front.clone(), Arc::clone(&client));
+                        let router = front.own(req.uri().path());
+                        if router.is_some() {
+                            req.extensions_mut().insert(ConnectInfo(peer));
+                            req.extensions_mut().insert(Arc::clone(&client));
                         }
-                    }
-                });
-            let conn = builder.serve_connection_with_upgrades(io, svc);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        let req = req.map(axum::body::Body::new);
+                        async move {
+                            match router {
+                                Some(router) => router.oneshot(req).await,
+                                None => Ok(front.proxy(req, client).await),
+                            }
+                        }
+                    },
+                );
+                let conn = builder.serve_connection_with_upgrades(io, svc);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
             }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after 10 s; closing them");
-    }
+        },
+    )
+    .await;
 }
 
 /// Binds `addr` once per event loop (`SO_REUSEPORT`, so the kernel spreads connections

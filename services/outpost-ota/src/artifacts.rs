@@ -23,10 +23,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use futures_util::StreamExt as _;
+use outpost_contracts::common::{BaseResponse, BaseWithTotalCountResponse, SortedKeys};
 use outpost_contracts::now_millis as now_ms;
+use outpost_contracts::ota::{
+    ArtifactResponse, ArtifactUploaded, ArtifactView, MultiArtifactsResponse,
+};
 use outpost_kit::ApiError;
 use outpost_kit::error::Path;
-use serde::Serialize;
 
 use crate::blob::{BlobReader, BlobWriter};
 use crate::store::{NewArtifact, Store, StoredArtifact};
@@ -42,18 +45,6 @@ pub struct Artifacts {
     /// The service key blobs' keys are derived from.
     master: [u8; 32],
     max_bytes: u64,
-}
-
-/// An artifact as the API shows it.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ArtifactView {
-    pub manifest: Manifest,
-    /// The signed bytes, base64: what an agent verifies.
-    pub manifest_base64: String,
-    pub signature: String,
-    pub key_id: String,
-    pub uploaded_ms: i64,
 }
 
 fn view(a: StoredArtifact) -> Option<ArtifactView> {
@@ -361,31 +352,37 @@ pub async fn upload(
         key = key_id,
         "artifact stored"
     );
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({
-            "apiVersion": "v3", "statusCode": 201, "name": manifest.name, "version": manifest.version,
-            "sha256": manifest.sha256, "size": manifest.size, "keyId": key_id
-        })),
-    )
-        .into_response())
+    let stored = ArtifactUploaded {
+        base: BaseResponse::new(201),
+        name: manifest.name,
+        version: manifest.version,
+        sha256: manifest.sha256,
+        size: manifest.size,
+        key_id,
+    };
+    Ok((StatusCode::CREATED, Json(SortedKeys(stored))).into_response())
 }
 
 pub async fn all(State(app): State<Arc<Artifacts>>) -> Result<Response, ApiError> {
     let rows = app.store.artifacts().await.map_err(ApiError::internal)?;
-    let list: Vec<_> = rows.into_iter().filter_map(view).collect();
-    Ok(Json(serde_json::json!({"apiVersion": "v3", "statusCode": 200, "totalCount": list.len(), "artifacts": list})).into_response())
+    let artifacts: Vec<_> = rows.into_iter().filter_map(view).collect();
+    Ok(Json(SortedKeys(MultiArtifactsResponse {
+        page: BaseWithTotalCountResponse::new(artifacts.len() as u64),
+        artifacts,
+    }))
+    .into_response())
 }
 
 pub async fn one(
     State(app): State<Arc<Artifacts>>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let a = app.find(name, version).await?;
-    Ok(
-        Json(serde_json::json!({"apiVersion": "v3", "statusCode": 200, "artifact": a}))
-            .into_response(),
-    )
+    let artifact = app.find(name, version).await?;
+    Ok(Json(SortedKeys(ArtifactResponse {
+        base: BaseResponse::new(200),
+        artifact,
+    }))
+    .into_response())
 }
 
 pub async fn remove(
@@ -401,7 +398,7 @@ pub async fn remove(
     if !still_used {
         let _ = std::fs::remove_file(app.blobs.join(&a.manifest.sha256));
     }
-    Ok(Json(serde_json::json!({"apiVersion": "v3", "statusCode": 200})).into_response())
+    Ok(Json(BaseResponse::new(200)).into_response())
 }
 
 pub async fn payload(

@@ -22,14 +22,19 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use outpost_bus::metadata::CREDENTIAL_GRACE;
+use outpost_contracts::common::{BaseResponse, BaseWithTotalCountResponse, SortedKeys};
 use outpost_contracts::now_millis as now_ms;
+use outpost_contracts::ota::{
+    ArtifactRef, Counts, DeviceHistoryResponse, MultiRolloutsResponse, NewRollout, PhaseView,
+    RolloutResponse, RolloutView,
+};
 use outpost_kit::error::Path;
 use outpost_kit::{ApiError, Tasks};
 use serde::Deserialize;
 
 use crate::artifacts::Artifacts;
 use crate::devices::{Devices, valid_name};
-use crate::rollout::{DeviceState, Policy, ReportError, Rollout, RolloutState};
+use crate::rollout::{DeviceState, ReportError, Rollout, RolloutState};
 use crate::store::{Report, RolloutDevice, RolloutHead, Store, StoredRollout};
 
 /// A rollout and what it rolls out.
@@ -166,61 +171,45 @@ fn snapshot(r: &Rollout) -> HashMap<String, DeviceState> {
     r.devices().map(|(d, _, s)| (d.to_string(), s)).collect()
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Target {
-    #[serde(default)]
-    devices: Vec<String>,
-    /// Devices carrying every one of these labels.
-    #[serde(default)]
-    labels: Vec<String>,
-    /// The members of a group (its label selector, worked out now).
-    #[serde(default)]
-    group: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ArtifactRef {
-    name: String,
-    version: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct NewRollout {
-    name: String,
-    artifact: ArtifactRef,
-    target: Target,
-    #[serde(default)]
-    policy: Policy,
-}
-
-fn view(name: &str, e: &Entry) -> serde_json::Value {
+/// A rollout as the API shows it: every state counted, overall and per phase.
+fn view(name: &str, e: &Entry) -> RolloutView {
     let (all, per) = e.rollout.counts();
-    let counts = |m: &HashMap<DeviceState, u32>| {
+    let counts = |m: &HashMap<DeviceState, u32>| -> Counts {
         DeviceState::ALL
             .iter()
-            .map(|s| {
-                (
-                    s.name(),
-                    serde_json::Value::from(m.get(s).copied().unwrap_or(0)),
-                )
-            })
-            .collect::<serde_json::Map<String, serde_json::Value>>()
+            .map(|s| (*s, m.get(s).copied().unwrap_or(0)))
+            .collect()
     };
-    serde_json::json!({
-        "name": name,
-        "artifact": {"name": e.artifact.0, "version": e.artifact.1},
-        "status": e.rollout.state,
-        "policy": e.rollout.policy,
-        "openPhase": e.rollout.open_phase(),
-        "devices": all.values().sum::<u32>(),
-        "counts": counts(&all),
-        "phases": per.iter().enumerate().map(|(i, m)| serde_json::json!({
-            "phase": i, "percent": e.rollout.policy.phases.get(i), "devices": m.values().sum::<u32>(), "counts": counts(m)
-        })).collect::<Vec<_>>(),
-        "createdMs": e.created_ms,
+    RolloutView {
+        name: name.to_string(),
+        artifact: ArtifactRef {
+            name: e.artifact.0.clone(),
+            version: e.artifact.1.clone(),
+        },
+        status: e.rollout.state.clone(),
+        policy: e.rollout.policy.clone(),
+        open_phase: e.rollout.open_phase(),
+        devices: all.values().sum(),
+        counts: counts(&all),
+        phases: per
+            .iter()
+            .enumerate()
+            .map(|(i, m)| PhaseView {
+                phase: i,
+                percent: e.rollout.policy.phases.get(i).copied(),
+                devices: m.values().sum(),
+                counts: counts(m),
+            })
+            .collect(),
+        created_ms: e.created_ms,
+    }
+}
+
+/// A rollout as `GET /rollout/name/{name}` and the actions answer it.
+fn response(name: &str, e: &Entry) -> SortedKeys<RolloutResponse> {
+    SortedKeys(RolloutResponse {
+        base: BaseResponse::new(200),
+        rollout: view(name, e),
     })
 }
 
@@ -298,7 +287,7 @@ pub async fn create(State(app): State<Arc<Fleet>>, body: Bytes) -> Result<Respon
         return Err(ApiError::conflict(format!("rollout {} exists", req.name)));
     }
     let name = req.name.clone();
-    let body = view(&name, &entry);
+    let body = SortedKeys(view(&name, &entry));
     app.store
         .add_rollout(StoredRollout {
             head: entry.head(&name),
@@ -315,8 +304,11 @@ pub async fn create(State(app): State<Arc<Fleet>>, body: Bytes) -> Result<Respon
 pub async fn all(State(app): State<Arc<Fleet>>) -> Response {
     let rollouts = app.rollouts.lock().await;
     let list: Vec<_> = rollouts.iter().map(|(n, e)| view(n, e)).collect();
-    Json(serde_json::json!({"apiVersion": "v3", "statusCode": 200, "totalCount": list.len(), "rollouts": list}))
-        .into_response()
+    Json(SortedKeys(MultiRolloutsResponse {
+        page: BaseWithTotalCountResponse::new(list.len() as u64),
+        rollouts: list,
+    }))
+    .into_response()
 }
 
 pub async fn one(
@@ -328,10 +320,7 @@ pub async fn one(
         .iter()
         .find(|(n, _)| *n == name)
         .ok_or_else(|| ApiError::not_found(format!("no rollout {name}")))?;
-    let mut v = view(n, e);
-    v["apiVersion"] = "v3".into();
-    v["statusCode"] = 200.into();
-    Ok(Json(v).into_response())
+    Ok(Json(response(n, e)).into_response())
 }
 
 /// pause, resume or cancel.
@@ -374,10 +363,7 @@ pub async fn control(
         app.tell(&name, newly_offered(&HashMap::new(), &e.rollout));
     }
     tracing::info!(rollout = name, action = verb, "rollout {verb}");
-    let mut v = view(&name, e);
-    v["apiVersion"] = "v3".into();
-    v["statusCode"] = 200.into();
-    Ok(Json(v).into_response())
+    Ok(Json(response(&name, e)).into_response())
 }
 
 pub async fn device_history(
@@ -394,17 +380,17 @@ pub async fn device_history(
             ApiError::not_found(format!("device {device} is not in rollout {name}"))
         })?
     };
-    let history: Vec<_> = app
+    let history = app
         .store
         .history(name.clone(), device.clone())
         .await
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .map(|h| serde_json::json!({"atMs": h.at_ms, "status": h.status, "details": h.details}))
-        .collect();
-    Ok(Json(serde_json::json!({
-        "apiVersion": "v3", "statusCode": 200, "rollout": name, "device": device,
-        "state": state.name(), "history": history
+        .map_err(ApiError::internal)?;
+    Ok(Json(SortedKeys(DeviceHistoryResponse {
+        base: BaseResponse::new(200),
+        rollout: name,
+        device,
+        state,
+        history,
     }))
     .into_response())
 }
@@ -544,7 +530,7 @@ pub async fn feedback(
         tracing::warn!(rollout, reason, "rollout paused by itself");
     }
     app.tell(&rollout, opened);
-    Ok(Json(serde_json::json!({"apiVersion": "v3", "statusCode": 200})).into_response())
+    Ok(Json(BaseResponse::new(200)).into_response())
 }
 
 pub async fn payload(

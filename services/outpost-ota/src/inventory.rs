@@ -20,8 +20,13 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use outpost_contracts::common::{BaseResponse, BaseWithTotalCountResponse, SortedKeys};
 use outpost_contracts::metadata::Device;
 use outpost_contracts::now_millis as now_ms;
+use outpost_contracts::ota::{
+    CheckIn, GroupCreated, GroupResponse, GroupSummary, InventoryDevice, InventoryResponse,
+    MultiGroupsResponse, MultiInventoryResponse,
+};
 use outpost_kit::ApiError;
 use outpost_kit::error::Path;
 use serde::Deserialize;
@@ -61,23 +66,23 @@ impl Inventory {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn view(&self, d: &Device) -> serde_json::Value {
+    fn view(&self, d: &Device) -> InventoryDevice {
         let seen = self.devices.last_seen(&d.name);
         let check_in = match seen {
-            None => "never",
-            Some(t) if now_ms() - t > self.overdue_ms => "overdue",
-            Some(_) => "ok",
+            None => CheckIn::Never,
+            Some(t) if now_ms() - t > self.overdue_ms => CheckIn::Overdue,
+            Some(_) => CheckIn::Ok,
         };
-        serde_json::json!({
-            "name": d.name,
-            "profileName": d.profile_name,
-            "labels": d.labels,
-            "adminState": d.admin_state,
-            "attributes": self.attributes().get(&d.name).cloned().unwrap_or_default(),
-            "lastSeenMs": seen,
-            "checkIn": check_in,
-            "overdue": check_in == "overdue",
-        })
+        InventoryDevice {
+            name: d.name.clone(),
+            profile_name: d.profile_name.clone(),
+            labels: d.labels.clone(),
+            admin_state: d.admin_state,
+            attributes: self.attributes().get(&d.name).cloned().unwrap_or_default(),
+            last_seen_ms: seen,
+            check_in,
+            overdue: check_in == CheckIn::Overdue,
+        }
     }
 }
 
@@ -110,7 +115,7 @@ pub async fn put_attributes(
         .await
         .map_err(ApiError::internal)?;
     app.attributes().insert(device, r.attributes);
-    Ok(Json(serde_json::json!({"apiVersion": "v3", "statusCode": 200})).into_response())
+    Ok(Json(BaseResponse::new(200)).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,9 +137,10 @@ pub async fn all(
         labels.extend(l.split(',').filter(|s| !s.is_empty()).map(str::to_string));
     }
     let devices = app.devices.select(&labels, &profile).await?;
-    let list: Vec<_> = devices.iter().map(|d| app.view(d)).collect();
-    Ok(Json(serde_json::json!({
-        "apiVersion": "v3", "statusCode": 200, "totalCount": list.len(), "devices": list,
+    let devices: Vec<_> = devices.iter().map(|d| app.view(d)).collect();
+    Ok(Json(SortedKeys(MultiInventoryResponse {
+        page: BaseWithTotalCountResponse::new(devices.len() as u64),
+        devices,
     }))
     .into_response())
 }
@@ -149,55 +155,42 @@ pub async fn one(
         .await
         .map_err(|e| e.to_api_error())?
         .ok_or_else(|| ApiError::not_found(format!("no device {device}")))?;
-    let mut v = app.view(&d);
-    v["apiVersion"] = "v3".into();
-    v["statusCode"] = 200.into();
-    Ok(Json(v).into_response())
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewGroup {
-    name: String,
-    #[serde(default)]
-    labels: Vec<String>,
-    #[serde(default)]
-    profile: String,
+    Ok(Json(SortedKeys(InventoryResponse {
+        base: BaseResponse::new(200),
+        device: app.view(&d),
+    }))
+    .into_response())
 }
 
 pub async fn group_create(
     State(app): State<Arc<Inventory>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let g: NewGroup = outpost_kit::error::parse_json(&body)?;
-    if !valid_name(&g.name) {
+    let group: Group = outpost_kit::error::parse_json(&body)?;
+    if !valid_name(&group.name) {
         return Err(ApiError::bad_request(
             "a group name is 1 to 128 letters, digits, '-', '_' or '.'",
         ));
     }
-    if g.labels.is_empty() && g.profile.is_empty() {
+    if group.labels.is_empty() && group.profile.is_empty() {
         return Err(ApiError::bad_request(
             "a group selects by labels, a profile, or both",
         ));
     }
-    let group = Group {
-        name: g.name.clone(),
-        labels: g.labels,
-        profile: g.profile,
-    };
+    let name = group.name.clone();
     let added = app
         .store
         .add_group(group, now_ms())
         .await
         .map_err(ApiError::internal)?;
     if !added {
-        return Err(ApiError::conflict(format!("group {} exists", g.name)));
+        return Err(ApiError::conflict(format!("group {name} exists")));
     }
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({"apiVersion": "v3", "statusCode": 201, "name": g.name})),
-    )
-        .into_response())
+    let created = GroupCreated {
+        base: BaseResponse::new(201),
+        name,
+    };
+    Ok((StatusCode::CREATED, Json(SortedKeys(created))).into_response())
 }
 
 pub async fn group_all(State(app): State<Arc<Inventory>>) -> Result<Response, ApiError> {
@@ -205,12 +198,16 @@ pub async fn group_all(State(app): State<Arc<Inventory>>) -> Result<Response, Ap
     let mut groups = Vec::new();
     for g in rows {
         let members = app.devices.select(&g.labels, &g.profile).await?.len();
-        groups.push(serde_json::json!({
-            "name": g.name, "labels": g.labels, "profile": g.profile, "members": members,
-        }));
+        groups.push(GroupSummary {
+            name: g.name,
+            labels: g.labels,
+            profile: g.profile,
+            members,
+        });
     }
-    Ok(Json(serde_json::json!({
-        "apiVersion": "v3", "statusCode": 200, "totalCount": groups.len(), "groups": groups,
+    Ok(Json(SortedKeys(MultiGroupsResponse {
+        page: BaseWithTotalCountResponse::new(groups.len() as u64),
+        groups,
     }))
     .into_response())
 }
@@ -229,9 +226,12 @@ pub async fn group_one(
         .into_iter()
         .map(|d| d.name)
         .collect();
-    Ok(Json(serde_json::json!({
-        "apiVersion": "v3", "statusCode": 200, "name": name, "labels": labels,
-        "profile": profile, "members": members,
+    Ok(Json(SortedKeys(GroupResponse {
+        base: BaseResponse::new(200),
+        name,
+        labels,
+        profile,
+        members,
     }))
     .into_response())
 }
@@ -248,5 +248,5 @@ pub async fn group_delete(
     if !gone {
         return Err(ApiError::not_found(format!("no group {name}")));
     }
-    Ok(Json(serde_json::json!({"apiVersion": "v3", "statusCode": 200})).into_response())
+    Ok(Json(BaseResponse::new(200)).into_response())
 }

@@ -15,196 +15,23 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
+pub use outpost_contracts::ota::{DeviceState, Policy, RolloutState, Window};
 
-/// What an operator asks for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Policy {
-    /// Cumulative percentages, increasing, the last 100.
-    #[serde(default = "default_phases")]
-    pub phases: Vec<f64>,
-    /// Successes (percent of the devices of the open phases) that open the next phase.
-    #[serde(default = "default_success")]
-    pub success_percent: f64,
-    /// Pause when this many devices failed since the last start or resume.
-    #[serde(default = "default_failure_count")]
-    pub failure_count: u32,
-    /// Pause when this share of the devices that started failed...
-    #[serde(default = "default_failure_percent")]
-    pub failure_percent: f64,
-    /// ...once at least this many started.
-    #[serde(default = "default_min_sample")]
-    pub min_sample: u32,
-    /// When devices may start the update (daily, UTC); any time when absent. A device that
-    /// has started finishes outside it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window: Option<Window>,
+/// Whether a device in state `s` failed.
+fn failed(s: DeviceState) -> bool {
+    matches!(s, DeviceState::Failed | DeviceState::RolledBack)
 }
 
-/// A daily maintenance window, `HH:MM` to `HH:MM` UTC; it may span midnight.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Window {
-    pub start: String,
-    pub end: String,
-}
-
-fn minute_of_day(hhmm: &str) -> Option<u32> {
-    let (h, m) = hhmm.split_once(':')?;
-    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
-    (h < 24 && m < 60 && hhmm.len() == 5).then_some(h * 60 + m)
-}
-
-impl Window {
-    fn check(&self) -> Result<(), String> {
-        match (minute_of_day(&self.start), minute_of_day(&self.end)) {
-            (Some(a), Some(b)) if a != b => Ok(()),
-            (Some(_), Some(_)) => Err("a window's start and end differ".into()),
-            _ => Err("a window is start and end as HH:MM (UTC)".into()),
-        }
-    }
-
-    /// Whether the instant `now_ms` (Unix milliseconds) falls in the window.
-    pub fn contains(&self, now_ms: i64) -> bool {
-        let (Some(a), Some(b)) = (minute_of_day(&self.start), minute_of_day(&self.end)) else {
-            return true;
-        };
-        let m = (now_ms.rem_euclid(86_400_000) / 60_000) as u32;
-        if a < b {
-            a <= m && m < b
-        } else {
-            m >= a || m < b
-        }
-    }
-}
-
-fn default_phases() -> Vec<f64> {
-    vec![1.0, 10.0, 100.0]
-}
-fn default_success() -> f64 {
-    100.0
-}
-fn default_failure_count() -> u32 {
-    3
-}
-fn default_failure_percent() -> f64 {
-    20.0
-}
-fn default_min_sample() -> u32 {
-    5
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self {
-            phases: default_phases(),
-            success_percent: default_success(),
-            failure_count: default_failure_count(),
-            failure_percent: default_failure_percent(),
-            min_sample: default_min_sample(),
-            window: None,
-        }
-    }
-}
-
-impl Policy {
-    pub fn check(&self) -> Result<(), String> {
-        if self.phases.is_empty()
-            || self.phases.windows(2).any(|w| w[0] >= w[1])
-            || self.phases.iter().any(|p| !(*p > 0.0 && *p <= 100.0))
-            || self.phases.last() != Some(&100.0)
-        {
-            return Err("phases must be increasing percentages in (0, 100], the last 100".into());
-        }
-        if !(0.0..=100.0).contains(&self.success_percent)
-            || !(0.0..=100.0).contains(&self.failure_percent)
-        {
-            return Err("successPercent and failurePercent are percentages".into());
-        }
-        if self.failure_count == 0 {
-            return Err("failureCount must be at least 1".into());
-        }
-        if let Some(w) = &self.window {
-            w.check()?;
-        }
-        Ok(())
-    }
-}
-
-/// Where one device is in a rollout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum DeviceState {
-    /// Its phase has not opened.
-    Waiting,
-    /// Offered; the device has not answered yet.
-    Offered,
-    Downloading,
-    Installing,
-    Succeeded,
-    Failed,
-    /// Failed and went back to its previous version.
-    RolledBack,
-    Canceled,
-}
-
-impl DeviceState {
-    pub const ALL: [DeviceState; 8] = [
-        Self::Waiting,
-        Self::Offered,
-        Self::Downloading,
-        Self::Installing,
-        Self::Succeeded,
-        Self::Failed,
-        Self::RolledBack,
-        Self::Canceled,
-    ];
-
-    /// Its name in the API and in storage (`offered`, `rolledBack`, ...).
-    pub fn name(self) -> String {
-        serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default()
-    }
-
-    /// The state named `name` (see [`DeviceState::name`]).
-    pub fn from_name(name: &str) -> Option<Self> {
-        serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
-    }
-
-    pub fn terminal(self) -> bool {
-        matches!(
-            self,
-            Self::Succeeded | Self::Failed | Self::RolledBack | Self::Canceled
-        )
-    }
-
-    fn failed(self) -> bool {
-        matches!(self, Self::Failed | Self::RolledBack)
-    }
-
-    /// Whether the device began (downloading or beyond, canceled aside).
-    fn started(self) -> bool {
-        matches!(
-            self,
-            Self::Downloading
-                | Self::Installing
-                | Self::Succeeded
-                | Self::Failed
-                | Self::RolledBack
-        )
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "state")]
-pub enum RolloutState {
-    Running,
-    Paused { reason: String, automatic: bool },
-    Finished,
-    Canceled,
+/// Whether a device in state `s` began (downloading or beyond, canceled aside).
+fn started(s: DeviceState) -> bool {
+    matches!(
+        s,
+        DeviceState::Downloading
+            | DeviceState::Installing
+            | DeviceState::Succeeded
+            | DeviceState::Failed
+            | DeviceState::RolledBack
+    )
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -392,12 +219,8 @@ impl Rollout {
         if self.state != RolloutState::Running {
             return;
         }
-        let failures = self
-            .count(DeviceState::failed)
-            .saturating_sub(self.failures_before);
-        let started = self
-            .count(DeviceState::started)
-            .saturating_sub(self.started_before);
+        let failures = self.count(failed).saturating_sub(self.failures_before);
+        let started = self.count(started).saturating_sub(self.started_before);
         let p = &self.policy;
         if failures >= p.failure_count {
             self.state = RolloutState::Paused {
@@ -470,8 +293,8 @@ impl Rollout {
         if !matches!(self.state, RolloutState::Paused { .. }) {
             return false;
         }
-        self.failures_before = self.count(DeviceState::failed);
-        self.started_before = self.count(DeviceState::started);
+        self.failures_before = self.count(failed);
+        self.started_before = self.count(started);
         self.state = RolloutState::Running;
         self.evaluate();
         true

@@ -7,9 +7,9 @@
 //! another backend would implement the same trait, and nothing above this module knows
 //! which one runs.
 
-use std::collections::BTreeMap;
-
 use outpost_storage::StorageError;
+
+pub use outpost_contracts::ota::{Attributes, Group, HistoryEntry};
 
 use crate::rollout::{DeviceState, Policy, RolloutState};
 
@@ -31,9 +31,6 @@ impl From<outpost_storage::rusqlite::Error> for StoreError {
         Self::Storage(StorageError::Sqlite(e))
     }
 }
-
-/// What a device reports about itself (`firmware`, `hardware`, ...).
-pub type Attributes = BTreeMap<String, String>;
 
 /// A stored artifact: its manifest exactly as signed, and who signed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,14 +92,6 @@ pub struct Report {
     pub details: String,
 }
 
-/// One entry of a device's history in a rollout.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryEntry {
-    pub at_ms: i64,
-    pub status: String,
-    pub details: String,
-}
-
 /// Entries kept per device and rollout; older ones are dropped as new ones come.
 pub const HISTORY: usize = 20;
 
@@ -112,15 +101,6 @@ pub struct InventoryRow {
     pub device: String,
     pub attributes: Attributes,
     pub last_seen_ms: Option<i64>,
-}
-
-/// A named label selector.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Group {
-    pub name: String,
-    pub labels: Vec<String>,
-    /// Only devices of this profile; any when empty.
-    pub profile: String,
 }
 
 #[async_trait::async_trait]

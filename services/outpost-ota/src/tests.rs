@@ -5,44 +5,19 @@
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use base64::Engine as _;
-use outpost_core_metadata::CoreMetadata;
 use outpost_manifest::SigningKey;
-use outpost_testkit::{Served, Service, TestContext, context, free_port};
+use outpost_testkit::Drive;
+use outpost_testkit::firmware::{manifest, payload, sha256};
+use outpost_testkit::{Served, Service, context, metadata};
 use serde_json::{Value, json};
 
 use crate::{Config, Ota};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-const PROFILE: &str = include_str!("../../../examples/thermostat.yaml");
-
 /// Device secrets, as set in core-metadata.
 const SECRET_1: &str = "secret-of-d1-0123456789";
 const SECRET_2: &str = "secret-of-d2-0123456789";
-
-/// A context whose bus is nowhere: no broker of anyone else's is ever joined, and devices
-/// are not told to poll (they find their updates by polling).
-fn no_bus(name: &str, addresses: &[(&str, String)]) -> TestContext {
-    context(name, addresses).with_bus(&format!("mqtt://127.0.0.1:{}", free_port()))
-}
-
-fn payload(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| ((i * 31) as u8).wrapping_add(seed))
-        .collect()
-}
-
-fn sha256(b: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, b))
-}
-
-fn manifest(name: &str, version: &str, data: &[u8]) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "name": name, "version": version, "compatible": ["Thermostat"], "size": data.len(),
-        "sha256": sha256(data), "payloadType": "file"
-    }))
-    .unwrap()
-}
 
 struct Fixture {
     svc: Service,
@@ -60,86 +35,63 @@ struct Answer {
     json: Value,
 }
 
+/// The service itself, for the requests that need nothing of the fixture.
+impl std::ops::Deref for Fixture {
+    type Target = Service;
+
+    fn deref(&self) -> &Service {
+        &self.svc
+    }
+}
+
 impl Fixture {
-    /// ota with a fresh signing key trusted, and no core-metadata.
-    async fn alone() -> Self {
+    /// ota with a fresh signing key trusted, next to `md` when given.
+    async fn start(md: Option<(Service, Served)>) -> Self {
         let (signer, _) = SigningKey::generate().unwrap();
         let cfg = Config {
             enabled: true,
             trusted_keys: vec![signer.public().encoded()],
             ..Config::default()
         };
-        let svc = Service::build_in::<Ota>(no_bus("ota", &[]), cfg.clone()).await;
+        let addresses = md
+            .as_ref()
+            .map(|(_, served)| ("core-metadata", served.url()));
+        let test = context("ota", addresses.as_slice()).off_bus();
+        let svc = Service::build_in::<Ota>(test, cfg.clone()).await;
         Self {
             svc,
             signer,
             cfg,
-            _md: None,
+            _md: md,
         }
+    }
+
+    /// ota with no core-metadata.
+    async fn alone() -> Self {
+        Self::start(None).await
     }
 
     /// ota next to the real core-metadata, which has devices d1 and d2 (Thermostat, labels
     /// `site-a` and `d1`/`d2`, with secrets) and d3 (another profile, label `site-a`, no
     /// secret).
     async fn with_devices() -> Self {
-        let md = Service::build_in::<CoreMetadata>(
-            no_bus("core-metadata", &[]),
-            outpost_core_metadata::Config::default(),
-        )
-        .await;
-        let served = md.serve_at(([127, 0, 0, 1], 0).into()).await;
-        let service = json!([{"apiVersion": "v3", "service": {"name": "device-mqtt",
-            "baseAddress": "http://127.0.0.1:1", "adminState": "UNLOCKED"}}]);
-        let (_, b) = md
-            .call("POST", "/api/v3/deviceservice", Some(service))
-            .await;
-        assert_eq!(b[0]["statusCode"], 201, "{b}");
-        let thermostat = outpost_contracts::metadata::DeviceProfile::from_yaml(PROFILE).unwrap();
-        let mut other = thermostat.clone();
-        other.name = "Other".into();
-        for p in [&thermostat, &other] {
-            let body = json!([{"apiVersion": "v3", "profile": serde_json::to_value(p).unwrap()}]);
-            let (_, b) = md.call("POST", "/api/v3/deviceprofile", Some(body)).await;
-            assert_eq!(b[0]["statusCode"], 201, "{b}");
-        }
+        let (md, served) = metadata::serve(None).await;
+        metadata::add_device_service(&md, "device-mqtt", "http://127.0.0.1:1").await;
+        metadata::add_profile_yaml(&md, metadata::THERMOSTAT, None).await;
+        metadata::add_profile_yaml(&md, metadata::THERMOSTAT, Some("Other")).await;
         for (name, profile, labels) in [
-            ("d1", "Thermostat", json!(["site-a", "d1"])),
-            ("d2", "Thermostat", json!(["site-a", "d2"])),
-            ("d3", "Other", json!(["site-a"])),
+            ("d1", "Thermostat", &["site-a", "d1"][..]),
+            ("d2", "Thermostat", &["site-a", "d2"]),
+            ("d3", "Other", &["site-a"]),
         ] {
-            let device = json!([{"apiVersion": "v3", "device": {"name": name,
-                "serviceName": "device-mqtt", "profileName": profile, "adminState": "UNLOCKED",
-                "operatingState": "UP", "labels": labels, "protocols": {"mqtt": {}}}}]);
-            let (_, b) = md.call("POST", "/api/v3/device", Some(device)).await;
-            assert_eq!(b[0]["statusCode"], 201, "{b}");
+            let device = metadata::device(name, "device-mqtt").profile(profile);
+            let device = device.labels(labels).protocols(json!({"mqtt": {}}));
+            metadata::add_device(&md, &device).await;
         }
         for (name, secret) in [("d1", SECRET_1), ("d2", SECRET_2)] {
-            let (s, b) = md
-                .call(
-                    "PUT",
-                    &format!("/api/v3/device/name/{name}/secret"),
-                    Some(json!({"apiVersion": "v3", "secret": secret})),
-                )
-                .await;
-            assert!(s.is_success(), "{b}");
+            metadata::set_secret(&md, name, secret).await;
         }
-        let (signer, _) = SigningKey::generate().unwrap();
-        let cfg = Config {
-            enabled: true,
-            trusted_keys: vec![signer.public().encoded()],
-            ..Config::default()
-        };
-        let svc = Service::build_in::<Ota>(
-            no_bus("ota", &[("core-metadata", served.url())]),
-            cfg.clone(),
-        )
-        .await;
-        Self {
-            svc,
-            signer,
-            cfg,
-            _md: Some((md, served)),
-        }
+        Self::start(Some((md, served))).await
     }
 
     /// Stops ota and builds it again on the same data (core-metadata stays).
@@ -170,8 +122,9 @@ impl Fixture {
         }
     }
 
-    async fn call(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-        self.svc.call(method, uri, body).await
+    /// A GET of `uri` with `headers`.
+    async fn get(&self, uri: &str, headers: &[(&str, &str)]) -> Answer {
+        self.send("GET", uri, headers, Body::empty()).await
     }
 
     /// Uploads `data` under `manifest`, signed with `signature`.
@@ -191,10 +144,19 @@ impl Fixture {
         (a.status, a.json)
     }
 
-    /// Uploads `data` as `name` `version`, signed with the trusted key.
-    async fn upload_signed(&self, name: &str, version: &str, data: &[u8]) -> (StatusCode, Value) {
+    /// The manifest of `data` as `name` `version`, and its signature by the trusted key.
+    fn signed(&self, name: &str, version: &str, data: &[u8]) -> (Vec<u8>, String) {
         let m = manifest(name, version, data);
-        self.upload(&m, &self.signer.sign(&m), data.to_vec()).await
+        let signature = self.signer.sign(&m);
+        (m, signature)
+    }
+
+    /// Uploads `data` as `name` `version`, signed with the trusted key: it is stored.
+    async fn upload_signed(&self, name: &str, version: &str, data: &[u8]) -> Value {
+        let (m, signature) = self.signed(name, version, data);
+        let (s, b) = self.upload(&m, &signature, data.to_vec()).await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        b
     }
 
     /// A device's request with its secret (none when `secret` is `None`).
@@ -224,17 +186,32 @@ impl Fixture {
         names
     }
 
-    /// Creates rollout `name` of `fw 1.0.0` to `target` with every device in one phase.
-    async fn rollout(&self, name: &str, target: Value) -> (StatusCode, Value) {
-        self.call(
-            "POST",
-            "/api/v3/rollout",
-            Some(
-                json!({"name": name, "artifact": {"name": "fw", "version": "1.0.0"},
-                "target": target, "policy": {"phases": [100.0]}}),
-            ),
-        )
-        .await
+    /// Creates rollout `name` of `fw 1.0.0` to `target` with every device in one phase,
+    /// which must be answered with `want`.
+    async fn rollout(&self, name: &str, target: Value, want: StatusCode) -> Value {
+        let rollout = json!({"name": name, "artifact": {"name": "fw", "version": "1.0.0"},
+            "target": target, "policy": {"phases": [100.0]}});
+        self.expect("POST", "/api/v3/rollout", Some(rollout), want)
+            .await
+    }
+
+    /// A device's poll for what it has to do, with its secret.
+    async fn poll(&self, device: &str, secret: Option<&str>) -> Answer {
+        let uri = format!("/api/v3/ddi/{device}");
+        self.device("GET", &uri, secret, None).await
+    }
+
+    /// Posts `action` (pause, resume, cancel) to rollout `name`, which must be answered
+    /// with `want`.
+    async fn act(&self, name: &str, action: &str, want: StatusCode) -> Value {
+        let uri = format!("/api/v3/rollout/name/{name}/{action}");
+        self.expect("POST", &uri, None, want).await
+    }
+
+    /// A device's feedback `status` on `uri` with its secret.
+    async fn feedback(&self, uri: &str, secret: Option<&str>, status: &str) -> Answer {
+        let feedback = json!({"status": status, "details": format!("now {status}")});
+        self.device("POST", uri, secret, Some(feedback)).await
     }
 }
 
@@ -242,8 +219,7 @@ impl Fixture {
 async fn a_trusted_upload_is_stored_listed_and_shown_and_a_second_one_conflicts() {
     let ota = Fixture::alone().await;
     let data = payload(5000, 1);
-    let m = manifest("fw", "1.0.0", &data);
-    let sig = ota.signer.sign(&m);
+    let (m, sig) = ota.signed("fw", "1.0.0", &data);
     let (s, b) = ota.upload(&m, &sig, data.clone()).await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     assert_eq!(b["sha256"], sha256(&data));
@@ -255,57 +231,40 @@ async fn a_trusted_upload_is_stored_listed_and_shown_and_a_second_one_conflicts(
         "one blob, named by its SHA-256"
     );
 
-    let (s, b) = ota.call("GET", "/api/v3/artifact/all", None).await;
-    assert_eq!(s, StatusCode::OK);
+    let artifacts = "/api/v3/artifact/all";
+    let b = ota.expect("GET", artifacts, None, StatusCode::OK).await;
     assert_eq!(b["totalCount"], 1, "{b}");
     assert_eq!(b["artifacts"][0]["manifest"]["name"], "fw");
 
     // The manifest as stored is the signed bytes.
-    let (s, b) = ota
-        .call("GET", "/api/v3/artifact/name/fw/version/1.0.0", None)
-        .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
+    let v100 = "/api/v3/artifact/name/fw/version/1.0.0";
+    let b = ota.expect("GET", v100, None, StatusCode::OK).await;
     let a = &b["artifact"];
     assert_eq!(a["manifestBase64"], B64.encode(&m));
     assert_eq!(a["signature"], sig);
     assert_eq!(a["keyId"], ota.signer.public().id());
     assert_eq!(a["manifest"]["sha256"], sha256(&data));
-    let (s, _) = ota
-        .call("GET", "/api/v3/artifact/name/fw/version/9.9.9", None)
-        .await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
+    let v999 = "/api/v3/artifact/name/fw/version/9.9.9";
+    ota.expect("GET", v999, None, StatusCode::NOT_FOUND).await;
 
     // The same name and version again: refused, whatever the payload.
     let (s, b) = ota.upload(&m, &sig, data.clone()).await;
     assert_eq!(s, StatusCode::CONFLICT, "{b}");
-    let (_, b) = ota.call("GET", "/api/v3/artifact/all", None).await;
+    let (_, b) = ota.call("GET", artifacts, None).await;
     assert_eq!(b["totalCount"], 1, "{b}");
 
     // The same payload under another version is stored once.
-    let (s, b) = ota.upload_signed("fw", "1.0.1", &data).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
+    ota.upload_signed("fw", "1.0.1", &data).await;
     assert_eq!(ota.blobs(), [sha256(&data)]);
     // Deleting one keeps the payload the other still has; deleting both removes it.
-    let (s, _) = ota
-        .call("DELETE", "/api/v3/artifact/name/fw/version/1.0.0", None)
-        .await;
-    assert_eq!(s, StatusCode::OK);
+    ota.expect("DELETE", v100, None, StatusCode::OK).await;
     assert_eq!(ota.blobs(), [sha256(&data)]);
-    let a = ota
-        .send(
-            "GET",
-            "/api/v3/artifact/name/fw/version/1.0.1/payload",
-            &[],
-            Body::empty(),
-        )
-        .await;
+    let v101 = "/api/v3/artifact/name/fw/version/1.0.1";
+    let a = ota.get(&format!("{v101}/payload"), &[]).await;
     assert_eq!((a.status, a.bytes.len()), (StatusCode::OK, data.len()));
-    let (s, _) = ota
-        .call("DELETE", "/api/v3/artifact/name/fw/version/1.0.1", None)
-        .await;
-    assert_eq!(s, StatusCode::OK);
+    ota.expect("DELETE", v101, None, StatusCode::OK).await;
     assert!(ota.blobs().is_empty(), "{:?}", ota.blobs());
-    let (_, b) = ota.call("GET", "/api/v3/artifact/all", None).await;
+    let (_, b) = ota.call("GET", artifacts, None).await;
     assert_eq!(b["totalCount"], 0, "{b}");
 }
 
@@ -313,8 +272,7 @@ async fn a_trusted_upload_is_stored_listed_and_shown_and_a_second_one_conflicts(
 async fn untrusted_tampered_and_truncated_uploads_are_refused_and_nothing_is_kept() {
     let ota = Fixture::alone().await;
     let data = payload(70_000, 2);
-    let m = manifest("fw", "1.0.0", &data);
-    let good = ota.signer.sign(&m);
+    let (m, good) = ota.signed("fw", "1.0.0", &data);
 
     // Signed by a key the service does not trust.
     let (stranger, _) = SigningKey::generate().unwrap();
@@ -372,72 +330,48 @@ async fn payloads_are_served_whole_and_by_range() {
     let ota = Fixture::alone().await;
     // Over two 64 KiB blob chunks, so ranges cross chunk boundaries.
     let data = payload(150_000, 4);
-    let (s, b) = ota.upload_signed("fw", "1.0.0", &data).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
+    ota.upload_signed("fw", "1.0.0", &data).await;
     let uri = "/api/v3/artifact/name/fw/version/1.0.0/payload";
     let etag = format!("\"{}\"", sha256(&data));
 
-    let a = ota.send("GET", uri, &[], Body::empty()).await;
+    let a = ota.get(uri, &[]).await;
     assert_eq!(a.status, StatusCode::OK);
     assert!(a.bytes == data, "the whole payload");
     assert_eq!(a.headers[header::ETAG], etag.as_str());
     assert_eq!(a.headers[header::ACCEPT_RANGES], "bytes");
 
-    let a = ota
-        .send("GET", uri, &[("range", "bytes=65000-70999")], Body::empty())
-        .await;
+    let a = ota.get(uri, &[("range", "bytes=65000-70999")]).await;
     assert_eq!(a.status, StatusCode::PARTIAL_CONTENT);
     assert!(a.bytes == data[65_000..71_000]);
     assert_eq!(a.headers[header::CONTENT_RANGE], "bytes 65000-70999/150000");
     assert_eq!(a.headers[header::CONTENT_LENGTH], "6000");
 
     // The rest from an offset (a resumed download), and a suffix.
-    let a = ota
-        .send("GET", uri, &[("range", "bytes=100000-")], Body::empty())
-        .await;
+    let a = ota.get(uri, &[("range", "bytes=100000-")]).await;
     assert_eq!(a.status, StatusCode::PARTIAL_CONTENT);
     assert!(a.bytes == data[100_000..]);
-    let a = ota
-        .send("GET", uri, &[("range", "bytes=-10")], Body::empty())
-        .await;
+    let a = ota.get(uri, &[("range", "bytes=-10")]).await;
     assert!(a.bytes == data[data.len() - 10..]);
 
     // A range of another payload (If-Range with another ETag) gets the whole one.
     let a = ota
-        .send(
-            "GET",
-            uri,
-            &[("range", "bytes=0-9"), ("if-range", "\"other\"")],
-            Body::empty(),
-        )
+        .get(uri, &[("range", "bytes=0-9"), ("if-range", "\"other\"")])
         .await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.bytes.len(), data.len());
     let a = ota
-        .send(
-            "GET",
-            uri,
-            &[("range", "bytes=0-9"), ("if-range", &etag)],
-            Body::empty(),
-        )
+        .get(uri, &[("range", "bytes=0-9"), ("if-range", &etag)])
         .await;
     assert_eq!(a.status, StatusCode::PARTIAL_CONTENT);
     assert!(a.bytes == data[..10]);
 
     // Past the end.
-    let a = ota
-        .send("GET", uri, &[("range", "bytes=150000-")], Body::empty())
-        .await;
+    let a = ota.get(uri, &[("range", "bytes=150000-")]).await;
     assert_eq!(a.status, StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(a.headers[header::CONTENT_RANGE], "bytes */150000");
 
     let a = ota
-        .send(
-            "GET",
-            "/api/v3/artifact/name/fw/version/2/payload",
-            &[],
-            Body::empty(),
-        )
+        .get("/api/v3/artifact/name/fw/version/2/payload", &[])
         .await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
 }
@@ -445,83 +379,67 @@ async fn payloads_are_served_whole_and_by_range() {
 #[tokio::test]
 async fn rollouts_are_created_listed_paused_and_resumed() {
     let ota = Fixture::with_devices().await;
-    let (s, b) = ota.rollout("r1", json!({"labels": ["site-a"]})).await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "no artifact yet: {b}");
-    let (s, b) = ota.upload_signed("fw", "1.0.0", &payload(1000, 5)).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let site_a = || json!({"labels": ["site-a"]});
+    // No artifact yet.
+    ota.rollout("r1", site_a(), StatusCode::NOT_FOUND).await;
+    ota.upload_signed("fw", "1.0.0", &payload(1000, 5)).await;
 
     // Labels pick d1, d2 and d3; d3 is of a profile the artifact is not for.
-    let (s, b) = ota.rollout("r1", json!({"labels": ["site-a"]})).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let b = ota.rollout("r1", site_a(), StatusCode::CREATED).await;
     assert_eq!(b["devices"], 2, "{b}");
     assert_eq!(b["counts"]["offered"], 2, "{b}");
     assert_eq!(b["status"]["state"], "running", "{b}");
-    let (s, b) = ota.rollout("r1", json!({"devices": ["d1"]})).await;
-    assert_eq!(s, StatusCode::CONFLICT, "{b}");
-    let (s, b) = ota.rollout("r2", json!({"devices": ["d3"]})).await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "only misfits: {b}");
-    let (s, b) = ota.rollout("r2", json!({"devices": ["nobody"]})).await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
-    let (s, b) = ota.rollout("bad name", json!({"devices": ["d1"]})).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
-    let (s, b) = ota.rollout("r2", json!({})).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    let d1 = || json!({"devices": ["d1"]});
+    for (name, target, want) in [
+        ("r1", d1(), StatusCode::CONFLICT),
+        // Only misfits.
+        (
+            "r2",
+            json!({"devices": ["d3"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        ("r2", json!({"devices": ["nobody"]}), StatusCode::NOT_FOUND),
+        ("bad name", d1(), StatusCode::BAD_REQUEST),
+        ("r2", json!({}), StatusCode::BAD_REQUEST),
+    ] {
+        ota.rollout(name, target, want).await;
+    }
 
-    let (s, b) = ota.call("GET", "/api/v3/rollout/all", None).await;
-    assert_eq!(s, StatusCode::OK);
+    let all = "/api/v3/rollout/all";
+    let b = ota.expect("GET", all, None, StatusCode::OK).await;
     assert_eq!(b["totalCount"], 1, "{b}");
     assert_eq!(b["rollouts"][0]["name"], "r1");
-    let (s, b) = ota.call("GET", "/api/v3/rollout/name/r1", None).await;
-    assert_eq!(s, StatusCode::OK, "{b}");
+    let r1 = "/api/v3/rollout/name/r1";
+    let b = ota.expect("GET", r1, None, StatusCode::OK).await;
     assert_eq!(b["artifact"]["version"], "1.0.0");
-    let (s, _) = ota.call("GET", "/api/v3/rollout/name/r9", None).await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
+    let r9 = "/api/v3/rollout/name/r9";
+    ota.expect("GET", r9, None, StatusCode::NOT_FOUND).await;
 
     // Paused, a rollout offers nothing to devices that have not started.
-    let (s, b) = ota
-        .call("POST", "/api/v3/rollout/name/r1/pause", None)
-        .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
+    let b = ota.act("r1", "pause", StatusCode::OK).await;
     assert_eq!(b["status"]["state"], "paused", "{b}");
     assert_eq!(b["status"]["automatic"], false, "{b}");
-    let a = ota
-        .device("GET", "/api/v3/ddi/d1", Some(SECRET_1), None)
-        .await;
+    let a = ota.poll("d1", Some(SECRET_1)).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.json["action"], Value::Null, "{}", a.json);
-    let (s, _) = ota
-        .call("POST", "/api/v3/rollout/name/r1/pause", None)
-        .await;
-    assert_eq!(s, StatusCode::CONFLICT, "already paused");
+    // Already paused.
+    ota.act("r1", "pause", StatusCode::CONFLICT).await;
 
     // What the store kept is what a restarted service shows.
     let ota = ota.restart().await;
-    let (_, b) = ota.call("GET", "/api/v3/rollout/name/r1", None).await;
+    let (_, b) = ota.call("GET", r1, None).await;
     assert_eq!(b["status"]["state"], "paused", "{b}");
     assert_eq!(b["counts"]["offered"], 2, "{b}");
 
-    let (s, b) = ota
-        .call("POST", "/api/v3/rollout/name/r1/resume", None)
-        .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
+    let b = ota.act("r1", "resume", StatusCode::OK).await;
     assert_eq!(b["status"]["state"], "running", "{b}");
-    let a = ota
-        .device("GET", "/api/v3/ddi/d1", Some(SECRET_1), None)
-        .await;
+    let a = ota.poll("d1", Some(SECRET_1)).await;
     assert_eq!(a.json["action"]["id"], "r1", "{}", a.json);
-    let (s, _) = ota
-        .call("POST", "/api/v3/rollout/name/r1/resume", None)
-        .await;
-    assert_eq!(s, StatusCode::CONFLICT, "already running");
-    let (s, _) = ota
-        .call("POST", "/api/v3/rollout/name/r1/restart", None)
-        .await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Already running; no such action.
+    ota.act("r1", "resume", StatusCode::CONFLICT).await;
+    ota.act("r1", "restart", StatusCode::NOT_FOUND).await;
 
-    let (s, b) = ota
-        .call("POST", "/api/v3/rollout/name/r1/cancel", None)
-        .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
+    let b = ota.act("r1", "cancel", StatusCode::OK).await;
     assert_eq!(b["counts"]["canceled"], 2, "{b}");
 }
 
@@ -529,14 +447,11 @@ async fn rollouts_are_created_listed_paused_and_resumed() {
 async fn a_device_polls_with_its_secret_and_gets_the_action_offered_to_it() {
     let ota = Fixture::with_devices().await;
     let data = payload(3000, 6);
-    let (s, b) = ota.upload_signed("fw", "1.0.0", &data).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    let (s, b) = ota.rollout("r1", json!({"devices": ["d1"]})).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-
-    let a = ota
-        .device("GET", "/api/v3/ddi/d1", Some(SECRET_1), None)
+    ota.upload_signed("fw", "1.0.0", &data).await;
+    ota.rollout("r1", json!({"devices": ["d1"]}), StatusCode::CREATED)
         .await;
+
+    let a = ota.poll("d1", Some(SECRET_1)).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.json);
     assert_eq!(a.json["pollSeconds"], 30);
     let action = &a.json["action"];
@@ -559,87 +474,54 @@ async fn a_device_polls_with_its_secret_and_gets_the_action_offered_to_it() {
 
     // Nothing new: 304 on the same ETag.
     let etag = a.headers[header::ETAG].to_str().unwrap().to_string();
+    let token = ("x-outpost-device-token", SECRET_1);
     let a = ota
-        .send(
-            "GET",
-            "/api/v3/ddi/d1",
-            &[
-                ("x-outpost-device-token", SECRET_1),
-                ("if-none-match", &etag),
-            ],
-            Body::empty(),
-        )
+        .get("/api/v3/ddi/d1", &[token, ("if-none-match", &etag)])
         .await;
     assert_eq!(a.status, StatusCode::NOT_MODIFIED);
 
     // A device outside the rollout has nothing to do.
-    let a = ota
-        .device("GET", "/api/v3/ddi/d2", Some(SECRET_2), None)
-        .await;
+    let a = ota.poll("d2", Some(SECRET_2)).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.json["action"], Value::Null, "{}", a.json);
 
     // Another device's secret, a wrong one, none: refused, and nothing is offered.
+    let download = "/api/v3/ddi/d1/action/r1/payload";
     for secret in [Some(SECRET_2), Some("not-the-secret-of-d1-at-all"), None] {
-        let a = ota.device("GET", "/api/v3/ddi/d1", secret, None).await;
+        let a = ota.poll("d1", secret).await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{secret:?}: {}", a.json);
-        let a = ota
-            .device("GET", "/api/v3/ddi/d1/action/r1/payload", secret, None)
-            .await;
+        let a = ota.device("GET", download, secret, None).await;
         assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{secret:?}");
         assert!(a.bytes != data);
     }
     // A device core-metadata does not know.
-    let a = ota
-        .device("GET", "/api/v3/ddi/ghost", Some(SECRET_1), None)
-        .await;
+    let a = ota.poll("ghost", Some(SECRET_1)).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
 
     // The payload through the device's own path, resumed with a range.
-    let a = ota
-        .send(
-            "GET",
-            "/api/v3/ddi/d1/action/r1/payload",
-            &[
-                ("x-outpost-device-token", SECRET_1),
-                ("range", "bytes=1000-"),
-            ],
-            Body::empty(),
-        )
-        .await;
+    let a = ota.get(download, &[token, ("range", "bytes=1000-")]).await;
     assert_eq!(a.status, StatusCode::PARTIAL_CONTENT);
     assert!(a.bytes == data[1000..]);
     // Not a device of the rollout: no download.
-    let a = ota
-        .device(
-            "GET",
-            "/api/v3/ddi/d2/action/r1/payload",
-            Some(SECRET_2),
-            None,
-        )
-        .await;
+    let elsewhere = "/api/v3/ddi/d2/action/r1/payload";
+    let a = ota.device("GET", elsewhere, Some(SECRET_2), None).await;
     assert_eq!(a.status, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]
 async fn feedback_moves_the_device_through_the_rollout_and_into_its_history() {
     let ota = Fixture::with_devices().await;
-    let (s, b) = ota.upload_signed("fw", "1.0.0", &payload(100, 7)).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    let (s, b) = ota.rollout("r1", json!({"devices": ["d1", "d2"]})).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    let feedback = |status: &str| json!({"status": status, "details": format!("now {status}")});
+    ota.upload_signed("fw", "1.0.0", &payload(100, 7)).await;
+    ota.rollout("r1", json!({"devices": ["d1", "d2"]}), StatusCode::CREATED)
+        .await;
     let uri = "/api/v3/ddi/d1/action/r1/feedback";
+    let r1 = "/api/v3/rollout/name/r1";
 
-    let a = ota
-        .device("POST", uri, Some(SECRET_1), Some(feedback("downloading")))
-        .await;
+    let a = ota.feedback(uri, Some(SECRET_1), "downloading").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.json);
-    let a = ota
-        .device("GET", "/api/v3/ddi/d1", Some(SECRET_1), None)
-        .await;
+    let a = ota.poll("d1", Some(SECRET_1)).await;
     assert_eq!(a.json["action"]["state"], "downloading", "{}", a.json);
-    let (_, b) = ota.call("GET", "/api/v3/rollout/name/r1", None).await;
+    let (_, b) = ota.call("GET", r1, None).await;
     assert_eq!(
         (&b["counts"]["downloading"], &b["counts"]["offered"]),
         (&json!(1), &json!(1)),
@@ -647,98 +529,59 @@ async fn feedback_moves_the_device_through_the_rollout_and_into_its_history() {
     );
 
     // Only the device itself reports, and only what may follow.
-    let a = ota
-        .device("POST", uri, Some(SECRET_2), Some(feedback("succeeded")))
-        .await;
+    let a = ota.feedback(uri, Some(SECRET_2), "succeeded").await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
-    let a = ota
-        .device("POST", uri, None, Some(feedback("succeeded")))
-        .await;
+    let a = ota.feedback(uri, None, "succeeded").await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
-    let a = ota
-        .device("POST", uri, Some(SECRET_1), Some(feedback("offered")))
-        .await;
+    let a = ota.feedback(uri, Some(SECRET_1), "offered").await;
     assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.json);
-    let a = ota
-        .device(
-            "POST",
-            "/api/v3/ddi/d1/action/r9/feedback",
-            Some(SECRET_1),
-            Some(feedback("installing")),
-        )
-        .await;
+    let r9 = "/api/v3/ddi/d1/action/r9/feedback";
+    let a = ota.feedback(r9, Some(SECRET_1), "installing").await;
     assert_eq!(a.status, StatusCode::NOT_FOUND);
-    let a = ota
-        .device(
-            "POST",
-            uri,
-            Some(SECRET_1),
-            Some(json!({"status": "exploded"})),
-        )
-        .await;
+    let exploded = Some(json!({"status": "exploded"}));
+    let a = ota.device("POST", uri, Some(SECRET_1), exploded).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
 
     for step in ["installing", "succeeded"] {
-        let a = ota
-            .device("POST", uri, Some(SECRET_1), Some(feedback(step)))
-            .await;
+        let a = ota.feedback(uri, Some(SECRET_1), step).await;
         assert_eq!(a.status, StatusCode::OK, "{step}: {}", a.json);
     }
-    let (s, b) = ota
-        .call("GET", "/api/v3/rollout/name/r1/device/d1", None)
-        .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
+    let of_d1 = "/api/v3/rollout/name/r1/device/d1";
+    let b = ota.expect("GET", of_d1, None, StatusCode::OK).await;
     assert_eq!(b["state"], "succeeded");
     let history: Vec<_> = b["history"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|h| {
-            (
-                h["status"].as_str().unwrap(),
-                h["details"].as_str().unwrap(),
-            )
-        })
+        .map(|h| (h["status"].as_str(), h["details"].as_str()))
         .collect();
     assert_eq!(
         history,
         [
-            ("downloading", "now downloading"),
-            ("installing", "now installing"),
-            ("succeeded", "now succeeded")
+            (Some("downloading"), Some("now downloading")),
+            (Some("installing"), Some("now installing")),
+            (Some("succeeded"), Some("now succeeded"))
         ]
     );
-    let (s, _) = ota
-        .call("GET", "/api/v3/rollout/name/r1/device/d3", None)
-        .await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
+    let of_d3 = "/api/v3/rollout/name/r1/device/d3";
+    ota.expect("GET", of_d3, None, StatusCode::NOT_FOUND).await;
     // Done: nothing more for d1.
-    let a = ota
-        .device("GET", "/api/v3/ddi/d1", Some(SECRET_1), None)
-        .await;
+    let a = ota.poll("d1", Some(SECRET_1)).await;
     assert_eq!(a.json["action"], Value::Null, "{}", a.json);
 
     // The last device finishes the rollout; all of it survives a restart.
-    let a = ota
-        .device(
-            "POST",
-            "/api/v3/ddi/d2/action/r1/feedback",
-            Some(SECRET_2),
-            Some(feedback("failed")),
-        )
-        .await;
+    let of_d2 = "/api/v3/ddi/d2/action/r1/feedback";
+    let a = ota.feedback(of_d2, Some(SECRET_2), "failed").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.json);
     let ota = ota.restart().await;
-    let (_, b) = ota.call("GET", "/api/v3/rollout/name/r1", None).await;
+    let (_, b) = ota.call("GET", r1, None).await;
     assert_eq!(b["status"]["state"], "finished", "{b}");
     assert_eq!(
         (&b["counts"]["succeeded"], &b["counts"]["failed"]),
         (&json!(1), &json!(1)),
         "{b}"
     );
-    let (_, b) = ota
-        .call("GET", "/api/v3/rollout/name/r1/device/d1", None)
-        .await;
+    let (_, b) = ota.call("GET", of_d1, None).await;
     assert_eq!(b["history"].as_array().unwrap().len(), 3, "{b}");
 }
 
@@ -746,46 +589,19 @@ async fn feedback_moves_the_device_through_the_rollout_and_into_its_history() {
 async fn groups_are_created_listed_shown_and_deleted() {
     let ota = Fixture::with_devices().await;
     let group = |name: &str, labels: Value| json!({"name": name, "labels": labels});
+    let thermostats = json!({"name": "thermostats", "labels": [], "profile": "Thermostat"});
+    for (group, want) in [
+        (group("site-a", json!(["site-a"])), StatusCode::CREATED),
+        (thermostats, StatusCode::CREATED),
+        (group("site-a", json!(["d1"])), StatusCode::CONFLICT),
+        (group("no/slash", json!(["d1"])), StatusCode::BAD_REQUEST),
+        (group("empty", json!([])), StatusCode::BAD_REQUEST),
+    ] {
+        ota.expect("POST", "/api/v3/group", Some(group), want).await;
+    }
 
-    let (s, b) = ota
-        .call(
-            "POST",
-            "/api/v3/group",
-            Some(group("site-a", json!(["site-a"]))),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    let (s, b) = ota
-        .call(
-            "POST",
-            "/api/v3/group",
-            Some(json!({"name": "thermostats", "labels": [], "profile": "Thermostat"})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    let (s, b) = ota
-        .call(
-            "POST",
-            "/api/v3/group",
-            Some(group("site-a", json!(["d1"]))),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CONFLICT, "{b}");
-    let (s, b) = ota
-        .call(
-            "POST",
-            "/api/v3/group",
-            Some(group("no/slash", json!(["d1"]))),
-        )
-        .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
-    let (s, b) = ota
-        .call("POST", "/api/v3/group", Some(group("empty", json!([]))))
-        .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
-
-    let (s, b) = ota.call("GET", "/api/v3/group/all", None).await;
-    assert_eq!(s, StatusCode::OK, "{b}");
+    let all = "/api/v3/group/all";
+    let b = ota.expect("GET", all, None, StatusCode::OK).await;
     assert_eq!(b["totalCount"], 2, "{b}");
     let listed: Vec<_> = b["groups"]
         .as_array()
@@ -795,48 +611,45 @@ async fn groups_are_created_listed_shown_and_deleted() {
         .collect();
     assert_eq!(listed, [("site-a", 3), ("thermostats", 2)]);
 
-    let (s, b) = ota
-        .call("GET", "/api/v3/group/name/thermostats", None)
-        .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    assert_eq!(b["members"], json!(["d1", "d2"]), "{b}");
-    assert_eq!(b["profile"], "Thermostat");
-    let (_, b) = ota
-        .call("GET", "/api/v3/inventory/all?group=site-a", None)
-        .await;
-    assert_eq!(b["totalCount"], 3, "{b}");
-    let (_, b) = ota
-        .call(
+    let b = ota
+        .expect(
             "GET",
-            "/api/v3/inventory/all?group=thermostats&labels=d2",
+            "/api/v3/group/name/thermostats",
             None,
+            StatusCode::OK,
         )
         .await;
+    assert_eq!(b["members"], json!(["d1", "d2"]), "{b}");
+    assert_eq!(b["profile"], "Thermostat");
+    let in_site_a = "/api/v3/inventory/all?group=site-a";
+    let (_, b) = ota.call("GET", in_site_a, None).await;
+    assert_eq!(b["totalCount"], 3, "{b}");
+    let d2 = "/api/v3/inventory/all?group=thermostats&labels=d2";
+    let (_, b) = ota.call("GET", d2, None).await;
     assert_eq!(b["devices"][0]["name"], "d2", "{b}");
     assert_eq!(b["totalCount"], 1, "{b}");
 
     // A rollout to a group takes its members now (and only compatible ones).
-    let (s, b) = ota.upload_signed("fw", "1.0.0", &payload(10, 8)).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    let (s, b) = ota.rollout("r1", json!({"group": "site-a"})).await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
+    ota.upload_signed("fw", "1.0.0", &payload(10, 8)).await;
+    let b = ota
+        .rollout("r1", json!({"group": "site-a"}), StatusCode::CREATED)
+        .await;
     assert_eq!(b["devices"], 2, "{b}");
-    let (s, _) = ota.rollout("r2", json!({"group": "nowhere"})).await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
+    ota.rollout("r2", json!({"group": "nowhere"}), StatusCode::NOT_FOUND)
+        .await;
 
     // Groups are kept.
     let ota = ota.restart().await;
-    let (s, _) = ota.call("DELETE", "/api/v3/group/name/site-a", None).await;
-    assert_eq!(s, StatusCode::OK);
-    let (s, _) = ota.call("DELETE", "/api/v3/group/name/site-a", None).await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, _) = ota.call("GET", "/api/v3/group/name/site-a", None).await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, _) = ota
-        .call("GET", "/api/v3/inventory/all?group=site-a", None)
-        .await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
-    let (_, b) = ota.call("GET", "/api/v3/group/all", None).await;
+    let site_a = "/api/v3/group/name/site-a";
+    for (method, uri, want) in [
+        ("DELETE", site_a, StatusCode::OK),
+        ("DELETE", site_a, StatusCode::NOT_FOUND),
+        ("GET", site_a, StatusCode::NOT_FOUND),
+        ("GET", in_site_a, StatusCode::NOT_FOUND),
+    ] {
+        ota.expect(method, uri, None, want).await;
+    }
+    let (_, b) = ota.call("GET", all, None).await;
     assert_eq!(b["totalCount"], 1, "{b}");
     assert_eq!(b["groups"][0]["name"], "thermostats");
 }
@@ -844,33 +657,32 @@ async fn groups_are_created_listed_shown_and_deleted() {
 #[tokio::test]
 async fn devices_report_attributes_and_their_check_ins_show_in_the_inventory() {
     let ota = Fixture::with_devices().await;
-    let (s, b) = ota.call("GET", "/api/v3/inventory/name/d1", None).await;
-    assert_eq!(s, StatusCode::OK, "{b}");
+    let d1 = "/api/v3/inventory/name/d1";
+    let b = ota.expect("GET", d1, None, StatusCode::OK).await;
     assert_eq!(b["checkIn"], "never", "{b}");
     assert_eq!(b["lastSeenMs"], Value::Null);
 
     let uri = "/api/v3/ddi/d1/attributes";
     let attrs = json!({"attributes": {"firmware": "0.9", "hardware": "rev3"}});
-    let a = ota.device("PUT", uri, None, Some(attrs.clone())).await;
-    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
-    let a = ota
-        .device("PUT", uri, Some(SECRET_2), Some(attrs.clone()))
-        .await;
-    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
     let too_long = json!({"attributes": {"firmware": "x".repeat(257)}});
-    let a = ota.device("PUT", uri, Some(SECRET_1), Some(too_long)).await;
-    assert_eq!(a.status, StatusCode::BAD_REQUEST);
-    let a = ota.device("PUT", uri, Some(SECRET_1), Some(attrs)).await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.json);
+    for (secret, body, want) in [
+        (None, attrs.clone(), StatusCode::UNAUTHORIZED),
+        (Some(SECRET_2), attrs.clone(), StatusCode::UNAUTHORIZED),
+        (Some(SECRET_1), too_long, StatusCode::BAD_REQUEST),
+        (Some(SECRET_1), attrs, StatusCode::OK),
+    ] {
+        let a = ota.device("PUT", uri, secret, Some(body)).await;
+        assert_eq!(a.status, want, "{secret:?}: {}", a.json);
+    }
 
-    let (_, b) = ota.call("GET", "/api/v3/inventory/name/d1", None).await;
+    let (_, b) = ota.call("GET", d1, None).await;
     assert_eq!(b["attributes"]["hardware"], "rev3", "{b}");
     assert_eq!(b["checkIn"], "ok", "{b}");
     let seen = b["lastSeenMs"].as_i64().expect("a check-in time");
     let (_, b) = ota.call("GET", "/api/v3/inventory/name/d2", None).await;
     assert_eq!(b["checkIn"], "never", "{b}");
-    let (s, _) = ota.call("GET", "/api/v3/inventory/name/ghost", None).await;
-    assert_eq!(s, StatusCode::NOT_FOUND);
+    let ghost = "/api/v3/inventory/name/ghost";
+    ota.expect("GET", ghost, None, StatusCode::NOT_FOUND).await;
 
     // Attributes and the check-in time (written when the service stops) are kept.
     let ota = ota.restart().await;

@@ -1,24 +1,20 @@
 //! Router tests (the service built as the node builds it, driven without sockets), the
 //! engine on events, and the pipelines on a real broker.
 
-use std::time::Duration;
-
 use axum::http::StatusCode;
-use outpost_bus::{Bus, Delivery, Options};
 use outpost_contracts::common::BaseRequest;
 use outpost_contracts::event::{AddEventRequest, Event, Reading, ReadingValue};
 use outpost_contracts::export::Alert;
 use outpost_contracts::topics;
 use outpost_contracts::value::ValueType;
-use outpost_kit::Shutdown;
-use outpost_testkit::{Mosquitto, Service, TestContext, context, free_port};
+use outpost_testkit::Drive;
+use outpost_testkit::bus::{Client, next};
+use outpost_testkit::{Mosquitto, Service, WAIT, context, until};
 use serde_json::{Value, json};
 
 use crate::engine::{Engine, Metrics};
 use crate::pipeline::PipelineSpec;
 use crate::{Config, Rules};
-
-const WAIT: Duration = Duration::from_secs(20);
 
 fn spec(name: &str) -> Value {
     json!({"name": name, "devices": ["tank-*"], "resources": ["level"],
@@ -36,20 +32,22 @@ fn config(configured: &[&str]) -> Config {
     }
 }
 
-/// A context whose bus is nowhere: the router is tested alone, and no broker of anyone
-/// else's is ever joined.
-fn no_bus() -> TestContext {
-    context("rules", &[]).with_bus(&format!("mqtt://127.0.0.1:{}", free_port()))
+/// rules on a bus nowhere: the router is tested alone.
+async fn rules(cfg: Config) -> Service {
+    Service::build_in::<Rules>(context("rules", &[]).off_bus(), cfg).await
 }
 
-async fn rules(cfg: Config) -> Service {
-    Service::build_in::<Rules>(no_bus(), cfg).await
+/// Adds pipeline `name` (see [`spec`]) over the API, which must answer `want`.
+async fn add(svc: &Service, name: &str, want: StatusCode) -> Value {
+    svc.expect("POST", "/api/v3/pipeline", Some(spec(name)), want)
+        .await
 }
 
 /// The pipelines' names and sources, as listed.
 async fn listed(svc: &Service) -> Vec<(String, String)> {
-    let (s, body) = svc.call("GET", "/api/v3/pipeline/all", None).await;
-    assert_eq!(s, StatusCode::OK, "{body}");
+    let body = svc
+        .expect("GET", "/api/v3/pipeline/all", None, StatusCode::OK)
+        .await;
     let list = body["pipelines"].as_array().unwrap();
     assert_eq!(body["totalCount"], list.len());
     list.iter()
@@ -72,15 +70,11 @@ fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
 async fn pipelines_are_added_listed_and_removed_over_the_api() {
     let svc = rules(config(&["configured"])).await;
 
-    let (s, body) = svc
-        .call("POST", "/api/v3/pipeline", Some(spec("added")))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let body = add(&svc, "added", StatusCode::CREATED).await;
     assert_eq!(body["name"], "added");
     // A name that runs already, added or configured.
     for name in ["added", "configured"] {
-        let (s, body) = svc.call("POST", "/api/v3/pipeline", Some(spec(name))).await;
-        assert_eq!(s, StatusCode::CONFLICT, "{name}: {body}");
+        add(&svc, name, StatusCode::CONFLICT).await;
     }
     // Specs that cannot run.
     let mut no_work = spec("idle");
@@ -98,18 +92,22 @@ async fn pipelines_are_added_listed_and_removed_over_the_api() {
         unknown_field,
         json!("x"),
     ] {
-        let (s, body) = svc
-            .call("POST", "/api/v3/pipeline", Some(bad.clone()))
-            .await;
-        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        svc.expect(
+            "POST",
+            "/api/v3/pipeline",
+            Some(bad.clone()),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
     }
     assert_eq!(
         listed(&svc).await,
         pairs(&[("configured", "config"), ("added", "api")])
     );
 
-    let (s, one) = svc.call("GET", "/api/v3/pipeline/name/added", None).await;
-    assert_eq!(s, StatusCode::OK, "{one}");
+    let one = svc
+        .expect("GET", "/api/v3/pipeline/name/added", None, StatusCode::OK)
+        .await;
     assert_eq!(one["statusCode"], 200);
     assert_eq!(one["source"], "api");
     assert_eq!(one["pipeline"]["steps"][0]["size_ms"], 1000);
@@ -120,28 +118,42 @@ async fn pipelines_are_added_listed_and_removed_over_the_api() {
     assert_eq!(one["reduction"], Value::Null, "nothing out yet");
 
     // A configured pipeline is removed in the file, not here.
-    let (s, _) = svc
-        .call("DELETE", "/api/v3/pipeline/name/configured", None)
-        .await;
-    assert_eq!(s, StatusCode::CONFLICT);
-    let (s, _) = svc
-        .call("DELETE", "/api/v3/pipeline/name/added", None)
-        .await;
-    assert_eq!(s, StatusCode::OK);
+    svc.expect(
+        "DELETE",
+        "/api/v3/pipeline/name/configured",
+        None,
+        StatusCode::CONFLICT,
+    )
+    .await;
+    svc.expect(
+        "DELETE",
+        "/api/v3/pipeline/name/added",
+        None,
+        StatusCode::OK,
+    )
+    .await;
     for method in ["GET", "DELETE"] {
-        let (s, _) = svc.call(method, "/api/v3/pipeline/name/added", None).await;
-        assert_eq!(s, StatusCode::NOT_FOUND, "{method}");
+        svc.expect(
+            method,
+            "/api/v3/pipeline/name/added",
+            None,
+            StatusCode::NOT_FOUND,
+        )
+        .await;
     }
     assert_eq!(listed(&svc).await, pairs(&[("configured", "config")]));
     // Removed, the name can be used again.
-    let (s, _) = svc
-        .call("POST", "/api/v3/pipeline", Some(spec("added")))
-        .await;
-    assert_eq!(s, StatusCode::CREATED);
+    add(&svc, "added", StatusCode::CREATED).await;
 
     // Not subscribed (no bus here): the health check says so.
-    let (s, body) = svc.call("GET", "/api/v3/health", None).await;
-    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let body = svc
+        .expect(
+            "GET",
+            "/api/v3/health",
+            None,
+            StatusCode::SERVICE_UNAVAILABLE,
+        )
+        .await;
     assert!(body.to_string().contains("not subscribed yet"), "{body}");
 }
 
@@ -149,11 +161,10 @@ async fn pipelines_are_added_listed_and_removed_over_the_api() {
 async fn pipelines_added_over_the_api_survive_a_restart_and_the_file_wins_a_name() {
     let svc = rules(config(&["configured"])).await;
     for name in ["kept", "gone", "later-configured"] {
-        let (s, _) = svc.call("POST", "/api/v3/pipeline", Some(spec(name))).await;
-        assert_eq!(s, StatusCode::CREATED, "{name}");
+        add(&svc, name, StatusCode::CREATED).await;
     }
-    let (s, _) = svc.call("DELETE", "/api/v3/pipeline/name/gone", None).await;
-    assert_eq!(s, StatusCode::OK);
+    svc.expect("DELETE", "/api/v3/pipeline/name/gone", None, StatusCode::OK)
+        .await;
 
     let svc = Service::build_in::<Rules>(svc.stop().await, config(&["configured"])).await;
     assert_eq!(
@@ -189,10 +200,13 @@ async fn pipelines_added_over_the_api_survive_a_restart_and_the_file_wins_a_name
         .call("GET", "/api/v3/pipeline/name/later-configured", None)
         .await;
     assert_eq!(one["pipeline"]["alerts"], json!([]), "the file's spec");
-    let (s, _) = svc
-        .call("DELETE", "/api/v3/pipeline/name/later-configured", None)
-        .await;
-    assert_eq!(s, StatusCode::CONFLICT);
+    svc.expect(
+        "DELETE",
+        "/api/v3/pipeline/name/later-configured",
+        None,
+        StatusCode::CONFLICT,
+    )
+    .await;
 }
 
 fn engine(specs: &[Value]) -> Engine {
@@ -339,24 +353,6 @@ fn windows_close_on_a_later_reading_or_by_the_clock_and_late_readings_are_counte
     assert_eq!(flushed[0].samples[1].value, 1.0);
 }
 
-async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Delivery>, what: &str) -> Delivery {
-    tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .unwrap_or_else(|_| panic!("{what} within {WAIT:?}"))
-        .expect("the subscription is open")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_events_on_the_bus_come_out_as_the_pipelines_events_and_alerts() {
     let broker = Mosquitto::start();
@@ -365,35 +361,20 @@ async fn device_events_on_the_bus_come_out_as_the_pipelines_events_and_alerts() 
         Config::default(),
     )
     .await;
-    let (s, body) = svc
-        .call("POST", "/api/v3/pipeline", Some(spec("tank")))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{body}");
+    add(&svc, "tank", StatusCode::CREATED).await;
     // Its session exists once it is subscribed: what is published from then on is its.
-    until("rules subscribed to device events", async || {
+    until("rules subscribed to device events", WAIT, async || {
         (svc.call("GET", "/api/v3/health", None).await.0 == StatusCode::OK).then_some(())
     })
     .await;
 
-    let client = context("bus-client", &[]).with_bus(&broker.url());
-    let bus = Bus::connect(
-        &client.ctx.common.bus,
-        &client.ctx.data_dir,
-        "bus-client",
-        Options::plain("rules-test-client"),
-        &Shutdown::new(),
-    )
-    .await
-    .expect("connected");
-    let base = client.ctx.common.bus.base_topic.clone();
-    let mut events = bus
-        .subscribe(&format!("{base}/events/rules/#"))
-        .await
-        .expect("subscribed");
-    let mut alerts = bus
+    let client = Client::connect(&broker.url(), "rules-test-client").await;
+    let base = client.cfg.base_topic.clone();
+    let mut events = client.subscribe(&format!("{base}/events/rules/#")).await;
+    let mut alerts = client
         .subscribe(&format!("{}#", topics::alerts_prefix(&base)))
-        .await
-        .expect("subscribed");
+        .await;
+    let bus = &client.bus;
 
     // One event: a reading above the alert's threshold, and one in the next window, which
     // closes the first.
@@ -482,7 +463,7 @@ async fn device_events_on_the_bus_come_out_as_the_pipelines_events_and_alerts() 
         ]
     );
 
-    let counts = until("the pipeline counted what went out", async || {
+    let counts = until("the pipeline counted what went out", WAIT, async || {
         let (_, v) = svc.call("GET", "/api/v3/pipeline/name/tank", None).await;
         (v["eventsOut"] == 2).then_some(v)
     })

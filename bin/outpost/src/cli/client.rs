@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use outpost_contracts::common::{BaseWithIdResponse, ErrorResponse};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::config::NodeConfig;
@@ -142,30 +144,29 @@ impl Client {
         ok_or_message(status, body)
     }
 
-    pub(crate) async fn post(
+    /// Sends `body` as JSON: the answer and its status, for the caller to judge (a 207
+    /// carries a status per item).
+    pub(crate) async fn send_json(
         &self,
+        method: reqwest::Method,
         svc: &str,
         path: &str,
-        body: &Value,
+        body: &impl serde::Serialize,
     ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
-        self.send(
-            svc,
-            self.request(reqwest::Method::POST, svc, path).json(body),
-        )
-        .await
+        self.send(svc, self.request(method, svc, path).json(body))
+            .await
     }
 
-    pub(crate) async fn put(
+    /// Sends `body` as JSON: the answer, or the service's error as an error.
+    pub(crate) async fn call(
         &self,
+        method: reqwest::Method,
         svc: &str,
         path: &str,
-        body: &Value,
-    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
-        self.send(
-            svc,
-            self.request(reqwest::Method::PUT, svc, path).json(body),
-        )
-        .await
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<Value> {
+        let (status, answer) = self.send_json(method, svc, path, body).await?;
+        ok_or_message(status, answer)
     }
 
     pub(crate) async fn delete(&self, svc: &str, path: &str) -> anyhow::Result<Value> {
@@ -176,14 +177,29 @@ impl Client {
     }
 }
 
+/// An answer read as its type from outpost-contracts.
+pub(crate) fn decode<T: DeserializeOwned>(answer: Value) -> anyhow::Result<T> {
+    serde_json::from_value(answer).with_context(|| {
+        format!(
+            "the node's answer is not what this CLI expects ({})",
+            std::any::type_name::<T>()
+        )
+    })
+}
+
+/// The message of an EdgeX error body, if it has one.
+fn message(body: &Value) -> Option<String> {
+    serde_json::from_value::<ErrorResponse>(body.clone())
+        .ok()
+        .map(|e| e.message)
+        .filter(|m| !m.is_empty())
+}
+
 pub(crate) fn ok_or_message(status: reqwest::StatusCode, body: Value) -> anyhow::Result<Value> {
     if status.is_success() {
         return Ok(body);
     }
-    let msg = body
-        .get("message")
-        .and_then(Value::as_str)
-        .map_or_else(|| body.to_string(), str::to_string);
+    let msg = message(&body).unwrap_or_else(|| body.to_string());
     bail!("{} {msg}", status.as_u16())
 }
 
@@ -191,28 +207,22 @@ pub(crate) fn ok_or_message(status: reqwest::StatusCode, body: Value) -> anyhow:
 pub(crate) fn multi_status_entry(
     status: reqwest::StatusCode,
     body: &Value,
-) -> Result<Value, (u64, String)> {
+) -> Result<BaseWithIdResponse, (u64, String)> {
     if status != reqwest::StatusCode::MULTI_STATUS {
-        let msg = body
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        return Err((u64::from(status.as_u16()), msg));
+        return Err((
+            u64::from(status.as_u16()),
+            message(body).unwrap_or_default(),
+        ));
     }
-    let entry = body.get(0).cloned().unwrap_or(Value::Null);
-    let code = entry.get("statusCode").and_then(Value::as_u64).unwrap_or(0);
+    let entry = serde_json::from_value::<Vec<BaseWithIdResponse>>(body.clone())
+        .ok()
+        .and_then(|entries| entries.into_iter().next())
+        .unwrap_or_default();
+    let code = entry.base.status_code;
     if (200..300).contains(&code) {
         Ok(entry)
     } else {
-        Err((
-            code,
-            entry
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-        ))
+        Err((u64::from(code), entry.base.message))
     }
 }
 

@@ -5,62 +5,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use outpost_contracts::cloud::{EdgeReadingsResponse, EdgesResponse, EnrollEdgeRequest};
+use outpost_contracts::export::ExportStatus;
 use serde_json::Value;
 
 use super::client::{Client, enc, ok_or_message};
-use super::table::{ago, print_json, s, table, time_of};
+use super::table::{ago, cell, show, show_table, table, time_of};
 use crate::config::NodeConfig;
 
 pub async fn export_status(c: &Client, json: bool) -> anyhow::Result<()> {
     let v = c.get(outpost_export::SERVICE, "/export/status").await?;
-    if json {
-        print_json(&v);
-        return Ok(());
-    }
     let now = outpost_contracts::now_millis();
-    let rows: Vec<Vec<String>> = v["destinations"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|d| {
-            let q = &d["queue"];
-            let snd = &d["sender"];
-            let state = if snd["consecutiveFailures"].as_u64().unwrap_or(0) > 0 {
-                let retry = snd["nextRetryMs"]
-                    .as_i64()
-                    .map(|t| format!(", retry in {}s", ((t - now).max(0) + 999) / 1000))
-                    .unwrap_or_default();
-                format!("failing ({}{retry})", s(snd, "lastError"))
-            } else if snd["lastSuccessMs"].is_null() {
-                "idle".into()
-            } else {
-                "ok".into()
-            };
-            let oldest = q["oldestAgeMs"]
-                .as_u64()
-                .map_or_else(|| "-".into(), |ms| format!("{}s", ms / 1000));
-            vec![
-                s(d, "name"),
-                s(d, "kind"),
-                q["items"].to_string(),
-                format!(
-                    "{} / {} KiB",
-                    q["bytes"].as_u64().unwrap_or(0) / 1024,
-                    q["maxBytes"].as_u64().unwrap_or(0) / 1024
-                ),
-                oldest,
-                snd["sentItems"].to_string(),
-                format!(
-                    "{}",
-                    q["droppedOverflow"].as_u64().unwrap_or(0) + q["expired"].as_u64().unwrap_or(0)
-                ),
-                snd["deadLettered"].to_string(),
-                state,
-            ]
-        })
-        .collect();
-    table(
+    show_table(
+        v,
+        json,
         &[
             "DESTINATION",
             "KIND",
@@ -72,9 +30,42 @@ pub async fn export_status(c: &Client, json: bool) -> anyhow::Result<()> {
             "DEAD",
             "STATE",
         ],
-        &rows,
-    );
-    Ok(())
+        |status: ExportStatus| {
+            status
+                .destinations
+                .into_iter()
+                .map(|d| {
+                    let (q, snd) = (&d.queue, &d.sender);
+                    let state = if snd.consecutive_failures > 0 {
+                        let retry = snd
+                            .next_retry_ms
+                            .and_then(|t| i64::try_from(t).ok())
+                            .map(|t| format!(", retry in {}s", ((t - now).max(0) + 999) / 1000))
+                            .unwrap_or_default();
+                        format!("failing ({}{retry})", cell(&snd.last_error))
+                    } else if snd.last_success_ms.is_none() {
+                        "idle".into()
+                    } else {
+                        "ok".into()
+                    };
+                    let oldest = q
+                        .oldest_age_ms
+                        .map_or_else(|| "-".into(), |ms| format!("{}s", ms / 1000));
+                    vec![
+                        d.name.clone(),
+                        cell(&d.kind),
+                        q.items.to_string(),
+                        format!("{} / {} KiB", q.bytes / 1024, q.max_bytes / 1024),
+                        oldest,
+                        snd.sent_items.to_string(),
+                        (q.dropped_overflow + q.expired).to_string(),
+                        snd.dead_lettered.to_string(),
+                        state,
+                    ]
+                })
+                .collect()
+        },
+    )
 }
 
 /// A cloud node as its operator reaches it.
@@ -151,11 +142,15 @@ impl Cloud {
 }
 
 pub async fn enroll(cloud: &Cloud, name: &str, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let request = EnrollEdgeRequest {
+        name: name.to_string(),
+    };
+    // The bundle is kept as the cloud node sent it.
     let bundle = cloud
         .call(
             reqwest::Method::POST,
             "/edge",
-            Some(serde_json::json!({"name": name})),
+            Some(serde_json::to_value(&request)?),
         )
         .await?;
     let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}.identity.json")));
@@ -189,37 +184,9 @@ pub async fn enroll(cloud: &Cloud, name: &str, out: Option<PathBuf>) -> anyhow::
 
 pub async fn edges(cloud: &Cloud, json: bool) -> anyhow::Result<()> {
     let v = cloud.call(reqwest::Method::GET, "/edge/all", None).await?;
-    if json {
-        print_json(&v);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = v["edges"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|e| {
-            let b = &e["backlog"];
-            vec![
-                s(e, "name"),
-                if e["revokedMs"].is_null() {
-                    "enrolled".into()
-                } else {
-                    "revoked".into()
-                },
-                ago(e["lastSeenMs"].as_i64().unwrap_or(0)),
-                format!(
-                    "{} items, {} KiB",
-                    b["items"],
-                    b["bytes"].as_i64().unwrap_or(0) / 1024
-                ),
-                e["received"].to_string(),
-                e["duplicates"].to_string(),
-                e["rejected"].to_string(),
-            ]
-        })
-        .collect();
-    table(
+    show_table(
+        v,
+        json,
         &[
             "EDGE",
             "STATE",
@@ -229,9 +196,27 @@ pub async fn edges(cloud: &Cloud, json: bool) -> anyhow::Result<()> {
             "DUPLICATES",
             "REJECTED",
         ],
-        &rows,
-    );
-    Ok(())
+        |all: EdgesResponse| {
+            all.edges
+                .into_iter()
+                .map(|e| {
+                    vec![
+                        e.name,
+                        if e.revoked_ms.is_none() {
+                            "enrolled".into()
+                        } else {
+                            "revoked".into()
+                        },
+                        ago(e.last_seen_ms.unwrap_or(0)),
+                        format!("{} items, {} KiB", e.backlog.items, e.backlog.bytes / 1024),
+                        e.received.to_string(),
+                        e.duplicates.to_string(),
+                        e.rejected.to_string(),
+                    ]
+                })
+                .collect()
+        },
+    )
 }
 
 pub async fn revoke(cloud: &Cloud, name: &str) -> anyhow::Result<()> {
@@ -262,27 +247,21 @@ pub async fn readings(
         path.push_str(&format!("&resource={}", enc(r)));
     }
     let v = cloud.call(reqwest::Method::GET, &path, None).await?;
-    if json {
-        print_json(&v);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = v["readings"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|r| {
-            vec![
-                time_of(r["origin"].as_i64().unwrap_or(0)),
-                s(r, "deviceName"),
-                s(r, "resourceName"),
-                format!("{} {}", s(r, "value"), s(r, "units"))
-                    .trim()
-                    .to_string(),
-            ]
-        })
-        .collect();
-    table(&["TIME", "DEVICE", "RESOURCE", "VALUE"], &rows);
-    println!("({} of {})", rows.len(), v["totalCount"]);
-    Ok(())
+    show(v, json, |page: EdgeReadingsResponse| {
+        let rows: Vec<Vec<String>> = page
+            .readings
+            .into_iter()
+            .map(|r| {
+                vec![
+                    time_of(r.origin),
+                    r.device_name,
+                    r.resource_name,
+                    format!("{} {}", r.value, r.units).trim().to_string(),
+                ]
+            })
+            .collect();
+        table(&["TIME", "DEVICE", "RESOURCE", "VALUE"], &rows);
+        println!("({} of {})", rows.len(), page.page.total_count);
+        Ok(())
+    })
 }

@@ -4,11 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use outpost_contracts::event::NumericMode;
-use serde_json::Value;
+use outpost_contracts::event::{MultiReadingsResponse, NumericMode, Reading, ReadingValue};
 
-use super::client::{Client, enc};
-use super::table::{print_json, s, table, time_of};
+use super::client::{Client, decode, enc};
+use super::table::{show, table, time_of};
 use crate::config::NodeConfig;
 
 pub async fn readings(
@@ -30,33 +29,31 @@ pub async fn readings(
     }
     path.push_str(&format!("?limit={limit}"));
     let v = c.get(outpost_core_data::SERVICE, &path).await?;
-    if json {
-        print_json(&v);
-        return Ok(());
-    }
-    let list = v["readings"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let rows: Vec<Vec<String>> = list
-        .iter()
-        .map(|r| {
-            let value = reading_value(r);
-            vec![
-                time_of(r["origin"].as_i64().unwrap_or(0)),
-                s(r, "resourceName"),
-                s(r, "valueType"),
-                value,
-                s(r, "units"),
-            ]
-        })
-        .collect();
-    table(&["ORIGIN", "RESOURCE", "TYPE", "VALUE", "UNITS"], &rows);
-    let total = v["totalCount"].as_u64().unwrap_or(0);
-    if total as usize > list.len() {
-        eprintln!("({} of {total} readings; use --limit)", list.len());
-    }
-    Ok(())
+    show(v, json, |page: MultiReadingsResponse| {
+        let readings = page
+            .readings
+            .into_iter()
+            .map(decode)
+            .collect::<anyhow::Result<Vec<Reading>>>()?;
+        let rows: Vec<Vec<String>> = readings
+            .iter()
+            .map(|r| {
+                vec![
+                    time_of(r.origin),
+                    r.resource_name.clone(),
+                    r.value_type.as_str().to_string(),
+                    reading_value(r),
+                    r.units.clone(),
+                ]
+            })
+            .collect();
+        table(&["ORIGIN", "RESOURCE", "TYPE", "VALUE", "UNITS"], &rows);
+        let total = page.page.total_count;
+        if total as usize > readings.len() {
+            eprintln!("({} of {total} readings; use --limit)", readings.len());
+        }
+        Ok(())
+    })
 }
 
 pub async fn events_tail(
@@ -106,8 +103,8 @@ pub async fn events_tail(
         let values: Vec<String> = ev
             .readings
             .iter()
-            .map(|r| match r.to_json(NumericMode::Strings).get("value") {
-                Some(Value::String(v)) => format!("{}={v}", r.resource_name),
+            .map(|r| match &r.value {
+                ReadingValue::Simple(v) => format!("{}={v}", r.resource_name),
                 _ => format!("{}=<{}>", r.resource_name, r.value_type),
             })
             .collect();
@@ -124,12 +121,11 @@ pub async fn events_tail(
 }
 
 /// A reading's value for a table: the simple value, the object, or a binary marker.
-pub(crate) fn reading_value(r: &Value) -> String {
-    if r.get("binaryValue").is_some() {
-        format!("<{} binary>", s(r, "mediaType"))
-    } else if let Some(o) = r.get("objectValue") {
-        o.to_string()
-    } else {
-        s(r, "value")
+pub(crate) fn reading_value(r: &Reading) -> String {
+    match &r.value {
+        ReadingValue::Simple(v) => v.clone(),
+        ReadingValue::Object(o) => o.to_string(),
+        ReadingValue::Binary { media_type, .. } => format!("<{media_type} binary>"),
+        ReadingValue::Null => String::new(),
     }
 }

@@ -5,14 +5,18 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use outpost_contracts::common::BaseRequest;
+use outpost_contracts::common::{BaseRequest, BaseWithIdResponse};
+use outpost_contracts::event::{Event, EventResponse};
 use outpost_contracts::metadata::{
-    AddDeviceRequest, AddDeviceServiceRequest, AutoEvent, Device, DeviceProfile, DeviceService,
+    AddDeviceProfileRequest, AddDeviceRequest, AddDeviceServiceRequest, AutoEvent, Device,
+    DeviceProfile, DeviceSecretRequest, DeviceSecretResponse, DeviceService,
+    MultiDeviceProfilesResponse, MultiDeviceServicesResponse, MultiDevicesResponse,
 };
 use serde_json::Value;
 
-use super::client::{Client, enc, multi_status_entry, ok_or_message};
-use super::table::{print_json, s, table};
+use super::client::{Client, decode, enc, multi_status_entry, ok_or_message};
+use super::data::reading_value;
+use super::table::{cell, print_json, show, show_table, table};
 
 fn read_document(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
@@ -22,15 +26,28 @@ pub async fn profile_apply(c: &Client, file: &Path) -> anyhow::Result<()> {
     let text = read_document(file)?;
     let profile = DeviceProfile::from_yaml(&text).map_err(anyhow::Error::msg)?;
     let name = profile.name.clone();
-    let body = serde_json::json!([{ "apiVersion": "v3", "profile": profile }]);
+    let body = [AddDeviceProfileRequest {
+        base: BaseRequest::new(),
+        profile,
+    }];
     let (status, resp) = c
-        .post(outpost_core_metadata::SERVICE, "/deviceprofile", &body)
+        .send_json(
+            reqwest::Method::POST,
+            outpost_core_metadata::SERVICE,
+            "/deviceprofile",
+            &body,
+        )
         .await?;
     match multi_status_entry(status, &resp) {
         Ok(_) => println!("created device profile {name}"),
         Err((409, _)) => {
             let (status, resp) = c
-                .put(outpost_core_metadata::SERVICE, "/deviceprofile", &body)
+                .send_json(
+                    reqwest::Method::PUT,
+                    outpost_core_metadata::SERVICE,
+                    "/deviceprofile",
+                    &body,
+                )
                 .await?;
             match multi_status_entry(status, &resp) {
                 Ok(_) => println!("updated device profile {name}"),
@@ -49,33 +66,25 @@ pub async fn profile_list(c: &Client, json: bool) -> anyhow::Result<()> {
             "/deviceprofile/all?limit=-1",
         )
         .await?;
-    if json {
-        print_json(&v);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = v["profiles"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|p| {
-            vec![
-                s(p, "name"),
-                s(p, "manufacturer"),
-                s(p, "model"),
-                p["deviceResources"]
-                    .as_array()
-                    .map_or(0, Vec::len)
-                    .to_string(),
-                s(p, "linkedDeviceCount"),
-            ]
-        })
-        .collect();
-    table(
+    show_table(
+        v,
+        json,
         &["NAME", "MANUFACTURER", "MODEL", "RESOURCES", "DEVICES"],
-        &rows,
-    );
-    Ok(())
+        |all: MultiDeviceProfilesResponse| {
+            all.profiles
+                .into_iter()
+                .map(|p| {
+                    vec![
+                        p.name,
+                        p.manufacturer,
+                        p.model,
+                        p.device_resources.len().to_string(),
+                        cell(&p.linked_device_count),
+                    ]
+                })
+                .collect()
+        },
+    )
 }
 
 /// What `outpost device add` was given.
@@ -171,26 +180,25 @@ pub async fn device_add(c: &Client, d: NewDevice) -> anyhow::Result<()> {
         .collect();
     let names: Vec<String> = body.iter().map(|r| r.device.name.clone()).collect();
     let (status, resp) = c
-        .post(
+        .send_json(
+            reqwest::Method::POST,
             outpost_core_metadata::SERVICE,
             "/device",
-            &serde_json::to_value(&body)?,
+            &body,
         )
         .await?;
     if status != reqwest::StatusCode::MULTI_STATUS {
         return ok_or_message(status, resp).map(|_| ());
     }
     let mut failed = 0;
-    for (name, entry) in names
-        .iter()
-        .zip(resp.as_array().map(Vec::as_slice).unwrap_or_default())
-    {
-        let code = entry["statusCode"].as_u64().unwrap_or(0);
+    let entries: Vec<BaseWithIdResponse> = decode(resp)?;
+    for (name, entry) in names.iter().zip(entries) {
+        let code = entry.base.status_code;
         if (200..300).contains(&code) {
-            println!("added device {name} ({})", s(entry, "id"));
+            println!("added device {name} ({})", entry.id);
         } else {
             failed += 1;
-            eprintln!("cannot add device {name}: {code} {}", s(entry, "message"));
+            eprintln!("cannot add device {name}: {code} {}", entry.base.message);
         }
     }
     if failed > 0 {
@@ -215,40 +223,26 @@ pub async fn device_list(
         },
     };
     let v = c.get(outpost_core_metadata::SERVICE, &path).await?;
-    if json {
-        print_json(&v);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = v["devices"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|d| {
-            let labels = d["labels"]
-                .as_array()
-                .map(|l| {
-                    l.iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default();
-            vec![
-                s(d, "name"),
-                s(d, "profileName"),
-                s(d, "serviceName"),
-                s(d, "adminState"),
-                s(d, "operatingState"),
-                labels,
-            ]
-        })
-        .collect();
-    table(
+    show_table(
+        v,
+        json,
         &["NAME", "PROFILE", "SERVICE", "ADMIN", "STATE", "LABELS"],
-        &rows,
-    );
-    Ok(())
+        |all: MultiDevicesResponse| {
+            all.devices
+                .into_iter()
+                .map(|d| {
+                    vec![
+                        d.name,
+                        d.profile_name,
+                        d.service_name,
+                        cell(&d.admin_state),
+                        cell(&d.operating_state),
+                        d.labels.join(","),
+                    ]
+                })
+                .collect()
+        },
+    )
 }
 
 pub async fn device_show(c: &Client, name: &str) -> anyhow::Result<()> {
@@ -258,6 +252,7 @@ pub async fn device_show(c: &Client, name: &str) -> anyhow::Result<()> {
             &format!("/device/name/{}", enc(name)),
         )
         .await?;
+    // The device exactly as core-metadata keeps it, every field included.
     print_json(&v["device"]);
     Ok(())
 }
@@ -272,22 +267,42 @@ pub async fn device_rm(c: &Client, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sets the secret of `name` (the old one stops working), or has the node generate one
+/// when `secret` is `None`: the generated secret, shown this once.
+pub(crate) async fn put_secret(
+    c: &Client,
+    name: &str,
+    secret: Option<String>,
+) -> anyhow::Result<Option<String>> {
+    let path = format!("/device/name/{}/secret", enc(name));
+    let body = DeviceSecretRequest {
+        base: BaseRequest::new(),
+        secret,
+    };
+    let answer = c
+        .call(
+            reqwest::Method::PUT,
+            outpost_core_metadata::SERVICE,
+            &path,
+            &body,
+        )
+        .await?;
+    Ok(decode::<DeviceSecretResponse>(answer)?.secret)
+}
+
 pub async fn device_secret(
     c: &Client,
     name: &str,
     secret: Option<String>,
     remove: bool,
 ) -> anyhow::Result<()> {
-    let path = format!("/device/name/{}/secret", enc(name));
     if remove {
+        let path = format!("/device/name/{}/secret", enc(name));
         c.delete(outpost_core_metadata::SERVICE, &path).await?;
         println!("removed the secret of {name}: it can no longer connect");
         return Ok(());
     }
-    let body = serde_json::json!({"apiVersion": "v3", "secret": secret});
-    let (status, resp) = c.put(outpost_core_metadata::SERVICE, &path, &body).await?;
-    let resp = ok_or_message(status, resp)?;
-    match resp.get("secret").and_then(Value::as_str) {
+    match put_secret(c, name, secret).await? {
         Some(s) => {
             eprintln!("secret of {name} (shown only now; the node keeps only a hash):");
             println!("{s}");
@@ -307,25 +322,21 @@ pub async fn device_discover(c: &Client, service: &str, wait: Duration) -> anyho
                 service.replace('-', "_")
             )
         })?;
-    let names = |v: &Value| -> std::collections::BTreeSet<String> {
-        v["devices"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|d| d["name"].as_str().map(str::to_string))
-            .collect()
+    let names = |v: Value| -> anyhow::Result<std::collections::BTreeSet<String>> {
+        let all: MultiDevicesResponse = decode(v)?;
+        Ok(all.devices.into_iter().map(|d| d.name).collect())
     };
     let list_path = format!("/device/service/name/{}?limit=-1", enc(service));
-    let before = names(&c.get(outpost_core_metadata::SERVICE, &list_path).await?);
-    let (status, resp) = c.post(svc, "/discovery", &Value::Null).await?;
-    ok_or_message(status, resp)?;
+    let before = names(c.get(outpost_core_metadata::SERVICE, &list_path).await?)?;
+    c.call(reqwest::Method::POST, svc, "/discovery", &Value::Null)
+        .await?;
     eprintln!(
         "discovery started on {service}; waiting {}",
         humantime::format_duration(wait)
     );
     // Discovery runs in the background; what it adds shows up in metadata.
     tokio::time::sleep(wait).await;
-    let now = names(&c.get(outpost_core_metadata::SERVICE, &list_path).await?);
+    let now = names(c.get(outpost_core_metadata::SERVICE, &list_path).await?)?;
     let found: Vec<&String> = now.difference(&before).collect();
     if found.is_empty() {
         println!("no new devices (a provision watcher must match what is found)");
@@ -347,14 +358,15 @@ pub async fn device_service_add(c: &Client, name: &str, base_address: &str) -> a
         },
     }];
     let (status, resp) = c
-        .post(
+        .send_json(
+            reqwest::Method::POST,
             outpost_core_metadata::SERVICE,
             "/deviceservice",
-            &serde_json::to_value(&body)?,
+            &body,
         )
         .await?;
     match multi_status_entry(status, &resp) {
-        Ok(e) => println!("added device service {name} ({})", s(&e, "id")),
+        Ok(e) => println!("added device service {name} ({})", e.id),
         Err((code, msg)) => bail!("cannot add device service {name}: {code} {msg}"),
     }
     Ok(())
@@ -367,19 +379,17 @@ pub async fn device_service_list(c: &Client, json: bool) -> anyhow::Result<()> {
             "/deviceservice/all?limit=-1",
         )
         .await?;
-    if json {
-        print_json(&v);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = v["services"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|d| vec![s(d, "name"), s(d, "baseAddress"), s(d, "adminState")])
-        .collect();
-    table(&["NAME", "BASE ADDRESS", "ADMIN"], &rows);
-    Ok(())
+    show_table(
+        v,
+        json,
+        &["NAME", "BASE ADDRESS", "ADMIN"],
+        |all: MultiDeviceServicesResponse| {
+            all.services
+                .into_iter()
+                .map(|d| vec![d.name, d.base_address, cell(&d.admin_state)])
+                .collect()
+        },
+    )
 }
 
 /// `outpost command DEVICE COMMAND [--set R=V ...]`: a read, or a write when values are
@@ -400,27 +410,23 @@ pub async fn command(
                 &format!("{path}?ds-pushevent={push}&ds-returnevent=true"),
             )
             .await?;
-        if json {
-            print_json(&v);
-            return Ok(());
-        }
-        let rows: Vec<Vec<String>> = v["event"]["readings"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .map(|r| {
-                let value = super::data::reading_value(r);
-                vec![
-                    s(r, "resourceName"),
-                    s(r, "valueType"),
-                    value,
-                    s(r, "units"),
-                ]
-            })
-            .collect();
-        table(&["RESOURCE", "TYPE", "VALUE", "UNITS"], &rows);
-        return Ok(());
+        return show(v, json, |read: EventResponse| {
+            let event: Event = decode(read.event)?;
+            let rows: Vec<Vec<String>> = event
+                .readings
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.resource_name.clone(),
+                        r.value_type.as_str().to_string(),
+                        reading_value(r),
+                        r.units.clone(),
+                    ]
+                })
+                .collect();
+            table(&["RESOURCE", "TYPE", "VALUE", "UNITS"], &rows);
+            Ok(())
+        });
     }
     let mut body = serde_json::Map::new();
     for kv in settings {
@@ -429,10 +435,14 @@ pub async fn command(
         };
         body.insert(k.to_string(), Value::String(v.to_string()));
     }
-    let (status, v) = c
-        .put(outpost_core_command::SERVICE, &path, &Value::Object(body))
+    let v = c
+        .call(
+            reqwest::Method::PUT,
+            outpost_core_command::SERVICE,
+            &path,
+            &body,
+        )
         .await?;
-    let v = ok_or_message(status, v)?;
     if json {
         print_json(&v);
     } else {

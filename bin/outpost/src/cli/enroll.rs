@@ -8,11 +8,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
+use outpost_contracts::common::BaseRequest;
+use outpost_contracts::metadata::{DeviceCertificateRequest, DeviceCertificateResponse};
+use outpost_contracts::ota::{Group, GroupResponse, MultiGroupsResponse, MultiInventoryResponse};
 use serde_json::Value;
 
-use super::client::{Client, enc, ok_or_message};
-use super::devices::NewDevice;
-use super::table::{print_json, table};
+use super::client::{Client, decode, enc, ok_or_message};
+use super::devices::{NewDevice, put_secret};
+use super::table::{cell, show, show_table, table};
 
 /// What `outpost device enroll` was given.
 pub struct Enroll {
@@ -44,13 +47,8 @@ async fn exists(c: &Client, name: &str) -> anyhow::Result<bool> {
 
 /// A new secret for `name` (the old one stops working).
 async fn new_secret(c: &Client, name: &str) -> anyhow::Result<String> {
-    let path = format!("/device/name/{}/secret", enc(name));
-    let body = serde_json::json!({"apiVersion": "v3"});
-    let (status, resp) = c.put(outpost_core_metadata::SERVICE, &path, &body).await?;
-    let resp = ok_or_message(status, resp)?;
-    resp.get("secret")
-        .and_then(Value::as_str)
-        .map(str::to_string)
+    put_secret(c, name, None)
+        .await?
         .context("the node returned no secret")
 }
 
@@ -63,14 +61,21 @@ async fn new_cert(
     replace: bool,
 ) -> anyhow::Result<(String, String)> {
     let path = format!("/device/name/{}/certificate", enc(name));
-    let body = serde_json::json!({"apiVersion": "v3", "csr": csr, "replace": replace});
-    let (status, resp) = c.post(outpost_core_metadata::SERVICE, &path, &body).await?;
-    let resp = ok_or_message(status, resp)?;
-    let cert = resp
-        .get("certificate")
-        .and_then(Value::as_str)
-        .context("the node returned no certificate")?;
-    Ok((cert.to_string(), key))
+    let body = DeviceCertificateRequest {
+        base: BaseRequest::new(),
+        csr,
+        replace,
+    };
+    let resp = c
+        .call(
+            reqwest::Method::POST,
+            outpost_core_metadata::SERVICE,
+            &path,
+            &body,
+        )
+        .await?;
+    let issued: DeviceCertificateResponse = decode(resp)?;
+    Ok((issued.certificate, key))
 }
 
 /// Writes what the device needs into `dir`.
@@ -212,14 +217,15 @@ pub async fn rotate(c: &Client, name: &str, out: Option<&Path>) -> anyhow::Resul
 
 /// `POST /device/name/{name}/{action}` on core-metadata.
 async fn device_action(c: &Client, name: &str, action: &str) -> anyhow::Result<()> {
-    let (status, body) = c
-        .post(
-            outpost_core_metadata::SERVICE,
-            &format!("/device/name/{}/{action}", enc(name)),
-            &serde_json::json!({}),
-        )
-        .await?;
-    ok_or_message(status, body).map(|_| ())
+    let path = format!("/device/name/{}/{action}", enc(name));
+    c.call(
+        reqwest::Method::POST,
+        outpost_core_metadata::SERVICE,
+        &path,
+        &serde_json::json!({}),
+    )
+    .await?;
+    Ok(())
 }
 
 pub async fn revoke(c: &Client, name: &str) -> anyhow::Result<()> {
@@ -241,53 +247,41 @@ pub async fn credentials(c: &Client, name: &str, json: bool) -> anyhow::Result<(
             &format!("/device/name/{}/credential", enc(name)),
         )
         .await?;
-    if json {
-        print_json(&v);
-        return Ok(());
-    }
-    println!(
-        "{name}: {} (secret: {})",
-        v["status"].as_str().unwrap_or("?"),
-        if v["secret"] == true { "set" } else { "none" }
-    );
-    let rows: Vec<Vec<String>> = v["certificates"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-            vec![
-                s("fingerprint").chars().take(16).collect(),
-                s("issuer"),
-                s("status"),
-                c["notAfter"].as_i64().map_or_else(String::new, |t| {
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64),
-                    )
-                    .to_string()
-                }),
-            ]
-        })
-        .collect();
-    if !rows.is_empty() {
-        table(&["CERTIFICATE", "ISSUER", "STATUS", "NOT AFTER"], &rows);
-    }
-    Ok(())
+    // core-metadata's credential answer has no contracts type yet: read as it is.
+    show(v, json, |v: Value| {
+        println!(
+            "{name}: {} (secret: {})",
+            v["status"].as_str().unwrap_or("?"),
+            if v["secret"] == true { "set" } else { "none" }
+        );
+        let rows: Vec<Vec<String>> = v["certificates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+                vec![
+                    s("fingerprint").chars().take(16).collect(),
+                    s("issuer"),
+                    s("status"),
+                    c["notAfter"].as_i64().map_or_else(String::new, |t| {
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64),
+                        )
+                        .to_string()
+                    }),
+                ]
+            })
+            .collect();
+        if !rows.is_empty() {
+            table(&["CERTIFICATE", "ISSUER", "STATUS", "NOT AFTER"], &rows);
+        }
+        Ok(())
+    })
 }
 
-/// The strings of a JSON array, comma-separated.
-fn joined(v: &Value) -> String {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default()
-}
-
-fn ago(ms: Option<i64>) -> String {
+/// Seconds since `ms`, or never.
+fn seen(ms: Option<i64>) -> String {
     match ms {
         None => "never".into(),
         Some(t) => {
@@ -316,36 +310,9 @@ pub async fn inventory(
         format!("/inventory/all?{}", q.join("&"))
     };
     let v = c.get(outpost_ota::SERVICE, &path).await?;
-    if json {
-        print_json(&v);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = v["devices"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|d| {
-            let attrs = d["attributes"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .unwrap_or_default();
-            let labels = joined(&d["labels"]);
-            vec![
-                d["name"].as_str().unwrap_or_default().to_string(),
-                d["profileName"].as_str().unwrap_or_default().to_string(),
-                labels,
-                attrs,
-                ago(d["lastSeenMs"].as_i64()),
-                d["checkIn"].as_str().unwrap_or_default().to_string(),
-            ]
-        })
-        .collect();
-    table(
+    show_table(
+        v,
+        json,
         &[
             "DEVICE",
             "PROFILE",
@@ -354,9 +321,27 @@ pub async fn inventory(
             "LAST SEEN",
             "CHECK-IN",
         ],
-        &rows,
-    );
-    Ok(())
+        |all: MultiInventoryResponse| {
+            all.devices
+                .into_iter()
+                .map(|d| {
+                    let attrs: Vec<String> = d
+                        .attributes
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    vec![
+                        d.name,
+                        d.profile_name,
+                        d.labels.join(","),
+                        attrs.join(" "),
+                        seen(d.last_seen_ms),
+                        cell(&d.check_in),
+                    ]
+                })
+                .collect()
+        },
+    )
 }
 
 pub async fn group_add(
@@ -365,47 +350,43 @@ pub async fn group_add(
     labels: &[String],
     profile: Option<&str>,
 ) -> anyhow::Result<()> {
-    let body =
-        serde_json::json!({"name": name, "labels": labels, "profile": profile.unwrap_or_default()});
-    let (status, v) = c.post(outpost_ota::SERVICE, "/group", &body).await?;
-    ok_or_message(status, v)?;
-    let g = c
-        .get(outpost_ota::SERVICE, &format!("/group/name/{}", enc(name)))
+    let body = Group {
+        name: name.to_string(),
+        labels: labels.to_vec(),
+        profile: profile.unwrap_or_default().to_string(),
+    };
+    c.call(reqwest::Method::POST, outpost_ota::SERVICE, "/group", &body)
         .await?;
-    let n = g["members"].as_array().map_or(0, Vec::len);
-    println!("created group {name} ({n} devices now)");
+    let g: GroupResponse = decode(
+        c.get(outpost_ota::SERVICE, &format!("/group/name/{}", enc(name)))
+            .await?,
+    )?;
+    println!("created group {name} ({} devices now)", g.members.len());
     Ok(())
 }
 
 pub async fn group_list(c: &Client, json: bool) -> anyhow::Result<()> {
     let v = c.get(outpost_ota::SERVICE, "/group/all").await?;
-    if json {
-        print_json(&v);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = v["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|g| {
-            vec![
-                g["name"].as_str().unwrap_or_default().to_string(),
-                joined(&g["labels"]),
-                g["profile"].as_str().unwrap_or_default().to_string(),
-                g["members"].to_string(),
-            ]
-        })
-        .collect();
-    table(&["GROUP", "LABELS", "PROFILE", "DEVICES"], &rows);
-    Ok(())
+    show_table(
+        v,
+        json,
+        &["GROUP", "LABELS", "PROFILE", "DEVICES"],
+        |all: MultiGroupsResponse| {
+            all.groups
+                .into_iter()
+                .map(|g| vec![g.name, g.labels.join(","), g.profile, g.members.to_string()])
+                .collect()
+        },
+    )
 }
 
 pub async fn group_show(c: &Client, name: &str) -> anyhow::Result<()> {
-    let v = c
-        .get(outpost_ota::SERVICE, &format!("/group/name/{}", enc(name)))
-        .await?;
-    for m in v["members"].as_array().into_iter().flatten() {
-        println!("{}", m.as_str().unwrap_or_default());
+    let g: GroupResponse = decode(
+        c.get(outpost_ota::SERVICE, &format!("/group/name/{}", enc(name)))
+            .await?,
+    )?;
+    for m in g.members {
+        println!("{m}");
     }
     Ok(())
 }

@@ -1,35 +1,29 @@
 //! `outpost services`: the registry's view of the node.
 
+use outpost_contracts::registry::MultiRegistrationsResponse;
+
 use super::client::Client;
-use super::table::{ago, print_json, s, table};
+use super::table::{ago, show_table};
 
 pub async fn services(c: &Client, json: bool) -> anyhow::Result<()> {
     let v = c.get(outpost_core_keeper::SERVICE, "/registry/all").await?;
-    if json {
-        print_json(&v);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = v["registrations"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|r| {
-            vec![
-                s(r, "serviceId"),
-                s(r, "status"),
-                format!("{}:{}", s(r, "host"), s(r, "port")),
-                r["healthCheck"]["type"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                ago(r["lastConnected"].as_i64().unwrap_or(0)),
-            ]
-        })
-        .collect();
-    table(
+    show_table(
+        v,
+        json,
         &["SERVICE", "STATUS", "ADDRESS", "CHECK", "LAST SEEN"],
-        &rows,
-    );
-    Ok(())
+        |all: MultiRegistrationsResponse| {
+            all.registrations
+                .into_iter()
+                .map(|r| {
+                    vec![
+                        r.service_id,
+                        r.status.as_str().to_string(),
+                        format!("{}:{}", r.host, r.port),
+                        r.health_check.kind,
+                        ago(r.last_connected),
+                    ]
+                })
+                .collect()
+        },
+    )
 }

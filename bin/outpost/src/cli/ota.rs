@@ -6,12 +6,16 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
+use outpost_contracts::common::SortedKeys;
+use outpost_contracts::ota::{
+    ArtifactRef, ArtifactUploaded, DeviceState, MultiArtifactsResponse, MultiRolloutsResponse,
+    NewRollout as RolloutRequest, Policy, RolloutState, RolloutView, Target, Window,
+};
 use outpost_ota::manifest::{Manifest, SigningKey};
-use serde_json::Value;
 use tokio::io::AsyncReadExt as _;
 
-use super::client::{Client, enc, ok_or_message};
-use super::table::{print_json, s, table};
+use super::client::{Client, decode, enc};
+use super::table::{cell, show, show_table, table};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -97,11 +101,16 @@ pub struct Upload {
 pub async fn upload(c: &Client, u: Upload) -> anyhow::Result<()> {
     let key = read_key(&u.key)?;
     let (sha256, size) = digest(&u.file).await?;
-    let manifest = serde_json::json!({
-        "name": u.name, "version": u.version, "compatible": u.compatible, "size": size,
-        "sha256": sha256, "payloadType": u.payload_type,
-    });
-    let bytes = serde_json::to_vec(&manifest)?;
+    let manifest = Manifest {
+        name: u.name,
+        version: u.version,
+        compatible: u.compatible,
+        size,
+        sha256,
+        payload_type: u.payload_type,
+    };
+    // Signed as manifests always were: with sorted keys.
+    let bytes = serde_json::to_vec(&SortedKeys(&manifest))?;
     Manifest::parse(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
     let signature = key.sign(&bytes);
 
@@ -124,7 +133,7 @@ pub async fn upload(c: &Client, u: Upload) -> anyhow::Result<()> {
             Err(e) => Some((Err(e), (f, p))),
         }
     });
-    let v = c
+    let answer = c
         .upload(
             outpost_ota::SERVICE,
             "/artifact",
@@ -136,13 +145,10 @@ pub async fn upload(c: &Client, u: Upload) -> anyhow::Result<()> {
             size,
         )
         .await?;
+    let up: ArtifactUploaded = decode(answer)?;
     println!(
         "uploaded {} {} ({} bytes, sha256 {}), signed by key {}",
-        s(&v, "name"),
-        s(&v, "version"),
-        v["size"],
-        s(&v, "sha256"),
-        s(&v, "keyId")
+        up.name, up.version, up.size, up.sha256, up.key_id
     );
     Ok(())
 }
@@ -207,40 +213,27 @@ impl Progress {
 
 pub async fn list(c: &Client, json: bool) -> anyhow::Result<()> {
     let v = c.get(outpost_ota::SERVICE, "/artifact/all").await?;
-    if json {
-        print_json(&v);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = v["artifacts"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|a| {
-            let m = &a["manifest"];
-            vec![
-                s(m, "name"),
-                s(m, "version"),
-                m["size"].to_string(),
-                m["compatible"]
-                    .as_array()
-                    .map(|c| {
-                        c.iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default(),
-                s(m, "sha256").chars().take(12).collect(),
-                s(a, "keyId"),
-            ]
-        })
-        .collect();
-    table(
+    show_table(
+        v,
+        json,
         &["NAME", "VERSION", "SIZE", "COMPATIBLE", "SHA256", "KEY"],
-        &rows,
-    );
-    Ok(())
+        |all: MultiArtifactsResponse| {
+            all.artifacts
+                .into_iter()
+                .map(|a| {
+                    let m = a.manifest;
+                    vec![
+                        m.name,
+                        m.version,
+                        m.size.to_string(),
+                        m.compatible.join(","),
+                        m.sha256.chars().take(12).collect(),
+                        a.key_id,
+                    ]
+                })
+                .collect()
+        },
+    )
 }
 
 /// `outpost ota rollout create`.
@@ -279,85 +272,96 @@ pub struct NewRollout {
 }
 
 pub async fn rollout_create(c: &Client, r: NewRollout) -> anyhow::Result<()> {
-    let mut policy = serde_json::Map::new();
+    // What is not given is the service's default.
+    let mut policy = Policy::default();
     if !r.phases.is_empty() {
-        policy.insert("phases".into(), serde_json::json!(r.phases));
+        policy.phases = r.phases;
     }
     if let Some(v) = r.success_percent {
-        policy.insert("successPercent".into(), v.into());
+        policy.success_percent = v;
     }
     if let Some(v) = r.failure_count {
-        policy.insert("failureCount".into(), v.into());
+        policy.failure_count = v;
     }
     if let Some(v) = r.failure_percent {
-        policy.insert("failurePercent".into(), v.into());
+        policy.failure_percent = v;
     }
     if let Some(v) = r.min_sample {
-        policy.insert("minSample".into(), v.into());
+        policy.min_sample = v;
     }
     if let Some(w) = &r.window {
         let (start, end) = w
             .split_once('-')
             .with_context(|| format!("--window '{w}' must be HH:MM-HH:MM (UTC)"))?;
-        policy.insert(
-            "window".into(),
-            serde_json::json!({"start": start, "end": end}),
-        );
+        policy.window = Some(Window {
+            start: start.to_string(),
+            end: end.to_string(),
+        });
     }
-    let body = serde_json::json!({
-        "name": r.name, "artifact": {"name": r.artifact, "version": r.version},
-        "target": {"devices": r.devices, "labels": r.labels, "group": r.group}, "policy": policy,
-    });
-    let (status, v) = c.post(outpost_ota::SERVICE, "/rollout", &body).await?;
-    let v = ok_or_message(status, v)?;
+    let body = RolloutRequest {
+        name: r.name,
+        artifact: ArtifactRef {
+            name: r.artifact,
+            version: r.version,
+        },
+        target: Target {
+            devices: r.devices,
+            labels: r.labels,
+            group: r.group,
+        },
+        policy,
+    };
+    let answer = c
+        .call(
+            reqwest::Method::POST,
+            outpost_ota::SERVICE,
+            "/rollout",
+            &body,
+        )
+        .await?;
+    let rollout: RolloutView = decode(answer)?;
     println!(
         "created rollout {} to {} devices",
-        s(&v, "name"),
-        v["devices"]
+        rollout.name, rollout.devices
     );
-    print_rollout(&v);
+    print_rollout(&rollout);
     Ok(())
 }
 
-fn print_rollout(v: &Value) {
-    let state = s(&v["status"], "state");
-    let reason = s(&v["status"], "reason");
+fn print_rollout(r: &RolloutView) {
+    let reason = match &r.status {
+        RolloutState::Paused { reason, .. } if !reason.is_empty() => format!(" ({reason})"),
+        _ => String::new(),
+    };
     println!(
-        "{} {} {}: {state}{}",
-        s(v, "name"),
-        s(&v["artifact"], "name"),
-        s(&v["artifact"], "version"),
-        if reason.is_empty() {
-            String::new()
-        } else {
-            format!(" ({reason})")
-        }
+        "{} {} {}: {}{reason}",
+        r.name,
+        r.artifact.name,
+        r.artifact.version,
+        r.status.name()
     );
-    let states = [
-        "waiting",
-        "offered",
-        "downloading",
-        "installing",
-        "succeeded",
-        "failed",
-        "rolledBack",
-        "canceled",
-    ];
+    let states: Vec<String> = DeviceState::ALL.iter().map(|s| s.name()).collect();
     let mut headers = vec!["PHASE", "PERCENT", "DEVICES"];
-    headers.extend(states.iter().copied());
-    let rows: Vec<Vec<String>> = v["phases"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    headers.extend(states.iter().map(String::as_str));
+    let rows: Vec<Vec<String>> = r
+        .phases
         .iter()
         .map(|p| {
-            let open = p["phase"].as_u64() <= v["openPhase"].as_u64();
+            let open = if p.phase <= r.open_phase {
+                " (open)"
+            } else {
+                ""
+            };
             let mut row = vec![
-                format!("{}{}", p["phase"], if open { " (open)" } else { "" }),
-                p["percent"].to_string(),
-                p["devices"].to_string(),
+                format!("{}{open}", p.phase),
+                cell(&p.percent),
+                p.devices.to_string(),
             ];
-            row.extend(states.iter().map(|st| p["counts"][*st].to_string()));
+            row.extend(
+                DeviceState::ALL
+                    .iter()
+                    .map(|st| p.counts.get(st).copied().unwrap_or(0).to_string()),
+            );
             row
         })
         .collect();
@@ -365,42 +369,39 @@ fn print_rollout(v: &Value) {
 }
 
 pub async fn rollout_status(c: &Client, name: Option<&str>, json: bool) -> anyhow::Result<()> {
-    let v = match name {
-        Some(n) => {
-            c.get(outpost_ota::SERVICE, &format!("/rollout/name/{}", enc(n)))
-                .await?
-        }
-        None => c.get(outpost_ota::SERVICE, "/rollout/all").await?,
-    };
-    if json {
-        print_json(&v);
-        return Ok(());
-    }
     match name {
-        Some(_) => print_rollout(&v),
+        Some(n) => {
+            let v = c
+                .get(outpost_ota::SERVICE, &format!("/rollout/name/{}", enc(n)))
+                .await?;
+            show(v, json, |r: RolloutView| {
+                print_rollout(&r);
+                Ok(())
+            })
+        }
         None => {
-            for r in v["rollouts"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
-                print_rollout(r);
-                println!();
-            }
+            let v = c.get(outpost_ota::SERVICE, "/rollout/all").await?;
+            show(v, json, |all: MultiRolloutsResponse| {
+                for r in &all.rollouts {
+                    print_rollout(r);
+                    println!();
+                }
+                Ok(())
+            })
         }
     }
-    Ok(())
 }
 
 pub async fn rollout_control(c: &Client, name: &str, action: &str) -> anyhow::Result<()> {
-    let (status, v) = c
-        .post(
+    let path = format!("/rollout/name/{}/{action}", enc(name));
+    let answer = c
+        .call(
+            reqwest::Method::POST,
             outpost_ota::SERVICE,
-            &format!("/rollout/name/{}/{action}", enc(name)),
+            &path,
             &serde_json::json!({}),
         )
         .await?;
-    let v = ok_or_message(status, v)?;
-    print_rollout(&v);
+    print_rollout(&decode(answer)?);
     Ok(())
 }

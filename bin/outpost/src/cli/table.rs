@@ -1,12 +1,43 @@
-//! What the CLI prints: aligned tables for people, JSON for scripts, and the small
-//! formatting helpers they share.
+//! What the CLI prints: an answer as JSON for scripts (`--json`: exactly what the service
+//! sent), or read as its type from outpost-contracts and shown to people, mostly as an
+//! aligned table; and the small formatting helpers they share.
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+use super::client::decode;
 
 pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Prints an answer: as it came with `--json`, otherwise read as `T` and shown by `human`.
+pub(crate) fn show<T: DeserializeOwned>(
+    answer: Value,
+    json: bool,
+    human: impl FnOnce(T) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if json {
+        print_json(&answer);
+        return Ok(());
+    }
+    human(decode(answer)?)
+}
+
+/// [`show`] as a table: `headers`, and the rows made of the answer.
+pub(crate) fn show_table<T: DeserializeOwned>(
+    answer: Value,
+    json: bool,
+    headers: &[&str],
+    rows: impl FnOnce(T) -> Vec<Vec<String>>,
+) -> anyhow::Result<()> {
+    show(answer, json, |t| {
+        table(headers, &rows(t));
+        Ok(())
+    })
 }
 
 /// Prints rows as an aligned table.
@@ -36,12 +67,19 @@ pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-pub(crate) fn s(v: &Value, key: &str) -> String {
-    match v.get(key) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
+/// A value as a cell: text as itself, nothing for null, anything else as its JSON
+/// (`1.0`, `true`); enums read as their wire names (`UNLOCKED`, `rolledBack`).
+pub(crate) fn cell<T: Serialize + ?Sized>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        Ok(Value::Null) | Err(_) => String::new(),
+        Ok(other) => other.to_string(),
     }
+}
+
+/// The field `key` of an untyped answer as a cell (see [`cell`]).
+pub(crate) fn s(v: &Value, key: &str) -> String {
+    v.get(key).map(cell).unwrap_or_default()
 }
 
 pub(crate) fn ago(millis: i64) -> String {
@@ -60,4 +98,35 @@ pub(crate) fn ago(millis: i64) -> String {
 pub(crate) fn time_of(nanos: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap_or(0));
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_read_as_the_json_they_came_from() {
+        assert_eq!(cell("text"), "text");
+        assert_eq!(cell(&None::<u64>), "");
+        assert_eq!(cell(&Some(1.0_f64)), "1.0");
+        assert_eq!(cell(&42_u32), "42");
+        assert_eq!(
+            cell(&outpost_contracts::metadata::AdminState::Unlocked),
+            "UNLOCKED"
+        );
+        assert_eq!(
+            cell(&outpost_contracts::ota::DeviceState::RolledBack),
+            "rolledBack"
+        );
+        let answer = serde_json::json!({"name": "n", "port": 59880, "gone": null});
+        assert_eq!(
+            [
+                s(&answer, "name"),
+                s(&answer, "port"),
+                s(&answer, "gone"),
+                s(&answer, "none")
+            ],
+            ["n", "59880", "", ""]
+        );
+    }
 }

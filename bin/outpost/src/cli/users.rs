@@ -1,8 +1,10 @@
 //! `outpost login|logout|whoami|user|apikey ...`: sessions, users and API keys, which live
 //! in the gateway.
 
+use serde_json::Value;
+
 use super::client::{Client, enc};
-use super::table::{ago, print_json, s, table};
+use super::table::{ago, s, show_table};
 
 pub async fn login(c: &Client, user: &str, password_stdin: bool) -> anyhow::Result<()> {
     let g = c.gateway()?;
@@ -57,27 +59,26 @@ pub async fn user_add(
     Ok(())
 }
 
+/// The list `key` of an untyped answer (the gateway's own answers have no contracts types).
+fn items<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    v.get(key)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// When an item was created: `created` is in seconds.
+fn created(item: &Value) -> String {
+    ago(item.get("created").and_then(Value::as_i64).unwrap_or(0) * 1000)
+}
+
 pub async fn user_list(c: &Client, json: bool) -> anyhow::Result<()> {
     let v = c.own(reqwest::Method::GET, "/auth/user", None).await?;
-    if json {
-        print_json(&v);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = v["users"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|u| {
-            vec![
-                s(u, "username"),
-                s(u, "role"),
-                ago(u["created"].as_i64().unwrap_or(0) * 1000),
-            ]
-        })
-        .collect();
-    table(&["USER", "ROLE", "CREATED"], &rows);
-    Ok(())
+    show_table(v, json, &["USER", "ROLE", "CREATED"], |v: Value| {
+        items(&v, "users")
+            .iter()
+            .map(|u| vec![s(u, "username"), s(u, "role"), created(u)])
+            .collect()
+    })
 }
 
 pub async fn user_rm(c: &Client, name: &str) -> anyhow::Result<()> {
@@ -118,32 +119,30 @@ pub async fn apikey_create(c: &Client, name: &str, role: &str) -> anyhow::Result
 
 pub async fn apikey_list(c: &Client, json: bool) -> anyhow::Result<()> {
     let v = c.own(reqwest::Method::GET, "/auth/apikey", None).await?;
-    if json {
-        print_json(&v);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = v["apiKeys"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|k| {
-            vec![
-                s(k, "id"),
-                s(k, "name"),
-                s(k, "role"),
-                s(k, "owner"),
-                ago(k["created"].as_i64().unwrap_or(0) * 1000),
-                if k.get("revoked").is_some_and(|r| !r.is_null()) {
-                    "revoked".into()
-                } else {
-                    "active".into()
-                },
-            ]
-        })
-        .collect();
-    table(&["ID", "NAME", "ROLE", "OWNER", "CREATED", "STATE"], &rows);
-    Ok(())
+    show_table(
+        v,
+        json,
+        &["ID", "NAME", "ROLE", "OWNER", "CREATED", "STATE"],
+        |v: Value| {
+            items(&v, "apiKeys")
+                .iter()
+                .map(|k| {
+                    vec![
+                        s(k, "id"),
+                        s(k, "name"),
+                        s(k, "role"),
+                        s(k, "owner"),
+                        created(k),
+                        if k.get("revoked").is_some_and(|r| !r.is_null()) {
+                            "revoked".into()
+                        } else {
+                            "active".into()
+                        },
+                    ]
+                })
+                .collect()
+        },
+    )
 }
 
 pub async fn apikey_revoke(c: &Client, id: &str) -> anyhow::Result<()> {
