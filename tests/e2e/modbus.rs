@@ -4,41 +4,14 @@
 //! batched, a Modbus exception is a clear error that leaves the other devices alone, and a
 //! server that goes away takes its device DOWN and back UP when it returns.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use outpost_testkit::modbus::{self, BLOCK, Server as ModbusServer};
 use serde_json::{Value, json};
 
 use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// The interpreter with pymodbus that `scripts/setup.sh --test` installs.
-fn python() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let python = root.join("target/peers/pymodbus/bin/python");
-    assert!(
-        python.exists(),
-        "pymodbus is not installed ({} is missing): run scripts/setup.sh --test",
-        python.display()
-    );
-    python
-}
-
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/modbus_server.py")
-}
-
-/// What the device command Block reads from the server's register map, in order.
-const BLOCK: [&str; 6] = [
-    "-1234",
-    "305419896",
-    "2.15e+01",
-    "2.35e+01",
-    "-5000000000",
-    "-5e-01",
-];
 
 /// The values of a command's event, in order.
 fn values(answer: &Value) -> Vec<&str> {
@@ -50,163 +23,10 @@ fn values(answer: &Value) -> Vec<&str> {
         .collect()
 }
 
-/// A pymodbus TCP server with the register map of `modbus_server.py`, killed on drop.
-struct ModbusServer {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl ModbusServer {
-    fn start() -> Self {
-        Self::start_on(free_port())
-    }
-
-    /// Starts the server and waits until it listens (it prints "ready").
-    fn start_on(port: u16) -> Self {
-        let (child, _) = spawn(&["serve", "--port", &port.to_string()]);
-        Self {
-            child: Some(child),
-            port,
-        }
-    }
-
-    /// An RTU server on a serial line of two linked pseudo-terminals; returns the path of
-    /// the client's end.
-    fn start_rtu() -> (Self, String) {
-        let (child, path) = spawn(&["serve-rtu"]);
-        let server = Self {
-            child: Some(child),
-            port: 0,
-        };
-        (server, path)
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Reads the server's own table as an independent Modbus client: `{"values": [...]}`.
-    fn read(&self, table: &str, address: u16, count: u16) -> Value {
-        let (port, address, count) = (
-            self.port.to_string(),
-            address.to_string(),
-            count.to_string(),
-        );
-        let mut client = Command::new(python());
-        client
-            .arg(script())
-            .args(["read", "--port", &port, "--table", table]);
-        client.args(["--address", &address, "--count", &count]);
-        let out = run_ok(&mut client, "the pymodbus client");
-        serde_json::from_slice(&out.stdout).expect("client output")
-    }
-}
-
-/// Runs the peer script with `args` until it prints "ready ..."; returns what follows.
-fn spawn(args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(python())
-        .arg(script())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the pymodbus server");
-    let rx = lines_of(&mut child);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(l) => {
-                if let Some(rest) = l.strip_prefix("ready") {
-                    return (child, rest.trim().to_string());
-                }
-            }
-            Err(_) => {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("the pymodbus server exited with {status}");
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "the pymodbus server did not start"
-                );
-            }
-        }
-    }
-}
-
-impl Drop for ModbusServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 fn node_config() -> String {
     // Quick reconnects, so the device is seen UP soon after its server returns.
     "[device_modbus]\nenabled = true\n[device_modbus.driver]\nreconnect_backoff_max_ms = 300\n"
         .to_string()
-}
-
-fn res(name: &str, vt: &str, rw: &str, attrs: Value) -> Value {
-    json!({"name": name, "properties": {"valueType": vt, "readWrite": rw}, "attributes": attrs})
-}
-
-fn hr(address: Value) -> Value {
-    json!({"primaryTable": "HOLDING_REGISTERS", "startingAddress": address})
-}
-
-/// A PLC profile with EdgeX device-modbus attributes over the server's register map.
-fn plc_profile() -> Value {
-    let mut scaled = res(
-        "ScaledTemp",
-        "Float32",
-        "R",
-        json!({"primaryTable": "HOLDING_REGISTERS", "startingAddress": "5", "rawType": "Int16"}),
-    );
-    scaled["properties"]["scale"] = json!("0.1");
-    scaled["properties"]["units"] = json!("C");
-    let ops = |names: &[&str]| -> Value {
-        names
-            .iter()
-            .map(|n| json!({"deviceResource": n}))
-            .collect::<Vec<_>>()
-            .into()
-    };
-    json!([{"apiVersion": "v3", "profile": {
-        "name": "ModbusPLC", "manufacturer": "Outpost", "model": "pymodbus",
-        "deviceResources": [
-            res("Int16Value", "Int16", "R", hr(json!(0))),
-            res("Uint32Swapped", "Uint32", "R", json!({"primaryTable": "HOLDING_REGISTERS", "startingAddress": 1, "isWordSwap": true})),
-            res("Float32Value", "Float32", "R", hr(json!(3))),
-            scaled,
-            res("Int64Value", "Int64", "R", hr(json!("6"))),
-            res("Float64Value", "Float64", "R", hr(json!(10))),
-            res("Name", "String", "R", json!({"primaryTable": "HOLDING_REGISTERS", "startingAddress": 20, "stringRegisterSize": 4})),
-            res("Setpoint", "Uint16", "RW", hr(json!(30))),
-            res("Level", "Float32", "RW", hr(json!(31))),
-            res("Alarm", "Bool", "RW", hr(json!("40.3"))),
-            res("InputCount", "Uint16", "R", json!({"primaryTable": "INPUT_REGISTERS", "startingAddress": 0})),
-            res("Running", "Bool", "RW", json!({"primaryTable": "COILS", "startingAddress": 0})),
-            res("DoorOpen", "Bool", "R", json!({"primaryTable": "DISCRETES_INPUT", "startingAddress": 0}))
-        ],
-        "deviceCommands": [
-            {"name": "Block", "readWrite": "R", "resourceOperations":
-                ops(&["Int16Value", "Uint32Swapped", "Float32Value", "ScaledTemp", "Int64Value", "Float64Value"])},
-            {"name": "Telemetry", "readWrite": "R", "resourceOperations":
-                ops(&["Int16Value", "Uint32Swapped", "Float32Value", "ScaledTemp", "Int64Value",
-                      "Float64Value", "Name", "Alarm", "InputCount", "Running", "DoorOpen"])},
-            {"name": "Settings", "readWrite": "RW", "resourceOperations": ops(&["Setpoint", "Level"])}
-        ]
-    }}])
-}
-
-/// A profile whose only resource is at an address the server does not have.
-fn broken_profile() -> Value {
-    json!([{"apiVersion": "v3", "profile": {
-        "name": "ModbusBroken",
-        "deviceResources": [res("Missing", "Int16", "R", hr(json!(9000)))]
-    }}])
 }
 
 fn device(name: &str, profile: &str, port: u16, auto_events: Value) -> Value {
@@ -228,8 +48,14 @@ async fn add(node: &Node, path: &str, body: &Value) {
 /// Waits for device-modbus in metadata, then adds the profiles.
 async fn setup(node: &Node) {
     node.wait_device_service("device-modbus").await;
-    add(node, "deviceprofile", &plc_profile()).await;
-    add(node, "deviceprofile", &broken_profile()).await;
+    for profile in [modbus::plc_profile(), modbus::broken_profile()] {
+        add(
+            node,
+            "deviceprofile",
+            &json!([{"apiVersion": "v3", "profile": profile}]),
+        )
+        .await;
+    }
 }
 
 async fn latest(node: &Node, device: &str, resource: &str) -> Option<Value> {

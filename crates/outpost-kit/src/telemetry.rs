@@ -104,6 +104,47 @@ pub fn intern(name: String) -> &'static str {
     kept
 }
 
+/// Declares a service's metric names, each once with its name and documentation: a struct
+/// of `&'static str` fields and `new(&ctx)`, which makes every name in the service's
+/// namespace (`outpost_<service>_<name>`, kept for the process, so recording one costs no
+/// allocation).
+///
+/// ```ignore
+/// outpost_kit::metric_names! {
+///     /// What the sender counts.
+///     pub struct Metrics {
+///         /// Items sent, by destination.
+///         sent = "items_sent_total",
+///     }
+/// }
+/// let m = Metrics::new(&ctx);
+/// metrics::counter!(m.sent, "destination" => name).increment(1);
+/// ```
+#[macro_export]
+macro_rules! metric_names {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $($(#[$fmeta:meta])* $field:ident = $metric:literal),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy)]
+        $vis struct $name {
+            $($(#[$fmeta])* pub $field: &'static str,)*
+        }
+
+        impl $name {
+            /// The names in the namespace of `ctx`'s service.
+            pub fn new(ctx: &$crate::Context) -> Self {
+                Self {
+                    $($field: ctx.metric_static($metric),)*
+                }
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -19,11 +19,16 @@ pub struct Client {
 impl Client {
     /// Connects as `client_id`.
     pub async fn connect(url: &str, client_id: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
         let cfg = BusConfig {
             url: url.to_string(),
             ..BusConfig::default()
         };
+        Self::connect_with(cfg, client_id).await
+    }
+
+    /// Connects as `client_id` with the bus configuration `cfg` (its credentials, say).
+    pub async fn connect_with(cfg: BusConfig, client_id: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
         let bus = within(
             &format!("{client_id} connects"),
             Bus::connect(

@@ -25,6 +25,7 @@ pub mod bus;
 pub mod device;
 pub mod firmware;
 pub mod metadata;
+pub mod modbus;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -111,6 +112,19 @@ impl TestContext {
     /// The same context, on the bus at `url` (a [`Mosquitto`]'s).
     pub fn with_bus(mut self, url: &str) -> Self {
         Arc::make_mut(&mut self.ctx.common).bus.url = url.to_string();
+        self
+    }
+
+    /// The same context, logging in to the bus as the node's services do, with the bus
+    /// token of the node whose data dir is `node_dir` (an embedded broker's).
+    pub fn with_bus_token_of(mut self, node_dir: &std::path::Path) -> Self {
+        let bus = &mut Arc::make_mut(&mut self.ctx.common).bus;
+        bus.username = outpost_bus::INTERNAL_USER.to_string();
+        bus.password_file = Some(
+            node_dir
+                .join("secrets")
+                .join(format!("{}.token", outpost_bus::INTERNAL_SECRET)),
+        );
         self
     }
 

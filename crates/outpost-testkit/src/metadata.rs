@@ -6,7 +6,7 @@ use outpost_contracts::metadata::DeviceProfile;
 use outpost_core_metadata::CoreMetadata;
 use serde_json::{Value, json};
 
-use crate::{Drive, Served, Service, context, within};
+use crate::{Drive, Served, Service, TestContext, context, within};
 
 /// The example Thermostat profile: Temperature (Float64, R), Humidity (Uint8, R), Setpoint
 /// (Float64, RW, 5 to 35) and the read-only device command Climate.
@@ -15,11 +15,22 @@ pub const THERMOSTAT: &str = include_str!("../../../examples/thermostat.yaml");
 /// core-metadata built as the node builds it, on the broker at `bus` (none: a bus
 /// nowhere), served on a free port.
 pub async fn serve(bus: Option<&str>) -> (Service, Served) {
+    serve_at(bus, 0).await
+}
+
+/// core-metadata as [`serve`] starts it, on `port` of loopback (0: a free one), for
+/// services that must know its address before it runs.
+pub async fn serve_at(bus: Option<&str>, port: u16) -> (Service, Served) {
     let test = context("core-metadata", &[]);
     let test = match bus {
         Some(url) => test.with_bus(url),
         None => test.off_bus(),
     };
+    serve_in(test, port).await
+}
+
+/// core-metadata in the context `test`, served on `port` of loopback (0: a free one).
+pub async fn serve_in(test: TestContext, port: u16) -> (Service, Served) {
     let md = within(
         "core-metadata builds",
         Service::build_in::<CoreMetadata>(test, outpost_core_metadata::Config::default()),
@@ -27,7 +38,7 @@ pub async fn serve(bus: Option<&str>) -> (Service, Served) {
     .await;
     let served = within(
         "core-metadata serves",
-        md.serve_at(([127, 0, 0, 1], 0).into()),
+        md.serve_at(([127, 0, 0, 1], port).into()),
     )
     .await;
     (md, served)

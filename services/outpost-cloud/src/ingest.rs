@@ -74,13 +74,16 @@ impl From<IngestError> for ApiError {
     }
 }
 
-/// The names of ingest's metrics.
-pub struct Metrics {
-    pub batches: &'static str,
-    pub accepted: &'static str,
-    pub duplicates: &'static str,
-    pub rejected: &'static str,
-    pub refused: &'static str,
+outpost_kit::metric_names! {
+    /// What ingest counts (`outpost_cloud_*`).
+    pub struct Metrics {
+        batches = "batches_total",
+        accepted = "items_accepted_total",
+        duplicates = "items_duplicate_total",
+        rejected = "items_rejected_total",
+        /// Batches refused whole (not enrolled, too large, unreadable).
+        refused = "batches_refused_total",
+    }
 }
 
 pub struct Ingest {

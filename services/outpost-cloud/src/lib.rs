@@ -99,13 +99,7 @@ impl outpost_kit::Service for Cloud {
                 store: Arc::clone(&store),
                 max_body_bytes: cfg.max_body_bytes,
                 max_batch_bytes: cfg.max_batch_bytes,
-                metrics: ingest::Metrics {
-                    batches: ctx.metric_static("batches_total"),
-                    accepted: ctx.metric_static("items_accepted_total"),
-                    duplicates: ctx.metric_static("items_duplicate_total"),
-                    rejected: ctx.metric_static("items_rejected_total"),
-                    refused: ctx.metric_static("batches_refused_total"),
-                },
+                metrics: ingest::Metrics::new(ctx),
             },
             enroller: enroll::Enroller {
                 store: Arc::clone(&store),

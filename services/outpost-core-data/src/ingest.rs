@@ -34,13 +34,15 @@ const DRAIN_QUIET: Duration = Duration::from_millis(300);
 /// Longest drain when messages keep coming.
 const DRAIN_MAX: Duration = Duration::from_secs(10);
 
-/// Metric names of the ingest path.
-#[derive(Debug, Clone)]
-pub struct IngestMetrics {
-    pub events: String,
-    pub readings: String,
-    pub duplicates: String,
-    pub rejected: String,
+outpost_kit::metric_names! {
+    /// Metric names of the ingest path.
+    pub struct IngestMetrics {
+        events = "events_persisted_total",
+        readings = "readings_persisted_total",
+        duplicates = "events_duplicate_total",
+        /// Events refused, by reason.
+        rejected = "events_rejected_total",
+    }
 }
 
 /// What ingest shares with the REST path.
@@ -67,7 +69,7 @@ impl Ingest {
 
     /// Counts and logs (rate-limited) a refused event.
     pub fn rejected(&self, rej: &Rejection, origin: &str) {
-        metrics::counter!(self.metrics.rejected.clone(), "reason" => rej.reason).increment(1);
+        metrics::counter!(self.metrics.rejected, "reason" => rej.reason).increment(1);
         if let Some(suppressed) = self.log.check(rej.reason) {
             tracing::warn!(
                 reason = rej.reason,
@@ -101,10 +103,10 @@ impl Ingest {
                 }
             }
         }
-        metrics::counter!(self.metrics.events.clone()).increment(stored);
-        metrics::counter!(self.metrics.readings.clone()).increment(readings);
+        metrics::counter!(self.metrics.events).increment(stored);
+        metrics::counter!(self.metrics.readings).increment(readings);
         if dups > 0 {
-            metrics::counter!(self.metrics.duplicates.clone()).increment(dups);
+            metrics::counter!(self.metrics.duplicates).increment(dups);
         }
     }
 }

@@ -40,13 +40,7 @@ pub fn open(
     db: outpost_storage::Db,
     view: MetadataView,
 ) -> Result<Arc<ingest::Ingest>, store::StoreError> {
-    let store = sqlite::SqliteEventStore::start(
-        db,
-        sqlite::WriterMetrics {
-            batch_events: ctx.metric("commit_batch_events"),
-            commit_seconds: ctx.metric("commit_duration_seconds"),
-        },
-    )?;
+    let store = sqlite::SqliteEventStore::start(db, sqlite::WriterMetrics::new(ctx))?;
     let validator = validate::Validator::new(
         cfg.validate_events,
         view,
@@ -55,12 +49,7 @@ pub fn open(
     Ok(Arc::new(ingest::Ingest::new(
         Arc::new(store),
         Arc::new(validator),
-        ingest::IngestMetrics {
-            events: ctx.metric("events_persisted_total"),
-            readings: ctx.metric("readings_persisted_total"),
-            duplicates: ctx.metric("events_duplicate_total"),
-            rejected: ctx.metric("events_rejected_total"),
-        },
+        ingest::IngestMetrics::new(ctx),
     )))
 }
 

@@ -147,11 +147,13 @@ pub struct SqliteEventStore {
     _writer: JoinOnDrop,
 }
 
-/// Metric names the writer records.
-#[derive(Debug, Clone)]
-pub struct WriterMetrics {
-    pub batch_events: String,
-    pub commit_seconds: String,
+outpost_kit::metric_names! {
+    /// Metric names of the writer thread.
+    pub struct WriterMetrics {
+        /// Events per committed batch.
+        batch_events = "commit_batch_events",
+        commit_seconds = "commit_duration_seconds",
+    }
 }
 
 impl SqliteEventStore {
@@ -332,8 +334,8 @@ impl Writer {
             Ok(outcomes) => {
                 self.committed();
                 self.set_failing(None);
-                metrics::histogram!(self.metrics.batch_events.clone()).record(total as f64);
-                metrics::histogram!(self.metrics.commit_seconds.clone())
+                metrics::histogram!(self.metrics.batch_events).record(total as f64);
+                metrics::histogram!(self.metrics.commit_seconds)
                     .record(started.elapsed().as_secs_f64());
                 for ((_, reply), out) in batch.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(out));

@@ -24,24 +24,12 @@ struct Fixture {
 fn fixture() -> Fixture {
     let db = outpost_testkit::temp_db("core-data", MIGRATIONS, 2);
     let test = outpost_testkit::context("core-data", &[]);
-    let store = SqliteEventStore::start(
-        db.db.clone(),
-        WriterMetrics {
-            batch_events: "b".into(),
-            commit_seconds: "c".into(),
-        },
-    )
-    .unwrap();
+    let store = SqliteEventStore::start(db.db.clone(), WriterMetrics::new(&test.ctx)).unwrap();
     let view = MetadataView::without_events(&test.ctx, ViewConfig::default());
     let ingest = Ingest::new(
         Arc::new(store),
         Arc::new(Validator::new(false, view, "s".into())),
-        IngestMetrics {
-            events: "e".into(),
-            readings: "r".into(),
-            duplicates: "d".into(),
-            rejected: "x".into(),
-        },
+        IngestMetrics::new(&test.ctx),
     );
     let app = Arc::new(App {
         ingest: Arc::new(ingest),

@@ -499,3 +499,6 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod service_tests;

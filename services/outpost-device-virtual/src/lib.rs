@@ -347,3 +347,6 @@ impl Driver for Virtual {
 
 /// The service, as the node runs it.
 pub type DeviceVirtual = outpost_device_sdk::Adapter<VirtualConfig>;
+
+#[cfg(test)]
+mod tests;

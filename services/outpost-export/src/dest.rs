@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 pub use outpost_contracts::export::SendState;
-use outpost_kit::{Check, Context};
+use outpost_kit::Check;
 use outpost_queue::{Counters, Priority, Queue, QueueError};
 
 use crate::config::{self, Destination, topic_matches};
@@ -17,33 +17,23 @@ pub fn now_ms() -> u64 {
     u64::try_from(outpost_contracts::now_millis()).unwrap_or(0)
 }
 
-/// The service's metric names (`outpost_export_*`).
-#[derive(Debug, Clone, Copy)]
-pub struct Metrics {
-    pub items: &'static str,
-    pub bytes: &'static str,
-    pub oldest: &'static str,
-    pub appended: &'static str,
-    pub sent: &'static str,
-    pub wire: &'static str,
-    pub failures: &'static str,
-    pub dropped: &'static str,
-    pub dead: &'static str,
-}
-
-impl Metrics {
-    pub fn new(ctx: &Context) -> Self {
-        Self {
-            items: ctx.metric_static("queue_items"),
-            bytes: ctx.metric_static("queue_bytes"),
-            oldest: ctx.metric_static("queue_oldest_age_seconds"),
-            appended: ctx.metric_static("items_queued_total"),
-            sent: ctx.metric_static("items_sent_total"),
-            wire: ctx.metric_static("wire_bytes_total"),
-            failures: ctx.metric_static("send_failures_total"),
-            dropped: ctx.metric_static("items_dropped_total"),
-            dead: ctx.metric_static("items_dead_lettered_total"),
-        }
+outpost_kit::metric_names! {
+    /// The service's metric names (`outpost_export_*`), by destination.
+    pub struct Metrics {
+        /// Items in the queue.
+        items = "queue_items",
+        /// Bytes the queue holds.
+        bytes = "queue_bytes",
+        oldest = "queue_oldest_age_seconds",
+        appended = "items_queued_total",
+        sent = "items_sent_total",
+        /// Bytes sent, compressed.
+        wire = "wire_bytes_total",
+        /// Failed sends, by kind (transient, permanent).
+        failures = "send_failures_total",
+        /// Items dropped, by cause (overflow, ttl, too-large).
+        dropped = "items_dropped_total",
+        dead = "items_dead_lettered_total",
     }
 }
 

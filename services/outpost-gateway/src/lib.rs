@@ -180,17 +180,7 @@ impl outpost_kit::Service for Gateway {
                 });
         }
 
-        let m = stats::Metrics {
-            requests: ctx.metric_static("requests_total"),
-            duration: ctx.metric_static("request_duration_seconds"),
-            upstream_requests: ctx.metric_static("upstream_requests_total"),
-            upstream_duration: ctx.metric_static("upstream_duration_seconds"),
-            cache: ctx.metric_static("cache_total"),
-            rate_limited: ctx.metric_static("rate_limited_total"),
-            retries: ctx.metric_static("retries_total"),
-            auth_failures: ctx.metric_static("auth_failures_total"),
-            access_log_dropped: ctx.metric_static("access_log_dropped_total"),
-        };
+        let m = stats::Metrics::new(ctx);
         let access = match cfg.access_log.as_str() {
             "" => access::AccessLog::off(),
             "-" => access::AccessLog::node_log(),

@@ -5,18 +5,23 @@ use http::StatusCode;
 
 use crate::tally;
 
-/// Metric names, made once at start and kept for the life of the process (a metric
-/// macro given a `&'static str` name does not allocate per request).
-pub struct Metrics {
-    pub requests: &'static str,
-    pub duration: &'static str,
-    pub upstream_requests: &'static str,
-    pub upstream_duration: &'static str,
-    pub cache: &'static str,
-    pub rate_limited: &'static str,
-    pub retries: &'static str,
-    pub auth_failures: &'static str,
-    pub access_log_dropped: &'static str,
+outpost_kit::metric_names! {
+    /// Metric names, made once at start and kept for the life of the process (a metric
+    /// macro given a `&'static str` name does not allocate per request).
+    pub struct Metrics {
+        /// Requests by route, method and status class.
+        requests = "requests_total",
+        duration = "request_duration_seconds",
+        /// Requests to upstream instances, by instance and status class.
+        upstream_requests = "upstream_requests_total",
+        upstream_duration = "upstream_duration_seconds",
+        /// Cache lookups, by result (hit, miss, stale).
+        cache = "cache_total",
+        rate_limited = "rate_limited_total",
+        retries = "retries_total",
+        auth_failures = "auth_failures_total",
+        access_log_dropped = "access_log_dropped_total",
+    }
 }
 
 /// A status class label.

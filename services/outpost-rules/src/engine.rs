@@ -83,13 +83,17 @@ impl Pipeline {
     }
 }
 
-/// The names of the engine's metrics (counted per pipeline).
-pub struct Metrics {
-    pub readings_in: &'static str,
-    pub readings_out: &'static str,
-    pub alerts: &'static str,
-    pub late: &'static str,
-    pub skipped: &'static str,
+outpost_kit::metric_names! {
+    /// The names of the engine's metrics (counted per pipeline).
+    pub struct Metrics {
+        readings_in = "readings_in_total",
+        readings_out = "readings_out_total",
+        alerts = "alerts_total",
+        /// Readings for a window already closed.
+        late = "readings_late_total",
+        /// Readings whose value is not a number.
+        skipped = "readings_not_numeric_total",
+    }
 }
 
 /// What leaves a pipeline for one device after one input.

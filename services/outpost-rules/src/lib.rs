@@ -59,13 +59,7 @@ impl outpost_kit::Service for Rules {
             cfg.pipelines.clone(),
             stored,
             ctx.common.bus.base_topic.clone(),
-            engine::Metrics {
-                readings_in: ctx.metric_static("readings_in_total"),
-                readings_out: ctx.metric_static("readings_out_total"),
-                alerts: ctx.metric_static("alerts_total"),
-                late: ctx.metric_static("readings_late_total"),
-                skipped: ctx.metric_static("readings_not_numeric_total"),
-            },
+            engine::Metrics::new(ctx),
         ));
         tracing::info!(pipelines = engine.pipelines().len(), "rules loaded");
         {

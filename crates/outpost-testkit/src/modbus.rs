@@ -1,0 +1,209 @@
+//! A real Modbus peer: pymodbus (`tests/peers/modbus_server.py`, its own process), with the
+//! register map that script documents. `scripts/setup.sh --test` installs its interpreter.
+
+use std::io::BufRead as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::{WAIT, free_port};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The interpreter with pymodbus.
+fn python() -> PathBuf {
+    let python = root().join("target/peers/pymodbus/bin/python");
+    assert!(
+        python.exists(),
+        "pymodbus is not installed ({} is missing): run scripts/setup.sh --test",
+        python.display()
+    );
+    python
+}
+
+fn script() -> PathBuf {
+    root().join("tests/peers/modbus_server.py")
+}
+
+/// What reading holding registers 0-13 as the script's types yields, in order (the
+/// device command `Block` of the tests' PLC profile).
+pub const BLOCK: [&str; 6] = [
+    "-1234",
+    "305419896",
+    "2.15e+01",
+    "2.35e+01",
+    "-5000000000",
+    "-5e-01",
+];
+
+fn res(name: &str, vt: &str, rw: &str, attrs: Value) -> Value {
+    json!({"name": name, "properties": {"valueType": vt, "readWrite": rw}, "attributes": attrs})
+}
+
+fn hr(address: Value) -> Value {
+    json!({"primaryTable": "HOLDING_REGISTERS", "startingAddress": address})
+}
+
+/// A PLC profile with EdgeX device-modbus attributes over the server's register map.
+pub fn plc_profile() -> Value {
+    let mut scaled = res(
+        "ScaledTemp",
+        "Float32",
+        "R",
+        json!({"primaryTable": "HOLDING_REGISTERS", "startingAddress": "5", "rawType": "Int16"}),
+    );
+    scaled["properties"]["scale"] = json!("0.1");
+    scaled["properties"]["units"] = json!("C");
+    let ops = |names: &[&str]| -> Value {
+        names
+            .iter()
+            .map(|n| json!({"deviceResource": n}))
+            .collect::<Vec<_>>()
+            .into()
+    };
+    json!({
+        "name": "ModbusPLC", "manufacturer": "Outpost", "model": "pymodbus",
+        "deviceResources": [
+            res("Int16Value", "Int16", "R", hr(json!(0))),
+            res("Uint32Swapped", "Uint32", "R", json!({"primaryTable": "HOLDING_REGISTERS", "startingAddress": 1, "isWordSwap": true})),
+            res("Float32Value", "Float32", "R", hr(json!(3))),
+            scaled,
+            res("Int64Value", "Int64", "R", hr(json!("6"))),
+            res("Float64Value", "Float64", "R", hr(json!(10))),
+            res("Name", "String", "R", json!({"primaryTable": "HOLDING_REGISTERS", "startingAddress": 20, "stringRegisterSize": 4})),
+            res("Setpoint", "Uint16", "RW", hr(json!(30))),
+            res("Level", "Float32", "RW", hr(json!(31))),
+            res("Alarm", "Bool", "RW", hr(json!("40.3"))),
+            res("InputCount", "Uint16", "R", json!({"primaryTable": "INPUT_REGISTERS", "startingAddress": 0})),
+            res("Running", "Bool", "RW", json!({"primaryTable": "COILS", "startingAddress": 0})),
+            res("DoorOpen", "Bool", "R", json!({"primaryTable": "DISCRETES_INPUT", "startingAddress": 0}))
+        ],
+        "deviceCommands": [
+            {"name": "Block", "readWrite": "R", "resourceOperations":
+                ops(&["Int16Value", "Uint32Swapped", "Float32Value", "ScaledTemp", "Int64Value", "Float64Value"])},
+            {"name": "Telemetry", "readWrite": "R", "resourceOperations":
+                ops(&["Int16Value", "Uint32Swapped", "Float32Value", "ScaledTemp", "Int64Value",
+                      "Float64Value", "Name", "Alarm", "InputCount", "Running", "DoorOpen"])},
+            {"name": "Settings", "readWrite": "RW", "resourceOperations": ops(&["Setpoint", "Level"])}
+        ]
+    })
+}
+
+/// A profile whose only resource is at an address the server does not have.
+pub fn broken_profile() -> Value {
+    json!({
+        "name": "ModbusBroken",
+        "deviceResources": [res("Missing", "Int16", "R", hr(json!(9000)))]
+    })
+}
+
+/// A pymodbus server with the script's register map, killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    /// Its TCP port (0 for an RTU server).
+    pub port: u16,
+}
+
+impl Server {
+    /// A TCP server on a free port.
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// A TCP server on `port`, once it listens.
+    pub fn start_on(port: u16) -> Self {
+        let (child, _) = spawn(&["serve", "--port", &port.to_string()]);
+        Self {
+            child: Some(child),
+            port,
+        }
+    }
+
+    /// An RTU server on a serial line of two linked pseudo-terminals; returns the path of
+    /// the client's end.
+    pub fn start_rtu() -> (Self, String) {
+        let (child, path) = spawn(&["serve-rtu"]);
+        let server = Self {
+            child: Some(child),
+            port: 0,
+        };
+        (server, path)
+    }
+
+    /// Kills the server.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Reads the server's own table as an independent Modbus client: `{"values": [...]}`.
+    pub fn read(&self, table: &str, address: u16, count: u16) -> Value {
+        let out = Command::new(python())
+            .arg(script())
+            .args(["read", "--port", &self.port.to_string(), "--table", table])
+            .args(["--address", &address.to_string()])
+            .args(["--count", &count.to_string()])
+            .output()
+            .expect("the pymodbus client runs");
+        assert!(
+            out.status.success(),
+            "the pymodbus client: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("client output")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs the script with `args` until it prints "ready ..."; returns what follows.
+fn spawn(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(python())
+        .arg(script())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the pymodbus server");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(l) => {
+                if let Some(rest) = l.strip_prefix("ready") {
+                    return (child, rest.trim().to_string());
+                }
+            }
+            Err(_) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("the pymodbus server exited with {status}");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the pymodbus server did not start"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The gateway as the node builds it, over real TLS with the node CA it creates, in front of
+//! the real core-metadata: what is public, what needs a token, login, proxying with the
+//! request ID, and what it refuses.
+
+use outpost_gateway::{Config, Gateway};
+use outpost_testkit::{Service, WAIT, context, free_port, metadata, until, within};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+struct Front {
+    gw: Service,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Front {
+    async fn start() -> (Self, outpost_testkit::Served) {
+        let (_md, md_at) = metadata::serve(None).await;
+        let test = context("gateway", &[("core-metadata", md_at.url())]).off_bus();
+        let port = free_port();
+        let cfg = Config {
+            listen: ([127, 0, 0, 1], port).into(),
+            port: free_port(),
+            access_log: String::new(),
+            // Cached reads are fresh for a second, then served only when core-metadata fails.
+            cache_ttl_s: 1,
+            ..Config::default()
+        };
+        let gw = within(
+            "the gateway builds",
+            Service::build_in::<Gateway>(test, cfg),
+        )
+        .await;
+        let ca = std::fs::read_to_string(gw.test.ctx.data_dir.join("tls/ca.pem")).expect("CA");
+        let tls = outpost_pki::client_config(&ca, None).expect("client TLS");
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(std::time::Duration::from_secs(10))
+            .no_proxy()
+            .build()
+            .expect("client");
+        let front = Self {
+            gw,
+            base: format!("https://localhost:{port}"),
+            http,
+        };
+        until("the gateway listens", WAIT, async || {
+            front
+                .call(Method::GET, "/api/v3/ping", None, None)
+                .await
+                .ok()
+        })
+        .await;
+        (front, md_at)
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let mut rb = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        rb.send().await
+    }
+
+    async fn status(&self, method: Method, path: &str, token: Option<&str>) -> StatusCode {
+        self.call(method, path, token, None)
+            .await
+            .expect("the gateway answers")
+            .status()
+    }
+
+    async fn login(&self, password: &str) -> reqwest::Response {
+        let body = json!({"username": "admin", "password": password});
+        self.call(Method::POST, "/api/v3/auth/login", None, Some(body))
+            .await
+            .expect("the gateway answers")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_clients_reach_nothing_but_login_and_a_token_reaches_the_services() {
+    let (f, md_at) = Front::start().await;
+
+    // Public: ping and the CA. Everything else needs a token, and says how to give one.
+    let ca = f
+        .call(Method::GET, "/api/v3/ca.pem", None, None)
+        .await
+        .expect("the CA");
+    assert_eq!(ca.status(), StatusCode::OK);
+    for path in [
+        "/core-metadata/api/v3/deviceprofile/all",
+        "/no-such-service/api/v3/ping",
+        "/api/v3/auth/user",
+    ] {
+        let r = f.call(Method::GET, path, None, None).await.expect("answer");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert!(r.headers().contains_key("www-authenticate"), "{path}");
+    }
+
+    // A wrong password is refused; the admin credential the gateway created works.
+    assert_eq!(
+        f.login("not the password").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let secret = f.gw.test.ctx.data_dir.join("secrets/admin-password");
+    let password = std::fs::read_to_string(secret).expect("the admin credential");
+    let login = f.login(password.trim()).await;
+    assert_eq!(login.status(), StatusCode::OK);
+    let login: Value = login.json().await.expect("a token");
+    assert_eq!(login["role"], "admin", "{login}");
+    let token = login["accessToken"].as_str().expect("accessToken");
+
+    // Proxied to core-metadata, with the caller's request ID both ways.
+    let r = f
+        .http
+        .get(format!("{}/core-metadata/api/v3/deviceprofile/all", f.base))
+        .bearer_auth(token)
+        .header("X-Correlation-ID", "gw-service-1")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-correlation-id"], "gw-service-1");
+    let body: Value = r.json().await.expect("JSON");
+    assert_eq!(body["totalCount"], 0, "{body}");
+
+    // A service the node does not run, and a token that is not one.
+    let unknown = f
+        .status(Method::GET, "/no-such-service/api/v3/ping", Some(token))
+        .await;
+    assert_eq!(unknown, StatusCode::NOT_FOUND);
+    let forged = f
+        .status(
+            Method::GET,
+            "/core-metadata/api/v3/ping",
+            Some("e30.e30.e30"),
+        )
+        .await;
+    assert_eq!(forged, StatusCode::UNAUTHORIZED);
+
+    // core-metadata goes away: what was read before is served stale, and marked so; what
+    // was not, is unavailable.
+    md_at.stop().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let stale = f
+        .call(
+            Method::GET,
+            "/core-metadata/api/v3/deviceprofile/all",
+            Some(token),
+            None,
+        )
+        .await
+        .expect("answer");
+    assert_eq!(stale.status(), StatusCode::OK);
+    let warning = stale
+        .headers()
+        .get("warning")
+        .map(|w| w.to_str().unwrap_or_default());
+    assert_eq!(warning, Some("110 - \"Response is Stale\""));
+    let gone = f
+        .status(Method::GET, "/core-metadata/api/v3/device/all", Some(token))
+        .await;
+    assert!(
+        gone == StatusCode::BAD_GATEWAY || gone == StatusCode::SERVICE_UNAVAILABLE,
+        "{gone}"
+    );
+    f.gw.stop().await;
+}
