@@ -6,22 +6,12 @@
 
 use std::time::Duration;
 
-use outpost_testkit::modbus::{self, BLOCK, Server as ModbusServer};
+use outpost_testkit::modbus::{self, BLOCK, Server as ModbusServer, values};
 use serde_json::{Value, json};
 
 use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// The values of a command's event, in order.
-fn values(answer: &Value) -> Vec<&str> {
-    answer["event"]["readings"]
-        .as_array()
-        .expect("readings")
-        .iter()
-        .filter_map(|r| r["value"].as_str())
-        .collect()
-}
 
 fn node_config() -> String {
     // Quick reconnects, so the device is seen UP soon after its server returns.

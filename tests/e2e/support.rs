@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
 
-pub use outpost_testkit::{Mosquitto, free_port};
+pub use outpost_testkit::{Mosquitto, free_port, lines_of};
 
 /// Polls `check` until it holds or `timeout` passes; panics with `what` on timeout.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
@@ -562,25 +562,6 @@ fn mosquitto_client(program: &str, port: u16) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"]);
     cmd
-}
-
-/// The lines `child` prints on its stdout (which must be piped), read by a thread, until
-/// it closes them or the receiver is dropped.
-pub fn lines_of(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
-    use std::io::BufRead as _;
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    lines
 }
 
 /// Starts `cmd` (`what` names it) without stdin, its output appended to the file `log`.

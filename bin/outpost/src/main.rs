@@ -346,27 +346,7 @@ enum ProfileCmd {
 #[derive(Subcommand)]
 enum DeviceCmd {
     /// Add a device from flags, or devices from a YAML/JSON file (-f).
-    Add {
-        #[arg(short = 'f', long = "file", conflicts_with_all = ["name", "profile", "service"])]
-        file: Option<PathBuf>,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long)]
-        profile: Option<String>,
-        /// The device service that owns the device.
-        #[arg(long)]
-        service: Option<String>,
-        /// Protocol property: `protocol.key=value` (repeatable), e.g. `modbus-tcp.Address=10.0.0.5`.
-        #[arg(long = "protocol")]
-        protocols: Vec<String>,
-        #[arg(long = "label")]
-        labels: Vec<String>,
-        /// Periodic read: `interval:source[:onchange]` (repeatable), e.g. `10s:Temperature:onchange`.
-        #[arg(long = "auto-event")]
-        auto_events: Vec<String>,
-        #[arg(long)]
-        description: Option<String>,
-    },
+    Add(cli::NewDevice),
     /// List devices.
     List {
         #[arg(long)]
@@ -646,28 +626,7 @@ async fn client(
             cli::devices::profile_apply(&c, &file).await
         }
         Command::Profile(ProfileCmd::List { json }) => cli::devices::profile_list(&c, json).await,
-        Command::Device(DeviceCmd::Add {
-            file,
-            name,
-            profile,
-            service,
-            protocols,
-            labels,
-            auto_events,
-            description,
-        }) => {
-            let d = cli::NewDevice {
-                file,
-                name,
-                profile,
-                service,
-                protocols,
-                labels,
-                auto_events,
-                description,
-            };
-            cli::devices::device_add(&c, d).await
-        }
+        Command::Device(DeviceCmd::Add(d)) => cli::devices::device_add(&c, d).await,
         Command::Device(DeviceCmd::List {
             service,
             profile,

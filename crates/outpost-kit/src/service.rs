@@ -164,6 +164,44 @@ pub trait ServiceConfig:
     }
 }
 
+/// Implements [`ServiceConfig`] for a service's configuration with a `port` field:
+/// `service_config!(Config)` (always run), `service_config!(Config, enabled)` (run when its
+/// `enabled` field says so), and further sockets as `scheme => field`:
+/// `service_config!(Config, enabled, "mqtt" => listen)`.
+#[macro_export]
+macro_rules! service_config {
+    (@listeners $($scheme:literal => $field:ident),*) => {
+        fn listeners(&self) -> ::std::vec::Vec<$crate::service::Listener> {
+            ::std::vec![$($crate::service::Listener {
+                scheme: $scheme,
+                addr: self.$field,
+            }),*]
+        }
+    };
+    ($config:ty, enabled $(, $scheme:literal => $field:ident)*) => {
+        impl $crate::ServiceConfig for $config {
+            fn port(&self) -> u16 {
+                self.port
+            }
+
+            fn enabled(&self) -> bool {
+                self.enabled
+            }
+
+            $crate::service_config!(@listeners $($scheme => $field),*);
+        }
+    };
+    ($config:ty $(, $scheme:literal => $field:ident)*) => {
+        impl $crate::ServiceConfig for $config {
+            fn port(&self) -> u16 {
+                self.port
+            }
+
+            $crate::service_config!(@listeners $($scheme => $field),*);
+        }
+    };
+}
+
 /// The database a service needs: opened, keyed and migrated by the kit before the
 /// service is built.
 #[derive(Debug, Clone, Copy)]

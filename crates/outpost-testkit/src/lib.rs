@@ -83,6 +83,25 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// The lines `child` prints on its stdout (which must be piped), read by a thread, until
+/// it closes them or the receiver is dropped.
+pub fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
 /// A database with `migrations` in a temporary dir (kept as long as the value).
 pub struct TempDb {
     pub db: outpost_storage::Db,

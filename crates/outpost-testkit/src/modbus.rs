@@ -1,7 +1,6 @@
 //! A real Modbus peer: pymodbus (`tests/peers/modbus_server.py`, its own process), with the
 //! register map that script documents. `scripts/setup.sh --test` installs its interpreter.
 
-use std::io::BufRead as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -101,6 +100,16 @@ pub fn broken_profile() -> Value {
     })
 }
 
+/// The values of a command's answer (its event's readings), in order.
+pub fn values(answer: &Value) -> Vec<&str> {
+    answer["event"]["readings"]
+        .as_array()
+        .expect("readings")
+        .iter()
+        .filter_map(|r| r["value"].as_str())
+        .collect()
+}
+
 /// A pymodbus server with the script's register map, killed on drop.
 pub struct Server {
     child: Option<Child>,
@@ -175,18 +184,7 @@ fn spawn(args: &[&str]) -> (Child, String) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the pymodbus server");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = crate::lines_of(&mut child);
     let deadline = Instant::now() + WAIT;
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {

@@ -109,19 +109,4 @@ impl Validate for Config {
     }
 }
 
-impl outpost_kit::ServiceConfig for Config {
-    fn port(&self) -> u16 {
-        self.port
-    }
-
-    fn enabled(&self) -> bool {
-        self.enabled
-    }
-
-    fn listeners(&self) -> Vec<outpost_kit::service::Listener> {
-        vec![outpost_kit::service::Listener {
-            scheme: "mqtt",
-            addr: self.listen,
-        }]
-    }
-}
+outpost_kit::service_config!(Config, enabled, "mqtt" => listen);

@@ -57,11 +57,7 @@ impl Default for Config {
     }
 }
 
-impl outpost_kit::ServiceConfig for Config {
-    fn port(&self) -> u16 {
-        self.port
-    }
-}
+outpost_kit::service_config!(Config);
 
 impl outpost_kit::config::Validate for Config {
     fn validate(&self, p: &mut outpost_kit::config::Problems) {

@@ -111,8 +111,4 @@ impl Validate for Config {
     }
 }
 
-impl outpost_kit::ServiceConfig for Config {
-    fn port(&self) -> u16 {
-        self.port
-    }
-}
+outpost_kit::service_config!(Config);

@@ -44,7 +44,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/api/v3/event/{service}/{profile}/{device}/{source}",
             post(add_event),
         )
-        .route("/api/v3/event/all", get(all_events))
+        .route("/api/v3/event/all", get(selected_events))
         .route(
             "/api/v3/event/id/{id}",
             get(event_by_id).delete(delete_event),
@@ -63,7 +63,7 @@ pub fn router(app: Arc<App>) -> Router {
             get(selected_events),
         )
         .route("/api/v3/event/age/{age}", delete(delete_old_events))
-        .route("/api/v3/reading/all", get(all_readings))
+        .route("/api/v3/reading/all", get(selected_readings))
         .route("/api/v3/reading/count", get(count_readings))
         .route(
             "/api/v3/reading/count/device/name/{name}",
@@ -289,21 +289,34 @@ fn page_base(total: u64) -> BaseWithTotalCountResponse {
     }
 }
 
+/// `q` limited to the page `p` asks for.
+fn paged(app: &App, p: &ListParams, mut q: StoreQuery) -> Result<StoreQuery, ApiError> {
+    let (offset, limit, count_total) = p.page(app.max_result_count)?;
+    q.offset = offset;
+    q.limit = limit;
+    q.count_total = count_total;
+    Ok(q)
+}
+
+/// EdgeX's 416 for a counted page that starts past the end.
+fn in_range(count_total: bool, offset: u64, total: u64) -> Result<(), ApiError> {
+    if count_total && Paging::out_of_range(offset, total) {
+        return Err(ApiError::range_not_satisfiable(offset, total));
+    }
+    Ok(())
+}
+
 // ---- events ----
 
 async fn events(
     app: &App,
     p: &ListParams,
-    mut q: StoreQuery,
+    q: StoreQuery,
 ) -> Result<axum::Json<MultiEventsResponse>, ApiError> {
-    let (offset, limit, count_total) = p.page(app.max_result_count)?;
-    q.offset = offset;
-    q.limit = limit;
-    q.count_total = count_total;
+    let q = paged(app, p, q)?;
+    let (offset, count_total) = (q.offset, q.count_total);
     let (total, events) = app.ingest.store.events(q).await?;
-    if count_total && Paging::out_of_range(offset, total) {
-        return Err(ApiError::range_not_satisfiable(offset, total));
-    }
+    in_range(count_total, offset, total)?;
     let mode = p.mode();
     Ok(axum::Json(MultiEventsResponse {
         page: page_base(total),
@@ -311,14 +324,7 @@ async fn events(
     }))
 }
 
-async fn all_events(
-    State(app): St,
-    Query(p): Query<ListParams>,
-) -> Result<axum::Json<MultiEventsResponse>, ApiError> {
-    events(&app, &p, StoreQuery::default()).await
-}
-
-/// Events of a device, or in a time range.
+/// All events, those of a device, or those in a time range.
 async fn selected_events(
     State(app): St,
     Path(params): Path<Params>,
@@ -420,7 +426,7 @@ async fn delete_old_events(State(app): St, Path(age): Path<String>) -> Result<Re
 async fn readings(
     app: &App,
     p: &ListParams,
-    mut q: StoreQuery,
+    q: StoreQuery,
 ) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
     let mode = p.mode();
     if let Some(f) = p.aggregate()? {
@@ -435,14 +441,10 @@ async fn readings(
                 .collect(),
         }));
     }
-    let (offset, limit, count_total) = p.page(app.max_result_count)?;
-    q.offset = offset;
-    q.limit = limit;
-    q.count_total = count_total;
+    let q = paged(app, p, q)?;
+    let (offset, count_total) = (q.offset, q.count_total);
     let (total, list) = app.ingest.store.readings(q).await?;
-    if count_total && Paging::out_of_range(offset, total) {
-        return Err(ApiError::range_not_satisfiable(offset, total));
-    }
+    in_range(count_total, offset, total)?;
     Ok(axum::Json(MultiReadingsResponse {
         page: page_base(total),
         aggregate_func: None,
@@ -450,14 +452,7 @@ async fn readings(
     }))
 }
 
-async fn all_readings(
-    State(app): St,
-    Query(p): Query<ListParams>,
-) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
-    readings(&app, &p, StoreQuery::default()).await
-}
-
-/// Readings of a device, a resource, both, in a time range or not.
+/// All readings, or those of a device, a resource, both, in a time range or not.
 async fn selected_readings(
     State(app): St,
     Path(params): Path<Params>,

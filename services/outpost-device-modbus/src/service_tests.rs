@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use outpost_testkit::Drive;
 use outpost_testkit::device::DeviceNode;
 use outpost_testkit::metadata;
-use outpost_testkit::modbus::{self, BLOCK, Server};
+use outpost_testkit::modbus::{self, BLOCK, Server, values};
 use serde_json::{Value, json};
 
 use crate::{Config, DeviceModbus, ModbusConfig};
@@ -36,16 +36,6 @@ async fn start(driver: ModbusConfig, server: &Server, devices: &[(&str, &str)]) 
         node.known(name).await;
     }
     node
-}
-
-/// The values of a command's event, in order.
-fn values(answer: &Value) -> Vec<&str> {
-    answer["event"]["readings"]
-        .as_array()
-        .expect("readings")
-        .iter()
-        .filter_map(|r| r["value"].as_str())
-        .collect()
 }
 
 /// Reads `Block` of `plc`: its values, and how many Modbus reads it took.

@@ -134,15 +134,7 @@ fn valid_name(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
 }
 
-impl outpost_kit::ServiceConfig for Config {
-    fn port(&self) -> u16 {
-        self.port
-    }
-
-    fn enabled(&self) -> bool {
-        self.enabled
-    }
-}
+outpost_kit::service_config!(Config, enabled);
 
 impl outpost_kit::config::Validate for Config {
     fn validate(&self, p: &mut outpost_kit::config::Problems) {

@@ -140,22 +140,7 @@ impl Config {
     }
 }
 
-impl outpost_kit::ServiceConfig for Config {
-    fn port(&self) -> u16 {
-        self.port
-    }
-
-    fn enabled(&self) -> bool {
-        self.enabled
-    }
-
-    fn listeners(&self) -> Vec<outpost_kit::service::Listener> {
-        vec![outpost_kit::service::Listener {
-            scheme: "https",
-            addr: self.listen,
-        }]
-    }
-}
+outpost_kit::service_config!(Config, enabled, "https" => listen);
 
 impl Validate for Config {
     fn validate(&self, p: &mut Problems) {

@@ -47,15 +47,7 @@ impl Config {
     }
 }
 
-impl outpost_kit::ServiceConfig for Config {
-    fn port(&self) -> u16 {
-        self.port
-    }
-
-    fn enabled(&self) -> bool {
-        self.enabled
-    }
-}
+outpost_kit::service_config!(Config, enabled);
 
 impl Validate for Config {
     fn validate(&self, p: &mut Problems) {

@@ -88,14 +88,26 @@ pub async fn profile_list(c: &Client, json: bool) -> anyhow::Result<()> {
 }
 
 /// What `outpost device add` was given.
+#[derive(clap::Args)]
 pub struct NewDevice {
+    #[arg(short = 'f', long = "file", conflicts_with_all = ["name", "profile", "service"])]
     pub file: Option<std::path::PathBuf>,
+    #[arg(long)]
     pub name: Option<String>,
+    #[arg(long)]
     pub profile: Option<String>,
+    /// The device service that owns the device.
+    #[arg(long)]
     pub service: Option<String>,
+    /// Protocol property: `protocol.key=value` (repeatable), e.g. `modbus-tcp.Address=10.0.0.5`.
+    #[arg(long = "protocol")]
     pub protocols: Vec<String>,
+    #[arg(long = "label")]
     pub labels: Vec<String>,
+    /// Periodic read: `interval:source[:onchange]` (repeatable), e.g. `10s:Temperature:onchange`.
+    #[arg(long = "auto-event")]
     pub auto_events: Vec<String>,
+    #[arg(long)]
     pub description: Option<String>,
 }
 
