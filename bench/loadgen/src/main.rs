@@ -825,8 +825,8 @@ async fn store(load: Load, batch: usize, sync: &str) -> anyhow::Result<()> {
     let st = outpost_core_data::sqlite::SqliteEventStore::start(
         db,
         outpost_core_data::sqlite::WriterMetrics {
-            batch_events: "b".into(),
-            commit_seconds: "c".into(),
+            batch_events: "b",
+            commit_seconds: "c",
         },
     )?;
     let base = unix_nanos();

@@ -145,9 +145,13 @@ pub async fn run(ingest: Arc<Ingest>, consumer: &mut Consumer, max_batch: usize,
             true
         }
     };
-    while let Some(deliveries) = consumer.batch(max_batch, &stop).await {
+    while let Some(first) = consumer.recv(&stop).await {
         let mut batch = Batch::default();
-        for d in deliveries {
+        take(&ingest, &bus, first, &mut batch).await;
+        // What arrives while events are checked joins the batch: under load batches grow
+        // to max_batch and commits (each an fsync) stay few per event.
+        while batch.events.len() < max_batch {
+            let Some(d) = consumer.try_recv() else { break };
             take(&ingest, &bus, d, &mut batch).await;
         }
         if !batch.events.is_empty() && !send(batch).await {

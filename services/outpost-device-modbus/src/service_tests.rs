@@ -8,7 +8,7 @@ use outpost_testkit::Drive;
 use outpost_testkit::device::DeviceNode;
 use outpost_testkit::metadata;
 use outpost_testkit::modbus::{self, BLOCK, Server, values};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::{Config, DeviceModbus, ModbusConfig};
 
