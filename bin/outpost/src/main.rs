@@ -376,22 +376,7 @@ enum DeviceCmd {
     /// Enroll a device with its own credential: a new secret and, with --cert, a client
     /// certificate from the node CA (its key made here, never sent). Creates the device
     /// when --profile and --service are given and it does not exist.
-    Enroll {
-        name: String,
-        #[arg(long)]
-        profile: Option<String>,
-        #[arg(long)]
-        service: Option<String>,
-        #[arg(long = "label")]
-        labels: Vec<String>,
-        /// Also issue a client certificate (needs --out).
-        #[arg(long)]
-        cert: bool,
-        /// Write device.secret (and device.pem, device.key, ca.pem) into this directory
-        /// instead of printing the secret.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    Enroll(cli::enroll::Enroll),
     /// Replace a device's credentials: a new secret, and a new certificate if it has one;
     /// the old ones stop working at once.
     Rotate {
@@ -649,27 +634,7 @@ async fn client(
             secret,
             remove,
         }) => cli::devices::device_secret(&c, &name, secret, remove).await,
-        Command::Device(DeviceCmd::Enroll {
-            name,
-            profile,
-            service,
-            labels,
-            cert,
-            out,
-        }) => {
-            cli::enroll::enroll(
-                &c,
-                cli::enroll::Enroll {
-                    name,
-                    profile,
-                    service,
-                    labels,
-                    cert,
-                    out,
-                },
-            )
-            .await
-        }
+        Command::Device(DeviceCmd::Enroll(e)) => cli::enroll::enroll(&c, e).await,
         Command::Device(DeviceCmd::Rotate { name, out }) => {
             cli::enroll::rotate(&c, &name, out.as_deref()).await
         }

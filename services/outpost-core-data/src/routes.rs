@@ -49,10 +49,10 @@ pub fn router(app: Arc<App>) -> Router {
             "/api/v3/event/id/{id}",
             get(event_by_id).delete(delete_event),
         )
-        .route("/api/v3/event/count", get(count_events))
+        .route("/api/v3/event/count", get(count::<false>))
         .route(
             "/api/v3/event/count/device/name/{name}",
-            get(count_device_events),
+            get(count::<false>),
         )
         .route(
             "/api/v3/event/device/name/{name}",
@@ -64,10 +64,10 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/api/v3/event/age/{age}", delete(delete_old_events))
         .route("/api/v3/reading/all", get(selected_readings))
-        .route("/api/v3/reading/count", get(count_readings))
+        .route("/api/v3/reading/count", get(count::<true>))
         .route(
             "/api/v3/reading/count/device/name/{name}",
-            get(count_device_readings),
+            get(count::<true>),
         )
         .route("/api/v3/reading/device/name/{name}", get(selected_readings))
         .route(
@@ -367,22 +367,15 @@ async fn delete_event(
     }
 }
 
-async fn count_events(State(app): St) -> Result<axum::Json<CountResponse>, ApiError> {
-    let t = app.ingest.store.totals(None).await?;
-    Ok(axum::Json(CountResponse {
-        base: BaseResponse::new(200),
-        count: t.events,
-    }))
-}
-
-async fn count_device_events(
+/// `count` and `count/device/name/{name}` of events, or of readings with `READINGS`.
+async fn count<const READINGS: bool>(
     State(app): St,
-    Path(name): Path<String>,
+    Path(params): Path<Params>,
 ) -> Result<axum::Json<CountResponse>, ApiError> {
-    let t = app.ingest.store.totals(Some(name)).await?;
+    let t = app.ingest.store.totals(params.get("name").cloned()).await?;
     Ok(axum::Json(CountResponse {
         base: BaseResponse::new(200),
-        count: t.events,
+        count: if READINGS { t.readings } else { t.events },
     }))
 }
 
@@ -459,25 +452,6 @@ async fn selected_readings(
     Query(p): Query<ListParams>,
 ) -> Result<axum::Json<MultiReadingsResponse>, ApiError> {
     readings(&app, &p, selection(&params)?).await
-}
-
-async fn count_readings(State(app): St) -> Result<axum::Json<CountResponse>, ApiError> {
-    let t = app.ingest.store.totals(None).await?;
-    Ok(axum::Json(CountResponse {
-        base: BaseResponse::new(200),
-        count: t.readings,
-    }))
-}
-
-async fn count_device_readings(
-    State(app): St,
-    Path(name): Path<String>,
-) -> Result<axum::Json<CountResponse>, ApiError> {
-    let t = app.ingest.store.totals(Some(name)).await?;
-    Ok(axum::Json(CountResponse {
-        base: BaseResponse::new(200),
-        count: t.readings,
-    }))
 }
 
 /// The optional body of `GET /reading/device/name/{d}/start/{s}/end/{e}` (EdgeX's

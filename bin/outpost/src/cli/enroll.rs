@@ -18,12 +18,21 @@ use super::devices::{NewDevice, put_secret};
 use super::table::{cell, show, show_table, table};
 
 /// What `outpost device enroll` was given.
+#[derive(clap::Args)]
 pub struct Enroll {
     pub name: String,
+    #[arg(long)]
     pub profile: Option<String>,
+    #[arg(long)]
     pub service: Option<String>,
+    #[arg(long = "label")]
     pub labels: Vec<String>,
+    /// Also issue a client certificate (needs --out).
+    #[arg(long)]
     pub cert: bool,
+    /// Write device.secret (and device.pem, device.key, ca.pem) into this directory
+    /// instead of printing the secret.
+    #[arg(long)]
     pub out: Option<PathBuf>,
 }
 
