@@ -18,6 +18,9 @@
 #                             reopen, drain
 #   bench/run.sh export       edge to cloud: enqueue rate (cloud down), drain rate, bytes on
 #                             the wire per reading, device-to-cloud latency, data reduction
+#   bench/run.sh journal      what the broker's durable acknowledgement costs: ingest and
+#                             mqtt-devices with the journal on and off, alternating, three
+#                             rounds each, with the broker's group commits (fsyncs) per second
 #   bench/run.sh ota          200 devices downloading a 50 MiB artifact at once (through the
 #                             gateway and direct): throughput, server CPU and RSS; polls/s
 #                             of a 10,000-device fleet
@@ -69,6 +72,28 @@ if [[ $what == all || $what == queue ]]; then
 fi
 if [[ $what == all || $what == export ]]; then
   for i in 1 2; do run "$B" export --outpost "$O" --events 50000 --readings 10; done
+fi
+if [[ $what == all || $what == journal ]]; then
+  for i in 1 2 3; do
+    for j in on off; do
+      [[ $((i % 2)) == 0 ]] && j=$([[ $j == on ]] && echo off || echo on)
+      if [[ $j == on ]]; then
+        run "$B" ingest --outpost "$O" --events 50000 --readings 10 --devices 100
+      else
+        OUTPOST_BROKER__JOURNAL=false run "$B" ingest --outpost "$O" --events 50000 --readings 10 --devices 100
+      fi
+    done
+  done
+  for i in 1 2 3; do
+    for j in on off; do
+      [[ $((i % 2)) == 0 ]] && j=$([[ $j == on ]] && echo off || echo on)
+      if [[ $j == on ]]; then
+        run "$B" mqtt-devices --outpost "$O" --devices 1000 --per-device 20 --readings 10
+      else
+        OUTPOST_BROKER__JOURNAL=false run "$B" mqtt-devices --outpost "$O" --devices 1000 --per-device 20 --readings 10
+      fi
+    done
+  done
 fi
 if [[ $what == all || $what == ota ]]; then
   run "$B" ota --outpost "$O" --agents 200 --mib 50 --fleet 10000 --pollers 64 --seconds 10

@@ -891,16 +891,23 @@ alerts = [{ above = 80.0, severity = "critical", message = "too hot" }]"#,
     .expect("bus");
     let pid = node.pid("rules");
     crate::support::signal(pid, "KILL");
+    // All at once, so the broker journals them in a few group commits.
+    let mut sent = tokio::task::JoinSet::new();
     for i in 0..120i64 {
         let (_, msg) = event_message(
             "tank-2",
             start + i * 1_000_000_000,
             &[("Temperature", "Float64", "30.5")],
         );
-        publisher
-            .publish_raw(&event_topic("tank-2"), msg.into_bytes())
-            .await
-            .expect("publish");
+        let publisher = publisher.clone();
+        sent.spawn(async move {
+            publisher
+                .publish_raw(&event_topic("tank-2"), msg.into_bytes())
+                .await
+        });
+    }
+    while let Some(r) = sent.join_next().await {
+        r.expect("publisher task").expect("publish");
     }
     assert!(
         std::fs::read_to_string(node.data_dir().join("run/rules.pid"))

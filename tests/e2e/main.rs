@@ -7,6 +7,7 @@ mod bus;
 mod cli;
 mod compat;
 mod devices;
+mod durability;
 mod encryption;
 mod enroll;
 mod export;

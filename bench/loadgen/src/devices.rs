@@ -302,8 +302,10 @@ pub async fn mqtt_devices(
     for c in clients {
         let _ = c.disconnect().await;
     }
-    node.stop().await;
     let secs = (done - start) as f64 / 1e9;
+    let (journal_line, journal) = node.journal(&http, secs).await;
+    println!("{journal_line}");
+    node.stop().await;
     let rate = total_readings as f64 / secs;
     let ratio = rate / raw_rate;
     println!(
@@ -339,7 +341,8 @@ pub async fn mqtt_devices(
                "ratio": (ratio * 100.0).round() / 100.0,
                "cpu_us_per_reading": {"mosquitto": per_reading(mosq_ticks), "mosquitto_load_generator": per_reading(mosq_cpu[1].1),
                    "node": per_reading(node_ticks), "node_load_generator": per_reading(gen_ticks),
-                   "services": node_cpu.iter().map(|(n, t)| (n.clone(), json!(per_reading(*t)))).collect::<serde_json::Map<_, _>>()}})
+                   "services": node_cpu.iter().map(|(n, t)| (n.clone(), json!(per_reading(*t)))).collect::<serde_json::Map<_, _>>()},
+               "broker": journal})
     );
     Ok(())
 }

@@ -408,6 +408,8 @@ struct Node {
     data: u16,
     metadata: u16,
     mqtt: u16,
+    /// The broker's HTTP port (health, metrics).
+    broker: u16,
 }
 
 /// A temporary directory removed on drop.
@@ -461,7 +463,43 @@ impl Node {
             data,
             metadata,
             mqtt,
+            broker,
         })
+    }
+
+    /// What the broker's journal did, for the report: messages written and group commits
+    /// (each one fsync with `storage.sync = "full"`), with `secs` of load, as a line and a
+    /// JSON value. The journal is on unless `OUTPOST_BROKER__JOURNAL=false` is set.
+    async fn journal(&self, http: &reqwest::Client, secs: f64) -> (String, Value) {
+        let text = match http
+            .get(format!("http://127.0.0.1:{}/metrics", self.broker))
+            .send()
+            .await
+        {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let get = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let (appended, commits) = (
+            get("outpost_mqtt_broker_journal_appended_total"),
+            get("outpost_mqtt_broker_journal_commits_total"),
+        );
+        let on = std::env::var("OUTPOST_BROKER__JOURNAL").map_or(true, |v| v != "false");
+        (
+            format!(
+                "broker journal {}: {appended:.0} messages in {commits:.0} group commits ({:.0} fsyncs/s, {:.1} messages per commit)",
+                if on { "on" } else { "off" },
+                commits / secs.max(1e-9),
+                appended / commits.max(1.0)
+            ),
+            json!({"journal": on, "messages": appended, "commits": commits, "fsyncs_per_s": (commits / secs.max(1e-9)).round()}),
+        )
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -702,6 +740,8 @@ async fn ingest(outpost: &Path, load: Load, window: usize, encoding: &str) -> an
             1000.0 * get("outpost_core_data_commit_duration_seconds_sum") / commits.max(1.0)
         );
     }
+    let (journal_line, journal) = node.journal(&http, secs).await;
+    println!("{journal_line}");
     node.stop().await;
     println!(
         "outpost:   {events} events ({acked} acknowledged) pub {pub_secs:.2}s, persisted in {secs:.2}s: {:.0} events/s = {readings_s:.0} readings/s",
@@ -713,7 +753,7 @@ async fn ingest(outpost: &Path, load: Load, window: usize, encoding: &str) -> an
         "RESULT {}",
         json!({"bench": "ingest", "events": events, "readings_per_event": readings, "devices": devices, "encoding": encoding,
                "mosquitto_readings_per_s": raw_readings_s.round(), "outpost_readings_per_s": readings_s.round(),
-               "ratio": (ratio * 100.0).round() / 100.0})
+               "ratio": (ratio * 100.0).round() / 100.0, "broker": journal})
     );
     Ok(())
 }

@@ -72,9 +72,11 @@ impl NodeConfig {
                 self.core_keeper.port
             );
         }
+        let embedded = format!("mqtt://{}", connect_addr(self.broker.listen));
         if self.bus.url.is_empty() && self.broker.enabled {
-            self.bus.url = format!("mqtt://{}", connect_addr(self.broker.listen));
+            self.bus.url.clone_from(&embedded);
         }
+        self.bus.journal = self.broker.enabled && self.bus.url == embedded;
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {

@@ -18,6 +18,7 @@
 //! - messages of one topic arrive in the order they were published.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mqtt5::{QoS, SubscribeOptions};
@@ -26,6 +27,7 @@ use outpost_kit::backoff::Backoff;
 use outpost_kit::config::BusConfig;
 use tokio::sync::mpsc;
 
+use crate::journal::{self, Confirm};
 use crate::{Bus, BusError, Delivery, Options, build_client, connect_loop};
 
 /// What [`Consumer::recv_within`] found.
@@ -43,6 +45,15 @@ pub struct Consumer {
     bus: Bus,
     tx: mpsc::UnboundedSender<Delivery>,
     rx: mpsc::UnboundedReceiver<Delivery>,
+    journal: Option<Journal>,
+}
+
+/// What a consumer of the embedded broker keeps for its journal.
+#[derive(Clone, Debug)]
+struct Journal {
+    confirm: Confirm,
+    /// The filters it consumes, told to the broker whenever they change.
+    filters: Arc<Mutex<Vec<String>>>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -114,9 +125,13 @@ impl Consumer {
         let bus = Bus::wrap(client, cfg, service);
         bus.watch_connection().await;
         let (tx, rx) = mpsc::unbounded_channel();
+        let journal = cfg.journal.then(|| Journal {
+            confirm: Confirm::start(bus.clone()),
+            filters: Arc::new(Mutex::new(filters.to_vec())),
+        });
         // Registered before the session resumes: what the broker held for this consumer
         // is delivered as soon as the connection opens.
-        let callback = bus.ack_callback(tx.clone());
+        let callback = bus.ack_callback(tx.clone(), journal.as_ref().map(|j| j.confirm.clone()));
         for filter in filters {
             bus.client
                 .register_ack_callback(filter, callback.clone())
@@ -159,7 +174,17 @@ impl Consumer {
                 }
             }
         }
-        Ok(Self { bus, tx, rx })
+        if journal.is_some() {
+            // From here on the broker journals what these filters match before it
+            // acknowledges it to publishers.
+            journal::register(&bus, filters).await?;
+        }
+        Ok(Self {
+            bus,
+            tx,
+            rx,
+            journal,
+        })
     }
 
     /// The connection, for decoding and for publishing what handling a message produces.
@@ -173,6 +198,7 @@ impl Consumer {
         Subscriber {
             bus: self.bus.clone(),
             tx: self.tx.clone(),
+            journal: self.journal.clone(),
         }
     }
 
@@ -218,6 +244,10 @@ impl Consumer {
     /// received and not acknowledged are left with the broker, which delivers them again
     /// on the next session.
     pub async fn close(self) {
+        if let Some(j) = &self.journal {
+            // Confirmations that do not reach the broker cost redeliveries.
+            j.confirm.flush(Duration::from_secs(2)).await;
+        }
         self.bus.disconnect().await;
     }
 
@@ -233,14 +263,40 @@ impl Consumer {
 pub struct Subscriber {
     bus: Bus,
     tx: mpsc::UnboundedSender<Delivery>,
+    journal: Option<Journal>,
 }
 
 impl Subscriber {
     pub async fn subscribe(&self, filter: &str) -> Result<(), BusError> {
-        self.bus.subscribe_deferred(filter, self.tx.clone()).await
+        let confirm = self.journal.as_ref().map(|j| j.confirm.clone());
+        self.bus
+            .subscribe_deferred(filter, self.tx.clone(), confirm)
+            .await?;
+        self.filters_changed(|f| {
+            if !f.iter().any(|x| x == filter) {
+                f.push(filter.to_string());
+            }
+        })
+        .await
     }
 
     pub async fn unsubscribe(&self, filter: &str) -> Result<(), BusError> {
-        self.bus.unsubscribe(filter).await
+        self.bus.unsubscribe(filter).await?;
+        self.filters_changed(|f| f.retain(|x| x != filter)).await
+    }
+
+    async fn filters_changed(&self, change: impl FnOnce(&mut Vec<String>)) -> Result<(), BusError> {
+        let Some(j) = &self.journal else {
+            return Ok(());
+        };
+        let filters = {
+            let mut f = j
+                .filters
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            change(&mut f);
+            f.clone()
+        };
+        journal::register(&self.bus, &filters).await
     }
 }

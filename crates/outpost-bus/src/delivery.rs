@@ -18,11 +18,15 @@
 use bytes::Bytes;
 use mqtt5::AckToken;
 
+use crate::journal::{Confirm, Key};
+
 /// One received message.
 pub struct Delivery {
     pub topic: String,
     pub payload: Bytes,
     token: Option<AckToken>,
+    /// Where to confirm the message to the broker's journal once handled.
+    confirm: Option<(Confirm, Key)>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -41,13 +45,24 @@ impl Delivery {
             topic,
             payload,
             token,
+            confirm: None,
         }
+    }
+
+    /// The same, confirmed to the broker's journal when acknowledged.
+    pub(crate) fn confirmed(mut self, confirm: Option<&Confirm>) -> Self {
+        self.confirm =
+            confirm.map(|c| (c.clone(), crate::journal::key(&self.topic, &self.payload)));
+        self
     }
 
     /// Acknowledges the message: the broker will not deliver it again.
     pub fn ack(mut self) {
         if let Some(t) = self.token.take() {
             t.ack();
+        }
+        if let Some((c, k)) = self.confirm.take() {
+            c.handled(k);
         }
     }
 
@@ -62,7 +77,7 @@ impl Delivery {
         (
             std::mem::take(&mut self.topic),
             std::mem::take(&mut self.payload),
-            Ack(token),
+            Ack(token, self.confirm.take()),
         )
     }
 }
@@ -74,13 +89,16 @@ impl Drop for Delivery {
 }
 
 /// A pending acknowledgement.
-pub struct Ack(Option<AckToken>);
+pub struct Ack(Option<AckToken>, Option<(Confirm, Key)>);
 
 impl Ack {
     /// Acknowledges the message: the broker will not deliver it again.
     pub fn ack(mut self) {
         if let Some(t) = self.0.take() {
             t.ack();
+        }
+        if let Some((c, k)) = self.1.take() {
+            c.handled(k);
         }
     }
 

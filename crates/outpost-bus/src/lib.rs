@@ -29,6 +29,7 @@ use mqtt5::{
 
 mod consumer;
 pub mod delivery;
+pub mod journal;
 mod link;
 pub mod metadata;
 
@@ -301,6 +302,7 @@ impl Bus {
     fn ack_callback(
         &self,
         tx: mpsc::UnboundedSender<Delivery>,
+        confirm: Option<journal::Confirm>,
     ) -> impl Fn(mqtt5::packet::publish::PublishPacket, AckToken) + Send + Sync + Clone + 'static
     {
         let admission = Arc::clone(&self.admission);
@@ -308,9 +310,13 @@ impl Bus {
             if let Some(payload) = admission.admit(&publish.topic_name, &publish.payload) {
                 // Consumers keep the receiver open until they have disconnected, so a
                 // message is never dropped here while the connection could ack it.
-                let _ = tx.send(Delivery::new(publish.topic_name, payload, Some(token)));
+                let d = Delivery::new(publish.topic_name, payload, Some(token));
+                let _ = tx.send(d.confirmed(confirm.as_ref()));
             } else {
                 token.ack();
+                if let Some(c) = &confirm {
+                    c.handled(journal::key(&publish.topic_name, &publish.payload));
+                }
             }
         }
     }
@@ -412,13 +418,14 @@ impl Bus {
         &self,
         filter: &str,
         tx: mpsc::UnboundedSender<Delivery>,
+        confirm: Option<journal::Confirm>,
     ) -> Result<(), BusError> {
         let sub = SubscribeOptions {
             qos: QoS::AtLeastOnce,
             ..Default::default()
         };
         self.client
-            .subscribe_with_ack(filter, sub, self.ack_callback(tx))
+            .subscribe_with_ack(filter, sub, self.ack_callback(tx, confirm))
             .await
             .map(drop)
             .map_err(|source| BusError::Subscribe {

@@ -12,10 +12,24 @@
 //! | `<base>/core/command/request/<device>/<command>/<method>` | clients of core-command |
 //! | `<base>/device/command/request/<service>/<device>/<command>/<method>` | core-command |
 //! | `<base>/response/<service>/<requestId>` | device services, core-command |
+//! | `<base>/_journal/consumer`, `<base>/_journal/ack` | durable consumers, to the embedded broker only (never routed) |
 
 /// Topic of an event from `device` of `profile` via `service`, for `source`.
 pub fn event(base: &str, service: &str, profile: &str, device: &str, source: &str) -> String {
     format!("{base}/events/device/{service}/{profile}/{device}/{source}")
+}
+
+/// Where a durable consumer tells the embedded broker which filters it consumes, so the
+/// broker journals what matches them before acknowledging it (see `outpost-broker`'s
+/// journal). The broker handles these messages itself; nobody receives them.
+pub fn journal_consumer(base: &str) -> String {
+    format!("{base}/_journal/consumer")
+}
+
+/// Where a durable consumer tells the embedded broker which messages it has handled, so
+/// the broker can release them from its journal.
+pub fn journal_ack(base: &str) -> String {
+    format!("{base}/_journal/ack")
 }
 
 /// Subscription filter for every event (device, core and rules events).

@@ -158,6 +158,12 @@ pub struct BusConfig {
     pub max_payload_bytes: usize,
     /// Keep-alive interval, seconds.
     pub keep_alive_s: u16,
+    /// Whether the broker is this node's embedded one, which journals what durable
+    /// consumers consume before acknowledging it and takes their confirmations: derived
+    /// from the node's configuration (`url` empty or the embedded broker's address), not
+    /// set in files.
+    #[serde(skip)]
+    pub journal: bool,
 }
 
 impl Default for BusConfig {
@@ -170,6 +176,7 @@ impl Default for BusConfig {
             password_file: None,
             max_payload_bytes: 1024 * 1024,
             keep_alive_s: 30,
+            journal: false,
         }
     }
 }

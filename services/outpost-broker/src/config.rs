@@ -49,6 +49,17 @@ pub struct Config {
     pub auth_failure_burst: u32,
     /// Seconds until one more attempt is allowed after that.
     pub auth_failure_refill_s: u64,
+    /// Acknowledge a QoS 1/2 message for the node's durable consumers only once it is in
+    /// the broker's journal on disk (encrypted, synced per `storage.sync`), and deliver
+    /// what the journal holds again after a crash. Off: such messages live in memory
+    /// until consumed, and a crash of the broker loses what it had acknowledged.
+    pub journal: bool,
+    /// Bound on the journal's files, bytes; when full, publishers wait for their
+    /// acknowledgement until consumers catch up.
+    pub journal_max_bytes: u64,
+    /// A journaled message a connected consumer did not confirm within this many seconds
+    /// is delivered to it again.
+    pub journal_redeliver_s: u64,
 }
 
 impl Default for Config {
@@ -70,6 +81,9 @@ impl Default for Config {
             device_auth_cache_s: 10,
             auth_failure_burst: 5,
             auth_failure_refill_s: 10,
+            journal: true,
+            journal_max_bytes: 256 * 1024 * 1024,
+            journal_redeliver_s: 60,
         }
     }
 }
@@ -100,6 +114,16 @@ impl Validate for Config {
             self.auth_failure_burst >= 1 && self.auth_failure_refill_s >= 1,
             "broker",
             "auth_failure_burst and auth_failure_refill_s must be at least 1",
+        );
+        p.check(
+            self.journal_max_bytes >= 1024 * 1024,
+            "broker",
+            "journal_max_bytes must be at least 1 MiB",
+        );
+        p.check(
+            self.journal_redeliver_s >= 1,
+            "broker",
+            "journal_redeliver_s must be at least 1",
         );
         p.check(
             self.device_auth_cache_s <= 3600,

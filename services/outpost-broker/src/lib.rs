@@ -2,11 +2,10 @@
 //!
 //! A real MQTT 3.1.1/5 broker (the `mqtt5` crate's broker) run as one supervised service:
 //! QoS 0/1/2, persistent sessions with queued messages for offline consumers, retained
-//! messages, shared subscriptions. Queued messages live in memory only, so no message
-//! payload ever reaches the disk unencrypted; a consumer that needs durability (core-data)
-//! acknowledges each message only after committing it, and the broker redelivers what was not
-//! acknowledged. Persistent sessions themselves (without messages) survive a crash: see
-//! [`store`].
+//! messages, shared subscriptions. A QoS 1/2 message for one of the node's durable
+//! consumers is acknowledged only once it is in the broker's encrypted [`journal`] on disk,
+//! and delivered again after a crash; everything else is routed from memory. Persistent
+//! sessions themselves survive a crash too: see [`store`].
 //!
 //! Authentication: see [`auth`]. The client IDs devices hold and the persistent sessions
 //! (without their messages) are kept in the broker's encrypted database ([`store`]). The
@@ -15,6 +14,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod journal;
 pub mod store;
 
 use std::sync::Arc;
@@ -119,6 +119,40 @@ impl outpost_kit::Service for Broker {
             });
         }
         let auth = Arc::new(auth);
+        let journal = if cfg.journal {
+            let key = outpost_storage::load_or_create_secret(
+                &ctx.secrets_dir().join("broker-journal.key"),
+            )
+            .map_err(StartError::other)?;
+            let base = &ctx.common.bus.base_topic;
+            let jc = journal::Config {
+                max_bytes: cfg.journal_max_bytes,
+                max_message_bytes: u32::try_from(cfg.max_packet_bytes).unwrap_or(u32::MAX),
+                sync: ctx.common.storage.sync == outpost_storage::SyncMode::Full,
+                redeliver_after: Duration::from_secs(cfg.journal_redeliver_s),
+                metrics: journal::Metrics::new(ctx),
+            };
+            let control = journal::Control {
+                internal_user: outpost_bus::INTERNAL_USER.to_string(),
+                consumer_topic: outpost_contracts::topics::journal_consumer(base),
+                ack_topic: outpost_contracts::topics::journal_ack(base),
+            };
+            let dir = ctx.data_dir.join("journal");
+            outpost_storage::ensure_private_dir(&dir).map_err(StartError::other)?;
+            let (db, at) = (db.clone(), dir.clone());
+            let opened = tokio::task::spawn_blocking(move || {
+                journal::Journal::open(&at, &key, &jc, db, control)
+            })
+            .await
+            .map_err(StartError::other)?
+            .map_err(StartError::other)?;
+            bc = bc.with_event_handler(
+                Arc::clone(&opened.0) as Arc<dyn mqtt5::broker::BrokerEventHandler>
+            );
+            Some(opened)
+        } else {
+            None
+        };
         let mut broker = MqttBroker::with_config(bc)
             .await
             .map_err(|source| {
@@ -142,6 +176,16 @@ impl outpost_kit::Service for Broker {
             ctx.tasks.spawn("sessions", Stage::Background, move |stop| {
                 store::save_sessions(db, storage, saved, metric, stop)
             });
+        }
+        if let Some((journal, held)) = journal {
+            // Before the broker accepts connections: what the journal held is queued for
+            // its consumers first.
+            journal.start(Arc::clone(&router), held);
+            if let Some(storage) = storage.clone() {
+                ctx.tasks.spawn("journal", Stage::Background, move |stop| {
+                    journal.maintain(storage, stop)
+                });
+            }
         }
         let stop_broker = broker.shutdown_handle();
         let stats = broker.stats();

@@ -4,7 +4,8 @@
 //! - persistent sessions without their messages (client ID, subscriptions, expiry, ...), so
 //!   after a crash the broker queues messages for a durable consumer such as core-data from
 //!   its first second up, instead of dropping them until the consumer has reconnected and
-//!   subscribed again. Queued messages themselves stay in memory only.
+//!   subscribed again (what they queue is in the [`crate::journal`]);
+//! - the durable consumers the journal keeps messages for, and their filters.
 //!
 //! Changes are written by background tasks in small batches, off the CONNECT path: a claim
 //! made just before a crash may be lost, which leaves that ID as it was before the claim;
@@ -21,10 +22,11 @@ use tokio::sync::mpsc;
 
 use crate::auth::{ClaimChange, Claims};
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "client ID claims, persistent sessions",
-    sql: "CREATE TABLE claims (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "client ID claims, persistent sessions",
+        sql: "CREATE TABLE claims (
               client_id TEXT PRIMARY KEY,
               device TEXT NOT NULL,
               used INTEGER NOT NULL
@@ -34,7 +36,16 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
               client_id TEXT PRIMARY KEY,
               body TEXT NOT NULL
           ) WITHOUT ROWID;",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "durable consumers the journal keeps messages for",
+        sql: "CREATE TABLE journal_consumers (
+              client_id TEXT PRIMARY KEY,
+              filters TEXT NOT NULL
+          ) WITHOUT ROWID;",
+    },
+];
 
 /// How often persistent sessions are saved.
 pub const SESSION_SAVE_INTERVAL: Duration = Duration::from_secs(1);

@@ -170,6 +170,8 @@ impl Mqtt {
         if !self.cfg.broker_url.is_empty() {
             b.url = self.cfg.broker_url.clone();
         }
+        // Only the node's own broker keeps a journal.
+        b.journal = node.journal && b.url == node.url;
         if !self.cfg.username.is_empty() {
             b.username = self.cfg.username.clone();
             b.password_file = self.cfg.password_file.clone();

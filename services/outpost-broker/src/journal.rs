@@ -1,0 +1,788 @@
+//! The journal: what makes the broker's acknowledgement of a publish mean "on disk".
+//!
+//! ```text
+//! publisher ──PUBLISH QoS 1/2──▶ on_client_publish ──append──▶ writer thread ──▶ journal (fsync)
+//!                                       │ (waits for the group commit)
+//!                                       ▼
+//!                              route to subscribers ──▶ PUBACK / PUBREC to the publisher
+//! consumer ──PUBACK, then `<base>/_journal/ack` (keys of handled messages)──▶ released
+//! ```
+//!
+//! - **What is journaled**: a QoS 1 or 2 message whose topic matches a filter of a
+//!   registered durable consumer (a service of the node consuming through
+//!   `outpost_bus::Consumer`, which registers its filters on `<base>/_journal/consumer`).
+//!   Anything else is routed from memory as before.
+//! - **When the publisher hears back**: only after the message is in the journal, written
+//!   and synced in a group commit with every other message that arrived meanwhile
+//!   ([`outpost_queue`]: append-only segment files, each record encrypted and
+//!   authenticated with the broker's journal key). While the journal is full or the disk
+//!   cannot be written, publishers get no acknowledgement: they wait, and resend after a
+//!   reconnect; nothing acknowledged is dropped to make room.
+//! - **Released** once every consumer it was journaled for has confirmed it (by its
+//!   [`outpost_bus::journal::key`]), or has gone for good (its persistent session ended).
+//!   The journal is released from its head in order.
+//! - **After a crash** (kill -9, power loss) the broker reads what the journal still holds
+//!   before it accepts connections and queues each message again for every registered
+//!   consumer whose filters match it; consumers drop what they had already handled (by
+//!   event id). A message not confirmed within [`Config::redeliver_after`] (its
+//!   confirmation lost with a connection, or dropped from the consumer's in-memory queue)
+//!   is queued again for that consumer while it is connected.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mqtt5::QoS;
+use mqtt5::broker::events::{BrokerEventHandler, ClientPublishEvent, PublishAction};
+use mqtt5::broker::router::MessageRouter;
+use mqtt5::broker::storage::{DynamicStorage, QueuedMessage, StorageBackend as _};
+use mqtt5::packet::publish::PublishPacket;
+use outpost_bus::journal::{KEY_LEN, Key, key};
+use outpost_kit::Shutdown;
+use outpost_kit::backoff::Backoff;
+use outpost_queue::{Item, Overflow, Priority, Queue, QueueError, SyncPolicy};
+use outpost_storage::Db;
+use outpost_storage::rusqlite::params;
+use tokio::sync::{mpsc, oneshot};
+
+outpost_kit::metric_names! {
+    /// The journal's metrics.
+    pub struct Metrics {
+        /// Messages written.
+        appended = "journal_appended_total",
+        /// Group commits (each one write and, with `storage.sync = "full"`, one fsync).
+        commits = "journal_commits_total",
+        /// Messages released after every consumer confirmed them.
+        released = "journal_released_total",
+        /// Appends that had to wait (journal full, disk not writable).
+        waits = "journal_append_waits_total",
+        /// Messages delivered again because a consumer did not confirm them in time.
+        redelivered = "journal_redelivered_total",
+        /// Messages held.
+        pending = "journal_pending",
+        /// Bytes of the journal's files.
+        bytes = "journal_bytes",
+    }
+}
+
+/// How the journal is kept.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bound on the journal's files; beyond it publishers wait.
+    pub max_bytes: u64,
+    /// Largest message journaled (the broker's packet limit).
+    pub max_message_bytes: u32,
+    /// Sync every group commit (survives power loss); otherwise a process crash only.
+    pub sync: bool,
+    /// A message not confirmed by a connected consumer within this time is queued for it
+    /// again.
+    pub redeliver_after: Duration,
+    pub metrics: Metrics,
+}
+
+/// Control topics and who may use them.
+#[derive(Debug, Clone)]
+pub struct Control {
+    pub internal_user: String,
+    pub consumer_topic: String,
+    pub ack_topic: String,
+}
+
+/// The journal of one broker; see the module documentation.
+pub struct Journal {
+    state: Arc<Mutex<State>>,
+    writer: mpsc::UnboundedSender<Request>,
+    router: OnceLock<Arc<MessageRouter>>,
+    db: Db,
+    control: Control,
+    redeliver_after: Duration,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Registered consumers and the filters they consume.
+    consumers: HashMap<Arc<str>, Vec<String>>,
+    /// Journaled messages not yet released, by sequence number.
+    pending: BTreeMap<u64, Entry>,
+    /// Which of a consumer's pending messages carry a key, oldest first.
+    index: HashMap<(Arc<str>, Key), VecDeque<u64>>,
+    /// Sequence number at the journal's head: everything before it is released.
+    head: u64,
+}
+
+struct Entry {
+    topic: Arc<str>,
+    payload: Bytes,
+    qos: QoS,
+    key: Key,
+    /// Consumers that have not confirmed it yet.
+    waiting: Vec<Arc<str>>,
+    /// When it was last queued for them.
+    since: Instant,
+}
+
+enum Request {
+    Append {
+        record: Vec<u8>,
+        entry: Entry,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Releases this many messages from the head.
+    Release(u64),
+}
+
+/// Why the journal cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open the broker's journal")]
+    Queue(#[from] QueueError),
+    #[error("cannot read the broker's durable consumers")]
+    Storage(#[from] outpost_storage::StorageError),
+    #[error("cannot start the journal writer")]
+    Thread(#[source] std::io::Error),
+}
+
+impl Journal {
+    /// Opens the journal in `dir` with `key`, and the registered consumers from `db`; the
+    /// messages it still holds are queued again by [`Journal::start`].
+    pub fn open(
+        dir: &Path,
+        master_key: &[u8; 32],
+        cfg: &Config,
+        db: Db,
+        control: Control,
+    ) -> Result<(Arc<Self>, Vec<Item>), OpenError> {
+        let mut queue = Queue::open(
+            dir,
+            master_key,
+            outpost_queue::Config {
+                max_bytes: cfg.max_bytes,
+                segment_bytes: 0,
+                max_item_bytes: cfg.max_message_bytes.saturating_add(8 * 1024),
+                ttl: None,
+                overflow: Overflow::RefuseNew,
+                sync: if cfg.sync {
+                    SyncPolicy::Batch
+                } else {
+                    SyncPolicy::None
+                },
+            },
+        )?;
+        let held = queue
+            .peek(usize::MAX, usize::MAX, unix_ms())?
+            .map(|b| b.items)
+            .unwrap_or_default();
+        let head = held.first().map_or_else(|| next_seq(&queue), |i| i.seq);
+        let consumers = load_consumers(&db)?;
+        let state = Arc::new(Mutex::new(State {
+            consumers,
+            head,
+            ..State::default()
+        }));
+        let (writer, rx) = mpsc::unbounded_channel();
+        let for_writer = Arc::clone(&state);
+        let m = cfg.metrics;
+        std::thread::Builder::new()
+            .name("broker-journal".into())
+            .spawn(move || write(queue, rx, &for_writer, m))
+            .map_err(OpenError::Thread)?;
+        let journal = Arc::new(Self {
+            state,
+            writer,
+            router: OnceLock::new(),
+            db,
+            control,
+            redeliver_after: cfg.redeliver_after,
+            metrics: cfg.metrics,
+        });
+        Ok((journal, held))
+    }
+
+    /// Queues what the journal held at start for the consumers it matches, before the
+    /// broker accepts connections; from here on messages are redelivered through `router`.
+    pub fn start(&self, router: Arc<MessageRouter>, held: Vec<Item>) {
+        let now = Instant::now();
+        let mut bad = 0u64;
+        let mut st = self.lock();
+        let mut next = st.head;
+        for item in held {
+            // Records skipped as corrupt leave gaps; the head moves over them.
+            for lost in next..item.seq {
+                st.pending.insert(lost, Entry::released());
+            }
+            next = item.seq + 1;
+            let Some((topic, qos, payload)) = decode(&item.data) else {
+                bad += 1;
+                // Keeps the head moving past it.
+                st.pending.insert(item.seq, Entry::released());
+                continue;
+            };
+            let waiting = matching(&st.consumers, topic);
+            let entry = Entry {
+                topic: Arc::from(topic),
+                key: key(topic, payload),
+                payload: Bytes::copy_from_slice(payload),
+                qos,
+                waiting,
+                since: now,
+            };
+            for c in &entry.waiting {
+                queue_for(&router, c, &entry);
+            }
+            st.insert(item.seq, entry);
+        }
+        drop(st);
+        if bad > 0 {
+            tracing::warn!(
+                messages = bad,
+                "journal records that cannot be read were skipped"
+            );
+        }
+        tracing::info!(through = next, "journal replayed");
+        let _ = self.router.set(router);
+        self.advance();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Releases what every consumer confirmed, from the head in order.
+    fn advance(&self) {
+        let released = self.lock().release_front();
+        if released > 0 {
+            let _ = self.writer.send(Request::Release(released));
+        }
+    }
+
+    /// Journals a message for `waiting`, waiting as long as the journal cannot take it.
+    async fn append(&self, ev: &ClientPublishEvent, waiting: Vec<Arc<str>>) {
+        let record = encode(&ev.topic, ev.qos, &ev.payload);
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
+        let mut warned = false;
+        loop {
+            let (reply, answer) = oneshot::channel();
+            let entry = Entry {
+                topic: Arc::clone(&ev.topic),
+                payload: ev.payload.clone(),
+                qos: ev.qos,
+                key: key(&ev.topic, &ev.payload),
+                waiting: waiting.clone(),
+                since: Instant::now(),
+            };
+            // A send to a writer that is gone drops `reply`: answered below as `Err`.
+            let _ = self.writer.send(Request::Append {
+                record: record.clone(),
+                entry,
+                reply,
+            });
+            match answer.await {
+                Ok(Ok(())) => return,
+                Ok(Err(why)) => {
+                    metrics::counter!(self.metrics.waits).increment(1);
+                    if !warned {
+                        tracing::warn!(
+                            reason = why,
+                            "the journal cannot take more; publishers wait for their acknowledgement"
+                        );
+                        warned = true;
+                    }
+                }
+                // The writer is gone: the broker is stopping. Never acknowledge; the
+                // connection ends with it and the publisher sends again.
+                Err(_) => {}
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+
+    /// A consumer's confirmation: `payload` is the keys of messages it handled.
+    fn confirmed(&self, client: &str, payload: &[u8]) {
+        {
+            let mut st = self.lock();
+            let Some(client) = st
+                .consumers
+                .get_key_value(client)
+                .map(|(k, _)| Arc::clone(k))
+            else {
+                return;
+            };
+            for k in payload.chunks_exact(KEY_LEN) {
+                let mut key = [0u8; KEY_LEN];
+                key.copy_from_slice(k);
+                st.confirm(&client, key);
+            }
+        }
+        self.advance();
+    }
+
+    /// A consumer's registration: `payload` is the JSON list of its filters.
+    async fn register(&self, client: &str, payload: &[u8]) {
+        let filters: Vec<String> = match serde_json::from_slice(payload) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(client, error = %e, "ignored a malformed journal registration");
+                return;
+            }
+        };
+        let (id, body) = (client.to_string(), serde_json::to_string(&filters));
+        let Ok(body) = body else { return };
+        let stored = self
+            .db
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO journal_consumers (client_id, filters) VALUES (?1, ?2)
+                     ON CONFLICT (client_id) DO UPDATE SET filters = ?2",
+                    params![id, body],
+                )
+                .map_err(outpost_storage::StorageError::from)
+            })
+            .await;
+        if let Err(e) = stored {
+            tracing::warn!(client, error = %e, "cannot store a durable consumer; its messages are journaled until the broker restarts");
+        }
+        tracing::info!(client, ?filters, "durable consumer registered");
+        self.lock().consumers.insert(Arc::from(client), filters);
+    }
+
+    /// Forgets consumers whose session ended and queues again what connected consumers
+    /// did not confirm in time, until `stop`.
+    pub async fn maintain(self: Arc<Self>, storage: Arc<DynamicStorage>, stop: Shutdown) {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                () = stop.wait() => return,
+                _ = tick.tick() => {}
+            }
+            let consumers: Vec<Arc<str>> = self.lock().consumers.keys().cloned().collect();
+            for c in consumers {
+                if matches!(storage.get_session(&c).await, Ok(None)) {
+                    self.forget(&c).await;
+                }
+            }
+            self.redeliver().await;
+            self.advance();
+            let st = self.lock();
+            metrics::gauge!(self.metrics.pending).set(st.pending.len() as f64);
+        }
+    }
+
+    /// A consumer whose session ended gets nothing more: what waited for it is released.
+    async fn forget(&self, client: &Arc<str>) {
+        tracing::info!(client = %client, "durable consumer's session ended; it is no longer journaled for");
+        {
+            let mut st = self.lock();
+            st.consumers.remove(client);
+            st.index.retain(|(c, _), _| c != client);
+            for e in st.pending.values_mut() {
+                e.waiting.retain(|w| w != client);
+            }
+        }
+        let id = client.to_string();
+        let _ = self
+            .db
+            .write(move |c| {
+                c.execute(
+                    "DELETE FROM journal_consumers WHERE client_id = ?1",
+                    params![id],
+                )
+                .map_err(outpost_storage::StorageError::from)
+            })
+            .await;
+    }
+
+    async fn redeliver(&self) {
+        let Some(router) = self.router.get() else {
+            return;
+        };
+        let now = Instant::now();
+        let due: Vec<(u64, Vec<Arc<str>>)> = {
+            let st = self.lock();
+            st.pending
+                .iter()
+                .filter(|(_, e)| {
+                    !e.waiting.is_empty() && now.duration_since(e.since) >= self.redeliver_after
+                })
+                .take(10_000)
+                .map(|(s, e)| (*s, e.waiting.clone()))
+                .collect()
+        };
+        let mut connected = HashMap::new();
+        for (_, waiting) in &due {
+            for c in waiting {
+                if !connected.contains_key(c) {
+                    connected.insert(Arc::clone(c), router.is_connected(c).await);
+                }
+            }
+        }
+        let mut st = self.lock();
+        let mut n = 0u64;
+        for (seq, waiting) in due {
+            let Some(e) = st.pending.get_mut(&seq) else {
+                continue;
+            };
+            for c in waiting.iter().filter(|c| connected.get(*c) == Some(&true)) {
+                queue_for(router, c, e);
+                n += 1;
+            }
+            e.since = now;
+        }
+        if n > 0 {
+            metrics::counter!(self.metrics.redelivered).increment(n);
+            tracing::info!(
+                messages = n,
+                "queued again messages consumers did not confirm in time"
+            );
+        }
+    }
+}
+
+impl State {
+    fn insert(&mut self, seq: u64, entry: Entry) {
+        for c in &entry.waiting {
+            self.index
+                .entry((Arc::clone(c), entry.key))
+                .or_default()
+                .push_back(seq);
+        }
+        self.pending.insert(seq, entry);
+    }
+
+    fn confirm(&mut self, client: &Arc<str>, key: Key) {
+        let ik = (Arc::clone(client), key);
+        let Some(seqs) = self.index.get_mut(&ik) else {
+            return;
+        };
+        let seq = seqs.pop_front();
+        if seqs.is_empty() {
+            self.index.remove(&ik);
+        }
+        if let Some(e) = seq.and_then(|s| self.pending.get_mut(&s)) {
+            e.waiting.retain(|w| w != client);
+        }
+    }
+
+    /// Drops confirmed messages from the head; how many.
+    fn release_front(&mut self) -> u64 {
+        let mut n = 0;
+        while let Some(e) = self.pending.get(&self.head) {
+            if !e.waiting.is_empty() {
+                break;
+            }
+            self.pending.remove(&self.head);
+            self.head += 1;
+            n += 1;
+        }
+        n
+    }
+}
+
+impl Entry {
+    fn released() -> Self {
+        Self {
+            topic: Arc::from(""),
+            payload: Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            key: [0; KEY_LEN],
+            waiting: Vec::new(),
+            since: Instant::now(),
+        }
+    }
+}
+
+impl BrokerEventHandler for Journal {
+    fn on_client_publish<'a>(
+        &'a self,
+        ev: ClientPublishEvent,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = PublishAction> + Send + 'a>> {
+        Box::pin(async move {
+            let internal = ev.user_id.as_deref() == Some(self.control.internal_user.as_str());
+            if *ev.topic == *self.control.ack_topic {
+                if internal {
+                    self.confirmed(&ev.client_id, &ev.payload);
+                }
+                return PublishAction::Handled;
+            }
+            if *ev.topic == *self.control.consumer_topic {
+                if internal {
+                    self.register(&ev.client_id, &ev.payload).await;
+                }
+                return PublishAction::Handled;
+            }
+            if ev.qos == QoS::AtMostOnce {
+                return PublishAction::Continue;
+            }
+            let waiting = matching(&self.lock().consumers, &ev.topic);
+            if !waiting.is_empty() {
+                self.append(&ev, waiting).await;
+            }
+            PublishAction::Continue
+        })
+    }
+}
+
+/// The consumers with a filter matching `topic`.
+fn matching(consumers: &HashMap<Arc<str>, Vec<String>>, topic: &str) -> Vec<Arc<str>> {
+    consumers
+        .iter()
+        .filter(|(_, filters)| {
+            filters.iter().any(|f| {
+                let f = mqtt5::strip_shared_subscription_prefix(f);
+                mqtt5::topic_matches_filter(topic, f)
+            })
+        })
+        .map(|(c, _)| Arc::clone(c))
+        .collect()
+}
+
+fn queue_for(router: &MessageRouter, client: &str, e: &Entry) {
+    let packet = PublishPacket::new(e.topic.to_string(), e.payload.clone(), e.qos);
+    let queue = router.queue_handle(client);
+    queue.push(QueuedMessage::new(packet, client.to_string(), e.qos, None));
+    queue.notify();
+}
+
+/// What the writer takes in one round.
+#[derive(Default)]
+struct Group {
+    records: Vec<Vec<u8>>,
+    waiting: Vec<(Entry, oneshot::Sender<Result<(), String>>)>,
+    bytes: usize,
+    release: u64,
+}
+
+impl Group {
+    const MAX: usize = 4096;
+    const MAX_BYTES: usize = 16 * 1024 * 1024;
+
+    fn take(&mut self, r: Request) {
+        match r {
+            Request::Append {
+                record,
+                entry,
+                reply,
+            } => {
+                self.bytes += record.len();
+                self.records.push(record);
+                self.waiting.push((entry, reply));
+            }
+            Request::Release(n) => self.release += n,
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.records.len() >= Self::MAX || self.bytes >= Self::MAX_BYTES
+    }
+}
+
+/// The writer: appends what arrived meanwhile as one synced group, then answers each.
+fn write(
+    mut queue: Queue,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    state: &Mutex<State>,
+    m: Metrics,
+) {
+    // Sequence numbers lost with a failed write are never used again: they are released
+    // at once, or the head would wait for them forever.
+    let mut next = next_seq(&queue);
+    while let Some(first) = rx.blocking_recv() {
+        let mut g = Group::default();
+        g.take(first);
+        while !g.full() {
+            match rx.try_recv() {
+                Ok(r) => g.take(r),
+                Err(_) => break,
+            }
+        }
+        if g.release > 0 {
+            release_head(&mut queue, g.release, m);
+        }
+        if g.records.is_empty() {
+            continue;
+        }
+        match queue.append(Priority::Normal, &g.records, unix_ms()) {
+            Ok(appended) => {
+                metrics::counter!(m.commits).increment(1);
+                metrics::counter!(m.appended).increment(g.records.len() as u64);
+                let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
+                for lost in next..appended.first_seq {
+                    st.pending.insert(lost, Entry::released());
+                }
+                next = appended.first_seq + g.records.len() as u64;
+                let mut replies = Vec::with_capacity(g.waiting.len());
+                for (i, (entry, reply)) in g.waiting.into_iter().enumerate() {
+                    st.insert(appended.first_seq + i as u64, entry);
+                    replies.push(reply);
+                }
+                drop(st);
+                for r in replies {
+                    let _ = r.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for (_, reply) in g.waiting {
+                    let _ = reply.send(Err(why.clone()));
+                }
+            }
+        }
+        metrics::gauge!(m.bytes).set(queue.bytes() as f64);
+    }
+}
+
+fn next_seq(queue: &Queue) -> u64 {
+    queue
+        .stats()
+        .priorities
+        .iter()
+        .find(|p| p.priority == Priority::Normal)
+        .map_or(0, |p| p.next_seq)
+}
+
+/// Consumes `n` messages at the journal's head.
+fn release_head(queue: &mut Queue, mut n: u64, m: Metrics) {
+    while n > 0 {
+        let want = usize::try_from(n).unwrap_or(usize::MAX);
+        match queue.peek(want, usize::MAX, unix_ms()) {
+            Ok(Some(batch)) => {
+                let got = batch.items.len() as u64;
+                if let Err(e) = queue.ack(&batch) {
+                    tracing::warn!(error = %e, "cannot release journaled messages; retried with the next release");
+                    return;
+                }
+                metrics::counter!(m.released).increment(got);
+                n = n.saturating_sub(got);
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the journal's head");
+                return;
+            }
+        }
+    }
+}
+
+/// A journal record: version, QoS, topic length (big-endian u16), topic, payload.
+fn encode(topic: &str, qos: QoS, payload: &[u8]) -> Vec<u8> {
+    let t = topic.as_bytes();
+    let len = u16::try_from(t.len()).unwrap_or(u16::MAX);
+    let mut out = Vec::with_capacity(4 + t.len() + payload.len());
+    out.push(1);
+    out.push(qos as u8);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&t[..usize::from(len)]);
+    out.extend_from_slice(payload);
+    out
+}
+
+fn decode(record: &[u8]) -> Option<(&str, QoS, &[u8])> {
+    let (&[1, qos, l0, l1], rest) = record.split_first_chunk::<4>()? else {
+        return None;
+    };
+    let qos = match qos {
+        1 => QoS::AtLeastOnce,
+        2 => QoS::ExactlyOnce,
+        _ => return None,
+    };
+    let (topic, payload) = rest.split_at_checked(usize::from(u16::from_be_bytes([l0, l1])))?;
+    Some((std::str::from_utf8(topic).ok()?, qos, payload))
+}
+
+fn load_consumers(
+    db: &Db,
+) -> Result<HashMap<Arc<str>, Vec<String>>, outpost_storage::StorageError> {
+    db.write_blocking(|c| {
+        let mut st = c.prepare("SELECT client_id, filters FROM journal_consumers")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(c, f)| Some((Arc::from(c), serde_json::from_str(&f).ok()?)))
+            .collect())
+    })
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_garbage_is_refused() {
+        let r = encode("edgex/events/a", QoS::ExactlyOnce, b"payload");
+        assert_eq!(
+            decode(&r),
+            Some(("edgex/events/a", QoS::ExactlyOnce, &b"payload"[..]))
+        );
+        assert_eq!(decode(&r[..5]), None);
+        assert_eq!(decode(&[2, 1, 0, 0]), None);
+        assert_eq!(decode(&[1, 0, 0, 0]), None, "QoS 0 is never journaled");
+        assert_eq!(decode(&[1, 1, 0, 1, 0xff]), None, "topic not UTF-8");
+    }
+
+    #[test]
+    fn the_head_moves_only_over_messages_every_consumer_confirmed() {
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let mut st = State {
+            head: 10,
+            ..State::default()
+        };
+        let entry = |k: u8, waiting: Vec<Arc<str>>| Entry {
+            topic: Arc::from("t"),
+            payload: Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            key: [k; KEY_LEN],
+            waiting,
+            since: Instant::now(),
+        };
+        st.insert(10, entry(1, vec![a.clone(), b.clone()]));
+        st.insert(11, entry(2, vec![a.clone()]));
+        // 12 is appended but not yet inserted: the head must not pass it.
+        st.insert(13, entry(3, vec![b.clone()]));
+        st.confirm(&a, [2; KEY_LEN]);
+        assert_eq!(st.release_front(), 0, "10 still waits for a and b");
+        st.confirm(&a, [1; KEY_LEN]);
+        st.confirm(&b, [3; KEY_LEN]);
+        assert_eq!(st.release_front(), 0, "10 still waits for b");
+        st.confirm(&b, [1; KEY_LEN]);
+        assert_eq!(st.release_front(), 2, "10 and 11");
+        assert_eq!(st.head, 12);
+        st.insert(12, entry(4, vec![]));
+        assert_eq!(st.release_front(), 2, "12 (nobody waits) and 13");
+        assert!(st.pending.is_empty() && st.index.is_empty());
+        // A confirmation of something unknown changes nothing.
+        st.confirm(&a, [9; KEY_LEN]);
+    }
+
+    #[test]
+    fn filters_match_plain_wildcard_and_shared() {
+        let mut c = HashMap::new();
+        c.insert(Arc::from("data"), vec!["edgex/events/device/#".to_string()]);
+        c.insert(
+            Arc::from("rules"),
+            vec!["$share/g/edgex/events/+/x/#".to_string()],
+        );
+        let mut m = matching(&c, "edgex/events/device/y/p/d/s");
+        m.sort();
+        assert_eq!(m, vec![Arc::from("data")]);
+        let mut m = matching(&c, "edgex/events/core/x/p");
+        m.sort();
+        assert_eq!(m, vec![Arc::<str>::from("rules")]);
+        assert!(matching(&c, "edgex/system-events/x").is_empty());
+    }
+}

@@ -1,0 +1,238 @@
+//! Acknowledged means durable: what the broker acknowledged to a publisher is stored, once,
+//! whatever was killed with SIGKILL meanwhile.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use outpost_bus::{Bus, Options};
+use outpost_kit::config::BusConfig;
+
+use crate::support::*;
+
+/// A device publishing events with QoS 1 as fast as the broker acknowledges them.
+struct Publisher {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Publisher {
+    async fn start(node: &Node, device: &str, creds: &tempfile::TempDir) -> Self {
+        let cfg = BusConfig {
+            url: format!("mqtt://127.0.0.1:{}", node.ports.mqtt),
+            ..BusConfig::default()
+        };
+        let opts = Options {
+            create_credentials: false,
+            ..Options::plain(format!("durability-{device}"))
+        };
+        let bus = Bus::connect(
+            &cfg,
+            creds.path(),
+            "test",
+            opts,
+            &outpost_kit::Shutdown::new(),
+        )
+        .await
+        .expect("publisher connects");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, device) = (Arc::clone(&stop), device.to_string());
+        let task = tokio::spawn(async move {
+            let mut acked = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let (id, msg) =
+                    event_message(&device, now_nanos(), &[("Temperature", "Float64", "20.5")]);
+                // Ok only once the broker acknowledged it (PUBACK); a publish that may
+                // have been lost with the connection is not counted.
+                if bus
+                    .publish_raw(&event_topic(&device), msg.into_bytes())
+                    .await
+                    .is_ok()
+                {
+                    acked.push(id);
+                }
+            }
+            acked
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("the publisher to stop")
+            .expect("publisher")
+    }
+}
+
+/// Every event id core-data holds for `device`.
+async fn stored_ids(node: &Node, device: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    loop {
+        let (status, body) = node
+            .get(&format!(
+                "{}/api/v3/event/device/name/{device}?offset={}&limit=1000",
+                node.data(),
+                ids.len()
+            ))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let page: Vec<String> = body["events"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["id"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if page.is_empty() {
+            return ids;
+        }
+        ids.extend(page);
+    }
+}
+
+/// A small random number source; the seed is printed so a failing run can be repeated.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Self {
+        let seed = std::env::var("OUTPOST_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| u64::try_from(now_nanos()).unwrap_or(1) | 1);
+        eprintln!("OUTPOST_TEST_SEED={seed}");
+        Self(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+/// The pid of `service` now, if its pid file is there (not while it restarts).
+fn pid_now(node: &Node, service: &str) -> Option<u32> {
+    std::fs::read_to_string(node.data_dir().join("run").join(format!("{service}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+async fn restarted(node: &Node, service: &str, old: u32) {
+    eventually(
+        &format!("{service} to come back"),
+        Duration::from_secs(30),
+        || async {
+            pid_now(node, service).is_some_and(|p| p != old)
+                && node
+                    .registrations()
+                    .await
+                    .iter()
+                    .any(|r| r["serviceId"] == service && r["status"] == "UP")
+        },
+    )
+    .await;
+}
+
+/// Waits until every id of `acked` is stored for `device`; then none may be there twice.
+async fn all_stored_once(node: &Node, device: &str, acked: &[String], within: Duration) {
+    let missing = || async {
+        let stored: HashSet<String> = stored_ids(node, device).await.into_iter().collect();
+        acked.iter().filter(|id| !stored.contains(*id)).count()
+    };
+    let deadline = tokio::time::Instant::now() + within;
+    let mut left = missing().await;
+    while left > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        left = missing().await;
+    }
+    assert_eq!(
+        left,
+        0,
+        "{left} of {} acknowledged events lost",
+        acked.len()
+    );
+    let stored = stored_ids(node, device).await;
+    let unique: HashSet<&String> = stored.iter().collect();
+    assert_eq!(unique.len(), stored.len(), "an event stored twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_broker_acknowledged_survives_its_crash_while_core_data_is_away() {
+    let node = Node::start("").await;
+    provision(&node, &["j1"]);
+    let creds = tempfile::tempdir().expect("dir");
+    let count = || async {
+        node.get(&format!(
+            "{}/api/v3/event/count/device/name/j1",
+            node.data()
+        ))
+        .await
+        .1["count"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    // core-data consumes, so the broker journals for it.
+    let first = Publisher::start(&node, "j1", &creds).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = first.stop().await;
+    assert!(!before.is_empty());
+    eventually("the first events stored", outpost_testkit::WAIT, || async {
+        count().await == before.len() as u64
+    })
+    .await;
+    // core-data cannot take anything now: what the broker acknowledges next is only in
+    // the broker when it is killed.
+    let core_data = node.pid("core-data");
+    signal(core_data, "STOP");
+    let held = Publisher::start(&node, "j1", &creds).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked = held.stop().await;
+    assert!(!acked.is_empty());
+    let broker = node.pid("mqtt-broker");
+    signal(broker, "KILL");
+    restarted(&node, "mqtt-broker", broker).await;
+    signal(core_data, "CONT");
+    let all: Vec<String> = before.into_iter().chain(acked).collect();
+    all_stored_once(&node, "j1", &all, Duration::from_secs(90)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_event_is_lost_or_stored_twice_through_twenty_random_kill_9() {
+    let rounds: u32 = std::env::var("OUTPOST_KILL_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let mut node = Node::start("").await;
+    provision(&node, &["k1"]);
+    let creds = tempfile::tempdir().expect("dir");
+    let mut rng = Rng::new();
+    let publisher = Publisher::start(&node, "k1", &creds).await;
+    let victims = ["core-data", "mqtt-broker", "core-metadata", "node"];
+    for round in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(200 + rng.below(1300))).await;
+        let victim = victims[usize::try_from(rng.below(victims.len() as u64)).unwrap_or(0)];
+        eprintln!("round {round}: kill -9 {victim}");
+        if victim == "node" {
+            node.kill_all();
+            node.launch().await;
+        } else {
+            let pid = node.pid(victim);
+            signal(pid, "KILL");
+            restarted(&node, victim, pid).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked = publisher.stop().await;
+    assert!(acked.len() > 100, "only {} acknowledged", acked.len());
+    eprintln!("{} events acknowledged through {rounds} kills", acked.len());
+    all_stored_once(&node, "k1", &acked, Duration::from_secs(120)).await;
+    node.stop();
+}
