@@ -21,6 +21,8 @@
 #   bench/run.sh journal      what the broker's durable acknowledgement costs: ingest and
 #                             mqtt-devices with the journal on and off, alternating, three
 #                             rounds each, with the broker's group commits (fsyncs) per second
+#   bench/run.sh durability   the randomized kill -9 test of tests/e2e/durability.rs with 100
+#                             kills instead of CI's 20 (OUTPOST_KILL_ROUNDS), under QoS 1 ingest
 #   bench/run.sh ota          200 devices downloading a 50 MiB artifact at once (through the
 #                             gateway and direct): throughput, server CPU and RSS; polls/s
 #                             of a 10,000-device fleet
@@ -94,6 +96,10 @@ if [[ $what == all || $what == journal ]]; then
       fi
     done
   done
+fi
+if [[ $what == durability ]]; then
+  OUTPOST_KILL_ROUNDS=100 run cargo nextest run --locked -p outpost --no-capture \
+    durability::no_acknowledged_event_is_lost_or_stored_twice
 fi
 if [[ $what == all || $what == ota ]]; then
   run "$B" ota --outpost "$O" --agents 200 --mib 50 --fleet 10000 --pollers 64 --seconds 10

@@ -125,9 +125,12 @@ impl Consumer {
         let bus = Bus::wrap(client, cfg, service);
         bus.watch_connection().await;
         let (tx, rx) = mpsc::unbounded_channel();
-        let journal = cfg.journal.then(|| Journal {
-            confirm: Confirm::start(bus.clone()),
-            filters: Arc::new(Mutex::new(filters.to_vec())),
+        let journal = cfg.journal.then(|| {
+            let filters = Arc::new(Mutex::new(filters.to_vec()));
+            Journal {
+                confirm: Confirm::start(bus.clone(), Arc::clone(&filters)),
+                filters,
+            }
         });
         // Registered before the session resumes: what the broker held for this consumer
         // is delivered as soon as the connection opens.

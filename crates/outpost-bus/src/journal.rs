@@ -12,6 +12,7 @@
 //! Only the node's own broker understands these messages, so a consumer sends them only
 //! when `bus.journal` says the broker is the embedded one.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use outpost_contracts::topics;
@@ -65,9 +66,13 @@ impl std::fmt::Debug for Msg {
 impl Confirm {
     /// Starts sending the confirmations of `bus`'s consumer. The sending task ends when the
     /// consumer and every delivery it handed out are gone (the last sender dropped).
-    pub(crate) fn start(bus: Bus) -> Self {
+    ///
+    /// It also registers `filters` again whenever the connection is re-established, so a
+    /// broker that lost the registration (or forgot a consumer that was away for long)
+    /// journals for it again.
+    pub(crate) fn start(bus: Bus, filters: Arc<Mutex<Vec<String>>>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(send(bus, rx));
+        tokio::spawn(send(bus, rx, filters));
         Self { tx }
     }
 
@@ -86,13 +91,26 @@ impl Confirm {
     }
 }
 
-async fn send(bus: Bus, mut rx: mpsc::UnboundedReceiver<Msg>) {
+async fn send(bus: Bus, mut rx: mpsc::UnboundedReceiver<Msg>, filters: Arc<Mutex<Vec<String>>>) {
     let topic = topics::journal_ack(bus.base_topic());
     let mut msgs = Vec::with_capacity(MAX_KEYS);
     let mut flushes = Vec::new();
+    let mut connections = bus.connections();
+    connections.mark_unchanged();
     loop {
-        if rx.recv_many(&mut msgs, MAX_KEYS).await == 0 {
-            return;
+        tokio::select! {
+            n = rx.recv_many(&mut msgs, MAX_KEYS) => if n == 0 {
+                return;
+            },
+            changed = connections.changed() => {
+                if changed.is_ok() {
+                    let f = filters.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                    if let Err(e) = register(&bus, &f).await {
+                        tracing::debug!(error = %e, "cannot register with the broker's journal again");
+                    }
+                }
+                continue;
+            }
         }
         let mut payload = Vec::with_capacity(msgs.len() * KEY_LEN);
         for m in msgs.drain(..) {

@@ -222,8 +222,11 @@ impl Reading {
         if !self.id.is_empty() && uuid::Uuid::parse_str(&self.id).is_err() {
             return Err(format!("reading id '{}' is not a UUID", self.id));
         }
-        if self.origin == 0 {
-            return Err(format!("reading '{}' has no origin", self.resource_name));
+        if self.origin <= 0 {
+            return Err(format!(
+                "reading '{}' has no origin (nanoseconds since the Unix epoch, positive)",
+                self.resource_name
+            ));
         }
         match (&self.value, self.value_type) {
             (ReadingValue::Simple(s), t) => t.parse(s).map_err(|e: ValueError| e.to_string()),
@@ -279,14 +282,26 @@ impl Event {
         names::check("deviceName", &self.device_name)?;
         names::check("profileName", &self.profile_name)?;
         names::check("sourceName", &self.source_name)?;
-        if self.origin == 0 {
-            return Err("event has no origin".into());
+        if !self.api_version.is_empty() && self.api_version != crate::API_VERSION {
+            let mut v = self.api_version.clone();
+            v.truncate(v.floor_char_boundary(16));
+            return Err(format!(
+                "event apiVersion must be '{}', got '{v}'",
+                crate::API_VERSION
+            ));
+        }
+        if self.origin <= 0 {
+            return Err("event has no origin (nanoseconds since the Unix epoch, positive)".into());
         }
         if self.readings.is_empty() {
             return Err("event has no readings".into());
         }
         let mut nums = Vec::with_capacity(self.readings.len());
+        let mut ids = std::collections::HashSet::with_capacity(self.readings.len());
         for r in &self.readings {
+            if !r.id.is_empty() && !ids.insert(r.id.as_str()) {
+                return Err(format!("reading id '{}' appears twice in the event", r.id));
+            }
             if r.device_name != self.device_name || r.profile_name != self.profile_name {
                 return Err(format!(
                     "reading '{}' belongs to device '{}'/profile '{}', not the event's '{}'/'{}'",
@@ -391,6 +406,63 @@ mod tests {
                 ]
             }
         })
+    }
+
+    fn parsed(v: serde_json::Value) -> Event {
+        serde_json::from_value::<AddEventRequest>(v)
+            .expect("an AddEventRequest")
+            .event
+    }
+
+    #[test]
+    fn what_edgex_refuses_is_refused() {
+        assert!(parsed(sample()).validate().is_ok());
+        type Change = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                "negative origin",
+                Box::new(|v| v["event"]["origin"] = (-1).into()),
+            ),
+            (
+                "negative reading origin",
+                Box::new(|v| v["event"]["readings"][0]["origin"] = (-5).into()),
+            ),
+            (
+                "apiVersion v2",
+                Box::new(|v| v["event"]["apiVersion"] = "v2".into()),
+            ),
+            (
+                "a huge apiVersion",
+                Box::new(|v| v["event"]["apiVersion"] = "v".repeat(70_000).into()),
+            ),
+            (
+                "one reading id twice",
+                Box::new(|v| {
+                    let id = "6a6b0e9c-4c2f-4c3e-9b3c-0c4d7e9a1f00";
+                    v["event"]["readings"][0]["id"] = id.into();
+                    v["event"]["readings"][1]["id"] = id.into();
+                }),
+            ),
+            (
+                "device '..'",
+                Box::new(|v| {
+                    v["event"]["deviceName"] = "..".into();
+                    for r in v["event"]["readings"].as_array_mut().into_iter().flatten() {
+                        r["deviceName"] = "..".into();
+                    }
+                }),
+            ),
+        ];
+        for (what, change) in cases {
+            let mut v = sample();
+            change(&mut v);
+            let err = parsed(v).validate().expect_err(what);
+            assert!(
+                err.len() < 200,
+                "{what}: the error quotes too much: {}",
+                err.len()
+            );
+        }
     }
 
     #[test]

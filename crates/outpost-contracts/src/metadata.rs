@@ -451,6 +451,9 @@ impl Device {
 }
 
 /// Parses an EdgeX duration string (`"10s"`, `"500ms"`, `"1m30s"`, `"1h"`).
+/// The longest interval: Go's `time.Duration` (i64 nanoseconds).
+pub const MAX_INTERVAL: std::time::Duration = std::time::Duration::from_nanos(i64::MAX as u64);
+
 pub fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     if s.is_empty() {
@@ -483,7 +486,13 @@ pub fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
             "h" => num * 3600.0,
             _ => return Err(format!("interval '{s}' has an unknown unit '{unit}'")),
         };
-        total += std::time::Duration::from_secs_f64(secs);
+        // Go's time.ParseDuration (what EdgeX uses) refuses anything beyond i64
+        // nanoseconds (about 292 years); so does this, instead of overflowing.
+        total = std::time::Duration::try_from_secs_f64(secs)
+            .ok()
+            .and_then(|d| total.checked_add(d))
+            .filter(|t| *t <= MAX_INTERVAL)
+            .ok_or_else(|| format!("interval '{s}' is out of range"))?;
     }
     if total.is_zero() {
         return Err(format!("interval '{s}' must be positive"));
@@ -994,6 +1003,17 @@ deviceCommands:
         assert!(parse_interval("10").is_err());
         assert!(parse_interval("0s").is_err());
         assert!(parse_interval("5 parsecs").is_err());
+        // Out of range is an error, never a panic (these crashed core-metadata before).
+        for huge in [
+            "99999999999999999999h",
+            "1e400s",
+            "2562048h",
+            "2562047h2562047h",
+            "18446744073709551615s18446744073709551615s",
+        ] {
+            assert!(parse_interval(huge).is_err(), "{huge}");
+        }
+        assert!(parse_interval("2562047h").is_ok());
     }
 
     #[test]

@@ -313,8 +313,9 @@ pub fn check_bounds(
     minimum: Option<f64>,
     maximum: Option<f64>,
 ) -> Result<(), ValueError> {
-    let below = minimum.is_some_and(|m| value < m);
-    let above = maximum.is_some_and(|m| value > m);
+    // NaN compares false with everything: a bounded resource refuses it explicitly.
+    let below = minimum.is_some_and(|m| value.is_nan() || value < m);
+    let above = maximum.is_some_and(|m| value.is_nan() || value > m);
     if below || above {
         let show = |b: Option<f64>| b.map_or_else(|| "-".to_string(), |v| v.to_string());
         return Err(ValueError::OutOfRange {
@@ -342,6 +343,20 @@ fn truncate(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nan_is_outside_every_range_and_infinities_are_compared() {
+        assert!(check_bounds("t", f64::NAN, Some(-40.0), Some(125.0)).is_err());
+        assert!(check_bounds("t", f64::NAN, None, Some(125.0)).is_err());
+        assert!(check_bounds("t", f64::NAN, Some(-40.0), None).is_err());
+        assert!(
+            check_bounds("t", f64::NAN, None, None).is_ok(),
+            "unbounded: NaN is a value"
+        );
+        assert!(check_bounds("t", f64::INFINITY, None, Some(125.0)).is_err());
+        assert!(check_bounds("t", f64::NEG_INFINITY, Some(-40.0), None).is_err());
+        assert!(check_bounds("t", 20.0, Some(-40.0), Some(125.0)).is_ok());
+    }
 
     #[test]
     fn names_round_trip_and_codes_are_stable() {

@@ -213,6 +213,16 @@ pub async fn set(
             format!("'{command}' is read-only"),
         ));
     }
+    // Defaults fill the resources a request leaves out, but a request that names none of
+    // them is a mistake (an empty body, a misspelt name), not a write of every default.
+    if !targets
+        .iter()
+        .any(|t| settings.contains_key(&t.resource.name))
+    {
+        return Err(ApiError::bad_request(format!(
+            "the request sets none of the resources of '{command}'"
+        )));
+    }
     let mut values = Vec::with_capacity(targets.len());
     for t in &targets {
         let r = &t.resource;

@@ -101,6 +101,40 @@ impl From<outpost_storage::rusqlite::Error> for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// Middleware: every error answer is EdgeX's JSON (`apiVersion`, `statusCode`, `message`),
+/// whatever refused the request. Handlers answer that way already; this catches what a
+/// framework layer answers in plain text or with no body (a body over the limit, a
+/// rejected extractor), keeping its message.
+pub async fn edgex_errors(req: Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_string(),
+        t => t.to_string(),
+    };
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.remove(axum::http::header::CONTENT_TYPE);
+    let mut out = ApiError::new(status, message).into_response();
+    for (k, v) in &parts.headers {
+        out.headers_mut().entry(k).or_insert_with(|| v.clone());
+    }
+    out
+}
+
 fn bytes_rejection(r: BytesRejection) -> ApiError {
     let status = r.status();
     if status == StatusCode::PAYLOAD_TOO_LARGE {

@@ -126,7 +126,8 @@ impl Context {
     /// so every later log line carries it; a refused request's unread body is read before
     /// the answer ([`refused`]); the body limit applies to every route; metrics
     /// are recorded per matched route (bounded label cardinality); unknown routes get an
-    /// EdgeX-shaped 404.
+    /// EdgeX-shaped 404, and every other error answer is made EdgeX-shaped too
+    /// ([`error::edgex_errors`]).
     pub fn router(&self, api: Router, health: HealthProbe) -> Router {
         let info = routes::ServiceInfo {
             name: self.name.clone(),
@@ -149,6 +150,7 @@ impl Context {
         Router::new()
             .fallback_service(routed)
             .layer(DefaultBodyLimit::max(self.common.node.max_body_bytes))
+            .layer(axum::middleware::from_fn(error::edgex_errors))
             .layer(axum::middleware::from_fn(refused::finish_refused_bodies))
             .layer(axum::middleware::from_fn(request_id::layer))
     }

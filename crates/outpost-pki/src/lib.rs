@@ -572,24 +572,12 @@ pub mod vouch {
     /// The MAC of `cert_b64`, hex.
     pub fn mac(key: &[u8; 32], cert_b64: &str) -> String {
         let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
-        ring::hmac::sign(&k, cert_b64.as_bytes())
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex::encode(ring::hmac::sign(&k, cert_b64.as_bytes()).as_ref())
     }
 
     /// Whether `mac_hex` is `cert_b64`'s MAC (compared in constant time).
     pub fn verify(key: &[u8; 32], cert_b64: &str, mac_hex: &str) -> bool {
-        let Some(tag) = (0..mac_hex.len())
-            .step_by(2)
-            .map(|i| {
-                mac_hex
-                    .get(i..i + 2)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-            })
-            .collect::<Option<Vec<u8>>>()
-        else {
+        let Ok(tag) = hex::decode(mac_hex) else {
             return false;
         };
         let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);

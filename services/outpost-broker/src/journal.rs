@@ -67,6 +67,10 @@ outpost_kit::metric_names! {
     }
 }
 
+/// How long a consumer may have neither a connection nor a session before the journal
+/// stops keeping messages for it.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
 /// How the journal is kept.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -358,14 +362,29 @@ impl Journal {
     /// did not confirm in time, until `stop`.
     pub async fn maintain(self: Arc<Self>, storage: Arc<DynamicStorage>, stop: Shutdown) {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
+        // Since when each consumer has had neither a connection nor a stored session.
+        let mut absent: HashMap<Arc<str>, Instant> = HashMap::new();
         loop {
             tokio::select! {
                 () = stop.wait() => return,
                 _ = tick.tick() => {}
             }
             let consumers: Vec<Arc<str>> = self.lock().consumers.keys().cloned().collect();
+            let router = self.router.get();
             for c in consumers {
-                if matches!(storage.get_session(&c).await, Ok(None)) {
+                let connected = match router {
+                    Some(r) => r.is_connected(&c).await,
+                    None => true,
+                };
+                if connected || !matches!(storage.get_session(&c).await, Ok(None)) {
+                    absent.remove(&c);
+                    continue;
+                }
+                // A session is briefly out of storage while it is restored or taken over;
+                // only a consumer gone for longer than any restart is forgotten.
+                let since = *absent.entry(Arc::clone(&c)).or_insert_with(Instant::now);
+                if since.elapsed() >= FORGET_AFTER {
+                    absent.remove(&c);
                     self.forget(&c).await;
                 }
             }

@@ -235,6 +235,11 @@ async fn set_command(
     // service or a device sees it.
     let settings: serde_json::Map<String, serde_json::Value> =
         outpost_kit::error::parse_json(&body)?;
+    if settings.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request sets nothing: give at least one resource and its value",
+        ));
+    }
     forward(
         &app,
         reqwest::Method::PUT,

@@ -175,6 +175,8 @@ async fn commands_are_listed_from_the_profile_and_unknown_or_locked_devices_are_
             Some(json!(["20"])),
             StatusCode::BAD_REQUEST,
         ),
+        // Settings that set nothing.
+        ("PUT", unlocked, Some(json!({})), StatusCode::BAD_REQUEST),
         // The unlocked device's service is asked, and cannot be reached.
         ("GET", unlocked, None, StatusCode::SERVICE_UNAVAILABLE),
     ] {
@@ -183,6 +185,18 @@ async fn commands_are_listed_from_the_profile_and_unknown_or_locked_devices_are_
             assert!(b["message"].as_str().unwrap().contains("locked"), "{b}");
         }
     }
+    // A body over the node's limit is refused in EdgeX's form, like every other error.
+    let big = Request::builder()
+        .method("PUT")
+        .uri(unlocked)
+        .header("content-type", "application/json")
+        .body(Body::from(vec![b' '; 10 * 1024 * 1024]))
+        .unwrap();
+    let (status, b) = cc.send(big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(b["statusCode"], 413, "{b}");
+    assert_eq!(b["apiVersion"], "v3", "{b}");
+    assert!(b["message"].as_str().is_some_and(|m| !m.is_empty()), "{b}");
     md_at.stop().await;
 }
 

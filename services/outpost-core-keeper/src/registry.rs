@@ -153,7 +153,10 @@ impl Registry {
     }
 
     fn validate(reg: &Registration) -> Result<(), RegistryError> {
-        names::check("serviceId", &reg.service_id).map_err(RegistryError::Invalid)?;
+        names::check_service_id("serviceId", &reg.service_id).map_err(RegistryError::Invalid)?;
+        if !reg.host.is_empty() {
+            names::check_host("host", &reg.host).map_err(RegistryError::Invalid)?;
+        }
         if reg.port == 0 {
             return Err(RegistryError::Invalid(
                 "port must be between 1 and 65535".into(),

@@ -48,11 +48,7 @@ pub fn seal(secret: &str) -> Result<StoredSecret, getrandom::Error> {
 /// Whether `secret` is the one `stored` was made from (in constant time).
 pub fn matches(stored: &StoredSecret, secret: &str) -> bool {
     let h = digest(&stored.salt, secret);
-    h.len() == stored.hash.len()
-        && h.iter()
-            .zip(&stored.hash)
-            .fold(0u8, |a, (x, y)| a | (x ^ y))
-            == 0
+    subtle::ConstantTimeEq::ct_eq(&h[..], &stored.hash[..]).into()
 }
 
 fn digest(salt: &[u8], secret: &str) -> Vec<u8> {

@@ -46,12 +46,13 @@ pub fn too_many(wait: Duration, what: &str) -> Response {
 pub fn admit(
     app: &App,
     method: &http::Method,
-    path: &str,
+    uri: &http::Uri,
     headers: &http::HeaderMap,
     peer: Option<std::net::SocketAddr>,
     slot: &LogSlot,
 ) -> Result<Option<Identity>, Box<Response>> {
-    let need = auth::need(method, path);
+    let path = uri.path();
+    let need = auth::need(method, path, uri.query());
     let identity = match auth::bearer(headers) {
         Some(t) => match identify(app, t) {
             Some(i) => Some(i),
@@ -132,14 +133,7 @@ pub async fn gate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> 
 /// [`admit`] for a request: the admitted identity goes into its extensions.
 fn admit_request(app: &App, req: &mut Request, slot: &LogSlot) -> Result<(), Box<Response>> {
     let peer = req.extensions().get::<conn::Peer>().map(|p| p.0);
-    let identity = admit(
-        app,
-        req.method(),
-        req.uri().path(),
-        req.headers(),
-        peer,
-        slot,
-    )?;
+    let identity = admit(app, req.method(), req.uri(), req.headers(), peer, slot)?;
     if let Some(i) = identity {
         req.extensions_mut().insert(i);
     }
@@ -151,6 +145,10 @@ fn identify(app: &App, token: &str) -> Option<Identity> {
         return app.users.check_key(token);
     }
     let v = verified(app, token)?;
+    // A token ended by logout is refused at once, though its signature is still good.
+    if app.users.is_revoked(&v.jti) {
+        return None;
+    }
     // The user's current role counts (a demoted or removed user loses access at once).
     let role = app.users.token_role(&v.name, v.iat)?;
     Some(Identity {
@@ -166,6 +164,8 @@ struct Verified {
     /// `user:<name>`.
     id: Arc<str>,
     name: Arc<str>,
+    /// The token's ID, which logout revokes.
+    jti: Arc<str>,
     iat: i64,
     exp: i64,
 }
@@ -199,6 +199,7 @@ fn verified(app: &App, token: &str) -> Option<Verified> {
     let v = Verified {
         id: format!("user:{}", claims.sub).into(),
         name: claims.sub.into(),
+        jti: claims.jti.into(),
         iat: claims.iat,
         exp: claims.exp,
     };

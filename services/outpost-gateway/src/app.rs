@@ -18,8 +18,15 @@ pub struct App {
     pub cache: cache::Cache,
     pub limiter: Limiter,
     pub route_limiters: Vec<(String, Limiter)>,
+    /// Failed logins of one account from one address.
+    pub login_by_user_addr: Limiter,
+    /// Failed logins of one account from addresses it never logged in from: a slower cap
+    /// on guessing from many addresses, which cannot lock the owner out.
     pub login_by_user: Limiter,
+    /// Failed logins from one address, any account.
     pub login_by_addr: Limiter,
+    /// Addresses each account logged in from lately.
+    pub login_known: std::sync::Mutex<std::collections::HashMap<String, Vec<std::net::IpAddr>>>,
     pub m: Metrics,
     pub max_body: usize,
     pub ca_pem: PathBuf,

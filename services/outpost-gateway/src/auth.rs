@@ -25,8 +25,34 @@ pub enum Need {
     Role(Role),
 }
 
-/// The requirement of `method` on `path`.
-pub fn need(method: &Method, path: &str) -> Need {
+/// The requirement of `method` on `path` with `query`.
+///
+/// A read of a device command with `ds-pushevent=true` makes the device service push the
+/// event it reads into core-data: a write, so it needs an operator.
+pub fn need(method: &Method, path: &str, query: Option<&str>) -> Need {
+    let need = need_of_path(method, path);
+    if need == Need::Role(Role::Viewer) && query.is_some_and(pushes_event) {
+        return Need::Role(Role::Operator);
+    }
+    need
+}
+
+/// Whether a query asks for `ds-pushevent` (anything but `false`: what the service would
+/// refuse is no reason to let a viewer try).
+fn pushes_event(query: &str) -> bool {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .trim()
+            .to_ascii_lowercase()
+    };
+    query.split('&').any(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        decode(k) == "ds-pushevent" && decode(v) != "false"
+    })
+}
+
+fn need_of_path(method: &Method, path: &str) -> Need {
     let read = matches!(*method, Method::GET | Method::HEAD);
     if let Some(own) = path.strip_prefix("/api/v3/") {
         return match (method, own) {
@@ -85,32 +111,75 @@ mod tests {
         let v = Need::Role(Role::Viewer);
         let o = Need::Role(Role::Operator);
         let a = Need::Role(Role::Admin);
-        assert_eq!(need(&Method::POST, "/api/v3/auth/login"), Need::Public);
-        assert_eq!(need(&Method::GET, "/api/v3/ca.pem"), Need::Public);
-        assert_eq!(need(&Method::GET, "/api/v3/health"), Need::Public);
-        assert_eq!(need(&Method::GET, "/ui/index.html"), Need::Public);
-        assert_eq!(need(&Method::GET, "/api/v3/auth/login"), a);
-        assert_eq!(need(&Method::GET, "/api/v3/auth/user"), a);
-        assert_eq!(need(&Method::POST, "/api/v3/auth/apikey"), a);
-        assert_eq!(need(&Method::POST, "/api/v3/auth/logout"), v);
-        assert_eq!(need(&Method::GET, "/api/v3/overview/device/d1"), v);
-        assert_eq!(need(&Method::GET, "/core-data/api/v3/event/all"), v);
-        assert_eq!(need(&Method::DELETE, "/core-data/api/v3/event/id/x"), o);
         assert_eq!(
-            need(&Method::PUT, "/core-command/api/v3/device/name/d/c"),
-            o
-        );
-        assert_eq!(need(&Method::POST, "/core-keeper/api/v3/registry"), a);
-        assert_eq!(need(&Method::GET, "/core-keeper/api/v3/registry/all"), v);
-        // Devices fetching updates authenticate with the OTA service, not the gateway;
-        // rollouts are an operator's business.
-        assert_eq!(need(&Method::GET, "/ota/api/v3/ddi/dev-1"), Need::Public);
-        assert_eq!(
-            need(&Method::POST, "/ota/api/v3/ddi/dev-1/action/r/feedback"),
+            need(&Method::POST, "/api/v3/auth/login", None),
             Need::Public
         );
-        assert_eq!(need(&Method::POST, "/ota/api/v3/rollout"), o);
-        assert_eq!(need(&Method::POST, "/ota/api/v3/artifact"), o);
+        assert_eq!(need(&Method::GET, "/api/v3/ca.pem", None), Need::Public);
+        assert_eq!(need(&Method::GET, "/api/v3/health", None), Need::Public);
+        assert_eq!(need(&Method::GET, "/ui/index.html", None), Need::Public);
+        assert_eq!(need(&Method::GET, "/api/v3/auth/login", None), a);
+        assert_eq!(need(&Method::GET, "/api/v3/auth/user", None), a);
+        assert_eq!(need(&Method::POST, "/api/v3/auth/apikey", None), a);
+        assert_eq!(need(&Method::POST, "/api/v3/auth/logout", None), v);
+        assert_eq!(need(&Method::GET, "/api/v3/overview/device/d1", None), v);
+        assert_eq!(need(&Method::GET, "/core-data/api/v3/event/all", None), v);
+        assert_eq!(
+            need(&Method::DELETE, "/core-data/api/v3/event/id/x", None),
+            o
+        );
+        assert_eq!(
+            need(&Method::PUT, "/core-command/api/v3/device/name/d/c", None),
+            o
+        );
+        assert_eq!(need(&Method::POST, "/core-keeper/api/v3/registry", None), a);
+        assert_eq!(
+            need(&Method::GET, "/core-keeper/api/v3/registry/all", None),
+            v
+        );
+        // Devices fetching updates authenticate with the OTA service, not the gateway;
+        // rollouts are an operator's business.
+        assert_eq!(
+            need(&Method::GET, "/ota/api/v3/ddi/dev-1", None),
+            Need::Public
+        );
+        // Reading a device is a viewer's; making it push an event into core-data is not.
+        let cmd = "/core-command/api/v3/device/name/d1/Temperature";
+        assert_eq!(need(&Method::GET, cmd, Some("ds-returnevent=true")), v);
+        assert_eq!(need(&Method::GET, cmd, Some("ds-pushevent=false")), v);
+        for q in [
+            "ds-pushevent=true",
+            "a=1&ds-pushevent=true",
+            "ds%2Dpushevent=true",
+            "DS-PUSHEVENT=TRUE",
+            "ds-pushevent=yes",
+            "ds-pushevent",
+        ] {
+            assert_eq!(
+                need(&Method::GET, cmd, Some(q)),
+                Need::Role(Role::Operator),
+                "{q}"
+            );
+            assert_eq!(
+                need(
+                    &Method::GET,
+                    "/device-virtual/api/v3/device/name/d1/x",
+                    Some(q)
+                ),
+                Need::Role(Role::Operator),
+                "{q}"
+            );
+        }
+        assert_eq!(
+            need(
+                &Method::POST,
+                "/ota/api/v3/ddi/dev-1/action/r/feedback",
+                None
+            ),
+            Need::Public
+        );
+        assert_eq!(need(&Method::POST, "/ota/api/v3/rollout", None), o);
+        assert_eq!(need(&Method::POST, "/ota/api/v3/artifact", None), o);
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub async fn proxied(app: Arc<App>, mut req: Request, client: Arc<conn::Client>)
         let admitted = admission::admit(
             &app,
             req.method(),
-            req.uri().path(),
+            req.uri(),
             req.headers(),
             Some(client.addr),
             &slot,

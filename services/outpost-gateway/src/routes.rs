@@ -130,18 +130,37 @@ async fn tokens(app: &App, user: &str, role: Role) -> ApiResult<TokenResponse> {
     })
 }
 
+/// Addresses remembered per account.
+const KNOWN_ADDRESSES: usize = 16;
+
+/// Logs a user in. Failed attempts are limited per account and address, per address, and
+/// per account from addresses it never logged in from: a stranger guessing an account's
+/// password exhausts only their own allowances, so the owner, from an address they logged
+/// in from before, can still log in (and tokens already issued keep working).
 async fn login(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Json(req): Json<LoginRequest>,
 ) -> Response {
+    let ip = peer.ip();
     let user_key = format!("user:{}", req.username);
-    let addr_key = format!("addr:{}", peer.ip());
-    // Failed attempts spend tokens; when either bucket is empty, logins wait.
-    for (l, k) in [
-        (&app.login_by_user, &user_key),
+    let pair_key = format!("user:{}@{ip}", req.username);
+    let addr_key = format!("addr:{ip}");
+    let known = app
+        .login_known
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&req.username)
+        .is_some_and(|a| a.contains(&ip));
+    // Failed attempts spend tokens; when a bucket that applies is empty, logins wait.
+    let mut limits = vec![
+        (&app.login_by_user_addr, &pair_key),
         (&app.login_by_addr, &addr_key),
-    ] {
+    ];
+    if !known {
+        limits.push((&app.login_by_user, &user_key));
+    }
+    for (l, k) in &limits {
         if let Err(wait) = l.check(k) {
             metrics::counter!(app.m.rate_limited, "limit" => "login").increment(1);
             return too_many(wait, "too many failed logins");
@@ -151,15 +170,28 @@ async fn login(
         Ok(role) => match tokens(&app, &req.username, role).await {
             Ok(t) => {
                 tracing::info!(user = %req.username, "logged in");
+                let mut known = app
+                    .login_known
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if known.len() < 10_000 || known.contains_key(&req.username) {
+                    let addrs = known.entry(req.username.clone()).or_default();
+                    addrs.retain(|a| *a != ip);
+                    if addrs.len() >= KNOWN_ADDRESSES {
+                        addrs.remove(0);
+                    }
+                    addrs.push(ip);
+                }
                 axum::Json(t).into_response()
             }
             Err(e) => e.into_response(),
         },
         Err(UserError::BadCredentials) => {
-            let _ = app.login_by_user.take(&user_key);
-            let _ = app.login_by_addr.take(&addr_key);
+            for (l, k) in &limits {
+                let _ = l.take(k);
+            }
             metrics::counter!(app.m.auth_failures, "reason" => "login").increment(1);
-            tracing::warn!(user = %req.username, peer = %peer.ip(), "failed login");
+            tracing::warn!(user = %req.username, peer = %ip, "failed login");
             ApiError::new(StatusCode::UNAUTHORIZED, "invalid user name or password").into_response()
         }
         Err(e) => ApiError::from(e).into_response(),
@@ -190,11 +222,19 @@ async fn refresh(
     Ok(axum::Json(tokens(&app, &user, role).await?))
 }
 
+/// Ends the session: the refresh token given, and the access token the request carries
+/// (refused from now on, though it has not expired).
 async fn logout(
     State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
     Json(req): Json<RefreshRequest>,
 ) -> ApiResult<StatusCode> {
     app.users.revoke_refresh(&req.refresh_token).await?;
+    if let Some(claims) =
+        crate::auth::bearer(&headers).and_then(|t| app.signer.verify(t, crate::users::now_s()).ok())
+    {
+        app.users.revoke_access(&claims.jti, claims.exp).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -440,8 +480,11 @@ async fn static_file(State(app): State<Arc<App>>, uri: http::Uri) -> ApiResult<R
     let mut real = tokio::fs::canonicalize(&path)
         .await
         .map_err(|_| ApiError::not_found("no such file"))?;
-    if real.is_dir() {
-        real = real.join("index.html");
+    if tokio::fs::metadata(&real).await.is_ok_and(|m| m.is_dir()) {
+        // Resolved again: `index.html` may itself be a link pointing elsewhere.
+        real = tokio::fs::canonicalize(real.join("index.html"))
+            .await
+            .map_err(|_| ApiError::not_found("no such file"))?;
     }
     if !real.starts_with(&root_real) {
         return Err(ApiError::not_found("no such file"));
@@ -474,21 +517,13 @@ async fn static_file(State(app): State<Arc<App>>, uri: http::Uri) -> ApiResult<R
         .into_response())
 }
 
+/// A path decoded as percent-encoding defines it (RFC 3986): `%` and two hex digits is a
+/// byte; anything else, such as `%+2`, stays as it is. `None` when the bytes are not UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let h = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(h, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
 }
 
 #[cfg(test)]
@@ -496,7 +531,10 @@ mod tests {
     #[test]
     fn percent_decoding() {
         assert_eq!(super::percent_decode("a%2e%2E/b").as_deref(), Some("a../b"));
-        assert_eq!(super::percent_decode("%zz"), None);
-        assert_eq!(super::percent_decode("%2"), None);
+        // Not escapes: kept as they are, never read as a byte.
+        assert_eq!(super::percent_decode("%zz").as_deref(), Some("%zz"));
+        assert_eq!(super::percent_decode("%2").as_deref(), Some("%2"));
+        assert_eq!(super::percent_decode("%+2").as_deref(), Some("%+2"));
+        assert_eq!(super::percent_decode("%ff"), None, "not UTF-8");
     }
 }

@@ -22,10 +22,11 @@ use outpost_storage::{Db, Migration, StorageError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "users, API keys, refresh tokens",
-    sql: "CREATE TABLE users (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "users, API keys, refresh tokens",
+        sql: "CREATE TABLE users (
               name TEXT PRIMARY KEY,
               hash TEXT NOT NULL,
               role TEXT NOT NULL,
@@ -49,7 +50,16 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
               used INTEGER
           );
           CREATE INDEX refresh_tokens_user ON refresh_tokens (user);",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "access tokens ended before they expire (logout)",
+        sql: "CREATE TABLE revoked_tokens (
+              jti TEXT PRIMARY KEY,
+              expires INTEGER NOT NULL
+          ) WITHOUT ROWID;",
+    },
+];
 
 /// What a user or key may do; see `auth::allowed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -144,6 +154,8 @@ pub struct Identity {
 struct State {
     users: HashMap<String, User>,
     keys: HashMap<String, ApiKeyInfo>,
+    /// Access tokens ended before their expiry, by ID, with that expiry.
+    revoked: HashMap<String, i64>,
 }
 
 #[derive(Clone)]
@@ -283,6 +295,15 @@ impl Users {
                             hash: h,
                         },
                     );
+                }
+                let mut q =
+                    c.prepare("SELECT jti, expires FROM revoked_tokens WHERE expires > ?1")?;
+                let rows = q.query_map(params![now_s()], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })?;
+                for row in rows {
+                    let (jti, expires) = row?;
+                    st.revoked.insert(jti, expires);
                 }
                 Ok::<_, UserError>(st)
             })
@@ -548,6 +569,36 @@ impl Users {
     }
 
     /// Revokes a refresh token (logout). Unknown tokens are ignored.
+    /// Ends the access token `jti` (valid until `expires`) now, for this gateway and after
+    /// a restart.
+    pub async fn revoke_access(&self, jti: &str, expires: i64) -> Result<(), UserError> {
+        let now = now_s();
+        {
+            let mut st = self.state();
+            st.revoked.retain(|_, e| *e > now);
+            st.revoked.insert(jti.to_string(), expires);
+        }
+        let jti = jti.to_string();
+        self.db
+            .write(move |c| {
+                c.execute(
+                    "DELETE FROM revoked_tokens WHERE expires <= ?1",
+                    params![now],
+                )?;
+                c.execute(
+                    "INSERT OR REPLACE INTO revoked_tokens (jti, expires) VALUES (?1, ?2)",
+                    params![jti, expires],
+                )?;
+                Ok::<_, UserError>(())
+            })
+            .await
+    }
+
+    /// Whether the access token `jti` was ended before its expiry.
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.state().revoked.contains_key(jti)
+    }
+
     pub async fn revoke_refresh(&self, token: &str) -> Result<(), UserError> {
         let Some(id) = token_id(token, "opr_").map(str::to_string) else {
             return Ok(());
@@ -634,13 +685,8 @@ impl Users {
         let hash = sha256(key);
         let st = self.state();
         let k = st.keys.get(id)?;
-        // Compared without an early exit (the digests are of secrets).
-        let same = k
-            .hash
-            .iter()
-            .zip(hash.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
+        // Compared in constant time (the digests are of secrets).
+        let same: bool = subtle::ConstantTimeEq::ct_eq(&k.hash[..], &hash[..]).into();
         (same && k.revoked.is_none()).then(|| Identity {
             id: format!("key:{}", k.id).into(),
             name: k.name.as_str().into(),

@@ -175,3 +175,159 @@ async fn anonymous_clients_reach_nothing_but_login_and_a_token_reaches_the_servi
     );
     f.gw.stop().await;
 }
+
+impl Front {
+    /// A client whose connections come from `ip` (an address of 127.0.0.0/8).
+    fn client_from(&self, ip: [u8; 4]) -> reqwest::Client {
+        let ca = std::fs::read_to_string(self.gw.test.ctx.data_dir.join("tls/ca.pem")).expect("CA");
+        let tls = outpost_pki::client_config(&ca, None).expect("client TLS");
+        let port = self
+            .base
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .local_address(std::net::IpAddr::from(ip))
+            .resolve("localhost", ([127, 0, 0, 1], port).into())
+            .timeout(std::time::Duration::from_secs(10))
+            .no_proxy()
+            .build()
+            .expect("client")
+    }
+
+    async fn login_from(&self, ip: [u8; 4], user: &str, password: &str) -> StatusCode {
+        self.client_from(ip)
+            .post(format!("{}/api/v3/auth/login", self.base))
+            .json(&json!({"username": user, "password": password}))
+            .send()
+            .await
+            .expect("the gateway answers")
+            .status()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cannot_lock_the_admin_out_logout_ends_the_token_and_viewers_cannot_push_events()
+{
+    let (f, _md_at) = Front::start().await;
+    let secret = f.gw.test.ctx.data_dir.join("secrets/admin-password");
+    let password = std::fs::read_to_string(secret).expect("the admin credential");
+    let password = password.trim();
+    let owner = [127, 0, 0, 2];
+    assert_eq!(f.login_from(owner, "admin", password).await, StatusCode::OK);
+
+    // One stranger guessing from one address runs out of tries; the owner does not.
+    let stranger = [127, 0, 0, 1];
+    for _ in 0..5 {
+        assert_eq!(
+            f.login_from(stranger, "admin", "guess").await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        f.login_from(stranger, "admin", "guess").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(f.login_from(owner, "admin", password).await, StatusCode::OK);
+
+    // Guessing from many addresses is capped per account, still not for the owner's.
+    let mut refused = false;
+    for host in 10..=25u8 {
+        for _ in 0..5 {
+            refused |= f.login_from([127, 0, 0, host], "admin", "guess").await
+                == StatusCode::TOO_MANY_REQUESTS;
+        }
+    }
+    assert!(
+        refused,
+        "the account's cap on unknown addresses never applied"
+    );
+    assert_eq!(
+        f.login_from([127, 0, 0, 99], "admin", password).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a new address is held back while the account is under attack"
+    );
+    assert_eq!(f.login_from(owner, "admin", password).await, StatusCode::OK);
+
+    // Logout ends the access token at once, not when it expires.
+    let client = f.client_from(owner);
+    let tokens: Value = client
+        .post(format!("{}/api/v3/auth/login", f.base))
+        .json(&json!({"username": "admin", "password": password}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("tokens");
+    let access = tokens["accessToken"].as_str().expect("accessToken");
+    let whoami = |t: String| {
+        let (client, url) = (client.clone(), format!("{}/api/v3/auth/whoami", f.base));
+        async move {
+            client
+                .get(url)
+                .bearer_auth(t)
+                .send()
+                .await
+                .expect("answer")
+                .status()
+        }
+    };
+    assert_eq!(whoami(access.to_string()).await, StatusCode::OK);
+    let out = client
+        .post(format!("{}/api/v3/auth/logout", f.base))
+        .bearer_auth(access)
+        .json(&json!({"refreshToken": tokens["refreshToken"]}))
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    assert_eq!(whoami(access.to_string()).await, StatusCode::UNAUTHORIZED);
+
+    // A viewer reads devices but cannot make a device service push an event into
+    // core-data: that is a write.
+    let admin: Value = client
+        .post(format!("{}/api/v3/auth/login", f.base))
+        .json(&json!({"username": "admin", "password": password}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("tokens");
+    let admin = admin["accessToken"].as_str().expect("accessToken");
+    let added = client
+        .post(format!("{}/api/v3/auth/user", f.base))
+        .bearer_auth(admin)
+        .json(&json!({"username": "watcher", "password": "watcher-password-1", "role": "viewer"}))
+        .send()
+        .await
+        .expect("add user");
+    assert!(added.status().is_success(), "{}", added.status());
+    let viewer: Value = client
+        .post(format!("{}/api/v3/auth/login", f.base))
+        .json(&json!({"username": "watcher", "password": "watcher-password-1"}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("tokens");
+    let viewer = viewer["accessToken"].as_str().expect("accessToken");
+    for path in [
+        "/core-command/api/v3/device/name/d1/Temperature?ds-pushevent=true",
+        "/core-command/api/v3/device/name/d1/Temperature?ds%2Dpushevent=true",
+        "/device-virtual/api/v3/device/name/d1/Temperature?ds-pushevent=true",
+    ] {
+        let r = client
+            .get(format!("{}{path}", f.base))
+            .bearer_auth(viewer)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+    }
+    f.gw.stop().await;
+}
