@@ -2,8 +2,8 @@
 //! whatever was killed with SIGKILL meanwhile.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outpost_bus::{Bus, Options};
@@ -14,7 +14,9 @@ use crate::support::*;
 /// A device publishing events with QoS 1 as fast as the broker acknowledges them.
 struct Publisher {
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Vec<String>>,
+    /// The IDs of the events the broker acknowledged so far.
+    acked: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Publisher {
@@ -37,9 +39,9 @@ impl Publisher {
         .await
         .expect("publisher connects");
         let stop = Arc::new(AtomicBool::new(false));
-        let (flag, device) = (Arc::clone(&stop), device.to_string());
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let (flag, device, ids) = (Arc::clone(&stop), device.to_string(), Arc::clone(&acked));
         let task = tokio::spawn(async move {
-            let mut acked = Vec::new();
             while !flag.load(Ordering::Relaxed) {
                 let (id, msg) =
                     event_message(&device, now_nanos(), &[("Temperature", "Float64", "20.5")]);
@@ -50,12 +52,15 @@ impl Publisher {
                     .await
                     .is_ok()
                 {
-                    acked.push(id);
+                    ids.lock().expect("ids").push(id);
                 }
             }
-            acked
         });
-        Self { stop, task }
+        Self { stop, acked, task }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().expect("ids").len()
     }
 
     async fn stop(self) -> Vec<String> {
@@ -63,7 +68,8 @@ impl Publisher {
         tokio::time::timeout(Duration::from_secs(60), self.task)
             .await
             .expect("the publisher to stop")
-            .expect("publisher")
+            .expect("publisher");
+        std::mem::take(&mut *self.acked.lock().expect("ids"))
     }
 }
 
@@ -234,5 +240,71 @@ async fn no_acknowledged_event_is_lost_or_stored_twice_through_twenty_random_kil
     assert!(acked.len() > 100, "only {} acknowledged", acked.len());
     eprintln!("{} events acknowledged through {rounds} kills", acked.len());
     all_stored_once(&node, "k1", &acked, Duration::from_secs(120)).await;
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_acknowledgements_loses_nothing_and_ingest_resumes_with_space() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !can_mount() {
+        return;
+    }
+    let mut node = Node::create("");
+    std::fs::create_dir_all(node.data_dir()).expect("mkdir");
+    std::fs::set_permissions(node.data_dir(), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod");
+    // The broker's journal on a disk of 1 MiB; its own bound (256 MiB) is far away.
+    let disk = Tmpfs::mount(&node.data_dir().join("journal"), "1m");
+    node.launch().await;
+    provision(&node, &["f1"]);
+    let creds = tempfile::tempdir().expect("dir");
+    // core-data is held, so nothing leaves the journal and the disk fills.
+    let core_data = node.pid("core-data");
+    signal(core_data, "STOP");
+    let publisher = Publisher::start(&node, "f1", &creds).await;
+    let broker = node.url(node.ports.broker_http);
+    eventually(
+        "the journal to run out of disk",
+        Duration::from_secs(60),
+        || async {
+            node.metric(&broker, "outpost_mqtt_broker_journal_append_waits_total")
+                .await
+                >= 1.0
+        },
+    )
+    .await;
+    // Acknowledgements have stopped: the publisher waits.
+    let stalled = publisher.count();
+    assert!(
+        stalled > 100,
+        "only {stalled} acknowledged before the disk filled"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        publisher.count(),
+        stalled,
+        "acknowledged without room on disk"
+    );
+    // Space comes back: acknowledgements resume, and core-data takes everything.
+    disk.grow("64m");
+    eventually(
+        "acknowledgements to resume",
+        Duration::from_secs(30),
+        || async { publisher.count() > stalled + 50 },
+    )
+    .await;
+    signal(core_data, "CONT");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked = publisher.stop().await;
+    all_stored_once(&node, "f1", &acked, Duration::from_secs(90)).await;
+    // The broker restarts on what is on the disk, unharmed.
+    let pid = node.pid("mqtt-broker");
+    signal(pid, "KILL");
+    restarted(&node, "mqtt-broker", pid).await;
+    let log = node.log();
+    assert!(
+        !log.contains("journal records that cannot be read"),
+        "corrupt journal records"
+    );
     node.stop();
 }

@@ -8,19 +8,9 @@ use serde_json::Value;
 
 use crate::export::{Cloud, Ingest, event, ingest_url, post_event, status};
 use crate::support::{
-    BIN, Node, cloud_export, eventually, free_port, message_has, run_cli, run_ok, spawn_logged,
+    BIN, Node, Tmpfs, can_mount, cloud_export, eventually, free_port, is_root, message_has,
+    run_cli, run_ok, spawn_logged,
 };
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 
 fn ip(args: &[&str]) {
     run_ok(
@@ -253,15 +243,6 @@ async fn a_two_minute_link_outage_loses_nothing_holds_the_bound_and_drains() {
     let _ = cloud.wait();
 }
 
-/// A tmpfs mounted for the life of the value.
-struct Tmpfs(std::path::PathBuf);
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// A cloud (stopped) with `edge` enrolled, and that edge node, its queue on a 256 KiB
 /// filesystem (its own bound, 256 MiB, is far away), exporting to the cloud with overflow
 /// policy `overflow`. Only root can mount it (see [`can_mount`]).
@@ -276,24 +257,9 @@ async fn node_on_a_small_disk(edge: &str, overflow: &str) -> (Cloud, Node, Tmpfs
     std::fs::create_dir_all(&queue).expect("mkdir");
     std::fs::set_permissions(node.data_dir(), std::fs::Permissions::from_mode(0o700))
         .expect("chmod");
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs"])
-        .arg(&queue)
-        .status()
-        .expect("mount");
-    assert!(st.success(), "mount tmpfs failed");
-    let mounted = Tmpfs(queue);
+    let mounted = Tmpfs::mount(&queue, "256k");
     node.launch().await;
     (cloud, node, mounted)
-}
-
-/// Whether this test can mount a small filesystem (it must run as root); says so when not.
-fn can_mount() -> bool {
-    let root = is_root();
-    if !root {
-        eprintln!("skipped: mounting a small filesystem needs root (CI runs this test as root)");
-    }
-    root
 }
 
 /// How many of `sent` (event values) are not among the values the cloud has, `got`.

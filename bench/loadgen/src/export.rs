@@ -262,6 +262,7 @@ pub async fn export(a: &ExportArgs) -> anyhow::Result<()> {
         devices: 100,
         window: 1024,
         encoding: "json".into(),
+        connections: 1,
     };
     let start = Instant::now();
     let (_, pub_s, acked) = publish(&args).await?;

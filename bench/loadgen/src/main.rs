@@ -67,6 +67,9 @@ enum Cmd {
         /// Bus encoding of the published messages: json or cbor.
         #[arg(long, default_value = "json")]
         encoding: String,
+        /// MQTT connections the publisher spreads the devices over.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
     },
     /// Start-to-healthy time and idle memory of `outpost up`.
     Footprint {
@@ -153,6 +156,11 @@ struct PubArgs {
     window: usize,
     #[arg(long, default_value = "json")]
     encoding: String,
+    /// MQTT connections the devices' events are spread over (a device's events always go
+    /// over the same one): 1 is one gateway publishing for every device, `devices` is each
+    /// device with its own connection.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
 }
 
 /// Publishes `msg` on `topic` with QoS 1: done once the broker acknowledged it.
@@ -290,26 +298,34 @@ async fn publish(a: &PubArgs) -> anyhow::Result<(i64, f64, u64)> {
     let base = unix_nanos();
     let mut msgs = Vec::with_capacity(usize::try_from(a.count)?);
     for i in 0..a.count {
-        let dev = device_name(usize::try_from(i)? % a.devices.max(1));
+        let d = usize::try_from(i)? % a.devices.max(1);
+        let dev = device_name(d);
         let origin = base + i64::try_from(i)?;
         msgs.push((
-            topic(&dev),
-            event_message(&dev, origin, a.readings, i, &a.encoding)?,
+            d % a.connections.max(1),
+            (
+                topic(&dev),
+                event_message(&dev, origin, a.readings, i, &a.encoding)?,
+            ),
         ));
     }
-    let client = Arc::new(MqttClient::with_options(ConnectOptions::new(format!(
-        "bench-pub-{}",
-        std::process::id()
-    ))));
-    client.connect(&a.url).await.context("connect")?;
+    let mut clients = Vec::with_capacity(a.connections.max(1));
+    for n in 0..a.connections.max(1) {
+        let client = Arc::new(MqttClient::with_options(ConnectOptions::new(format!(
+            "bench-pub-{}-{n}",
+            std::process::id()
+        ))));
+        client.connect(&a.url).await.context("connect")?;
+        clients.push(client);
+    }
     let sem = Arc::new(tokio::sync::Semaphore::new(a.window));
     let acked = Arc::new(AtomicU64::new(0));
     let start_unix = unix_nanos();
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(msgs.len());
-    for (t, m) in msgs {
+    for (c, (t, m)) in msgs {
         let permit = Arc::clone(&sem).acquire_owned().await?;
-        let (c, acked) = (Arc::clone(&client), Arc::clone(&acked));
+        let (c, acked) = (Arc::clone(&clients[c]), Arc::clone(&acked));
         tasks.push(tokio::spawn(async move {
             publish_counted(&c, (t, m), &acked, permit).await;
         }));
@@ -318,7 +334,9 @@ async fn publish(a: &PubArgs) -> anyhow::Result<(i64, f64, u64)> {
         t.await?;
     }
     let secs = start.elapsed().as_secs_f64();
-    let _ = client.disconnect().await;
+    for c in clients {
+        let _ = c.disconnect().await;
+    }
     Ok((start_unix, secs, acked.load(Ordering::Relaxed)))
 }
 
@@ -652,7 +670,13 @@ async fn provision(
     Ok(())
 }
 
-async fn ingest(outpost: &Path, load: Load, window: usize, encoding: &str) -> anyhow::Result<()> {
+async fn ingest(
+    outpost: &Path,
+    load: Load,
+    window: usize,
+    encoding: &str,
+    connections: usize,
+) -> anyhow::Result<()> {
     let Load {
         events,
         readings,
@@ -667,6 +691,7 @@ async fn ingest(outpost: &Path, load: Load, window: usize, encoding: &str) -> an
         devices,
         window,
         encoding: encoding.to_string(),
+        connections,
     };
 
     // Reference: mosquitto, a subscriber process, the same publisher.
@@ -753,7 +778,7 @@ async fn ingest(outpost: &Path, load: Load, window: usize, encoding: &str) -> an
         "RESULT {}",
         json!({"bench": "ingest", "events": events, "readings_per_event": readings, "devices": devices, "encoding": encoding,
                "mosquitto_readings_per_s": raw_readings_s.round(), "outpost_readings_per_s": readings_s.round(),
-               "ratio": (ratio * 100.0).round() / 100.0, "broker": journal})
+               "ratio": (ratio * 100.0).round() / 100.0, "broker": journal, "connections": connections})
     );
     Ok(())
 }
@@ -926,7 +951,8 @@ fn main() -> anyhow::Result<()> {
                 load,
                 window,
                 encoding,
-            } => ingest(&outpost, load, window, &encoding).await,
+                connections,
+            } => ingest(&outpost, load, window, &encoding, connections).await,
             Cmd::Footprint {
                 outpost,
                 runs,

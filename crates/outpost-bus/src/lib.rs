@@ -97,6 +97,12 @@ pub struct Options {
     pub session_expiry_s: u32,
     /// Create the internal credential if missing (services do; the CLI only reads it).
     pub create_credentials: bool,
+    /// Connections [`Bus::publish_raw`] spreads topics over (at least 1). A broker
+    /// handles one connection's messages one after another, and the embedded broker
+    /// acknowledges a journaled message only once it is on disk, so a service publishing
+    /// from many tasks at once gets its messages into one group commit only over several
+    /// connections.
+    pub publishers: u16,
 }
 
 impl Options {
@@ -108,7 +114,14 @@ impl Options {
             receive_maximum: 1024,
             session_expiry_s: 0,
             create_credentials: true,
+            publishers: 1,
         }
+    }
+
+    /// The same, publishing over `n` connections (see [`Options::publishers`]).
+    pub fn with_publishers(mut self, n: u16) -> Self {
+        self.publishers = n.max(1);
+        self
     }
 
     /// A durable consumer: persistent session, deferred acknowledgements.
@@ -119,6 +132,7 @@ impl Options {
             receive_maximum: receive_maximum.max(1),
             session_expiry_s: 7 * 24 * 3600,
             create_credentials: true,
+            publishers: 1,
         }
     }
 }
@@ -176,6 +190,8 @@ impl Admission {
 #[derive(Clone)]
 pub struct Bus {
     client: Arc<MqttClient>,
+    /// Further connections for publishing; empty when there is only `client`.
+    publishers: Arc<[MqttClient]>,
     encoding: Encoding,
     base_topic: String,
     admission: Arc<Admission>,
@@ -240,10 +256,37 @@ impl Bus {
         shutdown: &Shutdown,
     ) -> Result<Self, BusError> {
         let client = build_client(cfg, data_dir, &opts)?;
-        let bus = Self::wrap(client, cfg, service);
+        let mut bus = Self::wrap(client, cfg, service);
         bus.watch_connection().await;
         connect_loop(&bus.client, cfg, &opts, shutdown).await?;
+        let mut extra = Vec::new();
+        for i in 1..opts.publishers {
+            let o = Options {
+                client_id: format!("{}-{i}", opts.client_id),
+                ..Options::plain("")
+            };
+            let c = build_client(cfg, data_dir, &o)?;
+            connect_loop(&c, cfg, &o, shutdown).await?;
+            extra.push(c);
+        }
+        bus.publishers = extra.into();
         Ok(bus)
+    }
+
+    /// The connection a publish on `topic` goes over: always the same one for a topic, so
+    /// the messages of one topic (one device's events) keep their order.
+    fn publisher(&self, topic: &str) -> &MqttClient {
+        use std::hash::{BuildHasher as _, BuildHasherDefault};
+        let n = self.publishers.len();
+        if n == 0 {
+            return &self.client;
+        }
+        let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(topic);
+        match usize::try_from(h % (n as u64 + 1)).unwrap_or(0) {
+            0 => &self.client,
+            i => &self.publishers[i - 1],
+        }
     }
 
     /// Logs connection losses and recoveries (not the ones this side asked for).
@@ -279,6 +322,7 @@ impl Bus {
     fn wrap(client: MqttClient, cfg: &BusConfig, service: &str) -> Self {
         Self {
             client: Arc::new(client),
+            publishers: Arc::from(Vec::new()),
             encoding: cfg.encoding,
             base_topic: cfg.base_topic.clone(),
             admission: Arc::new(Admission {
@@ -369,7 +413,7 @@ impl Bus {
                 ..Default::default()
             };
             let outcome = match self
-                .client
+                .publisher(topic)
                 .publish_with_options(topic, bytes.clone(), opts)
                 .await
             {
@@ -502,6 +546,9 @@ impl Bus {
     /// false if the broker could not be told in time.
     pub async fn disconnect(&self) -> bool {
         self.closing.store(true, Ordering::Relaxed);
+        for p in self.publishers.iter() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), p.disconnect()).await;
+        }
         matches!(
             tokio::time::timeout(Duration::from_secs(2), self.client.disconnect()).await,
             Ok(Ok(()))

@@ -9,6 +9,9 @@ use tokio::sync::{Notify, OnceCell};
 
 use crate::{Bus, Options};
 
+/// Connections a link publishes over (see [`Options::publishers`]).
+pub const LINK_PUBLISHERS: u16 = 8;
+
 /// The connection, once open; cheap to clone.
 #[derive(Clone, Default)]
 pub struct Link(Arc<Inner>);
@@ -47,7 +50,8 @@ impl Link {
         );
         ctx.tasks
             .spawn("bus", Stage::AfterServing, move |stop| async move {
-                let opts = Options::plain(client_id);
+                // Routes and device services publish from many tasks at once.
+                let opts = Options::plain(client_id).with_publishers(LINK_PUBLISHERS);
                 // Connecting gives up when the service starts stopping: nothing more will
                 // be published then.
                 let bus = match Bus::connect(&cfg, &data_dir, &name, opts, &shutdown).await {

@@ -58,6 +58,8 @@ outpost_kit::metric_names! {
         released = "journal_released_total",
         /// Appends that had to wait (journal full, disk not writable).
         waits = "journal_append_waits_total",
+        /// Messages of durable consumers routed unjournaled while the journal was full.
+        bypassed = "journal_bypassed_total",
         /// Messages delivered again because a consumer did not confirm them in time.
         redelivered = "journal_redelivered_total",
         /// Messages held.
@@ -269,7 +271,15 @@ impl Journal {
     }
 
     /// Journals a message for `waiting`, waiting as long as the journal cannot take it.
+    ///
+    /// A durable consumer publishing what it made of a journaled message (rules' derived
+    /// events) is not held: its connection also carries the acknowledgements and
+    /// confirmations that free the journal, so holding it could wait forever. What it
+    /// publishes then goes unjournaled (counted in `journal_bypassed_total`); it is not
+    /// lost to a crash, because the consumer confirms its input only after its output was
+    /// acknowledged, and the input is still in the journal.
     async fn append(&self, ev: &ClientPublishEvent, waiting: Vec<Arc<str>>) {
+        let consumer = self.lock().consumers.contains_key(&*ev.client_id);
         let record = encode(&ev.topic, ev.qos, &ev.payload);
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
         let mut warned = false;
@@ -292,6 +302,10 @@ impl Journal {
             match answer.await {
                 Ok(Ok(())) => return,
                 Ok(Err(why)) => {
+                    if consumer {
+                        metrics::counter!(self.metrics.bypassed).increment(1);
+                        return;
+                    }
                     metrics::counter!(self.metrics.waits).increment(1);
                     if !warned {
                         tracing::warn!(

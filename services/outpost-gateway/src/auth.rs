@@ -6,7 +6,8 @@
 //! login) or an API key, sent as `Authorization: Bearer <token>` or `X-API-Key: <key>`.
 //!
 //! Roles, per method and route:
-//! - viewer: reads (GET, HEAD) of every service and the gateway's overview;
+//! - viewer: reads (GET, HEAD) of every service and the gateway's overview, except a
+//!   command read with `ds-pushevent`, which writes the event into core-data (operator);
 //! - operator: also writes to every service (commands, devices, profiles, data), except the
 //!   registry's (core-keeper), which changes how the node routes;
 //! - admin: everything, including users, API keys and the gateway's configuration.

@@ -28,8 +28,10 @@ pub struct Config {
     pub access_token_ttl_s: u64,
     /// Lifetime of refresh tokens, seconds.
     pub refresh_token_ttl_s: u64,
-    /// Failed logins allowed in a burst per user name and per client address before
-    /// logins are refused with 429, and how fast that allowance refills.
+    /// Failed logins allowed in a burst per user name and client address (four times as
+    /// many per address for any user, ten times as many per user name from addresses it
+    /// never logged in from) before logins are refused with 429, and how fast that
+    /// allowance refills.
     pub login_burst: u32,
     pub login_refill_s: u64,
     /// Requests per second and burst per client identity (user, API key or, before
