@@ -76,26 +76,25 @@ if [[ $what == all || $what == export ]]; then
   for i in 1 2; do run "$B" export --outpost "$O" --events 50000 --readings 10; done
 fi
 if [[ $what == all || $what == journal ]]; then
-  for i in 1 2 3; do
-    for j in on off; do
-      [[ $((i % 2)) == 0 ]] && j=$([[ $j == on ]] && echo off || echo on)
-      if [[ $j == on ]]; then
-        run "$B" ingest --outpost "$O" --events 50000 --readings 10 --devices 100
-      else
-        OUTPOST_BROKER__JOURNAL=false run "$B" ingest --outpost "$O" --events 50000 --readings 10 --devices 100
-      fi
+  # The same load with the journal on and off, alternating which goes first: 100 devices
+  # on their own connections (two rounds), one connection for all of them (the worst case:
+  # the broker takes one connection's messages one after another), and 1,000 MQTT devices
+  # through device-mqtt (two rounds).
+  both() {
+    local first=on second=off
+    [[ $1 == off-first ]] && first=off second=on
+    shift
+    for j in $first $second; do
+      if [[ $j == on ]]; then run "$@"; else OUTPOST_BROKER__JOURNAL=false run "$@"; fi
     done
-  done
-  for i in 1 2 3; do
-    for j in on off; do
-      [[ $((i % 2)) == 0 ]] && j=$([[ $j == on ]] && echo off || echo on)
-      if [[ $j == on ]]; then
-        run "$B" mqtt-devices --outpost "$O" --devices 1000 --per-device 20 --readings 10
-      else
-        OUTPOST_BROKER__JOURNAL=false run "$B" mqtt-devices --outpost "$O" --devices 1000 --per-device 20 --readings 10
-      fi
-    done
-  done
+  }
+  ingest=("$B" ingest --outpost "$O" --events 50000 --readings 10 --devices 100)
+  both on-first "${ingest[@]}" --connections 100
+  both off-first "${ingest[@]}" --connections 100
+  both on-first "${ingest[@]}" --connections 1
+  devices=("$B" mqtt-devices --outpost "$O" --devices 1000 --per-device 20 --readings 10)
+  both on-first "${devices[@]}"
+  both off-first "${devices[@]}"
 fi
 if [[ $what == durability ]]; then
   OUTPOST_KILL_ROUNDS=100 run cargo nextest run --locked -p outpost --no-capture \

@@ -12,7 +12,7 @@ use mqtt5::{ConnectOptions, MqttClient, QoS, SubscribeOptions};
 use serde_json::{Value, json};
 
 use super::gateway::cpu_ticks;
-use super::{Node, count, free_port, mosquitto, publish_counted, unix_nanos, wait_until};
+use super::{Node, count, free_port, mosquitto_unbounded, publish_counted, unix_nanos, wait_until};
 
 const PROFILE: &str = "BenchMeter";
 
@@ -132,21 +132,9 @@ pub async fn mqtt_devices(
     let total_readings = total_msgs * readings as u64;
     let http = reqwest::Client::new();
 
-    // Reference: mosquitto, one connection per device, a subscriber counting. Its queue
-    // limits are lifted so it delivers every message (by default it drops beyond 1,000
-    // queued for a slow subscriber), as the node's broker does.
+    // Reference: mosquitto, one connection per device, a subscriber counting.
     let mport = free_port()?;
-    let conf = std::env::temp_dir().join(format!(
-        "outpost-bench-mosquitto-{}.conf",
-        std::process::id()
-    ));
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {mport} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 1000\npersistence false\n"
-        ),
-    )?;
-    let _mosq = mosquitto(&["-c".as_ref(), conf.as_os_str()], mport).await?;
+    let _mosq = mosquitto_unbounded(mport).await?;
     let murl = format!("mqtt://127.0.0.1:{mport}");
     let sub = MqttClient::with_options(ConnectOptions::new("bench-sub"));
     sub.connect(&murl).await?;
@@ -188,7 +176,6 @@ pub async fn mqtt_devices(
             cpu_ticks(&[me]).saturating_sub(cpu_before.1),
         ),
     ];
-    let _ = std::fs::remove_file(&conf);
     let raw_secs = (last.load(Ordering::Relaxed) - start) as f64 / 1e9;
     let raw_rate = total_readings as f64 / raw_secs;
     println!(

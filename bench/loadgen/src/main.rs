@@ -215,6 +215,24 @@ async fn mosquitto(args: &[&std::ffi::OsStr], port: u16) -> anyhow::Result<Proc>
     Ok(mosq)
 }
 
+/// mosquitto on `port` with its queue limits lifted, so it delivers every message (by
+/// default it drops beyond 1,000 queued for a slow subscriber), as the node's broker does.
+async fn mosquitto_unbounded(port: u16) -> anyhow::Result<Proc> {
+    let conf = std::env::temp_dir().join(format!(
+        "outpost-bench-mosquitto-{}-{port}.conf",
+        std::process::id()
+    ));
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 1000\npersistence false\n"
+        ),
+    )?;
+    let mosq = mosquitto(&["-c".as_ref(), conf.as_os_str()], port).await;
+    let _ = std::fs::remove_file(&conf);
+    mosq
+}
+
 /// POSTs `body` as JSON; the answer as JSON.
 async fn post_json(
     http: &reqwest::Client,
@@ -696,8 +714,7 @@ async fn ingest(
 
     // Reference: mosquitto, a subscriber process, the same publisher.
     let mport = free_port()?;
-    let port_arg = mport.to_string();
-    let _mosq = mosquitto(&["-p".as_ref(), port_arg.as_ref()], mport).await?;
+    let _mosq = mosquitto_unbounded(mport).await?;
     let exe = std::env::current_exe()?;
     let mut sub = tokio::process::Command::new(&exe)
         .args([

@@ -37,6 +37,9 @@ pub use consumer::{Consumer, Received, Subscriber};
 pub use delivery::{Ack, Delivery};
 pub use link::Link;
 
+/// What the broker's journal topics contain (`<base>/_journal/...`).
+const JOURNAL_TOPICS: &str = "/_journal/";
+
 /// Times a message that may have been lost with a connection is sent again.
 pub const REPUBLISH_ATTEMPTS: u32 = 5;
 use outpost_contracts::envelope::{self, Encoding, Envelope, EnvelopeError};
@@ -278,7 +281,8 @@ impl Bus {
     fn publisher(&self, topic: &str) -> &MqttClient {
         use std::hash::{BuildHasher as _, BuildHasherDefault};
         let n = self.publishers.len();
-        if n == 0 {
+        // What a consumer tells the broker's journal speaks for its own session.
+        if n == 0 || topic.contains(JOURNAL_TOPICS) {
             return &self.client;
         }
         let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
