@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use outpost_bus::{Bus, Options};
 use outpost_kit::config::BusConfig;
+use serde_json::json;
 
 use crate::support::*;
 
@@ -75,28 +76,33 @@ impl Publisher {
 
 /// Every event id core-data holds for `device`.
 async fn stored_ids(node: &Node, device: &str) -> Vec<String> {
-    let mut ids = Vec::new();
+    paged(node, &format!("event/device/name/{device}"), "events", "id").await
+}
+
+/// `field` of every item of `list` core-data answers at `/api/v3/<path>`, page by page.
+async fn paged(node: &Node, path: &str, list: &str, field: &str) -> Vec<String> {
+    let mut out = Vec::new();
     loop {
         let (status, body) = node
             .get(&format!(
-                "{}/api/v3/event/device/name/{device}?offset={}&limit=1000",
+                "{}/api/v3/{path}?offset={}&limit=1000",
                 node.data(),
-                ids.len()
+                out.len()
             ))
             .await;
         assert_eq!(status, 200, "{body}");
-        let page: Vec<String> = body["events"]
+        let page: Vec<String> = body[list]
             .as_array()
             .map(|a| {
                 a.iter()
-                    .filter_map(|e| e["id"].as_str().map(String::from))
+                    .filter_map(|e| e[field].as_str().map(String::from))
                     .collect()
             })
             .unwrap_or_default();
         if page.is_empty() {
-            return ids;
+            return out;
         }
-        ids.extend(page);
+        out.extend(page);
     }
 }
 
@@ -306,5 +312,121 @@ async fn a_full_disk_stops_acknowledgements_loses_nothing_and_ingest_resumes_wit
         !log.contains("journal records that cannot be read"),
         "corrupt journal records"
     );
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_rest_answers_2xx_only_for_what_survives_random_kill_9() {
+    let mut node =
+        Node::start("[device_rest]\nenabled = true\ndevice_messages_per_s = 0.0\n").await;
+    let labels =
+        json!([{"name": "Label", "properties": {"valueType": "String", "readWrite": "R"}}]);
+    node.add_profiles(&profile_request("Tag", "T-1", labels))
+        .await;
+    node.wait_device_service("device-rest").await;
+    let device = json!([{"apiVersion": "v3", "device": {"name": "rk", "profileName": "Tag",
+        "serviceName": "device-rest", "adminState": "UNLOCKED", "operatingState": "UP",
+        "protocols": {"REST": {"Host": "127.0.0.1", "Port": "9", "Path": "tag"}}}}]);
+    let (status, v) = node
+        .post(&format!("{}/api/v3/device", node.metadata()), &device)
+        .await;
+    assert!(status < 300 && v[0]["statusCode"] == 201, "{v}");
+    let token = "rk-token-000000000000";
+    node.cli_ok(&["device", "secret", "rk", "--secret", token]);
+    let url = format!(
+        "http://127.0.0.1:{}/api/v3/resource/rk/Label",
+        node.ports.rest
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    eventually("device-rest knows rk", Duration::from_secs(20), || async {
+        http.post(&url)
+            .bearer_auth(token)
+            .body("ready")
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+
+    // A device posting values one after another; a 2xx answer counts it as acknowledged.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let poster = {
+        let (stop, acked, http, url) = (
+            Arc::clone(&stop),
+            Arc::clone(&acked),
+            http.clone(),
+            url.clone(),
+        );
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let value = format!("v{n}");
+                let sent = http
+                    .post(&url)
+                    .bearer_auth(token)
+                    .body(value.clone())
+                    .send();
+                match sent.await {
+                    Ok(r) if r.status().is_success() => acked.lock().expect("acked").push(value),
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+    };
+    let rounds: u32 = std::env::var("OUTPOST_KILL_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(10, |r: u32| r.div_ceil(2));
+    let mut rng = Rng::new();
+    let victims = ["device-rest", "mqtt-broker", "core-data", "node"];
+    for round in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(200 + rng.below(1300))).await;
+        let victim = victims[usize::try_from(rng.below(victims.len() as u64)).unwrap_or(0)];
+        eprintln!("round {round}: kill -9 {victim}");
+        if victim == "node" {
+            node.kill_all();
+            node.launch().await;
+        } else {
+            let pid = node.pid(victim);
+            signal(pid, "KILL");
+            restarted(&node, victim, pid).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    tokio::time::timeout(Duration::from_secs(60), poster)
+        .await
+        .expect("the poster to stop")
+        .expect("poster");
+    let acked = std::mem::take(&mut *acked.lock().expect("acked"));
+    assert!(acked.len() > 50, "only {} acknowledged", acked.len());
+    eprintln!("{} values acknowledged through {rounds} kills", acked.len());
+    let path = "reading/device/name/rk/resourceName/Label";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let missing = loop {
+        let stored: std::collections::HashSet<String> = paged(&node, path, "readings", "value")
+            .await
+            .into_iter()
+            .collect();
+        let missing = acked.iter().filter(|v| !stored.contains(*v)).count();
+        if missing == 0 || tokio::time::Instant::now() > deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} acknowledged values lost",
+        acked.len()
+    );
+    let stored = paged(&node, path, "readings", "value").await;
+    let unique: HashSet<&String> = stored.iter().collect();
+    assert_eq!(unique.len(), stored.len(), "a value stored twice");
     node.stop();
 }
