@@ -153,6 +153,25 @@ async fn restarted(node: &Node, service: &str, old: u32) {
     .await;
 }
 
+/// `rounds` times, after a random pause of 0.2 to 1.5 s: kill -9 of one of `victims` (a
+/// service, or `node` for every process at once), and waits until it is back.
+async fn kill_at_random(node: &mut Node, victims: &[&str], rounds: u32) {
+    let mut rng = Rng::new();
+    for round in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(200 + rng.below(1300))).await;
+        let victim = victims[usize::try_from(rng.below(victims.len() as u64)).unwrap_or(0)];
+        eprintln!("round {round}: kill -9 {victim}");
+        if victim == "node" {
+            node.kill_all();
+            node.launch().await;
+        } else {
+            let pid = node.pid(victim);
+            signal(pid, "KILL");
+            restarted(node, victim, pid).await;
+        }
+    }
+}
+
 /// Waits until every id of `acked` is stored for `device`; then none may be there twice.
 async fn all_stored_once(node: &Node, device: &str, acked: &[String], within: Duration) {
     let missing = || async {
@@ -225,22 +244,13 @@ async fn no_acknowledged_event_is_lost_or_stored_twice_through_twenty_random_kil
     let mut node = Node::start("").await;
     provision(&node, &["k1"]);
     let creds = tempfile::tempdir().expect("dir");
-    let mut rng = Rng::new();
     let publisher = Publisher::start(&node, "k1", &creds).await;
-    let victims = ["core-data", "mqtt-broker", "core-metadata", "node"];
-    for round in 0..rounds {
-        tokio::time::sleep(Duration::from_millis(200 + rng.below(1300))).await;
-        let victim = victims[usize::try_from(rng.below(victims.len() as u64)).unwrap_or(0)];
-        eprintln!("round {round}: kill -9 {victim}");
-        if victim == "node" {
-            node.kill_all();
-            node.launch().await;
-        } else {
-            let pid = node.pid(victim);
-            signal(pid, "KILL");
-            restarted(&node, victim, pid).await;
-        }
-    }
+    kill_at_random(
+        &mut node,
+        &["core-data", "mqtt-broker", "core-metadata", "node"],
+        rounds,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let acked = publisher.stop().await;
     assert!(acked.len() > 100, "only {} acknowledged", acked.len());
@@ -382,21 +392,12 @@ async fn device_rest_answers_2xx_only_for_what_survives_random_kill_9() {
         .ok()
         .and_then(|s| s.parse().ok())
         .map_or(10, |r: u32| r.div_ceil(2));
-    let mut rng = Rng::new();
-    let victims = ["device-rest", "mqtt-broker", "core-data", "node"];
-    for round in 0..rounds {
-        tokio::time::sleep(Duration::from_millis(200 + rng.below(1300))).await;
-        let victim = victims[usize::try_from(rng.below(victims.len() as u64)).unwrap_or(0)];
-        eprintln!("round {round}: kill -9 {victim}");
-        if victim == "node" {
-            node.kill_all();
-            node.launch().await;
-        } else {
-            let pid = node.pid(victim);
-            signal(pid, "KILL");
-            restarted(&node, victim, pid).await;
-        }
-    }
+    kill_at_random(
+        &mut node,
+        &["device-rest", "mqtt-broker", "core-data", "node"],
+        rounds,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     tokio::time::timeout(Duration::from_secs(60), poster)

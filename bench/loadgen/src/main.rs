@@ -448,6 +448,34 @@ struct Node {
     broker: u16,
 }
 
+/// The Prometheus text a service of the node serves on `/metrics` (empty when it does
+/// not answer).
+struct Metrics(String);
+
+impl Metrics {
+    async fn of(http: &reqwest::Client, port: u16) -> Self {
+        let text = match http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+        {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        Self(text)
+    }
+
+    /// The value of the first series starting with `name`; 0 when there is none.
+    fn get(&self, name: &str) -> f64 {
+        self.0
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    }
+}
+
 /// A temporary directory removed on drop.
 struct TempDir(PathBuf);
 
@@ -507,21 +535,8 @@ impl Node {
     /// (each one fsync with `storage.sync = "full"`), with `secs` of load, as a line and a
     /// JSON value. The journal is on unless `OUTPOST_BROKER__JOURNAL=false` is set.
     async fn journal(&self, http: &reqwest::Client, secs: f64) -> (String, Value) {
-        let text = match http
-            .get(format!("http://127.0.0.1:{}/metrics", self.broker))
-            .send()
-            .await
-        {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        let get = |name: &str| {
-            text.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
+        let metrics = Metrics::of(http, self.broker).await;
+        let get = |name: &str| metrics.get(name);
         let (appended, commits) = (
             get("outpost_mqtt_broker_journal_appended_total"),
             get("outpost_mqtt_broker_journal_commits_total"),
@@ -762,19 +777,9 @@ async fn ingest(
     };
     let secs = (done - start) as f64 / 1e9;
     let readings_s = total_readings as f64 / secs;
-    if let Ok(r) = http
-        .get(format!("http://127.0.0.1:{}/metrics", node.data))
-        .send()
-        .await
     {
-        let text = r.text().await.unwrap_or_default();
-        let get = |name: &str| {
-            text.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
+        let metrics = Metrics::of(&http, node.data).await;
+        let get = |name: &str| metrics.get(name);
         let commits = get("outpost_core_data_commit_batch_events_count");
         println!(
             "core-data: {commits:.0} commits, {:.0} events per commit, {:.1} ms per commit",

@@ -197,6 +197,22 @@ impl Front {
             .expect("client")
     }
 
+    /// Logs `user` in from `ip`: the access and refresh tokens.
+    async fn tokens_from(&self, ip: [u8; 4], user: &str, password: &str) -> (String, Value) {
+        let t: Value = self
+            .client_from(ip)
+            .post(format!("{}/api/v3/auth/login", self.base))
+            .json(&json!({"username": user, "password": password}))
+            .send()
+            .await
+            .expect("login")
+            .json()
+            .await
+            .expect("tokens");
+        let access = t["accessToken"].as_str().expect("accessToken").to_string();
+        (access, t["refreshToken"].clone())
+    }
+
     async fn login_from(&self, ip: [u8; 4], user: &str, password: &str) -> StatusCode {
         self.client_from(ip)
             .post(format!("{}/api/v3/auth/login", self.base))
@@ -253,16 +269,8 @@ async fn strangers_cannot_lock_the_admin_out_logout_ends_the_token_and_viewers_c
 
     // Logout ends the access token at once, not when it expires.
     let client = f.client_from(owner);
-    let tokens: Value = client
-        .post(format!("{}/api/v3/auth/login", f.base))
-        .json(&json!({"username": "admin", "password": password}))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("tokens");
-    let access = tokens["accessToken"].as_str().expect("accessToken");
+    let (access, refresh) = f.tokens_from(owner, "admin", password).await;
+    let access = access.as_str();
     let whoami = |t: String| {
         let (client, url) = (client.clone(), format!("{}/api/v3/auth/whoami", f.base));
         async move {
@@ -279,7 +287,7 @@ async fn strangers_cannot_lock_the_admin_out_logout_ends_the_token_and_viewers_c
     let out = client
         .post(format!("{}/api/v3/auth/logout", f.base))
         .bearer_auth(access)
-        .json(&json!({"refreshToken": tokens["refreshToken"]}))
+        .json(&json!({"refreshToken": refresh}))
         .send()
         .await
         .expect("logout");
@@ -288,34 +296,16 @@ async fn strangers_cannot_lock_the_admin_out_logout_ends_the_token_and_viewers_c
 
     // A viewer reads devices but cannot make a device service push an event into
     // core-data: that is a write.
-    let admin: Value = client
-        .post(format!("{}/api/v3/auth/login", f.base))
-        .json(&json!({"username": "admin", "password": password}))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("tokens");
-    let admin = admin["accessToken"].as_str().expect("accessToken");
+    let (admin, _) = f.tokens_from(owner, "admin", password).await;
     let added = client
         .post(format!("{}/api/v3/auth/user", f.base))
-        .bearer_auth(admin)
+        .bearer_auth(&admin)
         .json(&json!({"username": "watcher", "password": "watcher-password-1", "role": "viewer"}))
         .send()
         .await
         .expect("add user");
     assert!(added.status().is_success(), "{}", added.status());
-    let viewer: Value = client
-        .post(format!("{}/api/v3/auth/login", f.base))
-        .json(&json!({"username": "watcher", "password": "watcher-password-1"}))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("tokens");
-    let viewer = viewer["accessToken"].as_str().expect("accessToken");
+    let (viewer, _) = f.tokens_from(owner, "watcher", "watcher-password-1").await;
     for path in [
         "/core-command/api/v3/device/name/d1/Temperature?ds-pushevent=true",
         "/core-command/api/v3/device/name/d1/Temperature?ds%2Dpushevent=true",
@@ -323,7 +313,7 @@ async fn strangers_cannot_lock_the_admin_out_logout_ends_the_token_and_viewers_c
     ] {
         let r = client
             .get(format!("{}{path}", f.base))
-            .bearer_auth(viewer)
+            .bearer_auth(&viewer)
             .send()
             .await
             .expect("answer");
