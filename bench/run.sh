@@ -21,6 +21,7 @@
 #   bench/run.sh journal      what the broker's durable acknowledgement costs: ingest and
 #                             mqtt-devices with the journal on and off, alternating, three
 #                             rounds each, with the broker's group commits (fsyncs) per second
+#   bench/run.sh fuzz         every fuzz target for an hour (FUZZ_SECONDS), with executions
 #   bench/run.sh durability   the randomized kill -9 test of tests/e2e/durability.rs with 100
 #                             kills instead of CI's 20 (OUTPOST_KILL_ROUNDS), under QoS 1 ingest
 #   bench/run.sh ota          200 devices downloading a 50 MiB artifact at once (through the
@@ -95,6 +96,9 @@ if [[ $what == all || $what == journal ]]; then
   devices=("$B" mqtt-devices --outpost "$O" --devices 1000 --per-device 20 --readings 10)
   both on-first "${devices[@]}"
   both off-first "${devices[@]}"
+fi
+if [[ $what == fuzz ]]; then
+  run scripts/fuzz.sh "${FUZZ_SECONDS:-3600}"
 fi
 if [[ $what == durability ]]; then
   OUTPOST_KILL_ROUNDS=100 run cargo nextest run --locked -p outpost --no-capture \

@@ -67,6 +67,15 @@ if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
     echo "Installing cargo-nextest"
     cargo install --locked cargo-nextest >/dev/null
   fi
+  # Fuzzing (scripts/fuzz.sh): cargo fuzz and the nightly toolchain it builds with.
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "Installing cargo-fuzz"
+    cargo install --locked cargo-fuzz >/dev/null
+  fi
+  if ! cargo +nightly --version >/dev/null 2>&1; then
+    echo "Installing the nightly toolchain (cargo fuzz needs it)"
+    rustup toolchain install nightly --profile minimal >/dev/null
+  fi
 fi
 
 if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs every check CI runs: formatting, lints, the whole
-# test suite (unit, service and end-to-end tests against real peers), and the docs build.
+# test suite (unit, service and end-to-end tests against real peers), the docs build, and a
+# short run of every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
@@ -13,4 +14,6 @@ echo "== cargo nextest"
 cargo nextest run --locked --workspace --no-fail-fast
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet
+echo "== fuzzing, 20 s per target"
+scripts/fuzz.sh 20
 echo "All checks passed."
