@@ -6,7 +6,8 @@
 //! - The message bus: EdgeX topic scheme ([`topics`]) and message envelope ([`envelope`]), in
 //!   JSON (EdgeX-compatible, the default) or CBOR (compact).
 //! - Value types and the checks a reading value must pass ([`value`]).
-//! - Outpost's own APIs, as the CLI and scripts use them: ota ([`ota`]), the cloud node
+//! - Outpost's own APIs, as the CLI and scripts use them: ota ([`ota`], and [`ddi`] for
+//!   what devices and the agent exchange with it), the cloud node
 //!   ([`cloud`]) and export ([`export`], with what an edge sends a cloud node).
 //!
 //! This crate has no I/O and no async: services, the bus and the CLI all build on it.
@@ -14,6 +15,7 @@
 pub mod cloud;
 pub mod common;
 pub mod compact;
+pub mod ddi;
 pub mod envelope;
 pub mod event;
 pub mod export;

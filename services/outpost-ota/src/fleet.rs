@@ -23,6 +23,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use outpost_bus::metadata::CREDENTIAL_GRACE;
 use outpost_contracts::common::{BaseResponse, BaseWithTotalCountResponse, SortedKeys};
+use outpost_contracts::ddi;
 use outpost_contracts::now_millis as now_ms;
 use outpost_contracts::ota::{
     ArtifactRef, Counts, DeviceHistoryResponse, MultiRolloutsResponse, NewRollout, PhaseView,
@@ -30,7 +31,6 @@ use outpost_contracts::ota::{
 };
 use outpost_kit::error::Path;
 use outpost_kit::{ApiError, Tasks};
-use serde::Deserialize;
 
 use crate::artifacts::Artifacts;
 use crate::devices::{Devices, valid_name};
@@ -429,21 +429,29 @@ pub async fn poll(
     let action = match action {
         Some((rollout, (name, version), state)) => {
             let a = app.artifacts.find(name.clone(), version.clone()).await?;
-            Some(serde_json::json!({
-                "id": rollout,
-                "state": state.map(DeviceState::name),
-                "artifact": {
-                    "name": name, "version": version, "size": a.manifest.size, "sha256": a.manifest.sha256,
-                    "payloadType": a.manifest.payload_type,
-                    "manifestBase64": a.manifest_base64, "signature": a.signature, "keyId": a.key_id,
+            Some(ddi::Action {
+                state: state.map(DeviceState::name),
+                artifact: ddi::ActionArtifact {
+                    name,
+                    version,
+                    size: a.manifest.size,
+                    sha256: a.manifest.sha256,
+                    payload_type: a.manifest.payload_type,
+                    manifest_base64: a.manifest_base64,
+                    signature: a.signature,
+                    key_id: a.key_id,
                 },
-                "download": format!("/api/v3/ddi/{device}/action/{rollout}/payload"),
-                "feedback": format!("/api/v3/ddi/{device}/action/{rollout}/feedback"),
-            }))
+                download: format!("/api/v3/ddi/{device}/action/{rollout}/payload"),
+                feedback: format!("/api/v3/ddi/{device}/action/{rollout}/feedback"),
+                id: rollout,
+            })
         }
         None => None,
     };
-    let body = serde_json::json!({"pollSeconds": app.poll_seconds, "action": action});
+    let body = ddi::Poll {
+        poll_seconds: app.poll_seconds,
+        action,
+    };
     let text = serde_json::to_vec(&body).map_err(ApiError::internal)?;
     let etag = format!(
         "\"{}\"",
@@ -474,14 +482,6 @@ pub async fn poll(
     Ok(r)
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Feedback {
-    status: DeviceState,
-    #[serde(default)]
-    details: String,
-}
-
 pub async fn feedback(
     State(app): State<Arc<Fleet>>,
     Path((device, rollout)): Path<(String, String)>,
@@ -489,8 +489,7 @@ pub async fn feedback(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     app.devices.authenticate(&device, &headers).await?;
-    let fb: Feedback = outpost_kit::error::parse_json(&body)?;
-    let details: String = fb.details.chars().take(1000).collect();
+    let fb = ddi::Feedback::parse(&body).map_err(ApiError::bad_request)?;
     let mut rollouts = app.rollouts.lock().await;
     let (_, e) = rollouts
         .iter_mut()
@@ -510,7 +509,7 @@ pub async fn feedback(
     let reports = vec![Report {
         device: device.clone(),
         status: fb.status.name(),
-        details,
+        details: fb.details,
     }];
     let opened = newly_offered(&before, &e.rollout);
     if let Err(err) = app

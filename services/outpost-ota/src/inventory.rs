@@ -21,6 +21,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use outpost_contracts::common::{BaseResponse, BaseWithTotalCountResponse, SortedKeys};
+use outpost_contracts::ddi::Reported;
 use outpost_contracts::metadata::Device;
 use outpost_contracts::now_millis as now_ms;
 use outpost_contracts::ota::{
@@ -86,12 +87,6 @@ impl Inventory {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Reported {
-    attributes: Attributes,
-}
-
 /// The device reports its attributes.
 pub async fn put_attributes(
     State(app): State<Arc<Inventory>>,
@@ -100,16 +95,7 @@ pub async fn put_attributes(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     app.devices.authenticate(&device, &headers).await?;
-    let r: Reported = outpost_kit::error::parse_json(&body)?;
-    if r.attributes.len() > 64
-        || r.attributes
-            .iter()
-            .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 256)
-    {
-        return Err(ApiError::bad_request(
-            "attributes: at most 64, keys of 1 to 64 characters, values up to 256",
-        ));
-    }
+    let r = Reported::parse(&body).map_err(ApiError::bad_request)?;
     app.store
         .set_attributes(device.clone(), r.attributes.clone())
         .await

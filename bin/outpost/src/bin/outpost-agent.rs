@@ -17,6 +17,7 @@ use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use clap::Parser;
 use futures_util::StreamExt as _;
+use outpost_contracts::ddi;
 use outpost_manifest::{Manifest, PublicKey};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
@@ -169,7 +170,7 @@ impl Agent {
 
     /// Reports the inventory attributes: the given ones, the installed firmware, the slot.
     async fn report_attributes(&self) {
-        let mut attrs: std::collections::BTreeMap<String, String> = self
+        let mut attributes: outpost_contracts::ota::Attributes = self
             .args
             .attrs
             .iter()
@@ -177,15 +178,15 @@ impl Agent {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         if let Some((name, version, _)) = &self.state.installed {
-            attrs.insert("firmware.name".into(), name.clone());
-            attrs.insert("firmware.version".into(), version.clone());
+            attributes.insert("firmware.name".into(), name.clone());
+            attributes.insert("firmware.version".into(), version.clone());
         }
-        attrs.insert("agent.slot".into(), self.state.active.clone());
+        attributes.insert("agent.slot".into(), self.state.active.clone());
         let sent = self
             .http
             .put(self.url(&format!("/api/v3/ddi/{}/attributes", self.args.device)))
             .headers(self.auth())
-            .json(&serde_json::json!({ "attributes": attrs }))
+            .json(&ddi::Reported { attributes })
             .send()
             .await;
         match sent {
@@ -283,15 +284,21 @@ impl Agent {
             .get("etag")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let v: serde_json::Value = resp.json().await?;
-        let interval = v["pollSeconds"].as_u64().unwrap_or(30);
-        let action = &v["action"];
-        if action.is_null() {
+        let body = resp.bytes().await.context("poll")?;
+        let poll = ddi::Poll::parse(&body).map_err(|e| anyhow::anyhow!("poll answer: {e}"))?;
+        let interval = poll.poll_seconds;
+        let Some(action) = poll.action else {
             self.etag = etag;
             return Ok(interval);
-        }
-        let artifact: Artifact = serde_json::from_value(action["artifact"].clone())?;
-        let id = action["id"].as_str().unwrap_or_default().to_string();
+        };
+        let artifact = Artifact {
+            name: action.artifact.name,
+            version: action.artifact.version,
+            size: action.artifact.size,
+            sha256: action.artifact.sha256,
+            manifest_base64: action.artifact.manifest_base64,
+            signature: action.artifact.signature,
+        };
         if self
             .state
             .installed
@@ -299,15 +306,14 @@ impl Agent {
             .is_some_and(|(_, _, sha)| *sha == artifact.sha256)
         {
             // Already running this payload (a report got lost): say so.
-            let feedback = action["feedback"].as_str().unwrap_or_default().to_string();
-            self.report(&feedback, "succeeded", "already installed")?;
+            self.report(&action.feedback, "succeeded", "already installed")?;
             self.etag = etag;
             return Ok(interval);
         }
         self.state.pending = Some(Pending {
-            action: id,
-            download: action["download"].as_str().unwrap_or_default().to_string(),
-            feedback: action["feedback"].as_str().unwrap_or_default().to_string(),
+            action: action.id,
+            download: action.download,
+            feedback: action.feedback,
             artifact,
             step: Step::Downloading,
             previous: self.state.active.clone(),
