@@ -97,3 +97,20 @@ if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
   fi
   ln -sfn "pymodbus-$pymodbus_version" "$peers/pymodbus"
 fi
+
+if [[ "${1:-}" == "--test" ]]; then
+  # The API property tests' client: schemathesis, pinned, in its own virtualenv
+  # (tests/e2e/api_properties.rs runs target/peers/schemathesis/bin/schemathesis).
+  schemathesis_version="4.32.5"
+  peers="$(cd "$(dirname "$0")/.." && pwd)/target/peers"
+  venv="$peers/schemathesis-$schemathesis_version"
+  if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$schemathesis_version"; then
+    echo "Installing schemathesis $schemathesis_version into $venv"
+    python=/usr/bin/python3
+    [[ -x $python ]] || python=python3
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
+  fi
+  ln -sfn "schemathesis-$schemathesis_version" "$peers/schemathesis"
+fi

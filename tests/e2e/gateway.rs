@@ -9,22 +9,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::{Node, eventually, free_port, https_client, run_ok, signal};
-
-/// A TLS client configuration that trusts only the node's CA (as the CLI does).
-fn trusting(ca: &Path) -> rustls::ClientConfig {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).expect("CA file") {
-        roots.add(c.expect("CA cert")).expect("add CA");
-    }
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth()
-}
+use crate::support::{Node, eventually, free_port, https_client, run_ok, signal, trusting};
 
 /// An event of core-data (one that does not exist).
 const AN_EVENT: &str = "/core-data/api/v3/event/id/5a1e9c2b-0c1d-4b8a-9f43-0d5c9e6a3f11";

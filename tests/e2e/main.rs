@@ -3,6 +3,7 @@
 
 mod support;
 
+mod api_properties;
 mod bus;
 mod cli;
 mod compat;

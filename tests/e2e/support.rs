@@ -589,6 +589,23 @@ pub fn run_ok(cmd: &mut Command, what: &str) -> std::process::Output {
     out
 }
 
+/// A TLS client configuration that trusts only the node's CA (as the CLI does).
+pub fn trusting(ca: &Path) -> rustls::ClientConfig {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(c.expect("CA cert")).expect("add CA");
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
+
 /// An HTTP client (10 s timeout, no proxy) over `tls`.
 pub fn https_client(tls: rustls::ClientConfig) -> reqwest::Client {
     reqwest::Client::builder()

@@ -40,6 +40,28 @@ impl BaseRequest {
     }
 }
 
+/// A boolean query parameter as EdgeX reads it (Go's `strconv.ParseBool`): `1`, `t`, `T`,
+/// `TRUE`, `true`, `True`, `0`, `f`, `F`, `FALSE`, `false`, `False`.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// `#[serde(deserialize_with = "query_bool")]` for a boolean query parameter, read as
+/// [`parse_bool`] does.
+pub fn query_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_bool(&s).ok_or_else(|| serde::de::Error::custom(format!("'{s}' is not true or false")))
+}
+
+/// [`query_bool`] for an optional parameter (with `#[serde(default)]`).
+pub fn query_opt_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    query_bool(d).map(Some)
+}
+
 /// Fields every EdgeX response carries; errors put their text in `message`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -69,8 +91,13 @@ impl BaseResponse {
         }
     }
 
+    /// Echoes the request's `requestId`, which EdgeX defines as a UUID: anything else (a
+    /// request refused for carrying one) is not repeated back.
     pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
-        self.request_id = request_id.into();
+        let id = request_id.into();
+        if uuid::Uuid::parse_str(&id).is_ok() {
+            self.request_id = id;
+        }
         self
     }
 }

@@ -34,14 +34,15 @@ impl Default for GetOptions {
     }
 }
 
-/// Parses an EdgeX yes/no query value (`true`/`false`, `yes`/`no`).
+/// Parses an EdgeX yes/no query value: `yes`/`no` (EdgeX's `ds-pushevent` form) or any
+/// boolean Go's `strconv.ParseBool` reads, as EdgeX does.
 pub fn parse_flag(name: &str, v: &str) -> Result<bool, ApiError> {
     match v.to_ascii_lowercase().as_str() {
-        "true" | "yes" => Ok(true),
-        "false" | "no" => Ok(false),
-        _ => Err(ApiError::bad_request(format!(
-            "{name} must be true or false, got '{v}'"
-        ))),
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => outpost_contracts::common::parse_bool(v).ok_or_else(|| {
+            ApiError::bad_request(format!("{name} must be true or false, got '{v}'"))
+        }),
     }
 }
 

@@ -301,6 +301,12 @@ async fn forward(
             d.service_name
         ))
     })?;
+    if status.is_success() && bytes.is_empty() {
+        // A read with ds-returnevent=false: the device service answers no body (as EdgeX's
+        // do); core-command answers EdgeX's base response, so that its answer is the JSON
+        // its API document promises (EdgeX itself sends an empty body typed JSON).
+        return Ok((status, axum::Json(BaseResponse::new(status.as_u16()))).into_response());
+    }
     let mut out = (status, bytes).into_response();
     if let Some(ct) = content_type.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
         out.headers_mut().insert(header::CONTENT_TYPE, ct);

@@ -194,6 +194,10 @@ async fn add_event(
 struct ListParams {
     offset: Option<i64>,
     limit: Option<i64>,
+    #[serde(
+        default,
+        deserialize_with = "outpost_contracts::common::query_opt_bool"
+    )]
     numeric: Option<bool>,
     aggregate_func: Option<String>,
 }

@@ -99,6 +99,7 @@ async fn update(
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 struct AllParams {
+    #[serde(deserialize_with = "outpost_contracts::common::query_bool")]
     deregistered: bool,
     wait_index: Option<u64>,
     wait_ms: Option<u64>,
@@ -198,7 +199,9 @@ fn check_key(key: &str) -> Result<&str, ApiError> {
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 struct GetParams {
+    #[serde(deserialize_with = "outpost_contracts::common::query_bool")]
     plaintext: bool,
+    #[serde(deserialize_with = "outpost_contracts::common::query_bool")]
     key_only: bool,
 }
 
@@ -257,6 +260,7 @@ async fn kv_get(
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct PutParams {
+    #[serde(deserialize_with = "outpost_contracts::common::query_bool")]
     flatten: bool,
 }
 
@@ -309,6 +313,7 @@ async fn kv_put(
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 struct DeleteParams {
+    #[serde(deserialize_with = "outpost_contracts::common::query_bool")]
     prefix_match: bool,
 }
 

@@ -331,7 +331,9 @@ fn page_base(total: u64) -> BaseWithTotalCountResponse {
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
 struct DeviceWriteParams {
+    #[serde(deserialize_with = "outpost_contracts::common::query_bool")]
     bypass_validation: bool,
+    #[serde(deserialize_with = "outpost_contracts::common::query_bool")]
     force: bool,
 }
 

@@ -80,6 +80,9 @@ pub fn router(app: Arc<App>, info: outpost_kit::routes::ServiceInfo, max_body: u
         Arc::clone(&app),
         crate::observe::observe,
     ))
+    // Whatever refuses a request (a route's method, the body limit, a proxied service)
+    // answers with EdgeX's error body.
+    .layer(axum::middleware::from_fn(outpost_kit::error::edgex_errors))
     .layer(axum::middleware::from_fn(outpost_kit::request_id::layer))
 }
 

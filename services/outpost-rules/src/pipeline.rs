@@ -98,13 +98,13 @@ impl Function {
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct AlertRule {
     /// Value above this.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub above: Option<f64>,
     /// Value below this.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub below: Option<f64>,
     /// Absolute rate of change above this, per second (between consecutive readings).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_above: Option<f64>,
     #[serde(default = "default_severity")]
     pub severity: String,
