@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use arbitrary::Arbitrary;
-use outpost_queue::{Config, Priority, Queue};
+use outpost_queue::{Config, Priority, Queue, SyncPolicy};
 
 const KEY: [u8; 32] = [7; 32];
 const ITEMS: [&[u8]; 5] = [
@@ -33,8 +33,10 @@ struct Damage {
 }
 
 fn config() -> Config {
+    // No fsync: what is on disk is whatever the damage left, and an exec stays fast.
     Config {
         max_bytes: 1 << 20,
+        sync: SyncPolicy::None,
         ..Config::default()
     }
 }
@@ -53,7 +55,10 @@ static TEMPLATE: LazyLock<Vec<(PathBuf, Vec<u8>)>> = LazyLock::new(|| {
 });
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("outpost-fuzz-queue-{}-{name}", std::process::id()));
+    // A RAM-backed directory where there is one.
+    let base = Path::new("/dev/shm");
+    let base = if base.is_dir() { base.to_path_buf() } else { std::env::temp_dir() };
+    let d = base.join(format!("outpost-fuzz-queue-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
 }

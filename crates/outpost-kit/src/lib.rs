@@ -31,6 +31,7 @@ pub mod shutdown;
 pub mod tasks;
 pub mod telemetry;
 pub mod tls;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

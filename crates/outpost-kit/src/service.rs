@@ -506,15 +506,12 @@ async fn serve(
                 crate::tls::serve(listener, tls, router, rx).await;
                 Ok(())
             }
-            None => axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await
-            .map_err(ServeError::Serve),
+            None => axum::serve(crate::wire::Listener(listener), router.into_make_service())
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await
+                .map_err(ServeError::Serve),
         }
     };
     tokio::pin!(server);

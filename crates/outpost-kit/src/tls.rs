@@ -117,7 +117,10 @@ pub async fn serve(
                         router.clone().oneshot(req.map(axum::body::Body::new))
                     },
                 );
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                let conn = builder.serve_connection_with_upgrades(
+                    TokioIo::new(crate::wire::EdgexWire::new(tls)),
+                    svc,
+                );
                 if let Err(e) = watcher.watch(conn.into_owned()).await {
                     tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
                 }

@@ -304,7 +304,11 @@ pub async fn serve<D: Dispatch>(
                         ))
                     });
                 let client = Arc::new(Client::of(peer, cert));
-                let io = TokioIo::new(Guarded::new(tls, limits, !h2));
+                let io = TokioIo::new(Guarded::new(
+                    outpost_kit::wire::EdgexWire::new(tls),
+                    limits,
+                    !h2,
+                ));
                 // Proxied requests go straight to the proxy; the gateway's own routes
                 // through its router, which finds the connection in the request's
                 // extensions.
