@@ -21,14 +21,32 @@ struct Publisher {
 }
 
 impl Publisher {
+    /// Publishes EdgeX events for `device` on the bus as a node service would.
     async fn start(node: &Node, device: &str, creds: &tempfile::TempDir) -> Self {
         let cfg = BusConfig {
             url: format!("mqtt://127.0.0.1:{}", node.ports.mqtt),
             ..BusConfig::default()
         };
+        let device = device.to_string();
+        Self::with(cfg, creds, &format!("durability-{device}"), move |_| {
+            let (id, msg) =
+                event_message(&device, now_nanos(), &[("Temperature", "Float64", "20.5")]);
+            (id, event_topic(&device), msg.into_bytes())
+        })
+        .await
+    }
+
+    /// Publishes what `make(n)` gives for n = 1, 2, ...: (the key counted once
+    /// acknowledged, topic, payload), over a connection made with `cfg`.
+    async fn with(
+        cfg: BusConfig,
+        creds: &tempfile::TempDir,
+        client_id: &str,
+        make: impl Fn(u64) -> (String, String, Vec<u8>) + Send + 'static,
+    ) -> Self {
         let opts = Options {
             create_credentials: false,
-            ..Options::plain(format!("durability-{device}"))
+            ..Options::plain(client_id.to_string())
         };
         let bus = Bus::connect(
             &cfg,
@@ -41,19 +59,16 @@ impl Publisher {
         .expect("publisher connects");
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
-        let (flag, device, ids) = (Arc::clone(&stop), device.to_string(), Arc::clone(&acked));
+        let (flag, keys) = (Arc::clone(&stop), Arc::clone(&acked));
         let task = tokio::spawn(async move {
+            let mut n = 0;
             while !flag.load(Ordering::Relaxed) {
-                let (id, msg) =
-                    event_message(&device, now_nanos(), &[("Temperature", "Float64", "20.5")]);
+                n += 1;
+                let (key, topic, payload) = make(n);
                 // Ok only once the broker acknowledged it (PUBACK); a publish that may
                 // have been lost with the connection is not counted.
-                if bus
-                    .publish_raw(&event_topic(&device), msg.into_bytes())
-                    .await
-                    .is_ok()
-                {
-                    ids.lock().expect("ids").push(id);
+                if bus.publish_raw(&topic, payload).await.is_ok() {
+                    keys.lock().expect("keys").push(key);
                 }
             }
         });
@@ -193,6 +208,42 @@ async fn all_stored_once(node: &Node, device: &str, acked: &[String], within: Du
     let stored = stored_ids(node, device).await;
     let unique: HashSet<&String> = stored.iter().collect();
     assert_eq!(unique.len(), stored.len(), "an event stored twice");
+}
+
+/// Waits until every value of `acked` is among the readings at core-data's `path`; then
+/// at most `duplicates` may be there twice.
+async fn all_values_stored_once(
+    node: &Node,
+    path: &str,
+    acked: &[String],
+    duplicates: usize,
+    within: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    let missing = loop {
+        let stored: HashSet<String> = paged(node, path, "readings", "value")
+            .await
+            .into_iter()
+            .collect();
+        let missing = acked.iter().filter(|v| !stored.contains(*v)).count();
+        if missing == 0 || tokio::time::Instant::now() > deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} acknowledged values lost",
+        acked.len()
+    );
+    let stored = paged(node, path, "readings", "value").await;
+    let unique: HashSet<&String> = stored.iter().collect();
+    let twice = stored.len() - unique.len();
+    assert!(
+        twice <= duplicates,
+        "{twice} values stored twice (at most {duplicates} may be)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,26 +459,87 @@ async fn device_rest_answers_2xx_only_for_what_survives_random_kill_9() {
     assert!(acked.len() > 50, "only {} acknowledged", acked.len());
     eprintln!("{} values acknowledged through {rounds} kills", acked.len());
     let path = "reading/device/name/rk/resourceName/Label";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let missing = loop {
-        let stored: std::collections::HashSet<String> = paged(&node, path, "readings", "value")
-            .await
-            .into_iter()
-            .collect();
-        let missing = acked.iter().filter(|v| !stored.contains(*v)).count();
-        if missing == 0 || tokio::time::Instant::now() > deadline {
-            break missing;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    all_values_stored_once(&node, path, &acked, 0, Duration::from_secs(90)).await;
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "loses acknowledged telemetry in about 2 runs of 5 (a contiguous run of values, e.g. 93 of 6,718, with core-data and whole-node kills); run with --run-ignored"]
+async fn device_mqtt_telemetry_acknowledged_by_the_broker_survives_random_kill_9() {
+    let mut node =
+        Node::start("[device_mqtt]\nenabled = true\ndevice_messages_per_s = 0.0\n").await;
+    let labels =
+        json!([{"name": "Label", "properties": {"valueType": "String", "readWrite": "R"}}]);
+    node.add_profiles(&profile_request("Tag", "T-1", labels))
+        .await;
+    node.wait_device_service("device-mqtt").await;
+    let device = json!([{"apiVersion": "v3", "device": {"name": "mk", "profileName": "Tag",
+        "serviceName": "device-mqtt", "adminState": "UNLOCKED", "operatingState": "UP",
+        "protocols": {"mqtt": {}}}}]);
+    let (status, v) = node
+        .post(&format!("{}/api/v3/device", node.metadata()), &device)
+        .await;
+    assert!(status < 300 && v[0]["statusCode"] == 201, "{v}");
+    let creds = tempfile::tempdir().expect("dir");
+    let secret = creds.path().join("secret");
+    std::fs::write(&secret, "mk-secret-0000000000").expect("secret");
+    node.cli_ok(&["device", "secret", "mk", "--secret", "mk-secret-0000000000"]);
+    // The device, with its own credential, publishing values with QoS 1: a PUBACK counts
+    // the value as acknowledged.
+    let cfg = BusConfig {
+        url: format!("mqtt://127.0.0.1:{}", node.ports.mqtt),
+        username: "mk".into(),
+        password_file: Some(secret),
+        ..BusConfig::default()
     };
-    assert_eq!(
-        missing,
-        0,
-        "{missing} of {} acknowledged values lost",
-        acked.len()
+    let publisher = Publisher::with(cfg, &creds, "mk", |n| {
+        let value = format!("v{n}");
+        (
+            value.clone(),
+            "incoming/data/mk/Label".to_string(),
+            value.into_bytes(),
+        )
+    })
+    .await;
+    eventually(
+        "device-mqtt stores mk's values",
+        Duration::from_secs(30),
+        || async { !node.readings("mk", "Label").await.is_empty() },
+    )
+    .await;
+    let rounds: u32 = std::env::var("OUTPOST_KILL_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(10, |r: u32| r.div_ceil(2));
+    // OUTPOST_KILL_VICTIMS=device-mqtt,node narrows the victims (to find which kill loses).
+    let victims: Vec<String> = std::env::var("OUTPOST_KILL_VICTIMS").map_or_else(
+        |_| {
+            vec![
+                "device-mqtt".into(),
+                "mqtt-broker".into(),
+                "core-data".into(),
+                "node".into(),
+            ]
+        },
+        |v| v.split(',').map(str::to_string).collect(),
     );
-    let stored = paged(&node, path, "readings", "value").await;
-    let unique: HashSet<&String> = stored.iter().collect();
-    assert_eq!(unique.len(), stored.len(), "a value stored twice");
+    let victims: Vec<&str> = victims.iter().map(String::as_str).collect();
+    kill_at_random(&mut node, &victims, rounds).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked = publisher.stop().await;
+    assert!(acked.len() > 50, "only {} acknowledged", acked.len());
+    eprintln!("{} values acknowledged through {rounds} kills", acked.len());
+    let path = "reading/device/name/mk/resourceName/Label";
+    // QoS 1 lets the device send again a message whose PUBACK died with the broker: at
+    // most the one message it had in flight at each kill arrives twice. Anything more
+    // would be the node's own redelivery, which message ids make idempotent.
+    all_values_stored_once(
+        &node,
+        path,
+        &acked,
+        rounds as usize,
+        Duration::from_secs(120),
+    )
+    .await;
     node.stop();
 }

@@ -24,6 +24,9 @@ use crate::journal::{Confirm, Key};
 pub struct Delivery {
     pub topic: String,
     pub payload: Bytes,
+    /// The broker journal's id of this message ([`crate::journal::MESSAGE_ID`]), when the
+    /// embedded broker journaled it.
+    pub message_id: Option<String>,
     token: Option<AckToken>,
     /// Where to confirm the message to the broker's journal once handled.
     confirm: Option<(Confirm, Key)>,
@@ -44,9 +47,19 @@ impl Delivery {
         Self {
             topic,
             payload,
+            message_id: None,
             token,
             confirm: None,
         }
+    }
+
+    /// The same, with the message id `publish` carries.
+    pub(crate) fn identified(mut self, publish: &mqtt5::packet::publish::PublishPacket) -> Self {
+        self.message_id = publish
+            .properties
+            .get_user_property_value(crate::journal::MESSAGE_ID)
+            .map(str::to_string);
+        self
     }
 
     /// The same, confirmed to the broker's journal when acknowledged.

@@ -23,6 +23,14 @@ use crate::Bus;
 /// Bytes of a message's key.
 pub const KEY_LEN: usize = 16;
 
+/// The MQTT user property with which the embedded broker delivers a journaled message:
+/// its message id, the same on every delivery of that message (redeliveries after a
+/// crash included) and different for two messages with the same content. A consumer that
+/// derives new data from a message (device-mqtt's events from telemetry) derives its
+/// identity from this id, so a redelivery yields the same event, which core-data stores
+/// once.
+pub const MESSAGE_ID: &str = "outpost-message-id";
+
 /// A message's identity in the journal: the first 16 bytes of SHA-256 over its topic, a
 /// zero byte and its payload, computed alike by the broker and by consumers.
 pub type Key = [u8; KEY_LEN];

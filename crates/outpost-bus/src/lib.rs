@@ -358,7 +358,8 @@ impl Bus {
             if let Some(payload) = admission.admit(&publish.topic_name, &publish.payload) {
                 // Consumers keep the receiver open until they have disconnected, so a
                 // message is never dropped here while the connection could ack it.
-                let d = Delivery::new(publish.topic_name, payload, Some(token));
+                let d = Delivery::new(publish.topic_name.clone(), payload, Some(token))
+                    .identified(&publish);
                 let _ = tx.send(d.confirmed(confirm.as_ref()));
             } else {
                 token.ack();

@@ -206,6 +206,22 @@ impl Sdk {
         values: Vec<(String, CommandValue)>,
         origin: Option<i64>,
     ) -> Result<Event, PushError> {
+        self.push_derived(device, source, values, origin, None)
+            .await
+    }
+
+    /// [`Sdk::push`] for values read from a message the node's broker journaled
+    /// (`message_id`, see [`outpost_bus::journal::MESSAGE_ID`]): the event's and readings'
+    /// ids are derived from it, so a redelivery of that message (after a crash, before its
+    /// confirmation reached the broker) yields the same event, which core-data stores once.
+    pub async fn push_derived(
+        &self,
+        device: &str,
+        source: &str,
+        values: Vec<(String, CommandValue)>,
+        origin: Option<i64>,
+        message_id: Option<&str>,
+    ) -> Result<Event, PushError> {
         let d = self
             .device(device)
             .ok_or_else(|| PushError::UnknownDevice(device.to_string()))?;
@@ -236,7 +252,10 @@ impl Sdk {
             let (value, _) = to_reading(&r.name, &r.properties, v)?;
             readings.push(reading(&d, r, value, origin));
         }
-        let event = make_event(&d, source, readings, origin);
+        let mut event = make_event(&d, source, readings, origin);
+        if let Some(m) = message_id {
+            derive_ids(&mut event, m);
+        }
         let event = self.publish(&d, event).await?;
         self.device_answered(&d.device.name).await;
         Ok(event)
@@ -404,6 +423,24 @@ pub(crate) fn new_id() -> String {
     uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
         .into_uuid()
         .to_string()
+}
+
+/// Ids for `event` and its readings derived from the bus message it was made from.
+fn derive_ids(event: &mut Event, message_id: &str) {
+    let id = |part: &str| {
+        let k = outpost_bus::journal::key(
+            &event.device_name,
+            format!("{message_id}\0{part}").as_bytes(),
+        );
+        uuid::Builder::from_random_bytes(k).into_uuid().to_string()
+    };
+    event.id = id("event");
+    let ids: Vec<String> = (0..event.readings.len())
+        .map(|i| id(&i.to_string()))
+        .collect();
+    for (r, i) in event.readings.iter_mut().zip(ids) {
+        r.id = i;
+    }
 }
 
 pub(crate) fn reading(

@@ -105,6 +105,7 @@ pub struct Journal {
     control: Control,
     redeliver_after: Duration,
     metrics: Metrics,
+    ids: MessageIds,
 }
 
 impl std::fmt::Debug for Journal {
@@ -130,6 +131,10 @@ struct Entry {
     payload: Bytes,
     qos: QoS,
     key: Key,
+    /// Its message id ([`MESSAGE_ID`]): the same on every delivery, redeliveries after a
+    /// crash included, so consumers can tell a message they handled from a new one with
+    /// the same content.
+    id: Arc<str>,
     /// Consumers that have not confirmed it yet.
     waiting: Vec<Arc<str>>,
     /// When it was last queued for them.
@@ -209,6 +214,7 @@ impl Journal {
             control,
             redeliver_after: cfg.redeliver_after,
             metrics: cfg.metrics,
+            ids: MessageIds::new(),
         });
         Ok((journal, held))
     }
@@ -226,16 +232,19 @@ impl Journal {
                 st.pending.insert(lost, Entry::released());
             }
             next = item.seq + 1;
-            let Some((topic, qos, payload)) = decode(&item.data) else {
+            let Some((topic, qos, id, payload)) = decode(&item.data) else {
                 bad += 1;
                 // Keeps the head moving past it.
                 st.pending.insert(item.seq, Entry::released());
                 continue;
             };
             let waiting = matching(&st.consumers, topic);
+            let key = key(topic, payload);
             let entry = Entry {
                 topic: Arc::from(topic),
-                key: key(topic, payload),
+                // A record written before message ids: one derived from its content.
+                id: id.map_or_else(|| Arc::from(hex_of(&key)), Arc::from),
+                key,
                 payload: Bytes::copy_from_slice(payload),
                 qos,
                 waiting,
@@ -278,9 +287,11 @@ impl Journal {
     /// publishes then goes unjournaled (counted in `journal_bypassed_total`); it is not
     /// lost to a crash, because the consumer confirms its input only after its output was
     /// acknowledged, and the input is still in the journal.
-    async fn append(&self, ev: &ClientPublishEvent, waiting: Vec<Arc<str>>) {
+    /// Journals `ev` for `waiting`; returns its message id.
+    async fn append(&self, ev: &ClientPublishEvent, waiting: Vec<Arc<str>>) -> Arc<str> {
         let consumer = self.lock().consumers.contains_key(&*ev.client_id);
-        let record = encode(&ev.topic, ev.qos, &ev.payload);
+        let id: Arc<str> = Arc::from(self.ids.next());
+        let record = encode(&ev.topic, ev.qos, &id, &ev.payload);
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
         let mut warned = false;
         loop {
@@ -290,6 +301,7 @@ impl Journal {
                 payload: ev.payload.clone(),
                 qos: ev.qos,
                 key: key(&ev.topic, &ev.payload),
+                id: Arc::clone(&id),
                 waiting: waiting.clone(),
                 since: Instant::now(),
             };
@@ -300,11 +312,11 @@ impl Journal {
                 reply,
             });
             match answer.await {
-                Ok(Ok(())) => return,
+                Ok(Ok(())) => return id,
                 Ok(Err(why)) => {
                     if consumer {
                         metrics::counter!(self.metrics.bypassed).increment(1);
-                        return;
+                        return id;
                     }
                     metrics::counter!(self.metrics.waits).increment(1);
                     if !warned {
@@ -526,6 +538,7 @@ impl Entry {
             payload: Bytes::new(),
             qos: QoS::AtLeastOnce,
             key: [0; KEY_LEN],
+            id: Arc::from(""),
             waiting: Vec::new(),
             since: Instant::now(),
         }
@@ -555,10 +568,22 @@ impl BrokerEventHandler for Journal {
                 return PublishAction::Continue;
             }
             let waiting = matching(&self.lock().consumers, &ev.topic);
-            if !waiting.is_empty() {
-                self.append(&ev, waiting).await;
+            if waiting.is_empty() {
+                return PublishAction::Continue;
             }
-            PublishAction::Continue
+            let id = self.append(&ev, waiting).await;
+            // Routed with its message id, as every redelivery will be.
+            let mut packet = PublishPacket::new(ev.topic.to_string(), ev.payload.clone(), ev.qos)
+                .with_user_property(MESSAGE_ID.to_string(), id.to_string());
+            packet.packet_id = ev.packet_id;
+            packet.retain = ev.retain;
+            if let Some(t) = &ev.response_topic {
+                packet.properties.set_response_topic(t.to_string());
+            }
+            if let Some(c) = &ev.correlation_data {
+                packet.properties.set_correlation_data(c.clone());
+            }
+            PublishAction::Transform(packet)
         })
     }
 }
@@ -578,7 +603,8 @@ fn matching(consumers: &HashMap<Arc<str>, Vec<String>>, topic: &str) -> Vec<Arc<
 }
 
 fn queue_for(router: &MessageRouter, client: &str, e: &Entry) {
-    let packet = PublishPacket::new(e.topic.to_string(), e.payload.clone(), e.qos);
+    let packet = PublishPacket::new(e.topic.to_string(), e.payload.clone(), e.qos)
+        .with_user_property(MESSAGE_ID.to_string(), e.id.to_string());
     let queue = router.queue_handle(client);
     queue.push(QueuedMessage::new(packet, client.to_string(), e.qos, None));
     queue.notify();
@@ -705,29 +731,77 @@ fn release_head(queue: &mut Queue, mut n: u64, m: Metrics) {
 }
 
 /// A journal record: version, QoS, topic length (big-endian u16), topic, payload.
-fn encode(topic: &str, qos: QoS, payload: &[u8]) -> Vec<u8> {
+/// A journal record: version 2 is `2, qos, topic length (u16 BE), id length (u8), topic,
+/// id, payload`; version 1 (before message ids) `1, qos, topic length, topic, payload`.
+fn encode(topic: &str, qos: QoS, id: &str, payload: &[u8]) -> Vec<u8> {
     let t = topic.as_bytes();
     let len = u16::try_from(t.len()).unwrap_or(u16::MAX);
-    let mut out = Vec::with_capacity(4 + t.len() + payload.len());
-    out.push(1);
+    let id = &id.as_bytes()[..id.len().min(255)];
+    let mut out = Vec::with_capacity(5 + t.len() + id.len() + payload.len());
+    out.push(2);
     out.push(qos as u8);
     out.extend_from_slice(&len.to_be_bytes());
+    out.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
     out.extend_from_slice(&t[..usize::from(len)]);
+    out.extend_from_slice(id);
     out.extend_from_slice(payload);
     out
 }
 
-fn decode(record: &[u8]) -> Option<(&str, QoS, &[u8])> {
-    let (&[1, qos, l0, l1], rest) = record.split_first_chunk::<4>()? else {
-        return None;
-    };
+/// (topic, QoS, message id if the record has one, payload).
+fn decode(record: &[u8]) -> Option<(&str, QoS, Option<&str>, &[u8])> {
+    let (&[version, qos, l0, l1], rest) = record.split_first_chunk::<4>()?;
     let qos = match qos {
         1 => QoS::AtLeastOnce,
         2 => QoS::ExactlyOnce,
         _ => return None,
     };
-    let (topic, payload) = rest.split_at_checked(usize::from(u16::from_be_bytes([l0, l1])))?;
-    Some((std::str::from_utf8(topic).ok()?, qos, payload))
+    let topic_len = usize::from(u16::from_be_bytes([l0, l1]));
+    let (topic, id, payload) = match version {
+        1 => {
+            let (topic, payload) = rest.split_at_checked(topic_len)?;
+            (topic, None, payload)
+        }
+        2 => {
+            let (&id_len, rest) = rest.split_first()?;
+            let (topic, rest) = rest.split_at_checked(topic_len)?;
+            let (id, payload) = rest.split_at_checked(usize::from(id_len))?;
+            (topic, Some(std::str::from_utf8(id).ok()?), payload)
+        }
+        _ => return None,
+    };
+    Some((std::str::from_utf8(topic).ok()?, qos, id, payload))
+}
+
+/// The MQTT user property carrying a journaled message's id to consumers
+/// ([`outpost_bus::journal::MESSAGE_ID`]).
+const MESSAGE_ID: &str = outpost_bus::journal::MESSAGE_ID;
+
+fn hex_of(key: &Key) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Message ids unique across the broker's runs: its start time and a counter.
+struct MessageIds {
+    run: u128,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl MessageIds {
+    fn new() -> Self {
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Self {
+            run,
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{:x}-{n:x}", self.run)
+    }
 }
 
 fn load_consumers(
@@ -757,13 +831,25 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_garbage_is_refused() {
-        let r = encode("edgex/events/a", QoS::ExactlyOnce, b"payload");
+        let r = encode("edgex/events/a", QoS::ExactlyOnce, "m-1", b"payload");
         assert_eq!(
             decode(&r),
-            Some(("edgex/events/a", QoS::ExactlyOnce, &b"payload"[..]))
+            Some((
+                "edgex/events/a",
+                QoS::ExactlyOnce,
+                Some("m-1"),
+                &b"payload"[..]
+            ))
+        );
+        // Records from before message ids still read.
+        assert_eq!(
+            decode(&[1, 1, 0, 1, b't', b'p']),
+            Some(("t", QoS::AtLeastOnce, None, &b"p"[..]))
         );
         assert_eq!(decode(&r[..5]), None);
-        assert_eq!(decode(&[2, 1, 0, 0]), None);
+        let ids = MessageIds::new();
+        assert_ne!(ids.next(), ids.next());
+        assert_eq!(decode(&[3, 1, 0, 0]), None);
         assert_eq!(decode(&[1, 0, 0, 0]), None, "QoS 0 is never journaled");
         assert_eq!(decode(&[1, 1, 0, 1, 0xff]), None, "topic not UTF-8");
     }
@@ -780,6 +866,7 @@ mod tests {
             payload: Bytes::new(),
             qos: QoS::AtLeastOnce,
             key: [k; KEY_LEN],
+            id: Arc::from(format!("m-{k}")),
             waiting,
             since: Instant::now(),
         };

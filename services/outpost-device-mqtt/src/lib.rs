@@ -519,9 +519,10 @@ async fn work(st: Arc<State>, mut rx: mpsc::UnboundedReceiver<Delivery>, stop: S
         () = st.sdk.wait_loaded() => {}
         () = stop.wait() => return,
     }
-    while let Some(d) = rx.recv().await {
+    while let Some(mut d) = rx.recv().await {
+        let message_id = d.message_id.take();
         let (topic, payload, ack) = d.into_parts();
-        match handle(&st, &topic, &payload, &stop).await {
+        match handle(&st, &topic, &payload, message_id.as_deref(), &stop).await {
             // Unusable messages are acknowledged too: redelivering them cannot help.
             Handled::Done => ack.ack(),
             Handled::NotYet => ack.abandon(),
@@ -538,7 +539,13 @@ enum Handled {
 }
 
 /// Turns one telemetry message into an event on the bus.
-async fn handle(st: &State, topic: &str, payload: &[u8], stop: &Shutdown) -> Handled {
+async fn handle(
+    st: &State,
+    topic: &str,
+    payload: &[u8],
+    message_id: Option<&str>,
+    stop: &Shutdown,
+) -> Handled {
     let sdk = &st.sdk;
     let Some(name) = device_of(st, topic) else {
         sdk.reject(
@@ -621,7 +628,10 @@ async fn handle(st: &State, topic: &str, payload: &[u8], stop: &Shutdown) -> Han
     // retried (with backoff, until shutdown) rather than dropped.
     let mut delay = std::time::Duration::from_millis(50);
     loop {
-        match sdk.push(&name, &source, known.clone(), origin).await {
+        match sdk
+            .push_derived(&name, &source, known.clone(), origin, message_id)
+            .await
+        {
             Ok(_) => return Handled::Done,
             Err(e @ PushError::Bus(_)) => {
                 tracing::warn!(device = name, error = %e, "cannot publish telemetry; retrying");
