@@ -53,7 +53,7 @@ pub fn decode(bytes: &[u8], timestamp_field: &str) -> Result<Payload, PayloadErr
     } else {
         let mut rest = bytes;
         match ciborium::from_reader::<ciborium::Value, _>(&mut rest) {
-            Ok(v) if rest.is_empty() => cbor_to_json(v),
+            Ok(v) if rest.is_empty() => cbor_to_json(v).map_err(PayloadError::Undecodable)?,
             Ok(_) => {
                 return Err(PayloadError::Undecodable(
                     "bytes after the CBOR value".into(),
@@ -119,11 +119,13 @@ fn timestamp(v: &Value) -> Option<i64> {
     (ns < 9.2e18).then_some(ns as i64)
 }
 
-/// CBOR as JSON; byte strings become base64 text (a Binary resource's form).
-fn cbor_to_json(v: ciborium::Value) -> Value {
+/// CBOR as JSON; byte strings become base64 text (a Binary resource's form). Map keys are
+/// text or integers, as JSON's are names: a key that is itself a map or an array is
+/// refused (written out as text, nested keys grow exponentially with their depth).
+fn cbor_to_json(v: ciborium::Value) -> Result<Value, String> {
     use base64::Engine as _;
     use ciborium::Value as C;
-    match v {
+    Ok(match v {
         C::Integer(i) => {
             let i = i128::from(i);
             if let Ok(n) = i64::try_from(i) {
@@ -138,27 +140,65 @@ fn cbor_to_json(v: ciborium::Value) -> Value {
         C::Bool(b) => Value::Bool(b),
         C::Text(s) => Value::String(s),
         C::Bytes(b) => Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
-        C::Array(items) => Value::Array(items.into_iter().map(cbor_to_json).collect()),
+        C::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(cbor_to_json)
+                .collect::<Result<_, _>>()?,
+        ),
         C::Map(entries) => Value::Object(
             entries
                 .into_iter()
                 .map(|(k, v)| {
                     let key = match k {
                         C::Text(s) => s,
-                        other => cbor_to_json(other).to_string(),
+                        C::Integer(i) => i128::from(i).to_string(),
+                        _ => return Err("a CBOR map key is text or an integer".to_string()),
                     };
-                    (key, cbor_to_json(v))
+                    Ok((key, cbor_to_json(v)?))
                 })
-                .collect(),
+                .collect::<Result<_, String>>()?,
         ),
-        C::Tag(_, inner) => cbor_to_json(*inner),
+        C::Tag(_, inner) => cbor_to_json(*inner)?,
         _ => Value::Null,
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cbor_keys_that_are_maps_are_refused_not_grown() {
+        // 37 maps each used as the key of the next: 148 bytes that, written out as text
+        // key by key, needed more than 2 GiB (found by fuzz/fuzz_targets/device_payload.rs).
+        let bytes: &[u8] = &[
+            0xbf, 0x20, 0x00, 0x01, 0x00, 0x00, 0x00, 0x28, 0x00, 0xa1, 0xa1, 0xa1, 0xa1, 0xa1,
+            0xa1, 0xa1, 0xa1, 0xa1, 0xa1, 0xa1, 0xa1, 0xa1, 0xa1, 0xa1, 0xa1, 0xa1, 0xa1, 0xa1,
+            0xa1, 0xa1, 0xa1, 0xa1, 0xa1, 0xa1, 0xa1, 0xa1, 0xa1, 0xa1, 0xa1, 0xa1, 0xa1, 0xa1,
+            0xa1, 0xa1, 0xa1, 0xa1, 0x40, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2d, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0xfb, 0x00, 0x0c, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x30, 0x30, 0x30,
+            0x30, 0x30, 0x30, 0x30, 0x30, 0x30, 0x30, 0x30, 0x30, 0x30, 0x30, 0x30, 0x30, 0x30,
+            0x30, 0x30, 0x30, 0x30, 0x30, 0x30, 0x30, 0x30, 0x31, 0x33, 0x35, 0x31, 0x36, 0x34,
+            0x34, 0x37, 0x36, 0x31, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff,
+        ];
+        assert!(matches!(
+            decode(bytes, "ts"),
+            Err(PayloadError::Undecodable(_))
+        ));
+        // Integer keys are kept, as their decimal text.
+        let ok = decode(&[0xa1, 0x05, 0x63, b'o', b'f', b'f'], "ts").unwrap();
+        assert_eq!(
+            ok,
+            Payload::Object {
+                values: vec![("5".to_string(), CommandValue::String("off".into()))],
+                origin: None
+            }
+        );
+    }
 
     #[test]
     fn json_objects_values_and_timestamps() {
