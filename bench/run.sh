@@ -103,8 +103,7 @@ fi
 if [[ $what == durability ]]; then
   OUTPOST_KILL_ROUNDS=100 run cargo nextest run --locked -p outpost --no-capture \
     durability::no_acknowledged_event_is_lost_or_stored_twice
-  # Through device-mqtt (not yet in CI: see the test's ignore reason).
-  OUTPOST_KILL_ROUNDS=40 run cargo nextest run --locked -p outpost --no-capture --run-ignored all \
+  OUTPOST_KILL_ROUNDS=100 run cargo nextest run --locked -p outpost --no-capture \
     durability::device_mqtt_telemetry
 fi
 if [[ $what == all || $what == ota ]]; then

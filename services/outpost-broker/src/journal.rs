@@ -106,6 +106,8 @@ pub struct Journal {
     redeliver_after: Duration,
     metrics: Metrics,
     ids: MessageIds,
+    /// The number the first message journaled in this run gets.
+    first_new: u64,
 }
 
 impl std::fmt::Debug for Journal {
@@ -137,6 +139,9 @@ struct Entry {
     id: Arc<str>,
     /// Consumers that have not confirmed it yet.
     waiting: Vec<Arc<str>>,
+    /// For a gap in the sequence numbers (never written: numbers reserved and not used
+    /// before a restart, or lost with a failed write), the first number after it.
+    skip_to: u64,
     /// When it was last queued for them.
     since: Instant,
 }
@@ -192,7 +197,8 @@ impl Journal {
             .peek(usize::MAX, usize::MAX, unix_ms())?
             .map(|b| b.items)
             .unwrap_or_default();
-        let head = held.first().map_or_else(|| next_seq(&queue), |i| i.seq);
+        let first_new = next_seq(&queue);
+        let head = held.first().map_or(first_new, |i| i.seq);
         let consumers = load_consumers(&db)?;
         let state = Arc::new(Mutex::new(State {
             consumers,
@@ -215,6 +221,7 @@ impl Journal {
             redeliver_after: cfg.redeliver_after,
             metrics: cfg.metrics,
             ids: MessageIds::new(),
+            first_new,
         });
         Ok((journal, held))
     }
@@ -227,9 +234,10 @@ impl Journal {
         let mut st = self.lock();
         let mut next = st.head;
         for item in held {
-            // Records skipped as corrupt leave gaps; the head moves over them.
-            for lost in next..item.seq {
-                st.pending.insert(lost, Entry::released());
+            // Records skipped as corrupt leave gaps, as do numbers reserved before an
+            // earlier restart and never used; the head moves over them.
+            if item.seq > next {
+                st.pending.insert(next, Entry::gap(item.seq));
             }
             next = item.seq + 1;
             let Some((topic, qos, id, payload)) = decode(&item.data) else {
@@ -248,12 +256,18 @@ impl Journal {
                 payload: Bytes::copy_from_slice(payload),
                 qos,
                 waiting,
+                skip_to: 0,
                 since: now,
             };
             for c in &entry.waiting {
                 queue_for(&router, c, &entry);
             }
             st.insert(item.seq, entry);
+        }
+        // New messages are numbered from where the journal reserved on opening, past what
+        // it holds: the head moves over the numbers in between.
+        if self.first_new > next && !st.pending.is_empty() {
+            st.pending.insert(next, Entry::gap(self.first_new));
         }
         drop(st);
         if bad > 0 {
@@ -273,9 +287,8 @@ impl Journal {
 
     /// Releases what every consumer confirmed, from the head in order.
     fn advance(&self) {
-        let released = self.lock().release_front();
-        if released > 0 {
-            let _ = self.writer.send(Request::Release(released));
+        if let Some(upto) = self.lock().release_front() {
+            let _ = self.writer.send(Request::Release(upto));
         }
     }
 
@@ -286,8 +299,7 @@ impl Journal {
     /// confirmations that free the journal, so holding it could wait forever. What it
     /// publishes then goes unjournaled (counted in `journal_bypassed_total`); it is not
     /// lost to a crash, because the consumer confirms its input only after its output was
-    /// acknowledged, and the input is still in the journal.
-    /// Journals `ev` for `waiting`; returns its message id.
+    /// acknowledged, and the input is still in the journal. Returns the message's id.
     async fn append(&self, ev: &ClientPublishEvent, waiting: Vec<Arc<str>>) -> Arc<str> {
         let consumer = self.lock().consumers.contains_key(&*ev.client_id);
         let id: Arc<str> = Arc::from(self.ids.next());
@@ -303,6 +315,7 @@ impl Journal {
                 key: key(&ev.topic, &ev.payload),
                 id: Arc::clone(&id),
                 waiting: waiting.clone(),
+                skip_to: 0,
                 since: Instant::now(),
             };
             // A send to a writer that is gone drops `reply`: answered below as `Err`.
@@ -517,17 +530,19 @@ impl State {
     }
 
     /// Drops confirmed messages from the head; how many.
-    fn release_front(&mut self) -> u64 {
-        let mut n = 0;
+    /// Moves the head over what every consumer confirmed (and over gaps); returns the new
+    /// head when it moved: everything before it may be released from the journal.
+    fn release_front(&mut self) -> Option<u64> {
+        let start = self.head;
         while let Some(e) = self.pending.get(&self.head) {
             if !e.waiting.is_empty() {
                 break;
             }
+            let next = e.skip_to.max(self.head + 1);
             self.pending.remove(&self.head);
-            self.head += 1;
-            n += 1;
+            self.head = next;
         }
-        n
+        (self.head != start).then_some(self.head)
     }
 }
 
@@ -540,7 +555,16 @@ impl Entry {
             key: [0; KEY_LEN],
             id: Arc::from(""),
             waiting: Vec::new(),
+            skip_to: 0,
             since: Instant::now(),
+        }
+    }
+
+    /// A gap from its sequence number up to `to` (excluded).
+    fn gap(to: u64) -> Self {
+        Self {
+            skip_to: to,
+            ..Self::released()
         }
     }
 }
@@ -634,7 +658,7 @@ impl Group {
                 self.records.push(record);
                 self.waiting.push((entry, reply));
             }
-            Request::Release(n) => self.release += n,
+            Request::Release(upto) => self.release = self.release.max(upto),
         }
     }
 
@@ -673,8 +697,8 @@ fn write(
                 metrics::counter!(m.commits).increment(1);
                 metrics::counter!(m.appended).increment(g.records.len() as u64);
                 let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
-                for lost in next..appended.first_seq {
-                    st.pending.insert(lost, Entry::released());
+                if appended.first_seq > next {
+                    st.pending.insert(next, Entry::gap(appended.first_seq));
                 }
                 next = appended.first_seq + g.records.len() as u64;
                 let mut replies = Vec::with_capacity(g.waiting.len());
@@ -707,30 +731,38 @@ fn next_seq(queue: &Queue) -> u64 {
         .map_or(0, |p| p.next_seq)
 }
 
-/// Consumes `n` messages at the journal's head.
-fn release_head(queue: &mut Queue, mut n: u64, m: Metrics) {
-    while n > 0 {
-        let want = usize::try_from(n).unwrap_or(usize::MAX);
-        match queue.peek(want, usize::MAX, unix_ms()) {
-            Ok(Some(batch)) => {
-                let got = batch.items.len() as u64;
-                if let Err(e) = queue.ack(&batch) {
-                    tracing::warn!(error = %e, "cannot release journaled messages; retried with the next release");
-                    return;
-                }
-                metrics::counter!(m.released).increment(got);
-                n = n.saturating_sub(got);
-            }
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the journal's head");
-                return;
-            }
+/// Consumes the journal's messages numbered below `upto` (by number, never by count: the
+/// numbers have gaps where they were reserved and not used).
+fn release_head(queue: &mut Queue, upto: u64, m: Metrics) {
+    const BATCH: usize = 4096;
+    let peek = |queue: &mut Queue, n: usize| match queue.peek(n, usize::MAX, unix_ms()) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the journal's head");
+            None
         }
+    };
+    while let Some(batch) = peek(queue, BATCH) {
+        let below = batch.items.iter().take_while(|i| i.seq < upto).count();
+        if below == 0 {
+            return;
+        }
+        let batch = if below < batch.items.len() {
+            match peek(queue, below) {
+                Some(b) => b,
+                None => return,
+            }
+        } else {
+            batch
+        };
+        if let Err(e) = queue.ack(&batch) {
+            tracing::warn!(error = %e, "cannot release journaled messages; retried with the next release");
+            return;
+        }
+        metrics::counter!(m.released).increment(batch.items.len() as u64);
     }
 }
 
-/// A journal record: version, QoS, topic length (big-endian u16), topic, payload.
 /// A journal record: version 2 is `2, qos, topic length (u16 BE), id length (u8), topic,
 /// id, payload`; version 1 (before message ids) `1, qos, topic length, topic, payload`.
 fn encode(topic: &str, qos: QoS, id: &str, payload: &[u8]) -> Vec<u8> {
@@ -868,6 +900,7 @@ mod tests {
             key: [k; KEY_LEN],
             id: Arc::from(format!("m-{k}")),
             waiting,
+            skip_to: 0,
             since: Instant::now(),
         };
         st.insert(10, entry(1, vec![a.clone(), b.clone()]));
@@ -875,16 +908,22 @@ mod tests {
         // 12 is appended but not yet inserted: the head must not pass it.
         st.insert(13, entry(3, vec![b.clone()]));
         st.confirm(&a, [2; KEY_LEN]);
-        assert_eq!(st.release_front(), 0, "10 still waits for a and b");
+        assert_eq!(st.release_front(), None, "10 still waits for a and b");
         st.confirm(&a, [1; KEY_LEN]);
         st.confirm(&b, [3; KEY_LEN]);
-        assert_eq!(st.release_front(), 0, "10 still waits for b");
+        assert_eq!(st.release_front(), None, "10 still waits for b");
         st.confirm(&b, [1; KEY_LEN]);
-        assert_eq!(st.release_front(), 2, "10 and 11");
+        assert_eq!(st.release_front(), Some(12), "10 and 11");
         assert_eq!(st.head, 12);
         st.insert(12, entry(4, vec![]));
-        assert_eq!(st.release_front(), 2, "12 (nobody waits) and 13");
+        assert_eq!(st.release_front(), Some(14), "12 (nobody waits) and 13");
         assert!(st.pending.is_empty() && st.index.is_empty());
+        // A gap (numbers reserved before a restart, never used) is passed over in one step.
+        st.insert(14, Entry::gap(70_000));
+        st.insert(70_000, entry(5, vec![a.clone()]));
+        assert_eq!(st.release_front(), Some(70_000));
+        st.confirm(&a, [5; KEY_LEN]);
+        assert_eq!(st.release_front(), Some(70_001));
         // A confirmation of something unknown changes nothing.
         st.confirm(&a, [9; KEY_LEN]);
     }
