@@ -287,8 +287,9 @@ impl Journal {
 
     /// Releases what every consumer confirmed, from the head in order.
     fn advance(&self) {
-        if let Some(upto) = self.lock().release_front() {
-            let _ = self.writer.send(Request::Release(upto));
+        let released = self.lock().release_front();
+        if released > 0 {
+            let _ = self.writer.send(Request::Release(released));
         }
     }
 
@@ -530,19 +531,25 @@ impl State {
     }
 
     /// Drops confirmed messages from the head; how many.
-    /// Moves the head over what every consumer confirmed (and over gaps); returns the new
-    /// head when it moved: everything before it may be released from the journal.
-    fn release_front(&mut self) -> Option<u64> {
-        let start = self.head;
+    /// Moves the head over what every consumer confirmed, and over gaps in the numbers
+    /// in one step; returns how many messages it passed (gaps are not messages): the
+    /// journal frees that many from its head.
+    fn release_front(&mut self) -> u64 {
+        let mut n = 0;
         while let Some(e) = self.pending.get(&self.head) {
             if !e.waiting.is_empty() {
                 break;
             }
-            let next = e.skip_to.max(self.head + 1);
+            let next = if e.skip_to > self.head {
+                e.skip_to
+            } else {
+                n += 1;
+                self.head + 1
+            };
             self.pending.remove(&self.head);
             self.head = next;
         }
-        (self.head != start).then_some(self.head)
+        n
     }
 }
 
@@ -658,7 +665,7 @@ impl Group {
                 self.records.push(record);
                 self.waiting.push((entry, reply));
             }
-            Request::Release(upto) => self.release = self.release.max(upto),
+            Request::Release(n) => self.release += n,
         }
     }
 
@@ -731,35 +738,26 @@ fn next_seq(queue: &Queue) -> u64 {
         .map_or(0, |p| p.next_seq)
 }
 
-/// Consumes the journal's messages numbered below `upto` (by number, never by count: the
-/// numbers have gaps where they were reserved and not used).
-fn release_head(queue: &mut Queue, upto: u64, m: Metrics) {
-    const BATCH: usize = 4096;
-    let peek = |queue: &mut Queue, n: usize| match queue.peek(n, usize::MAX, unix_ms()) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the journal's head");
-            None
-        }
-    };
-    while let Some(batch) = peek(queue, BATCH) {
-        let below = batch.items.iter().take_while(|i| i.seq < upto).count();
-        if below == 0 {
-            return;
-        }
-        let batch = if below < batch.items.len() {
-            match peek(queue, below) {
-                Some(b) => b,
-                None => return,
+/// Consumes `n` messages at the journal's head.
+fn release_head(queue: &mut Queue, mut n: u64, m: Metrics) {
+    while n > 0 {
+        let want = usize::try_from(n).unwrap_or(usize::MAX);
+        match queue.peek(want, usize::MAX, unix_ms()) {
+            Ok(Some(batch)) => {
+                let got = batch.items.len() as u64;
+                if let Err(e) = queue.ack(&batch) {
+                    tracing::warn!(error = %e, "cannot release journaled messages; retried with the next release");
+                    return;
+                }
+                metrics::counter!(m.released).increment(got);
+                n = n.saturating_sub(got);
             }
-        } else {
-            batch
-        };
-        if let Err(e) = queue.ack(&batch) {
-            tracing::warn!(error = %e, "cannot release journaled messages; retried with the next release");
-            return;
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the journal's head");
+                return;
+            }
         }
-        metrics::counter!(m.released).increment(batch.items.len() as u64);
     }
 }
 
@@ -908,22 +906,24 @@ mod tests {
         // 12 is appended but not yet inserted: the head must not pass it.
         st.insert(13, entry(3, vec![b.clone()]));
         st.confirm(&a, [2; KEY_LEN]);
-        assert_eq!(st.release_front(), None, "10 still waits for a and b");
+        assert_eq!(st.release_front(), 0, "10 still waits for a and b");
         st.confirm(&a, [1; KEY_LEN]);
         st.confirm(&b, [3; KEY_LEN]);
-        assert_eq!(st.release_front(), None, "10 still waits for b");
+        assert_eq!(st.release_front(), 0, "10 still waits for b");
         st.confirm(&b, [1; KEY_LEN]);
-        assert_eq!(st.release_front(), Some(12), "10 and 11");
+        assert_eq!(st.release_front(), 2, "10 and 11");
         assert_eq!(st.head, 12);
         st.insert(12, entry(4, vec![]));
-        assert_eq!(st.release_front(), Some(14), "12 (nobody waits) and 13");
+        assert_eq!(st.release_front(), 2, "12 (nobody waits) and 13");
         assert!(st.pending.is_empty() && st.index.is_empty());
-        // A gap (numbers reserved before a restart, never used) is passed over in one step.
+        // A gap (numbers reserved before a restart, never used) is passed over in one step
+        // and is not a message: freeing it would free an unconfirmed message instead.
         st.insert(14, Entry::gap(70_000));
         st.insert(70_000, entry(5, vec![a.clone()]));
-        assert_eq!(st.release_front(), Some(70_000));
+        assert_eq!(st.release_front(), 0);
+        assert_eq!(st.head, 70_000);
         st.confirm(&a, [5; KEY_LEN]);
-        assert_eq!(st.release_front(), Some(70_001));
+        assert_eq!(st.release_front(), 1);
         // A confirmation of something unknown changes nothing.
         st.confirm(&a, [9; KEY_LEN]);
     }
