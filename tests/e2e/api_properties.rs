@@ -23,13 +23,7 @@ fn root() -> PathBuf {
 }
 
 fn schemathesis() -> PathBuf {
-    let bin = root().join("target/peers/schemathesis/bin/schemathesis");
-    assert!(
-        bin.exists(),
-        "schemathesis is not installed ({} is missing): run scripts/setup.sh --test",
-        bin.display()
-    );
-    bin
+    outpost_testkit::peer("schemathesis/bin/schemathesis")
 }
 
 /// Services whose documents are served before the services exist: their documents are

@@ -210,6 +210,23 @@ async fn all_stored_once(node: &Node, device: &str, acked: &[String], within: Du
     assert_eq!(unique.len(), stored.len(), "an event stored twice");
 }
 
+/// Adds device `name` of `service` (with `protocols`) whose profile has one String
+/// resource, `Label`, once the service is registered.
+async fn tag_device(node: &Node, name: &str, service: &str, protocols: serde_json::Value) {
+    let labels =
+        json!([{"name": "Label", "properties": {"valueType": "String", "readWrite": "R"}}]);
+    node.add_profiles(&profile_request("Tag", "T-1", labels))
+        .await;
+    node.wait_device_service(service).await;
+    let device = json!([{"apiVersion": "v3", "device": {"name": name, "profileName": "Tag",
+        "serviceName": service, "adminState": "UNLOCKED", "operatingState": "UP",
+        "protocols": protocols}}]);
+    let (status, v) = node
+        .post(&format!("{}/api/v3/device", node.metadata()), &device)
+        .await;
+    assert!(status < 300 && v[0]["statusCode"] == 201, "{v}");
+}
+
 /// Waits until every value of `acked` is among the readings at core-data's `path`; then
 /// at most `duplicates` may be there twice.
 async fn all_values_stored_once(
@@ -380,18 +397,13 @@ async fn a_full_disk_stops_acknowledgements_loses_nothing_and_ingest_resumes_wit
 async fn device_rest_answers_2xx_only_for_what_survives_random_kill_9() {
     let mut node =
         Node::start("[device_rest]\nenabled = true\ndevice_messages_per_s = 0.0\n").await;
-    let labels =
-        json!([{"name": "Label", "properties": {"valueType": "String", "readWrite": "R"}}]);
-    node.add_profiles(&profile_request("Tag", "T-1", labels))
-        .await;
-    node.wait_device_service("device-rest").await;
-    let device = json!([{"apiVersion": "v3", "device": {"name": "rk", "profileName": "Tag",
-        "serviceName": "device-rest", "adminState": "UNLOCKED", "operatingState": "UP",
-        "protocols": {"REST": {"Host": "127.0.0.1", "Port": "9", "Path": "tag"}}}}]);
-    let (status, v) = node
-        .post(&format!("{}/api/v3/device", node.metadata()), &device)
-        .await;
-    assert!(status < 300 && v[0]["statusCode"] == 201, "{v}");
+    tag_device(
+        &node,
+        "rk",
+        "device-rest",
+        json!({"REST": {"Host": "127.0.0.1", "Port": "9", "Path": "tag"}}),
+    )
+    .await;
     let token = "rk-token-000000000000";
     node.cli_ok(&["device", "secret", "rk", "--secret", token]);
     let url = format!(
@@ -472,18 +484,7 @@ async fn device_mqtt_telemetry_acknowledged_by_the_broker_survives_random_kill_9
          [broker]\njournal_redeliver_s = 5\n",
     )
     .await;
-    let labels =
-        json!([{"name": "Label", "properties": {"valueType": "String", "readWrite": "R"}}]);
-    node.add_profiles(&profile_request("Tag", "T-1", labels))
-        .await;
-    node.wait_device_service("device-mqtt").await;
-    let device = json!([{"apiVersion": "v3", "device": {"name": "mk", "profileName": "Tag",
-        "serviceName": "device-mqtt", "adminState": "UNLOCKED", "operatingState": "UP",
-        "protocols": {"mqtt": {}}}}]);
-    let (status, v) = node
-        .post(&format!("{}/api/v3/device", node.metadata()), &device)
-        .await;
-    assert!(status < 300 && v[0]["statusCode"] == 201, "{v}");
+    tag_device(&node, "mk", "device-mqtt", json!({"mqtt": {}})).await;
     let creds = tempfile::tempdir().expect("dir");
     let secret = creds.path().join("secret");
     std::fs::write(&secret, "mk-secret-0000000000").expect("secret");

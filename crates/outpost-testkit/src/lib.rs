@@ -65,6 +65,20 @@ pub async fn until<T>(what: &str, deadline: Duration, mut f: impl AsyncFnMut() -
     }
 }
 
+/// A program of a test peer that `scripts/setup.sh --test` installs under `target/peers`
+/// (`rel` below it, e.g. `pymodbus/bin/python`); a clear failure when it is missing.
+pub fn peer(rel: &str) -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/peers")
+        .join(rel);
+    assert!(
+        path.exists(),
+        "{rel} is not installed ({} is missing): run scripts/setup.sh --test",
+        path.display()
+    );
+    path
+}
+
 /// A free TCP port on loopback (bound and released; a small race with other processes is
 /// accepted). Ports already handed out in this process are never handed out again, so the
 /// ports of one node are always distinct.

@@ -15,13 +15,7 @@ fn root() -> PathBuf {
 
 /// The interpreter with pymodbus.
 fn python() -> PathBuf {
-    let python = root().join("target/peers/pymodbus/bin/python");
-    assert!(
-        python.exists(),
-        "pymodbus is not installed ({} is missing): run scripts/setup.sh --test",
-        python.display()
-    );
-    python
+    crate::peer("pymodbus/bin/python")
 }
 
 fn script() -> PathBuf {
