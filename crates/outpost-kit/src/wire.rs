@@ -22,6 +22,10 @@ pub struct EdgexWire<S> {
     inner: S,
     /// A rewritten answer not yet fully written, and how much of it was.
     pending: Option<(Vec<u8>, usize)>,
+    /// Whether anything was written since the peer last sent bytes: only the first write
+    /// after a read can be the server's refusal of what was read (a later one may be part
+    /// of a body that happens to look like an answer head).
+    wrote_since_read: bool,
 }
 
 impl<S> EdgexWire<S> {
@@ -29,6 +33,7 @@ impl<S> EdgexWire<S> {
         Self {
             inner,
             pending: None,
+            wrote_since_read: false,
         }
     }
 
@@ -109,7 +114,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for EdgexWire<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.wrote_since_read = false;
+        }
+        r
     }
 }
 
@@ -121,7 +131,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for EdgexWire<S> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         ready!(this.drain(cx))?;
-        if let Some(out) = rewrite(buf) {
+        let first = !std::mem::replace(&mut this.wrote_since_read, true);
+        if let Some(out) = rewrite(buf).filter(|_| first) {
             // The caller's bytes count as written; ours go out in their place.
             this.pending = Some((out, 0));
             // Nothing more can be done now if the socket is full: flush drains the rest.
