@@ -514,6 +514,59 @@ async fn slow_clients_and_failed_logins() {
     let text = String::from_utf8_lossy(&buf);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
 
+    // A request refused before its body was read (no valid token), whose body arrives
+    // after the refusal is ready: the gateway reads the rest before it answers, so the
+    // connection stays open for the client's next request (were it closed after the
+    // answer, a keep-alive client would send its next request into a closing connection).
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", node.ports.gateway))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let body = vec![b' '; 256 * 1024];
+    let head = format!(
+        "PATCH /core-metadata/api/v3/deviceprofile/resource HTTP/1.1\r\nHost: localhost\r\n\
+         Authorization: Bearer not-a-token\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    );
+    let writer = tokio::spawn(async move {
+        wr.write_all(head.as_bytes()).await?;
+        wr.flush().await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        wr.write_all(&body).await?;
+        wr.write_all(b"GET /api/v3/ping HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await?;
+        wr.flush().await?;
+        Ok::<_, std::io::Error>(wr)
+    });
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("\"serviceName\":\"gateway\"") {
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert!(
+        text.contains("HTTP/1.1 200") && text.contains("\"serviceName\":\"gateway\""),
+        "the next request on the connection was answered: {text}"
+    );
+    writer
+        .await
+        .unwrap()
+        .expect("the gateway read the whole body");
+
     // Failed logins: after the burst, 429 with Retry-After, even with the right password.
     let gw = Gw::new(&node);
     let bad = json!({"username": "admin", "password": "wrong wrong wrong"});

@@ -6,8 +6,12 @@
 //! reads the answer sees "connection reset" or "broken pipe" instead of the status. So the
 //! kit keeps hold of every request body: if the answer is an error and the body was not
 //! read to its end, what is left is read and discarded first (at most [`DRAIN_BYTES`] for
-//! at most [`DRAIN_TIME`]; beyond that the connection is closed as before).
+//! at most [`DRAIN_TIME`]). Beyond that the HTTP/1 answer says `connection: close`: the
+//! server closes the connection after it, and a client must not send its next request on
+//! it (without the header a keep-alive client reuses a connection the server is closing,
+//! and its next request fails with a reset or an unexpected end of TLS).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -74,6 +78,21 @@ impl Drop for Returned {
 
 /// Middleware: reads what is left of the body of a request answered with an error.
 pub async fn finish_refused_bodies(req: Request, next: Next) -> Response {
+    finishing(req, |req| next.run(req)).await
+}
+
+/// Answers `req` with `handler`; when the answer is an error and the handler left part of
+/// the body unread, reads the rest first (see the module documentation).
+pub async fn finishing<F, Fut>(req: Request, handler: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    if req.body().is_end_stream() {
+        // No body (most GETs): nothing to finish.
+        return handler(req).await;
+    }
+    let http1 = req.version() < http::Version::HTTP_2;
     let slot: Slot = Arc::default();
     let req = req.map(|inner| {
         Body::new(Returned {
@@ -81,29 +100,38 @@ pub async fn finish_refused_bodies(req: Request, next: Next) -> Response {
             slot: Arc::clone(&slot),
         })
     });
-    let resp = next.run(req).await;
+    let mut resp = handler(req).await;
     if resp.status().is_client_error() || resp.status().is_server_error() {
         let rest = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(rest) = rest {
-            drain(rest).await;
+        if let Some(rest) = rest
+            && !drain(rest).await
+            && http1
+        {
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
         }
     }
     resp
 }
 
-/// Reads and discards `body`, within [`DRAIN_BYTES`] and [`DRAIN_TIME`].
-pub async fn drain(body: Body) {
+/// Reads and discards `body`, within [`DRAIN_BYTES`] and [`DRAIN_TIME`]: whether it was
+/// read to its end.
+pub async fn drain(body: Body) -> bool {
     let mut stream = body.into_data_stream();
     let mut seen = 0usize;
-    let _ = tokio::time::timeout(DRAIN_TIME, async {
-        while let Some(Ok(chunk)) = stream.next().await {
-            seen += chunk.len();
+    tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(chunk) = stream.next().await {
+            seen += chunk.map_err(drop)?.len();
             if seen > DRAIN_BYTES {
-                break;
+                return Err(());
             }
         }
+        Ok(())
     })
-    .await;
+    .await
+    .is_ok_and(|r| r.is_ok())
 }
 
 #[cfg(test)]

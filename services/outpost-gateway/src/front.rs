@@ -72,10 +72,15 @@ pub async fn proxied(app: Arc<App>, mut req: Request, client: Arc<conn::Client>)
             Some(client.addr),
             &slot,
         );
-        let resp = match admitted {
-            Err(refused) => *refused,
-            Ok(_) => proxy::forward(&app, req, &slot, Some(&client)).await,
-        };
+        // A refusal may come before the body was read (admission, no route, body limit):
+        // the rest is read first, so the client's connection stays usable.
+        let resp = outpost_kit::refused::finishing(req, |req| async {
+            match admitted {
+                Err(refused) => *refused,
+                Ok(_) => proxy::forward(&app, req, &slot, Some(&client)).await,
+            }
+        })
+        .await;
         record(&app, &seen, &slot, resp.status());
         resp
     })

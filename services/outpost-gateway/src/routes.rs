@@ -76,6 +76,9 @@ pub fn router(app: Arc<App>, info: outpost_kit::routes::ServiceInfo, max_body: u
         crate::admission::gate,
     ))
     .layer(axum::extract::DefaultBodyLimit::max(max_body))
+    .layer(axum::middleware::from_fn(
+        outpost_kit::refused::finish_refused_bodies,
+    ))
     .layer(axum::middleware::from_fn_with_state(
         Arc::clone(&app),
         crate::observe::observe,
