@@ -290,7 +290,7 @@ async fn what_the_broker_acknowledged_survives_its_crash_while_core_data_is_away
     // core-data cannot take anything now: what the broker acknowledges next is only in
     // the broker when it is killed.
     let core_data = node.pid("core-data");
-    signal(core_data, "STOP");
+    let paused_core_data = Paused::new(core_data);
     let held = Publisher::start(&node, "j1", &creds).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let acked = held.stop().await;
@@ -298,7 +298,7 @@ async fn what_the_broker_acknowledged_survives_its_crash_while_core_data_is_away
     let broker = node.pid("mqtt-broker");
     signal(broker, "KILL");
     restarted(&node, "mqtt-broker", broker).await;
-    signal(core_data, "CONT");
+    drop(paused_core_data);
     let all: Vec<String> = before.into_iter().chain(acked).collect();
     all_stored_once(&node, "j1", &all, Duration::from_secs(90)).await;
 }
@@ -330,9 +330,7 @@ async fn no_acknowledged_event_is_lost_or_stored_twice_through_twenty_random_kil
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_acknowledgements_loses_nothing_and_ingest_resumes_with_space() {
     use std::os::unix::fs::PermissionsExt as _;
-    if !can_mount() {
-        return;
-    }
+    needs_root("mounting a small filesystem");
     let mut node = Node::create("");
     std::fs::create_dir_all(node.data_dir()).expect("mkdir");
     std::fs::set_permissions(node.data_dir(), std::fs::Permissions::from_mode(0o700))
@@ -344,7 +342,7 @@ async fn a_full_disk_stops_acknowledgements_loses_nothing_and_ingest_resumes_wit
     let creds = tempfile::tempdir().expect("dir");
     // core-data is held, so nothing leaves the journal and the disk fills.
     let core_data = node.pid("core-data");
-    signal(core_data, "STOP");
+    let paused_core_data = Paused::new(core_data);
     let publisher = Publisher::start(&node, "f1", &creds).await;
     let broker = node.url(node.ports.broker_http);
     eventually(
@@ -377,7 +375,7 @@ async fn a_full_disk_stops_acknowledgements_loses_nothing_and_ingest_resumes_wit
         || async { publisher.count() > stalled + 50 },
     )
     .await;
-    signal(core_data, "CONT");
+    drop(paused_core_data);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let acked = publisher.stop().await;
     all_stored_once(&node, "f1", &acked, Duration::from_secs(90)).await;
@@ -547,4 +545,64 @@ async fn device_mqtt_telemetry_acknowledged_by_the_broker_survives_random_kill_9
     )
     .await;
     node.stop();
+}
+
+/// What a subscriber to `filter` gets right after subscribing: the retained messages, as
+/// `topic → payload` (collected until nothing arrives for a second).
+fn retained_now(port: u16, filter: &str) -> std::collections::BTreeMap<String, String> {
+    let sub = MosquittoSub::start(port, filter);
+    let mut got = std::collections::BTreeMap::new();
+    // The first line may take a moment (connect, subscribe); then one quiet second ends it.
+    let mut wait = Duration::from_secs(5);
+    while let Some((topic, payload)) = sub.next_line(wait) {
+        got.insert(topic, payload);
+        wait = Duration::from_secs(1);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_the_broker_acknowledged_survive_its_kill_9() {
+    let node = Node::start("").await;
+    let port = node.ports.mqtt;
+    let publish = |topic: &str, payload: &str| {
+        let out = mosquitto_pub(port, topic, payload, &["-r"]);
+        assert!(
+            out.status.success(),
+            "{topic}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mut expected = std::collections::BTreeMap::new();
+    for round in 0..3 {
+        // Set, overwrite and clear retained messages (QoS 1: mosquitto_pub returns after
+        // the PUBACK), then kill the broker at once: what it acknowledged must be back.
+        for i in 0..4 {
+            let (topic, payload) = (
+                format!("site/status/{i}"),
+                format!("round {round} value {i}"),
+            );
+            publish(&topic, &payload);
+            expected.insert(topic, payload);
+        }
+        let cleared = format!("site/status/{}", round % 4);
+        publish(&cleared, "");
+        expected.remove(&cleared);
+        let broker = node.pid("mqtt-broker");
+        signal(broker, "KILL");
+        restarted(&node, "mqtt-broker", broker).await;
+        // The registry may still show the killed instance UP: wait for the new one's
+        // listener (it listens once it has restored what it keeps).
+        eventually("the broker to listen again", outpost_testkit::WAIT, || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+        let got = tokio::task::spawn_blocking(move || retained_now(port, "site/status/#"))
+            .await
+            .expect("subscriber");
+        assert_eq!(
+            got, expected,
+            "round {round}: retained messages after kill -9"
+        );
+    }
 }

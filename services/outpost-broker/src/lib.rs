@@ -4,8 +4,10 @@
 //! QoS 0/1/2, persistent sessions with queued messages for offline consumers, retained
 //! messages, shared subscriptions. A QoS 1/2 message for one of the node's durable
 //! consumers is acknowledged only once it is in the broker's encrypted [`journal`] on disk,
-//! and delivered again after a crash; everything else is routed from memory. Persistent
-//! sessions themselves survive a crash too: see [`store`].
+//! and delivered again after a crash; everything else is routed from memory. A retained
+//! publish is acknowledged once it is committed to the broker's database. Persistent
+//! sessions themselves survive a crash too: see [`store`]; what runs before a publish is
+//! routed: [`hooks`].
 //!
 //! Authentication: see [`auth`]. The client IDs devices hold and the persistent sessions
 //! (without their messages) are kept in the broker's encrypted database ([`store`]). The
@@ -14,6 +16,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod hooks;
 pub mod journal;
 pub mod store;
 
@@ -146,13 +149,16 @@ impl outpost_kit::Service for Broker {
             .await
             .map_err(StartError::other)?
             .map_err(StartError::other)?;
-            bc = bc.with_event_handler(
-                Arc::clone(&opened.0) as Arc<dyn mqtt5::broker::BrokerEventHandler>
-            );
             Some(opened)
         } else {
             None
         };
+        let subscribed = Arc::new(tokio::sync::Notify::new());
+        bc = bc.with_event_handler(Arc::new(hooks::Hooks {
+            retained: store::Retained::new(db.clone()),
+            journal: journal.as_ref().map(|(j, _)| Arc::clone(j)),
+            subscribed: Arc::clone(&subscribed),
+        }) as Arc<dyn mqtt5::broker::BrokerEventHandler>);
         let mut broker = MqttBroker::with_config(bc)
             .await
             .map_err(|source| {
@@ -167,6 +173,9 @@ impl outpost_kit::Service for Broker {
         let storage = broker.storage();
         if let Some(storage) = storage.clone() {
             auth.set_sessions(Arc::clone(&storage));
+            store::restore_retained(&db, &storage)
+                .await
+                .map_err(StartError::other)?;
             let saved = store::restore_sessions(&db, &storage)
                 .await
                 .map_err(StartError::other)?;
@@ -174,7 +183,7 @@ impl outpost_kit::Service for Broker {
             // The last save happens as the service starts stopping, while the broker
             // still holds every session.
             ctx.tasks.spawn("sessions", Stage::Background, move |stop| {
-                store::save_sessions(db, storage, saved, metric, stop)
+                store::save_sessions(db, storage, saved, metric, subscribed, stop)
             });
         }
         if let Some((journal, held)) = journal {

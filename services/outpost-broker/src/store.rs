@@ -5,20 +5,27 @@
 //!   after a crash the broker queues messages for a durable consumer such as core-data from
 //!   its first second up, instead of dropping them until the consumer has reconnected and
 //!   subscribed again (what they queue is in the [`crate::journal`]);
-//! - the durable consumers the journal keeps messages for, and their filters.
+//! - the durable consumers the journal keeps messages for, and their filters;
+//! - retained messages ([`Retained`]): a retained publish with QoS 1 or 2 is acknowledged
+//!   only once it is committed here, so what a publisher saw acknowledged is what a
+//!   subscriber gets after any crash.
 //!
-//! Changes are written by background tasks in small batches, off the CONNECT path: a claim
-//! made just before a crash may be lost, which leaves that ID as it was before the claim;
-//! sessions are saved once a second.
+//! Claims and sessions are written by background tasks in small batches, off the CONNECT
+//! path: a claim made just before a crash may be lost, which leaves that ID as it was
+//! before the claim; sessions are saved once a second, and at once after a subscription.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mqtt5::broker::storage::{ClientSession, DynamicStorage, StorageBackend as _};
+use mqtt5::QoS;
+use mqtt5::broker::events::ClientPublishEvent;
+use mqtt5::broker::storage::{ClientSession, DynamicStorage, RetainedMessage, StorageBackend as _};
+use mqtt5::packet::publish::PublishPacket;
+use outpost_kit::backoff::Backoff;
 use outpost_storage::rusqlite::params;
 use outpost_storage::{Db, Migration, StorageError};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::auth::{ClaimChange, Claims};
 
@@ -43,6 +50,14 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: "CREATE TABLE journal_consumers (
               client_id TEXT PRIMARY KEY,
               filters TEXT NOT NULL
+          ) WITHOUT ROWID;",
+    },
+    Migration {
+        version: 3,
+        description: "retained messages",
+        sql: "CREATE TABLE retained (
+              topic TEXT PRIMARY KEY,
+              body TEXT NOT NULL
           ) WITHOUT ROWID;",
     },
 ];
@@ -204,13 +219,15 @@ async fn persistent_sessions(storage: &DynamicStorage) -> HashMap<String, String
     out
 }
 
-/// Saves the broker's persistent sessions every [`SESSION_SAVE_INTERVAL`] (what changed
-/// since the last save, in one transaction), and once more at shutdown.
+/// Saves the broker's persistent sessions every [`SESSION_SAVE_INTERVAL`] and whenever
+/// `now` is notified (a client subscribed): what changed since the last save, in one
+/// transaction; once more at shutdown.
 pub async fn save_sessions(
     db: Db,
     storage: Arc<DynamicStorage>,
     mut saved: HashMap<String, String>,
     saved_metric: String,
+    now: Arc<Notify>,
     shutdown: outpost_kit::Shutdown,
 ) {
     let mut tick = tokio::time::interval(SESSION_SAVE_INTERVAL);
@@ -219,6 +236,7 @@ pub async fn save_sessions(
         let last = tokio::select! {
             () = shutdown.wait() => true,
             _ = tick.tick() => false,
+            () = now.notified() => false,
         };
         let now = persistent_sessions(&storage).await;
         let upserts: Vec<(String, String)> = now
@@ -258,6 +276,122 @@ pub async fn save_sessions(
         metrics::gauge!(saved_metric.clone()).set(saved.len() as f64);
         if last {
             return;
+        }
+    }
+}
+
+/// Puts every stored retained message into the broker's (empty) storage before it runs,
+/// where it finds its retained messages at start; how many.
+pub async fn restore_retained(db: &Db, storage: &DynamicStorage) -> Result<usize, StorageError> {
+    let rows = db.write_blocking(|c| {
+        let mut st = c.prepare("SELECT topic, body FROM retained")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok::<_, StorageError>(rows)
+    })?;
+    let mut restored = 0;
+    for (topic, body) in rows {
+        match serde_json::from_str::<RetainedMessage>(&body) {
+            Ok(mut m) if m.topic == topic => {
+                m.recompute_expiry();
+                match storage.store_retained_message(&topic, m).await {
+                    Ok(()) => restored += 1,
+                    Err(e) => {
+                        tracing::warn!(topic, error = %e, "cannot restore a retained message")
+                    }
+                }
+            }
+            Ok(_) | Err(_) => {
+                tracing::warn!(
+                    topic,
+                    "a stored retained message cannot be read; it is dropped"
+                );
+            }
+        }
+    }
+    if restored > 0 {
+        tracing::info!(messages = restored, "restored retained messages");
+    }
+    Ok(restored)
+}
+
+/// Retained messages on disk: [`Retained::keep`] runs before the broker routes (and
+/// acknowledges) a retained publish; [`restore_retained`] brings them back at start.
+///
+/// What is kept of a message is what the broker's publish hook sees: topic, payload, QoS,
+/// response topic and correlation data (as for journaled messages); its other properties
+/// (content type, user properties, expiry) are not kept across a restart.
+pub struct Retained {
+    db: Db,
+}
+
+impl Retained {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// Stores (or, for an empty payload, removes) the retained message `ev` sets, and
+    /// returns once it is committed. While the database cannot be written (a full disk),
+    /// the publisher waits, as for the journal: nothing is acknowledged that is not kept.
+    /// QoS 0 retained messages are stored the same way (one commit each), so the order of
+    /// a topic's retained messages on disk is the order they arrived on a connection.
+    pub async fn keep(&self, ev: &ClientPublishEvent) {
+        let topic = ev.topic.to_string();
+        let body = if ev.payload.is_empty() {
+            None
+        } else {
+            let mut packet = PublishPacket::new(topic.clone(), ev.payload.clone(), ev.qos);
+            packet.retain = true;
+            if let Some(t) = &ev.response_topic {
+                packet.properties.set_response_topic(t.to_string());
+            }
+            if let Some(c) = &ev.correlation_data {
+                packet.properties.set_correlation_data(c.clone());
+            }
+            match serde_json::to_string(&RetainedMessage::new(packet)) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::warn!(topic, error = %e, "cannot encode a retained message");
+                    return;
+                }
+            }
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
+        loop {
+            let (at, body) = (topic.clone(), body.clone());
+            let written = self
+                .db
+                .write(move |c| {
+                    match &body {
+                        Some(b) => c
+                            .prepare_cached(
+                                "INSERT INTO retained (topic, body) VALUES (?1, ?2)
+                                 ON CONFLICT (topic) DO UPDATE SET body = ?2",
+                            )?
+                            .execute(params![at, b])?,
+                        None => c
+                            .prepare_cached("DELETE FROM retained WHERE topic = ?1")?
+                            .execute([&at])?,
+                    };
+                    Ok::<_, StorageError>(())
+                })
+                .await;
+            match written {
+                Ok(()) => return,
+                Err(e) if ev.qos == QoS::AtMostOnce => {
+                    // Nothing was promised for it: not worth holding the connection.
+                    tracing::warn!(topic, error = %e, "cannot store a QoS 0 retained message");
+                    return;
+                }
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    if backoff.attempts() == 1 {
+                        tracing::warn!(topic, error = %e, "cannot store a retained message; the publisher waits");
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
         }
     }
 }
