@@ -227,7 +227,7 @@ async fn a_registry_outage_does_not_stop_traffic() {
     let node = Node::start("").await;
     provision(&node, &["t1"]);
     let keeper = node.pid("core-keeper");
-    signal(keeper, "STOP");
+    let paused_keeper = Paused::new(keeper);
     // A device added during the outage is validated by core-data, which reaches
     // core-metadata through its last view of the registry.
     let (s, body) = node
@@ -262,7 +262,7 @@ async fn a_registry_outage_does_not_stop_traffic() {
     };
     stored.await;
     let (_, c) = node.get(&format!("{data}/api/v3/reading/count")).await;
-    signal(keeper, "CONT");
+    drop(paused_keeper);
     assert_eq!(c["count"], 20);
     // Once the registry answers again, every service is UP in it.
     eventually("all services UP again", WAIT, || async {
@@ -320,7 +320,7 @@ async fn after_a_broker_crash_events_are_queued_for_core_data_before_it_is_back(
     // events below are published: without its restored session the broker would route
     // them to nobody.
     let core_data = node.pid("core-data");
-    signal(core_data, "STOP");
+    let paused_core_data = Paused::new(core_data);
     let broker = node.pid("mqtt-broker");
     signal(broker, "KILL");
     eventually("the broker back", WAIT, || async {
@@ -329,7 +329,7 @@ async fn after_a_broker_crash_events_are_queued_for_core_data_before_it_is_back(
     })
     .await;
     assert!(send(1_000), "publish to the restarted broker");
-    signal(core_data, "CONT");
+    drop(paused_core_data);
     eventually(
         "events sent right after the restart stored",
         WAIT,

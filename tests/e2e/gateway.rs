@@ -9,7 +9,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::{Node, eventually, free_port, https_client, run_ok, signal, trusting};
+use crate::support::{Node, Paused, eventually, free_port, https_client, run_ok, trusting};
 
 /// An event of core-data (one that does not exist).
 const AN_EVENT: &str = "/core-data/api/v3/event/id/5a1e9c2b-0c1d-4b8a-9f43-0d5c9e6a3f11";
@@ -424,13 +424,13 @@ route_limits = [{ prefix = "/core-keeper", rate_per_s = 1.0, burst = 3.0 }]
     assert_eq!(r.headers()["x-cache"], "HIT");
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let metadata = node.pid("core-metadata");
-    signal(metadata, "STOP");
+    let paused_metadata = Paused::new(metadata);
     let r = gw.call(Method::GET, p, Some(&at), None).await;
     let (status, headers) = (r.status(), r.headers().clone());
     let stale: Value = r.json().await.unwrap_or_default();
     // Overview with metadata hanging is an error (the device itself is unknown); with
     // core-data hanging it is partial. Checked after metadata is back.
-    signal(metadata, "CONT");
+    drop(paused_metadata);
     assert_eq!(status, 200);
     assert_eq!(headers["x-cache"], "STALE");
     assert!(headers["warning"].to_str().unwrap().starts_with("110"));
@@ -455,7 +455,7 @@ route_limits = [{ prefix = "/core-keeper", rate_per_s = 1.0, burst = 3.0 }]
     assert!(ov["commands"].is_array(), "{ov}");
     assert_eq!(ov["partial"], false, "{ov}");
     let data = node.pid("core-data");
-    signal(data, "STOP");
+    let paused_data = Paused::new(data);
     let r = gw
         .call(
             Method::GET,
@@ -464,7 +464,7 @@ route_limits = [{ prefix = "/core-keeper", rate_per_s = 1.0, burst = 3.0 }]
             None,
         )
         .await;
-    signal(data, "CONT");
+    drop(paused_data);
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-outpost-partial"], "true");
     let ov: Value = r.json().await.unwrap();

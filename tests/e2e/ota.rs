@@ -812,16 +812,13 @@ async fn an_online_agent_is_told_over_mqtt_to_poll_now() {
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     node.roll_out("now", "4.0", &["live-1"]).await;
-    let started = std::time::Instant::now();
+    // The agent polls once an hour (`--poll-s 3600`); `eventually_v` gives up after a
+    // minute, so an install seen at all came from the "poll now" message.
     let status = || async { node.get(&format!("{ota}/rollout/name/now")).await.1 };
     eventually_v("the update to be installed", &status, |v| {
         v["counts"]["succeeded"] == 1
     })
     .await;
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(60),
-        "installed long before the next hourly poll"
-    );
 
     let s = agent_state(&dir);
     assert_eq!(s["installed"][1], "4.0", "{s}");

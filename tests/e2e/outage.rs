@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use crate::export::{Cloud, Ingest, event, ingest_url, post_event, status};
 use crate::support::{
-    BIN, Node, Tmpfs, can_mount, cloud_export, eventually, free_port, is_root, message_has,
-    run_cli, run_ok, spawn_logged,
+    BIN, Node, Tmpfs, cloud_export, eventually, free_port, message_has, needs_root, run_cli,
+    run_ok, spawn_logged,
 };
 
 fn ip(args: &[&str]) {
@@ -109,10 +109,7 @@ impl Drop for Netns {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two_minute_link_outage_loses_nothing_holds_the_bound_and_drains() {
-    if !is_root() {
-        eprintln!("skipped: network namespaces need root (CI runs this test as root)");
-        return;
-    }
+    needs_root("network namespaces");
     outpost_kit::http::install_tls_provider();
     let ns = Netns::new();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -245,7 +242,7 @@ async fn a_two_minute_link_outage_loses_nothing_holds_the_bound_and_drains() {
 
 /// A cloud (stopped) with `edge` enrolled, and that edge node, its queue on a 256 KiB
 /// filesystem (its own bound, 256 MiB, is far away), exporting to the cloud with overflow
-/// policy `overflow`. Only root can mount it (see [`can_mount`]).
+/// policy `overflow`. Only root can mount it (see [`needs_root`]).
 async fn node_on_a_small_disk(edge: &str, overflow: &str) -> (Cloud, Node, Tmpfs) {
     use std::os::unix::fs::PermissionsExt as _;
     let mut cloud = Cloud::start().await;
@@ -271,9 +268,7 @@ fn missing<V>(sent: &[u64], got: &std::collections::HashMap<String, V>) -> usize
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_new_data_clearly_and_keeps_what_it_has() {
-    if !can_mount() {
-        return;
-    }
+    needs_root("mounting a small filesystem");
     let (mut cloud, mut node, _mounted) = node_on_a_small_disk("edge-full", "refuse-new").await;
 
     let mut accepted = Vec::new();
@@ -327,9 +322,7 @@ async fn a_full_disk_refuses_new_data_clearly_and_keeps_what_it_has() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_under_drop_oldest_keeps_taking_data_and_counts_what_it_dropped() {
-    if !can_mount() {
-        return;
-    }
+    needs_root("mounting a small filesystem");
     let (mut cloud, mut node, _mounted) = node_on_a_small_disk("edge-full-2", "drop-oldest").await;
     let total = 3000u64;
     for n in 0..total {

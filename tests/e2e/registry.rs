@@ -14,7 +14,7 @@ async fn silent_service_goes_down_then_is_removed_then_comes_back() {
     let node = Node::start("").await;
     let pid = node.pid("core-metadata");
     // Freeze the process: it stops heartbeating but its socket stays open.
-    signal(pid, "STOP");
+    let frozen = Paused::new(pid);
     eventually("core-metadata to be DOWN", WAIT, || async {
         node.status_of("core-metadata").await.as_deref() == Some("DOWN")
     })
@@ -38,7 +38,7 @@ async fn silent_service_goes_down_then_is_removed_then_comes_back() {
         "removed means gone, not halted: {all}"
     );
     // Thawed, it heartbeats, learns it was forgotten, and registers again.
-    signal(pid, "CONT");
+    drop(frozen);
     eventually("core-metadata to be UP again", WAIT, || async {
         node.status_of("core-metadata").await.as_deref() == Some("UP")
     })

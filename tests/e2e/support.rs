@@ -546,6 +546,27 @@ impl Drop for Node {
     }
 }
 
+/// A process paused with SIGSTOP and continued with SIGCONT when dropped: also when a check
+/// fails before the test continues it, so no stopped process outlives its test (a stopped
+/// service cannot notice that its supervisor is gone).
+pub struct Paused(u32);
+
+impl Paused {
+    pub fn new(pid: u32) -> Self {
+        signal(pid, "STOP");
+        Self(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .arg(self.0.to_string())
+            .status();
+    }
+}
+
 /// Sends a signal with kill(1).
 pub fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill")
@@ -866,13 +887,14 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Whether this test can mount a small filesystem (it must run as root); says so when not.
-pub fn can_mount() -> bool {
-    let root = is_root();
-    if !root {
-        eprintln!("skipped: mounting a small filesystem needs root (CI runs this test as root)");
-    }
-    root
+/// Fails the test, loudly, when it does not run as root: it needs `what` (mounting a small
+/// filesystem, network namespaces). Such a test is never skipped in silence; the README's
+/// test command runs as root, as CI does.
+pub fn needs_root(what: &str) {
+    assert!(
+        is_root(),
+        "this test needs root for {what}: run the suite as root (scripts/test.sh does)"
+    );
 }
 
 /// A tmpfs mounted for the life of the value: a small disk that fills up.

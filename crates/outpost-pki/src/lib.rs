@@ -766,10 +766,28 @@ mod tests {
         let paths = Paths::new(dir.path());
         ensure_server_cert(&paths, &["localhost".to_string()]).unwrap();
         let mut r = Reloader::new(paths.cert.clone(), paths.key.clone()).unwrap();
+        let served = |r: &Reloader| {
+            r.resolver
+                .current
+                .read()
+                .unwrap()
+                .cert
+                .first()
+                .unwrap()
+                .to_vec()
+        };
+        let before = served(&r);
         let other = KeyPair::generate().unwrap();
         std::fs::write(&paths.key, other.serialize_pem()).unwrap();
         // The mtime may not change within the filesystem's resolution; force a check.
         r.stamp = None;
         assert!(!r.check());
+        // The pair in use is still the old one, whole: its certificate, and its key (a
+        // reloaded mismatched key would sign with a key the certificate does not name).
+        assert_eq!(served(&r), before);
+        let pair = Arc::clone(&r.resolver.current.read().unwrap());
+        let spki = pair.key.public_key().expect("the key's public part");
+        let cert = x509_parser::parse_x509_certificate(&before).unwrap().1;
+        assert_eq!(spki.as_ref(), cert.public_key().raw);
     }
 }
