@@ -593,9 +593,15 @@ async fn retained_messages_the_broker_acknowledged_survive_its_kill_9() {
         restarted(&node, "mqtt-broker", broker).await;
         // The registry may still show the killed instance UP: wait for the new one's
         // listener (it listens once it has restored what it keeps).
-        eventually("the broker to listen again", outpost_testkit::WAIT, || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-        })
+        eventually(
+            "the broker to listen again",
+            outpost_testkit::WAIT,
+            || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
         .await;
         let got = tokio::task::spawn_blocking(move || retained_now(port, "site/status/#"))
             .await

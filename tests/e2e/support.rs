@@ -662,6 +662,8 @@ pub fn mosquitto_pub_lines(
 }
 
 /// A real MQTT subscriber: mosquitto_sub printing `topic payload` lines, stopped on drop.
+/// [`MosquittoSub::start`] returns once the broker acknowledged the subscription, so what
+/// is published afterwards must arrive.
 pub struct MosquittoSub {
     child: Child,
     lines: std::sync::mpsc::Receiver<String>,
@@ -669,28 +671,51 @@ pub struct MosquittoSub {
 
 impl MosquittoSub {
     pub fn start(port: u16, filter: &str) -> Self {
-        let mut child = mosquitto_client("mosquitto_sub", port)
-            .args(["-v", "-t", filter])
+        // Line-buffered (stdbuf), or the packet lines would wait in a pipe's buffer.
+        let mut child = Command::new("stdbuf")
+            .args([
+                "-oL",
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .args(["-q", "1", "-d", "-v", "-t", filter])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto_sub must be installed (Debian package mosquitto-clients)");
-        let lines = lines_of(&mut child);
+        let raw = lines_of(&mut child);
+        // With -d, mosquitto_sub reports each packet on a line of its own (`Client <id>
+        // received SUBACK`, ...) and the granted QoS (`Subscribed (mid: 1): 1`) between
+        // the messages: the SUBACK says it listens.
+        let (tx, lines) = std::sync::mpsc::channel();
+        let (subscribed, ready) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in raw {
+                if line.starts_with("Client ") || line.starts_with("Subscribed (mid:") {
+                    if line.contains("received SUBACK") {
+                        let _ = subscribed.send(());
+                    }
+                } else if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        assert!(
+            ready.recv_timeout(outpost_testkit::WAIT).is_ok(),
+            "mosquitto_sub did not subscribe to {filter} on port {port}"
+        );
         Self { child, lines }
     }
 
-    /// Repeats `act` until the subscriber prints a line (it subscribes asynchronously, so
-    /// the first actions may happen before it listens); returns `(topic, payload)`.
-    pub fn first_after(&self, timeout: Duration, mut act: impl FnMut()) -> (String, String) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            act();
-            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(300)) {
-                let (topic, payload) = line.split_once(' ').unwrap_or((&line, ""));
-                return (topic.to_string(), payload.to_string());
-            }
-            assert!(Instant::now() < deadline, "mosquitto_sub received nothing");
-        }
+    /// Does `act` once and returns the first message the subscriber then receives as
+    /// `(topic, payload)`; fails when none comes within `timeout`.
+    pub fn first_after(&self, timeout: Duration, act: impl FnOnce()) -> (String, String) {
+        act();
+        self.next_line(timeout)
+            .expect("mosquitto_sub received nothing")
     }
 }
 

@@ -79,22 +79,56 @@ pub fn peer(rel: &str) -> std::path::PathBuf {
     path
 }
 
-/// A free TCP port on loopback (bound and released; a small race with other processes is
-/// accepted). Ports already handed out in this process are never handed out again, so the
-/// ports of one node are always distinct.
+/// Where [`free_port`] hands out ports: below Linux's ephemeral range (32768–60999), so a
+/// port handed out is never taken meanwhile as the source port of some outgoing connection.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free TCP port on loopback, distinct from every other port handed out by any test
+/// process of the machine recently: the next one of [`PORTS`] that can be bound, taken
+/// under a lock on a file shared by all test processes (nextest runs each test in its own
+/// process, so a per-process record would not do), wrapping around after 12,000.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("no free port");
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
+    use std::io::{Read as _, Seek as _, Write as _};
+    let path = std::env::temp_dir().join("outpost-test-ports");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    file.lock()
+        .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    let mut next = text
+        .trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|p| PORTS.contains(p))
+        .unwrap_or(PORTS.start);
+    let mut port = None;
+    for _ in 0..PORTS.len() {
+        let candidate = next;
+        next = if next + 1 >= PORTS.end {
+            PORTS.start
+        } else {
+            next + 1
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            port = Some(candidate);
+            break;
         }
     }
+    let written = file
+        .rewind()
+        .and_then(|()| file.set_len(0))
+        .and_then(|()| file.write_all(next.to_string().as_bytes()));
+    if let Err(e) = written {
+        panic!("{}: {e}", path.display());
+    }
+    // The lock ends with the file.
+    port.expect("no free port below the ephemeral range")
 }
 
 /// The lines `child` prints on its stdout (which must be piped), read by a thread, until
