@@ -31,6 +31,27 @@ pub const KEY_LEN: usize = 16;
 /// once.
 pub const MESSAGE_ID: &str = "outpost-message-id";
 
+/// A message id as the embedded broker makes them: `run` (its start, ns) and `n` (a
+/// counter) make it unique across the broker's runs; `received_ns` says when the broker
+/// first received the message (ns since the Unix epoch), see [`received_at`].
+pub fn message_id(run: u128, n: u64, received_ns: i64) -> String {
+    format!("{run:x}-{n:x}-{received_ns:x}")
+}
+
+/// When the broker first received the message `id` names (ns since the Unix epoch), for
+/// ids made by [`message_id`]; the same on every redelivery. A consumer whose message
+/// carries no time of its own dates what it derives from it so: the same message then
+/// always yields the same event (id and origin), which core-data recognises however late
+/// the redelivery comes.
+pub fn received_at(id: &str) -> Option<i64> {
+    let mut parts = id.split('-');
+    let (_, _, t) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || t.is_empty() || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    i64::from_str_radix(t, 16).ok().filter(|t| *t > 0)
+}
+
 /// A message's identity in the journal: the first 16 bytes of SHA-256 over its topic, a
 /// zero byte and its payload, computed alike by the broker and by consumers.
 pub type Key = [u8; KEY_LEN];
@@ -165,6 +186,18 @@ mod tests {
             hex(&key("t", b"p")),
             hex(&ring::digest::digest(&ring::digest::SHA256, b"t\0p").as_ref()[..KEY_LEN])
         );
+    }
+
+    #[test]
+    fn a_message_id_says_when_the_broker_received_the_message() {
+        let id = message_id(0x1234_5678_9abc, 42, 1_764_950_000_123_456_789);
+        assert_eq!(received_at(&id), Some(1_764_950_000_123_456_789));
+        // Ids from before the time was part of them, and anything else, say nothing.
+        for other in [
+            "188f-2a", "", "a-b-", "a-b-+1f", "a-b-zz", "a-b-1-2", "a-b-0",
+        ] {
+            assert_eq!(received_at(other), None, "{other}");
+        }
     }
 
     fn hex(b: &[u8]) -> String {

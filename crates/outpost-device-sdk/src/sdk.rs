@@ -212,8 +212,10 @@ impl Sdk {
 
     /// [`Sdk::push`] for values read from a message the node's broker journaled
     /// (`message_id`, see [`outpost_bus::journal::MESSAGE_ID`]): the event's and readings'
-    /// ids are derived from it, so a redelivery of that message (after a crash, before its
-    /// confirmation reached the broker) yields the same event, which core-data stores once.
+    /// ids are derived from it, and its origin, when the values carry none, is when the
+    /// broker received it ([`outpost_bus::journal::received_at`]); so a redelivery of that
+    /// message (after a crash, before its confirmation reached the broker) yields the same
+    /// event, which core-data stores once.
     pub async fn push_derived(
         &self,
         device: &str,
@@ -235,7 +237,12 @@ impl Sdk {
             return Err(PushError::Empty);
         }
         let mut readings = Vec::with_capacity(values.len());
-        let origin = origin.unwrap_or_else(now_nanos);
+        // Values without a time of their own from a journaled message are dated when the
+        // broker received it, the same on every redelivery (so the same event, which
+        // core-data stores once however late the redelivery comes).
+        let origin = origin
+            .or_else(|| message_id.and_then(outpost_bus::journal::received_at))
+            .unwrap_or_else(now_nanos);
         for (resource, v) in values {
             let Some(r) = d.profile.resource(&resource) else {
                 return Err(PushError::UnknownResource {

@@ -811,7 +811,8 @@ fn hex_of(key: &Key) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Message ids unique across the broker's runs: its start time and a counter.
+/// Message ids unique across the broker's runs: its start time and a counter, and the time
+/// the message arrived ([`outpost_bus::journal::message_id`]).
 struct MessageIds {
     run: u128,
     next: std::sync::atomic::AtomicU64,
@@ -830,7 +831,10 @@ impl MessageIds {
 
     fn next(&self) -> String {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("{:x}-{n:x}", self.run)
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        outpost_bus::journal::message_id(self.run, n, now)
     }
 }
 
