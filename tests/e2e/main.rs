@@ -14,6 +14,7 @@ mod enroll;
 mod export;
 mod gateway;
 mod ingest;
+mod internal_tls;
 mod lifecycle;
 mod modbus;
 mod mqtt_devices;

@@ -83,7 +83,11 @@ pub struct Node {
     /// URLs of the services that register (the broker only when embedded).
     services: Vec<String>,
     child: Option<Child>,
+    /// A client of the services: plain, or with mutual TLS between services, holding the
+    /// node administrator's certificate (the node makes it when it starts).
     pub http: reqwest::Client,
+    /// `http`, or `https` with mutual TLS between services.
+    scheme: &'static str,
 }
 
 /// Test-friendly settings on top of the defaults (fast heartbeats and expiry), with
@@ -168,7 +172,12 @@ impl Node {
                 .and_then(|t| t.get(section)?.get("enabled")?.as_bool())
                 .unwrap_or(default)
         };
-        let url = |port: u16| format!("http://127.0.0.1:{port}");
+        let internal_tls = table
+            .as_ref()
+            .and_then(|t| t.get("security")?.get("internal_tls")?.as_bool())
+            .unwrap_or(false);
+        let scheme = if internal_tls { "https" } else { "http" };
+        let url = |port: u16| format!("{scheme}://127.0.0.1:{port}");
         let mut services = vec![
             url(ports.keeper),
             url(ports.metadata),
@@ -206,7 +215,25 @@ impl Node {
                 .no_proxy()
                 .build()
                 .expect("http client"),
+            scheme,
         }
+    }
+
+    /// A client holding the node administrator's certificate (mutual TLS between services).
+    pub fn admin_client(&self) -> reqwest::Client {
+        let read = |p: PathBuf| {
+            std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        };
+        let data = self.data_dir();
+        let tls = outpost_pki::client_config(
+            &read(data.join("tls/ca.pem")),
+            Some((
+                &read(data.join("tls/clients/admin.pem")),
+                &read(data.join("secrets/clients/admin.key")),
+            )),
+        )
+        .expect("the administrator's TLS configuration");
+        https_client(tls)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -226,6 +253,19 @@ impl Node {
             .arg(self.data_dir())
             .arg("up");
         self.child = Some(spawn_logged(&mut up, &self.log_path(), "outpost up"));
+        if self.scheme == "https" {
+            let admin = self.data_dir().join("tls/clients/admin.pem");
+            eventually(
+                "the administrator's certificate",
+                Duration::from_secs(30),
+                || {
+                    let admin = admin.clone();
+                    async move { admin.exists() }
+                },
+            )
+            .await;
+            self.http = self.admin_client();
+        }
         let urls = self.services.clone();
         let http = self.http.clone();
         eventually("the node to start", Duration::from_secs(30), || {
@@ -258,9 +298,10 @@ impl Node {
         .await;
     }
 
-    /// `http://127.0.0.1:<port>`: a service of this node.
+    /// `http://127.0.0.1:<port>` (`https` with mutual TLS between services): a service of
+    /// this node.
     pub fn url(&self, port: u16) -> String {
-        format!("http://127.0.0.1:{port}")
+        format!("{}://127.0.0.1:{port}", self.scheme)
     }
     pub fn keeper(&self) -> String {
         self.url(self.ports.keeper)

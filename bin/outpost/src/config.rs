@@ -67,7 +67,8 @@ impl NodeConfig {
     pub fn derive(&mut self) {
         if self.registry.url.is_empty() {
             self.registry.url = format!(
-                "http://{}:{}",
+                "{}://{}:{}",
+                self.scheme(),
                 host(&self.node.advertise_host),
                 self.core_keeper.port
             );
@@ -176,6 +177,7 @@ impl NodeConfig {
             bus: self.bus.clone(),
             storage: self.storage.clone(),
             enrollment: self.enrollment.clone(),
+            security: self.security.clone(),
         }
     }
 
@@ -188,13 +190,24 @@ impl NodeConfig {
         svc.info.on_edge && svc.section(self).enabled()
     }
 
-    /// `http://host:port` of a service of this node.
+    /// `http://host:port` of a service of this node (`https` with mutual TLS between
+    /// services).
     pub fn url(&self, svc: Service) -> String {
         format!(
-            "http://{}:{}",
+            "{}://{}:{}",
+            self.scheme(),
             host(&self.node.advertise_host),
             self.port(svc)
         )
+    }
+
+    /// How the node's services serve their APIs.
+    pub fn scheme(&self) -> &'static str {
+        if self.security.internal_tls {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The services `outpost up` runs, in start order (stop order is the reverse).

@@ -604,6 +604,16 @@ async fn client(
     remote: session::Remote,
 ) -> anyhow::Result<()> {
     let gateway = session::Gateway::resolve(&cfg, &data_dir, &remote)?;
+    if gateway.is_none() && cfg.security.internal_tls {
+        // Straight to the services, as the node's administrator.
+        anyhow::Context::with_context(outpost_kit::internal::establish_admin(&data_dir), || {
+            format!(
+                "services use mutual TLS and the administrator's certificate cannot be made \
+                 under {}: run on the node, as its user, or go through the gateway",
+                data_dir.display()
+            )
+        })?;
+    }
     let c = cli::Client::new(cfg.clone(), gateway);
     match command {
         Command::Services { json } => cli::node::services(&c, json).await,

@@ -64,6 +64,17 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
     let result = rt.block_on(async move {
         let shutdown = Shutdown::new();
         shutdown.listen_for_signals(supervised);
+        // Before any client is built: they present the process's certificate.
+        if cfg.security.internal_tls {
+            let names = outpost_pki::default_names(&cfg.node.advertise_host, &[]);
+            if let Err(e) =
+                outpost_kit::internal::establish(&data_dir, &id, &names, shutdown.clone())
+            {
+                return Err(outpost_kit::service::RunError::Start(
+                    outpost_kit::StartError::other(e),
+                ));
+            }
+        }
         let registry = Registry::new(
             cfg.registry.url.clone(),
             Duration::from_millis(cfg.registry.request_timeout_ms),

@@ -72,6 +72,7 @@ macro_rules! services {
             pub bus: outpost_kit::config::BusConfig,
             pub storage: outpost_kit::config::StorageConfig,
             pub enrollment: outpost_kit::config::EnrollmentConfig,
+            pub security: outpost_kit::config::SecurityConfig,
             pub supervisor: crate::config::SupervisorConfig,
             $(pub $section: <$service as outpost_kit::Service>::Config,)*
         }

@@ -389,6 +389,12 @@ pub async fn up(cfg: NodeConfig, data_dir: PathBuf) -> anyhow::Result<()> {
     let force = Shutdown::new();
     listen_for_signals(node.clone(), force.clone());
 
+    if cfg.security.internal_tls {
+        // The node CA exists before any service starts, and the readiness checks below
+        // speak TLS as the node's administrator.
+        outpost_kit::internal::establish_admin(&data_dir)
+            .context("cannot make the node's internal certificates")?;
+    }
     let http = outpost_kit::http::client(Duration::from_millis(500));
     let mut running: Vec<Supervised> = Vec::new();
     let mut failure = None;

@@ -63,17 +63,26 @@ pub struct Registration {
     pub health_check: HealthCheck,
     #[serde(skip_serializing_if = "is_zero")]
     pub last_connected: i64,
+    /// Outpost's addition: `https` when the instance serves its API over TLS (mutual TLS
+    /// between services); empty or `http` for plaintext, EdgeX's way.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub scheme: String,
 }
 
 impl Registration {
-    /// `http://host:port`.
+    /// `http://host:port` or `https://host:port`.
     pub fn base_url(&self) -> String {
         let host = if self.host.contains(':') && !self.host.starts_with('[') {
             format!("[{}]", self.host)
         } else {
             self.host.clone()
         };
-        format!("http://{host}:{}", self.port)
+        let scheme = if self.scheme == "https" {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{host}:{}", self.port)
     }
 }
 

@@ -18,6 +18,9 @@ pub trait DriverConfig:
     const PORT: u16;
     /// Whether `outpost up` runs the service without being asked.
     const ENABLED: bool;
+    /// Path prefixes devices call with credentials the driver checks itself (see
+    /// [`outpost_kit::Info::open_routes`]).
+    const OPEN_ROUTES: &'static [&'static str] = &[];
 
     /// Makes the driver; anything it runs in the background is started on
     /// `start.ctx.tasks`.

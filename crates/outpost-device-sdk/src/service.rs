@@ -18,7 +18,8 @@ pub struct Adapter<D>(std::marker::PhantomData<D>);
 impl<D: DriverConfig> outpost_kit::Service for Adapter<D> {
     type Config = Config<D>;
 
-    const INFO: outpost_kit::Info = outpost_kit::Info::new(D::SERVICE, D::SECTION);
+    const INFO: outpost_kit::Info =
+        outpost_kit::Info::new(D::SERVICE, D::SECTION).open_routes(D::OPEN_ROUTES);
 
     async fn build(start: Start<Config<D>>) -> Result<Parts, StartError> {
         let driver = D::driver(&start)?;

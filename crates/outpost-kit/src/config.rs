@@ -19,6 +19,19 @@ pub struct CommonConfig {
     pub bus: BusConfig,
     pub storage: StorageConfig,
     pub enrollment: EnrollmentConfig,
+    pub security: SecurityConfig,
+}
+
+/// `[security]`: how the node's services trust each other.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Mutual TLS between services: every service serves its API over TLS with a
+    /// certificate from the node CA (renewed daily) and presents it when it calls another;
+    /// routes other than `ping` answer only callers holding a service's or a local
+    /// administrator's certificate (`outpost_pki::internal`). Off: EdgeX's plaintext
+    /// internal API, for EdgeX tools that call services directly.
+    pub internal_tls: bool,
 }
 
 /// `[enrollment]`: how devices get their identity. Every device can be enrolled by an
@@ -300,12 +313,17 @@ impl Validate for CommonConfig {
             "registry",
             "request_timeout_ms must be at least 10",
         );
+        let scheme = if self.security.internal_tls {
+            "https://"
+        } else {
+            "http://"
+        };
         p.check(
-            self.registry.url.is_empty() || self.registry.url.starts_with("http://"),
+            self.registry.url.is_empty() || self.registry.url.starts_with(scheme),
             "registry",
             format!(
-                "url '{}' must be an http:// URL (TLS between services is not supported yet)",
-                self.registry.url
+                "url '{}' must be an {scheme} URL (security.internal_tls = {})",
+                self.registry.url, self.security.internal_tls
             ),
         );
         p.check(

@@ -11,8 +11,26 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// An HTTP client with a total timeout per request and no proxy lookup.
+/// A client for calls to the node's services: a total timeout per request, no proxy
+/// lookup, and, once the process established its identity ([`crate::internal`]), its
+/// certificate presented and only the node CA trusted.
 pub fn client(timeout: Duration) -> reqwest::Client {
+    let mut b = builder(timeout);
+    if let Some(identity) = crate::internal::process() {
+        b = b.tls_backend_preconfigured((*identity.client).clone());
+    }
+    b.build().unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// A client for calls outside the node (devices' own HTTP servers): the same limits, the
+/// system's trust, no certificate of the node presented.
+pub fn external_client(timeout: Duration) -> reqwest::Client {
+    builder(timeout)
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+fn builder(timeout: Duration) -> reqwest::ClientBuilder {
     install_tls_provider();
     reqwest::Client::builder()
         .timeout(timeout)
@@ -20,8 +38,6 @@ pub fn client(timeout: Duration) -> reqwest::Client {
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(4)
         .no_proxy()
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
 }
 
 /// Adds the current correlation ID (or a new one) to an outgoing request.

@@ -12,7 +12,8 @@
 //! - [`service`]: the service lifecycle: a service declares what it is and what it runs,
 //!   and [`service::run`] binds, opens storage, builds, registers, serves and stops it in
 //!   order. [`tasks`] owns every task a service starts.
-//! - [`tls`]: an API served over TLS with client certificates.
+//! - [`tls`]: an API served over TLS with client certificates; [`internal`]: mutual TLS
+//!   between the node's services.
 //! - [`Context`]: everything a running service is handed.
 
 pub mod backoff;
@@ -20,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod internal;
 pub mod limit;
 pub mod ratelog;
 pub mod refused;
@@ -129,7 +131,16 @@ impl Context {
     /// are recorded per matched route (bounded label cardinality); unknown routes get an
     /// EdgeX-shaped 404, and every other error answer is made EdgeX-shaped too
     /// ([`error::edgex_errors`]).
-    pub fn router(&self, api: Router, health: HealthProbe) -> Router {
+    ///
+    /// With mutual TLS between services (`security.internal_tls`), [`internal::guard`]
+    /// admits only the node's services and administrator, except to `ping` and the `open`
+    /// path prefixes (routes for devices, which the service authenticates itself).
+    pub fn router(
+        &self,
+        api: Router,
+        health: HealthProbe,
+        open: &'static [&'static str],
+    ) -> Router {
         let info = routes::ServiceInfo {
             name: self.name.clone(),
             version: VERSION.to_string(),
@@ -148,8 +159,13 @@ impl Context {
             .method_not_allowed_fallback(error::method_not_allowed_fallback);
         // The path is rewritten before routing, so this wraps the routed service whole.
         let routed = tower::Layer::layer(&axum::middleware::map_request(plus_as_space), routed);
-        Router::new()
-            .fallback_service(routed)
+        let mut router = Router::new().fallback_service(routed);
+        if self.common.security.internal_tls {
+            router = router.layer(axum::middleware::from_fn(move |req, next| {
+                internal::guard(open, req, next)
+            }));
+        }
+        router
             .layer(DefaultBodyLimit::max(self.common.node.max_body_bytes))
             .layer(axum::middleware::from_fn(error::edgex_errors))
             .layer(axum::middleware::from_fn(refused::finish_refused_bodies))
@@ -167,6 +183,11 @@ impl Context {
                 interval: format!("{}ms", self.common.registry.heartbeat_interval_ms),
                 path: "/api/v3/ping".into(),
                 kind: HEALTH_HEARTBEAT.into(),
+            },
+            scheme: if self.common.security.internal_tls {
+                "https".into()
+            } else {
+                String::new()
             },
             ..Registration::default()
         }

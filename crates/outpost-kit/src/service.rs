@@ -70,6 +70,10 @@ pub struct Info {
     /// Whether it returns freed memory to the system on its own schedule, so the
     /// supervisor does not set a purge delay for it.
     pub manages_allocator: bool,
+    /// Path prefixes of its API that devices call with credentials the service checks
+    /// itself: open to callers without a certificate of the node's services when services
+    /// use mutual TLS ([`crate::internal::guard`]).
+    pub open_routes: &'static [&'static str],
 }
 
 impl Info {
@@ -86,7 +90,14 @@ impl Info {
             uses_bus: true,
             is_bus: false,
             manages_allocator: false,
+            open_routes: &[],
         }
+    }
+
+    /// Routes devices call with their own credentials (see [`Info::open_routes`]).
+    pub const fn open_routes(mut self, prefixes: &'static [&'static str]) -> Self {
+        self.open_routes = prefixes;
+        self
     }
 
     pub const fn worker_threads(mut self, n: usize) -> Self {
@@ -394,7 +405,7 @@ pub async fn assemble<S: Service>(
             return Err(RunError::Start(e));
         }
     };
-    let mut router = ctx.router(built.api, health(db, built.checks));
+    let mut router = ctx.router(built.api, health(db, built.checks), S::INFO.open_routes);
     if let Some(wrap) = built.wrap {
         router = wrap(router);
     }
@@ -410,14 +421,17 @@ pub async fn run<S: Service>(ctx: Context, cfg: S::Config) -> Result<(), RunErro
     let listener = ctx.bind(ServiceConfig::port(&cfg)).await?;
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
     let assembled = assemble::<S>(&ctx, cfg, addr).await?;
-    let served = serve(
-        &ctx,
-        listener,
-        assembled.router,
-        assembled.tls,
-        S::INFO.registers,
-    )
-    .await;
+    // A service's own TLS (the cloud node's) first; else, with mutual TLS between services,
+    // the process's identity.
+    let tls = assembled.tls.or_else(|| {
+        ctx.common
+            .security
+            .internal_tls
+            .then(crate::internal::process)
+            .flatten()
+            .map(|i| Arc::clone(&i.server))
+    });
+    let served = serve(&ctx, listener, assembled.router, tls, S::INFO.registers).await;
     ctx.shutdown.trigger();
     let stop_started = tokio::time::Instant::now();
     ctx.tasks.drain(stop_started + STOP_BUDGET).await;

@@ -103,17 +103,17 @@ pub async fn serve(
         move |tls: Stream, addr: SocketAddr, watcher| {
             let (router, builder) = (router.clone(), Arc::clone(&builder));
             async move {
-                let fingerprint = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(|c| outpost_pki::fingerprint(c.as_ref()));
+                let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                let fingerprint = cert.map(|c| outpost_pki::fingerprint(c.as_ref()));
+                let caller = crate::internal::Caller(
+                    cert.and_then(|c| outpost_pki::internal::identity(c.as_ref())),
+                );
                 let peer = Peer { addr, fingerprint };
                 let svc = hyper::service::service_fn(
                     move |mut req: http::Request<hyper::body::Incoming>| {
                         req.extensions_mut().insert(ConnectInfo(addr));
                         req.extensions_mut().insert(peer.clone());
+                        req.extensions_mut().insert(caller.clone());
                         router.clone().oneshot(req.map(axum::body::Body::new))
                     },
                 );

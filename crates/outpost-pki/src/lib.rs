@@ -15,6 +15,7 @@
 //! Only TLS 1.2 and 1.3 with AEAD cipher suites (what rustls offers), ALPN `h2` and
 //! `http/1.1`.
 
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -30,6 +31,8 @@ use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Serialize};
 
 pub use rustls;
+
+pub mod internal;
 
 /// Why a certificate, key or TLS configuration could not be made or used.
 #[derive(Debug, thiserror::Error)]
@@ -185,8 +188,13 @@ fn now_unix() -> i64 {
 }
 
 fn validity(p: &mut CertificateParams, days: i64) -> Result<i64, PkiError> {
+    validity_secs(p, days * 86_400)
+}
+
+/// Valid from an hour ago (clocks differ) for `secs`; a random serial. Returns not-after.
+fn validity_secs(p: &mut CertificateParams, secs: i64) -> Result<i64, PkiError> {
     let now = now_unix();
-    let not_after = now + days * 86_400;
+    let not_after = now + secs;
     p.not_before =
         rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs((now - 3600).max(0) as u64);
     p.not_after = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(not_after as u64);
@@ -222,18 +230,41 @@ fn write_public(path: &Path, contents: &str) -> Result<(), PkiError> {
     })
 }
 
-/// Creates the CA if there is none; returns its issuer.
+/// Creates the CA if there is none; returns its issuer. Processes starting together (the
+/// services of a node, each needing its certificate) create it once: creation holds a lock
+/// on a file beside the key.
 pub fn ensure_ca(paths: &Paths) -> Result<Issuer<'static, KeyPair>, PkiError> {
-    if paths.ca_key.exists() && paths.ca_cert.exists() {
+    let existing = |paths: &Paths| -> Result<Option<Issuer<'static, KeyPair>>, PkiError> {
+        if !(paths.ca_key.exists() && paths.ca_cert.exists()) {
+            return Ok(None);
+        }
         let pem = std::fs::read_to_string(&paths.ca_key).map_err(|source| PkiError::Read {
             path: paths.ca_key.clone(),
             source,
         })?;
         let key = KeyPair::from_pem(&pem).map_err(issue("the CA key is not a valid key"))?;
-        return Ok(Issuer::new(ca_params(paths.ca_name), key));
+        Ok(Some(Issuer::new(ca_params(paths.ca_name), key)))
+    };
+    if let Some(issuer) = existing(paths)? {
+        return Ok(issuer);
     }
     if let Some(dir) = paths.ca_key.parent() {
         outpost_storage::ensure_private_dir(dir)?;
+    }
+    let lock_path = paths.ca_key.with_extension("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(|source| PkiError::Write {
+            path: lock_path.clone(),
+            source,
+        })?;
+    if let Some(issuer) = existing(paths)? {
+        return Ok(issuer);
     }
     let key = KeyPair::generate().map_err(issue("cannot create the CA key"))?;
     let mut params = ca_params(paths.ca_name);
@@ -244,6 +275,7 @@ pub fn ensure_ca(paths: &Paths) -> Result<Issuer<'static, KeyPair>, PkiError> {
     outpost_storage::replace_secret_file(&paths.ca_key, key.serialize_pem().as_bytes())?;
     write_public(&paths.ca_cert, &cert.pem())?;
     tracing::info!(ca = %paths.ca_cert.display(), name = paths.ca_name, "created a CA");
+    drop(lock);
     Ok(Issuer::new(ca_params(paths.ca_name), key))
 }
 
@@ -258,48 +290,82 @@ pub fn load_ca(paths: &Paths) -> Result<Option<Issuer<'static, KeyPair>>, PkiErr
 
 /// Issues (or keeps) the server certificate for `names`.
 pub fn ensure_server_cert(paths: &Paths, names: &[String]) -> Result<(), PkiError> {
-    let meta: Option<IssuedMeta> = std::fs::read(&paths.meta)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let fresh = meta
-        .as_ref()
-        .is_some_and(|m| m.names == names && m.not_after - now_unix() > RENEW_DAYS * 86_400);
-    if fresh && paths.cert.exists() && paths.key.exists() {
+    let files = Files {
+        cert: &paths.cert,
+        key: &paths.key,
+        meta: &paths.meta,
+    };
+    if files.fresh(names, RENEW_DAYS * 86_400) {
         return Ok(());
     }
     let issuer = ensure_ca(paths)?;
-    if let Some(dir) = paths.key.parent() {
-        outpost_storage::ensure_private_dir(dir)?;
-    }
     let mut params =
         CertificateParams::new(names.to_vec()).map_err(issue("invalid certificate name"))?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Outpost");
     dn.push(DnType::CommonName, paths.subject);
     params.distinguished_name = dn;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.use_authority_key_identifier_extension = true;
-    let not_after = validity(&mut params, CERT_DAYS)?;
-    let key = KeyPair::generate().map_err(issue("cannot create the server key"))?;
-    let cert = params
-        .signed_by(&key, &issuer)
-        .map_err(issue("cannot issue the server certificate"))?;
-    let ca = std::fs::read_to_string(&paths.ca_cert).unwrap_or_default();
-    // Key first: a reload between the two writes sees a new key with the old certificate,
-    // which fails to load and keeps the previous pair until the certificate follows.
-    outpost_storage::replace_secret_file(&paths.key, key.serialize_pem().as_bytes())?;
-    write_public(&paths.cert, &format!("{}{ca}", cert.pem()))?;
-    let meta = IssuedMeta {
-        names: names.to_vec(),
-        not_after,
-    };
-    write_public(&paths.meta, &serde_json::to_string(&meta)?)?;
+    files.issue(&issuer, &paths.ca_cert, params, CERT_DAYS * 86_400, names)?;
     tracing::info!(names = ?names, subject = paths.subject, "issued a server certificate");
     Ok(())
+}
+
+/// The files of one certificate the CA issued: certificate (with the CA's, public), key
+/// (0600) and the record of what it was issued for.
+struct Files<'a> {
+    cert: &'a Path,
+    key: &'a Path,
+    meta: &'a Path,
+}
+
+impl Files<'_> {
+    /// Whether the certificate is there, for `names`, with more than `min_left` seconds
+    /// of validity left.
+    fn fresh(&self, names: &[String], min_left: i64) -> bool {
+        let meta: Option<IssuedMeta> = std::fs::read(self.meta)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        meta.is_some_and(|m| m.names == names && m.not_after - now_unix() > min_left)
+            && self.cert.exists()
+            && self.key.exists()
+    }
+
+    /// Issues `params` (subject, names and extended usages set) with a new key, valid for
+    /// `secs`, and writes the files.
+    fn issue(
+        &self,
+        issuer: &Issuer<'_, KeyPair>,
+        ca_cert: &Path,
+        mut params: CertificateParams,
+        secs: i64,
+        names: &[String],
+    ) -> Result<(), PkiError> {
+        if let Some(dir) = self.key.parent() {
+            outpost_storage::ensure_private_dir(dir)?;
+        }
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let not_after = validity_secs(&mut params, secs)?;
+        let key = KeyPair::generate().map_err(issue("cannot create a key"))?;
+        let cert = params
+            .signed_by(&key, issuer)
+            .map_err(issue("cannot issue the certificate"))?;
+        let ca = std::fs::read_to_string(ca_cert).unwrap_or_default();
+        // Key first: a reload between the two writes sees a new key with the old
+        // certificate, which fails to load and keeps the previous pair until the certificate
+        // follows.
+        outpost_storage::replace_secret_file(self.key, key.serialize_pem().as_bytes())?;
+        write_public(self.cert, &format!("{}{ca}", cert.pem()))?;
+        let meta = IssuedMeta {
+            names: names.to_vec(),
+            not_after,
+        };
+        write_public(self.meta, &serde_json::to_string(&meta)?)
+    }
 }
 
 /// Loads a certificate chain and key from PEM files.
@@ -336,6 +402,18 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, PkiError>
 #[derive(Debug)]
 pub struct Resolver {
     current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl Resolver {
+    /// The pair in use now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
 }
 
 impl ResolvesServerCert for Resolver {

@@ -162,6 +162,12 @@ impl Registry {
                 "port must be between 1 and 65535".into(),
             ));
         }
+        if !matches!(reg.scheme.as_str(), "" | "http" | "https") {
+            return Err(RegistryError::Invalid(format!(
+                "scheme must be 'http' or 'https', got '{}'",
+                reg.scheme
+            )));
+        }
         match reg.health_check.kind.as_str() {
             HEALTH_HTTP => {
                 if !reg.health_check.path.starts_with('/') {

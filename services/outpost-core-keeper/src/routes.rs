@@ -74,11 +74,31 @@ fn check_request(req: &AddRegistrationRequest) -> Result<(), ApiError> {
     req.base.check().map_err(ApiError::bad_request)
 }
 
+/// Who called, with mutual TLS between services (see `outpost_kit::internal`).
+type Caller = Option<axum::Extension<outpost_kit::internal::Caller>>;
+
+/// With mutual TLS between services, an instance registers, updates, heartbeats and
+/// deregisters only itself (a compromised service cannot take another's place); the
+/// node's administrator may act for any. Without it, EdgeX's open registry.
+fn may_act_for(caller: &Caller, service_id: &str) -> Result<(), ApiError> {
+    match caller.as_ref().and_then(|c| c.0.0.as_ref()) {
+        Some(outpost_kit::internal::Identity::Service(id)) if id != service_id => {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("{id} may register only itself, not '{service_id}'"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn register(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Json(req): Json<AddRegistrationRequest>,
 ) -> Result<Response, ApiError> {
     check_request(&req)?;
+    may_act_for(&caller, &req.registration.service_id)?;
     st.registry.register(req.registration).await?;
     Ok((
         StatusCode::CREATED,
@@ -89,9 +109,11 @@ async fn register(
 
 async fn update(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Json(req): Json<AddRegistrationRequest>,
 ) -> Result<StatusCode, ApiError> {
     check_request(&req)?;
+    may_act_for(&caller, &req.registration.service_id)?;
     st.registry.update(req.registration).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -163,16 +185,20 @@ async fn get_one(
 
 async fn deregister(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    may_act_for(&caller, &id)?;
     st.registry.deregister(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn heartbeat(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<axum::Json<BaseResponse>, ApiError> {
+    may_act_for(&caller, &id)?;
     st.registry.heartbeat(&id).await?;
     Ok(axum::Json(BaseResponse::new(200)))
 }

@@ -69,6 +69,8 @@ impl DriverConfig for RestConfig {
     const SECTION: &'static str = "device_rest";
     const PORT: u16 = 59986;
     const ENABLED: bool = false;
+    // Devices push readings with their own token.
+    const OPEN_ROUTES: &'static [&'static str] = &["/api/v3/resource/"];
 
     fn driver(
         start: &outpost_kit::Start<Config>,
@@ -107,7 +109,7 @@ impl Rest {
     pub fn new(cfg: RestConfig) -> Self {
         Self {
             cfg,
-            http: outpost_kit::http::client(Duration::from_secs(60)),
+            http: outpost_kit::http::external_client(Duration::from_secs(60)),
         }
     }
 

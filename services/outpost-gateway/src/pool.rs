@@ -105,13 +105,51 @@ pub fn sweep() {
     });
 }
 
+/// With mutual TLS between services: the gateway's own identity, for HTTP/1.1 (the pool
+/// speaks HTTP/1.1 to upstreams).
+fn upstream_tls() -> Option<&'static tokio_rustls::TlsConnector> {
+    static TLS: std::sync::OnceLock<Option<tokio_rustls::TlsConnector>> =
+        std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        outpost_kit::internal::process().map(|identity| {
+            let mut cfg = (*identity.client).clone();
+            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+            tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        })
+    })
+    .as_ref()
+}
+
 async fn connect(authority: &str) -> Result<SendRequest<Body>, String> {
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(authority))
         .await
         .map_err(|_| format!("connecting to {authority} timed out"))?
         .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    let (tx, conn) = http1::handshake(TokioIo::new(tcp))
+    match upstream_tls() {
+        Some(tls) => {
+            let host = authority
+                .rsplit_once(':')
+                .map_or(authority, |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| format!("{authority} is not a TLS name: {e}"))?;
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, tcp))
+                .await
+                .map_err(|_| format!("the TLS handshake with {authority} timed out"))?
+                .map_err(|e| format!("TLS with {authority} failed: {e}"))?;
+            handshake(authority, stream).await
+        }
+        None => handshake(authority, tcp).await,
+    }
+}
+
+async fn handshake<S>(authority: &str, io: S) -> Result<SendRequest<Body>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, conn) = http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| format!("cannot talk HTTP to {authority}: {e}"))?;
     tokio::spawn(async move {

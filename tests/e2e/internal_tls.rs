@@ -1,0 +1,206 @@
+//! Mutual TLS between services (`security.internal_tls = true`): the node works as before,
+//! through the gateway and the CLI, while a caller on the node without a certificate of
+//! its services or administrator can no longer use their APIs (the attacks of issue 19:
+//! registering a fake instance, deleting events, adding device services), and nothing is
+//! served in plaintext.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const WITH_MTLS: &str = "[security]\ninternal_tls = true\n[device_rest]\nenabled = true\n";
+
+/// A client trusting the node CA that presents `identity` (certificate and key PEM), or
+/// nothing.
+fn client(node: &Node, identity: Option<(&str, &str)>) -> reqwest::Client {
+    let ca = std::fs::read_to_string(node.data_dir().join("tls/ca.pem")).expect("node CA");
+    https_client(outpost_pki::client_config(&ca, identity).expect("TLS configuration"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mutual_tls_only_the_nodes_services_and_administrator_use_internal_apis() {
+    let node = Node::start(WITH_MTLS).await;
+    // Every service registered (each called core-keeper over mutual TLS) with scheme https.
+    let regs = node.registrations().await;
+    assert!(regs.len() >= 6, "{regs:?}");
+    assert!(
+        regs.iter().all(|r| r["scheme"] == "https"),
+        "every instance registers as https: {regs:?}"
+    );
+
+    // The node works: the CLI provisions through the gateway, whose upstream connections
+    // use the gateway's certificate; device-mqtt stores an event from the bus in core-data.
+    provision(&node, &["m1"]);
+    let (_, msg) = event_message("m1", now_nanos(), &[("Temperature", "Float64", "21.5")]);
+    let out = mosquitto_pub(node.ports.mqtt, &event_topic("m1"), &msg, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let count = format!("{}/api/v3/event/count/device/name/m1", node.data());
+    eventually("the event stored", outpost_testkit::WAIT, || async {
+        node.get(&count).await.1["count"] == 1
+    })
+    .await;
+
+    // The attacks, from a client on the node with no certificate: refused with 403 at
+    // the API, whatever the route (ping stays open).
+    let anonymous = client(&node, None);
+    let attacks = [
+        (
+            reqwest::Method::POST,
+            format!("{}/api/v3/registry", node.keeper()),
+            json!({"apiVersion": "v3", "registration": {"serviceId": "core-command@evil",
+                "host": "127.0.0.1", "port": 9, "healthCheck": {"interval": "10s",
+                "path": "/api/v3/ping", "type": "heartbeat"}}}),
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("{}/api/v3/event/age/0", node.data()),
+            Value::Null,
+        ),
+        (
+            reqwest::Method::POST,
+            format!("{}/api/v3/deviceservice", node.metadata()),
+            json!([{"apiVersion": "v3", "service": {"name": "evil", "baseAddress": "http://127.0.0.1:9",
+                "adminState": "UNLOCKED"}}]),
+        ),
+        (
+            reqwest::Method::GET,
+            format!("{}/api/v3/event/all", node.data()),
+            Value::Null,
+        ),
+    ];
+    for (method, url, body) in &attacks {
+        let mut rb = anonymous.request(method.clone(), url);
+        if !body.is_null() {
+            rb = rb.json(body);
+        }
+        let r = rb.send().await.expect("an answer");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{method} {url}");
+        let v: Value = r.json().await.expect("EdgeX error body");
+        assert_eq!(v["statusCode"], 403, "{v}");
+    }
+    let r = anonymous
+        .get(format!("{}/api/v3/ping", node.data()))
+        .send()
+        .await
+        .expect("ping");
+    assert_eq!(r.status(), StatusCode::OK);
+    // Nothing was registered, deleted or added.
+    assert!(
+        !node
+            .registrations()
+            .await
+            .iter()
+            .any(|r| r["serviceId"] == "core-command@evil")
+    );
+    assert_eq!(node.get(&count).await.1["count"], 1);
+
+    // A device's certificate from the same CA, named like a service, is not a service's.
+    let device = outpost_pki::issue_client_cert(
+        &outpost_pki::Paths::new(&node.data_dir()),
+        "core-command",
+        1,
+    )
+    .expect("a device certificate");
+    let as_device = client(&node, Some((&device.cert_pem, &device.key_pem)));
+    let (method, url, body) = &attacks[0];
+    let r = as_device
+        .request(method.clone(), url)
+        .json(body)
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // A service registers only itself (a compromised one cannot take another's place).
+    let svc = outpost_pki::internal::ensure_service_cert(
+        &node.data_dir(),
+        "rules@probe",
+        &["localhost".to_string()],
+    )
+    .expect("a service certificate");
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("certificate file");
+    let as_service = client(&node, Some((&read(&svc.cert), &read(&svc.key))));
+    let registration = |id: &str| {
+        json!({"apiVersion": "v3", "registration": {"serviceId": id, "host": "127.0.0.1",
+            "port": 9, "healthCheck": {"interval": "10s", "path": "/api/v3/ping",
+            "type": "heartbeat"}}})
+    };
+    let registry = format!("{}/api/v3/registry", node.keeper());
+    let r = as_service
+        .post(&registry)
+        .json(&registration("core-command@evil"))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = as_service
+        .post(&registry)
+        .json(&registration("rules@probe"))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = as_service
+        .delete(format!(
+            "{}/api/v3/registry/serviceId/rules@probe",
+            node.keeper()
+        ))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+    // A certificate of another CA fails the handshake.
+    let other = tempfile::tempdir().expect("dir");
+    let foreign =
+        outpost_pki::issue_client_cert(&outpost_pki::Paths::new(other.path()), "admin", 1)
+            .expect("a foreign certificate");
+    let as_foreign = client(&node, Some((&foreign.cert_pem, &foreign.key_pem)));
+    assert!(
+        as_foreign
+            .get(format!("{}/api/v3/event/all", node.data()))
+            .send()
+            .await
+            .is_err(),
+        "a foreign certificate is refused at the handshake"
+    );
+
+    // Nothing is served in plaintext.
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .expect("client");
+    for port in [node.ports.keeper, node.ports.data, node.ports.metadata] {
+        let r = plain
+            .get(format!("http://127.0.0.1:{port}/api/v3/ping"))
+            .send()
+            .await;
+        assert!(
+            r.is_err() || r.is_ok_and(|r| !r.status().is_success()),
+            "port {port} answers plaintext"
+        );
+    }
+
+    // device-rest's push route stays open to devices, which authenticate with their own
+    // token: a caller without a certificate reaches it and is judged by its token.
+    node.wait_device_service("device-rest").await;
+    let r = anonymous
+        .post(format!(
+            "https://127.0.0.1:{}/api/v3/resource/m1/Temperature",
+            node.ports.rest
+        ))
+        .bearer_auth("not-a-token")
+        .body("21.5")
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
