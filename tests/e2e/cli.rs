@@ -87,3 +87,62 @@ async fn events_tail_follows_the_bus() {
     assert_eq!(ev["deviceName"], "t1");
     assert_eq!(ev["readings"][0]["value"], "23.75");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_on_busy_ports_refuses_to_start_and_a_closed_pipe_ends_the_cli_quietly() {
+    let node = Node::start("").await;
+    // A second node with the same ports (another data dir): one line per busy socket, a
+    // failure exit, no banner, and nothing left running.
+    let other = tempfile::tempdir().expect("dir");
+    let mut second = Command::new(BIN);
+    second
+        .arg("--config")
+        .arg(&node.config)
+        .arg("--data-dir")
+        .arg(other.path())
+        .arg("up")
+        .stdin(Stdio::null());
+    let mut second = tokio::process::Command::from(second);
+    // Killed if it does not give up in time (it would run on).
+    second.kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(20), second.output())
+        .await
+        .expect("the second node gives up at once")
+        .expect("run");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "core-data cannot listen on 127.0.0.1:{} (http)",
+            node.ports.data
+        )) && stderr.contains(&format!("127.0.0.1:{} (mqtt)", node.ports.mqtt)),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("up in"), "no success banner: {stdout}");
+    assert!(
+        !other.path().join("run/core-data.pid").exists(),
+        "no service was started"
+    );
+
+    // A reader that goes away before the CLI writes (`outpost services --json | head`):
+    // the CLI ends with success and says nothing.
+    let mut cli = Command::new(BIN);
+    cli.arg("--config")
+        .arg(&node.config)
+        .arg("--data-dir")
+        .arg(node.data_dir())
+        .args(["services", "--json"])
+        .env("XDG_CONFIG_HOME", node.cli_home())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cli.spawn().expect("run the CLI");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

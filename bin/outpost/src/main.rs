@@ -5,6 +5,28 @@
 //! - `outpost config default|check` prints or checks the configuration;
 //! - the other commands are the client (see [`cli`]).
 
+/// Standard output of the commands, in place of `std`'s: a reader that went away (`outpost
+/// services --json | head`) ends the command quietly with success, as Unix tools end,
+/// instead of a panic.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::stdout_failed(&e);
+        }
+    }};
+}
+
+/// `print!` as [`println!`] above.
+macro_rules! print {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout(), $($arg)*) {
+            $crate::stdout_failed(&e);
+        }
+    }};
+}
+
 mod cli;
 mod config;
 mod runner;
@@ -26,6 +48,16 @@ use crate::config::{NodeConfig, SERVICES};
 /// supervisor starts services with freed memory returned to the system at once
 /// (`MIMALLOC_PURGE_DELAY=0`), so an idle node stays small; the gateway gets a short delay
 /// and its event loops return freed memory every second instead.
+/// Standard output could not be written: a closed pipe ends the command quietly; anything
+/// else is reported once.
+fn stdout_failed(e: &std::io::Error) {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("outpost: cannot write to standard output: {e}");
+    std::process::exit(1);
+}
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -332,6 +332,26 @@ struct Supervised {
 }
 
 /// Runs the node until SIGINT/SIGTERM/SIGHUP.
+/// The sockets the node's services would listen on that cannot be bound now, as one line
+/// each (`core-data cannot listen on 127.0.0.1:59880 (http): Address in use`).
+fn busy_sockets(cfg: &NodeConfig) -> Vec<String> {
+    let mut busy = Vec::new();
+    for svc in cfg.services() {
+        let section = svc.section(cfg);
+        let http = std::net::SocketAddr::new(cfg.node.bind, section.port());
+        let others = section.listeners().into_iter().map(|l| (l.scheme, l.addr));
+        for (scheme, addr) in std::iter::once(("http", http)).chain(others) {
+            if let Err(e) = std::net::TcpListener::bind(addr) {
+                busy.push(format!(
+                    "{} cannot listen on {addr} ({scheme}): {e}",
+                    svc.name()
+                ));
+            }
+        }
+    }
+    busy
+}
+
 pub async fn up(cfg: NodeConfig, data_dir: PathBuf) -> anyhow::Result<()> {
     let started = Instant::now();
     outpost_storage::ensure_private_dir(&data_dir)?;
@@ -352,6 +372,16 @@ pub async fn up(cfg: NodeConfig, data_dir: PathBuf) -> anyhow::Result<()> {
         Err(std::fs::TryLockError::Error(e)) => {
             return Err(e).context("cannot lock the data dir");
         }
+    }
+    // Every socket must be free before anything starts: another node or program on a port
+    // is one clear line each and no start, not services restarting forever.
+    let busy = busy_sockets(&cfg);
+    if !busy.is_empty() {
+        anyhow::bail!(
+            "cannot start: {}\nanother node or program listens there: stop it, or give this \
+             node other ports (`--set <service>.port=...`, `broker.listen`, `gateway.listen`)",
+            busy.join("; ")
+        );
     }
     // Leftovers of a previous run that did not stop cleanly.
     for svc in SERVICES {
