@@ -91,6 +91,19 @@ async fn events_tail_follows_the_bus() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_node_on_busy_ports_refuses_to_start_and_a_closed_pipe_ends_the_cli_quietly() {
     let node = Node::start("").await;
+    // The banner says where to go in and what to try first.
+    let banner = node.log();
+    assert!(
+        banner.contains(&format!(
+            "Way in: https://127.0.0.1:{} (trust {}",
+            node.ports.gateway,
+            node.data_dir().join("tls/ca.pem").display()
+        )) && banner.contains(&format!(
+            "Try: outpost --data-dir {} services",
+            node.data_dir().display()
+        )),
+        "{banner}"
+    );
     // A second node with the same ports (another data dir): one line per busy socket, a
     // failure exit, no banner, and nothing left running.
     let other = tempfile::tempdir().expect("dir");
@@ -145,4 +158,50 @@ async fn a_second_node_on_busy_ports_refuses_to_start_and_a_closed_pipe_ends_the
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn the_cli_says_why_it_finds_no_node_and_how_to_point_it_at_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("outpost.toml");
+    std::fs::write(&config, config_text(&Ports::free(), "")).expect("config");
+    let cli = |data_dir: &Path| {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("services")
+            .env("XDG_CONFIG_HOME", dir.path().join("home"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // A data dir no node ever used: the likely mistake is the data dir.
+    let err = cli(&dir.path().join("elsewhere"));
+    assert!(
+        err.contains("no Outpost node uses") && err.contains("--data-dir"),
+        "{err}"
+    );
+    // A node's data dir, node stopped: start it, or the running one is elsewhere.
+    let stopped = dir.path().join("stopped");
+    std::fs::create_dir_all(stopped.join("run")).expect("dir");
+    let err = cli(&stopped);
+    assert!(
+        err.contains("no Outpost node is running on") && err.contains("outpost up"),
+        "{err}"
+    );
+    // A malformed argument says what is expected (a usage error: exit code 2).
+    let out = Command::new(BIN)
+        .args(["readings", "--device", "t1", "--since", "yesterday"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("'yesterday' is not a duration") && err.contains("2h"),
+        "{err}"
+    );
 }

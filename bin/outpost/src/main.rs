@@ -48,6 +48,13 @@ use crate::config::{NodeConfig, SERVICES};
 /// supervisor starts services with freed memory returned to the system at once
 /// (`MIMALLOC_PURGE_DELAY=0`), so an idle node stays small; the gateway gets a short delay
 /// and its event loops return freed memory every second instead.
+/// A duration argument (`30s`, `15m`, `2h`, `7d`, `1h30m`), refused with what is expected.
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|_| {
+        format!("'{s}' is not a duration: a number and a unit, as in 30s, 15m, 2h, 7d or 1h30m")
+    })
+}
+
 /// Standard output could not be written: a closed pipe ends the command quietly; anything
 /// else is reported once.
 fn stdout_failed(e: &std::io::Error) {
@@ -123,7 +130,7 @@ enum Command {
         #[arg(long)]
         resource: Option<String>,
         /// Only readings newer than this (e.g. 10m, 2h).
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = duration)]
         since: Option<Duration>,
         /// Most readings to show (-1: the service's maximum).
         #[arg(long, default_value_t = 20, allow_negative_numbers = true)]
@@ -447,7 +454,7 @@ enum DeviceCmd {
         /// The device service (device-modbus, device-virtual, ...).
         service: String,
         /// How long to wait for new devices to appear.
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = duration)]
         wait: std::time::Duration,
     },
 }

@@ -149,6 +149,8 @@ impl Gateway {
             (pem, false)
         } else if let Some(pem) = local_ca() {
             (pem, false)
+        } else if own_node {
+            bail!("{}", no_node(data_dir, &node_ca));
         } else {
             bail!(
                 "the CA of {base} is not known: pass --ca FILE (the node's {} , also served at \
@@ -356,6 +358,35 @@ pub fn generate_password() -> anyhow::Result<String> {
             char::from(ALPHABET[n % ALPHABET.len()])
         })
         .collect())
+}
+
+/// Why the CLI found no node to talk to next to it, and what to do about it: the data dir
+/// is not a node's, no node runs on it, or the node has not made its CA yet.
+fn no_node(data_dir: &Path, node_ca: &Path) -> String {
+    let running = std::fs::OpenOptions::new()
+        .write(true)
+        .open(data_dir.join("run/outpost.lock"))
+        .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
+    if !data_dir.join("run").exists() {
+        format!(
+            "no Outpost node uses {}: if the node runs with another data dir, pass it with \
+             --data-dir DIR (or OUTPOST_DATA_DIR); a node elsewhere: --gateway URL --ca FILE",
+            data_dir.display()
+        )
+    } else if !running {
+        format!(
+            "no Outpost node is running on {}: start it with `outpost up` (same --data-dir), \
+             or pass the data dir of the running node with --data-dir DIR",
+            data_dir.display()
+        )
+    } else {
+        format!(
+            "the node running on {} has no CA yet ({} is missing): is its gateway enabled and \
+             started? `outpost services` through --gateway, or wait a moment",
+            data_dir.display(),
+            node_ca.display()
+        )
+    }
 }
 
 #[cfg(test)]

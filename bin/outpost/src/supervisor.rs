@@ -332,6 +332,42 @@ struct Supervised {
 }
 
 /// Runs the node until SIGINT/SIGTERM/SIGHUP.
+/// What the start banner says after the services: where to go in (the gateway's HTTPS
+/// address, the CA to trust, the admin credential) and the first command to try.
+fn next_steps(
+    cfg: &NodeConfig,
+    data_dir: &std::path::Path,
+    running: impl Iterator<Item = Service>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let gateway = running
+        .filter(|s| s.name() == "gateway")
+        .flat_map(|s| s.section(cfg).listeners())
+        .find(|l| l.scheme == "https");
+    if let Some(l) = gateway {
+        let host = if l.addr.ip().is_unspecified() {
+            "localhost".to_string()
+        } else {
+            l.addr.ip().to_string()
+        };
+        out.push(format!(
+            "Way in: https://{host}:{} (trust {}; user admin, password in {})",
+            l.addr.port(),
+            data_dir.join("tls/ca.pem").display(),
+            data_dir.join("secrets/admin-password").display()
+        ));
+    }
+    let dir_flag = if data_dir == crate::config::default_data_dir().as_path() {
+        String::new()
+    } else {
+        format!(" --data-dir {}", data_dir.display())
+    };
+    out.push(format!(
+        "Try: outpost{dir_flag} services    (on this machine the CLI logs in by itself)"
+    ));
+    out
+}
+
 /// The sockets the node's services would listen on that cannot be bound now, as one line
 /// each (`core-data cannot listen on 127.0.0.1:59880 (http): Address in use`).
 fn busy_sockets(cfg: &NodeConfig) -> Vec<String> {
@@ -500,7 +536,7 @@ pub async fn up(cfg: NodeConfig, data_dir: PathBuf) -> anyhow::Result<()> {
             let addr = if others.is_empty() {
                 cfg.url(s.svc)
             } else {
-                format!("{} (http {})", others.join(" "), cfg.url(s.svc))
+                format!("{} (status {})", others.join(" "), cfg.url(s.svc))
             };
             let state = if *ok {
                 ""
@@ -508,6 +544,9 @@ pub async fn up(cfg: NodeConfig, data_dir: PathBuf) -> anyhow::Result<()> {
                 "  NOT READY (still trying)"
             };
             say!("  {:<14} {addr:<48} pid {}{state}", s.svc.name(), s.pid);
+        }
+        for line in next_steps(&cfg, &data_dir, running.iter().map(|s| s.svc)) {
+            say!("{line}");
         }
         say!("Stop with Ctrl-C.");
         node.wait().await;
