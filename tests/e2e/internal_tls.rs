@@ -11,7 +11,14 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-const WITH_MTLS: &str = "[security]\ninternal_tls = true\n[device_rest]\nenabled = true\n";
+/// With OTA on (its device routes are open to devices, which authenticate themselves).
+fn with_mtls() -> String {
+    let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]);
+    format!(
+        "[security]\ninternal_tls = true\n[device_rest]\nenabled = true\n\
+         [ota]\nenabled = true\ntrusted_keys = [\"ed25519:{key}\"]\n"
+    )
+}
 
 /// A client trusting the node CA that presents `identity` (certificate and key PEM), or
 /// nothing.
@@ -22,7 +29,7 @@ fn client(node: &Node, identity: Option<(&str, &str)>) -> reqwest::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_mutual_tls_only_the_nodes_services_and_administrator_use_internal_apis() {
-    let node = Node::start(WITH_MTLS).await;
+    let node = Node::start(&with_mtls()).await;
     // Every service registered (each called core-keeper over mutual TLS) with scheme https.
     let regs = node.registrations().await;
     assert!(regs.len() >= 6, "{regs:?}");
@@ -203,4 +210,20 @@ async fn with_mutual_tls_only_the_nodes_services_and_administrator_use_internal_
         .await
         .expect("an answer");
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // So do OTA's device routes (polls, downloads, reports), while its other routes are
+    // internal.
+    let ota = format!("https://127.0.0.1:{}/api/v3", node.ports.ota);
+    let r = anonymous
+        .get(format!("{ota}/ddi/m1"))
+        .header("x-outpost-device-token", "not-a-token")
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = anonymous
+        .get(format!("{ota}/rollout/all"))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }

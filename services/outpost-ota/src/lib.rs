@@ -54,7 +54,9 @@ pub struct Ota;
 impl outpost_kit::Service for Ota {
     type Config = Config;
 
-    const INFO: Info = Info::new(SERVICE, "ota");
+    // Devices poll, download and report with their own token or certificate (checked by
+    // the device routes), also when they reach the service directly.
+    const INFO: Info = Info::new(SERVICE, "ota").open_routes(&["/api/v3/ddi/"]);
 
     fn storage(_: &Config) -> Option<Storage> {
         Some(Storage::new(sqlite::MIGRATIONS, sqlite::READERS))
