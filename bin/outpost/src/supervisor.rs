@@ -410,8 +410,14 @@ pub async fn up(cfg: NodeConfig, data_dir: PathBuf) -> anyhow::Result<()> {
         }
     }
     // Every socket must be free before anything starts: another node or program on a port
-    // is one clear line each and no start, not services restarting forever.
-    let busy = busy_sockets(&cfg);
+    // is one clear line each and no start, not services restarting forever. A previous
+    // node's processes that are still exiting (killed a moment ago) get a few seconds.
+    let mut busy = busy_sockets(&cfg);
+    let grace = Instant::now() + Duration::from_secs(3);
+    while !busy.is_empty() && Instant::now() < grace {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        busy = busy_sockets(&cfg);
+    }
     if !busy.is_empty() {
         anyhow::bail!(
             "cannot start: {}\nanother node or program listens there: stop it, or give this \
