@@ -20,13 +20,6 @@ fn with_mtls() -> String {
     )
 }
 
-/// A client trusting the node CA that presents `identity` (certificate and key PEM), or
-/// nothing.
-fn client(node: &Node, identity: Option<(&str, &str)>) -> reqwest::Client {
-    let ca = std::fs::read_to_string(node.data_dir().join("tls/ca.pem")).expect("node CA");
-    https_client(outpost_pki::client_config(&ca, identity).expect("TLS configuration"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_mutual_tls_only_the_nodes_services_and_administrator_use_internal_apis() {
     let node = Node::start(&with_mtls()).await;
@@ -56,7 +49,7 @@ async fn with_mutual_tls_only_the_nodes_services_and_administrator_use_internal_
 
     // The attacks, from a client on the node with no certificate: refused with 403 at
     // the API, whatever the route (ping stays open).
-    let anonymous = client(&node, None);
+    let anonymous = node.tls_client(None);
     let attacks = [
         (
             reqwest::Method::POST,
@@ -115,7 +108,7 @@ async fn with_mutual_tls_only_the_nodes_services_and_administrator_use_internal_
         1,
     )
     .expect("a device certificate");
-    let as_device = client(&node, Some((&device.cert_pem, &device.key_pem)));
+    let as_device = node.tls_client(Some((&device.cert_pem, &device.key_pem)));
     let (method, url, body) = &attacks[0];
     let r = as_device
         .request(method.clone(), url)
@@ -133,7 +126,7 @@ async fn with_mutual_tls_only_the_nodes_services_and_administrator_use_internal_
     )
     .expect("a service certificate");
     let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("certificate file");
-    let as_service = client(&node, Some((&read(&svc.cert), &read(&svc.key))));
+    let as_service = node.tls_client(Some((&read(&svc.cert), &read(&svc.key))));
     let registration = |id: &str| {
         json!({"apiVersion": "v3", "registration": {"serviceId": id, "host": "127.0.0.1",
             "port": 9, "healthCheck": {"interval": "10s", "path": "/api/v3/ping",
@@ -169,7 +162,7 @@ async fn with_mutual_tls_only_the_nodes_services_and_administrator_use_internal_
     let foreign =
         outpost_pki::issue_client_cert(&outpost_pki::Paths::new(other.path()), "admin", 1)
             .expect("a foreign certificate");
-    let as_foreign = client(&node, Some((&foreign.cert_pem, &foreign.key_pem)));
+    let as_foreign = node.tls_client(Some((&foreign.cert_pem, &foreign.key_pem)));
     assert!(
         as_foreign
             .get(format!("{}/api/v3/event/all", node.data()))

@@ -219,21 +219,23 @@ impl Node {
         }
     }
 
+    /// A client trusting the node CA that presents `identity` (certificate and key, PEM),
+    /// or no certificate.
+    pub fn tls_client(&self, identity: Option<(&str, &str)>) -> reqwest::Client {
+        let ca = std::fs::read_to_string(self.data_dir().join("tls/ca.pem")).expect("node CA");
+        https_client(outpost_pki::client_config(&ca, identity).expect("TLS configuration"))
+    }
+
     /// A client holding the node administrator's certificate (mutual TLS between services).
     pub fn admin_client(&self) -> reqwest::Client {
         let read = |p: PathBuf| {
             std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
         };
         let data = self.data_dir();
-        let tls = outpost_pki::client_config(
-            &read(data.join("tls/ca.pem")),
-            Some((
-                &read(data.join("tls/clients/admin.pem")),
-                &read(data.join("secrets/clients/admin.key")),
-            )),
-        )
-        .expect("the administrator's TLS configuration");
-        https_client(tls)
+        self.tls_client(Some((
+            &read(data.join("tls/clients/admin.pem")),
+            &read(data.join("secrets/clients/admin.key")),
+        )))
     }
 
     pub fn data_dir(&self) -> PathBuf {
