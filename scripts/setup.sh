@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and running Outpost needs on Debian/Ubuntu.
 #   scripts/setup.sh          build and run dependencies
-#   scripts/setup.sh --test   plus the real peers the tests talk to (mosquitto, and pymodbus
+#   scripts/setup.sh --test   plus the real peers the tests talk to (mosquitto, tcpdump, and pymodbus
 #                             in a virtualenv under target/peers/)
 #   scripts/setup.sh --bench  plus the benchmarks' peers (nginx, wrk)
 # Installing Debian packages needs root; as another user the script uses sudo.
@@ -10,7 +10,7 @@ set -euo pipefail
 # A C compiler and OpenSSL headers build the bundled SQLCipher.
 packages=(gcc libc6-dev pkg-config libssl-dev)
 if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
-  packages+=(mosquitto mosquitto-clients python3 python3-venv curl)
+  packages+=(mosquitto mosquitto-clients python3 python3-venv curl tcpdump)
 fi
 # The benchmarks' peers: nginx (the gateway's reference) and wrk (the HTTP load generator).
 if [[ "${1:-}" == "--bench" ]]; then

@@ -75,13 +75,27 @@ async fn no_plaintext_under_the_data_dir() {
     check(&node, "running");
     node.stop();
     check(&node, "stopped");
-    // Secrets are private to the node's user.
+    // Secrets are private to the node's user: files 0600, directories (the services' keys)
+    // 0700, all the way down.
     use std::os::unix::fs::PermissionsExt as _;
-    for f in std::fs::read_dir(node.data_dir().join("secrets"))
-        .expect("secrets dir")
-        .flatten()
-    {
-        let mode = f.metadata().expect("meta").permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "{} has mode {mode:o}", f.path().display());
+    let mut dirs = vec![node.data_dir().join("secrets")];
+    let mut files = 0;
+    while let Some(dir) = dirs.pop() {
+        for f in std::fs::read_dir(&dir).expect("secrets dir").flatten() {
+            let meta = f.metadata().expect("meta");
+            let mode = meta.permissions().mode() & 0o777;
+            let want = if meta.is_dir() {
+                dirs.push(f.path());
+                0o700
+            } else {
+                files += 1;
+                0o600
+            };
+            assert_eq!(mode, want, "{} has mode {mode:o}", f.path().display());
+        }
     }
+    assert!(
+        files >= 3,
+        "the node keeps its secrets there ({files} files)"
+    );
 }

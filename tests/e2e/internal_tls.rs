@@ -35,7 +35,15 @@ async fn with_mutual_tls_only_the_nodes_services_and_administrator_use_internal_
     // use the gateway's certificate; device-mqtt stores an event from the bus in core-data.
     provision(&node, &["m1"]);
     let (_, msg) = event_message("m1", now_nanos(), &[("Temperature", "Float64", "21.5")]);
-    let out = mosquitto_pub(node.ports.mqtt, &event_topic("m1"), &msg, &[]);
+    // Loopback is no way onto the bus without credentials any more: the bus token.
+    let token =
+        std::fs::read_to_string(node.data_dir().join("secrets/bus.token")).expect("bus token");
+    let out = mosquitto_pub(
+        node.ports.mqtt,
+        &event_topic("m1"),
+        &msg,
+        &["-u", "outpost", "-P", token.trim()],
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -5,6 +5,7 @@ mod support;
 
 mod api_properties;
 mod bus;
+mod bus_tls;
 mod cli;
 mod compat;
 mod devices;

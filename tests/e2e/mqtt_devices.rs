@@ -17,7 +17,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 const MQTT: &str = "[device_mqtt]\nenabled = true\ndevice_messages_per_s = 20.0\ndevice_messages_burst = 50\n[broker]\ndevice_auth_cache_s = 1\nauth_failure_burst = 3\nauth_failure_refill_s = 2\n";
 
-fn profile() -> Value {
+pub fn profile() -> Value {
     profile_request(
         "Press",
         "P-7",
@@ -31,7 +31,7 @@ fn profile() -> Value {
     )
 }
 
-fn device(name: &str, mqtt: Value) -> Value {
+pub fn device(name: &str, mqtt: Value) -> Value {
     json!({"apiVersion": "v3", "device": {
         "name": name, "profileName": "Press", "serviceName": "device-mqtt",
         "adminState": "UNLOCKED", "operatingState": "UP",
@@ -134,11 +134,11 @@ fn held_publisher(node: &Node, device: &str, secret: &str) -> std::process::Chil
 }
 
 /// Asserts that mosquitto reported `why` (lower case) for a refusal.
-fn refused_with(o: &std::process::Output, why: &str) {
+pub fn refused_with(o: &std::process::Output, why: &str) {
     assert!(text(o).to_lowercase().contains(why), "{}", text(o));
 }
 
-fn text(o: &std::process::Output) -> String {
+pub fn text(o: &std::process::Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -149,10 +149,18 @@ fn text(o: &std::process::Output) -> String {
 /// A device made of mosquitto clients: answers `get` of Setpoint with the last value set,
 /// and acknowledges `set`.
 fn responder(node: &Node, name: &str, secret: &str) -> Responder {
+    responder_with(
+        name,
+        &format!("-h 127.0.0.1 -p {} -u {name} -P {secret}", node.ports.mqtt),
+    )
+}
+
+/// The same, connecting with the mosquitto arguments `connection` (address and login).
+pub fn responder_with(name: &str, connection: &str) -> Responder {
     let script = format!(
         r#"
 value=12.5
-mosquitto_sub -h 127.0.0.1 -p {port} -V mqttv5 -q 1 -u {name} -P {secret} -i {name}-cmd -t 'command/{name}/#' -v |
+mosquitto_sub {connection} -V mqttv5 -q 1 -i {name}-cmd -t 'command/{name}/#' -v |
 while read -r topic payload; do
   id=${{topic##*/}}
   rest=${{topic%/*}}; method=${{rest##*/}}; rest=${{rest%/*}}; resource=${{rest##*/}}
@@ -164,10 +172,9 @@ while read -r topic payload; do
   else
     reply='{{"error": "no such sensor"}}'
   fi
-  mosquitto_pub -h 127.0.0.1 -p {port} -V mqttv5 -q 1 -u {name} -P {secret} -i {name}-reply -t "command/response/$id" -m "$reply"
+  mosquitto_pub {connection} -V mqttv5 -q 1 -i {name}-reply -t "command/response/$id" -m "$reply"
 done
-"#,
-        port = node.ports.mqtt,
+"#
     );
     Command::new("bash")
         .args(["-c", &script])
@@ -180,7 +187,7 @@ done
 }
 
 /// The responder's process group, killed when dropped (also when a test fails).
-struct Responder(std::process::Child);
+pub struct Responder(std::process::Child);
 
 impl Drop for Responder {
     fn drop(&mut self) {

@@ -40,6 +40,8 @@ pub struct Ports {
     pub data: u16,
     pub broker_http: u16,
     pub mqtt: u16,
+    /// MQTT over TLS.
+    pub mqtts: u16,
     pub command: u16,
     pub virtual_: u16,
     pub modbus: u16,
@@ -61,6 +63,7 @@ impl Ports {
             data: free_port(),
             broker_http: free_port(),
             mqtt: free_port(),
+            mqtts: free_port(),
             command: free_port(),
             virtual_: free_port(),
             modbus: free_port(),
@@ -117,6 +120,7 @@ fn base_config(p: &Ports) -> String {
         data,
         broker_http,
         mqtt,
+        mqtts,
         command,
         virtual_,
         modbus,
@@ -136,7 +140,7 @@ core_keeper = {{ port = {keeper}, remove_after_ms = 2000, sweep_interval_ms = 50
 core_metadata = {{ port = {metadata} }}
 core_data = {{ port = {data} }}
 core_command = {{ port = {command} }}
-broker = {{ listen = "127.0.0.1:{mqtt}", port = {broker_http} }}
+broker = {{ listen = "127.0.0.1:{mqtt}", tls_listen = "127.0.0.1:{mqtts}", port = {broker_http} }}
 device_virtual = {{ port = {virtual_}, down_probe_interval_ms = 300 }}
 device_modbus = {{ port = {modbus}, down_probe_interval_ms = 300 }}
 device_mqtt = {{ port = {device_mqtt} }}

@@ -73,7 +73,12 @@ impl NodeConfig {
                 self.core_keeper.port
             );
         }
-        let embedded = format!("mqtt://{}", connect_addr(self.broker.listen));
+        // With mutual TLS between services, services reach the embedded broker over TLS
+        // with their certificates.
+        let embedded = match self.broker.tls_listen {
+            Some(tls) if self.security.internal_tls => format!("mqtts://{}", connect_addr(tls)),
+            _ => format!("mqtt://{}", connect_addr(self.broker.listen)),
+        };
         if self.bus.url.is_empty() && self.broker.enabled {
             self.bus.url.clone_from(&embedded);
         }
@@ -292,6 +297,18 @@ mod tests {
         cfg.validate().unwrap();
         assert_eq!(cfg.registry.url, "http://127.0.0.1:59890");
         assert_eq!(cfg.bus.url, "mqtt://127.0.0.1:1883");
+        assert!(cfg.bus.journal);
+        // With mutual TLS, the services' way onto the embedded bus is TLS too.
+        let mut tls = NodeConfig::default();
+        tls.security.internal_tls = true;
+        tls.derive();
+        tls.validate().unwrap();
+        assert_eq!(tls.registry.url, "https://127.0.0.1:59890");
+        assert_eq!(tls.bus.url, "mqtts://127.0.0.1:8883");
+        assert!(
+            tls.bus.journal,
+            "still the embedded broker, with its journal"
+        );
     }
 
     #[test]

@@ -144,7 +144,7 @@ impl Consumer {
                     source,
                 })?;
         }
-        connect_loop(&bus.client, cfg, &opts, stop).await?;
+        connect_loop(&bus.client, cfg, data_dir, &opts, stop).await?;
         let sub = SubscribeOptions {
             qos: QoS::AtLeastOnce,
             ..Default::default()

@@ -32,6 +32,7 @@ pub mod delivery;
 pub mod journal;
 mod link;
 pub mod metadata;
+mod tls;
 
 pub use consumer::{Consumer, Received, Subscriber};
 pub use delivery::{Ack, Delivery};
@@ -261,7 +262,7 @@ impl Bus {
         let client = build_client(cfg, data_dir, &opts)?;
         let mut bus = Self::wrap(client, cfg, service);
         bus.watch_connection().await;
-        connect_loop(&bus.client, cfg, &opts, shutdown).await?;
+        connect_loop(&bus.client, cfg, data_dir, &opts, shutdown).await?;
         let mut extra = Vec::new();
         for i in 1..opts.publishers {
             let o = Options {
@@ -269,7 +270,7 @@ impl Bus {
                 ..Options::plain("")
             };
             let c = build_client(cfg, data_dir, &o)?;
-            connect_loop(&c, cfg, &o, shutdown).await?;
+            connect_loop(&c, cfg, data_dir, &o, shutdown).await?;
             extra.push(c);
         }
         bus.publishers = extra.into();
@@ -563,7 +564,11 @@ impl Bus {
 
 fn build_client(cfg: &BusConfig, data_dir: &Path, opts: &Options) -> Result<MqttClient, BusError> {
     let mut co = ConnectOptions::new(opts.client_id.clone());
-    if let Some((user, password)) = credentials(cfg, data_dir, opts.create_credentials)? {
+    // To the embedded broker over TLS, the service's certificate says who it is.
+    let by_certificate = tls::Files::of(cfg, data_dir).is_some_and(|f| f.is_node_identity(cfg));
+    if !by_certificate
+        && let Some((user, password)) = credentials(cfg, data_dir, opts.create_credentials)?
+    {
         co = co.with_credentials(user, password.as_bytes());
     }
     let mut co = co
@@ -586,9 +591,13 @@ fn build_client(cfg: &BusConfig, data_dir: &Path, opts: &Options) -> Result<Mqtt
 async fn connect_loop(
     client: &MqttClient,
     cfg: &BusConfig,
+    data_dir: &Path,
     opts: &Options,
     shutdown: &Shutdown,
 ) -> Result<(), BusError> {
+    if let Some(files) = tls::Files::of(cfg, data_dir) {
+        files.keep_applied(client, shutdown).await;
+    }
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut warned = false;
     loop {

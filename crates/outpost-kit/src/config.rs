@@ -157,7 +157,9 @@ impl Default for RegistryConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BusConfig {
-    /// Broker URL (`mqtt://host:port`); empty means this node's embedded broker.
+    /// Broker URL (`mqtt://host:port`, or `mqtts://host:port` for MQTT over TLS); empty
+    /// means this node's embedded broker (over TLS with the service's certificate when
+    /// `security.internal_tls` is on).
     pub url: String,
     /// Payload encoding of messages this node publishes (`json` or `cbor`); both are read.
     pub encoding: Encoding,
@@ -167,6 +169,13 @@ pub struct BusConfig {
     pub username: String,
     /// File holding the password for `username`.
     pub password_file: Option<PathBuf>,
+    /// With `mqtts://`: the CA (PEM) the broker's certificate must chain to (default: the
+    /// node CA for the embedded broker, the system's roots for another).
+    pub ca_file: Option<PathBuf>,
+    /// With `mqtts://`: a client certificate (PEM) and its key to present to an external
+    /// broker (mosquitto `require_certificate`). The embedded broker gets the service's own.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     /// Largest message accepted from the bus, bytes; larger ones are counted and dropped.
     pub max_payload_bytes: usize,
     /// Keep-alive interval, seconds.
@@ -187,6 +196,9 @@ impl Default for BusConfig {
             base_topic: "edgex".into(),
             username: String::new(),
             password_file: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
             max_payload_bytes: 1024 * 1024,
             keep_alive_s: 30,
             journal: false,
@@ -326,13 +338,24 @@ impl Validate for CommonConfig {
                 self.registry.url, self.security.internal_tls
             ),
         );
+        let tls = self.bus.url.starts_with("mqtts://");
         p.check(
-            self.bus.url.is_empty() || self.bus.url.starts_with("mqtt://"),
+            self.bus.url.is_empty() || self.bus.url.starts_with("mqtt://") || tls,
             "bus",
             format!(
-                "url '{}' must be mqtt://host:port (TLS to the broker is not supported yet)",
+                "url '{}' must be mqtt://host:port or mqtts://host:port",
                 self.bus.url
             ),
+        );
+        p.check(
+            self.bus.cert_file.is_some() == self.bus.key_file.is_some(),
+            "bus",
+            "cert_file and key_file go together",
+        );
+        p.check(
+            tls || (self.bus.ca_file.is_none() && self.bus.cert_file.is_none()),
+            "bus",
+            "ca_file, cert_file and key_file need an mqtts:// url",
         );
         p.check(
             !self.bus.base_topic.is_empty()

@@ -36,6 +36,11 @@ pub struct Credentials {
     pub server: Arc<rustls::ServerConfig>,
     /// Calls other services: trusts the node CA, presents the current certificate.
     pub client: Arc<rustls::ClientConfig>,
+    /// The current certificate and key, for servers other than the API (the broker's MQTT
+    /// over TLS).
+    pub resolver: Arc<outpost_pki::Resolver>,
+    /// Where the certificate and key are, for clients that read them as files (the bus).
+    pub files: Holder,
 }
 
 static PROCESS: OnceLock<Credentials> = OnceLock::new();
@@ -94,7 +99,9 @@ fn load(
     let resolver = Arc::clone(&reloader.resolver);
     let identity = Credentials {
         server: Arc::new(pki::server_config(Arc::clone(&resolver), &ca)?),
-        client: Arc::new(pki::client_config(resolver, &ca)?),
+        client: Arc::new(pki::client_config(Arc::clone(&resolver), &ca)?),
+        resolver,
+        files: holder.clone(),
     };
     Ok((
         PROCESS.get_or_init(|| identity),

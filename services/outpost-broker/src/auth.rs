@@ -69,6 +69,8 @@ pub struct NodeAuth {
     claims_log: Option<tokio::sync::mpsc::Sender<ClaimChange>>,
     /// The broker's session storage.
     sessions: std::sync::OnceLock<Arc<DynamicStorage>>,
+    /// Clients that came through the TLS front, with what their certificates prove.
+    front: Option<crate::front::Peers>,
 }
 
 /// Client IDs devices connected with, and whose they are. Each device keeps its
@@ -211,6 +213,9 @@ pub enum Decision {
     Anonymous,
     /// A device whose secret must be checked.
     Device { name: String, secret: String },
+    /// A device whose certificate (DER, base64; its chain verified by the TLS front) must
+    /// be checked.
+    DeviceCert { name: String, cert: String },
 }
 
 impl NodeAuth {
@@ -232,7 +237,15 @@ impl NodeAuth {
             claims: Mutex::default(),
             claims_log: None,
             sessions: std::sync::OnceLock::new(),
+            front: None,
         }
+    }
+
+    /// Binds the MQTT identity of clients of the TLS front to their certificates
+    /// ([`crate::front`]).
+    pub fn with_front(mut self, peers: crate::front::Peers) -> Self {
+        self.front = Some(peers);
+        self
     }
 
     /// Starts from `claims` (as stored) and sends every change to them to `log`, so they
@@ -331,7 +344,7 @@ impl NodeAuth {
             return Vec::new();
         };
         devices.expire(device);
-        match devices.verify(device, &grant.secret).await {
+        match devices.verify(device, grant.credential()).await {
             Verdict::Refused => self.claims().made_with(device, Some(&grant.fingerprint)),
             Verdict::Granted(_) | Verdict::Unknown(_) => Vec::new(),
         }
@@ -377,7 +390,7 @@ impl NodeAuth {
     async fn authenticate_device(
         &self,
         name: &str,
-        secret: &str,
+        credential: Credential<'_>,
         client_id: &str,
         addr: SocketAddr,
     ) -> Result<AuthResult, ReasonCode> {
@@ -390,7 +403,7 @@ impl NodeAuth {
         if !self.attempt(name, addr) {
             return Err(ReasonCode::ConnectionRateExceeded);
         }
-        match devices.verify(name, secret).await {
+        match devices.verify(name, credential).await {
             Verdict::Granted(_) => self.succeeded(name, addr),
             Verdict::Refused => {
                 self.failed(addr);
@@ -422,7 +435,7 @@ impl NodeAuth {
                 Lookup::Unavailable(_) => return Err(ReasonCode::ServerUnavailable),
             }
         }
-        let fp = fingerprint(secret);
+        let fp = fingerprint(credential);
         {
             let mut claims = self.claims();
             let changes = claims.claim(client_id, name, &fp);
@@ -430,7 +443,12 @@ impl NodeAuth {
         }
         let user = format!("{DEVICE_USER_PREFIX}{name}:{fp}");
         self.forget_stale_session(client_id, &user).await;
-        tracing::debug!(device = name, peer = %addr, "device connected");
+        tracing::debug!(
+            device = name,
+            peer = %addr,
+            certificate = matches!(credential, Credential::Certificate(_)),
+            "device connected"
+        );
         Ok(AuthResult::success_with_user(user))
     }
 
@@ -452,13 +470,53 @@ impl NodeAuth {
 
     /// Decides what a CONNECT is; pure so it can be tested without sockets.
     pub fn decide(&self, c: &Connect<'_>) -> Result<Decision, ReasonCode> {
+        use crate::front::Presented;
         let loopback = c.addr.ip().to_canonical().is_loopback();
-        let decision = match (c.username, c.password) {
+        let decision = match (c.presented, c.username, c.password) {
+            // A certificate decides who the client is, whatever user name it gives.
+            (Some(Presented::Node(_)), _, _) => {
+                return Ok(Decision::Internal(self.internal_user.clone()));
+            }
+            (Some(Presented::Device { name, .. }), Some(u), _) if u != name => {
+                return Err(ReasonCode::BadUsernameOrPassword);
+            }
+            (Some(Presented::Device { name, cert }), _, _) if self.devices.is_some() => {
+                Decision::DeviceCert {
+                    name: name.clone(),
+                    cert: cert.clone(),
+                }
+            }
+            (Some(Presented::Device { .. }), _, _) => return Err(ReasonCode::NotAuthorized),
+            (None, u, p) => self.decide_credentials(u, p, loopback)?,
+        };
+        // The node's own clients' IDs are reserved: another client taking one over would
+        // cut a service off the bus and discard its queued messages.
+        if !matches!(decision, Decision::Internal(_))
+            && c.client_id.starts_with(RESERVED_CLIENT_PREFIX)
+        {
+            return Err(ReasonCode::ClientIdentifierNotValid);
+        }
+        // Sessions the broker keeps while a client is away cost memory; only clients with
+        // credentials may have them.
+        if decision == Decision::Anonymous && c.persistent {
+            return Err(ReasonCode::NotAuthorized);
+        }
+        Ok(decision)
+    }
+
+    /// What a CONNECT without a certificate is, by its user name and password.
+    fn decide_credentials(
+        &self,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+        loopback: bool,
+    ) -> Result<Decision, ReasonCode> {
+        Ok(match (username, password) {
             (Some(u), Some(p)) if u == self.internal_user => {
                 if !constant_time_eq(p, self.internal_password.as_bytes()) {
                     return Err(ReasonCode::BadUsernameOrPassword);
                 }
-                return Ok(Decision::Internal(u.to_string()));
+                Decision::Internal(u.to_string())
             }
             (Some(u), Some(p)) if self.devices.is_some() && !u.is_empty() => {
                 let secret = std::str::from_utf8(p)
@@ -472,18 +530,7 @@ impl NodeAuth {
             (None, None) if loopback && self.allow_anonymous_loopback => Decision::Anonymous,
             (None, _) => return Err(ReasonCode::NotAuthorized),
             _ => return Err(ReasonCode::BadUsernameOrPassword),
-        };
-        // The node's own clients' IDs are reserved: another client taking one over would
-        // cut a service off the bus and discard its queued messages.
-        if c.client_id.starts_with(RESERVED_CLIENT_PREFIX) {
-            return Err(ReasonCode::ClientIdentifierNotValid);
-        }
-        // Sessions the broker keeps while a client is away cost memory; only clients with
-        // credentials may have them.
-        if decision == Decision::Anonymous && c.persistent {
-            return Err(ReasonCode::NotAuthorized);
-        }
-        Ok(decision)
+        })
     }
 
     fn refuse(
@@ -553,7 +600,9 @@ const MQTT_SERVICE: &str = "device-mqtt";
 #[derive(Clone)]
 struct Grant {
     fingerprint: String,
+    /// The secret, or the certificate (DER, base64) when `cert`.
     secret: String,
+    cert: bool,
     topics: DeviceTopics,
     /// When metadata was last asked (or an attempt failed).
     checked: Instant,
@@ -567,10 +616,37 @@ enum Verdict {
     Unknown(String),
 }
 
-/// A short, non-reversible name for a secret (the first 8 bytes of its SHA-256, hex).
-fn fingerprint(secret: &str) -> String {
+impl Grant {
+    fn credential(&self) -> Credential<'_> {
+        if self.cert {
+            Credential::Certificate(&self.secret)
+        } else {
+            Credential::Secret(&self.secret)
+        }
+    }
+}
+
+/// The credential's material and whether it is a certificate.
+fn material(credential: Credential<'_>) -> (&str, bool) {
+    match credential {
+        Credential::Secret(s) => (s, false),
+        Credential::Certificate(c) => (c, true),
+    }
+}
+
+/// A short, non-reversible name for a credential (the first 8 bytes of the SHA-256 of the
+/// secret, or of `cert:` and the certificate, hex).
+fn fingerprint(credential: Credential<'_>) -> String {
     use sha2::Digest as _;
-    sha2::Sha256::digest(secret.as_bytes())
+    let mut h = sha2::Sha256::new();
+    match credential {
+        Credential::Secret(s) => h.update(s.as_bytes()),
+        Credential::Certificate(c) => {
+            h.update(b"cert:");
+            h.update(c.as_bytes());
+        }
+    }
+    h.finalize()
         .iter()
         .take(8)
         .map(|b| format!("{b:02x}"))
@@ -588,18 +664,17 @@ impl DeviceAuth {
     /// the view. When core-metadata cannot be asked, a credential verified within
     /// [`CREDENTIAL_GRACE`] is still accepted (the view's policy), and the view is asked
     /// again after a second rather than on every message.
-    async fn verify(&self, name: &str, secret: &str) -> Verdict {
-        let cached = self
-            .grants()
-            .get(name)
-            .filter(|g| constant_time_eq(g.secret.as_bytes(), secret.as_bytes()))
-            .cloned();
+    async fn verify(&self, name: &str, credential: Credential<'_>) -> Verdict {
+        let (secret, cert) = material(credential);
+        let same =
+            |g: &Grant| g.cert == cert && constant_time_eq(g.secret.as_bytes(), secret.as_bytes());
+        let cached = self.grants().get(name).filter(|g| same(g)).cloned();
         if let Some(g) = &cached
             && g.checked.elapsed() < self.cache_for
         {
             return Verdict::Granted(g.topics.clone());
         }
-        let (device, fresh) = match self.view.verify(name, Credential::Secret(secret)).await {
+        let (device, fresh) = match self.view.verify(name, credential).await {
             Lookup::Found(metadata::Verdict::Granted(device)) => (device, true),
             Lookup::Stale {
                 value: metadata::Verdict::Granted(device),
@@ -609,10 +684,7 @@ impl DeviceAuth {
                 // Forget a credential that no longer works (rotated or removed), unless a
                 // newer one was checked meanwhile.
                 let mut grants = self.grants();
-                if grants
-                    .get(name)
-                    .is_some_and(|g| constant_time_eq(g.secret.as_bytes(), secret.as_bytes()))
-                {
+                if grants.get(name).is_some_and(same) {
                     grants.remove(name);
                 }
                 return Verdict::Refused;
@@ -649,8 +721,9 @@ impl DeviceAuth {
         self.grants().insert(
             name.to_string(),
             Grant {
-                fingerprint: fingerprint(secret),
+                fingerprint: fingerprint(credential),
                 secret: secret.to_string(),
+                cert,
                 topics: topics.clone(),
                 checked,
             },
@@ -679,7 +752,7 @@ impl DeviceAuth {
         if grant.checked.elapsed() < self.cache_for {
             return Some(grant.topics);
         }
-        match self.verify(name, &grant.secret).await {
+        match self.verify(name, grant.credential()).await {
             Verdict::Granted(t) => Some(t),
             Verdict::Refused | Verdict::Unknown(_) => None,
         }
@@ -716,7 +789,10 @@ pub struct Connect<'a> {
     pub client_id: &'a str,
     /// Whether the client asks the broker to keep its session after it disconnects.
     pub persistent: bool,
+    /// The client's address (through the TLS front: its own, not the front's).
     pub addr: SocketAddr,
+    /// What the client's certificate proves (clients of the TLS front only).
+    pub presented: Option<&'a crate::front::Presented>,
 }
 
 /// Compares secrets in time that does not depend on where they differ.
@@ -741,12 +817,16 @@ impl AuthProvider for NodeAuth {
                 !connect.clean_start
             };
             let user = connect.username.as_deref().unwrap_or("");
+            // Through the TLS front: the client's own address and certificate.
+            let front = self.front.as_ref().and_then(|f| f.take(client_addr));
+            let client_addr = front.as_ref().map_or(client_addr, |p| p.addr);
             let decision = self.decide(&Connect {
                 username: connect.username.as_deref(),
                 password: connect.password.as_deref(),
                 client_id: &connect.client_id,
                 persistent,
                 addr: client_addr,
+                presented: front.as_ref().and_then(|p| p.presented.as_ref()),
             });
             let refuse = |code| self.refuse(code, client_addr, &connect.client_id, user);
             Ok(match decision {
@@ -759,7 +839,21 @@ impl AuthProvider for NodeAuth {
                     }
                 }
                 Ok(Decision::Device { name, secret }) => self
-                    .authenticate_device(&name, &secret, &connect.client_id, client_addr)
+                    .authenticate_device(
+                        &name,
+                        Credential::Secret(&secret),
+                        &connect.client_id,
+                        client_addr,
+                    )
+                    .await
+                    .unwrap_or_else(refuse),
+                Ok(Decision::DeviceCert { name, cert }) => self
+                    .authenticate_device(
+                        &name,
+                        Credential::Certificate(&cert),
+                        &connect.client_id,
+                        client_addr,
+                    )
                     .await
                     .unwrap_or_else(refuse),
                 Err(code) => {
@@ -822,6 +916,7 @@ impl AuthProvider for NodeAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use outpost_kit::internal::Identity;
 
     fn auth() -> NodeAuth {
         NodeAuth::new("outpost".into(), "s3cret".into(), true, "m".into())
@@ -956,6 +1051,7 @@ mod tests {
             client_id: id,
             persistent,
             addr,
+            presented: None,
         };
         let a = auth();
         assert_eq!(
@@ -1060,6 +1156,63 @@ mod tests {
         assert_eq!(
             strict.decide(&c(None, None, "tool", false, lo)),
             Err(ReasonCode::NotAuthorized)
+        );
+
+        // Through the TLS front, the certificate decides: a service's is the internal
+        // user without a password; a device's is that device's to check, never another's,
+        // and not the node's client IDs.
+        use crate::front::Presented;
+        let service = Presented::Node(Identity::Service("core-data".into()));
+        let device = Presented::Device {
+            name: "press-7".into(),
+            cert: "MIIB".into(),
+        };
+        let via = |user, presented| Connect {
+            presented: Some(presented),
+            ..c(user, None, "outpost-core-data", true, remote)
+        };
+        assert_eq!(
+            strict.decide(&via(None, &service)),
+            Ok(Decision::Internal("outpost".into()))
+        );
+        assert_eq!(
+            d.decide(&Connect {
+                client_id: "p7",
+                ..via(None, &device)
+            }),
+            Ok(Decision::DeviceCert {
+                name: "press-7".into(),
+                cert: "MIIB".into()
+            })
+        );
+        assert_eq!(
+            d.decide(&Connect {
+                client_id: "p7",
+                ..via(Some("press-7"), &device)
+            }),
+            Ok(Decision::DeviceCert {
+                name: "press-7".into(),
+                cert: "MIIB".into()
+            })
+        );
+        assert_eq!(
+            d.decide(&Connect {
+                client_id: "p7",
+                ..via(Some("press-8"), &device)
+            }),
+            Err(ReasonCode::BadUsernameOrPassword)
+        );
+        assert_eq!(
+            d.decide(&via(None, &device)),
+            Err(ReasonCode::ClientIdentifierNotValid)
+        );
+        assert_eq!(
+            strict.decide(&Connect {
+                client_id: "p7",
+                ..via(None, &device)
+            }),
+            Err(ReasonCode::NotAuthorized),
+            "without device authentication a device certificate gets nothing"
         );
     }
 }

@@ -11,14 +11,18 @@ pub struct Config {
     /// Run the embedded broker under `outpost up`. Turn off when `bus.url` names an
     /// external broker (mosquitto, EMQX).
     pub enabled: bool,
-    /// MQTT listener (MQTT 3.1.1 and 5). Clients that do not connect from loopback must
-    /// authenticate.
+    /// Plain MQTT listener (MQTT 3.1.1 and 5), for local tools. Clients that do not
+    /// connect from loopback must authenticate.
     pub listen: SocketAddr,
+    /// MQTT over TLS ([`crate::front`]): the broker's certificate from the node CA, client
+    /// certificates of the node CA or a manufacturer CA as identities. `None`: off.
+    pub tls_listen: Option<SocketAddr>,
     /// HTTP port of the broker service (health, metrics, registration).
     pub port: u16,
     /// Let clients on loopback connect without credentials (local tools such as
-    /// mosquitto_pub). Clients from other hosts always need credentials.
-    pub allow_anonymous_loopback: bool,
+    /// mosquitto_pub). Clients from other hosts always need credentials. `None`: while
+    /// `security.internal_tls` is off.
+    pub allow_anonymous_loopback: Option<bool>,
     /// Most simultaneous clients.
     pub max_clients: usize,
     /// Largest MQTT packet accepted, bytes.
@@ -67,8 +71,9 @@ impl Default for Config {
         Self {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            tls_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8883))),
             port: 59898,
-            allow_anonymous_loopback: true,
+            allow_anonymous_loopback: None,
             max_clients: 10_000,
             max_packet_bytes: 1024 * 1024 + 4096,
             max_inflight_per_client: 8192,
@@ -133,4 +138,26 @@ impl Validate for Config {
     }
 }
 
-outpost_kit::service_config!(Config, enabled, "mqtt" => listen);
+impl outpost_kit::ServiceConfig for Config {
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn listeners(&self) -> Vec<outpost_kit::service::Listener> {
+        let mut l = vec![outpost_kit::service::Listener {
+            scheme: "mqtt",
+            addr: self.listen,
+        }];
+        if let Some(addr) = self.tls_listen {
+            l.push(outpost_kit::service::Listener {
+                scheme: "mqtts",
+                addr,
+            });
+        }
+        l
+    }
+}

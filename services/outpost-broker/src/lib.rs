@@ -9,13 +9,15 @@
 //! sessions themselves survive a crash too: see [`store`]; what runs before a publish is
 //! routed: [`hooks`].
 //!
-//! Authentication: see [`auth`]. The client IDs devices hold and the persistent sessions
+//! MQTT over TLS, with client certificates as identities: see [`front`]. Authentication:
+//! see [`auth`]. The client IDs devices hold and the persistent sessions
 //! (without their messages) are kept in the broker's encrypted database ([`store`]). The
 //! HTTP side serves the common routes, registers with the
 //! registry, and exports the broker's statistics as metrics.
 
 pub mod auth;
 pub mod config;
+pub mod front;
 pub mod hooks;
 pub mod journal;
 pub mod store;
@@ -52,6 +54,12 @@ pub enum Error {
     Stopped(#[source] mqtt5::error::MqttError),
     #[error("the MQTT broker stopped by itself")]
     StoppedEarly,
+    #[error("cannot listen for MQTT over TLS on {listen}")]
+    TlsListen {
+        listen: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl outpost_kit::Service for Broker {
@@ -86,10 +94,14 @@ impl outpost_kit::Service for Broker {
             max_queued_bytes_per_client: cfg.max_queued_bytes_per_client,
             ..StorageConfig::default()
         };
+        // Loopback is not a trust boundary once the node's services authenticate each other.
+        let anonymous = cfg
+            .allow_anonymous_loopback
+            .unwrap_or(!ctx.common.security.internal_tls);
         let mut auth = auth::NodeAuth::new(
             outpost_bus::INTERNAL_USER.to_string(),
             token,
-            cfg.allow_anonymous_loopback,
+            anonymous,
             ctx.metric("auth_failures_total"),
         )
         .with_failure_limits(
@@ -120,6 +132,13 @@ impl outpost_kit::Service for Broker {
             ctx.tasks.spawn("claims", Stage::AfterServing, move |stop| {
                 store::write_claims(db, rx, stop)
             });
+        }
+        let front = match cfg.tls_listen {
+            Some(addr) => Some(tls_front(ctx, addr).await?),
+            None => None,
+        };
+        if let Some(f) = &front {
+            auth = auth.with_front(f.peers.clone());
         }
         let auth = Arc::new(auth);
         let journal = if cfg.journal {
@@ -159,6 +178,7 @@ impl outpost_kit::Service for Broker {
             journal: journal.as_ref().map(|(j, _)| Arc::clone(j)),
             subscribed: Arc::clone(&subscribed),
         }) as Arc<dyn mqtt5::broker::BrokerEventHandler>);
+        let broker_config = Arc::new(bc.clone());
         let mut broker = MqttBroker::with_config(bc)
             .await
             .map_err(|source| {
@@ -198,7 +218,21 @@ impl outpost_kit::Service for Broker {
         }
         let stop_broker = broker.shutdown_handle();
         let stats = broker.stats();
-        tracing::info!(listen = %cfg.listen, "MQTT broker listening");
+        tracing::info!(listen = %cfg.listen, tls = ?cfg.tls_listen, "MQTT broker listening");
+        if let Some(front) = front {
+            let parts = front::Broker {
+                config: broker_config,
+                router: Arc::clone(&router),
+                auth: Arc::clone(&auth) as Arc<dyn mqtt5::broker::auth::AuthProvider>,
+                storage: storage.clone(),
+                stats: Arc::clone(&stats),
+                monitor: broker.resource_monitor(),
+            };
+            ctx.tasks
+                .spawn("mqtt-tls", Stage::AfterServing, move |stop| {
+                    front.run(parts, stop)
+                });
+        }
         // If the broker itself stops, the service must stop too (and be restarted), not
         // keep heartbeating an HTTP side with no bus behind it: the task fails then.
         ctx.tasks
@@ -256,6 +290,59 @@ impl outpost_kit::Service for Broker {
             .into_iter()
             .fold(Parts::new(Router::new()).health(listener), Parts::health))
     }
+}
+
+/// The TLS front on `addr`, with the broker's service certificate (the process's, or one
+/// established here when the services do not use mutual TLS among themselves).
+async fn tls_front(
+    ctx: &outpost_kit::Context,
+    addr: std::net::SocketAddr,
+) -> Result<front::Front, StartError> {
+    let creds = match outpost_kit::internal::process() {
+        Some(c) => c,
+        None => {
+            let names = outpost_pki::default_names(&ctx.common.node.advertise_host, &[]);
+            outpost_kit::internal::establish(
+                &ctx.data_dir,
+                &ctx.service_id(),
+                &names,
+                ctx.shutdown.clone(),
+            )
+            .map_err(StartError::other)?
+        }
+    };
+    let node_ca = outpost_pki::internal::node_ca_pem(&ctx.data_dir).map_err(StartError::other)?;
+    // Devices' certificates: the node CA's and the manufacturers' (zero-touch), as at the
+    // gateway; whose each is, core-metadata decides.
+    let mut device_cas = node_ca.clone();
+    for f in &ctx.common.enrollment.manufacturer_ca {
+        let pem = std::fs::read_to_string(f).map_err(|source| {
+            StartError::other(outpost_pki::PkiError::Read {
+                path: f.clone(),
+                source,
+            })
+        })?;
+        device_cas.push('\n');
+        device_cas.push_str(&pem);
+    }
+    let mut tls = outpost_pki::server_config_with_clients(Arc::clone(&creds.resolver), &device_cas)
+        .map_err(StartError::other)?;
+    // MQTT clients may name their protocol ("mqtt") or nothing: either is fine.
+    tls.alpn_protocols.clear();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| {
+            StartError::other(Error::TlsListen {
+                listen: addr,
+                source,
+            })
+        })?;
+    Ok(front::Front {
+        listener,
+        tls: Arc::new(tls),
+        node_ca,
+        peers: front::Peers::default(),
+    })
 }
 
 /// Follows core-metadata's device events: when a device's secret changed or was removed,

@@ -43,6 +43,7 @@ async fn start() -> Node {
     .with_bus(&url);
     let cfg = Config {
         listen: ([127, 0, 0, 1], mqtt).into(),
+        tls_listen: Some(([127, 0, 0, 1], free_port()).into()),
         port: free_port(),
         ..Config::default()
     };
