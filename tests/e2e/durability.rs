@@ -23,8 +23,11 @@ struct Publisher {
 impl Publisher {
     /// Publishes EdgeX events for `device` on the bus as a node service would.
     async fn start(node: &Node, device: &str, creds: &tempfile::TempDir) -> Self {
+        // With the node's bus token: loopback takes no anonymous clients with mutual TLS.
         let cfg = BusConfig {
             url: format!("mqtt://127.0.0.1:{}", node.ports.mqtt),
+            username: outpost_bus::INTERNAL_USER.into(),
+            password_file: Some(node.data_dir().join("secrets/bus.token")),
             ..BusConfig::default()
         };
         let device = device.to_string();
@@ -404,14 +407,9 @@ async fn device_rest_answers_2xx_only_for_what_survives_random_kill_9() {
     .await;
     let token = "rk-token-000000000000";
     node.cli_ok(&["device", "secret", "rk", "--secret", token]);
-    let url = format!(
-        "http://127.0.0.1:{}/api/v3/resource/rk/Label",
-        node.ports.rest
-    );
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("client");
+    let url = format!("{}/api/v3/resource/rk/Label", node.url(node.ports.rest));
+    // A device: its token, and the node CA to trust.
+    let http = node.tls_client(None);
     eventually("device-rest knows rk", Duration::from_secs(20), || async {
         http.post(&url)
             .bearer_auth(token)

@@ -207,10 +207,7 @@ async fn devices_are_enrolled_rotated_and_revoked_over_the_gateway() {
     for mac in [None, Some("00".repeat(32))] {
         let mut req = node
             .http
-            .get(format!(
-                "http://127.0.0.1:{}/api/v3/ddi/dev-a",
-                node.ports.ota
-            ))
+            .get(format!("{}/api/v3/ddi/dev-a", node.url(node.ports.ota)))
             .header("x-outpost-client-cert", &claimed);
         if let Some(m) = &mac {
             req = req.header("x-outpost-client-cert-mac", m);

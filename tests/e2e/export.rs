@@ -239,16 +239,16 @@ pub(crate) async fn post_event(node: &Node, device: &str, value: &str) -> reqwes
 
 pub(crate) fn ingest_url(node: &Node, device: &str) -> String {
     format!(
-        "http://127.0.0.1:{}/api/v3/event/export-test/meter/{device}/level",
-        node.ports.export
+        "{}/api/v3/event/export-test/meter/{device}/level",
+        node.url(node.ports.export)
     )
 }
 
 pub(crate) async fn status(node: &Node) -> Value {
     let (code, v) = node
         .get(&format!(
-            "http://127.0.0.1:{}/api/v3/export/status",
-            node.ports.export
+            "{}/api/v3/export/status",
+            node.url(node.ports.export)
         ))
         .await;
     assert_eq!(code, 200, "{v}");
@@ -271,11 +271,8 @@ impl Ingest {
         let next = Arc::new(AtomicU64::new(0));
         let url = ingest_url(node, device);
         let device = device.to_string();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .no_proxy()
-            .build()
-            .expect("client");
+        // The node's client: with mutual TLS, the administrator's certificate.
+        let http = node.http.clone();
         let (stopped, counter) = (Arc::clone(&stop), Arc::clone(&next));
         let task = tokio::spawn(async move {
             let mut acked = Vec::new();
@@ -328,7 +325,7 @@ async fn every_acknowledged_reading_reaches_the_cloud_exactly_once_through_kill_
         eventually("export to come back", Duration::from_secs(20), || async {
             me.pid("export") != pid
                 && me
-                    .get(&format!("http://127.0.0.1:{}/api/v3/ping", me.ports.export))
+                    .get(&format!("{}/api/v3/ping", me.url(me.ports.export)))
                     .await
                     .0
                     == 200
@@ -468,7 +465,7 @@ async fn a_full_queue_drops_the_oldest_and_counts_every_drop() {
     assert!(dropped > 0, "{s}");
     assert!(q["bytes"].as_u64().expect("bytes") <= 65536, "{s}");
     assert_eq!(q["items"].as_u64().expect("items") + dropped, total, "{s}");
-    let export = format!("http://127.0.0.1:{}", node.ports.export);
+    let export = node.url(node.ports.export);
     eventually("the drop metric", Duration::from_secs(5), || async {
         node.metric(&export, "outpost_export_items_dropped_total")
             .await as u64
@@ -517,7 +514,7 @@ http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()
     let hook =
         format!("url = \"http://127.0.0.1:{port}/ingest\"\nzstd_level = 0\nretry_initial_ms = 50");
     let node = Node::start(&export_config(&[("hook", "webhook", hook)])).await;
-    let export = format!("http://127.0.0.1:{}", node.ports.export);
+    let export = node.url(node.ports.export);
     for n in 0..5 {
         let r = post_event(&node, "valve", &n.to_string()).await;
         assert_eq!(r.status().as_u16(), 201);
@@ -762,7 +759,7 @@ alerts = [{ above = 80.0, severity = "critical", message = "too hot" }]"#,
         r#"sources = ["edgex/events/rules/#", "edgex/alerts/#"]"#,
     );
     let node = Node::start(&format!("{pipeline}{export}")).await;
-    let rules = format!("http://127.0.0.1:{}", node.ports.rules);
+    let rules = node.url(node.ports.rules);
     // Three minutes of 1 Hz readings, an hour ago, with one excursion above 80.
     let minute = 60_000_000_000i64;
     let start = (now_nanos() - 60 * minute) / minute * minute;
@@ -933,10 +930,7 @@ devices = ["tank-9"]
 steps = [{ type = "tumbling", size_ms = 1000, functions = ["count"] }]"#,
     ))
     .await;
-    let rules = format!(
-        "http://127.0.0.1:{}/api/v3/pipeline/name/t-1s",
-        node.ports.rules
-    );
+    let rules = format!("{}/api/v3/pipeline/name/t-1s", node.url(node.ports.rules));
     // Readings 1.5 s ahead: their window ends 1.5 to 2.5 s from now, after the broker has
     // gone below, and closes by the clock within the following second.
     let ahead = now_nanos() + 1_500_000_000;
@@ -1077,8 +1071,8 @@ async fn batches_reach_an_external_mqtt_broker_over_tls_and_an_untrusted_one_get
     // The destination without the CA never gets a TLS session: its items stay queued.
     let (_, v) = node
         .get(&format!(
-            "http://127.0.0.1:{}/api/v3/export/status",
-            node.ports.export
+            "{}/api/v3/export/status",
+            node.url(node.ports.export)
         ))
         .await;
     let untrusted = v["destinations"]

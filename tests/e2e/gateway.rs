@@ -378,7 +378,7 @@ route_limits = [{ prefix = "/core-keeper", rate_per_s = 1.0, burst = 3.0 }]
         || async { node.status_of("core-command@b").await.as_deref() == Some("UP") },
     )
     .await;
-    let gw_metrics = format!("http://127.0.0.1:{}", node.ports.gateway_http);
+    let gw_metrics = node.url(node.ports.gateway_http);
     eventually(
         "requests spread over both instances",
         Duration::from_secs(15),
@@ -641,10 +641,7 @@ async fn upstream_requests(node: &Node) -> f64 {
 async fn upstream_requests_now(node: &Node) -> f64 {
     let text = node
         .http
-        .get(format!(
-            "http://127.0.0.1:{}/metrics",
-            node.ports.gateway_http
-        ))
+        .get(format!("{}/metrics", node.url(node.ports.gateway_http)))
         .send()
         .await
         .expect("gateway metrics")

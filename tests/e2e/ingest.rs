@@ -182,8 +182,8 @@ async fn rest_ingest_status_codes() {
     assert_eq!(r.status().as_u16(), 400);
     // The server closes a connection whose oversized body it refused, so use a client of
     // its own for it.
-    outpost_kit::http::install_tls_provider();
-    let r = reqwest::Client::new()
+    let r = node
+        .fresh_client()
         .post(&url)
         .body(vec![b'x'; 5 * 1024 * 1024])
         .send()

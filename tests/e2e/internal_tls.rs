@@ -164,6 +164,31 @@ async fn with_mutual_tls_only_the_nodes_services_and_administrator_use_internal_
         .await
         .expect("an answer");
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // Only core-command and the gateway drive devices: another service's certificate gets
+    // 403 at a device service's command route, the administrator's is let through.
+    let command = format!(
+        "{}/api/v3/device/name/m1/Temperature",
+        node.url(node.ports.rest)
+    );
+    let r = as_service.get(&command).send().await.expect("an answer");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = node.http.get(&command).send().await.expect("an answer");
+    assert_ne!(r.status(), StatusCode::FORBIDDEN);
+
+    // An expired certificate of the node CA fails the handshake.
+    let expired =
+        outpost_pki::issue_client_cert(&outpost_pki::Paths::new(&node.data_dir()), "m1", 0)
+            .expect("a certificate valid until now");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let as_expired = node.tls_client(Some((&expired.cert_pem, &expired.key_pem)));
+    assert!(
+        as_expired
+            .get(format!("{}/api/v3/ping", node.data()))
+            .send()
+            .await
+            .is_err(),
+        "an expired certificate is refused at the handshake"
+    );
 
     // A certificate of another CA fails the handshake.
     let other = tempfile::tempdir().expect("dir");

@@ -69,7 +69,7 @@ async fn reading_count(node: &Node, device: &str) -> u64 {
 }
 
 fn modbus_url(node: &Node) -> String {
-    format!("http://127.0.0.1:{}", node.ports.modbus)
+    node.url(node.ports.modbus)
 }
 
 async fn put(node: &Node, device: &str, command: &str, body: Value) -> (u16, Value) {

@@ -366,7 +366,7 @@ async fn mqtt_devices_with_their_own_credentials() {
     );
 
     // Garbage, unknown resources and wrong types are counted, and the device keeps working.
-    let dm = format!("http://127.0.0.1:{}", node.ports.device_mqtt);
+    let dm = node.url(node.ports.device_mqtt);
     let rejected = |n: &'static str| {
         let node = &node;
         let dm = dm.clone();
@@ -487,12 +487,13 @@ async fn mqtt_devices_with_their_own_credentials() {
     ] {
         let o = publish_as(&node, login, "incoming/data/press-1", b"{\"Cycles\": 61}");
         assert!(!o.status.success(), "{login:?} took the client ID");
+        // An anonymous client is refused before its client ID is looked at, with mutual
+        // TLS between services (the default) taking no anonymous clients on loopback.
+        let why = text(&o).to_lowercase();
         assert!(
-            text(&o)
-                .to_lowercase()
-                .contains("client identifier not valid"),
-            "{login:?}: {}",
-            text(&o)
+            why.contains("client identifier not valid")
+                || (login.len() == 2 && why.contains("not authorized")),
+            "{login:?}: {why}"
         );
     }
     writeln!(held2_in, "{{\"Cycles\": 62}}").expect("write");
@@ -542,10 +543,13 @@ async fn mqtt_devices_with_their_own_credentials() {
         .stderr(Stdio::null())
         .spawn()
         .expect("mosquitto_sub");
+    // Commands as the node sends them: with the bus token.
+    let token =
+        std::fs::read_to_string(node.data_dir().join("secrets/bus.token")).expect("bus token");
     let command = |id: &str| {
         publish_as(
             &node,
-            &[],
+            &["-u", "outpost", "-P", token.trim()],
             &format!("command/press-3/Setpoint/get/{id}"),
             b"{}",
         )

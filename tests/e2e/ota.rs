@@ -20,10 +20,7 @@ async fn post_artifact(
 ) -> (u16, Value) {
     let r = node
         .http
-        .post(format!(
-            "http://127.0.0.1:{}/api/v3/artifact",
-            node.ports.ota
-        ))
+        .post(format!("{}/api/v3/artifact", node.url(node.ports.ota)))
         .header("x-outpost-manifest", B64.encode(manifest))
         .header("x-outpost-signature", signature)
         .body(body)
@@ -56,7 +53,7 @@ async fn signed_artifacts_are_stored_once_and_download_resumably_and_bad_ones_ar
         public.trim()
     ))
     .await;
-    let ota = format!("http://127.0.0.1:{}/api/v3", node.ports.ota);
+    let ota = format!("{}/api/v3", node.url(node.ports.ota));
 
     // Upload through the gateway with the CLI.
     let data = payload(300_000, 1);
@@ -182,7 +179,7 @@ struct OtaNode {
     /// The signing key's file, and its public key line.
     key: std::path::PathBuf,
     public: String,
-    /// OTA's API: `http://127.0.0.1:<port>/api/v3`.
+    /// OTA's API: `https://127.0.0.1:<port>/api/v3` (plain `http` without mutual TLS).
     api: String,
     _keys: tempfile::TempDir,
 }
@@ -205,7 +202,7 @@ async fn ota_node<S: AsRef<str>>(devices: &[S]) -> OtaNode {
     let names: Vec<&str> = devices.iter().map(AsRef::as_ref).collect();
     crate::support::provision(&node, &names);
     with_secrets(&node, devices);
-    let api = format!("http://127.0.0.1:{}/api/v3", node.ports.ota);
+    let api = format!("{}/api/v3", node.url(node.ports.ota));
     OtaNode {
         node,
         key,
@@ -495,8 +492,10 @@ fn start_agent(
     health: &str,
     extra: &[&str],
 ) -> std::process::Child {
-    let server = format!("http://127.0.0.1:{}", node.ports.ota);
+    let server = node.url(node.ports.ota);
     agent(&server, dir, device, &format!("{device}-secret-000"))
+        .arg("--ca")
+        .arg(node.data_dir().join("tls/ca.pem"))
         .args(["--trusted-key", &node.public, "--health-cmd", health])
         .args(["--poll-s", "1"])
         .args(extra)
@@ -793,10 +792,12 @@ async fn an_online_agent_is_told_over_mqtt_to_poll_now() {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("live-1");
     // It polls once an hour: only the message can make it fetch the update soon.
-    let server = format!("http://127.0.0.1:{}", node.ports.ota);
+    let server = node.url(node.ports.ota);
     let mqtt = format!("mqtt://127.0.0.1:{}", node.ports.mqtt);
     let agents = Agents(vec![
         agent(&server, &dir, "live-1", "live-1-secret-000")
+            .arg("--ca")
+            .arg(node.data_dir().join("tls/ca.pem"))
             .args(["--trusted-key", &node.public, "--health-cmd", "true"])
             .args(["--poll-s", "3600", "--mqtt", &mqtt])
             .spawn()

@@ -2,6 +2,7 @@
 //! typed readings; every kind of bad request gets its status code and stores nothing; and
 //! commands reach a real HTTP device (a small Python server) through core-command.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -67,9 +68,11 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 }
 
 /// curl: (status, body).
-fn curl(url: &str, token: Option<&str>, args: &[&str]) -> (u16, String) {
+/// curl as a device: POSTs to `url`, trusting the node CA `ca` (for `https`).
+fn curl(ca: &Path, url: &str, token: Option<&str>, args: &[&str]) -> (u16, String) {
     let mut c = Command::new("curl");
     c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", url]);
+    c.arg("--cacert").arg(ca);
     if let Some(t) = token {
         c.args(["-H", &format!("Authorization: Bearer {t}")]);
     }
@@ -147,20 +150,28 @@ async fn rest_devices_push_with_tokens_and_take_commands() {
         node.cli_ok(&["device", "secret", d, "--secret", t]);
     }
 
-    let base = format!("http://127.0.0.1:{}/api/v3/resource", node.ports.rest);
+    let base = format!("{}/api/v3/resource", node.url(node.ports.rest));
+    let ca = node.data_dir().join("tls/ca.pem");
     let url = |d: &str, r: &str| format!("{base}/{d}/{r}");
     // The device service loads devices asynchronously.
     eventually("device-rest knows meter-1", WAIT, || async {
-        curl(&url("meter-1", "Power"), Some(t1), &["--data", "1234.5"]).0 == 200
+        curl(
+            &ca,
+            &url("meter-1", "Power"),
+            Some(t1),
+            &["--data", "1234.5"],
+        )
+        .0 == 200
     })
     .await;
     wait_reading(&node, "meter-1", "Power", |r| r["value"] == "1.2345e+03").await;
     for (r, body, want) in [("Count", "-42", "-42"), ("Label", "line 3", "line 3")] {
-        let (s, b) = curl(&url("meter-1", r), Some(t1), &["--data", body]);
+        let (s, b) = curl(&ca, &url("meter-1", r), Some(t1), &["--data", body]);
         assert_eq!(s, 200, "{r}: {b}");
         wait_reading(&node, "meter-1", r, |x| x["value"] == want).await;
     }
     let (s, b) = curl(
+        &ca,
         &url("meter-1", "Config"),
         Some(t1),
         &[
@@ -179,6 +190,7 @@ async fn rest_devices_push_with_tokens_and_take_commands() {
     std::fs::write(&png, [0x89, b'P', b'N', b'G', 0, 1, 2, 3]).expect("write");
     let file = format!("@{}", png.display());
     let (s, b) = curl(
+        &ca,
         &url("meter-1", "Snapshot"),
         Some(t1),
         &["-H", "Content-Type: image/png", "--data-binary", &file],
@@ -190,6 +202,7 @@ async fn rest_devices_push_with_tokens_and_take_commands() {
     .await;
     // Several resources at once (JSON object with a timestamp).
     let (s, b) = curl(
+        &ca,
         &format!("{base}/meter-1"),
         Some(t1),
         &[
@@ -209,7 +222,7 @@ async fn rest_devices_push_with_tokens_and_take_commands() {
     let before = node.readings("meter-1", "Count").await.len();
     let big = "9".repeat(5000);
     let refused = |what: &str, url: &str, token: Option<&str>, args: &[&str], want: u16| {
-        let (s, b) = curl(url, token, args);
+        let (s, b) = curl(&ca, url, token, args);
         assert_eq!(s, want, "{what}: {b}");
         // Every refusal but the one of a body over the limit says why.
         if s != 413 {
@@ -273,7 +286,7 @@ async fn rest_devices_push_with_tokens_and_take_commands() {
         .await;
     assert_eq!(s, 207);
     eventually("meter-2 locked", WAIT, || async {
-        curl(&url("meter-2", "Count"), Some(t2), &["--data", "1"]).0 == 423
+        curl(&ca, &url("meter-2", "Count"), Some(t2), &["--data", "1"]).0 == 423
     })
     .await;
 
@@ -294,6 +307,7 @@ async fn rest_devices_push_with_tokens_and_take_commands() {
     let codes: Vec<u16> = (0..60)
         .map(|i| {
             curl(
+                &ca,
                 &url("meter-1", "Count"),
                 Some(t1),
                 &["--data", &i.to_string()],

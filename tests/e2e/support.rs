@@ -176,10 +176,11 @@ impl Node {
                 .and_then(|t| t.get(section)?.get("enabled")?.as_bool())
                 .unwrap_or(default)
         };
+        // On by default, as in the node's own defaults.
         let internal_tls = table
             .as_ref()
             .and_then(|t| t.get("security")?.get("internal_tls")?.as_bool())
-            .unwrap_or(false);
+            .unwrap_or(true);
         let scheme = if internal_tls { "https" } else { "http" };
         let url = |port: u16| format!("{scheme}://127.0.0.1:{port}");
         let mut services = vec![
@@ -223,11 +224,29 @@ impl Node {
         }
     }
 
+    /// A client of the services like [`Node::http`], with connections of its own.
+    pub fn fresh_client(&self) -> reqwest::Client {
+        if self.scheme == "https" {
+            self.admin_client()
+        } else {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .no_proxy()
+                .build()
+                .expect("http client")
+        }
+    }
+
     /// A client trusting the node CA that presents `identity` (certificate and key, PEM),
     /// or no certificate.
     pub fn tls_client(&self, identity: Option<(&str, &str)>) -> reqwest::Client {
         let ca = std::fs::read_to_string(self.data_dir().join("tls/ca.pem")).expect("node CA");
-        https_client(outpost_pki::client_config(&ca, identity).expect("TLS configuration"))
+        let mut tls = outpost_pki::client_config(&ca, identity).expect("TLS configuration");
+        // HTTP/1.1, as the tests' plain clients: a node stopping closes idle HTTP/1.1
+        // connections at once, while an HTTP/2 one waits for the client's answer to its
+        // GOAWAY, which a test blocked in `Node::stop` cannot give (up to 5 s a service).
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        https_client(tls)
     }
 
     /// A client holding the node administrator's certificate (mutual TLS between services).
@@ -271,6 +290,19 @@ impl Node {
             )
             .await;
             self.http = self.admin_client();
+        }
+        if self.scheme == "https" {
+            // Loopback takes no anonymous MQTT clients then: the tests' local tools use the
+            // bus token, as the node's administrator would.
+            let token = self.data_dir().join("secrets/bus.token");
+            eventually("the bus token", Duration::from_secs(30), || {
+                let token = token.clone();
+                async move { token.exists() }
+            })
+            .await;
+            if let Ok(t) = std::fs::read_to_string(&token) {
+                bus_logins().insert(self.ports.mqtt, t.trim().to_string());
+            }
         }
         let urls = self.services.clone();
         let http = self.http.clone();
@@ -625,10 +657,35 @@ pub fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill -{sig} {pid} failed");
 }
 
+/// The bus token of each running node with mutual TLS, by its plain MQTT port.
+fn bus_logins() -> std::sync::MutexGuard<'static, std::collections::HashMap<u16, String>> {
+    static LOGINS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<u16, String>>> =
+        std::sync::OnceLock::new();
+    LOGINS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// mosquitto arguments for the broker at `port` on loopback: the node's bus token when the
+/// node takes no anonymous clients there.
+fn bus_login(port: u16) -> Vec<String> {
+    let mut a = vec![
+        "-h".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+    ];
+    if let Some(t) = bus_logins().get(&port) {
+        a.extend(["-u".into(), "outpost".into(), "-P".into(), t.clone()]);
+    }
+    a
+}
+
 /// `program` (mosquitto_pub or mosquitto_sub) on the broker at `port` with QoS 1.
 fn mosquitto_client(program: &str, port: u16) -> Command {
     let mut cmd = Command::new(program);
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"]);
+    cmd.args(bus_login(port)).args(["-q", "1"]);
     cmd
 }
 
@@ -720,14 +777,8 @@ impl MosquittoSub {
     pub fn start(port: u16, filter: &str) -> Self {
         // Line-buffered (stdbuf), or the packet lines would wait in a pipe's buffer.
         let mut child = Command::new("stdbuf")
-            .args([
-                "-oL",
-                "mosquitto_sub",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
+            .args(["-oL", "mosquitto_sub"])
+            .args(bus_login(port))
             .args(["-q", "1", "-d", "-v", "-t", filter])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -500,15 +500,20 @@ impl Drop for TempDir {
 impl Node {
     fn spawn(outpost: &Path, extra: &str) -> anyhow::Result<Self> {
         let dir = TempDir::new("node")?;
-        let (keeper, metadata, data, broker, mqtt) = (
+        let (keeper, metadata, data, broker, mqtt, mqtts) = (
+            free_port()?,
             free_port()?,
             free_port()?,
             free_port()?,
             free_port()?,
             free_port()?,
         );
+        // The benchmarks call services directly, as EdgeX tools do: EdgeX's plaintext
+        // internal API, compared with EdgeX's own.
         let cfg = format!(
-            "[broker]\nlisten = \"127.0.0.1:{mqtt}\"\nport = {broker}\n[core_keeper]\nport = {keeper}\n\
+            "[security]\ninternal_tls = false\n\
+             [broker]\nlisten = \"127.0.0.1:{mqtt}\"\ntls_listen = \"127.0.0.1:{mqtts}\"\n\
+             port = {broker}\n[core_keeper]\nport = {keeper}\n\
              [core_metadata]\nport = {metadata}\n[core_data]\nport = {data}\n{extra}"
         );
         let cfg_path = dir.0.join("outpost.toml");

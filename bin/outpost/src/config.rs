@@ -295,20 +295,18 @@ mod tests {
         let mut cfg = parsed;
         cfg.derive();
         cfg.validate().unwrap();
-        assert_eq!(cfg.registry.url, "http://127.0.0.1:59890");
-        assert_eq!(cfg.bus.url, "mqtt://127.0.0.1:1883");
-        assert!(cfg.bus.journal);
-        // With mutual TLS, the services' way onto the embedded bus is TLS too.
-        let mut tls = NodeConfig::default();
-        tls.security.internal_tls = true;
-        tls.derive();
-        tls.validate().unwrap();
-        assert_eq!(tls.registry.url, "https://127.0.0.1:59890");
-        assert_eq!(tls.bus.url, "mqtts://127.0.0.1:8883");
-        assert!(
-            tls.bus.journal,
-            "still the embedded broker, with its journal"
-        );
+        // Mutual TLS by default: the registry and the embedded bus over TLS.
+        assert_eq!(cfg.registry.url, "https://127.0.0.1:59890");
+        assert_eq!(cfg.bus.url, "mqtts://127.0.0.1:8883");
+        assert!(cfg.bus.journal, "the embedded broker, with its journal");
+        // EdgeX's plaintext mode, on request.
+        let mut plain = NodeConfig::default();
+        plain.security.internal_tls = false;
+        plain.derive();
+        plain.validate().unwrap();
+        assert_eq!(plain.registry.url, "http://127.0.0.1:59890");
+        assert_eq!(plain.bus.url, "mqtt://127.0.0.1:1883");
+        assert!(plain.bus.journal);
     }
 
     #[test]

@@ -553,7 +553,14 @@ fn main() -> ExitCode {
         Command::Cloud {
             cmd: None | Some(CloudCmd::Up),
         } => match services::by_name(outpost_cloud::SERVICE) {
-            Some(cloud) => runner::run(cloud, cfg, data_dir),
+            // The cloud node is one service with mutual TLS of its own (edges by their
+            // certificates from the cloud CA, admins by token): the node-internal scheme
+            // of an edge's services is not its.
+            Some(cloud) => {
+                let mut cfg = cfg;
+                cfg.security.internal_tls = false;
+                runner::run(cloud, cfg, data_dir)
+            }
             None => ExitCode::FAILURE,
         },
         // Needs no node: signing keys are made where artifacts are built.

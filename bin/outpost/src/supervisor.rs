@@ -365,6 +365,13 @@ fn next_steps(
     out.push(format!(
         "Try: outpost{dir_flag} services    (on this machine the CLI logs in by itself)"
     ));
+    if !cfg.security.internal_tls {
+        out.push(
+            "Warning: security.internal_tls is off: the services' APIs and the bus are plain \
+             text on this host, and anyone on it may use them without credentials"
+                .to_string(),
+        );
+    }
     out
 }
 

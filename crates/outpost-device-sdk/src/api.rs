@@ -6,14 +6,18 @@
 //! | `PUT /api/v3/device/name/{name}/{command}` | write; body: resource → value |
 //! | `POST /api/v3/discovery` | start discovery (202) |
 //! | `POST /api/v3/validate/device` | core-metadata asks whether a device is acceptable |
+//!
+//! With mutual TLS between services, only core-command and the gateway (and the node's
+//! administrator) may call the command routes: another service of the node, compromised,
+//! cannot drive devices.
 
 use std::collections::HashMap;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use outpost_contracts::common::BaseResponse;
 use outpost_contracts::event::{EventResponse, NumericMode};
 use outpost_contracts::metadata::AddDeviceRequest;
@@ -34,11 +38,18 @@ pub fn router(sdk: Sdk) -> Router {
         .with_state(sdk)
 }
 
+/// Who may call the command routes.
+const COMMANDERS: [&str; 2] = ["core-command", "gateway"];
+
+type Caller = Option<Extension<outpost_kit::internal::Caller>>;
+
 async fn get_command(
     State(sdk): State<Sdk>,
+    caller: Caller,
     Path((name, cmd)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    outpost_kit::internal::only(caller.as_deref(), &COMMANDERS)?;
     let opts = get_options(&q)?;
     let event = command::get(&sdk, &name, &cmd, opts).await?;
     if !opts.return_event {
@@ -54,9 +65,11 @@ async fn get_command(
 
 async fn set_command(
     State(sdk): State<Sdk>,
+    caller: Caller,
     Path((name, cmd)): Path<(String, String)>,
     Json(settings): Json<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Response, ApiError> {
+    outpost_kit::internal::only(caller.as_deref(), &COMMANDERS)?;
     command::set(&sdk, &name, &cmd, &settings).await?;
     Ok(axum::Json(BaseResponse::new(200)).into_response())
 }

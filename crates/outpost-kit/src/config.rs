@@ -23,15 +23,22 @@ pub struct CommonConfig {
 }
 
 /// `[security]`: how the node's services trust each other.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
     /// Mutual TLS between services: every service serves its API over TLS with a
     /// certificate from the node CA (renewed daily) and presents it when it calls another;
     /// routes other than `ping` answer only callers holding a service's or a local
-    /// administrator's certificate (`outpost_pki::internal`). Off: EdgeX's plaintext
-    /// internal API, for EdgeX tools that call services directly.
+    /// administrator's certificate (`outpost_pki::internal`); the services use the bus
+    /// over TLS with their certificates. On by default. Off: EdgeX's plaintext internal
+    /// API, for EdgeX tools that call services directly.
     pub internal_tls: bool,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self { internal_tls: true }
+    }
 }
 
 /// `[enrollment]`: how devices get their identity. Every device can be enrolled by an

@@ -114,6 +114,30 @@ fn load(
 #[derive(Debug, Clone)]
 pub struct Caller(pub Option<Identity>);
 
+/// For a route only some services may call: passes the node's administrator and the
+/// services named in `services` (by service name, any instance), refuses other services
+/// with 403. Without mutual TLS between services (no [`Caller`] on the request) it passes
+/// everyone, as EdgeX's plaintext internal API does.
+pub fn only(caller: Option<&Caller>, services: &[&str]) -> Result<(), ApiError> {
+    match caller.and_then(|c| c.0.as_ref()) {
+        None | Some(Identity::Admin(_)) => Ok(()),
+        Some(id @ Identity::Service(_)) => {
+            let name = id.service().unwrap_or_default();
+            if services.contains(&name) {
+                Ok(())
+            } else {
+                Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "{name} may not call this route (only {})",
+                        services.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+}
+
 /// Middleware of an internal API: `ping` and `open` path prefixes for anyone; everything
 /// else only for a service or an administrator of this node (403 otherwise).
 pub async fn guard(open: &'static [&'static str], req: Request, next: Next) -> Response {

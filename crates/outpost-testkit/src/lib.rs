@@ -215,6 +215,9 @@ impl Drop for TestContext {
 pub fn context(name: &str, addresses: &[(&str, String)]) -> TestContext {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut common = CommonConfig::default();
+    // Services driven without sockets have no TLS peers to tell them apart: the plaintext
+    // internal API (mutual TLS between services is tested end to end).
+    common.security.internal_tls = false;
     // Nothing listens there: registry calls fail fast and the fallbacks are used.
     common.registry.url = format!("http://127.0.0.1:{}", free_port());
     let registry = Registry::new(
