@@ -21,6 +21,10 @@
 #   bench/run.sh journal      what the broker's durable acknowledgement costs: ingest and
 #                             mqtt-devices with the journal on and off, alternating, three
 #                             rounds each, with the broker's group commits (fsyncs) per second
+#   bench/run.sh tls          what TLS on every hop costs: mqtt-devices (1,000 devices, over
+#                             TLS with their secrets; the services over mutual TLS) against
+#                             the same load in plaintext, alternating, two rounds each, with
+#                             the CPU each process spent per reading
 #   bench/run.sh fuzz         every fuzz target for an hour (FUZZ_SECONDS), with executions
 #   bench/run.sh durability   the randomized kill -9 test of tests/e2e/durability.rs with 100
 #                             kills instead of CI's 20 (OUTPOST_KILL_ROUNDS), under QoS 1 ingest
@@ -96,6 +100,12 @@ if [[ $what == all || $what == journal ]]; then
   devices=("$B" mqtt-devices --outpost "$O" --devices 1000 --per-device 20 --readings 10)
   both on-first "${devices[@]}"
   both off-first "${devices[@]}"
+fi
+if [[ $what == all || $what == tls ]]; then
+  devices=("$B" mqtt-devices --outpost "$O" --devices 1000 --per-device 20 --readings 10)
+  for first in 1 0; do
+    for t in $first $((1 - first)); do OUTPOST_BENCH_TLS=$t run "${devices[@]}"; done
+  done
 fi
 if [[ $what == fuzz ]]; then
   run scripts/fuzz.sh "${FUZZ_SECONDS:-3600}"

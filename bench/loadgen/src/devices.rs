@@ -40,6 +40,7 @@ fn telemetry(seq: u64, readings: usize) -> Vec<u8> {
 /// Connects one client per device.
 async fn connect_all(
     url: &str,
+    ca: Option<&[u8]>,
     devices: usize,
     creds: bool,
 ) -> anyhow::Result<Vec<Arc<MqttClient>>> {
@@ -47,13 +48,17 @@ async fn connect_all(
     for chunk in (0..devices).collect::<Vec<_>>().chunks(50) {
         let mut joins = Vec::new();
         for &i in chunk {
-            let url = url.to_string();
+            let (url, ca) = (url.to_string(), ca.map(<[u8]>::to_vec));
             joins.push(tokio::spawn(async move {
                 let mut o = ConnectOptions::new(format!("bench-{}", device(i)));
                 if creds {
                     o = o.with_credentials(device(i), secret(i));
                 }
                 let c = MqttClient::with_options(o);
+                // Over TLS: trusting the node CA, the secret inside TLS.
+                if ca.is_some() {
+                    c.set_tls_config(None, None, ca).await;
+                }
                 c.connect(&url).await.map(|_| Arc::new(c))
             }));
         }
@@ -153,7 +158,7 @@ pub async fn mqtt_devices(
         },
     )
     .await?;
-    let clients = connect_all(&murl, devices, false).await?;
+    let clients = connect_all(&murl, None, devices, false).await?;
     let me = std::process::id();
     let mosq_pid = _mosq.0.id().context("mosquitto exited")?;
     let cpu_before = (cpu_ticks(&[mosq_pid]), cpu_ticks(&[me]));
@@ -196,7 +201,9 @@ pub async fn mqtt_devices(
         ),
     )?;
     wait_until("the node", Duration::from_secs(60), || node.healthy(&http)).await?;
-    let md = format!("http://127.0.0.1:{}/api/v3", node.metadata);
+    // With TLS on every hop: the administrator's certificate.
+    let http = node.client();
+    let md = format!("{}/api/v3", node.url(node.metadata));
     wait_until(
         "device-mqtt registered",
         Duration::from_secs(30),
@@ -240,9 +247,9 @@ pub async fn mqtt_devices(
             bail!("set secret: {}", r.status());
         }
     }
-    let url = format!("mqtt://127.0.0.1:{}", node.mqtt);
-    let clients = connect_all(&url, devices, true).await?;
-    let count_url = format!("http://127.0.0.1:{}/api/v3/reading/count", node.data);
+    let (url, ca) = node.bus();
+    let clients = connect_all(&url, ca.as_deref(), devices, true).await?;
+    let count_url = format!("{}/api/v3/reading/count", node.url(node.data));
     // device-mqtt learns devices from metadata's events: wait until the last one is known.
     let probe = telemetry(0, readings);
     let last_client = clients.last().context("no devices")?;
@@ -292,12 +299,18 @@ pub async fn mqtt_devices(
     let secs = (done - start) as f64 / 1e9;
     let (journal_line, journal) = node.journal(&http, secs).await;
     println!("{journal_line}");
+    let tls = node.tls;
     node.stop().await;
     let rate = total_readings as f64 / secs;
     let ratio = rate / raw_rate;
     println!(
-        "outpost:   {devices} devices ({acked} acknowledged, published in {:.2}s), persisted in {secs:.2}s: {rate:.0} readings/s",
-        (pub_done - start) as f64 / 1e9
+        "outpost:   {devices} devices ({acked} acknowledged, published in {:.2}s), persisted in {secs:.2}s: {rate:.0} readings/s ({})",
+        (pub_done - start) as f64 / 1e9,
+        if tls {
+            "mutual TLS on every hop, devices over TLS"
+        } else {
+            "plaintext"
+        }
     );
     println!("ratio outpost/mosquitto: {ratio:.2}");
     // CPU time per reading (clock ticks of 10 ms, from the first publish to the last
@@ -323,7 +336,7 @@ pub async fn mqtt_devices(
     );
     println!(
         "RESULT {}",
-        json!({"bench": "mqtt-devices", "encoding": encoding, "devices": devices, "messages_per_device": per_device, "readings_per_message": readings,
+        json!({"bench": "mqtt-devices", "tls": tls, "encoding": encoding, "devices": devices, "messages_per_device": per_device, "readings_per_message": readings,
                "mosquitto_readings_per_s": raw_rate.round(), "outpost_readings_per_s": rate.round(),
                "ratio": (ratio * 100.0).round() / 100.0,
                "cpu_us_per_reading": {"mosquitto": per_reading(mosq_ticks), "mosquitto_load_generator": per_reading(mosq_cpu[1].1),

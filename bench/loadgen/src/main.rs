@@ -444,8 +444,12 @@ struct Node {
     data: u16,
     metadata: u16,
     mqtt: u16,
+    /// MQTT over TLS.
+    mqtts: u16,
     /// The broker's HTTP port (health, metrics).
     broker: u16,
+    /// Mutual TLS on every hop (`OUTPOST_BENCH_TLS=1`), or EdgeX's plaintext internal API.
+    tls: bool,
 }
 
 /// The Prometheus text a service of the node serves on `/metrics` (empty when it does
@@ -454,11 +458,12 @@ struct Metrics(String);
 
 impl Metrics {
     async fn of(http: &reqwest::Client, port: u16) -> Self {
-        let text = match http
-            .get(format!("http://127.0.0.1:{port}/metrics"))
-            .send()
-            .await
-        {
+        Self::at(http, &format!("http://127.0.0.1:{port}")).await
+    }
+
+    /// From the service at `base` (`scheme://host:port`).
+    async fn at(http: &reqwest::Client, base: &str) -> Self {
+        let text = match http.get(format!("{base}/metrics")).send().await {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         };
@@ -509,9 +514,12 @@ impl Node {
             free_port()?,
         );
         // The benchmarks call services directly, as EdgeX tools do: EdgeX's plaintext
-        // internal API, compared with EdgeX's own.
+        // internal API, compared with EdgeX's own; with OUTPOST_BENCH_TLS=1, the node's
+        // default, mutual TLS on every hop (the benchmark then holds the administrator's
+        // certificate).
+        let tls = std::env::var("OUTPOST_BENCH_TLS").is_ok_and(|v| v == "1");
         let cfg = format!(
-            "[security]\ninternal_tls = false\n\
+            "[security]\ninternal_tls = {tls}\n\
              [broker]\nlisten = \"127.0.0.1:{mqtt}\"\ntls_listen = \"127.0.0.1:{mqtts}\"\n\
              port = {broker}\n[core_keeper]\nport = {keeper}\n\
              [core_metadata]\nport = {metadata}\n[core_data]\nport = {data}\n{extra}"
@@ -532,15 +540,64 @@ impl Node {
             data,
             metadata,
             mqtt,
+            mqtts,
             broker,
+            tls,
         })
+    }
+
+    /// `scheme://127.0.0.1:port` of one of the node's services.
+    fn url(&self, port: u16) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{port}")
+    }
+
+    /// Where devices and the benchmark's publishers reach the bus, and the CA to trust
+    /// there (PEM) with TLS.
+    fn bus(&self) -> (String, Option<Vec<u8>>) {
+        if self.tls {
+            let ca = std::fs::read(self.data_dir().join("tls/ca.pem")).ok();
+            (format!("mqtts://127.0.0.1:{}", self.mqtts), ca)
+        } else {
+            (format!("mqtt://127.0.0.1:{}", self.mqtt), None)
+        }
+    }
+
+    /// A client of the services: with TLS, trusting the node CA and holding the node
+    /// administrator's certificate (a plain client until the node made them).
+    fn client(&self) -> reqwest::Client {
+        let plain = reqwest::Client::new;
+        if !self.tls {
+            return plain();
+        }
+        let data = self.data_dir();
+        let read = |p: &str| std::fs::read_to_string(data.join(p)).ok();
+        let (Some(ca), Some(cert), Some(key)) = (
+            read("tls/ca.pem"),
+            read("tls/clients/admin.pem"),
+            read("secrets/clients/admin.key"),
+        ) else {
+            return plain();
+        };
+        match outpost_pki::client_config(&ca, Some((&cert, &key))) {
+            Ok(mut tls) => {
+                tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+                reqwest::Client::builder()
+                    .tls_backend_preconfigured(tls)
+                    .build()
+                    .unwrap_or_else(|_| plain())
+            }
+            Err(_) => plain(),
+        }
     }
 
     /// What the broker's journal did, for the report: messages written and group commits
     /// (each one fsync with `storage.sync = "full"`), with `secs` of load, as a line and a
     /// JSON value. The journal is on unless `OUTPOST_BROKER__JOURNAL=false` is set.
     async fn journal(&self, http: &reqwest::Client, secs: f64) -> (String, Value) {
-        let metrics = Metrics::of(http, self.broker).await;
+        let own = self.tls.then(|| self.client());
+        let http = own.as_ref().unwrap_or(http);
+        let metrics = Metrics::at(http, &self.url(self.broker)).await;
         let get = |name: &str| metrics.get(name);
         let (appended, commits) = (
             get("outpost_mqtt_broker_journal_appended_total"),
@@ -573,11 +630,10 @@ impl Node {
     }
 
     async fn healthy(&self, http: &reqwest::Client) -> bool {
+        let own = self.tls.then(|| self.client());
+        let http = own.as_ref().unwrap_or(http);
         let Ok(r) = http
-            .get(format!(
-                "http://127.0.0.1:{}/api/v3/registry/all",
-                self.keeper
-            ))
+            .get(format!("{}/api/v3/registry/all", self.url(self.keeper)))
             .send()
             .await
         else {
@@ -595,7 +651,7 @@ impl Node {
         }
         for port in [self.data, self.metadata] {
             match http
-                .get(format!("http://127.0.0.1:{port}/api/v3/health"))
+                .get(format!("{}/api/v3/health", self.url(port)))
                 .send()
                 .await
             {
