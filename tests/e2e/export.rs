@@ -970,7 +970,8 @@ steps = [{ type = "tumbling", size_ms = 1000, functions = ["count"] }]"#,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_reach_an_external_mqtt_broker_over_tls_and_an_untrusted_one_gets_nothing() {
     use std::os::unix::fs::PermissionsExt as _;
-    // A real mosquitto with a TLS listener, its certificate from a CA of the test's own.
+    // A real mosquitto with a TLS listener, its certificate from a CA of the test's own,
+    // asking every client for a certificate of that CA.
     let pki_dir = tempfile::tempdir().expect("tempdir");
     let paths = outpost_pki::Paths::cloud(pki_dir.path());
     outpost_pki::ensure_server_cert(&paths, &["localhost".into(), "127.0.0.1".into()])
@@ -996,7 +997,7 @@ async fn batches_reach_an_external_mqtt_broker_over_tls_and_an_untrusted_one_get
     std::fs::write(
         &conf,
         format!(
-            "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nallow_anonymous true\npersistence false\n",
+            "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nallow_anonymous true\npersistence false\n",
             ca.display(),
             cert.display(),
             key.display()
@@ -1018,9 +1019,26 @@ async fn batches_reach_an_external_mqtt_broker_over_tls_and_an_untrusted_one_get
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Client certificates of the broker's CA: the subscriber's and the node's.
+    let client_cert = |name: &str| {
+        let id = outpost_pki::issue_client_cert(&paths, name, 30).expect("client cert");
+        let (c, k) = (
+            broker_dir.path().join(format!("{name}.pem")),
+            broker_dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&c, id.cert_pem).expect("write");
+        std::fs::write(&k, id.key_pem).expect("write");
+        (c, k)
+    };
+    let (sub_cert, sub_key) = client_cert("subscriber");
+    let (edge_cert, edge_key) = client_cert("edge-1");
     let mut sub = Command::new("mosquitto_sub")
         .args(["-h", "localhost", "-p", &port.to_string(), "--cafile"])
         .arg(&ca)
+        .arg("--cert")
+        .arg(&sub_cert)
+        .arg("--key")
+        .arg(&sub_key)
         .args(["-q", "1", "-v", "-t", "site/7/#"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -1031,7 +1049,12 @@ async fn batches_reach_an_external_mqtt_broker_over_tls_and_an_untrusted_one_get
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let url = format!("url = \"mqtts://localhost:{port}\"\ntopic = \"site/7\"");
-    let trusted = format!("{url}\nca_file = \"{}\"\nzstd_level = 0", ca.display());
+    let trusted = format!(
+        "{url}\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nzstd_level = 0",
+        ca.display(),
+        edge_cert.display(),
+        edge_key.display()
+    );
     let untrusted = format!("{url}\nretry_initial_ms = 50");
     let node = Node::start(&export_config(&[
         ("broker", "mqtt", trusted),

@@ -218,6 +218,18 @@ pub enum Decision {
     DeviceCert { name: String, cert: String },
 }
 
+impl Decision {
+    /// The device a device's CONNECT names and the credential to check (empty for the
+    /// node's and anonymous clients, which have none to check).
+    fn device(&self) -> (&str, Credential<'_>) {
+        match self {
+            Self::Device { name, secret } => (name, Credential::Secret(secret)),
+            Self::DeviceCert { name, cert } => (name, Credential::Certificate(cert)),
+            Self::Internal(_) | Self::Anonymous => ("", Credential::Secret("")),
+        }
+    }
+}
+
 impl NodeAuth {
     pub fn new(
         internal_user: String,
@@ -838,24 +850,12 @@ impl AuthProvider for NodeAuth {
                         refuse(ReasonCode::ClientIdentifierNotValid)
                     }
                 }
-                Ok(Decision::Device { name, secret }) => self
-                    .authenticate_device(
-                        &name,
-                        Credential::Secret(&secret),
-                        &connect.client_id,
-                        client_addr,
-                    )
-                    .await
-                    .unwrap_or_else(refuse),
-                Ok(Decision::DeviceCert { name, cert }) => self
-                    .authenticate_device(
-                        &name,
-                        Credential::Certificate(&cert),
-                        &connect.client_id,
-                        client_addr,
-                    )
-                    .await
-                    .unwrap_or_else(refuse),
+                Ok(d @ (Decision::Device { .. } | Decision::DeviceCert { .. })) => {
+                    let (name, credential) = d.device();
+                    self.authenticate_device(name, credential, &connect.client_id, client_addr)
+                        .await
+                        .unwrap_or_else(refuse)
+                }
                 Err(code) => {
                     if code == ReasonCode::BadUsernameOrPassword {
                         // Counted by address only: the node's own services, which may

@@ -65,6 +65,10 @@ pub struct Destination {
     pub identity: Option<PathBuf>,
     /// `webhook`, `mqtt`: a CA file to trust instead of the system's roots (PEM).
     pub ca_file: Option<PathBuf>,
+    /// `mqtt` over TLS: a client certificate (PEM, with its chain) and its key, for brokers
+    /// that ask for one (mosquitto's `require_certificate`).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     /// `mqtt`: topic prefix; batches go to `<topic>/high` and `<topic>/normal`.
     pub topic: String,
     /// `mqtt`: credentials (the password read from a file).
@@ -106,6 +110,8 @@ impl Default for Destination {
             url: String::new(),
             identity: None,
             ca_file: None,
+            cert_file: None,
+            key_file: None,
             topic: "outpost/export".into(),
             username: String::new(),
             password_file: None,
@@ -178,6 +184,16 @@ impl outpost_kit::config::Validate for Config {
                         !d.topic.is_empty() && !d.topic.contains(['+', '#']),
                         &at,
                         "topic must be a topic name without wildcards",
+                    );
+                    p.check(
+                        d.cert_file.is_some() == d.key_file.is_some(),
+                        &at,
+                        "cert_file and key_file go together",
+                    );
+                    p.check(
+                        d.cert_file.is_none() || d.url.starts_with("mqtts://"),
+                        &at,
+                        "a client certificate needs an mqtts:// url",
                     );
                 }
             }

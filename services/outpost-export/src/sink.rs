@@ -330,6 +330,8 @@ mod mqtt {
         port: u16,
         tls: bool,
         ca_pem: Option<Vec<u8>>,
+        /// Client certificate and key (PEM).
+        identity: Option<(Vec<u8>, Vec<u8>)>,
         topic: String,
         client_id: String,
         credentials: Option<(String, String)>,
@@ -355,12 +357,16 @@ mod mqtt {
                 ),
                 None => (rest.to_string(), if tls { 8883 } else { 1883 }),
             };
-            let ca_pem = match &d.ca_file {
-                Some(p) => Some(std::fs::read(p).map_err(|source| SinkError::Read {
+            let read = |p: &std::path::PathBuf| {
+                std::fs::read(p).map_err(|source| SinkError::Read {
                     path: p.clone(),
                     source,
-                })?),
-                None => None,
+                })
+            };
+            let ca_pem = d.ca_file.as_ref().map(read).transpose()?;
+            let identity = match (&d.cert_file, &d.key_file) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                _ => None,
             };
             let credentials = match (&d.username, &d.password_file) {
                 (u, Some(f)) if !u.is_empty() => Some((
@@ -388,6 +394,7 @@ mod mqtt {
                 port,
                 tls,
                 ca_pem,
+                identity,
                 topic: d.topic.trim_end_matches('/').to_string(),
                 client_id: format!("outpost-export-{}", d.name),
                 credentials,
@@ -417,6 +424,12 @@ mod mqtt {
                     tls.load_ca_cert_pem_bytes(ca)
                         .map_err(|e| format!("CA file: {e}"))?;
                     tls = tls.with_system_roots(false);
+                }
+                if let Some((cert, key)) = &self.identity {
+                    tls.load_client_cert_pem_bytes(cert)
+                        .map_err(|e| format!("client certificate: {e}"))?;
+                    tls.load_client_key_pem_bytes(key)
+                        .map_err(|e| format!("client key: {e}"))?;
                 }
                 client
                     .connect_with_tls_and_options(tls, opts)
