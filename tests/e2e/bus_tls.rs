@@ -165,6 +165,36 @@ async fn over_tls_devices_are_their_certificates_and_services_theirs() {
     );
     refused_with(&o, "client identifier not valid");
 
+    // A certificate is public: given as a password (the base64 DER the broker checked a
+    // moment ago for the same device), it is no secret.
+    let pem = std::fs::read_to_string(p1.0.join("device.pem")).expect("certificate");
+    let der_b64: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    // Checked just before (device_auth_cache_s = 1), so a credential cache that did not
+    // tell certificates from secrets would still hold it.
+    let o = publish(
+        &own,
+        "press-1-pub",
+        "incoming/data/press-1",
+        r#"{"Pressure": 3.5}"#,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = publish(
+        &[
+            tls_to(&node, &ca),
+            vec!["-u".into(), "press-1".into(), "-P".into(), der_b64],
+        ]
+        .concat(),
+        "press-1-by-cert-as-password",
+        "incoming/data/press-1",
+        r#"{"Pressure": 999}"#,
+    );
+    refused_with(&o, "bad user name or password");
+
     // Over TLS without a certificate: a device gives its secret inside TLS; with neither,
     // the client is refused, also from loopback.
     let anonymous_tls = tls_to(&node, &ca);

@@ -595,7 +595,8 @@ async fn connect_loop(
     opts: &Options,
     shutdown: &Shutdown,
 ) -> Result<(), BusError> {
-    if let Some(files) = tls::Files::of(cfg, data_dir) {
+    let files = tls::Files::of(cfg, data_dir);
+    if let Some(files) = files.clone() {
         files.keep_applied(client, shutdown).await;
     }
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
@@ -610,6 +611,11 @@ async fn connect_loop(
                 if !warned && backoff.attempts() >= 3 {
                     tracing::warn!(url = %cfg.url, error = %e, "bus not reachable yet; retrying");
                     warned = true;
+                }
+                if let Some(files) = &files
+                    && let Err(e) = files.apply(client).await
+                {
+                    tracing::debug!(error = %e, "cannot read the bus TLS files yet");
                 }
                 tokio::select! {
                     () = shutdown.wait() => return Err(BusError::ShutDown),

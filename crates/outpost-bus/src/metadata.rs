@@ -288,10 +288,14 @@ impl MetadataView {
             Credential::Secret(s) => (s, "secret"),
             Credential::Certificate(c) => (c, "certificate"),
         };
+        // The kind is part of the key: a certificate (public) checked once must never pass
+        // for the same bytes given as a secret.
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(kind.as_bytes());
+        ctx.update(b"\0");
+        ctx.update(material.as_bytes());
         let mut digest = [0u8; 32];
-        digest.copy_from_slice(
-            ring::digest::digest(&ring::digest::SHA256, material.as_bytes()).as_ref(),
-        );
+        digest.copy_from_slice(ctx.finish().as_ref());
         let key = (name.to_string(), digest);
         let pending = std::sync::atomic::AtomicBool::new(false);
         let md = &self.0.md;

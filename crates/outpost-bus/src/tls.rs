@@ -53,8 +53,9 @@ impl Files {
         cfg.journal && cfg.cert_file.is_none() && self.identity.is_some()
     }
 
-    /// Gives `client` the current files.
-    async fn apply(&self, client: &MqttClient) -> std::io::Result<()> {
+    /// Gives `client` the current files (again after a failed connection attempt: they
+    /// may have been missing or halfway through a renewal).
+    pub(crate) async fn apply(&self, client: &MqttClient) -> std::io::Result<()> {
         let (cert, key) = match &self.identity {
             Some((c, k)) => (
                 Some(tokio::fs::read(c).await?),

@@ -8,8 +8,9 @@
 //! | `POST /api/v3/validate/device` | core-metadata asks whether a device is acceptable |
 //!
 //! With mutual TLS between services, only core-command and the gateway (and the node's
-//! administrator) may call the command routes: another service of the node, compromised,
-//! cannot drive devices.
+//! administrator) may call the command routes: another service of the node cannot drive
+//! devices through them. (On the bus every service is the node's internal user, command
+//! topics included: the bus has no per-service rules yet.)
 
 use std::collections::HashMap;
 

@@ -116,11 +116,19 @@ pub struct Caller(pub Option<Identity>);
 
 /// For a route only some services may call: passes the node's administrator and the
 /// services named in `services` (by service name, any instance), refuses other services
-/// with 403. Without mutual TLS between services (no [`Caller`] on the request) it passes
-/// everyone, as EdgeX's plaintext internal API does.
+/// with 403, and a caller without a certificate too. Without mutual TLS between services
+/// (no [`Caller`] on the request) it passes everyone, as EdgeX's plaintext internal API
+/// does.
 pub fn only(caller: Option<&Caller>, services: &[&str]) -> Result<(), ApiError> {
-    match caller.and_then(|c| c.0.as_ref()) {
-        None | Some(Identity::Admin(_)) => Ok(()),
+    let Some(caller) = caller else {
+        return Ok(());
+    };
+    match &caller.0 {
+        Some(Identity::Admin(_)) => Ok(()),
+        None => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("only {} may call this route", services.join(", ")),
+        )),
         Some(id @ Identity::Service(_)) => {
             let name = id.service().unwrap_or_default();
             if services.contains(&name) {

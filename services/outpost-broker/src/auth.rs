@@ -1,9 +1,11 @@
 //! Who may connect to the broker, and what they may do.
 //!
-//! - The node's own services authenticate as the internal user with the node's bus token,
-//!   and may do anything.
+//! - The node's own services authenticate as the internal user, with their certificate over
+//!   TLS ([`crate::front`]: a certificate of the node's services or administrator from the
+//!   node CA) or with the node's bus token, and may do anything.
 //! - Devices authenticate with user name = device name and password = the device's secret,
-//!   which core-metadata checks (it keeps only a salted hash). A device may publish only
+//!   which core-metadata checks (it keeps only a salted hash), or over TLS with their
+//!   certificate, which core-metadata checks too (its common name is the device). A device may publish only
 //!   its own telemetry and command replies and subscribe only below its own command topic
 //!   ([`DeviceTopics`]), so it can never speak for another device. A verified credential
 //!   is trusted for `device_auth_cache_s`, then checked again on the device's next
@@ -11,9 +13,9 @@
 //!   follows core-metadata's device events, and drops connections made with a secret that is
 //!   no longer the device's from routing, with their subscriptions, at once
 //!   ([`NodeAuth::revoked`]): commands meant for the device no longer reach them.
-//! - Clients on loopback may connect anonymously when `allow_anonymous_loopback` is set;
-//!   they may not publish on device topics.
-//!
+//! - Clients on loopback may connect anonymously when `allow_anonymous_loopback` is set
+//!   (by default only while `security.internal_tls` is off); they may not publish on
+//!   device topics.
 //!
 //! Failed attempts are counted and logged at a limited rate; the reason given to the
 //! client is the MQTT "bad user name or password" / "not authorized" code, nothing more.
@@ -69,8 +71,6 @@ pub struct NodeAuth {
     claims_log: Option<tokio::sync::mpsc::Sender<ClaimChange>>,
     /// The broker's session storage.
     sessions: std::sync::OnceLock<Arc<DynamicStorage>>,
-    /// Clients that came through the TLS front, with what their certificates prove.
-    front: Option<crate::front::Peers>,
 }
 
 /// Client IDs devices connected with, and whose they are. Each device keeps its
@@ -249,15 +249,7 @@ impl NodeAuth {
             claims: Mutex::default(),
             claims_log: None,
             sessions: std::sync::OnceLock::new(),
-            front: None,
         }
-    }
-
-    /// Binds the MQTT identity of clients of the TLS front to their certificates
-    /// ([`crate::front`]).
-    pub fn with_front(mut self, peers: crate::front::Peers) -> Self {
-        self.front = Some(peers);
-        self
     }
 
     /// Starts from `claims` (as stored) and sends every change to them to `log`, so they
@@ -545,6 +537,59 @@ impl NodeAuth {
         })
     }
 
+    /// Decides a CONNECT from `client_addr` (the client's own address) and, for clients
+    /// of the TLS front, what their certificate proves.
+    pub async fn authenticate_connect(
+        &self,
+        connect: &ConnectPacket,
+        client_addr: SocketAddr,
+        presented: Option<&crate::front::Presented>,
+    ) -> AuthResult {
+        let persistent = if connect.protocol_version == 5 {
+            connect
+                .properties
+                .get_session_expiry_interval()
+                .unwrap_or(0)
+                > 0
+        } else {
+            !connect.clean_start
+        };
+        let user = connect.username.as_deref().unwrap_or("");
+        let decision = self.decide(&Connect {
+            username: connect.username.as_deref(),
+            password: connect.password.as_deref(),
+            client_id: &connect.client_id,
+            persistent,
+            addr: client_addr,
+            presented,
+        });
+        let refuse = |code| self.refuse(code, client_addr, &connect.client_id, user);
+        match decision {
+            Ok(Decision::Internal(user)) => AuthResult::success_with_user(user),
+            Ok(Decision::Anonymous) => {
+                if self.claims().holder(&connect.client_id, None).is_none() {
+                    AuthResult::success()
+                } else {
+                    refuse(ReasonCode::ClientIdentifierNotValid)
+                }
+            }
+            Ok(d @ (Decision::Device { .. } | Decision::DeviceCert { .. })) => {
+                let (name, credential) = d.device();
+                self.authenticate_device(name, credential, &connect.client_id, client_addr)
+                    .await
+                    .unwrap_or_else(refuse)
+            }
+            Err(code) => {
+                if code == ReasonCode::BadUsernameOrPassword {
+                    // Counted by address only: the node's own services, which may
+                    // share it, are never held back.
+                    self.failed(client_addr);
+                }
+                refuse(code)
+            }
+        }
+    }
+
     fn refuse(
         &self,
         code: ReasonCode,
@@ -818,54 +863,8 @@ impl AuthProvider for NodeAuth {
         connect: &'a ConnectPacket,
         client_addr: SocketAddr,
     ) -> Pin<Box<dyn Future<Output = mqtt5::Result<AuthResult>> + Send + 'a>> {
-        Box::pin(async move {
-            let persistent = if connect.protocol_version == 5 {
-                connect
-                    .properties
-                    .get_session_expiry_interval()
-                    .unwrap_or(0)
-                    > 0
-            } else {
-                !connect.clean_start
-            };
-            let user = connect.username.as_deref().unwrap_or("");
-            // Through the TLS front: the client's own address and certificate.
-            let front = self.front.as_ref().and_then(|f| f.take(client_addr));
-            let client_addr = front.as_ref().map_or(client_addr, |p| p.addr);
-            let decision = self.decide(&Connect {
-                username: connect.username.as_deref(),
-                password: connect.password.as_deref(),
-                client_id: &connect.client_id,
-                persistent,
-                addr: client_addr,
-                presented: front.as_ref().and_then(|p| p.presented.as_ref()),
-            });
-            let refuse = |code| self.refuse(code, client_addr, &connect.client_id, user);
-            Ok(match decision {
-                Ok(Decision::Internal(user)) => AuthResult::success_with_user(user),
-                Ok(Decision::Anonymous) => {
-                    if self.claims().holder(&connect.client_id, None).is_none() {
-                        AuthResult::success()
-                    } else {
-                        refuse(ReasonCode::ClientIdentifierNotValid)
-                    }
-                }
-                Ok(d @ (Decision::Device { .. } | Decision::DeviceCert { .. })) => {
-                    let (name, credential) = d.device();
-                    self.authenticate_device(name, credential, &connect.client_id, client_addr)
-                        .await
-                        .unwrap_or_else(refuse)
-                }
-                Err(code) => {
-                    if code == ReasonCode::BadUsernameOrPassword {
-                        // Counted by address only: the node's own services, which may
-                        // share it, are never held back.
-                        self.failed(client_addr);
-                    }
-                    refuse(code)
-                }
-            })
-        })
+        // The plain listener: no certificate, whatever address the client has.
+        Box::pin(async move { Ok(self.authenticate_connect(connect, client_addr, None).await) })
     }
 
     fn authorize_publish<'a>(

@@ -6,11 +6,11 @@
 //! (`enrollment.manufacturer_ca`); expired ones and those of other CAs fail the handshake.
 //! Each connection then goes straight to the broker's own connection handler, in this
 //! process (no second hop, nothing in clear text on any socket), under an address of its
-//! own from `100::/64`, a prefix reserved for discarding (RFC 6666) that no real peer can
-//! have. The front remembers who is behind each such address ([`Peer`]): the client's real
-//! address and what its certificate proves; the broker's authentication ([`crate::auth`])
-//! looks it up when the client's CONNECT arrives, so the MQTT identity is bound to the
-//! certificate:
+//! own from `100::/64` (a prefix reserved for discarding, RFC 6666), with an authentication
+//! of its own ([`FrontAuth`]). The front remembers who is behind each such address
+//! ([`Peer`]): the client's real address and what its certificate proves; [`FrontAuth`]
+//! takes it when the client's CONNECT arrives and has the broker's authentication
+//! ([`crate::auth`]) decide with it, so the MQTT identity is bound to the certificate:
 //! - a certificate of one of the node's services or of its administrator
 //!   ([`outpost_pki::internal::identity`], issued by the node CA itself) is the node's
 //!   internal user;
@@ -18,8 +18,9 @@
 //!   decides whether it is that device's (as for the gateway); the device then has exactly
 //!   the topics its secret would give it, and cannot name another device as its user.
 //!
-//! A client of the plain listener has its real address, never one of these, so it is a
-//! plain client that must give credentials.
+//! Clients of the plain listener are authenticated by [`crate::auth::NodeAuth`] directly,
+//! which never looks at the front's table: whatever address such a client has (even one
+//! from `100::/64`), it is a plain client that must give credentials.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -28,7 +29,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use base64::Engine as _;
-use mqtt5::broker::auth::AuthProvider;
+use std::future::Future;
+use std::pin::Pin;
+
+use mqtt5::broker::auth::{AuthProvider, AuthResult};
 use mqtt5::broker::client_handler::ClientHandler;
 use mqtt5::broker::config::BrokerConfig;
 use mqtt5::broker::resource_monitor::ResourceMonitor;
@@ -37,6 +41,8 @@ use mqtt5::broker::storage::DynamicStorage;
 use mqtt5::broker::sys_topics::BrokerStats;
 use mqtt5::broker::tls_acceptor::TlsStreamWrapper;
 use mqtt5::broker::transport::BrokerTransport;
+use mqtt5::packet::connect::ConnectPacket;
+use mqtt5::protocol::v5::reason_codes::ReasonCode;
 use outpost_kit::Shutdown;
 use outpost_kit::internal::Identity;
 
@@ -98,11 +104,57 @@ impl Peers {
     }
 }
 
+/// The authentication of the front's connections: the broker's, told what each client's
+/// certificate proves.
+pub struct FrontAuth {
+    pub node: Arc<crate::auth::NodeAuth>,
+    pub peers: Peers,
+}
+
+impl AuthProvider for FrontAuth {
+    fn authenticate<'a>(
+        &'a self,
+        connect: &'a ConnectPacket,
+        client_addr: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = mqtt5::Result<AuthResult>> + Send + 'a>> {
+        Box::pin(async move {
+            Ok(match self.peers.take(client_addr) {
+                Some(peer) => {
+                    self.node
+                        .authenticate_connect(connect, peer.addr, peer.presented.as_ref())
+                        .await
+                }
+                // Already authenticated once (or never admitted): nothing to go on.
+                None => AuthResult::fail(ReasonCode::NotAuthorized),
+            })
+        })
+    }
+
+    fn authorize_publish<'a>(
+        &'a self,
+        client_id: &str,
+        user_id: Option<&'a str>,
+        topic: &'a str,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        self.node.authorize_publish(client_id, user_id, topic)
+    }
+
+    fn authorize_subscribe<'a>(
+        &'a self,
+        client_id: &str,
+        user_id: Option<&'a str>,
+        topic_filter: &'a str,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        self.node
+            .authorize_subscribe(client_id, user_id, topic_filter)
+    }
+}
+
 /// What the front needs of the broker to hand it connections.
 pub struct Broker {
     pub config: Arc<BrokerConfig>,
     pub router: Arc<MessageRouter>,
-    pub auth: Arc<dyn AuthProvider>,
+    pub auth: Arc<crate::auth::NodeAuth>,
     pub storage: Option<Arc<DynamicStorage>>,
     pub stats: Arc<BrokerStats>,
     pub monitor: Arc<ResourceMonitor>,
@@ -130,6 +182,10 @@ impl Front {
             peers,
         } = self;
         let node_ca: Arc<str> = node_ca.into();
+        let auth: Arc<dyn AuthProvider> = Arc::new(FrontAuth {
+            node: Arc::clone(&broker.auth),
+            peers: peers.clone(),
+        });
         let broker = Arc::new(broker);
         let (closing, _) = tokio::sync::broadcast::channel::<()>(1);
         let closing2 = closing.clone();
@@ -139,8 +195,12 @@ impl Front {
             HANDSHAKE,
             stop.wait(),
             move |tls, addr, _watcher| {
-                let (peers, node_ca, broker) =
-                    (peers.clone(), Arc::clone(&node_ca), Arc::clone(&broker));
+                let (peers, node_ca, broker, auth) = (
+                    peers.clone(),
+                    Arc::clone(&node_ca),
+                    Arc::clone(&broker),
+                    Arc::clone(&auth),
+                );
                 let closed = closing2.subscribe();
                 async move {
                     if !broker.monitor.can_accept_connection(addr.ip()).await {
@@ -159,7 +219,7 @@ impl Front {
                         known_as,
                         Arc::clone(&broker.config),
                         Arc::clone(&broker.router),
-                        Arc::clone(&broker.auth),
+                        auth,
                         broker.storage.clone(),
                         Arc::clone(&broker.stats),
                         Arc::clone(&broker.monitor),

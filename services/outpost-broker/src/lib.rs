@@ -137,9 +137,6 @@ impl outpost_kit::Service for Broker {
             Some(addr) => Some(tls_front(ctx, addr).await?),
             None => None,
         };
-        if let Some(f) = &front {
-            auth = auth.with_front(f.peers.clone());
-        }
         let auth = Arc::new(auth);
         let journal = if cfg.journal {
             let key = outpost_storage::load_or_create_secret(
@@ -219,20 +216,17 @@ impl outpost_kit::Service for Broker {
         let stop_broker = broker.shutdown_handle();
         let stats = broker.stats();
         tracing::info!(listen = %cfg.listen, tls = ?cfg.tls_listen, "MQTT broker listening");
-        if let Some(front) = front {
+        let front = front.map(|front| {
             let parts = front::Broker {
                 config: broker_config,
                 router: Arc::clone(&router),
-                auth: Arc::clone(&auth) as Arc<dyn mqtt5::broker::auth::AuthProvider>,
+                auth: Arc::clone(&auth),
                 storage: storage.clone(),
                 stats: Arc::clone(&stats),
                 monitor: broker.resource_monitor(),
             };
-            ctx.tasks
-                .spawn("mqtt-tls", Stage::AfterServing, move |stop| {
-                    front.run(parts, stop)
-                });
-        }
+            (front, parts)
+        });
         // If the broker itself stops, the service must stop too (and be restarted), not
         // keep heartbeating an HTTP side with no bus behind it: the task fails then.
         ctx.tasks
@@ -250,6 +244,14 @@ impl outpost_kit::Service for Broker {
                 stop_broker.shutdown();
                 run.await.map_err(Error::Stopped)
             });
+        // Declared after the broker, so it stops before it: no TLS client is left attached
+        // to a broker that stopped.
+        if let Some((front, parts)) = front {
+            ctx.tasks
+                .spawn("mqtt-tls", Stage::AfterServing, move |stop| {
+                    front.run(parts, stop)
+                });
+        }
         let mut health = vec![];
         if let Some(view) = view {
             let auth = Arc::clone(&auth);
@@ -279,11 +281,20 @@ impl outpost_kit::Service for Broker {
                     }
                 });
         }
-        let listen = cfg.listen;
-        let listener = health_probe(move || async move {
-            match tokio::net::TcpStream::connect(listen).await {
-                Ok(_) => vec![Check::ok("mqtt-listener")],
-                Err(e) => vec![Check::failed("mqtt-listener", e.to_string())],
+        let listeners: Vec<_> = std::iter::once(("mqtt-listener", cfg.listen))
+            .chain(cfg.tls_listen.map(|a| ("mqtts-listener", a)))
+            .collect();
+        let listener = health_probe(move || {
+            let listeners = listeners.clone();
+            async move {
+                let mut checks = Vec::new();
+                for (name, addr) in listeners {
+                    checks.push(match tokio::net::TcpStream::connect(addr).await {
+                        Ok(_) => Check::ok(name),
+                        Err(e) => Check::failed(name, e.to_string()),
+                    });
+                }
+                checks
             }
         });
         Ok(health
