@@ -76,6 +76,12 @@ fn publish(args: &[String], client_id: &str, topic: &str, msg: &str) -> std::pro
         .expect("mosquitto_pub must be installed (Debian package mosquitto-clients)")
 }
 
+/// The same, which the broker must acknowledge.
+fn publish_ok(args: &[String], client_id: &str, topic: &str, msg: &str) {
+    let o = publish(args, client_id, topic, msg);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 /// A certificate and key for `name` from a CA that is not the node's.
 fn foreign_identity(dir: &Path, name: &str) -> Vec<String> {
     let other = outpost_pki::Paths::new(dir);
@@ -117,13 +123,12 @@ async fn over_tls_devices_are_their_certificates_and_services_theirs() {
     // certificates, store it.
     let own = p1.tls_args(&node);
     eventually("press-1's reading over TLS", WAIT, || async {
-        let o = publish(
+        publish_ok(
             &own,
             "press-1-pub",
             "incoming/data/press-1",
             r#"{"Pressure": 3.5}"#,
         );
-        assert!(o.status.success(), "{}", text(&o));
         tokio::time::sleep(Duration::from_millis(200)).await;
         !node.readings("press-1", "Pressure").await.is_empty()
     })
@@ -167,22 +172,17 @@ async fn over_tls_devices_are_their_certificates_and_services_theirs() {
 
     // A certificate is public: given as a password (the base64 DER the broker checked a
     // moment ago for the same device), it is no secret.
-    let pem = std::fs::read_to_string(p1.0.join("device.pem")).expect("certificate");
-    let der_b64: String = pem
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
+    let der_b64 = crate::enroll::leaf_b64(
+        &std::fs::read_to_string(p1.0.join("device.pem")).expect("certificate"),
+    );
     // Checked just before (device_auth_cache_s = 1), so a credential cache that did not
     // tell certificates from secrets would still hold it.
-    let o = publish(
+    publish_ok(
         &own,
         "press-1-pub",
         "incoming/data/press-1",
         r#"{"Pressure": 3.5}"#,
     );
-    assert!(o.status.success(), "{}", text(&o));
     let o = publish(
         &[
             tls_to(&node, &ca),
@@ -199,7 +199,7 @@ async fn over_tls_devices_are_their_certificates_and_services_theirs() {
     // the client is refused, also from loopback.
     let anonymous_tls = tls_to(&node, &ca);
     let secret = std::fs::read_to_string(p2.0.join("device.secret")).expect("secret");
-    let o = publish(
+    publish_ok(
         &[
             anonymous_tls.clone(),
             ["-u", "press-2", "-P", secret.trim()]
@@ -211,7 +211,6 @@ async fn over_tls_devices_are_their_certificates_and_services_theirs() {
         "incoming/data/press-2",
         r#"{"Pressure": 2.5}"#,
     );
-    assert!(o.status.success(), "{}", text(&o));
     let o = publish(&anonymous_tls, "tool", "edgex/x", "x");
     refused_with(&o, "not authorized");
     // Plain MQTT on loopback is for clients with credentials only now.
@@ -252,8 +251,7 @@ async fn over_tls_devices_are_their_certificates_and_services_theirs() {
         ],
     ]
     .concat();
-    let o = publish(&admin, "admin-tool", "edgex/admin-check", "x");
-    assert!(o.status.success(), "{}", text(&o));
+    publish_ok(&admin, "admin-tool", "edgex/admin-check", "x");
 }
 
 /// tcpdump on loopback for `ports`, writing `file`; stopped (and the file complete) when
@@ -351,13 +349,12 @@ async fn with_tls_on_every_hop_nothing_crosses_loopback_in_clear() {
     let value = "8642.125";
     let args = bundle.tls_args(&node);
     eventually("the marked reading stored", WAIT, || async {
-        let o = publish(
+        publish_ok(
             &args,
             "press-1-pub",
             "incoming/data/press-1",
             &format!(r#"{{"Pressure": {value}}}"#),
         );
-        assert!(o.status.success(), "{}", text(&o));
         tokio::time::sleep(Duration::from_millis(200)).await;
         node.readings("press-1", "Pressure")
             .await
@@ -373,13 +370,12 @@ async fn with_tls_on_every_hop_nothing_crosses_loopback_in_clear() {
             .to_vec(),
     ]
     .concat();
-    let o = publish(
+    publish_ok(
         &by_secret,
         "press-1-secret",
         "incoming/data/press-1",
         r#"{"Cycles": 97531}"#,
     );
-    assert!(o.status.success(), "{}", text(&o));
     let password = std::fs::read_to_string(node.data_dir().join("secrets/admin-password"))
         .expect("admin password");
     let gateway = https_client(trusting(&ca));

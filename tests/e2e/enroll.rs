@@ -112,7 +112,7 @@ fn mode(p: &Path) -> u32 {
 }
 
 /// The first certificate of a PEM chain, DER, base64: what a client could claim in a header.
-fn leaf_b64(pem: &str) -> String {
+pub(crate) fn leaf_b64(pem: &str) -> String {
     let body: String = pem
         .lines()
         .skip_while(|l| !l.starts_with("-----BEGIN"))

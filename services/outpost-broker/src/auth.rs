@@ -1174,26 +1174,19 @@ mod tests {
             strict.decide(&via(None, &service)),
             Ok(Decision::Internal("outpost".into()))
         );
-        assert_eq!(
-            d.decide(&Connect {
-                client_id: "p7",
-                ..via(None, &device)
-            }),
-            Ok(Decision::DeviceCert {
-                name: "press-7".into(),
-                cert: "MIIB".into()
-            })
-        );
-        assert_eq!(
-            d.decide(&Connect {
-                client_id: "p7",
-                ..via(Some("press-7"), &device)
-            }),
-            Ok(Decision::DeviceCert {
-                name: "press-7".into(),
-                cert: "MIIB".into()
-            })
-        );
+        // With no user name, or its own.
+        for user in [None, Some("press-7")] {
+            assert_eq!(
+                d.decide(&Connect {
+                    client_id: "p7",
+                    ..via(user, &device)
+                }),
+                Ok(Decision::DeviceCert {
+                    name: "press-7".into(),
+                    cert: "MIIB".into()
+                })
+            );
+        }
         assert_eq!(
             d.decide(&Connect {
                 client_id: "p7",
