@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and running Outpost needs on Debian/Ubuntu.
 #   scripts/setup.sh          build and run dependencies
-#   scripts/setup.sh --test   plus the real peers the tests talk to (mosquitto, tcpdump, and pymodbus
+#   scripts/setup.sh --test   plus the real peers the tests talk to (mosquitto, tcpdump, swtpm as
+#                             the TPM with tpm2-tools, and pymodbus
 #                             in a virtualenv under target/peers/)
 #   scripts/setup.sh --bench  plus the benchmarks' peers (nginx, wrk)
 # Installing Debian packages needs root; as another user the script uses sudo.
@@ -10,7 +11,7 @@ set -euo pipefail
 # A C compiler and OpenSSL headers build the bundled SQLCipher.
 packages=(gcc libc6-dev pkg-config libssl-dev)
 if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
-  packages+=(mosquitto mosquitto-clients python3 python3-venv curl tcpdump)
+  packages+=(mosquitto mosquitto-clients python3 python3-venv curl tcpdump swtpm tpm2-tools)
 fi
 # The benchmarks' peers: nginx (the gateway's reference) and wrk (the HTTP load generator).
 if [[ "${1:-}" == "--bench" ]]; then

@@ -166,6 +166,9 @@ enum Command {
     /// Firmware artifacts: signing keys, uploads, listing.
     #[command(subcommand)]
     Ota(OtaCmd),
+    /// The node's keys at rest.
+    #[command(subcommand)]
+    Keys(KeysCmd),
     /// The cloud node: `outpost cloud` runs it; the subcommands manage it.
     Cloud {
         #[command(subcommand)]
@@ -183,6 +186,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Re-encrypt every database, queue and artifact under new keys, with the node stopped
+    /// (run it again to finish if it was interrupted).
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -528,6 +538,10 @@ fn main() -> ExitCode {
             return ExitCode::from(runner::EXIT_CONFIG as u8);
         }
     };
+    // How the node's keys are protected, before anything reads one (validated with the rest).
+    if let Ok(setting) = cfg.security.tpm_setting() {
+        outpost_storage::protect::install(setting);
+    }
     let data_dir = args.data_dir.unwrap_or_else(config::default_data_dir);
     match args.command {
         Command::Config(ConfigCmd::Check) => {
@@ -565,6 +579,13 @@ fn main() -> ExitCode {
         },
         // Needs no node: signing keys are made where artifacts are built.
         Command::Ota(OtaCmd::Keygen { out }) => match cli::ota::keygen(&out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("outpost: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Keys(KeysCmd::Rotate) => match cli::keys::rotate(&data_dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("outpost: {e:#}");
@@ -790,6 +811,7 @@ async fn client(
         | Command::Run { .. }
         | Command::Config(_)
         | Command::Cloud { .. }
-        | Command::Ota(OtaCmd::Keygen { .. }) => Ok(()),
+        | Command::Ota(OtaCmd::Keygen { .. })
+        | Command::Keys(_) => Ok(()),
     }
 }

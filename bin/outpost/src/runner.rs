@@ -64,6 +64,15 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
     let result = rt.block_on(async move {
         let shutdown = Shutdown::new();
         shutdown.listen_for_signals(supervised);
+        // The keys open (unsealed by the TPM when one protects them) before anything else.
+        match outpost_storage::protect::in_force(&data_dir.join("secrets")) {
+            Ok(keys) => tracing::info!(keys = %keys, "keys at rest"),
+            Err(e) => {
+                return Err(outpost_kit::service::RunError::Start(
+                    outpost_kit::StartError::other(e),
+                ));
+            }
+        }
         // Before any client is built: they present the process's certificate.
         if cfg.security.internal_tls {
             let names = outpost_pki::default_names(&cfg.node.advertise_host, &[]);

@@ -337,6 +337,7 @@ struct Supervised {
 fn next_steps(
     cfg: &NodeConfig,
     data_dir: &std::path::Path,
+    keys: &outpost_storage::protect::InForce,
     running: impl Iterator<Item = Service>,
 ) -> Vec<String> {
     let mut out = Vec::new();
@@ -365,6 +366,7 @@ fn next_steps(
     out.push(format!(
         "Try: outpost{dir_flag} services    (on this machine the CLI logs in by itself)"
     ));
+    out.push(format!("Keys at rest: {keys}"));
     if !cfg.security.internal_tls {
         out.push(
             "Warning: security.internal_tls is off: the services' APIs and the bus are plain \
@@ -468,6 +470,19 @@ pub async fn up(cfg: NodeConfig, data_dir: PathBuf) -> anyhow::Result<()> {
     let force = Shutdown::new();
     listen_for_signals(node.clone(), force.clone());
 
+    // The node's keys open (unsealed by its TPM when one protects them) before any service
+    // starts: a data dir sealed by another TPM, or without its TPM, stops here.
+    let keys = outpost_storage::protect::in_force(&data_dir.join("secrets"))
+        .context("cannot open the node's keys")?;
+    let unfinished = outpost_storage::protect::unfinished_rotations(&data_dir.join("secrets"));
+    if let Some(first) = unfinished.first() {
+        anyhow::bail!(
+            "a key rotation did not finish ({} and {} more): run `outpost keys rotate` again \
+             to finish it before the node starts",
+            first.display(),
+            unfinished.len() - 1
+        );
+    }
     if cfg.security.internal_tls {
         // The node CA exists before any service starts, and the readiness checks below
         // speak TLS as the node's administrator.
@@ -558,7 +573,7 @@ pub async fn up(cfg: NodeConfig, data_dir: PathBuf) -> anyhow::Result<()> {
             };
             say!("  {:<14} {addr:<48} pid {}{state}", s.svc.name(), s.pid);
         }
-        for line in next_steps(&cfg, &data_dir, running.iter().map(|s| s.svc)) {
+        for line in next_steps(&cfg, &data_dir, &keys, running.iter().map(|s| s.svc)) {
             say!("{line}");
         }
         say!("Stop with Ctrl-C.");

@@ -238,7 +238,7 @@ pub fn credentials(
         if !path.exists() {
             return Ok(None);
         }
-        outpost_storage::read_secret(&path).map(hex_encode)
+        outpost_storage::read_token(&path).map(hex_encode)
     }
     .map_err(BusError::Credential)?;
     Ok(Some((INTERNAL_USER.to_string(), token)))

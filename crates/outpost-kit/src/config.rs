@@ -33,11 +33,26 @@ pub struct SecurityConfig {
     /// over TLS with their certificates. On by default. Off: EdgeX's plaintext internal
     /// API, for EdgeX tools that call services directly.
     pub internal_tls: bool,
+    /// Where the node's keys are sealed (`outpost_storage::protect`): `auto` (the kernel's
+    /// TPM, `/dev/tpmrm0`, when there is one this user may open; key files otherwise), `off`
+    /// (key files only), or a TPM in the TCG tools' syntax, required:
+    /// `device:/dev/tpmrm0`, `swtpm:host=H,port=P`.
+    pub tpm: String,
 }
 
 impl Default for SecurityConfig {
     fn default() -> Self {
-        Self { internal_tls: true }
+        Self {
+            internal_tls: true,
+            tpm: "auto".into(),
+        }
+    }
+}
+
+impl SecurityConfig {
+    /// `tpm` parsed (checked by validation).
+    pub fn tpm_setting(&self) -> Result<outpost_storage::protect::Setting, String> {
+        outpost_storage::protect::Setting::parse(&self.tpm)
     }
 }
 
@@ -332,6 +347,9 @@ impl Validate for CommonConfig {
             "registry",
             "request_timeout_ms must be at least 10",
         );
+        if let Err(e) = self.security.tpm_setting() {
+            p.push("security", format!("tpm: {e}"));
+        }
         let scheme = if self.security.internal_tls {
             "https://"
         } else {

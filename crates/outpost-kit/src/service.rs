@@ -405,7 +405,9 @@ pub async fn assemble<S: Service>(
             return Err(RunError::Start(e));
         }
     };
-    let mut router = ctx.router(built.api, health(db, built.checks), S::INFO.open_routes);
+    let mut checks = built.checks;
+    checks.push(keys_probe(ctx.secrets_dir()));
+    let mut router = ctx.router(built.api, health(db, checks), S::INFO.open_routes);
     if let Some(wrap) = built.wrap {
         router = wrap(router);
     }
@@ -455,6 +457,29 @@ fn open_storage(ctx: &Context, spec: &Storage) -> Result<Db, outpost_storage::St
         db.checkpoint_in_background(&location, &opts, every)?;
     }
     Ok(db)
+}
+
+/// The `keys` check: how the node's keys are protected at rest (sealed by a TPM, or key
+/// files only), or why they cannot be opened.
+fn keys_probe(secrets: std::path::PathBuf) -> HealthProbe {
+    Arc::new(move || {
+        let secrets = secrets.clone();
+        Box::pin(async move {
+            // Known after the service's first key; the first call may talk to the TPM.
+            let found =
+                tokio::task::spawn_blocking(move || outpost_storage::protect::in_force(&secrets))
+                    .await;
+            vec![match found {
+                Ok(Ok(protection)) => Check {
+                    name: "keys",
+                    ok: true,
+                    detail: protection.to_string(),
+                },
+                Ok(Err(e)) => Check::failed("keys", e.to_string()),
+                Err(e) => Check::failed("keys", e.to_string()),
+            }]
+        })
+    })
 }
 
 /// The `storage` check of a database, as a probe.

@@ -154,6 +154,7 @@ fn ensure(
         cert: &holder.cert,
         key: &holder.key,
         meta: &holder.meta,
+        sealed: false,
     };
     if files.fresh(names, secs / 2) {
         return Ok(());

@@ -238,10 +238,9 @@ pub fn ensure_ca(paths: &Paths) -> Result<Issuer<'static, KeyPair>, PkiError> {
         if !(paths.ca_key.exists() && paths.ca_cert.exists()) {
             return Ok(None);
         }
-        let pem = std::fs::read_to_string(&paths.ca_key).map_err(|source| PkiError::Read {
-            path: paths.ca_key.clone(),
-            source,
-        })?;
+        // Sealed by the TPM when one protects the node.
+        let pem = outpost_storage::protect::read(&paths.ca_key)?;
+        let pem = String::from_utf8_lossy(&pem);
         let key = KeyPair::from_pem(&pem).map_err(issue("the CA key is not a valid key"))?;
         Ok(Some(Issuer::new(ca_params(paths.ca_name), key)))
     };
@@ -272,7 +271,7 @@ pub fn ensure_ca(paths: &Paths) -> Result<Issuer<'static, KeyPair>, PkiError> {
     let cert = params
         .self_signed(&key)
         .map_err(issue("cannot create the CA"))?;
-    outpost_storage::replace_secret_file(&paths.ca_key, key.serialize_pem().as_bytes())?;
+    outpost_storage::protect::replace(&paths.ca_key, key.serialize_pem().as_bytes())?;
     write_public(&paths.ca_cert, &cert.pem())?;
     tracing::info!(ca = %paths.ca_cert.display(), name = paths.ca_name, "created a CA");
     drop(lock);
@@ -290,12 +289,23 @@ pub fn load_ca(paths: &Paths) -> Result<Option<Issuer<'static, KeyPair>>, PkiErr
 
 /// Issues (or keeps) the server certificate for `names`.
 pub fn ensure_server_cert(paths: &Paths, names: &[String]) -> Result<(), PkiError> {
+    // The node's server key is sealed by the TPM when one protects the node (a plain one
+    // from before is replaced by a new pair at once).
+    let sealed = paths.key.parent().is_some_and(|dir| {
+        matches!(
+            outpost_storage::protect::in_force(dir),
+            Ok(outpost_storage::protect::InForce::Tpm(_))
+        )
+    });
     let files = Files {
         cert: &paths.cert,
         key: &paths.key,
         meta: &paths.meta,
+        sealed,
     };
-    if files.fresh(names, RENEW_DAYS * 86_400) {
+    if files.fresh(names, RENEW_DAYS * 86_400)
+        && (!sealed || outpost_storage::protect::is_sealed(&paths.key))
+    {
         return Ok(());
     }
     let issuer = ensure_ca(paths)?;
@@ -317,6 +327,10 @@ struct Files<'a> {
     cert: &'a Path,
     key: &'a Path,
     meta: &'a Path,
+    /// Whether the key is written sealed ([`outpost_storage::protect`]): the node's server
+    /// keys; not the day-long keys of services, nor the administrator's, which local tools
+    /// read.
+    sealed: bool,
 }
 
 impl Files<'_> {
@@ -358,7 +372,12 @@ impl Files<'_> {
         // Key first: a reload between the two writes sees a new key with the old
         // certificate, which fails to load and keeps the previous pair until the certificate
         // follows.
-        outpost_storage::replace_secret_file(self.key, key.serialize_pem().as_bytes())?;
+        let pem = key.serialize_pem();
+        if self.sealed {
+            outpost_storage::protect::replace(self.key, pem.as_bytes())?;
+        } else {
+            outpost_storage::replace_secret_file(self.key, pem.as_bytes())?;
+        }
         write_public(self.cert, &format!("{}{ca}", cert.pem()))?;
         let meta = IssuedMeta {
             names: names.to_vec(),
@@ -383,7 +402,8 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, PkiError>
             cert.display()
         )));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(pem(format!(
+    let key_pem = outpost_storage::protect::read_if_sealed(key)?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(pem(format!(
         "cannot read a private key from {}",
         key.display()
     )))?;

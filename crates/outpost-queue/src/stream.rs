@@ -90,6 +90,78 @@ fn segment_name(first_seq: u64) -> String {
     format!("{first_seq:020}.seg")
 }
 
+/// Re-encrypts the segment file `path` from master key `old` to `new` (same salt and
+/// records, new segment key), through a synced temporary file renamed over it, so the
+/// segment is whole under one of the two keys at any point. Records that open under
+/// neither key (corrupt; skipped when the queue is opened anyway) are dropped. Returns the
+/// records re-encrypted, `None` if it was under `new` already.
+pub(crate) fn rekey_segment(
+    path: &Path,
+    old: &[u8; 32],
+    new: &[u8; 32],
+) -> io::Result<Option<u64>> {
+    let data = fs::read(path).map_err(|e| io_ctx(format!("read {}", path.display()), e))?;
+    let Some(header) = data.get(..SEGMENT_HEADER) else {
+        return Ok(Some(0));
+    };
+    let stream = header[24];
+    let Some(salt) = parse_segment_header(&data, stream) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a queue segment", path.display()),
+        ));
+    };
+    let (from, to) = (
+        SegmentKey::derive(old, &salt),
+        SegmentKey::derive(new, &salt),
+    );
+    let mut out = header.to_vec();
+    let (mut pos, mut records) = (SEGMENT_HEADER, 0u64);
+    let max = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    while pos + FRAME_HEADER <= data.len() {
+        let Some(h) = FrameHeader::decode(&data[pos..], max) else {
+            pos += 1;
+            continue;
+        };
+        let end = pos + FRAME_HEADER + h.len as usize;
+        if end > data.len() {
+            pos += 1;
+            continue;
+        }
+        let mut body = data[pos + FRAME_HEADER..end].to_vec();
+        if let Some(plain) = from.open(&h, &mut body) {
+            to.seal(h.seq, h.enqueued_ms, h.flags, plain, &mut out);
+            records += 1;
+            pos = end;
+            continue;
+        }
+        let mut body = data[pos + FRAME_HEADER..end].to_vec();
+        if records == 0 && to.open(&h, &mut body).is_some() {
+            return Ok(None);
+        }
+        pos += 1;
+    }
+    let tmp = path.with_extension("seg.rekey");
+    {
+        use std::io::Write as _;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io_ctx(format!("create {}", tmp.display()), e))?;
+        f.write_all(&out)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io_ctx(format!("write {}", tmp.display()), e))?;
+    }
+    fs::rename(&tmp, path).map_err(|e| io_ctx(format!("rename {}", tmp.display()), e))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(Some(records))
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())

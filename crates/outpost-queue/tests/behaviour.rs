@@ -271,3 +271,37 @@ fn sequence_numbers_never_go_back_even_when_everything_was_consumed() {
         }
     }
 }
+
+#[test]
+fn a_rekeyed_queue_keeps_every_item_and_opens_with_the_new_key_only() {
+    let (_dir, path, mut q) = ten_items();
+    q.append(Priority::High, &[item(100)], 1).expect("append");
+    // The high-priority item consumed: the rest, and only the rest, come back (the
+    // consumed record stays in its segment until the segment goes, re-encrypted too).
+    let b = q.peek(1, usize::MAX, 1).expect("peek").expect("batch");
+    q.ack(&b).expect("ack");
+    drop(q);
+    let new = [9u8; 32];
+    let before: Vec<_> = segments(&path, "p1")
+        .iter()
+        .map(|s| std::fs::read(s).expect("read"))
+        .collect();
+    assert_eq!(outpost_queue::rekey(&path, &KEY, &new).expect("rekey"), 11);
+    let after: Vec<_> = segments(&path, "p1")
+        .iter()
+        .map(|s| std::fs::read(s).expect("read"))
+        .collect();
+    assert_ne!(before, after, "the segments were not rewritten");
+    // Again: nothing left to do.
+    assert_eq!(outpost_queue::rekey(&path, &KEY, &new).expect("rekey"), 0);
+    assert!(matches!(
+        Queue::open(&path, &KEY, Config::default()),
+        Err(QueueError::Meta { .. })
+    ));
+    // A third key is not taken for the old one.
+    assert!(outpost_queue::rekey(&path, &[1; 32], &[2; 32]).is_err());
+    let mut q = Queue::open(&path, &new, Config::default()).expect("open with the new key");
+    let got: Vec<_> = drain(&mut q, 1).into_iter().map(|(_, _, d)| d).collect();
+    let want: Vec<_> = (0..10).map(item).collect();
+    assert_eq!(got, want);
+}

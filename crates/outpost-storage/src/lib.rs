@@ -19,6 +19,9 @@ use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+pub mod protect;
+pub mod tpm;
+
 pub use rusqlite;
 use rusqlite::Connection;
 
@@ -76,6 +79,11 @@ impl Key {
             why: format!("no randomness: {e}"),
         })?;
         Ok(Self(k))
+    }
+
+    /// A key from its 256 bits (as [`read_secret`] returns them).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
     }
 
     fn pragma(&self) -> String {
@@ -168,7 +176,8 @@ pub fn replace_secret_file(path: &Path, contents: &[u8]) -> Result<(), StorageEr
     sync_parent(path)
 }
 
-/// Loads the key `<secrets>/<name>.key`, creating it on first use.
+/// Loads the key `<secrets>/<name>.key`, creating it on first use; sealed by the TPM when
+/// one protects the node ([`protect`]).
 ///
 /// A key file that is readable by group or others is refused: the key is the only thing
 /// protecting the data at rest.
@@ -178,20 +187,32 @@ pub fn load_or_create_key(secrets: &Path, name: &str) -> Result<Key, StorageErro
 }
 
 /// Loads the random token `<secrets>/<name>.token` (hex), creating it on first use; used for
-/// internal credentials such as the bus password.
+/// internal credentials such as the bus password. Tokens are plain files (mode 0600): local
+/// tools read them, and a token only opens a running node's own APIs.
 pub fn load_or_create_token(secrets: &Path, name: &str) -> Result<String, StorageError> {
     let path = secrets.join(format!("{name}.token"));
-    load_or_create_secret(&path).map(hex::encode)
+    load_or_create_hex(&path, false).map(hex::encode)
 }
 
-/// Reads a 256-bit hex secret from `path`, creating it (mode 0600, race-free) if missing.
+/// Reads a 256-bit secret key from `path`, creating it (mode 0600, race-free) if missing;
+/// sealed by the TPM when one protects the node ([`protect`]).
 pub fn load_or_create_secret(path: &Path) -> Result<[u8; 32], StorageError> {
+    load_or_create_hex(path, true)
+}
+
+fn load_or_create_hex(path: &Path, protected: bool) -> Result<[u8; 32], StorageError> {
     if let Some(dir) = path.parent() {
         ensure_private_dir(dir)?;
     }
     if !path.exists() {
         let key = Key::generate()?;
-        match write_secret_file(path, hex::encode(key.0).as_bytes()) {
+        let contents = hex::encode(key.0);
+        let created = if protected {
+            protect::create(path, contents.as_bytes())
+        } else {
+            write_secret_file(path, contents.as_bytes())
+        };
+        match created {
             Ok(()) => {
                 tracing::info!(path = %path.display(), "created secret");
                 return Ok(key.0);
@@ -202,11 +223,56 @@ pub fn load_or_create_secret(path: &Path) -> Result<[u8; 32], StorageError> {
             Err(e) => return Err(e),
         }
     }
-    read_secret(path)
+    let text = if protected {
+        protect::read(path)?
+    } else {
+        check_private_file(path)?;
+        fs::read(path).map_err(|e| StorageError::io(format!("read {}", path.display()), e))?
+    };
+    parse_hex_secret(path, &text)
 }
 
-/// Reads an existing 256-bit hex secret, refusing files others can read.
+/// Reads an existing 256-bit secret key (sealed or not), refusing files others can read.
 pub fn read_secret(path: &Path) -> Result<[u8; 32], StorageError> {
+    parse_hex_secret(path, &protect::read(path)?)
+}
+
+/// The key `path` and the one replacing it (`outpost keys rotate`), created if there is
+/// none yet (a rotation that stopped resumes with the same new key).
+pub fn rotating_secret(path: &Path) -> Result<([u8; 32], [u8; 32]), StorageError> {
+    let old = parse_hex_secret(path, &protect::read_rotating(path)?)?;
+    let next = protect::pending(path);
+    if !next.exists() {
+        let key = Key::generate()?;
+        match protect::create(&next, hex::encode(key.0).as_bytes()) {
+            Ok(()) => {}
+            Err(StorageError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let new = parse_hex_secret(&next, &protect::read_rotating(&next)?)?;
+    Ok((old, new))
+}
+
+/// Puts the key replacing `path` in its place (atomically, synced): the end of its rotation.
+pub fn finish_rotation(path: &Path) -> Result<(), StorageError> {
+    let next = protect::pending(path);
+    fs::rename(&next, path)
+        .map_err(|e| StorageError::io(format!("rename {}", next.display()), e))?;
+    sync_parent(path)
+}
+
+/// Reads an existing token file (hex, 256 bits), refusing files others can read.
+pub fn read_token(path: &Path) -> Result<[u8; 32], StorageError> {
+    check_private_file(path)?;
+    let text =
+        fs::read(path).map_err(|e| StorageError::io(format!("read {}", path.display()), e))?;
+    parse_hex_secret(path, &text)
+}
+
+/// Refuses a secret file that group or others may read.
+fn check_private_file(path: &Path) -> Result<(), StorageError> {
     let meta =
         fs::metadata(path).map_err(|e| StorageError::io(format!("stat {}", path.display()), e))?;
     if meta.permissions().mode() & 0o077 != 0 {
@@ -218,12 +284,17 @@ pub fn read_secret(path: &Path) -> Result<[u8; 32], StorageError> {
             ),
         });
     }
-    let text = fs::read_to_string(path)
-        .map_err(|e| StorageError::io(format!("read {}", path.display()), e))?;
-    let bytes = hex::decode(text.trim()).map_err(|_| StorageError::Key {
-        path: path.to_path_buf(),
-        why: "not a hex secret".into(),
-    })?;
+    Ok(())
+}
+
+fn parse_hex_secret(path: &Path, text: &[u8]) -> Result<[u8; 32], StorageError> {
+    let bytes = std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| hex::decode(t.trim()).ok())
+        .ok_or_else(|| StorageError::Key {
+            path: path.to_path_buf(),
+            why: "not a hex secret".into(),
+        })?;
     bytes.try_into().map_err(|_| StorageError::Key {
         path: path.to_path_buf(),
         why: "not a 256-bit secret".into(),
@@ -296,6 +367,51 @@ pub fn open(path: &Path, key: &Key, opts: &OpenOptions) -> Result<Connection, St
         let _ = f.set_permissions(fs::Permissions::from_mode(0o600));
     }
     Ok(conn)
+}
+
+/// Re-encrypts the database at `path` from key `old` to key `new`, atomically: the whole
+/// database is exported into a new file under `new` (SQLCipher's `sqlcipher_export`),
+/// synced, and renamed over the old one, so a crash at any point leaves it whole under one
+/// of the two keys. Idempotent: a database already under `new` is left as it is. Returns
+/// whether it re-encrypted.
+pub fn rekey_db(path: &Path, old: &Key, new: &Key) -> Result<bool, StorageError> {
+    let next = path.with_extension("db.rekey");
+    let _ = fs::remove_file(&next);
+    let opts = OpenOptions::default();
+    let conn = match open(path, old, &opts) {
+        Ok(c) => c,
+        // Under the new key already (an earlier run stopped after its rename).
+        Err(StorageError::WrongKey { .. }) if open(path, new, &opts).is_ok() => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+    let target = next.to_str().ok_or_else(|| StorageError::Key {
+        path: next.clone(),
+        why: "not a UTF-8 path".into(),
+    })?;
+    conn.execute(
+        &format!("ATTACH DATABASE ?1 AS rekeyed KEY \"{}\"", new.pragma()),
+        [target],
+    )?;
+    conn.execute_batch(&format!(
+        "SELECT sqlcipher_export('rekeyed');
+         PRAGMA rekeyed.user_version = {version};
+         DETACH DATABASE rekeyed;"
+    ))?;
+    drop(conn);
+    fs::File::open(&next)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StorageError::io(format!("sync {}", next.display()), e))?;
+    // The old database's WAL is empty after the checkpoint; its files belong to the old
+    // file and must not be read with the new one.
+    for ext in ["db-wal", "db-shm"] {
+        let _ = fs::remove_file(path.with_extension(ext));
+    }
+    fs::rename(&next, path)
+        .map_err(|e| StorageError::io(format!("rename {}", next.display()), e))?;
+    sync_parent(path)?;
+    Ok(true)
 }
 
 /// One schema step. Versions start at 1 and increase by one.
@@ -638,6 +754,36 @@ mod tests {
             fs::metadata(&new).unwrap().permissions().mode() & 0o777,
             0o700
         );
+    }
+
+    #[test]
+    fn a_rekeyed_database_opens_with_the_new_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db").join("s.db");
+        let (old, new) = (Key::generate().unwrap(), Key::generate().unwrap());
+        let mut conn = open(&path, &old, &OpenOptions::default()).unwrap();
+        let m = [Migration {
+            version: 1,
+            description: "t",
+            sql: "CREATE TABLE t (v TEXT);",
+        }];
+        migrate(&mut conn, &path, &m).unwrap();
+        conn.execute("INSERT INTO t VALUES ('kept')", []).unwrap();
+        drop(conn);
+        assert!(rekey_db(&path, &old, &new).unwrap());
+        assert!(matches!(
+            open(&path, &old, &OpenOptions::default()),
+            Err(StorageError::WrongKey { .. })
+        ));
+        let conn = open(&path, &new, &OpenOptions::default()).unwrap();
+        let v: String = conn.query_row("SELECT v FROM t", [], |r| r.get(0)).unwrap();
+        let version: u32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((v.as_str(), version), ("kept", 1));
+        drop(conn);
+        // Again: nothing to do.
+        assert!(!rekey_db(&path, &old, &new).unwrap());
     }
 
     #[test]

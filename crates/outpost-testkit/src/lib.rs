@@ -17,6 +17,7 @@
 //! - [`metadata`]: the real core-metadata, served on a socket, and what tests put in it.
 //! - [`device`]: a device service next to core-metadata on a broker, and an HTTP device.
 //! - [`firmware`]: payloads and manifests of firmware artifacts.
+//! - [`tpm::Swtpm`]: a real TPM 2.0 (swtpm) on a free port, with its own or a given state.
 //!
 //! A test dependency only: nothing here is built into the node.
 
@@ -26,6 +27,7 @@ pub mod device;
 pub mod firmware;
 pub mod metadata;
 pub mod modbus;
+pub mod tpm;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

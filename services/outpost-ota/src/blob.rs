@@ -240,9 +240,59 @@ impl BlobReader {
     }
 }
 
+/// Re-encrypts the blob at `path` from service key `old` to `new` (a new salt, the same
+/// payload), through a synced temporary file renamed over it, so the blob is whole under
+/// one of the two keys at any point. Returns false if it was under `new` already.
+pub fn rekey(path: &Path, old: &[u8; 32], new: &[u8; 32]) -> io::Result<bool> {
+    let reader = BlobReader::open(path, old)?;
+    if reader.chunk(0).is_err() {
+        // Under the new key already, or damaged: the new key must open it.
+        BlobReader::open(path, new)?.chunk(0)?;
+        return Ok(false);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut w = BlobWriter::create(dir, new, reader.size)?;
+    for i in 0..chunks(reader.size) {
+        if let Err(e) = reader.chunk(i).and_then(|c| w.write(&c)) {
+            w.abandon();
+            return Err(e);
+        }
+    }
+    let (tmp, _) = w.finish()?;
+    std::fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rekeyed_blob_reads_back_under_the_new_key_only() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (old, new) = ([5u8; 32], [6u8; 32]);
+        let data: Vec<u8> = (0..2 * CHUNK + 3).map(|i| (i % 251) as u8).collect();
+        let mut w = BlobWriter::create(dir.path(), &old, data.len() as u64).expect("create");
+        w.write(&data).expect("write");
+        let (path, _) = w.finish().expect("finish");
+        assert!(rekey(&path, &old, &new).expect("rekey"));
+        assert!(!rekey(&path, &old, &new).expect("again"));
+        assert!(
+            BlobReader::open(&path, &old)
+                .expect("open")
+                .chunk(0)
+                .is_err()
+        );
+        let r = BlobReader::open(&path, &new).expect("open");
+        let mut back = Vec::new();
+        r.read_range(0, r.size, |c| {
+            back.extend_from_slice(&c);
+            true
+        })
+        .expect("read");
+        assert_eq!(back, data);
+    }
 
     #[test]
     fn any_range_reads_back_and_damage_is_detected() {

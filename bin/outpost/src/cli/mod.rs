@@ -7,6 +7,7 @@ pub mod cloud;
 pub mod data;
 pub mod devices;
 pub mod enroll;
+pub mod keys;
 pub mod node;
 pub mod ota;
 pub mod table;
