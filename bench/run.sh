@@ -25,6 +25,10 @@
 #                             TLS with their secrets; the services over mutual TLS) against
 #                             the same load in plaintext, alternating, two rounds each, with
 #                             the CPU each process spent per reading
+#   bench/run.sh reconnect    1,000 MQTT devices (own secrets) connecting over TLS at once, three
+#                             rounds: handshakes/s, time until all are back, connect p50/p99
+#                             and server CPU per connect, against mosquitto over TLS with a
+#                             password file of the same devices
 #   bench/run.sh fuzz         every fuzz target for an hour (FUZZ_SECONDS), with executions
 #   bench/run.sh durability   the randomized kill -9 test of tests/e2e/durability.rs with 100
 #                             kills instead of CI's 20 (OUTPOST_KILL_ROUNDS), under QoS 1 ingest
@@ -106,6 +110,11 @@ if [[ $what == all || $what == tls ]]; then
   for first in 1 0; do
     for t in $first $((1 - first)); do OUTPOST_BENCH_TLS=$t run "${devices[@]}"; done
   done
+fi
+if [[ $what == all || $what == reconnect ]]; then
+  # 1,000 devices with their own secrets connecting over TLS at once, three rounds, against
+  # mosquitto over TLS with a password file of the same devices.
+  OUTPOST_BENCH_TLS=1 run "$B" reconnect --outpost "$O" --devices 1000 --rounds 3
 fi
 if [[ $what == fuzz ]]; then
   run scripts/fuzz.sh "${FUZZ_SECONDS:-3600}"

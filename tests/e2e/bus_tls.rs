@@ -429,3 +429,97 @@ async fn with_tls_on_every_hop_nothing_crosses_loopback_in_clear() {
         );
     }
 }
+
+/// A device with a manufacturer's certificate (zero-touch) over MQTT/TLS: its first
+/// connection registers it, waiting for approval, and is refused; approved, it publishes
+/// with its certificate alone and its readings are stored; a certificate of the same name
+/// from another CA fails the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_touch_device_enrolls_itself_over_mqtt_tls_pending_approval() {
+    let factory = tempfile::tempdir().expect("tempdir");
+    let maker = outpost_pki::Paths::new(factory.path());
+    outpost_pki::ensure_ca(&maker).expect("manufacturer CA");
+    let id = outpost_pki::issue_client_cert(&maker, "zt-press", 30).expect("certificate");
+    let (cert, key) = (factory.path().join("zt.pem"), factory.path().join("zt.key"));
+    std::fs::write(&cert, &id.cert_pem).expect("write");
+    std::fs::write(&key, &id.key_pem).expect("write");
+    let node = Node::start(&format!(
+        "[device_mqtt]\nenabled = true\n[broker]\ndevice_auth_cache_s = 1\n\
+         [enrollment]\nmanufacturer_ca = [\"{}\"]\napproval = true\nprofile = \"Press\"\n\
+         service = \"device-mqtt\"\nlabels = [\"zero-touch\"]\n",
+        maker.ca_cert.display()
+    ))
+    .await;
+    node.add_profiles(&profile()).await;
+    node.wait_device_service("device-mqtt").await;
+    let ca = node.data_dir().join("tls/ca.pem");
+    let mut args = tls_to(&node, &ca.to_string_lossy());
+    args.extend([
+        "--cert".into(),
+        cert.to_string_lossy().into_owned(),
+        "--key".into(),
+        key.to_string_lossy().into_owned(),
+    ]);
+
+    // First contact: registered, locked, waiting for approval; the connection is refused.
+    let o = publish(
+        &args,
+        "zt-press",
+        "incoming/data/zt-press",
+        r#"{"Pressure": 1.5}"#,
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    let (ok, out, _) = node.cli(&["device", "credentials", "zt-press"]);
+    assert!(
+        ok && out.contains("pending") && out.contains("manufacturer"),
+        "{out}"
+    );
+    let (ok, out, _) = node.cli(&["device", "show", "zt-press"]);
+    assert!(
+        ok && out.contains("zero-touch") && out.contains("\"LOCKED\""),
+        "{out}"
+    );
+
+    // Approved: its certificate alone gets it onto the bus as itself.
+    node.cli_ok(&["device", "approve", "zt-press"]);
+    eventually("zt-press's reading over TLS", WAIT, || async {
+        let _ = publish(
+            &args,
+            "zt-press",
+            "incoming/data/zt-press",
+            r#"{"Pressure": 2.5}"#,
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        !node.readings("zt-press", "Pressure").await.is_empty()
+    })
+    .await;
+    // Not as another device.
+    let o = publish(
+        &args,
+        "zt-press",
+        "incoming/data/press-9",
+        r#"{"Pressure": 9}"#,
+    );
+    refused_with(&o, "not authorized");
+    // The same name from a CA the node does not trust: no handshake.
+    let stranger = tempfile::tempdir().expect("tempdir");
+    let mut forged = tls_to(&node, &ca.to_string_lossy());
+    forged.extend(foreign_identity(stranger.path(), "zt-press"));
+    let o = publish(
+        &forged,
+        "zt-forged",
+        "incoming/data/zt-press",
+        r#"{"Pressure": 7}"#,
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    let values: Vec<String> = node
+        .readings("zt-press", "Pressure")
+        .await
+        .iter()
+        .map(|r| r["value"].to_string())
+        .collect();
+    assert!(
+        values.iter().all(|v| !v.contains('7') && !v.contains('9')),
+        "{values:?}"
+    );
+}

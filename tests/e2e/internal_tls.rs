@@ -4,7 +4,8 @@
 //! registering a fake instance, deleting events, adding device services), and nothing is
 //! served in plaintext.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -252,4 +253,86 @@ async fn with_mutual_tls_only_the_nodes_services_and_administrator_use_internal_
         .await
         .expect("an answer");
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+/// The services' certificates (12 s long here, so reissued every 6 s or so) renewed while
+/// readings come in over the bus and users call through the gateway: no request fails, no
+/// reading is lost, and every service has served with more than one certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_renewed_under_load_fail_no_request_and_lose_no_reading() {
+    let mut node = Node::start("[security]\nservice_cert_s = 12\n").await;
+    let device = "renewed-thermo";
+    provision(&node, &[device]);
+    let certs = |node: &Node| -> BTreeMap<String, String> {
+        std::fs::read_dir(node.data_dir().join("tls/services"))
+            .expect("service certificates")
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pem"))
+            .map(|e| {
+                let pem = std::fs::read_to_string(e.path()).expect("certificate");
+                (e.file_name().to_string_lossy().into_owned(), pem)
+            })
+            .collect()
+    };
+    let first = certs(&node);
+    assert!(first.len() >= 5, "{:?}", first.keys());
+    // A user of the gateway, which reaches core-data with its own service certificate.
+    let ca = node.data_dir().join("tls/ca.pem");
+    let gateway = https_client(trusting(&ca));
+    let base = format!("https://127.0.0.1:{}", node.ports.gateway);
+    let password = std::fs::read_to_string(node.data_dir().join("secrets/admin-password"))
+        .expect("admin password");
+    let login: Value = gateway
+        .post(format!("{base}/api/v3/auth/login"))
+        .json(&json!({"username": "admin", "password": password.trim()}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("login JSON");
+    let token = login["accessToken"].as_str().expect("a token").to_string();
+    let count_url = format!("{base}/core-data/api/v3/event/count/device/name/{device}");
+
+    let mut renewed: BTreeMap<String, usize> = BTreeMap::new();
+    let mut last = first.clone();
+    let (mut published, mut requests, mut failed) = (0i64, 0u32, Vec::new());
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        publish_readings(&node, device, 5, "19.5");
+        published += 5;
+        for _ in 0..5 {
+            requests += 1;
+            match gateway.get(&count_url).bearer_auth(&token).send().await {
+                Ok(r) if r.status() == 200 => {}
+                Ok(r) => failed.push(format!("{}", r.status())),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        let now = certs(&node);
+        for (name, pem) in &now {
+            if last.get(name).is_some_and(|p| p != pem) {
+                *renewed.entry(name.clone()).or_default() += 1;
+            }
+        }
+        last = now;
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {requests} failed: {failed:?}",
+        failed.len()
+    );
+    // Every service that was there from the start was reissued its certificate at least
+    // twice during the load.
+    for name in first.keys() {
+        let n = renewed.get(name).copied().unwrap_or(0);
+        assert!(n >= 2, "{name} renewed {n} times: {renewed:?}");
+    }
+    let count = format!("{}/api/v3/event/count/device/name/{device}", node.data());
+    eventually("every reading stored", Duration::from_secs(20), || async {
+        node.get(&count).await.1["count"] == published
+    })
+    .await;
+    eprintln!("{published} events, {requests} gateway requests, renewals {renewed:?}");
+    node.stop();
 }

@@ -48,21 +48,7 @@ async fn keys_rotate_re_encrypts_everything_and_resumes_after_kill_9() {
     let mut node = Node::start(&extra).await;
     let device = "rotated-thermo";
     provision(&node, &[device]);
-    let lines: Vec<String> = (0..30)
-        .map(|i| {
-            event_message(
-                device,
-                now_nanos() + i,
-                &[("Temperature", "Float64", "20.5")],
-            )
-            .1
-        })
-        .collect();
-    assert!(
-        mosquitto_pub_lines(node.ports.mqtt, &event_topic(device), &lines, &[])
-            .status
-            .success()
-    );
+    publish_readings(&node, device, 30, "20.5");
     let count = format!("{}/api/v3/event/count/device/name/{device}", node.data());
     eventually("30 events stored", Duration::from_secs(20), || async {
         node.get(&count).await.1["count"] == 30
@@ -100,32 +86,39 @@ async fn keys_rotate_re_encrypts_everything_and_resumes_after_kill_9() {
     node.stop();
     let before = key_files(&node);
 
-    // Killed at several points of its work, then run again: each run resumes with the new
-    // keys made before.
-    let mut pending_after_kill = 0;
-    for delay_ms in [2, 8, 20, 45, 90, 150] {
+    // Killed with kill -9 a few ms later each time, until a kill lands in the middle of a
+    // rotation (a key's successor made, what it protects partly re-encrypted).
+    let secrets = node.data_dir().join("secrets");
+    let mut kills = 0;
+    let interrupted = loop {
+        assert!(kills < 60, "no kill landed in the middle of a rotation");
         let mut child = rotate_cmd(&node)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("rotate");
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        std::thread::sleep(Duration::from_millis(2 + 4 * kills));
         let _ = child.kill();
         let _ = child.wait();
-        let secrets = node.data_dir().join("secrets");
-        if !outpost_storage::protect::unfinished_rotations(&secrets).is_empty() {
-            pending_after_kill += 1;
+        kills += 1;
+        let pending = outpost_storage::protect::unfinished_rotations(&secrets);
+        if !pending.is_empty() {
+            // The successors as they are now: the run that finishes must use these.
+            break pending
+                .iter()
+                .map(|p| {
+                    let name = p.file_name().expect("name").to_string_lossy();
+                    let key = name.trim_end_matches(".next").to_string();
+                    (key, std::fs::read(p).expect("successor"))
+                })
+                .collect::<BTreeMap<_, _>>();
         }
-    }
-    eprintln!("{pending_after_kill} of 6 kills left a rotation unfinished");
-    // A rotation left unfinished keeps the node from starting (nothing may open data half
-    // re-encrypted). Made certain here: the successor of one key is put beside it.
-    let secrets = node.data_dir().join("secrets");
-    let data_key = secrets.join("core-data.key");
-    let next = outpost_storage::protect::pending(&data_key);
-    if !next.exists() {
-        std::fs::copy(&data_key, &next).expect("copy");
-    }
+    };
+    eprintln!(
+        "kill {kills} left {interrupted:?} unfinished",
+        interrupted = interrupted.keys()
+    );
+    // The node does not start on a rotation left unfinished.
     let mut up = Command::new(BIN);
     up.arg("--config")
         .arg(&node.config)
@@ -146,12 +139,19 @@ async fn keys_rotate_re_encrypts_everything_and_resumes_after_kill_9() {
             "rotated export.key: export.db, 1 queue(s)",
         ),
         ("the journal", "rotated broker-journal.key: 1 queue(s)"),
-        ("OTA", "rotated ota.key: ota.db, 0 artifact(s)"),
+        ("OTA", "rotated ota.key: ota.db, 0 artifact(s) (0 damaged)"),
     ] {
         assert!(out.contains(line), "{what}: {out}");
     }
     assert!(outpost_storage::protect::unfinished_rotations(&secrets).is_empty());
     let after = key_files(&node);
+    for (key, successor) in &interrupted {
+        assert_eq!(
+            after.get(key),
+            Some(successor),
+            "{key}: the rotation did not finish with the key it had begun with"
+        );
+    }
     for key in [
         "core-data.key",
         "core-metadata.key",

@@ -946,6 +946,27 @@ pub fn event_message(
     (id, msg.to_string())
 }
 
+/// Publishes `n` events of one `Float64` reading `value` of `device` over MQTT (QoS 1, the
+/// bus token), each acknowledged.
+pub fn publish_readings(node: &Node, device: &str, n: i64, value: &str) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            event_message(
+                device,
+                now_nanos() + i,
+                &[("Temperature", "Float64", value)],
+            )
+            .1
+        })
+        .collect();
+    let out = mosquitto_pub_lines(node.ports.mqtt, &event_topic(device), &lines, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn event_topic(device: &str) -> String {
     format!("edgex/events/device/device-mqtt/Thermostat/{device}/Temperature")
 }

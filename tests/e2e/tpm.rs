@@ -53,18 +53,7 @@ async fn a_node_sealed_by_its_tpm_opens_with_that_tpm_only() {
     let mut node = Node::start(&tpm_config(&tpm.tcti())).await;
     let device = "sealed-thermo-7f";
     provision(&node, &[device]);
-    let lines: Vec<String> = (0..20)
-        .map(|i| {
-            event_message(
-                device,
-                now_nanos() + i,
-                &[("Temperature", "Float64", "21.5")],
-            )
-            .1
-        })
-        .collect();
-    let out = mosquitto_pub_lines(node.ports.mqtt, &event_topic(device), &lines, &[]);
-    assert!(out.status.success());
+    publish_readings(&node, device, 20, "21.5");
     let count = format!("{}/api/v3/event/count/device/name/{device}", node.data());
     eventually("20 events stored", Duration::from_secs(20), || async {
         node.get(&count).await.1["count"] == 20

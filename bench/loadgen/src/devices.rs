@@ -124,6 +124,49 @@ async fn post_ok(http: &reqwest::Client, url: &str, body: &Value) -> anyhow::Res
     Ok(())
 }
 
+/// The benchmark's profile (`readings` Float64 values) and `devices` devices of device-mqtt
+/// in core-metadata at `md`, each with its own secret.
+async fn provision(
+    http: &reqwest::Client,
+    md: &str,
+    devices: usize,
+    readings: usize,
+) -> anyhow::Result<()> {
+    let resources: Vec<Value> = (0..readings)
+        .map(|r| json!({"name": format!("V{r:02}"), "properties": {"valueType": "Float64", "readWrite": "R"}}))
+        .collect();
+    post_ok(
+        http,
+        &format!("{md}/deviceprofile"),
+        &json!([{"apiVersion": "v3", "profile": {"name": PROFILE, "deviceResources": resources}}]),
+    )
+    .await?;
+    for chunk in (0..devices).collect::<Vec<_>>().chunks(100) {
+        let reqs: Vec<Value> = chunk
+            .iter()
+            .map(|d| json!({"apiVersion": "v3", "device": {"name": device(*d), "serviceName": "device-mqtt",
+                "profileName": PROFILE, "adminState": "UNLOCKED", "operatingState": "UP", "protocols": {"mqtt": {}}}}))
+            .collect();
+        post_ok(
+            http,
+            &format!("{md}/device?bypassValidation=true"),
+            &Value::Array(reqs),
+        )
+        .await?;
+    }
+    for i in 0..devices {
+        let r = http
+            .put(format!("{md}/device/name/{}/secret", device(i)))
+            .json(&json!({"apiVersion": "v3", "secret": secret(i)}))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("set secret: {}", r.status());
+        }
+    }
+    Ok(())
+}
+
 /// `bench mqtt-devices`: readings/s from many MQTT devices into core-data.
 pub async fn mqtt_devices(
     outpost: &Path,
@@ -215,38 +258,7 @@ pub async fn mqtt_devices(
         },
     )
     .await?;
-    let resources: Vec<Value> = (0..readings)
-        .map(|r| json!({"name": format!("V{r:02}"), "properties": {"valueType": "Float64", "readWrite": "R"}}))
-        .collect();
-    post_ok(
-        &http,
-        &format!("{md}/deviceprofile"),
-        &json!([{"apiVersion": "v3", "profile": {"name": PROFILE, "deviceResources": resources}}]),
-    )
-    .await?;
-    for chunk in (0..devices).collect::<Vec<_>>().chunks(100) {
-        let reqs: Vec<Value> = chunk
-            .iter()
-            .map(|d| json!({"apiVersion": "v3", "device": {"name": device(*d), "serviceName": "device-mqtt",
-                "profileName": PROFILE, "adminState": "UNLOCKED", "operatingState": "UP", "protocols": {"mqtt": {}}}}))
-            .collect();
-        post_ok(
-            &http,
-            &format!("{md}/device?bypassValidation=true"),
-            &Value::Array(reqs),
-        )
-        .await?;
-    }
-    for i in 0..devices {
-        let r = http
-            .put(format!("{md}/device/name/{}/secret", device(i)))
-            .json(&json!({"apiVersion": "v3", "secret": secret(i)}))
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!("set secret: {}", r.status());
-        }
-    }
+    provision(&http, &md, devices, readings).await?;
     let (url, ca) = node.bus();
     let clients = connect_all(&url, ca.as_deref(), devices, true).await?;
     let count_url = format!("{}/api/v3/reading/count", node.url(node.data));
@@ -491,6 +503,134 @@ pub async fn command_rtt(outpost: &Path, requests: usize) -> anyhow::Result<()> 
     println!(
         "RESULT {}",
         json!({"bench": "command", "requests": requests, "results": results})
+    );
+    Ok(())
+}
+
+/// Connects `devices` clients with their own secrets over TLS all at once; the seconds
+/// until the last was connected and each one's connect latency (ms, sorted). The clients
+/// are disconnected again afterwards.
+async fn storm(url: &str, ca: &[u8], devices: usize) -> anyhow::Result<(f64, Vec<f64>)> {
+    let start = Instant::now();
+    let mut joins = Vec::with_capacity(devices);
+    for i in 0..devices {
+        let (url, ca) = (url.to_string(), ca.to_vec());
+        joins.push(tokio::spawn(async move {
+            let o = ConnectOptions::new(format!("bench-{}", device(i)))
+                .with_credentials(device(i), secret(i));
+            let c = MqttClient::with_options(o);
+            c.set_tls_config(None, None, Some(ca)).await;
+            let t = Instant::now();
+            c.connect(&url).await.map(|_| (c, t.elapsed()))
+        }));
+    }
+    let mut clients = Vec::with_capacity(devices);
+    let mut latencies = Vec::with_capacity(devices);
+    for j in joins {
+        let (c, took) = j.await?.context("connect a device")?;
+        latencies.push(took.as_secs_f64() * 1000.0);
+        clients.push(c);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    for c in clients {
+        let _ = c.disconnect().await;
+    }
+    Ok((secs, latencies))
+}
+
+/// `bench reconnect`: a fleet of `devices` MQTT devices, each with its own secret, all
+/// connecting over TLS at once (a gateway's uplink coming back), `rounds` times, to the
+/// node's broker (the credentials checked with core-metadata, cached for an hour) and to
+/// mosquitto over TLS with a password file holding the same devices, with the same server
+/// certificate: handshakes per second, the time until all are back, and each connect's
+/// latency. Needs the node with TLS (`OUTPOST_BENCH_TLS=1`).
+pub async fn reconnect(outpost: &Path, devices: usize, rounds: usize) -> anyhow::Result<()> {
+    let mut node = Node::spawn(
+        outpost,
+        "[device_mqtt]\nenabled = true\ndevice_messages_per_s = 0.0\n",
+    )?;
+    if !node.tls {
+        bail!("the reconnect benchmark measures TLS: run it with OUTPOST_BENCH_TLS=1");
+    }
+    let plain = reqwest::Client::new();
+    wait_until("the node", Duration::from_secs(60), || node.healthy(&plain)).await?;
+    let http = node.client();
+    let md = format!("{}/api/v3", node.url(node.metadata));
+    provision(&http, &md, devices, 1).await?;
+    let (url, ca) = node.bus();
+    let ca = ca.context("the node CA")?;
+
+    // mosquitto over TLS with the node's server certificate (names 127.0.0.1) and the
+    // devices' secrets in a password file (hashed by mosquitto_passwd).
+    let tmp = super::TempDir::new("reconnect")?;
+    let dir = &tmp.0;
+    let passwords = dir.join("passwd");
+    let lines: String = (0..devices)
+        .map(|i| format!("{}:{}\n", device(i), secret(i)))
+        .collect();
+    std::fs::write(&passwords, lines)?;
+    let hashed = tokio::process::Command::new("mosquitto_passwd")
+        .arg("-U")
+        .arg(&passwords)
+        .status()
+        .await
+        .context("mosquitto_passwd (Debian package mosquitto)")?;
+    if !hashed.success() {
+        bail!("mosquitto_passwd -U failed");
+    }
+    let mport = free_port()?;
+    let data = node.data_dir();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {mport} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous false\npassword_file {}\nmax_connections -1\npersistence false\n",
+            data.join("tls/gateway.pem").display(),
+            data.join("secrets/gateway-tls.key").display(),
+            passwords.display()
+        ),
+    )?;
+    let mosq = super::mosquitto(&["-c".as_ref(), conf.as_os_str()], mport).await?;
+    let murl = format!("mqtts://127.0.0.1:{mport}");
+
+    let mut results = Vec::new();
+    let mosq_pid = mosq.0.id().context("mosquitto exited")?;
+    let broker_pids: Vec<u32> = node
+        .services()
+        .into_iter()
+        .filter(|(n, _)| n == "mqtt-broker" || n == "core-metadata")
+        .map(|(_, p)| p)
+        .collect();
+    for round in 1..=rounds {
+        for (name, url, pids) in [
+            ("mosquitto", murl.as_str(), vec![mosq_pid]),
+            ("outpost", url.as_str(), broker_pids.clone()),
+        ] {
+            let before = cpu_ticks(&pids);
+            let (secs, lat) = storm(url, &ca, devices).await?;
+            let cpu_ms = cpu_ticks(&pids).saturating_sub(before) as f64 * 10.0;
+            let rate = devices as f64 / secs;
+            let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+            println!(
+                "round {round} {name:<9}: {devices} devices back in {secs:.2}s, {rate:.0} handshakes/s, connect p50 {p50:.0} ms p99 {p99:.0} ms, server CPU {:.2} ms per connect",
+                cpu_ms / devices as f64
+            );
+            results.push(
+                json!({"round": round, "broker": name, "secs": (secs * 1000.0).round() / 1000.0,
+                "handshakes_per_s": rate.round(), "p50_ms": p50.round(), "p99_ms": p99.round(),
+                "server_cpu_ms_per_connect": (cpu_ms / devices as f64 * 100.0).round() / 100.0}),
+            );
+            // Let the brokers see every disconnect before the next storm.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+    drop(mosq);
+    node.stop().await;
+    drop(tmp);
+    println!(
+        "RESULT {}",
+        json!({"bench": "reconnect", "devices": devices, "tls": true, "rounds": results})
     );
     Ok(())
 }

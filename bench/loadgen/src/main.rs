@@ -96,6 +96,15 @@ enum Cmd {
     /// Polled values/s through device-modbus against pymodbus, batching on and off.
     Modbus(modbus::ModbusArgs),
     /// Readings/s from many MQTT devices (own credentials) into core-data, vs mosquitto.
+    /// A fleet of MQTT devices connecting over TLS all at once, against mosquitto over TLS.
+    Reconnect {
+        #[arg(long)]
+        outpost: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     MqttDevices {
         #[arg(long)]
         outpost: PathBuf,
@@ -1055,6 +1064,11 @@ fn main() -> anyhow::Result<()> {
                 devices::mqtt_devices(&outpost, devices, per_device, readings, window, &encoding)
                     .await
             }
+            Cmd::Reconnect {
+                outpost,
+                devices,
+                rounds,
+            } => devices::reconnect(&outpost, devices, rounds).await,
             Cmd::Command { outpost, requests } => devices::command_rtt(&outpost, requests).await,
             Cmd::Gateway(a) => gateway::run(&a).await,
             Cmd::Queue(a) => export::queue(&a),

@@ -76,9 +76,13 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
         // Before any client is built: they present the process's certificate.
         if cfg.security.internal_tls {
             let names = outpost_pki::default_names(&cfg.node.advertise_host, &[]);
-            if let Err(e) =
-                outpost_kit::internal::establish(&data_dir, &id, &names, shutdown.clone())
-            {
+            if let Err(e) = outpost_kit::internal::establish(
+                &data_dir,
+                &id,
+                &names,
+                Duration::from_secs(cfg.security.service_cert_s),
+                shutdown.clone(),
+            ) {
                 return Err(outpost_kit::service::RunError::Start(
                     outpost_kit::StartError::other(e),
                 ));

@@ -38,6 +38,9 @@ pub struct SecurityConfig {
     /// (key files only), or a TPM in the TCG tools' syntax, required:
     /// `device:/dev/tpmrm0`, `swtpm:host=H,port=P`.
     pub tpm: String,
+    /// How long a service instance's certificate lasts, in seconds (a day); it is reissued
+    /// with half of that left and used for new connections at once.
+    pub service_cert_s: u64,
 }
 
 impl Default for SecurityConfig {
@@ -45,6 +48,7 @@ impl Default for SecurityConfig {
         Self {
             internal_tls: true,
             tpm: "auto".into(),
+            service_cert_s: 86_400,
         }
     }
 }
@@ -346,6 +350,11 @@ impl Validate for CommonConfig {
             self.registry.request_timeout_ms >= 10,
             "registry",
             "request_timeout_ms must be at least 10",
+        );
+        p.check(
+            self.security.service_cert_s >= 10,
+            "security",
+            "service_cert_s must be at least 10",
         );
         if let Err(e) = self.security.tpm_setting() {
             p.push("security", format!("tpm: {e}"));

@@ -26,8 +26,8 @@ use crate::ApiError;
 
 pub use outpost_pki::internal::Identity;
 
-/// How often the certificate is checked for renewal (it is reissued with half its life,
-/// twelve hours, left).
+/// How often the certificate is checked for renewal at most (it is reissued with half its
+/// life left; a short-lived one is checked eight times a life).
 const RENEW_CHECK: Duration = Duration::from_secs(60);
 
 /// This process's credentials on the inside of the node.
@@ -51,26 +51,30 @@ pub fn process() -> Option<&'static Credentials> {
 }
 
 /// Establishes the process as service instance `id`, reached at `names`: issues (or keeps)
-/// its certificate, and renews it in the background until `shutdown`. Must run inside a
-/// Tokio runtime. Establishing twice keeps the first.
+/// its certificate, lasting `lifetime` (`security.service_cert_s`), and renews it in the
+/// background until `shutdown`. Must run inside a Tokio runtime. Establishing twice keeps
+/// the first.
 pub fn establish(
     data_dir: &Path,
     id: &str,
     names: &[String],
+    lifetime: Duration,
     shutdown: crate::Shutdown,
 ) -> Result<&'static Credentials, PkiError> {
-    let holder = pki::ensure_service_cert(data_dir, id, names)?;
+    let secs = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
+    let holder = pki::ensure_service_cert_lasting(data_dir, id, names, secs)?;
     let (identity, reloader) = load(data_dir, &holder)?;
     let (data_dir, id, names) = (data_dir.to_path_buf(), id.to_string(), names.to_vec());
+    let every = RENEW_CHECK.min(lifetime / 8).max(Duration::from_secs(1));
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(RENEW_CHECK);
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.wait() => return,
                 _ = tick.tick() => {}
             }
-            if let Err(e) = pki::ensure_service_cert(&data_dir, &id, &names) {
+            if let Err(e) = pki::ensure_service_cert_lasting(&data_dir, &id, &names, secs) {
                 tracing::warn!(error = %e, "cannot renew the service certificate");
             }
             reloader

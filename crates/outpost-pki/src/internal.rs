@@ -110,6 +110,16 @@ pub fn ensure_service_cert(
     id: &str,
     names: &[String],
 ) -> Result<Holder, PkiError> {
+    ensure_service_cert_lasting(data_dir, id, names, SERVICE_CERT_SECS)
+}
+
+/// [`ensure_service_cert`] with certificates lasting `secs` (`security.service_cert_s`).
+pub fn ensure_service_cert_lasting(
+    data_dir: &Path,
+    id: &str,
+    names: &[String],
+    secs: i64,
+) -> Result<Holder, PkiError> {
     let holder = Holder::service(data_dir, id);
     ensure(
         data_dir,
@@ -117,7 +127,7 @@ pub fn ensure_service_cert(
         SERVICES_OU,
         id,
         names,
-        SERVICE_CERT_SECS,
+        secs,
         &[
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,

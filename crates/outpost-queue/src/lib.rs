@@ -574,22 +574,32 @@ pub fn rekey(dir: &Path, old: &[u8; 32], new: &[u8; 32]) -> Result<u64, QueueErr
             }
         }
     }
-    let mut next = META_MAGIC.to_vec();
-    next.extend_from_slice(&incarnation.to_le_bytes());
-    next.extend_from_slice(&key_check(new, incarnation));
+    write_meta(dir, incarnation, new)?;
+    Ok(records)
+}
+
+/// Writes the queue's meta file (its incarnation and the key check of `master`) through a
+/// synced temporary file renamed over it.
+fn write_meta(dir: &Path, incarnation: u64, master: &[u8; 32]) -> Result<(), QueueError> {
+    let io_err = |source| QueueError::Io {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let mut b = META_MAGIC.to_vec();
+    b.extend_from_slice(&incarnation.to_le_bytes());
+    b.extend_from_slice(&key_check(master, incarnation));
     let tmp = dir.join("meta.tmp");
     {
         use std::io::Write as _;
         let mut f = fs::File::create(&tmp).map_err(io_err)?;
-        f.write_all(&next)
+        f.write_all(&b)
             .and_then(|()| f.sync_all())
             .map_err(io_err)?;
     }
-    fs::rename(&tmp, &meta).map_err(io_err)?;
+    fs::rename(&tmp, dir.join("meta")).map_err(io_err)?;
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(io_err)?;
-    Ok(records)
+        .map_err(io_err)
 }
 
 /// The key check stored with the incarnation: a wrong key is refused before any segment is
@@ -637,21 +647,7 @@ fn load_or_create_incarnation(dir: &Path, master: &[u8; 32]) -> Result<u64, Queu
             let mut w = [0u8; 8];
             getrandom::fill(&mut w).map_err(|e| bad(format!("no randomness: {e}")))?;
             let incarnation = u64::from_le_bytes(w) >> 1;
-            let mut b = META_MAGIC.to_vec();
-            b.extend_from_slice(&incarnation.to_le_bytes());
-            b.extend_from_slice(&key_check(master, incarnation));
-            let tmp = dir.join("meta.tmp");
-            {
-                use std::io::Write as _;
-                let mut f = fs::File::create(&tmp).map_err(io_err)?;
-                f.write_all(&b)
-                    .and_then(|()| f.sync_all())
-                    .map_err(io_err)?;
-            }
-            fs::rename(&tmp, &path).map_err(io_err)?;
-            fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err)?;
+            write_meta(dir, incarnation, master)?;
             Ok(incarnation)
         }
         Err(e) => Err(io_err(e)),

@@ -376,7 +376,9 @@ pub fn open(path: &Path, key: &Key, opts: &OpenOptions) -> Result<Connection, St
 /// whether it re-encrypted.
 pub fn rekey_db(path: &Path, old: &Key, new: &Key) -> Result<bool, StorageError> {
     let next = path.with_extension("db.rekey");
-    let _ = fs::remove_file(&next);
+    for stale in ["db.rekey", "db.rekey-journal"] {
+        let _ = fs::remove_file(path.with_extension(stale));
+    }
     let opts = OpenOptions::default();
     let conn = match open(path, old, &opts) {
         Ok(c) => c,
@@ -385,7 +387,20 @@ pub fn rekey_db(path: &Path, old: &Key, new: &Key) -> Result<bool, StorageError>
         Err(e) => return Err(e),
     };
     let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+    // Every committed transaction into the database file, the WAL emptied: its files are
+    // removed below. Busy (another connection) or incomplete is an error, not a loss.
+    let (busy, log, done): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    if busy != 0 || log != done {
+        return Err(StorageError::Key {
+            path: path.to_path_buf(),
+            why: format!(
+                "its WAL could not be emptied ({done} of {log} frames): is a service still using it?"
+            ),
+        });
+    }
     let target = next.to_str().ok_or_else(|| StorageError::Key {
         path: next.clone(),
         why: "not a UTF-8 path".into(),

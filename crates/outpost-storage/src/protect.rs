@@ -187,16 +187,36 @@ fn resolve_uncached(secrets: &Path, setting: &Setting) -> Result<State, StorageE
                 ));
             }
         }
+        // Sealed files without their sealed key: a new key would leave them unreadable for
+        // good (and the original, if it is restored, could not open what the new one sealed).
+        if let Some(orphan) = sealed_files(secrets).first() {
+            return Err(key_error(
+                &sealed_path,
+                format!(
+                    "it is missing while {} is sealed: restore it (from a backup of this data \
+                     dir); no new key is made",
+                    orphan.display()
+                ),
+            ));
+        }
         // First use with this TPM: seal a new key, and check it unseals before anything is
         // encrypted with it.
         let kek = crate::Key::generate()?;
-        let sealed = Tpm::open(&tcti)
-            .and_then(|mut tpm| {
-                let sealed = tpm.seal(&kek.0)?;
-                let back = tpm.unseal(&sealed)?;
-                Ok((sealed, back))
-            })
-            .map_err(|e| key_error(&sealed_path, format!("cannot seal a key: {e}")))?;
+        let made = Tpm::open(&tcti).and_then(|mut tpm| {
+            let sealed = tpm.seal(&kek.0)?;
+            let back = tpm.unseal(&sealed)?;
+            Ok((sealed, back))
+        });
+        let sealed = match made {
+            Ok(s) => s,
+            // `auto` on a TPM that cannot seal (an owner password, lockout, no ECC):
+            // nothing is sealed yet, so the key files stay as they are.
+            Err(e) if *setting == Setting::Auto => {
+                tracing::warn!(tpm = %tcti, error = %e, "the TPM cannot seal the node's keys; they stay in files");
+                return Ok(files);
+            }
+            Err(e) => return Err(key_error(&sealed_path, format!("cannot seal a key: {e}"))),
+        };
         if sealed.1 != kek.0 {
             return Err(key_error(&sealed_path, "the TPM unsealed something else"));
         }
@@ -214,6 +234,18 @@ fn resolve_uncached(secrets: &Path, setting: &Setting) -> Result<State, StorageE
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The files of `secrets` that are sealed, or keys being rotated in.
+fn sealed_files(secrets: &Path) -> Vec<PathBuf> {
+    fs::read_dir(secrets)
+        .map(|it| {
+            it.flatten()
+                .map(|e| e.path())
+                .filter(|p| is_sealed(p) || p.to_string_lossy().ends_with(PENDING))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn aead_key(path: &Path, bytes: &[u8]) -> Result<aead::LessSafeKey, StorageError> {

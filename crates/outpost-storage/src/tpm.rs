@@ -123,7 +123,6 @@ const ALG_NULL: u16 = 0x0010;
 const ECC_NIST_P256: u16 = 0x0003;
 const TRANSIENT_FIRST: u32 = 0x8000_0000;
 const RC_INITIALIZE: u32 = 0x100;
-const RC_OBJECT_MEMORY: u32 = 0x902;
 
 // Object attributes (Part 2, 8.3).
 const FIXED_TPM: u32 = 1 << 1;
@@ -191,6 +190,7 @@ impl Tpm {
         if secret.len() > 128 {
             return Err(TpmError::Malformed("a sealed secret is at most 128 bytes"));
         }
+        self.flush_leftovers()?;
         let parent = self.primary()?;
         let sealed = self.create_sealed(parent, secret);
         self.flush(parent);
@@ -199,6 +199,7 @@ impl Tpm {
 
     /// Unseals what [`Tpm::seal`] sealed, on this TPM.
     pub fn unseal(&mut self, sealed: &Sealed) -> Result<Vec<u8>, TpmError> {
+        self.flush_leftovers()?;
         let parent = self.primary()?;
         let loaded = self.load(parent, sealed);
         self.flush(parent);
@@ -296,10 +297,15 @@ impl Tpm {
         }
     }
 
-    /// Flushes every transient object. Only for a TPM without a resource manager, where
-    /// they are shared by all its clients: swtpm serves one connection at a time, so
-    /// objects there while this one talks were left by a client that died mid-operation.
+    /// Flushes every transient object, before an operation loads its own. Only for a TPM
+    /// without a resource manager (swtpm), whose objects are shared by all its clients:
+    /// swtpm serves one connection at a time, so objects there when this one starts were
+    /// left by a client that died mid-operation. The kernel's resource manager gives each
+    /// client its own and flushes them when it goes.
     fn flush_leftovers(&mut self) -> Result<(), TpmError> {
+        if !matches!(self.link, Link::Tcp(_)) {
+            return Ok(());
+        }
         let mut cmd = header(ST_NO_SESSIONS, 0x17a);
         put_u32(&mut cmd, 1); // TPM_CAP_HANDLES
         put_u32(&mut cmd, TRANSIENT_FIRST);
@@ -342,12 +348,6 @@ impl Tpm {
                 let mut startup = header(ST_NO_SESSIONS, 0x144);
                 put_u16(&mut startup, 0); // TPM_SU_CLEAR
                 self.exchange("Startup", startup)?;
-                self.exchange(command, build())
-            }
-            Err(TpmError::Refused { code, .. })
-                if code == RC_OBJECT_MEMORY && matches!(self.link, Link::Tcp(_)) =>
-            {
-                self.flush_leftovers()?;
                 self.exchange(command, build())
             }
             other => other,

@@ -30,20 +30,33 @@ fn a_sealed_secret_unseals_on_its_tpm_only() {
 fn objects_left_by_a_client_that_died_do_not_lock_the_tpm() {
     let tpm = Swtpm::start();
     // swtpm has three transient slots; tpm2-tools leaves the primaries it creates loaded.
+    // Two left behind leave room for the storage key but not for the sealed object too;
+    // three, for nothing.
     let ctx = tempfile::tempdir().unwrap();
-    for i in 0..3 {
-        let path = ctx.path().join(format!("{i}.ctx"));
-        tpm.tool(
-            "tpm2_createprimary",
-            &["-C", "o", "-G", "ecc", "-c", path.to_str().unwrap()],
-        );
-    }
-    let held = tpm.tool("tpm2_getcap", &["handles-transient"]);
-    assert_eq!(held.lines().count(), 3, "{held}");
+    let leave = |n: std::ops::Range<usize>| {
+        for i in n {
+            let path = ctx.path().join(format!("{i}.ctx"));
+            tpm.tool(
+                "tpm2_createprimary",
+                &["-C", "o", "-G", "ecc", "-c", path.to_str().unwrap()],
+            );
+        }
+    };
+    let held = || tpm.tool("tpm2_getcap", &["handles-transient"]);
+    leave(0..2);
+    assert_eq!(held().lines().count(), 2, "{}", held());
     let sealed = Tpm::open(&tcti(&tpm)).unwrap().seal(b"x").unwrap();
+    leave(2..5);
+    assert_eq!(held().lines().count(), 3, "{}", held());
     assert_eq!(
         Tpm::open(&tcti(&tpm)).unwrap().unseal(&sealed).unwrap(),
         b"x"
+    );
+    leave(5..7);
+    let sealed = Tpm::open(&tcti(&tpm)).unwrap().seal(b"y").unwrap();
+    assert_eq!(
+        Tpm::open(&tcti(&tpm)).unwrap().unseal(&sealed).unwrap(),
+        b"y"
     );
 }
 
@@ -106,6 +119,11 @@ fn the_node_keys_are_sealed_and_open_only_with_their_tpm() {
     let e = outpost_storage::load_or_create_secret(&copied.join("core-data.key")).unwrap_err();
     assert!(e.to_string().contains("cannot reach the TPM"), "{e}");
     assert_eq!(std::fs::read(copied.join("core-data.key")).unwrap(), before);
+    // Sealed files whose sealed key is gone: refused, and no new key is made in its place.
+    std::fs::remove_file(copied.join(protect::SEALED_FILE)).unwrap();
+    let e = outpost_storage::read_secret(&copied.join("core-data.key")).unwrap_err();
+    assert!(e.to_string().contains("is missing while"), "{e}");
+    assert!(!copied.join(protect::SEALED_FILE).exists());
 }
 
 fn parse(text: &str) -> Sealed {

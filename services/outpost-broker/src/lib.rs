@@ -317,6 +317,7 @@ async fn tls_front(
                 &ctx.data_dir,
                 &ctx.service_id(),
                 &names,
+                std::time::Duration::from_secs(ctx.common.security.service_cert_s),
                 ctx.shutdown.clone(),
             )
             .map_err(StartError::other)?

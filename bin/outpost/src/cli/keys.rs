@@ -106,6 +106,26 @@ pub fn rotate(data_dir: &Path) -> anyhow::Result<()> {
             return Err(e).context("cannot lock the data dir");
         }
     }
+    // Services run on their own (`outpost run`) hold their instance's lock: none may.
+    let mut held = vec![lock];
+    for path in entries(&data_dir.join("run")) {
+        if path.extension().is_some_and(|e| e == "lock") && path != lock_path {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            match f.try_lock() {
+                Ok(()) => held.push(f),
+                Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                    "a service of the node is running ({} is held): stop it first",
+                    path.display()
+                ),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+                }
+            }
+        }
+    }
     let steps = plan(data_dir);
     if steps.is_empty() {
         anyhow::bail!("no keys under {}", data_dir.join("secrets").display());
@@ -138,11 +158,19 @@ pub fn rotate(data_dir: &Path) -> anyhow::Result<()> {
                     format!("{} queue(s), {records} record(s)", dirs.len())
                 }
                 Protects::Blobs(blobs) => {
+                    let mut damaged = 0;
                     for blob in blobs {
-                        outpost_ota::blob::rekey(blob, &old, &new)
-                            .with_context(|| format!("cannot re-encrypt {}", blob.display()))?;
+                        // A blob that opens under neither key is unreadable already: it
+                        // must not hold the rotation (and so the node) back.
+                        if let Err(e) = outpost_ota::blob::rekey(blob, &old, &new) {
+                            eprintln!(
+                                "warning: {} left as it is (damaged: {e}); OTA will refuse it",
+                                blob.display()
+                            );
+                            damaged += 1;
+                        }
                     }
-                    format!("{} artifact(s)", blobs.len())
+                    format!("{} artifact(s) ({damaged} damaged)", blobs.len())
                 }
             });
         }
@@ -155,6 +183,6 @@ pub fn rotate(data_dir: &Path) -> anyhow::Result<()> {
         "Every key rotated ({}); the old keys are gone.",
         steps.len()
     );
-    drop(lock);
+    drop(held);
     Ok(())
 }
