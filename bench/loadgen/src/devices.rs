@@ -132,6 +132,17 @@ async fn provision(
     devices: usize,
     readings: usize,
 ) -> anyhow::Result<()> {
+    wait_until(
+        "device-mqtt registered",
+        Duration::from_secs(30),
+        || async {
+            http.get(format!("{md}/deviceservice/name/device-mqtt"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        },
+    )
+    .await?;
     let resources: Vec<Value> = (0..readings)
         .map(|r| json!({"name": format!("V{r:02}"), "properties": {"valueType": "Float64", "readWrite": "R"}}))
         .collect();
@@ -247,17 +258,6 @@ pub async fn mqtt_devices(
     // With TLS on every hop: the administrator's certificate.
     let http = node.client();
     let md = format!("{}/api/v3", node.url(node.metadata));
-    wait_until(
-        "device-mqtt registered",
-        Duration::from_secs(30),
-        || async {
-            http.get(format!("{md}/deviceservice/name/device-mqtt"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        },
-    )
-    .await?;
     provision(&http, &md, devices, readings).await?;
     let (url, ca) = node.bus();
     let clients = connect_all(&url, ca.as_deref(), devices, true).await?;
@@ -585,10 +585,20 @@ pub async fn reconnect(outpost: &Path, devices: usize, rounds: usize) -> anyhow:
     std::fs::write(
         &conf,
         format!(
-            "listener {mport} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous false\npassword_file {}\nmax_connections -1\npersistence false\n",
+            "listener {mport} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous false\npassword_file {}\nmax_connections -1\npersistence false\n{}",
             data.join("tls/gateway.pem").display(),
             data.join("secrets/gateway-tls.key").display(),
-            passwords.display()
+            passwords.display(),
+            // As root, mosquitto would switch to its own user, which cannot read the
+            // node's key and the password file.
+            if std::fs::metadata("/proc/self").is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt as _;
+                m.uid() == 0
+            }) {
+                "user root\n"
+            } else {
+                ""
+            }
         ),
     )?;
     let mosq = super::mosquitto(&["-c".as_ref(), conf.as_os_str()], mport).await?;
