@@ -13,7 +13,8 @@
 #   bench/run.sh command      command round trip p50/p99 through core-command
 #   bench/run.sh gateway      requests/s and p50/p99 through the gateway (TLS + JWT) vs nginx
 #                             as a TLS reverse proxy to the same route, wrk as the client;
-#                             latency added over calling the service directly
+#                             latency added over calling the service directly; then the same
+#                             with both reaching core-data over mutual TLS
 #   bench/run.sh queue        the store-and-forward queue alone: appends with an fsync each,
 #                             reopen, drain
 #   bench/run.sh export       edge to cloud: enqueue rate (cloud down), drain rate, bytes on
@@ -22,9 +23,10 @@
 #                             mqtt-devices with the journal on and off, alternating, three
 #                             rounds each, with the broker's group commits (fsyncs) per second
 #   bench/run.sh tls          what TLS on every hop costs: mqtt-devices (1,000 devices, over
-#                             TLS with their secrets; the services over mutual TLS) against
-#                             the same load in plaintext, alternating, two rounds each, with
-#                             the CPU each process spent per reading
+#                             TLS with their secrets; the services over mutual TLS) and ingest
+#                             (100 connections publishing over TLS as the administrator)
+#                             against the same loads in plaintext, alternating, two rounds
+#                             each, with the CPU the node spent per reading
 #   bench/run.sh reconnect    1,000 MQTT devices (own secrets) connecting over TLS at once, three
 #                             rounds: handshakes/s, time until all are back, connect p50/p99
 #                             and server CPU per connect, against mosquitto over TLS with a
@@ -77,6 +79,8 @@ if [[ $what == all || $what == command ]]; then
 fi
 if [[ $what == all || $what == gateway ]]; then
   run "$B" gateway --outpost "$O" --seconds 10 --connections 50 --rounds 5
+  # The same with TLS on every hop: both proxies reach core-data over mutual TLS.
+  OUTPOST_BENCH_TLS=1 run "$B" gateway --outpost "$O" --seconds 10 --connections 50 --rounds 5
 fi
 if [[ $what == all || $what == queue ]]; then
   run "$B" queue --items 200000 --batch 100 --item-bytes 2300
@@ -107,8 +111,10 @@ if [[ $what == all || $what == journal ]]; then
 fi
 if [[ $what == all || $what == tls ]]; then
   devices=("$B" mqtt-devices --outpost "$O" --devices 1000 --per-device 20 --readings 10)
+  ingest=("$B" ingest --outpost "$O" --events 50000 --readings 10 --devices 100 --connections 100)
   for first in 1 0; do
     for t in $first $((1 - first)); do OUTPOST_BENCH_TLS=$t run "${devices[@]}"; done
+    for t in $first $((1 - first)); do OUTPOST_BENCH_TLS=$t run "${ingest[@]}"; done
   done
 fi
 if [[ $what == all || $what == reconnect ]]; then

@@ -263,6 +263,7 @@ pub async fn export(a: &ExportArgs) -> anyhow::Result<()> {
         window: 1024,
         encoding: "json".into(),
         connections: 1,
+        tls: None,
     };
     let start = Instant::now();
     let (_, pub_s, acked) = publish(&args).await?;

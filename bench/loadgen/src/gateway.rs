@@ -3,7 +3,7 @@
 //! nginx configured as a TLS reverse proxy to the same backend, with wrk as the client, in
 //! the same run; plus the latency each adds over calling the backend directly.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,8 +176,37 @@ pub(crate) fn trusting_client(ca: &Path) -> anyhow::Result<reqwest::Client> {
 
 /// nginx as a TLS reverse proxy to `backend`, with the gateway's certificate, keep-alive
 /// to the upstream, one worker per core and its default access log.
-fn nginx_conf(dir: &Path, port: u16, backend: u16, cert: &Path, key: &Path) -> String {
+/// The node's CA and administrator's certificate and key, for nginx to reach core-data over
+/// mutual TLS as the gateway does (with `OUTPOST_BENCH_TLS=1`).
+struct UpstreamTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn nginx_conf(
+    dir: &Path,
+    port: u16,
+    backend: u16,
+    cert: &Path,
+    key: &Path,
+    upstream: Option<&UpstreamTls>,
+) -> String {
     let d = dir.display();
+    let (scheme, upstream_tls) = match upstream {
+        Some(u) => (
+            "https",
+            format!(
+                "      proxy_ssl_certificate {};\n      proxy_ssl_certificate_key {};\n\
+                 \x20     proxy_ssl_trusted_certificate {};\n      proxy_ssl_verify on;\n\
+                 \x20     proxy_ssl_name localhost;\n      proxy_ssl_server_name on;\n      proxy_ssl_session_reuse on;\n",
+                u.cert.display(),
+                u.key.display(),
+                u.ca.display()
+            ),
+        ),
+        None => ("http", String::new()),
+    };
     format!(
         "worker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
@@ -188,7 +217,7 @@ fn nginx_conf(dir: &Path, port: u16, backend: u16, cert: &Path, key: &Path) -> S
            server {{\n    listen 127.0.0.1:{port} ssl http2;\n\
              ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
              ssl_protocols TLSv1.2 TLSv1.3;\n\
-             location /core-data/ {{\n      proxy_pass http://backend/;\n\
+             location /core-data/ {{\n      proxy_pass {scheme}://backend/;\n{upstream_tls}\
                proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
         cert = cert.display(),
         key = key.display(),
@@ -286,6 +315,13 @@ pub async fn run(a: &GatewayArgs) -> anyhow::Result<()> {
             node.data,
             &data_dir.join("tls/gateway.pem"),
             &data_dir.join("secrets/gateway-tls.key"),
+            node.tls
+                .then(|| UpstreamTls {
+                    ca: ca.clone(),
+                    cert: data_dir.join("tls/clients/admin.pem"),
+                    key: data_dir.join("secrets/clients/admin.key"),
+                })
+                .as_ref(),
         ),
     )?;
     let nginx = tokio::process::Command::new("nginx")
@@ -318,7 +354,9 @@ pub async fn run(a: &GatewayArgs) -> anyhow::Result<()> {
     if gateway_pid.is_empty() || nginx_pids.is_empty() {
         bail!("cannot find the gateway's or nginx's worker processes");
     }
-    let direct = format!("http://127.0.0.1:{}/api/v3/ping", node.data);
+    // With TLS on every hop, core-data's ping over TLS (open to callers without a
+    // certificate, which wrk cannot present).
+    let direct = format!("{}/api/v3/ping", node.url(node.data));
     let via_gw = format!("{base}/core-data/api/v3/ping");
     let nginx_version = std::process::Command::new("nginx")
         .arg("-v")
@@ -326,8 +364,15 @@ pub async fn run(a: &GatewayArgs) -> anyhow::Result<()> {
         .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
         .unwrap_or_default();
     println!(
-        "{nginx_version}; wrk -t{} -c{} -d{}s; route GET /core-data/api/v3/ping",
-        a.threads, a.connections, a.seconds
+        "{nginx_version}; wrk -t{} -c{} -d{}s; route GET /core-data/api/v3/ping; upstream {}",
+        a.threads,
+        a.connections,
+        a.seconds,
+        if node.tls {
+            "over mutual TLS (the gateway with its service certificate, nginx with the administrator's)"
+        } else {
+            "plain HTTP"
+        }
     );
 
     // Warm-up of all three paths.
@@ -399,12 +444,13 @@ pub async fn run(a: &GatewayArgs) -> anyhow::Result<()> {
         g1.p50_ms - d1.p50_ms
     );
     drop(nginx);
+    let node_tls = node.tls;
     node.stop().await;
     let r3 = |x: f64| (x * 1000.0).round() / 1000.0;
     println!(
         "RESULT {}",
         json!({
-            "bench": "gateway", "connections": a.connections, "seconds": a.seconds,
+            "bench": "gateway", "tls_upstream": node_tls, "connections": a.connections, "seconds": a.seconds,
             "direct_rps": median_by(&dir, |w| w.rps).round(),
             "nginx": ns, "gateway": gs,
             "throughput_vs_nginx": tput, "p99_vs_nginx": p99,

@@ -170,6 +170,10 @@ struct PubArgs {
     /// device with its own connection.
     #[arg(long, default_value_t = 1)]
     connections: usize,
+    /// Over TLS: the client certificate, its key and the CA to trust (PEM), as the node's
+    /// administrator (set by `ingest` with `OUTPOST_BENCH_TLS=1`).
+    #[arg(skip)]
+    tls: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
 }
 
 /// Publishes `msg` on `topic` with QoS 1: done once the broker acknowledged it.
@@ -342,6 +346,11 @@ async fn publish(a: &PubArgs) -> anyhow::Result<(i64, f64, u64)> {
             "bench-pub-{}-{n}",
             std::process::id()
         ))));
+        if let Some((cert, key, ca)) = &a.tls {
+            client
+                .set_tls_config(Some(cert.clone()), Some(key.clone()), Some(ca.clone()))
+                .await;
+        }
         client.connect(&a.url).await.context("connect")?;
         clients.push(client);
     }
@@ -466,10 +475,6 @@ struct Node {
 struct Metrics(String);
 
 impl Metrics {
-    async fn of(http: &reqwest::Client, port: u16) -> Self {
-        Self::at(http, &format!("http://127.0.0.1:{port}")).await
-    }
-
     /// From the service at `base` (`scheme://host:port`).
     async fn at(http: &reqwest::Client, base: &str) -> Self {
         let text = match http.get(format!("{base}/metrics")).send().await {
@@ -739,7 +744,7 @@ async fn provision(
     readings: usize,
     devices: usize,
 ) -> anyhow::Result<()> {
-    let md = format!("http://127.0.0.1:{}/api/v3", node.metadata);
+    let md = format!("{}/api/v3", node.url(node.metadata));
     let svc = json!([{"apiVersion": "v3", "service": {"name": SERVICE, "baseAddress": "http://127.0.0.1:1", "adminState": "UNLOCKED"}}]);
     http.post(format!("{md}/deviceservice"))
         .json(&svc)
@@ -795,6 +800,7 @@ async fn ingest(
         window,
         encoding: encoding.to_string(),
         connections,
+        tls: None,
     };
 
     // Reference: mosquitto, a subscriber process, the same publisher.
@@ -830,10 +836,28 @@ async fn ingest(
     // Outpost: the embedded broker into core-data, validation on, fsync per commit.
     let mut node = Node::spawn(outpost, &format!("[bus]\nencoding = \"{encoding}\"\n"))?;
     wait_until("the node", Duration::from_secs(60), || node.healthy(&http)).await?;
+    // With TLS on every hop (`OUTPOST_BENCH_TLS=1`): the services' APIs with the
+    // administrator's certificate, and the publisher on MQTT over TLS with it, as a
+    // service of the node would be.
+    let http = node.client();
     provision(&http, &node, readings, devices).await?;
-    let count_url = format!("http://127.0.0.1:{}/api/v3/reading/count", node.data);
-    let (start, pub_secs, acked) =
-        publish(&args(format!("mqtt://127.0.0.1:{}", node.mqtt))).await?;
+    let count_url = format!("{}/api/v3/reading/count", node.url(node.data));
+    let (bus_url, ca) = node.bus();
+    let mut pub_args = args(bus_url);
+    if let Some(ca) = ca {
+        let data = node.data_dir();
+        pub_args.tls = Some((
+            std::fs::read(data.join("tls/clients/admin.pem"))?,
+            std::fs::read(data.join("secrets/clients/admin.key"))?,
+            ca,
+        ));
+    }
+    let services = node.services();
+    let cpu_before: Vec<u64> = services
+        .iter()
+        .map(|(_, p)| gateway::cpu_ticks(&[*p]))
+        .collect();
+    let (start, pub_secs, acked) = publish(&pub_args).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     let done = loop {
         let n = count(&http, &count_url).await;
@@ -847,8 +871,16 @@ async fn ingest(
     };
     let secs = (done - start) as f64 / 1e9;
     let readings_s = total_readings as f64 / secs;
+    // The node's CPU per reading (clock ticks of 10 ms), from the first publish to the last
+    // reading persisted.
+    let node_ticks: u64 = services
+        .iter()
+        .zip(&cpu_before)
+        .map(|((_, p), b)| gateway::cpu_ticks(&[*p]).saturating_sub(*b))
+        .sum();
+    let node_us = node_ticks as f64 * 10_000.0 / total_readings as f64;
     {
-        let metrics = Metrics::of(&http, node.data).await;
+        let metrics = Metrics::at(&http, &node.url(node.data)).await;
         let get = |name: &str| metrics.get(name);
         let commits = get("outpost_core_data_commit_batch_events_count");
         println!(
@@ -859,10 +891,16 @@ async fn ingest(
     }
     let (journal_line, journal) = node.journal(&http, secs).await;
     println!("{journal_line}");
+    let tls = node.tls;
     node.stop().await;
     println!(
-        "outpost:   {events} events ({acked} acknowledged) pub {pub_secs:.2}s, persisted in {secs:.2}s: {:.0} events/s = {readings_s:.0} readings/s",
-        events as f64 / secs
+        "outpost:   {events} events ({acked} acknowledged) pub {pub_secs:.2}s, persisted in {secs:.2}s: {:.0} events/s = {readings_s:.0} readings/s ({}), node CPU {node_us:.2} µs per reading",
+        events as f64 / secs,
+        if tls {
+            "mutual TLS on every hop, the publisher over TLS"
+        } else {
+            "plaintext"
+        }
     );
     let ratio = readings_s / raw_readings_s;
     println!("ratio outpost/mosquitto: {ratio:.2}");
@@ -870,7 +908,8 @@ async fn ingest(
         "RESULT {}",
         json!({"bench": "ingest", "events": events, "readings_per_event": readings, "devices": devices, "encoding": encoding,
                "mosquitto_readings_per_s": raw_readings_s.round(), "outpost_readings_per_s": readings_s.round(),
-               "ratio": (ratio * 100.0).round() / 100.0, "broker": journal, "connections": connections})
+               "ratio": (ratio * 100.0).round() / 100.0, "broker": journal, "connections": connections,
+               "tls": tls, "node_cpu_us_per_reading": (node_us * 100.0).round() / 100.0})
     );
     Ok(())
 }
