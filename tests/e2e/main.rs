@@ -24,4 +24,5 @@ mod ota;
 mod outage;
 mod registry;
 mod rest_devices;
+mod sandbox;
 mod tpm;

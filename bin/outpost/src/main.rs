@@ -550,7 +550,10 @@ fn main() -> ExitCode {
         }
         Command::Config(ConfigCmd::Default) => ExitCode::SUCCESS,
         Command::Run { service } => match services::by_name(&service) {
-            Some(svc) => runner::run(svc, cfg, data_dir),
+            Some(svc) => {
+                runner::restrict_process();
+                runner::run(svc, cfg, data_dir)
+            }
             None => {
                 let names: Vec<_> = SERVICES.iter().map(|s| s.name()).collect();
                 eprintln!(
@@ -561,6 +564,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Up => {
+            runner::restrict_process();
             outpost_kit::telemetry::init_logs(&cfg.log);
             block_on(supervisor::up(cfg, data_dir))
         }
@@ -571,6 +575,7 @@ fn main() -> ExitCode {
             // certificates from the cloud CA, admins by token): the node-internal scheme
             // of an edge's services is not its.
             Some(cloud) => {
+                runner::restrict_process();
                 let mut cfg = cfg;
                 cfg.security.internal_tls = false;
                 runner::run(cloud, cfg, data_dir)

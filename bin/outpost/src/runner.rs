@@ -133,6 +133,17 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
 }
 
 /// Holds `<data>/run/<service>.lock` for the life of the process.
+/// What every process of the node does first, before it creates a file or starts a thread:
+/// what it creates is its user's alone (umask 077: directories 0700, files 0600), and
+/// neither it nor anything it starts can gain privileges through `execve` (no_new_privs:
+/// set-user-ID programs and file capabilities are ignored).
+pub fn restrict_process() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    if let Err(e) = rustix::thread::set_no_new_privs(true) {
+        eprintln!("outpost: cannot set no_new_privs: {e}");
+    }
+}
+
 fn lock_service(data_dir: &std::path::Path, id: &str) -> anyhow::Result<std::fs::File> {
     use anyhow::Context as _;
     let run_dir = data_dir.join("run");
