@@ -47,13 +47,7 @@ async fn keys_rotate_re_encrypts_everything_and_resumes_after_kill_9() {
         );
     let mut node = Node::start(&extra).await;
     let device = "rotated-thermo";
-    provision(&node, &[device]);
-    publish_readings(&node, device, 30, "20.5");
-    let count = format!("{}/api/v3/event/count/device/name/{device}", node.data());
-    eventually("30 events stored", Duration::from_secs(20), || async {
-        node.get(&count).await.1["count"] == 30
-    })
-    .await;
+    let count = stored_readings(&node, device, 30, "20.5").await;
     for n in 0..20 {
         assert_eq!(
             post_event(&node, "valve", &n.to_string())

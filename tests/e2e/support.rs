@@ -946,6 +946,21 @@ pub fn event_message(
     (id, msg.to_string())
 }
 
+/// Provisions `device`, publishes `n` events of it ([`publish_readings`]) and waits until
+/// core-data holds them; the URL of its event count.
+pub async fn stored_readings(node: &Node, device: &str, n: i64, value: &str) -> String {
+    provision(node, &[device]);
+    publish_readings(node, device, n, value);
+    let count = format!("{}/api/v3/event/count/device/name/{device}", node.data());
+    eventually(
+        &format!("{n} events stored"),
+        Duration::from_secs(20),
+        || async { node.get(&count).await.1["count"] == n },
+    )
+    .await;
+    count
+}
+
 /// Publishes `n` events of one `Float64` reading `value` of `device` over MQTT (QoS 1, the
 /// bus token), each acknowledged.
 pub fn publish_readings(node: &Node, device: &str, n: i64, value: &str) {

@@ -52,13 +52,7 @@ async fn a_node_sealed_by_its_tpm_opens_with_that_tpm_only() {
     let mut tpm = Swtpm::at(state.path());
     let mut node = Node::start(&tpm_config(&tpm.tcti())).await;
     let device = "sealed-thermo-7f";
-    provision(&node, &[device]);
-    publish_readings(&node, device, 20, "21.5");
-    let count = format!("{}/api/v3/event/count/device/name/{device}", node.data());
-    eventually("20 events stored", Duration::from_secs(20), || async {
-        node.get(&count).await.1["count"] == 20
-    })
-    .await;
+    let count = stored_readings(&node, device, 20, "21.5").await;
 
     // Which protection is in force: in every service's health, and in the start banner.
     let sealed = format!("sealed by the TPM ({})", tpm.tcti());
