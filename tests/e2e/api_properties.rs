@@ -127,7 +127,7 @@ async fn every_served_api_document_holds_under_generated_requests() {
 
     let seed = std::env::var("OUTPOST_TEST_SEED").unwrap_or_else(|_| "20261205".into());
     let examples = std::env::var("OUTPOST_API_EXAMPLES").unwrap_or_else(|_| "20".into());
-    let work = tempfile::tempdir().expect("tempdir");
+    let work = crate::support::tempdir();
     let mut failed = Vec::new();
     for (name, bases) in &runs {
         let text = call(

@@ -436,7 +436,7 @@ async fn with_tls_on_every_hop_nothing_crosses_loopback_in_clear() {
 /// from another CA fails the handshake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zero_touch_device_enrolls_itself_over_mqtt_tls_pending_approval() {
-    let factory = tempfile::tempdir().expect("tempdir");
+    let factory = crate::support::tempdir();
     let maker = outpost_pki::Paths::new(factory.path());
     outpost_pki::ensure_ca(&maker).expect("manufacturer CA");
     let id = outpost_pki::issue_client_cert(&maker, "zt-press", 30).expect("certificate");
@@ -502,7 +502,7 @@ async fn a_zero_touch_device_enrolls_itself_over_mqtt_tls_pending_approval() {
     );
     refused_with(&o, "not authorized");
     // The same name from a CA the node does not trust: no handshake.
-    let stranger = tempfile::tempdir().expect("tempdir");
+    let stranger = crate::support::tempdir();
     let mut forged = tls_to(&node, &ca.to_string_lossy());
     forged.extend(foreign_identity(stranger.path(), "zt-press"));
     let o = publish(

@@ -27,7 +27,7 @@ fn refused(mut cmd: Command) -> String {
 #[test]
 fn config_default_is_valid_and_bad_config_reports_every_problem() {
     let out = run_ok(Command::new(BIN).args(["config", "default"]), "run");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = crate::support::tempdir();
     let good = dir.path().join("good.toml");
     std::fs::write(&good, &out.stdout).expect("write");
     run_ok(&mut check(&good, &[]), "config check");
@@ -106,7 +106,7 @@ async fn a_second_node_on_busy_ports_refuses_to_start_and_a_closed_pipe_ends_the
     );
     // A second node with the same ports (another data dir): one line per busy socket, a
     // failure exit, no banner, and nothing left running.
-    let other = tempfile::tempdir().expect("dir");
+    let other = crate::support::tempdir();
     let mut second = Command::new(BIN);
     second
         .arg("--config")
@@ -162,7 +162,7 @@ async fn a_second_node_on_busy_ports_refuses_to_start_and_a_closed_pipe_ends_the
 
 #[test]
 fn the_cli_says_why_it_finds_no_node_and_how_to_point_it_at_one() {
-    let dir = tempfile::tempdir().expect("dir");
+    let dir = crate::support::tempdir();
     let config = dir.path().join("outpost.toml");
     std::fs::write(&config, config_text(&Ports::free(), "")).expect("config");
     let cli = |data_dir: &Path| {

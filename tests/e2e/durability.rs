@@ -270,7 +270,7 @@ async fn all_values_stored_once(
 async fn what_the_broker_acknowledged_survives_its_crash_while_core_data_is_away() {
     let node = Node::start("").await;
     provision(&node, &["j1"]);
-    let creds = tempfile::tempdir().expect("dir");
+    let creds = crate::support::tempdir();
     let count = || async {
         node.get(&format!(
             "{}/api/v3/event/count/device/name/j1",
@@ -314,7 +314,7 @@ async fn no_acknowledged_event_is_lost_or_stored_twice_through_twenty_random_kil
         .unwrap_or(20);
     let mut node = Node::start("").await;
     provision(&node, &["k1"]);
-    let creds = tempfile::tempdir().expect("dir");
+    let creds = crate::support::tempdir();
     let publisher = Publisher::start(&node, "k1", &creds).await;
     kill_at_random(
         &mut node,
@@ -342,7 +342,7 @@ async fn a_full_disk_stops_acknowledgements_loses_nothing_and_ingest_resumes_wit
     let disk = Tmpfs::mount(&node.data_dir().join("journal"), "1m");
     node.launch().await;
     provision(&node, &["f1"]);
-    let creds = tempfile::tempdir().expect("dir");
+    let creds = crate::support::tempdir();
     // core-data is held, so nothing leaves the journal and the disk fills.
     let core_data = node.pid("core-data");
     let paused_core_data = Paused::new(core_data);
@@ -481,7 +481,7 @@ async fn device_mqtt_telemetry_acknowledged_by_the_broker_survives_random_kill_9
     )
     .await;
     tag_device(&node, "mk", "device-mqtt", json!({"mqtt": {}})).await;
-    let creds = tempfile::tempdir().expect("dir");
+    let creds = crate::support::tempdir();
     let secret = creds.path().join("secret");
     std::fs::write(&secret, "mk-secret-0000000000").expect("secret");
     node.cli_ok(&["device", "secret", "mk", "--secret", "mk-secret-0000000000"]);

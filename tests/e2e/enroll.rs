@@ -131,7 +131,7 @@ async fn ota_node_with(
     ota_extra: &str,
     extra: &str,
 ) -> (Node, tempfile::TempDir, std::path::PathBuf) {
-    let keys = tempfile::tempdir().expect("tempdir");
+    let keys = crate::support::tempdir();
     let (key, public) = crate::ota::keygen(keys.path());
     let node = Node::start(&format!(
         "[ota]\nenabled = true\ntrusted_keys = [\"{public}\"]\n{ota_extra}{extra}"
@@ -278,10 +278,10 @@ async fn devices_are_enrolled_rotated_and_revoked_over_the_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_with_a_manufacturer_certificate_enrolls_itself_pending_approval() {
     // The manufacturer's CA, and certificates it gave two devices; another CA's too.
-    let factory = tempfile::tempdir().expect("tempdir");
+    let factory = crate::support::tempdir();
     let maker = outpost_pki::Paths::new(factory.path());
     outpost_pki::ensure_ca(&maker).expect("manufacturer CA");
-    let stranger_dir = tempfile::tempdir().expect("tempdir");
+    let stranger_dir = crate::support::tempdir();
     let stranger = outpost_pki::Paths::new(stranger_dir.path());
     let write = |dir: &Path, id: &outpost_pki::ClientIdentity| {
         std::fs::create_dir_all(dir).expect("mkdir");

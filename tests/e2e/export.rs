@@ -33,7 +33,7 @@ impl Cloud {
     pub async fn start_with(settings: &[&str]) -> Self {
         outpost_kit::http::install_tls_provider();
         let mut cloud = Self {
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir: crate::support::tempdir(),
             port: free_port(),
             settings: settings.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -111,6 +111,7 @@ impl Cloud {
         let (ok, stdout, stderr) =
             self.cli(&["enroll", edge, "--out", out.to_str().expect("path")]);
         assert!(ok, "enroll failed: {stdout}{stderr}");
+        crate::support::give_to_node_user(&out);
         out
     }
 
@@ -972,11 +973,11 @@ async fn batches_reach_an_external_mqtt_broker_over_tls_and_an_untrusted_one_get
     use std::os::unix::fs::PermissionsExt as _;
     // A real mosquitto with a TLS listener, its certificate from a CA of the test's own,
     // asking every client for a certificate of that CA.
-    let pki_dir = tempfile::tempdir().expect("tempdir");
+    let pki_dir = crate::support::tempdir();
     let paths = outpost_pki::Paths::cloud(pki_dir.path());
     outpost_pki::ensure_server_cert(&paths, &["localhost".into(), "127.0.0.1".into()])
         .expect("cert");
-    let broker_dir = tempfile::tempdir().expect("tempdir");
+    let broker_dir = crate::support::tempdir();
     std::fs::set_permissions(broker_dir.path(), std::fs::Permissions::from_mode(0o755))
         .expect("chmod");
     let (ca, cert, key) = (

@@ -972,7 +972,7 @@ async fn cli_logs_in_manages_users_and_keys_and_works_remotely() {
     assert!(!out.contains(&key), "keys are never listed");
 
     // Another machine: the CA must be given once; the session keeps it.
-    let home = tempfile::tempdir().unwrap();
+    let home = crate::support::tempdir();
     let gw = format!("https://127.0.0.1:{}", node.ports.gateway);
     let ca = node.data_dir().join("tls/ca.pem");
     let ca = ca.to_str().unwrap();

@@ -192,7 +192,7 @@ async fn with_mutual_tls_only_the_nodes_services_and_administrator_use_internal_
     );
 
     // A certificate of another CA fails the handshake.
-    let other = tempfile::tempdir().expect("dir");
+    let other = crate::support::tempdir();
     let foreign =
         outpost_pki::issue_client_cert(&outpost_pki::Paths::new(other.path()), "admin", 1)
             .expect("a foreign certificate");

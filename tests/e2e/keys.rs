@@ -35,7 +35,7 @@ async fn keys_rotate_re_encrypts_everything_and_resumes_after_kill_9() {
     // Export to a receiver that is not there: the items stay queued.
     let dead = free_port();
     let hook = format!("url = \"http://127.0.0.1:{dead}/ingest\"\nretry_initial_ms = 50");
-    let signing = tempfile::tempdir().expect("tempdir");
+    let signing = crate::support::tempdir();
     let mut keygen = Command::new(BIN);
     keygen.args(["ota", "keygen", "--out"]).arg(signing.path());
     run_ok(&mut keygen, "outpost ota keygen");

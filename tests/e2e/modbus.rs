@@ -290,6 +290,17 @@ async fn modbus_device_goes_down_with_its_server_and_comes_back() {
 #[tokio::test]
 async fn modbus_rtu_over_a_serial_line() {
     let (_server, path) = ModbusServer::start_rtu();
+    // As a serial adapter's device is: the `dialout` group's, which the node's user is in
+    // (a pseudo-terminal is root's only).
+    let group = std::fs::read_to_string("/etc/group").expect("/etc/group");
+    let dialout: u32 = group
+        .lines()
+        .find_map(|l| l.strip_prefix("dialout:x:"))
+        .and_then(|rest| rest.split(':').next()?.parse().ok())
+        .expect("a dialout group");
+    std::os::unix::fs::chown(&path, None, Some(dialout)).expect("chgrp dialout");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o660))
+        .expect("chmod");
     let node = Node::start(&node_config()).await;
     setup(&node).await;
     let dev = json!([{"apiVersion": "v3", "device": {

@@ -34,7 +34,7 @@ async fn post_artifact(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_artifacts_are_stored_once_and_download_resumably_and_bad_ones_are_refused() {
     // A signing key made off the node, as an operator would.
-    let keys = tempfile::tempdir().expect("tempdir");
+    let keys = crate::support::tempdir();
     let mut cmd = Command::new(BIN);
     cmd.args(["ota", "keygen", "--out"]).arg(keys.path());
     let (ok, out, err) = run_cli(cmd, None);
@@ -193,7 +193,7 @@ impl std::ops::Deref for OtaNode {
 }
 
 async fn ota_node<S: AsRef<str>>(devices: &[S]) -> OtaNode {
-    let keys = tempfile::tempdir().expect("tempdir");
+    let keys = crate::support::tempdir();
     let (key, public) = keygen(keys.path());
     let node = Node::start(&format!(
         "[ota]\nenabled = true\ntrusted_keys = [\"{public}\"]\n"
@@ -539,7 +539,7 @@ async fn twenty_agents_roll_out_in_phases_and_failures_pause_and_roll_back() {
     assert!(out.contains("to 20 devices"), "{out}");
 
     // Agents 00-02 (in the first phase of 5) fail their health check.
-    let root = tempfile::tempdir().expect("tempdir");
+    let root = crate::support::tempdir();
     let mut agents = Agents(Vec::new());
     for (i, d) in names.iter().enumerate() {
         let health = if i < 3 {
@@ -643,7 +643,7 @@ async fn a_killed_agent_resumes_its_download_where_it_stopped() {
     upload(&node, &node.key, "fw", "4.0", &data);
     node.roll_out("slow", "4.0", &["slow-1"]).await;
     // 500 KB/s: six seconds for the whole payload; killed after about one.
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = crate::support::tempdir();
     let health = "test -s \"$OUTPOST_SLOT/payload\"";
     let rated = ["--rate", "500000"];
     let mut agent = Agents(vec![start_agent(
@@ -696,7 +696,7 @@ async fn a_killed_agent_resumes_its_download_where_it_stopped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_refuses_a_tampered_artifact_from_a_rogue_server() {
     // A rogue server offers a correctly signed manifest with other bytes as the payload.
-    let keys = tempfile::tempdir().expect("tempdir");
+    let keys = crate::support::tempdir();
     let (key, public) = keygen(keys.path());
     let signer = SigningKey::from_pkcs8(
         &B64.decode(std::fs::read_to_string(&key).expect("key").trim())
@@ -707,7 +707,7 @@ async fn an_agent_refuses_a_tampered_artifact_from_a_rogue_server() {
     let evil = payload(10_000, 2);
     let m = manifest("fw", "6.6", &good);
     let port = crate::support::free_port();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = crate::support::tempdir();
     let action = json!({"pollSeconds": 1, "action": {
         "id": "rogue", "state": "offered",
         "artifact": {"name": "fw", "version": "6.6", "size": good.len(), "sha256": sha256(&good),
@@ -789,7 +789,7 @@ http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
 async fn an_online_agent_is_told_over_mqtt_to_poll_now() {
     let node = ota_node(&["live-1"]).await;
     let ota = &node.api;
-    let root = tempfile::tempdir().expect("tempdir");
+    let root = crate::support::tempdir();
     let dir = root.path().join("live-1");
     // It polls once an hour: only the message can make it fetch the update soon.
     let server = node.url(node.ports.ota);

@@ -112,7 +112,7 @@ async fn a_two_minute_link_outage_loses_nothing_holds_the_bound_and_drains() {
     needs_root("network namespaces");
     outpost_kit::http::install_tls_provider();
     let ns = Netns::new();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = crate::support::tempdir();
     let cloud_data = dir.path().join("cloud");
     let port = free_port();
     let cloud_args = |cmd: &mut Command| {
@@ -136,6 +136,7 @@ async fn a_two_minute_link_outage_loses_nothing_holds_the_bound_and_drains() {
             .arg(&identity)
             .args(["--url", &format!("https://127.0.0.1:{port}")]);
         if run_cli(cmd, None).0 {
+            crate::support::give_to_node_user(&identity);
             enrolled = true;
             break;
         }

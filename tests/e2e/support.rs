@@ -14,6 +14,36 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
 
 pub use outpost_testkit::{Mosquitto, free_port, lines_of};
 
+/// Gives a file the operator made as root (an identity bundle) to the node's service user,
+/// as an operator does for files the node is configured to read: a node started as root
+/// runs as that user.
+pub fn give_to_node_user(path: &Path) {
+    let passwd = std::fs::read_to_string("/etc/passwd").expect("/etc/passwd");
+    let ids = passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&"outpost")).then(|| {
+            (
+                f[2].parse::<u32>().expect("uid"),
+                f[3].parse::<u32>().expect("gid"),
+            )
+        })
+    });
+    // No such user yet: the first node made as root creates it; until then, nothing to do.
+    if let Some((uid, gid)) = ids {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to the node's user");
+    }
+}
+
+/// A temporary directory the node's service user can pass through (mode 0711): a node
+/// started as root runs as that user, and refuses a data dir it could not reach.
+pub fn tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+        .expect("open the temporary directory to the node's user");
+    dir
+}
+
 /// Polls `check` until it holds or `timeout` passes; panics with `what` on timeout.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
@@ -165,7 +195,7 @@ impl Node {
     /// Prepares a node (config written, nothing started yet).
     pub fn create(extra: &str) -> Self {
         outpost_kit::http::install_tls_provider();
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempdir();
         let ports = Ports::free();
         let config = dir.path().join("outpost.toml");
         let text = config_text(&ports, extra);

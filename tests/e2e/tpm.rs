@@ -48,7 +48,7 @@ fn refused_with(node: &Node, tcti: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_sealed_by_its_tpm_opens_with_that_tpm_only() {
-    let state = tempfile::tempdir().expect("tempdir");
+    let state = crate::support::tempdir();
     let mut tpm = Swtpm::at(state.path());
     let mut node = Node::start(&tpm_config(&tpm.tcti())).await;
     let device = "sealed-thermo-7f";

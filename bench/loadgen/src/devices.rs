@@ -586,8 +586,8 @@ pub async fn reconnect(outpost: &Path, devices: usize, rounds: usize) -> anyhow:
         &conf,
         format!(
             "listener {mport} 127.0.0.1\ncertfile {}\nkeyfile {}\nallow_anonymous false\npassword_file {}\nmax_connections -1\npersistence false\n{}",
-            data.join("tls/gateway.pem").display(),
-            data.join("secrets/gateway-tls.key").display(),
+            data.join("tls/gateway/gateway.pem").display(),
+            data.join("secrets/gateway/tls.key").display(),
             passwords.display(),
             // As root, mosquitto would switch to its own user, which cannot read the
             // node's key and the password file.

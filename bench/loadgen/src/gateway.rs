@@ -313,8 +313,8 @@ pub async fn run(a: &GatewayArgs) -> anyhow::Result<()> {
             &ndir.0,
             nginx_port,
             node.data,
-            &data_dir.join("tls/gateway.pem"),
-            &data_dir.join("secrets/gateway-tls.key"),
+            &data_dir.join("tls/gateway/gateway.pem"),
+            &data_dir.join("secrets/gateway/tls.key"),
             node.tls
                 .then(|| UpstreamTls {
                     ca: ca.clone(),

@@ -75,9 +75,16 @@ impl NodeConfig {
         }
         // With mutual TLS between services, services reach the embedded broker over TLS
         // with their certificates.
+        let at = |addr: std::net::SocketAddr| {
+            if self.broker.host.is_empty() {
+                connect_addr(addr)
+            } else {
+                format!("{}:{}", host(&self.broker.host), addr.port())
+            }
+        };
         let embedded = match self.broker.tls_listen {
-            Some(tls) if self.security.internal_tls => format!("mqtts://{}", connect_addr(tls)),
-            _ => format!("mqtt://{}", connect_addr(self.broker.listen)),
+            Some(tls) if self.security.internal_tls => format!("mqtts://{}", at(tls)),
+            _ => format!("mqtt://{}", at(self.broker.listen)),
         };
         if self.bus.url.is_empty() && self.broker.enabled {
             self.bus.url.clone_from(&embedded);

@@ -30,6 +30,7 @@ macro_rules! print {
 mod cli;
 mod config;
 mod runner;
+mod sandbox;
 mod services;
 mod session;
 mod supervisor;
@@ -106,6 +107,17 @@ enum Command {
     Up,
     /// Run one service in the foreground: mqtt-broker, core-keeper, core-metadata, core-data.
     Run { service: String },
+    /// Check that a service of this host answers (exit status 0), as container health
+    /// checks do: `outpost probe core-data`.
+    Probe { service: String },
+    /// Close a service's sandbox around this process exactly as `outpost run` does (user,
+    /// system-call filter, Landlock), then try to open each path for reading and for
+    /// writing and print what the kernel answered, one line a path.
+    #[command(hide = true, name = "sandbox-check")]
+    SandboxCheck {
+        service: String,
+        paths: Vec<PathBuf>,
+    },
     /// Print or check the configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -550,10 +562,10 @@ fn main() -> ExitCode {
         }
         Command::Config(ConfigCmd::Default) => ExitCode::SUCCESS,
         Command::Run { service } => match services::by_name(&service) {
-            Some(svc) => {
-                runner::restrict_process();
-                runner::run(svc, cfg, data_dir)
-            }
+            Some(svc) => match unprivileged(&cfg, &data_dir) {
+                Ok(_) => runner::run(svc, cfg, data_dir),
+                Err(code) => code,
+            },
             None => {
                 let names: Vec<_> = SERVICES.iter().map(|s| s.name()).collect();
                 eprintln!(
@@ -563,23 +575,60 @@ fn main() -> ExitCode {
                 ExitCode::from(runner::EXIT_CONFIG as u8)
             }
         },
-        Command::Up => {
-            runner::restrict_process();
-            outpost_kit::telemetry::init_logs(&cfg.log);
-            block_on(supervisor::up(cfg, data_dir))
-        }
+        Command::SandboxCheck { service, paths } => match services::by_name(&service) {
+            Some(svc) => match unprivileged(&cfg, &data_dir) {
+                Ok(_) => {
+                    let id = outpost_kit::registry::instance_id(svc.name(), &cfg.node.instance);
+                    match sandbox::close(svc, &cfg, &data_dir, &id) {
+                        Ok(held) => {
+                            println!("sandbox\t{}", held.enforced);
+                            for p in &paths {
+                                println!("{}", sandbox::try_open(p));
+                            }
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("outpost: {e:#}");
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
+                Err(code) => code,
+            },
+            None => ExitCode::from(runner::EXIT_CONFIG as u8),
+        },
+        Command::Probe { service } => match services::by_name(&service) {
+            Some(svc) => block_on(async move { cli::node::probe(&cfg, &data_dir, svc).await }),
+            None => {
+                let names: Vec<_> = SERVICES.iter().map(|s| s.name()).collect();
+                eprintln!(
+                    "outpost: unknown service '{service}'; one of: {}",
+                    names.join(", ")
+                );
+                ExitCode::from(runner::EXIT_CONFIG as u8)
+            }
+        },
+        Command::Up => match unprivileged(&cfg, &data_dir) {
+            Ok(run_as) => {
+                outpost_kit::telemetry::init_logs(&cfg.log);
+                block_on(supervisor::up(cfg, data_dir, run_as))
+            }
+            Err(code) => code,
+        },
         Command::Cloud {
             cmd: None | Some(CloudCmd::Up),
         } => match services::by_name(outpost_cloud::SERVICE) {
             // The cloud node is one service with mutual TLS of its own (edges by their
             // certificates from the cloud CA, admins by token): the node-internal scheme
             // of an edge's services is not its.
-            Some(cloud) => {
-                runner::restrict_process();
-                let mut cfg = cfg;
-                cfg.security.internal_tls = false;
-                runner::run(cloud, cfg, data_dir)
-            }
+            Some(cloud) => match unprivileged(&cfg, &data_dir) {
+                Ok(_) => {
+                    let mut cfg = cfg;
+                    cfg.security.internal_tls = false;
+                    runner::run(cloud, cfg, data_dir)
+                }
+                Err(code) => code,
+            },
             None => ExitCode::FAILURE,
         },
         // Needs no node: signing keys are made where artifacts are built.
@@ -646,6 +695,31 @@ async fn cloud(
             .await
         }
     }
+}
+
+/// What `outpost up`, `outpost run` and the cloud node do before anything else: restrict
+/// the process, become the service user when started as root, and filter system calls
+/// (see [`sandbox`]). A refusal is a configuration error: restarting cannot help.
+fn unprivileged(cfg: &NodeConfig, data_dir: &std::path::Path) -> Result<sandbox::RunAs, ExitCode> {
+    sandbox::restrict_process();
+    let config_error = |e: anyhow::Error| {
+        eprintln!("outpost: {e:#}");
+        ExitCode::from(runner::EXIT_CONFIG as u8)
+    };
+    let run_as = sandbox::take_service_user(&cfg.security, data_dir).map_err(config_error)?;
+    if cfg.security.sandbox {
+        match sandbox::filter_syscalls() {
+            Ok(_) => {}
+            Err(e) if cfg.security.require_sandbox => return Err(config_error(e)),
+            Err(e) => eprintln!("outpost: warning: no system-call filter: {e:#}"),
+        }
+    }
+    if cfg.security.require_sandbox && !run_as.unprivileged() {
+        return Err(config_error(anyhow::anyhow!(
+            "the sandbox is required (security.require_sandbox) and the node would run as {run_as}"
+        )));
+    }
+    Ok(run_as)
 }
 
 fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
@@ -814,6 +888,8 @@ async fn client(
         Command::Apikey(ApikeyCmd::Revoke { id }) => cli::users::apikey_revoke(&c, &id).await,
         Command::Up
         | Command::Run { .. }
+        | Command::SandboxCheck { .. }
+        | Command::Probe { .. }
         | Command::Config(_)
         | Command::Cloud { .. }
         | Command::Ota(OtaCmd::Keygen { .. })

@@ -44,6 +44,23 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
             return std::process::ExitCode::FAILURE;
         }
     };
+    // Its keys and files open, then the sandbox closes around them: before any thread.
+    let held = match crate::sandbox::close(svc, &cfg, &data_dir, &id) {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::error!(
+                service = svc.name(),
+                error = format!("{e:#}"),
+                "cannot start"
+            );
+            return if cfg.security.require_sandbox {
+                std::process::ExitCode::from(EXIT_CONFIG as u8)
+            } else {
+                std::process::ExitCode::FAILURE
+            };
+        }
+    };
+    tracing::info!(service = svc.name(), sandbox = %held.enforced, "sandbox closed");
     // The busy services get two worker threads, the others one: a node idles in a few MB.
     // The gateway serves its traffic on event loops of its own (gateway.threads).
     let workers = svc.info.worker_threads;
@@ -116,6 +133,7 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
     // Blocking tasks (SQLite work) get a moment to finish; a blocked read of standard input
     // must not keep the process alive, so the runtime is not simply dropped.
     rt.shutdown_timeout(Duration::from_secs(2));
+    drop(held);
     match result {
         Ok(()) => {
             tracing::info!(service = svc.name(), "stopped");
@@ -133,17 +151,6 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
 }
 
 /// Holds `<data>/run/<service>.lock` for the life of the process.
-/// What every process of the node does first, before it creates a file or starts a thread:
-/// what it creates is its user's alone (umask 077: directories 0700, files 0600), and
-/// neither it nor anything it starts can gain privileges through `execve` (no_new_privs:
-/// set-user-ID programs and file capabilities are ignored).
-pub fn restrict_process() {
-    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    if let Err(e) = rustix::thread::set_no_new_privs(true) {
-        eprintln!("outpost: cannot set no_new_privs: {e}");
-    }
-}
-
 fn lock_service(data_dir: &std::path::Path, id: &str) -> anyhow::Result<std::fs::File> {
     use anyhow::Context as _;
     let run_dir = data_dir.join("run");

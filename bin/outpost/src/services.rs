@@ -9,6 +9,7 @@
 //! The order is the start order of `outpost up` (and the reverse its stop order): the
 //! registry first, then the bus, then what uses them, the gateway last.
 
+use outpost_kit::sandbox::Files;
 use outpost_kit::service::{AnySection, Info, RunError};
 use outpost_kit::{Context, Service as _};
 
@@ -20,6 +21,8 @@ pub struct Entry {
     pub info: Info,
     section: fn(&NodeConfig) -> &dyn AnySection,
     run: fn(Context, &NodeConfig) -> Running,
+    storage: fn(&NodeConfig) -> Option<outpost_kit::Storage>,
+    sandbox: fn(&NodeConfig, &mut Files) -> Result<(), outpost_storage::StorageError>,
 }
 
 /// A service of the table.
@@ -33,6 +36,21 @@ impl Entry {
     /// Its section of `cfg`.
     pub fn section<'a>(&self, cfg: &'a NodeConfig) -> &'a dyn AnySection {
         (self.section)(cfg)
+    }
+
+    /// The database it keeps, if any.
+    pub fn storage(&self, cfg: &NodeConfig) -> Option<outpost_kit::Storage> {
+        (self.storage)(cfg)
+    }
+
+    /// Declares what it opens on disk besides the common files (see
+    /// [`outpost_kit::Service::sandbox`]).
+    pub fn sandbox(
+        &self,
+        cfg: &NodeConfig,
+        files: &mut Files,
+    ) -> Result<(), outpost_storage::StorageError> {
+        (self.sandbox)(cfg, files)
     }
 
     /// Runs it until its context's shutdown fires.
@@ -84,6 +102,10 @@ macro_rules! services {
                 section: |cfg| &cfg.$section,
                 run: |ctx, cfg| {
                     Box::pin(outpost_kit::service::run::<$service>(ctx, cfg.$section.clone()))
+                },
+                storage: |cfg| <$service as outpost_kit::Service>::storage(&cfg.$section),
+                sandbox: |cfg, files| {
+                    <$service as outpost_kit::Service>::sandbox(&cfg.$section, files)
                 },
             },
         )*];

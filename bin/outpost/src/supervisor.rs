@@ -377,6 +377,23 @@ fn next_steps(
     out
 }
 
+/// What the start banner says about least privilege.
+fn sandbox_line(cfg: &NodeConfig, run_as: &crate::sandbox::RunAs, landlock: bool) -> String {
+    let fs = if !cfg.security.sandbox {
+        "NO sandbox (security.sandbox is off)".to_string()
+    } else if landlock {
+        "each service in a Landlock sandbox with a system-call filter".to_string()
+    } else {
+        "NO Landlock sandbox (the kernel lacks it); system calls filtered".to_string()
+    };
+    let warn = if run_as.unprivileged() && landlock {
+        ""
+    } else {
+        "Warning: "
+    };
+    format!("{warn}Privileges: {run_as}; {fs}")
+}
+
 /// The sockets the node's services would listen on that cannot be bound now, as one line
 /// each (`core-data cannot listen on 127.0.0.1:59880 (http): Address in use`).
 fn busy_sockets(cfg: &NodeConfig) -> Vec<String> {
@@ -397,10 +414,58 @@ fn busy_sockets(cfg: &NodeConfig) -> Vec<String> {
     busy
 }
 
-pub async fn up(cfg: NodeConfig, data_dir: PathBuf) -> anyhow::Result<()> {
+/// Key files that group or others may read: a node whose secrets were opened up must not
+/// start (each service would refuse its key, one by one).
+fn exposed_secrets(secrets: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut exposed = Vec::new();
+    let mut stack = vec![secrets.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.permissions().mode() & 0o077 != 0 {
+                exposed.push(entry.path());
+            }
+        }
+    }
+    exposed.sort();
+    exposed
+}
+
+pub async fn up(
+    cfg: NodeConfig,
+    data_dir: PathBuf,
+    run_as: crate::sandbox::RunAs,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     outpost_storage::ensure_private_dir(&data_dir)?;
     let data_dir = data_dir.canonicalize().context("data dir")?;
+    let exposed = exposed_secrets(&data_dir.join("secrets"));
+    if let Some(first) = exposed.first() {
+        anyhow::bail!(
+            "{} secret files may be read by others than the node's user ({} first): a key \
+             anyone may have read protects nothing; make them private (chmod -R go= {}) and, \
+             if others could have read them, rotate the keys (`outpost keys rotate`)",
+            exposed.len(),
+            first.display(),
+            data_dir.join("secrets").display()
+        );
+    }
+    let landlock = cfg.security.sandbox && outpost_kit::sandbox::kernel_supports();
+    if cfg.security.require_sandbox && !landlock {
+        anyhow::bail!(
+            "the sandbox is required (security.require_sandbox) and this kernel cannot \
+             enforce it: Landlock needs Linux 5.13 or newer (6.10 for every right asked \
+             for) with lsm=landlock"
+        );
+    }
     let run_dir = data_dir.join("run");
     outpost_storage::ensure_private_dir(&run_dir)?;
     let lock = std::fs::OpenOptions::new()
@@ -576,6 +641,7 @@ pub async fn up(cfg: NodeConfig, data_dir: PathBuf) -> anyhow::Result<()> {
         for line in next_steps(&cfg, &data_dir, &keys, running.iter().map(|s| s.svc)) {
             say!("{line}");
         }
+        say!("{}", sandbox_line(&cfg, &run_as, landlock));
         say!("Stop with Ctrl-C.");
         node.wait().await;
     }

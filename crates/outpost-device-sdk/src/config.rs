@@ -32,6 +32,16 @@ pub trait DriverConfig:
         let _ = p;
     }
 
+    /// What the driver opens on disk (see [`outpost_kit::Service::sandbox`]): a serial
+    /// line's device, say.
+    fn sandbox(
+        &self,
+        files: &mut outpost_kit::sandbox::Files,
+    ) -> Result<(), outpost_kit::sandbox::StorageError> {
+        let _ = files;
+        Ok(())
+    }
+
     /// How long a device credential core-metadata accepted is used without asking again.
     fn credentials_for(&self) -> std::time::Duration {
         std::time::Duration::from_secs(60)

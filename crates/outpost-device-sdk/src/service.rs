@@ -21,6 +21,13 @@ impl<D: DriverConfig> outpost_kit::Service for Adapter<D> {
     const INFO: outpost_kit::Info =
         outpost_kit::Info::new(D::SERVICE, D::SECTION).open_routes(D::OPEN_ROUTES);
 
+    fn sandbox(
+        cfg: &Config<D>,
+        files: &mut outpost_kit::sandbox::Files,
+    ) -> Result<(), outpost_kit::sandbox::StorageError> {
+        cfg.driver.sandbox(files)
+    }
+
     async fn build(start: Start<Config<D>>) -> Result<Parts, StartError> {
         let driver = D::driver(&start)?;
         build(start, driver).await

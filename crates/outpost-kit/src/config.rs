@@ -41,6 +41,20 @@ pub struct SecurityConfig {
     /// How long a service instance's certificate lasts, in seconds (a day); it is reissued
     /// with half of that left and used for new connections at once.
     pub service_cert_s: u64,
+    /// The system user the node runs as when started as root (`outpost up`, `outpost
+    /// run`): created if missing (a system account without a login), given the data dir,
+    /// and taken on before any service starts, with no capabilities left. Empty: stay the
+    /// user that started the node (refused as root unless `allow_root` says so).
+    pub user: String,
+    /// Let the node run as root when `user` is empty (not recommended; the start line and
+    /// `/health` say so).
+    pub allow_root: bool,
+    /// Each service process closes a filesystem sandbox (Landlock) around the files it
+    /// needs and a system-call filter (seccomp) before it starts (`outpost_kit::sandbox`).
+    pub sandbox: bool,
+    /// Refuse to start when the sandbox cannot be fully enforced (no Landlock in the
+    /// kernel, no service user) instead of warning at start and in `/health`.
+    pub require_sandbox: bool,
 }
 
 impl Default for SecurityConfig {
@@ -49,6 +63,10 @@ impl Default for SecurityConfig {
             internal_tls: true,
             tpm: "auto".into(),
             service_cert_s: 86_400,
+            user: "outpost".into(),
+            allow_root: false,
+            sandbox: true,
+            require_sandbox: false,
         }
     }
 }
@@ -355,6 +373,21 @@ impl Validate for CommonConfig {
             self.security.service_cert_s >= 10,
             "security",
             "service_cert_s must be at least 10",
+        );
+        p.check(
+            self.security.user.is_empty()
+                || self
+                    .security
+                    .user
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)),
+            "security",
+            "user must be a system user name (letters, digits, '_', '-', '.')",
+        );
+        p.check(
+            self.security.sandbox || !self.security.require_sandbox,
+            "security",
+            "require_sandbox needs sandbox = true",
         );
         if let Err(e) = self.security.tpm_setting() {
             p.push("security", format!("tpm: {e}"));

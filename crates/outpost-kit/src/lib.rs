@@ -28,6 +28,7 @@ pub mod refused;
 pub mod registry;
 pub mod request_id;
 pub mod routes;
+pub mod sandbox;
 pub mod service;
 pub mod shutdown;
 pub mod tasks;

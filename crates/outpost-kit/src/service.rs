@@ -340,6 +340,17 @@ pub trait Service: Send + Sync + 'static {
         None
     }
 
+    /// What it opens on disk besides its database, its database key and what every
+    /// service may ([`crate::sandbox::Files::common`]): its own directories, its keys
+    /// (created here when missing), configured files. Runs before the process's sandbox
+    /// closes and its runtime starts; a file missing from here cannot be opened later.
+    fn sandbox(
+        _cfg: &Self::Config,
+        _files: &mut crate::sandbox::Files,
+    ) -> Result<(), outpost_storage::StorageError> {
+        Ok(())
+    }
+
     /// Builds the service: opens what else it needs, starts its tasks on `start.ctx.tasks`,
     /// and returns what it serves.
     fn build(start: Start<Self::Config>) -> impl Future<Output = Result<Parts, StartError>> + Send;
@@ -407,6 +418,7 @@ pub async fn assemble<S: Service>(
     };
     let mut checks = built.checks;
     checks.push(keys_probe(ctx.secrets_dir()));
+    checks.push(sandbox_probe());
     let mut router = ctx.router(built.api, health(db, checks), S::INFO.open_routes);
     if let Some(wrap) = built.wrap {
         router = wrap(router);
@@ -480,6 +492,38 @@ fn keys_probe(secrets: std::path::PathBuf) -> HealthProbe {
             }]
         })
     })
+}
+
+/// The `sandbox` check: how far the process's sandbox closed, and as which user it runs.
+/// Passing unless the node requires the sandbox and it is not fully in force.
+fn sandbox_probe() -> HealthProbe {
+    Arc::new(move || {
+        Box::pin(async move {
+            let enforced = crate::sandbox::status();
+            let uid = process_uid();
+            let detail = format!(
+                "{}; uid {uid}",
+                enforced.map_or_else(|| "not set up".to_string(), ToString::to_string)
+            );
+            vec![Check {
+                name: "sandbox",
+                ok: true,
+                detail,
+            }]
+        })
+    })
+}
+
+/// The process's user ID, from `/proc` (no libc call needed).
+fn process_uid() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        })
+        .unwrap_or_else(|| "?".into())
 }
 
 /// The `storage` check of a database, as a probe.

@@ -123,16 +123,18 @@ pub struct Paths {
 }
 
 impl Paths {
-    /// The node CA and the gateway's certificate.
+    /// The node CA and the gateway's certificate. The gateway's files are in directories
+    /// of their own (`tls/gateway/`, `secrets/gateway/`): the gateway renews its certificate
+    /// while it runs, in its sandbox, which lets it replace only those.
     pub fn new(data_dir: &Path) -> Self {
         let tls = data_dir.join("tls");
         let secrets = data_dir.join("secrets");
         Self {
             ca_cert: tls.join("ca.pem"),
             ca_key: secrets.join("node-ca.key"),
-            cert: tls.join("gateway.pem"),
-            key: secrets.join("gateway-tls.key"),
-            meta: tls.join("gateway.json"),
+            cert: tls.join("gateway").join("gateway.pem"),
+            key: secrets.join("gateway").join("tls.key"),
+            meta: tls.join("gateway").join("gateway.json"),
             ca_name: "Outpost node CA",
             subject: "Outpost gateway",
         }
@@ -291,12 +293,10 @@ pub fn load_ca(paths: &Paths) -> Result<Option<Issuer<'static, KeyPair>>, PkiErr
 pub fn ensure_server_cert(paths: &Paths, names: &[String]) -> Result<(), PkiError> {
     // The node's server key is sealed by the TPM when one protects the node (a plain one
     // from before is replaced by a new pair at once).
-    let sealed = paths.key.parent().is_some_and(|dir| {
-        matches!(
-            outpost_storage::protect::in_force(dir),
-            Ok(outpost_storage::protect::InForce::Tpm(_))
-        )
-    });
+    let sealed = matches!(
+        outpost_storage::protect::in_force_for(&paths.key),
+        Ok(outpost_storage::protect::InForce::Tpm(_))
+    );
     let files = Files {
         cert: &paths.cert,
         key: &paths.key,

@@ -272,8 +272,19 @@ fn parse_sealed(text: &str) -> Option<Sealed> {
     Some(Sealed { public, private })
 }
 
+/// The secrets directory a key file belongs to: the nearest ancestor named `secrets` (a
+/// service's own keys are in a directory of their own beneath it), else its directory.
 fn secrets_dir(path: &Path) -> &Path {
-    path.parent().unwrap_or(Path::new("."))
+    path.ancestors()
+        .skip(1)
+        .find(|a| a.file_name().is_some_and(|n| n == "secrets"))
+        .or_else(|| path.parent())
+        .unwrap_or(Path::new("."))
+}
+
+/// What protects the key file `path` ([`in_force`] of its secrets directory).
+pub fn in_force_for(path: &Path) -> Result<InForce, StorageError> {
+    in_force(secrets_dir(path))
 }
 
 /// The name a file's content is bound to: its own, a key being rotated in (`K.next`)

@@ -19,6 +19,10 @@ pub struct Config {
     pub tls_listen: Option<SocketAddr>,
     /// HTTP port of the broker service (health, metrics, registration).
     pub port: u16,
+    /// The host other services reach this broker at, when it runs on another host or in
+    /// another container (`mqtt-broker` under compose); empty: this host. The bus is then
+    /// still this broker, with its journal.
+    pub host: String,
     /// Let clients on loopback connect without credentials (local tools such as
     /// mosquitto_pub). Clients from other hosts always need credentials. `None`: while
     /// `security.internal_tls` is off.
@@ -73,6 +77,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             tls_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8883))),
             port: 59898,
+            host: String::new(),
             allow_anonymous_loopback: None,
             max_clients: 10_000,
             max_packet_bytes: 1024 * 1024 + 4096,

@@ -71,6 +71,17 @@ impl outpost_kit::Service for Broker {
         Some(Storage::new(store::MIGRATIONS, 1))
     }
 
+    fn sandbox(
+        _: &Config,
+        files: &mut outpost_kit::sandbox::Files,
+    ) -> Result<(), outpost_storage::StorageError> {
+        files.own_dir("journal")?;
+        files.secret("broker-journal.key")?;
+        // The internal bus credential: made by the broker, read by the services.
+        outpost_storage::load_or_create_token(&files.secrets_dir(), outpost_bus::INTERNAL_SECRET)?;
+        Ok(())
+    }
+
     async fn build(start: Start<Config>) -> Result<Parts, StartError> {
         let Start { ctx, cfg, .. } = &start;
         let db = start.db()?;

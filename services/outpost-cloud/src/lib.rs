@@ -62,6 +62,16 @@ impl outpost_kit::Service for Cloud {
 
     const INFO: Info = Info::new(SERVICE, "cloud").worker_threads(2).standalone();
 
+    /// The cloud node runs alone on its data dir: everything in it is its own.
+    fn sandbox(
+        _: &Config,
+        files: &mut outpost_kit::sandbox::Files,
+    ) -> Result<(), outpost_storage::StorageError> {
+        let dir = files.data_dir().to_path_buf();
+        files.allow(dir, outpost_kit::sandbox::Access::Own);
+        Ok(())
+    }
+
     fn storage(cfg: &Config) -> Option<Storage> {
         Some(
             Storage::new(sqlite::MIGRATIONS, 2)

@@ -68,6 +68,14 @@ impl outpost_kit::Service for CoreMetadata {
 
     const INFO: Info = Info::new(SERVICE, "core_metadata");
 
+    fn sandbox(
+        cfg: &Config,
+        files: &mut outpost_kit::sandbox::Files,
+    ) -> Result<(), outpost_storage::StorageError> {
+        files.config_file(cfg.uom_file.as_deref());
+        Ok(())
+    }
+
     fn storage(_: &Config) -> Option<Storage> {
         Some(Storage::new(store::MIGRATIONS, 2))
     }

@@ -84,6 +84,16 @@ impl DriverConfig for ModbusConfig {
         Ok(crate::driver(start))
     }
 
+    /// Serial lines (Modbus RTU) are named per device in core-metadata, so any device
+    /// node may be opened; the service user's groups (`dialout`) decide which.
+    fn sandbox(
+        &self,
+        files: &mut outpost_kit::sandbox::Files,
+    ) -> Result<(), outpost_kit::sandbox::StorageError> {
+        files.allow("/dev", outpost_kit::sandbox::Access::Device);
+        Ok(())
+    }
+
     fn validate(&self, p: &mut Problems) {
         let s = "device_modbus.driver";
         p.check(

@@ -58,6 +58,26 @@ impl outpost_kit::Service for Export {
         Some(Storage::new(sqlite::MIGRATIONS, 1))
     }
 
+    fn sandbox(
+        cfg: &Config,
+        files: &mut outpost_kit::sandbox::Files,
+    ) -> Result<(), outpost_storage::StorageError> {
+        files.own_dir("queue")?;
+        files.secret("export.key")?;
+        for d in &cfg.destinations {
+            for f in [
+                &d.identity,
+                &d.ca_file,
+                &d.cert_file,
+                &d.key_file,
+                &d.password_file,
+            ] {
+                files.config_file(f.as_deref());
+            }
+        }
+        Ok(())
+    }
+
     async fn build(start: Start<Config>) -> Result<Parts, StartError> {
         let Start { ctx, cfg, .. } = &start;
         let key = outpost_storage::load_or_create_secret(&ctx.secrets_dir().join("export.key"))

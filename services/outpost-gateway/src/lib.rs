@@ -53,6 +53,9 @@ use tokio::sync::broadcast;
 
 pub use config::Config;
 
+/// The first administrator's password, under the secrets directory.
+pub const ADMIN_PASSWORD: &str = "admin-password";
+
 use crate::app::App;
 use crate::limit::Limiter;
 use crate::users::Users;
@@ -104,12 +107,58 @@ impl outpost_kit::Service for Gateway {
         Some(Storage::new(users::MIGRATIONS, 2))
     }
 
+    fn sandbox(
+        cfg: &Config,
+        files: &mut outpost_kit::sandbox::Files,
+    ) -> Result<(), outpost_storage::StorageError> {
+        use outpost_kit::sandbox::Access;
+        let data = files.data_dir().to_path_buf();
+        // Its server certificate, renewed while it runs, in directories of its own. A pair
+        // of the older layout is dropped; the node CA issues a new one at once.
+        files.own_dir("tls/gateway")?;
+        files.own_dir("secrets/gateway")?;
+        for old in [
+            "tls/gateway.pem",
+            "tls/gateway.json",
+            "secrets/gateway-tls.key",
+        ] {
+            let _ = std::fs::remove_file(data.join(old));
+        }
+        files.secret("gateway-jwt.key")?;
+        files.secret(tls::vouch::KEY_FILE)?;
+        // The first administrator's password, made before the sandbox closes and read
+        // when the user is created.
+        let admin = files.secrets_dir().join(ADMIN_PASSWORD);
+        if files.first_start() && !admin.exists() {
+            let password = format!("{}\n", users::random_token(18));
+            outpost_storage::write_secret_file(&admin, password.as_bytes())?;
+        }
+        files.allow(admin, Access::Read);
+        if !cfg.access_log.is_empty() && cfg.access_log != "-" {
+            let log = data.join(&cfg.access_log);
+            match log.parent() {
+                // Rotation renames within its directory.
+                Some(dir) if dir != data => {
+                    outpost_storage::ensure_private_dir(dir)?;
+                    files.allow(dir, Access::Own);
+                }
+                _ => {
+                    files.allow(log, Access::ReadWrite);
+                }
+            }
+        }
+        files.config_file(cfg.static_dir.as_deref());
+        files.config_file(cfg.cert_file.as_deref());
+        files.config_file(cfg.key_file.as_deref());
+        Ok(())
+    }
+
     async fn build(start: Start<Config>) -> Result<Parts, StartError> {
         let Start { ctx, cfg, .. } = &start;
         let db = start.db()?;
         let users = Users::open(db.clone()).await.map_err(StartError::other)?;
         users
-            .ensure_admin(&ctx.secrets_dir().join("admin-password"))
+            .ensure_admin(&ctx.secrets_dir().join(ADMIN_PASSWORD))
             .await
             .map_err(StartError::other)?;
         let jwt_key =

@@ -334,8 +334,19 @@ impl Users {
         if !self.is_empty() {
             return Ok(false);
         }
-        let password = random_token(18);
-        outpost_storage::replace_secret_file(path, format!("{password}\n").as_bytes())?;
+        // Made before the gateway's sandbox closed, when there is one; made here otherwise.
+        let made = std::fs::read_to_string(path)
+            .ok()
+            .map(|p| p.trim_end().to_string())
+            .filter(|p| p.len() >= 16);
+        let password = match made {
+            Some(p) => p,
+            None => {
+                let p = random_token(18);
+                outpost_storage::replace_secret_file(path, format!("{p}\n").as_bytes())?;
+                p
+            }
+        };
         self.add("admin", &password, Role::Admin).await?;
         tracing::info!(file = %path.display(), "created user 'admin'; its password is in the file");
         Ok(true)

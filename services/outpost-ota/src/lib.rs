@@ -62,6 +62,17 @@ impl outpost_kit::Service for Ota {
         Some(Storage::new(sqlite::MIGRATIONS, sqlite::READERS))
     }
 
+    fn sandbox(
+        _: &Config,
+        files: &mut outpost_kit::sandbox::Files,
+    ) -> Result<(), outpost_storage::StorageError> {
+        files.own_dir("ota")?;
+        files.secret("ota.key")?;
+        // Shared with the gateway, which vouches for device certificates with it.
+        files.secret(outpost_pki::vouch::KEY_FILE)?;
+        Ok(())
+    }
+
     async fn build(start: Start<Config>) -> Result<Parts, StartError> {
         let Start { ctx, cfg, .. } = &start;
         let keys = cfg
