@@ -2,8 +2,10 @@
 # Installs what building and running Outpost needs on Debian/Ubuntu.
 #   scripts/setup.sh          build and run dependencies
 #   scripts/setup.sh --test   plus the real peers the tests talk to (mosquitto, tcpdump, swtpm as
-#                             the TPM with tpm2-tools, and pymodbus
-#                             in a virtualenv under target/peers/)
+#                             the TPM with tpm2-tools, podman with runc and podman-compose for
+#                             the container image, systemd-analyze for the unit, and pymodbus,
+#                             schemathesis and kubernetes-validate in virtualenvs under
+#                             target/peers/)
 #   scripts/setup.sh --bench  plus the benchmarks' peers (nginx, wrk)
 # Installing Debian packages needs root; as another user the script uses sudo.
 set -euo pipefail
@@ -12,6 +14,11 @@ set -euo pipefail
 packages=(gcc libc6-dev pkg-config libssl-dev)
 if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
   packages+=(mosquitto mosquitto-clients python3 python3-venv curl tcpdump swtpm tpm2-tools)
+  # Containers (deploy/): podman runs them here with runc; the static binary of the image
+  # links OpenSSL's libcrypto from its archive (libssl-dev).
+  packages+=(podman runc uidmap)
+  command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
+  command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 fi
 # The benchmarks' peers: nginx (the gateway's reference) and wrk (the HTTP load generator).
 if [[ "${1:-}" == "--bench" ]]; then
@@ -114,4 +121,32 @@ if [[ "${1:-}" == "--test" ]]; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
   fi
   ln -sfn "schemathesis-$schemathesis_version" "$peers/schemathesis"
+
+  # The Kubernetes manifests' offline schema check (deploy/kubernetes): kubernetes-validate
+  # carries the API schemas, so it needs no cluster.
+  kv_version="1.37.0"
+  venv="$peers/kubernetes-validate-$kv_version"
+  if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$kv_version"; then
+    echo "Installing kubernetes-validate $kv_version into $venv"
+    python=/usr/bin/python3
+    [[ -x $python ]] || python=python3
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$kv_version"
+  fi
+  ln -sfn "kubernetes-validate-$kv_version" "$peers/kubernetes-validate"
+
+  # podman-compose from PyPI: Debian's 1.0.3 runs every health check through /bin/sh,
+  # which an image without a shell does not have.
+  pc_version="1.6.0"
+  venv="$peers/podman-compose-$pc_version"
+  if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('podman-compose') != '$pc_version')" 2>/dev/null; then
+    echo "Installing podman-compose $pc_version into $venv"
+    python=/usr/bin/python3
+    [[ -x $python ]] || python=python3
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "podman-compose==$pc_version"
+  fi
+  ln -sfn "podman-compose-$pc_version" "$peers/podman-compose"
 fi

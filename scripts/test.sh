@@ -10,6 +10,8 @@ echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "== container image (deploy/build-image.sh), for the container tests"
+deploy/build-image.sh
 echo "== cargo nextest"
 cargo nextest run --locked --workspace --no-fail-fast
 echo "== cargo doc"

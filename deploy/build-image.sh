@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds the container image outpost:dev (deploy/Containerfile) from a statically linked,
+# stripped release binary. Needs podman with runc (scripts/setup.sh --containers).
+#   deploy/build-image.sh [TAG]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tag="${1:-outpost:dev}"
+# glibc linked in (crt-static), no debug information. SQLCipher's build asks for OpenSSL's
+# libcrypto as a shared library; given a directory holding only its static archive
+# (Debian's libssl-dev), the linker takes that.
+crypto="$(gcc -print-file-name=libcrypto.a)"
+if [[ ! -f "$crypto" ]]; then
+  echo "libcrypto.a not found: install libssl-dev (scripts/setup.sh)" >&2
+  exit 1
+fi
+mkdir -p target/static-libcrypto
+cp -u "$crypto" target/static-libcrypto/
+RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols -C debuginfo=0" \
+  OPENSSL_LIB_DIR="$PWD/target/static-libcrypto" OPENSSL_INCLUDE_DIR=/usr/include \
+  cargo build --release --locked --target x86_64-unknown-linux-gnu -p outpost --bin outpost
+bin=target/x86_64-unknown-linux-gnu/release/outpost
+if readelf -l "$bin" | grep -q "program interpreter"; then
+  echo "$bin is not statically linked" >&2
+  exit 1
+fi
+podman --runtime runc build --quiet -t "$tag" -f deploy/Containerfile . >/dev/null
+echo "built $tag ($(du -h "$bin" | cut -f1) binary)"
