@@ -73,9 +73,10 @@ fn container_pid(name: &str) -> String {
 }
 
 /// Checks a running container as the issue asks: its process is user 65532 with
-/// no_new_privs, no capabilities and a seccomp filter; its /tmp refuses to execute a file;
-/// its root filesystem refuses a write.
-fn check_hardened(name: &str) {
+/// no_new_privs, no capabilities and a seccomp filter; its /tmp refuses to execute a file
+/// (`noexec_tmp`: Kubernetes cannot mount an emptyDir noexec); its root filesystem refuses
+/// a write.
+fn check_hardened(name: &str, noexec_tmp: bool) {
     let pid = container_pid(name);
     let uids = status_field(&pid, "Uid");
     assert!(
@@ -86,7 +87,24 @@ fn check_hardened(name: &str) {
     assert_eq!(status_field(&pid, "CapEff"), "0000000000000000", "{name}");
     assert_eq!(status_field(&pid, "CapBnd"), "0000000000000000", "{name}");
     assert_eq!(status_field(&pid, "Seccomp"), "2", "{name}");
-    // An executable copied into /tmp does not run there (a small one: /tmp is 16 MB).
+    if noexec_tmp {
+        check_noexec_tmp(name);
+    }
+    // Nothing can be written to the root filesystem: a data dir there cannot be made.
+    let wrote = podman()
+        .args(["exec", name, "/outpost", "--data-dir", "/written", "up"])
+        .output()
+        .expect("podman exec");
+    let err = String::from_utf8_lossy(&wrote.stderr);
+    assert!(
+        !wrote.status.success() && err.contains("Read-only file system"),
+        "{name}: the root filesystem took a write: {err}"
+    );
+}
+
+/// An executable copied into the container's /tmp does not run there.
+fn check_noexec_tmp(name: &str) {
+    // A small one: /tmp is 16 MB.
     let bin = Path::new("/usr/bin/true");
     output(
         podman()
@@ -103,16 +121,6 @@ fn check_hardened(name: &str) {
     assert!(
         !ran.status.success() && err.contains("permission denied"),
         "{name}: /tmp executed a file: {err}"
-    );
-    // Nothing can be written to the root filesystem: a data dir there cannot be made.
-    let wrote = podman()
-        .args(["exec", name, "/outpost", "--data-dir", "/written", "up"])
-        .output()
-        .expect("podman exec");
-    let err = String::from_utf8_lossy(&wrote.stderr);
-    assert!(
-        !wrote.status.success() && err.contains("Read-only file system"),
-        "{name}: the root filesystem took a write: {err}"
     );
 }
 
@@ -308,7 +316,7 @@ async fn compose_runs_one_hardened_container_per_service_and_replaces_a_killed_o
         "device-mqtt",
         "gateway",
     ] {
-        check_hardened(&container(service));
+        check_hardened(&container(service), true);
         // The image's health check passes.
         output(
             podman().args(["healthcheck", "run", &container(service)]),
@@ -364,5 +372,150 @@ async fn compose_runs_one_hardened_container_per_service_and_replaces_a_killed_o
             "the restarted core-data does not serve its readings: {out}"
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// `kubectl kustomize` of a directory of deploy/kubernetes.
+fn kustomize(dir: &str) -> String {
+    output(
+        Command::new("kubectl")
+            .arg("kustomize")
+            .arg(repo().join("deploy/kubernetes").join(dir)),
+        "kubectl kustomize",
+    )
+}
+
+#[test]
+fn the_kubernetes_manifests_pass_the_api_schemas_and_the_unit_its_exposure_bound() {
+    // Every object against the Kubernetes API schemas, strictly (unknown fields refused),
+    // offline.
+    let rendered = kustomize("base");
+    for kind in [
+        "kind: Deployment",
+        "kind: PodDisruptionBudget",
+        "kind: NetworkPolicy",
+        "kind: Service",
+        "kind: PersistentVolumeClaim",
+    ] {
+        assert!(rendered.contains(kind), "no {kind} in the manifests");
+    }
+    let dir = tempdir();
+    let file = dir.path().join("outpost.yaml");
+    std::fs::write(&file, &rendered).expect("write");
+    let validate = repo().join("target/peers/kubernetes-validate/bin/kubernetes-validate");
+    let out = Command::new(&validate)
+        .args(["--strict", "--quiet", "-k", "1.32.0"])
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (scripts/setup.sh --test installs it)",
+                validate.display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every pod as the restricted pod security standard wants it.
+    assert_eq!(
+        rendered.matches("runAsNonRoot: true").count(),
+        7,
+        "{rendered}"
+    );
+    assert_eq!(rendered.matches("readOnlyRootFilesystem: true").count(), 7);
+    assert_eq!(
+        rendered.matches("allowPrivilegeEscalation: false").count(),
+        7
+    );
+    assert_eq!(rendered.matches("type: RuntimeDefault").count(), 7);
+
+    // The systemd unit: systemd's own rating, at most what docs/deploy.md states.
+    let check = repo().join("deploy/systemd/check.sh");
+    let out = Command::new(&check)
+        .output()
+        .expect("deploy/systemd/check.sh");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Pods played from a file, taken down with their volume and network when dropped.
+struct Played {
+    file: PathBuf,
+    volume: String,
+    network: String,
+}
+
+impl Drop for Played {
+    fn drop(&mut self) {
+        let _ = podman().arg("kube").arg("down").arg(&self.file).output();
+        let _ = podman().args(["volume", "rm", "-f", &self.volume]).output();
+        let _ = podman()
+            .args(["network", "rm", "-f", &self.network])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_deployments_run_with_podman_kube_play() {
+    needs_image();
+    let https = free_port();
+    let mqtts = free_port();
+    let tag = std::process::id();
+    // The podman overlay of the base, with this run's ports, volume and network.
+    let rendered = kustomize("podman")
+        .replace("hostPort: 8443", &format!("hostPort: {https}"))
+        .replace("hostPort: 8883", &format!("hostPort: {mqtts}"))
+        .replace(
+            "claimName: outpost-data",
+            &format!("claimName: outpost-data-{tag}"),
+        )
+        .replace("name: outpost-data", &format!("name: outpost-data-{tag}"));
+    let dir = tempdir();
+    let file = dir.path().join("outpost.yaml");
+    std::fs::write(&file, &rendered).expect("write");
+    let played = Played {
+        file: file.clone(),
+        volume: format!("outpost-data-{tag}"),
+        network: format!("outpost-kube-{tag}"),
+    };
+    output(
+        podman().args(["network", "create", &played.network]),
+        "podman network create",
+    );
+    let conf = repo().join("tests/peers/containers.conf");
+    let out = podman()
+        .env("CONTAINERS_CONF", &conf)
+        .args(["kube", "play", "--network", &played.network])
+        .arg(&file)
+        .output()
+        .expect("podman kube play");
+    assert!(
+        out.status.success(),
+        "podman kube play: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data = volume_dir(&played.volume);
+    let password = file_in(&data, "secrets/admin-password").await;
+    let home = tempdir();
+    let ca = home.path().join("ca.pem");
+    std::fs::write(&ca, file_in(&data, "tls/ca.pem").await).expect("ca");
+    smoke(
+        home.path(),
+        &format!("https://127.0.0.1:{https}"),
+        &ca,
+        &password,
+        mqtts,
+        "podded-1",
+    )
+    .await;
+    for deployment in ["core-keeper", "mqtt-broker", "core-data", "gateway"] {
+        check_hardened(&format!("{deployment}-pod-0-{deployment}"), false);
     }
 }
