@@ -263,10 +263,12 @@ async fn certificates_renewed_under_load_fail_no_request_and_lose_no_reading() {
     let mut node = Node::start("[security]\nservice_cert_s = 12\n").await;
     let device = "renewed-thermo";
     provision(&node, &[device]);
+    // One directory a service instance.
     let certs = |node: &Node| -> BTreeMap<String, String> {
         std::fs::read_dir(node.data_dir().join("tls/services"))
             .expect("service certificates")
             .flatten()
+            .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
             .filter(|e| e.path().extension().is_some_and(|x| x == "pem"))
             .map(|e| {
                 let pem = std::fs::read_to_string(e.path()).expect("certificate");

@@ -118,6 +118,8 @@ async fn node_processes_cannot_gain_privileges_and_keep_their_files_private() {
             .arg(&d)
             .arg("sandbox-check")
             .arg(service)
+            // As the node's supervisor starts its services.
+            .env("OUTPOST_SUPERVISED", "1")
             .args(paths.iter().map(|p| d.join(p)));
         let out = run_ok(&mut cmd, "outpost sandbox-check");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -125,8 +127,15 @@ async fn node_processes_cannot_gain_privileges_and_keep_their_files_private() {
             text.starts_with("sandbox\tLandlock (ABI"),
             "{service}: {text}"
         );
+        // The system-call filter: a user namespace refused, threads still made.
+        assert!(
+            text.lines()
+                .any(|l| l == "syscalls\tunshare=refused\tthread=ok"),
+            "{service}: {text}"
+        );
         text.lines()
             .skip(1)
+            .filter(|l| !l.starts_with("syscalls\t"))
             .map(|l| {
                 let f: Vec<&str> = l.split('\t').collect();
                 assert_eq!(f.len(), 3, "{l}");
@@ -154,6 +163,9 @@ async fn node_processes_cannot_gain_privileges_and_keep_their_files_private() {
         "secrets/ota.key",
         "secrets/broker-journal.key",
         "secrets/clients/admin.key",
+        "secrets/node-ca.key",
+        "secrets/services/gateway/gateway.key",
+        "secrets/gateway/tls.key",
         "journal/meta",
     ];
     let mut asked: Vec<&str> = vec!["db/core-data.db", "secrets/core-data.key", "tls/ca.pem"];
@@ -178,14 +190,24 @@ async fn node_processes_cannot_gain_privileges_and_keep_their_files_private() {
         &[
             "secrets/admin-password",
             "secrets/gateway-jwt.key",
+            "secrets/node-ca.key",
             "db/core-data.db",
             "secrets/core-data.key",
+            "secrets/services/core-data/core-data.key",
         ],
     );
+    // The node CA's key too: the gateway issues its own server certificate.
     let reads: Vec<&str> = gateway.iter().map(|(_, r, _)| r.as_str()).collect();
     assert_eq!(
         reads,
-        ["read=ok", "read=ok", "read=denied", "read=denied"],
+        [
+            "read=ok",
+            "read=ok",
+            "read=ok",
+            "read=denied",
+            "read=denied",
+            "read=denied"
+        ],
         "{gateway:?}"
     );
 
@@ -274,19 +296,18 @@ fn a_start_that_cannot_be_made_safe_is_refused_with_what_to_do() {
         "{text}"
     );
 
-    // A service user that does not exist and cannot be made (no useradd here), with the
-    // sandbox required.
+    // A service user that does not exist and cannot be made (a name longer than the
+    // system allows), with the sandbox required.
+    let absent = "outpost-absent-with-a-name-longer-than-useradd-takes";
+    let user = format!("security.user={absent}");
     let (code, text) = up_refused(
         &dir.path().join("nouser"),
-        &[
-            "security.user=outpost-absent",
-            "security.require_sandbox=true",
-        ],
-        &[("PATH", "/nonexistent")],
+        &[&user, "security.require_sandbox=true"],
+        &[],
     );
     assert_eq!(code, 2, "{text}");
     assert!(
-        text.contains("outpost-absent does not exist and cannot be made"),
+        text.contains(&format!("{absent} does not exist and cannot be made")),
         "{text}"
     );
 
@@ -340,7 +361,11 @@ fn without_landlock(cmd: &mut Command) {
         rules,
         seccompiler::SeccompAction::Allow,
         seccompiler::SeccompAction::Errno(libc::ENOSYS as u32),
-        seccompiler::TargetArch::x86_64,
+        if cfg!(target_arch = "aarch64") {
+            seccompiler::TargetArch::aarch64
+        } else {
+            seccompiler::TargetArch::x86_64
+        },
     )
     .expect("filter");
     let program: seccompiler::BpfProgram = filter.try_into().expect("compile the filter");

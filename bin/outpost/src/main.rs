@@ -585,6 +585,7 @@ fn main() -> ExitCode {
                             for p in &paths {
                                 println!("{}", sandbox::try_open(p));
                             }
+                            println!("{}", sandbox::try_syscalls());
                             ExitCode::SUCCESS
                         }
                         Err(e) => {

@@ -16,7 +16,7 @@
 //! What could not be enforced is said at start, in the start banner and in every service's
 //! `/health` (`sandbox`); `security.require_sandbox` makes it fatal.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
 use outpost_kit::config::SecurityConfig;
@@ -120,7 +120,12 @@ fn create_user(name: &str) -> anyhow::Result<Account> {
         .into_iter()
         .filter(|g| group_exists(g))
         .collect();
-    let mut cmd = std::process::Command::new("useradd");
+    // By its path: as root, nothing from PATH is run.
+    let useradd = ["/usr/sbin/useradd", "/sbin/useradd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("useradd (the shadow tools) is not installed")?;
+    let mut cmd = std::process::Command::new(useradd);
     cmd.args([
         "--system",
         "--user-group",
@@ -140,12 +145,38 @@ fn create_user(name: &str) -> anyhow::Result<Account> {
         .output()
         .context("cannot run useradd (the shadow tools)")?;
     if !out.status.success() {
+        // Another node starting at the same moment made it first.
+        if let Some(made) = lookup_user(name) {
+            return Ok(made);
+        }
         anyhow::bail!(
             "useradd {name} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
     lookup_user(name).with_context(|| format!("useradd made no user {name}"))
+}
+
+/// [`create_user`], again a few times while another process holds the user database's
+/// lock (nodes starting at the same moment on a new machine).
+fn create_user_retrying(name: &str) -> anyhow::Result<Account> {
+    let mut tries = 0;
+    loop {
+        match create_user(name) {
+            Ok(a) => return Ok(a),
+            Err(e) => {
+                tries += 1;
+                let busy = format!("{e:#}").contains("lock");
+                if !busy || tries >= 20 {
+                    return Err(e);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if let Some(made) = lookup_user(name) {
+                    return Ok(made);
+                }
+            }
+        }
+    }
 }
 
 /// Started as root: becomes the service user (see the module documentation). `data_dir`
@@ -171,7 +202,7 @@ pub fn take_service_user(sec: &SecurityConfig, data_dir: &Path) -> anyhow::Resul
     }
     let account = match lookup_user(&sec.user) {
         Some(a) => a,
-        None => match create_user(&sec.user) {
+        None => match create_user_retrying(&sec.user) {
             Ok(a) => {
                 eprintln!("outpost: created the system user {}", sec.user);
                 a
@@ -210,6 +241,7 @@ pub fn take_service_user(sec: &SecurityConfig, data_dir: &Path) -> anyhow::Resul
 /// another user, and one the user could not reach through its parents.
 fn give_data_dir(data_dir: &Path, name: &str, a: Account, groups: &[u32]) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt as _;
+    let fresh = !data_dir.exists();
     outpost_storage::ensure_private_dir(data_dir)?;
     let data_dir = data_dir.canonicalize().context("data dir")?;
     let meta = std::fs::metadata(&data_dir).context("data dir")?;
@@ -220,6 +252,15 @@ fn give_data_dir(data_dir: &Path, name: &str, a: Account, groups: &[u32]) -> any
             data_dir.display(),
             meta.uid(),
             a.uid
+        );
+    }
+    // A directory of root's that holds something else than a node's state (`--data-dir .`
+    // in root's home, say) is not given away.
+    if meta.uid() == 0 && !fresh && !looks_like_a_node(&data_dir) {
+        anyhow::bail!(
+            "the data dir {} belongs to root and holds files that are not an Outpost node's: \
+             not giving them to {name}; choose a new or empty directory",
+            data_dir.display()
         );
     }
     for parent in data_dir.ancestors().skip(1) {
@@ -247,25 +288,75 @@ fn give_data_dir(data_dir: &Path, name: &str, a: Account, groups: &[u32]) -> any
     chown_tree(&data_dir, a.uid, a.gid)
 }
 
-/// Gives everything beneath `root` (symbolic links themselves, not their targets) to
-/// `uid:gid`, skipping what is already theirs.
+/// Whether `dir` is empty or holds only what a node keeps there.
+fn looks_like_a_node(dir: &Path) -> bool {
+    const NODE: &[&str] = &[
+        "db", "secrets", "tls", "run", "journal", "queue", "ota", "log", "cloud",
+    ];
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().all(|e| {
+            let name = e.file_name();
+            name.to_str()
+                .is_some_and(|n| NODE.contains(&n) || n.starts_with('.'))
+        })
+    })
+}
+
+/// Gives everything beneath `root` to `uid:gid`, skipping what is already theirs, without
+/// ever following a link: each directory is opened relative to its parent's open handle
+/// with `O_NOFOLLOW` and changed through that handle, each other entry changed by name
+/// relative to its directory's handle without following it. A file with more than one
+/// link (a hard link to something elsewhere) and anything on another filesystem is left
+/// alone: the walk cannot be led out of the data dir, even by a process of the service
+/// user rearranging it meanwhile.
 fn chown_tree(root: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::MetadataExt as _;
-    let mut stack: Vec<PathBuf> = vec![root.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            // Removed meanwhile.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| path.display().to_string()),
-        };
-        if meta.uid() != uid || meta.gid() != gid {
-            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    use std::os::unix::ffi::OsStrExt as _;
+    let (owner, group) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let top = rustix::fs::open(root, dir_flags, Mode::empty())
+        .with_context(|| format!("cannot open {}", root.display()))?;
+    let device = rustix::fs::fstat(&top)?.st_dev;
+    let mut stack = vec![(top, root.to_path_buf())];
+    while let Some((dir, path)) = stack.pop() {
+        let st = rustix::fs::fstat(&dir)?;
+        if st.st_uid != uid || st.st_gid != gid {
+            rustix::fs::fchown(&dir, owner, group)
                 .with_context(|| format!("cannot give {} to uid {uid}", path.display()))?;
         }
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(&path).with_context(|| path.display().to_string())? {
-                stack.push(entry?.path());
+        for entry in rustix::fs::Dir::read_from(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == c"." || name == c".." {
+                continue;
+            }
+            let shown = path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+            let st = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                // Removed meanwhile.
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(e).with_context(|| shown.display().to_string()),
+            };
+            if st.st_dev != device {
+                continue;
+            }
+            let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+            if kind == rustix::fs::FileType::Directory {
+                match rustix::fs::openat(&dir, name, dir_flags, Mode::empty()) {
+                    Ok(sub) => stack.push((sub, shown)),
+                    // Replaced by a link or removed meanwhile: not followed.
+                    Err(
+                        rustix::io::Errno::LOOP
+                        | rustix::io::Errno::NOTDIR
+                        | rustix::io::Errno::NOENT,
+                    ) => {}
+                    Err(e) => return Err(e).with_context(|| shown.display().to_string()),
+                }
+            } else if (st.st_uid != uid || st.st_gid != gid)
+                && (kind != rustix::fs::FileType::RegularFile || st.st_nlink == 1)
+            {
+                rustix::fs::chownat(&dir, name, owner, group, AtFlags::SYMLINK_NOFOLLOW)
+                    .with_context(|| format!("cannot give {} to uid {uid}", shown.display()))?;
             }
         }
     }
@@ -333,6 +424,30 @@ const REFUSED: &[i64] = &[
     libc::SYS_vhangup,
     libc::SYS_kcmp,
     libc::SYS_personality,
+    // The newer mount interface.
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_mount_setattr,
+    // io_uring does file and socket work beside the filter's view.
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+];
+
+/// `clone` flags that make new namespaces: refused like `unshare`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const NAMESPACE_FLAGS: &[i32] = &[
+    libc::CLONE_NEWUSER,
+    libc::CLONE_NEWNS,
+    libc::CLONE_NEWPID,
+    libc::CLONE_NEWNET,
+    libc::CLONE_NEWUTS,
+    libc::CLONE_NEWIPC,
+    libc::CLONE_NEWCGROUP,
 ];
 
 /// Installs the seccomp filter. A service process inherits the supervisor's and adds its
@@ -342,26 +457,51 @@ pub fn filter_syscalls() -> anyhow::Result<bool> {
     install_filter()
 }
 
+/// Two filters: the refused calls (and `clone` with a namespace flag) answer EPERM;
+/// `clone3`, whose flags a filter cannot see, answers ENOSYS, so the C library falls back
+/// to `clone` (as container runtimes' default profiles do).
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn install_filter() -> anyhow::Result<bool> {
-    use seccompiler::{SeccompAction, SeccompFilter};
-    let rules = REFUSED.iter().map(|nr| (*nr, Vec::new())).collect();
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    };
     let arch = if cfg!(target_arch = "x86_64") {
         seccompiler::TargetArch::x86_64
     } else {
         seccompiler::TargetArch::aarch64
     };
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        arch,
-    )
-    .context("cannot build the system-call filter")?;
-    let program: seccompiler::BpfProgram = filter
-        .try_into()
-        .context("cannot compile the system-call filter")?;
-    seccompiler::apply_filter_all_threads(&program).context("cannot install the filter")?;
+    let mut refused: std::collections::BTreeMap<i64, Vec<SeccompRule>> =
+        REFUSED.iter().map(|nr| (*nr, Vec::new())).collect();
+    let mut clone_rules = Vec::new();
+    for flag in NAMESPACE_FLAGS {
+        let flag = u64::from(flag.unsigned_abs());
+        let set = SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(flag),
+            flag,
+        )
+        .context("cannot build the clone rule")?;
+        clone_rules.push(SeccompRule::new(vec![set]).context("cannot build the clone rule")?);
+    }
+    refused.insert(libc::SYS_clone, clone_rules);
+    let filters = [
+        (refused, libc::EPERM),
+        ([(libc::SYS_clone3, Vec::new())].into(), libc::ENOSYS),
+    ];
+    for (rules, errno) in filters {
+        let filter = SeccompFilter::new(
+            rules,
+            SeccompAction::Allow,
+            SeccompAction::Errno(errno.unsigned_abs()),
+            arch,
+        )
+        .context("cannot build the system-call filter")?;
+        let program: seccompiler::BpfProgram = filter
+            .try_into()
+            .context("cannot compile the system-call filter")?;
+        seccompiler::apply_filter_all_threads(&program).context("cannot install the filter")?;
+    }
     Ok(true)
 }
 
@@ -384,6 +524,27 @@ pub fn try_open(path: &Path) -> String {
     format!("{}\tread={read}\twrite={write}", path.display())
 }
 
+/// Tries what the system-call filter refuses and what it must let through:
+/// `syscalls<TAB>unshare=...<TAB>thread=...` (a new user namespace, which an unprivileged
+/// process may otherwise make; a new thread, made with `clone3` or its fallback).
+pub fn try_syscalls() -> String {
+    // rustix deprecates the safe `unshare` because some flags (files, fs) change what other
+    // code of the process assumes; a user namespace, refused here anyway, changes neither.
+    #[allow(deprecated)]
+    let unshared = rustix::thread::unshare(rustix::thread::UnshareFlags::NEWUSER);
+    let unshare = match unshared {
+        Ok(()) => "allowed".to_string(),
+        Err(e) if e == rustix::io::Errno::PERM => "refused".into(),
+        Err(e) => e.to_string(),
+    };
+    let thread = match std::thread::Builder::new().spawn(|| 1).map(|t| t.join()) {
+        Ok(Ok(1)) => "ok".to_string(),
+        Ok(_) => "failed".into(),
+        Err(e) => e.to_string(),
+    };
+    format!("syscalls\tunshare={unshare}\tthread={thread}")
+}
+
 /// What a service process holds open while it runs so that its sandbox stays right: the
 /// connection that made its database's files (SQLite removes the WAL files when the last
 /// connection closes, and the sandbox lets the service open only the files that existed
@@ -400,14 +561,33 @@ pub fn close(svc: Service, cfg: &NodeConfig, data_dir: &Path, id: &str) -> anyho
     let secrets = data_dir.join("secrets");
     // The keys' protection is settled now (it may talk to a TPM device the sandbox closes).
     outpost_storage::protect::in_force(&secrets)?;
-    if cfg.security.internal_tls {
+    // The node CA exists (the first service of a node without a supervisor makes it), and
+    // its key is sealed if a TPM protects the node: the sandbox lets no service write it.
+    let ca = outpost_pki::Paths::new(data_dir);
+    outpost_pki::ensure_ca(&ca).context("cannot make the node CA")?;
+    if matches!(
+        outpost_storage::protect::in_force(&secrets)?,
+        outpost_storage::protect::InForce::Tpm(_)
+    ) {
+        outpost_storage::protect::read(&ca.ca_key)?;
+    }
+    // Its certificate (the broker's TLS front has one even when the services speak plain
+    // text among themselves), made while it may still read the node CA's key.
+    if cfg.security.internal_tls || svc.info.is_bus {
         let names = outpost_pki::default_names(&cfg.node.advertise_host, &[]);
         let secs = i64::try_from(cfg.security.service_cert_s).unwrap_or(i64::MAX);
         outpost_pki::internal::ensure_service_cert_lasting(data_dir, id, &names, secs)
             .context("cannot make the service certificate")?;
     }
     let mut files = Files::new(data_dir);
-    files.common();
+    files.common(outpost_pki::internal::Holder::service_dirs(data_dir, id))?;
+    // Under `outpost up` the supervisor renews the services' certificates, and the node
+    // CA's key stays out of their reach; a service running alone renews its own.
+    let supervised = std::env::var_os(crate::runner::SUPERVISED_ENV).is_some();
+    outpost_kit::internal::renew_itself(!supervised);
+    if !supervised {
+        files.node_ca();
+    }
     // The node's internal bus credential: whoever needs it first makes it (the broker, or
     // with an external broker any service), before the sandbox closes.
     if (svc.info.uses_bus || svc.info.is_bus) && cfg.bus.username.is_empty() {

@@ -291,6 +291,41 @@ async fn stop_child(svc: Service, mut child: Child, timeout: Duration, force: &S
     }
 }
 
+/// Renews the certificates of service instances `ids` (reissued with half their life of
+/// `secs` left, as a service renewing its own does) until the node stops; each service
+/// picks its new one up from its files.
+async fn renew_certificates(
+    data_dir: PathBuf,
+    ids: Vec<String>,
+    names: Vec<String>,
+    secs: u64,
+    node: Shutdown,
+) {
+    let life = Duration::from_secs(secs);
+    let every = Duration::from_secs(60)
+        .min(life / 8)
+        .max(Duration::from_secs(1));
+    let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = node.wait() => return,
+            _ = tick.tick() => {}
+        }
+        for id in &ids {
+            let (d, i, n) = (data_dir.clone(), id.clone(), names.clone());
+            let renewed = tokio::task::spawn_blocking(move || {
+                outpost_pki::internal::ensure_service_cert_lasting(&d, &i, &n, secs)
+            })
+            .await;
+            if let Ok(Err(e)) = renewed {
+                tracing::warn!(service = %id, error = %e, "cannot renew the service's certificate");
+            }
+        }
+    }
+}
+
 /// Waits until `url`'s ping answers or `deadline` passes (probing at least once).
 async fn wait_ready(http: reqwest::Client, url: String, deadline: Instant) -> bool {
     let ping = format!("{url}/api/v3/ping");
@@ -377,16 +412,28 @@ fn next_steps(
     out
 }
 
+/// How much of the Landlock sandbox this kernel enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Landlock {
+    Full,
+    /// An older ABI: part of the rules (e.g. not truncation or device controls).
+    Partial,
+    Missing,
+    Off,
+}
+
 /// What the start banner says about least privilege.
-fn sandbox_line(cfg: &NodeConfig, run_as: &crate::sandbox::RunAs, landlock: bool) -> String {
-    let fs = if !cfg.security.sandbox {
-        "NO sandbox (security.sandbox is off)".to_string()
-    } else if landlock {
-        "each service in a Landlock sandbox with a system-call filter".to_string()
-    } else {
-        "NO Landlock sandbox (the kernel lacks it); system calls filtered".to_string()
+fn sandbox_line(run_as: &crate::sandbox::RunAs, landlock: Landlock) -> String {
+    let fs = match landlock {
+        Landlock::Off => "NO sandbox (security.sandbox is off)",
+        Landlock::Full => "each service in a Landlock sandbox with a system-call filter",
+        Landlock::Partial => {
+            "each service in a Landlock sandbox the kernel enforces only in part (an older \
+             ABI); system calls filtered"
+        }
+        Landlock::Missing => "NO Landlock sandbox (the kernel lacks it); system calls filtered",
     };
-    let warn = if run_as.unprivileged() && landlock {
+    let warn = if run_as.unprivileged() && landlock == Landlock::Full {
         ""
     } else {
         "Warning: "
@@ -458,8 +505,16 @@ pub async fn up(
             data_dir.join("secrets").display()
         );
     }
-    let landlock = cfg.security.sandbox && outpost_kit::sandbox::kernel_supports();
-    if cfg.security.require_sandbox && !landlock {
+    let landlock = if !cfg.security.sandbox {
+        Landlock::Off
+    } else if outpost_kit::sandbox::kernel_supports() {
+        Landlock::Full
+    } else if outpost_kit::sandbox::kernel_has_landlock() {
+        Landlock::Partial
+    } else {
+        Landlock::Missing
+    };
+    if cfg.security.require_sandbox && landlock != Landlock::Full {
         anyhow::bail!(
             "the sandbox is required (security.require_sandbox) and this kernel cannot \
              enforce it: Landlock needs Linux 5.13 or newer (6.10 for every right asked \
@@ -554,6 +609,19 @@ pub async fn up(
         outpost_kit::internal::establish_admin(&data_dir)
             .context("cannot make the node's internal certificates")?;
     }
+    // The services' certificates are renewed here: their sandboxes keep the node CA's key
+    // from them (each issues its first one before its sandbox closes).
+    tokio::spawn(renew_certificates(
+        data_dir.clone(),
+        cfg.services()
+            .into_iter()
+            .filter(|s| cfg.security.internal_tls || s.info.is_bus)
+            .map(|s| outpost_kit::registry::instance_id(s.name(), &cfg.node.instance))
+            .collect(),
+        outpost_pki::default_names(&cfg.node.advertise_host, &[]),
+        cfg.security.service_cert_s,
+        node.clone(),
+    ));
     let http = outpost_kit::http::client(Duration::from_millis(500));
     let mut running: Vec<Supervised> = Vec::new();
     let mut failure = None;
@@ -641,7 +709,7 @@ pub async fn up(
         for line in next_steps(&cfg, &data_dir, &keys, running.iter().map(|s| s.svc)) {
             say!("{line}");
         }
-        say!("{}", sandbox_line(&cfg, &run_as, landlock));
+        say!("{}", sandbox_line(&run_as, landlock));
         say!("Stop with Ctrl-C.");
         node.wait().await;
     }

@@ -45,6 +45,17 @@ pub struct Credentials {
 
 static PROCESS: OnceLock<Credentials> = OnceLock::new();
 
+/// Whether this process renews its own certificate from the node CA (it runs alone, under
+/// compose or Kubernetes) or only picks up the one its supervisor renews (under `outpost
+/// up`, where services' sandboxes keep the node CA's key from them).
+static RENEWS_ITSELF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Says whether the process renews its own certificate (see [`RENEWS_ITSELF`]); before
+/// [`establish`].
+pub fn renew_itself(yes: bool) {
+    RENEWS_ITSELF.store(yes, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The process's identity, once established.
 pub fn process() -> Option<&'static Credentials> {
     PROCESS.get()
@@ -74,7 +85,9 @@ pub fn establish(
                 () = shutdown.wait() => return,
                 _ = tick.tick() => {}
             }
-            if let Err(e) = pki::ensure_service_cert_lasting(&data_dir, &id, &names, secs) {
+            if RENEWS_ITSELF.load(std::sync::atomic::Ordering::Relaxed)
+                && let Err(e) = pki::ensure_service_cert_lasting(&data_dir, &id, &names, secs)
+            {
                 tracing::warn!(error = %e, "cannot renew the service certificate");
             }
             reloader

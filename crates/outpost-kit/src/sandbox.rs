@@ -144,12 +144,22 @@ impl Files {
         Ok(())
     }
 
+    /// The node CA's key, for a service that issues certificates (device certificates,
+    /// the gateway's, its own when no supervisor renews it).
+    pub fn node_ca(&mut self) -> &mut Self {
+        let secrets = self.secrets_dir();
+        self.allow(secrets.join("node-ca.key"), Access::Read)
+            .allow(secrets.join("node-ca.lock"), Access::ReadWrite)
+    }
+
     /// What every service of the node needs: the system's libraries and configuration, the
     /// running binary, `/proc` and `/sys` read-only; from the data dir the certificates
-    /// (public), its configuration snapshot, the TPM-sealed key, and, for renewing its own
-    /// certificate from the node CA, the node CA's key and the service certificate
-    /// directories.
-    pub fn common(&mut self) -> &mut Self {
+    /// (public), its configuration snapshot, the TPM-sealed key, and its own certificate's
+    /// directories (`service_dirs`, made here).
+    pub fn common(
+        &mut self,
+        service_dirs: (PathBuf, PathBuf),
+    ) -> Result<&mut Self, outpost_storage::StorageError> {
         for dir in ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin"] {
             self.system(dir, Access::ReadExec);
         }
@@ -167,13 +177,15 @@ impl Files {
             self.allow(exe, Access::ReadExec);
         }
         let d = self.data_dir.clone();
-        self.allow(d.join("tls"), Access::Read)
+        let (public, private) = service_dirs;
+        outpost_storage::ensure_private_dir(&public)?;
+        outpost_storage::ensure_private_dir(&private)?;
+        Ok(self
+            .allow(d.join("tls"), Access::Read)
             .allow(d.join("run").join("config.toml"), Access::Read)
             .allow(d.join("secrets").join("tpm.sealed"), Access::Read)
-            .allow(d.join("secrets").join("node-ca.key"), Access::Read)
-            .allow(d.join("secrets").join("node-ca.lock"), Access::ReadWrite)
-            .allow(d.join("tls").join("services"), Access::Own)
-            .allow(d.join("secrets").join("services"), Access::Own)
+            .allow(public, Access::Own)
+            .allow(private, Access::Own))
     }
 
     /// A system path, unless the data dir lies beneath it (the rule would open the data
@@ -275,6 +287,15 @@ fn rights(access: Access) -> BitFlags<AccessFs> {
         Access::Device => read | AccessFs::WriteFile | AccessFs::IoctlDev,
         Access::Own => AccessFs::from_all(ABI_WANTED),
     }
+}
+
+/// Whether the kernel has Landlock at all (any ABI: older ones enforce part of the rules).
+pub fn kernel_has_landlock() -> bool {
+    Ruleset::default()
+        .set_compatibility(landlock::CompatLevel::HardRequirement)
+        .handle_access(AccessFs::from_all(ABI::V1))
+        .and_then(|r| r.create())
+        .is_ok()
 }
 
 /// Whether the kernel enforces every right the sandbox asks for (Landlock with the ABI

@@ -80,16 +80,25 @@ pub struct Holder {
 }
 
 impl Holder {
-    /// A service instance's files.
+    /// A service instance's files, in directories of its own (`tls/services/<id>/`,
+    /// `secrets/services/<id>/`): a service's sandbox opens only its own.
     pub fn service(data_dir: &Path, id: &str) -> Self {
-        let file = id.replace(['/', '\\'], "_");
+        let (public, private) = Self::service_dirs(data_dir, id);
+        let file = safe_name(id);
         Self {
-            cert: data_dir.join("tls/services").join(format!("{file}.pem")),
-            key: data_dir
-                .join("secrets/services")
-                .join(format!("{file}.key")),
-            meta: data_dir.join("tls/services").join(format!("{file}.json")),
+            cert: public.join(format!("{file}.pem")),
+            key: private.join(format!("{file}.key")),
+            meta: public.join(format!("{file}.json")),
         }
+    }
+
+    /// The directories of service instance `id`'s certificate and key.
+    pub fn service_dirs(data_dir: &Path, id: &str) -> (PathBuf, PathBuf) {
+        let file = safe_name(id);
+        (
+            data_dir.join("tls/services").join(&file),
+            data_dir.join("secrets/services").join(&file),
+        )
     }
 
     /// The local administrator's files.
@@ -99,6 +108,16 @@ impl Holder {
             key: data_dir.join("secrets/clients/admin.key"),
             meta: data_dir.join("tls/clients/admin.json"),
         }
+    }
+}
+
+/// An instance ID as one path component.
+fn safe_name(id: &str) -> String {
+    let name = id.replace(['/', '\\'], "_");
+    if name.is_empty() || name == "." || name == ".." {
+        format!("_{name}")
+    } else {
+        name
     }
 }
 

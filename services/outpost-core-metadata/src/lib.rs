@@ -73,6 +73,8 @@ impl outpost_kit::Service for CoreMetadata {
         files: &mut outpost_kit::sandbox::Files,
     ) -> Result<(), outpost_storage::StorageError> {
         files.config_file(cfg.uom_file.as_deref());
+        // Devices' certificates come from the node CA.
+        files.node_ca();
         Ok(())
     }
 

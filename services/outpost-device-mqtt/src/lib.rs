@@ -82,6 +82,14 @@ impl DriverConfig for MqttConfig {
         Ok(Arc::new(Mqtt::new(start.cfg.driver.clone())))
     }
 
+    fn sandbox(
+        &self,
+        files: &mut outpost_kit::sandbox::Files,
+    ) -> Result<(), outpost_kit::sandbox::StorageError> {
+        files.config_file(self.password_file.as_deref());
+        Ok(())
+    }
+
     fn validate(&self, p: &mut outpost_kit::config::Problems) {
         let s = "device_mqtt.driver";
         p.check(

@@ -115,6 +115,8 @@ impl outpost_kit::Service for Gateway {
         let data = files.data_dir().to_path_buf();
         // Its server certificate, renewed while it runs, in directories of its own. A pair
         // of the older layout is dropped; the node CA issues a new one at once.
+        // It issues its own server certificate from the node CA.
+        files.node_ca();
         files.own_dir("tls/gateway")?;
         files.own_dir("secrets/gateway")?;
         for old in [
