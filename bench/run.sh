@@ -31,6 +31,11 @@
 #                             rounds: handshakes/s, time until all are back, connect p50/p99
 #                             and server CPU per connect, against mosquitto over TLS with a
 #                             password file of the same devices
+#   bench/run.sh sandbox      what the services' sandbox (Landlock, seccomp) costs: ingest and
+#                             the gateway with it on and off, alternating, two rounds each
+#   bench/run.sh deploy       the container image's size (uncompressed and gzip), and the
+#                             start-to-healthy time of the compose stack against `outpost up`
+#                             (both fresh, until the gateway answers), three rounds
 #   bench/run.sh fuzz         every fuzz target for an hour (FUZZ_SECONDS), with executions
 #   bench/run.sh durability   the randomized kill -9 test of tests/e2e/durability.rs with 100
 #                             kills instead of CI's 20 (OUTPOST_KILL_ROUNDS), under QoS 1 ingest
@@ -108,6 +113,20 @@ if [[ $what == all || $what == journal ]]; then
   devices=("$B" mqtt-devices --outpost "$O" --devices 1000 --per-device 20 --readings 10)
   both on-first "${devices[@]}"
   both off-first "${devices[@]}"
+fi
+if [[ $what == all || $what == sandbox ]]; then
+  first=$((RANDOM % 2))
+  for round in 1 2; do
+    for s in $first $((1 - first)); do
+      OUTPOST_BENCH_SANDBOX=$s run "$B" ingest --outpost "$O" --events 50000 --readings 10 --devices 100
+    done
+    for s in $first $((1 - first)); do
+      OUTPOST_BENCH_SANDBOX=$s run "$B" gateway --outpost "$O" --seconds 10 --connections 50 --rounds 1
+    done
+  done
+fi
+if [[ $what == all || $what == deploy ]]; then
+  bench/deploy.sh "$O"
 fi
 if [[ $what == all || $what == tls ]]; then
   devices=("$B" mqtt-devices --outpost "$O" --devices 1000 --per-device 20 --readings 10)

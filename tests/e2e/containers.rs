@@ -124,18 +124,29 @@ fn check_noexec_tmp(name: &str) {
     );
 }
 
+/// The CLI pointed at the gateway `gateway` (trusting `ca`), with `args`.
+fn cli_command<S: AsRef<std::ffi::OsStr>>(
+    home: &Path,
+    gateway: &str,
+    ca: &Path,
+    args: impl IntoIterator<Item = S>,
+) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--gateway", gateway, "--ca"])
+        .arg(ca)
+        .arg("--data-dir")
+        .arg(home.join("no-node-here"))
+        .args(args)
+        .env("XDG_CONFIG_HOME", home);
+    cmd
+}
+
 /// The foundation's flow from outside: profile and device through the gateway at
 /// `gateway` (trusting `ca`), an event published by the device over MQTT with TLS on
 /// `mqtts`, its reading read back through the gateway.
 async fn smoke(home: &Path, gateway: &str, ca: &Path, password: &str, mqtts: u16, device: &str) {
     let cli = |args: &[&str], stdin: Option<&str>| {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["--gateway", gateway, "--ca"])
-            .arg(ca)
-            .arg("--data-dir")
-            .arg(home.join("no-node-here"))
-            .args(args)
-            .env("XDG_CONFIG_HOME", home);
+        let cmd = cli_command(home, gateway, ca, args);
         let (ok, out, err) = run_cli(cmd, stdin);
         assert!(ok, "outpost {}: {out}{err}", args.join(" "));
         out
@@ -143,13 +154,12 @@ async fn smoke(home: &Path, gateway: &str, ca: &Path, password: &str, mqtts: u16
     // The gateway answers once every service behind it registered; retry until then.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["--gateway", gateway, "--ca"])
-            .arg(ca)
-            .arg("--data-dir")
-            .arg(home.join("no-node-here"))
-            .args(["login", "--user", "admin", "--password-stdin"])
-            .env("XDG_CONFIG_HOME", home);
+        let cmd = cli_command(
+            home,
+            gateway,
+            ca,
+            ["login", "--user", "admin", "--password-stdin"],
+        );
         let (ok, out, err) = run_cli(cmd, Some(password));
         if ok {
             break;
@@ -159,20 +169,34 @@ async fn smoke(home: &Path, gateway: &str, ca: &Path, password: &str, mqtts: u16
     }
     let profile = home.join("thermostat.yaml");
     std::fs::write(&profile, PROFILE_YAML).expect("profile");
-    cli(
-        &["profile", "apply", "-f", profile.to_str().expect("path")],
-        None,
-    );
+    // Until the gateway has its first view of the registry, core-metadata is not routed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let cmd = cli_command(
+            home,
+            gateway,
+            ca,
+            ["profile", "apply", "-f", profile.to_str().expect("path")],
+        );
+        let (ok, out, err) = run_cli(cmd, None);
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cannot apply the profile: {out}{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     // device-mqtt registers itself with core-metadata once it runs.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["--gateway", gateway, "--ca"])
-            .arg(ca)
-            .arg("--data-dir")
-            .arg(home.join("no-node-here"))
-            .args([&["device", "add", "--name", device][..], &A_THERMOSTAT].concat())
-            .env("XDG_CONFIG_HOME", home);
+        let cmd = cli_command(
+            home,
+            gateway,
+            ca,
+            [&["device", "add", "--name", device][..], &A_THERMOSTAT].concat(),
+        );
         let (ok, out, err) = run_cli(cmd, None);
         if ok {
             break;
@@ -201,9 +225,15 @@ async fn smoke(home: &Path, gateway: &str, ca: &Path, password: &str, mqtts: u16
             .output()
             .expect("mosquitto_pub must be installed (Debian package mosquitto-clients)");
         let said = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success()
-            && cli(&["readings", "--device", device, "--json"], None).contains(READING)
-        {
+        // core-data may still be starting (or registering) behind the gateway.
+        let cmd = cli_command(
+            home,
+            gateway,
+            ca,
+            ["readings", "--device", device, "--json"],
+        );
+        let (read, readings, _) = run_cli(cmd, None);
+        if out.status.success() && read && readings.contains(READING) {
             break;
         }
         // Until core-metadata knows the device and device-mqtt follows it, the message is

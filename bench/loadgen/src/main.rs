@@ -532,8 +532,11 @@ impl Node {
         // default, mutual TLS on every hop (the benchmark then holds the administrator's
         // certificate).
         let tls = std::env::var("OUTPOST_BENCH_TLS").is_ok_and(|v| v == "1");
+        // The services' sandbox (Landlock and seccomp), on as by default unless
+        // OUTPOST_BENCH_SANDBOX=0.
+        let sandbox = !std::env::var("OUTPOST_BENCH_SANDBOX").is_ok_and(|v| v == "0");
         let cfg = format!(
-            "[security]\ninternal_tls = {tls}\n\
+            "[security]\ninternal_tls = {tls}\nsandbox = {sandbox}\n\
              [broker]\nlisten = \"127.0.0.1:{mqtt}\"\ntls_listen = \"127.0.0.1:{mqtts}\"\n\
              port = {broker}\n[core_keeper]\nport = {keeper}\n\
              [core_metadata]\nport = {metadata}\n[core_data]\nport = {data}\n{extra}"

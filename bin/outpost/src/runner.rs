@@ -105,11 +105,20 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
                 ));
             }
         }
+        // Until the registry answers, the node's own addresses stand in for it: where the
+        // services share a host (under the supervisor, or all on loopback). A service
+        // running alone elsewhere (a container) waits for the registry instead of trying
+        // its own host.
+        let fallback = if supervised || is_loopback(&cfg.node.advertise_host) {
+            cfg.fallback_addresses()
+        } else {
+            std::collections::HashMap::new()
+        };
         let registry = Registry::new(
             cfg.registry.url.clone(),
             Duration::from_millis(cfg.registry.request_timeout_ms),
             cfg.registry.watch_wait_ms,
-            cfg.fallback_addresses(),
+            fallback,
         );
         let ctx = Context {
             name: svc.name().to_string(),
@@ -168,4 +177,13 @@ fn lock_service(data_dir: &std::path::Path, id: &str) -> anyhow::Result<std::fs:
         }
         Err(std::fs::TryLockError::Error(e)) => Err(e).context("cannot lock the service"),
     }
+}
+
+/// Whether `host` names this host's loopback.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

@@ -306,9 +306,10 @@ fn looks_like_a_node(dir: &Path) -> bool {
 /// ever following a link: each directory is opened relative to its parent's open handle
 /// with `O_NOFOLLOW` and changed through that handle, each other entry changed by name
 /// relative to its directory's handle without following it. A file with more than one
-/// link (a hard link to something elsewhere) and anything on another filesystem is left
-/// alone: the walk cannot be led out of the data dir, even by a process of the service
-/// user rearranging it meanwhile.
+/// link (a hard link to something elsewhere) is left alone: the walk cannot be led out of
+/// the data dir, even by a process of the service user rearranging it meanwhile.
+/// Filesystems mounted inside the data dir (a journal on its own disk) are walked too:
+/// only root can mount them.
 fn chown_tree(root: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
     use rustix::fs::{AtFlags, Mode, OFlags};
     use std::os::unix::ffi::OsStrExt as _;
@@ -316,7 +317,6 @@ fn chown_tree(root: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
     let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let top = rustix::fs::open(root, dir_flags, Mode::empty())
         .with_context(|| format!("cannot open {}", root.display()))?;
-    let device = rustix::fs::fstat(&top)?.st_dev;
     let mut stack = vec![(top, root.to_path_buf())];
     while let Some((dir, path)) = stack.pop() {
         let st = rustix::fs::fstat(&dir)?;
@@ -337,9 +337,6 @@ fn chown_tree(root: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
                 Err(rustix::io::Errno::NOENT) => continue,
                 Err(e) => return Err(e).with_context(|| shown.display().to_string()),
             };
-            if st.st_dev != device {
-                continue;
-            }
             let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
             if kind == rustix::fs::FileType::Directory {
                 match rustix::fs::openat(&dir, name, dir_flags, Mode::empty()) {

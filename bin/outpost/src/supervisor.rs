@@ -306,7 +306,8 @@ async fn renew_certificates(
         .min(life / 8)
         .max(Duration::from_secs(1));
     let secs = i64::try_from(secs).unwrap_or(i64::MAX);
-    let mut tick = tokio::time::interval(every);
+    // Each service makes its first certificate itself as it starts.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -152,8 +152,9 @@ impl Files {
             .allow(secrets.join("node-ca.lock"), Access::ReadWrite)
     }
 
-    /// What every service of the node needs: the system's libraries and configuration, the
-    /// running binary, `/proc` and `/sys` read-only; from the data dir the certificates
+    /// What every service of the node needs: the system's libraries, what of `/etc` name
+    /// resolution and TLS read, the running binary, `/proc` and `/sys` read-only; from the
+    /// data dir the certificates
     /// (public), its configuration snapshot, the TPM-sealed key, and its own certificate's
     /// directories (`service_dirs`, made here).
     pub fn common(
@@ -163,12 +164,32 @@ impl Files {
         for dir in ["/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin"] {
             self.system(dir, Access::ReadExec);
         }
-        for dir in ["/etc", "/proc", "/sys"] {
+        for dir in ["/proc", "/sys"] {
             self.system(dir, Access::Read);
         }
-        // /etc/resolv.conf is often a link into /run.
-        if let Ok(resolv) = std::fs::canonicalize("/etc/resolv.conf") {
-            self.system(resolv, Access::Read);
+        // Of /etc, what name resolution, TLS roots and time zones read; not the rest (other
+        // programs' configuration, credentials).
+        for etc in [
+            "/etc/resolv.conf",
+            "/etc/hosts",
+            "/etc/host.conf",
+            "/etc/nsswitch.conf",
+            "/etc/gai.conf",
+            "/etc/services",
+            "/etc/protocols",
+            "/etc/localtime",
+            "/etc/ld.so.cache",
+            "/etc/ssl/certs",
+            "/etc/ca-certificates",
+            "/etc/pki/tls/certs",
+        ] {
+            self.system(etc, Access::Read);
+            // Often a link (resolv.conf into /run, localtime into /usr/share/zoneinfo).
+            if let Ok(target) = std::fs::canonicalize(etc)
+                && target != Path::new(etc)
+            {
+                self.system(target, Access::Read);
+            }
         }
         for dev in ["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"] {
             self.allow(dev, Access::ReadWrite);
@@ -180,9 +201,10 @@ impl Files {
         let (public, private) = service_dirs;
         outpost_storage::ensure_private_dir(&public)?;
         outpost_storage::ensure_private_dir(&private)?;
+        // Not the configuration snapshot: it was read at start, and holds every service's
+        // settings.
         Ok(self
             .allow(d.join("tls"), Access::Read)
-            .allow(d.join("run").join("config.toml"), Access::Read)
             .allow(d.join("secrets").join("tpm.sealed"), Access::Read)
             .allow(public, Access::Own)
             .allow(private, Access::Own))

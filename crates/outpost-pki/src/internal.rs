@@ -111,6 +111,25 @@ impl Holder {
     }
 }
 
+/// Holds an exclusive lock on `.issue.lock` beside `key` until dropped.
+fn lock_holder(key: &Path) -> Result<std::fs::File, PkiError> {
+    let dir = key.parent().unwrap_or(Path::new("."));
+    let path = dir.join(".issue.lock");
+    let write = |source| PkiError::Write {
+        path: path.clone(),
+        source,
+    };
+    outpost_storage::ensure_private_dir(dir).map_err(|e| write(std::io::Error::other(e)))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(write)?;
+    file.lock().map_err(write)?;
+    Ok(file)
+}
+
 /// An instance ID as one path component.
 fn safe_name(id: &str) -> String {
     let name = id.replace(['/', '\\'], "_");
@@ -185,6 +204,9 @@ fn ensure(
         meta: &holder.meta,
         sealed: false,
     };
+    // One issuer at a time per holder (a service making its first certificate while its
+    // supervisor renews them): the second finds the first's fresh and keeps it.
+    let _lock = lock_holder(&holder.key)?;
     if files.fresh(names, secs / 2) {
         return Ok(());
     }

@@ -84,13 +84,25 @@ impl DriverConfig for ModbusConfig {
         Ok(crate::driver(start))
     }
 
-    /// Serial lines (Modbus RTU) are named per device in core-metadata, so any device
-    /// node may be opened; the service user's groups (`dialout`) decide which.
+    /// Serial lines (Modbus RTU) are named per device in core-metadata: every serial
+    /// device present at start may be opened (`/dev/tty*`, `/dev/serial/`, pseudo-terminals),
+    /// no other device (not the TPM); the service user's groups (`dialout`) decide which. A
+    /// line plugged in later needs a restart of the service.
     fn sandbox(
         &self,
         files: &mut outpost_kit::sandbox::Files,
     ) -> Result<(), outpost_kit::sandbox::StorageError> {
-        files.allow("/dev", outpost_kit::sandbox::Access::Device);
+        use outpost_kit::sandbox::Access;
+        for dir in ["/dev/serial", "/dev/pts"] {
+            files.allow(dir, Access::Device);
+        }
+        if let Ok(entries) = std::fs::read_dir("/dev") {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with("tty") {
+                    files.allow(e.path(), Access::Device);
+                }
+            }
+        }
         Ok(())
     }
 
