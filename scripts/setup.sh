@@ -4,7 +4,7 @@
 #   scripts/setup.sh --test   plus the real peers the tests talk to (mosquitto, tcpdump, swtpm as
 #                             the TPM with tpm2-tools, podman with runc and podman-compose for
 #                             the container image, systemd-analyze for the unit, and pymodbus,
-#                             schemathesis and kubernetes-validate in virtualenvs under
+#                             schemathesis, kubernetes-validate and aiosmtpd in virtualenvs under
 #                             target/peers/)
 #   scripts/setup.sh --bench  plus the benchmarks' peers (nginx, wrk)
 # Installing Debian packages needs root; as another user the script uses sudo.
@@ -16,7 +16,8 @@ if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
   packages+=(mosquitto mosquitto-clients python3 python3-venv curl tcpdump swtpm tpm2-tools)
   # Containers (deploy/): podman runs them here with runc; the static binary of the image
   # links OpenSSL's libcrypto from its archive (libssl-dev).
-  packages+=(podman runc uidmap)
+  # catatonit: the pause process of the pods `podman kube play` makes.
+  packages+=(podman runc uidmap catatonit)
   command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
   command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 fi
@@ -135,6 +136,19 @@ if [[ "${1:-}" == "--test" ]]; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$kv_version"
   fi
   ln -sfn "kubernetes-validate-$kv_version" "$peers/kubernetes-validate"
+
+  # The SMTP server of the notification tests (tests/peers/smtp_server.py): aiosmtpd.
+  aiosmtpd_version="1.4.6"
+  venv="$peers/aiosmtpd-$aiosmtpd_version"
+  if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('aiosmtpd') != '$aiosmtpd_version')" 2>/dev/null; then
+    echo "Installing aiosmtpd $aiosmtpd_version into $venv"
+    python=/usr/bin/python3
+    [[ -x $python ]] || python=python3
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "aiosmtpd==$aiosmtpd_version"
+  fi
+  ln -sfn "aiosmtpd-$aiosmtpd_version" "$peers/aiosmtpd"
 
   # podman-compose from PyPI: Debian's 1.0.3 runs every health check through /bin/sh,
   # which an image without a shell does not have.

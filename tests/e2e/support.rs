@@ -83,6 +83,7 @@ pub struct Ports {
     pub export: u16,
     pub rules: u16,
     pub ota: u16,
+    pub notifications: u16,
 }
 
 impl Ports {
@@ -104,6 +105,7 @@ impl Ports {
             export: free_port(),
             rules: free_port(),
             ota: free_port(),
+            notifications: free_port(),
         }
     }
 }
@@ -161,6 +163,7 @@ fn base_config(p: &Ports) -> String {
         export,
         rules,
         ota,
+        notifications,
     } = *p;
     // One line a section: every service on its port, with what makes a test node quick.
     format!(
@@ -179,6 +182,7 @@ export = {{ port = {export} }}
 gateway = {{ listen = "127.0.0.1:{gateway}", port = {gateway_http} }}
 rules = {{ port = {rules} }}
 ota = {{ port = {ota} }}
+support_notifications = {{ port = {notifications} }}
 supervisor = {{ stop_timeout_ms = 10000, restart_backoff_max_ms = 1000 }}
 "#
     )
@@ -224,6 +228,9 @@ impl Node {
         }
         if enabled("gateway", true) {
             services.push(url(ports.gateway_http));
+        }
+        if enabled("support_notifications", true) {
+            services.push(url(ports.notifications));
         }
         for (section, port) in [
             ("device_virtual", ports.virtual_),

@@ -128,6 +128,7 @@ services! {
     rules: outpost_rules::Rules,
     export: outpost_export::Export,
     ota: outpost_ota::Ota,
+    support_notifications: outpost_support_notifications::SupportNotifications,
     gateway: outpost_gateway::Gateway,
     cloud: outpost_cloud::Cloud,
 }

@@ -19,6 +19,7 @@
 pub mod backoff;
 pub mod client;
 pub mod config;
+pub mod edgex;
 pub mod error;
 pub mod http;
 pub mod internal;

@@ -297,15 +297,19 @@ impl Service {
         Served { addr, stop, task }
     }
 
-    /// Stops the service's tasks in order, as the node does when it stops.
+    /// Stops the service's tasks in order, as the node does when it stops; the context
+    /// it answers (same data dir) is ready for the next start.
     pub async fn stop(self) -> TestContext {
-        self.test.ctx.shutdown.trigger();
-        self.test
-            .ctx
+        let mut test = self.test;
+        test.ctx.shutdown.trigger();
+        test.ctx
             .tasks
             .drain(tokio::time::Instant::now() + outpost_kit::service::STOP_BUDGET)
             .await;
-        self.test
+        let shutdown = Shutdown::new();
+        test.ctx.tasks = Tasks::new(shutdown.clone());
+        test.ctx.shutdown = shutdown;
+        test
     }
 }
 

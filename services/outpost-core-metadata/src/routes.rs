@@ -249,21 +249,11 @@ fn updated((): ()) -> (StatusCode, String) {
 
 /// One 207 entry.
 fn entry(base: &BaseRequest, result: Result<(StatusCode, String), ApiError>) -> BaseWithIdResponse {
-    let (status, id, message) = match result {
-        Ok((s, id)) => (s, id, String::new()),
-        Err(e) => (e.status, String::new(), e.message),
-    };
-    BaseWithIdResponse {
-        base: BaseResponse {
-            message,
-            ..BaseResponse::new(status.as_u16()).with_request_id(base.request_id.clone())
-        },
-        id,
-    }
+    outpost_kit::edgex::item(&base.request_id, result)
 }
 
 fn multi_status(entries: Vec<BaseWithIdResponse>) -> Response {
-    (StatusCode::MULTI_STATUS, axum::Json(entries)).into_response()
+    outpost_kit::edgex::multi_status(entries)
 }
 
 fn ok() -> axum::Json<BaseResponse> {

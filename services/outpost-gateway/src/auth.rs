@@ -82,10 +82,19 @@ fn need_of_path(method: &Method, path: &str) -> Need {
     if path.starts_with("/ota/api/v3/ddi/") {
         return Need::Public;
     }
-    let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    let (service, rest) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path.trim_start_matches('/'), ""));
     match service {
         _ if read || *method == Method::OPTIONS => Need::Role(Role::Viewer),
         "core-keeper" => Need::Role(Role::Admin),
+        // Secrets any service keeps, and where notifications are sent (a subscription
+        // makes the node connect out, with stored credentials).
+        _ if rest.starts_with("api/v3/secret") => Need::Role(Role::Admin),
+        "support-notifications" if rest.starts_with("api/v3/subscription") => {
+            Need::Role(Role::Admin)
+        }
         _ => Need::Role(Role::Operator),
     }
 }
@@ -134,6 +143,21 @@ mod tests {
             o
         );
         assert_eq!(need(&Method::POST, "/core-keeper/api/v3/registry", None), a);
+        // Anyone operating may notify; where notifications go, and secrets, are an
+        // administrator's.
+        let sn = "/support-notifications/api/v3";
+        assert_eq!(need(&Method::POST, &format!("{sn}/notification"), None), o);
+        assert_eq!(need(&Method::POST, &format!("{sn}/subscription"), None), a);
+        assert_eq!(need(&Method::PATCH, &format!("{sn}/subscription"), None), a);
+        assert_eq!(
+            need(&Method::GET, &format!("{sn}/subscription/all"), None),
+            v
+        );
+        assert_eq!(need(&Method::POST, &format!("{sn}/secret"), None), a);
+        assert_eq!(
+            need(&Method::POST, "/device-virtual/api/v3/secret", None),
+            a
+        );
         assert_eq!(
             need(&Method::GET, "/core-keeper/api/v3/registry/all", None),
             v

@@ -1,0 +1,112 @@
+//! Answers every EdgeX API shares: multi-status (207) batches and paged lists.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use outpost_contracts::common::{BaseResponse, BaseWithIdResponse, Paging};
+use serde::Serialize;
+
+use crate::ApiError;
+
+/// One entry of a 207 answer: the item's outcome (its status and, for a create, the new
+/// id), with the item's `requestId` echoed.
+pub fn item(
+    request_id: &str,
+    result: Result<(StatusCode, String), ApiError>,
+) -> BaseWithIdResponse {
+    let (status, id, message) = match result {
+        Ok((s, id)) => (s, id, String::new()),
+        Err(e) => (e.status, String::new(), e.message),
+    };
+    BaseWithIdResponse {
+        base: BaseResponse {
+            message,
+            ..BaseResponse::new(status.as_u16()).with_request_id(request_id)
+        },
+        id,
+    }
+}
+
+/// A 207 answer of `entries`, in the order of the request's items.
+pub fn multi_status(entries: Vec<BaseWithIdResponse>) -> Response {
+    (StatusCode::MULTI_STATUS, axum::Json(entries)).into_response()
+}
+
+/// Reads the `offset` and `limit` query parameters as EdgeX does: an offset of 0 or more,
+/// a limit from -1 (as many as `max`) up to `max`; anything else is a 400.
+pub fn page(offset: Option<&str>, limit: Option<&str>, max: u64) -> Result<(u64, u64), ApiError> {
+    let offset = match offset {
+        None => 0,
+        Some(o) => o.parse::<i64>().ok().filter(|o| *o >= 0).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "querystring offset's value {o} is out of min 0 ~ max {} range.",
+                i32::MAX
+            ))
+        })?,
+    };
+    let limit = match limit {
+        None => 20,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| *l >= -1 && (*l == -1 || u64::try_from(*l).is_ok_and(|l| l <= max)))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "querystring limit's value {l} is out of min -1 ~ max {max} range."
+                ))
+            })?,
+    };
+    Paging { offset, limit }
+        .resolve(max)
+        .map_err(ApiError::bad_request)
+}
+
+/// A page of a list: `{"apiVersion", "statusCode": 200, "totalCount", <field>: [...]}`
+/// for the page at `offset` of `total` items, or a 416 when the offset lies beyond them.
+pub fn paged<T: Serialize>(
+    field: &str,
+    offset: u64,
+    total: u64,
+    items: Vec<T>,
+) -> Result<Response, ApiError> {
+    if Paging::out_of_range(offset, total) {
+        return Err(ApiError::range_not_satisfiable(offset, total));
+    }
+    let mut m = serde_json::Map::new();
+    m.insert("apiVersion".into(), outpost_contracts::API_VERSION.into());
+    m.insert("statusCode".into(), 200.into());
+    m.insert("totalCount".into(), total.into());
+    m.insert(
+        field.into(),
+        serde_json::to_value(items).map_err(ApiError::internal)?,
+    );
+    Ok(axum::Json(serde_json::Value::Object(m)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_beyond_the_maximum_and_bad_numbers_are_refused() {
+        assert_eq!(page(None, None, 1024).unwrap(), (0, 20));
+        assert_eq!(page(Some("3"), Some("-1"), 1024).unwrap(), (3, 1024));
+        assert_eq!(page(None, Some("1024"), 1024).unwrap(), (0, 1024));
+        for (o, l) in [
+            (Some("-1"), None),
+            (Some("x"), None),
+            (None, Some("1025")),
+            (None, Some("-2")),
+            (None, Some("1.5")),
+        ] {
+            let e = page(o, l, 1024).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{o:?} {l:?}");
+        }
+    }
+
+    #[test]
+    fn an_offset_beyond_the_items_is_416() {
+        assert!(paged::<u8>("x", 4, 3, Vec::new()).is_err());
+        assert!(paged::<u8>("x", 3, 3, Vec::new()).is_ok());
+        assert!(paged::<u8>("x", 9, 0, Vec::new()).is_ok());
+    }
+}

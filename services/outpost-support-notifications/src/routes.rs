@@ -1,0 +1,792 @@
+//! The EdgeX 4 support-notifications API (`/api/v3/...` on port 59860).
+//!
+//! Batch writes (`POST /notification`, `POST` and `PATCH /subscription`) take a JSON array
+//! and answer 207 with one entry per item, in order; a body that does not parse, or any
+//! item that fails validation, is a 400 for the whole request and nothing is stored.
+//! Lists are paged (`offset`, `limit` up to `max_result_count`, `-1` for that many; an
+//! offset beyond the items is a 416) and newest first.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use outpost_contracts::common::{BaseRequest, BaseResponse};
+use outpost_kit::ApiError;
+use outpost_kit::edgex;
+use outpost_kit::error::{Path, Query, parse_json};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::deliver::{Delivery, now_ms};
+use crate::model::{
+    AddNotificationRequest, AddSubscriptionRequest, NOTIFICATION_STATUSES, Problems,
+    QueryNotificationRequest, Subscription, UpdateSubscriptionRequest, status,
+};
+use crate::store::{
+    NotificationFilter, NotificationStore, StoreError, SubscriptionFilter, TransmissionFilter,
+};
+
+pub struct App {
+    pub store: Arc<dyn NotificationStore>,
+    pub delivery: Arc<Delivery>,
+    pub max_result_count: u64,
+}
+
+type St = State<Arc<App>>;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route(
+            "/api/v3/notification",
+            post(add_notifications).get(query_notifications),
+        )
+        .route(
+            "/api/v3/notification/id/{id}",
+            get(notification).delete(delete_notification),
+        )
+        .route(
+            "/api/v3/notification/ids/{ids}",
+            delete(delete_notifications),
+        )
+        .route(
+            "/api/v3/notification/category/{category}",
+            get(notifications_by_category),
+        )
+        .route(
+            "/api/v3/notification/label/{label}",
+            get(notifications_by_label),
+        )
+        .route(
+            "/api/v3/notification/status/{status}",
+            get(notifications_by_status),
+        )
+        .route(
+            "/api/v3/notification/start/{start}/end/{end}",
+            get(notifications_by_time),
+        )
+        .route(
+            "/api/v3/notification/subscription/name/{name}",
+            get(notifications_by_subscription),
+        )
+        .route(
+            "/api/v3/notification/acknowledge/ids/{ids}",
+            put(acknowledge),
+        )
+        .route(
+            "/api/v3/notification/unacknowledge/ids/{ids}",
+            put(unacknowledge),
+        )
+        .route(
+            "/api/v3/notification/age/{age}",
+            delete(delete_processed_by_age),
+        )
+        .route("/api/v3/cleanup", delete(cleanup))
+        .route("/api/v3/cleanup/age/{age}", delete(cleanup_by_age))
+        .route(
+            "/api/v3/subscription",
+            post(add_subscriptions).patch(patch_subscriptions),
+        )
+        .route("/api/v3/subscription/all", get(all_subscriptions))
+        .route(
+            "/api/v3/subscription/category/{category}",
+            get(subscriptions_by_category),
+        )
+        .route(
+            "/api/v3/subscription/label/{label}",
+            get(subscriptions_by_label),
+        )
+        .route(
+            "/api/v3/subscription/receiver/{receiver}",
+            get(subscriptions_by_receiver),
+        )
+        .route(
+            "/api/v3/subscription/name/{name}",
+            get(subscription).delete(delete_subscription),
+        )
+        .route("/api/v3/transmission/id/{id}", get(transmission))
+        .route(
+            "/api/v3/transmission/age/{age}",
+            delete(delete_transmissions_by_age),
+        )
+        .route("/api/v3/transmission/all", get(all_transmissions))
+        .route(
+            "/api/v3/transmission/subscription/name/{name}",
+            get(transmissions_by_subscription),
+        )
+        .route(
+            "/api/v3/transmission/start/{start}/end/{end}",
+            get(transmissions_by_time),
+        )
+        .route(
+            "/api/v3/transmission/status/{status}",
+            get(transmissions_by_status),
+        )
+        .route(
+            "/api/v3/transmission/notification/id/{id}",
+            get(transmissions_by_notification),
+        )
+        .route("/api/v3/secret", post(add_secret))
+        .with_state(app)
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Duplicate(what) => ApiError::conflict(format!("{what} already exists")),
+            StoreError::NotFound(what) => ApiError::not_found(what),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// The `offset`, `limit` and `ack` query parameters of a list.
+#[derive(Debug, Default, Deserialize)]
+struct ListParams {
+    offset: Option<String>,
+    limit: Option<String>,
+    ack: Option<String>,
+}
+
+impl ListParams {
+    fn page(&self, app: &App) -> Result<(u64, u64), ApiError> {
+        edgex::page(
+            self.offset.as_deref(),
+            self.limit.as_deref(),
+            app.max_result_count,
+        )
+    }
+
+    fn ack(&self) -> Result<Option<bool>, ApiError> {
+        match self.ack.as_deref() {
+            None | Some("") => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "invalid ack value '{other}': use true or false"
+            ))),
+        }
+    }
+}
+
+fn ok() -> Response {
+    axum::Json(BaseResponse::new(200)).into_response()
+}
+
+fn accepted() -> Response {
+    (StatusCode::ACCEPTED, axum::Json(BaseResponse::new(202))).into_response()
+}
+
+fn one(field: &str, item: impl serde::Serialize) -> Response {
+    axum::Json(json!({"apiVersion": "v3", "statusCode": 200, field: item})).into_response()
+}
+
+/// A list answer, or 416 when the offset lies beyond the items.
+fn list<T: serde::Serialize>(
+    field: &str,
+    offset: u64,
+    (total, items): (u64, Vec<T>),
+) -> Result<Response, ApiError> {
+    edgex::paged(field, offset, total, items)
+}
+
+fn parse_ms(name: &str, v: &str) -> Result<i64, ApiError> {
+    v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+        ApiError::bad_request(format!("{name} '{v}' is not a timestamp in milliseconds"))
+    })
+}
+
+fn range(start: &str, end: &str) -> Result<(i64, i64), ApiError> {
+    let (s, e) = (parse_ms("start", start)?, parse_ms("end", end)?);
+    if e < s {
+        return Err(ApiError::bad_request(format!(
+            "end {e} is before start {s}"
+        )));
+    }
+    Ok((s, e))
+}
+
+fn age_cutoff(age: &str) -> Result<i64, ApiError> {
+    let age = age.parse::<i64>().ok().filter(|a| *a >= 0).ok_or_else(|| {
+        ApiError::bad_request(format!("age '{age}' is not a number of milliseconds"))
+    })?;
+    Ok(now_ms().saturating_sub(age))
+}
+
+fn ids(list: &str) -> Result<Vec<String>, ApiError> {
+    let ids: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if ids.is_empty() {
+        return Err(ApiError::bad_request("no ids given"));
+    }
+    Ok(ids)
+}
+
+/// Parses a batch body: a non-empty JSON array of `T`.
+fn batch<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Vec<T>, ApiError> {
+    let items: Vec<T> = parse_json(body)?;
+    if items.is_empty() {
+        return Err(ApiError::bad_request("the request holds no items"));
+    }
+    Ok(items)
+}
+
+/// Validation problems of a batch, as one 400.
+fn refuse(problems: Vec<String>) -> Result<(), ApiError> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(problems.join("; ")))
+    }
+}
+
+fn check_base(base: &BaseRequest, i: usize, p: &mut Vec<String>) {
+    if let Err(e) = base.check() {
+        p.push(format!("item {i}: {e}"));
+    }
+}
+
+// ---- notifications ----
+
+async fn add_notifications(State(app): St, body: Bytes) -> Result<Response, ApiError> {
+    let reqs: Vec<AddNotificationRequest> = batch(&body)?;
+    let mut problems = Vec::new();
+    for (i, r) in reqs.iter().enumerate() {
+        check_base(&r.base, i, &mut problems);
+        match &r.notification {
+            Some(n) => {
+                let mut p = Problems::default();
+                n.validate(&mut p);
+                if let Err(e) = p.into_result() {
+                    problems.push(format!("item {i}: {e}"));
+                }
+            }
+            None => problems.push(format!("item {i}: notification is required")),
+        }
+    }
+    refuse(problems)?;
+    let mut entries = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let Some(n) = r.notification else { continue };
+        let result = app
+            .delivery
+            .accept(n)
+            .await
+            .map(|n| (StatusCode::CREATED, n.id))
+            .map_err(ApiError::from);
+        entries.push(edgex::item(&r.base.request_id, result));
+    }
+    Ok(edgex::multi_status(entries))
+}
+
+async fn query_notifications(
+    State(app): St,
+    Query(q): Query<ListParams>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid request body: a queryCondition is required",
+        ));
+    }
+    let req: QueryNotificationRequest = parse_json(&body)?;
+    req.base.check().map_err(ApiError::bad_request)?;
+    let cond = req
+        .query_condition
+        .ok_or_else(|| ApiError::bad_request("queryCondition is required"))?;
+    let (offset, limit) = q.page(&app)?;
+    // EdgeX reads an end before the start (or none) as "no end".
+    let end = if cond.end <= cond.start {
+        7_289_539_200_000
+    } else {
+        cond.end
+    };
+    let f = NotificationFilter {
+        categories: cond.category,
+        created: Some((cond.start.max(0), end)),
+        acknowledged: q.ack()?,
+        ..NotificationFilter::default()
+    };
+    list(
+        "notifications",
+        offset,
+        app.store.notifications(f, offset, limit).await?,
+    )
+}
+
+async fn notification(State(app): St, Path(id): Path<String>) -> Result<Response, ApiError> {
+    if uuid::Uuid::parse_str(&id).is_err() {
+        return Err(ApiError::bad_request(format!(
+            "ID '{id}' is not a valid UUID"
+        )));
+    }
+    match app.store.notification(&id).await? {
+        Some(n) => Ok(one("notification", n)),
+        None => Err(ApiError::not_found(format!("no notification with id {id}"))),
+    }
+}
+
+async fn delete_notification(State(app): St, Path(id): Path<String>) -> Result<Response, ApiError> {
+    if app.store.delete_notifications(vec![id.clone()]).await? {
+        Ok(ok())
+    } else {
+        Err(ApiError::not_found(format!("no notification with id {id}")))
+    }
+}
+
+async fn delete_notifications(
+    State(app): St,
+    Path(list): Path<String>,
+) -> Result<Response, ApiError> {
+    app.store.delete_notifications(ids(&list)?).await?;
+    Ok(ok())
+}
+
+async fn notifications_where(
+    app: &App,
+    q: &ListParams,
+    mut f: NotificationFilter,
+) -> Result<Response, ApiError> {
+    let (offset, limit) = q.page(app)?;
+    f.acknowledged = q.ack()?;
+    list(
+        "notifications",
+        offset,
+        app.store.notifications(f, offset, limit).await?,
+    )
+}
+
+async fn notifications_by_category(
+    State(app): St,
+    Path(category): Path<String>,
+    Query(q): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    let f = NotificationFilter {
+        categories: vec![category],
+        ..NotificationFilter::default()
+    };
+    notifications_where(&app, &q, f).await
+}
+
+async fn notifications_by_label(
+    State(app): St,
+    Path(label): Path<String>,
+    Query(q): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    let f = NotificationFilter {
+        labels: vec![label],
+        ..NotificationFilter::default()
+    };
+    notifications_where(&app, &q, f).await
+}
+
+async fn notifications_by_status(
+    State(app): St,
+    Path(status): Path<String>,
+    Query(q): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    if !NOTIFICATION_STATUSES.contains(&status.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "status '{status}' should be one of {}",
+            NOTIFICATION_STATUSES.join(" ")
+        )));
+    }
+    let f = NotificationFilter {
+        status: Some(status),
+        ..NotificationFilter::default()
+    };
+    notifications_where(&app, &q, f).await
+}
+
+async fn notifications_by_time(
+    State(app): St,
+    Path((start, end)): Path<(String, String)>,
+    Query(q): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    let f = NotificationFilter {
+        created: Some(range(&start, &end)?),
+        ..NotificationFilter::default()
+    };
+    notifications_where(&app, &q, f).await
+}
+
+async fn notifications_by_subscription(
+    State(app): St,
+    Path(name): Path<String>,
+    Query(q): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    q.page(&app)?;
+    let sub = app
+        .store
+        .subscription(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no subscription {name}")))?;
+    let f = NotificationFilter {
+        categories: sub.categories,
+        labels: sub.labels,
+        either: true,
+        ..NotificationFilter::default()
+    };
+    notifications_where(&app, &q, f).await
+}
+
+async fn acknowledge(State(app): St, Path(list): Path<String>) -> Result<Response, ApiError> {
+    app.store.acknowledge(ids(&list)?, true, now_ms()).await?;
+    Ok(ok())
+}
+
+async fn unacknowledge(State(app): St, Path(list): Path<String>) -> Result<Response, ApiError> {
+    app.store.acknowledge(ids(&list)?, false, now_ms()).await?;
+    Ok(ok())
+}
+
+async fn delete_processed_by_age(
+    State(app): St,
+    Path(age): Path<String>,
+) -> Result<Response, ApiError> {
+    let n = app
+        .store
+        .delete_notifications_before(age_cutoff(&age)?, true)
+        .await?;
+    tracing::info!(deleted = n, "processed notifications removed by age");
+    Ok(accepted())
+}
+
+async fn cleanup(State(app): St) -> Result<Response, ApiError> {
+    let n = app
+        .store
+        .delete_notifications_before(i64::MAX, false)
+        .await?;
+    tracing::info!(deleted = n, "every notification removed");
+    Ok(accepted())
+}
+
+async fn cleanup_by_age(State(app): St, Path(age): Path<String>) -> Result<Response, ApiError> {
+    let n = app
+        .store
+        .delete_notifications_before(age_cutoff(&age)?, false)
+        .await?;
+    tracing::info!(deleted = n, "notifications removed by age");
+    Ok(accepted())
+}
+
+// ---- subscriptions ----
+
+async fn add_subscriptions(State(app): St, body: Bytes) -> Result<Response, ApiError> {
+    let reqs: Vec<AddSubscriptionRequest> = batch(&body)?;
+    let mut problems = Vec::new();
+    for (i, r) in reqs.iter().enumerate() {
+        check_base(&r.base, i, &mut problems);
+        match &r.subscription {
+            Some(s) => {
+                let mut p = Problems::default();
+                s.validate(&mut p);
+                if let Err(e) = p.into_result() {
+                    problems.push(format!("item {i}: {e}"));
+                }
+            }
+            None => problems.push(format!("item {i}: subscription is required")),
+        }
+    }
+    refuse(problems)?;
+    let mut entries = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let Some(mut s) = r.subscription else {
+            continue;
+        };
+        if s.id.is_empty() {
+            s.id = uuid::Uuid::new_v4().to_string();
+        }
+        let now = now_ms();
+        (s.created, s.modified) = (now, now);
+        let id = s.id.clone();
+        let result = app
+            .store
+            .add_subscription(s)
+            .await
+            .map(|()| (StatusCode::CREATED, id))
+            .map_err(ApiError::from);
+        entries.push(edgex::item(&r.base.request_id, result));
+    }
+    Ok(edgex::multi_status(entries))
+}
+
+async fn patch_subscriptions(State(app): St, body: Bytes) -> Result<Response, ApiError> {
+    let reqs: Vec<UpdateSubscriptionRequest> = batch(&body)?;
+    let mut problems = Vec::new();
+    for (i, r) in reqs.iter().enumerate() {
+        check_base(&r.base, i, &mut problems);
+        match &r.subscription {
+            Some(u) => {
+                let mut p = Problems::default();
+                u.validate(&mut p);
+                if let Err(e) = p.into_result() {
+                    problems.push(format!("item {i}: {e}"));
+                }
+            }
+            None => problems.push(format!("item {i}: subscription is required")),
+        }
+    }
+    refuse(problems)?;
+    let mut entries = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let Some(u) = r.subscription else { continue };
+        let result = patch_one(&app, &u)
+            .await
+            .map(|()| (StatusCode::OK, String::new()));
+        entries.push(edgex::item(&r.base.request_id, result));
+    }
+    Ok(edgex::multi_status(entries))
+}
+
+async fn patch_one(app: &App, u: &crate::model::UpdateSubscription) -> Result<(), ApiError> {
+    let stored = match (&u.id, &u.name) {
+        (Some(id), _) if !id.is_empty() => app.store.subscription_by_id(id).await?,
+        (_, Some(name)) => app.store.subscription(name).await?,
+        _ => None,
+    };
+    let what =
+        u.id.clone()
+            .filter(|i| !i.is_empty())
+            .or_else(|| u.name.clone())
+            .unwrap_or_default();
+    let stored = stored.ok_or_else(|| ApiError::not_found(format!("no subscription {what}")))?;
+    if let Some(name) = &u.name
+        && *name != stored.name
+    {
+        return Err(ApiError::bad_request(format!(
+            "subscription name '{name}' does not match the existing '{}'",
+            stored.name
+        )));
+    }
+    let mut s: Subscription = u.apply(&stored);
+    if s.categories.is_empty() && s.labels.is_empty() {
+        return Err(ApiError::bad_request(
+            "categories and labels can not be both empty",
+        ));
+    }
+    s.modified = now_ms();
+    app.store.update_subscription(s).await?;
+    Ok(())
+}
+
+async fn subscriptions_where(
+    app: &App,
+    q: &ListParams,
+    f: SubscriptionFilter,
+) -> Result<Response, ApiError> {
+    let (offset, limit) = q.page(app)?;
+    list(
+        "subscriptions",
+        offset,
+        app.store.subscriptions(f, offset, limit).await?,
+    )
+}
+
+async fn all_subscriptions(
+    State(app): St,
+    Query(q): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    subscriptions_where(&app, &q, SubscriptionFilter::default()).await
+}
+
+async fn subscriptions_by_category(
+    State(app): St,
+    Path(category): Path<String>,
+    Query(q): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    let f = SubscriptionFilter {
+        category: Some(category),
+        ..SubscriptionFilter::default()
+    };
+    subscriptions_where(&app, &q, f).await
+}
+
+async fn subscriptions_by_label(
+    State(app): St,
+    Path(label): Path<String>,
+    Query(q): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    let f = SubscriptionFilter {
+        label: Some(label),
+        ..SubscriptionFilter::default()
+    };
+    subscriptions_where(&app, &q, f).await
+}
+
+async fn subscriptions_by_receiver(
+    State(app): St,
+    Path(receiver): Path<String>,
+    Query(q): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    let f = SubscriptionFilter {
+        receiver: Some(receiver),
+        ..SubscriptionFilter::default()
+    };
+    subscriptions_where(&app, &q, f).await
+}
+
+async fn subscription(State(app): St, Path(name): Path<String>) -> Result<Response, ApiError> {
+    match app.store.subscription(&name).await? {
+        Some(s) => Ok(one("subscription", s)),
+        None => Err(ApiError::not_found(format!("no subscription {name}"))),
+    }
+}
+
+async fn delete_subscription(
+    State(app): St,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    if app.store.delete_subscription(&name).await? {
+        Ok(ok())
+    } else {
+        Err(ApiError::not_found(format!("no subscription {name}")))
+    }
+}
+
+// ---- transmissions ----
+
+async fn transmission(State(app): St, Path(id): Path<String>) -> Result<Response, ApiError> {
+    if uuid::Uuid::parse_str(&id).is_err() {
+        return Err(ApiError::bad_request(format!(
+            "ID '{id}' is not a valid UUID"
+        )));
+    }
+    match app.store.transmission(&id).await? {
+        Some(t) => Ok(one("transmission", t)),
+        None => Err(ApiError::not_found(format!("no transmission with id {id}"))),
+    }
+}
+
+async fn transmissions_where(
+    app: &App,
+    q: &ListParams,
+    f: TransmissionFilter,
+) -> Result<Response, ApiError> {
+    let (offset, limit) = q.page(app)?;
+    list(
+        "transmissions",
+        offset,
+        app.store.transmissions(f, offset, limit).await?,
+    )
+}
+
+async fn all_transmissions(
+    State(app): St,
+    Query(q): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    transmissions_where(&app, &q, TransmissionFilter::default()).await
+}
+
+async fn transmissions_by_subscription(
+    State(app): St,
+    Path(name): Path<String>,
+    Query(q): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    let f = TransmissionFilter {
+        subscription: Some(name),
+        ..TransmissionFilter::default()
+    };
+    transmissions_where(&app, &q, f).await
+}
+
+async fn transmissions_by_time(
+    State(app): St,
+    Path((start, end)): Path<(String, String)>,
+    Query(q): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    let f = TransmissionFilter {
+        created: Some(range(&start, &end)?),
+        ..TransmissionFilter::default()
+    };
+    transmissions_where(&app, &q, f).await
+}
+
+async fn transmissions_by_status(
+    State(app): St,
+    Path(s): Path<String>,
+    Query(q): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    if !status::ALL.contains(&s.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "status '{s}' should be one of {}",
+            status::ALL.join(" ")
+        )));
+    }
+    let f = TransmissionFilter {
+        status: Some(s),
+        ..TransmissionFilter::default()
+    };
+    transmissions_where(&app, &q, f).await
+}
+
+async fn transmissions_by_notification(
+    State(app): St,
+    Path(id): Path<String>,
+    Query(q): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    let f = TransmissionFilter {
+        notification_id: Some(id),
+        ..TransmissionFilter::default()
+    };
+    transmissions_where(&app, &q, f).await
+}
+
+async fn delete_transmissions_by_age(
+    State(app): St,
+    Path(age): Path<String>,
+) -> Result<Response, ApiError> {
+    let n = app
+        .store
+        .delete_transmissions_before(age_cutoff(&age)?)
+        .await?;
+    tracing::info!(deleted = n, "finished transmissions removed by age");
+    Ok(accepted())
+}
+
+// ---- secrets ----
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct SecretRequest {
+    #[serde(flatten)]
+    base: BaseRequest,
+    secret_name: String,
+    secret_data: Vec<SecretPair>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SecretPair {
+    key: String,
+    value: String,
+}
+
+/// Stores a secret the senders use (`smtp`, or an MQTT channel's `secretPath`).
+async fn add_secret(State(app): St, body: Bytes) -> Result<Response, ApiError> {
+    let req: SecretRequest = parse_json(&body)?;
+    req.base.check().map_err(ApiError::bad_request)?;
+    if req.secret_name.trim().is_empty() {
+        return Err(ApiError::bad_request("secretName is required"));
+    }
+    if req.secret_data.is_empty() || req.secret_data.iter().any(|p| p.key.trim().is_empty()) {
+        return Err(ApiError::bad_request(
+            "secretData must hold keys and values",
+        ));
+    }
+    let data = req
+        .secret_data
+        .into_iter()
+        .map(|p| (p.key, p.value))
+        .collect();
+    app.store.put_secret(req.secret_name, data).await?;
+    let body = BaseResponse::new(201).with_request_id(req.base.request_id);
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
