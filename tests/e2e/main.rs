@@ -26,4 +26,5 @@ mod outage;
 mod registry;
 mod rest_devices;
 mod sandbox;
+mod support_services;
 mod tpm;

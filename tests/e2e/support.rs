@@ -84,6 +84,7 @@ pub struct Ports {
     pub rules: u16,
     pub ota: u16,
     pub notifications: u16,
+    pub scheduler: u16,
 }
 
 impl Ports {
@@ -106,6 +107,7 @@ impl Ports {
             rules: free_port(),
             ota: free_port(),
             notifications: free_port(),
+            scheduler: free_port(),
         }
     }
 }
@@ -164,6 +166,7 @@ fn base_config(p: &Ports) -> String {
         rules,
         ota,
         notifications,
+        scheduler,
     } = *p;
     // One line a section: every service on its port, with what makes a test node quick.
     format!(
@@ -183,6 +186,7 @@ gateway = {{ listen = "127.0.0.1:{gateway}", port = {gateway_http} }}
 rules = {{ port = {rules} }}
 ota = {{ port = {ota} }}
 support_notifications = {{ port = {notifications} }}
+support_scheduler = {{ port = {scheduler} }}
 supervisor = {{ stop_timeout_ms = 10000, restart_backoff_max_ms = 1000 }}
 "#
     )
@@ -231,6 +235,9 @@ impl Node {
         }
         if enabled("support_notifications", true) {
             services.push(url(ports.notifications));
+        }
+        if enabled("support_scheduler", true) {
+            services.push(url(ports.scheduler));
         }
         for (section, port) in [
             ("device_virtual", ports.virtual_),

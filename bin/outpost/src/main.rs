@@ -178,6 +178,14 @@ enum Command {
     /// Firmware artifacts: signing keys, uploads, listing.
     #[command(subcommand)]
     Ota(OtaCmd),
+    /// Notifications: raise them, subscribe receivers (webhook, e-mail, MQTT), follow
+    /// their deliveries.
+    #[command(subcommand)]
+    Notify(cli::support::NotifyCmd),
+    /// Scheduled jobs: REST calls, bus messages and device commands on an interval or a
+    /// crontab, and the records of their runs.
+    #[command(subcommand)]
+    Schedule(cli::support::ScheduleCmd),
     /// The node's keys at rest.
     #[command(subcommand)]
     Keys(KeysCmd),
@@ -842,6 +850,8 @@ async fn client(
             json,
         } => cli::devices::command(&c, &device, &command, &settings, push, json).await,
         Command::Export(ExportCmd::Status { json }) => cli::cloud::export_status(&c, json).await,
+        Command::Notify(cmd) => cli::support::notify(&c, cmd).await,
+        Command::Schedule(cmd) => cli::support::schedule(&c, cmd).await,
         Command::Ota(OtaCmd::Upload(u)) => cli::ota::upload(&c, u).await,
         Command::Ota(OtaCmd::List { json }) => cli::ota::list(&c, json).await,
         Command::Ota(OtaCmd::Rollout(RolloutCmd::Create(r))) => {

@@ -129,6 +129,7 @@ services! {
     export: outpost_export::Export,
     ota: outpost_ota::Ota,
     support_notifications: outpost_support_notifications::SupportNotifications,
+    support_scheduler: outpost_support_scheduler::SupportScheduler,
     gateway: outpost_gateway::Gateway,
     cloud: outpost_cloud::Cloud,
 }

@@ -687,6 +687,11 @@ pub async fn up(
                 data_dir.display()
             );
         }
+        let width = running
+            .iter()
+            .map(|s| s.svc.name().len())
+            .max()
+            .unwrap_or(0);
         for (s, ok) in running.iter().zip(&ready) {
             let others: Vec<String> = s
                 .svc
@@ -705,7 +710,7 @@ pub async fn up(
             } else {
                 "  NOT READY (still trying)"
             };
-            say!("  {:<14} {addr:<48} pid {}{state}", s.svc.name(), s.pid);
+            say!("  {:<width$} {addr:<48} pid {}{state}", s.svc.name(), s.pid);
         }
         for line in next_steps(&cfg, &data_dir, &keys, running.iter().map(|s| s.svc)) {
             say!("{line}");

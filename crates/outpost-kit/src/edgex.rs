@@ -82,6 +82,59 @@ pub fn paged<T: Serialize>(
     Ok(axum::Json(serde_json::Value::Object(m)).into_response())
 }
 
+/// A `POST /api/v3/secret` body (EdgeX's `SecretRequest`), checked.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SecretRequest {
+    #[serde(flatten)]
+    pub base: outpost_contracts::common::BaseRequest,
+    pub secret_name: String,
+    pub secret_data: Vec<SecretPair>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct SecretPair {
+    pub key: String,
+    pub value: String,
+}
+
+impl SecretRequest {
+    /// Parses and checks a body: a name, and at least one pair, each with a key and a value.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let req: Self = crate::error::parse_json(body)?;
+        req.base.check().map_err(ApiError::bad_request)?;
+        if req.secret_name.trim().is_empty() {
+            return Err(ApiError::bad_request("secretName is required"));
+        }
+        if req.secret_data.is_empty()
+            || req
+                .secret_data
+                .iter()
+                .any(|p| p.key.trim().is_empty() || p.value.is_empty())
+        {
+            return Err(ApiError::bad_request(
+                "secretData must hold pairs with a key and a value",
+            ));
+        }
+        Ok(req)
+    }
+
+    /// The pairs.
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        self.secret_data
+            .iter()
+            .map(|p| (p.key.clone(), p.value.clone()))
+            .collect()
+    }
+
+    /// The 201 answer.
+    pub fn created(&self) -> Response {
+        let body = BaseResponse::new(201).with_request_id(self.base.request_id.clone());
+        (StatusCode::CREATED, axum::Json(body)).into_response()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

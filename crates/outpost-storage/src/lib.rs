@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 pub mod protect;
+pub mod secrets;
 pub mod tpm;
 
 pub use rusqlite;

@@ -28,6 +28,7 @@ pub mod firmware;
 pub mod metadata;
 pub mod modbus;
 pub mod tpm;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

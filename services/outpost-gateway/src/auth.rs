@@ -95,6 +95,9 @@ fn need_of_path(method: &Method, path: &str) -> Need {
         "support-notifications" if rest.starts_with("api/v3/subscription") => {
             Need::Role(Role::Admin)
         }
+        // A job calls out (to any address, services of the node included, with the
+        // scheduler's identity) and sends device commands, unattended.
+        "support-scheduler" if rest.starts_with("api/v3/job") => Need::Role(Role::Admin),
         _ => Need::Role(Role::Operator),
     }
 }

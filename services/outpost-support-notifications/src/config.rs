@@ -23,6 +23,8 @@ pub struct Config {
     pub concurrency: usize,
     /// Timeout of one REST or MQTT delivery, milliseconds.
     pub send_timeout_ms: u64,
+    /// Raise a notification (category `rules-alert`) for every alert of a rules pipeline.
+    pub rules_alerts: bool,
     pub smtp: Smtp,
     pub retention: Retention,
 }
@@ -37,6 +39,7 @@ impl Default for Config {
             resend_interval: "5s".into(),
             concurrency: 16,
             send_timeout_ms: 5_000,
+            rules_alerts: true,
             smtp: Smtp::default(),
             retention: Retention::default(),
         }

@@ -10,12 +10,14 @@
 //! subscription's interval up to its limit, across restarts ([`deliver`]). Every
 //! severity is resent; a CRITICAL notification whose resends are spent is ESCALATED (a
 //! copy goes to the `ESCALATION` subscription), any other FAILED. Retention keeps the
-//! number of notifications bounded.
+//! number of notifications bounded. Alerts of rules pipelines become notifications of
+//! category `rules-alert` ([`alerts`]).
 //!
 //! Modules, lowest first: [`model`] (the DTOs and their validation), [`config`],
 //! [`store`], [`smtp`] and [`send`] (one attempt over one channel), [`deliver`] (accepting
 //! and the delivery loop), [`routes`] (the API).
 
+pub mod alerts;
 pub mod config;
 pub mod deliver;
 pub mod model;
@@ -43,9 +45,7 @@ pub struct SupportNotifications;
 impl outpost_kit::Service for SupportNotifications {
     type Config = Config;
 
-    const INFO: Info = Info::new(SERVICE, "support_notifications")
-        .no_registry_view()
-        .no_bus();
+    const INFO: Info = Info::new(SERVICE, "support_notifications").no_registry_view();
 
     fn storage(_: &Config) -> Option<Storage> {
         Some(Storage::new(store::MIGRATIONS, 2))
@@ -82,6 +82,13 @@ impl outpost_kit::Service for SupportNotifications {
             ctx.tasks.spawn("delivery", Stage::Background, move |stop| {
                 delivery.run(tasks, stop)
             });
+        }
+        if cfg.rules_alerts {
+            let (ctx2, delivery) = (ctx.clone(), Arc::clone(&delivery));
+            ctx.tasks
+                .spawn("rules-alerts", Stage::AfterServing, move |stop| {
+                    alerts::consume(ctx2, delivery, stop)
+                });
         }
         if cfg.retention.enabled {
             let (store, r) = (Arc::clone(&store), cfg.retention.clone());

@@ -753,40 +753,11 @@ async fn delete_transmissions_by_age(
 
 // ---- secrets ----
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-struct SecretRequest {
-    #[serde(flatten)]
-    base: BaseRequest,
-    secret_name: String,
-    secret_data: Vec<SecretPair>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct SecretPair {
-    key: String,
-    value: String,
-}
-
 /// Stores a secret the senders use (`smtp`, or an MQTT channel's `secretPath`).
 async fn add_secret(State(app): St, body: Bytes) -> Result<Response, ApiError> {
-    let req: SecretRequest = parse_json(&body)?;
-    req.base.check().map_err(ApiError::bad_request)?;
-    if req.secret_name.trim().is_empty() {
-        return Err(ApiError::bad_request("secretName is required"));
-    }
-    if req.secret_data.is_empty() || req.secret_data.iter().any(|p| p.key.trim().is_empty()) {
-        return Err(ApiError::bad_request(
-            "secretData must hold keys and values",
-        ));
-    }
-    let data = req
-        .secret_data
-        .into_iter()
-        .map(|p| (p.key, p.value))
-        .collect();
-    app.store.put_secret(req.secret_name, data).await?;
-    let body = BaseResponse::new(201).with_request_id(req.base.request_id);
-    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+    let req = edgex::SecretRequest::parse(&body)?;
+    app.store
+        .put_secret(req.secret_name.clone(), req.pairs())
+        .await?;
+    Ok(req.created())
 }

@@ -18,10 +18,11 @@ use outpost_storage::{Db, Migration, StorageError};
 
 use crate::model::{Notification, Subscription, Transmission, TransmissionRecord, status};
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "notifications, subscriptions, transmissions, secrets",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "notifications, subscriptions, transmissions",
+        sql: "
 CREATE TABLE notifications (
     id TEXT PRIMARY KEY,
     created INTEGER NOT NULL,
@@ -52,14 +53,14 @@ CREATE TABLE transmissions (
 CREATE INDEX transmissions_notification ON transmissions (notification_id);
 CREATE INDEX transmissions_created ON transmissions (created);
 CREATE INDEX transmissions_due ON transmissions (due) WHERE due IS NOT NULL;
-CREATE TABLE secrets (
-    name TEXT NOT NULL,
-    key TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (name, key)
-);
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "secrets",
+        sql: outpost_storage::secrets::TABLE,
+    },
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -793,34 +794,11 @@ impl NotificationStore for SqliteStore {
         name: String,
         data: Vec<(String, String)>,
     ) -> Result<(), StoreError> {
-        self.db
-            .write(move |c| {
-                let tx = c.transaction()?;
-                tx.execute("DELETE FROM secrets WHERE name = ?1", [&name])?;
-                for (k, v) in &data {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO secrets (name, key, value) VALUES (?1, ?2, ?3)",
-                        params![name, k, v],
-                    )?;
-                }
-                tx.commit()?;
-                Ok(())
-            })
-            .await
+        Ok(outpost_storage::secrets::put(&self.db, name, data).await?)
     }
 
     async fn secret(&self, name: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let name = name.to_string();
-        self.db
-            .read(move |c| {
-                let mut st =
-                    c.prepare("SELECT key, value FROM secrets WHERE name = ?1 ORDER BY key")?;
-                let rows = st
-                    .query_map([name], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(rows)
-            })
-            .await
+        Ok(outpost_storage::secrets::get(&self.db, name).await?)
     }
 }
 

@@ -2,7 +2,6 @@
 //! delivery to real peers: an HTTP receiver, mosquitto, and an SMTP server
 //! (tests/peers/smtp_server.py, aiosmtpd) with STARTTLS.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -18,6 +17,7 @@ fn config() -> Config {
     Config {
         resend_interval: "200ms".into(),
         send_timeout_ms: 2_000,
+        rules_alerts: false,
         ..Config::default()
     }
 }
@@ -388,51 +388,7 @@ async fn subscriptions_are_added_patched_listed_and_deleted_as_edgex_does() {
     .await;
 }
 
-/// An HTTP receiver on `port`: records each body; answers 503 while `failing` is above 0
-/// (counting it down).
-struct Receiver {
-    got: Arc<Mutex<Vec<(String, String)>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Receiver {
-    async fn start(port: u16, failing: u32) -> Self {
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let fail = Arc::new(Mutex::new(failing));
-        let app = {
-            let (got, fail) = (Arc::clone(&got), Arc::clone(&fail));
-            axum::Router::new().fallback(move |uri: axum::http::Uri, body: String| {
-                let (got, fail) = (Arc::clone(&got), Arc::clone(&fail));
-                async move {
-                    let mut f = fail.lock().unwrap();
-                    if *f > 0 {
-                        *f -= 1;
-                        return (StatusCode::SERVICE_UNAVAILABLE, "not now".to_string());
-                    }
-                    got.lock().unwrap().push((uri.path().to_string(), body));
-                    (StatusCode::OK, "thanks".to_string())
-                }
-            })
-        };
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .expect("bind");
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Self { got, task }
-    }
-
-    fn got(&self) -> Vec<(String, String)> {
-        self.got.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+use outpost_testkit::webhook::Webhook as Receiver;
 
 async fn transmissions(svc: &Service, path: &str) -> Vec<Value> {
     svc.expect("GET", path, None, StatusCode::OK).await["transmissions"]
@@ -810,4 +766,73 @@ async fn e_mail_goes_out_over_starttls_with_the_stored_login() {
     assert!(all.contains("X-Peer-TLS: yes"), "{all}");
     assert!(all.contains("X-Peer-Login: mailer"), "{all}");
     let _ = server.child.kill().await;
+}
+
+#[tokio::test]
+async fn a_rules_alert_becomes_one_notification_for_its_subscribers() {
+    use outpost_contracts::envelope::{Encoding, Envelope};
+    let broker = Mosquitto::start();
+    let cfg = Config {
+        rules_alerts: true,
+        ..config()
+    };
+    let svc = Service::build_in::<SupportNotifications>(
+        context(crate::SERVICE, &[]).with_bus(&broker.url()),
+        cfg,
+    )
+    .await;
+    let port = outpost_testkit::free_port();
+    let hook = Receiver::start(port, 0).await;
+    post(
+        &svc,
+        S,
+        vec![subscription(
+            "on-call",
+            json!([rest_channel(port, "/alert")]),
+            json!({"categories": ["rules-alert"], "labels": []}),
+        )],
+    )
+    .await;
+    let alert = outpost_contracts::export::Alert {
+        id: uuid::Uuid::new_v4().to_string(),
+        pipeline: "tank-1m".into(),
+        device_name: "tank-7".into(),
+        resource_name: "level".into(),
+        value: "93.5".into(),
+        condition: "value > 80".into(),
+        severity: "critical".into(),
+        origin: 1,
+        message: "tank too full".into(),
+    };
+    let bytes = Envelope::new(&alert, "c0ffee", Encoding::Json)
+        .encode(Encoding::Json)
+        .expect("envelope");
+    let publisher = outpost_testkit::bus::Client::connect(&broker.url(), "rules-like").await;
+    let topic = outpost_contracts::topics::alert("edgex", "tank-1m", "tank-7");
+    // Until the consumer subscribed, publish again (the same alert: stored once).
+    until("the alert reaches the subscriber", WAIT, async || {
+        publisher.publish(&topic, &bytes).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        (!hook.got().is_empty()).then_some(())
+    })
+    .await;
+    publisher.publish(&topic, &bytes).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let n = svc
+        .expect("GET", &format!("{N}/id/{}", alert.id), None, StatusCode::OK)
+        .await;
+    assert_eq!(n["notification"]["severity"], "CRITICAL");
+    assert_eq!(
+        n["notification"]["description"],
+        "alert of rules pipeline tank-1m"
+    );
+    assert_eq!(total(&svc, &format!("{N}/category/rules-alert")).await, 1);
+    assert_eq!(hook.got().len(), 1);
+    assert!(
+        hook.got()[0]
+            .1
+            .starts_with("tank too full (tank-7/level: value > 80"),
+        "{:?}",
+        hook.got()
+    );
 }
