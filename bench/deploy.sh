@@ -16,6 +16,7 @@ echo "image $image: $((size / 1000000)) MB uncompressed, $((gz / 1000000)) MB gz
 echo "RESULT {\"bench\":\"image\",\"bytes\":$size,\"gzip_bytes\":$gz}"
 
 compose=target/peers/podman-compose/bin/podman-compose
+export CONTAINERS_CONF="$PWD/tests/peers/containers.conf"
 [[ -x $compose ]] || scripts/setup.sh --test >/dev/null
 
 now_ms() { date +%s%3N; }

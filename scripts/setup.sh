@@ -16,8 +16,9 @@ if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
   packages+=(mosquitto mosquitto-clients python3 python3-venv curl tcpdump swtpm tpm2-tools)
   # Containers (deploy/): podman runs them here with runc; the static binary of the image
   # links OpenSSL's libcrypto from its archive (libssl-dev).
-  # catatonit: the pause process of the pods `podman kube play` makes.
-  packages+=(podman runc uidmap catatonit)
+  # catatonit: the pause process of the pods `podman kube play` makes; netavark and
+  # aardvark-dns: container networks where containers find each other by name.
+  packages+=(podman runc uidmap catatonit netavark aardvark-dns)
   command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
   command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 fi

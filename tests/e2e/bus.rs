@@ -272,7 +272,7 @@ async fn a_registry_outage_does_not_stop_traffic() {
             .iter()
             .filter(|r| r["status"] == "UP")
             .count()
-            == 6
+            == node.registering()
     })
     .await;
 }

@@ -23,9 +23,13 @@ fn repo() -> PathBuf {
 }
 
 /// podman with the runtime that works on these machines (runc; see the README).
+/// Podman with the tests' settings (tests/peers/containers.conf).
 fn podman() -> Command {
     let mut c = Command::new("podman");
-    c.args(["--runtime", "runc"]);
+    c.args(["--runtime", "runc"]).env(
+        "CONTAINERS_CONF",
+        repo().join("tests/peers/containers.conf"),
+    );
     c
 }
 
@@ -285,6 +289,10 @@ impl Compose {
         let mut c = Command::new(repo().join("target/peers/podman-compose/bin/podman-compose"));
         c.args(["--podman-args=--runtime runc", "-p", &self.project, "-f"])
             .arg(repo().join("deploy/compose.yaml"))
+            .env(
+                "CONTAINERS_CONF",
+                repo().join("tests/peers/containers.conf"),
+            )
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null());
         c
@@ -519,9 +527,7 @@ async fn the_kubernetes_deployments_run_with_podman_kube_play() {
         podman().args(["network", "create", &played.network]),
         "podman network create",
     );
-    let conf = repo().join("tests/peers/containers.conf");
     let out = podman()
-        .env("CONTAINERS_CONF", &conf)
         .args(["kube", "play", "--network", &played.network])
         .arg(&file)
         .output()

@@ -593,11 +593,17 @@ async fn slow_clients_and_failed_logins() {
 }
 
 /// The role a route of a proxied service needs (auth.rs; the README's table): reads for
-/// viewers, writes for operators, registry writes for admins.
-fn proxied_role(service: &str, method: &Method) -> &'static str {
+/// viewers, writes for operators; registry writes, secrets, where notifications go and
+/// scheduled jobs for admins.
+/// `path` is the document's, below the service's `/api/v3`.
+fn proxied_role(service: &str, method: &Method, path: &str) -> &'static str {
+    let rest = path.trim_start_matches('/');
     match (service, method) {
         (_, &Method::GET | &Method::HEAD) => "viewer",
         ("core-keeper", _) => "admin",
+        _ if rest.starts_with("secret") => "admin",
+        ("support-notifications", _) if rest.starts_with("subscription") => "admin",
+        ("support-scheduler", _) if rest.starts_with("job") => "admin",
         _ => "operator",
     }
 }
@@ -765,7 +771,7 @@ async fn every_documented_route_is_guarded_and_tokens_expire() {
                             .unwrap_or_else(|| panic!("{m} {path}: x-outpost-role"))
                             .to_string()
                     } else {
-                        proxied_role(service, &method).to_string()
+                        proxied_role(service, &method, path).to_string()
                     };
                     routes.push((method, format!("{server}{}", concrete(path)), public, role));
                 }

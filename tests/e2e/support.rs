@@ -268,6 +268,11 @@ impl Node {
         }
     }
 
+    /// How many services of this node register (the ones it runs).
+    pub fn registering(&self) -> usize {
+        self.services.len()
+    }
+
     /// A client of the services like [`Node::http`], with connections of its own.
     pub fn fresh_client(&self) -> reqwest::Client {
         if self.scheme == "https" {
@@ -466,15 +471,26 @@ impl Node {
         );
     }
 
-    /// Up to 10,000 readings of one resource of a device, newest first.
+    /// Up to 10,000 readings of one resource of a device, newest first (in pages of
+    /// 1,000: a limit beyond core-data's maximum is refused, as EdgeX refuses it).
     pub async fn readings(&self, device: &str, resource: &str) -> Vec<Value> {
-        let (_, v) = self
-            .get(&format!(
-                "{}/api/v3/reading/device/name/{device}/resourceName/{resource}?limit=10000",
-                self.data()
-            ))
-            .await;
-        v["readings"].as_array().cloned().unwrap_or_default()
+        let mut out = Vec::new();
+        while out.len() < 10_000 {
+            let (_, v) = self
+                .get(&format!(
+                    "{}/api/v3/reading/device/name/{device}/resourceName/{resource}?offset={}&limit=1000",
+                    self.data(),
+                    out.len()
+                ))
+                .await;
+            let page = v["readings"].as_array().cloned().unwrap_or_default();
+            let done = page.len() < 1000;
+            out.extend(page);
+            if done {
+                break;
+            }
+        }
+        out
     }
 
     /// Waits until device service `name` has registered itself in core-metadata (devices

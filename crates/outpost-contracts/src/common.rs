@@ -136,8 +136,13 @@ pub struct PingResponse {
 #[serde(rename_all = "camelCase", default)]
 pub struct VersionResponse {
     pub api_version: String,
+    /// The EdgeX release whose API this serves ([`crate::EDGEX_RELEASE`]), as EdgeX
+    /// clients expect.
     pub version: String,
     pub service_name: String,
+    /// Outpost's own version.
+    #[serde(skip_serializing_if = "is_empty")]
+    pub outpost_version: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -210,8 +215,12 @@ impl Paging {
         if self.offset < -1 {
             return Err(format!("offset must be >= 0, got {}", self.offset));
         }
-        if self.limit < -1 {
-            return Err(format!("limit must be >= -1, got {}", self.limit));
+        // EdgeX refuses a limit beyond the service's maximum rather than cutting it.
+        if self.limit < -1 || u64::try_from(self.limit).is_ok_and(|l| l > max_result_count) {
+            return Err(format!(
+                "querystring limit's value {} is out of min -1 ~ max {max_result_count} range.",
+                self.limit
+            ));
         }
         let offset = u64::try_from(self.offset.max(0)).unwrap_or(0);
         let limit = if self.limit == -1 {

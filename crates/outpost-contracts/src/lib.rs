@@ -30,6 +30,10 @@ pub mod value;
 /// The EdgeX API version every DTO carries.
 pub const API_VERSION: &str = "v3";
 
+/// The EdgeX release whose API Outpost serves, reported as `version` by every service's
+/// `/api/v3/version` (Outpost's own version is `outpostVersion`).
+pub const EDGEX_RELEASE: &str = "4.0.2";
+
 /// Nanoseconds since the Unix epoch, as EdgeX uses for `origin`.
 pub fn now_nanos() -> i64 {
     let d = std::time::SystemTime::now()

@@ -150,7 +150,7 @@ pub struct DeviceResource {
     #[serde(skip_serializing_if = "is_empty")]
     pub description: String,
     pub name: String,
-    #[serde(skip_serializing_if = "is_false")]
+    /// Always written, `false` included, as EdgeX writes it.
     pub is_hidden: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tags: Option<Map>,
@@ -173,7 +173,6 @@ pub struct ResourceOperation {
 #[serde(rename_all = "camelCase", default)]
 pub struct DeviceCommand {
     pub name: String,
-    #[serde(skip_serializing_if = "is_false")]
     pub is_hidden: bool,
     pub read_write: ReadWrite,
     pub resource_operations: Vec<ResourceOperation>,
@@ -216,6 +215,31 @@ impl DeviceProfile {
         self.device_commands.iter().find(|c| c.name == name)
     }
 
+    /// What EdgeX accepts in a profile but cannot be used as written: a minimum or maximum
+    /// on a resource that is not numeric (EdgeX's own sample profiles put them on Bool
+    /// resources), a defaultValue its valueType cannot read (EdgeX's Modbus sample). Such a
+    /// profile is stored; these are reported (logged), and the bounds or default are not
+    /// applied.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in &self.device_resources {
+            let p = &r.properties;
+            if (p.minimum.is_some() || p.maximum.is_some()) && !p.value_type.is_numeric() {
+                out.push(format!(
+                    "deviceResource '{}': minimum/maximum do not apply to valueType {}",
+                    r.name, p.value_type
+                ));
+            }
+            if !p.default_value.is_empty()
+                && !matches!(p.value_type, ValueType::Binary | ValueType::Object)
+                && let Err(e) = p.value_type.parse(&p.default_value)
+            {
+                out.push(format!("deviceResource '{}' defaultValue: {e}", r.name));
+            }
+        }
+        out
+    }
+
     /// Structural checks EdgeX applies to a profile; `units` is the set of valid units when
     /// unit-of-measure validation is on. All problems are reported together.
     pub fn validate(&self, units: Option<&dyn Fn(&str) -> bool>) -> Result<(), String> {
@@ -239,18 +263,6 @@ impl DeviceProfile {
                     "deviceResource '{}': minimum {lo} is greater than maximum {hi}",
                     r.name
                 ));
-            }
-            if (p.minimum.is_some() || p.maximum.is_some()) && !p.value_type.is_numeric() {
-                errs.push(format!(
-                    "deviceResource '{}': minimum/maximum need a numeric valueType, not {}",
-                    r.name, p.value_type
-                ));
-            }
-            if !p.default_value.is_empty()
-                && !matches!(p.value_type, ValueType::Binary | ValueType::Object)
-                && let Err(e) = p.value_type.parse(&p.default_value)
-            {
-                errs.push(format!("deviceResource '{}' defaultValue: {e}", r.name));
             }
             if let Some(ok) = units
                 && !p.units.is_empty()
@@ -428,9 +440,8 @@ impl Device {
         {
             errs.push(e);
         }
-        if self.protocols.is_empty() {
-            errs.push("protocols must not be empty".to_string());
-        }
+        // `protocols: {}` is accepted, as EdgeX accepts it (a device its service reaches
+        // by other means, or not yet).
         if !self.parent.is_empty() && self.parent == self.name {
             errs.push("a device cannot be its own parent".to_string());
         }
@@ -983,6 +994,24 @@ deviceCommands:
         p.validate(None).unwrap();
         let known = |u: &str| u == "F";
         assert!(p.validate(Some(&known)).is_err());
+    }
+
+    #[test]
+    fn what_edgex_accepts_but_cannot_apply_is_a_warning_not_a_refusal() {
+        let mut p = DeviceProfile::from_yaml(PROFILE_YAML).unwrap();
+        p.device_resources[1].properties.value_type = ValueType::Bool;
+        p.device_resources[1].properties.minimum = Some(0.0);
+        p.device_resources[1].properties.maximum = Some(1.0);
+        p.device_resources[0].properties.default_value = "not a number".into();
+        p.validate(None).unwrap();
+        let w = p.warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w.iter()
+                .any(|w| w.contains("do not apply to valueType Bool")),
+            "{w:?}"
+        );
+        assert!(w.iter().any(|w| w.contains("defaultValue")), "{w:?}");
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct Registration {
     pub status: ServiceStatus,
     pub host: String,
     pub port: u16,
+    /// `HealthCheck` on the wire, as EdgeX writes it (its DTO's embedded struct keeps
+    /// the Go field name); `healthCheck` is read too.
+    #[serde(rename = "HealthCheck", alias = "healthCheck")]
     pub health_check: HealthCheck,
     #[serde(skip_serializing_if = "is_zero")]
     pub last_connected: i64,

@@ -19,15 +19,26 @@ pub fn client(timeout: Duration) -> reqwest::Client {
     if let Some(identity) = crate::internal::process() {
         b = b.tls_backend_preconfigured((*identity.client).clone());
     }
-    b.build().unwrap_or_else(|_| reqwest::Client::new())
+    b.build().unwrap_or_else(|_| {
+        builder(timeout)
+            .tls_certs_only(Vec::new())
+            .build()
+            .unwrap_or_default()
+    })
 }
 
-/// A client for calls outside the node (devices' own HTTP servers): the same limits, the
-/// system's trust, no certificate of the node presented.
+/// A client for calls outside the node (devices' own HTTP servers, webhooks): the same
+/// limits, the system's trust, no certificate of the node presented. Where the system has
+/// no trusted certificates (a container image without them) it trusts none: plain HTTP
+/// still works, and HTTPS fails with the reason instead of the process.
 pub fn external_client(timeout: Duration) -> reqwest::Client {
-    builder(timeout)
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+    builder(timeout).build().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the system's trusted certificates cannot be used; HTTPS to outside the node will fail");
+        builder(timeout)
+            .tls_certs_only(Vec::new())
+            .build()
+            .unwrap_or_default()
+    })
 }
 
 fn builder(timeout: Duration) -> reqwest::ClientBuilder {

@@ -77,8 +77,9 @@ async fn ping(State(info): State<Arc<ServiceInfo>>) -> axum::Json<PingResponse> 
 async fn version(State(info): State<Arc<ServiceInfo>>) -> axum::Json<VersionResponse> {
     axum::Json(VersionResponse {
         api_version: API_VERSION.into(),
-        version: info.version.clone(),
+        version: outpost_contracts::EDGEX_RELEASE.into(),
         service_name: info.name.clone(),
+        outpost_version: info.version.clone(),
     })
 }
 

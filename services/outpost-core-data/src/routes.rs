@@ -212,15 +212,16 @@ impl ListParams {
                 "offset must be >= -1, got {offset}"
             )));
         }
-        if limit < -1 {
+        // EdgeX refuses a limit beyond MaxResultCount rather than cutting it.
+        if limit < -1 || u64::try_from(limit).is_ok_and(|l| l > max) {
             return Err(ApiError::bad_request(format!(
-                "limit must be >= -1, got {limit}"
+                "querystring limit's value {limit} is out of min -1 ~ max {max} range."
             )));
         }
         let limit = if limit == -1 {
             max
         } else {
-            u64::try_from(limit).unwrap_or(0).min(max)
+            u64::try_from(limit).unwrap_or(0)
         };
         Ok((
             u64::try_from(offset.max(0)).unwrap_or(0),

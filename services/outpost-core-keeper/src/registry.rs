@@ -154,8 +154,15 @@ impl Registry {
 
     fn validate(reg: &Registration) -> Result<(), RegistryError> {
         names::check_service_id("serviceId", &reg.service_id).map_err(RegistryError::Invalid)?;
-        if !reg.host.is_empty() {
-            names::check_host("host", &reg.host).map_err(RegistryError::Invalid)?;
+        // EdgeX requires both (`validate:"required"`).
+        if reg.host.is_empty() {
+            return Err(RegistryError::Invalid("host is required".into()));
+        }
+        names::check_host("host", &reg.host).map_err(RegistryError::Invalid)?;
+        if reg.health_check.interval.is_empty() {
+            return Err(RegistryError::Invalid(
+                "healthCheck.interval is required".into(),
+            ));
         }
         if reg.port == 0 {
             return Err(RegistryError::Invalid(
@@ -183,10 +190,8 @@ impl Registry {
                 )));
             }
         }
-        if !reg.health_check.interval.is_empty() {
-            parse_interval(&reg.health_check.interval)
-                .map_err(|e| RegistryError::Invalid(format!("healthCheck.interval: {e}")))?;
-        }
+        parse_interval(&reg.health_check.interval)
+            .map_err(|e| RegistryError::Invalid(format!("healthCheck.interval: {e}")))?;
         if reg.status == ServiceStatus::Halt {
             return Err(RegistryError::Invalid(
                 "status HALT cannot be registered".into(),
@@ -198,9 +203,6 @@ impl Registry {
     /// Adds a registration; a deregistered (HALT) one may register again.
     pub async fn register(&self, mut reg: Registration) -> Result<(), RegistryError> {
         Self::validate(&reg)?;
-        if reg.host.is_empty() {
-            reg.host = "127.0.0.1".into();
-        }
         let now = now_millis();
         {
             let mut entries = self.entries();
@@ -247,9 +249,6 @@ impl Registry {
             let Some(e) = entries.get_mut(&reg.service_id) else {
                 return Err(RegistryError::NotFound(reg.service_id));
             };
-            if reg.host.is_empty() {
-                reg.host = e.reg.host.clone();
-            }
             reg.created = e.reg.created;
             reg.modified = now_millis();
             reg.last_connected = now_millis();

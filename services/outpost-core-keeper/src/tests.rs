@@ -67,7 +67,8 @@ async fn register_conflict_update_and_deregister() {
 
     let body = f.expect("GET", CORE_DATA, None, StatusCode::OK).await;
     assert_eq!(body["registration"]["status"], "UP");
-    assert_eq!(body["registration"]["healthCheck"]["interval"], "2s");
+    // EdgeX's key, with its capital.
+    assert_eq!(body["registration"]["HealthCheck"]["interval"], "2s");
 
     f.expect("DELETE", CORE_DATA, None, StatusCode::NO_CONTENT)
         .await;
@@ -106,6 +107,9 @@ async fn bad_registrations_are_refused() {
         json!({"apiVersion": "v3", "registration": {"serviceId": "a", "port": 1, "healthCheck": {"type": "heartbeat", "interval": "soon"}}}),
         json!({"apiVersion": "v2", "registration": {"serviceId": "a", "port": 1, "healthCheck": {"type": "heartbeat"}}}),
         json!({"apiVersion": "v3", "registration": {"serviceId": "a", "port": 70000, "healthCheck": {"type": "heartbeat"}}}),
+        // What EdgeX requires: a host and an interval.
+        json!({"apiVersion": "v3", "registration": {"serviceId": "a", "host": "", "port": 1, "healthCheck": {"type": "heartbeat", "interval": "1s"}}}),
+        json!({"apiVersion": "v3", "registration": {"serviceId": "a", "host": "h", "port": 1, "healthCheck": {"type": "heartbeat", "interval": ""}}}),
     ] {
         let body = f
             .expect("POST", REGISTRY, Some(bad.clone()), StatusCode::BAD_REQUEST)

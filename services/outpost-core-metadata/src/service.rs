@@ -392,7 +392,11 @@ impl Metadata {
         } else {
             None
         };
-        p.validate(units).map_err(ApiError::bad_request)
+        p.validate(units).map_err(ApiError::bad_request)?;
+        for w in p.warnings() {
+            tracing::warn!(profile = p.name, "{w}; stored as EdgeX does");
+        }
+        Ok(())
     }
 
     async fn devices_of_profile(&self, profile: &str) -> Result<Vec<Device>, ApiError> {
@@ -733,7 +737,8 @@ impl Metadata {
         d.validate().map_err(ApiError::bad_request)?;
         let service: Option<DeviceService> = self.find(&d.service_name).await?;
         let Some(service) = service else {
-            return Err(ApiError::not_found(format!(
+            // A reference to nothing is a bad request (EdgeX: 400), not a missing route.
+            return Err(ApiError::bad_request(format!(
                 "device service '{}' does not exist",
                 d.service_name
             )));
@@ -741,7 +746,7 @@ impl Metadata {
         if !d.profile_name.is_empty() {
             let profile: Option<DeviceProfile> = self.find(&d.profile_name).await?;
             let Some(profile) = profile else {
-                return Err(ApiError::not_found(format!(
+                return Err(ApiError::bad_request(format!(
                     "device profile '{}' does not exist",
                     d.profile_name
                 )));

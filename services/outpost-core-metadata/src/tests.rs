@@ -157,7 +157,8 @@ async fn multi_status_reports_each_item() {
             json!({"apiVersion": "v2", "requestId": "8b9b1c5e-4a55-4b7e-9a3a-000000000001", "device": {"name": "t4"}}),
         ])
         .await;
-    assert_eq!(statuses(&body), [201, 409, 404, 400, 400, 400]);
+    // A profile that does not exist is a bad reference (EdgeX: 400), not a 404.
+    assert_eq!(statuses(&body), [201, 409, 400, 400, 400, 400]);
     assert!(uuid::Uuid::parse_str(body[0]["id"].as_str().unwrap()).is_ok());
     assert_eq!(body[5]["requestId"], "8b9b1c5e-4a55-4b7e-9a3a-000000000001");
     assert!(
