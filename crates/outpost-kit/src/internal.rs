@@ -50,8 +50,9 @@ static PROCESS: OnceLock<Credentials> = OnceLock::new();
 /// up`, where services' sandboxes keep the node CA's key from them).
 static RENEWS_ITSELF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
-/// Says whether the process renews its own certificate (see [`RENEWS_ITSELF`]); before
-/// [`establish`].
+/// Says whether the process renews its own certificate from the node CA (it runs alone,
+/// under compose or Kubernetes) or only picks up the one its supervisor renews (under
+/// `outpost up`); before [`establish`].
 pub fn renew_itself(yes: bool) {
     RENEWS_ITSELF.store(yes, std::sync::atomic::Ordering::Relaxed);
 }
