@@ -230,9 +230,14 @@ impl Reading {
         }
         match (&self.value, self.value_type) {
             (ReadingValue::Simple(s), t) => t.parse(s).map_err(|e: ValueError| e.to_string()),
-            (ReadingValue::Binary { data, .. }, ValueType::Binary) => {
-                if data.is_empty() {
-                    return Err("binary reading has no data".into());
+            // As EdgeX: no bytes is a null reading; bytes need their mediaType.
+            (ReadingValue::Binary { data, .. }, ValueType::Binary) if data.is_empty() => Ok(None),
+            (ReadingValue::Binary { media_type, .. }, ValueType::Binary) => {
+                if media_type.trim().is_empty() {
+                    return Err(format!(
+                        "binary reading '{}' needs a mediaType",
+                        self.resource_name
+                    ));
                 }
                 Ok(None)
             }
@@ -480,6 +485,38 @@ mod tests {
         let again: AddEventRequest =
             serde_json::from_value(serde_json::to_value(&req).unwrap()).unwrap();
         assert_eq!(again, req);
+    }
+
+    #[test]
+    fn binary_readings_need_a_media_type_and_no_bytes_is_a_null_reading() {
+        let reading = |extra: serde_json::Value| -> Reading {
+            let mut r =
+                serde_json::json!({"resourceName": "Image", "origin": 1, "valueType": "Binary"});
+            if let (Some(r), Some(e)) = (r.as_object_mut(), extra.as_object()) {
+                r.extend(e.clone());
+            }
+            serde_json::from_value(r).unwrap()
+        };
+        assert!(
+            reading(serde_json::json!({"binaryValue": "AQID"}))
+                .validate()
+                .is_err()
+        );
+        assert!(
+            reading(serde_json::json!({"binaryValue": "AQID", "mediaType": "image/png"}))
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            reading(serde_json::json!({"binaryValue": null, "mediaType": "image/png"}))
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            reading(serde_json::json!({"binaryValue": "", "mediaType": "image/png"}))
+                .validate()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod ddi;
 pub mod envelope;
 pub mod event;
 pub mod export;
+pub mod json;
 pub mod metadata;
 pub mod names;
 pub mod ota;

@@ -35,6 +35,7 @@ pub fn router(sdk: Sdk) -> Router {
             get(get_command).put(set_command),
         )
         .route("/api/v3/discovery", post(discovery))
+        .route("/api/v3/secret", post(add_secret))
         .route("/api/v3/validate/device", post(validate_device))
         .with_state(sdk)
 }
@@ -54,8 +55,8 @@ async fn get_command(
     let opts = get_options(&q)?;
     let event = command::get(&sdk, &name, &cmd, opts).await?;
     if !opts.return_event {
-        // EdgeX answers an empty body.
-        return Ok(StatusCode::OK.into_response());
+        // EdgeX answers a JSON body without the event.
+        return Ok(axum::Json(BaseResponse::new(200)).into_response());
     }
     Ok(axum::Json(EventResponse {
         base: BaseResponse::new(200),
@@ -76,6 +77,12 @@ async fn set_command(
 }
 
 async fn discovery(State(sdk): State<Sdk>) -> Result<Response, ApiError> {
+    if !sdk.inner.discovery_enabled {
+        return Err(ApiError::unavailable(format!(
+            "device discovery is disabled for '{}'",
+            sdk.name()
+        )));
+    }
     if sdk.catalog().service_locked {
         return Err(ApiError::locked(format!(
             "device service '{}' is locked",
@@ -98,4 +105,15 @@ async fn validate_device(
         .validate(&req.device)
         .map_err(|why| ApiError::bad_request(format!("device '{}': {why}", req.device.name)))?;
     Ok(axum::Json(BaseResponse::new(200)).into_response())
+}
+
+/// Keeps a secret for the driver (EdgeX's `POST /api/v3/secret`); held in memory.
+async fn add_secret(State(sdk): State<Sdk>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let req = outpost_kit::edgex::SecretRequest::parse(&body)?;
+    sdk.inner
+        .secrets
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(req.secret_name.clone(), req.pairs());
+    Ok(req.created())
 }

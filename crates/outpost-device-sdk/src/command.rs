@@ -208,6 +208,10 @@ pub async fn set(
     settings: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<(), ApiError> {
     let (d, targets, rw) = lookup(sdk, device, command)?;
+    // EdgeX answers a write to a device that is down 423, as a read.
+    if d.device.operating_state == OperatingState::Down {
+        return Err(ApiError::locked(format!("device '{device}' is down")));
+    }
     if !rw.writable() {
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,

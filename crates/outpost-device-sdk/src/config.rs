@@ -65,6 +65,9 @@ pub struct Config<D: DriverConfig> {
     pub driver_timeout_ms: u64,
     /// Labels of the device service in metadata.
     pub labels: Vec<String>,
+    /// Whether discovery runs at all (EdgeX's `Device.Discovery.Enabled`): off, a
+    /// `POST /api/v3/discovery` is answered 503.
+    pub discovery_enabled: bool,
     /// Run discovery this often (0: only when asked, `POST /api/v3/discovery`).
     pub discovery_interval_s: u64,
     /// Messages per second one device may push on average (MQTT telemetry, REST POSTs);
@@ -86,6 +89,7 @@ impl<D: DriverConfig> Default for Config<D> {
             down_probe_interval_ms: 5_000,
             driver_timeout_ms: 5_000,
             labels: Vec::new(),
+            discovery_enabled: true,
             discovery_interval_s: 0,
             device_messages_per_s: 1000.0,
             device_messages_burst: 2000,

@@ -110,6 +110,9 @@ pub(crate) struct Inner {
     /// Set once the devices were loaded from metadata.
     pub loaded: std::sync::atomic::AtomicBool,
     pub provisioned: std::sync::atomic::AtomicBool,
+    pub discovery_enabled: bool,
+    /// Secrets given with `POST /api/v3/secret`, by name: for drivers, in memory only.
+    pub secrets: Mutex<HashMap<String, Vec<(String, String)>>>,
 }
 
 /// A handle on the running device service, for the SDK's parts and for push-style drivers.

@@ -80,6 +80,8 @@ pub async fn build<D: DriverConfig>(
             autoevents: crate::sdk::AutoEvents::default(),
             loaded: std::sync::atomic::AtomicBool::new(false),
             provisioned: std::sync::atomic::AtomicBool::new(false),
+            discovery_enabled: cfg.discovery_enabled,
+            secrets: Mutex::default(),
         }),
     };
     let base_address = start.own_url();
@@ -107,7 +109,7 @@ pub async fn build<D: DriverConfig>(
                 crate::autoevent::probe_down_devices(sdk, stop)
             });
     }
-    if cfg.discovery_interval_s > 0 {
+    if cfg.discovery_enabled && cfg.discovery_interval_s > 0 {
         let (sdk, every) = (sdk.clone(), Duration::from_secs(cfg.discovery_interval_s));
         ctx.tasks
             .spawn("discovery", Stage::Background, move |stop| {

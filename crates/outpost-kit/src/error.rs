@@ -163,12 +163,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     }
 }
 
-/// Parses a JSON document into `T` with a 400 on failure.
+/// Parses a JSON document into `T` with a 400 on failure. Field names match in any case,
+/// as EdgeX (Go's `encoding/json`) matches them ([`outpost_contracts::json`]).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::bad_request("request body is empty"));
     }
-    serde_json::from_slice(bytes)
+    outpost_contracts::json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 

@@ -28,7 +28,7 @@ use axum::routing::get;
 use outpost_contracts::common::{BaseResponse, BaseWithTotalCountResponse, Paging};
 use outpost_contracts::metadata::{
     AdminState, Device, DeviceCoreCommand, DeviceCoreCommandResponse,
-    MultiDeviceCoreCommandsResponse,
+    MultiDeviceCoreCommandsResponse, OperatingState,
 };
 use outpost_kit::client::{CallError, Metadata, ServiceClient};
 use outpost_kit::error::{Path, Query};
@@ -262,6 +262,10 @@ async fn forward(
     let d = app.device(device).await?;
     if d.admin_state == AdminState::Locked {
         return Err(ApiError::locked(format!("device '{device}' is locked")));
+    }
+    // EdgeX: a device that is down is 423 too (not forwarded).
+    if d.operating_state == OperatingState::Down {
+        return Err(ApiError::locked(format!("device '{device}' is down")));
     }
     let base = app.service_url(&d.service_name).await?;
     let mut url = reqwest::Url::parse(&base)

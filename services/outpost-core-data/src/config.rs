@@ -12,6 +12,10 @@ pub struct Config {
     /// reading names a resource of the profile, has its value type and lies within its
     /// minimum/maximum. Events that fail are refused (REST) or dropped and counted (bus).
     pub validate_events: bool,
+    /// Store the events of devices core-metadata does not know, unchecked, as EdgeX does
+    /// (off: they are refused with 404, so nothing unchecked is stored; see
+    /// docs/decisions.md).
+    pub accept_unknown_devices: bool,
     /// Most events committed in one transaction.
     pub max_batch_events: usize,
     /// Unacknowledged bus messages the broker may have in flight to core-data: enough for
@@ -29,6 +33,7 @@ impl Default for Config {
         Self {
             port: 59880,
             validate_events: true,
+            accept_unknown_devices: false,
             max_batch_events: 2_000,
             max_inflight: 2_048,
             publish_rest_events: true,

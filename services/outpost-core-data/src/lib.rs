@@ -45,7 +45,8 @@ pub fn open(
         cfg.validate_events,
         view,
         ctx.metric("validation_skipped_total"),
-    );
+    )
+    .accept_unknown_devices(cfg.accept_unknown_devices);
     Ok(Arc::new(ingest::Ingest::new(
         Arc::new(store),
         Arc::new(validator),

@@ -70,6 +70,8 @@ impl<T> From<Lookup<T>> for Known<T> {
 
 pub struct Validator {
     enabled: bool,
+    /// Store events of devices core-metadata does not know, unchecked (EdgeX's way).
+    accept_unknown: bool,
     view: MetadataView,
     resources: RwLock<HashMap<String, Resources>>,
     skipped_metric: String,
@@ -79,10 +81,18 @@ impl Validator {
     pub fn new(enabled: bool, view: MetadataView, skipped_metric: String) -> Self {
         Self {
             enabled,
+            accept_unknown: false,
             view,
             resources: RwLock::default(),
             skipped_metric,
         }
+    }
+
+    /// Stores the events of devices core-metadata does not know, unchecked, as EdgeX does
+    /// (`core_data.accept_unknown_devices`).
+    pub fn accept_unknown_devices(mut self, yes: bool) -> Self {
+        self.accept_unknown = yes;
+        self
     }
 
     /// Validates `event` and returns it ready to store.
@@ -99,6 +109,10 @@ impl Validator {
     async fn check_metadata(&self, event: &Event, nums: &[Option<f64>]) -> Result<(), Rejection> {
         let profile_name = match Known::from(self.view.device(&event.device_name).await) {
             Known::Found(d) => d.profile_name.clone(),
+            Known::Missing if self.accept_unknown => {
+                metrics::counter!(self.skipped_metric.clone()).increment(1);
+                return Ok(());
+            }
             Known::Missing => {
                 return Err(Rejection::new(
                     StatusCode::NOT_FOUND,

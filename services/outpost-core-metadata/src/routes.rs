@@ -190,13 +190,27 @@ where
     Fut: std::future::Future<Output = Result<(StatusCode, String), ApiError>>,
 {
     let reqs: Vec<R> = batch(body)?;
+    // As EdgeX: a body whose items fail their own validation (apiVersion, names, values)
+    // is refused whole; what depends on what is stored (duplicates, references) is an
+    // outcome per item.
+    let problems: Vec<String> = reqs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            r.base()
+                .check()
+                .and_then(|()| r.check())
+                .err()
+                .map(|e| format!("item {i}: {e}"))
+        })
+        .collect();
+    if !problems.is_empty() {
+        return Err(ApiError::bad_request(problems.join("; ")));
+    }
     let mut out = Vec::with_capacity(reqs.len());
     for r in reqs {
         let base = r.base().clone();
-        let result = match base.check() {
-            Err(e) => Err(ApiError::bad_request(e)),
-            Ok(()) => op(r).await,
-        };
+        let result = op(r).await;
         out.push(entry(&base, result));
     }
     Ok(multi_status(out))
@@ -205,6 +219,11 @@ where
 /// A request that can arrive in a batch.
 trait Batched {
     fn base(&self) -> &BaseRequest;
+
+    /// The item's own validation (EdgeX's DTO validation), before anything is looked up.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 macro_rules! batched {
@@ -215,19 +234,34 @@ macro_rules! batched {
             }
         })*
     };
+    ($($t:ty => |$r:ident| $check:expr),* $(,)?) => {
+        $(impl Batched for $t {
+            fn base(&self) -> &BaseRequest {
+                &self.base
+            }
+
+            fn check(&self) -> Result<(), String> {
+                let $r = self;
+                $check
+            }
+        })*
+    };
 }
 
 batched!(
-    AddDeviceRequest,
+    AddDeviceRequest => |r| r.device.validate(),
+    AddDeviceProfileRequest => |r| r.profile.validate(None),
+    AddDeviceServiceRequest => |r| r.service.validate(),
+);
+
+batched!(
     UpdateDeviceRequest,
-    AddDeviceProfileRequest,
     UpdateDeviceProfileRequest,
     DeviceProfileBasicInfoRequest,
     DeviceResourceRequest,
     UpdateDeviceResourceRequest,
     DeviceCommandRequest,
     UpdateDeviceCommandRequest,
-    AddDeviceServiceRequest,
     UpdateDeviceServiceRequest,
     AddProvisionWatcherRequest,
     UpdateProvisionWatcherRequest

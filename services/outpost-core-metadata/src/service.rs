@@ -927,15 +927,8 @@ impl Metadata {
 
     async fn check_watcher_refs(&self, w: &ProvisionWatcher) -> Result<(), ApiError> {
         w.validate().map_err(ApiError::bad_request)?;
-        if !w.service_name.is_empty() {
-            let s: Option<DeviceService> = self.find(&w.service_name).await?;
-            if s.is_none() {
-                return Err(ApiError::not_found(format!(
-                    "device service '{}' does not exist",
-                    w.service_name
-                )));
-            }
-        }
+        // A watcher may name a device service that registers later (EdgeX accepts it: the
+        // watcher waits for its service).
         let profile = &w.discovered_device.profile_name;
         if !profile.is_empty() {
             let p: Option<DeviceProfile> = self.find(profile).await?;

@@ -240,3 +240,78 @@ async fn the_example_devices_are_provisioned_once_and_read() {
     }
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edgex_answers_for_a_down_device_secrets_discovery_and_a_read_without_its_event() {
+    let node = DeviceNode::start::<DeviceVirtual>(|port| Config {
+        port,
+        discovery_enabled: false,
+        driver: VirtualConfig {
+            provision_examples: false,
+            ..VirtualConfig::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    metadata::add(&node.md, "/api/v3/deviceprofile", "profile", profile()).await;
+    metadata::add_device(
+        &node.md,
+        &metadata::device("g1", "device-virtual").profile("Gen"),
+    )
+    .await;
+    node.known("g1").await;
+    let ds = &node.ds;
+    // A read that does not return its event still answers EdgeX's JSON.
+    let b = ds
+        .expect(
+            "GET",
+            &format!("{RESOURCE}/Count?ds-returnevent=false"),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(b, json!({"apiVersion": "v3", "statusCode": 200}));
+    // Discovery switched off: 503.
+    ds.expect(
+        "POST",
+        "/api/v3/discovery",
+        None,
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    // Secrets for the driver.
+    let secret = json!({"apiVersion": "v3", "secretName": "creds",
+        "secretData": [{"key": "username", "value": "u"}]});
+    ds.expect("POST", "/api/v3/secret", Some(secret), StatusCode::CREATED)
+        .await;
+    let missing_value =
+        json!({"apiVersion": "v3", "secretName": "creds", "secretData": [{"key": "username"}]});
+    ds.expect(
+        "POST",
+        "/api/v3/secret",
+        Some(missing_value),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    // Marked DOWN in metadata: reads and writes are 423.
+    node.md
+        .expect(
+            "PATCH",
+            "/api/v3/device",
+            Some(json!([{"apiVersion": "v3", "device": {"name": "g1", "operatingState": "DOWN"}}])),
+            StatusCode::MULTI_STATUS,
+        )
+        .await;
+    until("device-virtual sees g1 down", WAIT, async || {
+        let (s, _) = ds.call("GET", &format!("{RESOURCE}/Count"), None).await;
+        (s == StatusCode::LOCKED).then_some(())
+    })
+    .await;
+    ds.expect(
+        "PUT",
+        &format!("{RESOURCE}/Level"),
+        Some(json!({"Level": "1.5"})),
+        StatusCode::LOCKED,
+    )
+    .await;
+}

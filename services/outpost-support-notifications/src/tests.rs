@@ -836,3 +836,18 @@ async fn a_rules_alert_becomes_one_notification_for_its_subscribers() {
         hook.got()
     );
 }
+
+#[tokio::test]
+async fn field_names_match_in_any_case_as_edgex_reads_them() {
+    let svc = service(config()).await;
+    // EdgeX's own test data writes "AdminState"; Go matches it to adminState.
+    let s = json!({"apiVersion": "v3", "subscription": {"Name": "loose", "RECEIVER": "tafuser",
+        "channels": [{"Type": "EMAIL", "recipients": ["ops@example.com"]}],
+        "Categories": ["health-check"], "AdminState": "UNLOCKED"}});
+    assert_eq!(post(&svc, S, vec![s]).await[0].0, 201);
+    let got = svc
+        .expect("GET", &format!("{S}/name/loose"), None, StatusCode::OK)
+        .await;
+    assert_eq!(got["subscription"]["adminState"], "UNLOCKED");
+    assert_eq!(got["subscription"]["channels"][0]["type"], "EMAIL");
+}
