@@ -466,8 +466,13 @@ async fn provision_watchers() {
     f.expect("DELETE", profile, None, StatusCode::CONFLICT)
         .await;
     f.expect("DELETE", w1, None, StatusCode::OK).await;
-    f.expect("DELETE", "/api/v3/provisionwatcher/name/w3", None, StatusCode::OK)
-        .await;
+    f.expect(
+        "DELETE",
+        "/api/v3/provisionwatcher/name/w3",
+        None,
+        StatusCode::OK,
+    )
+    .await;
 }
 
 /// A device service's validation endpoint, on a real socket: it accepts devices whose
