@@ -118,9 +118,11 @@ if [[ $what == all || $what == sandbox ]]; then
   first=$((RANDOM % 2))
   for round in 1 2; do
     for s in $first $((1 - first)); do
-      OUTPOST_BENCH_SANDBOX=$s run "$B" ingest --outpost "$O" --events 50000 --readings 10 --devices 100
+      echo "== sandbox $([[ $s == 1 ]] && echo on || echo off)"
+      OUTPOST_BENCH_SANDBOX=$s run "$B" ingest --outpost "$O" --events 50000 --readings 10 --devices 100 --connections 100
     done
     for s in $first $((1 - first)); do
+      echo "== sandbox $([[ $s == 1 ]] && echo on || echo off)"
       OUTPOST_BENCH_SANDBOX=$s run "$B" gateway --outpost "$O" --seconds 10 --connections 50 --rounds 1
     done
   done
