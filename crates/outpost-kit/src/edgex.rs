@@ -31,6 +31,25 @@ pub fn multi_status(entries: Vec<BaseWithIdResponse>) -> Response {
     (StatusCode::MULTI_STATUS, axum::Json(entries)).into_response()
 }
 
+/// A batch body: a non-empty JSON array of `T` (a 400 otherwise).
+pub fn batch<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Vec<T>, ApiError> {
+    let items: Vec<T> = crate::error::parse_json(body)?;
+    if items.is_empty() {
+        return Err(ApiError::bad_request("the request holds no items"));
+    }
+    Ok(items)
+}
+
+/// The validation problems of a batch's items, as one 400 for the whole body (EdgeX's
+/// answer when any item fails its own validation).
+pub fn refuse(problems: Vec<String>) -> Result<(), ApiError> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(problems.join("; ")))
+    }
+}
+
 /// Reads the `offset` and `limit` query parameters as EdgeX does: an offset of 0 or more,
 /// a limit from -1 (as many as `max`) up to `max`; anything else is a 400.
 pub fn page(offset: Option<&str>, limit: Option<&str>, max: u64) -> Result<(u64, u64), ApiError> {

@@ -229,24 +229,6 @@ fn ids(list: &str) -> Result<Vec<String>, ApiError> {
     Ok(ids)
 }
 
-/// Parses a batch body: a non-empty JSON array of `T`.
-fn batch<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Vec<T>, ApiError> {
-    let items: Vec<T> = parse_json(body)?;
-    if items.is_empty() {
-        return Err(ApiError::bad_request("the request holds no items"));
-    }
-    Ok(items)
-}
-
-/// Validation problems of a batch, as one 400.
-fn refuse(problems: Vec<String>) -> Result<(), ApiError> {
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(problems.join("; ")))
-    }
-}
-
 fn check_base(base: &BaseRequest, i: usize, p: &mut Vec<String>) {
     if let Err(e) = base.check() {
         p.push(format!("item {i}: {e}"));
@@ -256,7 +238,7 @@ fn check_base(base: &BaseRequest, i: usize, p: &mut Vec<String>) {
 // ---- notifications ----
 
 async fn add_notifications(State(app): St, body: Bytes) -> Result<Response, ApiError> {
-    let reqs: Vec<AddNotificationRequest> = batch(&body)?;
+    let reqs: Vec<AddNotificationRequest> = edgex::batch(&body)?;
     let mut problems = Vec::new();
     for (i, r) in reqs.iter().enumerate() {
         check_base(&r.base, i, &mut problems);
@@ -271,7 +253,7 @@ async fn add_notifications(State(app): St, body: Bytes) -> Result<Response, ApiE
             None => problems.push(format!("item {i}: notification is required")),
         }
     }
-    refuse(problems)?;
+    edgex::refuse(problems)?;
     let mut entries = Vec::with_capacity(reqs.len());
     for r in reqs {
         let Some(n) = r.notification else { continue };
@@ -480,7 +462,7 @@ async fn cleanup_by_age(State(app): St, Path(age): Path<String>) -> Result<Respo
 // ---- subscriptions ----
 
 async fn add_subscriptions(State(app): St, body: Bytes) -> Result<Response, ApiError> {
-    let reqs: Vec<AddSubscriptionRequest> = batch(&body)?;
+    let reqs: Vec<AddSubscriptionRequest> = edgex::batch(&body)?;
     let mut problems = Vec::new();
     for (i, r) in reqs.iter().enumerate() {
         check_base(&r.base, i, &mut problems);
@@ -495,7 +477,7 @@ async fn add_subscriptions(State(app): St, body: Bytes) -> Result<Response, ApiE
             None => problems.push(format!("item {i}: subscription is required")),
         }
     }
-    refuse(problems)?;
+    edgex::refuse(problems)?;
     let mut entries = Vec::with_capacity(reqs.len());
     for r in reqs {
         let Some(mut s) = r.subscription else {
@@ -519,7 +501,7 @@ async fn add_subscriptions(State(app): St, body: Bytes) -> Result<Response, ApiE
 }
 
 async fn patch_subscriptions(State(app): St, body: Bytes) -> Result<Response, ApiError> {
-    let reqs: Vec<UpdateSubscriptionRequest> = batch(&body)?;
+    let reqs: Vec<UpdateSubscriptionRequest> = edgex::batch(&body)?;
     let mut problems = Vec::new();
     for (i, r) in reqs.iter().enumerate() {
         check_base(&r.base, i, &mut problems);
@@ -534,7 +516,7 @@ async fn patch_subscriptions(State(app): St, body: Bytes) -> Result<Response, Ap
             None => problems.push(format!("item {i}: subscription is required")),
         }
     }
-    refuse(problems)?;
+    edgex::refuse(problems)?;
     let mut entries = Vec::with_capacity(reqs.len());
     for r in reqs {
         let Some(u) = r.subscription else { continue };

@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use outpost_contracts::common::BaseResponse;
 use outpost_kit::ApiError;
 use outpost_kit::edgex;
-use outpost_kit::error::{Path, Query, parse_json};
+use outpost_kit::error::{Path, Query};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -107,29 +107,13 @@ impl ListParams {
     }
 }
 
-fn batch<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<Vec<T>, ApiError> {
-    let items: Vec<T> = parse_json(body)?;
-    if items.is_empty() {
-        return Err(ApiError::bad_request("the request holds no items"));
-    }
-    Ok(items)
-}
-
-fn refuse(problems: Vec<String>) -> Result<(), ApiError> {
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(problems.join("; ")))
-    }
-}
-
 /// New internal ids for `n` actions.
 fn action_ids(n: usize) -> Vec<String> {
     (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect()
 }
 
 async fn add_jobs(State(app): St, body: Bytes) -> Result<Response, ApiError> {
-    let reqs: Vec<AddScheduleJobRequest> = batch(&body)?;
+    let reqs: Vec<AddScheduleJobRequest> = edgex::batch(&body)?;
     let mut problems = Vec::new();
     for (i, r) in reqs.iter().enumerate() {
         let mut p = Vec::new();
@@ -142,7 +126,7 @@ async fn add_jobs(State(app): St, body: Bytes) -> Result<Response, ApiError> {
         }
         problems.extend(p.into_iter().map(|e| format!("item {i}: {e}")));
     }
-    refuse(problems)?;
+    edgex::refuse(problems)?;
     let mut entries = Vec::with_capacity(reqs.len());
     for r in reqs {
         let Some(mut j) = r.schedule_job else {
@@ -176,7 +160,7 @@ async fn add_jobs(State(app): St, body: Bytes) -> Result<Response, ApiError> {
 }
 
 async fn patch_jobs(State(app): St, body: Bytes) -> Result<Response, ApiError> {
-    let reqs: Vec<UpdateScheduleJobRequest> = batch(&body)?;
+    let reqs: Vec<UpdateScheduleJobRequest> = edgex::batch(&body)?;
     let mut problems = Vec::new();
     for (i, r) in reqs.iter().enumerate() {
         let mut p = Vec::new();
@@ -189,7 +173,7 @@ async fn patch_jobs(State(app): St, body: Bytes) -> Result<Response, ApiError> {
         }
         problems.extend(p.into_iter().map(|e| format!("item {i}: {e}")));
     }
-    refuse(problems)?;
+    edgex::refuse(problems)?;
     let mut entries = Vec::with_capacity(reqs.len());
     for r in reqs {
         let Some(u) = r.schedule_job else { continue };
