@@ -39,6 +39,10 @@
 #   bench/run.sh fuzz         every fuzz target for an hour (FUZZ_SECONDS), with executions
 #   bench/run.sh durability   the randomized kill -9 test of tests/e2e/durability.rs with 100
 #                             kills instead of CI's 20 (OUTPOST_KILL_ROUNDS), under QoS 1 ingest
+#   bench/run.sh support      support-notifications: notifications delivered/s to a webhook
+#                             receiver vs that receiver's rate from a plain client, rules
+#                             alert -> receiver latency p50/p99; support-scheduler: lateness
+#                             of 1,000 interval jobs at 1 s vs the same timers in the driver
 #   bench/run.sh ota          200 devices downloading a 50 MiB artifact at once (through the
 #                             gateway and direct): throughput, server CPU and RSS; polls/s
 #                             of a 10,000-device fleet
@@ -151,6 +155,10 @@ if [[ $what == durability ]]; then
     durability::no_acknowledged_event_is_lost_or_stored_twice
   OUTPOST_KILL_ROUNDS=100 run cargo nextest run --locked -p outpost --no-capture \
     durability::device_mqtt_telemetry
+fi
+if [[ $what == all || $what == support ]]; then
+  for i in 1 2; do run "$B" notifications --outpost "$O" --count 10000 --alerts 200; done
+  for i in 1 2; do run "$B" scheduler --outpost "$O" --jobs 1000 --seconds 30; done
 fi
 if [[ $what == all || $what == ota ]]; then
   run "$B" ota --outpost "$O" --agents 200 --mib 50 --fleet 10000 --pollers 64 --seconds 10

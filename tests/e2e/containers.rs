@@ -352,6 +352,8 @@ async fn compose_runs_one_hardened_container_per_service_and_replaces_a_killed_o
         "core-data",
         "core-command",
         "device-mqtt",
+        "support-notifications",
+        "support-scheduler",
         "gateway",
     ] {
         check_hardened(&container(service), true);
@@ -457,18 +459,18 @@ fn the_kubernetes_manifests_pass_the_api_schemas_and_the_unit_its_exposure_bound
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // Every pod as the restricted pod security standard wants it.
-    assert_eq!(
-        rendered.matches("runAsNonRoot: true").count(),
-        7,
-        "{rendered}"
-    );
-    assert_eq!(rendered.matches("readOnlyRootFilesystem: true").count(), 7);
-    assert_eq!(
-        rendered.matches("allowPrivilegeEscalation: false").count(),
-        7
-    );
-    assert_eq!(rendered.matches("type: RuntimeDefault").count(), 7);
+    // Every pod as the restricted pod security standard wants it: one Deployment per
+    // service of the compose file.
+    let pods = rendered.matches("kind: Deployment").count();
+    assert_eq!(pods, 9, "{rendered}");
+    for setting in [
+        "runAsNonRoot: true",
+        "readOnlyRootFilesystem: true",
+        "allowPrivilegeEscalation: false",
+        "type: RuntimeDefault",
+    ] {
+        assert_eq!(rendered.matches(setting).count(), pods, "{setting}");
+    }
 
     // The systemd unit: systemd's own rating, at most what docs/deploy.md states.
     let check = repo().join("deploy/systemd/check.sh");

@@ -610,3 +610,81 @@ async fn retained_messages_the_broker_acknowledged_survive_its_kill_9() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_notification_is_delivered_through_random_kill_9() {
+    let mut node = Node::start("").await;
+    let port = crate::support::free_port();
+    let hook = outpost_testkit::webhook::Webhook::start(port, 0).await;
+    let webhook = format!("http://127.0.0.1:{port}/durable");
+    node.cli_ok(&[
+        "notify",
+        "subscribe",
+        "--name",
+        "durable",
+        "--category",
+        "durable",
+        "--webhook",
+        &webhook,
+    ]);
+    let url = format!("{}/api/v3/notification", node.url(node.ports.notifications));
+    // Notifications sent one after another; a 201 for the item counts it as accepted.
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let sender = {
+        let (stop, accepted, http, url) = (
+            Arc::clone(&stop),
+            Arc::clone(&accepted),
+            node.http.clone(),
+            url.clone(),
+        );
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let content = format!("durable notification {n}");
+                let body = json!([{"apiVersion": "v3", "notification": {"category": "durable",
+                    "content": content, "sender": "e2e", "severity": "NORMAL"}}]);
+                let answered = match http.post(&url).json(&body).send().await {
+                    Ok(r) => r.json::<serde_json::Value>().await.ok(),
+                    Err(_) => None,
+                };
+                match answered {
+                    Some(v) if v[0]["statusCode"] == 201 => {
+                        accepted.lock().expect("accepted").push(content);
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+    };
+    let rounds: u32 = std::env::var("OUTPOST_KILL_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(6, |r: u32| r.div_ceil(3));
+    kill_at_random(&mut node, &["support-notifications", "node"], rounds).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    tokio::time::timeout(Duration::from_secs(60), sender)
+        .await
+        .expect("the sender to stop")
+        .expect("sender");
+    let accepted = std::mem::take(&mut *accepted.lock().expect("accepted"));
+    assert!(accepted.len() > 50, "only {} accepted", accepted.len());
+    let missing = || {
+        let got: HashSet<String> = hook.got().into_iter().map(|(_, body)| body).collect();
+        accepted.iter().filter(|c| !got.contains(*c)).count()
+    };
+    eventually(
+        "every accepted notification at the webhook",
+        Duration::from_secs(90),
+        || async { missing() == 0 },
+    )
+    .await;
+    let delivered = hook.got().len();
+    eprintln!(
+        "{} notifications accepted through {rounds} kills, {delivered} deliveries ({} again after a kill)",
+        accepted.len(),
+        delivered.saturating_sub(accepted.len())
+    );
+}

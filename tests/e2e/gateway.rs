@@ -554,6 +554,11 @@ async fn slow_clients_and_failed_logins() {
     .await;
     let text = String::from_utf8_lossy(&seen);
     assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    // Header names in canonical case, as EdgeX's servers send them.
+    assert!(
+        text.contains("\r\nContent-Type: application/json\r\n"),
+        "{text}"
+    );
     assert!(
         !text.to_ascii_lowercase().contains("connection: close"),
         "{text}"

@@ -220,3 +220,31 @@ async fn rest_ingest_status_codes() {
     // An item failing its own validation (no service) refuses the body, as EdgeX does.
     assert_eq!((s, body["statusCode"].as_u64()), (400, Some(400)), "{body}");
 }
+
+#[tokio::test]
+async fn unknown_devices_events_are_stored_unchecked_only_when_asked() {
+    let node = Node::start("[core_data]\naccept_unknown_devices = true\n").await;
+    provision(&node, &["t1"]);
+    let data = node.data();
+    let msg = |device: &str, v: &str| -> Value {
+        let (_, m) = event_message(device, now_nanos(), &[("Temperature", "Float64", v)]);
+        let env: Value = serde_json::from_str(&m).expect("json");
+        env["payload"].clone()
+    };
+    // EdgeX's behaviour: stored, unchecked (999 is beyond the profile's maximum) and counted.
+    let ghost = format!("{data}/api/v3/event/device-mqtt/Thermostat/ghost/Temperature");
+    let (s, body) = node.post(&ghost, &msg("ghost", "999")).await;
+    assert_eq!(s, 201, "{body}");
+    let (_, c) = node
+        .get(&format!("{data}/api/v3/event/count/device/name/ghost"))
+        .await;
+    assert_eq!(c["count"], 1);
+    let skipped = node
+        .metric(&data, "outpost_core_data_validation_skipped_total")
+        .await;
+    assert!(skipped >= 1.0, "skipped {skipped}");
+    // A device core-metadata knows is still checked.
+    let known = format!("{data}/api/v3/event/device-mqtt/Thermostat/t1/Temperature");
+    let (s, body) = node.post(&known, &msg("t1", "999")).await;
+    assert_eq!(s, 400, "{body}");
+}

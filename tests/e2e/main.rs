@@ -28,3 +28,4 @@ mod rest_devices;
 mod sandbox;
 mod support_services;
 mod tpm;
+mod writable;

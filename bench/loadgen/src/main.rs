@@ -15,6 +15,8 @@
 //! - `queue` / `export`: the store-and-forward queue alone, and edge to cloud end to end
 //!   ([`export`]).
 //! - `ota`: concurrent artifact downloads and device polls per second ([`ota`]).
+//! - `notifications` / `scheduler`: deliveries per second to a webhook, alert latency, and
+//!   the lateness of many interval jobs ([`support`]).
 //! - `pub` / `sub`: the load generator and the reference consumer (used by `ingest`).
 //!
 //! Every command prints a human summary and a JSON line (prefixed `RESULT `) for scripts.
@@ -35,6 +37,7 @@ mod export;
 mod gateway;
 mod modbus;
 mod ota;
+mod support;
 
 #[derive(Parser)]
 #[command(about = "Outpost benchmark driver")]
@@ -130,6 +133,28 @@ enum Cmd {
     Export(export::ExportArgs),
     /// OTA: concurrent downloads (throughput, server CPU and memory) and fleet polls/s.
     Ota(ota::OtaArgs),
+    /// Notifications delivered/s to a webhook receiver vs the receiver's own rate; rules
+    /// alert -> receiver latency.
+    Notifications {
+        #[arg(long)]
+        outpost: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Deliveries at once (the service's), and the reference client's requests at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 200)]
+        alerts: usize,
+    },
+    /// Lateness of many interval jobs at 1 s vs the same timers in this process.
+    Scheduler {
+        #[arg(long)]
+        outpost: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// Command round trip: REST -> core-command -> device service -> device -> back.
     Command {
         #[arg(long)]
@@ -1116,6 +1141,17 @@ fn main() -> anyhow::Result<()> {
             Cmd::Queue(a) => export::queue(&a),
             Cmd::Export(a) => export::export(&a).await,
             Cmd::Ota(a) => ota::run(&a).await,
+            Cmd::Notifications {
+                outpost,
+                count,
+                concurrency,
+                alerts,
+            } => support::notifications(&outpost, count, concurrency, alerts).await,
+            Cmd::Scheduler {
+                outpost,
+                jobs,
+                seconds,
+            } => support::scheduler(&outpost, jobs, seconds).await,
         }
     })
 }

@@ -129,6 +129,7 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
             config_json: cfg.service_json(svc),
             metrics: telemetry::metrics_handle(),
             tasks: Tasks::new(shutdown.clone()),
+            writable: Default::default(),
         };
         tracing::info!(
             service = svc.name(),

@@ -238,6 +238,66 @@ impl Paging {
     }
 }
 
+/// Declares an EdgeX request DTO: [`BaseRequest`]'s fields (`apiVersion`, `requestId`)
+/// beside its own, at the top level of one JSON object.
+///
+/// It is written out as one struct with `base: BaseRequest` (serialized flat), and read
+/// through a struct that names every field, so [`crate::json`] matches all of them in any
+/// case, as Go's `encoding/json` does: serde's `flatten` would read the object as a map,
+/// whose keys must match exactly, and lose the matching of everything inside it too.
+/// `read_only` declares a request that is only read (no `Serialize`).
+#[macro_export]
+macro_rules! edgex_request {
+    (
+        $(#[$m:meta])*
+        pub struct $name:ident { $( $(#[$fm:meta])* pub $field:ident : $ty:ty ),* $(,)? }
+    ) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Default, ::serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        pub struct $name {
+            #[serde(flatten)]
+            pub base: $crate::common::BaseRequest,
+            $( $(#[$fm])* pub $field: $ty, )*
+        }
+        $crate::edgex_request!(@read $name { $( $(#[$fm])* $field: $ty, )* });
+    };
+    (
+        read_only
+        $(#[$m:meta])*
+        pub struct $name:ident { $( $(#[$fm:meta])* pub $field:ident : $ty:ty ),* $(,)? }
+    ) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Default)]
+        pub struct $name {
+            pub base: $crate::common::BaseRequest,
+            $( $(#[$fm])* pub $field: $ty, )*
+        }
+        $crate::edgex_request!(@read $name { $( $(#[$fm])* $field: $ty, )* });
+    };
+    (@read $name:ident { $( $(#[$fm:meta])* $field:ident : $ty:ty, )* }) => {
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                #[derive(::serde::Deserialize, Default)]
+                #[serde(rename_all = "camelCase", default)]
+                struct Flat {
+                    request_id: String,
+                    api_version: String,
+                    $( $(#[$fm])* $field: $ty, )*
+                }
+                let f = <Flat as ::serde::Deserialize>::deserialize(d)?;
+                Ok(Self {
+                    base: $crate::common::BaseRequest {
+                        request_id: f.request_id,
+                        api_version: f.api_version,
+                    },
+                    $( $field: f.$field, )*
+                })
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

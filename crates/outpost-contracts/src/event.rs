@@ -336,13 +336,12 @@ struct EventHead<'a> {
     tags: &'a Option<Tags>,
 }
 
-/// `POST /api/v3/event/{service}/{profile}/{device}/{source}` and the bus payload of an event.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct AddEventRequest {
-    #[serde(flatten)]
-    pub base: BaseRequest,
-    pub event: Event,
+crate::edgex_request! {
+    /// `POST /api/v3/event/{service}/{profile}/{device}/{source}` and the bus payload of an event.
+    #[derive(PartialEq)]
+    pub struct AddEventRequest {
+        pub event: Event,
+    }
 }
 
 impl AddEventRequest {

@@ -7,8 +7,9 @@
 //! has its keys renamed to the struct's field names they match in another case (a key that
 //! matches exactly is kept; of several keys for one field, the exact one wins). Objects
 //! read as maps keep their keys. A struct that flattens another (`#[serde(flatten)]`) is
-//! read as a map, so its own keys must match exactly; the structs inside it are matched as
-//! usual.
+//! read as a map, whose keys (and everything inside them) must then match exactly: EdgeX's
+//! request wrappers, which carry `apiVersion` beside their own fields, are declared with
+//! [`crate::edgex_request!`] instead, which names every field.
 
 use serde::de::{
     self, DeserializeOwned, DeserializeSeed, Deserializer, IntoDeserializer as _, MapAccess,
@@ -153,6 +154,9 @@ impl<'de> Deserializer<'de> for Loose {
                 iter: rename(m, fields).into_iter(),
                 value: None,
             }),
+            // Go reads a struct from an object only; serde would take an array in field
+            // order.
+            Value::Array(_) => Err(de::Error::invalid_type(de::Unexpected::Seq, &visitor)),
             other => Loose(other).deserialize_any(visitor),
         }
     }
@@ -215,6 +219,42 @@ mod tests {
     fn type_errors_and_bad_json_are_still_errors() {
         assert!(from_slice::<Inner>(br#"{"adminState": 5}"#).is_err());
         assert!(from_slice::<Inner>(b"{not json").is_err());
+        assert!(
+            from_slice::<Inner>(br#"["LOCKED", "1s"]"#).is_err(),
+            "an array is no struct"
+        );
         assert!(from_slice::<Inner>(br#"{"interval": "1s"}"#).is_err());
+    }
+
+    #[test]
+    fn request_wrappers_match_their_own_keys_and_everything_inside() {
+        let r: crate::metadata::AddDeviceRequest = from_slice(
+            br#"{"APIVersion": "v3", "RequestID": "r1", "Device": {"Name": "d",
+                "ServiceName": "s", "ProfileName": "p", "adminstate": "LOCKED",
+                "Protocols": {"Other": {"Address": "x"}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.base.api_version, "v3");
+        assert_eq!(r.base.request_id, "r1");
+        let d = serde_json::to_value(&r.device).unwrap();
+        assert_eq!(
+            (d["name"].as_str(), d["serviceName"].as_str()),
+            (Some("d"), Some("s"))
+        );
+        assert_eq!(d["adminState"], "LOCKED");
+        // A map keeps its keys: protocol names are the user's.
+        assert_eq!(d["protocols"]["Other"]["Address"], "x");
+        // Written flat, as EdgeX writes it.
+        let back = serde_json::to_value(&r).unwrap();
+        assert_eq!(back["apiVersion"], "v3");
+        assert_eq!(back["device"]["name"], "d");
+        let c: crate::metadata::DeviceCommandRequest = from_slice(
+            br#"{"apiVersion": "v3", "profilename": "p", "devicecommand": {"name": "c"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.profile_name.as_str(), c.device_command.name.as_str()),
+            ("p", "c")
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::common::{BaseRequest, BaseResponse, BaseWithTotalCountResponse};
+use crate::common::{BaseResponse, BaseWithTotalCountResponse};
 use crate::names;
 use crate::value::ValueType;
 
@@ -804,13 +804,12 @@ impl UnitsOfMeasure {
 
 macro_rules! request {
     ($name:ident { $field:ident : $ty:ty $(, $extra:ident : $ety:ty)* }) => {
-        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-        #[serde(rename_all = "camelCase", default)]
-        pub struct $name {
-            #[serde(flatten)]
-            pub base: BaseRequest,
-            $(pub $extra: $ety,)*
-            pub $field: $ty,
+        $crate::edgex_request! {
+            #[derive(PartialEq)]
+            pub struct $name {
+                $(pub $extra: $ety,)*
+                pub $field: $ty,
+            }
         }
     };
 }
@@ -879,13 +878,12 @@ pub struct UpdateTags {
     pub tags: Map,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct DeviceProfileTagsRequest {
-    #[serde(flatten)]
-    pub base: BaseRequest,
-    pub device_resources: Vec<UpdateTags>,
-    pub device_commands: Vec<UpdateTags>,
+crate::edgex_request! {
+    #[derive(PartialEq)]
+    pub struct DeviceProfileTagsRequest {
+        pub device_resources: Vec<UpdateTags>,
+        pub device_commands: Vec<UpdateTags>,
+    }
 }
 
 macro_rules! single_response {
@@ -1150,14 +1148,13 @@ impl DeviceProfile {
 
 // ---- device credentials (an Outpost extension of core-metadata) ----
 
-/// `PUT /api/v3/device/name/{name}/secret`: sets a device's secret, or has one generated
-/// when `secret` is absent.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct DeviceSecretRequest {
-    #[serde(flatten)]
-    pub base: BaseRequest,
-    pub secret: Option<String>,
+crate::edgex_request! {
+    /// `PUT /api/v3/device/name/{name}/secret`: sets a device's secret, or has one generated
+    /// when `secret` is absent.
+    #[derive(PartialEq)]
+    pub struct DeviceSecretRequest {
+        pub secret: Option<String>,
+    }
 }
 
 /// The answer to [`DeviceSecretRequest`]: the generated secret, shown this once.
@@ -1170,30 +1167,28 @@ pub struct DeviceSecretResponse {
     pub secret: Option<String>,
 }
 
-/// `POST /api/v3/device/auth`: checks a device's credential (the broker, device-rest and
-/// ota ask): its secret, or the client certificate it presented to the gateway (DER,
-/// base64); 200 with the device, 401, or 403 while a zero-touch device awaits approval.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct DeviceAuthRequest {
-    #[serde(flatten)]
-    pub base: BaseRequest,
-    pub name: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub secret: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub certificate: Option<String>,
+crate::edgex_request! {
+    /// `POST /api/v3/device/auth`: checks a device's credential (the broker, device-rest and
+    /// ota ask): its secret, or the client certificate it presented to the gateway (DER,
+    /// base64); 200 with the device, 401, or 403 while a zero-touch device awaits approval.
+    #[derive(PartialEq)]
+    pub struct DeviceAuthRequest {
+        pub name: String,
+        #[serde(skip_serializing_if = "String::is_empty")]
+        pub secret: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub certificate: Option<String>,
+    }
 }
 
-/// `POST /api/v3/device/name/{name}/certificate`: a PKCS#10 signing request (PEM) for a
-/// client certificate from the node CA; `replace` revokes the device's other certificates.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct DeviceCertificateRequest {
-    #[serde(flatten)]
-    pub base: BaseRequest,
-    pub csr: String,
-    pub replace: bool,
+crate::edgex_request! {
+    /// `POST /api/v3/device/name/{name}/certificate`: a PKCS#10 signing request (PEM) for a
+    /// client certificate from the node CA; `replace` revokes the device's other certificates.
+    #[derive(PartialEq)]
+    pub struct DeviceCertificateRequest {
+        pub csr: String,
+        pub replace: bool,
+    }
 }
 
 /// The issued certificate (PEM, followed by the node CA's).

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::common::{BaseRequest, BaseResponse, BaseWithTotalCountResponse};
+use crate::common::{BaseResponse, BaseWithTotalCountResponse};
 
 fn is_zero(v: &i64) -> bool {
     *v == 0
@@ -89,12 +89,11 @@ impl Registration {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct AddRegistrationRequest {
-    #[serde(flatten)]
-    pub base: BaseRequest,
-    pub registration: Registration,
+crate::edgex_request! {
+    #[derive(PartialEq)]
+    pub struct AddRegistrationRequest {
+        pub registration: Registration,
+    }
 }
 
 pub type UpdateRegistrationRequest = AddRegistrationRequest;

@@ -77,7 +77,7 @@ async fn set_command(
 }
 
 async fn discovery(State(sdk): State<Sdk>) -> Result<Response, ApiError> {
-    if !sdk.inner.discovery_enabled {
+    if !sdk.inner.live.get().discovery.enabled {
         return Err(ApiError::unavailable(format!(
             "device discovery is disabled for '{}'",
             sdk.name()

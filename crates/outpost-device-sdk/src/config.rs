@@ -139,3 +139,51 @@ impl<D: DriverConfig> outpost_kit::ServiceConfig for Config<D> {
         self.enabled
     }
 }
+
+/// What changes while a device service runs: EdgeX's `Device.Discovery` settings, kept as
+/// `edgex/v4/<service>/Writable/Discovery/Enabled` and `.../Interval` (docs/decisions.md),
+/// first taken from `discovery_enabled` and `discovery_interval_s`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Writable {
+    pub discovery: Discovery,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Discovery {
+    pub enabled: bool,
+    /// How often discovery runs by itself, as a duration (`"30s"`); `"0s"` only when asked.
+    pub interval: String,
+}
+
+impl Discovery {
+    /// How often discovery runs by itself, if it does.
+    pub fn every(&self) -> Option<std::time::Duration> {
+        let i = self.interval.trim();
+        if !self.enabled || matches!(i, "" | "0" | "0s") {
+            return None;
+        }
+        outpost_contracts::metadata::parse_interval(i).ok()
+    }
+}
+
+impl outpost_kit::writable::Settings for Writable {
+    fn check(&self) -> Result<(), String> {
+        match self.discovery.interval.trim() {
+            "" | "0" | "0s" => Ok(()),
+            i => outpost_contracts::metadata::parse_interval(i).map(|_| ()),
+        }
+    }
+}
+
+impl<D: DriverConfig> From<&Config<D>> for Writable {
+    fn from(c: &Config<D>) -> Self {
+        Self {
+            discovery: Discovery {
+                enabled: c.discovery_enabled,
+                interval: format!("{}s", c.discovery_interval_s),
+            },
+        }
+    }
+}

@@ -8,7 +8,6 @@
 //! metadata already knows is left alone, so discovery can run as often as wanted.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use outpost_contracts::metadata::{AdminState, Device, OperatingState, ProvisionWatcher};
 
@@ -36,12 +35,28 @@ pub fn start(sdk: &Sdk, id: String) {
     });
 }
 
-/// Starts a discovery run every `every` until `stop` (not while the service is locked).
-pub(crate) async fn periodic(sdk: Sdk, every: Duration, stop: outpost_kit::Shutdown) {
+/// Starts a discovery run every `Discovery/Interval` while `Discovery/Enabled`, until
+/// `stop` (not while the service is locked); follows changes of both at once.
+pub(crate) async fn periodic(sdk: Sdk, stop: outpost_kit::Shutdown) {
+    let mut settings = sdk.inner.live.subscribe();
     loop {
+        let every = settings.borrow_and_update().discovery.every();
+        let changed = async {
+            // Settings that can no longer change (no writer left) never wake this.
+            if settings.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let due = async {
+            match every {
+                Some(every) => tokio::time::sleep(every).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = stop.wait() => return,
-            () = tokio::time::sleep(every) => {}
+            () = changed => continue,
+            () = due => {}
         }
         if !sdk.catalog().service_locked {
             start(&sdk, uuid::Uuid::new_v4().to_string());

@@ -110,7 +110,8 @@ pub(crate) struct Inner {
     /// Set once the devices were loaded from metadata.
     pub loaded: std::sync::atomic::AtomicBool,
     pub provisioned: std::sync::atomic::AtomicBool,
-    pub discovery_enabled: bool,
+    /// Discovery's settings, as core-keeper has them.
+    pub live: outpost_kit::writable::Live<crate::config::Writable>,
     /// Secrets given with `POST /api/v3/secret`, by name: for drivers, in memory only.
     pub secrets: Mutex<HashMap<String, Vec<(String, String)>>>,
 }

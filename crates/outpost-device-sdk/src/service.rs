@@ -80,7 +80,7 @@ pub async fn build<D: DriverConfig>(
             autoevents: crate::sdk::AutoEvents::default(),
             loaded: std::sync::atomic::AtomicBool::new(false),
             provisioned: std::sync::atomic::AtomicBool::new(false),
-            discovery_enabled: cfg.discovery_enabled,
+            live: start.writable(crate::config::Writable::from(cfg)),
             secrets: Mutex::default(),
         }),
     };
@@ -109,11 +109,11 @@ pub async fn build<D: DriverConfig>(
                 crate::autoevent::probe_down_devices(sdk, stop)
             });
     }
-    if cfg.discovery_enabled && cfg.discovery_interval_s > 0 {
-        let (sdk, every) = (sdk.clone(), Duration::from_secs(cfg.discovery_interval_s));
+    {
+        let sdk = sdk.clone();
         ctx.tasks
             .spawn("discovery", Stage::Background, move |stop| {
-                crate::discovery::periodic(sdk, every, stop)
+                crate::discovery::periodic(sdk, stop)
             });
     }
     {

@@ -14,6 +14,8 @@
 //!   order. [`tasks`] owns every task a service starts.
 //! - [`tls`]: an API served over TLS with client certificates; [`internal`]: mutual TLS
 //!   between the node's services.
+//! - [`writable`]: settings changed while the service runs, through core-keeper's
+//!   `edgex/v4/<service>/Writable` keys.
 //! - [`Context`]: everything a running service is handed.
 
 pub mod backoff;
@@ -36,6 +38,7 @@ pub mod tasks;
 pub mod telemetry;
 pub mod tls;
 pub mod wire;
+pub mod writable;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -74,6 +77,8 @@ pub struct Context {
     pub metrics: PrometheusHandle,
     /// The owner of every task the service starts.
     pub tasks: Tasks,
+    /// Its settings that change while it runs ([`writable`]).
+    pub writable: writable::Writable,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +152,7 @@ impl Context {
             name: self.name.clone(),
             version: VERSION.to_string(),
             config: self.config_json.clone(),
+            writable: self.writable.clone(),
             metrics: self.metrics.clone(),
             health,
         };

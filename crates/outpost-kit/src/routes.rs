@@ -52,6 +52,8 @@ pub struct ServiceInfo {
     pub name: String,
     pub version: String,
     pub config: serde_json::Value,
+    /// The writable settings in force, shown under `Writable`.
+    pub writable: crate::writable::Writable,
     pub metrics: PrometheusHandle,
     pub health: HealthProbe,
 }
@@ -84,10 +86,14 @@ async fn version(State(info): State<Arc<ServiceInfo>>) -> axum::Json<VersionResp
 }
 
 async fn config(State(info): State<Arc<ServiceInfo>>) -> axum::Json<ConfigResponse> {
+    let mut config = info.config.clone();
+    if let Some(map) = config.as_object_mut() {
+        map.insert("Writable".into(), info.writable.values());
+    }
     axum::Json(ConfigResponse {
         api_version: API_VERSION.into(),
         service_name: info.name.clone(),
-        config: info.config.clone(),
+        config,
     })
 }
 

@@ -267,6 +267,13 @@ impl<C> Start<C> {
     pub fn own_url(&self) -> String {
         self.ctx.registration(self.addr.port()).base_url()
     }
+
+    /// Declares the service's writable settings with the values of its configuration:
+    /// from then on they follow core-keeper's `edgex/v4/<service>/Writable/` keys
+    /// ([`crate::writable`]).
+    pub fn writable<W: crate::writable::Settings>(&self, initial: W) -> crate::writable::Live<W> {
+        self.ctx.writable.declare(initial)
+    }
 }
 
 /// Why a service could not be built.
@@ -380,6 +387,10 @@ pub struct Assembled {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+/// How long a starting service waits for core-keeper's writable values before it serves
+/// with its configuration's (and takes core-keeper's when they arrive).
+const FIRST_SYNC: Duration = Duration::from_secs(2);
+
 /// Opens `S`'s storage, starts its registry view, and builds it for an HTTP port bound to
 /// `addr`: everything [`run`] does before it serves. Tests drive the router this returns
 /// without sockets.
@@ -416,6 +427,25 @@ pub async fn assemble<S: Service>(
             return Err(RunError::Start(e));
         }
     };
+    // Writable settings follow core-keeper wherever there is one to register with; the
+    // values it holds are taken before serving when it answers within FIRST_SYNC (not
+    // for core-keeper itself, which does not serve yet).
+    if S::INFO.registers {
+        let url = ctx.registry.url().to_string();
+        let service = crate::registry::service_of(&ctx.name).to_string();
+        let mut watcher = crate::writable::Watcher::new(ctx.writable.clone(), &url, &service);
+        if !url.ends_with(&format!(":{}", addr.port())) {
+            // core-keeper may be starting too: asked again until the time is up.
+            let _ = tokio::time::timeout(FIRST_SYNC, async {
+                while watcher.step().await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await;
+        }
+        ctx.tasks
+            .spawn("writable", Stage::Background, move |stop| watcher.run(stop));
+    }
     let mut checks = built.checks;
     checks.push(keys_probe(ctx.secrets_dir()));
     checks.push(sandbox_probe());
@@ -589,12 +619,10 @@ async fn serve(
                 crate::tls::serve(listener, tls, router, rx).await;
                 Ok(())
             }
-            None => axum::serve(crate::wire::Listener(listener), router.into_make_service())
-                .with_graceful_shutdown(async move {
-                    let _ = rx.await;
-                })
-                .await
-                .map_err(ServeError::Serve),
+            None => {
+                crate::tls::serve_plain(listener, router, rx).await;
+                Ok(())
+            }
         }
     };
     tokio::pin!(server);

@@ -12,18 +12,77 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Installs the global log subscriber (once per process).
-pub fn init_logs(cfg: &LogConfig) {
-    // The MQTT library narrates every connection at INFO and reports even a requested
-    // disconnect as an error; keep it to warnings and report connection changes ourselves
-    // (outpost-bus), unless asked otherwise.
-    let configured = if cfg.level.contains("mqtt5") {
-        cfg.level.clone()
+/// The configured filter with the MQTT library's noise kept down: it narrates every
+/// connection at INFO and reports even a requested disconnect as an error; connection
+/// changes are reported by outpost-bus instead, unless the filter names it.
+fn with_quiet_mqtt(level: &str) -> String {
+    if level.contains("mqtt5") {
+        level.to_string()
     } else {
-        format!("{},mqtt5=warn,mqtt5::client::direct::reader=off", cfg.level)
+        format!("{level},mqtt5=warn,mqtt5::client::direct::reader=off")
+    }
+}
+
+/// A level as EdgeX writes it (`INFO`, `DEBUG`, `WARN`) or a filter
+/// (`info,outpost_core_data=debug`), as a filter.
+fn filter_of(level: &str) -> Result<EnvFilter, String> {
+    let level = level.trim();
+    if level.is_empty() {
+        return Err("the log level is empty".into());
+    }
+    let normal = match level.to_ascii_lowercase().as_str() {
+        "warning" => "warn".to_string(),
+        "critical" | "fatal" => "error".to_string(),
+        l if matches!(l, "trace" | "debug" | "info" | "warn" | "error" | "off") => l.to_string(),
+        _ => level.to_string(),
     };
+    EnvFilter::try_new(with_quiet_mqtt(&normal)).map_err(|e| format!("'{level}': {e}"))
+}
+
+/// Changes the level of a running process's logs.
+type SetLevel = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+struct Level {
+    current: std::sync::Mutex<String>,
+    set: SetLevel,
+}
+
+static LEVEL: OnceLock<Level> = OnceLock::new();
+
+/// The log level in force (as it was configured or last set).
+pub fn log_level() -> String {
+    LEVEL.get().map_or_else(String::new, |l| {
+        l.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    })
+}
+
+/// Sets the log level of this process while it runs (EdgeX's `Writable/LogLevel`).
+/// `Ok(true)` when it changed; an invalid level is refused and the old one kept.
+pub fn set_log_level(level: &str) -> Result<bool, String> {
+    let filter = filter_of(level)?;
+    let Some(l) = LEVEL.get() else {
+        return Err("this process has no log subscriber to change".into());
+    };
+    let mut current = l
+        .current
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if *current == level {
+        return Ok(false);
+    }
+    (l.set)(filter)?;
+    *current = level.to_string();
+    Ok(true)
+}
+
+/// Installs the global log subscriber (once per process). `RUST_LOG` overrides the
+/// configured level at start; a level set later ([`set_log_level`]) overrides both.
+pub fn init_logs(cfg: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&configured))
+        .or_else(|_| filter_of(&cfg.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // A write error (a supervisor that died and took the read end of our stderr with it)
     // must not become a panic on whatever task was logging.
@@ -31,18 +90,39 @@ pub fn init_logs(cfg: &LogConfig) {
         .with_env_filter(filter)
         .log_internal_errors(false)
         .with_writer(std::io::stderr);
-    let _ = match cfg.format {
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .flatten_event(true)
-            .try_init(),
-        LogFormat::Text => builder
-            .with_target(false)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
+    // The filter's handle is typed by the formatter, so it is taken once the format is.
+    let (installed, set): (_, SetLevel) = match cfg.format {
+        LogFormat::Json => {
+            let b = builder
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .flatten_event(true)
+                .with_filter_reloading();
+            let handle = b.reload_handle();
+            (
+                b.try_init(),
+                Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())),
+            )
+        }
+        LogFormat::Text => {
+            let b = builder
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter_reloading();
+            let handle = b.reload_handle();
+            (
+                b.try_init(),
+                Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())),
+            )
+        }
     };
+    if installed.is_ok() {
+        let _ = LEVEL.set(Level {
+            current: std::sync::Mutex::new(cfg.level.clone()),
+            set,
+        });
+    }
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

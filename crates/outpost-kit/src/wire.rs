@@ -5,8 +5,8 @@
 //! answers them with an empty body. [`EdgexWire`] wraps a connection and rewrites exactly
 //! those answers (an error status with `content-length: 0`, which no Outpost handler
 //! writes: every handler's refusal carries EdgeX's body, see [`crate::error::edgex_errors`])
-//! into EdgeX's error body, keeping the status and headers. [`Listener`] hands axum
-//! connections wrapped so.
+//! into EdgeX's error body, keeping the status and headers. The kit's servers
+//! ([`crate::tls`]) wrap every connection so.
 //!
 //! The wrapper reports itself as not supporting vectored writes, so hyper hands it each
 //! response head in one buffer it can recognise.
@@ -84,8 +84,8 @@ fn rewrite(head: &[u8]) -> Option<Vec<u8>> {
         out.push_str(line);
         out.push_str("\r\n");
     }
-    out.push_str("content-type: application/json\r\n");
-    out.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+    out.push_str("Content-Type: application/json\r\n");
+    out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
     out.push_str(&body);
     Some(out.into_bytes())
 }
@@ -159,34 +159,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for EdgexWire<S> {
     }
 }
 
-/// A TCP listener for `axum::serve` whose connections are [`EdgexWire`]s.
-pub struct Listener(pub tokio::net::TcpListener);
-
-impl axum::serve::Listener for Listener {
-    type Io = EdgexWire<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.0.accept().await {
-                Ok((tcp, addr)) => {
-                    let _ = tcp.set_nodelay(true);
-                    return (EdgexWire::new(tcp), addr);
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, as axum's own listener does.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,7 +170,11 @@ mod tests {
         let addr = tcp.local_addr().unwrap();
         let app =
             axum::Router::new().route("/api/v3/ping", axum::routing::get(|| async { "pong" }));
-        let server = tokio::spawn(async move { axum::serve(Listener(tcp), app).await });
+        let server = tokio::spawn(crate::tls::serve_plain(
+            tcp,
+            app,
+            std::future::pending::<()>(),
+        ));
         let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
         c.write_all(&request).await.unwrap();
         let mut out = Vec::new();
@@ -229,6 +205,11 @@ mod tests {
             ok.starts_with("HTTP/1.1 200") && ok.ends_with("pong"),
             "{ok}"
         );
+        // Header names in canonical case, as EdgeX's servers send them.
+        assert!(
+            ok.contains("\r\nContent-Type: text/plain") && ok.contains("\r\nContent-Length: 4"),
+            "{ok}"
+        );
     }
 
     #[test]
@@ -241,9 +222,9 @@ mod tests {
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{head}");
         assert!(head.contains("date: Sat"), "{head}");
-        assert!(head.contains("content-type: application/json"), "{head}");
+        assert!(head.contains("Content-Type: application/json"), "{head}");
         assert!(
-            head.contains(&format!("content-length: {}", body.len())),
+            head.contains(&format!("Content-Length: {}", body.len())),
             "{head}"
         );
         let v: serde_json::Value = serde_json::from_str(body).unwrap();

@@ -242,6 +242,7 @@ pub fn context(name: &str, addresses: &[(&str, String)]) -> TestContext {
         config_json: Value::Null,
         metrics: outpost_kit::telemetry::metrics_handle(),
         tasks: Tasks::new(shutdown),
+        writable: Default::default(),
     };
     TestContext { ctx, dir }
 }
@@ -310,6 +311,7 @@ impl Service {
         let shutdown = Shutdown::new();
         test.ctx.tasks = Tasks::new(shutdown.clone());
         test.ctx.shutdown = shutdown;
+        test.ctx.writable = Default::default();
         test
     }
 }

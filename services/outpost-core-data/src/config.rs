@@ -21,6 +21,9 @@ pub struct Config {
     /// Unacknowledged bus messages the broker may have in flight to core-data: enough for
     /// large commits; larger windows cost the broker time on every acknowledgement.
     pub max_inflight: u16,
+    /// Store events (EdgeX `Writable.PersistData`). Off, events are checked and
+    /// acknowledged but not stored; REST-added ones are still published.
+    pub persist_data: bool,
     /// Publish events added over REST on the bus (`<base>/events/core/...`), as EdgeX does.
     pub publish_rest_events: bool,
     /// Delete a device's events when core-metadata announces its deletion.
@@ -36,10 +39,31 @@ impl Default for Config {
             accept_unknown_devices: false,
             max_batch_events: 2_000,
             max_inflight: 2_048,
+            persist_data: true,
             publish_rest_events: true,
             purge_on_device_delete: false,
             retention: RetentionConfig::default(),
         }
+    }
+}
+
+/// What changes while core-data runs: EdgeX's `Writable` keys
+/// (`edgex/v4/core-data/Writable/PersistData`, `.../MaxResultCount`), first taken from the
+/// configuration. `MaxResultCount` is EdgeX's `Service.MaxResultCount`, made writable
+/// (docs/decisions.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Writable {
+    pub persist_data: bool,
+    pub max_result_count: u64,
+}
+
+impl outpost_kit::writable::Settings for Writable {
+    fn check(&self) -> Result<(), String> {
+        if self.max_result_count == 0 {
+            return Err("MaxResultCount must be at least 1".into());
+        }
+        Ok(())
     }
 }
 

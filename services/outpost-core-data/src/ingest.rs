@@ -23,8 +23,10 @@ use outpost_bus::{Ack, Bus, Consumer, Delivery, Received};
 use outpost_kit::Shutdown;
 use outpost_kit::backoff::Backoff;
 use outpost_kit::ratelog::RateLimitedLog;
+use outpost_kit::writable::Live;
 use tokio::sync::mpsc;
 
+use crate::config::Writable;
 use crate::store::{EventStore, IngestEvent, Outcome};
 use crate::validate::{Rejection, Validator};
 
@@ -50,6 +52,8 @@ pub struct Ingest {
     pub store: Arc<dyn EventStore>,
     pub validator: Arc<Validator>,
     pub metrics: IngestMetrics,
+    /// `PersistData` and `MaxResultCount`, as core-keeper has them.
+    pub live: Live<Writable>,
     log: RateLimitedLog,
 }
 
@@ -63,8 +67,23 @@ impl Ingest {
             store,
             validator,
             metrics,
+            live: Live::fixed(Writable {
+                persist_data: true,
+                max_result_count: 1024,
+            }),
             log: RateLimitedLog::default(),
         }
+    }
+
+    /// Follows these writable settings.
+    pub fn with_writable(mut self, live: Live<Writable>) -> Self {
+        self.live = live;
+        self
+    }
+
+    /// Whether events are stored now (`PersistData`).
+    pub fn persisting(&self) -> bool {
+        self.live.get().persist_data
     }
 
     /// Counts and logs (rate-limited) a refused event.
@@ -270,6 +289,14 @@ async fn commit_loop(
     shutdown: Shutdown,
 ) {
     while let Some(batch) = rx.recv().await {
+        if !ingest.persisting() {
+            // Checked and not to be stored (PersistData off): done with.
+            for ack in batch.acks {
+                ack.ack();
+            }
+            pending.done();
+            continue;
+        }
         let events: Arc<[IngestEvent]> = batch.events.into();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {

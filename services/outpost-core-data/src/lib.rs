@@ -39,6 +39,7 @@ pub fn open(
     cfg: &Config,
     db: outpost_storage::Db,
     view: MetadataView,
+    live: outpost_kit::writable::Live<config::Writable>,
 ) -> Result<Arc<ingest::Ingest>, store::StoreError> {
     let store = sqlite::SqliteEventStore::start(db, sqlite::WriterMetrics::new(ctx))?;
     let validator = validate::Validator::new(
@@ -47,11 +48,14 @@ pub fn open(
         ctx.metric("validation_skipped_total"),
     )
     .accept_unknown_devices(cfg.accept_unknown_devices);
-    Ok(Arc::new(ingest::Ingest::new(
-        Arc::new(store),
-        Arc::new(validator),
-        ingest::IngestMetrics::new(ctx),
-    )))
+    Ok(Arc::new(
+        ingest::Ingest::new(
+            Arc::new(store),
+            Arc::new(validator),
+            ingest::IngestMetrics::new(ctx),
+        )
+        .with_writable(live),
+    ))
 }
 
 /// The service, as the node runs it.
@@ -70,7 +74,11 @@ impl outpost_kit::Service for CoreData {
     async fn build(start: Start<Config>) -> Result<Parts, StartError> {
         let Start { ctx, cfg, .. } = &start;
         let view = MetadataView::start(ctx, ViewConfig::default());
-        let ingest = open(ctx, cfg, start.db()?, view.clone()).map_err(StartError::other)?;
+        let live = start.writable(config::Writable {
+            persist_data: cfg.persist_data,
+            max_result_count: ctx.common.node.max_result_count,
+        });
+        let ingest = open(ctx, cfg, start.db()?, view.clone(), live).map_err(StartError::other)?;
         // REST-added events are republished through the service's own connection, which
         // closes after the last request was served.
         let link = Link::start(ctx);
@@ -104,7 +112,6 @@ impl outpost_kit::Service for CoreData {
         }
         let app = Arc::new(routes::App {
             ingest: Arc::clone(&ingest),
-            max_result_count: ctx.common.node.max_result_count,
             bus: link.clone(),
             tasks: ctx.tasks.clone(),
             publish_rest_events: cfg.publish_rest_events,

@@ -28,7 +28,6 @@ use crate::store::{Aggregate, Outcome, Query as StoreQuery, StoreError};
 
 pub struct App {
     pub ingest: Arc<Ingest>,
-    pub max_result_count: u64,
     /// Where REST-added events are republished (when configured and connected).
     pub bus: Link,
     /// Deletions and republishing run as tasks of the service.
@@ -144,8 +143,16 @@ async fn add_event(
     };
     let id = ie.event.id.clone();
     let events: Arc<[_]> = Arc::from(vec![ie]);
-    let outcomes = app.ingest.store.append(Arc::clone(&events)).await?;
-    app.ingest.record(&events, &outcomes);
+    // Checked, and stored unless PersistData is off (then only published, as EdgeX does).
+    let persist = app.ingest.persisting();
+    let outcomes = if persist {
+        app.ingest.store.append(Arc::clone(&events)).await?
+    } else {
+        vec![Outcome::Stored]
+    };
+    if persist {
+        app.ingest.record(&events, &outcomes);
+    }
     match outcomes.first() {
         Some(Outcome::Stored) => {}
         Some(Outcome::Duplicate) => {
@@ -296,7 +303,7 @@ fn page_base(total: u64) -> BaseWithTotalCountResponse {
 
 /// `q` limited to the page `p` asks for.
 fn paged(app: &App, p: &ListParams, mut q: StoreQuery) -> Result<StoreQuery, ApiError> {
-    let (offset, limit, count_total) = p.page(app.max_result_count)?;
+    let (offset, limit, count_total) = p.page(app.ingest.live.get().max_result_count)?;
     q.offset = offset;
     q.limit = limit;
     q.count_total = count_total;

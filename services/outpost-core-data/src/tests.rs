@@ -30,10 +30,15 @@ fn fixture() -> Fixture {
         Arc::new(store),
         Arc::new(Validator::new(false, view, "s".into())),
         IngestMetrics::new(&test.ctx),
-    );
+    )
+    .with_writable(outpost_kit::writable::Live::fixed(
+        crate::config::Writable {
+            persist_data: true,
+            max_result_count: 1000,
+        },
+    ));
     let app = Arc::new(App {
         ingest: Arc::new(ingest),
-        max_result_count: 1000,
         bus: outpost_bus::Link::default(),
         tasks: test.ctx.tasks.clone(),
         publish_rest_events: false,

@@ -33,6 +33,10 @@ pub async fn app(
         registry,
         store,
         max_wait_ms: cfg.max_wait_ms,
+        kv_index: tokio::sync::watch::channel(
+            u64::try_from(outpost_contracts::now_millis()).unwrap_or_default(),
+        )
+        .0,
     }))
 }
 

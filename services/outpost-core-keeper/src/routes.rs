@@ -9,6 +9,14 @@
 //! | PUT | `/api/v3/registry/serviceId/{id}/heartbeat` | 200; 404 (register again) |
 //! | GET | `/api/v3/registry/watch` | server-sent events, one per change |
 //! | GET/PUT/DELETE | `/api/v3/kvs/key/{key}` | EdgeX key/value API |
+//! | GET | `/api/v3/kvs/key/{prefix}?waitIndex=&waitMs=` | long-polls until a key changes |
+//!
+//! Every key/value answer carries `X-Outpost-Kv-Index`, which grows with each change to the
+//! store (it starts from the clock, so it keeps growing across restarts): a watcher passes
+//! the last one it saw as `waitIndex` and is answered once something changed, or after
+//! `waitMs`. Services watch their `edgex/v4/<service>/Writable` keys this way
+//! (`outpost_kit::writable`). With mutual TLS between services a service may write and
+//! delete only keys under its own `edgex/v4/<service>/`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -37,6 +45,22 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub store: Arc<dyn Store>,
     pub max_wait_ms: u64,
+    /// Grows with every key/value change (see the module documentation).
+    pub kv_index: tokio::sync::watch::Sender<u64>,
+}
+
+/// The header carrying the key/value store's change index.
+pub const KV_INDEX_HEADER: &str = "x-outpost-kv-index";
+
+impl AppState {
+    fn kv_changed(&self) {
+        let now = u64::try_from(now_millis()).unwrap_or_default();
+        self.kv_index.send_modify(|i| *i = (*i + 1).max(now));
+    }
+
+    fn kv_index_header(&self) -> [(&'static str, String); 1] {
+        [(KV_INDEX_HEADER, self.kv_index.borrow().to_string())]
+    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -229,6 +253,8 @@ struct GetParams {
     plaintext: bool,
     #[serde(deserialize_with = "outpost_contracts::common::query_bool")]
     key_only: bool,
+    wait_index: Option<u64>,
+    wait_ms: Option<u64>,
 }
 
 /// A value in the text form the store keeps: strings as they are, everything else as JSON
@@ -256,16 +282,27 @@ async fn kv_get(
     Query(p): Query<GetParams>,
 ) -> Result<Response, ApiError> {
     let key = check_key(&key)?;
+    if let Some(seen) = p.wait_index {
+        let wait = Duration::from_millis(p.wait_ms.unwrap_or(30_000).min(st.max_wait_ms));
+        let mut rx = st.kv_index.subscribe();
+        let _ = tokio::time::timeout(wait, rx.wait_for(|i| *i > seen)).await;
+    }
+    // Read before the listing: a change racing the read is seen again by the next wait.
+    let index = st.kv_index_header();
     let found = st.store.kv_get(key.to_string()).await?;
     if found.is_empty() {
-        return Err(ApiError::not_found(format!("key '{key}' does not exist")));
+        let e = ApiError::not_found(format!("key '{key}' does not exist"));
+        return Ok((index, e).into_response());
     }
     if p.key_only {
-        return Ok(axum::Json(KvResponse {
-            base: BaseResponse::new(200),
-            response: found.into_iter().map(|kv| kv.key).collect::<Vec<_>>(),
-        })
-        .into_response());
+        return Ok((
+            index,
+            axum::Json(KvResponse {
+                base: BaseResponse::new(200),
+                response: found.into_iter().map(|kv| kv.key).collect::<Vec<_>>(),
+            }),
+        )
+            .into_response());
     }
     let list = found
         .into_iter()
@@ -276,11 +313,34 @@ async fn kv_get(
             key: kv.key,
         })
         .collect::<Vec<_>>();
-    Ok(axum::Json(KvResponse {
-        base: BaseResponse::new(200),
-        response: list,
-    })
-    .into_response())
+    Ok((
+        index,
+        axum::Json(KvResponse {
+            base: BaseResponse::new(200),
+            response: list,
+        }),
+    )
+        .into_response())
+}
+
+/// With mutual TLS between services, a service writes only its own keys
+/// (`edgex/v4/<service>/...`); the node's administrator writes any.
+fn may_write(caller: &Caller, key: &str) -> Result<(), ApiError> {
+    match caller.as_ref().and_then(|c| c.0.0.as_ref()) {
+        Some(id @ outpost_kit::internal::Identity::Service(_)) => {
+            let service = id.service().unwrap_or_default();
+            let own = format!("edgex/v4/{service}/");
+            if key.starts_with(&own) {
+                Ok(())
+            } else {
+                Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("{service} may write only keys under '{own}', not '{key}'"),
+                ))
+            }
+        }
+        _ => Ok(()),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -306,11 +366,13 @@ pub fn flatten(key: &str, value: serde_json::Value, out: &mut Vec<(String, serde
 
 async fn kv_put(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(key): Path<String>,
     Query(p): Query<PutParams>,
     Json(req): Json<KvRequest>,
 ) -> Result<axum::Json<KvResponse<String>>, ApiError> {
     let key = check_key(&key)?;
+    may_write(&caller, key)?;
     let mut pairs = Vec::new();
     if p.flatten {
         flatten(key, req.value, &mut pairs);
@@ -330,6 +392,7 @@ async fn kv_put(
         .map(|(k, v)| (k, serde_json::Value::String(kv_text(&v))))
         .collect();
     let keys = st.store.kv_put(pairs, now_millis()).await?;
+    st.kv_changed();
     Ok(axum::Json(KvResponse {
         base: BaseResponse::new(200),
         response: keys,
@@ -345,10 +408,12 @@ struct DeleteParams {
 
 async fn kv_delete(
     State(st): State<Arc<AppState>>,
+    caller: Caller,
     Path(key): Path<String>,
     Query(p): Query<DeleteParams>,
 ) -> Result<axum::Json<KvResponse<String>>, ApiError> {
     let key = check_key(&key)?;
+    may_write(&caller, key)?;
     let deleted = match st.store.kv_delete(key.to_string(), p.prefix_match).await? {
         Deleted::Keys(keys) => keys,
         Deleted::HasChildren => {
@@ -360,6 +425,7 @@ async fn kv_delete(
     if deleted.is_empty() {
         return Err(ApiError::not_found(format!("key '{key}' does not exist")));
     }
+    st.kv_changed();
     Ok(axum::Json(KvResponse {
         base: BaseResponse::new(200),
         response: deleted,

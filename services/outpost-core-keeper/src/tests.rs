@@ -314,3 +314,119 @@ async fn http_checked_services_are_probed() {
     let _ = server.await;
     status("DOWN").await;
 }
+
+fn kv_index(headers: &axum::http::HeaderMap) -> u64 {
+    headers[crate::routes::KV_INDEX_HEADER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn key_value_watch_returns_on_change() {
+    let f = fixture(Config::default()).await;
+    let level = format!("{KVS}/edgex/v4/core-data/Writable/LogLevel");
+    f.expect(
+        "PUT",
+        &level,
+        Some(json!({"value": "INFO"})),
+        StatusCode::OK,
+    )
+    .await;
+    let get = |uri: String| Request::get(uri).body(Body::empty()).unwrap();
+    let (status, headers, _) = outpost_testkit::request(
+        &f.router(),
+        get(format!("{KVS}/edgex/v4/core-data/Writable")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let index = kv_index(&headers);
+    // Nothing changed: the watch waits its time out and answers the same index.
+    let (_, headers, _) = outpost_testkit::request(
+        &f.router(),
+        get(format!(
+            "{KVS}/edgex/v4/core-data/Writable?waitIndex={index}&waitMs=200"
+        )),
+    )
+    .await;
+    assert_eq!(kv_index(&headers), index);
+    let router = f.router();
+    let waiter = tokio::spawn(async move {
+        let uri = format!(
+            "{KVS}/edgex/v4/core-data/Writable?plaintext=true&waitIndex={index}&waitMs=10000"
+        );
+        outpost_testkit::request(&router, get(uri)).await
+    });
+    f.expect(
+        "PUT",
+        &level,
+        Some(json!({"value": "DEBUG"})),
+        StatusCode::OK,
+    )
+    .await;
+    let (status, headers, body) = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the watch did not return on change")
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(kv_index(&headers) > index);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["response"][0]["value"], "DEBUG");
+    // A missing key answers 404 with the index, so a watcher can wait for its creation.
+    let (status, headers, _) =
+        outpost_testkit::request(&f.router(), get(format!("{KVS}/edgex/v4/nothing"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(kv_index(&headers) > index);
+}
+
+#[tokio::test]
+async fn a_service_writes_only_its_own_keys() {
+    use outpost_kit::internal::{Caller, Identity};
+    let f = fixture(Config::default()).await;
+    let put = |who: Identity, key: &str| {
+        Request::put(format!("{KVS}/{key}"))
+            .header("content-type", "application/json")
+            .extension(Caller(Some(who)))
+            .body(Body::from(r#"{"value": "DEBUG"}"#))
+            .unwrap()
+    };
+    let service = |id: &str| Identity::Service(id.into());
+    for (who, key, want) in [
+        (
+            service("core-data"),
+            "edgex/v4/core-data/Writable/LogLevel",
+            StatusCode::OK,
+        ),
+        (
+            service("core-data@2"),
+            "edgex/v4/core-data/Writable/LogLevel",
+            StatusCode::OK,
+        ),
+        (
+            service("core-data"),
+            "edgex/v4/core-metadata/Writable/LogLevel",
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            service("core-data"),
+            "edgex/v4/core-database/x",
+            StatusCode::FORBIDDEN,
+        ),
+        (service("core-data"), "other/key", StatusCode::FORBIDDEN),
+        (
+            Identity::Admin("admin".into()),
+            "edgex/v4/core-metadata/Writable/LogLevel",
+            StatusCode::OK,
+        ),
+    ] {
+        let (status, _, body) = outpost_testkit::request(&f.router(), put(who, key)).await;
+        assert_eq!(status, want, "{key}: {}", String::from_utf8_lossy(&body));
+    }
+    let delete = Request::delete(format!("{KVS}/edgex/v4/core-metadata/Writable/LogLevel"))
+        .extension(Caller(Some(service("core-data"))))
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, _) = outpost_testkit::request(&f.router(), delete).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}

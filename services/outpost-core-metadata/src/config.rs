@@ -16,8 +16,12 @@ pub struct Config {
     /// Units of measure file (YAML, JSON or TOML in EdgeX's `uom.yaml` shape); the built-in
     /// list when unset.
     pub uom_file: Option<PathBuf>,
-    /// Refuse changes to profiles that devices use (EdgeX `StrictDeviceProfileChanges`).
+    /// Lock device profiles against replacement and the removal of resources and commands
+    /// (EdgeX `Writable.ProfileChange.StrictDeviceProfileChanges`: 423).
     pub strict_profile_changes: bool,
+    /// Lock device profiles against deletion (EdgeX
+    /// `Writable.ProfileChange.StrictDeviceProfileDeletes`: 423).
+    pub strict_profile_deletes: bool,
     /// Put the whole object into system events' `details` (what EdgeX device services
     /// expect) instead of its identifying fields only.
     pub full_system_event_details: bool,
@@ -32,6 +36,7 @@ impl Default for Config {
             uom_validation: false,
             uom_file: None,
             strict_profile_changes: false,
+            strict_profile_deletes: false,
             full_system_event_details: false,
             device_validation_timeout_ms: 2_000,
         }
@@ -56,3 +61,43 @@ impl Validate for Config {
 }
 
 outpost_kit::service_config!(Config);
+
+/// What changes while core-metadata runs: EdgeX's `Writable` keys
+/// (`edgex/v4/core-metadata/Writable/ProfileChange/StrictDeviceProfileChanges`, ...),
+/// first taken from this section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Writable {
+    pub profile_change: ProfileChange,
+    #[serde(rename = "UoM")]
+    pub uom: Uom,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ProfileChange {
+    pub strict_device_profile_changes: bool,
+    pub strict_device_profile_deletes: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Uom {
+    pub validation: bool,
+}
+
+impl outpost_kit::writable::Settings for Writable {}
+
+impl From<&Config> for Writable {
+    fn from(c: &Config) -> Self {
+        Self {
+            profile_change: ProfileChange {
+                strict_device_profile_changes: c.strict_profile_changes,
+                strict_device_profile_deletes: c.strict_profile_deletes,
+            },
+            uom: Uom {
+                validation: c.uom_validation,
+            },
+        }
+    }
+}

@@ -96,6 +96,7 @@ impl outpost_kit::Service for CoreMetadata {
         );
         let app = Arc::new(routes::App {
             md: service::Metadata::new(Arc::clone(&store), cfg.clone(), uom, announcer)
+                .with_writable(start.writable(config::Writable::from(cfg)))
                 .with_enrollment(enrollment(ctx).map_err(StartError::other)?),
             max_result_count: ctx.common.node.max_result_count,
         });

@@ -25,10 +25,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::config::Config;
+use crate::config::{Config, Writable};
 use crate::enrollment::Enrollment;
 use crate::events::Announcer;
 use crate::store::{Doc, Filter, Kind, Refs, Store, StoreError};
+use outpost_kit::writable::Live;
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
@@ -187,13 +188,14 @@ fn identify(
 
 pub struct Metadata {
     pub(crate) store: Arc<dyn Store>,
-    cfg: Config,
     uom: UnitsOfMeasure,
     announcer: Announcer,
     /// Serializes writes (see the module documentation).
     pub(crate) lock: tokio::sync::Mutex<()>,
     http: reqwest::Client,
     pub(crate) enrollment: Enrollment,
+    /// The settings core-keeper can change while it runs.
+    live: Live<Writable>,
 }
 
 impl Metadata {
@@ -207,13 +209,19 @@ impl Metadata {
             outpost_kit::http::client(Duration::from_millis(cfg.device_validation_timeout_ms));
         Self {
             store,
-            cfg,
+            live: Live::fixed(Writable::from(&cfg)),
             uom,
             announcer,
             lock: tokio::sync::Mutex::new(()),
             http,
             enrollment: Enrollment::default(),
         }
+    }
+
+    /// Follows the writable settings core-keeper holds instead of the configuration's.
+    pub fn with_writable(mut self, live: Live<Writable>) -> Self {
+        self.live = live;
+        self
     }
 
     /// Enables certificates and zero-touch enrollment.
@@ -349,6 +357,15 @@ impl Metadata {
     pub async fn update_service(&self, u: UpdateDeviceService) -> Result<(), ApiError> {
         let _w = self.lock.lock().await;
         let old: DeviceService = self.get_for_update(&u.id, &u.name).await?;
+        // With both, the id finds it and the name must be its own (EdgeX: 400, no rename).
+        if let Some(name) = u.name.as_deref().filter(|n| !n.is_empty())
+            && name != old.name
+        {
+            return Err(ApiError::bad_request(format!(
+                "device service name '{name}' does not match '{}', the name of its id",
+                old.name
+            )));
+        }
         let mut new = old.clone();
         u.apply(&mut new);
         new.validate().map_err(ApiError::bad_request)?;
@@ -387,7 +404,7 @@ impl Metadata {
 
     fn validate_profile(&self, p: &DeviceProfile) -> Result<(), ApiError> {
         let known = |u: &str| self.uom.contains(u);
-        let units: Option<&dyn Fn(&str) -> bool> = if self.cfg.uom_validation {
+        let units: Option<&dyn Fn(&str) -> bool> = if self.live.get().uom.validation {
             Some(&known)
         } else {
             None
@@ -418,15 +435,24 @@ impl Metadata {
         ))
     }
 
-    /// Refuses a change to a profile in use when strict profile changes are configured.
-    async fn ensure_profile_changeable(&self, name: &str) -> Result<(), ApiError> {
-        if self.cfg.strict_profile_changes {
-            let (devices, watchers) = self.profile_in_use(name).await?;
-            if devices + watchers > 0 {
-                return Err(ApiError::locked(format!(
-                    "device profile '{name}' is in use and strict profile changes are on"
-                )));
-            }
+    /// Refuses replacing a profile or removing from it while profiles are locked
+    /// (`StrictDeviceProfileChanges`, EdgeX: 423).
+    fn ensure_changes_allowed(&self) -> Result<(), ApiError> {
+        if self.live.get().profile_change.strict_device_profile_changes {
+            return Err(ApiError::locked(
+                "profile change is not allowed while StrictDeviceProfileChanges is on",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses removing a resource or command from a profile devices use (EdgeX: 409).
+    async fn ensure_no_devices(&self, profile: &str, what: &str) -> Result<(), ApiError> {
+        let (devices, _) = self.profile_in_use(profile).await?;
+        if devices > 0 {
+            return Err(ApiError::conflict(format!(
+                "{what} cannot be removed: device profile '{profile}' is used by {devices} device(s)"
+            )));
         }
         Ok(())
     }
@@ -461,7 +487,7 @@ impl Metadata {
         let _w = self.lock.lock().await;
         let id = (!p.id.is_empty()).then(|| p.id.clone());
         let old: DeviceProfile = self.get_for_update(&id, &Some(p.name.clone())).await?;
-        self.ensure_profile_changeable(&old.name).await?;
+        self.ensure_changes_allowed()?;
         if p.name != old.name {
             let (devices, watchers) = self.profile_in_use(&old.name).await?;
             if devices + watchers > 0 {
@@ -505,13 +531,13 @@ impl Metadata {
     pub async fn delete_profile(&self, name: &str) -> Result<(), ApiError> {
         let _w = self.lock.lock().await;
         let old: DeviceProfile = self.get(name).await?;
+        if self.live.get().profile_change.strict_device_profile_deletes {
+            return Err(ApiError::locked(
+                "profile deletion is not allowed while StrictDeviceProfileDeletes is on",
+            ));
+        }
         let (devices, watchers) = self.profile_in_use(name).await?;
         if devices + watchers > 0 {
-            if self.cfg.strict_profile_changes {
-                return Err(ApiError::locked(format!(
-                    "device profile '{name}' is in use and strict profile changes are on"
-                )));
-            }
             return Err(ApiError::conflict(format!(
                 "device profile '{name}' is in use by {devices} device(s) and {watchers} provision watcher(s)"
             )));
@@ -554,7 +580,7 @@ impl Metadata {
         Ok(())
     }
 
-    /// Edits a profile in place after the strictness check; `edit` validates and changes it.
+    /// Edits a profile in place; `edit` validates and changes it.
     async fn edit_profile(
         &self,
         name: &str,
@@ -562,7 +588,6 @@ impl Metadata {
     ) -> Result<(), ApiError> {
         let _w = self.lock.lock().await;
         let old: DeviceProfile = self.get(name).await?;
-        self.ensure_profile_changeable(name).await?;
         let mut new = old.clone();
         edit(&mut new)?;
         self.validate_profile(&new)?;
@@ -606,7 +631,8 @@ impl Metadata {
     pub async fn add_resource(&self, profile: &str, r: DeviceResource) -> Result<(), ApiError> {
         self.edit_profile(profile, |p| {
             if p.resource(&r.name).is_some() || p.command(&r.name).is_some() {
-                return Err(ApiError::conflict(format!(
+                // A duplicate name fails the profile's validation (EdgeX: 400).
+                return Err(ApiError::bad_request(format!(
                     "device profile '{}' already has a resource or command '{}'",
                     p.name, r.name
                 )));
@@ -642,6 +668,9 @@ impl Metadata {
     }
 
     pub async fn delete_resource(&self, profile: &str, resource: &str) -> Result<(), ApiError> {
+        self.ensure_changes_allowed()?;
+        self.ensure_no_devices(profile, &format!("device resource '{resource}'"))
+            .await?;
         self.edit_profile(profile, |p| {
             let before = p.device_resources.len();
             p.device_resources.retain(|r| r.name != resource);
@@ -681,7 +710,8 @@ impl Metadata {
     pub async fn add_command(&self, profile: &str, c: DeviceCommand) -> Result<(), ApiError> {
         self.edit_profile(profile, |p| {
             if p.resource(&c.name).is_some() || p.command(&c.name).is_some() {
-                return Err(ApiError::conflict(format!(
+                // A duplicate name fails the profile's validation (EdgeX: 400).
+                return Err(ApiError::bad_request(format!(
                     "device profile '{}' already has a resource or command '{}'",
                     p.name, c.name
                 )));
@@ -714,6 +744,9 @@ impl Metadata {
     }
 
     pub async fn delete_command(&self, profile: &str, command: &str) -> Result<(), ApiError> {
+        self.ensure_changes_allowed()?;
+        self.ensure_no_devices(profile, &format!("device command '{command}'"))
+            .await?;
         self.edit_profile(profile, |p| {
             let before = p.device_commands.len();
             p.device_commands.retain(|c| c.name != command);

@@ -286,15 +286,27 @@ async fn profile_resources_and_commands() {
             ])),
         )
         .await;
-    assert_eq!(statuses(&r), [201, 409, 404]);
-    // A resource a command uses, or a device reads (t1 in an autoEvent), cannot be
-    // deleted.
+    // A duplicate name fails the profile's validation (EdgeX: 400).
+    assert_eq!(statuses(&r), [201, 400, 404]);
+    // With a device on the profile nothing can be removed from it (EdgeX: 409).
     let profile = "/api/v3/deviceprofile/name/Thermostat";
+    for part in ["deviceCommand/Climate", "resource/Humidity"] {
+        f.expect(
+            "DELETE",
+            &format!("{profile}/{part}"),
+            None,
+            StatusCode::CONFLICT,
+        )
+        .await;
+    }
+    f.expect("DELETE", "/api/v3/device/name/t1", None, StatusCode::OK)
+        .await;
+    // Without one, a resource a command uses still cannot be.
     for (part, want) in [
         ("resource/Setpoint", StatusCode::CONFLICT),
         ("deviceCommand/Climate", StatusCode::OK),
-        ("resource/Temperature", StatusCode::CONFLICT),
         ("resource/Humidity", StatusCode::OK),
+        ("resource/Humidity", StatusCode::NOT_FOUND),
     ] {
         f.expect("DELETE", &format!("{profile}/{part}"), None, want)
             .await;
@@ -326,6 +338,69 @@ async fn profile_resources_and_commands() {
         .clone();
     assert_eq!(sp["isHidden"], true);
     assert_eq!(sp["description"], "target");
+}
+
+#[tokio::test]
+async fn device_service_patch_by_id_keeps_its_name() {
+    let f = fixture(Config::default());
+    seed(&f).await;
+    let (_, r) = f
+        .call("GET", "/api/v3/deviceservice/name/device-virtual", None)
+        .await;
+    let id = r["service"]["id"].as_str().unwrap().to_string();
+    let (_, r) = f
+        .call(
+            "PATCH",
+            "/api/v3/deviceservice",
+            Some(json!([
+                {"apiVersion": "v3", "service": {"id": id, "name": "device-other", "description": "x"}},
+                {"apiVersion": "v3", "service": {"id": id, "name": "device-virtual", "description": "y"}},
+            ])),
+        )
+        .await;
+    assert_eq!(statuses(&r), [400, 200], "{r}");
+    let (_, r) = f
+        .call("GET", "/api/v3/deviceservice/name/device-virtual", None)
+        .await;
+    assert_eq!(r["service"]["description"], "y");
+}
+
+#[tokio::test]
+async fn strict_profile_settings_lock_profiles_as_edgex_does() {
+    let f = fixture(Config {
+        strict_profile_changes: true,
+        strict_profile_deletes: true,
+        ..Config::default()
+    });
+    seed(&f).await;
+    let profile = "/api/v3/deviceprofile/name/Thermostat";
+    let (_, p) = f.call("GET", profile, None).await;
+    let (_, r) = f
+        .call(
+            "PUT",
+            "/api/v3/deviceprofile",
+            Some(json!([{"apiVersion": "v3", "profile": p["profile"]}])),
+        )
+        .await;
+    assert_eq!(statuses(&r), [423], "{r}");
+    for part in ["", "/resource/Humidity", "/deviceCommand/Climate"] {
+        f.expect(
+            "DELETE",
+            &format!("{profile}{part}"),
+            None,
+            StatusCode::LOCKED,
+        )
+        .await;
+    }
+    // What is not a change to what devices rely on stays open.
+    let (_, r) = f
+        .call(
+            "POST",
+            "/api/v3/deviceprofile/resource",
+            Some(json!([{"apiVersion": "v3", "profileName": "Thermostat", "resource": {"name": "Humidity", "properties": {"valueType": "Uint8", "readWrite": "R"}}}])),
+        )
+        .await;
+    assert_eq!(statuses(&r), [201], "{r}");
 }
 
 #[tokio::test]

@@ -269,6 +269,8 @@ pub async fn serve<D: Dispatch>(
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
+        // Canonical header case, as every Outpost server (outpost_kit::tls::http1_defaults).
+        .title_case_headers(true)
         .timer(TokioTimer::new())
         // `Guarded` enforces the head deadline (and answers 408): no second timer per
         // request in hyper.

@@ -302,6 +302,7 @@ impl outpost_kit::Service for Gateway {
             name: ctx.name.clone(),
             version: outpost_kit::VERSION.to_string(),
             config: ctx.config_json.clone(),
+            writable: ctx.writable.clone(),
             metrics: ctx.metrics.clone(),
             health: outpost_kit::service::storage_probe(db),
         };

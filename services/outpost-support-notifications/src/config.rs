@@ -167,3 +167,19 @@ impl Validate for Config {
         );
     }
 }
+
+/// What changes while support-notifications runs: EdgeX's `Writable.ResendLimit` and
+/// `Writable.ResendInterval` (`edgex/v4/support-notifications/Writable/...`), the defaults
+/// of subscriptions that set none, first taken from this section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Writable {
+    pub resend_limit: u32,
+    pub resend_interval: String,
+}
+
+impl outpost_kit::writable::Settings for Writable {
+    fn check(&self) -> Result<(), String> {
+        crate::model::parse_duration(&self.resend_interval).map(|_| ())
+    }
+}

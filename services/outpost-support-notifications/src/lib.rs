@@ -39,6 +39,29 @@ pub use config::Config;
 /// The service's registry ID.
 pub const SERVICE: &str = "support-notifications";
 
+/// Keeps the delivery's resend defaults at the writable settings in force.
+async fn follow_resend_defaults(
+    live: outpost_kit::writable::Live<config::Writable>,
+    delivery: Arc<deliver::Delivery>,
+    stop: outpost_kit::Shutdown,
+) {
+    let mut settings = live.subscribe();
+    loop {
+        tokio::select! {
+            () = stop.wait() => return,
+            changed = settings.changed() => if changed.is_err() { return },
+        }
+        let w = settings.borrow_and_update().clone();
+        // Checked when taken (config::Writable::check).
+        if let Ok(interval) = model::parse_duration(&w.resend_interval) {
+            delivery.set_defaults(deliver::Resend {
+                limit: w.resend_limit,
+                interval,
+            });
+        }
+    }
+}
+
 /// The service, as the node runs it.
 pub struct SupportNotifications;
 
@@ -82,6 +105,17 @@ impl outpost_kit::Service for SupportNotifications {
             ctx.tasks.spawn("delivery", Stage::Background, move |stop| {
                 delivery.run(tasks, stop)
             });
+        }
+        {
+            let live = start.writable(config::Writable {
+                resend_limit: cfg.resend_limit,
+                resend_interval: cfg.resend_interval.clone(),
+            });
+            let delivery = Arc::clone(&delivery);
+            ctx.tasks
+                .spawn("resend-defaults", Stage::Background, move |stop| {
+                    follow_resend_defaults(live, delivery, stop)
+                });
         }
         if cfg.rules_alerts {
             let (ctx2, delivery) = (ctx.clone(), Arc::clone(&delivery));

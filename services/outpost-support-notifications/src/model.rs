@@ -6,7 +6,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use outpost_contracts::common::BaseRequest;
 use outpost_contracts::names;
 
 pub const SEVERITIES: &[&str] = &["MINOR", "NORMAL", "CRITICAL"];
@@ -198,37 +197,33 @@ pub struct Transmission {
     pub status: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct AddNotificationRequest {
-    #[serde(flatten)]
-    pub base: BaseRequest,
-    pub notification: Option<Notification>,
+outpost_contracts::edgex_request! {
+    read_only
+    pub struct AddNotificationRequest {
+        pub notification: Option<Notification>,
+    }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct AddSubscriptionRequest {
-    #[serde(flatten)]
-    pub base: BaseRequest,
-    pub subscription: Option<Subscription>,
+outpost_contracts::edgex_request! {
+    read_only
+    pub struct AddSubscriptionRequest {
+        pub subscription: Option<Subscription>,
+    }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct UpdateSubscriptionRequest {
-    #[serde(flatten)]
-    pub base: BaseRequest,
-    pub subscription: Option<UpdateSubscription>,
+outpost_contracts::edgex_request! {
+    read_only
+    pub struct UpdateSubscriptionRequest {
+        pub subscription: Option<UpdateSubscription>,
+    }
 }
 
-/// The body of `GET /api/v3/notification`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct QueryNotificationRequest {
-    #[serde(flatten)]
-    pub base: BaseRequest,
-    pub query_condition: Option<QueryCondition>,
+outpost_contracts::edgex_request! {
+    read_only
+    /// The body of `GET /api/v3/notification`.
+    pub struct QueryNotificationRequest {
+        pub query_condition: Option<QueryCondition>,
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -4,7 +4,6 @@ use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-use outpost_contracts::common::BaseRequest;
 use outpost_contracts::names;
 
 use crate::cron;
@@ -174,20 +173,18 @@ pub struct ScheduleActionRecord {
     pub created: i64,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct AddScheduleJobRequest {
-    #[serde(flatten)]
-    pub base: BaseRequest,
-    pub schedule_job: Option<ScheduleJob>,
+outpost_contracts::edgex_request! {
+    read_only
+    pub struct AddScheduleJobRequest {
+        pub schedule_job: Option<ScheduleJob>,
+    }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct UpdateScheduleJobRequest {
-    #[serde(flatten)]
-    pub base: BaseRequest,
-    pub schedule_job: Option<UpdateScheduleJob>,
+outpost_contracts::edgex_request! {
+    read_only
+    pub struct UpdateScheduleJobRequest {
+        pub schedule_job: Option<UpdateScheduleJob>,
+    }
 }
 
 impl ScheduleDef {
