@@ -88,80 +88,44 @@ if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
   fi
 fi
 
-if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
-  # The Modbus peer: pymodbus (and pyserial), pinned, in a virtualenv. The tests and the benchmark
-  # (tests/e2e/modbus.rs, bench/loadgen/src/modbus.rs) run target/peers/pymodbus/bin/python.
-  # Quick when already installed.
-  pymodbus_version="3.16.1"
+# A Python peer pinned in a virtualenv of its own under target/peers, linked as
+# target/peers/<name>; quick when already installed.
+#   pinned_venv NAME DISTRIBUTION VERSION [MORE PIP REQUIREMENTS...]
+pinned_venv() {
+  local name=$1 dist=$2 version=$3
+  shift 3
+  local peers venv
   peers="$(cd "$(dirname "$0")/.." && pwd)/target/peers"
-  venv="$peers/pymodbus-$pymodbus_version"
-  if ! "$venv/bin/python" -c "import pymodbus, serial, sys; sys.exit(pymodbus.__version__ != '$pymodbus_version')" 2>/dev/null; then
-    echo "Installing pymodbus $pymodbus_version into $venv"
+  venv="$peers/$name-$version"
+  if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('$dist') != '$version')" 2>/dev/null; then
+    echo "Installing $dist $version into $venv"
     # Debian's interpreter, whose venv module python3-venv provides.
-    python=/usr/bin/python3
+    local python=/usr/bin/python3
     [[ -x $python ]] || python=python3
     rm -rf "$venv"
     "$python" -m venv "$venv"
-    # pyserial: the RTU test serves over a pseudo-terminal.
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "pymodbus==$pymodbus_version" "pyserial==3.5"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$dist==$version" "$@"
   fi
-  ln -sfn "pymodbus-$pymodbus_version" "$peers/pymodbus"
+  ln -sfn "$name-$version" "$peers/$name"
+}
+
+if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
+  # The Modbus peer: pymodbus (and pyserial: the RTU test serves over a pseudo-terminal).
+  # The tests and the benchmark (tests/e2e/modbus.rs, bench/loadgen/src/modbus.rs) run
+  # target/peers/pymodbus/bin/python.
+  pinned_venv pymodbus pymodbus 3.16.1 "pyserial==3.5"
 fi
 
 if [[ "${1:-}" == "--test" ]]; then
-  # The API property tests' client: schemathesis, pinned, in its own virtualenv
-  # (tests/e2e/api_properties.rs runs target/peers/schemathesis/bin/schemathesis).
-  schemathesis_version="4.32.5"
-  peers="$(cd "$(dirname "$0")/.." && pwd)/target/peers"
-  venv="$peers/schemathesis-$schemathesis_version"
-  if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$schemathesis_version"; then
-    echo "Installing schemathesis $schemathesis_version into $venv"
-    python=/usr/bin/python3
-    [[ -x $python ]] || python=python3
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
-  fi
-  ln -sfn "schemathesis-$schemathesis_version" "$peers/schemathesis"
-
+  # The API property tests' client (tests/e2e/api_properties.rs runs
+  # target/peers/schemathesis/bin/schemathesis).
+  pinned_venv schemathesis schemathesis 4.32.5
   # The Kubernetes manifests' offline schema check (deploy/kubernetes): kubernetes-validate
   # carries the API schemas, so it needs no cluster.
-  kv_version="1.37.0"
-  venv="$peers/kubernetes-validate-$kv_version"
-  if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$kv_version"; then
-    echo "Installing kubernetes-validate $kv_version into $venv"
-    python=/usr/bin/python3
-    [[ -x $python ]] || python=python3
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$kv_version"
-  fi
-  ln -sfn "kubernetes-validate-$kv_version" "$peers/kubernetes-validate"
-
-  # The SMTP server of the notification tests (tests/peers/smtp_server.py): aiosmtpd.
-  aiosmtpd_version="1.4.6"
-  venv="$peers/aiosmtpd-$aiosmtpd_version"
-  if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('aiosmtpd') != '$aiosmtpd_version')" 2>/dev/null; then
-    echo "Installing aiosmtpd $aiosmtpd_version into $venv"
-    python=/usr/bin/python3
-    [[ -x $python ]] || python=python3
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "aiosmtpd==$aiosmtpd_version"
-  fi
-  ln -sfn "aiosmtpd-$aiosmtpd_version" "$peers/aiosmtpd"
-
+  pinned_venv kubernetes-validate kubernetes-validate 1.37.0
+  # The SMTP server of the notification tests (tests/peers/smtp_server.py).
+  pinned_venv aiosmtpd aiosmtpd 1.4.6
   # podman-compose from PyPI: Debian's 1.0.3 runs every health check through /bin/sh,
   # which an image without a shell does not have.
-  pc_version="1.6.0"
-  venv="$peers/podman-compose-$pc_version"
-  if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('podman-compose') != '$pc_version')" 2>/dev/null; then
-    echo "Installing podman-compose $pc_version into $venv"
-    python=/usr/bin/python3
-    [[ -x $python ]] || python=python3
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "podman-compose==$pc_version"
-  fi
-  ln -sfn "podman-compose-$pc_version" "$peers/podman-compose"
+  pinned_venv podman-compose podman-compose 1.6.0
 fi

@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use outpost_contracts::common::{BaseResponse, BaseWithIdResponse, Paging};
+use outpost_contracts::common::{BaseRequest, BaseResponse, BaseWithIdResponse, Paging};
 use serde::Serialize;
 
 use crate::ApiError;
@@ -48,6 +48,36 @@ pub fn refuse(problems: Vec<String>) -> Result<(), ApiError> {
     } else {
         Err(ApiError::bad_request(problems.join("; ")))
     }
+}
+
+/// The items of a batch after EdgeX's checks of each: its `apiVersion` and `requestId`, and
+/// its body (`what`, required) by `check`. One failure refuses the whole body with a 400
+/// naming every problem by item, as EdgeX does; else each body with its request's id, in
+/// order.
+pub fn checked<T>(
+    items: Vec<(BaseRequest, Option<T>)>,
+    what: &str,
+    check: impl Fn(&T) -> Result<(), String>,
+) -> Result<Vec<(String, T)>, ApiError> {
+    let mut problems = Vec::new();
+    for (i, (base, body)) in items.iter().enumerate() {
+        if let Err(e) = base.check() {
+            problems.push(format!("item {i}: {e}"));
+        }
+        match body {
+            Some(b) => {
+                if let Err(e) = check(b) {
+                    problems.push(format!("item {i}: {e}"));
+                }
+            }
+            None => problems.push(format!("item {i}: {what} is required")),
+        }
+    }
+    refuse(problems)?;
+    Ok(items
+        .into_iter()
+        .filter_map(|(base, body)| Some((base.request_id, body?)))
+        .collect())
 }
 
 /// Reads the `offset` and `limit` query parameters as EdgeX does: an offset of 0 or more,

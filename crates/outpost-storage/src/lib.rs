@@ -19,6 +19,7 @@ use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+pub mod documents;
 pub mod protect;
 pub mod secrets;
 pub mod tpm;

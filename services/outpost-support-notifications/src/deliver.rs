@@ -98,23 +98,45 @@ impl Delivery {
 
     /// Stores `n` (given its id, times and status) and queues a transmission for each
     /// channel of each unlocked subscription that receives it.
-    pub async fn accept(&self, mut n: Notification) -> Result<Notification, StoreError> {
+    pub async fn accept(&self, n: Notification) -> Result<Notification, StoreError> {
+        self.accept_all(vec![n])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::NotFound("the notification's outcome".into())))
+    }
+
+    /// [`Delivery::accept`] for a batch, in one commit: each notification's outcome, in
+    /// order.
+    pub async fn accept_all(
+        &self,
+        batch: Vec<Notification>,
+    ) -> Result<Vec<Result<Notification, StoreError>>, StoreError> {
         let now = now_ms();
-        if n.id.is_empty() {
-            n.id = uuid::Uuid::new_v4().to_string();
-        }
-        n.created = now;
-        n.modified = now;
-        n.status = PROCESSED.into();
         let subs = self.store.all_subscriptions().await?;
-        let owed = subs
-            .iter()
-            .filter(|s| s.admin_state != LOCKED && s.receives(&n))
-            .flat_map(|s| queued(&n, &s.name, &s.channels, now))
-            .collect();
-        self.store.add_notification(n.clone(), owed).await?;
+        let mut stored = Vec::with_capacity(batch.len());
+        let mut accepted = Vec::with_capacity(batch.len());
+        for mut n in batch {
+            if n.id.is_empty() {
+                n.id = uuid::Uuid::new_v4().to_string();
+            }
+            n.created = now;
+            n.modified = now;
+            n.status = PROCESSED.into();
+            let owed = subs
+                .iter()
+                .filter(|s| s.admin_state != LOCKED && s.receives(&n))
+                .flat_map(|s| queued(&n, &s.name, &s.channels, now))
+                .collect();
+            stored.push((n.clone(), owed));
+            accepted.push(n);
+        }
+        let outcomes = self.store.add_notifications(stored).await?;
         self.wake.notify_one();
-        Ok(n)
+        Ok(accepted
+            .into_iter()
+            .zip(outcomes)
+            .map(|(n, outcome)| outcome.map(|()| n))
+            .collect())
     }
 
     /// Sends what is due until `stop`.

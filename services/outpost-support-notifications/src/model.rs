@@ -249,6 +249,13 @@ impl Problems {
         }
     }
 
+    /// Runs `validate` into a fresh list: every problem it found, as one message.
+    pub fn of(validate: impl FnOnce(&mut Self)) -> Result<(), String> {
+        let mut p = Self::default();
+        validate(&mut p);
+        p.into_result()
+    }
+
     pub fn into_result(self) -> Result<(), String> {
         if self.0.is_empty() {
             Ok(())

@@ -13,8 +13,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
-use outpost_contracts::common::{BaseRequest, BaseResponse};
+use axum::routing::{MethodRouter, delete, get, post, put};
+use outpost_contracts::common::BaseResponse;
 use outpost_kit::ApiError;
 use outpost_kit::edgex;
 use outpost_kit::error::{Path, Query, parse_json};
@@ -54,19 +54,37 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route(
             "/api/v3/notification/category/{category}",
-            get(notifications_by_category),
+            by(|category| {
+                Ok(NotificationFilter {
+                    categories: vec![category],
+                    ..NotificationFilter::default()
+                })
+            }),
         )
         .route(
             "/api/v3/notification/label/{label}",
-            get(notifications_by_label),
+            by(|label| {
+                Ok(NotificationFilter {
+                    labels: vec![label],
+                    ..NotificationFilter::default()
+                })
+            }),
         )
         .route(
             "/api/v3/notification/status/{status}",
-            get(notifications_by_status),
+            by(|status| {
+                Ok(NotificationFilter {
+                    status: Some(one_of("status", status, NOTIFICATION_STATUSES)?),
+                    ..NotificationFilter::default()
+                })
+            }),
         )
         .route(
             "/api/v3/notification/start/{start}/end/{end}",
-            get(notifications_by_time),
+            by_time(|created| NotificationFilter {
+                created: Some(created),
+                ..NotificationFilter::default()
+            }),
         )
         .route(
             "/api/v3/notification/subscription/name/{name}",
@@ -90,18 +108,33 @@ pub fn router(app: Arc<App>) -> Router {
             "/api/v3/subscription",
             post(add_subscriptions).patch(patch_subscriptions),
         )
-        .route("/api/v3/subscription/all", get(all_subscriptions))
+        .route("/api/v3/subscription/all", all::<SubscriptionFilter>())
         .route(
             "/api/v3/subscription/category/{category}",
-            get(subscriptions_by_category),
+            by(|category| {
+                Ok(SubscriptionFilter {
+                    category: Some(category),
+                    ..SubscriptionFilter::default()
+                })
+            }),
         )
         .route(
             "/api/v3/subscription/label/{label}",
-            get(subscriptions_by_label),
+            by(|label| {
+                Ok(SubscriptionFilter {
+                    label: Some(label),
+                    ..SubscriptionFilter::default()
+                })
+            }),
         )
         .route(
             "/api/v3/subscription/receiver/{receiver}",
-            get(subscriptions_by_receiver),
+            by(|receiver| {
+                Ok(SubscriptionFilter {
+                    receiver: Some(receiver),
+                    ..SubscriptionFilter::default()
+                })
+            }),
         )
         .route(
             "/api/v3/subscription/name/{name}",
@@ -112,22 +145,40 @@ pub fn router(app: Arc<App>) -> Router {
             "/api/v3/transmission/age/{age}",
             delete(delete_transmissions_by_age),
         )
-        .route("/api/v3/transmission/all", get(all_transmissions))
+        .route("/api/v3/transmission/all", all::<TransmissionFilter>())
         .route(
             "/api/v3/transmission/subscription/name/{name}",
-            get(transmissions_by_subscription),
+            by(|name| {
+                Ok(TransmissionFilter {
+                    subscription: Some(name),
+                    ..TransmissionFilter::default()
+                })
+            }),
         )
         .route(
             "/api/v3/transmission/start/{start}/end/{end}",
-            get(transmissions_by_time),
+            by_time(|created| TransmissionFilter {
+                created: Some(created),
+                ..TransmissionFilter::default()
+            }),
         )
         .route(
             "/api/v3/transmission/status/{status}",
-            get(transmissions_by_status),
+            by(|s| {
+                Ok(TransmissionFilter {
+                    status: Some(one_of("status", s, status::ALL)?),
+                    ..TransmissionFilter::default()
+                })
+            }),
         )
         .route(
             "/api/v3/transmission/notification/id/{id}",
-            get(transmissions_by_notification),
+            by(|id| {
+                Ok(TransmissionFilter {
+                    notification_id: Some(id),
+                    ..TransmissionFilter::default()
+                })
+            }),
         )
         .route("/api/v3/secret", post(add_secret))
         .with_state(app)
@@ -229,42 +280,97 @@ fn ids(list: &str) -> Result<Vec<String>, ApiError> {
     Ok(ids)
 }
 
-fn check_base(base: &BaseRequest, i: usize, p: &mut Vec<String>) {
-    if let Err(e) = base.check() {
-        p.push(format!("item {i}: {e}"));
+// ---- listings ----
+
+/// What a listing route filters by, and how it lists.
+trait Listing: Default + Send + 'static {
+    fn list(
+        app: Arc<App>,
+        q: ListParams,
+        filter: Self,
+    ) -> impl std::future::Future<Output = Result<Response, ApiError>> + Send;
+}
+
+impl Listing for NotificationFilter {
+    async fn list(app: Arc<App>, q: ListParams, filter: Self) -> Result<Response, ApiError> {
+        notifications_where(&app, &q, filter).await
     }
+}
+
+impl Listing for SubscriptionFilter {
+    async fn list(app: Arc<App>, q: ListParams, filter: Self) -> Result<Response, ApiError> {
+        let (offset, limit) = q.page(&app)?;
+        let found = app.store.subscriptions(filter, offset, limit).await?;
+        list("subscriptions", offset, found)
+    }
+}
+
+impl Listing for TransmissionFilter {
+    async fn list(app: Arc<App>, q: ListParams, filter: Self) -> Result<Response, ApiError> {
+        let (offset, limit) = q.page(&app)?;
+        let found = app.store.transmissions(filter, offset, limit).await?;
+        list("transmissions", offset, found)
+    }
+}
+
+/// `GET` of every item.
+fn all<F: Listing>() -> MethodRouter<Arc<App>> {
+    get(|State(app): St, Query(q): Query<ListParams>| F::list(app, q, F::default()))
+}
+
+/// `GET` of the items matching the route's one path parameter, made a filter by `filter`.
+fn by<F: Listing>(filter: fn(String) -> Result<F, ApiError>) -> MethodRouter<Arc<App>> {
+    get(
+        move |State(app): St, Path(p): Path<String>, Query(q): Query<ListParams>| async move {
+            F::list(app, q, filter(p)?).await
+        },
+    )
+}
+
+/// `GET` of the items created between the route's `start` and `end` (ms).
+fn by_time<F: Listing>(filter: fn((i64, i64)) -> F) -> MethodRouter<Arc<App>> {
+    get(
+        move |State(app): St,
+              Path((start, end)): Path<(String, String)>,
+              Query(q): Query<ListParams>| async move {
+            F::list(app, q, filter(range(&start, &end)?)).await
+        },
+    )
+}
+
+/// `value`, if it is one of `allowed` (a 400 naming them otherwise).
+fn one_of(name: &str, value: String, allowed: &[&str]) -> Result<String, ApiError> {
+    if allowed.contains(&value.as_str()) {
+        return Ok(value);
+    }
+    Err(ApiError::bad_request(format!(
+        "{name} '{value}' should be one of {}",
+        allowed.join(" ")
+    )))
 }
 
 // ---- notifications ----
 
 async fn add_notifications(State(app): St, body: Bytes) -> Result<Response, ApiError> {
     let reqs: Vec<AddNotificationRequest> = edgex::batch(&body)?;
-    let mut problems = Vec::new();
-    for (i, r) in reqs.iter().enumerate() {
-        check_base(&r.base, i, &mut problems);
-        match &r.notification {
-            Some(n) => {
-                let mut p = Problems::default();
-                n.validate(&mut p);
-                if let Err(e) = p.into_result() {
-                    problems.push(format!("item {i}: {e}"));
-                }
-            }
-            None => problems.push(format!("item {i}: notification is required")),
-        }
-    }
-    edgex::refuse(problems)?;
-    let mut entries = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let Some(n) = r.notification else { continue };
-        let result = app
-            .delivery
-            .accept(n)
-            .await
-            .map(|n| (StatusCode::CREATED, n.id))
-            .map_err(ApiError::from);
-        entries.push(edgex::item(&r.base.request_id, result));
-    }
+    let items = edgex::checked(
+        reqs.into_iter().map(|r| (r.base, r.notification)).collect(),
+        "notification",
+        |n| Problems::of(|p| n.validate(p)),
+    )?;
+    // One commit for the whole batch; each item its own outcome.
+    let (request_ids, batch): (Vec<_>, Vec<_>) = items.into_iter().unzip();
+    let outcomes = app.delivery.accept_all(batch).await?;
+    let entries = request_ids
+        .iter()
+        .zip(outcomes)
+        .map(|(rid, outcome)| {
+            let result = outcome
+                .map(|n| (StatusCode::CREATED, n.id))
+                .map_err(ApiError::from);
+            edgex::item(rid, result)
+        })
+        .collect();
     Ok(edgex::multi_status(entries))
 }
 
@@ -345,60 +451,6 @@ async fn notifications_where(
     )
 }
 
-async fn notifications_by_category(
-    State(app): St,
-    Path(category): Path<String>,
-    Query(q): Query<ListParams>,
-) -> Result<Response, ApiError> {
-    let f = NotificationFilter {
-        categories: vec![category],
-        ..NotificationFilter::default()
-    };
-    notifications_where(&app, &q, f).await
-}
-
-async fn notifications_by_label(
-    State(app): St,
-    Path(label): Path<String>,
-    Query(q): Query<ListParams>,
-) -> Result<Response, ApiError> {
-    let f = NotificationFilter {
-        labels: vec![label],
-        ..NotificationFilter::default()
-    };
-    notifications_where(&app, &q, f).await
-}
-
-async fn notifications_by_status(
-    State(app): St,
-    Path(status): Path<String>,
-    Query(q): Query<ListParams>,
-) -> Result<Response, ApiError> {
-    if !NOTIFICATION_STATUSES.contains(&status.as_str()) {
-        return Err(ApiError::bad_request(format!(
-            "status '{status}' should be one of {}",
-            NOTIFICATION_STATUSES.join(" ")
-        )));
-    }
-    let f = NotificationFilter {
-        status: Some(status),
-        ..NotificationFilter::default()
-    };
-    notifications_where(&app, &q, f).await
-}
-
-async fn notifications_by_time(
-    State(app): St,
-    Path((start, end)): Path<(String, String)>,
-    Query(q): Query<ListParams>,
-) -> Result<Response, ApiError> {
-    let f = NotificationFilter {
-        created: Some(range(&start, &end)?),
-        ..NotificationFilter::default()
-    };
-    notifications_where(&app, &q, f).await
-}
-
 async fn notifications_by_subscription(
     State(app): St,
     Path(name): Path<String>,
@@ -463,26 +515,13 @@ async fn cleanup_by_age(State(app): St, Path(age): Path<String>) -> Result<Respo
 
 async fn add_subscriptions(State(app): St, body: Bytes) -> Result<Response, ApiError> {
     let reqs: Vec<AddSubscriptionRequest> = edgex::batch(&body)?;
-    let mut problems = Vec::new();
-    for (i, r) in reqs.iter().enumerate() {
-        check_base(&r.base, i, &mut problems);
-        match &r.subscription {
-            Some(s) => {
-                let mut p = Problems::default();
-                s.validate(&mut p);
-                if let Err(e) = p.into_result() {
-                    problems.push(format!("item {i}: {e}"));
-                }
-            }
-            None => problems.push(format!("item {i}: subscription is required")),
-        }
-    }
-    edgex::refuse(problems)?;
-    let mut entries = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let Some(mut s) = r.subscription else {
-            continue;
-        };
+    let items = edgex::checked(
+        reqs.into_iter().map(|r| (r.base, r.subscription)).collect(),
+        "subscription",
+        |s| Problems::of(|p| s.validate(p)),
+    )?;
+    let mut entries = Vec::with_capacity(items.len());
+    for (request_id, mut s) in items {
         if s.id.is_empty() {
             s.id = uuid::Uuid::new_v4().to_string();
         }
@@ -495,35 +534,24 @@ async fn add_subscriptions(State(app): St, body: Bytes) -> Result<Response, ApiE
             .await
             .map(|()| (StatusCode::CREATED, id))
             .map_err(ApiError::from);
-        entries.push(edgex::item(&r.base.request_id, result));
+        entries.push(edgex::item(&request_id, result));
     }
     Ok(edgex::multi_status(entries))
 }
 
 async fn patch_subscriptions(State(app): St, body: Bytes) -> Result<Response, ApiError> {
     let reqs: Vec<UpdateSubscriptionRequest> = edgex::batch(&body)?;
-    let mut problems = Vec::new();
-    for (i, r) in reqs.iter().enumerate() {
-        check_base(&r.base, i, &mut problems);
-        match &r.subscription {
-            Some(u) => {
-                let mut p = Problems::default();
-                u.validate(&mut p);
-                if let Err(e) = p.into_result() {
-                    problems.push(format!("item {i}: {e}"));
-                }
-            }
-            None => problems.push(format!("item {i}: subscription is required")),
-        }
-    }
-    edgex::refuse(problems)?;
-    let mut entries = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let Some(u) = r.subscription else { continue };
+    let items = edgex::checked(
+        reqs.into_iter().map(|r| (r.base, r.subscription)).collect(),
+        "subscription",
+        |u| Problems::of(|p| u.validate(p)),
+    )?;
+    let mut entries = Vec::with_capacity(items.len());
+    for (request_id, u) in items {
         let result = patch_one(&app, &u)
             .await
             .map(|()| (StatusCode::OK, String::new()));
-        entries.push(edgex::item(&r.base.request_id, result));
+        entries.push(edgex::item(&request_id, result));
     }
     Ok(edgex::multi_status(entries))
 }
@@ -559,62 +587,6 @@ async fn patch_one(app: &App, u: &crate::model::UpdateSubscription) -> Result<()
     Ok(())
 }
 
-async fn subscriptions_where(
-    app: &App,
-    q: &ListParams,
-    f: SubscriptionFilter,
-) -> Result<Response, ApiError> {
-    let (offset, limit) = q.page(app)?;
-    list(
-        "subscriptions",
-        offset,
-        app.store.subscriptions(f, offset, limit).await?,
-    )
-}
-
-async fn all_subscriptions(
-    State(app): St,
-    Query(q): Query<ListParams>,
-) -> Result<Response, ApiError> {
-    subscriptions_where(&app, &q, SubscriptionFilter::default()).await
-}
-
-async fn subscriptions_by_category(
-    State(app): St,
-    Path(category): Path<String>,
-    Query(q): Query<ListParams>,
-) -> Result<Response, ApiError> {
-    let f = SubscriptionFilter {
-        category: Some(category),
-        ..SubscriptionFilter::default()
-    };
-    subscriptions_where(&app, &q, f).await
-}
-
-async fn subscriptions_by_label(
-    State(app): St,
-    Path(label): Path<String>,
-    Query(q): Query<ListParams>,
-) -> Result<Response, ApiError> {
-    let f = SubscriptionFilter {
-        label: Some(label),
-        ..SubscriptionFilter::default()
-    };
-    subscriptions_where(&app, &q, f).await
-}
-
-async fn subscriptions_by_receiver(
-    State(app): St,
-    Path(receiver): Path<String>,
-    Query(q): Query<ListParams>,
-) -> Result<Response, ApiError> {
-    let f = SubscriptionFilter {
-        receiver: Some(receiver),
-        ..SubscriptionFilter::default()
-    };
-    subscriptions_where(&app, &q, f).await
-}
-
 async fn subscription(State(app): St, Path(name): Path<String>) -> Result<Response, ApiError> {
     match app.store.subscription(&name).await? {
         Some(s) => Ok(one("subscription", s)),
@@ -645,80 +617,6 @@ async fn transmission(State(app): St, Path(id): Path<String>) -> Result<Response
         Some(t) => Ok(one("transmission", t)),
         None => Err(ApiError::not_found(format!("no transmission with id {id}"))),
     }
-}
-
-async fn transmissions_where(
-    app: &App,
-    q: &ListParams,
-    f: TransmissionFilter,
-) -> Result<Response, ApiError> {
-    let (offset, limit) = q.page(app)?;
-    list(
-        "transmissions",
-        offset,
-        app.store.transmissions(f, offset, limit).await?,
-    )
-}
-
-async fn all_transmissions(
-    State(app): St,
-    Query(q): Query<ListParams>,
-) -> Result<Response, ApiError> {
-    transmissions_where(&app, &q, TransmissionFilter::default()).await
-}
-
-async fn transmissions_by_subscription(
-    State(app): St,
-    Path(name): Path<String>,
-    Query(q): Query<ListParams>,
-) -> Result<Response, ApiError> {
-    let f = TransmissionFilter {
-        subscription: Some(name),
-        ..TransmissionFilter::default()
-    };
-    transmissions_where(&app, &q, f).await
-}
-
-async fn transmissions_by_time(
-    State(app): St,
-    Path((start, end)): Path<(String, String)>,
-    Query(q): Query<ListParams>,
-) -> Result<Response, ApiError> {
-    let f = TransmissionFilter {
-        created: Some(range(&start, &end)?),
-        ..TransmissionFilter::default()
-    };
-    transmissions_where(&app, &q, f).await
-}
-
-async fn transmissions_by_status(
-    State(app): St,
-    Path(s): Path<String>,
-    Query(q): Query<ListParams>,
-) -> Result<Response, ApiError> {
-    if !status::ALL.contains(&s.as_str()) {
-        return Err(ApiError::bad_request(format!(
-            "status '{s}' should be one of {}",
-            status::ALL.join(" ")
-        )));
-    }
-    let f = TransmissionFilter {
-        status: Some(s),
-        ..TransmissionFilter::default()
-    };
-    transmissions_where(&app, &q, f).await
-}
-
-async fn transmissions_by_notification(
-    State(app): St,
-    Path(id): Path<String>,
-    Query(q): Query<ListParams>,
-) -> Result<Response, ApiError> {
-    let f = TransmissionFilter {
-        notification_id: Some(id),
-        ..TransmissionFilter::default()
-    };
-    transmissions_where(&app, &q, f).await
 }
 
 async fn delete_transmissions_by_age(

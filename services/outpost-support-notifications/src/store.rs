@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use outpost_storage::rusqlite::{
     self, OptionalExtension as _, params, params_from_iter, types::Value,
 };
-use outpost_storage::{Db, Migration, StorageError};
+use outpost_storage::{Db, Migration, StorageError, documents};
 
 use crate::model::{Notification, Subscription, Transmission, TransmissionRecord, status};
 
@@ -137,12 +137,13 @@ pub type Page<T> = (u64, Vec<T>);
 
 #[async_trait::async_trait]
 pub trait NotificationStore: Send + Sync + 'static {
-    /// Stores `n` and the transmissions it owes, at once. An id already used is `Duplicate`.
-    async fn add_notification(
+    /// Stores each notification with the transmissions it owes, all in one commit; the
+    /// outcome of each, in order (an id already used is `Duplicate`, and that one is not
+    /// stored).
+    async fn add_notifications(
         &self,
-        n: Notification,
-        owed: Vec<Transmission>,
-    ) -> Result<(), StoreError>;
+        batch: Vec<(Notification, Vec<Transmission>)>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
     async fn notification(&self, id: &str) -> Result<Option<Notification>, StoreError>;
     /// Newest first.
     async fn notifications(
@@ -295,8 +296,7 @@ fn text(v: &[String]) -> impl Iterator<Item = Value> + '_ {
     v.iter().map(|s| Value::Text(s.clone()))
 }
 
-/// Runs a counted, paged query of JSON bodies: `SELECT body FROM {table} {where} ORDER BY
-/// created DESC, id`.
+/// A counted page of JSON bodies, newest first.
 fn page<T: serde::de::DeserializeOwned>(
     c: &rusqlite::Connection,
     table: &str,
@@ -304,26 +304,8 @@ fn page<T: serde::de::DeserializeOwned>(
     offset: u64,
     limit: u64,
 ) -> Result<Page<T>, StoreError> {
-    let clause = w.sql();
-    let total: i64 = c.query_row(
-        &format!("SELECT COUNT(*) FROM {table} {clause}"),
-        params_from_iter(w.args.iter()),
-        |r| r.get(0),
-    )?;
-    let mut args = w.args.clone();
-    args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
-    args.push(Value::Integer(i64::try_from(offset).unwrap_or(i64::MAX)));
-    let mut st = c.prepare(&format!(
-        "SELECT body FROM {table} {clause} ORDER BY created DESC, id LIMIT ? OFFSET ?"
-    ))?;
-    let bodies = st
-        .query_map(params_from_iter(args.iter()), |r| r.get::<_, String>(0))?
-        .collect::<Result<Vec<_>, _>>()?;
-    let items = bodies
-        .iter()
-        .map(|b| serde_json::from_str(b))
-        .collect::<Result<Vec<T>, _>>()?;
-    Ok((u64::try_from(total).unwrap_or(0), items))
+    let order = "created DESC, id";
+    documents::page(c, table, &w.sql(), order, w.args.clone(), offset, limit)
 }
 
 fn delete_with_transmissions(
@@ -344,20 +326,30 @@ fn delete_with_transmissions(
 
 #[async_trait::async_trait]
 impl NotificationStore for SqliteStore {
-    async fn add_notification(
+    async fn add_notifications(
         &self,
-        n: Notification,
-        owed: Vec<Transmission>,
-    ) -> Result<(), StoreError> {
+        batch: Vec<(Notification, Vec<Transmission>)>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         self.db
             .write(move |c| {
                 let tx = c.transaction()?;
-                insert_notification(&tx, &n)?;
-                for t in &owed {
-                    insert_transmission(&tx, t, n.created)?;
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for (n, owed) in &batch {
+                    let outcome = match insert_notification(&tx, n) {
+                        Ok(()) => Ok(()),
+                        Err(e @ StoreError::Duplicate(_)) => Err(e),
+                        // Anything else fails the whole commit.
+                        Err(e) => return Err(e),
+                    };
+                    if outcome.is_ok() {
+                        for t in owed {
+                            insert_transmission(&tx, t, n.created)?;
+                        }
+                    }
+                    outcomes.push(outcome);
                 }
                 tx.commit()?;
-                Ok(())
+                Ok(outcomes)
             })
             .await
     }
@@ -569,41 +561,15 @@ impl NotificationStore for SqliteStore {
         // Subscriptions have no `created` column: they are listed by name.
         self.db
             .read(move |c| {
-                let clause = w.sql();
-                let total: i64 = c.query_row(
-                    &format!("SELECT COUNT(*) FROM subscriptions {clause}"),
-                    params_from_iter(w.args.iter()),
-                    |r| r.get(0),
-                )?;
-                let mut args = w.args.clone();
-                args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
-                args.push(Value::Integer(i64::try_from(offset).unwrap_or(i64::MAX)));
-                let mut st = c.prepare(&format!(
-                    "SELECT body FROM subscriptions {clause} ORDER BY name LIMIT ? OFFSET ?"
-                ))?;
-                let items = st
-                    .query_map(params_from_iter(args.iter()), |r| r.get::<_, String>(0))?
-                    .collect::<Result<Vec<_>, _>>()?
-                    .iter()
-                    .map(|b| serde_json::from_str(b))
-                    .collect::<Result<Vec<Subscription>, _>>()?;
-                Ok((u64::try_from(total).unwrap_or(0), items))
+                let order = "name";
+                documents::page(c, "subscriptions", &w.sql(), order, w.args, offset, limit)
             })
             .await
     }
 
     async fn all_subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
         self.db
-            .read(|c| {
-                let mut st = c.prepare("SELECT body FROM subscriptions ORDER BY name")?;
-                let items = st
-                    .query_map([], |r| r.get::<_, String>(0))?
-                    .collect::<Result<Vec<_>, _>>()?
-                    .iter()
-                    .map(|b| serde_json::from_str(b))
-                    .collect::<Result<Vec<Subscription>, _>>()?;
-                Ok(items)
-            })
+            .read(|c| documents::all(c, "SELECT body FROM subscriptions ORDER BY name", &[]))
             .await
     }
 

@@ -114,24 +114,13 @@ fn action_ids(n: usize) -> Vec<String> {
 
 async fn add_jobs(State(app): St, body: Bytes) -> Result<Response, ApiError> {
     let reqs: Vec<AddScheduleJobRequest> = edgex::batch(&body)?;
-    let mut problems = Vec::new();
-    for (i, r) in reqs.iter().enumerate() {
-        let mut p = Vec::new();
-        if let Err(e) = r.base.check() {
-            p.push(e);
-        }
-        match &r.schedule_job {
-            Some(j) => j.validate(&mut p),
-            None => p.push("scheduleJob is required".into()),
-        }
-        problems.extend(p.into_iter().map(|e| format!("item {i}: {e}")));
-    }
-    edgex::refuse(problems)?;
-    let mut entries = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let Some(mut j) = r.schedule_job else {
-            continue;
-        };
+    let items = edgex::checked(
+        reqs.into_iter().map(|r| (r.base, r.schedule_job)).collect(),
+        "scheduleJob",
+        |j| problems(|p| j.validate(p)),
+    )?;
+    let mut entries = Vec::with_capacity(items.len());
+    for (request_id, mut j) in items {
         if j.id.is_empty() {
             j.id = uuid::Uuid::new_v4().to_string();
         }
@@ -154,35 +143,37 @@ async fn add_jobs(State(app): St, body: Bytes) -> Result<Response, ApiError> {
             }
             Err(e) => Err(ApiError::from(e)),
         };
-        entries.push(edgex::item(&r.base.request_id, result));
+        entries.push(edgex::item(&request_id, result));
     }
     Ok(edgex::multi_status(entries))
 }
 
 async fn patch_jobs(State(app): St, body: Bytes) -> Result<Response, ApiError> {
     let reqs: Vec<UpdateScheduleJobRequest> = edgex::batch(&body)?;
-    let mut problems = Vec::new();
-    for (i, r) in reqs.iter().enumerate() {
-        let mut p = Vec::new();
-        if let Err(e) = r.base.check() {
-            p.push(e);
-        }
-        match &r.schedule_job {
-            Some(u) => u.validate(&mut p),
-            None => p.push("scheduleJob is required".into()),
-        }
-        problems.extend(p.into_iter().map(|e| format!("item {i}: {e}")));
-    }
-    edgex::refuse(problems)?;
-    let mut entries = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let Some(u) = r.schedule_job else { continue };
+    let items = edgex::checked(
+        reqs.into_iter().map(|r| (r.base, r.schedule_job)).collect(),
+        "scheduleJob",
+        |u| problems(|p| u.validate(p)),
+    )?;
+    let mut entries = Vec::with_capacity(items.len());
+    for (request_id, u) in items {
         let result = patch_one(&app, &u)
             .await
             .map(|()| (StatusCode::OK, String::new()));
-        entries.push(edgex::item(&r.base.request_id, result));
+        entries.push(edgex::item(&request_id, result));
     }
     Ok(edgex::multi_status(entries))
+}
+
+/// The problems `validate` finds, as one message.
+fn problems(validate: impl FnOnce(&mut Vec<String>)) -> Result<(), String> {
+    let mut p = Vec::new();
+    validate(&mut p);
+    if p.is_empty() {
+        Ok(())
+    } else {
+        Err(p.join("; "))
+    }
 }
 
 async fn patch_one(app: &App, u: &crate::model::UpdateScheduleJob) -> Result<(), ApiError> {

@@ -4,10 +4,8 @@
 //! the service's encrypted SQLite database. A job is stored as its EdgeX JSON with the
 //! internal ids of its actions (records and "latest" are per action).
 
-use outpost_storage::rusqlite::{
-    self, OptionalExtension as _, params, params_from_iter, types::Value,
-};
-use outpost_storage::{Db, Migration, StorageError};
+use outpost_storage::rusqlite::{self, OptionalExtension as _, params, types::Value};
+use outpost_storage::{Db, Migration, StorageError, documents};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{ScheduleActionRecord, ScheduleJob};
@@ -195,40 +193,19 @@ impl SchedulerStore for SqliteStore {
                 } else {
                     format!("WHERE {clause}")
                 };
-                let mut args: Vec<Value> = labels.iter().map(|l| Value::Text(l.clone())).collect();
-                let total: i64 = c.query_row(
-                    &format!("SELECT COUNT(*) FROM jobs {clause}"),
-                    params_from_iter(args.iter()),
-                    |r| r.get(0),
+                let args: Vec<Value> = labels.iter().map(|l| Value::Text(l.clone())).collect();
+                let order = "created, name";
+                let (total, stored) = documents::page::<StoredJob, StoreError>(
+                    c, "jobs", &clause, order, args, offset, limit,
                 )?;
-                args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
-                args.push(Value::Integer(i64::try_from(offset).unwrap_or(i64::MAX)));
-                let mut st = c.prepare(&format!(
-                    "SELECT body FROM jobs {clause} ORDER BY created, name LIMIT ? OFFSET ?"
-                ))?;
-                let items = st
-                    .query_map(params_from_iter(args.iter()), |r| r.get::<_, String>(0))?
-                    .collect::<Result<Vec<_>, _>>()?
-                    .iter()
-                    .map(|b| serde_json::from_str::<StoredJob>(b).map(|s| s.job))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((u64::try_from(total).unwrap_or(0), items))
+                Ok((total, stored.into_iter().map(|s| s.job).collect()))
             })
             .await
     }
 
     async fn all_jobs(&self) -> Result<Vec<StoredJob>, StoreError> {
         self.db
-            .read(|c| {
-                let mut st = c.prepare("SELECT body FROM jobs ORDER BY created, name")?;
-                let items = st
-                    .query_map([], |r| r.get::<_, String>(0))?
-                    .collect::<Result<Vec<_>, _>>()?
-                    .iter()
-                    .map(|b| serde_json::from_str(b))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(items)
-            })
+            .read(|c| documents::all(c, "SELECT body FROM jobs ORDER BY created, name", &[]))
             .await
     }
 
@@ -299,23 +276,8 @@ impl SchedulerStore for SqliteStore {
                     args.push(Value::Text(s));
                 }
                 let clause = format!("WHERE {}", parts.join(" AND "));
-                let total: i64 = c.query_row(
-                    &format!("SELECT COUNT(*) FROM records {clause}"),
-                    params_from_iter(args.iter()),
-                    |r| r.get(0),
-                )?;
-                args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
-                args.push(Value::Integer(i64::try_from(offset).unwrap_or(i64::MAX)));
-                let mut st = c.prepare(&format!(
-                    "SELECT body FROM records {clause} ORDER BY created DESC, id LIMIT ? OFFSET ?"
-                ))?;
-                let items = st
-                    .query_map(params_from_iter(args.iter()), |r| r.get::<_, String>(0))?
-                    .collect::<Result<Vec<_>, _>>()?
-                    .iter()
-                    .map(|b| serde_json::from_str(b))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((u64::try_from(total).unwrap_or(0), items))
+                let order = "created DESC, id";
+                documents::page(c, "records", &clause, order, args, offset, limit)
             })
             .await
     }
