@@ -23,6 +23,7 @@ pub mod client;
 pub mod config;
 pub mod edgex;
 pub mod error;
+pub mod group;
 pub mod http;
 pub mod internal;
 pub mod limit;

@@ -26,6 +26,7 @@ use outpost_contracts::metadata::{
     UpdateDeviceProfileRequest, UpdateDeviceRequest, UpdateDeviceResourceRequest,
     UpdateDeviceServiceRequest, UpdateProvisionWatcherRequest,
 };
+use outpost_contracts::names;
 use outpost_kit::error::{ApiError, Body, Path, Query, parse_json};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -251,21 +252,58 @@ macro_rules! batched {
 batched!(
     AddDeviceRequest => |r| r.device.validate(),
     AddDeviceProfileRequest => |r| r.profile.validate(None),
+    UpdateDeviceProfileRequest => |r| r.profile.validate(None),
     AddDeviceServiceRequest => |r| r.service.validate(),
+    AddProvisionWatcherRequest => |r| r.provisionwatcher.validate(),
+    UpdateDeviceRequest => |r| identified(&r.device.id, &r.device.name),
+    UpdateDeviceServiceRequest => |r| identified(&r.service.id, &r.service.name),
+    UpdateProvisionWatcherRequest => |r| {
+        identified(&r.provisionwatcher.id, &r.provisionwatcher.name)
+    },
+    DeviceProfileBasicInfoRequest => |r| identified(&r.basicinfo.id, &r.basicinfo.name),
+    // A resource alone in a profile of that name: its own rules, without the others'.
+    DeviceResourceRequest => |r| {
+        DeviceProfile {
+            name: r.profile_name.clone(),
+            device_resources: vec![r.resource.clone()],
+            ..DeviceProfile::default()
+        }
+        .validate(None)
+    },
+    DeviceCommandRequest => |r| {
+        names::check("profileName", &r.profile_name)?;
+        names::check("deviceCommand name", &r.device_command.name)?;
+        if r.device_command.resource_operations.is_empty() {
+            return Err("deviceCommand has no resourceOperations".into());
+        }
+        Ok(())
+    },
+    UpdateDeviceResourceRequest => |r| {
+        names::check("profileName", &r.profile_name)?;
+        names::check("resource name", &r.resource.name)
+    },
+    UpdateDeviceCommandRequest => |r| {
+        names::check("profileName", &r.profile_name)?;
+        names::check("deviceCommand name", &r.device_command.name)
+    },
 );
 
-batched!(
-    UpdateDeviceRequest,
-    UpdateDeviceProfileRequest,
-    DeviceProfileBasicInfoRequest,
-    DeviceResourceRequest,
-    UpdateDeviceResourceRequest,
-    DeviceCommandRequest,
-    UpdateDeviceCommandRequest,
-    UpdateDeviceServiceRequest,
-    AddProvisionWatcherRequest,
-    UpdateProvisionWatcherRequest
-);
+/// An update names what it updates: an id (a UUID), a name, or both (EdgeX: 400 when
+/// neither).
+fn identified(id: &Option<String>, name: &Option<String>) -> Result<(), String> {
+    let id = id.as_deref().filter(|s| !s.is_empty());
+    let name = name.as_deref().filter(|s| !s.is_empty());
+    if let Some(id) = id
+        && uuid::Uuid::parse_str(id).is_err()
+    {
+        return Err(format!("id '{id}' is not a UUID"));
+    }
+    match (id, name) {
+        (None, None) => Err("either id or name is required".into()),
+        (_, Some(n)) => names::check("name", n),
+        _ => Ok(()),
+    }
+}
 
 /// A created object's 207 entry.
 fn created(id: String) -> (StatusCode, String) {

@@ -515,15 +515,28 @@ async fn provision_watchers() {
                 {"apiVersion": "v3", "provisionwatcher": {"name": "w1", "serviceName": "device-virtual",
                   "identifiers": {"Address": "10\\.0\\..*"}, "adminState": "UNLOCKED",
                   "discoveredDevice": {"profileName": "Thermostat", "adminState": "UNLOCKED"}}},
-                {"apiVersion": "v3", "provisionwatcher": {"name": "w2", "serviceName": "device-virtual",
-                  "identifiers": {"Address": "(unclosed"}, "discoveredDevice": {"profileName": "Thermostat"}}},
                 {"apiVersion": "v3", "provisionwatcher": {"name": "w3", "serviceName": "nope",
                   "identifiers": {"Address": ".*"}, "discoveredDevice": {"profileName": "Thermostat"}}},
             ])),
         )
         .await;
     // A watcher of a service not registered yet is taken, as EdgeX takes it.
-    assert_eq!(statuses(&r), [201, 400, 201]);
+    assert_eq!(statuses(&r), [201, 201]);
+    // One that fails its own validation (an identifier that is no regular expression)
+    // refuses its batch whole.
+    let bad = json!([
+        {"apiVersion": "v3", "provisionwatcher": {"name": "w4", "serviceName": "device-virtual",
+          "identifiers": {"Address": ".*"}, "discoveredDevice": {"profileName": "Thermostat"}}},
+        {"apiVersion": "v3", "provisionwatcher": {"name": "w2", "serviceName": "device-virtual",
+          "identifiers": {"Address": "(unclosed"}, "discoveredDevice": {"profileName": "Thermostat"}}},
+    ]);
+    f.expect(
+        "POST",
+        "/api/v3/provisionwatcher",
+        Some(bad),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
     let of_profile = "/api/v3/provisionwatcher/profile/name/Thermostat";
     let (_, r) = f.call("GET", of_profile, None).await;
     assert_eq!(r["totalCount"], 2);
@@ -706,4 +719,74 @@ async fn device_secrets() {
     assert_eq!(body[0]["statusCode"], 201, "{body}");
     // A new device of the same name has no secret.
     assert_eq!(f.auth("press-7", next).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn every_batch_is_refused_whole_when_an_item_fails_its_own_validation() {
+    let f = fixture(Config::default());
+    seed(&f).await;
+    let good_patch =
+        json!({"apiVersion": "v3", "service": {"name": "device-virtual", "description": "x"}});
+    for (method, uri, bad) in [
+        (
+            "PATCH",
+            "/api/v3/device",
+            json!({"apiVersion": "v3", "device": {"description": "no id, no name"}}),
+        ),
+        (
+            "PATCH",
+            "/api/v3/deviceservice",
+            json!({"apiVersion": "v3", "service": {"id": "not-a-uuid"}}),
+        ),
+        (
+            "PATCH",
+            "/api/v3/provisionwatcher",
+            json!({"apiVersion": "v3", "provisionwatcher": {"name": ""}}),
+        ),
+        (
+            "PATCH",
+            "/api/v3/deviceprofile/basicinfo",
+            json!({"apiVersion": "v3", "basicinfo": {"model": "x"}}),
+        ),
+        (
+            "PUT",
+            "/api/v3/deviceprofile",
+            json!({"apiVersion": "v3", "profile": {"name": ""}}),
+        ),
+        (
+            "POST",
+            "/api/v3/deviceprofile/resource",
+            json!({"apiVersion": "v3", "profileName": "",
+            "resource": {"name": "H", "properties": {"valueType": "Uint8", "readWrite": "R"}}}),
+        ),
+        (
+            "POST",
+            "/api/v3/deviceprofile/deviceCommand",
+            json!({"apiVersion": "v3", "profileName": "Thermostat",
+            "deviceCommand": {"name": "Empty", "readWrite": "R", "resourceOperations": []}}),
+        ),
+        (
+            "PATCH",
+            "/api/v3/deviceprofile/resource",
+            json!({"apiVersion": "v3", "profileName": "Thermostat",
+            "resource": {"name": ""}}),
+        ),
+    ] {
+        // Beside a valid item: nothing of the batch is done.
+        let body = json!([good_patch.clone(), bad]);
+        let answer = f
+            .expect(method, uri, Some(body), StatusCode::BAD_REQUEST)
+            .await;
+        assert!(
+            answer["message"].as_str().unwrap().contains("item 1"),
+            "{uri}: {answer}"
+        );
+    }
+    let (_, r) = f
+        .call("GET", "/api/v3/deviceservice/name/device-virtual", None)
+        .await;
+    assert_ne!(
+        r["service"]["description"], "x",
+        "the valid item was not applied"
+    );
 }

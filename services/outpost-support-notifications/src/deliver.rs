@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use outpost_kit::group::Committer;
 use outpost_kit::{Shutdown, Tasks};
 
 use crate::model::{
@@ -50,7 +51,12 @@ pub struct Delivery {
     wake: tokio::sync::Notify,
     busy: Mutex<HashSet<String>>,
     metrics: Metrics,
+    /// Attempts recorded many to a commit (each attempt's task waits for its own).
+    attempts: Committer<Attempt>,
 }
+
+/// Most attempts recorded in one commit.
+const ATTEMPTS_PER_COMMIT: usize = 500;
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -64,14 +70,22 @@ fn ms(d: Duration) -> i64 {
 }
 
 impl Delivery {
+    /// The delivery, with its attempts' writer started as a task of `tasks`.
     pub fn new(
         store: Arc<dyn NotificationStore>,
         senders: Senders,
         defaults: Resend,
         concurrency: usize,
         metrics: Metrics,
+        tasks: &Tasks,
     ) -> Self {
+        let writer = Arc::clone(&store);
+        let attempts = Committer::start(tasks, "attempts", ATTEMPTS_PER_COMMIT, move |batch| {
+            let writer = Arc::clone(&writer);
+            async move { writer.record(batch).await.map_err(|e| e.to_string()) }
+        });
         Self {
+            attempts,
             store,
             senders,
             defaults: RwLock::new(defaults),
@@ -260,7 +274,7 @@ impl Delivery {
                 }
             }
         }
-        if let Err(e) = self.store.record(a).await {
+        if let Err(e) = self.attempts.write(a).await {
             // Not recorded: the transmission is still due and will be attempted again.
             tracing::warn!(transmission = t.id, error = %e, "cannot record a delivery attempt");
         }

@@ -99,6 +99,7 @@ impl outpost_kit::Service for SupportNotifications {
             defaults,
             cfg.concurrency,
             deliver::Metrics::new(ctx),
+            &ctx.tasks,
         ));
         {
             let (delivery, tasks) = (Arc::clone(&delivery), ctx.tasks.clone());

@@ -200,8 +200,8 @@ pub trait NotificationStore: Send + Sync + 'static {
     ) -> Result<Vec<Due>, StoreError>;
     /// When the earliest owed attempt is due (leaving out `busy`).
     async fn next_due(&self, busy: HashSet<String>) -> Result<Option<i64>, StoreError>;
-    /// Records an attempt (and the escalation it caused) at once.
-    async fn record(&self, a: Attempt) -> Result<(), StoreError>;
+    /// Records attempts (and the escalations they caused), all in one commit.
+    async fn record(&self, attempts: Vec<Attempt>) -> Result<(), StoreError>;
     /// Transmissions owed now (queued or resending), for the health and metrics.
     async fn owed(&self) -> Result<u64, StoreError>;
 
@@ -241,6 +241,36 @@ fn insert_notification(c: &rusqlite::Transaction<'_>, n: &Notification) -> Resul
     )?;
     if done == 0 {
         return Err(StoreError::Duplicate(format!("notification id {}", n.id)));
+    }
+    Ok(())
+}
+
+/// Writes one attempt onto its transmission (gone when its notification was deleted
+/// meanwhile: nothing to record), with the escalation it caused.
+fn record_attempt(tx: &rusqlite::Transaction<'_>, a: Attempt) -> Result<(), StoreError> {
+    let body: Option<String> = tx
+        .query_row(
+            "SELECT body FROM transmissions WHERE id = ?1",
+            [&a.id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(body) = body else {
+        return Ok(());
+    };
+    let mut t: Transmission = serde_json::from_str(&body)?;
+    t.records.push(a.record);
+    t.status = a.status;
+    t.resend_count = a.resend_count;
+    tx.execute(
+        "UPDATE transmissions SET status = ?2, due = ?3, body = ?4 WHERE id = ?1",
+        params![a.id, t.status, a.due, serde_json::to_string(&t)?],
+    )?;
+    if let Some((n, owed)) = a.escalation {
+        insert_notification(tx, &n)?;
+        for t in &owed {
+            insert_transmission(tx, t, n.created)?;
+        }
     }
     Ok(())
 }
@@ -707,34 +737,12 @@ impl NotificationStore for SqliteStore {
             .await
     }
 
-    async fn record(&self, a: Attempt) -> Result<(), StoreError> {
+    async fn record(&self, attempts: Vec<Attempt>) -> Result<(), StoreError> {
         self.db
             .write(move |c| {
                 let tx = c.transaction()?;
-                let body: Option<String> = tx
-                    .query_row(
-                        "SELECT body FROM transmissions WHERE id = ?1",
-                        [&a.id],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                // Deleted meanwhile (its notification was): nothing to record.
-                let Some(body) = body else {
-                    return Ok(());
-                };
-                let mut t: Transmission = serde_json::from_str(&body)?;
-                t.records.push(a.record);
-                t.status = a.status;
-                t.resend_count = a.resend_count;
-                tx.execute(
-                    "UPDATE transmissions SET status = ?2, due = ?3, body = ?4 WHERE id = ?1",
-                    params![a.id, t.status, a.due, serde_json::to_string(&t)?],
-                )?;
-                if let Some((n, owed)) = a.escalation {
-                    insert_notification(&tx, &n)?;
-                    for t in &owed {
-                        insert_transmission(&tx, t, n.created)?;
-                    }
+                for a in attempts {
+                    record_attempt(&tx, a)?;
                 }
                 tx.commit()?;
                 Ok(())

@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_kit::{Shutdown, Stage, Tasks};
+use outpost_kit::group::Committer;
+use outpost_kit::{Shutdown, Tasks};
 
 use crate::actions::Runner;
 use crate::cron::Schedule;
@@ -55,50 +56,13 @@ pub struct Scheduler {
     wake: tokio::sync::Notify,
     tasks: Tasks,
     metrics: Metrics,
-    /// Where runs' records go to be written together ([`write_records`]).
-    records: tokio::sync::mpsc::Sender<Recorded>,
+    /// Runs' records, written many to a commit: a thousand jobs falling due in the same
+    /// second make one or a few commits, not a thousand.
+    records: Committer<NewRecord>,
 }
-
-/// A run's record, and who waits until it is written.
-type Recorded = (NewRecord, tokio::sync::oneshot::Sender<Result<(), String>>);
 
 /// Most records written in one commit.
 const RECORDS_PER_COMMIT: usize = 1_000;
-
-/// Writes the records runs hand over, many to a commit (a thousand jobs falling due in the
-/// same second make one or a few commits, not a thousand), until `stop`; each run's task
-/// learns when its record is stored.
-async fn write_records(
-    store: Arc<dyn SchedulerStore>,
-    mut rx: tokio::sync::mpsc::Receiver<Recorded>,
-    stop: Shutdown,
-) {
-    loop {
-        let first = tokio::select! {
-            () = stop.wait() => None,
-            r = rx.recv() => r,
-        };
-        if first.is_none() {
-            // Stopping: what is already handed over is still written.
-            rx.close();
-        }
-        let mut batch: Vec<_> = first.into_iter().collect();
-        while batch.len() < RECORDS_PER_COMMIT {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        if batch.is_empty() {
-            return;
-        }
-        let (records, waiting): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let outcome = store.add_records(records).await.map_err(|e| e.to_string());
-        for w in waiting {
-            let _ = w.send(outcome.clone());
-        }
-    }
-}
 
 /// The first run of `job` after `now`, if it runs at all.
 fn first_run(job: &ScheduleJob, schedule: &Schedule, now: i64) -> Option<i64> {
@@ -132,10 +96,10 @@ impl Scheduler {
         tasks: Tasks,
         metrics: Metrics,
     ) -> Self {
-        let (records, rx) = tokio::sync::mpsc::channel(4 * RECORDS_PER_COMMIT);
         let writer = Arc::clone(&store);
-        tasks.spawn("records", Stage::AfterServing, move |stop| {
-            write_records(writer, rx, stop)
+        let records = Committer::start(&tasks, "records", RECORDS_PER_COMMIT, move |batch| {
+            let writer = Arc::clone(&writer);
+            async move { writer.add_records(batch).await.map_err(|e| e.to_string()) }
         });
         Self {
             store,
@@ -284,13 +248,7 @@ impl Scheduler {
                     scheduled_at,
                     created: now_ms(),
                 };
-                let (done, written) = tokio::sync::oneshot::channel();
-                let handed = me.records.send((NewRecord { record, action_id }, done)).await;
-                let outcome = match handed {
-                    Ok(()) => written.await.unwrap_or_else(|_| Err("stopping".into())),
-                    Err(_) => Err("stopping".into()),
-                };
-                if let Err(e) = outcome {
+                if let Err(e) = me.records.write(NewRecord { record, action_id }).await {
                     tracing::warn!(error = %e, "cannot record a scheduled action's run");
                 }
             }));
