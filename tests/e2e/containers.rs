@@ -216,8 +216,10 @@ async fn smoke(home: &Path, gateway: &str, ca: &Path, password: &str, mqtts: u16
     assert!(secret.len() >= 16, "no secret: {secret}");
     // The device publishes from outside the node's network, over TLS, with its secret, on
     // its own topic (EdgeX device-mqtt's); device-mqtt makes the event. QoS 1, MQTT 5: a
-    // refusal comes back in the PUBACK, which -d shows.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // refusal comes back in the PUBACK, which -d shows. A bound, not a timing: nine
+    // containers starting at once on a busy 2-core machine take a while to follow the new
+    // device.
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let out = Command::new("mosquitto_pub")
             .args(["-h", "127.0.0.1", "-p", &mqtts.to_string(), "--cafile"])
