@@ -81,9 +81,18 @@ pub fn set_log_level(level: &str) -> Result<bool, String> {
 /// Installs the global log subscriber (once per process). `RUST_LOG` overrides the
 /// configured level at start; a level set later ([`set_log_level`]) overrides both.
 pub fn init_logs(cfg: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| filter_of(&cfg.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // The level in force, as it is reported and compared with a new one: RUST_LOG's when
+    // set, else the configured one, else `info`.
+    let (filter, level) = match std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|l| EnvFilter::try_new(&l).ok().map(|f| (f, l)))
+    {
+        Some(found) => found,
+        None => match filter_of(&cfg.level) {
+            Ok(f) => (f, cfg.level.clone()),
+            Err(_) => (EnvFilter::new("info"), "info".to_string()),
+        },
+    };
     // A write error (a supervisor that died and took the read end of our stderr with it)
     // must not become a panic on whatever task was logging.
     let builder = tracing_subscriber::fmt()
@@ -119,7 +128,7 @@ pub fn init_logs(cfg: &LogConfig) {
     };
     if installed.is_ok() {
         let _ = LEVEL.set(Level {
-            current: std::sync::Mutex::new(cfg.level.clone()),
+            current: std::sync::Mutex::new(level),
             set,
         });
     }

@@ -281,15 +281,15 @@ impl Watcher {
             }
         }
         for (key, text) in &stored {
-            let said = (key.clone(), text.clone());
             match self.writable.apply(key, text) {
                 Ok(true) => {
                     tracing::info!(setting = %format!("Writable/{key}"), value = %text, "writable setting applied");
-                    self.reported.remove(&said);
+                    // A bad value set again later is reported again.
+                    self.reported.retain(|(k, _)| k != key);
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    if self.reported.insert(said) {
+                    if self.reported.insert((key.clone(), text.clone())) {
                         tracing::warn!(setting = %format!("Writable/{key}"), value = %text, error = %e, "writable setting refused; the value in force stays");
                     }
                 }

@@ -372,7 +372,6 @@ async fn kv_put(
     Json(req): Json<KvRequest>,
 ) -> Result<axum::Json<KvResponse<String>>, ApiError> {
     let key = check_key(&key)?;
-    may_write(&caller, key)?;
     let mut pairs = Vec::new();
     if p.flatten {
         flatten(key, req.value, &mut pairs);
@@ -384,8 +383,11 @@ async fn kv_put(
             "the value holds no settings to store",
         ));
     }
+    // Each key written, flattened or not, is checked (a service may upload its own
+    // configuration whole with `flatten=true`).
     for (k, _) in &pairs {
         check_key(k)?;
+        may_write(&caller, k)?;
     }
     let pairs = pairs
         .into_iter()

@@ -423,6 +423,20 @@ async fn a_service_writes_only_its_own_keys() {
         let (status, _, body) = outpost_testkit::request(&f.router(), put(who, key)).await;
         assert_eq!(status, want, "{key}: {}", String::from_utf8_lossy(&body));
     }
+    // Its whole configuration at once, as EdgeX uploads it: every key its own.
+    let upload = |key: &str| {
+        Request::put(format!("{KVS}/{key}?flatten=true"))
+            .header("content-type", "application/json")
+            .extension(Caller(Some(service("core-data"))))
+            .body(Body::from(
+                r#"{"value": {"Writable": {"PersistData": true}}}"#,
+            ))
+            .unwrap()
+    };
+    let (status, _, _) = outpost_testkit::request(&f.router(), upload("edgex/v4/core-data")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = outpost_testkit::request(&f.router(), upload("edgex/v4")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a key outside its own");
     let delete = Request::delete(format!("{KVS}/edgex/v4/core-metadata/Writable/LogLevel"))
         .extension(Caller(Some(service("core-data"))))
         .body(Body::empty())
