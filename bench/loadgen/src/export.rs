@@ -581,15 +581,11 @@ fn fastrand_step(t: u64, d: usize) -> f64 {
 }
 
 fn reduction_message(device: &str, origin: i64, value: f64) -> anyhow::Result<Vec<u8>> {
-    let payload = json!({"apiVersion": "v3", "event": {"apiVersion": "v3", "id": uuid::Uuid::new_v4().to_string(),
-        "deviceName": device, "profileName": crate::PROFILE, "sourceName": "level", "origin": origin,
-        "readings": [{"id": uuid::Uuid::new_v4().to_string(), "origin": origin, "deviceName": device,
-            "resourceName": "level", "profileName": crate::PROFILE, "valueType": "Float64",
-            "value": format!("{value:.2}")}]}});
-    let req: outpost_contracts::event::AddEventRequest = serde_json::from_value(payload)?;
-    Ok(outpost_contracts::envelope::encode_event(
-        &req,
-        &uuid::Uuid::new_v4().to_string(),
-        outpost_contracts::envelope::Encoding::Json,
-    )?)
+    crate::one_reading_event(
+        device,
+        crate::PROFILE,
+        "level",
+        origin,
+        &format!("{value:.2}"),
+    )
 }

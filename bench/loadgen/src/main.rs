@@ -341,6 +341,26 @@ fn event_message(
     )?)
 }
 
+/// An EdgeX event of one Float64 reading `value` of `resource`, in a JSON envelope.
+fn one_reading_event(
+    device: &str,
+    profile: &str,
+    resource: &str,
+    origin: i64,
+    value: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let payload = json!({"apiVersion": "v3", "event": {"apiVersion": "v3", "id": uuid::Uuid::new_v4().to_string(),
+        "deviceName": device, "profileName": profile, "sourceName": resource, "origin": origin,
+        "readings": [{"id": uuid::Uuid::new_v4().to_string(), "origin": origin, "deviceName": device,
+            "resourceName": resource, "profileName": profile, "valueType": "Float64", "value": value}]}});
+    let req: outpost_contracts::event::AddEventRequest = serde_json::from_value(payload)?;
+    Ok(outpost_contracts::envelope::encode_event(
+        &req,
+        &uuid::Uuid::new_v4().to_string(),
+        outpost_contracts::envelope::Encoding::Json,
+    )?)
+}
+
 fn topic(device: &str) -> String {
     format!(
         "edgex/events/device/{SERVICE}/{PROFILE}/{device}/{}",

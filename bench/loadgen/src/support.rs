@@ -328,16 +328,7 @@ fn alert_topic(device: &str) -> String {
 
 /// One Float64 reading of 95.5 (above the alert's 90) from `device`, in an envelope.
 fn alert_event(device: &str, origin: i64) -> anyhow::Result<Vec<u8>> {
-    let payload = json!({"apiVersion": "v3", "event": {"apiVersion": "v3", "id": uuid::Uuid::new_v4().to_string(),
-        "deviceName": device, "profileName": "Bench", "sourceName": "Temperature", "origin": origin,
-        "readings": [{"id": uuid::Uuid::new_v4().to_string(), "origin": origin, "deviceName": device,
-            "resourceName": "Temperature", "profileName": "Bench", "valueType": "Float64", "value": "95.5"}]}});
-    let req: outpost_contracts::event::AddEventRequest = serde_json::from_value(payload)?;
-    Ok(outpost_contracts::envelope::encode_event(
-        &req,
-        &uuid::Uuid::new_v4().to_string(),
-        outpost_contracts::envelope::Encoding::Json,
-    )?)
+    super::one_reading_event(device, "Bench", "Temperature", origin, "95.5")
 }
 
 /// Lateness (ms) of each arrival against a schedule of every `period` from `t0` (unix ns).
