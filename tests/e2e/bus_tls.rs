@@ -122,14 +122,15 @@ async fn over_tls_devices_are_their_certificates_and_services_theirs() {
     // telemetry over TLS; device-mqtt and core-data, on the bus over TLS with their own
     // certificates, store it.
     let own = p1.tls_args(&node);
+    node.wait_log(&["device-mqtt", "device added", "device=press-1"])
+        .await;
+    publish_ok(
+        &own,
+        "press-1-pub",
+        "incoming/data/press-1",
+        r#"{"Pressure": 3.5}"#,
+    );
     eventually("press-1's reading over TLS", WAIT, || async {
-        publish_ok(
-            &own,
-            "press-1-pub",
-            "incoming/data/press-1",
-            r#"{"Pressure": 3.5}"#,
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
         !node.readings("press-1", "Pressure").await.is_empty()
     })
     .await;
@@ -138,11 +139,9 @@ async fn over_tls_devices_are_their_certificates_and_services_theirs() {
     // device made of mosquitto clients connected with the certificate.
     let _dev = responder_with("press-1", &own.join(" "));
     let url = node.device_command("press-1", "Setpoint");
-    eventually("the device answers a GET over TLS", WAIT, || async {
-        let (s, v) = node.get(&url).await;
-        s == 200 && v["event"]["readings"][0]["value"] == "1.25e+01"
-    })
-    .await;
+    let (s, v) = node.get(&url).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["event"]["readings"][0]["value"], "1.25e+01", "{v}");
 
     // Another device's certificate cannot speak for press-1: not on press-1's topic, not
     // by naming press-1 as its user.
@@ -348,14 +347,15 @@ async fn with_tls_on_every_hop_nothing_crosses_loopback_in_clear() {
     // user logs in at the gateway with the admin password; a command goes down and back.
     let value = "8642.125";
     let args = bundle.tls_args(&node);
+    node.wait_log(&["device-mqtt", "device added", "device=press-1"])
+        .await;
+    publish_ok(
+        &args,
+        "press-1-pub",
+        "incoming/data/press-1",
+        &format!(r#"{{"Pressure": {value}}}"#),
+    );
     eventually("the marked reading stored", WAIT, || async {
-        publish_ok(
-            &args,
-            "press-1-pub",
-            "incoming/data/press-1",
-            &format!(r#"{{"Pressure": {value}}}"#),
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
         node.readings("press-1", "Pressure")
             .await
             .iter()
@@ -390,11 +390,9 @@ async fn with_tls_on_every_hop_nothing_crosses_loopback_in_clear() {
     let access = login["accessToken"].as_str().expect("a token").to_string();
     let _dev = responder_with("press-1", &args.join(" "));
     let url = node.device_command("press-1", "Setpoint");
-    eventually("the device answers a GET over TLS", WAIT, || async {
-        let (s, v) = node.get(&url).await;
-        s == 200 && v["event"]["readings"][0]["value"] == "1.25e+01"
-    })
-    .await;
+    let (s, v) = node.get(&url).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["event"]["readings"][0]["value"], "1.25e+01", "{v}");
     eventually("the reading sent with the secret stored", WAIT, || async {
         node.readings("press-1", "Cycles")
             .await
@@ -482,14 +480,22 @@ async fn a_zero_touch_device_enrolls_itself_over_mqtt_tls_pending_approval() {
 
     // Approved: its certificate alone gets it onto the bus as itself.
     node.cli_ok(&["device", "approve", "zt-press"]);
-    eventually("zt-press's reading over TLS", WAIT, || async {
-        let _ = publish(
+    // Once device-mqtt serves it unlocked, the broker takes its connection (past its 1 s
+    // cache of the refusal); the first reading it acknowledges is stored.
+    node.wait_log(&["device-mqtt", "device updated", "device=zt-press"])
+        .await;
+    eventually("the broker to take zt-press", WAIT, || async {
+        publish(
             &args,
             "zt-press",
             "incoming/data/zt-press",
             r#"{"Pressure": 2.5}"#,
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        )
+        .status
+        .success()
+    })
+    .await;
+    eventually("zt-press's reading over TLS", WAIT, || async {
         !node.readings("zt-press", "Pressure").await.is_empty()
     })
     .await;

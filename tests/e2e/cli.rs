@@ -53,36 +53,35 @@ fn config_default_is_valid_and_bad_config_reports_every_problem() {
 async fn events_tail_follows_the_bus() {
     let node = Node::start("").await;
     provision(&node, &["t1"]);
-    let mut tail = Command::new(BIN)
-        .arg("--config")
-        .arg(&node.config)
-        .arg("--data-dir")
-        .arg(node.data_dir())
-        .args(["events", "tail", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("events tail");
+    let mut tail = Spawned(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&node.config)
+            .arg("--data-dir")
+            .arg(node.data_dir())
+            .args(["events", "tail", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("events tail"),
+    );
     let rx = lines_of(&mut tail);
-    // Publish until the subscriber (which connects asynchronously) has seen one.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let line = loop {
-        let (_, msg) = event_message("t1", now_nanos(), &[("Temperature", "Float64", "23.75")]);
-        assert!(
-            mosquitto_pub(node.ports.mqtt, &event_topic("t1"), &msg, &[])
-                .status
-                .success()
-        );
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
-            break line;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "events tail printed nothing"
-        );
-    };
-    let _ = tail.kill();
-    let _ = tail.wait();
+    // It says it follows once the broker acknowledged its subscription: one event then.
+    let said = lines_from(tail.stderr.take().expect("stderr"));
+    while !said
+        .recv_timeout(Duration::from_secs(20))
+        .expect("events tail says what it follows")
+        .starts_with("following ")
+    {}
+    let (_, msg) = event_message("t1", now_nanos(), &[("Temperature", "Float64", "23.75")]);
+    assert!(
+        mosquitto_pub(node.ports.mqtt, &event_topic("t1"), &msg, &[])
+            .status
+            .success()
+    );
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("events tail prints the event");
     let ev: serde_json::Value = serde_json::from_str(&line).expect("a JSON event per line");
     assert_eq!(ev["deviceName"], "t1");
     assert_eq!(ev["readings"][0]["value"], "23.75");

@@ -172,13 +172,32 @@ async fn restarted(node: &Node, service: &str, old: u32) {
 }
 
 /// `rounds` times, after a random pause of 0.2 to 1.5 s: kill -9 of one of `victims` (a
-/// service, or `node` for every process at once), and waits until it is back.
-async fn kill_at_random(node: &mut Node, victims: &[&str], rounds: u32) {
+/// service, or `node` for every process at once), and waits until it is back. The last
+/// round kills the whole node if no round did yet and `node` is a victim.
+///
+/// `in_flight` tells, just before each kill, how much was acknowledged and not yet where
+/// it is going (acknowledged minus stored, read in that order, so never more than was in
+/// flight at the read); at least one kill must have hit such work, or the test proved
+/// nothing.
+async fn kill_at_random(
+    node: &mut Node,
+    victims: &[&str],
+    rounds: u32,
+    in_flight: impl AsyncFn(&Node) -> i64,
+) {
     let mut rng = Rng::new();
+    let mut hit = Vec::new();
+    let mut node_killed = false;
     for round in 0..rounds {
         tokio::time::sleep(Duration::from_millis(200 + rng.below(1300))).await;
-        let victim = victims[usize::try_from(rng.below(victims.len() as u64)).unwrap_or(0)];
-        eprintln!("round {round}: kill -9 {victim}");
+        let mut victim = victims[usize::try_from(rng.below(victims.len() as u64)).unwrap_or(0)];
+        if round + 1 == rounds && !node_killed && victims.contains(&"node") {
+            victim = "node";
+        }
+        node_killed |= victim == "node";
+        let backlog = in_flight(node).await;
+        hit.push(backlog);
+        eprintln!("round {round}: kill -9 {victim} with {backlog} in flight");
         if victim == "node" {
             node.kill_all();
             node.launch().await;
@@ -188,6 +207,18 @@ async fn kill_at_random(node: &mut Node, victims: &[&str], rounds: u32) {
             restarted(node, victim, pid).await;
         }
     }
+    assert!(
+        hit.iter().any(|b| *b > 0),
+        "no kill hit acknowledged work in flight: {hit:?}"
+    );
+}
+
+/// How many items core-data counts at `/api/v3/<path>` (`event/count/...`,
+/// `reading/count/...`).
+async fn count(node: &Node, path: &str) -> i64 {
+    let (status, body) = node.get(&format!("{}/api/v3/{path}", node.data())).await;
+    assert_eq!(status, 200, "{body}");
+    body["count"].as_i64().expect("a count")
 }
 
 /// Waits until every id of `acked` is stored for `device`; then none may be there twice.
@@ -307,6 +338,55 @@ async fn what_the_broker_acknowledged_survives_its_crash_while_core_data_is_away
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_node_kill_9_while_core_data_is_behind_loses_no_acknowledged_event() {
+    // The case that once lost acknowledged events: the broker has acknowledged what
+    // core-data has not stored yet (here core-data is paused, so everything acknowledged
+    // meanwhile is held only by the broker) when every process of the node dies at once,
+    // in the middle of a publisher's stream.
+    let mut node = Node::start("").await;
+    provision(&node, &["w1"]);
+    let creds = crate::support::tempdir();
+    let publisher = Publisher::start(&node, "w1", &creds).await;
+    eventually("ingest under way", outpost_testkit::WAIT, || async {
+        count(&node, "event/count/device/name/w1").await >= 200
+    })
+    .await;
+    let paused = Paused::new(node.pid("core-data"));
+    let at_pause = publisher.count();
+    eventually(
+        "events acknowledged while core-data is away",
+        outpost_testkit::WAIT,
+        || async { publisher.count() >= at_pause + 500 },
+    )
+    .await;
+    // Nothing acknowledged since the pause can be stored: core-data is stopped.
+    let behind = publisher.count() - at_pause;
+    node.kill_all();
+    drop(paused);
+    node.launch().await;
+    let acked = publisher.stop().await;
+    all_stored_once(&node, "w1", &acked, Duration::from_secs(90)).await;
+    // What the node had acknowledged and not stored when it died was stored by the new
+    // core-data; whatever it received again of what the old one had stored was
+    // recognised as a duplicate.
+    let data = node.data();
+    let stored_since = node
+        .metric(&data, "outpost_core_data_events_persisted_total")
+        .await;
+    let duplicates = node
+        .metric(&data, "outpost_core_data_events_duplicate_total")
+        .await;
+    eprintln!(
+        "{behind} acknowledged behind core-data at the kill; {stored_since} stored and {duplicates} duplicates since"
+    );
+    assert!(
+        stored_since >= behind as f64,
+        "the backlog was stored after the kill ({stored_since} < {behind})"
+    );
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_acknowledged_event_is_lost_or_stored_twice_through_twenty_random_kill_9() {
     let rounds: u32 = std::env::var("OUTPOST_KILL_ROUNDS")
         .ok()
@@ -320,6 +400,10 @@ async fn no_acknowledged_event_is_lost_or_stored_twice_through_twenty_random_kil
         &mut node,
         &["core-data", "mqtt-broker", "core-metadata", "node"],
         rounds,
+        async |node| {
+            let acked = publisher.count() as i64;
+            acked - count(node, "event/count/device/name/k1").await
+        },
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -423,10 +507,12 @@ async fn device_rest_answers_2xx_only_for_what_survives_random_kill_9() {
     // A device posting values one after another; a 2xx answer counts it as acknowledged.
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
+    let asking = Arc::new(AtomicBool::new(false));
     let poster = {
-        let (stop, acked, http, url) = (
+        let (stop, acked, asking, http, url) = (
             Arc::clone(&stop),
             Arc::clone(&acked),
+            Arc::clone(&asking),
             http.clone(),
             url.clone(),
         );
@@ -440,7 +526,10 @@ async fn device_rest_answers_2xx_only_for_what_survives_random_kill_9() {
                     .bearer_auth(token)
                     .body(value.clone())
                     .send();
-                match sent.await {
+                asking.store(true, Ordering::Relaxed);
+                let sent = sent.await;
+                asking.store(false, Ordering::Relaxed);
+                match sent {
                     Ok(r) if r.status().is_success() => acked.lock().expect("acked").push(value),
                     _ => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
@@ -455,6 +544,21 @@ async fn device_rest_answers_2xx_only_for_what_survives_random_kill_9() {
         &mut node,
         &["device-rest", "mqtt-broker", "core-data", "node"],
         rounds,
+        // A request waiting for its answer, and values answered and not stored yet.
+        async |node| {
+            let waiting = i64::from(asking.load(Ordering::Relaxed));
+            let acked = acked.lock().expect("acked").clone();
+            let stored: HashSet<String> = paged(
+                node,
+                "reading/device/name/rk/resourceName/Label",
+                "readings",
+                "value",
+            )
+            .await
+            .into_iter()
+            .collect();
+            waiting + acked.iter().filter(|v| !stored.contains(*v)).count() as i64
+        },
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -525,7 +629,11 @@ async fn device_mqtt_telemetry_acknowledged_by_the_broker_survives_random_kill_9
         |v| v.split(',').map(str::to_string).collect(),
     );
     let victims: Vec<&str> = victims.iter().map(String::as_str).collect();
-    kill_at_random(&mut node, &victims, rounds).await;
+    kill_at_random(&mut node, &victims, rounds, async |node| {
+        let acked = publisher.count() as i64;
+        acked - count(node, "reading/count/device/name/mk").await
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let acked = publisher.stop().await;
     assert!(acked.len() > 50, "only {} acknowledged", acked.len());
@@ -631,10 +739,12 @@ async fn every_accepted_notification_is_delivered_through_random_kill_9() {
     // Notifications sent one after another; a 201 for the item counts it as accepted.
     let stop = Arc::new(AtomicBool::new(false));
     let accepted = Arc::new(Mutex::new(Vec::new()));
+    let asking = Arc::new(AtomicBool::new(false));
     let sender = {
-        let (stop, accepted, http, url) = (
+        let (stop, accepted, asking, http, url) = (
             Arc::clone(&stop),
             Arc::clone(&accepted),
+            Arc::clone(&asking),
             node.http.clone(),
             url.clone(),
         );
@@ -645,10 +755,12 @@ async fn every_accepted_notification_is_delivered_through_random_kill_9() {
                 let content = format!("durable notification {n}");
                 let body = json!([{"apiVersion": "v3", "notification": {"category": "durable",
                     "content": content, "sender": "e2e", "severity": "NORMAL"}}]);
+                asking.store(true, Ordering::Relaxed);
                 let answered = match http.post(&url).json(&body).send().await {
                     Ok(r) => r.json::<serde_json::Value>().await.ok(),
                     Err(_) => None,
                 };
+                asking.store(false, Ordering::Relaxed);
                 match answered {
                     Some(v) if v[0]["statusCode"] == 201 => {
                         accepted.lock().expect("accepted").push(content);
@@ -662,7 +774,19 @@ async fn every_accepted_notification_is_delivered_through_random_kill_9() {
         .ok()
         .and_then(|s| s.parse().ok())
         .map_or(6, |r: u32| r.div_ceil(3));
-    kill_at_random(&mut node, &["support-notifications", "node"], rounds).await;
+    kill_at_random(
+        &mut node,
+        &["support-notifications", "node"],
+        rounds,
+        // A notification waiting for its answer, and accepted ones not delivered yet.
+        async |_| {
+            let waiting = i64::from(asking.load(Ordering::Relaxed));
+            let got: HashSet<String> = hook.got().into_iter().map(|(_, body)| body).collect();
+            let accepted = accepted.lock().expect("accepted").clone();
+            waiting + accepted.iter().filter(|c| !got.contains(*c)).count() as i64
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     tokio::time::timeout(Duration::from_secs(60), sender)

@@ -1,13 +1,77 @@
 //! Encryption at rest: after ingesting known values, no file under the data dir contains
-//! them (nor the device's name) in plaintext.
+//! them (nor the device's name) in plaintext: not core-data's database, not the export
+//! queue holding them for a cloud that is away, not the cloud node's database.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::export::Cloud;
 use crate::support::*;
 
-#[tokio::test]
+/// Every file under `dir`; fails on a directory it cannot read (one that vanished while
+/// walked, as a rotated WAL, is skipped).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("cannot list {}: {e}", d.display()),
+        };
+        for e in entries {
+            let p = e.expect("directory entry").path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The `(file, needle)` pairs for which a file under `dir` holds a needle in plaintext;
+/// fails on a file it cannot read, so an unreadable file never counts as clean.
+fn plaintext(dir: &Path, needles: &[&str]) -> Vec<(PathBuf, String)> {
+    let mut found = Vec::new();
+    for f in files_under(dir) {
+        let bytes = match std::fs::read(&f) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("cannot read {}: {e}", f.display()),
+        };
+        for n in needles {
+            if bytes.windows(n.len()).any(|w| w == n.as_bytes()) {
+                found.push((f.clone(), (*n).to_string()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_plaintext_search_finds_what_is_there() {
+    let dir = tempdir();
+    std::fs::create_dir(dir.path().join("db")).expect("dir");
+    std::fs::write(dir.path().join("db/x.db"), b"\x00\x01canary-reading\x02").expect("write");
+    assert_eq!(
+        plaintext(dir.path(), &["canary-reading", "absent"]),
+        vec![(dir.path().join("db/x.db"), "canary-reading".to_string())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_plaintext_under_the_data_dir() {
-    let mut node = Node::start("").await;
+    // A cloud that is away: the node's export queue holds everything meanwhile.
+    let mut cloud = Cloud::start().await;
+    let identity = cloud.enroll("edge-canary");
+    cloud.stop();
+    let mut node = Node::start(&cloud_export(
+        &identity,
+        "retry_initial_ms = 50\nretry_max_ms = 500",
+    ))
+    .await;
     let device = "canary-device-8c1f";
     provision(&node, &[device]);
     let value = "73519.0625";
@@ -52,29 +116,52 @@ async fn no_plaintext_under_the_data_dir() {
         node.get(&format!("{data}/api/v3/event/count")).await.1["count"] == 51
     })
     .await;
+    let export = node.url(node.ports.export);
+    eventually(
+        "51 events queued for the cloud",
+        Duration::from_secs(20),
+        || async {
+            node.get(&format!("{export}/api/v3/export/status")).await.1["destinations"][0]["queue"]
+                ["items"]
+                == 51
+        },
+    )
+    .await;
+    let needles = [value, text, "100.125", device];
     // Check while running (WAL files present) and after a clean stop.
-    let check = |node: &Node, when: &str| {
-        let files = node.data_files();
-        assert!(
-            files
-                .iter()
-                .any(|f| f.to_string_lossy().ends_with("core-data.db")),
-            "{files:?}"
-        );
-        for f in files {
-            let bytes = std::fs::read(&f).unwrap_or_default();
-            for needle in [value, text, "100.125", device] {
-                assert!(
-                    !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
-                    "{when}: {} contains '{needle}' in plaintext",
-                    f.display()
-                );
-            }
+    let check = |dir: &Path, when: &str, must_have: &[&str]| {
+        let files = files_under(dir);
+        for m in must_have {
+            assert!(
+                files.iter().any(|f| f.to_string_lossy().contains(m)),
+                "{when}: no {m} in {files:?}"
+            );
         }
+        let found = plaintext(dir, &needles);
+        assert!(found.is_empty(), "{when}: plaintext in {found:?}");
     };
-    check(&node, "running");
+    let at_node = ["core-data.db", "/queue/"];
+    check(&node.data_dir(), "running", &at_node);
+    // The cloud comes back and takes the backlog: its database holds it, encrypted.
+    cloud.launch().await;
+    eventually(
+        "the backlog in the cloud",
+        Duration::from_secs(30),
+        || async {
+            cloud
+                .values("edge-canary", device)
+                .await
+                .values()
+                .sum::<u32>()
+                == 102
+        },
+    )
+    .await;
+    check(&cloud.data_dir(), "cloud running", &[".db"]);
     node.stop();
-    check(&node, "stopped");
+    check(&node.data_dir(), "stopped", &at_node);
+    cloud.stop();
+    check(&cloud.data_dir(), "cloud stopped", &[".db"]);
     // Secrets are private to the node's user: files 0600, directories (the services' keys)
     // 0700, all the way down.
     use std::os::unix::fs::PermissionsExt as _;

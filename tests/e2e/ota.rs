@@ -8,7 +8,7 @@ use outpost_ota::manifest::SigningKey;
 use outpost_testkit::firmware::{manifest, payload, sha256};
 use serde_json::{Value, json};
 
-use crate::support::{BIN, Node, message_has, run_cli};
+use crate::support::{BIN, Node, Spawned, message_has, run_cli};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -742,18 +742,22 @@ http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
 "#,
         dir = dir.path().display().to_string()
     );
-    let mut server = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .spawn()
-        .expect("python3");
+    let server = Spawned(
+        Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .spawn()
+            .expect("python3"),
+    );
     let state = dir.path().join("agent");
     let rogue = format!("http://127.0.0.1:{port}");
-    let mut agent = agent(&rogue, &state, "dev", "anything")
-        .args(["--trusted-key", &public, "--health-cmd", "true"])
-        .args(["--poll-s", "1"])
-        .spawn()
-        .expect("agent");
+    let agent = Spawned(
+        agent(&rogue, &state, "dev", "anything")
+            .args(["--trusted-key", &public, "--health-cmd", "true"])
+            .args(["--poll-s", "1"])
+            .spawn()
+            .expect("agent"),
+    );
     let feedback = dir.path().join("feedback.log");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !std::fs::read_to_string(&feedback)
@@ -779,10 +783,8 @@ http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
         !state.join("state/slot-b/payload").exists(),
         "a tampered payload reached a slot"
     );
-    let _ = agent.kill();
-    let _ = agent.wait();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(agent);
+    drop(server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

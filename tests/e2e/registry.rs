@@ -50,15 +50,23 @@ async fn silent_service_goes_down_then_is_removed_then_comes_back() {
     );
 }
 
-/// Reads server-sent events from the registry's watch until `want` matches one.
-async fn watch_for(node: &Node, timeout: Duration, want: impl Fn(&Value) -> bool) -> Vec<Value> {
-    let mut resp = node
-        .http
+/// The registry's watch, attached: core-keeper subscribes to changes before it answers
+/// with the stream's headers, so every change after this returns is on the stream.
+async fn watch(node: &Node) -> reqwest::Response {
+    node.http
         .get(format!("{}/api/v3/registry/watch", node.keeper()))
-        .timeout(timeout)
+        .timeout(Duration::from_secs(30))
         .send()
         .await
-        .expect("watch");
+        .expect("watch")
+}
+
+/// Reads server-sent events from a watch until `want` matches one.
+async fn watch_for(
+    mut resp: reqwest::Response,
+    timeout: Duration,
+    want: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
     let mut seen = Vec::new();
     let mut buf = String::new();
     let deadline = Instant::now() + timeout;
@@ -87,27 +95,16 @@ async fn watch_for(node: &Node, timeout: Duration, want: impl Fn(&Value) -> bool
 
 #[tokio::test]
 async fn clean_stop_deregisters_at_once() {
-    // Slow heartbeats: a deregistration seen within a second cannot be an expiry.
+    // Slow heartbeats and a long TTL: a deregistration cannot come from an expiry, which
+    // would mark the service DOWN, not HALT.
     let node = Node::start("[registry]\nheartbeat_interval_ms = 10000\n").await;
     let pid = node.pid("core-data");
-    let watcher = {
-        let started = Instant::now();
-        let fut = watch_for(&node, Duration::from_secs(15), |c| {
-            c["serviceId"] == "core-data" && c["action"] == "deregistered"
-        });
-        // Give the watch a moment to attach before the service stops.
-        let stop = async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            signal(pid, "TERM");
-        };
-        let (seen, ()) = tokio::join!(fut, stop);
-        (seen, started.elapsed())
-    };
-    let (seen, elapsed) = watcher;
-    assert!(
-        elapsed < Duration::from_secs(5),
-        "deregistration took {elapsed:?}"
-    );
+    let stream = watch(&node).await;
+    signal(pid, "TERM");
+    let seen = watch_for(stream, Duration::from_secs(15), |c| {
+        c["serviceId"] == "core-data" && c["action"] == "deregistered"
+    })
+    .await;
     assert_eq!(seen.last().expect("a change")["status"], "HALT");
     // The supervisor brings it back, and it registers again.
     eventually("core-data to be UP again", WAIT, || async {
@@ -133,8 +130,16 @@ async fn registry_long_poll_and_restart_survival() {
             .await
             .expect("json")
     });
-    // Any change answers the poll: stop core-metadata cleanly.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Once the poll waits in core-keeper, any change answers it: stop core-metadata.
+    eventually("the long-poll to wait", WAIT, || async {
+        node.metric(
+            &keeper,
+            "outpost_core_keeper_long_polls_waiting{on=\"registry\"}",
+        )
+        .await
+            >= 1.0
+    })
+    .await;
     signal(node.pid("core-metadata"), "TERM");
     let changed = tokio::time::timeout(Duration::from_secs(10), poll)
         .await

@@ -3,7 +3,7 @@
 //! commands reach a real HTTP device (a small Python server) through core-command.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -28,18 +28,8 @@ fn meter_resources() -> Value {
     ])
 }
 
-/// A child process killed when dropped, also when a test fails.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A tiny HTTP device: GET /meter/<resource> answers the stored value, PUT stores it.
-fn http_device(port: u16) -> Peer {
+fn http_device(port: u16) -> Spawned {
     let script = r#"
 import http.server, sys
 values = {"Limit": "42.5"}
@@ -63,7 +53,7 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map(Peer)
+        .map(Spawned)
         .expect("python3 must be installed")
 }
 
@@ -269,7 +259,17 @@ async fn rest_devices_push_with_tokens_and_take_commands() {
         &garbage,
         400,
     );
-    assert_eq!(node.readings("meter-1", "Count").await.len(), before);
+    // A good value after the refused ones: once it is stored, none of those was.
+    let (s, body) = curl(&ca, &url("meter-1", "Count"), Some(t1), &["--data", "4321"]);
+    assert_eq!(s, 200, "{body}");
+    eventually("the good value after the refused ones", WAIT, || async {
+        node.readings("meter-1", "Count")
+            .await
+            .iter()
+            .any(|r| r["value"] == "4321")
+    })
+    .await;
+    assert_eq!(node.readings("meter-1", "Count").await.len(), before + 1);
     assert!(
         node.readings("meter-1", "Power")
             .await

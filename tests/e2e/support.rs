@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_outpost");
 
-pub use outpost_testkit::{Mosquitto, free_port, lines_of};
+pub use outpost_testkit::{Mosquitto, free_port, lines_from, lines_of};
 
 /// Gives a file the operator made as root (an identity bundle) to the node's service user,
 /// as an operator does for files the node is configured to read: a node started as root
@@ -565,23 +565,29 @@ impl Node {
         run_cli(cmd, stdin)
     }
 
-    /// A metric's value from a service's `/metrics` (0 when absent).
+    /// A metric's value from a service's `/metrics`: the sum of every series of `name`, or
+    /// of the series that carry every label of a selector such as `name{reason="bus"}`.
+    /// Panics when the service exports no such series: a misspelt or vanished metric
+    /// must fail the test, not read as 0.
     pub async fn metric(&self, base_url: &str, name: &str) -> f64 {
-        let text = self
+        self.metric_if_any(base_url, name)
+            .await
+            .unwrap_or_else(|| panic!("{base_url}/metrics has no series {name}"))
+    }
+
+    /// [`Node::metric`], or `None` while the service has no such series yet (a labelled
+    /// counter appears with its first event).
+    pub async fn metric_if_any(&self, base_url: &str, name: &str) -> Option<f64> {
+        let response = self
             .http
             .get(format!("{base_url}/metrics"))
             .send()
             .await
-            .expect("metrics")
-            .text()
-            .await
-            .unwrap_or_default();
-        text.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .expect("metrics");
+        assert_eq!(response.status().as_u16(), 200, "{base_url}/metrics");
+        let text = response.text().await.expect("metrics text");
+        metric_in(&text, name)
     }
-
     /// Kills the supervisor and every service with SIGKILL at once, the way a power cut
     /// or an OOM kill of the whole node would, and waits until they are gone.
     pub fn kill_all(&mut self) {
@@ -652,6 +658,21 @@ impl Node {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Waits until a line of the node's log holds every one of `parts` (a service saying
+    /// it is ready for something, e.g. `["device-mqtt", "device added", "device=p1"]`).
+    pub async fn wait_log(&self, parts: &[&str]) {
+        eventually(
+            &format!("a log line with {parts:?}"),
+            outpost_testkit::WAIT,
+            || async {
+                self.log()
+                    .lines()
+                    .any(|l| parts.iter().all(|p| l.contains(p)))
+            },
+        )
+        .await;
+    }
+
     /// Every file under the data dir.
     pub fn data_files(&self) -> Vec<PathBuf> {
         fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -703,6 +724,60 @@ impl Drop for Paused {
             .arg("-CONT")
             .arg(self.0.to_string())
             .status();
+    }
+}
+
+/// The sum of the series of `selector` (a metric name, optionally with `{label="value",..}`
+/// that every counted series must carry) in a Prometheus text exposition; `None` when
+/// no series matches.
+pub fn metric_in(text: &str, selector: &str) -> Option<f64> {
+    let (name, wanted) = match selector.split_once('{') {
+        Some((n, labels)) => (n, labels.trim_end_matches('}')),
+        None => (selector, ""),
+    };
+    let wanted: Vec<&str> = wanted.split(',').filter(|l| !l.is_empty()).collect();
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (series_name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if series_name != name {
+            continue;
+        }
+        let have: Vec<&str> = labels.split(',').collect();
+        if wanted.iter().all(|w| have.contains(w)) {
+            let v: f64 = value.parse().expect("a metric value");
+            found = Some(found.unwrap_or(0.0) + v);
+        }
+    }
+    found
+}
+
+/// A spawned process killed and reaped when dropped, also when a check fails first, so
+/// no peer outlives its test.
+pub struct Spawned(pub Child);
+
+impl std::ops::Deref for Spawned {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -834,11 +909,18 @@ pub struct MosquittoSub {
 }
 
 impl MosquittoSub {
+    /// Subscribes to `filter` on the node's broker at `port` on loopback.
     pub fn start(port: u16, filter: &str) -> Self {
+        Self::with(&bus_login(port), filter)
+    }
+
+    /// Subscribes to `filter` with the connection arguments `connect` (host, port, TLS
+    /// files, login) and returns once the broker acknowledged the subscription.
+    pub fn with(connect: &[impl AsRef<std::ffi::OsStr>], filter: &str) -> Self {
         // Line-buffered (stdbuf), or the packet lines would wait in a pipe's buffer.
         let mut child = Command::new("stdbuf")
             .args(["-oL", "mosquitto_sub"])
-            .args(bus_login(port))
+            .args(connect)
             .args(["-q", "1", "-d", "-v", "-t", filter])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -863,7 +945,7 @@ impl MosquittoSub {
         });
         assert!(
             ready.recv_timeout(outpost_testkit::WAIT).is_ok(),
-            "mosquitto_sub did not subscribe to {filter} on port {port}"
+            "mosquitto_sub did not subscribe to {filter}"
         );
         Self { child, lines }
     }

@@ -91,18 +91,37 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        let _ = decode_event(&bytes);
+    fn arbitrary_bytes_never_panic_and_what_decodes_is_an_event(
+        bytes in prop::collection::vec(any::<u8>(), 0..512),
+    ) {
+        // Whatever decodes is a whole event: encoded again, it decodes to itself.
+        if let Ok(env) = decode_event(&bytes) {
+            let again = encode_event(&env.payload, "c", Encoding::Json).unwrap();
+            prop_assert_eq!(&decode_event(&again).unwrap().payload.event, &env.payload.event);
+        }
     }
 
     #[test]
-    fn corrupted_messages_never_panic(req in event(), cut in any::<prop::sample::Index>(), flip in any::<u8>()) {
+    fn a_cut_message_is_refused_and_a_damaged_one_never_decodes_to_another_event(
+        req in event(),
+        cut in any::<prop::sample::Index>(),
+        flip in 1u8..=255,
+    ) {
         for enc in [Encoding::Json, Encoding::Cbor] {
-            let mut bytes = encode_event(&req, "c", enc).unwrap();
-            let i = cut.index(bytes.len());
+            let whole = encode_event(&req, "c", enc).unwrap();
+            let i = cut.index(whole.len());
+            // Every strict prefix is refused: a message cut in transit is not taken as a
+            // shorter event.
+            prop_assert!(decode_event(&whole[..i]).is_err(), "{:?} prefix of {} bytes decoded", enc, i);
+            // One damaged byte: refused, or (a flipped letter case in a key, a changed
+            // digit of a value) decoded into an event that encodes and decodes to itself;
+            // never a panic.
+            let mut bytes = whole.clone();
             bytes[i] ^= flip;
-            let _ = decode_event(&bytes);
-            let _ = decode_event(&bytes[..i]);
+            if let Ok(env) = decode_event(&bytes) {
+                let again = encode_event(&env.payload, "c", enc).unwrap();
+                prop_assert_eq!(&decode_event(&again).unwrap().payload.event, &env.payload.event);
+            }
         }
     }
 }

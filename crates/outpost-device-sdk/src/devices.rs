@@ -39,21 +39,22 @@ impl Sdk {
         };
         let (r, put) = self.catalog_mut().put_device(device, profile);
         match put {
+            // Said once the driver knows it: from then on the device is served.
             Put::Added => {
-                tracing::info!(device = %r.device.name, "device added");
                 self.inner
                     .driver
                     .device_changed(DeviceChange::Added(r.clone()))
                     .await;
                 crate::autoevent::restart(self, &r);
+                tracing::info!(device = %r.device.name, "device added");
             }
             Put::Changed => {
-                tracing::info!(device = %r.device.name, "device updated");
                 self.inner
                     .driver
                     .device_changed(DeviceChange::Updated(r.clone()))
                     .await;
                 crate::autoevent::restart(self, &r);
+                tracing::info!(device = %r.device.name, "device updated");
             }
             Put::Same => {}
         }

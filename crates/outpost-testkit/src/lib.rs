@@ -137,11 +137,18 @@ pub fn free_port() -> u16 {
 /// The lines `child` prints on its stdout (which must be piped), read by a thread, until
 /// it closes them or the receiver is dropped.
 pub fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    lines_from(child.stdout.take().expect("stdout"))
+}
+
+/// The lines read from `source` (a child's piped stderr, say) by a thread, until it
+/// closes or the receiver is dropped.
+pub fn lines_from(
+    source: impl std::io::Read + Send + 'static,
+) -> std::sync::mpsc::Receiver<String> {
     use std::io::BufRead as _;
-    let stdout = child.stdout.take().expect("stdout");
     let (tx, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
+        for line in std::io::BufReader::new(source)
             .lines()
             .map_while(Result::ok)
         {

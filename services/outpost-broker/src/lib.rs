@@ -155,12 +155,21 @@ impl outpost_kit::Service for Broker {
             )
             .map_err(StartError::other)?;
             let base = &ctx.common.bus.base_topic;
+            let metrics = journal::Metrics::new(ctx);
+            outpost_kit::telemetry::zeroed_counters(&[
+                metrics.appended,
+                metrics.commits,
+                metrics.released,
+                metrics.waits,
+                metrics.bypassed,
+                metrics.redelivered,
+            ]);
             let jc = journal::Config {
                 max_bytes: cfg.journal_max_bytes,
                 max_message_bytes: u32::try_from(cfg.max_packet_bytes).unwrap_or(u32::MAX),
                 sync: ctx.common.storage.sync == outpost_storage::SyncMode::Full,
                 redeliver_after: Duration::from_secs(cfg.journal_redeliver_s),
-                metrics: journal::Metrics::new(ctx),
+                metrics,
             };
             let control = journal::Control {
                 internal_user: outpost_bus::INTERNAL_USER.to_string(),

@@ -63,6 +63,11 @@ impl Ingest {
         validator: Arc<Validator>,
         metrics: IngestMetrics,
     ) -> Self {
+        outpost_kit::telemetry::zeroed_counters(&[
+            metrics.events,
+            metrics.readings,
+            metrics.duplicates,
+        ]);
         Self {
             store,
             validator,

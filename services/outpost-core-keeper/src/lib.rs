@@ -33,11 +33,19 @@ pub async fn app(
         registry,
         store,
         max_wait_ms: cfg.max_wait_ms,
+        registry_polls: long_polls("registry"),
+        kv_polls: long_polls("kv"),
         kv_index: tokio::sync::watch::channel(
             u64::try_from(outpost_contracts::now_millis()).unwrap_or_default(),
         )
         .0,
     }))
+}
+
+/// The gauge of requests waiting in a long-poll on the registry or on the key/value store.
+fn long_polls(on: &'static str) -> metrics::Gauge {
+    let name = outpost_kit::telemetry::metric_name(SERVICE, "long_polls_waiting");
+    metrics::gauge!(name, "on" => on)
 }
 
 /// The service, as the node runs it.

@@ -114,8 +114,9 @@ impl Registry {
         *self.index.borrow()
     }
 
-    pub fn subscribe_index(&self) -> watch::Receiver<u64> {
-        self.index.subscribe()
+    /// The registry's change index, to wait on.
+    pub fn index_changes(&self) -> &watch::Sender<u64> {
+        &self.index
     }
 
     pub fn subscribe_changes(&self) -> broadcast::Receiver<RegistryChange> {

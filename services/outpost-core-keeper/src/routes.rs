@@ -45,6 +45,10 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub store: Arc<dyn Store>,
     pub max_wait_ms: u64,
+    /// Requests waiting in a long-poll on the registry now.
+    pub registry_polls: metrics::Gauge,
+    /// Requests waiting in a long-poll on the key/value store now.
+    pub kv_polls: metrics::Gauge,
     /// Grows with every key/value change (see the module documentation).
     pub kv_index: tokio::sync::watch::Sender<u64>,
 }
@@ -60,6 +64,28 @@ impl AppState {
 
     fn kv_index_header(&self) -> [(&'static str, String); 1] {
         [(KV_INDEX_HEADER, self.kv_index.borrow().to_string())]
+    }
+
+    /// Waits up to `wait_ms` (capped) until `index` passes `seen`, counted among the
+    /// waiting long-polls meanwhile (also when the client goes away first).
+    async fn long_poll(
+        &self,
+        index: &tokio::sync::watch::Sender<u64>,
+        waiting: &metrics::Gauge,
+        seen: u64,
+        wait_ms: Option<u64>,
+    ) {
+        struct Waiting<'a>(&'a metrics::Gauge);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.decrement(1.0);
+            }
+        }
+        let wait = Duration::from_millis(wait_ms.unwrap_or(30_000).min(self.max_wait_ms));
+        let mut rx = index.subscribe();
+        waiting.increment(1.0);
+        let _waiting = Waiting(waiting);
+        let _ = tokio::time::timeout(wait, rx.wait_for(|i| *i > seen)).await;
     }
 }
 
@@ -156,9 +182,13 @@ async fn all(
     Query(p): Query<AllParams>,
 ) -> axum::Json<MultiRegistrationsResponse> {
     if let Some(seen) = p.wait_index {
-        let wait = Duration::from_millis(p.wait_ms.unwrap_or(30_000).min(st.max_wait_ms));
-        let mut rx = st.registry.subscribe_index();
-        let _ = tokio::time::timeout(wait, rx.wait_for(|i| *i > seen)).await;
+        st.long_poll(
+            st.registry.index_changes(),
+            &st.registry_polls,
+            seen,
+            p.wait_ms,
+        )
+        .await;
     }
     let (index, regs) = st.registry.list(p.deregistered);
     axum::Json(MultiRegistrationsResponse {
@@ -283,9 +313,8 @@ async fn kv_get(
 ) -> Result<Response, ApiError> {
     let key = check_key(&key)?;
     if let Some(seen) = p.wait_index {
-        let wait = Duration::from_millis(p.wait_ms.unwrap_or(30_000).min(st.max_wait_ms));
-        let mut rx = st.kv_index.subscribe();
-        let _ = tokio::time::timeout(wait, rx.wait_for(|i| *i > seen)).await;
+        st.long_poll(&st.kv_index, &st.kv_polls, seen, p.wait_ms)
+            .await;
     }
     // Read before the listing: a change racing the read is seen again by the next wait.
     let index = st.kv_index_header();
