@@ -1,6 +1,7 @@
 //! The bus: an external mosquitto instead of the embedded broker, system events, correlation
 //! IDs on messages, authentication of remote clients, and traffic during a registry outage.
 
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -336,5 +337,93 @@ async fn after_a_broker_crash_events_are_queued_for_core_data_before_it_is_back(
         WAIT,
         || async { count().await == 10 },
     )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_away_clients_queue_holds_its_bound_and_keeps_the_newest() {
+    let node = Node::start("[broker]\nmax_queued_messages_per_client = 50\n").await;
+    let port = node.ports.mqtt;
+    // A client whose session outlives its connection: subscribed, then away.
+    let mut session = bus_login(port);
+    session.extend(["-V", "mqttv5", "-c", "-x", "3600", "-i", "bounded-client"].map(String::from));
+    let o = Command::new("mosquitto_sub")
+        .args(&session)
+        .args(["-q", "1", "-t", "bound/test", "-E"])
+        .output()
+        .expect("mosquitto_sub");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+    assert!(
+        mosquitto_pub_lines(port, "bound/test", &lines, &[])
+            .status
+            .success()
+    );
+    // Back: the newest 50 waited for it, in order; the older were dropped.
+    let sub = MosquittoSub::with(&session, "bound/test");
+    let got: Vec<String> = (0..50)
+        .map(|_| sub.next_line(WAIT).expect("a queued message").1)
+        .collect();
+    let newest: Vec<String> = (250..300).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, newest);
+    // Nothing else was queued: the next message is a new one.
+    let (_, next) = sub.first_after(WAIT, || {
+        assert!(
+            mosquitto_pub(port, "bound/test", "after", &[])
+                .status
+                .success()
+        );
+    });
+    assert_eq!(next, "after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_data_holds_at_most_max_inflight_events_unconfirmed() {
+    let node = Node::start("[core_data]\nmax_inflight = 16\n").await;
+    provision(&node, &["mi"]);
+    let broker = node.url(node.ports.broker_http);
+    let sent_before = node
+        .metric(&broker, "outpost_mqtt_broker_publish_sent_total")
+        .await;
+    // core-data takes nothing now: the broker may send it only what it may hold.
+    let paused = Paused::new(node.pid("core-data"));
+    let received_before = node
+        .metric(&broker, "outpost_mqtt_broker_publish_received_total")
+        .await;
+    let lines: Vec<String> = (0..1000)
+        .map(|i| event_message("mi", now_nanos() + i, &[("Temperature", "Float64", "1.5")]).1)
+        .collect();
+    assert!(
+        mosquitto_pub_lines(node.ports.mqtt, &event_topic("mi"), &lines, &[])
+            .status
+            .success()
+    );
+    eventually("the broker took the 1000", WAIT, || async {
+        node.metric(&broker, "outpost_mqtt_broker_publish_received_total")
+            .await
+            >= received_before + 1000.0
+    })
+    .await;
+    let sent = node
+        .metric(&broker, "outpost_mqtt_broker_publish_sent_total")
+        .await
+        - sent_before;
+    // At most 16 events, beside the node's own traffic to its other clients meanwhile
+    // (a few messages): far from the 1000 it holds.
+    eprintln!("the broker sent {sent} messages while core-data confirmed none");
+    assert!(
+        (16.0..=64.0).contains(&sent),
+        "the broker sent {sent} messages while core-data confirmed none"
+    );
+    drop(paused);
+    eventually("all 1000 stored", WAIT, || async {
+        node.get(&format!(
+            "{}/api/v3/event/count/device/name/mi",
+            node.data()
+        ))
+        .await
+        .1["count"]
+            == 1000
+    })
     .await;
 }

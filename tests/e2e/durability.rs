@@ -155,17 +155,26 @@ fn pid_now(node: &Node, service: &str) -> Option<u32> {
         .ok()
 }
 
+/// Waits until `service` runs in a process other than `old` and answers on its port (its
+/// registration may still be the old process's).
 async fn restarted(node: &Node, service: &str, old: u32) {
     eventually(
         &format!("{service} to come back"),
         Duration::from_secs(30),
         || async {
-            pid_now(node, service).is_some_and(|p| p != old)
-                && node
-                    .registrations()
-                    .await
-                    .iter()
-                    .any(|r| r["serviceId"] == service && r["status"] == "UP")
+            if pid_now(node, service).is_none_or(|p| p == old) {
+                return false;
+            }
+            let regs = node.registrations().await;
+            let Some(port) = regs
+                .iter()
+                .find(|r| r["serviceId"] == service && r["status"] == "UP")
+                .and_then(|r| r["port"].as_u64())
+                .and_then(|p| u16::try_from(p).ok())
+            else {
+                return false;
+            };
+            node.get(&format!("{}/api/v3/ping", node.url(port))).await.0 == 200
         },
     )
     .await;
@@ -476,6 +485,223 @@ async fn a_full_disk_stops_acknowledgements_loses_nothing_and_ingest_resumes_wit
         "corrupt journal records"
     );
     node.stop();
+}
+
+/// Fills the filesystem `dir` is on with a file in it, until no byte more fits.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write as _;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).expect("filler");
+    let chunk = vec![0u8; 64 * 1024];
+    let mut size = chunk.len();
+    while size > 0 {
+        match f.write(&chunk[..size]) {
+            Ok(0) | Err(_) => size /= 2,
+            Ok(_) => {}
+        }
+    }
+    let _ = f.sync_all();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_disk_that_is_full_makes_core_data_hold_events_refuse_posts_and_resume() {
+    use std::os::unix::fs::PermissionsExt as _;
+    needs_root("mounting a small filesystem");
+    let mut node = Node::create("");
+    std::fs::create_dir_all(node.data_dir()).expect("mkdir");
+    std::fs::set_permissions(node.data_dir(), std::fs::Permissions::from_mode(0o700))
+        .expect("chmod");
+    // The node's databases on a small disk of their own; the broker's journal elsewhere.
+    let disk = Tmpfs::mount(&node.data_dir().join("db"), "16m");
+    node.launch().await;
+    provision(&node, &["df1"]);
+    let data = node.data();
+    let creds = crate::support::tempdir();
+    let publisher = Publisher::start(&node, "df1", &creds).await;
+    eventually("ingest under way", outpost_testkit::WAIT, || async {
+        count(&node, "event/count/device/name/df1").await >= 100
+    })
+    .await;
+    let filler = fill(&node.data_dir().join("db"));
+    // A REST post needing space is refused as the server's trouble, not the client's.
+    let url = format!("{data}/api/v3/event/device-mqtt/Thermostat/df1/Temperature");
+    let big = "y".repeat(16 * 1024);
+    let mut refused = None;
+    for i in 0..500 {
+        let (_, m) = event_message("df1", now_nanos() + i, &[("Label", "String", &big)]);
+        let body: serde_json::Value = serde_json::from_str(&m).expect("json");
+        let (s, v) = node.post(&url, &body["payload"]).await;
+        if s != 201 {
+            refused = Some((s, v));
+            break;
+        }
+    }
+    let (s, v) = refused.expect("a full disk refused a post");
+    assert_eq!(s, 503, "{v}");
+    // Health says why.
+    let (s, h) = node.get(&format!("{data}/api/v3/health")).await;
+    assert_eq!((s, h["status"].as_str()), (503, Some("DOWN")), "{h}");
+    let writes = h["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "writes")
+        .cloned()
+        .expect("a writes check");
+    assert_eq!(writes["ok"], false, "{h}");
+    // What the broker acknowledges meanwhile is held, not lost: core-data stores none of
+    // it and does not acknowledge it.
+    let at_full = count(&node, "event/count/device/name/df1").await;
+    eventually(
+        "events acknowledged while core-data cannot write",
+        outpost_testkit::WAIT,
+        || async { publisher.count() as i64 >= at_full + 200 },
+    )
+    .await;
+    assert_eq!(count(&node, "event/count/device/name/df1").await, at_full);
+    // Space again: everything is stored, once, and health recovers.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    let acked = publisher.stop().await;
+    all_stored_once(&node, "df1", &acked, Duration::from_secs(90)).await;
+    eventually("core-data healthy again", outpost_testkit::WAIT, || async {
+        node.get(&format!("{data}/api/v3/health")).await.0 == 200
+    })
+    .await;
+    node.stop();
+    drop(disk);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_data_answers_201_only_for_events_that_survive_random_kill_9() {
+    let mut node = Node::start("").await;
+    provision(&node, &["rp"]);
+    let url = format!(
+        "{}/api/v3/event/device-mqtt/Thermostat/rp/Temperature",
+        node.data()
+    );
+    // A client posting events one after another; a 201 counts the event as stored.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let asking = Arc::new(AtomicBool::new(false));
+    let poster = {
+        let (stop, acked, asking, http, url) = (
+            Arc::clone(&stop),
+            Arc::clone(&acked),
+            Arc::clone(&asking),
+            node.http.clone(),
+            url.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let (id, m) =
+                    event_message("rp", now_nanos(), &[("Temperature", "Float64", "20.5")]);
+                let body: serde_json::Value = serde_json::from_str(&m).expect("json");
+                asking.store(true, Ordering::Relaxed);
+                let sent = http.post(&url).json(&body["payload"]).send().await;
+                asking.store(false, Ordering::Relaxed);
+                match sent {
+                    Ok(r) if r.status().as_u16() == 201 => acked.lock().expect("acked").push(id),
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+    };
+    let rounds: u32 = std::env::var("OUTPOST_KILL_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(8, |r: u32| r.div_ceil(2));
+    kill_at_random(
+        &mut node,
+        &["core-data", "node"],
+        rounds,
+        // A post waiting for its answer.
+        async |_| i64::from(asking.load(Ordering::Relaxed)),
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    tokio::time::timeout(Duration::from_secs(60), poster)
+        .await
+        .expect("the poster to stop")
+        .expect("poster");
+    let acked = std::mem::take(&mut *acked.lock().expect("acked"));
+    assert!(acked.len() > 50, "only {} stored", acked.len());
+    // Answered 201 means committed: there at once, nothing to wait for.
+    all_stored_once(&node, "rp", &acked, Duration::ZERO).await;
+    node.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_rest_answers_503_when_the_bus_takes_nothing_for_ten_seconds() {
+    let node = Node::start("[device_rest]\nenabled = true\ndevice_messages_per_s = 0.0\n").await;
+    tag_device(
+        &node,
+        "rb",
+        "device-rest",
+        json!({"REST": {"Host": "127.0.0.1", "Port": "9", "Path": "tag"}}),
+    )
+    .await;
+    let token = "rb-token-000000000000";
+    node.cli_ok(&["device", "secret", "rb", "--secret", token]);
+    node.wait_log(&["device-rest", "device added", "device=rb"])
+        .await;
+    let url = format!("{}/api/v3/resource/rb/Label", node.url(node.ports.rest));
+    let http = node.tls_client(None);
+    let push = |value: &'static str| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let r = http
+                .post(&url)
+                .bearer_auth(token)
+                .body(value)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await
+                .expect("device-rest answers");
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap_or_default())
+        }
+    };
+    assert_eq!(push("first").await.0, 200);
+    // The broker stops taking anything: the device is told to retry, in bounded time.
+    let paused = Paused::new(node.pid("mqtt-broker"));
+    let started = std::time::Instant::now();
+    let (status, body) = push("held").await;
+    let waited = started.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("10 s"), "{body}");
+    assert!(
+        waited >= Duration::from_secs(9),
+        "answered after {waited:?}, before the bus had its 10 s"
+    );
+    let rest = node.url(node.ports.rest);
+    assert!(
+        node.metric(
+            &rest,
+            "outpost_device_rest_device_messages_rejected_total{reason=\"bus\"}"
+        )
+        .await
+            >= 1.0
+    );
+    // The bus back: pushes are taken again.
+    drop(paused);
+    eventually(
+        "device-rest takes pushes again",
+        outpost_testkit::WAIT,
+        || async { push("again").await.0 == 200 },
+    )
+    .await;
+    eventually(
+        "the value after the outage stored",
+        outpost_testkit::WAIT,
+        || async {
+            node.readings("rb", "Label")
+                .await
+                .iter()
+                .any(|r| r["value"] == "again")
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

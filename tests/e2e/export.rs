@@ -107,12 +107,16 @@ impl Cloud {
 
     /// Enrolls `edge`; returns its identity file.
     pub fn enroll(&self, edge: &str) -> PathBuf {
-        let out = self.dir.path().join(format!("{edge}.identity.json"));
+        self.enroll_to(edge, &self.dir.path().join(format!("{edge}.identity.json")))
+    }
+
+    /// Enrolls `edge` with its identity written to `out` (which must not exist); `out`.
+    pub fn enroll_to(&self, edge: &str, out: &std::path::Path) -> PathBuf {
         let (ok, stdout, stderr) =
             self.cli(&["enroll", edge, "--out", out.to_str().expect("path")]);
         assert!(ok, "enroll failed: {stdout}{stderr}");
-        crate::support::give_to_node_user(&out);
-        out
+        crate::support::give_to_node_user(out);
+        out.to_path_buf()
     }
 
     fn http(&self, identity: Option<&PathBuf>) -> reqwest::Client {
@@ -761,6 +765,67 @@ async fn the_cloud_takes_only_enrolled_edges_and_admins() {
         .expect("client");
     let r = client.post(&url).json(&batch).send().await;
     assert!(r.is_err(), "a foreign certificate was accepted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_edge_identity_is_used_without_a_restart_and_nothing_queued_is_lost() {
+    let cloud = Cloud::start().await;
+    let identity = cloud.enroll("edge-r");
+    let node = Node::start(&to_cloud(&identity, "")).await;
+    let export_pid = node.pid("export");
+    let posted = |n: u64| {
+        let node = &node;
+        async move {
+            let r = post_event(node, "rot", &n.to_string()).await;
+            assert_eq!(r.status().as_u16(), 201);
+        }
+    };
+    posted(1).await;
+    eventually(
+        "the first reading in the cloud",
+        Duration::from_secs(15),
+        || async { cloud.values("edge-r", "rot").await.contains_key("1") },
+    )
+    .await;
+    // The cloud's operator rotates the edge's identity: the old certificate is revoked
+    // at once, and what the edge takes meanwhile waits in its queue.
+    let old = std::fs::read(&identity).expect("old bundle");
+    let (ok, _, err) = cloud.cli(&["revoke", "edge-r"]);
+    assert!(ok, "{err}");
+    posted(2).await;
+    posted(3).await;
+    eventually(
+        "the old identity refused",
+        Duration::from_secs(15),
+        || async {
+            let s = status(&node).await;
+            s["sender"]["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("403"))
+                && s["queue"]["items"] == 2
+        },
+    )
+    .await;
+    // The new bundle, renamed over the old one, is used without a restart.
+    let renewed = cloud.enroll_to("edge-r", &identity.with_extension("new"));
+    std::fs::rename(&renewed, &identity).expect("rename over");
+    assert_ne!(std::fs::read(&identity).expect("new bundle"), old);
+    posted(4).await;
+    eventually(
+        "the queued readings sent with the new identity",
+        Duration::from_secs(20),
+        || async {
+            let got = cloud.values("edge-r", "rot").await;
+            ["1", "2", "3", "4"].iter().all(|v| got.get(*v) == Some(&1))
+        },
+    )
+    .await;
+    assert_eq!(node.pid("export"), export_pid, "export was restarted");
+    assert!(
+        node.log().contains("identity bundle changed"),
+        "{}",
+        node.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

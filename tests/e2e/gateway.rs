@@ -2,7 +2,7 @@
 //! request IDs, limits, load balancing over two instances, stale cache, composition, and
 //! slow clients.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -1039,4 +1039,73 @@ async fn cli_logs_in_manages_users_and_keys_and_works_remotely() {
     );
     let (ok, out, _) = node.cli(&["whoami"]);
     assert!(ok && out.contains("admin"), "{out}");
+}
+
+/// A certificate for localhost and 127.0.0.1 from a CA of its own, as an operator's tools
+/// would make one: (CA, certificate chain, key) in `dir`.
+fn operator_pair(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let paths = outpost_pki::Paths::new(dir);
+    outpost_pki::ensure_server_cert(&paths, &["localhost".into(), "127.0.0.1".into()])
+        .expect("a server certificate");
+    (paths.ca_cert, paths.cert, paths.key)
+}
+
+/// Whether a client trusting only `ca` gets a ping answered by the gateway.
+async fn trusted_by(node: &Node, ca: &Path) -> bool {
+    tls_client(ca)
+        .get(format!(
+            "https://127.0.0.1:{}/api/v3/ping",
+            node.ports.gateway
+        ))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_certificate_replaced_on_disk_is_served_without_a_restart() {
+    // The operator's files, replaced the way certificate tools replace them: new files
+    // renamed over the old, key and chain one after the other.
+    let op = crate::support::tempdir();
+    let (first, second) = (op.path().join("first"), op.path().join("second"));
+    let (ca1, cert1, key1) = operator_pair(&first);
+    let (ca2, cert2, key2) = operator_pair(&second);
+    let live = op.path().join("live");
+    std::fs::create_dir(&live).expect("mkdir");
+    std::fs::set_permissions(&live, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+        .expect("chmod");
+    let (cert, key) = (live.join("gateway.pem"), live.join("gateway.key"));
+    let put = |from: &Path, to: &Path| {
+        let staged = to.with_extension("new");
+        std::fs::copy(from, &staged).expect("copy");
+        crate::support::give_to_node_user(&staged);
+        std::fs::rename(&staged, to).expect("rename over");
+    };
+    put(&cert1, &cert);
+    put(&key1, &key);
+    let node = Node::start(&format!(
+        "[gateway]\ncert_file = \"{}\"\nkey_file = \"{}\"\ncert_reload_s = 1\n",
+        cert.display(),
+        key.display()
+    ))
+    .await;
+    assert!(
+        trusted_by(&node, &ca1).await,
+        "the operator's first certificate"
+    );
+    assert!(!trusted_by(&node, &ca2).await);
+    put(&key2, &key);
+    put(&cert2, &cert);
+    eventually(
+        "the replaced certificate served",
+        Duration::from_secs(20),
+        || async { trusted_by(&node, &ca2).await },
+    )
+    .await;
+    assert!(
+        !trusted_by(&node, &ca1).await,
+        "the old certificate is still served"
+    );
+    let log = node.log();
+    assert!(!log.contains("cannot reload"), "{log}");
 }

@@ -693,6 +693,87 @@ async fn a_killed_agent_resumes_its_download_where_it_stopped() {
     );
 }
 
+/// The agent as [`start_agent`] starts it, at `server`, in a process group of its own
+/// (its health check too), killed with the group when dropped.
+fn agent_group(node: &OtaNode, server: &str, dir: &std::path::Path, health: &str) -> AgentGroup {
+    use std::os::unix::process::CommandExt as _;
+    let child = agent(server, dir, "mid-1", "mid-1-secret-000")
+        .arg("--ca")
+        .arg(node.data_dir().join("tls/ca.pem"))
+        .args(["--trusted-key", &node.public, "--health-cmd", health])
+        .args(["--poll-s", "1"])
+        .process_group(0)
+        .spawn()
+        .expect("outpost-agent");
+    AgentGroup(child)
+}
+
+/// An agent's process group, killed with SIGKILL when dropped.
+struct AgentGroup(std::process::Child);
+
+impl Drop for AgentGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_install_resumes_from_its_step_and_sends_its_reports_later() {
+    let node = ota_node(&["mid-1"]).await;
+    let ota = &node.api;
+    let data = payload(200_000, 3);
+    upload(&node, &node.key, "fw", "4.0", &data);
+    node.roll_out("mid", "4.0", &["mid-1"]).await;
+    // The first health check hangs (the new firmware is booting): the agent is killed
+    // there, switched to the new slot and not yet decided.
+    let dir = crate::support::tempdir();
+    let mark = dir.path().join("booted-once");
+    let health = format!(
+        "if [ -e '{m}' ]; then test -s \"$OUTPOST_SLOT/payload\"; else touch '{m}'; sleep 600; fi",
+        m = mark.display()
+    );
+    let server = node.url(node.ports.ota);
+    let first = agent_group(&node, &server, dir.path(), &health);
+    let state = || async { agent_state(dir.path()) };
+    eventually_v("the agent in its health check", &state, |s| {
+        s["pending"]["step"] == "switched" && s["active"] == "b" && mark.exists()
+    })
+    .await;
+    drop(first);
+    // Started again where no server answers: it goes on from its recorded step (no
+    // download is possible), decides, and keeps the report it cannot send.
+    let nowhere = format!("https://127.0.0.1:{}", crate::support::free_port());
+    let offline = agent_group(&node, &nowhere, dir.path(), &health);
+    eventually_v("the install finished offline", &state, |s| {
+        s["pending"].is_null()
+            && s["installed"][1] == "4.0"
+            && s["unsent"]
+                .as_array()
+                .is_some_and(|u| u.iter().any(|r| r["status"] == "succeeded"))
+    })
+    .await;
+    drop(offline);
+    let rollout = || async { node.get(&format!("{ota}/rollout/name/mid")).await.1 };
+    assert_eq!(rollout().await["counts"]["succeeded"], 0);
+    assert_eq!(
+        std::fs::read(dir.path().join("state/slot-b/payload")).expect("payload"),
+        data
+    );
+    // Back online: the kept reports are delivered, in order, and the rollout counts it.
+    let _online = agent_group(&node, &server, dir.path(), &health);
+    eventually_v("the report delivered", &rollout, |v| {
+        v["counts"]["succeeded"] == 1
+    })
+    .await;
+    eventually_v("nothing left unsent", &state, |s| {
+        s["unsent"].as_array().is_some_and(Vec::is_empty)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_refuses_a_tampered_artifact_from_a_rogue_server() {
     // A rogue server offers a correctly signed manifest with other bytes as the payload.

@@ -804,7 +804,7 @@ fn bus_logins() -> std::sync::MutexGuard<'static, std::collections::HashMap<u16,
 
 /// mosquitto arguments for the broker at `port` on loopback: the node's bus token when the
 /// node takes no anonymous clients there.
-fn bus_login(port: u16) -> Vec<String> {
+pub fn bus_login(port: u16) -> Vec<String> {
     let mut a = vec![
         "-h".into(),
         "127.0.0.1".into(),

@@ -105,6 +105,30 @@ impl Files {
         self
     }
 
+    /// A configured file that is replaced while the service runs (an operator's TLS
+    /// certificate and key, renewed by their tools), read-only: its directory is allowed,
+    /// and the directory of the file it resolves to, so a new file renamed over it or a
+    /// link moved to a new file is readable too. A rule on the file alone would follow its
+    /// first inode and refuse every later version.
+    pub fn replaced_config_file(&mut self, path: Option<&Path>) -> &mut Self {
+        let Some(p) = path else {
+            return self;
+        };
+        self.configured.push(p.to_path_buf());
+        let real = std::fs::canonicalize(p).ok();
+        for file in std::iter::once(p.to_path_buf()).chain(real) {
+            match file.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => {
+                    self.allow(dir.to_path_buf(), Access::Read);
+                }
+                _ => {
+                    self.allow(file, Access::Read);
+                }
+            }
+        }
+        self
+    }
+
     /// The configured files this process may not read (a file an operator made as root
     /// for a node that runs as its own user), with why.
     pub fn unreadable_config(&self) -> Vec<(PathBuf, std::io::Error)> {

@@ -460,3 +460,58 @@ async fn duplicates_inside_one_batch_and_across_batches() {
     let t = store.totals(None).await.unwrap();
     assert_eq!((t.events, t.readings), (3, 5));
 }
+
+#[tokio::test]
+async fn a_store_that_cannot_write_answers_503_says_why_in_health_and_recovers() {
+    let f = fixture();
+    let store = Arc::clone(&f.app.ingest.store);
+    let (s, _) = post(&f, &event("full", 1, &[("t", "Float64", "1.5")])).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(store.writer_health(), Ok(()));
+    // The disk is full: the database may not grow by a page from now on.
+    let pages: i64 = f._db.db.write_blocking(|c| {
+        let n: i64 = c
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .expect("page count");
+        c.pragma_update(None, "max_page_count", n)
+            .expect("max_page_count");
+        n
+    });
+    let big = "x".repeat(8192);
+    let mut stored = 1;
+    let refused = loop {
+        let (s, v) = post(&f, &event("full", 2, &[("t", "String", &big)])).await;
+        if s != StatusCode::CREATED {
+            break (s, v);
+        }
+        stored += 1;
+        assert!(
+            stored < 100,
+            "{stored} events of 8 KiB stored in {pages} pages"
+        );
+    };
+    // Not the client's fault, and said so: retry later.
+    assert_eq!(refused.0, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.1);
+    assert!(
+        refused.1["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("retry later")),
+        "{}",
+        refused.1
+    );
+    let why = store
+        .writer_health()
+        .expect_err("health says the writes fail");
+    assert!(why.contains("full"), "{why}");
+    // Nothing stored before is lost.
+    assert_eq!(count(&f, "/api/v3/event/count").await, stored);
+    // Space again: the next write succeeds and health recovers.
+    f._db.db.write_blocking(|c| {
+        c.pragma_update(None, "max_page_count", 1_073_741_823_i64)
+            .expect("max_page_count");
+    });
+    let (s, v) = post(&f, &event("full", 3, &[("t", "String", &big)])).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(store.writer_health(), Ok(()));
+    assert_eq!(count(&f, "/api/v3/event/count").await, stored + 1);
+}

@@ -65,13 +65,9 @@ impl outpost_kit::Service for Export {
         files.own_dir("queue")?;
         files.secret("export.key")?;
         for d in &cfg.destinations {
-            for f in [
-                &d.identity,
-                &d.ca_file,
-                &d.cert_file,
-                &d.key_file,
-                &d.password_file,
-            ] {
+            // The identity bundle is followed for changes: a rotated one is written over it.
+            files.replaced_config_file(d.identity.as_deref());
+            for f in [&d.ca_file, &d.cert_file, &d.key_file, &d.password_file] {
                 files.config_file(f.as_deref());
             }
         }

@@ -1,8 +1,9 @@
 //! Where batches go: an Outpost cloud node (mutual TLS), any HTTPS webhook, or an external
 //! MQTT broker (TLS).
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use outpost_contracts::cloud::EdgeBundle;
 use outpost_contracts::export::{Backlog, IngestResponse, Rejected};
@@ -86,6 +87,8 @@ pub struct Delivered {
 pub struct Sink {
     kind: Kind,
     mqtt: Option<mqtt::MqttSink>,
+    /// A cloud destination's identity bundle, followed for changes.
+    identity: Option<Identity>,
     url: String,
     http: reqwest::Client,
     headers: Vec<(String, String)>,
@@ -94,46 +97,108 @@ pub struct Sink {
     pub edge: Option<String>,
 }
 
+/// A cloud destination's client, made from its identity bundle (`outpost cloud enroll`)
+/// and made again when the file changes: a rotated identity (revoked, enrolled again, the
+/// new bundle written over the old) is used from the next batch on, without a restart.
+struct Identity {
+    path: PathBuf,
+    /// The destination's `url`, which overrides the bundle's.
+    url: String,
+    timeout: Duration,
+    /// The file's modification time when last read, the URL and the client made from it.
+    current: Mutex<(Option<SystemTime>, String, reqwest::Client)>,
+}
+
+impl Identity {
+    /// The URL and client for the bundle as it is on disk now.
+    fn client(&self) -> (String, reqwest::Client) {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        if modified.is_some() && modified != current.0 {
+            match cloud_client(&self.path, &self.url, self.timeout) {
+                Ok((url, http, edge)) => {
+                    if current.0.is_some() {
+                        tracing::info!(path = %self.path.display(), edge, "identity bundle changed; sending with it from now on");
+                    }
+                    *current = (modified, url, http);
+                }
+                // Half written, say: the next batch looks again.
+                Err(e) => tracing::warn!(
+                    error = %error_chain(&e),
+                    "cannot use the changed identity bundle; keeping the previous one"
+                ),
+            }
+        }
+        (current.1.clone(), current.2.clone())
+    }
+}
+
+fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .no_proxy()
+}
+
+/// The ingest URL, client and edge name of the identity bundle at `path` (`url` overrides
+/// the bundle's address when set).
+fn cloud_client(
+    path: &Path,
+    url: &str,
+    timeout: Duration,
+) -> Result<(String, reqwest::Client, String), SinkError> {
+    let text = std::fs::read(path).map_err(|source| SinkError::ReadIdentity {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let b: EdgeBundle = serde_json::from_slice(&text).map_err(|source| SinkError::NotABundle {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let tls = outpost_pki::client_config(&b.ca, Some((&b.cert, &b.key))).map_err(|e| {
+        SinkError::UnusableIdentity {
+            path: path.to_path_buf(),
+            source: e.into(),
+        }
+    })?;
+    let url = if url.is_empty() {
+        b.url
+    } else {
+        url.to_string()
+    };
+    Ok((
+        format!("{}/api/v3/ingest", url.trim_end_matches('/')),
+        client_builder(timeout)
+            .tls_backend_preconfigured(tls)
+            .build()
+            .map_err(SinkError::Client)?,
+        b.edge,
+    ))
+}
+
 impl Sink {
     pub fn new(d: &Destination) -> Result<Self, SinkError> {
         let timeout = Duration::from_millis(d.timeout_ms);
-        let builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .no_proxy();
+        let builder = client_builder(timeout);
+        let mut identity = None;
         let (url, http, edge) = match d.kind {
             Kind::Cloud => {
                 let path = d.identity.as_ref().ok_or(SinkError::NoIdentity)?;
-                let text = std::fs::read(path).map_err(|source| SinkError::ReadIdentity {
+                let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+                let (url, http, edge) = cloud_client(path, &d.url, timeout)?;
+                identity = Some(Identity {
                     path: path.clone(),
-                    source,
-                })?;
-                let b: EdgeBundle =
-                    serde_json::from_slice(&text).map_err(|source| SinkError::NotABundle {
-                        path: path.clone(),
-                        source,
-                    })?;
-                let tls =
-                    outpost_pki::client_config(&b.ca, Some((&b.cert, &b.key))).map_err(|e| {
-                        SinkError::UnusableIdentity {
-                            path: path.clone(),
-                            source: e.into(),
-                        }
-                    })?;
-                let url = if d.url.is_empty() {
-                    b.url
-                } else {
-                    d.url.clone()
-                };
-                (
-                    format!("{}/api/v3/ingest", url.trim_end_matches('/')),
-                    builder
-                        .tls_backend_preconfigured(tls)
-                        .build()
-                        .map_err(SinkError::Client)?,
-                    Some(b.edge),
-                )
+                    url: d.url.clone(),
+                    timeout,
+                    current: Mutex::new((modified, url.clone(), http.clone())),
+                });
+                (url, http, Some(edge))
             }
             Kind::Mqtt => (
                 d.url.clone(),
@@ -170,6 +235,7 @@ impl Sink {
         };
         Ok(Self {
             mqtt,
+            identity,
             kind: d.kind,
             url,
             http,
@@ -245,9 +311,12 @@ impl Sink {
                 ..Delivered::default()
             });
         }
-        let mut req = self
-            .http
-            .post(&self.url)
+        let (url, http) = match &self.identity {
+            Some(id) => id.client(),
+            None => (self.url.clone(), self.http.clone()),
+        };
+        let mut req = http
+            .post(&url)
             .header(reqwest::header::CONTENT_TYPE, "application/json");
         if let Some(enc) = encoding {
             req = req.header(reqwest::header::CONTENT_ENCODING, enc);

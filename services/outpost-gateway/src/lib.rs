@@ -150,8 +150,8 @@ impl outpost_kit::Service for Gateway {
             }
         }
         files.config_file(cfg.static_dir.as_deref());
-        files.config_file(cfg.cert_file.as_deref());
-        files.config_file(cfg.key_file.as_deref());
+        files.replaced_config_file(cfg.cert_file.as_deref());
+        files.replaced_config_file(cfg.key_file.as_deref());
         Ok(())
     }
 
