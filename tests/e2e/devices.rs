@@ -148,19 +148,43 @@ async fn virtual_readings_flow_and_commands_round_trip() {
             .any(|r| r["value"] == "4.25e+01")
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = node.readings("sim2", "Level").await.len();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = node.readings("sim2", "Level").await.len();
-    assert_eq!(before, after, "an unchanged value was sent again");
-    assert!(
-        node.metric(
-            &node.url(node.ports.virtual_),
-            "outpost_device_virtual_autoevent_unchanged_total"
+    // Three autoEvent ticks after the pinned value was stored were unchanged, and left out.
+    let virtual_ = node.url(node.ports.virtual_);
+    let unchanged = || async {
+        node.metric_if_any(
+            &virtual_,
+            "outpost_device_virtual_autoevent_unchanged_total",
         )
         .await
-            >= 5.0
-    );
+        .unwrap_or(0.0)
+    };
+    eventually("an unchanged tick", WAIT, || async {
+        unchanged().await >= 1.0
+    })
+    .await;
+    let before = node.readings("sim2", "Level").await.len();
+    let from = unchanged().await;
+    eventually("three more unchanged ticks", WAIT, || async {
+        unchanged().await >= from + 3.0
+    })
+    .await;
+    // An event pushed through the same service afterwards is stored: anything sent
+    // before it would be too.
+    let r = node
+        .http
+        .get(format!(
+            "{cmd}/api/v3/device/name/sim1/Serial?ds-returnevent=false&ds-pushevent=true"
+        ))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status().as_u16(), 200);
+    eventually("the second pushed Serial reading", WAIT, || async {
+        node.readings("sim1", "Serial").await.len() >= 2
+    })
+    .await;
+    let after = node.readings("sim2", "Level").await.len();
+    assert_eq!(before, after, "an unchanged value was sent again");
 }
 
 #[tokio::test]

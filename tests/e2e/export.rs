@@ -105,6 +105,23 @@ impl Cloud {
         run_cli(cmd, None)
     }
 
+    /// A metric of the cloud node (its `/metrics`, with the admin token); fails when the
+    /// cloud has no such series.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http(None)
+            .get(format!("{}/metrics", self.url()))
+            .bearer_auth(self.token())
+            .send()
+            .await
+            .expect("the cloud's metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        crate::support::metric_in(&text, name)
+            .unwrap_or_else(|| panic!("the cloud has no metric {name}"))
+    }
+
     /// Enrolls `edge`; returns its identity file.
     pub fn enroll(&self, edge: &str) -> PathBuf {
         self.enroll_to(edge, &self.dir.path().join(format!("{edge}.identity.json")))
@@ -669,8 +686,14 @@ async fn the_cloud_keeps_only_what_its_retention_allows() {
     .await;
     let (status, v) = cloud.get("/event/count/edge/edge-r").await;
     assert_eq!((status, v["Count"].as_u64()), (200, Some(5)), "{v}");
-    // A pass later, the bound still holds and nothing more went.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Two passes later, the bound still holds and nothing more went.
+    let passes = cloud.metric("outpost_cloud_retention_passes_total").await;
+    eventually(
+        "two more retention passes",
+        Duration::from_secs(10),
+        || async { cloud.metric("outpost_cloud_retention_passes_total").await >= passes + 2.0 },
+    )
+    .await;
     assert_eq!(cloud.values("edge-r", "m-r").await, newest);
     drop(node);
 }
@@ -1041,14 +1064,22 @@ steps = [{ type = "tumbling", size_ms = 1000, functions = ["count"] }]"#,
     let supervisor = node.supervisor_pid();
     let paused_supervisor = Paused::new(supervisor);
     signal(node.pid("mqtt-broker"), "KILL");
-    tokio::time::sleep(Duration::from_millis(4000)).await;
+    eventually(
+        "the window closed, its output waiting for the bus",
+        Duration::from_secs(20),
+        || async { node.get(&rules).await.1["outputsWaiting"] == 1 },
+    )
+    .await;
     let (_, v) = node.get(&rules).await;
     assert_eq!(v["readingsOut"], 0, "published without a broker? {v}");
     drop(paused_supervisor);
     eventually(
         "the window's output published once the broker is back",
         Duration::from_secs(20),
-        || async { node.get(&rules).await.1["readingsOut"] == 1 },
+        || async {
+            let v = node.get(&rules).await.1;
+            v["readingsOut"] == 1 && v["outputsWaiting"] == 0
+        },
     )
     .await;
 }

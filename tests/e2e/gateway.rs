@@ -641,18 +641,44 @@ fn concrete(path: &str) -> String {
         .join("/")
 }
 
-/// The gateway's count of requests sent to backends, once it no longer changes: each event
-/// loop hands its counts to the metrics endpoint once a second.
+/// The gateway's count of requests sent to backends, with every request made before the
+/// call in it: each event loop keeps its counts and hands them over once a second, so this
+/// waits until every loop has handed over twice since.
 async fn upstream_requests(node: &Node) -> f64 {
-    let mut last = upstream_requests_now(node).await;
-    loop {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let now = upstream_requests_now(node).await;
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
+    let before = handovers(node).await;
+    assert!(!before.is_empty(), "no event loop hands its metrics over");
+    eventually(
+        "every event loop to hand its counts over",
+        Duration::from_secs(10),
+        || async {
+            let now = handovers(node).await;
+            before
+                .iter()
+                .all(|(thread, n)| now.get(thread).is_some_and(|m| *m >= n + 2.0))
+        },
+    )
+    .await;
+    upstream_requests_now(node).await
+}
+
+/// How often each of the gateway's threads handed its metrics over, by thread.
+async fn handovers(node: &Node) -> std::collections::HashMap<String, f64> {
+    let text = node
+        .http
+        .get(format!("{}/metrics", node.url(node.ports.gateway_http)))
+        .send()
+        .await
+        .expect("gateway metrics")
+        .text()
+        .await
+        .expect("gateway metrics text");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("outpost_gateway_metric_handovers_total{thread=\""))
+        .filter_map(|l| {
+            let (thread, rest) = l.split_once('"')?;
+            Some((thread.to_string(), rest.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
 }
 
 async fn upstream_requests_now(node: &Node) -> f64 {

@@ -57,22 +57,13 @@ async fn keys_rotate_re_encrypts_everything_and_resumes_after_kill_9() {
             201
         );
     }
-    // The events from the bus are queued for export too: wait until the queue holds at
-    // least these 20 and stays still.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut queued = 0;
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = status(&node).await["queue"]["items"].as_u64().unwrap_or(0);
-        if now >= 20 && now == queued {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the export queue holds {now}"
-        );
-        queued = now;
-    }
+    // The 30 events from the bus are queued for export too: 50 in all.
+    eventually(
+        "the export queue to hold 50",
+        Duration::from_secs(10),
+        || async { status(&node).await["queue"]["items"] == 50 },
+    )
+    .await;
 
     // Refused while the node runs.
     let (ok, _, err) = run_cli(rotate_cmd(&node), None);
@@ -161,6 +152,6 @@ async fn keys_rotate_re_encrypts_everything_and_resumes_after_kill_9() {
     // Everything is there under the new keys.
     node.launch().await;
     assert_eq!(node.get(&count).await.1["count"], 30);
-    assert_eq!(status(&node).await["queue"]["items"], queued);
+    assert_eq!(status(&node).await["queue"]["items"], 50);
     node.stop();
 }

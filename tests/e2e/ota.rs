@@ -599,9 +599,26 @@ async fn twenty_agents_roll_out_in_phases_and_failures_pause_and_roll_back() {
     );
     // Resume: earlier failures no longer count, but the first phase is short of 100 %
     // successes, so nothing more opens; cancel ends it.
+    let resumed_ms = crate::support::now_nanos() / 1_000_000;
     let (ok, out, err) = node.cli(&["ota", "rollout", "resume", "wave"]);
     assert!(ok && out.contains("running"), "{out}{err}");
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // Every waiting agent asked again since: none was offered anything.
+    let inventory = || async { node.get(&format!("{ota}/inventory/all")).await.1 };
+    eventually_v(
+        "every waiting agent to poll after the resume",
+        &inventory,
+        |v| {
+            names[5..].iter().all(|d| {
+                v["devices"].as_array().is_some_and(|all| {
+                    all.iter().any(|x| {
+                        x["name"] == d.as_str()
+                            && x["lastSeenMs"].as_i64().is_some_and(|t| t > resumed_ms)
+                    })
+                })
+            })
+        },
+    )
+    .await;
     let v = status().await;
     assert_eq!(v["status"]["state"], "running", "{v}");
     assert_eq!(v["counts"]["waiting"], 15, "{v}");
@@ -888,13 +905,13 @@ async fn an_online_agent_is_told_over_mqtt_to_poll_now() {
     ]);
     let data = payload(50_000, 5);
     upload(&node, &node.key, "fw", "4.0", &data);
-    // Its first poll (at start) found nothing.
+    // Its first poll (at start) found nothing. The agent polls only once its subscription
+    // to "poll now" is acknowledged: from its first check-in on, it listens.
     let inventory = || async { node.get(&format!("{ota}/inventory/name/live-1")).await.1 };
     eventually_v("the agent's first check-in", &inventory, |v| {
         v["checkIn"] == "ok"
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     node.roll_out("now", "4.0", &["live-1"]).await;
     // The agent polls once an hour (`--poll-s 3600`); `eventually_v` gives up after a
     // minute, so an install seen at all came from the "poll now" message.

@@ -141,6 +141,7 @@ impl outpost_kit::Service for Cloud {
                 retention::Metrics {
                     removed: ctx.metric("retention_removed_readings_total"),
                     stored: ctx.metric("readings_stored"),
+                    passes: ctx.metric("retention_passes_total"),
                 },
             );
             ctx.tasks

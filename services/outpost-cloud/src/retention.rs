@@ -16,12 +16,15 @@ use crate::store::{Removed, Store};
 pub struct Metrics {
     pub removed: String,
     pub stored: String,
+    /// Passes finished.
+    pub passes: String,
 }
 
 /// Runs a pass every `interval_s` until `stop`.
 pub async fn keep(store: Arc<dyn Store>, cfg: Retention, metrics: Metrics, stop: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_secs(cfg.interval_s.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    metrics::counter!(metrics.passes.clone()).increment(0);
     loop {
         tokio::select! {
             () = stop.wait() => return,
@@ -41,6 +44,7 @@ pub async fn keep(store: Arc<dyn Store>, cfg: Retention, metrics: Metrics, stop:
         if let Ok(n) = store.reading_total().await {
             metrics::gauge!(metrics.stored.clone()).set(n as f64);
         }
+        metrics::counter!(metrics.passes.clone()).increment(1);
     }
 }
 

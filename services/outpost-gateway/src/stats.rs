@@ -147,9 +147,19 @@ pub fn flush_upstream_metrics() {
     });
 }
 
+thread_local! {
+    /// This thread's handovers, by thread name: a reader of the metrics knows every count
+    /// made before a handover is in them once each event loop's count has moved on.
+    static HANDOVERS: metrics::Counter = metrics::counter!(
+        "outpost_gateway_metric_handovers_total",
+        "thread" => std::thread::current().name().unwrap_or("unnamed").to_string()
+    );
+}
+
 /// Hands this thread's metrics and access log lines over.
 pub fn flush_thread() {
     flush_request_metrics();
     flush_upstream_metrics();
     crate::access::flush_thread();
+    HANDOVERS.with(|c| c.increment(1));
 }

@@ -40,6 +40,8 @@ struct Counts {
     events_out: AtomicU64,
     alerts: AtomicU64,
     late: AtomicU64,
+    /// Output events made and not yet taken by the bus.
+    waiting: AtomicU64,
 }
 
 /// What a pipeline did since rules started.
@@ -50,6 +52,8 @@ pub struct Totals {
     pub events_out: u64,
     pub alerts: u64,
     pub late: u64,
+    /// Output events made and not yet taken by the bus (while it is away).
+    pub waiting: u64,
 }
 
 /// A pipeline and its state: one chain per device resource it took readings of.
@@ -79,6 +83,7 @@ impl Pipeline {
             events_out: c.events_out.load(Ordering::Relaxed),
             alerts: c.alerts.load(Ordering::Relaxed),
             late: c.late.load(Ordering::Relaxed),
+            waiting: c.waiting.load(Ordering::Relaxed),
         }
     }
 }
@@ -312,6 +317,9 @@ impl Engine {
                     event: event(&o.pipeline, &o.device, &o.profile, origin, samples),
                 };
                 let topic = topics::rules_event(&self.base, &o.pipeline, &o.profile, &o.device);
+                if let Some(p) = &p {
+                    p.counts.waiting.fetch_add(1, Ordering::Relaxed);
+                }
                 if !until_sent("a pipeline's output", stop, || {
                     bus.publish_event(&topic, &req)
                 })
@@ -320,6 +328,7 @@ impl Engine {
                     return false;
                 }
                 if let Some(p) = &p {
+                    p.counts.waiting.fetch_sub(1, Ordering::Relaxed);
                     p.counts.readings_out.fetch_add(n, Ordering::Relaxed);
                     p.counts.events_out.fetch_add(1, Ordering::Relaxed);
                 }

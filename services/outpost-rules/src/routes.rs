@@ -51,6 +51,7 @@ fn view(p: &Pipeline) -> Value {
         "eventsOut": t.events_out,
         "alerts": t.alerts,
         "late": t.late,
+        "outputsWaiting": t.waiting,
         "reduction": (t.readings_out > 0).then(|| t.readings_in as f64 / t.readings_out as f64),
     })
 }
