@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
+if [ "$(id -u)" != 0 ]; then
+    echo "warning: not root: the tests of the group 'root' (.config/nextest.toml) will fail" >&2
+fi
 
 echo "== cargo fmt"
 cargo fmt --all -- --check

@@ -148,90 +148,92 @@ fn cli_command<S: AsRef<std::ffi::OsStr>>(
 /// The foundation's flow from outside: profile and device through the gateway at
 /// `gateway` (trusting `ca`), an event published by the device over MQTT with TLS on
 /// `mqtts`, its reading read back through the gateway.
-async fn smoke(home: &Path, gateway: &str, ca: &Path, password: &str, mqtts: u16, device: &str) {
+async fn smoke(
+    home: &Path,
+    gateway: &str,
+    ca: &Path,
+    password: &str,
+    mqtts: u16,
+    device: &str,
+    device_mqtt: &str,
+) {
     let cli = |args: &[&str], stdin: Option<&str>| {
         let cmd = cli_command(home, gateway, ca, args);
         let (ok, out, err) = run_cli(cmd, stdin);
         assert!(ok, "outpost {}: {out}{err}", args.join(" "));
         out
     };
-    // The gateway answers once every service behind it registered; retry until then.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let cmd = cli_command(
-            home,
-            gateway,
-            ca,
-            ["login", "--user", "admin", "--password-stdin"],
-        );
-        let (ok, out, err) = run_cli(cmd, Some(password));
-        if ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "cannot log in: {out}{err}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    // Each step once, when what it needs is ready. A bound, not a timing: nine containers
+    // starting at once on a busy 2-core machine take a while.
+    let ready = Duration::from_secs(120);
+    let https = https_client(trusting(ca));
+    eventually("the gateway to answer", ready, || async {
+        https
+            .get(format!("{gateway}/api/v3/ping"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    cli(
+        &["login", "--user", "admin", "--password-stdin"],
+        Some(password),
+    );
+    // The gateway routes core-metadata once it has its first view of the registry, and
+    // device-mqtt registers itself with core-metadata once it runs.
+    eventually("device-mqtt known to core-metadata", ready, || async {
+        let cmd = cli_command(home, gateway, ca, ["device-service", "list", "--json"]);
+        let (ok, out, _) = run_cli(cmd, None);
+        ok && out.contains("\"device-mqtt\"")
+    })
+    .await;
     let profile = home.join("thermostat.yaml");
     std::fs::write(&profile, PROFILE_YAML).expect("profile");
-    // Until the gateway has its first view of the registry, core-metadata is not routed.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let cmd = cli_command(
-            home,
-            gateway,
-            ca,
-            ["profile", "apply", "-f", profile.to_str().expect("path")],
-        );
-        let (ok, out, err) = run_cli(cmd, None);
-        if ok {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cannot apply the profile: {out}{err}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    // device-mqtt registers itself with core-metadata once it runs.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let cmd = cli_command(
-            home,
-            gateway,
-            ca,
-            [&["device", "add", "--name", device][..], &A_THERMOSTAT].concat(),
-        );
-        let (ok, out, err) = run_cli(cmd, None);
-        if ok {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cannot add the device: {out}{err}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    cli(
+        &["profile", "apply", "-f", profile.to_str().expect("path")],
+        None,
+    );
+    cli(
+        &[&["device", "add", "--name", device][..], &A_THERMOSTAT].concat(),
+        None,
+    );
     // The generated secret is the one line on standard output.
     let secret = cli(&["device", "secret", device], None).trim().to_string();
     assert!(secret.len() >= 16, "no secret: {secret}");
-    // The device publishes from outside the node's network, over TLS, with its secret, on
-    // its own topic (EdgeX device-mqtt's); device-mqtt makes the event. QoS 1, MQTT 5: a
-    // refusal comes back in the PUBACK, which -d shows. A bound, not a timing: nine
-    // containers starting at once on a busy 2-core machine take a while to follow the new
-    // device.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let out = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &mqtts.to_string(), "--cafile"])
-            .arg(ca)
-            .args(["-u", device, "-P", &secret, "-q", "1", "-V", "mqttv5", "-d"])
-            .args(["-t", &format!("incoming/data/{device}")])
-            .args(["-m", r#"{"Temperature": 21.25}"#])
-            .stdin(Stdio::null())
+    // device-mqtt says when it serves the new device.
+    eventually("device-mqtt to serve the device", ready, || async {
+        let out = podman()
+            .args(["logs", device_mqtt])
             .output()
-            .expect("mosquitto_pub must be installed (Debian package mosquitto-clients)");
-        let said = String::from_utf8_lossy(&out.stdout).into_owned();
-        // core-data may still be starting (or registering) behind the gateway.
+            .expect("podman logs");
+        let logs = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        logs.lines()
+            .any(|l| l.contains("device added") && l.contains(&format!("device={device}")))
+    })
+    .await;
+    // The device publishes from outside the node's network, over TLS, with its secret, on
+    // its own topic (EdgeX device-mqtt's), once: QoS 1, MQTT 5, so a refusal comes back in
+    // the PUBACK, which -d shows. device-mqtt makes the event; core-data stores it.
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &mqtts.to_string(), "--cafile"])
+        .arg(ca)
+        .args(["-u", device, "-P", &secret, "-q", "1", "-V", "mqttv5", "-d"])
+        .args(["-t", &format!("incoming/data/{device}")])
+        .args(["-m", r#"{"Temperature": 21.25}"#])
+        .stdin(Stdio::null())
+        .output()
+        .expect("mosquitto_pub must be installed (Debian package mosquitto-clients)");
+    assert!(
+        out.status.success(),
+        "the device's publish: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("the reading back through the gateway", ready, || async {
         let cmd = cli_command(
             home,
             gateway,
@@ -239,18 +241,9 @@ async fn smoke(home: &Path, gateway: &str, ca: &Path, password: &str, mqtts: u16
             ["readings", "--device", device, "--json"],
         );
         let (read, readings, _) = run_cli(cmd, None);
-        if out.status.success() && read && readings.contains(READING) {
-            break;
-        }
-        // Until core-metadata knows the device and device-mqtt follows it, the message is
-        // refused or dropped: publish again.
-        assert!(
-            Instant::now() < deadline,
-            "the reading did not come back: {said}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        read && readings.contains(READING)
+    })
+    .await;
 }
 
 /// Where a podman volume's files are on this host.
@@ -340,7 +333,16 @@ async fn compose_runs_one_hardened_container_per_service_and_replaces_a_killed_o
     let ca = home.path().join("ca.pem");
     std::fs::write(&ca, file_in(&data, "tls/ca.pem").await).expect("ca");
     let gateway = format!("https://127.0.0.1:{https}");
-    smoke(home.path(), &gateway, &ca, &password, mqtts, "boxed-1").await;
+    smoke(
+        home.path(),
+        &gateway,
+        &ca,
+        &password,
+        mqtts,
+        "boxed-1",
+        &format!("{}_device-mqtt_1", compose.project),
+    )
+    .await;
     eprintln!(
         "compose: up and through the flow in {} ms",
         started.elapsed().as_millis()
@@ -553,6 +555,7 @@ async fn the_kubernetes_deployments_run_with_podman_kube_play() {
         &password,
         mqtts,
         "podded-1",
+        "device-mqtt-pod-0-device-mqtt",
     )
     .await;
     for deployment in ["core-keeper", "mqtt-broker", "core-data", "gateway"] {

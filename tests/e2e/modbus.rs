@@ -112,10 +112,25 @@ async fn modbus_values_commands_batching_and_exceptions() {
     })
     .await;
     let before = requests().await;
+    let asked = |from: usize| -> Vec<Value> {
+        server
+            .received()
+            .into_iter()
+            .filter(|r| r.get("fc").is_some())
+            .skip(from)
+            .collect()
+    };
+    let seen = asked(0).len();
     let (s, v) = get_block().await;
     assert_eq!(s, 200, "{v}");
-    assert_eq!(requests().await - before, 1.0, "one request for six values");
     assert_eq!(values(&v), BLOCK);
+    // What the server received: one read of the 14 holding registers (function 3).
+    assert_eq!(
+        asked(seen),
+        vec![json!({"fc": 3, "address": 0, "count": 14})],
+        "one request for six values"
+    );
+    assert_eq!(requests().await - before, 1.0, "and counted as one");
 
     // AutoEvents of a command over every table and type; the values reach core-data.
     let ae = json!([{"interval": "200ms", "sourceName": "Telemetry"}]);
@@ -236,7 +251,12 @@ async fn modbus_values_commands_batching_and_exceptions() {
         .await
             >= 3.0
     );
-    // One connection served every device.
+    // One connection served every device: the server saw one, and so did the service.
+    assert_eq!(
+        server.connections_from_others(),
+        1,
+        "connections the server accepted from the node"
+    );
     assert_eq!(
         node.metric(&ds, "outpost_device_modbus_connections_opened_total")
             .await,

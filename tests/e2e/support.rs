@@ -1189,12 +1189,13 @@ pub fn is_root() -> bool {
 }
 
 /// Fails the test, loudly, when it does not run as root: it needs `what` (mounting a small
-/// filesystem, network namespaces). Such a test is never skipped in silence; the README's
-/// test command runs as root, as CI does.
+/// filesystem, network namespaces). Such a test is never skipped in silence; it belongs to
+/// the nextest group `root` (`.config/nextest.toml`), and CI runs the suite as root.
 pub fn needs_root(what: &str) {
     assert!(
         is_root(),
-        "this test needs root for {what}: run the suite as root (scripts/test.sh does)"
+        "this test needs root for {what}: run the suite as root, as CI does (it is in the \
+         test group 'root' of .config/nextest.toml)"
     );
 }
 

@@ -1,6 +1,8 @@
 """A real Modbus peer for Outpost's tests and benchmark, built on pymodbus.
 
-    modbus_server.py serve --port P              a Modbus TCP server with the register map below
+    modbus_server.py serve --port P [--log F]    a Modbus TCP server with the register map below;
+                                                 with --log, each connection and request it
+                                                 receives is appended to F as a JSON line
     modbus_server.py serve-rtu                   the same map as a Modbus RTU server on a serial
                                                  line made of two linked pseudo-terminals; prints
                                                  "ready <path>", the client's end
@@ -86,8 +88,27 @@ def device():
     return SimDevice(0, simdata=(coils, discretes, holding, inputs))
 
 
-async def serve(host, port):
-    server = ModbusTcpServer(device(), address=(host, port))
+def tracer(log):
+    """Callbacks that append what the server receives to the file `log`, a JSON object per
+    line: {"connect": true|false} per connection, {"fc", "address", "count"} per request."""
+    if not log:
+        return {}
+    out = open(log, "a", buffering=1)
+
+    def pdu(sending, p):
+        if not sending:
+            out.write(json.dumps({"fc": p.function_code, "address": getattr(p, "address", None),
+                                  "count": getattr(p, "count", None)}) + "\n")
+        return p
+
+    def connect(connected):
+        out.write(json.dumps({"connect": connected}) + "\n")
+
+    return {"trace_pdu": pdu, "trace_connect": connect}
+
+
+async def serve(host, port, log):
+    server = ModbusTcpServer(device(), address=(host, port), **tracer(log))
     await server.serve_forever(background=True)
     print(f"ready {port}", flush=True)
     await asyncio.Event().wait()
@@ -173,6 +194,7 @@ def main():
     s = sub.add_parser("serve")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, required=True)
+    s.add_argument("--log", help="append each connection and request received to this file")
     t = sub.add_parser("serve-rtu")
     t.add_argument("--baudrate", type=int, default=19200)
     r = sub.add_parser("read")
@@ -189,7 +211,7 @@ def main():
     q.add_argument("--seconds", type=float, default=5.0)
     a = p.parse_args()
     if a.cmd == "serve":
-        asyncio.run(serve(a.host, a.port))
+        asyncio.run(serve(a.host, a.port, a.log))
     elif a.cmd == "serve-rtu":
         asyncio.run(serve_rtu(a.baudrate))
     elif a.cmd == "read":

@@ -92,7 +92,10 @@ const PORTS: std::ops::Range<u16> = 20_000..32_000;
 /// process, so a per-process record would not do), wrapping around after 12,000.
 pub fn free_port() -> u16 {
     use std::io::{Read as _, Seek as _, Write as _};
-    let path = std::env::temp_dir().join("outpost-test-ports");
+    use std::os::unix::fs::MetadataExt as _;
+    // One file per user: a file root made is not writable by a later run as another user.
+    let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+    let path = std::env::temp_dir().join(format!("outpost-test-ports-{uid}"));
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -109,6 +109,10 @@ pub struct Server {
     child: Option<Child>,
     /// Its TCP port (0 for an RTU server).
     pub port: u16,
+    /// What a TCP server received, a JSON object per line (see the script).
+    log: Option<tempfile::NamedTempFile>,
+    /// Connections [`Server::read`] made to it.
+    own_reads: std::sync::atomic::AtomicUsize,
 }
 
 impl Server {
@@ -119,11 +123,38 @@ impl Server {
 
     /// A TCP server on `port`, once it listens.
     pub fn start_on(port: u16) -> Self {
-        let (child, _) = spawn(&["serve", "--port", &port.to_string()]);
+        let log = tempfile::NamedTempFile::new().expect("the server's log file");
+        let path = log.path().to_string_lossy().into_owned();
+        let (child, _) = spawn(&["serve", "--port", &port.to_string(), "--log", &path]);
         Self {
             child: Some(child),
             port,
+            log: Some(log),
+            own_reads: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Connections other clients than [`Server::read`] opened to it.
+    pub fn connections_from_others(&self) -> usize {
+        let opened = self
+            .received()
+            .iter()
+            .filter(|r| r["connect"] == true)
+            .count();
+        opened - self.own_reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// What the server received so far, in order: `{"connect": bool}` for each connection
+    /// opened or closed, `{"fc", "address", "count"}` for each request.
+    pub fn received(&self) -> Vec<Value> {
+        let Some(log) = &self.log else {
+            return Vec::new();
+        };
+        std::fs::read_to_string(log.path())
+            .expect("the server's log")
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// An RTU server on a serial line of two linked pseudo-terminals; returns the path of
@@ -133,6 +164,8 @@ impl Server {
         let server = Self {
             child: Some(child),
             port: 0,
+            log: None,
+            own_reads: std::sync::atomic::AtomicUsize::new(0),
         };
         (server, path)
     }
@@ -147,6 +180,8 @@ impl Server {
 
     /// Reads the server's own table as an independent Modbus client: `{"values": [...]}`.
     pub fn read(&self, table: &str, address: u16, count: u16) -> Value {
+        self.own_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let out = Command::new(python())
             .arg(script())
             .args(["read", "--port", &self.port.to_string(), "--table", table])
