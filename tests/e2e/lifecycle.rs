@@ -31,16 +31,16 @@ async fn killed_service_restarts_and_loses_nothing() {
     let data = node.data();
     let metadata = node.metadata();
 
-    // Publish continuously from a real client (in chunks, so the stream lasts) while
-    // core-data is killed mid-stream.
+    // Publish continuously from a real client (in chunks, so the stream lasts well past
+    // core-data's restart) while core-data is killed mid-stream.
     let base = now_nanos();
     let port = node.ports.mqtt;
     let publisher = std::thread::spawn(move || {
         let mut outputs = Vec::new();
-        for chunk in 0..15 {
-            let lines = events("t1", 200, base + chunk * 200);
+        for chunk in 0..30 {
+            let lines = events("t1", 100, base + chunk * 100);
             outputs.push(mosquitto_pub_lines(port, &event_topic("t1"), &lines, &[]));
-            std::thread::sleep(Duration::from_millis(60));
+            std::thread::sleep(Duration::from_millis(100));
         }
         outputs
     });
@@ -52,12 +52,32 @@ async fn killed_service_restarts_and_loses_nothing() {
     })
     .await;
     let old = node.pid("core-data");
-    // Killed mid-stream: the publisher has more to send than is stored.
+    // Killed mid-stream: the publisher has more to send than is stored. The supervisor is
+    // held until 200 more events were published while core-data is away.
+    let broker = node.url(node.ports.broker_http);
+    let held = Paused::new(node.supervisor_pid());
     let at_kill = node.get(&format!("{data}/api/v3/event/count")).await.1["count"]
         .as_u64()
         .expect("a count");
+    let received = node
+        .metric(&broker, "outpost_mqtt_broker_publish_received_total")
+        .await;
     signal(old, "KILL");
-    assert!(at_kill < 3000, "the kill came after the stream ended");
+    assert!(
+        at_kill < 3000 && !publisher.is_finished(),
+        "the kill came after the stream ended"
+    );
+    eventually(
+        "200 events published while core-data is away",
+        WAIT,
+        || async {
+            node.metric(&broker, "outpost_mqtt_broker_publish_received_total")
+                .await
+                >= received + 200.0
+        },
+    )
+    .await;
+    drop(held);
 
     // The rest of the node keeps answering while core-data is down.
     let (s, _) = node.get(&format!("{metadata}/api/v3/device/name/t1")).await;
@@ -120,7 +140,7 @@ async fn node_restart_keeps_every_acknowledged_event() {
     let mut node = Node::start("").await;
     provision(&node, &["t1", "t2"]);
     // core-data paused: all 1000 events the broker acknowledges now are a backlog when
-    // the node is told to stop, right after core-data continues.
+    // the node is told to stop; core-data continues only once the stop is under way.
     let paused = Paused::new(node.pid("core-data"));
     let base = now_nanos();
     for dev in ["t1", "t2"] {
@@ -134,8 +154,7 @@ async fn node_restart_keeps_every_acknowledged_event() {
     }
     // Stop at once: every event the broker acknowledged must be stored by the time the
     // node has started again, whether or not core-data had caught up.
-    drop(paused);
-    node.stop();
+    node.stop_then(|| drop(paused));
     assert!(node.log().contains("Stopped."), "{}", node.log());
     node.launch().await;
     let data = node.data();

@@ -630,10 +630,17 @@ impl Node {
 
     /// Stops the node with SIGTERM and checks it exits cleanly.
     pub fn stop(&mut self) {
+        self.stop_then(|| {});
+    }
+
+    /// Sends the node SIGTERM, runs `then` (the stop is under way), and checks the node
+    /// exits cleanly.
+    pub fn stop_then(&mut self, then: impl FnOnce()) {
         let Some(mut child) = self.child.take() else {
             return;
         };
         signal(child.id(), "TERM");
+        then();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match child.try_wait().expect("wait") {
