@@ -140,7 +140,7 @@ async fn node_restart_keeps_every_acknowledged_event() {
     let mut node = Node::start("").await;
     provision(&node, &["t1", "t2"]);
     // core-data paused: all 1000 events the broker acknowledges now are a backlog when
-    // the node is told to stop; core-data continues only once the stop is under way.
+    // core-data is told to stop; it continues only then.
     let paused = Paused::new(node.pid("core-data"));
     let base = now_nanos();
     for dev in ["t1", "t2"] {
@@ -154,7 +154,20 @@ async fn node_restart_keeps_every_acknowledged_event() {
     }
     // Stop at once: every event the broker acknowledged must be stored by the time the
     // node has started again, whether or not core-data had caught up.
-    node.stop_then(|| drop(paused));
+    // The supervisor stops services in reverse start order: once core-command is gone,
+    // core-data is the next one told to stop, with all 1000 still in front of it.
+    let command_pid = node.data_dir().join("run/core-command.pid");
+    node.stop_then(|| {
+        let deadline = std::time::Instant::now() + WAIT;
+        while command_pid.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "core-command did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(paused);
+    });
     assert!(node.log().contains("Stopped."), "{}", node.log());
     node.launch().await;
     let data = node.data();
