@@ -124,17 +124,15 @@ async fn virtual_readings_flow_and_commands_round_trip() {
     assert_eq!(rs[1]["value"], "true");
     // ds-returnevent=false: no event in the answer (EdgeX's base response);
     // ds-pushevent=true: the event reaches core-data.
-    let r = node
-        .http
-        .get(format!(
-            "{cmd}/api/v3/device/name/sim1/Serial?ds-returnevent=false&ds-pushevent=true"
-        ))
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(r.status().as_u16(), 200);
-    let answer: Value = r.json().await.expect("JSON");
-    assert_eq!(answer, json!({"apiVersion": "v3", "statusCode": 200}));
+    let push_serial = || async {
+        let url =
+            format!("{cmd}/api/v3/device/name/sim1/Serial?ds-returnevent=false&ds-pushevent=true");
+        node.get(&url).await
+    };
+    assert_eq!(
+        push_serial().await,
+        (200, json!({"apiVersion": "v3", "statusCode": 200}))
+    );
     eventually("the pushed Serial reading", WAIT, || async {
         !node.readings("sim1", "Serial").await.is_empty()
     })
@@ -170,15 +168,7 @@ async fn virtual_readings_flow_and_commands_round_trip() {
     .await;
     // An event pushed through the same service afterwards is stored: anything sent
     // before it would be too.
-    let r = node
-        .http
-        .get(format!(
-            "{cmd}/api/v3/device/name/sim1/Serial?ds-returnevent=false&ds-pushevent=true"
-        ))
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(push_serial().await.0, 200);
     eventually("the second pushed Serial reading", WAIT, || async {
         node.readings("sim1", "Serial").await.len() >= 2
     })

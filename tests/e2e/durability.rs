@@ -92,6 +92,67 @@ impl Publisher {
     }
 }
 
+/// A client sending one request after another until stopped; a request `send(n)`
+/// answers `Some(key)` for (n = 1, 2, ...) counts `key` as acknowledged.
+struct Sender {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+    /// Whether a request is out, waiting for its answer.
+    asking: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sender {
+    fn start<F, Fut>(send: F) -> Self
+    where
+        F: Fn(u64) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Option<String>> + Send,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let asking = Arc::new(AtomicBool::new(false));
+        let (flag, keys, out) = (Arc::clone(&stop), Arc::clone(&acked), Arc::clone(&asking));
+        let task = tokio::spawn(async move {
+            let mut n = 0;
+            while !flag.load(Ordering::Relaxed) {
+                n += 1;
+                out.store(true, Ordering::Relaxed);
+                let answered = send(n).await;
+                out.store(false, Ordering::Relaxed);
+                match answered {
+                    Some(key) => keys.lock().expect("keys").push(key),
+                    None => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        });
+        Self {
+            stop,
+            acked,
+            asking,
+            task,
+        }
+    }
+
+    /// 1 while a request waits for its answer, else 0.
+    fn waiting(&self) -> i64 {
+        i64::from(self.asking.load(Ordering::Relaxed))
+    }
+
+    /// What was acknowledged so far.
+    fn acked(&self) -> Vec<String> {
+        self.acked.lock().expect("acked").clone()
+    }
+
+    async fn stop(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("the sender to stop")
+            .expect("sender");
+        std::mem::take(&mut *self.acked.lock().expect("acked"))
+    }
+}
+
 /// Every event id core-data holds for `device`.
 async fn stored_ids(node: &Node, device: &str) -> Vec<String> {
     paged(node, &format!("event/device/name/{device}"), "events", "id").await
@@ -581,32 +642,16 @@ async fn core_data_answers_201_only_for_events_that_survive_random_kill_9() {
         node.data()
     );
     // A client posting events one after another; a 201 counts the event as stored.
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let asking = Arc::new(AtomicBool::new(false));
-    let poster = {
-        let (stop, acked, asking, http, url) = (
-            Arc::clone(&stop),
-            Arc::clone(&acked),
-            Arc::clone(&asking),
-            node.http.clone(),
-            url.clone(),
-        );
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let (id, m) =
-                    event_message("rp", now_nanos(), &[("Temperature", "Float64", "20.5")]);
-                let body: serde_json::Value = serde_json::from_str(&m).expect("json");
-                asking.store(true, Ordering::Relaxed);
-                let sent = http.post(&url).json(&body["payload"]).send().await;
-                asking.store(false, Ordering::Relaxed);
-                match sent {
-                    Ok(r) if r.status().as_u16() == 201 => acked.lock().expect("acked").push(id),
-                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            }
-        })
-    };
+    let http = node.http.clone();
+    let poster = Sender::start(move |_| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let (id, m) = event_message("rp", now_nanos(), &[("Temperature", "Float64", "20.5")]);
+            let body: serde_json::Value = serde_json::from_str(&m).expect("json");
+            let r = http.post(&url).json(&body["payload"]).send().await.ok()?;
+            (r.status().as_u16() == 201).then_some(id)
+        }
+    });
     let rounds: u32 = std::env::var("OUTPOST_KILL_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -616,15 +661,10 @@ async fn core_data_answers_201_only_for_events_that_survive_random_kill_9() {
         &["core-data", "node"],
         rounds,
         // A post waiting for its answer.
-        async |_| i64::from(asking.load(Ordering::Relaxed)),
+        async |_| poster.waiting(),
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    tokio::time::timeout(Duration::from_secs(60), poster)
-        .await
-        .expect("the poster to stop")
-        .expect("poster");
-    let acked = std::mem::take(&mut *acked.lock().expect("acked"));
+    let acked = poster.stop().await;
     assert!(acked.len() > 50, "only {} stored", acked.len());
     // Answered 201 means committed: there at once, nothing to wait for.
     all_stored_once(&node, "rp", &acked, Duration::ZERO).await;
@@ -731,37 +771,20 @@ async fn device_rest_answers_2xx_only_for_what_survives_random_kill_9() {
     .await;
 
     // A device posting values one after another; a 2xx answer counts it as acknowledged.
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let asking = Arc::new(AtomicBool::new(false));
-    let poster = {
-        let (stop, acked, asking, http, url) = (
-            Arc::clone(&stop),
-            Arc::clone(&acked),
-            Arc::clone(&asking),
-            http.clone(),
-            url.clone(),
-        );
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let value = format!("v{n}");
-                let sent = http
-                    .post(&url)
-                    .bearer_auth(token)
-                    .body(value.clone())
-                    .send();
-                asking.store(true, Ordering::Relaxed);
-                let sent = sent.await;
-                asking.store(false, Ordering::Relaxed);
-                match sent {
-                    Ok(r) if r.status().is_success() => acked.lock().expect("acked").push(value),
-                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            }
-        })
-    };
+    let poster = Sender::start(move |n| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let value = format!("v{n}");
+            let r = http
+                .post(&url)
+                .bearer_auth(token)
+                .body(value.clone())
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(value)
+        }
+    });
     let rounds: u32 = std::env::var("OUTPOST_KILL_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -772,8 +795,8 @@ async fn device_rest_answers_2xx_only_for_what_survives_random_kill_9() {
         rounds,
         // A request waiting for its answer, and values answered and not stored yet.
         async |node| {
-            let waiting = i64::from(asking.load(Ordering::Relaxed));
-            let acked = acked.lock().expect("acked").clone();
+            let waiting = poster.waiting();
+            let acked = poster.acked();
             let stored: HashSet<String> = paged(
                 node,
                 "reading/device/name/rk/resourceName/Label",
@@ -788,12 +811,7 @@ async fn device_rest_answers_2xx_only_for_what_survives_random_kill_9() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    tokio::time::timeout(Duration::from_secs(60), poster)
-        .await
-        .expect("the poster to stop")
-        .expect("poster");
-    let acked = std::mem::take(&mut *acked.lock().expect("acked"));
+    let acked = poster.stop().await;
     assert!(acked.len() > 50, "only {} acknowledged", acked.len());
     eprintln!("{} values acknowledged through {rounds} kills", acked.len());
     let path = "reading/device/name/rk/resourceName/Label";
@@ -963,39 +981,18 @@ async fn every_accepted_notification_is_delivered_through_random_kill_9() {
     ]);
     let url = format!("{}/api/v3/notification", node.url(node.ports.notifications));
     // Notifications sent one after another; a 201 for the item counts it as accepted.
-    let stop = Arc::new(AtomicBool::new(false));
-    let accepted = Arc::new(Mutex::new(Vec::new()));
-    let asking = Arc::new(AtomicBool::new(false));
-    let sender = {
-        let (stop, accepted, asking, http, url) = (
-            Arc::clone(&stop),
-            Arc::clone(&accepted),
-            Arc::clone(&asking),
-            node.http.clone(),
-            url.clone(),
-        );
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let content = format!("durable notification {n}");
-                let body = json!([{"apiVersion": "v3", "notification": {"category": "durable",
-                    "content": content, "sender": "e2e", "severity": "NORMAL"}}]);
-                asking.store(true, Ordering::Relaxed);
-                let answered = match http.post(&url).json(&body).send().await {
-                    Ok(r) => r.json::<serde_json::Value>().await.ok(),
-                    Err(_) => None,
-                };
-                asking.store(false, Ordering::Relaxed);
-                match answered {
-                    Some(v) if v[0]["statusCode"] == 201 => {
-                        accepted.lock().expect("accepted").push(content);
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            }
-        })
-    };
+    let http = node.http.clone();
+    let sender = Sender::start(move |n| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let content = format!("durable notification {n}");
+            let body = json!([{"apiVersion": "v3", "notification": {"category": "durable",
+                "content": content, "sender": "e2e", "severity": "NORMAL"}}]);
+            let r = http.post(&url).json(&body).send().await.ok()?;
+            let v = r.json::<serde_json::Value>().await.ok()?;
+            (v[0]["statusCode"] == 201).then_some(content)
+        }
+    });
     let rounds: u32 = std::env::var("OUTPOST_KILL_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -1006,20 +1003,15 @@ async fn every_accepted_notification_is_delivered_through_random_kill_9() {
         rounds,
         // A notification waiting for its answer, and accepted ones not delivered yet.
         async |_| {
-            let waiting = i64::from(asking.load(Ordering::Relaxed));
+            let waiting = sender.waiting();
             let got: HashSet<String> = hook.got().into_iter().map(|(_, body)| body).collect();
-            let accepted = accepted.lock().expect("accepted").clone();
+            let accepted = sender.acked();
             waiting + accepted.iter().filter(|c| !got.contains(*c)).count() as i64
         },
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    tokio::time::timeout(Duration::from_secs(60), sender)
-        .await
-        .expect("the sender to stop")
-        .expect("sender");
-    let accepted = std::mem::take(&mut *accepted.lock().expect("accepted"));
+    let accepted = sender.stop().await;
     assert!(accepted.len() > 50, "only {} accepted", accepted.len());
     let missing = || {
         let got: HashSet<String> = hook.got().into_iter().map(|(_, body)| body).collect();

@@ -663,15 +663,7 @@ async fn upstream_requests(node: &Node) -> f64 {
 
 /// How often each of the gateway's threads handed its metrics over, by thread.
 async fn handovers(node: &Node) -> std::collections::HashMap<String, f64> {
-    let text = node
-        .http
-        .get(format!("{}/metrics", node.url(node.ports.gateway_http)))
-        .send()
-        .await
-        .expect("gateway metrics")
-        .text()
-        .await
-        .expect("gateway metrics text");
+    let text = node.metrics_text(&node.url(node.ports.gateway_http)).await;
     text.lines()
         .filter_map(|l| l.strip_prefix("outpost_gateway_metric_handovers_total{thread=\""))
         .filter_map(|l| {
@@ -681,20 +673,14 @@ async fn handovers(node: &Node) -> std::collections::HashMap<String, f64> {
         .collect()
 }
 
+/// Requests the gateway sent to backends so far (none before the first one).
 async fn upstream_requests_now(node: &Node) -> f64 {
-    let text = node
-        .http
-        .get(format!("{}/metrics", node.url(node.ports.gateway_http)))
-        .send()
-        .await
-        .expect("gateway metrics")
-        .text()
-        .await
-        .expect("gateway metrics text");
-    text.lines()
-        .filter(|l| l.starts_with("outpost_gateway_upstream_requests_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    node.metric_if_any(
+        &node.url(node.ports.gateway_http),
+        "outpost_gateway_upstream_requests_total",
+    )
+    .await
+    .unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -578,6 +578,11 @@ impl Node {
     /// [`Node::metric`], or `None` while the service has no such series yet (a labelled
     /// counter appears with its first event).
     pub async fn metric_if_any(&self, base_url: &str, name: &str) -> Option<f64> {
+        metric_in(&self.metrics_text(base_url).await, name)
+    }
+
+    /// A service's `/metrics`, as text.
+    pub async fn metrics_text(&self, base_url: &str) -> String {
         let response = self
             .http
             .get(format!("{base_url}/metrics"))
@@ -585,8 +590,7 @@ impl Node {
             .await
             .expect("metrics");
         assert_eq!(response.status().as_u16(), 200, "{base_url}/metrics");
-        let text = response.text().await.expect("metrics text");
-        metric_in(&text, name)
+        response.text().await.expect("metrics text")
     }
     /// Kills the supervisor and every service with SIGKILL at once, the way a power cut
     /// or an OOM kill of the whole node would, and waits until they are gone.
