@@ -122,6 +122,8 @@ async fn over_tls_devices_are_their_certificates_and_services_theirs() {
     // telemetry over TLS; device-mqtt and core-data, on the bus over TLS with their own
     // certificates, store it.
     let own = p1.tls_args(&node);
+    node.wait_log(&["device-mqtt", "taking device telemetry"])
+        .await;
     node.wait_log(&["device-mqtt", "device added", "device=press-1"])
         .await;
     publish_ok(
@@ -347,6 +349,8 @@ async fn with_tls_on_every_hop_nothing_crosses_loopback_in_clear() {
     // user logs in at the gateway with the admin password; a command goes down and back.
     let value = "8642.125";
     let args = bundle.tls_args(&node);
+    node.wait_log(&["device-mqtt", "taking device telemetry"])
+        .await;
     node.wait_log(&["device-mqtt", "device added", "device=press-1"])
         .await;
     publish_ok(
@@ -482,6 +486,8 @@ async fn a_zero_touch_device_enrolls_itself_over_mqtt_tls_pending_approval() {
     node.cli_ok(&["device", "approve", "zt-press"]);
     // Once device-mqtt serves it unlocked, the broker takes its connection (past its 1 s
     // cache of the refusal); the first reading it acknowledges is stored.
+    node.wait_log(&["device-mqtt", "taking device telemetry"])
+        .await;
     node.wait_log(&["device-mqtt", "device updated", "device=zt-press"])
         .await;
     eventually("the broker to take zt-press", WAIT, || async {

@@ -200,7 +200,7 @@ async fn smoke(
     // The generated secret is the one line on standard output.
     let secret = cli(&["device", "secret", device], None).trim().to_string();
     assert!(secret.len() >= 16, "no secret: {secret}");
-    // device-mqtt says when it serves the new device.
+    // device-mqtt says when it takes device telemetry and when it knows the new device.
     eventually("device-mqtt to serve the device", ready, || async {
         let out = podman()
             .args(["logs", device_mqtt])
@@ -211,8 +211,10 @@ async fn smoke(
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        logs.lines()
-            .any(|l| l.contains("device added") && l.contains(&format!("device={device}")))
+        logs.contains("taking device telemetry")
+            && logs
+                .lines()
+                .any(|l| l.contains("device added") && l.contains(&format!("device={device}")))
     })
     .await;
     // The device publishes from outside the node's network, over TLS, with its secret, on

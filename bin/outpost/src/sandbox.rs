@@ -616,6 +616,12 @@ pub fn close(svc: Service, cfg: &NodeConfig, data_dir: &Path, id: &str) -> anyho
             rustix::process::geteuid().as_raw()
         );
     }
+    for path in files.not_followed() {
+        tracing::warn!(
+            path = %path.display(),
+            "this file is in a directory shared with other files: a renewed one is read only after a restart; keep it in a directory of its own"
+        );
+    }
     let db = match storage {
         Some(_) => {
             let key = outpost_storage::load_or_create_key(&location.secrets, &location.name)?;

@@ -39,7 +39,8 @@ impl Sdk {
         };
         let (r, put) = self.catalog_mut().put_device(device, profile);
         match put {
-            // Said once the driver knows it: from then on the device is served.
+            // Said once the driver was told and its autoEvents run (a driver that cannot
+            // serve it, a device-mqtt without its broker say, warns on its own).
             Put::Added => {
                 self.inner
                     .driver

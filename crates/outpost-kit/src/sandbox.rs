@@ -55,6 +55,8 @@ pub struct Files {
     data_dir: PathBuf,
     rules: Vec<(PathBuf, Access)>,
     configured: Vec<PathBuf>,
+    /// See [`Files::not_followed`].
+    not_followed: Vec<PathBuf>,
     first_start: bool,
 }
 
@@ -65,6 +67,7 @@ impl Files {
             data_dir: data_dir.to_path_buf(),
             rules: Vec::new(),
             configured: Vec::new(),
+            not_followed: Vec::new(),
             first_start: false,
         }
     }
@@ -106,27 +109,72 @@ impl Files {
     }
 
     /// A configured file that is replaced while the service runs (an operator's TLS
-    /// certificate and key, renewed by their tools), read-only: its directory is allowed,
-    /// and the directory of the file it resolves to, so a new file renamed over it or a
-    /// link moved to a new file is readable too. A rule on the file alone would follow its
-    /// first inode and refuse every later version.
+    /// certificate and key, renewed by their tools), read-only. A rule on the file alone
+    /// follows its first inode and refuses every later version, so its directory is
+    /// allowed, and the directory of the file it resolves to (a link moved to a new file),
+    /// when that directory can be the file's own: not a directory the system or other
+    /// programs share (`/`, `/etc`, `/tmp`, ...), nor one holding the data dir or inside
+    /// it. Elsewhere only the file is allowed, and [`Files::not_followed`] says so.
     pub fn replaced_config_file(&mut self, path: Option<&Path>) -> &mut Self {
         let Some(p) = path else {
             return self;
         };
         self.configured.push(p.to_path_buf());
+        let absolute = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         let real = std::fs::canonicalize(p).ok();
-        for file in std::iter::once(p.to_path_buf()).chain(real) {
-            match file.parent() {
-                Some(dir) if !dir.as_os_str().is_empty() => {
+        let mut followed = true;
+        for file in std::iter::once(absolute).chain(real) {
+            match file
+                .parent()
+                .filter(|dir| self.may_hold_replaced_files(dir))
+            {
+                Some(dir) => {
                     self.allow(dir.to_path_buf(), Access::Read);
                 }
-                _ => {
+                None => {
+                    followed = false;
                     self.allow(file, Access::Read);
                 }
             }
         }
+        if !followed {
+            self.not_followed.push(p.to_path_buf());
+        }
         self
+    }
+
+    /// Whether `dir` may be opened whole for the files replaced in it: a directory of their
+    /// own, not one the system or other programs share, nor one holding the data dir or
+    /// inside it.
+    fn may_hold_replaced_files(&self, dir: &Path) -> bool {
+        const SHARED: &[&str] = &[
+            "/",
+            "/etc",
+            "/etc/ssl",
+            "/etc/ssl/private",
+            "/etc/ssl/certs",
+            "/tmp",
+            "/var",
+            "/var/tmp",
+            "/var/lib",
+            "/run",
+            "/home",
+            "/root",
+            "/usr",
+            "/opt",
+            "/srv",
+            "/mnt",
+        ];
+        dir.is_absolute()
+            && !SHARED.iter().any(|s| dir == Path::new(s))
+            && !self.data_dir.starts_with(dir)
+            && !dir.starts_with(&self.data_dir)
+    }
+
+    /// Replaced files of [`Files::replaced_config_file`] in a shared directory: only the
+    /// file as it was at start is allowed, so a renewed one is read after a restart.
+    pub fn not_followed(&self) -> &[PathBuf] {
+        &self.not_followed
     }
 
     /// The configured files this process may not read (a file an operator made as root
@@ -369,4 +417,43 @@ pub fn record(enforced: Enforced) {
 /// How far this process's sandbox closed, once [`restrict`] or [`record`] ran.
 pub fn status() -> Option<&'static Enforced> {
     STATUS.get()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rules [`Files::replaced_config_file`] makes for `file`, with the data dir at
+    /// `/var/lib/outpost`.
+    fn rules_for(file: &str) -> (Vec<PathBuf>, bool) {
+        let mut files = Files::new(Path::new("/var/lib/outpost"));
+        files.replaced_config_file(Some(Path::new(file)));
+        let paths = files.rules().iter().map(|(p, _)| p.clone()).collect();
+        (paths, files.not_followed().is_empty())
+    }
+
+    #[test]
+    fn a_replaced_file_opens_its_own_directory_but_never_a_shared_one() {
+        // A directory of its own: opened, so a renewed file renamed into it is read.
+        let (paths, followed) = rules_for("/etc/outpost/tls/gateway.pem");
+        assert!(followed);
+        assert!(
+            paths.contains(&PathBuf::from("/etc/outpost/tls")),
+            "{paths:?}"
+        );
+        // Shared directories, the data dir and what holds it: the file alone, said.
+        for file in [
+            "/etc/gateway.pem",
+            "/etc/ssl/private/gateway.key",
+            "/tmp/edge.identity.json",
+            "/gateway.pem",
+            "/var/lib/outpost/gateway.pem",
+            "/var/lib/outpost/tls/gateway.pem",
+            "/var/lib/gateway.pem",
+        ] {
+            let (paths, followed) = rules_for(file);
+            assert!(!followed, "{file}");
+            assert_eq!(paths, vec![PathBuf::from(file)], "{file}");
+        }
+    }
 }

@@ -169,7 +169,6 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// `outpost_<service>_<name>`, with dashes turned into underscores.
 /// Exports each counter of `names` at 0 from now on, before its first event: a reader
 /// then tells "none yet" from a counter that is not there.
 pub fn zeroed_counters(names: &[&'static str]) {
@@ -178,6 +177,7 @@ pub fn zeroed_counters(names: &[&'static str]) {
     }
 }
 
+/// `outpost_<service>_<name>`, with dashes turned into underscores.
 pub fn metric_name(service: &str, name: &str) -> String {
     format!("outpost_{}_{name}", service.replace('-', "_"))
 }

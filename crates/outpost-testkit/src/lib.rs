@@ -87,7 +87,7 @@ pub fn peer(rel: &str) -> std::path::PathBuf {
 const PORTS: std::ops::Range<u16> = 20_000..32_000;
 
 /// A free TCP port on loopback, distinct from every other port handed out by any test
-/// process of the machine recently: the next one of `PORTS` that can be bound, taken
+/// process of this user recently: the next one of `PORTS` that can be bound, taken
 /// under a lock on a file shared by all test processes (nextest runs each test in its own
 /// process, so a per-process record would not do), wrapping around after 12,000.
 pub fn free_port() -> u16 {

@@ -141,7 +141,7 @@ impl Server {
             .iter()
             .filter(|r| r["connect"] == true)
             .count();
-        opened - self.own_reads.load(std::sync::atomic::Ordering::Relaxed)
+        opened.saturating_sub(self.own_reads.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// What the server received so far, in order: `{"connect": bool}` for each connection

@@ -115,8 +115,8 @@ impl Registry {
     }
 
     /// The registry's change index, to wait on.
-    pub fn index_changes(&self) -> &watch::Sender<u64> {
-        &self.index
+    pub fn index_changes(&self) -> watch::Receiver<u64> {
+        self.index.subscribe()
     }
 
     pub fn subscribe_changes(&self) -> broadcast::Receiver<RegistryChange> {

@@ -70,7 +70,7 @@ impl AppState {
     /// waiting long-polls meanwhile (also when the client goes away first).
     async fn long_poll(
         &self,
-        index: &tokio::sync::watch::Sender<u64>,
+        mut rx: tokio::sync::watch::Receiver<u64>,
         waiting: &metrics::Gauge,
         seen: u64,
         wait_ms: Option<u64>,
@@ -82,7 +82,6 @@ impl AppState {
             }
         }
         let wait = Duration::from_millis(wait_ms.unwrap_or(30_000).min(self.max_wait_ms));
-        let mut rx = index.subscribe();
         waiting.increment(1.0);
         let _waiting = Waiting(waiting);
         let _ = tokio::time::timeout(wait, rx.wait_for(|i| *i > seen)).await;
@@ -313,7 +312,7 @@ async fn kv_get(
 ) -> Result<Response, ApiError> {
     let key = check_key(&key)?;
     if let Some(seen) = p.wait_index {
-        st.long_poll(&st.kv_index, &st.kv_polls, seen, p.wait_ms)
+        st.long_poll(st.kv_index.subscribe(), &st.kv_polls, seen, p.wait_ms)
             .await;
     }
     // Read before the listing: a change racing the read is seen again by the next wait.

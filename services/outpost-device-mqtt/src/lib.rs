@@ -310,6 +310,9 @@ impl Driver for Mqtt {
                 return;
             }
         };
+        // Subscribed (the broker acknowledged it): from here on what devices publish on
+        // the telemetry topics waits for this service.
+        tracing::info!(filter = %format!("{TELEMETRY_PREFIX}/#"), "taking device telemetry");
         let state = Arc::new(State {
             sdk,
             commands,

@@ -191,8 +191,8 @@ async fn status(State(app): State<Arc<App>>) -> Response {
             DestinationStatus {
                 name: d.cfg.name.clone(),
                 kind: d.cfg.kind,
-                url: d.sink.url().to_string(),
-                edge: d.sink.edge.clone(),
+                url: d.sink.url(),
+                edge: d.sink.edge(),
                 queue,
                 sender: d.state().clone(),
             }

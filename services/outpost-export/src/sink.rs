@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use outpost_contracts::cloud::EdgeBundle;
 use outpost_contracts::export::{Backlog, IngestResponse, Rejected};
@@ -93,8 +93,8 @@ pub struct Sink {
     http: reqwest::Client,
     headers: Vec<(String, String)>,
     zstd_level: i32,
-    /// The edge name the cloud knows this node by.
-    pub edge: Option<String>,
+    /// The edge name the cloud knows this node by, as the destination opened.
+    edge: Option<String>,
 }
 
 /// A cloud destination's client, made from its identity bundle (`outpost cloud enroll`)
@@ -105,8 +105,43 @@ struct Identity {
     /// The destination's `url`, which overrides the bundle's.
     url: String,
     timeout: Duration,
-    /// The file's modification time when last read, the URL and the client made from it.
-    current: Mutex<(Option<SystemTime>, String, reqwest::Client)>,
+    current: Mutex<Current>,
+}
+
+/// What a cloud destination sends with now.
+struct Current {
+    /// The file as it was when read, and as it was when a change could not be used
+    /// (warned about once).
+    read: Option<FileVersion>,
+    refused: Option<FileVersion>,
+    edge: String,
+    url: String,
+    http: reqwest::Client,
+}
+
+/// Which version of a file is on disk: a file renamed over it has another inode, a
+/// rewrite another size or change time (which no tool can set back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileVersion {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    ctime: (i64, i64),
+    mtime: (i64, i64),
+}
+
+impl FileVersion {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        })
+    }
 }
 
 impl Identity {
@@ -116,25 +151,46 @@ impl Identity {
             .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let modified = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
-        if modified.is_some() && modified != current.0 {
+        let now = FileVersion::of(&self.path);
+        if now.is_some() && now != current.read {
             match cloud_client(&self.path, &self.url, self.timeout) {
                 Ok((url, http, edge)) => {
-                    if current.0.is_some() {
+                    if edge == current.edge {
                         tracing::info!(path = %self.path.display(), edge, "identity bundle changed; sending with it from now on");
+                    } else {
+                        tracing::warn!(path = %self.path.display(), was = current.edge, now = edge, "the changed identity bundle is another edge's; sending as that edge from now on");
                     }
-                    *current = (modified, url, http);
+                    *current = Current {
+                        read: now,
+                        refused: None,
+                        edge,
+                        url,
+                        http,
+                    };
                 }
-                // Half written, say: the next batch looks again.
-                Err(e) => tracing::warn!(
-                    error = %error_chain(&e),
-                    "cannot use the changed identity bundle; keeping the previous one"
-                ),
+                // Half written, say: the next batch looks again, warned once per version.
+                Err(e) => {
+                    if current.refused != now {
+                        current.refused = now;
+                        tracing::warn!(
+                            path = %self.path.display(),
+                            error = %error_chain(&e),
+                            "cannot use the changed identity bundle; keeping the previous one"
+                        );
+                    }
+                }
             }
         }
-        (current.1.clone(), current.2.clone())
+        (current.url.clone(), current.http.clone())
+    }
+
+    /// The edge name the bundle in use gives.
+    fn edge(&self) -> String {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .edge
+            .clone()
     }
 }
 
@@ -190,13 +246,19 @@ impl Sink {
         let (url, http, edge) = match d.kind {
             Kind::Cloud => {
                 let path = d.identity.as_ref().ok_or(SinkError::NoIdentity)?;
-                let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+                let read = FileVersion::of(path);
                 let (url, http, edge) = cloud_client(path, &d.url, timeout)?;
                 identity = Some(Identity {
                     path: path.clone(),
                     url: d.url.clone(),
                     timeout,
-                    current: Mutex::new((modified, url.clone(), http.clone())),
+                    current: Mutex::new(Current {
+                        read,
+                        refused: None,
+                        edge: edge.clone(),
+                        url: url.clone(),
+                        http: http.clone(),
+                    }),
                 });
                 (url, http, Some(edge))
             }
@@ -249,8 +311,20 @@ impl Sink {
         })
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
+    /// Where batches go now (a changed identity bundle may name another cloud).
+    pub fn url(&self) -> String {
+        match &self.identity {
+            Some(id) => id.client().0,
+            None => self.url.clone(),
+        }
+    }
+
+    /// The edge name the cloud knows this node by (a cloud destination's), now.
+    pub fn edge(&self) -> Option<String> {
+        match &self.identity {
+            Some(id) => Some(id.edge()),
+            None => self.edge.clone(),
+        }
     }
 
     /// The batch as JSON: items are stored as JSON already, so they are spliced in as
