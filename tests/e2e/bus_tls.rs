@@ -122,10 +122,7 @@ async fn over_tls_devices_are_their_certificates_and_services_theirs() {
     // telemetry over TLS; device-mqtt and core-data, on the bus over TLS with their own
     // certificates, store it.
     let own = p1.tls_args(&node);
-    node.wait_log(&["device-mqtt", "taking device telemetry"])
-        .await;
-    node.wait_log(&["device-mqtt", "device added", "device=press-1"])
-        .await;
+    node.wait_mqtt_device("press-1").await;
     publish_ok(
         &own,
         "press-1-pub",
@@ -349,10 +346,7 @@ async fn with_tls_on_every_hop_nothing_crosses_loopback_in_clear() {
     // user logs in at the gateway with the admin password; a command goes down and back.
     let value = "8642.125";
     let args = bundle.tls_args(&node);
-    node.wait_log(&["device-mqtt", "taking device telemetry"])
-        .await;
-    node.wait_log(&["device-mqtt", "device added", "device=press-1"])
-        .await;
+    node.wait_mqtt_device("press-1").await;
     publish_ok(
         &args,
         "press-1-pub",

@@ -256,12 +256,8 @@ impl Presses {
         assert_eq!(s1.len(), 32, "{out}");
         node.cli_ok(&["device", "secret", "press-2", "--secret", S2]);
         node.cli_ok(&["device", "secret", "press-3", "--secret", S3]);
-        // Served once device-mqtt takes telemetry and knows the device.
-        node.wait_log(&["device-mqtt", "taking device telemetry"])
-            .await;
         for d in ["press-1", "press-2", "press-3"] {
-            node.wait_log(&["device-mqtt", "device added", &format!("device={d}")])
-                .await;
+            node.wait_mqtt_device(d).await;
         }
         Self { node, s1 }
     }

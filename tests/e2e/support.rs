@@ -669,6 +669,15 @@ impl Node {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Waits until device-mqtt serves `device`: it takes device telemetry (its subscription
+    /// acknowledged) and knows the device.
+    pub async fn wait_mqtt_device(&self, device: &str) {
+        self.wait_log(&["device-mqtt", "taking device telemetry"])
+            .await;
+        self.wait_log(&["device-mqtt", "device added", &format!("device={device}")])
+            .await;
+    }
+
     /// Waits until a line of the node's log holds every one of `parts` (a service saying
     /// it is ready for something, e.g. `["device-mqtt", "device added", "device=p1"]`).
     pub async fn wait_log(&self, parts: &[&str]) {
