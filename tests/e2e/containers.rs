@@ -57,6 +57,38 @@ fn needs_image() {
     );
 }
 
+/// When the test fails, prints the end of the log of each container whose name holds
+/// `names`: what a failure far from the cause (a reading that never arrives) needs.
+struct LogsOnFailure {
+    names: String,
+}
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(listed) = podman()
+            .args(["ps", "-a", "--format", "{{.Names}}"])
+            .output()
+        else {
+            return;
+        };
+        for name in String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .filter(|n| n.contains(&self.names))
+        {
+            if let Ok(out) = podman().args(["logs", "--tail", "60", name]).output() {
+                eprintln!(
+                    "---- {name}, last lines ----\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+}
+
 /// A field of `/proc/<pid>/status`.
 fn status_field(pid: &str, field: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -229,11 +261,15 @@ async fn smoke(
         .stdin(Stdio::null())
         .output()
         .expect("mosquitto_pub must be installed (Debian package mosquitto-clients)");
-    assert!(
-        out.status.success(),
-        "the device's publish: {}{}",
+    // mosquitto_pub exits 0 when the PUBACK refuses; -d shows the reason code.
+    let shown = format!(
+        "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && shown.contains("received PUBACK") && !shown.contains("failed"),
+        "the device's publish: {shown}"
     );
     eventually("the reading back through the gateway", ready, || async {
         let cmd = cli_command(
@@ -329,6 +365,9 @@ async fn compose_runs_one_hardened_container_per_service_and_replaces_a_killed_o
         "podman-compose up: {}",
         String::from_utf8_lossy(&up.stderr)
     );
+    let _logs = LogsOnFailure {
+        names: compose.project.clone(),
+    };
     let data = volume_dir(&format!("{}_data", compose.project));
     let password = file_in(&data, "secrets/admin-password").await;
     let home = tempdir();
@@ -545,6 +584,10 @@ async fn the_kubernetes_deployments_run_with_podman_kube_play() {
         "podman kube play: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Dropped before `played` takes the containers down.
+    let _logs = LogsOnFailure {
+        names: "-pod-0-".into(),
+    };
     let data = volume_dir(&played.volume);
     let password = file_in(&data, "secrets/admin-password").await;
     let home = tempdir();

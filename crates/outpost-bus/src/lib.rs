@@ -600,28 +600,57 @@ async fn connect_loop(
         files.keep_applied(client, shutdown).await;
     }
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let started = tokio::time::Instant::now();
     let mut warned = false;
+    // After a first attempt fails in a way the client retries on its own (a broker not
+    // listening yet), the client's reconnect task keeps trying: another `connect` would
+    // race it and, once it won, fail with "already connected" for ever, and each failed
+    // attempt would start one more reconnect task. So from then on this only waits.
+    let mut retried_by_client = false;
     loop {
-        match client.connect(&cfg.url).await {
-            Ok(()) => {
-                tracing::info!(url = %cfg.url, client_id = %opts.client_id, "connected to the bus");
-                return Ok(());
+        if retried_by_client && client.is_connected().await {
+            tracing::info!(url = %cfg.url, client_id = %opts.client_id, "connected to the bus");
+            return Ok(());
+        }
+        let failed = if retried_by_client {
+            None
+        } else {
+            match client.connect(&cfg.url).await {
+                Ok(()) | Err(mqtt5::error::MqttError::AlreadyConnected) => {
+                    tracing::info!(url = %cfg.url, client_id = %opts.client_id, "connected to the bus");
+                    return Ok(());
+                }
+                Err(e) => {
+                    retried_by_client = mqtt5::client::is_recoverable(
+                        &e,
+                        &mqtt5::client::ErrorRecoveryConfig::default(),
+                    )
+                    .is_some();
+                    Some(e)
+                }
             }
-            Err(e) => {
-                if !warned && backoff.attempts() >= 3 {
+        };
+        if !warned && started.elapsed() >= Duration::from_secs(2) {
+            match &failed {
+                Some(e) => {
                     tracing::warn!(url = %cfg.url, error = %e, "bus not reachable yet; retrying");
-                    warned = true;
                 }
-                if let Some(files) = &files
-                    && let Err(e) = files.apply(client).await
-                {
-                    tracing::debug!(error = %e, "cannot read the bus TLS files yet");
-                }
-                tokio::select! {
-                    () = shutdown.wait() => return Err(BusError::ShutDown),
-                    () = tokio::time::sleep(backoff.next_delay()) => {}
-                }
+                None => tracing::warn!(url = %cfg.url, "bus not reachable yet; retrying"),
             }
+            warned = true;
+        }
+        if let Some(files) = &files
+            && let Err(e) = files.apply(client).await
+        {
+            tracing::debug!(error = %e, "cannot read the bus TLS files yet");
+        }
+        tokio::select! {
+            () = shutdown.wait() => return Err(BusError::ShutDown),
+            () = tokio::time::sleep(if retried_by_client {
+                Duration::from_millis(100)
+            } else {
+                backoff.next_delay()
+            }) => {}
         }
     }
 }

@@ -244,3 +244,47 @@ async fn one_topic_keeps_its_order() {
     sending.await.expect("publisher");
     c.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_started_before_their_broker_connect_once_it_listens() {
+    // Services started together (containers, Kubernetes) often reach the broker before it
+    // listens: their first attempts fail and the client's own reconnect starts.
+    let mut f = Fixture::new();
+    f.broker.stop();
+    let (cfg, dir) = (f.cfg(), f.dir.path().to_path_buf());
+    let consuming = tokio::spawn({
+        let (cfg, dir) = (cfg.clone(), dir.clone());
+        async move {
+            let filters = ["t/#".to_string()];
+            let opts = Options::durable("early", 100);
+            Consumer::connect(&cfg, &dir, "test", opts, &filters, &Shutdown::new()).await
+        }
+    });
+    let publishing = tokio::spawn(async move {
+        let opts = Options::plain("early-publisher".to_string());
+        Bus::connect(&cfg, &dir, "test", opts, &Shutdown::new()).await
+    });
+    // Several failed attempts, each also starting the client's reconnect.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !consuming.is_finished() && !publishing.is_finished(),
+        "connected with no broker"
+    );
+    f.broker.start_again();
+    let mut c = tokio::time::timeout(WAIT, consuming)
+        .await
+        .expect("the consumer connected once the broker listened")
+        .expect("the consumer's task")
+        .expect("the consumer");
+    let p = tokio::time::timeout(WAIT, publishing)
+        .await
+        .expect("the publisher connected once the broker listened")
+        .expect("the publisher's task")
+        .expect("the publisher");
+    publish(&p, "t/e", 7).await;
+    let d = next(&mut c).await;
+    assert_eq!((d.topic.as_str(), number(&d)), ("t/e", 7));
+    d.ack();
+    c.close().await;
+    p.disconnect().await;
+}
