@@ -470,7 +470,7 @@ async fn a_zero_touch_device_enrolls_itself_over_mqtt_tls_pending_approval() {
         ok && out.contains("pending") && out.contains("manufacturer"),
         "{out}"
     );
-    let (ok, out, _) = node.cli(&["device", "show", "zt-press"]);
+    let (ok, out, _) = node.cli(&["device", "show", "zt-press", "--json"]);
     assert!(
         ok && out.contains("zero-touch") && out.contains("\"LOCKED\""),
         "{out}"

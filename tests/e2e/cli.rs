@@ -204,3 +204,152 @@ fn the_cli_says_why_it_finds_no_node_and_how_to_point_it_at_one() {
         "{err}"
     );
 }
+
+/// The CLI's exit status for "no such thing" (1 is any other failure, 2 a usage error).
+const NOT_FOUND: Option<i32> = Some(4);
+
+#[tokio::test]
+async fn mistakes_get_an_answer_that_says_what_to_do_and_an_exit_status_scripts_can_read() {
+    let node = Node::start("").await;
+    // Thermostats of a device-mqtt registered at an address where nothing answers.
+    provision(&node, &["t1"]);
+
+    // Names the node does not know: not an empty table, the nearest name and status 4.
+    let (code, out, err) = node.cli_code(&["readings", "t11"]);
+    assert_eq!(code, NOT_FOUND, "{out}{err}");
+    assert!(err.contains("no device t11 (did you mean 't1'?)"), "{err}");
+    let (code, _, err) = node.cli_code(&["readings", "t1", "--resource", "Temprature"]);
+    assert_eq!(code, NOT_FOUND, "{err}");
+    assert!(
+        err.contains("has no resource Temprature (did you mean 'Temperature'?)"),
+        "{err}"
+    );
+    // A known device with nothing stored yet is an empty listing, not an error.
+    let (code, out, err) = node.cli_code(&["readings", "t1", "--resource", "Humidity", "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let page: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(page["readings"].as_array().map(Vec::len), Some(0), "{out}");
+    let (code, _, err) = node.cli_code(&["device", "show", "t11"]);
+    assert_eq!(code, NOT_FOUND, "{err}");
+    // core-command names the misspelt command before it tries the device service (which
+    // is not reachable: a real command gets 503 and the general failure status).
+    let (code, _, err) = node.cli_code(&["command", "t1", "Temprature"]);
+    assert_eq!(code, NOT_FOUND, "{err}");
+    assert!(err.contains("did you mean 'Temperature'?"), "{err}");
+    let (code, _, err) = node.cli_code(&["command", "t1", "Temperature"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("503"), "{err}");
+
+    // A device its service could not validate is added, with a warning saying why.
+    let (code, out, err) =
+        node.cli_code(&[&["device", "add", "--name", "t2"][..], &A_THERMOSTAT].concat());
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("added device t2"), "{out}");
+    assert!(
+        err.contains(
+            "warning: device t2: not validated: device service 'device-mqtt' is not reachable"
+        ),
+        "{err}"
+    );
+
+    // A device for people, and with --json every field; a generated secret as JSON.
+    let out = node.cli_ok(&["device", "show", "t1"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("Profile") && l.ends_with("Thermostat")),
+        "{out}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&node.cli_ok(&["device", "show", "t1", "--json"])).expect("JSON");
+    assert_eq!(shown["profileName"], "Thermostat", "{shown}");
+    let secret: serde_json::Value =
+        serde_json::from_str(&node.cli_ok(&["device", "secret", "t1", "--json"])).expect("JSON");
+    assert_eq!(secret["device"], "t1");
+    assert!(
+        secret["secret"].as_str().is_some_and(|s| s.len() >= 16),
+        "{secret}"
+    );
+
+    // A profile with a value type EdgeX does not have: the valid ones are listed.
+    let bad = node.dir.path().join("bad-profile.yaml");
+    std::fs::write(
+        &bad,
+        PROFILE_YAML
+            .replace("Float64", "Float")
+            .replace("Thermostat", "Bad"),
+    )
+    .expect("write");
+    let (code, _, err) = node.cli_code(&["profile", "apply", bad.to_str().expect("path")]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("unknown value type 'Float'") && err.contains("Float32, Float64"),
+        "{err}"
+    );
+
+    // The public signing key where the private one belongs.
+    let keys = node.dir.path().join("keys");
+    run_ok(
+        Command::new(BIN)
+            .args(["ota", "keygen", "--out"])
+            .arg(&keys),
+        "ota keygen",
+    );
+    let public = keys.join("ota-signing.pub");
+    let (code, _, err) = node.cli_code(&[
+        "ota",
+        "upload",
+        public.to_str().expect("path"),
+        "--name",
+        "fw",
+        "--version",
+        "1",
+        "--key",
+        public.to_str().expect("path"),
+        "--compatible",
+        "Thermostat",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("is the public key") && err.contains("ota-signing.key"),
+        "{err}"
+    );
+
+    // Misspelt commands get clap's suggestion (usage error: 2).
+    let (code, _, err) = node.cli_code(&["devices", "list"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("similar subcommand") && err.contains("'device'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn completions_and_the_manual_come_from_the_commands_definitions() {
+    let out = run_ok(
+        Command::new(BIN).args(["completions", "bash"]),
+        "completions",
+    );
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        script.contains("_outpost()") && script.contains("rollout"),
+        "{script}"
+    );
+    let out = run_ok(Command::new(BIN).arg("man"), "man");
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.contains(".TH outpost") && page.contains("readings"),
+        "{page}"
+    );
+    let dir = crate::support::tempdir();
+    run_ok(
+        Command::new(BIN).args(["man", "--out"]).arg(dir.path()),
+        "man --out",
+    );
+    for page in [
+        "outpost.1",
+        "outpost-device-add.1",
+        "outpost-ota-rollout-status.1",
+    ] {
+        assert!(dir.path().join(page).is_file(), "{page} not written");
+    }
+}

@@ -221,10 +221,7 @@ async fn smoke(
     .await;
     let profile = home.join("thermostat.yaml");
     std::fs::write(&profile, PROFILE_YAML).expect("profile");
-    cli(
-        &["profile", "apply", "-f", profile.to_str().expect("path")],
-        None,
-    );
+    cli(&["profile", "apply", profile.to_str().expect("path")], None);
     cli(
         &[&["device", "add", "--name", device][..], &A_THERMOSTAT].concat(),
         None,
@@ -272,12 +269,7 @@ async fn smoke(
         "the device's publish: {shown}"
     );
     eventually("the reading back through the gateway", ready, || async {
-        let cmd = cli_command(
-            home,
-            gateway,
-            ca,
-            ["readings", "--device", device, "--json"],
-        );
+        let cmd = cli_command(home, gateway, ca, ["readings", device, "--json"]);
         let (read, readings, _) = run_cli(cmd, None);
         read && readings.contains(READING)
     })
@@ -446,7 +438,7 @@ async fn compose_runs_one_hardened_container_per_service_and_replaces_a_killed_o
             .arg(&ca)
             .arg("--data-dir")
             .arg(home.path().join("no-node-here"))
-            .args(["readings", "--device", "boxed-1", "--json"])
+            .args(["readings", "boxed-1", "--json"])
             .env("XDG_CONFIG_HOME", home.path());
         let (ok, out, _) = run_cli(cmd, None);
         if ok && out.contains(READING) {

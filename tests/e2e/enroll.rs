@@ -265,7 +265,7 @@ async fn devices_are_enrolled_rotated_and_revoked_over_the_gateway() {
     poll_until(&node, &anon, "dev-a", Some(&a2_secret), 401).await;
     let (ok, out, _) = node.cli(&["device", "credentials", "dev-a"]);
     assert!(ok && out.contains("dev-a: revoked (secret: none)"), "{out}");
-    let (ok, out, _) = node.cli(&["device", "show", "dev-a"]);
+    let (ok, out, _) = node.cli(&["device", "show", "dev-a", "--json"]);
     assert!(ok && out.contains("\"LOCKED\""), "{out}");
     // The other device is untouched.
     assert_eq!(poll(&node, &anon, "dev-b", Some(&b_secret)).await, 200);
@@ -314,7 +314,7 @@ async fn a_device_with_a_manufacturer_certificate_enrolls_itself_pending_approva
     let (code, body) = poll_with(&node, &zt, "zt-1", None, &[]).await;
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("approval"), "{body}");
-    let (ok, out, _) = node.cli(&["device", "show", "zt-1"]);
+    let (ok, out, _) = node.cli(&["device", "show", "zt-1", "--json"]);
     assert!(
         ok && out.contains("zero-touch") && out.contains("\"LOCKED\""),
         "{out}"
@@ -361,7 +361,7 @@ async fn a_device_with_a_manufacturer_certificate_enrolls_itself_pending_approva
     node.cli_ok(&["device", "rm", "zt-1"]);
     assert_eq!(poll(&node, &zt, "zt-1", None).await, 401);
     assert!(
-        !node.cli(&["device", "show", "zt-1"]).0,
+        !node.cli(&["device", "show", "zt-1", "--json"]).0,
         "the deleted device was not registered again"
     );
 }

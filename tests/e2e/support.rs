@@ -547,6 +547,11 @@ impl Node {
         out
     }
 
+    /// Runs the CLI against this node; returns (exit status, stdout, stderr).
+    pub fn cli_code(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        run_cli_code(self.cli_command(args), None)
+    }
+
     /// Runs the CLI with extra environment variables and, optionally, stdin.
     pub fn cli_with(
         &self,
@@ -554,15 +559,21 @@ impl Node {
         env: &[(&str, &str)],
         stdin: Option<&str>,
     ) -> (bool, String, String) {
+        let mut cmd = self.cli_command(args);
+        cmd.envs(env.iter().copied());
+        run_cli(cmd, stdin)
+    }
+
+    /// The CLI pointed at this node, with `args`.
+    fn cli_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.arg("--config")
             .arg(&self.config)
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(args)
-            .env("XDG_CONFIG_HOME", self.cli_home())
-            .envs(env.iter().copied());
-        run_cli(cmd, stdin)
+            .env("XDG_CONFIG_HOME", self.cli_home());
+        cmd
     }
 
     /// A metric's value from a service's `/metrics`: the sum of every series of `name`, or
@@ -1162,7 +1173,13 @@ pub fn now_nanos() -> i64 {
 /// Runs a prepared CLI command without the environment's gateway settings (unless the
 /// command sets them), feeding `stdin`;
 /// returns (success, stdout, stderr).
-pub fn run_cli(mut cmd: Command, stdin: Option<&str>) -> (bool, String, String) {
+pub fn run_cli(cmd: Command, stdin: Option<&str>) -> (bool, String, String) {
+    let (code, out, err) = run_cli_code(cmd, stdin);
+    (code == Some(0), out, err)
+}
+
+/// [`run_cli`] with the exit status (`None` when a signal ended it).
+pub fn run_cli_code(mut cmd: Command, stdin: Option<&str>) -> (Option<i32>, String, String) {
     use std::io::Write as _;
     for var in ["OUTPOST_GATEWAY", "OUTPOST_CA", "OUTPOST_TOKEN"] {
         // Unless the test set it on purpose.
@@ -1179,7 +1196,7 @@ pub fn run_cli(mut cmd: Command, stdin: Option<&str>) -> (bool, String, String) 
     }
     let out = child.wait_with_output().expect("run outpost CLI");
     (
-        out.status.success(),
+        out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )

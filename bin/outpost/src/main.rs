@@ -43,12 +43,6 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{NodeConfig, SERVICES};
 
-/// mimalloc rather than the C library's allocator: request handling allocates and frees
-/// many small objects across threads, where glibc's malloc cost the gateway 17 % more CPU
-/// per request (bench/RESULTS.md, gateway). Built without transparent huge pages, and the
-/// supervisor starts services with freed memory returned to the system at once
-/// (`MIMALLOC_PURGE_DELAY=0`), so an idle node stays small; the gateway gets a short delay
-/// and its event loops return freed memory every second instead.
 /// A duration argument (`30s`, `15m`, `2h`, `7d`, `1h30m`), refused with what is expected.
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|_| {
@@ -66,6 +60,17 @@ fn stdout_failed(e: &std::io::Error) {
     std::process::exit(1);
 }
 
+/// The names `outpost run` and `outpost probe` take, listed in their help.
+fn service_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(SERVICES.iter().map(|s| s.name()))
+}
+
+/// mimalloc rather than the C library's allocator: request handling allocates and frees
+/// many small objects across threads, where glibc's malloc cost the gateway 17 % more CPU
+/// per request (bench/RESULTS.md, gateway). Built without transparent huge pages, and the
+/// supervisor starts services with freed memory returned to the system at once
+/// (`MIMALLOC_PURGE_DELAY=0`), so an idle node stays small; the gateway gets a short delay
+/// and its event loops return freed memory every second instead.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -78,24 +83,57 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 )]
 struct Args {
     /// Configuration file (TOML); see `outpost config default`.
-    #[arg(long, global = true, env = "OUTPOST_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "OUTPOST_CONFIG"
+    )]
     config: Option<PathBuf>,
     /// Where the node keeps its state.
-    #[arg(long, global = true, env = "OUTPOST_DATA_DIR")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "OUTPOST_DATA_DIR"
+    )]
     data_dir: Option<PathBuf>,
     /// Override one configuration key (repeatable), e.g. `--set core_data.port=59880`;
     /// wins over the file and the environment.
-    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    #[arg(
+        long = "set",
+        global = true,
+        help_heading = "Global options",
+        value_name = "SECTION.KEY=VALUE"
+    )]
     set: Vec<String>,
     /// The gateway of a remote node (https://HOST:8443); default: this node's own.
-    #[arg(long, global = true, env = "OUTPOST_GATEWAY", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "OUTPOST_GATEWAY",
+        value_name = "URL"
+    )]
     gateway: Option<String>,
     /// The CA certificate (PEM) to trust for the gateway; default: the one stored by
     /// `outpost login`, else (for this node's own gateway) `<data>/tls/ca.pem`.
-    #[arg(long, global = true, env = "OUTPOST_CA", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "OUTPOST_CA",
+        value_name = "FILE"
+    )]
     ca: Option<PathBuf>,
     /// An API key or access token for the gateway, instead of the `outpost login` session.
-    #[arg(long, global = true, env = "OUTPOST_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "OUTPOST_TOKEN",
+        hide_env_values = true
+    )]
     token: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -105,11 +143,20 @@ struct Args {
 enum Command {
     /// Run the whole edge node in the foreground (every service, supervised).
     Up,
-    /// Run one service in the foreground: mqtt-broker, core-keeper, core-metadata, core-data.
-    Run { service: String },
+    /// Run one service in the foreground, as `outpost up` runs each (one container a
+    /// service).
+    Run {
+        /// The service.
+        #[arg(value_parser = service_names())]
+        service: String,
+    },
     /// Check that a service of this host answers (exit status 0), as container health
     /// checks do: `outpost probe core-data`.
-    Probe { service: String },
+    Probe {
+        /// The service.
+        #[arg(value_parser = service_names())]
+        service: String,
+    },
     /// Close a service's sandbox around this process exactly as `outpost run` does (user,
     /// system-call filter, Landlock), then try to open each path for reading and for
     /// writing and print what the kernel answered, one line a path.
@@ -121,8 +168,23 @@ enum Command {
     /// Print or check the configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Print a shell completion script, e.g. `outpost completions bash >
+    /// /etc/bash_completion.d/outpost`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff: `outpost man | man -l -`), or with --out write one page
+    /// per command.
+    Man {
+        /// Directory for outpost.1 and a page per command.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// The registry's view of the node's services.
     Services {
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -137,8 +199,13 @@ enum Command {
     DeviceService(DeviceServiceCmd),
     /// Stored readings of a device.
     Readings {
-        #[arg(long)]
-        device: String,
+        /// The device.
+        #[arg(required_unless_present = "device_flag")]
+        device: Option<String>,
+        /// The device (as `--device NAME`, the older form).
+        #[arg(long = "device", hide = true, conflicts_with = "device")]
+        device_flag: Option<String>,
+        /// Only this resource's readings.
         #[arg(long)]
         resource: Option<String>,
         /// Only readings newer than this (e.g. 10m, 2h).
@@ -147,6 +214,7 @@ enum Command {
         /// Most readings to show (-1: the service's maximum).
         #[arg(long, default_value_t = 20, allow_negative_numbers = true)]
         limit: i64,
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -165,7 +233,11 @@ enum Command {
     /// End the gateway session (its refresh token is revoked).
     Logout,
     /// Who the CLI is logged in as.
-    Whoami,
+    Whoami {
+        /// Print JSON (the API's answer) instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Users of the gateway (admin).
     #[command(subcommand)]
     User(UserCmd),
@@ -194,15 +266,22 @@ enum Command {
         #[command(subcommand)]
         cmd: Option<CloudCmd>,
     },
-    /// Read a device (GET) or, with `--set RESOURCE=VALUE`, write it (SET), through
-    /// core-command. Here `--set` gives the values to write, not configuration.
+    /// Read a device (GET) or, given RESOURCE=VALUE pairs, write it (SET), through
+    /// core-command: `outpost command t1 Setpoint Setpoint=21.5`. (`--set RESOURCE=VALUE`
+    /// is taken too, and then gives values to write, not configuration.)
     #[command(name = "command")]
     Actuate {
+        /// The device.
         device: String,
+        /// The command: a device command or resource of its profile.
         command: String,
+        /// Values to write: RESOURCE=VALUE (repeatable); none means a read.
+        #[arg(value_name = "RESOURCE=VALUE")]
+        values: Vec<String>,
         /// Also publish the event a read produces (ds-pushevent).
         #[arg(long)]
         push: bool,
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -228,6 +307,7 @@ enum OtaCmd {
     Upload(cli::ota::Upload),
     /// The stored artifacts.
     List {
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -245,17 +325,25 @@ enum RolloutCmd {
     Create(cli::ota::NewRollout),
     /// Phases and per-state counts of one rollout, or of all.
     Status {
+        /// The rollout (default: every rollout).
         name: Option<String>,
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// Stop offering the update to more devices; those updating go on.
     Pause {
+        /// The rollout.
         name: String,
     },
+    /// Go on with a paused rollout.
     Resume {
+        /// The rollout.
         name: String,
     },
+    /// End a rollout: no device starts the update any more.
     Cancel {
+        /// The rollout.
         name: String,
     },
 }
@@ -264,6 +352,7 @@ enum RolloutCmd {
 enum ExportCmd {
     /// Each destination: queue depth and age, sent, dropped, dead letters, sender state.
     Status {
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -291,6 +380,7 @@ enum CloudCmd {
     /// Enroll an edge: writes its identity (client certificate, key, CA, URL) to a file
     /// for the edge's `export.destinations[].identity`.
     Enroll {
+        /// The edge's name.
         name: String,
         /// Where to write the identity (default: NAME.identity.json).
         #[arg(long)]
@@ -300,6 +390,7 @@ enum CloudCmd {
     },
     /// The fleet: every enrolled edge, when it was last seen and its reported backlog.
     Edges {
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -307,20 +398,26 @@ enum CloudCmd {
     },
     /// Revoke an edge's identity (its data stays).
     Revoke {
+        /// The edge.
         name: String,
         #[command(flatten)]
         target: CloudTarget,
     },
     /// Readings the cloud node received from an edge, newest first.
     Readings {
+        /// The edge.
         #[arg(long)]
         edge: String,
+        /// Only this device's readings.
         #[arg(long)]
         device: Option<String>,
+        /// Only this resource's readings.
         #[arg(long)]
         resource: Option<String>,
+        /// Most readings to show.
         #[arg(long, default_value_t = 20)]
         limit: u64,
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -349,9 +446,12 @@ impl RoleArg {
 enum UserCmd {
     /// Add a user; the password is asked for, read from stdin, or generated.
     Add {
+        /// The user's name.
         name: String,
+        /// What the user may do.
         #[arg(long, value_enum)]
         role: RoleArg,
+        /// Read the password from the first line of stdin instead of the terminal.
         #[arg(long, conflicts_with = "generate_password")]
         password_stdin: bool,
         /// Generate a password and print it once.
@@ -360,14 +460,20 @@ enum UserCmd {
     },
     /// List users.
     List {
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Remove a user; their tokens stop working at once.
-    Rm { name: String },
+    Rm {
+        /// The device.
+        name: String,
+    },
     /// Set a user's password.
     Password {
+        /// The user.
         name: String,
+        /// Read the new password from the first line of stdin instead of the terminal.
         #[arg(long)]
         password_stdin: bool,
     },
@@ -377,17 +483,23 @@ enum UserCmd {
 enum ApikeyCmd {
     /// Create an API key; it is printed once.
     Create {
+        /// What the key is for (shown in listings).
         name: String,
+        /// What the key may do.
         #[arg(long, value_enum)]
         role: RoleArg,
     },
     /// List API keys (never the keys themselves).
     List {
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Revoke an API key.
-    Revoke { id: String },
+    Revoke {
+        /// The key's id (`outpost apikey list`).
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -402,11 +514,19 @@ enum ConfigCmd {
 enum ProfileCmd {
     /// Create or update a device profile from an EdgeX YAML or JSON file.
     Apply {
-        #[arg(short = 'f', long = "file")]
-        file: PathBuf,
+        /// The profile file (EdgeX device profile, YAML or JSON).
+        #[arg(required_unless_present = "file_flag")]
+        file: Option<PathBuf>,
+        /// The profile file (as `-f FILE`, kubectl's form).
+        #[arg(short = 'f', long = "file", conflicts_with = "file")]
+        file_flag: Option<PathBuf>,
+        /// Print JSON (the API's answer) instead of a line.
+        #[arg(long)]
+        json: bool,
     },
     /// List device profiles.
     List {
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -418,22 +538,36 @@ enum DeviceCmd {
     Add(cli::NewDevice),
     /// List devices.
     List {
+        /// Only devices of this device service.
         #[arg(long)]
         service: Option<String>,
+        /// Only devices of this profile.
         #[arg(long)]
         profile: Option<String>,
+        /// Only devices carrying this label.
         #[arg(long)]
         label: Option<String>,
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Show one device.
-    Show { name: String },
+    Show {
+        /// The device.
+        name: String,
+        /// Print JSON (every field as core-metadata keeps it) instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a device.
-    Rm { name: String },
+    Rm {
+        /// The user.
+        name: String,
+    },
     /// Set the secret a device authenticates with (its MQTT password, its device-rest
     /// token); without --secret one is generated and printed once.
     Secret {
+        /// The device.
         name: String,
         /// Use this secret (16 to 256 printable characters) instead of a generated one.
         #[arg(long, conflicts_with = "remove")]
@@ -441,6 +575,9 @@ enum DeviceCmd {
         /// Remove the secret: the device can no longer connect.
         #[arg(long)]
         remove: bool,
+        /// Print JSON ({"device", "secret"}) instead of the secret alone.
+        #[arg(long)]
+        json: bool,
     },
     /// Enroll a device with its own credential: a new secret and, with --cert, a client
     /// certificate from the node CA (its key made here, never sent). Creates the device
@@ -449,15 +586,23 @@ enum DeviceCmd {
     /// Replace a device's credentials: a new secret, and a new certificate if it has one;
     /// the old ones stop working at once.
     Rotate {
+        /// The device.
         name: String,
+        /// Write the new device.secret (and certificate) into this directory instead of printing the secret.
         #[arg(long)]
         out: Option<PathBuf>,
     },
     /// Decommission a device: its credentials stop working and it is locked; its history
     /// is kept, and it can be enrolled again.
-    Revoke { name: String },
+    Revoke {
+        /// The device.
+        name: String,
+    },
     /// Let in a device that enrolled itself with a manufacturer certificate.
-    Approve { name: String },
+    Approve {
+        /// The device.
+        name: String,
+    },
     /// What devices report about themselves (firmware, hardware, ...), their labels, when
     /// they last checked in with the OTA service and whether they are overdue.
     Inventory {
@@ -467,6 +612,7 @@ enum DeviceCmd {
         /// ...or devices carrying all these labels.
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -475,7 +621,9 @@ enum DeviceCmd {
     Group(GroupCmd),
     /// A device's credentials: secret set or not, certificates and their status.
     Credentials {
+        /// The device.
         name: String,
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -493,22 +641,29 @@ enum DeviceCmd {
 enum GroupCmd {
     /// Define a group: the devices carrying all the labels (and of the profile, if given).
     Add {
+        /// The group's name.
         name: String,
+        /// A label its members carry (repeatable).
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// Only devices of this profile.
         #[arg(long)]
         profile: Option<String>,
     },
     /// Groups and how many devices each has now.
     List {
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// A group's members now.
     Show {
+        /// The group.
         name: String,
     },
+    /// Remove a group (its devices stay).
     Rm {
+        /// The group.
         name: String,
     },
 }
@@ -517,12 +672,15 @@ enum GroupCmd {
 enum DeviceServiceCmd {
     /// Register a device service with core-metadata.
     Add {
+        /// The device service's name.
         name: String,
+        /// Where it serves its API, e.g. https://10.0.0.7:59999.
         #[arg(long)]
         base_address: String,
     },
     /// List device services.
     List {
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -532,8 +690,10 @@ enum DeviceServiceCmd {
 enum EventsCmd {
     /// Follow device events on the bus.
     Tail {
+        /// Only this device's events.
         #[arg(long)]
         device: Option<String>,
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -542,13 +702,24 @@ enum EventsCmd {
 fn main() -> ExitCode {
     outpost_kit::http::install_tls_provider();
     let args = Args::parse();
-    if let Command::Config(ConfigCmd::Default) = args.command {
-        print!("{}", config::DEFAULT_TOML);
-        return ExitCode::SUCCESS;
+    match &args.command {
+        Command::Config(ConfigCmd::Default) => {
+            print!("{}", config::DEFAULT_TOML);
+            return ExitCode::SUCCESS;
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Args as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "outpost", &mut out);
+            print!("{}", String::from_utf8_lossy(&out));
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { out } => return man(out.as_deref()),
+        _ => {}
     }
     // `outpost command ... --set RESOURCE=VALUE` gives values to write, not configuration.
     let (overrides, settings): (&[String], Vec<String>) = match args.command {
-        Command::Actuate { .. } => (&[], args.set.clone()),
+        Command::Actuate { ref values, .. } => (&[], [&args.set[..], values].concat()),
         _ => (&args.set, Vec::new()),
     };
     let cfg = match NodeConfig::load(args.config.as_deref(), overrides) {
@@ -568,7 +739,9 @@ fn main() -> ExitCode {
             println!("configuration is valid");
             ExitCode::SUCCESS
         }
-        Command::Config(ConfigCmd::Default) => ExitCode::SUCCESS,
+        Command::Config(ConfigCmd::Default) | Command::Completions { .. } | Command::Man { .. } => {
+            ExitCode::SUCCESS
+        }
         Command::Run { service } => match services::by_name(&service) {
             Some(svc) => match unprivileged(&cfg, &data_dir) {
                 Ok(_) => runner::run(svc, cfg, data_dir),
@@ -731,6 +904,30 @@ fn unprivileged(cfg: &NodeConfig, data_dir: &std::path::Path) -> Result<sandbox:
     Ok(run_as)
 }
 
+/// `outpost man`: the manual page on standard output, or every command's page in a
+/// directory.
+fn man(out: Option<&std::path::Path>) -> ExitCode {
+    let cmd = <Args as clap::CommandFactory>::command();
+    let written = match out {
+        Some(dir) => std::fs::create_dir_all(dir)
+            .and_then(|()| clap_mangen::generate_to(cmd, dir))
+            .map(|()| println!("manual pages written to {}", dir.display())),
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut page)
+                .map(|()| print!("{}", String::from_utf8_lossy(&page)))
+        }
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outpost: cannot write the manual: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -746,7 +943,11 @@ fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitC
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("outpost: {e:#}");
-            ExitCode::FAILURE
+            if e.chain().any(|c| c.is::<cli::client::NotFound>()) {
+                ExitCode::from(cli::client::NotFound::EXIT)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -772,8 +973,13 @@ async fn client(
     let c = cli::Client::new(cfg.clone(), gateway);
     match command {
         Command::Services { json } => cli::node::services(&c, json).await,
-        Command::Profile(ProfileCmd::Apply { file }) => {
-            cli::devices::profile_apply(&c, &file).await
+        Command::Profile(ProfileCmd::Apply {
+            file,
+            file_flag,
+            json,
+        }) => {
+            let file = file.or(file_flag).unwrap_or_default();
+            cli::devices::profile_apply(&c, &file, json).await
         }
         Command::Profile(ProfileCmd::List { json }) => cli::devices::profile_list(&c, json).await,
         Command::Device(DeviceCmd::Add(d)) => cli::devices::device_add(&c, d).await,
@@ -792,13 +998,16 @@ async fn client(
             )
             .await
         }
-        Command::Device(DeviceCmd::Show { name }) => cli::devices::device_show(&c, &name).await,
+        Command::Device(DeviceCmd::Show { name, json }) => {
+            cli::devices::device_show(&c, &name, json).await
+        }
         Command::Device(DeviceCmd::Rm { name }) => cli::devices::device_rm(&c, &name).await,
         Command::Device(DeviceCmd::Secret {
             name,
             secret,
             remove,
-        }) => cli::devices::device_secret(&c, &name, secret, remove).await,
+            json,
+        }) => cli::devices::device_secret(&c, &name, secret, remove, json).await,
         Command::Device(DeviceCmd::Enroll(e)) => cli::enroll::enroll(&c, e).await,
         Command::Device(DeviceCmd::Rotate { name, out }) => {
             cli::enroll::rotate(&c, &name, out.as_deref()).await
@@ -838,14 +1047,19 @@ async fn client(
         }
         Command::Readings {
             device,
+            device_flag,
             resource,
             since,
             limit,
             json,
-        } => cli::data::readings(&c, &device, resource.as_deref(), since, limit, json).await,
+        } => {
+            let device = device.or(device_flag).unwrap_or_default();
+            cli::data::readings(&c, &device, resource.as_deref(), since, limit, json).await
+        }
         Command::Actuate {
             device,
             command,
+            values: _,
             push,
             json,
         } => cli::devices::command(&c, &device, &command, &settings, push, json).await,
@@ -877,7 +1091,7 @@ async fn client(
             password_stdin,
         } => cli::users::login(&c, &user, password_stdin).await,
         Command::Logout => cli::users::logout(&c).await,
-        Command::Whoami => cli::users::whoami(&c).await,
+        Command::Whoami { json } => cli::users::whoami(&c, json).await,
         Command::User(UserCmd::Add {
             name,
             role,
@@ -902,8 +1116,51 @@ async fn client(
         | Command::SandboxCheck { .. }
         | Command::Probe { .. }
         | Command::Config(_)
+        | Command::Completions { .. }
+        | Command::Man { .. }
         | Command::Cloud { .. }
         | Command::Ota(OtaCmd::Keygen { .. })
         | Command::Keys(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Args;
+
+    /// Every command, option and argument says what it is for: `--help`, the man page and
+    /// the shell completions are made from these definitions.
+    #[test]
+    fn every_command_option_and_argument_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() {
+                    missing.push(format!("{path} <{id}>"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.is_hide_set() || sub.get_name() == "help" {
+                    continue;
+                }
+                let path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Args::command(), "outpost", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "without a description:\n{}",
+            missing.join("\n")
+        );
     }
 }

@@ -367,7 +367,6 @@ struct Supervised {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Runs the node until SIGINT/SIGTERM/SIGHUP.
 /// What the start banner says after the services: where to go in (the gateway's HTTPS
 /// address, the CA to trust, the admin credential) and the first command to try.
 fn next_steps(
@@ -487,6 +486,7 @@ fn exposed_secrets(secrets: &Path) -> Vec<PathBuf> {
     exposed
 }
 
+/// Runs the node until SIGINT/SIGTERM/SIGHUP.
 pub async fn up(
     cfg: NodeConfig,
     data_dir: PathBuf,

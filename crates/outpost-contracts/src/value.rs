@@ -278,6 +278,14 @@ impl<'de> Deserialize<'de> for ValueType {
     }
 }
 
+/// Every value type's name, for an error that lists them.
+fn type_names() -> String {
+    ALL.iter()
+        .map(|v| v.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Go's `strconv.ParseBool`, which EdgeX uses.
 pub fn parse_bool(raw: &str) -> Option<bool> {
     match raw {
@@ -289,7 +297,7 @@ pub fn parse_bool(raw: &str) -> Option<bool> {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ValueError {
-    #[error("unknown value type '{0}'")]
+    #[error("unknown value type '{0}': one of {types}", types = type_names())]
     UnknownType(String),
     #[error("value '{value}' is not a valid {value_type}: {why}")]
     Invalid {

@@ -184,6 +184,21 @@ impl SecretRequest {
     }
 }
 
+/// ` (did you mean 'X'?)` for the name of `known` closest to `name` (a misspelling: the
+/// same but for case, or a few letters off), or nothing: what a 404 for a name adds.
+pub fn did_you_mean<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> String {
+    let wanted = name.to_lowercase();
+    let bound = (wanted.chars().count() / 3).max(1);
+    known
+        .into_iter()
+        .filter(|k| *k != name)
+        .map(|k| (strsim::damerau_levenshtein(&wanted, &k.to_lowercase()), k))
+        .filter(|(d, _)| *d <= bound)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| format!(" (did you mean '{k}'?)"))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +225,21 @@ mod tests {
         assert!(paged::<u8>("x", 4, 3, Vec::new()).is_err());
         assert!(paged::<u8>("x", 3, 3, Vec::new()).is_ok());
         assert!(paged::<u8>("x", 9, 0, Vec::new()).is_ok());
+    }
+
+    #[test]
+    fn a_misspelt_name_gets_the_nearest_known_one() {
+        let known = ["Temperature", "Humidity", "Setpoint"];
+        assert_eq!(
+            did_you_mean("Temprature", known),
+            " (did you mean 'Temperature'?)"
+        );
+        assert_eq!(
+            did_you_mean("temperature", known),
+            " (did you mean 'Temperature'?)"
+        );
+        assert_eq!(did_you_mean("Pressure", known), "");
+        assert_eq!(did_you_mean("t11", ["t1", "t2"]), " (did you mean 't1'?)");
+        assert_eq!(did_you_mean("x", std::iter::empty()), "");
     }
 }

@@ -149,6 +149,25 @@ async fn edge(State(app): St, Path(name): Path<String>) -> Result<Response, ApiE
     .into_response())
 }
 
+/// A 404 for an edge never enrolled here (revoked ones keep their data), with the nearest
+/// name: an empty list would read as "no data yet".
+async fn known_edge(app: &App, name: &str) -> Result<(), ApiError> {
+    if app
+        .store
+        .edge(name.to_string())
+        .await
+        .map_err(ApiError::internal)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let edges = app.store.edges().await.map_err(ApiError::internal)?;
+    Err(ApiError::not_found(format!(
+        "no edge {name}{}",
+        outpost_kit::edgex::did_you_mean(name, edges.iter().map(|e| e.name.as_str()))
+    )))
+}
+
 async fn revoke(State(app): St, Path(name): Path<String>) -> Result<Response, ApiError> {
     if !app
         .enroller
@@ -178,6 +197,7 @@ async fn readings(
     Query(q): Query<ReadingParams>,
 ) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(20).min(10_000);
+    known_edge(&app, &edge).await?;
     let (readings, total) = app
         .store
         .readings(ReadingQuery {

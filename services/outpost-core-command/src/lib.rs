@@ -147,6 +147,36 @@ impl App {
         })
     }
 
+    /// A 404 unless `command` is a device command or resource of `d`'s profile: said
+    /// before anything asks the device service (which may be down), with the nearest name.
+    async fn has_command(&self, d: &Device, command: &str) -> Result<(), ApiError> {
+        let Some(profile) = self
+            .metadata
+            .profile(&d.profile_name)
+            .await
+            .map_err(|e| metadata_error(&e))?
+        else {
+            // The device service decides for a device whose profile is gone.
+            return Ok(());
+        };
+        let names = || {
+            profile
+                .device_commands
+                .iter()
+                .map(|c| c.name.as_str())
+                .chain(profile.device_resources.iter().map(|r| r.name.as_str()))
+        };
+        if names().any(|n| n == command) {
+            return Ok(());
+        }
+        Err(ApiError::not_found(format!(
+            "device '{}' (profile '{}') has no command or resource '{command}'{}",
+            d.name,
+            d.profile_name,
+            outpost_kit::edgex::did_you_mean(command, names())
+        )))
+    }
+
     /// The base URL of `service`: its registration, else its metadata `baseAddress`.
     async fn service_url(&self, service: &str) -> Result<String, ApiError> {
         if let Some(url) = self.metadata.client().registry().resolve(service) {
@@ -260,6 +290,7 @@ async fn forward(
     body: Option<Vec<u8>>,
 ) -> Result<Response, ApiError> {
     let d = app.device(device).await?;
+    app.has_command(&d, command).await?;
     if d.admin_state == AdminState::Locked {
         return Err(ApiError::locked(format!("device '{device}' is locked")));
     }

@@ -184,11 +184,12 @@ fn batch<T: DeserializeOwned>(body: &[u8]) -> Result<Vec<T>, ApiError> {
 
 /// Runs `op` on each request of a batch body whose `apiVersion` is right, and answers 207
 /// with one entry per request, in order.
-async fn each_request<R, F, Fut>(body: &[u8], op: F) -> Result<Response, ApiError>
+async fn each_request<R, F, Fut, O>(body: &[u8], op: F) -> Result<Response, ApiError>
 where
     R: DeserializeOwned + Batched,
     F: Fn(R) -> Fut,
-    Fut: std::future::Future<Output = Result<(StatusCode, String), ApiError>>,
+    Fut: std::future::Future<Output = Result<O, ApiError>>,
+    O: Into<Outcome>,
 {
     let reqs: Vec<R> = batch(body)?;
     // As EdgeX: a body whose items fail their own validation (apiVersion, names, values)
@@ -211,7 +212,7 @@ where
     let mut out = Vec::with_capacity(reqs.len());
     for r in reqs {
         let base = r.base().clone();
-        let result = op(r).await;
+        let result = op(r).await.map(Into::into);
         out.push(entry(&base, result));
     }
     Ok(multi_status(out))
@@ -320,8 +321,34 @@ fn updated((): ()) -> (StatusCode, String) {
 }
 
 /// One 207 entry.
-fn entry(base: &BaseRequest, result: Result<(StatusCode, String), ApiError>) -> BaseWithIdResponse {
-    outpost_kit::edgex::item(&base.request_id, result)
+/// What one item of a batch came to: its status, a new id, and what the client should
+/// know about it (a device added without its service's validation).
+struct Outcome {
+    status: StatusCode,
+    id: String,
+    note: String,
+}
+
+impl From<(StatusCode, String)> for Outcome {
+    fn from((status, id): (StatusCode, String)) -> Self {
+        Self {
+            status,
+            id,
+            note: String::new(),
+        }
+    }
+}
+
+fn entry(base: &BaseRequest, result: Result<Outcome, ApiError>) -> BaseWithIdResponse {
+    let (result, note) = match result {
+        Ok(o) => (Ok((o.status, o.id)), o.note),
+        Err(e) => (Err(e), String::new()),
+    };
+    let mut entry = outpost_kit::edgex::item(&base.request_id, result);
+    if !note.is_empty() {
+        entry.base.message = note;
+    }
+    entry
 }
 
 fn multi_status(entries: Vec<BaseWithIdResponse>) -> Response {
@@ -409,7 +436,10 @@ async fn add_devices(
         app.md
             .add_device(r.device, p.force, p.bypass_validation)
             .await
-            .map(created)
+            .map(|(id, unvalidated)| Outcome {
+                note: unvalidated.unwrap_or_default(),
+                ..created(id).into()
+            })
     })
     .await
 }

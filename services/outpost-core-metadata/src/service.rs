@@ -825,12 +825,20 @@ impl Metadata {
     /// Asks the device service to validate the device's protocol properties (EdgeX's
     /// callback). A service that cannot answer (not reachable, 503, or without the
     /// endpoint: 404/405) does not block provisioning, since devices may be added before
-    /// their service starts; any other refusal rejects the device with the service's reason.
+    /// their service starts: then the answer is why the device was not validated. Any other
+    /// refusal rejects the device with the service's reason.
     async fn validate_with_service(
         &self,
         service: &DeviceService,
         d: &Device,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<String>, ApiError> {
+        let not_validated = |why: String| {
+            Ok(Some(format!(
+                "not validated: device service '{}' {why}; the device is checked when the \
+                 service serves it",
+                service.name
+            )))
+        };
         let url = format!(
             "{}/api/v3/validate/device",
             service.base_address.trim_end_matches('/')
@@ -847,16 +855,16 @@ impl Metadata {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(service = %service.name, device = %d.name, error = %e, "device service unreachable; device not validated");
-                return Ok(());
+                return not_validated(format!("is not reachable at {}", service.base_address));
             }
         };
         let status = resp.status();
         if status.is_success() {
-            return Ok(());
+            return Ok(None);
         }
         if matches!(status.as_u16(), 404 | 405 | 503) {
             tracing::warn!(service = %service.name, device = %d.name, status = status.as_u16(), "device validation not available; device not validated");
-            return Ok(());
+            return not_validated(format!("cannot validate devices now ({status})"));
         }
         // EdgeX device services answer a failed validation with an error body; a 5xx
         // without one is a broken service, not a verdict on the device.
@@ -876,7 +884,7 @@ impl Metadata {
             ))),
             None => {
                 tracing::warn!(service = %service.name, device = %d.name, status = status.as_u16(), "device service failed to validate; device not validated");
-                Ok(())
+                not_validated(format!("failed to validate ({status})"))
             }
         }
     }
@@ -886,7 +894,7 @@ impl Metadata {
         d: Device,
         force: bool,
         bypass_validation: bool,
-    ) -> Result<String, ApiError> {
+    ) -> Result<(String, Option<String>), ApiError> {
         let _w = self.lock.lock().await;
         let service = self.check_device_refs(&d).await?;
         let existing: Option<Device> = self.find(&d.name).await?;
@@ -896,14 +904,15 @@ impl Metadata {
                 d.name
             )));
         }
+        let mut unvalidated = None;
         if !bypass_validation && let Some(s) = &service {
-            self.validate_with_service(s, &d).await?;
+            unvalidated = self.validate_with_service(s, &d).await?;
         }
         let stored = match existing {
             Some(old) => self.replace(&old, d).await?,
             None => self.insert(d).await?,
         };
-        Ok(stored.id)
+        Ok((stored.id, unvalidated))
     }
 
     pub async fn update_device(

@@ -68,6 +68,12 @@ impl Client {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
         let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        if status == reqwest::StatusCode::NOT_FOUND
+            && message(&json)
+                .is_some_and(|m| m == format!("no service '{svc}' behind this gateway"))
+        {
+            return Err(NotFound(not_enabled(svc)).into());
+        }
         Ok((status, json))
     }
 
@@ -177,6 +183,20 @@ impl Client {
     }
 }
 
+/// What a gateway without `svc` behind it means: the service is off on that node.
+fn not_enabled(svc: &str) -> String {
+    let section = svc.replace('-', "_");
+    let also = if svc == outpost_ota::SERVICE {
+        " and the keys it trusts, trusted_keys = [...] (outpost ota keygen)"
+    } else {
+        ""
+    };
+    format!(
+        "{svc} is not enabled on this node: its configuration needs [{section}] enabled = \
+         true{also}; see `outpost config default`"
+    )
+}
+
 /// An answer read as its type from outpost-contracts.
 pub(crate) fn decode<T: DeserializeOwned>(answer: Value) -> anyhow::Result<T> {
     serde_json::from_value(answer).with_context(|| {
@@ -200,7 +220,28 @@ pub(crate) fn ok_or_message(status: reqwest::StatusCode, body: Value) -> anyhow:
         return Ok(body);
     }
     let msg = message(&body).unwrap_or_else(|| body.to_string());
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Err(NotFound(format!("404 {msg}")).into());
+    }
     bail!("{} {msg}", status.as_u16())
+}
+
+/// What a command was asked about does not exist (a 404, or a name the node does not
+/// know): the CLI exits with [`NotFound::EXIT`], so scripts can tell it from a failure.
+#[derive(Debug)]
+pub struct NotFound(pub String);
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotFound {}
+
+impl NotFound {
+    /// The exit status (1 is any other error, 2 a usage or configuration error).
+    pub const EXIT: u8 = 4;
 }
 
 /// The single entry of a 207 answer, as a result.

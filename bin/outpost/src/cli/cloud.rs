@@ -256,7 +256,13 @@ pub async fn readings(
                     time_of(r.origin),
                     r.device_name,
                     r.resource_name,
-                    format!("{} {}", r.value, r.units).trim().to_string(),
+                    format!(
+                        "{} {}",
+                        super::data::human_value(&r.value_type, &r.value),
+                        r.units
+                    )
+                    .trim()
+                    .to_string(),
                 ]
             })
             .collect();

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use outpost_contracts::event::{MultiReadingsResponse, NumericMode, Reading, ReadingValue};
 
-use super::client::{Client, decode, enc};
+use outpost_contracts::metadata::{DeviceProfileResponse, DeviceResponse, MultiDevicesResponse};
+use outpost_kit::edgex::did_you_mean;
+
+use super::client::{Client, NotFound, decode, enc};
 use super::table::{show, table, time_of};
 use crate::config::NodeConfig;
 
@@ -29,6 +32,9 @@ pub async fn readings(
     }
     path.push_str(&format!("?limit={limit}"));
     let v = c.get(outpost_core_data::SERVICE, &path).await?;
+    if v["readings"].as_array().is_none_or(Vec::is_empty) {
+        known(c, device, resource).await?;
+    }
     show(v, json, |page: MultiReadingsResponse| {
         let readings = page
             .readings
@@ -54,6 +60,36 @@ pub async fn readings(
         }
         Ok(())
     })
+}
+
+/// Nothing stored for `device` (and `resource`): a not-found error with the nearest name
+/// when the node does not know the name, rather than an empty table.
+async fn known(c: &Client, device: &str, resource: Option<&str>) -> anyhow::Result<()> {
+    const MD: &str = outpost_core_metadata::SERVICE;
+    let d = match c.get(MD, &format!("/device/name/{}", enc(device))).await {
+        Ok(v) => decode::<DeviceResponse>(v)?.device,
+        Err(e) if e.is::<NotFound>() => {
+            let all: MultiDevicesResponse = decode(c.get(MD, "/device/all?limit=-1").await?)?;
+            let hint = did_you_mean(device, all.devices.iter().map(|d| d.name.as_str()));
+            return Err(NotFound(format!("no device {device}{hint}")).into());
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(resource) = resource else {
+        return Ok(());
+    };
+    let path = format!("/deviceprofile/name/{}", enc(&d.profile_name));
+    let profile = decode::<DeviceProfileResponse>(c.get(MD, &path).await?)?.profile;
+    let names = || profile.device_resources.iter().map(|r| r.name.as_str());
+    if names().any(|n| n == resource) {
+        return Ok(());
+    }
+    Err(NotFound(format!(
+        "device {device} (profile {}) has no resource {resource}{}",
+        d.profile_name,
+        did_you_mean(resource, names())
+    ))
+    .into())
 }
 
 pub async fn events_tail(
@@ -121,11 +157,40 @@ pub async fn events_tail(
 }
 
 /// A reading's value for a table: the simple value, the object, or a binary marker.
+/// A reading's value for people: floats as decimals (`22.25`, not EdgeX's `2.225e+01`,
+/// which `--json` keeps), binary values by their media type.
 pub(crate) fn reading_value(r: &Reading) -> String {
     match &r.value {
-        ReadingValue::Simple(v) => v.clone(),
+        ReadingValue::Simple(v) => human_value(r.value_type.as_str(), v),
         ReadingValue::Object(o) => o.to_string(),
         ReadingValue::Binary { media_type, .. } => format!("<{media_type} binary>"),
         ReadingValue::Null => String::new(),
+    }
+}
+
+/// `value` of EdgeX type `value_type` as people write it: a Float32 or Float64 in EdgeX's
+/// exponent form in the shortest decimal that reads back the same; anything else as is.
+pub(crate) fn human_value(value_type: &str, value: &str) -> String {
+    let decimal = match value_type {
+        "Float32" => value.parse::<f32>().ok().map(|f| f.to_string()),
+        "Float64" => value.parse::<f64>().ok().map(|f| f.to_string()),
+        _ => None,
+    };
+    decimal.unwrap_or_else(|| value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_value;
+
+    #[test]
+    fn floats_are_shown_as_decimals_and_the_rest_as_sent() {
+        assert_eq!(human_value("Float64", "2.225e+01"), "22.25");
+        assert_eq!(human_value("Float32", "2.125e+01"), "21.25");
+        assert_eq!(human_value("Float64", "-4e-03"), "-0.004");
+        assert_eq!(human_value("Float64", "NaN"), "NaN");
+        assert_eq!(human_value("Int16", "-7"), "-7");
+        assert_eq!(human_value("String", "2.5e+01"), "2.5e+01");
+        assert_eq!(human_value("Float64", "not a number"), "not a number");
     }
 }

@@ -16,13 +16,13 @@ use serde_json::Value;
 
 use super::client::{Client, decode, enc, multi_status_entry, ok_or_message};
 use super::data::reading_value;
-use super::table::{cell, print_json, show, show_table, table};
+use super::table::{cell, print_json, show, show_table, table, time_of};
 
 fn read_document(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-pub async fn profile_apply(c: &Client, file: &Path) -> anyhow::Result<()> {
+pub async fn profile_apply(c: &Client, file: &Path, json: bool) -> anyhow::Result<()> {
     let text = read_document(file)?;
     let profile = DeviceProfile::from_yaml(&text).map_err(anyhow::Error::msg)?;
     let name = profile.name.clone();
@@ -39,7 +39,7 @@ pub async fn profile_apply(c: &Client, file: &Path) -> anyhow::Result<()> {
         )
         .await?;
     match multi_status_entry(status, &resp) {
-        Ok(_) => println!("created device profile {name}"),
+        Ok(entry) => applied(&entry, &format!("created device profile {name}"), json),
         Err((409, _)) => {
             let (status, resp) = c
                 .send_json(
@@ -50,13 +50,22 @@ pub async fn profile_apply(c: &Client, file: &Path) -> anyhow::Result<()> {
                 )
                 .await?;
             match multi_status_entry(status, &resp) {
-                Ok(_) => println!("updated device profile {name}"),
+                Ok(entry) => applied(&entry, &format!("updated device profile {name}"), json),
                 Err((code, msg)) => bail!("cannot update device profile {name}: {code} {msg}"),
             }
         }
         Err((code, msg)) => bail!("cannot create device profile {name}: {code} {msg}"),
     }
     Ok(())
+}
+
+/// What a command that changed something says: a line, or with --json the answer's entry.
+fn applied(entry: &BaseWithIdResponse, line: &str, json: bool) {
+    if json {
+        print_json(&serde_json::to_value(entry).unwrap_or_default());
+    } else {
+        println!("{line}");
+    }
 }
 
 pub async fn profile_list(c: &Client, json: bool) -> anyhow::Result<()> {
@@ -90,10 +99,13 @@ pub async fn profile_list(c: &Client, json: bool) -> anyhow::Result<()> {
 /// What `outpost device add` was given.
 #[derive(clap::Args)]
 pub struct NewDevice {
+    /// Devices from a file: an EdgeX device (YAML or JSON), a list of them, or EdgeX's `deviceList:` (see examples/devices.yaml).
     #[arg(short = 'f', long = "file", conflicts_with_all = ["name", "profile", "service"])]
     pub file: Option<std::path::PathBuf>,
+    /// The device's name (unique; letters, digits and - _ . ~).
     #[arg(long)]
     pub name: Option<String>,
+    /// The device profile it follows (`outpost profile list`).
     #[arg(long)]
     pub profile: Option<String>,
     /// The device service that owns the device.
@@ -102,13 +114,18 @@ pub struct NewDevice {
     /// Protocol property: `protocol.key=value` (repeatable), e.g. `modbus-tcp.Address=10.0.0.5`.
     #[arg(long = "protocol")]
     pub protocols: Vec<String>,
+    /// A label (repeatable), e.g. `--label floor-2`.
     #[arg(long = "label")]
     pub labels: Vec<String>,
     /// Periodic read: `interval:source[:onchange]` (repeatable), e.g. `10s:Temperature:onchange`.
     #[arg(long = "auto-event")]
     pub auto_events: Vec<String>,
+    /// A free text description.
     #[arg(long)]
     pub description: Option<String>,
+    /// Print JSON (the API's answer) instead of lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `protocol.key=value` pairs into EdgeX protocol properties.
@@ -203,11 +220,20 @@ pub async fn device_add(c: &Client, d: NewDevice) -> anyhow::Result<()> {
         return ok_or_message(status, resp).map(|_| ());
     }
     let mut failed = 0;
+    if d.json {
+        print_json(&resp);
+    }
     let entries: Vec<BaseWithIdResponse> = decode(resp)?;
     for (name, entry) in names.iter().zip(entries) {
         let code = entry.base.status_code;
         if (200..300).contains(&code) {
-            println!("added device {name} ({})", entry.id);
+            if !d.json {
+                println!("added device {name} ({})", entry.id);
+            }
+            // Added, but its device service could not check it (not running, say).
+            if !entry.base.message.is_empty() {
+                eprintln!("warning: device {name}: {}", entry.base.message);
+            }
         } else {
             failed += 1;
             eprintln!("cannot add device {name}: {code} {}", entry.base.message);
@@ -257,15 +283,57 @@ pub async fn device_list(
     )
 }
 
-pub async fn device_show(c: &Client, name: &str) -> anyhow::Result<()> {
+/// One device: its facts, one per line (with --json, every field as core-metadata keeps
+/// it).
+pub async fn device_show(c: &Client, name: &str, json: bool) -> anyhow::Result<()> {
     let v = c
         .get(
             outpost_core_metadata::SERVICE,
             &format!("/device/name/{}", enc(name)),
         )
         .await?;
-    // The device exactly as core-metadata keeps it, every field included.
-    print_json(&v["device"]);
+    if json {
+        print_json(&v["device"]);
+        return Ok(());
+    }
+    let d: Device = decode(v["device"].clone())?;
+    let or_dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
+    let mut lines = vec![
+        ("Name", d.name.clone()),
+        ("Description", or_dash(d.description.clone())),
+        ("Profile", d.profile_name.clone()),
+        ("Service", d.service_name.clone()),
+        ("Admin state", cell(&d.admin_state)),
+        ("Operating state", cell(&d.operating_state)),
+        ("Labels", or_dash(d.labels.join(", "))),
+        ("Parent", or_dash(d.parent.clone())),
+        ("Id", d.id.clone()),
+        ("Created", time_of(d.created.saturating_mul(1_000_000))),
+        ("Modified", time_of(d.modified.saturating_mul(1_000_000))),
+    ];
+    for (protocol, props) in &d.protocols {
+        let props: Vec<String> = props
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+                )
+            })
+            .collect();
+        lines.push(("Protocol", format!("{protocol}: {}", props.join(" "))));
+    }
+    for a in &d.auto_events {
+        let change = if a.on_change { ", on change" } else { "" };
+        lines.push((
+            "Auto event",
+            format!("{} every {}{change}", a.source_name, a.interval),
+        ));
+    }
+    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in lines {
+        println!("{k:<width$}  {v}");
+    }
     Ok(())
 }
 
@@ -307,14 +375,24 @@ pub async fn device_secret(
     name: &str,
     secret: Option<String>,
     remove: bool,
+    json: bool,
 ) -> anyhow::Result<()> {
     if remove {
         let path = format!("/device/name/{}/secret", enc(name));
         c.delete(outpost_core_metadata::SERVICE, &path).await?;
-        println!("removed the secret of {name}: it can no longer connect");
+        if json {
+            print_json(&serde_json::json!({"device": name, "secret": null}));
+        } else {
+            println!("removed the secret of {name}: it can no longer connect");
+        }
         return Ok(());
     }
-    match put_secret(c, name, secret).await? {
+    let generated = put_secret(c, name, secret).await?;
+    if json {
+        print_json(&serde_json::json!({"device": name, "secret": generated}));
+        return Ok(());
+    }
+    match generated {
         Some(s) => {
             eprintln!("secret of {name} (shown only now; the node keeps only a hash):");
             println!("{s}");

@@ -20,11 +20,15 @@ use super::table::{cell, show, show_table, table};
 /// What `outpost device enroll` was given.
 #[derive(clap::Args)]
 pub struct Enroll {
+    /// The device.
     pub name: String,
+    /// Its profile, to create the device when it does not exist.
     #[arg(long)]
     pub profile: Option<String>,
+    /// Its device service, to create the device when it does not exist.
     #[arg(long)]
     pub service: Option<String>,
+    /// A label for a created device (repeatable).
     #[arg(long = "label")]
     pub labels: Vec<String>,
     /// Also issue a client certificate (needs --out).
@@ -173,6 +177,7 @@ pub async fn enroll(c: &Client, e: Enroll) -> anyhow::Result<()> {
                 labels: e.labels.clone(),
                 auto_events: Vec::new(),
                 description: None,
+                json: false,
             },
         )
         .await?;

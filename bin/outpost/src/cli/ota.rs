@@ -54,6 +54,14 @@ pub fn keygen(dir: &Path) -> anyhow::Result<()> {
 fn read_key(path: &Path) -> anyhow::Result<SigningKey> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the signing key {}", path.display()))?;
+    if text.trim_start().starts_with("ed25519:") {
+        bail!(
+            "{} is the public key (it goes in ota.trusted_keys); sign with the private key \
+             next to it: --key {}",
+            path.display(),
+            path.with_extension("key").display()
+        );
+    }
     let der = B64
         .decode(text.trim())
         .with_context(|| format!("{} is not a key from `outpost ota keygen`", path.display()))?;
@@ -82,7 +90,9 @@ async fn digest(path: &Path) -> anyhow::Result<(String, u64)> {
 /// `outpost ota upload`.
 #[derive(clap::Args)]
 pub struct Upload {
+    /// The firmware or package file.
     pub file: PathBuf,
+    /// The artifact's name (rollouts refer to it).
     #[arg(long)]
     pub name: String,
     #[arg(long)]
@@ -93,6 +103,7 @@ pub struct Upload {
     /// Device types (profile names) that may install it (repeatable).
     #[arg(long = "compatible", required = true)]
     pub compatible: Vec<String>,
+    /// What the agent does with it: `file` (install as is) or a type the device's agent knows.
     #[arg(long, default_value = "file")]
     pub payload_type: String,
 }
@@ -239,6 +250,7 @@ pub async fn list(c: &Client, json: bool) -> anyhow::Result<()> {
 /// `outpost ota rollout create`.
 #[derive(clap::Args)]
 pub struct NewRollout {
+    /// The rollout's name.
     pub name: String,
     /// The artifact's name and version.
     #[arg(long)]
@@ -261,12 +273,16 @@ pub struct NewRollout {
     /// Cumulative percentages, e.g. --phases 1,10,100.
     #[arg(long, value_delimiter = ',')]
     pub phases: Vec<f64>,
+    /// Share of updated devices that must succeed for the rollout to succeed (percent; default: the service's).
     #[arg(long)]
     pub success_percent: Option<f64>,
+    /// Pause the rollout after this many failed devices (default: the service's).
     #[arg(long)]
     pub failure_count: Option<u32>,
+    /// Pause the rollout when this share of devices failed (percent; default: the service's).
     #[arg(long)]
     pub failure_percent: Option<f64>,
+    /// Devices that must have finished before --failure-percent is judged.
     #[arg(long)]
     pub min_sample: Option<u32>,
 }

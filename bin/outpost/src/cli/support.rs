@@ -17,13 +17,16 @@ const SCHEDULER: &str = outpost_support_scheduler::SERVICE;
 pub enum NotifyCmd {
     /// Raise a notification: every subscription to its category (and labels) receives it.
     Send {
+        /// The category subscriptions match (e.g. alarm).
         #[arg(long)]
         category: Option<String>,
+        /// A label subscriptions match (repeatable).
         #[arg(long = "label")]
         labels: Vec<String>,
         /// MINOR, NORMAL or CRITICAL (CRITICAL ones are escalated when nobody takes them).
         #[arg(long, default_value = "NORMAL")]
         severity: String,
+        /// Who raises it.
         #[arg(long, default_value = "operator")]
         sender: String,
         /// The text sent.
@@ -31,10 +34,13 @@ pub enum NotifyCmd {
     },
     /// Notifications, newest first (of one category with --category).
     List {
+        /// Only this category.
         #[arg(long)]
         category: Option<String>,
+        /// Most to show (-1: the service's maximum).
         #[arg(long, default_value_t = 20, allow_negative_numbers = true)]
         limit: i64,
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -42,18 +48,24 @@ pub enum NotifyCmd {
     Subscribe(Subscribe),
     /// The subscriptions.
     Subscriptions {
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Remove a subscription (admin).
-    Unsubscribe { name: String },
+    Unsubscribe {
+        /// The subscription.
+        name: String,
+    },
     /// Deliveries and their attempts, newest first.
     Transmissions {
         /// SENT, FAILED, RESENDING, ESCALATED or ACKNOWLEDGED.
         #[arg(long)]
         status: Option<String>,
+        /// Most to show (-1: the service's maximum).
         #[arg(long, default_value_t = 20, allow_negative_numbers = true)]
         limit: i64,
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -61,10 +73,13 @@ pub enum NotifyCmd {
 
 #[derive(Args)]
 pub struct Subscribe {
+    /// The subscription's name.
     #[arg(long)]
     name: String,
+    /// A category it receives (repeatable).
     #[arg(long = "category")]
     categories: Vec<String>,
+    /// A label it receives (repeatable).
     #[arg(long = "label")]
     labels: Vec<String>,
     /// Who receives (a name).
@@ -310,28 +325,47 @@ pub enum ScheduleCmd {
     Add(AddJob),
     /// The jobs.
     List {
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// One job as stored.
-    Show { name: String },
+    Show {
+        /// The job.
+        name: String,
+    },
     /// Run a job now (admin).
-    Trigger { name: String },
+    Trigger {
+        /// The job.
+        name: String,
+    },
     /// Stop a job from running on its schedule (admin).
-    Lock { name: String },
+    Lock {
+        /// The job.
+        name: String,
+    },
     /// Let a locked job run again (admin).
-    Unlock { name: String },
+    Unlock {
+        /// The job.
+        name: String,
+    },
     /// Remove a job (admin); its records stay.
-    Rm { name: String },
+    Rm {
+        /// The job.
+        name: String,
+    },
     /// Records of the jobs' runs, newest first.
     Records {
+        /// Only this job's records.
         #[arg(long)]
         job: Option<String>,
         /// SUCCEEDED, FAILED or MISSED.
         #[arg(long)]
         status: Option<String>,
+        /// Most to show (-1: the service's maximum).
         #[arg(long, default_value_t = 20, allow_negative_numbers = true)]
         limit: i64,
+        /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -339,6 +373,7 @@ pub enum ScheduleCmd {
 
 #[derive(Args)]
 pub struct AddJob {
+    /// The job's name.
     #[arg(long)]
     name: String,
     /// Run every DURATION (e.g. 30s, 1h).

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::client::{Client, enc};
-use super::table::{ago, s, show_table};
+use super::table::{ago, print_json, s, show_table};
 
 pub async fn login(c: &Client, user: &str, password_stdin: bool) -> anyhow::Result<()> {
     let g = c.gateway()?;
@@ -25,8 +25,12 @@ pub async fn logout(c: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn whoami(c: &Client) -> anyhow::Result<()> {
+pub async fn whoami(c: &Client, json: bool) -> anyhow::Result<()> {
     let v = c.own(reqwest::Method::GET, "/auth/whoami", None).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
     println!(
         "{} ({}) at {}",
         s(&v, "name"),
@@ -54,7 +58,7 @@ pub async fn user_add(
     println!("added user {name} ({role})");
     if generate {
         println!("password: {password}");
-        eprintln!("(shown once; the user changes it with PUT /api/v3/auth/password)");
+        eprintln!("(shown once; it is changed with: outpost user password {name})");
     }
     Ok(())
 }
