@@ -192,6 +192,22 @@ fn the_cli_says_why_it_finds_no_node_and_how_to_point_it_at_one() {
         err.contains("no Outpost node is running on") && err.contains("outpost up"),
         "{err}"
     );
+    // `outpost status` there: not running, said, with the not-found status.
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&stopped)
+        .arg("status")
+        .env("XDG_CONFIG_HOME", dir.path().join("home"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(4));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("Node: not running on") && said.contains("outpost up"),
+        "{said}"
+    );
     // A malformed argument says what is expected (a usage error: exit code 2).
     let out = Command::new(BIN)
         .args(["readings", "--device", "t1", "--since", "yesterday"])
@@ -286,6 +302,26 @@ async fn mistakes_get_an_answer_that_says_what_to_do_and_an_exit_status_scripts_
         "{err}"
     );
 
+    // A misspelt key drops what it holds (EdgeX ignores unknown keys): a warning names it
+    // and its line.
+    let typo = node.dir.path().join("typo-profile.yaml");
+    std::fs::write(
+        &typo,
+        PROFILE_YAML
+            .replace("deviceResources:", "deviceResource:")
+            .replace("Thermostat", "Typo"),
+    )
+    .expect("write");
+    let (code, out, err) =
+        node.cli_code(&["profile", "apply", typo.to_str().expect("path"), "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains("unknown key 'deviceResource' (line 5), ignored"),
+        "{err}"
+    );
+    let entry: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(entry["statusCode"], 201, "{out}");
+
     // The public signing key where the private one belongs.
     let keys = node.dir.path().join("keys");
     run_ok(
@@ -312,6 +348,21 @@ async fn mistakes_get_an_answer_that_says_what_to_do_and_an_exit_status_scripts_
     assert!(
         err.contains("is the public key") && err.contains("ota-signing.key"),
         "{err}"
+    );
+
+    // What the banner said, at any time; the gateway's entry point among its sockets.
+    let out = node.cli_ok(&["status"]);
+    assert!(
+        out.contains("Node: running on")
+            && out.contains("Way in: https://")
+            && out.contains("Try: outpost"),
+        "{out}"
+    );
+    let out = node.cli_ok(&["services"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("gateway") && l.contains("(status)") && l.contains("https :")),
+        "{out}"
     );
 
     // Misspelt commands get clap's suggestion (usage error: 2).

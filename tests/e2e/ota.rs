@@ -630,6 +630,21 @@ async fn twenty_agents_roll_out_in_phases_and_failures_pause_and_roll_back() {
     assert_eq!(v["counts"]["canceled"], 15, "{v}");
     assert_eq!(v["counts"]["succeeded"], 2);
     assert_eq!(v["counts"]["rolledBack"], 3);
+    // Watching an ended rollout ends at once, and says how it ended (exit status 1).
+    let (code, _, err) = node.cli_code(&["ota", "rollout", "status", "wave", "--watch"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("rollout wave was canceled"), "{err}");
+
+    // A rollout whose only device rolls back (its health check still fails) is failed,
+    // not finished; --watch follows it until then.
+    node.roll_out("solo", "3.0", &[names[0].as_str()]).await;
+    let (code, out, err) = node.cli_code(&["ota", "rollout", "status", "solo", "--watch"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("rollout solo failed: 0 of 1 devices succeeded (the policy needs 100%)"),
+        "{err}"
+    );
+    assert!(out.contains("solo fw 3.0: failed"), "{out}");
     drop(agents);
 }
 

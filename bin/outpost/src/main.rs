@@ -182,6 +182,9 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Whether the node runs, its services, the way in (gateway URL, CA, admin password)
+    /// and what to try: what `outpost up` said when it started.
+    Status,
     /// The registry's view of the node's services.
     Services {
         /// Print JSON (the API's answer) instead of a table.
@@ -330,6 +333,10 @@ enum RolloutCmd {
         /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
+        /// Follow the rollout, printing it each time it changes, until it ends (exit
+        /// status 0 when it finished, 1 when it failed or was canceled).
+        #[arg(long, requires = "name")]
+        watch: bool,
     },
     /// Stop offering the update to more devices; those updating go on.
     Pause {
@@ -807,6 +814,15 @@ fn main() -> ExitCode {
                 Ok(_) => {
                     let mut cfg = cfg;
                     cfg.security.internal_tls = false;
+                    // As `outpost up`: a port in use is said once, and nothing starts.
+                    let busy = supervisor::busy_sockets(&cfg, [cloud]);
+                    if !busy.is_empty() {
+                        for line in busy {
+                            eprintln!("outpost: {line}");
+                        }
+                        return ExitCode::from(runner::EXIT_CONFIG as u8);
+                    }
+                    cloud_banner(&cfg, &data_dir);
                     runner::run(cloud, cfg, data_dir)
                 }
                 Err(code) => code,
@@ -829,6 +845,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Cloud { cmd: Some(cmd) } => block_on(cloud(cmd, cfg, data_dir, args.ca)),
+        Command::Status => block_on(async move {
+            let remote = session::Remote {
+                gateway: args.gateway,
+                ca: args.ca,
+                token: args.token,
+            };
+            let c = session::Gateway::resolve(&cfg, &data_dir, &remote)
+                .map(|g| cli::Client::new(cfg.clone(), g));
+            cli::node::status(&cfg, &data_dir, c).await
+        }),
         command => {
             let remote = session::Remote {
                 gateway: args.gateway,
@@ -877,6 +903,22 @@ async fn cloud(
             .await
         }
     }
+}
+
+/// What `outpost cloud` says as it starts: where edges and admins reach it and what to
+/// do first.
+fn cloud_banner(cfg: &NodeConfig, data_dir: &std::path::Path) {
+    let url = cfg.cloud.public_url(&cfg.node.advertise_host);
+    eprintln!("Outpost cloud node at {url}");
+    eprintln!(
+        "  Admin: bearer token in {} (the CLI reads it); the CA to trust: {url}/api/v3/ca.pem",
+        data_dir.join("secrets/cloud-admin.token").display()
+    );
+    eprintln!(
+        "  Edges: `outpost cloud enroll NAME` writes NAME.identity.json, the identity of the \
+         edge's export destination (kind = \"cloud\")"
+    );
+    eprintln!("  Try: outpost cloud edges");
 }
 
 /// What `outpost up`, `outpost run` and the cloud node do before anything else: restrict
@@ -1071,8 +1113,8 @@ async fn client(
         Command::Ota(OtaCmd::Rollout(RolloutCmd::Create(r))) => {
             cli::ota::rollout_create(&c, r).await
         }
-        Command::Ota(OtaCmd::Rollout(RolloutCmd::Status { name, json })) => {
-            cli::ota::rollout_status(&c, name.as_deref(), json).await
+        Command::Ota(OtaCmd::Rollout(RolloutCmd::Status { name, json, watch })) => {
+            cli::ota::rollout_status(&c, name.as_deref(), json, watch).await
         }
         Command::Ota(OtaCmd::Rollout(RolloutCmd::Pause { name })) => {
             cli::ota::rollout_control(&c, &name, "pause").await
@@ -1118,6 +1160,7 @@ async fn client(
         | Command::Config(_)
         | Command::Completions { .. }
         | Command::Man { .. }
+        | Command::Status
         | Command::Cloud { .. }
         | Command::Ota(OtaCmd::Keygen { .. })
         | Command::Keys(_) => Ok(()),

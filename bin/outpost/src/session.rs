@@ -107,6 +107,11 @@ fn trusting(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
 }
 
 impl Gateway {
+    /// Whether this is the gateway of the node whose data dir the CLI was pointed at.
+    pub fn is_this_nodes(&self) -> bool {
+        self.admin_password.is_some()
+    }
+
     /// The gateway to use, or `None` to call the services directly (gateway disabled and
     /// no `--gateway`).
     pub fn resolve(cfg: &NodeConfig, data_dir: &Path, r: &Remote) -> anyhow::Result<Option<Self>> {
@@ -360,13 +365,18 @@ pub fn generate_password() -> anyhow::Result<String> {
         .collect())
 }
 
+/// Whether a node runs on `data_dir` (it holds the data dir's lock).
+pub fn node_running(data_dir: &Path) -> bool {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(data_dir.join("run/outpost.lock"))
+        .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
+}
+
 /// Why the CLI found no node to talk to next to it, and what to do about it: the data dir
 /// is not a node's, no node runs on it, or the node has not made its CA yet.
 fn no_node(data_dir: &Path, node_ca: &Path) -> String {
-    let running = std::fs::OpenOptions::new()
-        .write(true)
-        .open(data_dir.join("run/outpost.lock"))
-        .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
+    let running = node_running(data_dir);
     if !data_dir.join("run").exists() {
         format!(
             "no Outpost node uses {}: if the node runs with another data dir, pass it with \

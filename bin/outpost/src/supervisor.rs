@@ -369,10 +369,10 @@ struct Supervised {
 
 /// What the start banner says after the services: where to go in (the gateway's HTTPS
 /// address, the CA to trust, the admin credential) and the first command to try.
-fn next_steps(
+pub(crate) fn next_steps(
     cfg: &NodeConfig,
     data_dir: &std::path::Path,
-    keys: &outpost_storage::protect::InForce,
+    keys: Option<&outpost_storage::protect::InForce>,
     running: impl Iterator<Item = Service>,
 ) -> Vec<String> {
     let mut out = Vec::new();
@@ -401,7 +401,9 @@ fn next_steps(
     out.push(format!(
         "Try: outpost{dir_flag} services    (on this machine the CLI logs in by itself)"
     ));
-    out.push(format!("Keys at rest: {keys}"));
+    if let Some(keys) = keys {
+        out.push(format!("Keys at rest: {keys}"));
+    }
     if !cfg.security.internal_tls {
         out.push(
             "Warning: security.internal_tls is off: the services' APIs and the bus are plain \
@@ -443,9 +445,12 @@ fn sandbox_line(run_as: &crate::sandbox::RunAs, landlock: Landlock) -> String {
 
 /// The sockets the node's services would listen on that cannot be bound now, as one line
 /// each (`core-data cannot listen on 127.0.0.1:59880 (http): Address in use`).
-fn busy_sockets(cfg: &NodeConfig) -> Vec<String> {
+pub(crate) fn busy_sockets(
+    cfg: &NodeConfig,
+    services: impl IntoIterator<Item = Service>,
+) -> Vec<String> {
     let mut busy = Vec::new();
-    for svc in cfg.services() {
+    for svc in services {
         let section = svc.section(cfg);
         let http = std::net::SocketAddr::new(cfg.node.bind, section.port());
         let others = section.listeners().into_iter().map(|l| (l.scheme, l.addr));
@@ -542,11 +547,11 @@ pub async fn up(
     // Every socket must be free before anything starts: another node or program on a port
     // is one clear line each and no start, not services restarting forever. A previous
     // node's processes that are still exiting (killed a moment ago) get a few seconds.
-    let mut busy = busy_sockets(&cfg);
+    let mut busy = busy_sockets(&cfg, cfg.services());
     let grace = Instant::now() + Duration::from_secs(3);
     while !busy.is_empty() && Instant::now() < grace {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        busy = busy_sockets(&cfg);
+        busy = busy_sockets(&cfg, cfg.services());
     }
     if !busy.is_empty() {
         anyhow::bail!(
@@ -712,7 +717,7 @@ pub async fn up(
             };
             say!("  {:<width$} {addr:<48} pid {}{state}", s.svc.name(), s.pid);
         }
-        for line in next_steps(&cfg, &data_dir, &keys, running.iter().map(|s| s.svc)) {
+        for line in next_steps(&cfg, &data_dir, Some(&keys), running.iter().map(|s| s.svc)) {
             say!("{line}");
         }
         say!("{}", sandbox_line(&run_as, landlock));

@@ -298,6 +298,43 @@ macro_rules! edgex_request {
     };
 }
 
+/// Reads an EdgeX YAML (or JSON) document as `T`, and names the keys it ignored, each
+/// with its line: EdgeX accepts unknown keys, so a misspelt one (`deviceResource:`) would
+/// silently drop what it holds; the caller warns.
+pub fn from_yaml_noting_unknown<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Result<(T, Vec<String>), serde_norway::Error> {
+    let mut ignored = Vec::new();
+    let value = serde_ignored::deserialize(serde_norway::Deserializer::from_str(text), |path| {
+        ignored.push(path.to_string());
+    })?;
+    let notes = ignored
+        .into_iter()
+        .map(|path| {
+            let key = path.rsplit('.').next().unwrap_or(&path).to_string();
+            match line_of_key(text, &key) {
+                Some(n) => format!("unknown key '{path}' (line {n})"),
+                None => format!("unknown key '{path}'"),
+            }
+        })
+        .collect();
+    Ok((value, notes))
+}
+
+/// The first line (from 1) where `key` is written as a mapping key, in YAML or JSON.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            let l = line.trim_start().trim_start_matches("- ").trim_start();
+            l.starts_with(&format!("{key}:"))
+                || l.starts_with(&format!("'{key}':"))
+                || l.contains(&format!("\"{key}\":"))
+                || l.contains(&format!("{{ {key}:"))
+                || l.contains(&format!(", {key}:"))
+        })
+        .map(|i| i + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,5 +395,28 @@ mod tests {
         };
         assert!(r.check().is_err());
         assert!(BaseRequest::new().check().is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        let text = "name: p\ndeviceResource:\n  - name: T\nmanufacturer: m\n";
+        let (p, notes) =
+            from_yaml_noting_unknown::<crate::metadata::DeviceProfile>(text).expect("parses");
+        assert_eq!(p.name, "p");
+        assert!(p.device_resources.is_empty());
+        assert_eq!(notes, ["unknown key 'deviceResource' (line 2)"]);
+        let text = "name: p\ndeviceResources:\n  - name: T\n    propertis: { valueType: Int8 }\n";
+        let (_, notes) =
+            from_yaml_noting_unknown::<crate::metadata::DeviceProfile>(text).expect("parses");
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].contains("propertis") && notes[0].ends_with("(line 4)"),
+            "{notes:?}"
+        );
+        let (_, notes) = from_yaml_noting_unknown::<crate::metadata::DeviceProfile>(
+            "{\"name\": \"p\", \"modle\": \"x\"}",
+        )
+        .expect("parses");
+        assert_eq!(notes, ["unknown key 'modle' (line 1)"]);
     }
 }

@@ -230,8 +230,16 @@ impl DeviceState {
 #[serde(rename_all = "camelCase", tag = "state")]
 pub enum RolloutState {
     Running,
-    Paused { reason: String, automatic: bool },
+    Paused {
+        reason: String,
+        automatic: bool,
+    },
+    /// Every device is done and enough of them succeeded (the policy's success percent).
     Finished,
+    /// Every device is done, and too few succeeded.
+    Failed {
+        reason: String,
+    },
     Canceled,
 }
 
@@ -242,8 +250,14 @@ impl RolloutState {
             Self::Running => "running",
             Self::Paused { .. } => "paused",
             Self::Finished => "finished",
+            Self::Failed { .. } => "failed",
             Self::Canceled => "canceled",
         }
+    }
+
+    /// Whether it is over (finished, failed or canceled).
+    pub fn ended(&self) -> bool {
+        matches!(self, Self::Finished | Self::Failed { .. } | Self::Canceled)
     }
 }
 
@@ -525,6 +539,9 @@ mod tests {
                 automatic: false,
             },
             RolloutState::Finished,
+            RolloutState::Failed {
+                reason: String::new(),
+            },
             RolloutState::Canceled,
         ] {
             assert_eq!(serde_json::to_value(&s).unwrap()["state"], s.name());

@@ -173,9 +173,7 @@ impl Rollout {
                         .is_none_or(|w| w.contains(now_ms))
             }
             // Already under way: keep telling it, even when paused, so it can finish.
-            Some(DeviceState::Downloading | DeviceState::Installing) => {
-                !matches!(self.state, RolloutState::Canceled | RolloutState::Finished)
-            }
+            Some(DeviceState::Downloading | DeviceState::Installing) => !self.state.ended(),
             _ => false,
         }
     }
@@ -261,7 +259,7 @@ impl Rollout {
             }
             if self.open + 1 >= self.phases() {
                 if self.states.values().all(|s| s.terminal()) {
-                    self.state = RolloutState::Finished;
+                    self.finish();
                 }
                 break;
             }
@@ -273,8 +271,29 @@ impl Rollout {
             }
         }
         if self.open + 1 >= self.phases() && self.states.values().all(|s| s.terminal()) {
-            self.state = RolloutState::Finished;
+            self.finish();
         }
+    }
+
+    /// Every device is done: finished when enough succeeded, failed otherwise (a rollout
+    /// whose every device rolled back did not finish well).
+    fn finish(&mut self) {
+        let total = self.devices.len();
+        let ok = self
+            .states
+            .values()
+            .filter(|s| **s == DeviceState::Succeeded)
+            .count();
+        self.state = if (ok as f64) * 100.0 < self.policy.success_percent * total as f64 {
+            RolloutState::Failed {
+                reason: format!(
+                    "{ok} of {total} devices succeeded (the policy needs {}%)",
+                    self.policy.success_percent
+                ),
+            }
+        } else {
+            RolloutState::Finished
+        };
     }
 
     pub fn pause(&mut self) -> bool {
@@ -301,7 +320,7 @@ impl Rollout {
     }
 
     pub fn cancel(&mut self) -> bool {
-        if matches!(self.state, RolloutState::Canceled | RolloutState::Finished) {
+        if self.state.ended() {
             return false;
         }
         for s in self.states.values_mut() {
@@ -416,6 +435,29 @@ mod tests {
         }
         assert_eq!(r.state, RolloutState::Finished);
         assert!(!r.offers("d05"));
+    }
+
+    #[test]
+    fn a_rollout_whose_devices_ended_below_the_success_threshold_failed() {
+        // One device (below the failure count and the minimum sample, so no pause); it
+        // rolls back: every device is done, none succeeded.
+        let mut r = Rollout::new(policy(&[100.0]), devices(1)).expect("rollout");
+        r.report("d00", S::Downloading).expect("report");
+        r.report("d00", S::RolledBack).expect("report");
+        assert_eq!(
+            r.state,
+            RolloutState::Failed {
+                reason: "0 of 1 devices succeeded (the policy needs 100%)".into()
+            }
+        );
+        assert!(!r.cancel(), "an ended rollout cannot be canceled");
+        // Enough successes finish it.
+        let mut p = policy(&[100.0]);
+        p.success_percent = 50.0;
+        let mut r = Rollout::new(p, devices(2)).expect("rollout");
+        r.report("d00", S::Succeeded).expect("report");
+        r.report("d01", S::Failed).expect("report");
+        assert_eq!(r.state, RolloutState::Finished);
     }
 
     #[test]

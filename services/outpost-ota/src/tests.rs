@@ -569,13 +569,18 @@ async fn feedback_moves_the_device_through_the_rollout_and_into_its_history() {
     let a = ota.poll("d1", Some(SECRET_1)).await;
     assert_eq!(a.json["action"], Value::Null, "{}", a.json);
 
-    // The last device finishes the rollout; all of it survives a restart.
+    // The last device ends the rollout, failed: 1 of 2 succeeded where the policy needs
+    // 100 %. All of it survives a restart.
     let of_d2 = "/api/v3/ddi/d2/action/r1/feedback";
     let a = ota.feedback(of_d2, Some(SECRET_2), "failed").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.json);
     let ota = ota.restart().await;
     let (_, b) = ota.call("GET", r1, None).await;
-    assert_eq!(b["status"]["state"], "finished", "{b}");
+    assert_eq!(b["status"]["state"], "failed", "{b}");
+    assert_eq!(
+        b["status"]["reason"], "1 of 2 devices succeeded (the policy needs 100%)",
+        "{b}"
+    );
     assert_eq!(
         (&b["counts"]["succeeded"], &b["counts"]["failed"]),
         (&json!(1), &json!(1)),

@@ -226,7 +226,16 @@ impl Agent {
         details: impl Into<String>,
     ) -> anyhow::Result<()> {
         let details = details.into();
-        println!("{}: {status} {details}", self.args.device);
+        // For people: "rolled back: health check failed (exit 1); back on slot a".
+        let said = match status {
+            "rolledBack" => "rolled back",
+            other => other,
+        };
+        if details.is_empty() {
+            println!("{}: {said}", self.args.device);
+        } else {
+            println!("{}: {said}: {details}", self.args.device);
+        }
         self.state.unsent.push(Report {
             feedback: feedback.to_string(),
             status: status.to_string(),
@@ -474,15 +483,22 @@ impl Agent {
         .await;
         let healthy = match &out {
             Ok(Ok(o)) if o.status.success() => Ok(()),
-            Ok(Ok(o)) => Err(format!(
-                "health check exited with {}: {}",
-                o.status,
-                String::from_utf8_lossy(&o.stderr)
+            Ok(Ok(o)) => {
+                let said: String = String::from_utf8_lossy(&o.stderr)
                     .trim()
                     .chars()
                     .take(300)
-                    .collect::<String>()
-            )),
+                    .collect();
+                let code = o
+                    .status
+                    .code()
+                    .map_or_else(|| "a signal".to_string(), |c| format!("exit {c}"));
+                Err(if said.is_empty() {
+                    format!("health check failed ({code})")
+                } else {
+                    format!("health check failed ({code}): {said}")
+                })
+            }
             Ok(Err(e)) => Err(format!("health check could not run: {e}")),
             Err(_) => Err("health check timed out".into()),
         };

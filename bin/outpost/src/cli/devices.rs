@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use outpost_contracts::common::from_yaml_noting_unknown;
 use outpost_contracts::common::{BaseRequest, BaseWithIdResponse};
 use outpost_contracts::event::{Event, EventResponse};
 use outpost_contracts::metadata::{
@@ -22,9 +23,19 @@ fn read_document(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
+/// Keys of a file the node would ignore, as EdgeX does: said, since a misspelt key drops
+/// what it holds.
+fn warn_unknown(path: &Path, unknown: &[String]) {
+    for note in unknown {
+        eprintln!("warning: {}: {note}, ignored", path.display());
+    }
+}
+
 pub async fn profile_apply(c: &Client, file: &Path, json: bool) -> anyhow::Result<()> {
     let text = read_document(file)?;
-    let profile = DeviceProfile::from_yaml(&text).map_err(anyhow::Error::msg)?;
+    let (profile, unknown) = from_yaml_noting_unknown::<DeviceProfile>(&text)
+        .map_err(|e| anyhow::anyhow!("invalid device profile YAML: {e}"))?;
+    warn_unknown(file, &unknown);
     let name = profile.name.clone();
     let body = [AddDeviceProfileRequest {
         base: BaseRequest::new(),
@@ -94,6 +105,26 @@ pub async fn profile_list(c: &Client, json: bool) -> anyhow::Result<()> {
                 .collect()
         },
     )
+}
+
+/// The devices of a file for `outpost device add -f`: one device, a list of them, or
+/// EdgeX's `deviceList:` (device services' devices.yaml); and the keys it ignored.
+fn read_devices(text: &str) -> anyhow::Result<(Vec<Device>, Vec<String>)> {
+    #[derive(serde::Deserialize)]
+    struct EdgeXList {
+        #[serde(rename = "deviceList")]
+        device_list: Vec<Device>,
+    }
+    let shape: serde_norway::Value = serde_norway::from_str(text)?;
+    Ok(if shape.is_sequence() {
+        from_yaml_noting_unknown::<Vec<Device>>(text)?
+    } else if shape.get("deviceList").is_some() {
+        let (list, unknown) = from_yaml_noting_unknown::<EdgeXList>(text)?;
+        (list.device_list, unknown)
+    } else {
+        let (device, unknown) = from_yaml_noting_unknown::<Device>(text)?;
+        (vec![device], unknown)
+    })
 }
 
 /// What `outpost device add` was given.
@@ -168,13 +199,15 @@ pub async fn device_add(c: &Client, d: NewDevice) -> anyhow::Result<()> {
     let devices: Vec<Device> = match &d.file {
         Some(f) => {
             let text = read_document(f)?;
-            match serde_norway::from_str::<Vec<Device>>(&text) {
-                Ok(v) => v,
-                Err(_) => vec![
-                    serde_norway::from_str::<Device>(&text)
-                        .with_context(|| format!("{} is not a device document", f.display()))?,
-                ],
-            }
+            let (devices, unknown) = read_devices(&text).with_context(|| {
+                format!(
+                    "{} is not a device document (a device, a list of devices, or EdgeX's \
+                     deviceList; see examples/devices.yaml)",
+                    f.display()
+                )
+            })?;
+            warn_unknown(f, &unknown);
+            devices
         }
         None => {
             let name = d.name.context("--name is required (or -f FILE)")?;

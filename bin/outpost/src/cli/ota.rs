@@ -346,7 +346,11 @@ pub async fn rollout_create(c: &Client, r: NewRollout) -> anyhow::Result<()> {
 
 fn print_rollout(r: &RolloutView) {
     let reason = match &r.status {
-        RolloutState::Paused { reason, .. } if !reason.is_empty() => format!(" ({reason})"),
+        RolloutState::Paused { reason, .. } | RolloutState::Failed { reason }
+            if !reason.is_empty() =>
+        {
+            format!(" ({reason})")
+        }
         _ => String::new(),
     };
     println!(
@@ -384,8 +388,14 @@ fn print_rollout(r: &RolloutView) {
     table(&headers, &rows);
 }
 
-pub async fn rollout_status(c: &Client, name: Option<&str>, json: bool) -> anyhow::Result<()> {
+pub async fn rollout_status(
+    c: &Client,
+    name: Option<&str>,
+    json: bool,
+    watch: bool,
+) -> anyhow::Result<()> {
     match name {
+        Some(n) if watch => watch_rollout(c, n, json).await,
         Some(n) => {
             let v = c
                 .get(outpost_ota::SERVICE, &format!("/rollout/name/{}", enc(n)))
@@ -405,6 +415,34 @@ pub async fn rollout_status(c: &Client, name: Option<&str>, json: bool) -> anyho
                 Ok(())
             })
         }
+    }
+}
+
+/// `rollout status NAME --watch`: the rollout again each time it changes, until it ends;
+/// a rollout that failed or was canceled is an error (exit status 1), for scripts.
+async fn watch_rollout(c: &Client, name: &str, json: bool) -> anyhow::Result<()> {
+    let path = format!("/rollout/name/{}", enc(name));
+    let mut last = None;
+    loop {
+        let v = c.get(outpost_ota::SERVICE, &path).await?;
+        let r: RolloutView = decode(v.clone())?;
+        let now = (r.status.clone(), r.counts.clone(), r.open_phase);
+        if last.as_ref() != Some(&now) {
+            if json {
+                println!("{}", serde_json::to_string(&v).unwrap_or_default());
+            } else {
+                print_rollout(&r);
+                println!();
+            }
+            last = Some(now);
+        }
+        match r.status {
+            RolloutState::Finished => return Ok(()),
+            RolloutState::Failed { reason } => bail!("rollout {name} failed: {reason}"),
+            RolloutState::Canceled => bail!("rollout {name} was canceled"),
+            RolloutState::Running | RolloutState::Paused { .. } => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
 }
 
