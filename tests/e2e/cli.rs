@@ -268,6 +268,17 @@ async fn mistakes_get_an_answer_that_says_what_to_do_and_an_exit_status_scripts_
         "{err}"
     );
 
+    // The example device file (EdgeX's deviceList) is taken as written, with no unknown key.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/devices.yaml");
+    let (code, out, err) = node.cli_code(&["device", "add", "-f", example]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("added device thermostat-lobby")
+            && out.contains("added device thermostat-office"),
+        "{out}"
+    );
+    assert!(!err.contains("unknown key"), "{err}");
+
     // A device for people, and with --json every field; a generated secret as JSON.
     let out = node.cli_ok(&["device", "show", "t1"]);
     assert!(

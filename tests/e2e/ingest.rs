@@ -85,7 +85,7 @@ async fn mqtt_events_are_persisted_and_queryable() {
     assert!(ok);
     let v: Value = serde_json::from_str(&out).expect("CLI JSON");
     assert_eq!(v["totalCount"], 2);
-    let (ok, out, _) = node.cli(&["device", "show", "t1"]);
+    let (ok, out, _) = node.cli(&["device", "show", "t1", "--json"]);
     assert!(
         ok && out.contains("\"profileName\": \"Thermostat\""),
         "{out}"

@@ -353,8 +353,13 @@ async fn an_enrolled_edge_ingests_once_and_its_data_can_be_queried() {
         (&alerts[0]["id"], &alerts[0]["severity"]),
         (&json!("al-1"), &json!("critical"))
     );
-    let (_, v) = n.admin("GET", "/api/v3/reading/edge/edge-2", None).await;
-    assert_eq!(v["totalCount"], 0, "another edge's data is its own");
+    // An edge never enrolled is a 404 naming the nearest one, not an empty page.
+    let (status, v) = n.admin("GET", "/api/v3/reading/edge/edge-2", None).await;
+    assert_eq!(status, 404, "{v}");
+    assert_eq!(
+        v["message"], "no edge edge-2 (did you mean 'edge-1'?)",
+        "{v}"
+    );
 
     // The fleet view: what the edge sent and the backlog it reported last.
     let (_, v) = n.admin("GET", "/api/v3/edge/all", None).await;

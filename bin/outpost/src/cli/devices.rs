@@ -354,7 +354,12 @@ pub async fn device_show(c: &Client, name: &str, json: bool) -> anyhow::Result<(
                 )
             })
             .collect();
-        lines.push(("Protocol", format!("{protocol}: {}", props.join(" "))));
+        let shown = if props.is_empty() {
+            protocol.clone()
+        } else {
+            format!("{protocol}: {}", props.join(" "))
+        };
+        lines.push(("Protocol", shown));
     }
     for a in &d.auto_events {
         let change = if a.on_change { ", on change" } else { "" };
