@@ -473,7 +473,7 @@ enum UserCmd {
     },
     /// Remove a user; their tokens stop working at once.
     Rm {
-        /// The device.
+        /// The user.
         name: String,
     },
     /// Set a user's password.
@@ -568,7 +568,7 @@ enum DeviceCmd {
     },
     /// Remove a device.
     Rm {
-        /// The user.
+        /// The device.
         name: String,
     },
     /// Set the secret a device authenticates with (its MQTT password, its device-rest
