@@ -247,8 +247,8 @@ async fn mistakes_get_an_answer_that_says_what_to_do_and_an_exit_status_scripts_
     assert_eq!(page["readings"].as_array().map(Vec::len), Some(0), "{out}");
     let (code, _, err) = node.cli_code(&["device", "show", "t11"]);
     assert_eq!(code, NOT_FOUND, "{err}");
-    // core-command names the misspelt command before it tries the device service (which
-    // is not reachable: a real command gets 503 and the general failure status).
+    // core-command names the misspelt command when the device service cannot answer
+    // (it is not reachable here: a real command gets 503 and the general failure status).
     let (code, _, err) = node.cli_code(&["command", "t1", "Temprature"]);
     assert_eq!(code, NOT_FOUND, "{err}");
     assert!(err.contains("did you mean 'Temperature'?"), "{err}");
@@ -360,6 +360,19 @@ async fn mistakes_get_an_answer_that_says_what_to_do_and_an_exit_status_scripts_
         err.contains("is the public key") && err.contains("ota-signing.key"),
         "{err}"
     );
+
+    // A service that is off on this node (the gateway has no such route): what to set.
+    let (code, _, err) = node.cli_code(&["ota", "list"]);
+    assert_eq!(code, NOT_FOUND, "{err}");
+    assert!(
+        err.contains(
+            "ota is not enabled on this node: its configuration needs [ota] enabled = true"
+        ) && err.contains("trusted_keys"),
+        "{err}"
+    );
+    let (code, _, err) = node.cli_code(&["export", "status"]);
+    assert_eq!(code, NOT_FOUND, "{err}");
+    assert!(err.contains("[export] enabled = true"), "{err}");
 
     // What the banner said, at any time; the gateway's entry point among its sockets.
     let out = node.cli_ok(&["status"]);

@@ -188,6 +188,15 @@ async fn bad_commands_get_edgex_status_codes() {
     assert_eq!((s, v["statusCode"].as_u64()), (404, Some(404)), "{v}");
     let (s, _) = node.get(&node.device_command("sim1", "Nope")).await;
     assert_eq!(s, 404);
+    // A misspelt name, answered by the device service itself: the nearest one is named.
+    let (s, v) = node.get(&node.device_command("sim1", "Countr")).await;
+    assert_eq!(s, 404, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("did you mean 'Counter'?")),
+        "{v}"
+    );
     // Read-only resource, out of range, wrong type, not an object: refused, nothing written.
     let (s, v) = put(
         node.device_command("sim1", "Serial"),

@@ -846,6 +846,7 @@ fn main() -> ExitCode {
         },
         Command::Cloud { cmd: Some(cmd) } => block_on(cloud(cmd, cfg, data_dir, args.ca)),
         Command::Status => block_on(async move {
+            let elsewhere = args.gateway.is_some();
             let remote = session::Remote {
                 gateway: args.gateway,
                 ca: args.ca,
@@ -853,7 +854,7 @@ fn main() -> ExitCode {
             };
             let c = session::Gateway::resolve(&cfg, &data_dir, &remote)
                 .map(|g| cli::Client::new(cfg.clone(), g));
-            cli::node::status(&cfg, &data_dir, c).await
+            cli::node::status(&cfg, &data_dir, elsewhere, c).await
         }),
         command => {
             let remote = session::Remote {

@@ -19,6 +19,8 @@ pub type Running = std::pin::Pin<Box<dyn Future<Output = Result<(), RunError>> +
 /// A service of the table: its facts, its configuration section, and how to run it.
 pub struct Entry {
     pub info: Info,
+    /// The name of its configuration section (`broker` for mqtt-broker).
+    pub section_name: &'static str,
     section: fn(&NodeConfig) -> &dyn AnySection,
     run: fn(Context, &NodeConfig) -> Running,
     storage: fn(&NodeConfig) -> Option<outpost_kit::Storage>,
@@ -99,6 +101,7 @@ macro_rules! services {
         pub static SERVICES: &[Entry] = &[$(
             Entry {
                 info: <$service>::INFO,
+                section_name: stringify!($section),
                 section: |cfg| &cfg.$section,
                 run: |ctx, cfg| {
                     Box::pin(outpost_kit::service::run::<$service>(ctx, cfg.$section.clone()))

@@ -365,18 +365,26 @@ pub fn generate_password() -> anyhow::Result<String> {
         .collect())
 }
 
-/// Whether a node runs on `data_dir` (it holds the data dir's lock).
-pub fn node_running(data_dir: &Path) -> bool {
-    std::fs::OpenOptions::new()
+/// Whether a node runs on `data_dir` (it holds the data dir's lock); `None` when this
+/// user cannot tell (the lock is the service user's and not this user's to open).
+pub fn node_running(data_dir: &Path) -> Option<bool> {
+    match std::fs::OpenOptions::new()
         .write(true)
         .open(data_dir.join("run/outpost.lock"))
-        .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
+    {
+        Ok(f) => Some(matches!(
+            f.try_lock(),
+            Err(std::fs::TryLockError::WouldBlock)
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
+        Err(_) => Some(false),
+    }
 }
 
 /// Why the CLI found no node to talk to next to it, and what to do about it: the data dir
 /// is not a node's, no node runs on it, or the node has not made its CA yet.
 fn no_node(data_dir: &Path, node_ca: &Path) -> String {
-    let running = node_running(data_dir);
+    let running = node_running(data_dir).unwrap_or(true);
     if !data_dir.join("run").exists() {
         format!(
             "no Outpost node uses {}: if the node runs with another data dir, pass it with \

@@ -645,7 +645,12 @@ async fn connect_loop(
             tracing::debug!(error = %e, "cannot read the bus TLS files yet");
         }
         tokio::select! {
-            () = shutdown.wait() => return Err(BusError::ShutDown),
+            () = shutdown.wait() => {
+                // The client's own reconnect task would go on connecting a client no one
+                // holds (under this session's client ID).
+                let _ = tokio::time::timeout(Duration::from_secs(2), client.disconnect()).await;
+                return Err(BusError::ShutDown);
+            }
             () = tokio::time::sleep(if retried_by_client {
                 Duration::from_millis(100)
             } else {

@@ -90,9 +90,16 @@ fn lookup(
         .device(device)
         .ok_or_else(|| ApiError::not_found(format!("device '{device}' not found")))?;
     let (targets, rw) = resolve(&d, command).ok_or_else(|| {
+        let names = d
+            .profile
+            .device_commands
+            .iter()
+            .map(|c| c.name.as_str())
+            .chain(d.profile.device_resources.iter().map(|r| r.name.as_str()));
         ApiError::not_found(format!(
-            "command or resource '{command}' not found in profile '{}'",
-            d.device.profile_name
+            "command or resource '{command}' not found in profile '{}'{}",
+            d.device.profile_name,
+            outpost_kit::edgex::did_you_mean(command, names)
         ))
     })?;
     if sdk.is_locked(&d) {

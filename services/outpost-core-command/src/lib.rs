@@ -147,16 +147,15 @@ impl App {
         })
     }
 
-    /// A 404 unless `command` is a device command or resource of `d`'s profile: said
-    /// before anything asks the device service (which may be down), with the nearest name.
+    /// A 404 with the nearest name when `command` is certainly not a device command or
+    /// resource of `d`'s profile; asked only when the device service, which decides (EdgeX
+    /// device services also take a regular expression of resource names), cannot answer.
+    /// Anything uncertain (a pattern, no profile, core-metadata away) is left to the caller.
     async fn has_command(&self, d: &Device, command: &str) -> Result<(), ApiError> {
-        let Some(profile) = self
-            .metadata
-            .profile(&d.profile_name)
-            .await
-            .map_err(|e| metadata_error(&e))?
-        else {
-            // The device service decides for a device whose profile is gone.
+        if command.contains(['.', '*', '+', '?', '[', '(', '{', '|', '^', '$', '\\']) {
+            return Ok(());
+        }
+        let Ok(Some(profile)) = self.metadata.profile(&d.profile_name).await else {
             return Ok(());
         };
         let names = || {
@@ -290,7 +289,6 @@ async fn forward(
     body: Option<Vec<u8>>,
 ) -> Result<Response, ApiError> {
     let d = app.device(device).await?;
-    app.has_command(&d, command).await?;
     if d.admin_state == AdminState::Locked {
         return Err(ApiError::locked(format!("device '{device}' is locked")));
     }
@@ -312,22 +310,25 @@ async fn forward(
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(b);
     }
-    let resp = outpost_kit::http::correlated(rb)
-        .send()
-        .await
-        .map_err(|e| {
-            if e.is_timeout() {
-                ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("device service '{}' did not answer in time", d.service_name),
-                )
-            } else {
-                ApiError::unavailable(format!(
-                    "device service '{}' is unreachable",
-                    d.service_name
-                ))
-            }
-        })?;
+    let sent = outpost_kit::http::correlated(rb).send().await;
+    if sent.is_err() {
+        // A device service that cannot answer cannot say the command is unknown: the
+        // profile can, before "unreachable" hides a misspelt name.
+        app.has_command(&d, command).await?;
+    }
+    let resp = sent.map_err(|e| {
+        if e.is_timeout() {
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("device service '{}' did not answer in time", d.service_name),
+            )
+        } else {
+            ApiError::unavailable(format!(
+                "device service '{}' is unreachable",
+                d.service_name
+            ))
+        }
+    })?;
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).cloned();
     let bytes = resp.bytes().await.map_err(|_| {

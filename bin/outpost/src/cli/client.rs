@@ -72,9 +72,35 @@ impl Client {
             && message(&json)
                 .is_some_and(|m| m == format!("no service '{svc}' behind this gateway"))
         {
-            return Err(NotFound(not_enabled(svc)).into());
+            return Err(NotFound(self.not_behind_gateway(svc)).into());
         }
         Ok((status, json))
+    }
+
+    /// What a gateway without `svc` behind it means: off in this node's configuration
+    /// (what to set), or on but not registered (not running).
+    fn not_behind_gateway(&self, svc: &str) -> String {
+        let this_node = self.gateway.as_ref().is_some_and(|g| g.is_this_nodes());
+        let entry = crate::services::by_name(svc);
+        match entry {
+            Some(e) if this_node && e.section(&self.cfg).enabled() => format!(
+                "{svc} is enabled but not registered with the node: is it running? (outpost \
+                 services, and the node's log)"
+            ),
+            Some(e) if this_node => {
+                let also = if svc == outpost_ota::SERVICE {
+                    " and the keys it trusts, trusted_keys = [...] (outpost ota keygen)"
+                } else {
+                    ""
+                };
+                format!(
+                    "{svc} is not enabled on this node: its configuration needs [{}] enabled \
+                     = true{also}; see `outpost config default`",
+                    e.section_name
+                )
+            }
+            _ => format!("{svc} is not enabled or not running on the node behind this gateway"),
+        }
     }
 
     /// Sends with the gateway's token; a refused token is renewed once.
@@ -181,20 +207,6 @@ impl Client {
             .await?;
         ok_or_message(status, body)
     }
-}
-
-/// What a gateway without `svc` behind it means: the service is off on that node.
-fn not_enabled(svc: &str) -> String {
-    let section = svc.replace('-', "_");
-    let also = if svc == outpost_ota::SERVICE {
-        " and the keys it trusts, trusted_keys = [...] (outpost ota keygen)"
-    } else {
-        ""
-    };
-    format!(
-        "{svc} is not enabled on this node: its configuration needs [{section}] enabled = \
-         true{also}; see `outpost config default`"
-    )
 }
 
 /// An answer read as its type from outpost-contracts.

@@ -65,20 +65,31 @@ pub async fn services(c: &Client, json: bool) -> anyhow::Result<()> {
 pub async fn status(
     cfg: &crate::config::NodeConfig,
     data_dir: &std::path::Path,
+    remote: bool,
     c: anyhow::Result<Client>,
 ) -> anyhow::Result<()> {
-    if !crate::session::node_running(data_dir) {
-        println!(
-            "Node: not running on {} (start it with `outpost up`)",
-            data_dir.display()
-        );
-        return Err(super::client::NotFound(format!(
-            "no Outpost node is running on {}",
-            data_dir.display()
-        ))
-        .into());
+    // A node elsewhere (--gateway) is judged by its registry alone.
+    if !remote {
+        match crate::session::node_running(data_dir) {
+            Some(true) => println!("Node: running on {}", data_dir.display()),
+            Some(false) => {
+                println!(
+                    "Node: not running on {} (start it with `outpost up`)",
+                    data_dir.display()
+                );
+                return Err(super::client::NotFound(format!(
+                    "no Outpost node is running on {}",
+                    data_dir.display()
+                ))
+                .into());
+            }
+            None => println!(
+                "Node: this user cannot tell whether one runs on {} (run as root or the \
+                 node's user)",
+                data_dir.display()
+            ),
+        }
     }
-    println!("Node: running on {}", data_dir.display());
     match c {
         Ok(c) => match c.get(outpost_core_keeper::SERVICE, "/registry/all").await {
             Ok(v) => {
@@ -99,6 +110,9 @@ pub async fn status(
             Err(e) => println!("Services: the registry does not answer ({e:#})"),
         },
         Err(e) => println!("Services: unknown ({e:#})"),
+    }
+    if remote {
+        return Ok(());
     }
     let enabled = crate::config::SERVICES
         .iter()
