@@ -90,6 +90,40 @@ impl NodeConfig {
             self.bus.url.clone_from(&embedded);
         }
         self.bus.journal = self.broker.enabled && self.bus.url == embedded;
+        if self.broker.durable_consumers.is_empty() {
+            self.broker.durable_consumers = self.own_durable_consumers();
+        }
+    }
+
+    /// The node's own durable consumers that are enabled, as they subscribe: what the
+    /// broker journals for from its first start (`broker.durable_consumers`).
+    fn own_durable_consumers(&self) -> Vec<outpost_broker::config::DurableConsumer> {
+        use outpost_contracts::topics;
+        let consumer = |client: String, filter: String| outpost_broker::config::DurableConsumer {
+            client,
+            filters: vec![filter],
+        };
+        let base = &self.bus.base_topic;
+        let mut own = Vec::new();
+        // core-data always runs.
+        own.push(consumer(
+            outpost_core_data::BUS_CLIENT.to_string(),
+            topics::device_events(base),
+        ));
+        // On the node's bus only: a broker of the devices' own keeps no journal of ours.
+        if self.device_mqtt.enabled && self.device_mqtt.driver.broker_url.is_empty() {
+            own.push(consumer(
+                outpost_device_mqtt::TELEMETRY_CLIENT.to_string(),
+                format!("{}/#", topics::device::TELEMETRY_PREFIX),
+            ));
+        }
+        if self.support_notifications.enabled {
+            own.push(consumer(
+                outpost_support_notifications::alerts::SESSION.to_string(),
+                format!("{}#", topics::alerts_prefix(base)),
+            ));
+        }
+        own
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -293,6 +327,43 @@ pub fn default_data_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_broker_journals_for_the_nodes_own_consumers_before_they_connect() {
+        let clients = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            let cfg = NodeConfig::load(None, &sets).unwrap();
+            cfg.broker
+                .durable_consumers
+                .iter()
+                .map(|c| (c.client.clone(), c.filters.clone()))
+                .collect::<Vec<_>>()
+        };
+        let own = |c: &str, f: &str| (c.to_string(), vec![f.to_string()]);
+        let core_data = own("outpost-core-data", "edgex/events/device/#");
+        let alerts = own("support-notifications-alerts", "edgex/alerts/#");
+        assert_eq!(clients(&[]), [core_data.clone(), alerts.clone()]);
+        assert_eq!(
+            clients(&["device_mqtt.enabled=true"]),
+            [
+                core_data.clone(),
+                own("outpost-device-mqtt-telemetry", "incoming/data/#"),
+                alerts
+            ]
+        );
+        // Devices on a broker of their own: nothing of theirs passes this one's journal.
+        assert_eq!(
+            clients(&[
+                "device_mqtt.enabled=true",
+                "device_mqtt.driver.broker_url=mqtt://devices:1883",
+                "support_notifications.enabled=false",
+            ]),
+            [core_data]
+        );
+        // Configured ones stand.
+        let set = clients(&[r#"broker.durable_consumers=[{client = "c", filters = ["t/#"]}]"#]);
+        assert_eq!(set, [own("c", "t/#")]);
+    }
 
     #[test]
     fn documented_default_is_the_default() {

@@ -68,6 +68,20 @@ pub struct Config {
     /// A journaled message a connected consumer did not confirm within this many seconds
     /// is delivered to it again.
     pub journal_redeliver_s: u64,
+    /// Durable consumers the journal keeps messages for from the broker's first start,
+    /// before they ever connected: services started together (containers, Kubernetes)
+    /// may publish before the consumer of what they publish has subscribed. Empty: the
+    /// node's own (core-data, device-mqtt's telemetry, support-notifications' alerts, as
+    /// enabled); a consumer that never connects is forgotten after ten minutes.
+    pub durable_consumers: Vec<DurableConsumer>,
+}
+
+/// A durable consumer the journal knows before it connects: its client ID and filters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DurableConsumer {
+    pub client: String,
+    pub filters: Vec<String>,
 }
 
 impl Default for Config {
@@ -94,6 +108,7 @@ impl Default for Config {
             journal: true,
             journal_max_bytes: 256 * 1024 * 1024,
             journal_redeliver_s: 60,
+            durable_consumers: Vec::new(),
         }
     }
 }

@@ -28,7 +28,7 @@
 //!   confirmation lost with a connection, or dropped from the consumer's in-memory queue)
 //!   is queued again for that consumer while it is connected.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -126,6 +126,9 @@ struct State {
     index: HashMap<(Arc<str>, Key), VecDeque<u64>>,
     /// Sequence number at the journal's head: everything before it is released.
     head: u64,
+    /// Consumers known from the configuration that have no session yet: what waits for
+    /// them is queued for them when they first register, since no session held it.
+    expected: HashSet<Arc<str>>,
 }
 
 struct Entry {
@@ -369,6 +372,24 @@ impl Journal {
         self.advance();
     }
 
+    /// A consumer known before it connects (`broker.durable_consumers`): journaled for
+    /// from now on, unless it registered itself before (its own filters stand). Without a
+    /// session (`has_session`), what waits for it is queued when it first registers.
+    pub async fn expect(&self, client: &str, filters: &[String], has_session: bool) {
+        if !self.lock().consumers.contains_key(client) {
+            match serde_json::to_vec(filters) {
+                Ok(payload) => self.register(client, &payload).await,
+                Err(e) => {
+                    tracing::warn!(client, error = %e, "cannot register a durable consumer");
+                    return;
+                }
+            }
+        }
+        if !has_session {
+            self.lock().expected.insert(Arc::from(client));
+        }
+    }
+
     /// A consumer's registration: `payload` is the JSON list of its filters.
     async fn register(&self, client: &str, payload: &[u8]) {
         let filters: Vec<String> = match serde_json::from_slice(payload) {
@@ -395,7 +416,27 @@ impl Journal {
             tracing::warn!(client, error = %e, "cannot store a durable consumer; its messages are journaled until the broker restarts");
         }
         tracing::info!(client, ?filters, "durable consumer registered");
-        self.lock().consumers.insert(Arc::from(client), filters);
+        let client: Arc<str> = Arc::from(client);
+        let mut st = self.lock();
+        st.consumers.insert(Arc::clone(&client), filters);
+        // Its first registration: what was journaled for it before it had a session is
+        // in no session's queue; it is queued now, in order.
+        if st.expected.remove(&client)
+            && let Some(router) = self.router.get()
+        {
+            let now = Instant::now();
+            let mut queued = 0u64;
+            for e in st.pending.values_mut() {
+                if e.waiting.contains(&client) {
+                    queue_for(router, &client, e);
+                    e.since = now;
+                    queued += 1;
+                }
+            }
+            if queued > 0 {
+                tracing::info!(client = %client, messages = queued, "queued what was journaled before the consumer first connected");
+            }
+        }
     }
 
     /// Forgets consumers whose session ended and queues again what connected consumers
@@ -441,6 +482,7 @@ impl Journal {
         {
             let mut st = self.lock();
             st.consumers.remove(client);
+            st.expected.remove(client);
             st.index.retain(|(c, _), _| c != client);
             for e in st.pending.values_mut() {
                 e.waiting.retain(|w| w != client);

@@ -224,6 +224,17 @@ impl outpost_kit::Service for Broker {
             });
         }
         if let Some((journal, held)) = journal {
+            // The node's consumers, journaled for before they first connect.
+            for c in &cfg.durable_consumers {
+                let has_session = match &storage {
+                    Some(s) => !matches!(
+                        mqtt5::broker::storage::StorageBackend::get_session(&**s, &c.client).await,
+                        Ok(None)
+                    ),
+                    None => false,
+                };
+                journal.expect(&c.client, &c.filters, has_session).await;
+            }
             // Before the broker accepts connections: what the journal held is queued for
             // its consumers first.
             journal.start(Arc::clone(&router), held);

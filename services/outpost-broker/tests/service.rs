@@ -183,3 +183,57 @@ async fn health_covers_the_mqtt_listener_and_core_metadata() {
     n.broker_at.stop().await;
     n.broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_published_before_a_known_consumer_first_connects_waits_for_it() {
+    // Services started together (containers): a publisher is up before the consumer of
+    // what it publishes ever subscribed. The broker knows that consumer from its
+    // configuration, as it knows core-data's.
+    let mqtt = free_port();
+    let url = format!("mqtt://127.0.0.1:{mqtt}");
+    let test = context("mqtt-broker", &[]).with_bus(&url);
+    let cfg = Config {
+        listen: ([127, 0, 0, 1], mqtt).into(),
+        tls_listen: None,
+        port: free_port(),
+        durable_consumers: vec![outpost_broker::config::DurableConsumer {
+            client: "late-consumer".into(),
+            filters: vec!["late/#".into()],
+        }],
+        ..Config::default()
+    };
+    let broker = within("the broker builds", Service::build_in::<Broker>(test, cfg)).await;
+    let _at = broker.serve_at(([127, 0, 0, 1], 0).into()).await;
+    let node_dir = broker.test.dir.path().to_path_buf();
+    let node = context("core-data", &[])
+        .with_bus(&url)
+        .with_bus_token_of(&node_dir);
+    let mut bus = node.ctx.common.bus.clone();
+    bus.journal = true;
+    // Acknowledged to its publisher while nobody subscribes to it.
+    let publisher = outpost_testkit::bus::Client::connect_with(bus.clone(), "early").await;
+    publisher.publish("late/1", b"before anyone listened").await;
+    // The consumer's first connection: the message is delivered to it.
+    let stop = outpost_kit::Shutdown::new();
+    let mut consumer = within(
+        "the consumer connects",
+        outpost_bus::Consumer::connect(
+            &bus,
+            &node.ctx.data_dir,
+            "core-data",
+            outpost_bus::Options::durable("late-consumer", 16),
+            &["late/#".to_string()],
+            &stop,
+        ),
+    )
+    .await
+    .expect("consumer");
+    let got = within("the early message", consumer.recv(&stop))
+        .await
+        .expect("a delivery");
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("late/1", &b"before anyone listened"[..])
+    );
+    stop.trigger();
+}

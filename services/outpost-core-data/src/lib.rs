@@ -33,6 +33,9 @@ pub use config::Config;
 /// The service's registry ID (EdgeX's name).
 pub const SERVICE: &str = "core-data";
 
+/// The client ID of core-data's durable consumer of device events on the bus.
+pub const BUS_CLIENT: &str = "outpost-core-data";
+
 /// The ingest path over the service's database, checking events against `view`.
 pub fn open(
     ctx: &Context,
@@ -153,7 +156,7 @@ async fn consume(
     stop: Shutdown,
 ) {
     let filter = topics::device_events(&ctx.common.bus.base_topic);
-    let opts = Options::durable(format!("outpost-{SERVICE}"), max_inflight);
+    let opts = Options::durable(BUS_CLIENT, max_inflight);
     let Some(mut consumer) = Consumer::start(&ctx, opts, &[filter], &stop).await else {
         return;
     };

@@ -43,6 +43,9 @@ use outpost_device_sdk::payload::{self, Payload, decode};
 /// The service's registry ID (EdgeX's name).
 pub const SERVICE: &str = "device-mqtt";
 
+/// The client ID of device-mqtt's durable consumer of device telemetry.
+pub const TELEMETRY_CLIENT: &str = "outpost-device-mqtt-telemetry";
+
 /// `[device_mqtt.driver]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -286,7 +289,7 @@ impl Driver for Mqtt {
                 &broker,
                 &ctx.data_dir,
                 SERVICE,
-                Options::durable("outpost-device-mqtt-telemetry", self.cfg.receive_maximum),
+                Options::durable(TELEMETRY_CLIENT, self.cfg.receive_maximum),
                 &[format!("{TELEMETRY_PREFIX}/#")],
                 &ctx.shutdown,
             )

@@ -19,7 +19,7 @@ use crate::store::StoreError;
 /// The category of notifications raised by rules alerts.
 pub const CATEGORY: &str = "rules-alert";
 /// The persistent session of the consumer.
-const SESSION: &str = "support-notifications-alerts";
+pub const SESSION: &str = "support-notifications-alerts";
 
 /// The notification an alert raises.
 pub fn notification(a: &Alert) -> Notification {
