@@ -453,6 +453,12 @@ async fn a_whole_node_kill_9_while_core_data_is_behind_loses_no_acknowledged_eve
         stored_since >= behind as f64,
         "the backlog was stored after the kill ({stored_since} < {behind})"
     );
+    // A duplicate is a redelivery of what the old node stored: never more than that.
+    let stored_before = count(&node, "event/count/device/name/w1").await as f64 - stored_since;
+    assert!(
+        duplicates <= stored_before,
+        "{duplicates} duplicates counted, but the old node stored only {stored_before}"
+    );
     node.stop();
 }
 
@@ -512,13 +518,26 @@ async fn a_full_disk_stops_acknowledgements_loses_nothing_and_ingest_resumes_wit
         },
     )
     .await;
-    // Acknowledgements have stopped: the publisher waits.
+    // Acknowledgements have stopped: the publisher waits. Once the broker has tried the
+    // write again (an acknowledgement sent before the disk filled has arrived by then),
+    // and twice more after that, still finding no room, nothing more was acknowledged.
+    let waits = || node.metric(&broker, "outpost_mqtt_broker_journal_append_waits_total");
+    let tried_again = async |times: f64| {
+        let from = waits().await;
+        eventually(
+            "the broker to try the journal again",
+            Duration::from_secs(60),
+            || async { waits().await >= from + times },
+        )
+        .await;
+    };
+    tried_again(1.0).await;
     let stalled = publisher.count();
     assert!(
         stalled > 100,
         "only {stalled} acknowledged before the disk filled"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tried_again(2.0).await;
     assert_eq!(
         publisher.count(),
         stalled,
@@ -767,15 +786,16 @@ async fn device_rest_answers_2xx_only_for_what_survives_random_kill_9() {
     let url = format!("{}/api/v3/resource/rk/Label", node.url(node.ports.rest));
     // A device: its token, and the node CA to trust.
     let http = node.tls_client(None);
-    eventually("device-rest knows rk", Duration::from_secs(20), || async {
-        http.post(&url)
-            .bearer_auth(token)
-            .body("ready")
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
+    node.wait_log(&["device-rest", "device added", "device=rk"])
+        .await;
+    let r = http
+        .post(&url)
+        .bearer_auth(token)
+        .body("ready")
+        .send()
+        .await
+        .expect("device-rest answers");
+    assert!(r.status().is_success(), "{}", r.status());
 
     // A device posting values one after another; a 2xx answer counts it as acknowledged.
     let poster = Sender::start(move |n| {

@@ -124,6 +124,12 @@ async fn killed_service_restarts_and_loses_nothing() {
         stored > 0.0 && stored <= (3000 - at_kill) as f64,
         "the restarted core-data stored the rest, and only that ({stored})"
     );
+    // A duplicate is a redelivery of what the old process stored: never more than that.
+    assert!(
+        duplicates <= 3000.0 - stored,
+        "{duplicates} duplicates counted, but the old core-data stored only {}",
+        3000.0 - stored
+    );
     let log = node.log();
     assert!(
         log.contains("exited unexpectedly"),

@@ -794,7 +794,7 @@ async fn an_agent_killed_mid_install_resumes_from_its_step_and_sends_its_reports
         std::fs::read(dir.path().join("state/slot-b/payload")).expect("payload"),
         data
     );
-    // Back online: the kept reports are delivered, in order, and the rollout counts it.
+    // Back online: the kept report is delivered, and the rollout counts it.
     let _online = agent_group(&node, &server, dir.path(), &health);
     eventually_v("the report delivered", &rollout, |v| {
         v["counts"]["succeeded"] == 1

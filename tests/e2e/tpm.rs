@@ -25,7 +25,7 @@ fn refused_with(node: &Node, tcti: &str) -> String {
         .arg("--data-dir")
         .arg(node.data_dir())
         .arg("up");
-    let mut child = spawn_logged(&mut up, &log, "outpost up");
+    let mut child = crate::support::Spawned(spawn_logged(&mut up, &log, "outpost up"));
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
