@@ -117,6 +117,17 @@ if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
 fi
 
 if [[ "${1:-}" == "--test" ]]; then
+  # The README's quick start installs pymodbus with pip; its test (tests/e2e/readme.rs)
+  # lets pip take it from here instead of the network.
+  wheels="$(cd "$(dirname "$0")/.." && pwd)/target/peers/wheels"
+  if ! ls "$wheels"/pymodbus-3.16.1-*.whl >/dev/null 2>&1; then
+    echo "Downloading the pymodbus wheel for the README's test"
+    "$(dirname "$0")/../target/peers/pymodbus/bin/pip" download --quiet \
+      --disable-pip-version-check --no-deps --dest "$wheels" "pymodbus==3.16.1"
+  fi
+fi
+
+if [[ "${1:-}" == "--test" ]]; then
   # The API property tests' client (tests/e2e/api_properties.rs runs
   # target/peers/schemathesis/bin/schemathesis).
   pinned_venv schemathesis schemathesis 4.32.5

@@ -97,10 +97,7 @@ async fn a_second_node_on_busy_ports_refuses_to_start_and_a_closed_pipe_ends_the
             "Way in: https://127.0.0.1:{} (trust {}",
             node.ports.gateway,
             node.data_dir().join("tls/ca.pem").display()
-        )) && banner.contains(&format!(
-            "Try: outpost --data-dir {} services",
-            node.data_dir().display()
-        )),
+        )) && banner.contains("Try: outpost services"),
         "{banner}"
     );
     // A second node with the same ports (another data dir): one line per busy socket, a
@@ -133,6 +130,12 @@ async fn a_second_node_on_busy_ports_refuses_to_start_and_a_closed_pipe_ends_the
         )) && stderr.contains(&format!("127.0.0.1:{} (mqtt)", node.ports.mqtt)),
         "{stderr}"
     );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.trim_start().starts_with("core-data cannot listen on")),
+        "one line per busy socket: {stderr}"
+    );
     assert!(!stdout.contains("up in"), "no success banner: {stdout}");
     assert!(
         !other.path().join("run/core-data.pid").exists(),
@@ -157,6 +160,72 @@ async fn a_second_node_on_busy_ports_refuses_to_start_and_a_closed_pipe_ends_the
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_cli_finds_the_node_its_user_started_with_neither_data_dir_nor_config() {
+    // A node with its own data dir and ports (none of them the defaults).
+    let mut node = Node::start("").await;
+    let (runtime, home) = (node.runtime_dir(), node.cli_home());
+    let bare = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env_remove("OUTPOST_DATA_DIR")
+            .env_remove("OUTPOST_CONFIG")
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .env("XDG_CONFIG_HOME", &home)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The node recorded where it runs; the CLI reads the node's own configuration for its
+    // gateway's port.
+    let data_dir = node.data_dir().canonicalize().expect("data dir");
+    let (code, out, err) = bare(&["status"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(&format!("Node: running on {}", data_dir.display()))
+            && out.contains(&format!("Way in: https://127.0.0.1:{}", node.ports.gateway)),
+        "{out}"
+    );
+    let (code, out, err) = bare(&["whoami", "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("\"admin\""), "{out}");
+    // Stopped, the node is no longer found (its record, if it could not remove it, names
+    // a data dir no node runs on).
+    node.stop();
+    let (_, out, _) = bare(&["status"]);
+    assert!(!out.contains(&data_dir.display().to_string()), "{out}");
+}
+
+#[tokio::test]
+async fn a_gateway_the_cli_does_not_trust_is_said_to_be_untrusted_not_down() {
+    let node = Node::start("").await;
+    let other = crate::support::tempdir();
+    let paths = outpost_pki::Paths::new(other.path());
+    outpost_pki::issue_client_cert(&paths, "admin", 1).expect("another CA");
+    let gateway = format!("https://127.0.0.1:{}", node.ports.gateway);
+    let (code, out, err) = node.cli_code(&[
+        "--gateway",
+        &gateway,
+        "--ca",
+        &paths.ca_cert.display().to_string(),
+        "--token",
+        "opk_whatever",
+        "device",
+        "list",
+    ]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("is not the node the CLI trusts") && err.contains("--ca FILE"),
+        "{err}"
+    );
+    assert!(!err.contains("is the node up"), "{err}");
 }
 
 #[test]
@@ -247,6 +316,19 @@ async fn mistakes_get_an_answer_that_says_what_to_do_and_an_exit_status_scripts_
     assert_eq!(page["readings"].as_array().map(Vec::len), Some(0), "{out}");
     let (code, _, err) = node.cli_code(&["device", "show", "t11"]);
     assert_eq!(code, NOT_FOUND, "{err}");
+    assert!(err.contains("(did you mean 't1'?)"), "{err}");
+    // A misspelt profile: refused (a bad reference, as in EdgeX), with the nearest name.
+    let (code, _, err) = node.cli_code(&[
+        "device",
+        "add",
+        "t9",
+        "--profile",
+        "Thermostt",
+        "--service",
+        "device-mqtt",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("did you mean 'Thermostat'?"), "{err}");
     // core-command names the misspelt command when the device service cannot answer
     // (it is not reachable here: a real command gets 503 and the general failure status).
     let (code, _, err) = node.cli_code(&["command", "t1", "Temprature"]);
@@ -278,6 +360,23 @@ async fn mistakes_get_an_answer_that_says_what_to_do_and_an_exit_status_scripts_
         "{out}"
     );
     assert!(!err.contains("unknown key"), "{err}");
+
+    // Wide: the protocols, autoEvents and last change too; an output it does not have is
+    // a usage error that lists the ones it has.
+    let out = node.cli_ok(&["device", "list", "-o", "wide"]);
+    let header = out.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("PROTOCOLS") && header.contains("AUTO EVENTS"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("t1 ") && l.contains("ago")),
+        "{out}"
+    );
+    let (code, _, err) = node.cli_code(&["device", "list", "-o", "yaml"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("wide"), "{err}");
 
     // A device for people, and with --json every field; a generated secret as JSON.
     let out = node.cli_ok(&["device", "show", "t1"]);

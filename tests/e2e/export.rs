@@ -50,7 +50,7 @@ impl Cloud {
         format!("https://127.0.0.1:{}", self.port)
     }
 
-    fn command(&self) -> Command {
+    pub(crate) fn command(&self) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.arg("--data-dir")
             .arg(self.data_dir())
@@ -465,14 +465,47 @@ async fn an_outage_is_ridden_out_and_the_backlog_drains_in_order_when_the_cloud_
         },
     )
     .await;
+    // For people: items, size against the bound in units, the oldest item's age.
     let out = node.cli_ok(&["export", "status"]);
-    assert!(out.contains("failing") && out.contains("300"), "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.contains("failing"))
+        .unwrap_or_else(|| panic!("no failing destination:\n{out}"));
+    assert!(
+        row.contains(" 300 ") && row.contains(" / ") && row.contains("iB"),
+        "{out}"
+    );
+    // Watched, the table comes again when the backlog has drained.
+    let mut watch = node.cli_command(&["export", "status", "--watch"]);
+    let mut watch = Spawned(
+        watch
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("export status --watch"),
+    );
+    let lines = crate::support::line_channel(watch.stdout.take().expect("stdout"));
+    let seen = |what: &str, pred: &dyn Fn(&str) -> bool| loop {
+        match lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) if pred(&l) => return,
+            Ok(_) => {}
+            Err(_) => panic!("export status --watch never showed {what}"),
+        }
+    };
+    seen("the outage", &|l| {
+        l.contains("failing") && l.contains(" 300 ")
+    });
 
     cloud.launch().await;
     eventually("the backlog to drain", Duration::from_secs(20), || async {
         status(&node).await["queue"]["items"] == 0
     })
     .await;
+    seen("the drained queue", &|l| {
+        let cells: Vec<&str> = l.split_whitespace().collect();
+        cells.get(2) == Some(&"0") && l.ends_with(" ok")
+    });
+    drop(watch);
     let got = cloud.values("edge-2", "pump").await;
     assert_eq!(got.len(), 301);
     assert!(got.values().all(|c| *c == 1));
@@ -696,6 +729,79 @@ async fn the_cloud_keeps_only_what_its_retention_allows() {
     .await;
     assert_eq!(cloud.values("edge-r", "m-r").await, newest);
     drop(node);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cloud_says_where_to_go_and_refuses_to_start_twice_or_on_a_busy_port() {
+    let mut cloud = Cloud::start().await;
+    // The banner: its URL, the admin token, the CA, how to enroll an edge.
+    let banner = cloud.log();
+    assert!(
+        banner.contains("Outpost cloud node at https://")
+            && banner.contains(&format!(":{}", cloud.port))
+            && banner.contains(
+                &cloud
+                    .data_dir()
+                    .join("secrets/cloud-admin.token")
+                    .display()
+                    .to_string()
+            )
+            && banner.contains("/api/v3/ca.pem")
+            && banner.contains("outpost cloud enroll NAME"),
+        "{banner}"
+    );
+    let second = |cmd: &mut Command| {
+        let out = cmd.arg("cloud").stdin(Stdio::null()).output().expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // A second cloud node on the same data dir (another port): one line, no banner.
+    let mut same_dir = cloud.command();
+    same_dir
+        .arg("--set")
+        .arg(format!("cloud.port={}", free_port()));
+    let (code, err) = second(&mut same_dir);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("a cloud node already runs on") && !err.contains("Outpost cloud node at"),
+        "{err}"
+    );
+    // Another data dir on the same port: the port is named, no banner.
+    let other = crate::support::tempdir();
+    let mut same_port = Command::new(BIN);
+    same_port
+        .arg("--data-dir")
+        .arg(other.path().join("data"))
+        .arg("--set")
+        .arg(format!("cloud.port={}", cloud.port));
+    let (code, err) = second(&mut same_port);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on 0.0.0.0:{}", cloud.port))
+            || err.contains(&format!(":{} (", cloud.port)),
+        "{err}"
+    );
+    assert!(!err.contains("Outpost cloud node at"), "{err}");
+    // A data dir anyone may write to: refused before anything starts.
+    let open = other.path().join("open");
+    std::fs::create_dir_all(&open).expect("mkdir");
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    let mut open_dir = Command::new(BIN);
+    open_dir
+        .arg("--data-dir")
+        .arg(&open)
+        .arg("--set")
+        .arg(format!("cloud.port={}", free_port()));
+    let (code, err) = second(&mut open_dir);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("anyone may write to it") && !err.contains("Outpost cloud node at"),
+        "{err}"
+    );
+    cloud.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,7 @@ mod modbus;
 mod mqtt_devices;
 mod ota;
 mod outage;
+mod readme;
 mod registry;
 mod rest_devices;
 mod sandbox;

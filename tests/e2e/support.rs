@@ -314,6 +314,12 @@ impl Node {
         self.dir.path().join("data")
     }
 
+    /// The node's and its CLI's `XDG_RUNTIME_DIR`, where the node records itself for the
+    /// CLI (its own, so test nodes never write the machine's `/run/outpost`).
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir.path().join("xdg-runtime")
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("node.log")
     }
@@ -325,7 +331,8 @@ impl Node {
             .arg(&self.config)
             .arg("--data-dir")
             .arg(self.data_dir())
-            .arg("up");
+            .arg("up")
+            .env("XDG_RUNTIME_DIR", self.runtime_dir());
         self.child = Some(spawn_logged(&mut up, &self.log_path(), "outpost up"));
         if self.scheme == "https" {
             let admin = self.data_dir().join("tls/clients/admin.pem");
@@ -565,14 +572,15 @@ impl Node {
     }
 
     /// The CLI pointed at this node, with `args`.
-    fn cli_command(&self, args: &[&str]) -> Command {
+    pub fn cli_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.arg("--config")
             .arg(&self.config)
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(args)
-            .env("XDG_CONFIG_HOME", self.cli_home());
+            .env("XDG_CONFIG_HOME", self.cli_home())
+            .env("XDG_RUNTIME_DIR", self.runtime_dir());
         cmd
     }
 
@@ -1273,4 +1281,19 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
+}
+
+/// The lines a child prints on `out`, as they come.
+pub fn line_channel(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }

@@ -362,6 +362,9 @@ enum ExportCmd {
         /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
+        /// Print it again each time it changes (every 2 s at most), until interrupted.
+        #[arg(long, short = 'w')]
+        watch: bool,
     },
 }
 
@@ -557,6 +560,9 @@ enum DeviceCmd {
         /// Print JSON (the API's answer) instead of a table.
         #[arg(long)]
         json: bool,
+        /// `wide`: also each device's protocols, autoEvents and last change.
+        #[arg(short = 'o', long = "output", value_parser = ["wide"])]
+        output: Option<String>,
     },
     /// Show one device.
     Show {
@@ -667,6 +673,9 @@ enum GroupCmd {
     Show {
         /// The group.
         name: String,
+        /// Print JSON (the API's answer: the group and its members) instead of names.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a group (its devices stay).
     Rm {
@@ -708,7 +717,7 @@ enum EventsCmd {
 
 fn main() -> ExitCode {
     outpost_kit::http::install_tls_provider();
-    let args = Args::parse();
+    let mut args = Args::parse();
     match &args.command {
         Command::Config(ConfigCmd::Default) => {
             print!("{}", config::DEFAULT_TOML);
@@ -729,7 +738,32 @@ fn main() -> ExitCode {
         Command::Actuate { ref values, .. } => (&[], [&args.set[..], values].concat()),
         _ => (&args.set, Vec::new()),
     };
-    let cfg = match NodeConfig::load(args.config.as_deref(), overrides) {
+    // A command for a running node, given no data dir, talks to the node its user started
+    // last (else the default data dir's), and reads that node's own configuration when it
+    // is given none: ports and addresses as the node has them.
+    let serves = matches!(
+        args.command,
+        Command::Up
+            | Command::Run { .. }
+            | Command::Probe { .. }
+            | Command::SandboxCheck { .. }
+            | Command::Config(_)
+            | Command::Completions { .. }
+            | Command::Man { .. }
+            | Command::Keys(_)
+            | Command::Cloud { .. }
+    );
+    let data_dir = match args.data_dir.take() {
+        Some(d) => d,
+        None if !serves => session::locate_node(config::default_data_dir()),
+        None => config::default_data_dir(),
+    };
+    let config_file = match args.config.take() {
+        Some(f) => Some(f),
+        None if !serves => session::running_config(&data_dir),
+        None => None,
+    };
+    let cfg = match NodeConfig::load(config_file.as_deref(), overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("outpost: {e}");
@@ -740,7 +774,6 @@ fn main() -> ExitCode {
     if let Ok(setting) = cfg.security.tpm_setting() {
         outpost_storage::protect::install(setting);
     }
-    let data_dir = args.data_dir.unwrap_or_else(config::default_data_dir);
     match args.command {
         Command::Config(ConfigCmd::Check) => {
             println!("configuration is valid");
@@ -797,7 +830,7 @@ fn main() -> ExitCode {
                 ExitCode::from(runner::EXIT_CONFIG as u8)
             }
         },
-        Command::Up => match unprivileged(&cfg, &data_dir) {
+        Command::Up => match up_unprivileged(&cfg, &data_dir) {
             Ok(run_as) => {
                 outpost_kit::telemetry::init_logs(&cfg.log);
                 block_on(supervisor::up(cfg, data_dir, run_as))
@@ -814,7 +847,22 @@ fn main() -> ExitCode {
                 Ok(_) => {
                     let mut cfg = cfg;
                     cfg.security.internal_tls = false;
-                    // As `outpost up`: a port in use is said once, and nothing starts.
+                    // As `outpost up`: a cloud node already running, a data dir that
+                    // cannot be used, a port in use: said once each, and nothing starts.
+                    let id = outpost_kit::registry::instance_id(cloud.name(), &cfg.node.instance);
+                    let lock = data_dir.join("run").join(format!("{id}.lock"));
+                    if session::lock_held(&lock) == Some(true) {
+                        eprintln!(
+                            "outpost: a cloud node already runs on {} (stop it first, or give \
+                             this one another --data-dir)",
+                            data_dir.display()
+                        );
+                        return ExitCode::FAILURE;
+                    }
+                    if let Err(e) = outpost_storage::ensure_private_dir(&data_dir) {
+                        eprintln!("outpost: cannot use the data dir: {e}");
+                        return ExitCode::from(runner::EXIT_CONFIG as u8);
+                    }
                     let busy = supervisor::busy_sockets(&cfg, [cloud]);
                     if !busy.is_empty() {
                         for line in busy {
@@ -920,6 +968,17 @@ fn cloud_banner(cfg: &NodeConfig, data_dir: &std::path::Path) {
          edge's export destination (kind = \"cloud\")"
     );
     eprintln!("  Try: outpost cloud edges");
+}
+
+/// `outpost up`'s start: the node recorded for its user's CLI while still that user (it
+/// may become its service user next, which cannot write that user's files), then
+/// [`unprivileged`].
+fn up_unprivileged(
+    cfg: &NodeConfig,
+    data_dir: &std::path::Path,
+) -> Result<sandbox::RunAs, ExitCode> {
+    session::record_node(data_dir);
+    unprivileged(cfg, data_dir)
 }
 
 /// What `outpost up`, `outpost run` and the cloud node do before anything else: restrict
@@ -1031,15 +1090,14 @@ async fn client(
             profile,
             label,
             json,
+            output,
         }) => {
-            cli::devices::device_list(
-                &c,
-                service.as_deref(),
-                profile.as_deref(),
-                label.as_deref(),
-                json,
-            )
-            .await
+            let filter = cli::devices::DeviceFilter {
+                service: service.as_deref(),
+                profile: profile.as_deref(),
+                label: label.as_deref(),
+            };
+            cli::devices::device_list(&c, filter, json, output.is_some()).await
         }
         Command::Device(DeviceCmd::Show { name, json }) => {
             cli::devices::device_show(&c, &name, json).await
@@ -1070,8 +1128,8 @@ async fn client(
         Command::Device(DeviceCmd::Group(GroupCmd::List { json })) => {
             cli::enroll::group_list(&c, json).await
         }
-        Command::Device(DeviceCmd::Group(GroupCmd::Show { name })) => {
-            cli::enroll::group_show(&c, &name).await
+        Command::Device(DeviceCmd::Group(GroupCmd::Show { name, json })) => {
+            cli::enroll::group_show(&c, &name, json).await
         }
         Command::Device(DeviceCmd::Group(GroupCmd::Rm { name })) => {
             cli::enroll::group_rm(&c, &name).await
@@ -1106,7 +1164,9 @@ async fn client(
             push,
             json,
         } => cli::devices::command(&c, &device, &command, &settings, push, json).await,
-        Command::Export(ExportCmd::Status { json }) => cli::cloud::export_status(&c, json).await,
+        Command::Export(ExportCmd::Status { json, watch }) => {
+            cli::cloud::export_status(&c, json, watch).await
+        }
         Command::Notify(cmd) => cli::support::notify(&c, cmd).await,
         Command::Schedule(cmd) => cli::support::schedule(&c, cmd).await,
         Command::Ota(OtaCmd::Upload(u)) => cli::ota::upload(&c, u).await,
@@ -1181,7 +1241,12 @@ mod tests {
         fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
             for a in cmd.get_arguments() {
                 let id = a.get_id().as_str();
-                if a.is_hide_set() || id == "help" || id == "version" {
+                // clap's own --help and --version, not options named so.
+                let generated = matches!(
+                    a.get_action(),
+                    clap::ArgAction::Help | clap::ArgAction::Version
+                );
+                if a.is_hide_set() || generated {
                     continue;
                 }
                 if a.get_help().is_none() {

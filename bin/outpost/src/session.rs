@@ -316,6 +316,13 @@ pub fn unreachable(base: &str, e: &reqwest::Error) -> anyhow::Error {
         msg.push_str(&format!(": {s}"));
         src = s.source();
     }
+    if msg.contains("invalid peer certificate") || msg.contains("UnknownIssuer") {
+        return anyhow::anyhow!(
+            "{base} is not the node the CLI trusts: its certificate is not signed by the CA \
+             the CLI was given or keeps from `outpost login` ({msg}); pass that node's CA with \
+             --ca FILE (its <data dir>/tls/ca.pem, also at /api/v3/ca.pem), then log in again"
+        );
+    }
     anyhow::anyhow!("{msg}; is the node up (outpost up)?")
 }
 
@@ -368,10 +375,12 @@ pub fn generate_password() -> anyhow::Result<String> {
 /// Whether a node runs on `data_dir` (it holds the data dir's lock); `None` when this
 /// user cannot tell (the lock is the service user's and not this user's to open).
 pub fn node_running(data_dir: &Path) -> Option<bool> {
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .open(data_dir.join("run/outpost.lock"))
-    {
+    lock_held(&data_dir.join("run/outpost.lock"))
+}
+
+/// Whether a process holds the lock file `lock`; `None` when this user cannot tell.
+pub fn lock_held(lock: &Path) -> Option<bool> {
+    match std::fs::OpenOptions::new().write(true).open(lock) {
         Ok(f) => Some(matches!(
             f.try_lock(),
             Err(std::fs::TryLockError::WouldBlock)
@@ -379,6 +388,96 @@ pub fn node_running(data_dir: &Path) -> Option<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
         Err(_) => Some(false),
     }
+}
+
+/// Where a running node records its data dir for its user's CLI: `$XDG_RUNTIME_DIR/outpost`,
+/// else `/run/outpost` for root, else `~/.local/state/outpost`.
+fn record_file() -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        PathBuf::from(d).join("outpost")
+    } else if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+        PathBuf::from("/run/outpost")
+    } else {
+        PathBuf::from(std::env::var_os("HOME")?).join(".local/state/outpost")
+    };
+    Some(dir.join("node.json"))
+}
+
+/// What a running node records of itself for the CLI of its user.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Record {
+    data_dir: PathBuf,
+    pid: u32,
+}
+
+/// Records that this process runs the node on `data_dir`, so `outpost` without
+/// `--data-dir` finds it; best effort (a CLI given the data dir does not need it).
+pub fn record_node(data_dir: &Path) {
+    let Some(path) = record_file() else { return };
+    let data_dir = data_dir
+        .canonicalize()
+        .or_else(|_| std::path::absolute(data_dir))
+        .unwrap_or_else(|_| data_dir.to_path_buf());
+    // A node that runs keeps its record: a second start elsewhere may fail (its ports
+    // are taken) and must not hide the first from the CLI.
+    let current = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Record>(&b).ok());
+    if let Some(r) = current
+        && r.data_dir != data_dir
+        && node_running(&r.data_dir) == Some(true)
+    {
+        return;
+    }
+    let record = Record {
+        data_dir,
+        pid: std::process::id(),
+    };
+    let (Some(dir), Ok(json)) = (path.parent(), serde_json::to_vec(&record)) else {
+        return;
+    };
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&tmp, json))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::debug!(path = %path.display(), error = %e, "cannot record the node for the CLI");
+    }
+}
+
+/// Removes this process's record, if it is still this process's (and this process may:
+/// a node that became its service user leaves root's record, which names a data dir no
+/// node runs on once it stopped, and is passed over then).
+pub fn forget_node() {
+    let Some(path) = record_file() else { return };
+    let mine = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+        .is_some_and(|r| r.pid == std::process::id());
+    if mine {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The data dir of the node the CLI talks to when none is given: the node its user
+/// started last while it runs, else `default` (the default data dir).
+pub fn locate_node(default: PathBuf) -> PathBuf {
+    record_file()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+        .map(|r| r.data_dir)
+        .filter(|d| node_running(d) == Some(true))
+        .unwrap_or(default)
+}
+
+/// The configuration of the node running on `data_dir` (`run/config.toml`, what its
+/// services were given), when one runs there and this user may read it.
+pub fn running_config(data_dir: &Path) -> Option<PathBuf> {
+    let snapshot = data_dir.join("run/config.toml");
+    (node_running(data_dir) == Some(true) && std::fs::File::open(&snapshot).is_ok())
+        .then_some(snapshot)
 }
 
 /// Why the CLI found no node to talk to next to it, and what to do about it: the data dir

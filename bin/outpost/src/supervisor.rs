@@ -393,14 +393,8 @@ pub(crate) fn next_steps(
             data_dir.join("secrets/admin-password").display()
         ));
     }
-    let dir_flag = if data_dir == crate::config::default_data_dir().as_path() {
-        String::new()
-    } else {
-        format!(" --data-dir {}", data_dir.display())
-    };
-    out.push(format!(
-        "Try: outpost{dir_flag} services    (on this machine the CLI logs in by itself)"
-    ));
+    // The CLI of the user who started the node finds it by the node's record.
+    out.push("Try: outpost services    (on this machine the CLI logs in by itself)".to_string());
     if let Some(keys) = keys {
         out.push(format!("Keys at rest: {keys}"));
     }
@@ -555,9 +549,10 @@ pub async fn up(
     }
     if !busy.is_empty() {
         anyhow::bail!(
-            "cannot start: {}\nanother node or program listens there: stop it, or give this \
-             node other ports (`--set <service>.port=...`, `broker.listen`, `gateway.listen`)",
-            busy.join("; ")
+            "cannot start:\n  {}\nanother node or program listens there: stop it, or give \
+             this node other ports (`--set <service>.port=...`, `broker.listen`, \
+             `gateway.listen`)",
+            busy.join("\n  ")
         );
     }
     // Leftovers of a previous run that did not stop cleanly.
@@ -736,6 +731,7 @@ pub async fn up(
         }
     }
     let _ = std::fs::remove_file(run_dir.join("outpost.pid"));
+    crate::session::forget_node();
     match failure {
         Some(e) => Err(e),
         None => {

@@ -136,12 +136,15 @@ async fn edges(State(app): St) -> Result<Response, ApiError> {
 }
 
 async fn edge(State(app): St, Path(name): Path<String>) -> Result<Response, ApiError> {
-    let edge = app
+    let Some(edge) = app
         .store
         .edge(name.clone())
         .await
         .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found(format!("no edge {name}")))?;
+    else {
+        known_edge(&app, &name).await?;
+        return Err(ApiError::not_found(format!("no edge {name}")));
+    };
     Ok(Json(SortedKeys(EdgeResponse {
         base: BaseResponse::new(200),
         edge,
@@ -175,6 +178,8 @@ async fn revoke(State(app): St, Path(name): Path<String>) -> Result<Response, Ap
         .await
         .map_err(ApiError::internal)?
     {
+        // Never enrolled: the 404 of `known_edge`, with the nearest name.
+        known_edge(&app, &name).await?;
         return Err(ApiError::not_found(format!("no edge {name}")));
     }
     Ok(Json(BaseResponse::new(200)).into_response())

@@ -360,6 +360,18 @@ async fn an_enrolled_edge_ingests_once_and_its_data_can_be_queried() {
         v["message"], "no edge edge-2 (did you mean 'edge-1'?)",
         "{v}"
     );
+    // As are one edge's view and a revocation.
+    for (method, path) in [
+        ("GET", "/api/v3/edge/name/edge-2"),
+        ("DELETE", "/api/v3/edge/name/edge-2"),
+    ] {
+        let (status, v) = n.admin(method, path, None).await;
+        assert_eq!(status, 404, "{method} {path}: {v}");
+        assert_eq!(
+            v["message"], "no edge edge-2 (did you mean 'edge-1'?)",
+            "{v}"
+        );
+    }
 
     // The fleet view: what the edge sent and the backlog it reported last.
     let (_, v) = n.admin("GET", "/api/v3/edge/all", None).await;

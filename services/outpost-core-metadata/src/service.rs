@@ -244,9 +244,21 @@ impl Metadata {
         match self.store.by_name(T::KIND, name).await? {
             Some(doc) => from_doc(doc),
             None => Err(ApiError::not_found(format!(
-                "{} '{name}' does not exist",
-                T::KIND.label()
+                "{} '{name}' does not exist{}",
+                T::KIND.label(),
+                self.nearest(T::KIND, name).await
             ))),
+        }
+    }
+
+    /// " (did you mean 'x'?)" for a `kind` named `name` that does not exist, or nothing;
+    /// looks at the 1,000 most recently changed names at most.
+    async fn nearest(&self, kind: Kind, name: &str) -> String {
+        match self.store.list(kind, Filter::default(), 0, 1000).await {
+            Ok((_, docs)) => {
+                outpost_kit::edgex::did_you_mean(name, docs.iter().map(|d| d.name.as_str()))
+            }
+            Err(_) => String::new(),
         }
     }
 
@@ -772,16 +784,18 @@ impl Metadata {
         let Some(service) = service else {
             // A reference to nothing is a bad request (EdgeX: 400), not a missing route.
             return Err(ApiError::bad_request(format!(
-                "device service '{}' does not exist",
-                d.service_name
+                "device service '{}' does not exist{}",
+                d.service_name,
+                self.nearest(Kind::Service, &d.service_name).await
             )));
         };
         if !d.profile_name.is_empty() {
             let profile: Option<DeviceProfile> = self.find(&d.profile_name).await?;
             let Some(profile) = profile else {
                 return Err(ApiError::bad_request(format!(
-                    "device profile '{}' does not exist",
-                    d.profile_name
+                    "device profile '{}' does not exist{}",
+                    d.profile_name,
+                    self.nearest(Kind::Profile, &d.profile_name).await
                 )));
             };
             for ae in &d.auto_events {

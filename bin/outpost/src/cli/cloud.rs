@@ -10,62 +10,91 @@ use outpost_contracts::export::ExportStatus;
 use serde_json::Value;
 
 use super::client::{Client, enc, ok_or_message};
-use super::table::{ago, cell, show, show_table, table, time_of};
+use super::table::{ago, bytes, cell, show, show_table, span, table, time_of};
 use crate::config::NodeConfig;
 
-pub async fn export_status(c: &Client, json: bool) -> anyhow::Result<()> {
-    let v = c.get(outpost_export::SERVICE, "/export/status").await?;
+/// `outpost export status [--watch]`: each destination's queue and sender; with `watch`,
+/// again each time something changes, until interrupted.
+pub async fn export_status(c: &Client, json: bool, watch: bool) -> anyhow::Result<()> {
+    let mut last = None;
+    loop {
+        let v = c.get(outpost_export::SERVICE, "/export/status").await?;
+        let rows = export_rows(super::client::decode(v.clone())?);
+        if !watch {
+            if json {
+                super::table::print_json(&v);
+            } else {
+                table(&EXPORT_HEADERS, &rows);
+            }
+            return Ok(());
+        }
+        if last.as_ref() != Some(&rows) {
+            if json {
+                println!("{}", serde_json::to_string(&v).unwrap_or_default());
+            } else {
+                println!("{}", time_of(outpost_contracts::now_nanos()));
+                table(&EXPORT_HEADERS, &rows);
+                println!();
+            }
+            last = Some(rows);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+const EXPORT_HEADERS: [&str; 9] = [
+    "DESTINATION",
+    "KIND",
+    "QUEUED",
+    "SIZE",
+    "OLDEST",
+    "SENT",
+    "DROPPED",
+    "DEAD",
+    "STATE",
+];
+
+/// The table of `export status`: items queued (and how many of them are high priority),
+/// size against the bound, the oldest item's age, items sent, dropped (overflow and
+/// expiry), dead-lettered, and the sender's state.
+fn export_rows(status: ExportStatus) -> Vec<Vec<String>> {
     let now = outpost_contracts::now_millis();
-    show_table(
-        v,
-        json,
-        &[
-            "DESTINATION",
-            "KIND",
-            "QUEUED",
-            "SIZE",
-            "OLDEST",
-            "SENT",
-            "DROPPED",
-            "DEAD",
-            "STATE",
-        ],
-        |status: ExportStatus| {
-            status
-                .destinations
-                .into_iter()
-                .map(|d| {
-                    let (q, snd) = (&d.queue, &d.sender);
-                    let state = if snd.consecutive_failures > 0 {
-                        let retry = snd
-                            .next_retry_ms
-                            .and_then(|t| i64::try_from(t).ok())
-                            .map(|t| format!(", retry in {}s", ((t - now).max(0) + 999) / 1000))
-                            .unwrap_or_default();
-                        format!("failing ({}{retry})", cell(&snd.last_error))
-                    } else if snd.last_success_ms.is_none() {
-                        "idle".into()
-                    } else {
-                        "ok".into()
-                    };
-                    let oldest = q
-                        .oldest_age_ms
-                        .map_or_else(|| "-".into(), |ms| format!("{}s", ms / 1000));
-                    vec![
-                        d.name.clone(),
-                        cell(&d.kind),
-                        q.items.to_string(),
-                        format!("{} / {} KiB", q.bytes / 1024, q.max_bytes / 1024),
-                        oldest,
-                        snd.sent_items.to_string(),
-                        (q.dropped_overflow + q.expired).to_string(),
-                        snd.dead_lettered.to_string(),
-                        state,
-                    ]
-                })
-                .collect()
-        },
-    )
+    status
+        .destinations
+        .into_iter()
+        .map(|d| {
+            let (q, snd) = (&d.queue, &d.sender);
+            let state = if snd.consecutive_failures > 0 {
+                let retry = snd
+                    .next_retry_ms
+                    .and_then(|t| i64::try_from(t).ok())
+                    .map(|t| format!(", retry in {}s", ((t - now).max(0) + 999) / 1000))
+                    .unwrap_or_default();
+                format!("failing ({}{retry})", cell(&snd.last_error))
+            } else if snd.last_success_ms.is_none() {
+                "idle".into()
+            } else {
+                "ok".into()
+            };
+            let high = q
+                .priorities
+                .iter()
+                .filter(|p| p.priority == "high" && p.items > 0)
+                .map(|p| format!(" ({} high)", p.items))
+                .collect::<String>();
+            vec![
+                d.name.clone(),
+                cell(&d.kind),
+                format!("{}{high}", q.items),
+                format!("{} / {}", bytes(q.bytes), bytes(q.max_bytes)),
+                q.oldest_age_ms.map_or_else(|| "-".into(), span),
+                snd.sent_items.to_string(),
+                (q.dropped_overflow + q.expired).to_string(),
+                snd.dead_lettered.to_string(),
+                state,
+            ]
+        })
+        .collect()
 }
 
 /// A cloud node as its operator reaches it.

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::client::{Client, decode, enc, multi_status_entry, ok_or_message};
 use super::data::reading_value;
-use super::table::{cell, print_json, show, show_table, table, time_of};
+use super::table::{ago, cell, print_json, show, show_table, table, time_of};
 
 fn read_document(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
@@ -131,11 +131,13 @@ fn read_devices(text: &str) -> anyhow::Result<(Vec<Device>, Vec<String>)> {
 #[derive(clap::Args)]
 pub struct NewDevice {
     /// Devices from a file: an EdgeX device (YAML or JSON), a list of them, or EdgeX's `deviceList:` (see examples/devices.yaml).
-    #[arg(short = 'f', long = "file", conflicts_with_all = ["name", "profile", "service"])]
+    #[arg(short = 'f', long = "file", conflicts_with_all = ["name", "name_flag", "profile", "service"])]
     pub file: Option<std::path::PathBuf>,
     /// The device's name (unique; letters, digits and - _ . ~).
-    #[arg(long)]
     pub name: Option<String>,
+    /// The device's name (as `--name NAME`, the older form).
+    #[arg(long = "name", hide = true, conflicts_with = "name")]
+    pub name_flag: Option<String>,
     /// The device profile it follows (`outpost profile list`).
     #[arg(long)]
     pub profile: Option<String>,
@@ -210,7 +212,10 @@ pub async fn device_add(c: &Client, d: NewDevice) -> anyhow::Result<()> {
             devices
         }
         None => {
-            let name = d.name.context("--name is required (or -f FILE)")?;
+            let name = d
+                .name
+                .or(d.name_flag)
+                .context("the device's name is required (or -f FILE)")?;
             let service = d.service.context("--service is required (or -f FILE)")?;
             let mut protocols = parse_protocols(&d.protocols)?;
             if protocols.is_empty() {
@@ -278,42 +283,71 @@ pub async fn device_add(c: &Client, d: NewDevice) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Which devices `device list` shows.
+pub struct DeviceFilter<'a> {
+    pub service: Option<&'a str>,
+    pub profile: Option<&'a str>,
+    pub label: Option<&'a str>,
+}
+
+/// `device list`; `wide` adds each device's protocols, autoEvents and last change.
 pub async fn device_list(
     c: &Client,
-    service: Option<&str>,
-    profile: Option<&str>,
-    label: Option<&str>,
+    filter: DeviceFilter<'_>,
     json: bool,
+    wide: bool,
 ) -> anyhow::Result<()> {
-    let path = match (service, profile) {
+    let path = match (filter.service, filter.profile) {
         (Some(s), _) => format!("/device/service/name/{}?limit=-1", enc(s)),
         (None, Some(p)) => format!("/device/profile/name/{}?limit=-1", enc(p)),
-        (None, None) => match label {
+        (None, None) => match filter.label {
             Some(l) => format!("/device/all?limit=-1&labels={}", enc(l)),
             None => "/device/all?limit=-1".to_string(),
         },
     };
     let v = c.get(outpost_core_metadata::SERVICE, &path).await?;
-    show_table(
-        v,
-        json,
-        &["NAME", "PROFILE", "SERVICE", "ADMIN", "STATE", "LABELS"],
-        |all: MultiDevicesResponse| {
-            all.devices
-                .into_iter()
-                .map(|d| {
-                    vec![
-                        d.name,
-                        d.profile_name,
-                        d.service_name,
-                        cell(&d.admin_state),
-                        cell(&d.operating_state),
-                        d.labels.join(","),
-                    ]
-                })
-                .collect()
-        },
-    )
+    let mut headers = vec!["NAME", "PROFILE", "SERVICE", "ADMIN", "STATE", "LABELS"];
+    if wide {
+        headers.extend(["PROTOCOLS", "AUTO EVENTS", "CHANGED"]);
+    }
+    show_table(v, json, &headers, |all: MultiDevicesResponse| {
+        all.devices
+            .into_iter()
+            .map(|d| {
+                let mut row = vec![
+                    d.name.clone(),
+                    d.profile_name.clone(),
+                    d.service_name.clone(),
+                    cell(&d.admin_state),
+                    cell(&d.operating_state),
+                    d.labels.join(","),
+                ];
+                if wide {
+                    let protocols = d
+                        .protocols
+                        .iter()
+                        .map(|(p, props)| {
+                            let props = props
+                                .iter()
+                                .map(|(k, v)| format!("{k}={}", cell(v)))
+                                .collect::<Vec<_>>()
+                                .join(",");
+                            format!("{p}({props})")
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    let auto_events = d
+                        .auto_events
+                        .iter()
+                        .map(|a| format!("{}:{}", a.interval, a.source_name))
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    row.extend([protocols, auto_events, ago(d.modified)]);
+                }
+                row
+            })
+            .collect()
+    })
 }
 
 /// One device: its facts, one per line (with --json, every field as core-metadata keeps

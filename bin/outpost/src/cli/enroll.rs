@@ -169,6 +169,7 @@ pub async fn enroll(c: &Client, e: Enroll) -> anyhow::Result<()> {
         super::devices::device_add(
             c,
             NewDevice {
+                name_flag: None,
                 file: None,
                 name: Some(e.name.clone()),
                 profile: Some(profile.clone()),
@@ -394,15 +395,16 @@ pub async fn group_list(c: &Client, json: bool) -> anyhow::Result<()> {
     )
 }
 
-pub async fn group_show(c: &Client, name: &str) -> anyhow::Result<()> {
-    let g: GroupResponse = decode(
-        c.get(outpost_ota::SERVICE, &format!("/group/name/{}", enc(name)))
-            .await?,
-    )?;
-    for m in g.members {
-        println!("{m}");
-    }
-    Ok(())
+pub async fn group_show(c: &Client, name: &str, json: bool) -> anyhow::Result<()> {
+    let v = c
+        .get(outpost_ota::SERVICE, &format!("/group/name/{}", enc(name)))
+        .await?;
+    show(v, json, |g: GroupResponse| {
+        for m in g.members {
+            println!("{m}");
+        }
+        Ok(())
+    })
 }
 
 pub async fn group_rm(c: &Client, name: &str) -> anyhow::Result<()> {

@@ -130,7 +130,7 @@ pub fn rotate(data_dir: &Path) -> anyhow::Result<()> {
     if steps.is_empty() {
         anyhow::bail!("no keys under {}", data_dir.join("secrets").display());
     }
-    for step in &steps {
+    for (i, step) in steps.iter().enumerate() {
         let name = step.key.file_name().unwrap_or_default().to_string_lossy();
         let (old, new) = outpost_storage::rotating_secret(&step.key)
             .with_context(|| format!("cannot read {name} or make its successor"))?;
@@ -177,7 +177,12 @@ pub fn rotate(data_dir: &Path) -> anyhow::Result<()> {
         let done = done.join(", ");
         outpost_storage::finish_rotation(&step.key)
             .with_context(|| format!("cannot put the new {name} in place"))?;
-        println!("rotated {name}: {done} re-encrypted");
+        // A line per key as it is done: the progress of a rotation of many databases.
+        println!(
+            "[{}/{}] rotated {name}: {done} re-encrypted",
+            i + 1,
+            steps.len()
+        );
     }
     println!(
         "Every key rotated ({}); the old keys are gone.",

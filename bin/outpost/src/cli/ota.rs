@@ -15,7 +15,7 @@ use outpost_ota::manifest::{Manifest, SigningKey};
 use tokio::io::AsyncReadExt as _;
 
 use super::client::{Client, decode, enc};
-use super::table::{cell, show, show_table, table};
+use super::table::{show, show_table, table};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -95,6 +95,7 @@ pub struct Upload {
     /// The artifact's name (rollouts refer to it).
     #[arg(long)]
     pub name: String,
+    /// The artifact's version (any text; compared as it is, e.g. 2.1 or 2026.12-rc1).
     #[arg(long)]
     pub version: String,
     /// The signing key (ota-signing.key from `outpost ota keygen`).
@@ -252,9 +253,10 @@ pub async fn list(c: &Client, json: bool) -> anyhow::Result<()> {
 pub struct NewRollout {
     /// The rollout's name.
     pub name: String,
-    /// The artifact's name and version.
+    /// The artifact's name (`outpost ota list`).
     #[arg(long)]
     pub artifact: String,
+    /// The artifact's version.
     #[arg(long)]
     pub version: String,
     /// Target devices by name (repeatable)...
@@ -337,8 +339,10 @@ pub async fn rollout_create(c: &Client, r: NewRollout) -> anyhow::Result<()> {
         .await?;
     let rollout: RolloutView = decode(answer)?;
     println!(
-        "created rollout {} to {} devices",
-        rollout.name, rollout.devices
+        "created rollout {} to {} device{}",
+        rollout.name,
+        rollout.devices,
+        if rollout.devices == 1 { "" } else { "s" }
     );
     print_rollout(&rollout);
     Ok(())
@@ -374,7 +378,7 @@ fn print_rollout(r: &RolloutView) {
             };
             let mut row = vec![
                 format!("{}{open}", p.phase),
-                cell(&p.percent),
+                p.percent.map_or_else(|| "-".into(), |v| format!("{v}%")),
                 p.devices.to_string(),
             ];
             row.extend(

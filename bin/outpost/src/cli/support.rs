@@ -24,7 +24,7 @@ pub enum NotifyCmd {
         #[arg(long = "label")]
         labels: Vec<String>,
         /// MINOR, NORMAL or CRITICAL (CRITICAL ones are escalated when nobody takes them).
-        #[arg(long, default_value = "NORMAL")]
+        #[arg(long, default_value = "NORMAL", value_parser = ["MINOR", "NORMAL", "CRITICAL"])]
         severity: String,
         /// Who raises it.
         #[arg(long, default_value = "operator")]
@@ -60,7 +60,7 @@ pub enum NotifyCmd {
     /// Deliveries and their attempts, newest first.
     Transmissions {
         /// SENT, FAILED, RESENDING, ESCALATED or ACKNOWLEDGED.
-        #[arg(long)]
+        #[arg(long, value_parser = ["SENT", "FAILED", "RESENDING", "ESCALATED", "ACKNOWLEDGED"])]
         status: Option<String>,
         /// Most to show (-1: the service's maximum).
         #[arg(long, default_value_t = 20, allow_negative_numbers = true)]
@@ -360,7 +360,7 @@ pub enum ScheduleCmd {
         #[arg(long)]
         job: Option<String>,
         /// SUCCEEDED, FAILED or MISSED.
-        #[arg(long)]
+        #[arg(long, value_parser = ["SUCCEEDED", "FAILED", "MISSED"])]
         status: Option<String>,
         /// Most to show (-1: the service's maximum).
         #[arg(long, default_value_t = 20, allow_negative_numbers = true)]

@@ -95,6 +95,33 @@ pub(crate) fn ago(millis: i64) -> String {
     }
 }
 
+/// A size for people: `512 B`, `1.5 KiB`, `256 MiB`.
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    let digits = if v < 10.0 && v.fract() >= 0.05 { 1 } else { 0 };
+    format!("{v:.digits$} {}", UNITS[unit])
+}
+
+/// A duration for people: `45s`, `12m 5s`, `3h 20m`, `2d 4h`.
+pub(crate) fn span(millis: u64) -> String {
+    let s = millis / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m {}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
 pub(crate) fn time_of(nanos: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap_or(0));
     humantime::format_rfc3339_millis(t).to_string()
@@ -103,6 +130,19 @@ pub(crate) fn time_of(nanos: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_and_spans_read_as_people_write_them() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(256 * 1024 * 1024), "256 MiB");
+        assert_eq!(bytes(10 * 1024 * 1024 + 1), "10 MiB");
+        assert_eq!(span(45_000), "45s");
+        assert_eq!(span(725_000), "12m 5s");
+        assert_eq!(span(12_000_000), "3h 20m");
+        assert_eq!(span(187_200_000), "2d 4h");
+    }
 
     #[test]
     fn cells_read_as_the_json_they_came_from() {
