@@ -10,10 +10,11 @@
 # Installing Debian packages needs root; as another user the script uses sudo.
 set -euo pipefail
 
-# A C compiler and OpenSSL headers build the bundled SQLCipher.
-packages=(gcc libc6-dev pkg-config libssl-dev)
+# A C compiler and OpenSSL headers build the bundled SQLCipher. The README's first ten
+# minutes also use mosquitto's clients, curl and a Python virtual environment.
+packages=(gcc libc6-dev pkg-config libssl-dev mosquitto-clients curl python3 python3-venv)
 if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
-  packages+=(mosquitto mosquitto-clients python3 python3-venv curl tcpdump swtpm tpm2-tools)
+  packages+=(mosquitto tcpdump swtpm tpm2-tools)
   # Containers (deploy/): podman runs them here with runc; the static binary of the image
   # links OpenSSL's libcrypto from its archive (libssl-dev).
   # catatonit: the pause process of the pods `podman kube play` makes; netavark and
