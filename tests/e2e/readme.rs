@@ -203,6 +203,15 @@ impl Session {
     }
 }
 
+/// A directory made as a mount point, removed when dropped if it is empty then.
+struct MountPoint(&'static str);
+
+impl Drop for MountPoint {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(self.0);
+    }
+}
+
 /// What `scripts/up.sh ARGS` runs, or `None` for any other command.
 fn up_args(command: &str) -> Option<&str> {
     command
@@ -246,11 +255,16 @@ fn the_readmes_first_ten_minutes_run_as_written() {
     ] {
         std::os::unix::fs::symlink(to, link).expect("symlink");
     }
-    // Mount points for the node's tmpfs data dir and its record; empty directories on the
-    // machine, covered in the namespace.
-    for d in ["/var/lib/outpost", "/run/outpost"] {
-        std::fs::create_dir_all(d).expect("mount point");
-    }
+    // Mount points for the node's tmpfs data dir and its record: covered in the
+    // namespace; those made here are removed again (empty) when the test ends.
+    let _made: Vec<MountPoint> = ["/var/lib/outpost", "/run/outpost"]
+        .into_iter()
+        .filter(|d| !Path::new(d).exists())
+        .map(|d| {
+            std::fs::create_dir_all(d).expect("mount point");
+            MountPoint(d)
+        })
+        .collect();
 
     let mut sh = Session::start(dir.path());
     sh.quiet("ip link set lo up");
@@ -301,11 +315,14 @@ fn the_readmes_first_ten_minutes_run_as_written() {
             }
             assert!(
                 reads(&step.command) && Instant::now() < deadline,
-                "$ {}\nprinted (exit {rc}):\n{}\nthe README shows:\n{}\n\nthe session so far:\n{}",
+                "$ {}\nprinted (exit {rc}):\n{}\nthe README shows:\n{}\n\nthe session so \
+                 far:\n{}\n\nthe node's log:\n{}",
                 step.command,
                 out.join("\n"),
                 step.expected.join("\n"),
-                sh.transcript
+                sh.transcript,
+                std::fs::read_to_string(format!("{logs}/up-{node_started}.log"))
+                    .unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(500));
         }

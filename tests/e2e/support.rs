@@ -326,6 +326,14 @@ impl Node {
 
     /// Starts `outpost up` and waits until every service answers.
     pub async fn launch(&mut self) {
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(self.runtime_dir())
+                .expect("the node's runtime dir");
+        }
         let mut up = Command::new(BIN);
         up.arg("--config")
             .arg(&self.config)

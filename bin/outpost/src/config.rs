@@ -90,13 +90,24 @@ impl NodeConfig {
             self.bus.url.clone_from(&embedded);
         }
         self.bus.journal = self.broker.enabled && self.bus.url == embedded;
-        if self.broker.durable_consumers.is_empty() {
-            self.broker.durable_consumers = self.own_durable_consumers();
+        // The node's own, beside any configured (a configured one of the same client ID
+        // stands).
+        for own in self.own_durable_consumers() {
+            if !self
+                .broker
+                .durable_consumers
+                .iter()
+                .any(|c| c.client == own.client)
+            {
+                self.broker.durable_consumers.push(own);
+            }
         }
     }
 
-    /// The node's own durable consumers that are enabled, as they subscribe: what the
-    /// broker journals for from its first start (`broker.durable_consumers`).
+    /// The node's own durable consumers, as they subscribe: what the broker journals for
+    /// from its first start (`broker.durable_consumers`). device-mqtt's whether or not this
+    /// configuration enables it (in containers the broker's is not device-mqtt's), unless
+    /// its devices use a broker of their own; one that never connects is forgotten.
     fn own_durable_consumers(&self) -> Vec<outpost_broker::config::DurableConsumer> {
         use outpost_contracts::topics;
         let consumer = |client: String, filter: String| outpost_broker::config::DurableConsumer {
@@ -111,7 +122,7 @@ impl NodeConfig {
             topics::device_events(base),
         ));
         // On the node's bus only: a broker of the devices' own keeps no journal of ours.
-        if self.device_mqtt.enabled && self.device_mqtt.driver.broker_url.is_empty() {
+        if self.device_mqtt.driver.broker_url.is_empty() {
             own.push(consumer(
                 outpost_device_mqtt::TELEMETRY_CLIENT.to_string(),
                 format!("{}/#", topics::device::TELEMETRY_PREFIX),
@@ -342,27 +353,30 @@ mod tests {
         let own = |c: &str, f: &str| (c.to_string(), vec![f.to_string()]);
         let core_data = own("outpost-core-data", "edgex/events/device/#");
         let alerts = own("support-notifications-alerts", "edgex/alerts/#");
-        assert_eq!(clients(&[]), [core_data.clone(), alerts.clone()]);
-        assert_eq!(
-            clients(&["device_mqtt.enabled=true"]),
-            [
-                core_data.clone(),
-                own("outpost-device-mqtt-telemetry", "incoming/data/#"),
-                alerts
-            ]
-        );
+        let telemetry = own("outpost-device-mqtt-telemetry", "incoming/data/#");
+        let all = [core_data.clone(), telemetry.clone(), alerts.clone()];
+        assert_eq!(clients(&[]), all);
         // Devices on a broker of their own: nothing of theirs passes this one's journal.
         assert_eq!(
             clients(&[
-                "device_mqtt.enabled=true",
                 "device_mqtt.driver.broker_url=mqtt://devices:1883",
                 "support_notifications.enabled=false",
             ]),
-            [core_data]
+            std::slice::from_ref(&core_data)
         );
-        // Configured ones stand.
-        let set = clients(&[r#"broker.durable_consumers=[{client = "c", filters = ["t/#"]}]"#]);
-        assert_eq!(set, [own("c", "t/#")]);
+        // Configured ones come first and stand; the node's own are added.
+        let set = clients(&[
+            r#"broker.durable_consumers=[{client = "c", filters = ["t/#"]}, {client = "outpost-core-data", filters = ["x/#"]}]"#,
+        ]);
+        assert_eq!(
+            set,
+            [
+                own("c", "t/#"),
+                own("outpost-core-data", "x/#"),
+                telemetry,
+                alerts
+            ]
+        );
     }
 
     #[test]

@@ -752,18 +752,35 @@ fn main() -> ExitCode {
             | Command::Man { .. }
             | Command::Keys(_)
             | Command::Cloud { .. }
+            | Command::Ota(OtaCmd::Keygen { .. })
     );
     let data_dir = match args.data_dir.take() {
         Some(d) => d,
         None if !serves => session::locate_node(config::default_data_dir()),
         None => config::default_data_dir(),
     };
-    let config_file = match args.config.take() {
-        Some(f) => Some(f),
+    let given = args.config.take();
+    let from_node = match &given {
         None if !serves => session::running_config(&data_dir),
-        None => None,
+        _ => None,
     };
-    let cfg = match NodeConfig::load(config_file.as_deref(), overrides) {
+    let loaded = match (&given, &from_node) {
+        (Some(f), _) | (None, Some(f)) => NodeConfig::load(Some(f), overrides),
+        (None, None) => NodeConfig::load(None, overrides),
+    };
+    let loaded = match loaded {
+        // The running node's own configuration, unreadable to this binary (another
+        // version's): the defaults, with a word.
+        Err(e) if from_node.is_some() => {
+            eprintln!(
+                "outpost: warning: the running node's configuration cannot be read ({e}); \
+                 using the defaults (pass --config)"
+            );
+            NodeConfig::load(None, overrides)
+        }
+        other => other,
+    };
+    let cfg = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("outpost: {e}");
@@ -831,9 +848,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Up => match up_unprivileged(&cfg, &data_dir) {
-            Ok(run_as) => {
+            Ok((run_as, found)) => {
                 outpost_kit::telemetry::init_logs(&cfg.log);
-                block_on(supervisor::up(cfg, data_dir, run_as))
+                block_on(supervisor::up(cfg, data_dir, run_as, found))
             }
             Err(code) => code,
         },
@@ -972,13 +989,15 @@ fn cloud_banner(cfg: &NodeConfig, data_dir: &std::path::Path) {
 
 /// `outpost up`'s start: the node recorded for its user's CLI while still that user (it
 /// may become its service user next, which cannot write that user's files), then
-/// [`unprivileged`].
+/// [`unprivileged`]; with whether a CLI given no `--data-dir` finds the node.
 fn up_unprivileged(
     cfg: &NodeConfig,
     data_dir: &std::path::Path,
-) -> Result<sandbox::RunAs, ExitCode> {
-    session::record_node(data_dir);
-    unprivileged(cfg, data_dir)
+) -> Result<(sandbox::RunAs, bool), ExitCode> {
+    let canonical = |d: &std::path::Path| d.canonicalize().unwrap_or_else(|_| d.to_path_buf());
+    let found = session::record_node(data_dir)
+        || canonical(data_dir) == canonical(&config::default_data_dir());
+    Ok((unprivileged(cfg, data_dir)?, found))
 }
 
 /// What `outpost up`, `outpost run` and the cloud node do before anything else: restrict

@@ -316,7 +316,7 @@ pub fn unreachable(base: &str, e: &reqwest::Error) -> anyhow::Error {
         msg.push_str(&format!(": {s}"));
         src = s.source();
     }
-    if msg.contains("invalid peer certificate") || msg.contains("UnknownIssuer") {
+    if msg.contains("UnknownIssuer") || msg.contains("BadSignature") {
         return anyhow::anyhow!(
             "{base} is not the node the CLI trusts: its certificate is not signed by the CA \
              the CLI was given or keeps from `outpost login` ({msg}); pass that node's CA with \
@@ -390,18 +390,41 @@ pub fn lock_held(lock: &Path) -> Option<bool> {
     }
 }
 
-/// Where a running node records its data dir for its user's CLI: `$XDG_RUNTIME_DIR/outpost`,
-/// else `/run/outpost` for root, else `~/.local/state/outpost`.
+/// Where a running node records its data dir for its user's CLI: `$XDG_RUNTIME_DIR/outpost`
+/// when that directory is this user's (root keeps a user's `XDG_RUNTIME_DIR` under `su` or
+/// `sudo -E`: not trusted), else `/run/outpost` for root, else `~/.local/state/outpost`.
 fn record_file() -> Option<PathBuf> {
     use std::os::unix::fs::MetadataExt as _;
-    let dir = if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        PathBuf::from(d).join("outpost")
-    } else if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+    let uid = rustix::process::geteuid().as_raw();
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .filter(|d| std::fs::metadata(d).is_ok_and(|m| m.uid() == uid));
+    let dir = if let Some(d) = runtime {
+        d.join("outpost")
+    } else if uid == 0 {
         PathBuf::from("/run/outpost")
     } else {
         PathBuf::from(std::env::var_os("HOME")?).join(".local/state/outpost")
     };
     Some(dir.join("node.json"))
+}
+
+/// Whether `path` (the record, or its directory) is this user's alone: owned by it and
+/// writable by no one else, so no other user could have planted or changed it.
+fn own_alone(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let uid = rustix::process::geteuid().as_raw();
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.uid() == uid && m.mode() & 0o022 == 0)
+}
+
+/// The record at `path`, if it is this user's alone.
+fn read_record(path: &Path) -> Option<Record> {
+    let dir = path.parent()?;
+    if !(own_alone(dir) && own_alone(path)) {
+        return None;
+    }
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// What a running node records of itself for the CLI of its user.
@@ -413,37 +436,65 @@ struct Record {
 }
 
 /// Records that this process runs the node on `data_dir`, so `outpost` without
-/// `--data-dir` finds it; best effort (a CLI given the data dir does not need it).
-pub fn record_node(data_dir: &Path) {
-    let Some(path) = record_file() else { return };
+/// `--data-dir` finds it; best effort (a CLI given the data dir does not need it). Whether
+/// the record names this node now.
+pub fn record_node(data_dir: &Path) -> bool {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let Some(path) = record_file() else {
+        return false;
+    };
     let data_dir = data_dir
         .canonicalize()
         .or_else(|_| std::path::absolute(data_dir))
         .unwrap_or_else(|_| data_dir.to_path_buf());
     // A node that runs keeps its record: a second start elsewhere may fail (its ports
     // are taken) and must not hide the first from the CLI.
-    let current = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Record>(&b).ok());
-    if let Some(r) = current
+    if let Some(r) = read_record(&path)
         && r.data_dir != data_dir
         && node_running(&r.data_dir) == Some(true)
     {
-        return;
+        return false;
     }
     let record = Record {
         data_dir,
         pid: std::process::id(),
     };
     let (Some(dir), Ok(json)) = (path.parent(), serde_json::to_vec(&record)) else {
-        return;
+        return false;
     };
-    let tmp = path.with_extension("tmp");
-    let written = std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&tmp, json))
+    // A file of its own name made here (never one that exists, never through a link),
+    // then renamed over the record, in a directory only this user may write to.
+    let tmp = dir.join(format!("node.json.{}.tmp", std::process::id()));
+    let written = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| {
+            if own_alone(dir) {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("others may write to it"))
+            }
+        })
+        .and_then(|()| {
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
+            f.write_all(&json)
+        })
         .and_then(|()| std::fs::rename(&tmp, &path));
-    if let Err(e) = written {
-        tracing::debug!(path = %path.display(), error = %e, "cannot record the node for the CLI");
+    match written {
+        Ok(()) => true,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::debug!(path = %path.display(), error = %e, "cannot record the node for the CLI");
+            false
+        }
     }
 }
 
@@ -452,11 +503,7 @@ pub fn record_node(data_dir: &Path) {
 /// node runs on once it stopped, and is passed over then).
 pub fn forget_node() {
     let Some(path) = record_file() else { return };
-    let mine = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
-        .is_some_and(|r| r.pid == std::process::id());
-    if mine {
+    if read_record(&path).is_some_and(|r| r.pid == std::process::id()) {
         let _ = std::fs::remove_file(path);
     }
 }
@@ -465,8 +512,7 @@ pub fn forget_node() {
 /// started last while it runs, else `default` (the default data dir).
 pub fn locate_node(default: PathBuf) -> PathBuf {
     record_file()
-        .and_then(|p| std::fs::read(p).ok())
-        .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+        .and_then(|p| read_record(&p))
         .map(|r| r.data_dir)
         .filter(|d| node_running(d) == Some(true))
         .unwrap_or(default)

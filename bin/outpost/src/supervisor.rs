@@ -372,6 +372,7 @@ struct Supervised {
 pub(crate) fn next_steps(
     cfg: &NodeConfig,
     data_dir: &std::path::Path,
+    found: bool,
     keys: Option<&outpost_storage::protect::InForce>,
     running: impl Iterator<Item = Service>,
 ) -> Vec<String> {
@@ -393,8 +394,16 @@ pub(crate) fn next_steps(
             data_dir.join("secrets/admin-password").display()
         ));
     }
-    // The CLI of the user who started the node finds it by the node's record.
-    out.push("Try: outpost services    (on this machine the CLI logs in by itself)".to_string());
+    // The CLI of the user who started the node finds it by the node's record (or as the
+    // default data dir's); otherwise it is told where.
+    let dir_flag = if found {
+        String::new()
+    } else {
+        format!(" --data-dir {}", data_dir.display())
+    };
+    out.push(format!(
+        "Try: outpost{dir_flag} services    (on this machine the CLI logs in by itself)"
+    ));
     if let Some(keys) = keys {
         out.push(format!("Keys at rest: {keys}"));
     }
@@ -486,10 +495,13 @@ fn exposed_secrets(secrets: &Path) -> Vec<PathBuf> {
 }
 
 /// Runs the node until SIGINT/SIGTERM/SIGHUP.
+/// Runs the node on `data_dir` until it is told to stop; `found` says whether a CLI given
+/// no `--data-dir` finds it (its record written, or the default data dir).
 pub async fn up(
     cfg: NodeConfig,
     data_dir: PathBuf,
     run_as: crate::sandbox::RunAs,
+    found: bool,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     outpost_storage::ensure_private_dir(&data_dir)?;
@@ -529,13 +541,22 @@ pub async fn up(
         .write(true)
         .open(run_dir.join("outpost.lock"))
         .context("cannot open the node lock")?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            anyhow::bail!("another Outpost node is running on {}", data_dir.display())
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(e).context("cannot lock the data dir");
+    // A CLI asking whether a node runs holds the lock for a moment: a lock held for a
+    // second is a node's.
+    let mut tries = 0;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if tries < 20 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                anyhow::bail!("another Outpost node is running on {}", data_dir.display())
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).context("cannot lock the data dir");
+            }
         }
     }
     // Every socket must be free before anything starts: another node or program on a port
@@ -712,7 +733,8 @@ pub async fn up(
             };
             say!("  {:<width$} {addr:<48} pid {}{state}", s.svc.name(), s.pid);
         }
-        for line in next_steps(&cfg, &data_dir, Some(&keys), running.iter().map(|s| s.svc)) {
+        let services = running.iter().map(|s| s.svc);
+        for line in next_steps(&cfg, &data_dir, found, Some(&keys), services) {
             say!("{line}");
         }
         say!("{}", sandbox_line(&run_as, landlock));

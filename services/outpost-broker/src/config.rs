@@ -70,9 +70,10 @@ pub struct Config {
     pub journal_redeliver_s: u64,
     /// Durable consumers the journal keeps messages for from the broker's first start,
     /// before they ever connected: services started together (containers, Kubernetes)
-    /// may publish before the consumer of what they publish has subscribed. Empty: the
-    /// node's own (core-data, device-mqtt's telemetry, support-notifications' alerts, as
-    /// enabled); a consumer that never connects is forgotten after ten minutes.
+    /// may publish before the consumer of what they publish has subscribed. The node's
+    /// own (core-data, device-mqtt's telemetry on this broker, support-notifications'
+    /// alerts when enabled) are added to those listed; a consumer that never connects is
+    /// forgotten after ten minutes.
     pub durable_consumers: Vec<DurableConsumer>,
 }
 

@@ -44,8 +44,11 @@ impl BrokerEventHandler for Hooks {
 
     fn on_client_subscribe<'a>(
         &'a self,
-        _ev: ClientSubscribeEvent,
+        ev: ClientSubscribeEvent,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        if let Some(j) = &self.journal {
+            j.subscribed(&ev.client_id);
+        }
         self.subscribed.notify_one();
         Box::pin(async {})
     }

@@ -28,7 +28,7 @@
 //!   confirmation lost with a connection, or dropped from the consumer's in-memory queue)
 //!   is queued again for that consumer while it is connected.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -127,8 +127,10 @@ struct State {
     /// Sequence number at the journal's head: everything before it is released.
     head: u64,
     /// Consumers known from the configuration that have no session yet: what waits for
-    /// them is queued for them when they first register, since no session held it.
-    expected: HashSet<Arc<str>>,
+    /// them is queued for them when they first register, since no session held it; with
+    /// the sequence number their first subscription was made at, once it was (what came
+    /// after it was routed to them as it came).
+    expected: HashMap<Arc<str>, Option<u64>>,
 }
 
 struct Entry {
@@ -386,7 +388,7 @@ impl Journal {
             }
         }
         if !has_session {
-            self.lock().expected.insert(Arc::from(client));
+            self.lock().expected.insert(Arc::from(client), None);
         }
     }
 
@@ -418,15 +420,40 @@ impl Journal {
         tracing::info!(client, ?filters, "durable consumer registered");
         let client: Arc<str> = Arc::from(client);
         let mut st = self.lock();
-        st.consumers.insert(Arc::clone(&client), filters);
-        // Its first registration: what was journaled for it before it had a session is
-        // in no session's queue; it is queued now, in order.
-        if st.expected.remove(&client)
+        let changed = st
+            .consumers
+            .insert(Arc::clone(&client), filters.clone())
+            .is_some_and(|before| before != filters);
+        if changed {
+            // What it was journaled for under other filters and no longer consumes would
+            // wait for its confirmation for ever: it no longer waits for this consumer.
+            let mine = HashMap::from([(Arc::clone(&client), filters)]);
+            let mut dropped = Vec::new();
+            for (seq, e) in &mut st.pending {
+                if e.waiting.contains(&client) && matching(&mine, &e.topic).is_empty() {
+                    e.waiting.retain(|w| *w != client);
+                    dropped.push((*seq, e.key));
+                }
+            }
+            for (seq, key) in dropped {
+                let ik = (Arc::clone(&client), key);
+                if let Some(seqs) = st.index.get_mut(&ik) {
+                    seqs.retain(|s| *s != seq);
+                    if seqs.is_empty() {
+                        st.index.remove(&ik);
+                    }
+                }
+            }
+        }
+        // Its first registration: what was journaled for it before it subscribed is in no
+        // session's queue; it is queued now, in order.
+        if let Some(before) = st.expected.remove(&client)
             && let Some(router) = self.router.get()
         {
+            let before = before.unwrap_or(u64::MAX);
             let now = Instant::now();
             let mut queued = 0u64;
-            for e in st.pending.values_mut() {
+            for (_, e) in st.pending.range_mut(..before) {
                 if e.waiting.contains(&client) {
                     queue_for(router, &client, e);
                     e.since = now;
@@ -434,8 +461,24 @@ impl Journal {
                 }
             }
             if queued > 0 {
-                tracing::info!(client = %client, messages = queued, "queued what was journaled before the consumer first connected");
+                tracing::info!(client = %client, messages = queued, "queued what was journaled before the consumer first subscribed");
             }
+        }
+        drop(st);
+        if changed {
+            self.advance();
+        }
+    }
+
+    /// A client subscribed: for an expected consumer's first subscription, what is
+    /// journaled from now on reaches it as it comes.
+    pub fn subscribed(&self, client: &str) {
+        let mut st = self.lock();
+        let next = st.pending.keys().next_back().map_or(st.head, |s| s + 1);
+        if let Some(at) = st.expected.get_mut(client)
+            && at.is_none()
+        {
+            *at = Some(next);
         }
     }
 

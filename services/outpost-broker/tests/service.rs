@@ -184,11 +184,11 @@ async fn health_covers_the_mqtt_listener_and_core_metadata() {
     n.broker.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_is_published_before_a_known_consumer_first_connects_waits_for_it() {
-    // Services started together (containers): a publisher is up before the consumer of
-    // what it publishes ever subscribed. The broker knows that consumer from its
-    // configuration, as it knows core-data's.
+/// A broker that knows the durable consumer `late-consumer` of `filters` before it ever
+/// connected, and the bus of a node's service on it.
+async fn knowing_a_late_consumer(
+    filters: &[&str],
+) -> (Service, Served, outpost_testkit::TestContext, BusConfig) {
     let mqtt = free_port();
     let url = format!("mqtt://127.0.0.1:{mqtt}");
     let test = context("mqtt-broker", &[]).with_bus(&url);
@@ -198,36 +198,55 @@ async fn what_is_published_before_a_known_consumer_first_connects_waits_for_it()
         port: free_port(),
         durable_consumers: vec![outpost_broker::config::DurableConsumer {
             client: "late-consumer".into(),
-            filters: vec!["late/#".into()],
+            filters: filters.iter().map(|f| f.to_string()).collect(),
         }],
         ..Config::default()
     };
     let broker = within("the broker builds", Service::build_in::<Broker>(test, cfg)).await;
-    let _at = broker.serve_at(([127, 0, 0, 1], 0).into()).await;
+    let at = broker.serve_at(([127, 0, 0, 1], 0).into()).await;
     let node_dir = broker.test.dir.path().to_path_buf();
     let node = context("core-data", &[])
         .with_bus(&url)
         .with_bus_token_of(&node_dir);
     let mut bus = node.ctx.common.bus.clone();
     bus.journal = true;
+    (broker, at, node, bus)
+}
+
+/// `late-consumer` connecting for the first time, consuming `filter`.
+async fn late_consumer(
+    node: &outpost_testkit::TestContext,
+    bus: &BusConfig,
+    filter: &str,
+    stop: &outpost_kit::Shutdown,
+) -> outpost_bus::Consumer {
+    within(
+        "the consumer connects",
+        outpost_bus::Consumer::connect(
+            bus,
+            &node.ctx.data_dir,
+            "core-data",
+            outpost_bus::Options::durable("late-consumer", 16),
+            &[filter.to_string()],
+            stop,
+        ),
+    )
+    .await
+    .expect("consumer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_published_before_a_known_consumer_first_connects_waits_for_it() {
+    // Services started together (containers): a publisher is up before the consumer of
+    // what it publishes ever subscribed. The broker knows that consumer from its
+    // configuration, as it knows core-data's.
+    let (_broker, _at, node, bus) = knowing_a_late_consumer(&["late/#"]).await;
     // Acknowledged to its publisher while nobody subscribes to it.
     let publisher = outpost_testkit::bus::Client::connect_with(bus.clone(), "early").await;
     publisher.publish("late/1", b"before anyone listened").await;
     // The consumer's first connection: the message is delivered to it.
     let stop = outpost_kit::Shutdown::new();
-    let mut consumer = within(
-        "the consumer connects",
-        outpost_bus::Consumer::connect(
-            &bus,
-            &node.ctx.data_dir,
-            "core-data",
-            outpost_bus::Options::durable("late-consumer", 16),
-            &["late/#".to_string()],
-            &stop,
-        ),
-    )
-    .await
-    .expect("consumer");
+    let mut consumer = late_consumer(&node, &bus, "late/#", &stop).await;
     let got = within("the early message", consumer.recv(&stop))
         .await
         .expect("a delivery");
@@ -235,5 +254,35 @@ async fn what_is_published_before_a_known_consumer_first_connects_waits_for_it()
         (got.topic.as_str(), &got.payload[..]),
         ("late/1", &b"before anyone listened"[..])
     );
+    stop.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_known_by_wider_filters_is_not_waited_for_on_what_it_does_not_consume() {
+    // Known by a filter wider than the one it consumes: what only the wider one matches
+    // must not wait for its confirmation for ever (the journal would never move past it).
+    let (broker, _at, node, bus) = knowing_a_late_consumer(&["wide/#"]).await;
+    let publisher = outpost_testkit::bus::Client::connect_with(bus.clone(), "early").await;
+    publisher.publish("wide/other/1", b"not for it").await;
+    let journaled = broker
+        .metric("outpost_mqtt_broker_journal_appended_total")
+        .await;
+    assert_eq!(journaled, 1, "journaled for the known consumer");
+    assert_eq!(
+        broker
+            .metric("outpost_mqtt_broker_journal_released_total")
+            .await,
+        0
+    );
+    let stop = outpost_kit::Shutdown::new();
+    let _consumer = late_consumer(&node, &bus, "wide/mine/#", &stop).await;
+    until("the journal to release it", WAIT, async || {
+        (broker
+            .metric("outpost_mqtt_broker_journal_released_total")
+            .await
+            >= 1)
+            .then_some(())
+    })
+    .await;
     stop.trigger();
 }

@@ -254,10 +254,8 @@ impl Metadata {
     /// " (did you mean 'x'?)" for a `kind` named `name` that does not exist, or nothing;
     /// looks at the 1,000 most recently changed names at most.
     async fn nearest(&self, kind: Kind, name: &str) -> String {
-        match self.store.list(kind, Filter::default(), 0, 1000).await {
-            Ok((_, docs)) => {
-                outpost_kit::edgex::did_you_mean(name, docs.iter().map(|d| d.name.as_str()))
-            }
+        match self.store.names(kind, 1000).await {
+            Ok(names) => outpost_kit::edgex::did_you_mean(name, names.iter().map(String::as_str)),
             Err(_) => String::new(),
         }
     }

@@ -107,6 +107,8 @@ pub trait Store: Send + Sync + 'static {
         limit: u64,
     ) -> Result<(u64, Vec<Doc>), StoreError>;
     async fn count(&self, kind: Kind, filter: Filter) -> Result<u64, StoreError>;
+    /// The names of `kind`, most recently modified first, at most `limit`.
+    async fn names(&self, kind: Kind, limit: u64) -> Result<Vec<String>, StoreError>;
     /// Number of devices per profile name, for `linkedDeviceCount`.
     async fn devices_per_profile(
         &self,
@@ -461,6 +463,23 @@ impl Store for SqliteStore {
                     .query_map(params_from_iter(params.iter()), row_to_doc)?
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok((u64::try_from(total).unwrap_or(0), docs))
+            })
+            .await
+    }
+
+    async fn names(&self, kind: Kind, limit: u64) -> Result<Vec<String>, StoreError> {
+        self.db
+            .read(move |c| {
+                let (clause, mut params) = where_clause(kind, &Filter::default());
+                params.push(SqlValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+                let n = params.len();
+                let mut st = c.prepare(&format!(
+                    "SELECT name FROM objects WHERE {clause} ORDER BY modified DESC, name LIMIT ?{n}"
+                ))?;
+                let names = st
+                    .query_map(params_from_iter(params.iter()), |r| r.get(0))?
+                    .collect::<Result<Vec<String>, _>>()?;
+                Ok(names)
             })
             .await
     }

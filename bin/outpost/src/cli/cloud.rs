@@ -16,27 +16,29 @@ use crate::config::NodeConfig;
 /// `outpost export status [--watch]`: each destination's queue and sender; with `watch`,
 /// again each time something changes, until interrupted.
 pub async fn export_status(c: &Client, json: bool, watch: bool) -> anyhow::Result<()> {
+    if !watch {
+        let v = c.get(outpost_export::SERVICE, "/export/status").await?;
+        return show_table(v, json, &EXPORT_HEADERS, export_rows);
+    }
     let mut last = None;
     loop {
-        let v = c.get(outpost_export::SERVICE, "/export/status").await?;
-        let rows = export_rows(super::client::decode(v.clone())?);
-        if !watch {
-            if json {
-                super::table::print_json(&v);
-            } else {
-                table(&EXPORT_HEADERS, &rows);
+        // A moment without an answer (the service restarting) is said and waited out.
+        match c.get(outpost_export::SERVICE, "/export/status").await {
+            Ok(v) if last.as_ref() != Some(&v) => {
+                if json {
+                    println!("{}", serde_json::to_string(&v).unwrap_or_default());
+                } else {
+                    println!("{}", time_of(outpost_contracts::now_nanos()));
+                    table(
+                        &EXPORT_HEADERS,
+                        &export_rows(super::client::decode(v.clone())?),
+                    );
+                    println!();
+                }
+                last = Some(v);
             }
-            return Ok(());
-        }
-        if last.as_ref() != Some(&rows) {
-            if json {
-                println!("{}", serde_json::to_string(&v).unwrap_or_default());
-            } else {
-                println!("{}", time_of(outpost_contracts::now_nanos()));
-                table(&EXPORT_HEADERS, &rows);
-                println!();
-            }
-            last = Some(rows);
+            Ok(_) => {}
+            Err(e) => eprintln!("outpost: {e:#} (trying again)"),
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

@@ -117,7 +117,8 @@ pub async fn status(
     let enabled = crate::config::SERVICES
         .iter()
         .filter(|s| s.section(cfg).enabled());
-    for line in crate::supervisor::next_steps(cfg, data_dir, None, enabled) {
+    let found = crate::session::locate_node(crate::config::default_data_dir()) == data_dir;
+    for line in crate::supervisor::next_steps(cfg, data_dir, found, None, enabled) {
         println!("{line}");
     }
     Ok(())
