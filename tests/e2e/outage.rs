@@ -132,10 +132,13 @@ impl NsCloud {
         let log = dir.path().join("cloud.log");
         let cloud = Spawned(spawn_logged(cmd.arg("cloud"), &log, "cloud"));
         let addr = format!("{}:{port}", ns.ns_ip);
+        // Its CA first: the port alone may answer while `outpost cloud` checks that it is
+        // free, before the node has made anything.
+        let ca = data.join("tls/cloud-ca.pem");
         eventually(
             "the cloud node to listen",
             Duration::from_secs(20),
-            || async { std::net::TcpStream::connect(&addr).is_ok() },
+            || async { ca.exists() && std::net::TcpStream::connect(&addr).is_ok() },
         )
         .await;
         let identity = dir.path().join(format!("{edge}.identity.json"));
