@@ -4,6 +4,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
 use crate::support::*;
 
 /// `outpost --config <config> config check`, with `env` set.
@@ -277,6 +279,23 @@ fn the_cli_says_why_it_finds_no_node_and_how_to_point_it_at_one() {
         said.contains("Node: not running on") && said.contains("outpost up"),
         "{said}"
     );
+    // And as JSON, for scripts: the same answer and the same status.
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&stopped)
+        .args(["status", "--json"])
+        .env("XDG_CONFIG_HOME", dir.path().join("home"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(4));
+    let said: Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    assert_eq!(
+        (&said["running"], &said["dataDir"]),
+        (&json!(false), &json!(stopped.display().to_string())),
+        "{said}"
+    );
     // A malformed argument says what is expected (a usage error: exit code 2).
     let out = Command::new(BIN)
         .args(["readings", "--device", "t1", "--since", "yesterday"])
@@ -480,6 +499,26 @@ async fn mistakes_get_an_answer_that_says_what_to_do_and_an_exit_status_scripts_
             && out.contains("Way in: https://")
             && out.contains("Try: outpost"),
         "{out}"
+    );
+    let out = node.cli_ok(&["status", "--json"]);
+    let status: Value = serde_json::from_str(&out).expect("status --json is JSON");
+    assert_eq!(
+        (
+            &status["running"],
+            &status["wayIn"]["url"],
+            &status["wayIn"]["user"]
+        ),
+        (
+            &json!(true),
+            &json!(format!("https://127.0.0.1:{}", node.ports.gateway)),
+            &json!("admin")
+        ),
+        "{status}"
+    );
+    let up = status["servicesUp"].as_array().expect("servicesUp");
+    assert!(
+        up.contains(&json!("core-data")) && status["servicesNotUp"].is_array(),
+        "{status}"
     );
     let out = node.cli_ok(&["services"]);
     assert!(

@@ -381,6 +381,33 @@ async fn discovery_adds_what_provision_watchers_accept() {
     // A second run finds nothing new; an unknown service is an error.
     let (ok, out, err) = node.cli(&["device", "discover", "device-virtual", "--wait", "1s"]);
     assert!(ok && out.contains("no new devices"), "{out}{err}");
+    // As JSON, what was added as metadata has it: here a watcher that takes virtual-3.
+    let watcher = json!([{"apiVersion": "v3", "provisionwatcher": {
+        "name": "third", "serviceName": "device-virtual", "adminState": "UNLOCKED",
+        "identifiers": {"Address": "virtual-3$"},
+        "discoveredDevice": {"profileName": "Sim", "adminState": "UNLOCKED"}
+    }}]);
+    let (s, v) = node
+        .post(&format!("{md}/api/v3/provisionwatcher"), &watcher)
+        .await;
+    assert!(s == 207 && v[0]["statusCode"] == 201, "{v}");
+    let out = node.cli_ok(&[
+        "device",
+        "discover",
+        "device-virtual",
+        "--wait",
+        "2s",
+        "--json",
+    ]);
+    let found: Value = serde_json::from_str(&out).expect("discover --json is JSON");
+    assert_eq!(found["service"], "device-virtual", "{found}");
+    let added = found["added"].as_array().expect("added");
+    assert_eq!(added.len(), 1, "{found}");
+    assert_eq!(
+        (&added[0]["name"], &added[0]["profileName"]),
+        (&json!("virtual-3"), &json!("Sim")),
+        "{found}"
+    );
     let (ok, _, err) = node.cli(&["device", "discover", "device-nothing"]);
     assert!(!ok && err.contains("not a device service"), "{err}");
 }

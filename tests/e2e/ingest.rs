@@ -248,3 +248,96 @@ async fn unknown_devices_events_are_stored_unchecked_only_when_asked() {
     let (s, body) = node.post(&known, &msg("t1", "999")).await;
     assert_eq!(s, 400, "{body}");
 }
+
+/// `outpost retention run`: a run by hand with the configured bounds, its progress on
+/// standard error and its outcome on standard output; `--older-than` adds an age of its
+/// own; `retention status --json` reports the last run.
+#[tokio::test]
+async fn retention_runs_by_hand_say_what_they_removed() {
+    // The periodic pass ran at start, on an empty store, and waits an hour for its next.
+    let node = Node::start(
+        "[core_data.retention]\nmax_cap = 300\nmin_cap = 100\nchunk_readings = 100\n\
+         interval_ms = 3600000\n",
+    )
+    .await;
+    provision(&node, &["t1"]);
+    let base = now_nanos();
+    let lines: Vec<String> = (0..200)
+        .map(|i| {
+            event_message(
+                "t1",
+                base + i,
+                &[
+                    ("Temperature", "Float64", "20.5"),
+                    ("Humidity", "Uint8", "40"),
+                    ("Label", "String", "ok"),
+                ],
+            )
+            .1
+        })
+        .collect();
+    let out = mosquitto_pub_lines(node.ports.mqtt, &event_topic("t1"), &lines, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data = node.data();
+    eventually("600 readings in core-data", WAIT, || async {
+        node.get(&format!("{data}/api/v3/reading/count")).await.1["count"] == 600
+    })
+    .await;
+
+    let (ok, out, err) = node.cli(&["retention", "run"]);
+    assert!(ok, "{out}{err}");
+    // Not a terminal: a line at each tenth of the way, the last at 100 %.
+    assert!(
+        err.contains("retention: 100% (") && err.contains("readings"),
+        "{err}"
+    );
+    let (_, c) = node.get(&format!("{data}/api/v3/reading/count")).await;
+    let left = c["count"].as_u64().expect("count");
+    assert!(
+        (97..=100).contains(&left),
+        "at most min_cap readings remain: {c}"
+    );
+    assert!(
+        out.starts_with("done (asked for")
+            && out.contains(&format!("removed {} readings", 600 - left)),
+        "{out}"
+    );
+    let status: Value =
+        serde_json::from_str(&node.cli_ok(&["retention", "status", "--json"])).expect("JSON");
+    let run = &status["run"];
+    assert_eq!(
+        (&run["trigger"], &run["state"], &run["toRemove"]),
+        (&json!("request"), &json!("done"), &json!(500)),
+        "{status}"
+    );
+    assert_eq!(run["removedReadings"], 600 - left, "{status}");
+    assert_eq!(status["storedReadings"], left, "{status}");
+    let human = node.cli_ok(&["retention", "status"]);
+    assert!(
+        human.contains("over 300 readings, the oldest go until 100 remain")
+            && human.contains(&format!("stored     {left} readings")),
+        "{human}"
+    );
+
+    // An age of its own: everything published is older than a second by now.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (ok, out, err) = node.cli(&["retention", "run", "--older-than", "1s", "--json"]);
+    assert!(ok, "{out}{err}");
+    let end: Value = serde_json::from_str(&out).expect("retention run --json is JSON");
+    assert_eq!(
+        (
+            &end["run"]["maxAgeSeconds"],
+            &end["run"]["removedReadings"],
+            &end["storedReadings"]
+        ),
+        (&json!(1), &json!(left), &json!(0)),
+        "{end}"
+    );
+    // Not a duration: a usage error that says what is expected.
+    let (ok, _, err) = node.cli(&["retention", "run", "--older-than", "a week"]);
+    assert!(!ok && err.contains("is not a duration"), "{err}");
+}

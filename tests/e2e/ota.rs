@@ -61,8 +61,32 @@ async fn signed_artifacts_are_stored_once_and_download_resumably_and_bad_ones_ar
     let out = upload(&node, &key, "fw", "1.0.0", &data);
     assert!(out.contains(&sha256(&data)), "{out}");
     // Larger than the gateway's body limit (node.max_body_bytes, 4 MiB): streamed through.
+    // Its progress on standard error: a line at every tenth of the way (not a terminal).
     let big = payload(6 * 1024 * 1024 + 123, 9);
-    upload(&node, &key, "fw-big", "1", &big);
+    let file = node.dir.path().join("fw-big.bin");
+    std::fs::write(&file, &big).expect("write");
+    let (ok, out, err) = node.cli(&[
+        "ota",
+        "upload",
+        file.to_str().expect("path"),
+        "--name",
+        "fw-big",
+        "--version",
+        "1",
+        "--key",
+        key.to_str().expect("path"),
+        "--compatible",
+        "Thermostat",
+    ]);
+    assert!(ok && out.contains(&sha256(&big)), "{out}{err}");
+    let tenths: Vec<&str> = err.lines().filter(|l| l.starts_with("upload: ")).collect();
+    assert!(
+        tenths.len() >= 5
+            && tenths
+                .last()
+                .is_some_and(|l| l.starts_with("upload: 100% (6.3/6.3 MB")),
+        "{err}"
+    );
     let big_url = format!("{ota}/artifact/name/fw-big/version/1");
     let r = node.get_with(&format!("{big_url}/payload"), &[]).await;
     assert_eq!(sha256(&r.bytes().await.expect("body")), sha256(&big));
@@ -909,12 +933,14 @@ async fn an_online_agent_is_told_over_mqtt_to_poll_now() {
     // It polls once an hour: only the message can make it fetch the update soon.
     let server = node.url(node.ports.ota);
     let mqtt = format!("mqtt://127.0.0.1:{}", node.ports.mqtt);
+    let log = root.path().join("agent.log");
     let agents = Agents(vec![
         agent(&server, &dir, "live-1", "live-1-secret-000")
             .arg("--ca")
             .arg(node.data_dir().join("tls/ca.pem"))
             .args(["--trusted-key", &node.public, "--health-cmd", "true"])
             .args(["--poll-s", "3600", "--mqtt", &mqtt])
+            .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
             .expect("outpost-agent"),
     ]);
@@ -938,6 +964,12 @@ async fn an_online_agent_is_told_over_mqtt_to_poll_now() {
 
     let s = agent_state(&dir);
     assert_eq!(s["installed"][1], "4.0", "{s}");
+    // Its log says how the download went (a line at every tenth of the way).
+    let said = std::fs::read_to_string(&log).expect("agent log");
+    assert!(
+        said.contains("live-1: downloading fw 4.0: 100% (") && said.contains(" MB/s)"),
+        "{said}"
+    );
     // The inventory shows the firmware the agent now runs.
     eventually_v("the new firmware in the inventory", &inventory, |v| {
         v["attributes"]["firmware.version"] == "4.0"

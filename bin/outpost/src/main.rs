@@ -184,7 +184,11 @@ enum Command {
     },
     /// Whether the node runs, its services, the way in (gateway URL, CA, admin password)
     /// and what to try: what `outpost up` said when it started.
-    Status,
+    Status {
+        /// Print JSON (dataDir, running, servicesUp, servicesNotUp, wayIn) instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// The registry's view of the node's services.
     Services {
         /// Print JSON (the API's answer) instead of a table.
@@ -224,6 +228,9 @@ enum Command {
     /// Events on the bus.
     #[command(subcommand)]
     Events(EventsCmd),
+    /// core-data's retention: its bounds and last run, or a run now.
+    #[command(subcommand)]
+    Retention(RetentionCmd),
     /// Log in to the gateway; the session is kept for the next commands.
     Login {
         /// The user name.
@@ -647,6 +654,9 @@ enum DeviceCmd {
         /// How long to wait for new devices to appear.
         #[arg(long, default_value = "5s", value_parser = duration)]
         wait: std::time::Duration,
+        /// Print JSON (`{"service": ..., "added": [device, ...]}`) instead of lines.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -697,6 +707,30 @@ enum DeviceServiceCmd {
     /// List device services.
     List {
         /// Print JSON (the API's answer) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RetentionCmd {
+    /// The bounds, what is stored, and the run under way or the last one.
+    Status {
+        /// Print JSON (the API's answer) instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run retention now with the configured bounds (or an age of its own) and follow it
+    /// to its end with a progress bar.
+    Run {
+        /// Also remove events older than this (e.g. 7d, 12h), instead of the configured
+        /// age.
+        #[arg(long, value_parser = duration, value_name = "AGE")]
+        older_than: Option<Duration>,
+        /// Return once the run started, without following it.
+        #[arg(long)]
+        no_wait: bool,
+        /// Print JSON (the run as the API reports it at the end) instead of a line.
         #[arg(long)]
         json: bool,
     },
@@ -910,7 +944,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Cloud { cmd: Some(cmd) } => block_on(cloud(cmd, cfg, data_dir, args.ca)),
-        Command::Status => block_on(async move {
+        Command::Status { json } => block_on(async move {
             let elsewhere = args.gateway.is_some();
             let remote = session::Remote {
                 gateway: args.gateway,
@@ -919,7 +953,7 @@ fn main() -> ExitCode {
             };
             let c = session::Gateway::resolve(&cfg, &data_dir, &remote)
                 .map(|g| cli::Client::new(cfg.clone(), g));
-            cli::node::status(&cfg, &data_dir, elsewhere, c).await
+            cli::node::status(&cfg, &data_dir, elsewhere, c, json).await
         }),
         command => {
             let remote = session::Remote {
@@ -1156,9 +1190,11 @@ async fn client(
         Command::Device(DeviceCmd::Credentials { name, json }) => {
             cli::enroll::credentials(&c, &name, json).await
         }
-        Command::Device(DeviceCmd::Discover { service, wait }) => {
-            cli::devices::device_discover(&c, &service, wait).await
-        }
+        Command::Device(DeviceCmd::Discover {
+            service,
+            wait,
+            json,
+        }) => cli::devices::device_discover(&c, &service, wait, json).await,
         Command::DeviceService(DeviceServiceCmd::Add { name, base_address }) => {
             cli::devices::device_service_add(&c, &name, &base_address).await
         }
@@ -1205,6 +1241,14 @@ async fn client(
         Command::Ota(OtaCmd::Rollout(RolloutCmd::Cancel { name })) => {
             cli::ota::rollout_control(&c, &name, "cancel").await
         }
+        Command::Retention(RetentionCmd::Status { json }) => {
+            cli::data::retention_status(&c, json).await
+        }
+        Command::Retention(RetentionCmd::Run {
+            older_than,
+            no_wait,
+            json,
+        }) => cli::data::retention_run(&c, older_than, !no_wait, json).await,
         Command::Events(EventsCmd::Tail { device, json }) => {
             cli::data::events_tail(&cfg, &data_dir, device.as_deref(), json).await
         }
@@ -1240,7 +1284,7 @@ async fn client(
         | Command::Config(_)
         | Command::Completions { .. }
         | Command::Man { .. }
-        | Command::Status
+        | Command::Status { .. }
         | Command::Cloud { .. }
         | Command::Ota(OtaCmd::Keygen { .. })
         | Command::Keys(_) => Ok(()),

@@ -367,6 +367,37 @@ struct Supervised {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Where people come in: the gateway's HTTPS entry point, the CA to trust and the admin
+/// password's file.
+pub(crate) struct WayIn {
+    pub url: String,
+    pub ca: std::path::PathBuf,
+    pub password_file: std::path::PathBuf,
+}
+
+/// The way in, when the gateway is among the `running` services.
+pub(crate) fn way_in(
+    cfg: &NodeConfig,
+    data_dir: &std::path::Path,
+    mut running: impl Iterator<Item = Service>,
+) -> Option<WayIn> {
+    let l = running
+        .find(|s| s.name() == "gateway")
+        .into_iter()
+        .flat_map(|s| s.section(cfg).listeners())
+        .find(|l| l.scheme == "https")?;
+    let host = if l.addr.ip().is_unspecified() {
+        "localhost".to_string()
+    } else {
+        l.addr.ip().to_string()
+    };
+    Some(WayIn {
+        url: format!("https://{host}:{}", l.addr.port()),
+        ca: data_dir.join("tls/ca.pem"),
+        password_file: data_dir.join("secrets/admin-password"),
+    })
+}
+
 /// What the start banner says after the services: where to go in (the gateway's HTTPS
 /// address, the CA to trust, the admin credential) and the first command to try.
 pub(crate) fn next_steps(
@@ -377,21 +408,12 @@ pub(crate) fn next_steps(
     running: impl Iterator<Item = Service>,
 ) -> Vec<String> {
     let mut out = Vec::new();
-    let gateway = running
-        .filter(|s| s.name() == "gateway")
-        .flat_map(|s| s.section(cfg).listeners())
-        .find(|l| l.scheme == "https");
-    if let Some(l) = gateway {
-        let host = if l.addr.ip().is_unspecified() {
-            "localhost".to_string()
-        } else {
-            l.addr.ip().to_string()
-        };
+    if let Some(w) = way_in(cfg, data_dir, running) {
         out.push(format!(
-            "Way in: https://{host}:{} (trust {}; user admin, password in {})",
-            l.addr.port(),
-            data_dir.join("tls/ca.pem").display(),
-            data_dir.join("secrets/admin-password").display()
+            "Way in: {} (trust {}; user admin, password in {})",
+            w.url,
+            w.ca.display(),
+            w.password_file.display()
         ));
     }
     // The CLI of the user who started the node finds it by the node's record (or as the

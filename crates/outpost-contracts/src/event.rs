@@ -382,6 +382,74 @@ pub struct MultiReadingsResponse {
     pub readings: Vec<serde_json::Value>,
 }
 
+/// What started a retention run (core-data, an Outpost extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetentionTrigger {
+    /// The periodic pass.
+    Interval,
+    /// A request over the API (`POST /api/v3/retention/run`).
+    Request,
+}
+
+/// Where a retention run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetentionState {
+    Running,
+    Done,
+    Failed,
+}
+
+/// One retention run of core-data and its progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionRun {
+    pub id: uuid::Uuid,
+    pub trigger: RetentionTrigger,
+    pub state: RetentionState,
+    /// Nanoseconds since the epoch.
+    pub started: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<i64>,
+    /// The age bound of this run, seconds (0: none).
+    pub max_age_seconds: u64,
+    pub removed_readings: u64,
+    pub removed_events: u64,
+    /// Readings the run expects to remove, counted as it starts (runs asked for; 0 for
+    /// the periodic pass, which does not count first).
+    pub to_remove: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /api/v3/retention`: the bounds, what is stored, and the running or last run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionStatus {
+    #[serde(flatten)]
+    pub base: BaseResponse,
+    pub enabled: bool,
+    pub interval_ms: u64,
+    pub max_cap: u64,
+    pub min_cap: u64,
+    pub max_age_seconds: u64,
+    pub stored_events: u64,
+    pub stored_readings: u64,
+    /// The run under way, or the last one that was asked for, removed anything or failed.
+    pub run: Option<RetentionRun>,
+}
+
+/// `POST /api/v3/retention/run`'s answer: 202 with the run started, or 409 with the run
+/// already under way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionRunResponse {
+    #[serde(flatten)]
+    pub base: BaseResponse,
+    pub run: RetentionRun,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

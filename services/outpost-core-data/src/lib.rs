@@ -102,19 +102,21 @@ impl outpost_kit::Service for CoreData {
                     purge_deleted(view, ingest, stop)
                 });
         }
+        let retention = Arc::new(retention::Retention::new(
+            Arc::clone(&ingest.store),
+            cfg.retention.clone(),
+            ctx.metric("retention_deleted_readings_total"),
+        ));
         {
-            let (store, retention, metric) = (
-                Arc::clone(&ingest.store),
-                cfg.retention.clone(),
-                ctx.metric("retention_deleted_readings_total"),
-            );
+            let retention = Arc::clone(&retention);
             ctx.tasks
                 .spawn("retention", Stage::Background, move |stop| {
-                    retention::keep(store, retention, metric, stop)
+                    retention.keep(stop)
                 });
         }
         let app = Arc::new(routes::App {
             ingest: Arc::clone(&ingest),
+            retention,
             bus: link.clone(),
             tasks: ctx.tasks.clone(),
             publish_rest_events: cfg.publish_rest_events,

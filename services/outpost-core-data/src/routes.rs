@@ -19,6 +19,7 @@ use outpost_contracts::common::{
 use outpost_contracts::envelope::CONTENT_TYPE_CBOR;
 use outpost_contracts::event::{
     AddEventRequest, EventResponse, MultiEventsResponse, MultiReadingsResponse, NumericMode,
+    RetentionRunResponse, RetentionStatus,
 };
 use outpost_kit::error::{ApiError, Body, Path, Query, parse_json};
 use serde::Deserialize;
@@ -28,6 +29,8 @@ use crate::store::{Aggregate, Outcome, Query as StoreQuery, StoreError};
 
 pub struct App {
     pub ingest: Arc<Ingest>,
+    /// Retention runs: the periodic pass and those asked for.
+    pub retention: Arc<crate::retention::Retention>,
     /// Where REST-added events are republished (when configured and connected).
     pub bus: Link,
     /// Deletions and republishing run as tasks of the service.
@@ -62,6 +65,8 @@ pub fn router(app: Arc<App>) -> Router {
             get(selected_events),
         )
         .route("/api/v3/event/age/{age}", delete(delete_old_events))
+        .route("/api/v3/retention", get(retention_status))
+        .route("/api/v3/retention/run", post(start_retention))
         .route("/api/v3/reading/all", get(selected_readings))
         .route("/api/v3/reading/count", get(count::<true>))
         .route(
@@ -422,8 +427,58 @@ async fn delete_old_events(State(app): St, Path(age): Path<String>) -> Result<Re
     let cutoff = outpost_contracts::now_nanos().saturating_sub(age);
     let store = Arc::clone(&app.ingest.store);
     Ok(accepted(&app, "old events", async move {
-        store.delete_before(cutoff, 50_000).await
+        crate::retention::delete_before(store.as_ref(), cutoff, 50_000).await
     }))
+}
+
+// ---- retention (an Outpost extension) ----
+
+/// `GET /api/v3/retention`: the bounds, what is stored, and the running or last run.
+async fn retention_status(State(app): St) -> Result<Response, ApiError> {
+    let cfg = app.retention.config();
+    let totals = app.ingest.store.totals(None).await?;
+    Ok(axum::Json(RetentionStatus {
+        base: BaseResponse::new(200),
+        enabled: cfg.enabled,
+        interval_ms: cfg.interval_ms,
+        max_cap: cfg.max_cap,
+        min_cap: cfg.min_cap,
+        max_age_seconds: cfg.max_age_s,
+        stored_events: totals.events,
+        stored_readings: totals.readings,
+        run: app.retention.last(),
+    })
+    .into_response())
+}
+
+/// What `POST /api/v3/retention/run` takes (an empty body: the configured bounds).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RunRequest {
+    /// Remove events older than this many seconds in this run (instead of the configured
+    /// age; 0: no age bound).
+    max_age_seconds: Option<u64>,
+}
+
+/// `POST /api/v3/retention/run`: a retention run now; 202 with the run to follow, or 409
+/// with the run already under way.
+async fn start_retention(State(app): St, Body(body): Body) -> Result<Response, ApiError> {
+    let req: RunRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RunRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    let (code, run) = match app.retention.start(req.max_age_seconds, &app.tasks) {
+        Ok(run) => (StatusCode::ACCEPTED, run),
+        Err(running) => (StatusCode::CONFLICT, *running),
+    };
+    let mut base = BaseResponse::new(code.as_u16());
+    if code == StatusCode::CONFLICT {
+        base.message =
+            "a retention run is already under way: follow it with GET /api/v3/retention".into();
+    }
+    let answer = RetentionRunResponse { base, run };
+    Ok((code, axum::Json(answer)).into_response())
 }
 
 // ---- readings ----

@@ -47,7 +47,9 @@ use outpost_storage::rusqlite::{
 use outpost_storage::{Db, JoinOnDrop, Migration};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{Aggregate, EventStore, IngestEvent, Outcome, Query, StoreError, Totals};
+use crate::store::{
+    Aggregate, Deleted, EventStore, IngestEvent, Outcome, Query, StoreError, Totals,
+};
 
 pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
@@ -120,13 +122,6 @@ enum Job {
         what: Delete,
         reply: oneshot::Sender<Result<Deleted, StoreError>>,
     },
-}
-
-/// What one deletion job removed.
-#[derive(Debug, Clone, Copy, Default)]
-struct Deleted {
-    events: u64,
-    readings: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -1209,13 +1204,25 @@ impl EventStore for SqliteEventStore {
         .await
     }
 
-    async fn delete_before(&self, cutoff: i64, chunk: u64) -> Result<u64, StoreError> {
-        self.delete_all(|| Delete::BeforeChunk { cutoff, chunk })
-            .await
+    async fn delete_before(&self, cutoff: i64, chunk: u64) -> Result<Deleted, StoreError> {
+        self.delete(Delete::BeforeChunk { cutoff, chunk }).await
     }
 
-    async fn trim(&self, keep: u64, chunk: u64) -> Result<u64, StoreError> {
-        self.delete_all(|| Delete::TrimChunk { keep, chunk }).await
+    async fn trim(&self, keep: u64, chunk: u64) -> Result<Deleted, StoreError> {
+        self.delete(Delete::TrimChunk { keep, chunk }).await
+    }
+
+    async fn readings_before(&self, cutoff: i64) -> Result<u64, StoreError> {
+        self.db
+            .read(move |c| {
+                let n: i64 = c.query_row(
+                    "SELECT COALESCE(SUM(readings), 0) FROM events WHERE origin < ?1",
+                    [cutoff],
+                    |r| r.get(0),
+                )?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            })
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -90,6 +90,13 @@ impl Aggregate {
     }
 }
 
+/// What one deletion removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Deleted {
+    pub events: u64,
+    pub readings: u64,
+}
+
 /// Counts kept by the store.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -114,12 +121,15 @@ pub trait EventStore: Send + Sync + 'static {
     async fn delete_event(&self, id: uuid::Uuid) -> Result<bool, StoreError>;
     /// Deletes a device's events and readings; returns readings deleted.
     async fn delete_device(&self, device: String) -> Result<u64, StoreError>;
-    /// Deletes events whose origin is before `cutoff` (at most `chunk` readings per
-    /// transaction); returns readings deleted.
-    async fn delete_before(&self, cutoff: i64, chunk: u64) -> Result<u64, StoreError>;
-    /// Deletes the oldest events until at most `keep` readings remain; returns readings
-    /// deleted.
-    async fn trim(&self, keep: u64, chunk: u64) -> Result<u64, StoreError>;
+    /// Deletes, in one transaction, the oldest events whose origin is before `cutoff`, at
+    /// most about `chunk` readings' worth (whole events); nothing deleted means none is left.
+    async fn delete_before(&self, cutoff: i64, chunk: u64) -> Result<Deleted, StoreError>;
+    /// Deletes, in one transaction, the events that arrived first while more than `keep`
+    /// readings are stored, at most about `chunk` readings' worth (whole events); nothing
+    /// deleted means at most `keep` remain.
+    async fn trim(&self, keep: u64, chunk: u64) -> Result<Deleted, StoreError>;
+    /// Readings of events whose origin is before `cutoff`.
+    async fn readings_before(&self, cutoff: i64) -> Result<u64, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
     /// Whether writes currently succeed (the last commit did, and the writer runs).
     fn writer_health(&self) -> Result<(), String>;

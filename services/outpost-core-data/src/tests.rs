@@ -37,8 +37,20 @@ fn fixture() -> Fixture {
             max_result_count: 1000,
         },
     ));
+    let ingest = Arc::new(ingest);
+    let retention = Arc::new(crate::retention::Retention::new(
+        Arc::clone(&ingest.store),
+        crate::config::RetentionConfig {
+            max_cap: 500,
+            min_cap: 300,
+            chunk_readings: 100,
+            ..crate::config::RetentionConfig::default()
+        },
+        "retention_deleted_readings_total".into(),
+    ));
     let app = Arc::new(App {
-        ingest: Arc::new(ingest),
+        ingest,
+        retention,
         bus: outpost_bus::Link::default(),
         tasks: test.ctx.tasks.clone(),
         publish_rest_events: false,
@@ -413,12 +425,12 @@ async fn retention_by_count_keeps_the_newest() {
         ..cfg.clone()
     };
     assert_eq!(
-        crate::retention::run_once(store.as_ref(), &under)
+        crate::retention::run_once(Arc::clone(&store), &under)
             .await
             .unwrap(),
         0
     );
-    let removed = crate::retention::run_once(store.as_ref(), &cfg)
+    let removed = crate::retention::run_once(Arc::clone(&store), &cfg)
         .await
         .unwrap();
     assert_eq!(removed, 700);
@@ -433,12 +445,102 @@ async fn retention_by_count_keeps_the_newest() {
         ..cfg
     };
     assert_eq!(
-        crate::retention::run_once(store.as_ref(), &aged)
+        crate::retention::run_once(Arc::clone(&store), &aged)
             .await
             .unwrap(),
         300
     );
     assert_eq!(store.totals(None).await.unwrap().readings, 0);
+}
+
+/// A run asked for over the API counts what it will remove, reports it chunk by chunk,
+/// and ends done; an age of its own removes what the configured bounds keep.
+#[tokio::test]
+async fn a_retention_run_asked_for_reports_its_progress() {
+    let f = fixture();
+    let store = Arc::clone(&f.app.ingest.store);
+    let batch: Vec<IngestEvent> = (0..100)
+        .map(|i| ingest_event("d1", 1_000 + i, 10))
+        .collect();
+    store.append(batch.into()).await.unwrap();
+    let before = f
+        .expect("GET", "/api/v3/retention", None, StatusCode::OK)
+        .await;
+    assert_eq!(
+        (
+            &before["storedReadings"],
+            &before["maxCap"],
+            &before["minCap"]
+        ),
+        (&json!(1000), &json!(500), &json!(300)),
+        "{before}"
+    );
+    assert!(before["run"].is_null(), "no run yet: {before}");
+
+    let wait_done = |id: String| {
+        let f = &f;
+        async move {
+            for _ in 0..200 {
+                let (_, s) = f.call("GET", "/api/v3/retention", None).await;
+                if s["run"]["id"] == id.as_str() && s["run"]["state"] != "running" {
+                    return s;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            panic!("the run {id} did not end");
+        }
+    };
+    let started = f
+        .expect("POST", "/api/v3/retention/run", None, StatusCode::ACCEPTED)
+        .await;
+    assert_eq!(started["run"]["trigger"], "request", "{started}");
+    let id = started["run"]["id"].as_str().unwrap().to_owned();
+    let s = wait_done(id).await;
+    let run = &s["run"];
+    assert_eq!(run["state"], "done", "{s}");
+    assert_eq!(
+        (
+            &run["toRemove"],
+            &run["removedReadings"],
+            &run["removedEvents"]
+        ),
+        (&json!(700), &json!(700), &json!(70)),
+        "{s}"
+    );
+    assert_eq!(s["storedReadings"], 300, "{s}");
+    assert!(run["finished"].as_i64().unwrap() >= run["started"].as_i64().unwrap());
+
+    // Everything here is ancient: an age of a minute removes the rest.
+    let started = f
+        .expect(
+            "POST",
+            "/api/v3/retention/run",
+            Some(json!({"maxAgeSeconds": 60})),
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    let s = wait_done(started["run"]["id"].as_str().unwrap().to_owned()).await;
+    assert_eq!(
+        (
+            &s["run"]["maxAgeSeconds"],
+            &s["run"]["toRemove"],
+            &s["run"]["removedReadings"]
+        ),
+        (&json!(60), &json!(300), &json!(300)),
+        "{s}"
+    );
+    assert_eq!(store.totals(None).await.unwrap().readings, 0);
+
+    // A misspelt field is refused, in EdgeX's error form.
+    let bad = f
+        .expect(
+            "POST",
+            "/api/v3/retention/run",
+            Some(json!({"maxAge": 60})),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    assert!(bad["message"].as_str().unwrap().contains("maxAge"), "{bad}");
 }
 
 #[tokio::test]

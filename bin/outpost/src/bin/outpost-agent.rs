@@ -22,6 +22,12 @@ use outpost_manifest::{Manifest, PublicKey};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
 
+// The CLI's progress line, shared: this agent writes it as lines to its log.
+#[allow(dead_code)]
+#[path = "../cli/progress.rs"]
+mod progress;
+use progress::{Progress, Unit};
+
 #[derive(Parser, Debug)]
 #[command(name = "outpost-agent", version, about = "Outpost OTA device agent")]
 struct Args {
@@ -341,12 +347,25 @@ impl Agent {
             std::fs::write(&owner, &p.artifact.sha256)?;
         }
         let mut delay = Duration::from_millis(200);
+        let have = std::fs::metadata(&part).map_or(0, |m| m.len());
+        let mut progress = Progress::new(
+            format!(
+                "{}: downloading {} {}",
+                self.args.device, p.artifact.name, p.artifact.version
+            ),
+            Unit::Bytes,
+            p.artifact.size,
+        )
+        .lines()
+        .starting_at(have);
         loop {
             let have = std::fs::metadata(&part).map_or(0, |m| m.len());
+            progress.set(have, p.artifact.size);
             if have >= p.artifact.size {
+                progress.done();
                 return Ok(part);
             }
-            match self.fetch(p, &part, have).await {
+            match self.fetch(p, &part, have, &mut progress).await {
                 Ok(()) => delay = Duration::from_millis(200),
                 Err(e) => {
                     eprintln!(
@@ -360,7 +379,13 @@ impl Agent {
         }
     }
 
-    async fn fetch(&self, p: &Pending, part: &Path, have: u64) -> anyhow::Result<()> {
+    async fn fetch(
+        &self,
+        p: &Pending,
+        part: &Path,
+        have: u64,
+        progress: &mut Progress,
+    ) -> anyhow::Result<()> {
         let mut req = self.http.get(self.url(&p.download)).headers(self.auth());
         if have > 0 {
             req = req
@@ -385,6 +410,7 @@ impl Agent {
             let chunk = chunk?;
             file.write_all(&chunk).await?;
             got += chunk.len() as u64;
+            progress.set(have + got, p.artifact.size);
             if let Some(rate) = self.args.rate.filter(|r| *r > 0) {
                 let due = Duration::from_secs_f64(got as f64 / rate as f64);
                 if let Some(wait) = due.checked_sub(started.elapsed()) {

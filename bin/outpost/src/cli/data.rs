@@ -4,13 +4,17 @@
 use std::path::Path;
 use std::time::Duration;
 
-use outpost_contracts::event::{MultiReadingsResponse, NumericMode, Reading, ReadingValue};
+use outpost_contracts::event::{
+    MultiReadingsResponse, NumericMode, Reading, ReadingValue, RetentionRun, RetentionRunResponse,
+    RetentionState, RetentionStatus, RetentionTrigger,
+};
 
 use outpost_contracts::metadata::{DeviceProfileResponse, DeviceResponse, MultiDevicesResponse};
 use outpost_kit::edgex::did_you_mean;
 
-use super::client::{Client, NotFound, decode, enc};
-use super::table::{show, table, time_of};
+use super::client::{Client, NotFound, decode, enc, ok_or_message};
+use super::progress::{Progress, Unit};
+use super::table::{print_json, show, span, table, time_of};
 use crate::config::NodeConfig;
 
 pub async fn readings(
@@ -177,6 +181,155 @@ pub(crate) fn human_value(value_type: &str, value: &str) -> String {
         _ => None,
     };
     decimal.unwrap_or_else(|| value.to_string())
+}
+
+/// `outpost retention status`.
+pub async fn retention_status(c: &Client, json: bool) -> anyhow::Result<()> {
+    let v = c.get(outpost_core_data::SERVICE, "/retention").await?;
+    show(v, json, |s: RetentionStatus| {
+        let bounds = match s.max_age_seconds {
+            0 => String::new(),
+            age => format!("; events older than {}", span(age.saturating_mul(1000))),
+        };
+        println!(
+            "retention  {}",
+            if s.enabled {
+                format!("on, every {}", span(s.interval_ms))
+            } else {
+                "off (only runs asked for)".into()
+            }
+        );
+        println!(
+            "bounds     over {} readings, the oldest go until {} remain{bounds}",
+            s.max_cap, s.min_cap
+        );
+        println!(
+            "stored     {} readings in {} events",
+            s.stored_readings, s.stored_events
+        );
+        match &s.run {
+            None => println!("last run   none has removed anything since core-data started"),
+            Some(r) => println!("last run   {}", run_line(r)),
+        }
+        Ok(())
+    })
+}
+
+/// A run in one line: its state, how it began, what it removed.
+fn run_line(r: &RetentionRun) -> String {
+    let trigger = match r.trigger {
+        RetentionTrigger::Interval => "periodic",
+        RetentionTrigger::Request => "asked for",
+    };
+    let age = match r.max_age_seconds {
+        0 => String::new(),
+        a => format!(", older than {}", span(a.saturating_mul(1000))),
+    };
+    let took = r
+        .finished
+        .map(|f| {
+            format!(
+                " in {}",
+                span(u64::try_from((f - r.started) / 1_000_000).unwrap_or(0))
+            )
+        })
+        .unwrap_or_default();
+    let removed = format!(
+        "removed {} readings ({} events)",
+        r.removed_readings, r.removed_events
+    );
+    match r.state {
+        RetentionState::Running => format!(
+            "running ({trigger}{age}, started {}): {removed} of {}",
+            time_of(r.started),
+            r.to_remove
+        ),
+        RetentionState::Done => {
+            format!(
+                "done ({trigger}{age}, {}): {removed}{took}",
+                time_of(r.started)
+            )
+        }
+        RetentionState::Failed => format!(
+            "failed ({trigger}{age}, {}): {removed}{took}, then: {}",
+            time_of(r.started),
+            r.error.as_deref().unwrap_or("no reason given")
+        ),
+    }
+}
+
+/// `outpost retention run`: starts a run (or finds the one under way) and, with `follow`,
+/// shows its progress until it ends; a failed run is an error.
+pub async fn retention_run(
+    c: &Client,
+    older_than: Option<Duration>,
+    follow: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let body = match older_than {
+        Some(d) => serde_json::json!({ "maxAgeSeconds": d.as_secs().max(1) }),
+        None => serde_json::json!({}),
+    };
+    let (status, answer) = c
+        .send_json(
+            reqwest::Method::POST,
+            outpost_core_data::SERVICE,
+            "/retention/run",
+            &body,
+        )
+        .await?;
+    let started: RetentionRunResponse = match status {
+        reqwest::StatusCode::ACCEPTED => decode(answer)?,
+        reqwest::StatusCode::CONFLICT => {
+            let r: RetentionRunResponse = decode(answer)?;
+            eprintln!(
+                "a retention run is already under way (started {}); following it instead",
+                time_of(r.run.started)
+            );
+            r
+        }
+        _ => return ok_or_message(status, answer).map(drop),
+    };
+    if !follow {
+        if json {
+            print_json(&serde_json::to_value(&started)?);
+        } else {
+            println!("retention run {} started", started.run.id);
+        }
+        return Ok(());
+    }
+    let id = started.run.id;
+    let mut bar =
+        Progress::new("retention", Unit::Items("readings"), started.run.to_remove).lines();
+    let end = loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let v = c.get(outpost_core_data::SERVICE, "/retention").await?;
+        let s: RetentionStatus = decode(v.clone())?;
+        let Some(run) = s.run.filter(|r| r.id == id) else {
+            anyhow::bail!("core-data no longer reports run {id} (did it restart?)");
+        };
+        bar.set(
+            run.removed_readings,
+            run.to_remove.max(run.removed_readings),
+        );
+        if run.state != RetentionState::Running {
+            bar.done();
+            break (v, run);
+        }
+    };
+    let (v, run) = end;
+    if json {
+        print_json(&v);
+    } else {
+        println!("{}", run_line(&run));
+    }
+    if run.state == RetentionState::Failed {
+        anyhow::bail!(
+            "the retention run failed: {}",
+            run.error.as_deref().unwrap_or("no reason given")
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -474,7 +474,14 @@ pub async fn device_secret(
     Ok(())
 }
 
-pub async fn device_discover(c: &Client, service: &str, wait: Duration) -> anyhow::Result<()> {
+/// `outpost device discover SERVICE`: runs discovery and lists the devices it added; with
+/// `json`, `{"service": ..., "added": [device, ...]}` (each device as core-metadata has it).
+pub async fn device_discover(
+    c: &Client,
+    service: &str,
+    wait: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
     let svc = crate::services::by_name(service)
         .filter(|s| service.starts_with("device-") && c.cfg.enabled(s))
         .map(|s| s.name())
@@ -484,12 +491,22 @@ pub async fn device_discover(c: &Client, service: &str, wait: Duration) -> anyho
                 service.replace('-', "_")
             )
         })?;
-    let names = |v: Value| -> anyhow::Result<std::collections::BTreeSet<String>> {
-        let all: MultiDevicesResponse = decode(v)?;
-        Ok(all.devices.into_iter().map(|d| d.name).collect())
+    let devices = |v: Value| -> Vec<Value> {
+        match v {
+            Value::Object(mut o) => match o.remove("devices") {
+                Some(Value::Array(all)) => all,
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
     };
+    let name = |d: &Value| d["name"].as_str().unwrap_or_default().to_owned();
     let list_path = format!("/device/service/name/{}?limit=-1", enc(service));
-    let before = names(c.get(outpost_core_metadata::SERVICE, &list_path).await?)?;
+    let before: std::collections::BTreeSet<String> =
+        devices(c.get(outpost_core_metadata::SERVICE, &list_path).await?)
+            .iter()
+            .map(name)
+            .collect();
     c.call(reqwest::Method::POST, svc, "/discovery", &Value::Null)
         .await?;
     eprintln!(
@@ -498,13 +515,18 @@ pub async fn device_discover(c: &Client, service: &str, wait: Duration) -> anyho
     );
     // Discovery runs in the background; what it adds shows up in metadata.
     tokio::time::sleep(wait).await;
-    let now = names(c.get(outpost_core_metadata::SERVICE, &list_path).await?)?;
-    let found: Vec<&String> = now.difference(&before).collect();
-    if found.is_empty() {
+    let mut found: Vec<Value> = devices(c.get(outpost_core_metadata::SERVICE, &list_path).await?)
+        .into_iter()
+        .filter(|d| !before.contains(&name(d)))
+        .collect();
+    found.sort_by_key(name);
+    if json {
+        super::table::print_json(&serde_json::json!({ "service": service, "added": found }));
+    } else if found.is_empty() {
         println!("no new devices (a provision watcher must match what is found)");
     } else {
-        for n in &found {
-            println!("added {n}");
+        for d in &found {
+            println!("added {}", name(d));
         }
     }
     Ok(())

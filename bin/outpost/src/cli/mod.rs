@@ -10,6 +10,7 @@ pub mod enroll;
 pub mod keys;
 pub mod node;
 pub mod ota;
+pub mod progress;
 pub mod support;
 pub mod table;
 pub mod users;

@@ -67,59 +67,106 @@ pub async fn status(
     data_dir: &std::path::Path,
     remote: bool,
     c: anyhow::Result<Client>,
+    json: bool,
 ) -> anyhow::Result<()> {
+    let mut out = serde_json::Map::new();
+    let mut lines = Vec::new();
     // A node elsewhere (--gateway) is judged by its registry alone.
-    if !remote {
-        match crate::session::node_running(data_dir) {
-            Some(true) => println!("Node: running on {}", data_dir.display()),
-            Some(false) => {
-                println!(
-                    "Node: not running on {} (start it with `outpost up`)",
-                    data_dir.display()
-                );
-                return Err(super::client::NotFound(format!(
-                    "no Outpost node is running on {}",
-                    data_dir.display()
-                ))
-                .into());
-            }
-            None => println!(
+    let running = if remote {
+        None
+    } else {
+        let running = crate::session::node_running(data_dir);
+        out.insert("dataDir".into(), data_dir.display().to_string().into());
+        out.insert("running".into(), running.into());
+        lines.push(match running {
+            Some(true) => format!("Node: running on {}", data_dir.display()),
+            Some(false) => format!(
+                "Node: not running on {} (start it with `outpost up`)",
+                data_dir.display()
+            ),
+            None => format!(
                 "Node: this user cannot tell whether one runs on {} (run as root or the \
                  node's user)",
                 data_dir.display()
             ),
-        }
-    }
-    match c {
-        Ok(c) => match c.get(outpost_core_keeper::SERVICE, "/registry/all").await {
-            Ok(v) => {
-                let all: MultiRegistrationsResponse = super::client::decode(v)?;
-                let down: Vec<&str> = all
+        });
+        running
+    };
+    if running != Some(false) {
+        let registry = match c {
+            Ok(c) => c
+                .get(outpost_core_keeper::SERVICE, "/registry/all")
+                .await
+                .map_err(|e| format!("the registry does not answer ({e:#})"))
+                .and_then(|v| {
+                    super::client::decode::<MultiRegistrationsResponse>(v)
+                        .map_err(|e| format!("{e:#}"))
+                }),
+            Err(e) => Err(format!("unknown ({e:#})")),
+        };
+        match registry {
+            Ok(all) => {
+                let (up, down): (Vec<_>, Vec<_>) = all
                     .registrations
                     .iter()
-                    .filter(|r| r.status.as_str() != "UP")
-                    .map(|r| r.service_id.as_str())
-                    .collect();
-                let up = all.registrations.len() - down.len();
-                if down.is_empty() {
-                    println!("Services: all {up} UP (outpost services)");
+                    .partition(|r| r.status.as_str() == "UP");
+                let names = |rs: Vec<&outpost_contracts::registry::Registration>| -> Vec<String> {
+                    rs.into_iter().map(|r| r.service_id.clone()).collect()
+                };
+                let (up, down) = (names(up), names(down));
+                lines.push(if down.is_empty() {
+                    format!("Services: all {} UP (outpost services)", up.len())
                 } else {
-                    println!("Services: {up} UP; not UP: {}", down.join(", "));
-                }
+                    format!("Services: {} UP; not UP: {}", up.len(), down.join(", "))
+                });
+                out.insert("servicesUp".into(), up.into());
+                out.insert("servicesNotUp".into(), down.into());
             }
-            Err(e) => println!("Services: the registry does not answer ({e:#})"),
-        },
-        Err(e) => println!("Services: unknown ({e:#})"),
+            Err(e) => {
+                lines.push(format!("Services: {e}"));
+                out.insert("servicesError".into(), e.into());
+            }
+        }
     }
-    if remote {
-        return Ok(());
+    if !remote && running != Some(false) {
+        let enabled = || {
+            crate::config::SERVICES
+                .iter()
+                .filter(|s| s.section(cfg).enabled())
+        };
+        if let Some(w) = crate::supervisor::way_in(cfg, data_dir, enabled()) {
+            out.insert(
+                "wayIn".into(),
+                serde_json::json!({
+                    "url": w.url,
+                    "ca": w.ca.display().to_string(),
+                    "user": "admin",
+                    "passwordFile": w.password_file.display().to_string(),
+                }),
+            );
+        }
+        let found = crate::session::locate_node(crate::config::default_data_dir()) == data_dir;
+        lines.extend(crate::supervisor::next_steps(
+            cfg,
+            data_dir,
+            found,
+            None,
+            enabled(),
+        ));
     }
-    let enabled = crate::config::SERVICES
-        .iter()
-        .filter(|s| s.section(cfg).enabled());
-    let found = crate::session::locate_node(crate::config::default_data_dir()) == data_dir;
-    for line in crate::supervisor::next_steps(cfg, data_dir, found, None, enabled) {
-        println!("{line}");
+    if json {
+        super::table::print_json(&serde_json::Value::Object(out));
+    } else {
+        for l in &lines {
+            println!("{l}");
+        }
+    }
+    if running == Some(false) {
+        return Err(super::client::NotFound(format!(
+            "no Outpost node is running on {}",
+            data_dir.display()
+        ))
+        .into());
     }
     Ok(())
 }

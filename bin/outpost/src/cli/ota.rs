@@ -1,8 +1,6 @@
 //! `outpost ota ...`: signing keys, artifact uploads (streamed, with progress) and listing.
 
-use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
@@ -15,6 +13,7 @@ use outpost_ota::manifest::{Manifest, SigningKey};
 use tokio::io::AsyncReadExt as _;
 
 use super::client::{Client, decode, enc};
+use super::progress::{Progress, Unit};
 use super::table::{show, show_table, table};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -129,7 +128,7 @@ pub async fn upload(c: &Client, u: Upload) -> anyhow::Result<()> {
     let file = tokio::fs::File::open(&u.file)
         .await
         .with_context(|| format!("cannot open {}", u.file.display()))?;
-    let progress = Progress::new(size);
+    let progress = Progress::new("upload", Unit::Bytes, size).lines();
     let stream = futures_util::stream::unfold((file, progress), |(mut f, mut p)| async move {
         let mut buf = vec![0u8; 256 * 1024];
         match f.read(&mut buf).await {
@@ -163,64 +162,6 @@ pub async fn upload(c: &Client, u: Upload) -> anyhow::Result<()> {
         up.name, up.version, up.size, up.sha256, up.key_id
     );
     Ok(())
-}
-
-/// A progress line on standard error, when it is a terminal.
-struct Progress {
-    total: u64,
-    sent: u64,
-    started: Instant,
-    shown: Instant,
-    tty: bool,
-}
-
-impl Progress {
-    fn new(total: u64) -> Self {
-        let now = Instant::now();
-        Self {
-            total,
-            sent: 0,
-            started: now,
-            shown: now,
-            tty: std::io::stderr().is_terminal(),
-        }
-    }
-
-    fn add(&mut self, n: u64) {
-        self.sent += n;
-        if self.tty && self.shown.elapsed().as_millis() >= 100 {
-            self.shown = Instant::now();
-            self.draw();
-        }
-    }
-
-    fn draw(&self) {
-        let frac = if self.total == 0 {
-            1.0
-        } else {
-            self.sent as f64 / self.total as f64
-        };
-        let width = 30;
-        let full = (frac * width as f64) as usize;
-        let secs = self.started.elapsed().as_secs_f64().max(0.001);
-        let _ = write!(
-            std::io::stderr(),
-            "\r[{}{}] {:>5.1}% {:.1}/{:.1} MB {:.1} MB/s",
-            "#".repeat(full),
-            " ".repeat(width - full.min(width)),
-            frac * 100.0,
-            self.sent as f64 / 1e6,
-            self.total as f64 / 1e6,
-            self.sent as f64 / 1e6 / secs
-        );
-    }
-
-    fn done(&mut self) {
-        if self.tty {
-            self.draw();
-            let _ = writeln!(std::io::stderr());
-        }
-    }
 }
 
 pub async fn list(c: &Client, json: bool) -> anyhow::Result<()> {
