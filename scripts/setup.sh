@@ -15,6 +15,8 @@ set -euo pipefail
 packages=(gcc libc6-dev pkg-config libssl-dev mosquitto-clients curl python3 python3-venv)
 if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
   packages+=(mosquitto tcpdump swtpm tpm2-tools)
+  # A real PostgreSQL for the services' PostgreSQL backend (one server per test run).
+  packages+=(postgresql)
   # Containers (deploy/): podman runs them here with runc; the static binary of the image
   # links OpenSSL's libcrypto from its archive (libssl-dev).
   # catatonit: the pause process of the pods `podman kube play` makes; netavark and

@@ -9,6 +9,20 @@ if [ "$(id -u)" != 0 ]; then
     echo "warning: not root: the tests of the group 'root' (.config/nextest.toml) will fail" >&2
 fi
 
+# The tests share one PostgreSQL server, started by the first test that needs it
+# (crates/outpost-testkit/src/postgres.rs); it stops when this run ends.
+pg_data="${TMPDIR:-/tmp}/outpost-test-postgres-$(id -u)/data"
+stop_postgres() {
+    [ -f "$pg_data/postmaster.pid" ] || return 0
+    pg_ctl="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)/pg_ctl"
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- "$pg_ctl" -D "$pg_data" stop -m fast >/dev/null 2>&1 || true
+    else
+        "$pg_ctl" -D "$pg_data" stop -m fast >/dev/null 2>&1 || true
+    fi
+}
+trap stop_postgres EXIT
+
 echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"

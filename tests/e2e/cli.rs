@@ -89,6 +89,67 @@ async fn events_tail_follows_the_bus() {
     assert_eq!(ev["readings"][0]["value"], "23.75");
 }
 
+#[tokio::test]
+async fn events_tail_ends_quietly_when_its_reader_goes_away() {
+    let node = Node::start("").await;
+    provision(&node, &["t1"]);
+    // `outpost events tail --json | head -1`: a reader that takes the first line and
+    // closes the pipe.
+    let mut tail = Spawned(
+        node.cli_command(&["events", "tail", "--json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("events tail"),
+    );
+    let stdout = tail.stdout.take().expect("stdout");
+    let (first, read) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        // The pipe closes here, before the test hears of the line.
+        drop(reader);
+        let _ = first.send(line);
+    });
+    let said = lines_from(tail.stderr.take().expect("stderr"));
+    while !said
+        .recv_timeout(Duration::from_secs(20))
+        .expect("events tail says what it follows")
+        .starts_with("following ")
+    {}
+    let publish = |value: &str| {
+        let (_, msg) = event_message("t1", now_nanos(), &[("Temperature", "Float64", value)]);
+        assert!(
+            mosquitto_pub(node.ports.mqtt, &event_topic("t1"), &msg, &[])
+                .status
+                .success()
+        );
+    };
+    publish("23.75");
+    let line = read
+        .recv_timeout(Duration::from_secs(20))
+        .expect("events tail prints the event");
+    let ev: Value = serde_json::from_str(&line).expect("a JSON event per line");
+    assert_eq!(ev["deviceName"], "t1");
+    // The next event has nowhere to go: the command ends, with success and without a word.
+    let mut status = None;
+    for _ in 0..20 {
+        publish("24.5");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        status = tail.try_wait().expect("wait");
+        if status.is_some() {
+            break;
+        }
+    }
+    let status = status.expect("events tail ends once its reader is gone");
+    let stderr: Vec<String> = said.iter().collect();
+    assert!(status.success(), "{status}: {stderr:?}");
+    assert!(stderr.is_empty(), "{stderr:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_node_on_busy_ports_refuses_to_start_and_a_closed_pipe_ends_the_cli_quietly() {
     let node = Node::start("").await;
@@ -102,29 +163,40 @@ async fn a_second_node_on_busy_ports_refuses_to_start_and_a_closed_pipe_ends_the
         )) && banner.contains("Try: outpost services"),
         "{banner}"
     );
-    // A second node with the same ports (another data dir): one line per busy socket, a
-    // failure exit, no banner, and nothing left running.
+    // `outpost up` with the first node's configuration on `data_dir`, which must give up
+    // at once: its exit status, stdout and stderr. (The first node keeps its record for
+    // the CLI in the runtime dir they share: it runs.)
+    let second_up = |data_dir: &Path| {
+        let mut second = Command::new(BIN);
+        second
+            .arg("--config")
+            .arg(&node.config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("up")
+            .env("XDG_RUNTIME_DIR", node.runtime_dir())
+            .stdin(Stdio::null());
+        let mut second = tokio::process::Command::from(second);
+        // Killed if it does not give up in time (it would run on).
+        second.kill_on_drop(true);
+        async move {
+            let out = tokio::time::timeout(Duration::from_secs(20), second.output())
+                .await
+                .expect("the second node gives up at once")
+                .expect("run");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    // A second node with the same ports (another data dir): one line per busy socket, the
+    // exit status of a node that refuses what it was given (2, as `outpost cloud`'s), no
+    // banner, and nothing left running.
     let other = crate::support::tempdir();
-    let mut second = Command::new(BIN);
-    second
-        .arg("--config")
-        .arg(&node.config)
-        .arg("--data-dir")
-        .arg(other.path())
-        .arg("up")
-        .stdin(Stdio::null());
-    let mut second = tokio::process::Command::from(second);
-    // Killed if it does not give up in time (it would run on).
-    second.kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(20), second.output())
-        .await
-        .expect("the second node gives up at once")
-        .expect("run");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(!out.status.success(), "{stdout}{stderr}");
+    let (code, stdout, stderr) = second_up(other.path()).await;
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
     assert!(
         stderr.contains(&format!(
             "core-data cannot listen on 127.0.0.1:{} (http)",
@@ -143,6 +215,17 @@ async fn a_second_node_on_busy_ports_refuses_to_start_and_a_closed_pipe_ends_the
         !other.path().join("run/core-data.pid").exists(),
         "no service was started"
     );
+    // A data dir anyone may write to: refused before anything starts, with the same status.
+    let elsewhere = crate::support::tempdir();
+    let open = elsewhere.path().join("data");
+    std::fs::create_dir_all(&open).expect("mkdir");
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    let (code, stdout, stderr) = second_up(&open).await;
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    assert!(stderr.contains("anyone may write to it"), "{stderr}");
+    assert!(!stdout.contains("up in"), "no success banner: {stdout}");
+    assert!(!open.join("run").exists(), "nothing was started: {stderr}");
 
     // A reader that goes away before the CLI writes (`outpost services --json | head`):
     // the CLI ends with success and says nothing.
@@ -450,6 +533,32 @@ async fn mistakes_get_an_answer_that_says_what_to_do_and_an_exit_status_scripts_
     );
     let entry: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(entry["statusCode"], 201, "{out}");
+    // The same for a device file (`device add -f`): the device is added without what the
+    // misspelt key held, and the warning names the key and its line.
+    let typo = node.dir.path().join("typo-devices.yaml");
+    std::fs::write(
+        &typo,
+        "deviceList:\n  - name: \"t5\"\n    profileName: \"Thermostat\"\n    \
+         serviceName: \"device-mqtt\"\n    label: [\"hvac\"]\n    protocols:\n      \
+         mqtt: { CommandTopic: \"command/t5\" }\n",
+    )
+    .expect("write");
+    let (code, out, err) = node.cli_code(&["device", "add", "-f", typo.to_str().expect("path")]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("added device t5"), "{out}");
+    assert!(
+        err.contains(&format!(
+            "warning: {}: unknown key 'deviceList.0.label' (line 5), ignored",
+            typo.display()
+        )),
+        "{err}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&node.cli_ok(&["device", "show", "t5", "--json"])).expect("JSON");
+    assert!(
+        shown["labels"].as_array().is_none_or(Vec::is_empty),
+        "{shown}"
+    );
 
     // The public signing key where the private one belongs.
     let keys = node.dir.path().join("keys");
@@ -534,6 +643,195 @@ async fn mistakes_get_an_answer_that_says_what_to_do_and_an_exit_status_scripts_
         err.contains("similar subcommand") && err.contains("'device'"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listing_prints_json_scripts_can_parse() {
+    // OTA on (it takes a signing key), so that its listings answer too: artifacts,
+    // rollouts, groups, the inventory.
+    let keys = crate::support::tempdir();
+    run_ok(
+        Command::new(BIN)
+            .args(["ota", "keygen", "--out"])
+            .arg(keys.path()),
+        "ota keygen",
+    );
+    let public = std::fs::read_to_string(keys.path().join("ota-signing.pub")).expect("key");
+    let node = Node::start(&format!(
+        "[ota]\nenabled = true\ntrusted_keys = [\"{}\"]\n",
+        public.trim()
+    ))
+    .await;
+
+    // Something in each list, made as an operator makes it.
+    let thermostat = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/thermostat.yaml"
+    );
+    node.cli_ok(&["profile", "apply", thermostat]);
+    node.cli_ok(&[
+        "device-service",
+        "add",
+        "device-mqtt",
+        "--base-address",
+        "http://127.0.0.1:1",
+    ]);
+    node.cli_ok(&[&["device", "add", "t1"][..], &A_THERMOSTAT].concat());
+    let (ok, out, err) = node.cli_with(
+        &["user", "add", "vic", "--role", "viewer", "--password-stdin"],
+        &[],
+        Some("viewer password 1\n"),
+    );
+    assert!(ok, "{out}{err}");
+    let created = node.cli_ok(&["apikey", "create", "ci", "--role", "operator"]);
+    let key = created
+        .split_whitespace()
+        .find(|w| w.starts_with("opk_"))
+        .expect("the key is printed")
+        .to_string();
+    node.cli_ok(&[
+        "notify",
+        "subscribe",
+        "--name",
+        "on-call",
+        "--category",
+        "alarm",
+        "--webhook",
+        "http://127.0.0.1:1/on-call",
+    ]);
+    node.cli_ok(&["notify", "send", "--category", "alarm", "boiler too hot"]);
+    node.cli_ok(&[
+        "schedule",
+        "add",
+        "--name",
+        "ping-data",
+        "--every",
+        "1h",
+        "--rest",
+        "GET",
+        "http://core-data/api/v3/ping",
+        "--locked",
+    ]);
+    node.cli_ok(&["schedule", "trigger", "ping-data"]);
+    node.cli_ok(&["device", "group", "add", "hvac", "--label", "e2e"]);
+    let firmware = node.dir.path().join("fw.bin");
+    std::fs::write(&firmware, b"firmware 1").expect("write");
+    node.cli_ok(&[
+        "ota",
+        "upload",
+        firmware.to_str().expect("path"),
+        "--name",
+        "fw",
+        "--version",
+        "1",
+        "--key",
+        keys.path().join("ota-signing.key").to_str().expect("path"),
+        "--compatible",
+        "Thermostat",
+    ]);
+    node.cli_ok(&[
+        "ota",
+        "rollout",
+        "create",
+        "r1",
+        "--artifact",
+        "fw",
+        "--version",
+        "1",
+        "--device",
+        "t1",
+    ]);
+    publish_readings(&node, "t1", 1, "21.5");
+
+    // A listing with --json: one JSON document (what the service answered), its items an
+    // array under `key`.
+    let listed = |args: &[&str], key: &str| -> Vec<Value> {
+        let out = node.cli_ok(&[args, &["--json"]].concat());
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| {
+            panic!("outpost {} --json is not JSON ({e}): {out}", args.join(" "))
+        });
+        v[key]
+            .as_array()
+            .unwrap_or_else(|| {
+                panic!(
+                    "outpost {} --json has no array '{key}': {v}",
+                    args.join(" ")
+                )
+            })
+            .clone()
+    };
+    // ...and among them one whose field at `pointer` is `name`.
+    let lists = |args: &[&str], key: &str, pointer: &str, name: &str| {
+        let items = listed(args, key);
+        assert!(
+            items
+                .iter()
+                .any(|i| i.pointer(pointer) == Some(&json!(name))),
+            "outpost {} --json: no {name} at {pointer} in '{key}': {items:?}",
+            args.join(" ")
+        );
+    };
+    lists(&["profile", "list"], "profiles", "/name", "Thermostat");
+    lists(&["device", "list"], "devices", "/name", "t1");
+    lists(
+        &["device-service", "list"],
+        "services",
+        "/name",
+        "device-mqtt",
+    );
+    lists(&["user", "list"], "users", "/username", "vic");
+    lists(&["user", "list"], "users", "/username", "admin");
+    lists(&["apikey", "list"], "apiKeys", "/name", "ci");
+    // Never the key itself.
+    let out = node.cli_ok(&["apikey", "list", "--json"]);
+    assert!(!out.contains(&key), "{out}");
+    lists(&["services"], "registrations", "/serviceId", "core-data");
+    lists(
+        &["notify", "list"],
+        "notifications",
+        "/content",
+        "boiler too hot",
+    );
+    lists(
+        &["notify", "subscriptions"],
+        "subscriptions",
+        "/name",
+        "on-call",
+    );
+    lists(&["schedule", "list"], "scheduleJobs", "/name", "ping-data");
+    lists(&["device", "group", "list"], "groups", "/name", "hvac");
+    lists(&["device", "inventory"], "devices", "/name", "t1");
+    lists(&["ota", "list"], "artifacts", "/manifest/name", "fw");
+    lists(&["ota", "rollout", "status"], "rollouts", "/name", "r1");
+    // What services do in the background shows a moment later: the delivery to the
+    // (unreachable) webhook, the triggered job's run, the reading stored.
+    for (args, key, pointer, name) in [
+        (
+            &["notify", "transmissions"][..],
+            "transmissions",
+            "/subscriptionName",
+            "on-call",
+        ),
+        (
+            &["schedule", "records"],
+            "scheduleActionRecords",
+            "/jobName",
+            "ping-data",
+        ),
+        (&["readings", "t1"], "readings", "/deviceName", "t1"),
+    ] {
+        eventually(
+            &format!("{name} in outpost {} --json", args.join(" ")),
+            Duration::from_secs(20),
+            || {
+                let found = listed(args, key)
+                    .iter()
+                    .any(|i| i.pointer(pointer) == Some(&json!(name)));
+                async move { found }
+            },
+        )
+        .await;
+    }
 }
 
 #[test]

@@ -186,3 +186,84 @@ async fn no_plaintext_under_the_data_dir() {
         "the node keeps its secrets there ({files} files)"
     );
 }
+
+/// core-data on PostgreSQL: events published by a device are stored and queried as on
+/// SQLite, and the values never reach PostgreSQL's files in plaintext (the device and
+/// profile names, which queries select on, do: the search finds what is there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_data_on_postgresql_keeps_values_sealed() {
+    let pg = outpost_testkit::postgres::server();
+    let db = pg.database();
+    let node = Node::start(&db.storage_toml("core_data")).await;
+    let device = "pg-canary-device-41d7";
+    provision(&node, &[device]);
+    let text = "pg-canary-reading-9b3e";
+    let value = "97.9140625";
+    let lines: Vec<String> = (0..40)
+        .map(|i| {
+            event_message(
+                device,
+                now_nanos() + i,
+                &[("Temperature", "Float64", value), ("Label", "String", text)],
+            )
+            .1
+        })
+        .collect();
+    let out = mosquitto_pub_lines(node.ports.mqtt, &event_topic(device), &lines, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data = node.data();
+    eventually(
+        "40 events in PostgreSQL",
+        Duration::from_secs(20),
+        || async { node.get(&format!("{data}/api/v3/event/count")).await.1["count"] == 40 },
+    )
+    .await;
+    let (s, r) = node
+        .get(&format!(
+            "{data}/api/v3/reading/device/name/{device}/resourceName/Label?limit=1"
+        ))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        (r["totalCount"].as_u64(), &r["readings"][0]["value"]),
+        (Some(40), &serde_json::json!(text)),
+        "{r}"
+    );
+    let (_, a) = node
+        .get(&format!(
+            "{data}/api/v3/reading/device/name/{device}/resourceName/Temperature?aggregateFunc=MAX"
+        ))
+        .await;
+    assert_eq!(a["readings"][0]["value"], 97.9140625, "{a}");
+    // The node's health says where events go and that writes succeed.
+    let (_, h) = node.get(&format!("{data}/api/v3/health")).await;
+    assert!(h.to_string().contains("writes"), "{h}");
+    // Its rows, in its own schema of the test's database.
+    let rows = pg.psql_in(
+        &db.name,
+        &format!("SELECT count(*) FROM core_data.readings WHERE device = '{device}'"),
+    );
+    assert_eq!(rows.trim(), "80", "40 events of 2 readings");
+    pg.psql("CHECKPOINT");
+    // The test's database files and the write-ahead log, where rows land first.
+    let oid = pg.psql(&format!(
+        "SELECT oid FROM pg_database WHERE datname = '{}'",
+        db.name
+    ));
+    let needles = [text, value, device, "Thermostat"];
+    let mut found = plaintext(&pg.data_dir().join("base").join(oid.trim()), &needles);
+    found.extend(plaintext(&pg.data_dir().join("pg_wal"), &needles));
+    let names: Vec<&str> = found.iter().map(|(_, n)| n.as_str()).collect();
+    assert!(
+        names.contains(&device) && names.contains(&"Thermostat"),
+        "the names are in PostgreSQL's files, found as they are: {found:?}"
+    );
+    assert!(
+        !names.contains(&text) && !names.contains(&value),
+        "a value in plaintext in PostgreSQL's files: {found:?}"
+    );
+}

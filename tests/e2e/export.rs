@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use crate::support::{
     BIN, MosquittoSub, Node, Paused, Spawned, cloud_export, event_message, event_topic, eventually,
-    export_config, free_port, https_client, mosquitto_pub_lines, now_nanos, rules_config, run_cli,
-    signal, spawn_logged,
+    export_config, free_port, https_client, mosquitto_pub_lines, now_nanos, rules_config,
+    run_cli_code, signal, spawn_logged,
 };
 
 /// A cloud node in its own data dir.
@@ -100,9 +100,15 @@ impl Cloud {
 
     /// Runs `outpost cloud ARGS` on the cloud's machine.
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let (code, out, err) = self.cli_code(args);
+        (code == Some(0), out, err)
+    }
+
+    /// [`Cloud::cli`] with the exit status.
+    pub fn cli_code(&self, args: &[&str]) -> (Option<i32>, String, String) {
         let mut cmd = self.command();
         cmd.arg("cloud").args(args).arg("--url").arg(self.url());
-        run_cli(cmd, None)
+        run_cli_code(cmd, None)
     }
 
     /// A metric of the cloud node (its `/metrics`, with the admin token); fails when the
@@ -862,6 +868,23 @@ async fn the_cloud_takes_only_enrolled_edges_and_admins() {
     }
     let (_, v) = cloud.get("/event/count/edge/edge-4").await;
     assert_eq!(v["Count"], 1);
+    // The CLI lists what the edge sent, the edge named as the other commands name things
+    // (`--edge NAME`, the older form, is taken too).
+    let (code, out, err) = cloud.cli_code(&["readings", "edge-4", "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let page: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(page["readings"].as_array().map(Vec::len), Some(1), "{page}");
+    assert_eq!(page["readings"][0]["deviceName"], "d", "{page}");
+    let (code, out, err) = cloud.cli_code(&["readings", "--edge", "edge-4"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("(1 of 1)"), "{out}");
+    // An edge never enrolled is no empty list: the not-found status and the nearest name.
+    let (code, out, err) = cloud.cli_code(&["readings", "edge-44"]);
+    assert_eq!(code, Some(4), "{out}{err}");
+    assert!(
+        err.contains("no edge edge-44 (did you mean 'edge-4'?)"),
+        "{err}"
+    );
 
     // Revoked: the certificate stops working at once.
     let (ok, _, err) = cloud.cli(&["revoke", "edge-4"]);

@@ -185,7 +185,6 @@ impl NsCloud {
         cmd.args([
             "cloud",
             "readings",
-            "--edge",
             edge,
             "--device",
             device,

@@ -422,9 +422,12 @@ enum CloudCmd {
     },
     /// Readings the cloud node received from an edge, newest first.
     Readings {
-        /// The edge.
-        #[arg(long)]
-        edge: String,
+        /// The edge (`outpost cloud edges`).
+        #[arg(required_unless_present = "edge_flag")]
+        edge: Option<String>,
+        /// The edge (as `--edge NAME`, the older form).
+        #[arg(long = "edge", hide = true, conflicts_with = "edge")]
+        edge_flag: Option<String>,
         /// Only this device's readings.
         #[arg(long)]
         device: Option<String>,
@@ -899,7 +902,9 @@ fn main() -> ExitCode {
                     let mut cfg = cfg;
                     cfg.security.internal_tls = false;
                     // As `outpost up`: a cloud node already running, a data dir that
-                    // cannot be used, a port in use: said once each, and nothing starts.
+                    // cannot be used, a port in use: said once each, and nothing starts;
+                    // the exit status is `up`'s too (1 for a node already running, 2 for
+                    // the others: see `supervisor::Refused`).
                     let id = outpost_kit::registry::instance_id(cloud.name(), &cfg.node.instance);
                     let lock = data_dir.join("run").join(format!("{id}.lock"));
                     if session::lock_held(&lock) == Some(true) {
@@ -986,12 +991,14 @@ async fn cloud(
         CloudCmd::Revoke { name, target: t } => cli::cloud::revoke(&target(t)?, &name).await,
         CloudCmd::Readings {
             edge,
+            edge_flag,
             device,
             resource,
             limit,
             json,
             target: t,
         } => {
+            let edge = edge.or(edge_flag).unwrap_or_default();
             cli::cloud::readings(
                 &target(t)?,
                 &edge,
@@ -1100,6 +1107,8 @@ fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitC
             eprintln!("outpost: {e:#}");
             if e.chain().any(|c| c.is::<cli::client::NotFound>()) {
                 ExitCode::from(cli::client::NotFound::EXIT)
+            } else if e.chain().any(|c| c.is::<supervisor::Refused>()) {
+                ExitCode::from(runner::EXIT_CONFIG as u8)
             } else {
                 ExitCode::FAILURE
             }

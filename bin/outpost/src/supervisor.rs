@@ -468,6 +468,21 @@ fn sandbox_line(run_as: &crate::sandbox::RunAs, landlock: Landlock) -> String {
     format!("{warn}Privileges: {run_as}; {fs}")
 }
 
+/// Why a node refuses to start on what it was given: a port in use, a data dir it cannot
+/// safely use. Restarting cannot help, so `outpost up` exits with [`EXIT_CONFIG`] as
+/// `outpost cloud` does in the same situation (a node already running on the data dir is
+/// an ordinary failure: it goes away).
+#[derive(Debug)]
+pub(crate) struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
 /// The sockets the node's services would listen on that cannot be bound now, as one line
 /// each (`core-data cannot listen on 127.0.0.1:59880 (http): Address in use`).
 pub(crate) fn busy_sockets(
@@ -526,18 +541,21 @@ pub async fn up(
     found: bool,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    outpost_storage::ensure_private_dir(&data_dir)?;
+    let unusable =
+        |e: outpost_storage::StorageError| Refused(format!("cannot use the data dir: {e}"));
+    outpost_storage::ensure_private_dir(&data_dir).map_err(unusable)?;
     let data_dir = data_dir.canonicalize().context("data dir")?;
     let exposed = exposed_secrets(&data_dir.join("secrets"));
     if let Some(first) = exposed.first() {
-        anyhow::bail!(
+        return Err(Refused(format!(
             "{} secret files may be read by others than the node's user ({} first): a key \
              anyone may have read protects nothing; make them private (chmod -R go= {}) and, \
              if others could have read them, rotate the keys (`outpost keys rotate`)",
             exposed.len(),
             first.display(),
             data_dir.join("secrets").display()
-        );
+        ))
+        .into());
     }
     let landlock = if !cfg.security.sandbox {
         Landlock::Off
@@ -556,7 +574,7 @@ pub async fn up(
         );
     }
     let run_dir = data_dir.join("run");
-    outpost_storage::ensure_private_dir(&run_dir)?;
+    outpost_storage::ensure_private_dir(&run_dir).map_err(unusable)?;
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -591,12 +609,13 @@ pub async fn up(
         busy = busy_sockets(&cfg, cfg.services());
     }
     if !busy.is_empty() {
-        anyhow::bail!(
+        return Err(Refused(format!(
             "cannot start:\n  {}\nanother node or program listens there: stop it, or give \
              this node other ports (`--set <service>.port=...`, `broker.listen`, \
              `gateway.listen`)",
             busy.join("\n  ")
-        );
+        ))
+        .into());
     }
     // Leftovers of a previous run that did not stop cleanly.
     for svc in SERVICES {

@@ -27,6 +27,7 @@ pub mod group;
 pub mod http;
 pub mod internal;
 pub mod limit;
+pub mod pg;
 pub mod ratelog;
 pub mod refused;
 pub mod registry;

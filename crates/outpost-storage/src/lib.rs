@@ -88,6 +88,11 @@ impl Key {
         Self(bytes)
     }
 
+    /// Its 256 bits, for keying what is not SQLCipher (values sealed for PostgreSQL).
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     fn pragma(&self) -> String {
         format!("x'{}'", hex::encode(self.0))
     }

@@ -27,6 +27,7 @@ pub mod device;
 pub mod firmware;
 pub mod metadata;
 pub mod modbus;
+pub mod postgres;
 pub mod tpm;
 pub mod webhook;
 

@@ -29,6 +29,9 @@ pub struct Config {
     /// Delete a device's events when core-metadata announces its deletion.
     pub purge_on_device_delete: bool,
     pub retention: RetentionConfig,
+    /// Where events are kept: the node's encrypted SQLite file (default), or a PostgreSQL
+    /// database shared by several core-data instances (`backend = "postgres"`).
+    pub storage: outpost_kit::pg::StorageConfig,
 }
 
 impl Default for Config {
@@ -43,6 +46,7 @@ impl Default for Config {
             publish_rest_events: true,
             purge_on_device_delete: false,
             retention: RetentionConfig::default(),
+            storage: outpost_kit::pg::StorageConfig::default(),
         }
     }
 }
@@ -113,6 +117,9 @@ impl Validate for Config {
             "core_data",
             "max_inflight must be at least 1",
         );
+        for problem in self.storage.problems() {
+            p.check(false, "core_data.storage", problem);
+        }
         let r = &self.retention;
         p.check(
             r.min_cap <= r.max_cap,

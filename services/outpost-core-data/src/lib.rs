@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod ingest;
+pub mod postgres;
 pub mod retention;
 pub mod routes;
 pub mod sqlite;
@@ -36,29 +37,42 @@ pub const SERVICE: &str = "core-data";
 /// The client ID of core-data's durable consumer of device events on the bus.
 pub const BUS_CLIENT: &str = "outpost-core-data";
 
-/// The ingest path over the service's database, checking events against `view`.
+/// The ingest path over `store`, checking events against `view`.
 pub fn open(
     ctx: &Context,
     cfg: &Config,
-    db: outpost_storage::Db,
+    store: Arc<dyn store::EventStore>,
     view: MetadataView,
     live: outpost_kit::writable::Live<config::Writable>,
-) -> Result<Arc<ingest::Ingest>, store::StoreError> {
-    let store = sqlite::SqliteEventStore::start(db, sqlite::WriterMetrics::new(ctx))?;
+) -> Arc<ingest::Ingest> {
     let validator = validate::Validator::new(
         cfg.validate_events,
         view,
         ctx.metric("validation_skipped_total"),
     )
     .accept_unknown_devices(cfg.accept_unknown_devices);
-    Ok(Arc::new(
-        ingest::Ingest::new(
-            Arc::new(store),
-            Arc::new(validator),
-            ingest::IngestMetrics::new(ctx),
-        )
-        .with_writable(live),
-    ))
+    Arc::new(
+        ingest::Ingest::new(store, Arc::new(validator), ingest::IngestMetrics::new(ctx))
+            .with_writable(live),
+    )
+}
+
+/// The configured store: the service's SQLite database, or PostgreSQL.
+async fn store(start: &Start<Config>) -> Result<Arc<dyn store::EventStore>, StartError> {
+    let Start { ctx, cfg, .. } = start;
+    if cfg.storage.is_postgres() {
+        let pg = postgres::PgEventStore::open(&cfg.storage, &ctx.secrets_dir())
+            .await
+            .map_err(StartError::other)?;
+        tracing::info!(
+            url = %outpost_kit::pg::redact(&cfg.storage.url),
+            "events are kept in PostgreSQL"
+        );
+        return Ok(Arc::new(pg));
+    }
+    let sqlite = sqlite::SqliteEventStore::start(start.db()?, sqlite::WriterMetrics::new(ctx))
+        .map_err(StartError::other)?;
+    Ok(Arc::new(sqlite))
 }
 
 /// The service, as the node runs it.
@@ -69,9 +83,27 @@ impl outpost_kit::Service for CoreData {
 
     const INFO: Info = Info::new(SERVICE, "core_data").worker_threads(2);
 
-    fn storage(_: &Config) -> Option<Storage> {
+    fn storage(cfg: &Config) -> Option<Storage> {
+        if cfg.storage.is_postgres() {
+            return None;
+        }
         // Commits stay short: checkpoints run beside the writer.
         Some(Storage::new(sqlite::MIGRATIONS, 2).checkpoint_every(Duration::from_millis(250)))
+    }
+
+    fn sandbox(
+        cfg: &Config,
+        files: &mut outpost_kit::sandbox::Files,
+    ) -> Result<(), outpost_storage::StorageError> {
+        if cfg.storage.is_postgres() {
+            for f in cfg.storage.files() {
+                files.config_file(Some(f));
+            }
+            if cfg.storage.key_file.is_none() {
+                files.secret(&format!("{SERVICE}-values.key"))?;
+            }
+        }
+        Ok(())
     }
 
     async fn build(start: Start<Config>) -> Result<Parts, StartError> {
@@ -81,7 +113,7 @@ impl outpost_kit::Service for CoreData {
             persist_data: cfg.persist_data,
             max_result_count: ctx.common.node.max_result_count,
         });
-        let ingest = open(ctx, cfg, start.db()?, view.clone(), live).map_err(StartError::other)?;
+        let ingest = open(ctx, cfg, store(&start).await?, view.clone(), live);
         // REST-added events are republished through the service's own connection, which
         // closes after the last request was served.
         let link = Link::start(ctx);

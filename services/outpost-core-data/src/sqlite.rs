@@ -48,7 +48,8 @@ use outpost_storage::{Db, JoinOnDrop, Migration};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{
-    Aggregate, Deleted, EventStore, IngestEvent, Outcome, Query, StoreError, Totals,
+    Aggregate, Deleted, EventStore, IngestEvent, Outcome, Query, SeriesAggregate, StoreError,
+    Totals,
 };
 
 pub const MIGRATIONS: &[Migration] = &[Migration {
@@ -980,25 +981,6 @@ fn row_to_event(c: &Connection, r: &rusqlite::Row<'_>) -> rusqlite::Result<Event
     })
 }
 
-fn is_integer_type(code: i64) -> bool {
-    u8::try_from(code)
-        .ok()
-        .and_then(ValueType::from_code)
-        .is_some_and(|t| {
-            matches!(
-                t,
-                ValueType::Uint8
-                    | ValueType::Uint16
-                    | ValueType::Uint32
-                    | ValueType::Uint64
-                    | ValueType::Int8
-                    | ValueType::Int16
-                    | ValueType::Int32
-                    | ValueType::Int64
-            )
-        })
-}
-
 fn read_events(c: &Connection, q: &Query) -> rusqlite::Result<(u64, Vec<Event>)> {
     let (clause, params, by_device) = match plan(c, q, false)? {
         Plan::Empty => return Ok((0, Vec::new())),
@@ -1111,28 +1093,19 @@ fn read_aggregate(c: &Connection, q: &Query, f: Aggregate) -> rusqlite::Result<V
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (device, resource, profile, v, tmin, tmax, numeric, origin) = row?;
-        let integral = is_integer_type(tmin) && is_integer_type(tmax);
-        let (value_type, value) = match (f, v) {
-            (Aggregate::Count, Some(v)) => (ValueType::Int64, format!("{}", v as i64)),
-            (_, Some(v)) if numeric > 0 => {
-                if integral && f != Aggregate::Avg {
-                    (ValueType::Int64, format!("{}", v as i64))
-                } else {
-                    (ValueType::Float64, format!("{v}"))
-                }
+        let (device, resource, profile, value, tmin, tmax, numeric, origin) = row?;
+        out.push(
+            SeriesAggregate {
+                device,
+                resource,
+                profile,
+                value,
+                numeric,
+                type_codes: (tmin, tmax),
+                origin,
             }
-            _ => (ValueType::String, String::new()),
-        };
-        out.push(Reading {
-            origin,
-            device_name: device,
-            resource_name: resource,
-            profile_name: profile,
-            value_type,
-            value: ReadingValue::Simple(value),
-            ..Reading::default()
-        });
+            .reading(f),
+        );
     }
     Ok(out)
 }

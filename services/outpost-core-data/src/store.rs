@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 
-use outpost_contracts::event::{Event, Reading};
+use outpost_contracts::event::{Event, Reading, ReadingValue};
+use outpost_contracts::value::ValueType;
 use outpost_storage::StorageError;
 
 /// An event ready to store: validated, with each reading's numeric view.
@@ -88,6 +89,67 @@ impl Aggregate {
             Self::Avg => "AVG",
         }
     }
+}
+
+/// One series' aggregate, as the stores compute it: the function's value (`None` when
+/// no reading of the series is numeric, except for `Count`), how many readings are numeric,
+/// the smallest and largest value type code among them, the newest origin.
+#[derive(Debug, Clone)]
+pub struct SeriesAggregate {
+    pub device: String,
+    pub resource: String,
+    pub profile: String,
+    pub value: Option<f64>,
+    pub numeric: i64,
+    pub type_codes: (i64, i64),
+    pub origin: i64,
+}
+
+impl SeriesAggregate {
+    /// The reading EdgeX answers for it: `Count` as Int64; of integer types, Int64 (but
+    /// `Avg`); otherwise Float64; a series without numbers, an empty String.
+    pub fn reading(self, f: Aggregate) -> Reading {
+        let integral = is_integer_type(self.type_codes.0) && is_integer_type(self.type_codes.1);
+        let (value_type, value) = match (f, self.value) {
+            (Aggregate::Count, Some(v)) => (ValueType::Int64, format!("{}", v as i64)),
+            (_, Some(v)) if self.numeric > 0 => {
+                if integral && f != Aggregate::Avg {
+                    (ValueType::Int64, format!("{}", v as i64))
+                } else {
+                    (ValueType::Float64, format!("{v}"))
+                }
+            }
+            _ => (ValueType::String, String::new()),
+        };
+        Reading {
+            origin: self.origin,
+            device_name: self.device,
+            resource_name: self.resource,
+            profile_name: self.profile,
+            value_type,
+            value: ReadingValue::Simple(value),
+            ..Reading::default()
+        }
+    }
+}
+
+fn is_integer_type(code: i64) -> bool {
+    u8::try_from(code)
+        .ok()
+        .and_then(ValueType::from_code)
+        .is_some_and(|t| {
+            matches!(
+                t,
+                ValueType::Uint8
+                    | ValueType::Uint16
+                    | ValueType::Uint32
+                    | ValueType::Uint64
+                    | ValueType::Int8
+                    | ValueType::Int16
+                    | ValueType::Int32
+                    | ValueType::Int64
+            )
+        })
 }
 
 /// What one deletion removed.

@@ -16,18 +16,41 @@ use outpost_bus::metadata::{MetadataView, ViewConfig};
 use outpost_testkit::{Drive, each, until};
 
 struct Fixture {
-    _db: outpost_testkit::TempDb,
+    /// The SQLite database (none on PostgreSQL).
+    _db: Option<outpost_testkit::TempDb>,
     _ctx: outpost_testkit::TestContext,
+    _secrets: Option<tempfile::TempDir>,
     app: Arc<App>,
 }
 
-fn fixture() -> Fixture {
-    let db = outpost_testkit::temp_db("core-data", MIGRATIONS, 2);
+/// Where a fixture keeps its events: every test of the store runs on both.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+async fn fixture_on(backend: Backend) -> Fixture {
     let test = outpost_testkit::context("core-data", &[]);
-    let store = SqliteEventStore::start(db.db.clone(), WriterMetrics::new(&test.ctx)).unwrap();
+    let (db, secrets, store): (_, _, Arc<dyn crate::store::EventStore>) = match backend {
+        Backend::Sqlite => {
+            let db = outpost_testkit::temp_db("core-data", MIGRATIONS, 2);
+            let store =
+                SqliteEventStore::start(db.db.clone(), WriterMetrics::new(&test.ctx)).unwrap();
+            (Some(db), None, Arc::new(store))
+        }
+        Backend::Postgres => {
+            let database = outpost_testkit::postgres::server().database();
+            let secrets = tempfile::tempdir().unwrap();
+            let store = crate::postgres::PgEventStore::open(&database.storage(), secrets.path())
+                .await
+                .unwrap();
+            (None, Some(secrets), Arc::new(store))
+        }
+    };
     let view = MetadataView::without_events(&test.ctx, ViewConfig::default());
     let ingest = Ingest::new(
-        Arc::new(store),
+        store,
         Arc::new(Validator::new(false, view, "s".into())),
         IngestMetrics::new(&test.ctx),
     )
@@ -58,9 +81,43 @@ fn fixture() -> Fixture {
     Fixture {
         _db: db,
         _ctx: test,
+        _secrets: secrets,
         app,
     }
 }
+
+/// Each test named runs twice, `on_sqlite::NAME` and `on_postgres::NAME`, with a fixture
+/// of that backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::fixture_on(super::Backend::Sqlite).await).await
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::fixture_on(super::Backend::Postgres).await).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    add_get_duplicate_and_bad_events,
+    cbor_events_are_accepted,
+    reading_queries_paging_and_aggregates,
+    deletions_keep_counts_right,
+    retention_by_count_keeps_the_newest,
+    a_retention_run_asked_for_reports_its_progress,
+    duplicates_inside_one_batch_and_across_batches,
+);
 
 impl Drive for Fixture {
     fn router(&self) -> axum::Router {
@@ -91,9 +148,7 @@ async fn post(f: &Fixture, ev: &Value) -> (StatusCode, Value) {
     .await
 }
 
-#[tokio::test]
-async fn add_get_duplicate_and_bad_events() {
-    let f = fixture();
+async fn add_get_duplicate_and_bad_events(f: Fixture) {
     let ev = event(
         "d1",
         1_000,
@@ -186,9 +241,7 @@ async fn add_get_duplicate_and_bad_events() {
     .await;
 }
 
-#[tokio::test]
-async fn cbor_events_are_accepted() {
-    let f = fixture();
+async fn cbor_events_are_accepted(f: Fixture) {
     let ev = event("d1", 5, &[("temp", "Float64", "1.25")]);
     let req: outpost_contracts::event::AddEventRequest =
         serde_json::from_value(ev.clone()).unwrap();
@@ -238,9 +291,7 @@ async fn seed(f: &Fixture) {
     }
 }
 
-#[tokio::test]
-async fn reading_queries_paging_and_aggregates() {
-    let f = fixture();
+async fn reading_queries_paging_and_aggregates(f: Fixture) {
     seed(&f).await;
     let (_, r) = f.call("GET", "/api/v3/reading/all?limit=3", None).await;
     assert_eq!(r["totalCount"], 40);
@@ -363,9 +414,7 @@ async fn until_none(f: &Fixture, what: &str, uri: &str) {
     .await;
 }
 
-#[tokio::test]
-async fn deletions_keep_counts_right() {
-    let f = fixture();
+async fn deletions_keep_counts_right(f: Fixture) {
     seed(&f).await;
     let (_, r) = f
         .call("GET", "/api/v3/event/device/name/d1?limit=1", None)
@@ -404,9 +453,7 @@ fn ingest_event(device: &str, origin: i64, n: usize) -> IngestEvent {
     }
 }
 
-#[tokio::test]
-async fn retention_by_count_keeps_the_newest() {
-    let f = fixture();
+async fn retention_by_count_keeps_the_newest(f: Fixture) {
     let store = Arc::clone(&f.app.ingest.store);
     let batch: Vec<IngestEvent> = (0..100)
         .map(|i| ingest_event("d1", 1_000 + i, 10))
@@ -455,9 +502,7 @@ async fn retention_by_count_keeps_the_newest() {
 
 /// A run asked for over the API counts what it will remove, reports it chunk by chunk,
 /// and ends done; an age of its own removes what the configured bounds keep.
-#[tokio::test]
-async fn a_retention_run_asked_for_reports_its_progress() {
-    let f = fixture();
+async fn a_retention_run_asked_for_reports_its_progress(f: Fixture) {
     let store = Arc::clone(&f.app.ingest.store);
     let batch: Vec<IngestEvent> = (0..100)
         .map(|i| ingest_event("d1", 1_000 + i, 10))
@@ -543,9 +588,7 @@ async fn a_retention_run_asked_for_reports_its_progress() {
     assert!(bad["message"].as_str().unwrap().contains("maxAge"), "{bad}");
 }
 
-#[tokio::test]
-async fn duplicates_inside_one_batch_and_across_batches() {
-    let f = fixture();
+async fn duplicates_inside_one_batch_and_across_batches(f: Fixture) {
     let store = Arc::clone(&f.app.ingest.store);
     let a = ingest_event("d1", 1, 2);
     let b = ingest_event("d1", 2, 2);
@@ -565,13 +608,14 @@ async fn duplicates_inside_one_batch_and_across_batches() {
 
 #[tokio::test]
 async fn a_store_that_cannot_write_answers_503_says_why_in_health_and_recovers() {
-    let f = fixture();
+    let f = fixture_on(Backend::Sqlite).await;
+    let db = f._db.as_ref().expect("SQLite").db.clone();
     let store = Arc::clone(&f.app.ingest.store);
     let (s, _) = post(&f, &event("full", 1, &[("t", "Float64", "1.5")])).await;
     assert_eq!(s, StatusCode::CREATED);
     assert_eq!(store.writer_health(), Ok(()));
     // The disk is full: the database may not grow by a page from now on.
-    let pages: i64 = f._db.db.write_blocking(|c| {
+    let pages: i64 = db.write_blocking(|c| {
         let n: i64 = c
             .query_row("PRAGMA page_count", [], |r| r.get(0))
             .expect("page count");
@@ -608,7 +652,7 @@ async fn a_store_that_cannot_write_answers_503_says_why_in_health_and_recovers()
     // Nothing stored before is lost.
     assert_eq!(count(&f, "/api/v3/event/count").await, stored);
     // Space again: the next write succeeds and health recovers.
-    f._db.db.write_blocking(|c| {
+    db.write_blocking(|c| {
         c.pragma_update(None, "max_page_count", 1_073_741_823_i64)
             .expect("max_page_count");
     });

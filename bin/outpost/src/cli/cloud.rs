@@ -134,7 +134,7 @@ impl Cloud {
                 let path = data_dir.join("secrets").join("cloud-admin.token");
                 std::fs::read_to_string(&path)
                     .with_context(|| {
-                        format!("cannot read the admin token {} (use --token, or run on the cloud node)", path.display())
+                        format!("cannot read the admin token {} (use --admin-token or OUTPOST_CLOUD_TOKEN, or run on the cloud node)", path.display())
                     })?
                     .trim()
                     .to_string()

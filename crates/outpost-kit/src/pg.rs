@@ -1,0 +1,425 @@
+//! PostgreSQL as a service's store, chosen per service by configuration
+//! (`[<service>.storage] backend = "postgres"`), so several instances of the service can
+//! share one database.
+//!
+//! What this module gives a service: [`StorageConfig`] (the section), [`connect`] (a pool of
+//! connections, TLS to the server verified against the configured CA, each connection in
+//! the service's own schema), [`migrate`] (versioned migrations, safe when several
+//! instances start at once) and [`Sealer`] (AEAD, so what the service stores as sensitive
+//! reaches PostgreSQL, its files and its backups only encrypted).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ring::aead;
+use serde::{Deserialize, Serialize};
+
+pub use deadpool_postgres::{Object, Pool};
+pub use tokio_postgres;
+
+/// Which store a service keeps its data in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Its own encrypted SQLite file in the data dir (one instance).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database shared by its instances.
+    Postgres,
+}
+
+/// `[<service>.storage]`: where a service that can use either keeps its data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub backend: Backend,
+    /// `postgres://USER@HOST:PORT/DATABASE` (a password in it is taken, but
+    /// `password_file` keeps it out of the configuration).
+    pub url: String,
+    /// A file whose first line is the password.
+    pub password_file: Option<PathBuf>,
+    /// TLS to the server, its certificate verified against `ca` (PEM). Off only when
+    /// set so, for a server on this host's loopback or socket.
+    pub tls: bool,
+    pub ca: Option<PathBuf>,
+    /// Connections per instance.
+    pub pool_size: usize,
+    /// The 256-bit key (hex) values are sealed with before they reach the database; every
+    /// instance sharing the database needs the same one. Default: the node's
+    /// `<secrets>/<service>-values.key`, made on first use.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Sqlite,
+            url: String::new(),
+            password_file: None,
+            tls: true,
+            ca: None,
+            pool_size: 8,
+            key_file: None,
+        }
+    }
+}
+
+impl StorageConfig {
+    pub fn is_postgres(&self) -> bool {
+        self.backend == Backend::Postgres
+    }
+
+    /// What is wrong with it, for the configuration check (`section` names it).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.is_postgres() {
+            return out;
+        }
+        match self.url.parse::<tokio_postgres::Config>() {
+            Err(e) => out.push(format!(
+                "url '{}' is not a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE): {e}",
+                redact(&self.url)
+            )),
+            Ok(c) if c.get_dbname().is_none() => {
+                out.push("url names no database (postgres://USER@HOST:PORT/DATABASE)".into())
+            }
+            Ok(_) => {}
+        }
+        if self.tls && self.ca.is_none() {
+            out.push(
+                "tls needs ca (the PEM of the CA that signed the server's certificate); \
+                 tls = false only for a server on this host"
+                    .into(),
+            );
+        }
+        if self.pool_size == 0 {
+            out.push("pool_size must be at least 1".into());
+        }
+        out
+    }
+
+    /// The files it reads (for the service's sandbox).
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        [&self.password_file, &self.ca, &self.key_file]
+            .into_iter()
+            .flatten()
+            .map(PathBuf::as_path)
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Why PostgreSQL could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("PostgreSQL configuration: {0}")]
+    Config(String),
+    #[error("cannot read {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("PostgreSQL at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: deadpool_postgres::PoolError,
+    },
+    #[error("PostgreSQL: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Key(#[from] outpost_storage::StorageError),
+}
+
+/// A pool of connections to the configured database; each connection's `search_path` is
+/// `schema`, so a service's tables are its own even in a database shared with others.
+pub fn connect(cfg: &StorageConfig, schema: &str) -> Result<Pool, PgError> {
+    let mut pg: tokio_postgres::Config = cfg
+        .url
+        .parse()
+        .map_err(|e| PgError::Config(format!("url {}: {e}", redact(&cfg.url))))?;
+    if let Some(f) = &cfg.password_file {
+        let text = std::fs::read_to_string(f).map_err(|source| PgError::File {
+            path: f.clone(),
+            source,
+        })?;
+        pg.password(text.lines().next().unwrap_or_default().trim_end());
+    }
+    pg.options(format!("-c search_path={schema}"));
+    pg.application_name(format!("outpost-{schema}"));
+    pg.connect_timeout(std::time::Duration::from_secs(10));
+    let manager = deadpool_postgres::ManagerConfig {
+        recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+    };
+    let manager = if cfg.tls {
+        let ca = cfg
+            .ca
+            .as_ref()
+            .ok_or_else(|| PgError::Config("tls needs ca".into()))?;
+        let pem = std::fs::read_to_string(ca).map_err(|source| PgError::File {
+            path: ca.clone(),
+            source,
+        })?;
+        pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+        let tls = outpost_pki::client_config(&pem, None)
+            .map_err(|e| PgError::Config(format!("ca {}: {e}", ca.display())))?;
+        deadpool_postgres::Manager::from_config(
+            pg,
+            tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+            manager,
+        )
+    } else {
+        pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        deadpool_postgres::Manager::from_config(pg, tokio_postgres::NoTls, manager)
+    };
+    Pool::builder(manager)
+        .max_size(cfg.pool_size.max(1))
+        .wait_timeout(Some(std::time::Duration::from_secs(30)))
+        .create_timeout(Some(std::time::Duration::from_secs(10)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| PgError::Config(e.to_string()))
+}
+
+/// A connection from `pool`, with the URL in the error.
+pub async fn client(pool: &Pool, cfg: &StorageConfig) -> Result<Object, PgError> {
+    pool.get().await.map_err(|source| PgError::Connect {
+        url: redact(&cfg.url),
+        source,
+    })
+}
+
+/// One step of a schema.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i32,
+    pub description: &'static str,
+    pub sql: &'static str,
+}
+
+/// Brings `schema` to the last of `migrations`, each in its own transaction, under an
+/// advisory lock so instances starting together migrate once. Refuses a database whose
+/// schema is newer than this build knows.
+pub async fn migrate(
+    client: &mut Object,
+    schema: &str,
+    migrations: &[Migration],
+) -> Result<(), PgError> {
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {schema}.migrations (
+                 version INTEGER PRIMARY KEY,
+                 description TEXT NOT NULL,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             );"
+        ))
+        .await
+        .or_else(|e| {
+            // Two instances creating the schema at the same moment: one wins.
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&schema])
+        .await?;
+    let found: Option<i32> = tx
+        .query_one(
+            &format!("SELECT max(version) FROM {schema}.migrations"),
+            &[],
+        )
+        .await?
+        .get(0);
+    let found = found.unwrap_or(0);
+    let known = migrations.last().map_or(0, |m| m.version);
+    if found > known {
+        return Err(PgError::Config(format!(
+            "schema {schema} has version {found}, newer than this build knows ({known})"
+        )));
+    }
+    for m in migrations.iter().filter(|m| m.version > found) {
+        tx.batch_execute(m.sql).await?;
+        tx.execute(
+            &format!("INSERT INTO {schema}.migrations (version, description) VALUES ($1, $2)"),
+            &[&m.version, &m.description],
+        )
+        .await?;
+        tracing::info!(
+            schema,
+            version = m.version,
+            what = m.description,
+            "migrated"
+        );
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Whether `e` is about the data of a statement (it can never succeed as it is), not the
+/// database being unable to take it now: SQLSTATE classes 22 (data exception) and 23
+/// (integrity constraint violation).
+pub fn is_data_error(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
+}
+
+/// Seals values with AES-256-GCM before they are stored, each bound to the row it belongs
+/// to (the associated data), so a value copied onto another row does not open.
+///
+/// Nonces are a random 32-bit prefix drawn when the sealer is made and a 64-bit counter:
+/// unique per sealer, and across the sealers of a key while fewer than about 2^16 of them
+/// were ever made (one per service start).
+pub struct Sealer {
+    key: aead::LessSafeKey,
+    prefix: [u8; 4],
+    counter: AtomicU64,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer(<key>)")
+    }
+}
+
+/// A sealed value that does not open: the wrong key, or not the row it was sealed for.
+#[derive(Debug, thiserror::Error)]
+#[error("a stored value does not open with this key (another key, or moved between rows)")]
+pub struct Unsealable;
+
+impl Sealer {
+    pub fn new(key: &[u8; 32]) -> Result<Self, PgError> {
+        let mut prefix = [0u8; 4];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut prefix)
+            .map_err(|_| PgError::Config("no randomness for nonces".into()))?;
+        let key = aead::UnboundKey::new(&aead::AES_256_GCM, key)
+            .map_err(|_| PgError::Config("the values key is not 256 bits".into()))?;
+        Ok(Self {
+            key: aead::LessSafeKey::new(key),
+            prefix,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The configured key file, or the node's `<secrets>/<service>-values.key`.
+    pub fn for_service(
+        cfg: &StorageConfig,
+        secrets: &Path,
+        service: &str,
+    ) -> Result<Self, PgError> {
+        let key = match &cfg.key_file {
+            Some(f) => outpost_storage::read_secret(f)?,
+            None => {
+                let k = outpost_storage::load_or_create_key(secrets, &format!("{service}-values"))?;
+                *k.bytes()
+            }
+        };
+        Self::new(&key)
+    }
+
+    /// `nonce || ciphertext || tag`.
+    pub fn seal(&self, row: &[u8], plain: &[u8]) -> Vec<u8> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut nonce = [0u8; aead::NONCE_LEN];
+        nonce[..4].copy_from_slice(&self.prefix);
+        nonce[4..].copy_from_slice(&n.to_be_bytes());
+        let mut out = Vec::with_capacity(aead::NONCE_LEN + plain.len() + 16);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plain);
+        let mut body = out.split_off(aead::NONCE_LEN);
+        // Sealing in place fails only for inputs longer than the algorithm allows
+        // (about 64 GB for AES-GCM): no value stored here comes close.
+        if self
+            .key
+            .seal_in_place_append_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(row),
+                &mut body,
+            )
+            .is_err()
+        {
+            body.clear();
+        }
+        out.extend_from_slice(&body);
+        out
+    }
+
+    pub fn open(&self, row: &[u8], sealed: &[u8]) -> Result<Vec<u8>, Unsealable> {
+        if sealed.len() < aead::NONCE_LEN {
+            return Err(Unsealable);
+        }
+        let (nonce, body) = sealed.split_at(aead::NONCE_LEN);
+        let nonce = aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| Unsealable)?;
+        let mut body = body.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, aead::Aad::from(row), &mut body)
+            .map_err(|_| Unsealable)?;
+        Ok(plain.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_values_open_only_for_their_row_and_key() {
+        let s = Sealer::new(&[7; 32]).unwrap();
+        let a = s.seal(b"row-1", b"21.5");
+        let b = s.seal(b"row-1", b"21.5");
+        assert_ne!(a, b, "a fresh nonce each time");
+        assert!(!a.windows(4).any(|w| w == b"21.5"), "no plaintext");
+        assert_eq!(s.open(b"row-1", &a).unwrap(), b"21.5");
+        assert!(s.open(b"row-2", &a).is_err(), "moved to another row");
+        let other = Sealer::new(&[8; 32]).unwrap();
+        assert!(other.open(b"row-1", &a).is_err(), "another key");
+        let mut flipped = a.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(s.open(b"row-1", &flipped).is_err(), "tampered");
+        assert!(s.open(b"row-1", &a[..5]).is_err(), "truncated");
+    }
+
+    #[test]
+    fn configuration_problems_are_named() {
+        let ok = StorageConfig {
+            backend: Backend::Postgres,
+            url: "postgres://outpost@db.example:5432/outpost".into(),
+            ca: Some("/etc/outpost/pg-ca.pem".into()),
+            ..StorageConfig::default()
+        };
+        assert!(ok.problems().is_empty(), "{:?}", ok.problems());
+        let no_ca = StorageConfig {
+            ca: None,
+            ..ok.clone()
+        };
+        assert!(no_ca.problems()[0].contains("tls needs ca"));
+        let no_db = StorageConfig {
+            url: "postgres://outpost@db.example:5432".into(),
+            ..ok.clone()
+        };
+        assert!(no_db.problems()[0].contains("names no database"));
+        let sqlite = StorageConfig::default();
+        assert!(sqlite.problems().is_empty());
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/d"),
+            "postgres://u:***@h:5432/d"
+        );
+    }
+}
