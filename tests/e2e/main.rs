@@ -27,6 +27,7 @@ mod readme;
 mod registry;
 mod rest_devices;
 mod sandbox;
+mod scale;
 mod support_services;
 mod tpm;
 mod writable;

@@ -116,11 +116,9 @@ impl NodeConfig {
         };
         let base = &self.bus.base_topic;
         let mut own = Vec::new();
-        // core-data always runs.
-        own.push(consumer(
-            outpost_core_data::BUS_CLIENT.to_string(),
-            topics::device_events(base),
-        ));
+        // core-data always runs (as a group of instances when they share PostgreSQL).
+        let (client, filter) = outpost_core_data::bus_consumer(&self.core_data, "", base);
+        own.push(consumer(client, filter));
         // On the node's bus only: a broker of the devices' own keeps no journal of ours.
         if self.device_mqtt.driver.broker_url.is_empty() {
             own.push(consumer(

@@ -27,6 +27,11 @@
 //!   event id). A message not confirmed within [`Config::redeliver_after`] (its
 //!   confirmation lost with a connection, or dropped from the consumer's in-memory queue)
 //!   is queued again for that consumer while it is connected.
+//! - **Groups**: a consumer whose filters are all shared subscriptions of one group
+//!   (`$share/<group>/...`, e.g. the instances of core-data) is journaled for as the group:
+//!   the broker routes each message to one member, a confirmation from any member releases
+//!   it, and what no member confirmed in time is queued again for a connected member (so a
+//!   member that died leaves its messages to the others).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -264,8 +269,12 @@ impl Journal {
                 skip_to: 0,
                 since: now,
             };
-            for c in &entry.waiting {
-                queue_for(&router, c, &entry);
+            for w in &entry.waiting {
+                // A group's message goes to one member; if that one does not come back,
+                // redelivery gives it to a member that did.
+                if let Some(c) = st.members(w).first() {
+                    queue_for(&router, c, &entry);
+                }
             }
             st.insert(item.seq, entry);
         }
@@ -358,11 +367,7 @@ impl Journal {
     fn confirmed(&self, client: &str, payload: &[u8]) {
         {
             let mut st = self.lock();
-            let Some(client) = st
-                .consumers
-                .get_key_value(client)
-                .map(|(k, _)| Arc::clone(k))
-            else {
+            let Some(client) = st.waiter_of(client) else {
                 return;
             };
             for k in payload.chunks_exact(KEY_LEN) {
@@ -388,7 +393,8 @@ impl Journal {
             }
         }
         if !has_session {
-            self.lock().expected.insert(Arc::from(client), None);
+            let w = waiter(&Arc::from(client), filters);
+            self.lock().expected.insert(w, None);
         }
     }
 
@@ -420,41 +426,49 @@ impl Journal {
         tracing::info!(client, ?filters, "durable consumer registered");
         let client: Arc<str> = Arc::from(client);
         let mut st = self.lock();
+        let before = st.waiter_of(&client);
         let changed = st
             .consumers
             .insert(Arc::clone(&client), filters.clone())
             .is_some_and(|before| before != filters);
-        if changed {
-            // What it was journaled for under other filters and no longer consumes would
-            // wait for its confirmation for ever: it no longer waits for this consumer.
-            let mine = HashMap::from([(Arc::clone(&client), filters)]);
+        let w = waiter(&client, &filters);
+        if changed && let Some(old) = before {
+            // What it was journaled for under other filters (or as another group) and
+            // no consumer of that name consumes any more would wait for ever: it no
+            // longer waits for it.
+            let State {
+                pending,
+                consumers,
+                index,
+                ..
+            } = &mut *st;
             let mut dropped = Vec::new();
-            for (seq, e) in &mut st.pending {
-                if e.waiting.contains(&client) && matching(&mine, &e.topic).is_empty() {
-                    e.waiting.retain(|w| *w != client);
+            for (seq, e) in pending.iter_mut() {
+                if e.waiting.contains(&old) && !matching(consumers, &e.topic).contains(&old) {
+                    e.waiting.retain(|x| *x != old);
                     dropped.push((*seq, e.key));
                 }
             }
             for (seq, key) in dropped {
-                let ik = (Arc::clone(&client), key);
-                if let Some(seqs) = st.index.get_mut(&ik) {
+                let ik = (Arc::clone(&old), key);
+                if let Some(seqs) = index.get_mut(&ik) {
                     seqs.retain(|s| *s != seq);
                     if seqs.is_empty() {
-                        st.index.remove(&ik);
+                        index.remove(&ik);
                     }
                 }
             }
         }
-        // Its first registration: what was journaled for it before it subscribed is in no
-        // session's queue; it is queued now, in order.
-        if let Some(before) = st.expected.remove(&client)
+        // Its (or its group's) first registration: what was journaled for it before it
+        // subscribed is in no session's queue; it is queued now, in order.
+        if let Some(before) = st.expected.remove(&w)
             && let Some(router) = self.router.get()
         {
             let before = before.unwrap_or(u64::MAX);
             let now = Instant::now();
             let mut queued = 0u64;
             for (_, e) in st.pending.range_mut(..before) {
-                if e.waiting.contains(&client) {
+                if e.waiting.contains(&w) {
                     queue_for(router, &client, e);
                     e.since = now;
                     queued += 1;
@@ -475,7 +489,8 @@ impl Journal {
     pub fn subscribed(&self, client: &str) {
         let mut st = self.lock();
         let next = st.pending.keys().next_back().map_or(st.head, |s| s + 1);
-        if let Some(at) = st.expected.get_mut(client)
+        let w = st.waiter_of(client).unwrap_or_else(|| Arc::from(client));
+        if let Some(at) = st.expected.get_mut(&w)
             && at.is_none()
         {
             *at = Some(next);
@@ -524,11 +539,15 @@ impl Journal {
         tracing::info!(client = %client, "durable consumer's session ended; it is no longer journaled for");
         {
             let mut st = self.lock();
+            let w = st.waiter_of(client);
             st.consumers.remove(client);
-            st.expected.remove(client);
-            st.index.retain(|(c, _), _| c != client);
-            for e in st.pending.values_mut() {
-                e.waiting.retain(|w| w != client);
+            // A group waits on while it has members.
+            if let Some(w) = w.filter(|w| !is_group(w) || st.members(w).is_empty()) {
+                st.expected.remove(&w);
+                st.index.retain(|(c, _), _| *c != w);
+                for e in st.pending.values_mut() {
+                    e.waiting.retain(|x| *x != w);
+                }
             }
         }
         let id = client.to_string();
@@ -549,7 +568,8 @@ impl Journal {
             return;
         };
         let now = Instant::now();
-        let due: Vec<(u64, Vec<Arc<str>>)> = {
+        // Each due message with, per waiter, the consumers it may go to.
+        let due: Vec<(u64, Vec<Vec<Arc<str>>>)> = {
             let st = self.lock();
             st.pending
                 .iter()
@@ -557,12 +577,12 @@ impl Journal {
                     !e.waiting.is_empty() && now.duration_since(e.since) >= self.redeliver_after
                 })
                 .take(10_000)
-                .map(|(s, e)| (*s, e.waiting.clone()))
+                .map(|(s, e)| (*s, e.waiting.iter().map(|w| st.members(w)).collect()))
                 .collect()
         };
         let mut connected = HashMap::new();
-        for (_, waiting) in &due {
-            for c in waiting {
+        for (_, waiters) in &due {
+            for c in waiters.iter().flatten() {
                 if !connected.contains_key(c) {
                     connected.insert(Arc::clone(c), router.is_connected(c).await);
                 }
@@ -570,13 +590,16 @@ impl Journal {
         }
         let mut st = self.lock();
         let mut n = 0u64;
-        for (seq, waiting) in due {
+        for (seq, waiters) in due {
             let Some(e) = st.pending.get_mut(&seq) else {
                 continue;
             };
-            for c in waiting.iter().filter(|c| connected.get(*c) == Some(&true)) {
-                queue_for(router, c, e);
-                n += 1;
+            for members in &waiters {
+                // One connected consumer per waiter: a group's message goes to one member.
+                if let Some(c) = members.iter().find(|c| connected.get(*c) == Some(&true)) {
+                    queue_for(router, c, e);
+                    n += 1;
+                }
             }
             e.since = now;
         }
@@ -591,6 +614,29 @@ impl Journal {
 }
 
 impl State {
+    /// The waiter of a registered consumer.
+    fn waiter_of(&self, client: &str) -> Option<Arc<str>> {
+        self.consumers
+            .get_key_value(client)
+            .map(|(c, filters)| waiter(c, filters))
+    }
+
+    /// The consumers messages waiting under `w` may be queued for: the group's members,
+    /// or the consumer itself.
+    fn members(&self, w: &Arc<str>) -> Vec<Arc<str>> {
+        if !is_group(w) {
+            return vec![Arc::clone(w)];
+        }
+        let mut m: Vec<Arc<str>> = self
+            .consumers
+            .iter()
+            .filter(|(c, filters)| waiter(c, filters) == *w)
+            .map(|(c, _)| Arc::clone(c))
+            .collect();
+        m.sort();
+        m
+    }
+
     fn insert(&mut self, seq: u64, entry: Entry) {
         for c in &entry.waiting {
             self.index
@@ -704,18 +750,45 @@ impl BrokerEventHandler for Journal {
     }
 }
 
-/// The consumers with a filter matching `topic`.
+/// Who a message matching `topic` waits for: each matching consumer, or its group
+/// ([`waiter`]), once.
 fn matching(consumers: &HashMap<Arc<str>, Vec<String>>, topic: &str) -> Vec<Arc<str>> {
-    consumers
-        .iter()
-        .filter(|(_, filters)| {
-            filters.iter().any(|f| {
-                let f = mqtt5::strip_shared_subscription_prefix(f);
-                mqtt5::topic_matches_filter(topic, f)
-            })
-        })
-        .map(|(c, _)| Arc::clone(c))
-        .collect()
+    let mut out: Vec<Arc<str>> = Vec::new();
+    for (c, filters) in consumers {
+        let hit = filters.iter().any(|f| {
+            let f = mqtt5::strip_shared_subscription_prefix(f);
+            mqtt5::topic_matches_filter(topic, f)
+        });
+        if hit {
+            let w = waiter(c, filters);
+            if !out.contains(&w) {
+                out.push(w);
+            }
+        }
+    }
+    out
+}
+
+/// The name messages wait under for consumer `client`: `$share/<group>` when every one of
+/// its filters is a shared subscription of that group, else the client itself.
+fn waiter(client: &Arc<str>, filters: &[String]) -> Arc<str> {
+    let group = |f: &str| {
+        f.strip_prefix("$share/")
+            .and_then(|rest| rest.split_once('/'))
+            .map(|(g, _)| g.to_string())
+    };
+    let mut groups = filters.iter().map(|f| group(f));
+    match groups.next() {
+        Some(Some(g)) if groups.all(|o| o.as_deref() == Some(g.as_str())) => {
+            Arc::from(format!("$share/{g}"))
+        }
+        _ => Arc::clone(client),
+    }
+}
+
+/// Whether `w` names a group.
+fn is_group(w: &str) -> bool {
+    w.starts_with("$share/")
 }
 
 fn queue_for(router: &MessageRouter, client: &str, e: &Entry) {
@@ -1028,9 +1101,57 @@ mod tests {
         let mut m = matching(&c, "edgex/events/device/y/p/d/s");
         m.sort();
         assert_eq!(m, vec![Arc::from("data")]);
+        // A shared subscription's consumer waits as its group.
         let mut m = matching(&c, "edgex/events/core/x/p");
         m.sort();
-        assert_eq!(m, vec![Arc::<str>::from("rules")]);
+        assert_eq!(m, vec![Arc::<str>::from("$share/g")]);
         assert!(matching(&c, "edgex/system-events/x").is_empty());
+    }
+
+    /// The instances of a service consuming as one group: a message waits for the group
+    /// once, any member's confirmation releases it, and it keeps waiting while a member
+    /// remains.
+    #[test]
+    fn a_group_waits_once_and_any_member_releases() {
+        let group = |c: &str| {
+            (
+                Arc::<str>::from(c),
+                vec!["$share/core-data/edgex/events/device/#".to_string()],
+            )
+        };
+        let mut st = State::default();
+        for c in ["data-a", "data-b"] {
+            let (c, f) = group(c);
+            st.consumers.insert(c, f);
+        }
+        st.consumers.insert(
+            Arc::from("rules"),
+            vec!["edgex/events/device/#".to_string()],
+        );
+        let w: Arc<str> = Arc::from("$share/core-data");
+        assert_eq!(st.waiter_of("data-b"), Some(Arc::clone(&w)));
+        assert_eq!(
+            st.members(&w),
+            vec![Arc::<str>::from("data-a"), Arc::from("data-b")]
+        );
+        let mut waiting = matching(&st.consumers, "edgex/events/device/s/p/d/r");
+        waiting.sort();
+        assert_eq!(waiting, vec![Arc::clone(&w), Arc::from("rules")]);
+        let key = [7u8; KEY_LEN];
+        st.insert(
+            0,
+            Entry {
+                key,
+                waiting,
+                ..Entry::released()
+            },
+        );
+        // Member b handled it (member a never saw it): the group is done, rules is not.
+        let b = st.waiter_of("data-b").unwrap();
+        st.confirm(&b, key);
+        assert_eq!(st.pending[&0].waiting, vec![Arc::<str>::from("rules")]);
+        assert_eq!(st.release_front(), 0);
+        st.confirm(&Arc::from("rules"), key);
+        assert_eq!(st.release_front(), 1);
     }
 }

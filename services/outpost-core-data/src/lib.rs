@@ -37,6 +37,27 @@ pub const SERVICE: &str = "core-data";
 /// The client ID of core-data's durable consumer of device events on the bus.
 pub const BUS_CLIENT: &str = "outpost-core-data";
 
+/// The group core-data's instances consume device events as, when they share a store.
+pub const BUS_GROUP: &str = "core-data";
+
+/// core-data's consumer of device events: its client ID and filter. With its own store
+/// (SQLite) one instance consumes everything; instances sharing one (PostgreSQL) consume as
+/// the group [`BUS_GROUP`] (`$share/core-data/...`), so the bus hands each event to one of
+/// them and the broker's journal redelivers to another what one that died left.
+pub fn bus_consumer(cfg: &Config, instance: &str, base_topic: &str) -> (String, String) {
+    let filter = topics::device_events(base_topic);
+    let client = if instance.is_empty() {
+        BUS_CLIENT.to_string()
+    } else {
+        format!("{BUS_CLIENT}-{instance}")
+    };
+    if cfg.storage.is_postgres() {
+        (client, format!("$share/{BUS_GROUP}/{filter}"))
+    } else {
+        (client, filter)
+    }
+}
+
 /// The ingest path over `store`, checking events against `view`.
 pub fn open(
     ctx: &Context,
@@ -121,10 +142,11 @@ impl outpost_kit::Service for CoreData {
         {
             let (ctx, ingest, state) = (ctx.clone(), Arc::clone(&ingest), Arc::clone(&consumer));
             let (max_inflight, max_batch) = (cfg.max_inflight, cfg.max_batch_events);
+            let consumer = bus_consumer(cfg, &ctx.common.node.instance, &ctx.common.bus.base_topic);
             ctx.clone()
                 .tasks
                 .spawn("ingest", Stage::AfterServing, move |stop| async move {
-                    consume(ctx, ingest, state, max_inflight, max_batch, stop).await;
+                    consume(ctx, ingest, state, consumer, max_inflight, max_batch, stop).await;
                 });
         }
         if cfg.purge_on_device_delete {
@@ -185,12 +207,12 @@ async fn consume(
     ctx: Context,
     ingest: Arc<ingest::Ingest>,
     state: Arc<ConsumerState>,
+    (client, filter): (String, String),
     max_inflight: u16,
     max_batch: usize,
     stop: Shutdown,
 ) {
-    let filter = topics::device_events(&ctx.common.bus.base_topic);
-    let opts = Options::durable(BUS_CLIENT, max_inflight);
+    let opts = Options::durable(client, max_inflight);
     let Some(mut consumer) = Consumer::start(&ctx, opts, &[filter], &stop).await else {
         return;
     };

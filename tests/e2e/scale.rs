@@ -1,0 +1,149 @@
+//! Several instances of a service sharing the work on real engines: core-data instances
+//! on one PostgreSQL consume device events from the bus as one group, so each event is
+//! stored once and handled by one of them, and what an instance killed mid-way had taken
+//! goes to the other.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+/// An event of `device` with one reading, numbered `i` (its origin).
+fn numbered(device: &str, base: i64, i: i64) -> String {
+    event_message(
+        device,
+        base + i,
+        &[("Temperature", "Float64", &format!("{}.5", i % 100))],
+    )
+    .1
+}
+
+/// core-data@b: the same node's core-data, a second instance on its own port.
+fn second_core_data(node: &Node, port: u16, log: &std::path::Path) -> Spawned {
+    Spawned(
+        std::process::Command::new(BIN)
+            .arg("--config")
+            .arg(&node.config)
+            .arg("--data-dir")
+            .arg(node.data_dir())
+            .args([
+                "--set",
+                &format!("core_data.port={port}"),
+                "--set",
+                "node.instance=\"b\"",
+            ])
+            .args(["run", "core-data"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log"))
+            .spawn()
+            .expect("core-data@b"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_data_instances_share_the_bus_and_store_each_event_once() {
+    let db = outpost_testkit::postgres::server().database();
+    // A message an instance took and did not confirm goes to another after 2 s.
+    let node = Node::start(&format!(
+        "{}[broker]\njournal_redeliver_s = 2\n",
+        db.storage_toml("core_data")
+    ))
+    .await;
+    provision(&node, &["t1"]);
+    let port_b = free_port();
+    let log = node.dir.path().join("core-data-b.log");
+    let mut b = second_core_data(&node, port_b, &log);
+    eventually(
+        "core-data@b registered",
+        Duration::from_secs(20),
+        || async { node.status_of("core-data@b").await.as_deref() == Some("UP") },
+    )
+    .await;
+    let (a_url, b_url) = (node.data(), node.url(port_b));
+    let persisted = "outpost_core_data_events_persisted_total";
+    // Both subscribed: b registered before it subscribed; give its subscription a moment
+    // to be in place by waiting for its bus check.
+    eventually("core-data@b consuming", Duration::from_secs(20), || async {
+        node.get(&format!("{b_url}/api/v3/health"))
+            .await
+            .1
+            .to_string()
+            .contains("\"ingest\"")
+    })
+    .await;
+
+    let base = now_nanos();
+    let first: Vec<String> = (0..2000).map(|i| numbered("t1", base, i)).collect();
+    let out = mosquitto_pub_lines(node.ports.mqtt, &event_topic("t1"), &first, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("2000 events stored", Duration::from_secs(30), || async {
+        node.get(&format!("{a_url}/api/v3/event/count")).await.1["count"] == 2000
+    })
+    .await;
+    let (on_a, on_b) = (
+        node.metric_if_any(&a_url, persisted).await.unwrap_or(0.0),
+        node.metric_if_any(&b_url, persisted).await.unwrap_or(0.0),
+    );
+    assert!(
+        on_a > 0.0 && on_b > 0.0,
+        "both instances took a share: a {on_a}, b {on_b}"
+    );
+    assert_eq!(
+        on_a + on_b,
+        2000.0,
+        "each event handled once: a {on_a}, b {on_b}"
+    );
+    // The journal held each for the group, not for each instance: all released by the
+    // confirmation of the one that took it, none delivered again to the other.
+    let broker = node.url(node.ports.broker_http);
+    eventually(
+        "the journal released everything",
+        Duration::from_secs(30),
+        || async {
+            node.metric_if_any(&broker, "outpost_mqtt_broker_journal_pending")
+                .await
+                .unwrap_or(0.0)
+                == 0.0
+        },
+    )
+    .await;
+    let again = node
+        .metric_if_any(&broker, "outpost_mqtt_broker_journal_redelivered_total")
+        .await
+        .unwrap_or(0.0);
+    let duplicates = "outpost_core_data_events_duplicate_total";
+    let seen_twice = node.metric_if_any(&a_url, duplicates).await.unwrap_or(0.0)
+        + node.metric_if_any(&b_url, duplicates).await.unwrap_or(0.0);
+    assert_eq!((again, seen_twice), (0.0, 0.0), "redelivered, duplicates");
+
+    // b dies at once in the middle of the next 2000: what it had taken and not stored is
+    // redelivered to a; every acknowledged event is stored, once.
+    let second: Vec<String> = (2000..4000).map(|i| numbered("t1", base, i)).collect();
+    let port = node.ports.mqtt;
+    let publisher =
+        std::thread::spawn(move || mosquitto_pub_lines(port, &event_topic("t1"), &second, &[]));
+    eventually(
+        "b storing the second run",
+        Duration::from_secs(30),
+        || async { node.metric_if_any(&b_url, persisted).await.unwrap_or(0.0) > on_b + 50.0 },
+    )
+    .await;
+    b.kill().expect("kill -9 core-data@b");
+    let _ = b.wait();
+    let out = publisher.join().expect("publisher");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("4000 events stored", Duration::from_secs(60), || async {
+        node.get(&format!("{a_url}/api/v3/event/count")).await.1["count"] == 4000
+    })
+    .await;
+    let (_, r) = node.get(&format!("{a_url}/api/v3/reading/count")).await;
+    assert_eq!(r["count"], 4000, "one reading an event, none twice: {r}");
+}
