@@ -225,6 +225,11 @@ pub async fn migrate(
                  version INTEGER PRIMARY KEY,
                  description TEXT NOT NULL,
                  applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             );
+             CREATE TABLE IF NOT EXISTS {schema}.leases (
+                 name TEXT PRIMARY KEY,
+                 holder TEXT NOT NULL,
+                 expires TIMESTAMPTZ NOT NULL
              );"
         ))
         .await
@@ -269,6 +274,31 @@ pub async fn migrate(
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Takes or renews the lease `name` for `holder` for `ttl`: whether `holder` holds it now.
+/// Work that must happen once among a service's instances (a retention pass) runs only
+/// where the lease is held; when its holder dies the lease runs out and another instance
+/// takes it. Leases live in the service's schema (`leases`, made by [`migrate`]) and run on
+/// the database's clock, so the instances' clocks need not agree.
+pub async fn lease(
+    client: &Object,
+    name: &str,
+    holder: &str,
+    ttl: std::time::Duration,
+) -> Result<bool, tokio_postgres::Error> {
+    let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    let row = client
+        .query_opt(
+            "INSERT INTO leases (name, holder, expires)
+             VALUES ($1, $2, now() + $3 * interval '1 millisecond')
+             ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires = EXCLUDED.expires
+             WHERE leases.holder = EXCLUDED.holder OR leases.expires < now()
+             RETURNING holder",
+            &[&name, &holder, &(ms as f64)],
+        )
+        .await?;
+    Ok(row.is_some())
 }
 
 /// Whether `e` is about the data of a statement (it can never succeed as it is), not the

@@ -161,6 +161,8 @@ pub struct PgEventStore {
     cfg: StorageConfig,
     sealer: Sealer,
     failing: Mutex<Option<String>>,
+    /// This instance, as a lease holder.
+    holder: String,
 }
 
 type Params = Vec<Box<dyn ToSql + Sync + Send>>;
@@ -214,6 +216,7 @@ impl PgEventStore {
             cfg: cfg.clone(),
             sealer,
             failing: Mutex::new(None),
+            holder: uuid::Uuid::new_v4().to_string(),
         })
     }
 
@@ -932,6 +935,13 @@ impl EventStore for PgEventStore {
             .await
             .map_err(unavailable)?;
         Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    async fn lease(&self, name: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        pg::lease(&client, name, &self.holder, ttl)
+            .await
+            .map_err(unavailable)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

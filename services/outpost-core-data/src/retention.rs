@@ -8,7 +8,8 @@
 //! A run can also be asked for over the API (`POST /api/v3/retention/run`, an Outpost
 //! extension), optionally with an age of its own; it reports its progress chunk by chunk
 //! (`GET /api/v3/retention`). One run at a time: the periodic pass skips its turn while
-//! one asked for runs.
+//! one asked for runs. Instances sharing a store (PostgreSQL) run the periodic pass where
+//! the lease `retention` is held: on one of them at a time.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -73,6 +74,18 @@ impl Retention {
             let Ok(_turn) = self.gate.try_lock() else {
                 continue;
             };
+            // Instances sharing a store take turns by lease: one runs the passes while it
+            // lives, another once its lease ran out.
+            let ttl = Duration::from_millis(self.cfg.interval_ms.saturating_mul(3))
+                .max(Duration::from_secs(10));
+            match self.store.lease("retention", ttl).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot take the retention lease; will retry");
+                    continue;
+                }
+            }
             let run = self.run(Trigger::Interval, self.cfg.max_age_s).await;
             match (&run.error, run.removed_readings) {
                 (Some(e), _) => tracing::warn!(error = %e, "retention pass failed; will retry"),

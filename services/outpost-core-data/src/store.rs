@@ -193,6 +193,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// Readings of events whose origin is before `cutoff`.
     async fn readings_before(&self, cutoff: i64) -> Result<u64, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Whether this instance may do now, for `ttl`, work that must happen once among the
+    /// instances sharing the store (a periodic retention pass). A store of one instance
+    /// always may.
+    async fn lease(&self, _name: &str, _ttl: std::time::Duration) -> Result<bool, StoreError> {
+        Ok(true)
+    }
     /// Whether writes currently succeed (the last commit did, and the writer runs).
     fn writer_health(&self) -> Result<(), String>;
 }

@@ -661,3 +661,33 @@ async fn a_store_that_cannot_write_answers_503_says_why_in_health_and_recovers()
     assert_eq!(store.writer_health(), Ok(()));
     assert_eq!(count(&f, "/api/v3/event/count").await, stored + 1);
 }
+
+/// Instances sharing PostgreSQL take turns by lease: one holds it and renews it; another
+/// gets it only once it ran out.
+#[tokio::test]
+async fn one_instance_at_a_time_holds_a_lease() {
+    let database = outpost_testkit::postgres::server().database();
+    let secrets = tempfile::tempdir().unwrap();
+    let storage = database.storage();
+    let open = || crate::postgres::PgEventStore::open(&storage, secrets.path());
+    let (a, b) = (open().await.unwrap(), open().await.unwrap());
+    use crate::store::EventStore as _;
+    let long = Duration::from_secs(30);
+    assert!(a.lease("retention", long).await.unwrap());
+    assert!(!b.lease("retention", long).await.unwrap(), "a holds it");
+    assert!(
+        a.lease("retention", Duration::from_millis(200))
+            .await
+            .unwrap(),
+        "renewed"
+    );
+    assert!(!b.lease("retention", long).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        b.lease("retention", long).await.unwrap(),
+        "ran out: b takes it"
+    );
+    assert!(!a.lease("retention", long).await.unwrap());
+    // Other work has leases of its own.
+    assert!(a.lease("other", long).await.unwrap());
+}
