@@ -42,6 +42,39 @@ impl Cloud {
         cloud
     }
 
+    /// Another instance of `other`'s cloud: its CA, keys and admin token (copied before it
+    /// starts), its own port and data dir; `settings` name the store they share.
+    pub async fn start_beside(other: &Cloud, settings: &[&str]) -> Self {
+        let mut cloud = Self {
+            dir: crate::support::tempdir(),
+            port: free_port(),
+            settings: settings.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        std::fs::create_dir_all(cloud.data_dir()).expect("data dir");
+        for d in ["tls", "secrets"] {
+            let out = Command::new("cp")
+                .arg("-a")
+                .arg(other.data_dir().join(d))
+                .arg(cloud.data_dir())
+                .output()
+                .expect("cp");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // The data dir is the cloud's as the first one's is.
+        let _ = Command::new("chown")
+            .arg("--reference")
+            .arg(other.data_dir())
+            .arg(cloud.data_dir())
+            .output();
+        cloud.launch().await;
+        cloud
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::export::Cloud;
 use crate::support::*;
 
 /// An event of `device` with one reading, numbered `i` (its origin).
@@ -146,4 +147,75 @@ async fn core_data_instances_share_the_bus_and_store_each_event_once() {
     .await;
     let (_, r) = node.get(&format!("{a_url}/api/v3/reading/count")).await;
     assert_eq!(r["count"], 4000, "one reading an event, none twice: {r}");
+}
+
+/// Two cloud instances on one PostgreSQL (sharing the cloud's CA and keys), an edge sending
+/// to the first with the second as its failover URL: the edge enrolled on one is known to
+/// both, and when the first goes away the edge carries on with the second; every event
+/// arrives, each stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_instances_share_postgresql_and_an_edge_fails_over() {
+    let db = outpost_testkit::postgres::server().database();
+    let settings = [
+        "cloud.storage.backend=\"postgres\"".to_string(),
+        format!("cloud.storage.url=\"{}\"", db.url),
+        format!(
+            "cloud.storage.password_file=\"{}\"",
+            db.password_file.display()
+        ),
+        format!("cloud.storage.ca=\"{}\"", db.ca.display()),
+    ];
+    let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+    let mut a = Cloud::start_with(&settings).await;
+    let identity = a.enroll("edge-s");
+    let b = Cloud::start_beside(&a, &settings).await;
+    let (s, edges) = b.get("/edge/all").await;
+    assert!(
+        s == 200 && edges.to_string().contains("\"edge-s\""),
+        "the second instance knows the edge the first enrolled: {s} {edges}"
+    );
+    let node = Node::start(&cloud_export(
+        &identity,
+        &format!(
+            "failover_urls = [\"{}\"]\nretry_initial_ms = 50\nretry_max_ms = 500",
+            b.url()
+        ),
+    ))
+    .await;
+    provision(&node, &["s1"]);
+    let value = |i: i64| format!("{}.{:02}", i / 100, i % 100);
+    let publish = |from: i64, to: i64| {
+        let base = now_nanos();
+        let lines: Vec<String> = (from..to)
+            .map(|i| event_message("s1", base + i, &[("Temperature", "Float64", &value(i))]).1)
+            .collect();
+        let out = mosquitto_pub_lines(node.ports.mqtt, &event_topic("s1"), &lines, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    publish(0, 150);
+    eventually(
+        "150 events in the cloud",
+        Duration::from_secs(30),
+        || async { a.values("edge-s", "s1").await.len() == 150 },
+    )
+    .await;
+    // The first instance goes away; the edge fails over to the second.
+    a.stop();
+    publish(150, 300);
+    eventually(
+        "300 events in the cloud",
+        Duration::from_secs(60),
+        || async { b.values("edge-s", "s1").await.len() == 300 },
+    )
+    .await;
+    let seen = b.values("edge-s", "s1").await;
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "stored more than once: {twice:?}");
+    for i in 0..300 {
+        assert!(seen.contains_key(&value(i)), "{} missing", value(i));
+    }
 }

@@ -202,6 +202,61 @@ pub async fn client(pool: &Pool, cfg: &StorageConfig) -> Result<Object, PgError>
     })
 }
 
+/// A service's database: its pool, the sealer of its values, and this instance's name as
+/// a lease holder. What every PostgreSQL store of a service starts from.
+pub struct Database {
+    pub pool: Pool,
+    pub cfg: StorageConfig,
+    pub sealer: Sealer,
+    holder: String,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("url", &redact(&self.cfg.url))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Database {
+    /// Connects, brings `schema` to the last of `migrations`, and loads `service`'s values
+    /// key (from `secrets` unless `key_file` names one).
+    pub async fn open(
+        cfg: &StorageConfig,
+        secrets: &Path,
+        service: &str,
+        schema: &str,
+        migrations: &[Migration],
+    ) -> Result<Self, PgError> {
+        let pool = connect(cfg, schema)?;
+        let sealer = Sealer::for_service(cfg, secrets, service)?;
+        let mut c = client(&pool, cfg).await?;
+        migrate(&mut c, schema, migrations).await?;
+        drop(c);
+        let mut holder = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut holder)
+            .map_err(|_| PgError::Config("no randomness for the instance's name".into()))?;
+        Ok(Self {
+            pool,
+            cfg: cfg.clone(),
+            sealer,
+            holder: holder.iter().map(|b| format!("{b:02x}")).collect(),
+        })
+    }
+
+    /// A connection from the pool.
+    pub async fn client(&self) -> Result<Object, PgError> {
+        client(&self.pool, &self.cfg).await
+    }
+
+    /// [`lease`] for this instance.
+    pub async fn lease(&self, name: &str, ttl: std::time::Duration) -> Result<bool, PgError> {
+        let c = self.client().await?;
+        Ok(lease(&c, name, &self.holder, ttl).await?)
+    }
+}
+
 /// One step of a schema.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {

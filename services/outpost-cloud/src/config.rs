@@ -24,6 +24,9 @@ pub struct Config {
     pub cache_kib: u32,
     /// How long data is kept, and how much.
     pub retention: Retention,
+    /// Where what edges send is kept: the node's encrypted SQLite file, or a PostgreSQL
+    /// database several cloud instances share (`backend = "postgres"`).
+    pub storage: outpost_kit::pg::StorageConfig,
 }
 
 /// `[cloud.retention]`: what the cloud node keeps. Events older than `max_age_s` (by their
@@ -66,6 +69,7 @@ impl Default for Config {
             max_batch_bytes: 64 * 1024 * 1024,
             cache_kib: 65536,
             retention: Retention::default(),
+            storage: outpost_kit::pg::StorageConfig::default(),
         }
     }
 }
@@ -100,6 +104,9 @@ impl outpost_kit::ServiceConfig for Config {
 impl Validate for Config {
     fn validate(&self, p: &mut Problems) {
         p.check(self.port != 0, "cloud", "port must not be 0");
+        for problem in self.storage.problems() {
+            p.check(false, "cloud.storage", problem);
+        }
         p.check(
             self.client_cert_days >= 1,
             "cloud",

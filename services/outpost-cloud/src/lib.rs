@@ -31,6 +31,7 @@
 pub mod config;
 pub mod enroll;
 pub mod ingest;
+pub mod postgres;
 pub mod retention;
 pub mod routes;
 pub mod sqlite;
@@ -64,15 +65,21 @@ impl outpost_kit::Service for Cloud {
 
     /// The cloud node runs alone on its data dir: everything in it is its own.
     fn sandbox(
-        _: &Config,
+        cfg: &Config,
         files: &mut outpost_kit::sandbox::Files,
     ) -> Result<(), outpost_storage::StorageError> {
         let dir = files.data_dir().to_path_buf();
         files.allow(dir, outpost_kit::sandbox::Access::Own);
+        for f in cfg.storage.files() {
+            files.config_file(Some(f));
+        }
         Ok(())
     }
 
     fn storage(cfg: &Config) -> Option<Storage> {
+        if cfg.storage.is_postgres() {
+            return None;
+        }
         Some(
             Storage::new(sqlite::MIGRATIONS, 2)
                 .min_cache_kib(cfg.cache_kib)
@@ -82,7 +89,18 @@ impl outpost_kit::Service for Cloud {
 
     async fn build(start: Start<Config>) -> Result<Parts, StartError> {
         let Start { ctx, cfg, .. } = &start;
-        let store: Arc<dyn store::Store> = Arc::new(sqlite::SqliteStore::new(start.db()?));
+        let store: Arc<dyn store::Store> = if cfg.storage.is_postgres() {
+            let pg = postgres::PgStore::open(&cfg.storage, &ctx.secrets_dir())
+                .await
+                .map_err(StartError::other)?;
+            tracing::info!(
+                url = %outpost_kit::pg::redact(&cfg.storage.url),
+                "what edges send is kept in PostgreSQL"
+            );
+            Arc::new(pg)
+        } else {
+            Arc::new(sqlite::SqliteStore::new(start.db()?))
+        };
         let admin_token = outpost_storage::load_or_create_token(&ctx.secrets_dir(), "cloud-admin")
             .map_err(StartError::other)?;
         let pki = outpost_pki::Paths::cloud(&ctx.data_dir);

@@ -2,7 +2,8 @@
 //!
 //! A pass every `interval_s`: bounded steps ([`Store::remove_old`]), each its own
 //! transaction, repeated until one removes nothing, so ingest gets the database between
-//! them. After a pass, the `readings_stored` gauge shows what is kept.
+//! them. After a pass, the `readings_stored` gauge shows what is kept. Cloud instances
+//! sharing PostgreSQL run passes where the lease `retention` is held: one at a time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,17 @@ pub async fn keep(store: Arc<dyn Store>, cfg: Retention, metrics: Metrics, stop:
         tokio::select! {
             () = stop.wait() => return,
             _ = tick.tick() => {}
+        }
+        // Instances sharing a store take turns by lease: one runs the passes.
+        let ttl = Duration::from_secs(cfg.interval_s.max(1).saturating_mul(3))
+            .max(Duration::from_secs(10));
+        match store.lease("retention", ttl).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the retention lease; will retry");
+                continue;
+            }
         }
         let Some(pass) = pass(store.as_ref(), &cfg, &metrics, &stop).await else {
             return;

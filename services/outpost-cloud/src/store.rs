@@ -70,6 +70,11 @@ pub struct ReadingQuery {
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Whether this instance may do now, for `ttl`, work that must happen once among the
+    /// instances sharing the store (a retention pass). A store of one instance always may.
+    async fn lease(&self, _name: &str, _ttl: std::time::Duration) -> Result<bool, StoreError> {
+        Ok(true)
+    }
     /// Enrolls `name` with the certificate `fingerprint` (a revoked edge is enrolled again
     /// with the new one); `false` if an edge of that name is enrolled and not revoked.
     async fn enroll(

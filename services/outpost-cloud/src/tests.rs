@@ -14,8 +14,45 @@ struct Node {
     token: String,
 }
 
-async fn node() -> Node {
-    node_with(Config::default()).await
+/// Where the cloud keeps what edges send: every test runs on both.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Each test named runs twice, `on_sqlite::NAME` and `on_postgres::NAME`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    admin_routes_need_the_admin_token_and_public_ones_do_not,
+    enrollment_answers_a_bundle_once_per_name,
+    an_enrolled_edge_ingests_once_and_its_data_can_be_queried,
+    batches_are_checked_before_anything_is_stored,
+    unknown_and_revoked_certificates_are_refused_and_the_data_stays,
+);
+
+async fn node(b: Backend) -> Node {
+    node_with(b, Config::default()).await
 }
 
 /// Data of any age is kept: the origins here are from 2023, and retention, which runs as
@@ -25,7 +62,10 @@ fn keep_all(mut cfg: Config) -> Config {
     cfg
 }
 
-async fn node_with(cfg: Config) -> Node {
+async fn node_with(b: Backend, mut cfg: Config) -> Node {
+    if matches!(b, Backend::Postgres) {
+        cfg.storage = outpost_testkit::postgres::server().database().storage();
+    }
     let svc = Service::build::<Cloud>(keep_all(cfg), &[]).await;
     let token = outpost_storage::load_or_create_token(&svc.test.ctx.secrets_dir(), "cloud-admin")
         .expect("the admin token");
@@ -138,9 +178,8 @@ const PUBLIC: [&str; 4] = [
     "/api/v3/ca.pem",
 ];
 
-#[tokio::test]
-async fn admin_routes_need_the_admin_token_and_public_ones_do_not() {
-    let n = node().await;
+async fn admin_routes_need_the_admin_token_and_public_ones_do_not(b: Backend) {
+    let n = node(b).await;
     for uri in ADMIN_ONLY {
         let (s, headers, _) = n.send("GET", uri, None, None).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{uri} without a token");
@@ -192,9 +231,8 @@ async fn admin_routes_need_the_admin_token_and_public_ones_do_not() {
     );
 }
 
-#[tokio::test]
-async fn enrollment_answers_a_bundle_once_per_name() {
-    let n = node().await;
+async fn enrollment_answers_a_bundle_once_per_name(b: Backend) {
+    let n = node(b).await;
     let bundle = n.enroll(" edge-1 ").await;
     assert_eq!(bundle["edge"], "edge-1", "the name is trimmed");
     assert_eq!(bundle["url"], "https://127.0.0.1:59740");
@@ -234,9 +272,8 @@ async fn enrollment_answers_a_bundle_once_per_name() {
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn an_enrolled_edge_ingests_once_and_its_data_can_be_queried() {
-    let n = node().await;
+async fn an_enrolled_edge_ingests_once_and_its_data_can_be_queried(b: Backend) {
+    let n = node(b).await;
     let fp = n.enroll("edge-1").await["fingerprint"]
         .as_str()
         .unwrap()
@@ -394,8 +431,7 @@ async fn an_enrolled_edge_ingests_once_and_its_data_can_be_queried() {
     );
 }
 
-#[tokio::test]
-async fn batches_are_checked_before_anything_is_stored() {
+async fn batches_are_checked_before_anything_is_stored(b: Backend) {
     // Limits below the node's request body limit, so the cloud's own checks answer.
     let cfg = Config {
         max_body_bytes: 2048,
@@ -403,7 +439,7 @@ async fn batches_are_checked_before_anything_is_stored() {
         ..Config::default()
     };
     let (max_body, max_batch) = (cfg.max_body_bytes, cfg.max_batch_bytes);
-    let n = node_with(cfg).await;
+    let n = node_with(b, cfg).await;
     let fp = n.enroll("edge-1").await["fingerprint"]
         .as_str()
         .unwrap()
@@ -490,9 +526,8 @@ async fn batches_are_checked_before_anything_is_stored() {
     assert_eq!(v["Count"], 1, "only the good batch was stored");
 }
 
-#[tokio::test]
-async fn unknown_and_revoked_certificates_are_refused_and_the_data_stays() {
-    let n = node().await;
+async fn unknown_and_revoked_certificates_are_refused_and_the_data_stays(b: Backend) {
+    let n = node(b).await;
     let body = || {
         batch(
             "normal",

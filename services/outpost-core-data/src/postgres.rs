@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use outpost_contracts::event::{Event, Reading, ReadingValue, Tags};
 use outpost_contracts::value::ValueType;
-use outpost_kit::pg::{self, Migration, Pool, Sealer, StorageConfig, tokio_postgres};
+use outpost_kit::pg::{self, Migration, StorageConfig, tokio_postgres};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::types::ToSql;
 
@@ -157,12 +157,8 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 
 /// core-data's events in PostgreSQL.
 pub struct PgEventStore {
-    pool: Pool,
-    cfg: StorageConfig,
-    sealer: Sealer,
+    db: pg::Database,
     failing: Mutex<Option<String>>,
-    /// This instance, as a lease holder.
-    holder: String,
 }
 
 type Params = Vec<Box<dyn ToSql + Sync + Send>>;
@@ -206,22 +202,14 @@ type EventRow = (i64, String, i32);
 impl PgEventStore {
     /// Connects, migrates the schema, and is ready to serve.
     pub async fn open(cfg: &StorageConfig, secrets: &std::path::Path) -> Result<Self, pg::PgError> {
-        let pool = pg::connect(cfg, SCHEMA)?;
-        let sealer = Sealer::for_service(cfg, secrets, crate::SERVICE)?;
-        let mut client = pg::client(&pool, cfg).await?;
-        pg::migrate(&mut client, SCHEMA, MIGRATIONS).await?;
-        drop(client);
         Ok(Self {
-            pool,
-            cfg: cfg.clone(),
-            sealer,
+            db: pg::Database::open(cfg, secrets, crate::SERVICE, SCHEMA, MIGRATIONS).await?,
             failing: Mutex::new(None),
-            holder: uuid::Uuid::new_v4().to_string(),
         })
     }
 
     async fn client(&self) -> Result<pg::Object, StoreError> {
-        pg::client(&self.pool, &self.cfg).await.map_err(unavailable)
+        self.db.client().await.map_err(unavailable)
     }
 
     fn set_failing(&self, why: Option<String>) {
@@ -247,11 +235,12 @@ impl PgEventStore {
         // Writing CBOR into memory fails only if serialising fails, which plain strings,
         // bytes and numbers do not.
         let _ = ciborium::into_writer(&body, &mut plain);
-        self.sealer.seal(&reading_aad(event, ord), &plain)
+        self.db.sealer.seal(&reading_aad(event, ord), &plain)
     }
 
     fn open_body(&self, event: &uuid::Uuid, ord: i32, sealed: &[u8]) -> Result<Body, StoreError> {
         let plain = self
+            .db
             .sealer
             .open(&reading_aad(event, ord), sealed)
             .map_err(unavailable)?;
@@ -292,8 +281,9 @@ impl PgEventStore {
             e.profile.push(ev.profile_name.clone());
             e.source.push(ev.source_name.clone());
             e.origin.push(ev.origin);
-            e.tags
-                .push(tags_text(&ev.tags).map(|t| self.sealer.seal(&event_aad(id), t.as_bytes())));
+            e.tags.push(
+                tags_text(&ev.tags).map(|t| self.db.sealer.seal(&event_aad(id), t.as_bytes())),
+            );
             e.readings
                 .push(i32::try_from(ev.readings.len()).unwrap_or(i32::MAX));
         }
@@ -413,6 +403,7 @@ impl PgEventStore {
                 let tags = match tags {
                     Some(sealed) => {
                         let plain = self
+                            .db
                             .sealer
                             .open(&event_aad(&id), &sealed)
                             .map_err(unavailable)?;
@@ -938,10 +929,7 @@ impl EventStore for PgEventStore {
     }
 
     async fn lease(&self, name: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        pg::lease(&client, name, &self.holder, ttl)
-            .await
-            .map_err(unavailable)
+        self.db.lease(name, ttl).await.map_err(unavailable)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

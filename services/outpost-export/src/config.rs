@@ -61,6 +61,11 @@ pub struct Destination {
     pub kind: Kind,
     /// Where to send; for `cloud`, empty takes the URL from the identity bundle.
     pub url: String,
+    /// `cloud`, `webhook`: more URLs of the same receiver (several cloud instances sharing
+    /// one store; for `cloud` each its base, `https://HOST:PORT`), tried in order when the one in use cannot be reached or answers 502,
+    /// 503 or 504; the sender stays with the one that answered. A batch that reached an
+    /// instance whose answer was lost, sent again to another, is stored once there.
+    pub failover_urls: Vec<String>,
     /// `cloud`: the identity bundle written by `outpost cloud enroll`.
     pub identity: Option<PathBuf>,
     /// `webhook`, `mqtt`: a CA file to trust instead of the system's roots (PEM).
@@ -108,6 +113,7 @@ impl Default for Destination {
             name: String::new(),
             kind: Kind::Cloud,
             url: String::new(),
+            failover_urls: Vec::new(),
             identity: None,
             ca_file: None,
             cert_file: None,
@@ -163,6 +169,18 @@ impl outpost_kit::config::Validate for Config {
                 "name must be 1 to 64 letters, digits, '-' or '_'",
             );
             p.check(names.insert(d.name.clone()), &at, "name is used twice");
+            for u in &d.failover_urls {
+                p.check(
+                    u.starts_with("https://") || u.starts_with("http://"),
+                    &at,
+                    format!("failover url '{u}' must be http(s)://"),
+                );
+            }
+            p.check(
+                d.failover_urls.is_empty() || d.kind != Kind::Mqtt,
+                &at,
+                "failover_urls are for cloud and webhook destinations",
+            );
             match d.kind {
                 Kind::Cloud => p.check(
                     d.identity.is_some(),

@@ -95,6 +95,10 @@ pub struct Sink {
     zstd_level: i32,
     /// The edge name the cloud knows this node by, as the destination opened.
     edge: Option<String>,
+    /// More URLs of the same receiver, after the main one.
+    failover: Vec<String>,
+    /// Which of the main URL (0) and the failover ones batches go to now.
+    active: std::sync::atomic::AtomicUsize,
 }
 
 /// A cloud destination's client, made from its identity bundle (`outpost cloud enroll`)
@@ -308,14 +312,29 @@ impl Sink {
                 .collect(),
             zstd_level: d.zstd_level,
             edge,
+            // A cloud's URLs are its base, as the bundle's is; batches go to its ingest.
+            failover: d
+                .failover_urls
+                .iter()
+                .map(|u| match d.kind {
+                    Kind::Cloud => format!("{}/api/v3/ingest", u.trim_end_matches('/')),
+                    _ => u.clone(),
+                })
+                .collect(),
+            active: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
-    /// Where batches go now (a changed identity bundle may name another cloud).
+    /// Where batches go now (a changed identity bundle may name another cloud; a failover
+    /// URL after the main one could not be reached).
     pub fn url(&self) -> String {
-        match &self.identity {
+        let main = match &self.identity {
             Some(id) => id.client().0,
             None => self.url.clone(),
+        };
+        match self.active.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => main,
+            i => self.failover.get(i - 1).cloned().unwrap_or(main),
         }
     }
 
@@ -385,29 +404,44 @@ impl Sink {
                 ..Delivered::default()
             });
         }
-        let (url, http) = match &self.identity {
+        let (main, http) = match &self.identity {
             Some(id) => id.client(),
             None => (self.url.clone(), self.http.clone()),
         };
-        let mut req = http
-            .post(&url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json");
-        if let Some(enc) = encoding {
-            req = req.header(reqwest::header::CONTENT_ENCODING, enc);
-        }
-        for (k, v) in &self.headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        let resp = req.body(body).send().await.map_err(|e| {
-            let what = if e.is_timeout() {
-                "timed out"
-            } else if e.is_connect() {
-                "cannot connect"
-            } else {
-                "request failed"
+        let urls: Vec<&str> = std::iter::once(main.as_str())
+            .chain(self.failover.iter().map(String::as_str))
+            .collect();
+        let body = bytes::Bytes::from(body);
+        let first = self.active.load(std::sync::atomic::Ordering::Relaxed) % urls.len();
+        let mut tried = 0;
+        let resp = loop {
+            let at = (first + tried) % urls.len();
+            let outcome = self.post(&http, urls[at], body.clone(), encoding).await;
+            let unreachable = match &outcome {
+                Err(_) => true,
+                Ok(r) => matches!(
+                    r.status(),
+                    StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                ),
             };
-            SendError::Transient(format!("{what}: {}", error_chain(&e)))
-        })?;
+            tried += 1;
+            if !unreachable || tried == urls.len() {
+                if !unreachable && at != first {
+                    self.active.store(at, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(
+                        from = urls[first],
+                        to = urls[at],
+                        "failed over to another URL of the destination"
+                    );
+                }
+                break outcome?;
+            }
+            if let Err(e) = &outcome {
+                tracing::info!(url = urls[at], error = %e, "cannot reach this URL of the destination; trying the next");
+            }
+        };
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if status.is_success() {
@@ -432,6 +466,37 @@ impl Sink {
         } else {
             Err(SendError::Transient(detail))
         }
+    }
+}
+
+impl Sink {
+    /// One POST of a batch to `url`.
+    async fn post(
+        &self,
+        http: &reqwest::Client,
+        url: &str,
+        body: bytes::Bytes,
+        encoding: Option<&str>,
+    ) -> Result<reqwest::Response, SendError> {
+        let mut req = http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(enc) = encoding {
+            req = req.header(reqwest::header::CONTENT_ENCODING, enc);
+        }
+        for (k, v) in &self.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        req.body(body).send().await.map_err(|e| {
+            let what = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "cannot connect"
+            } else {
+                "request failed"
+            };
+            SendError::Transient(format!("{what}: {}", error_chain(&e)))
+        })
     }
 }
 
