@@ -1057,3 +1057,53 @@ async fn every_accepted_notification_is_delivered_through_random_kill_9() {
         delivered.saturating_sub(accepted.len())
     );
 }
+
+/// core-data on PostgreSQL through a PostgreSQL crash (kill -9 of its postmaster): what the
+/// broker acknowledged meanwhile waits in its journal, since core-data confirms only what
+/// committed; REST posts are answered 503, not 201; once PostgreSQL has recovered, every
+/// acknowledged event is stored, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_was_acknowledged_while_postgresql_was_down_is_stored_once_it_is_back() {
+    let pg = outpost_testkit::postgres::Private::start();
+    let db = pg.database();
+    let node = Node::start(&db.storage_toml("core_data")).await;
+    provision(&node, &["p1"]);
+    let data = node.data();
+    let count = |what: &'static str| {
+        let url = format!("{data}/api/v3/{what}/count");
+        let node = &node;
+        async move { node.get(&url).await.1["count"].as_u64() }
+    };
+    publish_readings(&node, "p1", 300, "21.5");
+    eventually("300 events stored", Duration::from_secs(20), || async {
+        count("event").await == Some(300)
+    })
+    .await;
+
+    pg.kill9();
+    // The broker acknowledges these: they are in its journal.
+    publish_readings(&node, "p1", 300, "22.5");
+    let (_, m) = event_message("p1", now_nanos(), &[("Temperature", "Float64", "23.5")]);
+    let body: serde_json::Value = serde_json::from_str(&m).expect("json");
+    let (s, v) = node
+        .post(
+            &format!("{data}/api/v3/event/device-mqtt/Thermostat/p1/Temperature"),
+            &body["payload"],
+        )
+        .await;
+    assert_eq!(
+        s, 503,
+        "a post the database cannot take is not acknowledged: {v}"
+    );
+
+    pg.restart();
+    eventually("600 events stored", Duration::from_secs(60), || async {
+        count("event").await == Some(600)
+    })
+    .await;
+    assert_eq!(
+        count("reading").await,
+        Some(600),
+        "one reading each, none twice"
+    );
+}

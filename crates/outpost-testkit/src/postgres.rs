@@ -150,7 +150,49 @@ fn start_or_find() -> Server {
     {
         return Server { port, ..server };
     }
-    // A fresh cluster.
+    fresh(server)
+}
+
+/// A server of its own for a test that stops or kills it; stopped when dropped.
+pub struct Private {
+    pub server: Server,
+    _dir: tempfile::TempDir,
+}
+
+impl Private {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _ = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755));
+        let server = fresh(Server {
+            port: 0,
+            ca: dir.path().join("tls/ca.pem"),
+            password_file: dir.path().join("password"),
+            dir: dir.path().to_path_buf(),
+        });
+        Self { server, _dir: dir }
+    }
+}
+
+impl std::ops::Deref for Private {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl Drop for Private {
+    fn drop(&mut self) {
+        let _ = as_owner(&bin("pg_ctl"))
+            .arg("-D")
+            .arg(self.server.data_dir())
+            .args(["stop", "-m", "immediate"])
+            .output();
+    }
+}
+
+/// Makes a cluster in `server.dir` and starts it on a free port.
+fn fresh(server: Server) -> Server {
+    let dir = server.dir.clone();
     let data = dir.join("data");
     let _ = as_owner(&bin("pg_ctl"))
         .arg("-D")
@@ -312,6 +354,46 @@ impl Server {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Kills the server with SIGKILL, its postmaster and every process it started at
+    /// once, as a crash of the machine's database would, and waits until they are gone.
+    pub fn kill9(&self) {
+        let pid = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+            .expect("the postmaster's pid");
+        let mut pids = children_of(pid);
+        pids.push(pid);
+        let args: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let _ = Command::new("kill").arg("-9").args(&args).output();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pids
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL still runs after kill -9"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again (after [`Server::kill9`]): it recovers from its WAL.
+    pub fn restart(&self) {
+        run(
+            {
+                let mut c = as_owner(&bin("pg_ctl"));
+                c.arg("-D")
+                    .arg(self.data_dir())
+                    .arg("-l")
+                    .arg(self.dir.join("sock/log"))
+                    .args(["-w", "-t", "60", "start"]);
+                c
+            },
+            "pg_ctl start",
+        );
+    }
+
     /// The cluster's data directory (its files, to look for plaintext in).
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
@@ -322,4 +404,26 @@ fn uuid_hex() -> String {
     let mut b = [0u8; 8];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("randomness");
     hex::encode(b)
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let child: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // The parent is the second field after the command's closing parenthesis.
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
 }
