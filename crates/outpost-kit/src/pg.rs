@@ -107,8 +107,41 @@ impl StorageConfig {
     }
 }
 
-/// The URL without its password, for messages.
+/// The connection string without its password, for messages: a URL's user info and
+/// `password` parameter, or the `password=` of the key/value form.
 pub fn redact(url: &str) -> String {
+    if !url.contains("://") {
+        return url
+            .split_whitespace()
+            .map(|kv| {
+                if kv.to_ascii_lowercase().starts_with("password=") {
+                    "password=***"
+                } else {
+                    kv
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let base = redact_userinfo(base);
+    if query.is_empty() && !url.contains('?') {
+        return base;
+    }
+    let q: Vec<&str> = query
+        .split('&')
+        .map(|kv| {
+            if kv.to_ascii_lowercase().starts_with("password=") {
+                "password=***"
+            } else {
+                kv
+            }
+        })
+        .collect();
+    format!("{base}?{}", q.join("&"))
+}
+
+fn redact_userinfo(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -174,8 +207,10 @@ pub fn connect(cfg: &StorageConfig, schema: &str) -> Result<Pool, PgError> {
             source,
         })?;
         pg.ssl_mode(tokio_postgres::config::SslMode::Require);
-        let tls = outpost_pki::client_config(&pem, None)
+        let mut tls = outpost_pki::client_config(&pem, None)
             .map_err(|e| PgError::Config(format!("ca {}: {e}", ca.display())))?;
+        // PostgreSQL 17 and later refuse a TLS handshake offering other protocols.
+        tls.alpn_protocols = vec![b"postgresql".to_vec()];
         deadpool_postgres::Manager::from_config(
             pg,
             tokio_postgres_rustls::MakeRustlsConnect::new(tls),
@@ -233,6 +268,7 @@ impl Database {
         let sealer = Sealer::for_service(cfg, secrets, service)?;
         let mut c = client(&pool, cfg).await?;
         migrate(&mut c, schema, migrations).await?;
+        check_key(&c, &sealer).await?;
         drop(c);
         let mut holder = [0u8; 16];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut holder)
@@ -257,6 +293,33 @@ impl Database {
     }
 }
 
+/// What the key check seals.
+const KEY_CHECK: &[u8] = b"outpost values key";
+
+/// Refuses a values key other than the one the database was first written with (an
+/// instance started with its own key would write rows the others cannot open): the first
+/// instance leaves a value sealed with its key; every later start must open it.
+async fn check_key(c: &Object, sealer: &Sealer) -> Result<(), PgError> {
+    c.execute(
+        "INSERT INTO key_check (id, sealed) VALUES (0, $1) ON CONFLICT DO NOTHING",
+        &[&sealer.seal(b"key_check", KEY_CHECK)],
+    )
+    .await?;
+    let sealed: Vec<u8> = c
+        .query_one("SELECT sealed FROM key_check WHERE id = 0", &[])
+        .await?
+        .get(0);
+    match sealer.open(b"key_check", &sealed) {
+        Ok(v) if v == KEY_CHECK => Ok(()),
+        _ => Err(PgError::Config(
+            "this database was written with another values key: every instance needs the \
+             same one (copy the first instance's <data>/secrets/<service>-values.key, or \
+             name one file in key_file)"
+                .into(),
+        )),
+    }
+}
+
 /// One step of a schema.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
@@ -265,8 +328,8 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-/// Brings `schema` to the last of `migrations`, each in its own transaction, under an
-/// advisory lock so instances starting together migrate once. Refuses a database whose
+/// Brings `schema` to the last of `migrations`, in one transaction under an advisory lock
+/// so instances starting together migrate once. Refuses a database whose
 /// schema is newer than this build knows.
 pub async fn migrate(
     client: &mut Object,
@@ -285,6 +348,10 @@ pub async fn migrate(
                  name TEXT PRIMARY KEY,
                  holder TEXT NOT NULL,
                  expires TIMESTAMPTZ NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS {schema}.key_check (
+                 id INTEGER PRIMARY KEY CHECK (id = 0),
+                 sealed BYTEA NOT NULL
              );"
         ))
         .await
@@ -356,6 +423,15 @@ pub async fn lease(
     Ok(row.is_some())
 }
 
+/// Whether `e` aborted a transaction that succeeds when tried again: a deadlock between
+/// concurrent transactions, or a serialization failure.
+pub fn is_retryable(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
 /// Whether `e` is about the data of a statement (it can never succeed as it is), not the
 /// database being unable to take it now: SQLSTATE classes 22 (data exception) and 23
 /// (integrity constraint violation).
@@ -367,14 +443,25 @@ pub fn is_data_error(e: &tokio_postgres::Error) -> bool {
 /// Seals values with AES-256-GCM before they are stored, each bound to the row it belongs
 /// to (the associated data), so a value copied onto another row does not open.
 ///
-/// Nonces are a random 32-bit prefix drawn when the sealer is made and a 64-bit counter:
-/// unique per sealer, and across the sealers of a key while fewer than about 2^16 of them
-/// were ever made (one per service start).
+/// Every sealer draws a random 128-bit salt when it is made and seals under a subkey
+/// derived from the values key and that salt (HKDF-SHA256), with a 64-bit counter as the
+/// nonce: a nonce is never used twice under one subkey, and two sealers (two starts, two
+/// instances) share a subkey only if they drew the same 128-bit salt. A sealed value is
+/// `salt (16) || nonce (12) || ciphertext || tag (16)`; opening derives the subkey of its
+/// salt once and keeps it.
 pub struct Sealer {
+    master: [u8; 32],
+    salt: [u8; SALT_LEN],
     key: aead::LessSafeKey,
-    prefix: [u8; 4],
     counter: AtomicU64,
+    /// Subkeys of the salts seen when opening.
+    opened: std::sync::Mutex<std::collections::HashMap<[u8; SALT_LEN], aead::LessSafeKey>>,
 }
+
+const SALT_LEN: usize = 16;
+
+/// Subkeys kept for opening; past this many salts (restarts), the cache starts afresh.
+const MAX_SUBKEYS: usize = 4096;
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -387,17 +474,26 @@ impl std::fmt::Debug for Sealer {
 #[error("a stored value does not open with this key (another key, or moved between rows)")]
 pub struct Unsealable;
 
+fn subkey(master: &[u8; 32], salt: &[u8; SALT_LEN]) -> aead::LessSafeKey {
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, salt).extract(master);
+    // `expand` fails only when more than 255 hash lengths are asked for; a key is one.
+    let okm = prk
+        .expand(&[b"outpost pg values"], &aead::AES_256_GCM)
+        .unwrap_or_else(|_| unreachable!("a 32-byte HKDF output is always available"));
+    aead::LessSafeKey::new(aead::UnboundKey::from(okm))
+}
+
 impl Sealer {
     pub fn new(key: &[u8; 32]) -> Result<Self, PgError> {
-        let mut prefix = [0u8; 4];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut prefix)
-            .map_err(|_| PgError::Config("no randomness for nonces".into()))?;
-        let key = aead::UnboundKey::new(&aead::AES_256_GCM, key)
-            .map_err(|_| PgError::Config("the values key is not 256 bits".into()))?;
+        let mut salt = [0u8; SALT_LEN];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt)
+            .map_err(|_| PgError::Config("no randomness for the sealing salt".into()))?;
         Ok(Self {
-            key: aead::LessSafeKey::new(key),
-            prefix,
+            master: *key,
+            salt,
+            key: subkey(key, &salt),
             counter: AtomicU64::new(0),
+            opened: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -417,18 +513,14 @@ impl Sealer {
         Self::new(&key)
     }
 
-    /// `nonce || ciphertext || tag`.
+    /// `salt || nonce || ciphertext || tag`.
     pub fn seal(&self, row: &[u8], plain: &[u8]) -> Vec<u8> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut nonce = [0u8; aead::NONCE_LEN];
-        nonce[..4].copy_from_slice(&self.prefix);
         nonce[4..].copy_from_slice(&n.to_be_bytes());
-        let mut out = Vec::with_capacity(aead::NONCE_LEN + plain.len() + 16);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plain);
-        let mut body = out.split_off(aead::NONCE_LEN);
-        // Sealing in place fails only for inputs longer than the algorithm allows
-        // (about 64 GB for AES-GCM): no value stored here comes close.
+        let mut body = plain.to_vec();
+        // Sealing fails only for inputs longer than the algorithm allows (about 64 GB for
+        // AES-GCM): no value stored here comes close.
         if self
             .key
             .seal_in_place_append_tag(
@@ -440,22 +532,45 @@ impl Sealer {
         {
             body.clear();
         }
+        let mut out = Vec::with_capacity(SALT_LEN + aead::NONCE_LEN + body.len());
+        out.extend_from_slice(&self.salt);
+        out.extend_from_slice(&nonce);
         out.extend_from_slice(&body);
         out
     }
 
     pub fn open(&self, row: &[u8], sealed: &[u8]) -> Result<Vec<u8>, Unsealable> {
-        if sealed.len() < aead::NONCE_LEN {
+        if sealed.len() < SALT_LEN + aead::NONCE_LEN {
             return Err(Unsealable);
         }
-        let (nonce, body) = sealed.split_at(aead::NONCE_LEN);
+        let (salt, rest) = sealed.split_at(SALT_LEN);
+        let (nonce, body) = rest.split_at(aead::NONCE_LEN);
         let nonce = aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| Unsealable)?;
         let mut body = body.to_vec();
-        let plain = self
-            .key
-            .open_in_place(nonce, aead::Aad::from(row), &mut body)
-            .map_err(|_| Unsealable)?;
-        Ok(plain.to_vec())
+        let open = |key: &aead::LessSafeKey, body: &mut Vec<u8>| {
+            key.open_in_place(nonce, aead::Aad::from(row), body)
+                .map(|p| p.len())
+                .map_err(|_| Unsealable)
+        };
+        let n = if salt == self.salt {
+            open(&self.key, &mut body)?
+        } else {
+            let mut salt_key = [0u8; SALT_LEN];
+            salt_key.copy_from_slice(salt);
+            let mut opened = self
+                .opened
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if opened.len() >= MAX_SUBKEYS && !opened.contains_key(&salt_key) {
+                opened.clear();
+            }
+            let key = opened
+                .entry(salt_key)
+                .or_insert_with(|| subkey(&self.master, &salt_key));
+            open(key, &mut body)?
+        };
+        body.truncate(n);
+        Ok(body)
     }
 }
 
@@ -474,6 +589,10 @@ mod tests {
         assert!(s.open(b"row-2", &a).is_err(), "moved to another row");
         let other = Sealer::new(&[8; 32]).unwrap();
         assert!(other.open(b"row-1", &a).is_err(), "another key");
+        // Another sealer of the same key (another start, another instance) opens it.
+        let again = Sealer::new(&[7; 32]).unwrap();
+        assert_eq!(again.open(b"row-1", &a).unwrap(), b"21.5");
+        assert_ne!(&again.seal(b"row-1", b"x")[..16], &a[..16], "its own salt");
         let mut flipped = a.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
@@ -505,6 +624,14 @@ mod tests {
         assert_eq!(
             redact("postgres://u:secret@h:5432/d"),
             "postgres://u:***@h:5432/d"
+        );
+        assert_eq!(
+            redact("postgres://u@h/d?sslmode=require&password=secret"),
+            "postgres://u@h/d?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact("host=h user=u password=secret dbname=d"),
+            "host=h user=u password=*** dbname=d"
         );
     }
 }

@@ -31,7 +31,8 @@
 //!   (`$share/<group>/...`, e.g. the instances of core-data) is journaled for as the group:
 //!   the broker routes each message to one member, a confirmation from any member releases
 //!   it, and what no member confirmed in time is queued again for a connected member (so a
-//!   member that died leaves its messages to the others).
+//!   member that died leaves its messages to the others). After a crash, what the journal
+//!   held is queued for every member (members drop what was already stored, by event id).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -136,6 +137,9 @@ struct State {
     /// the sequence number their first subscription was made at, once it was (what came
     /// after it was routed to them as it came).
     expected: HashMap<Arc<str>, Option<u64>>,
+    /// Where each client that subscribed before it registered did so: a group learns its
+    /// member's first subscription only once the member registered.
+    subscribed_at: HashMap<Arc<str>, u64>,
 }
 
 struct Entry {
@@ -270,10 +274,11 @@ impl Journal {
                 since: now,
             };
             for w in &entry.waiting {
-                // A group's message goes to one member; if that one does not come back,
-                // redelivery gives it to a member that did.
-                if let Some(c) = st.members(w).first() {
-                    queue_for(&router, c, &entry);
+                // After a crash a group's message goes to every member's session: which of
+                // them comes back is not known yet, and a member drops what another one
+                // stored (by event id).
+                for c in st.members(w) {
+                    queue_for(&router, &c, &entry);
                 }
             }
             st.insert(item.seq, entry);
@@ -383,7 +388,15 @@ impl Journal {
     /// from now on, unless it registered itself before (its own filters stand). Without a
     /// session (`has_session`), what waits for it is queued when it first registers.
     pub async fn expect(&self, client: &str, filters: &[String], has_session: bool) {
-        if !self.lock().consumers.contains_key(client) {
+        // Its own filters stand, unless the configuration now has it consume as another
+        // group (or as none): a registration from before such a change would have the
+        // journal wait for a consumer nothing runs any more.
+        let stale = {
+            let st = self.lock();
+            let configured = waiter(&Arc::from(client), filters);
+            st.waiter_of(client).is_some_and(|w| w != configured)
+        };
+        if stale || !self.lock().consumers.contains_key(client) {
             match serde_json::to_vec(filters) {
                 Ok(payload) => self.register(client, &payload).await,
                 Err(e) => {
@@ -461,10 +474,11 @@ impl Journal {
         }
         // Its (or its group's) first registration: what was journaled for it before it
         // subscribed is in no session's queue; it is queued now, in order.
+        let first_subscribed = st.subscribed_at.remove(&client);
         if let Some(before) = st.expected.remove(&w)
             && let Some(router) = self.router.get()
         {
-            let before = before.unwrap_or(u64::MAX);
+            let before = before.or(first_subscribed).unwrap_or(u64::MAX);
             let now = Instant::now();
             let mut queued = 0u64;
             for (_, e) in st.pending.range_mut(..before) {
@@ -489,11 +503,18 @@ impl Journal {
     pub fn subscribed(&self, client: &str) {
         let mut st = self.lock();
         let next = st.pending.keys().next_back().map_or(st.head, |s| s + 1);
-        let w = st.waiter_of(client).unwrap_or_else(|| Arc::from(client));
-        if let Some(at) = st.expected.get_mut(&w)
-            && at.is_none()
-        {
-            *at = Some(next);
+        match st.waiter_of(client) {
+            Some(w) => {
+                if let Some(at) = st.expected.get_mut(&w)
+                    && at.is_none()
+                {
+                    *at = Some(next);
+                }
+            }
+            // Not registered yet: kept until it registers, when its waiter is known.
+            None => {
+                st.subscribed_at.entry(Arc::from(client)).or_insert(next);
+            }
         }
     }
 
@@ -541,6 +562,7 @@ impl Journal {
             let mut st = self.lock();
             let w = st.waiter_of(client);
             st.consumers.remove(client);
+            st.subscribed_at.remove(client);
             // A group waits on while it has members.
             if let Some(w) = w.filter(|w| !is_group(w) || st.members(w).is_empty()) {
                 st.expected.remove(&w);

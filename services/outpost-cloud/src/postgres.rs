@@ -106,6 +106,36 @@ fn text_value(v: &ReadingValue) -> String {
     }
 }
 
+/// An item PostgreSQL can hold as it is, or why not: its text columns cannot hold a NUL
+/// character (SQLite's can), and an item that fails for its data would fail its whole
+/// batch, and every resend of it, for ever; it is rejected, as [`admit`] rejects.
+fn storable(item: ExportItem) -> Result<ExportItem, String> {
+    let nul = |s: &str| s.contains('\0');
+    let bad = match &item {
+        ExportItem::Event { event } => {
+            [
+                &event.id,
+                &event.device_name,
+                &event.profile_name,
+                &event.source_name,
+            ]
+            .iter()
+            .any(|s| nul(s))
+                || event.readings.iter().any(|r| {
+                    [&r.device_name, &r.resource_name, &r.profile_name, &r.units]
+                        .iter()
+                        .any(|s| nul(s))
+                })
+        }
+        ExportItem::Alert { alert } => nul(&alert.id),
+    };
+    if bad {
+        Err("a name or id with a NUL character".into())
+    } else {
+        Ok(item)
+    }
+}
+
 fn value_aad(event: i64, ord: i32) -> Vec<u8> {
     let mut a = Vec::with_capacity(13);
     a.push(b'v');
@@ -167,18 +197,22 @@ impl PgStore {
         self.db.client().await.map_err(failed)
     }
 
+    /// The series' id; one made by this transaction goes to `made`, cached only once the
+    /// transaction committed (another ingest must not use an id that may roll back).
     async fn series_id(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
+        made: &mut HashMap<SeriesKey, i64>,
         key: SeriesKey,
     ) -> Result<i64, tokio_postgres::Error> {
-        if let Some(id) = self
-            .series
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-        {
-            return Ok(*id);
+        if let Some(id) = made.get(&key).copied().or_else(|| {
+            self.series
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&key)
+                .copied()
+        }) {
+            return Ok(id);
         }
         let params: [&(dyn ToSql + Sync); 6] = [&key.0, &key.1, &key.2, &key.3, &key.4, &key.5];
         let id = match tx
@@ -199,10 +233,7 @@ impl PgStore {
                 .await?
                 .get(0),
         };
-        self.series
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, id);
+        made.insert(key, id);
         Ok(id)
     }
 
@@ -241,13 +272,14 @@ impl PgStore {
         let mut hwm = u64::try_from(hwm).ok();
         let mut out = Stored::default();
         let mut readings_stored: i64 = 0;
+        let mut made = HashMap::new();
         for item in items {
             if hwm.is_some_and(|h| item.seq <= h) {
                 out.duplicates += 1;
                 continue;
             }
             hwm = Some(item.seq);
-            match admit(&item.data) {
+            match admit(&item.data).and_then(storable) {
                 Ok(ExportItem::Event { event }) => {
                     let row = tx
                         .query_opt(
@@ -277,6 +309,7 @@ impl PgStore {
                         series.push(
                             self.series_id(
                                 &tx,
+                                &mut made,
                                 (
                                     edge.clone(),
                                     r.device_name.clone(),
@@ -366,6 +399,10 @@ impl PgStore {
         )
         .await?;
         tx.commit().await?;
+        self.series
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(made);
         out.hwm = hwm;
         Ok(out)
     }
@@ -553,15 +590,7 @@ impl Store for PgStore {
 
     async fn ingest(&self, batch: Incoming) -> Result<Stored, StoreError> {
         let mut client = self.client().await?;
-        let result = self.ingest_tx(&mut client, batch).await;
-        if result.is_err() {
-            // Series made in a transaction that rolled back do not exist.
-            self.series
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clear();
-        }
-        result.map_err(failed)
+        self.ingest_tx(&mut client, batch).await.map_err(failed)
     }
 
     async fn readings(&self, q: ReadingQuery) -> Result<(Vec<EdgeReading>, u64), StoreError> {

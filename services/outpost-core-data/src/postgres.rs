@@ -700,7 +700,16 @@ impl EventStore for PgEventStore {
         }
         let mut client = self.client().await?;
         let all: Vec<&IngestEvent> = events.iter().collect();
-        match self.append_tx(&mut client, &all).await {
+        // Two instances inserting the same events at once (a redelivery) may lock their
+        // rows in opposite orders: PostgreSQL aborts one of them, which is tried again.
+        let mut first = self.append_tx(&mut client, &all).await;
+        for _ in 0..3 {
+            match &first {
+                Err(e) if pg::is_retryable(e) => first = self.append_tx(&mut client, &all).await,
+                _ => break,
+            }
+        }
+        match first {
             Ok(out) => {
                 self.set_failing(None);
                 Ok(out)
@@ -798,15 +807,19 @@ impl EventStore for PgEventStore {
             "events e JOIN readings r ON r.event_seq = e.seq"
         };
         let client = self.client().await?;
+        // Streamed and folded row by row: however many readings are selected, only the
+        // groups are held.
         let rows = client
-            .query(
+            .query_raw(
                 &format!("SELECT {READING_COLUMNS} FROM {from} WHERE {}", p.clause),
-                &refs(&p.params),
+                refs(&p.params),
             )
             .await
             .map_err(unavailable)?;
+        let mut rows = std::pin::pin!(rows);
         let mut groups: BTreeMap<(String, String), Acc> = BTreeMap::new();
-        for r in &rows {
+        while let Some(r) = futures_util::StreamExt::next(&mut rows).await {
+            let r = r.map_err(unavailable)?;
             let event: uuid::Uuid = r.get(8);
             let ord: i32 = r.get(9);
             let sealed: Vec<u8> = r.get(7);
@@ -881,39 +894,57 @@ impl EventStore for PgEventStore {
                     50_000,
                 )
                 .await?;
-            let d = self.delete_rows(rows).await?;
-            if d.events == 0 {
+            // Selected rows another instance deleted meanwhile are gone all the same: the
+            // loop ends only when nothing is selected.
+            if rows.is_empty() {
                 return Ok(readings);
             }
-            readings += d.readings;
+            readings += self.delete_rows(rows).await?.readings;
         }
     }
 
     async fn delete_before(&self, cutoff: i64, chunk: u64) -> Result<Deleted, StoreError> {
-        let rows = self
-            .select(
-                "SELECT seq, device, readings FROM events WHERE origin < $1
-                 ORDER BY origin LIMIT 1000",
-                &[&cutoff],
-                chunk,
-            )
-            .await?;
-        self.delete_rows(rows).await
+        loop {
+            let rows = self
+                .select(
+                    "SELECT seq, device, readings FROM events WHERE origin < $1
+                     ORDER BY origin LIMIT 1000",
+                    &[&cutoff],
+                    chunk,
+                )
+                .await?;
+            if rows.is_empty() {
+                return Ok(Deleted::default());
+            }
+            // Nothing deleted of what was selected: another instance took it; select again.
+            let d = self.delete_rows(rows).await?;
+            if d.events > 0 {
+                return Ok(d);
+            }
+        }
     }
 
     async fn trim(&self, keep: u64, chunk: u64) -> Result<Deleted, StoreError> {
-        let total = self.device_totals(None).await?.readings;
-        if total <= keep {
-            return Ok(Deleted::default());
+        loop {
+            let total = self.device_totals(None).await?.readings;
+            if total <= keep {
+                return Ok(Deleted::default());
+            }
+            let rows = self
+                .select(
+                    "SELECT seq, device, readings FROM events ORDER BY seq LIMIT 1000",
+                    &[],
+                    (total - keep).min(chunk),
+                )
+                .await?;
+            if rows.is_empty() {
+                return Ok(Deleted::default());
+            }
+            let d = self.delete_rows(rows).await?;
+            if d.events > 0 {
+                return Ok(d);
+            }
         }
-        let rows = self
-            .select(
-                "SELECT seq, device, readings FROM events ORDER BY seq LIMIT 1000",
-                &[],
-                (total - keep).min(chunk),
-            )
-            .await?;
-        self.delete_rows(rows).await
     }
 
     async fn readings_before(&self, cutoff: i64) -> Result<u64, StoreError> {

@@ -76,9 +76,7 @@ impl Retention {
             };
             // Instances sharing a store take turns by lease: one runs the passes while it
             // lives, another once its lease ran out.
-            let ttl = Duration::from_millis(self.cfg.interval_ms.saturating_mul(3))
-                .max(Duration::from_secs(10));
-            match self.store.lease("retention", ttl).await {
+            match self.lease().await {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
@@ -93,6 +91,14 @@ impl Retention {
                 (None, n) => tracing::info!(readings = n, "retention removed old readings"),
             }
         }
+    }
+
+    /// Takes or renews the lease `retention`: whether this instance may run retention now
+    /// (always, on a store of one instance). A run renews it between chunks.
+    pub async fn lease(&self) -> Result<bool, StoreError> {
+        let ttl = Duration::from_millis(self.cfg.interval_ms.saturating_mul(3))
+            .max(Duration::from_secs(30));
+        self.store.lease("retention", ttl).await
     }
 
     /// Starts a run now, with `max_age_s` instead of the configured age when given; the
@@ -196,11 +202,13 @@ impl Retention {
             }
             d.events > 0
         };
+        // Each chunk only while this instance still holds the lease (it renews it): a run
+        // longer than the lease does not overlap another instance's.
         if let Some(cutoff) = cutoff {
-            while step(run, store.delete_before(cutoff, chunk).await?) {}
+            while self.lease().await? && step(run, store.delete_before(cutoff, chunk).await?) {}
         }
         if store.totals(None).await?.readings > self.cfg.max_cap {
-            while step(run, store.trim(self.cfg.min_cap, chunk).await?) {}
+            while self.lease().await? && step(run, store.trim(self.cfg.min_cap, chunk).await?) {}
         }
         Ok(())
     }

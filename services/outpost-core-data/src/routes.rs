@@ -468,6 +468,12 @@ async fn start_retention(State(app): St, Body(body): Body) -> Result<Response, A
     } else {
         parse_json(&body)?
     };
+    // Instances sharing a store: the one holding the retention lease runs retention.
+    if !app.retention.lease().await? {
+        return Err(ApiError::conflict(
+            "another core-data instance is running retention now; try again later",
+        ));
+    }
     let (code, run) = match app.retention.start(req.max_age_seconds, &app.tasks) {
         Ok(run) => (StatusCode::ACCEPTED, run),
         Err(running) => (StatusCode::CONFLICT, *running),

@@ -691,3 +691,32 @@ async fn one_instance_at_a_time_holds_a_lease() {
     // Other work has leases of its own.
     assert!(a.lease("other", long).await.unwrap());
 }
+
+/// An instance with another values key than the database was written with does not start
+/// (it would write rows the others cannot open).
+#[tokio::test]
+async fn an_instance_with_another_values_key_is_refused() {
+    let database = outpost_testkit::postgres::server().database();
+    let storage = database.storage();
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    crate::postgres::PgEventStore::open(&storage, first.path())
+        .await
+        .unwrap();
+    let refused = crate::postgres::PgEventStore::open(&storage, second.path())
+        .await
+        .err()
+        .expect("another key is refused");
+    assert!(
+        refused.to_string().contains("another values key"),
+        "{refused}"
+    );
+    // The same key (copied, as the documentation says) is taken.
+    std::fs::copy(
+        first.path().join("core-data-values.key"),
+        second.path().join("core-data-values.key"),
+    )
+    .unwrap();
+    crate::postgres::PgEventStore::open(&storage, second.path())
+        .await
+        .unwrap();
+}

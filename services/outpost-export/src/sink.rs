@@ -414,7 +414,7 @@ impl Sink {
         let body = bytes::Bytes::from(body);
         let first = self.active.load(std::sync::atomic::Ordering::Relaxed) % urls.len();
         let mut tried = 0;
-        let resp = loop {
+        let (resp, from_failover) = loop {
             let at = (first + tried) % urls.len();
             let outcome = self.post(&http, urls[at], body.clone(), encoding).await;
             let unreachable = match &outcome {
@@ -428,7 +428,10 @@ impl Sink {
             };
             tried += 1;
             if !unreachable || tried == urls.len() {
-                if !unreachable && at != first {
+                // Stays with a URL only once it took a batch: one answering 4xx (another
+                // receiver, say) does not capture the destination.
+                let took = outcome.as_ref().is_ok_and(|r| r.status().is_success());
+                if took && at != first {
                     self.active.store(at, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(
                         from = urls[first],
@@ -436,7 +439,7 @@ impl Sink {
                         "failed over to another URL of the destination"
                     );
                 }
-                break outcome?;
+                break (outcome?, at != 0);
             }
             if let Err(e) = &outcome {
                 tracing::info!(url = urls[at], error = %e, "cannot reach this URL of the destination; trying the next");
@@ -461,7 +464,9 @@ impl Sink {
             return Ok(delivered);
         }
         let detail = format!("{status}: {}", text.chars().take(300).collect::<String>());
-        if status.is_client_error() && !transient_client_error(status) {
+        // A batch is refused for good only by the main URL: a failover URL refusing it
+        // (a receiver that is not this destination's) is retried.
+        if status.is_client_error() && !transient_client_error(status) && !from_failover {
             Err(SendError::Permanent(detail))
         } else {
             Err(SendError::Transient(detail))
