@@ -518,6 +518,26 @@ impl PgEventStore {
         Ok(deleted)
     }
 
+    /// Deletes the events `sql` selects, within `budget` readings; if another instance
+    /// deleted all of them first, selects again: nothing deleted means nothing is selected.
+    async fn delete_selected(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        budget: u64,
+    ) -> Result<Deleted, StoreError> {
+        loop {
+            let rows = self.select(sql, params, budget).await?;
+            if rows.is_empty() {
+                return Ok(Deleted::default());
+            }
+            let d = self.delete_rows(rows).await?;
+            if d.events > 0 {
+                return Ok(d);
+            }
+        }
+    }
+
     /// Events selected by `sql` (seq, device, readings), within `budget` readings (at least
     /// one event).
     async fn select(
@@ -904,47 +924,26 @@ impl EventStore for PgEventStore {
     }
 
     async fn delete_before(&self, cutoff: i64, chunk: u64) -> Result<Deleted, StoreError> {
-        loop {
-            let rows = self
-                .select(
-                    "SELECT seq, device, readings FROM events WHERE origin < $1
-                     ORDER BY origin LIMIT 1000",
-                    &[&cutoff],
-                    chunk,
-                )
-                .await?;
-            if rows.is_empty() {
-                return Ok(Deleted::default());
-            }
-            // Nothing deleted of what was selected: another instance took it; select again.
-            let d = self.delete_rows(rows).await?;
-            if d.events > 0 {
-                return Ok(d);
-            }
-        }
+        self.delete_selected(
+            "SELECT seq, device, readings FROM events WHERE origin < $1
+             ORDER BY origin LIMIT 1000",
+            &[&cutoff],
+            chunk,
+        )
+        .await
     }
 
     async fn trim(&self, keep: u64, chunk: u64) -> Result<Deleted, StoreError> {
-        loop {
-            let total = self.device_totals(None).await?.readings;
-            if total <= keep {
-                return Ok(Deleted::default());
-            }
-            let rows = self
-                .select(
-                    "SELECT seq, device, readings FROM events ORDER BY seq LIMIT 1000",
-                    &[],
-                    (total - keep).min(chunk),
-                )
-                .await?;
-            if rows.is_empty() {
-                return Ok(Deleted::default());
-            }
-            let d = self.delete_rows(rows).await?;
-            if d.events > 0 {
-                return Ok(d);
-            }
+        let total = self.device_totals(None).await?.readings;
+        if total <= keep {
+            return Ok(Deleted::default());
         }
+        self.delete_selected(
+            "SELECT seq, device, readings FROM events ORDER BY seq LIMIT 1000",
+            &[],
+            (total - keep).min(chunk),
+        )
+        .await
     }
 
     async fn readings_before(&self, cutoff: i64) -> Result<u64, StoreError> {
