@@ -292,7 +292,8 @@ async fn retention_runs_by_hand_say_what_they_removed() {
     assert!(ok, "{out}{err}");
     // Not a terminal: a line at each tenth of the way, the last at 100 %.
     assert!(
-        err.contains("retention: 100% (") && err.contains("readings"),
+        err.contains("retention [##############################] 100.0% ")
+            && err.contains("readings"),
         "{err}"
     );
     let (_, c) = node.get(&format!("{data}/api/v3/reading/count")).await;

@@ -79,12 +79,12 @@ async fn signed_artifacts_are_stored_once_and_download_resumably_and_bad_ones_ar
         "Thermostat",
     ]);
     assert!(ok && out.contains(&sha256(&big)), "{out}{err}");
-    let tenths: Vec<&str> = err.lines().filter(|l| l.starts_with("upload: ")).collect();
+    let tenths: Vec<&str> = err.lines().filter(|l| l.starts_with("upload [")).collect();
     assert!(
         tenths.len() >= 5
-            && tenths
-                .last()
-                .is_some_and(|l| l.starts_with("upload: 100% (6.3/6.3 MB")),
+            && tenths.last().is_some_and(
+                |l| l.starts_with("upload [##############################] 100.0% 6.3/6.3 MB")
+            ),
         "{err}"
     );
     let big_url = format!("{ota}/artifact/name/fw-big/version/1");
@@ -967,7 +967,8 @@ async fn an_online_agent_is_told_over_mqtt_to_poll_now() {
     // Its log says how the download went (a line at every tenth of the way).
     let said = std::fs::read_to_string(&log).expect("agent log");
     assert!(
-        said.contains("live-1: downloading fw 4.0: 100% (") && said.contains(" MB/s)"),
+        said.contains("live-1: downloading fw 4.0 [##############################] 100.0% ")
+            && said.contains(" MB/s"),
         "{said}"
     );
     // The inventory shows the firmware the agent now runs.

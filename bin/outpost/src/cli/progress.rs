@@ -1,9 +1,9 @@
 //! Progress of long operations (uploads, downloads, retention runs) on standard error.
 //!
 //! On a terminal: one line redrawn at most ten times a second, with a bar, the share done,
-//! the amounts and the rate. Elsewhere (a log, a pipe) either nothing, so scripts read clean
-//! output, or, when asked for with [`Progress::lines`], a line at every tenth of the way
-//! and at the end, as a service's log wants it.
+//! the amounts and the rate. Elsewhere (a log, a pipe) either nothing, or, when asked for
+//! with [`Progress::lines`], the same line written out at every tenth of the way and at the
+//! end, as a log wants it.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
@@ -138,29 +138,28 @@ impl Progress {
         }
     }
 
-    fn draw(&self) {
+    /// The progress as one line: label, bar, share done, amounts and rate.
+    fn text(&self) -> String {
         let frac = self.fraction();
         let width = 30;
         let full = ((frac * width as f64) as usize).min(width);
-        let _ = write!(
-            std::io::stderr(),
-            "\r{} [{}{}] {:>5.1}% {}\x1b[K",
+        format!(
+            "{} [{}{}] {:>5.1}% {}",
             self.label,
             "#".repeat(full),
             " ".repeat(width - full),
             frac * 100.0,
             self.amounts()
-        );
+        )
     }
 
+    fn draw(&self) {
+        let _ = write!(std::io::stderr(), "\r{}\x1b[K", self.text());
+    }
+
+    /// What a terminal shows, as a line of its own.
     fn line(&self) {
-        let _ = writeln!(
-            std::io::stderr(),
-            "{}: {:.0}% ({})",
-            self.label,
-            self.fraction() * 100.0,
-            self.amounts()
-        );
+        let _ = writeln!(std::io::stderr(), "{}", self.text());
     }
 }
 
