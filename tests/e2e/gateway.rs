@@ -10,7 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::support::{
-    Node, Paused, Spawned, eventually, free_port, https_client, run_ok, trusting,
+    Node, Paused, eventually, free_port, https_client, instance_b, run_ok, trusting,
 };
 
 /// An event of core-data (one that does not exist).
@@ -360,25 +360,7 @@ route_limits = [{ prefix = "/core-keeper", rate_per_s = 1.0, burst = 3.0 }]
 
     // A second instance of core-command, registered as core-command@b.
     let port_b = free_port();
-    let b = Spawned(
-        std::process::Command::new(crate::support::BIN)
-            .arg("--config")
-            .arg(&node.config)
-            .arg("--data-dir")
-            .arg(node.data_dir())
-            .args([
-                "--set",
-                &format!("core_command.port={port_b}"),
-                "--set",
-                "node.instance=\"b\"",
-            ])
-            .args(["run", "core-command"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("second core-command"),
-    );
+    let b = instance_b(&node, "core-command", "core_command", port_b, None);
     eventually(
         "core-command@b registered",
         Duration::from_secs(15),

@@ -18,29 +18,6 @@ fn numbered(device: &str, base: i64, i: i64) -> String {
     .1
 }
 
-/// core-data@b: the same node's core-data, a second instance on its own port.
-fn second_core_data(node: &Node, port: u16, log: &std::path::Path) -> Spawned {
-    Spawned(
-        std::process::Command::new(BIN)
-            .arg("--config")
-            .arg(&node.config)
-            .arg("--data-dir")
-            .arg(node.data_dir())
-            .args([
-                "--set",
-                &format!("core_data.port={port}"),
-                "--set",
-                "node.instance=\"b\"",
-            ])
-            .args(["run", "core-data"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(log).expect("log"))
-            .spawn()
-            .expect("core-data@b"),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_data_instances_share_the_bus_and_store_each_event_once() {
     let db = outpost_testkit::postgres::server().database();
@@ -53,7 +30,7 @@ async fn core_data_instances_share_the_bus_and_store_each_event_once() {
     provision(&node, &["t1"]);
     let port_b = free_port();
     let log = node.dir.path().join("core-data-b.log");
-    let mut b = second_core_data(&node, port_b, &log);
+    let mut b = instance_b(&node, "core-data", "core_data", port_b, Some(&log));
     eventually(
         "core-data@b registered",
         Duration::from_secs(20),

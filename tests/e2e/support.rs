@@ -1305,3 +1305,37 @@ pub fn line_channel(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc
     });
     rx
 }
+
+/// A second instance of `service` of `node` (`outpost run SERVICE` with `node.instance` "b"
+/// and `[<section>] port = port`), its stderr to `log` if given.
+pub fn instance_b(
+    node: &Node,
+    service: &str,
+    section: &str,
+    port: u16,
+    log: Option<&Path>,
+) -> Spawned {
+    let stderr = match log {
+        Some(l) => std::process::Stdio::from(std::fs::File::create(l).expect("log")),
+        None => std::process::Stdio::null(),
+    };
+    Spawned(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&node.config)
+            .arg("--data-dir")
+            .arg(node.data_dir())
+            .args([
+                "--set",
+                &format!("{section}.port={port}"),
+                "--set",
+                "node.instance=\"b\"",
+            ])
+            .args(["run", service])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{service}@b: {e}")),
+    )
+}
