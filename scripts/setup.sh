@@ -20,8 +20,9 @@ if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
   # Containers (deploy/): podman runs them here with runc; the static binary of the image
   # links OpenSSL's libcrypto from its archive (libssl-dev).
   # catatonit: the pause process of the pods `podman kube play` makes; netavark and
-  # aardvark-dns: container networks where containers find each other by name.
-  packages+=(podman runc uidmap catatonit netavark aardvark-dns)
+  # aardvark-dns: container networks where containers find each other by name; iptables:
+  # the firewall netavark sets a network's rules with (only suggested by its package).
+  packages+=(podman runc uidmap catatonit netavark aardvark-dns iptables)
   command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
   command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
 fi

@@ -180,7 +180,12 @@ impl Consumer {
         if journal.is_some() {
             // From here on the broker journals what these filters match before it
             // acknowledges it to publishers.
-            journal::register(&bus, filters).await?;
+            if let Err(e) = journal::register(&bus, filters).await {
+                // Dropped, the client would go on reconnecting under this session's ID
+                // and take the session from the caller's next try.
+                bus.disconnect().await;
+                return Err(e);
+            }
         }
         Ok(Self {
             bus,

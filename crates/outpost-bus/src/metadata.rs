@@ -9,8 +9,9 @@
 //!   [`ViewConfig::missing_for`] for "does not exist"), and asks core-metadata otherwise;
 //! - follows `<base>/system-events/core-metadata/#` on a connection of its own: a change
 //!   to a device or profile drops what the view holds of it before anyone is told
-//!   ([`MetadataView::changes`]); after a reconnect (events may have been missed while it
-//!   was away) everything held counts as old and [`Change::Resync`] is sent;
+//!   ([`MetadataView::changes`]); once it first follows them, and after a reconnect
+//!   (events may have been missed before or while it was away), everything held counts as
+//!   old and [`Change::Resync`] is sent;
 //! - has one policy when core-metadata cannot be asked: **serve the last view and say
 //!   so**. A lookup then answers [`Lookup::Stale`] with the age of what it holds (the
 //!   caller decides what an old answer is good for: device credentials are honoured for
@@ -540,6 +541,10 @@ impl MetadataView {
                 return;
             }
         };
+        // What changed before this subscription took effect was not seen: the service
+        // may have loaded devices already (a device service registers and loads while
+        // this connection is still being made), so everything held counts as old.
+        self.apply(Change::Resync);
         self.status().following = true;
         loop {
             tokio::select! {

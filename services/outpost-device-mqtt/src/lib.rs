@@ -284,7 +284,7 @@ impl Driver for Mqtt {
     async fn start(&self, sdk: Sdk) {
         let ctx = sdk.context().clone();
         let broker = self.broker(&ctx.common.bus);
-        let connected = async {
+        let connect = || async {
             let telemetry = Consumer::connect(
                 &broker,
                 &ctx.data_dir,
@@ -304,13 +304,23 @@ impl Driver for Mqtt {
             .await?;
             Ok::<_, outpost_bus::BusError>((telemetry, commands))
         };
-        let (telemetry, commands) = match connected.await {
-            Ok(c) => c,
-            Err(e) => {
-                if !ctx.shutdown.is_triggered() {
-                    tracing::error!(error = %e, "cannot connect to the device broker");
+        // Every failure is retried: a broker restarting, or a connection lost between
+        // connecting and subscribing, must not leave the service without its devices.
+        let mut backoff = outpost_kit::backoff::Backoff::new(
+            std::time::Duration::from_millis(200),
+            std::time::Duration::from_secs(5),
+        );
+        let (telemetry, commands) = loop {
+            match connect().await {
+                Ok(c) => break c,
+                Err(_) if ctx.shutdown.is_triggered() => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot connect to the device broker; retrying");
+                    tokio::select! {
+                        () = ctx.shutdown.wait() => return,
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
                 }
-                return;
             }
         };
         // Subscribed (the broker acknowledged it): from here on what devices publish on
