@@ -15,6 +15,10 @@
 #                             as a TLS reverse proxy to the same route, wrk as the client;
 #                             latency added over calling the service directly; then the same
 #                             with both reaching core-data over mutual TLS
+#   bench/run.sh fleet        the cloud node's fleet queries on PostgreSQL with 3 million
+#                             readings (newest page of an edge, of a device, one resource
+#                             over an hour, a deep page, a day's window) against the same
+#                             queries in their earlier form on the same data
 #   bench/run.sh queue        the store-and-forward queue alone: appends with an fsync each,
 #                             reopen, drain
 #   bench/run.sh export       edge to cloud: enqueue rate (cloud down), drain rate, bytes on
@@ -96,6 +100,11 @@ if [[ $what == all || $what == queue ]]; then
 fi
 if [[ $what == all || $what == export ]]; then
   for i in 1 2; do run "$B" export --outpost "$O" --events 50000 --readings 10; done
+fi
+if [[ $what == all || $what == fleet ]]; then
+  # 3 million readings from 10 edges (50 devices x 10 resources each) into a private
+  # PostgreSQL through the cloud's store, then its queries against their earlier form.
+  run "$B" fleet --readings 3000000 --edges 10 --devices 50 --resources 10 --repeats 20
 fi
 if [[ $what == all || $what == journal ]]; then
   # The same load with the journal on and off, alternating which goes first: 100 devices

@@ -187,14 +187,20 @@ async fn no_plaintext_under_the_data_dir() {
     );
 }
 
-/// core-data on PostgreSQL: events published by a device are stored and queried as on
-/// SQLite, and the values never reach PostgreSQL's files in plaintext (the device and
-/// profile names, which queries select on, do: the search finds what is there).
+/// core-data and core-keeper on PostgreSQL (one database, a schema each): events published
+/// by a device are stored and queried as on SQLite, every service registers, and the
+/// values never reach PostgreSQL's files in plaintext (the device and profile names, which
+/// queries select on, do: the search finds what is there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn core_data_on_postgresql_keeps_values_sealed() {
+async fn core_data_and_core_keeper_on_postgresql_keep_values_sealed() {
     let pg = outpost_testkit::postgres::server();
     let db = pg.database();
-    let node = Node::start(&db.storage_toml("core_data")).await;
+    let node = Node::start(&format!(
+        "{}{}",
+        db.storage_toml("core_data"),
+        db.storage_toml("core_keeper")
+    ))
+    .await;
     let device = "pg-canary-device-41d7";
     provision(&node, &[device]);
     let text = "pg-canary-reading-9b3e";
@@ -248,6 +254,22 @@ async fn core_data_on_postgresql_keeps_values_sealed() {
         &format!("SELECT count(*) FROM core_data.readings WHERE device = '{device}'"),
     );
     assert_eq!(rows.trim(), "80", "40 events of 2 readings");
+    // The registry's rows: the node's services registered there, and their configuration
+    // seeded (core-metadata's writable settings).
+    let count = |sql: &str| pg.psql_in(&db.name, sql).trim().parse::<u64>().unwrap_or(0);
+    assert!(
+        count("SELECT count(*) FROM core_keeper.registrations WHERE body LIKE '%core-data%'") >= 1,
+        "core-data is not registered in PostgreSQL"
+    );
+    eventually(
+        "core-metadata's settings in PostgreSQL",
+        Duration::from_secs(20),
+        || async {
+            count("SELECT count(*) FROM core_keeper.kv WHERE key LIKE '%core-metadata/Writable/%'")
+                >= 1
+        },
+    )
+    .await;
     pg.psql("CHECKPOINT");
     // The test's database files and the write-ahead log, where rows land first.
     let oid = pg.psql(&format!(

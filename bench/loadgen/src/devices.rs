@@ -12,7 +12,10 @@ use mqtt5::{ConnectOptions, MqttClient, QoS, SubscribeOptions};
 use serde_json::{Value, json};
 
 use super::gateway::cpu_ticks;
-use super::{Node, count, free_port, mosquitto_unbounded, publish_counted, unix_nanos, wait_until};
+use super::{
+    Node, count, free_port, mosquitto_unbounded, percentile, publish_counted, unix_nanos,
+    wait_until,
+};
 
 const PROFILE: &str = "BenchMeter";
 
@@ -357,14 +360,6 @@ pub async fn mqtt_devices(
                "broker": journal})
     );
     Ok(())
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Times `n` sequential GETs of `url`; (p50, p99, max) in ms.

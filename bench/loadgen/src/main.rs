@@ -34,6 +34,7 @@ use serde_json::{Value, json};
 
 mod devices;
 mod export;
+mod fleet;
 mod gateway;
 mod modbus;
 mod ota;
@@ -127,6 +128,9 @@ enum Cmd {
     /// Requests/s and latency through the gateway (TLS + JWT) vs nginx as a TLS reverse
     /// proxy to the same backend route, with wrk.
     Gateway(gateway::GatewayArgs),
+    /// The cloud node's fleet queries on PostgreSQL with millions of readings, against
+    /// the same queries as written before migration 2.
+    Fleet(fleet::FleetArgs),
     /// The store-and-forward queue alone: appends with fsync, reopen, drain.
     Queue(export::QueueArgs),
     /// Edge to cloud: enqueue and drain rates, bytes on the wire, latency, data reduction.
@@ -781,6 +785,21 @@ fn memory_of(pid: u32) -> (u64, u64) {
     (field("Rss:"), field("Pss:"))
 }
 
+/// The `p` quantile (0 to 1) of `sorted`, by nearest rank; 0 for no samples.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// The `q` quantile of `v`, sorted in place.
+fn quantile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    percentile(v, q)
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
@@ -1159,6 +1178,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Command { outpost, requests } => devices::command_rtt(&outpost, requests).await,
             Cmd::Gateway(a) => gateway::run(&a).await,
             Cmd::Queue(a) => export::queue(&a),
+            Cmd::Fleet(a) => fleet::run(&a).await,
             Cmd::Export(a) => export::export(&a).await,
             Cmd::Ota(a) => ota::run(&a).await,
             Cmd::Notifications {

@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use crate::gateway::{cpu_ticks, trusting_client};
-use crate::{Node, free_port, memory_of, provision, wait_until};
+use crate::{Node, free_port, memory_of, percentile, provision, wait_until};
 
 #[derive(clap::Args, Clone)]
 pub struct OtaArgs {
@@ -53,14 +53,6 @@ fn service_pids(node: &Node) -> (Vec<u32>, Vec<u32>) {
 
 fn rss_kib(pids: &[u32]) -> u64 {
     pids.iter().map(|p| memory_of(*p).0).sum()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Gives devices `first..first+n` the secret `<name>-bench-secret-0`, 32 at a time.

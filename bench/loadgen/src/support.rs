@@ -12,7 +12,7 @@ use mqtt5::{ConnectOptions, MqttClient, QoS, SubscribeOptions};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::{Node, free_port, publish_qos1, unix_nanos, wait_until};
+use super::{Node, free_port, publish_qos1, quantile, unix_nanos, wait_until};
 
 /// What a receiver got: arrival (unix ns), path, body.
 type Got = Arc<Mutex<Vec<(i64, String, String)>>>;
@@ -112,16 +112,6 @@ async fn connection(mut tcp: tokio::net::TcpStream, got: Got) {
             return;
         }
     }
-}
-
-/// The `q` quantile of `v` (sorted in place).
-fn quantile(v: &mut [f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
-    v[i.min(v.len() - 1)]
 }
 
 async fn post_ok(http: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result<Value> {

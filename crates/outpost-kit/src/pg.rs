@@ -105,6 +105,26 @@ impl StorageConfig {
             .flatten()
             .map(PathBuf::as_path)
     }
+
+    /// Opens `service`'s sandbox to what the PostgreSQL backend reads: the configured
+    /// files, and the values key in the secrets directory unless `key_file` names one
+    /// (made now, so the sandboxed service finds it). Nothing for SQLite.
+    pub fn sandbox(
+        &self,
+        files: &mut crate::sandbox::Files,
+        service: &str,
+    ) -> Result<(), outpost_storage::StorageError> {
+        if !self.is_postgres() {
+            return Ok(());
+        }
+        for f in self.files() {
+            files.config_file(Some(f));
+        }
+        if self.key_file.is_none() {
+            files.secret(&format!("{service}-values.key"))?;
+        }
+        Ok(())
+    }
 }
 
 /// The connection string without its password, for messages: a URL's user info and

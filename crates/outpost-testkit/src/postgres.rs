@@ -15,6 +15,69 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// Where a test's service keeps its data: the tests of a store run on both
+/// ([`on_both_backends!`](crate::on_both_backends)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// `[<section>.storage]` for this backend: a new database of the shared server for
+    /// PostgreSQL, the default (the service's SQLite database) otherwise.
+    pub fn storage(self) -> outpost_kit::pg::StorageConfig {
+        match self {
+            Self::Sqlite => outpost_kit::pg::StorageConfig::default(),
+            Self::Postgres => server().database().storage(),
+        }
+    }
+}
+
+/// Runs each named test twice, as `on_sqlite::NAME` and `on_postgres::NAME`: one test
+/// matrix for a store's two backends. Each test is an `async fn NAME(Backend)`, or, with
+/// `fixture = F;` first, an `async fn NAME(X)` given `F(Backend).await`.
+#[macro_export]
+macro_rules! on_both_backends {
+    (fixture = $fixture:ident; $($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::$fixture($crate::postgres::Backend::Sqlite).await).await
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::$fixture($crate::postgres::Backend::Postgres).await)
+                        .await
+                }
+            )*
+        }
+    };
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::postgres::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::postgres::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
 /// The password of the servers' `postgres` user (a throwaway cluster on loopback).
 const PASSWORD: &str = "outpost-test";
 

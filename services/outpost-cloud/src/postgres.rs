@@ -26,10 +26,11 @@ use crate::store::{Incoming, ReadingQuery, Removed, Store, StoreError, Stored, a
 /// The schema the cloud's tables live in.
 pub const SCHEMA: &str = "cloud";
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "edges, streams, events, series, readings and alerts, values sealed",
-    sql: "CREATE TABLE edges (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "edges, streams, events, series, readings and alerts, values sealed",
+        sql: "CREATE TABLE edges (
               name TEXT PRIMARY KEY,
               fingerprint TEXT NOT NULL UNIQUE,
               enrolled_ms BIGINT NOT NULL,
@@ -95,7 +96,21 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
               edge TEXT PRIMARY KEY,
               readings BIGINT NOT NULL
           );",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "fleet queries: readings counted per series, newest first per series",
+        // A page of an edge's newest readings merges the newest of each of its series
+        // (one short index range each) instead of sorting all of them, and how many match
+        // is the sum of the series' counts instead of a count of every row.
+        sql: "ALTER TABLE series ADD COLUMN readings BIGINT NOT NULL DEFAULT 0;
+          UPDATE series s SET readings = c.n
+              FROM (SELECT series, count(*) AS n FROM readings GROUP BY series) c
+              WHERE c.series = s.id;
+          DROP INDEX readings_by_series;
+          CREATE INDEX readings_by_series ON readings (series, origin, seq);",
+    },
+];
 
 fn text_value(v: &ReadingValue) -> String {
     match v {
@@ -272,6 +287,7 @@ impl PgStore {
         let mut hwm = u64::try_from(hwm).ok();
         let mut out = Stored::default();
         let mut readings_stored: i64 = 0;
+        let mut per_series: std::collections::BTreeMap<i64, i64> = Default::default();
         let mut made = HashMap::new();
         for item in items {
             if hwm.is_some_and(|h| item.seq <= h) {
@@ -336,6 +352,9 @@ impl PgStore {
                         &[&series, &origins, &seq, &ords, &values],
                     )
                     .await?;
+                    for id in &series {
+                        *per_series.entry(*id).or_default() += 1;
+                    }
                     readings_stored += event.readings.len() as i64;
                     out.accepted += 1;
                 }
@@ -372,6 +391,7 @@ impl PgStore {
             )
             .await?;
         }
+        Self::count_series(&tx, &per_series, 1).await?;
         if readings_stored > 0 {
             tx.execute(
                 "INSERT INTO edge_totals (edge, readings) VALUES ($1, $2)
@@ -407,25 +427,60 @@ impl PgStore {
         Ok(out)
     }
 
-    /// Deletes one event and its readings, keeping its edge's count; the readings deleted.
+    /// Adds `sign` × each count to its series' reading count. In id order, so two
+    /// transactions counting the same series wait for each other instead of deadlocking.
+    async fn count_series(
+        tx: &tokio_postgres::Transaction<'_>,
+        counts: &std::collections::BTreeMap<i64, i64>,
+        sign: i64,
+    ) -> Result<(), tokio_postgres::Error> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = counts.keys().copied().collect();
+        let ns: Vec<i64> = counts.values().map(|n| n * sign).collect();
+        // An UPDATE locks rows in the order its plan meets them; this locks them in id order.
+        tx.execute(
+            "SELECT id FROM series WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            &[&ids],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE series s SET readings = GREATEST(s.readings + c.n, 0)
+             FROM (SELECT unnest($1::int8[]) AS id, unnest($2::int8[]) AS n) c
+             WHERE s.id = c.id",
+            &[&ids, &ns],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes one event and its readings; the readings deleted. What it took from each
+    /// series and edge goes to `gone`, applied once at the end of the step
+    /// ([`Gone::apply`]): counts updated as they go would lock rows in no set order.
     async fn remove_event(
         tx: &tokio_postgres::Transaction<'_>,
         seq: i64,
-        edge: &str,
+        edge: String,
+        gone: &mut Gone,
     ) -> Result<u64, tokio_postgres::Error> {
-        let n = tx
-            .execute("DELETE FROM readings WHERE event = $1", &[&seq])
-            .await?;
+        let mut n = 0i64;
+        for row in tx
+            .query(
+                "DELETE FROM readings WHERE event = $1 RETURNING series",
+                &[&seq],
+            )
+            .await?
+        {
+            *gone.series.entry(row.get(0)).or_default() += 1;
+            n += 1;
+        }
         tx.execute("DELETE FROM events WHERE seq = $1", &[&seq])
             .await?;
         if n > 0 {
-            tx.execute(
-                "UPDATE edge_totals SET readings = GREATEST(readings - $2, 0) WHERE edge = $1",
-                &[&edge, &(n as i64)],
-            )
-            .await?;
+            *gone.edges.entry(edge).or_default() += n;
         }
-        Ok(n)
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn remove_old_tx(
@@ -436,6 +491,7 @@ impl PgStore {
     ) -> Result<Removed, tokio_postgres::Error> {
         let tx = client.transaction().await?;
         let mut removed = Removed::default();
+        let mut gone = Gone::default();
         let limit = i64::try_from(chunk.max(1)).unwrap_or(i64::MAX);
         if let Some(cutoff) = cutoff {
             let cutoff_ms = cutoff.div_euclid(1_000_000);
@@ -451,7 +507,7 @@ impl PgStore {
                     break;
                 }
                 let (seq, edge): (i64, String) = (row.get(0), row.get(1));
-                removed.readings += Self::remove_event(&tx, seq, &edge).await?;
+                removed.readings += Self::remove_event(&tx, seq, edge, &mut gone).await?;
                 removed.events += 1;
             }
             removed.alerts = tx
@@ -469,7 +525,10 @@ impl PgStore {
             )
             .await?
             .get(0);
-        let stored = u64::try_from(total).unwrap_or(0);
+        // The edges' counts are brought down at the end of the step.
+        let stored = u64::try_from(total)
+            .unwrap_or(0)
+            .saturating_sub(removed.readings);
         if max_readings > 0
             && stored > max_readings
             && removed.events < chunk.max(1)
@@ -488,14 +547,41 @@ impl PgStore {
                     break;
                 }
                 let (seq, edge): (i64, String) = (row.get(0), row.get(1));
-                let n = Self::remove_event(&tx, seq, &edge).await?;
+                let n = Self::remove_event(&tx, seq, edge, &mut gone).await?;
                 removed.readings += n;
                 removed.events += 1;
                 excess = excess.saturating_sub(n);
             }
         }
+        gone.apply(&tx).await?;
         tx.commit().await?;
         Ok(removed)
+    }
+}
+
+/// What a retention step took from each series and each edge.
+#[derive(Default)]
+struct Gone {
+    series: std::collections::BTreeMap<i64, i64>,
+    edges: std::collections::BTreeMap<String, i64>,
+}
+
+impl Gone {
+    /// Brings the counts down: series first, then edges, each in key order, as ingest
+    /// takes them, so a step and a batch wait for each other rather than deadlock.
+    async fn apply(
+        self,
+        tx: &tokio_postgres::Transaction<'_>,
+    ) -> Result<(), tokio_postgres::Error> {
+        PgStore::count_series(tx, &self.series, -1).await?;
+        for (edge, n) in self.edges {
+            tx.execute(
+                "UPDATE edge_totals SET readings = GREATEST(readings - $2, 0) WHERE edge = $1",
+                &[&edge, &n],
+            )
+            .await?;
+        }
+        Ok(())
     }
 }
 
@@ -594,47 +680,68 @@ impl Store for PgStore {
     }
 
     async fn readings(&self, q: ReadingQuery) -> Result<(Vec<EdgeReading>, u64), StoreError> {
-        let mut filter = String::from("s.edge = $1");
+        // The series asked for, and the part of each asked for.
+        let mut series = String::from("s.edge = $1");
         let mut args: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(q.edge.clone())];
         if let Some(d) = &q.device {
             args.push(Box::new(d.clone()));
-            filter.push_str(&format!(" AND s.device = ${}", args.len()));
+            series.push_str(&format!(" AND s.device = ${}", args.len()));
         }
         if let Some(r) = &q.resource {
             args.push(Box::new(r.clone()));
-            filter.push_str(&format!(" AND s.resource = ${}", args.len()));
+            series.push_str(&format!(" AND s.resource = ${}", args.len()));
         }
+        let mut range = String::new();
         if let Some(s) = q.start {
             args.push(Box::new(s));
-            filter.push_str(&format!(" AND r.origin >= ${}", args.len()));
+            range.push_str(&format!(" AND r.origin >= ${}", args.len()));
         }
         if let Some(e) = q.end {
             args.push(Box::new(e));
-            filter.push_str(&format!(" AND r.origin <= ${}", args.len()));
+            range.push_str(&format!(" AND r.origin <= ${}", args.len()));
         }
         let refs: Vec<&(dyn ToSql + Sync)> = args
             .iter()
             .map(|b| b.as_ref() as &(dyn ToSql + Sync))
             .collect();
         let client = self.client().await?;
-        let total: i64 = client
-            .query_one(
-                &format!(
-                    "SELECT count(*) FROM readings r JOIN series s ON s.id = r.series WHERE {filter}"
-                ),
-                &refs,
+        // Without a time range, the series' counts say how many there are; with one, the
+        // index on (series, origin) counts them.
+        let count = if range.is_empty() {
+            format!("SELECT COALESCE(sum(s.readings), 0)::int8 FROM series s WHERE {series}")
+        } else {
+            format!(
+                "SELECT count(*) FROM series s JOIN readings r ON r.series = s.id
+                 WHERE {series}{range}"
             )
+        };
+        let total: i64 = client
+            .query_one(&count, &refs)
             .await
             .map_err(failed)?
             .get(0);
+        // The page: the newest `offset + limit` of each series (a short backward range of
+        // its index), merged and cut; only the page's rows are joined to their events.
+        let bound = |n: u64| n.min(i64::MAX as u64);
+        let (offset, limit) = (bound(q.offset), bound(q.limit));
+        let depth = bound(offset.saturating_add(limit));
         let rows = client
             .query(
                 &format!(
-                    "SELECT s.edge, s.device, s.resource, s.profile, r.origin, s.value_type,
-                            s.units, r.value, e.received_ms, r.event, r.ord
-                     FROM readings r JOIN series s ON s.id = r.series JOIN events e ON e.seq = r.event
-                     WHERE {filter} ORDER BY r.origin DESC, r.seq DESC LIMIT {} OFFSET {}",
-                    q.limit, q.offset
+                    "SELECT p.edge, p.device, p.resource, p.profile, p.origin, p.value_type,
+                            p.units, p.value, e.received_ms, p.event, p.ord
+                     FROM (
+                         SELECT s.edge, s.device, s.resource, s.profile, s.value_type, s.units,
+                                r.origin, r.seq, r.value, r.event, r.ord
+                         FROM series s CROSS JOIN LATERAL (
+                             SELECT r.origin, r.seq, r.value, r.event, r.ord FROM readings r
+                             WHERE r.series = s.id{range}
+                             ORDER BY r.origin DESC, r.seq DESC LIMIT {depth}
+                         ) r
+                         WHERE {series}
+                         ORDER BY r.origin DESC, r.seq DESC LIMIT {limit} OFFSET {offset}
+                     ) p JOIN events e ON e.seq = p.event
+                     ORDER BY p.origin DESC, p.seq DESC"
                 ),
                 &refs,
             )

@@ -2,8 +2,8 @@
 //!
 //! [`Store`] is the contract: enrolled edges, what each sent (deduplicated per stream and
 //! per event id), the data itself, and bounded retention steps.
-//! [`crate::sqlite::SqliteStore`] implements it on the node's encrypted SQLite database; a
-//! PostgreSQL implementation would implement the same trait. What an item must be to be
+//! [`crate::sqlite::SqliteStore`] implements it on the node's encrypted SQLite database,
+//! [`crate::postgres::PgStore`] on PostgreSQL shared by several instances. What an item must be to be
 //! stored is decided here ([`admit`]), the same for every implementation.
 
 use outpost_contracts::cloud::{Edge, EdgeReading};

@@ -5,6 +5,7 @@
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use outpost_testkit::Service;
+use outpost_testkit::postgres::Backend;
 use serde_json::{Value, json};
 
 use crate::{Cloud, Config, Peer};
@@ -14,41 +15,13 @@ struct Node {
     token: String,
 }
 
-/// Where the cloud keeps what edges send: every test runs on both.
-#[derive(Debug, Clone, Copy)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// Each test named runs twice, `on_sqlite::NAME` and `on_postgres::NAME`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod on_sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Backend::Sqlite).await
-                }
-            )*
-        }
-        mod on_postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::Backend::Postgres).await
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+outpost_testkit::on_both_backends!(
     admin_routes_need_the_admin_token_and_public_ones_do_not,
     enrollment_answers_a_bundle_once_per_name,
     an_enrolled_edge_ingests_once_and_its_data_can_be_queried,
     batches_are_checked_before_anything_is_stored,
     unknown_and_revoked_certificates_are_refused_and_the_data_stays,
+    pages_merge_series_newest_first_and_retention_keeps_the_counts,
 );
 
 async fn node(b: Backend) -> Node {
@@ -63,9 +36,7 @@ fn keep_all(mut cfg: Config) -> Config {
 }
 
 async fn node_with(b: Backend, mut cfg: Config) -> Node {
-    if matches!(b, Backend::Postgres) {
-        cfg.storage = outpost_testkit::postgres::server().database().storage();
-    }
+    cfg.storage = b.storage();
     let svc = Service::build::<Cloud>(keep_all(cfg), &[]).await;
     let token = outpost_storage::load_or_create_token(&svc.test.ctx.secrets_dir(), "cloud-admin")
         .expect("the admin token");
@@ -583,4 +554,91 @@ async fn unknown_and_revoked_certificates_are_refused_and_the_data_stays(b: Back
     assert_eq!(v["accepted"], 1);
     let (_, v) = n.admin("GET", "/api/v3/edge/name/edge-1", None).await;
     assert!(v["edge"].get("revokedMs").is_none(), "{v}");
+}
+
+/// The store behind the node, opened as the node opens it.
+async fn store_of(
+    b: Backend,
+) -> (
+    Box<dyn std::any::Any>,
+    std::sync::Arc<dyn crate::store::Store>,
+) {
+    match b {
+        Backend::Sqlite => {
+            let db = outpost_testkit::temp_db("cloud", crate::sqlite::MIGRATIONS, 2);
+            let store = crate::sqlite::SqliteStore::new(db.db.clone());
+            (Box::new(db), std::sync::Arc::new(store))
+        }
+        Backend::Postgres => {
+            let secrets = tempfile::tempdir().unwrap();
+            let store = crate::postgres::PgStore::open(&b.storage(), secrets.path())
+                .await
+                .unwrap();
+            (Box::new(secrets), std::sync::Arc::new(store))
+        }
+    }
+}
+
+/// A page of an edge's readings is the newest across all its series, in origin order
+/// whichever series they are in, at any offset; a listing's total follows what retention
+/// removes, with and without filters.
+async fn pages_merge_series_newest_first_and_retention_keeps_the_counts(b: Backend) {
+    use crate::store::{Incoming, ReadingQuery};
+    let (_keep, store) = store_of(b).await;
+    store.enroll("edge-1".into(), "fp".into(), 1).await.unwrap();
+    // Six events of two devices, interleaved in time; two resources each.
+    let items: Vec<_> = (0..6i64)
+        .map(|i| {
+            let device = if i % 2 == 0 { "tank-1" } else { "tank-2" };
+            let item = event_item(
+                i as u64 + 1,
+                &format!("ev-{i}"),
+                device,
+                T0 + i * 1_000,
+                &[("level", &format!("{i}")), ("temp", &format!("{}", 10 + i))],
+            );
+            serde_json::from_str(&item.to_string()).unwrap()
+        })
+        .collect();
+    let stored = store
+        .ingest(Incoming {
+            edge: "edge-1".into(),
+            address: "192.0.2.7:1".into(),
+            incarnation: 1,
+            priority: 1,
+            items,
+            backlog: Default::default(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored.accepted, 6);
+    let query = |device: Option<&str>, offset: u64, limit: u64| ReadingQuery {
+        edge: "edge-1".into(),
+        device: device.map(str::to_string),
+        offset,
+        limit,
+        ..ReadingQuery::default()
+    };
+    let origins = |rows: &[outpost_contracts::cloud::EdgeReading]| -> Vec<i64> {
+        rows.iter().map(|r| (r.origin - T0) / 1_000).collect()
+    };
+    let (rows, total) = store.readings(query(None, 0, 5)).await.unwrap();
+    assert_eq!(total, 12);
+    assert_eq!(origins(&rows), [5, 5, 4, 4, 3]);
+    let (rows, _) = store.readings(query(None, 5, 4)).await.unwrap();
+    assert_eq!(origins(&rows), [3, 2, 2, 1]);
+    let (rows, total) = store.readings(query(Some("tank-1"), 1, 3)).await.unwrap();
+    assert_eq!(total, 6);
+    assert_eq!(origins(&rows), [4, 2, 2]);
+    // Retention by count: the two oldest events go (the first arrived).
+    let removed = store.remove_old(None, 8, 100).await.unwrap();
+    assert_eq!((removed.events, removed.readings), (2, 4));
+    let (rows, total) = store.readings(query(None, 0, 100)).await.unwrap();
+    assert_eq!(total, 8);
+    assert_eq!(origins(&rows), [5, 5, 4, 4, 3, 3, 2, 2]);
+    let (_, total) = store.readings(query(Some("tank-2"), 0, 1)).await.unwrap();
+    assert_eq!(total, 4);
+    let (_, total) = store.readings(query(Some("tank-1"), 0, 1)).await.unwrap();
+    assert_eq!(total, 4);
+    assert_eq!(store.reading_total().await.unwrap(), 8);
 }

@@ -116,15 +116,7 @@ impl outpost_kit::Service for CoreData {
         cfg: &Config,
         files: &mut outpost_kit::sandbox::Files,
     ) -> Result<(), outpost_storage::StorageError> {
-        if cfg.storage.is_postgres() {
-            for f in cfg.storage.files() {
-                files.config_file(Some(f));
-            }
-            if cfg.storage.key_file.is_none() {
-                files.secret(&format!("{SERVICE}-values.key"))?;
-            }
-        }
-        Ok(())
+        cfg.storage.sandbox(files, SERVICE)
     }
 
     async fn build(start: Start<Config>) -> Result<Parts, StartError> {

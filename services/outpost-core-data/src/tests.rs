@@ -13,6 +13,7 @@ use crate::sqlite::{MIGRATIONS, SqliteEventStore, WriterMetrics};
 use crate::store::{IngestEvent, Outcome};
 use crate::validate::Validator;
 use outpost_bus::metadata::{MetadataView, ViewConfig};
+use outpost_testkit::postgres::Backend;
 use outpost_testkit::{Drive, each, until};
 
 struct Fixture {
@@ -21,13 +22,6 @@ struct Fixture {
     _ctx: outpost_testkit::TestContext,
     _secrets: Option<tempfile::TempDir>,
     app: Arc<App>,
-}
-
-/// Where a fixture keeps its events: every test of the store runs on both.
-#[derive(Debug, Clone, Copy)]
-enum Backend {
-    Sqlite,
-    Postgres,
 }
 
 async fn fixture_on(backend: Backend) -> Fixture {
@@ -86,30 +80,8 @@ async fn fixture_on(backend: Backend) -> Fixture {
     }
 }
 
-/// Each test named runs twice, `on_sqlite::NAME` and `on_postgres::NAME`, with a fixture
-/// of that backend.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod on_sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::fixture_on(super::Backend::Sqlite).await).await
-                }
-            )*
-        }
-        mod on_postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::fixture_on(super::Backend::Postgres).await).await
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+outpost_testkit::on_both_backends!(
+    fixture = fixture_on;
     add_get_duplicate_and_bad_events,
     cbor_events_are_accepted,
     reading_queries_paging_and_aggregates,

@@ -18,6 +18,9 @@ pub struct Config {
     pub max_wait_ms: u64,
     /// How often expiry is evaluated.
     pub sweep_interval_ms: u64,
+    /// Where registrations and key/values are kept: the service's SQLite database, or
+    /// PostgreSQL (`backend = "postgres"`).
+    pub storage: outpost_kit::pg::StorageConfig,
 }
 
 impl Default for Config {
@@ -29,6 +32,7 @@ impl Default for Config {
             health_check_timeout_ms: 2_000,
             max_wait_ms: 60_000,
             sweep_interval_ms: 100,
+            storage: outpost_kit::pg::StorageConfig::default(),
         }
     }
 }
@@ -50,6 +54,9 @@ impl Validate for Config {
             "core_keeper",
             "sweep_interval_ms must be between 10 and 10000",
         );
+        for problem in self.storage.problems() {
+            p.check(false, "core_keeper.storage", problem);
+        }
     }
 }
 

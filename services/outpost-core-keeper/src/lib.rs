@@ -7,6 +7,7 @@
 //! the service's encrypted database and survives restarts.
 
 pub mod config;
+pub mod postgres;
 pub mod registry;
 pub mod routes;
 pub mod store;
@@ -58,12 +59,33 @@ impl outpost_kit::Service for CoreKeeper {
         .no_registry_view()
         .no_bus();
 
-    fn storage(_: &Config) -> Option<Storage> {
+    fn storage(cfg: &Config) -> Option<Storage> {
+        if cfg.storage.is_postgres() {
+            return None;
+        }
         Some(Storage::new(store::MIGRATIONS, 2))
     }
 
+    fn sandbox(
+        cfg: &Config,
+        files: &mut outpost_kit::sandbox::Files,
+    ) -> Result<(), outpost_storage::StorageError> {
+        cfg.storage.sandbox(files, SERVICE)
+    }
+
     async fn build(start: Start<Config>) -> Result<Parts, StartError> {
-        let store: Arc<dyn store::Store> = Arc::new(store::SqliteStore::new(start.db()?));
+        let store: Arc<dyn store::Store> = if start.cfg.storage.is_postgres() {
+            let pg = postgres::PgStore::open(&start.cfg.storage, &start.ctx.secrets_dir())
+                .await
+                .map_err(StartError::other)?;
+            tracing::info!(
+                url = %outpost_kit::pg::redact(&start.cfg.storage.url),
+                "registrations and key/values are kept in PostgreSQL"
+            );
+            Arc::new(pg)
+        } else {
+            Arc::new(store::SqliteStore::new(start.db()?))
+        };
         let state = app(&start.cfg, store).await.map_err(StartError::other)?;
         let registry = Arc::clone(&state.registry);
         start

@@ -4,23 +4,39 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use outpost_testkit::Drive;
+use outpost_testkit::postgres::Backend;
 use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::store::{MIGRATIONS, SqliteStore, Store};
 
 struct Fixture {
-    _db: outpost_testkit::TempDb,
+    /// The SQLite database (none on PostgreSQL).
+    _db: Option<outpost_testkit::TempDb>,
+    _secrets: Option<tempfile::TempDir>,
     store: Arc<dyn Store>,
     state: Arc<crate::routes::AppState>,
 }
 
-async fn fixture(cfg: Config) -> Fixture {
-    let db = outpost_testkit::temp_db("core-keeper", MIGRATIONS, 1);
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::new(db.db.clone()));
+async fn fixture(backend: Backend, cfg: Config) -> Fixture {
+    let (db, secrets, store): (_, _, Arc<dyn Store>) = match backend {
+        Backend::Sqlite => {
+            let db = outpost_testkit::temp_db("core-keeper", MIGRATIONS, 1);
+            let store = Arc::new(SqliteStore::new(db.db.clone()));
+            (Some(db), None, store)
+        }
+        Backend::Postgres => {
+            let secrets = tempfile::tempdir().unwrap();
+            let store = crate::postgres::PgStore::open(&backend.storage(), secrets.path())
+                .await
+                .unwrap();
+            (None, Some(secrets), Arc::new(store))
+        }
+    };
     let state = crate::app(&cfg, Arc::clone(&store)).await.unwrap();
     Fixture {
         _db: db,
+        _secrets: secrets,
         store,
         state,
     }
@@ -39,12 +55,21 @@ fn reg(id: &str, kind: &str, interval: &str) -> Value {
     }})
 }
 
+outpost_testkit::on_both_backends!(
+    register_conflict_update_and_deregister,
+    bad_registrations_are_refused,
+    registrations_survive_a_restart,
+    long_poll_returns_on_change,
+    key_values,
+    key_value_watch_returns_on_change,
+    a_service_writes_only_its_own_keys,
+);
+
 const REGISTRY: &str = "/api/v3/registry";
 const CORE_DATA: &str = "/api/v3/registry/serviceId/core-data";
 
-#[tokio::test]
-async fn register_conflict_update_and_deregister() {
-    let f = fixture(Config::default()).await;
+async fn register_conflict_update_and_deregister(b: Backend) {
+    let f = fixture(b, Config::default()).await;
     let beats = |id: &str, interval: &str| Some(reg(id, "heartbeat", interval));
     let first = || beats("core-data", "1s");
     f.expect("POST", REGISTRY, first(), StatusCode::CREATED)
@@ -96,9 +121,8 @@ async fn register_conflict_update_and_deregister() {
         .await;
 }
 
-#[tokio::test]
-async fn bad_registrations_are_refused() {
-    let f = fixture(Config::default()).await;
+async fn bad_registrations_are_refused(b: Backend) {
+    let f = fixture(b, Config::default()).await;
     for bad in [
         json!({"apiVersion": "v3", "registration": {"serviceId": "", "port": 1, "healthCheck": {"type": "heartbeat"}}}),
         json!({"apiVersion": "v3", "registration": {"serviceId": "a", "port": 0, "healthCheck": {"type": "heartbeat"}}}),
@@ -145,7 +169,7 @@ async fn missed_heartbeats_mark_down_then_remove() {
         remove_after_ms: 2_000,
         ..Config::default()
     };
-    let f = fixture(cfg).await;
+    let f = fixture(Backend::Sqlite, cfg).await;
     f.call(
         "POST",
         REGISTRY,
@@ -177,9 +201,8 @@ async fn missed_heartbeats_mark_down_then_remove() {
         .await;
 }
 
-#[tokio::test]
-async fn registrations_survive_a_restart() {
-    let f = fixture(Config::default()).await;
+async fn registrations_survive_a_restart(b: Backend) {
+    let f = fixture(b, Config::default()).await;
     for (id, check, interval) in [
         ("core-data", "heartbeat", "1s"),
         ("core-metadata", "http", "10s"),
@@ -195,9 +218,8 @@ async fn registrations_survive_a_restart() {
     assert_eq!(ids, ["core-data", "core-metadata"]);
 }
 
-#[tokio::test]
-async fn long_poll_returns_on_change() {
-    let f = fixture(Config::default()).await;
+async fn long_poll_returns_on_change(b: Backend) {
+    let f = fixture(b, Config::default()).await;
     let (_, body) = f.call("GET", "/api/v3/registry/all", None).await;
     let index = body["index"].as_u64().unwrap();
     let router = f.router();
@@ -217,9 +239,8 @@ async fn long_poll_returns_on_change() {
 
 const KVS: &str = "/api/v3/kvs/key";
 
-#[tokio::test]
-async fn key_values() {
-    let f = fixture(Config::default()).await;
+async fn key_values(b: Backend) {
+    let f = fixture(b, Config::default()).await;
     let config = json!({"value": {"MaxEventSize": 25000,
         "Writable": {"LogLevel": "INFO", "PersistData": true}}});
     let flatten = format!("{KVS}/edgex/v4/core-data?flatten=true");
@@ -280,7 +301,7 @@ async fn key_values() {
 
 #[tokio::test]
 async fn http_checked_services_are_probed() {
-    let f = fixture(Config::default()).await;
+    let f = fixture(Backend::Sqlite, Config::default()).await;
     // A real service on a real socket that answers its health check.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -323,9 +344,8 @@ fn kv_index(headers: &axum::http::HeaderMap) -> u64 {
         .unwrap()
 }
 
-#[tokio::test]
-async fn key_value_watch_returns_on_change() {
-    let f = fixture(Config::default()).await;
+async fn key_value_watch_returns_on_change(b: Backend) {
+    let f = fixture(b, Config::default()).await;
     let level = format!("{KVS}/edgex/v4/core-data/Writable/LogLevel");
     f.expect(
         "PUT",
@@ -380,10 +400,9 @@ async fn key_value_watch_returns_on_change() {
     assert!(kv_index(&headers) > index);
 }
 
-#[tokio::test]
-async fn a_service_writes_only_its_own_keys() {
+async fn a_service_writes_only_its_own_keys(b: Backend) {
     use outpost_kit::internal::{Caller, Identity};
-    let f = fixture(Config::default()).await;
+    let f = fixture(b, Config::default()).await;
     let put = |who: Identity, key: &str| {
         Request::put(format!("{KVS}/{key}"))
             .header("content-type", "application/json")
@@ -443,4 +462,38 @@ async fn a_service_writes_only_its_own_keys() {
         .unwrap();
     let (status, _, _) = outpost_testkit::request(&f.router(), delete).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+/// What PostgreSQL's files hold of a key/value: its key, and the value sealed.
+#[tokio::test]
+async fn key_values_reach_postgresql_sealed() {
+    let database = outpost_testkit::postgres::server().database();
+    let secrets = tempfile::tempdir().unwrap();
+    let store = crate::postgres::PgStore::open(&database.storage(), secrets.path())
+        .await
+        .unwrap();
+    let secret = "a-password-only-the-service-knows";
+    store
+        .kv_put(vec![("app/Writable/Password".into(), json!(secret))], 1)
+        .await
+        .unwrap();
+    let stored = outpost_testkit::postgres::server().psql_in(
+        &database.name,
+        "SELECT key, encode(value, 'hex') FROM core_keeper.kv",
+    );
+    assert!(stored.contains("app/Writable/Password"), "{stored}");
+    let hex_of = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    assert!(
+        !stored.contains(&hex_of(secret)),
+        "the value in plaintext: {stored}"
+    );
+    let back = store.kv_get("app".into()).await.unwrap();
+    assert_eq!(back[0].value, json!(secret));
+    // Another values key cannot read it: the store refuses to start.
+    let other = tempfile::tempdir().unwrap();
+    assert!(
+        crate::postgres::PgStore::open(&database.storage(), other.path())
+            .await
+            .is_err()
+    );
 }
