@@ -41,8 +41,8 @@ pub struct FleetArgs {
     pub repeats: usize,
 }
 
-/// One second between an edge's ticks; every device of an edge reports once a tick.
-const TICK_NS: i64 = 1_000_000_000;
+/// A minute between an edge's ticks; every device of an edge reports once a tick.
+const TICK_NS: i64 = 60_000_000_000;
 const T0: i64 = 1_780_000_000_000_000_000;
 
 pub async fn run(a: &FleetArgs) -> anyhow::Result<()> {
@@ -105,7 +105,7 @@ pub async fn run(a: &FleetArgs) -> anyhow::Result<()> {
     }
     let load_s = started.elapsed().as_secs_f64();
     println!(
-        "fleet: {stored} readings from {} edges x {} devices x {} resources ({ticks} s of data) \
+        "fleet: {stored} readings from {} edges x {} devices x {} resources ({ticks} minutes of data) \
          stored through the store in {load_s:.0} s: {:.0} readings/s",
         a.edges,
         a.devices,
@@ -118,8 +118,8 @@ pub async fn run(a: &FleetArgs) -> anyhow::Result<()> {
     }
 
     let last = T0 + (ticks as i64 - 1) * TICK_NS;
-    let hour = (3600 * TICK_NS).min(last - T0);
-    let day = (86_400 * TICK_NS).min(last - T0);
+    let hour = (3_600_000_000_000i64).min(last - T0);
+    let day = (86_400_000_000_000i64).min(last - T0);
     let e0 = edge(a.edges / 2);
     let shapes: Vec<(&str, ReadingQuery)> = vec![
         ("edge, newest 20", query(&e0, None, None, None, 0, 20)),

@@ -705,41 +705,56 @@ impl Store for PgStore {
             .map(|b| b.as_ref() as &(dyn ToSql + Sync))
             .collect();
         let client = self.client().await?;
-        // Without a time range, the series' counts say how many there are; with one, the
-        // index on (series, origin) counts them.
+        // How many series the filter selects, and how many readings match: without a time
+        // range from the series' counts, with one counted from the index on (series, origin).
         let count = if range.is_empty() {
-            format!("SELECT COALESCE(sum(s.readings), 0)::int8 FROM series s WHERE {series}")
+            format!(
+                "SELECT count(*), COALESCE(sum(s.readings), 0)::int8 FROM series s WHERE {series}"
+            )
         } else {
             format!(
-                "SELECT count(*) FROM series s JOIN readings r ON r.series = s.id
-                 WHERE {series}{range}"
+                "SELECT (SELECT count(*) FROM series s WHERE {series}),
+                        (SELECT count(*) FROM series s JOIN readings r ON r.series = s.id
+                         WHERE {series}{range})"
             )
         };
-        let total: i64 = client
-            .query_one(&count, &refs)
-            .await
-            .map_err(failed)?
-            .get(0);
-        // The page: the newest `offset + limit` of each series (a short backward range of
-        // its index), merged and cut; only the page's rows are joined to their events.
+        let counted = client.query_one(&count, &refs).await.map_err(failed)?;
+        let (series_n, total): (i64, i64) = (counted.get(0), counted.get(1));
         let bound = |n: u64| n.min(i64::MAX as u64);
         let (offset, limit) = (bound(q.offset), bound(q.limit));
         let depth = bound(offset.saturating_add(limit));
+        // The page. Usually: the newest `offset + limit` of each series (a short backward
+        // range of its index), merged and cut, which reads series × depth rows however
+        // many match. When that is more than match (a deep page over many series), the
+        // matching rows sorted whole read fewer. Only the page's rows meet their events.
+        let per_series = u64::try_from(series_n).unwrap_or(0).saturating_mul(depth);
+        let candidates = if per_series <= u64::try_from(total).unwrap_or(0) {
+            format!(
+                "SELECT s.edge, s.device, s.resource, s.profile, s.value_type, s.units,
+                        r.origin, r.seq, r.value, r.event, r.ord
+                 FROM series s CROSS JOIN LATERAL (
+                     SELECT r.origin, r.seq, r.value, r.event, r.ord FROM readings r
+                     WHERE r.series = s.id{range}
+                     ORDER BY r.origin DESC, r.seq DESC LIMIT {depth}
+                 ) r
+                 WHERE {series}"
+            )
+        } else {
+            format!(
+                "SELECT s.edge, s.device, s.resource, s.profile, s.value_type, s.units,
+                        r.origin, r.seq, r.value, r.event, r.ord
+                 FROM series s JOIN readings r ON r.series = s.id
+                 WHERE {series}{range}"
+            )
+        };
         let rows = client
             .query(
                 &format!(
                     "SELECT p.edge, p.device, p.resource, p.profile, p.origin, p.value_type,
                             p.units, p.value, e.received_ms, p.event, p.ord
                      FROM (
-                         SELECT s.edge, s.device, s.resource, s.profile, s.value_type, s.units,
-                                r.origin, r.seq, r.value, r.event, r.ord
-                         FROM series s CROSS JOIN LATERAL (
-                             SELECT r.origin, r.seq, r.value, r.event, r.ord FROM readings r
-                             WHERE r.series = s.id{range}
-                             ORDER BY r.origin DESC, r.seq DESC LIMIT {depth}
-                         ) r
-                         WHERE {series}
-                         ORDER BY r.origin DESC, r.seq DESC LIMIT {limit} OFFSET {offset}
+                         {candidates}
+                         ORDER BY origin DESC, seq DESC LIMIT {limit} OFFSET {offset}
                      ) p JOIN events e ON e.seq = p.event
                      ORDER BY p.origin DESC, p.seq DESC"
                 ),

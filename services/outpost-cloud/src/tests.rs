@@ -622,6 +622,15 @@ async fn pages_merge_series_newest_first_and_retention_keeps_the_counts(b: Backe
     let origins = |rows: &[outpost_contracts::cloud::EdgeReading]| -> Vec<i64> {
         rows.iter().map(|r| (r.origin - T0) / 1_000).collect()
     };
+    // Shallow pages take each series' newest (4 series x 3 deep is no more than the 12
+    // that match), deeper ones the matching rows sorted whole: the same answers.
+    let (rows, total) = store.readings(query(None, 0, 3)).await.unwrap();
+    assert_eq!(total, 12);
+    assert_eq!(origins(&rows), [5, 5, 4]);
+    let (rows, _) = store.readings(query(None, 1, 2)).await.unwrap();
+    assert_eq!(origins(&rows), [5, 4]);
+    let (rows, _) = store.readings(query(Some("tank-1"), 1, 2)).await.unwrap();
+    assert_eq!(origins(&rows), [4, 2]);
     let (rows, total) = store.readings(query(None, 0, 5)).await.unwrap();
     assert_eq!(total, 12);
     assert_eq!(origins(&rows), [5, 5, 4, 4, 3]);

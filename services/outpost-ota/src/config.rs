@@ -20,6 +20,9 @@ pub struct Config {
     pub poll_seconds: u64,
     /// A device not seen for this long is overdue, seconds (0: three poll intervals).
     pub overdue_after_s: u64,
+    /// Where artifacts, rollouts, the inventory and groups are kept: the service's SQLite
+    /// database, or PostgreSQL (`backend = "postgres"`). Payloads stay in the data dir.
+    pub storage: outpost_kit::pg::StorageConfig,
 }
 
 impl Default for Config {
@@ -31,6 +34,7 @@ impl Default for Config {
             max_artifact_bytes: 4 * 1024 * 1024 * 1024,
             poll_seconds: 30,
             overdue_after_s: 0,
+            storage: outpost_kit::pg::StorageConfig::default(),
         }
     }
 }
@@ -66,5 +70,8 @@ impl Validate for Config {
             "ota",
             "trusted_keys must name at least one key (see `outpost ota keygen`)",
         );
+        for problem in self.storage.problems() {
+            p.check(false, "ota.storage", problem);
+        }
     }
 }

@@ -18,6 +18,7 @@ pub mod config;
 pub mod devices;
 pub mod fleet;
 pub mod inventory;
+pub mod postgres;
 pub use outpost_manifest as manifest;
 pub mod rollout;
 pub mod routes;
@@ -58,14 +59,18 @@ impl outpost_kit::Service for Ota {
     // the device routes), also when they reach the service directly.
     const INFO: Info = Info::new(SERVICE, "ota").open_routes(&["/api/v3/ddi/"]);
 
-    fn storage(_: &Config) -> Option<Storage> {
+    fn storage(cfg: &Config) -> Option<Storage> {
+        if cfg.storage.is_postgres() {
+            return None;
+        }
         Some(Storage::new(sqlite::MIGRATIONS, sqlite::READERS))
     }
 
     fn sandbox(
-        _: &Config,
+        cfg: &Config,
         files: &mut outpost_kit::sandbox::Files,
     ) -> Result<(), outpost_storage::StorageError> {
+        cfg.storage.sandbox(files, SERVICE)?;
         files.own_dir("ota")?;
         files.secret("ota.key")?;
         // Shared with the gateway, which vouches for device certificates with it.
@@ -82,7 +87,18 @@ impl outpost_kit::Service for Ota {
             .collect::<Result<Vec<_>, _>>()?;
         let master = outpost_storage::load_or_create_secret(&ctx.secrets_dir().join("ota.key"))
             .map_err(StartError::other)?;
-        let store: Arc<dyn store::Store> = Arc::new(sqlite::SqliteStore::new(start.db()?));
+        let store: Arc<dyn store::Store> = if cfg.storage.is_postgres() {
+            let pg = postgres::PgStore::open(&cfg.storage, &ctx.secrets_dir())
+                .await
+                .map_err(StartError::other)?;
+            tracing::info!(
+                url = %outpost_kit::pg::redact(&cfg.storage.url),
+                "artifacts, rollouts and the inventory are kept in PostgreSQL"
+            );
+            Arc::new(pg)
+        } else {
+            Arc::new(sqlite::SqliteStore::new(start.db()?))
+        };
         tracing::info!(keys = ?keys.iter().map(PublicKey::id).collect::<Vec<_>>(), "trusted signing keys");
         let artifacts = Arc::new(
             artifacts::Artifacts::open(

@@ -8,10 +8,22 @@ use base64::Engine as _;
 use outpost_manifest::SigningKey;
 use outpost_testkit::Drive;
 use outpost_testkit::firmware::{manifest, payload, sha256};
+use outpost_testkit::postgres::Backend;
 use outpost_testkit::{Served, Service, context, metadata};
 use serde_json::{Value, json};
 
 use crate::{Config, Ota};
+
+outpost_testkit::on_both_backends!(
+    a_trusted_upload_is_stored_listed_and_shown_and_a_second_one_conflicts,
+    untrusted_tampered_and_truncated_uploads_are_refused_and_nothing_is_kept,
+    payloads_are_served_whole_and_by_range,
+    rollouts_are_created_listed_paused_and_resumed,
+    a_device_polls_with_its_secret_and_gets_the_action_offered_to_it,
+    feedback_moves_the_device_through_the_rollout_and_into_its_history,
+    groups_are_created_listed_shown_and_deleted,
+    devices_report_attributes_and_their_check_ins_show_in_the_inventory,
+);
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -46,11 +58,12 @@ impl std::ops::Deref for Fixture {
 
 impl Fixture {
     /// ota with a fresh signing key trusted, next to `md` when given.
-    async fn start(md: Option<(Service, Served)>) -> Self {
+    async fn start(backend: Backend, md: Option<(Service, Served)>) -> Self {
         let (signer, _) = SigningKey::generate().unwrap();
         let cfg = Config {
             enabled: true,
             trusted_keys: vec![signer.public().encoded()],
+            storage: backend.storage(),
             ..Config::default()
         };
         let addresses = md
@@ -67,14 +80,14 @@ impl Fixture {
     }
 
     /// ota with no core-metadata.
-    async fn alone() -> Self {
-        Self::start(None).await
+    async fn alone(backend: Backend) -> Self {
+        Self::start(backend, None).await
     }
 
     /// ota next to the real core-metadata, which has devices d1 and d2 (Thermostat, labels
     /// `site-a` and `d1`/`d2`, with secrets) and d3 (another profile, label `site-a`, no
     /// secret).
-    async fn with_devices() -> Self {
+    async fn with_devices(backend: Backend) -> Self {
         let (md, served) = metadata::serve(None).await;
         metadata::add_device_service(&md, "device-mqtt", "http://127.0.0.1:1").await;
         metadata::add_profile_yaml(&md, metadata::THERMOSTAT, None).await;
@@ -91,7 +104,7 @@ impl Fixture {
         for (name, secret) in [("d1", SECRET_1), ("d2", SECRET_2)] {
             metadata::set_secret(&md, name, secret).await;
         }
-        Self::start(Some((md, served))).await
+        Self::start(backend, Some((md, served))).await
     }
 
     /// Stops ota and builds it again on the same data (core-metadata stays).
@@ -215,9 +228,8 @@ impl Fixture {
     }
 }
 
-#[tokio::test]
-async fn a_trusted_upload_is_stored_listed_and_shown_and_a_second_one_conflicts() {
-    let ota = Fixture::alone().await;
+async fn a_trusted_upload_is_stored_listed_and_shown_and_a_second_one_conflicts(b: Backend) {
+    let ota = Fixture::alone(b).await;
     let data = payload(5000, 1);
     let (m, sig) = ota.signed("fw", "1.0.0", &data);
     let (s, b) = ota.upload(&m, &sig, data.clone()).await;
@@ -268,9 +280,8 @@ async fn a_trusted_upload_is_stored_listed_and_shown_and_a_second_one_conflicts(
     assert_eq!(b["totalCount"], 0, "{b}");
 }
 
-#[tokio::test]
-async fn untrusted_tampered_and_truncated_uploads_are_refused_and_nothing_is_kept() {
-    let ota = Fixture::alone().await;
+async fn untrusted_tampered_and_truncated_uploads_are_refused_and_nothing_is_kept(b: Backend) {
+    let ota = Fixture::alone(b).await;
     let data = payload(70_000, 2);
     let (m, good) = ota.signed("fw", "1.0.0", &data);
 
@@ -325,9 +336,8 @@ async fn untrusted_tampered_and_truncated_uploads_are_refused_and_nothing_is_kep
     assert_eq!(s, StatusCode::CREATED, "{b}");
 }
 
-#[tokio::test]
-async fn payloads_are_served_whole_and_by_range() {
-    let ota = Fixture::alone().await;
+async fn payloads_are_served_whole_and_by_range(b: Backend) {
+    let ota = Fixture::alone(b).await;
     // Over two 64 KiB blob chunks, so ranges cross chunk boundaries.
     let data = payload(150_000, 4);
     ota.upload_signed("fw", "1.0.0", &data).await;
@@ -376,9 +386,8 @@ async fn payloads_are_served_whole_and_by_range() {
     assert_eq!(a.status, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn rollouts_are_created_listed_paused_and_resumed() {
-    let ota = Fixture::with_devices().await;
+async fn rollouts_are_created_listed_paused_and_resumed(b: Backend) {
+    let ota = Fixture::with_devices(b).await;
     let site_a = || json!({"labels": ["site-a"]});
     // No artifact yet.
     ota.rollout("r1", site_a(), StatusCode::NOT_FOUND).await;
@@ -443,9 +452,8 @@ async fn rollouts_are_created_listed_paused_and_resumed() {
     assert_eq!(b["counts"]["canceled"], 2, "{b}");
 }
 
-#[tokio::test]
-async fn a_device_polls_with_its_secret_and_gets_the_action_offered_to_it() {
-    let ota = Fixture::with_devices().await;
+async fn a_device_polls_with_its_secret_and_gets_the_action_offered_to_it(b: Backend) {
+    let ota = Fixture::with_devices(b).await;
     let data = payload(3000, 6);
     ota.upload_signed("fw", "1.0.0", &data).await;
     ota.rollout("r1", json!({"devices": ["d1"]}), StatusCode::CREATED)
@@ -508,9 +516,8 @@ async fn a_device_polls_with_its_secret_and_gets_the_action_offered_to_it() {
     assert_eq!(a.status, StatusCode::FORBIDDEN);
 }
 
-#[tokio::test]
-async fn feedback_moves_the_device_through_the_rollout_and_into_its_history() {
-    let ota = Fixture::with_devices().await;
+async fn feedback_moves_the_device_through_the_rollout_and_into_its_history(b: Backend) {
+    let ota = Fixture::with_devices(b).await;
     ota.upload_signed("fw", "1.0.0", &payload(100, 7)).await;
     ota.rollout("r1", json!({"devices": ["d1", "d2"]}), StatusCode::CREATED)
         .await;
@@ -590,9 +597,8 @@ async fn feedback_moves_the_device_through_the_rollout_and_into_its_history() {
     assert_eq!(b["history"].as_array().unwrap().len(), 3, "{b}");
 }
 
-#[tokio::test]
-async fn groups_are_created_listed_shown_and_deleted() {
-    let ota = Fixture::with_devices().await;
+async fn groups_are_created_listed_shown_and_deleted(b: Backend) {
+    let ota = Fixture::with_devices(b).await;
     let group = |name: &str, labels: Value| json!({"name": name, "labels": labels});
     let thermostats = json!({"name": "thermostats", "labels": [], "profile": "Thermostat"});
     for (group, want) in [
@@ -659,9 +665,8 @@ async fn groups_are_created_listed_shown_and_deleted() {
     assert_eq!(b["groups"][0]["name"], "thermostats");
 }
 
-#[tokio::test]
-async fn devices_report_attributes_and_their_check_ins_show_in_the_inventory() {
-    let ota = Fixture::with_devices().await;
+async fn devices_report_attributes_and_their_check_ins_show_in_the_inventory(b: Backend) {
+    let ota = Fixture::with_devices(b).await;
     let d1 = "/api/v3/inventory/name/d1";
     let b = ota.expect("GET", d1, None, StatusCode::OK).await;
     assert_eq!(b["checkIn"], "never", "{b}");
