@@ -306,11 +306,22 @@ impl Database {
         client(&self.pool, &self.cfg).await
     }
 
+    /// A connection from the pool, failing as a store fails ([`task`]).
+    pub async fn storage_client(&self) -> Result<Object, outpost_storage::StorageError> {
+        self.client().await.map_err(task)
+    }
+
     /// [`lease`] for this instance.
     pub async fn lease(&self, name: &str, ttl: std::time::Duration) -> Result<bool, PgError> {
         let c = self.client().await?;
         Ok(lease(&c, name, &self.holder, ttl).await?)
     }
+}
+
+/// A PostgreSQL failure as a store reports it: what services answer 503 and log for an
+/// outage or an error of the database.
+pub fn task(e: impl std::fmt::Display) -> outpost_storage::StorageError {
+    outpost_storage::StorageError::Task(e.to_string())
 }
 
 /// What the key check seals.

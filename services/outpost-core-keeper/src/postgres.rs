@@ -8,7 +8,7 @@
 //! in clear for the prefix queries.
 
 use outpost_contracts::registry::Registration;
-use outpost_kit::pg::{self, Migration, Object, StorageConfig};
+use outpost_kit::pg::{self, Migration, StorageConfig};
 use outpost_storage::StorageError;
 
 use crate::store::{Deleted, Store, StoredKv};
@@ -43,14 +43,6 @@ impl PgStore {
             db: pg::Database::open(cfg, secrets, crate::SERVICE, SCHEMA, MIGRATIONS).await?,
         })
     }
-
-    async fn client(&self) -> Result<Object, StorageError> {
-        self.db.client().await.map_err(failed)
-    }
-}
-
-fn failed(e: impl std::fmt::Display) -> StorageError {
-    StorageError::Task(e.to_string())
 }
 
 /// What a sealed value is bound to: its key (a value copied onto another key does not open).
@@ -70,11 +62,11 @@ fn below(key: &str) -> String {
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn load_registrations(&self) -> Result<Vec<Registration>, StorageError> {
-        let client = self.client().await?;
+        let client = self.db.storage_client().await?;
         let rows = client
             .query("SELECT body FROM registrations", &[])
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             match serde_json::from_str::<Registration>(row.get(0)) {
@@ -86,8 +78,9 @@ impl Store for PgStore {
     }
 
     async fn save_registration(&self, reg: Registration) -> Result<(), StorageError> {
-        let body = serde_json::to_string(&reg).map_err(failed)?;
-        self.client()
+        let body = serde_json::to_string(&reg).map_err(pg::task)?;
+        self.db
+            .storage_client()
             .await?
             .execute(
                 "INSERT INTO registrations (service_id, body) VALUES ($1, $2)
@@ -95,25 +88,27 @@ impl Store for PgStore {
                 &[&reg.service_id, &body],
             )
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         Ok(())
     }
 
     async fn delete_registration(&self, service_id: String) -> Result<(), StorageError> {
-        self.client()
+        self.db
+            .storage_client()
             .await?
             .execute(
                 "DELETE FROM registrations WHERE service_id = $1",
                 &[&service_id],
             )
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         Ok(())
     }
 
     async fn kv_get(&self, prefix: String) -> Result<Vec<StoredKv>, StorageError> {
         let rows = self
-            .client()
+            .db
+            .storage_client()
             .await?
             .query(
                 "SELECT key, value, created, modified FROM kv
@@ -122,7 +117,7 @@ impl Store for PgStore {
                 &[&prefix, &below(&prefix)],
             )
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let key: String = row.get(0);
@@ -131,7 +126,7 @@ impl Store for PgStore {
                 .db
                 .sealer
                 .open(&kv_aad(&key), &sealed)
-                .map_err(|e| failed(format!("key {key}: {e}")))?;
+                .map_err(|e| pg::task(format!("key {key}: {e}")))?;
             let text = String::from_utf8_lossy(&plain);
             let value = serde_json::from_str(&text)
                 .unwrap_or_else(|_| serde_json::Value::String(text.into_owned()));
@@ -150,15 +145,15 @@ impl Store for PgStore {
         pairs: Vec<(String, serde_json::Value)>,
         now: i64,
     ) -> Result<Vec<String>, StorageError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(failed)?;
+        let mut client = self.db.storage_client().await?;
+        let tx = client.transaction().await.map_err(pg::task)?;
         let st = tx
             .prepare(
                 "INSERT INTO kv (key, value, created, modified) VALUES ($1, $2, $3, $3)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value, modified = excluded.modified",
             )
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         let mut keys = Vec::with_capacity(pairs.len());
         for (k, v) in pairs {
             if k.contains('\0') {
@@ -169,22 +164,22 @@ impl Store for PgStore {
             let sealed = self.db.sealer.seal(&kv_aad(&k), v.to_string().as_bytes());
             tx.execute(&st, &[&k, &sealed, &now])
                 .await
-                .map_err(failed)?;
+                .map_err(pg::task)?;
             keys.push(k);
         }
-        tx.commit().await.map_err(failed)?;
+        tx.commit().await.map_err(pg::task)?;
         Ok(keys)
     }
 
     async fn kv_delete(&self, key: String, prefix: bool) -> Result<Deleted, StorageError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(failed)?;
+        let mut client = self.db.storage_client().await?;
+        let tx = client.transaction().await.map_err(pg::task)?;
         let like = below(&key);
         if !prefix {
             let children: i64 = tx
                 .query_one("SELECT count(*) FROM kv WHERE key LIKE $1", &[&like])
                 .await
-                .map_err(failed)?
+                .map_err(pg::task)?
                 .get(0);
             if children > 0 {
                 return Ok(Deleted::HasChildren);
@@ -196,19 +191,20 @@ impl Store for PgStore {
                 &[&key, &like, &prefix],
             )
             .await
-            .map_err(failed)?;
-        tx.commit().await.map_err(failed)?;
+            .map_err(pg::task)?;
+        tx.commit().await.map_err(pg::task)?;
         let mut keys: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         keys.sort();
         Ok(Deleted::Keys(keys))
     }
 
     async fn ping(&self) -> Result<(), StorageError> {
-        self.client()
+        self.db
+            .storage_client()
             .await?
             .simple_query("SELECT 1")
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         Ok(())
     }
 }

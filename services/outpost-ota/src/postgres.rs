@@ -8,7 +8,7 @@
 //! at a time (rollouts advance in its memory as well).
 
 use outpost_contracts::now_millis as now_ms;
-use outpost_kit::pg::{self, Migration, Object, StorageConfig, tokio_postgres};
+use outpost_kit::pg::{self, Migration, StorageConfig, tokio_postgres};
 
 use crate::rollout::{DeviceState, Policy, RolloutState};
 use crate::store::{
@@ -88,14 +88,6 @@ impl PgStore {
             db: pg::Database::open(cfg, secrets, crate::SERVICE, SCHEMA, MIGRATIONS).await?,
         })
     }
-
-    async fn client(&self) -> Result<Object, StoreError> {
-        self.db.client().await.map_err(failed)
-    }
-}
-
-fn failed(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Storage(outpost_storage::StorageError::Task(e.to_string()))
 }
 
 fn encode<T: serde::Serialize>(what: &'static str, v: &T) -> Result<String, StoreError> {
@@ -160,19 +152,21 @@ async fn write_devices(
 impl Store for PgStore {
     async fn artifact_exists(&self, name: String, version: String) -> Result<bool, StoreError> {
         Ok(self
-            .client()
+            .db
+            .storage_client()
             .await?
             .query_opt(
                 "SELECT 1 FROM artifacts WHERE name = $1 AND version = $2",
                 &[&name, &version],
             )
             .await
-            .map_err(failed)?
+            .map_err(pg::task)?
             .is_some())
     }
 
     async fn add_artifact(&self, a: NewArtifact) -> Result<(), StoreError> {
-        self.client()
+        self.db
+            .storage_client()
             .await?
             .execute(
                 "INSERT INTO artifacts (name, version, sha256, size, manifest, signature, key_id,
@@ -189,13 +183,14 @@ impl Store for PgStore {
                 ],
             )
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         Ok(())
     }
 
     async fn artifacts(&self) -> Result<Vec<StoredArtifact>, StoreError> {
         let rows = self
-            .client()
+            .db
+            .storage_client()
             .await?
             .query(
                 "SELECT manifest, signature, key_id, uploaded_ms FROM artifacts
@@ -203,7 +198,7 @@ impl Store for PgStore {
                 &[],
             )
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         Ok(rows.iter().map(artifact_row).collect())
     }
 
@@ -213,7 +208,8 @@ impl Store for PgStore {
         version: String,
     ) -> Result<Option<StoredArtifact>, StoreError> {
         let row = self
-            .client()
+            .db
+            .storage_client()
             .await?
             .query_opt(
                 "SELECT manifest, signature, key_id, uploaded_ms FROM artifacts
@@ -221,7 +217,7 @@ impl Store for PgStore {
                 &[&name, &version],
             )
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         Ok(row.as_ref().map(artifact_row))
     }
 
@@ -231,25 +227,25 @@ impl Store for PgStore {
         version: String,
         sha256: String,
     ) -> Result<bool, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(failed)?;
+        let mut client = self.db.storage_client().await?;
+        let tx = client.transaction().await.map_err(pg::task)?;
         tx.execute(
             "DELETE FROM artifacts WHERE name = $1 AND version = $2",
             &[&name, &version],
         )
         .await
-        .map_err(failed)?;
+        .map_err(pg::task)?;
         let others = tx
             .query_opt("SELECT 1 FROM artifacts WHERE sha256 = $1", &[&sha256])
             .await
-            .map_err(failed)?
+            .map_err(pg::task)?
             .is_some();
-        tx.commit().await.map_err(failed)?;
+        tx.commit().await.map_err(pg::task)?;
         Ok(others)
     }
 
     async fn rollouts(&self) -> Result<Vec<StoredRollout>, StoreError> {
-        let client = self.client().await?;
+        let client = self.db.storage_client().await?;
         let heads = client
             .query(
                 "SELECT name, artifact_name, artifact_version, policy, state, open_phase,
@@ -258,7 +254,7 @@ impl Store for PgStore {
                 &[],
             )
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         let devices = client
             .query(
                 "SELECT rollout, device, position, phase, state FROM rollout_devices
@@ -266,7 +262,7 @@ impl Store for PgStore {
                 &[],
             )
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         let mut by_rollout: std::collections::HashMap<String, Vec<RolloutDevice>> =
             std::collections::HashMap::new();
         for r in &devices {
@@ -311,8 +307,8 @@ impl Store for PgStore {
     async fn add_rollout(&self, r: StoredRollout) -> Result<(), StoreError> {
         let policy = encode("rollout policy", &r.head.policy)?;
         let state = encode("rollout state", &r.head.state)?;
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(failed)?;
+        let mut client = self.db.storage_client().await?;
+        let tx = client.transaction().await.map_err(pg::task)?;
         let h = &r.head;
         tx.execute(
             "INSERT INTO rollouts (name, artifact_name, artifact_version, policy, state,
@@ -331,11 +327,11 @@ impl Store for PgStore {
             ],
         )
         .await
-        .map_err(failed)?;
+        .map_err(pg::task)?;
         write_devices(&tx, &h.name, &r.devices, now_ms())
             .await
-            .map_err(failed)?;
-        tx.commit().await.map_err(failed)?;
+            .map_err(pg::task)?;
+        tx.commit().await.map_err(pg::task)?;
         Ok(())
     }
 
@@ -346,8 +342,8 @@ impl Store for PgStore {
         reports: Vec<Report>,
     ) -> Result<(), StoreError> {
         let state = encode("rollout state", &head.state)?;
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(failed)?;
+        let mut client = self.db.storage_client().await?;
+        let tx = client.transaction().await.map_err(pg::task)?;
         tx.execute(
             "UPDATE rollouts SET state = $2, open_phase = $3, failures_before = $4,
                  started_before = $5 WHERE name = $1",
@@ -360,11 +356,11 @@ impl Store for PgStore {
             ],
         )
         .await
-        .map_err(failed)?;
+        .map_err(pg::task)?;
         let now = now_ms();
         write_devices(&tx, &head.name, &changed, now)
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         for r in &reports {
             // A device's own words: PostgreSQL's text cannot hold a NUL, SQLite's can.
             let details = r.details.replace('\0', "\u{fffd}");
@@ -374,7 +370,7 @@ impl Store for PgStore {
                 &[&head.name, &r.device, &now, &r.status, &details],
             )
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
             tx.execute(
                 "DELETE FROM action_history WHERE rollout = $1 AND device = $2 AND id NOT IN
                      (SELECT id FROM action_history WHERE rollout = $1 AND device = $2
@@ -382,9 +378,9 @@ impl Store for PgStore {
                 &[&head.name, &r.device, &count(HISTORY)],
             )
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         }
-        tx.commit().await.map_err(failed)?;
+        tx.commit().await.map_err(pg::task)?;
         Ok(())
     }
 
@@ -394,7 +390,8 @@ impl Store for PgStore {
         device: String,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
         let rows = self
-            .client()
+            .db
+            .storage_client()
             .await?
             .query(
                 "SELECT at_ms, status, details FROM action_history
@@ -402,7 +399,7 @@ impl Store for PgStore {
                 &[&rollout, &device],
             )
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         Ok(rows
             .iter()
             .map(|r| HistoryEntry {
@@ -415,14 +412,15 @@ impl Store for PgStore {
 
     async fn inventory(&self) -> Result<Vec<InventoryRow>, StoreError> {
         let rows = self
-            .client()
+            .db
+            .storage_client()
             .await?
             .query(
                 "SELECT device, attributes, last_seen_ms FROM inventory",
                 &[],
             )
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let device: String = r.get(0);
@@ -434,7 +432,7 @@ impl Store for PgStore {
                         .db
                         .sealer
                         .open(&attributes_aad(&device), &sealed)
-                        .map_err(|e| failed(format!("device {device}: {e}")))?;
+                        .map_err(|e| pg::task(format!("device {device}: {e}")))?;
                     serde_json::from_slice::<Attributes>(&plain).unwrap_or_default()
                 }
             };
@@ -452,7 +450,8 @@ impl Store for PgStore {
             return Ok(());
         }
         let (devices, times): (Vec<String>, Vec<i64>) = seen.into_iter().unzip();
-        self.client()
+        self.db
+            .storage_client()
             .await?
             .execute(
                 "INSERT INTO inventory (device, last_seen_ms)
@@ -461,7 +460,7 @@ impl Store for PgStore {
                 &[&devices, &times],
             )
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         Ok(())
     }
 
@@ -475,7 +474,8 @@ impl Store for PgStore {
             .db
             .sealer
             .seal(&attributes_aad(&device), text.as_bytes());
-        self.client()
+        self.db
+            .storage_client()
             .await?
             .execute(
                 "INSERT INTO inventory (device, attributes) VALUES ($1, $2)
@@ -483,14 +483,15 @@ impl Store for PgStore {
                 &[&device, &sealed],
             )
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         Ok(())
     }
 
     async fn add_group(&self, g: Group, created_ms: i64) -> Result<bool, StoreError> {
         let labels = encode("group labels", &g.labels)?;
         let n = self
-            .client()
+            .db
+            .storage_client()
             .await?
             .execute(
                 "INSERT INTO groups (name, labels, profile, created_ms) VALUES ($1, $2, $3, $4)
@@ -498,43 +499,46 @@ impl Store for PgStore {
                 &[&g.name, &labels, &g.profile, &created_ms],
             )
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         Ok(n == 1)
     }
 
     async fn groups(&self) -> Result<Vec<Group>, StoreError> {
         let rows = self
-            .client()
+            .db
+            .storage_client()
             .await?
             .query(
                 "SELECT name, labels, profile FROM groups ORDER BY name COLLATE \"C\"",
                 &[],
             )
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         Ok(rows.iter().map(group_row).collect())
     }
 
     async fn group(&self, name: String) -> Result<Option<Group>, StoreError> {
         let row = self
-            .client()
+            .db
+            .storage_client()
             .await?
             .query_opt(
                 "SELECT name, labels, profile FROM groups WHERE name = $1",
                 &[&name],
             )
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         Ok(row.as_ref().map(group_row))
     }
 
     async fn delete_group(&self, name: String) -> Result<bool, StoreError> {
         let n = self
-            .client()
+            .db
+            .storage_client()
             .await?
             .execute("DELETE FROM groups WHERE name = $1", &[&name])
             .await
-            .map_err(failed)?;
+            .map_err(pg::task)?;
         Ok(n == 1)
     }
 }

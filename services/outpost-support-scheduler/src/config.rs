@@ -16,6 +16,9 @@ pub struct Config {
     /// Makes the default jobs on the first start (see [`DefaultJobs`]).
     pub default_jobs: DefaultJobs,
     pub retention: Retention,
+    /// Where jobs, records and secrets are kept: the service's SQLite database, or
+    /// PostgreSQL (`backend = "postgres"`).
+    pub storage: outpost_kit::pg::StorageConfig,
 }
 
 impl Default for Config {
@@ -27,6 +30,7 @@ impl Default for Config {
             action_timeout_ms: 10_000,
             default_jobs: DefaultJobs::default(),
             retention: Retention::default(),
+            storage: outpost_kit::pg::StorageConfig::default(),
         }
     }
 }
@@ -79,6 +83,9 @@ outpost_kit::service_config!(Config, enabled);
 impl Validate for Config {
     fn validate(&self, p: &mut Problems) {
         const S: &str = "support_scheduler";
+        for problem in self.storage.problems() {
+            p.check(false, "support_scheduler.storage", problem);
+        }
         p.check(
             self.max_result_count >= 1,
             S,

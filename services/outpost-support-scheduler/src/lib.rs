@@ -16,6 +16,7 @@ pub mod actions;
 pub mod config;
 pub mod cron;
 pub mod model;
+pub mod postgres;
 pub mod routes;
 pub mod schedule;
 pub mod store;
@@ -45,13 +46,34 @@ impl outpost_kit::Service for SupportScheduler {
 
     const INFO: Info = Info::new(SERVICE, "support_scheduler");
 
-    fn storage(_: &Config) -> Option<Storage> {
+    fn storage(cfg: &Config) -> Option<Storage> {
+        if cfg.storage.is_postgres() {
+            return None;
+        }
         Some(Storage::new(store::MIGRATIONS, 2))
+    }
+
+    fn sandbox(
+        cfg: &Config,
+        files: &mut outpost_kit::sandbox::Files,
+    ) -> Result<(), outpost_storage::StorageError> {
+        cfg.storage.sandbox(files, SERVICE)
     }
 
     async fn build(start: Start<Config>) -> Result<Parts, StartError> {
         let Start { ctx, cfg, .. } = &start;
-        let store: Arc<dyn store::SchedulerStore> = Arc::new(store::SqliteStore::new(start.db()?));
+        let store: Arc<dyn store::SchedulerStore> = if cfg.storage.is_postgres() {
+            let pg = postgres::PgStore::open(&cfg.storage, &ctx.secrets_dir())
+                .await
+                .map_err(StartError::other)?;
+            tracing::info!(
+                url = %outpost_kit::pg::redact(&cfg.storage.url),
+                "jobs, records and secrets are kept in PostgreSQL"
+            );
+            Arc::new(pg)
+        } else {
+            Arc::new(store::SqliteStore::new(start.db()?))
+        };
         let timeout = Duration::from_millis(cfg.action_timeout_ms);
         let runner = actions::Runner::new(
             ServiceClient::new(ctx.registry.clone(), timeout),

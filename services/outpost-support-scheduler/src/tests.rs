@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use outpost_testkit::postgres::Backend;
 use outpost_testkit::webhook::Webhook;
 use outpost_testkit::{Drive, Mosquitto, Service, WAIT, context, until};
 use serde_json::{Value, json};
@@ -12,11 +13,22 @@ use serde_json::{Value, json};
 use crate::schedule::now_ms;
 use crate::{Config, SupportScheduler};
 
+outpost_testkit::on_both_backends!(
+    jobs_are_added_checked_patched_listed_and_deleted_as_edgex_does,
+    an_interval_job_calls_its_receiver_and_every_run_is_recorded,
+    runs_missed_while_the_service_was_down_are_recorded_and_the_job_runs_once,
+    the_default_job_is_made_once_and_stays_removed,
+    a_message_bus_action_publishes_its_payload_in_an_envelope,
+);
+
 const JOB: &str = "/api/v3/job";
 const REC: &str = "/api/v3/scheduleactionrecord";
 
-fn config() -> Config {
-    let mut c = Config::default();
+fn config(b: Backend) -> Config {
+    let mut c = Config {
+        storage: b.storage(),
+        ..Config::default()
+    };
     c.default_jobs.enabled = false;
     c.action_timeout_ms = 2_000;
     c
@@ -64,9 +76,8 @@ async fn total(svc: &Service, path: &str) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-#[tokio::test]
-async fn jobs_are_added_checked_patched_listed_and_deleted_as_edgex_does() {
-    let svc = service(config()).await;
+async fn jobs_are_added_checked_patched_listed_and_deleted_as_edgex_does(b: Backend) {
+    let svc = service(config(b)).await;
     let a = [rest(9, "/x")];
     let made = statuses(
         &svc,
@@ -207,9 +218,8 @@ async fn made_id(svc: &Service, name: &str) -> String {
         .to_string()
 }
 
-#[tokio::test]
-async fn an_interval_job_calls_its_receiver_and_every_run_is_recorded() {
-    let svc = service(config()).await;
+async fn an_interval_job_calls_its_receiver_and_every_run_is_recorded(b: Backend) {
+    let svc = service(config(b)).await;
     let port = outpost_testkit::free_port();
     let hook = Webhook::start(port, 1).await;
     let down = outpost_testkit::free_port();
@@ -312,9 +322,9 @@ async fn an_interval_job_calls_its_receiver_and_every_run_is_recorded() {
     assert_eq!(hook.got().len(), before + 1);
 }
 
-#[tokio::test]
-async fn runs_missed_while_the_service_was_down_are_recorded_and_the_job_runs_once() {
-    let svc = service(config()).await;
+async fn runs_missed_while_the_service_was_down_are_recorded_and_the_job_runs_once(b: Backend) {
+    let cfg = config(b);
+    let svc = service(cfg.clone()).await;
     let port = outpost_testkit::free_port();
     let hook = Webhook::start(port, 0).await;
     let mut j = job("daily-ish", every("1s"), json!([rest(port, "/run")]));
@@ -333,7 +343,7 @@ async fn runs_missed_while_the_service_was_down_are_recorded_and_the_job_runs_on
     let runs = hook.got().len();
     tokio::time::sleep(Duration::from_millis(3_300)).await;
     let restarted = now_ms();
-    let svc = Service::build_in::<SupportScheduler>(test, config()).await;
+    let svc = Service::build_in::<SupportScheduler>(test, cfg).await;
     let missed = total(&svc, &format!("{REC}/job/name/daily-ish/status/MISSED")).await;
     assert!((2..=4).contains(&missed), "missed runs recorded: {missed}");
     // Run once at start for them (and then on schedule).
@@ -352,9 +362,8 @@ async fn runs_missed_while_the_service_was_down_are_recorded_and_the_job_runs_on
     assert!(after["totalCount"].as_u64().unwrap_or(0) >= 1, "{after}");
 }
 
-#[tokio::test]
-async fn the_default_job_is_made_once_and_stays_removed() {
-    let mut cfg = config();
+async fn the_default_job_is_made_once_and_stays_removed(b: Backend) {
+    let mut cfg = config(b);
     cfg.default_jobs.enabled = true;
     let svc = service(cfg.clone()).await;
     let j = svc
@@ -387,14 +396,13 @@ async fn the_default_job_is_made_once_and_stays_removed() {
     .await;
 }
 
-#[tokio::test]
-async fn a_message_bus_action_publishes_its_payload_in_an_envelope() {
+async fn a_message_bus_action_publishes_its_payload_in_an_envelope(b: Backend) {
     let broker = Mosquitto::start();
     let watcher = outpost_testkit::bus::Client::connect(&broker.url(), "watcher").await;
     let mut rx = watcher.subscribe("edgex/job_test").await;
     let svc = Service::build_in::<SupportScheduler>(
         context(crate::SERVICE, &[]).with_bus(&broker.url()),
-        config(),
+        config(b),
     )
     .await;
     let start = now_ms() + 600_000;
@@ -422,4 +430,60 @@ async fn a_message_bus_action_publishes_its_payload_in_an_envelope() {
         total(&svc, &format!("{REC}/job/name/bus/status/SUCCEEDED")).await,
         1
     );
+}
+
+/// On PostgreSQL, what a job does (its targets) and the secrets' values reach the
+/// database's rows sealed; names and labels, which lists select on, do not.
+#[tokio::test]
+async fn jobs_and_secrets_reach_postgresql_sealed() {
+    use crate::store::{SchedulerStore as _, StoredJob};
+    let server = outpost_testkit::postgres::server();
+    let database = server.database();
+    let secrets = tempfile::tempdir().unwrap();
+    let store = crate::postgres::PgStore::open(&database.storage(), secrets.path())
+        .await
+        .unwrap();
+    let job: crate::model::ScheduleJob = serde_json::from_value(json!({
+        "id": "0b5b1d8e-0000-4000-8000-000000000001", "name": "canary-job",
+        "definition": {"type": "INTERVAL", "interval": "1h"}, "adminState": "UNLOCKED",
+        "labels": ["site-canary"],
+        "actions": [{"type": "REST", "address": "http://canary-host-7f3a/run", "method": "POST"}]
+    }))
+    .unwrap();
+    store
+        .add_job(StoredJob {
+            job,
+            action_ids: vec!["a1".into()],
+        })
+        .await
+        .unwrap();
+    let password = "canary-password-5c1e";
+    store
+        .put_secret("smtp".into(), vec![("password".into(), password.into())])
+        .await
+        .unwrap();
+    let hex_of = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    let rows = server.psql_in(
+        &database.name,
+        "SELECT name, labels, encode(body, 'hex') FROM support_scheduler.jobs",
+    );
+    assert!(
+        rows.contains("canary-job") && rows.contains("site-canary"),
+        "{rows}"
+    );
+    assert!(
+        !rows.contains(&hex_of("canary-host-7f3a")),
+        "a target in plaintext: {rows}"
+    );
+    let rows = server.psql_in(
+        &database.name,
+        "SELECT name, key, encode(value, 'hex') FROM support_scheduler.secrets",
+    );
+    assert!(rows.contains("smtp"), "{rows}");
+    assert!(
+        !rows.contains(&hex_of(password)),
+        "a secret in plaintext: {rows}"
+    );
+    let back = store.job("canary-job").await.unwrap().unwrap();
+    assert_eq!(back.job.actions.len(), 1);
 }
