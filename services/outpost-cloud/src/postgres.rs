@@ -252,6 +252,90 @@ impl PgStore {
         Ok(id)
     }
 
+    /// Inserts a batch's new events in arrival order (ids already stored, or repeated in
+    /// the batch, are duplicates), then all their readings, sealed, in one statement.
+    /// Returns (events stored, duplicates, readings stored); counts each series' new
+    /// readings into `per_series`.
+    async fn insert_events(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        edge: &str,
+        now_ms: i64,
+        events: Vec<outpost_contracts::event::Event>,
+        made: &mut HashMap<SeriesKey, i64>,
+        per_series: &mut std::collections::BTreeMap<i64, i64>,
+    ) -> Result<(u64, u64, i64), tokio_postgres::Error> {
+        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        let devices: Vec<&str> = events.iter().map(|e| e.device_name.as_str()).collect();
+        let profiles: Vec<&str> = events.iter().map(|e| e.profile_name.as_str()).collect();
+        let sources: Vec<&str> = events.iter().map(|e| e.source_name.as_str()).collect();
+        let origins: Vec<i64> = events.iter().map(|e| e.origin).collect();
+        // ORDER BY the batch's order: sequence numbers follow arrival, which retention by
+        // count relies on.
+        let rows = tx
+            .query(
+                "INSERT INTO events (edge, id, device, profile, source, origin, received_ms)
+                 SELECT $1, i, d, p, s, o, $7
+                 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[])
+                     WITH ORDINALITY AS x(i, d, p, s, o, n)
+                 ORDER BY n
+                 ON CONFLICT (edge, id) DO NOTHING RETURNING seq, id",
+                &[
+                    &edge, &ids, &devices, &profiles, &sources, &origins, &now_ms,
+                ],
+            )
+            .await?;
+        let mut new: HashMap<String, i64> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
+        let (mut accepted, mut duplicates, mut readings) = (0u64, 0u64, 0i64);
+        let (mut series, mut r_origins, mut seqs, mut ords, mut values) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for event in &events {
+            // The first event of an id took its row; a repeat of it is a duplicate.
+            let Some(seq) = new.remove(&event.id) else {
+                duplicates += 1;
+                continue;
+            };
+            for (i, r) in event.readings.iter().enumerate() {
+                let ord = i32::try_from(i).unwrap_or(i32::MAX);
+                let id = self
+                    .series_id(
+                        tx,
+                        made,
+                        (
+                            edge.to_string(),
+                            r.device_name.clone(),
+                            r.resource_name.clone(),
+                            r.profile_name.clone(),
+                            r.value_type.as_str(),
+                            r.units.clone(),
+                        ),
+                    )
+                    .await?;
+                *per_series.entry(id).or_default() += 1;
+                series.push(id);
+                r_origins.push(r.origin);
+                seqs.push(seq);
+                ords.push(ord);
+                values.push(
+                    self.db
+                        .sealer
+                        .seal(&value_aad(seq, ord), text_value(&r.value).as_bytes()),
+                );
+            }
+            readings += event.readings.len() as i64;
+            accepted += 1;
+        }
+        tx.execute(
+            "INSERT INTO readings (series, origin, event, ord, value)
+             SELECT s, o, e, n, v
+             FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int4[], $5::bytea[])
+                 AS x(s, o, e, n, v)",
+            &[&series, &r_origins, &seqs, &ords, &values],
+        )
+        .await?;
+        Ok((accepted, duplicates, readings))
+    }
+
     async fn ingest_tx(
         &self,
         client: &mut Object,
@@ -289,6 +373,9 @@ impl PgStore {
         let mut readings_stored: i64 = 0;
         let mut per_series: std::collections::BTreeMap<i64, i64> = Default::default();
         let mut made = HashMap::new();
+        // Events are inserted together after the loop (two statements for the batch, not
+        // two per event); alerts, rare, as they come.
+        let mut events = Vec::new();
         for item in items {
             if hwm.is_some_and(|h| item.seq <= h) {
                 out.duplicates += 1;
@@ -296,68 +383,7 @@ impl PgStore {
             }
             hwm = Some(item.seq);
             match admit(&item.data).and_then(storable) {
-                Ok(ExportItem::Event { event }) => {
-                    let row = tx
-                        .query_opt(
-                            "INSERT INTO events (edge, id, device, profile, source, origin, received_ms)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7)
-                             ON CONFLICT (edge, id) DO NOTHING RETURNING seq",
-                            &[
-                                &edge,
-                                &event.id,
-                                &event.device_name,
-                                &event.profile_name,
-                                &event.source_name,
-                                &event.origin,
-                                &now_ms,
-                            ],
-                        )
-                        .await?;
-                    let Some(row) = row else {
-                        out.duplicates += 1;
-                        continue;
-                    };
-                    let seq: i64 = row.get(0);
-                    let (mut series, mut origins, mut ords, mut values) =
-                        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-                    for (i, r) in event.readings.iter().enumerate() {
-                        let ord = i32::try_from(i).unwrap_or(i32::MAX);
-                        series.push(
-                            self.series_id(
-                                &tx,
-                                &mut made,
-                                (
-                                    edge.clone(),
-                                    r.device_name.clone(),
-                                    r.resource_name.clone(),
-                                    r.profile_name.clone(),
-                                    r.value_type.as_str(),
-                                    r.units.clone(),
-                                ),
-                            )
-                            .await?,
-                        );
-                        origins.push(r.origin);
-                        ords.push(ord);
-                        values.push(
-                            self.db
-                                .sealer
-                                .seal(&value_aad(seq, ord), text_value(&r.value).as_bytes()),
-                        );
-                    }
-                    tx.execute(
-                        "INSERT INTO readings (series, origin, event, ord, value)
-                         SELECT s, o, $3, n, v
-                         FROM unnest($1::int8[], $2::int8[], $4::int4[], $5::bytea[]) AS x(s, o, n, v)",
-                        &[&series, &origins, &seq, &ords, &values],
-                    )
-                    .await?;
-                    for id in &series {
-                        *per_series.entry(*id).or_default() += 1;
-                    }
-                    readings_stored += event.readings.len() as i64;
-                    out.accepted += 1;
-                }
+                Ok(ExportItem::Event { event }) => events.push(event),
                 Ok(ExportItem::Alert { alert }) => {
                     let body = serde_json::to_string(&alert).unwrap_or_default();
                     let sealed = self
@@ -382,6 +408,14 @@ impl PgStore {
                     reason,
                 }),
             }
+        }
+        if !events.is_empty() {
+            let stored = self
+                .insert_events(&tx, &edge, now_ms, events, &mut made, &mut per_series)
+                .await?;
+            out.accepted += stored.0;
+            out.duplicates += stored.1;
+            readings_stored += stored.2;
         }
         if let Some(h) = hwm {
             tx.execute(

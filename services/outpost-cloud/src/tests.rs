@@ -612,6 +612,26 @@ async fn pages_merge_series_newest_first_and_retention_keeps_the_counts(b: Backe
         .await
         .unwrap();
     assert_eq!(stored.accepted, 6);
+    // An id repeated inside a batch, and one stored before: each stored once.
+    let items: Vec<_> = [(7, "ev-0"), (8, "ev-x"), (9, "ev-x")]
+        .iter()
+        .map(|(seq, id)| {
+            let item = event_item(*seq, id, "tank-1", T0 - 1_000, &[("level", "1")]);
+            serde_json::from_str(&item.to_string()).unwrap()
+        })
+        .collect();
+    let again = store
+        .ingest(Incoming {
+            edge: "edge-1".into(),
+            address: "192.0.2.7:1".into(),
+            incarnation: 1,
+            priority: 1,
+            items,
+            backlog: Default::default(),
+        })
+        .await
+        .unwrap();
+    assert_eq!((again.accepted, again.duplicates), (1, 2));
     let query = |device: Option<&str>, offset: u64, limit: u64| ReadingQuery {
         edge: "edge-1".into(),
         device: device.map(str::to_string),
@@ -622,26 +642,26 @@ async fn pages_merge_series_newest_first_and_retention_keeps_the_counts(b: Backe
     let origins = |rows: &[outpost_contracts::cloud::EdgeReading]| -> Vec<i64> {
         rows.iter().map(|r| (r.origin - T0) / 1_000).collect()
     };
-    // Shallow pages take each series' newest (4 series x 3 deep is no more than the 12
+    // Shallow pages take each series' newest (4 series x 3 deep is no more than the 13
     // that match), deeper ones the matching rows sorted whole: the same answers.
     let (rows, total) = store.readings(query(None, 0, 3)).await.unwrap();
-    assert_eq!(total, 12);
+    assert_eq!(total, 13);
     assert_eq!(origins(&rows), [5, 5, 4]);
     let (rows, _) = store.readings(query(None, 1, 2)).await.unwrap();
     assert_eq!(origins(&rows), [5, 4]);
     let (rows, _) = store.readings(query(Some("tank-1"), 1, 2)).await.unwrap();
     assert_eq!(origins(&rows), [4, 2]);
     let (rows, total) = store.readings(query(None, 0, 5)).await.unwrap();
-    assert_eq!(total, 12);
+    assert_eq!(total, 13);
     assert_eq!(origins(&rows), [5, 5, 4, 4, 3]);
     let (rows, _) = store.readings(query(None, 5, 4)).await.unwrap();
     assert_eq!(origins(&rows), [3, 2, 2, 1]);
     let (rows, total) = store.readings(query(Some("tank-1"), 1, 3)).await.unwrap();
-    assert_eq!(total, 6);
+    assert_eq!(total, 7);
     assert_eq!(origins(&rows), [4, 2, 2]);
-    // Retention by count: the two oldest events go (the first arrived).
+    // Retention by count: the three oldest events go (by origin: ev-x, ev-0, ev-1).
     let removed = store.remove_old(None, 8, 100).await.unwrap();
-    assert_eq!((removed.events, removed.readings), (2, 4));
+    assert_eq!((removed.events, removed.readings), (3, 5));
     let (rows, total) = store.readings(query(None, 0, 100)).await.unwrap();
     assert_eq!(total, 8);
     assert_eq!(origins(&rows), [5, 5, 4, 4, 3, 3, 2, 2]);
