@@ -600,17 +600,16 @@ async fn pages_merge_series_newest_first_and_retention_keeps_the_counts(b: Backe
             serde_json::from_str(&item.to_string()).unwrap()
         })
         .collect();
-    let stored = store
-        .ingest(Incoming {
-            edge: "edge-1".into(),
-            address: "192.0.2.7:1".into(),
-            incarnation: 1,
-            priority: 1,
-            items,
-            backlog: Default::default(),
-        })
-        .await
-        .unwrap();
+    // A batch of edge-1's one stream, straight to the store.
+    let batch = |items| Incoming {
+        edge: "edge-1".into(),
+        address: "192.0.2.7:1".into(),
+        incarnation: 1,
+        priority: 1,
+        items,
+        backlog: Default::default(),
+    };
+    let stored = store.ingest(batch(items)).await.unwrap();
     assert_eq!(stored.accepted, 6);
     // An id repeated inside a batch, and one stored before: each stored once.
     let items: Vec<_> = [(7, "ev-0"), (8, "ev-x"), (9, "ev-x")]
@@ -620,17 +619,7 @@ async fn pages_merge_series_newest_first_and_retention_keeps_the_counts(b: Backe
             serde_json::from_str(&item.to_string()).unwrap()
         })
         .collect();
-    let again = store
-        .ingest(Incoming {
-            edge: "edge-1".into(),
-            address: "192.0.2.7:1".into(),
-            incarnation: 1,
-            priority: 1,
-            items,
-            backlog: Default::default(),
-        })
-        .await
-        .unwrap();
+    let again = store.ingest(batch(items)).await.unwrap();
     assert_eq!((again.accepted, again.duplicates), (1, 2));
     let query = |device: Option<&str>, offset: u64, limit: u64| ReadingQuery {
         edge: "edge-1".into(),
