@@ -42,7 +42,8 @@
 #                             (both fresh, until the gateway answers), three rounds
 #   bench/run.sh fuzz         every fuzz target for an hour (FUZZ_SECONDS), with executions
 #   bench/run.sh durability   the randomized kill -9 test of tests/e2e/durability.rs with 100
-#                             kills instead of CI's 20 (OUTPOST_KILL_ROUNDS), under QoS 1 ingest
+#                             kills instead of CI's 20 (OUTPOST_KILL_ROUNDS), under QoS 1 ingest,
+#                             through device-mqtt and through device-rest
 #   bench/run.sh support      support-notifications: notifications delivered/s to a webhook
 #                             receiver vs that receiver's rate from a plain client, rules
 #                             alert -> receiver latency p50/p99; support-scheduler: lateness
@@ -164,6 +165,8 @@ if [[ $what == durability ]]; then
     durability::no_acknowledged_event_is_lost_or_stored_twice
   OUTPOST_KILL_ROUNDS=100 run cargo nextest run --locked -p outpost --no-capture \
     durability::device_mqtt_telemetry
+  OUTPOST_KILL_ROUNDS=100 run cargo nextest run --locked -p outpost --no-capture \
+    durability::device_rest_answers_2xx_only
 fi
 if [[ $what == all || $what == support ]]; then
   for i in 1 2; do run "$B" notifications --outpost "$O" --count 10000 --alerts 200; done

@@ -61,7 +61,7 @@ async fn events_tail_follows_the_bus() {
             .arg(&node.config)
             .arg("--data-dir")
             .arg(node.data_dir())
-            .args(["events", "tail", "--json"])
+            .args(["events", "tail"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -75,7 +75,13 @@ async fn events_tail_follows_the_bus() {
         .expect("events tail says what it follows")
         .starts_with("following ")
     {}
-    let (_, msg) = event_message("t1", now_nanos(), &[("Temperature", "Float64", "23.75")]);
+    // EdgeX's exponent form on the bus; people read a decimal (`--json` keeps the form sent,
+    // as the next test reads).
+    let (_, msg) = event_message(
+        "t1",
+        now_nanos(),
+        &[("Temperature", "Float64", "2.375e+01")],
+    );
     assert!(
         mosquitto_pub(node.ports.mqtt, &event_topic("t1"), &msg, &[])
             .status
@@ -84,9 +90,12 @@ async fn events_tail_follows_the_bus() {
     let line = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("events tail prints the event");
-    let ev: serde_json::Value = serde_json::from_str(&line).expect("a JSON event per line");
-    assert_eq!(ev["deviceName"], "t1");
-    assert_eq!(ev["readings"][0]["value"], "23.75");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        fields[1..],
+        ["t1", "Temperature", "Temperature=23.75"],
+        "{line}"
+    );
 }
 
 #[tokio::test]
@@ -162,6 +171,19 @@ async fn a_second_node_on_busy_ports_refuses_to_start_and_a_closed_pipe_ends_the
             node.data_dir().join("tls/ca.pem").display()
         )) && banner.contains("Try: outpost services"),
         "{banner}"
+    );
+    // The gateway's line: its https and mqtt sockets first; the loopback HTTP port, which
+    // only answers ping and status, labelled for what it is.
+    let gateway = banner
+        .lines()
+        .find(|l| l.trim_start().starts_with("gateway ") && l.contains(" pid "))
+        .unwrap_or_else(|| panic!("no gateway line: {banner}"));
+    assert!(
+        gateway.contains(&format!(
+            "https://127.0.0.1:{} (status ",
+            node.ports.gateway
+        )),
+        "{gateway}"
     );
     // `outpost up` with the first node's configuration on `data_dir`, which must give up
     // at once: its exit status, stdout and stderr. (The first node keeps its record for
@@ -643,6 +665,27 @@ async fn mistakes_get_an_answer_that_says_what_to_do_and_an_exit_status_scripts_
         err.contains("similar subcommand") && err.contains("'device'"),
         "{err}"
     );
+    // ...and misspelt flags too.
+    let (code, _, err) = node.cli_code(&["readings", "t1", "--resorce", "Temperature"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("similar argument") && err.contains("'--resource'"),
+        "{err}"
+    );
+    // `outpost run --help` names every service it can run.
+    let help = node.cli_ok(&["run", "--help"]);
+    for service in [
+        "core-data",
+        "core-metadata",
+        "gateway",
+        "device-modbus",
+        "ota",
+    ] {
+        assert!(
+            help.contains(service),
+            "{service} missing from run --help: {help}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -800,6 +843,16 @@ async fn every_listing_prints_json_scripts_can_parse() {
     );
     lists(&["schedule", "list"], "scheduleJobs", "/name", "ping-data");
     lists(&["device", "group", "list"], "groups", "/name", "hvac");
+    let group: Value =
+        serde_json::from_str(&node.cli_ok(&["device", "group", "show", "hvac", "--json"]))
+            .expect("device group show --json is JSON");
+    assert_eq!(group["members"], json!(["t1"]), "{group}");
+    // Adding answers with what core-metadata said: one entry, created.
+    let added: Value = serde_json::from_str(
+        &node.cli_ok(&[&["device", "add", "t2", "--json"][..], &A_THERMOSTAT].concat()),
+    )
+    .expect("device add --json is JSON");
+    assert_eq!(added[0]["statusCode"], 201, "{added}");
     lists(&["device", "inventory"], "devices", "/name", "t1");
     lists(&["ota", "list"], "artifacts", "/manifest/name", "fw");
     lists(&["ota", "rollout", "status"], "rollouts", "/name", "r1");
@@ -845,6 +898,14 @@ fn completions_and_the_manual_come_from_the_commands_definitions() {
         script.contains("_outpost()") && script.contains("rollout"),
         "{script}"
     );
+    for (shell, marker) in [("zsh", "#compdef outpost"), ("fish", "complete -c outpost")] {
+        let out = run_ok(Command::new(BIN).args(["completions", shell]), shell);
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains(marker) && script.contains("rollout"),
+            "{shell}: {script}"
+        );
+    }
     let out = run_ok(Command::new(BIN).arg("man"), "man");
     let page = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -514,6 +514,10 @@ async fn an_outage_is_ridden_out_and_the_backlog_drains_in_order_when_the_cloud_
         row.contains(" 300 ") && row.contains(" / ") && row.contains("iB"),
         "{out}"
     );
+    // For scripts: the service's answer as it came.
+    let out = node.cli_ok(&["export", "status", "--json"]);
+    let v: Value = serde_json::from_str(&out).expect("export status --json is JSON");
+    assert_eq!(v["destinations"][0]["queue"]["items"], 300, "{v}");
     // Watched, the table comes again when the backlog has drained.
     let mut watch = node.cli_command(&["export", "status", "--watch"]);
     let mut watch = Spawned(
@@ -929,6 +933,15 @@ async fn the_cloud_takes_only_enrolled_edges_and_admins() {
         ok && out.contains("edge-4") && out.contains("revoked"),
         "{out}"
     );
+    // The same for scripts: the service's answer, the revocation's time on the edge.
+    let (ok, out, err) = cloud.cli(&["edges", "--json"]);
+    assert!(ok, "{err}");
+    let edges: Value = serde_json::from_str(&out).expect("cloud edges --json is JSON");
+    let e4 = edges["edges"]
+        .as_array()
+        .and_then(|all| all.iter().find(|e| e["name"] == "edge-4"))
+        .unwrap_or_else(|| panic!("no edge-4: {edges}"));
+    assert!(e4["revokedMs"].as_i64().is_some_and(|t| t > 0), "{e4}");
 
     // A certificate from another CA does not even complete the handshake.
     let other = Cloud::start().await;

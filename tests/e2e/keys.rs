@@ -128,6 +128,14 @@ async fn keys_rotate_re_encrypts_everything_and_resumes_after_kill_9() {
     ] {
         assert!(out.contains(line), "{what}: {out}");
     }
+    // Numbered as it goes: [1/N] to [N/N], N the keys the closing line counts.
+    let steps: Vec<&str> = out.lines().filter(|l| l.starts_with('[')).collect();
+    let n = steps.len();
+    assert!(n >= 4, "{out}");
+    for (i, l) in steps.iter().enumerate() {
+        assert!(l.starts_with(&format!("[{}/{n}] rotated ", i + 1)), "{out}");
+    }
+    assert!(out.contains(&format!("Every key rotated ({n})")), "{out}");
     assert!(outpost_storage::protect::unfinished_rotations(&secrets).is_empty());
     let after = key_files(&node);
     for (key, successor) in &interrupted {

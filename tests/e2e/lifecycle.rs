@@ -248,11 +248,16 @@ async fn a_second_process_on_the_same_data_dir_is_refused() {
     assert!(!ok, "a second core-data started");
     assert!(stderr.contains("already runs"), "stderr: {stderr}");
     // A second node is refused the same way, before it starts anything.
-    let (ok, _, stderr) = node.cli(&["up"]);
-    assert!(!ok, "a second node started");
+    // One line, status 1, and no banner: nothing says it started.
+    let (code, stdout, stderr) = node.cli_code(&["up"]);
+    assert_eq!(code, Some(1), "a second node: {stdout}{stderr}");
     assert!(
         stderr.contains("another Outpost node is running"),
         "stderr: {stderr}"
+    );
+    assert!(
+        !stdout.contains("up in") && !stdout.contains("Way in"),
+        "a banner for a node that did not start: {stdout}{stderr}"
     );
     assert_eq!(
         node.pid("core-data"),

@@ -281,9 +281,32 @@ async fn modbus_device_goes_down_with_its_server_and_comes_back() {
     let node = Node::start(&node_config()).await;
     setup(&node).await;
     let ae = json!([{"interval": "100ms", "sourceName": "Int16Value"}]);
-    add(&node, "device", &device("plc", "ModbusPLC", port, ae)).await;
+    add(
+        &node,
+        "device",
+        &device("plc", "ModbusPLC", port, ae.clone()),
+    )
+    .await;
     eventually("readings from the plc", WAIT, || async {
         latest(&node, "plc", "Int16Value").await.is_some()
+    })
+    .await;
+    // A device whose server was never there (every read: connection refused) is DOWN too,
+    // and the one that answers keeps being read.
+    let nobody = outpost_testkit::free_port();
+    add(
+        &node,
+        "device",
+        &device("plc-absent", "ModbusPLC", nobody, ae),
+    )
+    .await;
+    eventually("the absent plc to go DOWN", WAIT, || async {
+        operating_state(&node, "plc-absent").await == "DOWN"
+    })
+    .await;
+    let before = reading_count(&node, "plc").await;
+    eventually("the plc read meanwhile", WAIT, || async {
+        reading_count(&node, "plc").await > before
     })
     .await;
 

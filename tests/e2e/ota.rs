@@ -502,9 +502,10 @@ fn agent(server: &str, dir: &std::path::Path, device: &str, token: &str) -> Comm
         .arg("--token-file")
         .arg(dir.join("token"))
         .arg("--state-dir")
-        .arg(dir.join("state"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .arg(dir.join("state"));
+    // What it says (steps on stdout, download progress on stderr) in `dir/agent.log`.
+    let log = std::fs::File::create(dir.join("agent.log")).expect("agent.log");
+    cmd.stderr(log.try_clone().expect("agent.log")).stdout(log);
     cmd
 }
 
@@ -605,6 +606,21 @@ async fn twenty_agents_roll_out_in_phases_and_failures_pause_and_roll_back() {
                 .unwrap_or_default()
                 .contains("broken"),
             "{h}"
+        );
+        // What the agent told its log, as people read it: the download's progress to the
+        // end, then the rollback and why.
+        let log = std::fs::read_to_string(root.path().join(d).join("agent.log")).expect("log");
+        assert!(
+            log.lines()
+                .any(|l| l.starts_with(&format!("{d}: downloading fw 3.0 ["))
+                    && l.contains("100.0%")),
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!(
+                "{d}: rolled back: health check failed (exit 1): broken; back on slot a"
+            )),
+            "{log}"
         );
     }
     for d in &names[3..5] {

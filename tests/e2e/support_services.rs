@@ -23,7 +23,6 @@ alerts = [{ above = 90.0, severity = "critical", message = "boiler too hot" }]"#
     node.cli_ok(&[
         "notify",
         "subscribe",
-        "--name",
         "on-call",
         "--category",
         "rules-alert",
@@ -83,7 +82,6 @@ alerts = [{ above = 90.0, severity = "critical", message = "boiler too hot" }]"#
     node.cli_ok(&[
         "schedule",
         "add",
-        "--name",
         "ping-data",
         "--every",
         "1s",

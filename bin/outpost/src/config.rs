@@ -317,6 +317,18 @@ fn connect_addr(listen: SocketAddr) -> String {
 }
 
 /// The data dir: the flag or `OUTPOST_DATA_DIR`, else the user's data directory.
+/// Whether `--set KEY=VALUE` names a configuration key (`SECTION.KEY`, its section one of
+/// the node's), as opposed to a device resource to write (`outpost command`).
+pub fn is_setting(set: &str) -> bool {
+    let key = set.split_once('=').map_or(set, |(k, _)| k);
+    let Some((section, _)) = key.split_once('.') else {
+        return false;
+    };
+    parse_toml(DEFAULT_TOML, "default.toml")
+        .map(|t| matches!(t.get(section), Some(toml::Value::Table(_))))
+        .unwrap_or(false)
+}
+
 pub fn default_data_dir() -> PathBuf {
     // The owner of /proc/self is the process's effective user.
     use std::os::unix::fs::MetadataExt as _;
@@ -375,6 +387,15 @@ mod tests {
                 alerts
             ]
         );
+    }
+
+    #[test]
+    fn a_set_is_configuration_when_it_names_a_section() {
+        assert!(is_setting("core_data.port=59880"));
+        assert!(is_setting("core_data.retention.max_age=1h"));
+        assert!(!is_setting("Setpoint=21.5"));
+        assert!(!is_setting("Setpoint.x=1"), "no section Setpoint");
+        assert!(!is_setting("node=1"), "a section alone is not a key");
     }
 
     #[test]

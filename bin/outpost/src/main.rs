@@ -278,7 +278,7 @@ enum Command {
     },
     /// Read a device (GET) or, given RESOURCE=VALUE pairs, write it (SET), through
     /// core-command: `outpost command t1 Setpoint Setpoint=21.5`. (`--set RESOURCE=VALUE`
-    /// is taken too, and then gives values to write, not configuration.)
+    /// is taken too as a value to write; `--set SECTION.KEY=VALUE` stays configuration.)
     #[command(name = "command")]
     Actuate {
         /// The device.
@@ -770,11 +770,20 @@ fn main() -> ExitCode {
         Command::Man { out } => return man(out.as_deref()),
         _ => {}
     }
-    // `outpost command ... --set RESOURCE=VALUE` gives values to write, not configuration.
-    let (overrides, settings): (&[String], Vec<String>) = match args.command {
-        Command::Actuate { ref values, .. } => (&[], [&args.set[..], values].concat()),
-        _ => (&args.set, Vec::new()),
+    // `outpost command ... --set RESOURCE=VALUE` gives values to write; a `--set` naming a
+    // configuration key (`SECTION.KEY=VALUE`) is configuration there too.
+    let (overrides, settings): (Vec<String>, Vec<String>) = match args.command {
+        Command::Actuate { ref values, .. } => {
+            let (config, written): (Vec<String>, Vec<String>) = args
+                .set
+                .iter()
+                .cloned()
+                .partition(|s| config::is_setting(s));
+            (config, [&written[..], values].concat())
+        }
+        _ => (args.set.clone(), Vec::new()),
     };
+    let overrides = &overrides[..];
     // A command for a running node, given no data dir, talks to the node its user started
     // last (else the default data dir's), and reads that node's own configuration when it
     // is given none: ports and addresses as the node has them.

@@ -187,7 +187,11 @@ fn flag(r: &DeviceResource, key: &str) -> Result<bool, String> {
 pub fn parse_uint(s: &str) -> Option<u64> {
     let s = s.trim();
     match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        // Hex digits only: `from_str_radix` would also take a sign (`0x+1F`).
+        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            u64::from_str_radix(hex, 16).ok()
+        }
+        Some(_) => None,
         None => s.parse::<u64>().ok().or_else(|| {
             s.parse::<f64>()
                 .ok()
@@ -343,6 +347,17 @@ mod tests {
             "name": "r", "properties": {"valueType": vt, "readWrite": "RW"}, "attributes": attrs
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn numbers_are_decimal_or_hex_digits_and_nothing_else() {
+        assert_eq!(parse_uint("0x1F"), Some(31));
+        assert_eq!(parse_uint(" 0XfF "), Some(255));
+        assert_eq!(parse_uint("42"), Some(42));
+        assert_eq!(parse_uint("3.0"), Some(3));
+        for bad in ["0x+1F", "0x-1", "0x", "0x 1", "0x1g", "-1", "1.5"] {
+            assert_eq!(parse_uint(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -25,8 +25,6 @@ pub struct App {
     pub login_by_user: Limiter,
     /// Failed logins from one address, any account.
     pub login_by_addr: Limiter,
-    /// Addresses each account logged in from lately.
-    pub login_known: std::sync::Mutex<std::collections::HashMap<String, Vec<std::net::IpAddr>>>,
     pub m: Metrics,
     pub max_body: usize,
     pub ca_pem: PathBuf,

@@ -272,7 +272,6 @@ impl outpost_kit::Service for Gateway {
             login_by_user_addr: Limiter::new(login_refill, f64::from(cfg.login_burst)),
             login_by_user: Limiter::new(login_refill, f64::from(cfg.login_burst) * 10.0),
             login_by_addr: Limiter::new(login_refill * 4.0, f64::from(cfg.login_burst) * 4.0),
-            login_known: std::sync::Mutex::default(),
             m,
             max_body: ctx.common.node.max_body_bytes,
             ca_pem: paths.ca_cert.clone(),

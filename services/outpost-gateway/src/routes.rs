@@ -136,9 +136,6 @@ async fn tokens(app: &App, user: &str, role: Role) -> ApiResult<TokenResponse> {
     })
 }
 
-/// Addresses remembered per account.
-const KNOWN_ADDRESSES: usize = 16;
-
 /// Logs a user in. Failed attempts are limited per account and address, per address, and
 /// per account from addresses it never logged in from: a stranger guessing an account's
 /// password exhausts only their own allowances, so the owner, from an address they logged
@@ -152,12 +149,7 @@ async fn login(
     let user_key = format!("user:{}", req.username);
     let pair_key = format!("user:{}@{ip}", req.username);
     let addr_key = format!("addr:{ip}");
-    let known = app
-        .login_known
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .get(&req.username)
-        .is_some_and(|a| a.contains(&ip));
+    let known = app.users.known_address(&req.username, ip);
     // Failed attempts spend tokens; when a bucket that applies is empty, logins wait.
     let mut limits = vec![
         (&app.login_by_user_addr, &pair_key),
@@ -176,17 +168,10 @@ async fn login(
         Ok(role) => match tokens(&app, &req.username, role).await {
             Ok(t) => {
                 tracing::info!(user = %req.username, "logged in");
-                let mut known = app
-                    .login_known
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if known.len() < 10_000 || known.contains_key(&req.username) {
-                    let addrs = known.entry(req.username.clone()).or_default();
-                    addrs.retain(|a| *a != ip);
-                    if addrs.len() >= KNOWN_ADDRESSES {
-                        addrs.remove(0);
-                    }
-                    addrs.push(ip);
+                // Remembered across restarts; a failure to write costs only the next
+                // login's allowance from this address, so it is logged, not refused.
+                if let Err(e) = app.users.remember_address(&req.username, ip).await {
+                    tracing::warn!(user = %req.username, error = %e, "cannot remember the login's address");
                 }
                 axum::Json(t).into_response()
             }

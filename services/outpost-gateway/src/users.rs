@@ -12,6 +12,7 @@
 //!   tokens issued before it are refused at once, not only when they expire.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
@@ -59,7 +60,20 @@ pub const MIGRATIONS: &[Migration] = &[
               expires INTEGER NOT NULL
           ) WITHOUT ROWID;",
     },
+    Migration {
+        version: 3,
+        description: "addresses each account logged in from (login throttling)",
+        sql: "CREATE TABLE login_addresses (
+              user TEXT NOT NULL,
+              address TEXT NOT NULL,
+              last INTEGER NOT NULL,
+              PRIMARY KEY (user, address)
+          ) WITHOUT ROWID;",
+    },
 ];
+
+/// Addresses remembered per account: the most recent ones.
+pub const KNOWN_ADDRESSES: usize = 16;
 
 /// What a user or key may do; see `auth::allowed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -156,6 +170,8 @@ struct State {
     keys: HashMap<String, ApiKeyInfo>,
     /// Access tokens ended before their expiry, by ID, with that expiry.
     revoked: HashMap<String, i64>,
+    /// Addresses each account logged in from, oldest first (at most [`KNOWN_ADDRESSES`]).
+    known: HashMap<String, Vec<IpAddr>>,
 }
 
 #[derive(Clone)]
@@ -305,6 +321,17 @@ impl Users {
                     let (jti, expires) = row?;
                     st.revoked.insert(jti, expires);
                 }
+                let mut q = c.prepare(
+                    "SELECT user, address FROM login_addresses ORDER BY user, last, address",
+                )?;
+                let rows =
+                    q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+                for row in rows {
+                    let (user, address) = row?;
+                    if let Ok(ip) = address.parse::<IpAddr>() {
+                        st.known.entry(user).or_default().push(ip);
+                    }
+                }
                 Ok::<_, UserError>(st)
             })
             .await?;
@@ -429,6 +456,7 @@ impl Users {
                 let tx = c.transaction()?;
                 tx.execute("DELETE FROM users WHERE name = ?1", [&n])?;
                 tx.execute("DELETE FROM refresh_tokens WHERE user = ?1", [&n])?;
+                tx.execute("DELETE FROM login_addresses WHERE user = ?1", [&n])?;
                 tx.execute(
                     "UPDATE api_keys SET revoked = ?2 WHERE owner = ?1 AND revoked IS NULL",
                     params![n, now],
@@ -439,6 +467,7 @@ impl Users {
             .await?;
         let mut st = self.state();
         st.users.remove(name);
+        st.known.remove(name);
         for k in st.keys.values_mut().filter(|k| k.owner == name) {
             k.revoked.get_or_insert(now);
         }
@@ -600,6 +629,47 @@ impl Users {
                     "INSERT OR REPLACE INTO revoked_tokens (jti, expires) VALUES (?1, ?2)",
                     params![jti, expires],
                 )?;
+                Ok::<_, UserError>(())
+            })
+            .await
+    }
+
+    /// Whether `user` logged in from `ip` before (among its latest [`KNOWN_ADDRESSES`]),
+    /// as remembered across restarts.
+    pub fn known_address(&self, user: &str, ip: IpAddr) -> bool {
+        self.state()
+            .known
+            .get(user)
+            .is_some_and(|a| a.contains(&ip))
+    }
+
+    /// Remembers that `user` logged in from `ip` now; the oldest address beyond
+    /// [`KNOWN_ADDRESSES`] is forgotten.
+    pub async fn remember_address(&self, user: &str, ip: IpAddr) -> Result<(), UserError> {
+        let forgotten = {
+            let mut st = self.state();
+            let addrs = st.known.entry(user.to_string()).or_default();
+            addrs.retain(|a| *a != ip);
+            addrs.push(ip);
+            let over = addrs.len().saturating_sub(KNOWN_ADDRESSES);
+            addrs.drain(..over).collect::<Vec<_>>()
+        };
+        let (user, now) = (user.to_string(), now_s());
+        self.db
+            .write(move |c| {
+                let tx = c.transaction()?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO login_addresses (user, address, last) \
+                     VALUES (?1, ?2, ?3)",
+                    params![user, ip.to_string(), now],
+                )?;
+                for old in forgotten {
+                    tx.execute(
+                        "DELETE FROM login_addresses WHERE user = ?1 AND address = ?2",
+                        params![user, old.to_string()],
+                    )?;
+                }
+                tx.commit()?;
                 Ok::<_, UserError>(())
             })
             .await

@@ -11,10 +11,16 @@ struct Front {
     gw: Service,
     base: String,
     http: reqwest::Client,
+    cfg: Config,
 }
 
 impl Front {
     async fn start() -> (Self, outpost_testkit::Served) {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A gateway whose configuration `adjust` changes first.
+    async fn start_with(adjust: impl FnOnce(&mut Config)) -> (Self, outpost_testkit::Served) {
         let (_md, md_at) = metadata::serve(None).await;
         let test = context("gateway", &[("core-metadata", md_at.url())]).off_bus();
         let port = free_port();
@@ -26,9 +32,11 @@ impl Front {
             cache_ttl_s: 1,
             ..Config::default()
         };
+        let mut cfg = cfg;
+        adjust(&mut cfg);
         let gw = within(
             "the gateway builds",
-            Service::build_in::<Gateway>(test, cfg),
+            Service::build_in::<Gateway>(test, cfg.clone()),
         )
         .await;
         let ca = std::fs::read_to_string(gw.test.ctx.data_dir.join("tls/ca.pem")).expect("CA");
@@ -43,15 +51,43 @@ impl Front {
             gw,
             base: format!("https://localhost:{port}"),
             http,
+            cfg,
         };
+        front.listening().await;
+        (front, md_at)
+    }
+
+    async fn listening(&self) {
         until("the gateway listens", WAIT, async || {
-            front
-                .call(Method::GET, "/api/v3/ping", None, None)
+            self.call(Method::GET, "/api/v3/ping", None, None)
                 .await
                 .ok()
         })
         .await;
-        (front, md_at)
+    }
+
+    /// Stops the gateway and starts it again on the same data dir and configuration.
+    async fn restart(self) -> Self {
+        let Self {
+            gw,
+            base,
+            http,
+            cfg,
+        } = self;
+        let test = gw.stop().await;
+        let gw = within(
+            "the gateway builds again",
+            Service::build_in::<Gateway>(test, cfg.clone()),
+        )
+        .await;
+        let front = Self {
+            gw,
+            base,
+            http,
+            cfg,
+        };
+        front.listening().await;
+        front
     }
 
     async fn call(
@@ -267,6 +303,23 @@ async fn strangers_cannot_lock_the_admin_out_logout_ends_the_token_and_viewers_c
     );
     assert_eq!(f.login_from(owner, "admin", password).await, StatusCode::OK);
 
+    // After a restart the gateway still knows where the owner logged in from: a new
+    // attack from many addresses holds back new addresses, never the owner's.
+    let f = f.restart().await;
+    let mut refused = false;
+    for host in 30..=45u8 {
+        for _ in 0..5 {
+            refused |= f.login_from([127, 0, 0, host], "admin", "guess").await
+                == StatusCode::TOO_MANY_REQUESTS;
+        }
+    }
+    assert!(refused, "the account's cap never applied after the restart");
+    assert_eq!(
+        f.login_from([127, 0, 0, 98], "admin", password).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(f.login_from(owner, "admin", password).await, StatusCode::OK);
+
     // Logout ends the access token at once, not when it expires.
     let client = f.client_from(owner);
     let (access, refresh) = f.tokens_from(owner, "admin", password).await;
@@ -320,4 +373,40 @@ async fn strangers_cannot_lock_the_admin_out_logout_ends_the_token_and_viewers_c
         assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
     }
     f.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_files_never_lead_out_of_their_directory() {
+    // The served directory: a page, a subdirectory whose index.html links to a file
+    // outside, a file that links outside, and a hidden file.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("ui");
+    let outside = dir.path().join("secret.txt");
+    std::fs::write(&outside, "not for the web").expect("write");
+    std::fs::create_dir_all(root.join("linked")).expect("mkdir");
+    std::fs::write(root.join("index.html"), "<p>console</p>").expect("write");
+    std::os::unix::fs::symlink(&outside, root.join("linked/index.html")).expect("link");
+    std::os::unix::fs::symlink(&outside, root.join("leak.txt")).expect("link");
+    std::fs::write(root.join(".hidden"), "hidden").expect("write");
+    let served = root.clone();
+    let (f, _md) = Front::start_with(move |c| c.static_dir = Some(served)).await;
+
+    for path in ["/ui/", "/ui/index.html"] {
+        let r = f.call(Method::GET, path, None, None).await.expect("answer");
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert_eq!(r.text().await.expect("body"), "<p>console</p>", "{path}");
+    }
+    for path in [
+        "/ui/linked/",
+        "/ui/linked/index.html",
+        "/ui/leak.txt",
+        "/ui/.hidden",
+        "/ui/linked%2Findex.html",
+        "/ui/%2Ehidden",
+    ] {
+        let r = f.call(Method::GET, path, None, None).await.expect("answer");
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+        let body = r.text().await.expect("body");
+        assert!(!body.contains("not for the web"), "{path}: {body}");
+    }
 }

@@ -22,6 +22,15 @@ use outpost_manifest::{Manifest, PublicKey};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
 
+/// Standard output in place of `std`'s `println!`, which panics when it cannot write: the
+/// agent is a daemon, and a log reader that went away must not stop its updates.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 // The CLI's progress line, shared: this agent writes it as lines to its log.
 #[allow(dead_code)]
 #[path = "../cli/progress.rs"]

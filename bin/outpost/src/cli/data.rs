@@ -143,10 +143,7 @@ pub async fn events_tail(
         let values: Vec<String> = ev
             .readings
             .iter()
-            .map(|r| match &r.value {
-                ReadingValue::Simple(v) => format!("{}={v}", r.resource_name),
-                _ => format!("{}=<{}>", r.resource_name, r.value_type),
-            })
+            .map(|r| format!("{}={}", r.resource_name, reading_value(r)))
             .collect();
         println!(
             "{} {} {} {}",
@@ -160,7 +157,6 @@ pub async fn events_tail(
     Ok(())
 }
 
-/// A reading's value for a table: the simple value, the object, or a binary marker.
 /// A reading's value for people: floats as decimals (`22.25`, not EdgeX's `2.225e+01`,
 /// which `--json` keeps), binary values by their media type.
 pub(crate) fn reading_value(r: &Reading) -> String {

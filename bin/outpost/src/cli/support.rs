@@ -74,8 +74,11 @@ pub enum NotifyCmd {
 #[derive(Args)]
 pub struct Subscribe {
     /// The subscription's name.
-    #[arg(long)]
-    name: String,
+    #[arg(required_unless_present = "name_flag")]
+    name: Option<String>,
+    /// The subscription's name (as `--name NAME`, the older form).
+    #[arg(long = "name", hide = true, conflicts_with = "name")]
+    name_flag: Option<String>,
     /// A category it receives (repeatable).
     #[arg(long = "category")]
     categories: Vec<String>,
@@ -124,6 +127,14 @@ fn split_url(url: &str, default_port: u16) -> anyhow::Result<(String, String, u1
 }
 
 impl Subscribe {
+    /// The name, given either way (clap requires one).
+    fn name(&self) -> &str {
+        self.name
+            .as_deref()
+            .or(self.name_flag.as_deref())
+            .unwrap_or_default()
+    }
+
     fn channel(&self) -> anyhow::Result<Value> {
         if let Some(url) = &self.webhook {
             let tls = url.to_ascii_lowercase().starts_with("https://");
@@ -145,7 +156,7 @@ impl Subscribe {
             }
             return Ok(
                 json!({"type": "MQTT", "scheme": scheme, "host": host, "port": port,
-                "publisher": format!("outpost-notify-{}", self.name), "topic": topic, "qos": 1}),
+                "publisher": format!("outpost-notify-{}", self.name()), "topic": topic, "qos": 1}),
             );
         }
         bail!("give a channel: --webhook URL, --email ADDRESS or --mqtt mqtt://host:port/topic")
@@ -221,7 +232,7 @@ pub async fn notify(c: &Client, cmd: NotifyCmd) -> anyhow::Result<()> {
             )?;
         }
         NotifyCmd::Subscribe(s) => {
-            let mut sub = json!({"name": s.name, "channels": [s.channel()?], "receiver": s.receiver,
+            let mut sub = json!({"name": s.name(), "channels": [s.channel()?], "receiver": s.receiver,
                 "categories": s.categories, "labels": s.labels, "adminState": "UNLOCKED"});
             if let Some(l) = s.resend_limit {
                 sub["resendLimit"] = l.into();
@@ -231,7 +242,7 @@ pub async fn notify(c: &Client, cmd: NotifyCmd) -> anyhow::Result<()> {
             }
             let item = json!({"apiVersion": "v3", "subscription": sub});
             add_one(c, NOTIFICATIONS, "/subscription", item, "the subscription").await?;
-            println!("subscription {} added", s.name);
+            println!("subscription {} added", s.name());
         }
         NotifyCmd::Subscriptions { json } => {
             let v = c.get(NOTIFICATIONS, "/subscription/all?limit=-1").await?;
@@ -374,8 +385,11 @@ pub enum ScheduleCmd {
 #[derive(Args)]
 pub struct AddJob {
     /// The job's name.
-    #[arg(long)]
-    name: String,
+    #[arg(required_unless_present = "name_flag")]
+    name: Option<String>,
+    /// The job's name (as `--name NAME`, the older form).
+    #[arg(long = "name", hide = true, conflicts_with = "name")]
+    name_flag: Option<String>,
     /// Run every DURATION (e.g. 30s, 1h).
     #[arg(long, conflicts_with = "cron", required_unless_present = "cron")]
     every: Option<String>,
@@ -400,6 +414,14 @@ pub struct AddJob {
 }
 
 impl AddJob {
+    /// The name, given either way (clap requires one).
+    fn name(&self) -> &str {
+        self.name
+            .as_deref()
+            .or(self.name_flag.as_deref())
+            .unwrap_or_default()
+    }
+
     fn body(&self) -> anyhow::Result<Value> {
         let definition = match (&self.every, &self.cron) {
             (Some(e), _) => json!({"type": j::INTERVAL, "interval": e}),
@@ -425,7 +447,7 @@ impl AddJob {
         };
         let state = if self.locked { j::LOCKED } else { j::UNLOCKED };
         Ok(
-            json!({"apiVersion": "v3", "scheduleJob": {"name": self.name, "definition": definition,
+            json!({"apiVersion": "v3", "scheduleJob": {"name": self.name(), "definition": definition,
             "actions": [action], "adminState": state}}),
         )
     }
@@ -445,8 +467,15 @@ async fn set_state(c: &Client, name: &str, state: &str) -> anyhow::Result<()> {
 pub async fn schedule(c: &Client, cmd: ScheduleCmd) -> anyhow::Result<()> {
     match cmd {
         ScheduleCmd::Add(a) => {
-            add_one(c, SCHEDULER, "/job", a.body()?, &format!("job {}", a.name)).await?;
-            println!("job {} added", a.name);
+            add_one(
+                c,
+                SCHEDULER,
+                "/job",
+                a.body()?,
+                &format!("job {}", a.name()),
+            )
+            .await?;
+            println!("job {} added", a.name());
         }
         ScheduleCmd::List { json } => {
             let v = c.get(SCHEDULER, "/job/all?limit=-1").await?;
