@@ -196,3 +196,69 @@ async fn cloud_instances_share_postgresql_and_an_edge_fails_over() {
         assert!(seen.contains_key(&value(i)), "{} missing", value(i));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_instances_run_a_job_once_and_a_survivor_takes_over_from_a_kill_9() {
+    let db = outpost_testkit::postgres::server().database();
+    let node = Node::start(&db.storage_toml("support_scheduler")).await;
+    let port_b = free_port();
+    let mut b = instance_b(
+        &node,
+        "support-scheduler",
+        "support_scheduler",
+        port_b,
+        None,
+    );
+    eventually(
+        "support-scheduler@b registered",
+        Duration::from_secs(20),
+        || async { node.status_of("support-scheduler@b").await.as_deref() == Some("UP") },
+    )
+    .await;
+    let (a_url, b_url) = (node.url(node.ports.scheduler), node.url(port_b));
+    let hook_port = free_port();
+    let hook = outpost_testkit::webhook::Webhook::start(hook_port, 0).await;
+    node.cli_ok(&[
+        "schedule",
+        "add",
+        "tick",
+        "--every",
+        "1s",
+        "--rest",
+        "POST",
+        &format!("http://127.0.0.1:{hook_port}/tick"),
+    ]);
+    eventually("three runs", Duration::from_secs(20), || async {
+        hook.got().len() >= 3
+    })
+    .await;
+    // One of them runs the jobs; the other stands by.
+    let runs_jobs = "outpost_support_scheduler_runs_jobs";
+    let (on_a, on_b) = (
+        node.metric_if_any(&a_url, runs_jobs).await.unwrap_or(0.0),
+        node.metric_if_any(&b_url, runs_jobs).await.unwrap_or(0.0),
+    );
+    assert_eq!(on_a + on_b, 1.0, "runners: a {on_a}, b {on_b}");
+    // The runner dies at once; the survivor takes over when its lease runs out.
+    if on_b == 1.0 {
+        b.kill().expect("kill -9 support-scheduler@b");
+        let _ = b.wait();
+    } else {
+        signal(node.pid("support-scheduler"), "KILL");
+    }
+    let before = hook.got().len();
+    eventually(
+        "runs after the runner died",
+        Duration::from_secs(40),
+        || async { hook.got().len() >= before + 3 },
+    )
+    .await;
+    // Every scheduled time ran once, by one runner: a second apart at least.
+    let url = if on_b == 1.0 { &a_url } else { &b_url };
+    let (_, page) = node
+        .get(&format!(
+            "{url}/api/v3/scheduleactionrecord/job/name/tick?limit=1000"
+        ))
+        .await;
+    outpost_testkit::one_runner(&outpost_testkit::scheduled_times(&page), 1_000, 6);
+}

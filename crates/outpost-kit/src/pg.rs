@@ -316,6 +316,19 @@ impl Database {
         let c = self.client().await?;
         Ok(lease(&c, name, &self.holder, ttl).await?)
     }
+
+    /// Gives up the lease `name` if this instance holds it (a clean stop), so another
+    /// instance takes it at once rather than when it runs out.
+    pub async fn release(&self, name: &str) -> Result<(), PgError> {
+        self.client()
+            .await?
+            .execute(
+                "DELETE FROM leases WHERE name = $1 AND holder = $2",
+                &[&name, &self.holder],
+            )
+            .await?;
+        Ok(())
+    }
 }
 
 /// A PostgreSQL failure as a store reports it: what services answer 503 and log for an

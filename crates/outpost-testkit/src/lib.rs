@@ -327,6 +327,34 @@ impl Service {
     }
 }
 
+/// The `scheduledAt` times of the records in a support-scheduler record page, oldest first.
+pub fn scheduled_times(page: &Value) -> Vec<i64> {
+    let mut at: Vec<i64> = page["scheduleActionRecords"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["scheduledAt"].as_i64()).collect())
+        .unwrap_or_default();
+    at.sort_unstable();
+    at
+}
+
+/// Asserts that the scheduled times of a job run every `interval_ms` (records of runs and
+/// of missed runs) come from one runner at a time: at least `min` of them, none closer
+/// together than the interval (two runners would each keep times of their own).
+pub fn one_runner(runs: &[i64], interval_ms: i64, min: usize) {
+    assert!(
+        runs.len() >= min,
+        "{} runs, fewer than {min}: {runs:?}",
+        runs.len()
+    );
+    for w in runs.windows(2) {
+        assert!(
+            w[1] - w[0] >= interval_ms,
+            "two runs {} ms apart: {runs:?}",
+            w[1] - w[0]
+        );
+    }
+}
+
 /// The items of the JSON array `list`, each mapped by `f`; `list` must be an array.
 pub fn each<T>(list: &Value, f: impl FnMut(&Value) -> T) -> Vec<T> {
     list.as_array()

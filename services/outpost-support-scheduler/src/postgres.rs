@@ -4,8 +4,11 @@
 //! The tables of [`crate::store`], in the schema `support_scheduler`. What a job or a record
 //! is (its EdgeX JSON: targets, payloads, results) and the secrets' values are sealed with
 //! the service's values key before they are sent; what lists select and order on (names,
-//! ids, labels, status, times) stays in columns. Jobs run from the service's memory, so one
-//! scheduler instance runs at a time.
+//! ids, labels, status, times) stays in columns.
+//!
+//! Several instances may share the store: each keeps every job in memory and follows the
+//! others' changes by the jobs' version (a trigger moves it with every change), and the
+//! one holding the lease `scheduler` runs them ([`crate::schedule`]).
 
 use outpost_kit::pg::{self, Migration, StorageConfig, tokio_postgres};
 use outpost_storage::StorageError;
@@ -16,10 +19,11 @@ use crate::store::{NewRecord, Page, RecordFilter, SchedulerStore, StoreError, St
 /// The schema the scheduler's tables live in.
 pub const SCHEMA: &str = "support_scheduler";
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "jobs, their action records, facts and secrets, bodies sealed",
-    sql: "CREATE TABLE jobs (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "jobs, their action records, facts and secrets, bodies sealed",
+        sql: "CREATE TABLE jobs (
               id TEXT PRIMARY KEY,
               name TEXT NOT NULL UNIQUE,
               created BIGINT NOT NULL,
@@ -44,7 +48,25 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
               value BYTEA NOT NULL,
               PRIMARY KEY (name, key)
           );",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "a version of the jobs, moved by every change, for the instances to follow",
+        sql: "CREATE TABLE jobs_version (
+              only_row BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (only_row),
+              n BIGINT NOT NULL
+          );
+          INSERT INTO jobs_version (n) VALUES (0);
+          CREATE FUNCTION bump_jobs_version() RETURNS trigger LANGUAGE plpgsql
+              SET search_path = support_scheduler AS $$
+              BEGIN
+                  UPDATE jobs_version SET n = n + 1;
+                  RETURN NULL;
+              END $$;
+          CREATE TRIGGER jobs_changed AFTER INSERT OR UPDATE OR DELETE ON jobs
+              FOR EACH STATEMENT EXECUTE FUNCTION bump_jobs_version();",
+    },
+];
 
 /// The scheduler's store in PostgreSQL.
 pub struct PgStore {
@@ -121,6 +143,25 @@ fn storable(what: &str, s: &str) -> Result<(), StoreError> {
 
 #[async_trait::async_trait]
 impl SchedulerStore for PgStore {
+    async fn lease(&self, name: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        Ok(self.db.lease(name, ttl).await.map_err(pg::task)?)
+    }
+
+    async fn release(&self, name: &str) -> Result<(), StoreError> {
+        Ok(self.db.release(name).await.map_err(pg::task)?)
+    }
+
+    async fn jobs_version(&self) -> Result<Option<i64>, StoreError> {
+        let row = self
+            .db
+            .storage_client()
+            .await?
+            .query_one("SELECT n FROM jobs_version", &[])
+            .await
+            .map_err(pg::task)?;
+        Ok(Some(row.get(0)))
+    }
+
     async fn add_job(&self, j: StoredJob) -> Result<(), StoreError> {
         storable("job name", &j.job.name)?;
         for l in &j.job.labels {

@@ -10,8 +10,18 @@
 //! action, from the later of the action's last run and the job's last change, at most
 //! [`MISSED_CAP`] per action; a job with `autoTriggerMissedRecords` then runs once. Missed
 //! runs are not replayed one by one (EdgeX's policy).
+//!
+//! **Several instances on one store** (PostgreSQL): every instance keeps every job in
+//! memory, so any of them answers the API and runs a trigger, and follows the others'
+//! changes by the store's jobs version, checked every [`UPKEEP`]. Scheduled runs happen
+//! on one instance only: the one holding the lease [`LEASE`], renewed every [`UPKEEP`]
+//! for [`LEASE_TTL`]. When the holder dies, its lease runs out and another instance takes
+//! it; the taker first records what was missed meanwhile, as a start does. A clean stop
+//! gives the lease up at once. While the store cannot be reached the lease is not
+//! renewed, and the instance stops running jobs (another may hold the lease by then).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +36,16 @@ use crate::store::{NewRecord, SchedulerStore, StoreError, StoredJob};
 /// Most MISSED records written per action when the service starts.
 pub const MISSED_CAP: usize = 100;
 
+/// The lease whose holder runs the jobs on schedule.
+pub const LEASE: &str = "scheduler";
+
+/// How long the lease lasts unless renewed: how long jobs may go unrun after their
+/// runner died.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// How often an instance sharing the store renews the lease and looks for changes.
+pub const UPKEEP: Duration = Duration::from_secs(1);
+
 outpost_kit::metric_names! {
     /// What the scheduler counts.
     pub struct Metrics {
@@ -33,6 +53,8 @@ outpost_kit::metric_names! {
         runs = "action_runs_total",
         /// How late a scheduled run started, milliseconds.
         lateness = "run_lateness_ms",
+        /// 1 while this instance runs the jobs on schedule (holds the lease), else 0.
+        runner = "runs_jobs",
     }
 }
 
@@ -59,6 +81,11 @@ pub struct Scheduler {
     /// Runs' records, written many to a commit: a thousand jobs falling due in the same
     /// second make one or a few commits, not a thousand.
     records: Committer<NewRecord>,
+    /// Whether this instance runs the jobs on schedule (holds [`LEASE`]).
+    held: AtomicBool,
+    /// The store's jobs version this instance's memory reflects; `None` while the store
+    /// is this instance's alone.
+    version: Mutex<Option<i64>>,
 }
 
 /// Most records written in one commit.
@@ -109,6 +136,8 @@ impl Scheduler {
             tasks,
             metrics,
             records,
+            held: AtomicBool::new(false),
+            version: Mutex::new(None),
         }
     }
 
@@ -120,19 +149,8 @@ impl Scheduler {
 
     /// Takes `stored` (new or changed) into the schedule.
     pub fn put(&self, stored: StoredJob) {
-        let now = now_ms();
-        let schedule = stored.job.definition.schedule().ok();
-        let next = schedule
-            .as_ref()
-            .and_then(|s| first_run(&stored.job, s, now));
-        self.lock().insert(
-            stored.job.name.clone(),
-            Entry {
-                stored,
-                schedule,
-                next,
-            },
-        );
+        let entry = Entry::of(stored, now_ms());
+        self.lock().insert(entry.stored.job.name.clone(), entry);
         self.wake.notify_one();
     }
 
@@ -140,18 +158,105 @@ impl Scheduler {
         self.lock().remove(name);
     }
 
-    /// Loads every stored job, records what was missed while the service was away, and
-    /// runs once the jobs that ask for it.
+    /// Loads every stored job and, when this instance runs the jobs (it takes the lease,
+    /// as a store of its own always gives it), records what was missed while the service
+    /// was away and runs once the jobs that ask for it.
     pub async fn load(self: &Arc<Self>) -> Result<(), StoreError> {
-        let now = now_ms();
+        *self.lock_version() = self.store.jobs_version().await?;
         let jobs = self.store.all_jobs().await?;
+        for stored in &jobs {
+            self.put(stored.clone());
+        }
+        if self.store.lease(LEASE, LEASE_TTL).await? {
+            self.took_lease();
+            self.catch_up(jobs).await?;
+        }
+        Ok(())
+    }
+
+    fn lock_version(&self) -> std::sync::MutexGuard<'_, Option<i64>> {
+        self.version
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn took_lease(&self) {
+        self.held.store(true, Ordering::SeqCst);
+        metrics::gauge!(self.metrics.runner).set(1.0);
+    }
+
+    /// Whether the store is shared with other instances (they change it, and take turns
+    /// running the jobs).
+    fn shared(&self) -> bool {
+        self.lock_version().is_some()
+    }
+
+    /// Renews (or takes) the lease and takes in the other instances' changes to jobs.
+    async fn upkeep(self: &Arc<Self>) {
+        let holds = match self.store.lease(LEASE, LEASE_TTL).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the scheduler lease; not running jobs until it is renewed");
+                false
+            }
+        };
+        let was = self.held.swap(holds, Ordering::SeqCst);
+        metrics::gauge!(self.metrics.runner).set(if holds { 1.0 } else { 0.0 });
+        let changed = match self.follow(holds && !was).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the jobs' changes");
+                None
+            }
+        };
+        if holds && !was {
+            tracing::info!("this instance runs the jobs now (it took the scheduler lease)");
+            if let Some(jobs) = changed
+                && let Err(e) = self.catch_up(jobs).await
+            {
+                tracing::warn!(error = %e, "cannot record the runs missed before this instance took over");
+            }
+        } else if was && !holds {
+            tracing::info!("another instance runs the jobs now (the scheduler lease passed)");
+        }
+    }
+
+    /// Takes in what other instances changed since the version this instance's memory
+    /// reflects (or everything, `force`d): the jobs as stored, when it read them.
+    async fn follow(&self, force: bool) -> Result<Option<Vec<StoredJob>>, StoreError> {
+        let version = self.store.jobs_version().await?;
+        if !force && version == *self.lock_version() {
+            return Ok(None);
+        }
+        let stored = self.store.all_jobs().await?;
+        let now = now_ms();
+        {
+            let names: HashSet<&str> = stored.iter().map(|s| s.job.name.as_str()).collect();
+            let mut jobs = self.lock();
+            jobs.retain(|name, _| names.contains(name.as_str()));
+            // Forced (this instance is taking over), every job's next run is reckoned
+            // from now: runs that fell due before are the catch-up's to record.
+            for s in &stored {
+                if force || jobs.get(&s.job.name).is_none_or(|e| e.stored != *s) {
+                    jobs.insert(s.job.name.clone(), Entry::of(s.clone(), now));
+                }
+            }
+        }
+        *self.lock_version() = version;
+        self.wake.notify_one();
+        Ok(Some(stored))
+    }
+
+    /// Records what `jobs` missed while no instance ran them, and runs once the jobs that
+    /// ask for it.
+    async fn catch_up(self: &Arc<Self>, jobs: Vec<StoredJob>) -> Result<(), StoreError> {
+        let now = now_ms();
         let mut missed_total = 0;
         for stored in jobs {
             let missed = self.missed(&stored, now).await?;
             missed_total += missed;
             let auto = stored.job.auto_trigger_missed_records;
             let name = stored.job.name.clone();
-            self.put(stored);
             if missed > 0 && auto {
                 tracing::info!(
                     job = name,
@@ -256,9 +361,21 @@ impl Scheduler {
         handles
     }
 
-    /// Runs the jobs as they fall due, until `stop`.
+    /// Runs the jobs as they fall due while this instance holds the lease, until `stop`;
+    /// then gives the lease up.
     pub async fn run(self: Arc<Self>, stop: Shutdown) {
+        let mut upkeep = tokio::time::Instant::now() + UPKEEP;
         loop {
+            if self.shared() && tokio::time::Instant::now() >= upkeep {
+                self.upkeep().await;
+                upkeep = tokio::time::Instant::now() + UPKEEP;
+            }
+            if !self.held.load(Ordering::SeqCst) {
+                tokio::select! {
+                    () = stop.wait() => break,
+                    () = tokio::time::sleep_until(upkeep) => continue,
+                }
+            }
             let now = now_ms();
             let mut due = Vec::new();
             let earliest = {
@@ -285,15 +402,39 @@ impl Scheduler {
                 metrics::histogram!(self.metrics.lateness).record((now - at) as f64);
                 self.start_run(stored, at);
             }
-            let wait = earliest
+            let mut wait = earliest
                 .map(|t| Duration::from_millis(u64::try_from(t - now_ms()).unwrap_or(0)))
                 .unwrap_or(Duration::from_secs(60))
                 .min(Duration::from_secs(60));
+            if self.shared() {
+                wait = wait.min(upkeep.saturating_duration_since(tokio::time::Instant::now()));
+            }
             tokio::select! {
-                () = stop.wait() => return,
+                () = stop.wait() => break,
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(wait) => {}
             }
+        }
+        if self.shared()
+            && self.held.swap(false, Ordering::SeqCst)
+            && let Err(e) = self.store.release(LEASE).await
+        {
+            tracing::warn!(error = %e, "cannot give up the scheduler lease; another instance takes it when it runs out");
+        }
+    }
+}
+
+impl Entry {
+    /// `stored` with its first run after `now`.
+    fn of(stored: StoredJob, now: i64) -> Self {
+        let schedule = stored.job.definition.schedule().ok();
+        let next = schedule
+            .as_ref()
+            .and_then(|s| first_run(&stored.job, s, now));
+        Self {
+            stored,
+            schedule,
+            next,
         }
     }
 }

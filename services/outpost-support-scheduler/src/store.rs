@@ -120,6 +120,23 @@ pub trait SchedulerStore: Send + Sync + 'static {
 
     async fn put_secret(&self, name: String, data: Vec<(String, String)>)
     -> Result<(), StoreError>;
+
+    /// Takes or renews the lease `name` for `ttl`: whether this instance holds it now. A
+    /// store only this instance uses is always held.
+    async fn lease(&self, _name: &str, _ttl: std::time::Duration) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Gives up the lease `name` (a clean stop), so another instance takes it at once.
+    async fn release(&self, _name: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// A number that changes whenever any instance adds, changes or deletes a job; `None`
+    /// for a store only this instance writes (its memory is always up to date).
+    async fn jobs_version(&self) -> Result<Option<i64>, StoreError> {
+        Ok(None)
+    }
 }
 
 pub struct SqliteStore {

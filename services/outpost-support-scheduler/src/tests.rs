@@ -487,3 +487,93 @@ async fn jobs_and_secrets_reach_postgresql_sealed() {
     let back = store.job("canary-job").await.unwrap().unwrap();
     assert_eq!(back.job.actions.len(), 1);
 }
+
+/// The `scheduledAt` of every record of `job`, oldest first, as `svc` lists them.
+async fn scheduled_runs(svc: &Service, job: &str) -> Vec<i64> {
+    outpost_testkit::scheduled_times(
+        &svc.expect(
+            "GET",
+            &format!("{REC}/job/name/{job}?limit=1000"),
+            None,
+            StatusCode::OK,
+        )
+        .await,
+    )
+}
+
+#[tokio::test]
+async fn two_instances_on_one_store_run_each_job_once_and_follow_each_others_changes() {
+    // Two instances sharing one PostgreSQL database and its values key.
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key_file = keys.path().join("values.key");
+    // 256 random bits in hex.
+    let key = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    std::fs::write(&key_file, key).expect("key");
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
+    let mut cfg = config(Backend::Postgres);
+    cfg.storage.key_file = Some(key_file);
+    let a = service(cfg.clone()).await;
+    let b = service(cfg).await;
+
+    // A job added through the instance that does not run the jobs: the other one takes it
+    // in and runs it.
+    let port = outpost_testkit::free_port();
+    let hook = Webhook::start(port, 0).await;
+    b.expect(
+        "POST",
+        JOB,
+        Some(json!([job(
+            "tick",
+            every("1s"),
+            json!([rest(port, "/tick")])
+        )])),
+        StatusCode::MULTI_STATUS,
+    )
+    .await;
+    until("three runs", WAIT, async || {
+        (hook.got().len() >= 3).then_some(())
+    })
+    .await;
+    // Both know it, and one instance runs it.
+    for svc in [&a, &b] {
+        svc.expect("GET", &format!("{JOB}/name/tick"), None, StatusCode::OK)
+            .await;
+    }
+    outpost_testkit::one_runner(&scheduled_runs(&a, "tick").await, 1_000, 3);
+
+    // The job changed through one instance is changed in the other's memory: locked, it
+    // stops running wherever the runner is.
+    let patch =
+        json!([{"apiVersion": "v3", "scheduleJob": {"name": "tick", "adminState": "LOCKED"}}]);
+    b.expect("PATCH", JOB, Some(patch), StatusCode::MULTI_STATUS)
+        .await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let locked_at = hook.got().len();
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(hook.got().len(), locked_at, "a locked job ran");
+    let patch =
+        json!([{"apiVersion": "v3", "scheduleJob": {"name": "tick", "adminState": "UNLOCKED"}}]);
+    a.expect("PATCH", JOB, Some(patch), StatusCode::MULTI_STATUS)
+        .await;
+    until("runs again", WAIT, async || {
+        (hook.got().len() > locked_at).then_some(())
+    })
+    .await;
+
+    // The runner stops: the other instance takes over at once and the job goes on.
+    let _a = a.stop().await;
+    let before = hook.got().len();
+    until("runs on the other instance", WAIT, async || {
+        (hook.got().len() >= before + 2).then_some(())
+    })
+    .await;
+    outpost_testkit::one_runner(&scheduled_runs(&b, "tick").await, 1_000, 3);
+}
