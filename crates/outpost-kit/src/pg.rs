@@ -311,6 +311,32 @@ impl Database {
         self.client().await.map_err(task)
     }
 
+    /// Runs one statement on a connection from the pool: the rows it changed.
+    pub async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, outpost_storage::StorageError> {
+        self.storage_client()
+            .await?
+            .execute(sql, params)
+            .await
+            .map_err(task)
+    }
+
+    /// Runs one query on a connection from the pool: its rows.
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, outpost_storage::StorageError> {
+        self.storage_client()
+            .await?
+            .query(sql, params)
+            .await
+            .map_err(task)
+    }
+
     /// [`lease`] for this instance.
     pub async fn lease(&self, name: &str, ttl: std::time::Duration) -> Result<bool, PgError> {
         let c = self.client().await?;
@@ -615,6 +641,179 @@ impl Sealer {
         };
         body.truncate(n);
         Ok(body)
+    }
+}
+
+/// A `WHERE` clause built up with numbered parameters, for listings whose filters are
+/// optional.
+#[derive(Default)]
+pub struct Filter {
+    parts: Vec<String>,
+    args: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>,
+}
+
+impl Filter {
+    /// `v` as the next parameter: its placeholder (`$n`) for a condition.
+    pub fn arg(&mut self, v: impl tokio_postgres::types::ToSql + Sync + Send + 'static) -> String {
+        self.args.push(Box::new(v));
+        format!("${}", self.args.len())
+    }
+
+    /// Adds a condition (its placeholders from [`Filter::arg`]).
+    pub fn and(&mut self, condition: String) {
+        self.parts.push(condition);
+    }
+
+    /// `column = v`, when `v` is given.
+    pub fn eq(
+        &mut self,
+        column: &str,
+        v: Option<impl tokio_postgres::types::ToSql + Sync + Send + 'static>,
+    ) {
+        if let Some(v) = v {
+            let p = self.arg(v);
+            self.and(format!("{column} = {p}"));
+        }
+    }
+
+    /// `column BETWEEN start AND end`, when a range is given.
+    pub fn between(&mut self, column: &str, range: Option<(i64, i64)>) {
+        if let Some((start, end)) = range {
+            let (start, end) = (self.arg(start), self.arg(end));
+            self.and(format!("{column} BETWEEN {start} AND {end}"));
+        }
+    }
+
+    /// `WHERE` and the conditions joined by `AND`, or nothing.
+    pub fn sql(&self) -> String {
+        if self.parts.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", self.parts.join(" AND "))
+        }
+    }
+
+    /// The parameters, in order, as a query takes them.
+    pub fn params(&self) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+        self.args
+            .iter()
+            .map(|b| b.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect()
+    }
+
+    /// The total of `table`'s rows this filter selects, and the page of them in `order`
+    /// (`columns` selected): what an EdgeX listing answers.
+    pub async fn page(
+        &self,
+        client: &Object,
+        table: &str,
+        columns: &str,
+        order: &str,
+        offset: u64,
+        limit: u64,
+    ) -> Result<(u64, Vec<tokio_postgres::Row>), tokio_postgres::Error> {
+        let (clause, params) = (self.sql(), self.params());
+        let total: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {table} {clause}"), &params)
+            .await?
+            .get(0);
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {columns} FROM {table} {clause} ORDER BY {order} LIMIT {} OFFSET {}",
+                    bound(limit),
+                    bound(offset)
+                ),
+                &params,
+            )
+            .await?;
+        Ok((u64::try_from(total).unwrap_or(0), rows))
+    }
+}
+
+/// A count or position as PostgreSQL's `BIGINT`.
+pub fn bound(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// PostgreSQL's text cannot hold a NUL (SQLite's can): `what` (`s`) with one is refused as
+/// a client's mistake rather than failing in the database.
+pub fn storable(what: &str, s: &str) -> Result<(), outpost_storage::StorageError> {
+    if s.contains('\0') {
+        return Err(outpost_storage::StorageError::Task(format!(
+            "{what} {s:?}: a NUL character cannot be stored"
+        )));
+    }
+    Ok(())
+}
+
+/// The secrets table of a service's schema (as [`outpost_storage::secrets`] on SQLite):
+/// each value sealed, bound to its name and key.
+pub const SECRETS_TABLE: &str = "CREATE TABLE secrets (
+    name TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BYTEA NOT NULL,
+    PRIMARY KEY (name, key)
+);";
+
+fn secret_aad(name: &str, key: &str) -> Vec<u8> {
+    format!("secret\u{0}{name}\u{0}{key}").into_bytes()
+}
+
+impl Database {
+    /// Replaces the secret `name` with `data` (key, value pairs), values sealed.
+    pub async fn put_secret(
+        &self,
+        name: &str,
+        data: &[(String, String)],
+    ) -> Result<(), outpost_storage::StorageError> {
+        storable("secret name", name)?;
+        for (k, _) in data {
+            storable("secret key", k)?;
+        }
+        let mut client = self.storage_client().await?;
+        let tx = client.transaction().await.map_err(task)?;
+        tx.execute("DELETE FROM secrets WHERE name = $1", &[&name])
+            .await
+            .map_err(task)?;
+        for (k, v) in data {
+            let sealed = self.sealer.seal(&secret_aad(name, k), v.as_bytes());
+            tx.execute(
+                "INSERT INTO secrets (name, key, value) VALUES ($1, $2, $3)",
+                &[&name, k, &sealed],
+            )
+            .await
+            .map_err(task)?;
+        }
+        tx.commit().await.map_err(task)
+    }
+
+    /// The secret `name`'s key, value pairs, in key order (none when there is no such
+    /// secret).
+    pub async fn secret(
+        &self,
+        name: &str,
+    ) -> Result<Vec<(String, String)>, outpost_storage::StorageError> {
+        let rows = self
+            .storage_client()
+            .await?
+            .query(
+                "SELECT key, value FROM secrets WHERE name = $1 ORDER BY key COLLATE \"C\"",
+                &[&name],
+            )
+            .await
+            .map_err(task)?;
+        rows.iter()
+            .map(|r| {
+                let key: String = r.get(0);
+                let plain = self
+                    .sealer
+                    .open(&secret_aad(name, &key), r.get(1))
+                    .map_err(task)?;
+                let value = String::from_utf8(plain).map_err(task)?;
+                Ok((key, value))
+            })
+            .collect()
     }
 }
 

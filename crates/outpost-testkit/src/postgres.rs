@@ -34,6 +34,18 @@ impl Backend {
     }
 }
 
+/// A values key (256 random bits, hex, mode 0600) in `dir`, for instances that share one
+/// database: each is given it as `storage.key_file`.
+pub fn values_key_file(dir: &Path) -> PathBuf {
+    let mut key = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).expect("randomness");
+    let path = dir.join("values.key");
+    std::fs::write(&path, hex::encode(key)).expect("write the values key");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod the values key");
+    path
+}
+
 /// Runs each named test twice, as `on_sqlite::NAME` and `on_postgres::NAME`: one test
 /// matrix for a store's two backends. Each test is an `async fn NAME(Backend)`, or, with
 /// `fixture = F;` first, an `async fn NAME(X)` given `F(Backend).await`.

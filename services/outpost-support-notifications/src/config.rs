@@ -27,6 +27,9 @@ pub struct Config {
     pub rules_alerts: bool,
     pub smtp: Smtp,
     pub retention: Retention,
+    /// Where notifications, subscriptions and transmissions are kept: the service's
+    /// SQLite database (the default), or PostgreSQL for several instances.
+    pub storage: outpost_kit::pg::StorageConfig,
 }
 
 impl Default for Config {
@@ -42,6 +45,7 @@ impl Default for Config {
             rules_alerts: true,
             smtp: Smtp::default(),
             retention: Retention::default(),
+            storage: outpost_kit::pg::StorageConfig::default(),
         }
     }
 }
@@ -122,6 +126,9 @@ outpost_kit::service_config!(Config, enabled);
 impl Validate for Config {
     fn validate(&self, p: &mut Problems) {
         const S: &str = "support_notifications";
+        for problem in self.storage.problems() {
+            p.check(false, "support_notifications.storage", problem);
+        }
         p.check(
             self.max_result_count >= 1,
             S,

@@ -14,13 +14,15 @@
 //! category `rules-alert` ([`alerts`]).
 //!
 //! Modules, lowest first: [`model`] (the DTOs and their validation), [`config`],
-//! [`store`], [`smtp`] and [`send`] (one attempt over one channel), [`deliver`] (accepting
-//! and the delivery loop), [`routes`] (the API).
+//! [`store`] (SQLite) and [`postgres`] (several instances sharing the deliveries), [`smtp`]
+//! and [`send`] (one attempt over one channel), [`deliver`] (accepting and the delivery
+//! loop), [`routes`] (the API).
 
 pub mod alerts;
 pub mod config;
 pub mod deliver;
 pub mod model;
+pub mod postgres;
 pub mod routes;
 pub mod send;
 pub mod smtp;
@@ -70,7 +72,10 @@ impl outpost_kit::Service for SupportNotifications {
 
     const INFO: Info = Info::new(SERVICE, "support_notifications").no_registry_view();
 
-    fn storage(_: &Config) -> Option<Storage> {
+    fn storage(cfg: &Config) -> Option<Storage> {
+        if cfg.storage.is_postgres() {
+            return None;
+        }
         Some(Storage::new(store::MIGRATIONS, 2))
     }
 
@@ -81,13 +86,23 @@ impl outpost_kit::Service for SupportNotifications {
         files
             .config_file(cfg.smtp.ca_file.as_deref())
             .config_file(cfg.smtp.password_file.as_deref());
-        Ok(())
+        cfg.storage.sandbox(files, SERVICE)
     }
 
     async fn build(start: Start<Config>) -> Result<Parts, StartError> {
         let Start { ctx, cfg, .. } = &start;
-        let store: Arc<dyn store::NotificationStore> =
-            Arc::new(store::SqliteStore::new(start.db()?));
+        let store: Arc<dyn store::NotificationStore> = if cfg.storage.is_postgres() {
+            let pg = postgres::PgStore::open(&cfg.storage, &ctx.secrets_dir())
+                .await
+                .map_err(StartError::other)?;
+            tracing::info!(
+                url = %outpost_kit::pg::redact(&cfg.storage.url),
+                "notifications, subscriptions and transmissions are kept in PostgreSQL"
+            );
+            Arc::new(pg)
+        } else {
+            Arc::new(store::SqliteStore::new(start.db()?))
+        };
         let senders = send::Senders::new(cfg, Arc::clone(&store)).map_err(StartError::other)?;
         let defaults = deliver::Resend {
             limit: cfg.resend_limit,

@@ -5,19 +5,31 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use outpost_testkit::postgres::Backend;
 use outpost_testkit::{Drive, Mosquitto, Service, WAIT, context, until};
 use serde_json::{Value, json};
 
 use crate::{Config, SupportNotifications};
 
+outpost_testkit::on_both_backends!(
+    a_batch_with_one_invalid_item_is_refused_whole_and_nothing_is_stored,
+    notifications_are_queried_paged_acknowledged_and_cleaned_up,
+    subscriptions_are_added_patched_listed_and_deleted_as_edgex_does,
+    a_webhook_gets_the_notification_after_resends_and_every_attempt_is_recorded,
+    a_critical_notification_nobody_takes_is_escalated_once_and_others_fail,
+    a_delivery_owed_when_the_service_stops_is_made_after_it_starts_again,
+    field_names_match_in_any_case_as_edgex_reads_them,
+);
+
 const N: &str = "/api/v3/notification";
 const S: &str = "/api/v3/subscription";
 
-fn config() -> Config {
+fn config(b: Backend) -> Config {
     Config {
         resend_interval: "200ms".into(),
         send_timeout_ms: 2_000,
         rules_alerts: false,
+        storage: b.storage(),
         ..Config::default()
     }
 }
@@ -76,9 +88,8 @@ async fn total(svc: &Service, path: &str) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-#[tokio::test]
-async fn a_batch_with_one_invalid_item_is_refused_whole_and_nothing_is_stored() {
-    let svc = service(config()).await;
+async fn a_batch_with_one_invalid_item_is_refused_whole_and_nothing_is_stored(b: Backend) {
+    let svc = service(config(b)).await;
     for bad in [
         json!({"content": "", "sender": "a", "severity": "NORMAL", "category": "c"}),
         json!({"content": "x", "sender": "test@123", "severity": "NORMAL", "category": "c"}),
@@ -107,9 +118,8 @@ async fn a_batch_with_one_invalid_item_is_refused_whole_and_nothing_is_stored() 
     assert_eq!(total(&svc, &all).await, 0);
 }
 
-#[tokio::test]
-async fn notifications_are_queried_paged_acknowledged_and_cleaned_up() {
-    let svc = service(config()).await;
+async fn notifications_are_queried_paged_acknowledged_and_cleaned_up(b: Backend) {
+    let svc = service(config(b)).await;
     let made = post(
         &svc,
         N,
@@ -273,9 +283,8 @@ async fn notifications_are_queried_paged_acknowledged_and_cleaned_up() {
     assert_eq!(total(&svc, &all).await, 0);
 }
 
-#[tokio::test]
-async fn subscriptions_are_added_patched_listed_and_deleted_as_edgex_does() {
-    let svc = service(config()).await;
+async fn subscriptions_are_added_patched_listed_and_deleted_as_edgex_does(b: Backend) {
+    let svc = service(config(b)).await;
     let email = json!([{"type": "EMAIL", "recipients": ["ops@example.com"]}]);
     let made = post(
         &svc,
@@ -397,9 +406,8 @@ async fn transmissions(svc: &Service, path: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-#[tokio::test]
-async fn a_webhook_gets_the_notification_after_resends_and_every_attempt_is_recorded() {
-    let svc = service(config()).await;
+async fn a_webhook_gets_the_notification_after_resends_and_every_attempt_is_recorded(b: Backend) {
+    let svc = service(config(b)).await;
     let port = outpost_testkit::free_port();
     let receiver = Receiver::start(port, 2).await;
     let made = post(
@@ -505,9 +513,8 @@ async fn a_webhook_gets_the_notification_after_resends_and_every_attempt_is_reco
     assert_eq!(total(&svc, "/api/v3/transmission/all").await, 0);
 }
 
-#[tokio::test]
-async fn a_critical_notification_nobody_takes_is_escalated_once_and_others_fail() {
-    let svc = service(config()).await;
+async fn a_critical_notification_nobody_takes_is_escalated_once_and_others_fail(b: Backend) {
+    let svc = service(config(b)).await;
     let (down, up) = (outpost_testkit::free_port(), outpost_testkit::free_port());
     let receiver = Receiver::start(up, 0).await;
     post(
@@ -571,12 +578,11 @@ async fn a_critical_notification_nobody_takes_is_escalated_once_and_others_fail(
     assert_eq!(receiver.got().len(), 1);
 }
 
-#[tokio::test]
-async fn a_delivery_owed_when_the_service_stops_is_made_after_it_starts_again() {
+async fn a_delivery_owed_when_the_service_stops_is_made_after_it_starts_again(b: Backend) {
     let cfg = Config {
         resend_interval: "1s".into(),
         resend_limit: 30,
-        ..config()
+        ..config(b)
     };
     let svc = service(cfg.clone()).await;
     let port = outpost_testkit::free_port();
@@ -622,7 +628,7 @@ async fn an_mqtt_channel_publishes_the_notification_to_the_broker() {
     let broker = Mosquitto::start();
     let client = outpost_testkit::bus::Client::connect(&broker.url(), "watcher").await;
     let mut rx = client.subscribe("alerts/boiler").await;
-    let svc = service(config()).await;
+    let svc = service(config(Backend::Sqlite)).await;
     let ch = json!([{"type": "MQTT", "host": "127.0.0.1", "port": broker.port,
         "publisher": "outpost-notifications", "topic": "alerts/boiler", "qos": 1}]);
     post(&svc, S, vec![subscription("mqtt", ch, json!({}))]).await;
@@ -699,7 +705,7 @@ impl SmtpServer {
 async fn e_mail_goes_out_over_starttls_with_the_stored_login() {
     let ca = tempfile::tempdir().expect("tempdir");
     let mut server = SmtpServer::start(ca.path()).await;
-    let mut cfg = config();
+    let mut cfg = config(Backend::Sqlite);
     cfg.smtp.host = "localhost".into();
     cfg.smtp.port = server.port;
     cfg.smtp.sender = "outpost@example.com".into();
@@ -774,7 +780,7 @@ async fn a_rules_alert_becomes_one_notification_for_its_subscribers() {
     let broker = Mosquitto::start();
     let cfg = Config {
         rules_alerts: true,
-        ..config()
+        ..config(Backend::Sqlite)
     };
     let svc = Service::build_in::<SupportNotifications>(
         context(crate::SERVICE, &[]).with_bus(&broker.url()),
@@ -837,9 +843,8 @@ async fn a_rules_alert_becomes_one_notification_for_its_subscribers() {
     );
 }
 
-#[tokio::test]
-async fn field_names_match_in_any_case_as_edgex_reads_them() {
-    let svc = service(config()).await;
+async fn field_names_match_in_any_case_as_edgex_reads_them(b: Backend) {
+    let svc = service(config(b)).await;
     // EdgeX's own test data writes "AdminState"; Go matches it to adminState.
     let s = json!({"apiVersion": "v3", "subscription": {"Name": "loose", "RECEIVER": "tafuser",
         "channels": [{"Type": "EMAIL", "recipients": ["ops@example.com"]}],
@@ -850,4 +855,123 @@ async fn field_names_match_in_any_case_as_edgex_reads_them() {
         .await;
     assert_eq!(got["subscription"]["adminState"], "UNLOCKED");
     assert_eq!(got["subscription"]["channels"][0]["type"], "EMAIL");
+}
+
+/// On PostgreSQL, what a notification says, where a subscription delivers and the
+/// secrets' values reach the database's rows sealed; what lists select on does not.
+#[tokio::test]
+async fn notifications_subscriptions_and_secrets_reach_postgresql_sealed() {
+    let server = outpost_testkit::postgres::server();
+    let database = server.database();
+    let svc = service(Config {
+        storage: database.storage(),
+        ..config(Backend::Sqlite)
+    })
+    .await;
+    post(
+        &svc,
+        S,
+        vec![subscription("canary-sub", json!([{"type": "REST", "host": "canary-hook-9d2b.example", "port": 80, "path": "/notify", "httpMethod": "POST"}]), json!({}))],
+    )
+    .await;
+    post(
+        &svc,
+        N,
+        vec![notification(
+            "health-check",
+            &["simple"],
+            "NORMAL",
+            "canary-content-41e7",
+        )],
+    )
+    .await;
+    svc.expect(
+        "POST",
+        "/api/v3/secret",
+        Some(json!({"apiVersion": "v3", "secretName": "smtp",
+            "secretData": [{"key": "password", "value": "canary-password-2b8c"}]})),
+        StatusCode::CREATED,
+    )
+    .await;
+    let hex_of = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    for (table, columns, clear) in [
+        ("notifications", "category, labels", "health-check"),
+        ("subscriptions", "name", "canary-sub"),
+        ("transmissions", "subscription_name", "canary-sub"),
+        ("secrets", "name, key", "smtp"),
+    ] {
+        let body = if table == "secrets" { "value" } else { "body" };
+        let rows = server.psql_in(
+            &database.name,
+            &format!("SELECT {columns}, encode({body}, 'hex') FROM support_notifications.{table}"),
+        );
+        assert!(rows.contains(clear), "{table}: {rows}");
+        for secret in [
+            "canary-content-41e7",
+            "canary-hook-9d2b",
+            "canary-password-2b8c",
+        ] {
+            assert!(
+                !rows.contains(&hex_of(secret)) && !rows.contains(secret),
+                "{table} holds {secret} in plaintext: {rows}"
+            );
+        }
+    }
+}
+
+/// Two instances sharing one PostgreSQL store share the deliveries: every notification
+/// reaches the receiver once, and every failed attempt is resent once, by one of them.
+#[tokio::test]
+async fn two_instances_on_one_store_make_each_delivery_attempt_once() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let database = outpost_testkit::postgres::server().database();
+    let mut cfg = config(Backend::Sqlite);
+    cfg.storage = database.storage();
+    cfg.storage.key_file = Some(outpost_testkit::postgres::values_key_file(keys.path()));
+    let a = service(cfg.clone()).await;
+    let b = service(cfg).await;
+    // The receiver refuses its first 10 requests: those deliveries are resent.
+    let port = outpost_testkit::free_port();
+    let receiver = Receiver::start(port, 10).await;
+    post(
+        &a,
+        S,
+        vec![subscription(
+            "hook",
+            json!([rest_channel(port, "/hook")]),
+            json!({"resendLimit": 5}),
+        )],
+    )
+    .await;
+    for i in 0..30 {
+        let via = if i % 2 == 0 { &a } else { &b };
+        post(
+            via,
+            N,
+            vec![notification(
+                "health-check",
+                &["simple"],
+                "NORMAL",
+                &format!("n{i}"),
+            )],
+        )
+        .await;
+    }
+    until("every notification delivered", WAIT, async || {
+        (total(&a, "/api/v3/transmission/status/SENT").await == 30).then_some(())
+    })
+    .await;
+    // Each notification taken once, and 40 attempts in all: 30 first ones and one resend
+    // of each of the 10 refused.
+    let mut contents: Vec<String> = receiver.got().into_iter().map(|(_, b)| b).collect();
+    assert_eq!(contents.len(), 30, "{contents:?}");
+    contents.sort();
+    contents.dedup();
+    assert_eq!(contents.len(), 30, "a notification delivered twice");
+    let sent = transmissions(&b, "/api/v3/transmission/status/SENT?limit=100").await;
+    let attempts: usize = sent
+        .iter()
+        .map(|t| t["records"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(attempts, 40, "{sent:?}");
 }

@@ -10,8 +10,7 @@
 //! others' changes by the jobs' version (a trigger moves it with every change), and the
 //! one holding the lease `scheduler` runs them ([`crate::schedule`]).
 
-use outpost_kit::pg::{self, Migration, StorageConfig, tokio_postgres};
-use outpost_storage::StorageError;
+use outpost_kit::pg::{self, Migration, StorageConfig};
 
 use crate::model::{ScheduleActionRecord, ScheduleJob};
 use crate::store::{NewRecord, Page, RecordFilter, SchedulerStore, StoreError, StoredJob};
@@ -122,25 +121,6 @@ fn record_aad(id: &str) -> Vec<u8> {
     format!("record\u{0}{id}").into_bytes()
 }
 
-fn secret_aad(name: &str, key: &str) -> Vec<u8> {
-    format!("secret\u{0}{name}\u{0}{key}").into_bytes()
-}
-
-fn bound(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// PostgreSQL's text cannot hold a NUL (SQLite's can): such a name is refused as a client's
-/// mistake rather than failing in the database.
-fn storable(what: &str, s: &str) -> Result<(), StoreError> {
-    if s.contains('\0') {
-        return Err(StoreError::Storage(StorageError::Task(format!(
-            "{what} {s:?}: a NUL character cannot be stored"
-        ))));
-    }
-    Ok(())
-}
-
 #[async_trait::async_trait]
 impl SchedulerStore for PgStore {
     async fn lease(&self, name: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
@@ -163,22 +143,19 @@ impl SchedulerStore for PgStore {
     }
 
     async fn add_job(&self, j: StoredJob) -> Result<(), StoreError> {
-        storable("job name", &j.job.name)?;
+        pg::storable("job name", &j.job.name)?;
         for l in &j.job.labels {
-            storable("label", l)?;
+            pg::storable("label", l)?;
         }
         let body = self.seal(&job_aad(&j.job.id), &j)?;
         let n = self
             .db
-            .storage_client()
-            .await?
             .execute(
                 "INSERT INTO jobs (id, name, created, labels, body) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT DO NOTHING",
                 &[&j.job.id, &j.job.name, &j.job.created, &j.job.labels, &body],
             )
-            .await
-            .map_err(pg::task)?;
+            .await?;
         if n == 0 {
             return Err(StoreError::Duplicate(format!(
                 "schedule job {}",
@@ -212,7 +189,7 @@ impl SchedulerStore for PgStore {
             .query(
                 "SELECT id, body FROM jobs WHERE labels @> $1
                  ORDER BY created, name COLLATE \"C\" LIMIT $2 OFFSET $3",
-                &[&labels, &bound(limit), &bound(offset)],
+                &[&labels, &pg::bound(limit), &pg::bound(offset)],
             )
             .await
             .map_err(pg::task)?;
@@ -229,14 +206,11 @@ impl SchedulerStore for PgStore {
     async fn all_jobs(&self) -> Result<Vec<StoredJob>, StoreError> {
         let rows = self
             .db
-            .storage_client()
-            .await?
             .query(
                 "SELECT id, body FROM jobs ORDER BY created, name COLLATE \"C\"",
                 &[],
             )
-            .await
-            .map_err(pg::task)?;
+            .await?;
         rows.iter()
             .map(|r| self.open_body(&job_aad(r.get(0)), r.get(1)))
             .collect()
@@ -244,29 +218,23 @@ impl SchedulerStore for PgStore {
 
     async fn update_job(&self, j: StoredJob) -> Result<(), StoreError> {
         for l in &j.job.labels {
-            storable("label", l)?;
+            pg::storable("label", l)?;
         }
         let body = self.seal(&job_aad(&j.job.id), &j)?;
         self.db
-            .storage_client()
-            .await?
             .execute(
                 "UPDATE jobs SET labels = $2, body = $3 WHERE id = $1",
                 &[&j.job.id, &j.job.labels, &body],
             )
-            .await
-            .map_err(pg::task)?;
+            .await?;
         Ok(())
     }
 
     async fn delete_job(&self, name: &str) -> Result<bool, StoreError> {
         let n = self
             .db
-            .storage_client()
-            .await?
             .execute("DELETE FROM jobs WHERE name = $1", &[&name])
-            .await
-            .map_err(pg::task)?;
+            .await?;
         Ok(n > 0)
     }
 
@@ -310,39 +278,19 @@ impl SchedulerStore for PgStore {
         offset: u64,
         limit: u64,
     ) -> Result<Page<ScheduleActionRecord>, StoreError> {
-        let mut clause = String::from("created BETWEEN $1 AND $2");
-        let mut args: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> =
-            vec![Box::new(f.created.0), Box::new(f.created.1)];
-        if let Some(j) = f.job {
-            args.push(Box::new(j));
-            clause.push_str(&format!(" AND job_name = ${}", args.len()));
-        }
-        if let Some(s) = f.status {
-            args.push(Box::new(s));
-            clause.push_str(&format!(" AND status = ${}", args.len()));
-        }
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args
-            .iter()
-            .map(|b| b.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
+        let mut w = pg::Filter::default();
+        w.between("created", Some(f.created));
+        w.eq("job_name", f.job);
+        w.eq("status", f.status);
         let client = self.db.storage_client().await?;
-        let total: i64 = client
-            .query_one(
-                &format!("SELECT count(*) FROM records WHERE {clause}"),
-                &refs,
-            )
-            .await
-            .map_err(pg::task)?
-            .get(0);
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT id, body FROM records WHERE {clause}
-                     ORDER BY created DESC, id COLLATE \"C\" LIMIT {} OFFSET {}",
-                    bound(limit),
-                    bound(offset)
-                ),
-                &refs,
+        let (total, rows) = w
+            .page(
+                &client,
+                "records",
+                "id, body",
+                "created DESC, id COLLATE \"C\"",
+                offset,
+                limit,
             )
             .await
             .map_err(pg::task)?;
@@ -350,7 +298,7 @@ impl SchedulerStore for PgStore {
             .iter()
             .map(|r| self.open_body(&record_aad(r.get(0)), r.get(1)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((u64::try_from(total).unwrap_or(0), records))
+        Ok((total, records))
     }
 
     async fn latest(&self, job: &str) -> Result<Vec<NewRecord>, StoreError> {
@@ -393,7 +341,7 @@ impl SchedulerStore for PgStore {
             .execute(
                 "DELETE FROM records WHERE id IN
                      (SELECT id FROM records ORDER BY created, id COLLATE \"C\" LIMIT $1)",
-                &[&bound(total - min.min(total))],
+                &[&pg::bound(total - min.min(total))],
             )
             .await
             .map_err(pg::task)?;
@@ -413,15 +361,12 @@ impl SchedulerStore for PgStore {
 
     async fn set_fact(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.db
-            .storage_client()
-            .await?
             .execute(
                 "INSERT INTO facts (key, value) VALUES ($1, $2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 &[&key, &value],
             )
-            .await
-            .map_err(pg::task)?;
+            .await?;
         Ok(())
     }
 
@@ -430,26 +375,6 @@ impl SchedulerStore for PgStore {
         name: String,
         data: Vec<(String, String)>,
     ) -> Result<(), StoreError> {
-        storable("secret name", &name)?;
-        for (k, _) in &data {
-            storable("secret key", k)?;
-        }
-        let mut client = self.db.storage_client().await?;
-        let tx = client.transaction().await.map_err(pg::task)?;
-        tx.execute("DELETE FROM secrets WHERE name = $1", &[&name])
-            .await
-            .map_err(pg::task)?;
-        for (k, v) in &data {
-            let sealed = self.db.sealer.seal(&secret_aad(&name, k), v.as_bytes());
-            tx.execute(
-                "INSERT INTO secrets (name, key, value) VALUES ($1, $2, $3)
-                 ON CONFLICT (name, key) DO UPDATE SET value = excluded.value",
-                &[&name, k, &sealed],
-            )
-            .await
-            .map_err(pg::task)?;
-        }
-        tx.commit().await.map_err(pg::task)?;
-        Ok(())
+        Ok(self.db.put_secret(&name, &data).await?)
     }
 }

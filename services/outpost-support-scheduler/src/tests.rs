@@ -505,19 +505,7 @@ async fn scheduled_runs(svc: &Service, job: &str) -> Vec<i64> {
 async fn two_instances_on_one_store_run_each_job_once_and_follow_each_others_changes() {
     // Two instances sharing one PostgreSQL database and its values key.
     let keys = tempfile::tempdir().expect("tempdir");
-    let key_file = keys.path().join("values.key");
-    // 256 random bits in hex.
-    let key = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    std::fs::write(&key_file, key).expect("key");
-    std::fs::set_permissions(
-        &key_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .expect("chmod");
+    let key_file = outpost_testkit::postgres::values_key_file(keys.path());
     let mut cfg = config(Backend::Postgres);
     cfg.storage.key_file = Some(key_file);
     let a = service(cfg.clone()).await;
