@@ -316,7 +316,6 @@ fn connect_addr(listen: SocketAddr) -> String {
     format!("{ip}:{}", listen.port())
 }
 
-/// The data dir: the flag or `OUTPOST_DATA_DIR`, else the user's data directory.
 /// Whether `--set KEY=VALUE` names a configuration key (`SECTION.KEY`, its section one of
 /// the node's), as opposed to a device resource to write (`outpost command`).
 pub fn is_setting(set: &str) -> bool {
@@ -329,6 +328,7 @@ pub fn is_setting(set: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The data dir: the flag or `OUTPOST_DATA_DIR`, else the user's data directory.
 pub fn default_data_dir() -> PathBuf {
     // The owner of /proc/self is the process's effective user.
     use std::os::unix::fs::MetadataExt as _;

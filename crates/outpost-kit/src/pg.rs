@@ -311,6 +311,26 @@ impl Database {
         self.client().await.map_err(task)
     }
 
+    /// `v` as JSON, sealed for `row` (what it is bound to: its table and key).
+    pub fn seal_json<T: Serialize>(
+        &self,
+        row: &[u8],
+        v: &T,
+    ) -> Result<Vec<u8>, outpost_storage::StorageError> {
+        let plain = serde_json::to_vec(v).map_err(task)?;
+        Ok(self.sealer.seal(row, &plain))
+    }
+
+    /// A JSON value sealed for `row` ([`Database::seal_json`]), opened and read.
+    pub fn open_json<T: serde::de::DeserializeOwned>(
+        &self,
+        row: &[u8],
+        sealed: &[u8],
+    ) -> Result<T, outpost_storage::StorageError> {
+        let plain = self.sealer.open(row, sealed).map_err(task)?;
+        serde_json::from_slice(&plain).map_err(task)
+    }
+
     /// Runs one statement on a connection from the pool: the rows it changed.
     pub async fn execute(
         &self,
@@ -746,15 +766,6 @@ pub fn storable(what: &str, s: &str) -> Result<(), outpost_storage::StorageError
     }
     Ok(())
 }
-
-/// The secrets table of a service's schema (as [`outpost_storage::secrets`] on SQLite):
-/// each value sealed, bound to its name and key.
-pub const SECRETS_TABLE: &str = "CREATE TABLE secrets (
-    name TEXT NOT NULL,
-    key TEXT NOT NULL,
-    value BYTEA NOT NULL,
-    PRIMARY KEY (name, key)
-);";
 
 fn secret_aad(name: &str, key: &str) -> Vec<u8> {
     format!("secret\u{0}{name}\u{0}{key}").into_bytes()

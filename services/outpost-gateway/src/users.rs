@@ -659,8 +659,10 @@ impl Users {
             .write(move |c| {
                 let tx = c.transaction()?;
                 tx.execute(
+                    // Only while the user exists: a login racing the user's removal leaves
+                    // nothing for a later user of the same name.
                     "INSERT OR REPLACE INTO login_addresses (user, address, last) \
-                     VALUES (?1, ?2, ?3)",
+                     SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM users WHERE name = ?1)",
                     params![user, ip.to_string(), now],
                 )?;
                 for old in forgotten {

@@ -144,12 +144,24 @@ impl outpost_kit::Service for SupportNotifications {
             let (store, r) = (Arc::clone(&store), cfg.retention.clone());
             ctx.tasks
                 .spawn("retention", Stage::Background, move |stop| async move {
-                    let mut tick = tokio::time::interval(Duration::from_millis(r.interval_ms));
+                    let every = Duration::from_millis(r.interval_ms);
+                    let mut tick = tokio::time::interval(every);
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
                         tokio::select! {
                             () = stop.wait() => return,
                             _ = tick.tick() => {}
+                        }
+                        // Instances sharing a store take turns (a pass counts, then
+                        // deletes); the lease outlasts a pass by a minute.
+                        let ttl = every + Duration::from_secs(60);
+                        match store.lease("retention", ttl).await {
+                            Ok(true) => {}
+                            Ok(false) => continue,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot take the retention lease");
+                                continue;
+                            }
                         }
                         match store.trim_notifications(r.max_cap, r.min_cap).await {
                             Ok(0) => {}

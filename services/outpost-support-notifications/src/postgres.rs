@@ -9,10 +9,12 @@
 //!
 //! **Several instances share the deliveries**: an instance takes the transmissions it is
 //! about to attempt with `FOR UPDATE SKIP LOCKED` and marks them taken for
-//! [`CLAIM_MS`]; the others pass them over, so each attempt is made by one instance. An
-//! attempt recorded ends the claim. A claim whose instance died runs out, and another
-//! instance makes the attempt then (a delivery may reach its receiver twice if the
-//! instance died after sending and before recording, as after a crash of one instance).
+//! [`CLAIM_MS`] on the database's clock; the others pass them over, so each attempt is
+//! made by one instance. An attempt recorded ends the claim. A claim whose instance died
+//! (or could not record its attempt) runs out, and an instance makes the attempt then (a
+//! delivery may reach its receiver twice if the instance died after sending and before
+//! recording, as after a crash of one instance). Retention passes take turns by the lease
+//! `retention`.
 
 use std::collections::HashSet;
 
@@ -74,6 +76,10 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
           );",
 }];
 
+/// The database's time in milliseconds: claims run on it, so instances' clocks need not
+/// agree (when an attempt is due is each instance's own reckoning, as on SQLite).
+const DB_NOW_MS: &str = "(extract(epoch FROM now()) * 1000)::bigint";
+
 /// The order of EdgeX's listings of notifications and transmissions.
 const NEWEST_FIRST: &str = "created DESC, id COLLATE \"C\"";
 
@@ -101,10 +107,7 @@ impl PgStore {
         id: &str,
         v: &T,
     ) -> Result<Vec<u8>, StoreError> {
-        Ok(self
-            .db
-            .sealer
-            .seal(&aad(table, id), serde_json::to_string(v)?.as_bytes()))
+        Ok(self.db.seal_json(&aad(table, id), v)?)
     }
 
     fn open_body<T: serde::de::DeserializeOwned>(
@@ -113,12 +116,7 @@ impl PgStore {
         id: &str,
         sealed: &[u8],
     ) -> Result<T, StoreError> {
-        let plain = self
-            .db
-            .sealer
-            .open(&aad(table, id), sealed)
-            .map_err(pg::task)?;
-        Ok(serde_json::from_slice(&plain)?)
+        Ok(self.db.open_json(&aad(table, id), sealed)?)
     }
 
     /// The page of `table`'s rows `w` selects, in `order`, their bodies opened.
@@ -157,6 +155,10 @@ impl PgStore {
         key: &str,
         extra: &str,
     ) -> Result<Option<T>, StoreError> {
+        // No name or id holds a NUL (PostgreSQL's text cannot): none such is found.
+        if key.contains('\0') {
+            return Ok(None);
+        }
         let row = self
             .db
             .storage_client()
@@ -502,18 +504,20 @@ impl NotificationStore for PgStore {
             .storage_client()
             .await?
             .query(
-                "WITH taken AS (
+                &format!(
+                    "WITH taken AS (
                      SELECT id FROM transmissions
                      WHERE due IS NOT NULL AND due <= $1
-                       AND (claimed_until IS NULL OR claimed_until < $1)
+                       AND (claimed_until IS NULL OR claimed_until < {DB_NOW_MS})
                        AND NOT (id = ANY($2))
                      ORDER BY due, id COLLATE \"C\" LIMIT $3
                      FOR UPDATE SKIP LOCKED
                  )
-                 UPDATE transmissions t SET claimed_until = $1 + $4
+                 UPDATE transmissions t SET claimed_until = {DB_NOW_MS} + $4
                  FROM taken, notifications n
                  WHERE t.id = taken.id AND n.id = t.notification_id
-                 RETURNING t.id, t.body, n.id, n.body, t.due",
+                 RETURNING t.id, t.body, n.id, n.body, t.due"
+                ),
                 &[&now, &busy, &take, &CLAIM_MS],
             )
             .await
@@ -521,13 +525,19 @@ impl NotificationStore for PgStore {
         let mut due = rows
             .iter()
             .map(|r| {
-                Ok((
-                    r.get::<_, i64>(4),
-                    Due {
-                        transmission: self.open_body("transmissions", r.get(0), r.get(1))?,
-                        notification: self.open_body("notifications", r.get(2), r.get(3))?,
-                    },
-                ))
+                let d = Due {
+                    transmission: self.open_body("transmissions", r.get(0), r.get(1))?,
+                    notification: self.open_body("notifications", r.get(2), r.get(3))?,
+                };
+                // The row's notification is the one the sealed transmission names: a row
+                // pointed at another notification does not send that one's content.
+                if d.transmission.notification_id != d.notification.id {
+                    return Err(StoreError::Storage(pg::task(format!(
+                        "transmission {} does not belong to notification {}",
+                        d.transmission.id, d.notification.id
+                    ))));
+                }
+                Ok((r.get::<_, i64>(4), d))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         due.sort_by(|a, b| (a.0, &a.1.transmission.id).cmp(&(b.0, &b.1.transmission.id)));
@@ -536,16 +546,17 @@ impl NotificationStore for PgStore {
 
     async fn next_due(&self, busy: HashSet<String>) -> Result<Option<i64>, StoreError> {
         let busy: Vec<String> = busy.into_iter().collect();
-        let now = crate::deliver::now_ms();
         let row = self
             .db
             .storage_client()
             .await?
             .query_one(
-                "SELECT min(due) FROM transmissions
-                 WHERE due IS NOT NULL AND NOT (id = ANY($1))
-                   AND (claimed_until IS NULL OR claimed_until < $2)",
-                &[&busy, &now],
+                &format!(
+                    "SELECT min(due) FROM transmissions
+                     WHERE due IS NOT NULL AND NOT (id = ANY($1))
+                       AND (claimed_until IS NULL OR claimed_until < {DB_NOW_MS})"
+                ),
+                &[&busy],
             )
             .await
             .map_err(pg::task)?;
@@ -614,5 +625,9 @@ impl NotificationStore for PgStore {
 
     async fn secret(&self, name: &str) -> Result<Vec<(String, String)>, StoreError> {
         Ok(self.db.secret(name).await?)
+    }
+
+    async fn lease(&self, name: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        Ok(self.db.lease(name, ttl).await.map_err(pg::task)?)
     }
 }

@@ -208,6 +208,12 @@ pub trait NotificationStore: Send + Sync + 'static {
     async fn put_secret(&self, name: String, data: Vec<(String, String)>)
     -> Result<(), StoreError>;
     async fn secret(&self, name: &str) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Takes or renews the lease `name` for `ttl`: whether this instance holds it now. A
+    /// store only this instance uses is always held.
+    async fn lease(&self, _name: &str, _ttl: std::time::Duration) -> Result<bool, StoreError> {
+        Ok(true)
+    }
 }
 
 pub struct SqliteStore {

@@ -35,6 +35,10 @@ pub use config::Config;
 /// The service's registry ID.
 pub const SERVICE: &str = "support-scheduler";
 
+/// How much longer than a retention interval the retention lease lasts: its holder renews
+/// it every pass; another instance takes it once its holder missed a pass.
+const RETENTION_LEASE_MARGIN: Duration = Duration::from_secs(60);
+
 /// The fact that says the default jobs were made.
 const DEFAULT_JOBS_MADE: &str = "default-jobs";
 
@@ -108,6 +112,19 @@ impl outpost_kit::Service for SupportScheduler {
                         tokio::select! {
                             () = stop.wait() => return,
                             _ = tick.tick() => {}
+                        }
+                        // Instances sharing a store take turns: each pass counts, then
+                        // deletes, so two at once would delete twice.
+                        match store
+                            .lease("retention", every + RETENTION_LEASE_MARGIN)
+                            .await
+                        {
+                            Ok(true) => {}
+                            Ok(false) => continue,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot take the retention lease");
+                                continue;
+                            }
                         }
                         match store.trim_records(r.max_cap, r.min_cap).await {
                             Ok(0) => {}

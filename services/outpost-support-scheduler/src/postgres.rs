@@ -57,7 +57,7 @@ pub const MIGRATIONS: &[Migration] = &[
           );
           INSERT INTO jobs_version (n) VALUES (0);
           CREATE FUNCTION bump_jobs_version() RETURNS trigger LANGUAGE plpgsql
-              SET search_path = support_scheduler AS $$
+              SET search_path = support_scheduler, pg_temp AS $$
               BEGIN
                   UPDATE jobs_version SET n = n + 1;
                   RETURN NULL;
@@ -81,10 +81,7 @@ impl PgStore {
     }
 
     fn seal<T: serde::Serialize>(&self, aad: &[u8], v: &T) -> Result<Vec<u8>, StoreError> {
-        Ok(self
-            .db
-            .sealer
-            .seal(aad, serde_json::to_string(v)?.as_bytes()))
+        Ok(self.db.seal_json(aad, v)?)
     }
 
     fn open_body<T: serde::de::DeserializeOwned>(
@@ -92,11 +89,14 @@ impl PgStore {
         aad: &[u8],
         sealed: &[u8],
     ) -> Result<T, StoreError> {
-        let plain = self.db.sealer.open(aad, sealed).map_err(pg::task)?;
-        Ok(serde_json::from_slice(&plain)?)
+        Ok(self.db.open_json(aad, sealed)?)
     }
 
     async fn one(&self, column: &'static str, key: &str) -> Result<Option<StoredJob>, StoreError> {
+        // No name or id holds a NUL (PostgreSQL's text cannot): none such is found.
+        if key.contains('\0') {
+            return Ok(None);
+        }
         let row = self
             .db
             .storage_client()

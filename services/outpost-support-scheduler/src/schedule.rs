@@ -21,7 +21,7 @@
 //! renewed, and the instance stops running jobs (another may hold the lease by then).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -86,6 +86,9 @@ pub struct Scheduler {
     /// The store's jobs version this instance's memory reflects; `None` while the store
     /// is this instance's alone.
     version: Mutex<Option<i64>>,
+    /// Actions running now (their records not written yet), and a signal when one ends.
+    running: AtomicUsize,
+    ended: tokio::sync::Notify,
 }
 
 /// Most records written in one commit.
@@ -138,6 +141,8 @@ impl Scheduler {
             records,
             held: AtomicBool::new(false),
             version: Mutex::new(None),
+            running: AtomicUsize::new(0),
+            ended: tokio::sync::Notify::new(),
         }
     }
 
@@ -151,11 +156,21 @@ impl Scheduler {
     pub fn put(&self, stored: StoredJob) {
         let entry = Entry::of(stored, now_ms());
         self.lock().insert(entry.stored.job.name.clone(), entry);
+        self.reread();
         self.wake.notify_one();
     }
 
     pub fn remove(&self, name: &str) {
         self.lock().remove(name);
+        self.reread();
+    }
+
+    /// On a shared store, has the next upkeep read every job again: what this instance
+    /// just wrote may have crossed another instance's newer change to the same job.
+    fn reread(&self) {
+        if let Some(v) = self.lock_version().as_mut() {
+            *v = i64::MIN;
+        }
     }
 
     /// Loads every stored job and, when this instance runs the jobs (it takes the lease,
@@ -169,7 +184,7 @@ impl Scheduler {
         }
         if self.store.lease(LEASE, LEASE_TTL).await? {
             self.took_lease();
-            self.catch_up(jobs).await?;
+            self.catch_up(jobs, now_ms()).await?;
         }
         Ok(())
     }
@@ -200,19 +215,28 @@ impl Scheduler {
                 false
             }
         };
-        let was = self.held.swap(holds, Ordering::SeqCst);
-        metrics::gauge!(self.metrics.runner).set(if holds { 1.0 } else { 0.0 });
-        let changed = match self.follow(holds && !was).await {
+        let was = self.held.load(Ordering::SeqCst);
+        let taking = holds && !was;
+        // One time for the takeover: what fell due before it is the catch-up's to record,
+        // what falls due after it is run.
+        let now = now_ms();
+        let changed = match self.follow(taking, now).await {
             Ok(jobs) => jobs,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the jobs' changes");
+                // Taking over needs every job read afresh: tried again at the next upkeep.
+                if taking {
+                    return;
+                }
                 None
             }
         };
-        if holds && !was {
+        self.held.store(holds, Ordering::SeqCst);
+        metrics::gauge!(self.metrics.runner).set(if holds { 1.0 } else { 0.0 });
+        if taking {
             tracing::info!("this instance runs the jobs now (it took the scheduler lease)");
             if let Some(jobs) = changed
-                && let Err(e) = self.catch_up(jobs).await
+                && let Err(e) = self.catch_up(jobs, now).await
             {
                 tracing::warn!(error = %e, "cannot record the runs missed before this instance took over");
             }
@@ -223,13 +247,12 @@ impl Scheduler {
 
     /// Takes in what other instances changed since the version this instance's memory
     /// reflects (or everything, `force`d): the jobs as stored, when it read them.
-    async fn follow(&self, force: bool) -> Result<Option<Vec<StoredJob>>, StoreError> {
+    async fn follow(&self, force: bool, now: i64) -> Result<Option<Vec<StoredJob>>, StoreError> {
         let version = self.store.jobs_version().await?;
         if !force && version == *self.lock_version() {
             return Ok(None);
         }
         let stored = self.store.all_jobs().await?;
-        let now = now_ms();
         {
             let names: HashSet<&str> = stored.iter().map(|s| s.job.name.as_str()).collect();
             let mut jobs = self.lock();
@@ -249,8 +272,7 @@ impl Scheduler {
 
     /// Records what `jobs` missed while no instance ran them, and runs once the jobs that
     /// ask for it.
-    async fn catch_up(self: &Arc<Self>, jobs: Vec<StoredJob>) -> Result<(), StoreError> {
-        let now = now_ms();
+    async fn catch_up(self: &Arc<Self>, jobs: Vec<StoredJob>, now: i64) -> Result<(), StoreError> {
         let mut missed_total = 0;
         for stored in jobs {
             let missed = self.missed(&stored, now).await?;
@@ -335,7 +357,9 @@ impl Scheduler {
             let me = Arc::clone(self);
             let (action, action_id, job) =
                 (action.clone(), action_id.clone(), stored.job.name.clone());
+            self.running.fetch_add(1, Ordering::SeqCst);
             handles.push(self.tasks.spawn_child(async move {
+                let _ended = Ended(&me);
                 let result = me.runner.run(&action).await;
                 let outcome = match &result {
                     Ok(()) => status::SUCCEEDED,
@@ -415,12 +439,32 @@ impl Scheduler {
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        if self.shared()
-            && self.held.swap(false, Ordering::SeqCst)
-            && let Err(e) = self.store.release(LEASE).await
-        {
-            tracing::warn!(error = %e, "cannot give up the scheduler lease; another instance takes it when it runs out");
+        if self.shared() && self.held.swap(false, Ordering::SeqCst) {
+            // The runs under way first, their records written: the next runner's catch-up
+            // then sees them and does not take them for missed.
+            loop {
+                let ended = self.ended.notified();
+                tokio::pin!(ended);
+                ended.as_mut().enable();
+                if self.running.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                ended.await;
+            }
+            if let Err(e) = self.store.release(LEASE).await {
+                tracing::warn!(error = %e, "cannot give up the scheduler lease; another instance takes it when it runs out");
+            }
         }
+    }
+}
+
+/// Counts an action's run as ended when dropped (its record written, or given up).
+struct Ended<'a>(&'a Scheduler);
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+        self.0.ended.notify_waiters();
     }
 }
 

@@ -71,6 +71,14 @@ pub enum NotifyCmd {
     },
 }
 
+/// A name given positionally or by its older flag (clap requires one of them).
+fn given<'a>(positional: &'a Option<String>, flag: &'a Option<String>) -> &'a str {
+    positional
+        .as_deref()
+        .or(flag.as_deref())
+        .unwrap_or_default()
+}
+
 #[derive(Args)]
 pub struct Subscribe {
     /// The subscription's name.
@@ -127,12 +135,8 @@ fn split_url(url: &str, default_port: u16) -> anyhow::Result<(String, String, u1
 }
 
 impl Subscribe {
-    /// The name, given either way (clap requires one).
     fn name(&self) -> &str {
-        self.name
-            .as_deref()
-            .or(self.name_flag.as_deref())
-            .unwrap_or_default()
+        given(&self.name, &self.name_flag)
     }
 
     fn channel(&self) -> anyhow::Result<Value> {
@@ -414,12 +418,8 @@ pub struct AddJob {
 }
 
 impl AddJob {
-    /// The name, given either way (clap requires one).
     fn name(&self) -> &str {
-        self.name
-            .as_deref()
-            .or(self.name_flag.as_deref())
-            .unwrap_or_default()
+        given(&self.name, &self.name_flag)
     }
 
     fn body(&self) -> anyhow::Result<Value> {
