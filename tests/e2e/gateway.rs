@@ -30,8 +30,13 @@ struct Gw {
 
 impl Gw {
     fn new(node: &Node) -> Self {
+        Self::at(node, node.ports.gateway)
+    }
+
+    /// A gateway of `node` listening on `port`.
+    fn at(node: &Node, port: u16) -> Self {
         Self {
-            base: format!("https://localhost:{}", node.ports.gateway),
+            base: format!("https://localhost:{port}"),
             http: tls_client(&node.data_dir().join("tls/ca.pem")),
         }
     }
@@ -1102,4 +1107,92 @@ async fn an_operators_certificate_replaced_on_disk_is_served_without_a_restart()
     );
     let log = node.log();
     assert!(!log.contains("cannot reload"), "{log}");
+}
+
+/// Two gateway instances on one PostgreSQL store of users (the node's, and `gateway@b` on
+/// ports of its own): a user added through one logs in through the other, a token issued
+/// by one is taken by the other, and a logout through one ends the token on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_instances_sharing_postgresql_share_users_and_end_tokens_on_both() {
+    let db = outpost_testkit::postgres::server().database();
+    let node = Node::start(&db.storage_toml("gateway")).await;
+    let (listen_b, status_b) = (free_port(), free_port());
+    let _b = crate::support::Spawned(
+        std::process::Command::new(crate::support::BIN)
+            .arg("--config")
+            .arg(&node.config)
+            .arg("--data-dir")
+            .arg(node.data_dir())
+            .args(["--set", &format!("gateway.port={status_b}")])
+            .args(["--set", &format!("gateway.listen=\"127.0.0.1:{listen_b}\"")])
+            .args(["--set", "node.instance=\"b\""])
+            .args(["run", "gateway"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("gateway@b"),
+    );
+    let (a, b) = (Gw::new(&node), Gw::at(&node, listen_b));
+    eventually("gateway@b answers", Duration::from_secs(20), || async {
+        b.http
+            .get(format!("{}/api/v3/ping", b.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let admin = a.login("admin", &admin_password(&node)).await;
+    let at = admin["accessToken"].as_str().expect("token").to_string();
+    let olga = json!({"username": "olga", "password": "operator password 1", "role": "operator"});
+    let s = a
+        .call(Method::POST, "/api/v3/auth/user", Some(&at), Some(&olga))
+        .await
+        .status();
+    assert_eq!(s, 201);
+    // Known to b within its follow interval.
+    let token = outpost_testkit::until(
+        "olga logs in through b",
+        outpost_testkit::WAIT,
+        async || {
+            let r = b
+                .call(
+                    Method::POST,
+                    "/api/v3/auth/login",
+                    None,
+                    Some(&json!({"username": "olga", "password": "operator password 1"})),
+                )
+                .await;
+            if r.status() != 200 {
+                return None;
+            }
+            let v: Value = r.json().await.ok()?;
+            Some((
+                v["accessToken"].as_str()?.to_string(),
+                v["refreshToken"].clone(),
+            ))
+        },
+    )
+    .await;
+    let (token, refresh) = token;
+    assert_eq!(a.get("/api/v3/auth/whoami", Some(&token)).await, 200);
+    assert_eq!(b.get("/api/v3/auth/whoami", Some(&token)).await, 200);
+    // Logged out through a: refused by a at once, and by b once it followed.
+    let out = a
+        .call(
+            Method::POST,
+            "/api/v3/auth/logout",
+            Some(&token),
+            Some(&json!({"refreshToken": refresh})),
+        )
+        .await
+        .status();
+    assert!(out.is_success(), "{out}");
+    assert_eq!(a.get("/api/v3/auth/whoami", Some(&token)).await, 401);
+    eventually(
+        "b refuses the ended token",
+        Duration::from_secs(10),
+        || async { b.get("/api/v3/auth/whoami", Some(&token)).await == 401 },
+    )
+    .await;
 }

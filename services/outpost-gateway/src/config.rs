@@ -66,6 +66,9 @@ pub struct Config {
     pub cache_entries: usize,
     /// Directory of static files served under `/ui/` (the web dashboard); none by default.
     pub static_dir: Option<PathBuf>,
+    /// Where users, API keys and tokens are kept: the gateway's SQLite database (the
+    /// default), or PostgreSQL for several gateway instances.
+    pub storage: outpost_kit::pg::StorageConfig,
     /// Event loops serving the TLS listener, each on its own thread; 0 = one per CPU core
     /// (at most 8).
     pub threads: usize,
@@ -124,6 +127,7 @@ impl Default for Config {
             cache_stale_s: 24 * 3600,
             cache_entries: 10_000,
             static_dir: None,
+            storage: outpost_kit::pg::StorageConfig::default(),
             threads: 0,
             access_log: "log/access.log".into(),
             access_log_max_bytes: 16 * 1024 * 1024,
@@ -147,6 +151,9 @@ outpost_kit::service_config!(Config, enabled, "https" => listen);
 impl Validate for Config {
     fn validate(&self, p: &mut Problems) {
         const S: &str = "gateway";
+        for problem in self.storage.problems() {
+            p.check(false, "gateway.storage", problem);
+        }
         p.check(
             self.listen.port() != 0,
             S,

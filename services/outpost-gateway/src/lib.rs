@@ -103,7 +103,10 @@ impl outpost_kit::Service for Gateway {
 
     const INFO: Info = Info::new(SERVICE, "gateway").manages_allocator();
 
-    fn storage(_: &Config) -> Option<Storage> {
+    fn storage(cfg: &Config) -> Option<Storage> {
+        if cfg.storage.is_postgres() {
+            return None;
+        }
         Some(Storage::new(users::MIGRATIONS, 2))
     }
 
@@ -129,9 +132,10 @@ impl outpost_kit::Service for Gateway {
         files.secret("gateway-jwt.key")?;
         files.secret(tls::vouch::KEY_FILE)?;
         // The first administrator's password, made before the sandbox closes and read
-        // when the user is created.
+        // when the user is created. On PostgreSQL whether users exist is not known yet:
+        // made whenever it is missing, and used only if the store has no user.
         let admin = files.secrets_dir().join(ADMIN_PASSWORD);
-        if files.first_start() && !admin.exists() {
+        if (files.first_start() || cfg.storage.is_postgres()) && !admin.exists() {
             let password = format!("{}\n", users::random_token(18));
             outpost_storage::write_secret_file(&admin, password.as_bytes())?;
         }
@@ -152,13 +156,49 @@ impl outpost_kit::Service for Gateway {
         files.config_file(cfg.static_dir.as_deref());
         files.replaced_config_file(cfg.cert_file.as_deref());
         files.replaced_config_file(cfg.key_file.as_deref());
-        Ok(())
+        cfg.storage.sandbox(files, SERVICE)
     }
 
     async fn build(start: Start<Config>) -> Result<Parts, StartError> {
         let Start { ctx, cfg, .. } = &start;
-        let db = start.db()?;
-        let users = Users::open(db.clone()).await.map_err(StartError::other)?;
+        let (users, db) = if cfg.storage.is_postgres() {
+            let pg = users::postgres::PgUsers::open(&cfg.storage, &ctx.secrets_dir())
+                .await
+                .map_err(StartError::other)?;
+            tracing::info!(
+                url = %outpost_kit::pg::redact(&cfg.storage.url),
+                "users, API keys and tokens are kept in PostgreSQL"
+            );
+            let users = Users::open_pg(pg).await.map_err(StartError::other)?;
+            let following = users.clone();
+            ctx.tasks
+                .spawn("users", Stage::Background, move |stop| async move {
+                    following.follow(stop).await;
+                });
+            (users, None)
+        } else {
+            let db = start.db()?;
+            (
+                Users::open(db.clone()).await.map_err(StartError::other)?,
+                Some(db),
+            )
+        };
+        // Health: the SQLite store's check, or whether PostgreSQL answers.
+        let health = match db {
+            Some(db) => outpost_kit::service::storage_probe(db),
+            None => {
+                let users = users.clone();
+                outpost_kit::health_probe(move || {
+                    let users = users.clone();
+                    async move {
+                        match users.reachable().await {
+                            Ok(()) => vec![outpost_kit::Check::ok("storage")],
+                            Err(e) => vec![outpost_kit::Check::failed("storage", e.to_string())],
+                        }
+                    }
+                })
+            }
+        };
         users
             .ensure_admin(&ctx.secrets_dir().join(ADMIN_PASSWORD))
             .await
@@ -303,7 +343,7 @@ impl outpost_kit::Service for Gateway {
             config: ctx.config_json.clone(),
             writable: ctx.writable.clone(),
             metrics: ctx.metrics.clone(),
-            health: outpost_kit::service::storage_probe(db),
+            health,
         };
         let public = routes::router(Arc::clone(&app), info, ctx.common.node.max_body_bytes);
         let limits = conn::Limits {

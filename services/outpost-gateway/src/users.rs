@@ -174,9 +174,19 @@ struct State {
     known: HashMap<String, Vec<IpAddr>>,
 }
 
+pub mod postgres;
+
+/// Where the users are kept: the gateway's SQLite database, or PostgreSQL shared by
+/// several gateway instances ([`postgres`]).
+#[derive(Clone)]
+enum Store {
+    Sqlite(Db),
+    Postgres(Arc<postgres::PgUsers>),
+}
+
 #[derive(Clone)]
 pub struct Users {
-    db: Db,
+    store: Store,
     state: Arc<Mutex<State>>,
     dummy_hash: Arc<str>,
 }
@@ -252,97 +262,149 @@ fn token_id<'a>(token: &'a str, prefix: &str) -> Option<&'a str> {
 
 impl Users {
     pub async fn open(db: Db) -> Result<Self, UserError> {
-        let state = db
-            .read(|c| {
-                let mut st = State::default();
-                let mut q =
-                    c.prepare("SELECT name, hash, role, created, valid_after FROM users")?;
-                let rows = q.query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, i64>(4)?,
-                    ))
-                })?;
-                for row in rows {
-                    let (name, hash, role, created, valid_after) = row?;
-                    let role = Role::parse(&role).unwrap_or(Role::Viewer);
-                    st.users.insert(
-                        name,
-                        User {
-                            hash,
-                            role,
-                            created,
-                            valid_after,
-                        },
-                    );
-                }
-                let mut q = c.prepare(
-                    "SELECT id, name, role, owner, hash, created, revoked FROM api_keys",
-                )?;
-                let rows = q.query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, i64>(5)?,
-                        r.get::<_, Option<i64>>(6)?,
-                    ))
-                })?;
-                for row in rows {
-                    let (id, name, role, owner, hash, created, revoked) = row?;
-                    let mut h = [0u8; 32];
-                    if hex::decode_to_slice(&hash, &mut h).is_err() {
-                        continue;
-                    }
-                    st.keys.insert(
-                        id.clone(),
-                        ApiKeyInfo {
-                            id,
-                            name,
-                            role: Role::parse(&role).unwrap_or(Role::Viewer),
-                            owner,
-                            created,
-                            revoked,
-                            hash: h,
-                        },
-                    );
-                }
-                let mut q =
-                    c.prepare("SELECT jti, expires FROM revoked_tokens WHERE expires > ?1")?;
-                let rows = q.query_map(params![now_s()], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                })?;
-                for row in rows {
-                    let (jti, expires) = row?;
-                    st.revoked.insert(jti, expires);
-                }
-                let mut q = c.prepare(
-                    "SELECT user, address FROM login_addresses ORDER BY user, last, address",
-                )?;
-                let rows =
-                    q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-                for row in rows {
-                    let (user, address) = row?;
-                    if let Ok(ip) = address.parse::<IpAddr>() {
-                        st.known.entry(user).or_default().push(ip);
-                    }
-                }
-                Ok::<_, UserError>(st)
-            })
-            .await?;
+        let state = Self::load_sqlite(&db).await?;
+        Self::with(Store::Sqlite(db), state).await
+    }
+
+    /// The users in PostgreSQL ([`postgres`]); [`Users::follow`] keeps this instance's
+    /// memory in step with the others'.
+    pub async fn open_pg(pg: postgres::PgUsers) -> Result<Self, UserError> {
+        let state = pg.load(now_s()).await?;
+        Self::with(Store::Postgres(Arc::new(pg)), state).await
+    }
+
+    async fn with(store: Store, state: State) -> Result<Self, UserError> {
         let dummy = tokio::task::spawn_blocking(|| hash_password("not a real password"))
             .await
             .map_err(|e| StorageError::Task(e.to_string()))??;
         Ok(Self {
-            db,
+            store,
             state: Arc::new(Mutex::new(state)),
             dummy_hash: dummy.into(),
         })
+    }
+
+    /// Follows the other instances' changes until `stop` (a store shared by several
+    /// gateways; a store of its own has nothing to follow).
+    pub async fn follow(&self, stop: outpost_kit::Shutdown) {
+        let Store::Postgres(pg) = &self.store else {
+            return;
+        };
+        let mut seen = None;
+        loop {
+            tokio::select! {
+                () = stop.wait() => return,
+                () = tokio::time::sleep(postgres::FOLLOW_EVERY) => {}
+            }
+            // The version first: a change made while loading moves it again, and is
+            // loaded next time.
+            let version = match pg.version().await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the users' changes");
+                    continue;
+                }
+            };
+            if seen == Some(version) {
+                continue;
+            }
+            match pg.load(now_s()).await {
+                Ok(state) => {
+                    *self.state() = state;
+                    seen = Some(version);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot load the users' changes"),
+            }
+        }
+    }
+
+    /// Whether the store answers (the health check of a store shared in PostgreSQL).
+    pub async fn reachable(&self) -> Result<(), UserError> {
+        match &self.store {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(pg) => pg.version().await.map(|_| ()),
+        }
+    }
+
+    async fn load_sqlite(db: &Db) -> Result<State, UserError> {
+        db.read(|c| {
+            let mut st = State::default();
+            let mut q = c.prepare("SELECT name, hash, role, created, valid_after FROM users")?;
+            let rows = q.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?;
+            for row in rows {
+                let (name, hash, role, created, valid_after) = row?;
+                let role = Role::parse(&role).unwrap_or(Role::Viewer);
+                st.users.insert(
+                    name,
+                    User {
+                        hash,
+                        role,
+                        created,
+                        valid_after,
+                    },
+                );
+            }
+            let mut q =
+                c.prepare("SELECT id, name, role, owner, hash, created, revoked FROM api_keys")?;
+            let rows = q.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
+                ))
+            })?;
+            for row in rows {
+                let (id, name, role, owner, hash, created, revoked) = row?;
+                let mut h = [0u8; 32];
+                if hex::decode_to_slice(&hash, &mut h).is_err() {
+                    continue;
+                }
+                st.keys.insert(
+                    id.clone(),
+                    ApiKeyInfo {
+                        id,
+                        name,
+                        role: Role::parse(&role).unwrap_or(Role::Viewer),
+                        owner,
+                        created,
+                        revoked,
+                        hash: h,
+                    },
+                );
+            }
+            let mut q = c.prepare("SELECT jti, expires FROM revoked_tokens WHERE expires > ?1")?;
+            let rows = q.query_map(params![now_s()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?;
+            for row in rows {
+                let (jti, expires) = row?;
+                st.revoked.insert(jti, expires);
+            }
+            let mut q = c.prepare(
+                "SELECT user, address FROM login_addresses ORDER BY user, last, address",
+            )?;
+            let rows = q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (user, address) = row?;
+                if let Ok(ip) = address.parse::<IpAddr>() {
+                    st.known.entry(user).or_default().push(ip);
+                }
+            }
+            Ok::<_, UserError>(st)
+        })
+        .await
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -395,7 +457,23 @@ impl Users {
             .map_err(|e| StorageError::Task(e.to_string()))??;
         let now = now_s();
         let (n, h) = (name.to_string(), hash.clone());
-        self.db
+        let db = match &self.store {
+            Store::Sqlite(db) => db,
+            Store::Postgres(pg) => {
+                pg.add_user(name, &hash, role, now).await?;
+                self.state().users.insert(
+                    n,
+                    User {
+                        hash,
+                        role,
+                        created: now,
+                        valid_after: 0,
+                    },
+                );
+                return Ok(());
+            }
+        };
+        db
             .write(move |c| {
                 c.execute(
                     "INSERT INTO users (name, hash, role, created, valid_after) VALUES (?1, ?2, ?3, ?4, 0)",
@@ -451,20 +529,24 @@ impl Users {
             }
         }
         let (n, now) = (name.to_string(), now_s());
-        self.db
-            .write(move |c| {
-                let tx = c.transaction()?;
-                tx.execute("DELETE FROM users WHERE name = ?1", [&n])?;
-                tx.execute("DELETE FROM refresh_tokens WHERE user = ?1", [&n])?;
-                tx.execute("DELETE FROM login_addresses WHERE user = ?1", [&n])?;
-                tx.execute(
-                    "UPDATE api_keys SET revoked = ?2 WHERE owner = ?1 AND revoked IS NULL",
-                    params![n, now],
-                )?;
-                tx.commit()?;
-                Ok::<_, UserError>(())
-            })
-            .await?;
+        match &self.store {
+            Store::Postgres(pg) => pg.remove_user(name, now).await?,
+            Store::Sqlite(db) => {
+                db.write(move |c| {
+                    let tx = c.transaction()?;
+                    tx.execute("DELETE FROM users WHERE name = ?1", [&n])?;
+                    tx.execute("DELETE FROM refresh_tokens WHERE user = ?1", [&n])?;
+                    tx.execute("DELETE FROM login_addresses WHERE user = ?1", [&n])?;
+                    tx.execute(
+                        "UPDATE api_keys SET revoked = ?2 WHERE owner = ?1 AND revoked IS NULL",
+                        params![n, now],
+                    )?;
+                    tx.commit()?;
+                    Ok::<_, UserError>(())
+                })
+                .await?
+            }
+        }
         let mut st = self.state();
         st.users.remove(name);
         st.known.remove(name);
@@ -487,18 +569,22 @@ impl Users {
         // Tokens carry whole seconds: a token issued in this very second is refused too.
         let valid_after = now_s() + 1;
         let (n, h) = (name.to_string(), hash.clone());
-        self.db
-            .write(move |c| {
-                let tx = c.transaction()?;
-                tx.execute(
-                    "UPDATE users SET hash = ?2, valid_after = ?3 WHERE name = ?1",
-                    params![n, h, valid_after],
-                )?;
-                tx.execute("DELETE FROM refresh_tokens WHERE user = ?1", [&n])?;
-                tx.commit()?;
-                Ok::<_, UserError>(())
-            })
-            .await?;
+        match &self.store {
+            Store::Postgres(pg) => pg.set_password(name, &hash, valid_after).await?,
+            Store::Sqlite(db) => {
+                db.write(move |c| {
+                    let tx = c.transaction()?;
+                    tx.execute(
+                        "UPDATE users SET hash = ?2, valid_after = ?3 WHERE name = ?1",
+                        params![n, h, valid_after],
+                    )?;
+                    tx.execute("DELETE FROM refresh_tokens WHERE user = ?1", [&n])?;
+                    tx.commit()?;
+                    Ok::<_, UserError>(())
+                })
+                .await?
+            }
+        }
         if let Some(u) = self.state().users.get_mut(name) {
             u.hash = hash;
             u.valid_after = valid_after;
@@ -540,20 +626,27 @@ impl Users {
         let token = format!("opr_{id}_{}", random_token(32));
         let hash = hex::encode(sha256(&token));
         let (u, expires) = (user.to_string(), now_s() + ttl_s as i64);
-        self.db
-            .write(move |c| {
-                c.execute(
-                    "INSERT INTO refresh_tokens (id, user, hash, expires) VALUES (?1, ?2, ?3, ?4)",
-                    params![id, u, hash, expires],
-                )?;
-                // Expired tokens of this user go as new ones are issued.
-                c.execute(
-                    "DELETE FROM refresh_tokens WHERE user = ?1 AND expires < ?2",
-                    params![u, now_s()],
-                )?;
-                Ok::<_, UserError>(())
-            })
-            .await?;
+        let db = match &self.store {
+            Store::Sqlite(db) => db,
+            Store::Postgres(pg) => {
+                pg.insert_refresh(&id, user, &hash, expires, now_s())
+                    .await?;
+                return Ok(token);
+            }
+        };
+        db.write(move |c| {
+            c.execute(
+                "INSERT INTO refresh_tokens (id, user, hash, expires) VALUES (?1, ?2, ?3, ?4)",
+                params![id, u, hash, expires],
+            )?;
+            // Expired tokens of this user go as new ones are issued.
+            c.execute(
+                "DELETE FROM refresh_tokens WHERE user = ?1 AND expires < ?2",
+                params![u, now_s()],
+            )?;
+            Ok::<_, UserError>(())
+        })
+        .await?;
         Ok(token)
     }
 
@@ -565,8 +658,14 @@ impl Users {
         };
         let hash = hex::encode(sha256(token));
         let now = now_s();
-        let user = self
-            .db
+        let db = match &self.store {
+            Store::Sqlite(db) => db,
+            Store::Postgres(pg) => {
+                let user = pg.use_refresh(&id, &hash, now).await?;
+                return self.role_of(user);
+            }
+        };
+        let user = db
             .write(move |c| {
                 let tx = c.transaction()?;
                 let row: Option<(String, String, i64, Option<i64>)> = tx
@@ -599,6 +698,11 @@ impl Users {
                 Ok(user)
             })
             .await?;
+        self.role_of(user)
+    }
+
+    /// `user` with their role now (a user removed meanwhile has none).
+    fn role_of(&self, user: String) -> Result<(String, Role), UserError> {
         let role = self
             .state()
             .users
@@ -618,20 +722,23 @@ impl Users {
             st.revoked.retain(|_, e| *e > now);
             st.revoked.insert(jti.to_string(), expires);
         }
+        let db = match &self.store {
+            Store::Sqlite(db) => db,
+            Store::Postgres(pg) => return pg.revoke_access(jti, expires, now).await,
+        };
         let jti = jti.to_string();
-        self.db
-            .write(move |c| {
-                c.execute(
-                    "DELETE FROM revoked_tokens WHERE expires <= ?1",
-                    params![now],
-                )?;
-                c.execute(
-                    "INSERT OR REPLACE INTO revoked_tokens (jti, expires) VALUES (?1, ?2)",
-                    params![jti, expires],
-                )?;
-                Ok::<_, UserError>(())
-            })
-            .await
+        db.write(move |c| {
+            c.execute(
+                "DELETE FROM revoked_tokens WHERE expires <= ?1",
+                params![now],
+            )?;
+            c.execute(
+                "INSERT OR REPLACE INTO revoked_tokens (jti, expires) VALUES (?1, ?2)",
+                params![jti, expires],
+            )?;
+            Ok::<_, UserError>(())
+        })
+        .await
     }
 
     /// Whether `user` logged in from `ip` before (among its latest [`KNOWN_ADDRESSES`]),
@@ -654,27 +761,32 @@ impl Users {
             let over = addrs.len().saturating_sub(KNOWN_ADDRESSES);
             addrs.drain(..over).collect::<Vec<_>>()
         };
+        let db = match &self.store {
+            Store::Sqlite(db) => db,
+            Store::Postgres(pg) => {
+                return pg.remember_address(user, ip, now_s(), &forgotten).await;
+            }
+        };
         let (user, now) = (user.to_string(), now_s());
-        self.db
-            .write(move |c| {
-                let tx = c.transaction()?;
-                tx.execute(
-                    // Only while the user exists: a login racing the user's removal leaves
-                    // nothing for a later user of the same name.
-                    "INSERT OR REPLACE INTO login_addresses (user, address, last) \
+        db.write(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                // Only while the user exists: a login racing the user's removal leaves
+                // nothing for a later user of the same name.
+                "INSERT OR REPLACE INTO login_addresses (user, address, last) \
                      SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM users WHERE name = ?1)",
-                    params![user, ip.to_string(), now],
+                params![user, ip.to_string(), now],
+            )?;
+            for old in forgotten {
+                tx.execute(
+                    "DELETE FROM login_addresses WHERE user = ?1 AND address = ?2",
+                    params![user, old.to_string()],
                 )?;
-                for old in forgotten {
-                    tx.execute(
-                        "DELETE FROM login_addresses WHERE user = ?1 AND address = ?2",
-                        params![user, old.to_string()],
-                    )?;
-                }
-                tx.commit()?;
-                Ok::<_, UserError>(())
-            })
-            .await
+            }
+            tx.commit()?;
+            Ok::<_, UserError>(())
+        })
+        .await
     }
 
     /// Whether the access token `jti` was ended before its expiry.
@@ -687,15 +799,18 @@ impl Users {
             return Ok(());
         };
         let hash = hex::encode(sha256(token));
-        self.db
-            .write(move |c| {
-                c.execute(
-                    "DELETE FROM refresh_tokens WHERE id = ?1 AND hash = ?2",
-                    params![id, hash],
-                )?;
-                Ok::<_, UserError>(())
-            })
-            .await
+        let db = match &self.store {
+            Store::Sqlite(db) => db,
+            Store::Postgres(pg) => return pg.revoke_refresh(&id, &hash).await,
+        };
+        db.write(move |c| {
+            c.execute(
+                "DELETE FROM refresh_tokens WHERE id = ?1 AND hash = ?2",
+                params![id, hash],
+            )?;
+            Ok::<_, UserError>(())
+        })
+        .await
     }
 
     /// Creates an API key; the key itself is returned once and never stored.
@@ -723,7 +838,9 @@ impl Users {
             hash,
         };
         let i = info.clone();
-        self.db
+        match &self.store {
+            Store::Postgres(pg) => pg.create_key(&info).await?,
+            Store::Sqlite(db) => db
             .write(move |c| {
                 c.execute(
                     "INSERT INTO api_keys (id, name, role, owner, hash, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -731,7 +848,8 @@ impl Users {
                 )?;
                 Ok::<_, UserError>(())
             })
-            .await?;
+            .await?,
+        }
         self.state().keys.insert(id, info.clone());
         Ok((info, key))
     }
@@ -747,15 +865,19 @@ impl Users {
             return Err(UserError::NotFound(format!("API key {id}")));
         }
         let (i, now) = (id.to_string(), now_s());
-        self.db
-            .write(move |c| {
-                c.execute(
-                    "UPDATE api_keys SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL",
-                    params![i, now],
-                )?;
-                Ok::<_, UserError>(())
-            })
-            .await?;
+        match &self.store {
+            Store::Postgres(pg) => pg.revoke_key(id, now).await?,
+            Store::Sqlite(db) => {
+                db.write(move |c| {
+                    c.execute(
+                        "UPDATE api_keys SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL",
+                        params![i, now],
+                    )?;
+                    Ok::<_, UserError>(())
+                })
+                .await?
+            }
+        }
         if let Some(k) = self.state().keys.get_mut(id) {
             k.revoked.get_or_insert(now);
         }
@@ -782,23 +904,45 @@ impl Users {
 mod tests {
     use super::*;
 
-    async fn users(dir: &std::path::Path) -> Users {
-        let loc = outpost_storage::Location::new(dir, "gateway");
-        let db = Db::open(
-            &loc,
-            &outpost_storage::OpenOptions::default(),
-            MIGRATIONS,
-            1,
-        )
-        .unwrap();
-        Users::open(db).await.unwrap()
+    use outpost_testkit::postgres::Backend;
+
+    outpost_testkit::on_both_backends!(fixture = store; users_keys_and_refresh_tokens);
+
+    /// A store of users to open (again): SQLite in `dir`, or a PostgreSQL database with
+    /// its values key in `dir`.
+    struct Store {
+        dir: tempfile::TempDir,
+        pg: Option<outpost_kit::pg::StorageConfig>,
     }
 
-    #[tokio::test]
-    async fn users_keys_and_refresh_tokens() {
-        let dir = tempfile::tempdir().unwrap();
-        let u = users(dir.path()).await;
-        let cred = dir.path().join("admin-password");
+    async fn store(b: Backend) -> Store {
+        Store {
+            dir: tempfile::tempdir().unwrap(),
+            pg: (b == Backend::Postgres).then(|| b.storage()),
+        }
+    }
+
+    impl Store {
+        async fn users(&self) -> Users {
+            if let Some(cfg) = &self.pg {
+                let pg = postgres::PgUsers::open(cfg, self.dir.path()).await.unwrap();
+                return Users::open_pg(pg).await.unwrap();
+            }
+            let loc = outpost_storage::Location::new(self.dir.path(), "gateway");
+            let db = Db::open(
+                &loc,
+                &outpost_storage::OpenOptions::default(),
+                MIGRATIONS,
+                1,
+            )
+            .unwrap();
+            Users::open(db).await.unwrap()
+        }
+    }
+
+    async fn users_keys_and_refresh_tokens(store: Store) {
+        let u = store.users().await;
+        let cred = store.dir.path().join("admin-password");
         assert!(u.ensure_admin(&cred).await.unwrap());
         assert!(!u.ensure_admin(&cred).await.unwrap());
         let pw = std::fs::read_to_string(&cred).unwrap();
@@ -843,7 +987,7 @@ mod tests {
         assert_eq!(u.check_key(&key).unwrap().role, Role::Operator);
         assert!(u.check_key(&format!("{key}x")).is_none());
         drop(u);
-        let u = users(dir.path()).await;
+        let u = store.users().await;
         assert_eq!(&*u.check_key(&key).unwrap().id, format!("key:{}", info.id));
         u.revoke_key(&info.id).await.unwrap();
         assert!(u.check_key(&key).is_none());
@@ -856,5 +1000,106 @@ mod tests {
         assert_eq!(u.token_role("vera", now_s()), None);
         u.remove("vera").await.unwrap();
         assert_eq!(u.token_role("vera", now_s() + 10), None);
+    }
+
+    /// Two gateways on one PostgreSQL store: what one changes, the other answers within
+    /// its follow interval (a user added or removed, an API key made or revoked, an access
+    /// token ended).
+    #[tokio::test]
+    async fn instances_sharing_postgresql_follow_each_others_changes() {
+        let store = store(Backend::Postgres).await;
+        let a = store.users().await;
+        let b = store.users().await;
+        let stop = outpost_kit::Shutdown::new();
+        let following = b.clone();
+        let follow = tokio::spawn({
+            let stop = stop.clone();
+            async move { following.follow(stop).await }
+        });
+        let soon = async |what: &str, check: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !check() {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        };
+        a.add("zoe", "a long enough password", Role::Operator)
+            .await
+            .unwrap();
+        soon("b knows zoe", &|| {
+            b.token_role("zoe", now_s()) == Some(Role::Operator)
+        })
+        .await;
+        assert_eq!(
+            b.login("zoe", "a long enough password").await.unwrap(),
+            Role::Operator
+        );
+        let (info, key) = a.create_key("ci", Role::Viewer, "zoe").await.unwrap();
+        soon("b takes the key", &|| b.check_key(&key).is_some()).await;
+        a.revoke_key(&info.id).await.unwrap();
+        soon("b refuses the revoked key", &|| b.check_key(&key).is_none()).await;
+        a.revoke_access("jti-1", now_s() + 600).await.unwrap();
+        soon("b refuses the ended token", &|| b.is_revoked("jti-1")).await;
+        a.remember_address("zoe", "192.0.2.7".parse().unwrap())
+            .await
+            .unwrap();
+        soon("b knows zoe's address", &|| {
+            b.known_address("zoe", "192.0.2.7".parse().unwrap())
+        })
+        .await;
+        a.remove("zoe").await.unwrap();
+        soon("b forgets zoe", &|| b.token_role("zoe", now_s()).is_none()).await;
+        // A refresh token issued by one is taken once, by either.
+        a.add("yan", "a long enough password", Role::Viewer)
+            .await
+            .unwrap();
+        soon("b knows yan", &|| b.token_role("yan", now_s()).is_some()).await;
+        let r = a.issue_refresh("yan", 60).await.unwrap();
+        assert_eq!(b.use_refresh(&r).await.unwrap().0, "yan");
+        assert!(
+            a.use_refresh(&r).await.is_err(),
+            "used on the other instance"
+        );
+        stop.trigger();
+        follow.await.unwrap();
+    }
+
+    /// On PostgreSQL, password hashes and API key digests reach the rows sealed: an
+    /// offline guesser needs the gateway's values key as well as a copy of the database.
+    #[tokio::test]
+    async fn password_hashes_and_key_digests_reach_postgresql_sealed() {
+        let server = outpost_testkit::postgres::server();
+        let database = server.database();
+        let dir = tempfile::tempdir().unwrap();
+        let pg = postgres::PgUsers::open(&database.storage(), dir.path())
+            .await
+            .unwrap();
+        let u = Users::open_pg(pg).await.unwrap();
+        u.add("sealed-user", "a long enough password", Role::Admin)
+            .await
+            .unwrap();
+        let (_, key) = u
+            .create_key("k", Role::Viewer, "sealed-user")
+            .await
+            .unwrap();
+        let hex_of = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+        let rows = server.psql_in(
+            &database.name,
+            "SELECT name, encode(hash, 'hex') FROM gateway.users",
+        );
+        assert!(rows.contains("sealed-user"), "{rows}");
+        assert!(
+            !rows.contains(&hex_of("$argon2")),
+            "a password hash in clear: {rows}"
+        );
+        let rows = server.psql_in(
+            &database.name,
+            "SELECT encode(hash, 'hex') FROM gateway.api_keys",
+        );
+        let digest = hex::encode(sha256(&key));
+        assert!(
+            !rows.contains(&hex_of(&digest)) && !rows.contains(&digest),
+            "a key digest in clear: {rows}"
+        );
     }
 }

@@ -305,7 +305,7 @@ async fn strangers_cannot_lock_the_admin_out_logout_ends_the_token_and_viewers_c
 
     // After a restart the gateway still knows where the owner logged in from: a new
     // attack from many addresses holds back new addresses, never the owner's.
-    let f = f.restart().await;
+    let f = Box::pin(f.restart()).await;
     let mut refused = false;
     for host in 30..=45u8 {
         for _ in 0..5 {
