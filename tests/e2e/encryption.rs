@@ -192,13 +192,14 @@ async fn no_plaintext_under_the_data_dir() {
 /// values never reach PostgreSQL's files in plaintext (the device and profile names, which
 /// queries select on, do: the search finds what is there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn core_data_and_core_keeper_on_postgresql_keep_values_sealed() {
+async fn core_data_core_keeper_and_core_metadata_on_postgresql_keep_values_sealed() {
     let pg = outpost_testkit::postgres::server();
     let db = pg.database();
     let node = Node::start(&format!(
-        "{}{}",
+        "{}{}{}",
         db.storage_toml("core_data"),
-        db.storage_toml("core_keeper")
+        db.storage_toml("core_keeper"),
+        db.storage_toml("core_metadata")
     ))
     .await;
     let device = "pg-canary-device-41d7";
@@ -254,6 +255,16 @@ async fn core_data_and_core_keeper_on_postgresql_keep_values_sealed() {
         &format!("SELECT count(*) FROM core_data.readings WHERE device = '{device}'"),
     );
     assert_eq!(rows.trim(), "80", "40 events of 2 readings");
+    // The device itself is core-metadata's row there, by name, its JSON sealed.
+    let rows = pg.psql_in(
+        &db.name,
+        &format!("SELECT count(*) FROM core_metadata.objects WHERE kind = 2 AND name = '{device}'"),
+    );
+    assert_eq!(
+        rows.trim(),
+        "1",
+        "the device in core-metadata's PostgreSQL rows"
+    );
     // The registry's rows: the node's services registered there, and their configuration
     // seeded (core-metadata's writable settings).
     let count = |sql: &str| pg.psql_in(&db.name, sql).trim().parse::<u64>().unwrap_or(0);

@@ -263,6 +263,30 @@ impl<C> Start<C> {
         self.db.clone().ok_or(StartError::NoStorage)
     }
 
+    /// The service's store on the backend `storage` names. PostgreSQL: `postgres` connects
+    /// and migrates (given the section and the secrets dir, where the values key is), and
+    /// the start is logged as keeping `what` there. Otherwise `sqlite` makes it of the
+    /// service's database (declared with [`Service::storage`] for that backend).
+    pub async fn store<T: ?Sized>(
+        &self,
+        storage: &crate::pg::StorageConfig,
+        what: &str,
+        postgres: impl AsyncFnOnce(
+            &crate::pg::StorageConfig,
+            &std::path::Path,
+        ) -> Result<Arc<T>, crate::pg::PgError>,
+        sqlite: impl FnOnce(Db) -> Arc<T>,
+    ) -> Result<Arc<T>, StartError> {
+        if !storage.is_postgres() {
+            return Ok(sqlite(self.db()?));
+        }
+        let store = postgres(storage, &self.ctx.secrets_dir())
+            .await
+            .map_err(StartError::other)?;
+        tracing::info!(url = %crate::pg::redact(&storage.url), "{what} are kept in PostgreSQL");
+        Ok(store)
+    }
+
     /// The base URL this instance registers with (`http://host:port`).
     pub fn own_url(&self) -> String {
         self.ctx.registration(self.addr.port()).base_url()

@@ -89,18 +89,14 @@ impl outpost_kit::Service for Cloud {
 
     async fn build(start: Start<Config>) -> Result<Parts, StartError> {
         let Start { ctx, cfg, .. } = &start;
-        let store: Arc<dyn store::Store> = if cfg.storage.is_postgres() {
-            let pg = postgres::PgStore::open(&cfg.storage, &ctx.secrets_dir())
-                .await
-                .map_err(StartError::other)?;
-            tracing::info!(
-                url = %outpost_kit::pg::redact(&cfg.storage.url),
-                "what edges send is kept in PostgreSQL"
-            );
-            Arc::new(pg)
-        } else {
-            Arc::new(sqlite::SqliteStore::new(start.db()?))
-        };
+        let store = start
+            .store::<dyn store::Store>(
+                &cfg.storage,
+                "what edges send (events, readings, alerts)",
+                async |c, secrets| Ok(Arc::new(postgres::PgStore::open(c, secrets).await?) as _),
+                |db| Arc::new(sqlite::SqliteStore::new(db)),
+            )
+            .await?;
         let admin_token = outpost_storage::load_or_create_token(&ctx.secrets_dir(), "cloud-admin")
             .map_err(StartError::other)?;
         let pki = outpost_pki::Paths::cloud(&ctx.data_dir);

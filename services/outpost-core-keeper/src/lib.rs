@@ -74,18 +74,14 @@ impl outpost_kit::Service for CoreKeeper {
     }
 
     async fn build(start: Start<Config>) -> Result<Parts, StartError> {
-        let store: Arc<dyn store::Store> = if start.cfg.storage.is_postgres() {
-            let pg = postgres::PgStore::open(&start.cfg.storage, &start.ctx.secrets_dir())
-                .await
-                .map_err(StartError::other)?;
-            tracing::info!(
-                url = %outpost_kit::pg::redact(&start.cfg.storage.url),
-                "registrations and key/values are kept in PostgreSQL"
-            );
-            Arc::new(pg)
-        } else {
-            Arc::new(store::SqliteStore::new(start.db()?))
-        };
+        let store = start
+            .store::<dyn store::Store>(
+                &start.cfg.storage,
+                "registrations and key/values",
+                async |c, secrets| Ok(Arc::new(postgres::PgStore::open(c, secrets).await?) as _),
+                |db| Arc::new(store::SqliteStore::new(db)),
+            )
+            .await?;
         let state = app(&start.cfg, store).await.map_err(StartError::other)?;
         let registry = Arc::clone(&state.registry);
         start

@@ -27,6 +27,9 @@ pub struct Config {
     pub full_system_event_details: bool,
     /// Timeout of the device service's `/validate/device` callback when a device is added.
     pub device_validation_timeout_ms: u64,
+    /// Where profiles, devices, device services and provision watchers are kept: the
+    /// service's SQLite database (the default), or PostgreSQL for several instances.
+    pub storage: outpost_kit::pg::StorageConfig,
 }
 
 impl Default for Config {
@@ -39,12 +42,16 @@ impl Default for Config {
             strict_profile_deletes: false,
             full_system_event_details: false,
             device_validation_timeout_ms: 2_000,
+            storage: outpost_kit::pg::StorageConfig::default(),
         }
     }
 }
 
 impl Validate for Config {
     fn validate(&self, p: &mut Problems) {
+        for problem in self.storage.problems() {
+            p.check(false, "core_metadata.storage", problem);
+        }
         if let Some(f) = &self.uom_file {
             p.check(
                 f.exists(),

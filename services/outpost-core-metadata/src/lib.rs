@@ -10,6 +10,7 @@ pub mod config;
 pub mod enrollment;
 pub mod events;
 pub mod identity;
+pub mod postgres;
 pub mod routes;
 pub mod secrets;
 pub mod service;
@@ -75,16 +76,26 @@ impl outpost_kit::Service for CoreMetadata {
         files.config_file(cfg.uom_file.as_deref());
         // Devices' certificates come from the node CA.
         files.node_ca();
-        Ok(())
+        cfg.storage.sandbox(files, SERVICE)
     }
 
-    fn storage(_: &Config) -> Option<Storage> {
+    fn storage(cfg: &Config) -> Option<Storage> {
+        if cfg.storage.is_postgres() {
+            return None;
+        }
         Some(Storage::new(store::MIGRATIONS, 2))
     }
 
     async fn build(start: Start<Config>) -> Result<Parts, StartError> {
         let Start { ctx, cfg, .. } = &start;
-        let store: Arc<dyn store::Store> = Arc::new(store::SqliteStore::new(start.db()?));
+        let store = start
+            .store::<dyn store::Store>(
+                &cfg.storage,
+                "profiles, devices, device services and provision watchers",
+                async |c, secrets| Ok(Arc::new(postgres::PgStore::open(c, secrets).await?) as _),
+                |db| Arc::new(store::SqliteStore::new(db)),
+            )
+            .await?;
         let uom = uom::load(cfg.uom_file.as_deref()).map_err(StartError::other)?;
         let link = outpost_bus::Link::start(ctx);
         let announcer = events::Announcer::start(

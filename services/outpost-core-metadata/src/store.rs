@@ -3,8 +3,8 @@
 //! Every object (profile, device, device service, provision watcher) is a document: its
 //! EdgeX JSON body plus the fields queries filter on (service, profile, parent,
 //! manufacturer, model, labels). [`Store`] is that document store; [`SqliteStore`] keeps it
-//! in one table of the service's encrypted database. A PostgreSQL store would map the same
-//! operations onto a `jsonb` table.
+//! in one table of the service's encrypted database, [`crate::postgres::PgStore`] in
+//! PostgreSQL with each body sealed.
 
 use outpost_storage::rusqlite::types::Value as SqlValue;
 use outpost_storage::rusqlite::{self, OptionalExtension as _, params, params_from_iter};
@@ -169,7 +169,7 @@ pub enum CertStatus {
 }
 
 impl CertStatus {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Active => "active",
             Self::Pending => "pending",
@@ -177,7 +177,7 @@ impl CertStatus {
         }
     }
 
-    fn parse(s: &str) -> Self {
+    pub(crate) fn parse(s: &str) -> Self {
         match s {
             "active" => Self::Active,
             "pending" => Self::Pending,

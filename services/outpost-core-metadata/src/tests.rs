@@ -3,6 +3,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use outpost_testkit::Drive;
+use outpost_testkit::postgres::Backend;
 use serde_json::{Value, json};
 
 use crate::config::Config;
@@ -11,20 +12,48 @@ use crate::routes::App;
 use crate::service::Metadata;
 use crate::store::{MIGRATIONS, SqliteStore, Store};
 
+outpost_testkit::on_both_backends!(
+    multi_status_reports_each_item,
+    malformed_bodies_are_400_and_change_nothing,
+    profiles_yaml_upload_queries_and_in_use_protection,
+    profile_resources_and_commands,
+    device_service_patch_by_id_keeps_its_name,
+    strict_profile_settings_lock_profiles_as_edgex_does,
+    device_updates_queries_and_hierarchy,
+    units_of_measure_validation,
+    provision_watchers,
+    device_services_validate_devices,
+    device_secrets,
+    every_batch_is_refused_whole_when_an_item_fails_its_own_validation,
+);
+
 struct Fixture {
-    _db: outpost_testkit::TempDb,
+    /// What keeps the store: a SQLite file, or the PostgreSQL store's values key.
+    _kept: (Option<outpost_testkit::TempDb>, Option<tempfile::TempDir>),
     app: Arc<App>,
 }
 
-fn fixture(cfg: Config) -> Fixture {
-    let db = outpost_testkit::temp_db("core-metadata", MIGRATIONS, 1);
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::new(db.db.clone()));
+/// The service's routes over a fresh store of backend `b`.
+async fn fixture(b: Backend, cfg: Config) -> Fixture {
+    let (store, kept): (Arc<dyn Store>, _) = match b {
+        Backend::Sqlite => {
+            let db = outpost_testkit::temp_db("core-metadata", MIGRATIONS, 1);
+            (Arc::new(SqliteStore::new(db.db.clone())), (Some(db), None))
+        }
+        Backend::Postgres => {
+            let keys = tempfile::tempdir().unwrap();
+            let pg = crate::postgres::PgStore::open(&b.storage(), keys.path())
+                .await
+                .unwrap();
+            (Arc::new(pg), (None, Some(keys)))
+        }
+    };
     let uom = crate::uom::load(None).unwrap();
     let app = Arc::new(App {
         md: Metadata::new(store, cfg, uom, Announcer::disabled()),
         max_result_count: 100,
     });
-    Fixture { _db: db, app }
+    Fixture { _kept: kept, app }
 }
 
 impl Drive for Fixture {
@@ -143,9 +172,8 @@ async fn seed(f: &Fixture) {
     assert_eq!(body[0]["statusCode"], 201, "{body}");
 }
 
-#[tokio::test]
-async fn multi_status_reports_each_item() {
-    let f = fixture(Config::default());
+async fn multi_status_reports_each_item(b: Backend) {
+    let f = fixture(b, Config::default()).await;
     seed(&f).await;
     let body = f
         .add_devices(&[
@@ -195,9 +223,8 @@ async fn multi_status_reports_each_item() {
     assert_eq!(all["devices"][0]["name"], "t1");
 }
 
-#[tokio::test]
-async fn malformed_bodies_are_400_and_change_nothing() {
-    let f = fixture(Config::default());
+async fn malformed_bodies_are_400_and_change_nothing(b: Backend) {
+    let f = fixture(b, Config::default()).await;
     seed(&f).await;
     for body in [
         "{not json",
@@ -219,9 +246,8 @@ async fn malformed_bodies_are_400_and_change_nothing() {
     assert_eq!(all["totalCount"], 1);
 }
 
-#[tokio::test]
-async fn profiles_yaml_upload_queries_and_in_use_protection() {
-    let f = fixture(Config::default());
+async fn profiles_yaml_upload_queries_and_in_use_protection(b: Backend) {
+    let f = fixture(b, Config::default()).await;
     seed(&f).await;
     // YAML upload of a second profile.
     let yaml = PROFILE_YAML
@@ -267,9 +293,8 @@ async fn profiles_yaml_upload_queries_and_in_use_protection() {
     }
 }
 
-#[tokio::test]
-async fn profile_resources_and_commands() {
-    let f = fixture(Config::default());
+async fn profile_resources_and_commands(b: Backend) {
+    let f = fixture(b, Config::default()).await;
     seed(&f).await;
     let reads_temperature =
         json!({"autoEvents": [{"interval": "10s", "sourceName": "Temperature"}]});
@@ -340,9 +365,8 @@ async fn profile_resources_and_commands() {
     assert_eq!(sp["description"], "target");
 }
 
-#[tokio::test]
-async fn device_service_patch_by_id_keeps_its_name() {
-    let f = fixture(Config::default());
+async fn device_service_patch_by_id_keeps_its_name(b: Backend) {
+    let f = fixture(b, Config::default()).await;
     seed(&f).await;
     let (_, r) = f
         .call("GET", "/api/v3/deviceservice/name/device-virtual", None)
@@ -365,13 +389,16 @@ async fn device_service_patch_by_id_keeps_its_name() {
     assert_eq!(r["service"]["description"], "y");
 }
 
-#[tokio::test]
-async fn strict_profile_settings_lock_profiles_as_edgex_does() {
-    let f = fixture(Config {
-        strict_profile_changes: true,
-        strict_profile_deletes: true,
-        ..Config::default()
-    });
+async fn strict_profile_settings_lock_profiles_as_edgex_does(b: Backend) {
+    let f = fixture(
+        b,
+        Config {
+            strict_profile_changes: true,
+            strict_profile_deletes: true,
+            ..Config::default()
+        },
+    )
+    .await;
     seed(&f).await;
     let profile = "/api/v3/deviceprofile/name/Thermostat";
     let (_, p) = f.call("GET", profile, None).await;
@@ -403,9 +430,8 @@ async fn strict_profile_settings_lock_profiles_as_edgex_does() {
     assert_eq!(statuses(&r), [201], "{r}");
 }
 
-#[tokio::test]
-async fn device_updates_queries_and_hierarchy() {
-    let f = fixture(Config::default());
+async fn device_updates_queries_and_hierarchy(b: Backend) {
+    let f = fixture(b, Config::default()).await;
     seed(&f).await;
     f.add_devices(&[
         device_req("gw", "Thermostat", json!({"labels": ["gateway"]})),
@@ -475,12 +501,15 @@ async fn device_updates_queries_and_hierarchy() {
     assert_eq!(r["device"]["description"], "forced");
 }
 
-#[tokio::test]
-async fn units_of_measure_validation() {
-    let f = fixture(Config {
-        uom_validation: true,
-        ..Config::default()
-    });
+async fn units_of_measure_validation(b: Backend) {
+    let f = fixture(
+        b,
+        Config {
+            uom_validation: true,
+            ..Config::default()
+        },
+    )
+    .await;
     let mut odd = profile_json("Odd");
     odd["deviceResources"][0]["properties"]["units"] = json!("furlongs");
     let add = async |profile: Value| {
@@ -503,9 +532,8 @@ async fn units_of_measure_validation() {
     );
 }
 
-#[tokio::test]
-async fn provision_watchers() {
-    let f = fixture(Config::default());
+async fn provision_watchers(b: Backend) {
+    let f = fixture(b, Config::default()).await;
     seed(&f).await;
     let (_, r) = f
         .call(
@@ -591,9 +619,8 @@ async fn validating_service() -> (String, tokio::task::JoinHandle<()>) {
     (format!("http://{addr}"), task)
 }
 
-#[tokio::test]
-async fn device_services_validate_devices() {
-    let f = fixture(Config::default());
+async fn device_services_validate_devices(b: Backend) {
+    let f = fixture(b, Config::default()).await;
     seed(&f).await;
     let (base, server) = validating_service().await;
     let mut svc = service_req("device-checked");
@@ -645,9 +672,8 @@ async fn device_services_validate_devices() {
     assert_eq!(body[0]["statusCode"], 201, "{body}");
 }
 
-#[tokio::test]
-async fn device_secrets() {
-    let f = fixture(Config::default());
+async fn device_secrets(b: Backend) {
+    let f = fixture(b, Config::default()).await;
     seed(&f).await;
     let body = f.add_devices(&[thermostat("press-7")]).await;
     assert_eq!(body[0]["statusCode"], 201, "{body}");
@@ -721,9 +747,8 @@ async fn device_secrets() {
     assert_eq!(f.auth("press-7", next).await.0, StatusCode::UNAUTHORIZED);
 }
 
-#[tokio::test]
-async fn every_batch_is_refused_whole_when_an_item_fails_its_own_validation() {
-    let f = fixture(Config::default());
+async fn every_batch_is_refused_whole_when_an_item_fails_its_own_validation(b: Backend) {
+    let f = fixture(b, Config::default()).await;
     seed(&f).await;
     let good_patch =
         json!({"apiVersion": "v3", "service": {"name": "device-virtual", "description": "x"}});
@@ -788,5 +813,69 @@ async fn every_batch_is_refused_whole_when_an_item_fails_its_own_validation() {
     assert_ne!(
         r["service"]["description"], "x",
         "the valid item was not applied"
+    );
+}
+
+/// On PostgreSQL an object's JSON (a device's protocol properties among it) and a device
+/// credential reach the rows sealed; what queries select on does not.
+#[tokio::test]
+async fn objects_and_device_credentials_reach_postgresql_sealed() {
+    let server = outpost_testkit::postgres::server();
+    let database = server.database();
+    let keys = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        crate::postgres::PgStore::open(&database.storage(), keys.path())
+            .await
+            .unwrap(),
+    );
+    let app = Arc::new(App {
+        md: Metadata::new(
+            store,
+            Config::default(),
+            crate::uom::load(None).unwrap(),
+            Announcer::disabled(),
+        ),
+        max_result_count: 100,
+    });
+    let f = Fixture {
+        _kept: (None, Some(keys)),
+        app,
+    };
+    seed(&f).await;
+    let canary = device_req(
+        "sealed-dev",
+        "Thermostat",
+        json!({"protocols": {"other": {"Address": "canary-plc-5e91.example"}}}),
+    );
+    let body = f.add_devices(&[canary]).await;
+    assert_eq!(body[0]["statusCode"], 201, "{body}");
+    f.expect(
+        "PUT",
+        "/api/v3/device/name/sealed-dev/secret",
+        Some(json!({"apiVersion": "v3", "secret": "canary-secret-77aa"})),
+        StatusCode::OK,
+    )
+    .await;
+    let hex_of = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    let rows = server.psql_in(
+        &database.name,
+        "SELECT name, service, encode(body, 'hex') FROM core_metadata.objects",
+    );
+    assert!(
+        rows.contains("sealed-dev") && rows.contains("device-virtual"),
+        "{rows}"
+    );
+    assert!(
+        !rows.contains(&hex_of("canary-plc-5e91")),
+        "protocol properties in clear: {rows}"
+    );
+    let rows = server.psql_in(
+        &database.name,
+        "SELECT device_id, encode(sealed, 'hex') FROM core_metadata.device_secrets",
+    );
+    assert_eq!(rows.lines().count(), 1, "{rows}");
+    assert_eq!(
+        f.auth("sealed-dev", "canary-secret-77aa").await.0,
+        StatusCode::OK
     );
 }

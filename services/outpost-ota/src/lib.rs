@@ -87,18 +87,14 @@ impl outpost_kit::Service for Ota {
             .collect::<Result<Vec<_>, _>>()?;
         let master = outpost_storage::load_or_create_secret(&ctx.secrets_dir().join("ota.key"))
             .map_err(StartError::other)?;
-        let store: Arc<dyn store::Store> = if cfg.storage.is_postgres() {
-            let pg = postgres::PgStore::open(&cfg.storage, &ctx.secrets_dir())
-                .await
-                .map_err(StartError::other)?;
-            tracing::info!(
-                url = %outpost_kit::pg::redact(&cfg.storage.url),
-                "artifacts, rollouts and the inventory are kept in PostgreSQL"
-            );
-            Arc::new(pg)
-        } else {
-            Arc::new(sqlite::SqliteStore::new(start.db()?))
-        };
+        let store = start
+            .store::<dyn store::Store>(
+                &cfg.storage,
+                "artifacts, rollouts and the inventory",
+                async |c, secrets| Ok(Arc::new(postgres::PgStore::open(c, secrets).await?) as _),
+                |db| Arc::new(sqlite::SqliteStore::new(db)),
+            )
+            .await?;
         tracing::info!(keys = ?keys.iter().map(PublicKey::id).collect::<Vec<_>>(), "trusted signing keys");
         let artifacts = Arc::new(
             artifacts::Artifacts::open(

@@ -91,18 +91,14 @@ impl outpost_kit::Service for SupportNotifications {
 
     async fn build(start: Start<Config>) -> Result<Parts, StartError> {
         let Start { ctx, cfg, .. } = &start;
-        let store: Arc<dyn store::NotificationStore> = if cfg.storage.is_postgres() {
-            let pg = postgres::PgStore::open(&cfg.storage, &ctx.secrets_dir())
-                .await
-                .map_err(StartError::other)?;
-            tracing::info!(
-                url = %outpost_kit::pg::redact(&cfg.storage.url),
-                "notifications, subscriptions and transmissions are kept in PostgreSQL"
-            );
-            Arc::new(pg)
-        } else {
-            Arc::new(store::SqliteStore::new(start.db()?))
-        };
+        let store = start
+            .store::<dyn store::NotificationStore>(
+                &cfg.storage,
+                "notifications, subscriptions and transmissions",
+                async |c, secrets| Ok(Arc::new(postgres::PgStore::open(c, secrets).await?) as _),
+                |db| Arc::new(store::SqliteStore::new(db)),
+            )
+            .await?;
         let senders = send::Senders::new(cfg, Arc::clone(&store)).map_err(StartError::other)?;
         let defaults = deliver::Resend {
             limit: cfg.resend_limit,

@@ -66,18 +66,14 @@ impl outpost_kit::Service for SupportScheduler {
 
     async fn build(start: Start<Config>) -> Result<Parts, StartError> {
         let Start { ctx, cfg, .. } = &start;
-        let store: Arc<dyn store::SchedulerStore> = if cfg.storage.is_postgres() {
-            let pg = postgres::PgStore::open(&cfg.storage, &ctx.secrets_dir())
-                .await
-                .map_err(StartError::other)?;
-            tracing::info!(
-                url = %outpost_kit::pg::redact(&cfg.storage.url),
-                "jobs, records and secrets are kept in PostgreSQL"
-            );
-            Arc::new(pg)
-        } else {
-            Arc::new(store::SqliteStore::new(start.db()?))
-        };
+        let store = start
+            .store::<dyn store::SchedulerStore>(
+                &cfg.storage,
+                "jobs, records and secrets",
+                async |c, secrets| Ok(Arc::new(postgres::PgStore::open(c, secrets).await?) as _),
+                |db| Arc::new(store::SqliteStore::new(db)),
+            )
+            .await?;
         let timeout = Duration::from_millis(cfg.action_timeout_ms);
         let runner = actions::Runner::new(
             ServiceClient::new(ctx.registry.clone(), timeout),
