@@ -9,7 +9,9 @@
 //! fingerprints, which certificates are looked up by.
 //!
 //! Every answer comes from the database, so instances need nothing of each other: each
-//! announces its own changes on the bus as one instance does.
+//! announces its own changes on the bus as one instance does. The walk down a device's
+//! descendants stops at a cycle (`CYCLE`, PostgreSQL 14 or later), which instances
+//! changing parents at the same moment could make.
 
 use outpost_kit::pg::{self, Migration, StorageConfig, tokio_postgres};
 
@@ -122,6 +124,19 @@ fn filter(kind: Kind, f: &Filter) -> pg::Filter {
     let mut w = pg::Filter::default();
     let k = w.arg(code(kind));
     w.and(format!("kind = {k}"));
+    // No column holds a NUL (PostgreSQL's text cannot): a value with one selects nothing.
+    let given = [&f.service, &f.profile, &f.manufacturer, &f.model];
+    if given
+        .iter()
+        .any(|v| v.as_deref().is_some_and(|v| v.contains('\0')))
+        || f.labels.iter().any(|l| l.contains('\0'))
+        || f.descendants_of
+            .as_ref()
+            .is_some_and(|(r, _)| r.contains('\0'))
+    {
+        w.and("FALSE".into());
+        return w;
+    }
     w.eq("service", f.service.clone());
     w.eq("profile", f.profile.clone());
     w.eq("manufacturer", f.manufacturer.clone());
@@ -139,7 +154,8 @@ fn filter(kind: Kind, f: &Filter) -> pg::Filter {
                     UNION ALL
                     SELECT o.name, t.lvl + 1 FROM objects o JOIN tree t ON o.parent = t.name
                     WHERE o.kind = {k} AND ({levels}::bigint = 0 OR t.lvl < {levels}::bigint)
-                ) SELECT name FROM tree)"
+                ) CYCLE name SET is_cycle USING path
+                SELECT name FROM tree)"
         ));
     }
     w

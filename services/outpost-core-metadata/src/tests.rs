@@ -25,6 +25,7 @@ outpost_testkit::on_both_backends!(
     device_services_validate_devices,
     device_secrets,
     every_batch_is_refused_whole_when_an_item_fails_its_own_validation,
+    a_deleted_devices_credential_and_unrevoked_certificates_go_with_it,
 );
 
 struct Fixture {
@@ -33,9 +34,14 @@ struct Fixture {
     app: Arc<App>,
 }
 
-/// The service's routes over a fresh store of backend `b`.
-async fn fixture(b: Backend, cfg: Config) -> Fixture {
-    let (store, kept): (Arc<dyn Store>, _) = match b {
+/// A fresh store of backend `b`, and what keeps it.
+async fn store_of(
+    b: Backend,
+) -> (
+    Arc<dyn Store>,
+    (Option<outpost_testkit::TempDb>, Option<tempfile::TempDir>),
+) {
+    match b {
         Backend::Sqlite => {
             let db = outpost_testkit::temp_db("core-metadata", MIGRATIONS, 1);
             (Arc::new(SqliteStore::new(db.db.clone())), (Some(db), None))
@@ -47,7 +53,12 @@ async fn fixture(b: Backend, cfg: Config) -> Fixture {
                 .unwrap();
             (Arc::new(pg), (None, Some(keys)))
         }
-    };
+    }
+}
+
+/// The service's routes over a fresh store of backend `b`.
+async fn fixture(b: Backend, cfg: Config) -> Fixture {
+    let (store, kept) = store_of(b).await;
     let uom = crate::uom::load(None).unwrap();
     let app = Arc::new(App {
         md: Metadata::new(store, cfg, uom, Announcer::disabled()),
@@ -877,5 +888,76 @@ async fn objects_and_device_credentials_reach_postgresql_sealed() {
     assert_eq!(
         f.auth("sealed-dev", "canary-secret-77aa").await.0,
         StatusCode::OK
+    );
+}
+
+/// Deleting a device takes its credential and its certificates with it, but a revoked
+/// certificate stays on record (it must not enroll the device again).
+async fn a_deleted_devices_credential_and_unrevoked_certificates_go_with_it(b: Backend) {
+    use crate::store::{CertIssuer, CertRecord, CertStatus, Doc, Kind, StoredSecret};
+    let (store, _kept) = store_of(b).await;
+    let doc = Doc {
+        id: "dev-id-1".into(),
+        name: "dev-1".into(),
+        modified: 1,
+        refs: crate::store::Refs::default(),
+        body: "{}".into(),
+    };
+    store.insert(Kind::Device, doc).await.unwrap();
+    let secret = StoredSecret {
+        salt: vec![1; 16],
+        hash: vec![2; 32],
+    };
+    store
+        .set_secret("dev-id-1", Some(secret.clone()))
+        .await
+        .unwrap();
+    assert_eq!(store.secret("dev-id-1").await.unwrap(), Some(secret));
+    let cert = |fp: &str, status| CertRecord {
+        fingerprint: fp.into(),
+        issuer: CertIssuer::Node,
+        status,
+        not_after: 2_000_000_000,
+        created: 1,
+    };
+    store
+        .put_cert("dev-id-1", cert("fp-active", CertStatus::Active))
+        .await
+        .unwrap();
+    store
+        .put_cert("dev-id-1", cert("fp-revoked", CertStatus::Active))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .set_cert_status("dev-id-1", Some(CertStatus::Active), CertStatus::Revoked)
+            .await
+            .unwrap(),
+        2
+    );
+    store
+        .set_cert_status("dev-id-1", None, CertStatus::Active)
+        .await
+        .unwrap();
+    store
+        .put_cert("dev-id-1", cert("fp-revoked", CertStatus::Revoked))
+        .await
+        .unwrap();
+    assert_eq!(store.certs("dev-id-1").await.unwrap().len(), 2);
+    assert!(store.delete(Kind::Device, "dev-1").await.unwrap());
+    assert_eq!(store.secret("dev-id-1").await.unwrap(), None);
+    assert_eq!(
+        store.cert_by_fingerprint("fp-active").await.unwrap(),
+        None,
+        "an unrevoked certificate outlived its device"
+    );
+    let (device, kept) = store
+        .cert_by_fingerprint("fp-revoked")
+        .await
+        .unwrap()
+        .expect("a revoked certificate stays on record");
+    assert_eq!(
+        (device.as_str(), kept.status),
+        ("dev-id-1", CertStatus::Revoked)
     );
 }

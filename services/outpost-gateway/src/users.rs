@@ -189,7 +189,16 @@ pub struct Users {
     store: Store,
     state: Arc<Mutex<State>>,
     dummy_hash: Arc<str>,
+    /// Changes this instance made to its memory: a reload that read the store while one
+    /// was made does not replace memory with what it read (it reads again).
+    local_changes: Arc<std::sync::atomic::AtomicU64>,
+    /// When this instance's memory last matched the store (a shared store's reloads).
+    synced: Arc<Mutex<std::time::Instant>>,
 }
+
+/// How long a gateway sharing its store may go without reloading before its health says
+/// it may be answering with what other instances already ended.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub fn now_s() -> i64 {
     std::time::SystemTime::now()
@@ -257,7 +266,12 @@ fn check_password(password: &str) -> Result<(), UserError> {
 fn token_id<'a>(token: &'a str, prefix: &str) -> Option<&'a str> {
     let rest = token.strip_prefix(prefix)?;
     let (id, secret) = rest.split_once('_')?;
-    (!id.is_empty() && id.len() <= 32 && !secret.is_empty()).then_some(id)
+    // IDs are hex (made by this module); anything else is no token of ours.
+    (!id.is_empty()
+        && id.len() <= 32
+        && id.bytes().all(|b| b.is_ascii_hexdigit())
+        && !secret.is_empty())
+    .then_some(id)
 }
 
 impl Users {
@@ -281,6 +295,8 @@ impl Users {
             store,
             state: Arc::new(Mutex::new(state)),
             dummy_hash: dummy.into(),
+            local_changes: Arc::default(),
+            synced: Arc::new(Mutex::new(std::time::Instant::now())),
         })
     }
 
@@ -306,23 +322,50 @@ impl Users {
                 }
             };
             if seen == Some(version) {
+                *self.lock_synced() = std::time::Instant::now();
                 continue;
             }
+            let before = self.local_changes.load(std::sync::atomic::Ordering::SeqCst);
             match pg.load(now_s()).await {
                 Ok(state) => {
-                    *self.state() = state;
+                    let mut memory = self.state();
+                    // A change of this instance's own landed meanwhile: what was read may
+                    // lack it. Read again next time rather than undo it.
+                    if self.local_changes.load(std::sync::atomic::Ordering::SeqCst) != before {
+                        continue;
+                    }
+                    *memory = state;
+                    drop(memory);
                     seen = Some(version);
+                    *self.lock_synced() = std::time::Instant::now();
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot load the users' changes"),
             }
         }
     }
 
-    /// Whether the store answers (the health check of a store shared in PostgreSQL).
+    fn lock_synced(&self) -> std::sync::MutexGuard<'_, std::time::Instant> {
+        self.synced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the store answers and, when shared, this instance's memory follows it (the
+    /// health check of a store in PostgreSQL).
     pub async fn reachable(&self) -> Result<(), UserError> {
         match &self.store {
             Store::Sqlite(_) => Ok(()),
-            Store::Postgres(pg) => pg.version().await.map(|_| ()),
+            Store::Postgres(pg) => {
+                pg.version().await?;
+                let behind = self.lock_synced().elapsed();
+                if behind > STALE_AFTER {
+                    return Err(UserError::Storage(StorageError::Task(format!(
+                        "the users were last reloaded {}s ago",
+                        behind.as_secs()
+                    ))));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -407,6 +450,14 @@ impl Users {
         .await
     }
 
+    /// The memory, to change it: counted, so a reload running meanwhile does not undo it.
+    fn state_mut(&self) -> std::sync::MutexGuard<'_, State> {
+        let st = self.state();
+        self.local_changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        st
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state
             .lock()
@@ -436,7 +487,12 @@ impl Users {
                 p
             }
         };
-        self.add("admin", &password, Role::Admin).await?;
+        match self.add("admin", &password, Role::Admin).await {
+            Ok(()) => {}
+            // Another gateway on the same store made the first user meanwhile.
+            Err(UserError::Exists(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
         tracing::info!(file = %path.display(), "created user 'admin'; its password is in the file");
         Ok(true)
     }
@@ -461,7 +517,7 @@ impl Users {
             Store::Sqlite(db) => db,
             Store::Postgres(pg) => {
                 pg.add_user(name, &hash, role, now).await?;
-                self.state().users.insert(
+                self.state_mut().users.insert(
                     n,
                     User {
                         hash,
@@ -487,7 +543,7 @@ impl Users {
                 })
             })
             .await?;
-        self.state().users.insert(
+        self.state_mut().users.insert(
             name.to_string(),
             User {
                 hash,
@@ -547,7 +603,7 @@ impl Users {
                 .await?
             }
         }
-        let mut st = self.state();
+        let mut st = self.state_mut();
         st.users.remove(name);
         st.known.remove(name);
         for k in st.keys.values_mut().filter(|k| k.owner == name) {
@@ -585,7 +641,7 @@ impl Users {
                 .await?
             }
         }
-        if let Some(u) = self.state().users.get_mut(name) {
+        if let Some(u) = self.state_mut().users.get_mut(name) {
             u.hash = hash;
             u.valid_after = valid_after;
         }
@@ -718,7 +774,7 @@ impl Users {
     pub async fn revoke_access(&self, jti: &str, expires: i64) -> Result<(), UserError> {
         let now = now_s();
         {
-            let mut st = self.state();
+            let mut st = self.state_mut();
             st.revoked.retain(|_, e| *e > now);
             st.revoked.insert(jti.to_string(), expires);
         }
@@ -754,7 +810,7 @@ impl Users {
     /// [`KNOWN_ADDRESSES`] is forgotten.
     pub async fn remember_address(&self, user: &str, ip: IpAddr) -> Result<(), UserError> {
         let forgotten = {
-            let mut st = self.state();
+            let mut st = self.state_mut();
             let addrs = st.known.entry(user.to_string()).or_default();
             addrs.retain(|a| *a != ip);
             addrs.push(ip);
@@ -850,7 +906,7 @@ impl Users {
             })
             .await?,
         }
-        self.state().keys.insert(id, info.clone());
+        self.state_mut().keys.insert(id, info.clone());
         Ok((info, key))
     }
 
@@ -878,7 +934,7 @@ impl Users {
                 .await?
             }
         }
-        if let Some(k) = self.state().keys.get_mut(id) {
+        if let Some(k) = self.state_mut().keys.get_mut(id) {
             k.revoked.get_or_insert(now);
         }
         Ok(())

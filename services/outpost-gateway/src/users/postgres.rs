@@ -7,14 +7,16 @@
 //! Refresh tokens are kept by the SHA-256 of 32 random bytes, which no guess reaches.
 //!
 //! Every instance answers from its memory (users, keys, ended access tokens, known login
-//! addresses) and follows the others' changes by a version row that a trigger moves with
-//! every change, checked every [`FOLLOW_EVERY`]: a user removed or an access token ended
-//! on one instance is refused by the others within that time.
+//! addresses) and follows the others' changes by a version row that triggers move with
+//! every changed row, checked every [`FOLLOW_EVERY`]: a user removed or an access token
+//! ended on one instance is refused by the others within that time. Every write takes the
+//! version row first, so writes of several instances queue in one order and never
+//! deadlock. A row that does not open (another key, or moved) is left out with a warning.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use outpost_kit::pg::{self, Migration, StorageConfig};
+use outpost_kit::pg::{self, Migration, StorageConfig, tokio_postgres};
 
 use super::{ApiKeyInfo, Role, State, User, UserError};
 
@@ -69,15 +71,20 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
                   UPDATE version SET n = n + 1;
                   RETURN NULL;
               END $$;
+          -- Per row: a statement that changes nothing moves nothing. A known address seen
+          -- again (its time updated) is no change to what the gateways answer.
           CREATE TRIGGER users_changed AFTER INSERT OR UPDATE OR DELETE ON users
-              FOR EACH STATEMENT EXECUTE FUNCTION bump_version();
+              FOR EACH ROW EXECUTE FUNCTION bump_version();
           CREATE TRIGGER keys_changed AFTER INSERT OR UPDATE OR DELETE ON api_keys
-              FOR EACH STATEMENT EXECUTE FUNCTION bump_version();
-          CREATE TRIGGER revoked_changed AFTER INSERT OR UPDATE OR DELETE ON revoked_tokens
-              FOR EACH STATEMENT EXECUTE FUNCTION bump_version();
-          CREATE TRIGGER addresses_changed AFTER INSERT OR UPDATE OR DELETE ON login_addresses
-              FOR EACH STATEMENT EXECUTE FUNCTION bump_version();",
+              FOR EACH ROW EXECUTE FUNCTION bump_version();
+          CREATE TRIGGER revoked_changed AFTER INSERT OR DELETE ON revoked_tokens
+              FOR EACH ROW EXECUTE FUNCTION bump_version();
+          CREATE TRIGGER addresses_changed AFTER INSERT OR DELETE ON login_addresses
+              FOR EACH ROW EXECUTE FUNCTION bump_version();",
 }];
+
+/// One statement of a write and its parameters.
+type Statement<'a> = (&'a str, &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)]);
 
 /// The gateway's users in PostgreSQL.
 pub struct PgUsers {
@@ -118,7 +125,10 @@ impl PgUsers {
             .await?
         {
             let name: String = r.get(0);
-            let hash = self.open_text(&user_aad(&name), r.get(1))?;
+            let Some(hash) = self.open_text(&user_aad(&name), r.get(1)) else {
+                tracing::warn!(user = %name, "a user's row does not open with this key: left out");
+                continue;
+            };
             let role: String = r.get(2);
             st.users.insert(
                 name,
@@ -139,7 +149,10 @@ impl PgUsers {
             .await?
         {
             let id: String = r.get(0);
-            let digest = self.open_text(&key_aad(&id), r.get(4))?;
+            let Some(digest) = self.open_text(&key_aad(&id), r.get(4)) else {
+                tracing::warn!(key = %id, "an API key's row does not open with this key: left out");
+                continue;
+            };
             let mut hash = [0u8; 32];
             if hex::decode_to_slice(&digest, &mut hash).is_err() {
                 continue;
@@ -185,9 +198,24 @@ impl PgUsers {
         Ok(st)
     }
 
-    fn open_text(&self, aad: &[u8], sealed: &[u8]) -> Result<String, UserError> {
-        let plain = self.db.sealer.open(aad, sealed).map_err(pg::task)?;
-        String::from_utf8(plain).map_err(|e| UserError::Storage(pg::task(e)))
+    fn open_text(&self, aad: &[u8], sealed: &[u8]) -> Option<String> {
+        String::from_utf8(self.db.sealer.open(aad, sealed).ok()?).ok()
+    }
+
+    /// Runs `statements` in one transaction that takes the version row first: every write
+    /// of every instance does, so writes queue in one order. The rows each changed.
+    async fn transact(&self, statements: &[Statement<'_>]) -> Result<Vec<u64>, UserError> {
+        let mut client = self.db.storage_client().await?;
+        let tx = client.transaction().await.map_err(pg::task)?;
+        tx.execute("SELECT n FROM version FOR UPDATE", &[])
+            .await
+            .map_err(pg::task)?;
+        let mut changed = Vec::with_capacity(statements.len());
+        for (sql, params) in statements {
+            changed.push(tx.execute(*sql, params).await.map_err(pg::task)?);
+        }
+        tx.commit().await.map_err(pg::task)?;
+        Ok(changed)
     }
 
     pub async fn add_user(
@@ -199,14 +227,13 @@ impl PgUsers {
     ) -> Result<(), UserError> {
         let sealed = self.db.sealer.seal(&user_aad(name), hash.as_bytes());
         let n = self
-            .db
-            .execute(
+            .transact(&[(
                 "INSERT INTO users (name, hash, role, created, valid_after)
                  VALUES ($1, $2, $3, $4, 0) ON CONFLICT DO NOTHING",
                 &[&name, &sealed, &role.as_str(), &now],
-            )
+            )])
             .await?;
-        if n == 0 {
+        if n.first() == Some(&0) {
             return Err(UserError::Exists(format!("user {name}")));
         }
         Ok(())
@@ -214,22 +241,16 @@ impl PgUsers {
 
     /// Removes a user, their refresh tokens and login addresses, and revokes their keys.
     pub async fn remove_user(&self, name: &str, now: i64) -> Result<(), UserError> {
-        let mut client = self.db.storage_client().await?;
-        let tx = client.transaction().await.map_err(pg::task)?;
-        for sql in [
-            "DELETE FROM users WHERE name = $1",
-            "DELETE FROM refresh_tokens WHERE username = $1",
-            "DELETE FROM login_addresses WHERE username = $1",
-        ] {
-            tx.execute(sql, &[&name]).await.map_err(pg::task)?;
-        }
-        tx.execute(
-            "UPDATE api_keys SET revoked = $2 WHERE owner = $1 AND revoked IS NULL",
-            &[&name, &now],
-        )
-        .await
-        .map_err(pg::task)?;
-        tx.commit().await.map_err(pg::task)?;
+        self.transact(&[
+            ("DELETE FROM users WHERE name = $1", &[&name]),
+            ("DELETE FROM refresh_tokens WHERE username = $1", &[&name]),
+            ("DELETE FROM login_addresses WHERE username = $1", &[&name]),
+            (
+                "UPDATE api_keys SET revoked = $2 WHERE owner = $1 AND revoked IS NULL",
+                &[&name, &now],
+            ),
+        ])
+        .await?;
         Ok(())
     }
 
@@ -241,18 +262,14 @@ impl PgUsers {
         valid_after: i64,
     ) -> Result<(), UserError> {
         let sealed = self.db.sealer.seal(&user_aad(name), hash.as_bytes());
-        let mut client = self.db.storage_client().await?;
-        let tx = client.transaction().await.map_err(pg::task)?;
-        tx.execute(
-            "UPDATE users SET hash = $2, valid_after = $3 WHERE name = $1",
-            &[&name, &sealed, &valid_after],
-        )
-        .await
-        .map_err(pg::task)?;
-        tx.execute("DELETE FROM refresh_tokens WHERE username = $1", &[&name])
-            .await
-            .map_err(pg::task)?;
-        tx.commit().await.map_err(pg::task)?;
+        self.transact(&[
+            (
+                "UPDATE users SET hash = $2, valid_after = $3 WHERE name = $1",
+                &[&name, &sealed, &valid_after],
+            ),
+            ("DELETE FROM refresh_tokens WHERE username = $1", &[&name]),
+        ])
+        .await?;
         Ok(())
     }
 
@@ -332,16 +349,15 @@ impl PgUsers {
     }
 
     pub async fn revoke_access(&self, jti: &str, expires: i64, now: i64) -> Result<(), UserError> {
-        self.db
-            .execute("DELETE FROM revoked_tokens WHERE expires <= $1", &[&now])
-            .await?;
-        self.db
-            .execute(
+        self.transact(&[
+            ("DELETE FROM revoked_tokens WHERE expires <= $1", &[&now]),
+            (
                 "INSERT INTO revoked_tokens (jti, expires) VALUES ($1, $2)
                  ON CONFLICT (jti) DO UPDATE SET expires = EXCLUDED.expires",
                 &[&jti, &expires],
-            )
-            .await?;
+            ),
+        ])
+        .await?;
         Ok(())
     }
 
@@ -353,24 +369,21 @@ impl PgUsers {
         now: i64,
         forgotten: &[IpAddr],
     ) -> Result<(), UserError> {
-        let mut client = self.db.storage_client().await?;
-        let tx = client.transaction().await.map_err(pg::task)?;
-        tx.execute(
-            "INSERT INTO login_addresses (username, address, last)
-             SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM users WHERE name = $1)
-             ON CONFLICT (username, address) DO UPDATE SET last = EXCLUDED.last",
-            &[&user, &ip.to_string(), &now],
-        )
-        .await
-        .map_err(pg::task)?;
+        let ip = ip.to_string();
         let old: Vec<String> = forgotten.iter().map(ToString::to_string).collect();
-        tx.execute(
-            "DELETE FROM login_addresses WHERE username = $1 AND address = ANY($2)",
-            &[&user, &old],
-        )
-        .await
-        .map_err(pg::task)?;
-        tx.commit().await.map_err(pg::task)?;
+        self.transact(&[
+            (
+                "INSERT INTO login_addresses (username, address, last)
+                 SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM users WHERE name = $1)
+                 ON CONFLICT (username, address) DO UPDATE SET last = EXCLUDED.last",
+                &[&user, &ip, &now],
+            ),
+            (
+                "DELETE FROM login_addresses WHERE username = $1 AND address = ANY($2)",
+                &[&user, &old],
+            ),
+        ])
+        .await?;
         Ok(())
     }
 
@@ -379,30 +392,28 @@ impl PgUsers {
             .db
             .sealer
             .seal(&key_aad(&k.id), hex::encode(k.hash).as_bytes());
-        self.db
-            .execute(
-                "INSERT INTO api_keys (id, name, role, owner, hash, created)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-                &[
-                    &k.id,
-                    &k.name,
-                    &k.role.as_str(),
-                    &k.owner,
-                    &sealed,
-                    &k.created,
-                ],
-            )
-            .await?;
+        self.transact(&[(
+            "INSERT INTO api_keys (id, name, role, owner, hash, created)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &k.id,
+                &k.name,
+                &k.role.as_str(),
+                &k.owner,
+                &sealed,
+                &k.created,
+            ],
+        )])
+        .await?;
         Ok(())
     }
 
     pub async fn revoke_key(&self, id: &str, now: i64) -> Result<(), UserError> {
-        self.db
-            .execute(
-                "UPDATE api_keys SET revoked = $2 WHERE id = $1 AND revoked IS NULL",
-                &[&id, &now],
-            )
-            .await?;
+        self.transact(&[(
+            "UPDATE api_keys SET revoked = $2 WHERE id = $1 AND revoked IS NULL",
+            &[&id, &now],
+        )])
+        .await?;
         Ok(())
     }
 }
