@@ -344,6 +344,23 @@ impl Database {
             .map_err(task)
     }
 
+    /// The row `sql` (one parameter, `$1`) selects for `key`, if any. A key holding a NUL
+    /// selects nothing: no text column can hold one.
+    pub async fn row_by(
+        &self,
+        sql: &str,
+        key: &str,
+    ) -> Result<Option<tokio_postgres::Row>, outpost_storage::StorageError> {
+        if key.contains('\0') {
+            return Ok(None);
+        }
+        self.storage_client()
+            .await?
+            .query_opt(sql, &[&key])
+            .await
+            .map_err(task)
+    }
+
     /// Runs one query on a connection from the pool: its rows.
     pub async fn query(
         &self,

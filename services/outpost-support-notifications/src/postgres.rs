@@ -155,20 +155,13 @@ impl PgStore {
         key: &str,
         extra: &str,
     ) -> Result<Option<T>, StoreError> {
-        // No name or id holds a NUL (PostgreSQL's text cannot): none such is found.
-        if key.contains('\0') {
-            return Ok(None);
-        }
         let row = self
             .db
-            .storage_client()
-            .await?
-            .query_opt(
+            .row_by(
                 &format!("SELECT id, body FROM {table} WHERE {column} = $1 {extra}"),
-                &[&key],
+                key,
             )
-            .await
-            .map_err(pg::task)?;
+            .await?;
         row.map(|r| self.open_body(table, r.get(0), r.get(1)))
             .transpose()
     }

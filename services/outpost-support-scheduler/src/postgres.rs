@@ -93,20 +93,13 @@ impl PgStore {
     }
 
     async fn one(&self, column: &'static str, key: &str) -> Result<Option<StoredJob>, StoreError> {
-        // No name or id holds a NUL (PostgreSQL's text cannot): none such is found.
-        if key.contains('\0') {
-            return Ok(None);
-        }
         let row = self
             .db
-            .storage_client()
-            .await?
-            .query_opt(
+            .row_by(
                 &format!("SELECT id, body FROM jobs WHERE {column} = $1"),
-                &[&key],
+                key,
             )
-            .await
-            .map_err(pg::task)?;
+            .await?;
         row.map(|r| self.open_body(&job_aad(r.get(0)), r.get(1)))
             .transpose()
     }
