@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and running Outpost needs on Debian/Ubuntu.
 #   scripts/setup.sh          build and run dependencies
-#   scripts/setup.sh --test   plus the real peers the tests talk to (mosquitto, tcpdump, swtpm as
+#   scripts/setup.sh --test   plus the real peers the tests talk to (mosquitto, nats-server,
+#                             PostgreSQL, tcpdump, swtpm as
 #                             the TPM with tpm2-tools, podman with runc and podman-compose for
 #                             the container image, systemd-analyze for the unit, and pymodbus,
 #                             schemathesis, kubernetes-validate and aiosmtpd in virtualenvs under
@@ -15,8 +16,9 @@ set -euo pipefail
 packages=(gcc libc6-dev pkg-config libssl-dev mosquitto-clients curl python3 python3-venv)
 if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
   packages+=(mosquitto tcpdump swtpm tpm2-tools)
-  # A real PostgreSQL for the services' PostgreSQL backend (one server per test run).
-  packages+=(postgresql)
+  # A real PostgreSQL for the services' PostgreSQL backend (one server per test run), and a
+  # real NATS server with JetStream for the bus on NATS (each test starts its own).
+  packages+=(postgresql nats-server)
   # Containers (deploy/): podman runs them here with runc; the static binary of the image
   # links OpenSSL's libcrypto from its archive (libssl-dev).
   # catatonit: the pause process of the pods `podman kube play` makes; netavark and
@@ -47,6 +49,11 @@ if ((${#missing[@]})); then
     systemctl is-active --quiet mosquitto 2>/dev/null; then
     echo "Stopping and disabling the system mosquitto service (it holds port 1883)"
     $sudo systemctl disable --now mosquitto >/dev/null 2>&1 || true
+  fi
+  # Likewise nats-server (4222): the tests start their own.
+  if [[ " ${missing[*]} " == *" nats-server "* ]] && command -v systemctl >/dev/null 2>&1 &&
+    systemctl is-active --quiet nats-server 2>/dev/null; then
+    $sudo systemctl disable --now nats-server >/dev/null 2>&1 || true
   fi
   # Likewise nginx: the benchmark starts its own, on a free port.
   if [[ " ${missing[*]} " == *" nginx "* ]] && command -v systemctl >/dev/null 2>&1 &&

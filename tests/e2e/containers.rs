@@ -462,23 +462,12 @@ fn kustomize(dir: &str) -> String {
     )
 }
 
-#[test]
-fn the_kubernetes_manifests_pass_the_api_schemas_and_the_unit_its_exposure_bound() {
-    // Every object against the Kubernetes API schemas, strictly (unknown fields refused),
-    // offline.
-    let rendered = kustomize("base");
-    for kind in [
-        "kind: Deployment",
-        "kind: PodDisruptionBudget",
-        "kind: NetworkPolicy",
-        "kind: Service",
-        "kind: PersistentVolumeClaim",
-    ] {
-        assert!(rendered.contains(kind), "no {kind} in the manifests");
-    }
+/// Every object of `rendered` against the Kubernetes API schemas, strictly (unknown
+/// fields refused), offline.
+fn validate(rendered: &str) {
     let dir = tempdir();
     let file = dir.path().join("outpost.yaml");
-    std::fs::write(&file, &rendered).expect("write");
+    std::fs::write(&file, rendered).expect("write");
     let validate = repo().join("target/peers/kubernetes-validate/bin/kubernetes-validate");
     let out = Command::new(&validate)
         .args(["--strict", "--quiet", "-k", "1.32.0"])
@@ -496,18 +485,77 @@ fn the_kubernetes_manifests_pass_the_api_schemas_and_the_unit_its_exposure_bound
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn the_kubernetes_manifests_pass_the_api_schemas_and_the_unit_its_exposure_bound() {
+    // Every object against the Kubernetes API schemas, strictly (unknown fields refused),
+    // offline.
+    let rendered = kustomize("base");
+    validate(&rendered);
+    for kind in [
+        "kind: Deployment",
+        "kind: PodDisruptionBudget",
+        "kind: NetworkPolicy",
+        "kind: Service",
+        "kind: PersistentVolumeClaim",
+    ] {
+        assert!(rendered.contains(kind), "no {kind} in the manifests");
+    }
     // Every pod as the restricted pod security standard wants it: one Deployment per
     // service of the compose file.
-    let pods = rendered.matches("kind: Deployment").count();
-    assert_eq!(pods, 9, "{rendered}");
-    for setting in [
-        "runAsNonRoot: true",
-        "readOnlyRootFilesystem: true",
-        "allowPrivilegeEscalation: false",
-        "type: RuntimeDefault",
-    ] {
-        assert_eq!(rendered.matches(setting).count(), pods, "{setting}");
+    // The scaled variant: the same pods, hardened the same way; the services whose state
+    // is in PostgreSQL run as several replicas, each with its storage there and the
+    // operator's Secret mounted read-only; the node's volume is ReadWriteMany.
+    let scaled = kustomize("scaled");
+    validate(&scaled);
+    for manifests in [&rendered, &scaled] {
+        let pods = manifests.matches("kind: Deployment").count();
+        assert_eq!(pods, 9, "{manifests}");
+        for setting in [
+            "runAsNonRoot: true",
+            "readOnlyRootFilesystem: true",
+            "allowPrivilegeEscalation: false",
+            "type: RuntimeDefault",
+        ] {
+            assert_eq!(manifests.matches(setting).count(), pods, "{setting}");
+        }
     }
+    let deployments: Vec<&str> = scaled
+        .split("\n---\n")
+        .filter(|d| d.contains("kind: Deployment"))
+        .collect();
+    for (service, section, replicas) in [
+        ("core-data", "CORE_DATA", 3),
+        ("core-metadata", "CORE_METADATA", 2),
+        ("support-scheduler", "SUPPORT_SCHEDULER", 2),
+        ("support-notifications", "SUPPORT_NOTIFICATIONS", 2),
+        ("gateway", "GATEWAY", 2),
+    ] {
+        let d = deployments
+            .iter()
+            .find(|d| d.contains(&format!("\n  name: {service}\n")))
+            .unwrap_or_else(|| panic!("no Deployment {service}"));
+        assert!(d.contains(&format!("replicas: {replicas}")), "{d}");
+        assert!(d.contains("type: RollingUpdate"), "{d}");
+        for key in ["BACKEND", "URL", "PASSWORD_FILE", "CA"] {
+            assert!(
+                d.contains(&format!("name: OUTPOST_{section}__STORAGE__{key}\n")),
+                "{service} {key}: {d}"
+            );
+        }
+        assert!(d.contains("secretName: outpost-postgres"), "{d}");
+        assert!(d.contains("readOnly: true"), "{d}");
+    }
+    for service in ["core-keeper", "mqtt-broker", "device-mqtt"] {
+        let d = deployments
+            .iter()
+            .find(|d| d.contains(&format!("\n  name: {service}\n")))
+            .unwrap_or_else(|| panic!("no Deployment {service}"));
+        assert!(d.contains("replicas: 1") && !d.contains("STORAGE__"), "{d}");
+    }
+    assert!(scaled.contains("- ReadWriteMany"), "{scaled}");
+    assert!(scaled.contains("type: ExternalName"), "{scaled}");
 
     // The systemd unit: systemd's own rating, at most what docs/deploy.md states.
     let check = repo().join("deploy/systemd/check.sh");

@@ -255,6 +255,18 @@ async fn kill_at_random(
     rounds: u32,
     in_flight: impl AsyncFn(&Node) -> i64,
 ) {
+    kill_at_random_with(node, None, victims, rounds, in_flight).await;
+}
+
+/// [`kill_at_random`] where the victims may also be `nats-server`, the node's bus: killed
+/// with kill -9 and started again on its store.
+async fn kill_at_random_with(
+    node: &mut Node,
+    mut nats: Option<&mut outpost_testkit::nats::NatsServer>,
+    victims: &[&str],
+    rounds: u32,
+    in_flight: impl AsyncFn(&Node) -> i64,
+) {
     let mut rng = Rng::new();
     let mut hit = Vec::new();
     let mut node_killed = false;
@@ -271,6 +283,10 @@ async fn kill_at_random(
         if victim == "node" {
             node.kill_all();
             node.launch().await;
+        } else if victim == "nats-server" {
+            let nats = nats.as_deref_mut().expect("a NATS server to kill");
+            nats.kill();
+            nats.start_again();
         } else {
             let pid = node.pid(victim);
             signal(pid, "KILL");
@@ -814,8 +830,57 @@ async fn device_rest_answers_503_when_the_bus_takes_nothing_for_ten_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_rest_answers_2xx_only_for_what_survives_random_kill_9() {
-    let mut node =
-        Node::start("[device_rest]\nenabled = true\ndevice_messages_per_s = 0.0\n").await;
+    let node = Node::start("[device_rest]\nenabled = true\ndevice_messages_per_s = 0.0\n").await;
+    device_rest_through_kills(
+        node,
+        None,
+        &["device-rest", "mqtt-broker", "core-data", "node"],
+    )
+    .await;
+}
+
+/// The same with NATS JetStream as the bus (TLS, a password), and the NATS server among
+/// the victims: a device's 2xx still means stored, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_rest_answers_2xx_only_for_what_survives_random_kill_9_on_nats_jetstream() {
+    let mut nats = outpost_testkit::nats::NatsServer::start();
+    let node = Node::start(&format!(
+        "{}ack_wait_s = 5\n[broker]\nenabled = false\n\
+         [device_rest]\nenabled = true\ndevice_messages_per_s = 0.0\n",
+        nats.bus_toml()
+    ))
+    .await;
+    device_rest_through_kills(
+        node,
+        Some(&mut nats),
+        &["device-rest", "core-data", "nats-server", "node"],
+    )
+    .await;
+}
+
+/// The same with an external mosquitto as the bus: what it acknowledged waits in
+/// core-data's session there while core-data, device-rest or the whole node is killed.
+/// (What mosquitto itself holds in memory is its own persistence's to keep:
+/// docs/durability.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_rest_answers_2xx_only_for_what_survives_random_kill_9_on_an_external_mosquitto() {
+    let mosquitto = outpost_testkit::Mosquitto::start();
+    let node = Node::start(&format!(
+        "[bus]\nurl = \"{}\"\n[broker]\nenabled = false\n\
+         [device_rest]\nenabled = true\ndevice_messages_per_s = 0.0\n",
+        mosquitto.url()
+    ))
+    .await;
+    device_rest_through_kills(node, None, &["device-rest", "core-data", "node"]).await;
+}
+
+/// A device posting values to device-rest one after another while `victims` are killed
+/// with kill -9 at random: every value answered 2xx is stored, none twice.
+async fn device_rest_through_kills(
+    mut node: Node,
+    nats: Option<&mut outpost_testkit::nats::NatsServer>,
+    victims: &[&str],
+) {
     tag_device(
         &node,
         "rk",
@@ -858,9 +923,10 @@ async fn device_rest_answers_2xx_only_for_what_survives_random_kill_9() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    kill_at_random(
+    kill_at_random_with(
         &mut node,
-        &["device-rest", "mqtt-broker", "core-data", "node"],
+        nats,
+        victims,
         rounds,
         // A request waiting for its answer, and values answered and not stored yet (by
         // counts: listing every reading each round would grow with the run).

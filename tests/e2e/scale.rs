@@ -18,6 +18,22 @@ fn numbered(device: &str, base: i64, i: i64) -> String {
     .1
 }
 
+/// The metrics of a core-data instance at `url`: events it persisted and duplicates it saw.
+async fn handled(node: &Node, url: &str) -> (f64, f64) {
+    (
+        node.metric_if_any(url, "outpost_core_data_events_persisted_total")
+            .await
+            .unwrap_or(0.0),
+        node.metric_if_any(url, "outpost_core_data_events_duplicate_total")
+            .await
+            .unwrap_or(0.0),
+    )
+}
+
+/// Three core-data instances on one PostgreSQL share the bus as one group: each event is
+/// taken by one of them. Then 100,000 events from eight devices at once while one instance
+/// is killed with kill -9 and started again: every event the broker acknowledged is stored,
+/// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_data_instances_share_the_bus_and_store_each_event_once() {
     let db = outpost_testkit::postgres::server().database();
@@ -27,56 +43,70 @@ async fn core_data_instances_share_the_bus_and_store_each_event_once() {
         db.storage_toml("core_data")
     ))
     .await;
-    provision(&node, &["t1"]);
-    let port_b = free_port();
-    let log = node.dir.path().join("core-data-b.log");
-    let mut b = instance_b(&node, "core-data", "core_data", port_b, Some(&log));
-    eventually(
-        "core-data@b registered",
-        Duration::from_secs(20),
-        || async { node.status_of("core-data@b").await.as_deref() == Some("UP") },
-    )
-    .await;
-    let (a_url, b_url) = (node.data(), node.url(port_b));
-    let persisted = "outpost_core_data_events_persisted_total";
-    // Both subscribed: b registered before it subscribed; give its subscription a moment
-    // to be in place by waiting for its bus check.
-    eventually("core-data@b consuming", Duration::from_secs(20), || async {
-        node.get(&format!("{b_url}/api/v3/health"))
-            .await
-            .1
-            .to_string()
-            .contains("\"ingest\"")
-    })
-    .await;
+    let devices: Vec<String> = (1..=8).map(|d| format!("t{d}")).collect();
+    provision(
+        &node,
+        &devices.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let (port_b, port_c) = (free_port(), free_port());
+    let (log_b, log_c) = (
+        node.dir.path().join("core-data-b.log"),
+        node.dir.path().join("core-data-c.log"),
+    );
+    let core_data = ("core-data", "core_data");
+    let _b = instance(&node, core_data, "b", port_b, Some(&log_b));
+    let mut c = instance(&node, core_data, "c", port_c, Some(&log_c));
+    let urls = [node.data(), node.url(port_b), node.url(port_c)];
+    // Consuming once registered and its health reports the bus check.
+    for (name, url) in [("core-data@b", &urls[1]), ("core-data@c", &urls[2])] {
+        eventually(
+            &format!("{name} consuming"),
+            Duration::from_secs(30),
+            || async {
+                node.status_of(name).await.as_deref() == Some("UP")
+                    && node
+                        .get(&format!("{url}/api/v3/health"))
+                        .await
+                        .1
+                        .to_string()
+                        .contains("\"ingest\"")
+            },
+        )
+        .await;
+    }
+    let count = |what: &'static str| {
+        let url = format!("{}/api/v3/{what}/count", urls[0]);
+        let node = &node;
+        async move { node.get(&url).await.1["count"].as_u64().unwrap_or(0) }
+    };
 
     let base = now_nanos();
-    let first: Vec<String> = (0..2000).map(|i| numbered("t1", base, i)).collect();
+    let first: Vec<String> = (0..3000).map(|i| numbered("t1", base, i)).collect();
     let out = mosquitto_pub_lines(node.ports.mqtt, &event_topic("t1"), &first, &[]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    eventually("2000 events stored", Duration::from_secs(30), || async {
-        node.get(&format!("{a_url}/api/v3/event/count")).await.1["count"] == 2000
+    eventually("3000 events stored", Duration::from_secs(30), || async {
+        count("event").await == 3000
     })
     .await;
-    let (on_a, on_b) = (
-        node.metric_if_any(&a_url, persisted).await.unwrap_or(0.0),
-        node.metric_if_any(&b_url, persisted).await.unwrap_or(0.0),
-    );
+    let mut shares = Vec::new();
+    for url in &urls {
+        shares.push(handled(&node, url).await);
+    }
     assert!(
-        on_a > 0.0 && on_b > 0.0,
-        "both instances took a share: a {on_a}, b {on_b}"
+        shares.iter().all(|(persisted, _)| *persisted > 0.0),
+        "each instance took a share: {shares:?}"
     );
     assert_eq!(
-        on_a + on_b,
-        2000.0,
-        "each event handled once: a {on_a}, b {on_b}"
+        shares.iter().map(|(p, _)| p).sum::<f64>(),
+        3000.0,
+        "each event handled once: {shares:?}"
     );
     // The journal held each for the group, not for each instance: all released by the
-    // confirmation of the one that took it, none delivered again to the other.
+    // confirmation of the one that took it, none delivered again to another.
     let broker = node.url(node.ports.broker_http);
     eventually(
         "the journal released everything",
@@ -93,37 +123,69 @@ async fn core_data_instances_share_the_bus_and_store_each_event_once() {
         .metric_if_any(&broker, "outpost_mqtt_broker_journal_redelivered_total")
         .await
         .unwrap_or(0.0);
-    let duplicates = "outpost_core_data_events_duplicate_total";
-    let seen_twice = node.metric_if_any(&a_url, duplicates).await.unwrap_or(0.0)
-        + node.metric_if_any(&b_url, duplicates).await.unwrap_or(0.0);
+    let seen_twice: f64 = shares.iter().map(|(_, d)| d).sum();
     assert_eq!((again, seen_twice), (0.0, 0.0), "redelivered, duplicates");
 
-    // b dies at once in the middle of the next 2000: what it had taken and not stored is
-    // redelivered to a; every acknowledged event is stored, once.
-    let second: Vec<String> = (2000..4000).map(|i| numbered("t1", base, i)).collect();
+    // 100,000 more from eight devices at once, each on its own connection with QoS 1.
+    // c dies at once while it is storing them, and is started again while they still come:
+    // what it had taken and not stored goes to another; every acknowledged event is
+    // stored, once.
+    let per_device = 12_500;
     let port = node.ports.mqtt;
-    let publisher =
-        std::thread::spawn(move || mosquitto_pub_lines(port, &event_topic("t1"), &second, &[]));
+    let publishers: Vec<_> = devices
+        .iter()
+        .enumerate()
+        .map(|(d, device)| {
+            let device = device.clone();
+            let base = base + 1_000_000 * (d as i64 + 1);
+            std::thread::spawn(move || {
+                let lines: Vec<String> = (0..per_device)
+                    .map(|i| numbered(&device, base, i))
+                    .collect();
+                mosquitto_pub_lines(port, &event_topic(&device), &lines, &[])
+            })
+        })
+        .collect();
+    let on_c = shares[2].0;
     eventually(
-        "b storing the second run",
-        Duration::from_secs(30),
-        || async { node.metric_if_any(&b_url, persisted).await.unwrap_or(0.0) > on_b + 50.0 },
+        "c storing the second run",
+        Duration::from_secs(60),
+        || async { handled(&node, &urls[2]).await.0 > on_c + 500.0 },
     )
     .await;
-    b.kill().expect("kill -9 core-data@b");
-    let _ = b.wait();
-    let out = publisher.join().expect("publisher");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eventually("4000 events stored", Duration::from_secs(60), || async {
-        node.get(&format!("{a_url}/api/v3/event/count")).await.1["count"] == 4000
+    c.kill().expect("kill -9 core-data@c");
+    let _ = c.wait();
+    let at_kill = count("event").await;
+    eventually("more stored without c", Duration::from_secs(60), || async {
+        count("event").await > at_kill + 5000
     })
     .await;
-    let (_, r) = node.get(&format!("{a_url}/api/v3/reading/count")).await;
-    assert_eq!(r["count"], 4000, "one reading an event, none twice: {r}");
+    let _c = instance(&node, core_data, "c", port_c, Some(&log_c));
+    for p in publishers {
+        let out = p.join().expect("publisher");
+        assert!(
+            out.status.success(),
+            "every event acknowledged: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let total = 3000 + 8 * per_device as u64;
+    eventually(
+        &format!("{total} events stored"),
+        Duration::from_secs(180),
+        || async { count("event").await >= total },
+    )
+    .await;
+    assert_eq!(count("event").await, total, "none stored twice");
+    assert_eq!(
+        count("reading").await,
+        total,
+        "one reading an event, none twice"
+    );
+    assert!(
+        at_kill < total,
+        "c was killed in the middle ({at_kill} of {total} stored then)"
+    );
 }
 
 /// Two cloud instances on one PostgreSQL (sharing the cloud's CA and keys), an edge sending
@@ -133,15 +195,7 @@ async fn core_data_instances_share_the_bus_and_store_each_event_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloud_instances_share_postgresql_and_an_edge_fails_over() {
     let db = outpost_testkit::postgres::server().database();
-    let settings = [
-        "cloud.storage.backend=\"postgres\"".to_string(),
-        format!("cloud.storage.url=\"{}\"", db.url),
-        format!(
-            "cloud.storage.password_file=\"{}\"",
-            db.password_file.display()
-        ),
-        format!("cloud.storage.ca=\"{}\"", db.ca.display()),
-    ];
+    let settings = db.settings("cloud");
     let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
     let mut a = Cloud::start_with(&settings).await;
     let identity = a.enroll("edge-s");

@@ -125,6 +125,9 @@ pub struct Node {
     pub http: reqwest::Client,
     /// `http`, or `https` with mutual TLS between services.
     scheme: &'static str,
+    /// Whether the services log in to the bus with the node's own credential (its bus
+    /// token), not with a configured user of an external server.
+    internal_bus_login: bool,
 }
 
 /// Test-friendly settings on top of the defaults (fast heartbeats and expiry), with
@@ -252,12 +255,17 @@ impl Node {
                 services.push(url(port));
             }
         }
+        let internal_bus_login = table
+            .as_ref()
+            .and_then(|t| t.get("bus")?.get("username")?.as_str())
+            .is_none_or(str::is_empty);
         std::fs::write(&config, text).expect("write config");
         Self {
             dir,
             ports,
             config,
             services,
+            internal_bus_login,
             child: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -355,7 +363,7 @@ impl Node {
             .await;
             self.http = self.admin_client();
         }
-        if self.scheme == "https" {
+        if self.scheme == "https" && self.internal_bus_login {
             // Loopback takes no anonymous MQTT clients then: the tests' local tools use the
             // bus token, as the node's administrator would.
             let token = self.data_dir().join("secrets/bus.token");
@@ -1315,8 +1323,26 @@ pub fn instance_b(
     port: u16,
     log: Option<&Path>,
 ) -> Spawned {
+    instance(node, (service, section), "b", port, log)
+}
+
+/// Another instance of `service` (its configuration section `section`) named `name`, on
+/// the node's configuration and data dir with its API on `port`; its log appended to `log`.
+pub fn instance(
+    node: &Node,
+    (service, section): (&str, &str),
+    name: &str,
+    port: u16,
+    log: Option<&Path>,
+) -> Spawned {
     let stderr = match log {
-        Some(l) => std::process::Stdio::from(std::fs::File::create(l).expect("log")),
+        Some(l) => std::process::Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(l)
+                .expect("log"),
+        ),
         None => std::process::Stdio::null(),
     };
     Spawned(
@@ -1329,13 +1355,13 @@ pub fn instance_b(
                 "--set",
                 &format!("{section}.port={port}"),
                 "--set",
-                "node.instance=\"b\"",
+                &format!("node.instance=\"{name}\""),
             ])
             .args(["run", service])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(stderr)
             .spawn()
-            .unwrap_or_else(|e| panic!("{service}@b: {e}")),
+            .unwrap_or_else(|e| panic!("{service}@{name}: {e}")),
     )
 }

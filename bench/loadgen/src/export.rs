@@ -122,27 +122,68 @@ pub struct ExportArgs {
 }
 
 /// A cloud node for the benchmark.
-struct Cloud {
+pub(crate) struct Cloud {
     dir: TempDir,
-    port: u16,
+    pub(crate) port: u16,
     proc: Option<Proc>,
     http: reqwest::Client,
     token: String,
+    /// `--set` settings it runs with (its storage, say).
+    settings: Vec<String>,
 }
 
 impl Cloud {
     async fn start(outpost: &Path) -> anyhow::Result<Self> {
-        let dir = TempDir::new("cloud")?;
-        let port = free_port()?;
-        let mut c = Self {
-            dir,
-            port,
+        Self::start_with(outpost, Vec::new()).await
+    }
+
+    /// A cloud node run with `settings` (`--set` each).
+    pub(crate) async fn start_with(outpost: &Path, settings: Vec<String>) -> anyhow::Result<Self> {
+        let mut c = Self::new(settings)?;
+        c.launch(outpost).await?;
+        Ok(c)
+    }
+
+    /// Not started yet: its own data dir and port.
+    fn new(settings: Vec<String>) -> anyhow::Result<Self> {
+        Ok(Self {
+            dir: TempDir::new("cloud")?,
+            port: free_port()?,
             proc: None,
             http: reqwest::Client::new(),
             token: String::new(),
-        };
+            settings,
+        })
+    }
+
+    /// Another instance of `other`'s cloud sharing its store: its CA, keys and admin
+    /// token (copied before it starts), its own port and data dir.
+    pub(crate) async fn start_beside(other: &Cloud, outpost: &Path) -> anyhow::Result<Self> {
+        let mut c = Self::new(other.settings.clone())?;
+        let data = c.dir.0.join("data");
+        std::fs::create_dir_all(&data)?;
+        for d in ["tls", "secrets"] {
+            let st = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(other.dir.0.join("data").join(d))
+                .arg(&data)
+                .status()?;
+            if !st.success() {
+                bail!("copy the cloud's {d}");
+            }
+        }
+        std::process::Command::new("chown")
+            .arg("--reference")
+            .arg(other.dir.0.join("data"))
+            .arg(&data)
+            .status()?;
         c.launch(outpost).await?;
         Ok(c)
+    }
+
+    /// The cloud node's process, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().and_then(|p| p.0.id())
     }
 
     async fn launch(&mut self, outpost: &Path) -> anyhow::Result<()> {
@@ -150,8 +191,11 @@ impl Cloud {
         cloud
             .arg("--data-dir")
             .arg(self.dir.0.join("data"))
-            .args(["--set", &format!("cloud.port={}", self.port)])
-            .arg("cloud");
+            .args(["--set", &format!("cloud.port={}", self.port)]);
+        for s in &self.settings {
+            cloud.args(["--set", s]);
+        }
+        cloud.arg("cloud");
         self.proc = Some(spawn_quiet(&mut cloud, "outpost cloud")?);
         let ca = self.dir.0.join("data/tls/cloud-ca.pem");
         wait_until("the cloud CA", Duration::from_secs(20), || {
@@ -183,17 +227,20 @@ impl Cloud {
         .await
     }
 
-    async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         if let Some(p) = self.proc.take() {
             p.stop(Duration::from_secs(20)).await;
         }
     }
 
-    fn enroll(&self, outpost: &Path, edge: &str) -> anyhow::Result<PathBuf> {
+    pub(crate) fn enroll(&self, outpost: &Path, edge: &str) -> anyhow::Result<PathBuf> {
         let out = self.dir.0.join(format!("{edge}.json"));
-        let st = std::process::Command::new(outpost)
-            .arg("--data-dir")
-            .arg(self.dir.0.join("data"))
+        let mut cmd = std::process::Command::new(outpost);
+        cmd.arg("--data-dir").arg(self.dir.0.join("data"));
+        for s in &self.settings {
+            cmd.args(["--set", s]);
+        }
+        let st = cmd
             .args(["cloud", "enroll", edge, "--out"])
             .arg(&out)
             .args(["--url", &format!("https://127.0.0.1:{}", self.port)])

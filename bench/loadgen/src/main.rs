@@ -17,6 +17,9 @@
 //! - `ota`: concurrent artifact downloads and device polls per second ([`ota`]).
 //! - `notifications` / `scheduler`: deliveries per second to a webhook, alert latency, and
 //!   the lateness of many interval jobs ([`support`]).
+//! - `scale-ingest` / `scale-cloud`: core-data on PostgreSQL against SQLite with one to
+//!   three instances, and the cloud node's ingest from many edges into one and two
+//!   instances, with CPU per reading of each part ([`scale`]).
 //! - `pub` / `sub`: the load generator and the reference consumer (used by `ingest`).
 //!
 //! Every command prints a human summary and a JSON line (prefixed `RESULT `) for scripts.
@@ -38,6 +41,7 @@ mod fleet;
 mod gateway;
 mod modbus;
 mod ota;
+mod scale;
 mod support;
 
 #[derive(Parser)]
@@ -159,6 +163,10 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
+    /// core-data on PostgreSQL against SQLite, with 1..N instances sharing the bus.
+    ScaleIngest(scale::IngestArgs),
+    /// The cloud node's ingest from many simulated edges into 1..N instances on PostgreSQL.
+    ScaleCloud(scale::CloudArgs),
     /// Command round trip: REST -> core-command -> device service -> device -> back.
     Command {
         #[arg(long)]
@@ -685,6 +693,11 @@ impl Node {
         self._dir.0.join("data")
     }
 
+    /// The node's configuration file.
+    fn config_path(&self) -> PathBuf {
+        self._dir.0.join("outpost.toml")
+    }
+
     /// Healthy (see [`Node::healthy`]), and the service on `port` answers its ping.
     async fn serving(&self, http: &reqwest::Client, port: u16) -> bool {
         self.healthy(http).await
@@ -1179,6 +1192,8 @@ fn main() -> anyhow::Result<()> {
             Cmd::Gateway(a) => gateway::run(&a).await,
             Cmd::Queue(a) => export::queue(&a),
             Cmd::Fleet(a) => fleet::run(&a).await,
+            Cmd::ScaleIngest(a) => scale::ingest(&a).await,
+            Cmd::ScaleCloud(a) => scale::cloud(&a).await,
             Cmd::Export(a) => export::export(&a).await,
             Cmd::Ota(a) => ota::run(&a).await,
             Cmd::Notifications {

@@ -90,6 +90,11 @@ impl NodeConfig {
             self.bus.url.clone_from(&embedded);
         }
         self.bus.journal = self.broker.enabled && self.bus.url == embedded;
+        self.bus.durable_consumers = self
+            .own_durable_consumers()
+            .into_iter()
+            .map(|c| (c.client, c.filters))
+            .collect();
         // The node's own, beside any configured (a configured one of the same client ID
         // stands).
         for own in self.own_durable_consumers() {
@@ -205,6 +210,14 @@ impl NodeConfig {
             !self.bus.url.is_empty(),
             "bus",
             "url is required when broker.enabled = false (the external broker to use)",
+        );
+        p.check(
+            !(self.device_mqtt.enabled
+                && outpost_bus::nats::is_nats(&self.bus.url)
+                && self.device_mqtt.driver.broker_url.is_empty()),
+            "device_mqtt",
+            "driver.broker_url is required when the bus is NATS JetStream (the MQTT broker \
+             its devices connect to)",
         );
         let bind = self.node.bind;
         let advertised_loopback = self.node.advertise_host == "localhost"

@@ -121,6 +121,20 @@ impl Consumer {
                 filters: filters.join(", "),
             });
         }
+        if crate::nats::is_nats(&cfg.url) {
+            // JetStream consumers, one per filter, on one connection.
+            let bus = Bus::connect(cfg, data_dir, service, opts, stop).await?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            for filter in filters {
+                bus.subscribe_deferred(filter, tx.clone(), None).await?;
+            }
+            return Ok(Self {
+                bus,
+                tx,
+                rx,
+                journal: None,
+            });
+        }
         let client = build_client(cfg, data_dir, &opts)?;
         let bus = Bus::wrap(client, cfg, service);
         bus.watch_connection().await;

@@ -1,7 +1,7 @@
 //! A received message and its acknowledgement.
 //!
 //! For a durable consumer, a message carries a pending acknowledgement (the MQTT PUBACK the
-//! broker waits for). It is resolved in one of two ways:
+//! broker waits for, or the JetStream acknowledgement of a NATS bus, see [`crate::nats`]). It is resolved in one of two ways:
 //! - [`Delivery::ack`] / [`Ack::ack`]: the message is handled (committed, forwarded, or
 //!   refused for good); the broker forgets it.
 //! - [`Delivery::abandon`] / [`Ack::abandon`], and dropping either: the message is left
@@ -15,6 +15,7 @@
 //! while it runs. A message that can never be handled (malformed, invalid) is acknowledged,
 //! and counted by the consumer.
 
+use async_nats::jetstream::message::Acker;
 use bytes::Bytes;
 use mqtt5::AckToken;
 
@@ -30,6 +31,10 @@ pub struct Delivery {
     token: Option<AckToken>,
     /// Where to confirm the message to the broker's journal once handled.
     confirm: Option<(Confirm, Key)>,
+    /// JetStream's acknowledgement of the message, on a NATS bus. Dropped unresolved, the
+    /// message is delivered again after `bus.ack_wait_s`. Boxed: it is large, and most
+    /// deliveries (MQTT) have none.
+    acker: Option<Box<Acker>>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -37,7 +42,10 @@ impl std::fmt::Debug for Delivery {
         f.debug_struct("Delivery")
             .field("topic", &self.topic)
             .field("bytes", &self.payload.len())
-            .field("pending_ack", &self.token.is_some())
+            .field(
+                "pending_ack",
+                &(self.token.is_some() || self.acker.is_some()),
+            )
             .finish()
     }
 }
@@ -50,7 +58,14 @@ impl Delivery {
             message_id: None,
             token,
             confirm: None,
+            acker: None,
         }
+    }
+
+    /// The same, acknowledged to JetStream by `acker`.
+    pub(crate) fn acked_by(mut self, acker: Acker) -> Self {
+        self.acker = Some(Box::new(acker));
+        self
     }
 
     /// The same, with the message id `publish` carries.
@@ -77,6 +92,7 @@ impl Delivery {
         if let Some((c, k)) = self.confirm.take() {
             c.handled(k);
         }
+        jetstream_ack(self.acker.take());
     }
 
     /// Leaves the message with the broker, to be delivered again on the next session.
@@ -90,7 +106,7 @@ impl Delivery {
         (
             std::mem::take(&mut self.topic),
             std::mem::take(&mut self.payload),
-            Ack(token, self.confirm.take()),
+            Ack(token, self.confirm.take(), self.acker.take()),
         )
     }
 }
@@ -102,7 +118,7 @@ impl Drop for Delivery {
 }
 
 /// A pending acknowledgement.
-pub struct Ack(Option<AckToken>, Option<(Confirm, Key)>);
+pub struct Ack(Option<AckToken>, Option<(Confirm, Key)>, Option<Box<Acker>>);
 
 impl Ack {
     /// Acknowledges the message: the broker will not deliver it again.
@@ -113,6 +129,7 @@ impl Ack {
         if let Some((c, k)) = self.1.take() {
             c.handled(k);
         }
+        jetstream_ack(self.2.take());
     }
 
     /// Leaves the message with the broker, to be delivered again on the next session.
@@ -130,6 +147,18 @@ impl Drop for Ack {
 impl std::fmt::Debug for Ack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Ack")
+    }
+}
+
+/// Sends JetStream's acknowledgement without waiting for it: one that is lost makes the
+/// message come again after `bus.ack_wait_s`, and consumers drop duplicates by event id.
+fn jetstream_ack(acker: Option<Box<Acker>>) {
+    if let Some(a) = acker {
+        tokio::spawn(async move {
+            if let Err(e) = a.ack().await {
+                tracing::debug!(error = %e, "JetStream acknowledgement not sent");
+            }
+        });
     }
 }
 

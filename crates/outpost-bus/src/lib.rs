@@ -1,5 +1,6 @@
 //! The message bus as services use it: MQTT 5 to the node's broker (embedded by default, or an
-//! external mosquitto/EMQX), EdgeX topics and envelopes, JSON or CBOR.
+//! external mosquitto/EMQX), or NATS JetStream ([`nats`]); EdgeX topics and envelopes, JSON
+//! or CBOR.
 //!
 //! Delivery guarantees:
 //! - [`Bus::publish`] uses QoS 1 and returns once the broker acknowledged the message.
@@ -32,6 +33,7 @@ pub mod delivery;
 pub mod journal;
 mod link;
 pub mod metadata;
+pub mod nats;
 mod tls;
 
 pub use consumer::{Consumer, Received, Subscriber};
@@ -86,6 +88,8 @@ pub enum BusError {
     Envelope(#[from] EnvelopeError),
     #[error("shut down before the bus connected")]
     ShutDown,
+    #[error("NATS: {0}")]
+    Nats(String),
 }
 
 /// How a connection behaves.
@@ -193,7 +197,11 @@ impl Admission {
 /// A connection to the bus; cheap to clone.
 #[derive(Clone)]
 pub struct Bus {
+    /// The MQTT connection; on a NATS bus, an MQTT client that is never connected, as
+    /// every call goes to `nats` instead.
     client: Arc<MqttClient>,
+    /// The NATS JetStream connection, when the bus is NATS.
+    nats: Option<Arc<nats::Nats>>,
     /// Further connections for publishing; empty when there is only `client`.
     publishers: Arc<[MqttClient]>,
     encoding: Encoding,
@@ -259,6 +267,11 @@ impl Bus {
         opts: Options,
         shutdown: &Shutdown,
     ) -> Result<Self, BusError> {
+        if nats::is_nats(&cfg.url) {
+            // Boxed: the NATS client's connection future is large, and would make every
+            // caller's future as large.
+            return Box::pin(Self::connect_nats(cfg, data_dir, service, &opts, shutdown)).await;
+        }
         let client = build_client(cfg, data_dir, &opts)?;
         let mut bus = Self::wrap(client, cfg, service);
         bus.watch_connection().await;
@@ -275,6 +288,30 @@ impl Bus {
         }
         bus.publishers = extra.into();
         Ok(bus)
+    }
+
+    /// A connection to NATS JetStream.
+    async fn connect_nats(
+        cfg: &BusConfig,
+        data_dir: &Path,
+        service: &str,
+        opts: &Options,
+        shutdown: &Shutdown,
+    ) -> Result<Self, BusError> {
+        let n = nats::Nats::connect(cfg, data_dir, opts, shutdown).await?;
+        let mut bus = Self::wrap(
+            MqttClient::with_options(ConnectOptions::new(opts.client_id.clone())),
+            cfg,
+            service,
+        );
+        bus.nats = Some(Arc::new(n));
+        bus.connections.send_modify(|n| *n += 1);
+        Ok(bus)
+    }
+
+    /// Records a message refused for being too large (and so on), as every path does.
+    pub(crate) fn admission(&self) -> Arc<Admission> {
+        Arc::clone(&self.admission)
     }
 
     /// The connection a publish on `topic` goes over: always the same one for a topic, so
@@ -327,6 +364,7 @@ impl Bus {
     fn wrap(client: MqttClient, cfg: &BusConfig, service: &str) -> Self {
         Self {
             client: Arc::new(client),
+            nats: None,
             publishers: Arc::from(Vec::new()),
             encoding: cfg.encoding,
             base_topic: cfg.base_topic.clone(),
@@ -380,7 +418,10 @@ impl Bus {
     }
 
     pub async fn is_connected(&self) -> bool {
-        self.client.is_connected().await
+        match &self.nats {
+            Some(n) => n.is_connected(),
+            None => self.client.is_connected().await,
+        }
     }
 
     /// Publishes `payload` in an envelope carrying the current correlation ID, QoS 1.
@@ -411,6 +452,10 @@ impl Bus {
     /// id. Once this side disconnected, a publish fails at once.
     pub async fn publish_raw(&self, topic: &str, bytes: Vec<u8>) -> Result<(), BusError> {
         let bytes = Bytes::from(bytes);
+        if let Some(n) = &self.nats {
+            let result = n.publish(topic, bytes).await;
+            return self.published(topic, result);
+        }
         let mut attempts = 0;
         let mut waiting = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         let result = loop {
@@ -447,6 +492,11 @@ impl Bus {
                 PublishOutcome::Indeterminate(_) => {}
             }
         };
+        self.published(topic, result)
+    }
+
+    /// Counts a publish and says how it went.
+    fn published(&self, topic: &str, result: Result<(), String>) -> Result<(), BusError> {
         match result {
             Ok(()) => {
                 metrics::counter!(self.admission.metrics.published.clone()).increment(1);
@@ -470,6 +520,9 @@ impl Bus {
         tx: mpsc::UnboundedSender<Delivery>,
         confirm: Option<journal::Confirm>,
     ) -> Result<(), BusError> {
+        if let Some(n) = &self.nats {
+            return n.consume(filter, (tx, self.admission())).await;
+        }
         let sub = SubscribeOptions {
             qos: QoS::AtLeastOnce,
             ..Default::default()
@@ -486,6 +539,10 @@ impl Bus {
 
     /// Ends a subscription.
     pub async fn unsubscribe(&self, filter: &str) -> Result<(), BusError> {
+        if self.nats.is_some() {
+            // A JetStream consumer outlives its subscriber; what it holds waits for it.
+            return Ok(());
+        }
         self.client
             .unsubscribe(filter)
             .await
@@ -500,6 +557,9 @@ impl Bus {
         &self,
         filter: &str,
     ) -> Result<mpsc::UnboundedReceiver<Delivery>, BusError> {
+        if let Some(n) = &self.nats {
+            return n.subscribe(filter, self.admission()).await;
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let admission = Arc::clone(&self.admission);
         let opts = SubscribeOptions {
@@ -552,6 +612,9 @@ impl Bus {
     /// false if the broker could not be told in time.
     pub async fn disconnect(&self) -> bool {
         self.closing.store(true, Ordering::Relaxed);
+        if let Some(n) = &self.nats {
+            return n.close().await;
+        }
         for p in self.publishers.iter() {
             let _ = tokio::time::timeout(Duration::from_secs(2), p.disconnect()).await;
         }

@@ -1,6 +1,7 @@
-//! The bus's promises, against a real broker (mosquitto): what a durable consumer has not
-//! acknowledged comes back, whether it stopped, abandoned it or crashed; acknowledgements
-//! reach the broker; a publish waits out a broker restart; one topic keeps its order.
+//! The bus's promises, against each real engine (mosquitto, and NATS JetStream with TLS and
+//! a password): what a durable consumer has not acknowledged comes back, whether it
+//! stopped, abandoned it or crashed; acknowledgements reach the server; a publish waits out
+//! a server restart; one topic keeps its order.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -9,26 +10,95 @@ use outpost_bus::{Bus, Consumer, Delivery, Options, Received};
 use outpost_kit::Shutdown;
 use outpost_kit::config::BusConfig;
 use outpost_testkit::Mosquitto;
+use outpost_testkit::nats::NatsServer;
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// Each test, once on each engine.
+macro_rules! on_each_engine {
+    ($($name:ident),* $(,)?) => {
+        mod on_mosquitto {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Fixture::new(super::Engine::Mosquitto)).await
+                }
+            )*
+        }
+        mod on_nats {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Fixture::new(super::Engine::Nats)).await
+                }
+            )*
+        }
+    };
+}
+
+on_each_engine!(
+    acknowledgements_free_the_window_and_unacknowledged_messages_come_back,
+    a_crashed_consumer_gets_back_everything_it_had_not_acknowledged,
+    a_publish_waits_out_a_broker_restart_and_is_delivered,
+    one_topic_keeps_its_order,
+    clients_started_before_their_broker_connect_once_it_listens,
+);
+
+enum Engine {
+    Mosquitto,
+    Nats,
+}
+
+enum Server {
+    Mosquitto(Mosquitto),
+    Nats(NatsServer),
+}
+
+impl Server {
+    fn stop(&mut self) {
+        match self {
+            Self::Mosquitto(m) => m.stop(),
+            Self::Nats(n) => n.stop(),
+        }
+    }
+
+    fn start_again(&mut self) {
+        match self {
+            Self::Mosquitto(m) => m.start_again(),
+            Self::Nats(n) => n.start_again(),
+        }
+    }
+}
+
 struct Fixture {
-    broker: Mosquitto,
+    broker: Server,
     dir: tempfile::TempDir,
 }
 
 impl Fixture {
-    fn new() -> Self {
+    fn new(engine: Engine) -> Self {
         Self {
-            broker: Mosquitto::start(),
+            broker: match engine {
+                Engine::Mosquitto => Server::Mosquitto(Mosquitto::start()),
+                Engine::Nats => Server::Nats(NatsServer::start()),
+            },
             dir: tempfile::tempdir().expect("tempdir"),
         }
     }
 
     fn cfg(&self) -> BusConfig {
-        BusConfig {
-            url: self.broker.url(),
-            ..BusConfig::default()
+        match &self.broker {
+            Server::Mosquitto(m) => BusConfig {
+                url: m.url(),
+                ..BusConfig::default()
+            },
+            // The tests' topics (`t/...`) are the base topic's; what is not acknowledged
+            // comes back after 2 s.
+            Server::Nats(n) => BusConfig {
+                base_topic: "t".into(),
+                ack_wait_s: 2,
+                ..n.bus_config()
+            },
         }
     }
 
@@ -87,9 +157,7 @@ async fn next(c: &mut Consumer) -> Delivery {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledgements_free_the_window_and_unacknowledged_messages_come_back() {
-    let f = Fixture::new();
+async fn acknowledgements_free_the_window_and_unacknowledged_messages_come_back(f: Fixture) {
     let mut c = f.consumer("window", 5).await;
     let p = f.publisher().await;
     for n in 0..12 {
@@ -131,9 +199,7 @@ async fn acknowledgements_free_the_window_and_unacknowledged_messages_come_back(
     c.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashed_consumer_gets_back_everything_it_had_not_acknowledged() {
-    let f = Fixture::new();
+async fn a_crashed_consumer_gets_back_everything_it_had_not_acknowledged(f: Fixture) {
     let cfg = f.cfg();
     let dir = f.dir.path().to_path_buf();
     let p = f.publisher().await;
@@ -196,9 +262,7 @@ async fn a_crashed_consumer_gets_back_everything_it_had_not_acknowledged() {
     c.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_publish_waits_out_a_broker_restart_and_is_delivered() {
-    let mut f = Fixture::new();
+async fn a_publish_waits_out_a_broker_restart_and_is_delivered(mut f: Fixture) {
     // A durable session that exists on the broker while its consumer is away.
     f.consumer("restart", 100).await.close().await;
     let p = f.publisher().await;
@@ -226,9 +290,7 @@ async fn a_publish_waits_out_a_broker_restart_and_is_delivered() {
     p.disconnect().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_topic_keeps_its_order() {
-    let f = Fixture::new();
+async fn one_topic_keeps_its_order(f: Fixture) {
     let mut c = f.consumer("order", 1000).await;
     let p = f.publisher().await;
     let sending = tokio::spawn(async move {
@@ -245,11 +307,9 @@ async fn one_topic_keeps_its_order() {
     c.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_started_before_their_broker_connect_once_it_listens() {
+async fn clients_started_before_their_broker_connect_once_it_listens(mut f: Fixture) {
     // Services started together (containers, Kubernetes) often reach the broker before it
     // listens: their first attempts fail and the client's own reconnect starts.
-    let mut f = Fixture::new();
     f.broker.stop();
     let (cfg, dir) = (f.cfg(), f.dir.path().to_path_buf());
     let consuming = tokio::spawn({

@@ -201,7 +201,8 @@ impl Default for RegistryConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BusConfig {
-    /// Broker URL (`mqtt://host:port`, or `mqtts://host:port` for MQTT over TLS); empty
+    /// Broker URL (`mqtt://host:port`, or `mqtts://host:port` for MQTT over TLS), or a
+    /// NATS server with JetStream (`nats://host:port`, or `tls://host:port` for TLS); empty
     /// means this node's embedded broker (over TLS with the service's certificate when
     /// `security.internal_tls` is on).
     pub url: String,
@@ -213,10 +214,10 @@ pub struct BusConfig {
     pub username: String,
     /// File holding the password for `username`.
     pub password_file: Option<PathBuf>,
-    /// With `mqtts://`: the CA (PEM) the broker's certificate must chain to (default: the
+    /// With `mqtts://` or `tls://`: the CA (PEM) the broker's certificate must chain to (default: the
     /// node CA for the embedded broker, the system's roots for another).
     pub ca_file: Option<PathBuf>,
-    /// With `mqtts://`: a client certificate (PEM) and its key to present to an external
+    /// With `mqtts://` or `tls://`: a client certificate (PEM) and its key to present to an external
     /// broker (mosquitto `require_certificate`). The embedded broker gets the service's own.
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
@@ -224,6 +225,18 @@ pub struct BusConfig {
     pub max_payload_bytes: usize,
     /// Keep-alive interval, seconds.
     pub keep_alive_s: u16,
+    /// NATS JetStream (`nats://` or `tls://` URLs): the most the node's stream holds,
+    /// bytes. It keeps a message until every durable consumer acknowledged it; when it is
+    /// full, publishes are refused (and not acknowledged) until consumers catch up.
+    pub stream_max_bytes: u64,
+    /// NATS JetStream: seconds a consumer has to acknowledge a message before it is
+    /// delivered again (to another member of its group, if it has one).
+    pub ack_wait_s: u32,
+    /// The node's own durable consumers, as (client ID, filters): NATS JetStream keeps
+    /// what they subscribe to from the stream's first start, as the embedded broker's
+    /// journal does. Derived from the node's configuration, not set in files.
+    #[serde(skip)]
+    pub durable_consumers: Vec<(String, Vec<String>)>,
     /// Whether the broker is this node's embedded one, which journals what durable
     /// consumers consume before acknowledging it and takes their confirmations: derived
     /// from the node's configuration (`url` empty or the embedded broker's address), not
@@ -245,6 +258,9 @@ impl Default for BusConfig {
             key_file: None,
             max_payload_bytes: 1024 * 1024,
             keep_alive_s: 30,
+            stream_max_bytes: 1 << 30,
+            ack_wait_s: 30,
+            durable_consumers: Vec::new(),
             journal: false,
         }
     }
@@ -405,14 +421,21 @@ impl Validate for CommonConfig {
                 self.registry.url, self.security.internal_tls
             ),
         );
-        let tls = self.bus.url.starts_with("mqtts://");
+        let nats = self.bus.url.starts_with("nats://");
+        let tls = self.bus.url.starts_with("mqtts://") || self.bus.url.starts_with("tls://");
         p.check(
-            self.bus.url.is_empty() || self.bus.url.starts_with("mqtt://") || tls,
+            self.bus.url.is_empty() || self.bus.url.starts_with("mqtt://") || nats || tls,
             "bus",
             format!(
-                "url '{}' must be mqtt://host:port or mqtts://host:port",
+                "url '{}' must be mqtt://host:port or mqtts://host:port (MQTT), or \
+                 nats://host:port or tls://host:port (NATS JetStream)",
                 self.bus.url
             ),
+        );
+        p.check(
+            self.bus.ack_wait_s > 0 && self.bus.stream_max_bytes > 0,
+            "bus",
+            "ack_wait_s and stream_max_bytes must be above 0",
         );
         p.check(
             self.bus.cert_file.is_some() == self.bus.key_file.is_some(),
@@ -422,7 +445,7 @@ impl Validate for CommonConfig {
         p.check(
             tls || (self.bus.ca_file.is_none() && self.bus.cert_file.is_none()),
             "bus",
-            "ca_file, cert_file and key_file need an mqtts:// url",
+            "ca_file, cert_file and key_file need an mqtts:// or tls:// url",
         );
         p.check(
             !self.bus.base_topic.is_empty()

@@ -12,15 +12,19 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// The configured filter with the MQTT library's noise kept down: it narrates every
-/// connection at INFO and reports even a requested disconnect as an error; connection
-/// changes are reported by outpost-bus instead, unless the filter names it.
+/// The configured filter with the bus libraries' noise kept down: the MQTT one narrates
+/// every connection at INFO and reports even a requested disconnect as an error, the NATS
+/// one narrates every connection event at INFO; connection changes are reported by
+/// outpost-bus instead, unless the filter names the library.
 fn with_quiet_mqtt(level: &str) -> String {
-    if level.contains("mqtt5") {
-        level.to_string()
-    } else {
-        format!("{level},mqtt5=warn,mqtt5::client::direct::reader=off")
+    let mut out = level.to_string();
+    if !level.contains("mqtt5") {
+        out.push_str(",mqtt5=warn,mqtt5::client::direct::reader=off");
     }
+    if !level.contains("async_nats") {
+        out.push_str(",async_nats=warn");
+    }
+    out
 }
 
 /// A level as EdgeX writes it (`INFO`, `DEBUG`, `WARN`) or a filter

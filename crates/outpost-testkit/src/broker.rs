@@ -67,22 +67,12 @@ impl Mosquitto {
 
     /// Stops the broker gracefully (SIGTERM): it saves its sessions and queued messages.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status();
-            }
-            let _ = child.wait();
-        }
+        crate::terminate(self.child.take());
     }
 
     /// Kills the broker (SIGKILL): what it held only in memory is gone.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        crate::kill(self.child.take());
     }
 
     /// Starts the broker again on the same port, with what it saved.

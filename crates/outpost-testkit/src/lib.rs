@@ -27,6 +27,7 @@ pub mod device;
 pub mod firmware;
 pub mod metadata;
 pub mod modbus;
+pub mod nats;
 pub mod postgres;
 pub mod tpm;
 pub mod webhook;
@@ -482,5 +483,25 @@ impl Served {
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+/// Stops a peer's process gracefully (SIGTERM) and waits for it; nothing if none runs.
+pub(crate) fn terminate(child: Option<std::process::Child>) {
+    if let Some(mut child) = child {
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let _ = child.wait();
+    }
+}
+
+/// Kills a peer's process (SIGKILL), as a crash would, and waits for it.
+pub(crate) fn kill(child: Option<std::process::Child>) {
+    if let Some(mut child) = child {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

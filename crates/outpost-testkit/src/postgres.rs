@@ -126,6 +126,19 @@ impl Database {
         )
     }
 
+    /// The same as `--set` settings of `section`'s storage.
+    pub fn settings(&self, section: &str) -> Vec<String> {
+        vec![
+            format!("{section}.storage.backend=\"postgres\""),
+            format!("{section}.storage.url=\"{}\"", self.url),
+            format!(
+                "{section}.storage.password_file=\"{}\"",
+                self.password_file.display()
+            ),
+            format!("{section}.storage.ca=\"{}\"", self.ca.display()),
+        ]
+    }
+
     /// The same as a configuration value.
     pub fn storage(&self) -> outpost_kit::pg::StorageConfig {
         outpost_kit::pg::StorageConfig {
