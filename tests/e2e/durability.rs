@@ -347,6 +347,49 @@ async fn tag_device(node: &Node, name: &str, service: &str, protocols: serde_jso
     assert!(status < 300 && v[0]["statusCode"] == 201, "{v}");
 }
 
+/// A device of device-rest with one String resource, `Label`, and a token of its own,
+/// known to device-rest: how it posts values (trusting the node CA, as a device would).
+#[derive(Clone)]
+struct RestDevice {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl RestDevice {
+    async fn add(node: &Node, name: &str) -> Self {
+        tag_device(
+            node,
+            name,
+            "device-rest",
+            json!({"REST": {"Host": "127.0.0.1", "Port": "9", "Path": "tag"}}),
+        )
+        .await;
+        let token = format!("{name}-token-000000000000");
+        node.cli_ok(&["device", "secret", name, "--secret", &token]);
+        node.wait_log(&["device-rest", "device added", &format!("device={name}")])
+            .await;
+        Self {
+            http: node.tls_client(None),
+            url: format!("{}/api/v3/resource/{name}/Label", node.url(node.ports.rest)),
+            token,
+        }
+    }
+
+    /// Posts `value`: the value if device-rest answered 2xx.
+    async fn post(self, value: String) -> Option<String> {
+        let r = self
+            .http
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .body(value.clone())
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(value)
+    }
+}
+
 /// Waits until every value of `acked` is among the readings at core-data's `path`; then
 /// at most `duplicates` may be there twice.
 async fn all_values_stored_once(
@@ -758,25 +801,14 @@ async fn core_data_answers_201_only_for_events_that_survive_random_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_rest_answers_503_when_the_bus_takes_nothing_for_ten_seconds() {
     let node = Node::start("[device_rest]\nenabled = true\ndevice_messages_per_s = 0.0\n").await;
-    tag_device(
-        &node,
-        "rb",
-        "device-rest",
-        json!({"REST": {"Host": "127.0.0.1", "Port": "9", "Path": "tag"}}),
-    )
-    .await;
-    let token = "rb-token-000000000000";
-    node.cli_ok(&["device", "secret", "rb", "--secret", token]);
-    node.wait_log(&["device-rest", "device added", "device=rb"])
-        .await;
-    let url = format!("{}/api/v3/resource/rb/Label", node.url(node.ports.rest));
-    let http = node.tls_client(None);
+    let device = RestDevice::add(&node, "rb").await;
     let push = |value: &'static str| {
-        let (http, url) = (http.clone(), url.clone());
+        let device = device.clone();
         async move {
-            let r = http
-                .post(&url)
-                .bearer_auth(token)
+            let r = device
+                .http
+                .post(&device.url)
+                .bearer_auth(&device.token)
                 .body(value)
                 .timeout(Duration::from_secs(30))
                 .send()
@@ -874,6 +906,74 @@ async fn device_rest_answers_2xx_only_for_what_survives_random_kill_9_on_an_exte
     device_rest_through_kills(node, None, &["device-rest", "core-data", "node"]).await;
 }
 
+/// Two core-data instances on one PostgreSQL consume NATS JetStream as one shared durable
+/// consumer (`$share/core-data/...`): each value is taken by one of them, and when one is
+/// killed with kill -9 what it had taken and not acknowledged goes to the other after
+/// `bus.ack_wait_s`: every value device-rest answered 2xx is stored, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_data_instances_share_one_jetstream_consumer_through_a_kill_9() {
+    let nats = outpost_testkit::nats::NatsServer::start();
+    let db = outpost_testkit::postgres::server().database();
+    let node = Node::start(&format!(
+        "{}{}ack_wait_s = 3\n[broker]\nenabled = false\n\
+         [device_rest]\nenabled = true\ndevice_messages_per_s = 0.0\n",
+        db.storage_toml("core_data"),
+        nats.bus_toml()
+    ))
+    .await;
+    let port_b = free_port();
+    let mut b = instance_b(&node, "core-data", "core_data", port_b, None);
+    let (a_url, b_url) = (node.data(), node.url(port_b));
+    eventually("core-data@b consuming", Duration::from_secs(30), || async {
+        node.status_of("core-data@b").await.as_deref() == Some("UP")
+            && node
+                .get(&format!("{b_url}/api/v3/health"))
+                .await
+                .1
+                .to_string()
+                .contains("\"ingest\"")
+    })
+    .await;
+    let device = RestDevice::add(&node, "sh").await;
+    let post = move |value: String| device.clone().post(value);
+    // Both take a share while both live, and nothing is handled twice.
+    let mut first = Vec::new();
+    for n in 0..400 {
+        first.push(post(format!("s{n}")).await.expect("a 2xx while all is up"));
+    }
+    let path = "reading/device/name/sh/resourceName/Label";
+    all_values_stored_once(&node, path, &first, 0, Duration::from_secs(30)).await;
+    let persisted = "outpost_core_data_events_persisted_total";
+    let (on_a, on_b) = (
+        node.metric_if_any(&a_url, persisted).await.unwrap_or(0.0),
+        node.metric_if_any(&b_url, persisted).await.unwrap_or(0.0),
+    );
+    assert!(
+        on_a > 0.0 && on_b > 0.0,
+        "both instances took a share: a {on_a}, b {on_b}"
+    );
+    assert_eq!(
+        on_a + on_b,
+        400.0,
+        "each value handled once: a {on_a}, b {on_b}"
+    );
+
+    // b dies at once while values keep coming.
+    let poster = Sender::start(move |n| post(format!("k{n}")));
+    eventually("b storing more", Duration::from_secs(30), || async {
+        node.metric_if_any(&b_url, persisted).await.unwrap_or(0.0) > on_b + 20.0
+    })
+    .await;
+    b.kill().expect("kill -9 core-data@b");
+    let _ = b.wait();
+    eventually("a storing without b", Duration::from_secs(30), || async {
+        poster.acked().len() > 300
+    })
+    .await;
+    let acked = poster.stop().await;
+    all_values_stored_once(&node, path, &acked, 0, Duration::from_secs(60)).await;
+}
+
 /// A device posting values to device-rest one after another while `victims` are killed
 /// with kill -9 at random: every value answered 2xx is stored, none twice.
 async fn device_rest_through_kills(
@@ -881,44 +981,14 @@ async fn device_rest_through_kills(
     nats: Option<&mut outpost_testkit::nats::NatsServer>,
     victims: &[&str],
 ) {
-    tag_device(
-        &node,
-        "rk",
-        "device-rest",
-        json!({"REST": {"Host": "127.0.0.1", "Port": "9", "Path": "tag"}}),
-    )
-    .await;
-    let token = "rk-token-000000000000";
-    node.cli_ok(&["device", "secret", "rk", "--secret", token]);
-    let url = format!("{}/api/v3/resource/rk/Label", node.url(node.ports.rest));
-    // A device: its token, and the node CA to trust.
-    let http = node.tls_client(None);
-    node.wait_log(&["device-rest", "device added", "device=rk"])
-        .await;
-    let r = http
-        .post(&url)
-        .bearer_auth(token)
-        .body("ready")
-        .send()
-        .await
-        .expect("device-rest answers");
-    assert!(r.status().is_success(), "{}", r.status());
+    let device = RestDevice::add(&node, "rk").await;
+    assert!(
+        device.clone().post("ready".into()).await.is_some(),
+        "device-rest takes a value"
+    );
 
     // A device posting values one after another; a 2xx answer counts it as acknowledged.
-    let poster = Sender::start(move |n| {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            let value = format!("v{n}");
-            let r = http
-                .post(&url)
-                .bearer_auth(token)
-                .body(value.clone())
-                .send()
-                .await
-                .ok()?;
-            r.status().is_success().then_some(value)
-        }
-    });
+    let poster = Sender::start(move |n| device.clone().post(format!("v{n}")));
     let rounds: u32 = std::env::var("OUTPOST_KILL_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
