@@ -43,7 +43,8 @@
 #   bench/run.sh fuzz         every fuzz target for an hour (FUZZ_SECONDS), with executions
 #   bench/run.sh scale        core-data on PostgreSQL against SQLite with 1, 2 and 3 instances
 #                             sharing the bus; the cloud node's ingest from 50 edges into 1 and
-#                             2 instances on PostgreSQL; CPU per reading of each part
+#                             2 instances on PostgreSQL; core-data through NATS JetStream
+#                             against the embedded broker; CPU per reading of each part
 #   bench/run.sh durability   the randomized kill -9 test of tests/e2e/durability.rs with 100
 #                             kills instead of CI's 20 (OUTPOST_KILL_ROUNDS), under QoS 1 ingest,
 #                             through device-mqtt and through device-rest
@@ -117,6 +118,9 @@ if [[ $what == all || $what == scale ]]; then
   # 50 edges x 10 batches x 200 events x 10 readings (1,000,000 readings) into 1 and 2
   # cloud instances sharing a private PostgreSQL; two rounds.
   for i in 1 2; do run "$B" scale-cloud --outpost "$O" --edges 50 --batches 10 --batch 200 --readings 10 --instances 2; done
+  # 50,000 events x 10 readings into core-data (SQLite) through the embedded broker and
+  # through NATS JetStream (nats-server with TLS and a password); two rounds.
+  for i in 1 2; do run "$B" bus-ingest --outpost "$O" --events 50000 --readings 10 --devices 100; done
 fi
 if [[ $what == all || $what == journal ]]; then
   # The same load with the journal on and off, alternating which goes first: 100 devices

@@ -17,9 +17,10 @@
 //! - `ota`: concurrent artifact downloads and device polls per second ([`ota`]).
 //! - `notifications` / `scheduler`: deliveries per second to a webhook, alert latency, and
 //!   the lateness of many interval jobs ([`support`]).
-//! - `scale-ingest` / `scale-cloud`: core-data on PostgreSQL against SQLite with one to
-//!   three instances, and the cloud node's ingest from many edges into one and two
-//!   instances, with CPU per reading of each part ([`scale`]).
+//! - `scale-ingest` / `scale-cloud` / `bus-ingest`: core-data on PostgreSQL against SQLite
+//!   with one to three instances, the cloud node's ingest from many edges into one and two
+//!   instances, and core-data's ingest through NATS JetStream against the embedded broker,
+//!   with CPU per reading of each part ([`scale`]).
 //! - `pub` / `sub`: the load generator and the reference consumer (used by `ingest`).
 //!
 //! Every command prints a human summary and a JSON line (prefixed `RESULT `) for scripts.
@@ -167,6 +168,8 @@ enum Cmd {
     ScaleIngest(scale::IngestArgs),
     /// The cloud node's ingest from many simulated edges into 1..N instances on PostgreSQL.
     ScaleCloud(scale::CloudArgs),
+    /// core-data's ingest through NATS JetStream against the embedded broker.
+    BusIngest(scale::BusArgs),
     /// Command round trip: REST -> core-command -> device service -> device -> back.
     Command {
         #[arg(long)]
@@ -1194,6 +1197,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Fleet(a) => fleet::run(&a).await,
             Cmd::ScaleIngest(a) => scale::ingest(&a).await,
             Cmd::ScaleCloud(a) => scale::cloud(&a).await,
+            Cmd::BusIngest(a) => scale::bus(&a).await,
             Cmd::Export(a) => export::export(&a).await,
             Cmd::Ota(a) => ota::run(&a).await,
             Cmd::Notifications {

@@ -1,7 +1,8 @@
-//! Scale-out on PostgreSQL: core-data on PostgreSQL against SQLite with one to N instances
-//! sharing the bus (`scale-ingest`), and the cloud node's ingest from many edges into one
-//! and two instances sharing one PostgreSQL (`scale-cloud`). Each prints the rate and the
-//! CPU each part spent per reading, so a capacity model can extrapolate from them.
+//! Scale-out on real engines: core-data on PostgreSQL against SQLite with one to N
+//! instances sharing the bus (`scale-ingest`), the cloud node's ingest from many edges into
+//! one and two instances sharing one PostgreSQL (`scale-cloud`), and core-data's ingest
+//! through NATS JetStream against the embedded broker (`bus-ingest`). Each prints the rate
+//! and the CPU each part spent per reading, so a capacity model can extrapolate from them.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,17 @@ pub struct IngestArgs {
     /// MQTT connections the publisher spreads the devices over.
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct BusArgs {
+    #[arg(long)]
+    pub outpost: PathBuf,
+    #[command(flatten)]
+    pub(crate) load: Load,
+    /// Publishes in flight (awaiting their acknowledgement) at once.
+    #[arg(long, default_value_t = 1024)]
+    pub window: usize,
 }
 
 #[derive(clap::Args, Clone)]
@@ -88,6 +100,30 @@ fn postmaster(data: &Path) -> anyhow::Result<u32> {
 /// CPU microseconds per reading of `ticks` clock ticks over `readings`.
 fn us_per(ticks: u64, readings: u64) -> f64 {
     (ticks as f64 * 10_000.0 / readings.max(1) as f64 * 100.0).round() / 100.0
+}
+
+/// When core-data's reading count at `count_url` reached `total` (unix ns), once every
+/// one of the `(acked, sent)` events was acknowledged.
+async fn persisted(
+    http: &reqwest::Client,
+    count_url: &str,
+    (acked, sent): (u64, u64),
+    total: u64,
+) -> anyhow::Result<i64> {
+    if acked != sent {
+        bail!("{acked} of {sent} events acknowledged");
+    }
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let got = count(http, count_url).await;
+        if got >= total {
+            return Ok(unix_nanos());
+        }
+        if Instant::now() > deadline {
+            bail!("only {got} of {total} readings persisted after 900 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Another core-data instance of `node` (named `name`, on `port`), on the node's
@@ -187,20 +223,7 @@ pub async fn ingest(a: &IngestArgs) -> anyhow::Result<()> {
             tls: None,
         })
         .await?;
-        if acked != events {
-            bail!("{acked} of {events} events acknowledged");
-        }
-        let deadline = Instant::now() + Duration::from_secs(900);
-        let done = loop {
-            let got = count(&http, &count_url).await;
-            if got >= total {
-                break unix_nanos();
-            }
-            if Instant::now() > deadline {
-                bail!("only {got} of {total} readings persisted after 900 s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let done = persisted(&http, &count_url, (acked, events), total).await?;
         let after = sample();
         let secs = (done - start) as f64 / 1e9;
         let rate = total as f64 / secs;
@@ -408,6 +431,127 @@ pub async fn cloud(a: &CloudArgs) -> anyhow::Result<()> {
         for mut c in clouds {
             c.stop().await;
         }
+    }
+    Ok(())
+}
+
+/// Publishes `msgs` (subject, payload) to JetStream with `window` awaiting their
+/// acknowledgement at once; returns (start unix ns, acknowledged).
+async fn publish_nats(
+    nats: &outpost_testkit::nats::NatsServer,
+    msgs: Vec<(String, Vec<u8>)>,
+    window: usize,
+) -> anyhow::Result<(i64, u64)> {
+    let client = async_nats::ConnectOptions::new()
+        .user_and_password(
+            outpost_testkit::nats::USER.into(),
+            std::fs::read_to_string(&nats.password_file)?.trim().into(),
+        )
+        .require_tls(true)
+        .add_root_certificates(nats.ca.clone())
+        .connect(nats.url())
+        .await?;
+    let js = async_nats::jetstream::new(client);
+    let sem = Arc::new(tokio::sync::Semaphore::new(window.max(1)));
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = unix_nanos();
+    let mut tasks = Vec::with_capacity(msgs.len());
+    for (subject, payload) in msgs {
+        let permit = Arc::clone(&sem).acquire_owned().await?;
+        let ack = js.publish(subject, payload.into()).await?;
+        let acked = Arc::clone(&acked);
+        tasks.push(tokio::spawn(async move {
+            if ack.await.is_ok() {
+                acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok((start, acked.load(std::sync::atomic::Ordering::Relaxed)))
+}
+
+/// core-data (SQLite) fed through the embedded broker (100 MQTT connections, QoS 1) and
+/// through NATS JetStream (one connection, `window` publishes awaiting their
+/// acknowledgement), the same events.
+pub async fn bus(a: &BusArgs) -> anyhow::Result<()> {
+    let Load {
+        events,
+        readings,
+        devices,
+    } = a.load;
+    let total = events * readings as u64;
+    for engine in ["embedded", "nats"] {
+        let nats = (engine == "nats").then(outpost_testkit::nats::NatsServer::start);
+        // On NATS the embedded broker still runs (idle: nothing uses it).
+        let extra = nats
+            .as_ref()
+            .map_or_else(String::new, outpost_testkit::nats::NatsServer::bus_toml);
+        let mut node = Node::spawn(&a.outpost, &extra)?;
+        let http = reqwest::Client::new();
+        wait_until("the node", Duration::from_secs(60), || node.healthy(&http)).await?;
+        provision(&http, &node, readings, devices).await?;
+        let root = node.pids().first().copied().unwrap_or(0);
+        let server = nats
+            .as_ref()
+            .and_then(outpost_testkit::nats::NatsServer::pid);
+        let sample = || (tree_ticks(root), server.map_or(0, tree_ticks));
+        let count_url = format!("{}/api/v3/reading/count", node.url(node.data));
+        let before = sample();
+        let (start, acked) = match &nats {
+            None => {
+                let (start, _, acked) = publish(&PubArgs {
+                    url: node.bus().0,
+                    count: events,
+                    readings,
+                    devices,
+                    window: a.window,
+                    encoding: "json".into(),
+                    connections: 100,
+                    tls: None,
+                })
+                .await?;
+                (start, acked)
+            }
+            Some(n) => {
+                let base = unix_nanos();
+                let mut msgs = Vec::with_capacity(usize::try_from(events)?);
+                for i in 0..events {
+                    let d = usize::try_from(i)? % devices.max(1);
+                    let dev = device_name(d);
+                    let payload =
+                        crate::event_message(&dev, base + i64::try_from(i)?, readings, i, "json")?;
+                    msgs.push((outpost_bus::nats::subject(&crate::topic(&dev)), payload));
+                }
+                publish_nats(n, msgs, a.window).await?
+            }
+        };
+        let done = persisted(&http, &count_url, (acked, events), total)
+            .await
+            .with_context(|| format!("through {engine}"))?;
+        let after = sample();
+        let secs = (done - start) as f64 / 1e9;
+        let rate = total as f64 / secs;
+        let (node_us, server_us) = (
+            us_per(after.0 - before.0, total),
+            us_per(after.1 - before.1, total),
+        );
+        println!(
+            "bus {engine}: {total} readings persisted in {secs:.2} s = {rate:.0} readings/s; CPU µs per reading: node {node_us}{}",
+            if nats.is_some() {
+                format!(", nats-server {server_us}")
+            } else {
+                String::new()
+            }
+        );
+        println!(
+            "RESULT {}",
+            json!({"bench": "bus-ingest", "engine": engine, "events": events, "readings_per_event": readings,
+                "readings_per_s": rate.round(), "cpu_us_per_reading": {"node": node_us, "nats_server": server_us}})
+        );
+        node.stop().await;
     }
     Ok(())
 }

@@ -83,7 +83,7 @@ fn token(level: &str) -> String {
 }
 
 /// The subject of an MQTT topic.
-pub(crate) fn subject(topic: &str) -> String {
+pub fn subject(topic: &str) -> String {
     topic.split('/').map(token).collect::<Vec<_>>().join(".")
 }
 
