@@ -18,6 +18,11 @@ fn numbered(device: &str, base: i64, i: i64) -> String {
     .1
 }
 
+/// The value event `i` of a run carries: `i` as hundredths, so each is told apart.
+fn value(i: i64) -> String {
+    format!("{}.{:02}", i / 100, i % 100)
+}
+
 /// The metrics of a core-data instance at `url`: events it persisted and duplicates it saw.
 async fn handled(node: &Node, url: &str) -> (f64, f64) {
     (
@@ -214,18 +219,9 @@ async fn cloud_instances_share_postgresql_and_an_edge_fails_over() {
     ))
     .await;
     provision(&node, &["s1"]);
-    let value = |i: i64| format!("{}.{:02}", i / 100, i % 100);
     let publish = |from: i64, to: i64| {
         let base = now_nanos();
-        let lines: Vec<String> = (from..to)
-            .map(|i| event_message("s1", base + i, &[("Temperature", "Float64", &value(i))]).1)
-            .collect();
-        let out = mosquitto_pub_lines(node.ports.mqtt, &event_topic("s1"), &lines, &[]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        publish_events(&node, "s1", from..to, |i| base + i, value);
     };
     publish(0, 150);
     eventually(
@@ -315,4 +311,290 @@ async fn scheduler_instances_run_a_job_once_and_a_survivor_takes_over_from_a_kil
         ))
         .await;
     outpost_testkit::one_runner(&outpost_testkit::scheduled_times(&page), 1_000, 6);
+}
+
+/// Two ota instances on one PostgreSQL hold one rollout: devices report to either (each
+/// step of a device through the other instance than the last), the phase opens once, on
+/// the instance whose report completed it, and both show it. Then the instance the next
+/// phase's devices started with is killed with kill -9: they finish through the survivor,
+/// which takes over from what the dead one stored, and every report answered 200 is in the
+/// devices' histories once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ota_instances_share_a_rollout_and_a_phase_opens_once_through_a_kill_9() {
+    let db = outpost_testkit::postgres::server().database();
+    let keys = crate::support::tempdir();
+    let (key, public) = crate::ota::keygen(keys.path());
+    let node = Node::start(&format!(
+        "{}[ota]\nenabled = true\ntrusted_keys = [\"{public}\"]\n",
+        db.storage_toml("ota")
+    ))
+    .await;
+    let devices: Vec<String> = (0..8).map(|d| format!("fwdev-{d}")).collect();
+    provision(
+        &node,
+        &devices.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    crate::ota::with_secrets(&node, &devices);
+    let data = outpost_testkit::firmware::payload(50_000, 7);
+    crate::ota::upload(&node, &key, "fw", "2.0", &data);
+    let port_b = free_port();
+    let log_b = node.dir.path().join("ota-b.log");
+    let mut b = instance(&node, ("ota", "ota"), "b", port_b, Some(&log_b));
+    eventually("ota@b registered", Duration::from_secs(30), || async {
+        node.status_of("ota@b").await.as_deref() == Some("UP")
+    })
+    .await;
+    let (a, b_api) = (
+        format!("{}/api/v3", node.url(node.ports.ota)),
+        format!("{}/api/v3", node.url(port_b)),
+    );
+    let (code, v) = node
+        .post(
+            &format!("{a}/rollout"),
+            &serde_json::json!({"name": "r1", "artifact": {"name": "fw", "version": "2.0"},
+                "target": {"devices": devices}, "policy": {"phases": [50.0, 100.0]}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{v}");
+    let report = |api: &str, device: &str, status: &str| {
+        node.http
+            .post(format!("{api}/ddi/{device}/action/r1/feedback"))
+            .header("x-outpost-device-token", format!("{device}-secret-000"))
+            .json(&serde_json::json!({"status": status, "details": status}))
+            .send()
+    };
+    let view = async |api: &str| node.get(&format!("{api}/rollout/name/r1")).await.1;
+    let steps = ["downloading", "installing", "succeeded"];
+    let phase_one: Vec<&str> = devices[..4].iter().map(String::as_str).collect();
+    // Each device of the first phase reports through a, b, a or b, a, b; devices at once.
+    let reports = phase_one.iter().enumerate().map(|(d, device)| {
+        let (a, b_api, report) = (&a, &b_api, &report);
+        async move {
+            for (i, s) in steps.iter().enumerate() {
+                let api = if (d + i) % 2 == 0 { a } else { b_api };
+                let r = report(api, device, s).await.expect("report");
+                let code = r.status().as_u16();
+                assert_eq!(
+                    code,
+                    200,
+                    "{device} {s}: {}",
+                    r.text().await.unwrap_or_default()
+                );
+            }
+        }
+    });
+    futures_util::future::join_all(reports).await;
+    for api in [&a, &b_api] {
+        eventually(
+            "both instances show phase 2 open",
+            Duration::from_secs(10),
+            || async {
+                let v = view(api).await;
+                v["openPhase"] == 1 && v["counts"]["succeeded"] == 4 && v["counts"]["offered"] == 4
+            },
+        )
+        .await;
+    }
+    // The second phase starts through b; b dies; the devices finish through a.
+    for device in &devices[4..] {
+        let r = report(&b_api, device, "downloading").await.expect("report");
+        assert_eq!(r.status().as_u16(), 200, "{device} downloading through b");
+    }
+    b.kill().expect("kill -9 ota@b");
+    let _ = b.wait();
+    for device in &devices[4..] {
+        for s in &steps[1..] {
+            let r = report(&a, device, s).await.expect("report");
+            assert_eq!(r.status().as_u16(), 200, "{device} {s} through a");
+        }
+    }
+    let v = view(&a).await;
+    assert_eq!(v["status"]["state"], "finished", "{v}");
+    assert_eq!(v["counts"]["succeeded"], 8, "{v}");
+    for device in &devices {
+        let (_, h) = node
+            .get(&format!("{a}/rollout/name/r1/device/{device}"))
+            .await;
+        let got: Vec<&str> = h["history"]
+            .as_array()
+            .map(|h| h.iter().filter_map(|e| e["status"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(got, steps, "{device}: each report once, in order: {h}");
+    }
+    // b started again reads the same rollout from the database.
+    let _b = instance(&node, ("ota", "ota"), "b", port_b, Some(&log_b));
+    eventually("ota@b back", Duration::from_secs(30), || async {
+        view(&b_api).await["status"]["state"] == "finished"
+    })
+    .await;
+}
+
+/// Whether something answers `ping` on `port`.
+async fn listening(node: &Node, port: u16) -> bool {
+    node.http
+        .get(format!("{}/api/v3/ping", node.url(port)))
+        .send()
+        .await
+        .is_ok()
+}
+
+/// Two export instances take turns on one PostgreSQL lease, their queues on the data dir
+/// they share: one runs, the other stands by without listening. The running one is killed
+/// with kill -9 while 300 events wait in its queue for the cloud (down meanwhile); the
+/// next instance to take the turn (the standby, or the killed one started again by
+/// `outpost up`) sends them from the queue it finds, and sends on: every event arrives in
+/// the cloud, once, and one instance runs at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_instances_take_turns_and_the_next_sends_what_a_killed_one_queued() {
+    let db = outpost_testkit::postgres::server().database();
+    let mut cloud = Cloud::start().await;
+    let identity = cloud.enroll("edge-t");
+    let node = Node::start(&format!(
+        "{}{}",
+        cloud_export(&identity, "retry_initial_ms = 50\nretry_max_ms = 500"),
+        db.table_toml("export.standby")
+    ))
+    .await;
+    provision(&node, &["t1"]);
+    let port_b = free_port();
+    let log_b = node.dir.path().join("export-b.log");
+    let _b = instance(&node, ("export", "export"), "b", port_b, Some(&log_b));
+    eventually("export@b standing by", Duration::from_secs(30), || async {
+        std::fs::read_to_string(&log_b).is_ok_and(|l| l.contains("standing by"))
+    })
+    .await;
+    assert!(!listening(&node, port_b).await, "a standby does not listen");
+    let publish = |from: i64, to: i64| {
+        let base = now_nanos();
+        publish_events(&node, "t1", from..to, |i| base + i, value);
+    };
+    publish(0, 100);
+    eventually(
+        "100 events in the cloud",
+        Duration::from_secs(30),
+        || async { cloud.values("edge-t", "t1").await.len() == 100 },
+    )
+    .await;
+    // The cloud goes away; 300 events wait in the running instance's queue.
+    cloud.stop();
+    publish(100, 400);
+    eventually("300 events queued", Duration::from_secs(30), || async {
+        crate::export::status(&node).await["queue"]["items"] == 300
+    })
+    .await;
+    signal(node.pid("export"), "KILL");
+    cloud.launch().await;
+    publish(400, 500);
+    eventually(
+        "500 events in the cloud",
+        Duration::from_secs(90),
+        || async { cloud.values("edge-t", "t1").await.len() == 500 },
+    )
+    .await;
+    let seen = cloud.values("edge-t", "t1").await;
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "stored more than once: {twice:?}");
+    for i in 0..500 {
+        assert!(seen.contains_key(&value(i)), "{} missing", value(i));
+    }
+    let (a, b) = (
+        listening(&node, node.ports.export).await,
+        listening(&node, port_b).await,
+    );
+    assert!(a != b, "one instance runs at a time: a {a}, b {b}");
+}
+
+/// Two rules instances take turns on one PostgreSQL lease: one runs the pipelines, the
+/// other stands by. The running one is killed with kill -9; the next to take the turn (the
+/// standby, or the killed one started again) runs the pipelines on the readings published
+/// meanwhile (the durable session kept them) from the killed one's last checkpoint: every
+/// one-second window comes out, the one open at the kill too, each once (an output made
+/// again by the next instance has the same event ID).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_instances_take_turns_and_the_next_runs_the_windows_after_a_kill_9() {
+    let db = outpost_testkit::postgres::server().database();
+    let node = Node::start(&format!(
+        "{}{}",
+        rules_config(
+            r#"name = "win"
+devices = ["w1"]
+steps = [{ type = "tumbling", size_ms = 1000, functions = ["count"] }]"#
+        ),
+        db.table_toml("rules.standby")
+    ))
+    .await;
+    provision(&node, &["w1"]);
+    let port_b = free_port();
+    let log_b = node.dir.path().join("rules-b.log");
+    let _b = instance(&node, ("rules", "rules"), "b", port_b, Some(&log_b));
+    eventually("rules@b standing by", Duration::from_secs(30), || async {
+        std::fs::read_to_string(&log_b).is_ok_and(|l| l.contains("standing by"))
+    })
+    .await;
+    assert!(!listening(&node, port_b).await, "a standby does not listen");
+    // Readings a second apart, each in its own window, a minute in the past: a window
+    // closes when the next reading arrives.
+    let base = (now_nanos() / 1_000_000_000 - 60) * 1_000_000_000;
+    let publish = |from: i64, to: i64| {
+        publish_events(&node, "w1", from..to, |i| base + i * 1_000_000_000, value);
+    };
+    // The windows' outputs as they leave rules: by origin (a window's end), each output's
+    // event ID and count.
+    let sub = MosquittoSub::start(node.ports.mqtt, "edgex/events/rules/win/#");
+    let mut outputs = std::collections::HashMap::<i64, Vec<(String, String)>>::new();
+    let mut windows = |until: Duration| {
+        while let Some((_, payload)) = sub.next_line(until) {
+            let v: serde_json::Value = serde_json::from_str(&payload).unwrap_or_default();
+            let ev = &v["payload"]["event"];
+            let count = ev["readings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["resourceName"] == "Temperature_count")
+                .map(|r| r["value"].as_str().unwrap_or_default().to_string())
+                .unwrap_or_default();
+            outputs
+                .entry(ev["origin"].as_i64().unwrap_or(0))
+                .or_default()
+                .push((ev["id"].as_str().unwrap_or_default().to_string(), count));
+        }
+        outputs.clone()
+    };
+    publish(0, 11);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while windows(Duration::from_millis(200)).len() < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "10 windows out: {outputs:?}"
+        );
+    }
+    signal(node.pid("rules"), "KILL");
+    publish(11, 31);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while windows(Duration::from_millis(200)).len() < 30 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "30 windows out: {outputs:?}"
+        );
+    }
+    let seen = windows(Duration::from_millis(500));
+    // A window's output has its end as origin; the window open when rules died (its
+    // reading taken and checkpointed by the killed instance) comes out too. Each window
+    // counts its one reading once, and an output made twice has one ID.
+    for i in 0..30 {
+        let origin = base + (i + 1) * 1_000_000_000;
+        let out = seen
+            .get(&origin)
+            .unwrap_or_else(|| panic!("window {i} missing: {seen:?}"));
+        assert!(
+            out.iter()
+                .all(|(id, count)| *id == out[0].0 && count == "1.0"),
+            "window {i}: {out:?}"
+        );
+    }
+    let (a, b) = (
+        listening(&node, node.ports.rules).await,
+        listening(&node, port_b).await,
+    );
+    assert!(a != b, "one instance runs at a time: a {a}, b {b}");
 }

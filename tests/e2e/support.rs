@@ -1161,15 +1161,21 @@ pub async fn stored_readings(node: &Node, device: &str, n: i64, value: &str) -> 
 /// Publishes `n` events of one `Float64` reading `value` of `device` over MQTT (QoS 1, the
 /// bus token), each acknowledged.
 pub fn publish_readings(node: &Node, device: &str, n: i64, value: &str) {
-    let lines: Vec<String> = (0..n)
-        .map(|i| {
-            event_message(
-                device,
-                now_nanos() + i,
-                &[("Temperature", "Float64", value)],
-            )
-            .1
-        })
+    let base = now_nanos();
+    publish_events(node, device, 0..n, |i| base + i, |_| value.to_string());
+}
+
+/// Publishes events `run` of `device` over MQTT (QoS 1, the bus token), each acknowledged:
+/// event `i` has the origin `origin(i)` and one `Float64` reading `value(i)`.
+pub fn publish_events(
+    node: &Node,
+    device: &str,
+    run: std::ops::Range<i64>,
+    origin: impl Fn(i64) -> i64,
+    value: impl Fn(i64) -> String,
+) {
+    let lines: Vec<String> = run
+        .map(|i| event_message(device, origin(i), &[("Temperature", "Float64", &value(i))]).1)
         .collect();
     let out = mosquitto_pub_lines(node.ports.mqtt, &event_topic(device), &lines, &[]);
     assert!(

@@ -39,6 +39,7 @@ pub mod shutdown;
 pub mod tasks;
 pub mod telemetry;
 pub mod tls;
+pub mod turn;
 pub mod wire;
 pub mod writable;
 

@@ -8,6 +8,8 @@
 //! stop stage ([`Stage`]), and optionally a TLS configuration. [`run`] does the rest, the
 //! same way for every service:
 //!
+//! 0. when its instances take turns ([`Service::standby`]), waits for its turn
+//!    ([`crate::turn`]);
 //! 1. binds the HTTP port (a busy port fails at once, before anything is opened);
 //! 2. opens the service's encrypted database and applies its migrations;
 //! 3. follows the registry, when the service calls others by name;
@@ -382,6 +384,13 @@ pub trait Service: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Where its instances take turns, for a service one instance of which runs at a time
+    /// ([`crate::turn`]): the database of the lease. `None` (the default), or a SQLite
+    /// backend: the instance runs at once.
+    fn standby(_cfg: &Self::Config) -> Option<&crate::pg::StorageConfig> {
+        None
+    }
+
     /// Builds the service: opens what else it needs, starts its tasks on `start.ctx.tasks`,
     /// and returns what it serves.
     fn build(start: Start<Self::Config>) -> impl Future<Output = Result<Parts, StartError>> + Send;
@@ -486,6 +495,13 @@ pub async fn assemble<S: Service>(
 /// Runs `S` until its context's shutdown fires (or a task of it fails), then stops it in
 /// order (see the module documentation).
 pub async fn run<S: Service>(ctx: Context, cfg: S::Config) -> Result<(), RunError> {
+    if let Some(turns) = S::standby(&cfg).filter(|c| c.is_postgres())
+        && !crate::turn::wait(&ctx, S::INFO.name, turns)
+            .await
+            .map_err(|e| RunError::Start(StartError::other(e)))?
+    {
+        return Ok(());
+    }
     let listener = ctx.bind(ServiceConfig::port(&cfg)).await?;
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
     let assembled = assemble::<S>(&ctx, cfg, addr).await?;

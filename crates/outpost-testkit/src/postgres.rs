@@ -117,8 +117,14 @@ pub struct Database {
 impl Database {
     /// core-data's (or any service's) `[…storage]` section for this database, TLS on.
     pub fn storage_toml(&self, section: &str) -> String {
+        self.table_toml(&format!("{section}.storage"))
+    }
+
+    /// This database as the TOML table `table` (a [`outpost_kit::pg::StorageConfig`]
+    /// anywhere in the configuration: `export.standby`).
+    pub fn table_toml(&self, table: &str) -> String {
         format!(
-            "[{section}.storage]\nbackend = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"\n\
+            "[{table}]\nbackend = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"\n\
              ca = \"{}\"\n",
             self.url,
             self.password_file.display(),

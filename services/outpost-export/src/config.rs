@@ -19,6 +19,11 @@ pub struct Config {
     /// Most bus messages appended (and synced) together.
     pub max_append_batch: usize,
     pub destinations: Vec<Destination>,
+    /// Where instances take turns (`backend = "postgres"`): one instance runs export, the
+    /// others stand by and the first to take the lease runs it when it dies. The queues
+    /// are then on a volume every instance mounts (`<data>/queue`). Default: no turns, the
+    /// instance runs at once.
+    pub standby: outpost_kit::pg::StorageConfig,
 }
 
 impl Default for Config {
@@ -29,6 +34,7 @@ impl Default for Config {
             max_inflight: 1024,
             max_append_batch: 512,
             destinations: Vec::new(),
+            standby: outpost_kit::pg::StorageConfig::default(),
         }
     }
 }
@@ -160,6 +166,9 @@ impl outpost_kit::config::Validate for Config {
             "export",
             "max_append_batch must be at least 1",
         );
+        for problem in self.standby.problems() {
+            p.check(false, "export.standby", problem);
+        }
         let mut names = std::collections::HashSet::new();
         for d in &self.destinations {
             let at = format!("export.destinations[{}]", d.name);

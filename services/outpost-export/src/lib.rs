@@ -58,10 +58,15 @@ impl outpost_kit::Service for Export {
         Some(Storage::new(sqlite::MIGRATIONS, 1))
     }
 
+    fn standby(cfg: &Config) -> Option<&outpost_kit::pg::StorageConfig> {
+        Some(&cfg.standby)
+    }
+
     fn sandbox(
         cfg: &Config,
         files: &mut outpost_kit::sandbox::Files,
     ) -> Result<(), outpost_storage::StorageError> {
+        cfg.standby.sandbox(files, SERVICE)?;
         files.own_dir("queue")?;
         files.secret("export.key")?;
         for d in &cfg.destinations {

@@ -87,13 +87,21 @@ impl Artifacts {
         max_bytes: u64,
     ) -> Result<Self, OpenError> {
         outpost_storage::ensure_private_dir(&blobs).map_err(OpenError::Dir)?;
-        // Uploads that never finished (a crash) leave temporary files.
+        // Uploads that never finished (a crash) leave temporary files. Instances may share
+        // the directory: only files nobody wrote to for an hour are left behind by a crash.
         let entries = std::fs::read_dir(&blobs).map_err(|source| OpenError::Read {
             path: blobs.clone(),
             source,
         })?;
+        let abandoned = |e: &std::fs::DirEntry| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(3600))
+        };
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().ends_with(".tmp") {
+            if e.file_name().to_string_lossy().ends_with(".tmp") && abandoned(&e) {
                 let _ = std::fs::remove_file(e.path());
             }
         }

@@ -11,7 +11,11 @@
 //! `GET /api/v3/ddi/{device}/action/{rollout}/payload` (ranges as for any payload).
 //!
 //! Rollouts are held in memory and written through the store on every change; a change
-//! the store refuses is undone in memory too.
+//! the store refuses is undone in memory too. Instances sharing one database (PostgreSQL)
+//! each hold the rollouts: a change is stored only over the revision it was made from, and
+//! one made from an older revision is made again from the stored rollout (`Fleet::change`),
+//! so a report that opens a phase opens it once, on the instance that stored it. Each
+//! instance follows the others' changes within a second ([`Fleet::follow`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,6 +47,8 @@ pub struct Entry {
     /// The artifact's name and version.
     pub artifact: (String, String),
     pub created_ms: i64,
+    /// The stored revision this entry is (see [`RolloutHead::revision`]).
+    pub revision: i64,
 }
 
 impl Entry {
@@ -67,6 +73,7 @@ impl Entry {
                 rollout,
                 artifact: h.artifact,
                 created_ms: h.created_ms,
+                revision: h.revision,
             },
         )
     }
@@ -82,6 +89,7 @@ impl Entry {
             failures_before,
             started_before,
             created_ms: self.created_ms,
+            revision: self.revision,
         }
     }
 
@@ -164,6 +172,147 @@ impl Fleet {
                 }
             }
         });
+    }
+}
+
+impl Fleet {
+    /// Makes `change` to rollout `name` and stores it with the reports it returns. When
+    /// another instance stored a change since this one read the rollout (or `change` is
+    /// refused by a state that may be old), the rollout is read again and `change` made
+    /// over what is stored now. What the devices were before, and what `change` returned.
+    async fn change<T>(
+        &self,
+        rollouts: &mut Vec<(String, Entry)>,
+        name: &str,
+        mut change: impl FnMut(&mut Entry) -> Result<(Vec<Report>, T), ApiError>,
+    ) -> Result<(HashMap<String, DeviceState>, T), ApiError> {
+        for _ in 0..16 {
+            if entry(rollouts, name).is_err() && !self.reload(rollouts, name).await? {
+                return Err(ApiError::not_found(format!("no rollout {name}")));
+            }
+            let e = entry(rollouts, name)?;
+            let before = snapshot(&e.rollout);
+            let saved = e.rollout.clone();
+            let (reports, out) = match change(e) {
+                Ok(done) => done,
+                Err(err) => {
+                    e.rollout = saved;
+                    if self.reload(rollouts, name).await? {
+                        continue;
+                    }
+                    return Err(err);
+                }
+            };
+            match self
+                .store
+                .update_rollout(e.head(name), e.changed(&before), reports)
+                .await
+            {
+                Ok(true) => {
+                    e.revision += 1;
+                    return Ok((before, out));
+                }
+                Ok(false) => {
+                    e.rollout = saved;
+                    self.reload(rollouts, name).await?;
+                }
+                Err(err) => {
+                    e.rollout = saved;
+                    return Err(ApiError::internal(err));
+                }
+            }
+        }
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "rollout {name} is changed by other instances faster than this one can; try again"
+            ),
+        ))
+    }
+
+    /// Reads rollout `name` again if the stored one is not the one held: whether it was.
+    async fn reload(
+        &self,
+        rollouts: &mut Vec<(String, Entry)>,
+        name: &str,
+    ) -> Result<bool, ApiError> {
+        let stored = self
+            .store
+            .rollout(name.to_string())
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(replace(rollouts, name, stored))
+    }
+
+    /// Follows what other instances sharing the database change: every second, rollouts
+    /// whose stored revision is not the one held are read again, new ones added.
+    pub async fn follow(self: Arc<Self>, stop: outpost_kit::Shutdown) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.wait() => return,
+                _ = tick.tick() => {}
+            }
+            let stored = match self.store.revisions().await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read the rollouts' revisions");
+                    continue;
+                }
+            };
+            let stale: Vec<String> = {
+                let rollouts = self.rollouts.lock().await;
+                stored
+                    .into_iter()
+                    .filter(|(n, rev)| !rollouts.iter().any(|(m, e)| m == n && e.revision == *rev))
+                    .map(|(n, _)| n)
+                    .collect()
+            };
+            for name in stale {
+                match self.store.rollout(name.clone()).await {
+                    Ok(stored) => {
+                        replace(&mut *self.rollouts.lock().await, &name, stored);
+                    }
+                    Err(e) => tracing::debug!(rollout = name, error = %e, "cannot read a rollout"),
+                }
+            }
+        }
+    }
+}
+
+/// The entry of rollout `name`.
+fn entry<'a>(rollouts: &'a mut [(String, Entry)], name: &str) -> Result<&'a mut Entry, ApiError> {
+    rollouts
+        .iter_mut()
+        .find(|(n, _)| n == name)
+        .map(|(_, e)| e)
+        .ok_or_else(|| ApiError::not_found(format!("no rollout {name}")))
+}
+
+/// Puts `stored` in place of rollout `name` (added, oldest first, if it was not held):
+/// whether what is held changed.
+fn replace(rollouts: &mut Vec<(String, Entry)>, name: &str, stored: Option<StoredRollout>) -> bool {
+    let held = rollouts.iter().position(|(n, _)| n == name);
+    match (held, stored) {
+        (Some(i), Some(s)) if rollouts[i].1.revision == s.head.revision => false,
+        (Some(i), Some(s)) => {
+            rollouts[i] = Entry::restore(s);
+            true
+        }
+        (None, Some(s)) => {
+            let at = rollouts
+                .iter()
+                .position(|(_, e)| e.created_ms > s.head.created_ms)
+                .unwrap_or(rollouts.len());
+            rollouts.insert(at, Entry::restore(s));
+            true
+        }
+        (Some(i), None) => {
+            rollouts.remove(i);
+            true
+        }
+        (None, None) => false,
     }
 }
 
@@ -281,8 +430,10 @@ pub async fn create(State(app): State<Arc<Fleet>>, body: Bytes) -> Result<Respon
             artifact.manifest.version.clone(),
         ),
         created_ms: now_ms(),
+        revision: 0,
     };
     let mut rollouts = app.rollouts.lock().await;
+    app.reload(&mut rollouts, &req.name).await?;
     if rollouts.iter().any(|(n, _)| *n == req.name) {
         return Err(ApiError::conflict(format!("rollout {} exists", req.name)));
     }
@@ -328,37 +479,29 @@ pub async fn control(
     State(app): State<Arc<Fleet>>,
     Path((name, verb)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let mut rollouts = app.rollouts.lock().await;
-    let (_, e) = rollouts
-        .iter_mut()
-        .find(|(n, _)| *n == name)
-        .ok_or_else(|| ApiError::not_found(format!("no rollout {name}")))?;
-    let before = snapshot(&e.rollout);
-    let saved = e.rollout.clone();
-    let done = match verb.as_str() {
-        "pause" => e.rollout.pause(),
-        "resume" => e.rollout.resume(),
-        "cancel" => e.rollout.cancel(),
-        other => {
-            return Err(ApiError::not_found(format!(
-                "no action {other} (pause, resume, cancel)"
-            )));
-        }
-    };
-    if !done {
-        return Err(ApiError::conflict(format!(
-            "rollout {name} cannot {verb} now ({:?})",
-            e.rollout.state
+    if !matches!(verb.as_str(), "pause" | "resume" | "cancel") {
+        return Err(ApiError::not_found(format!(
+            "no action {verb} (pause, resume, cancel)"
         )));
     }
-    if let Err(err) = app
-        .store
-        .update_rollout(e.head(&name), e.changed(&before), Vec::new())
-        .await
-    {
-        e.rollout = saved;
-        return Err(ApiError::internal(err));
-    }
+    let mut rollouts = app.rollouts.lock().await;
+    app.change(&mut rollouts, &name, |e| {
+        let done = match verb.as_str() {
+            "pause" => e.rollout.pause(),
+            "resume" => e.rollout.resume(),
+            _ => e.rollout.cancel(),
+        };
+        if done {
+            Ok((Vec::new(), ()))
+        } else {
+            Err(ApiError::conflict(format!(
+                "rollout {name} cannot {verb} now ({:?})",
+                e.rollout.state
+            )))
+        }
+    })
+    .await?;
+    let e = entry(&mut rollouts, &name)?;
     if verb == "resume" {
         app.tell(&name, newly_offered(&HashMap::new(), &e.rollout));
     }
@@ -491,40 +634,39 @@ pub async fn feedback(
     app.devices.authenticate(&device, &headers).await?;
     let fb = ddi::Feedback::parse(&body).map_err(ApiError::bad_request)?;
     let mut rollouts = app.rollouts.lock().await;
-    let (_, e) = rollouts
-        .iter_mut()
-        .find(|(n, _)| *n == rollout)
-        .ok_or_else(|| ApiError::not_found(format!("no action {rollout}")))?;
-    let before = snapshot(&e.rollout);
-    let saved = e.rollout.clone();
-    e.rollout
-        .report(&device, fb.status)
-        .map_err(|err| match err {
-            ReportError::UnknownDevice(_) | ReportError::NotOffered(_) => {
-                ApiError::not_found(format!("device {device} has no action {rollout}"))
-            }
-            other => ApiError::conflict(other.to_string()),
-        })?;
-    let was = e.rollout.state.clone();
-    let reports = vec![Report {
-        device: device.clone(),
-        status: fb.status.name(),
-        details: fb.details,
-    }];
-    let opened = newly_offered(&before, &e.rollout);
-    if let Err(err) = app
-        .store
-        .update_rollout(e.head(&rollout), e.changed(&before), reports)
+    let (before, (saved, was)) = app
+        .change(&mut rollouts, &rollout, |e| {
+            let saved = e.rollout.state.clone();
+            e.rollout
+                .report(&device, fb.status)
+                .map_err(|err| match err {
+                    ReportError::UnknownDevice(_) | ReportError::NotOffered(_) => {
+                        ApiError::not_found(format!("device {device} has no action {rollout}"))
+                    }
+                    other => ApiError::conflict(other.to_string()),
+                })?;
+            let reports = vec![Report {
+                device: device.clone(),
+                status: fb.status.name(),
+                details: fb.details.clone(),
+            }];
+            Ok((reports, (saved, e.rollout.state.clone())))
+        })
         .await
-    {
-        e.rollout = saved;
-        return Err(ApiError::internal(err));
-    }
+        .map_err(|e| {
+            if e.status == StatusCode::NOT_FOUND && e.message.starts_with("no rollout") {
+                ApiError::not_found(format!("no action {rollout}"))
+            } else {
+                e
+            }
+        })?;
+    let opened = newly_offered(&before, &entry(&mut rollouts, &rollout)?.rollout);
+    drop(rollouts);
     if let RolloutState::Paused {
         reason,
         automatic: true,
     } = &was
-        && saved.state == RolloutState::Running
+        && saved == RolloutState::Running
     {
         tracing::warn!(rollout, reason, "rollout paused by itself");
     }
@@ -539,18 +681,30 @@ pub async fn payload(
 ) -> Result<Response, ApiError> {
     app.devices.authenticate(&device, &headers).await?;
     let artifact = {
-        let rollouts = app.rollouts.lock().await;
-        let (_, e) = rollouts
-            .iter()
-            .find(|(n, _)| *n == rollout)
-            .ok_or_else(|| ApiError::not_found(format!("no action {rollout}")))?;
-        if !e.rollout.offers(&device) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("device {device} has no open action {rollout}"),
-            ));
+        let mut rollouts = app.rollouts.lock().await;
+        // What is held may be a second older than what another instance stored (a phase
+        // it just opened): read again before refusing.
+        let offered = |rollouts: &mut Vec<(String, Entry)>| {
+            entry(rollouts, &rollout)
+                .ok()
+                .filter(|e| e.rollout.offers(&device))
+                .map(|e| e.artifact.clone())
+        };
+        match offered(&mut rollouts) {
+            Some(a) => a,
+            None => {
+                app.reload(&mut rollouts, &rollout).await?;
+                if entry(&mut rollouts, &rollout).is_err() {
+                    return Err(ApiError::not_found(format!("no action {rollout}")));
+                }
+                offered(&mut rollouts).ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        format!("device {device} has no open action {rollout}"),
+                    )
+                })?
+            }
         }
-        e.artifact.clone()
     };
     let range = headers
         .get(header::RANGE)

@@ -147,9 +147,18 @@ impl outpost_kit::Service for Ota {
             .spawn("inventory", Stage::AfterServing, move |stop| {
                 devices.keep_saving(stop)
             });
+        let fleet = Arc::new(fleet);
+        if cfg.storage.is_postgres() {
+            // Other instances may share the database: follow what they change.
+            let fleet = Arc::clone(&fleet);
+            ctx.tasks
+                .spawn("rollouts", Stage::AfterServing, move |stop| {
+                    fleet.follow(stop)
+                });
+        }
         let app = routes::App {
             artifacts,
-            fleet: Arc::new(fleet),
+            fleet,
             inventory: Arc::new(inventory),
         };
         Ok(Parts::new(routes::router(&app)).health(view.probe()))

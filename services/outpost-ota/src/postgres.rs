@@ -4,8 +4,9 @@
 //! themselves (inventory attributes: serial numbers, addresses, whatever an agent sends) is
 //! sealed with the service's values key before it is sent; manifests, rollouts and
 //! histories are what operators and signers wrote and stay in columns. Payloads are not in
-//! the database: they stay encrypted blobs in `<data>/ota/blobs`, so one ota instance runs
-//! at a time (rollouts advance in its memory as well).
+//! the database: they stay encrypted blobs in `<data>/ota/blobs`, which instances share
+//! (a volume every instance mounts; blobs are named by their content and written once).
+//! Instances change a rollout only over the revision they read ([`Store::update_rollout`]).
 
 use outpost_contracts::now_millis as now_ms;
 use outpost_kit::pg::{self, Migration, StorageConfig, tokio_postgres};
@@ -19,10 +20,11 @@ use crate::store::{
 /// The schema ota's tables live in.
 pub const SCHEMA: &str = "ota";
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "artifacts, rollouts, their devices and histories, inventory and groups",
-    sql: "CREATE TABLE artifacts (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "artifacts, rollouts, their devices and histories, inventory and groups",
+        sql: "CREATE TABLE artifacts (
               name TEXT NOT NULL,
               version TEXT NOT NULL,
               sha256 TEXT NOT NULL,
@@ -74,7 +76,13 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
               profile TEXT NOT NULL DEFAULT '',
               created_ms BIGINT NOT NULL
           );",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "rollout revisions",
+        sql: "ALTER TABLE rollouts ADD COLUMN revision BIGINT NOT NULL DEFAULT 0;",
+    },
+];
 
 /// ota's store in PostgreSQL.
 pub struct PgStore {
@@ -87,6 +95,70 @@ impl PgStore {
         Ok(Self {
             db: pg::Database::open(cfg, secrets, crate::SERVICE, SCHEMA, MIGRATIONS).await?,
         })
+    }
+}
+
+impl PgStore {
+    /// The rollouts (all, or the one named `only`), oldest first, with their devices.
+    async fn load_rollouts(&self, only: Option<&str>) -> Result<Vec<StoredRollout>, StoreError> {
+        let client = self.db.storage_client().await?;
+        let heads = client
+            .query(
+                "SELECT name, artifact_name, artifact_version, policy, state, open_phase,
+                        failures_before, started_before, created_ms, revision
+                 FROM rollouts WHERE $1::TEXT IS NULL OR name = $1 ORDER BY created_ms",
+                &[&only],
+            )
+            .await
+            .map_err(pg::task)?;
+        let devices = client
+            .query(
+                "SELECT rollout, device, position, phase, state FROM rollout_devices
+                 WHERE $1::TEXT IS NULL OR rollout = $1 ORDER BY rollout, position",
+                &[&only],
+            )
+            .await
+            .map_err(pg::task)?;
+        let mut by_rollout: std::collections::HashMap<String, Vec<RolloutDevice>> =
+            std::collections::HashMap::new();
+        for r in &devices {
+            by_rollout.entry(r.get(0)).or_default().push(RolloutDevice {
+                device: r.get(1),
+                position: usize::try_from(r.get::<_, i64>(2)).unwrap_or(0),
+                phase: usize::try_from(r.get::<_, i64>(3)).unwrap_or(0),
+                state: DeviceState::from_name(r.get(4)).unwrap_or(DeviceState::Waiting),
+            });
+        }
+        let mut out = Vec::with_capacity(heads.len());
+        for h in &heads {
+            let name: String = h.get(0);
+            let (Ok(policy), Ok(state)) = (
+                serde_json::from_str::<Policy>(h.get(3)),
+                serde_json::from_str::<RolloutState>(h.get(4)),
+            ) else {
+                tracing::error!(
+                    rollout = name,
+                    "unreadable rollout in the database; skipped"
+                );
+                continue;
+            };
+            let devices = by_rollout.remove(&name).unwrap_or_default();
+            out.push(StoredRollout {
+                head: RolloutHead {
+                    artifact: (h.get(1), h.get(2)),
+                    policy,
+                    state,
+                    open_phase: usize::try_from(h.get::<_, i64>(5)).unwrap_or(0),
+                    failures_before: u32::try_from(h.get::<_, i64>(6)).unwrap_or(0),
+                    started_before: u32::try_from(h.get::<_, i64>(7)).unwrap_or(0),
+                    created_ms: h.get(8),
+                    revision: h.get(9),
+                    name,
+                },
+                devices,
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -245,63 +317,24 @@ impl Store for PgStore {
     }
 
     async fn rollouts(&self) -> Result<Vec<StoredRollout>, StoreError> {
-        let client = self.db.storage_client().await?;
-        let heads = client
-            .query(
-                "SELECT name, artifact_name, artifact_version, policy, state, open_phase,
-                        failures_before, started_before, created_ms
-                 FROM rollouts ORDER BY created_ms",
-                &[],
-            )
-            .await
-            .map_err(pg::task)?;
-        let devices = client
-            .query(
-                "SELECT rollout, device, position, phase, state FROM rollout_devices
-                 ORDER BY rollout, position",
-                &[],
-            )
-            .await
-            .map_err(pg::task)?;
-        let mut by_rollout: std::collections::HashMap<String, Vec<RolloutDevice>> =
-            std::collections::HashMap::new();
-        for r in &devices {
-            by_rollout.entry(r.get(0)).or_default().push(RolloutDevice {
-                device: r.get(1),
-                position: usize::try_from(r.get::<_, i64>(2)).unwrap_or(0),
-                phase: usize::try_from(r.get::<_, i64>(3)).unwrap_or(0),
-                state: DeviceState::from_name(r.get(4)).unwrap_or(DeviceState::Waiting),
-            });
+        self.load_rollouts(None).await
+    }
+
+    async fn rollout(&self, name: String) -> Result<Option<StoredRollout>, StoreError> {
+        if name.contains('\0') {
+            return Ok(None);
         }
-        let mut out = Vec::with_capacity(heads.len());
-        for h in &heads {
-            let name: String = h.get(0);
-            let (Ok(policy), Ok(state)) = (
-                serde_json::from_str::<Policy>(h.get(3)),
-                serde_json::from_str::<RolloutState>(h.get(4)),
-            ) else {
-                tracing::error!(
-                    rollout = name,
-                    "unreadable rollout in the database; skipped"
-                );
-                continue;
-            };
-            let devices = by_rollout.remove(&name).unwrap_or_default();
-            out.push(StoredRollout {
-                head: RolloutHead {
-                    artifact: (h.get(1), h.get(2)),
-                    policy,
-                    state,
-                    open_phase: usize::try_from(h.get::<_, i64>(5)).unwrap_or(0),
-                    failures_before: u32::try_from(h.get::<_, i64>(6)).unwrap_or(0),
-                    started_before: u32::try_from(h.get::<_, i64>(7)).unwrap_or(0),
-                    created_ms: h.get(8),
-                    name,
-                },
-                devices,
-            });
-        }
-        Ok(out)
+        Ok(self.load_rollouts(Some(&name)).await?.pop())
+    }
+
+    async fn revisions(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(self
+            .db
+            .query("SELECT name, revision FROM rollouts", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
     }
 
     async fn add_rollout(&self, r: StoredRollout) -> Result<(), StoreError> {
@@ -340,23 +373,31 @@ impl Store for PgStore {
         head: RolloutHead,
         changed: Vec<RolloutDevice>,
         reports: Vec<Report>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let state = encode("rollout state", &head.state)?;
         let mut client = self.db.storage_client().await?;
         let tx = client.transaction().await.map_err(pg::task)?;
-        tx.execute(
-            "UPDATE rollouts SET state = $2, open_phase = $3, failures_before = $4,
-                 started_before = $5 WHERE name = $1",
-            &[
-                &head.name,
-                &state,
-                &count(head.open_phase),
-                &i64::from(head.failures_before),
-                &i64::from(head.started_before),
-            ],
-        )
-        .await
-        .map_err(pg::task)?;
+        // Read committed: the row lock taken here waits out another instance's change to
+        // the rollout, and the revision then tells whether this change was made from it.
+        let updated = tx
+            .execute(
+                "UPDATE rollouts SET state = $2, open_phase = $3, failures_before = $4,
+                     started_before = $5, revision = revision + 1
+                 WHERE name = $1 AND revision = $6",
+                &[
+                    &head.name,
+                    &state,
+                    &count(head.open_phase),
+                    &i64::from(head.failures_before),
+                    &i64::from(head.started_before),
+                    &head.revision,
+                ],
+            )
+            .await
+            .map_err(pg::task)?;
+        if updated == 0 {
+            return Ok(false);
+        }
         let now = now_ms();
         write_devices(&tx, &head.name, &changed, now)
             .await
@@ -381,7 +422,7 @@ impl Store for PgStore {
             .map_err(pg::task)?;
         }
         tx.commit().await.map_err(pg::task)?;
-        Ok(())
+        Ok(true)
     }
 
     async fn history(

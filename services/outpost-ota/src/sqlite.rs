@@ -88,6 +88,11 @@ pub const MIGRATIONS: &[Migration] = &[
               created_ms INTEGER NOT NULL
           );",
     },
+    Migration {
+        version: 4,
+        description: "rollout revisions",
+        sql: "ALTER TABLE rollouts ADD COLUMN revision INTEGER NOT NULL DEFAULT 0;",
+    },
 ];
 
 /// Read connections beside the writer.
@@ -102,6 +107,88 @@ impl SqliteStore {
     pub fn new(db: Db) -> Self {
         Self { db }
     }
+}
+
+/// The rollouts (all, or the one named `only`), oldest first, with their devices.
+fn load_rollouts(
+    c: &outpost_storage::rusqlite::Connection,
+    only: Option<&str>,
+) -> Result<Vec<StoredRollout>, StoreError> {
+    let mut st = c.prepare_cached(
+        "SELECT name, artifact_name, artifact_version, policy, state, open_phase, failures_before,
+                started_before, created_ms, revision FROM rollouts
+         WHERE ?1 IS NULL OR name = ?1 ORDER BY created_ms",
+    )?;
+    type Row = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+    );
+    let heads: Vec<Row> = st
+        .query_map([only], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for (name, an, av, policy, state, open, fb, sb, created, revision) in heads {
+        let mut st = c.prepare_cached(
+            "SELECT device, position, phase, state FROM rollout_devices WHERE rollout = ?1 ORDER BY position",
+        )?;
+        let devices = st
+            .query_map([&name], |r| {
+                Ok(RolloutDevice {
+                    device: r.get(0)?,
+                    position: r.get::<_, i64>(1)? as usize,
+                    phase: r.get::<_, i64>(2)? as usize,
+                    state: DeviceState::from_name(&r.get::<_, String>(3)?)
+                        .unwrap_or(DeviceState::Waiting),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let (Ok(policy), Ok(state)) = (
+            serde_json::from_str::<Policy>(&policy),
+            serde_json::from_str::<RolloutState>(&state),
+        ) else {
+            tracing::error!(
+                rollout = name,
+                "unreadable rollout in the database; skipped"
+            );
+            continue;
+        };
+        out.push(StoredRollout {
+            head: RolloutHead {
+                name,
+                artifact: (an, av),
+                policy,
+                state,
+                open_phase: open as usize,
+                failures_before: fb as u32,
+                started_before: sb as u32,
+                created_ms: created,
+                revision,
+            },
+            devices,
+        });
+    }
+    Ok(out)
 }
 
 fn encode<T: serde::Serialize>(what: &'static str, v: &T) -> Result<String, StoreError> {
@@ -236,66 +323,23 @@ impl Store for SqliteStore {
     }
 
     async fn rollouts(&self) -> Result<Vec<StoredRollout>, StoreError> {
+        self.db.read(|c| load_rollouts(c, None)).await
+    }
+
+    async fn rollout(&self, name: String) -> Result<Option<StoredRollout>, StoreError> {
+        self.db
+            .read(move |c| Ok(load_rollouts(c, Some(&name))?.pop()))
+            .await
+    }
+
+    async fn revisions(&self) -> Result<Vec<(String, i64)>, StoreError> {
         self.db
             .read(|c| {
-                let mut st = c.prepare(
-                    "SELECT name, artifact_name, artifact_version, policy, state, open_phase, failures_before,
-                            started_before, created_ms FROM rollouts ORDER BY created_ms",
-                )?;
-                type Row = (String, String, String, String, String, i64, i64, i64, i64);
-                let heads: Vec<Row> = st
-                    .query_map([], |r| {
-                        Ok((
-                            r.get(0)?,
-                            r.get(1)?,
-                            r.get(2)?,
-                            r.get(3)?,
-                            r.get(4)?,
-                            r.get(5)?,
-                            r.get(6)?,
-                            r.get(7)?,
-                            r.get(8)?,
-                        ))
-                    })?
-                    .collect::<Result<_, _>>()?;
-                let mut out = Vec::new();
-                for (name, an, av, policy, state, open, fb, sb, created) in heads {
-                    let mut st = c.prepare_cached(
-                        "SELECT device, position, phase, state FROM rollout_devices WHERE rollout = ?1 ORDER BY position",
-                    )?;
-                    let devices = st
-                        .query_map([&name], |r| {
-                            Ok(RolloutDevice {
-                                device: r.get(0)?,
-                                position: r.get::<_, i64>(1)? as usize,
-                                phase: r.get::<_, i64>(2)? as usize,
-                                state: DeviceState::from_name(&r.get::<_, String>(3)?)
-                                    .unwrap_or(DeviceState::Waiting),
-                            })
-                        })?
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let (Ok(policy), Ok(state)) = (
-                        serde_json::from_str::<Policy>(&policy),
-                        serde_json::from_str::<RolloutState>(&state),
-                    ) else {
-                        tracing::error!(rollout = name, "unreadable rollout in the database; skipped");
-                        continue;
-                    };
-                    out.push(StoredRollout {
-                        head: RolloutHead {
-                            name,
-                            artifact: (an, av),
-                            policy,
-                            state,
-                            open_phase: open as usize,
-                            failures_before: fb as u32,
-                            started_before: sb as u32,
-                            created_ms: created,
-                        },
-                        devices,
-                    });
-                }
-                Ok(out)
+                let mut st = c.prepare("SELECT name, revision FROM rollouts")?;
+                let rows = st
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
             })
             .await
     }
@@ -334,22 +378,27 @@ impl Store for SqliteStore {
         head: RolloutHead,
         changed: Vec<RolloutDevice>,
         reports: Vec<Report>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let state = encode("rollout state", &head.state)?;
         self.db
             .write(move |c| {
                 let tx = c.transaction()?;
-                tx.execute(
-                    "UPDATE rollouts SET state = ?2, open_phase = ?3, failures_before = ?4, started_before = ?5
-                     WHERE name = ?1",
+                let updated = tx.execute(
+                    "UPDATE rollouts SET state = ?2, open_phase = ?3, failures_before = ?4, started_before = ?5,
+                         revision = revision + 1
+                     WHERE name = ?1 AND revision = ?6",
                     params![
                         head.name,
                         state,
                         head.open_phase as i64,
                         head.failures_before,
-                        head.started_before
+                        head.started_before,
+                        head.revision
                     ],
                 )?;
+                if updated == 0 {
+                    return Ok(false);
+                }
                 let now = now_ms();
                 write_devices(&tx, &head.name, &changed, now)?;
                 {
@@ -366,7 +415,7 @@ impl Store for SqliteStore {
                     }
                 }
                 tx.commit()?;
-                Ok(())
+                Ok(true)
             })
             .await
     }

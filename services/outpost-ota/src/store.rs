@@ -65,6 +65,10 @@ pub struct RolloutHead {
     pub failures_before: u32,
     pub started_before: u32,
     pub created_ms: i64,
+    /// How many changes the stored rollout had when this head was read: a change is
+    /// stored only over the revision it was made from (instances sharing one database
+    /// do not overwrite each other's changes).
+    pub revision: i64,
 }
 
 /// One device of a rollout.
@@ -131,16 +135,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every rollout, oldest first. A rollout that cannot be read is skipped (and logged).
     async fn rollouts(&self) -> Result<Vec<StoredRollout>, StoreError>;
+    /// One rollout as stored now, if it is (and can be read).
+    async fn rollout(&self, name: String) -> Result<Option<StoredRollout>, StoreError>;
+    /// Every rollout's name and revision: what another instance changed since.
+    async fn revisions(&self) -> Result<Vec<(String, i64)>, StoreError>;
     /// Adds a rollout with all its devices.
     async fn add_rollout(&self, rollout: StoredRollout) -> Result<(), StoreError>;
     /// In one transaction: the rollout's new state, the devices whose state changed, and
-    /// the reports to add to the devices' histories (each history kept to [`HISTORY`]).
+    /// the reports to add to the devices' histories (each history kept to [`HISTORY`]),
+    /// all only if the stored rollout is still at `head.revision` (it then goes one
+    /// further). `false`, with nothing written, when another instance changed it since.
     async fn update_rollout(
         &self,
         head: RolloutHead,
         changed: Vec<RolloutDevice>,
         reports: Vec<Report>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
     /// A device's history in a rollout, oldest first.
     async fn history(
         &self,

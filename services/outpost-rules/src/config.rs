@@ -17,6 +17,10 @@ pub struct Config {
     /// closes it.
     pub lateness_ms: u64,
     pub pipelines: Vec<PipelineSpec>,
+    /// Where instances take turns (`backend = "postgres"`): one instance runs the
+    /// pipelines, the others stand by and the first to take the lease runs them when it
+    /// dies. Default: no turns, the instance runs at once.
+    pub standby: outpost_kit::pg::StorageConfig,
 }
 
 impl Default for Config {
@@ -26,6 +30,7 @@ impl Default for Config {
             port: 59720,
             lateness_ms: 2000,
             pipelines: Vec::new(),
+            standby: outpost_kit::pg::StorageConfig::default(),
         }
     }
 }
@@ -34,6 +39,9 @@ outpost_kit::service_config!(Config, enabled);
 
 impl Validate for Config {
     fn validate(&self, p: &mut Problems) {
+        for problem in self.standby.problems() {
+            p.check(false, "rules.standby", problem);
+        }
         let mut names = HashSet::new();
         for spec in &self.pipelines {
             if let Err(e) = spec.check() {

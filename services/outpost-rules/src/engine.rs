@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use outpost_bus::{Bus, BusError, Consumer, Options};
+use outpost_bus::{Bus, BusError, Consumer, Delivery, Options};
 use outpost_contracts::common::BaseRequest;
 use outpost_contracts::event::{AddEventRequest, Event, Reading, ReadingValue};
 use outpost_contracts::export::Alert;
@@ -22,6 +22,7 @@ use outpost_kit::{Context, Shutdown};
 use serde::Serialize;
 
 use crate::pipeline::{Chain, PipelineSpec, Sample};
+use crate::store::{ChainRow, PipelineStore};
 
 /// Where a pipeline comes from (shown as `source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -56,18 +57,32 @@ pub struct Totals {
     pub waiting: u64,
 }
 
+/// A chain's key: (device, profile, resource).
+type Key = (String, String, String);
+
+/// A chain, and whether it changed since its state was last checkpointed.
+struct Held {
+    chain: Chain,
+    dirty: bool,
+}
+
 /// A pipeline and its state: one chain per device resource it took readings of.
 pub struct Pipeline {
     pub spec: PipelineSpec,
     pub source: Source,
-    /// (device, profile, resource) -> its chain.
-    chains: Mutex<HashMap<(String, String, String), Chain>>,
+    /// The digest of `spec`, kept with its chains' checkpoints: a chain checkpointed under
+    /// another spec is not taken back.
+    digest: String,
+    chains: Mutex<HashMap<Key, Held>>,
     counts: Counts,
 }
 
 impl Pipeline {
     fn new(spec: PipelineSpec, source: Source) -> Self {
+        let json = serde_json::to_vec(&spec).unwrap_or_default();
+        let digest = ring::digest::digest(&ring::digest::SHA256, &json);
         Self {
+            digest: hex::encode(&digest.as_ref()[..16]),
             spec,
             source,
             chains: Mutex::default(),
@@ -211,13 +226,18 @@ impl Engine {
                 p.counts.readings_in.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(self.metrics.readings_in, "pipeline" => p.spec.name.clone())
                     .increment(1);
-                let chain = chains
+                let held = chains
                     .entry((
                         ev.device_name.clone(),
                         ev.profile_name.clone(),
                         r.resource_name.clone(),
                     ))
-                    .or_insert_with(|| Chain::new(&p.spec, &r.resource_name));
+                    .or_insert_with(|| Held {
+                        chain: Chain::new(&p.spec, &r.resource_name),
+                        dirty: false,
+                    });
+                held.dirty = true;
+                let chain = &mut held.chain;
                 let late_before = chain.late;
                 let origin = if r.origin != 0 { r.origin } else { ev.origin };
                 let mut fired = Vec::new();
@@ -231,7 +251,14 @@ impl Engine {
                 for f in fired {
                     let rule = &p.spec.alerts[f.rule];
                     alerts.push(Alert {
-                        id: uuid::Uuid::new_v4().to_string(),
+                        id: derived_id(&[
+                            b"alert",
+                            p.spec.name.as_bytes(),
+                            ev.device_name.as_bytes(),
+                            r.resource_name.as_bytes(),
+                            &f.rule.to_le_bytes(),
+                            &f.origin.to_le_bytes(),
+                        ]),
                         pipeline: p.spec.name.clone(),
                         device_name: ev.device_name.clone(),
                         resource_name: r.resource_name.clone(),
@@ -262,11 +289,12 @@ impl Engine {
         let mut outputs: Vec<Output> = Vec::new();
         for p in self.pipelines() {
             let mut chains = p.chains.lock().unwrap_or_else(PoisonError::into_inner);
-            for ((device, profile, _), chain) in chains.iter_mut() {
-                let samples = chain.flush(&p.spec, now);
+            for ((device, profile, _), held) in chains.iter_mut() {
+                let samples = held.chain.flush(&p.spec, now);
                 if samples.is_empty() {
                     continue;
                 }
+                held.dirty = true;
                 match outputs
                     .iter_mut()
                     .find(|o| o.pipeline == p.spec.name && &o.device == device)
@@ -283,6 +311,79 @@ impl Engine {
             }
         }
         outputs
+    }
+
+    /// The state of every chain that changed since the last call, to be stored; each is
+    /// then taken as clean ([`Engine::redirty`] when storing failed).
+    pub fn checkpoint(&self) -> Vec<ChainRow> {
+        let mut rows = Vec::new();
+        for p in self.pipelines() {
+            let mut chains = p.chains.lock().unwrap_or_else(PoisonError::into_inner);
+            for ((device, profile, resource), held) in chains.iter_mut() {
+                if !held.dirty {
+                    continue;
+                }
+                let mut state = Vec::new();
+                if let Err(e) = ciborium::into_writer(&held.chain, &mut state) {
+                    tracing::warn!(pipeline = p.spec.name, device, resource, error = %e, "cannot encode a chain's state");
+                    continue;
+                }
+                held.dirty = false;
+                rows.push(ChainRow {
+                    pipeline: p.spec.name.clone(),
+                    device: device.clone(),
+                    profile: profile.clone(),
+                    resource: resource.clone(),
+                    spec: p.digest.clone(),
+                    state,
+                });
+            }
+        }
+        rows
+    }
+
+    /// Marks the chains of `rows` as changed again: their state was not stored.
+    pub fn redirty(&self, rows: &[ChainRow]) {
+        for p in self.pipelines() {
+            let mut chains = p.chains.lock().unwrap_or_else(PoisonError::into_inner);
+            for r in rows.iter().filter(|r| r.pipeline == p.spec.name) {
+                let key = (r.device.clone(), r.profile.clone(), r.resource.clone());
+                if let Some(held) = chains.get_mut(&key) {
+                    held.dirty = true;
+                }
+            }
+        }
+    }
+
+    /// Takes back checkpointed chains (at start, before consuming): those of pipelines
+    /// that run with the spec they were checkpointed under. How many were taken back.
+    pub fn restore(&self, rows: Vec<ChainRow>) -> usize {
+        let mut taken = 0;
+        for p in self.pipelines() {
+            let mut chains = p.chains.lock().unwrap_or_else(PoisonError::into_inner);
+            for r in rows
+                .iter()
+                .filter(|r| r.pipeline == p.spec.name && r.spec == p.digest)
+            {
+                match ciborium::from_reader::<Chain, _>(r.state.as_slice()) {
+                    Ok(chain) => {
+                        let key = (r.device.clone(), r.profile.clone(), r.resource.clone());
+                        chains.insert(
+                            key,
+                            Held {
+                                chain,
+                                dirty: false,
+                            },
+                        );
+                        taken += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(pipeline = r.pipeline, device = r.device, resource = r.resource, error = %e, "a chain's stored state cannot be read; it starts afresh")
+                    }
+                }
+            }
+        }
+        taken
     }
 
     /// Publishes `outputs` on `bus`; `false` if `stop` fired before all went out.
@@ -355,10 +456,47 @@ fn by_origin(samples: Vec<Sample>) -> Vec<(i64, Vec<Sample>)> {
 
 /// The EdgeX event a pipeline emits for a device: its source is the pipeline, its
 /// readings Float64.
-fn event(pipeline: &str, device: &str, profile: &str, origin: i64, samples: Vec<Sample>) -> Event {
+/// The ID of what a pipeline made from `parts` (its pipeline, device, origin, ...): the same
+/// whenever it is made again, so an output made twice (readings delivered again after an
+/// instance died between publishing an output and acknowledging its reading, and run again
+/// by the next) is stored once by core-data, export and the cloud, which keep an event ID
+/// once. A version 8 UUID of SHA-256 of the parts.
+fn derived_id(parts: &[&[u8]]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"outpost-rules");
+    for p in parts {
+        ctx.update(&(p.len() as u64).to_le_bytes());
+        ctx.update(p);
+    }
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&ctx.finish().as_ref()[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+pub(crate) fn event(
+    pipeline: &str,
+    device: &str,
+    profile: &str,
+    origin: i64,
+    samples: Vec<Sample>,
+) -> Event {
+    let origin_bytes = origin.to_le_bytes();
+    let mut names: Vec<&str> = samples.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    let names = names.join("\0");
+    let id = derived_id(&[
+        b"event",
+        pipeline.as_bytes(),
+        device.as_bytes(),
+        profile.as_bytes(),
+        &origin_bytes,
+        names.as_bytes(),
+    ]);
     Event {
         api_version: "v3".into(),
-        id: uuid::Uuid::new_v4().to_string(),
+        id: id.clone(),
         device_name: device.to_string(),
         profile_name: profile.to_string(),
         source_name: pipeline.to_string(),
@@ -366,7 +504,7 @@ fn event(pipeline: &str, device: &str, profile: &str, origin: i64, samples: Vec<
         readings: samples
             .into_iter()
             .map(|s| Reading {
-                id: uuid::Uuid::new_v4().to_string(),
+                id: derived_id(&[b"reading", id.as_bytes(), s.name.as_bytes()]),
                 origin,
                 device_name: device.to_string(),
                 resource_name: s.name,
@@ -436,10 +574,34 @@ pub fn numeric(r: &Reading) -> Option<f64> {
 /// arrives while rules is down for it.
 pub const SESSION: &str = "outpost-rules";
 
+/// Readings taken before their chains' state is checkpointed and they are acknowledged.
+pub const CHECKPOINT_READINGS: usize = 256;
+
+/// How often what was taken is checkpointed and acknowledged when fewer readings came.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
 /// Runs the pipelines on device events until `stop`. A durable session: readings published
-/// while rules is down (a restart, an upgrade) are delivered when it is back, and each is
-/// acknowledged once its outputs are published.
-pub async fn consume(ctx: Context, engine: Arc<Engine>, lateness: Duration, stop: Shutdown) {
+/// while rules is down (a restart, an upgrade, the next instance taking its turn) are
+/// delivered when it is back.
+///
+/// A reading is acknowledged once what it caused went out (outputs, alerts) and the state
+/// it left in its chains (an open window, a deadband) is checkpointed in `store`: a rules
+/// that dies goes on, when started again or when the next instance takes over, from the
+/// last checkpoint, with the readings taken since delivered again. An output made again
+/// from those has the ID it had (`derived_id`) and is stored once downstream.
+///
+/// A reading whose effect was checkpointed but whose acknowledgement may not have reached
+/// the bus before the last instance died comes again: `applied` (the events of the last
+/// two checkpoints) tells it, and it is acknowledged without being run again.
+pub async fn consume(
+    ctx: Context,
+    engine: Arc<Engine>,
+    store: Arc<dyn PipelineStore>,
+    applied: Vec<String>,
+    lateness: Duration,
+    stop: Shutdown,
+) {
+    let mut applied: std::collections::HashSet<String> = applied.into_iter().collect();
     let filter = topics::device_events(&ctx.common.bus.base_topic);
     let opts = Options::durable(SESSION, 1024);
     let Some(mut consumer) = Consumer::start(&ctx, opts, &[filter], &stop).await else {
@@ -449,6 +611,9 @@ pub async fn consume(ctx: Context, engine: Arc<Engine>, lateness: Duration, stop
     engine.subscribed.store(true, Ordering::Release);
     let bus = consumer.bus().clone();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut save = tokio::time::interval(CHECKPOINT_EVERY);
+    save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batches = Batches::default();
     loop {
         tokio::select! {
             () = stop.wait() => break,
@@ -458,19 +623,65 @@ pub async fn consume(ctx: Context, engine: Arc<Engine>, lateness: Duration, stop
                     break;
                 }
             }
+            _ = save.tick() => checkpoint(&engine, store.as_ref(), &mut batches).await,
             d = consumer.recv(&stop) => {
                 let Some(d) = d else { break };
-                if let Some(env) = bus.decode_event(&d)
-                    && !engine.publish(&bus, engine.process(&env.payload.event), &stop).await
-                {
-                    // Stopping with outputs not sent: left unacknowledged, so the reading
-                    // is delivered again after the restart.
-                    d.abandon();
-                    break;
+                if let Some(env) = bus.decode_event(&d) {
+                    let ev = &env.payload.event;
+                    if applied.remove(&ev.id) {
+                        // Its effect is in the checkpoint this instance started from.
+                        d.ack();
+                        continue;
+                    }
+                    if !engine.publish(&bus, engine.process(ev), &stop).await {
+                        // Stopping with outputs not sent: left unacknowledged, so the
+                        // reading is delivered again after the restart.
+                        d.abandon();
+                        break;
+                    }
+                    batches.ids.push(ev.id.clone());
                 }
-                d.ack();
+                batches.taken.push(d);
+                if batches.taken.len() >= CHECKPOINT_READINGS {
+                    checkpoint(&engine, store.as_ref(), &mut batches).await;
+                }
             }
         }
     }
+    // What was taken is checkpointed and acknowledged, or (the store refusing) left to be
+    // delivered again.
+    checkpoint(&engine, store.as_ref(), &mut batches).await;
+    for d in batches.taken {
+        d.abandon();
+    }
     consumer.close().await;
+}
+
+/// The readings taken since the last checkpoint, and the event IDs of this batch and the
+/// one before (whose acknowledgements were sent last).
+#[derive(Default)]
+struct Batches {
+    taken: Vec<Delivery>,
+    ids: Vec<String>,
+    previous: Vec<String>,
+}
+
+/// Stores the state of the chains that changed, then acknowledges the readings `taken`
+/// (all of them went through those chains). When the store refuses, nothing is
+/// acknowledged and the chains are stored with the next checkpoint.
+async fn checkpoint(engine: &Engine, store: &dyn PipelineStore, batches: &mut Batches) {
+    let rows = engine.checkpoint();
+    if rows.is_empty() && batches.taken.is_empty() {
+        return;
+    }
+    let applied = [batches.previous.as_slice(), batches.ids.as_slice()].concat();
+    if let Err(e) = store.save_chains(rows.clone(), applied).await {
+        tracing::warn!(error = %e, readings = batches.taken.len(), "cannot checkpoint the pipelines; the readings stay unacknowledged");
+        engine.redirty(&rows);
+        return;
+    }
+    for d in batches.taken.drain(..) {
+        d.ack();
+    }
+    batches.previous = std::mem::take(&mut batches.ids);
 }

@@ -8,9 +8,12 @@
 //!
 //! The subscription is durable: readings published while rules is down are delivered when
 //! it is back. A reading is acknowledged only after what it caused (outputs, alerts) was
-//! taken by the bus; while the bus is away (a broker restart) publishing is retried, and
-//! nothing further is consumed meanwhile. Windows in progress live in memory, so a restart
-//! of rules loses what they had gathered.
+//! taken by the bus and the state it left (windows in progress, deadbands, alerts raised)
+//! was checkpointed in the service's database; while the bus is away (a broker restart)
+//! publishing is retried, and nothing further is consumed meanwhile. A restart, or the
+//! next instance taking its turn (`[rules.standby]`), goes on from the last checkpoint:
+//! windows keep what they had gathered, and an output made again from readings delivered
+//! again has its first ID, so it is stored once.
 //!
 //! Windows follow the readings' origin time: a window closes when a later reading arrives,
 //! or `lateness_ms` after its end by the clock. A reading for a window already closed is
@@ -51,6 +54,17 @@ impl outpost_kit::Service for Rules {
         Some(Storage::new(store::MIGRATIONS, 1))
     }
 
+    fn standby(cfg: &Config) -> Option<&outpost_kit::pg::StorageConfig> {
+        Some(&cfg.standby)
+    }
+
+    fn sandbox(
+        cfg: &Config,
+        files: &mut outpost_kit::sandbox::Files,
+    ) -> Result<(), outpost_storage::StorageError> {
+        cfg.standby.sandbox(files, SERVICE)
+    }
+
     async fn build(start: Start<Config>) -> Result<Parts, StartError> {
         let Start { ctx, cfg, .. } = &start;
         let store: Arc<dyn store::PipelineStore> = Arc::new(store::SqliteStore::new(start.db()?));
@@ -61,14 +75,20 @@ impl outpost_kit::Service for Rules {
             ctx.common.bus.base_topic.clone(),
             engine::Metrics::new(ctx),
         ));
-        tracing::info!(pipelines = engine.pipelines().len(), "rules loaded");
+        let (chains, applied) = store.chains().await.map_err(StartError::other)?;
+        let restored = engine.restore(chains);
+        tracing::info!(
+            pipelines = engine.pipelines().len(),
+            chains = restored,
+            "rules loaded"
+        );
         {
-            let (ctx, engine) = (ctx.clone(), Arc::clone(&engine));
+            let (ctx, engine, store) = (ctx.clone(), Arc::clone(&engine), Arc::clone(&store));
             let lateness = Duration::from_millis(cfg.lateness_ms);
             ctx.clone()
                 .tasks
                 .spawn("pipelines", Stage::AfterServing, move |stop| {
-                    engine::consume(ctx, engine, lateness, stop)
+                    engine::consume(ctx, engine, store, applied, lateness, stop)
                 });
         }
         let health = {

@@ -204,7 +204,7 @@ impl PipelineSpec {
 }
 
 /// A value on its way through the steps. Origins are nanoseconds since the epoch.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     pub origin: i64,
     /// `resource` for raw readings, `resource_fn` for aggregates.
@@ -213,7 +213,7 @@ pub struct Sample {
 }
 
 /// Running aggregate.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Acc {
     min: f64,
     max: f64,
@@ -264,7 +264,7 @@ impl Acc {
 }
 
 /// The state of one step for one device resource.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 enum StepState {
     Deadband {
         last: Option<f64>,
@@ -442,8 +442,9 @@ pub struct Fired {
     pub origin: i64,
 }
 
-/// One device resource through one pipeline.
-#[derive(Debug)]
+/// One device resource through one pipeline. Its state is kept across restarts and
+/// instances as CBOR (which holds the infinities and NaN of an empty aggregate).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Chain {
     resource: String,
     states: Vec<StepState>,

@@ -1,19 +1,50 @@
-//! Where pipelines added over the API are kept, so they run again after a restart.
+//! Where pipelines added over the API are kept, so they run again after a restart, and
+//! the state of every pipeline's chains (windows in progress, deadbands, alerts), so that
+//! a restart or the next instance goes on where the last one checkpointed.
 //!
-//! [`PipelineStore`] is what rules needs from storage; [`SqliteStore`] keeps the specs in
-//! the service's encrypted SQLite database. Pipelines from the configuration file are not
-//! stored: the file is their home.
+//! [`PipelineStore`] is what rules needs from storage; [`SqliteStore`] keeps the specs and
+//! the chains in the service's encrypted SQLite database. Pipelines from the configuration
+//! file are not stored: the file is their home.
 
-use outpost_storage::rusqlite::params;
+use outpost_storage::rusqlite::{OptionalExtension as _, params};
 use outpost_storage::{Db, Migration, StorageError};
 
 use crate::pipeline::PipelineSpec;
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "pipelines added over the API",
-    sql: "CREATE TABLE pipelines (name TEXT PRIMARY KEY, spec TEXT NOT NULL);",
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "pipelines added over the API",
+        sql: "CREATE TABLE pipelines (name TEXT PRIMARY KEY, spec TEXT NOT NULL);",
+    },
+    Migration {
+        version: 2,
+        description: "the chains' checkpointed state",
+        sql: "CREATE TABLE chains (
+                  pipeline TEXT NOT NULL,
+                  device TEXT NOT NULL,
+                  profile TEXT NOT NULL,
+                  resource TEXT NOT NULL,
+                  spec TEXT NOT NULL,
+                  state BLOB NOT NULL,
+                  PRIMARY KEY (pipeline, device, profile, resource)
+              ) WITHOUT ROWID;
+              CREATE TABLE applied (id INTEGER PRIMARY KEY CHECK (id = 0), events BLOB NOT NULL);",
+    },
+];
+
+/// The state of one chain as checkpointed: its pipeline, device, profile and resource, the
+/// digest of the pipeline's spec it ran under (a changed spec starts afresh), and the
+/// chain in CBOR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainRow {
+    pub pipeline: String,
+    pub device: String,
+    pub profile: String,
+    pub resource: String,
+    pub spec: String,
+    pub state: Vec<u8>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -40,8 +71,18 @@ pub trait PipelineStore: Send + Sync + 'static {
     async fn load(&self) -> Result<Vec<PipelineSpec>, StoreError>;
     /// Stores a new pipeline; storing a name already stored fails.
     async fn add(&self, spec: &PipelineSpec) -> Result<(), StoreError>;
-    /// Removes a pipeline (nothing if it is not stored).
+    /// Removes a pipeline (nothing if it is not stored) and its chains' state.
     async fn remove(&self, name: &str) -> Result<(), StoreError>;
+    /// Writes the state of `chains` over what was stored of them, and `applied` (the IDs
+    /// of the events whose effect is in that state and whose acknowledgement may not have
+    /// reached the bus) over the last such list, in one transaction.
+    async fn save_chains(
+        &self,
+        chains: Vec<ChainRow>,
+        applied: Vec<String>,
+    ) -> Result<(), StoreError>;
+    /// Every chain's stored state, and the last list of applied events.
+    async fn chains(&self) -> Result<(Vec<ChainRow>, Vec<String>), StoreError>;
 }
 
 pub struct SqliteStore {
@@ -100,8 +141,70 @@ impl PipelineStore for SqliteStore {
         let name = name.to_string();
         self.db
             .write(move |c| {
-                c.execute("DELETE FROM pipelines WHERE name = ?1", [name])?;
+                c.execute("DELETE FROM pipelines WHERE name = ?1", [&name])?;
+                c.execute("DELETE FROM chains WHERE pipeline = ?1", [&name])?;
                 Ok(())
+            })
+            .await
+    }
+
+    async fn save_chains(
+        &self,
+        chains: Vec<ChainRow>,
+        applied: Vec<String>,
+    ) -> Result<(), StoreError> {
+        let mut events = Vec::new();
+        ciborium::into_writer(&applied, &mut events)
+            .map_err(|e| StoreError::Storage(outpost_storage::StorageError::Task(e.to_string())))?;
+        self.db
+            .write(move |c| {
+                let tx = c.transaction()?;
+                {
+                    let mut st = tx.prepare_cached(
+                        "INSERT OR REPLACE INTO chains (pipeline, device, profile, resource, spec, state)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?;
+                    for r in &chains {
+                        st.execute(params![
+                            r.pipeline, r.device, r.profile, r.resource, r.spec, r.state
+                        ])?;
+                    }
+                }
+                tx.execute(
+                    "INSERT OR REPLACE INTO applied (id, events) VALUES (0, ?1)",
+                    [&events],
+                )?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn chains(&self) -> Result<(Vec<ChainRow>, Vec<String>), StoreError> {
+        self.db
+            .read(|c| {
+                let mut st = c.prepare(
+                    "SELECT pipeline, device, profile, resource, spec, state FROM chains",
+                )?;
+                let rows = st
+                    .query_map([], |r| {
+                        Ok(ChainRow {
+                            pipeline: r.get(0)?,
+                            device: r.get(1)?,
+                            profile: r.get(2)?,
+                            resource: r.get(3)?,
+                            spec: r.get(4)?,
+                            state: r.get(5)?,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let events: Option<Vec<u8>> = c
+                    .query_row("SELECT events FROM applied WHERE id = 0", [], |r| r.get(0))
+                    .optional()?;
+                let applied = events
+                    .and_then(|e| ciborium::from_reader::<Vec<String>, _>(e.as_slice()).ok())
+                    .unwrap_or_default();
+                Ok::<_, StoreError>((rows, applied))
             })
             .await
     }

@@ -353,6 +353,71 @@ fn windows_close_on_a_later_reading_or_by_the_clock_and_late_readings_are_counte
     assert_eq!(flushed[0].samples[1].value, 1.0);
 }
 
+#[test]
+fn checkpointed_chains_go_on_where_they_were_in_another_engine_and_a_changed_spec_starts_afresh() {
+    let e = engine(&[spec("tank")]);
+    assert!(e.checkpoint().is_empty(), "nothing changed yet");
+    e.process(&event(
+        "tank-1",
+        T0,
+        vec![
+            reading("level", ValueType::Float64, "50", T0),
+            reading("level", ValueType::Float64, "70", T0 + S / 2),
+        ],
+    ));
+    let rows = e.checkpoint();
+    assert_eq!(rows.len(), 1, "one chain changed");
+    assert!(e.checkpoint().is_empty(), "taken as stored");
+    // A store that refused: the chain goes with the next checkpoint.
+    e.redirty(&rows);
+    assert_eq!(e.checkpoint(), rows);
+
+    // The next engine (a restart, the next instance) takes the open window back: the
+    // reading that closes it counts what the first engine had gathered.
+    let next = engine(&[spec("tank")]);
+    assert_eq!(next.restore(rows.clone()), 1);
+    let out = next.process(&event(
+        "tank-1",
+        T0 + S,
+        vec![reading("level", ValueType::Float64, "10", T0 + S)],
+    ));
+    let samples: Vec<_> = out[0]
+        .samples
+        .iter()
+        .map(|s| (s.name.as_str(), s.value))
+        .collect();
+    assert_eq!(samples, vec![("level_max", 70.0), ("level_count", 2.0)]);
+    // The same output made twice (readings delivered again) has one event ID.
+    let again = engine(&[spec("tank")]);
+    again.restore(rows.clone());
+    let twice = again.process(&event(
+        "tank-1",
+        T0 + S,
+        vec![reading("level", ValueType::Float64, "10", T0 + S)],
+    ));
+    assert_eq!(twice, out);
+    let as_event = |o: &crate::engine::Output, origin| {
+        crate::engine::event(
+            &o.pipeline,
+            &o.device,
+            &o.profile,
+            origin,
+            o.samples.clone(),
+        )
+    };
+    let (first, second) = (as_event(&out[0], T0 + S), as_event(&twice[0], T0 + S));
+    assert_eq!(first.id, second.id);
+    assert_eq!(first.readings[1].id, second.readings[1].id);
+    assert_ne!(first.readings[0].id, first.readings[1].id);
+    assert_ne!(as_event(&out[0], T0 + 2 * S).id, first.id, "another window");
+
+    // Under another spec (a changed window), the stored chain is not taken back.
+    let mut changed = spec("tank");
+    changed["steps"][0]["size_ms"] = json!(2000);
+    let other = engine(&[changed]);
+    assert_eq!(other.restore(rows), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_events_on_the_bus_come_out_as_the_pipelines_events_and_alerts() {
     let broker = Mosquitto::start();
