@@ -1278,3 +1278,103 @@ async fn what_was_acknowledged_while_postgresql_was_down_is_stored_once_it_is_ba
         "one reading each, none twice"
     );
 }
+
+/// core-data started on the node's data dir with `settings` (`--set` values) on its own
+/// port: its exit status and log when it stops within 30 s, `None` while it runs on.
+fn core_data_alone(node: &Node, settings: &[String]) -> Option<(i32, String)> {
+    let log = node
+        .dir
+        .path()
+        .join(format!("core-data-{}.log", free_port()));
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("--config")
+        .arg(&node.config)
+        .arg("--data-dir")
+        .arg(node.data_dir())
+        .args(["--set", &format!("core_data.port={}", free_port())])
+        .args(["--set", "node.instance=\"alone\""]);
+    for s in settings {
+        cmd.args(["--set", s]);
+    }
+    let mut child = cmd
+        .args(["run", "core-data"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("core-data");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            return Some((status.code().unwrap_or(-1), text));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// PostgreSQL refusing core-data, each with a message that says why, and nothing served:
+/// a wrong password, a server whose certificate the configured CA did not sign, a server
+/// that is down (refused with the URL, password redacted). Then a node whose PostgreSQL is
+/// down when core-data starts: it is started again by the supervisor until PostgreSQL is
+/// back, and stores what the broker acknowledged meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_refusals_are_named_and_a_database_down_at_start_is_waited_for() {
+    let pg = outpost_testkit::postgres::Private::start();
+    let db = pg.database();
+    let node = Node::start(&db.storage_toml("core_data")).await;
+    provision(&node, &["q1"]);
+    let wrong = node.dir.path().join("wrong-password");
+    std::fs::write(&wrong, "not-the-password\n").expect("write");
+    let cases = [
+        (
+            format!("core_data.storage.password_file=\"{}\"", wrong.display()),
+            "password authentication failed",
+        ),
+        (
+            format!(
+                "core_data.storage.ca=\"{}\"",
+                node.data_dir().join("tls").join("ca.pem").display()
+            ),
+            "certificate",
+        ),
+        (
+            "core_data.storage.url=\"postgres://outpost@127.0.0.1:1/outpost\"".to_string(),
+            "127.0.0.1:1",
+        ),
+    ];
+    for (setting, why) in &cases {
+        let (code, log) = core_data_alone(&node, std::slice::from_ref(setting))
+            .unwrap_or_else(|| panic!("core-data with {setting} runs on"));
+        assert_ne!(code, 0, "{setting}: {log}");
+        assert!(
+            log.contains(why) && log.contains("PostgreSQL"),
+            "{setting}: the log says why ({why}): {log}"
+        );
+        assert!(!log.contains("not-the-password"), "{log}");
+        let said = log.lines().rfind(|l| l.contains(why)).unwrap_or("");
+        eprintln!("{setting}:\n  {said}");
+    }
+
+    // Down when core-data starts: the supervisor starts it again until it is back.
+    let count = format!("{}/api/v3/event/count", node.data());
+    pg.kill9();
+    signal(node.pid("core-data"), "KILL");
+    publish_readings(&node, "q1", 50, "20.5");
+    eventually(
+        "core-data refused at start",
+        Duration::from_secs(30),
+        || async { node.log().contains("cannot start") && node.get(&count).await.0 != 200 },
+    )
+    .await;
+    pg.restart();
+    eventually(
+        "core-data back with what was acknowledged",
+        Duration::from_secs(90),
+        || async { node.get(&count).await.1["count"] == 50 },
+    )
+    .await;
+}

@@ -185,16 +185,42 @@ pub enum PgError {
         #[source]
         source: std::io::Error,
     },
-    #[error("PostgreSQL at {url}: {source}")]
+    /// The whole chain of causes is in the message (so a log of it says it once).
+    #[error("PostgreSQL at {url}: {}", why_not_connected(error))]
     Connect {
         url: String,
-        #[source]
-        source: deadpool_postgres::PoolError,
+        error: deadpool_postgres::PoolError,
     },
     #[error("PostgreSQL: {0}")]
     Db(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Key(#[from] outpost_storage::StorageError),
+}
+
+/// Why a connection could not be had, as an operator would want it: the server's own
+/// words, and for a certificate the configuration's part in it.
+fn why_not_connected(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => {
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                text = format!("{text}: {c}");
+                cause = c.source();
+            }
+            if text.contains("certificate") {
+                format!(
+                    "{text} (the server's certificate is not one the configured `ca` vouches for)"
+                )
+            } else {
+                text
+            }
+        }
+        deadpool_postgres::PoolError::Timeout(_) => {
+            "no connection within the pool's wait (the server does not answer)".into()
+        }
+        other => other.to_string(),
+    }
 }
 
 /// A pool of connections to the configured database; each connection's `search_path` is
@@ -251,9 +277,9 @@ pub fn connect(cfg: &StorageConfig, schema: &str) -> Result<Pool, PgError> {
 
 /// A connection from `pool`, with the URL in the error.
 pub async fn client(pool: &Pool, cfg: &StorageConfig) -> Result<Object, PgError> {
-    pool.get().await.map_err(|source| PgError::Connect {
+    pool.get().await.map_err(|error| PgError::Connect {
         url: redact(&cfg.url),
-        source,
+        error,
     })
 }
 
