@@ -90,6 +90,10 @@ pub enum BusError {
     ShutDown,
     #[error("NATS: {0}")]
     Nats(String),
+    /// The server turned the client away for good (credentials, its certificate): trying
+    /// again cannot help.
+    #[error("the bus refused the connection: {0}")]
+    Refused(String),
 }
 
 /// How a connection behaves.

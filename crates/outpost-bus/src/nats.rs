@@ -173,7 +173,14 @@ impl Nats {
                 let client = connect_options(cfg, data_dir, opts)?
                     .connect(cfg.url.as_str())
                     .await
-                    .map_err(|e| BusError::Nats(format!("connect to {}: {e}", cfg.url)))?;
+                    .map_err(|e| {
+                        let what = format!("connect to {}: {e}", cfg.url);
+                        if turned_away(&e) {
+                            BusError::Refused(what)
+                        } else {
+                            BusError::Nats(what)
+                        }
+                    })?;
                 let nats = Self {
                     js: jetstream::new(client.clone()),
                     client,
@@ -192,7 +199,12 @@ impl Nats {
                     tracing::info!(url = %cfg.url, stream = %n.stream, "connected to NATS JetStream");
                     return Ok(n);
                 }
-                Err(e @ BusError::NoPasswordFile | e @ BusError::PasswordFile { .. }) => {
+                Err(
+                    e @ (BusError::NoPasswordFile
+                    | BusError::PasswordFile { .. }
+                    | BusError::Refused(_)),
+                ) => {
+                    tracing::error!(url = %cfg.url, error = %e, "NATS refused this client");
                     return Err(e);
                 }
                 Err(e) => {
@@ -426,6 +438,27 @@ fn stream_name(base: &str) -> String {
         })
         .collect();
     format!("OUTPOST_{clean}")
+}
+
+/// Whether the server turned the client away for good: its credentials, the server's
+/// certificate (a TLS handshake that failed on it surfaces as an I/O error), a URL that
+/// does not parse. A server that is down or restarting is not.
+fn turned_away(e: &async_nats::ConnectError) -> bool {
+    use async_nats::ConnectErrorKind as Kind;
+    match e.kind() {
+        Kind::AuthorizationViolation | Kind::Authentication | Kind::Tls | Kind::ServerParse => true,
+        Kind::Io => {
+            let mut cause: Option<&dyn std::error::Error> = Some(e);
+            while let Some(c) = cause {
+                if c.to_string().contains("invalid peer certificate") {
+                    return true;
+                }
+                cause = c.source();
+            }
+            false
+        }
+        _ => false,
+    }
 }
 
 fn connect_options(

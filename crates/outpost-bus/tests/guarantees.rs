@@ -348,3 +348,116 @@ async fn clients_started_before_their_broker_connect_once_it_listens(mut f: Fixt
     c.close().await;
     p.disconnect().await;
 }
+
+/// How connecting with `cfg` ends within `WAIT`: the error's text, or `None` when it
+/// connected or was still trying.
+async fn refusal(cfg: &BusConfig, dir: &std::path::Path) -> Option<String> {
+    let opts = Options::plain(format!("refused-{}", uuid()));
+    match tokio::time::timeout(WAIT, Bus::connect(cfg, dir, "test", opts, &Shutdown::new())).await {
+        Ok(Err(e)) => Some(format!("{e:#}")),
+        Ok(Ok(_)) | Err(_) => None,
+    }
+}
+
+/// NATS refusing the node: a wrong password and a server whose certificate the configured
+/// CA did not sign are each refused with a message that says so, not retried for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_refuses_a_wrong_password_and_an_untrusted_server_with_a_clear_error() {
+    let f = Fixture::new(Engine::Nats);
+    let wrong = f.dir.path().join("wrong");
+    std::fs::write(&wrong, "not-the-password").expect("write");
+    let cfg = BusConfig {
+        password_file: Some(wrong),
+        ..f.cfg()
+    };
+    let e = refusal(&cfg, f.dir.path())
+        .await
+        .expect("a wrong password is refused");
+    assert!(e.contains("authorization"), "{e}");
+    assert!(!e.contains("not-the-password"), "{e}");
+
+    let other = outpost_pki::Paths::new(&f.dir.path().join("other-ca"));
+    outpost_pki::ensure_server_cert(&other, &["127.0.0.1".into()]).expect("another CA");
+    let cfg = BusConfig {
+        ca_file: Some(other.ca_cert),
+        ..f.cfg()
+    };
+    let e = refusal(&cfg, f.dir.path())
+        .await
+        .expect("an untrusted server is refused");
+    assert!(e.contains("certificate"), "{e}");
+}
+
+/// A JetStream stream at its bound refuses new publishes (the publish fails, it is not
+/// acknowledged), and everything it acknowledged before is still delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_nats_stream_refuses_publishes_and_keeps_what_it_acknowledged() {
+    let f = Fixture::new(Engine::Nats);
+    let cfg = BusConfig {
+        stream_max_bytes: 64 * 1024,
+        ..f.cfg()
+    };
+    let opts = Options::durable("full", 64);
+    let consumer = tokio::time::timeout(
+        WAIT,
+        Consumer::connect(
+            &cfg,
+            f.dir.path(),
+            "test",
+            opts,
+            &["t/#".to_string()],
+            &Shutdown::new(),
+        ),
+    )
+    .await
+    .expect("subscribed in time")
+    .expect("subscribed");
+    consumer.close().await;
+    let bus = tokio::time::timeout(
+        WAIT,
+        Bus::connect(
+            &cfg,
+            f.dir.path(),
+            "test",
+            Options::plain("filler"),
+            &Shutdown::new(),
+        ),
+    )
+    .await
+    .expect("connected in time")
+    .expect("connected");
+    let body = vec![b'x'; 1000];
+    let mut accepted = 0u32;
+    let mut refused = None;
+    for _ in 0..200 {
+        match tokio::time::timeout(WAIT, bus.publish_raw("t/full", body.clone())).await {
+            Ok(Ok(())) => accepted += 1,
+            Ok(Err(e)) => {
+                refused = Some(e.to_string());
+                break;
+            }
+            Err(_) => panic!("a publish to a full stream hangs"),
+        }
+    }
+    let refused = refused.expect("the stream refuses once full");
+    assert!(accepted > 10, "{accepted} accepted before: {refused}");
+    eprintln!("{accepted} accepted, then: {refused}");
+    // Everything acknowledged is there for the durable consumer.
+    let mut consumer = tokio::time::timeout(
+        WAIT,
+        Consumer::connect(
+            &cfg,
+            f.dir.path(),
+            "test",
+            Options::durable("full", 64),
+            &["t/#".to_string()],
+            &Shutdown::new(),
+        ),
+    )
+    .await
+    .expect("subscribed in time")
+    .expect("subscribed");
+    for _ in 0..accepted {
+        next(&mut consumer).await.ack();
+    }
+}
