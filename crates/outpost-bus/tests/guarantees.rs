@@ -103,11 +103,16 @@ impl Fixture {
     }
 
     async fn consumer(&self, session: &str, window: u16) -> Consumer {
+        self.consumer_with(&self.cfg(), session, window).await
+    }
+
+    /// A durable consumer of `t/#` on the bus `cfg` names.
+    async fn consumer_with(&self, cfg: &BusConfig, session: &str, window: u16) -> Consumer {
         let opts = Options::durable(session, window);
         tokio::time::timeout(
             WAIT,
             Consumer::connect(
-                &self.cfg(),
+                cfg,
                 self.dir.path(),
                 "test",
                 opts,
@@ -121,10 +126,15 @@ impl Fixture {
     }
 
     async fn publisher(&self) -> Bus {
+        self.publisher_with(&self.cfg()).await
+    }
+
+    /// A plain client of the bus `cfg` names.
+    async fn publisher_with(&self, cfg: &BusConfig) -> Bus {
         let opts = Options::plain(format!("publisher-{}", uuid()));
         tokio::time::timeout(
             WAIT,
-            Bus::connect(&self.cfg(), self.dir.path(), "test", opts, &Shutdown::new()),
+            Bus::connect(cfg, self.dir.path(), "test", opts, &Shutdown::new()),
         )
         .await
         .expect("connected in time")
@@ -397,35 +407,9 @@ async fn a_full_nats_stream_refuses_publishes_and_keeps_what_it_acknowledged() {
         stream_max_bytes: 64 * 1024,
         ..f.cfg()
     };
-    let opts = Options::durable("full", 64);
-    let consumer = tokio::time::timeout(
-        WAIT,
-        Consumer::connect(
-            &cfg,
-            f.dir.path(),
-            "test",
-            opts,
-            &["t/#".to_string()],
-            &Shutdown::new(),
-        ),
-    )
-    .await
-    .expect("subscribed in time")
-    .expect("subscribed");
-    consumer.close().await;
-    let bus = tokio::time::timeout(
-        WAIT,
-        Bus::connect(
-            &cfg,
-            f.dir.path(),
-            "test",
-            Options::plain("filler"),
-            &Shutdown::new(),
-        ),
-    )
-    .await
-    .expect("connected in time")
-    .expect("connected");
+    // The consumer exists (and so keeps what is published), then goes away.
+    f.consumer_with(&cfg, "full", 64).await.close().await;
+    let bus = f.publisher_with(&cfg).await;
     let body = vec![b'x'; 1000];
     let mut accepted = 0u32;
     let mut refused = None;
@@ -443,20 +427,7 @@ async fn a_full_nats_stream_refuses_publishes_and_keeps_what_it_acknowledged() {
     assert!(accepted > 10, "{accepted} accepted before: {refused}");
     eprintln!("{accepted} accepted, then: {refused}");
     // Everything acknowledged is there for the durable consumer.
-    let mut consumer = tokio::time::timeout(
-        WAIT,
-        Consumer::connect(
-            &cfg,
-            f.dir.path(),
-            "test",
-            Options::durable("full", 64),
-            &["t/#".to_string()],
-            &Shutdown::new(),
-        ),
-    )
-    .await
-    .expect("subscribed in time")
-    .expect("subscribed");
+    let mut consumer = f.consumer_with(&cfg, "full", 64).await;
     for _ in 0..accepted {
         next(&mut consumer).await.ack();
     }
