@@ -598,3 +598,54 @@ steps = [{ type = "tumbling", size_ms = 1000, functions = ["count"] }]"#
     );
     assert!(a != b, "one instance runs at a time: a {a}, b {b}");
 }
+
+/// Two device-virtual instances take turns: one serves the devices (their autoEvents),
+/// the other stands by without listening; when the serving one is killed with kill -9, the
+/// next to take the turn serves them and their events go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_service_instances_take_turns_and_the_next_serves_after_a_kill_9() {
+    let db = outpost_testkit::postgres::server().database();
+    let node = Node::start(&format!(
+        "[device_virtual]\nenabled = true\n{}",
+        db.table_toml("device_virtual.standby")
+    ))
+    .await;
+    let port_b = free_port();
+    let log_b = node.dir.path().join("device-virtual-b.log");
+    let _b = instance(
+        &node,
+        ("device-virtual", "device_virtual"),
+        "b",
+        port_b,
+        Some(&log_b),
+    );
+    eventually(
+        "device-virtual@b standing by",
+        Duration::from_secs(30),
+        || async { std::fs::read_to_string(&log_b).is_ok_and(|l| l.contains("standing by")) },
+    )
+    .await;
+    assert!(!listening(&node, port_b).await, "a standby does not listen");
+    let count = format!(
+        "{}/api/v3/event/count/device/name/Random-Integer-Device",
+        node.data()
+    );
+    let events = async || node.get(&count).await.1["count"].as_u64().unwrap_or(0);
+    eventually("autoEvents stored", Duration::from_secs(60), || async {
+        events().await > 0
+    })
+    .await;
+    signal(node.pid("device-virtual"), "KILL");
+    let at_kill = events().await;
+    eventually(
+        "autoEvents again after the kill",
+        Duration::from_secs(90),
+        || async { events().await > at_kill + 1 },
+    )
+    .await;
+    let (a, b) = (
+        listening(&node, node.ports.virtual_).await,
+        listening(&node, port_b).await,
+    );
+    assert!(a != b, "one instance serves at a time: a {a}, b {b}");
+}

@@ -76,6 +76,10 @@ pub struct Config<D: DriverConfig> {
     pub device_messages_per_s: f64,
     /// Messages a device may push at once above that rate.
     pub device_messages_burst: u32,
+    /// Where instances take turns (`backend = "postgres"`): one instance serves the
+    /// devices (polls, autoEvents, the broker session), the others stand by and the first
+    /// to take the lease serves them when it dies. Default: no turns.
+    pub standby: outpost_kit::pg::StorageConfig,
     /// The protocol's own settings.
     pub driver: D,
 }
@@ -93,6 +97,7 @@ impl<D: DriverConfig> Default for Config<D> {
             discovery_interval_s: 0,
             device_messages_per_s: 1000.0,
             device_messages_burst: 2000,
+            standby: outpost_kit::pg::StorageConfig::default(),
             driver: D::default(),
         }
     }
@@ -126,6 +131,9 @@ impl<D: DriverConfig> Validate for Config<D> {
             &section,
             "device_messages_burst must be at least 1",
         );
+        for problem in self.standby.problems() {
+            p.check(false, &format!("{section}.standby"), problem);
+        }
         self.driver.validate(p);
     }
 }

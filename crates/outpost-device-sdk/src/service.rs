@@ -21,10 +21,15 @@ impl<D: DriverConfig> outpost_kit::Service for Adapter<D> {
     const INFO: outpost_kit::Info =
         outpost_kit::Info::new(D::SERVICE, D::SECTION).open_routes(D::OPEN_ROUTES);
 
+    fn standby(cfg: &Config<D>) -> Option<&outpost_kit::pg::StorageConfig> {
+        Some(&cfg.standby)
+    }
+
     fn sandbox(
         cfg: &Config<D>,
         files: &mut outpost_kit::sandbox::Files,
     ) -> Result<(), outpost_kit::sandbox::StorageError> {
+        cfg.standby.sandbox(files, D::SERVICE)?;
         cfg.driver.sandbox(files)
     }
 
