@@ -52,6 +52,8 @@
 #                             receiver vs that receiver's rate from a plain client, rules
 #                             alert -> receiver latency p50/p99; support-scheduler: lateness
 #                             of 1,000 interval jobs at 1 s vs the same timers in the driver
+#   bench/run.sh console      the web console: bytes shipped for the first page (compressed)
+#                             and the time from opening a device page to its first chart
 #   bench/run.sh ota          200 devices downloading a 50 MiB artifact at once (through the
 #                             gateway and direct): throughput, server CPU and RSS; polls/s
 #                             of a 10,000-device fleet
@@ -121,6 +123,11 @@ if [[ $what == all || $what == scale ]]; then
   # 50,000 events x 10 readings into core-data (SQLite) through the embedded broker and
   # through NATS JetStream (nats-server with TLS and a password); two rounds.
   for i in 1 2; do run "$B" bus-ingest --outpost "$O" --events 50000 --readings 10 --devices 100; done
+fi
+if [[ $what == all || $what == console ]]; then
+  # The web console in Debian's chromium: first page bytes (compressed) and the time to the
+  # first chart, five rounds.
+  run bench/console.sh
 fi
 if [[ $what == all || $what == journal ]]; then
   # The same load with the journal on and off, alternating which goes first: 100 devices

@@ -8,6 +8,7 @@
 #                             schemathesis, kubernetes-validate and aiosmtpd in virtualenvs under
 #                             target/peers/)
 #   scripts/setup.sh --bench  plus the benchmarks' peers (nginx, wrk)
+# Every mode builds the web console (web/, with Node.js and npm) that the gateway serves.
 # Installing Debian packages needs root; as another user the script uses sudo.
 set -euo pipefail
 
@@ -27,6 +28,16 @@ if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
   packages+=(podman runc uidmap catatonit netavark aardvark-dns iptables)
   command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
   command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
+  # The console's browser tests drive Debian's chromium (tests/e2e/console.rs).
+  packages+=(chromium)
+fi
+# The web console is built with Node.js and npm: Debian's only where there is none, so a
+# newer Node.js already installed stays.
+if ! command -v node >/dev/null 2>&1; then
+  packages+=(nodejs)
+fi
+if ! command -v npm >/dev/null 2>&1; then
+  packages+=(npm)
 fi
 # The benchmarks' peers: nginx (the gateway's reference) and wrk (the HTTP load generator).
 if [[ "${1:-}" == "--bench" ]]; then
@@ -150,4 +161,21 @@ if [[ "${1:-}" == "--test" ]]; then
   # podman-compose from PyPI: Debian's 1.0.3 runs every health check through /bin/sh,
   # which an image without a shell does not have.
   pinned_venv podman-compose podman-compose 1.6.0
+fi
+
+# The web console: its dependencies from the committed lock file, then its build (web/dist,
+# which the gateway's build takes into the binary).
+web="$(cd "$(dirname "$0")/.." && pwd)/web"
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if ((node_major < 18)); then
+  echo "Node.js $(node --version) is too old for the console's build: it needs 18 or newer" >&2
+  exit 1
+fi
+if [[ ! -f "$web/node_modules/.package-lock.json" || "$web/package-lock.json" -nt "$web/node_modules/.package-lock.json" ]]; then
+  echo "Installing the console's dependencies (npm ci)"
+  (cd "$web" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+if [[ ! -f "$web/dist/index.html" ]] || [[ -n "$(find "$web/src" "$web/index.html" "$web/package-lock.json" "$web/vite.config.ts" -newer "$web/dist/index.html" -print -quit)" ]]; then
+  echo "Building the web console"
+  (cd "$web" && npm run --silent build)
 fi

@@ -23,6 +23,8 @@ stop_postgres() {
 }
 trap stop_postgres EXIT
 
+echo "== the console's unit tests (vitest)"
+(cd web && npx --no-install vitest run --reporter=dot)
 echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"

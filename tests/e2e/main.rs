@@ -8,6 +8,7 @@ mod bus;
 mod bus_tls;
 mod cli;
 mod compat;
+mod console;
 mod containers;
 mod devices;
 mod durability;

@@ -33,6 +33,8 @@ pub struct App {
     /// Calls to services for composed answers.
     pub metadata: outpost_kit::client::ServiceClient,
     pub access: access::AccessLog,
+    /// Live readings for the console's streams.
+    pub live: std::sync::Arc<crate::live::Hub>,
 }
 
 impl App {

@@ -1,8 +1,8 @@
 //! Who may call what.
 //!
 //! Every route needs a token except the public ones: login, refresh, the gateway's own
-//! ping and health, the CA certificate, and the static files of the web dashboard (which hold
-//! no data; the page logs in through the API). A token is either an access token (JWT from
+//! ping and health, the CA certificate, and the web console's files under `/ui/` (which
+//! hold no data; the page logs in through the API). A token is either an access token (JWT from
 //! login) or an API key, sent as `Authorization: Bearer <token>` or `X-API-Key: <key>`.
 //!
 //! Roles, per method and route:
@@ -70,7 +70,7 @@ fn need_of_path(method: &Method, path: &str) -> Need {
     if path == "/metrics" {
         return Need::Role(Role::Operator);
     }
-    if path == "/ui" || path.starts_with("/ui/") {
+    if path == "/" || path == "/ui" || path.starts_with("/ui/") {
         return if read {
             Need::Public
         } else {

@@ -43,7 +43,11 @@ impl conn::Dispatch for Front {
 /// Whether a path is one of the gateway's own routes (served by its router) rather than
 /// proxied to a service.
 pub fn is_own(path: &str) -> bool {
-    path.starts_with("/api/") || path == "/ui" || path.starts_with("/ui/") || path == "/metrics"
+    path == "/"
+        || path.starts_with("/api/")
+        || path == "/ui"
+        || path.starts_with("/ui/")
+        || path == "/metrics"
 }
 
 /// A proxied request, start to end: request ID, admission, proxy, access log and metrics;

@@ -28,7 +28,9 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod conn;
+pub mod console;
 pub mod front;
+pub mod live;
 pub use outpost_kit::limit;
 pub mod observe;
 pub mod openapi;
@@ -324,8 +326,21 @@ impl outpost_kit::Service for Gateway {
                 Duration::from_millis(cfg.upstream_timeout_ms),
             ),
             access,
+            live: live::Hub::new(),
             cfg: cfg.clone(),
         });
+        {
+            let (hub, ctx2) = (Arc::clone(&app.live), ctx.clone());
+            ctx.tasks
+                .spawn("live-readings", Stage::Background, move |stop| {
+                    hub.run(ctx2, stop)
+                });
+        }
+        if cfg.static_dir.is_none() && !console::built() {
+            tracing::warn!(
+                "this binary holds no web console: build it (scripts/setup.sh, or npm ci && npm run build in web/) and build the binary again"
+            );
+        }
 
         // Metadata changes empty the cache.
         let view = MetadataView::start(ctx, ViewConfig::default());

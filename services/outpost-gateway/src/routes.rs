@@ -65,7 +65,12 @@ pub fn router(app: Arc<App>, info: outpost_kit::routes::ServiceInfo, max_body: u
         .route("/api/v3/ca.pem", get(ca_pem))
         .route("/api/v3/openapi", get(openapi_index))
         .route("/api/v3/openapi/{document}", get(openapi_document))
-        .route("/ui", get(static_file))
+        .route("/", get(|| async { axum::response::Redirect::to("/ui/") }))
+        .route("/api/v3/stream/device/{name}", get(crate::live::stream))
+        .route(
+            "/ui",
+            get(|| async { axum::response::Redirect::to("/ui/") }),
+        )
         .route("/ui/", get(static_file))
         .route("/ui/{*path}", get(static_file))
         .fallback(crate::proxy::handle)
@@ -450,14 +455,26 @@ async fn overview(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiR
     Ok(resp)
 }
 
-/// Static files from `gateway.static_dir`: only plain relative paths (no `..`, no hidden
-/// files, no symlinks out of the directory); `index.html` for directories.
-async fn static_file(State(app): State<Arc<App>>, uri: http::Uri) -> ApiResult<Response> {
-    let Some(root) = &app.cfg.static_dir else {
-        return Err(ApiError::not_found("no static files are configured"));
-    };
+/// The web console under `/ui/` (`crate::console`): from `gateway.static_dir` when one is
+/// configured (only plain relative paths: no `..`, no hidden files, no symlinks out of the
+/// directory; `index.html` for directories), else as built into the binary.
+async fn static_file(
+    State(app): State<Arc<App>>,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+) -> ApiResult<Response> {
     let rel = uri.path().trim_start_matches("/ui").trim_start_matches('/');
     let rel = percent_decode(rel).ok_or_else(|| ApiError::not_found("no such file"))?;
+    let Some(root) = &app.cfg.static_dir else {
+        if !crate::console::built() {
+            return Err(ApiError::not_found(
+                "this binary holds no web console: build it (scripts/setup.sh, or npm ci && \
+                 npm run build in web/) and build the binary again",
+            ));
+        }
+        return crate::console::serve(&rel, &headers)
+            .ok_or_else(|| ApiError::not_found("no such file"));
+    };
     let mut path = root.clone();
     for seg in rel.split('/').filter(|s| !s.is_empty()) {
         if seg == ".." || seg.starts_with('.') || seg.contains('\\') || seg.contains('\0') {
@@ -483,29 +500,8 @@ async fn static_file(State(app): State<Arc<App>>, uri: http::Uri) -> ApiResult<R
     let bytes = tokio::fs::read(&real)
         .await
         .map_err(|_| ApiError::not_found("no such file"))?;
-    let ctype = match real.extension().and_then(|e| e.to_str()).unwrap_or("") {
-        "html" => "text/html; charset=utf-8",
-        "js" | "mjs" => "text/javascript; charset=utf-8",
-        "css" => "text/css; charset=utf-8",
-        "json" => "application/json",
-        "svg" => "image/svg+xml",
-        "png" => "image/png",
-        "ico" => "image/x-icon",
-        "yaml" | "yml" => "application/yaml",
-        "txt" => "text/plain; charset=utf-8",
-        _ => "application/octet-stream",
-    };
-    Ok((
-        [
-            (header::CONTENT_TYPE, HeaderValue::from_static(ctype)),
-            (
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            ),
-        ],
-        bytes,
-    )
-        .into_response())
+    let ext = real.extension().and_then(|e| e.to_str()).unwrap_or("");
+    Ok((crate::console::headers(ext), bytes).into_response())
 }
 
 /// A path decoded as percent-encoding defines it (RFC 3986): `%` and two hex digits is a

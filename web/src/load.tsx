@@ -1,0 +1,56 @@
+import { useEffect, useState } from "preact/hooks";
+import { ApiError, SessionEnded } from "./api";
+
+export interface Loaded<T> {
+  data: T | null;
+  error: string | null;
+  /** When `data` was fetched, ms since the epoch. */
+  at: number | null;
+  reload: () => void;
+}
+
+/** Loads `f` now and every `everyMs` (0: once). A failed reload keeps the last data, with
+ * its age shown beside the error, so a backend that is down shows what was last known. */
+export function useLoad<T>(f: () => Promise<T>, deps: unknown[], everyMs = 0): Loaded<T> {
+  const [state, setState] = useState<{ data: T | null; error: string | null; at: number | null }>({
+    data: null,
+    error: null,
+    at: null,
+  });
+  const [tick, setTick] = useState(0);
+  useEffect(() => {
+    let live = true;
+    f().then(
+      (data) => live && setState({ data, error: null, at: Date.now() }),
+      (e) => {
+        if (!live || e instanceof SessionEnded) return;
+        const msg = e instanceof ApiError ? e.message : String(e);
+        setState((s) => ({ ...s, error: msg }));
+      },
+    );
+    const t = everyMs > 0 ? setTimeout(() => setTick((n) => n + 1), everyMs) : null;
+    return () => {
+      live = false;
+      if (t) clearTimeout(t);
+    };
+  }, [...deps, tick]);
+  return { ...state, reload: () => setTick((n) => n + 1) };
+}
+
+export function age(at: number): string {
+  const s = Math.max(0, Math.round((Date.now() - at) / 1000));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.round(s / 60)} min`;
+  return `${Math.round(s / 3600)} h`;
+}
+
+/** The error of a load, with the age of the data still shown. */
+export function Problem({ l, what }: { l: Loaded<unknown>; what: string }) {
+  if (!l.error) return null;
+  return (
+    <p class="error" role="alert">
+      Cannot load {what}: {l.error}.
+      {l.at !== null && <> Showing what was known {age(l.at)} ago.</>}
+    </p>
+  );
+}
