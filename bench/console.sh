@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 O=target/release/outpost
 data=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$data"' EXIT
-"$O" --data-dir "$data" --set device_virtual.enabled=true up >"$data/node.log" 2>&1 &
+log="$data.log"
+trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$data" "$log"' EXIT
+# The data dir must be empty for a first start: the node's log goes beside it.
+"$O" --data-dir "$data" --set device_virtual.enabled=true up >"$log" 2>&1 &
 pid=$!
 ca="$data/tls/ca.pem"
 for _ in $(seq 1 100); do

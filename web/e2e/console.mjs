@@ -162,6 +162,36 @@ async function flows(size, label) {
     [base, viewer, viewerPassword, device],
   );
   assert.equal(forged, 403, "the API refuses a viewer's write");
+
+  if (label === "desktop") {
+    step(`${label}: a session ended elsewhere asks to log in again and comes back to the same page`);
+    // The admin changes the viewer's password, which ends the viewer's tokens at once.
+    const changed = await page.evaluate(
+      async ([base, admin]) => {
+        const t = await (
+          await fetch(`${base}/api/v3/auth/login`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify({ username: "admin", password: admin }),
+          })
+        ).json();
+        const r = await fetch(`${base}/api/v3/auth/user/vic/password`, {
+          method: "PUT",
+          headers: { authorization: `Bearer ${t.accessToken}`, "content-type": "application/json" },
+          body: JSON.stringify({ password: "viewer password 2" }),
+        });
+        return r.status;
+      },
+      [base, admin],
+    );
+    assert.equal(changed, 204);
+    // The next call the page makes is refused; the refresh too.
+    await page.getByLabel("History").selectOption({ label: "1 hour" });
+    await page.getByText("Your session has ended").waitFor();
+    await shot("session-ended");
+    await login(page, viewer, "viewer password 2");
+    await page.getByRole("heading", { name: device }).waitFor();
+  }
   await page.getByRole("button", { name: "Log out" }).click();
   await page.getByRole("button", { name: "Log in" }).waitFor();
 

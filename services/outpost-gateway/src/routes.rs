@@ -116,6 +116,15 @@ struct TokenResponse {
 }
 
 async fn tokens(app: &App, user: &str, role: Role) -> ApiResult<TokenResponse> {
+    // Tokens carry whole seconds, and a password changed in this second ends this second's
+    // tokens: issued from the next second, or they would be refused at once.
+    let first = app.users.valid_after(user).unwrap_or(0);
+    for _ in 0..40 {
+        if crate::users::now_s() >= first {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let now = crate::users::now_s();
     let claims = Claims {
         sub: user.to_string(),

@@ -669,6 +669,11 @@ impl Users {
         }
     }
 
+    /// The first second whose tokens `name`'s are (0: any), if the user exists.
+    pub fn valid_after(&self, name: &str) -> Option<i64> {
+        self.state().users.get(name).map(|u| u.valid_after)
+    }
+
     /// The current role of a token's user, if the token (issued at `iat`) is still good.
     pub fn token_role(&self, name: &str, iat: i64) -> Option<Role> {
         let st = self.state();
