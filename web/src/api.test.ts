@@ -85,6 +85,24 @@ describe("Session", () => {
   });
 });
 
+describe("Session under failures", () => {
+  it("keeps the session when the refresh meets a node that is down", async () => {
+    let down = false;
+    const { f } = fake({
+      "/api/v3/auth/login": () => [200, tokens(1)],
+      "/api/v3/auth/refresh": () => (down ? [503, {}] : [200, tokens(2)]),
+      "/x": (init) => (new Headers(init.headers).get("authorization") === "Bearer a2" ? [200, {}] : [401, {}]),
+    });
+    const s = new Session("", f);
+    await s.login("ann", "pw");
+    down = true;
+    await expect(s.call("/x")).rejects.toBeInstanceOf(ApiError);
+    expect(s.user).not.toBeNull();
+    down = false;
+    expect(await s.call("/x")).toEqual({});
+  });
+});
+
 describe("helpers", () => {
   it("refreshes a minute early, at least halfway, not sooner than 5 s", () => {
     expect(refreshDelay(900)).toBe(840_000);

@@ -110,7 +110,12 @@ export class Session {
     if (!this.tokens) throw new SessionEnded("not logged in");
     let r = await this.send(path, init);
     if (r.status === 401) {
-      if (!(await this.refresh())) throw new SessionEnded("the session expired");
+      if (!(await this.refresh())) {
+        // The refresh did not go through but the session stands (the node did not
+        // answer): an error to show, not an end.
+        if (this.tokens) throw new ApiError(0, messageOf(0, null));
+        throw new SessionEnded("the session expired");
+      }
       r = await this.send(path, init);
       if (r.status === 401) {
         this.end();
@@ -141,11 +146,16 @@ export class Session {
           headers: { "content-type": "application/json" },
           body: JSON.stringify({ refreshToken: t.refreshToken }),
         });
-        if (!r.ok) {
-          this.end();
+        if (r.status === 400 || r.status === 401) {
+          // The refresh token was refused: the session is over.
+          if (this.tokens === t) this.end();
           return false;
         }
-        this.take((await r.json()) as Tokens);
+        if (!r.ok) return false;
+        const next = (await r.json()) as Tokens;
+        // Logged out (or in again) meanwhile: these tokens are not this session's.
+        if (this.tokens !== t) return false;
+        this.take(next);
         return true;
       } catch {
         // The node did not answer: the tokens stay; the next call tries again.

@@ -28,6 +28,8 @@ export function App() {
   useEffect(() => {
     const titles = { overview: "Overview", devices: "Devices", device: "Device", follow: "Following" };
     document.title = `${route.page === "device" ? route.name : titles[route.page]} · Outpost`;
+    // A new page: focus its content, so a screen reader starts there and says where it is.
+    document.getElementById("main")?.focus();
   }, [route]);
 
   if (!user) {
@@ -43,7 +45,15 @@ export function App() {
   }
   return (
     <div class="shell">
-      <a class="skip" href="#main">
+      <a
+        class="skip"
+        href="#main"
+        onClick={(e) => {
+          // The hash is the page: moving focus must not change it.
+          e.preventDefault();
+          document.getElementById("main")?.focus();
+        }}
+      >
         Skip to content
       </a>
       <header class="bar">
@@ -75,8 +85,8 @@ export function App() {
       <main id="main" tabIndex={-1}>
         {route.page === "overview" && <Overview />}
         {route.page === "devices" && <Devices />}
-        {route.page === "device" && <DevicePage name={route.name} />}
-        {route.page === "follow" && <FollowPage names={route.names} />}
+        {route.page === "device" && <DevicePage key={route.name} name={route.name} />}
+        {route.page === "follow" && <FollowPage key={route.names.join(",")} names={route.names} />}
       </main>
     </div>
   );

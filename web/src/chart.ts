@@ -49,6 +49,7 @@ export function chart(
   };
   summarise();
   let pending = false;
+  let destroyed = false;
   const resize = new ResizeObserver(() => plot.setSize({ width: width(), height: 180 }));
   resize.observe(el);
   return {
@@ -57,6 +58,7 @@ export function chart(
       pending = true;
       requestAnimationFrame(() => {
         pending = false;
+        if (destroyed) return;
         // Keep a zoom the person chose: only follow the newest points when not zoomed.
         const [ts] = series.toArrays();
         const x = plot.scales.x;
@@ -66,6 +68,7 @@ export function chart(
       });
     },
     destroy() {
+      destroyed = true;
       resize.disconnect();
       plot.destroy();
     },

@@ -20,15 +20,23 @@ export function useLoad<T>(f: () => Promise<T>, deps: unknown[], everyMs = 0): L
   const [tick, setTick] = useState(0);
   useEffect(() => {
     let live = true;
+    let t: ReturnType<typeof setTimeout> | null = null;
+    // The next load is planned once this one has settled, so a slow answer is not cut off.
+    const next = () => {
+      if (live && everyMs > 0) t = setTimeout(() => setTick((n) => n + 1), everyMs);
+    };
     f().then(
-      (data) => live && setState({ data, error: null, at: Date.now() }),
+      (data) => {
+        if (live) setState({ data, error: null, at: Date.now() });
+        next();
+      },
       (e) => {
         if (!live || e instanceof SessionEnded) return;
         const msg = e instanceof ApiError ? e.message : String(e);
         setState((s) => ({ ...s, error: msg }));
+        next();
       },
     );
-    const t = everyMs > 0 ? setTimeout(() => setTick((n) => n + 1), everyMs) : null;
     return () => {
       live = false;
       if (t) clearTimeout(t);

@@ -12,7 +12,8 @@
 //! lease runs out and a standby takes it.
 //!
 //! The holder fences itself: when it finds the lease taken by another instance, or has not
-//! renewed it for [`FENCE`] (half of [`TTL`]: the database lost, the process stalled), it
+//! renewed it for [`FENCE`] (half of [`TTL`], counted from when the last renewal was sent,
+//! each renewal given only what is left of it: the database lost or hanging), it
 //! exits at once, as a kill -9 would, without draining, so it never touches what another
 //! instance may have taken (a process that exits this way is one the services are built to
 //! lose: the queue is crash-safe and unacknowledged bus messages come again). A clean stop
@@ -43,9 +44,10 @@ pub async fn wait(ctx: &Context, service: &str, cfg: &StorageConfig) -> Result<b
     let schema = service.replace('-', "_");
     let db = Database::open(cfg, &ctx.secrets_dir(), service, &schema, &[]).await?;
     let mut standing_by = false;
-    loop {
+    let taken = loop {
+        let sent = Instant::now();
         match db.lease(service, TTL).await {
-            Ok(true) => break,
+            Ok(true) => break sent,
             Ok(false) if !standing_by => {
                 standing_by = true;
                 tracing::info!(
@@ -59,32 +61,40 @@ pub async fn wait(ctx: &Context, service: &str, cfg: &StorageConfig) -> Result<b
             () = ctx.shutdown.wait() => return Ok(false),
             () = tokio::time::sleep(RENEW) => {}
         }
-    }
+    };
     tracing::info!("this instance runs {service} (it holds the turn)");
     let service = service.to_string();
     // Declared before everything else the service starts: it stops last.
     ctx.tasks.spawn("turn", Stage::AfterServing, move |stop| {
-        keep(db, service, stop)
+        keep(db, service, stop, taken)
     });
     Ok(true)
 }
 
 /// Renews the turn until `stop`, then gives it up; exits the process when it is lost.
-async fn keep(db: Database, service: String, stop: crate::Shutdown) {
-    let mut renewed = Instant::now();
+/// `renewed` is when the request that last took or renewed it was sent (the database set
+/// its expiry after that, so the lease lasts at least until `renewed + TTL`).
+async fn keep(db: Database, service: String, stop: crate::Shutdown, mut renewed: Instant) {
     loop {
         tokio::select! {
             () = stop.wait() => break,
             () = tokio::time::sleep(RENEW) => {}
         }
-        match db.lease(&service, TTL).await {
-            Ok(true) => renewed = Instant::now(),
-            Ok(false) => fence(&service, "another instance holds the turn"),
-            Err(e) if renewed.elapsed() >= FENCE => fence(
+        let sent = Instant::now();
+        // A call on a dead connection can hang for minutes: it gets what is left of FENCE.
+        let left = FENCE.saturating_sub(renewed.elapsed());
+        match tokio::time::timeout(left, db.lease(&service, TTL)).await {
+            Ok(Ok(true)) => renewed = sent,
+            Ok(Ok(false)) => fence(&service, "another instance holds the turn"),
+            Ok(Err(e)) if renewed.elapsed() >= FENCE => fence(
                 &service,
                 &format!("the turn was not renewed for {FENCE:?} ({e})"),
             ),
-            Err(e) => tracing::warn!(error = %e, "cannot renew the turn; will retry"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew the turn; will retry"),
+            Err(_) => fence(
+                &service,
+                &format!("the turn was not renewed for {FENCE:?} (the database does not answer)"),
+            ),
         }
     }
     if let Err(e) = db.release(&service).await {

@@ -109,12 +109,12 @@ fn encoding(request: &HeaderMap, brotli: bool, gzip: bool) -> Option<&'static st
             .flat_map(|v| v.split(','))
             .any(|t| {
                 let mut parts = t.split(';');
-                parts.next().is_some_and(|n| n.trim() == enc)
+                parts
+                    .next()
+                    .is_some_and(|n| n.trim().eq_ignore_ascii_case(enc))
                     && parts.all(|p| {
-                        !matches!(
-                            p.replace(' ', "").as_str(),
-                            "q=0" | "q=0.0" | "q=0.00" | "q=0.000"
-                        )
+                        let p = p.replace(' ', "").to_ascii_lowercase();
+                        !matches!(p.as_str(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000")
                     })
             })
     };
@@ -152,6 +152,7 @@ mod tests {
             Some("gzip")
         );
         assert_eq!(encoding(&asking("gzip; q=0"), true, true), None);
+        assert_eq!(encoding(&asking("GZIP;Q=0, BR"), true, true), Some("br"));
         assert_eq!(encoding(&asking("identity"), true, true), None);
         assert_eq!(encoding(&HeaderMap::new(), true, true), None);
     }

@@ -326,7 +326,10 @@ impl outpost_kit::Service for Gateway {
                 Duration::from_millis(cfg.upstream_timeout_ms),
             ),
             access,
-            live: live::Hub::new(),
+            live: live::Hub::new(
+                ctx.shutdown.clone(),
+                Duration::from_secs(cfg.access_token_ttl_s.max(1)),
+            ),
             cfg: cfg.clone(),
         });
         {

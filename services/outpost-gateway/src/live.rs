@@ -5,7 +5,8 @@
 //! One subscription to device events on the bus feeds every stream, taken when the first
 //! stream opens. Streams read from a bounded broadcast channel: a browser that falls behind
 //! skips what it missed (it is told how many, `event: lagged`) and never slows the bus or
-//! another stream.
+//! another stream. A stream ends when the service stops, and after an access token's life
+//! (the page opens the next one with its current token, so access is checked again).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -43,13 +44,21 @@ pub struct Item {
 pub struct Hub {
     tx: broadcast::Sender<Item>,
     wanted: Notify,
+    /// Ends every stream when the service stops.
+    stop: Shutdown,
+    /// How long one stream lasts: an access token's life. The page opens the next with the
+    /// token it has then, so a user whose access ended (logged out, password changed,
+    /// removed) loses the stream within that time.
+    max_age: Duration,
 }
 
 impl Hub {
-    pub fn new() -> Arc<Self> {
+    pub fn new(stop: Shutdown, max_age: Duration) -> Arc<Self> {
         Arc::new(Self {
             tx: broadcast::channel(BACKLOG).0,
             wanted: Notify::new(),
+            stop,
+            max_age,
         })
     }
 
@@ -153,5 +162,12 @@ pub async fn stream(
             }
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    let (stop, max_age) = (app.live.stop.clone(), app.live.max_age);
+    let end = async move {
+        tokio::select! {
+            () = stop.wait() => {}
+            () = tokio::time::sleep(max_age) => {}
+        }
+    };
+    Sse::new(futures_util::StreamExt::take_until(stream, end)).keep_alive(KeepAlive::default())
 }

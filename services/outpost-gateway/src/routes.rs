@@ -115,10 +115,19 @@ struct TokenResponse {
     role: Role,
 }
 
-async fn tokens(app: &App, user: &str, role: Role) -> ApiResult<TokenResponse> {
+/// Tokens for `user`, whose credential was checked when its `valid_after` was `seen`.
+async fn tokens(app: &App, user: &str, role: Role, seen: Option<i64>) -> ApiResult<TokenResponse> {
+    // A password changed since the credential was checked ends what it would have given.
+    let first = app.users.valid_after(user);
+    if first != seen {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "the password changed meanwhile: log in again",
+        ));
+    }
     // Tokens carry whole seconds, and a password changed in this second ends this second's
     // tokens: issued from the next second, or they would be refused at once.
-    let first = app.users.valid_after(user).unwrap_or(0);
+    let first = first.unwrap_or(0);
     for _ in 0..40 {
         if crate::users::now_s() >= first {
             break;
@@ -178,8 +187,9 @@ async fn login(
             return too_many(wait, "too many failed logins");
         }
     }
+    let seen = app.users.valid_after(&req.username);
     match app.users.login(&req.username, &req.password).await {
-        Ok(role) => match tokens(&app, &req.username, role).await {
+        Ok(role) => match tokens(&app, &req.username, role, seen).await {
             Ok(t) => {
                 tracing::info!(user = %req.username, "logged in");
                 // Remembered across restarts; a failure to write costs only the next
@@ -224,7 +234,8 @@ async fn refresh(
             ),
             e => e.into(),
         })?;
-    Ok(axum::Json(tokens(&app, &user, role).await?))
+    let seen = app.users.valid_after(&user);
+    Ok(axum::Json(tokens(&app, &user, role, seen).await?))
 }
 
 /// Ends the session: the refresh token given, and the access token the request carries
@@ -472,7 +483,11 @@ async fn static_file(
     uri: http::Uri,
     headers: http::HeaderMap,
 ) -> ApiResult<Response> {
-    let rel = uri.path().trim_start_matches("/ui").trim_start_matches('/');
+    let rel = uri
+        .path()
+        .strip_prefix("/ui/")
+        .or_else(|| uri.path().strip_prefix("/ui"))
+        .unwrap_or("");
     let rel = percent_decode(rel).ok_or_else(|| ApiError::not_found("no such file"))?;
     let Some(root) = &app.cfg.static_dir else {
         if !crate::console::built() {

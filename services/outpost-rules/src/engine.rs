@@ -601,7 +601,6 @@ pub async fn consume(
     lateness: Duration,
     stop: Shutdown,
 ) {
-    let mut applied: std::collections::HashSet<String> = applied.into_iter().collect();
     let filter = topics::device_events(&ctx.common.bus.base_topic);
     let opts = Options::durable(SESSION, 1024);
     let Some(mut consumer) = Consumer::start(&ctx, opts, &[filter], &stop).await else {
@@ -613,13 +612,20 @@ pub async fn consume(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut save = tokio::time::interval(CHECKPOINT_EVERY);
     save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut batches = Batches::default();
+    let mut batches = Batches {
+        startup: applied.into_iter().collect(),
+        ..Batches::default()
+    };
+    // Whether the chains hold what went out to nobody (stopping during a bus outage): they
+    // are then not checkpointed, and everything taken comes again.
+    let mut unsent = false;
     loop {
         tokio::select! {
             () = stop.wait() => break,
             _ = tick.tick() => {
                 let outputs = engine.flush(now_nanos() - lateness.as_nanos() as i64);
                 if !engine.publish(&bus, outputs, &stop).await {
+                    unsent = true;
                     break;
                 }
             }
@@ -628,18 +634,21 @@ pub async fn consume(
                 let Some(d) = d else { break };
                 if let Some(env) = bus.decode_event(&d) {
                     let ev = &env.payload.event;
-                    if applied.remove(&ev.id) {
-                        // Its effect is in the checkpoint this instance started from.
-                        d.ack();
+                    if batches.seen(&ev.id) {
+                        // Delivered again (an acknowledgement lost, or taken before the
+                        // checkpoint this instance started from): its effect is in the
+                        // chains already. Acknowledged with the next checkpoint.
+                        batches.taken.push(d);
                         continue;
                     }
                     if !engine.publish(&bus, engine.process(ev), &stop).await {
                         // Stopping with outputs not sent: left unacknowledged, so the
                         // reading is delivered again after the restart.
                         d.abandon();
+                        unsent = true;
                         break;
                     }
-                    batches.ids.push(ev.id.clone());
+                    batches.remember(&ev.id);
                 }
                 batches.taken.push(d);
                 if batches.taken.len() >= CHECKPOINT_READINGS {
@@ -648,22 +657,56 @@ pub async fn consume(
             }
         }
     }
-    // What was taken is checkpointed and acknowledged, or (the store refusing) left to be
-    // delivered again.
-    checkpoint(&engine, store.as_ref(), &mut batches).await;
+    // What was taken is checkpointed and acknowledged, or (outputs unsent, the store
+    // refusing) left to be delivered again.
+    if !unsent {
+        checkpoint(&engine, store.as_ref(), &mut batches).await;
+    }
     for d in batches.taken {
         d.abandon();
     }
     consumer.close().await;
 }
 
-/// The readings taken since the last checkpoint, and the event IDs of this batch and the
-/// one before (whose acknowledgements were sent last).
+/// Event IDs remembered in memory against readings delivered again while rules runs.
+const RECENT: usize = 4096;
+
+/// The readings taken since the last checkpoint, and which events were applied: those of
+/// this batch and the one before (stored with each checkpoint), those the checkpoint this
+/// instance started from listed and that have not come again, and the last [`RECENT`].
 #[derive(Default)]
 struct Batches {
     taken: Vec<Delivery>,
     ids: Vec<String>,
     previous: Vec<String>,
+    startup: std::collections::HashSet<String>,
+    recent: std::collections::VecDeque<String>,
+    recent_set: std::collections::HashSet<String>,
+}
+
+impl Batches {
+    /// Whether the event `id` was applied already (a startup ID is forgotten once seen).
+    fn seen(&mut self, id: &str) -> bool {
+        self.startup.remove(id) || self.recent_set.contains(id)
+    }
+
+    fn remember(&mut self, id: &str) {
+        self.ids.push(id.to_string());
+        if self.recent.len() == RECENT
+            && let Some(old) = self.recent.pop_front()
+        {
+            self.recent_set.remove(&old);
+        }
+        self.recent.push_back(id.to_string());
+        self.recent_set.insert(id.to_string());
+    }
+
+    /// What a checkpoint stores as applied.
+    fn applied(&self) -> Vec<String> {
+        let mut all = [self.previous.as_slice(), self.ids.as_slice()].concat();
+        all.extend(self.startup.iter().cloned());
+        all
+    }
 }
 
 /// Stores the state of the chains that changed, then acknowledges the readings `taken`
@@ -674,7 +717,7 @@ async fn checkpoint(engine: &Engine, store: &dyn PipelineStore, batches: &mut Ba
     if rows.is_empty() && batches.taken.is_empty() {
         return;
     }
-    let applied = [batches.previous.as_slice(), batches.ids.as_slice()].concat();
+    let applied = batches.applied();
     if let Err(e) = store.save_chains(rows.clone(), applied).await {
         tracing::warn!(error = %e, readings = batches.taken.len(), "cannot checkpoint the pipelines; the readings stay unacknowledged");
         engine.redirty(&rows);
@@ -684,4 +727,35 @@ async fn checkpoint(engine: &Engine, store: &dyn PipelineStore, batches: &mut Ba
         d.ack();
     }
     batches.previous = std::mem::take(&mut batches.ids);
+}
+
+#[cfg(test)]
+mod batches_tests {
+    use super::*;
+
+    #[test]
+    fn events_applied_are_known_again_until_forgotten() {
+        let mut b = Batches {
+            startup: ["s1".to_string()].into_iter().collect(),
+            ..Batches::default()
+        };
+        // What the checkpoint started from listed: known once, stored until it comes again.
+        assert!(b.applied().contains(&"s1".to_string()));
+        assert!(b.seen("s1"));
+        assert!(!b.seen("s1"));
+        assert!(!b.applied().contains(&"s1".to_string()));
+        // Applied while running: known again (a lost acknowledgement) for RECENT events.
+        b.remember("e0");
+        assert!(b.seen("e0"));
+        for i in 1..=RECENT {
+            b.remember(&format!("e{i}"));
+        }
+        assert!(!b.seen("e0"), "forgotten after {RECENT} more");
+        assert!(b.seen(&format!("e{RECENT}")));
+        // A checkpoint stores this batch and the one before.
+        b.previous = std::mem::take(&mut b.ids);
+        b.remember("next");
+        let stored = b.applied();
+        assert!(stored.contains(&"next".to_string()) && stored.contains(&"e1".to_string()));
+    }
 }

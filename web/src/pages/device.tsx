@@ -155,7 +155,14 @@ function Charts({ device, resources, heading = true }: { device: string; resourc
       charts.get(r.resourceName)?.changed();
     };
     (async () => {
-      const { chart } = await import("../chart");
+      let chart: typeof import("../chart").chart;
+      try {
+        ({ chart } = await import("../chart"));
+      } catch {
+        // The node was upgraded since this page loaded: its chart code is another file.
+        setError("the charts cannot be loaded: reload the page");
+        return;
+      }
       if (gone) return;
       for (const r of resources) {
         const el = boxes.current.get(r.name);
@@ -184,6 +191,7 @@ function Charts({ device, resources, heading = true }: { device: string; resourc
           });
           if (!r.ok) throw new ApiError(r.status, `live readings: the node answered ${r.status}`);
           setLive("live");
+          setError(null);
           await readEvents(
             r,
             (e) => {
@@ -333,7 +341,7 @@ function CommandForm({ device, command, resources }: { device: string; command: 
       {writable &&
         params.map((p) => {
           const pr = props(p.resourceName);
-          const id = `${command.name}-${p.resourceName}`;
+          const id = `cmd-${encodeURIComponent(command.name)}-${encodeURIComponent(p.resourceName)}`;
           const hint = [pr.minimum !== undefined && `min ${pr.minimum}`, pr.maximum !== undefined && `max ${pr.maximum}`]
             .filter(Boolean)
             .join(", ");
