@@ -33,9 +33,8 @@ export function chart(
     series.toArrays(),
     el,
   );
-  const summarise = () => {
+  const summarise = ([ts, vs]: [number[], number[]]) => {
     if (!summary) return;
-    const [ts, vs] = series.toArrays();
     const n = ts.length;
     summary.dataset.points = String(n);
     if (n === 0) {
@@ -47,7 +46,7 @@ export function chart(
     const at = new Date(ts[n - 1] * 1000).toLocaleTimeString();
     summary.textContent = `Latest ${v}${units ? ` ${units}` : ""} at ${at}; ${n} readings shown.`;
   };
-  summarise();
+  summarise(series.toArrays());
   let pending = false;
   let destroyed = false;
   const resize = new ResizeObserver(() => plot.setSize({ width: width(), height: 180 }));
@@ -60,11 +59,13 @@ export function chart(
         pending = false;
         if (destroyed) return;
         // Keep a zoom the person chose: only follow the newest points when not zoomed.
-        const [ts] = series.toArrays();
+        // One copy of the points a frame, for the chart and its summary.
+        const data = series.toArrays();
+        const [ts] = data;
         const x = plot.scales.x;
         const following = x.min == null || x.max == null || ts.length < 2 || x.max >= ts[ts.length - 2];
-        plot.setData(series.toArrays(), following);
-        summarise();
+        plot.setData(data, following);
+        summarise(data);
       });
     },
     destroy() {
