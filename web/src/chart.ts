@@ -33,8 +33,9 @@ export function chart(
     series.toArrays(),
     el,
   );
-  const summarise = ([ts, vs]: [number[], number[]]) => {
+  const summarise = () => {
     if (!summary) return;
+    const [ts, vs] = series.toArrays();
     const n = ts.length;
     summary.dataset.points = String(n);
     if (n === 0) {
@@ -46,7 +47,7 @@ export function chart(
     const at = new Date(ts[n - 1] * 1000).toLocaleTimeString();
     summary.textContent = `Latest ${v}${units ? ` ${units}` : ""} at ${at}; ${n} readings shown.`;
   };
-  summarise(series.toArrays());
+  summarise();
   let pending = false;
   let destroyed = false;
   const resize = new ResizeObserver(() => plot.setSize({ width: width(), height: 180 }));
@@ -59,13 +60,11 @@ export function chart(
         pending = false;
         if (destroyed) return;
         // Keep a zoom the person chose: only follow the newest points when not zoomed.
-        // One copy of the points a frame, for the chart and its summary.
-        const data = series.toArrays();
-        const [ts] = data;
+        const [ts] = series.toArrays();
         const x = plot.scales.x;
         const following = x.min == null || x.max == null || ts.length < 2 || x.max >= ts[ts.length - 2];
-        plot.setData(data, following);
-        summarise(data);
+        plot.setData(series.toArrays(), following);
+        summarise();
       });
     },
     destroy() {

@@ -105,10 +105,6 @@ impl Hub {
                     }
                     break;
                 };
-                // No stream open (they all closed since): nothing to decode or encode.
-                if self.tx.receiver_count() == 0 {
-                    continue;
-                }
                 let Some(env) = bus.decode_event(&d) else {
                     continue;
                 };
@@ -127,7 +123,7 @@ impl Hub {
                         origin: if r.origin != 0 { r.origin } else { ev.origin },
                     };
                     if let Ok(json) = serde_json::to_string(&reading) {
-                        // A stream that closed meanwhile: nothing to do.
+                        // No stream open: nothing to do.
                         let _ = self.tx.send(Item {
                             device: Arc::clone(&device),
                             json: json.into(),
