@@ -13,6 +13,14 @@ const WAIT: Duration = Duration::from_secs(20);
 async fn silent_service_goes_down_then_is_removed_then_comes_back() {
     let node = Node::start("").await;
     let pid = node.pid("core-metadata");
+    // Each instance says its version and when it started (for a console's uptime).
+    let before = registration(&node, "core-metadata").await;
+    assert_eq!(before["version"], env!("CARGO_PKG_VERSION"), "{before}");
+    let started = before["started"].as_i64().expect("started");
+    assert!(
+        started > 0 && started <= before["created"].as_i64().expect("created"),
+        "{before}"
+    );
     // Freeze the process: it stops heartbeating but its socket stays open.
     let frozen = Paused::new(pid);
     eventually("core-metadata to be DOWN", WAIT, || async {
@@ -48,6 +56,25 @@ async fn silent_service_goes_down_then_is_removed_then_comes_back() {
         pid,
         "the same process came back, no restart"
     );
+    let again = registration(&node, "core-metadata").await;
+    assert_eq!(
+        again["started"], started,
+        "registered again, still the process that started then: {again}"
+    );
+}
+
+/// The registry's entry for `service`.
+async fn registration(node: &Node, service: &str) -> Value {
+    let (_, all) = node
+        .get(&format!("{}/api/v3/registry/all", node.keeper()))
+        .await;
+    all["registrations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["serviceId"] == service)
+        .cloned()
+        .unwrap_or_else(|| panic!("{service} in the registry: {all}"))
 }
 
 /// The registry's watch, attached: core-keeper subscribes to changes before it answers

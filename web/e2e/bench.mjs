@@ -5,7 +5,7 @@
 // (300): the JavaScript heap and DOM size every 30 s, and the frames drawn and those
 // longer than two frame times, from the browser's own counters.
 //   OUTPOST_URL, OUTPOST_ADMIN, OUTPOST_DEVICE as for console.mjs.
-import { env, launch } from "./browser.mjs";
+import { env, launch, logInAs } from "./browser.mjs";
 
 const base = env("OUTPOST_URL");
 const admin = env("OUTPOST_ADMIN");
@@ -28,10 +28,7 @@ try {
     await page.goto(`${base}/ui/`, { waitUntil: "load" });
     await page.getByRole("button", { name: "Log in" }).waitFor();
     firstPage.push(bytes);
-    await page.getByLabel("User name").fill("admin");
-    await page.getByLabel("Password").fill(admin);
-    await page.getByRole("button", { name: "Log in" }).click();
-    await page.getByRole("button", { name: "Log out" }).waitFor();
+    await logInAs(page, "admin", admin);
     const before = bytes;
     const started = Date.now();
     await page.evaluate((h) => (location.hash = h), `#/device/${encodeURIComponent(device)}`);
@@ -52,10 +49,7 @@ try {
     const cdp = await context.newCDPSession(page);
     await cdp.send("Performance.enable");
     await page.goto(`${base}/ui/`);
-    await page.getByLabel("User name").fill("admin");
-    await page.getByLabel("Password").fill(admin);
-    await page.getByRole("button", { name: "Log in" }).click();
-    await page.getByRole("button", { name: "Log out" }).waitFor();
+    await logInAs(page, "admin", admin);
     await page.evaluate((h) => (location.hash = h), `#/follow/${follow.map(encodeURIComponent).join(",")}`);
     await page.waitForFunction((n) => document.querySelectorAll('[data-live="live"]').length >= n, follow.length, {
       timeout: 60_000,

@@ -9,11 +9,24 @@
 //   OUTPOST_ADMIN     the admin's password
 //   OUTPOST_VIEWER    "<user>:<password>" of a viewer
 //   OUTPOST_DEVICE    a device-virtual device whose Int8 is read every second
+//   OUTPOST_SPARE     a device-virtual device whose settings may change
 //   OUTPOST_SHOTS     where screenshots go
+//   OUTPOST_FIRMWARE  a firmware file to upload as an artifact, signed in <file>.sig.json
+//   OUTPOST_METADATA_PID  core-metadata's process, which the stale flow pauses
+// and, to try some pages alone: OUTPOST_ONLY=firmware,access runs the login and those
+// pages' flows, at desktop size; with `main` in the list, the main flows run too, at both
+// sizes, with only the pages listed.
 import assert from "node:assert/strict";
 import { readFileSync, mkdirSync } from "node:fs";
 import { createRequire } from "node:module";
-import { env, launch } from "./browser.mjs";
+import { api } from "./api.mjs";
+import { env, launch, logInAs, waitForFocus } from "./browser.mjs";
+import { profiles } from "./pages/profiles.mjs";
+import { data } from "./pages/data.mjs";
+import { firmware } from "./pages/firmware.mjs";
+import { access } from "./pages/access.mjs";
+import { settings } from "./pages/settings.mjs";
+import { stale } from "./pages/stale.mjs";
 
 const require = createRequire(import.meta.url);
 const base = env("OUTPOST_URL");
@@ -24,13 +37,19 @@ const shots = env("OUTPOST_SHOTS");
 mkdirSync(shots, { recursive: true });
 const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 
+const pages = { settings, profiles, data, firmware, access, stale };
+const only = process.env.OUTPOST_ONLY?.split(",").filter((p) => p);
+const alone = only !== undefined && !only.includes("main");
 const browser = await launch();
 
 const step = (what) => console.log(`· ${what}`);
 
 /** axe-core on the page as it is; fails on serious or critical violations. (Run through
- * the DevTools protocol: the page's Content-Security-Policy allows no injected script.) */
+ * the DevTools protocol: the page's Content-Security-Policy allows no injected script.)
+ * Fails too when the page is wider than the window: on a phone it would scroll sideways. */
 async function scan(page, name) {
+  const sideways = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+  assert.ok(sideways <= 0, `${name}: the page is ${sideways} px wider than the window`);
   await page.evaluate(axeSource);
   const result = await page.evaluate(async () => {
     // eslint-disable-next-line no-undef
@@ -41,19 +60,13 @@ async function scan(page, name) {
   assert.deepEqual(bad, [], `${name}: accessibility violations ${JSON.stringify(bad)}`);
 }
 
-async function login(page, user, password) {
-  await page.getByLabel("User name").fill(user);
-  await page.getByLabel("Password").fill(password);
-  await page.getByRole("button", { name: "Log in" }).click();
-  await page.getByRole("button", { name: "Log out" }).waitFor();
-}
-
 async function flows(size, label) {
   const context = await browser.newContext({ viewport: size, ignoreHTTPSErrors: true });
   const page = await context.newPage();
   const errors = [];
   page.on("console", (m) => {
-    if (m.type() === "error") errors.push(m.text());
+    // A failed request's line names its status; its location is the request's URL.
+    if (m.type() === "error") errors.push({ text: m.text(), url: m.location()?.url ?? "" });
   });
   // Which requests failed, to say so beside the console's own line.
   const failed = [];
@@ -72,7 +85,22 @@ async function flows(size, label) {
   await shot("login-refused");
 
   step(`${label}: logging in, the overview lists the services`);
-  await login(page, "admin", admin);
+  await logInAs(page, "admin", admin);
+  const spare = env("OUTPOST_SPARE");
+  // Requests a flow makes to be refused (status, a part of the URL): their console lines
+  // are expected.
+  const allowed = [];
+  const allow = (status, part) => allowed.push([String(status), part]);
+  /** What the page flows (web/e2e/pages/) are given: the page, logged in as the admin; the
+   * node's address and the admin's password; the size's label ("phone", "desktop"); the
+   * fast device and the spare one; step(what) to say what is checked, scan(page, name) and
+   * shot(name) as here, allow(status, urlPart) for requests the flow expects refused. */
+  const t = { page, base, label, admin, device, spare, step: (w) => step(`${label}: ${w}`), scan, shot, allow };
+  if (alone) {
+    for (const name of only) await pages[name](t);
+    await context.close();
+    return;
+  }
   for (const s of ["core-data", "core-metadata", "core-command", "device-virtual"]) {
     await page.locator(`tr[data-service="${s}"] .status.up`).waitFor();
   }
@@ -82,6 +110,8 @@ async function flows(size, label) {
   step(`${label}: the devices, searched`);
   await page.getByRole("link", { name: "Devices" }).click();
   await page.getByLabel("Search").fill(device);
+  // When it was last heard from: its newest reading in core-data, seconds ago.
+  await page.locator(`[data-last-seen="${device}"]`).getByText(/^Last reading \d+ s ago$/).waitFor();
   await page.getByRole("link", { name: device }).click();
   await page.getByRole("heading", { name: device }).waitFor();
 
@@ -117,6 +147,16 @@ async function flows(size, label) {
   await form.getByLabel(/^EnableRandomization_Int8/).fill("false");
   await form.getByRole("button", { name: "Write" }).click();
   await form.getByText("Int8 holds -128 to 127").waitFor();
+  // Forced past the page, the API refuses it too, and says why.
+  allow(400, "/WriteInt8Value");
+  const [forcedStatus, forcedBody] = await api(
+    { page, base, admin },
+    "PUT",
+    `/core-command/api/v3/device/name/${encodeURIComponent(device)}/WriteInt8Value`,
+    { Int8: "300", EnableRandomization_Int8: "false" },
+  );
+  assert.ok(forcedStatus >= 400 && forcedStatus < 500, `an out-of-range write is refused: ${forcedStatus}`);
+  assert.match(JSON.stringify(forcedBody), /Int8|range|300/, "the refusal names the problem");
 
   step(`${label}: a write changes what the next readings show`);
   const value = label === "phone" ? "42" : "-17";
@@ -130,79 +170,81 @@ async function flows(size, label) {
   );
   await shot("written");
 
+  // The other pages, each with its own flows (web/e2e/pages/), as the admin.
+  for (const [name, flow] of Object.entries(pages)) {
+    if (only && !only.includes(name)) continue;
+    await page.getByRole("button", { name: "Log out" }).waitFor();
+    await flow(t);
+  }
+
   step(`${label}: logging out ends the session`);
   await page.getByRole("button", { name: "Log out" }).click();
   await page.getByRole("button", { name: "Log in" }).waitFor();
 
   step(`${label}: a viewer sees no write control, and a forged write is refused`);
-  await login(page, viewer, viewerPassword);
+  await logInAs(page, viewer, viewerPassword);
   await page.goto(`${base}/ui/#/device/${encodeURIComponent(device)}`);
   await page.locator('details[data-command="WriteInt8Value"]').waitFor();
   for (const summary of await page.locator("details.command summary").all()) await summary.click();
   await page.getByRole("button", { name: "Read" }).first().waitFor();
   assert.equal(await page.getByRole("button", { name: "Write" }).count(), 0, "a viewer has no Write button");
+  await page.getByRole("heading", { name: "Settings" }).waitFor();
+  for (const name of ["Save labels", "Add autoEvent", "Lock", "Rotate secret", "Enroll with a secret", "Revoke…"]) {
+    assert.equal(await page.getByRole("button", { name }).count(), 0, `a viewer has no ${name} button`);
+  }
   await scan(page, "device as a viewer");
   await shot("viewer");
-  const forged = await page.evaluate(
-    async ([base, user, password, device]) => {
-      const t = await (
-        await fetch(`${base}/api/v3/auth/login`, {
-          method: "POST",
-          headers: { "content-type": "application/json" },
-          body: JSON.stringify({ username: user, password }),
-        })
-      ).json();
-      const r = await fetch(`${base}/core-command/api/v3/device/name/${encodeURIComponent(device)}/WriteInt8Value`, {
-        method: "PUT",
-        headers: { authorization: `Bearer ${t.accessToken}`, "content-type": "application/json" },
-        body: JSON.stringify({ Int8: "1", EnableRandomization_Int8: "false" }),
-      });
-      return r.status;
-    },
-    [base, viewer, viewerPassword, device],
+  const [forged] = await api(
+    t,
+    "PUT",
+    `/core-command/api/v3/device/name/${encodeURIComponent(device)}/WriteInt8Value`,
+    { Int8: "1", EnableRandomization_Int8: "false" },
+    viewer,
+    viewerPassword,
   );
   assert.equal(forged, 403, "the API refuses a viewer's write");
 
   if (label === "desktop") {
     step(`${label}: a session ended elsewhere asks to log in again and comes back to the same page`);
     // The admin changes the viewer's password, which ends the viewer's tokens at once.
-    const changed = await page.evaluate(
-      async ([base, admin]) => {
-        const t = await (
-          await fetch(`${base}/api/v3/auth/login`, {
-            method: "POST",
-            headers: { "content-type": "application/json" },
-            body: JSON.stringify({ username: "admin", password: admin }),
-          })
-        ).json();
-        const r = await fetch(`${base}/api/v3/auth/user/vic/password`, {
-          method: "PUT",
-          headers: { authorization: `Bearer ${t.accessToken}`, "content-type": "application/json" },
-          body: JSON.stringify({ password: "viewer password 2" }),
-        });
-        return r.status;
-      },
-      [base, admin],
-    );
+    const [changed] = await api(t, "PUT", `/api/v3/auth/user/${encodeURIComponent(viewer)}/password`, {
+      password: "viewer password 2",
+    });
     assert.equal(changed, 204);
     // The next call the page makes is refused; the refresh too.
+    await page.getByLabel("History").focus();
     await page.getByLabel("History").selectOption({ label: "1 hour" });
     await page.getByText("Your session has ended").waitFor();
     await shot("session-ended");
-    await login(page, viewer, "viewer password 2");
-    await page.getByRole("heading", { name: device }).waitFor();
+    // Logging in again over the page: what was chosen there is still chosen, and the
+    // chart goes on taking live readings.
+    await page.getByRole("dialog").waitFor();
+    await logInAs(page, viewer, "viewer password 2");
+    await page.getByRole("dialog").waitFor({ state: "detached" });
+    assert.equal(await page.getByLabel("History").inputValue(), "3600", "the window chosen is kept");
+    await waitForFocus(page.getByLabel("History"));
+    const kept = await points();
+    await page.waitForFunction(
+      ([n]) => Number(document.querySelector('[data-latest="Int8"]')?.getAttribute("data-points") ?? 0) >= n + 2,
+      [kept],
+      { timeout: 15_000 },
+    );
   }
   await page.getByRole("button", { name: "Log out" }).click();
   await page.getByRole("button", { name: "Log in" }).waitFor();
 
   // The refused login (401) and the viewer's forged write (403) are the test's own.
-  const unexpected = errors.filter((e) => !e.includes("401") && !e.includes("403"));
+  const expected = (e) =>
+    e.text.includes("401") ||
+    e.text.includes("403") ||
+    allowed.some(([status, part]) => e.text.includes(status) && e.url.includes(part));
+  const unexpected = errors.filter((e) => !expected(e)).map((e) => `${e.text} (${e.url})`);
   assert.deepEqual(unexpected, [], `errors in the console; failed requests: ${failed.join("; ")}`);
   await context.close();
 }
 
 try {
-  await flows({ width: 390, height: 844 }, "phone");
+  if (!alone) await flows({ width: 390, height: 844 }, "phone");
   await flows({ width: 1280, height: 800 }, "desktop");
   console.log("console flows passed");
 } finally {

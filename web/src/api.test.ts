@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { ApiError, Session, SessionEnded, messageOf, refreshDelay } from "./api";
+import { ApiError, Session, SessionEnded, messageOf, refreshDelay, staleAge, staleOf } from "./api";
 
 /** A fetch answering from `routes` (path -> handler), recording the calls. */
 function fake(routes: Record<string, (init: RequestInit) => [number, unknown]>) {
@@ -114,5 +114,51 @@ describe("helpers", () => {
     expect(messageOf(404, { apiVersion: "v3", message: "no device d", statusCode: 404 })).toBe("no device d");
     expect(messageOf(503, "<html>")).toBe("the node answered 503");
     expect(messageOf(0, null)).toBe("the node did not answer");
+  });
+});
+
+describe("stale answers", () => {
+  it("are told from the gateway's Warning 110 and Age", () => {
+    expect(staleOf(new Headers({ warning: '110 - "Response is Stale"', age: "42" }))).toBe(42);
+    expect(staleOf(new Headers({ warning: "110 - x" }))).toBe(0);
+    expect(staleOf(new Headers({ age: "42", "x-cache": "HIT" }))).toBeNull();
+    expect(staleOf(new Headers({ warning: '199 - "other"' }))).toBeNull();
+  });
+
+  it("carry their age to whoever loaded them", async () => {
+    const f = (async (input: RequestInfo | URL) => {
+      const path = String(input);
+      if (path === "/api/v3/auth/login") return new Response(JSON.stringify(tokens(1)));
+      const headers = path === "/old" ? { warning: '110 - "Response is Stale"', age: "90" } : undefined;
+      return new Response(JSON.stringify({ devices: [] }), { headers });
+    }) as typeof fetch;
+    const s = new Session("", f);
+    await s.login("ann", "pw");
+    expect(staleAge(await s.call("/old"))).toBe(90);
+    expect(staleAge(await s.call("/new"))).toBeNull();
+  });
+});
+
+describe("work waiting for a login", () => {
+  it("goes on at the next login after the session ended", async () => {
+    let refused = false;
+    const { f } = fake({
+      "/api/v3/auth/login": () => [200, tokens(1)],
+      "/api/v3/auth/refresh": () => [401, { message: "expired" }],
+      "/x": () => (refused ? [401, {}] : [200, {}]),
+    });
+    const s = new Session("", f);
+    await s.login("ann", "pw");
+    await s.whenIn();
+    refused = true;
+    await expect(s.call("/x")).rejects.toBeInstanceOf(SessionEnded);
+    let resumed = false;
+    const waiting = s.whenIn().then(() => (resumed = true));
+    await Promise.resolve();
+    expect(resumed).toBe(false);
+    refused = false;
+    await s.login("ann", "pw");
+    await waiting;
+    expect(resumed).toBe(true);
   });
 });

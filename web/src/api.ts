@@ -44,10 +44,28 @@ export function refreshDelay(expiresIn: number): number {
 
 type Fetch = typeof fetch;
 
+/** Answers the gateway served from its cache because the service did not answer
+ * (`Warning: 110`), with their age in seconds. */
+const staleAnswers = new WeakMap<object, number>();
+
+/** How old `body` was when it came, if the gateway served it stale; null if it is fresh. */
+export function staleAge(body: unknown): number | null {
+  return body !== null && typeof body === "object" ? (staleAnswers.get(body) ?? null) : null;
+}
+
+/** The age of a stale answer from its headers, or null for a fresh one. */
+export function staleOf(headers: Headers): number | null {
+  if (!/^\s*110\b/.test(headers.get("warning") ?? "")) return null;
+  const age = Number(headers.get("age") ?? "0");
+  return Number.isFinite(age) && age >= 0 ? age : 0;
+}
+
 export class Session {
   private tokens: Tokens | null = null;
   private timer: ReturnType<typeof setTimeout> | null = null;
   private refreshing: Promise<boolean> | null = null;
+  /** Who waits for the next login (work that paused when the session ended). */
+  private waiters: (() => void)[] = [];
   /** Called once when the session ends by itself (the refresh token refused). */
   onEnded: () => void = () => {};
 
@@ -55,6 +73,12 @@ export class Session {
     private readonly base = "",
     private readonly fetcher: Fetch = (...a) => fetch(...a),
   ) {}
+
+  /** Resolves once someone is logged in: now, or at the next login. */
+  whenIn(): Promise<void> {
+    if (this.tokens) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
 
   get user(): { username: string; role: Role } | null {
     return this.tokens ? { username: this.tokens.username, role: this.tokens.role } : null;
@@ -102,6 +126,8 @@ export class Session {
       body = text;
     }
     if (!r.ok) throw new ApiError(r.status, messageOf(r.status, body));
+    const stale = staleOf(r.headers);
+    if (stale !== null && body !== null && typeof body === "object") staleAnswers.set(body, stale);
     return body as T;
   }
 
@@ -128,7 +154,7 @@ export class Session {
   private send(path: string, init: RequestInit): Promise<Response> {
     const headers = new Headers(init.headers);
     headers.set("authorization", `Bearer ${this.tokens?.accessToken ?? ""}`);
-    if (init.body && !headers.has("content-type")) headers.set("content-type", "application/json");
+    if (init.body && !(init.body instanceof FormData) && !headers.has("content-type")) headers.set("content-type", "application/json");
     return this.fetcher(`${this.base}${path}`, { ...init, headers }).catch(() => {
       throw new ApiError(0, messageOf(0, null));
     });
@@ -171,6 +197,9 @@ export class Session {
     this.tokens = t;
     if (this.timer) clearTimeout(this.timer);
     this.timer = setTimeout(() => void this.refresh(), refreshDelay(t.expiresIn));
+    const waiting = this.waiters;
+    this.waiters = [];
+    for (const w of waiting) w();
   }
 
   private clear() {
@@ -184,4 +213,15 @@ export class Session {
     this.clear();
     if (had) this.onEnded();
   }
+}
+
+/** EdgeX answers a list of requests with 207 and one status per item: the first item
+ * refused, as an error, or nothing when every item went through. */
+export function refusedItem(body: unknown): ApiError | null {
+  if (!Array.isArray(body)) return null;
+  for (const item of body) {
+    const code = item && typeof item === "object" ? (item as { statusCode?: unknown }).statusCode : undefined;
+    if (typeof code === "number" && code >= 400) return new ApiError(code, messageOf(code, item));
+  }
+  return null;
 }

@@ -2,6 +2,7 @@
 // fast readings come, sized to its container. Loaded with the device page only.
 import uPlot from "uplot";
 import "uplot/dist/uPlot.min.css";
+import { count } from "./format";
 import type { Series } from "./series";
 
 export interface Chart {
@@ -33,6 +34,13 @@ export function chart(
     series.toArrays(),
     el,
   );
+  // uPlot spans one point alone over a thousand days (its day, counted in ms, taken as
+  // seconds) and asks no range function when there is data: a minute around it instead.
+  const onePoint = () => {
+    const [ts] = series.toArrays();
+    if (ts.length === 1) plot.setScale("x", { min: ts[0] - 30, max: ts[0] + 30 });
+  };
+  onePoint();
   const summarise = () => {
     if (!summary) return;
     const [ts, vs] = series.toArrays();
@@ -45,7 +53,7 @@ export function chart(
     const v = String(vs[n - 1]);
     summary.dataset.value = v;
     const at = new Date(ts[n - 1] * 1000).toLocaleTimeString();
-    summary.textContent = `Latest ${v}${units ? ` ${units}` : ""} at ${at}; ${n} readings shown.`;
+    summary.textContent = `Latest ${v}${units ? ` ${units}` : ""} at ${at}; ${count(n, "reading")} shown.`;
   };
   summarise();
   let pending = false;
@@ -64,6 +72,7 @@ export function chart(
         const x = plot.scales.x;
         const following = x.min == null || x.max == null || ts.length < 2 || x.max >= ts[ts.length - 2];
         plot.setData(series.toArrays(), following);
+        onePoint();
         summarise();
       });
     },

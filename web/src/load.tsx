@@ -1,5 +1,7 @@
 import { useEffect, useState } from "preact/hooks";
-import { ApiError, SessionEnded } from "./api";
+import { SessionEnded, staleAge } from "./api";
+import { session } from "./app";
+import { failure } from "./change";
 
 export interface Loaded<T> {
   data: T | null;
@@ -9,8 +11,10 @@ export interface Loaded<T> {
   reload: () => void;
 }
 
-/** Loads `f` now and every `everyMs` (0: once). A failed reload keeps the last data, with
- * its age shown beside the error, so a backend that is down shows what was last known. */
+/** Loads `f` now and every `everyMs` (0: once), and again after a new login if the
+ * session ended meanwhile. A failed reload keeps the last data, with
+ * its age shown beside the error, so a backend that is down shows what was last known; so
+ * does an answer the gateway kept for a service that did not answer. */
 export function useLoad<T>(f: () => Promise<T>, deps: unknown[], everyMs = 0): Loaded<T> {
   const [state, setState] = useState<{ data: T | null; error: string | null; at: number | null }>({
     data: null,
@@ -27,13 +31,22 @@ export function useLoad<T>(f: () => Promise<T>, deps: unknown[], everyMs = 0): L
     };
     f().then(
       (data) => {
-        if (live) setState({ data, error: null, at: Date.now() });
+        const stale = staleAge(data);
+        if (live && stale === null) setState({ data, error: null, at: Date.now() });
+        if (live && stale !== null) {
+          const error = "the service did not answer; the gateway keeps its last answer";
+          setState({ data, error, at: Date.now() - stale * 1000 });
+        }
         next();
       },
       (e) => {
-        if (!live || e instanceof SessionEnded) return;
-        const msg = e instanceof ApiError ? e.message : String(e);
-        setState((s) => ({ ...s, error: msg }));
+        if (!live) return;
+        // The session ended: load again once someone has logged in again.
+        if (e instanceof SessionEnded) {
+          void session.whenIn().then(() => live && setTick((n) => n + 1));
+          return;
+        }
+        setState((s) => ({ ...s, error: failure(e) }));
         next();
       },
     );
@@ -45,6 +58,7 @@ export function useLoad<T>(f: () => Promise<T>, deps: unknown[], everyMs = 0): L
   return { ...state, reload: () => setTick((n) => n + 1) };
 }
 
+/** How long ago `at` (ms since the epoch) was, in the unit that reads best: "5 s", "3 min". */
 export function age(at: number): string {
   const s = Math.max(0, Math.round((Date.now() - at) / 1000));
   if (s < 60) return `${s} s`;

@@ -312,6 +312,9 @@ enum OtaCmd {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+    /// Sign a manifest for FILE into FILE.sig.json, for an upload from the web console.
+    #[command(disable_version_flag = true)]
+    Sign(cli::ota::Sign),
     /// Sign a manifest for FILE and upload it, streamed, with a progress bar.
     #[command(disable_version_flag = true)]
     Upload(cli::ota::Upload),
@@ -950,6 +953,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Ota(OtaCmd::Sign(s)) => block_on(cli::ota::sign(s)),
         Command::Keys(KeysCmd::Rotate) => match cli::keys::rotate(&data_dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -1304,7 +1308,7 @@ async fn client(
         | Command::Man { .. }
         | Command::Status { .. }
         | Command::Cloud { .. }
-        | Command::Ota(OtaCmd::Keygen { .. })
+        | Command::Ota(OtaCmd::Keygen { .. } | OtaCmd::Sign(_))
         | Command::Keys(_) => Ok(()),
     }
 }

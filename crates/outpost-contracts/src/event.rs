@@ -436,8 +436,32 @@ pub struct RetentionStatus {
     pub max_age_seconds: u64,
     pub stored_events: u64,
     pub stored_readings: u64,
+    /// Outpost's addition: what the stored data takes on disk (the SQLite database's
+    /// pages, or the PostgreSQL tables with their indexes and TOAST), bytes.
+    #[serde(default)]
+    pub stored_bytes: u64,
     /// The run under way, or the last one that was asked for, removed anything or failed.
     pub run: Option<RetentionRun>,
+}
+
+/// Outpost's `GET /api/v3/device/summary`: what core-data holds of each device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceSummariesResponse {
+    #[serde(flatten)]
+    pub base: BaseResponse,
+    pub devices: Vec<DeviceSummary>,
+}
+
+/// One device's stored events and readings, and its newest event's origin (ns; when the
+/// device was last heard from).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceSummary {
+    pub device_name: String,
+    pub event_count: u64,
+    pub reading_count: u64,
+    pub last_origin: i64,
 }
 
 /// `POST /api/v3/retention/run`'s answer: 202 with the run started, or 409 with the run

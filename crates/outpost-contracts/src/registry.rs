@@ -70,6 +70,13 @@ pub struct Registration {
     /// between services); empty or `http` for plaintext, EdgeX's way.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub scheme: String,
+    /// Outpost's addition: the instance's version (empty from EdgeX services).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// Outpost's addition: when the instance started, ms since the Unix epoch (0: not
+    /// said), so a console can show its uptime.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub started: i64,
 }
 
 impl Registration {

@@ -66,6 +66,15 @@ pub use tasks::{BoxError, Stage, Tasks};
 /// The version every service reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// When this service started, ms since the Unix epoch: taken when its [`Context`] is made
+/// ([`started`]), or at its first registration.
+static STARTED: std::sync::LazyLock<i64> = std::sync::LazyLock::new(outpost_contracts::now_millis);
+
+/// When this service started (ms since the Unix epoch); the first call sets it.
+pub fn started() -> i64 {
+    *STARTED
+}
+
 /// Everything a running service is handed by the process that starts it.
 #[derive(Clone)]
 pub struct Context {
@@ -200,6 +209,8 @@ impl Context {
             } else {
                 String::new()
             },
+            version: VERSION.into(),
+            started: started(),
             ..Registration::default()
         }
     }

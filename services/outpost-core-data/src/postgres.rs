@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::types::ToSql;
 
 use crate::store::{
-    Aggregate, Deleted, EventStore, IngestEvent, Outcome, Query, SeriesAggregate, StoreError,
-    Totals,
+    Aggregate, Deleted, DeviceSummary, EventStore, IngestEvent, Outcome, Query, SeriesAggregate,
+    StoreError, Totals,
 };
 
 /// The schema core-data's tables live in.
@@ -886,6 +886,44 @@ impl EventStore for PgEventStore {
                 .reading(f)
             })
             .collect())
+    }
+
+    async fn device_summaries(&self) -> Result<Vec<DeviceSummary>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT s.device, s.events, s.readings,
+                        (SELECT max(origin) FROM events e WHERE e.device = s.device)
+                 FROM device_stats s ORDER BY s.device",
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|r| DeviceSummary {
+                device: r.get(0),
+                totals: Totals {
+                    events: u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+                    readings: u64::try_from(r.get::<_, i64>(2)).unwrap_or(0),
+                },
+                last_origin: r.get::<_, Option<i64>>(3).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn stored_bytes(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT (pg_total_relation_size('events') + pg_total_relation_size('readings')
+                         + pg_total_relation_size('device_stats')
+                         + pg_total_relation_size('series_stats'))::int8",
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
     async fn totals(&self, device: Option<String>) -> Result<Totals, StoreError> {

@@ -66,6 +66,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/api/v3/event/age/{age}", delete(delete_old_events))
         .route("/api/v3/retention", get(retention_status))
+        .route("/api/v3/device/summary", get(device_summaries))
         .route("/api/v3/retention/run", post(start_retention))
         .route("/api/v3/reading/all", get(selected_readings))
         .route("/api/v3/reading/count", get(count::<true>))
@@ -434,9 +435,31 @@ async fn delete_old_events(State(app): St, Path(age): Path<String>) -> Result<Re
 // ---- retention (an Outpost extension) ----
 
 /// `GET /api/v3/retention`: the bounds, what is stored, and the running or last run.
+/// Outpost's addition: each device's stored counts and when it was last heard from.
+async fn device_summaries(
+    State(app): St,
+) -> Result<axum::Json<outpost_contracts::event::DeviceSummariesResponse>, ApiError> {
+    let all = app.ingest.store.device_summaries().await?;
+    Ok(axum::Json(
+        outpost_contracts::event::DeviceSummariesResponse {
+            base: BaseResponse::new(200),
+            devices: all
+                .into_iter()
+                .map(|d| outpost_contracts::event::DeviceSummary {
+                    device_name: d.device,
+                    event_count: d.totals.events,
+                    reading_count: d.totals.readings,
+                    last_origin: d.last_origin,
+                })
+                .collect(),
+        },
+    ))
+}
+
 async fn retention_status(State(app): St) -> Result<Response, ApiError> {
     let cfg = app.retention.config();
     let totals = app.ingest.store.totals(None).await?;
+    let stored_bytes = app.ingest.store.stored_bytes().await?;
     Ok(axum::Json(RetentionStatus {
         base: BaseResponse::new(200),
         enabled: cfg.enabled,
@@ -446,6 +469,7 @@ async fn retention_status(State(app): St) -> Result<Response, ApiError> {
         max_age_seconds: cfg.max_age_s,
         stored_events: totals.events,
         stored_readings: totals.readings,
+        stored_bytes,
         run: app.retention.last(),
     })
     .into_response())

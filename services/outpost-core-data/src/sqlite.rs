@@ -48,8 +48,8 @@ use outpost_storage::{Db, JoinOnDrop, Migration};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{
-    Aggregate, Deleted, EventStore, IngestEvent, Outcome, Query, SeriesAggregate, StoreError,
-    Totals,
+    Aggregate, Deleted, DeviceSummary, EventStore, IngestEvent, Outcome, Query, SeriesAggregate,
+    StoreError, Totals,
 };
 
 pub const MIGRATIONS: &[Migration] = &[Migration {
@@ -1156,6 +1156,45 @@ impl EventStore for SqliteEventStore {
     async fn aggregate(&self, q: Query, f: Aggregate) -> Result<Vec<Reading>, StoreError> {
         self.db
             .read(move |c| read_aggregate(c, &q, f).map_err(StoreError::from))
+            .await
+    }
+
+    async fn device_summaries(&self) -> Result<Vec<DeviceSummary>, StoreError> {
+        self.db
+            .read(|c| {
+                let mut st = c.prepare(
+                    "SELECT n.name, s.events, s.readings,
+                            (SELECT MAX(origin) FROM events e WHERE e.device = s.device)
+                     FROM device_stats s JOIN names n ON n.id = s.device
+                     ORDER BY n.name",
+                )?;
+                let rows = st.query_map([], |r| {
+                    Ok(DeviceSummary {
+                        device: r.get(0)?,
+                        totals: Totals {
+                            events: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                            readings: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                        },
+                        last_origin: r.get::<_, Option<i64>>(3)?.unwrap_or(0),
+                    })
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(StoreError::from)
+            })
+            .await
+    }
+
+    async fn stored_bytes(&self) -> Result<u64, StoreError> {
+        self.db
+            .read(|c| {
+                c.query_row(
+                    "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| u64::try_from(n).unwrap_or(0))
+                .map_err(StoreError::from)
+            })
             .await
     }
 

@@ -166,6 +166,15 @@ pub struct Totals {
     pub readings: u64,
 }
 
+/// What is stored of one device: its counts and its newest event's origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSummary {
+    pub device: String,
+    pub totals: Totals,
+    /// The newest origin among its events, nanoseconds (as the events give it).
+    pub last_origin: i64,
+}
+
 #[async_trait::async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// Stores events atomically per event; outcomes are in input order. An `Err` means
@@ -180,6 +189,11 @@ pub trait EventStore: Send + Sync + 'static {
     async fn aggregate(&self, q: Query, f: Aggregate) -> Result<Vec<Reading>, StoreError>;
     /// Totals over everything, or one device's.
     async fn totals(&self, device: Option<String>) -> Result<Totals, StoreError>;
+    /// Every device with stored events: counts and newest origin (from the kept counts and
+    /// the device-and-origin index, so one index probe per device).
+    async fn device_summaries(&self) -> Result<Vec<DeviceSummary>, StoreError>;
+    /// What the stored data takes on disk, bytes.
+    async fn stored_bytes(&self) -> Result<u64, StoreError>;
     async fn delete_event(&self, id: uuid::Uuid) -> Result<bool, StoreError>;
     /// Deletes a device's events and readings; returns readings deleted.
     async fn delete_device(&self, device: String) -> Result<u64, StoreError>;

@@ -388,6 +388,11 @@ async fn until_none(f: &Fixture, what: &str, uri: &str) {
 
 async fn deletions_keep_counts_right(f: Fixture) {
     seed(&f).await;
+    // Each device's counts and newest origin, from the kept counts and the index.
+    assert_eq!(
+        summary(&f).await,
+        [("d1".into(), 10, 20, 1_009), ("d2".into(), 10, 20, 2_009)]
+    );
     let (_, r) = f
         .call("GET", "/api/v3/event/device/name/d1?limit=1", None)
         .await;
@@ -403,6 +408,8 @@ async fn deletions_keep_counts_right(f: Fixture) {
     f.expect("DELETE", d2, None, StatusCode::ACCEPTED).await;
     until_none(&f, "device deletion", "/api/v3/event/count/device/name/d2").await;
     assert_eq!(count(&f, readings).await, 18);
+    // The newest event of d1 was the one deleted.
+    assert_eq!(summary(&f).await, [("d1".into(), 9, 18, 1_008)]);
 
     // Every stored origin is ancient, so an age of one second deletes them all.
     let a_second = "/api/v3/event/age/1000000000";
@@ -413,6 +420,24 @@ async fn deletions_keep_counts_right(f: Fixture) {
     let negative = "/api/v3/event/age/-5";
     f.expect("DELETE", negative, None, StatusCode::BAD_REQUEST)
         .await;
+}
+
+/// `GET /api/v3/device/summary` as (device, events, readings, newest origin).
+async fn summary(f: &Fixture) -> Vec<(String, u64, u64, i64)> {
+    let (_, v) = f.call("GET", "/api/v3/device/summary", None).await;
+    v["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            (
+                d["deviceName"].as_str().unwrap_or_default().to_string(),
+                d["eventCount"].as_u64().unwrap_or(0),
+                d["readingCount"].as_u64().unwrap_or(0),
+                d["lastOrigin"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect()
 }
 
 fn ingest_event(device: &str, origin: i64, n: usize) -> IngestEvent {
@@ -525,6 +550,8 @@ async fn a_retention_run_asked_for_reports_its_progress(f: Fixture) {
         "{s}"
     );
     assert_eq!(s["storedReadings"], 300, "{s}");
+    // What the store takes on disk is said, whichever the backend.
+    assert!(s["storedBytes"].as_u64().is_some_and(|b| b > 4096), "{s}");
     assert!(run["finished"].as_i64().unwrap() >= run["started"].as_i64().unwrap());
 
     // Everything here is ancient: an age of a minute removes the rest.

@@ -147,6 +147,16 @@ pub async fn forward(
     let known = app.upstreams.known(service);
     slot.set_route(known.as_ref());
     if known.is_none() {
+        // A service the registry dropped after it stopped answering: what was cached of it
+        // is served, marked stale, as for one that is down.
+        if parts.method == Method::GET
+            && app.cache.enabled()
+            && cache::cacheable(service, &rest)
+            && let Some(e) = app.cache.stale(&format!("{service}{rest}"))
+        {
+            metrics::counter!(app.m.cache, "result" => "stale").increment(1);
+            return from_entry(&e, true, slot);
+        }
         return ApiError::not_found(format!("no service '{service}' behind this gateway"))
             .into_response();
     }

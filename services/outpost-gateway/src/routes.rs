@@ -67,6 +67,7 @@ pub fn router(app: Arc<App>, info: outpost_kit::routes::ServiceInfo, max_body: u
         .route("/api/v3/openapi/{document}", get(openapi_document))
         .route("/", get(|| async { axum::response::Redirect::to("/ui/") }))
         .route("/api/v3/stream/device/{name}", get(crate::live::stream))
+        .route("/api/v3/stream/node", get(crate::live::node_stream))
         .route(
             "/ui",
             get(|| async { axum::response::Redirect::to("/ui/") }),

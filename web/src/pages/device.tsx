@@ -1,12 +1,14 @@
 import { useEffect, useRef, useState } from "preact/hooks";
-import { ApiError, SessionEnded } from "../api";
+import { SessionEnded } from "../api";
 import { session } from "../app";
+import { failure, useChange } from "../change";
 import { Problem, useLoad } from "../load";
-import { readEvents } from "../sse";
+import { follow, type LiveState } from "../stream";
 import { Series } from "../series";
 import { checkValue, numeric, type ResourceProperties } from "../values";
 import type { Chart } from "../chart";
 import type { Device } from "./devices";
+import { Settings, type AutoEvent } from "./device-settings";
 
 interface Resource {
   name: string;
@@ -31,7 +33,7 @@ interface Command {
 }
 
 interface Overview {
-  device: Device & { autoEvents?: { sourceName: string; interval: string }[] };
+  device: Device & { autoEvents?: AutoEvent[] };
   profile: { name: string; deviceResources?: Resource[] } | null;
   readings: Reading[] | null;
   commands: Command[] | null;
@@ -63,6 +65,13 @@ function chartable(resources: Resource[]): Resource[] {
   );
 }
 
+/** What an autoEvent may read: readable resources that are not hidden, and read commands. */
+function sources(resources: Resource[], commands: Command[]): string[] {
+  const readable = resources.filter((r) => !r.isHidden && (r.properties.readWrite ?? "R").includes("R"));
+  return [...new Set([...readable.map((r) => r.name), ...commands.filter((c) => c.get).map((c) => c.name)])];
+}
+
+/** A device's page: its facts, live charts, commands and settings. */
 export function DevicePage({ name }: { name: string }) {
   const ov = useOverview(name);
   const d = ov.data;
@@ -98,6 +107,7 @@ export function DevicePage({ name }: { name: string }) {
           ))}
           <Charts device={name} resources={charted} />
           <Commands device={name} commands={d.commands ?? []} resources={resources} />
+          <Settings device={d.device} sources={sources(resources, d.commands ?? [])} onChanged={ov.reload} />
         </>
       )}
     </section>
@@ -119,6 +129,7 @@ export function FollowPage({ names }: { names: string[] }) {
   );
 }
 
+/** One followed device: its name, linking to its page, and its live charts. */
 function Followed({ name }: { name: string }) {
   const ov = useOverview(name);
   const charted = chartable(ov.data?.profile?.deviceResources ?? []);
@@ -133,9 +144,11 @@ function Followed({ name }: { name: string }) {
   );
 }
 
+/** Live charts of `resources`: the history of the window chosen, then readings as they
+ * come over a stream that is opened again after a break or a new login. */
 function Charts({ device, resources, heading = true }: { device: string; resources: Resource[]; heading?: boolean }) {
   const [win, setWin] = useState(WINDOWS[0][1]);
-  const [live, setLive] = useState<"connecting" | "live" | "stopped">("connecting");
+  const [live, setLive] = useState<LiveState>("connecting");
   const [error, setError] = useState<string | null>(null);
   const boxes = useRef<Map<string, HTMLDivElement>>(new Map());
   const summaries = useRef<Map<string, HTMLParagraphElement>>(new Map());
@@ -160,7 +173,7 @@ function Charts({ device, resources, heading = true }: { device: string; resourc
         ({ chart } = await import("../chart"));
       } catch {
         // The node was upgraded since this page loaded: its chart code is another file.
-        setError("the charts cannot be loaded: reload the page");
+        if (!gone) setError("the charts cannot be loaded: reload the page");
         return;
       }
       if (gone) return;
@@ -172,46 +185,41 @@ function Charts({ device, resources, heading = true }: { device: string; resourc
           charts.set(r.name, chart(el, summary, r.name, r.properties.units ?? "", s));
         }
       }
-      const end = Date.now() * 1e6;
-      const start = end - win * 1e9;
-      try {
-        const h = await session.call<{ readings: Reading[] }>(
-          `/core-data/api/v3/reading/device/name/${encodeURIComponent(device)}/start/${start}/end/${end}?limit=${HISTORY}`,
-        );
-        for (const r of h.readings ?? []) add(r);
-      } catch (e) {
-        if (!(e instanceof SessionEnded)) setError(e instanceof ApiError ? e.message : String(e));
+      // The history; after a new login if the session ended meanwhile.
+      while (!gone) {
+        const end = Date.now() * 1e6;
+        const start = end - win * 1e9;
+        try {
+          const h = await session.call<{ readings: Reading[] }>(
+            `/core-data/api/v3/reading/device/name/${encodeURIComponent(device)}/start/${start}/end/${end}?limit=${HISTORY}`,
+          );
+          for (const r of h.readings ?? []) add(r);
+          break;
+        } catch (e) {
+          if (gone) break;
+          if (!(e instanceof SessionEnded)) {
+            setError(failure(e));
+            break;
+          }
+          await session.whenIn();
+        }
       }
       // Live readings as the bus carries them; the stream comes back after a break.
-      while (!gone) {
-        try {
-          const r = await session.raw(`/api/v3/stream/device/${encodeURIComponent(device)}`, {
-            signal: abort.signal,
-            headers: { accept: "text/event-stream" },
-          });
-          if (!r.ok) throw new ApiError(r.status, `live readings: the node answered ${r.status}`);
-          setLive("live");
-          setError(null);
-          await readEvents(
-            r,
-            (e) => {
-              if (e.event !== "reading") return;
-              try {
-                add(JSON.parse(e.data) as Reading);
-              } catch {
-                // A line that is not a reading: skipped.
-              }
-            },
-            abort.signal,
-          );
-        } catch (e) {
-          if (gone || e instanceof SessionEnded) break;
-          setError(e instanceof ApiError ? e.message : String(e));
-        }
-        if (gone) break;
-        setLive("stopped");
-        await new Promise((ok) => setTimeout(ok, 2000));
-      }
+      if (gone) return;
+      await follow(
+        `/api/v3/stream/device/${encodeURIComponent(device)}`,
+        (e) => {
+          if (e.event !== "reading") return;
+          try {
+            add(JSON.parse(e.data) as Reading);
+          } catch {
+            // A line that is not a reading: skipped.
+          }
+        },
+        abort.signal,
+        (s) => !gone && setLive(s),
+        (e) => !gone && setError(e),
+      );
     })();
     return () => {
       gone = true;
@@ -271,6 +279,7 @@ function Charts({ device, resources, heading = true }: { device: string; resourc
   );
 }
 
+/** The device's commands, each in a form of its own. */
 function Commands({ device, commands, resources }: { device: string; commands: Command[]; resources: Resource[] }) {
   if (commands.length === 0) return null;
   return (
@@ -283,24 +292,22 @@ function Commands({ device, commands, resources }: { device: string; commands: C
   );
 }
 
+/** One command of the device: read it, or (for those who may) write its parameters, each
+ * checked against the profile before it is sent. */
 function CommandForm({ device, command, resources }: { device: string; command: Command; resources: Resource[] }) {
-  const [result, setResult] = useState<string | null>(null);
-  const [error, setError] = useState<string | null>(null);
+  const c = useChange();
   const [invalid, setInvalid] = useState<Record<string, string>>({});
   const url = `/core-command/api/v3/device/name/${encodeURIComponent(device)}/${encodeURIComponent(command.name)}`;
   const props = (res: string) =>
     resources.find((r) => r.name === res)?.properties ?? ({ valueType: "String" } as ResourceProperties);
   const writable = command.set && session.canWrite;
   const params = command.parameters ?? [];
-  const read = async () => {
-    setError(null);
-    try {
-      const r = await session.call<{ event?: { readings?: Reading[] } }>(url);
-      setResult((r.event?.readings ?? []).map((x) => `${x.resourceName} = ${x.value}`).join(", ") || "no reading");
-    } catch (e) {
-      if (!(e instanceof SessionEnded)) setError(e instanceof ApiError ? e.message : String(e));
-    }
-  };
+  const read = () =>
+    c.run(
+      (r: { event?: { readings?: Reading[] } }) =>
+        (r.event?.readings ?? []).map((x) => `${x.resourceName} = ${x.value}`).join(", ") || "no reading",
+      () => session.call<{ event?: { readings?: Reading[] } }>(url),
+    );
   return (
     <details class="command" data-command={command.name}>
       <summary>
@@ -310,72 +317,61 @@ function CommandForm({ device, command, resources }: { device: string; command: 
           {[command.get && "read", command.set && "write"].filter(Boolean).join(", ")}
         </span>
       </summary>
-    <form
-      aria-label={`Command ${command.name}`}
-      onSubmit={async (e) => {
-        e.preventDefault();
-        const f = new FormData(e.currentTarget);
-        const body: Record<string, string> = {};
-        const bad: Record<string, string> = {};
-        for (const p of params) {
-          const c = checkValue(props(p.resourceName), String(f.get(p.resourceName) ?? ""));
-          if (c.ok) body[p.resourceName] = c.value;
-          else bad[p.resourceName] = c.error;
-        }
-        setInvalid(bad);
-        if (Object.keys(bad).length > 0) return;
-        setError(null);
-        try {
-          await session.call(url, { method: "PUT", body: JSON.stringify(body) });
-          setResult("written");
-        } catch (err) {
-          if (!(err instanceof SessionEnded)) setError(err instanceof ApiError ? err.message : String(err));
-        }
-      }}
-    >
-      {command.get && (
-        <button type="button" onClick={read}>
-          Read
-        </button>
-      )}
-      {writable &&
-        params.map((p) => {
-          const pr = props(p.resourceName);
-          const id = `cmd-${encodeURIComponent(command.name)}-${encodeURIComponent(p.resourceName)}`;
-          const hint = [pr.minimum !== undefined && `min ${pr.minimum}`, pr.maximum !== undefined && `max ${pr.maximum}`]
-            .filter(Boolean)
-            .join(", ");
-          return (
-            <div class="field" key={p.resourceName}>
-              <label for={id}>
-                {p.resourceName} <span class="muted">({pr.valueType}{hint && `, ${hint}`})</span>
-              </label>
-              <input
-                id={id}
-                name={p.resourceName}
-                aria-invalid={invalid[p.resourceName] ? "true" : undefined}
-                aria-describedby={invalid[p.resourceName] ? `${id}-e` : undefined}
-              />
-              {invalid[p.resourceName] && (
-                <span class="error" id={`${id}-e`} role="alert">
-                  {invalid[p.resourceName]}
-                </span>
-              )}
-            </div>
-          );
-        })}
-      {writable && params.length > 0 && <button type="submit">Write</button>}
-      {result && (
-        <p class="result" role="status">
-          {result}
-        </p>
-      )}
-      {error && (
-        <p class="error" role="alert">
-          {error}
-        </p>
-      )}
-    </form>
+      <form
+        aria-label={`Command ${command.name}`}
+        onSubmit={(e) => {
+          e.preventDefault();
+          const f = new FormData(e.currentTarget);
+          const body: Record<string, string> = {};
+          const bad: Record<string, string> = {};
+          for (const p of params) {
+            const checked = checkValue(props(p.resourceName), String(f.get(p.resourceName) ?? ""));
+            if (checked.ok) body[p.resourceName] = checked.value;
+            else bad[p.resourceName] = checked.error;
+          }
+          setInvalid(bad);
+          if (Object.keys(bad).length > 0) return;
+          void c.run("written", () => session.call(url, { method: "PUT", body: JSON.stringify(body) }));
+        }}
+      >
+        {command.get && (
+          <button type="button" disabled={c.busy} onClick={read}>
+            Read
+          </button>
+        )}
+        {writable &&
+          params.map((p) => {
+            const pr = props(p.resourceName);
+            const id = `cmd-${encodeURIComponent(command.name)}-${encodeURIComponent(p.resourceName)}`;
+            const hint = [pr.minimum !== undefined && `min ${pr.minimum}`, pr.maximum !== undefined && `max ${pr.maximum}`]
+              .filter(Boolean)
+              .join(", ");
+            return (
+              <div class="field" key={p.resourceName}>
+                <label for={id}>
+                  {p.resourceName} <span class="muted">({pr.valueType}{hint && `, ${hint}`})</span>
+                </label>
+                <input
+                  id={id}
+                  name={p.resourceName}
+                  aria-invalid={invalid[p.resourceName] ? "true" : undefined}
+                  aria-describedby={invalid[p.resourceName] ? `${id}-e` : undefined}
+                />
+                {invalid[p.resourceName] && (
+                  <span class="error" id={`${id}-e`} role="alert">
+                    {invalid[p.resourceName]}
+                  </span>
+                )}
+              </div>
+            );
+          })}
+        {writable && params.length > 0 && (
+          <button type="submit" disabled={c.busy}>
+            Write
+          </button>
+        )}
+        {c.outcome}
+      </form>
     </details>
   );
 }

@@ -1,6 +1,6 @@
 import { useState } from "preact/hooks";
 import { session } from "../app";
-import { Problem, useLoad } from "../load";
+import { Problem, age, useLoad } from "../load";
 import { href } from "../route";
 
 export interface Device {
@@ -10,16 +10,31 @@ export interface Device {
   adminState: string;
   operatingState: string;
   labels?: string[];
-  lastConnected?: number;
 }
 
-/** Devices with a search by name and a filter by label. */
+/** What core-data holds of a device (Outpost's `GET /api/v3/device/summary`). */
+interface Summary {
+  deviceName: string;
+  eventCount: number;
+  readingCount: number;
+  /** Its newest event's origin, nanoseconds. */
+  lastOrigin: number;
+}
+
+/** Devices with a search by name and a filter by label, their states, and when each
+ * was last heard from (its newest event in core-data). */
 export function Devices() {
   const devices = useLoad(
     () => session.call<{ devices: Device[] }>("/core-metadata/api/v3/device/all?limit=1024"),
     [],
     10000,
   );
+  const summaries = useLoad(
+    () => session.call<{ devices: Summary[] }>("/core-data/api/v3/device/summary"),
+    [],
+    10000,
+  );
+  const heard = new Map((summaries.data?.devices ?? []).map((s) => [s.deviceName, s.lastOrigin / 1e6]));
   const [q, setQ] = useState("");
   const [label, setLabel] = useState("");
   const [followed, setFollowed] = useState<string[]>([]);
@@ -33,6 +48,7 @@ export function Devices() {
     <section aria-labelledby="devices-h">
       <h1 id="devices-h">Devices</h1>
       <Problem l={devices} what="the devices" />
+      <Problem l={summaries} what="when the devices were last heard from" />
       <div class="filters">
         <label>
           Search
@@ -69,6 +85,9 @@ export function Devices() {
               <span class="muted">{d.adminState}</span>
             </span>
             {(d.labels ?? []).length > 0 && <span class="labels">{(d.labels ?? []).join(", ")}</span>}
+            <span class="muted" data-last-seen={d.name}>
+              {heard.has(d.name) ? `Last reading ${age(heard.get(d.name) ?? 0)} ago` : summaries.data ? "No readings stored" : ""}
+            </span>
             <label class="follow">
               <input
                 type="checkbox"

@@ -86,9 +86,9 @@ async fn digest(path: &Path) -> anyhow::Result<(String, u64)> {
     Ok((hex::encode(ctx.finish().as_ref()), size))
 }
 
-/// `outpost ota upload`.
+/// What `outpost ota sign` and `outpost ota upload` sign: a file and its manifest's fields.
 #[derive(clap::Args)]
-pub struct Upload {
+pub struct Sign {
     /// The firmware or package file.
     pub file: PathBuf,
     /// The artifact's name (rollouts refer to it).
@@ -108,22 +108,67 @@ pub struct Upload {
     pub payload_type: String,
 }
 
-/// Builds and signs the manifest, then streams the file to the OTA service.
-pub async fn upload(c: &Client, u: Upload) -> anyhow::Result<()> {
-    let key = read_key(&u.key)?;
-    let (sha256, size) = digest(&u.file).await?;
+/// `outpost ota upload`.
+#[derive(clap::Args)]
+pub struct Upload {
+    #[command(flatten)]
+    pub what: Sign,
+}
+
+/// The manifest of `s.file` as signed: its bytes (JSON with sorted keys), their signature
+/// (base64) and the payload's size.
+async fn signed(s: &Sign) -> anyhow::Result<(Vec<u8>, String, u64)> {
+    let key = read_key(&s.key)?;
+    let (sha256, size) = digest(&s.file).await?;
     let manifest = Manifest {
-        name: u.name,
-        version: u.version,
-        compatible: u.compatible,
+        name: s.name.clone(),
+        version: s.version.clone(),
+        compatible: s.compatible.clone(),
         size,
         sha256,
-        payload_type: u.payload_type,
+        payload_type: s.payload_type.clone(),
     };
     // Signed as manifests always were: with sorted keys.
     let bytes = serde_json::to_vec(&SortedKeys(&manifest))?;
     Manifest::parse(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
     let signature = key.sign(&bytes);
+    Ok((bytes, signature, size))
+}
+
+/// The signature file `outpost ota sign` writes next to the payload, for uploads from the
+/// web console: the manifest as uploaded (`manifest`, base64) and its signature.
+#[derive(serde::Serialize)]
+struct SignatureFile {
+    manifest: String,
+    signature: String,
+}
+
+/// `outpost ota sign`: writes `<file>.sig.json`, so the payload can be uploaded where the
+/// signing key is not (the web console takes the file and its signature file).
+pub async fn sign(s: Sign) -> anyhow::Result<()> {
+    let (bytes, signature, size) = signed(&s).await?;
+    let mut out = s.file.clone().into_os_string();
+    out.push(".sig.json");
+    let out = PathBuf::from(out);
+    let text = serde_json::to_string_pretty(&SignatureFile {
+        manifest: B64.encode(&bytes),
+        signature,
+    })?;
+    std::fs::write(&out, format!("{text}\n"))
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!(
+        "signed {} {} ({size} bytes): {}",
+        s.name,
+        s.version,
+        out.display()
+    );
+    Ok(())
+}
+
+/// Signs the manifest, then streams the file to the OTA service.
+pub async fn upload(c: &Client, u: Upload) -> anyhow::Result<()> {
+    let u = u.what;
+    let (bytes, signature, size) = signed(&u).await?;
 
     let file = tokio::fs::File::open(&u.file)
         .await
