@@ -1,6 +1,7 @@
-//! The web console in a real browser: `web/e2e/console.mjs` (playwright-core driving
-//! Debian's chromium) against a node started here with device-virtual, at phone and desktop
-//! size, screenshots in `target/console-screenshots/`.
+//! The web console in a real browser: `web/e2e/console.mjs` and the flows of each page in
+//! `web/e2e/pages/` (playwright-core driving Debian's chromium) against a node started here
+//! with device-virtual, ota, rules and export, at phone and desktop size, with an axe-core
+//! scan of every page and screenshots in `target/console-screenshots/`.
 
 use std::process::Command;
 use std::time::Duration;
@@ -79,7 +80,7 @@ sources = ["edgex/events/#"]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_console_logs_in_charts_live_readings_writes_commands_and_keeps_viewers_read_only() {
+async fn every_page_of_the_console_in_a_browser_at_phone_and_desktop_size() {
     // A signing key, and a firmware file signed for an upload from the browser.
     let keys = tempdir();
     let ok = Command::new(BIN)
@@ -143,7 +144,17 @@ async fn the_console_logs_in_charts_live_readings_writes_commands_and_keeps_view
         return;
     }
     for size in ["phone", "desktop"] {
-        for page in ["overview", "device", "viewer"] {
+        for page in [
+            "overview",
+            "overview-summary",
+            "device",
+            "viewer",
+            "settings",
+            "profile-errors",
+            "data",
+            "firmware-rollout-paused",
+            "access",
+        ] {
             let shot = shots.join(format!("{size}-{page}.png"));
             assert!(
                 std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000),

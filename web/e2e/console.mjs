@@ -135,6 +135,11 @@ async function flows(size, label) {
     return n;
   });
   assert.ok(inked > 1000, `the chart is drawn (${inked} pixels inked)`);
+  // The profile's resources, each with its type and latest reading.
+  await page.getByRole("heading", { name: /^Resources/ }).click();
+  const int8 = page.locator('tr[data-resource="Int8"]');
+  await int8.getByRole("cell", { name: "Int8", exact: true }).waitFor();
+  assert.match((await int8.locator("td").last().textContent()) ?? "", /^-?\d+$/, "Int8's latest reading is shown");
   await scan(page, "device");
   await shot("device");
   await page.screenshot({ path: `${shots}/${label}-device-top.png` });

@@ -105,12 +105,57 @@ export function DevicePage({ name }: { name: string }) {
               {k}: {v}
             </p>
           ))}
+          <Resources resources={resources} readings={d.readings ?? []} />
           <Charts device={name} resources={charted} />
           <Commands device={name} commands={d.commands ?? []} resources={resources} />
           <Settings device={d.device} sources={sources(resources, d.commands ?? [])} onChanged={ov.reload} />
         </>
       )}
     </section>
+  );
+}
+
+/** The profile's resources: type, access, units, bounds, and the latest reading of each. */
+function Resources({ resources, readings }: { resources: Resource[]; readings: Reading[] }) {
+  const shown = resources.filter((r) => !r.isHidden);
+  if (shown.length === 0) return null;
+  const latest = new Map(readings.map((r) => [r.resourceName, r]));
+  return (
+    <details class="resources">
+      <summary>
+        <h2>Resources ({shown.length})</h2>
+      </summary>
+      <div class="table-wrap" tabIndex={0} role="region" aria-label="Resources">
+        <table>
+          <caption class="sr-only">The profile's resources and their latest readings</caption>
+          <thead>
+            <tr>
+              <th scope="col">Resource</th>
+              <th scope="col">Type</th>
+              <th scope="col">Access</th>
+              <th scope="col">Range</th>
+              <th scope="col">Latest</th>
+            </tr>
+          </thead>
+          <tbody>
+            {shown.map((r) => {
+              const p = r.properties;
+              const l = latest.get(r.name);
+              const range = p.minimum !== undefined || p.maximum !== undefined ? `${p.minimum ?? ""} … ${p.maximum ?? ""}` : "–";
+              return (
+                <tr key={r.name} data-resource={r.name}>
+                  <th scope="row">{r.name}</th>
+                  <td>{p.valueType}</td>
+                  <td>{p.readWrite ?? "R"}</td>
+                  <td>{range}</td>
+                  <td>{l ? `${l.value}${p.units ? ` ${p.units}` : ""}` : "–"}</td>
+                </tr>
+              );
+            })}
+          </tbody>
+        </table>
+      </div>
+    </details>
   );
 }
 
