@@ -118,6 +118,8 @@ async fn every_page_of_the_console_in_a_browser_at_phone_and_desktop_size() {
         .expect("admin password");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let shots = root.join("target/console-screenshots");
+    // Only this run's screenshots count below.
+    let _ = std::fs::remove_dir_all(&shots);
     let out = Command::new("node")
         .arg(root.join("web/e2e/console.mjs"))
         .current_dir(root.join("web"))

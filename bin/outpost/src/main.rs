@@ -801,7 +801,7 @@ fn main() -> ExitCode {
             | Command::Man { .. }
             | Command::Keys(_)
             | Command::Cloud { .. }
-            | Command::Ota(OtaCmd::Keygen { .. })
+            | Command::Ota(OtaCmd::Keygen { .. } | OtaCmd::Sign(_))
     );
     let data_dir = match args.data_dir.take() {
         Some(d) => d,

@@ -120,8 +120,6 @@ pub fn run(svc: Service, cfg: NodeConfig, data_dir: PathBuf) -> std::process::Ex
             cfg.registry.watch_wait_ms,
             fallback,
         );
-        // Its uptime counts from here (the registry shows it).
-        outpost_kit::started();
         let ctx = Context {
             name: svc.name().to_string(),
             common: Arc::new(cfg.common()),

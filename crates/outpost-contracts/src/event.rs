@@ -437,7 +437,8 @@ pub struct RetentionStatus {
     pub stored_events: u64,
     pub stored_readings: u64,
     /// Outpost's addition: what the stored data takes on disk (the SQLite database's
-    /// pages, or the PostgreSQL tables with their indexes and TOAST), bytes.
+    /// pages, its write-ahead log aside, or the PostgreSQL tables with their indexes and
+    /// TOAST), bytes; 0 when it cannot be told.
     #[serde(default)]
     pub stored_bytes: u64,
     /// The run under way, or the last one that was asked for, removed anything or failed.

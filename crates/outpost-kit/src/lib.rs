@@ -66,11 +66,12 @@ pub use tasks::{BoxError, Stage, Tasks};
 /// The version every service reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// When this service started, ms since the Unix epoch: taken when its [`Context`] is made
-/// ([`started`]), or at its first registration.
+/// When this service started, ms since the Unix epoch: taken as it starts to run
+/// ([`service::run`]).
 static STARTED: std::sync::LazyLock<i64> = std::sync::LazyLock::new(outpost_contracts::now_millis);
 
-/// When this service started (ms since the Unix epoch); the first call sets it.
+/// When this service started (ms since the Unix epoch). Services run one per process (the
+/// supervisor starts each as `outpost run <service>`), so this is the process's service.
 pub fn started() -> i64 {
     *STARTED
 }

@@ -495,6 +495,8 @@ pub async fn assemble<S: Service>(
 /// Runs `S` until its context's shutdown fires (or a task of it fails), then stops it in
 /// order (see the module documentation).
 pub async fn run<S: Service>(ctx: Context, cfg: S::Config) -> Result<(), RunError> {
+    // Its uptime (the registry shows it) counts from here.
+    crate::started();
     if let Some(turns) = S::standby(&cfg).filter(|c| c.is_postgres())
         && !crate::turn::wait(&ctx, S::INFO.name, turns)
             .await

@@ -192,7 +192,8 @@ pub trait EventStore: Send + Sync + 'static {
     /// Every device with stored events: counts and newest origin (from the kept counts and
     /// the device-and-origin index, so one index probe per device).
     async fn device_summaries(&self) -> Result<Vec<DeviceSummary>, StoreError>;
-    /// What the stored data takes on disk, bytes.
+    /// What the stored data takes on disk, bytes (SQLite: the database's pages, its
+    /// write-ahead log aside; PostgreSQL: the tables with their indexes).
     async fn stored_bytes(&self) -> Result<u64, StoreError>;
     async fn delete_event(&self, id: uuid::Uuid) -> Result<bool, StoreError>;
     /// Deletes a device's events and readings; returns readings deleted.

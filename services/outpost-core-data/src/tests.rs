@@ -417,6 +417,7 @@ async fn deletions_keep_counts_right(f: Fixture) {
         .await;
     until_none(&f, "age deletion", "/api/v3/event/count").await;
     assert_eq!(count(&f, readings).await, 0);
+    assert!(summary(&f).await.is_empty(), "no device is left");
     let negative = "/api/v3/event/age/-5";
     f.expect("DELETE", negative, None, StatusCode::BAD_REQUEST)
         .await;
@@ -424,7 +425,9 @@ async fn deletions_keep_counts_right(f: Fixture) {
 
 /// `GET /api/v3/device/summary` as (device, events, readings, newest origin).
 async fn summary(f: &Fixture) -> Vec<(String, u64, u64, i64)> {
-    let (_, v) = f.call("GET", "/api/v3/device/summary", None).await;
+    let v = f
+        .expect("GET", "/api/v3/device/summary", None, StatusCode::OK)
+        .await;
     v["devices"]
         .as_array()
         .into_iter()

@@ -170,6 +170,19 @@ impl Registry {
                 "port must be between 1 and 65535".into(),
             ));
         }
+        // Outpost's additions, shown by consoles: a short printable version, a start time
+        // that is a time (not before 1970, not more than a day ahead of this clock).
+        if reg.version.len() > 64 || reg.version.chars().any(|c| c.is_control()) {
+            return Err(RegistryError::Invalid(
+                "version must be at most 64 printable characters".into(),
+            ));
+        }
+        if reg.started < 0 || reg.started > outpost_contracts::now_millis() + 86_400_000 {
+            return Err(RegistryError::Invalid(format!(
+                "started must be a time in ms since 1970, got {}",
+                reg.started
+            )));
+        }
         if !matches!(reg.scheme.as_str(), "" | "http" | "https") {
             return Err(RegistryError::Invalid(format!(
                 "scheme must be 'http' or 'https', got '{}'",

@@ -134,6 +134,11 @@ async fn bad_registrations_are_refused(b: Backend) {
         // What EdgeX requires: a host and an interval.
         json!({"apiVersion": "v3", "registration": {"serviceId": "a", "host": "", "port": 1, "healthCheck": {"type": "heartbeat", "interval": "1s"}}}),
         json!({"apiVersion": "v3", "registration": {"serviceId": "a", "host": "h", "port": 1, "healthCheck": {"type": "heartbeat", "interval": ""}}}),
+        // Outpost's additions: a version a console can show, a start that is a time.
+        json!({"apiVersion": "v3", "registration": {"serviceId": "a", "host": "h", "port": 1, "healthCheck": {"type": "heartbeat", "interval": "1s"}, "version": "x".repeat(65)}}),
+        json!({"apiVersion": "v3", "registration": {"serviceId": "a", "host": "h", "port": 1, "healthCheck": {"type": "heartbeat", "interval": "1s"}, "version": "1.0\u{1b}[31m"}}),
+        json!({"apiVersion": "v3", "registration": {"serviceId": "a", "host": "h", "port": 1, "healthCheck": {"type": "heartbeat", "interval": "1s"}, "started": -5}}),
+        json!({"apiVersion": "v3", "registration": {"serviceId": "a", "host": "h", "port": 1, "healthCheck": {"type": "heartbeat", "interval": "1s"}, "started": i64::MAX}}),
     ] {
         let body = f
             .expect("POST", REGISTRY, Some(bad.clone()), StatusCode::BAD_REQUEST)

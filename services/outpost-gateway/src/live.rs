@@ -5,7 +5,9 @@
 //!
 //! One subscription per kind on the bus feeds every stream, taken when the first stream of
 //! that kind opens; a stream's first event, `following`, says that its subscriptions are
-//! in place, so what the bus carries from then on reaches it. Streams read from a bounded broadcast channel: a browser that falls behind
+//! in place, so what the bus carries from then on reaches it. When the bus comes back after
+//! a loss, the streams end and the page opens them again: what it carried meanwhile was
+//! missed, and the page says so rather than seem live. Streams read from a bounded broadcast channel: a browser that falls behind
 //! skips what it missed (it is told how many, `event: lagged`) and never slows the bus or
 //! another stream. A stream ends when the service stops, and after an access token's life
 //! (the page opens the next one with its current token, so access is checked again).
@@ -17,6 +19,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::StreamExt as _;
+use outpost_kit::backoff::Backoff;
 use outpost_kit::error::Path;
 use outpost_kit::{Context, Shutdown};
 use serde::Serialize;
@@ -54,6 +57,14 @@ pub struct NodeItem {
     pub json: Arc<str>,
 }
 
+/// The bus feeds behind the streams.
+#[derive(Debug, Clone, Copy)]
+enum Feed {
+    Readings = 0,
+    Alerts = 1,
+    System = 2,
+}
+
 /// What a bus feed does with each message it gets.
 type Handle<'a> = &'a (dyn Fn(&outpost_bus::Bus, &outpost_bus::Delivery) + Send + Sync);
 
@@ -65,8 +76,9 @@ pub struct Hub {
     node_tx: broadcast::Sender<NodeItem>,
     /// Set once a node stream has opened.
     node_wanted: watch::Sender<bool>,
-    /// Whether each feed (readings, alerts, system events) is subscribed on the bus now.
-    following: [watch::Sender<bool>; 3],
+    /// Each feed's subscription on the bus ([`Feed`] indexes): 0 while there is none, then
+    /// a number that changes each time the feed subscribes again.
+    following: [watch::Sender<u64>; 3],
     /// Ends every stream when the service stops.
     stop: Shutdown,
     /// How long one stream lasts: an access token's life. The page opens the next with the
@@ -82,7 +94,7 @@ impl Hub {
             wanted: watch::Sender::new(false),
             node_tx: broadcast::channel(NODE_BACKLOG).0,
             node_wanted: watch::Sender::new(false),
-            following: std::array::from_fn(|_| watch::Sender::new(false)),
+            following: std::array::from_fn(|_| watch::Sender::new(0)),
             stop,
             max_age,
         })
@@ -123,7 +135,9 @@ impl Hub {
         let devices = outpost_contracts::topics::device_events(&base);
         let alerts_filter = format!("{}#", outpost_contracts::topics::alerts_prefix(&base));
         let system_filter = outpost_contracts::topics::all_system_events(&base);
-        let [f_readings, f_alerts, f_system] = &self.following;
+        let f = |feed: Feed| &self.following[feed as usize];
+        let (f_readings, f_alerts, f_system) =
+            (f(Feed::Readings), f(Feed::Alerts), f(Feed::System));
         tokio::join!(
             follow(
                 &link,
@@ -197,13 +211,13 @@ impl Hub {
     }
 }
 
-/// Follows `filter` on the bus until `stop`, from when `wanted` is first set, and again
-/// after the bus came back, saying in `following` whether it is subscribed; each message
-/// goes to `handle`.
+/// Follows `filter` on the bus until `stop`, from when `wanted` is first set; `following`
+/// counts its subscriptions (0: none), and counts again when the bus came back after a
+/// loss, since what it carried meanwhile was missed. Each message goes to `handle`.
 async fn follow(
     link: &outpost_bus::Link,
     stop: &Shutdown,
-    (wanted, following): (&watch::Sender<bool>, &watch::Sender<bool>),
+    (wanted, following): (&watch::Sender<bool>, &watch::Sender<u64>),
     filter: &str,
     handle: Handle<'_>,
 ) {
@@ -212,39 +226,49 @@ async fn follow(
         () = stop.wait() => return,
         _ = wanted.wait_for(|w| *w) => {}
     }
-    loop {
-        let bus = tokio::select! {
-            () = stop.wait() => return,
-            b = link.connected() => b,
-        };
-        let mut rx = match bus.subscribe(filter).await {
-            Ok(rx) => rx,
+    let bus = tokio::select! {
+        () = stop.wait() => return,
+        b = link.connected() => b,
+    };
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut rx = loop {
+        match bus.subscribe(filter).await {
+            Ok(rx) => break rx,
             Err(e) => {
-                tracing::warn!(error = %e, filter, "cannot follow the bus for live streams; will retry");
+                // Refused (an ACL, say) or not connected: said once, then every tenth try.
+                if backoff.attempts().is_multiple_of(10) {
+                    tracing::warn!(error = %e, filter, "cannot follow the bus for live streams; will retry");
+                }
                 tokio::select! {
                     () = stop.wait() => return,
-                    () = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
                 }
             }
-        };
-        following.send_replace(true);
-        loop {
-            let d = tokio::select! {
-                () = stop.wait() => return,
-                d = rx.recv() => d,
-            };
-            let Some(d) = d else {
-                following.send_replace(false);
-                // The subscription ended (the bus went away): taken again once it is back.
-                tokio::select! {
-                    () = stop.wait() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+    // The subscription stays with the connection: the bus restores it after a loss.
+    let mut connections = bus.connections();
+    connections.mark_unchanged();
+    following.send_modify(|n| *n += 1);
+    loop {
+        tokio::select! {
+            () = stop.wait() => break,
+            changed = connections.changed() => {
+                if changed.is_err() {
+                    break;
                 }
-                break;
-            };
-            handle(&bus, &d);
+                // Back after a loss: streams reading this feed end, and the pages open
+                // them again (told `following` anew), instead of missing readings unawares.
+                following.send_modify(|n| *n += 1);
+            }
+            d = rx.recv() => match d {
+                Some(d) => handle(&bus, &d),
+                // The connection closed: the service is stopping.
+                None => break,
+            },
         }
     }
+    following.send_replace(0);
 }
 
 /// `GET /api/v3/stream/device/{name}`.
@@ -274,8 +298,7 @@ pub async fn stream(
             }
         }
     });
-    let ready = app.live.ready(&[0]);
-    Sse::new(until_end(&app.live, ready.chain(stream))).keep_alive(KeepAlive::default())
+    Sse::new(live(&app.live, &[Feed::Readings], stream)).keep_alive(KeepAlive::default())
 }
 
 /// `GET /api/v3/stream/node`: alerts (`event: alert`, as rules raises them) and system
@@ -293,44 +316,47 @@ pub async fn node_stream(
             Err(broadcast::error::RecvError::Closed) => None,
         }
     });
-    let ready = app.live.ready(&[1, 2]);
-    Sse::new(until_end(&app.live, ready.chain(stream))).keep_alive(KeepAlive::default())
+    Sse::new(live(&app.live, &[Feed::Alerts, Feed::System], stream))
+        .keep_alive(KeepAlive::default())
 }
 
-impl Hub {
-    /// A stream's first event, `following`, once the feeds it reads (indexes into
-    /// `following`) are subscribed on the bus: from then on nothing the bus carries is
-    /// missed (until the bus goes away, when the feed subscribes again).
-    fn ready(
-        &self,
-        feeds: &[usize],
-    ) -> impl futures_util::Stream<Item = Result<Event, Infallible>> + use<> {
-        let mut watches: Vec<_> = feeds
-            .iter()
-            .filter_map(|&i| self.following.get(i))
-            .map(|f| f.subscribe())
-            .collect();
-        futures_util::stream::once(async move {
-            for w in &mut watches {
-                // A closed channel means the service is stopping; the stream ends anyway.
-                let _ = w.wait_for(|f| *f).await;
-            }
-            Ok(Event::default().event("following").data("1"))
-        })
-    }
-}
-
-/// `stream`, ended when the service stops or after an access token's life.
-fn until_end<S: futures_util::Stream>(
+/// A stream of `feeds`: first `following`, once each feed is subscribed on the bus (from
+/// then on nothing it carries is missed), then `stream`'s events, until the service stops,
+/// an access token's life has passed, or a feed subscribed again after a loss of the bus
+/// (the page then opens a new stream).
+fn live<S>(
     hub: &Hub,
+    feeds: &[Feed],
     stream: S,
-) -> futures_util::stream::TakeUntil<S, impl std::future::Future<Output = ()> + use<S>> {
+) -> impl futures_util::Stream<Item = Result<Event, Infallible>> + use<S>
+where
+    S: futures_util::Stream<Item = Result<Event, Infallible>> + Send + 'static,
+{
+    let mut watches: Vec<watch::Receiver<u64>> = feeds
+        .iter()
+        .map(|&f| hub.following[f as usize].subscribe())
+        .collect();
     let (stop, max_age) = (hub.stop.clone(), hub.max_age);
-    let end = async move {
-        tokio::select! {
-            () = stop.wait() => {}
-            () = tokio::time::sleep(max_age) => {}
+    let begun = async move {
+        let mut seen = Vec::with_capacity(watches.len());
+        for w in &mut watches {
+            // A closed channel (the service is stopping) counts as 0: the stream ends below.
+            seen.push(w.wait_for(|n| *n != 0).await.map_or(0, |n| *n));
         }
+        let end = async move {
+            let again = watches.iter_mut().zip(seen).map(|(w, seen)| {
+                Box::pin(async move {
+                    let _ = w.wait_for(|n| *n != seen).await;
+                })
+            });
+            tokio::select! {
+                () = stop.wait() => {}
+                () = tokio::time::sleep(max_age) => {}
+                _ = futures_util::future::select_all(again) => {}
+            }
+        };
+        let following = Event::default().event("following").data("1");
+        futures_util::stream::once(async move { Ok(following) }).chain(stream.take_until(end))
     };
-    stream.take_until(end)
+    futures_util::stream::once(begun).flatten()
 }

@@ -147,8 +147,9 @@ pub async fn forward(
     let known = app.upstreams.known(service);
     slot.set_route(known.as_ref());
     if known.is_none() {
-        // A service the registry dropped after it stopped answering: what was cached of it
-        // is served, marked stale, as for one that is down.
+        // A service the registry dropped (it stopped answering, or was stopped or turned
+        // off): what was cached of it, up to `cache_stale_s` old, is served marked stale,
+        // as for one that is down; a service never seen is not found.
         if parts.method == Method::GET
             && app.cache.enabled()
             && cache::cacheable(service, &rest)

@@ -321,7 +321,9 @@ function Notifications({ l }: { l: NotesLoad }) {
 }
 
 /** Node health: every service the registry knows, UP or DOWN, with its version and how
- * long it has run (as each instance registered itself); refreshed every 5 s. */
+ * long it has run (as each instance registered itself: from its start to its last
+ * heartbeat, both on the node's clock, so a browser's clock does not skew it); refreshed
+ * every 5 s. */
 function Services() {
   const reg = useLoad(
     () => session.call<{ registrations: Registration[] }>("/core-keeper/api/v3/registry/all"),
@@ -362,7 +364,7 @@ function Services() {
                   <span class={`status ${r.status === "UP" ? "up" : "down"}`}>{r.status}</span>
                 </td>
                 <td data-version={r.serviceId}>{r.version || "–"}</td>
-                <td data-uptime={r.serviceId}>{r.status === "UP" && r.started ? duration(Date.now() - r.started) : "–"}</td>
+                <td data-uptime={r.serviceId}>{r.status === "UP" && r.started && r.lastConnected ? duration(Math.max(0, r.lastConnected - r.started)) : "–"}</td>
                 <td>
                   {r.host}:{r.port}
                 </td>
