@@ -209,6 +209,26 @@ async function flows(size, label) {
   );
   assert.equal(forged, 403, "the API refuses a viewer's write");
 
+  step(`${label}: a viewer sees the other pages without their write controls`);
+  assert.equal(await page.getByRole("link", { name: "Access" }).count(), 0, "a viewer has no Access link");
+  // Each page with what shows it has loaded (so an absent control is absent, not late),
+  // and the controls only writers get.
+  const readOnly = [
+    ["Profiles", "Random-Integer-Device", [/^Upload/, /^Replace/]],
+    ["Rules & export", "console-int8", [/^Queue again/]],
+    ["Firmware", "pump-fw", [/^Upload/, /^Create rollout/, /^Delete/, /^Pause/, /^Resume/, /^Cancel/]],
+  ];
+  for (const [link, loaded, controls] of readOnly) {
+    await page.getByRole("link", { name: link, exact: true }).click();
+    await page.getByText(loaded).first().waitFor();
+    for (const name of controls) {
+      assert.equal(await page.getByRole("button", { name }).count(), 0, `a viewer has no ${name} button on ${link}`);
+    }
+    await scan(page, `${link} as a viewer`);
+  }
+  await page.goto(`${base}/ui/#/device/${encodeURIComponent(device)}`);
+  await page.getByRole("heading", { name: device }).waitFor();
+
   if (label === "desktop") {
     step(`${label}: a session ended elsewhere asks to log in again and comes back to the same page`);
     // The admin changes the viewer's password, which ends the viewer's tokens at once.
