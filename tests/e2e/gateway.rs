@@ -430,6 +430,38 @@ route_limits = [{ prefix = "/core-keeper", rate_per_s = 1.0, burst = 3.0 }]
     assert!(headers.contains_key("age"));
     assert_eq!(stale["profile"]["name"], fresh["profile"]["name"]);
 
+    // A change made through the gateway is read back at once, never from the cache (the
+    // system event that empties it comes over the bus a moment later).
+    let all = "/core-metadata/api/v3/deviceprofile/all?limit=1000";
+    eventually(
+        "core-metadata answers again",
+        Duration::from_secs(15),
+        || async { gw.get(all, Some(&at)).await == 200 },
+    )
+    .await;
+    let r = gw.call(Method::GET, all, Some(&at), None).await;
+    assert_eq!(r.headers()["x-cache"], "HIT");
+    let added = json!([{"apiVersion": "v3", "profile": {"name": "read-your-write", "deviceResources": [
+        {"name": "x", "properties": {"valueType": "Int32", "readWrite": "R"}}]}}]);
+    let r = gw
+        .call(
+            Method::POST,
+            "/core-metadata/api/v3/deviceprofile",
+            Some(&at),
+            Some(&added),
+        )
+        .await;
+    assert_eq!(r.status(), 207);
+    let r = gw.call(Method::GET, all, Some(&at), None).await;
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    let listed: Value = r.json().await.unwrap_or_default();
+    assert!(
+        listed["profiles"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|p| p["name"] == "read-your-write")),
+        "{listed}"
+    );
+
     // Composition: one round trip, then partial when core-data hangs.
     let dev = "Random-Integer-Device";
     let ov: Value = gw

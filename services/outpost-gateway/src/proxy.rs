@@ -261,6 +261,12 @@ pub async fn forward(
             let (rparts, rbody) = resp.into_parts();
             let mut rheaders = rparts.headers;
             strip(&mut rheaders);
+            // A change to metadata made through this gateway: nothing it cached is served
+            // fresh from now on, so the client that made it reads it back at once (changes
+            // made elsewhere come as system events on the bus, a moment later).
+            if !idempotent && service == "core-metadata" && rparts.status.is_success() {
+                app.cache.invalidate();
+            }
             if let Some(key) = cache_key {
                 // Buffered (bounded) so it can be stored; on a 5xx a stale copy wins.
                 let limited = http_body_util::Limited::new(rbody, cache::MAX_BODY);
