@@ -4,6 +4,10 @@
 # short run of every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each step prints when it starts, counted from here, so a slow run shows where it went.
+t0=$(date +%s)
+step() { echo "== $1 (at $(($(date +%s) - t0)) s)"; }
+step "setup (scripts/setup.sh --test)"
 scripts/setup.sh --test
 if [ "$(id -u)" != 0 ]; then
     echo "warning: not root: the tests of the group 'root' (.config/nextest.toml) will fail" >&2
@@ -23,18 +27,18 @@ stop_postgres() {
 }
 trap stop_postgres EXIT
 
-echo "== the console's unit tests (vitest)"
+step "the console's unit tests (vitest)"
 (cd web && npx --no-install vitest run --reporter=dot)
-echo "== cargo fmt"
+step "cargo fmt"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+step "cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
-echo "== container image (deploy/build-image.sh), for the container tests"
+step "container image (deploy/build-image.sh), for the container tests"
 deploy/build-image.sh
-echo "== cargo nextest"
+step "cargo nextest"
 cargo nextest run --locked --workspace --no-fail-fast
-echo "== cargo doc"
+step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet
-echo "== fuzzing, 20 s per target"
+step "fuzzing, 20 s per target"
 scripts/fuzz.sh 20
-echo "All checks passed."
+echo "All checks passed in $(($(date +%s) - t0)) s."
