@@ -158,6 +158,8 @@ if [[ "${1:-}" == "--test" ]]; then
   pinned_venv kubernetes-validate kubernetes-validate 1.37.0
   # The SMTP server of the notification tests (tests/peers/smtp_server.py).
   pinned_venv aiosmtpd aiosmtpd 1.4.6
+  # The OPC UA server device-opcua's tests and benchmark talk to (tests/peers/opcua_server.py).
+  pinned_venv asyncua asyncua 2.1.0
   # podman-compose from PyPI: Debian's 1.0.3 runs every health check through /bin/sh,
   # which an image without a shell does not have.
   pinned_venv podman-compose podman-compose 1.6.0

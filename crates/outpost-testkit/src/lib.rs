@@ -28,6 +28,7 @@ pub mod firmware;
 pub mod metadata;
 pub mod modbus;
 pub mod nats;
+pub mod opcua;
 pub mod postgres;
 pub mod tpm;
 pub mod webhook;
@@ -503,5 +504,40 @@ pub(crate) fn kill(child: Option<std::process::Child>) {
     if let Some(mut child) = child {
         let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+/// Runs a peer's Python `script` with `args` until it prints "ready ..."; returns the child
+/// and what follows "ready". `what` names it in failures.
+pub(crate) fn spawn_peer(
+    python: &std::path::Path,
+    script: &std::path::Path,
+    args: &[&str],
+    what: &str,
+) -> (std::process::Child, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(python)
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let rx = lines_of(&mut child);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(l) => {
+                if let Some(rest) = l.strip_prefix("ready") {
+                    return (child, rest.trim().to_string());
+                }
+            }
+            Err(_) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("{what} exited with {status}");
+                }
+                assert!(std::time::Instant::now() < deadline, "{what} did not start");
+            }
+        }
     }
 }

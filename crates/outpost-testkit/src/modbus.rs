@@ -2,12 +2,11 @@
 //! register map that script documents. `scripts/setup.sh --test` installs its interpreter.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
 
 use serde_json::{Value, json};
 
-use crate::{WAIT, free_port};
+use crate::free_port;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -206,31 +205,5 @@ impl Drop for Server {
 
 /// Runs the script with `args` until it prints "ready ..."; returns what follows.
 fn spawn(args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(python())
-        .arg(script())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the pymodbus server");
-    let rx = crate::lines_of(&mut child);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(l) => {
-                if let Some(rest) = l.strip_prefix("ready") {
-                    return (child, rest.trim().to_string());
-                }
-            }
-            Err(_) => {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("the pymodbus server exited with {status}");
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "the pymodbus server did not start"
-                );
-            }
-        }
-    }
+    crate::spawn_peer(&python(), &script(), args, "the pymodbus server")
 }

@@ -1,0 +1,83 @@
+//! A real OPC UA peer: asyncua (`tests/peers/opcua_server.py`, its own process), with the
+//! address space that script documents. `scripts/setup.sh --test` installs its interpreter.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use serde_json::Value;
+
+use crate::free_port;
+
+fn python() -> PathBuf {
+    crate::peer("asyncua/bin/python")
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/opcua_server.py")
+}
+
+/// An asyncua server, killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Server {
+    /// A server on a free port with `security` (`none`, `sign`, `encrypt`, comma-separated),
+    /// its certificate kept in `dir` (so a restart on the same `dir` presents the same one).
+    pub fn start(dir: &Path, security: &str) -> Self {
+        Self::start_on(free_port(), dir, security)
+    }
+
+    pub fn start_on(port: u16, dir: &Path, security: &str) -> Self {
+        let dir = dir.to_string_lossy();
+        let args = [
+            "serve",
+            "--port",
+            &port.to_string(),
+            "--dir",
+            &dir,
+            "--security",
+            security,
+        ];
+        let (child, _) = crate::spawn_peer(&python(), &script(), &args, "the asyncua server");
+        Self {
+            child: Some(child),
+            port,
+        }
+    }
+
+    /// `opc.tcp://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("opc.tcp://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (kill -9).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A node's value as an independent asyncua client reads it: `{"value", "type"}`.
+    pub fn read(&self, node: &str) -> Value {
+        let out = Command::new(python())
+            .arg(script())
+            .args(["read", "--url", &self.url(), "--node", node])
+            .output()
+            .expect("the asyncua client runs");
+        assert!(
+            out.status.success(),
+            "the asyncua client: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("client output")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,149 @@
+//! Where a device is: its `opcua` protocol block as EdgeX's device-opc-ua writes it
+//! (`Endpoint`, and Outpost's `SecurityPolicy` and `SecurityMode`); devices with the same
+//! endpoint share a session.
+
+use opcua::types::{EndpointDescription, MessageSecurityMode, UserTokenPolicy};
+use outpost_contracts::metadata::Device;
+
+/// The protocol block of OPC UA devices.
+pub const PROTOCOL: &str = "opcua";
+
+/// An endpoint and how to talk to it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// `opc.tcp://host:port/path`.
+    pub url: String,
+    /// `None` or `Basic256Sha256`.
+    pub policy: String,
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    None,
+    Sign,
+    SignAndEncrypt,
+}
+
+impl Endpoint {
+    /// `device`'s endpoint, or why its protocol block does not give one.
+    pub fn of(device: &Device) -> Result<Self, String> {
+        let p = device
+            .protocols
+            .get(PROTOCOL)
+            .or_else(|| device.protocols.get("OPCUA"))
+            .ok_or_else(|| {
+                format!(
+                    "device '{}' has no '{PROTOCOL}' protocol block",
+                    device.name
+                )
+            })?;
+        let get = |k: &str| {
+            let v = match p.get(k)? {
+                serde_json::Value::String(s) => s.trim().to_string(),
+                other => other.to_string(),
+            };
+            (!v.is_empty()).then_some(v)
+        };
+        let url = get("Endpoint").ok_or_else(|| {
+            format!(
+                "device '{}': '{PROTOCOL}.Endpoint' is required (opc.tcp://host:port/)",
+                device.name
+            )
+        })?;
+        if !url.starts_with("opc.tcp://") {
+            return Err(format!(
+                "device '{}': Endpoint '{url}' must start with opc.tcp://",
+                device.name
+            ));
+        }
+        let policy = get("SecurityPolicy").unwrap_or_else(|| "None".into());
+        if !matches!(policy.as_str(), "None" | "Basic256Sha256") {
+            return Err(format!(
+                "device '{}': SecurityPolicy '{policy}' is not one of None, Basic256Sha256",
+                device.name
+            ));
+        }
+        let mode = match get("SecurityMode").as_deref() {
+            None | Some("None") => Mode::None,
+            Some("Sign") => Mode::Sign,
+            Some("SignAndEncrypt") => Mode::SignAndEncrypt,
+            Some(other) => {
+                return Err(format!(
+                    "device '{}': SecurityMode '{other}' is not one of None, Sign, SignAndEncrypt",
+                    device.name
+                ));
+            }
+        };
+        if (policy == "None") != (mode == Mode::None) {
+            return Err(format!(
+                "device '{}': SecurityPolicy None goes with SecurityMode None, and only with it",
+                device.name
+            ));
+        }
+        Ok(Self { url, policy, mode })
+    }
+
+    /// What the client asks the server for.
+    pub fn description(&self) -> EndpointDescription {
+        let mode = match self.mode {
+            Mode::None => MessageSecurityMode::None,
+            Mode::Sign => MessageSecurityMode::Sign,
+            Mode::SignAndEncrypt => MessageSecurityMode::SignAndEncrypt,
+        };
+        (
+            self.url.as_str(),
+            self.policy.as_str(),
+            mode,
+            UserTokenPolicy::anonymous(),
+        )
+            .into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn device(block: serde_json::Value) -> Device {
+        serde_json::from_value(json!({
+            "name": "d", "profileName": "p", "serviceName": "device-opcua",
+            "adminState": "UNLOCKED", "operatingState": "UP",
+            "protocols": {"opcua": block}
+        }))
+        .expect("a device")
+    }
+
+    #[test]
+    fn endpoints_as_edgex_writes_them() {
+        let e = Endpoint::of(&device(json!({"Endpoint": "opc.tcp://127.0.0.1:4840/"})))
+            .expect("an endpoint");
+        assert_eq!(
+            (e.url.as_str(), e.policy.as_str(), e.mode),
+            ("opc.tcp://127.0.0.1:4840/", "None", Mode::None)
+        );
+        let e = Endpoint::of(&device(json!({
+            "Endpoint": "opc.tcp://plc:4840", "SecurityPolicy": "Basic256Sha256",
+            "SecurityMode": "SignAndEncrypt"
+        })))
+        .expect("an endpoint");
+        assert_eq!(e.mode, Mode::SignAndEncrypt);
+    }
+
+    #[test]
+    fn what_is_no_endpoint_says_why() {
+        for bad in [
+            json!({}),
+            json!({"Endpoint": "http://plc"}),
+            json!({"Endpoint": "opc.tcp://plc", "SecurityPolicy": "Basic128Rsa15"}),
+            json!({"Endpoint": "opc.tcp://plc", "SecurityMode": "Sign"}),
+            json!({"Endpoint": "opc.tcp://plc", "SecurityPolicy": "Basic256Sha256"}),
+            json!({"Endpoint": "opc.tcp://plc", "SecurityMode": "Loud"}),
+        ] {
+            let e = Endpoint::of(&device(bad.clone())).expect_err("refused");
+            assert!(e.contains("device 'd'"), "{bad}: {e}");
+        }
+    }
+}
