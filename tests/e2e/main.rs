@@ -22,6 +22,7 @@ mod keys;
 mod lifecycle;
 mod modbus;
 mod mqtt_devices;
+mod opcua;
 mod ota;
 mod outage;
 mod readme;

@@ -77,6 +77,7 @@ pub struct Ports {
     pub modbus: u16,
     pub device_mqtt: u16,
     pub rest: u16,
+    pub opcua: u16,
     /// The gateway's TLS listener and its plain HTTP side.
     pub gateway: u16,
     pub gateway_http: u16,
@@ -99,6 +100,7 @@ impl Ports {
             command: free_port(),
             virtual_: free_port(),
             modbus: free_port(),
+            opcua: free_port(),
             device_mqtt: free_port(),
             rest: free_port(),
             gateway: free_port(),
@@ -163,6 +165,7 @@ fn base_config(p: &Ports) -> String {
         modbus,
         device_mqtt,
         rest,
+        opcua,
         gateway,
         gateway_http,
         export,
@@ -184,6 +187,7 @@ device_virtual = {{ port = {virtual_}, down_probe_interval_ms = 300 }}
 device_modbus = {{ port = {modbus}, down_probe_interval_ms = 300 }}
 device_mqtt = {{ port = {device_mqtt} }}
 device_rest = {{ port = {rest} }}
+device_opcua = {{ port = {opcua}, down_probe_interval_ms = 300 }}
 export = {{ port = {export} }}
 gateway = {{ listen = "127.0.0.1:{gateway}", port = {gateway_http} }}
 rules = {{ port = {rules} }}
@@ -247,6 +251,7 @@ impl Node {
             ("device_modbus", ports.modbus),
             ("device_mqtt", ports.device_mqtt),
             ("device_rest", ports.rest),
+            ("device_opcua", ports.opcua),
             ("export", ports.export),
             ("rules", ports.rules),
             ("ota", ports.ota),

@@ -128,6 +128,7 @@ services! {
     device_modbus: outpost_device_modbus::DeviceModbus,
     device_mqtt: outpost_device_mqtt::DeviceMqtt,
     device_rest: outpost_device_rest::DeviceRest,
+    device_opcua: outpost_device_opcua::DeviceOpcUa,
     rules: outpost_rules::Rules,
     export: outpost_export::Export,
     ota: outpost_ota::Ota,

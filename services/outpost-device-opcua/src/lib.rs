@@ -39,6 +39,9 @@ use crate::endpoint::Endpoint;
 /// The `HasProperty` reference type (namespace 0).
 const HAS_PROPERTY: u32 = 46;
 
+/// The client's certificate store, in the data dir.
+const PKI_DIR: &str = "opcua-pki";
+
 /// The service's registry ID (EdgeX's name).
 pub const SERVICE: &str = "device-opcua";
 
@@ -73,7 +76,17 @@ impl outpost_device_sdk::DriverConfig for OpcUaConfig {
     fn driver(
         start: &outpost_kit::Start<Config>,
     ) -> Result<Arc<dyn Driver>, outpost_kit::StartError> {
-        Ok(Arc::new(OpcUa::new(start.cfg.driver.clone())))
+        let pki = start.ctx.data_dir.join(PKI_DIR);
+        Ok(Arc::new(OpcUa::new(start.cfg.driver.clone(), pki)))
+    }
+
+    /// The client's certificate store (`<data>/opcua-pki`: its own certificate, the servers'
+    /// it trusts and those it refused), its own.
+    fn sandbox(
+        &self,
+        files: &mut outpost_kit::sandbox::Files,
+    ) -> Result<(), outpost_kit::sandbox::StorageError> {
+        files.own_dir(PKI_DIR).map(|_| ())
     }
 
     fn validate(&self, p: &mut outpost_kit::config::Problems) {
@@ -99,6 +112,8 @@ pub type DeviceOpcUa = outpost_device_sdk::Adapter<OpcUaConfig>;
 /// The OPC UA driver: one session per endpoint, made when a device there is first used.
 pub struct OpcUa {
     cfg: OpcUaConfig,
+    /// The client's certificate store.
+    pki: std::path::PathBuf,
     sessions: Mutex<HashMap<Endpoint, Open>>,
 }
 
@@ -120,9 +135,11 @@ fn session_error(endpoint: &Endpoint, e: impl std::fmt::Display) -> DriverError 
 }
 
 impl OpcUa {
-    pub fn new(cfg: OpcUaConfig) -> Self {
+    /// A driver whose certificate store is `pki`.
+    pub fn new(cfg: OpcUaConfig, pki: std::path::PathBuf) -> Self {
         Self {
             cfg,
+            pki,
             sessions: Mutex::new(HashMap::new()),
         }
     }
@@ -149,6 +166,7 @@ impl OpcUa {
             .application_name("Outpost device-opcua")
             .application_uri(self.application_uri())
             .product_uri("urn:outpost:device-opcua")
+            .pki_dir(&self.pki)
             .session_retry_limit(3)
             .session_timeout(u32::try_from(self.cfg.session_timeout_ms).unwrap_or(u32::MAX))
             .trust_server_certs(true)

@@ -44,7 +44,7 @@ fn node(id: &str) -> serde_json::Value {
 async fn reads_writes_and_calls_against_a_real_server() {
     let dir = tempfile::tempdir().expect("a directory");
     let mut server = Server::start(dir.path(), "none");
-    let driver = OpcUa::new(OpcUaConfig::default());
+    let driver = OpcUa::new(OpcUaConfig::default(), dir.path().join("pki"));
     let d = device(&server.url());
 
     // Every built-in scalar type, by nodeId and by namespace + symbol, and an array.
