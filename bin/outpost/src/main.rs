@@ -971,7 +971,8 @@ fn main() -> ExitCode {
             };
             let c = session::Gateway::resolve(&cfg, &data_dir, &remote)
                 .map(|g| cli::Client::new(cfg.clone(), g));
-            cli::node::status(&cfg, &data_dir, elsewhere, c, json).await
+            // Boxed: it holds the whole configuration across its awaits.
+            Box::pin(cli::node::status(&cfg, &data_dir, elsewhere, c, json)).await
         }),
         command => {
             let remote = session::Remote {
