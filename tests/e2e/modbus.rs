@@ -58,16 +58,6 @@ async fn latest(node: &Node, device: &str, resource: &str) -> Option<Value> {
     v["readings"].get(0).cloned()
 }
 
-async fn reading_count(node: &Node, device: &str) -> u64 {
-    let (_, v) = node
-        .get(&format!(
-            "{}/api/v3/reading/count/device/name/{device}",
-            node.data()
-        ))
-        .await;
-    v["count"].as_u64().unwrap_or(0)
-}
-
 fn modbus_url(node: &Node) -> String {
     node.url(node.ports.modbus)
 }
@@ -231,9 +221,9 @@ async fn modbus_values_commands_batching_and_exceptions() {
             && msg.contains("illegal data address"),
         "{s} {v}"
     );
-    let before = reading_count(&node, "plc").await;
+    let before = node.reading_count("plc").await;
     eventually("the plc's readings to go on", WAIT, || async {
-        reading_count(&node, "plc").await >= before + 3 * 11
+        node.reading_count("plc").await >= before + 3 * 11
     })
     .await;
     let (_, v) = node
@@ -264,16 +254,6 @@ async fn modbus_values_commands_batching_and_exceptions() {
     );
 }
 
-async fn operating_state(node: &Node, device: &str) -> String {
-    let (_, v) = node
-        .get(&format!("{}/api/v3/device/name/{device}", node.metadata()))
-        .await;
-    v["device"]["operatingState"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[tokio::test]
 async fn modbus_device_goes_down_with_its_server_and_comes_back() {
     let mut server = ModbusServer::start();
@@ -301,18 +281,18 @@ async fn modbus_device_goes_down_with_its_server_and_comes_back() {
     )
     .await;
     eventually("the absent plc to go DOWN", WAIT, || async {
-        operating_state(&node, "plc-absent").await == "DOWN"
+        node.operating_state("plc-absent").await == "DOWN"
     })
     .await;
-    let before = reading_count(&node, "plc").await;
+    let before = node.reading_count("plc").await;
     eventually("the plc read meanwhile", WAIT, || async {
-        reading_count(&node, "plc").await > before
+        node.reading_count("plc").await > before
     })
     .await;
 
     server.stop();
     eventually("the plc to go DOWN", WAIT, || async {
-        operating_state(&node, "plc").await == "DOWN"
+        node.operating_state("plc").await == "DOWN"
     })
     .await;
     let (s, v) = node.get(&node.device_command("plc", "Int16Value")).await;
@@ -320,12 +300,12 @@ async fn modbus_device_goes_down_with_its_server_and_comes_back() {
 
     let _server = ModbusServer::start_on(port);
     eventually("the plc to come back UP", WAIT, || async {
-        operating_state(&node, "plc").await == "UP"
+        node.operating_state("plc").await == "UP"
     })
     .await;
-    let before = reading_count(&node, "plc").await;
+    let before = node.reading_count("plc").await;
     eventually("readings again", WAIT, || async {
-        reading_count(&node, "plc").await > before
+        node.reading_count("plc").await > before
     })
     .await;
 }

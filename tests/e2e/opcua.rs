@@ -39,26 +39,6 @@ async fn add(node: &Node, path: &str, body: &Value) {
     assert!(s == 207 && v[0]["statusCode"] == 201, "{path}: {v}");
 }
 
-async fn operating_state(node: &Node, device: &str) -> String {
-    let (_, v) = node
-        .get(&format!("{}/api/v3/device/name/{device}", node.metadata()))
-        .await;
-    v["device"]["operatingState"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
-async fn reading_count(node: &Node, device: &str) -> u64 {
-    let (_, v) = node
-        .get(&format!(
-            "{}/api/v3/reading/count/device/name/{device}",
-            node.data()
-        ))
-        .await;
-    v["count"].as_u64().unwrap_or(0)
-}
-
 #[tokio::test]
 async fn opcua_reads_writes_methods_and_a_server_restart() {
     let dir = tempdir();
@@ -82,6 +62,10 @@ async fn opcua_reads_writes_methods_and_a_server_restart() {
         }}]),
     )
     .await;
+
+    // device-opcua learns of the device from core-metadata's system event.
+    node.wait_log(&["device-opcua", "device added", "device=plant"])
+        .await;
 
     // Reads through core-command, each value as its resource's type.
     for (command, value_type, value) in [
@@ -123,11 +107,11 @@ async fn opcua_reads_writes_methods_and_a_server_restart() {
             .contains("Missing"),
         "{v}"
     );
-    assert_eq!(operating_state(&node, "plant").await, "UP");
+    assert_eq!(node.operating_state("plant").await, "UP");
 
     // The autoEvent's readings reach core-data.
     eventually("Counter readings in core-data", WAIT, || async {
-        reading_count(&node, "plant").await >= 5
+        node.reading_count("plant").await >= 5
     })
     .await;
 
@@ -135,17 +119,17 @@ async fn opcua_reads_writes_methods_and_a_server_restart() {
     let port = server.port;
     server.stop();
     eventually("plant DOWN", WAIT, || async {
-        operating_state(&node, "plant").await == "DOWN"
+        node.operating_state("plant").await == "DOWN"
     })
     .await;
     let _server = Server::start_on(port, dir.path(), "none");
     eventually("plant UP again", WAIT, || async {
-        operating_state(&node, "plant").await == "UP"
+        node.operating_state("plant").await == "UP"
     })
     .await;
-    let before = reading_count(&node, "plant").await;
+    let before = node.reading_count("plant").await;
     eventually("readings again", WAIT, || async {
-        reading_count(&node, "plant").await >= before + 3
+        node.reading_count("plant").await >= before + 3
     })
     .await;
 }

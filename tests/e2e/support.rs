@@ -444,6 +444,28 @@ impl Node {
         self.child.as_ref().map(Child::id).expect("running node")
     }
 
+    /// A device's operating state as core-metadata has it ("" when it cannot be read).
+    pub async fn operating_state(&self, device: &str) -> String {
+        let (_, v) = self
+            .get(&format!("{}/api/v3/device/name/{device}", self.metadata()))
+            .await;
+        v["device"]["operatingState"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// How many readings of `device` core-data holds (0 when it cannot be read).
+    pub async fn reading_count(&self, device: &str) -> u64 {
+        let (_, v) = self
+            .get(&format!(
+                "{}/api/v3/reading/count/device/name/{device}",
+                self.data()
+            ))
+            .await;
+        v["count"].as_u64().unwrap_or(0)
+    }
+
     /// GET; a service that cannot be reached answers status 0.
     pub async fn get(&self, url: &str) -> (u16, Value) {
         match self.http.get(url).send().await {
