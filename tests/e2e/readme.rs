@@ -144,6 +144,10 @@ impl Session {
                 Path::new(REPO).join("target/peers/wheels"),
             )
             .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+            // The banner is checked against the README's "up in [..] ms". While the whole
+            // suite loads both cores a service can take longer than the default 30 s to
+            // answer; a newcomer's idle machine does not.
+            .env("OUTPOST_SUPERVISOR__READY_TIMEOUT_MS", "120000")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
