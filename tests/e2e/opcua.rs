@@ -3,7 +3,8 @@
 //! device-opc-ua attributes, readings through core-command and autoEvents into core-data, a
 //! SET through core-command changing the node on the server, a method called, a node the
 //! server lacks refused clearly, and a server killed and started again taking its device
-//! DOWN and back UP.
+//! DOWN and back UP; and `onChange` autoEvents served by a subscription (monitored items
+//! with a deadband), which a server restart does not lose or double.
 
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ fn profile() -> Value {
         res("Name", "String", "R", json!({"nodeId": "ns=2;s=Plant.String"})),
         res("Values", "Float64Array", "R", json!({"nodeId": "ns=2;s=Plant.Values"})),
         res("Counter", "Uint32", "R", json!({"nodeId": "ns=2;s=Plant.Counter"})),
+        res("Temperature", "Float64", "R", json!({"namespace": "urn:outpost:test", "symbol": "Plant.Temperature"})),
         res("Setpoint", "Int16", "RW", json!({"nodeId": "ns=2;s=Plant.Setpoint"})),
         res("Add", "Int32", "RW", json!({"methodId": "ns=2;s=Plant.Add", "objectId": "ns=2;s=Plant", "inputMap": ["2", "3"]})),
         res("Missing", "Int32", "R", json!({"nodeId": "ns=2;s=Plant.Nope"})),
@@ -132,4 +134,138 @@ async fn opcua_reads_writes_methods_and_a_server_restart() {
         node.reading_count("plant").await >= before + 3
     })
     .await;
+}
+
+/// The readings of `resource` as (origin, value), oldest first.
+async fn series(node: &Node, device: &str, resource: &str) -> Vec<(i64, Value)> {
+    let mut out: Vec<(i64, Value)> = node
+        .readings(device, resource)
+        .await
+        .iter()
+        .map(|r| (r["origin"].as_i64().unwrap_or_default(), r["value"].clone()))
+        .collect();
+    out.sort_by_key(|(origin, _)| *origin);
+    out
+}
+
+/// How many readings appear twice (the same value at the same origin).
+fn doubled(series: &[(i64, Value)]) -> usize {
+    let distinct: std::collections::HashSet<(i64, String)> =
+        series.iter().map(|(o, v)| (*o, v.to_string())).collect();
+    series.len() - distinct.len()
+}
+
+#[tokio::test]
+async fn opcua_subscriptions_deliver_changes_and_a_server_restart_loses_or_doubles_none() {
+    let dir = tempdir();
+    let mut server = Server::start(dir.path(), "none");
+    let node = Node::start("[device_opcua]\nenabled = true\n").await;
+    node.wait_device_service("device-opcua").await;
+    let ds = node.url(node.ports.opcua);
+    add(
+        &node,
+        "deviceprofile",
+        &json!([{"apiVersion": "v3", "profile": profile()}]),
+    )
+    .await;
+    // onChange autoEvents: monitored items sampled every 100 ms (the server's tick), the
+    // temperature with an absolute deadband of 2.
+    add(
+        &node,
+        "device",
+        &json!([{"apiVersion": "v3", "device": {
+            "name": "line", "profileName": "OpcUa-Plant", "serviceName": "device-opcua",
+            "adminState": "UNLOCKED", "operatingState": "UP",
+            "protocols": {"opcua": {"Endpoint": server.url()}},
+            "autoEvents": [
+                {"interval": "100ms", "onChange": true, "sourceName": "Counter"},
+                {"interval": "100ms", "onChange": true, "onChangeThreshold": 2.0, "sourceName": "Temperature"},
+                {"interval": "100ms", "onChange": true, "sourceName": "Setpoint"}
+            ]
+        }}]),
+    )
+    .await;
+    node.wait_log(&["device-opcua", "device added", "device=line"])
+        .await;
+
+    // Changes arrive as the resources' types, from one subscription, not from reads.
+    eventually("Counter changes in core-data", WAIT, || async {
+        node.reading_count("line").await >= 20
+    })
+    .await;
+    assert_eq!(
+        node.metric(&ds, "outpost_device_opcua_subscriptions").await,
+        1.0
+    );
+    assert!(
+        node.metric(&ds, "outpost_device_opcua_data_changes_total")
+            .await
+            >= 20.0
+    );
+    let counter = node.readings("line", "Counter").await;
+    assert!(
+        counter.iter().all(|r| r["valueType"] == "Uint32"),
+        "{counter:?}"
+    );
+
+    // The deadband: only temperature changes of 2 or more since the last one published
+    // (the server adds 0.1 a tick, and 5 every 20 ticks).
+    eventually("Temperature jumps in core-data", WAIT, || async {
+        series(&node, "line", "Temperature").await.len() >= 3
+    })
+    .await;
+    let temps: Vec<f64> = series(&node, "line", "Temperature")
+        .await
+        .iter()
+        .filter_map(|(_, v)| v.as_str().and_then(|s| s.parse().ok()))
+        .collect();
+    for w in temps.windows(2) {
+        assert!(
+            w[1] - w[0] >= 2.0 - 1e-9,
+            "a change under the deadband published: {temps:?}"
+        );
+    }
+
+    // A value another client writes arrives with no read asked for.
+    server.write("ns=2;s=Plant.Setpoint", "Int16", "321");
+    eventually("the written set-point in core-data", WAIT, || async {
+        series(&node, "line", "Setpoint")
+            .await
+            .iter()
+            .any(|(_, v)| v == "321")
+    })
+    .await;
+
+    // The server killed: DOWN. Started again on its port: UP, one subscription again, and
+    // changes flow; no reading is in core-data twice.
+    let port = server.port;
+    server.stop();
+    eventually("line DOWN", WAIT, || async {
+        node.operating_state("line").await == "DOWN"
+    })
+    .await;
+    let _server = Server::start_on(port, dir.path(), "none");
+    eventually("line UP again", WAIT, || async {
+        node.operating_state("line").await == "UP"
+    })
+    .await;
+    let before = series(&node, "line", "Counter").await.len();
+    eventually("Counter changes again", WAIT, || async {
+        series(&node, "line", "Counter").await.len() >= before + 10
+    })
+    .await;
+    assert_eq!(
+        node.metric(&ds, "outpost_device_opcua_subscriptions").await,
+        1.0
+    );
+    let counter = series(&node, "line", "Counter").await;
+    assert_eq!(doubled(&counter), 0, "{counter:?}");
+    // After the restart the counter starts again from 1, each tick once.
+    let after: Vec<u64> = counter[before..]
+        .iter()
+        .filter_map(|(_, v)| v.as_str().and_then(|s| s.parse().ok()))
+        .collect();
+    for w in after.windows(2) {
+        assert!(w[1] > w[0], "the counter went back or repeated: {after:?}");
+    }
 }

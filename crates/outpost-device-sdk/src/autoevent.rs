@@ -4,7 +4,9 @@
 //! least one reading changed since the last published one (numbers by at least
 //! `onChangeThreshold` when set), so an unchanged value is not sent again. A locked device
 //! is skipped; a DOWN device is still read, which is how it comes back UP. A DOWN device
-//! with no autoEvents is probed every `down_probe_interval_ms` instead.
+//! with no autoEvents is probed every `down_probe_interval_ms` instead. An autoEvent the
+//! driver serves itself ([`Driver::pushes_autoevent`](crate::Driver::pushes_autoevent)) has
+//! no task here: the driver pushes its events and keeps the device's health.
 
 use outpost_contracts::metadata::{AutoEvent, OperatingState, parse_interval};
 
@@ -17,6 +19,9 @@ use crate::sdk::Sdk;
 pub(crate) fn restart(sdk: &Sdk, d: &DeviceRef) {
     let mut handles = Vec::new();
     for ae in &d.device.auto_events {
+        if sdk.inner.driver.pushes_autoevent(d, ae) {
+            continue;
+        }
         match parse_interval(&ae.interval) {
             Ok(every) if !every.is_zero() => {
                 let task = tokio::spawn(run_one(

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use outpost_bus::Link;
 use outpost_bus::metadata::MetadataView;
 use outpost_contracts::event::{AddEventRequest, Event, Reading};
-use outpost_contracts::metadata::{Device, OperatingState, UpdateDevice};
+use outpost_contracts::metadata::{AutoEvent, Device, OperatingState, UpdateDevice};
 use outpost_contracts::{now_nanos, topics};
 use outpost_kit::Context;
 use outpost_kit::client::Metadata;
@@ -337,6 +337,20 @@ impl Sdk {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// A push-style driver heard from `name` outside a read or write (a subscription made,
+    /// a notification): it is UP, as after any answer.
+    pub async fn device_reachable(&self, name: &str) {
+        self.device_answered(name).await;
+    }
+
+    /// A push-style driver could not reach `name` (its session lost, a reconnect refused):
+    /// counted as a failed read, so after `allowed_fails` in a row the device is DOWN.
+    pub async fn device_unreachable(&self, name: &str, why: &str) {
+        metrics::counter!(self.inner.metrics.driver_errors.clone(), "kind" => "unreachable")
+            .increment(1);
+        self.device_failed(name, why).await;
+    }
+
     /// The device answered: it is UP.
     pub(crate) async fn device_answered(&self, name: &str) {
         if let Some(h) = self.health().get_mut(name) {
@@ -525,6 +539,14 @@ pub trait Driver: Send + Sync + 'static {
     fn validate(&self, device: &Device) -> Result<(), String> {
         let _ = device;
         Ok(())
+    }
+
+    /// Whether the driver serves `ae` of `d` itself, pushing its events with [`Sdk::push`]
+    /// (OPC UA monitored items, CoAP Observe) instead of the SDK reading it every interval.
+    /// Asked whenever the device is added or changed, after [`Driver::device_changed`].
+    fn pushes_autoevent(&self, d: &DeviceRef, ae: &AutoEvent) -> bool {
+        let _ = (d, ae);
+        false
     }
 
     /// Looks for devices on the network.

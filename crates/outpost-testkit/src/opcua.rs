@@ -62,9 +62,32 @@ impl Server {
 
     /// A node's value as an independent asyncua client reads it: `{"value", "type"}`.
     pub fn read(&self, node: &str) -> Value {
+        let out = self.client(&["read", "--node", node]);
+        serde_json::from_slice(&out).expect("client output")
+    }
+
+    /// Writes `value` (JSON, or the text of a String) to a node as an independent asyncua
+    /// client, as the OPC UA built-in type `variant_type` (`Int16`, `Double`, ...).
+    pub fn write(&self, node: &str, variant_type: &str, value: &str) {
+        self.client(&[
+            "write",
+            "--node",
+            node,
+            "--type",
+            variant_type,
+            "--value",
+            value,
+        ]);
+    }
+
+    /// Runs a client subcommand of the peer against this server; its stdout.
+    fn client(&self, args: &[&str]) -> Vec<u8> {
+        let url = self.url();
         let out = Command::new(python())
             .arg(script())
-            .args(["read", "--url", &self.url(), "--node", node])
+            .arg(args[0])
+            .args(["--url", &url])
+            .args(&args[1..])
             .output()
             .expect("the asyncua client runs");
         assert!(
@@ -72,7 +95,7 @@ impl Server {
             "the asyncua client: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).expect("client output")
+        out.stdout
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`address`]: where a resource is (`nodeId`, or `namespace` + `symbol`; methods by
 //!   `methodId`, `objectId`, `inputMap`).
 //! - [`convert`]: values to and from OPC UA's Variants.
+//! - [`monitor`]: `onChange` autoEvents as monitored items of one subscription per
+//!   endpoint, pushed as events when values change (the SDK does not poll them).
 //! - A server that does not answer, refuses the session or drops it is
 //!   [`DriverError::Unreachable`] (counts towards DOWN); a Bad status for a node is
 //!   [`DriverError::Device`] (the server answered).
@@ -16,9 +18,10 @@
 pub mod address;
 pub mod convert;
 pub mod endpoint;
+pub mod monitor;
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,13 +31,17 @@ use opcua::types::{
     QualifiedName, ReadValueId, RelativePath, RelativePathElement, StatusCode, TimestampsToReturn,
     Variant, WriteValue,
 };
-use outpost_contracts::metadata::Device;
-use outpost_device_sdk::{CommandValue, DeviceChange, DeviceRef, Driver, DriverError, ResourceRef};
+use outpost_contracts::metadata::{AutoEvent, Device};
+use outpost_device_sdk::{
+    CommandValue, DeviceChange, DeviceRef, Driver, DriverError, ResourceRef, Sdk,
+};
+use outpost_kit::Shutdown;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc};
 
 use crate::address::{NodeRef, Target};
 use crate::endpoint::Endpoint;
+use crate::monitor::Monitor;
 
 /// The `HasProperty` reference type (namespace 0).
 const HAS_PROPERTY: u32 = 46;
@@ -55,6 +62,21 @@ pub struct OpcUaConfig {
     pub session_timeout_ms: u64,
     /// How long to wait for a server to accept a session.
     pub connect_timeout_ms: u64,
+    /// How `onChange` autoEvents of variables are served: `subscribe` (monitored items;
+    /// the server sends changes) or `poll` (the SDK reads them every interval).
+    pub autoevents: AutoEvents,
+    /// Values a server keeps per monitored item between publishes.
+    pub queue_size: u32,
+    /// The longest wait between attempts to reach a server again.
+    pub reconnect_max_ms: u64,
+}
+
+/// `[device_opcua.driver] autoevents`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoEvents {
+    Subscribe,
+    Poll,
 }
 
 impl Default for OpcUaConfig {
@@ -63,6 +85,9 @@ impl Default for OpcUaConfig {
             application_uri: String::new(),
             session_timeout_ms: 60_000,
             connect_timeout_ms: 5_000,
+            autoevents: AutoEvents::Subscribe,
+            queue_size: 10,
+            reconnect_max_ms: 10_000,
         }
     }
 }
@@ -101,6 +126,16 @@ impl outpost_device_sdk::DriverConfig for OpcUaConfig {
             s,
             "connect_timeout_ms must be between 100 and 60000",
         );
+        p.check(
+            (1..=10_000).contains(&self.queue_size),
+            s,
+            "queue_size must be between 1 and 10000",
+        );
+        p.check(
+            (500..=600_000).contains(&self.reconnect_max_ms),
+            s,
+            "reconnect_max_ms must be between 500 and 600000",
+        );
     }
 }
 
@@ -109,18 +144,31 @@ pub type Config = outpost_device_sdk::Config<OpcUaConfig>;
 /// The OPC UA adapter.
 pub type DeviceOpcUa = outpost_device_sdk::Adapter<OpcUaConfig>;
 
-/// The OPC UA driver: one session per endpoint, made when a device there is first used.
+/// The OPC UA driver: one session per endpoint, made when a device there is first used,
+/// and one subscription per endpoint whose devices have `onChange` autoEvents.
 pub struct OpcUa {
+    links: Arc<Links>,
+    sdk: OnceLock<Sdk>,
+    /// Where the subscriptions' notifications go (set by `start`).
+    sink: OnceLock<mpsc::Sender<monitor::Batch>>,
+    monitors: Mutex<HashMap<Endpoint, Monitor>>,
+}
+
+/// The sessions, one per endpoint.
+pub(crate) struct Links {
     cfg: OpcUaConfig,
     /// The client's certificate store.
     pki: std::path::PathBuf,
     sessions: Mutex<HashMap<Endpoint, Open>>,
 }
 
-/// A session and the task that keeps it (its event loop: keep-alives, reconnects).
+/// A session and the task that keeps it (its event loop: keep-alives, publishing). The
+/// library does not reconnect on its own: a lost connection ends the task and triggers
+/// `lost`, and the next use connects again (the monitor subscribing afresh).
 struct Open {
     session: Arc<Session>,
     task: tokio::task::JoinHandle<StatusCode>,
+    lost: Shutdown,
 }
 
 impl Drop for Open {
@@ -138,12 +186,42 @@ impl OpcUa {
     /// A driver whose certificate store is `pki`.
     pub fn new(cfg: OpcUaConfig, pki: std::path::PathBuf) -> Self {
         Self {
-            cfg,
-            pki,
-            sessions: Mutex::new(HashMap::new()),
+            links: Arc::new(Links {
+                cfg,
+                pki,
+                sessions: Mutex::new(HashMap::new()),
+            }),
+            sdk: OnceLock::new(),
+            sink: OnceLock::new(),
+            monitors: Mutex::new(HashMap::new()),
         }
     }
 
+    /// The monitored items every device's autoEvents want, by endpoint.
+    fn wanted(&self, sdk: &Sdk) -> HashMap<Endpoint, Vec<monitor::Item>> {
+        let mut wanted: HashMap<Endpoint, Vec<monitor::Item>> = HashMap::new();
+        for d in sdk.devices() {
+            let Ok(endpoint) = Endpoint::of(&d.device) else {
+                continue;
+            };
+            for ae in &d.device.auto_events {
+                if let Some(items) = self.subscribed(&d, ae) {
+                    wanted.entry(endpoint.clone()).or_default().extend(items);
+                }
+            }
+        }
+        wanted
+    }
+
+    fn subscribed(&self, d: &DeviceRef, ae: &AutoEvent) -> Option<Vec<monitor::Item>> {
+        if self.links.cfg.autoevents != AutoEvents::Subscribe {
+            return None;
+        }
+        monitor::items(d, ae)
+    }
+}
+
+impl Links {
     fn application_uri(&self) -> String {
         if self.cfg.application_uri.is_empty() {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
@@ -153,13 +231,14 @@ impl OpcUa {
         }
     }
 
-    /// The session to `endpoint`, connected first if there is none yet.
-    async fn session(&self, endpoint: &Endpoint) -> Result<Arc<Session>, DriverError> {
+    /// The session to `endpoint`, connected first if there is none yet, and what is
+    /// triggered when it is lost.
+    async fn session(&self, endpoint: &Endpoint) -> Result<(Arc<Session>, Shutdown), DriverError> {
         let mut sessions = self.sessions.lock().await;
         if let Some(open) = sessions.get(endpoint)
-            && !open.task.is_finished()
+            && !open.lost.is_triggered()
         {
-            return Ok(Arc::clone(&open.session));
+            return Ok((Arc::clone(&open.session), open.lost.clone()));
         }
         sessions.remove(endpoint);
         let mut client = ClientBuilder::new()
@@ -167,7 +246,7 @@ impl OpcUa {
             .application_uri(self.application_uri())
             .product_uri("urn:outpost:device-opcua")
             .pki_dir(&self.pki)
-            .session_retry_limit(3)
+            .session_retry_limit(0)
             .session_timeout(u32::try_from(self.cfg.session_timeout_ms).unwrap_or(u32::MAX))
             .trust_server_certs(true)
             .create_sample_keypair(false)
@@ -180,7 +259,15 @@ impl OpcUa {
             .await
             .map_err(|_| session_error(endpoint, "no answer"))?
             .map_err(|e| session_error(endpoint, e))?;
-        let task = event_loop.spawn();
+        let lost = Shutdown::new();
+        let task = tokio::spawn({
+            let lost = lost.clone();
+            async move {
+                let code = event_loop.run().await;
+                lost.trigger();
+                code
+            }
+        });
         let connected = tokio::time::timeout(wait, session.wait_for_connection()).await;
         if !matches!(connected, Ok(true)) {
             task.abort();
@@ -191,9 +278,26 @@ impl OpcUa {
             Open {
                 session: Arc::clone(&session),
                 task,
+                lost: lost.clone(),
             },
         );
-        Ok(session)
+        Ok((session, lost))
+    }
+
+    /// Closes the sessions of endpoints not in `used`.
+    async fn close_unused(&self, used: &HashSet<Endpoint>) {
+        let gone: Vec<Open> = {
+            let mut sessions = self.sessions.lock().await;
+            let unused: Vec<Endpoint> = sessions
+                .keys()
+                .filter(|e| !used.contains(*e))
+                .cloned()
+                .collect();
+            unused.iter().filter_map(|e| sessions.remove(e)).collect()
+        };
+        for open in gone {
+            let _ = open.session.disconnect().await;
+        }
     }
 
     /// The node `r` names on this session (a namespace URI becomes its index there).
@@ -235,12 +339,12 @@ impl Driver for OpcUa {
         resources: &[ResourceRef],
     ) -> Result<Vec<CommandValue>, DriverError> {
         let endpoint = Endpoint::of(&device.device).map_err(DriverError::Invalid)?;
-        let session = self.session(&endpoint).await?;
+        let (session, _) = self.links.session(&endpoint).await?;
         let mut out = Vec::with_capacity(resources.len());
         for r in resources {
             match target(r)? {
                 Target::Variable(node) => {
-                    let node_id = self.node(&session, &node).await?;
+                    let node_id = self.links.node(&session, &node).await?;
                     let read = ReadValueId {
                         node_id,
                         attribute_id: AttributeId::Value as u32,
@@ -280,11 +384,11 @@ impl Driver for OpcUa {
         values: &[(ResourceRef, CommandValue)],
     ) -> Result<(), DriverError> {
         let endpoint = Endpoint::of(&device.device).map_err(DriverError::Invalid)?;
-        let session = self.session(&endpoint).await?;
+        let (session, _) = self.links.session(&endpoint).await?;
         for (r, v) in values {
             match target(r)? {
                 Target::Variable(node) => {
-                    let node_id = self.node(&session, &node).await?;
+                    let node_id = self.links.node(&session, &node).await?;
                     let variant = convert::to_variant(r.resource.properties.value_type, v)
                         .map_err(|e| {
                             DriverError::Invalid(format!("resource '{}': {e}", r.name()))
@@ -336,19 +440,56 @@ impl Driver for OpcUa {
         Endpoint::of(device).map(|_| ())
     }
 
-    async fn device_changed(&self, change: DeviceChange) {
-        // A device that left (or moved) may leave an endpoint no device uses: its session
-        // closes; the next use of the endpoint opens one again.
-        if let DeviceChange::Removed(_) | DeviceChange::Updated(_) = change {
-            self.sessions.lock().await.clear();
+    async fn start(&self, sdk: Sdk) {
+        let (tx, rx) = mpsc::channel(monitor::QUEUE);
+        if self.sink.set(tx).is_ok() {
+            tokio::spawn(monitor::deliver(sdk.clone(), rx));
         }
+        let _ = self.sdk.set(sdk);
+    }
+
+    fn pushes_autoevent(&self, d: &DeviceRef, ae: &AutoEvent) -> bool {
+        self.subscribed(d, ae).is_some()
+    }
+
+    async fn device_changed(&self, change: DeviceChange) {
+        let _ = change;
+        let (Some(sdk), Some(sink)) = (self.sdk.get(), self.sink.get()) else {
+            return;
+        };
+        // What every device wants now: monitors follow, and a session no device uses any
+        // more closes (the next use of its endpoint opens one again).
+        let mut wanted = self.wanted(sdk);
+        {
+            let mut monitors = self.monitors.lock().await;
+            monitors.retain(|e, _| wanted.contains_key(e));
+            for (endpoint, items) in wanted.drain() {
+                match monitors.get(&endpoint) {
+                    Some(m) => m.want(items),
+                    None => {
+                        let m = Monitor::start(
+                            Arc::clone(&self.links),
+                            endpoint.clone(),
+                            items,
+                            sdk.clone(),
+                            sink.clone(),
+                        );
+                        monitors.insert(endpoint, m);
+                    }
+                }
+            }
+        }
+        let used: HashSet<Endpoint> = sdk
+            .devices()
+            .iter()
+            .filter_map(|d| Endpoint::of(&d.device).ok())
+            .collect();
+        self.links.close_unused(&used).await;
     }
 
     async fn stop(&self) {
-        let sessions: Vec<Open> = self.sessions.lock().await.drain().map(|(_, o)| o).collect();
-        for open in sessions {
-            let _ = open.session.disconnect().await;
-        }
+        self.monitors.lock().await.clear();
+        self.links.close_unused(&HashSet::new()).await;
     }
 }
 
@@ -421,7 +562,7 @@ impl OpcUa {
         method: &NodeRef,
         args: &[CommandValue],
     ) -> Result<CommandValue, DriverError> {
-        let method_id = self.node(session, method).await?;
+        let method_id = self.links.node(session, method).await?;
         let types = self.input_types(session, endpoint, &method_id).await?;
         if types.len() != args.len() {
             return Err(DriverError::Invalid(format!(
@@ -437,7 +578,7 @@ impl OpcUa {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| DriverError::Invalid(format!("method '{name}': {e}")))?;
         let request = CallMethodRequest {
-            object_id: self.node(session, object).await?,
+            object_id: self.links.node(session, object).await?,
             method_id,
             input_arguments: Some(input_arguments),
         };
