@@ -4,7 +4,9 @@
 //! SET through core-command changing the node on the server, a method called, a node the
 //! server lacks refused clearly, and a server killed and started again taking its device
 //! DOWN and back UP; and `onChange` autoEvents served by a subscription (monitored items
-//! with a deadband), which a server restart does not lose or double.
+//! with a deadband), which a server restart does not lose or double; and Basic256Sha256
+//! SignAndEncrypt with the node CA's application certificate, to a server whose certificate
+//! the device pins, while a server nobody trusts is refused.
 
 use std::time::Duration;
 
@@ -268,4 +270,78 @@ async fn opcua_subscriptions_deliver_changes_and_a_server_restart_loses_or_doubl
     for w in after.windows(2) {
         assert!(w[1] > w[0], "the counter went back or repeated: {after:?}");
     }
+}
+
+#[tokio::test]
+async fn opcua_sign_and_encrypt_with_a_pinned_server_and_an_untrusted_one_refused() {
+    let (dir, other) = (tempdir(), tempdir());
+    // Each offers None too, for the test's own client; the devices ask for SignAndEncrypt.
+    let server = Server::start(dir.path(), "none,encrypt");
+    let stranger = Server::start(other.path(), "none,encrypt");
+    let node = Node::start("[device_opcua]\nenabled = true\n").await;
+    node.wait_device_service("device-opcua").await;
+    add(
+        &node,
+        "deviceprofile",
+        &json!([{"apiVersion": "v3", "profile": profile()}]),
+    )
+    .await;
+    let secure = |name: &str, url: String, pem: Option<String>| {
+        let mut block = json!({"Endpoint": url, "SecurityPolicy": "Basic256Sha256",
+            "SecurityMode": "SignAndEncrypt"});
+        if let Some(pem) = pem {
+            block["RemotePemCert"] = json!(pem);
+        }
+        json!({"apiVersion": "v3", "device": {
+            "name": name, "profileName": "OpcUa-Plant", "serviceName": "device-opcua",
+            "adminState": "UNLOCKED", "operatingState": "UP", "protocols": {"opcua": block}
+        }})
+    };
+    add(
+        &node,
+        "device",
+        &json!([
+            secure("vault", server.url(), Some(server.cert_pem())),
+            secure("stranger", stranger.url(), None)
+        ]),
+    )
+    .await;
+    node.wait_log(&["device-opcua", "device added", "device=stranger"])
+        .await;
+
+    // The pinned server: reads and a SET over the encrypted channel.
+    let (s, v) = node.get(&node.device_command("vault", "Int16")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["event"]["readings"][0]["value"], "-1234", "{v}");
+    let (s, v) = node
+        .put(
+            &node.device_command("vault", "Setpoint"),
+            &json!({"Setpoint": "-7"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(server.read("ns=2;s=Plant.Setpoint")["value"], -7);
+
+    // The server nobody trusts: refused with the reason, its certificate set aside for an
+    // operator, and the trust list holds only the pinned one.
+    let (s, v) = node.get(&node.device_command("stranger", "Int16")).await;
+    assert!(s >= 500, "{v}");
+    let message = v["message"].as_str().unwrap_or_default();
+    assert!(message.contains("Untrusted"), "{v}");
+    let files = |sub: &str| -> Vec<String> {
+        std::fs::read_dir(node.data_dir().join("opcua-pki").join(sub))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(files("rejected").len(), 1, "{:?}", files("rejected"));
+    assert_eq!(files("trusted").len(), 1, "{:?}", files("trusted"));
+    assert!(
+        files("trusted")[0].contains("urn:outpost:test:server"),
+        "{:?}",
+        files("trusted")
+    );
 }

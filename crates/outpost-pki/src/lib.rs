@@ -557,6 +557,53 @@ pub fn issue_client_cert(paths: &Paths, name: &str, days: i64) -> Result<ClientI
     })
 }
 
+/// Issues an OPC UA application instance certificate from the CA at `paths` for an RSA key
+/// made by the caller (`pkcs8`, DER: OPC UA's security policies sign and encrypt with RSA,
+/// which the node's own keys are not). Its subject is `common_name`; its subject
+/// alternative names are `uri` first (the application URI, where OPC UA looks for it) and
+/// then `names`; it is valid for `days`, for signing, key and data encipherment, as server
+/// and client. DER.
+pub fn issue_application_cert(
+    paths: &Paths,
+    pkcs8: &[u8],
+    common_name: &str,
+    uri: &str,
+    names: &[String],
+    days: i64,
+) -> Result<Vec<u8>, PkiError> {
+    let issuer = load_ca(paths)?
+        .ok_or_else(|| PkiError::Invalid("the node CA does not exist yet".into()))?;
+    let key = KeyPair::from_pkcs8_der_and_sign_algo(
+        &rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8),
+        &rcgen::PKCS_RSA_SHA256,
+    )
+    .map_err(issue("not an RSA key in PKCS#8"))?;
+    let mut params =
+        CertificateParams::new(names.to_vec()).map_err(issue("invalid certificate name"))?;
+    let uri = rcgen::string::Ia5String::try_from(uri)
+        .map_err(issue("the application URI is not ASCII"))?;
+    params.subject_alt_names.insert(0, rcgen::SanType::URI(uri));
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::ContentCommitment,
+        KeyUsagePurpose::KeyEncipherment,
+        KeyUsagePurpose::DataEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, days)?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(issue("cannot issue the application certificate"))?;
+    Ok(cert.der().to_vec())
+}
+
 /// A certificate the CA issued from a signing request.
 #[derive(Debug, Clone)]
 pub struct Issued {

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
+use base64::Engine as _;
 use serde_json::Value;
 
 use crate::free_port;
@@ -20,6 +21,7 @@ fn script() -> PathBuf {
 pub struct Server {
     child: Option<Child>,
     pub port: u16,
+    dir: PathBuf,
 }
 
 impl Server {
@@ -30,6 +32,7 @@ impl Server {
     }
 
     pub fn start_on(port: u16, dir: &Path, security: &str) -> Self {
+        let kept = dir.to_path_buf();
         let dir = dir.to_string_lossy();
         let args = [
             "serve",
@@ -44,12 +47,28 @@ impl Server {
         Self {
             child: Some(child),
             port,
+            dir: kept,
         }
     }
 
     /// `opc.tcp://127.0.0.1:<port>/`.
     pub fn url(&self) -> String {
         format!("opc.tcp://127.0.0.1:{}/", self.port)
+    }
+
+    /// The server's certificate, PEM (made at its first start with a secure policy).
+    pub fn cert_pem(&self) -> String {
+        let der = std::fs::read(self.dir.join("server.der")).expect("the server's certificate");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap_or_default())
+            .collect();
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        )
     }
 
     /// Kills the server (kill -9).

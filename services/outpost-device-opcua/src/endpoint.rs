@@ -16,6 +16,8 @@ pub struct Endpoint {
     /// `None` or `Basic256Sha256`.
     pub policy: String,
     pub mode: Mode,
+    /// The server's certificate (PEM) from `RemotePemCert`, trusted for this endpoint.
+    pub server_cert: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,7 +83,21 @@ impl Endpoint {
                 device.name
             ));
         }
-        Ok(Self { url, policy, mode })
+        let server_cert = get("RemotePemCert");
+        if let Some(pem) = &server_cert
+            && let Err(e) = opcua::crypto::X509::from_pem(pem.as_bytes())
+        {
+            return Err(format!(
+                "device '{}': RemotePemCert is not a PEM certificate: {e}",
+                device.name
+            ));
+        }
+        Ok(Self {
+            url,
+            policy,
+            mode,
+            server_cert,
+        })
     }
 
     /// What the client asks the server for.

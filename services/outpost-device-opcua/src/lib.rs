@@ -19,6 +19,7 @@ pub mod address;
 pub mod convert;
 pub mod endpoint;
 pub mod monitor;
+pub mod pki;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
@@ -69,6 +70,13 @@ pub struct OpcUaConfig {
     pub queue_size: u32,
     /// The longest wait between attempts to reach a server again.
     pub reconnect_max_ms: u64,
+    /// How long the application certificate (from the node CA) is valid; it is made again
+    /// at a start with under half of this left.
+    pub certificate_days: i64,
+    /// Trust a server certificate seen for the first time (stored in the trust list) instead
+    /// of refusing it. Off: only certificates in the trust list (a device's `RemotePemCert`,
+    /// files put in `<data>/opcua-pki/trusted`) are accepted.
+    pub trust_unknown_servers: bool,
 }
 
 /// `[device_opcua.driver] autoevents`.
@@ -84,10 +92,12 @@ impl Default for OpcUaConfig {
         Self {
             application_uri: String::new(),
             session_timeout_ms: 60_000,
-            connect_timeout_ms: 5_000,
+            connect_timeout_ms: 4_000,
             autoevents: AutoEvents::Subscribe,
             queue_size: 10,
             reconnect_max_ms: 10_000,
+            certificate_days: 365,
+            trust_unknown_servers: false,
         }
     }
 }
@@ -107,11 +117,21 @@ impl outpost_device_sdk::DriverConfig for OpcUaConfig {
 
     /// The client's certificate store (`<data>/opcua-pki`: its own certificate, the servers'
     /// it trusts and those it refused), its own.
+    ///
+    /// The application certificate is issued here, while the node CA's key can still be
+    /// read: the service holds only its own key once its sandbox closes.
     fn sandbox(
         &self,
         files: &mut outpost_kit::sandbox::Files,
     ) -> Result<(), outpost_kit::sandbox::StorageError> {
-        files.own_dir(PKI_DIR).map(|_| ())
+        let dir = files.own_dir(PKI_DIR)?;
+        pki::ensure(
+            &dir,
+            files.data_dir(),
+            &self.application_uri(),
+            self.certificate_days,
+        )
+        .map_err(|why| outpost_kit::sandbox::StorageError::Key { path: dir, why })
     }
 
     fn validate(&self, p: &mut outpost_kit::config::Problems) {
@@ -136,6 +156,27 @@ impl outpost_device_sdk::DriverConfig for OpcUaConfig {
             s,
             "reconnect_max_ms must be between 500 and 600000",
         );
+        p.check(
+            (1..=3650).contains(&self.certificate_days),
+            s,
+            "certificate_days must be between 1 and 3650",
+        );
+    }
+}
+
+impl OpcUaConfig {
+    /// The client's application URI: the setting, else `urn:outpost:<host name>:device-opcua`.
+    pub fn application_uri(&self) -> String {
+        if self.application_uri.is_empty() {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into());
+            format!("urn:outpost:{host}:{SERVICE}")
+        } else {
+            self.application_uri.clone()
+        }
     }
 }
 
@@ -222,15 +263,6 @@ impl OpcUa {
 }
 
 impl Links {
-    fn application_uri(&self) -> String {
-        if self.cfg.application_uri.is_empty() {
-            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
-            format!("urn:outpost:{host}:{SERVICE}")
-        } else {
-            self.cfg.application_uri.clone()
-        }
-    }
-
     /// The session to `endpoint`, connected first if there is none yet, and what is
     /// triggered when it is lost.
     async fn session(&self, endpoint: &Endpoint) -> Result<(Arc<Session>, Shutdown), DriverError> {
@@ -241,26 +273,33 @@ impl Links {
             return Ok((Arc::clone(&open.session), open.lost.clone()));
         }
         sessions.remove(endpoint);
+        if let Some(pem) = &endpoint.server_cert {
+            pki::trust(&self.pki, pem.as_bytes())
+                .map_err(|e| DriverError::Invalid(format!("RemotePemCert: {e}")))?;
+        }
         let mut client = ClientBuilder::new()
             .application_name("Outpost device-opcua")
-            .application_uri(self.application_uri())
+            .application_uri(self.cfg.application_uri())
             .product_uri("urn:outpost:device-opcua")
             .pki_dir(&self.pki)
             .session_retry_limit(0)
             .session_timeout(u32::try_from(self.cfg.session_timeout_ms).unwrap_or(u32::MAX))
-            .trust_server_certs(true)
+            .trust_server_certs(self.cfg.trust_unknown_servers)
+            .verify_server_certs(true)
             .create_sample_keypair(false)
             .client()
             .map_err(|e| DriverError::Invalid(format!("the OPC UA client: {e:?}")))?;
-        let wait = Duration::from_millis(self.cfg.connect_timeout_ms);
+        // One deadline for finding the endpoint and activating the session.
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.cfg.connect_timeout_ms);
         let description = endpoint.description();
         let connect = client.connect_to_matching_endpoint(description, IdentityToken::Anonymous);
-        let (session, event_loop) = tokio::time::timeout(wait, connect)
+        let (session, event_loop) = tokio::time::timeout_at(deadline, connect)
             .await
             .map_err(|_| session_error(endpoint, "no answer"))?
             .map_err(|e| session_error(endpoint, e))?;
         let lost = Shutdown::new();
-        let task = tokio::spawn({
+        let mut task = tokio::spawn({
             let lost = lost.clone();
             async move {
                 let code = event_loop.run().await;
@@ -268,10 +307,25 @@ impl Links {
                 code
             }
         });
-        let connected = tokio::time::timeout(wait, session.wait_for_connection()).await;
+        // The event loop ends at once when the server refuses the channel or the session
+        // (an untrusted certificate, a rejected identity): its status is the reason.
+        let connected = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                up = session.wait_for_connection() => up,
+                () = lost.wait() => false,
+            }
+        })
+        .await;
         if !matches!(connected, Ok(true)) {
+            if lost.is_triggered() {
+                let code = (&mut task).await.unwrap_or(StatusCode::BadUnexpectedError);
+                return Err(session_error(endpoint, code));
+            }
             task.abort();
-            return Err(session_error(endpoint, "the session was not activated"));
+            return Err(session_error(
+                endpoint,
+                "the session was not activated in time",
+            ));
         }
         sessions.insert(
             endpoint.clone(),
