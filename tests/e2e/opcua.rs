@@ -6,7 +6,8 @@
 //! DOWN and back UP; and `onChange` autoEvents served by a subscription (monitored items
 //! with a deadband), which a server restart does not lose or double; and Basic256Sha256
 //! SignAndEncrypt with the node CA's application certificate, to a server whose certificate
-//! the device pins, while a server nobody trusts is refused.
+//! the device pins, while a server nobody trusts is refused; and sessions as a user (its
+//! password a secret kept encrypted) or by certificate.
 
 use std::time::Duration;
 
@@ -344,4 +345,124 @@ async fn opcua_sign_and_encrypt_with_a_pinned_server_and_an_untrusted_one_refuse
         "{:?}",
         files("trusted")
     );
+}
+
+#[tokio::test]
+async fn opcua_identities_a_user_from_a_kept_secret_and_a_certificate() {
+    let dir = tempdir();
+    let server = Server::start_with(
+        outpost_testkit::free_port(),
+        dir.path(),
+        "none,sign",
+        &[
+            "--user",
+            "operator:s3cret-pass",
+            "--certificates",
+            "--no-anonymous",
+        ],
+    );
+    let node = Node::start("[device_opcua]\nenabled = true\n").await;
+    node.wait_device_service("device-opcua").await;
+    let ds = node.url(node.ports.opcua);
+    add(
+        &node,
+        "deviceprofile",
+        &json!([{"apiVersion": "v3", "profile": profile()}]),
+    )
+    .await;
+    let device = |name: &str, auth: Value| {
+        let mut block = json!({"Endpoint": server.url()});
+        if let (Some(b), Some(a)) = (block.as_object_mut(), auth.as_object()) {
+            b.extend(a.clone());
+        }
+        json!({"apiVersion": "v3", "device": {
+            "name": name, "profileName": "OpcUa-Plant", "serviceName": "device-opcua",
+            "adminState": "UNLOCKED", "operatingState": "UP", "protocols": {"opcua": block}
+        }})
+    };
+    add(
+        &node,
+        "device",
+        &json!([
+            // A password and a certificate identity each go over a signed channel (the
+            // password encrypted to the server's key).
+            device(
+                "login",
+                json!({"AuthType": "Username", "SecretName": "plc-login",
+                "SecurityPolicy": "Basic256Sha256", "SecurityMode": "Sign",
+                "RemotePemCert": server.cert_pem()})
+            ),
+            device(
+                "badge",
+                json!({"AuthType": "Certificate", "SecurityPolicy": "Basic256Sha256",
+                "SecurityMode": "Sign", "RemotePemCert": server.cert_pem()})
+            ),
+            device("anon", json!({}))
+        ]),
+    )
+    .await;
+    node.wait_log(&["device-opcua", "device added", "device=anon"])
+        .await;
+    let int16 = |device: &str| {
+        let url = node.device_command(device, "Int16");
+        let node = &node;
+        async move { node.get(&url).await }
+    };
+    let secret = |password: &str| {
+        json!({"apiVersion": "v3", "secretName": "plc-login", "secretData": [
+            {"key": "username", "value": "operator"}, {"key": "password", "value": password}]})
+    };
+
+    // A user whose secret was not given yet: the error says what to do.
+    let (s, v) = int16("login").await;
+    assert!(s >= 400, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("POST /api/v3/secret"),
+        "{v}"
+    );
+    // Given to device-opcua: reads as that user.
+    let (s, v) = node
+        .post(&format!("{ds}/api/v3/secret"), &secret("s3cret-pass"))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = int16("login").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["event"]["readings"][0]["value"], "-1234", "{v}");
+    // The application certificate as the identity.
+    let (s, v) = int16("badge").await;
+    assert_eq!(s, 200, "{v}");
+    // Anonymous, which this server refuses: refused, with its status.
+    let (s, v) = int16("anon").await;
+    assert!(s >= 500, "{v}");
+    assert!(
+        v["message"].as_str().unwrap_or_default().contains("Bad"),
+        "{v}"
+    );
+    // A wrong password replacing the secret: the session is made again, and refused.
+    let (s, _) = node
+        .post(&format!("{ds}/api/v3/secret"), &secret("wrong"))
+        .await;
+    assert_eq!(s, 201);
+    let (s, v) = int16("login").await;
+    assert!(s >= 500, "{v}");
+
+    // The password is nowhere on disk in the clear.
+    let mut stack = vec![node.data_dir()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                assert!(
+                    !bytes.windows(11).any(|w| w == b"s3cret-pass"),
+                    "{} holds the password",
+                    path.display()
+                );
+            }
+        }
+    }
 }

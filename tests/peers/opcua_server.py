@@ -1,11 +1,13 @@
 """A real OPC UA peer for Outpost's tests and benchmark, built on asyncua.
 
     opcua_server.py serve --port P --dir D [--security none,sign,encrypt] [--user NAME:PASSWORD]
-                          [--tick-ms MS] [--nodes N]
+                          [--certificates] [--no-anonymous] [--tick-ms MS] [--nodes N]
         an OPC UA server at opc.tcp://127.0.0.1:P/ with the address space below; its
         certificate and key are made in D on the first run (D/server.der, D/server.pem) and
         kept, so a restart presents the same certificate; with --user, that user name and
-        password are accepted besides anonymous sessions
+        password are accepted besides anonymous sessions; with --certificates, any client
+        proving it holds the key of the certificate it presents as its identity; with
+        --no-anonymous, anonymous sessions are refused
     opcua_server.py read --url U --node ID       read a node as a client; prints JSON
     opcua_server.py write --url U --node ID --type T --value V
                                                  write a node as a client
@@ -72,24 +74,30 @@ SCALARS = [
 
 
 class Users(UserManager):
-    """Anonymous sessions, and the one user name and password given with --user."""
+    """Anonymous sessions (unless --no-anonymous), the one user name and password given
+    with --user, and with --certificates certificate identities."""
 
-    def __init__(self, user):
+    def __init__(self, user, certificates, anonymous):
         self.user = user
+        self.certificates = certificates
+        self.anonymous = anonymous
 
     def get_user(self, iserver, username=None, password=None, certificate=None):
-        if username is None:
-            return User(role=UserRole.User)
-        if self.user and (username, password) == self.user:
-            return User(role=UserRole.User, name=username)
-        return None
+        # asyncua passes the secure channel's client certificate with every token.
+        if username is not None:
+            if self.user and (username, password) == self.user:
+                return User(role=UserRole.User, name=username)
+            return None
+        if certificate is not None and self.certificates:
+            return User(role=UserRole.User, name="certificate")
+        return User(role=UserRole.User) if self.anonymous else None
 
 
 async def serve(args):
     os.makedirs(args.dir, exist_ok=True)
     cert, key = Path(args.dir, "server.der"), Path(args.dir, "server.pem")
     user = tuple(args.user.split(":", 1)) if args.user else None
-    server = Server(user_manager=Users(user))
+    server = Server(user_manager=Users(user, args.certificates, not args.no_anonymous))
     await server.init()
     server.set_endpoint(f"opc.tcp://127.0.0.1:{args.port}/")
     server.set_server_name("Outpost test server")
@@ -101,9 +109,14 @@ async def serve(args):
     }
     wanted = [policies[p] for p in args.security.split(",") if p]
     server.set_security_policy(wanted, permission_ruleset=SimpleRoleRuleset())
-    tokens = [ua.AnonymousIdentityToken] + ([ua.UserNameIdentityToken] if user else [])
+    tokens = ([] if args.no_anonymous else [ua.AnonymousIdentityToken]) + (
+        [ua.UserNameIdentityToken] if user else []
+    )
+    if args.certificates:
+        tokens.append(ua.X509IdentityToken)
     server.set_identity_tokens(tokens)
-    if any(p != ua.SecurityPolicyType.NoSecurity for p in wanted):
+    # A certificate for secure policies, and for identities a client encrypts or signs to it.
+    if args.user or args.certificates or any(p != ua.SecurityPolicyType.NoSecurity for p in wanted):
         await setup_self_signed_certificate(
             key,
             cert,
@@ -222,6 +235,8 @@ def main():
     s.add_argument("--dir", required=True)
     s.add_argument("--security", default="none")
     s.add_argument("--user")
+    s.add_argument("--certificates", action="store_true")
+    s.add_argument("--no-anonymous", action="store_true")
     s.add_argument("--tick-ms", type=int, default=100)
     s.add_argument("--nodes", type=int, default=0)
     r = sub.add_parser("read")

@@ -107,13 +107,12 @@ async fn validate_device(
     Ok(axum::Json(BaseResponse::new(200)).into_response())
 }
 
-/// Keeps a secret for the driver (EdgeX's `POST /api/v3/secret`); held in memory.
+/// Keeps a secret for the driver (EdgeX's `POST /api/v3/secret`): in its encrypted
+/// database when it keeps secrets, else in memory.
 async fn add_secret(State(sdk): State<Sdk>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let req = outpost_kit::edgex::SecretRequest::parse(&body)?;
-    sdk.inner
-        .secrets
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(req.secret_name.clone(), req.pairs());
+    sdk.set_secret(req.secret_name.clone(), req.pairs())
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot keep the secret: {e}")))?;
     Ok(req.created())
 }

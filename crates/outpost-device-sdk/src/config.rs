@@ -18,6 +18,11 @@ pub trait DriverConfig:
     const PORT: u16;
     /// Whether `outpost up` runs the service without being asked.
     const ENABLED: bool;
+    /// Whether secrets given with `POST /api/v3/secret` (a server's user name and password,
+    /// a pre-shared key) are kept in the service's encrypted database, across restarts,
+    /// rather than in memory only. Such a service has a database of its own.
+    const KEEPS_SECRETS: bool = false;
+
     /// Path prefixes devices call with credentials the driver checks itself (see
     /// [`outpost_kit::Info::open_routes`]).
     const OPEN_ROUTES: &'static [&'static str] = &[];

@@ -112,8 +112,11 @@ pub(crate) struct Inner {
     pub provisioned: std::sync::atomic::AtomicBool,
     /// Discovery's settings, as core-keeper has them.
     pub live: outpost_kit::writable::Live<crate::config::Writable>,
-    /// Secrets given with `POST /api/v3/secret`, by name: for drivers, in memory only.
+    /// Secrets given with `POST /api/v3/secret`, by name, for a driver that does not keep
+    /// them ([`DriverConfig::KEEPS_SECRETS`](crate::DriverConfig::KEEPS_SECRETS)): in memory.
     pub secrets: Mutex<HashMap<String, Vec<(String, String)>>>,
+    /// Where a driver that keeps them has them: its encrypted database.
+    pub secrets_db: Option<outpost_storage::Db>,
 }
 
 /// A handle on the running device service, for the SDK's parts and for push-style drivers.
@@ -337,6 +340,47 @@ impl Sdk {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The key/value pairs of the secret `name` given with `POST /api/v3/secret` (`None`
+    /// when there is none).
+    pub async fn secret(
+        &self,
+        name: &str,
+    ) -> Result<Option<Vec<(String, String)>>, outpost_storage::StorageError> {
+        let pairs = match &self.inner.secrets_db {
+            Some(db) => outpost_storage::secrets::get(db, name).await?,
+            None => self
+                .inner
+                .secrets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(name)
+                .cloned()
+                .unwrap_or_default(),
+        };
+        Ok((!pairs.is_empty()).then_some(pairs))
+    }
+
+    /// Keeps the secret `name` (in the database when the driver keeps secrets) and tells
+    /// the driver.
+    pub async fn set_secret(
+        &self,
+        name: String,
+        pairs: Vec<(String, String)>,
+    ) -> Result<(), outpost_storage::StorageError> {
+        match &self.inner.secrets_db {
+            Some(db) => outpost_storage::secrets::put(db, name.clone(), pairs).await?,
+            None => {
+                self.inner
+                    .secrets
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(name.clone(), pairs);
+            }
+        }
+        self.inner.driver.secret_changed(&name).await;
+        Ok(())
+    }
+
     /// A push-style driver heard from `name` outside a read or write (a subscription made,
     /// a notification): it is UP, as after any answer.
     pub async fn device_reachable(&self, name: &str) {
@@ -557,6 +601,12 @@ pub trait Driver: Send + Sync + 'static {
     /// A device was added, changed or removed.
     async fn device_changed(&self, change: DeviceChange) {
         let _ = change;
+    }
+
+    /// The secret `name` was given or replaced (`POST /api/v3/secret`): a driver holding a
+    /// session made with it makes it again.
+    async fn secret_changed(&self, name: &str) {
+        let _ = name;
     }
 
     /// The service stops.

@@ -12,6 +12,13 @@ use outpost_kit::{Check, Parts, Stage, Start, StartError, health_probe};
 use crate::config::{Config, DriverConfig};
 use crate::sdk::{Driver, Inner, Metrics, Sdk};
 
+/// The database of a device service that keeps secrets.
+const SECRETS: &[outpost_storage::Migration] = &[outpost_storage::Migration {
+    version: 1,
+    description: "secrets",
+    sql: outpost_storage::secrets::TABLE,
+}];
+
 /// A device service: the SDK around the driver its configuration makes.
 pub struct Adapter<D>(std::marker::PhantomData<D>);
 
@@ -20,6 +27,11 @@ impl<D: DriverConfig> outpost_kit::Service for Adapter<D> {
 
     const INFO: outpost_kit::Info =
         outpost_kit::Info::new(D::SERVICE, D::SECTION).open_routes(D::OPEN_ROUTES);
+
+    /// A database only to keep secrets, for a driver that keeps them.
+    fn storage(_cfg: &Config<D>) -> Option<outpost_kit::Storage> {
+        D::KEEPS_SECRETS.then(|| outpost_kit::Storage::new(SECRETS, 1))
+    }
 
     fn standby(cfg: &Config<D>) -> Option<&outpost_kit::pg::StorageConfig> {
         Some(&cfg.standby)
@@ -87,6 +99,11 @@ pub async fn build<D: DriverConfig>(
             provisioned: std::sync::atomic::AtomicBool::new(false),
             live: start.writable(crate::config::Writable::from(cfg)),
             secrets: Mutex::default(),
+            secrets_db: if D::KEEPS_SECRETS {
+                Some(start.db()?)
+            } else {
+                None
+            },
         }),
     };
     let base_address = start.own_url();

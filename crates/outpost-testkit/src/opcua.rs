@@ -32,17 +32,25 @@ impl Server {
     }
 
     pub fn start_on(port: u16, dir: &Path, security: &str) -> Self {
+        Self::start_with(port, dir, security, &[])
+    }
+
+    /// [`Server::start_on`] with more of the script's `serve` options (`--user NAME:PASSWORD`,
+    /// `--certificates`, `--no-anonymous`, ...).
+    pub fn start_with(port: u16, dir: &Path, security: &str, more: &[&str]) -> Self {
         let kept = dir.to_path_buf();
         let dir = dir.to_string_lossy();
-        let args = [
+        let port_text = port.to_string();
+        let mut args = vec![
             "serve",
             "--port",
-            &port.to_string(),
+            &port_text,
             "--dir",
             &dir,
             "--security",
             security,
         ];
+        args.extend_from_slice(more);
         let (child, _) = crate::spawn_peer(&python(), &script(), &args, "the asyncua server");
         Self {
             child: Some(child),

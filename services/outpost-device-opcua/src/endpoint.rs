@@ -18,6 +18,21 @@ pub struct Endpoint {
     pub mode: Mode,
     /// The server's certificate (PEM) from `RemotePemCert`, trusted for this endpoint.
     pub server_cert: Option<String>,
+    /// Who the session is (`AuthType`).
+    pub auth: Auth,
+}
+
+/// The session's identity: `AuthType` and, for a user name, `SecretName`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Auth {
+    Anonymous,
+    /// A user name and password, the keys `username` and `password` of this secret (given
+    /// to the service with `POST /api/v3/secret`, kept in its encrypted database).
+    Username {
+        secret: String,
+    },
+    /// The application certificate and its key.
+    Certificate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,6 +98,34 @@ impl Endpoint {
                 device.name
             ));
         }
+        if get("Password").is_some() {
+            return Err(format!(
+                "device '{}': a password does not go in the device: give it to device-opcua as \
+                 a secret (POST /api/v3/secret, keys username and password) named in SecretName",
+                device.name
+            ));
+        }
+        let auth = match get("AuthType").as_deref() {
+            None | Some("Anonymous") => Auth::Anonymous,
+            Some("Username" | "UserName") => Auth::Username {
+                secret: get("SecretName").unwrap_or_else(|| device.name.clone()),
+            },
+            Some("Certificate") => Auth::Certificate,
+            Some(other) => {
+                return Err(format!(
+                    "device '{}': AuthType '{other}' is not one of Anonymous, Username, Certificate",
+                    device.name
+                ));
+            }
+        };
+        if matches!(auth, Auth::Username { .. }) && mode == Mode::None {
+            return Err(format!(
+                "device '{}': a password would cross the network in the clear: AuthType \
+                 Username needs SecurityPolicy Basic256Sha256 (SecurityMode Sign or \
+                 SignAndEncrypt)",
+                device.name
+            ));
+        }
         let server_cert = get("RemotePemCert");
         if let Some(pem) = &server_cert
             && let Err(e) = opcua::crypto::X509::from_pem(pem.as_bytes())
@@ -97,6 +140,7 @@ impl Endpoint {
             policy,
             mode,
             server_cert,
+            auth,
         })
     }
 
@@ -146,6 +190,43 @@ mod tests {
         })))
         .expect("an endpoint");
         assert_eq!(e.mode, Mode::SignAndEncrypt);
+        assert_eq!(e.auth, Auth::Anonymous);
+    }
+
+    #[test]
+    fn identities_and_where_their_secrets_are() {
+        let auth = |block| Endpoint::of(&device(block)).map(|e| e.auth);
+        let signed = |mut block: serde_json::Value| {
+            block["SecurityPolicy"] = json!("Basic256Sha256");
+            block["SecurityMode"] = json!("Sign");
+            block
+        };
+        assert_eq!(
+            auth(signed(
+                json!({"Endpoint": "opc.tcp://plc", "AuthType": "Username"})
+            )),
+            Ok(Auth::Username { secret: "d".into() })
+        );
+        let e = auth(json!({"Endpoint": "opc.tcp://plc", "AuthType": "Username"}))
+            .expect_err("a password in the clear");
+        assert!(e.contains("in the clear"), "{e}");
+        assert_eq!(
+            auth(signed(
+                json!({"Endpoint": "opc.tcp://plc", "AuthType": "Username", "SecretName": "plc-login"})
+            )),
+            Ok(Auth::Username {
+                secret: "plc-login".into()
+            })
+        );
+        assert_eq!(
+            auth(json!({"Endpoint": "opc.tcp://plc", "AuthType": "Certificate"})),
+            Ok(Auth::Certificate)
+        );
+        let e = auth(json!({"Endpoint": "opc.tcp://plc", "AuthType": "Username", "Password": "x"}))
+            .expect_err("a password in the device");
+        assert!(e.contains("secret"), "{e}");
+        assert!(auth(json!({"Endpoint": "opc.tcp://plc", "AuthType": "Kerberos"})).is_err());
+        assert!(auth(json!({"Endpoint": "opc.tcp://plc", "RemotePemCert": "nope"})).is_err());
     }
 
     #[test]

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::address::{NodeRef, Target};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Auth, Endpoint};
 use crate::monitor::Monitor;
 
 /// The `HasProperty` reference type (namespace 0).
@@ -107,6 +107,8 @@ impl outpost_device_sdk::DriverConfig for OpcUaConfig {
     const SECTION: &'static str = "device_opcua";
     const PORT: u16 = 59997;
     const ENABLED: bool = false;
+    /// Servers' user names and passwords.
+    const KEEPS_SECRETS: bool = true;
 
     fn driver(
         start: &outpost_kit::Start<Config>,
@@ -189,7 +191,6 @@ pub type DeviceOpcUa = outpost_device_sdk::Adapter<OpcUaConfig>;
 /// and one subscription per endpoint whose devices have `onChange` autoEvents.
 pub struct OpcUa {
     links: Arc<Links>,
-    sdk: OnceLock<Sdk>,
     /// Where the subscriptions' notifications go (set by `start`).
     sink: OnceLock<mpsc::Sender<monitor::Batch>>,
     monitors: Mutex<HashMap<Endpoint, Monitor>>,
@@ -201,6 +202,8 @@ pub(crate) struct Links {
     /// The client's certificate store.
     pki: std::path::PathBuf,
     sessions: Mutex<HashMap<Endpoint, Open>>,
+    /// The service (set by `start`): devices, secrets, health.
+    sdk: OnceLock<Sdk>,
 }
 
 /// A session and the task that keeps it (its event loop: keep-alives, publishing). The
@@ -231,8 +234,8 @@ impl OpcUa {
                 cfg,
                 pki,
                 sessions: Mutex::new(HashMap::new()),
+                sdk: OnceLock::new(),
             }),
-            sdk: OnceLock::new(),
             sink: OnceLock::new(),
             monitors: Mutex::new(HashMap::new()),
         }
@@ -293,7 +296,8 @@ impl Links {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.cfg.connect_timeout_ms);
         let description = endpoint.description();
-        let connect = client.connect_to_matching_endpoint(description, IdentityToken::Anonymous);
+        let identity = self.identity(endpoint).await?;
+        let connect = client.connect_to_matching_endpoint(description, identity);
         let (session, event_loop) = tokio::time::timeout_at(deadline, connect)
             .await
             .map_err(|_| session_error(endpoint, "no answer"))?
@@ -338,15 +342,58 @@ impl Links {
         Ok((session, lost))
     }
 
+    /// Who the session to `endpoint` is.
+    async fn identity(&self, endpoint: &Endpoint) -> Result<IdentityToken, DriverError> {
+        match &endpoint.auth {
+            Auth::Anonymous => Ok(IdentityToken::Anonymous),
+            Auth::Certificate => IdentityToken::new_x509_path(
+                self.pki.join("own/cert.der"),
+                self.pki.join("private/private.pem"),
+            )
+            .map_err(|e| DriverError::Invalid(format!("the application certificate: {e}"))),
+            Auth::Username { secret } => {
+                let sdk = self
+                    .sdk
+                    .get()
+                    .ok_or_else(|| DriverError::Unreachable("the service is starting".into()))?;
+                let pairs = sdk
+                    .secret(secret)
+                    .await
+                    .map_err(|e| DriverError::Invalid(format!("secret '{secret}': {e}")))?
+                    .ok_or_else(|| {
+                        DriverError::Invalid(format!(
+                            "secret '{secret}' is not stored: give it to device-opcua with \
+                             POST /api/v3/secret (keys username and password)"
+                        ))
+                    })?;
+                let get = |k: &str| {
+                    pairs
+                        .iter()
+                        .find(|(key, _)| key == k)
+                        .map(|(_, v)| v.clone())
+                };
+                match (get("username"), get("password")) {
+                    (Some(user), Some(password)) => {
+                        Ok(IdentityToken::new_user_name(user, password))
+                    }
+                    _ => Err(DriverError::Invalid(format!(
+                        "secret '{secret}' needs the keys username and password"
+                    ))),
+                }
+            }
+        }
+    }
+
     /// Closes the sessions of endpoints not in `used`.
     async fn close_unused(&self, used: &HashSet<Endpoint>) {
+        self.close_if(|e| !used.contains(e)).await;
+    }
+
+    /// Closes the sessions of the endpoints `which` picks.
+    async fn close_if(&self, which: impl Fn(&Endpoint) -> bool) {
         let gone: Vec<Open> = {
             let mut sessions = self.sessions.lock().await;
-            let unused: Vec<Endpoint> = sessions
-                .keys()
-                .filter(|e| !used.contains(*e))
-                .cloned()
-                .collect();
+            let unused: Vec<Endpoint> = sessions.keys().filter(|e| which(e)).cloned().collect();
             unused.iter().filter_map(|e| sessions.remove(e)).collect()
         };
         for open in gone {
@@ -499,7 +546,7 @@ impl Driver for OpcUa {
         if self.sink.set(tx).is_ok() {
             tokio::spawn(monitor::deliver(sdk.clone(), rx));
         }
-        let _ = self.sdk.set(sdk);
+        let _ = self.links.sdk.set(sdk);
     }
 
     fn pushes_autoevent(&self, d: &DeviceRef, ae: &AutoEvent) -> bool {
@@ -508,7 +555,7 @@ impl Driver for OpcUa {
 
     async fn device_changed(&self, change: DeviceChange) {
         let _ = change;
-        let (Some(sdk), Some(sink)) = (self.sdk.get(), self.sink.get()) else {
+        let (Some(sdk), Some(sink)) = (self.links.sdk.get(), self.sink.get()) else {
             return;
         };
         // What every device wants now: monitors follow, and a session no device uses any
@@ -539,6 +586,13 @@ impl Driver for OpcUa {
             .filter_map(|d| Endpoint::of(&d.device).ok())
             .collect();
         self.links.close_unused(&used).await;
+    }
+
+    async fn secret_changed(&self, name: &str) {
+        // Sessions made with the old secret are made again with the new one.
+        self.links
+            .close_if(|e| matches!(&e.auth, Auth::Username { secret } if secret == name))
+            .await;
     }
 
     async fn stop(&self) {
