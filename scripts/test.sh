@@ -34,7 +34,7 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 step "container image (deploy/build-image.sh), for the container tests"
-deploy/build-image.sh
+OUTPOST_IMAGE_PROFILE=image-test deploy/build-image.sh
 step "cargo nextest"
 cargo nextest run --locked --workspace --no-fail-fast
 step "cargo doc"
