@@ -165,12 +165,15 @@ async fn opcua_subscriptions_deliver_changes_and_a_server_restart_loses_or_doubl
     let node = Node::start("[device_opcua]\nenabled = true\n").await;
     node.wait_device_service("device-opcua").await;
     let ds = node.url(node.ports.opcua);
-    add(
-        &node,
-        "deviceprofile",
-        &json!([{"apiVersion": "v3", "profile": profile()}]),
-    )
-    .await;
+    // The README's example profile, applied as the README does.
+    node.cli_ok(&[
+        "profile",
+        "apply",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/opcua-plant.yaml"
+        ),
+    ]);
     // onChange autoEvents: monitored items sampled every 100 ms (the server's tick), the
     // temperature with an absolute deadband of 2.
     add(
@@ -423,11 +426,21 @@ async fn opcua_identities_a_user_from_a_kept_secret_and_a_certificate() {
             .contains("POST /api/v3/secret"),
         "{v}"
     );
-    // Given to device-opcua: reads as that user.
-    let (s, v) = node
-        .post(&format!("{ds}/api/v3/secret"), &secret("s3cret-pass"))
-        .await;
-    assert_eq!(s, 201, "{v}");
+    // Given to device-opcua with the CLI (the password from standard input): reads as that
+    // user.
+    let (ok, out, err) = node.cli_with(
+        &[
+            "device-service",
+            "secret",
+            "device-opcua",
+            "plc-login",
+            "username=operator",
+            "password=-",
+        ],
+        &[],
+        Some("s3cret-pass\n"),
+    );
+    assert!(ok, "{out}{err}");
     let (s, v) = int16("login").await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["event"]["readings"][0]["value"], "-1234", "{v}");

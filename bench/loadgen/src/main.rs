@@ -12,6 +12,8 @@
 //! - `gateway`: the gateway against nginx ([`gateway`]).
 //! - `modbus`: polled values per second through device-modbus against a pymodbus server,
 //!   batching on and off, against pymodbus's own client ([`modbus`]).
+//! - `opcua`: data changes per second from an asyncua server's subscriptions into core-data,
+//!   against the rate the server publishes to an asyncua client ([`opcua`]).
 //! - `queue` / `export`: the store-and-forward queue alone, and edge to cloud end to end
 //!   ([`export`]).
 //! - `ota`: concurrent artifact downloads and device polls per second ([`ota`]).
@@ -41,6 +43,7 @@ mod export;
 mod fleet;
 mod gateway;
 mod modbus;
+mod opcua;
 mod ota;
 mod scale;
 mod support;
@@ -104,6 +107,9 @@ enum Cmd {
     },
     /// Polled values/s through device-modbus against pymodbus, batching on and off.
     Modbus(modbus::ModbusArgs),
+    /// Data changes/s from an OPC UA server's subscriptions into core-data vs an asyncua
+    /// client's rate.
+    Opcua(opcua::OpcUaArgs),
     /// Readings/s from many MQTT devices (own credentials) into core-data, vs mosquitto.
     /// A fleet of MQTT devices connecting over TLS all at once, against mosquitto over TLS.
     Reconnect {
@@ -1175,6 +1181,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Encoding => encoding_sizes(),
             Cmd::Store { load, batch, sync } => store(load, batch, &sync).await,
             Cmd::Modbus(a) => modbus::run(&a).await,
+            Cmd::Opcua(a) => opcua::run(&a).await,
             Cmd::MqttDevices {
                 outpost,
                 devices,

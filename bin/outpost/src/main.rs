@@ -716,6 +716,18 @@ enum DeviceServiceCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Give a device service a secret its devices name (an OPC UA server's user name and
+    /// password): device-opcua keeps it in its encrypted database.
+    Secret {
+        /// The device service, e.g. device-opcua.
+        service: String,
+        /// The secret's name (a device's SecretName).
+        name: String,
+        /// KEY=VALUE pairs, e.g. username=operator password=- (a value `-` is read from
+        /// standard input, so it stays out of the shell's history).
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1224,6 +1236,11 @@ async fn client(
         Command::DeviceService(DeviceServiceCmd::List { json }) => {
             cli::devices::device_service_list(&c, json).await
         }
+        Command::DeviceService(DeviceServiceCmd::Secret {
+            service,
+            name,
+            pairs,
+        }) => cli::devices::device_service_secret(&c, &service, &name, &pairs).await,
         Command::Readings {
             device,
             device_flag,

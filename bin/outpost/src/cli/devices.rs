@@ -576,6 +576,38 @@ pub async fn device_service_list(c: &Client, json: bool) -> anyhow::Result<()> {
     )
 }
 
+/// `outpost device-service secret SERVICE NAME KEY=VALUE...`: EdgeX's `POST /api/v3/secret`
+/// on the device service; a value `-` is a line read from standard input.
+pub async fn device_service_secret(
+    c: &Client,
+    service: &str,
+    name: &str,
+    pairs: &[String],
+) -> anyhow::Result<()> {
+    let mut data = Vec::with_capacity(pairs.len());
+    for p in pairs {
+        let Some((key, value)) = p.split_once('=') else {
+            bail!("'{p}' is not KEY=VALUE");
+        };
+        let value = if value == "-" {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the value from standard input")?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        } else {
+            value.to_string()
+        };
+        data.push(serde_json::json!({"key": key, "value": value}));
+    }
+    let body = serde_json::json!({"apiVersion": "v3", "secretName": name, "secretData": data});
+    c.call(reqwest::Method::POST, service, "/secret", &body)
+        .await
+        .with_context(|| format!("cannot give {service} the secret {name}"))?;
+    println!("{service} keeps the secret {name}");
+    Ok(())
+}
+
 /// `outpost command DEVICE COMMAND [--set R=V ...]`: a read, or a write when values are
 /// given, through core-command.
 pub async fn command(
