@@ -120,7 +120,7 @@ pub async fn run(a: &OpcUaArgs) -> anyhow::Result<()> {
             python.display()
         );
     }
-    if a.devices == 0 || a.nodes % a.devices != 0 {
+    if a.devices == 0 || !a.nodes.is_multiple_of(a.devices) {
         bail!("--nodes must be a multiple of --devices");
     }
     let dir = std::env::temp_dir().join(format!("outpost-bench-opcua-{}", std::process::id()));
