@@ -479,3 +479,66 @@ async fn opcua_identities_a_user_from_a_kept_secret_and_a_certificate() {
         }
     }
 }
+
+#[tokio::test]
+async fn opcua_a_server_that_never_answers_holds_up_only_its_own_device() {
+    let dir = tempdir();
+    let server = Server::start(dir.path(), "none");
+    // Takes connections (the kernel's backlog) and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
+    let silent_url = format!(
+        "opc.tcp://127.0.0.1:{}/",
+        silent.local_addr().expect("its address").port()
+    );
+    let node = Node::start("[device_opcua]\nenabled = true\n").await;
+    node.wait_device_service("device-opcua").await;
+    add(
+        &node,
+        "deviceprofile",
+        &json!([{"apiVersion": "v3", "profile": profile()}]),
+    )
+    .await;
+    let device = |name: &str, url: &str| {
+        json!({"apiVersion": "v3", "device": {
+            "name": name, "profileName": "OpcUa-Plant", "serviceName": "device-opcua",
+            "adminState": "UNLOCKED", "operatingState": "UP",
+            "protocols": {"opcua": {"Endpoint": url}}
+        }})
+    };
+    add(
+        &node,
+        "device",
+        &json!([device("mute", &silent_url), device("plant", &server.url())]),
+    )
+    .await;
+    node.wait_log(&["device-opcua", "device added", "device=plant"])
+        .await;
+
+    // A read of the silent server's device waits out its connect; meanwhile the other
+    // device answers.
+    let mute = {
+        let url = node.device_command("mute", "Int16");
+        let http = node.http.clone();
+        tokio::spawn(async move { http.get(&url).send().await.map(|r| r.status().as_u16()) })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (s, v) = node.get(&node.device_command("plant", "Int16")).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        !mute.is_finished(),
+        "the silent server's read ended first: the other device was not held up, but the test proves nothing"
+    );
+    // The silent one: an error that says it did not answer, and DOWN after the allowed
+    // failures.
+    let status = mute
+        .await
+        .expect("the task")
+        .expect("an answer from core-command");
+    assert_eq!(status, 503);
+    eventually("mute DOWN", WAIT, || async {
+        let _ = node.get(&node.device_command("mute", "Int16")).await;
+        node.operating_state("mute").await == "DOWN"
+    })
+    .await;
+    assert_eq!(node.operating_state("plant").await, "UP");
+}

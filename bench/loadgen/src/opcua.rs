@@ -109,7 +109,8 @@ async fn metric(http: &reqwest::Client, base: &str, name: &str) -> f64 {
         .lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .sum::<f64>()
+        + 0.0 // an empty sum is -0
 }
 
 pub async fn run(a: &OpcUaArgs) -> anyhow::Result<()> {

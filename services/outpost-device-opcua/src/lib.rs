@@ -201,10 +201,15 @@ pub(crate) struct Links {
     cfg: OpcUaConfig,
     /// The client's certificate store.
     pki: std::path::PathBuf,
-    sessions: Mutex<HashMap<Endpoint, Open>>,
+    /// One slot per endpoint: a connect holds only its endpoint's, so a server that is slow
+    /// to answer delays only its own devices.
+    sessions: std::sync::Mutex<HashMap<Endpoint, Slot>>,
     /// The service (set by `start`): devices, secrets, health.
     sdk: OnceLock<Sdk>,
 }
+
+/// An endpoint's session, when there is one.
+type Slot = Arc<Mutex<Option<Open>>>;
 
 /// A session and the task that keeps it (its event loop: keep-alives, publishing). The
 /// library does not reconnect on its own: a lost connection ends the task and triggers
@@ -233,7 +238,7 @@ impl OpcUa {
             links: Arc::new(Links {
                 cfg,
                 pki,
-                sessions: Mutex::new(HashMap::new()),
+                sessions: std::sync::Mutex::new(HashMap::new()),
                 sdk: OnceLock::new(),
             }),
             sink: OnceLock::new(),
@@ -269,13 +274,20 @@ impl Links {
     /// The session to `endpoint`, connected first if there is none yet, and what is
     /// triggered when it is lost.
     async fn session(&self, endpoint: &Endpoint) -> Result<(Arc<Session>, Shutdown), DriverError> {
-        let mut sessions = self.sessions.lock().await;
-        if let Some(open) = sessions.get(endpoint)
+        let slot = Arc::clone(
+            self.sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(endpoint.clone())
+                .or_default(),
+        );
+        let mut current = slot.lock().await;
+        if let Some(open) = current.as_ref()
             && !open.lost.is_triggered()
         {
             return Ok((Arc::clone(&open.session), open.lost.clone()));
         }
-        sessions.remove(endpoint);
+        *current = None;
         if let Some(pem) = &endpoint.server_cert {
             pki::trust(&self.pki, pem.as_bytes())
                 .map_err(|e| DriverError::Invalid(format!("RemotePemCert: {e}")))?;
@@ -331,14 +343,11 @@ impl Links {
                 "the session was not activated in time",
             ));
         }
-        sessions.insert(
-            endpoint.clone(),
-            Open {
-                session: Arc::clone(&session),
-                task,
-                lost: lost.clone(),
-            },
-        );
+        *current = Some(Open {
+            session: Arc::clone(&session),
+            task,
+            lost: lost.clone(),
+        });
         Ok((session, lost))
     }
 
@@ -391,13 +400,18 @@ impl Links {
 
     /// Closes the sessions of the endpoints `which` picks.
     async fn close_if(&self, which: impl Fn(&Endpoint) -> bool) {
-        let gone: Vec<Open> = {
-            let mut sessions = self.sessions.lock().await;
-            let unused: Vec<Endpoint> = sessions.keys().filter(|e| which(e)).cloned().collect();
-            unused.iter().filter_map(|e| sessions.remove(e)).collect()
+        let gone: Vec<Slot> = {
+            let mut sessions = self
+                .sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let picked: Vec<Endpoint> = sessions.keys().filter(|e| which(e)).cloned().collect();
+            picked.iter().filter_map(|e| sessions.remove(e)).collect()
         };
-        for open in gone {
-            let _ = open.session.disconnect().await;
+        for slot in gone {
+            if let Some(open) = slot.lock().await.take() {
+                let _ = open.session.disconnect().await;
+            }
         }
     }
 
