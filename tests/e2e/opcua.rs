@@ -542,3 +542,51 @@ async fn opcua_a_server_that_never_answers_holds_up_only_its_own_device() {
     .await;
     assert_eq!(node.operating_state("plant").await, "UP");
 }
+
+#[tokio::test]
+async fn opcua_discovery_browses_the_server_and_a_watcher_adds_what_it_matches() {
+    let dir = tempdir();
+    let server = Server::start(dir.path(), "none");
+    let node = Node::start(&format!(
+        "[device_opcua]\nenabled = true\n[device_opcua.driver]\ndiscovery_urls = [\"{}\"]\n",
+        server.url()
+    ))
+    .await;
+    node.wait_device_service("device-opcua").await;
+    add(
+        &node,
+        "deviceprofile",
+        &json!([{"apiVersion": "v3", "profile": profile()}]),
+    )
+    .await;
+    add(
+        &node,
+        "provisionwatcher",
+        &json!([{"apiVersion": "v3", "provisionwatcher": {
+            "name": "plants", "serviceName": "device-opcua", "adminState": "UNLOCKED",
+            "identifiers": {"BrowseName": "^Plant$"},
+            "discoveredDevice": {"profileName": "OpcUa-Plant", "adminState": "UNLOCKED"}
+        }}]),
+    )
+    .await;
+    let out = node.cli_ok(&["device", "discover", "device-opcua", "--wait", "3s"]);
+    assert_eq!(out.trim(), "added 127.0.0.1-Plant", "{out}");
+    let (s, v) = node
+        .get(&format!(
+            "{}/api/v3/device/name/127.0.0.1-Plant",
+            node.metadata()
+        ))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let block = &v["device"]["protocols"]["opcua"];
+    assert_eq!(block["Endpoint"], server.url(), "{v}");
+    assert_eq!(block["NodeId"], "ns=2;s=Plant", "{v}");
+    // The device found reads like one added by hand.
+    node.wait_log(&["device-opcua", "device added", "device=127.0.0.1-Plant"])
+        .await;
+    let (s, v) = node
+        .get(&node.device_command("127.0.0.1-Plant", "Int16"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["event"]["readings"][0]["value"], "-1234", "{v}");
+}

@@ -144,6 +144,17 @@ impl Endpoint {
         })
     }
 
+    /// `url` without security, as nobody: how discovery browses a server.
+    pub fn anonymous(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            policy: "None".into(),
+            mode: Mode::None,
+            server_cert: None,
+            auth: Auth::Anonymous,
+        }
+    }
+
     /// What the client asks the server for.
     pub fn description(&self) -> EndpointDescription {
         let mode = match self.mode {

@@ -16,6 +16,7 @@
 //!   [`DriverError::Device`] (the server answered).
 
 pub mod address;
+pub mod browse;
 pub mod convert;
 pub mod endpoint;
 pub mod monitor;
@@ -77,6 +78,10 @@ pub struct OpcUaConfig {
     /// of refusing it. Off: only certificates in the trust list (a device's `RemotePemCert`,
     /// files put in `<data>/opcua-pki/trusted`) are accepted.
     pub trust_unknown_servers: bool,
+    /// Servers discovery browses (`opc.tcp://...`), anonymously and without security.
+    pub discovery_urls: Vec<String>,
+    /// How many levels under the Objects folder discovery looks for objects.
+    pub discovery_depth: u32,
 }
 
 /// `[device_opcua.driver] autoevents`.
@@ -98,6 +103,8 @@ impl Default for OpcUaConfig {
             reconnect_max_ms: 10_000,
             certificate_days: 365,
             trust_unknown_servers: false,
+            discovery_urls: Vec::new(),
+            discovery_depth: 2,
         }
     }
 }
@@ -157,6 +164,18 @@ impl outpost_device_sdk::DriverConfig for OpcUaConfig {
             (500..=600_000).contains(&self.reconnect_max_ms),
             s,
             "reconnect_max_ms must be between 500 and 600000",
+        );
+        p.check(
+            self.discovery_urls
+                .iter()
+                .all(|u| u.starts_with("opc.tcp://")),
+            s,
+            "discovery_urls must each start with opc.tcp://",
+        );
+        p.check(
+            (1..=10).contains(&self.discovery_depth),
+            s,
+            "discovery_depth must be between 1 and 10",
         );
         p.check(
             (1..=3650).contains(&self.certificate_days),
@@ -600,6 +619,34 @@ impl Driver for OpcUa {
             .filter_map(|d| Endpoint::of(&d.device).ok())
             .collect();
         self.links.close_unused(&used).await;
+    }
+
+    async fn discover(&self) -> Result<Vec<outpost_device_sdk::Discovered>, DriverError> {
+        let cfg = &self.links.cfg;
+        let mut found = Vec::new();
+        for url in &cfg.discovery_urls {
+            let endpoint = Endpoint::anonymous(url);
+            let outcome = match self.links.session(&endpoint).await {
+                Ok((session, _)) => browse::devices(&session, url, cfg.discovery_depth).await,
+                Err(e) => Err(e),
+            };
+            // A server that cannot be browsed does not keep the others' devices from being
+            // found.
+            match outcome {
+                Ok(devices) => found.extend(devices),
+                Err(e) => tracing::warn!(url, error = %e, "cannot browse the server for discovery"),
+            }
+        }
+        // Discovery's sessions are not kept for devices that do not use them.
+        if let Some(sdk) = self.links.sdk.get() {
+            let used: HashSet<Endpoint> = sdk
+                .devices()
+                .iter()
+                .filter_map(|d| Endpoint::of(&d.device).ok())
+                .collect();
+            self.links.close_unused(&used).await;
+        }
+        Ok(found)
     }
 
     async fn secret_changed(&self, name: &str) {
