@@ -34,6 +34,8 @@ fn profile() -> Value {
         res("Setpoint", "Int16", "RW", json!({"nodeId": "ns=2;s=Plant.Setpoint"})),
         res("Add", "Int32", "RW", json!({"methodId": "ns=2;s=Plant.Add", "objectId": "ns=2;s=Plant", "inputMap": ["2", "3"]})),
         res("Missing", "Int32", "R", json!({"nodeId": "ns=2;s=Plant.Nope"})),
+        res("Shifty", "Int32", "R", json!({"nodeId": "ns=2;s=Plant.Shifty"})),
+        res("Retype", "Bool", "R", json!({"methodId": "ns=2;s=Plant.Retype", "objectId": "ns=2;s=Plant"})),
     ]})
 }
 
@@ -112,6 +114,24 @@ async fn opcua_reads_writes_methods_and_a_server_restart() {
             .contains("Missing"),
         "{v}"
     );
+    assert_eq!(node.operating_state("plant").await, "UP");
+
+    // A node whose type the server changes: refused as what it now is, the device UP and its
+    // other nodes read.
+    let (s, v) = node.get(&node.device_command("plant", "Shifty")).await;
+    assert_eq!(
+        (s, &v["event"]["readings"][0]["value"]),
+        (200, &json!("7")),
+        "{v}"
+    );
+    let (s, v) = node.get(&node.device_command("plant", "Retype")).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = node.get(&node.device_command("plant", "Shifty")).await;
+    assert!(s >= 400, "{v}");
+    let message = v["message"].as_str().unwrap_or_default();
+    assert!(message.contains("Shifty"), "{v}");
+    let (s, v) = node.get(&node.device_command("plant", "Int16")).await;
+    assert_eq!(s, 200, "{v}");
     assert_eq!(node.operating_state("plant").await, "UP");
 
     // The autoEvent's readings reach core-data.

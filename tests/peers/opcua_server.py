@@ -32,6 +32,8 @@ Address space, namespace `urn:outpost:test` (index 2), under the object `Plant`
     ns=2;s=Plant.Counter  UInt32, +1 every tick
     ns=2;i=1001           Int32 77 (a numeric node id)
     ns=2;s=Plant.Add      method (Int32, Int32) -> Int32
+    ns=2;s=Plant.Shifty   Int32 7, until the method ns=2;s=Plant.Retype () -> Boolean makes
+                          it the String "seven" (a server changing a node's type)
     ns=2;s=Bench.<i>      with --nodes N: N Double variables, all changing every tick
 """
 
@@ -158,6 +160,19 @@ async def serve(args):
         [ua.VariantType.Int32, ua.VariantType.Int32],
         [ua.VariantType.Int32],
     )
+    shifty = await plant.add_variable(
+        ua.NodeId("Plant.Shifty", ns), "Shifty", ua.Variant(7, ua.VariantType.Int32)
+    )
+
+    async def retype(parent):
+        # A server changing a node's type under its clients: the node made again, a String.
+        await server.delete_nodes([shifty])
+        await plant.add_variable(
+            ua.NodeId("Plant.Shifty", ns), "Shifty", ua.Variant("seven", ua.VariantType.String)
+        )
+        return [ua.Variant(True, ua.VariantType.Boolean)]
+
+    await plant.add_method(ua.NodeId("Plant.Retype", ns), "Retype", retype, [], [ua.VariantType.Boolean])
     bench = []
     if args.nodes > 0:
         folder = await objects.add_object(ua.NodeId("Bench", ns), ua.QualifiedName("Bench", ns))
