@@ -436,6 +436,28 @@ async fn opcua_identities_a_user_from_a_kept_secret_and_a_certificate() {
             {"key": "username", "value": "operator"}, {"key": "password", "value": password}]})
     };
 
+    // A password in a device's document is refused when the device is added (core-metadata
+    // asks device-opcua to validate it).
+    let (s, v) = node
+        .post(
+            &format!("{}/api/v3/device", node.metadata()),
+            &json!([device(
+                "leaky",
+                json!({"AuthType": "Username", "Password": "s3cret-pass",
+                "SecurityPolicy": "Basic256Sha256", "SecurityMode": "Sign"})
+            )]),
+        )
+        .await;
+    assert_eq!(s, 207, "{v}");
+    assert_eq!(v[0]["statusCode"], 400, "{v}");
+    assert!(
+        v[0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("secret"),
+        "{v}"
+    );
+
     // A user whose secret was not given yet: the error says what to do.
     let (s, v) = int16("login").await;
     assert!(s >= 400, "{v}");
