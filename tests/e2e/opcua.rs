@@ -39,6 +39,23 @@ fn profile() -> Value {
     ]})
 }
 
+/// Kills `server` (kill -9) and waits for `device` to go DOWN, then starts it again on its
+/// port (same certificate) and waits for `device` to come back UP.
+async fn restart(node: &Node, mut server: Server, dir: &std::path::Path, device: &str) -> Server {
+    let port = server.port;
+    server.stop();
+    eventually(&format!("{device} DOWN"), WAIT, || async {
+        node.operating_state(device).await == "DOWN"
+    })
+    .await;
+    let server = Server::start_on(port, dir, "none");
+    eventually(&format!("{device} UP again"), WAIT, || async {
+        node.operating_state(device).await == "UP"
+    })
+    .await;
+    server
+}
+
 async fn add(node: &Node, path: &str, body: &Value) {
     let (s, v) = node
         .post(&format!("{}/api/v3/{path}", node.metadata()), body)
@@ -49,7 +66,7 @@ async fn add(node: &Node, path: &str, body: &Value) {
 #[tokio::test]
 async fn opcua_reads_writes_methods_and_a_server_restart() {
     let dir = tempdir();
-    let mut server = Server::start(dir.path(), "none");
+    let server = Server::start(dir.path(), "none");
     let node = Node::start("[device_opcua]\nenabled = true\n").await;
     node.wait_device_service("device-opcua").await;
     add(
@@ -141,17 +158,7 @@ async fn opcua_reads_writes_methods_and_a_server_restart() {
     .await;
 
     // The server killed: the device goes DOWN; started again on its port: UP, readings again.
-    let port = server.port;
-    server.stop();
-    eventually("plant DOWN", WAIT, || async {
-        node.operating_state("plant").await == "DOWN"
-    })
-    .await;
-    let _server = Server::start_on(port, dir.path(), "none");
-    eventually("plant UP again", WAIT, || async {
-        node.operating_state("plant").await == "UP"
-    })
-    .await;
+    let _server = restart(&node, server, dir.path(), "plant").await;
     let before = node.reading_count("plant").await;
     eventually("readings again", WAIT, || async {
         node.reading_count("plant").await >= before + 3
@@ -181,7 +188,7 @@ fn doubled(series: &[(i64, Value)]) -> usize {
 #[tokio::test]
 async fn opcua_subscriptions_deliver_changes_and_a_server_restart_loses_or_doubles_none() {
     let dir = tempdir();
-    let mut server = Server::start(dir.path(), "none");
+    let server = Server::start(dir.path(), "none");
     let node = Node::start("[device_opcua]\nenabled = true\n").await;
     node.wait_device_service("device-opcua").await;
     let ds = node.url(node.ports.opcua);
@@ -264,17 +271,7 @@ async fn opcua_subscriptions_deliver_changes_and_a_server_restart_loses_or_doubl
 
     // The server killed: DOWN. Started again on its port: UP, one subscription again, and
     // changes flow; no reading is in core-data twice.
-    let port = server.port;
-    server.stop();
-    eventually("line DOWN", WAIT, || async {
-        node.operating_state("line").await == "DOWN"
-    })
-    .await;
-    let _server = Server::start_on(port, dir.path(), "none");
-    eventually("line UP again", WAIT, || async {
-        node.operating_state("line").await == "UP"
-    })
-    .await;
+    let _server = restart(&node, server, dir.path(), "line").await;
     let before = series(&node, "line", "Counter").await.len();
     eventually("Counter changes again", WAIT, || async {
         series(&node, "line", "Counter").await.len() >= before + 10

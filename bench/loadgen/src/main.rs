@@ -582,6 +582,22 @@ impl Drop for TempDir {
     }
 }
 
+/// A metric of the service at `base` (`scheme://host:port`), summed over its labels; 0
+/// when it cannot be read.
+async fn prometheus_sum(http: &reqwest::Client, base: &str, name: &str) -> f64 {
+    let Ok(r) = http.get(format!("{base}/metrics")).send().await else {
+        return 0.0;
+    };
+    r.text()
+        .await
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        + 0.0 // an empty sum is -0
+}
+
 impl Node {
     fn spawn(outpost: &Path, extra: &str) -> anyhow::Result<Self> {
         let dir = TempDir::new("node")?;

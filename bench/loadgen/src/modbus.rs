@@ -101,22 +101,9 @@ async fn provision(
     Ok(())
 }
 
-/// A counter from a Prometheus text page (summed over its labels).
+/// A counter of the service on `port` (summed over its labels).
 async fn metric(http: &reqwest::Client, port: u16, name: &str) -> f64 {
-    let Ok(r) = http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-    else {
-        return 0.0;
-    };
-    r.text()
-        .await
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    super::prometheus_sum(http, &format!("http://127.0.0.1:{port}"), name).await
 }
 
 struct Measured {

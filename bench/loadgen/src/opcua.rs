@@ -18,7 +18,7 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt as _;
 
-use super::{Node, Proc, free_port, post_json, wait_until};
+use super::{Node, Proc, free_port, post_json, prometheus_sum, wait_until};
 
 #[derive(clap::Args, Clone)]
 pub struct OpcUaArgs {
@@ -96,21 +96,6 @@ async fn readings(http: &reqwest::Client, node: &Node) -> anyhow::Result<f64> {
         .json()
         .await?;
     v["count"].as_f64().context("reading count")
-}
-
-/// A counter from a Prometheus text page (summed over its labels).
-async fn metric(http: &reqwest::Client, base: &str, name: &str) -> f64 {
-    let Ok(r) = http.get(format!("{base}/metrics")).send().await else {
-        return 0.0;
-    };
-    r.text()
-        .await
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>()
-        + 0.0 // an empty sum is -0
 }
 
 pub async fn run(a: &OpcUaArgs) -> anyhow::Result<()> {
@@ -200,16 +185,16 @@ pub async fn run(a: &OpcUaArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (stored_before, received_before) = (
         readings(&http, &node).await?,
-        metric(&http, &ds, "outpost_device_opcua_data_changes_total").await,
+        prometheus_sum(&http, &ds, "outpost_device_opcua_data_changes_total").await,
     );
     let start = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(a.seconds)).await;
     let (stored_after, received_after) = (
         readings(&http, &node).await?,
-        metric(&http, &ds, "outpost_device_opcua_data_changes_total").await,
+        prometheus_sum(&http, &ds, "outpost_device_opcua_data_changes_total").await,
     );
     let secs = start.elapsed().as_secs_f64();
-    let dropped = metric(
+    let dropped = prometheus_sum(
         &http,
         &ds,
         "outpost_device_opcua_notifications_dropped_total",

@@ -15,6 +15,26 @@ use outpost_device_sdk::{Discovered, DriverError};
 /// The Objects folder (namespace 0).
 const OBJECTS_FOLDER: u32 = 85;
 
+/// Asks for the children of each of `nodes` (hierarchical references, forward) of the
+/// classes in `classes`, with `what` of each.
+fn children(
+    nodes: &[NodeId],
+    classes: NodeClassMask,
+    what: BrowseResultMask,
+) -> Vec<BrowseDescription> {
+    nodes
+        .iter()
+        .map(|n| BrowseDescription {
+            node_id: n.clone(),
+            browse_direction: BrowseDirection::Forward,
+            reference_type_id: ReferenceTypeId::HierarchicalReferences.into(),
+            include_subtypes: true,
+            node_class_mask: classes.bits(),
+            result_mask: what as u32,
+        })
+        .collect()
+}
+
 /// The objects under `start`, `depth` levels down, each with whether it has variables.
 async fn walk(
     session: &Session,
@@ -27,17 +47,11 @@ async fn walk(
         if level.is_empty() {
             break;
         }
-        let asks: Vec<BrowseDescription> = level
-            .iter()
-            .map(|n| BrowseDescription {
-                node_id: n.clone(),
-                browse_direction: BrowseDirection::Forward,
-                reference_type_id: ReferenceTypeId::HierarchicalReferences.into(),
-                include_subtypes: true,
-                node_class_mask: (NodeClassMask::OBJECT | NodeClassMask::VARIABLE).bits(),
-                result_mask: BrowseResultMask::All as u32,
-            })
-            .collect();
+        let asks = children(
+            &level,
+            NodeClassMask::OBJECT | NodeClassMask::VARIABLE,
+            BrowseResultMask::All,
+        );
         let results = session
             .browse(&asks, 1000, None)
             .await
@@ -63,17 +77,7 @@ async fn walk(
     }
     // The last level's objects were not browsed: whether they have variables is asked now.
     if !level.is_empty() {
-        let asks: Vec<BrowseDescription> = level
-            .iter()
-            .map(|n| BrowseDescription {
-                node_id: n.clone(),
-                browse_direction: BrowseDirection::Forward,
-                reference_type_id: ReferenceTypeId::HierarchicalReferences.into(),
-                include_subtypes: true,
-                node_class_mask: NodeClassMask::VARIABLE.bits(),
-                result_mask: BrowseResultMask::NodeClass as u32,
-            })
-            .collect();
+        let asks = children(&level, NodeClassMask::VARIABLE, BrowseResultMask::NodeClass);
         let results = session
             .browse(&asks, 1, None)
             .await

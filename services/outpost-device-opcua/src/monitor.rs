@@ -2,14 +2,14 @@
 //! all variables becomes monitored items (sampled at the autoEvent's interval, with an
 //! absolute deadband of its `onChangeThreshold`), so changes arrive without polling.
 //!
-//! - One [`Monitor`] per endpoint with such items: a task that holds one subscription on
+//! - One `Monitor` per endpoint with such items: a task that holds one subscription on
 //!   the endpoint's session. When the session is lost it counts a failure for each device
 //!   there (DOWN after `allowed_fails`, as a failed read would), connects again with
 //!   backoff, and makes the subscription afresh; when the wanted items change it replaces
 //!   the subscription. No other code makes subscriptions, so there is never a second one.
 //! - The subscription's callback hands each notification message, whole, to a bounded
 //!   channel (a full channel drops it and counts
-//!   `outpost_device_opcua_notifications_dropped_total`); [`deliver`] turns it into one
+//!   `outpost_device_opcua_notifications_dropped_total`); `deliver` turns it into one
 //!   event per (device, autoEvent source), dated by the values' source timestamps.
 //! - A value equal to the last one published for its item, with the same source timestamp,
 //!   is not published again: a new subscription's first values after a reconnect to a
