@@ -56,6 +56,16 @@ async fn restart(node: &Node, mut server: Server, dir: &std::path::Path, device:
     server
 }
 
+/// The test profile (`profile()`) in core-metadata.
+async fn add_profile(node: &Node) {
+    add(
+        node,
+        "deviceprofile",
+        &json!([{"apiVersion": "v3", "profile": profile()}]),
+    )
+    .await;
+}
+
 async fn add(node: &Node, path: &str, body: &Value) {
     let (s, v) = node
         .post(&format!("{}/api/v3/{path}", node.metadata()), body)
@@ -69,12 +79,7 @@ async fn opcua_reads_writes_methods_and_a_server_restart() {
     let server = Server::start(dir.path(), "none");
     let node = Node::start("[device_opcua]\nenabled = true\n").await;
     node.wait_device_service("device-opcua").await;
-    add(
-        &node,
-        "deviceprofile",
-        &json!([{"apiVersion": "v3", "profile": profile()}]),
-    )
-    .await;
+    add_profile(&node).await;
     add(
         &node,
         "device",
@@ -301,12 +306,7 @@ async fn opcua_sign_and_encrypt_with_a_pinned_server_and_an_untrusted_one_refuse
     let stranger = Server::start(other.path(), "none,encrypt");
     let node = Node::start("[device_opcua]\nenabled = true\n").await;
     node.wait_device_service("device-opcua").await;
-    add(
-        &node,
-        "deviceprofile",
-        &json!([{"apiVersion": "v3", "profile": profile()}]),
-    )
-    .await;
+    add_profile(&node).await;
     let secure = |name: &str, url: String, pem: Option<String>| {
         let mut block = json!({"Endpoint": url, "SecurityPolicy": "Basic256Sha256",
             "SecurityMode": "SignAndEncrypt"});
@@ -384,12 +384,7 @@ async fn opcua_identities_a_user_from_a_kept_secret_and_a_certificate() {
     let node = Node::start("[device_opcua]\nenabled = true\n").await;
     node.wait_device_service("device-opcua").await;
     let ds = node.url(node.ports.opcua);
-    add(
-        &node,
-        "deviceprofile",
-        &json!([{"apiVersion": "v3", "profile": profile()}]),
-    )
-    .await;
+    add_profile(&node).await;
     let device = |name: &str, auth: Value| {
         let mut block = json!({"Endpoint": server.url()});
         if let (Some(b), Some(a)) = (block.as_object_mut(), auth.as_object()) {
@@ -531,12 +526,7 @@ async fn opcua_a_server_that_never_answers_holds_up_only_its_own_device() {
     );
     let node = Node::start("[device_opcua]\nenabled = true\n").await;
     node.wait_device_service("device-opcua").await;
-    add(
-        &node,
-        "deviceprofile",
-        &json!([{"apiVersion": "v3", "profile": profile()}]),
-    )
-    .await;
+    add_profile(&node).await;
     let device = |name: &str, url: &str| {
         json!({"apiVersion": "v3", "device": {
             "name": name, "profileName": "OpcUa-Plant", "serviceName": "device-opcua",
@@ -592,12 +582,7 @@ async fn opcua_discovery_browses_the_server_and_a_watcher_adds_what_it_matches()
     ))
     .await;
     node.wait_device_service("device-opcua").await;
-    add(
-        &node,
-        "deviceprofile",
-        &json!([{"apiVersion": "v3", "profile": profile()}]),
-    )
-    .await;
+    add_profile(&node).await;
     add(
         &node,
         "provisionwatcher",

@@ -582,6 +582,29 @@ impl Drop for TempDir {
     }
 }
 
+/// Starts a test peer (`tests/peers/*.py serve ...`) and waits until it prints its `ready`
+/// line; it is killed when the returned handle drops.
+async fn start_ready_peer(
+    mut cmd: tokio::process::Command,
+    what: &str,
+    wait: Duration,
+) -> anyhow::Result<Proc> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("start {what}"))?;
+    let stdout = child.stdout.take().context("the peer's stdout")?;
+    let peer = Proc(child);
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    match tokio::time::timeout(wait, lines.next_line()).await {
+        Ok(Ok(Some(l))) if l.starts_with("ready") => Ok(peer),
+        other => anyhow::bail!("{what} did not start: {other:?}"),
+    }
+}
+
 /// A metric of the service at `base` (`scheme://host:port`), summed over its labels; 0
 /// when it cannot be read.
 async fn prometheus_sum(http: &reqwest::Client, base: &str, name: &str) -> f64 {

@@ -11,16 +11,14 @@
 //! `requests_total` metric.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
-use tokio::io::AsyncBufReadExt as _;
 
-use super::{Node, Proc, free_port, post_json, wait_until};
+use super::{Node, free_port, post_json, start_ready_peer, wait_until};
 
 #[derive(clap::Args, Clone)]
 pub struct ModbusArgs {
@@ -217,21 +215,11 @@ pub async fn run(a: &ModbusArgs) -> anyhow::Result<()> {
         );
     }
     let port = free_port()?;
-    let mut child = tokio::process::Command::new(python)
+    let mut serve = tokio::process::Command::new(python);
+    serve
         .arg(&a.server)
-        .args(["serve", "--port", &port.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("start the pymodbus server")?;
-    let stdout = child.stdout.take().context("server stdout")?;
-    let _server = Proc(child);
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    match tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await {
-        Ok(Ok(Some(l))) if l.starts_with("ready") => {}
-        other => bail!("the pymodbus server did not start: {other:?}"),
-    }
+        .args(["serve", "--port", &port.to_string()]);
+    let _server = start_ready_peer(serve, "the pymodbus server", Duration::from_secs(20)).await?;
 
     // Reference: pymodbus's own client polls the same registers over one connection.
     let out = tokio::process::Command::new(python)

@@ -11,14 +11,12 @@
 //! the data changes device-opcua received (its `data_changes_total` metric).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
-use tokio::io::AsyncBufReadExt as _;
 
-use super::{Node, Proc, free_port, post_json, prometheus_sum, wait_until};
+use super::{Node, free_port, post_json, prometheus_sum, start_ready_peer, wait_until};
 
 #[derive(clap::Args, Clone)]
 pub struct OpcUaArgs {
@@ -111,24 +109,14 @@ pub async fn run(a: &OpcUaArgs) -> anyhow::Result<()> {
     }
     let dir = std::env::temp_dir().join(format!("outpost-bench-opcua-{}", std::process::id()));
     let port = free_port()?;
-    let mut child = tokio::process::Command::new(python)
+    let mut serve = tokio::process::Command::new(python);
+    serve
         .arg(&a.server)
         .args(["serve", "--port", &port.to_string(), "--dir"])
         .arg(&dir)
         .args(["--nodes", &a.nodes.to_string()])
-        .args(["--tick-ms", &a.tick_ms.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("start the asyncua server")?;
-    let stdout = child.stdout.take().context("server stdout")?;
-    let _server = Proc(child);
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    match tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await {
-        Ok(Ok(Some(l))) if l.starts_with("ready") => {}
-        other => bail!("the asyncua server did not start: {other:?}"),
-    }
+        .args(["--tick-ms", &a.tick_ms.to_string()]);
+    let _server = start_ready_peer(serve, "the asyncua server", Duration::from_secs(60)).await?;
     let url = format!("opc.tcp://127.0.0.1:{port}/");
     let offered = a.nodes as f64 * 1000.0 / a.tick_ms as f64;
 
