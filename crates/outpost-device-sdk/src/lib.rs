@@ -13,23 +13,42 @@
 //! - Device health: a device that stops answering goes DOWN in metadata after
 //!   `allowed_fails` failures and comes back UP on its first answer.
 
-pub mod api;
-pub mod autoevent;
-pub mod catalog;
-pub mod command;
-pub mod config;
-pub mod devices;
-pub mod discovery;
-pub mod driver;
-pub mod messaging;
 pub mod payload;
-pub mod sdk;
-pub mod service;
-pub mod throttle;
 pub mod value;
 
+// Without the `service` feature the crate is only the two modules above, which the fuzz
+// targets build with none of the service's dependencies.
+#[cfg(feature = "service")]
+pub mod api;
+#[cfg(feature = "service")]
+pub mod autoevent;
+#[cfg(feature = "service")]
+pub mod catalog;
+#[cfg(feature = "service")]
+pub mod command;
+#[cfg(feature = "service")]
+pub mod config;
+#[cfg(feature = "service")]
+pub mod devices;
+#[cfg(feature = "service")]
+pub mod discovery;
+#[cfg(feature = "service")]
+pub mod driver;
+#[cfg(feature = "service")]
+pub mod messaging;
+#[cfg(feature = "service")]
+pub mod sdk;
+#[cfg(feature = "service")]
+pub mod service;
+#[cfg(feature = "service")]
+pub mod throttle;
+
+#[cfg(feature = "service")]
 pub use config::{Config, DriverConfig};
+#[cfg(feature = "service")]
 pub use driver::{DeviceChange, DeviceRef, Discovered, DriverError, ResourceRef};
+#[cfg(feature = "service")]
 pub use sdk::{Driver, PushError, Sdk};
+#[cfg(feature = "service")]
 pub use service::{Adapter, build};
 pub use value::CommandValue;

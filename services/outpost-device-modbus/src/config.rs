@@ -81,7 +81,7 @@ impl DriverConfig for ModbusConfig {
     fn driver(
         start: &outpost_kit::Start<crate::Config>,
     ) -> Result<std::sync::Arc<dyn outpost_device_sdk::Driver>, outpost_kit::StartError> {
-        Ok(crate::driver(start))
+        Ok(crate::driver::driver(start))
     }
 
     /// Serial lines (Modbus RTU) are named per device in core-metadata: every serial
