@@ -10,6 +10,9 @@
 #   bench/run.sh opcua        data changes/s from 1,000 OPC UA variables changing at 10 Hz,
 #                             subscribed by device-opcua, stored in core-data, vs the rate
 #                             the asyncua server publishes to an asyncua client
+#   bench/run.sh coap         readings/s from 1,000 CoAP devices (confirmable CBOR POSTs)
+#                             into core-data through device-coap, vs a bare aiocoap server
+#                             answering the same datagrams
 #   bench/run.sh mqtt-devices readings/s from 1,000 MQTT devices (own credentials) into
 #                             core-data vs mosquitto's raw rate for the same messages, and
 #                             the CPU each process spent per reading
@@ -95,6 +98,10 @@ fi
 if [[ $what == all || $what == opcua ]]; then
   # 1,000 variables at 10 Hz, 10 devices x 100 monitored items; two runs.
   for i in 1 2; do run "$B" opcua --outpost "$O" --nodes 1000 --tick-ms 100 --devices 10 --seconds 10; done
+fi
+if [[ $what == all || $what == coap ]]; then
+  # 1,000 CoAP devices, confirmable CBOR POSTs one at a time each, vs a bare aiocoap server; two runs.
+  for i in 1 2; do run "$B" coap --outpost "$O" --devices 1000 --seconds 10; done
 fi
 if [[ $what == all || $what == mqtt-devices ]]; then
   # 1,000 devices x 20 messages x 10 values = 200,000 readings per run; three runs.

@@ -30,6 +30,8 @@ if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
   command -v kubectl >/dev/null 2>&1 || packages+=(kubernetes-client)
   # The console's browser tests drive Debian's chromium (tests/e2e/console.rs).
   packages+=(chromium)
+  # libcoap's coap-client: a CoAP device of device-coap's tests (tests/e2e/coap.rs).
+  packages+=(libcoap3-bin)
 fi
 # The web console is built with Node.js and npm: Debian's only where there is none, so a
 # newer Node.js already installed stays.
@@ -160,6 +162,8 @@ if [[ "${1:-}" == "--test" ]]; then
   pinned_venv aiosmtpd aiosmtpd 1.4.6
   # The OPC UA server device-opcua's tests and benchmark talk to (tests/peers/opcua_server.py).
   pinned_venv asyncua asyncua 2.1.0
+  # aiocoap (and cbor2 for its CBOR payloads): the other CoAP client of device-coap's tests.
+  pinned_venv aiocoap aiocoap 0.4.17 "cbor2==6.3.0"
   # podman-compose from PyPI: Debian's 1.0.3 runs every health check through /bin/sh,
   # which an image without a shell does not have.
   pinned_venv podman-compose podman-compose 1.6.0

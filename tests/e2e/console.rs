@@ -141,7 +141,18 @@ async fn every_page_of_the_console_in_a_browser_at_phone_and_desktop_size() {
         String::from_utf8_lossy(&out.stderr),
     );
     eprintln!("{stdout}");
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    if !out.status.success() {
+        // What the node said while the browser ran: a failed request is explained there.
+        let log = node.log();
+        let said: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("exited"))
+            .collect();
+        panic!(
+            "{stdout}\n{stderr}\nthe node's warnings and errors:\n{}",
+            said[said.len().saturating_sub(80)..].join("\n")
+        );
+    }
     if std::env::var_os("OUTPOST_ONLY").is_some() {
         return;
     }

@@ -7,6 +7,7 @@ mod api_properties;
 mod bus;
 mod bus_tls;
 mod cli;
+mod coap;
 mod compat;
 mod console;
 mod containers;

@@ -78,6 +78,9 @@ pub struct Ports {
     pub device_mqtt: u16,
     pub rest: u16,
     pub opcua: u16,
+    /// device-coap's HTTP port, and its CoAP endpoint (UDP).
+    pub coap: u16,
+    pub coap_udp: u16,
     /// The gateway's TLS listener and its plain HTTP side.
     pub gateway: u16,
     pub gateway_http: u16,
@@ -101,6 +104,8 @@ impl Ports {
             virtual_: free_port(),
             modbus: free_port(),
             opcua: free_port(),
+            coap: free_port(),
+            coap_udp: free_udp_port(),
             device_mqtt: free_port(),
             rest: free_port(),
             gateway: free_port(),
@@ -112,6 +117,14 @@ impl Ports {
             scheduler: free_port(),
         }
     }
+}
+
+/// A UDP port of 127.0.0.1 nothing listens on now.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+        .port()
 }
 
 /// A running edge node.
@@ -166,6 +179,8 @@ fn base_config(p: &Ports) -> String {
         device_mqtt,
         rest,
         opcua,
+        coap,
+        coap_udp,
         gateway,
         gateway_http,
         export,
@@ -188,6 +203,7 @@ device_modbus = {{ port = {modbus}, down_probe_interval_ms = 300 }}
 device_mqtt = {{ port = {device_mqtt} }}
 device_rest = {{ port = {rest} }}
 device_opcua = {{ port = {opcua}, down_probe_interval_ms = 300 }}
+device_coap = {{ port = {coap}, driver = {{ bind = "127.0.0.1", coap_port = {coap_udp} }} }}
 export = {{ port = {export} }}
 gateway = {{ listen = "127.0.0.1:{gateway}", port = {gateway_http} }}
 rules = {{ port = {rules} }}
@@ -252,6 +268,7 @@ impl Node {
             ("device_mqtt", ports.device_mqtt),
             ("device_rest", ports.rest),
             ("device_opcua", ports.opcua),
+            ("device_coap", ports.coap),
             ("export", ports.export),
             ("rules", ports.rules),
             ("ota", ports.ota),

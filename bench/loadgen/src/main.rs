@@ -14,6 +14,9 @@
 //!   batching on and off, against pymodbus's own client ([`modbus`]).
 //! - `opcua`: data changes per second from an asyncua server's subscriptions into core-data,
 //!   against the rate the server publishes to an asyncua client ([`opcua`]).
+//! - `coap`: readings per second from 1,000 CoAP devices (confirmable, CBOR) into core-data
+//!   through device-coap, against a bare aiocoap server answering the same datagrams
+//!   ([`coap`]).
 //! - `queue` / `export`: the store-and-forward queue alone, and edge to cloud end to end
 //!   ([`export`]).
 //! - `ota`: concurrent artifact downloads and device polls per second ([`ota`]).
@@ -38,6 +41,7 @@ use clap::{Parser, Subcommand};
 use mqtt5::{ConnectOptions, MqttClient, PublishOptions, QoS, SubscribeOptions};
 use serde_json::{Value, json};
 
+mod coap;
 mod devices;
 mod export;
 mod fleet;
@@ -110,6 +114,9 @@ enum Cmd {
     /// Data changes/s from an OPC UA server's subscriptions into core-data vs an asyncua
     /// client's rate.
     Opcua(opcua::OpcUaArgs),
+    /// Readings/s from many CoAP devices (confirmable, CBOR) into core-data vs a bare
+    /// aiocoap server's rate.
+    Coap(coap::CoapArgs),
     /// Readings/s from many MQTT devices (own credentials) into core-data, vs mosquitto.
     /// A fleet of MQTT devices connecting over TLS all at once, against mosquitto over TLS.
     Reconnect {
@@ -621,7 +628,37 @@ async fn prometheus_sum(http: &reqwest::Client, base: &str, name: &str) -> f64 {
         + 0.0 // an empty sum is -0
 }
 
+/// Fails, saying what installs it, when a Python peer's interpreter is missing.
+fn need_peer(python: &Path, package: &str) -> anyhow::Result<()> {
+    if !python.exists() {
+        anyhow::bail!(
+            "{} is missing: run scripts/setup.sh --test (it installs {package})",
+            python.display()
+        );
+    }
+    Ok(())
+}
+
 impl Node {
+    /// Waits until device service `name` has registered in core-metadata.
+    async fn device_service(&self, http: &reqwest::Client, name: &str) -> anyhow::Result<()> {
+        let url = format!(
+            "{}/api/v3/deviceservice/name/{name}",
+            self.url(self.metadata)
+        );
+        wait_until(
+            &format!("{name} in core-metadata"),
+            Duration::from_secs(30),
+            || async {
+                http.get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            },
+        )
+        .await
+    }
+
     fn spawn(outpost: &Path, extra: &str) -> anyhow::Result<Self> {
         let dir = TempDir::new("node")?;
         let (keeper, metadata, data, broker, mqtt, mqtts) = (
@@ -1221,6 +1258,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Store { load, batch, sync } => store(load, batch, &sync).await,
             Cmd::Modbus(a) => modbus::run(&a).await,
             Cmd::Opcua(a) => opcua::run(&a).await,
+            Cmd::Coap(a) => coap::run(&a).await,
             Cmd::MqttDevices {
                 outpost,
                 devices,

@@ -125,20 +125,7 @@ async fn measure(a: &ModbusArgs, server_port: u16, batching: bool) -> anyhow::Re
     let mut node = Node::spawn(&a.outpost, &extra)?;
     wait_until("the node", Duration::from_secs(60), || node.healthy(&http)).await?;
     let ds = format!("http://127.0.0.1:{modbus}");
-    wait_until(
-        "device-modbus in core-metadata",
-        Duration::from_secs(30),
-        || async {
-            http.get(format!(
-                "http://127.0.0.1:{}/api/v3/deviceservice/name/device-modbus",
-                node.metadata
-            ))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        },
-    )
-    .await?;
+    node.device_service(&http, "device-modbus").await?;
     provision(&http, node.metadata, server_port, a).await?;
     let names: Vec<String> = (0..a.devices).map(|d| format!("plc-{d:03}")).collect();
     for n in &names {
@@ -201,12 +188,7 @@ async fn measure(a: &ModbusArgs, server_port: u16, batching: bool) -> anyhow::Re
 
 pub async fn run(a: &ModbusArgs) -> anyhow::Result<()> {
     let python = Path::new(&a.python);
-    if !python.exists() {
-        bail!(
-            "{} is missing: run scripts/setup.sh --test (it installs pymodbus)",
-            python.display()
-        );
-    }
+    super::need_peer(python, "pymodbus")?;
     let (_, registers) = layout(a.resources);
     if BLOCK + registers > 4000 {
         bail!(

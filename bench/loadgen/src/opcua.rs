@@ -98,12 +98,7 @@ async fn readings(http: &reqwest::Client, node: &Node) -> anyhow::Result<f64> {
 
 pub async fn run(a: &OpcUaArgs) -> anyhow::Result<()> {
     let python = Path::new(&a.python);
-    if !python.exists() {
-        bail!(
-            "{} is missing: run scripts/setup.sh --test (it installs asyncua)",
-            python.display()
-        );
-    }
+    super::need_peer(python, "asyncua")?;
     if a.devices == 0 || !a.nodes.is_multiple_of(a.devices) {
         bail!("--nodes must be a multiple of --devices");
     }
@@ -151,20 +146,7 @@ pub async fn run(a: &OpcUaArgs) -> anyhow::Result<()> {
     let http = if node.tls { node.client() } else { http };
     wait_until("the node", Duration::from_secs(60), || node.healthy(&http)).await?;
     let ds = node.url(ua);
-    wait_until(
-        "device-opcua in core-metadata",
-        Duration::from_secs(30),
-        || async {
-            http.get(format!(
-                "{}/api/v3/deviceservice/name/device-opcua",
-                node.url(node.metadata)
-            ))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        },
-    )
-    .await?;
+    node.device_service(&http, "device-opcua").await?;
     provision(&http, &node, &url, a).await?;
     wait_until("readings to flow", Duration::from_secs(60), || async {
         readings(&http, &node).await.is_ok_and(|n| n > 0.0)

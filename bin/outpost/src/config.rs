@@ -174,7 +174,7 @@ impl NodeConfig {
                 p.push(svc.name(), format!("port {port} is also used by {other}"));
             }
         }
-        let mut listeners: Vec<(std::net::SocketAddr, &str)> = Vec::new();
+        let mut listeners: Vec<(std::net::SocketAddr, bool, &str)> = Vec::new();
         for svc in self.services() {
             for l in svc.section(self).listeners() {
                 let section = svc.info.section;
@@ -185,25 +185,25 @@ impl NodeConfig {
                 let overlaps = |ip: std::net::IpAddr| {
                     ip == l.addr.ip() || ip.is_unspecified() || l.addr.ip().is_unspecified()
                 };
+                // HTTP ports are TCP: a UDP listener (CoAP) cannot clash with them.
                 if let Some(other) = ports
                     .get(&l.addr.port())
-                    .filter(|_| overlaps(self.node.bind))
+                    .filter(|_| !l.is_udp() && overlaps(self.node.bind))
                 {
                     p.push(
                         section,
                         format!("listen port {} is also {other}'s HTTP port", l.addr.port()),
                     );
                 }
-                if let Some((_, other)) = listeners
-                    .iter()
-                    .find(|(a, _)| a.port() == l.addr.port() && overlaps(a.ip()))
-                {
+                if let Some((_, _, other)) = listeners.iter().find(|(a, udp, _)| {
+                    a.port() == l.addr.port() && *udp == l.is_udp() && overlaps(a.ip())
+                }) {
                     p.push(
                         section,
                         format!("listen port {} is also {other}'s", l.addr.port()),
                     );
                 }
-                listeners.push((l.addr, svc.name()));
+                listeners.push((l.addr, l.is_udp(), svc.name()));
             }
         }
         p.check(
@@ -445,6 +445,27 @@ mod tests {
             Err(ConfigError::Invalid(v)) => assert_eq!(v.len(), 3, "{v:?}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_udp_listener_shares_no_ports_with_tcp_ones() {
+        // device-coap's CoAP port (UDP) on the number of an HTTP port (TCP): no clash.
+        let mut cfg = NodeConfig::default();
+        cfg.device_coap.enabled = true;
+        cfg.device_coap.driver.coap_port = cfg.core_data.port;
+        cfg.derive();
+        cfg.validate().unwrap();
+        // Nor on the number of the broker's MQTT listener (TCP).
+        let mut cfg = NodeConfig::default();
+        cfg.device_coap.enabled = true;
+        cfg.device_coap.driver.coap_port = 1883;
+        cfg.broker.listen = "0.0.0.0:1883".parse().unwrap();
+        cfg.derive();
+        cfg.validate().unwrap();
+        assert!(
+            cfg.services().iter().any(|s| s.name() == "device-coap"),
+            "device-coap runs"
+        );
     }
 
     #[test]

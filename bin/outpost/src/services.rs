@@ -129,6 +129,7 @@ services! {
     device_mqtt: outpost_device_mqtt::DeviceMqtt,
     device_rest: outpost_device_rest::DeviceRest,
     device_opcua: outpost_device_opcua::DeviceOpcUa,
+    device_coap: outpost_device_coap::DeviceCoap,
     rules: outpost_rules::Rules,
     export: outpost_export::Export,
     ota: outpost_ota::Ota,

@@ -493,9 +493,17 @@ pub(crate) fn busy_sockets(
     for svc in services {
         let section = svc.section(cfg);
         let http = std::net::SocketAddr::new(cfg.node.bind, section.port());
-        let others = section.listeners().into_iter().map(|l| (l.scheme, l.addr));
-        for (scheme, addr) in std::iter::once(("http", http)).chain(others) {
-            if let Err(e) = std::net::TcpListener::bind(addr) {
+        let others = section
+            .listeners()
+            .into_iter()
+            .map(|l| (l.scheme, l.addr, l.is_udp()));
+        for (scheme, addr, udp) in std::iter::once(("http", http, false)).chain(others) {
+            let bound = if udp {
+                std::net::UdpSocket::bind(addr).map(drop)
+            } else {
+                std::net::TcpListener::bind(addr).map(drop)
+            };
+            if let Err(e) = bound {
                 busy.push(format!(
                     "{} cannot listen on {addr} ({scheme}): {e}",
                     svc.name()

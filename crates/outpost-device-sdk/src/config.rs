@@ -47,6 +47,12 @@ pub trait DriverConfig:
         Ok(())
     }
 
+    /// The sockets the driver listens on besides the service's HTTP port (device-coap's
+    /// UDP port), so the node checks them for clashes before it starts.
+    fn listeners(&self) -> Vec<outpost_kit::service::Listener> {
+        Vec::new()
+    }
+
     /// How long a device credential core-metadata accepted is used without asking again.
     fn credentials_for(&self) -> std::time::Duration {
         std::time::Duration::from_secs(60)
@@ -150,6 +156,10 @@ impl<D: DriverConfig> outpost_kit::ServiceConfig for Config<D> {
 
     fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    fn listeners(&self) -> Vec<outpost_kit::service::Listener> {
+        self.driver.listeners()
     }
 }
 

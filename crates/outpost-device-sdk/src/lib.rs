@@ -48,7 +48,7 @@ pub use config::{Config, DriverConfig};
 #[cfg(feature = "service")]
 pub use driver::{DeviceChange, DeviceRef, Discovered, DriverError, ResourceRef};
 #[cfg(feature = "service")]
-pub use sdk::{Driver, PushError, Sdk};
+pub use sdk::{Driver, PushError, Sdk, SecretError};
 #[cfg(feature = "service")]
 pub use service::{Adapter, build};
 pub use value::CommandValue;

@@ -51,17 +51,90 @@ pub fn decode(bytes: &[u8], timestamp_field: &str) -> Result<Payload, PayloadErr
         text(bytes)
             .ok_or_else(|| PayloadError::Undecodable("not UTF-8 text, JSON or a CBOR map".into()))?
     } else {
-        let mut rest = bytes;
-        match ciborium::from_reader::<ciborium::Value, _>(&mut rest) {
-            Ok(v) if rest.is_empty() => cbor_to_json(v).map_err(PayloadError::Undecodable)?,
-            Ok(_) => {
-                return Err(PayloadError::Undecodable(
-                    "bytes after the CBOR value".into(),
-                ));
-            }
-            Err(e) => return Err(PayloadError::Undecodable(e.to_string())),
-        }
+        parse(bytes, Format::Cbor)?
     };
+    split(value, timestamp_field)
+}
+
+/// The encoding a device names for its payload (CoAP's Content-Format, say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// UTF-8 text: one value.
+    Text,
+    Json,
+    Cbor,
+}
+
+/// Decodes a payload in the encoding the device named: nothing is guessed, so text that
+/// happens to look like JSON stays text.
+pub fn decode_as(
+    bytes: &[u8],
+    format: Format,
+    timestamp_field: &str,
+) -> Result<Payload, PayloadError> {
+    split(parse(bytes, format)?, timestamp_field)
+}
+
+/// A payload in the encoding the device named, as JSON (CBOR byte strings become base64
+/// text; text is one string).
+pub fn parse(bytes: &[u8], format: Format) -> Result<Value, PayloadError> {
+    match format {
+        Format::Text if bytes.iter().all(u8::is_ascii_whitespace) => Err(PayloadError::Empty),
+        Format::Text => text(bytes).ok_or_else(|| {
+            PayloadError::Undecodable("text is UTF-8 without control characters".into())
+        }),
+        Format::Json => serde_json::from_slice::<Value>(bytes)
+            .map_err(|e| PayloadError::Undecodable(e.to_string())),
+        Format::Cbor if bytes.is_empty() => Err(PayloadError::Empty),
+        Format::Cbor => {
+            let mut rest = bytes;
+            match ciborium::from_reader::<ciborium::Value, _>(&mut rest) {
+                Ok(v) if rest.is_empty() => cbor_to_json(v).map_err(PayloadError::Undecodable),
+                Ok(_) => Err(PayloadError::Undecodable(
+                    "bytes after the CBOR value".into(),
+                )),
+                Err(e) => Err(PayloadError::Undecodable(e.to_string())),
+            }
+        }
+    }
+}
+
+/// The body of a message that carries one value of a resource of type `t` (a device-rest
+/// POST, a CoAP POST to `/<device>/<resource>`). `Binary` takes the bytes as they are;
+/// `Object` and array types take JSON, or CBOR when the device says so; any other type
+/// takes text (the SDK parses it as the type), or JSON or CBOR when the device says so.
+pub fn body_value(
+    t: outpost_contracts::value::ValueType,
+    body: &[u8],
+    format: Option<Format>,
+) -> Result<CommandValue, String> {
+    use outpost_contracts::value::ValueType as T;
+    let structured = |what: &str| {
+        match format {
+            Some(Format::Cbor) => parse(body, Format::Cbor),
+            _ => parse(body, Format::Json),
+        }
+        .map_err(|e| format!("a {t} value is {what}: {e}"))
+    };
+    match t {
+        T::Binary => Ok(CommandValue::Binary(body.to_vec())),
+        T::Object | T::ObjectArray => structured("JSON or CBOR").map(CommandValue::Object),
+        t if t.is_array() => {
+            structured("a JSON or CBOR array").map(|v| CommandValue::from_json(&v))
+        }
+        _ => match format {
+            None | Some(Format::Text) => std::str::from_utf8(body)
+                .map(|s| CommandValue::String(s.trim().to_string()))
+                .map_err(|_| "the value is not UTF-8 text".to_string()),
+            Some(f) => parse(body, f)
+                .map(|v| CommandValue::from_json(&v))
+                .map_err(|e| e.to_string()),
+        },
+    }
+}
+
+/// An object becomes resource → value (and its timestamp); anything else is one value.
+fn split(value: Value, timestamp_field: &str) -> Result<Payload, PayloadError> {
     Ok(match value {
         Value::Object(map) => {
             let mut origin = None;
@@ -167,6 +240,44 @@ fn cbor_to_json(v: ciborium::Value) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_named_format_is_taken_as_named() {
+        // Text that looks like JSON stays text.
+        assert_eq!(
+            decode_as(b"true", Format::Text, "ts"),
+            Ok(Payload::Value(CommandValue::String("true".into())))
+        );
+        // A bare CBOR value (here -1, byte 0x20, which is also ASCII space) is one value.
+        assert_eq!(
+            decode_as(&[0x20], Format::Cbor, "ts"),
+            Ok(Payload::Value(CommandValue::Int(-1)))
+        );
+        // A CBOR map {"t": 21.5, "ts": 1700000000}: values and their time.
+        let mut cbor = Vec::new();
+        let map = ciborium::Value::Map(vec![
+            ("t".into(), ciborium::Value::Float(21.5)),
+            ("ts".into(), ciborium::Value::Integer(1_700_000_000.into())),
+        ]);
+        ciborium::into_writer(&map, &mut cbor).expect("cbor");
+        assert_eq!(
+            decode_as(&cbor, Format::Cbor, "ts"),
+            Ok(Payload::Object {
+                values: vec![("t".into(), CommandValue::Float(21.5))],
+                origin: Some(1_700_000_000_000_000_000),
+            })
+        );
+        assert!(matches!(
+            decode_as(b"{", Format::Json, "ts"),
+            Err(PayloadError::Undecodable(_))
+        ));
+        assert_eq!(
+            decode_as(b" ", Format::Text, "ts"),
+            Err(PayloadError::Empty)
+        );
+        assert_eq!(decode_as(b"", Format::Cbor, "ts"), Err(PayloadError::Empty));
+        assert!(decode_as(&[0xa1, 0x61], Format::Cbor, "ts").is_err());
+    }
 
     #[test]
     fn cbor_keys_that_are_maps_are_refused_not_grown() {

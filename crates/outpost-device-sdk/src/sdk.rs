@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use outpost_bus::Link;
-use outpost_bus::metadata::MetadataView;
+use outpost_bus::metadata::{CREDENTIAL_GRACE, Credential, Lookup, MetadataView, Verdict};
 use outpost_contracts::event::{AddEventRequest, Event, Reading};
 use outpost_contracts::metadata::{AutoEvent, Device, OperatingState, UpdateDevice};
 use outpost_contracts::{now_nanos, topics};
@@ -73,6 +73,15 @@ impl PushError {
             Self::Bus(_) => "bus",
         }
     }
+}
+
+/// Why a device's secret was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("wrong secret for this device")]
+    Wrong,
+    #[error("cannot check the device secret now; retry")]
+    Unavailable,
 }
 
 pub(crate) struct Metrics {
@@ -201,6 +210,30 @@ impl Sdk {
         metrics::counter!(self.inner.metrics.rejected.clone(), "reason" => reason).increment(1);
         if let Some(suppressed) = self.inner.log.check(&format!("{device}\u{0}{reason}")) {
             tracing::warn!(device, reason, suppressed, "{detail}");
+        }
+    }
+
+    /// Checks the secret a device presented (device-rest's bearer token, device-coap's
+    /// `secret=`) with core-metadata. The view remembers a verified secret for the
+    /// service's `credentials_for`, forgets it when the device changes, and honours it for
+    /// [`CREDENTIAL_GRACE`] while core-metadata cannot be asked. A wrong one is counted and
+    /// logged as `bad_token`.
+    pub async fn check_secret(&self, device: &str, secret: &str) -> Result<(), SecretError> {
+        match self.view().verify(device, Credential::Secret(secret)).await {
+            Lookup::Missing | Lookup::Found(Verdict::Pending) => {
+                self.reject(device, "bad_token", "a request with a wrong device secret");
+                Err(SecretError::Wrong)
+            }
+            found => match found.within(CREDENTIAL_GRACE) {
+                Some(_) => Ok(()),
+                None => {
+                    tracing::warn!(
+                        device,
+                        "cannot check a device secret: core-metadata unreachable"
+                    );
+                    Err(SecretError::Unavailable)
+                }
+            },
         }
     }
 

@@ -145,9 +145,16 @@ impl Info {
 /// the gateway's HTTPS port): checked for clashes and shown when the node starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listener {
-    /// `mqtt`, `https`.
+    /// `mqtt`, `https`, `coap` (UDP).
     pub scheme: &'static str,
     pub addr: SocketAddr,
+}
+
+impl Listener {
+    /// Whether it is a UDP socket (CoAP's), which shares no ports with TCP ones.
+    pub fn is_udp(&self) -> bool {
+        matches!(self.scheme, "coap" | "coaps")
+    }
 }
 
 /// A service's section of the node configuration.

@@ -26,12 +26,12 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use outpost_bus::metadata::{CREDENTIAL_GRACE, Credential, Lookup, Verdict};
 use outpost_contracts::metadata::Device;
 use outpost_contracts::value::ValueType;
 use outpost_device_sdk::payload::{Payload, decode};
 use outpost_device_sdk::{
     CommandValue, DeviceRef, Driver, DriverConfig, DriverError, PushError, ResourceRef, Sdk,
+    SecretError,
 };
 use outpost_kit::error::{ApiError, Path};
 use serde::{Deserialize, Serialize};
@@ -133,26 +133,7 @@ impl Rest {
             .ok_or_else(|| {
                 unauthorized("a device token is required: Authorization: Bearer <device secret>")
             })?;
-        // The view remembers a verified token for `token_cache_s`, forgets it when the
-        // device changes, and honours it a while when core-metadata cannot be asked.
-        match sdk.view().verify(device, Credential::Secret(token)).await {
-            Lookup::Missing | Lookup::Found(Verdict::Pending) => {
-                sdk.reject(device, "bad_token", "a request with a wrong device token");
-                Err(unauthorized("wrong token for this device"))
-            }
-            found => match found.within(CREDENTIAL_GRACE) {
-                Some(_) => Ok(()),
-                None => {
-                    tracing::warn!(
-                        device,
-                        "cannot check a device token: core-metadata unreachable"
-                    );
-                    Err(ApiError::unavailable(
-                        "cannot check the device token now; retry",
-                    ))
-                }
-            },
-        }
+        secret_checked(sdk.check_secret(device, token).await)
     }
 
     fn base_url(device: &DeviceRef) -> Result<String, DriverError> {
@@ -324,19 +305,21 @@ struct Shared {
     rest: Arc<Rest>,
 }
 
-/// A body as a value of type `t`.
+/// A body as a value of type `t`: as its `Content-Type` would say, were it not the
+/// resource's type that tells (text for numbers, JSON for objects and arrays).
 fn body_value(t: ValueType, body: &[u8]) -> Result<CommandValue, String> {
-    match t {
-        ValueType::Binary => Ok(CommandValue::Binary(body.to_vec())),
-        ValueType::Object | ValueType::ObjectArray => serde_json::from_slice(body)
-            .map(CommandValue::Object)
-            .map_err(|e| format!("an {t} value is JSON: {e}")),
-        t if t.is_array() => serde_json::from_slice::<serde_json::Value>(body)
-            .map(|v| CommandValue::from_json(&v))
-            .map_err(|e| format!("an {t} value is a JSON array: {e}")),
-        _ => std::str::from_utf8(body)
-            .map(|s| CommandValue::String(s.trim().to_string()))
-            .map_err(|_| "the value is not UTF-8 text".to_string()),
+    outpost_device_sdk::payload::body_value(t, body, None)
+}
+
+/// A device secret's check as the answer to a request.
+fn secret_checked(checked: Result<(), SecretError>) -> Result<(), ApiError> {
+    match checked {
+        Ok(()) => Ok(()),
+        Err(SecretError::Wrong) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "wrong token for this device",
+        )),
+        Err(e @ SecretError::Unavailable) => Err(ApiError::unavailable(e.to_string())),
     }
 }
 
