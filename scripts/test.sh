@@ -31,21 +31,14 @@ step "the console's unit tests (vitest)"
 (cd web && npx --no-install vitest run --reporter=dot)
 step "cargo fmt"
 cargo fmt --all -- --check
-# Every build from here is static (deploy/static-env.sh), the kind the container image holds,
-# so the image is made from the very node the end-to-end tests run rather than a second build.
-source deploy/static-env.sh
 step "cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
-step "cargo nextest: build"
-cargo nextest run --locked --workspace --no-run
-step "container image (deploy/build-image.sh) of that build, for the container tests"
-OUTPOST_IMAGE_BINARY="target/$CARGO_BUILD_TARGET/debug/outpost" deploy/build-image.sh
-step "cargo nextest: run"
+step "container image (deploy/build-image.sh), for the container tests"
+OUTPOST_IMAGE_PROFILE=image-test deploy/build-image.sh
+step "cargo nextest"
 cargo nextest run --locked --workspace --no-fail-fast
 step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet
 step "fuzzing, 20 s per target"
-# cargo fuzz builds for its own target with its own flags.
-env -u CARGO_BUILD_TARGET -u CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS \
-  -u OPENSSL_LIB_DIR -u OPENSSL_INCLUDE_DIR scripts/fuzz.sh 20
+scripts/fuzz.sh 20
 echo "All checks passed in $(($(date +%s) - t0)) s."
