@@ -628,6 +628,17 @@ async fn prometheus_sum(http: &reqwest::Client, base: &str, name: &str) -> f64 {
         + 0.0 // an empty sum is -0
 }
 
+/// Waits up to 30 s until a GET of `url` succeeds.
+async fn wait_ok(http: &reqwest::Client, url: &str, what: &str) -> anyhow::Result<()> {
+    wait_until(what, Duration::from_secs(30), || async {
+        http.get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await
+}
+
 /// Fails, saying what installs it, when a Python peer's interpreter is missing.
 fn need_peer(python: &Path, package: &str) -> anyhow::Result<()> {
     if !python.exists() {
@@ -646,17 +657,7 @@ impl Node {
             "{}/api/v3/deviceservice/name/{name}",
             self.url(self.metadata)
         );
-        wait_until(
-            &format!("{name} in core-metadata"),
-            Duration::from_secs(30),
-            || async {
-                http.get(&url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            },
-        )
-        .await
+        wait_ok(http, &url, &format!("{name} in core-metadata")).await
     }
 
     fn spawn(outpost: &Path, extra: &str) -> anyhow::Result<Self> {

@@ -130,17 +130,7 @@ async fn measure(a: &ModbusArgs, server_port: u16, batching: bool) -> anyhow::Re
     let names: Vec<String> = (0..a.devices).map(|d| format!("plc-{d:03}")).collect();
     for n in &names {
         let url = format!("{ds}/api/v3/device/name/{n}/All");
-        wait_until(
-            "device-modbus to load the devices",
-            Duration::from_secs(30),
-            || async {
-                http.get(&url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            },
-        )
-        .await?;
+        super::wait_ok(&http, &url, "device-modbus to load the devices").await?;
     }
     let requests_before = metric(&http, modbus, "outpost_device_modbus_requests_total").await;
     let polls = Arc::new(AtomicU64::new(0));
